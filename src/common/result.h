@@ -1,0 +1,104 @@
+// Result<T>: the error-carrying return type used across module boundaries.
+// Errors are values; exceptions are reserved for programmer errors.
+#pragma once
+
+#include <cassert>
+#include <string>
+#include <utility>
+#include <variant>
+
+namespace sy {
+
+// Broad error kinds; front ends map them to exit codes and HTTP statuses.
+enum class ErrorKind {
+  kInvalidArgument,  // caller passed something unusable (bad flag, malformed JSON)
+  kNotFound,         // file, model or key does not exist
+  kCorrupt,          // a file or stream is malformed, truncated or hostile
+  kUnsupported,      // valid but not implemented here (unknown tensor type, architecture)
+  kResourceExhausted,  // context overflow, memory budget, queue full
+  kUnavailable,      // an upstream or tier cannot serve right now
+  kDeadlineExceeded,
+  kCancelled,
+  kIo,
+  kInternal,
+};
+
+struct Error {
+  ErrorKind kind = ErrorKind::kInternal;
+  // Says what was wrong, where, and what to do about it.
+  std::string message;
+};
+
+inline Error make_error(ErrorKind kind, std::string message) {
+  return Error{kind, std::move(message)};
+}
+
+template <typename T>
+class [[nodiscard]] Result {
+ public:
+  Result(T value) : v_(std::move(value)) {}  // NOLINT: implicit by design
+  Result(Error error) : v_(std::move(error)) {}  // NOLINT: implicit by design
+
+  bool ok() const { return v_.index() == 0; }
+  explicit operator bool() const { return ok(); }
+
+  T& value() & {
+    assert(ok());
+    return std::get<0>(v_);
+  }
+  const T& value() const& {
+    assert(ok());
+    return std::get<0>(v_);
+  }
+  T&& value() && {
+    assert(ok());
+    return std::get<0>(std::move(v_));
+  }
+  T* operator->() { return &value(); }
+  const T* operator->() const { return &value(); }
+  T& operator*() & { return value(); }
+  const T& operator*() const& { return value(); }
+
+  const Error& error() const {
+    assert(!ok());
+    return std::get<1>(v_);
+  }
+
+ private:
+  std::variant<T, Error> v_;
+};
+
+// Result of an operation that yields nothing but can fail.
+class [[nodiscard]] Status {
+ public:
+  Status() = default;
+  Status(Error error) : error_(std::move(error)), ok_(false) {}  // NOLINT
+  static Status Ok() { return Status(); }
+  bool ok() const { return ok_; }
+  explicit operator bool() const { return ok_; }
+  const Error& error() const {
+    assert(!ok_);
+    return error_;
+  }
+
+ private:
+  Error error_;
+  bool ok_ = true;
+};
+
+}  // namespace sy
+
+// Propagates an error from an expression returning Result<T> or Status.
+#define SY_CONCAT_INNER(a, b) a##b
+#define SY_CONCAT(a, b) SY_CONCAT_INNER(a, b)
+#define SY_TRY_STATUS(expr)                 \
+  do {                                      \
+    auto sy_status_ = (expr);               \
+    if (!sy_status_.ok()) return sy_status_.error(); \
+  } while (0)
+#define SY_ASSIGN_OR_RETURN_IMPL(tmp, lhs, expr) \
+  auto tmp = (expr);                             \
+  if (!tmp.ok()) return tmp.error();             \
+  lhs = std::move(tmp).value()
+#define SY_ASSIGN_OR_RETURN(lhs, expr) \
+  SY_ASSIGN_OR_RETURN_IMPL(SY_CONCAT(sy_result_, __LINE__), lhs, expr)

@@ -1,0 +1,56 @@
+// Numeric kernels: conversion between float and every computable tensor type,
+// and the matrix products of the forward pass.
+//
+// Quantized weights are multiplied against activations that are themselves
+// quantized to 8 bits (Q8_0 blocks for Q4_0/Q8_0, Q8_K blocks for the K-quants),
+// as mature engines do; F32/F16/BF16 weights use float activations.
+// Each AVX2/FMA kernel has a scalar reference used by the tests.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <span>
+
+#include "engine/tensor_type.h"
+#include "engine/thread_pool.h"
+
+namespace sy::engine {
+
+float fp16_to_fp32(uint16_t h);
+uint16_t fp32_to_fp16(float f);
+float bf16_to_fp32(uint16_t h);
+uint16_t fp32_to_bf16(float f);
+
+// Converts n floats (a multiple of the type's block size) to `type`. Returns
+// false for a type without kernels.
+bool quantize_row(TensorType type, const float* src, void* dst, int64_t n);
+// Converts n elements of `type` back to float.
+bool dequantize_row(TensorType type, const void* src, float* dst, int64_t n);
+
+// A weight matrix as stored in GGUF: `rows` rows of `cols` elements, row-major,
+// each row `row_bytes` long.
+struct WeightMatrix {
+  TensorType type = TensorType::kF32;
+  const void* data = nullptr;
+  int64_t rows = 0;
+  int64_t cols = 0;
+  size_t row_bytes = 0;
+};
+
+// Scratch memory for activation quantization, sized by the caller once
+// (no allocation per token). Use activation_scratch_bytes to size it.
+size_t activation_scratch_bytes(TensorType weight_type, int64_t cols, int64_t batch);
+
+// y[b][r] = sum_c W[r][c] * x[b][c] for b < batch, r < rows.
+// x is batch rows of cols floats; y is batch rows of W.rows floats.
+// scratch must hold activation_scratch_bytes(W.type, W.cols, batch).
+void matmul(const WeightMatrix& w, const float* x, int64_t batch, float* y,
+            std::span<uint8_t> scratch, ThreadPool& pool);
+
+// Same result computed by the scalar reference kernels, single-threaded.
+void matmul_reference(const WeightMatrix& w, const float* x, int64_t batch, float* y);
+
+// Dequantizes one row (embedding lookup).
+bool get_row(const WeightMatrix& w, int64_t row, float* out);
+
+}  // namespace sy::engine
