@@ -27,6 +27,10 @@ struct Error {
   ErrorKind kind = ErrorKind::kInternal;
   // Says what was wrong, where, and what to do about it.
   std::string message;
+  // The HTTP status an upstream answered, when the error came from one (0 otherwise).
+  int upstream_status = 0;
+  // Seconds the upstream asked us to wait (Retry-After), 0 when not given.
+  double retry_after_seconds = 0.0;
 };
 
 inline Error make_error(ErrorKind kind, std::string message) {

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Sets up, builds and runs the whole test suite: a Release build, then the
+# same tests under AddressSanitizer + UndefinedBehaviorSanitizer, then a short
+# fuzzing run of the GGUF reader. This is what CI runs (.ci/run).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$(pwd)
+
+scripts/setup.sh
+[ -x scripts/npm-install.sh ] && scripts/npm-install.sh
+
+export SWITCHYARD_MODEL_PATH=${SWITCHYARD_MODEL_PATH:-$root/models:$root/../shared/data/models}
+jobs=$(nproc)
+
+echo "== Release build and tests"
+scripts/build.sh build -DSY_BUILD_BENCH=ON
+(cd build && ctest --output-on-failure -j "$jobs" --timeout 300)
+
+if [ "${SY_SKIP_SANITIZERS:-0}" != "1" ]; then
+  echo "== ASan+UBSan build and tests"
+  scripts/build.sh build-asan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DSY_SANITIZE=ON -DSY_BUILD_BENCH=OFF
+  (cd build-asan && ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
+    ctest --output-on-failure -j "$jobs" --timeout 600)
+fi
+
+if [ "${SY_SKIP_FUZZ:-0}" != "1" ] && [ -x scripts/fuzz.sh ] && command -v clang++ >/dev/null; then
+  echo "== GGUF reader fuzzing (short run)"
+  scripts/fuzz.sh "${SY_FUZZ_SECONDS:-30}"
+fi

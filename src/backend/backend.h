@@ -1,0 +1,132 @@
+// Tiers that generate text: the embedded edge engine and OpenAI-compatible
+// HTTP endpoints, behind one streaming interface.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "common/result.h"
+
+namespace sy::backend {
+
+enum class Placement { kDevice, kCloud };
+
+struct ChatMessage {
+  std::string role;  // system, user, assistant, tool
+  std::string content;
+};
+
+// Sampling and output options, as an OpenAI request states them; unset fields
+// take the tier's defaults.
+struct GenerationParams {
+  std::optional<int32_t> max_tokens;
+  std::optional<float> temperature;
+  std::optional<float> top_p;
+  std::optional<int32_t> top_k;
+  std::optional<float> min_p;
+  std::optional<float> repeat_penalty;
+  std::optional<float> presence_penalty;
+  std::optional<float> frequency_penalty;
+  std::optional<uint64_t> seed;
+  std::vector<std::string> stop;
+  bool logprobs = false;
+  int32_t top_logprobs = 0;
+};
+
+struct BackendRequest {
+  std::string request_id;
+  // Model name to ask the tier for; empty means the tier's configured model.
+  std::string model;
+  std::vector<ChatMessage> messages;  // chat completions
+  std::optional<std::string> prompt;  // legacy completions: raw text, no template
+  GenerationParams params;
+  std::optional<std::chrono::steady_clock::time_point> deadline;
+  // Set by the caller (client disconnect, deadline) to stop the generation.
+  std::shared_ptr<std::atomic<bool>> cancelled;
+};
+
+struct TokenLogprob {
+  std::string token;
+  float logprob = 0.0f;
+  std::optional<float> entropy;  // nats; only the embedded engine reports it
+  std::vector<std::pair<std::string, float>> top;
+};
+
+struct Usage {
+  int32_t prompt_tokens = 0;
+  int32_t completion_tokens = 0;
+};
+
+// A piece of streamed output.
+struct Delta {
+  std::string text;
+  std::vector<TokenLogprob> logprobs;
+};
+
+struct Completion {
+  std::string text;
+  std::string finish_reason;  // stop, length, cancelled
+  Usage usage;
+  std::vector<TokenLogprob> logprobs;  // per generated token when the tier provides them
+  std::string model;          // model that answered, as the tier names it
+  std::string model_version;  // weights identity (embedded) or upstream's reported version
+  double time_to_first_token_ms = 0.0;
+  double total_ms = 0.0;
+};
+
+// Called with each piece of text as it is produced; return false to cancel.
+using DeltaSink = std::function<bool(const Delta&)>;
+
+struct TierConfig {
+  std::string name;               // tier id used in config, headers and metrics
+  std::string kind;               // "embedded" or "openai"
+  Placement placement = Placement::kDevice;
+  std::string model;              // embedded: model name or path; openai: upstream model id
+  std::string endpoint;           // openai: base URL, e.g. https://api.openai.com/v1
+  std::string api_key_env;        // openai: environment variable holding the API key
+  double price_input_per_mtok = 0.0;   // dollars per million prompt tokens
+  double price_output_per_mtok = 0.0;  // dollars per million completion tokens
+  int32_t max_concurrency = 4;    // embedded: inference slots; openai: pooled connections
+  int32_t context_length = 0;     // embedded: 0 = model's own
+  int64_t kv_memory_mb = 512;     // embedded: KV cache budget across slots
+  int32_t threads = 0;            // embedded: 0 = one per core
+  std::string chat_format;        // embedded: override of the detected chat format
+  int32_t connect_timeout_ms = 3000;
+  int32_t first_byte_timeout_ms = 30000;
+  int32_t total_timeout_ms = 120000;
+  bool verify_tls = true;
+  std::string ca_file;            // extra CA bundle for TLS verification
+};
+
+struct BackendInfo {
+  std::string name;
+  std::string kind;
+  Placement placement = Placement::kDevice;
+  std::string model;
+  std::string model_version;
+  int32_t context_length = 0;  // 0 when unknown (remote)
+};
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+  virtual const BackendInfo& info() const = 0;
+  // Generates a completion. When on_delta is set the output is also streamed
+  // through it as produced. Errors carry kind, message and upstream status.
+  virtual Result<Completion> generate(const BackendRequest& request, const DeltaSink& on_delta) = 0;
+  // Counts prompt tokens as this tier would (embedded only; nullopt for remote tiers).
+  virtual std::optional<int32_t> count_prompt_tokens(const BackendRequest&) const {
+    return std::nullopt;
+  }
+};
+
+// Builds a tier from its configuration (loads the model for embedded tiers).
+Result<std::shared_ptr<Backend>> create_backend(const TierConfig& config);
+
+}  // namespace sy::backend

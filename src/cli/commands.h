@@ -1,0 +1,11 @@
+// Subcommands of the switchyard binary; each registers itself on the app.
+#pragma once
+
+#include <CLI/CLI.hpp>
+
+namespace sy::cli {
+
+void add_run_command(CLI::App& app);
+void add_serve_command(CLI::App& app);
+
+}  // namespace sy::cli

@@ -1,0 +1,155 @@
+// `switchyard run`: generate text with the embedded engine from the terminal.
+#include <cstdio>
+#include <iostream>
+#include <memory>
+#include <string>
+
+#include "cli/commands.h"
+#include "engine/engine.h"
+
+namespace sy::cli {
+namespace {
+
+struct RunOptions {
+  std::string model = "stories260K";
+  std::string prompt;
+  std::string system;
+  std::string chat_format;
+  bool chat = false;
+  bool raw = false;
+  bool show_logprobs = false;
+  int32_t max_tokens = 256;
+  int32_t threads = 0;
+  int32_t context = 0;
+  engine::SamplingParams sampling;
+};
+
+int fail(const Error& e) {
+  std::cerr << "error: " << e.message << "\n";
+  return e.kind == ErrorKind::kInvalidArgument || e.kind == ErrorKind::kNotFound ? 2 : 1;
+}
+
+void print_speed(const engine::GenerationResult& r) {
+  const int32_t evaluated = r.prompt_tokens - r.reused_prompt_tokens;
+  std::fprintf(stderr,
+               "\n[prompt: %d tokens (%d reused) in %.1f ms, %.1f tok/s | generation: %d tokens "
+               "in %.1f ms, %.1f tok/s | finish: %s]\n",
+               r.prompt_tokens, r.reused_prompt_tokens, r.prompt_seconds * 1e3,
+               r.prompt_seconds > 0 ? evaluated / r.prompt_seconds : 0.0, r.generated_tokens,
+               r.generation_seconds * 1e3,
+               r.generation_seconds > 0 ? r.generated_tokens / r.generation_seconds : 0.0,
+               std::string(engine::finish_reason_name(r.finish_reason)).c_str());
+}
+
+int run(const RunOptions& o) {
+  auto path = engine::resolve_model_path(o.model);
+  if (!path.ok()) return fail(path.error());
+  auto model = engine::Model::load(*path);
+  if (!model.ok()) return fail(model.error());
+  const auto& cfg = (*model)->config();
+  engine::ContextOptions copts;
+  copts.context_length = o.context;
+  auto ctx = engine::InferenceContext::create(*model, copts);
+  if (!ctx.ok()) return fail(ctx.error());
+  engine::ThreadPool pool(o.threads);
+  const engine::Tokenizer& tok = (*model)->tokenizer();
+  std::fprintf(stderr, "[model %s (%s, %d layers, %d ctx, %d threads)]\n", cfg.name.c_str(),
+               cfg.architecture.c_str(), cfg.layer_count, (*ctx)->context_length(), pool.size());
+
+  engine::ChatFormat format = engine::ChatFormat::kPlain;
+  if (!o.chat_format.empty()) {
+    auto f = engine::parse_chat_format(o.chat_format);
+    if (!f) {
+      return fail(make_error(ErrorKind::kInvalidArgument,
+                             "--chat-format '" + o.chat_format +
+                                 "' is unknown; use chatml, llama3, llama2, zephyr or plain"));
+    }
+    format = *f;
+  } else if (auto t = (*model)->file().get_string("tokenizer.chat_template")) {
+    format = engine::detect_chat_format(*t).value_or(engine::ChatFormat::kPlain);
+  }
+
+  auto stream = [&](std::string_view text, const engine::SampledToken& t) {
+    if (o.show_logprobs) {
+      std::printf("%.*s[%.2f]", static_cast<int>(text.size()), text.data(), t.logprob);
+    } else {
+      std::fwrite(text.data(), 1, text.size(), stdout);
+    }
+    std::fflush(stdout);
+    return true;
+  };
+
+  engine::GenerationRequest req;
+  req.sampling = o.sampling;
+  req.max_tokens = o.max_tokens;
+  if (!o.chat) {
+    const std::string text =
+        o.raw ? o.prompt : engine::render_chat(format, {{"user", o.prompt}}, true);
+    req.prompt = tok.encode(text, true, !o.raw);
+    if (format == engine::ChatFormat::kPlain) std::fwrite(o.prompt.data(), 1, o.prompt.size(), stdout);
+    auto r = engine::generate(**ctx, pool, req, stream);
+    if (!r.ok()) return fail(r.error());
+    print_speed(*r);
+    return 0;
+  }
+
+  std::vector<engine::ChatMessage> history;
+  if (!o.system.empty()) history.push_back({"system", o.system});
+  std::string line;
+  std::fprintf(stderr, "[chat format %s; type a message, an empty line or Ctrl-D ends]\n",
+               std::string(engine::chat_format_name(format)).c_str());
+  while (true) {
+    std::fputs("> ", stderr);
+    if (!std::getline(std::cin, line) || line.empty()) break;
+    history.push_back({"user", line});
+    req.prompt = tok.encode(engine::render_chat(format, history, true), true, true);
+    auto r = engine::generate(**ctx, pool, req, stream);
+    if (!r.ok()) return fail(r.error());
+    print_speed(*r);
+    history.push_back({"assistant", r->text});
+  }
+  return 0;
+}
+
+}  // namespace
+
+void add_run_command(CLI::App& app) {
+  auto opts = std::make_shared<RunOptions>();
+  CLI::App* cmd = app.add_subcommand("run", "Generate text with the embedded edge engine");
+  cmd->add_option("-m,--model", opts->model, "GGUF file, or model name on SWITCHYARD_MODEL_PATH")
+      ->capture_default_str();
+  cmd->add_option("-p,--prompt", opts->prompt, "Prompt text");
+  cmd->add_flag("--chat", opts->chat, "Interactive conversation on stdin");
+  cmd->add_option("--system", opts->system, "System message for --chat");
+  cmd->add_option("--chat-format", opts->chat_format,
+                  "chatml, llama3, llama2, zephyr or plain (default: detected from the model)");
+  cmd->add_flag("--raw", opts->raw, "Feed the prompt as is: no chat template, no special tokens");
+  cmd->add_option("-n,--max-tokens", opts->max_tokens, "Tokens to generate (<= 0: until done)")
+      ->capture_default_str();
+  cmd->add_option("--temp", opts->sampling.temperature, "Temperature; 0 is greedy")
+      ->capture_default_str();
+  cmd->add_option("--top-k", opts->sampling.top_k, "Top-k (0: off)")->capture_default_str();
+  cmd->add_option("--top-p", opts->sampling.top_p, "Top-p (1: off)")->capture_default_str();
+  cmd->add_option("--min-p", opts->sampling.min_p, "Min-p (0: off)")->capture_default_str();
+  cmd->add_option("--repeat-penalty", opts->sampling.repeat_penalty, "Repetition penalty (1: off)")
+      ->capture_default_str();
+  cmd->add_option("--seed", opts->sampling.seed, "Random seed")->capture_default_str();
+  cmd->add_option("-t,--threads", opts->threads, "Threads (0: one per core)")->capture_default_str();
+  cmd->add_option("-c,--ctx-size", opts->context, "Context length (0: the model's)")
+      ->capture_default_str();
+  cmd->add_flag("--show-logprobs", opts->show_logprobs, "Print each token's log-probability");
+  cmd->footer(
+      "Examples:\n"
+      "  switchyard run -p \"Once upon a time\" --temp 0\n"
+      "  switchyard run -m ./models/SmolLM2-135M-Instruct-Q8_0.gguf --chat\n"
+      "Speed (prompt and generation tokens/s) is printed to stderr at the end.");
+  cmd->callback([opts] {
+    if (!opts->chat && opts->prompt.empty()) {
+      throw CLI::ValidationError("--prompt", "give a prompt with -p TEXT, or use --chat");
+    }
+    const int rc = run(*opts);
+    if (rc != 0) throw CLI::RuntimeError(rc);
+  });
+}
+
+}  // namespace sy::cli

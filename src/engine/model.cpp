@@ -1,0 +1,468 @@
+#include "engine/model.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <numbers>
+
+namespace sy::engine {
+
+struct ModelLoader {
+  Model& model;
+  const GgufFile& file;
+  std::string arch;
+
+  std::string where() const { return "model '" + file.origin() + "'"; }
+
+  Error corrupt(const std::string& what) const {
+    return make_error(ErrorKind::kCorrupt,
+                      where() + ": " + what + "; re-convert the model or use another file");
+  }
+
+  Result<int64_t> require_int(const std::string& suffix) const {
+    const std::string key = arch + "." + suffix;
+    auto v = file.get_int(key);
+    if (!v) return corrupt("missing or non-integer metadata key '" + key + "'");
+    if (*v <= 0 || *v > (int64_t{1} << 30))
+      return corrupt("metadata key '" + key + "' has implausible value " + std::to_string(*v));
+    return *v;
+  }
+
+  Result<WeightMatrix> matrix(const std::string& name, int64_t cols, int64_t rows,
+                              bool optional = false) {
+    const GgufTensorInfo* t = file.find_tensor(name);
+    if (t == nullptr) {
+      if (optional) return WeightMatrix{};
+      return corrupt("tensor '" + name + "' is missing");
+    }
+    if (t->dims.size() != 2 || static_cast<int64_t>(t->dims[0]) != cols ||
+        static_cast<int64_t>(t->dims[1]) != rows) {
+      std::string shape;
+      for (auto d : t->dims) shape += (shape.empty() ? "" : "x") + std::to_string(d);
+      return corrupt("tensor '" + name + "' has shape [" + shape + "], expected [" +
+                     std::to_string(cols) + "x" + std::to_string(rows) + "]");
+    }
+    auto traits = tensor_type_traits(t->type);
+    if (!traits || !traits->computable) {
+      return make_error(ErrorKind::kUnsupported,
+                        where() + ": tensor '" + name + "' has type " +
+                            tensor_type_name(t->type) +
+                            ", which this engine cannot compute; re-quantize it to one of "
+                            "F32, F16, BF16, Q8_0, Q4_0, Q4_K, Q6_K (switchyard quantize)");
+    }
+    WeightMatrix w;
+    w.type = static_cast<TensorType>(t->type);
+    w.data = t->data;
+    w.rows = rows;
+    w.cols = cols;
+    w.row_bytes = tensor_row_bytes(*traits, static_cast<uint64_t>(cols));
+    model.weight_bytes_ += t->byte_size;
+    return w;
+  }
+
+  // Vectors (norm weights, biases) are used as float; other types are widened once.
+  Result<const float*> vector(const std::string& name, int64_t length, bool optional = false) {
+    const GgufTensorInfo* t = file.find_tensor(name);
+    if (t == nullptr) {
+      if (optional) return static_cast<const float*>(nullptr);
+      return corrupt("tensor '" + name + "' is missing");
+    }
+    if (t->element_count != static_cast<uint64_t>(length)) {
+      return corrupt("tensor '" + name + "' has " + std::to_string(t->element_count) +
+                     " elements, expected " + std::to_string(length));
+    }
+    model.weight_bytes_ += t->byte_size;
+    if (t->type == static_cast<uint32_t>(TensorType::kF32) &&
+        reinterpret_cast<uintptr_t>(t->data) % alignof(float) == 0) {
+      return reinterpret_cast<const float*>(t->data);
+    }
+    std::vector<float> widened(static_cast<size_t>(length));
+    if (!dequantize_row(static_cast<TensorType>(t->type), t->data, widened.data(), length)) {
+      return make_error(ErrorKind::kUnsupported, where() + ": tensor '" + name + "' has type " +
+                                                     tensor_type_name(t->type) +
+                                                     ", unsupported for a vector");
+    }
+    model.widened_.push_back(std::move(widened));
+    return static_cast<const float*>(model.widened_.back().data());
+  }
+
+  Status load() {
+    auto a = file.get_string("general.architecture");
+    if (!a) return corrupt("missing 'general.architecture'");
+    arch = *a;
+    if (arch != "llama" && arch != "qwen2") {
+      return make_error(ErrorKind::kUnsupported,
+                        where() + ": architecture '" + arch +
+                            "' is not supported; supported: llama (Llama 2/3, TinyLlama, "
+                            "SmolLM2, TinyStories), qwen2 (Qwen2/2.5)");
+    }
+    ModelConfig& c = model.config_;
+    c.architecture = arch;
+    c.name = file.get_string("general.name")
+                 .value_or(std::filesystem::path(file.origin()).stem().string());
+    SY_ASSIGN_OR_RETURN(int64_t n_embd, require_int("embedding_length"));
+    SY_ASSIGN_OR_RETURN(int64_t n_layer, require_int("block_count"));
+    SY_ASSIGN_OR_RETURN(int64_t n_head, require_int("attention.head_count"));
+    SY_ASSIGN_OR_RETURN(int64_t n_ff, require_int("feed_forward_length"));
+    SY_ASSIGN_OR_RETURN(int64_t n_ctx, require_int("context_length"));
+    int64_t n_head_kv = file.get_int(arch + ".attention.head_count_kv").value_or(n_head);
+    if (n_head_kv <= 0 || n_head % n_head_kv != 0)
+      return corrupt("attention.head_count_kv " + std::to_string(n_head_kv) +
+                     " does not divide head_count " + std::to_string(n_head));
+    int64_t head_dim = file.get_int(arch + ".attention.key_length").value_or(n_embd / n_head);
+    if (head_dim <= 0 || head_dim % 2 != 0)
+      return corrupt("head dimension " + std::to_string(head_dim) + " must be even");
+    c.embedding_length = static_cast<int32_t>(n_embd);
+    c.layer_count = static_cast<int32_t>(n_layer);
+    c.head_count = static_cast<int32_t>(n_head);
+    c.head_count_kv = static_cast<int32_t>(n_head_kv);
+    c.head_dim = static_cast<int32_t>(head_dim);
+    c.feed_forward_length = static_cast<int32_t>(n_ff);
+    c.context_length = static_cast<int32_t>(n_ctx);
+    c.rms_norm_epsilon = static_cast<float>(
+        file.get_float(arch + ".attention.layer_norm_rms_epsilon").value_or(1e-5));
+    c.rope_freq_base = static_cast<float>(file.get_float(arch + ".rope.freq_base").value_or(1e4));
+    c.rope_neox = arch == "qwen2";
+    c.attention_bias = arch == "qwen2";
+    if (file.get_string(arch + ".rope.scaling.type").value_or("") == "llama3") {
+      c.rope_scaling_factor =
+          static_cast<float>(file.get_float(arch + ".rope.scaling.factor").value_or(8.0));
+      c.rope_low_freq_factor = static_cast<float>(
+          file.get_float(arch + ".rope.scaling.low_freq_factor").value_or(1.0));
+      c.rope_high_freq_factor = static_cast<float>(
+          file.get_float(arch + ".rope.scaling.high_freq_factor").value_or(4.0));
+      c.rope_original_context = static_cast<int32_t>(
+          file.get_int(arch + ".rope.scaling.original_context_length").value_or(8192));
+    }
+
+    auto vocab = Vocabulary::from_gguf(file);
+    if (!vocab.ok()) return vocab.error();
+    const int64_t n_vocab = static_cast<int64_t>(vocab->tokens.size());
+    auto tokenizer = Tokenizer::create(std::move(vocab).value());
+    if (!tokenizer.ok()) return tokenizer.error();
+    model.tokenizer_ = std::move(tokenizer).value();
+    c.vocab_size = static_cast<int32_t>(n_vocab);
+
+    const int64_t q_dim = n_head * head_dim;
+    const int64_t kv_dim = n_head_kv * head_dim;
+    SY_ASSIGN_OR_RETURN(model.token_embd_, matrix("token_embd.weight", n_embd, n_vocab));
+    SY_ASSIGN_OR_RETURN(model.output_norm_, vector("output_norm.weight", n_embd));
+    SY_ASSIGN_OR_RETURN(model.output_, matrix("output.weight", n_embd, n_vocab, true));
+    if (model.output_.data == nullptr) {
+      c.tied_output = true;
+      model.output_ = model.token_embd_;
+    }
+    model.widened_.reserve(static_cast<size_t>(n_layer) * 5 + 2);
+    for (int64_t i = 0; i < n_layer; ++i) {
+      const std::string p = "blk." + std::to_string(i) + ".";
+      LayerWeights l;
+      SY_ASSIGN_OR_RETURN(l.attn_norm, vector(p + "attn_norm.weight", n_embd));
+      SY_ASSIGN_OR_RETURN(l.wq, matrix(p + "attn_q.weight", n_embd, q_dim));
+      SY_ASSIGN_OR_RETURN(l.wk, matrix(p + "attn_k.weight", n_embd, kv_dim));
+      SY_ASSIGN_OR_RETURN(l.wv, matrix(p + "attn_v.weight", n_embd, kv_dim));
+      SY_ASSIGN_OR_RETURN(l.wo, matrix(p + "attn_output.weight", q_dim, n_embd));
+      SY_ASSIGN_OR_RETURN(l.bq, vector(p + "attn_q.bias", q_dim, true));
+      SY_ASSIGN_OR_RETURN(l.bk, vector(p + "attn_k.bias", kv_dim, true));
+      SY_ASSIGN_OR_RETURN(l.bv, vector(p + "attn_v.bias", kv_dim, true));
+      SY_ASSIGN_OR_RETURN(l.ffn_norm, vector(p + "ffn_norm.weight", n_embd));
+      SY_ASSIGN_OR_RETURN(l.w_gate, matrix(p + "ffn_gate.weight", n_embd, n_ff));
+      SY_ASSIGN_OR_RETURN(l.w_up, matrix(p + "ffn_up.weight", n_embd, n_ff));
+      SY_ASSIGN_OR_RETURN(l.w_down, matrix(p + "ffn_down.weight", n_ff, n_embd));
+      model.layers_.push_back(l);
+    }
+    // A short identity of the weights for version pinning: name, size and a
+    // hash of the header (metadata and tensor table), cheap to compute.
+    uint64_t h = 1469598103934665603ull;
+    for (const auto& t : file.tensors()) {
+      for (char ch : t.name) h = (h ^ static_cast<uint8_t>(ch)) * 1099511628211ull;
+      h = (h ^ t.type) * 1099511628211ull;
+      h = (h ^ t.byte_size) * 1099511628211ull;
+      // Sample the data so re-trained weights of the same shape get a new version.
+      const size_t step = std::max<size_t>(1, t.byte_size / 16);
+      for (size_t off = 0; off < t.byte_size; off += step) h = (h ^ t.data[off]) * 1099511628211ull;
+    }
+    char hex[17];
+    std::snprintf(hex, sizeof hex, "%016llx", static_cast<unsigned long long>(h));
+    model.version_ = c.name + "@" + std::string(hex, 12);
+    return Status::Ok();
+  }
+};
+
+Result<std::shared_ptr<const Model>> Model::load(const std::string& path) {
+  auto file = GgufFile::open(path);
+  if (!file.ok()) return file.error();
+  return from_gguf(std::move(file).value());
+}
+
+Result<std::shared_ptr<const Model>> Model::from_gguf(std::shared_ptr<GgufFile> file) {
+  std::shared_ptr<Model> model(new Model());
+  model->file_ = file;
+  ModelLoader loader{*model, *file, {}};
+  if (auto s = loader.load(); !s.ok()) return s.error();
+  return std::shared_ptr<const Model>(std::move(model));
+}
+
+uint64_t Model::kv_bytes_per_token() const {
+  return 2ull * static_cast<uint64_t>(config_.layer_count) * config_.head_count_kv *
+         config_.head_dim * sizeof(float);
+}
+
+Result<std::unique_ptr<InferenceContext>> InferenceContext::create(
+    std::shared_ptr<const Model> model, ContextOptions options) {
+  const ModelConfig& c = model->config();
+  int64_t n_ctx = options.context_length > 0 ? options.context_length : c.context_length;
+  n_ctx = std::min<int64_t>(n_ctx, c.context_length);
+  const uint64_t per_token = model->kv_bytes_per_token();
+  const int64_t fits = static_cast<int64_t>(options.kv_memory_budget / per_token);
+  if (fits < 16) {
+    return make_error(ErrorKind::kResourceExhausted,
+                      "KV memory budget of " + std::to_string(options.kv_memory_budget) +
+                          " bytes holds only " + std::to_string(fits) + " tokens of model '" +
+                          c.name + "' (" + std::to_string(per_token) +
+                          " bytes per token); raise the budget");
+  }
+  n_ctx = std::min(n_ctx, fits);
+
+  std::unique_ptr<InferenceContext> ctx(new InferenceContext());
+  ctx->model_ = std::move(model);
+  ctx->context_length_ = static_cast<int32_t>(n_ctx);
+  ctx->max_batch_ = std::clamp(options.max_batch, 1, 512);
+  const size_t b = static_cast<size_t>(ctx->max_batch_);
+  const size_t kv_dim = static_cast<size_t>(c.head_count_kv) * c.head_dim;
+  const size_t q_dim = static_cast<size_t>(c.head_count) * c.head_dim;
+  const size_t cache = static_cast<size_t>(c.layer_count) * static_cast<size_t>(n_ctx) * kv_dim;
+  ctx->key_cache_.assign(cache, 0.0f);
+  ctx->value_cache_.assign(cache, 0.0f);
+  ctx->x_.resize(b * c.embedding_length);
+  ctx->xn_.resize(b * std::max<size_t>(c.embedding_length, q_dim));
+  ctx->q_.resize(b * q_dim);
+  ctx->k_.resize(b * kv_dim);
+  ctx->v_.resize(b * kv_dim);
+  ctx->attn_out_.resize(b * q_dim);
+  ctx->gate_.resize(b * c.feed_forward_length);
+  ctx->up_.resize(b * c.feed_forward_length);
+  ctx->logits_.resize(static_cast<size_t>(c.vocab_size));
+  ctx->cached_tokens_.reserve(static_cast<size_t>(n_ctx));
+
+  const int32_t half = c.head_dim / 2;
+  ctx->rope_inv_freq_.resize(static_cast<size_t>(half));
+  const GgufTensorInfo* factors = ctx->model_->file().find_tensor("rope_freqs.weight");
+  for (int32_t i = 0; i < half; ++i) {
+    float f = std::pow(c.rope_freq_base, -2.0f * static_cast<float>(i) / c.head_dim);
+    if (factors != nullptr && factors->type == 0 && factors->element_count == static_cast<uint64_t>(half)) {
+      float factor;
+      std::memcpy(&factor, factors->data + sizeof(float) * i, sizeof factor);
+      f /= factor;
+    } else if (c.rope_scaling_factor > 0.0f) {
+      // Llama 3 scaling: long wavelengths are slowed by the factor, short ones
+      // kept, and the band between interpolated smoothly.
+      const float wavelength = 2.0f * std::numbers::pi_v<float> / f;
+      const float low_wl = c.rope_original_context / c.rope_low_freq_factor;
+      const float high_wl = c.rope_original_context / c.rope_high_freq_factor;
+      if (wavelength > low_wl) {
+        f /= c.rope_scaling_factor;
+      } else if (wavelength >= high_wl) {
+        const float smooth = (c.rope_original_context / wavelength - c.rope_low_freq_factor) /
+                             (c.rope_high_freq_factor - c.rope_low_freq_factor);
+        f = (1.0f - smooth) * f / c.rope_scaling_factor + smooth * f;
+      }
+    }
+    ctx->rope_inv_freq_[static_cast<size_t>(i)] = f;
+  }
+
+  size_t scratch = 0;
+  auto need = [&](const WeightMatrix& w) {
+    scratch = std::max(scratch, activation_scratch_bytes(w.type, w.cols, ctx->max_batch_));
+  };
+  need(ctx->model_->output());
+  for (const auto& l : ctx->model_->layers()) {
+    for (const auto* w : {&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down}) need(*w);
+  }
+  ctx->quant_scratch_.resize(scratch);
+  return ctx;
+}
+
+InferenceContext::~InferenceContext() = default;
+
+void InferenceContext::truncate(int32_t position) {
+  position_ = std::clamp(position, 0, position_);
+  cached_tokens_.resize(static_cast<size_t>(position_));
+}
+
+namespace {
+
+void rms_norm(const float* x, const float* weight, float* out, int64_t n, float eps) {
+  float sum = 0.0f;
+  for (int64_t i = 0; i < n; ++i) sum += x[i] * x[i];
+  const float scale = 1.0f / std::sqrt(sum / static_cast<float>(n) + eps);
+  for (int64_t i = 0; i < n; ++i) out[i] = x[i] * scale * weight[i];
+}
+
+void apply_rope(float* v, int32_t heads, int32_t head_dim, int32_t position, bool neox,
+                const float* inv_freq) {
+  const int32_t half = head_dim / 2;
+  for (int32_t h = 0; h < heads; ++h) {
+    float* x = v + static_cast<size_t>(h) * head_dim;
+    for (int32_t i = 0; i < half; ++i) {
+      const float angle = static_cast<float>(position) * inv_freq[i];
+      const float c = std::cos(angle);
+      const float s = std::sin(angle);
+      // NeoX style rotates element i with i+half; the original style rotates pairs.
+      float* a = neox ? x + i : x + 2 * i;
+      float* b = neox ? x + i + half : x + 2 * i + 1;
+      const float x0 = *a;
+      const float x1 = *b;
+      *a = x0 * c - x1 * s;
+      *b = x0 * s + x1 * c;
+    }
+  }
+}
+
+}  // namespace
+
+Result<std::span<const float>> InferenceContext::evaluate(std::span<const TokenId> tokens,
+                                                          ThreadPool& pool) {
+  const ModelConfig& c = model_->config();
+  if (tokens.empty()) {
+    return make_error(ErrorKind::kInvalidArgument, "evaluate() needs at least one token");
+  }
+  if (static_cast<int64_t>(position_) + static_cast<int64_t>(tokens.size()) > context_length_) {
+    return make_error(ErrorKind::kResourceExhausted,
+                      "context overflow: " + std::to_string(position_) + " tokens cached + " +
+                          std::to_string(tokens.size()) + " new exceed the context of " +
+                          std::to_string(context_length_) + " tokens of model '" + c.name +
+                          "'; shorten the prompt or lower max_tokens");
+  }
+  for (TokenId t : tokens) {
+    if (t < 0 || t >= c.vocab_size) {
+      return make_error(ErrorKind::kInvalidArgument,
+                        "token id " + std::to_string(t) + " is outside the vocabulary of " +
+                            std::to_string(c.vocab_size) + " tokens");
+    }
+  }
+  size_t done = 0;
+  while (done < tokens.size()) {
+    const int32_t n =
+        static_cast<int32_t>(std::min<size_t>(tokens.size() - done, static_cast<size_t>(max_batch_)));
+    forward_batch(tokens.data() + done, n, pool);
+    done += static_cast<size_t>(n);
+  }
+  return std::span<const float>(logits_);
+}
+
+void InferenceContext::forward_batch(const TokenId* tokens, int32_t n, ThreadPool& pool) {
+  const Model& m = *model_;
+  const ModelConfig& c = m.config();
+  const int64_t d = c.embedding_length;
+  const int64_t hd = c.head_dim;
+  const int64_t q_dim = static_cast<int64_t>(c.head_count) * hd;
+  const int64_t kv_dim = static_cast<int64_t>(c.head_count_kv) * hd;
+  const int64_t ff = c.feed_forward_length;
+  const int32_t group = c.head_count / c.head_count_kv;
+  const float attn_scale = 1.0f / std::sqrt(static_cast<float>(hd));
+  const int32_t start = position_;
+  std::span<uint8_t> scratch(quant_scratch_);
+
+  for (int32_t t = 0; t < n; ++t) get_row(m.token_embedding(), tokens[t], x_.data() + t * d);
+
+  const int32_t threads = pool.size();
+  if (scores_.size() < static_cast<size_t>(threads) * context_length_) {
+    scores_.resize(static_cast<size_t>(threads) * context_length_);
+  }
+
+  for (int32_t li = 0; li < c.layer_count; ++li) {
+    const LayerWeights& l = m.layers()[static_cast<size_t>(li)];
+    float* key_layer = key_cache_.data() + static_cast<size_t>(li) * context_length_ * kv_dim;
+    float* value_layer = value_cache_.data() + static_cast<size_t>(li) * context_length_ * kv_dim;
+
+    for (int32_t t = 0; t < n; ++t) {
+      rms_norm(x_.data() + t * d, l.attn_norm, xn_.data() + t * d, d, c.rms_norm_epsilon);
+    }
+    matmul(l.wq, xn_.data(), n, q_.data(), scratch, pool);
+    matmul(l.wk, xn_.data(), n, k_.data(), scratch, pool);
+    matmul(l.wv, xn_.data(), n, v_.data(), scratch, pool);
+    for (int32_t t = 0; t < n; ++t) {
+      float* q = q_.data() + t * q_dim;
+      float* k = k_.data() + t * kv_dim;
+      float* v = v_.data() + t * kv_dim;
+      if (l.bq != nullptr) {
+        for (int64_t i = 0; i < q_dim; ++i) q[i] += l.bq[i];
+      }
+      if (l.bk != nullptr) {
+        for (int64_t i = 0; i < kv_dim; ++i) k[i] += l.bk[i];
+      }
+      if (l.bv != nullptr) {
+        for (int64_t i = 0; i < kv_dim; ++i) v[i] += l.bv[i];
+      }
+      apply_rope(q, c.head_count, c.head_dim, start + t, c.rope_neox, rope_inv_freq_.data());
+      apply_rope(k, c.head_count_kv, c.head_dim, start + t, c.rope_neox, rope_inv_freq_.data());
+      std::memcpy(key_layer + static_cast<size_t>(start + t) * kv_dim, k, kv_dim * sizeof(float));
+      std::memcpy(value_layer + static_cast<size_t>(start + t) * kv_dim, v,
+                  kv_dim * sizeof(float));
+    }
+
+    // Causal attention; each (token, head) pair is independent.
+    const int64_t items = static_cast<int64_t>(n) * c.head_count;
+    pool.run_on_all([&](int thread, int thread_count) {
+      float* scores = scores_.data() + static_cast<size_t>(thread) * context_length_;
+      const int64_t per = (items + thread_count - 1) / thread_count;
+      const int64_t begin = per * thread;
+      const int64_t end = std::min(items, begin + per);
+      for (int64_t item = begin; item < end; ++item) {
+        const int32_t t = static_cast<int32_t>(item / c.head_count);
+        const int32_t h = static_cast<int32_t>(item % c.head_count);
+        const int32_t kvh = h / group;
+        const float* q = q_.data() + t * q_dim + h * hd;
+        const int32_t span = start + t + 1;
+        float max_score = -INFINITY;
+        for (int32_t p = 0; p < span; ++p) {
+          const float* k = key_layer + static_cast<size_t>(p) * kv_dim + kvh * hd;
+          float dot = 0.0f;
+          for (int64_t i = 0; i < hd; ++i) dot += q[i] * k[i];
+          dot *= attn_scale;
+          scores[p] = dot;
+          max_score = std::max(max_score, dot);
+        }
+        float sum = 0.0f;
+        for (int32_t p = 0; p < span; ++p) {
+          scores[p] = std::exp(scores[p] - max_score);
+          sum += scores[p];
+        }
+        const float inv = 1.0f / sum;
+        float* out = attn_out_.data() + t * q_dim + h * hd;
+        std::fill(out, out + hd, 0.0f);
+        for (int32_t p = 0; p < span; ++p) {
+          const float w = scores[p] * inv;
+          const float* v = value_layer + static_cast<size_t>(p) * kv_dim + kvh * hd;
+          for (int64_t i = 0; i < hd; ++i) out[i] += w * v[i];
+        }
+      }
+    });
+
+    matmul(l.wo, attn_out_.data(), n, xn_.data(), scratch, pool);
+    for (int64_t i = 0; i < static_cast<int64_t>(n) * d; ++i) x_[i] += xn_[i];
+
+    for (int32_t t = 0; t < n; ++t) {
+      rms_norm(x_.data() + t * d, l.ffn_norm, xn_.data() + t * d, d, c.rms_norm_epsilon);
+    }
+    matmul(l.w_gate, xn_.data(), n, gate_.data(), scratch, pool);
+    matmul(l.w_up, xn_.data(), n, up_.data(), scratch, pool);
+    for (int64_t i = 0; i < static_cast<int64_t>(n) * ff; ++i) {
+      const float g = gate_[i];
+      gate_[i] = g / (1.0f + std::exp(-g)) * up_[i];
+    }
+    matmul(l.w_down, gate_.data(), n, xn_.data(), scratch, pool);
+    for (int64_t i = 0; i < static_cast<int64_t>(n) * d; ++i) x_[i] += xn_[i];
+  }
+
+  const float* last = x_.data() + static_cast<int64_t>(n - 1) * d;
+  rms_norm(last, m.output_norm(), xn_.data(), d, c.rms_norm_epsilon);
+  matmul(m.output(), xn_.data(), 1, logits_.data(), scratch, pool);
+
+  position_ += n;
+  cached_tokens_.insert(cached_tokens_.end(), tokens, tokens + n);
+}
+
+}  // namespace sy::engine

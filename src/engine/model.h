@@ -1,0 +1,137 @@
+// Llama-family decoder models (architectures `llama` and `qwen2`) loaded from
+// GGUF, and the inference context that runs them with a KV cache.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "common/result.h"
+#include "engine/gguf.h"
+#include "engine/kernels.h"
+#include "engine/thread_pool.h"
+#include "engine/tokenizer.h"
+
+namespace sy::engine {
+
+struct ModelConfig {
+  std::string architecture;  // "llama" or "qwen2"
+  std::string name;          // general.name, or the file stem
+  int32_t vocab_size = 0;
+  int32_t embedding_length = 0;
+  int32_t layer_count = 0;
+  int32_t head_count = 0;
+  int32_t head_count_kv = 0;
+  int32_t head_dim = 0;
+  int32_t feed_forward_length = 0;
+  int32_t context_length = 0;  // trained context
+  float rms_norm_epsilon = 1e-5f;
+  float rope_freq_base = 10000.0f;
+  bool rope_neox = false;  // rotate halves (qwen2) instead of adjacent pairs (llama)
+  // Llama 3 frequency scaling; factor 0 means none.
+  float rope_scaling_factor = 0.0f;
+  float rope_low_freq_factor = 1.0f;
+  float rope_high_freq_factor = 4.0f;
+  int32_t rope_original_context = 8192;
+  bool tied_output = false;     // output projection reuses token_embd
+  bool attention_bias = false;  // qwen2 has q/k/v biases
+};
+
+struct LayerWeights {
+  const float* attn_norm = nullptr;
+  WeightMatrix wq, wk, wv, wo;
+  const float* bq = nullptr;
+  const float* bk = nullptr;
+  const float* bv = nullptr;
+  const float* ffn_norm = nullptr;
+  WeightMatrix w_gate, w_up, w_down;
+};
+
+// Immutable once loaded; shared by every context that runs it.
+class Model {
+ public:
+  // Loads and validates a GGUF model: architecture, hyperparameters, every
+  // tensor's presence, type and shape. Errors say which key or tensor is wrong.
+  static Result<std::shared_ptr<const Model>> load(const std::string& path);
+  // Same from an already-parsed file.
+  static Result<std::shared_ptr<const Model>> from_gguf(std::shared_ptr<GgufFile> file);
+
+  const ModelConfig& config() const { return config_; }
+  const Tokenizer& tokenizer() const { return *tokenizer_; }
+  const GgufFile& file() const { return *file_; }
+  // A short identity of the weights (name + size + type), for version pinning.
+  const std::string& version() const { return version_; }
+  // Bytes of weights read per generated token (every matrix once).
+  uint64_t weight_bytes() const { return weight_bytes_; }
+  // Bytes of KV cache per token of context.
+  uint64_t kv_bytes_per_token() const;
+
+  const WeightMatrix& token_embedding() const { return token_embd_; }
+  const WeightMatrix& output() const { return output_; }
+  const float* output_norm() const { return output_norm_; }
+  const std::vector<LayerWeights>& layers() const { return layers_; }
+
+ private:
+  Model() = default;
+  std::shared_ptr<GgufFile> file_;
+  std::shared_ptr<const Tokenizer> tokenizer_;
+  ModelConfig config_;
+  std::string version_;
+  uint64_t weight_bytes_ = 0;
+  WeightMatrix token_embd_;
+  WeightMatrix output_;
+  const float* output_norm_ = nullptr;
+  std::vector<LayerWeights> layers_;
+  // Norms and biases stored as F16/BF16 are widened to float once at load.
+  std::vector<std::vector<float>> widened_;
+  friend struct ModelLoader;
+};
+
+struct ContextOptions {
+  int32_t context_length = 0;  // 0: the model's trained context, capped by kv_memory_budget
+  uint64_t kv_memory_budget = 512ull << 20;  // bytes for the KV cache
+  int32_t max_batch = 64;                    // tokens per forward step when processing a prompt
+};
+
+// One sequence being generated: KV cache plus scratch buffers, all allocated
+// at creation so that decoding allocates nothing per token. Not thread-safe;
+// use one per concurrent request.
+class InferenceContext {
+ public:
+  static Result<std::unique_ptr<InferenceContext>> create(std::shared_ptr<const Model> model,
+                                                          ContextOptions options);
+  ~InferenceContext();
+
+  // Runs `tokens` at positions [position(), position()+n) and returns the
+  // logits for the last one (vocab_size floats, valid until the next call).
+  // Fails with kResourceExhausted when the context would overflow.
+  Result<std::span<const float>> evaluate(std::span<const TokenId> tokens, ThreadPool& pool);
+
+  int32_t position() const { return position_; }
+  int32_t context_length() const { return context_length_; }
+  // Forgets everything after `position` (prefix reuse: keep a shared prompt prefix).
+  void truncate(int32_t position);
+  // Tokens currently in the cache, for prefix matching.
+  const std::vector<TokenId>& cached_tokens() const { return cached_tokens_; }
+  const Model& model() const { return *model_; }
+
+ private:
+  InferenceContext() = default;
+  void forward_batch(const TokenId* tokens, int32_t n, ThreadPool& pool);
+
+  std::shared_ptr<const Model> model_;
+  int32_t context_length_ = 0;
+  int32_t max_batch_ = 0;
+  int32_t position_ = 0;
+  std::vector<TokenId> cached_tokens_;
+  std::vector<float> key_cache_;    // [layer][position][kv_head * head_dim]
+  std::vector<float> value_cache_;  // same layout
+  // Scratch, sized for max_batch tokens.
+  std::vector<float> x_, xn_, q_, k_, v_, attn_out_, gate_, up_, scores_, logits_;
+  std::vector<float> rope_inv_freq_;
+  std::vector<uint8_t> quant_scratch_;
+};
+
+}  // namespace sy::engine

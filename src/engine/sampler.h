@@ -1,0 +1,65 @@
+// Token sampling with per-token log-probabilities and entropy, the signals the
+// router's cascade policy uses to judge the edge model's confidence.
+#pragma once
+
+#include <cstdint>
+#include <random>
+#include <span>
+#include <vector>
+
+#include "engine/tokenizer.h"
+
+namespace sy::engine {
+
+struct SamplingParams {
+  float temperature = 0.8f;  // 0: greedy
+  int32_t top_k = 40;        // 0: off
+  float top_p = 0.95f;       // 1: off
+  float min_p = 0.05f;       // 0: off
+  float repeat_penalty = 1.0f;  // 1: off
+  int32_t repeat_last_n = 64;
+  uint64_t seed = 0xC0FFEE;
+  int32_t top_logprobs = 0;  // alternatives to report per token (0..20)
+
+  static SamplingParams greedy() {
+    SamplingParams p;
+    p.temperature = 0.0f;
+    return p;
+  }
+};
+
+struct TokenAlternative {
+  TokenId id = -1;
+  float logprob = 0.0f;
+};
+
+struct SampledToken {
+  TokenId id = -1;
+  // log p(token) under the model's own distribution (softmax of the raw
+  // logits, before temperature and truncation): comparable across requests.
+  float logprob = 0.0f;
+  // Entropy in nats of that same distribution.
+  float entropy = 0.0f;
+  std::vector<TokenAlternative> top;  // top_logprobs most likely tokens
+};
+
+class Sampler {
+ public:
+  Sampler(SamplingParams params, int32_t vocab_size);
+
+  // Picks the next token from logits (not modified). `history` is the tokens
+  // so far, for the repetition penalty.
+  SampledToken sample(std::span<const float> logits, std::span<const TokenId> history);
+
+  const SamplingParams& params() const { return params_; }
+
+ private:
+  SamplingParams params_;
+  std::mt19937_64 rng_;
+  // Reused across calls so sampling allocates nothing per token.
+  std::vector<float> adjusted_;
+  std::vector<int32_t> order_;
+  std::vector<float> probs_;
+};
+
+}  // namespace sy::engine

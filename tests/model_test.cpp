@@ -1,0 +1,330 @@
+// The optimized forward pass against a plain float reference, on tiny random
+// models of every supported type and architecture, and on the real models.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "engine/engine.h"
+#include "support/tiny_model.h"
+
+namespace sy::engine {
+namespace {
+
+using testing::TinyModelSpec;
+
+// A deliberately naive forward pass: weights dequantized to float, math in
+// double, no KV cache (recomputes the whole sequence), no threads.
+class ReferenceModel {
+ public:
+  explicit ReferenceModel(const Model& m) : m_(m), c_(m.config()) {}
+
+  std::vector<double> logits(const std::vector<TokenId>& tokens) const {
+    const int64_t d = c_.embedding_length, hd = c_.head_dim;
+    const int64_t n = static_cast<int64_t>(tokens.size());
+    std::vector<std::vector<double>> x(static_cast<size_t>(n));
+    for (int64_t t = 0; t < n; ++t) x[t] = row(m_.token_embedding(), tokens[t]);
+    for (const auto& l : m_.layers()) {
+      std::vector<std::vector<double>> q(n), k(n), v(n);
+      for (int64_t t = 0; t < n; ++t) {
+        auto xn = norm(x[t], l.attn_norm);
+        q[t] = matvec(l.wq, xn, l.bq);
+        k[t] = matvec(l.wk, xn, l.bk);
+        v[t] = matvec(l.wv, xn, l.bv);
+        rope(q[t], t);
+        rope(k[t], t);
+      }
+      for (int64_t t = 0; t < n; ++t) {
+        std::vector<double> att(static_cast<size_t>(c_.head_count * hd), 0.0);
+        for (int32_t h = 0; h < c_.head_count; ++h) {
+          const int32_t g = h / (c_.head_count / c_.head_count_kv);
+          std::vector<double> s(static_cast<size_t>(t + 1));
+          double mx = -1e300;
+          for (int64_t p = 0; p <= t; ++p) {
+            double dot = 0;
+            for (int64_t i = 0; i < hd; ++i) dot += q[t][h * hd + i] * k[p][g * hd + i];
+            s[p] = dot / std::sqrt(static_cast<double>(hd));
+            mx = std::max(mx, s[p]);
+          }
+          double sum = 0;
+          for (auto& e : s) sum += (e = std::exp(e - mx));
+          for (int64_t p = 0; p <= t; ++p)
+            for (int64_t i = 0; i < hd; ++i) att[h * hd + i] += s[p] / sum * v[p][g * hd + i];
+        }
+        auto o = matvec(l.wo, att, nullptr);
+        for (int64_t i = 0; i < d; ++i) x[t][i] += o[i];
+        auto xn = norm(x[t], l.ffn_norm);
+        auto gate = matvec(l.w_gate, xn, nullptr);
+        auto up = matvec(l.w_up, xn, nullptr);
+        for (size_t i = 0; i < gate.size(); ++i) gate[i] = gate[i] / (1 + std::exp(-gate[i])) * up[i];
+        auto down = matvec(l.w_down, gate, nullptr);
+        for (int64_t i = 0; i < d; ++i) x[t][i] += down[i];
+      }
+    }
+    return matvec(m_.output(), norm(x[n - 1], m_.output_norm()), nullptr);
+  }
+
+ private:
+  std::vector<double> row(const WeightMatrix& w, int64_t r) const {
+    std::vector<float> f(static_cast<size_t>(w.cols));
+    EXPECT_TRUE(dequantize_row(w.type, static_cast<const uint8_t*>(w.data) + r * w.row_bytes,
+                               f.data(), w.cols));
+    return {f.begin(), f.end()};
+  }
+  std::vector<double> matvec(const WeightMatrix& w, const std::vector<double>& x,
+                             const float* bias) const {
+    std::vector<double> y(static_cast<size_t>(w.rows));
+    for (int64_t r = 0; r < w.rows; ++r) {
+      auto wr = row(w, r);
+      double s = bias ? bias[r] : 0.0;
+      for (int64_t c = 0; c < w.cols; ++c) s += wr[c] * x[c];
+      y[r] = s;
+    }
+    return y;
+  }
+  std::vector<double> norm(const std::vector<double>& x, const float* w) const {
+    double ss = 0;
+    for (double e : x) ss += e * e;
+    const double scale = 1.0 / std::sqrt(ss / x.size() + c_.rms_norm_epsilon);
+    std::vector<double> out(x.size());
+    for (size_t i = 0; i < x.size(); ++i) out[i] = x[i] * scale * w[i];
+    return out;
+  }
+  void rope(std::vector<double>& v, int64_t pos) const {
+    const int64_t hd = c_.head_dim, half = hd / 2;
+    for (size_t h = 0; h < v.size() / hd; ++h) {
+      for (int64_t i = 0; i < half; ++i) {
+        double freq = std::pow(static_cast<double>(c_.rope_freq_base), -2.0 * i / hd);
+        if (c_.rope_scaling_factor > 0) {
+          const double wl = 2 * M_PI / freq;
+          const double lo = c_.rope_original_context / c_.rope_low_freq_factor;
+          const double hi = c_.rope_original_context / c_.rope_high_freq_factor;
+          if (wl > lo) {
+            freq /= c_.rope_scaling_factor;
+          } else if (wl >= hi) {
+            const double sm = (c_.rope_original_context / wl - c_.rope_low_freq_factor) /
+                              (c_.rope_high_freq_factor - c_.rope_low_freq_factor);
+            freq = (1 - sm) * freq / c_.rope_scaling_factor + sm * freq;
+          }
+        }
+        const double a = pos * freq;
+        const size_t i0 = h * hd + (c_.rope_neox ? i : 2 * i);
+        const size_t i1 = h * hd + (c_.rope_neox ? i + half : 2 * i + 1);
+        const double x0 = v[i0], x1 = v[i1];
+        v[i0] = x0 * std::cos(a) - x1 * std::sin(a);
+        v[i1] = x0 * std::sin(a) + x1 * std::cos(a);
+      }
+    }
+  }
+  const Model& m_;
+  const ModelConfig& c_;
+};
+
+struct Case {
+  std::string arch;
+  TensorType type;
+  bool tied;
+  bool llama3_scaling;
+};
+
+std::string case_name(const ::testing::TestParamInfo<Case>& info) {
+  return info.param.arch + "_" + tensor_type_name(static_cast<uint32_t>(info.param.type)) +
+         (info.param.tied ? "_tied" : "") + (info.param.llama3_scaling ? "_llama3rope" : "");
+}
+
+class ForwardMatchesReference : public ::testing::TestWithParam<Case> {};
+
+TEST_P(ForwardMatchesReference, LogitsAtEveryStep) {
+  const Case& c = GetParam();
+  TinyModelSpec spec;
+  spec.architecture = c.arch;
+  spec.matrix_type = c.type;
+  spec.embedding_type = c.type;
+  spec.tied_output = c.tied;
+  spec.llama3_rope_scaling = c.llama3_scaling;
+  const bool k_quant = c.type == TensorType::kQ4_K || c.type == TensorType::kQ6_K;
+  if (k_quant) {  // K-quant rows are 256 elements long
+    spec.embedding_length = 256;
+    spec.feed_forward_length = 512;
+  }
+  const std::string path = testing::temp_path(".gguf");
+  testing::write_tiny_model(spec, path);
+  auto model = Model::load(path);
+  ASSERT_TRUE(model.ok()) << model.error().message;
+  EXPECT_EQ((*model)->config().tied_output, c.tied);
+  auto ctx = InferenceContext::create(*model, {});
+  ASSERT_TRUE(ctx.ok()) << ctx.error().message;
+  ThreadPool pool(2);
+  ReferenceModel ref(**model);
+
+  // Quantized weights meet 8-bit activations in the optimized path only.
+  const bool quantized = c.type != TensorType::kF32 && c.type != TensorType::kF16 &&
+                         c.type != TensorType::kBF16;
+  const double tolerance = quantized ? 0.04 : 2e-4;
+  std::vector<TokenId> seq = {1, 40, 200, 7, 260, 99, 3};
+  auto check = [&](std::span<const float> got) {
+    auto want = ref.logits(seq);
+    double scale = 0, worst = 0;
+    for (size_t i = 0; i < want.size(); ++i) scale = std::max(scale, std::abs(want[i]));
+    for (size_t i = 0; i < want.size(); ++i) worst = std::max(worst, std::abs(got[i] - want[i]));
+    EXPECT_LE(worst, tolerance * scale + 1e-4) << "after " << seq.size() << " tokens";
+  };
+  auto logits = (*ctx)->evaluate(seq, pool);  // one batch: the prompt path
+  ASSERT_TRUE(logits.ok());
+  check(*logits);
+  for (TokenId next : {5, 120, 33}) {  // then single tokens: the decode path
+    seq.push_back(next);
+    auto step = (*ctx)->evaluate(std::span<const TokenId>(&next, 1), pool);
+    ASSERT_TRUE(step.ok());
+    check(*step);
+  }
+  std::filesystem::remove(path);
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    AllTypes, ForwardMatchesReference,
+    ::testing::Values(Case{"llama", TensorType::kF32, false, false},
+                      Case{"llama", TensorType::kF32, true, true},
+                      Case{"llama", TensorType::kF16, false, false},
+                      Case{"llama", TensorType::kBF16, false, false},
+                      Case{"llama", TensorType::kQ8_0, false, false},
+                      Case{"llama", TensorType::kQ4_0, true, false},
+                      Case{"llama", TensorType::kQ4_K, false, false},
+                      Case{"llama", TensorType::kQ6_K, false, false},
+                      Case{"qwen2", TensorType::kF32, true, false},
+                      Case{"qwen2", TensorType::kQ8_0, false, false},
+                      Case{"qwen2", TensorType::kQ4_K, true, false}),
+    case_name);
+
+TEST(Model, BatchedPromptEqualsTokenByToken) {
+  TinyModelSpec spec;
+  const std::string path = testing::temp_path(".gguf");
+  testing::write_tiny_model(spec, path);
+  auto model = Model::load(path);
+  ASSERT_TRUE(model.ok());
+  ContextOptions small_batch;
+  small_batch.max_batch = 3;  // forces the prompt to be split across batches
+  auto a = InferenceContext::create(*model, {});
+  auto b = InferenceContext::create(*model, small_batch);
+  ThreadPool pool(2);
+  const std::vector<TokenId> seq = {1, 50, 60, 70, 80, 90, 100, 110};
+  auto batched = (*a)->evaluate(seq, pool);
+  ASSERT_TRUE(batched.ok());
+  std::vector<float> want(batched->begin(), batched->end());
+  std::span<const float> got;
+  for (TokenId t : seq) got = *(*b)->evaluate(std::span<const TokenId>(&t, 1), pool);
+  for (size_t i = 0; i < want.size(); ++i) EXPECT_NEAR(got[i], want[i], 1e-4);
+  std::filesystem::remove(path);
+}
+
+TEST(Model, ContextOverflowIsAClearError) {
+  TinyModelSpec spec;
+  spec.context_length = 32;
+  const std::string path = testing::temp_path(".gguf");
+  testing::write_tiny_model(spec, path);
+  auto model = Model::load(path);
+  ASSERT_TRUE(model.ok());
+  auto ctx = InferenceContext::create(*model, {});
+  ThreadPool pool(1);
+  std::vector<TokenId> seq(40, 5);
+  auto r = (*ctx)->evaluate(seq, pool);
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.error().kind, ErrorKind::kResourceExhausted);
+  EXPECT_NE(r.error().message.find("context"), std::string::npos);
+  EXPECT_EQ((*ctx)->position(), 0);  // nothing half-evaluated
+  GenerationRequest req;
+  req.prompt = seq;
+  auto g = generate(**ctx, pool, req);
+  ASSERT_FALSE(g.ok());
+  EXPECT_EQ(g.error().kind, ErrorKind::kResourceExhausted);
+  std::filesystem::remove(path);
+}
+
+TEST(Model, MissingTensorIsNamed) {
+  engine::GgufWriter w;
+  w.set("general.architecture", GgufValue::string("llama"));
+  w.set("llama.embedding_length", GgufValue::u32(64));
+  w.set("llama.block_count", GgufValue::u32(1));
+  w.set("llama.attention.head_count", GgufValue::u32(4));
+  w.set("llama.feed_forward_length", GgufValue::u32(128));
+  w.set("llama.context_length", GgufValue::u32(64));
+  auto vocab = testing::tiny_vocabulary();
+  w.set("tokenizer.ggml.model", GgufValue::string("llama"));
+  w.set("tokenizer.ggml.tokens", GgufValue::string_array(vocab.tokens));
+  w.set("tokenizer.ggml.scores", GgufValue::f32_array(vocab.scores));
+  const std::string path = testing::temp_path(".gguf");
+  ASSERT_TRUE(w.write(path).ok());
+  auto model = Model::load(path);
+  ASSERT_FALSE(model.ok());
+  EXPECT_NE(model.error().message.find("token_embd.weight"), std::string::npos)
+      << model.error().message;
+  std::filesystem::remove(path);
+}
+
+TEST(Model, UnknownModelNameIsNotFound) {
+  auto p = resolve_model_path("no-such-model-anywhere");
+  ASSERT_FALSE(p.ok());
+  EXPECT_EQ(p.error().kind, ErrorKind::kNotFound);
+  EXPECT_NE(p.error().message.find("SWITCHYARD_MODEL_PATH"), std::string::npos);
+}
+
+std::string stories_path() {
+  auto p = std::filesystem::path(testing::shared_models_dir()) / "stories260K.gguf";
+  return std::filesystem::exists(p) ? p.string() : "";
+}
+
+TEST(RealModel, Stories260KGreedyMatchesReferenceOutput) {
+  const std::string path = stories_path();
+  if (path.empty()) GTEST_SKIP() << "stories260K.gguf not in " << testing::shared_models_dir();
+  std::ifstream f(std::filesystem::path(path).replace_filename("stories260K.greedy.json"));
+  ASSERT_TRUE(f.good());
+  const auto expected = nlohmann::json::parse(f);
+  auto model = Model::load(path);
+  ASSERT_TRUE(model.ok()) << model.error().message;
+  for (int threads : {1, 2, 3}) {
+    ContextOptions opts;
+    opts.context_length = 512;
+    auto ctx = InferenceContext::create(*model, opts);
+    ASSERT_TRUE(ctx.ok());
+    ThreadPool pool(threads);
+    GenerationRequest req;
+    req.prompt = {expected["start_token"].get<TokenId>()};
+    req.sampling = SamplingParams::greedy();
+    req.max_tokens = expected["max_steps"].get<int32_t>();
+    auto r = generate(**ctx, pool, req);
+    ASSERT_TRUE(r.ok()) << r.error().message;
+    std::vector<TokenId> ids;
+    for (const auto& t : r->tokens) ids.push_back(t.id);
+    const auto want = expected["generated_token_ids"].get<std::vector<TokenId>>();
+    // The reference stops at the step budget; we may stop earlier at EOS.
+    ASSERT_LE(ids.size(), want.size());
+    EXPECT_EQ(ids, std::vector<TokenId>(want.begin(), want.begin() + ids.size()))
+        << "threads=" << threads;
+    EXPECT_GE(ids.size(), 100u);
+    EXPECT_TRUE(r->text.starts_with("Once upon a time")) << r->text;
+  }
+}
+
+TEST(RealModel, LlamaTinyRandomF16Runs) {
+  auto p = std::filesystem::path(testing::shared_models_dir()) / "llama-2-tiny-random.gguf";
+  if (!std::filesystem::exists(p)) GTEST_SKIP();
+  auto model = Model::load(p.string());
+  ASSERT_TRUE(model.ok()) << model.error().message;
+  ContextOptions opts;
+  opts.context_length = 64;
+  auto ctx = InferenceContext::create(*model, opts);
+  ASSERT_TRUE(ctx.ok());
+  ThreadPool pool(2);
+  GenerationRequest req;
+  req.prompt = (*model)->tokenizer().encode("Hello world", true, false);
+  req.sampling = SamplingParams::greedy();
+  req.max_tokens = 8;
+  auto r = generate(**ctx, pool, req);
+  ASSERT_TRUE(r.ok()) << r.error().message;
+  EXPECT_GT(r->generated_tokens, 0);
+}
+
+}  // namespace
+}  // namespace sy::engine
