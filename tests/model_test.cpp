@@ -8,15 +8,18 @@
 #include <nlohmann/json.hpp>
 
 #include "engine/engine.h"
-#include "support/tiny_model.h"
+#include "support/test_paths.h"
 
 namespace sy::engine {
 namespace {
 
-using testing::TinyModelSpec;
 
 // A deliberately naive forward pass: weights dequantized to float, math in
 // double, no KV cache (recomputes the whole sequence), no threads.
+bool is_quantized(TensorType t) {
+  return t != TensorType::kF32 && t != TensorType::kF16 && t != TensorType::kBF16;
+}
+
 class ReferenceModel {
  public:
   explicit ReferenceModel(const Model& m) : m_(m), c_(m.config()) {}
@@ -76,6 +79,15 @@ class ReferenceModel {
   std::vector<double> matvec(const WeightMatrix& w, const std::vector<double>& x,
                              const float* bias) const {
     std::vector<double> y(static_cast<size_t>(w.rows));
+    if (is_quantized(w.type)) {
+      // Quantized weights are defined to meet 8-bit activations; the scalar
+      // kernel reference (itself checked against float math in kernels_test)
+      // applies exactly that rounding.
+      std::vector<float> xf(x.begin(), x.end()), yf(y.size());
+      matmul_reference(w, xf.data(), 1, yf.data());
+      for (size_t r = 0; r < y.size(); ++r) y[r] = yf[r] + (bias ? bias[r] : 0.0);
+      return y;
+    }
     for (int64_t r = 0; r < w.rows; ++r) {
       auto wr = row(w, r);
       double s = bias ? bias[r] : 0.0;
@@ -138,7 +150,7 @@ class ForwardMatchesReference : public ::testing::TestWithParam<Case> {};
 
 TEST_P(ForwardMatchesReference, LogitsAtEveryStep) {
   const Case& c = GetParam();
-  TinyModelSpec spec;
+  SyntheticModelSpec spec;
   spec.architecture = c.arch;
   spec.matrix_type = c.type;
   spec.embedding_type = c.type;
@@ -150,7 +162,7 @@ TEST_P(ForwardMatchesReference, LogitsAtEveryStep) {
     spec.feed_forward_length = 512;
   }
   const std::string path = testing::temp_path(".gguf");
-  testing::write_tiny_model(spec, path);
+  ASSERT_TRUE(write_synthetic_model(spec, path).ok());
   auto model = Model::load(path);
   ASSERT_TRUE(model.ok()) << model.error().message;
   EXPECT_EQ((*model)->config().tied_output, c.tied);
@@ -159,10 +171,9 @@ TEST_P(ForwardMatchesReference, LogitsAtEveryStep) {
   ThreadPool pool(2);
   ReferenceModel ref(**model);
 
-  // Quantized weights meet 8-bit activations in the optimized path only.
-  const bool quantized = c.type != TensorType::kF32 && c.type != TensorType::kF16 &&
-                         c.type != TensorType::kBF16;
-  const double tolerance = quantized ? 0.04 : 2e-4;
+  // Quantized paths round activations to 8 bits, so a float difference far
+  // upstream can flip one rounding step; float paths agree to float precision.
+  const double tolerance = is_quantized(c.type) ? 5e-3 : 2e-4;
   std::vector<TokenId> seq = {1, 40, 200, 7, 260, 99, 3};
   auto check = [&](std::span<const float> got) {
     auto want = ref.logits(seq);
@@ -199,9 +210,9 @@ INSTANTIATE_TEST_SUITE_P(
     case_name);
 
 TEST(Model, BatchedPromptEqualsTokenByToken) {
-  TinyModelSpec spec;
+  SyntheticModelSpec spec;
   const std::string path = testing::temp_path(".gguf");
-  testing::write_tiny_model(spec, path);
+  ASSERT_TRUE(write_synthetic_model(spec, path).ok());
   auto model = Model::load(path);
   ASSERT_TRUE(model.ok());
   ContextOptions small_batch;
@@ -220,10 +231,10 @@ TEST(Model, BatchedPromptEqualsTokenByToken) {
 }
 
 TEST(Model, ContextOverflowIsAClearError) {
-  TinyModelSpec spec;
+  SyntheticModelSpec spec;
   spec.context_length = 32;
   const std::string path = testing::temp_path(".gguf");
-  testing::write_tiny_model(spec, path);
+  ASSERT_TRUE(write_synthetic_model(spec, path).ok());
   auto model = Model::load(path);
   ASSERT_TRUE(model.ok());
   auto ctx = InferenceContext::create(*model, {});
@@ -250,7 +261,7 @@ TEST(Model, MissingTensorIsNamed) {
   w.set("llama.attention.head_count", GgufValue::u32(4));
   w.set("llama.feed_forward_length", GgufValue::u32(128));
   w.set("llama.context_length", GgufValue::u32(64));
-  auto vocab = testing::tiny_vocabulary();
+  auto vocab = synthetic_vocabulary();
   w.set("tokenizer.ggml.model", GgufValue::string("llama"));
   w.set("tokenizer.ggml.tokens", GgufValue::string_array(vocab.tokens));
   w.set("tokenizer.ggml.scores", GgufValue::f32_array(vocab.scores));
@@ -303,7 +314,8 @@ TEST(RealModel, Stories260KGreedyMatchesReferenceOutput) {
     EXPECT_EQ(ids, std::vector<TokenId>(want.begin(), want.begin() + ids.size()))
         << "threads=" << threads;
     EXPECT_GE(ids.size(), 100u);
-    EXPECT_TRUE(r->text.starts_with("Once upon a time")) << r->text;
+    // SentencePiece pieces carry their leading space: the continuation of BOS is " Once".
+    EXPECT_EQ(r->text.substr(1), expected["text"].get<std::string>().substr(0, r->text.size() - 1));
   }
 }
 

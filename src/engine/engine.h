@@ -8,6 +8,7 @@
 #include "engine/kernels.h"
 #include "engine/model.h"
 #include "engine/sampler.h"
+#include "engine/synthetic_model.h"
 #include "engine/tensor_type.h"
 #include "engine/thread_pool.h"
 #include "engine/tokenizer.h"

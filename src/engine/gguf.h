@@ -12,6 +12,7 @@
 #include <span>
 #include <string>
 #include <string_view>
+#include <unordered_map>
 #include <variant>
 #include <vector>
 
@@ -65,9 +66,9 @@ struct GgufValue {
 
 struct GgufTensorInfo {
   std::string name;
-  uint32_t type = 0;              // TensorType number (validated as known)
-  std::vector<uint64_t> dims;     // ne[0] is the contiguous (row) dimension
-  uint64_t offset = 0;            // relative to the data section
+  uint32_t type = 0;           // TensorType number (validated as known)
+  std::vector<uint64_t> dims;  // ne[0] is the contiguous (row) dimension
+  uint64_t offset = 0;         // relative to the data section
   uint64_t element_count = 0;
   uint64_t byte_size = 0;
   const uint8_t* data = nullptr;  // inside the mapping; valid while the file lives
@@ -114,6 +115,8 @@ class GgufFile {
   uint64_t alignment_ = 32;
   std::map<std::string, GgufValue> metadata_;
   std::vector<GgufTensorInfo> tensors_;
+  // Views into tensors_[i].name; tensors_ is not modified after parsing.
+  std::unordered_map<std::string_view, size_t> tensor_index_;
 };
 
 // Builds a GGUF v3 file: metadata in insertion order, tensors aligned to
@@ -121,10 +124,13 @@ class GgufFile {
 class GgufWriter {
  public:
   void set(std::string key, GgufValue value);
-  // Copies copy `data` (byte_size must match type and dims).
+  // Copies `data` (its size must match type and dims).
   Status add_tensor(std::string name, TensorType type, std::vector<uint64_t> dims,
                     std::span<const uint8_t> data);
+  // Checks every metadata value against its declared type, then writes the
+  // file atomically (via a temporary beside it).
   Status write(const std::string& path) const;
+  // The same encoding without write()'s checks; tests use it to craft files.
   std::vector<uint8_t> to_bytes() const;
 
  private:

@@ -53,4 +53,27 @@ void matmul_reference(const WeightMatrix& w, const float* x, int64_t batch, floa
 // Dequantizes one row (embedding lookup).
 bool get_row(const WeightMatrix& w, int64_t row, float* out);
 
+// Vector helpers of the forward pass: AVX2/FMA with scalar fallbacks, any n.
+// exp-based ones use a polynomial exp accurate to a few float ulps.
+
+float dot_f32(const float* a, const float* b, int64_t n);
+// a . b with b in fp16 (an fp16 KV cache).
+float dot_f32_f16(const float* a, const uint16_t* b, int64_t n);
+// y += a * x.
+void axpy_f32(float a, const float* x, float* y, int64_t n);
+void axpy_f16(float a, const uint16_t* x, float* y, int64_t n);
+// y += x.
+void add_f32(float* y, const float* x, int64_t n);
+// y *= a.
+void scale_f32(float* y, float a, int64_t n);
+// out = x / sqrt(mean(x^2) + eps) * weight; out may be x.
+void rmsnorm(const float* x, const float* weight, float* out, int64_t n, float eps);
+// x = exp(x - max x) / sum, in place; -inf entries (masked positions) become
+// 0. At least one entry must be finite.
+void softmax(float* x, int64_t n);
+// gate = silu(gate) * up (SwiGLU).
+void silu_mul(float* gate, const float* up, int64_t n);
+// gate = gelu(gate) * up with the tanh approximation of GELU (GeGLU, Gemma).
+void gelu_mul(float* gate, const float* up, int64_t n);
+
 }  // namespace sy::engine

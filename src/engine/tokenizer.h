@@ -46,23 +46,37 @@ struct Vocabulary {
   bool add_space_prefix = true;  // SentencePiece: prepend "▁"
   bool ignore_merges = false;    // BPE: a pre-token found whole in the vocab is one token (Llama 3)
 
+  // Reads tokenizer.ggml.*; missing required keys (model, tokens, scores for
+  // "llama", merges for "gpt2") and inconsistent ones (array lengths, token
+  // types, ids outside the vocabulary) are errors naming the file and key.
   static Result<Vocabulary> from_gguf(const GgufFile& file);
 };
 
 class Tokenizer {
  public:
+  // Errors: kUnsupported for other models (e.g. "bert" WordPiece) and unknown
+  // pre-tokenizer names, kInvalidArgument for inconsistent vocabularies.
+  // Llama 3 pre-tokenizer names ("llama-bpe", ...) imply ignore_merges.
   static Result<std::shared_ptr<const Tokenizer>> create(Vocabulary vocab);
   ~Tokenizer();
 
   // Text to ids. add_bos follows the vocabulary's add_bos when true;
   // parse_special recognises control/user-defined token texts such as
   // "<|eot_id|>" inside the text (true for chat templates, false for user data).
+  // Matching is leftmost-longest. User-defined (added) tokens are recognised
+  // even without parse_special, as Hugging Face tokenizers and llama.cpp do.
+  // Any bytes are accepted (invalid UTF-8, NULs); nothing is lost where the
+  // vocabulary has a token for every byte.
   std::vector<TokenId> encode(std::string_view text, bool add_special, bool parse_special) const;
 
   // Bytes of one token as it appears in output text (SentencePiece "▁" becomes
   // a space, byte tokens "<0x0A>" become the byte, BPE bytes are unmapped).
   // Control tokens render as empty unless render_special.
   std::string token_to_piece(TokenId id, bool render_special = false) const;
+  // The pieces concatenated; for SentencePiece vocabularies with
+  // add_space_prefix, the space encode() put in front of the text is removed
+  // from the first piece, so decode(encode(text)) == text. Ids outside the
+  // vocabulary are skipped.
   std::string decode(const std::vector<TokenId>& ids, bool render_special = false) const;
 
   int32_t vocab_size() const;

@@ -1,0 +1,360 @@
+#include "engine/kernels.h"
+
+#include <algorithm>
+#include <atomic>
+#include <bit>
+#include <cstring>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "engine/kernels_internal.h"
+
+#ifdef SY_KERNELS_AVX2
+#include <immintrin.h>
+#endif
+
+namespace sy::engine {
+
+using detail::ActQ8;
+using detail::ActQ8K;
+using detail::RowArgs;
+using detail::RowKernel;
+
+// The scalar conversions round exactly as F16C does (nearest-even, denormals
+// kept, NaNs quieted with their top payload bits), so vector and scalar paths
+// give the same bits.
+float fp16_to_fp32(uint16_t h) {
+  const uint32_t sign = static_cast<uint32_t>(h & 0x8000) << 16;
+  const uint32_t exp = (h >> 10) & 0x1F;
+  const uint32_t mant = h & 0x3FF;
+  if (exp == 0) {
+    // Zero or denormal: mant * 2^-24 is exact in float.
+    const float v = static_cast<float>(mant) * 0x1p-24f;
+    return sign != 0 ? -v : v;
+  }
+  uint32_t bits;
+  if (exp == 0x1F) {
+    bits = sign | 0x7F800000 | (mant << 13) | (mant != 0 ? 0x00400000 : 0);
+  } else {
+    bits = sign | ((exp + (127 - 15)) << 23) | (mant << 13);
+  }
+  return std::bit_cast<float>(bits);
+}
+
+uint16_t fp32_to_fp16(float f) {
+  const uint32_t x = std::bit_cast<uint32_t>(f);
+  const uint32_t sign = (x >> 16) & 0x8000;
+  const uint32_t ax = x & 0x7FFFFFFF;
+  if (ax > 0x7F800000) return static_cast<uint16_t>(sign | 0x7E00 | ((ax >> 13) & 0x3FF));
+  // 65520 and above round to infinity.
+  if (ax >= 0x477FF000) return static_cast<uint16_t>(sign | 0x7C00);
+  if (ax < 0x38800000) {
+    // Below the smallest normal half: adding 0.5f lines the half's denormal
+    // unit (2^-24) up with float's last mantissa bit, so the FPU rounds.
+    const float shifted = std::bit_cast<float>(ax) + 0.5f;
+    return static_cast<uint16_t>(sign | (std::bit_cast<uint32_t>(shifted) - 0x3F000000));
+  }
+  // Rebias the exponent and round to nearest-even on the 13 dropped bits; a
+  // mantissa carry correctly bumps the exponent.
+  const uint32_t odd = (ax >> 13) & 1;
+  const uint32_t rounded = ax - ((127 - 15) << 23) + 0xFFF + odd;
+  return static_cast<uint16_t>(sign | (rounded >> 13));
+}
+
+float bf16_to_fp32(uint16_t h) {
+  return std::bit_cast<float>(static_cast<uint32_t>(h) << 16);
+}
+
+uint16_t fp32_to_bf16(float f) {
+  const uint32_t x = std::bit_cast<uint32_t>(f);
+  if ((x & 0x7FFFFFFF) > 0x7F800000) return static_cast<uint16_t>((x >> 16) | 0x40);
+  return static_cast<uint16_t>((x + 0x7FFF + ((x >> 16) & 1)) >> 16);
+}
+
+namespace {
+
+enum class ActKind { kFloat, kQ8, kQ8K };
+
+struct TypeOps {
+  TensorType type;
+  int64_t block_size;
+  ActKind act;
+  RowKernel fast;
+  RowKernel reference;
+  // Kernel for kGroupRows interleaved activation rows, where it pays off.
+  detail::GroupKernel group = nullptr;
+};
+
+#ifdef SY_KERNELS_AVX2
+#define SY_FAST(name) detail::name##_avx2
+#else
+#define SY_FAST(name) detail::name##_scalar
+#endif
+
+constexpr TypeOps kOps[] = {
+    {TensorType::kF32, 1, ActKind::kFloat, SY_FAST(rows_f32), detail::rows_f32_scalar},
+    {TensorType::kF16, 1, ActKind::kFloat, SY_FAST(rows_f16), detail::rows_f16_scalar},
+    {TensorType::kBF16, 1, ActKind::kFloat, SY_FAST(rows_bf16), detail::rows_bf16_scalar},
+    {TensorType::kQ4_0, detail::kQK, ActKind::kQ8, SY_FAST(rows_q4_0), detail::rows_q4_0_scalar,
+#ifdef SY_KERNELS_AVX2
+     detail::group_q4_0_avx2
+#endif
+    },
+    {TensorType::kQ8_0, detail::kQK, ActKind::kQ8, SY_FAST(rows_q8_0), detail::rows_q8_0_scalar},
+    {TensorType::kQ4_K, detail::kQKK, ActKind::kQ8K, SY_FAST(rows_q4_k), detail::rows_q4_k_scalar},
+    {TensorType::kQ6_K, detail::kQKK, ActKind::kQ8K, SY_FAST(rows_q6_k), detail::rows_q6_k_scalar},
+};
+
+#undef SY_FAST
+
+const TypeOps* find_ops(TensorType type) {
+  for (const auto& ops : kOps) {
+    if (ops.type == type) return &ops;
+  }
+  return nullptr;
+}
+
+const TypeOps& ops_for_matmul(const WeightMatrix& w) {
+  const TypeOps* ops = find_ops(w.type);
+  if (ops == nullptr || w.cols % ops->block_size != 0) {
+    throw std::invalid_argument("matmul: no kernel for a " +
+                                tensor_type_name(static_cast<uint32_t>(w.type)) + " matrix with " +
+                                std::to_string(w.cols) + " columns");
+  }
+  return *ops;
+}
+
+size_t act_row_bytes(ActKind kind, int64_t cols) {
+  switch (kind) {
+    case ActKind::kQ8:
+      return static_cast<size_t>(cols / detail::kQK) * sizeof(ActQ8);
+    case ActKind::kQ8K:
+      return static_cast<size_t>(cols / detail::kQKK) * sizeof(ActQ8K);
+    case ActKind::kFloat:
+      break;
+  }
+  return static_cast<size_t>(cols) * sizeof(float);
+}
+
+void quantize_activation(ActKind kind, const float* x, uint8_t* out, int64_t cols,
+                         [[maybe_unused]] bool vector) {
+  if (kind == ActKind::kQ8) {
+    auto* y = reinterpret_cast<ActQ8*>(out);
+#ifdef SY_KERNELS_AVX2
+    if (vector) return detail::quantize_act_q8_avx2(x, y, cols);
+#endif
+    detail::quantize_act_q8_scalar(x, y, cols);
+  } else {
+    auto* y = reinterpret_cast<ActQ8K*>(out);
+#ifdef SY_KERNELS_AVX2
+    if (vector) return detail::quantize_act_q8k_avx2(x, y, cols);
+#endif
+    detail::quantize_act_q8k_scalar(x, y, cols);
+  }
+}
+
+RowArgs make_args(const WeightMatrix& w, const TypeOps& ops, const uint8_t* act, float* y) {
+  RowArgs args;
+  args.w = static_cast<const uint8_t*>(w.data);
+  args.w_row_bytes = w.row_bytes;
+  args.cols = w.cols;
+  args.act = act;
+  args.act_row_bytes = act_row_bytes(ops.act, w.cols);
+  args.y = y;
+  args.y_stride = w.rows;
+  return args;
+}
+
+// Rows per unit of work. Several units per thread let a thread that got a
+// core late take less, and multiples of 16 rows keep each unit's outputs on
+// cache lines of their own. With a batch, a unit's weights are re-read once
+// per activation tile, so they should stay in L2.
+int64_t rows_per_chunk(const WeightMatrix& w, int64_t batch, int threads) {
+  constexpr int64_t kAlign = 16;
+  constexpr size_t kL2Budget = 128 * 1024;
+  int64_t rows = (w.rows + 8 * threads - 1) / (8 * threads);
+  rows = (rows + kAlign - 1) / kAlign * kAlign;
+  if (batch > 1 && w.row_bytes > 0) {
+    const auto fit = static_cast<int64_t>(kL2Budget / w.row_bytes) / kAlign * kAlign;
+    rows = std::min(rows, std::max(kAlign, fit));
+  }
+  return std::max<int64_t>(rows, 1);
+}
+
+}  // namespace
+
+bool quantize_row(TensorType type, const float* src, void* dst, int64_t n) {
+  const TypeOps* ops = find_ops(type);
+  if (ops == nullptr || n % ops->block_size != 0) return false;
+  switch (type) {
+    case TensorType::kF32:
+      std::memcpy(dst, src, static_cast<size_t>(n) * sizeof(float));
+      return true;
+    case TensorType::kF16: {
+      auto* out = static_cast<uint16_t*>(dst);
+      int64_t i = 0;
+#ifdef SY_KERNELS_AVX2
+      for (; i + 8 <= n; i += 8) {
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(out + i),
+                         _mm256_cvtps_ph(_mm256_loadu_ps(src + i), _MM_FROUND_TO_NEAREST_INT));
+      }
+#endif
+      for (; i < n; ++i) out[i] = fp32_to_fp16(src[i]);
+      return true;
+    }
+    case TensorType::kBF16: {
+      auto* out = static_cast<uint16_t*>(dst);
+      for (int64_t i = 0; i < n; ++i) out[i] = fp32_to_bf16(src[i]);
+      return true;
+    }
+    case TensorType::kQ4_0:
+      detail::quantize_q4_0(src, static_cast<detail::BlockQ4_0*>(dst), n);
+      return true;
+    case TensorType::kQ8_0:
+      detail::quantize_q8_0(src, static_cast<detail::BlockQ8_0*>(dst), n);
+      return true;
+    case TensorType::kQ4_K:
+      detail::quantize_q4_k(src, static_cast<detail::BlockQ4_K*>(dst), n);
+      return true;
+    case TensorType::kQ6_K:
+      detail::quantize_q6_k(src, static_cast<detail::BlockQ6_K*>(dst), n);
+      return true;
+    default:
+      return false;
+  }
+}
+
+bool dequantize_row(TensorType type, const void* src, float* dst, int64_t n) {
+  const TypeOps* ops = find_ops(type);
+  if (ops == nullptr || n % ops->block_size != 0) return false;
+  switch (type) {
+    case TensorType::kF32:
+      std::memcpy(dst, src, static_cast<size_t>(n) * sizeof(float));
+      return true;
+    case TensorType::kF16: {
+      const auto* in = static_cast<const uint16_t*>(src);
+      int64_t i = 0;
+#ifdef SY_KERNELS_AVX2
+      for (; i + 8 <= n; i += 8) {
+        _mm256_storeu_ps(
+            dst + i, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(in + i))));
+      }
+#endif
+      for (; i < n; ++i) dst[i] = fp16_to_fp32(in[i]);
+      return true;
+    }
+    case TensorType::kBF16: {
+      const auto* in = static_cast<const uint16_t*>(src);
+      for (int64_t i = 0; i < n; ++i) dst[i] = bf16_to_fp32(in[i]);
+      return true;
+    }
+    case TensorType::kQ4_0:
+      detail::dequantize_q4_0(static_cast<const detail::BlockQ4_0*>(src), dst, n);
+      return true;
+    case TensorType::kQ8_0:
+      detail::dequantize_q8_0(static_cast<const detail::BlockQ8_0*>(src), dst, n);
+      return true;
+    case TensorType::kQ4_K:
+      detail::dequantize_q4_k(static_cast<const detail::BlockQ4_K*>(src), dst, n);
+      return true;
+    case TensorType::kQ6_K:
+      detail::dequantize_q6_k(static_cast<const detail::BlockQ6_K*>(src), dst, n);
+      return true;
+    default:
+      return false;
+  }
+}
+
+size_t activation_scratch_bytes(TensorType weight_type, int64_t cols, int64_t batch) {
+  const TypeOps* ops = find_ops(weight_type);
+  if (ops == nullptr || ops->act == ActKind::kFloat) return 0;
+  return act_row_bytes(ops->act, cols) * static_cast<size_t>(batch);
+}
+
+void matmul(const WeightMatrix& w, const float* x, int64_t batch, float* y,
+            std::span<uint8_t> scratch, ThreadPool& pool) {
+  const TypeOps& ops = ops_for_matmul(w);
+  if (batch <= 0 || w.rows <= 0) return;
+  const uint8_t* act = reinterpret_cast<const uint8_t*>(x);
+  // Groups of rows take the place of their rows in scratch; the rest follow
+  // in the plain layout.
+  const int64_t groups = ops.group != nullptr ? batch / detail::kGroupRows : 0;
+  const int64_t grouped_rows = groups * detail::kGroupRows;
+  if (ops.act != ActKind::kFloat) {
+    const size_t row_bytes = act_row_bytes(ops.act, w.cols);
+    if (scratch.size() < row_bytes * static_cast<size_t>(batch)) {
+      throw std::invalid_argument("matmul: activation scratch too small");
+    }
+    // Unit u < groups is a group, later ones single rows.
+    auto quantize_units = [&](int64_t begin, int64_t end) {
+      for (int64_t u = begin; u < end; ++u) {
+        const int64_t b = u < groups ? u * detail::kGroupRows : grouped_rows + (u - groups);
+        uint8_t* out = scratch.data() + b * row_bytes;
+#ifdef SY_KERNELS_AVX2
+        if (u < groups) {
+          detail::quantize_act_q8x8_avx2(x + b * w.cols, w.cols,
+                                         reinterpret_cast<detail::ActQ8x8*>(out), w.cols);
+          continue;
+        }
+#endif
+        quantize_activation(ops.act, x + b * w.cols, out, w.cols, true);
+      }
+    };
+    const int64_t units = groups + (batch - grouped_rows);
+    // A single row costs about as much as waking the pool.
+    if (units > 1) {
+      pool.parallel_for(units, quantize_units);
+    } else {
+      quantize_units(0, units);
+    }
+    act = scratch.data();
+  }
+  const RowArgs args = make_args(w, ops, act, y);
+  const int64_t chunk = rows_per_chunk(w, batch, pool.size());
+  const int64_t chunks = (w.rows + chunk - 1) / chunk;
+  std::atomic<int64_t> next{0};
+  auto work = [&](int, int) {
+    for (int64_t c = next.fetch_add(1, std::memory_order_relaxed); c < chunks;
+         c = next.fetch_add(1, std::memory_order_relaxed)) {
+      const int64_t r0 = c * chunk;
+      const int64_t r1 = std::min(w.rows, r0 + chunk);
+      for (int64_t b0 = 0; b0 < grouped_rows; b0 += detail::kGroupRows) {
+        ops.group(args, r0, r1, b0);
+      }
+      for (int64_t b0 = grouped_rows; b0 < batch; b0 += detail::kMaxTile) {
+        ops.fast(args, r0, r1, b0,
+                 static_cast<int>(std::min<int64_t>(detail::kMaxTile, batch - b0)));
+      }
+    }
+  };
+  if (chunks == 1) {
+    work(0, 1);
+  } else {
+    pool.run_on_all(work);
+  }
+}
+
+void matmul_reference(const WeightMatrix& w, const float* x, int64_t batch, float* y) {
+  const TypeOps& ops = ops_for_matmul(w);
+  const uint8_t* act = reinterpret_cast<const uint8_t*>(x);
+  std::vector<uint8_t> quantized;
+  if (ops.act != ActKind::kFloat) {
+    const size_t row_bytes = act_row_bytes(ops.act, w.cols);
+    quantized.resize(row_bytes * static_cast<size_t>(batch));
+    for (int64_t b = 0; b < batch; ++b) {
+      quantize_activation(ops.act, x + b * w.cols, quantized.data() + b * row_bytes, w.cols, false);
+    }
+    act = quantized.data();
+  }
+  const RowArgs args = make_args(w, ops, act, y);
+  for (int64_t b = 0; b < batch; ++b) ops.reference(args, 0, w.rows, b, 1);
+}
+
+bool get_row(const WeightMatrix& w, int64_t row, float* out) {
+  if (row < 0 || row >= w.rows) return false;
+  return dequantize_row(w.type, static_cast<const uint8_t*>(w.data) + row * w.row_bytes, out,
+                        w.cols);
+}
+
+}  // namespace sy::engine

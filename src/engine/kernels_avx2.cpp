@@ -1,0 +1,512 @@
+// AVX2/FMA/F16C row kernels and activation quantizers.
+//
+// Decode is a stream over the weights, so the kernels are written to keep
+// the instruction count per weight byte low enough for that stream to run at
+// memory speed on one core: nibbles are expanded without cross-lane shuffles,
+// integer products stay in int16/int32 until one float FMA per block, and
+// constant offsets (Q4_0's 8, Q6_K's 32, Q4_K's mins) are taken out through
+// precomputed activation sums instead of per-element subtractions.
+//
+// Each kernel takes a tile of up to kMaxTile activation rows so that in
+// prompt processing each weight block is loaded and expanded once per tile.
+#include "engine/kernels_internal.h"
+
+#ifdef SY_KERNELS_AVX2
+
+#include <immintrin.h>
+
+#include <cstring>
+
+namespace sy::engine::detail {
+namespace {
+
+inline float hsum(__m128 s) {
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+inline float hsum(__m256 v) {
+  return hsum(_mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1)));
+}
+
+inline int hsum_epi32(__m256i v) {
+  __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+  s = _mm_add_epi32(s, _mm_unpackhi_epi64(s, s));
+  s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 1));
+  return _mm_cvtsi128_si32(s);
+}
+
+inline __m256i load256(const void* p) {
+  return _mm256_loadu_si256(static_cast<const __m256i*>(p));
+}
+
+#ifndef SY_PREFETCH_BYTES
+#define SY_PREFETCH_BYTES 1024
+#endif
+#ifndef SY_PREFETCH_HINT
+#define SY_PREFETCH_HINT _MM_HINT_T0
+#endif
+inline void prefetch_ahead(const void* p) {
+  _mm_prefetch(static_cast<const char*>(p) + SY_PREFETCH_BYTES, SY_PREFETCH_HINT);
+}
+
+inline float half(uint16_t h) {
+  return _cvtsh_ss(h);
+}
+
+// A broadcast of the 16-bit value converts all lanes at once: fewer
+// instructions than converting a scalar and broadcasting the float.
+inline __m256 broadcast_half(uint16_t h) {
+  return _mm256_cvtph_ps(_mm_set1_epi16(static_cast<int16_t>(h)));
+}
+
+// Dispatches a runtime tile height to the compile-time kernels.
+template <template <int> class Kernel>
+void run_tile(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb) {
+  switch (nb) {
+    case 1:
+      Kernel<1>::run(a, r0, r1, b0);
+      break;
+    case 2:
+      Kernel<2>::run(a, r0, r1, b0);
+      break;
+    case 3:
+      Kernel<3>::run(a, r0, r1, b0);
+      break;
+    default:
+      Kernel<4>::run(a, r0, r1, b0);
+      break;
+  }
+}
+
+struct LoadF32 {
+  static __m256 load(const uint8_t* w) {
+    return _mm256_loadu_ps(reinterpret_cast<const float*>(w));
+  }
+  static float scalar(const uint8_t* w) { return *reinterpret_cast<const float*>(w); }
+  static constexpr size_t kBytes = 4;
+};
+struct LoadF16 {
+  static __m256 load(const uint8_t* w) {
+    return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w)));
+  }
+  static float scalar(const uint8_t* w) { return half(*reinterpret_cast<const uint16_t*>(w)); }
+  static constexpr size_t kBytes = 2;
+};
+struct LoadBF16 {
+  static __m256 load(const uint8_t* w) {
+    const __m256i v = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w)));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(v, 16));
+  }
+  static float scalar(const uint8_t* w) {
+    const uint32_t bits = static_cast<uint32_t>(*reinterpret_cast<const uint16_t*>(w)) << 16;
+    float f;
+    __builtin_memcpy(&f, &bits, 4);
+    return f;
+  }
+  static constexpr size_t kBytes = 2;
+};
+
+// Float weights: two accumulators per activation row hide the FMA latency.
+template <typename Load>
+struct FloatKernel {
+  template <int NB>
+  struct Tile {
+    static void run(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0) {
+      const float* x[NB];
+      for (int k = 0; k < NB; ++k) x[k] = act_row<float>(a, b0 + k);
+      const int64_t vec_end = a.cols & ~int64_t{15};
+      for (int64_t r = r0; r < r1; ++r) {
+        const uint8_t* w = a.w + static_cast<size_t>(r) * a.w_row_bytes;
+        __m256 acc[NB][2];
+        for (int k = 0; k < NB; ++k) acc[k][0] = acc[k][1] = _mm256_setzero_ps();
+        for (int64_t c = 0; c < vec_end; c += 16) {
+          prefetch_ahead(w + c * Load::kBytes);
+          const __m256 w0 = Load::load(w + c * Load::kBytes);
+          const __m256 w1 = Load::load(w + (c + 8) * Load::kBytes);
+          for (int k = 0; k < NB; ++k) {
+            acc[k][0] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(x[k] + c), acc[k][0]);
+            acc[k][1] = _mm256_fmadd_ps(w1, _mm256_loadu_ps(x[k] + c + 8), acc[k][1]);
+          }
+        }
+        for (int k = 0; k < NB; ++k) {
+          float sum = hsum(_mm256_add_ps(acc[k][0], acc[k][1]));
+          for (int64_t c = vec_end; c < a.cols; ++c) {
+            sum += Load::scalar(w + c * Load::kBytes) * x[k][c];
+          }
+          a.y[(b0 + k) * a.y_stride + r] = sum;
+        }
+      }
+    }
+  };
+};
+
+// Q4_0: unsigned nibbles times int8 activations; the -8 comes back as
+// -8 * sum over blocks of d_w * (d_x * sum x_q), accumulated alongside.
+struct Q4_0Step {
+  using Act = ActQ8;
+  using Block = BlockQ4_0;
+  const __m256i low4 = _mm256_set1_epi8(0x0F);
+  const __m256i ones = _mm256_set1_epi16(1);
+  // Shifts the upper 128-bit lane right by 4: one broadcast load plus this
+  // yields low nibbles in lane 0 and high nibbles in lane 1.
+  const __m256i nibble_shift = _mm256_setr_epi32(0, 0, 0, 0, 4, 4, 4, 4);
+
+  template <int NB>
+  [[gnu::always_inline]] void operator()(const Block& w, const Act* const* x, __m256* acc,
+                                         __m256* off) const {
+    const __m256i packed =
+        _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w.qs)));
+    const __m256i q = _mm256_and_si256(_mm256_srlv_epi32(packed, nibble_shift), low4);
+    const __m256 dw = broadcast_half(w.d);
+    for (int k = 0; k < NB; ++k) {
+      const __m256i p = _mm256_madd_epi16(_mm256_maddubs_epi16(q, load256(x[k]->qs)), ones);
+      const __m256 scale = _mm256_mul_ps(dw, _mm256_broadcast_ss(&x[k]->d));
+      acc[k] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), scale, acc[k]);
+      off[k] = _mm256_fmadd_ps(dw, _mm256_broadcast_ss(&x[k]->s), off[k]);
+    }
+  }
+  // All lanes of off hold the same sum.
+  static float finish(__m256 acc, __m256 off) { return hsum(acc) - 8.0f * _mm256_cvtss_f32(off); }
+};
+
+// Q8_0: maddubs needs one unsigned operand, so |w| times x with w's sign.
+struct Q8_0Step {
+  using Act = ActQ8;
+  using Block = BlockQ8_0;
+  const __m256i ones = _mm256_set1_epi16(1);
+
+  template <int NB>
+  [[gnu::always_inline]] void operator()(const Block& w, const Act* const* x, __m256* acc,
+                                         __m256*) const {
+    const __m256i q = load256(w.qs);
+    const __m256i q_abs = _mm256_sign_epi8(q, q);
+    const __m256 dw = broadcast_half(w.d);
+    for (int k = 0; k < NB; ++k) {
+      const __m256i xs = _mm256_sign_epi8(load256(x[k]->qs), q);
+      const __m256i p = _mm256_madd_epi16(_mm256_maddubs_epi16(q_abs, xs), ones);
+      const __m256 scale = _mm256_mul_ps(dw, _mm256_broadcast_ss(&x[k]->d));
+      acc[k] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), scale, acc[k]);
+    }
+  }
+  static float finish(__m256 acc, __m256) { return hsum(acc); }
+};
+
+// Runs a 32-element block step over whole rows. A single activation row gets
+// two accumulator chains (even and odd blocks) so block i+1 does not wait on
+// the FMA latency of block i; with more rows the rows provide that overlap.
+template <typename Step>
+struct Block32Kernel {
+  template <int NB>
+  struct Tile {
+    static void run(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0) {
+      using Act = typename Step::Act;
+      using Block = typename Step::Block;
+      constexpr int kChains = NB == 1 ? 2 : 1;
+      const Step step;
+      const int64_t blocks = a.cols / kQK;
+      const Act* x[NB];
+      for (int k = 0; k < NB; ++k) x[k] = act_row<Act>(a, b0 + k);
+      for (int64_t r = r0; r < r1; ++r) {
+        const Block* w = weight_row<Block>(a, r);
+        __m256 acc[kChains][NB];
+        __m256 off[kChains][NB];
+        for (int c = 0; c < kChains; ++c) {
+          for (int k = 0; k < NB; ++k) acc[c][k] = off[c][k] = _mm256_setzero_ps();
+        }
+        const Act* xi[NB];
+        int64_t i = 0;
+        for (; i + kChains <= blocks; i += kChains) {
+          prefetch_ahead(w + i);
+          for (int c = 0; c < kChains; ++c) {
+            for (int k = 0; k < NB; ++k) xi[k] = x[k] + i + c;
+            step.template operator()<NB>(w[i + c], xi, acc[c], off[c]);
+          }
+        }
+        if (i < blocks) {
+          for (int k = 0; k < NB; ++k) xi[k] = x[k] + i;
+          step.template operator()<NB>(w[i], xi, acc[0], off[0]);
+        }
+        for (int k = 0; k < NB; ++k) {
+          for (int c = 1; c < kChains; ++c) {
+            acc[0][k] = _mm256_add_ps(acc[0][k], acc[c][k]);
+            off[0][k] = _mm256_add_ps(off[0][k], off[c][k]);
+          }
+          a.y[(b0 + k) * a.y_stride + r] = Step::finish(acc[0][k], off[0][k]);
+        }
+      }
+    }
+  };
+};
+
+// Q4_K: per 32 elements, maddubs then madd against the sub-block scale
+// (broadcast with a byte shuffle) keeps the super block in int32; the mins
+// meet the per-32 activation sums in one 8-lane madd.
+template <int NB>
+struct Q4_KTile {
+  static void run(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0) {
+    const int64_t blocks = a.cols / kQKK;
+    const __m256i low4 = _mm256_set1_epi8(0x0F);
+    const ActQ8K* x[NB];
+    for (int k = 0; k < NB; ++k) x[k] = act_row<ActQ8K>(a, b0 + k);
+    for (int64_t r = r0; r < r1; ++r) {
+      const BlockQ4_K* w = weight_row<BlockQ4_K>(a, r);
+      __m256 acc[NB];
+      for (int k = 0; k < NB; ++k) acc[k] = _mm256_setzero_ps();
+      for (int64_t i = 0; i < blocks; ++i) {
+        alignas(16) uint8_t sm[16];
+        unpack_q4k_scales(w[i].scales, sm);
+        const __m128i sm128 = _mm_load_si128(reinterpret_cast<const __m128i*>(sm));
+        const __m256i scales = _mm256_broadcastsi128_si256(sm128);
+        const __m128i mins = _mm_cvtepu8_epi16(_mm_srli_si128(sm128, 8));
+        // Byte pairs (j, 0x80) pick scale j into the low byte of each int16
+        // and zero the high byte.
+        __m256i pick = _mm256_set1_epi16(static_cast<int16_t>(0x8000));
+        const __m256i next = _mm256_set1_epi16(1);
+        __m256i sum[NB];
+        for (int k = 0; k < NB; ++k) sum[k] = _mm256_setzero_si256();
+        for (int j = 0; j < 4; ++j) {
+          const __m256i q = load256(w[i].qs + 32 * j);
+          const __m256i lo = _mm256_and_si256(q, low4);
+          const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), low4);
+          const __m256i s_lo = _mm256_shuffle_epi8(scales, pick);
+          pick = _mm256_add_epi16(pick, next);
+          const __m256i s_hi = _mm256_shuffle_epi8(scales, pick);
+          pick = _mm256_add_epi16(pick, next);
+          for (int k = 0; k < NB; ++k) {
+            const __m256i p_lo =
+                _mm256_madd_epi16(_mm256_maddubs_epi16(lo, load256(x[k][i].qs + 64 * j)), s_lo);
+            const __m256i p_hi = _mm256_madd_epi16(
+                _mm256_maddubs_epi16(hi, load256(x[k][i].qs + 64 * j + 32)), s_hi);
+            sum[k] = _mm256_add_epi32(sum[k], _mm256_add_epi32(p_lo, p_hi));
+          }
+        }
+        const float d = half(w[i].d);
+        const float dmin = half(w[i].dmin);
+        for (int k = 0; k < NB; ++k) {
+          const __m128i bs_lo = _mm_loadu_si128(reinterpret_cast<const __m128i*>(x[k][i].bsums));
+          const __m128i bs_hi =
+              _mm_loadu_si128(reinterpret_cast<const __m128i*>(x[k][i].bsums + 8));
+          const __m128i pm = _mm_madd_epi16(mins, _mm_hadd_epi16(bs_lo, bs_hi));
+          acc[k] =
+              _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum[k]), _mm256_set1_ps(d * x[k][i].d), acc[k]);
+          acc[k] = _mm256_fnmadd_ps(_mm256_zextps128_ps256(_mm_cvtepi32_ps(pm)),
+                                    _mm256_set1_ps(dmin * x[k][i].d), acc[k]);
+        }
+      }
+      for (int k = 0; k < NB; ++k) a.y[(b0 + k) * a.y_stride + r] = hsum(acc[k]);
+    }
+  }
+};
+
+// Q6_K: unsigned 6-bit values, scales per 16 elements as int16 lanes (a byte
+// shuffle picks scale 2c for the low 128-bit lane and 2c+1 for the high one),
+// and the -32 offset subtracted once per block from the activation sums.
+template <int NB>
+struct Q6_KTile {
+  static void run(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0) {
+    const int64_t blocks = a.cols / kQKK;
+    const __m256i low4 = _mm256_set1_epi8(0x0F);
+    const __m256i m2 = _mm256_set1_epi8(0x03);
+    const __m256i m2_2 = _mm256_set1_epi8(0x0C);
+    const __m256i m2_4 = _mm256_set1_epi8(0x30);
+    const __m256i m2_6 = _mm256_set1_epi8(static_cast<char>(0xC0));
+    // Bytes 2c in the low lane and 2c+1 in the high lane, advanced by 2 per chunk.
+    const __m256i pick0 = _mm256_setr_epi64x(0, 0, 0x0101010101010101, 0x0101010101010101);
+    const __m256i two = _mm256_set1_epi8(2);
+    const ActQ8K* x[NB];
+    for (int k = 0; k < NB; ++k) x[k] = act_row<ActQ8K>(a, b0 + k);
+    for (int64_t r = r0; r < r1; ++r) {
+      const BlockQ6_K* w = weight_row<BlockQ6_K>(a, r);
+      __m256 acc[NB];
+      for (int k = 0; k < NB; ++k) acc[k] = _mm256_setzero_ps();
+      for (int64_t i = 0; i < blocks; ++i) {
+        const __m128i sc128 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(w[i].scales));
+        const __m256i scales = _mm256_broadcastsi128_si256(sc128);
+        const __m256i sc16 = _mm256_cvtepi8_epi16(sc128);
+        __m256i sum[NB];
+        for (int k = 0; k < NB; ++k) {
+          const __m256i offset = _mm256_madd_epi16(sc16, load256(x[k][i].bsums));
+          sum[k] = _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32(offset, 5));
+        }
+        __m256i pick = pick0;
+        for (int h = 0; h < 2; ++h) {
+          const __m256i ql0 = load256(w[i].ql + 64 * h);
+          const __m256i ql1 = load256(w[i].ql + 64 * h + 32);
+          const __m256i qh = load256(w[i].qh + 32 * h);
+          const __m256i q[4] = {
+              _mm256_or_si256(_mm256_and_si256(ql0, low4),
+                              _mm256_slli_epi16(_mm256_and_si256(qh, m2), 4)),
+              _mm256_or_si256(_mm256_and_si256(ql1, low4),
+                              _mm256_slli_epi16(_mm256_and_si256(qh, m2_2), 2)),
+              _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql0, 4), low4),
+                              _mm256_and_si256(qh, m2_4)),
+              _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql1, 4), low4),
+                              _mm256_srli_epi16(_mm256_and_si256(qh, m2_6), 2)),
+          };
+          for (int j = 0; j < 4; ++j) {
+            // Each int16 lane holds the scale byte twice; the arithmetic shift
+            // leaves it sign-extended.
+            const __m256i s = _mm256_srai_epi16(_mm256_shuffle_epi8(scales, pick), 8);
+            pick = _mm256_add_epi8(pick, two);
+            for (int k = 0; k < NB; ++k) {
+              const __m256i xq = load256(x[k][i].qs + 128 * h + 32 * j);
+              sum[k] =
+                  _mm256_add_epi32(sum[k], _mm256_madd_epi16(_mm256_maddubs_epi16(q[j], xq), s));
+            }
+          }
+        }
+        const float d = half(w[i].d);
+        for (int k = 0; k < NB; ++k) {
+          acc[k] =
+              _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum[k]), _mm256_set1_ps(d * x[k][i].d), acc[k]);
+        }
+      }
+      for (int k = 0; k < NB; ++k) a.y[(b0 + k) * a.y_stride + r] = hsum(acc[k]);
+    }
+  }
+};
+
+// Q4_0 against an ActQ8x8 group: each dword of expanded weights (4 elements)
+// is broadcast and multiplied with the same 4 elements of all eight rows. The
+// int16 sums of 8 steps stay below 8 * 2 * 15 * 127 = 30480, so they need one
+// widening per block; after it, lane k of every vector is activation row k.
+void group_q4_0(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0) {
+  const int64_t blocks = a.cols / kQK;
+  const Q4_0Step step;
+  const auto* x = act_row<ActQ8x8>(a, b0);
+  for (int64_t r = r0; r < r1; ++r) {
+    const BlockQ4_0* w = weight_row<BlockQ4_0>(a, r);
+    __m256 acc = _mm256_setzero_ps();
+    __m256 off = _mm256_setzero_ps();
+    for (int64_t i = 0; i < blocks; ++i) {
+      const __m256i packed =
+          _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w[i].qs)));
+      const __m256i q = _mm256_and_si256(_mm256_srlv_epi32(packed, step.nibble_shift), step.low4);
+      __m256i sum16 = _mm256_setzero_si256();
+      for (int j = 0; j < kQK / 4; ++j) {
+        const __m256i wj = _mm256_permutevar8x32_epi32(q, _mm256_set1_epi32(j));
+        sum16 = _mm256_add_epi16(sum16, _mm256_maddubs_epi16(wj, load256(x[i].qs[j])));
+      }
+      const __m256i p = _mm256_madd_epi16(sum16, step.ones);
+      const __m256 dw = broadcast_half(w[i].d);
+      const __m256 scale = _mm256_mul_ps(dw, _mm256_loadu_ps(x[i].d));
+      acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), scale, acc);
+      off = _mm256_fmadd_ps(dw, _mm256_loadu_ps(x[i].s), off);
+    }
+    alignas(32) float out[kGroupRows];
+    _mm256_store_ps(out, _mm256_fnmadd_ps(_mm256_set1_ps(8.0f), off, acc));
+    for (int k = 0; k < kGroupRows; ++k) a.y[(b0 + k) * a.y_stride + r] = out[k];
+  }
+}
+
+template <typename Load>
+void rows_float_avx2(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb) {
+  run_tile<FloatKernel<Load>::template Tile>(a, r0, r1, b0, nb);
+}
+
+struct HalfSums {
+  __m256i first;   // lanes sum to q[0] + ... + q[15]
+  __m256i second;  // lanes sum to q[16] + ... + q[31]
+};
+
+// Quantizes 32 floats with scale 1/id into q.
+inline HalfSums quantize32(const float* x, float id, int8_t* q) {
+  const __m256 idv = _mm256_set1_ps(id);
+  const __m256i i0 = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(x), idv));
+  const __m256i i1 = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(x + 8), idv));
+  const __m256i i2 = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(x + 16), idv));
+  const __m256i i3 = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(x + 24), idv));
+  // The packs interleave 128-bit lanes; the permute restores element order.
+  const __m256i packed = _mm256_packs_epi16(_mm256_packs_epi32(i0, i1), _mm256_packs_epi32(i2, i3));
+  _mm256_storeu_si256(
+      reinterpret_cast<__m256i*>(q),
+      _mm256_permutevar8x32_epi32(packed, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7)));
+  return {_mm256_add_epi32(i0, i1), _mm256_add_epi32(i2, i3)};
+}
+
+inline __m256 abs_max(__m256 m, const float* x) {
+  const __m256 sign = _mm256_set1_ps(-0.0f);
+  return _mm256_max_ps(m, _mm256_andnot_ps(sign, _mm256_loadu_ps(x)));
+}
+
+inline float hmax(__m256 v) {
+  __m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+  m = _mm_max_ss(m, _mm_movehdup_ps(m));
+  return _mm_cvtss_f32(m);
+}
+
+}  // namespace
+
+void rows_f32_avx2(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb) {
+  rows_float_avx2<LoadF32>(a, r0, r1, b0, nb);
+}
+void rows_f16_avx2(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb) {
+  rows_float_avx2<LoadF16>(a, r0, r1, b0, nb);
+}
+void rows_bf16_avx2(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb) {
+  rows_float_avx2<LoadBF16>(a, r0, r1, b0, nb);
+}
+void rows_q4_0_avx2(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb) {
+  run_tile<Block32Kernel<Q4_0Step>::Tile>(a, r0, r1, b0, nb);
+}
+void group_q4_0_avx2(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0) {
+  group_q4_0(a, r0, r1, b0);
+}
+void rows_q8_0_avx2(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb) {
+  run_tile<Block32Kernel<Q8_0Step>::Tile>(a, r0, r1, b0, nb);
+}
+void rows_q4_k_avx2(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb) {
+  run_tile<Q4_KTile>(a, r0, r1, b0, nb);
+}
+void rows_q6_k_avx2(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb) {
+  run_tile<Q6_KTile>(a, r0, r1, b0, nb);
+}
+
+void quantize_act_q8_avx2(const float* x, ActQ8* y, int64_t n) {
+  for (int64_t b = 0; b < n / kQK; ++b, x += kQK) {
+    __m256 m = _mm256_setzero_ps();
+    for (int j = 0; j < kQK; j += 8) m = abs_max(m, x + j);
+    // The scale and its inverse are computed exactly as in the scalar path,
+    // so both produce the same bytes.
+    const float d = hmax(m) / 127.0f;
+    const float id = d != 0.0f ? 1.0f / d : 0.0f;
+    const auto [first, second] = quantize32(x, id, y[b].qs);
+    const int sum = hsum_epi32(_mm256_add_epi32(first, second));
+    y[b].d = d;
+    y[b].s = d * static_cast<float>(sum);
+  }
+}
+
+void quantize_act_q8x8_avx2(const float* x, int64_t stride, ActQ8x8* y, int64_t n) {
+  for (int64_t b = 0; b < n / kQK; ++b) {
+    for (int k = 0; k < kGroupRows; ++k) {
+      ActQ8 row;
+      quantize_act_q8_avx2(x + k * stride + b * kQK, &row, kQK);
+      y[b].d[k] = row.d;
+      y[b].s[k] = row.s;
+      for (int j = 0; j < kQK / 4; ++j) std::memcpy(y[b].qs[j][k], row.qs + 4 * j, 4);
+    }
+  }
+}
+
+void quantize_act_q8k_avx2(const float* x, ActQ8K* y, int64_t n) {
+  for (int64_t b = 0; b < n / kQKK; ++b, x += kQKK) {
+    __m256 m = _mm256_setzero_ps();
+    for (int j = 0; j < kQKK; j += 8) m = abs_max(m, x + j);
+    const float d = hmax(m) / 127.0f;
+    const float id = d != 0.0f ? 1.0f / d : 0.0f;
+    for (int j = 0; j < kQKK; j += 32) {
+      const auto [first, second] = quantize32(x + j, id, y[b].qs + j);
+      y[b].bsums[j / 16] = static_cast<int16_t>(hsum_epi32(first));
+      y[b].bsums[j / 16 + 1] = static_cast<int16_t>(hsum_epi32(second));
+    }
+    y[b].d = d;
+  }
+}
+
+}  // namespace sy::engine::detail
+
+#endif  // SY_KERNELS_AVX2

@@ -1,0 +1,160 @@
+// Block layouts and per-type kernels shared by the kernel translation units.
+// Private to sy_kernels: nothing outside src/engine/kernels*.cpp includes it.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+
+namespace sy::engine::detail {
+
+#if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
+#define SY_KERNELS_AVX2 1
+#endif
+
+inline constexpr int64_t kQK = 32;    // elements per Q4_0 / Q8_0 block
+inline constexpr int64_t kQKK = 256;  // elements per K-quant super block
+
+// Weight blocks, byte-for-byte as ggml writes them into GGUF files.
+struct BlockQ4_0 {
+  uint16_t d;           // fp16 scale
+  uint8_t qs[kQK / 2];  // element j in the low nibble of byte j, j+16 in the high
+};
+struct BlockQ8_0 {
+  uint16_t d;
+  int8_t qs[kQK];
+};
+struct BlockQ4_K {
+  uint16_t d;            // fp16 scale of the 6-bit sub-block scales
+  uint16_t dmin;         // fp16 scale of the 6-bit sub-block mins
+  uint8_t scales[12];    // 8 scales and 8 mins, 6 bits each
+  uint8_t qs[kQKK / 2];  // per 64 elements: 32 bytes, low nibbles first 32, high the next
+};
+struct BlockQ6_K {
+  uint8_t ql[kQKK / 2];      // low 4 bits
+  uint8_t qh[kQKK / 4];      // high 2 bits
+  int8_t scales[kQKK / 16];  // one per 16 elements
+  uint16_t d;
+};
+static_assert(sizeof(BlockQ4_0) == 18);
+static_assert(sizeof(BlockQ8_0) == 34);
+static_assert(sizeof(BlockQ4_K) == 144);
+static_assert(sizeof(BlockQ6_K) == 210);
+
+// Activation blocks live only in matmul scratch, so they are laid out for the
+// kernels rather than for ggml compatibility: float scales keep the activation
+// error at the 8-bit rounding alone.
+struct ActQ8 {
+  float d;
+  float s;  // d * sum(qs): lets Q4_0 use unsigned nibbles and subtract 8*s once
+  int8_t qs[kQK];
+};
+struct ActQ8K {
+  float d;
+  int16_t bsums[kQKK / 16];  // sums of qs per 16 elements, for mins and the Q6_K offset
+  int8_t qs[kQKK];
+};
+static_assert(sizeof(ActQ8) == 40);
+static_assert(sizeof(ActQ8K) == 292);
+
+// One block of eight activation rows, the rows interleaved four bytes at a
+// time: qs[j][k] holds elements 4j..4j+3 of row k. One maddubs then
+// multiplies four weights with all eight rows and the float work per block
+// is shared by the eight rows, which is what makes prompt processing with
+// Q4_0 weights compute-efficient. Same size as eight ActQ8, so a group takes
+// the place of its rows in scratch.
+struct ActQ8x8 {
+  float d[8];
+  float s[8];
+  int8_t qs[kQK / 4][8][4];
+};
+static_assert(sizeof(ActQ8x8) == 8 * sizeof(ActQ8));
+inline constexpr int kGroupRows = 8;
+
+// Weight quantization (file writing) and dequantization, scalar. n is a
+// multiple of the type's block size.
+void quantize_q4_0(const float* x, BlockQ4_0* y, int64_t n);
+void quantize_q8_0(const float* x, BlockQ8_0* y, int64_t n);
+void quantize_q4_k(const float* x, BlockQ4_K* y, int64_t n);
+void quantize_q6_k(const float* x, BlockQ6_K* y, int64_t n);
+void dequantize_q4_0(const BlockQ4_0* x, float* y, int64_t n);
+void dequantize_q8_0(const BlockQ8_0* x, float* y, int64_t n);
+void dequantize_q4_k(const BlockQ4_K* x, float* y, int64_t n);
+void dequantize_q6_k(const BlockQ6_K* x, float* y, int64_t n);
+
+// Unpacks the 12 scale bytes of a Q4_K block: out[0..7] are the sub-block
+// scales, out[8..15] the mins (all 6-bit). Scales and mins 0-3 are the low 6
+// bits of bytes 0-3 and 4-7; 4-7 have their low 4 bits in bytes 8-11 and
+// their top 2 bits in the spare top bits of bytes 0-7. Whole-word masks move
+// four lanes at once.
+inline void unpack_q4k_scales(const uint8_t* packed, uint8_t out[16]) {
+  uint32_t w[3];
+  std::memcpy(w, packed, 12);
+  constexpr uint32_t kLow6 = 0x3f3f3f3f, kLow4 = 0x0f0f0f0f, kLow2 = 0x03030303;
+  const uint32_t r[4] = {
+      w[0] & kLow6,
+      (w[2] & kLow4) | (((w[0] >> 6) & kLow2) << 4),
+      w[1] & kLow6,
+      ((w[2] >> 4) & kLow4) | (((w[1] >> 6) & kLow2) << 4),
+  };
+  std::memcpy(out, r, 16);
+}
+
+// Activation quantization, scalar and vector; both produce identical bytes.
+void quantize_act_q8_scalar(const float* x, ActQ8* y, int64_t n);
+void quantize_act_q8k_scalar(const float* x, ActQ8K* y, int64_t n);
+#ifdef SY_KERNELS_AVX2
+void quantize_act_q8_avx2(const float* x, ActQ8* y, int64_t n);
+void quantize_act_q8k_avx2(const float* x, ActQ8K* y, int64_t n);
+// Quantizes kGroupRows rows of n floats, `stride` floats apart.
+void quantize_act_q8x8_avx2(const float* x, int64_t stride, ActQ8x8* y, int64_t n);
+#endif
+
+// Arguments of a row kernel: y[b * y_stride + r] = W[r] . act[b].
+struct RowArgs {
+  const uint8_t* w = nullptr;
+  size_t w_row_bytes = 0;
+  int64_t cols = 0;
+  const uint8_t* act = nullptr;  // floats, or activation blocks in scratch
+  size_t act_row_bytes = 0;
+  float* y = nullptr;
+  int64_t y_stride = 0;
+};
+
+template <typename T>
+inline const T* weight_row(const RowArgs& a, int64_t r) {
+  return reinterpret_cast<const T*>(a.w + static_cast<size_t>(r) * a.w_row_bytes);
+}
+template <typename T>
+inline const T* act_row(const RowArgs& a, int64_t b) {
+  return reinterpret_cast<const T*>(a.act + static_cast<size_t>(b) * a.act_row_bytes);
+}
+
+// Computes rows [r0, r1) for activation rows [b0, b0 + nb), nb in 1..kMaxTile.
+using RowKernel = void (*)(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb);
+inline constexpr int kMaxTile = 4;
+// Computes rows [r0, r1) for the kGroupRows activation rows from b0, stored
+// as ActQ8x8 blocks.
+using GroupKernel = void (*)(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0);
+
+// Scalar kernels: the reference, and the fallback where AVX2 is unavailable.
+void rows_f32_scalar(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb);
+void rows_f16_scalar(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb);
+void rows_bf16_scalar(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb);
+void rows_q4_0_scalar(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb);
+void rows_q8_0_scalar(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb);
+void rows_q4_k_scalar(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb);
+void rows_q6_k_scalar(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb);
+
+#ifdef SY_KERNELS_AVX2
+void rows_f32_avx2(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb);
+void rows_f16_avx2(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb);
+void rows_bf16_avx2(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb);
+void rows_q4_0_avx2(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb);
+void rows_q8_0_avx2(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb);
+void rows_q4_k_avx2(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb);
+void rows_q6_k_avx2(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb);
+void group_q4_0_avx2(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0);
+#endif
+
+}  // namespace sy::engine::detail

@@ -1,0 +1,324 @@
+// Scalar quantization and dequantization of weight blocks, and the scalar
+// activation quantizers that the matmul kernels and their tests share.
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+#include "engine/kernels.h"
+#include "engine/kernels_internal.h"
+
+namespace sy::engine::detail {
+namespace {
+
+// Round half to even, as the vector conversions do.
+inline int nearest(float v) {
+  return static_cast<int>(std::nearbyint(v));
+}
+
+// Fits x[i] ~= scale * q[i] - min with q in [0, nmax] and min >= 0 (the
+// K-quant convention: the offset only moves values down). Starts from the
+// min/max fit and tries nearby grid scalings, refitting scale and min by least
+// squares for each candidate assignment of q.
+void fit_scale_min(const float* x, int n, int nmax, float* scale, float* min) {
+  float lo = x[0];
+  float hi = x[0];
+  for (int i = 1; i < n; ++i) {
+    lo = std::min(lo, x[i]);
+    hi = std::max(hi, x[i]);
+  }
+  lo = std::min(lo, 0.0f);
+  if (hi == lo) {
+    *scale = 0.0f;
+    *min = -lo;
+    return;
+  }
+  auto error_of = [&](float a, float b) {
+    float err = 0.0f;
+    for (int i = 0; i < n; ++i) {
+      const int q = std::clamp(nearest((x[i] - b) / a), 0, nmax);
+      const float diff = a * static_cast<float>(q) + b - x[i];
+      err += diff * diff;
+    }
+    return err;
+  };
+  float best_a = (hi - lo) / static_cast<float>(nmax);
+  float best_b = lo;
+  float best_err = error_of(best_a, best_b);
+  for (int step = -10; step <= 10; ++step) {
+    const float iscale = (static_cast<float>(nmax) + 0.1f * static_cast<float>(step)) / (hi - lo);
+    float sl = 0.0f, sll = 0.0f, sx = 0.0f, sxl = 0.0f;
+    for (int i = 0; i < n; ++i) {
+      const float l = static_cast<float>(std::clamp(nearest(iscale * (x[i] - lo)), 0, nmax));
+      sl += l;
+      sll += l * l;
+      sx += x[i];
+      sxl += x[i] * l;
+    }
+    const float det = static_cast<float>(n) * sll - sl * sl;
+    if (det <= 0.0f) continue;
+    float a = (static_cast<float>(n) * sxl - sl * sx) / det;
+    float b = (sll * sx - sl * sxl) / det;
+    if (b > 0.0f) {
+      b = 0.0f;
+      a = sxl / sll;
+    }
+    if (a <= 0.0f) continue;
+    const float err = error_of(a, b);
+    if (err < best_err) {
+      best_err = err;
+      best_a = a;
+      best_b = b;
+    }
+  }
+  *scale = best_a;
+  *min = -best_b;
+}
+
+// Fits x[i] ~= scale * q[i] with q in [-nmax, nmax - 1], maximizing the
+// explained energy (sum x*q)^2 / sum q^2 over a few grid scalings.
+float fit_scale_symmetric(const float* x, int n, int nmax) {
+  float amax = 0.0f;
+  float max = 0.0f;
+  for (int i = 0; i < n; ++i) {
+    if (std::fabs(x[i]) > amax) {
+      amax = std::fabs(x[i]);
+      max = x[i];
+    }
+  }
+  if (amax == 0.0f) return 0.0f;
+  float best_scale = 0.0f;
+  float best_score = -1.0f;
+  for (int step = -9; step <= 9; ++step) {
+    // Negative so the largest magnitude lands on -nmax, the side with room.
+    const float iscale = -(static_cast<float>(nmax) + 0.1f * static_cast<float>(step)) / max;
+    float sxl = 0.0f, sll = 0.0f;
+    for (int i = 0; i < n; ++i) {
+      const float l = static_cast<float>(std::clamp(nearest(iscale * x[i]), -nmax, nmax - 1));
+      sxl += x[i] * l;
+      sll += l * l;
+    }
+    if (sll == 0.0f) continue;
+    const float score = sxl * sxl / sll;
+    if (score > best_score) {
+      best_score = score;
+      best_scale = sxl / sll;
+    }
+  }
+  return best_scale;
+}
+
+}  // namespace
+
+void quantize_q4_0(const float* x, BlockQ4_0* y, int64_t n) {
+  // Follows ggml's reference rounding so files match llama.cpp's quantizer.
+  for (int64_t b = 0; b < n / kQK; ++b, x += kQK) {
+    float amax = 0.0f;
+    float max = 0.0f;
+    for (int j = 0; j < kQK; ++j) {
+      if (std::fabs(x[j]) > amax) {
+        amax = std::fabs(x[j]);
+        max = x[j];
+      }
+    }
+    const float d = max / -8.0f;
+    const float id = d != 0.0f ? 1.0f / d : 0.0f;
+    y[b].d = fp32_to_fp16(d);
+    for (int j = 0; j < kQK / 2; ++j) {
+      const int lo = std::min(15, static_cast<int>(x[j] * id + 8.5f));
+      const int hi = std::min(15, static_cast<int>(x[j + kQK / 2] * id + 8.5f));
+      y[b].qs[j] = static_cast<uint8_t>(lo | (hi << 4));
+    }
+  }
+}
+
+void quantize_q8_0(const float* x, BlockQ8_0* y, int64_t n) {
+  for (int64_t b = 0; b < n / kQK; ++b, x += kQK) {
+    float amax = 0.0f;
+    for (int j = 0; j < kQK; ++j) amax = std::max(amax, std::fabs(x[j]));
+    const float d = amax / 127.0f;
+    const float id = d != 0.0f ? 1.0f / d : 0.0f;
+    y[b].d = fp32_to_fp16(d);
+    for (int j = 0; j < kQK; ++j) y[b].qs[j] = static_cast<int8_t>(std::round(x[j] * id));
+  }
+}
+
+void quantize_q4_k(const float* x, BlockQ4_K* y, int64_t n) {
+  for (int64_t b = 0; b < n / kQKK; ++b, x += kQKK) {
+    float scales[8];
+    float mins[8];
+    float max_scale = 0.0f;
+    float max_min = 0.0f;
+    for (int j = 0; j < 8; ++j) {
+      fit_scale_min(x + 32 * j, 32, 15, &scales[j], &mins[j]);
+      max_scale = std::max(max_scale, scales[j]);
+      max_min = std::max(max_min, mins[j]);
+    }
+    y[b].d = fp32_to_fp16(max_scale / 63.0f);
+    y[b].dmin = fp32_to_fp16(max_min / 63.0f);
+    const float d = fp16_to_fp32(y[b].d);
+    const float dmin = fp16_to_fp32(y[b].dmin);
+    uint8_t ls[8];
+    uint8_t lm[8];
+    for (int j = 0; j < 8; ++j) {
+      ls[j] = static_cast<uint8_t>(d > 0.0f ? std::clamp(nearest(scales[j] / d), 0, 63) : 0);
+      lm[j] = static_cast<uint8_t>(dmin > 0.0f ? std::clamp(nearest(mins[j] / dmin), 0, 63) : 0);
+    }
+    // The packing unpack_q4k_scales undoes.
+    uint8_t* s = y[b].scales;
+    for (int j = 0; j < 4; ++j) {
+      s[j] = ls[j];
+      s[j + 4] = lm[j];
+    }
+    for (int j = 4; j < 8; ++j) {
+      s[j + 4] = static_cast<uint8_t>((ls[j] & 0xF) | ((lm[j] & 0xF) << 4));
+      s[j - 4] = static_cast<uint8_t>(s[j - 4] | ((ls[j] >> 4) << 6));
+      s[j] = static_cast<uint8_t>(s[j] | ((lm[j] >> 4) << 6));
+    }
+    uint8_t q[kQKK];
+    for (int j = 0; j < 8; ++j) {
+      const float sd = d * static_cast<float>(ls[j]);
+      const float sm = dmin * static_cast<float>(lm[j]);
+      for (int l = 0; l < 32; ++l) {
+        const int v = sd > 0.0f ? std::clamp(nearest((x[32 * j + l] + sm) / sd), 0, 15) : 0;
+        q[32 * j + l] = static_cast<uint8_t>(v);
+      }
+    }
+    for (int k = 0; k < 4; ++k) {
+      for (int l = 0; l < 32; ++l) {
+        y[b].qs[32 * k + l] = static_cast<uint8_t>(q[64 * k + l] | (q[64 * k + 32 + l] << 4));
+      }
+    }
+  }
+}
+
+void quantize_q6_k(const float* x, BlockQ6_K* y, int64_t n) {
+  for (int64_t b = 0; b < n / kQKK; ++b, x += kQKK) {
+    float scales[16];
+    float max_scale = 0.0f;
+    for (int g = 0; g < 16; ++g) {
+      scales[g] = fit_scale_symmetric(x + 16 * g, 16, 32);
+      if (std::fabs(scales[g]) > std::fabs(max_scale)) max_scale = scales[g];
+    }
+    // As for the values, the scale of largest magnitude goes to -128.
+    const float iscale = max_scale != 0.0f ? -128.0f / max_scale : 0.0f;
+    y[b].d = fp32_to_fp16(iscale != 0.0f ? 1.0f / iscale : 0.0f);
+    const float d = fp16_to_fp32(y[b].d);
+    uint8_t q[kQKK];
+    for (int g = 0; g < 16; ++g) {
+      const int sc = std::clamp(nearest(iscale * scales[g]), -128, 127);
+      y[b].scales[g] = static_cast<int8_t>(sc);
+      const float sd = d * static_cast<float>(sc);
+      for (int l = 0; l < 16; ++l) {
+        const int v = sd != 0.0f ? std::clamp(nearest(x[16 * g + l] / sd), -32, 31) : 0;
+        q[16 * g + l] = static_cast<uint8_t>(v + 32);
+      }
+    }
+    for (int half = 0; half < 2; ++half) {
+      const uint8_t* qq = q + 128 * half;
+      uint8_t* ql = y[b].ql + 64 * half;
+      uint8_t* qh = y[b].qh + 32 * half;
+      for (int l = 0; l < 32; ++l) {
+        ql[l] = static_cast<uint8_t>((qq[l] & 0xF) | ((qq[l + 64] & 0xF) << 4));
+        ql[l + 32] = static_cast<uint8_t>((qq[l + 32] & 0xF) | ((qq[l + 96] & 0xF) << 4));
+        qh[l] = static_cast<uint8_t>((qq[l] >> 4) | ((qq[l + 32] >> 4) << 2) |
+                                     ((qq[l + 64] >> 4) << 4) | ((qq[l + 96] >> 4) << 6));
+      }
+    }
+  }
+}
+
+void dequantize_q4_0(const BlockQ4_0* x, float* y, int64_t n) {
+  for (int64_t b = 0; b < n / kQK; ++b, y += kQK) {
+    const float d = fp16_to_fp32(x[b].d);
+    for (int j = 0; j < kQK / 2; ++j) {
+      y[j] = static_cast<float>((x[b].qs[j] & 0xF) - 8) * d;
+      y[j + kQK / 2] = static_cast<float>((x[b].qs[j] >> 4) - 8) * d;
+    }
+  }
+}
+
+void dequantize_q8_0(const BlockQ8_0* x, float* y, int64_t n) {
+  for (int64_t b = 0; b < n / kQK; ++b, y += kQK) {
+    const float d = fp16_to_fp32(x[b].d);
+    for (int j = 0; j < kQK; ++j) y[j] = static_cast<float>(x[b].qs[j]) * d;
+  }
+}
+
+void dequantize_q4_k(const BlockQ4_K* x, float* y, int64_t n) {
+  for (int64_t b = 0; b < n / kQKK; ++b, y += kQKK) {
+    const float d = fp16_to_fp32(x[b].d);
+    const float dmin = fp16_to_fp32(x[b].dmin);
+    uint8_t sm[16];
+    unpack_q4k_scales(x[b].scales, sm);
+    for (int k = 0; k < 4; ++k) {
+      const uint8_t* q = x[b].qs + 32 * k;
+      const float d_lo = d * sm[2 * k], m_lo = dmin * sm[8 + 2 * k];
+      const float d_hi = d * sm[2 * k + 1], m_hi = dmin * sm[8 + 2 * k + 1];
+      for (int l = 0; l < 32; ++l) {
+        y[64 * k + l] = d_lo * static_cast<float>(q[l] & 0xF) - m_lo;
+        y[64 * k + 32 + l] = d_hi * static_cast<float>(q[l] >> 4) - m_hi;
+      }
+    }
+  }
+}
+
+void dequantize_q6_k(const BlockQ6_K* x, float* y, int64_t n) {
+  for (int64_t b = 0; b < n / kQKK; ++b, y += kQKK) {
+    const float d = fp16_to_fp32(x[b].d);
+    for (int half = 0; half < 2; ++half) {
+      const uint8_t* ql = x[b].ql + 64 * half;
+      const uint8_t* qh = x[b].qh + 32 * half;
+      const int8_t* sc = x[b].scales + 8 * half;
+      float* out = y + 128 * half;
+      for (int l = 0; l < 32; ++l) {
+        const int g = l / 16;
+        const int q0 = ((ql[l] & 0xF) | (((qh[l] >> 0) & 3) << 4)) - 32;
+        const int q1 = ((ql[l + 32] & 0xF) | (((qh[l] >> 2) & 3) << 4)) - 32;
+        const int q2 = ((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) - 32;
+        const int q3 = ((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) - 32;
+        out[l] = d * static_cast<float>(sc[g + 0]) * static_cast<float>(q0);
+        out[l + 32] = d * static_cast<float>(sc[g + 2]) * static_cast<float>(q1);
+        out[l + 64] = d * static_cast<float>(sc[g + 4]) * static_cast<float>(q2);
+        out[l + 96] = d * static_cast<float>(sc[g + 6]) * static_cast<float>(q3);
+      }
+    }
+  }
+}
+
+void quantize_act_q8_scalar(const float* x, ActQ8* y, int64_t n) {
+  for (int64_t b = 0; b < n / kQK; ++b, x += kQK) {
+    float amax = 0.0f;
+    for (int j = 0; j < kQK; ++j) amax = std::max(amax, std::fabs(x[j]));
+    const float d = amax / 127.0f;
+    const float id = d != 0.0f ? 1.0f / d : 0.0f;
+    int sum = 0;
+    for (int j = 0; j < kQK; ++j) {
+      const int q = nearest(x[j] * id);
+      y[b].qs[j] = static_cast<int8_t>(q);
+      sum += q;
+    }
+    y[b].d = d;
+    y[b].s = d * static_cast<float>(sum);
+  }
+}
+
+void quantize_act_q8k_scalar(const float* x, ActQ8K* y, int64_t n) {
+  for (int64_t b = 0; b < n / kQKK; ++b, x += kQKK) {
+    float amax = 0.0f;
+    for (int j = 0; j < kQKK; ++j) amax = std::max(amax, std::fabs(x[j]));
+    const float d = amax / 127.0f;
+    const float id = d != 0.0f ? 1.0f / d : 0.0f;
+    for (int g = 0; g < 16; ++g) {
+      int sum = 0;
+      for (int j = 16 * g; j < 16 * g + 16; ++j) {
+        const int q = nearest(x[j] * id);
+        y[b].qs[j] = static_cast<int8_t>(q);
+        sum += q;
+      }
+      y[b].bsums[g] = static_cast<int16_t>(sum);
+    }
+    y[b].d = d;
+  }
+}
+
+}  // namespace sy::engine::detail

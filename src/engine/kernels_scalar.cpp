@@ -1,0 +1,147 @@
+// Scalar row kernels. They define the arithmetic the vector kernels must
+// reproduce: the same exact integer sums per block, combined in float in a
+// different order, so the two agree to float rounding.
+#include "engine/kernels.h"
+#include "engine/kernels_internal.h"
+
+namespace sy::engine::detail {
+namespace {
+
+inline void store(const RowArgs& a, int64_t b, int64_t r, float v) {
+  a.y[b * a.y_stride + r] = v;
+}
+
+template <typename Convert>
+void rows_float(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb, size_t elem_bytes,
+                Convert convert) {
+  for (int64_t r = r0; r < r1; ++r) {
+    const uint8_t* w = a.w + static_cast<size_t>(r) * a.w_row_bytes;
+    for (int64_t b = b0; b < b0 + nb; ++b) {
+      const float* x = act_row<float>(a, b);
+      float acc = 0.0f;
+      for (int64_t c = 0; c < a.cols; ++c) acc += convert(w + c * elem_bytes) * x[c];
+      store(a, b, r, acc);
+    }
+  }
+}
+
+}  // namespace
+
+void rows_f32_scalar(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb) {
+  rows_float(a, r0, r1, b0, nb, 4,
+             [](const uint8_t* p) { return *reinterpret_cast<const float*>(p); });
+}
+
+void rows_f16_scalar(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb) {
+  rows_float(a, r0, r1, b0, nb, 2,
+             [](const uint8_t* p) { return fp16_to_fp32(*reinterpret_cast<const uint16_t*>(p)); });
+}
+
+void rows_bf16_scalar(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb) {
+  rows_float(a, r0, r1, b0, nb, 2,
+             [](const uint8_t* p) { return bf16_to_fp32(*reinterpret_cast<const uint16_t*>(p)); });
+}
+
+void rows_q4_0_scalar(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb) {
+  const int64_t blocks = a.cols / kQK;
+  for (int64_t r = r0; r < r1; ++r) {
+    const BlockQ4_0* w = weight_row<BlockQ4_0>(a, r);
+    for (int64_t b = b0; b < b0 + nb; ++b) {
+      const ActQ8* x = act_row<ActQ8>(a, b);
+      float acc = 0.0f;
+      float offset = 0.0f;
+      for (int64_t i = 0; i < blocks; ++i) {
+        int sum = 0;
+        for (int j = 0; j < kQK / 2; ++j) {
+          sum += (w[i].qs[j] & 0xF) * x[i].qs[j] + (w[i].qs[j] >> 4) * x[i].qs[j + kQK / 2];
+        }
+        const float dw = fp16_to_fp32(w[i].d);
+        acc += dw * x[i].d * static_cast<float>(sum);
+        offset += dw * x[i].s;
+      }
+      store(a, b, r, acc - 8.0f * offset);
+    }
+  }
+}
+
+void rows_q8_0_scalar(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb) {
+  const int64_t blocks = a.cols / kQK;
+  for (int64_t r = r0; r < r1; ++r) {
+    const BlockQ8_0* w = weight_row<BlockQ8_0>(a, r);
+    for (int64_t b = b0; b < b0 + nb; ++b) {
+      const ActQ8* x = act_row<ActQ8>(a, b);
+      float acc = 0.0f;
+      for (int64_t i = 0; i < blocks; ++i) {
+        int sum = 0;
+        for (int j = 0; j < kQK; ++j) sum += w[i].qs[j] * x[i].qs[j];
+        acc += fp16_to_fp32(w[i].d) * x[i].d * static_cast<float>(sum);
+      }
+      store(a, b, r, acc);
+    }
+  }
+}
+
+void rows_q4_k_scalar(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb) {
+  const int64_t blocks = a.cols / kQKK;
+  for (int64_t r = r0; r < r1; ++r) {
+    const BlockQ4_K* w = weight_row<BlockQ4_K>(a, r);
+    for (int64_t b = b0; b < b0 + nb; ++b) {
+      const ActQ8K* x = act_row<ActQ8K>(a, b);
+      float acc = 0.0f;
+      for (int64_t i = 0; i < blocks; ++i) {
+        uint8_t sm[16];
+        unpack_q4k_scales(w[i].scales, sm);
+        int sum = 0;
+        int sum_mins = 0;
+        for (int j = 0; j < 8; ++j) {
+          const uint8_t* q = w[i].qs + 32 * (j / 2);
+          const int shift = 4 * (j % 2);
+          int s = 0;
+          for (int l = 0; l < 32; ++l) s += ((q[l] >> shift) & 0xF) * x[i].qs[32 * j + l];
+          sum += sm[j] * s;
+          sum_mins += sm[8 + j] * (x[i].bsums[2 * j] + x[i].bsums[2 * j + 1]);
+        }
+        acc += fp16_to_fp32(w[i].d) * x[i].d * static_cast<float>(sum) -
+               fp16_to_fp32(w[i].dmin) * x[i].d * static_cast<float>(sum_mins);
+      }
+      store(a, b, r, acc);
+    }
+  }
+}
+
+void rows_q6_k_scalar(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb) {
+  const int64_t blocks = a.cols / kQKK;
+  for (int64_t r = r0; r < r1; ++r) {
+    const BlockQ6_K* w = weight_row<BlockQ6_K>(a, r);
+    for (int64_t b = b0; b < b0 + nb; ++b) {
+      const ActQ8K* x = act_row<ActQ8K>(a, b);
+      float acc = 0.0f;
+      for (int64_t i = 0; i < blocks; ++i) {
+        // Unsigned 6-bit values times activations; the -32 offset is taken
+        // out once through the per-16 activation sums. The whole block stays
+        // an exact integer.
+        int sum = 0;
+        for (int half = 0; half < 2; ++half) {
+          const uint8_t* ql = w[i].ql + 64 * half;
+          const uint8_t* qh = w[i].qh + 32 * half;
+          const int8_t* xq = x[i].qs + 128 * half;
+          const int8_t* sc = w[i].scales + 8 * half;
+          for (int l = 0; l < 32; ++l) {
+            const int g = l / 16;
+            const int q0 = (ql[l] & 0xF) | (((qh[l] >> 0) & 3) << 4);
+            const int q1 = (ql[l + 32] & 0xF) | (((qh[l] >> 2) & 3) << 4);
+            const int q2 = (ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4);
+            const int q3 = (ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4);
+            sum += sc[g] * q0 * xq[l] + sc[g + 2] * q1 * xq[l + 32] + sc[g + 4] * q2 * xq[l + 64] +
+                   sc[g + 6] * q3 * xq[l + 96];
+          }
+        }
+        for (int g = 0; g < 16; ++g) sum -= 32 * w[i].scales[g] * x[i].bsums[g];
+        acc += fp16_to_fp32(w[i].d) * x[i].d * static_cast<float>(sum);
+      }
+      store(a, b, r, acc);
+    }
+  }
+}
+
+}  // namespace sy::engine::detail

@@ -1,0 +1,29 @@
+// Locations tests share: temporary files and the real models of ../shared/data.
+// Header-only so that engine tests need nothing beyond their own library.
+#pragma once
+
+#include <unistd.h>
+
+#include <atomic>
+#include <filesystem>
+#include <string>
+
+namespace sy::testing {
+
+// A fresh temporary file path, unique per call and per process.
+inline std::string temp_path(const std::string& suffix) {
+  static std::atomic<int> counter{0};
+  const auto dir = std::filesystem::temp_directory_path();
+  return (dir / ("switchyard-test-" + std::to_string(::getpid()) + "-" +
+                 std::to_string(counter++) + suffix))
+      .string();
+}
+
+// Folder holding the shared real models (../shared/data/models of the source tree).
+inline std::string shared_models_dir() {
+  return (std::filesystem::path(SY_SOURCE_DIR) / ".." / "shared" / "data" / "models")
+      .lexically_normal()
+      .string();
+}
+
+}  // namespace sy::testing
