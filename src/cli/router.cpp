@@ -1,0 +1,578 @@
+// `switchyard router train|eval|score`: fit the complexity model from labelled
+// prompts, score it the way RouteLLM scores routers, and look at one decision.
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <iterator>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <set>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "cli/commands.h"
+#include "route/complexity.h"
+#include "route/router_training.h"
+
+namespace sy::cli {
+namespace {
+
+using json = nlohmann::ordered_json;
+using route::LabelledPrompt;
+using route::RoutingMetrics;
+
+int fail(const Error& e) {
+  std::cerr << "error: " << e.message << "\n";
+  return e.kind == ErrorKind::kInvalidArgument || e.kind == ErrorKind::kNotFound ? 2 : 1;
+}
+
+struct DataFlags {
+  std::vector<std::string> data;
+  std::string format = "auto";
+  std::vector<std::string> exclude;
+  std::string weak_column, strong_column;
+  std::string weak_model = "mistralai/Mixtral-8x7B-Instruct-v0.1";
+  std::string strong_model = "gpt-4-1106-preview";
+};
+
+void add_data_flags(CLI::App* cmd, DataFlags& f) {
+  cmd->add_option("--data", f.data,
+                  "Labelled data files or folders: RouteLLM/RouterBench CSV, JSONL, MT-Bench "
+                  "judgements.jsonl")
+      ->required();
+  cmd->add_option("--format", f.format, "auto (by extension), csv or jsonl")
+      ->check(CLI::IsMember({"auto", "csv", "jsonl"}))
+      ->capture_default_str();
+  cmd->add_option("--exclude", f.exclude,
+                  "JSONL lists of prompts to leave out (a data file's sibling "
+                  "contaminated_prompts.jsonl is always applied)");
+  cmd->add_option("--weak-column", f.weak_column,
+                  "CSV column with the edge (weak) model's result (default: the data set's)");
+  cmd->add_option("--strong-column", f.strong_column,
+                  "CSV column with the cloud (strong) model's result (default: the data set's)");
+  cmd->add_option("--weak-model", f.weak_model, "MT-Bench model acting as the edge")
+      ->capture_default_str();
+  cmd->add_option("--strong-model", f.strong_model, "MT-Bench model acting as the cloud")
+      ->capture_default_str();
+}
+
+route::DataOptions data_options(const DataFlags& f) {
+  route::DataOptions o;
+  o.format = f.format == "csv"     ? route::DataFormat::kCsv
+             : f.format == "jsonl" ? route::DataFormat::kJsonl
+                                   : route::DataFormat::kAuto;
+  o.exclude_files = f.exclude;
+  o.weak_column = f.weak_column;
+  o.strong_column = f.strong_column;
+  o.weak_model = f.weak_model;
+  o.strong_model = f.strong_model;
+  return o;
+}
+
+std::vector<std::string> split_list(const std::string& s) {
+  std::vector<std::string> out;
+  std::stringstream ss(s);
+  std::string item;
+  while (std::getline(ss, item, ',')) {
+    if (!item.empty()) out.push_back(item);
+  }
+  return out;
+}
+
+std::vector<std::string> distinct_subjects(const std::vector<LabelledPrompt>& rows) {
+  std::set<std::string> s;
+  for (const auto& r : rows) s.insert(r.subject);
+  return {s.begin(), s.end()};
+}
+
+std::string pct(std::optional<double> v) {
+  if (!v) return "n/a";
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.1f%%", *v * 100.0);
+  return buf;
+}
+
+json opt_json(std::optional<double> v) {
+  return v ? json(*v) : json(nullptr);
+}
+
+// ---- train -----------------------------------------------------------------------
+
+struct TrainFlags {
+  DataFlags data;
+  std::string out;
+  double target_cloud_share = 0.3;
+  std::string holdout;
+  std::string label = "gain";
+  double l2 = 1e-3;
+  double l2_hashed = 1e-3;
+  int hash_bits = 13;
+  int calibration_folds = 5;
+  std::string drop;
+  bool bigrams = false;
+  int max_iterations = 400;
+  std::string command;
+};
+
+// The command line, normalized, so the model file says how to remake it.
+std::string describe(const TrainFlags& f) {
+  std::ostringstream s;
+  s << "switchyard router train";
+  for (const auto& d : f.data.data) s << " --data " << d;
+  if (f.data.format != "auto") s << " --format " << f.data.format;
+  for (const auto& e : f.data.exclude) s << " --exclude " << e;
+  if (!f.data.weak_column.empty()) s << " --weak-column '" << f.data.weak_column << "'";
+  if (!f.data.strong_column.empty()) s << " --strong-column '" << f.data.strong_column << "'";
+  if (!f.holdout.empty()) s << " --holdout-subjects " << f.holdout;
+  if (!f.drop.empty()) s << " --drop-subjects " << f.drop;
+  s << " --target-cloud-share " << f.target_cloud_share << " --label " << f.label << " --l2 "
+    << f.l2 << " --l2-hashed " << f.l2_hashed << " --hash-bits " << f.hash_bits;
+  if (f.bigrams) s << " --bigrams";
+  if (f.calibration_folds != 5) s << " --calibration-folds " << f.calibration_folds;
+  s << " --out " << f.out;
+  return s.str();
+}
+
+int train(const TrainFlags& f) {
+  const auto label = route::parse_label_rule(f.label);
+  if (!label) {
+    return fail(
+        make_error(ErrorKind::kInvalidArgument,
+                   "--label '" + f.label + "' is unknown; use gain, weak-wrong or cloud-wins"));
+  }
+  route::DataOptions o = data_options(f.data);
+  std::vector<std::string> holdout;
+  if (f.holdout == "default") {
+    holdout = route::default_holdout_subjects();
+  } else if (!f.holdout.empty() && f.holdout != "none") {
+    holdout = split_list(f.holdout);
+  }
+  o.drop_subjects = holdout;
+  for (const auto& d : split_list(f.drop)) o.drop_subjects.push_back(d);
+  route::LoadReport load;
+  auto rows = route::load_labelled_prompts(f.data.data, o, &load);
+  if (!rows.ok()) return fail(rows.error());
+  std::fprintf(
+      stderr,
+      "[data: %zu files, %lld rows kept; %lld contaminated and %lld held-out or dropped rows left "
+      "out, %lld unlabelled skipped]\n",
+      load.files.size(), static_cast<long long>(load.rows),
+      static_cast<long long>(load.excluded_contaminated),
+      static_cast<long long>(load.dropped_by_subject),
+      static_cast<long long>(load.skipped_unlabelled));
+
+  route::TrainOptions t;
+  t.label = *label;
+  t.l2_dense = f.l2;
+  t.l2_hashed = f.l2_hashed;
+  t.hashing.bits = f.hash_bits;
+  t.hashing.bigrams = f.bigrams;
+  t.target_cloud_share = f.target_cloud_share;
+  t.max_iterations = f.max_iterations;
+  t.calibration_folds = f.calibration_folds;
+  t.info.data = load.files;
+  t.info.training_subjects = distinct_subjects(*rows);
+  t.info.holdout_subjects = holdout;
+  t.info.excluded_contaminated = load.excluded_contaminated;
+  t.info.command = f.command;
+  route::TrainReport report;
+  auto model = route::train_complexity_model(*rows, t, &report);
+  if (!model.ok()) return fail(model.error());
+  if (auto s = model->save(f.out); !s.ok()) return fail(s.error());
+  std::fprintf(stderr,
+               "[trained on %lld prompts (label %s, mean label %.3f) in %d L-BFGS iterations%s]\n"
+               "[threshold %.6g sends %.1f%% of the %s scores to the cloud (%.1f%% of the final "
+               "model's own training scores)]\n"
+               "[wrote %s]\n",
+               static_cast<long long>(model->info().rows), f.label.c_str(),
+               model->info().mean_label, report.iterations,
+               report.converged ? "" : " (not converged: raise --max-iterations)",
+               model->threshold(), report.calibrated_cloud_share * 100.0,
+               report.calibration_folds ? "out-of-fold" : "in-sample",
+               report.train_cloud_share * 100.0, f.out.c_str());
+  return 0;
+}
+
+// ---- eval ------------------------------------------------------------------------
+
+struct EvalFlags {
+  DataFlags data;
+  std::string model;
+  std::string subjects = "all";
+  bool json_out = false;
+  std::string svg;
+  int random_trials = 200;
+};
+
+std::string xml_escape(std::string_view s) {
+  std::string out;
+  for (char c : s) {
+    switch (c) {
+      case '&':
+        out += "&amp;";
+        break;
+      case '<':
+        out += "&lt;";
+        break;
+      case '>':
+        out += "&gt;";
+        break;
+      case '"':
+        out += "&quot;";
+        break;
+      default:
+        out += c;
+    }
+  }
+  return out;
+}
+
+// Quality against cloud share: the router, the random diagonal, the oracle.
+std::string render_svg(const RoutingMetrics& m, const RoutingMetrics& oracle,
+                       const std::string& title) {
+  constexpr double kW = 720, kH = 480, kL = 70, kR = 20, kT = 40, kB = 60;
+  double lo = std::min(m.edge_quality, m.cloud_quality),
+         hi = std::max(m.edge_quality, m.cloud_quality);
+  for (const auto* c : {&m.curve, &oracle.curve}) {
+    for (const auto& p : *c) {
+      lo = std::min(lo, p.quality);
+      hi = std::max(hi, p.quality);
+    }
+  }
+  const double pad = 0.05 * std::max(hi - lo, 1e-9);
+  lo -= pad;
+  hi += pad;
+  auto X = [&](double share) { return kL + share * (kW - kL - kR); };
+  auto Y = [&](double q) { return kH - kB - (q - lo) / (hi - lo) * (kH - kT - kB); };
+  std::ostringstream s;
+  s.setf(std::ios::fixed);
+  s.precision(1);
+  s << "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"" << kW << "\" height=\"" << kH
+    << "\" viewBox=\"0 0 " << kW << " " << kH << "\" font-family=\"sans-serif\" font-size=\"12\">\n"
+    << "<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n"
+    << "<text x=\"" << kW / 2 << "\" y=\"22\" text-anchor=\"middle\" font-size=\"14\">"
+    << xml_escape(title) << "</text>\n";
+  for (int i = 0; i <= 10; ++i) {
+    const double share = i / 10.0;
+    s << "<line x1=\"" << X(share) << "\" y1=\"" << kT << "\" x2=\"" << X(share) << "\" y2=\""
+      << kH - kB << "\" stroke=\"#eee\"/>\n"
+      << "<text x=\"" << X(share) << "\" y=\"" << kH - kB + 16 << "\" text-anchor=\"middle\">"
+      << i * 10 << "%</text>\n";
+    const double q = lo + (hi - lo) * i / 10.0;
+    s << "<line x1=\"" << kL << "\" y1=\"" << Y(q) << "\" x2=\"" << kW - kR << "\" y2=\"" << Y(q)
+      << "\" stroke=\"#eee\"/>\n";
+    s.precision(3);
+    s << "<text x=\"" << kL - 6 << "\" y=\"" << Y(q) + 4 << "\" text-anchor=\"end\">" << q
+      << "</text>\n";
+    s.precision(1);
+  }
+  s << "<rect x=\"" << kL << "\" y=\"" << kT << "\" width=\"" << kW - kL - kR << "\" height=\""
+    << kH - kT - kB << "\" fill=\"none\" stroke=\"#333\"/>\n"
+    << "<text x=\"" << (kL + kW - kR) / 2 << "\" y=\"" << kH - 18
+    << "\" text-anchor=\"middle\">cloud (strong model) share of prompts</text>\n"
+    << "<text transform=\"translate(18," << (kT + kH - kB) / 2
+    << ") rotate(-90)\" text-anchor=\"middle\">quality</text>\n";
+  auto hline = [&](double q, const char* color, const char* label) {
+    s << "<line x1=\"" << kL << "\" y1=\"" << Y(q) << "\" x2=\"" << kW - kR << "\" y2=\"" << Y(q)
+      << "\" stroke=\"" << color << "\" stroke-dasharray=\"2,3\"/>\n"
+      << "<text x=\"" << kW - kR - 4 << "\" y=\"" << Y(q) - 4 << "\" text-anchor=\"end\" fill=\""
+      << color << "\">" << label << "</text>\n";
+  };
+  hline(m.edge_quality, "#888", "edge only");
+  hline(m.cloud_quality, "#c33", "cloud only");
+  s << "<line x1=\"" << X(0) << "\" y1=\"" << Y(m.edge_quality) << "\" x2=\"" << X(1) << "\" y2=\""
+    << Y(m.cloud_quality) << "\" stroke=\"#888\" stroke-dasharray=\"6,4\"/>\n";
+  auto polyline = [&](const std::vector<route::CurvePoint>& c, const char* color, double width) {
+    s << "<polyline fill=\"none\" stroke=\"" << color << "\" stroke-width=\"" << width
+      << "\" points=\"";
+    s.precision(2);
+    for (const auto& p : c) s << X(p.cloud_share) << "," << Y(p.quality) << " ";
+    s.precision(1);
+    s << "\"/>\n";
+  };
+  polyline(oracle.curve, "#2a2", 1.0);
+  polyline(m.curve, "#1f5fbf", 2.0);
+  char legend[160];
+  std::snprintf(legend, sizeof legend, "complexity router (APGR %.3f)", m.apgr);
+  const double lx = kL + 12, ly = kT + 16;
+  s << "<line x1=\"" << lx << "\" y1=\"" << ly - 4 << "\" x2=\"" << lx + 24 << "\" y2=\"" << ly - 4
+    << "\" stroke=\"#1f5fbf\" stroke-width=\"2\"/><text x=\"" << lx + 30 << "\" y=\"" << ly << "\">"
+    << legend << "</text>\n";
+  s << "<line x1=\"" << lx << "\" y1=\"" << ly + 14 << "\" x2=\"" << lx + 24 << "\" y2=\""
+    << ly + 14 << "\" stroke=\"#888\" stroke-dasharray=\"6,4\"/><text x=\"" << lx + 30 << "\" y=\""
+    << ly + 18 << "\">random router (APGR 0.5)</text>\n";
+  std::snprintf(legend, sizeof legend, "oracle (APGR %.3f)", oracle.apgr);
+  s << "<line x1=\"" << lx << "\" y1=\"" << ly + 32 << "\" x2=\"" << lx + 24 << "\" y2=\""
+    << ly + 32 << "\" stroke=\"#2a2\"/><text x=\"" << lx + 30 << "\" y=\"" << ly + 36 << "\">"
+    << legend << "</text>\n";
+  s << "</svg>\n";
+  return s.str();
+}
+
+// The curve point a threshold-sweep table shows for a target share: the first
+// reachable share at or above it.
+const route::CurvePoint& point_at(const RoutingMetrics& m, double share) {
+  for (const auto& p : m.curve) {
+    if (p.cloud_share + 1e-12 >= share) return p;
+  }
+  return m.curve.back();
+}
+
+json metrics_json(const RoutingMetrics& m) {
+  return {
+      {"apgr", m.apgr}, {"auc", m.auc}, {"cpt50", opt_json(m.cpt50)}, {"cpt80", opt_json(m.cpt80)}};
+}
+
+int eval(const EvalFlags& f) {
+  auto model = route::ComplexityModel::load(f.model);
+  if (!model.ok()) return fail(model.error());
+  route::DataOptions o = data_options(f.data);
+  if (f.subjects == "holdout") {
+    o.only_subjects = model->info().holdout_subjects;
+    if (o.only_subjects.empty()) {
+      return fail(make_error(ErrorKind::kInvalidArgument,
+                             f.model + " records no held-out subjects (it was trained without "
+                                       "--holdout-subjects); name subjects with --subjects a,b,c"));
+    }
+  } else if (f.subjects != "all") {
+    o.only_subjects = split_list(f.subjects);
+  }
+  route::LoadReport load;
+  auto rows = route::load_labelled_prompts(f.data.data, o, &load);
+  if (!rows.ok()) return fail(rows.error());
+  const auto subjects = distinct_subjects(*rows);
+  const auto& trained = model->info().training_subjects;
+  int64_t seen = 0;
+  for (const auto& r : *rows) {
+    if (!r.subject.empty() &&
+        std::find(trained.begin(), trained.end(), r.subject) != trained.end()) {
+      ++seen;
+    }
+  }
+
+  std::vector<double> scores;
+  scores.reserve(rows->size());
+  for (const auto& r : *rows) scores.push_back(model->score(r.prompt, r.edge_perplexity));
+  auto m = route::evaluate_routing(scores, *rows);
+  if (!m.ok()) return fail(m.error());
+  auto random = route::random_baseline(*rows, f.random_trials, 20240701);
+  if (!random.ok()) return fail(random.error());
+  auto oracle = route::oracle_routing(*rows);
+  if (!oracle.ok()) return fail(oracle.error());
+  size_t at_cloud = 0;
+  double at_quality = 0.0;
+  for (size_t i = 0; i < rows->size(); ++i) {
+    const bool cloud = model->prefers_cloud(scores[i]);
+    at_cloud += cloud;
+    at_quality += cloud ? (*rows)[i].cloud_quality : (*rows)[i].edge_quality;
+  }
+  const double n = static_cast<double>(rows->size());
+
+  if (!f.svg.empty()) {
+    std::ofstream out(f.svg, std::ios::binary | std::ios::trunc);
+    char title[256];
+    std::snprintf(title, sizeof title, "%s on %zu prompts (%zu subjects)",
+                  std::filesystem::path(f.model).filename().string().c_str(), rows->size(),
+                  subjects.size());
+    out << render_svg(*m, *oracle, title);
+    if (!out) {
+      return fail(make_error(ErrorKind::kIo, "cannot write " + f.svg +
+                                                 "; check that its folder exists and is writable"));
+    }
+  }
+
+  if (f.json_out) {
+    json curve = json::array();
+    const size_t stride = std::max<size_t>(1, m->curve.size() / 500);
+    for (size_t i = 0; i < m->curve.size(); ++i) {
+      if (i % stride != 0 && i + 1 != m->curve.size()) continue;
+      const auto& p = m->curve[i];
+      curve.push_back(
+          {{"cloud_share", p.cloud_share},
+           {"quality", p.quality},
+           {"threshold", std::isfinite(p.threshold) ? json(p.threshold) : json(nullptr)}});
+    }
+    json doc = {{"model", f.model},
+                {"rows", m->rows},
+                {"subjects", subjects},
+                {"rows_from_training_subjects", seen},
+                {"excluded_contaminated", load.excluded_contaminated},
+                {"edge_quality", m->edge_quality},
+                {"cloud_quality", m->cloud_quality},
+                {"router", metrics_json(*m)},
+                {"random",
+                 {{"apgr", random->apgr_mean},
+                  {"apgr_95", {random->apgr_lo, random->apgr_hi}},
+                  {"cpt50", random->cpt50_mean},
+                  {"cpt80", random->cpt80_mean},
+                  {"trials", f.random_trials}}},
+                {"oracle", metrics_json(*oracle)},
+                {"at_model_threshold",
+                 {{"threshold", model->threshold()},
+                  {"cloud_share", at_cloud / n},
+                  {"quality", at_quality / n}}},
+                {"curve", std::move(curve)}};
+    std::cout << doc.dump(2) << "\n";
+    return 0;
+  }
+
+  std::printf("%s on %lld prompts from %zu subjects (%lld contaminated left out)\n",
+              f.model.c_str(), static_cast<long long>(m->rows), subjects.size(),
+              static_cast<long long>(load.excluded_contaminated));
+  if (seen > 0) {
+    std::printf(
+        "note: %lld of these prompts are from subjects the model was trained on; "
+        "--subjects holdout evaluates on held-out subjects only\n",
+        static_cast<long long>(seen));
+  }
+  std::printf("quality: edge only %.4f, cloud only %.4f\n\n", m->edge_quality, m->cloud_quality);
+  std::printf("%-22s %8s %10s %10s\n", "router", "APGR", "CPT(50%)", "CPT(80%)");
+  std::printf("%-22s %8.3f %10s %10s\n", "complexity", m->apgr, pct(m->cpt50).c_str(),
+              pct(m->cpt80).c_str());
+  std::printf("%-22s %8.3f %10s %10s   (%d seeded trials; APGR 95%%: %.3f-%.3f)\n", "random",
+              random->apgr_mean, pct(random->cpt50_mean).c_str(), pct(random->cpt80_mean).c_str(),
+              f.random_trials, random->apgr_lo, random->apgr_hi);
+  std::printf("%-22s %8.3f %10s %10s\n\n", "oracle", oracle->apgr, pct(oracle->cpt50).c_str(),
+              pct(oracle->cpt80).c_str());
+  std::printf("%12s %12s %10s\n", "cloud share", "threshold", "quality");
+  for (int i = 0; i <= 10; ++i) {
+    const auto& p = point_at(*m, i / 10.0);
+    char th[32];
+    if (std::isfinite(p.threshold)) {
+      std::snprintf(th, sizeof th, "%.4f", p.threshold);
+    } else {
+      std::snprintf(th, sizeof th, "(none)");
+    }
+    std::printf("%11.1f%% %12s %10.4f\n", p.cloud_share * 100.0, th, p.quality);
+  }
+  std::printf("\nat the model's threshold %.4f: %.1f%% to cloud, quality %.4f\n",
+              model->threshold(), at_cloud * 100.0 / n, at_quality / n);
+  if (!f.svg.empty()) std::printf("curve written to %s\n", f.svg.c_str());
+  return 0;
+}
+
+// ---- score -----------------------------------------------------------------------
+
+struct ScoreFlags {
+  std::string model = "data/router/complexity-default.json";
+  std::string prompt;
+  double perplexity = 0.0;
+  bool explain = false;
+};
+
+int score(const ScoreFlags& f) {
+  auto model = route::ComplexityModel::load(f.model);
+  if (!model.ok()) return fail(model.error());
+  std::string prompt = f.prompt;
+  if (prompt.empty()) prompt.assign(std::istreambuf_iterator<char>(std::cin), {});
+  const std::optional<double> ppl =
+      f.perplexity > 0 ? std::optional<double>(f.perplexity) : std::nullopt;
+  const route::ComplexityExplanation e = model->explain(prompt, ppl);
+  std::printf("p(edge inadequate) = %.4f, threshold %.4f -> %s\n", e.probability, e.threshold,
+              e.prefers_cloud ? "cloud" : "edge");
+  if (f.explain) {
+    std::printf("%-20s %10s %10s\n", "feature", "value", "logit");
+    std::printf("%-20s %10s %+10.4f\n", "(bias)", "", e.bias);
+    for (int i = 0; i < route::kDenseFeatureCount; ++i) {
+      std::printf("%-20s %10.4f %+10.4f\n", std::string(route::dense_feature_name(i)).c_str(),
+                  e.dense[i], e.dense_contribution[i]);
+    }
+    std::printf("%-20s %10s %+10.4f\n", "(word n-grams)", "", e.hashed_contribution);
+  }
+  return 0;
+}
+
+}  // namespace
+
+void add_router_command(CLI::App& app) {
+  CLI::App* router = app.add_subcommand(
+      "router", "Train, evaluate and try the complexity model that routes prompts edge/cloud");
+  router->require_subcommand(1);
+
+  auto tf = std::make_shared<TrainFlags>();
+  CLI::App* train_cmd =
+      router->add_subcommand("train", "Fit the complexity model from labelled prompts");
+  add_data_flags(train_cmd, tf->data);
+  train_cmd->add_option("--out", tf->out, "Model file to write (JSON)")->required();
+  train_cmd
+      ->add_option("--target-cloud-share", tf->target_cloud_share,
+                   "Calibrate the threshold so this share of the training prompts goes to "
+                   "the cloud")
+      ->check(CLI::Range(0.0, 1.0))
+      ->capture_default_str();
+  train_cmd->add_option("--holdout-subjects", tf->holdout,
+                        "Subjects to leave out of training, for `router eval --subjects holdout`: "
+                        "a,b,c, or 'default' (the fixed 9-of-38 MMLU split)");
+  train_cmd->add_option("--drop-subjects", tf->drop,
+                        "Subjects to leave out entirely (bad labels), a,b,c");
+  train_cmd
+      ->add_option("--calibration-folds", tf->calibration_folds,
+                   "Set the threshold on out-of-fold scores from this many extra fits "
+                   "(< 2: on the final model's own training scores)")
+      ->capture_default_str();
+  train_cmd
+      ->add_option("--label", tf->label,
+                   "gain: escalation's expected gain (1 cloud better, 0.5 tie, 0 edge "
+                   "better); weak-wrong: edge wrong; cloud-wins: edge wrong and cloud right")
+      ->capture_default_str();
+  train_cmd->add_option("--l2", tf->l2, "L2 strength on the named features")->capture_default_str();
+  train_cmd->add_option("--l2-hashed", tf->l2_hashed, "L2 strength on the hashed word n-grams")
+      ->capture_default_str();
+  train_cmd->add_option("--hash-bits", tf->hash_bits, "log2 of the number of n-gram buckets")
+      ->check(CLI::Range(route::kMinHashBits, route::kMaxHashBits))
+      ->capture_default_str();
+  train_cmd->add_flag("--bigrams", tf->bigrams, "Hash word pairs as well as single words");
+  train_cmd->add_option("--max-iterations", tf->max_iterations, "L-BFGS iteration cap")
+      ->capture_default_str();
+  train_cmd->footer(
+      "Example (the shipped default model):\n"
+      "  switchyard router train --data ../shared/data/router-data/routellm/mmlu \\\n"
+      "      --holdout-subjects default --out data/router/complexity-default.json");
+  train_cmd->callback([tf] {
+    tf->command = describe(*tf);
+    const int rc = train(*tf);
+    if (rc != 0) throw CLI::RuntimeError(rc);
+  });
+
+  auto ef = std::make_shared<EvalFlags>();
+  CLI::App* eval_cmd = router->add_subcommand(
+      "eval", "Score a complexity model RouteLLM's way: APGR, CPT(50%), CPT(80%)");
+  add_data_flags(eval_cmd, ef->data);
+  eval_cmd->add_option("--model", ef->model, "Model file from `router train`")->required();
+  eval_cmd
+      ->add_option("--subjects", ef->subjects,
+                   "all, holdout (the subjects the model was trained without), or a,b,c")
+      ->capture_default_str();
+  eval_cmd->add_flag("--json", ef->json_out, "Print the results as JSON");
+  eval_cmd->add_option("--svg", ef->svg, "Draw quality vs cloud share into this SVG file");
+  eval_cmd->add_option("--random-trials", ef->random_trials, "Seeded random routers to average")
+      ->check(CLI::Range(1, 100000))
+      ->capture_default_str();
+  eval_cmd->footer(
+      "Example:\n"
+      "  switchyard router eval --model data/router/complexity-default.json \\\n"
+      "      --data ../shared/data/router-data/routellm/mmlu --subjects holdout --svg curve.svg");
+  eval_cmd->callback([ef] {
+    const int rc = eval(*ef);
+    if (rc != 0) throw CLI::RuntimeError(rc);
+  });
+
+  auto sf = std::make_shared<ScoreFlags>();
+  CLI::App* score_cmd =
+      router->add_subcommand("score", "Score one prompt (from -p or stdin) and explain it");
+  score_cmd->add_option("--model", sf->model, "Model file")->capture_default_str();
+  score_cmd->add_option("-p,--prompt", sf->prompt, "Prompt text (default: read stdin)");
+  score_cmd->add_option("--perplexity", sf->perplexity,
+                        "The edge model's perplexity on the prompt, when measured");
+  score_cmd->add_flag("--explain", sf->explain, "Show every feature's value and logit share");
+  score_cmd->callback([sf] {
+    const int rc = score(*sf);
+    if (rc != 0) throw CLI::RuntimeError(rc);
+  });
+}
+
+}  // namespace sy::cli

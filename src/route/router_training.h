@@ -1,0 +1,167 @@
+// Training and evaluating the complexity model from labelled prompts: reading
+// the labelled data sets (RouteLLM MMLU CSVs, RouterBench CSVs, MT-Bench
+// judgements, JSONL), fitting the logistic model, calibrating its threshold to
+// a target cloud share, and scoring a router RouteLLM's way (APGR, CPT).
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "common/result.h"
+#include "route/complexity.h"
+
+namespace sy::route {
+
+// How the two tiers did on one prompt.
+enum class Outcome : uint8_t {
+  kCloudBetter,  // edge inadequate, cloud fixes it
+  kBothGood,     // edge adequate (and cloud no better)
+  kBothBad,      // edge inadequate, cloud no better
+  kEdgeBetter,   // edge adequate, cloud worse
+};
+
+struct LabelledPrompt {
+  std::string prompt;
+  std::string subject;  // MMLU subject, RouterBench eval_name, MT-Bench category, or ""
+  // Quality of each tier's answer on the data set's own scale (1/0 for
+  // correctness, 1-10 for judge scores); evaluation averages these.
+  double edge_quality = 0.0;
+  double cloud_quality = 0.0;
+  Outcome outcome = Outcome::kBothGood;
+  std::optional<double> edge_perplexity;
+};
+
+enum class DataFormat { kAuto, kCsv, kJsonl };
+
+struct DataOptions {
+  DataFormat format = DataFormat::kAuto;
+  // CSV columns holding the edge (weak) and cloud (strong) model's 0/1 result;
+  // empty: the RouteLLM MMLU pair (Mixtral-8x7B / GPT-4) for RouteLLM files and
+  // mistral-7b-chat / gpt-4-1106-preview for RouterBench files.
+  std::string weak_column;
+  std::string strong_column;
+  // MT-Bench judgements: the model names acting as edge and cloud.
+  std::string weak_model = "mistralai/Mixtral-8x7B-Instruct-v0.1";
+  std::string strong_model = "gpt-4-1106-preview";
+  // JSONL files of prompts never to train or evaluate on (fields eval_prompt,
+  // train_prompt or prompt). A data file's sibling contaminated_prompts.jsonl
+  // is always applied.
+  std::vector<std::string> exclude_files;
+  // Keep only these subjects (empty: all) / drop these subjects.
+  std::vector<std::string> only_subjects;
+  std::vector<std::string> drop_subjects;
+};
+
+struct LoadReport {
+  std::vector<std::string> files;  // data files read, in order
+  int64_t rows = 0;                // rows kept
+  int64_t excluded_contaminated = 0;
+  int64_t dropped_by_subject = 0;
+  int64_t skipped_unlabelled = 0;  // rows without a usable label
+};
+
+// Reads every path (a file, or a folder: its *.csv, *.jsonl and MT-Bench
+// judgements, sorted). Formats:
+//  - CSV with a `prompt` column and two 0/1 (or True/False) result columns;
+//    a file named mmlu_<subject>.csv gets that subject.
+//  - JSONL: {"prompt": ..., "edge_ok": bool} or {"prompt": ..., "scores":
+//    {"edge": x, "cloud": y}}, optional "subject" and "edge_perplexity".
+//  - MT-Bench judgements.jsonl (with question.jsonl beside it).
+Result<std::vector<LabelledPrompt>> load_labelled_prompts(const std::vector<std::string>& paths,
+                                                          const DataOptions& options,
+                                                          LoadReport* report = nullptr);
+
+// The 38 MMLU subjects of the RouteLLM data, sorted, and the fixed evaluation
+// split: every fourth subject in that order (index % 4 == 3), 9 of 38.
+const std::vector<std::string>& routellm_mmlu_subjects();
+const std::vector<std::string>& default_holdout_subjects();
+
+// How outcomes become training labels. The model predicts the label's mean.
+enum class LabelRule {
+  kWeakWrong,  // 1 when the edge is inadequate, whatever the cloud did
+  kCloudWins,  // 1 only when the cloud is better (both-bad counts as 0)
+  kGain,       // 1 cloud better, 0.5 tie, 0 edge better: E[gain of escalating]
+};
+std::string_view label_rule_name(LabelRule rule);
+std::optional<LabelRule> parse_label_rule(std::string_view name);
+double label_for(Outcome outcome, LabelRule rule);
+
+struct TrainOptions {
+  HashingSpec hashing;
+  LabelRule label = LabelRule::kGain;
+  double l2_dense = 1e-3;   // per-example L2 strength on standardized dense weights
+  double l2_hashed = 1e-3;  // on hashed n-gram weights
+  double target_cloud_share = 0.3;
+  // The threshold is set on out-of-fold scores from this many extra fits
+  // (rows split by index); below 2, on the final model's own training scores.
+  int calibration_folds = 5;
+  int max_iterations = 400;
+  ComplexityModelInfo info;  // provenance copied into the model file
+};
+
+struct TrainReport {
+  int iterations = 0;
+  double final_loss = 0.0;
+  bool converged = false;
+  int calibration_folds = 0;            // 0: calibrated in-sample
+  double calibrated_cloud_share = 0.0;  // share of the calibration scores sent to cloud
+  double train_cloud_share = 0.0;       // share of the final model's training scores
+};
+
+// Deterministic: the same rows and options give the same file, bit for bit.
+Result<ComplexityModel> train_complexity_model(const std::vector<LabelledPrompt>& rows,
+                                               const TrainOptions& options,
+                                               TrainReport* report = nullptr);
+
+// The threshold that sends `share` of these scores to the cloud (score >=
+// threshold), as near as ties allow. share 0 gives a threshold above every
+// score (1.0 when they are all below it).
+double calibrate_threshold(std::vector<double> scores, double share);
+
+// ---- evaluation ----------------------------------------------------------------
+
+struct CurvePoint {
+  double cloud_share = 0.0;
+  double quality = 0.0;
+  double threshold = 0.0;  // route to cloud when score >= threshold
+};
+
+struct RoutingMetrics {
+  int64_t rows = 0;
+  double edge_quality = 0.0;   // all on edge
+  double cloud_quality = 0.0;  // all on cloud
+  double auc = 0.0;            // area under quality vs cloud share, share in [0, 1]
+  double apgr = 0.0;           // (auc - edge) / (cloud - edge)
+  // Cloud share needed to recover 50% / 80% of the edge->cloud gap; absent
+  // when the curve never gets there (the cloud is not better on this data).
+  std::optional<double> cpt50;
+  std::optional<double> cpt80;
+  std::vector<CurvePoint> curve;  // one point per distinct threshold, share ascending
+};
+
+// Sweeps the threshold over all scores: the top-k scored rows go to the
+// cloud. Rows with equal scores move together (a threshold cannot split
+// them). Fails when the two tiers have equal quality (APGR undefined).
+Result<RoutingMetrics> evaluate_routing(std::span<const double> scores,
+                                        std::span<const LabelledPrompt> rows);
+
+// Cloud share where a curve first reaches edge + fraction * (cloud - edge),
+// interpolating linearly between points.
+std::optional<double> cloud_share_to_recover(const std::vector<CurvePoint>& curve, double edge,
+                                             double cloud, double fraction);
+
+// A router that picks uniformly at random: `trials` seeded permutations.
+struct RandomBaseline {
+  double apgr_mean = 0.0, apgr_lo = 0.0, apgr_hi = 0.0;  // mean and 2.5/97.5 percentiles
+  double cpt50_mean = 0.0, cpt80_mean = 0.0;
+};
+Result<RandomBaseline> random_baseline(std::span<const LabelledPrompt> rows, int trials,
+                                       uint64_t seed);
+
+// The best any router could do: cloud exactly where it helps most.
+Result<RoutingMetrics> oracle_routing(std::span<const LabelledPrompt> rows);
+
+}  // namespace sy::route
