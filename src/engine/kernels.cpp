@@ -166,20 +166,19 @@ RowArgs make_args(const WeightMatrix& w, const TypeOps& ops, const uint8_t* act,
   return args;
 }
 
-// Rows per unit of work. Several units per thread let a thread that got a
-// core late take less, and multiples of 16 rows keep each unit's outputs on
-// cache lines of their own. With a batch, a unit's weights are re-read once
-// per activation tile, so they should stay in L2.
-int64_t rows_per_chunk(const WeightMatrix& w, int64_t batch, int threads) {
+// Rows per unit of work, taken dynamically by the threads. Units of at most
+// 64 KiB of weights (a few microseconds) leave little idle time at the end of
+// a matvec and let a thread that got its core late take fewer; small
+// matrices are still cut into several units per thread. Multiples of 16 rows
+// keep each unit's outputs on cache lines of their own. With a batch, a
+// unit's weights are re-read once per activation tile and stay in L2.
+int64_t rows_per_chunk(const WeightMatrix& w, int threads) {
   constexpr int64_t kAlign = 16;
-  constexpr size_t kL2Budget = 128 * 1024;
-  int64_t rows = (w.rows + 8 * threads - 1) / (8 * threads);
-  rows = (rows + kAlign - 1) / kAlign * kAlign;
-  if (batch > 1 && w.row_bytes > 0) {
-    const auto fit = static_cast<int64_t>(kL2Budget / w.row_bytes) / kAlign * kAlign;
-    rows = std::min(rows, std::max(kAlign, fit));
-  }
-  return std::max<int64_t>(rows, 1);
+  constexpr size_t kChunkBytes = 64 * 1024;
+  const int64_t by_count = (w.rows + 8 * threads - 1) / (8 * threads);
+  const int64_t by_bytes = static_cast<int64_t>(kChunkBytes / std::max<size_t>(w.row_bytes, 1));
+  const int64_t rows = std::min(by_count, by_bytes);
+  return std::max(kAlign, (rows + kAlign - 1) / kAlign * kAlign);
 }
 
 }  // namespace
@@ -311,28 +310,52 @@ void matmul(const WeightMatrix& w, const float* x, int64_t batch, float* y,
     act = scratch.data();
   }
   const RowArgs args = make_args(w, ops, act, y);
-  const int64_t chunk = rows_per_chunk(w, batch, pool.size());
+  const int64_t chunk = rows_per_chunk(w, pool.size());
   const int64_t chunks = (w.rows + chunk - 1) / chunk;
-  std::atomic<int64_t> next{0};
-  auto work = [&](int, int) {
-    for (int64_t c = next.fetch_add(1, std::memory_order_relaxed); c < chunks;
-         c = next.fetch_add(1, std::memory_order_relaxed)) {
-      const int64_t r0 = c * chunk;
-      const int64_t r1 = std::min(w.rows, r0 + chunk);
-      for (int64_t b0 = 0; b0 < grouped_rows; b0 += detail::kGroupRows) {
-        ops.group(args, r0, r1, b0);
-      }
-      for (int64_t b0 = grouped_rows; b0 < batch; b0 += detail::kMaxTile) {
-        ops.fast(args, r0, r1, b0,
-                 static_cast<int>(std::min<int64_t>(detail::kMaxTile, batch - b0)));
-      }
+  auto run_chunk = [&](int64_t c) {
+    const int64_t r0 = c * chunk;
+    const int64_t r1 = std::min(w.rows, r0 + chunk);
+    // The kernels prefetch a fixed distance ahead of their reads; a chunk that
+    // starts a new stream (a range's first, or one taken from another range)
+    // requests its first lines here instead of waiting on them.
+    const uint8_t* first = args.w + static_cast<size_t>(r0) * w.row_bytes;
+    const size_t lead =
+        std::min(detail::kPrefetchDistance, static_cast<size_t>(r1 - r0) * w.row_bytes);
+    for (size_t off = 0; off < lead; off += 64) __builtin_prefetch(first + off, 0, 2);
+    for (int64_t b0 = 0; b0 < grouped_rows; b0 += detail::kGroupRows) {
+      ops.group(args, r0, r1, b0);
+    }
+    for (int64_t b0 = grouped_rows; b0 < batch; b0 += detail::kMaxTile) {
+      ops.fast(args, r0, r1, b0, static_cast<int>(std::min<int64_t>(detail::kMaxTile, batch - b0)));
     }
   };
-  if (chunks == 1) {
-    work(0, 1);
-  } else {
-    pool.run_on_all(work);
+  if (chunks == 1 || pool.size() == 1) {
+    for (int64_t c = 0; c < chunks; ++c) run_chunk(c);
+    return;
   }
+  // Each slot owns a contiguous range of chunks, so each core streams one
+  // long run of weights (interleaving chunks across cores cost bandwidth);
+  // a slot that finishes early then takes chunks from the others' ranges.
+  struct alignas(64) Range {
+    std::atomic<int64_t> next;
+    int64_t end;
+  };
+  constexpr int kMaxRanges = 64;
+  Range ranges[kMaxRanges];
+  const int range_count = std::min(pool.size(), kMaxRanges);
+  for (int i = 0; i < range_count; ++i) {
+    ranges[i].next.store(chunks * i / range_count, std::memory_order_relaxed);
+    ranges[i].end = chunks * (i + 1) / range_count;
+  }
+  pool.run_on_all([&](int slot, int) {
+    for (int k = 0; k < range_count; ++k) {
+      Range& range = ranges[(slot + k) % range_count];
+      for (int64_t c = range.next.fetch_add(1, std::memory_order_relaxed); c < range.end;
+           c = range.next.fetch_add(1, std::memory_order_relaxed)) {
+        run_chunk(c);
+      }
+    }
+  });
 }
 
 void matmul_reference(const WeightMatrix& w, const float* x, int64_t batch, float* y) {

@@ -42,12 +42,21 @@ struct WeightMatrix {
 size_t activation_scratch_bytes(TensorType weight_type, int64_t cols, int64_t batch);
 
 // y[b][r] = sum_c W[r][c] * x[b][c] for b < batch, r < rows.
-// x is batch rows of cols floats; y is batch rows of W.rows floats.
-// scratch must hold activation_scratch_bytes(W.type, W.cols, batch).
+// x is batch rows of cols floats; y is batch rows of W.rows floats and must
+// not overlap x. scratch must hold activation_scratch_bytes(W.type, W.cols,
+// batch). The result does not depend on the pool's size (each output is
+// computed by one thread in a fixed order). Never allocates. Throws
+// std::invalid_argument for a type without kernels or too small a scratch.
 void matmul(const WeightMatrix& w, const float* x, int64_t batch, float* y,
             std::span<uint8_t> scratch, ThreadPool& pool);
 
-// Same result computed by the scalar reference kernels, single-threaded.
+// The scalar reference, single-threaded: for quantized weights it rounds the
+// activations through the same 8-bit quantization as matmul and forms the
+// same exact per-block integer sums, so the two differ only by float
+// summation order (relative 1e-6 or so). Against dequantized weights times
+// unrounded activations both differ by at most sum |w| * (activation step)/2
+// per 32 (Q4_0, Q8_0) or 256 (Q4_K, Q6_K) elements; float weights use float
+// activations and agree to summation order.
 void matmul_reference(const WeightMatrix& w, const float* x, int64_t batch, float* y);
 
 // Dequantizes one row (embedding lookup).

@@ -133,6 +133,9 @@ inline const T* act_row(const RowArgs& a, int64_t b) {
 // Computes rows [r0, r1) for activation rows [b0, b0 + nb), nb in 1..kMaxTile.
 using RowKernel = void (*)(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb);
 inline constexpr int kMaxTile = 4;
+// How far ahead of the weights being read the kernels prefetch; a unit of
+// work starting on new rows prefetches its first this many bytes at once.
+inline constexpr size_t kPrefetchDistance = 3072;
 // Computes rows [r0, r1) for the kGroupRows activation rows from b0, stored
 // as ActQ8x8 blocks.
 using GroupKernel = void (*)(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0);

@@ -1,0 +1,797 @@
+// Kernels: type conversions, block layouts, quantization error, matmul
+// agreement between the vector, scalar and float paths, and the thread pool.
+#include "engine/kernels.h"
+
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <atomic>
+#include <bit>
+#include <chrono>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <limits>
+#include <new>
+#include <random>
+#include <thread>
+#include <vector>
+
+#include "engine/kernels_internal.h"
+#include "engine/thread_pool.h"
+
+#ifdef SY_KERNELS_AVX2
+#include <immintrin.h>
+#endif
+
+namespace {
+std::atomic<long> g_allocations{0};
+}  // namespace
+
+// Counts every heap allocation in the process, so tests can check that the
+// hot paths allocate nothing. GCC flags malloc/free inside replaced
+// operators as mismatched once they are inlined into new/delete pairs.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic ignored "-Wmismatched-new-delete"
+#endif
+void* operator new(std::size_t size) {
+  g_allocations.fetch_add(1, std::memory_order_relaxed);
+  if (void* p = std::malloc(size != 0 ? size : 1)) return p;
+  throw std::bad_alloc();
+}
+void operator delete(void* p) noexcept {
+  std::free(p);
+}
+void operator delete(void* p, std::size_t) noexcept {
+  std::free(p);
+}
+
+namespace sy::engine {
+namespace {
+
+using detail::BlockQ4_0;
+using detail::BlockQ4_K;
+using detail::BlockQ6_K;
+using detail::BlockQ8_0;
+
+constexpr TensorType kAllTypes[] = {TensorType::kF32,  TensorType::kF16,  TensorType::kBF16,
+                                    TensorType::kQ4_0, TensorType::kQ8_0, TensorType::kQ4_K,
+                                    TensorType::kQ6_K};
+
+const char* name_of(TensorType t) {
+  switch (t) {
+    case TensorType::kF32:
+      return "F32";
+    case TensorType::kF16:
+      return "F16";
+    case TensorType::kBF16:
+      return "BF16";
+    case TensorType::kQ4_0:
+      return "Q4_0";
+    case TensorType::kQ8_0:
+      return "Q8_0";
+    case TensorType::kQ4_K:
+      return "Q4_K";
+    case TensorType::kQ6_K:
+      return "Q6_K";
+    default:
+      return "?";
+  }
+}
+
+bool is_quantized(TensorType t) {
+  return t != TensorType::kF32 && t != TensorType::kF16 && t != TensorType::kBF16;
+}
+
+// Elements covered by one activation scale for a quantized weight type.
+int64_t act_block(TensorType t) {
+  return (t == TensorType::kQ4_K || t == TensorType::kQ6_K) ? 256 : 32;
+}
+
+size_t row_bytes(TensorType t, int64_t cols) {
+  return tensor_row_bytes(*tensor_type_traits(static_cast<uint32_t>(t)),
+                          static_cast<uint64_t>(cols));
+}
+
+std::vector<float> gaussian(size_t n, uint32_t seed, float sigma = 1.0f) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> dist(0.0f, sigma);
+  std::vector<float> v(n);
+  for (auto& x : v) x = dist(rng);
+  return v;
+}
+
+uint32_t bits_of(float f) {
+  return std::bit_cast<uint32_t>(f);
+}
+
+// ---- fp16 / bf16 -----------------------------------------------------------
+
+TEST(Fp16, KnownValues) {
+  EXPECT_EQ(fp32_to_fp16(0.0f), 0x0000);
+  EXPECT_EQ(fp32_to_fp16(-0.0f), 0x8000);
+  EXPECT_EQ(fp32_to_fp16(1.0f), 0x3C00);
+  EXPECT_EQ(fp32_to_fp16(-2.0f), 0xC000);
+  EXPECT_EQ(fp32_to_fp16(65504.0f), 0x7BFF);                      // largest finite
+  EXPECT_EQ(fp32_to_fp16(65519.99f), 0x7BFF);                     // just below the tie
+  EXPECT_EQ(fp32_to_fp16(65520.0f), 0x7C00);                      // tie rounds to even: inf
+  EXPECT_EQ(fp32_to_fp16(std::ldexp(1.0f, -14)), 0x0400);         // smallest normal
+  EXPECT_EQ(fp32_to_fp16(std::ldexp(1.0f, -24)), 0x0001);         // smallest denormal
+  EXPECT_EQ(fp32_to_fp16(std::ldexp(1.0f, -25)), 0x0000);         // tie to even: 0
+  EXPECT_EQ(fp32_to_fp16(std::ldexp(3.0f, -26)), 0x0001);         // above the tie
+  EXPECT_EQ(fp32_to_fp16(std::ldexp(3.0f, -25)), 0x0002);         // 1.5 units: tie to even 2
+  EXPECT_EQ(fp32_to_fp16(std::ldexp(1023.0f, -24)), 0x03FF);      // largest denormal
+  EXPECT_EQ(fp32_to_fp16(1.0f + std::ldexp(1.0f, -11)), 0x3C00);  // tie to even
+  EXPECT_EQ(fp32_to_fp16(1.0f + std::ldexp(3.0f, -11)), 0x3C02);  // tie to even, up
+  EXPECT_EQ(fp32_to_fp16(std::numeric_limits<float>::infinity()), 0x7C00);
+  EXPECT_EQ(fp32_to_fp16(-std::numeric_limits<float>::infinity()), 0xFC00);
+  EXPECT_EQ(fp32_to_fp16(std::numeric_limits<float>::denorm_min()), 0x0000);
+  const uint16_t nan = fp32_to_fp16(std::numeric_limits<float>::quiet_NaN());
+  EXPECT_EQ(nan & 0x7C00, 0x7C00);
+  EXPECT_NE(nan & 0x03FF, 0);
+
+  EXPECT_EQ(fp16_to_fp32(0x3C00), 1.0f);
+  EXPECT_EQ(fp16_to_fp32(0x0001), std::ldexp(1.0f, -24));
+  EXPECT_EQ(fp16_to_fp32(0x03FF), std::ldexp(1023.0f, -24));
+  EXPECT_EQ(fp16_to_fp32(0x7BFF), 65504.0f);
+  EXPECT_EQ(bits_of(fp16_to_fp32(0x8000)), 0x80000000u);
+  EXPECT_EQ(fp16_to_fp32(0x7C00), std::numeric_limits<float>::infinity());
+  EXPECT_EQ(fp16_to_fp32(0xFC00), -std::numeric_limits<float>::infinity());
+  EXPECT_TRUE(std::isnan(fp16_to_fp32(0x7C01)));
+  EXPECT_TRUE(std::isnan(fp16_to_fp32(0xFE00)));
+}
+
+TEST(Fp16, EveryHalfRoundTrips) {
+  for (uint32_t h = 0; h < 0x10000; ++h) {
+    const float f = fp16_to_fp32(static_cast<uint16_t>(h));
+    const bool nan = (h & 0x7C00) == 0x7C00 && (h & 0x3FF) != 0;
+    if (nan) {
+      ASSERT_TRUE(std::isnan(f)) << h;
+      // Quieted, payload kept.
+      ASSERT_EQ(fp32_to_fp16(f), h | 0x0200) << h;
+    } else {
+      ASSERT_EQ(fp32_to_fp16(f), h) << h;
+    }
+  }
+}
+
+#ifdef SY_KERNELS_AVX2
+TEST(Fp16, MatchesF16CBitForBit) {
+  for (uint32_t h = 0; h < 0x10000; ++h) {
+    ASSERT_EQ(bits_of(fp16_to_fp32(static_cast<uint16_t>(h))),
+              bits_of(_cvtsh_ss(static_cast<uint16_t>(h))))
+        << h;
+  }
+  // Random bit patterns cover every exponent, denormals, infinities and NaNs.
+  std::mt19937 rng(7);
+  for (int i = 0; i < 2000000; ++i) {
+    const float f = std::bit_cast<float>(static_cast<uint32_t>(rng()));
+    ASSERT_EQ(fp32_to_fp16(f), _cvtss_sh(f, _MM_FROUND_TO_NEAREST_INT)) << bits_of(f);
+  }
+  // Every float near the half range's edges and rounding ties.
+  for (uint32_t base : {0x33000000u, 0x38800000u, 0x477FE000u, 0x3F800000u}) {
+    for (uint32_t d = 0; d < 0x4000; ++d) {
+      const float f = std::bit_cast<float>(base + d - 0x2000);
+      ASSERT_EQ(fp32_to_fp16(f), _cvtss_sh(f, _MM_FROUND_TO_NEAREST_INT)) << bits_of(f);
+    }
+  }
+}
+
+TEST(Fp16, BulkConversionMatchesScalar) {
+  std::vector<float> src(1003);
+  std::mt19937 rng(3);
+  for (auto& f : src) f = std::bit_cast<float>(static_cast<uint32_t>(rng()));
+  std::vector<uint16_t> half(src.size());
+  ASSERT_TRUE(quantize_row(TensorType::kF16, src.data(), half.data(), 1003));
+  for (size_t i = 0; i < src.size(); ++i) ASSERT_EQ(half[i], fp32_to_fp16(src[i])) << i;
+  std::vector<float> back(src.size());
+  ASSERT_TRUE(dequantize_row(TensorType::kF16, half.data(), back.data(), 1003));
+  for (size_t i = 0; i < src.size(); ++i)
+    ASSERT_EQ(bits_of(back[i]), bits_of(fp16_to_fp32(half[i])));
+}
+#endif
+
+TEST(Bf16, KnownValues) {
+  EXPECT_EQ(fp32_to_bf16(1.0f), 0x3F80);
+  EXPECT_EQ(fp32_to_bf16(-0.0f), 0x8000);
+  EXPECT_EQ(fp32_to_bf16(std::bit_cast<float>(0x3F808000u)), 0x3F80);  // tie, even stays
+  EXPECT_EQ(fp32_to_bf16(std::bit_cast<float>(0x3F818000u)), 0x3F82);  // tie, odd rounds up
+  EXPECT_EQ(fp32_to_bf16(std::bit_cast<float>(0x3F808001u)), 0x3F81);  // above the tie
+  EXPECT_EQ(fp32_to_bf16(std::bit_cast<float>(0x7F7FFFFFu)), 0x7F80);  // max float: inf
+  EXPECT_EQ(fp32_to_bf16(std::numeric_limits<float>::infinity()), 0x7F80);
+  EXPECT_EQ(fp32_to_bf16(-std::numeric_limits<float>::infinity()), 0xFF80);
+  EXPECT_EQ(fp32_to_bf16(std::bit_cast<float>(0x00012345u)), 0x0001);  // denormal kept
+  // A NaN whose payload sits below bf16's mantissa must not become infinity.
+  const uint16_t nan = fp32_to_bf16(std::bit_cast<float>(0x7F800001u));
+  EXPECT_TRUE(std::isnan(bf16_to_fp32(nan)));
+  EXPECT_EQ(bits_of(bf16_to_fp32(0x3F80)), 0x3F800000u);
+  EXPECT_EQ(bits_of(bf16_to_fp32(0x0001)), 0x00010000u);
+  for (uint32_t h = 0; h < 0x10000; ++h) {
+    const float f = bf16_to_fp32(static_cast<uint16_t>(h));
+    if (!std::isnan(f)) {
+      ASSERT_EQ(fp32_to_bf16(f), h);
+    }
+  }
+}
+
+// ---- block layouts ---------------------------------------------------------
+
+TEST(Layout, Q4_0HandBuiltBlock) {
+  BlockQ4_0 b{};
+  b.d = 0x3800;  // 0.5
+  for (int j = 0; j < 16; ++j) b.qs[j] = static_cast<uint8_t>(j | ((15 - j) << 4));
+  float y[32];
+  ASSERT_TRUE(dequantize_row(TensorType::kQ4_0, &b, y, 32));
+  for (int j = 0; j < 16; ++j) {
+    EXPECT_EQ(y[j], (j - 8) * 0.5f);
+    EXPECT_EQ(y[j + 16], (7 - j) * 0.5f);
+  }
+}
+
+TEST(Layout, Q8_0HandBuiltBlock) {
+  BlockQ8_0 b{};
+  b.d = 0x3400;  // 0.25
+  for (int j = 0; j < 32; ++j) b.qs[j] = static_cast<int8_t>(j * 8 - 128);
+  float y[32];
+  ASSERT_TRUE(dequantize_row(TensorType::kQ8_0, &b, y, 32));
+  for (int j = 0; j < 32; ++j) EXPECT_EQ(y[j], (j * 8 - 128) * 0.25f);
+}
+
+TEST(Layout, Q4_KScalePackingAndNibbles) {
+  // Sub-block scales and mins, some using the top two of their six bits.
+  const int sc[8] = {1, 2, 3, 4, 53, 6, 7, 63};
+  const int mn[8] = {9, 10, 11, 12, 13, 40, 15, 16};
+  BlockQ4_K b{};
+  b.d = 0x3C00;     // 1.0
+  b.dmin = 0x3800;  // 0.5
+  // Bytes 0-3: scales 0-3, top bits = bits 4-5 of scales 4-7.
+  // Bytes 4-7: mins 0-3, top bits = bits 4-5 of mins 4-7.
+  // Bytes 8-11: low nibble = scale 4+i bits 0-3, high nibble = min 4+i bits 0-3.
+  const uint8_t packed[12] = {0xC1, 0x02, 0x03, 0xC4, 0x09, 0x8A,
+                              0x0B, 0x4C, 0xD5, 0x86, 0xF7, 0x0F};
+  std::memcpy(b.scales, packed, 12);
+  auto q_of = [](int e) { return (e * 7 + 3) % 16; };
+  for (int k = 0; k < 4; ++k) {
+    for (int l = 0; l < 32; ++l) {
+      b.qs[32 * k + l] = static_cast<uint8_t>(q_of(64 * k + l) | (q_of(64 * k + 32 + l) << 4));
+    }
+  }
+  float y[256];
+  ASSERT_TRUE(dequantize_row(TensorType::kQ4_K, &b, y, 256));
+  for (int e = 0; e < 256; ++e) {
+    const int j = e / 32;
+    EXPECT_EQ(y[e], 1.0f * sc[j] * q_of(e) - 0.5f * mn[j]) << e;
+  }
+  uint8_t unpacked[16];
+  detail::unpack_q4k_scales(packed, unpacked);
+  for (int j = 0; j < 8; ++j) {
+    EXPECT_EQ(unpacked[j], sc[j]);
+    EXPECT_EQ(unpacked[8 + j], mn[j]);
+  }
+}
+
+TEST(Layout, Q6_KHandBuiltBlock) {
+  BlockQ6_K b{};
+  b.d = 0x3400;  // 0.25
+  for (int g = 0; g < 16; ++g) b.scales[g] = static_cast<int8_t>(g * 17 - 128);
+  auto q_of = [](int e) { return (e * 13 + 5) % 64; };
+  // Per 128 elements: ql[l] holds elements l (low) and l+64 (high nibble),
+  // ql[l+32] holds l+32 and l+96; qh[l] holds the top 2 bits of l, l+32,
+  // l+64, l+96 at bits 0, 2, 4, 6.
+  for (int h = 0; h < 2; ++h) {
+    for (int l = 0; l < 32; ++l) {
+      const int e = 128 * h + l;
+      b.ql[64 * h + l] = static_cast<uint8_t>((q_of(e) & 15) | ((q_of(e + 64) & 15) << 4));
+      b.ql[64 * h + 32 + l] =
+          static_cast<uint8_t>((q_of(e + 32) & 15) | ((q_of(e + 96) & 15) << 4));
+      b.qh[32 * h + l] =
+          static_cast<uint8_t>((q_of(e) >> 4) | ((q_of(e + 32) >> 4) << 2) |
+                               ((q_of(e + 64) >> 4) << 4) | ((q_of(e + 96) >> 4) << 6));
+    }
+  }
+  float y[256];
+  ASSERT_TRUE(dequantize_row(TensorType::kQ6_K, &b, y, 256));
+  for (int e = 0; e < 256; ++e) {
+    EXPECT_EQ(y[e], 0.25f * static_cast<float>((e / 16) * 17 - 128) * (q_of(e) - 32)) << e;
+  }
+}
+
+TEST(Layout, Q6_KSingleElementAddresses) {
+  // Every element alone: value 1 at position e (q = 33), 0 (q = 32) elsewhere.
+  for (int e = 0; e < 256; ++e) {
+    BlockQ6_K b{};
+    b.d = 0x3C00;
+    for (auto& s : b.scales) s = 1;
+    // q = 32 everywhere: low nibble 0, high bits 2 -> qh bits 0b10 each.
+    std::memset(b.ql, 0, sizeof(b.ql));
+    std::memset(b.qh, 0xAA, sizeof(b.qh));
+    const int h = e / 128, r = e % 128, quarter = r / 32, l = r % 32;
+    uint8_t& ql = b.ql[64 * h + l + (quarter % 2) * 32];
+    ql = static_cast<uint8_t>(ql | (1 << (quarter >= 2 ? 4 : 0)));
+    float y[256];
+    ASSERT_TRUE(dequantize_row(TensorType::kQ6_K, &b, y, 256));
+    for (int i = 0; i < 256; ++i) ASSERT_EQ(y[i], i == e ? 1.0f : 0.0f) << e << " " << i;
+  }
+}
+
+TEST(Layout, QuantizersWriteTheLayoutTheyRead) {
+  // Values on a grid of step 1/8 where every 16-element group reaches -4
+  // (q = 0) fit Q6_K exactly: all group scales are 1/8, the super-block scale
+  // a power of two. Quantizing must reproduce them bit for bit.
+  std::vector<float> x(256);
+  for (int e = 0; e < 256; ++e) {
+    x[e] = e % 16 == 0 ? -4.0f : static_cast<float>((e * 13 + 5) % 64 - 32) * 0.125f;
+  }
+  BlockQ6_K b;
+  ASSERT_TRUE(quantize_row(TensorType::kQ6_K, x.data(), &b, 256));
+  std::vector<float> y(256);
+  ASSERT_TRUE(dequantize_row(TensorType::kQ6_K, &b, y.data(), 256));
+  EXPECT_EQ(y, x);
+}
+
+TEST(Layout, UnsupportedTypesAndSizes) {
+  float x[64] = {};
+  uint8_t buf[256];
+  EXPECT_FALSE(quantize_row(TensorType::kQ5_0, x, buf, 32));
+  EXPECT_FALSE(dequantize_row(TensorType::kQ2_K, buf, x, 256));
+  EXPECT_FALSE(quantize_row(TensorType::kQ4_0, x, buf, 33));
+  EXPECT_FALSE(dequantize_row(TensorType::kQ4_K, buf, x, 64));
+  EXPECT_EQ(activation_scratch_bytes(TensorType::kF32, 64, 4), 0u);
+  EXPECT_GT(activation_scratch_bytes(TensorType::kQ4_0, 64, 4), 0u);
+}
+
+// ---- quantization error ----------------------------------------------------
+
+struct RoundTrip {
+  double rms_relative;  // RMS error / RMS of the data
+  std::vector<float> x, y;
+};
+
+RoundTrip round_trip(TensorType t, size_t n, uint32_t seed) {
+  RoundTrip r;
+  r.x = gaussian(n, seed);
+  std::vector<uint8_t> q(row_bytes(t, static_cast<int64_t>(n)));
+  EXPECT_TRUE(quantize_row(t, r.x.data(), q.data(), static_cast<int64_t>(n)));
+  r.y.resize(n);
+  EXPECT_TRUE(dequantize_row(t, q.data(), r.y.data(), static_cast<int64_t>(n)));
+  double err = 0.0, sig = 0.0;
+  for (size_t i = 0; i < n; ++i) {
+    err += (r.x[i] - r.y[i]) * static_cast<double>(r.x[i] - r.y[i]);
+    sig += r.x[i] * static_cast<double>(r.x[i]);
+  }
+  r.rms_relative = std::sqrt(err / sig);
+  return r;
+}
+
+float block_amax(const std::vector<float>& x, size_t begin, size_t len) {
+  float m = 0.0f;
+  for (size_t i = begin; i < begin + len; ++i) m = std::max(m, std::fabs(x[i]));
+  return m;
+}
+
+TEST(RoundTrip, FloatTypes) {
+  const auto f16 = round_trip(TensorType::kF16, 4096, 1);
+  for (size_t i = 0; i < f16.x.size(); ++i) {
+    ASSERT_LE(std::fabs(f16.x[i] - f16.y[i]), std::fabs(f16.x[i]) * 0x1p-11f + 0x1p-25f);
+  }
+  const auto bf16 = round_trip(TensorType::kBF16, 4096, 2);
+  for (size_t i = 0; i < bf16.x.size(); ++i) {
+    ASSERT_LE(std::fabs(bf16.x[i] - bf16.y[i]), std::fabs(bf16.x[i]) * 0x1p-8f);
+  }
+  const auto f32 = round_trip(TensorType::kF32, 64, 3);
+  EXPECT_EQ(f32.x, f32.y);
+}
+
+// Worst-case bounds per element follow from the rounding rules. The RMS
+// bounds (relative to the data's RMS, Gaussian data) sit about 10% above the
+// measured values -- Q8_0 0.0053, Q4_0 0.086, Q4_K 0.071, Q6_K 0.017, each
+// close to uniform rounding's step/sqrt(12) -- so a quantizer regression
+// trips them.
+TEST(RoundTrip, Q8_0) {
+  const auto r = round_trip(TensorType::kQ8_0, 32 * 256, 4);
+  for (size_t b = 0; b < r.x.size(); b += 32) {
+    // Rounding to the grid is at most half a step (amax/254); the fp16 scale
+    // moves the grid by at most 127 * d * 2^-11.
+    const float bound = block_amax(r.x, b, 32) * (1.0f / 254 + 0x1p-11f) * 1.0001f;
+    for (size_t i = b; i < b + 32; ++i) ASSERT_LE(std::fabs(r.x[i] - r.y[i]), bound) << i;
+  }
+  EXPECT_LT(r.rms_relative, 0.006);
+}
+
+TEST(RoundTrip, Q4_0) {
+  const auto r = round_trip(TensorType::kQ4_0, 32 * 256, 5);
+  for (size_t b = 0; b < r.x.size(); b += 32) {
+    // Step amax/8; half a step, except values opposite the largest one may
+    // clip at +7 steps, a full step off.
+    const float bound = block_amax(r.x, b, 32) / 8 * (1.0f + 0x1p-8f);
+    for (size_t i = b; i < b + 32; ++i) ASSERT_LE(std::fabs(r.x[i] - r.y[i]), bound) << i;
+  }
+  EXPECT_LT(r.rms_relative, 0.095);
+}
+
+TEST(RoundTrip, Q4_K) {
+  const auto r = round_trip(TensorType::kQ4_K, 256 * 32, 6);
+  for (size_t b = 0; b < r.x.size(); b += 32) {
+    // Sub-block range over 15 steps; the 6-bit scale may round down, so
+    // allow a full step plus the scale's rounding.
+    float lo = 0.0f, hi = 0.0f;
+    for (size_t i = b; i < b + 32; ++i) {
+      lo = std::min(lo, r.x[i]);
+      hi = std::max(hi, r.x[i]);
+    }
+    const float bound = (hi - lo) / 15 * 1.5f;
+    for (size_t i = b; i < b + 32; ++i) ASSERT_LE(std::fabs(r.x[i] - r.y[i]), bound) << i;
+  }
+  EXPECT_LT(r.rms_relative, 0.078);
+}
+
+TEST(RoundTrip, Q6_K) {
+  const auto r = round_trip(TensorType::kQ6_K, 256 * 32, 7);
+  for (size_t b = 0; b < r.x.size(); b += 16) {
+    const float bound = block_amax(r.x, b, 16) / 31 * 1.5f;
+    for (size_t i = b; i < b + 16; ++i) ASSERT_LE(std::fabs(r.x[i] - r.y[i]), bound) << i;
+  }
+  EXPECT_LT(r.rms_relative, 0.019);
+}
+
+TEST(RoundTrip, ZerosAndConstants) {
+  for (TensorType t : kAllTypes) {
+    for (float v : {0.0f, 0.75f, -3.0f}) {
+      std::vector<float> x(256, v);
+      std::vector<uint8_t> q(row_bytes(t, 256));
+      ASSERT_TRUE(quantize_row(t, x.data(), q.data(), 256));
+      std::vector<float> y(256);
+      ASSERT_TRUE(dequantize_row(t, q.data(), y.data(), 256));
+      for (float e : y) ASSERT_NEAR(e, v, std::fabs(v) * 0.01f) << name_of(t) << " " << v;
+    }
+  }
+}
+
+// ---- matmul ----------------------------------------------------------------
+
+struct Matrix {
+  TensorType type;
+  int64_t rows, cols;
+  std::vector<uint8_t> data;
+  std::vector<float> dequantized;  // the exact weights the kernels see
+  WeightMatrix view() const {
+    return WeightMatrix{type, data.data(), rows, cols, row_bytes(type, cols)};
+  }
+};
+
+Matrix make_matrix(TensorType t, int64_t rows, int64_t cols, uint32_t seed) {
+  Matrix m{t, rows, cols, {}, {}};
+  const auto w = gaussian(static_cast<size_t>(rows * cols), seed, 0.05f);
+  const size_t rb = row_bytes(t, cols);
+  m.data.resize(rb * static_cast<size_t>(rows));
+  m.dequantized.resize(w.size());
+  for (int64_t r = 0; r < rows; ++r) {
+    EXPECT_TRUE(quantize_row(t, w.data() + r * cols, m.data.data() + r * rb, cols));
+    EXPECT_TRUE(get_row(m.view(), r, m.dequantized.data() + r * cols));
+  }
+  return m;
+}
+
+// The kernels and the scalar reference sum the same exact per-block integers
+// in different float orders, so they agree to a few float ulps of the
+// magnitudes summed. Those magnitudes include the unsigned-offset forms (e.g.
+// Q4_0 sums q*x with q up to 15 and subtracts 8*sum x), bounded by a few
+// times max|w| * sum|x|.
+float tight_tolerance(const Matrix& m, const float* x, int64_t r) {
+  float wmax = 0.0f, xsum = 0.0f;
+  for (int64_t c = 0; c < m.cols; ++c) {
+    wmax = std::max(wmax, std::fabs(m.dequantized[r * m.cols + c]));
+    xsum += std::fabs(x[c]);
+  }
+  return 4e-6f * 4.0f * wmax * xsum + 1e-30f;
+}
+
+// Quantizing the activation moves each x by at most half its block's step
+// (amax/127/2), so the result differs from dequantized-weights-times-float-x
+// by at most sum |w| * step/2. That bound is exact, not statistical.
+float activation_rounding_bound(const Matrix& m, const float* x, int64_t r) {
+  if (!is_quantized(m.type)) return 0.0f;
+  const int64_t block = act_block(m.type);
+  float bound = 0.0f;
+  for (int64_t b = 0; b < m.cols; b += block) {
+    float amax = 0.0f, wsum = 0.0f;
+    for (int64_t c = b; c < b + block; ++c) {
+      amax = std::max(amax, std::fabs(x[c]));
+      wsum += std::fabs(m.dequantized[r * m.cols + c]);
+    }
+    bound += wsum * amax / 127.0f / 2.0f;
+  }
+  return bound * 1.001f;
+}
+
+void check_matmul(TensorType t, int64_t rows, int64_t cols, int64_t batch, ThreadPool& pool) {
+  SCOPED_TRACE(testing::Message() << name_of(t) << " " << rows << "x" << cols << " batch " << batch
+                                  << " threads " << pool.size());
+  const Matrix m = make_matrix(t, rows, cols, static_cast<uint32_t>(rows * 131 + cols + batch));
+  const auto x = gaussian(static_cast<size_t>(batch * cols), static_cast<uint32_t>(batch + 99));
+  std::vector<uint8_t> scratch(activation_scratch_bytes(t, cols, batch));
+  std::vector<float> fast(static_cast<size_t>(batch * rows), NAN);
+  std::vector<float> ref(fast.size(), NAN);
+  matmul(m.view(), x.data(), batch, fast.data(), scratch, pool);
+  matmul_reference(m.view(), x.data(), batch, ref.data());
+  for (int64_t b = 0; b < batch; ++b) {
+    const float* xb = x.data() + b * cols;
+    for (int64_t r = 0; r < rows; ++r) {
+      const size_t i = static_cast<size_t>(b * rows + r);
+      const float tight = tight_tolerance(m, xb, r);
+      ASSERT_NEAR(fast[i], ref[i], tight) << "b=" << b << " r=" << r;
+      double exact = 0.0;
+      for (int64_t c = 0; c < cols; ++c) {
+        exact += static_cast<double>(m.dequantized[r * cols + c]) * xb[c];
+      }
+      ASSERT_NEAR(fast[i], exact, activation_rounding_bound(m, xb, r) + tight)
+          << "b=" << b << " r=" << r;
+    }
+  }
+}
+
+int64_t test_cols(TensorType t) {
+  // Odd block counts for the 32-blocks, 2 super blocks for K-quants, and a
+  // length with a vector tail for the float types.
+  switch (t) {
+    case TensorType::kQ4_K:
+    case TensorType::kQ6_K:
+      return 512;
+    case TensorType::kQ4_0:
+    case TensorType::kQ8_0:
+      return 352;
+    default:
+      return 301;
+  }
+}
+
+TEST(Matmul, VectorMatchesScalarAndFloat) {
+  ThreadPool pool(2);
+  for (TensorType t : kAllTypes) {
+    for (int64_t batch : {1, 3, 17}) {
+      for (int64_t rows : {1, 7, 33, 67}) check_matmul(t, rows, test_cols(t), batch, pool);
+    }
+  }
+}
+
+TEST(Matmul, LargerShapesAndThreeThreads) {
+  ThreadPool pool(3);
+  for (TensorType t : kAllTypes) {
+    check_matmul(t, 301, 1024, 1, pool);
+    check_matmul(t, 131, 768, 6, pool);
+  }
+}
+
+TEST(Matmul, IdenticalBitsForAnyThreadCount) {
+  ThreadPool p1(1), p2(2), p3(3);
+  for (TensorType t : kAllTypes) {
+    const Matrix m = make_matrix(t, 517, 512, 42);
+    for (int64_t batch : {1, 5, 32}) {
+      const auto x = gaussian(static_cast<size_t>(batch * 512), 43);
+      std::vector<uint8_t> scratch(activation_scratch_bytes(t, 512, batch));
+      std::vector<float> y[3];
+      ThreadPool* pools[3] = {&p1, &p2, &p3};
+      for (int i = 0; i < 3; ++i) {
+        y[i].assign(static_cast<size_t>(batch * 517), NAN);
+        matmul(m.view(), x.data(), batch, y[i].data(), scratch, *pools[i]);
+      }
+      EXPECT_EQ(0, std::memcmp(y[0].data(), y[1].data(), y[0].size() * 4)) << name_of(t);
+      EXPECT_EQ(0, std::memcmp(y[0].data(), y[2].data(), y[0].size() * 4)) << name_of(t);
+    }
+  }
+}
+
+TEST(Matmul, DoesNotAllocate) {
+  ThreadPool pool(2);
+  const Matrix m = make_matrix(TensorType::kQ4_K, 256, 512, 5);
+  const auto x = gaussian(8 * 512, 6);
+  std::vector<uint8_t> scratch(activation_scratch_bytes(TensorType::kQ4_K, 512, 8));
+  std::vector<float> y(8 * 256);
+  matmul(m.view(), x.data(), 8, y.data(), scratch, pool);  // warm up
+  const long before = g_allocations.load();
+  for (int i = 0; i < 50; ++i) {
+    matmul(m.view(), x.data(), 1, y.data(), scratch, pool);
+    matmul(m.view(), x.data(), 8, y.data(), scratch, pool);
+  }
+  EXPECT_EQ(g_allocations.load(), before);
+}
+
+TEST(Matmul, ActivationQuantizersAgree) {
+#ifdef SY_KERNELS_AVX2
+  auto x = gaussian(1024, 8);
+  x[5] = 0.0f;
+  std::fill(x.begin() + 256, x.begin() + 512, 0.0f);  // a zero block
+  std::vector<detail::ActQ8> a(32), b(32);
+  detail::quantize_act_q8_scalar(x.data(), a.data(), 1024);
+  detail::quantize_act_q8_avx2(x.data(), b.data(), 1024);
+  EXPECT_EQ(0, std::memcmp(a.data(), b.data(), sizeof(detail::ActQ8) * a.size()));
+  std::vector<detail::ActQ8K> c(4), d(4);
+  detail::quantize_act_q8k_scalar(x.data(), c.data(), 1024);
+  detail::quantize_act_q8k_avx2(x.data(), d.data(), 1024);
+  EXPECT_EQ(0, std::memcmp(c.data(), d.data(), sizeof(detail::ActQ8K) * c.size()));
+#else
+  GTEST_SKIP() << "no AVX2";
+#endif
+}
+
+TEST(Matmul, GetRowMatchesDequantize) {
+  const Matrix m = make_matrix(TensorType::kQ6_K, 5, 256, 9);
+  std::vector<float> row(256), expect(256);
+  ASSERT_TRUE(get_row(m.view(), 3, row.data()));
+  ASSERT_TRUE(dequantize_row(TensorType::kQ6_K, m.data.data() + 3 * 210, expect.data(), 256));
+  EXPECT_EQ(row, expect);
+  EXPECT_FALSE(get_row(m.view(), 5, row.data()));
+}
+
+// ---- vector helpers --------------------------------------------------------
+
+TEST(Ops, DotAxpyAndFriends) {
+  for (int64_t n : {1, 7, 8, 31, 100, 1000}) {
+    const auto a = gaussian(static_cast<size_t>(n), 10);
+    const auto b = gaussian(static_cast<size_t>(n), 11);
+    std::vector<uint16_t> bh(b.size());
+    ASSERT_TRUE(quantize_row(TensorType::kF16, b.data(), bh.data(), n));
+    double exact = 0.0, exact_h = 0.0, mag = 0.0;
+    for (int64_t i = 0; i < n; ++i) {
+      exact += static_cast<double>(a[i]) * b[i];
+      exact_h += static_cast<double>(a[i]) * fp16_to_fp32(bh[i]);
+      mag += std::fabs(a[i] * b[i]);
+    }
+    EXPECT_NEAR(dot_f32(a.data(), b.data(), n), exact, 1e-6 * mag + 1e-7);
+    EXPECT_NEAR(dot_f32_f16(a.data(), bh.data(), n), exact_h, 1e-6 * mag + 1e-7);
+
+    std::vector<float> y(b), yh(b);
+    axpy_f32(0.5f, a.data(), y.data(), n);
+    axpy_f16(0.5f, bh.data(), yh.data(), n);
+    for (int64_t i = 0; i < n; ++i) {
+      EXPECT_FLOAT_EQ(y[i], b[i] + 0.5f * a[i]);
+      EXPECT_FLOAT_EQ(yh[i], b[i] + 0.5f * fp16_to_fp32(bh[i]));
+    }
+    add_f32(y.data(), a.data(), n);
+    scale_f32(y.data(), 2.0f, n);
+    for (int64_t i = 0; i < n; ++i) {
+      EXPECT_NEAR(y[i], 2.0f * (b[i] + 1.5f * a[i]), 1e-6f * (std::fabs(b[i]) + std::fabs(a[i])));
+    }
+  }
+}
+
+TEST(Ops, RmsNorm) {
+  const auto x = gaussian(333, 12, 3.0f);
+  const auto w = gaussian(333, 13);
+  std::vector<float> out(333);
+  rmsnorm(x.data(), w.data(), out.data(), 333, 1e-5f);
+  double ss = 0.0;
+  for (float v : x) ss += static_cast<double>(v) * v;
+  const double inv = 1.0 / std::sqrt(ss / 333 + 1e-5);
+  for (int i = 0; i < 333; ++i)
+    EXPECT_NEAR(out[i], x[i] * inv * w[i], 1e-5 * std::fabs(x[i] * inv * w[i]) + 1e-7);
+  std::vector<float> in_place(x);
+  rmsnorm(in_place.data(), w.data(), in_place.data(), 333, 1e-5f);
+  EXPECT_EQ(in_place, out);
+}
+
+TEST(Ops, SoftmaxMatchesExpAndMasks) {
+  for (int64_t n : {1, 5, 8, 77, 1024}) {
+    auto x = gaussian(static_cast<size_t>(n), 14, 10.0f);
+    if (n > 2) x[1] = -std::numeric_limits<float>::infinity();
+    const std::vector<float> in(x);
+    std::vector<double> expect(x.size());
+    const double max = *std::max_element(x.begin(), x.end());
+    double sum = 0.0;
+    for (size_t i = 0; i < x.size(); ++i) sum += expect[i] = std::exp(x[i] - max);
+    softmax(x.data(), n);
+    double total = 0.0;
+    for (size_t i = 0; i < x.size(); ++i) {
+      // Beyond the exp's own few ulps, x - max is rounded to float, which
+      // costs |x - max| * 2^-24 relative after exponentiation.
+      const double p = expect[i] / sum;
+      const double rel = 1e-6 + std::fabs(in[i] - max) * 0x1p-24;
+      EXPECT_NEAR(x[i], p, p == 0.0 ? 0.0 : rel * p) << n << " " << i;
+      total += x[i];
+    }
+    if (n > 2) {
+      EXPECT_EQ(x[1], 0.0f);
+    }
+    EXPECT_NEAR(total, 1.0, 1e-5);
+  }
+}
+
+TEST(Ops, GatedActivations) {
+  std::vector<float> g(203);
+  for (size_t i = 0; i < g.size(); ++i) g[i] = -100.0f + static_cast<float>(i);  // covers the tails
+  const auto up = gaussian(g.size(), 15);
+  std::vector<float> s(g), e(g);
+  silu_mul(s.data(), up.data(), static_cast<int64_t>(g.size()));
+  gelu_mul(e.data(), up.data(), static_cast<int64_t>(g.size()));
+  for (size_t i = 0; i < g.size(); ++i) {
+    const double v = g[i];
+    const double silu = v / (1.0 + std::exp(-v)) * up[i];
+    // 0.5 v (1 + tanh u) written as v * sigmoid(2u): no cancellation for v << 0.
+    const double u = 0.7978845608 * (v + 0.044715 * v * v * v);
+    const double gelu = v / (1.0 + std::exp(-2.0 * u)) * up[i];
+    // exp's argument is rounded to float first: |arg| * 2^-24 relative.
+    EXPECT_NEAR(s[i], silu, (1e-6 + std::fabs(v) * 0x1p-24) * std::fabs(silu) + 1e-30) << v;
+    EXPECT_NEAR(e[i], gelu, (1e-6 + std::fabs(2 * u) * 0x1p-22) * std::fabs(gelu) + 1e-30) << v;
+  }
+}
+
+// ---- thread pool -----------------------------------------------------------
+
+TEST(ThreadPool, ParallelForCoversEveryIndexOnce) {
+  for (int threads : {1, 2, 3, 4}) {
+    ThreadPool pool(threads);
+    EXPECT_EQ(pool.size(), threads);
+    for (int64_t n : {0, 1, 2, 3, 5, 100, 1001}) {
+      std::vector<std::atomic<int>> hits(static_cast<size_t>(n));
+      pool.parallel_for(n, [&](int64_t begin, int64_t end) {
+        ASSERT_LT(begin, end);
+        for (int64_t i = begin; i < end; ++i) hits[static_cast<size_t>(i)]++;
+      });
+      for (auto& h : hits) ASSERT_EQ(h.load(), 1);
+    }
+  }
+}
+
+TEST(ThreadPool, RunOnAllAndStdFunctionOverloads) {
+  ThreadPool pool(3);
+  std::atomic<int> mask{0};
+  const std::function<void(int, int)> fn = [&](int thread, int count) {
+    EXPECT_EQ(count, 3);
+    mask |= 1 << thread;
+  };
+  pool.run_on_all(fn);
+  EXPECT_EQ(mask.load(), 0b111);
+  std::atomic<int64_t> sum{0};
+  const std::function<void(int64_t, int64_t)> range = [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) sum += i;
+  };
+  pool.parallel_for(1000, range);
+  EXPECT_EQ(sum.load(), 999 * 1000 / 2);
+}
+
+TEST(ThreadPool, ManyDispatchesAndWakeUpsAfterSleep) {
+  ThreadPool pool(2);
+  int64_t total = 0;
+  std::vector<int64_t> per_thread(2);
+  for (int round = 0; round < 20000; ++round) {
+    pool.run_on_all([&](int t, int) { per_thread[static_cast<size_t>(t)] += 1; });
+  }
+  total = per_thread[0] + per_thread[1];
+  EXPECT_EQ(total, 40000);
+  // Long enough for the workers to stop spinning and block.
+  for (int round = 0; round < 5; ++round) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(3));
+    std::atomic<int> count{0};
+    pool.run_on_all([&](int, int) { count++; });
+    EXPECT_EQ(count.load(), 2);
+  }
+}
+
+TEST(ThreadPool, CallerWaitsForSlowWorker) {
+  ThreadPool pool(2);
+  std::atomic<bool> done{false};
+  pool.run_on_all([&](int t, int) {
+    if (t == 1) {
+      // Longer than the caller's spin, so it blocks and must be woken.
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+      done = true;
+    }
+  });
+  EXPECT_TRUE(done.load());
+}
+
+TEST(ThreadPool, DispatchDoesNotAllocate) {
+  ThreadPool pool(2);
+  std::atomic<int64_t> sum{0};
+  int a = 1, b = 2, c = 3;  // captures beyond std::function's small buffer
+  pool.parallel_for(10, [&](int64_t, int64_t) { sum += a + b + c; });
+  const long before = g_allocations.load();
+  for (int i = 0; i < 1000; ++i) {
+    pool.parallel_for(10, [&](int64_t, int64_t) { sum += a + b + c; });
+    pool.run_on_all([&](int, int) { sum += a + b + c; });
+  }
+  EXPECT_EQ(g_allocations.load(), before);
+}
+
+}  // namespace
+}  // namespace sy::engine
