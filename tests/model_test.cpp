@@ -13,7 +13,6 @@
 namespace sy::engine {
 namespace {
 
-
 // A deliberately naive forward pass: weights dequantized to float, math in
 // double, no KV cache (recomputes the whole sequence), no threads.
 bool is_quantized(TensorType t) {
@@ -61,7 +60,8 @@ class ReferenceModel {
         auto xn = norm(x[t], l.ffn_norm);
         auto gate = matvec(l.w_gate, xn, nullptr);
         auto up = matvec(l.w_up, xn, nullptr);
-        for (size_t i = 0; i < gate.size(); ++i) gate[i] = gate[i] / (1 + std::exp(-gate[i])) * up[i];
+        for (size_t i = 0; i < gate.size(); ++i)
+          gate[i] = gate[i] / (1 + std::exp(-gate[i])) * up[i];
         auto down = matvec(l.w_down, gate, nullptr);
         for (int64_t i = 0; i < d; ++i) x[t][i] += down[i];
       }
@@ -172,8 +172,10 @@ TEST_P(ForwardMatchesReference, LogitsAtEveryStep) {
   ReferenceModel ref(**model);
 
   // Quantized paths round activations to 8 bits, so a float difference far
-  // upstream can flip one rounding step; float paths agree to float precision.
-  const double tolerance = is_quantized(c.type) ? 5e-3 : 2e-4;
+  // upstream can flip a rounding step, and the random network amplifies it;
+  // K-quants share one activation scale per 256 values, so their steps are
+  // coarser. Float paths agree to float precision.
+  const double tolerance = !is_quantized(c.type) ? 2e-4 : k_quant ? 3e-2 : 5e-3;
   std::vector<TokenId> seq = {1, 40, 200, 7, 260, 99, 3};
   auto check = [&](std::span<const float> got) {
     auto want = ref.logits(seq);
@@ -194,40 +196,54 @@ TEST_P(ForwardMatchesReference, LogitsAtEveryStep) {
   std::filesystem::remove(path);
 }
 
-INSTANTIATE_TEST_SUITE_P(
-    AllTypes, ForwardMatchesReference,
-    ::testing::Values(Case{"llama", TensorType::kF32, false, false},
-                      Case{"llama", TensorType::kF32, true, true},
-                      Case{"llama", TensorType::kF16, false, false},
-                      Case{"llama", TensorType::kBF16, false, false},
-                      Case{"llama", TensorType::kQ8_0, false, false},
-                      Case{"llama", TensorType::kQ4_0, true, false},
-                      Case{"llama", TensorType::kQ4_K, false, false},
-                      Case{"llama", TensorType::kQ6_K, false, false},
-                      Case{"qwen2", TensorType::kF32, true, false},
-                      Case{"qwen2", TensorType::kQ8_0, false, false},
-                      Case{"qwen2", TensorType::kQ4_K, true, false}),
-    case_name);
+INSTANTIATE_TEST_SUITE_P(AllTypes, ForwardMatchesReference,
+                         ::testing::Values(Case{"llama", TensorType::kF32, false, false},
+                                           Case{"llama", TensorType::kF32, true, true},
+                                           Case{"llama", TensorType::kF16, false, false},
+                                           Case{"llama", TensorType::kBF16, false, false},
+                                           Case{"llama", TensorType::kQ8_0, false, false},
+                                           Case{"llama", TensorType::kQ4_0, true, false},
+                                           Case{"llama", TensorType::kQ4_K, false, false},
+                                           Case{"llama", TensorType::kQ6_K, false, false},
+                                           Case{"qwen2", TensorType::kF32, true, false},
+                                           Case{"qwen2", TensorType::kQ8_0, false, false},
+                                           Case{"qwen2", TensorType::kQ4_K, true, false}),
+                         case_name);
 
 TEST(Model, BatchedPromptEqualsTokenByToken) {
-  SyntheticModelSpec spec;
-  const std::string path = testing::temp_path(".gguf");
-  ASSERT_TRUE(write_synthetic_model(spec, path).ok());
-  auto model = Model::load(path);
-  ASSERT_TRUE(model.ok());
-  ContextOptions small_batch;
-  small_batch.max_batch = 3;  // forces the prompt to be split across batches
-  auto a = InferenceContext::create(*model, {});
-  auto b = InferenceContext::create(*model, small_batch);
-  ThreadPool pool(2);
-  const std::vector<TokenId> seq = {1, 50, 60, 70, 80, 90, 100, 110};
-  auto batched = (*a)->evaluate(seq, pool);
-  ASSERT_TRUE(batched.ok());
-  std::vector<float> want(batched->begin(), batched->end());
-  std::span<const float> got;
-  for (TokenId t : seq) got = *(*b)->evaluate(std::span<const TokenId>(&t, 1), pool);
-  for (size_t i = 0; i < want.size(); ++i) EXPECT_NEAR(got[i], want[i], 1e-4);
-  std::filesystem::remove(path);
+  for (TensorType type : {TensorType::kF32, TensorType::kQ8_0, TensorType::kQ4_0, TensorType::kQ4_K,
+                          TensorType::kQ6_K}) {
+    SCOPED_TRACE(tensor_type_name(static_cast<uint32_t>(type)));
+    SyntheticModelSpec spec;
+    spec.matrix_type = type;
+    spec.embedding_length = 256;
+    spec.feed_forward_length = 512;
+    const std::string path = testing::temp_path(".gguf");
+    ASSERT_TRUE(write_synthetic_model(spec, path).ok());
+    auto model = Model::load(path);
+    ASSERT_TRUE(model.ok());
+    ContextOptions small_batch;
+    small_batch.max_batch = 3;  // forces the prompt to be split across batches
+    auto a = InferenceContext::create(*model, {});
+    auto b = InferenceContext::create(*model, small_batch);
+    auto c = InferenceContext::create(*model, {});
+    ThreadPool pool(2);
+    const std::vector<TokenId> seq = {1, 50, 60, 70, 80, 90, 100, 110, 120, 130, 140};
+    auto batched = (*a)->evaluate(seq, pool);
+    ASSERT_TRUE(batched.ok());
+    std::vector<float> want(batched->begin(), batched->end());
+    auto split = (*b)->evaluate(seq, pool);
+    std::vector<float> got_split(split->begin(), split->end());
+    std::span<const float> got;
+    for (TokenId t : seq) got = *(*c)->evaluate(std::span<const TokenId>(&t, 1), pool);
+    float scale = 0;
+    for (float w : want) scale = std::max(scale, std::abs(w));
+    for (size_t i = 0; i < want.size(); ++i) {
+      ASSERT_NEAR(got[i], want[i], 2e-3 * scale) << "token by token, logit " << i;
+      ASSERT_NEAR(got_split[i], want[i], 2e-3 * scale) << "split batches, logit " << i;
+    }
+    std::filesystem::remove(path);
+  }
 }
 
 TEST(Model, ContextOverflowIsAClearError) {

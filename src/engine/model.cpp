@@ -47,8 +47,7 @@ struct ModelLoader {
     auto traits = tensor_type_traits(t->type);
     if (!traits || !traits->computable) {
       return make_error(ErrorKind::kUnsupported,
-                        where() + ": tensor '" + name + "' has type " +
-                            tensor_type_name(t->type) +
+                        where() + ": tensor '" + name + "' has type " + tensor_type_name(t->type) +
                             ", which this engine cannot compute; re-quantize it to one of "
                             "F32, F16, BF16, Q8_0, Q4_0, Q4_K, Q6_K (switchyard quantize)");
     }
@@ -129,10 +128,10 @@ struct ModelLoader {
     if (file.get_string(arch + ".rope.scaling.type").value_or("") == "llama3") {
       c.rope_scaling_factor =
           static_cast<float>(file.get_float(arch + ".rope.scaling.factor").value_or(8.0));
-      c.rope_low_freq_factor = static_cast<float>(
-          file.get_float(arch + ".rope.scaling.low_freq_factor").value_or(1.0));
-      c.rope_high_freq_factor = static_cast<float>(
-          file.get_float(arch + ".rope.scaling.high_freq_factor").value_or(4.0));
+      c.rope_low_freq_factor =
+          static_cast<float>(file.get_float(arch + ".rope.scaling.low_freq_factor").value_or(1.0));
+      c.rope_high_freq_factor =
+          static_cast<float>(file.get_float(arch + ".rope.scaling.high_freq_factor").value_or(4.0));
       c.rope_original_context = static_cast<int32_t>(
           file.get_int(arch + ".rope.scaling.original_context_length").value_or(8192));
     }
@@ -251,7 +250,8 @@ Result<std::unique_ptr<InferenceContext>> InferenceContext::create(
   const GgufTensorInfo* factors = ctx->model_->file().find_tensor("rope_freqs.weight");
   for (int32_t i = 0; i < half; ++i) {
     float f = std::pow(c.rope_freq_base, -2.0f * static_cast<float>(i) / c.head_dim);
-    if (factors != nullptr && factors->type == 0 && factors->element_count == static_cast<uint64_t>(half)) {
+    if (factors != nullptr && factors->type == 0 &&
+        factors->element_count == static_cast<uint64_t>(half)) {
       float factor;
       std::memcpy(&factor, factors->data + sizeof(float) * i, sizeof factor);
       f /= factor;
@@ -293,13 +293,6 @@ void InferenceContext::truncate(int32_t position) {
 
 namespace {
 
-void rms_norm(const float* x, const float* weight, float* out, int64_t n, float eps) {
-  float sum = 0.0f;
-  for (int64_t i = 0; i < n; ++i) sum += x[i] * x[i];
-  const float scale = 1.0f / std::sqrt(sum / static_cast<float>(n) + eps);
-  for (int64_t i = 0; i < n; ++i) out[i] = x[i] * scale * weight[i];
-}
-
 void apply_rope(float* v, int32_t heads, int32_t head_dim, int32_t position, bool neox,
                 const float* inv_freq) {
   const int32_t half = head_dim / 2;
@@ -337,15 +330,15 @@ Result<std::span<const float>> InferenceContext::evaluate(std::span<const TokenI
   }
   for (TokenId t : tokens) {
     if (t < 0 || t >= c.vocab_size) {
-      return make_error(ErrorKind::kInvalidArgument,
-                        "token id " + std::to_string(t) + " is outside the vocabulary of " +
-                            std::to_string(c.vocab_size) + " tokens");
+      return make_error(ErrorKind::kInvalidArgument, "token id " + std::to_string(t) +
+                                                         " is outside the vocabulary of " +
+                                                         std::to_string(c.vocab_size) + " tokens");
     }
   }
   size_t done = 0;
   while (done < tokens.size()) {
-    const int32_t n =
-        static_cast<int32_t>(std::min<size_t>(tokens.size() - done, static_cast<size_t>(max_batch_)));
+    const int32_t n = static_cast<int32_t>(
+        std::min<size_t>(tokens.size() - done, static_cast<size_t>(max_batch_)));
     forward_batch(tokens.data() + done, n, pool);
     done += static_cast<size_t>(n);
   }
@@ -378,7 +371,7 @@ void InferenceContext::forward_batch(const TokenId* tokens, int32_t n, ThreadPoo
     float* value_layer = value_cache_.data() + static_cast<size_t>(li) * context_length_ * kv_dim;
 
     for (int32_t t = 0; t < n; ++t) {
-      rms_norm(x_.data() + t * d, l.attn_norm, xn_.data() + t * d, d, c.rms_norm_epsilon);
+      rmsnorm(x_.data() + t * d, l.attn_norm, xn_.data() + t * d, d, c.rms_norm_epsilon);
     }
     matmul(l.wq, xn_.data(), n, q_.data(), scratch, pool);
     matmul(l.wk, xn_.data(), n, k_.data(), scratch, pool);
@@ -399,8 +392,7 @@ void InferenceContext::forward_batch(const TokenId* tokens, int32_t n, ThreadPoo
       apply_rope(q, c.head_count, c.head_dim, start + t, c.rope_neox, rope_inv_freq_.data());
       apply_rope(k, c.head_count_kv, c.head_dim, start + t, c.rope_neox, rope_inv_freq_.data());
       std::memcpy(key_layer + static_cast<size_t>(start + t) * kv_dim, k, kv_dim * sizeof(float));
-      std::memcpy(value_layer + static_cast<size_t>(start + t) * kv_dim, v,
-                  kv_dim * sizeof(float));
+      std::memcpy(value_layer + static_cast<size_t>(start + t) * kv_dim, v, kv_dim * sizeof(float));
     }
 
     // Causal attention; each (token, head) pair is independent.
@@ -416,49 +408,34 @@ void InferenceContext::forward_batch(const TokenId* tokens, int32_t n, ThreadPoo
         const int32_t kvh = h / group;
         const float* q = q_.data() + t * q_dim + h * hd;
         const int32_t span = start + t + 1;
-        float max_score = -INFINITY;
         for (int32_t p = 0; p < span; ++p) {
-          const float* k = key_layer + static_cast<size_t>(p) * kv_dim + kvh * hd;
-          float dot = 0.0f;
-          for (int64_t i = 0; i < hd; ++i) dot += q[i] * k[i];
-          dot *= attn_scale;
-          scores[p] = dot;
-          max_score = std::max(max_score, dot);
+          scores[p] =
+              attn_scale * dot_f32(q, key_layer + static_cast<size_t>(p) * kv_dim + kvh * hd, hd);
         }
-        float sum = 0.0f;
-        for (int32_t p = 0; p < span; ++p) {
-          scores[p] = std::exp(scores[p] - max_score);
-          sum += scores[p];
-        }
-        const float inv = 1.0f / sum;
+        softmax(scores, span);
         float* out = attn_out_.data() + t * q_dim + h * hd;
         std::fill(out, out + hd, 0.0f);
         for (int32_t p = 0; p < span; ++p) {
-          const float w = scores[p] * inv;
-          const float* v = value_layer + static_cast<size_t>(p) * kv_dim + kvh * hd;
-          for (int64_t i = 0; i < hd; ++i) out[i] += w * v[i];
+          axpy_f32(scores[p], value_layer + static_cast<size_t>(p) * kv_dim + kvh * hd, out, hd);
         }
       }
     });
 
     matmul(l.wo, attn_out_.data(), n, xn_.data(), scratch, pool);
-    for (int64_t i = 0; i < static_cast<int64_t>(n) * d; ++i) x_[i] += xn_[i];
+    add_f32(x_.data(), xn_.data(), static_cast<int64_t>(n) * d);
 
     for (int32_t t = 0; t < n; ++t) {
-      rms_norm(x_.data() + t * d, l.ffn_norm, xn_.data() + t * d, d, c.rms_norm_epsilon);
+      rmsnorm(x_.data() + t * d, l.ffn_norm, xn_.data() + t * d, d, c.rms_norm_epsilon);
     }
     matmul(l.w_gate, xn_.data(), n, gate_.data(), scratch, pool);
     matmul(l.w_up, xn_.data(), n, up_.data(), scratch, pool);
-    for (int64_t i = 0; i < static_cast<int64_t>(n) * ff; ++i) {
-      const float g = gate_[i];
-      gate_[i] = g / (1.0f + std::exp(-g)) * up_[i];
-    }
+    silu_mul(gate_.data(), up_.data(), static_cast<int64_t>(n) * ff);
     matmul(l.w_down, gate_.data(), n, xn_.data(), scratch, pool);
-    for (int64_t i = 0; i < static_cast<int64_t>(n) * d; ++i) x_[i] += xn_[i];
+    add_f32(x_.data(), xn_.data(), static_cast<int64_t>(n) * d);
   }
 
   const float* last = x_.data() + static_cast<int64_t>(n - 1) * d;
-  rms_norm(last, m.output_norm(), xn_.data(), d, c.rms_norm_epsilon);
+  rmsnorm(last, m.output_norm(), xn_.data(), d, c.rms_norm_epsilon);
   matmul(m.output(), xn_.data(), 1, logits_.data(), scratch, pool);
 
   position_ += n;
