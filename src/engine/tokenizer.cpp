@@ -126,6 +126,25 @@ TokenIndex::TokenIndex(const std::vector<std::string>& tokens) : tokens_(&tokens
   }
 }
 
+MergeTable::MergeTable(size_t expected) {
+  size_t capacity = 16;
+  while (capacity < expected * 2) capacity *= 2;
+  slots_.assign(capacity, Slot{kEmpty, Merge{}});
+  mask_ = capacity - 1;
+}
+
+void MergeTable::add(int32_t left, int32_t right, Merge merge) {
+  const uint64_t key = pair_key(left, right);
+  for (size_t i = slot_of(key);; i = (i + 1) & mask_) {
+    Slot& slot = slots_[i];
+    if (slot.key == kEmpty) {
+      slot = Slot{key, merge};
+      return;
+    }
+    if (slot.key == key) return;
+  }
+}
+
 }  // namespace tokenizer_internal
 
 struct Tokenizer::Impl {
@@ -283,8 +302,9 @@ std::vector<TokenId> Tokenizer::encode(std::string_view text, bool add_special,
       ++pos;
       continue;
     }
-    if (pos > start)
+    if (pos > start) {
       m.encode_text(text.substr(start, pos - start), after_special, scratch, words, out);
+    }
     out.push_back(id);
     after_special = true;
     pos += length;

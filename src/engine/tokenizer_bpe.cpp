@@ -46,10 +46,6 @@ const ByteAlphabet& alphabet() {
   return kAlphabet;
 }
 
-uint64_t pair_key(int32_t left, int32_t right) {
-  return (static_cast<uint64_t>(static_cast<uint32_t>(left)) << 32) | static_cast<uint32_t>(right);
-}
-
 }  // namespace
 
 // A pending merge of two adjacent symbols; stale once either side changed.
@@ -111,7 +107,7 @@ std::string byte_level_decode(std::string_view text) {
 
 BpeModel::BpeModel(const Vocabulary& vocab, const TokenIndex& ids,
                    const std::vector<TokenKind>& kinds)
-    : vocab_(vocab), ids_(ids), kinds_(kinds) {}
+    : vocab_(vocab), ids_(ids), kinds_(kinds), merges_(vocab.merges.size()) {}
 
 int32_t BpeModel::intern(std::string_view text) {
   if (const TokenId id = ids_.find(text); id >= 0) return id;
@@ -122,10 +118,6 @@ int32_t BpeModel::intern(std::string_view text) {
 Result<std::unique_ptr<BpeModel>> BpeModel::create(const Vocabulary& vocab, const TokenIndex& ids,
                                                    const std::vector<TokenKind>& kinds) {
   std::unique_ptr<BpeModel> model(new BpeModel(vocab, ids, kinds));
-  size_t capacity = 16;
-  while (capacity < vocab.merges.size() * 2) capacity *= 2;
-  model->merges_.resize(capacity);
-  model->merge_mask_ = capacity - 1;
   std::string joined;
   for (size_t rank = 0; rank < vocab.merges.size(); ++rank) {
     const std::string& merge = vocab.merges[rank];
@@ -143,7 +135,7 @@ Result<std::unique_ptr<BpeModel>> BpeModel::create(const Vocabulary& vocab, cons
     const int32_t l = model->intern(left);
     const int32_t r = model->intern(right);
     const int32_t result = model->intern(joined);
-    model->add_merge(pair_key(l, r), Merge{static_cast<int32_t>(rank), result});
+    model->merges_.add(l, r, MergeTable::Merge{static_cast<int32_t>(rank), result});
   }
   for (int b = 0; b < 256; ++b) {
     const std::string& text = byte_to_unicode(static_cast<uint8_t>(b));
@@ -153,35 +145,6 @@ Result<std::unique_ptr<BpeModel>> BpeModel::create(const Vocabulary& vocab, cons
     model->byte_tokens_[b] = ids.find(text);
   }
   return model;
-}
-
-// splitmix64's finalizer: both halves of the pair reach every bit of the slot.
-size_t BpeModel::merge_slot(uint64_t pair) const {
-  uint64_t h = pair;
-  h = (h ^ (h >> 30)) * 0xbf58476d1ce4e5b9ull;
-  h = (h ^ (h >> 27)) * 0x94d049bb133111ebull;
-  return static_cast<size_t>(h ^ (h >> 31)) & merge_mask_;
-}
-
-void BpeModel::add_merge(uint64_t pair, Merge merge) {
-  for (size_t i = merge_slot(pair);; i = (i + 1) & merge_mask_) {
-    MergeSlot& slot = merges_[i];
-    if (slot.pair == kNoPair) {
-      slot = MergeSlot{pair, merge};
-      return;
-    }
-    // A repeated pair keeps its first (best) rank.
-    if (slot.pair == pair) return;
-  }
-}
-
-const BpeModel::Merge* BpeModel::find_merge(int32_t left, int32_t right) const {
-  const uint64_t pair = pair_key(left, right);
-  for (size_t i = merge_slot(pair);; i = (i + 1) & merge_mask_) {
-    const MergeSlot& slot = merges_[i];
-    if (slot.pair == pair) return &slot.merge;
-    if (slot.pair == kNoPair) return nullptr;
-  }
 }
 
 void BpeModel::emit_symbol(int32_t symbol, std::string_view raw, std::vector<TokenId>& out) const {
@@ -242,7 +205,7 @@ void BpeModel::encode_word(std::string_view word, Scratch& scratch,
   };
   const auto try_pair = [&](int32_t left, int32_t right) {
     if (left < 0 || right < 0) return;
-    const Merge* merge = find_merge(symbols[left].id, symbols[right].id);
+    const MergeTable::Merge* merge = merges_.find(symbols[left].id, symbols[right].id);
     if (merge == nullptr) return;
     queue.push_back(
         Bigram{merge->rank, left, right, symbols[left].id, symbols[right].id, merge->result});

@@ -61,6 +61,50 @@ class TokenIndex {
   size_t mask_ = 0;
 };
 
+// Merges by the ids of their two sides, in open addressing for the same
+// reason as TokenIndex.
+class MergeTable {
+ public:
+  struct Merge {
+    int32_t rank;    // BPE merge rank; unused by SentencePiece
+    int32_t result;  // symbol (token) id of the merged pair
+  };
+
+  explicit MergeTable(size_t expected);
+  // A pair added twice keeps its first merge.
+  void add(int32_t left, int32_t right, Merge merge);
+
+  const Merge* find(int32_t left, int32_t right) const {
+    const uint64_t key = pair_key(left, right);
+    for (size_t i = slot_of(key);; i = (i + 1) & mask_) {
+      const Slot& slot = slots_[i];
+      if (slot.key == key) return &slot.merge;
+      if (slot.key == kEmpty) return nullptr;
+    }
+  }
+
+ private:
+  struct Slot {
+    uint64_t key;
+    Merge merge;
+  };
+  static constexpr uint64_t kEmpty = ~uint64_t{0};  // ids are never both -1
+  static uint64_t pair_key(int32_t left, int32_t right) {
+    return (static_cast<uint64_t>(static_cast<uint32_t>(left)) << 32) |
+           static_cast<uint32_t>(right);
+  }
+  // splitmix64's finalizer: both halves of the pair reach every bit of the slot.
+  size_t slot_of(uint64_t key) const {
+    uint64_t h = key;
+    h = (h ^ (h >> 30)) * 0xbf58476d1ce4e5b9ull;
+    h = (h ^ (h >> 27)) * 0x94d049bb133111ebull;
+    return static_cast<size_t>(h ^ (h >> 31)) & mask_;
+  }
+
+  std::vector<Slot> slots_;
+  size_t mask_ = 0;
+};
+
 // Token ids of the words already encoded in one call: prompts repeat words,
 // and a lookup is cheaper than merging again. Keys view the caller's text.
 class WordCache {
@@ -151,6 +195,11 @@ class SpmModel {
   const TokenIndex& ids_;
   const std::vector<TokenKind>& kinds_;
   std::array<TokenId, 256> byte_tokens_{};
+  // Pieces of single ASCII characters, the commonest symbols: -1 when none.
+  std::array<TokenId, 128> ascii_pieces_{};
+  // Every split of a piece into two pieces, so that merging compares ids
+  // instead of hashing text.
+  MergeTable merges_;
   // True when no piece holds "▁" after another character, as in SentencePiece
   // vocabularies trained with split_by_whitespace: then no merge crosses the
   // start of a word and each word can be merged on its own, in a small queue.
@@ -166,19 +215,12 @@ class BpeModel {
   void encode(const std::vector<std::string_view>& words, std::vector<TokenId>& out) const;
 
  private:
-  struct Merge {
-    int32_t rank;
-    int32_t result;
-  };
   struct Symbol;
   struct Bigram;
   struct Scratch;
   void encode_word(std::string_view word, Scratch& scratch, std::vector<TokenId>& out) const;
   BpeModel(const Vocabulary& vocab, const TokenIndex& ids, const std::vector<TokenKind>& kinds);
   int32_t intern(std::string_view text);
-  size_t merge_slot(uint64_t pair) const;
-  void add_merge(uint64_t pair, Merge merge);
-  const Merge* find_merge(int32_t left, int32_t right) const;
   void emit_symbol(int32_t symbol, std::string_view raw, std::vector<TokenId>& out) const;
 
   const Vocabulary& vocab_;
@@ -187,14 +229,7 @@ class BpeModel {
   // Symbols are token ids, or ids past the vocabulary for merge parts that are
   // not tokens themselves (malformed but tolerated vocabularies).
   std::unordered_map<std::string, int32_t> extra_symbols_;
-  // Open addressing on the symbol pair, for the same reason as TokenIndex.
-  struct MergeSlot {
-    uint64_t pair = kNoPair;
-    Merge merge{};
-  };
-  static constexpr uint64_t kNoPair = ~uint64_t{0};
-  std::vector<MergeSlot> merges_;
-  size_t merge_mask_ = 0;
+  MergeTable merges_;
   std::array<int32_t, 256> byte_symbols_{};
   std::array<TokenId, 256> byte_tokens_{};
 };

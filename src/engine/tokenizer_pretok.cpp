@@ -5,8 +5,6 @@
 #define PCRE2_CODE_UNIT_WIDTH 8
 #include <pcre2.h>
 
-#include <initializer_list>
-
 #include "engine/tokenizer_internal.h"
 
 namespace sy::engine::tokenizer_internal {
@@ -30,12 +28,12 @@ constexpr std::string_view kDeepseekLlmPunct =
 constexpr std::string_view kCjk = R"([\x{4E00}-\x{9FA5}\x{800}-\x{4E00}\x{AC00}-\x{D7FF}]+)";
 
 struct PreTokenizerSpec {
-  std::initializer_list<std::string_view> names;
-  std::initializer_list<std::string_view> patterns;
+  std::vector<std::string_view> names;
+  std::vector<std::string_view> patterns;
 };
 
-const std::initializer_list<PreTokenizerSpec>& specs() {
-  static const std::initializer_list<PreTokenizerSpec> kSpecs = {
+const std::vector<PreTokenizerSpec>& specs() {
+  static const std::vector<PreTokenizerSpec> kSpecs = {
       {{"llama3", "llama-v3", "llama-bpe", "falcon3", "falcon-h1", "pixtral", "midm-2.0", "lfm2",
         "dbrx", "smaug-bpe"},
        {kLlama3}},

@@ -9,13 +9,15 @@ namespace {
 
 constexpr std::string_view kSpace = "\xE2\x96\x81";  // "▁"
 
-// Whether `text` has a "▁" that follows some other character.
+// Whether the "▁" at text[at] follows a character other than "▁".
+bool starts_word(std::string_view text, size_t at) {
+  return at > 0 && (at < kSpace.size() || text.substr(at - kSpace.size(), kSpace.size()) != kSpace);
+}
+
 bool has_inner_space(std::string_view text) {
   for (size_t at = text.find(kSpace, 1); at != std::string_view::npos;
        at = text.find(kSpace, at + 1)) {
-    if (at < kSpace.size() || text.substr(at - kSpace.size(), kSpace.size()) != kSpace) {
-      return true;
-    }
+    if (starts_word(text, at)) return true;
   }
   return false;
 }
@@ -23,6 +25,7 @@ bool has_inner_space(std::string_view text) {
 }  // namespace
 
 struct SpmModel::Symbol {
+  TokenId id;  // -1 for a character that is no piece
   int32_t prev;
   int32_t next;
   uint32_t begin;
@@ -44,7 +47,7 @@ struct SpmModel::Scratch {
 
 SpmModel::SpmModel(const Vocabulary& vocab, const TokenIndex& ids,
                    const std::vector<TokenKind>& kinds)
-    : vocab_(vocab), ids_(ids), kinds_(kinds) {
+    : vocab_(vocab), ids_(ids), kinds_(kinds), merges_(0) {
   for (int b = 0; b < 256; ++b) {
     char name[8];
     std::snprintf(name, sizeof(name), "<0x%02X>", b);
@@ -56,14 +59,26 @@ SpmModel::SpmModel(const Vocabulary& vocab, const TokenIndex& ids,
     }
     byte_tokens_[b] = id < 0 ? vocab.unknown : id;
   }
+  for (int c = 0; c < 128; ++c) {
+    const char ch = static_cast<char>(c);
+    ascii_pieces_[c] = mergeable_token(std::string_view(&ch, 1));
+  }
   words_are_independent_ = true;
-  for (size_t id = 0; id < vocab.tokens.size(); ++id) {
-    const std::string& text = vocab.tokens[id];
-    if (mergeable_token(text) == static_cast<TokenId>(id) && has_inner_space(text)) {
-      words_are_independent_ = false;
-      break;
+  std::vector<std::array<TokenId, 3>> splits;  // left, right, merged
+  for (size_t i = 0; i < vocab.tokens.size(); ++i) {
+    const std::string_view text = vocab.tokens[i];
+    const auto id = static_cast<TokenId>(i);
+    if (mergeable_token(text) != id) continue;
+    if (has_inner_space(text)) words_are_independent_ = false;
+    for (size_t split = utf8_char_length(text, 0); split < text.size();
+         split += utf8_char_length(text, split)) {
+      const TokenId left = mergeable_token(text.substr(0, split));
+      const TokenId right = left < 0 ? -1 : mergeable_token(text.substr(split));
+      if (right >= 0) splits.push_back({left, right, id});
     }
   }
+  merges_ = MergeTable(splits.size());
+  for (const auto& [left, right, id] : splits) merges_.add(left, right, MergeTable::Merge{0, id});
 }
 
 TokenId SpmModel::mergeable_token(std::string_view text) const {
@@ -95,11 +110,10 @@ void SpmModel::encode(std::string_view text, std::vector<TokenId>& out) const {
       cache.store(word, out.data() + first, out.size() - first);
     }
   };
-  // Words start at a "▁" that follows another character.
   size_t start = 0;
   for (size_t at = text.find(kSpace, 1); at != std::string_view::npos;
        at = text.find(kSpace, at + 1)) {
-    if (at >= start + kSpace.size() && text.substr(at - kSpace.size(), kSpace.size()) != kSpace) {
+    if (starts_word(text, at)) {
       encode_word(text.substr(start, at - start));
       start = at;
     }
@@ -115,7 +129,10 @@ void SpmModel::encode_segment(std::string_view text, Scratch& scratch,
   for (size_t offset = 0; offset < text.size();) {
     const size_t len = utf8_char_length(text, offset);
     const auto index = static_cast<int32_t>(symbols.size());
-    symbols.push_back(Symbol{index - 1, offset + len == text.size() ? -1 : index + 1,
+    const auto lead = static_cast<uint8_t>(text[offset]);
+    const TokenId id =
+        lead < 0x80 ? ascii_pieces_[lead] : mergeable_token(text.substr(offset, len));
+    symbols.push_back(Symbol{id, index - 1, offset + len == text.size() ? -1 : index + 1,
                              static_cast<uint32_t>(offset), static_cast<uint32_t>(len)});
     offset += len;
   }
@@ -128,7 +145,14 @@ void SpmModel::encode_segment(std::string_view text, Scratch& scratch,
   const auto try_pair = [&](int32_t left, int32_t right) {
     if (left < 0 || right < 0) return;
     const uint32_t size = symbols[left].size + symbols[right].size;
-    const TokenId id = mergeable_token(text.substr(symbols[left].begin, size));
+    TokenId id = -1;
+    if (symbols[left].id >= 0 && symbols[right].id >= 0) {
+      const MergeTable::Merge* merge = merges_.find(symbols[left].id, symbols[right].id);
+      if (merge != nullptr) id = merge->result;
+    } else {
+      // A character that is no piece may still start or end one.
+      id = mergeable_token(text.substr(symbols[left].begin, size));
+    }
     if (id < 0) return;
     queue.push_back(Bigram{vocab_.scores[id], left, right, size, id});
     std::push_heap(queue.begin(), queue.end(), lower_priority);
@@ -142,6 +166,7 @@ void SpmModel::encode_segment(std::string_view text, Scratch& scratch,
     Symbol& left = symbols[bigram.left];
     Symbol& right = symbols[bigram.right];
     if (left.size == 0 || right.size == 0 || left.size + right.size != bigram.size) continue;
+    left.id = bigram.id;
     left.size += right.size;
     right.size = 0;
     left.next = right.next;
@@ -151,14 +176,12 @@ void SpmModel::encode_segment(std::string_view text, Scratch& scratch,
   }
 
   for (int32_t i = 0; i >= 0; i = symbols[i].next) {
-    const std::string_view piece = text.substr(symbols[i].begin, symbols[i].size);
-    // Every merged symbol is a token; only single characters can be unknown.
-    const TokenId id = mergeable_token(piece);
-    if (id >= 0) {
-      out.push_back(id);
+    // Every merged symbol is a piece; only single characters can be unknown.
+    if (symbols[i].id >= 0) {
+      out.push_back(symbols[i].id);
       continue;
     }
-    for (char c : piece) {
+    for (char c : text.substr(symbols[i].begin, symbols[i].size)) {
       const TokenId byte = byte_tokens_[static_cast<uint8_t>(c)];
       if (byte >= 0) out.push_back(byte);
     }
