@@ -7,5 +7,7 @@ namespace sy::cli {
 
 void add_run_command(CLI::App& app);
 void add_serve_command(CLI::App& app);
+void add_router_command(CLI::App& app);
+void add_report_command(CLI::App& app);
 
 }  // namespace sy::cli

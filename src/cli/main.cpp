@@ -19,6 +19,8 @@ int main(int argc, char** argv) {
       "(colon-separated folders; default models:../shared/data/models).");
   sy::cli::add_run_command(app);
   sy::cli::add_serve_command(app);
+  sy::cli::add_router_command(app);
+  sy::cli::add_report_command(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

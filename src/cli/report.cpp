@@ -1,0 +1,69 @@
+// `switchyard report`: summarize the audit store a server writes.
+#include "observe/report.h"
+
+#include <filesystem>
+#include <iostream>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <string>
+
+#include "cli/commands.h"
+
+namespace sy::cli {
+namespace {
+
+struct ReportFlags {
+  std::string db;
+  std::string since;
+  bool json = false;
+};
+
+int report_fail(const Error& e) {
+  std::cerr << "error: " << e.message << "\n";
+  return e.kind == ErrorKind::kInvalidArgument || e.kind == ErrorKind::kNotFound ? 2 : 1;
+}
+
+int run_report(const ReportFlags& flags) {
+  observe::ReportOptions options;
+  if (!flags.since.empty()) {
+    auto since = observe::parse_duration(flags.since);
+    if (!since.ok()) return report_fail(since.error());
+    options.since = *since;
+  }
+  // SQLite reports a missing file only as "unable to open"; name it instead.
+  if (!std::filesystem::exists(flags.db)) {
+    return report_fail(make_error(
+        ErrorKind::kNotFound, "audit store " + flags.db +
+                                  " does not exist; pass the file the server writes (audit.path)"));
+  }
+  auto report = observe::build_report(flags.db, options);
+  if (!report.ok()) return report_fail(report.error());
+  if (flags.json) {
+    std::cout << observe::report_to_json(*report).dump(2) << "\n";
+  } else {
+    std::cout << observe::format_report(*report);
+  }
+  return 0;
+}
+
+}  // namespace
+
+void add_report_command(CLI::App& app) {
+  auto flags = std::make_shared<ReportFlags>();
+  CLI::App* cmd = app.add_subcommand(
+      "report",
+      "Summarize the audit store: cost against cloud-only, cloud share, latency percentiles "
+      "per tier, escalation, degradation and error rates, per data class");
+  cmd->add_option("--db", flags->db, "Audit store (SQLite file) the server writes (audit.path)")
+      ->required();
+  cmd->add_option("--since", flags->since,
+                  "Only requests newer than this: 90s, 30m, 24h, 7d, 2w (default: all rows)");
+  cmd->add_flag("--json", flags->json, "Print JSON instead of tables");
+  cmd->footer("Example:\n  switchyard report --db audit.db --since 24h");
+  cmd->callback([flags] {
+    const int rc = run_report(*flags);
+    if (rc != 0) throw CLI::RuntimeError(rc);
+  });
+}
+
+}  // namespace sy::cli
