@@ -61,11 +61,17 @@ struct TokenLogprob {
 struct Usage {
   int32_t prompt_tokens = 0;
   int32_t completion_tokens = 0;
+  // Prompt tokens served from a cache (KV prefix reuse; OpenAI's
+  // prompt_tokens_details.cached_tokens), included in prompt_tokens.
+  int32_t cached_prompt_tokens = 0;
 };
 
 // A piece of streamed output.
 struct Delta {
   std::string text;
+  // Tokens that produced `text`. The embedded tier reports only the last of
+  // them when text was held back over several tokens (partial UTF-8, a
+  // possible stop string); Completion::logprobs always has every token.
   std::vector<TokenLogprob> logprobs;
 };
 
@@ -74,8 +80,8 @@ struct Completion {
   std::string finish_reason;  // stop, length, cancelled
   Usage usage;
   std::vector<TokenLogprob> logprobs;  // per generated token when the tier provides them
-  std::string model;          // model that answered, as the tier names it
-  std::string model_version;  // weights identity (embedded) or upstream's reported version
+  std::string model;                   // model that answered, as the tier names it
+  std::string model_version;           // weights identity (embedded) or upstream's reported version
   double time_to_first_token_ms = 0.0;
   double total_ms = 0.0;
 };
@@ -84,24 +90,25 @@ struct Completion {
 using DeltaSink = std::function<bool(const Delta&)>;
 
 struct TierConfig {
-  std::string name;               // tier id used in config, headers and metrics
-  std::string kind;               // "embedded" or "openai"
+  std::string name;  // tier id used in config, headers and metrics
+  std::string kind;  // "embedded" or "openai"
   Placement placement = Placement::kDevice;
-  std::string model;              // embedded: model name or path; openai: upstream model id
-  std::string endpoint;           // openai: base URL, e.g. https://api.openai.com/v1
-  std::string api_key_env;        // openai: environment variable holding the API key
+  std::string model;                   // embedded: model name or path; openai: upstream model id
+  std::string endpoint;                // openai: base URL, e.g. https://api.openai.com/v1
+  std::string api_key_env;             // openai: environment variable holding the API key
   double price_input_per_mtok = 0.0;   // dollars per million prompt tokens
   double price_output_per_mtok = 0.0;  // dollars per million completion tokens
-  int32_t max_concurrency = 4;    // embedded: inference slots; openai: pooled connections
-  int32_t context_length = 0;     // embedded: 0 = model's own
-  int64_t kv_memory_mb = 512;     // embedded: KV cache budget across slots
-  int32_t threads = 0;            // embedded: 0 = one per core
-  std::string chat_format;        // embedded: override of the detected chat format
+  int32_t max_concurrency = 4;         // embedded: inference slots; openai: pooled connections
+  int32_t max_queue = 64;              // requests allowed to wait for a slot or connection
+  int32_t context_length = 0;          // embedded: 0 = model's own
+  int64_t kv_memory_mb = 512;          // embedded: KV cache budget across slots
+  int32_t threads = 0;                 // embedded: 0 = one per core
+  std::string chat_format;             // embedded: override of the detected chat format
   int32_t connect_timeout_ms = 3000;
-  int32_t first_byte_timeout_ms = 30000;
+  int32_t first_byte_timeout_ms = 30000;  // also bounds silence between streamed chunks
   int32_t total_timeout_ms = 120000;
   bool verify_tls = true;
-  std::string ca_file;            // extra CA bundle for TLS verification
+  std::string ca_file;  // extra CA bundle for TLS verification
 };
 
 struct BackendInfo {
@@ -118,7 +125,16 @@ class Backend {
   virtual ~Backend() = default;
   virtual const BackendInfo& info() const = 0;
   // Generates a completion. When on_delta is set the output is also streamed
-  // through it as produced. Errors carry kind, message and upstream status.
+  // through it as produced. Errors carry kind, message and upstream status:
+  //   kInvalidArgument   the request is unusable (upstream 400/422, bad parameters)
+  //   kNotFound          the upstream does not know the model or path (404)
+  //   kResourceExhausted prompt exceeds the context, queue full, upstream 429/413
+  //   kUnavailable       connection failure, 5xx, rejected API key, stream cut short
+  //   kDeadlineExceeded  request deadline or a connect/first-byte/total timeout
+  //   kCorrupt           the upstream sent malformed JSON or SSE
+  // Cancellation (request.cancelled, or on_delta returning false) is not an
+  // error: the completion returns with what was produced and finish_reason
+  // "cancelled".
   virtual Result<Completion> generate(const BackendRequest& request, const DeltaSink& on_delta) = 0;
   // Counts prompt tokens as this tier would (embedded only; nullopt for remote tiers).
   virtual std::optional<int32_t> count_prompt_tokens(const BackendRequest&) const {

@@ -1,0 +1,402 @@
+// The edge tier: one GGUF model in-process, shared by a few KV-cache slots.
+//
+// engine::generate() runs a whole request, calling evaluate() inside, so there
+// is no point between two forward steps where another request could take its
+// turn on the shared (non-reentrant) thread pool. Requests therefore run one at
+// a time, first come first served, from a bounded queue. The slots still pay
+// off: each keeps the KV cache of a recent conversation, and a request goes to
+// the slot that already holds the longest prefix of its prompt.
+#include <algorithm>
+#include <chrono>
+#include <condition_variable>
+#include <deque>
+#include <filesystem>
+#include <mutex>
+#include <random>
+
+#include "backend/backend_kinds.h"
+#include "engine/engine.h"
+
+namespace sy::backend {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+using engine::TokenId;
+
+// How often a queued request looks at its cancellation flag, which nobody signals.
+constexpr auto kQueuePollInterval = std::chrono::milliseconds(20);
+// Default completion length when the request gives none: long enough for an
+// answer, short enough that a forgotten max_tokens cannot hold the edge for minutes.
+constexpr int32_t kDefaultMaxTokens = 512;
+constexpr int32_t kMaxTopLogprobs = 20;
+
+double ms_since(Clock::time_point start) {
+  return std::chrono::duration<double, std::milli>(Clock::now() - start).count();
+}
+
+bool is_cancelled(const BackendRequest& request) {
+  return request.cancelled && request.cancelled->load();
+}
+
+// Hands out turns on the engine one at a time, in arrival order, to at most
+// `max_waiting` queued requests.
+class TurnQueue {
+ public:
+  enum class Outcome { kAdmitted, kFull, kDeadline, kCancelled };
+
+  explicit TurnQueue(size_t max_waiting) : max_waiting_(max_waiting) {}
+
+  Outcome enter(const BackendRequest& request, size_t& ahead) {
+    std::unique_lock lock(mu_);
+    ahead = waiting_.size() + (busy_ ? 1 : 0);
+    if (!busy_ && waiting_.empty()) {
+      busy_ = true;
+      return Outcome::kAdmitted;
+    }
+    if (waiting_.size() >= max_waiting_) return Outcome::kFull;
+    const uint64_t ticket = next_ticket_++;
+    waiting_.push_back(ticket);
+    for (;;) {
+      if (!busy_ && waiting_.front() == ticket) {
+        waiting_.pop_front();
+        busy_ = true;
+        return Outcome::kAdmitted;
+      }
+      const auto now = Clock::now();
+      const bool expired = request.deadline && now >= *request.deadline;
+      if (expired || is_cancelled(request)) {
+        waiting_.erase(std::find(waiting_.begin(), waiting_.end(), ticket));
+        cv_.notify_all();  // the new head of the queue may be free to go
+        return expired ? Outcome::kDeadline : Outcome::kCancelled;
+      }
+      auto wake = now + kQueuePollInterval;
+      if (request.deadline) wake = std::min(wake, *request.deadline);
+      cv_.wait_until(lock, wake);
+    }
+  }
+
+  void leave() {
+    std::lock_guard lock(mu_);
+    busy_ = false;
+    cv_.notify_all();
+  }
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<uint64_t> waiting_;
+  uint64_t next_ticket_ = 0;
+  bool busy_ = false;
+  const size_t max_waiting_;
+};
+
+class Turn {
+ public:
+  explicit Turn(TurnQueue& queue) : queue_(queue) {}
+  ~Turn() { queue_.leave(); }
+  Turn(const Turn&) = delete;
+  Turn& operator=(const Turn&) = delete;
+
+ private:
+  TurnQueue& queue_;
+};
+
+size_t common_prefix(const std::vector<TokenId>& a, const std::vector<TokenId>& b) {
+  const size_t n = std::min(a.size(), b.size());
+  size_t i = 0;
+  while (i < n && a[i] == b[i]) ++i;
+  return i;
+}
+
+class EmbeddedBackend final : public Backend {
+ public:
+  EmbeddedBackend(TierConfig config, std::shared_ptr<const engine::Model> model,
+                  engine::ChatFormat format,
+                  std::vector<std::unique_ptr<engine::InferenceContext>> slots)
+      : config_(std::move(config)),
+        model_(std::move(model)),
+        format_(format),
+        pool_(config_.threads),
+        slots_(std::move(slots)),
+        last_used_(slots_.size(), 0),
+        turns_(static_cast<size_t>(config_.max_queue)) {
+    info_.name = config_.name;
+    info_.kind = "embedded";
+    info_.placement = config_.placement;
+    info_.model = model_name(config_.model);
+    info_.model_version = model_->version();
+    info_.context_length = slots_.front()->context_length();
+  }
+
+  const BackendInfo& info() const override { return info_; }
+
+  std::optional<int32_t> count_prompt_tokens(const BackendRequest& request) const override {
+    auto tokens = tokenize(request);
+    if (!tokens.ok()) return std::nullopt;
+    return static_cast<int32_t>(tokens->size());
+  }
+
+  Result<Completion> generate(const BackendRequest& request, const DeltaSink& on_delta) override {
+    const auto start = Clock::now();
+    SY_ASSIGN_OR_RETURN(std::vector<TokenId> prompt, tokenize(request));
+    SY_ASSIGN_OR_RETURN(engine::GenerationRequest gen,
+                        to_engine_request(request, std::move(prompt)));
+
+    size_t ahead = 0;
+    switch (turns_.enter(request, ahead)) {
+      case TurnQueue::Outcome::kAdmitted:
+        break;
+      case TurnQueue::Outcome::kFull:
+        return make_error(ErrorKind::kResourceExhausted,
+                          where() + ": busy with " + std::to_string(ahead) +
+                              " requests running or queued (max_queue " +
+                              std::to_string(config_.max_queue) +
+                              "); retry later or raise max_queue");
+      case TurnQueue::Outcome::kDeadline:
+        return make_error(ErrorKind::kDeadlineExceeded,
+                          where() + ": the deadline passed after " +
+                              std::to_string(static_cast<int64_t>(ms_since(start))) +
+                              " ms in the queue behind " + std::to_string(ahead) +
+                              " requests; allow more time or send fewer requests to this tier");
+      case TurnQueue::Outcome::kCancelled:
+        return cancelled_completion(start);
+    }
+    Turn turn(turns_);
+    const double queued_ms = ms_since(start);
+    if (request.deadline && Clock::now() >= *request.deadline) {
+      return make_error(ErrorKind::kDeadlineExceeded,
+                        where() + ": the deadline passed before generation could start");
+    }
+
+    // Text the caller accepted; generate() keeps producing text it may have
+    // refused, so this, not result.text, is the answer.
+    std::string accepted;
+    bool refused = false;
+    bool deadline_hit = false;
+    const auto sink = [&](std::string_view text, const engine::SampledToken& token) {
+      if (refused) return false;
+      if (request.deadline && Clock::now() >= *request.deadline) deadline_hit = true;
+      if (deadline_hit || is_cancelled(request)) {
+        refused = true;
+        return false;
+      }
+      if (on_delta) {
+        Delta delta;
+        delta.text = std::string(text);
+        // The engine reports only the token that completed this text; tokens
+        // held back with it (partial UTF-8, a possible stop string) are in the
+        // final completion's logprobs.
+        if (request.params.logprobs) delta.logprobs.push_back(to_logprob(token));
+        if (!on_delta(delta)) {
+          refused = true;
+          return false;
+        }
+      }
+      accepted += text;
+      return true;
+    };
+
+    engine::InferenceContext& context = pick_slot(gen.prompt);
+    auto result = engine::generate(context, pool_, gen, sink);
+    if (!result.ok()) {
+      return make_error(result.error().kind, where() + ": " + result.error().message);
+    }
+    if (deadline_hit && accepted.empty()) {
+      return make_error(ErrorKind::kDeadlineExceeded,
+                        where() + ": the deadline passed before the first token (prompt of " +
+                            std::to_string(result->prompt_tokens) +
+                            " tokens); allow more time or shorten the prompt");
+    }
+
+    Completion completion;
+    completion.text = std::move(accepted);
+    completion.finish_reason =
+        refused ? "cancelled" : std::string(engine::finish_reason_name(result->finish_reason));
+    completion.usage.prompt_tokens = result->prompt_tokens;
+    completion.usage.completion_tokens = result->generated_tokens;
+    completion.usage.cached_prompt_tokens = result->reused_prompt_tokens;
+    if (request.params.logprobs) {
+      completion.logprobs.reserve(result->tokens.size());
+      for (const auto& token : result->tokens) completion.logprobs.push_back(to_logprob(token));
+    }
+    completion.model = info_.model;
+    completion.model_version = info_.model_version;
+    completion.time_to_first_token_ms = queued_ms + result->time_to_first_token_seconds * 1000.0;
+    completion.total_ms = ms_since(start);
+    return completion;
+  }
+
+ private:
+  static std::string model_name(const std::string& configured) {
+    const std::filesystem::path path(configured);
+    return path.extension() == ".gguf" ? path.stem().string() : path.filename().string();
+  }
+
+  std::string where() const { return "tier '" + config_.name + "' (model " + info_.model + ")"; }
+
+  Completion cancelled_completion(Clock::time_point start) const {
+    Completion completion;
+    completion.finish_reason = "cancelled";
+    completion.model = info_.model;
+    completion.model_version = info_.model_version;
+    completion.total_ms = ms_since(start);
+    return completion;
+  }
+
+  Result<std::vector<TokenId>> tokenize(const BackendRequest& request) const {
+    const engine::Tokenizer& tokenizer = model_->tokenizer();
+    // User text in a legacy prompt is data: control-token texts in it stay text.
+    if (request.prompt) return tokenizer.encode(*request.prompt, true, false);
+    if (request.messages.empty()) {
+      return make_error(ErrorKind::kInvalidArgument,
+                        where() + ": the request has neither messages nor a prompt");
+    }
+    std::vector<engine::ChatMessage> messages;
+    messages.reserve(request.messages.size());
+    for (const auto& m : request.messages) messages.push_back({m.role, m.content});
+    const std::string text = engine::render_chat(format_, messages, true);
+    // Chat formats mark turns with control tokens, which must parse as such.
+    return tokenizer.encode(text, true, format_ != engine::ChatFormat::kPlain);
+  }
+
+  Result<engine::GenerationRequest> to_engine_request(const BackendRequest& request,
+                                                      std::vector<TokenId> prompt) const {
+    const GenerationParams& p = request.params;
+    const int32_t context_length = info_.context_length;
+    if (static_cast<int64_t>(prompt.size()) >= context_length) {
+      return make_error(ErrorKind::kResourceExhausted,
+                        where() + ": the prompt is " + std::to_string(prompt.size()) +
+                            " tokens but the context holds " + std::to_string(context_length) +
+                            " (prompt and completion together); shorten the conversation or "
+                            "route it to a tier with a longer context");
+    }
+    if (p.max_tokens && *p.max_tokens <= 0) {
+      return make_error(
+          ErrorKind::kInvalidArgument,
+          where() + ": max_tokens is " + std::to_string(*p.max_tokens) + "; it must be at least 1");
+    }
+    if (p.temperature && !(*p.temperature >= 0.0f)) {
+      return make_error(ErrorKind::kInvalidArgument,
+                        where() + ": temperature must be 0 or more (0 is greedy)");
+    }
+    if (p.top_p && !(*p.top_p > 0.0f && *p.top_p <= 1.0f)) {
+      return make_error(ErrorKind::kInvalidArgument, where() + ": top_p must be in (0, 1]");
+    }
+    if (p.logprobs && (p.top_logprobs < 0 || p.top_logprobs > kMaxTopLogprobs)) {
+      return make_error(ErrorKind::kInvalidArgument,
+                        where() + ": top_logprobs is " + std::to_string(p.top_logprobs) +
+                            "; it must be between 0 and " + std::to_string(kMaxTopLogprobs));
+    }
+
+    engine::GenerationRequest gen;
+    const int32_t room = context_length - static_cast<int32_t>(prompt.size());
+    gen.max_tokens =
+        p.max_tokens ? std::min(*p.max_tokens, room) : std::min(kDefaultMaxTokens, room);
+    gen.prompt = std::move(prompt);
+    gen.stop = p.stop;
+    // OpenAI's defaults, so that a client sees the same behaviour on every tier:
+    // plain temperature-1 sampling, no top-k, min-p or repetition penalty.
+    // presence/frequency penalties have no engine counterpart and are ignored.
+    engine::SamplingParams& s = gen.sampling;
+    s.temperature = p.temperature.value_or(1.0f);
+    s.top_p = p.top_p.value_or(1.0f);
+    s.top_k = p.top_k.value_or(0);
+    s.min_p = p.min_p.value_or(0.0f);
+    s.repeat_penalty = p.repeat_penalty.value_or(1.0f);
+    s.seed = p.seed ? *p.seed : std::random_device{}();
+    s.top_logprobs = p.logprobs ? p.top_logprobs : 0;
+    return gen;
+  }
+
+  // Called with the turn held, so every slot is free. A slot whose cache is
+  // mostly a prefix of the prompt holds this conversation's earlier turns and
+  // is reused; otherwise the least recently used cache is replaced, rather
+  // than another conversation's that merely shares BOS or a system prompt.
+  engine::InferenceContext& pick_slot(const std::vector<TokenId>& prompt) {
+    size_t best = 0;
+    size_t best_prefix = 0;
+    for (size_t i = 0; i < slots_.size(); ++i) {
+      const auto& cached = slots_[i]->cached_tokens();
+      const size_t prefix = common_prefix(cached, prompt);
+      if (prefix > best_prefix && prefix * 2 >= cached.size()) {
+        best = i;
+        best_prefix = prefix;
+      }
+    }
+    if (best_prefix == 0) {
+      best = static_cast<size_t>(std::min_element(last_used_.begin(), last_used_.end()) -
+                                 last_used_.begin());
+    }
+    last_used_[best] = ++use_clock_;
+    return *slots_[best];
+  }
+
+  TokenLogprob to_logprob(const engine::SampledToken& token) const {
+    const engine::Tokenizer& tokenizer = model_->tokenizer();
+    TokenLogprob out;
+    out.token = tokenizer.token_to_piece(token.id);
+    out.logprob = token.logprob;
+    out.entropy = token.entropy;
+    out.top.reserve(token.top.size());
+    for (const auto& alt : token.top)
+      out.top.emplace_back(tokenizer.token_to_piece(alt.id), alt.logprob);
+    return out;
+  }
+
+  const TierConfig config_;
+  const std::shared_ptr<const engine::Model> model_;
+  const engine::ChatFormat format_;
+  BackendInfo info_;
+  engine::ThreadPool pool_;
+  std::vector<std::unique_ptr<engine::InferenceContext>> slots_;
+  std::vector<uint64_t> last_used_;
+  uint64_t use_clock_ = 0;
+  TurnQueue turns_;
+};
+
+Result<engine::ChatFormat> choose_chat_format(const TierConfig& config,
+                                              const engine::Model& model) {
+  if (!config.chat_format.empty()) {
+    if (auto format = engine::parse_chat_format(config.chat_format)) return *format;
+    return make_error(ErrorKind::kInvalidArgument,
+                      "tier '" + config.name + "': chat_format '" + config.chat_format +
+                          "' is not known; use one of chatml, llama3, llama2, zephyr, plain");
+  }
+  if (auto jinja = model.file().get_string("tokenizer.chat_template")) {
+    if (auto format = engine::detect_chat_format(*jinja)) return *format;
+  }
+  // Base models have no template and continue plain text.
+  return engine::ChatFormat::kPlain;
+}
+
+}  // namespace
+
+Result<std::shared_ptr<Backend>> create_embedded_backend(const TierConfig& config) {
+  const std::string tier = "tier '" + config.name + "': ";
+  auto path = engine::resolve_model_path(config.model);
+  if (!path.ok()) return make_error(path.error().kind, tier + path.error().message);
+  auto model = engine::Model::load(*path);
+  if (!model.ok()) return make_error(model.error().kind, tier + model.error().message);
+  SY_ASSIGN_OR_RETURN(engine::ChatFormat format, choose_chat_format(config, **model));
+
+  engine::ContextOptions options;
+  options.context_length = config.context_length;
+  options.kv_memory_budget = (static_cast<uint64_t>(config.kv_memory_mb) << 20) /
+                             static_cast<uint64_t>(config.max_concurrency);
+  std::vector<std::unique_ptr<engine::InferenceContext>> slots;
+  for (int32_t i = 0; i < config.max_concurrency; ++i) {
+    auto context = engine::InferenceContext::create(*model, options);
+    if (!context.ok()) {
+      return make_error(context.error().kind,
+                        tier + "cannot set up " + std::to_string(config.max_concurrency) +
+                            " slots in kv_memory_mb " + std::to_string(config.kv_memory_mb) +
+                            " (each gets an equal share): " + context.error().message +
+                            "; raise kv_memory_mb, lower context_length or max_concurrency");
+    }
+    slots.push_back(std::move(context).value());
+  }
+  return std::shared_ptr<Backend>(std::make_shared<EmbeddedBackend>(
+      config, std::move(model).value(), format, std::move(slots)));
+}
+
+}  // namespace sy::backend

@@ -1,0 +1,921 @@
+#include "backend/backend.h"
+
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <condition_variable>
+#include <cstdlib>
+#include <fstream>
+#include <future>
+#include <mutex>
+#include <nlohmann/json.hpp>
+#include <thread>
+
+#include "backend/backend_kinds.h"
+#include "engine/engine.h"
+#include "support/fault_server.h"
+
+namespace sy::backend {
+namespace {
+
+using nlohmann::json;
+using testing::FaultMode;
+using testing::FaultServer;
+
+const std::string kModels = std::string(SY_SOURCE_DIR) + "/../shared/data/models";
+
+void use_shared_models() {
+  ::setenv("SWITCHYARD_MODEL_PATH", kModels.c_str(), 1);
+}
+
+BackendRequest chat(const std::string& text) {
+  BackendRequest r;
+  r.messages = {{"user", text}};
+  return r;
+}
+
+BackendRequest greedy_prompt(const std::string& prompt, int32_t max_tokens) {
+  BackendRequest r;
+  r.prompt = prompt;
+  r.params.temperature = 0.0f;
+  r.params.max_tokens = max_tokens;
+  return r;
+}
+
+// Lets a test hold a generation mid-stream until it says go.
+class Gate {
+ public:
+  void open() {
+    std::lock_guard lock(mu_);
+    open_ = true;
+    cv_.notify_all();
+  }
+  void wait() {
+    std::unique_lock lock(mu_);
+    cv_.wait(lock, [&] { return open_; });
+  }
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool open_ = false;
+};
+
+// ---------------------------------------------------------------- create_backend
+
+TEST(CreateBackend, ErrorsNameTheTierAndTheField) {
+  TierConfig c;
+  c.name = "edge";
+  c.kind = "quantum";
+  c.model = "m";
+  auto r = create_backend(c);
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.error().kind, ErrorKind::kInvalidArgument);
+  EXPECT_NE(r.error().message.find("tier 'edge'"), std::string::npos) << r.error().message;
+  EXPECT_NE(r.error().message.find("unknown kind"), std::string::npos) << r.error().message;
+
+  c.kind = "embedded";
+  c.model = "";
+  r = create_backend(c);
+  ASSERT_FALSE(r.ok());
+  EXPECT_NE(r.error().message.find("model is empty"), std::string::npos) << r.error().message;
+
+  c.kind = "openai";
+  c.name = "cloud";
+  c.model = "gpt";
+  c.endpoint = "ftp://example.com/v1";
+  r = create_backend(c);
+  ASSERT_FALSE(r.ok());
+  EXPECT_NE(r.error().message.find("tier 'cloud'"), std::string::npos) << r.error().message;
+  EXPECT_NE(r.error().message.find("endpoint"), std::string::npos) << r.error().message;
+
+  c.endpoint = "http://127.0.0.1:1/v1";
+  c.max_concurrency = 0;
+  r = create_backend(c);
+  ASSERT_FALSE(r.ok());
+  EXPECT_NE(r.error().message.find("max_concurrency"), std::string::npos) << r.error().message;
+}
+
+TEST(CreateBackend, MissingModelIsNotFound) {
+  use_shared_models();
+  TierConfig c;
+  c.name = "edge";
+  c.kind = "embedded";
+  c.model = "no-such-model";
+  auto r = create_backend(c);
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.error().kind, ErrorKind::kNotFound);
+  EXPECT_NE(r.error().message.find("tier 'edge'"), std::string::npos) << r.error().message;
+}
+
+TEST(CreateBackend, UnknownChatFormatIsRejected) {
+  use_shared_models();
+  TierConfig c;
+  c.name = "edge";
+  c.kind = "embedded";
+  c.model = "stories260K";
+  c.chat_format = "klingon";
+  auto r = create_backend(c);
+  ASSERT_FALSE(r.ok());
+  EXPECT_NE(r.error().message.find("chat_format 'klingon'"), std::string::npos)
+      << r.error().message;
+}
+
+TEST(CreateBackend, ApiKeyVariableMustBeSet) {
+  ::unsetenv("SY_BACKEND_TEST_UNSET_KEY");
+  TierConfig c;
+  c.name = "cloud";
+  c.kind = "openai";
+  c.model = "gpt";
+  c.endpoint = "http://127.0.0.1:1/v1";
+  c.api_key_env = "SY_BACKEND_TEST_UNSET_KEY";
+  auto r = create_backend(c);
+  ASSERT_FALSE(r.ok());
+  EXPECT_NE(r.error().message.find("SY_BACKEND_TEST_UNSET_KEY"), std::string::npos)
+      << r.error().message;
+  ::setenv("SY_BACKEND_TEST_UNSET_KEY", "", 1);
+  r = create_backend(c);
+  ASSERT_FALSE(r.ok());
+  EXPECT_NE(r.error().message.find("empty"), std::string::npos) << r.error().message;
+}
+
+TEST(EndpointUrl, Parses) {
+  auto u = parse_endpoint_url("https://api.openai.com/v1/");
+  ASSERT_TRUE(u.ok()) << u.error().message;
+  EXPECT_EQ(u->scheme, "https");
+  EXPECT_EQ(u->host, "api.openai.com");
+  EXPECT_EQ(u->port, 443);
+  EXPECT_EQ(u->base_path, "/v1");
+  EXPECT_EQ(u->origin(), "https://api.openai.com:443");
+
+  u = parse_endpoint_url("http://[::1]:8080");
+  ASSERT_TRUE(u.ok()) << u.error().message;
+  EXPECT_EQ(u->host, "::1");
+  EXPECT_EQ(u->port, 8080);
+  EXPECT_EQ(u->base_path, "");
+  EXPECT_EQ(u->origin(), "http://[::1]:8080");
+
+  for (const char* bad : {"localhost:8080", "http://", "http://host:0", "http://host:99999/v1",
+                          "http://host:x", "http://u:p@host/v1", "http://host/v1?x=1"}) {
+    EXPECT_FALSE(parse_endpoint_url(bad).ok()) << bad;
+  }
+}
+
+// ---------------------------------------------------------------- embedded
+
+class EmbeddedBackendTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    use_shared_models();
+    TierConfig c;
+    c.name = "edge";
+    c.kind = "embedded";
+    c.model = "stories260K";
+    c.max_concurrency = 3;
+    c.kv_memory_mb = 64;
+    c.threads = 2;
+    auto created = create_backend(c);
+    ASSERT_TRUE(created.ok()) << created.error().message;
+    backend_ = new std::shared_ptr<Backend>(std::move(created).value());
+  }
+  static void TearDownTestSuite() {
+    delete backend_;
+    backend_ = nullptr;
+  }
+
+  Backend& backend() { return **backend_; }
+
+  static std::shared_ptr<Backend>* backend_;
+};
+
+std::shared_ptr<Backend>* EmbeddedBackendTest::backend_ = nullptr;
+
+TEST_F(EmbeddedBackendTest, Info) {
+  const BackendInfo& info = backend().info();
+  EXPECT_EQ(info.name, "edge");
+  EXPECT_EQ(info.kind, "embedded");
+  EXPECT_EQ(info.model, "stories260K");
+  auto path = engine::resolve_model_path("stories260K");
+  ASSERT_TRUE(path.ok());
+  auto model = engine::Model::load(*path);
+  ASSERT_TRUE(model.ok());
+  EXPECT_EQ(info.model_version, (*model)->version());
+  EXPECT_GT(info.context_length, 0);
+}
+
+TEST_F(EmbeddedBackendTest, GreedyMatchesTheReferenceAndRepeats) {
+  std::ifstream in(kModels + "/stories260K.greedy.json");
+  ASSERT_TRUE(in.good());
+  const std::string reference = json::parse(in).at("text").get<std::string>();
+
+  // An empty prompt is just BOS, as the reference was produced.
+  auto a = backend().generate(greedy_prompt("", 40), {});
+  ASSERT_TRUE(a.ok()) << a.error().message;
+  EXPECT_EQ(a->finish_reason, "length");
+  EXPECT_EQ(a->usage.completion_tokens, 40);
+  EXPECT_EQ(a->usage.prompt_tokens, 1);
+  std::string text = a->text;
+  text.erase(0, text.find_first_not_of(' '));
+  ASSERT_GT(text.size(), 40u);
+  EXPECT_EQ(reference.substr(0, text.size()), text);
+  EXPECT_EQ(a->model, "stories260K");
+  EXPECT_EQ(a->model_version, backend().info().model_version);
+
+  auto b = backend().generate(greedy_prompt("", 40), {});
+  ASSERT_TRUE(b.ok()) << b.error().message;
+  EXPECT_EQ(a->text, b->text);
+}
+
+TEST_F(EmbeddedBackendTest, StreamedDeltasConcatenateToTheText) {
+  auto plain = backend().generate(greedy_prompt("Once upon a time", 50), {});
+  ASSERT_TRUE(plain.ok()) << plain.error().message;
+  std::string streamed;
+  int deltas = 0;
+  auto r = backend().generate(greedy_prompt("Once upon a time", 50), [&](const Delta& d) {
+    streamed += d.text;
+    ++deltas;
+    return true;
+  });
+  ASSERT_TRUE(r.ok()) << r.error().message;
+  EXPECT_EQ(streamed, r->text);
+  EXPECT_EQ(r->text, plain->text);
+  EXPECT_GT(deltas, 10);
+  EXPECT_GE(r->total_ms, r->time_to_first_token_ms);
+}
+
+TEST_F(EmbeddedBackendTest, LogprobsHaveEntropyAndAlternatives) {
+  BackendRequest req = greedy_prompt("Once upon a time", 12);
+  req.params.logprobs = true;
+  req.params.top_logprobs = 3;
+  std::vector<TokenLogprob> streamed;
+  auto r = backend().generate(req, [&](const Delta& d) {
+    streamed.insert(streamed.end(), d.logprobs.begin(), d.logprobs.end());
+    return true;
+  });
+  ASSERT_TRUE(r.ok()) << r.error().message;
+  ASSERT_EQ(r->logprobs.size(), static_cast<size_t>(r->usage.completion_tokens));
+  EXPECT_FALSE(streamed.empty());
+  std::string joined;
+  for (const auto& t : r->logprobs) {
+    joined += t.token;
+    EXPECT_LE(t.logprob, 0.0f);
+    ASSERT_TRUE(t.entropy.has_value());
+    EXPECT_GE(*t.entropy, 0.0f);
+    ASSERT_EQ(t.top.size(), 3u);
+    // Greedy picks the most likely token.
+    EXPECT_EQ(t.top[0].first, t.token);
+    EXPECT_FLOAT_EQ(t.top[0].second, t.logprob);
+    EXPECT_GE(t.top[0].second, t.top[1].second);
+    EXPECT_GE(t.top[1].second, t.top[2].second);
+  }
+  EXPECT_EQ(joined, r->text);
+
+  auto none = backend().generate(greedy_prompt("Once upon a time", 5), {});
+  ASSERT_TRUE(none.ok());
+  EXPECT_TRUE(none->logprobs.empty());
+}
+
+TEST_F(EmbeddedBackendTest, StopStringEndsTheTextBeforeIt) {
+  auto full = backend().generate(greedy_prompt("Once upon a time", 60), {});
+  ASSERT_TRUE(full.ok()) << full.error().message;
+  const size_t at = full->text.find(' ', 10);
+  ASSERT_NE(at, std::string::npos);
+  const std::string stop = full->text.substr(at, 4);
+
+  BackendRequest req = greedy_prompt("Once upon a time", 60);
+  req.params.stop = {stop};
+  std::string streamed;
+  auto r = backend().generate(req, [&](const Delta& d) {
+    streamed += d.text;
+    return true;
+  });
+  ASSERT_TRUE(r.ok()) << r.error().message;
+  EXPECT_EQ(r->finish_reason, "stop");
+  EXPECT_EQ(r->text, full->text.substr(0, full->text.find(stop)));
+  EXPECT_EQ(streamed, r->text);
+}
+
+TEST_F(EmbeddedBackendTest, MaxTokensFinishesWithLength) {
+  auto r = backend().generate(greedy_prompt("Once upon a time", 7), {});
+  ASSERT_TRUE(r.ok()) << r.error().message;
+  EXPECT_EQ(r->finish_reason, "length");
+  EXPECT_EQ(r->usage.completion_tokens, 7);
+
+  BackendRequest bad = greedy_prompt("x", 0);
+  auto e = backend().generate(bad, {});
+  ASSERT_FALSE(e.ok());
+  EXPECT_EQ(e.error().kind, ErrorKind::kInvalidArgument);
+}
+
+TEST_F(EmbeddedBackendTest, RefusingADeltaCancels) {
+  std::string streamed;
+  int calls = 0;
+  auto r = backend().generate(greedy_prompt("Once upon a time", 100), [&](const Delta& d) {
+    if (++calls > 3) return false;
+    streamed += d.text;
+    return true;
+  });
+  ASSERT_TRUE(r.ok()) << r.error().message;
+  EXPECT_EQ(r->finish_reason, "cancelled");
+  EXPECT_EQ(r->text, streamed);
+  EXPECT_LT(r->usage.completion_tokens, 100);
+}
+
+TEST_F(EmbeddedBackendTest, CancelledFlagStopsGeneration) {
+  BackendRequest req = greedy_prompt("Once upon a time", 100);
+  req.cancelled = std::make_shared<std::atomic<bool>>(false);
+  int calls = 0;
+  auto r = backend().generate(req, [&](const Delta&) {
+    if (++calls == 2) req.cancelled->store(true);
+    return true;
+  });
+  ASSERT_TRUE(r.ok()) << r.error().message;
+  EXPECT_EQ(r->finish_reason, "cancelled");
+  EXPECT_EQ(calls, 2);
+
+  // Cancelled before it starts: nothing generated.
+  auto early = backend().generate(req, {});
+  ASSERT_TRUE(early.ok()) << early.error().message;
+  EXPECT_EQ(early->finish_reason, "cancelled");
+  EXPECT_TRUE(early->text.empty());
+}
+
+TEST_F(EmbeddedBackendTest, PassedDeadlineIsAnError) {
+  BackendRequest req = greedy_prompt("Once upon a time", 20);
+  req.deadline = std::chrono::steady_clock::now() - std::chrono::milliseconds(1);
+  auto r = backend().generate(req, {});
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.error().kind, ErrorKind::kDeadlineExceeded);
+  EXPECT_NE(r.error().message.find("tier 'edge'"), std::string::npos) << r.error().message;
+}
+
+TEST_F(EmbeddedBackendTest, ContextOverflowIsResourceExhausted) {
+  std::string huge;
+  for (int i = 0; i < 3000; ++i) huge += "the cat sat on the mat. ";
+  auto r = backend().generate(chat(huge), {});
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.error().kind, ErrorKind::kResourceExhausted);
+  EXPECT_NE(r.error().message.find("context holds"), std::string::npos) << r.error().message;
+}
+
+TEST_F(EmbeddedBackendTest, CountsPromptTokensAsGenerateDoes) {
+  BackendRequest req = chat("Tom had a red ball.");
+  req.params.temperature = 0.0f;
+  req.params.max_tokens = 3;
+  const auto counted = backend().count_prompt_tokens(req);
+  ASSERT_TRUE(counted.has_value());
+  auto r = backend().generate(req, {});
+  ASSERT_TRUE(r.ok()) << r.error().message;
+  EXPECT_EQ(*counted, r->usage.prompt_tokens);
+  EXPECT_GT(*counted, 3);
+}
+
+TEST_F(EmbeddedBackendTest, ConcurrentRequestsMatchSequentialOnes) {
+  const std::vector<std::string> prompts = {"Once upon a time", "Lily saw a dog", "The sun was hot",
+                                            "Tom and Sam went", "A little bird",  "The big tree"};
+  std::vector<std::string> sequential;
+  for (const auto& p : prompts) {
+    auto r = backend().generate(greedy_prompt(p, 30), {});
+    ASSERT_TRUE(r.ok()) << r.error().message;
+    sequential.push_back(r->text);
+  }
+  std::vector<std::future<Result<Completion>>> running;
+  for (int round = 0; round < 2; ++round) {
+    for (const auto& p : prompts) {
+      running.push_back(std::async(std::launch::async, [&, p] {
+        return backend().generate(greedy_prompt(p, 30), [](const Delta&) { return true; });
+      }));
+    }
+  }
+  for (size_t i = 0; i < running.size(); ++i) {
+    auto r = running[i].get();
+    ASSERT_TRUE(r.ok()) << r.error().message;
+    EXPECT_EQ(r->text, sequential[i % prompts.size()]) << prompts[i % prompts.size()];
+  }
+}
+
+TEST_F(EmbeddedBackendTest, ConversationReusesItsSlotsCache) {
+  BackendRequest a1 = chat("Lily went to the park with her mom.");
+  a1.params.temperature = 0.0f;
+  a1.params.max_tokens = 8;
+  auto ra1 = backend().generate(a1, {});
+  ASSERT_TRUE(ra1.ok()) << ra1.error().message;
+
+  // Other conversations in between occupy the remaining slots.
+  for (const char* other : {"Tom had a big red truck.", "The cat was very sleepy."}) {
+    BackendRequest b = chat(other);
+    b.params.temperature = 0.0f;
+    b.params.max_tokens = 8;
+    ASSERT_TRUE(backend().generate(b, {}).ok());
+  }
+
+  BackendRequest a2 = a1;
+  a2.messages.push_back({"assistant", ra1->text});
+  a2.messages.push_back({"user", "What did they see?"});
+  auto ra2 = backend().generate(a2, {});
+  ASSERT_TRUE(ra2.ok()) << ra2.error().message;
+  // Everything of the first turn but the token at the boundary is reused.
+  EXPECT_GE(ra2->usage.cached_prompt_tokens, ra1->usage.prompt_tokens - 1);
+  EXPECT_LT(ra2->usage.cached_prompt_tokens, ra2->usage.prompt_tokens);
+}
+
+std::shared_ptr<Backend> small_edge(int32_t max_queue) {
+  use_shared_models();
+  TierConfig c;
+  c.name = "edge";
+  c.kind = "embedded";
+  c.model = "stories260K";
+  c.max_concurrency = 1;
+  c.max_queue = max_queue;
+  c.kv_memory_mb = 16;
+  auto created = create_backend(c);
+  EXPECT_TRUE(created.ok()) << created.error().message;
+  return created.ok() ? *created : nullptr;
+}
+
+// Starts a generation that stops at its first delta until `release` opens.
+std::future<Result<Completion>> hold(Backend& backend, Gate& holding, Gate& release) {
+  auto running = std::async(std::launch::async, [&] {
+    bool once = false;
+    return backend.generate(greedy_prompt("Once upon a time", 20), [&](const Delta&) {
+      if (!once) {
+        once = true;
+        holding.open();
+        release.wait();
+      }
+      return true;
+    });
+  });
+  holding.wait();
+  return running;
+}
+
+TEST(EmbeddedBackendQueue, FullQueueIsRejectedAtOnce) {
+  auto backend = small_edge(0);
+  ASSERT_NE(backend, nullptr);
+  Gate holding, release;
+  auto first = hold(*backend, holding, release);
+  auto rejected = backend->generate(greedy_prompt("Tom", 5), {});
+  release.open();
+  ASSERT_FALSE(rejected.ok());
+  EXPECT_EQ(rejected.error().kind, ErrorKind::kResourceExhausted);
+  EXPECT_NE(rejected.error().message.find("max_queue"), std::string::npos)
+      << rejected.error().message;
+  auto r = first.get();
+  ASSERT_TRUE(r.ok()) << r.error().message;
+  EXPECT_EQ(r->finish_reason, "length");
+}
+
+TEST(EmbeddedBackendQueue, QueuedRequestsWaitOrGiveUpAtTheirDeadline) {
+  auto backend = small_edge(4);
+  ASSERT_NE(backend, nullptr);
+  Gate holding, release;
+  auto first = hold(*backend, holding, release);
+
+  BackendRequest hurried = greedy_prompt("Lily", 5);
+  hurried.deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(100);
+  auto timed_out = backend->generate(hurried, {});
+  ASSERT_FALSE(timed_out.ok());
+  EXPECT_EQ(timed_out.error().kind, ErrorKind::kDeadlineExceeded);
+  EXPECT_NE(timed_out.error().message.find("queue"), std::string::npos)
+      << timed_out.error().message;
+
+  auto patient = std::async(std::launch::async,
+                            [&] { return backend->generate(greedy_prompt("Lily", 5), {}); });
+  release.open();
+  auto r1 = first.get();
+  ASSERT_TRUE(r1.ok()) << r1.error().message;
+  auto r2 = patient.get();
+  ASSERT_TRUE(r2.ok()) << r2.error().message;
+  EXPECT_EQ(r2->usage.completion_tokens, 5);
+}
+
+// ---------------------------------------------------------------- openai
+
+class OpenAiBackendTest : public ::testing::Test {
+ protected:
+  std::shared_ptr<Backend> make(std::function<void(TierConfig&)> adjust = {}) {
+    TierConfig c;
+    c.name = "cloud";
+    c.kind = "openai";
+    c.placement = Placement::kCloud;
+    c.model = "gpt-test";
+    c.endpoint = server_.base_url();
+    c.connect_timeout_ms = 1000;
+    c.first_byte_timeout_ms = 2000;
+    c.total_timeout_ms = 5000;
+    if (adjust) adjust(c);
+    auto created = create_backend(c);
+    EXPECT_TRUE(created.ok()) << created.error().message;
+    return created.ok() ? *created : nullptr;
+  }
+
+  static Result<Completion> stream(Backend& b, const BackendRequest& req, std::string* text) {
+    return b.generate(req, [text](const Delta& d) {
+      *text += d.text;
+      return true;
+    });
+  }
+
+  FaultServer server_;
+};
+
+TEST_F(OpenAiBackendTest, PlainChatCompletion) {
+  auto backend = make();
+  EXPECT_EQ(backend->info().kind, "openai");
+  EXPECT_EQ(backend->info().model_version, "gpt-test");
+  auto r = backend->generate(chat("hello there world"), {});
+  ASSERT_TRUE(r.ok()) << r.error().message;
+  EXPECT_EQ(r->text, "echo: hello there world");
+  EXPECT_EQ(r->finish_reason, "stop");
+  EXPECT_EQ(r->usage.prompt_tokens, 3);
+  EXPECT_EQ(r->usage.completion_tokens, 4);
+  EXPECT_EQ(r->model, "fault-model");
+  EXPECT_EQ(r->model_version, "fault-model");
+  EXPECT_EQ(backend->info().model_version, "fault-model");
+  EXPECT_FALSE(backend->count_prompt_tokens(chat("x")).has_value());
+
+  const auto received = server_.received();
+  ASSERT_EQ(received.size(), 1u);
+  EXPECT_EQ(received[0].path, "/v1/chat/completions");
+  const json body = json::parse(received[0].body);
+  EXPECT_EQ(body["model"], "gpt-test");
+  EXPECT_EQ(body["messages"][0]["content"], "hello there world");
+  EXPECT_FALSE(body.contains("stream"));
+  EXPECT_TRUE(received[0].authorization.empty());
+}
+
+TEST_F(OpenAiBackendTest, StreamingChatCompletionWithUsage) {
+  auto backend = make();
+  std::string streamed;
+  std::vector<std::string> deltas;
+  auto r = backend->generate(chat("one two three"), [&](const Delta& d) {
+    deltas.push_back(d.text);
+    streamed += d.text;
+    return true;
+  });
+  ASSERT_TRUE(r.ok()) << r.error().message;
+  EXPECT_EQ(streamed, "echo: one two three");
+  EXPECT_EQ(r->text, streamed);
+  EXPECT_EQ(deltas, (std::vector<std::string>{"echo:", " one", " two", " three"}));
+  EXPECT_EQ(r->usage.prompt_tokens, 3);
+  EXPECT_EQ(r->usage.completion_tokens, 4);
+  EXPECT_EQ(r->finish_reason, "stop");
+  const json body = json::parse(server_.received_bodies().at(0));
+  EXPECT_EQ(body["stream"], true);
+  EXPECT_EQ(body["stream_options"]["include_usage"], true);
+}
+
+TEST_F(OpenAiBackendTest, SamplingParametersAreSent) {
+  auto backend = make();
+  BackendRequest req = chat("a b c d e f");
+  req.model = "other-model";
+  req.params.max_tokens = 3;
+  req.params.temperature = 0.5f;
+  req.params.top_p = 0.9f;
+  req.params.seed = 42;
+  req.params.stop = {"END"};
+  auto r = backend->generate(req, {});
+  ASSERT_TRUE(r.ok()) << r.error().message;
+  EXPECT_EQ(r->finish_reason, "length");
+  EXPECT_EQ(r->text, "echo: a b");
+  const json body = json::parse(server_.received_bodies().at(0));
+  EXPECT_EQ(body["model"], "other-model");
+  EXPECT_EQ(body["max_tokens"], 3);
+  EXPECT_FLOAT_EQ(body["temperature"].get<float>(), 0.5f);
+  EXPECT_FLOAT_EQ(body["top_p"].get<float>(), 0.9f);
+  EXPECT_EQ(body["seed"], 42);
+  EXPECT_EQ(body["stop"], json::array({"END"}));
+  EXPECT_FALSE(body.contains("top_k"));
+}
+
+TEST_F(OpenAiBackendTest, LogprobsStreamedAndPlain) {
+  auto backend = make();
+  BackendRequest req = chat("x y");
+  req.params.logprobs = true;
+  req.params.top_logprobs = 2;
+  for (bool streaming : {false, true}) {
+    std::vector<TokenLogprob> from_deltas;
+    DeltaSink sink;
+    if (streaming) {
+      sink = [&](const Delta& d) {
+        from_deltas.insert(from_deltas.end(), d.logprobs.begin(), d.logprobs.end());
+        return true;
+      };
+    }
+    auto r = backend->generate(req, sink);
+    ASSERT_TRUE(r.ok()) << r.error().message;
+    ASSERT_EQ(r->logprobs.size(), 3u) << streaming;
+    EXPECT_EQ(r->logprobs[1].token, " x");
+    EXPECT_FLOAT_EQ(r->logprobs[1].logprob, -0.2f);
+    ASSERT_EQ(r->logprobs[1].top.size(), 2u);
+    EXPECT_EQ(r->logprobs[1].top[1].first, "alt1");
+    EXPECT_FALSE(r->logprobs[1].entropy.has_value());
+    if (streaming) {
+      EXPECT_EQ(from_deltas.size(), 3u);
+    }
+  }
+  const json body = json::parse(server_.received_bodies().at(0));
+  EXPECT_EQ(body["logprobs"], true);
+  EXPECT_EQ(body["top_logprobs"], 2);
+}
+
+TEST_F(OpenAiBackendTest, LegacyCompletions) {
+  auto backend = make();
+  BackendRequest req;
+  req.prompt = "tell me";
+  req.params.logprobs = true;
+  req.params.top_logprobs = 1;
+  for (bool streaming : {false, true}) {
+    std::string streamed;
+    auto r = streaming ? stream(*backend, req, &streamed) : backend->generate(req, {});
+    ASSERT_TRUE(r.ok()) << r.error().message;
+    EXPECT_EQ(r->text, "echo: tell me");
+    if (streaming) {
+      EXPECT_EQ(streamed, r->text);
+    }
+    ASSERT_EQ(r->logprobs.size(), 3u);
+    EXPECT_EQ(r->logprobs[2].token, " me");
+    ASSERT_EQ(r->logprobs[2].top.size(), 1u);
+  }
+  const auto received = server_.received();
+  EXPECT_EQ(received[0].path, "/v1/completions");
+  EXPECT_EQ(json::parse(received[0].body)["prompt"], "tell me");
+  EXPECT_EQ(json::parse(received[0].body)["logprobs"], 1);
+}
+
+TEST_F(OpenAiBackendTest, ApiKeyFromTheEnvironment) {
+  ::setenv("SY_BACKEND_TEST_KEY", "sk-test-123", 1);
+  auto backend = make([](TierConfig& c) { c.api_key_env = "SY_BACKEND_TEST_KEY"; });
+  ASSERT_TRUE(backend->generate(chat("hi"), {}).ok());
+  EXPECT_EQ(server_.received().at(0).authorization, "Bearer sk-test-123");
+}
+
+TEST_F(OpenAiBackendTest, Status500IsUnavailable) {
+  auto backend = make();
+  server_.set_mode(FaultMode::kStatus500);
+  for (bool streaming : {false, true}) {
+    std::string streamed;
+    auto r =
+        streaming ? stream(*backend, chat("hi"), &streamed) : backend->generate(chat("hi"), {});
+    ASSERT_FALSE(r.ok());
+    EXPECT_EQ(r.error().kind, ErrorKind::kUnavailable);
+    EXPECT_EQ(r.error().upstream_status, 500);
+    EXPECT_NE(r.error().message.find("injected internal error"), std::string::npos)
+        << r.error().message;
+    EXPECT_NE(r.error().message.find("tier 'cloud'"), std::string::npos) << r.error().message;
+    EXPECT_TRUE(streamed.empty());
+  }
+}
+
+TEST_F(OpenAiBackendTest, Status429CarriesRetryAfter) {
+  auto backend = make();
+  server_.set_mode(FaultMode::kStatus429);
+  for (bool streaming : {false, true}) {
+    std::string streamed;
+    auto r =
+        streaming ? stream(*backend, chat("hi"), &streamed) : backend->generate(chat("hi"), {});
+    ASSERT_FALSE(r.ok());
+    EXPECT_EQ(r.error().kind, ErrorKind::kResourceExhausted);
+    EXPECT_EQ(r.error().upstream_status, 429);
+    EXPECT_DOUBLE_EQ(r.error().retry_after_seconds, 2.0);
+    EXPECT_NE(r.error().message.find("rate limited"), std::string::npos) << r.error().message;
+  }
+  // An HTTP-date in the future.
+  char date[64];
+  const std::time_t later = std::time(nullptr) + 30;
+  std::tm tm{};
+  gmtime_r(&later, &tm);
+  std::strftime(date, sizeof date, "%a, %d %b %Y %H:%M:%S GMT", &tm);
+  server_.set_retry_after(date);
+  auto r = backend->generate(chat("hi"), {});
+  ASSERT_FALSE(r.ok());
+  EXPECT_GT(r.error().retry_after_seconds, 20.0);
+  EXPECT_LE(r.error().retry_after_seconds, 30.0);
+}
+
+TEST_F(OpenAiBackendTest, Status503WithFractionalRetryAfter) {
+  auto backend = make();
+  server_.set_mode(FaultMode::kStatus503);
+  server_.set_retry_after("1.5");
+  auto r = backend->generate(chat("hi"), {});
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.error().kind, ErrorKind::kUnavailable);
+  EXPECT_EQ(r.error().upstream_status, 503);
+  EXPECT_DOUBLE_EQ(r.error().retry_after_seconds, 1.5);
+}
+
+TEST_F(OpenAiBackendTest, FirstByteTimeout) {
+  auto backend = make([](TierConfig& c) { c.first_byte_timeout_ms = 300; });
+  server_.set_mode(FaultMode::kDelayFirstByte);
+  server_.set_first_byte_delay(std::chrono::milliseconds(3000));
+  for (bool streaming : {false, true}) {
+    std::string streamed;
+    auto r =
+        streaming ? stream(*backend, chat("hi"), &streamed) : backend->generate(chat("hi"), {});
+    ASSERT_FALSE(r.ok());
+    EXPECT_EQ(r.error().kind, ErrorKind::kDeadlineExceeded);
+    EXPECT_NE(r.error().message.find("first_byte_timeout_ms 300"), std::string::npos)
+        << r.error().message;
+  }
+  // A delay within the limit is fine.
+  server_.set_first_byte_delay(std::chrono::milliseconds(20));
+  auto ok = backend->generate(chat("hi"), {});
+  ASSERT_TRUE(ok.ok()) << ok.error().message;
+  EXPECT_EQ(ok->text, "echo: hi");
+}
+
+TEST_F(OpenAiBackendTest, TotalTimeoutMidStream) {
+  auto backend = make([](TierConfig& c) { c.total_timeout_ms = 300; });
+  server_.set_chunk_delay(std::chrono::milliseconds(150));
+  std::string streamed;
+  auto r = stream(*backend, chat("a b c d e f g h i j"), &streamed);
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.error().kind, ErrorKind::kDeadlineExceeded);
+  EXPECT_NE(r.error().message.find("total_timeout_ms 300"), std::string::npos) << r.error().message;
+  EXPECT_FALSE(streamed.empty());
+}
+
+TEST_F(OpenAiBackendTest, BlackHoleHonoursTimeoutDeadlineAndCancellation) {
+  auto backend = make([](TierConfig& c) { c.first_byte_timeout_ms = 300; });
+  server_.set_mode(FaultMode::kBlackHole);
+  auto r = backend->generate(chat("hi"), {});
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.error().kind, ErrorKind::kDeadlineExceeded);
+
+  auto patient = make([](TierConfig& c) { c.first_byte_timeout_ms = 60000; });
+  BackendRequest req = chat("hi");
+  req.deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(200);
+  r = patient->generate(req, {});
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.error().kind, ErrorKind::kDeadlineExceeded);
+  EXPECT_NE(r.error().message.find("deadline"), std::string::npos) << r.error().message;
+
+  BackendRequest cancellable = chat("hi");
+  cancellable.cancelled = std::make_shared<std::atomic<bool>>(false);
+  std::thread canceller([flag = cancellable.cancelled] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    flag->store(true);
+  });
+  std::string streamed;
+  r = stream(*patient, cancellable, &streamed);
+  canceller.join();
+  ASSERT_TRUE(r.ok()) << r.error().message;
+  EXPECT_EQ(r->finish_reason, "cancelled");
+  EXPECT_TRUE(streamed.empty());
+}
+
+TEST_F(OpenAiBackendTest, GarbageIsCorrupt) {
+  auto backend = make();
+  server_.set_mode(FaultMode::kGarbageSse);
+  std::string streamed;
+  auto r = stream(*backend, chat("hi there"), &streamed);
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.error().kind, ErrorKind::kCorrupt);
+  EXPECT_NE(r.error().message.find("malformed SSE at byte"), std::string::npos)
+      << r.error().message;
+  EXPECT_EQ(streamed, "echo:");
+
+  r = backend->generate(chat("hi"), {});
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.error().kind, ErrorKind::kCorrupt);
+  EXPECT_NE(r.error().message.find("not JSON"), std::string::npos) << r.error().message;
+}
+
+TEST_F(OpenAiBackendTest, DyingMidStreamIsAnError) {
+  auto backend = make();
+  server_.set_mode(FaultMode::kDieMidStream);
+  server_.set_die_after_chunks(2);
+  std::string streamed;
+  auto r = stream(*backend, chat("a b c d e"), &streamed);
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.error().kind, ErrorKind::kUnavailable);
+  EXPECT_NE(r.error().message.find("mid-stream"), std::string::npos) << r.error().message;
+  EXPECT_EQ(streamed, "echo: a");
+
+  r = backend->generate(chat("a b c d e"), {});
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.error().kind, ErrorKind::kUnavailable);
+  EXPECT_NE(r.error().message.find("died"), std::string::npos) << r.error().message;
+
+  // The pool recovers: the next request gets a fresh connection.
+  server_.set_mode(FaultMode::kNormal);
+  auto ok = backend->generate(chat("again"), {});
+  ASSERT_TRUE(ok.ok()) << ok.error().message;
+}
+
+TEST_F(OpenAiBackendTest, RefusingADeltaCancelsTheStream) {
+  auto backend = make();
+  server_.set_chunk_delay(std::chrono::milliseconds(10));
+  std::string streamed;
+  auto r = backend->generate(chat("a b c d e f g h"), [&](const Delta& d) {
+    if (!streamed.empty()) return false;
+    streamed += d.text;
+    return true;
+  });
+  ASSERT_TRUE(r.ok()) << r.error().message;
+  EXPECT_EQ(r->finish_reason, "cancelled");
+  EXPECT_EQ(streamed, "echo:");
+}
+
+TEST_F(OpenAiBackendTest, RefusedConnectionIsUnavailable) {
+  int dead_port = 0;
+  {
+    FaultServer gone;
+    dead_port = gone.port();
+  }
+  auto backend = make(
+      [&](TierConfig& c) { c.endpoint = "http://127.0.0.1:" + std::to_string(dead_port) + "/v1"; });
+  auto r = backend->generate(chat("hi"), {});
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.error().kind, ErrorKind::kUnavailable);
+  EXPECT_NE(r.error().message.find("could not connect"), std::string::npos) << r.error().message;
+}
+
+TEST_F(OpenAiBackendTest, ConnectionsAreReused) {
+  auto backend = make([](TierConfig& c) { c.max_concurrency = 2; });
+  for (int i = 0; i < 5; ++i) {
+    std::string streamed;
+    auto r = i % 2 ? stream(*backend, chat("hi"), &streamed) : backend->generate(chat("hi"), {});
+    ASSERT_TRUE(r.ok()) << r.error().message;
+  }
+  EXPECT_EQ(server_.connection_count(), 1);
+
+  server_.set_chunk_delay(std::chrono::milliseconds(5));
+  std::vector<std::future<Result<Completion>>> running;
+  for (int i = 0; i < 8; ++i) {
+    running.push_back(std::async(std::launch::async, [&] {
+      std::string streamed;
+      return stream(*backend, chat("a b c d"), &streamed);
+    }));
+  }
+  for (auto& f : running) {
+    auto r = f.get();
+    ASSERT_TRUE(r.ok()) << r.error().message;
+    EXPECT_EQ(r->text, "echo: a b c d");
+  }
+  EXPECT_LE(server_.connection_count(), 2);
+  EXPECT_EQ(server_.received().size(), 13u);
+}
+
+TEST_F(OpenAiBackendTest, FullPoolRejectsBeyondTheQueue) {
+  auto backend = make([](TierConfig& c) {
+    c.max_concurrency = 1;
+    c.max_queue = 0;
+  });
+  server_.set_mode(FaultMode::kBlackHole);
+  auto held = std::async(std::launch::async, [&] { return backend->generate(chat("hold"), {}); });
+  while (server_.received().empty()) std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  auto r = backend->generate(chat("hi"), {});
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.error().kind, ErrorKind::kResourceExhausted);
+  server_.set_mode(FaultMode::kNormal);
+  auto first = held.get();
+  ASSERT_TRUE(first.ok()) << first.error().message;
+  EXPECT_EQ(first->text, "echo: hold");
+}
+
+TEST(OpenAiBackendTls, VerifiesCertificates) {
+  FaultServer server(FaultServer::Options{.tls = true});
+  TierConfig c;
+  c.name = "cloud";
+  c.kind = "openai";
+  c.model = "gpt-test";
+  c.endpoint = server.base_url();
+  c.connect_timeout_ms = 1000;
+  c.first_byte_timeout_ms = 2000;
+  c.total_timeout_ms = 5000;
+
+  auto untrusted = create_backend(c);
+  ASSERT_TRUE(untrusted.ok()) << untrusted.error().message;
+  auto r = (*untrusted)->generate(chat("secret"), {});
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.error().kind, ErrorKind::kUnavailable);
+  EXPECT_NE(r.error().message.find("certificate"), std::string::npos) << r.error().message;
+  EXPECT_TRUE(server.received().empty());
+
+  c.ca_file = server.ca_file();
+  auto trusted = create_backend(c);
+  ASSERT_TRUE(trusted.ok()) << trusted.error().message;
+  std::string streamed;
+  r = (*trusted)->generate(chat("over tls"), [&](const Delta& d) {
+    streamed += d.text;
+    return true;
+  });
+  ASSERT_TRUE(r.ok()) << r.error().message;
+  EXPECT_EQ(streamed, "echo: over tls");
+
+  c.ca_file.clear();
+  c.verify_tls = false;
+  auto unverified = create_backend(c);
+  ASSERT_TRUE(unverified.ok()) << unverified.error().message;
+  EXPECT_TRUE((*unverified)->generate(chat("hi"), {}).ok());
+
+  c.ca_file = "/nonexistent/ca.pem";
+  auto bad_ca = create_backend(c);
+  ASSERT_FALSE(bad_ca.ok());
+  EXPECT_NE(bad_ca.error().message.find("ca_file"), std::string::npos) << bad_ca.error().message;
+}
+
+}  // namespace
+}  // namespace sy::backend
