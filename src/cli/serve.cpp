@@ -1,0 +1,153 @@
+// `switchyard serve`: the OpenAI-compatible gateway from a YAML file or flags.
+#include "serve/serve.h"
+
+#include <pthread.h>
+#include <signal.h>
+
+#include <atomic>
+#include <cstdio>
+#include <ctime>
+#include <iostream>
+#include <memory>
+#include <string>
+#include <thread>
+
+#include "cli/commands.h"
+
+namespace sy::cli {
+namespace {
+
+struct ServeOptions {
+  std::string config_file;
+  serve::FlagConfig flags;
+  std::string host;
+  int port = 8080;
+  std::string default_tier;
+  bool quiet = false;
+};
+
+int fail(const Error& e) {
+  std::cerr << "error: " << e.message << "\n";
+  return e.kind == ErrorKind::kInvalidArgument || e.kind == ErrorKind::kNotFound ? 2 : 1;
+}
+
+std::string url_host(const std::string& host) {
+  return host.find(':') != std::string::npos ? "[" + host + "]" : host;
+}
+
+int serve_main(const ServeOptions& o, const CLI::App& cmd) {
+  // Only the main thread takes SIGINT/SIGTERM: block them before any thread
+  // exists so that every thread inherits the mask, then wait for them below.
+  sigset_t stop_signals;
+  sigemptyset(&stop_signals);
+  sigaddset(&stop_signals, SIGINT);
+  sigaddset(&stop_signals, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
+  // A client that hangs up must cost its stream, not the process.
+  signal(SIGPIPE, SIG_IGN);
+
+  auto config =
+      o.config_file.empty() ? serve::config_from_flags(o.flags) : serve::load_config(o.config_file);
+  if (!config.ok()) return fail(config.error());
+  serve::ServerConfig& s = config->server;
+  if (cmd.count("--host") > 0) s.host = o.host;
+  if (cmd.count("--port") > 0 || o.config_file.empty()) s.port = o.port;
+  if (!o.default_tier.empty()) s.default_tier = o.default_tier;
+  if (o.quiet) s.log_requests = false;
+  if (auto v = serve::validate_config(*config); !v.ok()) return fail(v.error());
+
+  serve::Gateway gateway(std::move(config).value());
+  auto port = gateway.bind();
+  if (!port.ok()) return fail(port.error());
+  std::atomic<bool> server_done{false};
+  std::thread server([&] {
+    gateway.run();
+    server_done.store(true);
+  });
+
+  const serve::GatewayConfig& c = gateway.config();
+  for (const auto& t : c.tiers) {
+    std::fprintf(stderr, "tier %s: %s %s (%s)%s%s\n", t.name.c_str(), t.kind.c_str(),
+                 t.model.c_str(), t.placement == backend::Placement::kCloud ? "cloud" : "device",
+                 t.endpoint.empty() ? "" : " at ", t.endpoint.c_str());
+  }
+  if (auto loaded = gateway.load_tiers(); !loaded.ok()) {
+    gateway.stop();
+    server.join();
+    return fail(loaded.error());
+  }
+  std::printf("listening on http://%s:%d\n", url_host(c.server.host).c_str(), *port);
+  std::fflush(stdout);
+
+  const timespec tick{0, 200 * 1000 * 1000};
+  while (!server_done.load()) {
+    const int sig = sigtimedwait(&stop_signals, nullptr, &tick);
+    if (sig == SIGINT || sig == SIGTERM) {
+      std::fprintf(stderr, "%s: stopping\n", sig == SIGINT ? "SIGINT" : "SIGTERM");
+      break;
+    }
+  }
+  gateway.stop();
+  server.join();
+  return 0;
+}
+
+}  // namespace
+
+void add_serve_command(CLI::App& app) {
+  auto o = std::make_shared<ServeOptions>();
+  CLI::App* cmd = app.add_subcommand(
+      "serve", "Run the OpenAI-compatible gateway over an embedded model and/or cloud tiers");
+  auto* config_opt = cmd->add_option("--config", o->config_file,
+                                     "YAML file with server:, tiers: and models: sections");
+  auto* model_opt =
+      cmd->add_option("-m,--model", o->flags.model,
+                      "Serve this GGUF file or model name as the embedded device tier 'edge'");
+  auto* upstream_opt =
+      cmd->add_option("--upstream", o->flags.upstream,
+                      "OpenAI-compatible base URL to add as the cloud tier 'cloud' (e.g. "
+                      "https://api.openai.com/v1)");
+  cmd->add_option("--upstream-model", o->flags.upstream_model,
+                  "Model id to ask the --upstream for");
+  cmd->add_option("--upstream-key-env", o->flags.upstream_api_key_env,
+                  "Environment variable holding the --upstream API key");
+  cmd->add_option("--host", o->host, "Address to listen on (default 127.0.0.1: this machine only)");
+  cmd->add_option("--port", o->port, "Port to listen on; 0 picks a free one and prints it")
+      ->capture_default_str();
+  cmd->add_option("--default-tier", o->default_tier,
+                  "Tier for requests that name no model or tier (default: first device tier)");
+  auto* keys_opt =
+      cmd->add_option("--api-keys-env", o->flags.api_keys_env,
+                      "Require 'Authorization: Bearer KEY' with a key from this variable "
+                      "(comma-separated; with --config use server.api_keys_env)");
+  cmd->add_option("-t,--threads", o->flags.threads, "Threads for -m (0: one per core)")
+      ->capture_default_str();
+  cmd->add_option("-c,--ctx-size", o->flags.context_length,
+                  "Context length for -m (0: the model's)")
+      ->capture_default_str();
+  cmd->add_flag("-q,--quiet", o->quiet, "Do not log one line per request on stderr");
+  config_opt->excludes(model_opt)->excludes(upstream_opt)->excludes(keys_opt);
+  cmd->footer(
+      "Examples:\n"
+      "  switchyard serve -m stories260K --port 8080\n"
+      "      one embedded tier; then:\n"
+      "      curl localhost:8080/v1/chat/completions -d '{\"messages\":[{\"role\":\"user\","
+      "\"content\":\"Hi\"}]}'\n"
+      "  switchyard serve -m stories260K --upstream https://api.openai.com/v1 \\\n"
+      "      --upstream-model gpt-4o-mini --upstream-key-env OPENAI_API_KEY\n"
+      "      edge tier plus a cloud tier; pick one per request with the header\n"
+      "      'x-switchyard-tier: cloud' or by model name\n"
+      "  switchyard serve --config examples/gateway.yaml --port 0\n"
+      "      everything from a YAML file; --port 0 takes any free port\n"
+      "Every response names where it ran: headers x-switchyard-tier, -model,\n"
+      "-model-version and -decision-id, and a 'switchyard' object in the body.\n"
+      "Endpoints: POST /v1/chat/completions, POST /v1/completions, GET /v1/models,\n"
+      "/healthz, /readyz, /metrics (Prometheus). Prints 'listening on URL' when ready;\n"
+      "SIGINT or SIGTERM stops it.");
+  cmd->callback([o, cmd] {
+    const int rc = serve_main(*o, *cmd);
+    if (rc != 0) throw CLI::RuntimeError(rc);
+  });
+}
+
+}  // namespace sy::cli

@@ -1,0 +1,62 @@
+// Guards around tier calls: per-tier circuit breakers and a retry policy with
+// jittered exponential backoff that honours Retry-After and the deadline.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <mutex>
+#include <string>
+
+#include "common/result.h"
+
+namespace sy::exec {
+
+enum class BreakerState { kClosed = 0, kOpen = 1, kHalfOpen = 2 };
+std::string_view to_string(BreakerState state);
+
+struct BreakerSettings {
+  int32_t failure_threshold = 5;  // consecutive failures that open the breaker
+  int32_t open_ms = 5000;         // how long it stays open before a probe
+};
+
+// Closed: calls flow. Open: calls fail fast until open_ms passes. Half-open:
+// one probe call is let through; its success closes the breaker, its failure
+// opens it again.
+class CircuitBreaker {
+ public:
+  explicit CircuitBreaker(BreakerSettings settings = {});
+  // True when a call may proceed now (takes the probe slot when half-open).
+  bool allow();
+  void record_success();
+  void record_failure();
+  BreakerState state() const;
+  // True unless open with its cooldown still running (no state change).
+  bool available() const;
+
+ private:
+  using Clock = std::chrono::steady_clock;
+  BreakerSettings settings_;
+  mutable std::mutex mu_;
+  BreakerState state_ = BreakerState::kClosed;
+  int32_t failures_ = 0;
+  Clock::time_point opened_at_{};
+  bool probe_in_flight_ = false;
+};
+
+struct RetrySettings {
+  int32_t max_attempts = 3;      // including the first
+  int32_t base_backoff_ms = 100;
+  int32_t max_backoff_ms = 2000;
+};
+
+// Whether an error is worth retrying (overload, unavailability, timeouts),
+// as opposed to one that will fail the same way again (bad request).
+bool is_retryable(const Error& error);
+
+// Backoff before attempt `attempt` (1-based retries): full jitter on an
+// exponential ceiling, never less than the upstream's Retry-After.
+std::chrono::milliseconds backoff_delay(const RetrySettings& settings, int32_t attempt,
+                                        const Error& error);
+
+}  // namespace sy::exec

@@ -1,0 +1,621 @@
+#include "route/router.h"
+
+#include <unistd.h>
+#include <yaml-cpp/yaml.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdlib>
+#include <filesystem>
+#include <nlohmann/json.hpp>
+#include <random>
+
+namespace sy::route {
+namespace {
+
+constexpr std::array<std::pair<PolicyKind, std::string_view>, 6> kPolicies{{
+    {PolicyKind::kThreshold, "threshold"},
+    {PolicyKind::kCascade, "cascade"},
+    {PolicyKind::kConsistency, "consistency"},
+    {PolicyKind::kOptimize, "optimize"},
+    {PolicyKind::kEdge, "edge"},
+    {PolicyKind::kCloud, "cloud"},
+}};
+
+constexpr size_t kLatencyWindow = 256;
+
+}  // namespace
+
+std::string_view to_string(PolicyKind kind) {
+  for (const auto& [k, name] : kPolicies) {
+    if (k == kind) return name;
+  }
+  return "threshold";
+}
+
+std::optional<PolicyKind> parse_policy(std::string_view name) {
+  for (const auto& [k, n] : kPolicies) {
+    if (n == name) return k;
+  }
+  return std::nullopt;
+}
+
+std::string_view to_string(PlanKind kind) {
+  switch (kind) {
+    case PlanKind::kEdge:
+      return "edge";
+    case PlanKind::kCloud:
+      return "cloud";
+    case PlanKind::kCascade:
+      return "cascade";
+    case PlanKind::kConsistency:
+      return "consistency";
+    case PlanKind::kReject:
+      return "reject";
+  }
+  return "edge";
+}
+
+TierLatency::TierLatency(double prior_ttft_ms, double prior_ms_per_token)
+    : ttft_ms_(prior_ttft_ms), ms_per_token_(prior_ms_per_token) {
+  window_.reserve(kLatencyWindow);
+}
+
+void TierLatency::record(double ttft_ms, double total_ms, int32_t output_tokens) {
+  // The first measurement replaces the prior outright; later ones blend in.
+  const bool first = samples_.fetch_add(1, std::memory_order_relaxed) == 0;
+  const double alpha = first ? 1.0 : 0.2;
+  ttft_ms_.store(ttft_ms_.load() * (1 - alpha) + ttft_ms * alpha, std::memory_order_relaxed);
+  if (output_tokens > 1) {
+    const double per_token = std::max(0.0, total_ms - ttft_ms) / (output_tokens - 1);
+    ms_per_token_.store(ms_per_token_.load() * (1 - alpha) + per_token * alpha,
+                        std::memory_order_relaxed);
+  }
+  std::lock_guard lock(window_mu_);
+  if (window_.size() < kLatencyWindow) {
+    window_.push_back(ttft_ms);
+  } else {
+    window_[next_] = ttft_ms;
+    next_ = (next_ + 1) % kLatencyWindow;
+  }
+}
+
+double TierLatency::ttft_quantile(double p) const {
+  std::vector<double> copy;
+  {
+    std::lock_guard lock(window_mu_);
+    copy = window_;
+  }
+  if (copy.empty()) return 0.0;
+  const size_t k =
+      std::min(copy.size() - 1, static_cast<size_t>(p * static_cast<double>(copy.size())));
+  std::nth_element(copy.begin(), copy.begin() + static_cast<std::ptrdiff_t>(k), copy.end());
+  return copy[k];
+}
+
+std::string default_complexity_model_path() {
+  namespace fs = std::filesystem;
+  const std::string rel = "router/complexity-default.json";
+  if (const char* dir = std::getenv("SWITCHYARD_DATA_DIR"); dir != nullptr && *dir != '\0') {
+    return (fs::path(dir) / rel).string();
+  }
+  std::error_code ec;
+  if (fs::exists(fs::path("data") / rel, ec)) return (fs::path("data") / rel).string();
+  // The binary lives in <source>/<build dir>/; the data folder sits in <source>/.
+  const fs::path exe = fs::read_symlink("/proc/self/exe", ec);
+  if (!ec) {
+    for (fs::path dir = exe.parent_path(); !dir.empty() && dir != dir.root_path();
+         dir = dir.parent_path()) {
+      if (fs::exists(dir / "data" / rel, ec)) return (dir / "data" / rel).string();
+    }
+  }
+  return (fs::path("data") / rel).string();
+}
+
+Result<RouterConfig> router_config_from_yaml(const YAML::Node& node, std::string_view source) {
+  RouterConfig c;
+  if (!node || node.IsNull()) return c;
+  const std::string at = std::string(source) + ": routing";
+  if (!node.IsMap()) return make_error(ErrorKind::kInvalidArgument, at + ": must be a mapping");
+  std::string problems;
+  auto problem = [&](const std::string& key, const std::string& what) {
+    problems += (problems.empty() ? "" : "\n") + at + "." + key + ": " + what;
+  };
+  auto number = [&](const YAML::Node& n, const std::string& key, double lo, double hi,
+                    double& out) {
+    try {
+      const double v = n.as<double>();
+      if (v < lo || v > hi) {
+        problem(key, "must be between " + std::to_string(lo) + " and " + std::to_string(hi));
+      } else {
+        out = v;
+      }
+    } catch (const YAML::Exception&) {
+      problem(key, "must be a number");
+    }
+  };
+  for (const auto& kv : node) {
+    const std::string key = kv.first.as<std::string>();
+    const YAML::Node& v = kv.second;
+    if (key == "policy") {
+      auto p = parse_policy(v.as<std::string>(""));
+      if (!p) {
+        problem(key, "'" + v.as<std::string>("") +
+                         "' is not a policy; use threshold, cascade, consistency, optimize, edge "
+                         "or cloud");
+      } else {
+        c.default_policy = *p;
+      }
+    } else if (key == "edge_tier") {
+      c.edge_tier = v.as<std::string>("");
+    } else if (key == "cloud_tier") {
+      c.cloud_tier = v.as<std::string>("");
+    } else if (key == "complexity_model") {
+      c.complexity_model = v.as<std::string>("");
+    } else if (key == "threshold") {
+      double t = 0;
+      number(v, key, 0.0, 1.0, t);
+      c.threshold = t;
+    } else if (key == "default_max_tokens") {
+      double t = 0;
+      number(v, key, 1, 1 << 20, t);
+      c.default_max_tokens = static_cast<int32_t>(t);
+    } else if (key == "cascade" && v.IsMap()) {
+      for (const auto& ck : v) {
+        const std::string k = ck.first.as<std::string>();
+        const std::string path = "cascade." + k;
+        if (k == "min_mean_logprob") {
+          number(ck.second, path, -100, 0, c.cascade.min_mean_logprob);
+        } else if (k == "min_token_logprob") {
+          number(ck.second, path, -100, 0, c.cascade.min_token_logprob);
+        } else if (k == "max_mean_entropy") {
+          number(ck.second, path, 0, 100, c.cascade.max_mean_entropy);
+        } else if (k == "hold_back_tokens") {
+          double t = 0;
+          number(ck.second, path, 0, 4096, t);
+          c.cascade.hold_back_tokens = static_cast<int32_t>(t);
+        } else {
+          problem(path,
+                  "unknown key; known: min_mean_logprob, min_token_logprob, "
+                  "max_mean_entropy, hold_back_tokens");
+        }
+      }
+    } else if (key == "consistency" && v.IsMap()) {
+      for (const auto& ck : v) {
+        const std::string k = ck.first.as<std::string>();
+        if (k == "min_similarity") {
+          number(ck.second, "consistency." + k, 0, 1, c.consistency_min_similarity);
+        } else {
+          problem("consistency." + k, "unknown key; known: min_similarity");
+        }
+      }
+    } else if (key == "optimize" && v.IsMap()) {
+      for (const auto& ck : v) {
+        const std::string k = ck.first.as<std::string>();
+        if (k == "cost_weight") {
+          number(ck.second, "optimize." + k, 0, 1e12, c.optimize_cost_weight);
+        } else if (k == "latency_weight") {
+          number(ck.second, "optimize." + k, 0, 1e6, c.optimize_latency_weight);
+        } else {
+          problem("optimize." + k, "unknown key; known: cost_weight, latency_weight");
+        }
+      }
+    } else {
+      problem(key,
+              "unknown key; known: policy, edge_tier, cloud_tier, complexity_model, "
+              "threshold, default_max_tokens, cascade, consistency, optimize");
+    }
+  }
+  if (!problems.empty()) return make_error(ErrorKind::kInvalidArgument, problems);
+  return c;
+}
+
+Result<std::unique_ptr<Router>> Router::create(RouterConfig config,
+                                               std::vector<TierProfile> tiers) {
+  std::unique_ptr<Router> r(new Router());
+  auto detector = SensitivityDetector::create(config.privacy);
+  if (!detector.ok()) return detector.error();
+  r->sensitivity_ = std::move(detector).value();
+
+  const bool no_model = config.complexity_model == "none";
+  const bool explicit_model = !config.complexity_model.empty() && !no_model;
+  const std::string path =
+      explicit_model ? config.complexity_model : default_complexity_model_path();
+  std::error_code ec;
+  if (!no_model && (explicit_model || std::filesystem::exists(path, ec))) {
+    auto model = ComplexityModel::load(path);
+    if (!model.ok()) return model.error();
+    r->complexity_ = std::move(model).value();
+    r->threshold_.store(config.threshold.value_or(r->complexity_->threshold()));
+  } else {
+    r->threshold_.store(config.threshold.value_or(0.5));
+  }
+
+  for (const auto& name : {config.edge_tier, config.cloud_tier}) {
+    if (name.empty()) continue;
+    if (std::none_of(tiers.begin(), tiers.end(),
+                     [&](const TierProfile& t) { return t.name == name; })) {
+      return make_error(ErrorKind::kInvalidArgument,
+                        "routing: tier '" + name + "' is not configured under tiers");
+    }
+  }
+  if (config.edge_tier.empty()) {
+    for (const auto& t : tiers) {
+      if (t.on_device) {
+        config.edge_tier = t.name;
+        break;
+      }
+    }
+  }
+  if (config.cloud_tier.empty()) {
+    for (const auto& t : tiers) {
+      if (!t.on_device) {
+        config.cloud_tier = t.name;
+        break;
+      }
+    }
+  }
+  for (const auto& t : tiers) {
+    r->latency_.push_back(std::make_unique<TierLatency>(t.prior_ttft_ms, t.prior_ms_per_token));
+  }
+  r->config_ = std::move(config);
+  r->tiers_ = std::move(tiers);
+  return r;
+}
+
+Router::~Router() = default;
+
+const TierProfile* Router::tier(std::string_view name) const {
+  for (const auto& t : tiers_) {
+    if (t.name == name) return &t;
+  }
+  return nullptr;
+}
+
+TierLatency* Router::latency(std::string_view name) const {
+  for (size_t i = 0; i < tiers_.size(); ++i) {
+    if (tiers_[i].name == name) return latency_[i].get();
+  }
+  return nullptr;
+}
+
+void Router::record_latency(std::string_view tier, double ttft_ms, double total_ms,
+                            int32_t output_tokens) {
+  if (TierLatency* l = latency(tier)) l->record(ttft_ms, total_ms, output_tokens);
+}
+
+void Router::set_threshold(double threshold) {
+  threshold_.store(std::clamp(threshold, 0.0, 1.0));
+}
+double Router::threshold() const {
+  return threshold_.load();
+}
+
+Decision Router::decide(const RouteInput& in) const {
+  const auto start = std::chrono::steady_clock::now();
+  Decision d;
+  {
+    static const uint64_t process_tag = std::random_device{}();
+    char buf[40];
+    std::snprintf(buf, sizeof buf, "dec-%08llx-%llx",
+                  static_cast<unsigned long long>(process_tag & 0xffffffffu),
+                  static_cast<unsigned long long>(decisions_.fetch_add(1) + 1));
+    d.id = buf;
+  }
+  d.policy = in.policy.value_or(config_.default_policy);
+  Signals& s = d.signals;
+
+  // --- signals
+  s.sensitivity = sensitivity_->scan(in.texts, in.declared_class);
+  const std::string_view last = in.texts.empty() ? std::string_view() : in.texts.back();
+  s.complexity_threshold = threshold();
+  s.complexity = complexity_ ? complexity_->score(last) : 0.0;
+  if (in.prompt_tokens) {
+    s.prompt_tokens = *in.prompt_tokens;
+    s.prompt_tokens_estimated = false;
+  } else {
+    size_t bytes = 0;
+    for (auto t : in.texts) bytes += t.size();
+    // About four bytes per token for English under common vocabularies.
+    s.prompt_tokens = static_cast<int32_t>(bytes / 4 + 4 * in.texts.size() + 1);
+  }
+  s.expected_output_tokens = in.max_tokens.value_or(config_.default_max_tokens);
+  s.memory_pressure = in.memory_pressure;
+  s.latency_budget_ms = in.latency_budget_ms;
+  s.cost_ceiling_usd = in.cost_ceiling_usd;
+
+  const TierProfile* edge = tier(config_.edge_tier);
+  const TierProfile* cloud = tier(config_.cloud_tier);
+  s.edge_available = edge != nullptr && in.edge_available;
+  s.cloud_available = cloud != nullptr && in.cloud_available;
+  auto predict = [&](const TierProfile* t, double& ttft, double& cost) {
+    if (t == nullptr) return;
+    const TierLatency* l = latency(t->name);
+    ttft = l ? l->ttft_ms() : t->prior_ttft_ms;
+    cost = (t->price_input_per_mtok * s.prompt_tokens +
+            t->price_output_per_mtok * s.expected_output_tokens) /
+           1e6;
+  };
+  predict(edge, s.edge_ttft_ms, s.edge_cost_usd);
+  predict(cloud, s.cloud_ttft_ms, s.cloud_cost_usd);
+  if (edge != nullptr) {
+    s.edge_context = edge->context_length;
+    s.fits_edge_context =
+        edge->context_length <= 0 ||
+        s.prompt_tokens + std::min(s.expected_output_tokens, 16) <= edge->context_length;
+  }
+
+  // --- rules: hard constraints first
+  const DataClass cls = s.sensitivity.data_class;
+  bool cloud_ok = s.cloud_available;
+  bool edge_ok = s.edge_available && s.fits_edge_context;
+  std::string cloud_block;
+  if (cloud != nullptr && cls == DataClass::kDeviceOnly) {
+    cloud_ok = false;
+    cloud_block = "data classed device-only (" + s.sensitivity.rule + ") never leaves the device";
+    d.rules_fired.push_back("device-only-stays-local");
+  } else if (cloud != nullptr && cls > cloud->max_data_class) {
+    cloud_ok = false;
+    cloud_block = "cloud tier '" + cloud->name + "' is not cleared for " +
+                  std::string(to_string(cls)) + " data";
+    d.rules_fired.push_back("cloud-tier-not-cleared");
+  }
+  if (cloud == nullptr) cloud_block = "no cloud tier is configured";
+  if (cloud != nullptr && !s.cloud_available) {
+    if (cloud_block.empty()) cloud_block = "cloud tier '" + cloud->name + "' is unavailable";
+    d.rules_fired.push_back("cloud-unavailable");
+  }
+  if (cloud_ok && s.cost_ceiling_usd && s.cloud_cost_usd > *s.cost_ceiling_usd) {
+    cloud_ok = false;
+    cloud_block = "cloud cost " + std::to_string(s.cloud_cost_usd) + " exceeds the ceiling";
+    d.rules_fired.push_back("cost-ceiling");
+  }
+  std::string edge_block;
+  if (edge == nullptr) {
+    edge_block = "no device tier is configured";
+  } else if (!s.edge_available) {
+    edge_block = "edge tier '" + edge->name + "' cannot run (not loaded or out of memory)";
+    d.rules_fired.push_back("edge-unavailable");
+  } else if (!s.fits_edge_context) {
+    edge_block = "prompt of ~" + std::to_string(s.prompt_tokens) +
+                 " tokens exceeds the edge context of " + std::to_string(edge->context_length);
+    d.rules_fired.push_back("edge-context-exceeded");
+  }
+
+  auto make_plan = [&](PlanKind kind) {
+    Plan p;
+    p.kind = kind;
+    p.edge_tier = edge ? edge->name : "";
+    p.cloud_tier = cloud ? cloud->name : "";
+    p.cloud_allowed = cloud_ok;
+    p.cascade = config_.cascade;
+    p.consistency_min_similarity = config_.consistency_min_similarity;
+    const double edge_total = s.edge_ttft_ms;
+    const double p_bad = s.complexity;
+    const double edge_quality = (edge ? edge->quality : 0.0) * (1.0 - p_bad);
+    const double cloud_quality = cloud ? cloud->quality : 0.0;
+    switch (kind) {
+      case PlanKind::kEdge:
+        p.predicted_cost_usd = s.edge_cost_usd;
+        p.predicted_ttft_ms = edge_total;
+        p.predicted_quality = edge_quality;
+        break;
+      case PlanKind::kCloud:
+        p.predicted_cost_usd = s.cloud_cost_usd;
+        p.predicted_ttft_ms = s.cloud_ttft_ms;
+        p.predicted_quality = cloud_quality;
+        break;
+      case PlanKind::kCascade:
+        // Escalation happens about as often as the edge answer is inadequate.
+        p.predicted_cost_usd = s.edge_cost_usd + p_bad * s.cloud_cost_usd;
+        p.predicted_ttft_ms = edge_total + p_bad * s.cloud_ttft_ms;
+        p.predicted_quality = (1 - p_bad) * (edge ? edge->quality : 0.0) + p_bad * cloud_quality;
+        break;
+      case PlanKind::kConsistency:
+        p.predicted_cost_usd = s.edge_cost_usd + s.cloud_cost_usd;
+        p.predicted_ttft_ms = std::max(edge_total, s.cloud_ttft_ms);
+        p.predicted_quality = std::max(edge_quality, cloud_quality);
+        break;
+      case PlanKind::kReject:
+        break;
+    }
+    return p;
+  };
+  auto reject = [&](const std::string& why) {
+    Plan p = make_plan(PlanKind::kReject);
+    p.cloud_allowed = false;
+    p.edge_fallback_allowed = false;
+    p.reason = why;
+    return p;
+  };
+
+  std::vector<Plan> candidates;
+  std::string chosen_reason;
+  Plan chosen;
+  bool decided = false;
+
+  // A forced tier is honoured only within the rules.
+  if (in.forced_tier) {
+    d.rules_fired.push_back("forced-tier");
+    const TierProfile* f = tier(*in.forced_tier);
+    if (f == nullptr) {
+      chosen = reject("forced tier '" + *in.forced_tier + "' is not configured");
+    } else if (!f->on_device && (cls == DataClass::kDeviceOnly || cls > f->max_data_class)) {
+      chosen = reject("forced tier '" + f->name + "' refused: " +
+                      (cloud_block.empty() ? "data class forbids it" : cloud_block));
+    } else {
+      chosen = make_plan(f->on_device ? PlanKind::kEdge : PlanKind::kCloud);
+      if (f->on_device)
+        chosen.edge_tier = f->name;
+      else
+        chosen.cloud_tier = f->name;
+      chosen.reason = "x-switchyard-tier forced '" + f->name + "'";
+    }
+    decided = true;
+  }
+
+  if (!decided && !edge_ok && !cloud_ok) {
+    chosen = reject("no tier can serve: edge: " + (edge_block.empty() ? "ok" : edge_block) +
+                    "; cloud: " + (cloud_block.empty() ? "ok" : cloud_block));
+    decided = true;
+  }
+  if (!decided && !edge_ok) {
+    chosen = make_plan(PlanKind::kCloud);
+    chosen.edge_fallback_allowed = s.edge_available;
+    chosen.reason = edge_block + ", so the cloud serves";
+    decided = true;
+  }
+  if (!decided && !cloud_ok) {
+    chosen = make_plan(PlanKind::kEdge);
+    chosen.reason = cloud_block.empty() ? "cloud not allowed" : cloud_block;
+    decided = true;
+  }
+  if (!decided && cls == DataClass::kPreferLocal) {
+    d.rules_fired.push_back("prefer-local");
+    chosen = make_plan(PlanKind::kEdge);
+    chosen.reason = "data classed prefer-local (" + s.sensitivity.rule + ") and the edge can serve";
+    decided = true;
+  }
+  if (!decided && s.memory_pressure >= 2) {
+    d.rules_fired.push_back("memory-pressure");
+    chosen = make_plan(PlanKind::kCloud);
+    chosen.reason = "device memory pressure is high; the cloud serves what may go there";
+    decided = true;
+  }
+  if (!decided && s.latency_budget_ms && s.cloud_ttft_ms > *s.latency_budget_ms &&
+      s.edge_ttft_ms <= *s.latency_budget_ms) {
+    d.rules_fired.push_back("latency-budget");
+    chosen = make_plan(PlanKind::kEdge);
+    chosen.reason = "cloud TTFT ~" + std::to_string(static_cast<int>(s.cloud_ttft_ms)) +
+                    " ms exceeds the budget; the edge fits it";
+    decided = true;
+  }
+
+  // --- policy among the plans the rules allow
+  for (PlanKind k :
+       {PlanKind::kEdge, PlanKind::kCloud, PlanKind::kCascade, PlanKind::kConsistency}) {
+    candidates.push_back(make_plan(k));
+  }
+  if (!decided) {
+    switch (d.policy) {
+      case PolicyKind::kEdge:
+        chosen = candidates[0];
+        chosen.reason = "policy edge";
+        break;
+      case PolicyKind::kCloud:
+        chosen = candidates[1];
+        chosen.reason = "policy cloud";
+        break;
+      case PolicyKind::kThreshold: {
+        const bool hard = s.complexity >= s.complexity_threshold;
+        chosen = candidates[hard ? 1 : 0];
+        chosen.reason = "complexity " + std::to_string(s.complexity).substr(0, 5) +
+                        (hard ? " >= " : " < ") + "threshold " +
+                        std::to_string(s.complexity_threshold).substr(0, 5);
+        break;
+      }
+      case PolicyKind::kCascade:
+        chosen = candidates[2];
+        chosen.reason =
+            "policy cascade: edge first, escalate when its log-probabilities say it is unsure";
+        break;
+      case PolicyKind::kConsistency:
+        chosen = candidates[3];
+        chosen.reason = "policy consistency: run both, keep the edge answer when they agree";
+        break;
+      case PolicyKind::kOptimize: {
+        double best = -1e300;
+        for (const Plan& p : candidates) {
+          if (p.kind == PlanKind::kConsistency) continue;
+          const double u = p.predicted_quality -
+                           config_.optimize_cost_weight * p.predicted_cost_usd -
+                           config_.optimize_latency_weight * p.predicted_ttft_ms;
+          if (u > best) {
+            best = u;
+            chosen = p;
+          }
+        }
+        chosen.reason = "optimize: highest quality - " +
+                        std::to_string(config_.optimize_cost_weight) + "*cost - " +
+                        std::to_string(config_.optimize_latency_weight) + "*latency";
+        break;
+      }
+    }
+  }
+  for (Plan& p : candidates) {
+    if (p.kind == chosen.kind) continue;
+    if ((p.kind != PlanKind::kEdge) && !cloud_ok) {
+      p.reason = "not allowed: " + cloud_block;
+    } else if (p.kind != PlanKind::kCloud && !edge_ok) {
+      p.reason = "not possible: " + edge_block;
+    } else {
+      p.reason = "not chosen by " + std::string(to_string(d.policy));
+    }
+    d.alternatives.push_back(std::move(p));
+  }
+  d.plan = std::move(chosen);
+  // Belt and braces: whatever path led here, device-only data gets no cloud step.
+  if (cls == DataClass::kDeviceOnly) {
+    d.plan.cloud_allowed = false;
+    if (d.plan.kind == PlanKind::kCloud || d.plan.kind == PlanKind::kCascade ||
+        d.plan.kind == PlanKind::kConsistency) {
+      d.plan = reject("data classed device-only cannot be planned on a cloud tier");
+    }
+  }
+  d.decision_us =
+      std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - start).count();
+  return d;
+}
+
+void to_json(nlohmann::json& out, const Plan& p) {
+  out = {{"kind", to_string(p.kind)},
+         {"edge_tier", p.edge_tier},
+         {"cloud_tier", p.cloud_tier},
+         {"cloud_allowed", p.cloud_allowed},
+         {"predicted_cost_usd", p.predicted_cost_usd},
+         {"predicted_ttft_ms", p.predicted_ttft_ms},
+         {"predicted_quality", p.predicted_quality},
+         {"reason", p.reason}};
+}
+
+void to_json(nlohmann::json& out, const Decision& d) {
+  const Signals& s = d.signals;
+  nlohmann::json sensitivity;
+  to_json(sensitivity, s.sensitivity);
+  nlohmann::json plan;
+  to_json(plan, d.plan);
+  nlohmann::json alternatives = nlohmann::json::array();
+  for (const auto& a : d.alternatives) {
+    nlohmann::json j;
+    to_json(j, a);
+    alternatives.push_back(std::move(j));
+  }
+  nlohmann::json signals = {
+      {"sensitivity", std::move(sensitivity)},
+      {"complexity", s.complexity},
+      {"complexity_threshold", s.complexity_threshold},
+      {"prompt_tokens", s.prompt_tokens},
+      {"prompt_tokens_estimated", s.prompt_tokens_estimated},
+      {"expected_output_tokens", s.expected_output_tokens},
+      {"edge_context", s.edge_context},
+      {"fits_edge_context", s.fits_edge_context},
+      {"memory_pressure", s.memory_pressure},
+      {"edge_available", s.edge_available},
+      {"cloud_available", s.cloud_available},
+      {"edge_ttft_ms", s.edge_ttft_ms},
+      {"cloud_ttft_ms", s.cloud_ttft_ms},
+      {"edge_cost_usd", s.edge_cost_usd},
+      {"cloud_cost_usd", s.cloud_cost_usd},
+  };
+  if (s.latency_budget_ms) signals["latency_budget_ms"] = *s.latency_budget_ms;
+  if (s.cost_ceiling_usd) signals["cost_ceiling_usd"] = *s.cost_ceiling_usd;
+  out = {{"id", d.id},
+         {"policy", to_string(d.policy)},
+         {"signals", std::move(signals)},
+         {"rules_fired", d.rules_fired},
+         {"plan", std::move(plan)},
+         {"alternatives", std::move(alternatives)},
+         {"decision_us", d.decision_us}};
+}
+
+}  // namespace sy::route

@@ -1,0 +1,212 @@
+// The router: signals -> policy -> Plan, decided on the device in
+// microseconds, with an explanation of every decision.
+//
+// Hard constraints come first (the `rules` stage): device-only data never gets
+// a plan with a cloud step, contractual data only reaches tiers that accept
+// it, and a forced tier is honoured only where those rules allow. The chosen
+// policy (threshold, cascade, consistency, optimize, edge, cloud) then picks
+// among the plans the rules left.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include <nlohmann/json_fwd.hpp>
+
+#include "common/result.h"
+#include "route/complexity.h"
+#include "route/sensitivity.h"
+
+namespace YAML {
+class Node;
+}
+
+namespace sy::route {
+
+enum class PolicyKind { kThreshold, kCascade, kConsistency, kOptimize, kEdge, kCloud };
+std::string_view to_string(PolicyKind kind);
+std::optional<PolicyKind> parse_policy(std::string_view name);
+
+// What the router knows about one tier.
+struct TierProfile {
+  std::string name;
+  bool on_device = false;
+  // Highest data class this tier may receive. Device tiers take everything;
+  // cloud tiers take public and prefer-local data unless configured otherwise.
+  DataClass max_data_class = DataClass::kPreferLocal;
+  double price_input_per_mtok = 0.0;
+  double price_output_per_mtok = 0.0;
+  int32_t context_length = 0;  // 0: unknown / large
+  // Prior latency model, replaced by measurements as traffic flows.
+  double prior_ttft_ms = 0.0;
+  double prior_ms_per_token = 0.0;
+  // Expected answer quality in [0, 1] for the optimize policy; the edge's is
+  // scaled down by the complexity signal.
+  double quality = 0.9;
+};
+
+// Latency learned online per tier: EWMA of time to first token and of time
+// per output token, plus a small sliding window for quantiles. Lock-free reads.
+class TierLatency {
+ public:
+  explicit TierLatency(double prior_ttft_ms = 0.0, double prior_ms_per_token = 0.0);
+  void record(double ttft_ms, double total_ms, int32_t output_tokens);
+  double ttft_ms() const { return ttft_ms_.load(std::memory_order_relaxed); }
+  double ms_per_token() const { return ms_per_token_.load(std::memory_order_relaxed); }
+  // p-quantile of recent TTFTs (0 when none recorded).
+  double ttft_quantile(double p) const;
+  int64_t samples() const { return samples_.load(std::memory_order_relaxed); }
+
+ private:
+  std::atomic<double> ttft_ms_;
+  std::atomic<double> ms_per_token_;
+  std::atomic<int64_t> samples_{0};
+  mutable std::mutex window_mu_;
+  std::vector<double> window_;
+  size_t next_ = 0;
+};
+
+struct CascadeSettings {
+  // Escalate when any crosses its threshold, measured on the edge answer.
+  double min_mean_logprob = -2.0;
+  double min_token_logprob = -9.0;
+  double max_mean_entropy = 3.0;
+  // Streaming: tokens held back before the escalation decision.
+  int32_t hold_back_tokens = 8;
+};
+
+struct RouterConfig {
+  PolicyKind default_policy = PolicyKind::kThreshold;
+  std::string edge_tier;   // empty: the first device tier
+  std::string cloud_tier;  // empty: the first cloud tier
+  // Path of the complexity model; empty: the shipped default when present;
+  // "none": no model (complexity reads 0, routing by rules and policy only).
+  std::string complexity_model;
+  std::optional<double> threshold;  // overrides the model file's threshold
+  CascadeSettings cascade;
+  double consistency_min_similarity = 0.5;
+  double optimize_cost_weight = 1000.0;    // lambda: quality units per dollar
+  double optimize_latency_weight = 0.0005;  // mu: quality units per millisecond
+  int32_t default_max_tokens = 256;         // expected output when the request sets none
+  SensitivityConfig privacy;
+};
+
+// Reads the `routing:` section (policy, edge_tier, cloud_tier, complexity_model,
+// threshold, cascade{...}, consistency{min_similarity}, optimize{cost_weight,
+// latency_weight}, default_max_tokens); errors name the key path.
+Result<RouterConfig> router_config_from_yaml(const YAML::Node& routing, std::string_view source);
+
+// One request as the router sees it: text and hints, no sampling details.
+struct RouteInput {
+  std::span<const std::string_view> texts;  // every message's content
+  std::optional<DataClass> declared_class;
+  std::optional<double> latency_budget_ms;  // to first token
+  std::optional<double> cost_ceiling_usd;
+  std::optional<std::string> forced_tier;
+  std::optional<PolicyKind> policy;  // from model "switchyard/<policy>"; else the default
+  std::optional<int32_t> max_tokens;
+  // Tokens of the prompt when the caller counted them; else estimated from length.
+  std::optional<int32_t> prompt_tokens;
+  // Device state sampled by the caller.
+  int32_t memory_pressure = 0;     // 0 none, 1 some, 2 high, 3 critical
+  bool edge_available = true;      // edge loaded and not out of slots
+  bool cloud_available = true;     // breaker closed or half-open
+};
+
+enum class PlanKind { kEdge, kCloud, kCascade, kConsistency, kReject };
+std::string_view to_string(PlanKind kind);
+
+struct Plan {
+  PlanKind kind = PlanKind::kEdge;
+  std::string edge_tier;
+  std::string cloud_tier;
+  // False whenever the data may not leave the device: the executor must never
+  // call a cloud tier for this request, on any path (fallback, retry, shadow).
+  bool cloud_allowed = false;
+  // The edge may serve a degraded answer when the cloud fails.
+  bool edge_fallback_allowed = true;
+  CascadeSettings cascade;
+  double consistency_min_similarity = 0.5;  // keep the edge answer at or above this
+  double predicted_cost_usd = 0.0;
+  double predicted_ttft_ms = 0.0;
+  double predicted_quality = 0.0;
+  std::string reason;  // why this plan (or why it was rejected)
+};
+
+struct Signals {
+  SensitivityResult sensitivity;
+  double complexity = 0.0;  // P(edge answer inadequate)
+  double complexity_threshold = 0.5;
+  int32_t prompt_tokens = 0;
+  bool prompt_tokens_estimated = true;
+  int32_t expected_output_tokens = 0;
+  int32_t edge_context = 0;
+  bool fits_edge_context = true;
+  int32_t memory_pressure = 0;
+  bool edge_available = true;
+  bool cloud_available = true;
+  double edge_ttft_ms = 0.0, cloud_ttft_ms = 0.0;
+  double edge_cost_usd = 0.0, cloud_cost_usd = 0.0;
+  std::optional<double> latency_budget_ms;
+  std::optional<double> cost_ceiling_usd;
+};
+
+struct Decision {
+  std::string id;
+  PolicyKind policy = PolicyKind::kThreshold;
+  Signals signals;
+  std::vector<std::string> rules_fired;
+  Plan plan;
+  std::vector<Plan> alternatives;  // the other candidates, with why not
+  double decision_us = 0.0;        // time taken to decide
+};
+
+// The decision as JSON, without any raw text (safe for logs).
+void to_json(nlohmann::json& out, const Decision& decision);
+
+class Router {
+ public:
+  static Result<std::unique_ptr<Router>> create(RouterConfig config,
+                                                std::vector<TierProfile> tiers);
+  ~Router();
+
+  Decision decide(const RouteInput& input) const;
+
+  // Feeds measured latency back (called by the executor after each request).
+  void record_latency(std::string_view tier, double ttft_ms, double total_ms,
+                      int32_t output_tokens);
+  // Shadow evaluation may move the complexity threshold to hold agreement.
+  void set_threshold(double threshold);
+  double threshold() const;
+
+  const RouterConfig& config() const { return config_; }
+  const std::vector<TierProfile>& tiers() const { return tiers_; }
+  const SensitivityDetector& sensitivity() const { return *sensitivity_; }
+  const ComplexityModel* complexity() const { return complexity_ ? &*complexity_ : nullptr; }
+
+ private:
+  Router() = default;
+  const TierProfile* tier(std::string_view name) const;
+  TierLatency* latency(std::string_view name) const;
+
+  RouterConfig config_;
+  std::vector<TierProfile> tiers_;
+  std::vector<std::unique_ptr<TierLatency>> latency_;
+  std::unique_ptr<SensitivityDetector> sensitivity_;
+  std::optional<ComplexityModel> complexity_;
+  std::atomic<double> threshold_{0.5};
+  mutable std::atomic<uint64_t> decisions_{0};
+};
+
+// Where the shipped complexity model lives (data/router/complexity-default.json
+// next to the binary's source tree or in SWITCHYARD_DATA_DIR).
+std::string default_complexity_model_path();
+
+}  // namespace sy::route

@@ -1,0 +1,441 @@
+#include "serve/config.h"
+
+#include <unistd.h>
+#include <yaml-cpp/yaml.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <fstream>
+#include <initializer_list>
+#include <limits>
+#include <set>
+#include <sstream>
+#include <type_traits>
+
+#include "engine/chat_template.h"
+#include "route/router.h"
+#include "route/sensitivity.h"
+
+namespace sy::serve {
+namespace {
+
+std::string join_path(const std::string& path, std::string_view key) {
+  return path.empty() ? std::string(key) : path + "." + std::string(key);
+}
+
+std::string scalar_text(const YAML::Node& node) {
+  if (node.IsScalar()) return "'" + node.Scalar() + "'";
+  if (node.IsSequence()) return "a list";
+  if (node.IsMap()) return "a map";
+  return "nothing";
+}
+
+// Reads YAML into the config while collecting every problem with its key path,
+// so that one run of `serve` reports all typos at once.
+class Reader {
+ public:
+  explicit Reader(std::string_view source) : source_(source) {}
+
+  void fail(const std::string& path, const std::string& problem) {
+    errors_.push_back(source_ + ": " + path + ": " + problem);
+  }
+  const std::vector<std::string>& errors() const { return errors_; }
+
+  bool expect_map(const YAML::Node& node, const std::string& path) {
+    if (node.IsMap()) return true;
+    fail(path, "expected a map of keys, got " + scalar_text(node));
+    return false;
+  }
+
+  void check_keys(const YAML::Node& map, const std::string& path,
+                  std::initializer_list<std::string_view> allowed) {
+    for (const auto& kv : map) {
+      const std::string key = kv.first.Scalar();
+      if (std::find(allowed.begin(), allowed.end(), key) == allowed.end()) {
+        std::string list;
+        for (std::string_view a : allowed) list += (list.empty() ? "" : ", ") + std::string(a);
+        fail(join_path(path, key), "unknown key (allowed here: " + list + ")");
+      }
+    }
+  }
+
+  template <typename T>
+  void get(const YAML::Node& map, std::string_view key, const std::string& path, T& out) {
+    const YAML::Node node = map[std::string(key)];
+    if (!node) return;
+    const std::string where = join_path(path, key);
+    if (!node.IsScalar()) {
+      fail(where, std::string("expected ") + type_name<T>() + ", got " + scalar_text(node));
+      return;
+    }
+    try {
+      if constexpr (std::is_same_v<T, std::string>) {
+        out = node.Scalar();
+      } else {
+        out = node.as<T>();
+      }
+    } catch (const YAML::Exception&) {
+      fail(where, std::string("expected ") + type_name<T>() + ", got " + scalar_text(node));
+    }
+  }
+
+  void get_string_list(const YAML::Node& map, std::string_view key, const std::string& path,
+                       std::vector<std::string>& out) {
+    const YAML::Node node = map[std::string(key)];
+    if (!node) return;
+    const std::string where = join_path(path, key);
+    if (!node.IsSequence()) {
+      fail(where, "expected a list of strings, got " + scalar_text(node));
+      return;
+    }
+    for (size_t i = 0; i < node.size(); ++i) {
+      if (!node[i].IsScalar()) {
+        fail(where + "[" + std::to_string(i) + "]",
+             "expected a string, got " + scalar_text(node[i]));
+        continue;
+      }
+      out.push_back(node[i].Scalar());
+    }
+  }
+
+ private:
+  template <typename T>
+  static const char* type_name() {
+    if constexpr (std::is_same_v<T, bool>) return "true or false";
+    if constexpr (std::is_integral_v<T>) return "an integer";
+    if constexpr (std::is_floating_point_v<T>) return "a number";
+    return "a string";
+  }
+
+  std::string source_;
+  std::vector<std::string> errors_;
+};
+
+void read_server(Reader& r, const YAML::Node& node, ServerConfig& s) {
+  const std::string path = "server";
+  if (!r.expect_map(node, path)) return;
+  r.check_keys(
+      node, path,
+      {"host", "port", "api_keys", "api_keys_env", "max_body_bytes", "max_concurrent_requests",
+       "request_timeout_ms", "default_tier", "worker_threads", "log_requests"});
+  r.get(node, "host", path, s.host);
+  r.get(node, "port", path, s.port);
+  r.get_string_list(node, "api_keys", path, s.api_keys);
+  r.get(node, "api_keys_env", path, s.api_keys_env);
+  r.get(node, "max_body_bytes", path, s.max_body_bytes);
+  r.get(node, "max_concurrent_requests", path, s.max_concurrent_requests);
+  r.get(node, "request_timeout_ms", path, s.request_timeout_ms);
+  r.get(node, "default_tier", path, s.default_tier);
+  r.get(node, "worker_threads", path, s.worker_threads);
+  r.get(node, "log_requests", path, s.log_requests);
+}
+
+void read_tier(Reader& r, const YAML::Node& node, const std::string& path, backend::TierConfig& t) {
+  if (!r.expect_map(node, path)) return;
+  r.check_keys(node, path,
+               {"kind", "placement", "model", "endpoint", "api_key_env", "price", "max_concurrency",
+                "max_queue", "context_length", "kv_memory_mb", "threads", "chat_format", "timeouts",
+                "verify_tls", "ca_file"});
+  r.get(node, "kind", path, t.kind);
+  std::string placement;
+  r.get(node, "placement", path, placement);
+  r.get(node, "model", path, t.model);
+  r.get(node, "endpoint", path, t.endpoint);
+  r.get(node, "api_key_env", path, t.api_key_env);
+  r.get(node, "max_concurrency", path, t.max_concurrency);
+  r.get(node, "max_queue", path, t.max_queue);
+  r.get(node, "context_length", path, t.context_length);
+  r.get(node, "kv_memory_mb", path, t.kv_memory_mb);
+  r.get(node, "threads", path, t.threads);
+  r.get(node, "chat_format", path, t.chat_format);
+  r.get(node, "verify_tls", path, t.verify_tls);
+  r.get(node, "ca_file", path, t.ca_file);
+
+  // A tier with an endpoint is a remote one unless it says otherwise.
+  if (t.kind.empty()) t.kind = t.endpoint.empty() ? "embedded" : "openai";
+  if (placement.empty()) {
+    t.placement = t.kind == "openai" ? backend::Placement::kCloud : backend::Placement::kDevice;
+  } else if (placement == "device") {
+    t.placement = backend::Placement::kDevice;
+  } else if (placement == "cloud") {
+    t.placement = backend::Placement::kCloud;
+  } else {
+    r.fail(join_path(path, "placement"), "'" + placement + "' is not one of device, cloud");
+  }
+
+  if (const YAML::Node price = node["price"]) {
+    const std::string p = join_path(path, "price");
+    if (r.expect_map(price, p)) {
+      r.check_keys(price, p, {"input_per_mtok", "output_per_mtok"});
+      r.get(price, "input_per_mtok", p, t.price_input_per_mtok);
+      r.get(price, "output_per_mtok", p, t.price_output_per_mtok);
+    }
+  }
+  if (const YAML::Node timeouts = node["timeouts"]) {
+    const std::string p = join_path(path, "timeouts");
+    if (r.expect_map(timeouts, p)) {
+      r.check_keys(timeouts, p, {"connect_ms", "first_byte_ms", "total_ms"});
+      r.get(timeouts, "connect_ms", p, t.connect_timeout_ms);
+      r.get(timeouts, "first_byte_ms", p, t.first_byte_timeout_ms);
+      r.get(timeouts, "total_ms", p, t.total_timeout_ms);
+    }
+  }
+}
+
+bool is_http_url(std::string_view url) {
+  size_t rest = 0;
+  if (url.starts_with("http://")) {
+    rest = 7;
+  } else if (url.starts_with("https://")) {
+    rest = 8;
+  } else {
+    return false;
+  }
+  const std::string_view host = url.substr(rest, url.find('/', rest) - rest);
+  return !host.empty() && host.front() != ':' &&
+         host.find_first_of(" \t\r\n?#@") == std::string_view::npos;
+}
+
+bool is_valid_name(std::string_view name) {
+  return !name.empty() && std::all_of(name.begin(), name.end(), [](char c) {
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '-' ||
+           c == '_' || c == '.';
+  });
+}
+
+void split_keys(std::string_view text, std::vector<std::string>& out) {
+  while (!text.empty()) {
+    const size_t comma = text.find(',');
+    std::string_view key = text.substr(0, comma);
+    while (!key.empty() && (key.front() == ' ' || key.front() == '\t')) key.remove_prefix(1);
+    while (!key.empty() && (key.back() == ' ' || key.back() == '\t' || key.back() == '\n')) {
+      key.remove_suffix(1);
+    }
+    if (!key.empty()) out.emplace_back(key);
+    if (comma == std::string_view::npos) break;
+    text.remove_prefix(comma + 1);
+  }
+}
+
+void read_api_keys_env(Reader& r, ServerConfig& s) {
+  if (s.api_keys_env.empty()) return;
+  const char* keys = std::getenv(s.api_keys_env.c_str());
+  const size_t before = s.api_keys.size();
+  if (keys != nullptr) split_keys(keys, s.api_keys);
+  // Starting without the keys the operator asked for would open the gateway.
+  if (s.api_keys.size() == before) {
+    r.fail("server.api_keys_env",
+           "environment variable " + s.api_keys_env + " is not set or holds no keys");
+  }
+}
+
+Status to_status(const std::vector<std::string>& errors) {
+  if (errors.empty()) return Status::Ok();
+  std::string message;
+  for (const auto& e : errors) message += (message.empty() ? "" : "\n") + e;
+  return make_error(ErrorKind::kInvalidArgument, std::move(message));
+}
+
+}  // namespace
+
+Status validate_config(const GatewayConfig& config) {
+  std::vector<std::string> errors;
+  auto fail = [&](const std::string& path, const std::string& problem) {
+    errors.push_back(config.source + ": " + path + ": " + problem);
+  };
+  const ServerConfig& s = config.server;
+  if (s.host.empty()) fail("server.host", "must not be empty");
+  if (s.port < 0 || s.port > 65535) {
+    fail("server.port", std::to_string(s.port) + " is not a port (0-65535; 0 picks a free one)");
+  }
+  if (s.max_body_bytes < 1024) fail("server.max_body_bytes", "must be at least 1024");
+  if (s.max_concurrent_requests < 1) fail("server.max_concurrent_requests", "must be at least 1");
+  if (s.request_timeout_ms < 1) fail("server.request_timeout_ms", "must be at least 1");
+  if (s.worker_threads < 0) fail("server.worker_threads", "must be 0 (auto) or more");
+  for (size_t i = 0; i < s.api_keys.size(); ++i) {
+    if (s.api_keys[i].empty()) fail("server.api_keys[" + std::to_string(i) + "]", "is empty");
+  }
+
+  if (config.tiers.empty()) {
+    fail("tiers", "at least one tier is required (an embedded model or an OpenAI endpoint)");
+  }
+  std::set<std::string> names;
+  for (const auto& t : config.tiers) {
+    const std::string path = "tiers." + t.name;
+    if (!is_valid_name(t.name)) {
+      fail(path, "tier names use only letters, digits, '-', '_' and '.'");
+    }
+    if (!names.insert(t.name).second) fail(path, "is defined twice");
+    const bool openai = t.kind == "openai";
+    if (!openai && t.kind != "embedded") {
+      fail(path + ".kind", "'" + t.kind + "' is not one of embedded, openai");
+      continue;
+    }
+    if (t.model.empty()) {
+      fail(path + ".model", openai ? "is required: the model id to ask the endpoint for"
+                                   : "is required: a GGUF path or a model name");
+    }
+    if (openai) {
+      if (t.endpoint.empty()) {
+        fail(path + ".endpoint", "is required for kind openai (e.g. https://api.openai.com/v1)");
+      } else if (!is_http_url(t.endpoint)) {
+        fail(path + ".endpoint", "'" + t.endpoint + "' is not an http(s) URL");
+      }
+      if (!t.api_key_env.empty() && std::getenv(t.api_key_env.c_str()) == nullptr) {
+        fail(path + ".api_key_env", "environment variable " + t.api_key_env + " is not set");
+      }
+      if (!t.ca_file.empty() && access(t.ca_file.c_str(), R_OK) != 0) {
+        fail(path + ".ca_file", "'" + t.ca_file + "' cannot be read");
+      }
+    } else {
+      for (const auto& [key, value] :
+           {std::pair{"endpoint", &t.endpoint}, std::pair{"api_key_env", &t.api_key_env},
+            std::pair{"ca_file", &t.ca_file}}) {
+        if (!value->empty()) fail(path + "." + key, "only applies to kind openai");
+      }
+      if (!t.chat_format.empty() && !engine::parse_chat_format(t.chat_format)) {
+        fail(path + ".chat_format",
+             "'" + t.chat_format + "' is not one of chatml, llama3, llama2, zephyr, plain");
+      }
+    }
+    if (t.price_input_per_mtok < 0) fail(path + ".price.input_per_mtok", "must not be negative");
+    if (t.price_output_per_mtok < 0) fail(path + ".price.output_per_mtok", "must not be negative");
+    if (t.max_concurrency < 1) fail(path + ".max_concurrency", "must be at least 1");
+    if (t.max_queue < 0) fail(path + ".max_queue", "must be 0 or more");
+    if (t.context_length < 0) fail(path + ".context_length", "must be 0 (model's own) or more");
+    if (t.kv_memory_mb < 1) fail(path + ".kv_memory_mb", "must be at least 1");
+    if (t.threads < 0) fail(path + ".threads", "must be 0 (one per core) or more");
+    if (t.connect_timeout_ms < 1) fail(path + ".timeouts.connect_ms", "must be at least 1");
+    if (t.first_byte_timeout_ms < 1) fail(path + ".timeouts.first_byte_ms", "must be at least 1");
+    if (t.total_timeout_ms < 1) fail(path + ".timeouts.total_ms", "must be at least 1");
+  }
+  if (!s.default_tier.empty() && !names.contains(s.default_tier)) {
+    fail("server.default_tier", "'" + s.default_tier + "' is not a tier defined under tiers");
+  }
+  std::set<std::string> aliases;
+  for (const auto& m : config.models) {
+    const std::string path = "models." + m.name;
+    if (m.name.empty()) fail("models", "an alias name is empty");
+    if (!aliases.insert(m.name).second) fail(path, "is defined twice");
+    if (!names.contains(m.tier)) {
+      fail(path, "'" + m.tier + "' is not a tier defined under tiers");
+    } else if (names.contains(m.name) && m.name != m.tier) {
+      fail(path, "is also the name of another tier");
+    }
+  }
+  return to_status(errors);
+}
+
+Result<GatewayConfig> parse_config(std::string_view yaml, std::string_view source) {
+  GatewayConfig config;
+  config.source = std::string(source);
+  YAML::Node root;
+  try {
+    root = YAML::Load(std::string(yaml));
+  } catch (const YAML::Exception& e) {
+    return make_error(
+        ErrorKind::kInvalidArgument,
+        config.source + ":" + std::to_string(e.mark.line + 1) + ": not valid YAML: " + e.msg);
+  }
+  Reader r(source);
+  if (!root || root.IsNull()) {
+    r.fail("(top level)", "the file is empty; it needs at least a tiers: section");
+    return to_status(r.errors()).error();
+  }
+  if (!root.IsMap()) {
+    r.fail("(top level)", "expected a map with server:, tiers:, models:, routing: and privacy:");
+    return to_status(r.errors()).error();
+  }
+  r.check_keys(root, "", {"server", "tiers", "models", "routing", "privacy"});
+  if (const YAML::Node server = root["server"]) read_server(r, server, config.server);
+  if (const YAML::Node tiers = root["tiers"]) {
+    if (r.expect_map(tiers, "tiers")) {
+      for (const auto& kv : tiers) {
+        backend::TierConfig tier;
+        tier.name = kv.first.Scalar();
+        read_tier(r, kv.second, "tiers." + tier.name, tier);
+        config.tiers.push_back(std::move(tier));
+      }
+    }
+  }
+  if (const YAML::Node models = root["models"]) {
+    if (r.expect_map(models, "models")) {
+      for (const auto& kv : models) {
+        ModelAlias alias{kv.first.Scalar(), ""};
+        if (kv.second.IsScalar()) {
+          alias.tier = kv.second.Scalar();
+        } else {
+          r.fail("models." + alias.name, "expected a tier name, got " + scalar_text(kv.second));
+        }
+        config.models.push_back(std::move(alias));
+      }
+    }
+  }
+  read_api_keys_env(r, config.server);
+  std::vector<std::string> errors = r.errors();
+  config.routing = root["routing"];
+  config.privacy = root["privacy"];
+  if (auto routing = route::router_config_from_yaml(config.routing, source); !routing.ok()) {
+    errors.push_back(routing.error().message);
+  }
+  if (config.privacy) {
+    if (auto privacy = route::sensitivity_config_from_yaml(config.privacy, source); !privacy.ok()) {
+      errors.push_back(privacy.error().message);
+    }
+  }
+  if (!errors.empty()) return to_status(errors).error();
+  SY_TRY_STATUS(validate_config(config));
+  return config;
+}
+
+Result<GatewayConfig> load_config(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) {
+    return make_error(ErrorKind::kNotFound, path + ": cannot open the config file");
+  }
+  std::ostringstream text;
+  text << in.rdbuf();
+  return parse_config(text.str(), path);
+}
+
+Result<GatewayConfig> config_from_flags(const FlagConfig& flags) {
+  GatewayConfig config;
+  config.source = "command line";
+  if (flags.model.empty() && flags.upstream.empty()) {
+    return make_error(ErrorKind::kInvalidArgument,
+                      "nothing to serve: give --config FILE, -m MODEL, or --upstream URL "
+                      "--upstream-model NAME");
+  }
+  if (!flags.model.empty()) {
+    backend::TierConfig edge;
+    edge.name = "edge";
+    edge.kind = "embedded";
+    edge.placement = backend::Placement::kDevice;
+    edge.model = flags.model;
+    edge.threads = flags.threads;
+    edge.context_length = flags.context_length;
+    config.tiers.push_back(std::move(edge));
+  }
+  if (!flags.upstream.empty()) {
+    if (flags.upstream_model.empty()) {
+      return make_error(ErrorKind::kInvalidArgument,
+                        "--upstream needs --upstream-model NAME: the model id to ask it for");
+    }
+    backend::TierConfig cloud;
+    cloud.name = "cloud";
+    cloud.kind = "openai";
+    cloud.placement = backend::Placement::kCloud;
+    cloud.model = flags.upstream_model;
+    cloud.endpoint = flags.upstream;
+    cloud.api_key_env = flags.upstream_api_key_env;
+    config.tiers.push_back(std::move(cloud));
+  }
+  config.server.api_keys_env = flags.api_keys_env;
+  Reader r(config.source);
+  read_api_keys_env(r, config.server);
+  if (!r.errors().empty()) return to_status(r.errors()).error();
+  SY_TRY_STATUS(validate_config(config));
+  return config;
+}
+
+}  // namespace sy::serve

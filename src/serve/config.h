@@ -1,0 +1,74 @@
+// Gateway configuration: one YAML file, or a few command-line flags for the
+// simple cases. Everything is validated before the server starts so that a
+// typo fails loudly at start instead of silently changing behaviour.
+#pragma once
+
+#include <yaml-cpp/yaml.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "backend/backend.h"
+#include "common/result.h"
+
+namespace sy::serve {
+
+struct ServerConfig {
+  std::string host = "127.0.0.1";  // loopback unless the operator opts in
+  int port = 8080;                 // 0 picks a free port
+  // Client keys accepted as `Authorization: Bearer KEY`; empty = no auth. Holds
+  // the keys listed in the file and those read from api_keys_env at load.
+  std::vector<std::string> api_keys;
+  std::string api_keys_env;  // variable with comma-separated keys
+  size_t max_body_bytes = 4u << 20;
+  int32_t max_concurrent_requests = 1024;  // generations at once; beyond this, 429
+  int32_t request_timeout_ms = 120000;     // whole-request deadline; 504 past it
+  std::string default_tier;                // empty: the first device tier
+  // Most HTTP worker threads; httplib holds one per open connection, so this
+  // bounds the connections served at once. Threads start on demand.
+  // 0 = max_concurrent_requests + 64, so that requests over the limit still
+  // get a prompt 429 instead of waiting for a worker.
+  int32_t worker_threads = 0;
+  bool log_requests = true;  // one line per request on stderr
+};
+
+struct ModelAlias {
+  std::string name;  // model name clients send
+  std::string tier;
+};
+
+struct GatewayConfig {
+  std::string source;  // file name, or "command line", for messages
+  ServerConfig server;
+  std::vector<backend::TierConfig> tiers;  // in file order
+  std::vector<ModelAlias> models;
+  // The routing: and privacy: sections, checked at load with src/route's own
+  // readers and kept as YAML for the router to build itself from.
+  YAML::Node routing;
+  YAML::Node privacy;
+};
+
+// Parses and validates YAML text; `source` names it in error messages.
+Result<GatewayConfig> parse_config(std::string_view yaml, std::string_view source);
+Result<GatewayConfig> load_config(const std::string& path);
+
+// The no-YAML path: `serve -m MODEL` and/or `--upstream URL --upstream-model NAME`.
+struct FlagConfig {
+  std::string model;           // embedded device tier "edge"
+  std::string upstream;        // OpenAI-compatible base URL: cloud tier "cloud"
+  std::string upstream_model;  // model id at the upstream
+  std::string upstream_api_key_env;
+  std::string api_keys_env;  // client keys, as server.api_keys_env
+  int32_t threads = 0;
+  int32_t context_length = 0;
+};
+Result<GatewayConfig> config_from_flags(const FlagConfig& flags);
+
+// Checks cross-field rules (both paths above call it); every problem found is
+// reported, one per line, as "SOURCE: key.path: problem".
+Status validate_config(const GatewayConfig& config);
+
+}  // namespace sy::serve

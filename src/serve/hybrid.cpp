@@ -1,0 +1,310 @@
+#include "serve/hybrid.h"
+
+#include <charconv>
+#include <cstdio>
+
+namespace sy::serve {
+namespace {
+
+constexpr std::string_view kRoutedModel = "switchyard";
+
+std::optional<double> parse_number(std::string_view text) {
+  double v = 0;
+  const auto [ptr, ec] = std::from_chars(text.data(), text.data() + text.size(), v);
+  if (ec != std::errc() || ptr != text.data() + text.size()) return std::nullopt;
+  return v;
+}
+
+std::string outcome_of(const Result<exec::ExecutionResult>& r) {
+  if (!r.ok()) return "error:" + std::to_string(static_cast<int>(r.error().kind));
+  if (r->degraded) return "degraded";
+  if (r->escalated) return "escalated";
+  if (r->fell_back) return "fallback";
+  return "ok";
+}
+
+}  // namespace
+
+bool HybridRouter::is_routed_model(std::string_view model) {
+  return model.empty() || model == kRoutedModel ||
+         (model.starts_with(kRoutedModel) && model.size() > kRoutedModel.size() &&
+          model[kRoutedModel.size()] == '/');
+}
+
+Result<std::unique_ptr<HybridRouter>> HybridRouter::create(
+    const HybridSettings& settings, const std::vector<backend::TierConfig>& tiers,
+    std::map<std::string, std::shared_ptr<backend::Backend>> backends, MetricsRegistry& metrics) {
+  std::unique_ptr<HybridRouter> h(new HybridRouter());
+  h->tiers_ = tiers;
+  h->metrics_ = &metrics;
+  std::vector<route::TierProfile> profiles;
+  for (const auto& t : tiers) {
+    route::TierProfile p;
+    p.name = t.name;
+    p.on_device = t.placement == backend::Placement::kDevice;
+    p.max_data_class = p.on_device ? route::DataClass::kDeviceOnly : route::DataClass::kPreferLocal;
+    p.price_input_per_mtok = t.price_input_per_mtok;
+    p.price_output_per_mtok = t.price_output_per_mtok;
+    auto it = backends.find(t.name);
+    if (it != backends.end()) p.context_length = it->second->info().context_length;
+    // Priors until traffic is measured: a local model answers fast, a cloud round trip does not.
+    p.prior_ttft_ms = p.on_device ? 50.0 : 400.0;
+    p.prior_ms_per_token = p.on_device ? 20.0 : 15.0;
+    p.quality = p.on_device ? 0.7 : 0.95;
+    profiles.push_back(std::move(p));
+  }
+  auto router = route::Router::create(settings.routing, std::move(profiles));
+  if (!router.ok()) return router.error();
+  h->router_ = std::move(router).value();
+  h->executor_ =
+      std::make_unique<exec::Executor>(backends, exec::ExecutorSettings{}, h->router_.get());
+
+  if (!settings.audit_path.empty()) {
+    observe::AuditOptions a;
+    a.path = settings.audit_path;
+    a.store_text = settings.audit_store_text;
+    a.max_rows = settings.audit_max_rows;
+    a.on_error = [](const std::string& m) { std::fprintf(stderr, "audit: %s\n", m.c_str()); };
+    auto store = observe::AuditStore::open(std::move(a));
+    if (!store.ok()) return store.error();
+    h->audit_ = std::move(store).value();
+  }
+
+  observe::MemoryPressureOptions m;
+  m.budget_bytes = settings.memory_budget_bytes;
+  observe::apply_memory_pressure_env(m);
+  if (auto s = observe::MemoryPressureMonitor::validate(m); !s.ok()) return s.error();
+  h->memory_ = std::make_unique<observe::MemoryPressureMonitor>(std::move(m));
+  h->memory_level_ =
+      &metrics.gauge("switchyard_memory_pressure_level",
+                     "Device memory pressure: 0 none, 1 some, 2 high, 3 critical.", {}, {});
+  Gauge* level = h->memory_level_;
+  h->memory_->set_on_change([level](int, const observe::MemorySample& s) {
+    level->set(s.level);
+    std::fprintf(stderr, "memory pressure now %s (%s)\n",
+                 std::string(observe::memory_pressure_level_name(s.level)).c_str(),
+                 s.driver.c_str());
+  });
+  h->memory_->start();
+
+  h->versions_ = std::make_unique<observe::VersionRegistry>();
+  Counter* version_changes = &metrics.counter("switchyard_model_version_changes_total",
+                                              "Model version changes seen per tier.", {}, {});
+  h->versions_->set_on_change([version_changes](const observe::VersionChange& c) {
+    version_changes->add();
+    std::fprintf(stderr, "tier %s changed model version %s -> %s\n", c.tier.c_str(),
+                 c.old_version.c_str(), c.new_version.c_str());
+  });
+  for (const auto& [name, b] : backends) {
+    h->versions_->register_tier(name, b->info().model, b->info().model_version);
+  }
+
+  const std::string cloud = h->router_->config().cloud_tier;
+  if (settings.shadow_fraction > 0.0 && !cloud.empty()) {
+    observe::ShadowOptions o;
+    o.fraction = settings.shadow_fraction;
+    o.rate_per_second = settings.shadow_rate_per_second;
+    if (auto s = observe::ShadowSampler::validate(o); !s.ok()) return s.error();
+    auto cloud_backend = h->executor_->backend(cloud);
+    h->shadow_ = std::make_unique<observe::ShadowSampler>(
+        std::move(o),
+        [cloud_backend](const observe::ShadowJob& job) -> Result<observe::ShadowAnswer> {
+          // The sampler refuses device-only jobs before they reach this point.
+          backend::BackendRequest r;
+          r.request_id = job.request_id + "-shadow";
+          r.messages = job.messages;
+          r.prompt = job.prompt;
+          r.params = job.params;
+          r.cancelled = job.cancelled;
+          auto c = cloud_backend->generate(r, {});
+          if (!c.ok()) return c.error();
+          return observe::ShadowAnswer{c->text, c->model_version};
+        });
+  }
+  h->escalations_ = &metrics.counter("switchyard_escalations_total",
+                                     "Cascade escalations from the edge to the cloud.", {}, {});
+  h->degraded_ = &metrics.counter("switchyard_degraded_total",
+                                  "Answers served degraded (fallback of last resort).", {}, {});
+  h->rejected_ = &metrics.counter("switchyard_rejected_total",
+                                  "Requests no tier could be allowed to serve.", {}, {});
+  return h;
+}
+
+HybridRouter::~HybridRouter() {
+  if (shadow_) shadow_->stop();
+  if (memory_) memory_->stop();
+}
+
+const backend::TierConfig* HybridRouter::tier_config(std::string_view name) const {
+  for (const auto& t : tiers_) {
+    if (t.name == name) return &t;
+  }
+  return nullptr;
+}
+
+Result<route::Decision> HybridRouter::decide(const ApiRequest& api, const RouteHints& hints,
+                                             ApiError& error) const {
+  auto fail = [&](std::string message, std::string param) -> Error {
+    error = invalid_request(std::move(message), std::move(param), "invalid_routing_hint");
+    return make_error(ErrorKind::kInvalidArgument, error.message);
+  };
+  route::RouteInput in;
+  if (!hints.data_class.empty()) {
+    auto c = route::parse_data_class(hints.data_class);
+    if (!c.ok()) return fail(c.error().message, "x-switchyard-data-class");
+    in.declared_class = *c;
+  }
+  if (!hints.latency_budget_ms.empty()) {
+    auto v = parse_number(hints.latency_budget_ms);
+    if (!v || *v <= 0) {
+      return fail(
+          "x-switchyard-latency-budget-ms must be a positive number of milliseconds, got '" +
+              hints.latency_budget_ms + "'",
+          "x-switchyard-latency-budget-ms");
+    }
+    in.latency_budget_ms = *v;
+  }
+  if (!hints.cost_ceiling_usd.empty()) {
+    auto v = parse_number(hints.cost_ceiling_usd);
+    if (!v || *v < 0) {
+      return fail("x-switchyard-cost-ceiling-usd must be a non-negative number of dollars, got '" +
+                      hints.cost_ceiling_usd + "'",
+                  "x-switchyard-cost-ceiling-usd");
+    }
+    in.cost_ceiling_usd = *v;
+  }
+  if (api.model.size() > kRoutedModel.size() && api.model.starts_with(kRoutedModel)) {
+    const std::string_view name = std::string_view(api.model).substr(kRoutedModel.size() + 1);
+    in.policy = route::parse_policy(name);
+    if (!in.policy) {
+      error = invalid_request("The model '" + api.model +
+                                  "' names no routing policy; use switchyard/threshold, "
+                                  "switchyard/cascade, switchyard/consistency, "
+                                  "switchyard/optimize, switchyard/edge or switchyard/cloud",
+                              "model", "model_not_found");
+      error.status = 404;
+      return make_error(ErrorKind::kNotFound, error.message);
+    }
+  }
+  if (!hints.forced_tier.empty()) {
+    in.forced_tier = hints.forced_tier;
+  } else if (!hints.session.empty()) {
+    // A conversation stays on the tier it started on, while that tier is healthy.
+    if (auto pin = versions_->pin(hints.session); pin && executor_->available(pin->tier)) {
+      in.forced_tier = pin->tier;
+    }
+  }
+  std::vector<std::string_view> texts;
+  texts.reserve(api.backend.messages.size() + 1);
+  for (const auto& m : api.backend.messages) texts.push_back(m.content);
+  if (api.backend.prompt) texts.push_back(*api.backend.prompt);
+  in.texts = texts;
+  in.max_tokens = api.backend.params.max_tokens;
+  in.memory_pressure = memory_->level();
+  const auto& rc = router_->config();
+  in.edge_available = !rc.edge_tier.empty() && executor_->available(rc.edge_tier);
+  in.cloud_available = !rc.cloud_tier.empty() && executor_->available(rc.cloud_tier);
+  if (in.edge_available) {
+    if (auto b = executor_->backend(rc.edge_tier)) {
+      backend::BackendRequest probe;
+      probe.messages = api.backend.messages;
+      probe.prompt = api.backend.prompt;
+      if (auto n = b->count_prompt_tokens(probe)) in.prompt_tokens = *n;
+    }
+  }
+  route::Decision d = router_->decide(in);
+  if (d.plan.kind == route::PlanKind::kReject) {
+    rejected_->add();
+    const bool refused = d.plan.reason.find("refused") != std::string::npos;
+    error.status = refused ? 403 : 503;
+    error.type = refused ? "permission_error" : "service_unavailable";
+    error.code = refused ? "data_class_forbids_tier" : "no_tier_available";
+    error.message = d.plan.reason;
+  }
+  return d;
+}
+
+Result<exec::ExecutionResult> HybridRouter::execute(const route::Decision& decision,
+                                                    const backend::BackendRequest& request,
+                                                    const backend::DeltaSink& on_delta) {
+  return executor_->run(decision.plan, request, on_delta);
+}
+
+void HybridRouter::finish(const ApiRequest& api, const RouteHints& hints, const route::Decision& d,
+                          const Result<exec::ExecutionResult>& r, double total_ms, int status) {
+  metrics_
+      ->counter(
+          "switchyard_decisions_total", "Routing decisions by policy and plan.", {"policy", "plan"},
+          {std::string(route::to_string(d.policy)), std::string(route::to_string(d.plan.kind))})
+      .add();
+  for (const auto& rule : d.rules_fired) {
+    metrics_->counter("switchyard_rules_fired_total", "Routing rules that fired.", {"rule"}, {rule})
+        .add();
+  }
+  const backend::TierConfig* served = r.ok() ? tier_config(r->tier) : nullptr;
+  if (r.ok()) {
+    if (r->escalated) escalations_->add();
+    if (r->degraded) degraded_->add();
+    if (r->similarity) {
+      metrics_
+          ->counter("switchyard_consistency_total", "Consistency checks by outcome.", {"outcome"},
+                    {r->tier == d.plan.edge_tier ? "agree" : "disagree"})
+          .add();
+    }
+    versions_->observe(r->tier, r->completion.model, r->completion.model_version);
+    if (!hints.session.empty())
+      versions_->record(hints.session, r->tier, r->completion.model_version);
+    if (shadow_ && served != nullptr && served->placement == backend::Placement::kDevice &&
+        d.plan.cloud_allowed) {
+      observe::ShadowJob job;
+      job.request_id = d.id;
+      job.data_class = d.signals.sensitivity.data_class;
+      job.messages = api.backend.messages;
+      job.prompt = api.backend.prompt;
+      job.params = api.backend.params;
+      job.edge_answer = r->completion.text;
+      job.edge_model_version = r->completion.model_version;
+      job.cancelled = std::make_shared<std::atomic<bool>>(false);
+      shadow_->maybe_submit(std::move(job));
+    }
+  }
+  if (!audit_) return;
+  observe::AuditRecord rec;
+  rec.request_id = api.backend.request_id;
+  rec.decision_id = d.id;
+  rec.policy = std::string(route::to_string(d.policy));
+  rec.plan_kind = std::string(route::to_string(d.plan.kind));
+  rec.data_class = std::string(route::to_string(d.signals.sensitivity.data_class));
+  rec.total_ms = total_ms;
+  rec.http_status = status;
+  rec.outcome = outcome_of(r);
+  const backend::TierConfig* cloud = tier_config(router_->config().cloud_tier);
+  if (r.ok()) {
+    const auto& c = r->completion;
+    rec.tier = r->tier;
+    rec.placement = served && served->placement == backend::Placement::kCloud ? "cloud" : "device";
+    rec.model = c.model;
+    rec.model_version = c.model_version;
+    rec.prompt_tokens = c.usage.prompt_tokens;
+    rec.completion_tokens = c.usage.completion_tokens;
+    if (served) {
+      rec.cost_usd = (served->price_input_per_mtok * c.usage.prompt_tokens +
+                      served->price_output_per_mtok * c.usage.completion_tokens) /
+                     1e6;
+    }
+    if (cloud) {
+      rec.cloud_cost_usd = (cloud->price_input_per_mtok * c.usage.prompt_tokens +
+                            cloud->price_output_per_mtok * c.usage.completion_tokens) /
+                           1e6;
+    }
+    if (c.time_to_first_token_ms > 0) rec.ttft_ms = c.time_to_first_token_ms;
+    rec.confidence = r->confidence;
+    rec.escalated = r->escalated;
+    rec.degraded = r->degraded;
+  }
+  for (const auto& m : api.backend.messages) rec.prompt_text += m.content + "\n";
+  if (api.backend.prompt) rec.prompt_text += *api.backend.prompt;
+  audit_->submit(std::move(rec));
+}
+
+}  // namespace sy::serve

@@ -1,0 +1,81 @@
+// The hybrid path of the gateway: request hints -> router decision -> plan
+// execution over the tiers, and what is recorded afterwards (metrics, audit
+// row, model versions, shadow evaluation). The HTTP server stays a thin layer
+// over this.
+#pragma once
+
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+
+#include "backend/backend.h"
+#include "exec/exec.h"
+#include "observe/observe.h"
+#include "route/router.h"
+#include "serve/metrics.h"
+#include "serve/openai.h"
+
+namespace sy::serve {
+
+struct HybridSettings {
+  route::RouterConfig routing;
+  std::string audit_path;  // empty: no audit store
+  bool audit_store_text = false;
+  int64_t audit_max_rows = 0;
+  double shadow_fraction = 0.0;  // share of edge answers re-run on the cloud
+  double shadow_rate_per_second = 1.0;
+  uint64_t memory_budget_bytes = 0;  // 0: no budget of our own; PSI/cgroup still count
+};
+
+// Routing hints a client sends as headers (or in the body's metadata).
+struct RouteHints {
+  std::string data_class;         // x-switchyard-data-class / metadata.data_class
+  std::string latency_budget_ms;  // x-switchyard-latency-budget-ms
+  std::string cost_ceiling_usd;   // x-switchyard-cost-ceiling-usd
+  std::string forced_tier;        // x-switchyard-tier
+  std::string session;            // x-switchyard-session or the body's `user`
+};
+
+class HybridRouter {
+ public:
+  static Result<std::unique_ptr<HybridRouter>> create(
+      const HybridSettings& settings, const std::vector<backend::TierConfig>& tiers,
+      std::map<std::string, std::shared_ptr<backend::Backend>> backends, MetricsRegistry& metrics);
+  ~HybridRouter();
+
+  // The decision for a request; an ApiError for malformed hints or an unknown
+  // policy name in `model` ("switchyard/<policy>").
+  Result<route::Decision> decide(const ApiRequest& request, const RouteHints& hints,
+                                 ApiError& error) const;
+  // Runs the decided plan; streams through on_delta when set.
+  Result<exec::ExecutionResult> execute(const route::Decision& decision,
+                                        const backend::BackendRequest& request,
+                                        const backend::DeltaSink& on_delta);
+  // Records the outcome: metrics, audit row, versions, session pin, shadow job.
+  void finish(const ApiRequest& request, const RouteHints& hints, const route::Decision& decision,
+              const Result<exec::ExecutionResult>& result, double total_ms, int status);
+
+  // True when `model` is a name the router answers to ("switchyard", "switchyard/<policy>").
+  static bool is_routed_model(std::string_view model);
+  const route::Router& router() const { return *router_; }
+  const backend::TierConfig* tier_config(std::string_view name) const;
+
+ private:
+  HybridRouter() = default;
+  std::unique_ptr<route::Router> router_;
+  std::unique_ptr<exec::Executor> executor_;
+  std::unique_ptr<observe::AuditStore> audit_;
+  std::unique_ptr<observe::MemoryPressureMonitor> memory_;
+  std::unique_ptr<observe::VersionRegistry> versions_;
+  std::unique_ptr<observe::ShadowSampler> shadow_;
+  std::vector<backend::TierConfig> tiers_;
+  MetricsRegistry* metrics_ = nullptr;
+  Gauge* memory_level_ = nullptr;
+  Counter* escalations_ = nullptr;
+  Counter* degraded_ = nullptr;
+  Counter* rejected_ = nullptr;
+};
+
+}  // namespace sy::serve

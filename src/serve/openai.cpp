@@ -1,0 +1,601 @@
+#include "serve/openai.h"
+
+#include <cmath>
+#include <cstdio>
+#include <nlohmann/json.hpp>
+
+namespace sy::serve {
+namespace {
+
+using json = nlohmann::json;
+
+std::string format_number(double v) {
+  char buf[32];
+  const int n = std::snprintf(buf, sizeof buf, "%g", v);
+  return std::string(buf, static_cast<size_t>(n));
+}
+
+// Reads optional fields of a request object; the first problem wins.
+class FieldReader {
+ public:
+  explicit FieldReader(const json& object) : obj_(object) {}
+
+  const std::optional<ApiError>& error() const { return error_; }
+  bool ok() const { return !error_; }
+
+  void fail(std::string message, const std::string& param) {
+    if (!error_) error_ = invalid_request(std::move(message), param, "invalid_value");
+  }
+
+  // The field, or null when absent or JSON null (clients send null for "unset").
+  const json* find(const char* key) const {
+    auto it = obj_.find(key);
+    return it == obj_.end() || it->is_null() ? nullptr : &*it;
+  }
+
+  void number(const char* key, double lo, double hi, std::optional<float>& out) {
+    const json* v = find(key);
+    if (!v) return;
+    if (!v->is_number()) {
+      fail(std::string("'") + key + "' must be a number", key);
+      return;
+    }
+    const double d = v->get<double>();
+    if (!(d >= lo && d <= hi)) {
+      fail(std::string("'") + key + "' must be between " + format_number(lo) + " and " +
+               format_number(hi) + " (got " + format_number(d) + ")",
+           key);
+      return;
+    }
+    out = static_cast<float>(d);
+  }
+
+  template <typename Int>
+  void integer(const char* key, int64_t lo, int64_t hi, std::optional<Int>& out) {
+    const json* v = find(key);
+    if (!v) return;
+    if (!v->is_number_integer()) {
+      fail(std::string("'") + key + "' must be an integer", key);
+      return;
+    }
+    const bool too_big = v->is_number_unsigned() && v->get<uint64_t>() > static_cast<uint64_t>(hi);
+    const int64_t i = too_big ? 0 : v->get<int64_t>();
+    if (too_big || i < lo || i > hi) {
+      fail(std::string("'") + key + "' must be between " + std::to_string(lo) + " and " +
+               std::to_string(hi) + " (got " + v->dump() + ")",
+           key);
+      return;
+    }
+    out = static_cast<Int>(i);
+  }
+
+  void boolean(const char* key, bool& out) {
+    const json* v = find(key);
+    if (!v) return;
+    if (!v->is_boolean()) {
+      fail(std::string("'") + key + "' must be true or false", key);
+      return;
+    }
+    out = v->get<bool>();
+  }
+
+ private:
+  const json& obj_;
+  std::optional<ApiError> error_;
+};
+
+void read_stop(FieldReader& r, std::vector<std::string>& stop) {
+  const json* v = r.find("stop");
+  if (!v) return;
+  if (v->is_string()) {
+    if (!v->get_ref<const std::string&>().empty()) stop.push_back(v->get<std::string>());
+    return;
+  }
+  if (!v->is_array() || v->size() > 16) {
+    r.fail("'stop' must be a string or a list of at most 16 strings", "stop");
+    return;
+  }
+  for (const json& s : *v) {
+    if (!s.is_string()) {
+      r.fail("'stop' must be a string or a list of at most 16 strings", "stop");
+      return;
+    }
+    if (!s.get_ref<const std::string&>().empty()) stop.push_back(s.get<std::string>());
+  }
+}
+
+// OpenAI content is a string or a list of parts; only text parts mean anything here.
+bool read_content(const json& content, std::string& out) {
+  if (content.is_string()) {
+    out = content.get<std::string>();
+    return true;
+  }
+  if (content.is_null()) return true;
+  if (!content.is_array()) return false;
+  for (const json& part : content) {
+    if (!part.is_object()) return false;
+    auto type = part.find("type");
+    auto text = part.find("text");
+    if (type == part.end() || *type != "text" || text == part.end() || !text->is_string()) {
+      return false;
+    }
+    out += text->get_ref<const std::string&>();
+  }
+  return true;
+}
+
+void read_messages(FieldReader& r, const json& body, std::vector<backend::ChatMessage>& out) {
+  auto it = body.find("messages");
+  if (it == body.end() || it->is_null()) {
+    r.fail("'messages' is required", "messages");
+    return;
+  }
+  if (!it->is_array() || it->empty()) {
+    r.fail("'messages' must be a non-empty list of messages", "messages");
+    return;
+  }
+  out.reserve(it->size());
+  for (size_t i = 0; i < it->size(); ++i) {
+    const json& m = (*it)[i];
+    const std::string param = "messages[" + std::to_string(i) + "]";
+    if (!m.is_object()) {
+      r.fail("'" + param + "' must be an object with 'role' and 'content'", param);
+      return;
+    }
+    auto role = m.find("role");
+    if (role == m.end() || !role->is_string()) {
+      r.fail("'" + param + ".role' is required and must be a string", param + ".role");
+      return;
+    }
+    std::string role_name = role->get<std::string>();
+    // OpenAI's newer name for the system role.
+    if (role_name == "developer") role_name = "system";
+    if (role_name != "system" && role_name != "user" && role_name != "assistant" &&
+        role_name != "tool") {
+      r.fail("'" + param + ".role' must be one of system, developer, user, assistant, tool (got '" +
+                 role_name + "')",
+             param + ".role");
+      return;
+    }
+    backend::ChatMessage msg{std::move(role_name), {}};
+    auto content = m.find("content");
+    if (content != m.end() && !read_content(*content, msg.content)) {
+      r.fail("'" + param +
+                 ".content' must be a string or a list of text parts "
+                 "({\"type\":\"text\",\"text\":...}); other content types are not supported",
+             param + ".content");
+      return;
+    }
+    out.push_back(std::move(msg));
+  }
+}
+
+void read_prompt(FieldReader& r, std::optional<std::string>& out) {
+  const json* p = r.find("prompt");
+  if (!p) {
+    r.fail("'prompt' is required", "prompt");
+    return;
+  }
+  if (p->is_string()) {
+    out = p->get<std::string>();
+  } else if (p->is_array() && p->size() == 1 && (*p)[0].is_string()) {
+    out = (*p)[0].get<std::string>();
+  } else {
+    r.fail("'prompt' must be a string (batches of prompts are not supported)", "prompt");
+  }
+}
+
+void append_double(std::string& out, double v) {
+  // JSON has no infinities; OpenAI reports impossible tokens as -9999.
+  if (!std::isfinite(v)) v = -9999.0;
+  char buf[32];
+  const int n = std::snprintf(buf, sizeof buf, "%.7g", v);
+  out.append(buf, static_cast<size_t>(n));
+}
+
+void append_bytes(std::string& out, std::string_view token) {
+  out += '[';
+  for (size_t i = 0; i < token.size(); ++i) {
+    if (i > 0) out += ',';
+    out += std::to_string(static_cast<unsigned char>(token[i]));
+  }
+  out += ']';
+}
+
+// Chat: {"content":[{"token","logprob","bytes","top_logprobs":[...]}]}.
+void append_chat_logprobs(std::string& out, const std::vector<backend::TokenLogprob>& tokens) {
+  out += "{\"content\":[";
+  for (size_t i = 0; i < tokens.size(); ++i) {
+    const auto& t = tokens[i];
+    if (i > 0) out += ',';
+    out += "{\"token\":";
+    append_json_string(out, t.token);
+    out += ",\"logprob\":";
+    append_double(out, t.logprob);
+    out += ",\"bytes\":";
+    append_bytes(out, t.token);
+    out += ",\"top_logprobs\":[";
+    for (size_t j = 0; j < t.top.size(); ++j) {
+      if (j > 0) out += ',';
+      out += "{\"token\":";
+      append_json_string(out, t.top[j].first);
+      out += ",\"logprob\":";
+      append_double(out, t.top[j].second);
+      out += ",\"bytes\":";
+      append_bytes(out, t.top[j].first);
+      out += '}';
+    }
+    out += "]}";
+  }
+  out += "]}";
+}
+
+// Legacy completions: parallel arrays.
+void append_text_logprobs(std::string& out, const std::vector<backend::TokenLogprob>& tokens,
+                          size_t text_offset) {
+  out += "{\"tokens\":[";
+  for (size_t i = 0; i < tokens.size(); ++i) {
+    if (i > 0) out += ',';
+    append_json_string(out, tokens[i].token);
+  }
+  out += "],\"token_logprobs\":[";
+  for (size_t i = 0; i < tokens.size(); ++i) {
+    if (i > 0) out += ',';
+    append_double(out, tokens[i].logprob);
+  }
+  out += "],\"top_logprobs\":[";
+  for (size_t i = 0; i < tokens.size(); ++i) {
+    if (i > 0) out += ',';
+    out += '{';
+    for (size_t j = 0; j < tokens[i].top.size(); ++j) {
+      if (j > 0) out += ',';
+      append_json_string(out, tokens[i].top[j].first);
+      out += ':';
+      append_double(out, tokens[i].top[j].second);
+    }
+    out += '}';
+  }
+  out += "],\"text_offset\":[";
+  for (size_t i = 0; i < tokens.size(); ++i) {
+    if (i > 0) out += ',';
+    out += std::to_string(text_offset);
+    text_offset += tokens[i].token.size();
+  }
+  out += "]}";
+}
+
+void append_usage(std::string& out, const backend::Usage& u) {
+  out += "{\"prompt_tokens\":" + std::to_string(u.prompt_tokens) +
+         ",\"completion_tokens\":" + std::to_string(u.completion_tokens) +
+         ",\"total_tokens\":" + std::to_string(u.prompt_tokens + u.completion_tokens) + "}";
+}
+
+std::string_view finish_reason(const backend::Completion& c) {
+  return c.finish_reason.empty() ? std::string_view("stop") : std::string_view(c.finish_reason);
+}
+
+}  // namespace
+
+ApiError invalid_request(std::string message, std::string param, std::string code) {
+  ApiError e;
+  e.status = 400;
+  e.message = std::move(message);
+  e.param = std::move(param);
+  e.code = std::move(code);
+  return e;
+}
+
+std::string error_json(const ApiError& error) {
+  std::string out;
+  out.reserve(128 + error.message.size());
+  out += "{\"error\":{\"message\":";
+  append_json_string(out, error.message);
+  out += ",\"type\":";
+  append_json_string(out, error.type);
+  out += ",\"param\":";
+  if (error.param.empty()) {
+    out += "null";
+  } else {
+    append_json_string(out, error.param);
+  }
+  out += ",\"code\":";
+  if (error.code.empty()) {
+    out += "null";
+  } else {
+    append_json_string(out, error.code);
+  }
+  out += "}}";
+  return out;
+}
+
+ApiError from_backend_error(const Error& error) {
+  ApiError e;
+  e.message = error.message;
+  const int up = error.upstream_status;
+  const bool exhausted = error.kind == ErrorKind::kResourceExhausted;
+  // Only the embedded tier reports context overflow without a status; it
+  // must not look retryable.
+  const bool context_overflow =
+      exhausted && up == 0 && error.message.find("context") != std::string::npos;
+  if (error.kind == ErrorKind::kCancelled) {
+    // The client went away; nobody reads this, but logs and metrics do.
+    e.status = 499;
+    e.type = "cancelled";
+    e.code = "client_closed_request";
+  } else if (up == 429 || (exhausted && up == 0 && !context_overflow)) {
+    e.status = 429;
+    e.type = "rate_limit_error";
+    e.code = up == 429 ? "upstream_rate_limited" : "overloaded";
+    e.retry_after_seconds = up == 429 ? error.retry_after_seconds : 1.0;
+  } else if (up == 400 || up == 413 || up == 422 || context_overflow ||
+             (up == 0 && error.kind == ErrorKind::kInvalidArgument)) {
+    e.status = up == 0 ? 400 : up;
+    if (exhausted) e.code = "context_length_exceeded";
+  } else if (error.kind == ErrorKind::kDeadlineExceeded || up == 408 || up == 504) {
+    e.status = 504;
+    e.type = "timeout_error";
+    e.code = "deadline_exceeded";
+  } else if (up != 0 || error.kind == ErrorKind::kCorrupt) {
+    // The tier answered, but not usefully (5xx, a rejected key, garbage).
+    e.status = 502;
+    e.type = "upstream_error";
+    e.code = up != 0 ? "upstream_status_" + std::to_string(up) : "upstream_malformed";
+  } else if (error.kind == ErrorKind::kInternal) {
+    e.status = 500;
+    e.type = "server_error";
+  } else {
+    e.status = 503;
+    e.type = "service_unavailable";
+    e.code = "tier_unavailable";
+  }
+  return e;
+}
+
+std::optional<ApiError> parse_request(ApiKind kind, std::string_view body, ApiRequest& out) {
+  out.kind = kind;
+  const json doc = json::parse(body.begin(), body.end(), nullptr, false);
+  if (doc.is_discarded()) {
+    return invalid_request(
+        "The request body is not valid JSON; send a JSON object with Content-Type: "
+        "application/json");
+  }
+  if (!doc.is_object()) return invalid_request("The request body must be a JSON object");
+  FieldReader r(doc);
+  if (const json* m = r.find("model")) {
+    if (!m->is_string()) {
+      r.fail("'model' must be a string", "model");
+    } else {
+      out.model = m->get<std::string>();
+    }
+  }
+  if (kind == ApiKind::kChat) {
+    read_messages(r, doc, out.backend.messages);
+  } else {
+    read_prompt(r, out.backend.prompt);
+  }
+  r.boolean("stream", out.stream);
+  if (const json* so = r.find("stream_options")) {
+    auto iu = so->is_object() ? so->find("include_usage") : so->end();
+    if (!so->is_object() || (iu != so->end() && !iu->is_boolean() && !iu->is_null())) {
+      r.fail("'stream_options' must be an object like {\"include_usage\": true}", "stream_options");
+    } else if (iu != so->end() && iu->is_boolean()) {
+      out.include_usage = iu->get<bool>();
+    }
+  }
+  std::optional<int32_t> n;
+  r.integer("n", 1, 1, n);
+  std::optional<int32_t> best_of;
+  r.integer("best_of", 1, 1, best_of);
+  if (const json* echo = r.find("echo"); echo && *echo != false) {
+    r.fail("'echo' is not supported", "echo");
+  }
+
+  backend::GenerationParams& p = out.backend.params;
+  r.integer("max_tokens", 1, 1 << 24, p.max_tokens);
+  // The newer name wins when a client sends both.
+  r.integer("max_completion_tokens", 1, 1 << 24, p.max_tokens);
+  r.number("temperature", 0.0, 2.0, p.temperature);
+  r.number("top_p", 0.0, 1.0, p.top_p);
+  r.integer("top_k", 0, 1 << 20, p.top_k);
+  r.number("min_p", 0.0, 1.0, p.min_p);
+  r.number("presence_penalty", -2.0, 2.0, p.presence_penalty);
+  r.number("frequency_penalty", -2.0, 2.0, p.frequency_penalty);
+  // llama.cpp and vLLM spell the repetition penalty differently.
+  r.number("repeat_penalty", 0.01, 10.0, p.repeat_penalty);
+  r.number("repetition_penalty", 0.01, 10.0, p.repeat_penalty);
+  std::optional<int64_t> seed;
+  r.integer("seed", INT64_MIN, INT64_MAX, seed);
+  if (seed) p.seed = static_cast<uint64_t>(*seed);
+  read_stop(r, p.stop);
+
+  if (kind == ApiKind::kChat) {
+    r.boolean("logprobs", p.logprobs);
+    std::optional<int32_t> top;
+    r.integer("top_logprobs", 0, 20, top);
+    if (top) {
+      if (!p.logprobs && *top > 0) {
+        r.fail("'top_logprobs' needs 'logprobs': true", "top_logprobs");
+      }
+      p.top_logprobs = *top;
+    }
+  } else {
+    // Legacy completions ask for logprobs with a count of alternatives.
+    std::optional<int32_t> top;
+    r.integer("logprobs", 0, 5, top);
+    if (top) {
+      p.logprobs = true;
+      p.top_logprobs = *top;
+    }
+  }
+  if (!r.ok()) return r.error();
+  return std::nullopt;
+}
+
+void append_json_string(std::string& out, std::string_view text) {
+  static constexpr char kHex[] = "0123456789abcdef";
+  out += '"';
+  size_t run = 0;  // start of the pending run of characters that need no escape
+  for (size_t i = 0; i < text.size(); ++i) {
+    const auto c = static_cast<unsigned char>(text[i]);
+    if (c >= 0x20 && c != '"' && c != '\\') continue;
+    out.append(text.data() + run, i - run);
+    run = i + 1;
+    switch (c) {
+      case '"':
+        out += "\\\"";
+        break;
+      case '\\':
+        out += "\\\\";
+        break;
+      case '\n':
+        out += "\\n";
+        break;
+      case '\r':
+        out += "\\r";
+        break;
+      case '\t':
+        out += "\\t";
+        break;
+      default:
+        out += "\\u00";
+        out += kHex[c >> 4];
+        out += kHex[c & 15];
+    }
+  }
+  out.append(text.data() + run, text.size() - run);
+  out += '"';
+}
+
+void append_provenance(std::string& out, const Provenance& where) {
+  out += "{\"tier\":";
+  append_json_string(out, where.tier);
+  out += ",\"placement\":";
+  append_json_string(out, where.placement);
+  out += ",\"model\":";
+  append_json_string(out, where.model);
+  out += ",\"model_version\":";
+  append_json_string(out, where.model_version);
+  out += ",\"decision_id\":";
+  append_json_string(out, where.decision_id);
+  out += '}';
+}
+
+void append_completion(std::string& out, const ApiRequest& request, std::string_view id,
+                       int64_t created, const backend::Completion& c, const Provenance& where) {
+  const bool chat = request.kind == ApiKind::kChat;
+  out.reserve(out.size() + 512 + c.text.size() * 11 / 10);
+  out += "{\"id\":";
+  append_json_string(out, std::string(chat ? "chatcmpl-" : "cmpl-") + std::string(id));
+  out += chat ? ",\"object\":\"chat.completion\",\"created\":"
+              : ",\"object\":\"text_completion\",\"created\":";
+  out += std::to_string(created);
+  out += ",\"model\":";
+  append_json_string(out, where.model);
+  out += ",\"choices\":[{\"index\":0,";
+  if (chat) {
+    out += "\"message\":{\"role\":\"assistant\",\"content\":";
+    append_json_string(out, c.text);
+    out += "},\"logprobs\":";
+    if (request.backend.params.logprobs) {
+      append_chat_logprobs(out, c.logprobs);
+    } else {
+      out += "null";
+    }
+  } else {
+    out += "\"text\":";
+    append_json_string(out, c.text);
+    out += ",\"logprobs\":";
+    if (request.backend.params.logprobs) {
+      append_text_logprobs(out, c.logprobs, 0);
+    } else {
+      out += "null";
+    }
+  }
+  out += ",\"finish_reason\":";
+  append_json_string(out, finish_reason(c));
+  out += "}],\"usage\":";
+  append_usage(out, c.usage);
+  out += ",\"switchyard\":";
+  append_provenance(out, where);
+  out += '}';
+}
+
+SseWriter::SseWriter(const ApiRequest& request, std::string id, int64_t created, std::string model)
+    : kind_(request.kind),
+      include_usage_(request.include_usage),
+      logprobs_(request.backend.params.logprobs),
+      id_(std::move(id)),
+      model_(std::move(model)) {
+  const bool chat = kind_ == ApiKind::kChat;
+  head_ = "data: {\"id\":";
+  append_json_string(head_, (chat ? "chatcmpl-" : "cmpl-") + id_);
+  head_ += chat ? ",\"object\":\"chat.completion.chunk\",\"created\":"
+                : ",\"object\":\"text_completion\",\"created\":";
+  head_ += std::to_string(created);
+  head_ += ",\"model\":";
+  append_json_string(head_, model_);
+}
+
+void SseWriter::open_chunk(std::string& out) const {
+  out += head_;
+  out += ",\"choices\":[{\"index\":0,";
+}
+
+void SseWriter::begin(std::string& out, const Provenance& where) const {
+  open_chunk(out);
+  out += kind_ == ApiKind::kChat ? "\"delta\":{\"role\":\"assistant\",\"content\":\"\"}"
+                                 : "\"text\":\"\"";
+  out += ",\"logprobs\":null,\"finish_reason\":null}],\"switchyard\":";
+  append_provenance(out, where);
+  out += "}\n\n";
+}
+
+void SseWriter::delta(std::string& out, const backend::Delta& d) const {
+  open_chunk(out);
+  if (kind_ == ApiKind::kChat) {
+    out += "\"delta\":{\"content\":";
+    append_json_string(out, d.text);
+    out += "},\"logprobs\":";
+    if (logprobs_) {
+      append_chat_logprobs(out, d.logprobs);
+    } else {
+      out += "null";
+    }
+  } else {
+    out += "\"text\":";
+    append_json_string(out, d.text);
+    out += ",\"logprobs\":";
+    if (logprobs_) {
+      append_text_logprobs(out, d.logprobs, 0);
+    } else {
+      out += "null";
+    }
+  }
+  out += ",\"finish_reason\":null}]}\n\n";
+}
+
+void SseWriter::finish(std::string& out, const backend::Completion& c,
+                       const Provenance& where) const {
+  open_chunk(out);
+  out += kind_ == ApiKind::kChat ? "\"delta\":{}" : "\"text\":\"\"";
+  out += ",\"logprobs\":null,\"finish_reason\":";
+  append_json_string(out, finish_reason(c));
+  out += "}],\"switchyard\":";
+  append_provenance(out, where);
+  out += "}\n\n";
+  if (include_usage_) {
+    out += head_;
+    out += ",\"choices\":[],\"usage\":";
+    append_usage(out, c.usage);
+    out += "}\n\n";
+  }
+  out += "data: [DONE]\n\n";
+}
+
+void SseWriter::error(std::string& out, const ApiError& error) {
+  out += "data: ";
+  out += error_json(error);
+  out += "\n\n";
+}
+
+}  // namespace sy::serve

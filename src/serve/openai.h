@@ -1,0 +1,87 @@
+// The OpenAI wire format as the gateway speaks it: request parsing with
+// field-naming 400s, the error shape, and writers for completions and SSE
+// chunks. Writers append to caller-owned buffers so the hot path can reuse them.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+
+#include "backend/backend.h"
+#include "common/result.h"
+
+namespace sy::serve {
+
+// An error as OpenAI clients expect it: {"error":{"message","type","param","code"}}.
+struct ApiError {
+  int status = 400;
+  std::string type = "invalid_request_error";
+  std::string message;
+  std::string param;                 // empty: null
+  std::string code;                  // empty: null
+  double retry_after_seconds = 0.0;  // sent as Retry-After when > 0
+};
+
+ApiError invalid_request(std::string message, std::string param = {}, std::string code = {});
+std::string error_json(const ApiError& error);
+// Maps a tier's failure to what the client sees (status, type, Retry-After);
+// the message is the tier's own, which names the tier.
+ApiError from_backend_error(const Error& error);
+
+enum class ApiKind { kChat, kCompletion };
+
+struct ApiRequest {
+  ApiKind kind = ApiKind::kChat;
+  std::string model;  // as the client named it; empty when not given
+  bool stream = false;
+  bool include_usage = false;
+  backend::BackendRequest backend;  // messages or prompt, and parameters
+};
+
+// Parses and validates a request body; nullopt on success.
+std::optional<ApiError> parse_request(ApiKind kind, std::string_view body, ApiRequest& out);
+
+// Where a response ran: the x-switchyard-* headers and the body's "switchyard" object.
+struct Provenance {
+  std::string_view tier;
+  std::string_view placement;  // device or cloud
+  std::string_view model;
+  std::string_view model_version;
+  std::string_view decision_id;
+};
+
+void append_json_string(std::string& out, std::string_view text);
+void append_provenance(std::string& out, const Provenance& where);
+
+// A whole non-streamed response body.
+void append_completion(std::string& out, const ApiRequest& request, std::string_view id,
+                       int64_t created, const backend::Completion& completion,
+                       const Provenance& where);
+
+// Formats one streamed response as SSE events ("data: ...\n\n").
+class SseWriter {
+ public:
+  SseWriter(const ApiRequest& request, std::string id, int64_t created, std::string model);
+  // Opens the stream (chat: the assistant role) with the provenance object.
+  void begin(std::string& out, const Provenance& where) const;
+  void delta(std::string& out, const backend::Delta& delta) const;
+  // The chunk with finish_reason and provenance, the usage chunk when asked
+  // for, then [DONE].
+  void finish(std::string& out, const backend::Completion& completion,
+              const Provenance& where) const;
+  // An error event; the stream ends after it, without [DONE].
+  static void error(std::string& out, const ApiError& error);
+
+ private:
+  void open_chunk(std::string& out) const;
+
+  ApiKind kind_;
+  bool include_usage_;
+  bool logprobs_;
+  std::string id_;
+  std::string model_;
+  std::string head_;  // the fields every chunk starts with, pre-rendered
+};
+
+}  // namespace sy::serve

@@ -1,0 +1,780 @@
+#include "serve/server.h"
+
+#include <httplib.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cmath>
+#include <condition_variable>
+#include <cstdio>
+#include <ctime>
+#include <deque>
+#include <functional>
+#include <mutex>
+#include <random>
+#include <string>
+#include <thread>
+#include <unordered_map>
+#include <vector>
+
+#include "serve/openai.h"
+
+namespace sy::serve {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+constexpr const char* kJson = "application/json";
+// The model name that leaves the choice of tier to the gateway (the default
+// tier until the router decides per request).
+constexpr const char* kRoutedModel = "switchyard";
+
+const char* placement_name(backend::Placement p) {
+  return p == backend::Placement::kCloud ? "cloud" : "device";
+}
+
+std::string_view header_value(const httplib::Request& req, const char* name) {
+  auto it = req.headers.find(name);
+  return it == req.headers.end() ? std::string_view() : std::string_view(it->second);
+}
+
+bool constant_time_equal(std::string_view a, std::string_view b) {
+  if (a.size() != b.size()) return false;
+  unsigned char diff = 0;
+  for (size_t i = 0; i < a.size(); ++i) diff |= static_cast<unsigned char>(a[i] ^ b[i]);
+  return diff == 0;
+}
+
+double ms_since(Clock::time_point start) {
+  return std::chrono::duration<double, std::milli>(Clock::now() - start).count();
+}
+
+struct Tier {
+  backend::TierConfig config;
+  std::shared_ptr<backend::Backend> backend;
+  // Series looked up once so the request path only does atomic adds.
+  Counter* ok_chat = nullptr;
+  Counter* ok_completions = nullptr;
+  Counter* prompt_tokens = nullptr;
+  Counter* completion_tokens = nullptr;
+  Histogram* latency = nullptr;
+  Histogram* ttft = nullptr;
+};
+
+// One streamed generation: a producer thread runs the tier and appends SSE
+// text; the HTTP worker drains it into the socket. The split lets the handler
+// answer with a real status when the tier fails before its first token.
+struct StreamState {
+  std::mutex mu;
+  std::condition_variable cv;
+  std::string pending;
+  bool started = false;
+  bool finished = false;
+  std::optional<Error> error;
+  std::optional<ApiError> stream_error;  // sent mid-stream as an SSE error event
+  backend::Completion completion;
+
+  // Owned copies: a producer abandoned at its deadline may outlive the request.
+  std::shared_ptr<backend::Backend> backend;
+  backend::BackendRequest request;
+  std::string tier, placement, model, model_version, decision_id;
+  std::optional<SseWriter> writer;
+  std::thread producer;
+
+  Provenance provenance(std::string_view version) const {
+    return Provenance{tier, placement, model, version, decision_id};
+  }
+
+  void produce() {
+    auto r = backend->generate(request, [this](const backend::Delta& d) {
+      if (request.cancelled->load(std::memory_order_relaxed)) return false;
+      {
+        std::lock_guard lock(mu);
+        if (!started) {
+          started = true;
+          writer->begin(pending, provenance(model_version));
+        }
+        writer->delta(pending, d);
+      }
+      cv.notify_one();
+      return true;
+    });
+    {
+      std::lock_guard lock(mu);
+      if (r.ok()) {
+        completion = std::move(r).value();
+        if (!started) writer->begin(pending, provenance(model_version));
+        const std::string& version =
+            completion.model_version.empty() ? model_version : completion.model_version;
+        writer->finish(pending, completion, provenance(version));
+      } else {
+        error = r.error();
+        if (started) {
+          stream_error = from_backend_error(*error);
+          SseWriter::error(pending, *stream_error);
+        }
+      }
+      finished = true;
+    }
+    cv.notify_one();
+  }
+};
+
+// httplib's own pool starts every thread up front; this one starts them as
+// connections arrive, so an idle gateway stays small while a busy one can
+// still hold many keep-alive connections (httplib serves each on one thread).
+class ElasticPool : public httplib::TaskQueue {
+ public:
+  explicit ElasticPool(size_t max_threads) : max_threads_(max_threads) {}
+
+  void enqueue(std::function<void()> fn) override {
+    {
+      std::lock_guard lock(mu_);
+      jobs_.push_back(std::move(fn));
+      if (jobs_.size() > idle_ && threads_.size() < max_threads_) {
+        threads_.emplace_back([this] { work(); });
+        return;
+      }
+    }
+    cv_.notify_one();
+  }
+
+  void shutdown() override {
+    {
+      std::lock_guard lock(mu_);
+      stopping_ = true;
+    }
+    cv_.notify_all();
+    for (auto& t : threads_) t.join();
+  }
+
+ private:
+  void work() {
+    while (true) {
+      std::function<void()> fn;
+      {
+        std::unique_lock lock(mu_);
+        ++idle_;
+        cv_.wait(lock, [&] { return stopping_ || !jobs_.empty(); });
+        --idle_;
+        if (jobs_.empty()) return;  // stopping, and nothing left to run
+        fn = std::move(jobs_.front());
+        jobs_.pop_front();
+      }
+      fn();
+    }
+  }
+
+  const size_t max_threads_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<std::function<void()>> jobs_;
+  std::vector<std::thread> threads_;
+  size_t idle_ = 0;
+  bool stopping_ = false;
+};
+
+}  // namespace
+
+struct Gateway::Impl {
+  GatewayConfig config;
+  httplib::Server http;
+  MetricsRegistry metrics;
+  std::vector<Tier> tiers;
+  std::unordered_map<std::string, size_t> by_model;  // tier names, aliases, model ids
+  size_t default_tier = 0;
+  std::string models_json;
+  std::atomic<bool> ready{false};
+  std::atomic<int32_t> in_flight{0};
+  std::atomic<bool> run_started{false};
+  std::atomic<bool> run_finished{false};
+  std::atomic<bool> stopping{false};
+  std::string id_prefix;
+  std::atomic<uint64_t> next_id{1};
+  int64_t started_at = std::time(nullptr);
+  Gauge* in_flight_gauge = nullptr;
+
+  explicit Impl(GatewayConfig c) : config(std::move(c)) {
+    std::random_device rd;
+    char buf[16];
+    std::snprintf(buf, sizeof buf, "%08x", rd());
+    id_prefix = std::string("sy") + buf + "-";
+    in_flight_gauge = &metrics.gauge("switchyard_requests_in_flight",
+                                     "Generation requests being served now.", {}, {});
+    setup_routes();
+  }
+
+  std::string new_id() {
+    char buf[24];
+    const int n = std::snprintf(buf, sizeof buf, "%llx",
+                                static_cast<unsigned long long>(next_id.fetch_add(1)));
+    std::string id;
+    id.reserve(id_prefix.size() + static_cast<size_t>(n));
+    id += id_prefix;
+    id.append(buf, static_cast<size_t>(n));
+    return id;
+  }
+
+  void setup_routes() {
+    const ServerConfig& s = config.server;
+    const size_t workers = s.worker_threads > 0
+                               ? static_cast<size_t>(s.worker_threads)
+                               : static_cast<size_t>(s.max_concurrent_requests) + 64;
+    http.new_task_queue = [workers] { return new ElasticPool(workers); };
+    http.set_payload_max_length(s.max_body_bytes);
+    http.set_tcp_nodelay(true);
+    // httplib closes keep-alive connections after 5 requests by default, which
+    // would make proxied clients reconnect all the time.
+    http.set_keep_alive_max_count(100000);
+
+    http.Get("/healthz", [](const httplib::Request&, httplib::Response& res) {
+      res.set_content("{\"status\":\"ok\"}", kJson);
+    });
+    http.Get("/readyz", [this](const httplib::Request&, httplib::Response& res) {
+      if (!ready.load(std::memory_order_acquire)) {
+        res.status = 503;
+        res.set_content("{\"status\":\"loading\"}", kJson);
+        return;
+      }
+      std::string body = "{\"status\":\"ready\",\"tiers\":[";
+      for (size_t i = 0; i < tiers.size(); ++i) {
+        if (i > 0) body += ',';
+        append_json_string(body, tiers[i].config.name);
+      }
+      body += "]}";
+      res.set_content(body, kJson);
+    });
+    http.Get("/metrics", [this](const httplib::Request&, httplib::Response& res) {
+      in_flight_gauge->set(in_flight.load(std::memory_order_relaxed));
+      res.set_content(metrics.render(), "text/plain; version=0.0.4; charset=utf-8");
+    });
+    http.Get("/v1/models", [this](const httplib::Request& req, httplib::Response& res) {
+      if (!check_auth(req, res)) return;
+      if (!ready.load(std::memory_order_acquire)) {
+        send_error(res, not_ready());
+        return;
+      }
+      res.set_content(models_json, kJson);
+    });
+    http.Post("/v1/chat/completions", [this](const httplib::Request& req, httplib::Response& res,
+                                             const httplib::ContentReader& reader) {
+      handle_generate(ApiKind::kChat, req, res, reader);
+    });
+    http.Post("/v1/completions", [this](const httplib::Request& req, httplib::Response& res,
+                                        const httplib::ContentReader& reader) {
+      handle_generate(ApiKind::kCompletion, req, res, reader);
+    });
+
+    // Whatever httplib answers by itself (unknown path, oversized or
+    // malformed request) still gets OpenAI's error shape.
+    http.set_error_handler(httplib::Server::HandlerWithResponse(
+        [](const httplib::Request& req, httplib::Response& res) {
+          if (!res.body.empty()) return httplib::Server::HandlerResponse::Unhandled;
+          ApiError e;
+          switch (res.status) {
+            case 404:
+              e = invalid_request("Unknown path " + req.method + " " + req.path +
+                                      "; see /v1/chat/completions, /v1/completions, /v1/models",
+                                  {}, "not_found");
+              e.status = 404;
+              break;
+            case 413:
+              e = invalid_request("The request body is too large", {}, "request_too_large");
+              e.status = 413;
+              break;
+            default:
+              e = invalid_request("The HTTP request could not be handled (" +
+                                  std::to_string(res.status) + ")");
+              e.status = res.status;
+              if (res.status >= 500) e.type = "server_error";
+          }
+          res.set_content(error_json(e), kJson);
+          return httplib::Server::HandlerResponse::Handled;
+        }));
+    http.set_exception_handler(
+        [](const httplib::Request&, httplib::Response& res, std::exception_ptr ep) {
+          std::string what = "unknown exception";
+          try {
+            std::rethrow_exception(ep);
+          } catch (const std::exception& ex) {
+            what = ex.what();
+          } catch (...) {
+          }
+          ApiError e;
+          e.status = 500;
+          e.type = "server_error";
+          e.message = "internal error: " + what;
+          res.status = 500;
+          res.set_content(error_json(e), kJson);
+        });
+  }
+
+  static ApiError not_ready() {
+    ApiError e;
+    e.status = 503;
+    e.type = "service_unavailable";
+    e.code = "not_ready";
+    e.message = "The gateway is still loading its tiers; retry shortly (GET /readyz tells when)";
+    return e;
+  }
+
+  static void send_error(httplib::Response& res, const ApiError& e) {
+    res.status = e.status;
+    if (e.retry_after_seconds > 0) {
+      res.set_header("Retry-After",
+                     std::to_string(static_cast<int64_t>(std::ceil(e.retry_after_seconds))));
+    }
+    res.body = error_json(e);
+    res.set_header("Content-Type", kJson);
+  }
+
+  bool check_auth(const httplib::Request& req, httplib::Response& res) const {
+    const auto& keys = config.server.api_keys;
+    if (keys.empty()) return true;
+    std::string_view auth = header_value(req, "Authorization");
+    ApiError e;
+    e.status = 401;
+    e.code = "invalid_api_key";
+    if (auth.empty()) {
+      e.message = "Missing API key: send it as 'Authorization: Bearer KEY'";
+    } else if (!auth.starts_with("Bearer ")) {
+      e.message = "The Authorization header must be 'Bearer KEY'";
+    } else {
+      const std::string_view key = auth.substr(7);
+      bool match = false;
+      for (const auto& k : keys) match |= constant_time_equal(key, k);
+      if (match) return true;
+      e.message = "Incorrect API key provided";
+    }
+    send_error(res, e);
+    return false;
+  }
+
+  // The tier that serves a request, or the error that says why none does.
+  std::optional<ApiError> select_tier(const httplib::Request& req, const ApiRequest& api,
+                                      size_t& out) const {
+    if (std::string_view forced = header_value(req, "x-switchyard-tier"); !forced.empty()) {
+      for (size_t i = 0; i < tiers.size(); ++i) {
+        if (tiers[i].config.name == forced) {
+          out = i;
+          return std::nullopt;
+        }
+      }
+      std::string names;
+      for (const auto& t : tiers) names += (names.empty() ? "" : ", ") + t.config.name;
+      return invalid_request("x-switchyard-tier: '" + std::string(forced) +
+                                 "' is not a tier of this gateway (tiers: " + names + ")",
+                             "x-switchyard-tier", "unknown_tier");
+    }
+    if (api.model.empty()) {
+      out = default_tier;
+      return std::nullopt;
+    }
+    auto it = by_model.find(api.model);
+    if (it == by_model.end() && api.model == kRoutedModel) {
+      out = default_tier;
+      return std::nullopt;
+    }
+    if (it == by_model.end()) {
+      ApiError e = invalid_request("The model '" + api.model +
+                                       "' does not exist on this gateway; GET /v1/models "
+                                       "lists the names it serves",
+                                   "model", "model_not_found");
+      e.status = 404;
+      return e;
+    }
+    out = it->second;
+    return std::nullopt;
+  }
+
+  void record(const Tier* tier, ApiKind kind, int status, Clock::time_point start,
+              const backend::Completion* completion, std::string_view id) {
+    const double ms = ms_since(start);
+    const char* endpoint = kind == ApiKind::kChat ? "chat" : "completions";
+    if (tier != nullptr && status == 200) {
+      (kind == ApiKind::kChat ? tier->ok_chat : tier->ok_completions)->add();
+    } else {
+      metrics
+          .counter("switchyard_requests_total", kRequestsHelp, {"tier", "endpoint", "status"},
+                   {tier ? tier->config.name : "none", endpoint, std::to_string(status)})
+          .add();
+    }
+    if (tier != nullptr) {
+      tier->latency->observe(ms / 1e3);
+      if (completion != nullptr) {
+        tier->prompt_tokens->add(completion->usage.prompt_tokens);
+        tier->completion_tokens->add(completion->usage.completion_tokens);
+        if (completion->time_to_first_token_ms > 0) {
+          tier->ttft->observe(completion->time_to_first_token_ms / 1e3);
+        }
+      }
+    }
+    if (config.server.log_requests) {
+      std::fprintf(stderr, "req %.*s %s tier=%s status=%d %.1fms\n", static_cast<int>(id.size()),
+                   id.data(), endpoint, tier ? tier->config.name.c_str() : "-", status, ms);
+    }
+  }
+
+  static constexpr const char* kRequestsHelp =
+      "Generation requests by tier, endpoint and outcome status (the HTTP status; for "
+      "streams that failed after starting, the error's status; 499: the client went away).";
+
+  void handle_generate(ApiKind kind, const httplib::Request& req, httplib::Response& res,
+                       const httplib::ContentReader& reader) {
+    const auto start = Clock::now();
+    std::string id = new_id();
+    res.set_header("x-switchyard-decision-id", id);
+
+    // Bodies without Content-Length (chunked) bypass httplib's own limit.
+    const size_t limit = config.server.max_body_bytes;
+    std::string body;
+    bool too_large = false;
+    const bool read_ok = reader([&](const char* data, size_t n) {
+      if (body.size() + n > limit) {
+        too_large = true;
+        return false;
+      }
+      body.append(data, n);
+      return true;
+    });
+    if (too_large || res.status == 413) {
+      ApiError e = invalid_request("The request body is larger than server.max_body_bytes (" +
+                                       std::to_string(limit) + " bytes)",
+                                   {}, "request_too_large");
+      e.status = 413;
+      res.set_header("Connection", "close");
+      send_error(res, e);
+      record(nullptr, kind, 413, start, nullptr, id);
+      return;
+    }
+    if (!read_ok) {
+      res.set_header("Connection", "close");
+      send_error(res, invalid_request("The request body could not be read"));
+      record(nullptr, kind, 400, start, nullptr, id);
+      return;
+    }
+    if (!check_auth(req, res)) {
+      record(nullptr, kind, 401, start, nullptr, id);
+      return;
+    }
+    if (!ready.load(std::memory_order_acquire)) {
+      send_error(res, not_ready());
+      record(nullptr, kind, 503, start, nullptr, id);
+      return;
+    }
+
+    ApiRequest api;
+    if (auto e = parse_request(kind, body, api)) {
+      send_error(res, *e);
+      record(nullptr, kind, e->status, start, nullptr, id);
+      return;
+    }
+    size_t index = 0;
+    if (auto e = select_tier(req, api, index)) {
+      send_error(res, *e);
+      record(nullptr, kind, e->status, start, nullptr, id);
+      return;
+    }
+    Tier& tier = tiers[index];
+
+    // Admission after parsing, so malformed requests never take a slot.
+    if (in_flight.fetch_add(1, std::memory_order_acq_rel) >=
+        config.server.max_concurrent_requests) {
+      in_flight.fetch_sub(1, std::memory_order_acq_rel);
+      ApiError e;
+      e.status = 429;
+      e.type = "rate_limit_error";
+      e.code = "overloaded";
+      e.message = "The gateway is serving its maximum of " +
+                  std::to_string(config.server.max_concurrent_requests) +
+                  " concurrent requests; retry shortly";
+      e.retry_after_seconds = 1;
+      send_error(res, e);
+      record(&tier, kind, 429, start, nullptr, id);
+      return;
+    }
+
+    const backend::BackendInfo& info = tier.backend->info();
+    res.set_header("x-switchyard-tier", tier.config.name);
+    api.backend.request_id = id;
+    api.backend.deadline = start + std::chrono::milliseconds(config.server.request_timeout_ms);
+    api.backend.cancelled = std::make_shared<std::atomic<bool>>(false);
+
+    if (api.stream) {
+      stream(kind, tier, info, std::move(api), std::move(id), start, res);
+      return;
+    }
+
+    auto result = tier.backend->generate(api.backend, {});
+    in_flight.fetch_sub(1, std::memory_order_acq_rel);
+    if (!result.ok()) {
+      res.set_header("x-switchyard-model", info.model);
+      res.set_header("x-switchyard-model-version", std::string(or_unknown(info.model_version)));
+      const ApiError e = from_backend_error(result.error());
+      send_error(res, e);
+      record(&tier, kind, e.status, start, nullptr, id);
+      return;
+    }
+    const backend::Completion& c = *result;
+    const std::string& model = c.model.empty() ? info.model : c.model;
+    const std::string_view version =
+        or_unknown(c.model_version.empty() ? info.model_version : c.model_version);
+    res.set_header("x-switchyard-model", model);
+    res.set_header("x-switchyard-model-version", std::string(version));
+    const Provenance where{tier.config.name, placement_name(tier.config.placement), model, version,
+                           id};
+    append_completion(res.body, api, id, std::time(nullptr), c, where);
+    res.set_header("Content-Type", kJson);
+    record(&tier, kind, 200, start, &c, id);
+  }
+
+  static std::string_view or_unknown(const std::string& s) {
+    return s.empty() ? std::string_view("unknown") : std::string_view(s);
+  }
+
+  void stream(ApiKind kind, Tier& tier, const backend::BackendInfo& info, ApiRequest api,
+              std::string id, Clock::time_point start, httplib::Response& res) {
+    auto st = std::make_shared<StreamState>();
+    st->backend = tier.backend;
+    st->tier = tier.config.name;
+    st->placement = placement_name(tier.config.placement);
+    st->model = info.model;
+    st->model_version = or_unknown(info.model_version);
+    st->decision_id = id;
+    st->writer.emplace(api, id, std::time(nullptr), info.model);
+    st->request = std::move(api.backend);
+    const auto deadline = *st->request.deadline;
+    st->producer = std::thread([st] { st->produce(); });
+
+    res.set_header("x-switchyard-model", st->model);
+    res.set_header("x-switchyard-model-version", st->model_version);
+
+    std::unique_lock lock(st->mu);
+    // The tier enforces the deadline itself; the grace period only guards
+    // against one that does not, so no request hangs forever.
+    const bool began = st->cv.wait_until(lock, deadline + std::chrono::seconds(2),
+                                         [&] { return st->started || st->finished; });
+    if (!began || (!st->started && st->error)) {
+      ApiError e;
+      if (began) {
+        e = from_backend_error(*st->error);
+      } else {
+        e.status = 504;
+        e.type = "timeout_error";
+        e.code = "deadline_exceeded";
+        e.message = "tier '" + tier.config.name + "' produced nothing within " +
+                    std::to_string(config.server.request_timeout_ms) + " ms";
+        st->request.cancelled->store(true);
+      }
+      lock.unlock();
+      if (began) {
+        st->producer.join();
+      } else {
+        st->producer.detach();
+      }
+      in_flight.fetch_sub(1, std::memory_order_acq_rel);
+      send_error(res, e);
+      record(&tier, kind, e.status, start, nullptr, id);
+      return;
+    }
+    lock.unlock();
+
+    res.set_header("Cache-Control", "no-cache");
+    Tier* t = &tier;
+    res.set_chunked_content_provider(
+        "text/event-stream",
+        [st, out = std::string()](size_t, httplib::DataSink& sink) mutable {
+          bool done = false;
+          {
+            std::unique_lock l(st->mu);
+            st->cv.wait_for(l, std::chrono::milliseconds(250),
+                            [&] { return !st->pending.empty() || st->finished; });
+            out.clear();
+            out.swap(st->pending);
+            done = st->finished;
+          }
+          if (!out.empty() && !sink.write(out.data(), out.size())) {
+            st->request.cancelled->store(true);
+            return false;
+          }
+          if (done) {
+            sink.done();
+          } else if (out.empty() && !sink.is_writable()) {
+            st->request.cancelled->store(true);
+            return false;
+          }
+          return true;
+        },
+        [this, st, t, kind, start, id = std::move(id)](bool success) {
+          if (!success) st->request.cancelled->store(true);
+          if (st->producer.joinable()) st->producer.join();
+          in_flight.fetch_sub(1, std::memory_order_acq_rel);
+          int status = 200;
+          if (!success) {
+            status = 499;
+          } else if (st->stream_error) {
+            status = st->stream_error->status;
+          }
+          record(t, kind, status, start, st->error ? nullptr : &st->completion, id);
+        });
+  }
+
+  Status load_tiers(const BackendFactory& factory) {
+    std::vector<Tier> loaded;
+    loaded.reserve(config.tiers.size());
+    for (const auto& tc : config.tiers) {
+      auto b = factory(tc);
+      if (!b.ok()) {
+        Error e = b.error();
+        e.message = config.source + ": tiers." + tc.name + ": " + e.message;
+        return e;
+      }
+      Tier t;
+      t.config = tc;
+      t.backend = std::move(b).value();
+      const std::string& n = tc.name;
+      const std::vector<std::string> names = {"tier", "endpoint", "status"};
+      t.ok_chat =
+          &metrics.counter("switchyard_requests_total", kRequestsHelp, names, {n, "chat", "200"});
+      t.ok_completions = &metrics.counter("switchyard_requests_total", kRequestsHelp, names,
+                                          {n, "completions", "200"});
+      const char* tokens_help = "Tokens processed, by tier and type (prompt or completion).";
+      t.prompt_tokens =
+          &metrics.counter("switchyard_tokens_total", tokens_help, {"tier", "type"}, {n, "prompt"});
+      t.completion_tokens = &metrics.counter("switchyard_tokens_total", tokens_help,
+                                             {"tier", "type"}, {n, "completion"});
+      t.latency = &metrics.histogram("switchyard_request_duration_seconds",
+                                     "Time from request to last byte, by tier.", {"tier"}, {n});
+      t.ttft = &metrics.histogram("switchyard_time_to_first_token_seconds",
+                                  "Time to the first generated token, as the tier measured it.",
+                                  {"tier"}, {n});
+      const backend::BackendInfo& info = t.backend->info();
+      metrics
+          .gauge("switchyard_tier_info", "Configured tiers (value 1), with what they serve.",
+                 {"tier", "kind", "placement", "model", "model_version"},
+                 {n, tc.kind, placement_name(tc.placement), info.model, info.model_version})
+          .set(1);
+      loaded.push_back(std::move(t));
+    }
+
+    by_model.clear();
+    // Model ids first, so explicit names and aliases win over them; a model
+    // id served by several tiers reaches the first (device tiers come first
+    // in any sensible config).
+    for (size_t i = 0; i < loaded.size(); ++i) {
+      by_model.emplace(loaded[i].config.model, i);
+      if (!loaded[i].backend->info().model.empty()) {
+        by_model.emplace(loaded[i].backend->info().model, i);
+      }
+    }
+    for (const auto& alias : config.models) {
+      for (size_t i = 0; i < loaded.size(); ++i) {
+        if (loaded[i].config.name == alias.tier) by_model[alias.name] = i;
+      }
+    }
+    for (size_t i = 0; i < loaded.size(); ++i) by_model[loaded[i].config.name] = i;
+
+    default_tier = 0;
+    const std::string& wanted = config.server.default_tier;
+    auto pick = std::find_if(loaded.begin(), loaded.end(), [&](const Tier& t) {
+      return wanted.empty() ? t.config.placement == backend::Placement::kDevice
+                            : t.config.name == wanted;
+    });
+    if (pick != loaded.end()) default_tier = static_cast<size_t>(pick - loaded.begin());
+
+    models_json = render_models(loaded);
+    tiers = std::move(loaded);
+    ready.store(true, std::memory_order_release);
+    return Status::Ok();
+  }
+
+  // OpenAI's list shape; every name a client may send is listed, each saying
+  // which tier it reaches.
+  std::string render_models(const std::vector<Tier>& loaded) const {
+    std::vector<std::pair<std::string, size_t>> entries(by_model.begin(), by_model.end());
+    std::sort(entries.begin(), entries.end(), [](const auto& a, const auto& b) {
+      return a.second != b.second ? a.second < b.second : a.first < b.first;
+    });
+    if (!by_model.contains(kRoutedModel))
+      entries.insert(entries.begin(), {kRoutedModel, default_tier});
+    std::string out = "{\"object\":\"list\",\"data\":[";
+    for (size_t i = 0; i < entries.size(); ++i) {
+      const Tier& t = loaded[entries[i].second];
+      const backend::BackendInfo& info = t.backend->info();
+      if (i > 0) out += ',';
+      out += "{\"id\":";
+      append_json_string(out, entries[i].first);
+      out += ",\"object\":\"model\",\"created\":" + std::to_string(started_at) +
+             ",\"owned_by\":\"switchyard\",\"switchyard\":{\"tier\":";
+      append_json_string(out, t.config.name);
+      out += ",\"kind\":";
+      append_json_string(out, t.config.kind);
+      out += ",\"placement\":";
+      append_json_string(out, placement_name(t.config.placement));
+      out += ",\"model\":";
+      append_json_string(out, info.model);
+      out += ",\"model_version\":";
+      append_json_string(out, info.model_version);
+      out += ",\"context_length\":" + std::to_string(info.context_length) + "}}";
+    }
+    out += "]}";
+    return out;
+  }
+};
+
+Gateway::Gateway(GatewayConfig config) : impl_(std::make_unique<Impl>(std::move(config))) {}
+
+Gateway::~Gateway() {
+  stop();
+}
+
+Result<int> Gateway::bind() {
+  const ServerConfig& s = impl_->config.server;
+  int port = s.port;
+  if (port == 0) {
+    port = impl_->http.bind_to_any_port(s.host);
+    if (port < 0) port = 0;
+  } else if (!impl_->http.bind_to_port(s.host, port)) {
+    port = 0;
+  }
+  if (port == 0) {
+    return make_error(ErrorKind::kUnavailable,
+                      "cannot listen on " + s.host + ":" + std::to_string(s.port) +
+                          " (address in use, or not an address of this machine); pick "
+                          "another with --port, or --port 0 for any free one");
+  }
+  return port;
+}
+
+Status Gateway::load_tiers(const BackendFactory& factory) {
+  return impl_->load_tiers(factory);
+}
+
+void Gateway::run() {
+  impl_->run_started.store(true);
+  if (!impl_->stopping.load()) impl_->http.listen_after_bind();
+  impl_->run_finished.store(true);
+}
+
+void Gateway::stop() {
+  impl_->stopping.store(true);
+  if (!impl_->run_started.load()) return;
+  // httplib ignores stop() until its accept loop is running.
+  while (!impl_->http.is_running() && !impl_->run_finished.load()) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  impl_->http.stop();
+}
+
+bool Gateway::ready() const {
+  return impl_->ready.load(std::memory_order_acquire);
+}
+const GatewayConfig& Gateway::config() const {
+  return impl_->config;
+}
+MetricsRegistry& Gateway::metrics() {
+  return impl_->metrics;
+}
+
+}  // namespace sy::serve

@@ -1,0 +1,461 @@
+// The gateway as users run it: real `switchyard serve` processes on loopback.
+// One serves stories260K and stands in for a cloud API; the gateway in front
+// of it has its own embedded stories260K as the edge tier. Upstream faults
+// come from the in-process FaultServer.
+#include <gtest/gtest.h>
+
+#include <chrono>
+#include <fstream>
+#include <set>
+#include <thread>
+
+#include "support/fault_server.h"
+#include "support/process.h"
+#include "support/test_paths.h"
+
+namespace sy::testing {
+namespace {
+
+using namespace std::chrono_literals;
+using nlohmann::json;
+
+std::vector<std::string> model_env() {
+  return {"SWITCHYARD_MODEL_PATH=" + shared_models_dir()};
+}
+
+std::string write_config(const std::string& text) {
+  const std::string path = temp_path(".yaml");
+  std::ofstream(path) << text;
+  return path;
+}
+
+json chat_body(bool stream, int max_tokens = 24) {
+  json b = {{"messages", {{{"role", "user"}, {"content", "Once upon a time"}}}},
+            {"max_tokens", max_tokens},
+            {"temperature", 0}};
+  if (stream) {
+    b["stream"] = true;
+    b["stream_options"] = {{"include_usage", true}};
+  }
+  return b;
+}
+
+HttpResult chat(int port, const json& body, const std::string& tier,
+                httplib::Headers headers = {}) {
+  if (!tier.empty()) headers.emplace("x-switchyard-tier", tier);
+  return http_post(port, "/v1/chat/completions", body.dump(), headers);
+}
+
+void expect_error(const HttpResult& r, int status) {
+  EXPECT_EQ(r.status, status) << r.body;
+  const json j = r.json();
+  ASSERT_TRUE(j.is_object() && j.contains("error")) << r.body;
+  for (const char* key : {"message", "type", "param", "code"}) {
+    EXPECT_TRUE(j["error"].contains(key)) << key << " missing in " << r.body;
+  }
+  EXPECT_TRUE(j["error"]["message"].is_string());
+}
+
+// Reads a streamed answer: its events, the concatenated text, the error event.
+struct Stream {
+  std::vector<json> chunks;
+  bool done = false;
+  std::string text;
+  json error;
+};
+
+Stream read_stream(const HttpResult& r) {
+  Stream s;
+  for (const auto& data : sse_data(r.body)) {
+    if (data == "[DONE]") {
+      s.done = true;
+      continue;
+    }
+    json j = json::parse(data, nullptr, false);
+    EXPECT_FALSE(j.is_discarded()) << data;
+    if (j.contains("error")) {
+      s.error = j;
+      continue;
+    }
+    for (const auto& c : j["choices"]) {
+      if (c.contains("delta") && c["delta"].contains("content")) {
+        s.text += c["delta"]["content"].get<std::string>();
+      }
+    }
+    s.chunks.push_back(std::move(j));
+  }
+  return s;
+}
+
+class GatewayE2E : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    cloud_ = new ServeProcess({"-m", "stories260K", "--quiet"}, model_env());
+    if (!cloud_->ok()) return;
+    config_path_ =
+        new std::string(write_config("server:\n"
+                                     "  max_body_bytes: 65536\n"
+                                     "tiers:\n"
+                                     "  edge:\n"
+                                     "    kind: embedded\n"
+                                     "    model: stories260K\n"
+                                     "    threads: 1\n"
+                                     "  cloud:\n"
+                                     "    kind: openai\n"
+                                     "    placement: cloud\n"
+                                     "    model: stories260K\n"
+                                     "    endpoint: " +
+                                     cloud_->base_url() +
+                                     "\n"
+                                     "    price: {input_per_mtok: 0.15, output_per_mtok: 0.6}\n"
+                                     "models:\n"
+                                     "  gpt-4o-mini: cloud\n"));
+    gateway_ = new ServeProcess({"--config", *config_path_}, model_env());
+  }
+
+  static void TearDownTestSuite() {
+    delete gateway_;
+    delete cloud_;
+    if (config_path_) std::remove(config_path_->c_str());
+    delete config_path_;
+    gateway_ = nullptr;
+    cloud_ = nullptr;
+    config_path_ = nullptr;
+  }
+
+  void SetUp() override {
+    ASSERT_TRUE(cloud_->ok()) << "cloud tier did not start:\n" << cloud_->process().stderr_text();
+    ASSERT_TRUE(gateway_->ok()) << "gateway did not start:\n" << gateway_->process().stderr_text();
+  }
+
+  static int port() { return gateway_->port(); }
+
+  static ServeProcess* cloud_;
+  static ServeProcess* gateway_;
+  static std::string* config_path_;
+};
+
+ServeProcess* GatewayE2E::cloud_ = nullptr;
+ServeProcess* GatewayE2E::gateway_ = nullptr;
+std::string* GatewayE2E::config_path_ = nullptr;
+
+TEST_F(GatewayE2E, NonStreamingOnEachTier) {
+  for (const std::string tier : {"edge", "cloud"}) {
+    SCOPED_TRACE(tier);
+    const auto r = chat(port(), chat_body(false), tier);
+    ASSERT_EQ(r.status, 200) << r.body;
+    EXPECT_EQ(r.header("x-switchyard-tier"), tier);
+    EXPECT_EQ(r.header("x-switchyard-model"), "stories260K");
+    EXPECT_FALSE(r.header("x-switchyard-model-version").empty());
+    EXPECT_NE(r.header("x-switchyard-model-version"), "unknown");
+    const std::string id = r.header("x-switchyard-decision-id");
+    EXPECT_FALSE(id.empty());
+    const json j = r.json();
+    EXPECT_EQ(j["object"], "chat.completion");
+    EXPECT_FALSE(j["choices"][0]["message"]["content"].get<std::string>().empty()) << r.body;
+    EXPECT_TRUE(j["choices"][0]["finish_reason"] == "stop" ||
+                j["choices"][0]["finish_reason"] == "length");
+    EXPECT_GT(j["usage"]["prompt_tokens"].get<int>(), 0);
+    EXPECT_GT(j["usage"]["completion_tokens"].get<int>(), 0);
+    EXPECT_EQ(j["switchyard"]["tier"], tier);
+    EXPECT_EQ(j["switchyard"]["placement"], tier == "edge" ? "device" : "cloud");
+    EXPECT_EQ(j["switchyard"]["decision_id"], id);
+    EXPECT_EQ(j["switchyard"]["model_version"], r.header("x-switchyard-model-version"));
+  }
+}
+
+TEST_F(GatewayE2E, SameWeightsGiveTheSameGreedyAnswerOnBothTiers) {
+  const auto edge = chat(port(), chat_body(false), "edge");
+  const auto cloud = chat(port(), chat_body(false), "cloud");
+  ASSERT_EQ(edge.status, 200);
+  ASSERT_EQ(cloud.status, 200);
+  EXPECT_EQ(edge.json()["choices"][0]["message"]["content"],
+            cloud.json()["choices"][0]["message"]["content"]);
+  // The cloud process reports the weights it ran, and the gateway passes that on.
+  EXPECT_EQ(edge.json()["switchyard"]["model_version"],
+            cloud.json()["switchyard"]["model_version"]);
+}
+
+TEST_F(GatewayE2E, StreamingOnEachTier) {
+  for (const std::string tier : {"edge", "cloud"}) {
+    SCOPED_TRACE(tier);
+    const auto r = chat(port(), chat_body(true), tier);
+    ASSERT_EQ(r.status, 200) << r.body;
+    EXPECT_EQ(r.header("Content-Type"), "text/event-stream");
+    EXPECT_EQ(r.header("x-switchyard-tier"), tier);
+    const Stream s = read_stream(r);
+    ASSERT_GE(s.chunks.size(), 3u) << r.body;
+    EXPECT_TRUE(s.error.is_null()) << r.body;
+    EXPECT_TRUE(s.done) << r.body;
+    EXPECT_FALSE(s.text.empty());
+    EXPECT_EQ(s.chunks.front()["choices"][0]["delta"]["role"], "assistant");
+    EXPECT_EQ(s.chunks.front()["switchyard"]["tier"], tier);
+    EXPECT_EQ(s.chunks.front()["switchyard"]["decision_id"], r.header("x-switchyard-decision-id"));
+    const json& usage = s.chunks.back();
+    EXPECT_TRUE(usage["choices"].empty());
+    EXPECT_GT(usage["usage"]["completion_tokens"].get<int>(), 0);
+    const json& last = s.chunks[s.chunks.size() - 2];
+    EXPECT_FALSE(last["choices"][0]["finish_reason"].is_null());
+    EXPECT_EQ(last["switchyard"]["tier"], tier);
+  }
+  // The streamed text is the non-streamed answer.
+  const auto plain = chat(port(), chat_body(false), "edge");
+  const auto streamed = chat(port(), chat_body(true), "edge");
+  EXPECT_EQ(plain.json()["choices"][0]["message"]["content"].get<std::string>(),
+            read_stream(streamed).text);
+}
+
+TEST_F(GatewayE2E, ModelPicksTheTier) {
+  json b = chat_body(false);
+  b["model"] = "gpt-4o-mini";
+  EXPECT_EQ(chat(port(), b, "").header("x-switchyard-tier"), "cloud");
+  b["model"] = "edge";
+  EXPECT_EQ(chat(port(), b, "").header("x-switchyard-tier"), "edge");
+  b.erase("model");
+  EXPECT_EQ(chat(port(), b, "").header("x-switchyard-tier"), "edge");
+  const auto legacy = http_post(port(), "/v1/completions",
+                                R"({"model":"cloud","prompt":"Once upon","max_tokens":8})");
+  ASSERT_EQ(legacy.status, 200) << legacy.body;
+  EXPECT_EQ(legacy.json()["object"], "text_completion");
+  EXPECT_EQ(legacy.header("x-switchyard-tier"), "cloud");
+}
+
+TEST_F(GatewayE2E, ModelsHealthReadyMetrics) {
+  auto r = http_get(port(), "/v1/models");
+  ASSERT_EQ(r.status, 200);
+  std::set<std::string> ids;
+  const json models = r.json();
+  for (const auto& m : models["data"]) ids.insert(m["id"].get<std::string>());
+  EXPECT_TRUE(ids.contains("edge") && ids.contains("cloud") && ids.contains("gpt-4o-mini") &&
+              ids.contains("stories260K"))
+      << r.body;
+  EXPECT_EQ(http_get(port(), "/healthz").status, 200);
+  EXPECT_EQ(http_get(port(), "/readyz").status, 200);
+  ASSERT_EQ(chat(port(), chat_body(false), "cloud").status, 200);
+  r = http_get(port(), "/metrics");
+  ASSERT_EQ(r.status, 200);
+  EXPECT_NE(r.header("Content-Type").find("text/plain"), std::string::npos);
+  for (const char* needle :
+       {"# TYPE switchyard_requests_total counter",
+        "switchyard_requests_total{tier=\"cloud\",endpoint=\"chat\",status=\"200\"}",
+        "# TYPE switchyard_request_duration_seconds histogram",
+        "switchyard_request_duration_seconds_bucket{tier=\"cloud\",le=\"+Inf\"}",
+        "switchyard_tokens_total{tier=\"cloud\",type=\"completion\"}",
+        "switchyard_requests_in_flight"}) {
+    EXPECT_NE(r.body.find(needle), std::string::npos) << needle << "\n" << r.body;
+  }
+}
+
+TEST_F(GatewayE2E, ClientErrors) {
+  expect_error(http_post(port(), "/v1/chat/completions", "{nope"), 400);
+  json b = chat_body(false);
+  b["n"] = 2;
+  auto r = chat(port(), b, "");
+  expect_error(r, 400);
+  EXPECT_EQ(r.json()["error"]["param"], "n");
+  b = chat_body(false);
+  b["model"] = "gpt-9";
+  r = chat(port(), b, "");
+  expect_error(r, 404);
+  EXPECT_EQ(r.json()["error"]["code"], "model_not_found");
+  b = chat_body(false);
+  b["messages"][0]["content"] = std::string(70000, 'x');
+  expect_error(chat(port(), b, ""), 413);
+  EXPECT_EQ(chat(port(), chat_body(false), "edge").status, 200);
+}
+
+TEST_F(GatewayE2E, ClientDisconnectMidStreamLeavesTheServerHealthy) {
+  for (const std::string tier : {"edge", "cloud"}) {
+    SCOPED_TRACE(tier);
+    httplib::Client client("127.0.0.1", port());
+    httplib::Request req;
+    req.method = "POST";
+    req.path = "/v1/chat/completions";
+    req.body = chat_body(true, 400).dump();
+    req.set_header("Content-Type", "application/json");
+    req.set_header("x-switchyard-tier", tier);
+    int chunks = 0;
+    req.content_receiver = [&](const char*, size_t, uint64_t, uint64_t) { return ++chunks < 2; };
+    client.send(req);
+    EXPECT_GE(chunks, 1);
+  }
+  EXPECT_EQ(chat(port(), chat_body(false), "edge").status, 200);
+  EXPECT_EQ(chat(port(), chat_body(true), "cloud").status, 200);
+  EXPECT_EQ(http_get(port(), "/healthz").status, 200);
+}
+
+TEST(GatewayE2EAuth, BearerKeys) {
+  ServeProcess gw({"-m", "stories260K", "--api-keys-env", "SY_E2E_KEYS", "--quiet"},
+                  {"SWITCHYARD_MODEL_PATH=" + shared_models_dir(), "SY_E2E_KEYS=k-one,k-two"});
+  ASSERT_TRUE(gw.ok()) << gw.process().stderr_text();
+  expect_error(chat(gw.port(), chat_body(false), ""), 401);
+  expect_error(chat(gw.port(), chat_body(false), "", {{"Authorization", "Bearer wrong"}}), 401);
+  EXPECT_EQ(chat(gw.port(), chat_body(false), "", {{"Authorization", "Bearer k-two"}}).status, 200);
+}
+
+TEST(GatewayE2EStartup, BadConfigFailsWithTheKeyPath) {
+  const std::string path =
+      write_config("tiers:\n  cloud:\n    kind: openai\n    model: m\n    endpoint: htp://x\n");
+  auto p = Process::start({switchyard_binary(), "serve", "--config", path});
+  ASSERT_TRUE(p);
+  EXPECT_EQ(p->wait(30s), 2);
+  EXPECT_NE(p->stderr_text().find(path + ": tiers.cloud.endpoint: 'htp://x' is not an http(s) URL"),
+            std::string::npos)
+      << p->stderr_text();
+  std::remove(path.c_str());
+}
+
+TEST(GatewayE2EStartup, SigtermStopsCleanly) {
+  ServeProcess gw({"-m", "stories260K"}, model_env());
+  ASSERT_TRUE(gw.ok()) << gw.process().stderr_text();
+  EXPECT_EQ(gw.process().terminate(SIGTERM, 10s), 0);
+}
+
+// A gateway whose cloud tier is the fault-injecting server.
+class GatewayFaults : public ::testing::Test {
+ protected:
+  void start(const std::string& server_section) {
+    config_ =
+        write_config(server_section +
+                     "tiers:\n"
+                     "  cloud:\n"
+                     "    kind: openai\n"
+                     "    model: fault-model\n"
+                     "    endpoint: " +
+                     upstream_.base_url() +
+                     "\n"
+                     "    timeouts: {connect_ms: 1000, first_byte_ms: 800, total_ms: 5000}\n");
+    gw_ =
+        std::make_unique<ServeProcess>(std::vector<std::string>{"--config", config_}, model_env());
+    ASSERT_TRUE(gw_->ok()) << gw_->process().stderr_text();
+  }
+  void TearDown() override {
+    gw_.reset();
+    std::remove(config_.c_str());
+  }
+  HttpResult ask(bool stream) { return chat(gw_->port(), chat_body(stream), "cloud"); }
+
+  FaultServer upstream_;
+  std::string config_;
+  std::unique_ptr<ServeProcess> gw_;
+};
+
+TEST_F(GatewayFaults, NormalUpstreamPassesThrough) {
+  start("");
+  const auto r = ask(false);
+  ASSERT_EQ(r.status, 200) << r.body;
+  EXPECT_EQ(r.json()["choices"][0]["message"]["content"], "echo: Once upon a time");
+  const auto s = read_stream(ask(true));
+  EXPECT_EQ(s.text, "echo: Once upon a time");
+  EXPECT_TRUE(s.done);
+}
+
+TEST_F(GatewayFaults, Upstream500) {
+  start("");
+  upstream_.set_mode(FaultMode::kStatus500);
+  for (bool stream : {false, true}) {
+    const auto r = ask(stream);
+    expect_error(r, 502);
+    EXPECT_EQ(r.header("x-switchyard-tier"), "cloud");
+  }
+  upstream_.set_mode(FaultMode::kNormal);
+  EXPECT_EQ(ask(false).status, 200);
+}
+
+TEST_F(GatewayFaults, Upstream429PassesRetryAfterOn) {
+  start("");
+  upstream_.set_mode(FaultMode::kStatus429);
+  upstream_.set_retry_after("7");
+  for (bool stream : {false, true}) {
+    const auto r = ask(stream);
+    expect_error(r, 429);
+    EXPECT_EQ(r.header("Retry-After"), "7");
+  }
+}
+
+TEST_F(GatewayFaults, GarbageSseBecomesAnErrorEvent) {
+  start("");
+  upstream_.set_mode(FaultMode::kGarbageSse);
+  const auto r = ask(true);
+  ASSERT_EQ(r.status, 200) << r.body;
+  const Stream s = read_stream(r);
+  EXPECT_FALSE(s.error.is_null()) << r.body;
+  EXPECT_FALSE(s.done) << "a broken stream must not end like a complete one";
+  expect_error(ask(false), 502);
+}
+
+TEST_F(GatewayFaults, DeathMidStreamBecomesAnErrorEvent) {
+  start("");
+  upstream_.set_reply("one two three four five six seven eight");
+  upstream_.set_mode(FaultMode::kDieMidStream);
+  const auto r = ask(true);
+  ASSERT_EQ(r.status, 200) << r.body;
+  const Stream s = read_stream(r);
+  EXPECT_FALSE(s.error.is_null()) << r.body;
+  EXPECT_FALSE(s.done);
+  EXPECT_FALSE(s.text.empty());
+  upstream_.set_mode(FaultMode::kNormal);
+  EXPECT_EQ(ask(false).status, 200);
+}
+
+TEST_F(GatewayFaults, BlackHoleAnswers504WithinTheTimeout) {
+  start("server:\n  request_timeout_ms: 1500\n");
+  upstream_.set_mode(FaultMode::kBlackHole);
+  for (bool stream : {false, true}) {
+    const auto t0 = std::chrono::steady_clock::now();
+    const auto r = ask(stream);
+    const auto took = std::chrono::steady_clock::now() - t0;
+    expect_error(r, 504);
+    EXPECT_LT(took, 4s);  // first_byte_ms is 800, the request deadline 1500
+  }
+  upstream_.set_mode(FaultMode::kNormal);
+  EXPECT_EQ(ask(false).status, 200);
+}
+
+TEST_F(GatewayFaults, OverloadAnswers429) {
+  start("server:\n  max_concurrent_requests: 1\n");
+  upstream_.set_mode(FaultMode::kDelayFirstByte);
+  upstream_.set_first_byte_delay(600ms);
+  std::thread slow([&] { EXPECT_EQ(ask(false).status, 200); });
+  for (int i = 0; i < 1000 && upstream_.received().empty(); ++i) {
+    std::this_thread::sleep_for(5ms);
+  }
+  const auto r = ask(false);
+  expect_error(r, 429);
+  EXPECT_FALSE(r.header("Retry-After").empty());
+  slow.join();
+}
+
+TEST_F(GatewayFaults, CancelledStreamStopsTheUpstream) {
+  start("");
+  std::string words;
+  for (int i = 0; i < 100; ++i) words += "w ";
+  upstream_.set_reply(words);
+  upstream_.set_chunk_delay(30ms);
+  {
+    httplib::Client client("127.0.0.1", gw_->port());
+    httplib::Request req;
+    req.method = "POST";
+    req.path = "/v1/chat/completions";
+    req.body = chat_body(true).dump();
+    req.set_header("Content-Type", "application/json");
+    int chunks = 0;
+    req.content_receiver = [&](const char*, size_t, uint64_t, uint64_t) { return ++chunks < 3; };
+    const auto t0 = std::chrono::steady_clock::now();
+    client.send(req);
+    EXPECT_LT(std::chrono::steady_clock::now() - t0, 2s);
+  }
+  // The gateway notices the client left and releases its slot: the 499 shows
+  // in the metrics well before the upstream would have finished (3 s).
+  bool seen = false;
+  for (int i = 0; i < 100 && !seen; ++i) {
+    std::this_thread::sleep_for(20ms);
+    seen = http_get(gw_->port(), "/metrics").body.find("status=\"499\"} 1") != std::string::npos;
+  }
+  EXPECT_TRUE(seen) << http_get(gw_->port(), "/metrics").body;
+  upstream_.set_chunk_delay(0ms);
+  EXPECT_EQ(ask(false).status, 200);
+}
+
+}  // namespace
+}  // namespace sy::testing

@@ -1,0 +1,137 @@
+// Drives a Switchyard gateway with the official `openai` npm client and exits
+// non-zero on anything the client rejects or the gateway gets wrong.
+//
+//   SWITCHYARD_URL=http://127.0.0.1:8080/v1 SWITCHYARD_MODELS=edge,cloud node conformance.mjs
+//
+// SWITCHYARD_MODELS: comma-separated model names to run the checks on (default:
+// every model the gateway lists). SWITCHYARD_API_KEY: the client key, if any.
+import OpenAI from 'openai';
+
+const baseURL = process.env.SWITCHYARD_URL;
+if (!baseURL) {
+  console.error('set SWITCHYARD_URL to the gateway base URL, e.g. http://127.0.0.1:8080/v1');
+  process.exit(2);
+}
+const client = new OpenAI({
+  baseURL,
+  apiKey: process.env.SWITCHYARD_API_KEY || 'no-key',
+  maxRetries: 0,
+  timeout: 60_000,
+});
+
+let failures = 0;
+function check(condition, what) {
+  if (!condition) {
+    failures++;
+    console.error(`FAIL ${what}`);
+  }
+}
+
+async function step(name, fn) {
+  try {
+    await fn();
+    console.log(`ok   ${name}`);
+  } catch (err) {
+    failures++;
+    console.error(`FAIL ${name}: ${err?.stack ?? err}`);
+  }
+}
+
+const messages = [{ role: 'user', content: 'Once upon a time' }];
+let models = [];
+
+await step('models.list', async () => {
+  for await (const model of client.models.list()) {
+    check(typeof model.id === 'string' && model.id.length > 0, `model id: ${JSON.stringify(model)}`);
+    check(model.object === 'model', `model object: ${JSON.stringify(model)}`);
+    models.push(model.id);
+  }
+  check(models.length > 0, 'the gateway lists at least one model');
+});
+
+const wanted = process.env.SWITCHYARD_MODELS
+  ? process.env.SWITCHYARD_MODELS.split(',').filter(Boolean)
+  : models;
+
+for (const model of wanted) {
+  check(models.includes(model), `${model} is listed by /v1/models`);
+
+  await step(`chat.completions.create (${model})`, async () => {
+    const { data, response } = await client.chat.completions
+      .create({ model, messages, max_tokens: 16, temperature: 0, seed: 1 })
+      .withResponse();
+    check(data.object === 'chat.completion', `object: ${data.object}`);
+    check(typeof data.id === 'string', 'id is a string');
+    const choice = data.choices[0];
+    check(choice?.message?.role === 'assistant', 'assistant message');
+    check(typeof choice?.message?.content === 'string' && choice.message.content.length > 0,
+          'non-empty content');
+    check(['stop', 'length'].includes(choice?.finish_reason), `finish_reason: ${choice?.finish_reason}`);
+    check(data.usage?.completion_tokens > 0, 'usage.completion_tokens > 0');
+    check(data.usage?.total_tokens === data.usage?.prompt_tokens + data.usage?.completion_tokens,
+          'usage.total_tokens adds up');
+    const tier = response.headers.get('x-switchyard-tier');
+    check(!!tier, 'x-switchyard-tier header');
+    check(!!response.headers.get('x-switchyard-decision-id'), 'x-switchyard-decision-id header');
+    check(data.switchyard?.tier === tier, 'body switchyard.tier matches the header');
+  });
+
+  await step(`chat.completions.create stream + include_usage (${model})`, async () => {
+    const stream = await client.chat.completions.create({
+      model, messages, max_tokens: 16, temperature: 0, stream: true,
+      stream_options: { include_usage: true },
+    });
+    let text = '';
+    let finish = null;
+    let usage = null;
+    let chunks = 0;
+    for await (const chunk of stream) {
+      chunks++;
+      check(chunk.object === 'chat.completion.chunk', `chunk object: ${chunk.object}`);
+      for (const choice of chunk.choices) {
+        text += choice.delta?.content ?? '';
+        if (choice.finish_reason) finish = choice.finish_reason;
+      }
+      if (chunk.usage) usage = chunk.usage;
+    }
+    check(chunks >= 3, `several chunks (got ${chunks})`);
+    check(text.length > 0, 'streamed text');
+    check(['stop', 'length'].includes(finish), `finish_reason: ${finish}`);
+    check(usage?.completion_tokens > 0, 'usage chunk with completion_tokens');
+  });
+
+  await step(`completions.create (${model})`, async () => {
+    const data = await client.completions.create({ model, prompt: 'Once upon', max_tokens: 8 });
+    check(data.object === 'text_completion', `object: ${data.object}`);
+    check(typeof data.choices[0]?.text === 'string', 'choice text');
+  });
+}
+
+await step('unknown model is a 404 NotFoundError', async () => {
+  try {
+    await client.chat.completions.create({ model: 'no-such-model', messages });
+    check(false, 'the request should have failed');
+  } catch (err) {
+    check(err instanceof OpenAI.NotFoundError, `NotFoundError, got ${err?.constructor?.name}: ${err}`);
+    check(err.status === 404, `status 404, got ${err.status}`);
+    check(err.code === 'model_not_found', `code model_not_found, got ${err.code}`);
+    check(err.param === 'model', `param model, got ${err.param}`);
+    check(typeof err.message === 'string' && err.message.includes('no-such-model'), 'message names the model');
+  }
+});
+
+await step('n=2 is a 400 BadRequestError', async () => {
+  try {
+    await client.chat.completions.create({ model: wanted[0], messages, n: 2 });
+    check(false, 'the request should have failed');
+  } catch (err) {
+    check(err instanceof OpenAI.BadRequestError, `BadRequestError, got ${err?.constructor?.name}: ${err}`);
+    check(err.param === 'n', `param n, got ${err.param}`);
+  }
+});
+
+if (failures > 0) {
+  console.error(`${failures} conformance problem(s)`);
+  process.exit(1);
+}
+console.log('openai client conformance: all checks passed');

@@ -1,0 +1,44 @@
+// Runs tests/openai_conformance/conformance.mjs (the official `openai` npm
+// client) against a real gateway with an edge tier and a cloud tier.
+// scripts/npm-install.sh installs the client; without it the test skips.
+#include <gtest/gtest.h>
+
+#include <filesystem>
+
+#include "support/process.h"
+#include "support/test_paths.h"
+
+namespace sy::testing {
+namespace {
+
+using namespace std::chrono_literals;
+
+TEST(OpenAiConformance, OfficialClientParsesEverything) {
+  const std::filesystem::path dir =
+      std::filesystem::path(SY_SOURCE_DIR) / "tests" / "openai_conformance";
+  if (!std::filesystem::exists(dir / "node_modules" / "openai" / "package.json")) {
+    GTEST_SKIP() << "the openai npm client is not installed; run scripts/npm-install.sh";
+  }
+  auto probe = Process::start({"node", "--version"});
+  if (!probe || probe->wait(30s) != 0) GTEST_SKIP() << "node is not installed";
+
+  const std::vector<std::string> env = {"SWITCHYARD_MODEL_PATH=" + shared_models_dir()};
+  ServeProcess cloud({"-m", "stories260K", "--quiet"}, env);
+  ASSERT_TRUE(cloud.ok()) << cloud.process().stderr_text();
+  ServeProcess gateway({"-m", "stories260K", "--upstream", cloud.base_url(), "--upstream-model",
+                        "stories260K", "--quiet"},
+                       env);
+  ASSERT_TRUE(gateway.ok()) << gateway.process().stderr_text();
+
+  auto node =
+      Process::start({"node", (dir / "conformance.mjs").string()},
+                     {"SWITCHYARD_URL=" + gateway.base_url(), "SWITCHYARD_MODELS=edge,cloud"});
+  ASSERT_TRUE(node);
+  const auto rc = node->wait(120s);
+  EXPECT_EQ(rc, 0) << "stdout:\n" << node->stdout_text() << "\nstderr:\n" << node->stderr_text();
+  EXPECT_NE(node->stdout_text().find("all checks passed"), std::string::npos)
+      << node->stdout_text();
+}
+
+}  // namespace
+}  // namespace sy::testing

@@ -1,0 +1,922 @@
+// The gateway in process: configuration, OpenAI request parsing, error shapes,
+// and the HTTP server over fake tiers whose timing and failures tests control.
+#include "serve/serve.h"
+
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstdlib>
+#include <mutex>
+#include <set>
+#include <thread>
+
+#include "support/process.h"
+
+namespace sy::serve {
+namespace {
+
+using namespace std::chrono_literals;
+using nlohmann::json;
+using sy::testing::http_get;
+using sy::testing::http_post;
+using sy::testing::sse_data;
+
+// ---------------------------------------------------------------- config
+
+std::string config_error(const std::string& yaml) {
+  auto c = parse_config(yaml, "cfg.yaml");
+  return c.ok() ? std::string("(no error)") : c.error().message;
+}
+
+TEST(ConfigTest, MinimalFileTakesDefaults) {
+  auto c = parse_config("tiers:\n  edge:\n    model: stories260K\n", "cfg.yaml");
+  ASSERT_TRUE(c.ok()) << c.error().message;
+  EXPECT_EQ(c->server.host, "127.0.0.1");
+  EXPECT_EQ(c->server.port, 8080);
+  EXPECT_EQ(c->server.max_body_bytes, 4u << 20);
+  ASSERT_EQ(c->tiers.size(), 1u);
+  EXPECT_EQ(c->tiers[0].name, "edge");
+  EXPECT_EQ(c->tiers[0].kind, "embedded");
+  EXPECT_EQ(c->tiers[0].placement, backend::Placement::kDevice);
+}
+
+TEST(ConfigTest, FullFileReadsEveryField) {
+  setenv("SY_SERVE_TEST_UPSTREAM_KEY", "sk-up", 1);
+  auto c = parse_config(R"(
+server:
+  host: 0.0.0.0
+  port: 9000
+  api_keys: [k1, k2]
+  max_body_bytes: 65536
+  max_concurrent_requests: 3
+  request_timeout_ms: 1500
+  default_tier: cloud
+  worker_threads: 6
+  log_requests: false
+tiers:
+  edge:
+    kind: embedded
+    placement: device
+    model: stories260K
+    max_concurrency: 2
+    max_queue: 5
+    context_length: 256
+    kv_memory_mb: 64
+    threads: 1
+    chat_format: chatml
+    price: {input_per_mtok: 0, output_per_mtok: 0}
+  cloud:
+    kind: openai
+    model: gpt-4o-mini
+    endpoint: https://api.openai.com/v1
+    api_key_env: SY_SERVE_TEST_UPSTREAM_KEY
+    price: {input_per_mtok: 0.15, output_per_mtok: 0.6}
+    timeouts: {connect_ms: 100, first_byte_ms: 200, total_ms: 300}
+    verify_tls: false
+models:
+  gpt-4o: cloud
+  small: edge
+)",
+                        "cfg.yaml");
+  ASSERT_TRUE(c.ok()) << c.error().message;
+  EXPECT_EQ(c->server.host, "0.0.0.0");
+  EXPECT_EQ(c->server.port, 9000);
+  EXPECT_EQ(c->server.api_keys, (std::vector<std::string>{"k1", "k2"}));
+  EXPECT_EQ(c->server.max_body_bytes, 65536u);
+  EXPECT_EQ(c->server.max_concurrent_requests, 3);
+  EXPECT_EQ(c->server.request_timeout_ms, 1500);
+  EXPECT_EQ(c->server.default_tier, "cloud");
+  EXPECT_EQ(c->server.worker_threads, 6);
+  EXPECT_FALSE(c->server.log_requests);
+  ASSERT_EQ(c->tiers.size(), 2u);
+  const auto& edge = c->tiers[0];
+  EXPECT_EQ(edge.max_concurrency, 2);
+  EXPECT_EQ(edge.max_queue, 5);
+  EXPECT_EQ(edge.context_length, 256);
+  EXPECT_EQ(edge.kv_memory_mb, 64);
+  EXPECT_EQ(edge.threads, 1);
+  EXPECT_EQ(edge.chat_format, "chatml");
+  const auto& cloud = c->tiers[1];
+  EXPECT_EQ(cloud.name, "cloud");
+  EXPECT_EQ(cloud.placement, backend::Placement::kCloud);
+  EXPECT_EQ(cloud.endpoint, "https://api.openai.com/v1");
+  EXPECT_DOUBLE_EQ(cloud.price_input_per_mtok, 0.15);
+  EXPECT_DOUBLE_EQ(cloud.price_output_per_mtok, 0.6);
+  EXPECT_EQ(cloud.connect_timeout_ms, 100);
+  EXPECT_EQ(cloud.first_byte_timeout_ms, 200);
+  EXPECT_EQ(cloud.total_timeout_ms, 300);
+  EXPECT_FALSE(cloud.verify_tls);
+  ASSERT_EQ(c->models.size(), 2u);
+  EXPECT_EQ(c->models[0].name, "gpt-4o");
+  EXPECT_EQ(c->models[0].tier, "cloud");
+}
+
+TEST(ConfigTest, ErrorsNameTheKeyPath) {
+  EXPECT_EQ(config_error("tiers:\n  cloud:\n    kind: openai\n    model: m\n"
+                         "    endpoint: htp://x\n"),
+            "cfg.yaml: tiers.cloud.endpoint: 'htp://x' is not an http(s) URL");
+  EXPECT_EQ(config_error("server:\n  port: abc\ntiers:\n  e:\n    model: m\n"),
+            "cfg.yaml: server.port: expected an integer, got 'abc'");
+  EXPECT_EQ(config_error("server:\n  port: 70000\ntiers:\n  e:\n    model: m\n"),
+            "cfg.yaml: server.port: 70000 is not a port (0-65535; 0 picks a free one)");
+  EXPECT_EQ(config_error("tiers:\n  e:\n    model: m\n    placement: moon\n"),
+            "cfg.yaml: tiers.e.placement: 'moon' is not one of device, cloud");
+  EXPECT_EQ(config_error("tiers:\n  e:\n    model: m\n    kind: grpc\n"),
+            "cfg.yaml: tiers.e.kind: 'grpc' is not one of embedded, openai");
+  EXPECT_EQ(config_error("tiers:\n  e:\n    kind: embedded\n"),
+            "cfg.yaml: tiers.e.model: is required: a GGUF path or a model name");
+  EXPECT_EQ(config_error("tiers:\n  c:\n    kind: openai\n    model: m\n"),
+            "cfg.yaml: tiers.c.endpoint: is required for kind openai (e.g. "
+            "https://api.openai.com/v1)");
+  EXPECT_EQ(config_error("tiers:\n  e:\n    model: m\n    timeouts: {connect_ms: 0}\n"),
+            "cfg.yaml: tiers.e.timeouts.connect_ms: must be at least 1");
+  EXPECT_EQ(config_error("tiers:\n  e:\n    model: m\n    price: {input_per_mtok: -1}\n"),
+            "cfg.yaml: tiers.e.price.input_per_mtok: must not be negative");
+  EXPECT_EQ(config_error("tiers:\n  e:\n    model: m\n    chat_format: jinja\n"),
+            "cfg.yaml: tiers.e.chat_format: 'jinja' is not one of chatml, llama3, llama2, "
+            "zephyr, plain");
+  EXPECT_EQ(
+      config_error("tiers:\n  e:\n    model: m\n    endpoint: http://x\n    kind: embedded\n"),
+      "cfg.yaml: tiers.e.endpoint: only applies to kind openai");
+  EXPECT_EQ(config_error("server:\n  default_tier: big\ntiers:\n  e:\n    model: m\n"),
+            "cfg.yaml: server.default_tier: 'big' is not a tier defined under tiers");
+  EXPECT_EQ(config_error("tiers:\n  e:\n    model: m\nmodels:\n  gpt: nowhere\n"),
+            "cfg.yaml: models.gpt: 'nowhere' is not a tier defined under tiers");
+  EXPECT_EQ(config_error("tiers:\n  'bad name':\n    model: m\n"),
+            "cfg.yaml: tiers.bad name: tier names use only letters, digits, '-', '_' and '.'");
+  EXPECT_EQ(config_error("server:\n  host: 127.0.0.1\n"),
+            "cfg.yaml: tiers: at least one tier is required (an embedded model or an OpenAI "
+            "endpoint)");
+  EXPECT_EQ(config_error("tiers: [a, b]\n"), "cfg.yaml: tiers: expected a map of keys, got a list");
+  EXPECT_EQ(config_error("server:\n  api_keys: key\ntiers:\n  e:\n    model: m\n"),
+            "cfg.yaml: server.api_keys: expected a list of strings, got 'key'");
+}
+
+TEST(ConfigTest, UnknownKeysAreErrors) {
+  EXPECT_EQ(config_error("tiers:\n  e:\n    modle: m\n    model: m\n"),
+            "cfg.yaml: tiers.e.modle: unknown key (allowed here: kind, placement, model, "
+            "endpoint, api_key_env, price, max_concurrency, max_queue, context_length, "
+            "kv_memory_mb, threads, chat_format, timeouts, verify_tls, ca_file)");
+  EXPECT_NE(config_error("servr:\n  port: 1\ntiers:\n  e:\n    model: m\n")
+                .find("cfg.yaml: servr: unknown key (allowed here: server, tiers, models, routing, "
+                      "privacy)"),
+            std::string::npos);
+  EXPECT_NE(config_error("server:\n  prot: 1\ntiers:\n  e:\n    model: m\n")
+                .find("cfg.yaml: server.prot: unknown key"),
+            std::string::npos);
+  EXPECT_NE(config_error("tiers:\n  e:\n    model: m\n    price: {input: 1}\n")
+                .find("cfg.yaml: tiers.e.price.input: unknown key"),
+            std::string::npos);
+  EXPECT_NE(config_error("tiers:\n  e:\n    model: m\n    timeouts: {total: 1}\n")
+                .find("cfg.yaml: tiers.e.timeouts.total: unknown key"),
+            std::string::npos);
+}
+
+TEST(ConfigTest, ReportsEveryProblemAtOnce) {
+  const std::string e = config_error(
+      "server:\n  port: -1\n  max_concurrent_requests: 0\n"
+      "tiers:\n  c:\n    kind: openai\n    model: m\n    endpoint: ftp://x\n");
+  EXPECT_NE(e.find("cfg.yaml: server.port:"), std::string::npos) << e;
+  EXPECT_NE(e.find("cfg.yaml: server.max_concurrent_requests: must be at least 1"),
+            std::string::npos)
+      << e;
+  EXPECT_NE(e.find("cfg.yaml: tiers.c.endpoint: 'ftp://x' is not an http(s) URL"),
+            std::string::npos)
+      << e;
+}
+
+TEST(ConfigTest, InvalidYamlSaysWhere) {
+  const std::string e = config_error("tiers:\n  e: [unclosed\n");
+  EXPECT_EQ(e.rfind("cfg.yaml:", 0), 0u) << e;
+  EXPECT_NE(e.find("not valid YAML"), std::string::npos) << e;
+}
+
+TEST(ConfigTest, ApiKeysFromEnvironment) {
+  setenv("SY_SERVE_TEST_KEYS", "a1, b2 ,c3", 1);
+  auto c = parse_config(
+      "server:\n  api_keys: [k0]\n  api_keys_env: SY_SERVE_TEST_KEYS\n"
+      "tiers:\n  e:\n    model: m\n",
+      "cfg.yaml");
+  ASSERT_TRUE(c.ok()) << c.error().message;
+  EXPECT_EQ(c->server.api_keys, (std::vector<std::string>{"k0", "a1", "b2", "c3"}));
+  unsetenv("SY_SERVE_TEST_KEYS_MISSING");
+  EXPECT_EQ(config_error("server:\n  api_keys_env: SY_SERVE_TEST_KEYS_MISSING\n"
+                         "tiers:\n  e:\n    model: m\n"),
+            "cfg.yaml: server.api_keys_env: environment variable SY_SERVE_TEST_KEYS_MISSING "
+            "is not set or holds no keys");
+  EXPECT_EQ(config_error("tiers:\n  c:\n    model: m\n    endpoint: http://h/v1\n"
+                         "    api_key_env: SY_SERVE_TEST_KEYS_MISSING\n"),
+            "cfg.yaml: tiers.c.api_key_env: environment variable SY_SERVE_TEST_KEYS_MISSING is "
+            "not set");
+}
+
+TEST(ConfigTest, FromFlags) {
+  FlagConfig f;
+  f.model = "stories260K";
+  auto c = config_from_flags(f);
+  ASSERT_TRUE(c.ok()) << c.error().message;
+  ASSERT_EQ(c->tiers.size(), 1u);
+  EXPECT_EQ(c->tiers[0].name, "edge");
+  EXPECT_EQ(c->tiers[0].kind, "embedded");
+
+  f.upstream = "http://127.0.0.1:9/v1";
+  EXPECT_FALSE(config_from_flags(f).ok());  // no --upstream-model
+  f.upstream_model = "big";
+  c = config_from_flags(f);
+  ASSERT_TRUE(c.ok()) << c.error().message;
+  ASSERT_EQ(c->tiers.size(), 2u);
+  EXPECT_EQ(c->tiers[1].name, "cloud");
+  EXPECT_EQ(c->tiers[1].placement, backend::Placement::kCloud);
+  EXPECT_EQ(c->tiers[1].endpoint, "http://127.0.0.1:9/v1");
+
+  f.upstream = "htp://x";
+  auto bad = config_from_flags(f);
+  ASSERT_FALSE(bad.ok());
+  EXPECT_EQ(bad.error().message,
+            "command line: tiers.cloud.endpoint: 'htp://x' is not an http(s) URL");
+  EXPECT_FALSE(config_from_flags(FlagConfig{}).ok());
+}
+
+TEST(ConfigTest, RoutingAndPrivacySectionsAreCheckedAndKept) {
+  auto c = load_config(std::string(SY_SOURCE_DIR) + "/examples/gateway.yaml");
+  ASSERT_TRUE(c.ok()) << c.error().message;
+  EXPECT_TRUE(c->routing.IsMap());
+  EXPECT_TRUE(c->privacy.IsMap());
+  const std::string e = config_error("tiers:\n  e:\n    model: m\nrouting:\n  polcy: edge\n");
+  EXPECT_NE(e.find("cfg.yaml: routing.polcy"), std::string::npos) << e;
+}
+
+TEST(ConfigTest, LoadConfigMissingFile) {
+  auto c = load_config("/nonexistent/switchyard.yaml");
+  ASSERT_FALSE(c.ok());
+  EXPECT_EQ(c.error().kind, ErrorKind::kNotFound);
+}
+
+// ---------------------------------------------------------------- requests
+
+std::optional<ApiError> parse_chat(const json& body, ApiRequest& out) {
+  return parse_request(ApiKind::kChat, body.dump(), out);
+}
+
+json chat_body() {
+  return {{"messages", {{{"role", "user"}, {"content", "hi"}}}}};
+}
+
+TEST(RequestTest, ParsesEveryParameter) {
+  json b = chat_body();
+  b["model"] = "m";
+  b["messages"] = json::array({{{"role", "developer"}, {"content", "be brief"}},
+                               {{"role", "user"},
+                                {"content", json::array({{{"type", "text"}, {"text", "a"}},
+                                                         {{"type", "text"}, {"text", "b"}}})}},
+                               {{"role", "assistant"}, {"content", nullptr}}});
+  b["stream"] = true;
+  b["stream_options"] = {{"include_usage", true}};
+  b["max_tokens"] = 10;
+  b["max_completion_tokens"] = 12;
+  b["temperature"] = 0.5;
+  b["top_p"] = 0.9;
+  b["top_k"] = 40;
+  b["min_p"] = 0.05;
+  b["presence_penalty"] = 0.1;
+  b["frequency_penalty"] = -0.1;
+  b["seed"] = 7;
+  b["stop"] = {"\n", "END"};
+  b["n"] = 1;
+  b["logprobs"] = true;
+  b["top_logprobs"] = 3;
+  b["user"] = "ignored";
+  ApiRequest r;
+  auto e = parse_chat(b, r);
+  ASSERT_FALSE(e) << e->message;
+  EXPECT_EQ(r.model, "m");
+  EXPECT_TRUE(r.stream);
+  EXPECT_TRUE(r.include_usage);
+  ASSERT_EQ(r.backend.messages.size(), 3u);
+  EXPECT_EQ(r.backend.messages[0].role, "system");
+  EXPECT_EQ(r.backend.messages[1].content, "ab");
+  EXPECT_EQ(r.backend.messages[2].content, "");
+  const auto& p = r.backend.params;
+  EXPECT_EQ(p.max_tokens, 12);
+  EXPECT_FLOAT_EQ(*p.temperature, 0.5f);
+  EXPECT_FLOAT_EQ(*p.top_p, 0.9f);
+  EXPECT_EQ(p.top_k, 40);
+  EXPECT_FLOAT_EQ(*p.min_p, 0.05f);
+  EXPECT_FLOAT_EQ(*p.presence_penalty, 0.1f);
+  EXPECT_FLOAT_EQ(*p.frequency_penalty, -0.1f);
+  EXPECT_EQ(p.seed, 7u);
+  EXPECT_EQ(p.stop, (std::vector<std::string>{"\n", "END"}));
+  EXPECT_TRUE(p.logprobs);
+  EXPECT_EQ(p.top_logprobs, 3);
+}
+
+TEST(RequestTest, NullMeansUnset) {
+  json b = chat_body();
+  b["temperature"] = nullptr;
+  b["stop"] = nullptr;
+  b["max_tokens"] = nullptr;
+  ApiRequest r;
+  ASSERT_FALSE(parse_chat(b, r));
+  EXPECT_FALSE(r.backend.params.temperature);
+  EXPECT_FALSE(r.backend.params.max_tokens);
+  EXPECT_TRUE(r.backend.params.stop.empty());
+}
+
+void expect_400(const json& b, const std::string& param, const std::string& message_part) {
+  ApiRequest r;
+  auto e = parse_chat(b, r);
+  ASSERT_TRUE(e) << b.dump();
+  EXPECT_EQ(e->status, 400);
+  EXPECT_EQ(e->type, "invalid_request_error");
+  EXPECT_EQ(e->param, param);
+  EXPECT_NE(e->message.find(message_part), std::string::npos) << e->message;
+}
+
+TEST(RequestTest, RejectsBadFieldsNamingThem) {
+  auto with = [](const char* key, json v) {
+    json b = chat_body();
+    b[key] = std::move(v);
+    return b;
+  };
+  expect_400(with("n", 2), "n", "'n' must be between 1 and 1 (got 2)");
+  expect_400(with("temperature", 3), "temperature", "between 0 and 2 (got 3)");
+  expect_400(with("temperature", "hot"), "temperature", "must be a number");
+  expect_400(with("top_p", 1.5), "top_p", "between 0 and 1");
+  expect_400(with("max_tokens", 0), "max_tokens", "between 1 and");
+  expect_400(with("max_tokens", 1.5), "max_tokens", "must be an integer");
+  expect_400(with("presence_penalty", -3), "presence_penalty", "between -2 and 2");
+  expect_400(with("stop", 5), "stop", "string or a list");
+  expect_400(with("stream", "yes"), "stream", "true or false");
+  expect_400(with("top_logprobs", 2), "top_logprobs", "needs 'logprobs': true");
+  expect_400(with("top_logprobs", 21), "top_logprobs", "between 0 and 20");
+  expect_400(with("model", 5), "model", "must be a string");
+  expect_400(with("stream_options", 1), "stream_options", "must be an object");
+  expect_400(with("messages", json::array()), "messages", "non-empty list");
+  expect_400(with("messages", json::array({{{"role", "robot"}, {"content", "x"}}})),
+             "messages[0].role", "must be one of");
+  expect_400(
+      with("messages",
+           json::array({{{"role", "user"}, {"content", json::array({{{"type", "image_url"}}})}}})),
+      "messages[0].content", "text parts");
+  json no_messages = chat_body();
+  no_messages.erase("messages");
+  expect_400(no_messages, "messages", "'messages' is required");
+}
+
+TEST(RequestTest, MalformedBody) {
+  ApiRequest r;
+  auto e = parse_request(ApiKind::kChat, "{not json", r);
+  ASSERT_TRUE(e);
+  EXPECT_EQ(e->status, 400);
+  EXPECT_TRUE(e->param.empty());
+  e = parse_request(ApiKind::kChat, "[1,2]", r);
+  ASSERT_TRUE(e);
+  EXPECT_NE(e->message.find("JSON object"), std::string::npos);
+}
+
+TEST(RequestTest, LegacyCompletions) {
+  ApiRequest r;
+  auto e = parse_request(ApiKind::kCompletion,
+                         R"({"model":"m","prompt":"Once","max_tokens":5,"logprobs":2})", r);
+  ASSERT_FALSE(e) << e->message;
+  EXPECT_EQ(r.backend.prompt, "Once");
+  EXPECT_TRUE(r.backend.messages.empty());
+  EXPECT_TRUE(r.backend.params.logprobs);
+  EXPECT_EQ(r.backend.params.top_logprobs, 2);
+  e = parse_request(ApiKind::kCompletion, R"({"prompt":["a","b"]})", r);
+  ASSERT_TRUE(e);
+  EXPECT_EQ(e->param, "prompt");
+  e = parse_request(ApiKind::kCompletion, R"({"model":"m"})", r);
+  ASSERT_TRUE(e);
+  EXPECT_EQ(e->param, "prompt");
+}
+
+TEST(ErrorShapeTest, OpenAiShape) {
+  ApiError e = invalid_request("bad \"x\"", "x", "invalid_value");
+  json j = json::parse(error_json(e));
+  EXPECT_EQ(j["error"]["message"], "bad \"x\"");
+  EXPECT_EQ(j["error"]["type"], "invalid_request_error");
+  EXPECT_EQ(j["error"]["param"], "x");
+  EXPECT_EQ(j["error"]["code"], "invalid_value");
+  j = json::parse(error_json(invalid_request("m")));
+  EXPECT_TRUE(j["error"]["param"].is_null());
+  EXPECT_TRUE(j["error"]["code"].is_null());
+}
+
+TEST(ErrorShapeTest, BackendErrorsMapToStatuses) {
+  auto map = [](ErrorKind kind, int up, std::string msg = "x", double retry = 0) {
+    Error e = make_error(kind, std::move(msg));
+    e.upstream_status = up;
+    e.retry_after_seconds = retry;
+    return from_backend_error(e);
+  };
+  ApiError e = map(ErrorKind::kResourceExhausted, 429, "slow down", 7);
+  EXPECT_EQ(e.status, 429);
+  EXPECT_DOUBLE_EQ(e.retry_after_seconds, 7);
+  EXPECT_EQ(e.message, "slow down");  // tiers name themselves in their messages
+  EXPECT_EQ(map(ErrorKind::kUnavailable, 500).status, 502);
+  EXPECT_EQ(map(ErrorKind::kUnavailable, 401).status, 502);
+  EXPECT_EQ(map(ErrorKind::kNotFound, 404).status, 502);
+  EXPECT_EQ(map(ErrorKind::kInvalidArgument, 400).status, 400);
+  EXPECT_EQ(map(ErrorKind::kResourceExhausted, 413).status, 413);
+  EXPECT_EQ(map(ErrorKind::kDeadlineExceeded, 0).status, 504);
+  EXPECT_EQ(map(ErrorKind::kDeadlineExceeded, 408).status, 504);
+  EXPECT_EQ(map(ErrorKind::kCorrupt, 0).status, 502);
+  EXPECT_EQ(map(ErrorKind::kUnavailable, 0).status, 503);
+  EXPECT_EQ(map(ErrorKind::kResourceExhausted, 0, "busy with 9 requests").status, 429);
+  e = map(ErrorKind::kResourceExhausted, 0, "the prompt is 600 tokens but the context holds 512");
+  EXPECT_EQ(e.status, 400);
+  EXPECT_EQ(e.code, "context_length_exceeded");
+}
+
+TEST(JsonTest, EscapesStrings) {
+  std::string out;
+  append_json_string(out, std::string("a\"b\\c\n\x01\xc3\xa9", 9));
+  EXPECT_EQ(out, "\"a\\\"b\\\\c\\n\\u0001\xc3\xa9\"");
+  EXPECT_EQ(json::parse(out).get<std::string>(), std::string("a\"b\\c\n\x01\xc3\xa9", 9));
+}
+
+TEST(MetricsTest, RendersPrometheusText) {
+  MetricsRegistry m;
+  m.counter("t_total", "Things.", {"tier", "status"}, {"edge", "200"}).add(2);
+  m.counter("t_total", "Things.", {"tier", "status"}, {"edge", "200"}).add();
+  m.histogram("lat_seconds", "Latency.", {"tier"}, {"e\"x"}).observe(0.003);
+  const std::string text = m.render();
+  EXPECT_NE(text.find("# TYPE t_total counter\n"), std::string::npos) << text;
+  EXPECT_NE(text.find("t_total{tier=\"edge\",status=\"200\"} 3\n"), std::string::npos) << text;
+  EXPECT_NE(text.find("# TYPE lat_seconds histogram\n"), std::string::npos) << text;
+  EXPECT_NE(text.find("lat_seconds_bucket{tier=\"e\\\"x\",le=\"0.0025\"} 0\n"), std::string::npos)
+      << text;
+  EXPECT_NE(text.find("lat_seconds_bucket{tier=\"e\\\"x\",le=\"0.005\"} 1\n"), std::string::npos)
+      << text;
+  EXPECT_NE(text.find("lat_seconds_bucket{tier=\"e\\\"x\",le=\"+Inf\"} 1\n"), std::string::npos)
+      << text;
+  EXPECT_NE(text.find("lat_seconds_count{tier=\"e\\\"x\"} 1\n"), std::string::npos) << text;
+}
+
+// ---------------------------------------------------------------- server
+
+// A tier whose words, pace and failures the test sets.
+class FakeBackend : public backend::Backend {
+ public:
+  FakeBackend(std::string name, backend::Placement placement, std::string model) {
+    info_.name = std::move(name);
+    info_.kind = "fake";
+    info_.placement = placement;
+    info_.model = std::move(model);
+    info_.model_version = info_.model + "@v1";
+  }
+  const backend::BackendInfo& info() const override { return info_; }
+
+  Result<backend::Completion> generate(const backend::BackendRequest& request,
+                                       const backend::DeltaSink& on_delta) override {
+    calls.fetch_add(1);
+    {
+      std::lock_guard lock(mu);
+      last = request;
+    }
+    if (fail_before) return *fail_before;
+    backend::Completion c;
+    c.model = info_.model;
+    c.model_version = info_.model_version;
+    c.usage.prompt_tokens = 5;
+    int produced = 0;
+    for (const auto& w : words) {
+      for (auto waited = 0ms; waited < delay; waited += 5ms) {
+        if (request.cancelled && request.cancelled->load()) break;
+        if (request.deadline && std::chrono::steady_clock::now() >= *request.deadline) {
+          return make_error(ErrorKind::kDeadlineExceeded, "deadline passed");
+        }
+        std::this_thread::sleep_for(5ms);
+      }
+      if (request.cancelled && request.cancelled->load()) {
+        saw_cancel.store(true);
+        c.finish_reason = "cancelled";
+        return c;
+      }
+      if (fail_after_first && produced == 1) return *fail_after_first;
+      backend::Delta d;
+      d.text = w;
+      d.logprobs.push_back({w, -0.5f, std::nullopt, {{w, -0.5f}, {"x", -2.0f}}});
+      if (on_delta && !on_delta(d)) {
+        saw_cancel.store(true);
+        c.finish_reason = "cancelled";
+        return c;
+      }
+      c.text += w;
+      c.logprobs.push_back(d.logprobs[0]);
+      ++produced;
+    }
+    c.usage.completion_tokens = produced;
+    c.finish_reason = "stop";
+    c.time_to_first_token_ms = 1.0;
+    return c;
+  }
+
+  std::vector<std::string> words = {"Hello", " world", "!"};
+  std::chrono::milliseconds delay{0};
+  std::optional<Error> fail_before;
+  std::optional<Error> fail_after_first;
+  std::atomic<int> calls{0};
+  std::atomic<bool> saw_cancel{false};
+  std::mutex mu;
+  backend::BackendRequest last;
+
+ private:
+  backend::BackendInfo info_;
+};
+
+class GatewayTest : public ::testing::Test {
+ protected:
+  void start(const std::string& server_yaml = "") {
+    auto c = parse_config(server_yaml +
+                              "tiers:\n"
+                              "  edge:\n    model: tiny-edge\n"
+                              "  cloud:\n    kind: openai\n    model: big-cloud\n"
+                              "    endpoint: http://127.0.0.1:9/v1\n"
+                              "models:\n  gpt-4o: cloud\n",
+                          "test.yaml");
+    ASSERT_TRUE(c.ok()) << c.error().message;
+    c->server.port = 0;
+    c->server.log_requests = false;
+    edge = std::make_shared<FakeBackend>("edge", backend::Placement::kDevice, "tiny-edge");
+    cloud = std::make_shared<FakeBackend>("cloud", backend::Placement::kCloud, "big-cloud");
+    gateway = std::make_unique<Gateway>(std::move(c).value());
+    auto p = gateway->bind();
+    ASSERT_TRUE(p.ok()) << p.error().message;
+    port = *p;
+    thread = std::thread([this] { gateway->run(); });
+    auto loaded = gateway->load_tiers([this](const backend::TierConfig& t) {
+      return Result<std::shared_ptr<backend::Backend>>(
+          t.name == "edge" ? std::static_pointer_cast<backend::Backend>(edge)
+                           : std::static_pointer_cast<backend::Backend>(cloud));
+    });
+    ASSERT_TRUE(loaded.ok()) << loaded.error().message;
+  }
+
+  void TearDown() override {
+    if (gateway) gateway->stop();
+    if (thread.joinable()) thread.join();
+  }
+
+  sy::testing::HttpResult chat(json body, httplib::Headers headers = {}) {
+    return http_post(port, "/v1/chat/completions", body.dump(), headers);
+  }
+
+  static void expect_error(const sy::testing::HttpResult& r, int status, const std::string& type) {
+    EXPECT_EQ(r.status, status) << r.body;
+    const json j = r.json();
+    ASSERT_TRUE(j.contains("error")) << r.body;
+    EXPECT_EQ(j["error"]["type"], type) << r.body;
+    EXPECT_TRUE(j["error"]["message"].is_string());
+    EXPECT_TRUE(j["error"].contains("param"));
+    EXPECT_TRUE(j["error"].contains("code"));
+  }
+
+  std::shared_ptr<FakeBackend> edge, cloud;
+  std::unique_ptr<Gateway> gateway;
+  std::thread thread;
+  int port = 0;
+};
+
+TEST_F(GatewayTest, NonStreamingNamesWhereItRan) {
+  start();
+  auto r = chat(chat_body(), {{"x-switchyard-tier", "cloud"}});
+  ASSERT_EQ(r.status, 200) << r.body;
+  EXPECT_EQ(r.header("x-switchyard-tier"), "cloud");
+  EXPECT_EQ(r.header("x-switchyard-model"), "big-cloud");
+  EXPECT_EQ(r.header("x-switchyard-model-version"), "big-cloud@v1");
+  const std::string id = r.header("x-switchyard-decision-id");
+  EXPECT_FALSE(id.empty());
+  const json j = r.json();
+  EXPECT_EQ(j["object"], "chat.completion");
+  EXPECT_EQ(j["id"], "chatcmpl-" + id);
+  EXPECT_EQ(j["model"], "big-cloud");
+  EXPECT_EQ(j["choices"][0]["message"]["role"], "assistant");
+  EXPECT_EQ(j["choices"][0]["message"]["content"], "Hello world!");
+  EXPECT_EQ(j["choices"][0]["finish_reason"], "stop");
+  EXPECT_TRUE(j["choices"][0]["logprobs"].is_null());
+  EXPECT_EQ(j["usage"]["prompt_tokens"], 5);
+  EXPECT_EQ(j["usage"]["completion_tokens"], 3);
+  EXPECT_EQ(j["usage"]["total_tokens"], 8);
+  EXPECT_EQ(j["switchyard"]["tier"], "cloud");
+  EXPECT_EQ(j["switchyard"]["placement"], "cloud");
+  EXPECT_EQ(j["switchyard"]["model"], "big-cloud");
+  EXPECT_EQ(j["switchyard"]["model_version"], "big-cloud@v1");
+  EXPECT_EQ(j["switchyard"]["decision_id"], id);
+  EXPECT_EQ(cloud->calls.load(), 1);
+  EXPECT_EQ(edge->calls.load(), 0);
+
+  auto again = chat(chat_body(), {{"x-switchyard-tier", "cloud"}});
+  EXPECT_NE(again.header("x-switchyard-decision-id"), id);
+}
+
+TEST_F(GatewayTest, PassesParametersToTheTier) {
+  start();
+  json b = chat_body();
+  b["model"] = "tiny-edge";
+  b["max_tokens"] = 9;
+  b["temperature"] = 0;
+  b["stop"] = "x";
+  b["seed"] = 3;
+  auto r = chat(b);
+  ASSERT_EQ(r.status, 200) << r.body;
+  std::lock_guard lock(edge->mu);
+  EXPECT_EQ(edge->last.params.max_tokens, 9);
+  EXPECT_FLOAT_EQ(*edge->last.params.temperature, 0.0f);
+  EXPECT_EQ(edge->last.params.stop, std::vector<std::string>{"x"});
+  EXPECT_EQ(edge->last.params.seed, 3u);
+  EXPECT_EQ(edge->last.request_id, r.header("x-switchyard-decision-id"));
+  EXPECT_TRUE(edge->last.deadline.has_value());
+  EXPECT_TRUE(edge->last.model.empty());
+}
+
+TEST_F(GatewayTest, SelectsTiers) {
+  start();
+  auto tier_for = [&](json model, httplib::Headers h = {}) {
+    json b = chat_body();
+    if (model.is_null()) {
+      b.erase("model");
+    } else {
+      b["model"] = model;
+    }
+    auto r = chat(b, h);
+    return r.status == 200 ? r.header("x-switchyard-tier") : std::to_string(r.status);
+  };
+  EXPECT_EQ(tier_for(nullptr), "edge");  // the first device tier
+  EXPECT_EQ(tier_for("cloud"), "cloud");
+  EXPECT_EQ(tier_for("gpt-4o"), "cloud");
+  EXPECT_EQ(tier_for("big-cloud"), "cloud");
+  EXPECT_EQ(tier_for("tiny-edge"), "edge");
+  EXPECT_EQ(tier_for("gpt-4o", {{"x-switchyard-tier", "edge"}}), "edge");
+  EXPECT_EQ(tier_for("switchyard"), "edge");  // the gateway's choice
+  EXPECT_EQ(tier_for("nope"), "404");
+  EXPECT_EQ(tier_for("edge", {{"x-switchyard-tier", "moon"}}), "400");
+  auto r = chat(json{{"model", "nope"}, {"messages", chat_body()["messages"]}});
+  expect_error(r, 404, "invalid_request_error");
+  EXPECT_EQ(r.json()["error"]["code"], "model_not_found");
+  EXPECT_EQ(r.json()["error"]["param"], "model");
+}
+
+TEST_F(GatewayTest, DefaultTierFromConfig) {
+  start("server:\n  default_tier: cloud\n");
+  json b = chat_body();
+  b.erase("model");
+  EXPECT_EQ(chat(b).header("x-switchyard-tier"), "cloud");
+}
+
+TEST_F(GatewayTest, Streaming) {
+  start();
+  json b = chat_body();
+  b["stream"] = true;
+  b["stream_options"] = {{"include_usage", true}};
+  b["logprobs"] = true;
+  b["top_logprobs"] = 2;
+  auto r = chat(b, {{"x-switchyard-tier", "edge"}});
+  ASSERT_EQ(r.status, 200) << r.body;
+  EXPECT_EQ(r.header("Content-Type"), "text/event-stream");
+  EXPECT_EQ(r.header("x-switchyard-tier"), "edge");
+  EXPECT_EQ(r.header("x-switchyard-model"), "tiny-edge");
+  const std::string id = r.header("x-switchyard-decision-id");
+  auto events = sse_data(r.body);
+  ASSERT_EQ(events.size(), 7u) << r.body;  // role, 3 words, finish, usage, [DONE]
+  json first = json::parse(events[0]);
+  EXPECT_EQ(first["object"], "chat.completion.chunk");
+  EXPECT_EQ(first["id"], "chatcmpl-" + id);
+  EXPECT_EQ(first["choices"][0]["delta"]["role"], "assistant");
+  EXPECT_EQ(first["switchyard"]["tier"], "edge");
+  EXPECT_EQ(first["switchyard"]["decision_id"], id);
+  std::string text;
+  for (int i = 1; i <= 3; ++i) {
+    json c = json::parse(events[i]);
+    text += c["choices"][0]["delta"]["content"].get<std::string>();
+    EXPECT_TRUE(c["choices"][0]["finish_reason"].is_null());
+    EXPECT_EQ(c["choices"][0]["logprobs"]["content"][0]["top_logprobs"].size(), 2u);
+  }
+  EXPECT_EQ(text, "Hello world!");
+  json last = json::parse(events[4]);
+  EXPECT_EQ(last["choices"][0]["finish_reason"], "stop");
+  EXPECT_EQ(last["switchyard"]["model_version"], "tiny-edge@v1");
+  json usage = json::parse(events[5]);
+  EXPECT_TRUE(usage["choices"].empty());
+  EXPECT_EQ(usage["usage"]["completion_tokens"], 3);
+  EXPECT_EQ(events[6], "[DONE]");
+}
+
+TEST_F(GatewayTest, LegacyCompletionsAndStreaming) {
+  start();
+  auto r = http_post(port, "/v1/completions", R"({"prompt":"Once","logprobs":1})");
+  ASSERT_EQ(r.status, 200) << r.body;
+  json j = r.json();
+  EXPECT_EQ(j["object"], "text_completion");
+  EXPECT_EQ(j["choices"][0]["text"], "Hello world!");
+  EXPECT_EQ(j["choices"][0]["logprobs"]["tokens"].size(), 3u);
+  EXPECT_EQ(j["switchyard"]["tier"], "edge");
+  {
+    std::lock_guard lock(edge->mu);
+    EXPECT_EQ(edge->last.prompt, "Once");
+  }
+  r = http_post(port, "/v1/completions", R"({"prompt":"Once","stream":true})");
+  ASSERT_EQ(r.status, 200) << r.body;
+  auto events = sse_data(r.body);
+  ASSERT_GE(events.size(), 3u);
+  EXPECT_EQ(json::parse(events[1])["choices"][0]["text"], "Hello");
+  EXPECT_EQ(events.back(), "[DONE]");
+}
+
+TEST_F(GatewayTest, Auth) {
+  setenv("SY_SERVE_TEST_CLIENT_KEYS", "sk-good", 1);
+  start("server:\n  api_keys_env: SY_SERVE_TEST_CLIENT_KEYS\n");
+  auto r = chat(chat_body());
+  expect_error(r, 401, "invalid_request_error");
+  EXPECT_EQ(r.json()["error"]["code"], "invalid_api_key");
+  expect_error(chat(chat_body(), {{"Authorization", "Bearer sk-bad"}}), 401,
+               "invalid_request_error");
+  expect_error(chat(chat_body(), {{"Authorization", "sk-good"}}), 401, "invalid_request_error");
+  EXPECT_EQ(chat(chat_body(), {{"Authorization", "Bearer sk-good"}}).status, 200);
+  EXPECT_EQ(http_get(port, "/v1/models").status, 401);
+  EXPECT_EQ(http_get(port, "/v1/models", {{"Authorization", "Bearer sk-good"}}).status, 200);
+  EXPECT_EQ(http_get(port, "/healthz").status, 200);
+}
+
+TEST_F(GatewayTest, MalformedAndOversizedBodies) {
+  start("server:\n  max_body_bytes: 2048\n");
+  auto r = http_post(port, "/v1/chat/completions", "{\"messages\": [");
+  expect_error(r, 400, "invalid_request_error");
+  r = chat(json{{"messages", chat_body()["messages"]}, {"n", 3}});
+  expect_error(r, 400, "invalid_request_error");
+  EXPECT_EQ(r.json()["error"]["param"], "n");
+  json big = chat_body();
+  big["messages"][0]["content"] = std::string(5000, 'a');
+  r = chat(big);
+  expect_error(r, 413, "invalid_request_error");
+  EXPECT_EQ(r.json()["error"]["code"], "request_too_large");
+  // The server is still fine afterwards.
+  EXPECT_EQ(chat(chat_body()).status, 200);
+  r = http_get(port, "/v1/nothing");
+  expect_error(r, 404, "invalid_request_error");
+}
+
+TEST_F(GatewayTest, OverloadAnswers429) {
+  start("server:\n  max_concurrent_requests: 1\n");
+  edge->delay = 300ms;
+  std::thread slow([&] {
+    json b = chat_body();
+    b["model"] = "edge";
+    b["stream"] = true;
+    EXPECT_EQ(chat(b).status, 200);
+  });
+  for (int i = 0; i < 500 && edge->calls.load() == 0; ++i) std::this_thread::sleep_for(2ms);
+  ASSERT_EQ(edge->calls.load(), 1);
+  auto r = chat(chat_body(), {{"x-switchyard-tier", "cloud"}});
+  expect_error(r, 429, "rate_limit_error");
+  EXPECT_EQ(r.header("Retry-After"), "1");
+  slow.join();
+  EXPECT_EQ(chat(chat_body(), {{"x-switchyard-tier", "cloud"}}).status, 200);
+}
+
+TEST_F(GatewayTest, TierErrorsBeforeOutputKeepTheirStatus) {
+  start();
+  Error e = make_error(ErrorKind::kResourceExhausted, "upstream answered HTTP 429: slow down");
+  e.upstream_status = 429;
+  e.retry_after_seconds = 3;
+  cloud->fail_before = e;
+  for (bool stream : {false, true}) {
+    json b = chat_body();
+    b["stream"] = stream;
+    auto r = chat(b, {{"x-switchyard-tier", "cloud"}});
+    expect_error(r, 429, "rate_limit_error");
+    EXPECT_EQ(r.header("Retry-After"), "3");
+    EXPECT_EQ(r.header("x-switchyard-tier"), "cloud");
+  }
+  cloud->fail_before = make_error(ErrorKind::kUnavailable, "connection refused");
+  expect_error(chat(chat_body(), {{"x-switchyard-tier", "cloud"}}), 503, "service_unavailable");
+}
+
+TEST_F(GatewayTest, MidStreamErrorIsAnSseErrorEvent) {
+  start();
+  cloud->fail_after_first = make_error(ErrorKind::kUnavailable, "the connection died mid-stream");
+  json b = chat_body();
+  b["stream"] = true;
+  auto r = chat(b, {{"x-switchyard-tier", "cloud"}});
+  ASSERT_EQ(r.status, 200);
+  auto events = sse_data(r.body);
+  ASSERT_EQ(events.size(), 3u) << r.body;  // role, "Hello", error
+  json err = json::parse(events.back());
+  ASSERT_TRUE(err.contains("error")) << r.body;
+  EXPECT_NE(err["error"]["message"].get<std::string>().find("died mid-stream"), std::string::npos);
+  EXPECT_EQ(r.body.find("[DONE]"), std::string::npos);
+}
+
+TEST_F(GatewayTest, DeadlineAnswers504) {
+  start("server:\n  request_timeout_ms: 200\n");
+  edge->delay = 1000ms;
+  const auto t0 = std::chrono::steady_clock::now();
+  expect_error(chat(chat_body()), 504, "timeout_error");
+  json b = chat_body();
+  b["stream"] = true;
+  expect_error(chat(b), 504, "timeout_error");
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, 5s);
+}
+
+TEST_F(GatewayTest, ClientDisconnectCancelsTheGeneration) {
+  start();
+  edge->words = std::vector<std::string>(200, " word");
+  edge->delay = 20ms;
+  json b = chat_body();
+  b["stream"] = true;
+  {
+    httplib::Client client("127.0.0.1", port);
+    int chunks = 0;
+    httplib::Request req;
+    req.method = "POST";
+    req.path = "/v1/chat/completions";
+    req.body = b.dump();
+    req.set_header("Content-Type", "application/json");
+    req.content_receiver = [&](const char*, size_t, uint64_t, uint64_t) { return ++chunks < 3; };
+    client.send(req);
+    EXPECT_GE(chunks, 3);
+  }
+  for (int i = 0; i < 200 && !edge->saw_cancel.load(); ++i) std::this_thread::sleep_for(10ms);
+  EXPECT_TRUE(edge->saw_cancel.load()) << "the tier kept generating for a client that left";
+  edge->words = {"ok"};
+  edge->delay = 0ms;
+  auto r = chat(chat_body());
+  EXPECT_EQ(r.status, 200);
+  const std::string metrics = http_get(port, "/metrics").body;
+  EXPECT_NE(metrics.find("status=\"499\"} 1"), std::string::npos) << metrics;
+  EXPECT_NE(metrics.find("switchyard_requests_in_flight 0"), std::string::npos) << metrics;
+}
+
+TEST_F(GatewayTest, ModelsHealthReadyMetrics) {
+  start();
+  auto r = http_get(port, "/v1/models");
+  ASSERT_EQ(r.status, 200);
+  json j = r.json();
+  EXPECT_EQ(j["object"], "list");
+  std::set<std::string> ids;
+  for (const auto& m : j["data"]) {
+    EXPECT_EQ(m["object"], "model");
+    EXPECT_TRUE(m["created"].is_number());
+    EXPECT_TRUE(m["owned_by"].is_string());
+    ids.insert(m["id"].get<std::string>());
+  }
+  EXPECT_EQ(ids, (std::set<std::string>{"switchyard", "edge", "cloud", "gpt-4o", "tiny-edge",
+                                        "big-cloud"}));
+  EXPECT_EQ(j["data"][0]["id"], "switchyard");
+  EXPECT_EQ(http_get(port, "/healthz").status, 200);
+  r = http_get(port, "/readyz");
+  EXPECT_EQ(r.status, 200);
+  EXPECT_EQ(r.json()["tiers"], json::array({"edge", "cloud"}));
+
+  chat(chat_body());
+  chat(json{{"model", "nope"}, {"messages", chat_body()["messages"]}});
+  const std::string m = http_get(port, "/metrics").body;
+  EXPECT_NE(m.find("switchyard_requests_total{tier=\"edge\",endpoint=\"chat\",status=\"200\"} 1"),
+            std::string::npos)
+      << m;
+  EXPECT_NE(m.find("switchyard_requests_total{tier=\"none\",endpoint=\"chat\",status=\"404\"} 1"),
+            std::string::npos)
+      << m;
+  EXPECT_NE(m.find("switchyard_tokens_total{tier=\"edge\",type=\"completion\"} 3"),
+            std::string::npos)
+      << m;
+  EXPECT_NE(m.find("switchyard_request_duration_seconds_count{tier=\"edge\"} 1"), std::string::npos)
+      << m;
+}
+
+TEST(GatewayLifecycleTest, NotReadyUntilTiersLoad) {
+  auto c = parse_config("tiers:\n  edge:\n    model: m\n", "t.yaml");
+  ASSERT_TRUE(c.ok());
+  c->server.port = 0;
+  c->server.log_requests = false;
+  Gateway g(std::move(c).value());
+  auto port = g.bind();
+  ASSERT_TRUE(port.ok());
+  std::thread t([&] { g.run(); });
+  EXPECT_EQ(http_get(*port, "/healthz").status, 200);
+  EXPECT_EQ(http_get(*port, "/readyz").status, 503);
+  auto r = http_post(*port, "/v1/chat/completions", chat_body().dump());
+  EXPECT_EQ(r.status, 503);
+  auto failed = g.load_tiers([](const backend::TierConfig&) {
+    return Result<std::shared_ptr<backend::Backend>>(make_error(ErrorKind::kNotFound, "no model"));
+  });
+  ASSERT_FALSE(failed.ok());
+  EXPECT_EQ(failed.error().message, "t.yaml: tiers.edge: no model");
+  g.stop();
+  t.join();
+}
+
+TEST(GatewayLifecycleTest, StopBeforeRunReturns) {
+  auto c = parse_config("tiers:\n  edge:\n    model: m\n", "t.yaml");
+  ASSERT_TRUE(c.ok());
+  c->server.port = 0;
+  Gateway g(std::move(c).value());
+  ASSERT_TRUE(g.bind().ok());
+  g.stop();
+  g.run();  // returns at once
+}
+
+}  // namespace
+}  // namespace sy::serve
