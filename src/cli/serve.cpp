@@ -24,6 +24,7 @@ struct ServeOptions {
   int port = 8080;
   std::string default_tier;
   bool quiet = false;
+  std::string audit_db;
 };
 
 int fail(const Error& e) {
@@ -54,6 +55,7 @@ int serve_main(const ServeOptions& o, const CLI::App& cmd) {
   if (cmd.count("--port") > 0 || o.config_file.empty()) s.port = o.port;
   if (!o.default_tier.empty()) s.default_tier = o.default_tier;
   if (o.quiet) s.log_requests = false;
+  if (!o.audit_db.empty()) s.audit_db = o.audit_db;
   if (auto v = serve::validate_config(*config); !v.ok()) return fail(v.error());
 
   serve::Gateway gateway(std::move(config).value());
@@ -126,6 +128,9 @@ void add_serve_command(CLI::App& app) {
                   "Context length for -m (0: the model's)")
       ->capture_default_str();
   cmd->add_flag("-q,--quiet", o->quiet, "Do not log one line per request on stderr");
+  cmd->add_option("--audit-db", o->audit_db,
+                  "SQLite audit trail, one row per request (prompt hashes, not text); "
+                  "read it with `switchyard report --db FILE`");
   config_opt->excludes(model_opt)->excludes(upstream_opt)->excludes(keys_opt);
   cmd->footer(
       "Examples:\n"

@@ -75,7 +75,8 @@ class Executor {
   // The only way tiers are called. Refuses a cloud tier unless cloud_allowed.
   Result<backend::Completion> call(const std::string& tier, bool cloud_allowed,
                                    const backend::BackendRequest& request,
-                                   const backend::DeltaSink& on_delta, ExecutionResult& out);
+                                   const backend::DeltaSink& on_delta, ExecutionResult& out,
+                                   int32_t max_attempts = 0);
 
   Result<ExecutionResult> run_cascade(const route::Plan& plan, const backend::BackendRequest& request,
                                       const backend::DeltaSink& on_delta);

@@ -99,7 +99,8 @@ std::shared_ptr<backend::Backend> Executor::backend(const std::string& tier) con
 Result<backend::Completion> Executor::call(const std::string& name, bool cloud_allowed,
                                            const backend::BackendRequest& request,
                                            const backend::DeltaSink& on_delta,
-                                           ExecutionResult& out) {
+                                           ExecutionResult& out, int32_t max_attempts) {
+  const int32_t attempts = max_attempts > 0 ? max_attempts : settings_.retry.max_attempts;
   auto it = tiers_.find(name);
   if (it == tiers_.end()) {
     return make_error(ErrorKind::kNotFound, "tier '" + name + "' is not configured");
@@ -118,7 +119,7 @@ Result<backend::Completion> Executor::call(const std::string& name, bool cloud_a
   })
                                                : backend::DeltaSink();
   Error last = make_error(ErrorKind::kUnavailable, "tier '" + name + "' was not tried");
-  for (int32_t attempt = 1; attempt <= settings_.retry.max_attempts; ++attempt) {
+  for (int32_t attempt = 1; attempt <= attempts; ++attempt) {
     if (!tier.breaker->allow()) {
       out.trace.push_back(name + ": circuit open");
       return make_error(ErrorKind::kUnavailable,
@@ -142,7 +143,7 @@ Result<backend::Completion> Executor::call(const std::string& name, bool cloud_a
     }
     out.trace.push_back(name + ": " + describe(last));
     // Retry only while nothing has reached the client and there is time left.
-    if (streamed || cancelled || !is_retryable(last) || attempt == settings_.retry.max_attempts)
+    if (streamed || cancelled || !is_retryable(last) || attempt == attempts)
       break;
     const auto delay = backoff_delay(settings_.retry, attempt, last);
     if (request.deadline && Clock::now() + delay >= *request.deadline) break;
@@ -169,7 +170,7 @@ Result<ExecutionResult> Executor::run(const route::Plan& plan, const backend::Ba
         return on_delta(d);
       })
                            : backend::DeltaSink();
-      auto r = call(plan.edge_tier, plan.cloud_allowed, request, sink, out);
+      auto r = call(plan.edge_tier, plan.cloud_allowed, request, sink, out, plan.forced ? 1 : 0);
       if (r.ok()) {
         out.completion = std::move(r).value();
         out.tier = plan.edge_tier;
@@ -198,7 +199,7 @@ Result<ExecutionResult> Executor::run(const route::Plan& plan, const backend::Ba
         return on_delta(d);
       })
                            : backend::DeltaSink();
-      auto r = call(plan.cloud_tier, plan.cloud_allowed, request, sink, out);
+      auto r = call(plan.cloud_tier, plan.cloud_allowed, request, sink, out, plan.forced ? 1 : 0);
       if (r.ok()) {
         out.completion = std::move(r).value();
         out.tier = plan.cloud_tier;

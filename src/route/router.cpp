@@ -445,10 +445,14 @@ Decision Router::decide(const RouteInput& in) const {
                       (cloud_block.empty() ? "data class forbids it" : cloud_block));
     } else {
       chosen = make_plan(f->on_device ? PlanKind::kEdge : PlanKind::kCloud);
-      if (f->on_device)
+      if (f->on_device) {
         chosen.edge_tier = f->name;
-      else
+        chosen.cloud_allowed = false;
+      } else {
         chosen.cloud_tier = f->name;
+      }
+      chosen.forced = true;
+      chosen.edge_fallback_allowed = false;
       chosen.reason = "x-switchyard-tier forced '" + f->name + "'";
     }
     decided = true;

@@ -132,6 +132,9 @@ struct Plan {
   bool cloud_allowed = false;
   // The edge may serve a degraded answer when the cloud fails.
   bool edge_fallback_allowed = true;
+  // The client named the tier: its own answer or error is passed through,
+  // without retries or fallbacks to another tier.
+  bool forced = false;
   CascadeSettings cascade;
   double consistency_min_similarity = 0.5;  // keep the edge answer at or above this
   double predicted_cost_usd = 0.0;

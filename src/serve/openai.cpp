@@ -382,6 +382,14 @@ std::optional<ApiError> parse_request(ApiKind kind, std::string_view body, ApiRe
       out.include_usage = iu->get<bool>();
     }
   }
+  // Routing hints in the body: OpenAI's free-form metadata and user fields.
+  if (const json* md = r.find("metadata"); md && md->is_object()) {
+    auto dc = md->find("data_class");
+    if (dc != md->end() && dc->is_string()) out.data_class = dc->get<std::string>();
+  }
+  if (const json* user = r.find("user"); user && user->is_string()) {
+    out.user = user->get<std::string>();
+  }
   std::optional<int32_t> n;
   r.integer("n", 1, 1, n);
   std::optional<int32_t> best_of;
@@ -477,6 +485,13 @@ void append_provenance(std::string& out, const Provenance& where) {
   append_json_string(out, where.model_version);
   out += ",\"decision_id\":";
   append_json_string(out, where.decision_id);
+  if (!where.plan.empty()) {
+    out += ",\"plan\":";
+    append_json_string(out, where.plan);
+    out += where.degraded ? ",\"degraded\":true" : ",\"degraded\":false";
+    out += where.escalated ? ",\"escalated\":true" : ",\"escalated\":false";
+    if (where.confidence) out += ",\"confidence\":" + std::to_string(*where.confidence);
+  }
   out += '}';
 }
 

@@ -37,6 +37,8 @@ struct ApiRequest {
   bool stream = false;
   bool include_usage = false;
   backend::BackendRequest backend;  // messages or prompt, and parameters
+  std::string data_class;  // metadata.data_class, when given
+  std::string user;        // OpenAI's end-user id; pins a conversation like x-switchyard-session
 };
 
 // Parses and validates a request body; nullopt on success.
@@ -49,6 +51,11 @@ struct Provenance {
   std::string_view model;
   std::string_view model_version;
   std::string_view decision_id;
+  // Set for routed requests: the plan that ran and how it ended.
+  std::string_view plan;
+  bool degraded = false;
+  bool escalated = false;
+  std::optional<double> confidence;
 };
 
 void append_json_string(std::string& out, std::string_view text);

@@ -2,6 +2,8 @@
 
 #include <httplib.h>
 
+#include <nlohmann/json.hpp>
+
 #include <algorithm>
 #include <atomic>
 #include <chrono>
@@ -18,6 +20,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "serve/hybrid.h"
 #include "serve/openai.h"
 
 namespace sy::serve {
@@ -76,18 +79,34 @@ struct StreamState {
   backend::Completion completion;
 
   // Owned copies: a producer abandoned at its deadline may outlive the request.
-  std::shared_ptr<backend::Backend> backend;
+  std::function<Result<exec::ExecutionResult>(const backend::BackendRequest&,
+                                              const backend::DeltaSink&)>
+      run;
+  std::function<std::string(std::string_view)> placement_of;
+  std::optional<exec::ExecutionResult> outcome;
   backend::BackendRequest request;
-  std::string tier, placement, model, model_version, decision_id;
+  std::string tier, placement, model, model_version, decision_id, plan;
   std::optional<SseWriter> writer;
   std::thread producer;
 
   Provenance provenance(std::string_view version) const {
-    return Provenance{tier, placement, model, version, decision_id};
+    Provenance p;
+    p.tier = tier;
+    p.placement = placement;
+    p.model = model;
+    p.model_version = version;
+    p.decision_id = decision_id;
+    p.plan = plan;
+    if (outcome) {
+      p.degraded = outcome->degraded;
+      p.escalated = outcome->escalated;
+      p.confidence = outcome->confidence;
+    }
+    return p;
   }
 
   void produce() {
-    auto r = backend->generate(request, [this](const backend::Delta& d) {
+    auto r = run(request, [this](const backend::Delta& d) {
       if (request.cancelled->load(std::memory_order_relaxed)) return false;
       {
         std::lock_guard lock(mu);
@@ -103,7 +122,11 @@ struct StreamState {
     {
       std::lock_guard lock(mu);
       if (r.ok()) {
-        completion = std::move(r).value();
+        tier = r->tier;
+        placement = placement_of(tier);
+        if (!r->completion.model.empty()) model = r->completion.model;
+        completion = r->completion;
+        outcome = std::move(r).value();
         if (!started) writer->begin(pending, provenance(model_version));
         const std::string& version =
             completion.model_version.empty() ? model_version : completion.model_version;
@@ -194,6 +217,7 @@ struct Gateway::Impl {
   std::atomic<uint64_t> next_id{1};
   int64_t started_at = std::time(nullptr);
   Gauge* in_flight_gauge = nullptr;
+  std::unique_ptr<HybridRouter> hybrid;
 
   explicit Impl(GatewayConfig c) : config(std::move(c)) {
     std::random_device rd;
@@ -260,6 +284,9 @@ struct Gateway::Impl {
     http.Post("/v1/chat/completions", [this](const httplib::Request& req, httplib::Response& res,
                                              const httplib::ContentReader& reader) {
       handle_generate(ApiKind::kChat, req, res, reader);
+    });
+    http.Post("/v1/route", [this](const httplib::Request& req, httplib::Response& res) {
+      handle_route(req, res);
     });
     http.Post("/v1/completions", [this](const httplib::Request& req, httplib::Response& res,
                                         const httplib::ContentReader& reader) {
@@ -470,13 +497,47 @@ struct Gateway::Impl {
       record(nullptr, kind, e->status, start, nullptr, id);
       return;
     }
-    size_t index = 0;
-    if (auto e = select_tier(req, api, index)) {
-      send_error(res, *e);
-      record(nullptr, kind, e->status, start, nullptr, id);
+    RouteHints hints;
+    hints.data_class = header_value(req, "x-switchyard-data-class");
+    if (hints.data_class.empty()) hints.data_class = api.data_class;
+    hints.latency_budget_ms = header_value(req, "x-switchyard-latency-budget-ms");
+    hints.cost_ceiling_usd = header_value(req, "x-switchyard-cost-ceiling-usd");
+    hints.session = header_value(req, "x-switchyard-session");
+    if (hints.session.empty()) hints.session = api.user;
+    // A tier named by header or by model is a forced tier, still subject to
+    // the router's rules (device-only data never reaches a cloud tier).
+    if (!header_value(req, "x-switchyard-tier").empty() ||
+        !HybridRouter::is_routed_model(api.model)) {
+      size_t index = 0;
+      if (auto e = select_tier(req, api, index)) {
+        send_error(res, *e);
+        record(nullptr, kind, e->status, start, nullptr, id);
+        return;
+      }
+      hints.forced_tier = tiers[index].config.name;
+    } else if (!config.routing && !config.server.default_tier.empty()) {
+      // Without a routing: section, server.default_tier is a fixed tier.
+      hints.forced_tier = config.server.default_tier;
+    }
+    ApiError route_error;
+    auto decided = hybrid->decide(api, hints, route_error);
+    if (!decided.ok() || decided->plan.kind == route::PlanKind::kReject) {
+      send_error(res, route_error);
+      record(nullptr, kind, route_error.status, start, nullptr, id);
+      if (decided.ok()) {
+        hybrid->finish(api, hints, *decided,
+                       Result<exec::ExecutionResult>(
+                           make_error(ErrorKind::kUnavailable, route_error.message)),
+                       ms_since(start), route_error.status);
+      }
       return;
     }
-    Tier& tier = tiers[index];
+    route::Decision decision = std::move(decided).value();
+    decision.id = id;
+    const std::string& primary =
+        decision.plan.kind == route::PlanKind::kCloud ? decision.plan.cloud_tier
+                                                     : decision.plan.edge_tier;
+    Tier& tier = *find_tier(primary);
 
     // Admission after parsing, so malformed requests never take a slot.
     if (in_flight.fetch_add(1, std::memory_order_acq_rel) >=
@@ -495,55 +556,121 @@ struct Gateway::Impl {
       return;
     }
 
-    const backend::BackendInfo& info = tier.backend->info();
-    res.set_header("x-switchyard-tier", tier.config.name);
     api.backend.request_id = id;
     api.backend.deadline = start + std::chrono::milliseconds(config.server.request_timeout_ms);
     api.backend.cancelled = std::make_shared<std::atomic<bool>>(false);
+    res.set_header("x-switchyard-plan", std::string(route::to_string(decision.plan.kind)));
+    res.set_header("x-switchyard-policy", std::string(route::to_string(decision.policy)));
 
     if (api.stream) {
-      stream(kind, tier, info, std::move(api), std::move(id), start, res);
+      res.set_header("x-switchyard-tier", tier.config.name);
+      stream(kind, tier, std::move(api), std::move(hints), std::move(decision), std::move(id),
+             start, res);
       return;
     }
 
-    auto result = tier.backend->generate(api.backend, {});
+    auto result = hybrid->execute(decision, api.backend, {});
     in_flight.fetch_sub(1, std::memory_order_acq_rel);
     if (!result.ok()) {
+      const backend::BackendInfo& info = tier.backend->info();
+      res.set_header("x-switchyard-tier", tier.config.name);
       res.set_header("x-switchyard-model", info.model);
       res.set_header("x-switchyard-model-version", std::string(or_unknown(info.model_version)));
       const ApiError e = from_backend_error(result.error());
       send_error(res, e);
       record(&tier, kind, e.status, start, nullptr, id);
+      hybrid->finish(api, hints, decision, result, ms_since(start), e.status);
       return;
     }
-    const backend::Completion& c = *result;
+    Tier& served = *find_tier(result->tier);
+    const backend::BackendInfo& info = served.backend->info();
+    const backend::Completion& c = result->completion;
     const std::string& model = c.model.empty() ? info.model : c.model;
     const std::string_view version =
         or_unknown(c.model_version.empty() ? info.model_version : c.model_version);
+    res.set_header("x-switchyard-tier", served.config.name);
     res.set_header("x-switchyard-model", model);
     res.set_header("x-switchyard-model-version", std::string(version));
-    const Provenance where{tier.config.name, placement_name(tier.config.placement), model, version,
-                           id};
+    if (result->degraded) res.set_header("x-switchyard-degraded", "true");
+    if (result->escalated) res.set_header("x-switchyard-escalated", "true");
+    if (result->confidence) {
+      res.set_header("x-switchyard-confidence", std::to_string(*result->confidence));
+    }
+    Provenance where;
+    where.tier = served.config.name;
+    where.placement = placement_name(served.config.placement);
+    where.model = model;
+    where.model_version = version;
+    where.decision_id = id;
+    where.plan = route::to_string(decision.plan.kind);
+    where.degraded = result->degraded;
+    where.escalated = result->escalated;
+    where.confidence = result->confidence;
     append_completion(res.body, api, id, std::time(nullptr), c, where);
     res.set_header("Content-Type", kJson);
-    record(&tier, kind, 200, start, &c, id);
+    record(&served, kind, 200, start, &c, id);
+    hybrid->finish(api, hints, decision, result, ms_since(start), 200);
+  }
+
+  Tier* find_tier(std::string_view name) {
+    for (auto& t : tiers) {
+      if (t.config.name == name) return &t;
+    }
+    return &tiers[default_tier];
+  }
+
+  // POST /v1/route: the decision for a chat request, explained, without running it.
+  void handle_route(const httplib::Request& req, httplib::Response& res) {
+    if (!check_auth(req, res)) return;
+    if (!ready.load(std::memory_order_acquire)) {
+      send_error(res, not_ready());
+      return;
+    }
+    ApiRequest api;
+    if (auto e = parse_request(ApiKind::kChat, req.body, api)) {
+      send_error(res, *e);
+      return;
+    }
+    RouteHints hints;
+    hints.data_class = header_value(req, "x-switchyard-data-class");
+    if (hints.data_class.empty()) hints.data_class = api.data_class;
+    hints.latency_budget_ms = header_value(req, "x-switchyard-latency-budget-ms");
+    hints.cost_ceiling_usd = header_value(req, "x-switchyard-cost-ceiling-usd");
+    hints.forced_tier = header_value(req, "x-switchyard-tier");
+    ApiError route_error;
+    auto decided = hybrid->decide(api, hints, route_error);
+    if (!decided.ok()) {
+      send_error(res, route_error);
+      return;
+    }
+    nlohmann::json j;
+    route::to_json(j, *decided);
+    res.set_content(j.dump(2), kJson);
   }
 
   static std::string_view or_unknown(const std::string& s) {
     return s.empty() ? std::string_view("unknown") : std::string_view(s);
   }
 
-  void stream(ApiKind kind, Tier& tier, const backend::BackendInfo& info, ApiRequest api,
+  void stream(ApiKind kind, Tier& tier, ApiRequest api, RouteHints hints, route::Decision decision,
               std::string id, Clock::time_point start, httplib::Response& res) {
+    const backend::BackendInfo& info = tier.backend->info();
     auto st = std::make_shared<StreamState>();
-    st->backend = tier.backend;
+    HybridRouter* router = hybrid.get();
+    st->run = [router, decision](const backend::BackendRequest& r, const backend::DeltaSink& sink) {
+      return router->execute(decision, r, sink);
+    };
+    st->placement_of = [this](std::string_view name) -> std::string {
+      return placement_name(find_tier(name)->config.placement);
+    };
+    st->plan = std::string(route::to_string(decision.plan.kind));
     st->tier = tier.config.name;
     st->placement = placement_name(tier.config.placement);
     st->model = info.model;
     st->model_version = or_unknown(info.model_version);
     st->decision_id = id;
     st->writer.emplace(api, id, std::time(nullptr), info.model);
-    st->request = std::move(api.backend);
+    st->request = api.backend;
     const auto deadline = *st->request.deadline;
     st->producer = std::thread([st] { st->produce(); });
 
@@ -576,6 +703,9 @@ struct Gateway::Impl {
       in_flight.fetch_sub(1, std::memory_order_acq_rel);
       send_error(res, e);
       record(&tier, kind, e.status, start, nullptr, id);
+      hybrid->finish(api, hints, decision,
+                     Result<exec::ExecutionResult>(make_error(ErrorKind::kUnavailable, e.message)),
+                     ms_since(start), e.status);
       return;
     }
     lock.unlock();
@@ -606,7 +736,8 @@ struct Gateway::Impl {
           }
           return true;
         },
-        [this, st, t, kind, start, id = std::move(id)](bool success) {
+        [this, st, t, kind, start, id = std::move(id), api = std::move(api),
+         hints = std::move(hints), decision = std::move(decision)](bool success) {
           if (!success) st->request.cancelled->store(true);
           if (st->producer.joinable()) st->producer.join();
           in_flight.fetch_sub(1, std::memory_order_acq_rel);
@@ -617,6 +748,11 @@ struct Gateway::Impl {
             status = st->stream_error->status;
           }
           record(t, kind, status, start, st->error ? nullptr : &st->completion, id);
+          const Result<exec::ExecutionResult> outcome =
+              st->outcome ? Result<exec::ExecutionResult>(*st->outcome)
+                          : Result<exec::ExecutionResult>(st->error.value_or(
+                                make_error(ErrorKind::kCancelled, "the client went away")));
+          hybrid->finish(api, hints, decision, outcome, ms_since(start), status);
         });
   }
 
@@ -682,6 +818,31 @@ struct Gateway::Impl {
                             : t.config.name == wanted;
     });
     if (pick != loaded.end()) default_tier = static_cast<size_t>(pick - loaded.begin());
+
+    HybridSettings hs;
+    if (auto routing = route::router_config_from_yaml(config.routing, config.source); routing.ok()) {
+      hs.routing = std::move(routing).value();
+    } else {
+      return routing.error();
+    }
+    if (config.privacy) {
+      auto privacy = route::sensitivity_config_from_yaml(config.privacy, config.source);
+      if (!privacy.ok()) return privacy.error();
+      hs.routing.privacy = std::move(privacy).value();
+    }
+    hs.audit_path = config.server.audit_db;
+    hs.audit_store_text = config.server.audit_store_text;
+    hs.shadow_fraction = config.server.shadow_fraction;
+    hs.memory_budget_bytes = static_cast<uint64_t>(config.server.memory_budget_mb) << 20;
+    std::map<std::string, std::shared_ptr<backend::Backend>> backends;
+    for (const auto& t : loaded) backends[t.config.name] = t.backend;
+    auto h = HybridRouter::create(hs, config.tiers, std::move(backends), metrics);
+    if (!h.ok()) {
+      Error e = h.error();
+      e.message = config.source + ": " + e.message;
+      return e;
+    }
+    hybrid = std::move(h).value();
 
     models_json = render_models(loaded);
     tiers = std::move(loaded);
