@@ -1,0 +1,153 @@
+// The privacy guarantee end to end: a real gateway process whose cloud tier is
+// a real HTTP server on loopback that records every byte it receives. Device-
+// only data is sent through every policy, forced tiers, retries and fallbacks,
+// with the cloud healthy and failing; the cloud must never see it.
+#include <gtest/gtest.h>
+
+#include <fstream>
+
+#include "support/fault_server.h"
+#include "support/process.h"
+#include "support/test_paths.h"
+
+namespace sy::testing {
+namespace {
+
+using nlohmann::json;
+
+class PrivacyE2E : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (!std::ifstream(shared_models_dir() + "/stories260K.gguf").good()) {
+      GTEST_SKIP() << "stories260K.gguf not found in " << shared_models_dir();
+    }
+    config_ = temp_path(".yaml");
+    std::ofstream(config_) << "tiers:\n"
+                              "  edge:\n"
+                              "    kind: embedded\n"
+                              "    placement: device\n"
+                              "    model: stories260K\n"
+                              "    kv_memory_mb: 32\n"
+                              "  cloud:\n"
+                              "    kind: openai\n"
+                              "    placement: cloud\n"
+                              "    model: fault-model\n"
+                              "    endpoint: " +
+                                  cloud_.base_url() +
+                                  "\n"
+                                  "    timeouts: {connect_ms: 1000, first_byte_ms: 2000, "
+                                  "total_ms: 4000}\n"
+                                  "routing:\n"
+                                  "  policy: cloud\n"
+                                  "  cascade: {min_mean_logprob: -0.01}\n"
+                                  "privacy:\n"
+                                  "  keywords:\n"
+                                  "    - words: [patient]\n"
+                                  "      class: device-only\n";
+    gateway_ = std::make_unique<ServeProcess>(
+        std::vector<std::string>{"--config", config_, "--quiet"},
+        std::vector<std::string>{"SWITCHYARD_MODEL_PATH=" + shared_models_dir()});
+    ASSERT_TRUE(gateway_->ok()) << gateway_->process().stderr_text();
+  }
+  void TearDown() override { std::remove(config_.c_str()); }
+
+  HttpResult ask(const std::string& model, const std::string& content, bool stream,
+                 const httplib::Headers& headers = {}) {
+    json b = {{"model", model},
+              {"messages", {{{"role", "user"}, {"content", content}}}},
+              {"max_tokens", 12},
+              {"temperature", 1.5},
+              {"stream", stream}};
+    return http_post(gateway_->port(), "/v1/chat/completions", b.dump(), headers);
+  }
+
+  bool cloud_saw(const std::string& needle) const {
+    for (const auto& body : cloud_.received_bodies()) {
+      if (body.find(needle) != std::string::npos) return true;
+    }
+    return false;
+  }
+
+  FaultServer cloud_;
+  std::string config_;
+  std::unique_ptr<ServeProcess> gateway_;
+};
+
+TEST_F(PrivacyE2E, DeviceOnlyDataNeverReachesTheCloud) {
+  const std::vector<std::string> secrets = {
+      "my SSN is 078-05-1120",                      // detector
+      "card 4111 1111 1111 1111 expires 09/29",     // detector, Luhn-valid
+      "the patient reports chest pain",             // configured keyword
+      "AKIAIOSFODNN7EXAMPLE is our key",            // secret
+  };
+  int answered = 0;
+  for (FaultMode mode : {FaultMode::kNormal, FaultMode::kStatus500, FaultMode::kStatus429}) {
+    cloud_.set_mode(mode);
+    for (const std::string& secret : secrets) {
+      for (const std::string model : {"switchyard", "switchyard/cloud", "switchyard/cascade",
+                                      "switchyard/consistency", "switchyard/optimize",
+                                      "switchyard/threshold"}) {
+        for (bool stream : {false, true}) {
+          auto r = ask(model, secret, stream);
+          ASSERT_EQ(r.status, 200) << model << ": " << r.body;
+          EXPECT_EQ(r.header("x-switchyard-tier"), "edge") << model;
+          ++answered;
+        }
+      }
+      // Forcing the cloud is refused outright, by header or by the tier's model name.
+      auto forced = ask("switchyard", secret, false, {{"x-switchyard-tier", "cloud"}});
+      EXPECT_EQ(forced.status, 403) << forced.body;
+      forced = ask("fault-model", secret, true);
+      EXPECT_EQ(forced.status, 403) << forced.body;
+    }
+    // Data declared device-only with nothing detectable in it.
+    auto declared = ask("switchyard/cloud", "tell me a story", false,
+                        {{"x-switchyard-data-class", "device-only"}});
+    EXPECT_EQ(declared.status, 200);
+    EXPECT_EQ(declared.header("x-switchyard-tier"), "edge");
+    json b = {{"model", "switchyard/cloud"},
+              {"metadata", {{"data_class", "device-only"}}},
+              {"messages", {{{"role", "user"}, {"content", "a quiet secret story"}}}},
+              {"max_tokens", 8}};
+    auto meta = http_post(gateway_->port(), "/v1/chat/completions", b.dump());
+    EXPECT_EQ(meta.status, 200);
+    EXPECT_EQ(meta.header("x-switchyard-tier"), "edge");
+  }
+  EXPECT_GT(answered, 0);
+  for (const std::string& s : {std::string("078-05-1120"), std::string("4111 1111 1111 1111"),
+                               std::string("patient"), std::string("AKIAIOSFODNN7EXAMPLE"),
+                               std::string("tell me a story"), std::string("quiet secret")}) {
+    EXPECT_FALSE(cloud_saw(s)) << "the cloud received '" << s << "'";
+  }
+}
+
+TEST_F(PrivacyE2E, PublicDataDoesReachTheCloudSoTheCheckIsReal) {
+  auto r = ask("switchyard/cloud", "what rhymes with orange?", false);
+  ASSERT_EQ(r.status, 200) << r.body;
+  EXPECT_EQ(r.header("x-switchyard-tier"), "cloud");
+  EXPECT_TRUE(cloud_saw("what rhymes with orange?"));
+}
+
+TEST_F(PrivacyE2E, ExplainShowsTheRuleWithoutTheText) {
+  json b = {{"messages", {{{"role", "user"}, {"content", "my SSN is 078-05-1120"}}}}};
+  auto r = http_post(gateway_->port(), "/v1/route", b.dump());
+  ASSERT_EQ(r.status, 200) << r.body;
+  const json j = r.json();
+  EXPECT_EQ(j["plan"]["kind"], "edge");
+  EXPECT_FALSE(j["plan"]["cloud_allowed"].get<bool>());
+  EXPECT_EQ(r.body.find("078-05-1120"), std::string::npos);
+  EXPECT_TRUE(cloud_.received_bodies().empty());
+}
+
+TEST_F(PrivacyE2E, CloudFailureFallsBackToTheEdgeFlaggedDegraded) {
+  cloud_.set_mode(FaultMode::kStatus500);
+  auto r = ask("switchyard/cloud", "what rhymes with orange?", false);
+  ASSERT_EQ(r.status, 200) << r.body;
+  EXPECT_EQ(r.header("x-switchyard-tier"), "edge");
+  EXPECT_EQ(r.header("x-switchyard-degraded"), "true");
+  EXPECT_FALSE(r.header("x-switchyard-confidence").empty());
+  EXPECT_TRUE(r.json()["switchyard"]["degraded"].get<bool>());
+}
+
+}  // namespace
+}  // namespace sy::testing
