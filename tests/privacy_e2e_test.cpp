@@ -4,7 +4,9 @@
 // with the cloud healthy and failing; the cloud must never see it.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <fstream>
+#include <iterator>
 
 #include "support/fault_server.h"
 #include "support/process.h"
@@ -22,7 +24,10 @@ class PrivacyE2E : public ::testing::Test {
       GTEST_SKIP() << "stories260K.gguf not found in " << shared_models_dir();
     }
     config_ = temp_path(".yaml");
-    std::ofstream(config_) << "tiers:\n"
+    decision_log_ = temp_path(".jsonl");
+    std::ofstream(config_) << "server:\n"
+                              "  decision_log: " + decision_log_ + "\n"
+                              "tiers:\n"
                               "  edge:\n"
                               "    kind: embedded\n"
                               "    placement: device\n"
@@ -49,7 +54,10 @@ class PrivacyE2E : public ::testing::Test {
         std::vector<std::string>{"SWITCHYARD_MODEL_PATH=" + shared_models_dir()});
     ASSERT_TRUE(gateway_->ok()) << gateway_->process().stderr_text();
   }
-  void TearDown() override { std::remove(config_.c_str()); }
+  void TearDown() override {
+    std::remove(config_.c_str());
+    std::remove(decision_log_.c_str());
+  }
 
   HttpResult ask(const std::string& model, const std::string& content, bool stream,
                  const httplib::Headers& headers = {}) {
@@ -70,6 +78,7 @@ class PrivacyE2E : public ::testing::Test {
 
   FaultServer cloud_;
   std::string config_;
+  std::string decision_log_;
   std::unique_ptr<ServeProcess> gateway_;
 };
 
@@ -119,6 +128,13 @@ TEST_F(PrivacyE2E, DeviceOnlyDataNeverReachesTheCloud) {
                                std::string("tell me a story"), std::string("quiet secret")}) {
     EXPECT_FALSE(cloud_saw(s)) << "the cloud received '" << s << "'";
   }
+  // Every decision is logged, with the rule that fired and without the text.
+  std::ifstream log(decision_log_);
+  const std::string logged((std::istreambuf_iterator<char>(log)), std::istreambuf_iterator<char>());
+  EXPECT_NE(logged.find("device-only-stays-local"), std::string::npos);
+  EXPECT_GE(std::count(logged.begin(), logged.end(), '\n'), answered);
+  EXPECT_EQ(logged.find("078-05-1120"), std::string::npos);
+  EXPECT_EQ(logged.find("AKIAIOSFODNN7EXAMPLE"), std::string::npos);
 }
 
 TEST_F(PrivacyE2E, PublicDataDoesReachTheCloudSoTheCheckIsReal) {

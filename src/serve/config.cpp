@@ -118,7 +118,7 @@ void read_server(Reader& r, const YAML::Node& node, ServerConfig& s) {
       node, path,
       {"host", "port", "api_keys", "api_keys_env", "max_body_bytes", "max_concurrent_requests",
        "request_timeout_ms", "default_tier", "worker_threads", "log_requests", "audit_db",
-                "audit_store_text", "shadow_fraction", "memory_budget_mb"});
+                "decision_log", "audit_store_text", "shadow_fraction", "memory_budget_mb"});
   r.get(node, "host", path, s.host);
   r.get(node, "port", path, s.port);
   r.get_string_list(node, "api_keys", path, s.api_keys);
@@ -130,6 +130,7 @@ void read_server(Reader& r, const YAML::Node& node, ServerConfig& s) {
   r.get(node, "worker_threads", path, s.worker_threads);
   r.get(node, "log_requests", path, s.log_requests);
   r.get(node, "audit_db", path, s.audit_db);
+  r.get(node, "decision_log", path, s.decision_log);
   r.get(node, "audit_store_text", path, s.audit_store_text);
   r.get(node, "shadow_fraction", path, s.shadow_fraction);
   if (s.shadow_fraction < 0.0 || s.shadow_fraction > 1.0) {

@@ -34,6 +34,7 @@ struct ServerConfig {
   int32_t worker_threads = 0;
   bool log_requests = true;  // one line per request on stderr
   std::string audit_db;      // SQLite audit trail; empty: none
+  std::string decision_log;  // JSONL of every routing decision, without raw text; empty: none
   bool audit_store_text = false;  // keep prompt text, not only its hash
   double shadow_fraction = 0.0;   // share of edge answers re-scored on the cloud
   int64_t memory_budget_mb = 0;   // the gateway's own memory budget; 0: none

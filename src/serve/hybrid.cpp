@@ -1,6 +1,7 @@
 #include "serve/hybrid.h"
 
 #include <charconv>
+#include <nlohmann/json.hpp>
 #include <cstdio>
 
 namespace sy::serve {
@@ -70,6 +71,15 @@ Result<std::unique_ptr<HybridRouter>> HybridRouter::create(
     h->audit_ = std::move(store).value();
   }
 
+  if (!settings.decision_log.empty()) {
+    h->decision_log_ = std::fopen(settings.decision_log.c_str(), "a");
+    if (h->decision_log_ == nullptr) {
+      return make_error(ErrorKind::kIo, "cannot open the decision log '" + settings.decision_log +
+                                            "' for appending; check the folder exists and is "
+                                            "writable");
+    }
+  }
+
   observe::MemoryPressureOptions m;
   m.budget_bytes = settings.memory_budget_bytes;
   observe::apply_memory_pressure_env(m);
@@ -133,6 +143,7 @@ Result<std::unique_ptr<HybridRouter>> HybridRouter::create(
 HybridRouter::~HybridRouter() {
   if (shadow_) shadow_->stop();
   if (memory_) memory_->stop();
+  if (decision_log_ != nullptr) std::fclose(decision_log_);
 }
 
 const backend::TierConfig* HybridRouter::tier_config(std::string_view name) const {
@@ -240,6 +251,18 @@ void HybridRouter::finish(const ApiRequest& api, const RouteHints& hints, const 
   for (const auto& rule : d.rules_fired) {
     metrics_->counter("switchyard_rules_fired_total", "Routing rules that fired.", {"rule"}, {rule})
         .add();
+  }
+  if (decision_log_ != nullptr) {
+    nlohmann::json j;
+    route::to_json(j, d);
+    j["served_by"] = r.ok() ? r->tier : "";
+    j["status"] = status;
+    j["total_ms"] = total_ms;
+    if (r.ok()) j["trace"] = r->trace;
+    const std::string line = j.dump() + "\n";
+    std::lock_guard lock(decision_log_mu_);
+    std::fwrite(line.data(), 1, line.size(), decision_log_);
+    std::fflush(decision_log_);
   }
   const backend::TierConfig* served = r.ok() ? tier_config(r->tier) : nullptr;
   if (r.ok()) {

@@ -4,7 +4,9 @@
 // over this.
 #pragma once
 
+#include <cstdio>
 #include <map>
+#include <mutex>
 #include <memory>
 #include <optional>
 #include <string>
@@ -22,6 +24,7 @@ namespace sy::serve {
 struct HybridSettings {
   route::RouterConfig routing;
   std::string audit_path;  // empty: no audit store
+  std::string decision_log;  // JSONL file of every decision (no raw text); empty: none
   bool audit_store_text = false;
   int64_t audit_max_rows = 0;
   double shadow_fraction = 0.0;  // share of edge answers re-run on the cloud
@@ -70,6 +73,8 @@ class HybridRouter {
   std::unique_ptr<observe::MemoryPressureMonitor> memory_;
   std::unique_ptr<observe::VersionRegistry> versions_;
   std::unique_ptr<observe::ShadowSampler> shadow_;
+  std::mutex decision_log_mu_;
+  std::FILE* decision_log_ = nullptr;
   std::vector<backend::TierConfig> tiers_;
   MetricsRegistry* metrics_ = nullptr;
   Gauge* memory_level_ = nullptr;

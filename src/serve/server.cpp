@@ -831,6 +831,7 @@ struct Gateway::Impl {
       hs.routing.privacy = std::move(privacy).value();
     }
     hs.audit_path = config.server.audit_db;
+    hs.decision_log = config.server.decision_log;
     hs.audit_store_text = config.server.audit_store_text;
     hs.shadow_fraction = config.server.shadow_fraction;
     hs.memory_budget_bytes = static_cast<uint64_t>(config.server.memory_budget_mb) << 20;
