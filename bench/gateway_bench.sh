@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-10}
-bin=build/switchyard
+bin=${SWITCHYARD_BINARY:-build/switchyard}
 export SWITCHYARD_MODEL_PATH=${SWITCHYARD_MODEL_PATH:-$(pwd)/models:$(pwd)/../shared/data/models}
 work=$(mktemp -d)
 pids=()
@@ -48,7 +48,7 @@ LUA
 
 run() {  # run LABEL PORT CONNECTIONS
   local out
-  out=$(wrk -t2 -c"$3" -d"${secs}s" --latency -s "$work/post.lua" "http://127.0.0.1:$2/v1/chat/completions")
+  out=$(wrk -t"$(( $3 < 2 ? 1 : 2 ))" -c"$3" -d"${secs}s" --latency -s "$work/post.lua" "http://127.0.0.1:$2/v1/chat/completions")
   printf '%-8s c=%-4s %s | p50 %s p99 %s | non-2xx %s\n' "$1" "$3" \
     "$(echo "$out" | awk '/Requests\/sec/ {print $2 " req/s"}')" \
     "$(echo "$out" | awk '$1=="50%" {print $2}')" "$(echo "$out" | awk '$1=="99%" {print $2}')" \
