@@ -46,17 +46,22 @@ ask() {  # ask LABEL PROMPT [extra curl args...]
         -H 'content-type: application/json' "$@" -d "$body" "$gateway_url/v1/chat/completions")
   local status tier model
   status=$(head -1 "$work/headers.txt" | awk '{print $2}')
-  tier=$(grep -i '^x-switchyard-tier:' "$work/headers.txt" | tr -d '\r' | awk '{print $2}')
-  model=$(grep -i '^x-switchyard-model:' "$work/headers.txt" | tr -d '\r' | awk '{print $2}')
+  tier=$(grep -i '^x-switchyard-tier:' "$work/headers.txt" | tr -d '\r' | awk '{print $2}' || true)
+  model=$(grep -i '^x-switchyard-model:' "$work/headers.txt" | tr -d '\r' | awk '{print $2}' || true)
   printf '%-34s -> HTTP %s, tier %-6s model %-12s %s ms\n' "$label" "$status" "${tier:--}" "${model:--}" \
     "$(awk -v t="$t" 'BEGIN { printf "%.1f", t * 1000 }')"
-  grep -o '"content":"[^"]*"' "$work/body.json" | head -1 | cut -c1-110 | sed 's/^/    /'
+  # The answer, or the error message when the gateway refused.
+  { grep -o '"content":"[^"]*"' "$work/body.json" || grep -o '"message":"[^"]*"' "$work/body.json" || true; } |
+    head -1 | cut -c1-130 | sed 's/^/    /'
 }
 
 ask "forced edge (x-switchyard-tier)" "Once upon a time" -H 'x-switchyard-tier: edge'
 ask "forced cloud (x-switchyard-tier)" "Once upon a time" -H 'x-switchyard-tier: cloud'
 ask "routed (policy decides)" "Once upon a time there was a cat"
-ask "routed, device-only data (SSN)" "My SSN is 123-45-6789, once upon a time" -H 'x-switchyard-tier: cloud'
+ask "SSN in prompt, asks for the cloud" "My SSN is 123-45-6789, once upon a time" -H 'x-switchyard-tier: cloud'
 echo
 echo "The last request asked for the cloud but carries an SSN: the router refuses to send it."
-echo "Explain a decision without running it: curl $gateway_url/v1/route -d '{...}'"
+echo
+echo "The routing decision for a prompt, explained without running it (POST /v1/route):"
+curl -s -d '{"messages":[{"role":"user","content":"Prove that sqrt(2) is irrational, step by step"}]}' \
+  "$gateway_url/v1/route" | sed -n -e '/^  "plan": {/,/^  }/p' -e '/"decision_us"/p' -e '/^  "policy"/p'
