@@ -22,10 +22,10 @@ namespace sy::exec {
 
 struct ExecutionResult {
   backend::Completion completion;
-  std::string tier;             // the tier whose answer was served
-  bool degraded = false;        // served by a fallback of last resort
-  bool escalated = false;       // cascade moved to the cloud
-  bool fell_back = false;       // a tier failed and another served
+  std::string tier;                  // the tier whose answer was served
+  bool degraded = false;             // served by a fallback of last resort
+  bool escalated = false;            // cascade moved to the cloud
+  bool fell_back = false;            // a tier failed and another served
   std::optional<double> confidence;  // edge answer's mean token probability (exp mean logprob)
   std::optional<double> similarity;  // consistency: agreement of the two answers
   std::vector<std::string> trace;    // what happened, step by step, for logs and headers
@@ -78,7 +78,8 @@ class Executor {
                                    const backend::DeltaSink& on_delta, ExecutionResult& out,
                                    int32_t max_attempts = 0);
 
-  Result<ExecutionResult> run_cascade(const route::Plan& plan, const backend::BackendRequest& request,
+  Result<ExecutionResult> run_cascade(const route::Plan& plan,
+                                      const backend::BackendRequest& request,
                                       const backend::DeltaSink& on_delta);
   Result<ExecutionResult> run_consistency(const route::Plan& plan,
                                           const backend::BackendRequest& request,

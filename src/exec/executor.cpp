@@ -1,11 +1,10 @@
 #include <algorithm>
-#include <cctype>
 #include <cmath>
 #include <future>
-#include <set>
 #include <thread>
 
 #include "exec/exec.h"
+#include "observe/shadow.h"
 
 namespace sy::exec {
 namespace {
@@ -42,35 +41,20 @@ Confidence measure_confidence(const std::vector<backend::TokenLogprob>& logprobs
 std::string escalation_reason(const Confidence& c, const route::CascadeSettings& s) {
   if (c.tokens == 0) return "the edge produced no tokens";
   if (c.mean_logprob < s.min_mean_logprob)
-    return "mean logprob " + std::to_string(c.mean_logprob) + " < " + std::to_string(s.min_mean_logprob);
+    return "mean logprob " + std::to_string(c.mean_logprob) + " < " +
+           std::to_string(s.min_mean_logprob);
   if (c.min_logprob < s.min_token_logprob)
     return "min token logprob " + std::to_string(c.min_logprob) + " < " +
            std::to_string(s.min_token_logprob);
   if (c.mean_entropy > s.max_mean_entropy)
-    return "mean entropy " + std::to_string(c.mean_entropy) + " > " + std::to_string(s.max_mean_entropy);
+    return "mean entropy " + std::to_string(c.mean_entropy) + " > " +
+           std::to_string(s.max_mean_entropy);
   return "";
 }
 
 double answer_similarity(std::string_view a, std::string_view b) {
-  auto words = [](std::string_view text) {
-    std::set<std::string> out;
-    std::string w;
-    for (char ch : text) {
-      if (std::isalnum(static_cast<unsigned char>(ch))) {
-        w += static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
-      } else if (!w.empty()) {
-        out.insert(std::move(w));
-        w.clear();
-      }
-    }
-    if (!w.empty()) out.insert(std::move(w));
-    return out;
-  };
-  const auto wa = words(a), wb = words(b);
-  if (wa.empty() && wb.empty()) return 1.0;
-  size_t common = 0;
-  for (const auto& w : wa) common += wb.count(w);
-  return static_cast<double>(common) / static_cast<double>(wa.size() + wb.size() - common);
+  // One definition of agreement for consistency checks and shadow scoring.
+  return observe::word_jaccard(a, b);
 }
 
 Executor::Executor(std::map<std::string, std::shared_ptr<backend::Backend>> tiers,
@@ -98,8 +82,8 @@ std::shared_ptr<backend::Backend> Executor::backend(const std::string& tier) con
 
 Result<backend::Completion> Executor::call(const std::string& name, bool cloud_allowed,
                                            const backend::BackendRequest& request,
-                                           const backend::DeltaSink& on_delta,
-                                           ExecutionResult& out, int32_t max_attempts) {
+                                           const backend::DeltaSink& on_delta, ExecutionResult& out,
+                                           int32_t max_attempts) {
   const int32_t attempts = max_attempts > 0 ? max_attempts : settings_.retry.max_attempts;
   auto it = tiers_.find(name);
   if (it == tiers_.end()) {
@@ -108,9 +92,8 @@ Result<backend::Completion> Executor::call(const std::string& name, bool cloud_a
   Tier& tier = it->second;
   if (tier.backend->info().placement == backend::Placement::kCloud && !cloud_allowed) {
     out.trace.push_back(name + ": refused (data may not leave the device)");
-    return make_error(ErrorKind::kInternal,
-                      "refused to send a request to cloud tier '" + name +
-                          "': its plan does not allow the cloud");
+    return make_error(ErrorKind::kInternal, "refused to send a request to cloud tier '" + name +
+                                                "': its plan does not allow the cloud");
   }
   bool streamed = false;
   const backend::DeltaSink counting = on_delta ? backend::DeltaSink([&](const backend::Delta& d) {
@@ -122,8 +105,9 @@ Result<backend::Completion> Executor::call(const std::string& name, bool cloud_a
   for (int32_t attempt = 1; attempt <= attempts; ++attempt) {
     if (!tier.breaker->allow()) {
       out.trace.push_back(name + ": circuit open");
-      return make_error(ErrorKind::kUnavailable,
-                        "tier '" + name + "' is failing and its circuit breaker is open; retry later");
+      return make_error(
+          ErrorKind::kUnavailable,
+          "tier '" + name + "' is failing and its circuit breaker is open; retry later");
     }
     auto r = tier.backend->generate(request, counting);
     if (r.ok()) {
@@ -132,7 +116,8 @@ Result<backend::Completion> Executor::call(const std::string& name, bool cloud_a
         router_->record_latency(name, r->time_to_first_token_ms, r->total_ms,
                                 r->usage.completion_tokens);
       }
-      out.trace.push_back(name + ": ok" + (attempt > 1 ? " after " + std::to_string(attempt) + " attempts" : ""));
+      out.trace.push_back(name + ": ok" +
+                          (attempt > 1 ? " after " + std::to_string(attempt) + " attempts" : ""));
       return r;
     }
     last = r.error();
@@ -143,8 +128,7 @@ Result<backend::Completion> Executor::call(const std::string& name, bool cloud_a
     }
     out.trace.push_back(name + ": " + describe(last));
     // Retry only while nothing has reached the client and there is time left.
-    if (streamed || cancelled || !is_retryable(last) || attempt == attempts)
-      break;
+    if (streamed || cancelled || !is_retryable(last) || attempt == attempts) break;
     const auto delay = backoff_delay(settings_.retry, attempt, last);
     if (request.deadline && Clock::now() + delay >= *request.deadline) break;
     std::this_thread::sleep_for(delay);
@@ -153,7 +137,8 @@ Result<backend::Completion> Executor::call(const std::string& name, bool cloud_a
   return last;
 }
 
-Result<ExecutionResult> Executor::run(const route::Plan& plan, const backend::BackendRequest& request,
+Result<ExecutionResult> Executor::run(const route::Plan& plan,
+                                      const backend::BackendRequest& request,
                                       const backend::DeltaSink& on_delta) {
   ExecutionResult out;
   switch (plan.kind) {
@@ -359,8 +344,9 @@ Result<ExecutionResult> Executor::run_consistency(const route::Plan& plan,
   } else {
     return cloud.error();
   }
-  out.trace.push_back("consistency: " + (out.similarity ? "similarity " + std::to_string(*out.similarity)
-                                                         : std::string("one tier failed")) +
+  out.trace.push_back("consistency: " +
+                      (out.similarity ? "similarity " + std::to_string(*out.similarity)
+                                      : std::string("one tier failed")) +
                       ", served " + out.tier);
   if (on_delta) {
     backend::Delta d;

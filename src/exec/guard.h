@@ -45,7 +45,7 @@ class CircuitBreaker {
 };
 
 struct RetrySettings {
-  int32_t max_attempts = 3;      // including the first
+  int32_t max_attempts = 3;  // including the first
   int32_t base_backoff_ms = 100;
   int32_t max_backoff_ms = 2000;
 };

@@ -12,13 +12,12 @@
 #include <cstdint>
 #include <memory>
 #include <mutex>
+#include <nlohmann/json_fwd.hpp>
 #include <optional>
 #include <span>
 #include <string>
 #include <string_view>
 #include <vector>
-
-#include <nlohmann/json_fwd.hpp>
 
 #include "common/result.h"
 #include "route/complexity.h"
@@ -92,7 +91,7 @@ struct RouterConfig {
   std::optional<double> threshold;  // overrides the model file's threshold
   CascadeSettings cascade;
   double consistency_min_similarity = 0.5;
-  double optimize_cost_weight = 1000.0;    // lambda: quality units per dollar
+  double optimize_cost_weight = 1000.0;     // lambda: quality units per dollar
   double optimize_latency_weight = 0.0005;  // mu: quality units per millisecond
   int32_t default_max_tokens = 256;         // expected output when the request sets none
   SensitivityConfig privacy;
@@ -115,9 +114,9 @@ struct RouteInput {
   // Tokens of the prompt when the caller counted them; else estimated from length.
   std::optional<int32_t> prompt_tokens;
   // Device state sampled by the caller.
-  int32_t memory_pressure = 0;     // 0 none, 1 some, 2 high, 3 critical
-  bool edge_available = true;      // edge loaded and not out of slots
-  bool cloud_available = true;     // breaker closed or half-open
+  int32_t memory_pressure = 0;  // 0 none, 1 some, 2 high, 3 critical
+  bool edge_available = true;   // edge loaded and not out of slots
+  bool cloud_available = true;  // breaker closed or half-open
 };
 
 enum class PlanKind { kEdge, kCloud, kCascade, kConsistency, kReject };

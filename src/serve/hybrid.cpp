@@ -1,8 +1,8 @@
 #include "serve/hybrid.h"
 
 #include <charconv>
-#include <nlohmann/json.hpp>
 #include <cstdio>
+#include <nlohmann/json.hpp>
 
 namespace sy::serve {
 namespace {

@@ -6,8 +6,8 @@
 
 #include <cstdio>
 #include <map>
-#include <mutex>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -23,7 +23,7 @@ namespace sy::serve {
 
 struct HybridSettings {
   route::RouterConfig routing;
-  std::string audit_path;  // empty: no audit store
+  std::string audit_path;    // empty: no audit store
   std::string decision_log;  // JSONL file of every decision (no raw text); empty: none
   bool audit_store_text = false;
   int64_t audit_max_rows = 0;

@@ -2,8 +2,6 @@
 
 #include <httplib.h>
 
-#include <nlohmann/json.hpp>
-
 #include <algorithm>
 #include <atomic>
 #include <chrono>
@@ -14,6 +12,7 @@
 #include <deque>
 #include <functional>
 #include <mutex>
+#include <nlohmann/json.hpp>
 #include <random>
 #include <string>
 #include <thread>
@@ -497,13 +496,7 @@ struct Gateway::Impl {
       record(nullptr, kind, e->status, start, nullptr, id);
       return;
     }
-    RouteHints hints;
-    hints.data_class = header_value(req, "x-switchyard-data-class");
-    if (hints.data_class.empty()) hints.data_class = api.data_class;
-    hints.latency_budget_ms = header_value(req, "x-switchyard-latency-budget-ms");
-    hints.cost_ceiling_usd = header_value(req, "x-switchyard-cost-ceiling-usd");
-    hints.session = header_value(req, "x-switchyard-session");
-    if (hints.session.empty()) hints.session = api.user;
+    RouteHints hints = route_hints(req, api);
     // A tier named by header or by model is a forced tier, still subject to
     // the router's rules (device-only data never reaches a cloud tier).
     if (!header_value(req, "x-switchyard-tier").empty() ||
@@ -525,18 +518,18 @@ struct Gateway::Impl {
       send_error(res, route_error);
       record(nullptr, kind, route_error.status, start, nullptr, id);
       if (decided.ok()) {
-        hybrid->finish(api, hints, *decided,
-                       Result<exec::ExecutionResult>(
-                           make_error(ErrorKind::kUnavailable, route_error.message)),
-                       ms_since(start), route_error.status);
+        hybrid->finish(
+            api, hints, *decided,
+            Result<exec::ExecutionResult>(make_error(ErrorKind::kUnavailable, route_error.message)),
+            ms_since(start), route_error.status);
       }
       return;
     }
     route::Decision decision = std::move(decided).value();
     decision.id = id;
-    const std::string& primary =
-        decision.plan.kind == route::PlanKind::kCloud ? decision.plan.cloud_tier
-                                                     : decision.plan.edge_tier;
+    const std::string& primary = decision.plan.kind == route::PlanKind::kCloud
+                                     ? decision.plan.cloud_tier
+                                     : decision.plan.edge_tier;
     Tier& tier = *find_tier(primary);
 
     // Admission after parsing, so malformed requests never take a slot.
@@ -612,6 +605,18 @@ struct Gateway::Impl {
     hybrid->finish(api, hints, decision, result, ms_since(start), 200);
   }
 
+  // Routing hints from headers, falling back to the body's metadata and user.
+  static RouteHints route_hints(const httplib::Request& req, const ApiRequest& api) {
+    RouteHints hints;
+    hints.data_class = header_value(req, "x-switchyard-data-class");
+    if (hints.data_class.empty()) hints.data_class = api.data_class;
+    hints.latency_budget_ms = header_value(req, "x-switchyard-latency-budget-ms");
+    hints.cost_ceiling_usd = header_value(req, "x-switchyard-cost-ceiling-usd");
+    hints.session = header_value(req, "x-switchyard-session");
+    if (hints.session.empty()) hints.session = api.user;
+    return hints;
+  }
+
   Tier* find_tier(std::string_view name) {
     for (auto& t : tiers) {
       if (t.config.name == name) return &t;
@@ -631,11 +636,7 @@ struct Gateway::Impl {
       send_error(res, *e);
       return;
     }
-    RouteHints hints;
-    hints.data_class = header_value(req, "x-switchyard-data-class");
-    if (hints.data_class.empty()) hints.data_class = api.data_class;
-    hints.latency_budget_ms = header_value(req, "x-switchyard-latency-budget-ms");
-    hints.cost_ceiling_usd = header_value(req, "x-switchyard-cost-ceiling-usd");
+    RouteHints hints = route_hints(req, api);
     hints.forced_tier = header_value(req, "x-switchyard-tier");
     ApiError route_error;
     auto decided = hybrid->decide(api, hints, route_error);
@@ -820,7 +821,8 @@ struct Gateway::Impl {
     if (pick != loaded.end()) default_tier = static_cast<size_t>(pick - loaded.begin());
 
     HybridSettings hs;
-    if (auto routing = route::router_config_from_yaml(config.routing, config.source); routing.ok()) {
+    if (auto routing = route::router_config_from_yaml(config.routing, config.source);
+        routing.ok()) {
       hs.routing = std::move(routing).value();
     } else {
       return routing.error();
