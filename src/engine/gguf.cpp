@@ -233,28 +233,10 @@ class Parser {
 
  private:
   // Byte size of a fixed-size type; 0 for strings, arrays and unknown numbers.
+  // The reader's length table answers it, so the two cannot disagree.
   static size_t scalar_size(GgufValueType type) {
-    switch (type) {
-      case GgufValueType::kUint8:
-      case GgufValueType::kInt8:
-      case GgufValueType::kBool:
-        return 1;
-      case GgufValueType::kUint16:
-      case GgufValueType::kInt16:
-        return 2;
-      case GgufValueType::kUint32:
-      case GgufValueType::kInt32:
-      case GgufValueType::kFloat32:
-        return 4;
-      case GgufValueType::kUint64:
-      case GgufValueType::kInt64:
-      case GgufValueType::kFloat64:
-        return 8;
-      case GgufValueType::kString:
-      case GgufValueType::kArray:
-        return 0;
-    }
-    return 0;
+    if (type == GgufValueType::kString || type == GgufValueType::kArray) return 0;
+    return static_cast<size_t>(min_encoded_size(static_cast<uint32_t>(type)).value_or(0));
   }
 
   // Decodes the scalar at `at`, whose bytes the caller has bounds-checked.
