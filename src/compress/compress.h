@@ -1,0 +1,6 @@
+// Model compression evaluated on the user's own tasks: quantization with
+// calibrated mixed precision, structured pruning, and the evaluation that says
+// whether a compressed model is still fit. Callers outside src/compress include only this.
+#pragma once
+
+#include "compress/divergence.h"
