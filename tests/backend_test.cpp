@@ -358,6 +358,81 @@ TEST_F(EmbeddedBackendTest, ContextOverflowIsResourceExhausted) {
   EXPECT_NE(r.error().message.find("context holds"), std::string::npos) << r.error().message;
 }
 
+// Memory pressure: the tier gives memory back as the level rises and restores
+// itself when it falls, and a request always runs on one whole deployment.
+TEST(EmbeddedBackendMemoryPressure, ShrinksSwitchesModelAndRecovers) {
+  use_shared_models();
+  TierConfig c;
+  c.name = "edge";
+  c.kind = "embedded";
+  c.model = "stories260K";
+  c.low_memory_model = "llama-2-tiny-random";
+  c.max_concurrency = 2;
+  c.kv_memory_mb = 64;
+  c.threads = 1;
+  auto created = create_backend(c);
+  ASSERT_TRUE(created.ok()) << created.error().message;
+  Backend& edge = **created;
+  const int32_t full_context = edge.info().context_length;
+
+  auto run = [&](const std::string& prompt) {
+    auto r = edge.generate(greedy_prompt(prompt, 5), {});
+    EXPECT_TRUE(r.ok()) << r.error().message;
+    return r.ok() ? r->model : std::string("error");
+  };
+  EXPECT_EQ(run("Once upon a time"), "stories260K");
+
+  // Level 1 keeps the model (one slot); the engine is idle, so it acts at once.
+  std::string change = edge.adapt_to_memory_pressure(1);
+  EXPECT_NE(change.find("1 slot(s)"), std::string::npos) << change;
+  EXPECT_EQ(run("Once upon a time"), "stories260K");
+
+  change = edge.adapt_to_memory_pressure(2);
+  EXPECT_NE(change.find("llama-2-tiny-random"), std::string::npos) << change;
+  EXPECT_EQ(run("Once upon a time"), "llama-2-tiny-random");
+  // A prompt that fits the full context but not the shrunk one fails cleanly.
+  std::string long_prompt;
+  for (int i = 0; i < 200; ++i) long_prompt += "the cat sat. ";
+  auto overflow = edge.generate(chat(long_prompt), {});
+  ASSERT_FALSE(overflow.ok());
+  EXPECT_EQ(overflow.error().kind, ErrorKind::kResourceExhausted);
+  EXPECT_NE(overflow.error().message.find("under pressure"), std::string::npos)
+      << overflow.error().message;
+
+  change = edge.adapt_to_memory_pressure(0);
+  EXPECT_NE(change.find("stories260K"), std::string::npos) << change;
+  EXPECT_EQ(run("Once upon a time"), "stories260K");
+  EXPECT_EQ(edge.info().context_length, full_context);
+  EXPECT_TRUE(edge.adapt_to_memory_pressure(0).empty());  // nothing left to change
+}
+
+TEST(EmbeddedBackendMemoryPressure, MissingLowMemoryModelFailsAtCreation) {
+  use_shared_models();
+  TierConfig c;
+  c.name = "edge";
+  c.kind = "embedded";
+  c.model = "stories260K";
+  c.low_memory_model = "no-such-small-model";
+  auto created = create_backend(c);
+  ASSERT_FALSE(created.ok());
+  EXPECT_NE(created.error().message.find("low_memory_model"), std::string::npos)
+      << created.error().message;
+}
+
+TEST(UnavailableBackend, AnswersEveryRequestWithTheReason) {
+  TierConfig c;
+  c.name = "edge";
+  c.kind = "embedded";
+  c.model = "broken.gguf";
+  auto b = make_unavailable_backend(c, make_error(ErrorKind::kCorrupt, "truncated at byte 12"));
+  EXPECT_NE(b->unavailable_reason().find("truncated at byte 12"), std::string::npos);
+  auto r = b->generate(chat("hello"), {});
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.error().kind, ErrorKind::kUnavailable);
+  EXPECT_NE(r.error().message.find("tier 'edge'"), std::string::npos) << r.error().message;
+  EXPECT_NE(r.error().message.find("SIGHUP"), std::string::npos) << r.error().message;
+}
+
 TEST_F(EmbeddedBackendTest, CountsPromptTokensAsGenerateDoes) {
   BackendRequest req = chat("Tom had a red ball.");
   req.params.temperature = 0.0f;

@@ -157,7 +157,7 @@ TEST(ConfigTest, UnknownKeysAreErrors) {
   EXPECT_EQ(config_error("tiers:\n  e:\n    modle: m\n    model: m\n"),
             "cfg.yaml: tiers.e.modle: unknown key (allowed here: kind, placement, model, "
             "endpoint, api_key_env, price, max_concurrency, max_queue, context_length, "
-            "kv_memory_mb, threads, chat_format, timeouts, verify_tls, ca_file)");
+            "kv_memory_mb, threads, chat_format, timeouts, verify_tls, ca_file, low_memory_model)");
   EXPECT_NE(config_error("servr:\n  port: 1\ntiers:\n  e:\n    model: m\n")
                 .find("cfg.yaml: servr: unknown key (allowed here: server, tiers, models, routing, "
                       "privacy)"),
@@ -884,6 +884,121 @@ TEST_F(GatewayTest, ModelsHealthReadyMetrics) {
       << m;
   EXPECT_NE(m.find("switchyard_request_duration_seconds_count{tier=\"edge\"} 1"), std::string::npos)
       << m;
+}
+
+TEST_F(GatewayTest, ReloadSwapsTheConfigAndKeepsTheOldOneOnError) {
+  start();
+  auto r = chat(
+      {{"model", "gpt-4o"}, {"messages", json::array({{{"role", "user"}, {"content", "hi"}}})}});
+  ASSERT_EQ(r.status, 200) << r.body;
+  EXPECT_EQ(r.header("x-switchyard-tier"), "cloud");
+
+  // The alias moves to the edge; both tiers are unchanged, so neither is rebuilt.
+  const std::string tiers =
+      "tiers:\n"
+      "  edge:\n    model: tiny-edge\n"
+      "  cloud:\n    kind: openai\n    model: big-cloud\n"
+      "    endpoint: http://127.0.0.1:9/v1\n";
+  auto next = parse_config(tiers + "models:\n  gpt-4o: edge\n", "next.yaml");
+  ASSERT_TRUE(next.ok()) << next.error().message;
+  next->server.log_requests = false;
+  int built = 0;
+  auto counting = [&](const backend::TierConfig& t) {
+    ++built;
+    return Result<std::shared_ptr<backend::Backend>>(
+        t.name == "edge" ? std::static_pointer_cast<backend::Backend>(edge)
+                         : std::static_pointer_cast<backend::Backend>(cloud));
+  };
+  ASSERT_TRUE(gateway->reload(std::move(next).value(), counting).ok());
+  EXPECT_EQ(built, 0);
+  r = chat(
+      {{"model", "gpt-4o"}, {"messages", json::array({{{"role", "user"}, {"content", "hi"}}})}});
+  ASSERT_EQ(r.status, 200) << r.body;
+  EXPECT_EQ(r.header("x-switchyard-tier"), "edge");
+
+  // A new tier whose backend cannot be built: the reload fails, nothing changes.
+  auto broken = parse_config(tiers + "  spare:\n    model: missing\nmodels:\n  gpt-4o: cloud\n",
+                             "broken.yaml");
+  ASSERT_TRUE(broken.ok()) << broken.error().message;
+  auto failed = gateway->reload(std::move(broken).value(), [](const backend::TierConfig&) {
+    return Result<std::shared_ptr<backend::Backend>>(
+        make_error(ErrorKind::kNotFound, "model 'missing' not found"));
+  });
+  ASSERT_FALSE(failed.ok());
+  EXPECT_NE(failed.error().message.find("tiers.spare"), std::string::npos)
+      << failed.error().message;
+  r = chat(
+      {{"model", "gpt-4o"}, {"messages", json::array({{{"role", "user"}, {"content", "hi"}}})}});
+  ASSERT_EQ(r.status, 200) << r.body;
+  EXPECT_EQ(r.header("x-switchyard-tier"), "edge");
+  const std::string m = http_get(port, "/metrics").body;
+  EXPECT_NE(m.find("switchyard_config_reloads_total{outcome=\"ok\"} 1"), std::string::npos) << m;
+  EXPECT_NE(m.find("switchyard_config_reloads_total{outcome=\"failed\"} 1"), std::string::npos)
+      << m;
+}
+
+TEST_F(GatewayTest, DrainFinishesRunningRequestsAndRefusesNewOnes) {
+  start();
+  edge->delay = 60ms;
+  json body = chat_body();
+  body["stream"] = true;
+  sy::testing::HttpResult streamed;
+  std::thread client([&] { streamed = chat(body, {{"x-switchyard-tier", "edge"}}); });
+  while (gateway->active_requests() == 0) std::this_thread::sleep_for(1ms);
+  gateway->begin_drain();
+
+  auto refused = chat(chat_body());
+  expect_error(refused, 503, "service_unavailable");
+  EXPECT_EQ(refused.json()["error"]["code"], "shutting_down");
+  EXPECT_EQ(http_get(port, "/readyz").status, 503);
+
+  client.join();
+  EXPECT_EQ(streamed.status, 200) << streamed.body;
+  EXPECT_NE(streamed.body.find("Hello"), std::string::npos) << streamed.body;
+  EXPECT_NE(streamed.body.find("data: [DONE]"), std::string::npos) << streamed.body;
+  EXPECT_EQ(gateway->active_requests(), 0);
+}
+
+TEST(GatewayLifecycleTest, BrokenEdgeModelLeavesTheOtherTiersServing) {
+  auto c = parse_config(
+      "tiers:\n"
+      "  edge:\n    model: broken.gguf\n"
+      "  cloud:\n    kind: openai\n    model: big-cloud\n    endpoint: http://127.0.0.1:9/v1\n",
+      "t.yaml");
+  ASSERT_TRUE(c.ok()) << c.error().message;
+  c->server.port = 0;
+  c->server.log_requests = false;
+  Gateway g(std::move(c).value());
+  auto port = g.bind();
+  ASSERT_TRUE(port.ok());
+  std::thread t([&] { g.run(); });
+  auto cloud = std::make_shared<FakeBackend>("cloud", backend::Placement::kCloud, "big-cloud");
+  auto loaded = g.load_tiers([&](const backend::TierConfig& tier) {
+    if (tier.name == "edge") {
+      return Result<std::shared_ptr<backend::Backend>>(
+          make_error(ErrorKind::kCorrupt, "broken.gguf: truncated at byte 40"));
+    }
+    return Result<std::shared_ptr<backend::Backend>>(
+        std::static_pointer_cast<backend::Backend>(cloud));
+  });
+  ASSERT_TRUE(loaded.ok()) << loaded.error().message;
+  const auto ready = http_get(*port, "/readyz");
+  EXPECT_EQ(ready.status, 200);
+  EXPECT_NE(ready.body.find("truncated at byte 40"), std::string::npos) << ready.body;
+
+  // Data that may leave the device is served by the cloud...
+  auto r = http_post(*port, "/v1/chat/completions", chat_body().dump());
+  ASSERT_EQ(r.status, 200) << r.body;
+  EXPECT_EQ(r.header("x-switchyard-tier"), "cloud");
+  // ...device-only data gets a 503 that says why, and the cloud never sees it.
+  const int cloud_calls = cloud->calls.load();
+  r = http_post(*port, "/v1/chat/completions", chat_body().dump(),
+                {{"x-switchyard-data-class", "device-only"}});
+  EXPECT_EQ(r.status, 503) << r.body;
+  EXPECT_NE(r.body.find("truncated at byte 40"), std::string::npos) << r.body;
+  EXPECT_EQ(cloud->calls.load(), cloud_calls);
+  g.stop();
+  t.join();
 }
 
 TEST(GatewayLifecycleTest, NotReadyUntilTiersLoad) {

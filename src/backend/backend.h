@@ -109,6 +109,11 @@ struct TierConfig {
   int32_t total_timeout_ms = 120000;
   bool verify_tls = true;
   std::string ca_file;  // extra CA bundle for TLS verification
+  // embedded: a smaller model (name or path) served instead while device
+  // memory pressure is high; empty: keep the configured model, shrink its KV.
+  std::string low_memory_model;
+
+  bool operator==(const TierConfig&) const = default;
 };
 
 struct BackendInfo {
@@ -140,9 +145,23 @@ class Backend {
   virtual std::optional<int32_t> count_prompt_tokens(const BackendRequest&) const {
     return std::nullopt;
   }
+  // Device memory pressure changed (0 none, 1 some, 2 high, 3 critical). The
+  // embedded tier gives memory back as it rises (fewer cached conversations,
+  // a shorter context, then its low_memory_model) and restores itself when it
+  // falls; requests already running finish first. Remote tiers ignore it.
+  // Returns a one-line account of what changed, empty when nothing did.
+  virtual std::string adapt_to_memory_pressure(int /*level*/) { return {}; }
+  // Why this tier cannot serve at all (its model failed to load); empty when it can.
+  virtual std::string unavailable_reason() const { return {}; }
 };
 
 // Builds a tier from its configuration (loads the model for embedded tiers).
 Result<std::shared_ptr<Backend>> create_backend(const TierConfig& config);
+
+// Stands in for a tier that could not be built (say, its model file is
+// missing or corrupt) so that the gateway keeps serving with the others:
+// every request fails with kUnavailable and `why`, and the router plans
+// around it; a config reload with a fixed model replaces it.
+std::shared_ptr<Backend> make_unavailable_backend(const TierConfig& config, const Error& why);
 
 }  // namespace sy::backend

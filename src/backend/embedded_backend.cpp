@@ -7,8 +7,10 @@
 // off: each keeps the KV cache of a recent conversation, and a request goes to
 // the slot that already holds the longest prefix of its prompt.
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <condition_variable>
+#include <cstdio>
 #include <deque>
 #include <filesystem>
 #include <mutex>
@@ -75,6 +77,14 @@ class TurnQueue {
     }
   }
 
+  // Takes the engine only when nobody holds or waits for it.
+  bool try_enter() {
+    std::lock_guard lock(mu_);
+    if (busy_ || !waiting_.empty()) return false;
+    busy_ = true;
+    return true;
+  }
+
   void leave() {
     std::lock_guard lock(mu_);
     busy_ = false;
@@ -108,39 +118,103 @@ size_t common_prefix(const std::vector<TokenId>& a, const std::vector<TokenId>& 
   return i;
 }
 
+// What the tier runs right now: a model and the KV-cache slots over it. Memory
+// pressure replaces it with a smaller one and recovery puts the full one back;
+// a request keeps the one it started on until it ends.
+struct Deployment {
+  std::shared_ptr<const engine::Model> model;
+  engine::ChatFormat format = engine::ChatFormat::kPlain;
+  std::string model_name;
+  std::vector<std::unique_ptr<engine::InferenceContext>> slots;
+  std::vector<uint64_t> last_used;
+  uint64_t use_clock = 0;
+  bool low_memory_model = false;
+
+  int32_t context_length() const { return slots.front()->context_length(); }
+};
+
+std::string model_name(const std::string& configured) {
+  const std::filesystem::path path(configured);
+  return path.extension() == ".gguf" ? path.stem().string() : path.filename().string();
+}
+
+Result<engine::ChatFormat> choose_chat_format(const TierConfig& config, const engine::Model& model);
+
+// Loads a model (unless given) and sets up `slot_count` slots of at most
+// `context_length` tokens (0: the configured/model context).
+Result<std::shared_ptr<Deployment>> deploy(const TierConfig& config, const std::string& model_ref,
+                                           std::shared_ptr<const engine::Model> model,
+                                           int32_t slot_count, int32_t context_length) {
+  const std::string tier = "tier '" + config.name + "': ";
+  auto d = std::make_shared<Deployment>();
+  if (!model) {
+    auto path = engine::resolve_model_path(model_ref);
+    if (!path.ok()) return make_error(path.error().kind, tier + path.error().message);
+    auto loaded = engine::Model::load(*path);
+    if (!loaded.ok()) return make_error(loaded.error().kind, tier + loaded.error().message);
+    model = std::move(loaded).value();
+  }
+  d->model = std::move(model);
+  d->model_name = model_name(model_ref);
+  SY_ASSIGN_OR_RETURN(d->format, choose_chat_format(config, *d->model));
+
+  engine::ContextOptions options;
+  options.context_length = context_length;
+  options.kv_memory_budget = (static_cast<uint64_t>(config.kv_memory_mb) << 20) /
+                             static_cast<uint64_t>(config.max_concurrency);
+  for (int32_t i = 0; i < slot_count; ++i) {
+    auto context = engine::InferenceContext::create(d->model, options);
+    if (!context.ok()) {
+      return make_error(context.error().kind,
+                        tier + "cannot set up " + std::to_string(config.max_concurrency) +
+                            " slots in kv_memory_mb " + std::to_string(config.kv_memory_mb) +
+                            " (each gets an equal share): " + context.error().message +
+                            "; raise kv_memory_mb, lower context_length or max_concurrency");
+    }
+    d->slots.push_back(std::move(context).value());
+  }
+  d->last_used.assign(d->slots.size(), 0);
+  return d;
+}
+
 class EmbeddedBackend final : public Backend {
  public:
-  EmbeddedBackend(TierConfig config, std::shared_ptr<const engine::Model> model,
-                  engine::ChatFormat format,
-                  std::vector<std::unique_ptr<engine::InferenceContext>> slots)
+  EmbeddedBackend(TierConfig config, std::shared_ptr<Deployment> full)
       : config_(std::move(config)),
-        model_(std::move(model)),
-        format_(format),
         pool_(config_.threads),
-        slots_(std::move(slots)),
-        last_used_(slots_.size(), 0),
-        turns_(static_cast<size_t>(config_.max_queue)) {
+        turns_(static_cast<size_t>(config_.max_queue)),
+        full_context_(full->context_length()),
+        deployment_(std::move(full)) {
     info_.name = config_.name;
     info_.kind = "embedded";
     info_.placement = config_.placement;
-    info_.model = model_name(config_.model);
-    info_.model_version = model_->version();
-    info_.context_length = slots_.front()->context_length();
+    info_.model = deployment_->model_name;
+    info_.model_version = deployment_->model->version();
+    info_.context_length = full_context_;
   }
 
   const BackendInfo& info() const override { return info_; }
 
   std::optional<int32_t> count_prompt_tokens(const BackendRequest& request) const override {
-    auto tokens = tokenize(request);
+    auto tokens = tokenize(*current(), request);
     if (!tokens.ok()) return std::nullopt;
     return static_cast<int32_t>(tokens->size());
   }
 
+  std::string adapt_to_memory_pressure(int level) override {
+    wanted_level_.store(level, std::memory_order_release);
+    // When the engine is idle, act now; otherwise the next request to get
+    // its turn does, after the running one has finished.
+    if (!turns_.try_enter()) return {};
+    Turn turn(turns_);
+    return apply_memory_level();
+  }
+
   Result<Completion> generate(const BackendRequest& request, const DeltaSink& on_delta) override {
     const auto start = Clock::now();
-    SY_ASSIGN_OR_RETURN(std::vector<TokenId> prompt, tokenize(request));
-    SY_ASSIGN_OR_RETURN(engine::GenerationRequest gen,
-                        to_engine_request(request, std::move(prompt)));
+    // Tokenized before queueing so that a malformed request fails at once.
+    std::shared_ptr<Deployment> deployment = current();
+    SY_ASSIGN_OR_RETURN(std::vector<TokenId> prompt, tokenize(*deployment, request));
 
     size_t ahead = 0;
     switch (turns_.enter(request, ahead)) {
@@ -162,6 +236,15 @@ class EmbeddedBackend final : public Backend {
         return cancelled_completion(start);
     }
     Turn turn(turns_);
+    if (std::string change = apply_memory_level(); !change.empty()) {
+      std::fprintf(stderr, "%s\n", change.c_str());
+    }
+    if (std::shared_ptr<Deployment> now = current(); now != deployment) {
+      deployment = std::move(now);
+      SY_ASSIGN_OR_RETURN(prompt, tokenize(*deployment, request));
+    }
+    SY_ASSIGN_OR_RETURN(engine::GenerationRequest gen,
+                        to_engine_request(*deployment, request, std::move(prompt)));
     const double queued_ms = ms_since(start);
     if (request.deadline && Clock::now() >= *request.deadline) {
       return make_error(ErrorKind::kDeadlineExceeded,
@@ -186,7 +269,8 @@ class EmbeddedBackend final : public Backend {
         // The engine reports only the token that completed this text; tokens
         // held back with it (partial UTF-8, a possible stop string) are in the
         // final completion's logprobs.
-        if (request.params.logprobs) delta.logprobs.push_back(to_logprob(token));
+        if (request.params.logprobs)
+          delta.logprobs.push_back(to_logprob(deployment->model->tokenizer(), token));
         if (!on_delta(delta)) {
           refused = true;
           return false;
@@ -196,7 +280,7 @@ class EmbeddedBackend final : public Backend {
       return true;
     };
 
-    engine::InferenceContext& context = pick_slot(gen.prompt);
+    engine::InferenceContext& context = pick_slot(*deployment, gen.prompt);
     auto result = engine::generate(context, pool_, gen, sink);
     if (!result.ok()) {
       return make_error(result.error().kind, where() + ": " + result.error().message);
@@ -217,22 +301,68 @@ class EmbeddedBackend final : public Backend {
     completion.usage.cached_prompt_tokens = result->reused_prompt_tokens;
     if (request.params.logprobs) {
       completion.logprobs.reserve(result->tokens.size());
-      for (const auto& token : result->tokens) completion.logprobs.push_back(to_logprob(token));
+      for (const auto& token : result->tokens)
+        completion.logprobs.push_back(to_logprob(deployment->model->tokenizer(), token));
     }
-    completion.model = info_.model;
-    completion.model_version = info_.model_version;
+    completion.model = deployment->model_name;
+    completion.model_version = deployment->model->version();
     completion.time_to_first_token_ms = queued_ms + result->time_to_first_token_seconds * 1000.0;
     completion.total_ms = ms_since(start);
     return completion;
   }
 
  private:
-  static std::string model_name(const std::string& configured) {
-    const std::filesystem::path path(configured);
-    return path.extension() == ".gguf" ? path.stem().string() : path.filename().string();
+  std::shared_ptr<Deployment> current() const {
+    std::lock_guard lock(deployment_mu_);
+    return deployment_;
+  }
+
+  // Called with the turn held. Level 0 runs the configured model with every
+  // slot; level 1 keeps one slot (the others' caches are only a speed-up);
+  // level 2 and up also cut the context to a quarter and switch to the
+  // low_memory_model when one is configured.
+  std::string apply_memory_level() {
+    const int level = wanted_level_.load(std::memory_order_acquire);
+    if (level == applied_level_) return {};
+    std::shared_ptr<Deployment> now = current();
+    const bool use_small = level >= 2 && !config_.low_memory_model.empty();
+    const int32_t slot_count = level >= 1 ? 1 : config_.max_concurrency;
+    const int32_t context =
+        level >= 2 ? std::max<int32_t>(kMinPressureContext, full_context_ / 4) : full_context_;
+    const std::string& model_ref = use_small ? config_.low_memory_model : config_.model;
+    std::shared_ptr<const engine::Model> model;
+    if (use_small == now->low_memory_model) model = now->model;
+    // Release the current slots first: their KV memory is what we are short of.
+    {
+      std::lock_guard lock(deployment_mu_);
+      deployment_->slots.resize(1);
+      deployment_->last_used.resize(1);
+    }
+    now.reset();
+    auto next = deploy(config_, model_ref, std::move(model), slot_count, context);
+    if (!next.ok()) {
+      // Not retried on every request; the next level change tries again.
+      applied_level_ = level;
+      return "tier '" + config_.name + "': memory pressure " + std::to_string(level) +
+             ": could not switch (" + next.error().message + "); keeping the current model";
+    }
+    (*next)->low_memory_model = use_small;
+    const std::string what = "tier '" + config_.name + "': memory pressure level " +
+                             std::to_string(level) + ": serving " + (*next)->model_name + " with " +
+                             std::to_string((*next)->slots.size()) + " slot(s) of " +
+                             std::to_string((*next)->context_length()) + " tokens";
+    {
+      std::lock_guard lock(deployment_mu_);
+      deployment_ = std::move(next).value();
+    }
+    applied_level_ = level;
+    return what;
   }
 
   std::string where() const { return "tier '" + config_.name + "' (model " + info_.model + ")"; }
+  std::string where(const Deployment& d) const {
+    return "tier '" + config_.name + "' (model " + d.model_name + ")";
+  }
 
   Completion cancelled_completion(Clock::time_point start) const {
     Completion completion;
@@ -243,8 +373,8 @@ class EmbeddedBackend final : public Backend {
     return completion;
   }
 
-  Result<std::vector<TokenId>> tokenize(const BackendRequest& request) const {
-    const engine::Tokenizer& tokenizer = model_->tokenizer();
+  Result<std::vector<TokenId>> tokenize(const Deployment& d, const BackendRequest& request) const {
+    const engine::Tokenizer& tokenizer = d.model->tokenizer();
     // User text in a legacy prompt is data: control-token texts in it stay text.
     if (request.prompt) return tokenizer.encode(*request.prompt, true, false);
     if (request.messages.empty()) {
@@ -254,19 +384,24 @@ class EmbeddedBackend final : public Backend {
     std::vector<engine::ChatMessage> messages;
     messages.reserve(request.messages.size());
     for (const auto& m : request.messages) messages.push_back({m.role, m.content});
-    const std::string text = engine::render_chat(format_, messages, true);
+    const std::string text = engine::render_chat(d.format, messages, true);
     // Chat formats mark turns with control tokens, which must parse as such.
-    return tokenizer.encode(text, true, format_ != engine::ChatFormat::kPlain);
+    return tokenizer.encode(text, true, d.format != engine::ChatFormat::kPlain);
   }
 
-  Result<engine::GenerationRequest> to_engine_request(const BackendRequest& request,
+  Result<engine::GenerationRequest> to_engine_request(const Deployment& d,
+                                                      const BackendRequest& request,
                                                       std::vector<TokenId> prompt) const {
     const GenerationParams& p = request.params;
-    const int32_t context_length = info_.context_length;
+    const int32_t context_length = d.context_length();
     if (static_cast<int64_t>(prompt.size()) >= context_length) {
+      const bool shrunk = context_length < full_context_;
       return make_error(ErrorKind::kResourceExhausted,
-                        where() + ": the prompt is " + std::to_string(prompt.size()) +
+                        where(d) + ": the prompt is " + std::to_string(prompt.size()) +
                             " tokens but the context holds " + std::to_string(context_length) +
+                            (shrunk ? " while device memory is under pressure (normally " +
+                                          std::to_string(full_context_) + ")"
+                                    : std::string()) +
                             " (prompt and completion together); shorten the conversation or "
                             "route it to a tier with a longer context");
     }
@@ -312,11 +447,11 @@ class EmbeddedBackend final : public Backend {
   // mostly a prefix of the prompt holds this conversation's earlier turns and
   // is reused; otherwise the least recently used cache is replaced, rather
   // than another conversation's that merely shares BOS or a system prompt.
-  engine::InferenceContext& pick_slot(const std::vector<TokenId>& prompt) {
+  engine::InferenceContext& pick_slot(Deployment& d, const std::vector<TokenId>& prompt) {
     size_t best = 0;
     size_t best_prefix = 0;
-    for (size_t i = 0; i < slots_.size(); ++i) {
-      const auto& cached = slots_[i]->cached_tokens();
+    for (size_t i = 0; i < d.slots.size(); ++i) {
+      const auto& cached = d.slots[i]->cached_tokens();
       const size_t prefix = common_prefix(cached, prompt);
       if (prefix > best_prefix && prefix * 2 >= cached.size()) {
         best = i;
@@ -324,15 +459,15 @@ class EmbeddedBackend final : public Backend {
       }
     }
     if (best_prefix == 0) {
-      best = static_cast<size_t>(std::min_element(last_used_.begin(), last_used_.end()) -
-                                 last_used_.begin());
+      best = static_cast<size_t>(std::min_element(d.last_used.begin(), d.last_used.end()) -
+                                 d.last_used.begin());
     }
-    last_used_[best] = ++use_clock_;
-    return *slots_[best];
+    d.last_used[best] = ++d.use_clock;
+    return *d.slots[best];
   }
 
-  TokenLogprob to_logprob(const engine::SampledToken& token) const {
-    const engine::Tokenizer& tokenizer = model_->tokenizer();
+  static TokenLogprob to_logprob(const engine::Tokenizer& tokenizer,
+                                 const engine::SampledToken& token) {
     TokenLogprob out;
     out.token = tokenizer.token_to_piece(token.id);
     out.logprob = token.logprob;
@@ -343,15 +478,18 @@ class EmbeddedBackend final : public Backend {
     return out;
   }
 
+  // The smallest context a pressured tier shrinks to: below it few prompts fit.
+  static constexpr int32_t kMinPressureContext = 256;
+
   const TierConfig config_;
-  const std::shared_ptr<const engine::Model> model_;
-  const engine::ChatFormat format_;
   BackendInfo info_;
   engine::ThreadPool pool_;
-  std::vector<std::unique_ptr<engine::InferenceContext>> slots_;
-  std::vector<uint64_t> last_used_;
-  uint64_t use_clock_ = 0;
   TurnQueue turns_;
+  const int32_t full_context_;
+  std::atomic<int> wanted_level_{0};
+  int applied_level_ = 0;  // touched only with the turn held
+  mutable std::mutex deployment_mu_;
+  std::shared_ptr<Deployment> deployment_;
 };
 
 Result<engine::ChatFormat> choose_chat_format(const TierConfig& config,
@@ -372,31 +510,17 @@ Result<engine::ChatFormat> choose_chat_format(const TierConfig& config,
 }  // namespace
 
 Result<std::shared_ptr<Backend>> create_embedded_backend(const TierConfig& config) {
-  const std::string tier = "tier '" + config.name + "': ";
-  auto path = engine::resolve_model_path(config.model);
-  if (!path.ok()) return make_error(path.error().kind, tier + path.error().message);
-  auto model = engine::Model::load(*path);
-  if (!model.ok()) return make_error(model.error().kind, tier + model.error().message);
-  SY_ASSIGN_OR_RETURN(engine::ChatFormat format, choose_chat_format(config, **model));
-
-  engine::ContextOptions options;
-  options.context_length = config.context_length;
-  options.kv_memory_budget = (static_cast<uint64_t>(config.kv_memory_mb) << 20) /
-                             static_cast<uint64_t>(config.max_concurrency);
-  std::vector<std::unique_ptr<engine::InferenceContext>> slots;
-  for (int32_t i = 0; i < config.max_concurrency; ++i) {
-    auto context = engine::InferenceContext::create(*model, options);
-    if (!context.ok()) {
-      return make_error(context.error().kind,
-                        tier + "cannot set up " + std::to_string(config.max_concurrency) +
-                            " slots in kv_memory_mb " + std::to_string(config.kv_memory_mb) +
-                            " (each gets an equal share): " + context.error().message +
-                            "; raise kv_memory_mb, lower context_length or max_concurrency");
+  if (!config.low_memory_model.empty()) {
+    // Found now, loaded when pressure first asks for it.
+    if (auto path = engine::resolve_model_path(config.low_memory_model); !path.ok()) {
+      return make_error(path.error().kind,
+                        "tier '" + config.name + "': low_memory_model: " + path.error().message);
     }
-    slots.push_back(std::move(context).value());
   }
-  return std::shared_ptr<Backend>(std::make_shared<EmbeddedBackend>(
-      config, std::move(model).value(), format, std::move(slots)));
+  SY_ASSIGN_OR_RETURN(
+      std::shared_ptr<Deployment> full,
+      deploy(config, config.model, nullptr, config.max_concurrency, config.context_length));
+  return std::shared_ptr<Backend>(std::make_shared<EmbeddedBackend>(config, std::move(full)));
 }
 
 }  // namespace sy::backend

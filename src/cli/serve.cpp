@@ -5,6 +5,7 @@
 #include <signal.h>
 
 #include <atomic>
+#include <chrono>
 #include <cstdio>
 #include <ctime>
 #include <iostream>
@@ -36,27 +37,52 @@ std::string url_host(const std::string& host) {
   return host.find(':') != std::string::npos ? "[" + host + "]" : host;
 }
 
-int serve_main(const ServeOptions& o, const CLI::App& cmd) {
-  // Only the main thread takes SIGINT/SIGTERM: block them before any thread
-  // exists so that every thread inherits the mask, then wait for them below.
-  sigset_t stop_signals;
-  sigemptyset(&stop_signals);
-  sigaddset(&stop_signals, SIGINT);
-  sigaddset(&stop_signals, SIGTERM);
-  pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
-  // A client that hangs up must cost its stream, not the process.
-  signal(SIGPIPE, SIG_IGN);
-
+// The configuration from the file or flags, with command-line overrides
+// applied; the same on start and on every SIGHUP.
+Result<serve::GatewayConfig> read_config(const ServeOptions& o, const CLI::App& cmd) {
   auto config =
       o.config_file.empty() ? serve::config_from_flags(o.flags) : serve::load_config(o.config_file);
-  if (!config.ok()) return fail(config.error());
+  if (!config.ok()) return config.error();
   serve::ServerConfig& s = config->server;
   if (cmd.count("--host") > 0) s.host = o.host;
   if (cmd.count("--port") > 0 || o.config_file.empty()) s.port = o.port;
   if (!o.default_tier.empty()) s.default_tier = o.default_tier;
   if (o.quiet) s.log_requests = false;
   if (!o.audit_db.empty()) s.audit_db = o.audit_db;
-  if (auto v = serve::validate_config(*config); !v.ok()) return fail(v.error());
+  if (auto v = serve::validate_config(*config); !v.ok()) return v.error();
+  return config;
+}
+
+void reload(serve::Gateway& gateway, const ServeOptions& o, const CLI::App& cmd) {
+  if (o.config_file.empty()) {
+    std::fprintf(stderr, "SIGHUP: serving from command-line flags, no --config file to reload\n");
+    return;
+  }
+  auto config = read_config(o, cmd);
+  Status status = config.ok() ? gateway.reload(std::move(config).value()) : Status(config.error());
+  if (status.ok()) {
+    std::fprintf(stderr, "SIGHUP: config reloaded from %s\n", o.config_file.c_str());
+  } else {
+    std::fprintf(stderr,
+                 "SIGHUP: config reload failed, the previous configuration stays in force: %s\n",
+                 status.error().message.c_str());
+  }
+}
+
+int serve_main(const ServeOptions& o, const CLI::App& cmd) {
+  // Only the main thread takes SIGINT/SIGTERM/SIGHUP: block them before any
+  // thread exists so that every thread inherits the mask, then wait for them below.
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGINT);
+  sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGHUP);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  // A client that hangs up must cost its stream, not the process.
+  signal(SIGPIPE, SIG_IGN);
+
+  auto config = read_config(o, cmd);
+  if (!config.ok()) return fail(config.error());
 
   serve::Gateway gateway(std::move(config).value());
   auto port = gateway.bind();
@@ -81,12 +107,32 @@ int serve_main(const ServeOptions& o, const CLI::App& cmd) {
   std::printf("listening on http://%s:%d\n", url_host(c.server.host).c_str(), *port);
   std::fflush(stdout);
 
-  const timespec tick{0, 200 * 1000 * 1000};
-  while (!server_done.load()) {
-    const int sig = sigtimedwait(&stop_signals, nullptr, &tick);
-    if (sig == SIGINT || sig == SIGTERM) {
-      std::fprintf(stderr, "%s: stopping\n", sig == SIGINT ? "SIGINT" : "SIGTERM");
-      break;
+  const timespec tick{0, 100 * 1000 * 1000};
+  int stop_signal = 0;
+  while (!server_done.load() && stop_signal == 0) {
+    const int sig = sigtimedwait(&signals, nullptr, &tick);
+    if (sig == SIGHUP) reload(gateway, o, cmd);
+    if (sig == SIGINT || sig == SIGTERM) stop_signal = sig;
+  }
+  // Drain: requests already running finish, new ones are turned away; a
+  // second signal or the end of server.shutdown_timeout_ms cuts it short.
+  const char* name = stop_signal == SIGINT ? "SIGINT" : "SIGTERM";
+  const int32_t timeout_ms = gateway.config().server.shutdown_timeout_ms;
+  if (stop_signal != 0) {
+    gateway.begin_drain();
+    std::fprintf(stderr, "%s: draining %d request(s), up to %d ms; send it again to stop now\n",
+                 name, gateway.active_requests(), timeout_ms);
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
+    while (gateway.active_requests() > 0 && std::chrono::steady_clock::now() < deadline) {
+      const int sig = sigtimedwait(&signals, nullptr, &tick);
+      if (sig == SIGINT || sig == SIGTERM) break;
+      if (sig == SIGHUP) std::fprintf(stderr, "SIGHUP: ignored while shutting down\n");
+    }
+    const int32_t left = gateway.active_requests();
+    if (left > 0) {
+      std::fprintf(stderr, "%s: stopping with %d request(s) unfinished\n", name, left);
+    } else {
+      std::fprintf(stderr, "%s: drained, stopping\n", name);
     }
   }
   gateway.stop();
@@ -147,8 +193,9 @@ void add_serve_command(CLI::App& app) {
       "Every response names where it ran: headers x-switchyard-tier, -model,\n"
       "-model-version and -decision-id, and a 'switchyard' object in the body.\n"
       "Endpoints: POST /v1/chat/completions, POST /v1/completions, GET /v1/models,\n"
-      "/healthz, /readyz, /metrics (Prometheus). Prints 'listening on URL' when ready;\n"
-      "SIGINT or SIGTERM stops it.");
+      "/healthz, /readyz, /metrics (Prometheus). Prints 'listening on URL' when ready.\n"
+      "Signals: SIGHUP reloads --config (an invalid file changes nothing); SIGINT or\n"
+      "SIGTERM drain running requests (server.shutdown_timeout_ms, default 30 s), then exit.");
   cmd->callback([o, cmd] {
     const int rc = serve_main(*o, *cmd);
     if (rc != 0) throw CLI::RuntimeError(rc);

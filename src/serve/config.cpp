@@ -12,7 +12,7 @@
 #include <sstream>
 #include <type_traits>
 
-#include "engine/chat_template.h"
+#include "engine/engine.h"
 #include "route/router.h"
 #include "route/sensitivity.h"
 
@@ -114,11 +114,11 @@ class Reader {
 void read_server(Reader& r, const YAML::Node& node, ServerConfig& s) {
   const std::string path = "server";
   if (!r.expect_map(node, path)) return;
-  r.check_keys(
-      node, path,
-      {"host", "port", "api_keys", "api_keys_env", "max_body_bytes", "max_concurrent_requests",
-       "request_timeout_ms", "default_tier", "worker_threads", "log_requests", "audit_db",
-                "decision_log", "audit_store_text", "shadow_fraction", "memory_budget_mb"});
+  r.check_keys(node, path,
+               {"host", "port", "api_keys", "api_keys_env", "max_body_bytes",
+                "max_concurrent_requests", "request_timeout_ms", "default_tier", "worker_threads",
+                "log_requests", "audit_db", "decision_log", "audit_store_text", "shadow_fraction",
+                "memory_budget_mb", "memory_pressure_interval_ms", "shutdown_timeout_ms"});
   r.get(node, "host", path, s.host);
   r.get(node, "port", path, s.port);
   r.get_string_list(node, "api_keys", path, s.api_keys);
@@ -136,7 +136,19 @@ void read_server(Reader& r, const YAML::Node& node, ServerConfig& s) {
   if (s.shadow_fraction < 0.0 || s.shadow_fraction > 1.0) {
     r.fail(join_path(path, "shadow_fraction"), "must be between 0 and 1");
   }
+  r.get(node, "shadow_target_agreement", path, s.shadow_target_agreement);
+  if (s.shadow_target_agreement < 0.0 || s.shadow_target_agreement > 1.0) {
+    r.fail(join_path(path, "shadow_target_agreement"), "must be between 0 (off) and 1");
+  }
   r.get(node, "memory_budget_mb", path, s.memory_budget_mb);
+  r.get(node, "memory_pressure_interval_ms", path, s.memory_pressure_interval_ms);
+  if (s.memory_pressure_interval_ms < 10) {
+    r.fail(join_path(path, "memory_pressure_interval_ms"), "must be at least 10");
+  }
+  r.get(node, "shutdown_timeout_ms", path, s.shutdown_timeout_ms);
+  if (s.shutdown_timeout_ms < 0) {
+    r.fail(join_path(path, "shutdown_timeout_ms"), "must be 0 (stop at once) or more");
+  }
 }
 
 void read_tier(Reader& r, const YAML::Node& node, const std::string& path, backend::TierConfig& t) {
@@ -144,7 +156,7 @@ void read_tier(Reader& r, const YAML::Node& node, const std::string& path, backe
   r.check_keys(node, path,
                {"kind", "placement", "model", "endpoint", "api_key_env", "price", "max_concurrency",
                 "max_queue", "context_length", "kv_memory_mb", "threads", "chat_format", "timeouts",
-                "verify_tls", "ca_file"});
+                "verify_tls", "ca_file", "low_memory_model"});
   r.get(node, "kind", path, t.kind);
   std::string placement;
   r.get(node, "placement", path, placement);
@@ -157,6 +169,7 @@ void read_tier(Reader& r, const YAML::Node& node, const std::string& path, backe
   r.get(node, "kv_memory_mb", path, t.kv_memory_mb);
   r.get(node, "threads", path, t.threads);
   r.get(node, "chat_format", path, t.chat_format);
+  r.get(node, "low_memory_model", path, t.low_memory_model);
   r.get(node, "verify_tls", path, t.verify_tls);
   r.get(node, "ca_file", path, t.ca_file);
 
@@ -301,6 +314,11 @@ Status validate_config(const GatewayConfig& config) {
            {std::pair{"endpoint", &t.endpoint}, std::pair{"api_key_env", &t.api_key_env},
             std::pair{"ca_file", &t.ca_file}}) {
         if (!value->empty()) fail(path + "." + key, "only applies to kind openai");
+      }
+      if (!t.low_memory_model.empty()) {
+        if (auto found = engine::resolve_model_path(t.low_memory_model); !found.ok()) {
+          fail(path + ".low_memory_model", found.error().message);
+        }
       }
       if (!t.chat_format.empty() && !engine::parse_chat_format(t.chat_format)) {
         fail(path + ".chat_format",

@@ -32,12 +32,18 @@ struct ServerConfig {
   // 0 = max_concurrent_requests + 64, so that requests over the limit still
   // get a prompt 429 instead of waiting for a worker.
   int32_t worker_threads = 0;
-  bool log_requests = true;  // one line per request on stderr
-  std::string audit_db;      // SQLite audit trail; empty: none
-  std::string decision_log;  // JSONL of every routing decision, without raw text; empty: none
+  bool log_requests = true;       // one line per request on stderr
+  std::string audit_db;           // SQLite audit trail; empty: none
+  std::string decision_log;       // JSONL of every routing decision, without raw text; empty: none
   bool audit_store_text = false;  // keep prompt text, not only its hash
   double shadow_fraction = 0.0;   // share of edge answers re-scored on the cloud
-  int64_t memory_budget_mb = 0;   // the gateway's own memory budget; 0: none
+  // > 0: the complexity threshold adapts to keep shadow agreement at or above this.
+  double shadow_target_agreement = 0.0;
+  int64_t memory_budget_mb = 0;                // the gateway's own memory budget; 0: none
+  int32_t memory_pressure_interval_ms = 1000;  // how often memory pressure is sampled
+  // On SIGTERM, how long in-flight requests may take to finish before the
+  // process exits anyway.
+  int32_t shutdown_timeout_ms = 30000;
 };
 
 struct ModelAlias {

@@ -82,6 +82,7 @@ Result<std::unique_ptr<HybridRouter>> HybridRouter::create(
 
   observe::MemoryPressureOptions m;
   m.budget_bytes = settings.memory_budget_bytes;
+  m.interval = std::chrono::milliseconds(settings.memory_pressure_interval_ms);
   observe::apply_memory_pressure_env(m);
   if (auto s = observe::MemoryPressureMonitor::validate(m); !s.ok()) return s.error();
   h->memory_ = std::make_unique<observe::MemoryPressureMonitor>(std::move(m));
@@ -89,11 +90,18 @@ Result<std::unique_ptr<HybridRouter>> HybridRouter::create(
       &metrics.gauge("switchyard_memory_pressure_level",
                      "Device memory pressure: 0 none, 1 some, 2 high, 3 critical.", {}, {});
   Gauge* level = h->memory_level_;
-  h->memory_->set_on_change([level](int, const observe::MemorySample& s) {
+  // Routing reacts through the level signal; the device tiers themselves
+  // give memory back (and take it again) through adapt_to_memory_pressure.
+  h->memory_->set_on_change([level, backends](int, const observe::MemorySample& s) {
     level->set(s.level);
     std::fprintf(stderr, "memory pressure now %s (%s)\n",
                  std::string(observe::memory_pressure_level_name(s.level)).c_str(),
                  s.driver.c_str());
+    for (const auto& [name, b] : backends) {
+      if (std::string change = b->adapt_to_memory_pressure(s.level); !change.empty()) {
+        std::fprintf(stderr, "%s\n", change.c_str());
+      }
+    }
   });
   h->memory_->start();
 
@@ -114,6 +122,18 @@ Result<std::unique_ptr<HybridRouter>> HybridRouter::create(
     observe::ShadowOptions o;
     o.fraction = settings.shadow_fraction;
     o.rate_per_second = settings.shadow_rate_per_second;
+    if (settings.shadow_target_agreement > 0.0) {
+      observe::AdaptiveThresholdOptions adaptive;
+      adaptive.target_agreement = settings.shadow_target_agreement;
+      adaptive.initial = h->router_->threshold();
+      o.adaptive = adaptive;
+      route::Router* router = h->router_.get();
+      o.on_threshold = [router](double agreement, double threshold) {
+        router->set_threshold(threshold);
+        std::fprintf(stderr, "shadow agreement %.2f: complexity threshold now %.2f\n", agreement,
+                     threshold);
+      };
+    }
     if (auto s = observe::ShadowSampler::validate(o); !s.ok()) return s.error();
     auto cloud_backend = h->executor_->backend(cloud);
     h->shadow_ = std::make_unique<observe::ShadowSampler>(
@@ -138,6 +158,51 @@ Result<std::unique_ptr<HybridRouter>> HybridRouter::create(
   h->rejected_ = &metrics.counter("switchyard_rejected_total",
                                   "Requests no tier could be allowed to serve.", {}, {});
   return h;
+}
+
+double completion_cost_usd(const backend::TierConfig& tier, const backend::Usage& usage) {
+  return (tier.price_input_per_mtok * usage.prompt_tokens +
+          tier.price_output_per_mtok * usage.completion_tokens) /
+         1e6;
+}
+
+void HybridRouter::collect_metrics() {
+  for (const auto& t : tiers_) {
+    metrics_
+        ->gauge("switchyard_breaker_state",
+                "Circuit breaker per tier: 0 closed (healthy), 1 open (failing, skipped), 2 "
+                "half-open (probing).",
+                {"tier"}, {t.name})
+        .set(static_cast<double>(executor_->breaker_state(t.name)));
+  }
+  metrics_
+      ->gauge("switchyard_complexity_threshold",
+              "Complexity threshold in force (moves when shadow agreement adapts it).", {}, {})
+      .set(router_->threshold());
+  if (!shadow_) return;
+  const observe::ShadowCounters c = shadow_->counters();
+  const char* help = "Shadow evaluation jobs by what happened to them.";
+  for (const auto& [what, n] :
+       {std::pair{"offered", c.offered}, std::pair{"accepted", c.accepted},
+        std::pair{"completed", c.completed}, std::pair{"failed", c.failed},
+        std::pair{"dropped", c.dropped}, std::pair{"rate_limited", c.rate_limited},
+        std::pair{"refused_device_only", c.refused_device_only}}) {
+    metrics_->gauge("switchyard_shadow_jobs", help, {"outcome"}, {what})
+        .set(static_cast<double>(n));
+  }
+  for (const auto& a : shadow_->agreement()) {
+    const std::vector<std::string> labels = {a.edge_model_version, a.cloud_model_version};
+    metrics_
+        ->gauge("switchyard_shadow_agreement_ratio",
+                "Share of shadow-scored edge answers that agree with the cloud's, per "
+                "(edge, cloud) model version.",
+                {"edge_version", "cloud_version"}, labels)
+        .set(a.agreement_rate());
+    metrics_
+        ->gauge("switchyard_shadow_scored", "Edge answers scored against the cloud's.",
+                {"edge_version", "cloud_version"}, labels)
+        .set(static_cast<double>(a.jobs));
+  }
 }
 
 HybridRouter::~HybridRouter() {
@@ -213,8 +278,14 @@ Result<route::Decision> HybridRouter::decide(const ApiRequest& api, const RouteH
   in.max_tokens = api.backend.params.max_tokens;
   in.memory_pressure = memory_->level();
   const auto& rc = router_->config();
-  in.edge_available = !rc.edge_tier.empty() && executor_->available(rc.edge_tier);
-  in.cloud_available = !rc.cloud_tier.empty() && executor_->available(rc.cloud_tier);
+  const auto usable = [&](const std::string& tier, std::string& why) {
+    if (tier.empty()) return false;
+    if (auto b = executor_->backend(tier)) why = b->unavailable_reason();
+    return why.empty() && executor_->available(tier);
+  };
+  std::string edge_down, cloud_down;
+  in.edge_available = usable(rc.edge_tier, edge_down);
+  in.cloud_available = usable(rc.cloud_tier, cloud_down);
   if (in.edge_available) {
     if (auto b = executor_->backend(rc.edge_tier)) {
       backend::BackendRequest probe;
@@ -231,6 +302,9 @@ Result<route::Decision> HybridRouter::decide(const ApiRequest& api, const RouteH
     error.type = refused ? "permission_error" : "service_unavailable";
     error.code = refused ? "data_class_forbids_tier" : "no_tier_available";
     error.message = d.plan.reason;
+    for (const std::string* why : {&edge_down, &cloud_down}) {
+      if (!why->empty()) error.message += " (" + *why + ")";
+    }
   }
   return d;
 }
@@ -265,6 +339,32 @@ void HybridRouter::finish(const ApiRequest& api, const RouteHints& hints, const 
     std::fflush(decision_log_);
   }
   const backend::TierConfig* served = r.ok() ? tier_config(r->tier) : nullptr;
+  {
+    const std::string outcome = r.ok() ? outcome_of(r) : "error";
+    const std::string tier = r.ok() ? r->tier : "none";
+    const std::string model = r.ok() ? r->completion.model : "";
+    const std::vector<std::string> labels = {tier, model, std::string(route::to_string(d.policy)),
+                                             outcome};
+    const std::vector<std::string> names = {"tier", "model", "policy", "outcome"};
+    metrics_
+        ->histogram("switchyard_hybrid_request_seconds",
+                    "Whole-request latency by serving tier, model, policy and outcome.", names,
+                    labels)
+        .observe(total_ms / 1e3);
+    if (r.ok() && r->completion.time_to_first_token_ms > 0) {
+      metrics_
+          ->histogram("switchyard_hybrid_ttft_seconds",
+                      "Time to first token by serving tier, model, policy and outcome.", names,
+                      labels)
+          .observe(r->completion.time_to_first_token_ms / 1e3);
+    }
+    if (served != nullptr) {
+      metrics_
+          ->counter("switchyard_cost_usd_total", "Dollars spent, at configured prices.",
+                    {"tier", "model", "policy"}, {labels[0], labels[1], labels[2]})
+          .add(completion_cost_usd(*served, r->completion.usage));
+    }
+  }
   if (r.ok()) {
     if (r->escalated) escalations_->add();
     if (r->degraded) degraded_->add();
@@ -310,16 +410,8 @@ void HybridRouter::finish(const ApiRequest& api, const RouteHints& hints, const 
     rec.model_version = c.model_version;
     rec.prompt_tokens = c.usage.prompt_tokens;
     rec.completion_tokens = c.usage.completion_tokens;
-    if (served) {
-      rec.cost_usd = (served->price_input_per_mtok * c.usage.prompt_tokens +
-                      served->price_output_per_mtok * c.usage.completion_tokens) /
-                     1e6;
-    }
-    if (cloud) {
-      rec.cloud_cost_usd = (cloud->price_input_per_mtok * c.usage.prompt_tokens +
-                            cloud->price_output_per_mtok * c.usage.completion_tokens) /
-                           1e6;
-    }
+    if (served) rec.cost_usd = completion_cost_usd(*served, c.usage);
+    if (cloud) rec.cloud_cost_usd = completion_cost_usd(*cloud, c.usage);
     if (c.time_to_first_token_ms > 0) rec.ttft_ms = c.time_to_first_token_ms;
     rec.confidence = r->confidence;
     rec.escalated = r->escalated;

@@ -30,6 +30,10 @@ struct HybridSettings {
   double shadow_fraction = 0.0;  // share of edge answers re-run on the cloud
   double shadow_rate_per_second = 1.0;
   uint64_t memory_budget_bytes = 0;  // 0: no budget of our own; PSI/cgroup still count
+  int32_t memory_pressure_interval_ms = 1000;
+  // When > 0, shadow agreement steers the complexity threshold to stay at or
+  // above this share of edge answers agreeing with the cloud's.
+  double shadow_target_agreement = 0.0;
 };
 
 // Routing hints a client sends as headers (or in the body's metadata).
@@ -60,6 +64,10 @@ class HybridRouter {
   void finish(const ApiRequest& request, const RouteHints& hints, const route::Decision& decision,
               const Result<exec::ExecutionResult>& result, double total_ms, int status);
 
+  // Brings gauges that are read rather than pushed (breaker states, shadow
+  // agreement, the adaptive threshold) up to date; called before /metrics renders.
+  void collect_metrics();
+
   // True when `model` is a name the router answers to ("switchyard", "switchyard/<policy>").
   static bool is_routed_model(std::string_view model);
   const route::Router& router() const { return *router_; }
@@ -82,5 +90,8 @@ class HybridRouter {
   Counter* degraded_ = nullptr;
   Counter* rejected_ = nullptr;
 };
+
+// Dollars a completion cost on a tier at its configured prices.
+double completion_cost_usd(const backend::TierConfig& tier, const backend::Usage& usage);
 
 }  // namespace sy::serve

@@ -37,8 +37,8 @@ struct ApiRequest {
   bool stream = false;
   bool include_usage = false;
   backend::BackendRequest backend;  // messages or prompt, and parameters
-  std::string data_class;  // metadata.data_class, when given
-  std::string user;        // OpenAI's end-user id; pins a conversation like x-switchyard-session
+  std::string data_class;           // metadata.data_class, when given
+  std::string user;  // OpenAI's end-user id; pins a conversation like x-switchyard-session
 };
 
 // Parses and validates a request body; nullopt on success.

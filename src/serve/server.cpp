@@ -197,18 +197,59 @@ class ElasticPool : public httplib::TaskQueue {
   bool stopping_ = false;
 };
 
-}  // namespace
-
-struct Gateway::Impl {
+// Everything one configuration defines: its tiers, names and router. A reload
+// builds a new one and swaps it in whole; requests keep the one they started
+// with until they end, so none sees half of each.
+struct Deployment {
   GatewayConfig config;
-  httplib::Server http;
-  MetricsRegistry metrics;
   std::vector<Tier> tiers;
   std::unordered_map<std::string, size_t> by_model;  // tier names, aliases, model ids
   size_t default_tier = 0;
   std::string models_json;
+  std::unique_ptr<HybridRouter> hybrid;
+
+  Tier* find_tier(std::string_view name) {
+    for (auto& t : tiers) {
+      if (t.config.name == name) return &t;
+    }
+    return &tiers[default_tier];
+  }
+};
+
+// Counts a request from its first byte to its last, so that a drain waits for
+// it; streams hand the count over to their completion callback.
+class ActiveRequest {
+ public:
+  explicit ActiveRequest(std::atomic<int32_t>& active) : active_(&active) {
+    active_->fetch_add(1, std::memory_order_seq_cst);
+  }
+  // Takes over a count that release() handed out.
+  struct Adopt {};
+  ActiveRequest(std::atomic<int32_t>* released, Adopt) : active_(released) {}
+  ~ActiveRequest() {
+    if (active_ != nullptr) active_->fetch_sub(1, std::memory_order_seq_cst);
+  }
+  ActiveRequest(const ActiveRequest&) = delete;
+  ActiveRequest& operator=(const ActiveRequest&) = delete;
+  // The caller now owes the decrement.
+  std::atomic<int32_t>* release() { return std::exchange(active_, nullptr); }
+
+ private:
+  std::atomic<int32_t>* active_;
+};
+
+}  // namespace
+
+struct Gateway::Impl {
+  const GatewayConfig config;  // as started; server.host/port/limits stay in force
+  httplib::Server http;
+  MetricsRegistry metrics;
+  mutable std::mutex live_mu;
+  std::shared_ptr<Deployment> live;
   std::atomic<bool> ready{false};
   std::atomic<int32_t> in_flight{0};
+  std::atomic<int32_t> active{0};
+  std::atomic<bool> draining{false};
   std::atomic<bool> run_started{false};
   std::atomic<bool> run_finished{false};
   std::atomic<bool> stopping{false};
@@ -216,7 +257,8 @@ struct Gateway::Impl {
   std::atomic<uint64_t> next_id{1};
   int64_t started_at = std::time(nullptr);
   Gauge* in_flight_gauge = nullptr;
-  std::unique_ptr<HybridRouter> hybrid;
+  Counter* reloads_ok = nullptr;
+  Counter* reloads_failed = nullptr;
 
   explicit Impl(GatewayConfig c) : config(std::move(c)) {
     std::random_device rd;
@@ -225,6 +267,12 @@ struct Gateway::Impl {
     id_prefix = std::string("sy") + buf + "-";
     in_flight_gauge = &metrics.gauge("switchyard_requests_in_flight",
                                      "Generation requests being served now.", {}, {});
+    const char* reload_help =
+        "Configuration reloads (SIGHUP) by outcome; a failed one changes nothing.";
+    reloads_ok =
+        &metrics.counter("switchyard_config_reloads_total", reload_help, {"outcome"}, {"ok"});
+    reloads_failed =
+        &metrics.counter("switchyard_config_reloads_total", reload_help, {"outcome"}, {"failed"});
     setup_routes();
   }
 
@@ -255,30 +303,47 @@ struct Gateway::Impl {
       res.set_content("{\"status\":\"ok\"}", kJson);
     });
     http.Get("/readyz", [this](const httplib::Request&, httplib::Response& res) {
-      if (!ready.load(std::memory_order_acquire)) {
+      if (draining.load()) {
+        res.status = 503;
+        res.set_content("{\"status\":\"draining\"}", kJson);
+        return;
+      }
+      auto dep = deployment();
+      if (!dep) {
         res.status = 503;
         res.set_content("{\"status\":\"loading\"}", kJson);
         return;
       }
       std::string body = "{\"status\":\"ready\",\"tiers\":[";
-      for (size_t i = 0; i < tiers.size(); ++i) {
+      std::string unavailable;
+      for (size_t i = 0; i < dep->tiers.size(); ++i) {
         if (i > 0) body += ',';
-        append_json_string(body, tiers[i].config.name);
+        append_json_string(body, dep->tiers[i].config.name);
+        if (std::string why = dep->tiers[i].backend->unavailable_reason(); !why.empty()) {
+          unavailable += unavailable.empty() ? "" : ",";
+          append_json_string(unavailable, dep->tiers[i].config.name);
+          unavailable += ':';
+          append_json_string(unavailable, why);
+        }
       }
-      body += "]}";
+      body += "]";
+      if (!unavailable.empty()) body += ",\"unavailable\":{" + unavailable + "}";
+      body += "}";
       res.set_content(body, kJson);
     });
     http.Get("/metrics", [this](const httplib::Request&, httplib::Response& res) {
       in_flight_gauge->set(in_flight.load(std::memory_order_relaxed));
+      if (auto dep = deployment()) dep->hybrid->collect_metrics();
       res.set_content(metrics.render(), "text/plain; version=0.0.4; charset=utf-8");
     });
     http.Get("/v1/models", [this](const httplib::Request& req, httplib::Response& res) {
-      if (!check_auth(req, res)) return;
-      if (!ready.load(std::memory_order_acquire)) {
+      auto dep = deployment();
+      if (!check_auth(dep ? dep->config.server : config.server, req, res)) return;
+      if (!dep) {
         send_error(res, not_ready());
         return;
       }
-      res.set_content(models_json, kJson);
+      res.set_content(dep->models_json, kJson);
     });
     http.Post("/v1/chat/completions", [this](const httplib::Request& req, httplib::Response& res,
                                              const httplib::ContentReader& reader) {
@@ -336,6 +401,23 @@ struct Gateway::Impl {
         });
   }
 
+  std::shared_ptr<Deployment> deployment() const {
+    std::lock_guard lock(live_mu);
+    return live;
+  }
+
+  static ApiError shutting_down() {
+    ApiError e;
+    e.status = 503;
+    e.type = "service_unavailable";
+    e.code = "shutting_down";
+    e.message =
+        "The gateway is shutting down and takes no new requests; retry on another instance "
+        "or after it restarts";
+    e.retry_after_seconds = 1;
+    return e;
+  }
+
   static ApiError not_ready() {
     ApiError e;
     e.status = 503;
@@ -355,8 +437,9 @@ struct Gateway::Impl {
     res.set_header("Content-Type", kJson);
   }
 
-  bool check_auth(const httplib::Request& req, httplib::Response& res) const {
-    const auto& keys = config.server.api_keys;
+  static bool check_auth(const ServerConfig& server, const httplib::Request& req,
+                         httplib::Response& res) {
+    const auto& keys = server.api_keys;
     if (keys.empty()) return true;
     std::string_view auth = header_value(req, "Authorization");
     ApiError e;
@@ -378,8 +461,9 @@ struct Gateway::Impl {
   }
 
   // The tier that serves a request, or the error that says why none does.
-  std::optional<ApiError> select_tier(const httplib::Request& req, const ApiRequest& api,
-                                      size_t& out) const {
+  static std::optional<ApiError> select_tier(const Deployment& dep, const httplib::Request& req,
+                                             const ApiRequest& api, size_t& out) {
+    const auto& tiers = dep.tiers;
     if (std::string_view forced = header_value(req, "x-switchyard-tier"); !forced.empty()) {
       for (size_t i = 0; i < tiers.size(); ++i) {
         if (tiers[i].config.name == forced) {
@@ -394,15 +478,15 @@ struct Gateway::Impl {
                              "x-switchyard-tier", "unknown_tier");
     }
     if (api.model.empty()) {
-      out = default_tier;
+      out = dep.default_tier;
       return std::nullopt;
     }
-    auto it = by_model.find(api.model);
-    if (it == by_model.end() && api.model == kRoutedModel) {
-      out = default_tier;
+    auto it = dep.by_model.find(api.model);
+    if (it == dep.by_model.end() && api.model == kRoutedModel) {
+      out = dep.default_tier;
       return std::nullopt;
     }
-    if (it == by_model.end()) {
+    if (it == dep.by_model.end()) {
       ApiError e = invalid_request("The model '" + api.model +
                                        "' does not exist on this gateway; GET /v1/models "
                                        "lists the names it serves",
@@ -416,6 +500,8 @@ struct Gateway::Impl {
 
   void record(const Tier* tier, ApiKind kind, int status, Clock::time_point start,
               const backend::Completion* completion, std::string_view id) {
+    auto dep = deployment();
+    const bool log = dep ? dep->config.server.log_requests : config.server.log_requests;
     const double ms = ms_since(start);
     const char* endpoint = kind == ApiKind::kChat ? "chat" : "completions";
     if (tier != nullptr && status == 200) {
@@ -436,7 +522,7 @@ struct Gateway::Impl {
         }
       }
     }
-    if (config.server.log_requests) {
+    if (log) {
       std::fprintf(stderr, "req %.*s %s tier=%s status=%d %.1fms\n", static_cast<int>(id.size()),
                    id.data(), endpoint, tier ? tier->config.name.c_str() : "-", status, ms);
     }
@@ -449,8 +535,18 @@ struct Gateway::Impl {
   void handle_generate(ApiKind kind, const httplib::Request& req, httplib::Response& res,
                        const httplib::ContentReader& reader) {
     const auto start = Clock::now();
+    ActiveRequest active_request(active);
     std::string id = new_id();
     res.set_header("x-switchyard-decision-id", id);
+    if (draining.load()) {
+      res.set_header("Connection", "close");
+      send_error(res, shutting_down());
+      record(nullptr, kind, 503, start, nullptr, id);
+      return;
+    }
+    // The configuration this request runs under, even if a reload happens meanwhile.
+    std::shared_ptr<Deployment> dep = deployment();
+    const ServerConfig& server = dep ? dep->config.server : config.server;
 
     // Bodies without Content-Length (chunked) bypass httplib's own limit.
     const size_t limit = config.server.max_body_bytes;
@@ -480,15 +576,16 @@ struct Gateway::Impl {
       record(nullptr, kind, 400, start, nullptr, id);
       return;
     }
-    if (!check_auth(req, res)) {
+    if (!check_auth(server, req, res)) {
       record(nullptr, kind, 401, start, nullptr, id);
       return;
     }
-    if (!ready.load(std::memory_order_acquire)) {
+    if (!dep) {
       send_error(res, not_ready());
       record(nullptr, kind, 503, start, nullptr, id);
       return;
     }
+    HybridRouter* hybrid = dep->hybrid.get();
 
     ApiRequest api;
     if (auto e = parse_request(kind, body, api)) {
@@ -502,15 +599,15 @@ struct Gateway::Impl {
     if (!header_value(req, "x-switchyard-tier").empty() ||
         !HybridRouter::is_routed_model(api.model)) {
       size_t index = 0;
-      if (auto e = select_tier(req, api, index)) {
+      if (auto e = select_tier(*dep, req, api, index)) {
         send_error(res, *e);
         record(nullptr, kind, e->status, start, nullptr, id);
         return;
       }
-      hints.forced_tier = tiers[index].config.name;
-    } else if (!config.routing && !config.server.default_tier.empty()) {
+      hints.forced_tier = dep->tiers[index].config.name;
+    } else if (!dep->config.routing && !server.default_tier.empty()) {
       // Without a routing: section, server.default_tier is a fixed tier.
-      hints.forced_tier = config.server.default_tier;
+      hints.forced_tier = server.default_tier;
     }
     ApiError route_error;
     auto decided = hybrid->decide(api, hints, route_error);
@@ -530,18 +627,17 @@ struct Gateway::Impl {
     const std::string& primary = decision.plan.kind == route::PlanKind::kCloud
                                      ? decision.plan.cloud_tier
                                      : decision.plan.edge_tier;
-    Tier& tier = *find_tier(primary);
+    Tier& tier = *dep->find_tier(primary);
 
     // Admission after parsing, so malformed requests never take a slot.
-    if (in_flight.fetch_add(1, std::memory_order_acq_rel) >=
-        config.server.max_concurrent_requests) {
+    if (in_flight.fetch_add(1, std::memory_order_acq_rel) >= server.max_concurrent_requests) {
       in_flight.fetch_sub(1, std::memory_order_acq_rel);
       ApiError e;
       e.status = 429;
       e.type = "rate_limit_error";
       e.code = "overloaded";
       e.message = "The gateway is serving its maximum of " +
-                  std::to_string(config.server.max_concurrent_requests) +
+                  std::to_string(server.max_concurrent_requests) +
                   " concurrent requests; retry shortly";
       e.retry_after_seconds = 1;
       send_error(res, e);
@@ -550,15 +646,15 @@ struct Gateway::Impl {
     }
 
     api.backend.request_id = id;
-    api.backend.deadline = start + std::chrono::milliseconds(config.server.request_timeout_ms);
+    api.backend.deadline = start + std::chrono::milliseconds(server.request_timeout_ms);
     api.backend.cancelled = std::make_shared<std::atomic<bool>>(false);
     res.set_header("x-switchyard-plan", std::string(route::to_string(decision.plan.kind)));
     res.set_header("x-switchyard-policy", std::string(route::to_string(decision.policy)));
 
     if (api.stream) {
       res.set_header("x-switchyard-tier", tier.config.name);
-      stream(kind, tier, std::move(api), std::move(hints), std::move(decision), std::move(id),
-             start, res);
+      stream(dep, active_request.release(), kind, tier, std::move(api), std::move(hints),
+             std::move(decision), std::move(id), start, res);
       return;
     }
 
@@ -575,7 +671,7 @@ struct Gateway::Impl {
       hybrid->finish(api, hints, decision, result, ms_since(start), e.status);
       return;
     }
-    Tier& served = *find_tier(result->tier);
+    Tier& served = *dep->find_tier(result->tier);
     const backend::BackendInfo& info = served.backend->info();
     const backend::Completion& c = result->completion;
     const std::string& model = c.model.empty() ? info.model : c.model;
@@ -617,17 +713,16 @@ struct Gateway::Impl {
     return hints;
   }
 
-  Tier* find_tier(std::string_view name) {
-    for (auto& t : tiers) {
-      if (t.config.name == name) return &t;
-    }
-    return &tiers[default_tier];
-  }
-
   // POST /v1/route: the decision for a chat request, explained, without running it.
   void handle_route(const httplib::Request& req, httplib::Response& res) {
-    if (!check_auth(req, res)) return;
-    if (!ready.load(std::memory_order_acquire)) {
+    ActiveRequest active_request(active);
+    auto dep = deployment();
+    if (!check_auth(dep ? dep->config.server : config.server, req, res)) return;
+    if (draining.load()) {
+      send_error(res, shutting_down());
+      return;
+    }
+    if (!dep) {
       send_error(res, not_ready());
       return;
     }
@@ -639,7 +734,7 @@ struct Gateway::Impl {
     RouteHints hints = route_hints(req, api);
     hints.forced_tier = header_value(req, "x-switchyard-tier");
     ApiError route_error;
-    auto decided = hybrid->decide(api, hints, route_error);
+    auto decided = dep->hybrid->decide(api, hints, route_error);
     if (!decided.ok()) {
       send_error(res, route_error);
       return;
@@ -653,16 +748,20 @@ struct Gateway::Impl {
     return s.empty() ? std::string_view("unknown") : std::string_view(s);
   }
 
-  void stream(ApiKind kind, Tier& tier, ApiRequest api, RouteHints hints, route::Decision decision,
+  // `dep` keeps the tiers alive for the stream; `active_count` is decremented
+  // once the stream has ended, however it ends.
+  void stream(std::shared_ptr<Deployment> dep, std::atomic<int32_t>* active_count, ApiKind kind,
+              Tier& tier, ApiRequest api, RouteHints hints, route::Decision decision,
               std::string id, Clock::time_point start, httplib::Response& res) {
     const backend::BackendInfo& info = tier.backend->info();
     auto st = std::make_shared<StreamState>();
-    HybridRouter* router = hybrid.get();
+    HybridRouter* router = dep->hybrid.get();
+    ActiveRequest until_done(active_count, ActiveRequest::Adopt{});
     st->run = [router, decision](const backend::BackendRequest& r, const backend::DeltaSink& sink) {
       return router->execute(decision, r, sink);
     };
-    st->placement_of = [this](std::string_view name) -> std::string {
-      return placement_name(find_tier(name)->config.placement);
+    st->placement_of = [dep](std::string_view name) -> std::string {
+      return placement_name(dep->find_tier(name)->config.placement);
     };
     st->plan = std::string(route::to_string(decision.plan.kind));
     st->tier = tier.config.name;
@@ -692,7 +791,7 @@ struct Gateway::Impl {
         e.type = "timeout_error";
         e.code = "deadline_exceeded";
         e.message = "tier '" + tier.config.name + "' produced nothing within " +
-                    std::to_string(config.server.request_timeout_ms) + " ms";
+                    std::to_string(dep->config.server.request_timeout_ms) + " ms";
         st->request.cancelled->store(true);
       }
       lock.unlock();
@@ -704,7 +803,7 @@ struct Gateway::Impl {
       in_flight.fetch_sub(1, std::memory_order_acq_rel);
       send_error(res, e);
       record(&tier, kind, e.status, start, nullptr, id);
-      hybrid->finish(api, hints, decision,
+      router->finish(api, hints, decision,
                      Result<exec::ExecutionResult>(make_error(ErrorKind::kUnavailable, e.message)),
                      ms_since(start), e.status);
       return;
@@ -737,8 +836,10 @@ struct Gateway::Impl {
           }
           return true;
         },
-        [this, st, t, kind, start, id = std::move(id), api = std::move(api),
-         hints = std::move(hints), decision = std::move(decision)](bool success) {
+        [this, st, t, dep, active_count = until_done.release(), kind, start, id = std::move(id),
+         api = std::move(api), hints = std::move(hints),
+         decision = std::move(decision)](bool success) {
+          ActiveRequest ended(active_count, ActiveRequest::Adopt{});
           if (!success) st->request.cancelled->store(true);
           if (st->producer.joinable()) st->producer.join();
           in_flight.fetch_sub(1, std::memory_order_acq_rel);
@@ -753,23 +854,49 @@ struct Gateway::Impl {
               st->outcome ? Result<exec::ExecutionResult>(*st->outcome)
                           : Result<exec::ExecutionResult>(st->error.value_or(
                                 make_error(ErrorKind::kCancelled, "the client went away")));
-          hybrid->finish(api, hints, decision, outcome, ms_since(start), status);
+          dep->hybrid->finish(api, hints, decision, outcome, ms_since(start), status);
         });
   }
 
-  Status load_tiers(const BackendFactory& factory) {
-    std::vector<Tier> loaded;
-    loaded.reserve(config.tiers.size());
-    for (const auto& tc : config.tiers) {
-      auto b = factory(tc);
-      if (!b.ok()) {
-        Error e = b.error();
-        e.message = config.source + ": tiers." + tc.name + ": " + e.message;
-        return e;
+  // Builds everything `cfg` defines. Tiers whose configuration did not change
+  // keep their running backend (a loaded model is not loaded twice).
+  // At start (`starting`), an embedded tier whose model fails to load is kept
+  // as an unavailable tier so the others still serve; on reload such a
+  // failure rejects the new configuration instead.
+  Result<std::shared_ptr<Deployment>> build_deployment(GatewayConfig cfg,
+                                                       const BackendFactory& factory,
+                                                       const Deployment* previous, bool starting) {
+    auto dep = std::make_shared<Deployment>();
+    dep->config = std::move(cfg);
+    const GatewayConfig& c = dep->config;
+    std::vector<Tier>& loaded = dep->tiers;
+    loaded.reserve(c.tiers.size());
+    for (const auto& tc : c.tiers) {
+      std::shared_ptr<backend::Backend> reused;
+      if (previous != nullptr) {
+        for (const auto& old : previous->tiers) {
+          if (old.config == tc) reused = old.backend;
+        }
+      }
+      if (!reused) {
+        auto b = factory(tc);
+        if (b.ok()) {
+          reused = std::move(b).value();
+        } else if (starting && tc.kind == "embedded" && c.tiers.size() > 1) {
+          std::fprintf(stderr,
+                       "warning: tier '%s' is UNAVAILABLE: %s\n"
+                       "  the other tiers serve; requests that may only run on it get 503\n",
+                       tc.name.c_str(), b.error().message.c_str());
+          reused = backend::make_unavailable_backend(tc, b.error());
+        } else {
+          Error e = b.error();
+          e.message = c.source + ": tiers." + tc.name + ": " + e.message;
+          return e;
+        }
       }
       Tier t;
       t.config = tc;
-      t.backend = std::move(b).value();
+      t.backend = std::move(reused);
       const std::string& n = tc.name;
       const std::vector<std::string> names = {"tier", "endpoint", "status"};
       t.ok_chat =
@@ -795,67 +922,107 @@ struct Gateway::Impl {
       loaded.push_back(std::move(t));
     }
 
-    by_model.clear();
     // Model ids first, so explicit names and aliases win over them; a model
     // id served by several tiers reaches the first (device tiers come first
     // in any sensible config).
+    auto& by_model = dep->by_model;
     for (size_t i = 0; i < loaded.size(); ++i) {
       by_model.emplace(loaded[i].config.model, i);
       if (!loaded[i].backend->info().model.empty()) {
         by_model.emplace(loaded[i].backend->info().model, i);
       }
     }
-    for (const auto& alias : config.models) {
+    for (const auto& alias : c.models) {
       for (size_t i = 0; i < loaded.size(); ++i) {
         if (loaded[i].config.name == alias.tier) by_model[alias.name] = i;
       }
     }
     for (size_t i = 0; i < loaded.size(); ++i) by_model[loaded[i].config.name] = i;
 
-    default_tier = 0;
-    const std::string& wanted = config.server.default_tier;
+    const std::string& wanted = c.server.default_tier;
     auto pick = std::find_if(loaded.begin(), loaded.end(), [&](const Tier& t) {
       return wanted.empty() ? t.config.placement == backend::Placement::kDevice
                             : t.config.name == wanted;
     });
-    if (pick != loaded.end()) default_tier = static_cast<size_t>(pick - loaded.begin());
+    if (pick != loaded.end()) dep->default_tier = static_cast<size_t>(pick - loaded.begin());
 
     HybridSettings hs;
-    if (auto routing = route::router_config_from_yaml(config.routing, config.source);
-        routing.ok()) {
+    if (auto routing = route::router_config_from_yaml(c.routing, c.source); routing.ok()) {
       hs.routing = std::move(routing).value();
     } else {
       return routing.error();
     }
-    if (config.privacy) {
-      auto privacy = route::sensitivity_config_from_yaml(config.privacy, config.source);
+    if (c.privacy) {
+      auto privacy = route::sensitivity_config_from_yaml(c.privacy, c.source);
       if (!privacy.ok()) return privacy.error();
       hs.routing.privacy = std::move(privacy).value();
     }
-    hs.audit_path = config.server.audit_db;
-    hs.decision_log = config.server.decision_log;
-    hs.audit_store_text = config.server.audit_store_text;
-    hs.shadow_fraction = config.server.shadow_fraction;
-    hs.memory_budget_bytes = static_cast<uint64_t>(config.server.memory_budget_mb) << 20;
+    hs.audit_path = c.server.audit_db;
+    hs.decision_log = c.server.decision_log;
+    hs.audit_store_text = c.server.audit_store_text;
+    hs.shadow_fraction = c.server.shadow_fraction;
+    hs.shadow_target_agreement = c.server.shadow_target_agreement;
+    hs.memory_budget_bytes = static_cast<uint64_t>(c.server.memory_budget_mb) << 20;
+    hs.memory_pressure_interval_ms = c.server.memory_pressure_interval_ms;
     std::map<std::string, std::shared_ptr<backend::Backend>> backends;
     for (const auto& t : loaded) backends[t.config.name] = t.backend;
-    auto h = HybridRouter::create(hs, config.tiers, std::move(backends), metrics);
+    auto h = HybridRouter::create(hs, c.tiers, std::move(backends), metrics);
     if (!h.ok()) {
       Error e = h.error();
-      e.message = config.source + ": " + e.message;
+      e.message = c.source + ": " + e.message;
       return e;
     }
-    hybrid = std::move(h).value();
+    dep->hybrid = std::move(h).value();
+    dep->models_json = render_models(*dep);
+    return dep;
+  }
 
-    models_json = render_models(loaded);
-    tiers = std::move(loaded);
+  Status load_tiers(const BackendFactory& factory) {
+    SY_ASSIGN_OR_RETURN(std::shared_ptr<Deployment> dep,
+                        build_deployment(config, factory, nullptr, true));
+    install(std::move(dep));
     ready.store(true, std::memory_order_release);
     return Status::Ok();
   }
 
+  Status reload(GatewayConfig next, const BackendFactory& factory) {
+    std::vector<std::string> ignored;
+    const ServerConfig& a = config.server;
+    const ServerConfig& b = next.server;
+    if (a.host != b.host) ignored.push_back("server.host");
+    if (a.port != b.port && b.port != 0) ignored.push_back("server.port");
+    if (a.max_body_bytes != b.max_body_bytes) ignored.push_back("server.max_body_bytes");
+    if (a.worker_threads != b.worker_threads) ignored.push_back("server.worker_threads");
+    auto current = deployment();
+    auto dep = build_deployment(std::move(next), factory, current.get(), false);
+    if (!dep.ok()) {
+      reloads_failed->add();
+      return dep.error();
+    }
+    for (const auto& key : ignored) {
+      std::fprintf(stderr, "config reload: %s changed but takes effect only after a restart\n",
+                   key.c_str());
+    }
+    install(std::move(dep).value());
+    reloads_ok->add();
+    return Status::Ok();
+  }
+
+  void install(std::shared_ptr<Deployment> dep) {
+    std::shared_ptr<Deployment> old;
+    {
+      std::lock_guard lock(live_mu);
+      old = std::exchange(live, std::move(dep));
+    }
+    // `old` is released here or by the last request still using it.
+  }
+
   // OpenAI's list shape; every name a client may send is listed, each saying
   // which tier it reaches.
-  std::string render_models(const std::vector<Tier>& loaded) const {
+  std::string render_models(const Deployment& dep) const {
+    const std::vector<Tier>& loaded = dep.tiers;
+    const auto& by_model = dep.by_model;
+    const size_t default_tier = dep.default_tier;
     std::vector<std::pair<std::string, size_t>> entries(by_model.begin(), by_model.end());
     std::sort(entries.begin(), entries.end(), [](const auto& a, const auto& b) {
       return a.second != b.second ? a.second < b.second : a.first < b.first;
@@ -913,6 +1080,23 @@ Result<int> Gateway::bind() {
 
 Status Gateway::load_tiers(const BackendFactory& factory) {
   return impl_->load_tiers(factory);
+}
+
+Status Gateway::reload(GatewayConfig config, const BackendFactory& factory) {
+  if (!ready()) {
+    return make_error(ErrorKind::kUnavailable,
+                      "the gateway is still loading its first configuration; reload after it is "
+                      "ready");
+  }
+  return impl_->reload(std::move(config), factory);
+}
+
+void Gateway::begin_drain() {
+  impl_->draining.store(true, std::memory_order_seq_cst);
+}
+
+int32_t Gateway::active_requests() const {
+  return impl_->active.load(std::memory_order_seq_cst);
 }
 
 void Gateway::run() {

@@ -1,6 +1,5 @@
 // The OpenAI-compatible gateway: an HTTP server in front of the configured
-// tiers. Until the router lands, a request runs on the tier its
-// x-switchyard-tier header or model names, else on the default tier.
+// tiers, routing every request through the hybrid router.
 #pragma once
 
 #include <functional>
@@ -30,6 +29,17 @@ class Gateway {
   // it succeeds. Callable while run() is serving, so big models load behind a
   // live health endpoint.
   Status load_tiers(const BackendFactory& factory = backend::create_backend);
+  // Replaces the configuration while serving (SIGHUP): builds the new tiers
+  // and router first, reusing tiers whose settings did not change, and swaps
+  // them in only when all of it succeeded; on error the old configuration
+  // stays in force. Requests already running finish on the old one.
+  // server.host, port, max_body_bytes and worker_threads need a restart.
+  Status reload(GatewayConfig config, const BackendFactory& factory = backend::create_backend);
+  // Graceful shutdown, first step: new requests get 503 "shutting_down" (and
+  // /readyz 503) while those already running go on; stop() once
+  // active_requests() is 0 or the grace period is over.
+  void begin_drain();
+  int32_t active_requests() const;
   // Serves until stop(); blocks the calling thread.
   void run();
   // Stops accepting, ends open streams and returns once run() can return.
