@@ -158,6 +158,25 @@ TEST_F(ExecTest, CloudFailureRetriesThenFallsBackToTheEdge) {
   EXPECT_EQ(server_.received_bodies().size(), 3u);  // max_attempts
 }
 
+TEST_F(ExecTest, LatencyBudgetAbandonsASilentCloudAndFallsBack) {
+  // The cloud would answer after 1.5 s (inside its own first-byte timeout of
+  // 2 s); the request's budget to the first token is 150 ms.
+  server_.set_mode(FaultMode::kDelayFirstByte);
+  server_.set_first_byte_delay(std::chrono::milliseconds(1500));
+  auto req = request("Once upon a time");
+  req.first_token_deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(150);
+  auto r = executor_->run(plan(route::PlanKind::kCloud, true), req, {});
+  ASSERT_TRUE(r.ok()) << r.error().message;
+  EXPECT_EQ(r->tier, "edge");
+  EXPECT_TRUE(r->degraded);
+  // One attempt: a retry would start after the budget.
+  EXPECT_EQ(server_.received_bodies().size(), 1u);
+  bool budget_named = false;
+  for (const auto& step : r->trace)
+    budget_named |= step.find("latency budget") != std::string::npos;
+  EXPECT_TRUE(budget_named);
+}
+
 TEST_F(ExecTest, DeviceOnlyPlanNeverReachesTheCloudOnAnyPath) {
   const std::string secret = "SSN 123-45-6789";
   // Every plan kind, with the cloud healthy and with it failing, streaming and not.

@@ -47,6 +47,10 @@ struct BackendRequest {
   std::optional<std::string> prompt;  // legacy completions: raw text, no template
   GenerationParams params;
   std::optional<std::chrono::steady_clock::time_point> deadline;
+  // From the client's latency budget: a remote tier that has sent nothing by
+  // then is abandoned (kDeadlineExceeded) so the plan can fall back, and no
+  // retry starts after it.
+  std::optional<std::chrono::steady_clock::time_point> first_token_deadline;
   // Set by the caller (client disconnect, deadline) to stop the generation.
   std::shared_ptr<std::atomic<bool>> cancelled;
 };

@@ -505,6 +505,9 @@ class OpenAiBackend final : public Backend {
     Watch watch;
     watch.start = Clock::now();
     watch.first_byte_by = watch.start + std::chrono::milliseconds(config_.first_byte_timeout_ms);
+    const bool budget_binds =
+        request.first_token_deadline && *request.first_token_deadline < watch.first_byte_by;
+    if (budget_binds) watch.first_byte_by = *request.first_token_deadline;
     watch.total_by = watch.start + std::chrono::milliseconds(config_.total_timeout_ms);
     watch.idle_limit = std::chrono::milliseconds(config_.first_byte_timeout_ms);
     watch.deadline = request.deadline;
@@ -594,7 +597,7 @@ class OpenAiBackend final : public Backend {
     if (!sent) {
       const StopReason reason = watch.reason.load();
       if (reason == StopReason::kCancelled || ex.refused) return cancelled(ex, watch.start);
-      if (reason != StopReason::kNone) return timeout_error(ex, watch);
+      if (reason != StopReason::kNone) return timeout_error(ex, watch, budget_binds);
       if (error_status) return status_error(ex);
       return transport_error(ex, transport, connection->client());
     }
@@ -848,7 +851,7 @@ class OpenAiBackend final : public Backend {
     return std::move(c);
   }
 
-  Error timeout_error(const Exchange& ex, const Watch& watch) const {
+  Error timeout_error(const Exchange& ex, const Watch& watch, bool budget_binds) const {
     const std::string got = " (" + std::to_string(ex.body_bytes) + " bytes received)";
     switch (watch.reason.load()) {
       case StopReason::kDeadline:
@@ -859,6 +862,12 @@ class OpenAiBackend final : public Backend {
                           where() + ": no complete answer within total_timeout_ms " +
                               std::to_string(config_.total_timeout_ms) + got);
       case StopReason::kFirstByteTimeout:
+        if (budget_binds) {
+          return make_error(ErrorKind::kDeadlineExceeded,
+                            where() +
+                                ": no first token within the request's latency budget "
+                                "(x-switchyard-latency-budget-ms)");
+        }
         return make_error(ErrorKind::kDeadlineExceeded,
                           where() + ": no response within first_byte_timeout_ms " +
                               std::to_string(config_.first_byte_timeout_ms) +

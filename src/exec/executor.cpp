@@ -131,6 +131,10 @@ Result<backend::Completion> Executor::call(const std::string& name, bool cloud_a
     if (streamed || cancelled || !is_retryable(last) || attempt == attempts) break;
     const auto delay = backoff_delay(settings_.retry, attempt, last);
     if (request.deadline && Clock::now() + delay >= *request.deadline) break;
+    if (request.first_token_deadline && Clock::now() + delay >= *request.first_token_deadline) {
+      out.trace.push_back(name + ": no retry, the latency budget is spent");
+      break;
+    }
     std::this_thread::sleep_for(delay);
   }
   if (streamed) last.message += " (after part of the answer was streamed)";

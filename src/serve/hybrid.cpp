@@ -312,7 +312,13 @@ Result<route::Decision> HybridRouter::decide(const ApiRequest& api, const RouteH
 Result<exec::ExecutionResult> HybridRouter::execute(const route::Decision& decision,
                                                     const backend::BackendRequest& request,
                                                     const backend::DeltaSink& on_delta) {
-  return executor_->run(decision.plan, request, on_delta);
+  if (!decision.signals.latency_budget_ms) return executor_->run(decision.plan, request, on_delta);
+  // The budget bounds every step to the first token: attempts, retries, waits.
+  backend::BackendRequest budgeted = request;
+  budgeted.first_token_deadline =
+      std::chrono::steady_clock::now() +
+      std::chrono::microseconds(static_cast<int64_t>(*decision.signals.latency_budget_ms * 1e3));
+  return executor_->run(decision.plan, budgeted, on_delta);
 }
 
 void HybridRouter::finish(const ApiRequest& api, const RouteHints& hints, const route::Decision& d,
