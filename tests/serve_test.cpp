@@ -173,6 +173,25 @@ TEST(ConfigTest, UnknownKeysAreErrors) {
             std::string::npos);
 }
 
+TEST(ConfigTest, ModelAliasWithFallbackChain) {
+  auto c = parse_config(
+      "tiers:\n  edge:\n    model: m\n  cloud:\n    endpoint: http://x/v1\n    model: c\n"
+      "models:\n  fast: edge\n  smart: {tier: cloud, fallback: [edge]}\n",
+      "cfg.yaml");
+  ASSERT_TRUE(c.ok()) << c.error().message;
+  ASSERT_EQ(c->models.size(), 2u);
+  EXPECT_EQ(c->models[1].tier, "cloud");
+  EXPECT_EQ(c->models[1].fallback, std::vector<std::string>{"edge"});
+  EXPECT_TRUE(validate_config(*c).ok());
+  c->models[1].fallback = {"edge", "nowhere", "edge"};
+  auto v = validate_config(*c);
+  ASSERT_FALSE(v.ok());
+  EXPECT_NE(v.error().message.find("models.smart.fallback: 'nowhere' is not a tier"),
+            std::string::npos)
+      << v.error().message;
+  EXPECT_NE(v.error().message.find("'edge' appears twice"), std::string::npos) << v.error().message;
+}
+
 TEST(ConfigTest, ReportsEveryProblemAtOnce) {
   const std::string e = config_error(
       "server:\n  port: -1\n  max_concurrent_requests: 0\n"
@@ -937,6 +956,53 @@ TEST_F(GatewayTest, ReloadSwapsTheConfigAndKeepsTheOldOneOnError) {
       << m;
 }
 
+TEST_F(GatewayTest, AliasFallbackChainRespectsTheDataClass) {
+  start();
+  const std::string tiers =
+      "tiers:\n"
+      "  edge:\n    model: tiny-edge\n"
+      "  cloud:\n    kind: openai\n    model: big-cloud\n"
+      "    endpoint: http://127.0.0.1:9/v1\n";
+  auto next = parse_config(tiers +
+                               "models:\n"
+                               "  gpt-4o: {tier: cloud, fallback: [edge]}\n"
+                               "  local: {tier: edge, fallback: [cloud]}\n",
+                           "chain.yaml");
+  ASSERT_TRUE(next.ok()) << next.error().message;
+  next->server.log_requests = false;
+  ASSERT_TRUE(gateway
+                  ->reload(std::move(next).value(),
+                           [&](const backend::TierConfig& t) {
+                             return Result<std::shared_ptr<backend::Backend>>(
+                                 t.name == "edge"
+                                     ? std::static_pointer_cast<backend::Backend>(edge)
+                                     : std::static_pointer_cast<backend::Backend>(cloud));
+                           })
+                  .ok());
+  const json messages = json::array({{{"role", "user"}, {"content", "hi"}}});
+
+  // The cloud fails before answering: the alias's chain serves from the edge.
+  cloud->fail_before = make_error(ErrorKind::kUnavailable, "upstream 503");
+  auto r = chat({{"model", "gpt-4o"}, {"messages", messages}});
+  ASSERT_EQ(r.status, 200) << r.body;
+  EXPECT_EQ(r.header("x-switchyard-tier"), "edge");
+
+  // The edge fails and the data is device-only: the chain's cloud step is
+  // dropped by the rules, so the cloud is never called.
+  cloud->fail_before.reset();
+  edge->fail_before = make_error(ErrorKind::kUnavailable, "edge is down");
+  const int cloud_calls = cloud->calls.load();
+  r = chat({{"model", "local"}, {"messages", messages}},
+           {{"x-switchyard-data-class", "device-only"}});
+  EXPECT_EQ(r.status, 503) << r.body;
+  EXPECT_EQ(cloud->calls.load(), cloud_calls);
+  // The same request with public data takes the chain to the cloud.
+  r = chat({{"model", "local"}, {"messages", messages}});
+  ASSERT_EQ(r.status, 200) << r.body;
+  EXPECT_EQ(r.header("x-switchyard-tier"), "cloud");
+  edge->fail_before.reset();
+}
+
 TEST_F(GatewayTest, DrainFinishesRunningRequestsAndRefusesNewOnes) {
   start();
   edge->delay = 60ms;
@@ -956,6 +1022,9 @@ TEST_F(GatewayTest, DrainFinishesRunningRequestsAndRefusesNewOnes) {
   EXPECT_EQ(streamed.status, 200) << streamed.body;
   EXPECT_NE(streamed.body.find("Hello"), std::string::npos) << streamed.body;
   EXPECT_NE(streamed.body.find("data: [DONE]"), std::string::npos) << streamed.body;
+  // The server counts the stream as ended once its last byte is written,
+  // a moment after the client has read it; the bound only guards a hang.
+  for (int i = 0; i < 500 && gateway->active_requests() > 0; ++i) std::this_thread::sleep_for(10ms);
   EXPECT_EQ(gateway->active_requests(), 0);
 }
 

@@ -78,6 +78,8 @@ class Executor {
                                    const backend::DeltaSink& on_delta, ExecutionResult& out,
                                    int32_t max_attempts = 0);
 
+  Result<ExecutionResult> run_plan(const route::Plan& plan, const backend::BackendRequest& request,
+                                   const backend::DeltaSink& on_delta);
   Result<ExecutionResult> run_cascade(const route::Plan& plan,
                                       const backend::BackendRequest& request,
                                       const backend::DeltaSink& on_delta);

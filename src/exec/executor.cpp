@@ -144,6 +144,38 @@ Result<backend::Completion> Executor::call(const std::string& name, bool cloud_a
 Result<ExecutionResult> Executor::run(const route::Plan& plan,
                                       const backend::BackendRequest& request,
                                       const backend::DeltaSink& on_delta) {
+  if (plan.fallback_tiers.empty()) return run_plan(plan, request, on_delta);
+  bool streamed = false;
+  const backend::DeltaSink sink = on_delta ? backend::DeltaSink([&](const backend::Delta& d) {
+    streamed = true;
+    return on_delta(d);
+  })
+                                           : backend::DeltaSink();
+  auto first = run_plan(plan, request, sink);
+  if (first.ok() || streamed || first.error().kind == ErrorKind::kInvalidArgument) return first;
+  ExecutionResult out;
+  out.trace.push_back(first.error().message);
+  Error last = first.error();
+  for (const auto& tier : plan.fallback_tiers) {
+    if (request.cancelled && request.cancelled->load()) break;
+    // The router listed only tiers this request's data may reach.
+    auto r = call(tier, /*cloud_allowed=*/true, request, sink, out, 1);
+    if (r.ok()) {
+      out.completion = std::move(r).value();
+      out.tier = tier;
+      out.fell_back = true;
+      return out;
+    }
+    last = r.error();
+    if (streamed) break;
+  }
+  last.message = "every tier of the fallback chain failed; last: " + last.message;
+  return last;
+}
+
+Result<ExecutionResult> Executor::run_plan(const route::Plan& plan,
+                                           const backend::BackendRequest& request,
+                                           const backend::DeltaSink& on_delta) {
   ExecutionResult out;
   switch (plan.kind) {
     case route::PlanKind::kReject:

@@ -454,6 +454,15 @@ Decision Router::decide(const RouteInput& in) const {
       chosen.forced = true;
       chosen.edge_fallback_allowed = false;
       chosen.reason = "x-switchyard-tier forced '" + f->name + "'";
+      for (const auto& name : in.fallback_tiers) {
+        const TierProfile* t = tier(name);
+        if (t == nullptr || name == f->name) continue;
+        if (!t->on_device && (cls == DataClass::kDeviceOnly || cls > t->max_data_class)) {
+          d.rules_fired.push_back("fallback-tier-refused");
+          continue;
+        }
+        chosen.fallback_tiers.push_back(name);
+      }
     }
     decided = true;
   }
@@ -580,6 +589,8 @@ void to_json(nlohmann::json& out, const Plan& p) {
          {"predicted_ttft_ms", p.predicted_ttft_ms},
          {"predicted_quality", p.predicted_quality},
          {"reason", p.reason}};
+  if (p.forced) out["forced"] = true;
+  if (!p.fallback_tiers.empty()) out["fallback_tiers"] = p.fallback_tiers;
 }
 
 void to_json(nlohmann::json& out, const Decision& d) {

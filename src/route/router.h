@@ -109,6 +109,8 @@ struct RouteInput {
   std::optional<double> latency_budget_ms;  // to first token
   std::optional<double> cost_ceiling_usd;
   std::optional<std::string> forced_tier;
+  // With a forced tier (a model alias): tiers to try in order when it fails.
+  std::vector<std::string> fallback_tiers;
   std::optional<PolicyKind> policy;  // from model "switchyard/<policy>"; else the default
   std::optional<int32_t> max_tokens;
   // Tokens of the prompt when the caller counted them; else estimated from length.
@@ -134,6 +136,10 @@ struct Plan {
   // The client named the tier: its own answer or error is passed through,
   // without retries or fallbacks to another tier.
   bool forced = false;
+  // Tiers a forced plan falls back to, in order, when its tier fails before
+  // any output (a model alias's fallback chain). Only tiers the rules allow
+  // for this request's data are listed: this list is what the executor may call.
+  std::vector<std::string> fallback_tiers;
   CascadeSettings cascade;
   double consistency_min_similarity = 0.5;  // keep the edge answer at or above this
   double predicted_cost_usd = 0.0;

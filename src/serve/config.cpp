@@ -349,6 +349,13 @@ Status validate_config(const GatewayConfig& config) {
     } else if (names.contains(m.name) && m.name != m.tier) {
       fail(path, "is also the name of another tier");
     }
+    std::set<std::string> chain = {m.tier};
+    for (const auto& f : m.fallback) {
+      if (!names.contains(f))
+        fail(path + ".fallback", "'" + f + "' is not a tier defined under tiers");
+      if (!chain.insert(f).second)
+        fail(path + ".fallback", "'" + f + "' appears twice in the chain");
+    }
   }
   return to_status(errors);
 }
@@ -388,11 +395,18 @@ Result<GatewayConfig> parse_config(std::string_view yaml, std::string_view sourc
   if (const YAML::Node models = root["models"]) {
     if (r.expect_map(models, "models")) {
       for (const auto& kv : models) {
-        ModelAlias alias{kv.first.Scalar(), ""};
+        ModelAlias alias{kv.first.Scalar(), "", {}};
+        const std::string path = "models." + alias.name;
         if (kv.second.IsScalar()) {
           alias.tier = kv.second.Scalar();
+        } else if (kv.second.IsMap()) {
+          r.check_keys(kv.second, path, {"tier", "fallback"});
+          r.get(kv.second, "tier", path, alias.tier);
+          r.get_string_list(kv.second, "fallback", path, alias.fallback);
+          if (alias.tier.empty()) r.fail(join_path(path, "tier"), "is required");
         } else {
-          r.fail("models." + alias.name, "expected a tier name, got " + scalar_text(kv.second));
+          r.fail(path, "expected a tier name or {tier: NAME, fallback: [NAMES]}, got " +
+                           scalar_text(kv.second));
         }
         config.models.push_back(std::move(alias));
       }

@@ -49,6 +49,9 @@ struct ServerConfig {
 struct ModelAlias {
   std::string name;  // model name clients send
   std::string tier;
+  // Tiers tried in order when `tier` fails before answering; tiers the
+  // request's data may not reach are skipped.
+  std::vector<std::string> fallback;
 };
 
 struct GatewayConfig {

@@ -264,6 +264,7 @@ Result<route::Decision> HybridRouter::decide(const ApiRequest& api, const RouteH
   }
   if (!hints.forced_tier.empty()) {
     in.forced_tier = hints.forced_tier;
+    in.fallback_tiers = hints.fallback_tiers;
   } else if (!hints.session.empty()) {
     // A conversation stays on the tier it started on, while that tier is healthy.
     if (auto pin = versions_->pin(hints.session); pin && executor_->available(pin->tier)) {

@@ -38,11 +38,12 @@ struct HybridSettings {
 
 // Routing hints a client sends as headers (or in the body's metadata).
 struct RouteHints {
-  std::string data_class;         // x-switchyard-data-class / metadata.data_class
-  std::string latency_budget_ms;  // x-switchyard-latency-budget-ms
-  std::string cost_ceiling_usd;   // x-switchyard-cost-ceiling-usd
-  std::string forced_tier;        // x-switchyard-tier
-  std::string session;            // x-switchyard-session or the body's `user`
+  std::string data_class;                   // x-switchyard-data-class / metadata.data_class
+  std::string latency_budget_ms;            // x-switchyard-latency-budget-ms
+  std::string cost_ceiling_usd;             // x-switchyard-cost-ceiling-usd
+  std::string forced_tier;                  // x-switchyard-tier
+  std::string session;                      // x-switchyard-session or the body's `user`
+  std::vector<std::string> fallback_tiers;  // the model alias's chain, with forced_tier
 };
 
 class HybridRouter {

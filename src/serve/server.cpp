@@ -605,6 +605,11 @@ struct Gateway::Impl {
         return;
       }
       hints.forced_tier = dep->tiers[index].config.name;
+      if (header_value(req, "x-switchyard-tier").empty()) {
+        for (const auto& alias : dep->config.models) {
+          if (alias.name == api.model) hints.fallback_tiers = alias.fallback;
+        }
+      }
     } else if (!dep->config.routing && !server.default_tier.empty()) {
       // Without a routing: section, server.default_tier is a fixed tier.
       hints.forced_tier = server.default_tier;
