@@ -12,6 +12,7 @@
 #include <thread>
 
 #include "support/process.h"
+#include "support/test_paths.h"
 
 namespace sy::serve {
 namespace {
@@ -170,6 +171,30 @@ TEST(ConfigTest, UnknownKeysAreErrors) {
             std::string::npos);
   EXPECT_NE(config_error("tiers:\n  e:\n    model: m\n    timeouts: {total: 1}\n")
                 .find("cfg.yaml: tiers.e.timeouts.total: unknown key"),
+            std::string::npos);
+}
+
+TEST(ConfigTest, OperationalKeys) {
+  const std::string small = sy::testing::shared_models_dir() + "/llama-2-tiny-random.gguf";
+  auto c = parse_config(
+      "server:\n  memory_pressure_interval_ms: 100\n  shutdown_timeout_ms: 5000\n"
+      "  shadow_target_agreement: 0.85\n  audit_max_rows: 1000\n  audit_max_age_hours: 48\n"
+      "tiers:\n  edge:\n    model: stories260K\n    low_memory_model: " +
+          small + "\n",
+      "cfg.yaml");
+  ASSERT_TRUE(c.ok()) << c.error().message;
+  EXPECT_EQ(c->server.memory_pressure_interval_ms, 100);
+  EXPECT_EQ(c->server.shutdown_timeout_ms, 5000);
+  EXPECT_DOUBLE_EQ(c->server.shadow_target_agreement, 0.85);
+  EXPECT_EQ(c->server.audit_max_rows, 1000);
+  EXPECT_EQ(c->server.audit_max_age_hours, 48);
+  EXPECT_EQ(c->tiers[0].low_memory_model, small);
+  // The low-memory model must exist when the configuration is read.
+  EXPECT_NE(config_error("tiers:\n  edge:\n    model: m\n    low_memory_model: no-such\n")
+                .find("tiers.edge.low_memory_model: model 'no-such' not found"),
+            std::string::npos);
+  EXPECT_NE(config_error("server:\n  shutdown_timeout_ms: -1\ntiers:\n  e:\n    model: m\n")
+                .find("server.shutdown_timeout_ms: must be 0"),
             std::string::npos);
 }
 

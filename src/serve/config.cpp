@@ -115,10 +115,26 @@ void read_server(Reader& r, const YAML::Node& node, ServerConfig& s) {
   const std::string path = "server";
   if (!r.expect_map(node, path)) return;
   r.check_keys(node, path,
-               {"host", "port", "api_keys", "api_keys_env", "max_body_bytes",
-                "max_concurrent_requests", "request_timeout_ms", "default_tier", "worker_threads",
-                "log_requests", "audit_db", "decision_log", "audit_store_text", "shadow_fraction",
-                "memory_budget_mb", "memory_pressure_interval_ms", "shutdown_timeout_ms"});
+               {"host",
+                "port",
+                "api_keys",
+                "api_keys_env",
+                "max_body_bytes",
+                "max_concurrent_requests",
+                "request_timeout_ms",
+                "default_tier",
+                "worker_threads",
+                "log_requests",
+                "audit_db",
+                "decision_log",
+                "audit_store_text",
+                "shadow_fraction",
+                "memory_budget_mb",
+                "memory_pressure_interval_ms",
+                "shutdown_timeout_ms",
+                "shadow_target_agreement",
+                "audit_max_rows",
+                "audit_max_age_hours"});
   r.get(node, "host", path, s.host);
   r.get(node, "port", path, s.port);
   r.get_string_list(node, "api_keys", path, s.api_keys);
@@ -132,6 +148,13 @@ void read_server(Reader& r, const YAML::Node& node, ServerConfig& s) {
   r.get(node, "audit_db", path, s.audit_db);
   r.get(node, "decision_log", path, s.decision_log);
   r.get(node, "audit_store_text", path, s.audit_store_text);
+  r.get(node, "audit_max_rows", path, s.audit_max_rows);
+  if (s.audit_max_rows < 0)
+    r.fail(join_path(path, "audit_max_rows"), "must be 0 (keep all) or more");
+  r.get(node, "audit_max_age_hours", path, s.audit_max_age_hours);
+  if (s.audit_max_age_hours < 0) {
+    r.fail(join_path(path, "audit_max_age_hours"), "must be 0 (keep all) or more");
+  }
   r.get(node, "shadow_fraction", path, s.shadow_fraction);
   if (s.shadow_fraction < 0.0 || s.shadow_fraction > 1.0) {
     r.fail(join_path(path, "shadow_fraction"), "must be between 0 and 1");

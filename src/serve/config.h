@@ -36,7 +36,9 @@ struct ServerConfig {
   std::string audit_db;           // SQLite audit trail; empty: none
   std::string decision_log;       // JSONL of every routing decision, without raw text; empty: none
   bool audit_store_text = false;  // keep prompt text, not only its hash
-  double shadow_fraction = 0.0;   // share of edge answers re-scored on the cloud
+  int64_t audit_max_rows = 0;     // retention: keep the newest N rows; 0 keeps all
+  int64_t audit_max_age_hours = 0;  // retention: drop rows older than this; 0 keeps all
+  double shadow_fraction = 0.0;     // share of edge answers re-scored on the cloud
   // > 0: the complexity threshold adapts to keep shadow agreement at or above this.
   double shadow_target_agreement = 0.0;
   int64_t memory_budget_mb = 0;                // the gateway's own memory budget; 0: none

@@ -65,6 +65,7 @@ Result<std::unique_ptr<HybridRouter>> HybridRouter::create(
     a.path = settings.audit_path;
     a.store_text = settings.audit_store_text;
     a.max_rows = settings.audit_max_rows;
+    a.max_age = std::chrono::hours(settings.audit_max_age_hours);
     a.on_error = [](const std::string& m) { std::fprintf(stderr, "audit: %s\n", m.c_str()); };
     auto store = observe::AuditStore::open(std::move(a));
     if (!store.ok()) return store.error();

@@ -27,6 +27,7 @@ struct HybridSettings {
   std::string decision_log;  // JSONL file of every decision (no raw text); empty: none
   bool audit_store_text = false;
   int64_t audit_max_rows = 0;
+  int64_t audit_max_age_hours = 0;
   double shadow_fraction = 0.0;  // share of edge answers re-run on the cloud
   double shadow_rate_per_second = 1.0;
   uint64_t memory_budget_bytes = 0;  // 0: no budget of our own; PSI/cgroup still count

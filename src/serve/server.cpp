@@ -965,6 +965,8 @@ struct Gateway::Impl {
     hs.audit_path = c.server.audit_db;
     hs.decision_log = c.server.decision_log;
     hs.audit_store_text = c.server.audit_store_text;
+    hs.audit_max_rows = c.server.audit_max_rows;
+    hs.audit_max_age_hours = c.server.audit_max_age_hours;
     hs.shadow_fraction = c.server.shadow_fraction;
     hs.shadow_target_agreement = c.server.shadow_target_agreement;
     hs.memory_budget_bytes = static_cast<uint64_t>(c.server.memory_budget_mb) << 20;
