@@ -171,6 +171,23 @@ TEST(Router, LearnedLatencyChangesTheBudgetDecision) {
   EXPECT_EQ(decide(*r, "hello", in).plan.kind, PlanKind::kCloud);
 }
 
+TEST(Router, BusyEdgeQueueCountsAgainstTheBudget) {
+  RouterConfig c;
+  c.threshold = 1.0;  // complexity alone would keep everything on the edge
+  auto r = make_router(c);
+  for (int i = 0; i < 20; ++i) r->record_latency("cloud", 60, 300, 10);
+  RouteInput in;
+  in.latency_budget_ms = 150;
+  in.max_tokens = 32;
+  const Decision idle = decide(*r, "hello", in);
+  EXPECT_EQ(idle.plan.kind, PlanKind::kEdge);
+  // Five requests ahead on the edge engine: its first token comes after theirs.
+  in.edge_queue_depth = 5;
+  const Decision busy = decide(*r, "hello", in);
+  EXPECT_GT(busy.signals.edge_ttft_ms, idle.signals.edge_ttft_ms + 150);
+  EXPECT_EQ(busy.plan.kind, PlanKind::kCloud);
+}
+
 TEST(Router, CostCeilingBlocksCloud) {
   RouterConfig c;
   c.threshold = 0.0;

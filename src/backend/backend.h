@@ -155,6 +155,9 @@ class Backend {
   // falls; requests already running finish first. Remote tiers ignore it.
   // Returns a one-line account of what changed, empty when nothing did.
   virtual std::string adapt_to_memory_pressure(int /*level*/) { return {}; }
+  // Requests running or waiting on this tier now (embedded: on its engine,
+  // which serves one at a time); 0 where the tier does not know.
+  virtual int32_t queued_requests() const { return 0; }
   // Why this tier cannot serve at all (its model failed to load); empty when it can.
   virtual std::string unavailable_reason() const { return {}; }
 };

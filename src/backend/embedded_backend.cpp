@@ -85,6 +85,11 @@ class TurnQueue {
     return true;
   }
 
+  int32_t depth() {
+    std::lock_guard lock(mu_);
+    return static_cast<int32_t>(waiting_.size()) + (busy_ ? 1 : 0);
+  }
+
   void leave() {
     std::lock_guard lock(mu_);
     busy_ = false;
@@ -200,6 +205,8 @@ class EmbeddedBackend final : public Backend {
     if (!tokens.ok()) return std::nullopt;
     return static_cast<int32_t>(tokens->size());
   }
+
+  int32_t queued_requests() const override { return turns_.depth(); }
 
   std::string adapt_to_memory_pressure(int level) override {
     wanted_level_.store(level, std::memory_order_release);
@@ -484,7 +491,7 @@ class EmbeddedBackend final : public Backend {
   const TierConfig config_;
   BackendInfo info_;
   engine::ThreadPool pool_;
-  TurnQueue turns_;
+  mutable TurnQueue turns_;
   const int32_t full_context_;
   std::atomic<int> wanted_level_{0};
   int applied_level_ = 0;  // touched only with the turn held

@@ -337,6 +337,12 @@ Decision Router::decide(const RouteInput& in) const {
            1e6;
   };
   predict(edge, s.edge_ttft_ms, s.edge_cost_usd);
+  s.edge_queue_depth = in.edge_queue_depth;
+  if (edge != nullptr && in.edge_queue_depth > 0) {
+    const TierLatency* l = latency(edge->name);
+    const double per_token = l ? l->ms_per_token() : edge->prior_ms_per_token;
+    s.edge_ttft_ms += in.edge_queue_depth * (s.edge_ttft_ms + per_token * s.expected_output_tokens);
+  }
   predict(cloud, s.cloud_ttft_ms, s.cloud_cost_usd);
   if (edge != nullptr) {
     s.edge_context = edge->context_length;
@@ -503,6 +509,15 @@ Decision Router::decide(const RouteInput& in) const {
                     " ms exceeds the budget; the edge fits it";
     decided = true;
   }
+  if (!decided && cloud_ok && s.latency_budget_ms && s.edge_ttft_ms > *s.latency_budget_ms &&
+      s.cloud_ttft_ms <= *s.latency_budget_ms) {
+    d.rules_fired.push_back("latency-budget");
+    chosen = make_plan(PlanKind::kCloud);
+    chosen.reason = "edge TTFT ~" + std::to_string(static_cast<int>(s.edge_ttft_ms)) + " ms (" +
+                    std::to_string(s.edge_queue_depth) +
+                    " requests ahead) exceeds the budget; the cloud fits it";
+    decided = true;
+  }
 
   // --- policy among the plans the rules allow
   for (PlanKind k :
@@ -616,6 +631,7 @@ void to_json(nlohmann::json& out, const Decision& d) {
       {"fits_edge_context", s.fits_edge_context},
       {"memory_pressure", s.memory_pressure},
       {"edge_available", s.edge_available},
+      {"edge_queue_depth", s.edge_queue_depth},
       {"cloud_available", s.cloud_available},
       {"edge_ttft_ms", s.edge_ttft_ms},
       {"cloud_ttft_ms", s.cloud_ttft_ms},

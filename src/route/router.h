@@ -118,6 +118,9 @@ struct RouteInput {
   // Device state sampled by the caller.
   int32_t memory_pressure = 0;  // 0 none, 1 some, 2 high, 3 critical
   bool edge_available = true;   // edge loaded and not out of slots
+  // Requests running or queued on the edge engine (it serves one at a time):
+  // each adds one expected generation to the edge's time to first token.
+  int32_t edge_queue_depth = 0;
   bool cloud_available = true;  // breaker closed or half-open
 };
 
@@ -158,6 +161,7 @@ struct Signals {
   int32_t edge_context = 0;
   bool fits_edge_context = true;
   int32_t memory_pressure = 0;
+  int32_t edge_queue_depth = 0;
   bool edge_available = true;
   bool cloud_available = true;
   double edge_ttft_ms = 0.0, cloud_ttft_ms = 0.0;

@@ -294,6 +294,7 @@ Result<route::Decision> HybridRouter::decide(const ApiRequest& api, const RouteH
       probe.messages = api.backend.messages;
       probe.prompt = api.backend.prompt;
       if (auto n = b->count_prompt_tokens(probe)) in.prompt_tokens = *n;
+      in.edge_queue_depth = b->queued_requests();
     }
   }
   route::Decision d = router_->decide(in);
