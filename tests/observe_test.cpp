@@ -431,14 +431,11 @@ TEST(ReportTest, ParsesDurations) {
   }
 }
 
-// Runs `switchyard ARGS...` to the end, output included: Process::wait() can
-// return before the reader threads have drained the pipes, while
-// wait_for_line() for a line that never comes returns once both are closed.
+// Runs `switchyard ARGS...` to the end, output included.
 std::unique_ptr<sy::testing::Process> run_to_end(std::vector<std::string> args, int& status) {
   args.insert(args.begin(), sy::testing::switchyard_binary());
   auto process = sy::testing::Process::start(args);
   status = process->wait(30s).value_or(-1);
-  EXPECT_FALSE(process->wait_for_line("\x01 never printed", 30s).has_value());
   return process;
 }
 

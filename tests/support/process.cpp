@@ -139,6 +139,11 @@ std::optional<int> Process::wait(std::chrono::milliseconds timeout) {
     const pid_t r = waitpid(pid_, &status, WNOHANG);
     if (r == pid_) {
       exit_status_ = decode_status(status);
+      // The readers may still hold the child's last output; callers read
+      // stdout_text()/stderr_text() right after wait() and must see all of it.
+      // Bounded, since a grandchild could keep the pipes open.
+      std::unique_lock lock(mu_);
+      cv_.wait_for(lock, std::chrono::seconds(5), [&] { return open_streams_ == 0; });
       return exit_status_;
     }
     if (r < 0 && errno != EINTR) return std::nullopt;
