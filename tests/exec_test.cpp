@@ -136,6 +136,26 @@ TEST_F(ExecTest, StreamingEscalationSendsOnlyTheCloudAnswer) {
   EXPECT_EQ(streamed, r->completion.text);
 }
 
+TEST_F(ExecTest, CloudDyingMidStreamAfterEscalationIsAnErrorNotASplicedAnswer) {
+  server_.set_mode(FaultMode::kDieMidStream);
+  server_.set_die_after_chunks(2);
+  server_.set_reply("CLOUDTEXT one two three four five six");
+  auto p = plan(route::PlanKind::kCascade, true);
+  p.cascade.min_mean_logprob = -0.5;
+  p.cascade.hold_back_tokens = 4;
+  std::string streamed;
+  auto r = executor_->run(p, request("zq xv kj wp", 3.0f), [&](const backend::Delta& d) {
+    streamed += d.text;
+    return true;
+  });
+  ASSERT_FALSE(r.ok()) << "served: " << r->completion.text;
+  // The client saw a part of the cloud's answer and nothing of the edge's after it.
+  const std::string reply = "CLOUDTEXT one two three four five six";
+  ASSERT_FALSE(streamed.empty());
+  EXPECT_EQ(reply.rfind(streamed, 0), 0u) << streamed;
+  EXPECT_LT(streamed.size(), reply.size());
+}
+
 TEST_F(ExecTest, BothDegradedServesTheEdgeAnswerFlagged) {
   server_.set_mode(FaultMode::kStatus500);
   auto p = plan(route::PlanKind::kCascade, true);

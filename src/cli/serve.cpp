@@ -58,8 +58,7 @@ void reload(serve::Gateway& gateway, const ServeOptions& o, const CLI::App& cmd)
     std::fprintf(stderr, "SIGHUP: serving from command-line flags, no --config file to reload\n");
     return;
   }
-  auto config = read_config(o, cmd);
-  Status status = config.ok() ? gateway.reload(std::move(config).value()) : Status(config.error());
+  Status status = gateway.reload(read_config(o, cmd));
   if (status.ok()) {
     std::fprintf(stderr, "SIGHUP: config reloaded from %s\n", o.config_file.c_str());
   } else {

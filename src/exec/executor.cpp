@@ -318,13 +318,21 @@ Result<ExecutionResult> Executor::run_cascade(const route::Plan& plan,
 
   out.escalated = true;
   out.trace.push_back("cascade: escalate (" + reason + ")");
-  auto cloud = call(plan.cloud_tier, plan.cloud_allowed, request, on_delta, out);
+  bool cloud_streamed = false;
+  const backend::DeltaSink cloud_sink = on_delta ? backend::DeltaSink([&](const backend::Delta& d) {
+    cloud_streamed = true;
+    return on_delta(d);
+  })
+                                                 : backend::DeltaSink();
+  auto cloud = call(plan.cloud_tier, plan.cloud_allowed, request, cloud_sink, out);
   if (cloud.ok()) {
     out.completion = std::move(cloud).value();
     out.tier = plan.cloud_tier;
     return out;
   }
-  if (!edge.ok()) return cloud.error();
+  // Part of the cloud's answer already reached the client: appending the
+  // edge's would hand it a corrupt answer that looks whole.
+  if (!edge.ok() || cloud_streamed) return cloud.error();
   // Both tiers degraded: serve what the edge produced, flagged, with its confidence.
   backend::Completion answer = std::move(edge).value();
   if (escalate_early) {

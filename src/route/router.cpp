@@ -456,6 +456,9 @@ Decision Router::decide(const RouteInput& in) const {
         chosen.cloud_allowed = false;
       } else {
         chosen.cloud_tier = f->name;
+        // The data class allows it (checked above); an open breaker or a cost
+        // ceiling does not veto a tier the client named: its own error will.
+        chosen.cloud_allowed = true;
       }
       chosen.forced = true;
       chosen.edge_fallback_allowed = false;

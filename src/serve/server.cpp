@@ -1089,13 +1089,17 @@ Status Gateway::load_tiers(const BackendFactory& factory) {
   return impl_->load_tiers(factory);
 }
 
-Status Gateway::reload(GatewayConfig config, const BackendFactory& factory) {
+Status Gateway::reload(Result<GatewayConfig> config, const BackendFactory& factory) {
+  if (!config.ok()) {
+    impl_->reloads_failed->add();
+    return config.error();
+  }
   if (!ready()) {
     return make_error(ErrorKind::kUnavailable,
                       "the gateway is still loading its first configuration; reload after it is "
                       "ready");
   }
-  return impl_->reload(std::move(config), factory);
+  return impl_->reload(std::move(config).value(), factory);
 }
 
 void Gateway::begin_drain() {

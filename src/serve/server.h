@@ -34,7 +34,10 @@ class Gateway {
   // them in only when all of it succeeded; on error the old configuration
   // stays in force. Requests already running finish on the old one.
   // server.host, port, max_body_bytes and worker_threads need a restart.
-  Status reload(GatewayConfig config, const BackendFactory& factory = backend::create_backend);
+  // A config that could not be read or validated is passed as its error, so
+  // that it is counted (switchyard_config_reloads_total{outcome="failed"}).
+  Status reload(Result<GatewayConfig> config,
+                const BackendFactory& factory = backend::create_backend);
   // Graceful shutdown, first step: new requests get 503 "shutting_down" (and
   // /readyz 503) while those already running go on; stop() once
   // active_requests() is 0 or the grace period is over.
