@@ -51,6 +51,11 @@ std::string escalation_reason(const Confidence& c, const route::CascadeSettings&
 // Similarity of two answers in [0, 1]: Jaccard overlap of lower-cased word sets.
 double answer_similarity(std::string_view a, std::string_view b);
 
+// The router's view of a configured tier: placement and the data it is
+// cleared for, prices, and latency/quality priors until traffic is measured.
+// The gateway and the simulator both build their routers from it.
+route::TierProfile tier_profile(const backend::TierConfig& tier, int32_t context_length);
+
 class Executor {
  public:
   Executor(std::map<std::string, std::shared_ptr<backend::Backend>> tiers,

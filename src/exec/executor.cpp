@@ -80,6 +80,21 @@ std::shared_ptr<backend::Backend> Executor::backend(const std::string& tier) con
   return it == tiers_.end() ? nullptr : it->second.backend;
 }
 
+route::TierProfile tier_profile(const backend::TierConfig& tier, int32_t context_length) {
+  route::TierProfile p;
+  p.name = tier.name;
+  p.on_device = tier.placement == backend::Placement::kDevice;
+  p.max_data_class = p.on_device ? route::DataClass::kDeviceOnly : route::DataClass::kPreferLocal;
+  p.price_input_per_mtok = tier.price_input_per_mtok;
+  p.price_output_per_mtok = tier.price_output_per_mtok;
+  p.context_length = context_length;
+  // A local model answers fast, a cloud round trip does not.
+  p.prior_ttft_ms = p.on_device ? 50.0 : 400.0;
+  p.prior_ms_per_token = p.on_device ? 20.0 : 15.0;
+  p.quality = p.on_device ? 0.7 : 0.95;
+  return p;
+}
+
 Result<backend::Completion> Executor::call(const std::string& name, bool cloud_allowed,
                                            const backend::BackendRequest& request,
                                            const backend::DeltaSink& on_delta, ExecutionResult& out,

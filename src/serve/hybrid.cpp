@@ -40,19 +40,9 @@ Result<std::unique_ptr<HybridRouter>> HybridRouter::create(
   h->metrics_ = &metrics;
   std::vector<route::TierProfile> profiles;
   for (const auto& t : tiers) {
-    route::TierProfile p;
-    p.name = t.name;
-    p.on_device = t.placement == backend::Placement::kDevice;
-    p.max_data_class = p.on_device ? route::DataClass::kDeviceOnly : route::DataClass::kPreferLocal;
-    p.price_input_per_mtok = t.price_input_per_mtok;
-    p.price_output_per_mtok = t.price_output_per_mtok;
     auto it = backends.find(t.name);
-    if (it != backends.end()) p.context_length = it->second->info().context_length;
-    // Priors until traffic is measured: a local model answers fast, a cloud round trip does not.
-    p.prior_ttft_ms = p.on_device ? 50.0 : 400.0;
-    p.prior_ms_per_token = p.on_device ? 20.0 : 15.0;
-    p.quality = p.on_device ? 0.7 : 0.95;
-    profiles.push_back(std::move(p));
+    profiles.push_back(
+        exec::tier_profile(t, it != backends.end() ? it->second->info().context_length : 0));
   }
   auto router = route::Router::create(settings.routing, std::move(profiles));
   if (!router.ok()) return router.error();
