@@ -17,6 +17,7 @@
 #include "cli/commands.h"
 #include "route/complexity.h"
 #include "route/router_training.h"
+#include "sim/sim.h"
 
 namespace sy::cli {
 namespace {
@@ -208,109 +209,40 @@ struct EvalFlags {
   int random_trials = 200;
 };
 
-std::string xml_escape(std::string_view s) {
-  std::string out;
-  for (char c : s) {
-    switch (c) {
-      case '&':
-        out += "&amp;";
-        break;
-      case '<':
-        out += "&lt;";
-        break;
-      case '>':
-        out += "&gt;";
-        break;
-      case '"':
-        out += "&quot;";
-        break;
-      default:
-        out += c;
-    }
-  }
-  return out;
-}
-
-// Quality against cloud share: the router, the random diagonal, the oracle.
+// Quality against cloud share: the router, the random diagonal, the oracle,
+// and the edge-only and cloud-only levels.
 std::string render_svg(const RoutingMetrics& m, const RoutingMetrics& oracle,
                        const std::string& title) {
-  constexpr double kW = 720, kH = 480, kL = 70, kR = 20, kT = 40, kB = 60;
-  double lo = std::min(m.edge_quality, m.cloud_quality),
-         hi = std::max(m.edge_quality, m.cloud_quality);
-  for (const auto* c : {&m.curve, &oracle.curve}) {
-    for (const auto& p : *c) {
-      lo = std::min(lo, p.quality);
-      hi = std::max(hi, p.quality);
-    }
-  }
-  const double pad = 0.05 * std::max(hi - lo, 1e-9);
-  lo -= pad;
-  hi += pad;
-  auto X = [&](double share) { return kL + share * (kW - kL - kR); };
-  auto Y = [&](double q) { return kH - kB - (q - lo) / (hi - lo) * (kH - kT - kB); };
-  std::ostringstream s;
-  s.setf(std::ios::fixed);
-  s.precision(1);
-  s << "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"" << kW << "\" height=\"" << kH
-    << "\" viewBox=\"0 0 " << kW << " " << kH << "\" font-family=\"sans-serif\" font-size=\"12\">\n"
-    << "<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n"
-    << "<text x=\"" << kW / 2 << "\" y=\"22\" text-anchor=\"middle\" font-size=\"14\">"
-    << xml_escape(title) << "</text>\n";
-  for (int i = 0; i <= 10; ++i) {
-    const double share = i / 10.0;
-    s << "<line x1=\"" << X(share) << "\" y1=\"" << kT << "\" x2=\"" << X(share) << "\" y2=\""
-      << kH - kB << "\" stroke=\"#eee\"/>\n"
-      << "<text x=\"" << X(share) << "\" y=\"" << kH - kB + 16 << "\" text-anchor=\"middle\">"
-      << i * 10 << "%</text>\n";
-    const double q = lo + (hi - lo) * i / 10.0;
-    s << "<line x1=\"" << kL << "\" y1=\"" << Y(q) << "\" x2=\"" << kW - kR << "\" y2=\"" << Y(q)
-      << "\" stroke=\"#eee\"/>\n";
-    s.precision(3);
-    s << "<text x=\"" << kL - 6 << "\" y=\"" << Y(q) + 4 << "\" text-anchor=\"end\">" << q
-      << "</text>\n";
-    s.precision(1);
-  }
-  s << "<rect x=\"" << kL << "\" y=\"" << kT << "\" width=\"" << kW - kL - kR << "\" height=\""
-    << kH - kT - kB << "\" fill=\"none\" stroke=\"#333\"/>\n"
-    << "<text x=\"" << (kL + kW - kR) / 2 << "\" y=\"" << kH - 18
-    << "\" text-anchor=\"middle\">cloud (strong model) share of prompts</text>\n"
-    << "<text transform=\"translate(18," << (kT + kH - kB) / 2
-    << ") rotate(-90)\" text-anchor=\"middle\">quality</text>\n";
-  auto hline = [&](double q, const char* color, const char* label) {
-    s << "<line x1=\"" << kL << "\" y1=\"" << Y(q) << "\" x2=\"" << kW - kR << "\" y2=\"" << Y(q)
-      << "\" stroke=\"" << color << "\" stroke-dasharray=\"2,3\"/>\n"
-      << "<text x=\"" << kW - kR - 4 << "\" y=\"" << Y(q) - 4 << "\" text-anchor=\"end\" fill=\""
-      << color << "\">" << label << "</text>\n";
+  sim::svg::LineChart chart;
+  chart.title = title;
+  chart.x_label = "cloud (strong model) share of prompts";
+  chart.y_label = "quality";
+  chart.x_range = std::pair{0.0, 1.0};
+  auto curve = [](const std::vector<route::CurvePoint>& c) {
+    std::vector<std::pair<double, double>> points;
+    points.reserve(c.size());
+    for (const auto& p : c) points.emplace_back(p.cloud_share, p.quality);
+    return points;
   };
-  hline(m.edge_quality, "#888", "edge only");
-  hline(m.cloud_quality, "#c33", "cloud only");
-  s << "<line x1=\"" << X(0) << "\" y1=\"" << Y(m.edge_quality) << "\" x2=\"" << X(1) << "\" y2=\""
-    << Y(m.cloud_quality) << "\" stroke=\"#888\" stroke-dasharray=\"6,4\"/>\n";
-  auto polyline = [&](const std::vector<route::CurvePoint>& c, const char* color, double width) {
-    s << "<polyline fill=\"none\" stroke=\"" << color << "\" stroke-width=\"" << width
-      << "\" points=\"";
-    s.precision(2);
-    for (const auto& p : c) s << X(p.cloud_share) << "," << Y(p.quality) << " ";
-    s.precision(1);
-    s << "\"/>\n";
+  auto level = [](double q) { return std::vector<std::pair<double, double>>{{0.0, q}, {1.0, q}}; };
+  auto add = [&](std::string name, const char* color, std::vector<std::pair<double, double>> points,
+                 bool dashed) {
+    sim::svg::Series series;
+    series.name = std::move(name);
+    series.color = color;
+    series.points = std::move(points);
+    series.dashed = dashed;
+    chart.series.push_back(std::move(series));
   };
-  polyline(oracle.curve, "#2a2", 1.0);
-  polyline(m.curve, "#1f5fbf", 2.0);
-  char legend[160];
-  std::snprintf(legend, sizeof legend, "complexity router (APGR %.3f)", m.apgr);
-  const double lx = kL + 12, ly = kT + 16;
-  s << "<line x1=\"" << lx << "\" y1=\"" << ly - 4 << "\" x2=\"" << lx + 24 << "\" y2=\"" << ly - 4
-    << "\" stroke=\"#1f5fbf\" stroke-width=\"2\"/><text x=\"" << lx + 30 << "\" y=\"" << ly << "\">"
-    << legend << "</text>\n";
-  s << "<line x1=\"" << lx << "\" y1=\"" << ly + 14 << "\" x2=\"" << lx + 24 << "\" y2=\""
-    << ly + 14 << "\" stroke=\"#888\" stroke-dasharray=\"6,4\"/><text x=\"" << lx + 30 << "\" y=\""
-    << ly + 18 << "\">random router (APGR 0.5)</text>\n";
-  std::snprintf(legend, sizeof legend, "oracle (APGR %.3f)", oracle.apgr);
-  s << "<line x1=\"" << lx << "\" y1=\"" << ly + 32 << "\" x2=\"" << lx + 24 << "\" y2=\""
-    << ly + 32 << "\" stroke=\"#2a2\"/><text x=\"" << lx + 30 << "\" y=\"" << ly + 36 << "\">"
-    << legend << "</text>\n";
-  s << "</svg>\n";
-  return s.str();
+  char name[96];
+  std::snprintf(name, sizeof name, "complexity router (APGR %.3f)", m.apgr);
+  add(name, "#1f5fbf", curve(m.curve), false);
+  add("random router (APGR 0.5)", "#888888", {{0.0, m.edge_quality}, {1.0, m.cloud_quality}}, true);
+  std::snprintf(name, sizeof name, "oracle (APGR %.3f)", oracle.apgr);
+  add(name, "#22aa22", curve(oracle.curve), false);
+  add("edge only", "#aaaaaa", level(m.edge_quality), true);
+  add("cloud only", "#cc3333", level(m.cloud_quality), true);
+  return sim::svg::render(chart);
 }
 
 // The curve point a threshold-sweep table shows for a target share: the first

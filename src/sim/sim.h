@@ -24,6 +24,7 @@
 #include "observe/report.h"
 #include "route/router.h"
 #include "serve/config.h"
+#include "sim/svg.h"  // the charts, shared with `router eval`
 
 namespace sy::sim {
 
