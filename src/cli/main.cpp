@@ -15,12 +15,18 @@ int main(int argc, char** argv) {
       "  switchyard run -m stories260K -p \"Once upon a time\"\n"
       "  switchyard serve -m stories260K --port 8080\n"
       "  switchyard serve --config examples/gateway.yaml\n"
+      "  switchyard quantize stories260K stories260K-q8.gguf --type Q8_0\n"
       "Models are found by path or by name in SWITCHYARD_MODEL_PATH\n"
       "(colon-separated folders; default models:../shared/data/models).");
   sy::cli::add_run_command(app);
   sy::cli::add_serve_command(app);
   sy::cli::add_router_command(app);
   sy::cli::add_report_command(app);
+  sy::cli::add_quantize_command(app);
+  sy::cli::add_prune_command(app);
+  sy::cli::add_eval_command(app);
+  sy::cli::add_simulate_command(app);
+  sy::cli::add_advise_command(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

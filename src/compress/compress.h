@@ -4,3 +4,8 @@
 #pragma once
 
 #include "compress/divergence.h"
+#include "compress/evaluate.h"
+#include "compress/layer_trace.h"
+#include "compress/mixed_precision.h"
+#include "compress/prune.h"
+#include "compress/quantize.h"

@@ -28,7 +28,9 @@ Result<TokenDistributions> next_token_log_probs(std::shared_ptr<const engine::Mo
       tokens.size(), static_cast<size_t>(std::max(1, model->config().context_length)));
   engine::ContextOptions options;
   options.context_length = static_cast<int32_t>(n);
-  options.kv_memory_budget = std::max<uint64_t>(model->kv_bytes_per_token() * n, 1);
+  // InferenceContext::create refuses budgets under 16 tokens; the context
+  // length above still limits the cache to n.
+  options.kv_memory_budget = model->kv_bytes_per_token() * std::max<size_t>(n, 16);
   SY_ASSIGN_OR_RETURN(auto context, engine::InferenceContext::create(model, options));
 
   TokenDistributions out;

@@ -369,6 +369,8 @@ void InferenceContext::forward_batch(const TokenId* tokens, int32_t n, ThreadPoo
     const LayerWeights& l = m.layers()[static_cast<size_t>(li)];
     float* key_layer = key_cache_.data() + static_cast<size_t>(li) * context_length_ * kv_dim;
     float* value_layer = value_cache_.data() + static_cast<size_t>(li) * context_length_ * kv_dim;
+    const size_t stream = static_cast<size_t>(n) * static_cast<size_t>(d);
+    if (observer_ != nullptr) observed_input_.assign(x_.begin(), x_.begin() + stream);
 
     for (int32_t t = 0; t < n; ++t) {
       rmsnorm(x_.data() + t * d, l.attn_norm, xn_.data() + t * d, d, c.rms_norm_epsilon);
@@ -430,8 +432,14 @@ void InferenceContext::forward_batch(const TokenId* tokens, int32_t n, ThreadPoo
     matmul(l.w_gate, xn_.data(), n, gate_.data(), scratch, pool);
     matmul(l.w_up, xn_.data(), n, up_.data(), scratch, pool);
     silu_mul(gate_.data(), up_.data(), static_cast<int64_t>(n) * ff);
+    if (observer_ != nullptr) {
+      observer_->on_ffn_activation(li, {gate_.data(), static_cast<size_t>(n * ff)}, n);
+    }
     matmul(l.w_down, gate_.data(), n, xn_.data(), scratch, pool);
     add_f32(x_.data(), xn_.data(), static_cast<int64_t>(n) * d);
+    if (observer_ != nullptr) {
+      observer_->on_block(li, observed_input_, {x_.data(), stream}, n);
+    }
   }
 
   const float* last = x_.data() + static_cast<int64_t>(n - 1) * d;

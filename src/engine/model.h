@@ -95,6 +95,19 @@ struct ContextOptions {
   int32_t max_batch = 64;                    // tokens per forward step when processing a prompt
 };
 
+// Looks inside the forward pass, for calibration and pruning: while set on a
+// context, evaluate() calls it for every batch of tokens and every layer.
+// Spans hold the batch's n tokens row-major and are valid only during the call.
+class ForwardObserver {
+ public:
+  virtual ~ForwardObserver() = default;
+  // The residual stream before and after layer `layer` (n x embedding_length).
+  virtual void on_block(int32_t layer, std::span<const float> input, std::span<const float> output,
+                        int32_t n) = 0;
+  // silu(gate) * up inside layer `layer`'s FFN (n x feed_forward_length).
+  virtual void on_ffn_activation(int32_t layer, std::span<const float> activation, int32_t n) = 0;
+};
+
 // One sequence being generated: KV cache plus scratch buffers, all allocated
 // at creation so that decoding allocates nothing per token. Not thread-safe;
 // use one per concurrent request.
@@ -116,6 +129,8 @@ class InferenceContext {
   // Tokens currently in the cache, for prefix matching.
   const std::vector<TokenId>& cached_tokens() const { return cached_tokens_; }
   const Model& model() const { return *model_; }
+  // nullptr (the default) turns observation off; the observer must outlive its use.
+  void set_observer(ForwardObserver* observer) { observer_ = observer; }
 
  private:
   InferenceContext() = default;
@@ -132,6 +147,8 @@ class InferenceContext {
   std::vector<float> x_, xn_, q_, k_, v_, attn_out_, gate_, up_, scores_, logits_;
   std::vector<float> rope_inv_freq_;
   std::vector<uint8_t> quant_scratch_;
+  ForwardObserver* observer_ = nullptr;
+  std::vector<float> observed_input_;  // the residual stream entering a layer, when observed
 };
 
 }  // namespace sy::engine

@@ -1,0 +1,324 @@
+#include "compress/prune.h"
+
+#include <algorithm>
+#include <charconv>
+#include <cmath>
+#include <numeric>
+#include <set>
+#include <string_view>
+
+#include "compress/layer_trace.h"
+
+namespace sy::compress {
+namespace {
+
+using engine::GgufTensorInfo;
+using engine::TensorType;
+
+Error invalid(const std::string& message) {
+  return make_error(ErrorKind::kInvalidArgument, message);
+}
+
+// Splits "blk.12.ffn_up.weight" into 12 and "ffn_up.weight".
+std::optional<std::pair<int32_t, std::string_view>> split_layer_tensor_name(std::string_view name) {
+  constexpr std::string_view kPrefix = "blk.";
+  if (!name.starts_with(kPrefix)) return std::nullopt;
+  const char* begin = name.data() + kPrefix.size();
+  const char* end = name.data() + name.size();
+  int32_t index = 0;
+  auto [rest, ec] = std::from_chars(begin, end, index);
+  if (ec != std::errc() || rest == begin || rest == end || *rest != '.') return std::nullopt;
+  return std::make_pair(index, std::string_view(rest + 1, end));
+}
+
+// The same value with a new number, keeping the key's stored integer type.
+engine::GgufValue with_integer(const engine::GgufValue& original, int64_t value) {
+  engine::GgufValue v = original;
+  if (std::holds_alternative<uint64_t>(v.data)) {
+    v.data = static_cast<uint64_t>(value);
+  } else {
+    v.data = value;
+  }
+  return v;
+}
+
+Result<std::vector<int32_t>> choose_removed_layers(const PruneOptions& options,
+                                                   const std::vector<double>& influence,
+                                                   int32_t layer_count) {
+  if (!options.remove_layers.empty()) {
+    std::set<int32_t> unique;
+    for (int32_t index : options.remove_layers) {
+      if (index < 0 || index >= layer_count) {
+        return invalid("layer " + std::to_string(index) + " does not exist: the model has " +
+                       std::to_string(layer_count) + " layers, numbered 0 to " +
+                       std::to_string(layer_count - 1));
+      }
+      if (!unique.insert(index).second) {
+        return invalid("layer " + std::to_string(index) +
+                       " is named twice in the layers to remove");
+      }
+    }
+    if (static_cast<int32_t>(unique.size()) >= layer_count) {
+      return invalid("removing all " + std::to_string(layer_count) +
+                     " layers leaves no model; keep at least one");
+    }
+    return std::vector<int32_t>(unique.begin(), unique.end());
+  }
+  if (options.remove_layer_count == 0) return std::vector<int32_t>{};
+  std::vector<int32_t> order(static_cast<size_t>(layer_count));
+  std::iota(order.begin(), order.end(), 0);
+  std::stable_sort(order.begin(), order.end(), [&](int32_t a, int32_t b) {
+    return influence[static_cast<size_t>(a)] < influence[static_cast<size_t>(b)];
+  });
+  order.resize(static_cast<size_t>(options.remove_layer_count));
+  std::sort(order.begin(), order.end());
+  return order;
+}
+
+// Dequantizes a whole weight matrix to rows x cols floats.
+std::vector<float> dequantize_matrix(const engine::WeightMatrix& w) {
+  std::vector<float> out(static_cast<size_t>(w.rows * w.cols));
+  const auto* bytes = static_cast<const uint8_t*>(w.data);
+  for (int64_t r = 0; r < w.rows; ++r) {
+    engine::dequantize_row(w.type, bytes + r * w.row_bytes, &out[r * w.cols], w.cols);
+  }
+  return out;
+}
+
+// The `keep` channels of one layer with the highest mean |activation| x
+// ||ffn_down column||, in ascending index order.
+std::vector<int32_t> rank_ffn_channels(const engine::LayerWeights& layer,
+                                       const std::vector<double>& mean_abs_activation,
+                                       int32_t keep) {
+  const engine::WeightMatrix& down = layer.w_down;
+  const std::vector<float> weights = dequantize_matrix(down);
+  std::vector<double> column_norm(static_cast<size_t>(down.cols), 0.0);
+  for (int64_t r = 0; r < down.rows; ++r) {
+    for (int64_t c = 0; c < down.cols; ++c) {
+      const double w = weights[r * down.cols + c];
+      column_norm[c] += w * w;
+    }
+  }
+  std::vector<double> score(column_norm.size());
+  for (size_t c = 0; c < score.size(); ++c) {
+    score[c] = mean_abs_activation[c] * std::sqrt(column_norm[c]);
+  }
+  std::vector<int32_t> order(score.size());
+  std::iota(order.begin(), order.end(), 0);
+  std::stable_sort(order.begin(), order.end(), [&](int32_t a, int32_t b) {
+    return score[static_cast<size_t>(a)] > score[static_cast<size_t>(b)];
+  });
+  order.resize(static_cast<size_t>(keep));
+  std::sort(order.begin(), order.end());
+  return order;
+}
+
+// Rows `kept` of a [cols, rows] tensor, byte for byte (any type: rows are whole blocks).
+std::vector<uint8_t> select_rows(const GgufTensorInfo& t, const std::vector<int32_t>& kept) {
+  const auto traits = engine::tensor_type_traits(t.type);
+  const size_t row_bytes = engine::tensor_row_bytes(*traits, t.dims[0]);
+  std::vector<uint8_t> out(row_bytes * kept.size());
+  for (size_t i = 0; i < kept.size(); ++i) {
+    std::copy_n(t.data + static_cast<size_t>(kept[i]) * row_bytes, row_bytes,
+                out.data() + i * row_bytes);
+  }
+  return out;
+}
+
+// Columns `kept` of every row of a [cols, rows] tensor, re-encoded in its own type.
+Result<std::vector<uint8_t>> select_columns(const GgufTensorInfo& t,
+                                            const std::vector<int32_t>& kept) {
+  const auto type = static_cast<TensorType>(t.type);
+  const auto traits = engine::tensor_type_traits(t.type);
+  const int64_t cols = static_cast<int64_t>(t.dims[0]);
+  const int64_t rows = static_cast<int64_t>(t.dims[1]);
+  const size_t in_row_bytes = engine::tensor_row_bytes(*traits, t.dims[0]);
+  const size_t out_row_bytes = engine::tensor_row_bytes(*traits, kept.size());
+  std::vector<float> row(static_cast<size_t>(cols));
+  std::vector<float> gathered(kept.size());
+  std::vector<uint8_t> out(out_row_bytes * static_cast<size_t>(rows));
+  auto unsupported = [&] {
+    return make_error(ErrorKind::kUnsupported,
+                      "tensor '" + t.name + "' has type " + engine::tensor_type_name(t.type) +
+                          ", which cannot be re-encoded after removing FFN channels; "
+                          "convert the model to F16 or Q8_0 first");
+  };
+  for (int64_t r = 0; r < rows; ++r) {
+    if (!engine::dequantize_row(type, t.data + r * in_row_bytes, row.data(), cols)) {
+      return unsupported();
+    }
+    std::transform(kept.begin(), kept.end(), gathered.begin(),
+                   [&](int32_t c) { return row[static_cast<size_t>(c)]; });
+    if (!engine::quantize_row(type, gathered.data(), out.data() + r * out_row_bytes,
+                              static_cast<int64_t>(kept.size()))) {
+      return unsupported();
+    }
+  }
+  return out;
+}
+
+}  // namespace
+
+Result<PrunedModel> prune_model(std::shared_ptr<const engine::Model> shared_model,
+                                const PruneOptions& options, engine::ThreadPool& pool) {
+  const engine::Model& model = *shared_model;
+  const engine::ModelConfig& c = model.config();
+  const engine::GgufFile& file = model.file();
+  const int32_t layer_count = c.layer_count;
+  const int32_t ff = c.feed_forward_length;
+
+  if (!options.remove_layers.empty() && options.remove_layer_count > 0) {
+    return invalid(
+        "give either layers to remove by index or a number of layers to remove, not both");
+  }
+  if (options.remove_layer_count < 0 || options.remove_layer_count >= layer_count) {
+    return invalid("cannot remove " + std::to_string(options.remove_layer_count) + " of " +
+                   std::to_string(layer_count) + " layers; remove between 0 and " +
+                   std::to_string(layer_count - 1));
+  }
+  if (options.remove_layers.empty() && options.remove_layer_count == 0 && options.ffn_keep == 1.0) {
+    return invalid(
+        "nothing to prune: name layers to remove, give a number of layers to remove, or a "
+        "share of FFN channels to keep below 1");
+  }
+  if (!(options.ffn_keep > 0.0 && options.ffn_keep <= 1.0)) {
+    return invalid("the share of FFN channels to keep must be in (0, 1], got " +
+                   std::to_string(options.ffn_keep));
+  }
+
+  PrunedModel result;
+  PruneReport& report = result.report;
+  report.architecture = c.architecture;
+  report.layers_before = layer_count;
+  report.feed_forward_before = ff;
+
+  const bool prune_ffn = options.ffn_keep < 1.0;
+  LayerStatistics stats;
+  if (options.remove_layer_count > 0 || prune_ffn) {
+    if (options.calibration_text.empty()) {
+      return invalid(
+          "ranking layers or FFN channels needs calibration text like the model's real "
+          "input; give one, or name the layers to remove by index");
+    }
+    const auto windows = tokenize_windows(model, options.calibration_text,
+                                          options.calibration_window, options.calibration_tokens);
+    SY_ASSIGN_OR_RETURN(stats, measure_layers(shared_model, windows, pool));
+    report.measured = true;
+    report.calibration_tokens = stats.tokens;
+  }
+
+  SY_ASSIGN_OR_RETURN(std::vector<int32_t> removed,
+                      choose_removed_layers(options, stats.block_influence, layer_count));
+  std::vector<int32_t> new_index(static_cast<size_t>(layer_count), -1);
+  for (int32_t li = 0, next = 0; li < layer_count; ++li) {
+    if (!std::binary_search(removed.begin(), removed.end(), li)) new_index[li] = next++;
+  }
+  report.layers_after = layer_count - static_cast<int32_t>(removed.size());
+
+  // Channels kept per layer; empty for removed layers or without FFN pruning.
+  std::vector<std::vector<int32_t>> kept_channels(static_cast<size_t>(layer_count));
+  int32_t keep = ff;
+  if (prune_ffn) {
+    keep = std::max(1, static_cast<int32_t>(std::lround(ff * options.ffn_keep)));
+    // The count is rounded to the nearest multiple of a granularity: ffn_down
+    // rows hold one element per channel and must stay whole quantization
+    // blocks, and the engine's float kernels take rows 16 elements at a time
+    // and finish any remainder one by one (on stories260K, 96 channels run
+    // faster than 86).
+    int32_t granularity = 16;
+    for (int32_t li = 0; li < layer_count; ++li) {
+      const auto traits = engine::tensor_type_traits(
+          static_cast<uint32_t>(model.layers()[static_cast<size_t>(li)].w_down.type));
+      granularity = std::lcm(granularity, static_cast<int32_t>(traits->block_size));
+    }
+    const int32_t nearest = (keep + granularity / 2) / granularity * granularity;
+    const int32_t rounded = std::min(ff, std::max(granularity, nearest));
+    if (rounded != keep) {
+      report.notes.push_back("FFN channels kept per layer rounded from " + std::to_string(keep) +
+                             " to " + std::to_string(rounded) + ", a multiple of " +
+                             std::to_string(granularity) +
+                             " (whole ffn_down quantization blocks and float kernel steps)");
+      keep = rounded;
+    }
+    if (keep == ff) {
+      report.notes.push_back("no FFN channels removed: the kept share rounds to all " +
+                             std::to_string(ff) + " channels; lower the share");
+    } else {
+      for (int32_t li = 0; li < layer_count; ++li) {
+        if (new_index[li] < 0) continue;
+        kept_channels[li] = rank_ffn_channels(model.layers()[static_cast<size_t>(li)],
+                                              stats.ffn_mean_abs_activation[li], keep);
+      }
+    }
+  }
+  report.feed_forward_after = keep;
+  for (int32_t li = 0; li < layer_count; ++li) {
+    PrunedLayer& layer = report.layers.emplace_back();
+    layer.original_index = li;
+    layer.new_index = new_index[li];
+    if (report.measured) layer.block_influence = stats.block_influence[li];
+    layer.ffn_channels = new_index[li] < 0 ? 0 : keep;
+  }
+
+  engine::GgufWriter& writer = result.writer;
+  const std::string block_count_key = c.architecture + ".block_count";
+  const std::string ffn_length_key = c.architecture + ".feed_forward_length";
+  for (const auto& [key, value] : file.metadata()) {
+    if (key == block_count_key) {
+      writer.set(key, with_integer(value, report.layers_after));
+    } else if (key == ffn_length_key) {
+      writer.set(key, with_integer(value, keep));
+    } else {
+      writer.set(key, value);
+    }
+  }
+
+  std::set<std::string> requantized_types;
+  for (const GgufTensorInfo& t : file.tensors()) {
+    report.tensor_bytes_before += t.byte_size;
+    std::string name = t.name;
+    std::vector<uint64_t> dims = t.dims;
+    std::vector<uint8_t> data;
+    const auto layer_part = split_layer_tensor_name(t.name);
+    if (layer_part && (layer_part->first < 0 || layer_part->first >= layer_count)) {
+      return make_error(ErrorKind::kCorrupt, "model '" + file.origin() + "': tensor '" + t.name +
+                                                 "' belongs to a layer the model does not have (" +
+                                                 std::to_string(layer_count) + " layers)");
+    }
+    if (layer_part) {
+      const auto [li, suffix] = *layer_part;
+      if (new_index[li] < 0) continue;
+      name = "blk." + std::to_string(new_index[li]) + "." + std::string(suffix);
+      const std::vector<int32_t>& kept = kept_channels[li];
+      if (!kept.empty()) {
+        if (suffix == "ffn_gate.weight" || suffix == "ffn_up.weight") {
+          data = select_rows(t, kept);
+          dims[1] = kept.size();
+        } else if (suffix == "ffn_down.weight") {
+          SY_ASSIGN_OR_RETURN(data, select_columns(t, kept));
+          dims[0] = kept.size();
+          if (engine::tensor_type_traits(t.type)->block_size > 1) {
+            requantized_types.insert(engine::tensor_type_name(t.type));
+          }
+        } else if (suffix.starts_with("ffn_") && suffix != "ffn_norm.weight") {
+          return make_error(ErrorKind::kUnsupported,
+                            "model '" + file.origin() + "': tensor '" + t.name +
+                                "' is an FFN tensor this pruner does not know how to cut; "
+                                "prune layers only (no FFN channel share)");
+        }
+      }
+    }
+    if (data.empty()) data.assign(t.data, t.data + t.byte_size);
+    report.tensor_bytes_after += data.size();
+    SY_TRY_STATUS(
+        writer.add_tensor(std::move(name), static_cast<TensorType>(t.type), std::move(dims), data));
+  }
+  for (const std::string& type : requantized_types) {
+    report.notes.push_back("ffn_down tensors of type " + type +
+                           " were dequantized, cut and re-quantized to " + type +
+                           " (one more rounding of those weights)");
+  }
+  return result;
+}
+
+}  // namespace sy::compress
