@@ -11,7 +11,6 @@
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <optional>
-#include <regex>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -259,17 +258,14 @@ Status apply_tensor_types(const engine::GgufFile& file, const std::vector<std::s
     }
     SY_ASSIGN_OR_RETURN(TensorType type,
                         parse_computable_type(item.substr(eq + 1), "--tensor-type"));
-    std::regex pattern;
-    try {
-      pattern = std::regex(item.substr(0, eq));
-    } catch (const std::regex_error& e) {
-      return invalid("--tensor-type '" + item + "': the pattern is not a regular expression (" +
-                     e.what() + ")");
+    auto pattern = compress::TextPattern::compile(item.substr(0, eq));
+    if (!pattern.ok()) {
+      return invalid("--tensor-type '" + item + "': " + pattern.error().message);
     }
     size_t matched = 0;
     for (size_t i = 0; i < choices.size(); ++i) {
       const auto& t = file.tensors()[i];
-      if (!compress::is_quantizable(t) || !std::regex_search(t.name, pattern)) continue;
+      if (!compress::is_quantizable(t) || !pattern->search(t.name)) continue;
       compress::FittedType fitted = compress::fit_type(type, t.dims[0]);
       choices[i].type = fitted.type;
       choices[i].note = std::move(fitted.note);

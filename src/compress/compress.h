@@ -9,3 +9,4 @@
 #include "compress/mixed_precision.h"
 #include "compress/prune.h"
 #include "compress/quantize.h"
+#include "compress/text_pattern.h"

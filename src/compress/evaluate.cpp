@@ -1,8 +1,5 @@
 #include "compress/evaluate.h"
 
-#define PCRE2_CODE_UNIT_WIDTH 8
-#include <pcre2.h>
-
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -10,6 +7,7 @@
 #include <nlohmann/json.hpp>
 
 #include "compress/layer_trace.h"
+#include "compress/text_pattern.h"
 
 namespace sy::compress {
 namespace {
@@ -17,38 +15,6 @@ namespace {
 using engine::Model;
 using engine::TokenId;
 using nlohmann::json;
-
-class CompiledRegex {
- public:
-  // On failure, the error says where in the pattern and why.
-  static Result<CompiledRegex> compile(const std::string& pattern) {
-    int error_code = 0;
-    PCRE2_SIZE error_offset = 0;
-    pcre2_code* code =
-        pcre2_compile(reinterpret_cast<PCRE2_SPTR>(pattern.data()), pattern.size(),
-                      PCRE2_UTF | PCRE2_MATCH_INVALID_UTF, &error_code, &error_offset, nullptr);
-    if (code == nullptr) {
-      PCRE2_UCHAR message[256];
-      pcre2_get_error_message(error_code, message, sizeof message);
-      return make_error(ErrorKind::kInvalidArgument, "regex /" + pattern +
-                                                         "/ is invalid at offset " +
-                                                         std::to_string(error_offset) + ": " +
-                                                         reinterpret_cast<const char*>(message));
-    }
-    return CompiledRegex(code);
-  }
-
-  bool search(std::string_view text) const {
-    std::unique_ptr<pcre2_match_data, decltype(&pcre2_match_data_free)> match(
-        pcre2_match_data_create_from_pattern(code_.get(), nullptr), &pcre2_match_data_free);
-    return pcre2_match(code_.get(), reinterpret_cast<PCRE2_SPTR>(text.data()), text.size(), 0, 0,
-                       match.get(), nullptr) >= 0;
-  }
-
- private:
-  explicit CompiledRegex(pcre2_code* code) : code_(code, &pcre2_code_free) {}
-  std::unique_ptr<pcre2_code, decltype(&pcre2_code_free)> code_;
-};
 
 std::string_view trim(std::string_view s) {
   const auto first = s.find_first_not_of(" \t\r\n");
@@ -112,7 +78,7 @@ Result<EvaluationTask> parse_task(const std::string& line, size_t line_number,
       return bad("\"checker\" must be an object with a \"regex\" string");
     }
     task.regex = checker["regex"].get<std::string>();
-    auto compiled = CompiledRegex::compile(task.regex);
+    auto compiled = TextPattern::compile(task.regex);
     if (!compiled.ok()) return bad(compiled.error().message);
   } else {
     task.kind = EvaluationTask::Kind::kChoices;
@@ -190,7 +156,7 @@ Result<TaskOutcome> run_generation_task(const EvaluationTask& task,
   }
   TaskOutcome outcome{task.line, false, generated->text};
   if (task.kind == EvaluationTask::Kind::kRegex) {
-    SY_ASSIGN_OR_RETURN(CompiledRegex regex, CompiledRegex::compile(task.regex));
+    SY_ASSIGN_OR_RETURN(TextPattern regex, TextPattern::compile(task.regex));
     outcome.correct = regex.search(outcome.output);
   } else if (task.exact_match) {
     outcome.correct = trim(outcome.output) == trim(task.expected);
