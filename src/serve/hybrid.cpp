@@ -94,6 +94,15 @@ Result<std::unique_ptr<HybridRouter>> HybridRouter::create(
       }
     }
   });
+  // Tiers kept across a config reload may still be adapted to a level this
+  // new monitor would never report as a change: tell them where it stands now.
+  const int level_now = h->memory_->sample_now().level;
+  h->memory_level_->set(level_now);
+  for (const auto& [name, b] : backends) {
+    if (std::string change = b->adapt_to_memory_pressure(level_now); !change.empty()) {
+      std::fprintf(stderr, "%s\n", change.c_str());
+    }
+  }
   h->memory_->start();
 
   h->versions_ = std::make_unique<observe::VersionRegistry>();
