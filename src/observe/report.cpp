@@ -58,17 +58,6 @@ double nearest_rank(const std::vector<double>& sorted, double pct) {
   return sorted[std::clamp<size_t>(rank, 1, sorted.size()) - 1];
 }
 
-LatencySummary summarize(std::vector<double>& values) {
-  LatencySummary s;
-  s.count = static_cast<int64_t>(values.size());
-  if (values.empty()) return s;
-  std::sort(values.begin(), values.end());
-  s.p50 = nearest_rank(values, 50);
-  s.p95 = nearest_rank(values, 95);
-  s.p99 = nearest_rank(values, 99);
-  return s;
-}
-
 std::string column_text(sqlite3_stmt* stmt, int index) {
   const auto* text = reinterpret_cast<const char*>(sqlite3_column_text(stmt, index));
   return text ? std::string(text) : std::string();
@@ -212,7 +201,8 @@ Result<Report> build_report(const std::string& db_path, const ReportOptions& opt
   for (auto& [name, acc] : by_class) report.data_classes.push_back({name, acc.finish()});
   for (auto& [name, acc] : by_tier) {
     report.tiers.push_back(TierReport{name, acc.placement, acc.requests, acc.cost,
-                                      summarize(acc.ttft), summarize(acc.total)});
+                                      summarize_latency(std::move(acc.ttft)),
+                                      summarize_latency(std::move(acc.total))});
   }
   return report;
 }
@@ -283,6 +273,17 @@ std::string format_report(const Report& report) {
                   pct(g.degradation_rate).c_str(), pct(g.error_rate).c_str());
   }
   return out;
+}
+
+LatencySummary summarize_latency(std::vector<double> values) {
+  LatencySummary s;
+  s.count = static_cast<int64_t>(values.size());
+  if (values.empty()) return s;
+  std::sort(values.begin(), values.end());
+  s.p50 = nearest_rank(values, 50);
+  s.p95 = nearest_rank(values, 95);
+  s.p99 = nearest_rank(values, 99);
+  return s;
 }
 
 }  // namespace sy::observe

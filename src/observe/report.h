@@ -21,6 +21,7 @@ struct LatencySummary {
   int64_t count = 0;  // rows with a value
   double p50 = 0.0, p95 = 0.0, p99 = 0.0;
 };
+LatencySummary summarize_latency(std::vector<double> values);
 
 struct TierReport {
   std::string tier;  // "(none)" for requests no tier answered

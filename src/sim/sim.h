@@ -149,9 +149,6 @@ struct PolicyReport {
   std::vector<RequestOutcome> outcomes;  // in trace order
 };
 
-// Nearest-rank percentiles, as observe's report computes them.
-observe::LatencySummary summarize_latency(std::vector<double> values);
-
 // The gateway's tiers as the router sees them; each tier's latency prior is
 // its model's TTFT at the trace's mean prompt length.
 std::vector<route::TierProfile> tier_profiles(const serve::GatewayConfig& config,

@@ -54,21 +54,6 @@ TierLatencyModel default_cloud_latency() {
   return TierLatencyModel{60.0, 300.0, 4000.0, 80.0, 0.35};
 }
 
-observe::LatencySummary summarize_latency(std::vector<double> values) {
-  observe::LatencySummary s;
-  s.count = static_cast<int64_t>(values.size());
-  if (values.empty()) return s;
-  std::sort(values.begin(), values.end());
-  auto rank = [&](double pct) {
-    const size_t k = static_cast<size_t>(std::ceil(pct / 100.0 * values.size()));
-    return values[std::clamp<size_t>(k, 1, values.size()) - 1];
-  };
-  s.p50 = rank(50);
-  s.p95 = rank(95);
-  s.p99 = rank(99);
-  return s;
-}
-
 std::vector<route::TierProfile> tier_profiles(const serve::GatewayConfig& config,
                                               const SimulationOptions& options,
                                               std::span<const TraceRecord> trace) {
@@ -289,10 +274,10 @@ PolicyReport Simulator::run(route::PolicyKind policy, std::optional<double> thre
     rep.quality = quality / static_cast<double>(rep.scored_requests);
     rep.cloud_only_quality = cloud_only_quality / static_cast<double>(rep.scored_requests);
   }
-  rep.ttft_ms = summarize_latency(std::move(all));
-  rep.edge_ttft_ms = summarize_latency(std::move(edge));
-  rep.cloud_ttft_ms = summarize_latency(std::move(cloud));
-  rep.escalated_ttft_ms = summarize_latency(std::move(escalated));
+  rep.ttft_ms = observe::summarize_latency(std::move(all));
+  rep.edge_ttft_ms = observe::summarize_latency(std::move(edge));
+  rep.cloud_ttft_ms = observe::summarize_latency(std::move(cloud));
+  rep.escalated_ttft_ms = observe::summarize_latency(std::move(escalated));
   return rep;
 }
 
