@@ -217,22 +217,17 @@ struct Deployment {
 };
 
 // Counts a request from its first byte to its last, so that a drain waits for
-// it; streams hand the count over to their completion callback.
+// it; a stream moves it into its completion callback.
 class ActiveRequest {
  public:
   explicit ActiveRequest(std::atomic<int32_t>& active) : active_(&active) {
     active_->fetch_add(1, std::memory_order_seq_cst);
   }
-  // Takes over a count that release() handed out.
-  struct Adopt {};
-  ActiveRequest(std::atomic<int32_t>* released, Adopt) : active_(released) {}
+  ActiveRequest(ActiveRequest&& other) noexcept : active_(std::exchange(other.active_, nullptr)) {}
+  ActiveRequest& operator=(ActiveRequest&&) = delete;
   ~ActiveRequest() {
     if (active_ != nullptr) active_->fetch_sub(1, std::memory_order_seq_cst);
   }
-  ActiveRequest(const ActiveRequest&) = delete;
-  ActiveRequest& operator=(const ActiveRequest&) = delete;
-  // The caller now owes the decrement.
-  std::atomic<int32_t>* release() { return std::exchange(active_, nullptr); }
 
  private:
   std::atomic<int32_t>* active_;
@@ -498,10 +493,9 @@ struct Gateway::Impl {
     return std::nullopt;
   }
 
-  void record(const Tier* tier, ApiKind kind, int status, Clock::time_point start,
-              const backend::Completion* completion, std::string_view id) {
-    auto dep = deployment();
-    const bool log = dep ? dep->config.server.log_requests : config.server.log_requests;
+  // `server`: the configuration the request ran under (it says whether to log).
+  void record(const ServerConfig& server, const Tier* tier, ApiKind kind, int status,
+              Clock::time_point start, const backend::Completion* completion, std::string_view id) {
     const double ms = ms_since(start);
     const char* endpoint = kind == ApiKind::kChat ? "chat" : "completions";
     if (tier != nullptr && status == 200) {
@@ -522,7 +516,7 @@ struct Gateway::Impl {
         }
       }
     }
-    if (log) {
+    if (server.log_requests) {
       std::fprintf(stderr, "req %.*s %s tier=%s status=%d %.1fms\n", static_cast<int>(id.size()),
                    id.data(), endpoint, tier ? tier->config.name.c_str() : "-", status, ms);
     }
@@ -538,15 +532,15 @@ struct Gateway::Impl {
     ActiveRequest active_request(active);
     std::string id = new_id();
     res.set_header("x-switchyard-decision-id", id);
-    if (draining.load()) {
-      res.set_header("Connection", "close");
-      send_error(res, shutting_down());
-      record(nullptr, kind, 503, start, nullptr, id);
-      return;
-    }
     // The configuration this request runs under, even if a reload happens meanwhile.
     std::shared_ptr<Deployment> dep = deployment();
     const ServerConfig& server = dep ? dep->config.server : config.server;
+    if (draining.load()) {
+      res.set_header("Connection", "close");
+      send_error(res, shutting_down());
+      record(server, nullptr, kind, 503, start, nullptr, id);
+      return;
+    }
 
     // Bodies without Content-Length (chunked) bypass httplib's own limit.
     const size_t limit = config.server.max_body_bytes;
@@ -567,22 +561,22 @@ struct Gateway::Impl {
       e.status = 413;
       res.set_header("Connection", "close");
       send_error(res, e);
-      record(nullptr, kind, 413, start, nullptr, id);
+      record(server, nullptr, kind, 413, start, nullptr, id);
       return;
     }
     if (!read_ok) {
       res.set_header("Connection", "close");
       send_error(res, invalid_request("The request body could not be read"));
-      record(nullptr, kind, 400, start, nullptr, id);
+      record(server, nullptr, kind, 400, start, nullptr, id);
       return;
     }
     if (!check_auth(server, req, res)) {
-      record(nullptr, kind, 401, start, nullptr, id);
+      record(server, nullptr, kind, 401, start, nullptr, id);
       return;
     }
     if (!dep) {
       send_error(res, not_ready());
-      record(nullptr, kind, 503, start, nullptr, id);
+      record(server, nullptr, kind, 503, start, nullptr, id);
       return;
     }
     HybridRouter* hybrid = dep->hybrid.get();
@@ -590,7 +584,7 @@ struct Gateway::Impl {
     ApiRequest api;
     if (auto e = parse_request(kind, body, api)) {
       send_error(res, *e);
-      record(nullptr, kind, e->status, start, nullptr, id);
+      record(server, nullptr, kind, e->status, start, nullptr, id);
       return;
     }
     RouteHints hints = route_hints(req, api);
@@ -601,7 +595,7 @@ struct Gateway::Impl {
       size_t index = 0;
       if (auto e = select_tier(*dep, req, api, index)) {
         send_error(res, *e);
-        record(nullptr, kind, e->status, start, nullptr, id);
+        record(server, nullptr, kind, e->status, start, nullptr, id);
         return;
       }
       hints.forced_tier = dep->tiers[index].config.name;
@@ -618,7 +612,7 @@ struct Gateway::Impl {
     auto decided = hybrid->decide(api, hints, route_error);
     if (!decided.ok() || decided->plan.kind == route::PlanKind::kReject) {
       send_error(res, route_error);
-      record(nullptr, kind, route_error.status, start, nullptr, id);
+      record(server, nullptr, kind, route_error.status, start, nullptr, id);
       if (decided.ok()) {
         hybrid->finish(
             api, hints, *decided,
@@ -646,7 +640,7 @@ struct Gateway::Impl {
                   " concurrent requests; retry shortly";
       e.retry_after_seconds = 1;
       send_error(res, e);
-      record(&tier, kind, 429, start, nullptr, id);
+      record(server, &tier, kind, 429, start, nullptr, id);
       return;
     }
 
@@ -658,7 +652,7 @@ struct Gateway::Impl {
 
     if (api.stream) {
       res.set_header("x-switchyard-tier", tier.config.name);
-      stream(dep, active_request.release(), kind, tier, std::move(api), std::move(hints),
+      stream(dep, std::move(active_request), kind, tier, std::move(api), std::move(hints),
              std::move(decision), std::move(id), start, res);
       return;
     }
@@ -672,7 +666,7 @@ struct Gateway::Impl {
       res.set_header("x-switchyard-model-version", std::string(or_unknown(info.model_version)));
       const ApiError e = from_backend_error(result.error());
       send_error(res, e);
-      record(&tier, kind, e.status, start, nullptr, id);
+      record(server, &tier, kind, e.status, start, nullptr, id);
       hybrid->finish(api, hints, decision, result, ms_since(start), e.status);
       return;
     }
@@ -702,7 +696,7 @@ struct Gateway::Impl {
     where.confidence = result->confidence;
     append_completion(res.body, api, id, std::time(nullptr), c, where);
     res.set_header("Content-Type", kJson);
-    record(&served, kind, 200, start, &c, id);
+    record(server, &served, kind, 200, start, &c, id);
     hybrid->finish(api, hints, decision, result, ms_since(start), 200);
   }
 
@@ -753,15 +747,14 @@ struct Gateway::Impl {
     return s.empty() ? std::string_view("unknown") : std::string_view(s);
   }
 
-  // `dep` keeps the tiers alive for the stream; `active_count` is decremented
-  // once the stream has ended, however it ends.
-  void stream(std::shared_ptr<Deployment> dep, std::atomic<int32_t>* active_count, ApiKind kind,
-              Tier& tier, ApiRequest api, RouteHints hints, route::Decision decision,
-              std::string id, Clock::time_point start, httplib::Response& res) {
+  // `dep` keeps the tiers alive for the stream; `until_done` counts it as
+  // active until the stream has ended, however it ends.
+  void stream(std::shared_ptr<Deployment> dep, ActiveRequest until_done, ApiKind kind, Tier& tier,
+              ApiRequest api, RouteHints hints, route::Decision decision, std::string id,
+              Clock::time_point start, httplib::Response& res) {
     const backend::BackendInfo& info = tier.backend->info();
     auto st = std::make_shared<StreamState>();
     HybridRouter* router = dep->hybrid.get();
-    ActiveRequest until_done(active_count, ActiveRequest::Adopt{});
     st->run = [router, decision](const backend::BackendRequest& r, const backend::DeltaSink& sink) {
       return router->execute(decision, r, sink);
     };
@@ -807,7 +800,7 @@ struct Gateway::Impl {
       }
       in_flight.fetch_sub(1, std::memory_order_acq_rel);
       send_error(res, e);
-      record(&tier, kind, e.status, start, nullptr, id);
+      record(dep->config.server, &tier, kind, e.status, start, nullptr, id);
       router->finish(api, hints, decision,
                      Result<exec::ExecutionResult>(make_error(ErrorKind::kUnavailable, e.message)),
                      ms_since(start), e.status);
@@ -841,10 +834,9 @@ struct Gateway::Impl {
           }
           return true;
         },
-        [this, st, t, dep, active_count = until_done.release(), kind, start, id = std::move(id),
-         api = std::move(api), hints = std::move(hints),
+        [this, st, t, dep, done = std::make_shared<ActiveRequest>(std::move(until_done)), kind,
+         start, id = std::move(id), api = std::move(api), hints = std::move(hints),
          decision = std::move(decision)](bool success) {
-          ActiveRequest ended(active_count, ActiveRequest::Adopt{});
           if (!success) st->request.cancelled->store(true);
           if (st->producer.joinable()) st->producer.join();
           in_flight.fetch_sub(1, std::memory_order_acq_rel);
@@ -854,7 +846,8 @@ struct Gateway::Impl {
           } else if (st->stream_error) {
             status = st->stream_error->status;
           }
-          record(t, kind, status, start, st->error ? nullptr : &st->completion, id);
+          record(dep->config.server, t, kind, status, start, st->error ? nullptr : &st->completion,
+                 id);
           const Result<exec::ExecutionResult> outcome =
               st->outcome ? Result<exec::ExecutionResult>(*st->outcome)
                           : Result<exec::ExecutionResult>(st->error.value_or(
