@@ -635,18 +635,7 @@ TEST(Eval, NothingToEvaluateIsAnError) {
 
 // ---- the commands ----
 
-struct Finished {
-  int status = -1;  // -1: still running after the timeout
-  std::string out;
-  std::string err;
-};
-
-Finished run_switchyard(std::vector<std::string> args) {
-  args.insert(args.begin(), testing::switchyard_binary());
-  auto p = testing::Process::start(args);
-  const auto status = p->wait(std::chrono::seconds(120));
-  return {status.value_or(-1), p->stdout_text(), p->stderr_text()};
-}
+using testing::run_switchyard;
 
 TEST(Cli, PruneThenEvalOnARealModel) {
   if (!std::filesystem::exists(stories_path())) GTEST_SKIP() << "no " << stories_path();

@@ -570,18 +570,7 @@ TEST(Plan, NoWorseThanLlamaCppAssignmentsOfTheSameSize) {
 
 // ---- the command ----
 
-struct Finished {
-  int status = -1;
-  std::string out;
-  std::string err;
-};
-
-Finished run_switchyard(std::vector<std::string> args) {
-  args.insert(args.begin(), testing::switchyard_binary());
-  auto p = testing::Process::start(args);
-  const auto status = p->wait(std::chrono::seconds(120));
-  return {status.value_or(-1), p->stdout_text(), p->stderr_text()};
-}
+using testing::run_switchyard;
 
 TEST(Cli, QuantizesWithAReportAndTeachesInHelp) {
   const std::string out = scratch_path(".gguf");

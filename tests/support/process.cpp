@@ -163,6 +163,13 @@ std::string switchyard_binary() {
   return std::string(SY_BINARY_DIR) + "/switchyard";
 }
 
+FinishedRun run_switchyard(std::vector<std::string> args, std::chrono::milliseconds timeout) {
+  args.insert(args.begin(), switchyard_binary());
+  auto p = Process::start(args);
+  const auto status = p->wait(timeout);
+  return {status.value_or(-1), p->stdout_text(), p->stderr_text()};
+}
+
 ServeProcess::ServeProcess(const std::vector<std::string>& args,
                            const std::vector<std::string>& env, std::chrono::milliseconds startup) {
   std::vector<std::string> argv = {switchyard_binary(), "serve", "--port", "0"};

@@ -61,6 +61,15 @@ class Process {
 // $SWITCHYARD_BINARY, or the build tree's switchyard.
 std::string switchyard_binary();
 
+// `switchyard ARGS...` run to its end, with what it printed.
+struct FinishedRun {
+  int status = -1;  // -1: still running at the timeout
+  std::string out;
+  std::string err;
+};
+FinishedRun run_switchyard(std::vector<std::string> args,
+                           std::chrono::milliseconds timeout = std::chrono::seconds(120));
+
 // `switchyard serve --port 0 ARGS...`, waited for until it prints its URL.
 class ServeProcess {
  public:
