@@ -73,38 +73,21 @@ void add_model_options(CLI::App* cmd, ModelFlags& f) {
   auto* g = cmd->add_option_group("latency model",
                                   "Tier latency: TTFT = RTT + overhead + prompt / prompt-tps, "
                                   "then one token per 1/gen-tps; log-normal jitter on TTFT");
-  g->add_option("--edge-prompt-tps", o.edge.prompt_tokens_per_s, "Edge prefill, tokens/s")
-      ->capture_default_str()
-      ->check(CLI::NonNegativeNumber);
-  g->add_option("--edge-gen-tps", o.edge.output_tokens_per_s, "Edge generation, tokens/s")
-      ->capture_default_str()
-      ->check(CLI::NonNegativeNumber);
-  g->add_option("--edge-overhead-ms", o.edge.overhead_ms, "Edge fixed time to first token")
-      ->capture_default_str()
-      ->check(CLI::NonNegativeNumber);
-  g->add_option("--edge-jitter", o.edge.jitter_sigma, "Sigma of the edge's log-normal jitter")
-      ->capture_default_str()
-      ->check(CLI::NonNegativeNumber);
-  g->add_option("--edge-context", o.edge_context,
-                "Edge context in tokens (0: the config's, or no limit)")
-      ->capture_default_str()
-      ->check(CLI::NonNegativeNumber);
-  g->add_option("--cloud-rtt-ms", o.cloud.network_rtt_ms, "Network round trip to the cloud")
-      ->capture_default_str()
-      ->check(CLI::NonNegativeNumber);
-  g->add_option("--cloud-ttft-ms", o.cloud.overhead_ms,
-                "Cloud server time to first token beyond prefill (queueing, scheduling)")
-      ->capture_default_str()
-      ->check(CLI::NonNegativeNumber);
-  g->add_option("--cloud-prompt-tps", o.cloud.prompt_tokens_per_s, "Cloud prefill, tokens/s")
-      ->capture_default_str()
-      ->check(CLI::NonNegativeNumber);
-  g->add_option("--cloud-tps", o.cloud.output_tokens_per_s, "Cloud generation, tokens/s")
-      ->capture_default_str()
-      ->check(CLI::NonNegativeNumber);
-  g->add_option("--cloud-jitter", o.cloud.jitter_sigma, "Sigma of the cloud's log-normal jitter")
-      ->capture_default_str()
-      ->check(CLI::NonNegativeNumber);
+  auto non_negative = [g](const char* name, auto& value, const char* help) {
+    g->add_option(name, value, help)->capture_default_str()->check(CLI::NonNegativeNumber);
+  };
+  non_negative("--edge-prompt-tps", o.edge.prompt_tokens_per_s, "Edge prefill, tokens/s");
+  non_negative("--edge-gen-tps", o.edge.output_tokens_per_s, "Edge generation, tokens/s");
+  non_negative("--edge-overhead-ms", o.edge.overhead_ms, "Edge fixed time to first token");
+  non_negative("--edge-jitter", o.edge.jitter_sigma, "Sigma of the edge's log-normal jitter");
+  non_negative("--edge-context", o.edge_context,
+               "Edge context in tokens (0: the config's, or no limit)");
+  non_negative("--cloud-rtt-ms", o.cloud.network_rtt_ms, "Network round trip to the cloud");
+  non_negative("--cloud-ttft-ms", o.cloud.overhead_ms,
+               "Cloud server time to first token beyond prefill (queueing, scheduling)");
+  non_negative("--cloud-prompt-tps", o.cloud.prompt_tokens_per_s, "Cloud prefill, tokens/s");
+  non_negative("--cloud-tps", o.cloud.output_tokens_per_s, "Cloud generation, tokens/s");
+  non_negative("--cloud-jitter", o.cloud.jitter_sigma, "Sigma of the cloud's log-normal jitter");
   auto* e = cmd->add_option_group("cascade model",
                                   "How often a cascade escalates (used with per-tier scores; "
                                   "without them the router's complexity is the probability)");
