@@ -70,7 +70,7 @@ Contact: support@example.com, +1 (555) 010-2299, or visit 221B Baker Street, Lon
 
 std::shared_ptr<const Tokenizer> load(const std::string& vocab_file) {
   const std::string path =
-      std::string(SY_SOURCE_DIR) + "/../shared/data/tokenizer-tests/" + vocab_file;
+      std::string(SY_SHARED_DATA_DIR) + "/tokenizer-tests/" + vocab_file;
   auto file = GgufFile::open(path);
   if (!file.ok()) return nullptr;
   auto vocab = Vocabulary::from_gguf(**file);

@@ -8,7 +8,7 @@ root=$(pwd)
 
 scripts/setup.sh
 scripts/build.sh build -DSY_BUILD_TESTS=OFF -DSY_BUILD_BENCH=OFF
-export SWITCHYARD_MODEL_PATH=${SWITCHYARD_MODEL_PATH:-$root/models:$root/../shared/data/models}
+. scripts/shared-data.sh
 bin=$root/build/switchyard
 work=$(mktemp -d)
 pids=()

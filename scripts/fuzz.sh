@@ -26,7 +26,8 @@ cmake --build "$build" --target gguf_fuzz gguf_fuzz_seeds
 # Seeds: the models shrunk to a few KiB each (see gguf_fuzz_seeds.cpp).
 models=()
 IFS=: read -r -a dirs <<<"${SWITCHYARD_MODEL_PATH:-}"
-dirs+=("$root/../shared/data/models")
+. "$root/scripts/shared-data.sh"
+dirs+=("$SHARED_DATA/models")
 for name in stories260K.gguf llama-2-tiny-random.gguf; do
   for dir in "${dirs[@]}"; do
     if [[ -n "$dir" && -f "$dir/$name" ]]; then

@@ -9,16 +9,17 @@ root=$(pwd)
 scripts/setup.sh
 [ -x scripts/npm-install.sh ] && scripts/npm-install.sh
 
-export SWITCHYARD_MODEL_PATH=${SWITCHYARD_MODEL_PATH:-$root/models:$root/../shared/data/models}
+. scripts/shared-data.sh
 jobs=$(nproc)
 
 echo "== Release build and tests"
-scripts/build.sh build -DSY_BUILD_BENCH=ON
+scripts/build.sh build -DSY_BUILD_BENCH=ON -DSY_SHARED_DATA_DIR="$SHARED_DATA"
 (cd build && ctest --output-on-failure -j "$jobs" --timeout 300)
 
 if [ "${SY_SKIP_SANITIZERS:-0}" != "1" ]; then
   echo "== ASan+UBSan build and tests"
-  scripts/build.sh build-asan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DSY_SANITIZE=ON -DSY_BUILD_BENCH=OFF
+  scripts/build.sh build-asan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DSY_SANITIZE=ON -DSY_BUILD_BENCH=OFF \
+    -DSY_SHARED_DATA_DIR="$SHARED_DATA"
   (cd build-asan && ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
     ctest --output-on-failure -j "$jobs" --timeout 600)
 fi

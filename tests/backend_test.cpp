@@ -22,7 +22,7 @@ using nlohmann::json;
 using testing::FaultMode;
 using testing::FaultServer;
 
-const std::string kModels = std::string(SY_SOURCE_DIR) + "/../shared/data/models";
+const std::string kModels = std::string(SY_SHARED_DATA_DIR) + "/models";
 
 void use_shared_models() {
   ::setenv("SWITCHYARD_MODEL_PATH", kModels.c_str(), 1);

@@ -36,7 +36,7 @@ void write_file(const std::string& path, const std::string& text) {
 }
 
 fs::path shared_data() {
-  return fs::path(SY_SOURCE_DIR) / ".." / "shared" / "data";
+  return fs::path(SY_SHARED_DATA_DIR);
 }
 
 // ---- features -------------------------------------------------------------------

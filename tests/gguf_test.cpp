@@ -29,7 +29,7 @@ std::optional<std::string> find_model(const std::string& name) {
       rest.remove_prefix(colon + 1);
     }
   }
-  dirs.push_back(std::string(SY_SOURCE_DIR) + "/../shared/data/models");
+  dirs.push_back(std::string(SY_SHARED_DATA_DIR) + "/models");
   for (const auto& dir : dirs) {
     const fs::path p = fs::path(dir) / name;
     std::error_code ec;

@@ -459,7 +459,7 @@ TEST(Sensitivity, ConcurrentScansAgree) {
 // when it overlaps a span labelled with that detector's type.
 
 std::filesystem::path pii_dir() {
-  return std::filesystem::path(SY_SOURCE_DIR) / ".." / "shared" / "data" / "pii";
+  return std::filesystem::path(SY_SHARED_DATA_DIR) / "pii";
 }
 
 const std::map<std::string, std::string>& type_to_detector() {

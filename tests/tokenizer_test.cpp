@@ -25,7 +25,7 @@ namespace {
 
 namespace fs = std::filesystem;
 
-const fs::path kDataDir = fs::path(SY_SOURCE_DIR) / ".." / "shared" / "data";
+const fs::path kDataDir = fs::path(SY_SHARED_DATA_DIR);
 const fs::path kVectorDir = kDataDir / "tokenizer-tests";
 
 std::string read_file(const fs::path& path) {

@@ -19,11 +19,9 @@ inline std::string temp_path(const std::string& suffix) {
       .string();
 }
 
-// Folder holding the shared real models (../shared/data/models of the source tree).
+// Folder holding the shared real models (SY_SHARED_DATA_DIR/models).
 inline std::string shared_models_dir() {
-  return (std::filesystem::path(SY_SOURCE_DIR) / ".." / "shared" / "data" / "models")
-      .lexically_normal()
-      .string();
+  return (std::filesystem::path(SY_SHARED_DATA_DIR) / "models").lexically_normal().string();
 }
 
 }  // namespace sy::testing
