@@ -568,9 +568,182 @@ TEST(Plan, NoWorseThanLlamaCppAssignmentsOfTheSameSize) {
   }
 }
 
-// ---- the command ----
+// ---- FFN padding ----
 
 using testing::run_switchyard;
+
+// Text the plans below never calibrate on.
+constexpr const char* kHeldOutStories =
+    "Ben and Mia went to the beach. They built a big castle with sand and shells. A wave came "
+    "and took the castle away, but they laughed and built another one.\n\n"
+    "The cat sat on the mat. It saw a bird in the tree and wanted to play. The bird sang a song "
+    "and flew away.\n";
+
+TEST(FfnPadding, IsExactAndLetsFfnDownTakeBlockTypes) {
+  if (!std::filesystem::exists(stories_path())) GTEST_SKIP() << "no " << stories_path();
+  auto file = open(stories_path());
+  ASSERT_TRUE(file);
+  ASSERT_EQ(feed_forward_length(*file), 172);
+  auto padded = pad_for_types(*file, kCandidates);
+  ASSERT_TRUE(padded.ok()) << padded.error().message;
+  ASSERT_TRUE(padded->has_value());
+  const PaddedModel& p = **padded;
+  EXPECT_EQ(p.channels_before, 172);
+  EXPECT_EQ(p.channels_after, 192);  // the next multiple of Q4_0's and Q8_0's 32
+  EXPECT_EQ(feed_forward_length(*p.file), 192);
+  ASSERT_EQ(p.file->tensors().size(), file->tensors().size());
+  for (const auto& t : p.file->tensors()) {
+    const GgufTensorInfo& original = *file->find_tensor(t.name);
+    if (t.name.find("ffn_down") != std::string::npos) {
+      EXPECT_EQ(t.dims[0], 192u) << t.name;
+      EXPECT_EQ(candidate_types(t, kCandidates).front(), TensorType::kQ4_0) << t.name;
+      EXPECT_EQ(candidate_types(original, kCandidates).front(), TensorType::kF16) << t.name;
+    } else if (t.name.find("ffn_gate") != std::string::npos ||
+               t.name.find("ffn_up") != std::string::npos) {
+      EXPECT_EQ(t.dims[1], 192u) << t.name;
+    } else {
+      EXPECT_EQ(t.dims, original.dims) << t.name;
+    }
+  }
+  for (const auto& [key, value] : file->metadata()) {
+    if (key == "llama.feed_forward_length") continue;
+    ASSERT_NE(p.file->find(key), nullptr) << key;
+    EXPECT_TRUE(same_value(value, *p.file->find(key))) << key;
+  }
+
+  auto original_model = Model::from_gguf(file);
+  auto padded_model = Model::from_gguf(p.file);
+  ASSERT_TRUE(original_model.ok() && padded_model.ok());
+  const auto tokens = (*original_model)->tokenizer().encode(kHeldOutStories, true, false);
+  engine::ThreadPool pool(2);
+  auto a = next_token_log_probs(*original_model, tokens, pool);
+  auto b = next_token_log_probs(*padded_model, tokens, pool);
+  ASSERT_TRUE(a.ok() && b.ok());
+  ASSERT_EQ(a->log_probs.size(), b->log_probs.size());
+  double worst = 0.0;
+  for (size_t i = 0; i < a->log_probs.size(); ++i) {
+    worst = std::max(worst, static_cast<double>(std::abs(a->log_probs[i] - b->log_probs[i])));
+  }
+  EXPECT_LT(worst, 1e-4);  // zeros change only the order of float additions
+
+  // Nothing to pad: float candidates only, or rows that already fit.
+  const std::vector<TensorType> float_only = {TensorType::kF16};
+  EXPECT_FALSE(pad_for_types(*file, float_only)->has_value());
+  EXPECT_FALSE(pad_for_types(*open(synthetic_model_path()), kCandidates)->has_value());
+  auto shrink = pad_feed_forward(*file, 160);
+  ASSERT_FALSE(shrink.ok());
+  EXPECT_NE(shrink.error().message.find("padding only adds"), std::string::npos);
+  auto quantized_down = pad_feed_forward(
+      *open(write_quantized(*p.file, uniform_choices(*p.file, TensorType::kQ8_0, true))), 224);
+  ASSERT_FALSE(quantized_down.ok());
+  EXPECT_NE(quantized_down.error().message.find("only float rows are padded"), std::string::npos)
+      << quantized_down.error().message;
+}
+
+// Measured on the padded model, the sensitivities serve the unpadded one too:
+// same divergences, candidates that fit its own rows, its own sizes.
+TEST(FfnPadding, SensitivitiesCarryOverToTheUnpaddedModel) {
+  if (!std::filesystem::exists(stories_path())) GTEST_SKIP() << "no " << stories_path();
+  auto file = open(stories_path());
+  auto model = Model::load(stories_path());
+  ASSERT_TRUE(file && model.ok());
+  auto padded = pad_for_types(*file, kCandidates);
+  ASSERT_TRUE(padded.ok() && padded->has_value());
+  auto calibration = parse_calibration(kStories, "stories.txt", **model, 32);
+  ASSERT_TRUE(calibration.ok());
+  engine::ThreadPool pool(2);
+  auto reference = run_calibration(*model, *calibration, pool);
+  ASSERT_TRUE(reference.ok());
+  auto measured = measure_sensitivities(*(*padded)->file, *calibration, reference->distributions,
+                                        kCandidates, pool);
+  ASSERT_TRUE(measured.ok()) << measured.error().message;
+  const auto unpadded = sensitivities_without_padding(*file, *measured);
+  ASSERT_TRUE(unpadded.has_value());
+  ASSERT_EQ(unpadded->size(), measured->size());
+  for (size_t i = 0; i < unpadded->size(); ++i) {
+    const TensorSensitivity& u = (*unpadded)[i];
+    const TensorSensitivity& m = (*measured)[i];
+    EXPECT_EQ(u.dims, file->find_tensor(u.name)->dims);
+    if (u.name.find("ffn_down") != std::string::npos) {
+      ASSERT_EQ(u.candidates.size(), 1u) << u.name;
+      EXPECT_EQ(u.candidates[0].type, TensorType::kF16);
+      EXPECT_EQ(u.candidates[0].bytes, 172u * 64u * 2u);
+      EXPECT_EQ(m.candidates.size(), 3u) << m.name;  // Q4_0, Q8_0, F16 at 192
+    } else {
+      ASSERT_EQ(u.candidates.size(), m.candidates.size()) << u.name;
+      for (size_t j = 0; j < u.candidates.size(); ++j) {
+        EXPECT_EQ(u.candidates[j].mean_kl, m.candidates[j].mean_kl) << u.name;
+        EXPECT_EQ(u.candidates[j].bytes, tensor_bytes(u.dims, u.candidates[j].type)) << u.name;
+      }
+    }
+  }
+  const std::vector<TensorType> q4_0_only = {TensorType::kQ4_0};
+  auto q4_measured = measure_sensitivities(*(*padded)->file, *calibration, reference->distributions,
+                                           q4_0_only, pool);
+  ASSERT_TRUE(q4_measured.ok());
+  // Unpadded ffn_down rows fit no Q4_0 block: no plan without padding.
+  EXPECT_FALSE(sensitivities_without_padding(*file, *q4_measured).has_value());
+}
+
+// The goal, on the real model: at the file size of uniform Q4_0 (as
+// llama.cpp lays it out, and --pure), the calibrated plan's divergence from
+// the F32 model on text it never saw is lower than uniform Q4_0's.
+TEST(Cli, MixedPlanBeatsUniformQ4_0AtItsOwnSize) {
+  if (!std::filesystem::exists(stories_path())) GTEST_SKIP() << "no " << stories_path();
+  const std::string calibration = scratch_path(".txt");
+  const std::string held_out = scratch_path(".txt");
+  std::ofstream(calibration) << kStories;
+  std::ofstream(held_out) << kHeldOutStories;
+  const auto held_out_kl = [&](const std::string& report_path) {
+    std::ifstream in(report_path);
+    const auto report = nlohmann::json::parse(in);
+    return report["measured"]["eval"]["mean_kl"].get<double>();
+  };
+  for (const bool pure : {false, true}) {
+    const std::string uniform = scratch_path(".gguf");
+    const std::string uniform_report = scratch_path(".json");
+    std::vector<std::string> args = {"quantize", stories_path(), uniform,
+                                     "--type",   "Q4_0",         "--eval-text",
+                                     held_out,   "--report",     uniform_report};
+    if (pure) args.push_back("--pure");
+    auto u = run_switchyard(args);
+    ASSERT_EQ(u.status, 0) << u.err;
+    const uint64_t size = std::filesystem::file_size(uniform);
+
+    const std::string mixed = scratch_path(".gguf");
+    const std::string mixed_report = scratch_path(".json");
+    auto m = run_switchyard({"quantize", stories_path(), mixed, "--calibration", calibration,
+                             "--calibration-tokens", "128", "--target-size", std::to_string(size),
+                             "--eval-text", held_out, "--report", mixed_report});
+    ASSERT_EQ(m.status, 0) << m.err;
+    EXPECT_LE(std::filesystem::file_size(mixed), size);
+    EXPECT_NE(m.out.find("FFN padded from 172 to 192"), std::string::npos) << m.out;
+    std::ifstream in(mixed_report);
+    const auto report = nlohmann::json::parse(in);
+    EXPECT_EQ(report["ffn_padding"]["channels_after"].get<int>(), 192);
+    EXPECT_LT(held_out_kl(mixed_report), 0.75 * held_out_kl(uniform_report))
+        << "pure=" << pure << " size " << size;
+    EXPECT_GT(generated_tokens(mixed), 0);
+  }
+
+  // Forced padding with --type: every ffn_down becomes Q4_0 and the file shrinks.
+  const std::string padded = scratch_path(".gguf");
+  auto p = run_switchyard(
+      {"quantize", stories_path(), padded, "--type", "Q4_0", "--pure", "--pad-ffn", "yes"});
+  ASSERT_EQ(p.status, 0) << p.err;
+  for (const auto& t : open(padded)->tensors()) {
+    if (t.dims.size() == 2) {
+      EXPECT_EQ(t.type, static_cast<uint32_t>(TensorType::kQ4_0)) << t.name;
+    }
+  }
+  EXPECT_GT(generated_tokens(padded), 0);
+  auto needless = run_switchyard(
+      {"quantize", synthetic_model_path(), padded, "--type", "Q4_0", "--pad-ffn", "yes"});
+  EXPECT_EQ(needless.status, 2);
+  EXPECT_NE(needless.err.find("needs no padding"), std::string::npos) << needless.err;
+}
+
+// ---- the command ----
 
 TEST(Cli, QuantizesWithAReportAndTeachesInHelp) {
   const std::string out = scratch_path(".gguf");

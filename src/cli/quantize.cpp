@@ -39,6 +39,7 @@ struct QuantizeOptions {
   std::string eval_text;
   size_t eval_tokens = 512;
   std::string report;
+  std::string pad_ffn = "auto";
   int32_t threads = 0;
 };
 
@@ -328,14 +329,39 @@ int quantize(const QuantizeOptions& o) {
   }
 
   json report = {{"input", {{"path", *path}, {"bytes", in.file_size()}}}};
+  // The file the output is converted from: the input, or its FFN-padded version.
+  const engine::GgufFile* source = &in;
+  std::optional<compress::PaddedModel> padded;
+  const auto pad_for = [&](std::span<const TensorType> types) -> Status {
+    if (o.pad_ffn == "no") return Status::Ok();
+    auto made = compress::pad_for_types(in, types);
+    if (!made.ok()) {
+      if (o.pad_ffn == "yes") return made.error();
+      return Status::Ok();
+    }
+    if (!*made && o.pad_ffn == "yes") {
+      return invalid("--pad-ffn yes: the FFN of " + in.origin() +
+                     " needs no padding for these types (ffn_down's rows already fit their "
+                     "blocks, or none is a block type)");
+    }
+    padded = std::move(*made);
+    return Status::Ok();
+  };
   std::vector<compress::TensorChoice> choices;
   std::vector<compress::TensorSensitivity> sensitivities;
   std::optional<compress::MixedPrecisionPlan> plan;
   if (!o.type.empty()) {
     auto type = parse_computable_type(o.type, "--type");
     if (!type.ok()) return fail(type.error());
-    choices = compress::uniform_choices(in, *type, o.pure);
-    if (auto s = apply_tensor_types(in, o.tensor_types, choices); !s.ok()) return fail(s.error());
+    if (o.pad_ffn == "yes") {
+      const TensorType wanted[] = {*type};
+      if (auto s = pad_for(wanted); !s.ok()) return fail(s.error());
+      source = padded->file.get();
+    }
+    choices = compress::uniform_choices(*source, *type, o.pure);
+    if (auto s = apply_tensor_types(*source, o.tensor_types, choices); !s.ok()) {
+      return fail(s.error());
+    }
     report["mode"] = "uniform";
     report["type"] = o.type;
     report["pure"] = o.pure;
@@ -351,14 +377,30 @@ int quantize(const QuantizeOptions& o) {
     } else {
       target.bits_per_weight = o.target_bpw;
     }
+    if (auto s = pad_for(*types); !s.ok()) return fail(s.error());
     auto ref_run = compress::run_calibration(reference, *calibration, pool);
     if (!ref_run.ok()) return fail(ref_run.error());
-    auto measured = compress::measure_sensitivities(in, *calibration, ref_run->distributions,
-                                                    *types, pool, on_progress);
+    // Padding is exact, so measuring on the padded model serves both
+    // variants; the plan keeps the one with the lower predicted divergence.
+    auto measured =
+        compress::measure_sensitivities(padded ? *padded->file : in, *calibration,
+                                        ref_run->distributions, *types, pool, on_progress);
     if (!measured.ok()) return fail(measured.error());
-    sensitivities = std::move(*measured);
-    auto made = compress::plan_mixed_precision(in, sensitivities, target);
+    auto made = compress::plan_mixed_precision(padded ? *padded->file : in, *measured, target);
+    if (padded && o.pad_ffn == "auto") {
+      auto unpadded_sensitivities = compress::sensitivities_without_padding(in, *measured);
+      if (unpadded_sensitivities) {
+        auto unpadded = compress::plan_mixed_precision(in, *unpadded_sensitivities, target);
+        if (unpadded.ok() && (!made.ok() || unpadded->predicted_kl <= made->predicted_kl)) {
+          made = std::move(unpadded);
+          measured = std::move(*unpadded_sensitivities);
+          padded.reset();
+        }
+      }
+    }
     if (!made.ok()) return fail(made.error());
+    if (padded) source = padded->file.get();
+    sensitivities = std::move(*measured);
     plan = std::move(*made);
     choices = plan->choices;
     json candidate_types = json::array();
@@ -371,22 +413,31 @@ int quantize(const QuantizeOptions& o) {
     report["smallest_file_bytes"] = plan->smallest_file_bytes;
     report["largest_file_bytes"] = plan->largest_file_bytes;
   }
+  report["ffn_padding"] = padded ? json{{"channels_before", padded->channels_before},
+                                        {"channels_after", padded->channels_after}}
+                                 : json(nullptr);
 
   {
-    auto writer = compress::build_quantized(in, choices, pool, on_progress);
+    auto writer = compress::build_quantized(*source, choices, pool, on_progress);
     if (!writer.ok()) return fail(writer.error());
     if (auto s = writer->write(o.output); !s.ok()) return fail(s.error());
   }
   auto written = engine::GgufFile::open(o.output);
   if (!written.ok()) return fail(written.error());
-  const double out_bpw = compress::bits_per_weight(in, choices);
+  const double out_bpw = compress::bits_per_weight(*source, choices);
   report["output"] = {{"path", o.output},
                       {"bytes", (*written)->file_size()},
                       {"bits_per_weight", out_bpw},
-                      {"file_type", compress::llama_file_type(in, choices)}};
+                      {"file_type", compress::llama_file_type(*source, choices)}};
 
-  print_table(in, choices, sensitivities);
+  print_table(*source, choices, sensitivities);
   print_fallbacks(choices);
+  if (padded) {
+    std::printf(
+        "\nFFN padded from %d to %d channels with zeros (the same function) so ffn_down's rows "
+        "split into quantization blocks\n",
+        padded->channels_before, padded->channels_after);
+  }
   std::printf("\n%s: %zu bytes -> %s: %zu bytes (%.2f bits per weight)\n", path->c_str(),
               in.file_size(), o.output.c_str(), (*written)->file_size(), out_bpw);
   if (plan) {
@@ -421,7 +472,7 @@ int quantize(const QuantizeOptions& o) {
   }
 
   if (!o.report.empty()) {
-    report["tensors"] = report_tensors(in, choices, sensitivities);
+    report["tensors"] = report_tensors(*source, choices, sensitivities);
     std::ofstream out(o.report);
     out << report.dump(1) << "\n";
     if (!out) {
@@ -475,6 +526,12 @@ void add_quantize_command(CLI::App& app) {
       ->capture_default_str();
   cmd->add_option("--report", opts->report,
                   "JSON report: every tensor's type, measured sensitivities, plan, divergence");
+  cmd->add_option("--pad-ffn", opts->pad_ffn,
+                  "Widen the FFN with zero channels (exact) so ffn_down's rows fit quantization "
+                  "blocks: auto (a mixed plan uses it when it lowers the predicted KL; --type "
+                  "never), yes, no")
+      ->check(CLI::IsMember({"auto", "yes", "no"}))
+      ->capture_default_str();
   cmd->add_option("-t,--threads", opts->threads, "Threads (0: one per core)")
       ->capture_default_str();
   cmd->footer(

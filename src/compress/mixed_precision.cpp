@@ -9,6 +9,8 @@
 #include <nlohmann/json.hpp>
 #include <sstream>
 
+#include "compress/prune.h"
+
 namespace sy::compress {
 namespace {
 
@@ -383,6 +385,48 @@ Result<MixedPrecisionPlan> plan_mixed_precision(const engine::GgufFile& file,
   plan.file_bytes = quantized_file_bytes(file, plan.choices);
   plan.bits_per_weight = bits_per_weight(file, plan.choices);
   return plan;
+}
+
+Result<std::optional<PaddedModel>> pad_for_types(const engine::GgufFile& file,
+                                                 std::span<const TensorType> types) {
+  uint32_t block = 0;
+  for (TensorType type : types) {
+    const uint32_t size = engine::tensor_type_traits(static_cast<uint32_t>(type))->block_size;
+    if (size > 1 && (block == 0 || size < block)) block = size;
+  }
+  const auto length = feed_forward_length(file);
+  if (block == 0 || !length) return std::optional<PaddedModel>();
+  const int32_t padded = (*length + static_cast<int32_t>(block) - 1) / static_cast<int32_t>(block) *
+                         static_cast<int32_t>(block);
+  if (padded == *length) return std::optional<PaddedModel>();
+  SY_ASSIGN_OR_RETURN(engine::GgufWriter writer, pad_feed_forward(file, padded));
+  PaddedModel model;
+  model.bytes = writer.to_bytes();
+  model.channels_before = *length;
+  model.channels_after = padded;
+  SY_ASSIGN_OR_RETURN(model.file,
+                      engine::GgufFile::parse(model.bytes, file.origin() + " [FFN padded to " +
+                                                               std::to_string(padded) + "]"));
+  return std::optional<PaddedModel>(std::move(model));
+}
+
+std::optional<std::vector<TensorSensitivity>> sensitivities_without_padding(
+    const engine::GgufFile& file, std::span<const TensorSensitivity> padded) {
+  std::vector<TensorSensitivity> out;
+  for (const TensorSensitivity& p : padded) {
+    const engine::GgufTensorInfo* tensor = file.find_tensor(p.name);
+    if (tensor == nullptr) return std::nullopt;
+    TensorSensitivity s{p.name, tensor->dims, static_cast<TensorType>(tensor->type), {}};
+    for (const CandidateSensitivity& c : p.candidates) {
+      if (fit_type(c.type, tensor->dims[0]).type != c.type) continue;
+      CandidateSensitivity kept = c;
+      kept.bytes = tensor_bytes(tensor->dims, c.type);
+      s.candidates.push_back(kept);
+    }
+    if (s.candidates.empty()) return std::nullopt;
+    out.push_back(std::move(s));
+  }
+  return out;
 }
 
 }  // namespace sy::compress

@@ -73,6 +73,31 @@ Result<std::vector<TensorSensitivity>> measure_sensitivities(
     const TokenDistributions& reference, std::span<const engine::TensorType> types,
     engine::ThreadPool& pool, const ProgressFn& progress = {});
 
+// A model whose FFN was widened with zero channels (pad_feed_forward) so that
+// ffn_down's rows split into the blocks of the smallest quantized type among
+// `types`. `file` reads `bytes`, which move with it.
+struct PaddedModel {
+  std::vector<uint8_t> bytes;
+  std::shared_ptr<engine::GgufFile> file;
+  int32_t channels_before = 0;
+  int32_t channels_after = 0;
+};
+
+// The padded version of `file` for these candidate types, or nullopt when
+// there is nothing to gain: ffn_down already fits those blocks, no candidate
+// is a block type, or the model's FFN cannot be padded (the error is kept
+// for a caller that insisted on padding).
+Result<std::optional<PaddedModel>> pad_for_types(const engine::GgufFile& file,
+                                                 std::span<const engine::TensorType> types);
+
+// `file`'s sensitivities taken from those measured on its padded version:
+// padding is exact, so a candidate changes the model the same way in both.
+// Only candidates that fit `file`'s own shapes are kept, sized for them.
+// nullopt when some tensor is left with none (e.g. --types Q4_0 alone, where
+// unpadded ffn_down rows fit nothing).
+std::optional<std::vector<TensorSensitivity>> sensitivities_without_padding(
+    const engine::GgufFile& file, std::span<const TensorSensitivity> padded);
+
 // What a plan must fit: the output file's size, or bits per weight over all
 // tensors (llama.cpp's "BPW": tensor bytes * 8 / elements). Exactly one is set.
 struct SizeTarget {

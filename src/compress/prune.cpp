@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <charconv>
 #include <cmath>
+#include <limits>
 #include <numeric>
 #include <set>
 #include <string_view>
@@ -319,6 +320,83 @@ Result<PrunedModel> prune_model(std::shared_ptr<const engine::Model> shared_mode
                            " (one more rounding of those weights)");
   }
   return result;
+}
+
+}  // namespace sy::compress
+
+namespace sy::compress {
+
+std::optional<int32_t> feed_forward_length(const engine::GgufFile& file) {
+  const auto architecture = file.get_string("general.architecture");
+  if (!architecture) return std::nullopt;
+  const auto length = file.get_int(*architecture + ".feed_forward_length");
+  if (!length || *length <= 0 || *length > std::numeric_limits<int32_t>::max()) {
+    return std::nullopt;
+  }
+  return static_cast<int32_t>(*length);
+}
+
+Result<engine::GgufWriter> pad_feed_forward(const engine::GgufFile& file, int32_t new_length) {
+  const auto length = feed_forward_length(file);
+  if (!length) {
+    return make_error(ErrorKind::kUnsupported,
+                      "model '" + file.origin() +
+                          "' has no <architecture>.feed_forward_length; only llama-style "
+                          "models' FFN can be padded");
+  }
+  const int32_t ff = *length;
+  if (new_length < ff) {
+    return invalid("cannot pad the FFN of '" + file.origin() + "' from " + std::to_string(ff) +
+                   " to " + std::to_string(new_length) + " channels: padding only adds");
+  }
+  const auto unsupported = [&](const GgufTensorInfo& t, const std::string& why) {
+    return make_error(ErrorKind::kUnsupported, "model '" + file.origin() + "': tensor '" + t.name +
+                                                   "' " + why + "; quantize without FFN padding");
+  };
+
+  engine::GgufWriter writer;
+  const std::string ffn_length_key =
+      *file.get_string("general.architecture") + ".feed_forward_length";
+  for (const auto& [key, value] : file.metadata()) {
+    writer.set(key, key == ffn_length_key ? with_integer(value, new_length) : value);
+  }
+  const auto extra = static_cast<uint64_t>(new_length - ff);
+  for (const GgufTensorInfo& t : file.tensors()) {
+    std::vector<uint64_t> dims = t.dims;
+    std::vector<uint8_t> data(t.data, t.data + t.byte_size);
+    const auto traits = engine::tensor_type_traits(t.type);
+    const auto layer_part = split_layer_tensor_name(t.name);
+    const std::string_view suffix = layer_part ? layer_part->second : std::string_view();
+    if (suffix == "ffn_gate.weight" || suffix == "ffn_up.weight") {
+      if (dims.size() != 2 || dims[1] != static_cast<uint64_t>(ff)) {
+        return unsupported(t, "does not have " + std::to_string(ff) + " rows");
+      }
+      // An all-zero block decodes to zeros in every GGUF type (zero scales).
+      data.resize(data.size() + extra * engine::tensor_row_bytes(*traits, dims[0]), 0);
+      dims[1] = static_cast<uint64_t>(new_length);
+    } else if (suffix == "ffn_down.weight") {
+      if (dims.size() != 2 || dims[0] != static_cast<uint64_t>(ff)) {
+        return unsupported(t, "does not have rows of " + std::to_string(ff) + " elements");
+      }
+      if (extra > 0 && traits->block_size != 1) {
+        return unsupported(t, "is " + engine::tensor_type_name(t.type) +
+                                  ", whose blocks already fit; only float rows are padded");
+      }
+      const size_t in_row = engine::tensor_row_bytes(*traits, dims[0]);
+      const size_t out_row = engine::tensor_row_bytes(*traits, static_cast<uint64_t>(new_length));
+      std::vector<uint8_t> padded(out_row * dims[1], 0);
+      for (uint64_t r = 0; r < dims[1]; ++r) {
+        std::copy_n(t.data + r * in_row, in_row, padded.data() + r * out_row);
+      }
+      data = std::move(padded);
+      dims[0] = static_cast<uint64_t>(new_length);
+    } else if (suffix.starts_with("ffn_") && suffix != "ffn_norm.weight") {
+      return unsupported(t, "is an FFN tensor the padding does not know how to widen");
+    }
+    SY_TRY_STATUS(
+        writer.add_tensor(t.name, static_cast<TensorType>(t.type), std::move(dims), data));
+  }
+  return writer;
 }
 
 }  // namespace sy::compress

@@ -12,6 +12,7 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -70,5 +71,19 @@ struct PrunedModel {
 // (see the report's notes).
 Result<PrunedModel> prune_model(std::shared_ptr<const engine::Model> model,
                                 const PruneOptions& options, engine::ThreadPool& pool);
+
+// The opposite of channel pruning: every layer's FFN gets zero channels up to
+// `new_length` (ffn_gate and ffn_up gain zero rows, ffn_down zero columns).
+// The model computes exactly the same function, since silu(0) * 0 = 0 and a
+// zero column adds nothing, but ffn_down's rows, one element per channel, can
+// now split into quantization blocks: stories260K's 172 channels fit no block
+// type and stay F16, 192 fit Q4_0 and Q8_0. Needs ffn_down in a float type
+// (a quantized one already fits its blocks) and no FFN tensors other than
+// gate, up, down and norm. feed_forward_length is updated; every other key
+// is kept.
+Result<engine::GgufWriter> pad_feed_forward(const engine::GgufFile& file, int32_t new_length);
+
+// The FFN width of `file` (its feed_forward_length), or nullopt when it has none.
+std::optional<int32_t> feed_forward_length(const engine::GgufFile& file);
 
 }  // namespace sy::compress
