@@ -139,6 +139,33 @@ TEST_P(LayerStatisticsFromTheEngine, ObservingLeavesTheLogitsUnchanged) {
     EXPECT_GT(bi, 0.0);
     EXPECT_LE(bi, 2.0);
   }
+
+  // The importance matrix: every matrix the forward pass multiplies by, one
+  // value per input column; q, k and v read the same input.
+  const engine::GgufFile& file = model->file();
+  size_t matrices = 0;
+  for (const auto& t : file.tensors()) {
+    if (t.dims.size() != 2 ||
+        (t.name == "token_embd.weight" && file.find_tensor("output.weight"))) {
+      continue;
+    }
+    ++matrices;
+    const auto it = stats->importance.find(t.name);
+    ASSERT_NE(it, stats->importance.end()) << t.name;
+    ASSERT_EQ(it->second.size(), t.dims[0]) << t.name;
+    for (float v : it->second) {
+      ASSERT_TRUE(std::isfinite(v) && v >= 0.0f) << t.name;
+    }
+  }
+  EXPECT_EQ(stats->importance.size(), matrices);
+  EXPECT_EQ(stats->importance.at("blk.0.attn_q.weight"),
+            stats->importance.at("blk.0.attn_v.weight"));
+  // Mean square >= squared mean absolute value, column by column.
+  const std::vector<float>& down = stats->importance.at("blk.0.ffn_down.weight");
+  for (size_t j = 0; j < down.size(); ++j) {
+    const double mean_abs = stats->ffn_mean_abs_activation[0][j];
+    EXPECT_GE(down[j], mean_abs * mean_abs * (1 - 1e-4)) << j;
+  }
 }
 
 engine::SyntheticModelSpec spec_with(std::function<void(engine::SyntheticModelSpec&)> change) {

@@ -726,10 +726,11 @@ TEST(Cli, MixedPlanBeatsUniformQ4_0AtItsOwnSize) {
     EXPECT_GT(generated_tokens(mixed), 0);
   }
 
-  // Forced padding with --type: every ffn_down becomes Q4_0 and the file shrinks.
+  // Forced padding with --type: every matrix becomes Q4_0, ffn_down too.
   const std::string padded = scratch_path(".gguf");
-  auto p = run_switchyard(
-      {"quantize", stories_path(), padded, "--type", "Q4_0", "--pure", "--pad-ffn", "yes"});
+  const std::string padded_report = scratch_path(".json");
+  auto p = run_switchyard({"quantize", stories_path(), padded, "--type", "Q4_0", "--pure",
+                           "--pad-ffn", "yes", "--eval-text", held_out, "--report", padded_report});
   ASSERT_EQ(p.status, 0) << p.err;
   for (const auto& t : open(padded)->tensors()) {
     if (t.dims.size() == 2) {
@@ -737,6 +738,33 @@ TEST(Cli, MixedPlanBeatsUniformQ4_0AtItsOwnSize) {
     }
   }
   EXPECT_GT(generated_tokens(padded), 0);
+  // At that size every plan is all Q4_0 too; rounding by the calibration
+  // text's importance still makes it closer to the original.
+  const uint64_t floor = std::filesystem::file_size(padded);
+  const std::string floor_plan = scratch_path(".gguf");
+  const std::string floor_report = scratch_path(".json");
+  auto f = run_switchyard({"quantize", stories_path(), floor_plan, "--calibration", calibration,
+                           "--calibration-tokens", "128", "--target-size", std::to_string(floor),
+                           "--eval-text", held_out, "--report", floor_report});
+  ASSERT_EQ(f.status, 0) << f.err;
+  EXPECT_EQ(std::filesystem::file_size(floor_plan), floor);
+  {
+    std::ifstream in(floor_report);
+    const auto report = nlohmann::json::parse(in);
+    EXPECT_GT(report["importance"]["tokens"].get<int>(), 0);
+  }
+  EXPECT_LT(held_out_kl(floor_report), 0.95 * held_out_kl(padded_report));
+  auto plain =
+      run_switchyard({"quantize", stories_path(), floor_plan, "--calibration", calibration,
+                      "--calibration-tokens", "128", "--target-size", std::to_string(floor),
+                      "--no-importance", "--eval-text", held_out, "--report", floor_report});
+  ASSERT_EQ(plain.status, 0) << plain.err;
+  {
+    std::ifstream in(floor_report);
+    const auto report = nlohmann::json::parse(in);
+    EXPECT_TRUE(report["importance"].is_null());
+  }
+  EXPECT_NEAR(held_out_kl(floor_report), held_out_kl(padded_report), 1e-9);
   auto needless = run_switchyard(
       {"quantize", synthetic_model_path(), padded, "--type", "Q4_0", "--pad-ffn", "yes"});
   EXPECT_EQ(needless.status, 2);

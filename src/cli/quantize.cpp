@@ -40,6 +40,7 @@ struct QuantizeOptions {
   size_t eval_tokens = 512;
   std::string report;
   std::string pad_ffn = "auto";
+  bool no_importance = false;
   int32_t threads = 0;
 };
 
@@ -347,6 +348,22 @@ int quantize(const QuantizeOptions& o) {
     padded = std::move(*made);
     return Status::Ok();
   };
+  // With calibration text, Q4_0 blocks are rounded by the importance of
+  // their input columns on it (measured on the model being converted).
+  std::optional<compress::ImportanceMatrix> importance;
+  size_t importance_tokens = 0;
+  const auto measure_importance = [&](const engine::GgufFile& file) -> Status {
+    if (!calibration || o.no_importance) return Status::Ok();
+    std::shared_ptr<const engine::Model> model = reference;
+    if (&file != &in) {
+      SY_ASSIGN_OR_RETURN(model, engine::Model::from_gguf(padded->file));
+    }
+    SY_ASSIGN_OR_RETURN(compress::LayerStatistics stats,
+                        compress::measure_layers(model, calibration->sequences, pool));
+    importance = std::move(stats.importance);
+    importance_tokens = stats.tokens;
+    return Status::Ok();
+  };
   std::vector<compress::TensorChoice> choices;
   std::vector<compress::TensorSensitivity> sensitivities;
   std::optional<compress::MixedPrecisionPlan> plan;
@@ -362,6 +379,7 @@ int quantize(const QuantizeOptions& o) {
     if (auto s = apply_tensor_types(*source, o.tensor_types, choices); !s.ok()) {
       return fail(s.error());
     }
+    if (auto s = measure_importance(*source); !s.ok()) return fail(s.error());
     report["mode"] = "uniform";
     report["type"] = o.type;
     report["pure"] = o.pure;
@@ -378,13 +396,14 @@ int quantize(const QuantizeOptions& o) {
       target.bits_per_weight = o.target_bpw;
     }
     if (auto s = pad_for(*types); !s.ok()) return fail(s.error());
+    if (auto s = measure_importance(padded ? *padded->file : in); !s.ok()) return fail(s.error());
     auto ref_run = compress::run_calibration(reference, *calibration, pool);
     if (!ref_run.ok()) return fail(ref_run.error());
     // Padding is exact, so measuring on the padded model serves both
     // variants; the plan keeps the one with the lower predicted divergence.
-    auto measured =
-        compress::measure_sensitivities(padded ? *padded->file : in, *calibration,
-                                        ref_run->distributions, *types, pool, on_progress);
+    auto measured = compress::measure_sensitivities(
+        padded ? *padded->file : in, *calibration, ref_run->distributions, *types, pool,
+        on_progress, importance ? &*importance : nullptr);
     if (!measured.ok()) return fail(measured.error());
     auto made = compress::plan_mixed_precision(padded ? *padded->file : in, *measured, target);
     if (padded && o.pad_ffn == "auto") {
@@ -413,12 +432,16 @@ int quantize(const QuantizeOptions& o) {
     report["smallest_file_bytes"] = plan->smallest_file_bytes;
     report["largest_file_bytes"] = plan->largest_file_bytes;
   }
+  report["importance"] = importance
+                             ? json{{"tokens", importance_tokens}, {"matrices", importance->size()}}
+                             : json(nullptr);
   report["ffn_padding"] = padded ? json{{"channels_before", padded->channels_before},
                                         {"channels_after", padded->channels_after}}
                                  : json(nullptr);
 
   {
-    auto writer = compress::build_quantized(*source, choices, pool, on_progress);
+    auto writer = compress::build_quantized(*source, choices, pool, on_progress,
+                                            importance ? &*importance : nullptr);
     if (!writer.ok()) return fail(writer.error());
     if (auto s = writer->write(o.output); !s.ok()) return fail(s.error());
   }
@@ -532,6 +555,9 @@ void add_quantize_command(CLI::App& app) {
                   "never), yes, no")
       ->check(CLI::IsMember({"auto", "yes", "no"}))
       ->capture_default_str();
+  cmd->add_flag("--no-importance", opts->no_importance,
+                "With --calibration: round Q4_0 blocks by ggml's plain rule instead of by the "
+                "importance of their input columns on the calibration text");
   cmd->add_option("-t,--threads", opts->threads, "Threads (0: one per core)")
       ->capture_default_str();
   cmd->footer(

@@ -3,8 +3,10 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <map>
 #include <numbers>
 #include <string>
+#include <utility>
 
 namespace sy::compress {
 namespace {
@@ -44,9 +46,60 @@ class LayerStatisticsObserver final : public engine::ForwardObserver {
     }
   }
 
+  void on_matrix_input(int32_t layer, MatrixInput kind, std::span<const float> input,
+                       int32_t n) override {
+    SquareSums& sums = square_sums_[{layer, kind}];
+    const size_t cols = input.size() / static_cast<size_t>(n);
+    sums.sums.resize(cols, 0.0);
+    for (size_t t = 0; t < static_cast<size_t>(n); ++t) {
+      for (size_t j = 0; j < cols; ++j) {
+        sums.sums[j] += static_cast<double>(input[t * cols + j]) * input[t * cols + j];
+      }
+    }
+    sums.rows += static_cast<size_t>(n);
+  }
+
+  // The mean squares, under the names of the matrices that read each input.
+  void finish(const engine::GgufFile& file) {
+    for (const auto& [key, sums] : square_sums_) {
+      std::vector<float> mean(sums.sums.size());
+      for (size_t j = 0; j < mean.size(); ++j) {
+        mean[j] = static_cast<float>(sums.sums[j] / static_cast<double>(sums.rows));
+      }
+      for (const std::string& name : readers(file, key.first, key.second)) {
+        stats_.importance[name] = mean;
+      }
+    }
+  }
+
  private:
+  struct SquareSums {
+    std::vector<double> sums;
+    size_t rows = 0;
+  };
+
+  static std::vector<std::string> readers(const engine::GgufFile& file, int32_t layer,
+                                          MatrixInput kind) {
+    const std::string prefix = "blk." + std::to_string(layer) + ".";
+    switch (kind) {
+      case MatrixInput::kAttentionQkv:
+        return {prefix + "attn_q.weight", prefix + "attn_k.weight", prefix + "attn_v.weight"};
+      case MatrixInput::kAttentionOutput:
+        return {prefix + "attn_output.weight"};
+      case MatrixInput::kFfnGateUp:
+        return {prefix + "ffn_gate.weight", prefix + "ffn_up.weight"};
+      case MatrixInput::kFfnDown:
+        return {prefix + "ffn_down.weight"};
+      case MatrixInput::kOutput:
+        // A model without output.weight multiplies by its token embedding.
+        return {file.find_tensor("output.weight") ? "output.weight" : "token_embd.weight"};
+    }
+    return {};
+  }
+
   const int64_t d_, ff_;
   LayerStatistics& stats_;
+  std::map<std::pair<int32_t, MatrixInput>, SquareSums> square_sums_;
 };
 
 }  // namespace
@@ -97,6 +150,7 @@ Result<LayerStatistics> measure_layers(std::shared_ptr<const engine::Model> mode
     stats.last_logits.assign(logits.begin(), logits.end());
     stats.tokens += seq.size();
   }
+  observer.finish(model->file());
   const double count = static_cast<double>(stats.tokens);
   for (size_t li = 0; li < layers; ++li) {
     stats.block_influence[li] /= count;

@@ -4,12 +4,15 @@
 #pragma once
 
 #include <cstddef>
+#include <map>
 #include <memory>
 #include <span>
+#include <string>
 #include <string_view>
 #include <vector>
 
 #include "common/result.h"
+#include "compress/quantize.h"
 #include "engine/engine.h"
 
 namespace sy::compress {
@@ -22,6 +25,12 @@ struct LayerStatistics {
   std::vector<double> block_influence;
   // Per layer, per FFN channel: mean over tokens of |silu(gate) * up|.
   std::vector<std::vector<double>> ffn_mean_abs_activation;
+  // Per weight matrix (by tensor name), per input column: the mean over the
+  // positions it multiplied of the input's square, llama.cpp's "importance
+  // matrix". Weighted rounding (quantize_row_weighted) spends precision where
+  // these are large. The output projection sees only the positions whose
+  // logits were computed.
+  ImportanceMatrix importance;
   // The logits after the last token of the last sequence.
   std::vector<float> last_logits;
 };

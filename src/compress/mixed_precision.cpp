@@ -197,12 +197,10 @@ std::vector<TensorType> candidate_types(const engine::GgufTensorInfo& tensor,
   return out;
 }
 
-Result<std::vector<TensorSensitivity>> measure_sensitivities(const engine::GgufFile& file,
-                                                             const CalibrationSet& calibration,
-                                                             const TokenDistributions& reference,
-                                                             std::span<const TensorType> types,
-                                                             engine::ThreadPool& pool,
-                                                             const ProgressFn& progress) {
+Result<std::vector<TensorSensitivity>> measure_sensitivities(
+    const engine::GgufFile& file, const CalibrationSet& calibration,
+    const TokenDistributions& reference, std::span<const TensorType> types,
+    engine::ThreadPool& pool, const ProgressFn& progress, const ImportanceMatrix* importance) {
   std::vector<TensorSensitivity> out;
   uint64_t total = 0;
   for (const auto& t : file.tensors()) {
@@ -219,7 +217,8 @@ Result<std::vector<TensorSensitivity>> measure_sensitivities(const engine::GgufF
     const engine::GgufTensorInfo& tensor = *file.find_tensor(s.name);
     for (CandidateSensitivity& c : s.candidates) {
       if (c.type == s.source_type) continue;
-      SY_ASSIGN_OR_RETURN(std::vector<uint8_t> converted, convert_tensor(tensor, c.type, pool));
+      SY_ASSIGN_OR_RETURN(std::vector<uint8_t> converted,
+                          convert_tensor(tensor, c.type, pool, importance_of(tensor, importance)));
       std::vector<uint8_t> model_bytes;
       SY_ASSIGN_OR_RETURN(auto model,
                           model_with_tensor(file, tensor, c.type, converted, model_bytes));

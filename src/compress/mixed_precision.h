@@ -67,11 +67,13 @@ struct TensorSensitivity {
 // candidate types, the divergence from `reference` (the unchanged model's
 // distributions on `calibration`) of the model in which only that tensor is
 // converted. A candidate equal to the stored type costs nothing to measure:
-// its divergence is 0. Progress is reported in models evaluated.
+// its divergence is 0. Progress is reported in models evaluated. With
+// `importance`, candidates are rounded by it, as build_quantized will.
 Result<std::vector<TensorSensitivity>> measure_sensitivities(
     const engine::GgufFile& file, const CalibrationSet& calibration,
     const TokenDistributions& reference, std::span<const engine::TensorType> types,
-    engine::ThreadPool& pool, const ProgressFn& progress = {});
+    engine::ThreadPool& pool, const ProgressFn& progress = {},
+    const ImportanceMatrix* importance = nullptr);
 
 // A model whose FFN was widened with zero channels (pad_feed_forward) so that
 // ffn_down's rows split into the blocks of the smallest quantized type among

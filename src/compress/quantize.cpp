@@ -122,8 +122,17 @@ uint64_t tensor_bytes(std::span<const uint64_t> dims, TensorType type) {
   return engine::tensor_row_bytes(traits_of(type), elements);
 }
 
+std::span<const float> importance_of(const engine::GgufTensorInfo& tensor,
+                                     const ImportanceMatrix* matrix) {
+  if (matrix == nullptr) return {};
+  const auto it = matrix->find(tensor.name);
+  if (it == matrix->end() || it->second.size() != tensor.dims[0]) return {};
+  return it->second;
+}
+
 Result<std::vector<uint8_t>> convert_tensor(const engine::GgufTensorInfo& tensor, TensorType type,
-                                            engine::ThreadPool& pool) {
+                                            engine::ThreadPool& pool,
+                                            std::span<const float> importance) {
   const auto source = static_cast<TensorType>(tensor.type);
   if (source == type) return std::vector<uint8_t>(tensor.data, tensor.data + tensor.byte_size);
   const auto source_traits = engine::tensor_type_traits(tensor.type);
@@ -148,6 +157,12 @@ Result<std::vector<uint8_t>> convert_tensor(const engine::GgufTensorInfo& tensor
                           ", not a multiple of " + type_name(type) + "'s block of " +
                           std::to_string(target_traits.block_size) + ": choose another type");
   }
+  if (!importance.empty() && importance.size() != cols) {
+    return make_error(ErrorKind::kInvalidArgument,
+                      "importance for tensor '" + tensor.name + "' has " +
+                          std::to_string(importance.size()) + " values for rows of " +
+                          std::to_string(cols) + ": it was measured on another model");
+  }
   const uint64_t rows = tensor.element_count / cols;
   const size_t source_row_bytes = engine::tensor_row_bytes(*source_traits, cols);
   const size_t target_row_bytes = engine::tensor_row_bytes(target_traits, cols);
@@ -158,8 +173,13 @@ Result<std::vector<uint8_t>> convert_tensor(const engine::GgufTensorInfo& tensor
       // Both calls succeed: the types are computable and cols fits both blocks.
       engine::dequantize_row(source, tensor.data + r * source_row_bytes, row.data(),
                              static_cast<int64_t>(cols));
-      engine::quantize_row(type, row.data(), out.data() + r * target_row_bytes,
-                           static_cast<int64_t>(cols));
+      if (importance.empty()) {
+        engine::quantize_row(type, row.data(), out.data() + r * target_row_bytes,
+                             static_cast<int64_t>(cols));
+      } else {
+        engine::quantize_row_weighted(type, row.data(), out.data() + r * target_row_bytes,
+                                      static_cast<int64_t>(cols), importance.data());
+      }
     }
   });
   return out;
@@ -196,7 +216,8 @@ uint32_t llama_file_type(const engine::GgufFile& file, std::span<const TensorCho
 
 Result<engine::GgufWriter> build_quantized(const engine::GgufFile& file,
                                            std::span<const TensorChoice> choices,
-                                           engine::ThreadPool& pool, const ProgressFn& progress) {
+                                           engine::ThreadPool& pool, const ProgressFn& progress,
+                                           const ImportanceMatrix* importance) {
   SY_TRY_STATUS(check_choices(file, choices));
   engine::GgufWriter writer;
   set_output_metadata(writer, file, llama_file_type(file, choices));
@@ -205,7 +226,9 @@ Result<engine::GgufWriter> build_quantized(const engine::GgufFile& file,
   uint64_t done = 0;
   for (size_t i = 0; i < choices.size(); ++i) {
     const auto& tensor = file.tensors()[i];
-    SY_ASSIGN_OR_RETURN(std::vector<uint8_t> data, convert_tensor(tensor, choices[i].type, pool));
+    SY_ASSIGN_OR_RETURN(
+        std::vector<uint8_t> data,
+        convert_tensor(tensor, choices[i].type, pool, importance_of(tensor, importance)));
     SY_TRY_STATUS(writer.add_tensor(tensor.name, choices[i].type, tensor.dims, data));
     done += tensor.element_count;
     if (progress) progress("quantize", done, total);

@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <span>
 #include <string>
 #include <string_view>
@@ -51,8 +52,19 @@ std::vector<TensorChoice> uniform_choices(const engine::GgufFile& file, engine::
 // another type, copied byte for byte when already of that type. Rows are
 // split over the pool. Fails for a type without kernels or a row length that
 // is not a multiple of the type's block.
+// With `importance` (one value per element of a row, see ImportanceMatrix),
+// rounding minimizes the importance-weighted error (engine::quantize_row_weighted).
 Result<std::vector<uint8_t>> convert_tensor(const engine::GgufTensorInfo& tensor,
-                                            engine::TensorType type, engine::ThreadPool& pool);
+                                            engine::TensorType type, engine::ThreadPool& pool,
+                                            std::span<const float> importance = {});
+
+// Per-column importance of weight matrices, by tensor name (see
+// LayerStatistics::importance).
+using ImportanceMatrix = std::map<std::string, std::vector<float>>;
+
+// `tensor`'s importance from `matrix`, or empty when there is none of its row length.
+std::span<const float> importance_of(const engine::GgufTensorInfo& tensor,
+                                     const ImportanceMatrix* matrix);
 
 // llama.cpp's general.file_type (llama_ftype) for the type holding most of
 // the quantizable elements: 0 F32, 1 F16, 2 Q4_0, 7 Q8_0, 14 Q4_K_S, 18 Q6_K, 32 BF16.
@@ -63,10 +75,12 @@ uint32_t llama_file_type(const engine::GgufFile& file, std::span<const TensorCho
 // general.file_type and general.quantization_version as llama.cpp writes
 // them, and every tensor converted as `choices` says (one per tensor of
 // `file`, in file order). Progress is reported in elements converted.
+// With `importance`, matrices it covers are rounded by it.
 Result<engine::GgufWriter> build_quantized(const engine::GgufFile& file,
                                            std::span<const TensorChoice> choices,
                                            engine::ThreadPool& pool,
-                                           const ProgressFn& progress = {});
+                                           const ProgressFn& progress = {},
+                                           const ImportanceMatrix* importance = nullptr);
 
 // Exact size in bytes of the file build_quantized would produce for these
 // choices, computed without converting any tensor.

@@ -224,6 +224,14 @@ bool quantize_row(TensorType type, const float* src, void* dst, int64_t n) {
   }
 }
 
+bool quantize_row_weighted(TensorType type, const float* src, void* dst, int64_t n,
+                           const float* importance) {
+  if (type != TensorType::kQ4_0) return quantize_row(type, src, dst, n);
+  if (n % detail::kQK != 0) return false;
+  detail::quantize_q4_0_weighted(src, importance, static_cast<detail::BlockQ4_0*>(dst), n);
+  return true;
+}
+
 bool dequantize_row(TensorType type, const void* src, float* dst, int64_t n) {
   const TypeOps* ops = find_ops(type);
   if (ops == nullptr || n % ops->block_size != 0) return false;

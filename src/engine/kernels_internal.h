@@ -74,6 +74,7 @@ inline constexpr int kGroupRows = 8;
 // Weight quantization (file writing) and dequantization, scalar. n is a
 // multiple of the type's block size.
 void quantize_q4_0(const float* x, BlockQ4_0* y, int64_t n);
+void quantize_q4_0_weighted(const float* x, const float* importance, BlockQ4_0* y, int64_t n);
 void quantize_q8_0(const float* x, BlockQ8_0* y, int64_t n);
 void quantize_q4_k(const float* x, BlockQ4_K* y, int64_t n);
 void quantize_q6_k(const float* x, BlockQ6_K* y, int64_t n);

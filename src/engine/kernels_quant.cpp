@@ -131,6 +131,61 @@ void quantize_q4_0(const float* x, BlockQ4_0* y, int64_t n) {
   }
 }
 
+void quantize_q4_0_weighted(const float* x, const float* importance, BlockQ4_0* y, int64_t n) {
+  for (int64_t b = 0; b < n / kQK; ++b, x += kQK, importance += kQK) {
+    float amax = 0.0f;
+    float max = 0.0f;
+    float sum_x2 = 0.0f;
+    float importance_sum = 0.0f;
+    for (int j = 0; j < kQK; ++j) {
+      sum_x2 += x[j] * x[j];
+      importance_sum += importance[j];
+      if (std::fabs(x[j]) > amax) {
+        amax = std::fabs(x[j]);
+        max = x[j];
+      }
+    }
+    if (amax == 0.0f || !(importance_sum > 0.0f)) {
+      quantize_q4_0(x, y + b, kQK);
+      continue;
+    }
+    // Each weight's error counts by how strongly its input column is driven,
+    // and a little more for large weights (as llama.cpp weighs its imatrix).
+    const float sigma2 = sum_x2 / kQK;
+    float w[kQK];
+    for (int j = 0; j < kQK; ++j) w[j] = importance[j] * std::sqrt(sigma2 + x[j] * x[j]);
+    // Candidate grids around ggml's max/-8, each with its least-squares scale;
+    // the one with the least weighted error wins. The first candidate (0) is
+    // ggml's own grid, so the result is never worse than its rounding.
+    int8_t best_levels[kQK] = {};
+    float best_d = max / -8.0f;
+    float best_score = -1.0f;
+    int8_t levels[kQK];
+    for (int step : {0, -1, 1, -2, 2, -3, 3, -4, 4, -5, 5, -6, 6, -7, 7, -8, 8, -9, 9}) {
+      const float inverse = -(8.0f + 0.1f * static_cast<float>(step)) / max;
+      float sum_lx = 0.0f;
+      float sum_l2 = 0.0f;
+      for (int j = 0; j < kQK; ++j) {
+        const int l = std::clamp(static_cast<int>(std::lround(inverse * x[j])), -8, 7);
+        levels[j] = static_cast<int8_t>(l);
+        sum_lx += w[j] * x[j] * static_cast<float>(l);
+        sum_l2 += w[j] * static_cast<float>(l * l);
+      }
+      // Weighted error at the least-squares scale is sum(w x^2) - sum_lx^2 / sum_l2.
+      if (sum_l2 > 0.0f && sum_lx * sum_lx > best_score * sum_l2) {
+        best_score = sum_lx * sum_lx / sum_l2;
+        best_d = sum_lx / sum_l2;
+        std::copy(levels, levels + kQK, best_levels);
+      }
+    }
+    y[b].d = fp32_to_fp16(best_d);
+    for (int j = 0; j < kQK / 2; ++j) {
+      y[b].qs[j] =
+          static_cast<uint8_t>((best_levels[j] + 8) | ((best_levels[j + kQK / 2] + 8) << 4));
+    }
+  }
+}
+
 void quantize_q8_0(const float* x, BlockQ8_0* y, int64_t n) {
   for (int64_t b = 0; b < n / kQK; ++b, x += kQK) {
     float amax = 0.0f;

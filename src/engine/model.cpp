@@ -375,6 +375,10 @@ void InferenceContext::forward_batch(const TokenId* tokens, int32_t n, ThreadPoo
     for (int32_t t = 0; t < n; ++t) {
       rmsnorm(x_.data() + t * d, l.attn_norm, xn_.data() + t * d, d, c.rms_norm_epsilon);
     }
+    if (observer_ != nullptr) {
+      observer_->on_matrix_input(li, ForwardObserver::MatrixInput::kAttentionQkv,
+                                 {xn_.data(), stream}, n);
+    }
     matmul(l.wq, xn_.data(), n, q_.data(), scratch, pool);
     matmul(l.wk, xn_.data(), n, k_.data(), scratch, pool);
     matmul(l.wv, xn_.data(), n, v_.data(), scratch, pool);
@@ -423,17 +427,27 @@ void InferenceContext::forward_batch(const TokenId* tokens, int32_t n, ThreadPoo
       }
     });
 
+    if (observer_ != nullptr) {
+      observer_->on_matrix_input(li, ForwardObserver::MatrixInput::kAttentionOutput,
+                                 {attn_out_.data(), static_cast<size_t>(n * q_dim)}, n);
+    }
     matmul(l.wo, attn_out_.data(), n, xn_.data(), scratch, pool);
     add_f32(x_.data(), xn_.data(), static_cast<int64_t>(n) * d);
 
     for (int32_t t = 0; t < n; ++t) {
       rmsnorm(x_.data() + t * d, l.ffn_norm, xn_.data() + t * d, d, c.rms_norm_epsilon);
     }
+    if (observer_ != nullptr) {
+      observer_->on_matrix_input(li, ForwardObserver::MatrixInput::kFfnGateUp, {xn_.data(), stream},
+                                 n);
+    }
     matmul(l.w_gate, xn_.data(), n, gate_.data(), scratch, pool);
     matmul(l.w_up, xn_.data(), n, up_.data(), scratch, pool);
     silu_mul(gate_.data(), up_.data(), static_cast<int64_t>(n) * ff);
     if (observer_ != nullptr) {
       observer_->on_ffn_activation(li, {gate_.data(), static_cast<size_t>(n * ff)}, n);
+      observer_->on_matrix_input(li, ForwardObserver::MatrixInput::kFfnDown,
+                                 {gate_.data(), static_cast<size_t>(n * ff)}, n);
     }
     matmul(l.w_down, gate_.data(), n, xn_.data(), scratch, pool);
     add_f32(x_.data(), xn_.data(), static_cast<int64_t>(n) * d);
@@ -444,6 +458,10 @@ void InferenceContext::forward_batch(const TokenId* tokens, int32_t n, ThreadPoo
 
   const float* last = x_.data() + static_cast<int64_t>(n - 1) * d;
   rmsnorm(last, m.output_norm(), xn_.data(), d, c.rms_norm_epsilon);
+  if (observer_ != nullptr) {
+    observer_->on_matrix_input(-1, ForwardObserver::MatrixInput::kOutput,
+                               {xn_.data(), static_cast<size_t>(d)}, 1);
+  }
   matmul(m.output(), xn_.data(), 1, logits_.data(), scratch, pool);
 
   position_ += n;

@@ -106,6 +106,20 @@ class ForwardObserver {
                         int32_t n) = 0;
   // silu(gate) * up inside layer `layer`'s FFN (n x feed_forward_length).
   virtual void on_ffn_activation(int32_t layer, std::span<const float> activation, int32_t n) = 0;
+
+  // Which weight matrices multiply an observed input.
+  enum class MatrixInput {
+    kAttentionQkv,     // attn_q, attn_k, attn_v: the normed residual stream
+    kAttentionOutput,  // attn_output: the heads' concatenated outputs
+    kFfnGateUp,        // ffn_gate, ffn_up: the normed residual stream
+    kFfnDown,          // ffn_down: silu(gate) * up
+    kOutput,           // the output projection (layer -1)
+  };
+  // The input of layer `layer`'s matrices of `kind`, n rows of input.size()/n.
+  // The output projection runs only for the positions whose logits are kept
+  // (the last of each evaluate() call), so it shows only those.
+  virtual void on_matrix_input(int32_t layer, MatrixInput kind, std::span<const float> input,
+                               int32_t n) = 0;
 };
 
 // One sequence being generated: KV cache plus scratch buffers, all allocated
