@@ -476,12 +476,12 @@ TEST(Plan, CalibratedEndToEndIsDeterministicAndFits) {
   const std::vector<TensorType> types = {TensorType::kQ4_0, TensorType::kQ8_0, TensorType::kF32};
   uint64_t evaluated = 0;
   auto measured =
-      measure_sensitivities(*file, *calibration, reference->distributions, types, pool,
+      measure_sensitivities(model, *calibration, reference->distributions, types, pool,
                             [&](std::string_view, uint64_t done, uint64_t) { evaluated = done; });
   ASSERT_TRUE(measured.ok()) << measured.error().message;
   engine::ThreadPool other_pool(1);
   auto again =
-      measure_sensitivities(*file, *calibration, reference->distributions, types, other_pool);
+      measure_sensitivities(model, *calibration, reference->distributions, types, other_pool);
   ASSERT_TRUE(again.ok());
   ASSERT_EQ(measured->size(), 9u);  // 7 layer matrices, embedding, output
   EXPECT_EQ(evaluated, 9u * 2);     // F32 is the stored type: nothing to measure
@@ -543,7 +543,7 @@ TEST(Plan, NoWorseThanLlamaCppAssignmentsOfTheSameSize) {
   auto reference = run_calibration(*model, *calibration, pool);
   ASSERT_TRUE(reference.ok());
   auto measured =
-      measure_sensitivities(*file, *calibration, reference->distributions, kCandidates, pool);
+      measure_sensitivities(*model, *calibration, reference->distributions, kCandidates, pool);
   ASSERT_TRUE(measured.ok()) << measured.error().message;
 
   const std::vector<TensorChoice> q4_0 = uniform_choices(*file, TensorType::kQ4_0, false);
@@ -649,12 +649,15 @@ TEST(FfnPadding, SensitivitiesCarryOverToTheUnpaddedModel) {
   ASSERT_TRUE(file && model.ok());
   auto padded = pad_for_types(*file, kCandidates);
   ASSERT_TRUE(padded.ok() && padded->has_value());
+  auto padded_loaded = Model::from_gguf((*padded)->file);
+  ASSERT_TRUE(padded_loaded.ok());
+  const std::shared_ptr<const Model> padded_model = *padded_loaded;
   auto calibration = parse_calibration(kStories, "stories.txt", **model, 32);
   ASSERT_TRUE(calibration.ok());
   engine::ThreadPool pool(2);
   auto reference = run_calibration(*model, *calibration, pool);
   ASSERT_TRUE(reference.ok());
-  auto measured = measure_sensitivities(*(*padded)->file, *calibration, reference->distributions,
+  auto measured = measure_sensitivities(padded_model, *calibration, reference->distributions,
                                         kCandidates, pool);
   ASSERT_TRUE(measured.ok()) << measured.error().message;
   const auto unpadded = sensitivities_without_padding(*file, *measured);
@@ -678,8 +681,8 @@ TEST(FfnPadding, SensitivitiesCarryOverToTheUnpaddedModel) {
     }
   }
   const std::vector<TensorType> q4_0_only = {TensorType::kQ4_0};
-  auto q4_measured = measure_sensitivities(*(*padded)->file, *calibration, reference->distributions,
-                                           q4_0_only, pool);
+  auto q4_measured =
+      measure_sensitivities(padded_model, *calibration, reference->distributions, q4_0_only, pool);
   ASSERT_TRUE(q4_measured.ok());
   // Unpadded ffn_down rows fit no Q4_0 block: no plan without padding.
   EXPECT_FALSE(sensitivities_without_padding(*file, *q4_measured).has_value());

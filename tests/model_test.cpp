@@ -246,6 +246,103 @@ TEST(Model, BatchedPromptEqualsTokenByToken) {
   }
 }
 
+std::vector<float> logits_of(std::shared_ptr<const Model> model, const std::vector<TokenId>& seq) {
+  auto ctx = InferenceContext::create(model, {});
+  EXPECT_TRUE(ctx.ok());
+  ThreadPool pool(2);
+  auto logits = (*ctx)->evaluate(seq, pool);
+  EXPECT_TRUE(logits.ok());
+  return logits.ok() ? std::vector<float>(logits->begin(), logits->end()) : std::vector<float>();
+}
+
+// The tensor's rows converted to `type` with the kernels.
+std::vector<uint8_t> converted(const GgufTensorInfo& t, TensorType type) {
+  std::vector<float> values(t.element_count);
+  EXPECT_TRUE(dequantize_row(static_cast<TensorType>(t.type), t.data, values.data(),
+                             static_cast<int64_t>(t.element_count)));
+  const size_t row_bytes =
+      tensor_row_bytes(*tensor_type_traits(static_cast<uint32_t>(type)), t.dims[0]);
+  std::vector<uint8_t> out(row_bytes * (t.element_count / t.dims[0]));
+  for (size_t r = 0; r < t.element_count / t.dims[0]; ++r) {
+    EXPECT_TRUE(quantize_row(type, values.data() + r * t.dims[0], out.data() + r * row_bytes,
+                             static_cast<int64_t>(t.dims[0])));
+  }
+  return out;
+}
+
+// A model with one matrix swapped in memory computes exactly what the same
+// model written to a file with that tensor converted computes, and leaves the
+// model it came from untouched.
+TEST(Model, WithMatrixEqualsTheConvertedFile) {
+  for (const bool tied : {false, true}) {
+    SCOPED_TRACE(tied ? "tied output" : "own output");
+    SyntheticModelSpec spec;
+    spec.tied_output = tied;
+    const std::string path = testing::temp_path(".gguf");
+    ASSERT_TRUE(write_synthetic_model(spec, path).ok());
+    auto base = Model::load(path);
+    ASSERT_TRUE(base.ok());
+    const std::vector<TokenId> seq = {1, 50, 60, 70, 80};
+    const std::vector<float> base_logits = logits_of(*base, seq);
+    for (const std::string name :
+         {"blk.1.attn_v.weight", "blk.0.ffn_down.weight", "token_embd.weight"}) {
+      SCOPED_TRACE(name);
+      const GgufTensorInfo& tensor = *(*base)->file().find_tensor(name);
+      auto swapped =
+          Model::with_matrix(*base, name, TensorType::kQ4_0, converted(tensor, TensorType::kQ4_0));
+      ASSERT_TRUE(swapped.ok()) << swapped.error().message;
+
+      GgufWriter writer;
+      for (const auto& [key, value] : (*base)->file().metadata()) writer.set(key, value);
+      for (const auto& t : (*base)->file().tensors()) {
+        if (t.name == name) {
+          ASSERT_TRUE(
+              writer.add_tensor(t.name, TensorType::kQ4_0, t.dims, converted(t, TensorType::kQ4_0))
+                  .ok());
+        } else {
+          ASSERT_TRUE(writer
+                          .add_tensor(t.name, static_cast<TensorType>(t.type), t.dims,
+                                      {t.data, static_cast<size_t>(t.byte_size)})
+                          .ok());
+        }
+      }
+      const std::string written = testing::temp_path(".gguf");
+      ASSERT_TRUE(writer.write(written).ok());
+      auto from_file = Model::load(written);
+      ASSERT_TRUE(from_file.ok());
+      EXPECT_EQ(logits_of(*swapped, seq), logits_of(*from_file, seq));
+      EXPECT_NE(logits_of(*swapped, seq), base_logits);
+      EXPECT_EQ((*swapped)->weight_bytes(), (*from_file)->weight_bytes());
+      std::filesystem::remove(written);
+    }
+    EXPECT_EQ(logits_of(*base, seq), base_logits);
+
+    // The swapped model keeps what it shares alive.
+    const GgufTensorInfo& wq = *(*base)->file().find_tensor("blk.0.attn_q.weight");
+    auto swapped = Model::with_matrix(*base, "blk.0.attn_q.weight", TensorType::kQ8_0,
+                                      converted(wq, TensorType::kQ8_0));
+    ASSERT_TRUE(swapped.ok());
+    const std::vector<float> before = logits_of(*swapped, seq);
+    base = make_error(ErrorKind::kInternal, "released");
+    EXPECT_EQ(logits_of(*swapped, seq), before);
+
+    auto no_layer = Model::with_matrix(*swapped, "blk.7.attn_q.weight", TensorType::kQ8_0, {});
+    ASSERT_FALSE(no_layer.ok());
+    EXPECT_NE(no_layer.error().message.find("no weight matrix 'blk.7.attn_q.weight'"),
+              std::string::npos)
+        << no_layer.error().message;
+    EXPECT_FALSE(Model::with_matrix(*swapped, "blk.0.attn_norm.weight", TensorType::kF32, {}).ok());
+    auto wrong_size = Model::with_matrix(*swapped, "blk.0.attn_k.weight", TensorType::kQ8_0,
+                                         std::vector<uint8_t>(10));
+    ASSERT_FALSE(wrong_size.ok());
+    EXPECT_NE(wrong_size.error().message.find("10 bytes"), std::string::npos);
+    auto no_fit = Model::with_matrix(*swapped, "blk.0.attn_k.weight", TensorType::kQ4_K, {});
+    ASSERT_FALSE(no_fit.ok());  // rows of 64 are not whole 256-element blocks
+    EXPECT_NE(no_fit.error().message.find("do not split"), std::string::npos);
+    std::filesystem::remove(path);
+  }
+}
+
 TEST(Model, ContextOverflowIsAClearError) {
   SyntheticModelSpec spec;
   spec.context_length = 32;

@@ -352,12 +352,13 @@ int quantize(const QuantizeOptions& o) {
   // their input columns on it (measured on the model being converted).
   std::optional<compress::ImportanceMatrix> importance;
   size_t importance_tokens = 0;
-  const auto measure_importance = [&](const engine::GgufFile& file) -> Status {
+  // The model being converted: the input's, or the padded one's.
+  const auto source_model = [&]() -> Result<std::shared_ptr<const engine::Model>> {
+    if (!padded) return reference;
+    return engine::Model::from_gguf(padded->file);
+  };
+  const auto measure_importance = [&](std::shared_ptr<const engine::Model> model) -> Status {
     if (!calibration || o.no_importance) return Status::Ok();
-    std::shared_ptr<const engine::Model> model = reference;
-    if (&file != &in) {
-      SY_ASSIGN_OR_RETURN(model, engine::Model::from_gguf(padded->file));
-    }
     SY_ASSIGN_OR_RETURN(compress::LayerStatistics stats,
                         compress::measure_layers(model, calibration->sequences, pool));
     importance = std::move(stats.importance);
@@ -379,7 +380,11 @@ int quantize(const QuantizeOptions& o) {
     if (auto s = apply_tensor_types(*source, o.tensor_types, choices); !s.ok()) {
       return fail(s.error());
     }
-    if (auto s = measure_importance(*source); !s.ok()) return fail(s.error());
+    if (calibration) {
+      auto model = source_model();
+      if (!model.ok()) return fail(model.error());
+      if (auto s = measure_importance(*model); !s.ok()) return fail(s.error());
+    }
     report["mode"] = "uniform";
     report["type"] = o.type;
     report["pure"] = o.pure;
@@ -396,14 +401,16 @@ int quantize(const QuantizeOptions& o) {
       target.bits_per_weight = o.target_bpw;
     }
     if (auto s = pad_for(*types); !s.ok()) return fail(s.error());
-    if (auto s = measure_importance(padded ? *padded->file : in); !s.ok()) return fail(s.error());
+    auto model = source_model();
+    if (!model.ok()) return fail(model.error());
+    if (auto s = measure_importance(*model); !s.ok()) return fail(s.error());
     auto ref_run = compress::run_calibration(reference, *calibration, pool);
     if (!ref_run.ok()) return fail(ref_run.error());
     // Padding is exact, so measuring on the padded model serves both
     // variants; the plan keeps the one with the lower predicted divergence.
-    auto measured = compress::measure_sensitivities(
-        padded ? *padded->file : in, *calibration, ref_run->distributions, *types, pool,
-        on_progress, importance ? &*importance : nullptr);
+    auto measured =
+        compress::measure_sensitivities(*model, *calibration, ref_run->distributions, *types, pool,
+                                        on_progress, importance ? &*importance : nullptr);
     if (!measured.ok()) return fail(measured.error());
     auto made = compress::plan_mixed_precision(padded ? *padded->file : in, *measured, target);
     if (padded && o.pad_ffn == "auto") {

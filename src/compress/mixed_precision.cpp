@@ -90,29 +90,6 @@ uint64_t align_up(uint64_t value, uint64_t alignment) {
   return (value + alignment - 1) / alignment * alignment;
 }
 
-// The model in which one tensor is replaced by `replacement` bytes of `type`.
-// The model borrows `bytes`, which must outlive it.
-Result<std::shared_ptr<const engine::Model>> model_with_tensor(
-    const engine::GgufFile& file, const engine::GgufTensorInfo& replaced, TensorType type,
-    std::span<const uint8_t> replacement, std::vector<uint8_t>& bytes) {
-  engine::GgufWriter writer;
-  for (const auto& [key, value] : file.metadata()) writer.set(key, value);
-  for (const auto& t : file.tensors()) {
-    if (t.name == replaced.name) {
-      SY_TRY_STATUS(writer.add_tensor(t.name, type, t.dims, replacement));
-    } else {
-      SY_TRY_STATUS(writer.add_tensor(t.name, static_cast<TensorType>(t.type), t.dims,
-                                      {t.data, static_cast<size_t>(t.byte_size)}));
-    }
-  }
-  bytes = writer.to_bytes();
-  SY_ASSIGN_OR_RETURN(auto parsed,
-                      engine::GgufFile::parse(
-                          bytes, file.origin() + " [" + replaced.name + " as " +
-                                     engine::tensor_type_name(static_cast<uint32_t>(type)) + "]"));
-  return engine::Model::from_gguf(std::move(parsed));
-}
-
 }  // namespace
 
 size_t CalibrationSet::token_count() const {
@@ -198,9 +175,10 @@ std::vector<TensorType> candidate_types(const engine::GgufTensorInfo& tensor,
 }
 
 Result<std::vector<TensorSensitivity>> measure_sensitivities(
-    const engine::GgufFile& file, const CalibrationSet& calibration,
+    std::shared_ptr<const engine::Model> model, const CalibrationSet& calibration,
     const TokenDistributions& reference, std::span<const TensorType> types,
     engine::ThreadPool& pool, const ProgressFn& progress, const ImportanceMatrix* importance) {
+  const engine::GgufFile& file = model->file();
   std::vector<TensorSensitivity> out;
   uint64_t total = 0;
   for (const auto& t : file.tensors()) {
@@ -219,10 +197,10 @@ Result<std::vector<TensorSensitivity>> measure_sensitivities(
       if (c.type == s.source_type) continue;
       SY_ASSIGN_OR_RETURN(std::vector<uint8_t> converted,
                           convert_tensor(tensor, c.type, pool, importance_of(tensor, importance)));
-      std::vector<uint8_t> model_bytes;
-      SY_ASSIGN_OR_RETURN(auto model,
-                          model_with_tensor(file, tensor, c.type, converted, model_bytes));
-      SY_ASSIGN_OR_RETURN(CalibrationRun run, run_calibration(std::move(model), calibration, pool));
+      SY_ASSIGN_OR_RETURN(auto candidate, engine::Model::with_matrix(model, tensor.name, c.type,
+                                                                     std::move(converted)));
+      SY_ASSIGN_OR_RETURN(CalibrationRun run,
+                          run_calibration(std::move(candidate), calibration, pool));
       const Divergence d = compare_distributions(reference, run.distributions);
       c.mean_kl = d.mean_kl;
       c.top1_agreement = d.top1_agreement;

@@ -63,14 +63,14 @@ struct TensorSensitivity {
   std::vector<CandidateSensitivity> candidates;  // ascending size
 };
 
-// For every quantizable tensor of `file` (in file order) and each of its
-// candidate types, the divergence from `reference` (the unchanged model's
+// For every quantizable tensor of `model`'s file (in file order) and each of
+// its candidate types, the divergence from `reference` (the unchanged model's
 // distributions on `calibration`) of the model in which only that tensor is
-// converted. A candidate equal to the stored type costs nothing to measure:
-// its divergence is 0. Progress is reported in models evaluated. With
-// `importance`, candidates are rounded by it, as build_quantized will.
+// converted (engine::Model::with_matrix: nothing else is copied). A candidate equal to the stored
+// type costs nothing to measure: its divergence is 0. Progress is reported in models evaluated.
+// With `importance`, candidates are rounded by it, as build_quantized will.
 Result<std::vector<TensorSensitivity>> measure_sensitivities(
-    const engine::GgufFile& file, const CalibrationSet& calibration,
+    std::shared_ptr<const engine::Model> model, const CalibrationSet& calibration,
     const TokenDistributions& reference, std::span<const engine::TensorType> types,
     engine::ThreadPool& pool, const ProgressFn& progress = {},
     const ImportanceMatrix* importance = nullptr);

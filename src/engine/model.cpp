@@ -1,6 +1,7 @@
 #include "engine/model.h"
 
 #include <algorithm>
+#include <charconv>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -188,6 +189,80 @@ struct ModelLoader {
     return Status::Ok();
   }
 };
+
+Result<std::shared_ptr<const Model>> Model::with_matrix(std::shared_ptr<const Model> base,
+                                                        std::string_view tensor_name,
+                                                        TensorType type,
+                                                        std::vector<uint8_t> data) {
+  std::shared_ptr<Model> model(new Model());
+  model->file_ = base->file_;
+  model->tokenizer_ = base->tokenizer_;
+  model->config_ = base->config_;
+  model->weight_bytes_ = base->weight_bytes_;
+  model->token_embd_ = base->token_embd_;
+  model->output_ = base->output_;
+  model->output_norm_ = base->output_norm_;
+  model->layers_ = base->layers_;
+
+  std::vector<WeightMatrix*> targets;
+  if (tensor_name == "token_embd.weight") {
+    targets.push_back(&model->token_embd_);
+    if (model->config_.tied_output) targets.push_back(&model->output_);
+  } else if (tensor_name == "output.weight" && !model->config_.tied_output) {
+    targets.push_back(&model->output_);
+  } else if (tensor_name.starts_with("blk.")) {
+    size_t layer = 0;
+    const char* begin = tensor_name.data() + 4;
+    const char* end = tensor_name.data() + tensor_name.size();
+    const auto [rest, ec] = std::from_chars(begin, end, layer);
+    if (ec == std::errc() && rest != begin && rest != end && *rest == '.' &&
+        layer < model->layers_.size()) {
+      LayerWeights& l = model->layers_[layer];
+      const std::string_view suffix(rest + 1, static_cast<size_t>(end - rest - 1));
+      const std::pair<std::string_view, WeightMatrix*> matrices[] = {
+          {"attn_q.weight", &l.wq},      {"attn_k.weight", &l.wk},       {"attn_v.weight", &l.wv},
+          {"attn_output.weight", &l.wo}, {"ffn_gate.weight", &l.w_gate}, {"ffn_up.weight", &l.w_up},
+          {"ffn_down.weight", &l.w_down}};
+      for (const auto& [name, matrix] : matrices) {
+        if (suffix == name) targets.push_back(matrix);
+      }
+    }
+  }
+  if (targets.empty()) {
+    return make_error(ErrorKind::kInvalidArgument, "model '" + base->config_.name +
+                                                       "' has no weight matrix '" +
+                                                       std::string(tensor_name) + "' to replace");
+  }
+  const WeightMatrix& old = *targets.front();
+  const auto traits = tensor_type_traits(static_cast<uint32_t>(type));
+  if (!traits || !traits->computable || old.cols % traits->block_size != 0) {
+    return make_error(ErrorKind::kInvalidArgument,
+                      "cannot run '" + std::string(tensor_name) + "' as " +
+                          tensor_type_name(static_cast<uint32_t>(type)) + ": " +
+                          (traits && traits->computable ? "its rows do not split into its blocks"
+                                                        : "the engine has no kernels for it"));
+  }
+  const size_t row_bytes = tensor_row_bytes(*traits, static_cast<uint64_t>(old.cols));
+  if (data.size() != row_bytes * static_cast<size_t>(old.rows)) {
+    return make_error(
+        ErrorKind::kInvalidArgument,
+        "replacement for '" + std::string(tensor_name) + "' has " + std::to_string(data.size()) +
+            " bytes; " + std::to_string(row_bytes * static_cast<size_t>(old.rows)) +
+            " expected for its shape as " + tensor_type_name(static_cast<uint32_t>(type)));
+  }
+  model->weight_bytes_ =
+      model->weight_bytes_ - old.row_bytes * static_cast<size_t>(old.rows) + data.size();
+  model->replacement_ = std::move(data);
+  for (WeightMatrix* target : targets) {
+    target->type = type;
+    target->data = model->replacement_.data();
+    target->row_bytes = row_bytes;
+  }
+  model->version_ = base->version_ + "+" + std::string(tensor_name) + ":" +
+                    tensor_type_name(static_cast<uint32_t>(type));
+  model->base_ = std::move(base);
+  return std::shared_ptr<const Model>(std::move(model));
+}
 
 Result<std::shared_ptr<const Model>> Model::load(const std::string& path) {
   auto file = GgufFile::open(path);

@@ -6,6 +6,7 @@
 #include <memory>
 #include <span>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "common/result.h"
@@ -58,6 +59,16 @@ class Model {
   // Same from an already-parsed file.
   static Result<std::shared_ptr<const Model>> from_gguf(std::shared_ptr<GgufFile> file);
 
+  // `base` with one weight matrix (by tensor name, e.g. "blk.3.attn_v.weight")
+  // replaced by `data` in `type`, same shape, sharing everything else with
+  // it: the cheap way to see what converting one tensor does. Fails for a name
+  // that is no weight matrix, a type without kernels, rows that do not split
+  // into its blocks, or data of the wrong size. file() stays base's file.
+  static Result<std::shared_ptr<const Model>> with_matrix(std::shared_ptr<const Model> base,
+                                                          std::string_view tensor_name,
+                                                          TensorType type,
+                                                          std::vector<uint8_t> data);
+
   const ModelConfig& config() const { return config_; }
   const Tokenizer& tokenizer() const { return *tokenizer_; }
   const GgufFile& file() const { return *file_; }
@@ -86,6 +97,10 @@ class Model {
   std::vector<LayerWeights> layers_;
   // Norms and biases stored as F16/BF16 are widened to float once at load.
   std::vector<std::vector<float>> widened_;
+  // For with_matrix: the model whose weights (and widened vectors) this one
+  // points into, and the replacement matrix's bytes.
+  std::shared_ptr<const Model> base_;
+  std::vector<uint8_t> replacement_;
   friend struct ModelLoader;
 };
 
