@@ -410,43 +410,47 @@ TEST(RoundTrip, Q4_0) {
 }
 
 // Rounding by importance (calibration's mean squared input per column): the
-// importance-weighted error falls well below ggml's rule on uneven
-// importance; zero importance and other types round exactly as quantize_row.
-TEST(RoundTrip, Q4_0WeightedByImportance) {
-  const size_t n = 32 * 256;
+// importance-weighted error falls well below plain rounding's on uneven
+// importance; zero importance and the other types round exactly as quantize_row.
+TEST(RoundTrip, WeightedByImportance) {
+  const size_t n = 256 * 32;
   const std::vector<float> x = gaussian(n, 11);
   std::vector<float> importance(n);
   std::mt19937 rng(12);
   std::uniform_real_distribution<float> uniform(0.0f, 1.0f);
-  // A few strongly driven columns per block, as real activations have.
+  // A few strongly driven columns, as real activations have.
   for (float& v : importance) v = uniform(rng) < 0.1f ? 100.0f * uniform(rng) : uniform(rng);
-  const auto weighted_error = [&](const std::vector<uint8_t>& q) {
+  const auto weighted_error = [&](TensorType t, const std::vector<uint8_t>& q) {
     std::vector<float> y(n);
-    EXPECT_TRUE(dequantize_row(TensorType::kQ4_0, q.data(), y.data(), static_cast<int64_t>(n)));
+    EXPECT_TRUE(dequantize_row(t, q.data(), y.data(), static_cast<int64_t>(n)));
     double e = 0.0;
     for (size_t i = 0; i < n; ++i) e += importance[i] * (x[i] - y[i]) * double{x[i] - y[i]};
     return e;
   };
-  std::vector<uint8_t> plain(row_bytes(TensorType::kQ4_0, n));
-  std::vector<uint8_t> weighted(plain.size());
-  ASSERT_TRUE(quantize_row(TensorType::kQ4_0, x.data(), plain.data(), static_cast<int64_t>(n)));
-  ASSERT_TRUE(quantize_row_weighted(TensorType::kQ4_0, x.data(), weighted.data(),
-                                    static_cast<int64_t>(n), importance.data()));
-  EXPECT_LT(weighted_error(weighted), 0.8 * weighted_error(plain));
-
   const std::vector<float> zero(n, 0.0f);
-  ASSERT_TRUE(quantize_row_weighted(TensorType::kQ4_0, x.data(), weighted.data(),
-                                    static_cast<int64_t>(n), zero.data()));
-  EXPECT_EQ(weighted, plain);
-  for (TensorType t : {TensorType::kQ8_0, TensorType::kQ4_K, TensorType::kF16}) {
+  for (const auto& [type, at_most] :
+       {std::pair{TensorType::kQ4_0, 0.8}, std::pair{TensorType::kQ4_K, 0.9},
+        std::pair{TensorType::kQ6_K, 0.9}}) {
+    SCOPED_TRACE(tensor_type_name(static_cast<uint32_t>(type)));
+    std::vector<uint8_t> plain(row_bytes(type, n));
+    std::vector<uint8_t> weighted(plain.size());
+    ASSERT_TRUE(quantize_row(type, x.data(), plain.data(), static_cast<int64_t>(n)));
+    ASSERT_TRUE(quantize_row_weighted(type, x.data(), weighted.data(), static_cast<int64_t>(n),
+                                      importance.data()));
+    EXPECT_LT(weighted_error(type, weighted), at_most * weighted_error(type, plain));
+    ASSERT_TRUE(quantize_row_weighted(type, x.data(), weighted.data(), static_cast<int64_t>(n),
+                                      zero.data()));
+    EXPECT_EQ(weighted, plain);
+  }
+  for (TensorType t : {TensorType::kQ8_0, TensorType::kF16}) {
     std::vector<uint8_t> a(row_bytes(t, n)), b(a.size());
     ASSERT_TRUE(quantize_row(t, x.data(), a.data(), static_cast<int64_t>(n)));
     ASSERT_TRUE(
         quantize_row_weighted(t, x.data(), b.data(), static_cast<int64_t>(n), importance.data()));
     EXPECT_EQ(a, b) << tensor_type_name(static_cast<uint32_t>(t));
   }
-  EXPECT_FALSE(
-      quantize_row_weighted(TensorType::kQ4_0, x.data(), weighted.data(), 33, importance.data()));
+  EXPECT_FALSE(quantize_row_weighted(TensorType::kQ4_0, x.data(), nullptr, 33, importance.data()));
+  EXPECT_FALSE(quantize_row_weighted(TensorType::kQ4_K, x.data(), nullptr, 32, importance.data()));
 }
 
 TEST(RoundTrip, Q4_K) {

@@ -348,7 +348,7 @@ int quantize(const QuantizeOptions& o) {
     padded = std::move(*made);
     return Status::Ok();
   };
-  // With calibration text, Q4_0 blocks are rounded by the importance of
+  // With calibration text, Q4_0 and K-quant blocks are rounded by the importance of
   // their input columns on it (measured on the model being converted).
   std::optional<compress::ImportanceMatrix> importance;
   size_t importance_tokens = 0;
@@ -535,7 +535,7 @@ void add_quantize_command(CLI::App& app) {
   cmd->add_option("--calibration", opts->calibration,
                   "Text from your task: plain text (one sequence per paragraph) or JSONL with "
                   "\"prompt\" and optional \"expected\"/\"text\". Measures each tensor's "
-                  "sensitivity for a plan, the input importance Q4_0 rounding weighs errors by, "
+                  "sensitivity for a plan, the input importance rounding weighs errors by, "
                   "and the output's divergence from the input");
   cmd->add_option("--calibration-tokens", opts->calibration_tokens,
                   "Tokens of calibration text used (each candidate costs one pass over them)")
@@ -564,8 +564,8 @@ void add_quantize_command(CLI::App& app) {
       ->check(CLI::IsMember({"auto", "yes", "no"}))
       ->capture_default_str();
   cmd->add_flag("--no-importance", opts->no_importance,
-                "With --calibration: round Q4_0 blocks by ggml's plain rule instead of by the "
-                "importance of their input columns on the calibration text");
+                "With --calibration: round Q4_0/Q4_K/Q6_K blocks by the plain rules instead of "
+                "weighing errors by the importance of their input columns on the calibration text");
   cmd->add_option("-t,--threads", opts->threads, "Threads (0: one per core)")
       ->capture_default_str();
   cmd->footer(

@@ -226,10 +226,22 @@ bool quantize_row(TensorType type, const float* src, void* dst, int64_t n) {
 
 bool quantize_row_weighted(TensorType type, const float* src, void* dst, int64_t n,
                            const float* importance) {
-  if (type != TensorType::kQ4_0) return quantize_row(type, src, dst, n);
-  if (n % detail::kQK != 0) return false;
-  detail::quantize_q4_0_weighted(src, importance, static_cast<detail::BlockQ4_0*>(dst), n);
-  return true;
+  switch (type) {
+    case TensorType::kQ4_0:
+      if (n % detail::kQK != 0) return false;
+      detail::quantize_q4_0_weighted(src, importance, static_cast<detail::BlockQ4_0*>(dst), n);
+      return true;
+    case TensorType::kQ4_K:
+      if (n % detail::kQKK != 0) return false;
+      detail::quantize_q4_k(src, static_cast<detail::BlockQ4_K*>(dst), n, importance);
+      return true;
+    case TensorType::kQ6_K:
+      if (n % detail::kQKK != 0) return false;
+      detail::quantize_q6_k(src, static_cast<detail::BlockQ6_K*>(dst), n, importance);
+      return true;
+    default:
+      return quantize_row(type, src, dst, n);
+  }
 }
 
 bool dequantize_row(TensorType type, const void* src, float* dst, int64_t n) {

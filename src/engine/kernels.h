@@ -25,10 +25,11 @@ uint16_t fp32_to_bf16(float f);
 // false for a type without kernels.
 bool quantize_row(TensorType type, const float* src, void* dst, int64_t n);
 // quantize_row with each element's importance (n values, e.g. the mean
-// square of the input column it multiplies, from calibration text): Q4_0
-// chooses each block's scale to minimize the importance-weighted squared
-// error instead of ggml's max/-8 rule, so the file format is unchanged.
-// Other types, and blocks whose importance is all zero, round as quantize_row does.
+// square of the input column it multiplies, from calibration text): Q4_0,
+// Q4_K and Q6_K fit each (sub-)block's scale to minimize the
+// importance-weighted squared error (Q4_0 instead of ggml's max/-8 rule); the
+// file format is unchanged. Q8_0 and float types, and blocks whose importance
+// is all zero, round as quantize_row does.
 bool quantize_row_weighted(TensorType type, const float* src, void* dst, int64_t n,
                            const float* importance);
 // Converts n elements of `type` back to float.

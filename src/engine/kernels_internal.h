@@ -76,8 +76,10 @@ inline constexpr int kGroupRows = 8;
 void quantize_q4_0(const float* x, BlockQ4_0* y, int64_t n);
 void quantize_q4_0_weighted(const float* x, const float* importance, BlockQ4_0* y, int64_t n);
 void quantize_q8_0(const float* x, BlockQ8_0* y, int64_t n);
-void quantize_q4_k(const float* x, BlockQ4_K* y, int64_t n);
-void quantize_q6_k(const float* x, BlockQ6_K* y, int64_t n);
+// With importance (one value per element), the K-quants fit their sub-block
+// scales by weighted least squares (see quantize_row_weighted).
+void quantize_q4_k(const float* x, BlockQ4_K* y, int64_t n, const float* importance = nullptr);
+void quantize_q6_k(const float* x, BlockQ6_K* y, int64_t n, const float* importance = nullptr);
 void dequantize_q4_0(const BlockQ4_0* x, float* y, int64_t n);
 void dequantize_q8_0(const BlockQ8_0* x, float* y, int64_t n);
 void dequantize_q4_k(const BlockQ4_K* x, float* y, int64_t n);

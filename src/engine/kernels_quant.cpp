@@ -16,10 +16,12 @@ inline int nearest(float v) {
 }
 
 // Fits x[i] ~= scale * q[i] - min with q in [0, nmax] and min >= 0 (the
-// K-quant convention: the offset only moves values down). Starts from the
-// min/max fit and tries nearby grid scalings, refitting scale and min by least
-// squares for each candidate assignment of q.
-void fit_scale_min(const float* x, int n, int nmax, float* scale, float* min) {
+// K-quant convention: the offset only moves values down), minimizing the
+// squared error weighted by w (all 1 when w is null). Starts from the min/max
+// fit and tries nearby grid scalings, refitting scale and min by weighted
+// least squares for each candidate assignment of q.
+void fit_scale_min(const float* x, const float* w, int n, int nmax, float* scale, float* min) {
+  const auto weight = [w](int i) { return w != nullptr ? w[i] : 1.0f; };
   float lo = x[0];
   float hi = x[0];
   for (int i = 1; i < n; ++i) {
@@ -37,7 +39,7 @@ void fit_scale_min(const float* x, int n, int nmax, float* scale, float* min) {
     for (int i = 0; i < n; ++i) {
       const int q = std::clamp(nearest((x[i] - b) / a), 0, nmax);
       const float diff = a * static_cast<float>(q) + b - x[i];
-      err += diff * diff;
+      err += weight(i) * diff * diff;
     }
     return err;
   };
@@ -46,17 +48,19 @@ void fit_scale_min(const float* x, int n, int nmax, float* scale, float* min) {
   float best_err = error_of(best_a, best_b);
   for (int step = -10; step <= 10; ++step) {
     const float iscale = (static_cast<float>(nmax) + 0.1f * static_cast<float>(step)) / (hi - lo);
-    float sl = 0.0f, sll = 0.0f, sx = 0.0f, sxl = 0.0f;
+    float sw = 0.0f, sl = 0.0f, sll = 0.0f, sx = 0.0f, sxl = 0.0f;
     for (int i = 0; i < n; ++i) {
       const float l = static_cast<float>(std::clamp(nearest(iscale * (x[i] - lo)), 0, nmax));
-      sl += l;
-      sll += l * l;
-      sx += x[i];
-      sxl += x[i] * l;
+      const float wi = weight(i);
+      sw += wi;
+      sl += wi * l;
+      sll += wi * l * l;
+      sx += wi * x[i];
+      sxl += wi * x[i] * l;
     }
-    const float det = static_cast<float>(n) * sll - sl * sl;
+    const float det = sw * sll - sl * sl;
     if (det <= 0.0f) continue;
-    float a = (static_cast<float>(n) * sxl - sl * sx) / det;
+    float a = (sw * sxl - sl * sx) / det;
     float b = (sll * sx - sl * sxl) / det;
     if (b > 0.0f) {
       b = 0.0f;
@@ -75,8 +79,11 @@ void fit_scale_min(const float* x, int n, int nmax, float* scale, float* min) {
 }
 
 // Fits x[i] ~= scale * q[i] with q in [-nmax, nmax - 1], maximizing the
-// explained energy (sum x*q)^2 / sum q^2 over a few grid scalings.
-float fit_scale_symmetric(const float* x, int n, int nmax) {
+// explained weighted energy (sum w*x*q)^2 / sum w*q^2 over a few grid
+// scalings (w all 1 when null). The grids include ggml's Q4_0 rule, -nmax /
+// (the value of largest magnitude), and refit its scale, so the weighted error
+// is never worse than that rule's.
+float fit_scale_symmetric(const float* x, const float* w, int n, int nmax) {
   float amax = 0.0f;
   float max = 0.0f;
   for (int i = 0; i < n; ++i) {
@@ -94,8 +101,9 @@ float fit_scale_symmetric(const float* x, int n, int nmax) {
     float sxl = 0.0f, sll = 0.0f;
     for (int i = 0; i < n; ++i) {
       const float l = static_cast<float>(std::clamp(nearest(iscale * x[i]), -nmax, nmax - 1));
-      sxl += x[i] * l;
-      sll += l * l;
+      const float wi = w != nullptr ? w[i] : 1.0f;
+      sxl += wi * x[i] * l;
+      sll += wi * l * l;
     }
     if (sll == 0.0f) continue;
     const float score = sxl * sxl / sll;
@@ -105,6 +113,25 @@ float fit_scale_symmetric(const float* x, int n, int nmax) {
     }
   }
   return best_scale;
+}
+
+// Fitting weights for n elements from their columns' importance: each
+// element's error counts by how strongly its input column is driven, and a
+// little more for large weights (as llama.cpp weighs its importance matrix).
+// Null when there is no importance, or it is zero for the whole group (a
+// column calibration never drove): then the plain fit applies.
+const float* fitting_weights(const float* x, const float* importance, int n, float* w) {
+  if (importance == nullptr) return nullptr;
+  float sum_x2 = 0.0f;
+  float importance_sum = 0.0f;
+  for (int i = 0; i < n; ++i) {
+    sum_x2 += x[i] * x[i];
+    importance_sum += importance[i];
+  }
+  if (!(importance_sum > 0.0f)) return nullptr;
+  const float sigma2 = sum_x2 / static_cast<float>(n);
+  for (int i = 0; i < n; ++i) w[i] = importance[i] * std::sqrt(sigma2 + x[i] * x[i]);
+  return w;
 }
 
 }  // namespace
@@ -133,55 +160,19 @@ void quantize_q4_0(const float* x, BlockQ4_0* y, int64_t n) {
 
 void quantize_q4_0_weighted(const float* x, const float* importance, BlockQ4_0* y, int64_t n) {
   for (int64_t b = 0; b < n / kQK; ++b, x += kQK, importance += kQK) {
-    float amax = 0.0f;
-    float max = 0.0f;
-    float sum_x2 = 0.0f;
-    float importance_sum = 0.0f;
-    for (int j = 0; j < kQK; ++j) {
-      sum_x2 += x[j] * x[j];
-      importance_sum += importance[j];
-      if (std::fabs(x[j]) > amax) {
-        amax = std::fabs(x[j]);
-        max = x[j];
-      }
-    }
-    if (amax == 0.0f || !(importance_sum > 0.0f)) {
+    float w[kQK];
+    const float* weights = fitting_weights(x, importance, kQK, w);
+    if (weights == nullptr) {
       quantize_q4_0(x, y + b, kQK);
       continue;
     }
-    // Each weight's error counts by how strongly its input column is driven,
-    // and a little more for large weights (as llama.cpp weighs its imatrix).
-    const float sigma2 = sum_x2 / kQK;
-    float w[kQK];
-    for (int j = 0; j < kQK; ++j) w[j] = importance[j] * std::sqrt(sigma2 + x[j] * x[j]);
-    // Candidate grids around ggml's max/-8, each with its least-squares scale;
-    // the one with the least weighted error wins. The first candidate (0) is
-    // ggml's own grid, so the result is never worse than its rounding.
-    int8_t best_levels[kQK] = {};
-    float best_d = max / -8.0f;
-    float best_score = -1.0f;
-    int8_t levels[kQK];
-    for (int step : {0, -1, 1, -2, 2, -3, 3, -4, 4, -5, 5, -6, 6, -7, 7, -8, 8, -9, 9}) {
-      const float inverse = -(8.0f + 0.1f * static_cast<float>(step)) / max;
-      float sum_lx = 0.0f;
-      float sum_l2 = 0.0f;
-      for (int j = 0; j < kQK; ++j) {
-        const int l = std::clamp(static_cast<int>(std::lround(inverse * x[j])), -8, 7);
-        levels[j] = static_cast<int8_t>(l);
-        sum_lx += w[j] * x[j] * static_cast<float>(l);
-        sum_l2 += w[j] * static_cast<float>(l * l);
-      }
-      // Weighted error at the least-squares scale is sum(w x^2) - sum_lx^2 / sum_l2.
-      if (sum_l2 > 0.0f && sum_lx * sum_lx > best_score * sum_l2) {
-        best_score = sum_lx * sum_lx / sum_l2;
-        best_d = sum_lx / sum_l2;
-        std::copy(levels, levels + kQK, best_levels);
-      }
-    }
-    y[b].d = fp32_to_fp16(best_d);
+    y[b].d = fp32_to_fp16(fit_scale_symmetric(x, weights, kQK, 8));
+    const float d = fp16_to_fp32(y[b].d);
+    const auto level = [d](float v) {
+      return d != 0.0f ? std::clamp(nearest(v / d), -8, 7) + 8 : 8;
+    };
     for (int j = 0; j < kQK / 2; ++j) {
-      y[b].qs[j] =
-          static_cast<uint8_t>((best_levels[j] + 8) | ((best_levels[j + kQK / 2] + 8) << 4));
+      y[b].qs[j] = static_cast<uint8_t>(level(x[j]) | (level(x[j + kQK / 2]) << 4));
     }
   }
 }
@@ -197,14 +188,17 @@ void quantize_q8_0(const float* x, BlockQ8_0* y, int64_t n) {
   }
 }
 
-void quantize_q4_k(const float* x, BlockQ4_K* y, int64_t n) {
+void quantize_q4_k(const float* x, BlockQ4_K* y, int64_t n, const float* importance) {
   for (int64_t b = 0; b < n / kQKK; ++b, x += kQKK) {
     float scales[8];
     float mins[8];
     float max_scale = 0.0f;
     float max_min = 0.0f;
     for (int j = 0; j < 8; ++j) {
-      fit_scale_min(x + 32 * j, 32, 15, &scales[j], &mins[j]);
+      float w[32];
+      const float* weights = fitting_weights(
+          x + 32 * j, importance != nullptr ? importance + b * kQKK + 32 * j : nullptr, 32, w);
+      fit_scale_min(x + 32 * j, weights, 32, 15, &scales[j], &mins[j]);
       max_scale = std::max(max_scale, scales[j]);
       max_min = std::max(max_min, mins[j]);
     }
@@ -246,12 +240,15 @@ void quantize_q4_k(const float* x, BlockQ4_K* y, int64_t n) {
   }
 }
 
-void quantize_q6_k(const float* x, BlockQ6_K* y, int64_t n) {
+void quantize_q6_k(const float* x, BlockQ6_K* y, int64_t n, const float* importance) {
   for (int64_t b = 0; b < n / kQKK; ++b, x += kQKK) {
     float scales[16];
     float max_scale = 0.0f;
     for (int g = 0; g < 16; ++g) {
-      scales[g] = fit_scale_symmetric(x + 16 * g, 16, 32);
+      float w[16];
+      const float* weights = fitting_weights(
+          x + 16 * g, importance != nullptr ? importance + b * kQKK + 16 * g : nullptr, 16, w);
+      scales[g] = fit_scale_symmetric(x + 16 * g, weights, 16, 32);
       if (std::fabs(scales[g]) > std::fabs(max_scale)) max_scale = scales[g];
     }
     // As for the values, the scale of largest magnitude goes to -128.
