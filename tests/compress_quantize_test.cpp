@@ -735,7 +735,9 @@ TEST(Cli, MixedPlanBeatsUniformQ4_0AtItsOwnSize) {
   auto p = run_switchyard({"quantize", stories_path(), padded, "--type", "Q4_0", "--pure",
                            "--pad-ffn", "yes", "--eval-text", held_out, "--report", padded_report});
   ASSERT_EQ(p.status, 0) << p.err;
-  for (const auto& t : open(padded)->tensors()) {
+  const auto padded_file = open(padded);
+  ASSERT_TRUE(padded_file);
+  for (const auto& t : padded_file->tensors()) {
     if (t.dims.size() == 2) {
       EXPECT_EQ(t.type, static_cast<uint32_t>(TensorType::kQ4_0)) << t.name;
     }
