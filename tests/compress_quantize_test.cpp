@@ -697,44 +697,49 @@ TEST(Cli, MixedPlanBeatsUniformQ4_0AtItsOwnSize) {
   const std::string held_out = scratch_path(".txt");
   std::ofstream(calibration) << kStories;
   std::ofstream(held_out) << kHeldOutStories;
-  const auto held_out_kl = [&](const std::string& report_path) {
+  // Runs `quantize` with the held-out text and returns its report; the
+  // output file is at `out`.
+  const auto quantize = [&](const std::string& out, std::vector<std::string> args) {
+    const std::string report_path = scratch_path(".json");
+    args.insert(args.begin(), {"quantize", stories_path(), out});
+    args.insert(args.end(), {"--eval-text", held_out, "--report", report_path});
+    auto run = run_switchyard(args);
+    EXPECT_EQ(run.status, 0) << run.err;
+    EXPECT_EQ(run.out.find("FFN padded") != std::string::npos,
+              std::find(args.begin(), args.end(), "--pad-ffn") != args.end() ||
+                  std::find(args.begin(), args.end(), "--target-size") != args.end())
+        << run.out;
     std::ifstream in(report_path);
-    const auto report = nlohmann::json::parse(in);
+    return nlohmann::json::parse(in);
+  };
+  const auto held_out_kl = [](const nlohmann::json& report) {
     return report["measured"]["eval"]["mean_kl"].get<double>();
   };
+  const auto plan_at = [&](const std::string& out, uint64_t size, bool importance) {
+    std::vector<std::string> args = {"--calibration", calibration,     "--calibration-tokens",
+                                     "128",           "--target-size", std::to_string(size)};
+    if (!importance) args.push_back("--no-importance");
+    return quantize(out, args);
+  };
+
   for (const bool pure : {false, true}) {
     const std::string uniform = scratch_path(".gguf");
-    const std::string uniform_report = scratch_path(".json");
-    std::vector<std::string> args = {"quantize", stories_path(), uniform,
-                                     "--type",   "Q4_0",         "--eval-text",
-                                     held_out,   "--report",     uniform_report};
+    std::vector<std::string> args = {"--type", "Q4_0"};
     if (pure) args.push_back("--pure");
-    auto u = run_switchyard(args);
-    ASSERT_EQ(u.status, 0) << u.err;
+    const auto uniform_report = quantize(uniform, args);
     const uint64_t size = std::filesystem::file_size(uniform);
-
     const std::string mixed = scratch_path(".gguf");
-    const std::string mixed_report = scratch_path(".json");
-    auto m = run_switchyard({"quantize", stories_path(), mixed, "--calibration", calibration,
-                             "--calibration-tokens", "128", "--target-size", std::to_string(size),
-                             "--eval-text", held_out, "--report", mixed_report});
-    ASSERT_EQ(m.status, 0) << m.err;
+    const auto report = plan_at(mixed, size, true);
     EXPECT_LE(std::filesystem::file_size(mixed), size);
-    EXPECT_NE(m.out.find("FFN padded from 172 to 192"), std::string::npos) << m.out;
-    std::ifstream in(mixed_report);
-    const auto report = nlohmann::json::parse(in);
     EXPECT_EQ(report["ffn_padding"]["channels_after"].get<int>(), 192);
-    EXPECT_LT(held_out_kl(mixed_report), 0.75 * held_out_kl(uniform_report))
+    EXPECT_LT(held_out_kl(report), 0.75 * held_out_kl(uniform_report))
         << "pure=" << pure << " size " << size;
     EXPECT_GT(generated_tokens(mixed), 0);
   }
 
   // Forced padding with --type: every matrix becomes Q4_0, ffn_down too.
   const std::string padded = scratch_path(".gguf");
-  const std::string padded_report = scratch_path(".json");
-  auto p = run_switchyard({"quantize", stories_path(), padded, "--type", "Q4_0", "--pure",
-                           "--pad-ffn", "yes", "--eval-text", held_out, "--report", padded_report});
-  ASSERT_EQ(p.status, 0) << p.err;
+  const auto padded_report = quantize(padded, {"--type", "Q4_0", "--pure", "--pad-ffn", "yes"});
   const auto padded_file = open(padded);
   ASSERT_TRUE(padded_file);
   for (const auto& t : padded_file->tensors()) {
@@ -747,29 +752,14 @@ TEST(Cli, MixedPlanBeatsUniformQ4_0AtItsOwnSize) {
   // text's importance still makes it closer to the original.
   const uint64_t floor = std::filesystem::file_size(padded);
   const std::string floor_plan = scratch_path(".gguf");
-  const std::string floor_report = scratch_path(".json");
-  auto f = run_switchyard({"quantize", stories_path(), floor_plan, "--calibration", calibration,
-                           "--calibration-tokens", "128", "--target-size", std::to_string(floor),
-                           "--eval-text", held_out, "--report", floor_report});
-  ASSERT_EQ(f.status, 0) << f.err;
+  const auto weighted = plan_at(floor_plan, floor, true);
   EXPECT_EQ(std::filesystem::file_size(floor_plan), floor);
-  {
-    std::ifstream in(floor_report);
-    const auto report = nlohmann::json::parse(in);
-    EXPECT_GT(report["importance"]["tokens"].get<int>(), 0);
-  }
-  EXPECT_LT(held_out_kl(floor_report), 0.95 * held_out_kl(padded_report));
-  auto plain =
-      run_switchyard({"quantize", stories_path(), floor_plan, "--calibration", calibration,
-                      "--calibration-tokens", "128", "--target-size", std::to_string(floor),
-                      "--no-importance", "--eval-text", held_out, "--report", floor_report});
-  ASSERT_EQ(plain.status, 0) << plain.err;
-  {
-    std::ifstream in(floor_report);
-    const auto report = nlohmann::json::parse(in);
-    EXPECT_TRUE(report["importance"].is_null());
-  }
-  EXPECT_NEAR(held_out_kl(floor_report), held_out_kl(padded_report), 1e-9);
+  EXPECT_GT(weighted["importance"]["tokens"].get<int>(), 0);
+  EXPECT_LT(held_out_kl(weighted), 0.95 * held_out_kl(padded_report));
+  const auto plain = plan_at(floor_plan, floor, false);
+  EXPECT_TRUE(plain["importance"].is_null());
+  EXPECT_NEAR(held_out_kl(plain), held_out_kl(padded_report), 1e-9);
+
   auto needless = run_switchyard(
       {"quantize", synthetic_model_path(), padded, "--type", "Q4_0", "--pad-ffn", "yes"});
   EXPECT_EQ(needless.status, 2);
