@@ -152,6 +152,8 @@ TEST(FitType, FallsBackToTheNearestTypeThatSplitsTheRows) {
   EXPECT_EQ(fit_type(TensorType::kQ6_K, 64).type, TensorType::kQ8_0);
   EXPECT_EQ(fit_type(TensorType::kQ4_K, 172).type, TensorType::kF16);
   EXPECT_EQ(fit_type(TensorType::kQ8_0, 172).type, TensorType::kF16);
+  EXPECT_EQ(fit_type(TensorType::kIQ4_NL, 172).type, TensorType::kF16);
+  EXPECT_EQ(fit_type(TensorType::kIQ4_NL, 64).type, TensorType::kIQ4_NL);
   EXPECT_EQ(fit_type(TensorType::kBF16, 7).type, TensorType::kBF16);
   const FittedType fitted = fit_type(TensorType::kQ4_K, 172);
   EXPECT_NE(fitted.note.find("172"), std::string::npos) << fitted.note;
@@ -219,7 +221,8 @@ INSTANTIATE_TEST_SUITE_P(
     ::testing::Values(TypeCase{TensorType::kF32, 0.0, 0}, TypeCase{TensorType::kF16, 4e-4, 1},
                       TypeCase{TensorType::kBF16, 3e-3, 32}, TypeCase{TensorType::kQ8_0, 8e-3, 7},
                       TypeCase{TensorType::kQ6_K, 2.6e-2, 18},
-                      TypeCase{TensorType::kQ4_K, 0.11, 14}, TypeCase{TensorType::kQ4_0, 0.12, 2}),
+                      TypeCase{TensorType::kQ4_K, 0.11, 14}, TypeCase{TensorType::kQ4_0, 0.12, 2},
+                      TypeCase{TensorType::kIQ4_NL, 0.15, 25}),
     [](const auto& info) {
       return engine::tensor_type_name(static_cast<uint32_t>(info.param.type));
     });
@@ -715,10 +718,11 @@ TEST(Cli, MixedPlanBeatsUniformQ4_0AtItsOwnSize) {
   const auto held_out_kl = [](const nlohmann::json& report) {
     return report["measured"]["eval"]["mean_kl"].get<double>();
   };
-  const auto plan_at = [&](const std::string& out, uint64_t size, bool importance) {
+  const auto plan_at = [&](const std::string& out, uint64_t size,
+                           std::vector<std::string> extra = {}) {
     std::vector<std::string> args = {"--calibration", calibration,     "--calibration-tokens",
                                      "128",           "--target-size", std::to_string(size)};
-    if (!importance) args.push_back("--no-importance");
+    args.insert(args.end(), extra.begin(), extra.end());
     return quantize(out, args);
   };
 
@@ -729,7 +733,7 @@ TEST(Cli, MixedPlanBeatsUniformQ4_0AtItsOwnSize) {
     const auto uniform_report = quantize(uniform, args);
     const uint64_t size = std::filesystem::file_size(uniform);
     const std::string mixed = scratch_path(".gguf");
-    const auto report = plan_at(mixed, size, true);
+    const auto report = plan_at(mixed, size);
     EXPECT_LE(std::filesystem::file_size(mixed), size);
     EXPECT_EQ(report["ffn_padding"]["channels_after"].get<int>(), 192);
     EXPECT_LT(held_out_kl(report), 0.75 * held_out_kl(uniform_report))
@@ -748,17 +752,20 @@ TEST(Cli, MixedPlanBeatsUniformQ4_0AtItsOwnSize) {
     }
   }
   EXPECT_GT(generated_tokens(padded), 0);
-  // At that size every plan is all Q4_0 too; rounding by the calibration
-  // text's importance still makes it closer to the original.
+  // No type is smaller than Q4_0, so at that size a plan can only choose
+  // between Q4_0 and IQ4_NL (same size) and round by importance; each
+  // brings it closer to the original.
   const uint64_t floor = std::filesystem::file_size(padded);
   const std::string floor_plan = scratch_path(".gguf");
-  const auto weighted = plan_at(floor_plan, floor, true);
+  const auto plan = plan_at(floor_plan, floor);
   EXPECT_EQ(std::filesystem::file_size(floor_plan), floor);
-  EXPECT_GT(weighted["importance"]["tokens"].get<int>(), 0);
-  EXPECT_LT(held_out_kl(weighted), 0.95 * held_out_kl(padded_report));
-  const auto plain = plan_at(floor_plan, floor, false);
+  EXPECT_GT(plan["importance"]["tokens"].get<int>(), 0);
+  EXPECT_LT(held_out_kl(plan), 0.8 * held_out_kl(padded_report));
+  const auto q4_0_only = plan_at(floor_plan, floor, {"--types", "Q4_0,Q8_0,F16"});
+  EXPECT_LT(held_out_kl(q4_0_only), 0.95 * held_out_kl(padded_report));
+  const auto plain = plan_at(floor_plan, floor, {"--types", "Q4_0,Q8_0,F16", "--no-importance"});
   EXPECT_TRUE(plain["importance"].is_null());
-  EXPECT_NEAR(held_out_kl(plain), held_out_kl(padded_report), 1e-9);
+  EXPECT_NEAR(held_out_kl(plain), held_out_kl(padded_report), 1e-9);  // uniform Q4_0 itself
 
   auto needless = run_switchyard(
       {"quantize", synthetic_model_path(), padded, "--type", "Q4_0", "--pad-ffn", "yes"});

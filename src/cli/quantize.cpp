@@ -35,7 +35,7 @@ struct QuantizeOptions {
   size_t calibration_tokens = 256;
   std::string target_size;
   double target_bpw = 0.0;
-  std::string types = "Q4_0,Q4_K,Q6_K,Q8_0,F16";
+  std::string types = "Q4_0,IQ4_NL,Q4_K,Q6_K,Q8_0,F16";
   std::string eval_text;
   size_t eval_tokens = 512;
   std::string report;
@@ -71,7 +71,8 @@ Result<TensorType> parse_computable_type(const std::string& name, const char* fl
   if (!traits || !traits->computable) {
     return invalid(
         std::string(flag) + " '" + name +
-        "' is not a type this engine runs; use Q4_0, Q4_K, Q6_K, Q8_0, F16, BF16 or F32");
+        "' is not a type this engine runs; use Q4_0, IQ4_NL, Q4_K, Q6_K, Q8_0, F16, BF16 "
+        "or F32");
   }
   return *type;
 }
@@ -287,10 +288,11 @@ Status validate(const QuantizeOptions& o) {
     return invalid("give --target-size or --target-bpw, not both");
   }
   if (targeted == !o.type.empty()) {
-    return invalid(targeted ? "--type and a size target exclude each other: --type quantizes "
-                              "every matrix alike, --target-size/--target-bpw makes a mixed plan"
-                            : "say what to quantize to: --type Q4_0 (or Q4_K, Q6_K, Q8_0, F16, "
-                              "BF16, F32), or --calibration FILE with --target-size SIZE");
+    return invalid(targeted
+                       ? "--type and a size target exclude each other: --type quantizes "
+                         "every matrix alike, --target-size/--target-bpw makes a mixed plan"
+                       : "say what to quantize to: --type Q4_0 (or IQ4_NL, Q4_K, Q6_K, Q8_0, F16, "
+                         "BF16, F32), or --calibration FILE with --target-size SIZE");
   }
   if (targeted && !o.tensor_types.empty()) {
     return invalid("--tensor-type applies to --type; a mixed plan chooses every matrix's type");
@@ -524,11 +526,13 @@ void add_quantize_command(CLI::App& app) {
   cmd->add_option("input", opts->input, "GGUF file, or model name on SWITCHYARD_MODEL_PATH")
       ->required();
   cmd->add_option("output", opts->output, "GGUF file to write")->required();
-  cmd->add_option("--type", opts->type,
-                  "Every weight matrix to Q4_0, Q4_K, Q6_K, Q8_0, F16, BF16 or F32 (rows that "
-                  "do not split into the type's blocks fall back: Q4_K->Q4_0, Q6_K->Q8_0, ->F16)");
-  cmd->add_flag("--pure", opts->pure,
-                "With --type Q4_0/Q4_K: also the output projection (llama.cpp keeps it at Q6_K)");
+  cmd->add_option(
+      "--type", opts->type,
+      "Every weight matrix to Q4_0, IQ4_NL, Q4_K, Q6_K, Q8_0, F16, BF16 or F32 (rows that "
+      "do not split into the type's blocks fall back: Q4_K->Q4_0, Q6_K->Q8_0, ->F16)");
+  cmd->add_flag(
+      "--pure", opts->pure,
+      "With --type Q4_0/IQ4_NL/Q4_K: also the output projection (llama.cpp keeps it at Q6_K)");
   cmd->add_option("--tensor-type", opts->tensor_types,
                   "With --type: PATTERN=TYPE gives the matrices whose names match the regex "
                   "another type (repeatable), e.g. --tensor-type 'attn_v|output'=Q8_0");
@@ -563,9 +567,10 @@ void add_quantize_command(CLI::App& app) {
                   "never), yes, no")
       ->check(CLI::IsMember({"auto", "yes", "no"}))
       ->capture_default_str();
-  cmd->add_flag("--no-importance", opts->no_importance,
-                "With --calibration: round Q4_0/Q4_K/Q6_K blocks by the plain rules instead of "
-                "weighing errors by the importance of their input columns on the calibration text");
+  cmd->add_flag(
+      "--no-importance", opts->no_importance,
+      "With --calibration: round Q4_0/IQ4_NL/Q4_K/Q6_K blocks by the plain rules instead of "
+      "weighing errors by the importance of their input columns on the calibration text");
   cmd->add_option("-t,--threads", opts->threads, "Threads (0: one per core)")
       ->capture_default_str();
   cmd->footer(

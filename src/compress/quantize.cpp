@@ -96,7 +96,8 @@ FittedType fit_type(TensorType wanted, uint64_t row_length) {
 
 std::vector<TensorChoice> uniform_choices(const engine::GgufFile& file, TensorType type,
                                           bool pure) {
-  const bool four_bit = type == TensorType::kQ4_0 || type == TensorType::kQ4_K;
+  const bool four_bit =
+      type == TensorType::kQ4_0 || type == TensorType::kIQ4_NL || type == TensorType::kQ4_K;
   const engine::GgufTensorInfo* output = pure || !four_bit ? nullptr : output_projection(file);
   std::vector<TensorChoice> choices;
   choices.reserve(file.tensors().size());
@@ -145,10 +146,11 @@ Result<std::vector<uint8_t>> convert_tensor(const engine::GgufTensorInfo& tensor
                           "BF16 original instead");
   }
   if (!target_traits.computable) {
-    return make_error(ErrorKind::kUnsupported,
-                      "cannot quantize to " + type_name(type) +
-                          ": the engine has no kernels for it; use Q4_0, Q4_K, Q6_K, Q8_0, F16, "
-                          "BF16 or F32");
+    return make_error(
+        ErrorKind::kUnsupported,
+        "cannot quantize to " + type_name(type) +
+            ": the engine has no kernels for it; use Q4_0, IQ4_NL, Q4_K, Q6_K, Q8_0, F16, "
+            "BF16 or F32");
   }
   const uint64_t cols = tensor.dims[0];
   if (cols % target_traits.block_size != 0) {
@@ -201,6 +203,8 @@ uint32_t llama_file_type(const engine::GgufFile& file, std::span<const TensorCho
       return 1;
     case TensorType::kQ4_0:
       return 2;
+    case TensorType::kIQ4_NL:
+      return 25;
     case TensorType::kQ8_0:
       return 7;
     case TensorType::kQ4_K:

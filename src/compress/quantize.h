@@ -31,7 +31,7 @@ struct FittedType {
 };
 
 // `wanted` when rows of `row_length` elements split into its blocks, else the
-// nearest type that does: Q4_K -> Q4_0, Q6_K -> Q8_0, Q4_0 and Q8_0 -> F16.
+// nearest type that does: Q4_K -> Q4_0, Q6_K -> Q8_0, Q4_0, IQ4_NL and Q8_0 -> F16.
 FittedType fit_type(engine::TensorType wanted, uint64_t row_length);
 
 // What one tensor of the output is written as.
@@ -67,7 +67,8 @@ std::span<const float> importance_of(const engine::GgufTensorInfo& tensor,
                                      const ImportanceMatrix* matrix);
 
 // llama.cpp's general.file_type (llama_ftype) for the type holding most of
-// the quantizable elements: 0 F32, 1 F16, 2 Q4_0, 7 Q8_0, 14 Q4_K_S, 18 Q6_K, 32 BF16.
+// the quantizable elements: 0 F32, 1 F16, 2 Q4_0, 7 Q8_0, 14 Q4_K_S, 18 Q6_K, 25 IQ4_NL,
+// 32 BF16.
 uint32_t llama_file_type(const engine::GgufFile& file, std::span<const TensorChoice> choices);
 
 // The output file: every metadata key of `file` (values unchanged, so

@@ -102,6 +102,8 @@ constexpr TypeOps kOps[] = {
 #endif
     },
     {TensorType::kQ8_0, detail::kQK, ActKind::kQ8, SY_FAST(rows_q8_0), detail::rows_q8_0_scalar},
+    {TensorType::kIQ4_NL, detail::kQK, ActKind::kQ8, SY_FAST(rows_iq4_nl),
+     detail::rows_iq4_nl_scalar},
     {TensorType::kQ4_K, detail::kQKK, ActKind::kQ8K, SY_FAST(rows_q4_k), detail::rows_q4_k_scalar},
     {TensorType::kQ6_K, detail::kQKK, ActKind::kQ8K, SY_FAST(rows_q6_k), detail::rows_q6_k_scalar},
 };
@@ -213,6 +215,9 @@ bool quantize_row(TensorType type, const float* src, void* dst, int64_t n) {
     case TensorType::kQ8_0:
       detail::quantize_q8_0(src, static_cast<detail::BlockQ8_0*>(dst), n);
       return true;
+    case TensorType::kIQ4_NL:
+      detail::quantize_iq4_nl(src, static_cast<detail::BlockIQ4_NL*>(dst), n);
+      return true;
     case TensorType::kQ4_K:
       detail::quantize_q4_k(src, static_cast<detail::BlockQ4_K*>(dst), n);
       return true;
@@ -230,6 +235,10 @@ bool quantize_row_weighted(TensorType type, const float* src, void* dst, int64_t
     case TensorType::kQ4_0:
       if (n % detail::kQK != 0) return false;
       detail::quantize_q4_0_weighted(src, importance, static_cast<detail::BlockQ4_0*>(dst), n);
+      return true;
+    case TensorType::kIQ4_NL:
+      if (n % detail::kQK != 0) return false;
+      detail::quantize_iq4_nl(src, static_cast<detail::BlockIQ4_NL*>(dst), n, importance);
       return true;
     case TensorType::kQ4_K:
       if (n % detail::kQKK != 0) return false;
@@ -273,6 +282,9 @@ bool dequantize_row(TensorType type, const void* src, float* dst, int64_t n) {
       return true;
     case TensorType::kQ8_0:
       detail::dequantize_q8_0(static_cast<const detail::BlockQ8_0*>(src), dst, n);
+      return true;
+    case TensorType::kIQ4_NL:
+      detail::dequantize_iq4_nl(static_cast<const detail::BlockIQ4_NL*>(src), dst, n);
       return true;
     case TensorType::kQ4_K:
       detail::dequantize_q4_k(static_cast<const detail::BlockQ4_K*>(src), dst, n);

@@ -205,6 +205,36 @@ struct Q8_0Step {
   static float finish(__m256 acc, __m256) { return hsum(acc); }
 };
 
+// IQ4_NL: the nibbles index the grid with one byte shuffle, then as Q8_0
+// (|w| times x with w's sign, since maddubs needs one unsigned operand).
+struct IQ4_NLStep {
+  using Act = ActQ8;
+  using Block = BlockIQ4_NL;
+  const __m256i low4 = _mm256_set1_epi8(0x0F);
+  const __m256i ones = _mm256_set1_epi16(1);
+  const __m256i nibble_shift = _mm256_setr_epi32(0, 0, 0, 0, 4, 4, 4, 4);
+  const __m256i grid =
+      _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(kIq4nlValues)));
+
+  template <int NB>
+  [[gnu::always_inline]] void operator()(const Block& w, const Act* const* x, __m256* acc,
+                                         __m256*) const {
+    const __m256i packed =
+        _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w.qs)));
+    const __m256i index = _mm256_and_si256(_mm256_srlv_epi32(packed, nibble_shift), low4);
+    const __m256i q = _mm256_shuffle_epi8(grid, index);
+    const __m256i q_abs = _mm256_sign_epi8(q, q);
+    const __m256 dw = broadcast_half(w.d);
+    for (int k = 0; k < NB; ++k) {
+      const __m256i xs = _mm256_sign_epi8(load256(x[k]->qs), q);
+      const __m256i p = _mm256_madd_epi16(_mm256_maddubs_epi16(q_abs, xs), ones);
+      const __m256 scale = _mm256_mul_ps(dw, _mm256_broadcast_ss(&x[k]->d));
+      acc[k] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), scale, acc[k]);
+    }
+  }
+  static float finish(__m256 acc, __m256) { return hsum(acc); }
+};
+
 // Runs a 32-element block step over whole rows. A single activation row gets
 // two accumulator chains (even and odd blocks) so block i+1 does not wait on
 // the FMA latency of block i; with more rows the rows provide that overlap.
@@ -472,6 +502,9 @@ void rows_q4_0_avx2(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb
 }
 void group_q4_0_avx2(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0) {
   group_q4_0(a, r0, r1, b0);
+}
+void rows_iq4_nl_avx2(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb) {
+  run_tile<Block32Kernel<IQ4_NLStep>::Tile>(a, r0, r1, b0, nb);
 }
 void rows_q8_0_avx2(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb) {
   run_tile<Block32Kernel<Q8_0Step>::Tile>(a, r0, r1, b0, nb);

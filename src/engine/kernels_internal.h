@@ -20,6 +20,14 @@ struct BlockQ4_0 {
   uint16_t d;           // fp16 scale
   uint8_t qs[kQK / 2];  // element j in the low nibble of byte j, j+16 in the high
 };
+// Q4_0's layout, but each nibble indexes kIq4nlValues, a non-uniform grid
+// denser near zero, where most weights are.
+struct BlockIQ4_NL {
+  uint16_t d;
+  uint8_t qs[kQK / 2];
+};
+inline constexpr int8_t kIq4nlValues[16] = {-127, -104, -83, -65, -49, -35, -22, -10,
+                                            1,    13,   25,  38,  53,  69,  89,  113};
 struct BlockQ8_0 {
   uint16_t d;
   int8_t qs[kQK];
@@ -38,6 +46,7 @@ struct BlockQ6_K {
 };
 static_assert(sizeof(BlockQ4_0) == 18);
 static_assert(sizeof(BlockQ8_0) == 34);
+static_assert(sizeof(BlockIQ4_NL) == 18);
 static_assert(sizeof(BlockQ4_K) == 144);
 static_assert(sizeof(BlockQ6_K) == 210);
 
@@ -75,12 +84,14 @@ inline constexpr int kGroupRows = 8;
 // multiple of the type's block size.
 void quantize_q4_0(const float* x, BlockQ4_0* y, int64_t n);
 void quantize_q4_0_weighted(const float* x, const float* importance, BlockQ4_0* y, int64_t n);
+void quantize_iq4_nl(const float* x, BlockIQ4_NL* y, int64_t n, const float* importance = nullptr);
 void quantize_q8_0(const float* x, BlockQ8_0* y, int64_t n);
 // With importance (one value per element), the K-quants fit their sub-block
 // scales by weighted least squares (see quantize_row_weighted).
 void quantize_q4_k(const float* x, BlockQ4_K* y, int64_t n, const float* importance = nullptr);
 void quantize_q6_k(const float* x, BlockQ6_K* y, int64_t n, const float* importance = nullptr);
 void dequantize_q4_0(const BlockQ4_0* x, float* y, int64_t n);
+void dequantize_iq4_nl(const BlockIQ4_NL* x, float* y, int64_t n);
 void dequantize_q8_0(const BlockQ8_0* x, float* y, int64_t n);
 void dequantize_q4_k(const BlockQ4_K* x, float* y, int64_t n);
 void dequantize_q6_k(const BlockQ6_K* x, float* y, int64_t n);
@@ -148,6 +159,7 @@ void rows_f32_scalar(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int n
 void rows_f16_scalar(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb);
 void rows_bf16_scalar(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb);
 void rows_q4_0_scalar(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb);
+void rows_iq4_nl_scalar(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb);
 void rows_q8_0_scalar(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb);
 void rows_q4_k_scalar(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb);
 void rows_q6_k_scalar(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb);
@@ -157,6 +169,7 @@ void rows_f32_avx2(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb)
 void rows_f16_avx2(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb);
 void rows_bf16_avx2(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb);
 void rows_q4_0_avx2(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb);
+void rows_iq4_nl_avx2(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb);
 void rows_q8_0_avx2(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb);
 void rows_q4_k_avx2(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb);
 void rows_q6_k_avx2(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb);

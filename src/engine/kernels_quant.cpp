@@ -177,6 +177,70 @@ void quantize_q4_0_weighted(const float* x, const float* importance, BlockQ4_0* 
   }
 }
 
+namespace {
+
+// Index of the IQ4_NL grid value nearest to v.
+int nearest_iq4nl(float v) {
+  if (v <= kIq4nlValues[0]) return 0;
+  if (v >= kIq4nlValues[15]) return 15;
+  int lo = 0;
+  int hi = 15;
+  while (hi - lo > 1) {
+    const int mid = (lo + hi) / 2;
+    (v < static_cast<float>(kIq4nlValues[mid]) ? hi : lo) = mid;
+  }
+  return v - static_cast<float>(kIq4nlValues[lo]) <= static_cast<float>(kIq4nlValues[hi]) - v ? lo
+                                                                                              : hi;
+}
+
+}  // namespace
+
+void quantize_iq4_nl(const float* x, BlockIQ4_NL* y, int64_t n, const float* importance) {
+  for (int64_t b = 0; b < n / kQK; ++b, x += kQK) {
+    float w[kQK];
+    const float* weights =
+        fitting_weights(x, importance != nullptr ? importance + b * kQK : nullptr, kQK, w);
+    float amax = 0.0f;
+    float max = 0.0f;
+    for (int j = 0; j < kQK; ++j) {
+      if (std::fabs(x[j]) > amax) {
+        amax = std::fabs(x[j]);
+        max = x[j];
+      }
+    }
+    // The grid runs from -127 to 113: try the value of largest magnitude at
+    // either end and scalings around it, each with its (weighted)
+    // least-squares scale.
+    float best_d = 0.0f;
+    float best_score = -1.0f;
+    if (amax > 0.0f) {
+      for (float end : {-127.0f, 113.0f}) {
+        for (int step = -9; step <= 9; ++step) {
+          const float inverse = (end + static_cast<float>(step)) / max;
+          float sum_qx = 0.0f;
+          float sum_q2 = 0.0f;
+          for (int j = 0; j < kQK; ++j) {
+            const float q = kIq4nlValues[nearest_iq4nl(inverse * x[j])];
+            const float wj = weights != nullptr ? weights[j] : 1.0f;
+            sum_qx += wj * q * x[j];
+            sum_q2 += wj * q * q;
+          }
+          if (sum_q2 > 0.0f && sum_qx * sum_qx > best_score * sum_q2) {
+            best_score = sum_qx * sum_qx / sum_q2;
+            best_d = sum_qx / sum_q2;
+          }
+        }
+      }
+    }
+    y[b].d = fp32_to_fp16(best_d);
+    const float d = fp16_to_fp32(y[b].d);
+    const auto index = [d](float v) { return d != 0.0f ? nearest_iq4nl(v / d) : 8; };
+    for (int j = 0; j < kQK / 2; ++j) {
+      y[b].qs[j] = static_cast<uint8_t>(index(x[j]) | (index(x[j + kQK / 2]) << 4));
+    }
+  }
+}
+
 void quantize_q8_0(const float* x, BlockQ8_0* y, int64_t n) {
   for (int64_t b = 0; b < n / kQK; ++b, x += kQK) {
     float amax = 0.0f;
@@ -285,6 +349,16 @@ void dequantize_q4_0(const BlockQ4_0* x, float* y, int64_t n) {
     for (int j = 0; j < kQK / 2; ++j) {
       y[j] = static_cast<float>((x[b].qs[j] & 0xF) - 8) * d;
       y[j + kQK / 2] = static_cast<float>((x[b].qs[j] >> 4) - 8) * d;
+    }
+  }
+}
+
+void dequantize_iq4_nl(const BlockIQ4_NL* x, float* y, int64_t n) {
+  for (int64_t b = 0; b < n / kQK; ++b, y += kQK) {
+    const float d = fp16_to_fp32(x[b].d);
+    for (int j = 0; j < kQK / 2; ++j) {
+      y[j] = static_cast<float>(kIq4nlValues[x[b].qs[j] & 0xF]) * d;
+      y[j + kQK / 2] = static_cast<float>(kIq4nlValues[x[b].qs[j] >> 4]) * d;
     }
   }
 }

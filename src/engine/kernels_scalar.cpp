@@ -64,6 +64,26 @@ void rows_q4_0_scalar(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int 
   }
 }
 
+void rows_iq4_nl_scalar(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb) {
+  const int64_t blocks = a.cols / kQK;
+  for (int64_t r = r0; r < r1; ++r) {
+    const BlockIQ4_NL* w = weight_row<BlockIQ4_NL>(a, r);
+    for (int64_t b = b0; b < b0 + nb; ++b) {
+      const ActQ8* x = act_row<ActQ8>(a, b);
+      float acc = 0.0f;
+      for (int64_t i = 0; i < blocks; ++i) {
+        int sum = 0;
+        for (int j = 0; j < kQK / 2; ++j) {
+          sum += kIq4nlValues[w[i].qs[j] & 0xF] * x[i].qs[j] +
+                 kIq4nlValues[w[i].qs[j] >> 4] * x[i].qs[j + kQK / 2];
+        }
+        acc += fp16_to_fp32(w[i].d) * x[i].d * static_cast<float>(sum);
+      }
+      store(a, b, r, acc);
+    }
+  }
+}
+
 void rows_q8_0_scalar(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb) {
   const int64_t blocks = a.cols / kQK;
   for (int64_t r = r0; r < r1; ++r) {
