@@ -154,23 +154,31 @@ struct FloatKernel {
   };
 };
 
+// The 32 nibbles of a Q4_0-layout block as bytes in element order: one
+// broadcast load, the upper 128-bit lane shifted right by 4, then masked, gives
+// low nibbles (elements 0-15) in lane 0 and high nibbles (16-31) in lane 1.
+struct NibbleExpander {
+  const __m256i low4 = _mm256_set1_epi8(0x0F);
+  const __m256i shift = _mm256_setr_epi32(0, 0, 0, 0, 4, 4, 4, 4);
+  [[gnu::always_inline]] __m256i operator()(const uint8_t* qs) const {
+    const __m256i packed =
+        _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(qs)));
+    return _mm256_and_si256(_mm256_srlv_epi32(packed, shift), low4);
+  }
+};
+
 // Q4_0: unsigned nibbles times int8 activations; the -8 comes back as
 // -8 * sum over blocks of d_w * (d_x * sum x_q), accumulated alongside.
 struct Q4_0Step {
   using Act = ActQ8;
   using Block = BlockQ4_0;
-  const __m256i low4 = _mm256_set1_epi8(0x0F);
+  const NibbleExpander nibbles;
   const __m256i ones = _mm256_set1_epi16(1);
-  // Shifts the upper 128-bit lane right by 4: one broadcast load plus this
-  // yields low nibbles in lane 0 and high nibbles in lane 1.
-  const __m256i nibble_shift = _mm256_setr_epi32(0, 0, 0, 0, 4, 4, 4, 4);
 
   template <int NB>
   [[gnu::always_inline]] void operator()(const Block& w, const Act* const* x, __m256* acc,
                                          __m256* off) const {
-    const __m256i packed =
-        _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w.qs)));
-    const __m256i q = _mm256_and_si256(_mm256_srlv_epi32(packed, nibble_shift), low4);
+    const __m256i q = nibbles(w.qs);
     const __m256 dw = broadcast_half(w.d);
     for (int k = 0; k < NB; ++k) {
       const __m256i p = _mm256_madd_epi16(_mm256_maddubs_epi16(q, load256(x[k]->qs)), ones);
@@ -183,54 +191,46 @@ struct Q4_0Step {
   static float finish(__m256 acc, __m256 off) { return hsum(acc) - 8.0f * _mm256_cvtss_f32(off); }
 };
 
-// Q8_0: maddubs needs one unsigned operand, so |w| times x with w's sign.
+// 32 signed int8 weights q (block scale dw) times NB activation blocks:
+// maddubs needs one unsigned operand, so |q| times x with q's sign.
+template <int NB>
+[[gnu::always_inline]] inline void accumulate_signed(__m256i q, __m256 dw, const ActQ8* const* x,
+                                                     __m256* acc) {
+  const __m256i ones = _mm256_set1_epi16(1);
+  const __m256i q_abs = _mm256_sign_epi8(q, q);
+  for (int k = 0; k < NB; ++k) {
+    const __m256i xs = _mm256_sign_epi8(load256(x[k]->qs), q);
+    const __m256i p = _mm256_madd_epi16(_mm256_maddubs_epi16(q_abs, xs), ones);
+    const __m256 scale = _mm256_mul_ps(dw, _mm256_broadcast_ss(&x[k]->d));
+    acc[k] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), scale, acc[k]);
+  }
+}
+
 struct Q8_0Step {
   using Act = ActQ8;
   using Block = BlockQ8_0;
-  const __m256i ones = _mm256_set1_epi16(1);
 
   template <int NB>
   [[gnu::always_inline]] void operator()(const Block& w, const Act* const* x, __m256* acc,
                                          __m256*) const {
-    const __m256i q = load256(w.qs);
-    const __m256i q_abs = _mm256_sign_epi8(q, q);
-    const __m256 dw = broadcast_half(w.d);
-    for (int k = 0; k < NB; ++k) {
-      const __m256i xs = _mm256_sign_epi8(load256(x[k]->qs), q);
-      const __m256i p = _mm256_madd_epi16(_mm256_maddubs_epi16(q_abs, xs), ones);
-      const __m256 scale = _mm256_mul_ps(dw, _mm256_broadcast_ss(&x[k]->d));
-      acc[k] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), scale, acc[k]);
-    }
+    accumulate_signed<NB>(load256(w.qs), broadcast_half(w.d), x, acc);
   }
   static float finish(__m256 acc, __m256) { return hsum(acc); }
 };
 
-// IQ4_NL: the nibbles index the grid with one byte shuffle, then as Q8_0
-// (|w| times x with w's sign, since maddubs needs one unsigned operand).
+// IQ4_NL: Q4_0's nibbles index the grid with one byte shuffle per lane.
 struct IQ4_NLStep {
   using Act = ActQ8;
   using Block = BlockIQ4_NL;
-  const __m256i low4 = _mm256_set1_epi8(0x0F);
-  const __m256i ones = _mm256_set1_epi16(1);
-  const __m256i nibble_shift = _mm256_setr_epi32(0, 0, 0, 0, 4, 4, 4, 4);
+  const NibbleExpander nibbles;
   const __m256i grid =
       _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(kIq4nlValues)));
 
   template <int NB>
   [[gnu::always_inline]] void operator()(const Block& w, const Act* const* x, __m256* acc,
                                          __m256*) const {
-    const __m256i packed =
-        _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w.qs)));
-    const __m256i index = _mm256_and_si256(_mm256_srlv_epi32(packed, nibble_shift), low4);
-    const __m256i q = _mm256_shuffle_epi8(grid, index);
-    const __m256i q_abs = _mm256_sign_epi8(q, q);
-    const __m256 dw = broadcast_half(w.d);
-    for (int k = 0; k < NB; ++k) {
-      const __m256i xs = _mm256_sign_epi8(load256(x[k]->qs), q);
-      const __m256i p = _mm256_madd_epi16(_mm256_maddubs_epi16(q_abs, xs), ones);
-      const __m256 scale = _mm256_mul_ps(dw, _mm256_broadcast_ss(&x[k]->d));
-      acc[k] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), scale, acc[k]);
-    }
+    const __m256i q = _mm256_shuffle_epi8(grid, nibbles(w.qs));
+    accumulate_signed<NB>(q, broadcast_half(w.d), x, acc);
   }
   static float finish(__m256 acc, __m256) { return hsum(acc); }
 };
@@ -429,9 +429,7 @@ void group_q4_0(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0) {
     __m256 acc = _mm256_setzero_ps();
     __m256 off = _mm256_setzero_ps();
     for (int64_t i = 0; i < blocks; ++i) {
-      const __m256i packed =
-          _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w[i].qs)));
-      const __m256i q = _mm256_and_si256(_mm256_srlv_epi32(packed, step.nibble_shift), step.low4);
+      const __m256i q = step.nibbles(w[i].qs);
       __m256i sum16 = _mm256_setzero_si256();
       for (int j = 0; j < kQK / 4; ++j) {
         const __m256i wj = _mm256_permutevar8x32_epi32(q, _mm256_set1_epi32(j));

@@ -15,6 +15,20 @@ inline int nearest(float v) {
   return static_cast<int>(std::nearbyint(v));
 }
 
+// The element of largest magnitude, with its sign (the first of equals), or
+// 0 when all are 0: the symmetric quantizers map it to their grid's end.
+float signed_max(const float* x, int64_t n) {
+  float amax = 0.0f;
+  float max = 0.0f;
+  for (int64_t i = 0; i < n; ++i) {
+    if (std::fabs(x[i]) > amax) {
+      amax = std::fabs(x[i]);
+      max = x[i];
+    }
+  }
+  return max;
+}
+
 // Fits x[i] ~= scale * q[i] - min with q in [0, nmax] and min >= 0 (the
 // K-quant convention: the offset only moves values down), minimizing the
 // squared error weighted by w (all 1 when w is null). Starts from the min/max
@@ -84,15 +98,8 @@ void fit_scale_min(const float* x, const float* w, int n, int nmax, float* scale
 // (the value of largest magnitude), and refit its scale, so the weighted error
 // is never worse than that rule's.
 float fit_scale_symmetric(const float* x, const float* w, int n, int nmax) {
-  float amax = 0.0f;
-  float max = 0.0f;
-  for (int i = 0; i < n; ++i) {
-    if (std::fabs(x[i]) > amax) {
-      amax = std::fabs(x[i]);
-      max = x[i];
-    }
-  }
-  if (amax == 0.0f) return 0.0f;
+  const float max = signed_max(x, n);
+  if (max == 0.0f) return 0.0f;
   float best_scale = 0.0f;
   float best_score = -1.0f;
   for (int step = -9; step <= 9; ++step) {
@@ -139,15 +146,7 @@ const float* fitting_weights(const float* x, const float* importance, int n, flo
 void quantize_q4_0(const float* x, BlockQ4_0* y, int64_t n) {
   // Follows ggml's reference rounding so files match llama.cpp's quantizer.
   for (int64_t b = 0; b < n / kQK; ++b, x += kQK) {
-    float amax = 0.0f;
-    float max = 0.0f;
-    for (int j = 0; j < kQK; ++j) {
-      if (std::fabs(x[j]) > amax) {
-        amax = std::fabs(x[j]);
-        max = x[j];
-      }
-    }
-    const float d = max / -8.0f;
+    const float d = signed_max(x, kQK) / -8.0f;
     const float id = d != 0.0f ? 1.0f / d : 0.0f;
     y[b].d = fp32_to_fp16(d);
     for (int j = 0; j < kQK / 2; ++j) {
@@ -200,20 +199,13 @@ void quantize_iq4_nl(const float* x, BlockIQ4_NL* y, int64_t n, const float* imp
     float w[kQK];
     const float* weights =
         fitting_weights(x, importance != nullptr ? importance + b * kQK : nullptr, kQK, w);
-    float amax = 0.0f;
-    float max = 0.0f;
-    for (int j = 0; j < kQK; ++j) {
-      if (std::fabs(x[j]) > amax) {
-        amax = std::fabs(x[j]);
-        max = x[j];
-      }
-    }
+    const float max = signed_max(x, kQK);
     // The grid runs from -127 to 113: try the value of largest magnitude at
     // either end and scalings around it, each with its (weighted)
     // least-squares scale.
     float best_d = 0.0f;
     float best_score = -1.0f;
-    if (amax > 0.0f) {
+    if (max != 0.0f) {
       for (float end : {-127.0f, 113.0f}) {
         for (int step = -9; step <= 9; ++step) {
           const float inverse = (end + static_cast<float>(step)) / max;

@@ -25,6 +25,26 @@ void rows_float(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb, si
   }
 }
 
+// Rows of 32-element blocks whose weights are small signed integers,
+// value(block, j), times the block's fp16 scale.
+template <typename Block, typename Value>
+void rows_signed_blocks(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb, Value value) {
+  const int64_t blocks = a.cols / kQK;
+  for (int64_t r = r0; r < r1; ++r) {
+    const Block* w = weight_row<Block>(a, r);
+    for (int64_t b = b0; b < b0 + nb; ++b) {
+      const ActQ8* x = act_row<ActQ8>(a, b);
+      float acc = 0.0f;
+      for (int64_t i = 0; i < blocks; ++i) {
+        int sum = 0;
+        for (int j = 0; j < kQK; ++j) sum += value(w[i], j) * x[i].qs[j];
+        acc += fp16_to_fp32(w[i].d) * x[i].d * static_cast<float>(sum);
+      }
+      store(a, b, r, acc);
+    }
+  }
+}
+
 }  // namespace
 
 void rows_f32_scalar(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb) {
@@ -65,40 +85,14 @@ void rows_q4_0_scalar(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int 
 }
 
 void rows_iq4_nl_scalar(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb) {
-  const int64_t blocks = a.cols / kQK;
-  for (int64_t r = r0; r < r1; ++r) {
-    const BlockIQ4_NL* w = weight_row<BlockIQ4_NL>(a, r);
-    for (int64_t b = b0; b < b0 + nb; ++b) {
-      const ActQ8* x = act_row<ActQ8>(a, b);
-      float acc = 0.0f;
-      for (int64_t i = 0; i < blocks; ++i) {
-        int sum = 0;
-        for (int j = 0; j < kQK / 2; ++j) {
-          sum += kIq4nlValues[w[i].qs[j] & 0xF] * x[i].qs[j] +
-                 kIq4nlValues[w[i].qs[j] >> 4] * x[i].qs[j + kQK / 2];
-        }
-        acc += fp16_to_fp32(w[i].d) * x[i].d * static_cast<float>(sum);
-      }
-      store(a, b, r, acc);
-    }
-  }
+  rows_signed_blocks<BlockIQ4_NL>(a, r0, r1, b0, nb, [](const BlockIQ4_NL& w, int j) {
+    return int{kIq4nlValues[j < kQK / 2 ? w.qs[j] & 0xF : w.qs[j - kQK / 2] >> 4]};
+  });
 }
 
 void rows_q8_0_scalar(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb) {
-  const int64_t blocks = a.cols / kQK;
-  for (int64_t r = r0; r < r1; ++r) {
-    const BlockQ8_0* w = weight_row<BlockQ8_0>(a, r);
-    for (int64_t b = b0; b < b0 + nb; ++b) {
-      const ActQ8* x = act_row<ActQ8>(a, b);
-      float acc = 0.0f;
-      for (int64_t i = 0; i < blocks; ++i) {
-        int sum = 0;
-        for (int j = 0; j < kQK; ++j) sum += w[i].qs[j] * x[i].qs[j];
-        acc += fp16_to_fp32(w[i].d) * x[i].d * static_cast<float>(sum);
-      }
-      store(a, b, r, acc);
-    }
-  }
+  rows_signed_blocks<BlockQ8_0>(a, r0, r1, b0, nb,
+                                [](const BlockQ8_0& w, int j) { return int{w.qs[j]}; });
 }
 
 void rows_q4_k_scalar(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb) {
