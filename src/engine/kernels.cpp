@@ -103,7 +103,11 @@ constexpr TypeOps kOps[] = {
     },
     {TensorType::kQ8_0, detail::kQK, ActKind::kQ8, SY_FAST(rows_q8_0), detail::rows_q8_0_scalar},
     {TensorType::kIQ4_NL, detail::kQK, ActKind::kQ8, SY_FAST(rows_iq4_nl),
-     detail::rows_iq4_nl_scalar},
+     detail::rows_iq4_nl_scalar,
+#ifdef SY_KERNELS_AVX2
+     detail::group_iq4_nl_avx2
+#endif
+    },
     {TensorType::kQ4_K, detail::kQKK, ActKind::kQ8K, SY_FAST(rows_q4_k), detail::rows_q4_k_scalar},
     {TensorType::kQ6_K, detail::kQKK, ActKind::kQ8K, SY_FAST(rows_q6_k), detail::rows_q6_k_scalar},
 };

@@ -447,6 +447,35 @@ void group_q4_0(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0) {
   }
 }
 
+// IQ4_NL against an ActQ8x8 group, as group_q4_0 but with signed grid
+// values: |w| times x with w's sign, widened to int32 at every step, since
+// two products of 127 * 127 already fill an int16.
+void group_iq4_nl(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0) {
+  const int64_t blocks = a.cols / kQK;
+  const IQ4_NLStep step;
+  const __m256i ones = _mm256_set1_epi16(1);
+  const auto* x = act_row<ActQ8x8>(a, b0);
+  for (int64_t r = r0; r < r1; ++r) {
+    const BlockIQ4_NL* w = weight_row<BlockIQ4_NL>(a, r);
+    __m256 acc = _mm256_setzero_ps();
+    for (int64_t i = 0; i < blocks; ++i) {
+      const __m256i q = _mm256_shuffle_epi8(step.grid, step.nibbles(w[i].qs));
+      __m256i sum32 = _mm256_setzero_si256();
+      for (int j = 0; j < kQK / 4; ++j) {
+        const __m256i wj = _mm256_permutevar8x32_epi32(q, _mm256_set1_epi32(j));
+        const __m256i xs = _mm256_sign_epi8(load256(x[i].qs[j]), wj);
+        sum32 = _mm256_add_epi32(
+            sum32, _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_sign_epi8(wj, wj), xs), ones));
+      }
+      const __m256 scale = _mm256_mul_ps(broadcast_half(w[i].d), _mm256_loadu_ps(x[i].d));
+      acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum32), scale, acc);
+    }
+    alignas(32) float out[kGroupRows];
+    _mm256_store_ps(out, acc);
+    for (int k = 0; k < kGroupRows; ++k) a.y[(b0 + k) * a.y_stride + r] = out[k];
+  }
+}
+
 template <typename Load>
 void rows_float_avx2(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb) {
   run_tile<FloatKernel<Load>::template Tile>(a, r0, r1, b0, nb);
@@ -500,6 +529,9 @@ void rows_q4_0_avx2(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb
 }
 void group_q4_0_avx2(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0) {
   group_q4_0(a, r0, r1, b0);
+}
+void group_iq4_nl_avx2(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0) {
+  group_iq4_nl(a, r0, r1, b0);
 }
 void rows_iq4_nl_avx2(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb) {
   run_tile<Block32Kernel<IQ4_NLStep>::Tile>(a, r0, r1, b0, nb);

@@ -174,6 +174,7 @@ void rows_q8_0_avx2(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb
 void rows_q4_k_avx2(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb);
 void rows_q6_k_avx2(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb);
 void group_q4_0_avx2(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0);
+void group_iq4_nl_avx2(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0);
 #endif
 
 }  // namespace sy::engine::detail
