@@ -21,11 +21,6 @@ namespace {
 
 using json = nlohmann::ordered_json;
 
-int fail(const Error& e) {
-  std::cerr << "error: " << e.message << "\n";
-  return e.kind == ErrorKind::kInvalidArgument || e.kind == ErrorKind::kNotFound ? 2 : 1;
-}
-
 Result<std::string> read_text_file(const std::string& path, const std::string& what) {
   std::ifstream in(path, std::ios::binary);
   if (!in) {
@@ -371,10 +366,7 @@ void add_prune_command(CLI::App& app) {
       "--report prune.json\n"
       "Then measure what was lost: switchyard eval out.gguf --reference model.gguf --text "
       "text.txt");
-  cmd->callback([f] {
-    const int rc = prune(*f);
-    if (rc != 0) throw CLI::RuntimeError(rc);
-  });
+  on_run(cmd, [f] { return prune(*f); });
 }
 
 void add_eval_command(CLI::App& app) {
@@ -416,10 +408,7 @@ void add_eval_command(CLI::App& app) {
       "  switchyard eval a.gguf b.gguf --reference model.gguf --text text.txt --tasks "
       "tasks.jsonl --json\n"
       "A model compared with itself has mean KL 0 and top-1 100%.");
-  cmd->callback([f] {
-    const int rc = evaluate(*f);
-    if (rc != 0) throw CLI::RuntimeError(rc);
-  });
+  on_run(cmd, [f] { return evaluate(*f); });
 }
 
 }  // namespace sy::cli

@@ -44,11 +44,6 @@ struct QuantizeOptions {
   int32_t threads = 0;
 };
 
-int fail(const Error& e) {
-  std::cerr << "error: " << e.message << "\n";
-  return e.kind == ErrorKind::kInvalidArgument || e.kind == ErrorKind::kNotFound ? 2 : 1;
-}
-
 Error invalid(std::string message) {
   return make_error(ErrorKind::kInvalidArgument, std::move(message));
 }
@@ -588,10 +583,7 @@ void add_quantize_command(CLI::App& app) {
       "rows fit no block (stories260K: 172 -> 192), which computes the same function and lets\n"
       "ffn_down leave F16. With --calibration the output's own divergence and perplexity are\n"
       "printed. See docs/COMPRESSION.md.");
-  cmd->callback([opts] {
-    const int rc = quantize(*opts);
-    if (rc != 0) throw CLI::RuntimeError(rc);
-  });
+  on_run(cmd, [opts] { return quantize(*opts); });
 }
 
 }  // namespace sy::cli

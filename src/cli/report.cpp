@@ -18,26 +18,21 @@ struct ReportFlags {
   bool json = false;
 };
 
-int report_fail(const Error& e) {
-  std::cerr << "error: " << e.message << "\n";
-  return e.kind == ErrorKind::kInvalidArgument || e.kind == ErrorKind::kNotFound ? 2 : 1;
-}
-
 int run_report(const ReportFlags& flags) {
   observe::ReportOptions options;
   if (!flags.since.empty()) {
     auto since = observe::parse_duration(flags.since);
-    if (!since.ok()) return report_fail(since.error());
+    if (!since.ok()) return fail(since.error());
     options.since = *since;
   }
   // SQLite reports a missing file only as "unable to open"; name it instead.
   if (!std::filesystem::exists(flags.db)) {
-    return report_fail(make_error(
-        ErrorKind::kNotFound, "audit store " + flags.db +
-                                  " does not exist; pass the file the server writes (audit.path)"));
+    return fail(make_error(ErrorKind::kNotFound,
+                           "audit store " + flags.db +
+                               " does not exist; pass the file the server writes (audit.path)"));
   }
   auto report = observe::build_report(flags.db, options);
-  if (!report.ok()) return report_fail(report.error());
+  if (!report.ok()) return fail(report.error());
   if (flags.json) {
     std::cout << observe::report_to_json(*report).dump(2) << "\n";
   } else {
@@ -60,10 +55,7 @@ void add_report_command(CLI::App& app) {
                   "Only requests newer than this: 90s, 30m, 24h, 7d, 2w (default: all rows)");
   cmd->add_flag("--json", flags->json, "Print JSON instead of tables");
   cmd->footer("Example:\n  switchyard report --db audit.db --since 24h");
-  cmd->callback([flags] {
-    const int rc = run_report(*flags);
-    if (rc != 0) throw CLI::RuntimeError(rc);
-  });
+  on_run(cmd, [flags] { return run_report(*flags); });
 }
 
 }  // namespace sy::cli

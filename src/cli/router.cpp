@@ -26,11 +26,6 @@ using json = nlohmann::ordered_json;
 using route::LabelledPrompt;
 using route::RoutingMetrics;
 
-int fail(const Error& e) {
-  std::cerr << "error: " << e.message << "\n";
-  return e.kind == ErrorKind::kInvalidArgument || e.kind == ErrorKind::kNotFound ? 2 : 1;
-}
-
 struct DataFlags {
   std::vector<std::string> data;
   std::string format = "auto";
@@ -464,10 +459,9 @@ void add_router_command(CLI::App& app) {
       "Example (the shipped default model):\n"
       "  switchyard router train --data ../shared/data/router-data/routellm/mmlu \\\n"
       "      --holdout-subjects default --out data/router/complexity-default.json");
-  train_cmd->callback([tf] {
+  on_run(train_cmd, [tf] {
     tf->command = describe(*tf);
-    const int rc = train(*tf);
-    if (rc != 0) throw CLI::RuntimeError(rc);
+    return train(*tf);
   });
 
   auto ef = std::make_shared<EvalFlags>();
@@ -488,10 +482,7 @@ void add_router_command(CLI::App& app) {
       "Example:\n"
       "  switchyard router eval --model data/router/complexity-default.json \\\n"
       "      --data ../shared/data/router-data/routellm/mmlu --subjects holdout --svg curve.svg");
-  eval_cmd->callback([ef] {
-    const int rc = eval(*ef);
-    if (rc != 0) throw CLI::RuntimeError(rc);
-  });
+  on_run(eval_cmd, [ef] { return eval(*ef); });
 
   auto sf = std::make_shared<ScoreFlags>();
   CLI::App* score_cmd =
@@ -501,10 +492,7 @@ void add_router_command(CLI::App& app) {
   score_cmd->add_option("--perplexity", sf->perplexity,
                         "The edge model's perplexity on the prompt, when measured");
   score_cmd->add_flag("--explain", sf->explain, "Show every feature's value and logit share");
-  score_cmd->callback([sf] {
-    const int rc = score(*sf);
-    if (rc != 0) throw CLI::RuntimeError(rc);
-  });
+  on_run(score_cmd, [sf] { return score(*sf); });
 }
 
 }  // namespace sy::cli

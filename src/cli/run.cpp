@@ -24,11 +24,6 @@ struct RunOptions {
   engine::SamplingParams sampling;
 };
 
-int fail(const Error& e) {
-  std::cerr << "error: " << e.message << "\n";
-  return e.kind == ErrorKind::kInvalidArgument || e.kind == ErrorKind::kNotFound ? 2 : 1;
-}
-
 void print_speed(const engine::GenerationResult& r) {
   const int32_t evaluated = r.prompt_tokens - r.reused_prompt_tokens;
   std::fprintf(stderr,
@@ -86,7 +81,8 @@ int run(const RunOptions& o) {
     const std::string text =
         o.raw ? o.prompt : engine::render_chat(format, {{"user", o.prompt}}, true);
     req.prompt = tok.encode(text, true, !o.raw);
-    if (format == engine::ChatFormat::kPlain) std::fwrite(o.prompt.data(), 1, o.prompt.size(), stdout);
+    if (format == engine::ChatFormat::kPlain)
+      std::fwrite(o.prompt.data(), 1, o.prompt.size(), stdout);
     auto r = engine::generate(**ctx, pool, req, stream);
     if (!r.ok()) return fail(r.error());
     print_speed(*r);
@@ -134,7 +130,8 @@ void add_run_command(CLI::App& app) {
   cmd->add_option("--repeat-penalty", opts->sampling.repeat_penalty, "Repetition penalty (1: off)")
       ->capture_default_str();
   cmd->add_option("--seed", opts->sampling.seed, "Random seed")->capture_default_str();
-  cmd->add_option("-t,--threads", opts->threads, "Threads (0: one per core)")->capture_default_str();
+  cmd->add_option("-t,--threads", opts->threads, "Threads (0: one per core)")
+      ->capture_default_str();
   cmd->add_option("-c,--ctx-size", opts->context, "Context length (0: the model's)")
       ->capture_default_str();
   cmd->add_flag("--show-logprobs", opts->show_logprobs, "Print each token's log-probability");
@@ -143,12 +140,11 @@ void add_run_command(CLI::App& app) {
       "  switchyard run -p \"Once upon a time\" --temp 0\n"
       "  switchyard run -m ./models/SmolLM2-135M-Instruct-Q8_0.gguf --chat\n"
       "Speed (prompt and generation tokens/s) is printed to stderr at the end.");
-  cmd->callback([opts] {
+  on_run(cmd, [opts] {
     if (!opts->chat && opts->prompt.empty()) {
       throw CLI::ValidationError("--prompt", "give a prompt with -p TEXT, or use --chat");
     }
-    const int rc = run(*opts);
-    if (rc != 0) throw CLI::RuntimeError(rc);
+    return run(*opts);
   });
 }
 

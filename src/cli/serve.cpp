@@ -28,11 +28,6 @@ struct ServeOptions {
   std::string audit_db;
 };
 
-int fail(const Error& e) {
-  std::cerr << "error: " << e.message << "\n";
-  return e.kind == ErrorKind::kInvalidArgument || e.kind == ErrorKind::kNotFound ? 2 : 1;
-}
-
 std::string url_host(const std::string& host) {
   return host.find(':') != std::string::npos ? "[" + host + "]" : host;
 }
@@ -195,10 +190,7 @@ void add_serve_command(CLI::App& app) {
       "/healthz, /readyz, /metrics (Prometheus). Prints 'listening on URL' when ready.\n"
       "Signals: SIGHUP reloads --config (an invalid file changes nothing); SIGINT or\n"
       "SIGTERM drain running requests (server.shutdown_timeout_ms, default 30 s), then exit.");
-  cmd->callback([o, cmd] {
-    const int rc = serve_main(*o, *cmd);
-    if (rc != 0) throw CLI::RuntimeError(rc);
-  });
+  on_run(cmd, [o, cmd] { return serve_main(*o, *cmd); });
 }
 
 }  // namespace sy::cli

@@ -39,11 +39,6 @@ struct AdviseFlags {
   double api_usd_per_mtok = 0.0;
 };
 
-int fail(const Error& e) {
-  std::cerr << "error: " << e.message << "\n";
-  return e.kind == ErrorKind::kInvalidArgument || e.kind == ErrorKind::kNotFound ? 2 : 1;
-}
-
 // The command as typed, for the report's "made with" line.
 std::string command_line() {
   std::ifstream in("/proc/self/cmdline", std::ios::binary);
@@ -171,6 +166,27 @@ int privacy_verdict(std::span<const sim::PolicyReport> reports) {
   return 3;
 }
 
+// Writes the --out report folder (nothing without --out) and says where,
+// unless the output is JSON.
+Status write_report_folder(const ModelFlags& model, const std::string& source,
+                           sim::Simulator& simulator, std::vector<sim::PolicyReport> policies,
+                           std::vector<sim::PolicyReport> sweep,
+                           std::optional<sim::Advice> advice) {
+  if (model.out.empty()) return Status::Ok();
+  sim::ReportInputs in;
+  in.command = command_line();
+  in.trace_path = model.trace;
+  in.config_source = source;
+  in.trace = sim::summarize_trace(simulator);
+  in.options = simulator.options();
+  in.policies = std::move(policies);
+  in.sweep = std::move(sweep);
+  in.advice = std::move(advice);
+  SY_TRY_STATUS(sim::write_report(model.out, in));
+  if (!model.json) std::cout << "\nreport written to " << model.out << "/report.md\n";
+  return Status::Ok();
+}
+
 int run_simulate(SimulateFlags& f) {
   if (f.generate > 0) return run_generate(f);
   auto policies = parse_policies(f.policies);
@@ -191,19 +207,8 @@ int run_simulate(SimulateFlags& f) {
     std::cout << sim::format_policy_table(reports);
     if (!sweep.empty()) std::cout << "\nthreshold sweep:\n" << sim::format_policy_table(sweep);
   }
-  if (!f.model.out.empty()) {
-    sim::ReportInputs in;
-    in.command = command_line();
-    in.trace_path = f.model.trace;
-    in.config_source = source;
-    in.trace = sim::summarize_trace(**sim);
-    in.options = (*sim)->options();
-    in.policies = std::move(reports);
-    in.sweep = std::move(sweep);
-    if (auto s = sim::write_report(f.model.out, in); !s.ok()) return fail(s.error());
-    if (!f.model.json) std::cout << "\nreport written to " << f.model.out << "/report.md\n";
-    reports = std::move(in.policies);
-    sweep = std::move(in.sweep);
+  if (auto s = write_report_folder(f.model, source, **sim, reports, sweep, std::nullopt); !s.ok()) {
+    return fail(s.error());
   }
   return std::max(privacy_verdict(reports), privacy_verdict(sweep));
 }
@@ -234,24 +239,21 @@ int run_advise(AdviseFlags& f) {
     std::cout << sim::format_advice(advice);
   }
   if (!f.model.out.empty()) {
-    sim::ReportInputs in;
-    in.command = command_line();
-    in.trace_path = f.model.trace;
-    in.config_source = source;
-    in.trace = sim::summarize_trace(**sim);
-    in.options = (*sim)->options();
+    std::vector<sim::PolicyReport> policies;
     for (auto p :
          {route::PolicyKind::kThreshold, route::PolicyKind::kCascade, route::PolicyKind::kOptimize,
           route::PolicyKind::kEdge, route::PolicyKind::kCloud}) {
-      in.policies.push_back((*sim)->run(p));
+      policies.push_back((*sim)->run(p));
     }
-    in.sweep = advice.candidates;
-    std::erase_if(in.sweep, [](const sim::PolicyReport& r) {
+    std::vector<sim::PolicyReport> sweep = advice.candidates;
+    std::erase_if(sweep, [](const sim::PolicyReport& r) {
       return r.policy != route::PolicyKind::kThreshold;
     });
-    in.advice = advice;
-    if (auto s = sim::write_report(f.model.out, in); !s.ok()) return fail(s.error());
-    if (!f.model.json) std::cout << "\nreport written to " << f.model.out << "/report.md\n";
+    if (auto s = write_report_folder(f.model, source, **sim, std::move(policies), std::move(sweep),
+                                     advice);
+        !s.ok()) {
+      return fail(s.error());
+    }
   }
   return privacy_verdict(advice.candidates);
 }
@@ -298,10 +300,7 @@ void add_simulate_command(CLI::App& app) {
       "  switchyard simulate --trace trace.jsonl --config examples/gateway.yaml --measure-edge\n"
       "  switchyard simulate --trace trace.jsonl --cloud-rtt-ms 120 --cloud-tps 40 --json\n"
       "Exit status 3 when any plan would send device-only data to a cloud tier.");
-  cmd->callback([f] {
-    const int rc = run_simulate(*f);
-    if (rc != 0) throw CLI::RuntimeError(rc);
-  });
+  on_run(cmd, [f] { return run_simulate(*f); });
 }
 
 void add_advise_command(CLI::App& app) {
@@ -341,10 +340,7 @@ void add_advise_command(CLI::App& app) {
       "  switchyard advise --trace trace.jsonl --config examples/gateway.yaml \\\n"
       "      --gpu-usd-per-hour 2.0 --gpu-tokens-per-s 4000 --out advice\n"
       "Hybrid is justified when at least two conditions hold (docs/SIMULATOR.md).");
-  cmd->callback([f] {
-    const int rc = run_advise(*f);
-    if (rc != 0) throw CLI::RuntimeError(rc);
-  });
+  on_run(cmd, [f] { return run_advise(*f); });
 }
 
 }  // namespace sy::cli
