@@ -69,6 +69,24 @@ class ExecTest : public ::testing::Test {
     return r;
   }
 
+  // A cascade with a strict confidence bar: with unsure_request() the edge
+  // model is unsure on purpose and the plan escalates.
+  static route::Plan escalating_cascade() {
+    auto p = plan(route::PlanKind::kCascade, true);
+    p.cascade.min_mean_logprob = -0.5;
+    return p;
+  }
+  // Sampling at a high temperature makes the small model pick unlikely tokens.
+  static backend::BackendRequest unsure_request() { return request("zq xv kj wp", 3.0f); }
+
+  // A stream sink that collects what the client would see.
+  static backend::DeltaSink append_to(std::string& out) {
+    return [&out](const backend::Delta& d) {
+      out += d.text;
+      return true;
+    };
+  }
+
   bool cloud_saw(const std::string& needle) const {
     for (const auto& b : server_.received_bodies()) {
       if (b.find(needle) != std::string::npos) return true;
@@ -95,11 +113,8 @@ TEST_F(ExecTest, ConfidentEdgeIsServedWithoutTouchingTheCloud) {
 }
 
 TEST_F(ExecTest, UnsureEdgeEscalatesToTheCloud) {
-  auto p = plan(route::PlanKind::kCascade, true);
-  // Sampling at a high temperature makes the small model pick unlikely tokens:
-  // the edge is unsure on purpose, and a strict threshold sees it.
-  p.cascade.min_mean_logprob = -0.5;
-  auto r = executor_->run(p, request("zq xv kj wp", 3.0f), {});
+  auto p = escalating_cascade();
+  auto r = executor_->run(p, unsure_request(), {});
   ASSERT_TRUE(r.ok()) << r.error().message;
   EXPECT_TRUE(r->escalated);
   EXPECT_EQ(r->tier, "cloud");
@@ -114,23 +129,16 @@ TEST_F(ExecTest, StreamingCascadeReleasesHeldTokensOnlyOnce) {
   p.cascade.max_mean_entropy = 50.0;
   p.cascade.hold_back_tokens = 4;
   std::string streamed;
-  auto r = executor_->run(p, request("Once upon a time"), [&](const backend::Delta& d) {
-    streamed += d.text;
-    return true;
-  });
+  auto r = executor_->run(p, request("Once upon a time"), append_to(streamed));
   ASSERT_TRUE(r.ok()) << r.error().message;
   EXPECT_EQ(streamed, r->completion.text);
 }
 
 TEST_F(ExecTest, StreamingEscalationSendsOnlyTheCloudAnswer) {
-  auto p = plan(route::PlanKind::kCascade, true);
-  p.cascade.min_mean_logprob = -0.5;
+  auto p = escalating_cascade();
   p.cascade.hold_back_tokens = 4;
   std::string streamed;
-  auto r = executor_->run(p, request("zq xv kj wp", 3.0f), [&](const backend::Delta& d) {
-    streamed += d.text;
-    return true;
-  });
+  auto r = executor_->run(p, unsure_request(), append_to(streamed));
   ASSERT_TRUE(r.ok()) << r.error().message;
   EXPECT_EQ(r->tier, "cloud");
   EXPECT_EQ(streamed, r->completion.text);
@@ -140,14 +148,10 @@ TEST_F(ExecTest, CloudDyingMidStreamAfterEscalationIsAnErrorNotASplicedAnswer) {
   server_.set_mode(FaultMode::kDieMidStream);
   server_.set_die_after_chunks(2);
   server_.set_reply("CLOUDTEXT one two three four five six");
-  auto p = plan(route::PlanKind::kCascade, true);
-  p.cascade.min_mean_logprob = -0.5;
+  auto p = escalating_cascade();
   p.cascade.hold_back_tokens = 4;
   std::string streamed;
-  auto r = executor_->run(p, request("zq xv kj wp", 3.0f), [&](const backend::Delta& d) {
-    streamed += d.text;
-    return true;
-  });
+  auto r = executor_->run(p, unsure_request(), append_to(streamed));
   ASSERT_FALSE(r.ok()) << "served: " << r->completion.text;
   // The client saw a part of the cloud's answer and nothing of the edge's after it.
   const std::string reply = "CLOUDTEXT one two three four five six";
@@ -158,9 +162,8 @@ TEST_F(ExecTest, CloudDyingMidStreamAfterEscalationIsAnErrorNotASplicedAnswer) {
 
 TEST_F(ExecTest, BothDegradedServesTheEdgeAnswerFlagged) {
   server_.set_mode(FaultMode::kStatus500);
-  auto p = plan(route::PlanKind::kCascade, true);
-  p.cascade.min_mean_logprob = -0.5;
-  auto r = executor_->run(p, request("zq xv kj wp", 3.0f), {});
+  auto p = escalating_cascade();
+  auto r = executor_->run(p, unsure_request(), {});
   ASSERT_TRUE(r.ok()) << r.error().message;
   EXPECT_EQ(r->tier, "edge");
   EXPECT_TRUE(r->degraded);
