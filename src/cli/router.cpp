@@ -1,5 +1,6 @@
-// `switchyard router train|eval|score`: fit the complexity model from labelled
-// prompts, score it the way RouteLLM scores routers, and look at one decision.
+// `switchyard router train|eval|cv|score`: fit the complexity model from
+// labelled prompts, score it the way RouteLLM scores routers, choose its
+// settings by cross-validation, and look at one decision.
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -98,19 +99,75 @@ json opt_json(std::optional<double> v) {
 
 // ---- train -----------------------------------------------------------------------
 
-struct TrainFlags {
-  DataFlags data;
-  std::string out;
-  double target_cloud_share = 0.3;
-  std::string holdout;
+// How a model is fitted: shared by `train` and `cv`.
+struct FitFlags {
   std::string label = "gain";
   double l2 = 1e-3;
   double l2_hashed = 1e-3;
   int hash_bits = 13;
-  int calibration_folds = 5;
-  std::string drop;
   bool bigrams = false;
   int max_iterations = 400;
+  std::string drop;
+};
+
+void add_fit_flags(CLI::App* cmd, FitFlags& f) {
+  cmd->add_option("--drop-subjects", f.drop, "Subjects to leave out entirely (bad labels), a,b,c");
+  cmd->add_option("--label", f.label,
+                  "gain: escalation's expected gain (1 cloud better, 0.5 tie, 0 edge "
+                  "better); weak-wrong: edge wrong; cloud-wins: edge wrong and cloud right")
+      ->capture_default_str();
+  cmd->add_option("--l2", f.l2, "L2 strength on the named features")->capture_default_str();
+  cmd->add_option("--l2-hashed", f.l2_hashed, "L2 strength on the hashed word n-grams")
+      ->capture_default_str();
+  cmd->add_option("--hash-bits", f.hash_bits, "log2 of the number of n-gram buckets")
+      ->check(CLI::Range(route::kMinHashBits, route::kMaxHashBits))
+      ->capture_default_str();
+  cmd->add_flag("--bigrams", f.bigrams, "Hash word pairs as well as single words");
+  cmd->add_option("--max-iterations", f.max_iterations, "L-BFGS iteration cap")
+      ->capture_default_str();
+}
+
+Result<route::TrainOptions> train_options(const FitFlags& f) {
+  const auto label = route::parse_label_rule(f.label);
+  if (!label) {
+    return make_error(ErrorKind::kInvalidArgument,
+                      "--label '" + f.label + "' is unknown; use gain, weak-wrong or cloud-wins");
+  }
+  route::TrainOptions t;
+  t.label = *label;
+  t.l2_dense = f.l2;
+  t.l2_hashed = f.l2_hashed;
+  t.hashing.bits = f.hash_bits;
+  t.hashing.bigrams = f.bigrams;
+  t.max_iterations = f.max_iterations;
+  return t;
+}
+
+// `--holdout-subjects`: empty, "none", "default" (the fixed MMLU split) or a,b,c.
+std::vector<std::string> holdout_subjects(const std::string& flag) {
+  if (flag == "default") return route::default_holdout_subjects();
+  if (flag.empty() || flag == "none") return {};
+  return split_list(flag);
+}
+
+void print_load_report(const route::LoadReport& load) {
+  std::fprintf(
+      stderr,
+      "[data: %zu files, %lld rows kept; %lld contaminated and %lld held-out or dropped rows left "
+      "out, %lld unlabelled skipped]\n",
+      load.files.size(), static_cast<long long>(load.rows),
+      static_cast<long long>(load.excluded_contaminated),
+      static_cast<long long>(load.dropped_by_subject),
+      static_cast<long long>(load.skipped_unlabelled));
+}
+
+struct TrainFlags {
+  DataFlags data;
+  FitFlags fit;
+  std::string out;
+  double target_cloud_share = 0.3;
+  std::string holdout;
+  int calibration_folds = 5;
   std::string command;
 };
 
@@ -124,51 +181,29 @@ std::string describe(const TrainFlags& f) {
   if (!f.data.weak_column.empty()) s << " --weak-column '" << f.data.weak_column << "'";
   if (!f.data.strong_column.empty()) s << " --strong-column '" << f.data.strong_column << "'";
   if (!f.holdout.empty()) s << " --holdout-subjects " << f.holdout;
-  if (!f.drop.empty()) s << " --drop-subjects " << f.drop;
-  s << " --target-cloud-share " << f.target_cloud_share << " --label " << f.label << " --l2 "
-    << f.l2 << " --l2-hashed " << f.l2_hashed << " --hash-bits " << f.hash_bits;
-  if (f.bigrams) s << " --bigrams";
+  if (!f.fit.drop.empty()) s << " --drop-subjects " << f.fit.drop;
+  s << " --target-cloud-share " << f.target_cloud_share << " --label " << f.fit.label << " --l2 "
+    << f.fit.l2 << " --l2-hashed " << f.fit.l2_hashed << " --hash-bits " << f.fit.hash_bits;
+  if (f.fit.bigrams) s << " --bigrams";
   if (f.calibration_folds != 5) s << " --calibration-folds " << f.calibration_folds;
   s << " --out " << f.out;
   return s.str();
 }
 
 int train(const TrainFlags& f) {
-  const auto label = route::parse_label_rule(f.label);
-  if (!label) {
-    return fail(
-        make_error(ErrorKind::kInvalidArgument,
-                   "--label '" + f.label + "' is unknown; use gain, weak-wrong or cloud-wins"));
-  }
+  auto options = train_options(f.fit);
+  if (!options.ok()) return fail(options.error());
   route::DataOptions o = data_options(f.data);
-  std::vector<std::string> holdout;
-  if (f.holdout == "default") {
-    holdout = route::default_holdout_subjects();
-  } else if (!f.holdout.empty() && f.holdout != "none") {
-    holdout = split_list(f.holdout);
-  }
+  const std::vector<std::string> holdout = holdout_subjects(f.holdout);
   o.drop_subjects = holdout;
-  for (const auto& d : split_list(f.drop)) o.drop_subjects.push_back(d);
+  for (const auto& d : split_list(f.fit.drop)) o.drop_subjects.push_back(d);
   route::LoadReport load;
   auto rows = route::load_labelled_prompts(f.data.data, o, &load);
   if (!rows.ok()) return fail(rows.error());
-  std::fprintf(
-      stderr,
-      "[data: %zu files, %lld rows kept; %lld contaminated and %lld held-out or dropped rows left "
-      "out, %lld unlabelled skipped]\n",
-      load.files.size(), static_cast<long long>(load.rows),
-      static_cast<long long>(load.excluded_contaminated),
-      static_cast<long long>(load.dropped_by_subject),
-      static_cast<long long>(load.skipped_unlabelled));
+  print_load_report(load);
 
-  route::TrainOptions t;
-  t.label = *label;
-  t.l2_dense = f.l2;
-  t.l2_hashed = f.l2_hashed;
-  t.hashing.bits = f.hash_bits;
-  t.hashing.bigrams = f.bigrams;
+  route::TrainOptions& t = *options;
   t.target_cloud_share = f.target_cloud_share;
-  t.max_iterations = f.max_iterations;
   t.calibration_folds = f.calibration_folds;
   t.info.data = load.files;
   t.info.training_subjects = distinct_subjects(*rows);
@@ -184,7 +219,7 @@ int train(const TrainFlags& f) {
                "[threshold %.6g sends %.1f%% of the %s scores to the cloud (%.1f%% of the final "
                "model's own training scores)]\n"
                "[wrote %s]\n",
-               static_cast<long long>(model->info().rows), f.label.c_str(),
+               static_cast<long long>(model->info().rows), f.fit.label.c_str(),
                model->info().mean_label, report.iterations,
                report.converged ? "" : " (not converged: raise --max-iterations)",
                model->threshold(), report.calibrated_cloud_share * 100.0,
@@ -382,6 +417,103 @@ int eval(const EvalFlags& f) {
   return 0;
 }
 
+// ---- cv --------------------------------------------------------------------------
+
+struct CvFlags {
+  DataFlags data;
+  FitFlags fit;
+  std::vector<std::string> train_only;
+  std::string holdout;
+  int folds = 5;
+  int repeats = 1;
+  std::string group = "subject";
+  uint64_t seed = 20240701;
+  bool json_out = false;
+};
+
+int cross_validate(const CvFlags& f) {
+  auto options = train_options(f.fit);
+  if (!options.ok()) return fail(options.error());
+  route::DataOptions o = data_options(f.data);
+  o.drop_subjects = holdout_subjects(f.holdout);
+  for (const auto& d : split_list(f.fit.drop)) o.drop_subjects.push_back(d);
+  route::LoadReport load;
+  auto rows = route::load_labelled_prompts(f.data.data, o, &load);
+  if (!rows.ok()) return fail(rows.error());
+  print_load_report(load);
+  std::vector<LabelledPrompt> extra;
+  if (!f.train_only.empty()) {
+    route::LoadReport extra_load;
+    auto more = route::load_labelled_prompts(f.train_only, o, &extra_load);
+    if (!more.ok()) return fail(more.error());
+    print_load_report(extra_load);
+    extra = std::move(*more);
+  }
+  route::CrossValidationOptions cv;
+  cv.folds = f.folds;
+  cv.repeats = f.repeats;
+  cv.by_subject = f.group == "subject";
+  cv.seed = f.seed;
+  auto report = route::cross_validate(*rows, extra, *options, cv);
+  if (!report.ok()) return fail(report.error());
+  auto random = route::random_baseline(*rows, 200, 20240701);
+  if (!random.ok()) return fail(random.error());
+
+  if (f.json_out) {
+    json repeats = json::array();
+    for (const auto& r : report->repeats) {
+      json folds = json::array();
+      for (const auto& fold : r.folds) {
+        folds.push_back(
+            {{"subjects", fold.subjects}, {"rows", fold.rows}, {"apgr", opt_json(fold.apgr)}});
+      }
+      repeats.push_back({{"pooled", metrics_json(r.pooled)},
+                         {"within_subject_apgr", opt_json(r.within_subject_apgr)},
+                         {"folds", std::move(folds)}});
+    }
+    json doc = {
+        {"rows", static_cast<int64_t>(rows->size())},
+        {"train_only_rows", static_cast<int64_t>(extra.size())},
+        {"subjects", distinct_subjects(*rows)},
+        {"folds", f.folds},
+        {"group", f.group},
+        {"mean_apgr", report->mean_apgr},
+        {"random", {{"apgr", random->apgr_mean}, {"apgr_95", {random->apgr_lo, random->apgr_hi}}}},
+        {"repeats", std::move(repeats)}};
+    std::cout << doc.dump(2) << "\n";
+    return 0;
+  }
+  std::printf("%d-fold cross-validation by %s on %zu prompts (%zu subjects)%s\n", f.folds,
+              f.group.c_str(), rows->size(), distinct_subjects(*rows).size(),
+              extra.empty() ? ""
+                            : (", plus " + std::to_string(extra.size()) +
+                               " prompts in every fold's training only")
+                                  .c_str());
+  std::printf("random router: APGR %.3f (95%%: %.3f-%.3f)\n\n", random->apgr_mean, random->apgr_lo,
+              random->apgr_hi);
+  std::printf("%-8s %8s %10s %10s %14s\n", "repeat", "APGR", "CPT(50%)", "CPT(80%)",
+              "within-subject");
+  for (size_t i = 0; i < report->repeats.size(); ++i) {
+    const auto& r = report->repeats[i];
+    char within[32] = "n/a";
+    if (r.within_subject_apgr) std::snprintf(within, sizeof within, "%.3f", *r.within_subject_apgr);
+    std::printf("%-8zu %8.3f %10s %10s %14s\n", i + 1, r.pooled.apgr, pct(r.pooled.cpt50).c_str(),
+                pct(r.pooled.cpt80).c_str(), within);
+  }
+  std::printf("\nmean out-of-fold APGR over %zu partition%s: %.3f\n", report->repeats.size(),
+              report->repeats.size() == 1 ? "" : "s", report->mean_apgr);
+  std::printf("\nfolds of partition 1:\n");
+  for (const auto& fold : report->repeats.front().folds) {
+    char apgr[32] = "n/a";
+    if (fold.apgr) std::snprintf(apgr, sizeof apgr, "%.3f", *fold.apgr);
+    std::string names;
+    for (const auto& s : fold.subjects) names += (names.empty() ? "" : ", ") + s;
+    std::printf("  APGR %6s on %5lld prompts  %s\n", apgr, static_cast<long long>(fold.rows),
+                names.c_str());
+  }
+  return 0;
+}
+
 // ---- score -----------------------------------------------------------------------
 
 struct ScoreFlags {
@@ -434,27 +566,12 @@ void add_router_command(CLI::App& app) {
   train_cmd->add_option("--holdout-subjects", tf->holdout,
                         "Subjects to leave out of training, for `router eval --subjects holdout`: "
                         "a,b,c, or 'default' (the fixed 9-of-38 MMLU split)");
-  train_cmd->add_option("--drop-subjects", tf->drop,
-                        "Subjects to leave out entirely (bad labels), a,b,c");
   train_cmd
       ->add_option("--calibration-folds", tf->calibration_folds,
                    "Set the threshold on out-of-fold scores from this many extra fits "
                    "(< 2: on the final model's own training scores)")
       ->capture_default_str();
-  train_cmd
-      ->add_option("--label", tf->label,
-                   "gain: escalation's expected gain (1 cloud better, 0.5 tie, 0 edge "
-                   "better); weak-wrong: edge wrong; cloud-wins: edge wrong and cloud right")
-      ->capture_default_str();
-  train_cmd->add_option("--l2", tf->l2, "L2 strength on the named features")->capture_default_str();
-  train_cmd->add_option("--l2-hashed", tf->l2_hashed, "L2 strength on the hashed word n-grams")
-      ->capture_default_str();
-  train_cmd->add_option("--hash-bits", tf->hash_bits, "log2 of the number of n-gram buckets")
-      ->check(CLI::Range(route::kMinHashBits, route::kMaxHashBits))
-      ->capture_default_str();
-  train_cmd->add_flag("--bigrams", tf->bigrams, "Hash word pairs as well as single words");
-  train_cmd->add_option("--max-iterations", tf->max_iterations, "L-BFGS iteration cap")
-      ->capture_default_str();
+  add_fit_flags(train_cmd, tf->fit);
   train_cmd->footer(
       "Example (the shipped default model):\n"
       "  switchyard router train --data ../shared/data/router-data/routellm/mmlu \\\n"
@@ -483,6 +600,35 @@ void add_router_command(CLI::App& app) {
       "  switchyard router eval --model data/router/complexity-default.json \\\n"
       "      --data ../shared/data/router-data/routellm/mmlu --subjects holdout --svg curve.svg");
   on_run(eval_cmd, [ef] { return eval(*ef); });
+
+  auto cf = std::make_shared<CvFlags>();
+  CLI::App* cv_cmd = router->add_subcommand(
+      "cv", "Cross-validate the training settings: APGR on subjects each fold's model never saw");
+  add_data_flags(cv_cmd, cf->data);
+  add_fit_flags(cv_cmd, cf->fit);
+  cv_cmd->add_option("--holdout-subjects", cf->holdout,
+                     "Subjects kept out of the cross-validation (your final test set): a,b,c or "
+                     "'default'");
+  cv_cmd->add_option("--train-only-data", cf->train_only,
+                     "More labelled data that every fold trains on and none is scored on");
+  cv_cmd->add_option("--folds", cf->folds, "Number of folds")
+      ->check(CLI::Range(2, 1000))
+      ->capture_default_str();
+  cv_cmd->add_option("--repeats", cf->repeats, "Partitions to average, each shuffled anew")
+      ->check(CLI::Range(1, 100))
+      ->capture_default_str();
+  cv_cmd
+      ->add_option("--group", cf->group,
+                   "subject: whole subjects per fold (new topics); row: prompts at random")
+      ->check(CLI::IsMember({"subject", "row"}))
+      ->capture_default_str();
+  cv_cmd->add_option("--seed", cf->seed, "Shuffle seed")->capture_default_str();
+  cv_cmd->add_flag("--json", cf->json_out, "Print the results as JSON");
+  cv_cmd->footer(
+      "Example (how the shipped model's settings were chosen):\n"
+      "  switchyard router cv --data ../shared/data/router-data/routellm/mmlu \\\n"
+      "      --drop-subjects high_school_mathematics --repeats 3");
+  on_run(cv_cmd, [cf] { return cross_validate(*cf); });
 
   auto sf = std::make_shared<ScoreFlags>();
   CLI::App* score_cmd =

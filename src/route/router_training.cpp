@@ -19,7 +19,7 @@ using json = nlohmann::json;
 
 constexpr std::string_view kRouteLlmWeak = "mistralai/Mixtral-8x7B-Instruct-v0.1";
 constexpr std::string_view kRouteLlmStrong = "gpt-4-1106-preview";
-constexpr std::string_view kRouterBenchWeak = "mistralai/mistral-7b-chat";
+constexpr std::string_view kRouterBenchWeak = "mistralai/mixtral-8x7b-chat";
 constexpr std::string_view kRouterBenchStrong = "gpt-4-1106-preview";
 
 Result<std::string> read_file(const std::string& path) {
@@ -810,16 +810,7 @@ Result<ComplexityModel> fit(const std::vector<LabelledPrompt>& rows, const Train
                                  0.5, std::move(info));
 }
 
-}  // namespace
-
-Result<ComplexityModel> train_complexity_model(const std::vector<LabelledPrompt>& rows,
-                                               const TrainOptions& options,
-                                               TrainReport* report_out) {
-  if (rows.size() < 2) {
-    return make_error(
-        ErrorKind::kInvalidArgument,
-        "training needs at least 2 labelled prompts, got " + std::to_string(rows.size()));
-  }
+Status check_train_options(const TrainOptions& options) {
   if (options.hashing.bits < kMinHashBits || options.hashing.bits > kMaxHashBits) {
     return make_error(ErrorKind::kInvalidArgument, "--hash-bits must be in [" +
                                                        std::to_string(kMinHashBits) + ", " +
@@ -831,6 +822,42 @@ Result<ComplexityModel> train_complexity_model(const std::vector<LabelledPrompt>
   if (!(options.target_cloud_share >= 0.0 && options.target_cloud_share <= 1.0)) {
     return make_error(ErrorKind::kInvalidArgument, "--target-cloud-share must be in [0, 1]");
   }
+  return Status::Ok();
+}
+
+// Scores each row with a model fitted without its fold (plus `extra`, which is
+// only ever trained on).
+Result<std::vector<double>> out_of_fold_scores(const std::vector<LabelledPrompt>& rows,
+                                               const std::vector<int>& fold_of, int folds,
+                                               std::span<const LabelledPrompt> extra,
+                                               const TrainOptions& options) {
+  std::vector<double> scores(rows.size());
+  for (int k = 0; k < folds; ++k) {
+    std::vector<LabelledPrompt> train_part(extra.begin(), extra.end());
+    train_part.reserve(rows.size() + extra.size());
+    for (size_t i = 0; i < rows.size(); ++i) {
+      if (fold_of[i] != k) train_part.push_back(rows[i]);
+    }
+    TrainReport fold_report;
+    SY_ASSIGN_OR_RETURN(ComplexityModel fold_model, fit(train_part, options, fold_report));
+    for (size_t i = 0; i < rows.size(); ++i) {
+      if (fold_of[i] == k) scores[i] = fold_model.score(rows[i].prompt, rows[i].edge_perplexity);
+    }
+  }
+  return scores;
+}
+
+}  // namespace
+
+Result<ComplexityModel> train_complexity_model(const std::vector<LabelledPrompt>& rows,
+                                               const TrainOptions& options,
+                                               TrainReport* report_out) {
+  if (rows.size() < 2) {
+    return make_error(
+        ErrorKind::kInvalidArgument,
+        "training needs at least 2 labelled prompts, got " + std::to_string(rows.size()));
+  }
+  SY_TRY_STATUS(check_train_options(options));
   TrainReport report;
   SY_ASSIGN_OR_RETURN(ComplexityModel model, fit(rows, options, report));
 
@@ -839,23 +866,15 @@ Result<ComplexityModel> train_complexity_model(const std::vector<LabelledPrompt>
   // of new traffic to the cloud. Out-of-fold scores behave like new traffic.
   const size_t n = rows.size();
   const size_t folds = static_cast<size_t>(std::max(0, options.calibration_folds));
-  std::vector<double> calibration(n);
+  std::vector<double> calibration;
   bool out_of_fold = folds >= 2 && n >= 2 * folds;
-  for (size_t k = 0; out_of_fold && k < folds; ++k) {
-    std::vector<LabelledPrompt> train_part;
-    train_part.reserve(n);
-    for (size_t i = 0; i < n; ++i) {
-      if (i % folds != k) train_part.push_back(rows[i]);
-    }
-    TrainReport fold_report;
-    auto fold_model = fit(train_part, options, fold_report);
-    if (!fold_model.ok()) {
-      out_of_fold = false;  // a fold with one label only: fall back to in-sample
-      break;
-    }
-    for (size_t i = k; i < n; i += folds) {
-      calibration[i] = fold_model->score(rows[i].prompt, rows[i].edge_perplexity);
-    }
+  if (out_of_fold) {
+    std::vector<int> fold_of(n);
+    for (size_t i = 0; i < n; ++i) fold_of[i] = static_cast<int>(i % folds);
+    auto scores = out_of_fold_scores(rows, fold_of, static_cast<int>(folds), {}, options);
+    // A fold with one label only: fall back to in-sample.
+    out_of_fold = scores.ok();
+    if (out_of_fold) calibration = std::move(*scores);
   }
   std::vector<double> in_sample(n);
   for (size_t i = 0; i < n; ++i)
@@ -872,6 +891,113 @@ Result<ComplexityModel> train_complexity_model(const std::vector<LabelledPrompt>
   report.calibrated_cloud_share = static_cast<double>(cloud_cal) / static_cast<double>(n);
   if (report_out) *report_out = report;
   return model;
+}
+
+Result<CrossValidationReport> cross_validate(const std::vector<LabelledPrompt>& rows,
+                                             std::span<const LabelledPrompt> extra_training,
+                                             const TrainOptions& options,
+                                             const CrossValidationOptions& cv) {
+  SY_TRY_STATUS(check_train_options(options));
+  if (cv.folds < 2) {
+    return make_error(ErrorKind::kInvalidArgument,
+                      "cross-validation needs --folds >= 2, got " + std::to_string(cv.folds));
+  }
+  if (cv.repeats < 1) {
+    return make_error(ErrorKind::kInvalidArgument,
+                      "cross-validation needs --repeats >= 1, got " + std::to_string(cv.repeats));
+  }
+  std::vector<std::string> subjects;
+  for (const auto& r : rows) {
+    if (!r.subject.empty()) subjects.push_back(r.subject);
+  }
+  std::sort(subjects.begin(), subjects.end());
+  subjects.erase(std::unique(subjects.begin(), subjects.end()), subjects.end());
+  if (cv.by_subject && subjects.size() < static_cast<size_t>(cv.folds)) {
+    return make_error(ErrorKind::kInvalidArgument,
+                      "cross-validation by subject needs at least as many subjects as folds (" +
+                          std::to_string(cv.folds) + "); the data has " +
+                          std::to_string(subjects.size()) +
+                          ". Lower --folds, or split by row with --group row");
+  }
+  if (rows.size() < 2 * static_cast<size_t>(cv.folds)) {
+    return make_error(ErrorKind::kInvalidArgument,
+                      "cross-validation with " + std::to_string(cv.folds) +
+                          " folds needs at least " + std::to_string(2 * cv.folds) + " rows, got " +
+                          std::to_string(rows.size()));
+  }
+
+  CrossValidationReport report;
+  uint64_t state = cv.seed;
+  for (int rep = 0; rep < cv.repeats; ++rep) {
+    // Shuffled subjects (or rows) dealt round-robin: folds of near-equal
+    // subject counts, a different partition per repeat.
+    std::vector<size_t> order(cv.by_subject ? subjects.size() : rows.size());
+    std::iota(order.begin(), order.end(), size_t{0});
+    for (size_t i = order.size(); i > 1; --i)
+      std::swap(order[i - 1], order[next_random(state) % i]);
+    std::vector<int> fold_of_item(order.size());
+    for (size_t j = 0; j < order.size(); ++j)
+      fold_of_item[order[j]] = static_cast<int>(j % cv.folds);
+    std::vector<int> fold_of(rows.size());
+    for (size_t i = 0; i < rows.size(); ++i) {
+      if (!cv.by_subject) {
+        fold_of[i] = fold_of_item[i];
+      } else if (rows[i].subject.empty()) {
+        fold_of[i] = static_cast<int>(i % static_cast<size_t>(cv.folds));
+      } else {
+        const auto it = std::lower_bound(subjects.begin(), subjects.end(), rows[i].subject);
+        fold_of[i] = fold_of_item[static_cast<size_t>(it - subjects.begin())];
+      }
+    }
+    SY_ASSIGN_OR_RETURN(std::vector<double> scores,
+                        out_of_fold_scores(rows, fold_of, cv.folds, extra_training, options));
+
+    CrossValidationRepeat result;
+    SY_ASSIGN_OR_RETURN(result.pooled, evaluate_routing(scores, rows));
+    result.folds.resize(static_cast<size_t>(cv.folds));
+    for (int k = 0; k < cv.folds; ++k) {
+      CrossValidationFold& fold = result.folds[static_cast<size_t>(k)];
+      std::vector<LabelledPrompt> part;
+      std::vector<double> part_scores;
+      for (size_t i = 0; i < rows.size(); ++i) {
+        if (fold_of[i] != k) continue;
+        part.push_back(rows[i]);
+        part_scores.push_back(scores[i]);
+      }
+      fold.rows = static_cast<int64_t>(part.size());
+      if (cv.by_subject) {
+        for (size_t j = 0; j < subjects.size(); ++j) {
+          if (fold_of_item[j] == k) fold.subjects.push_back(subjects[j]);
+        }
+      }
+      // APGR is undefined where the tiers tie on a fold; that fold has none.
+      if (auto m = evaluate_routing(part_scores, part); m.ok()) fold.apgr = m->apgr;
+    }
+
+    // Each subject's own curve: what the scores do within a subject, with the
+    // subjects' differences taken out. Weighted by each subject's gap.
+    double gained = 0.0, gap = 0.0;
+    for (const auto& subject : subjects) {
+      std::vector<LabelledPrompt> part;
+      std::vector<double> part_scores;
+      for (size_t i = 0; i < rows.size(); ++i) {
+        if (rows[i].subject != subject) continue;
+        part.push_back(rows[i]);
+        part_scores.push_back(scores[i]);
+      }
+      auto m = evaluate_routing(part_scores, part);
+      if (!m.ok()) continue;
+      const double w = static_cast<double>(part.size());
+      gained += (m->auc - m->edge_quality) * w;
+      gap += (m->cloud_quality - m->edge_quality) * w;
+    }
+    if (gap > 0.0) result.within_subject_apgr = gained / gap;
+    report.repeats.push_back(std::move(result));
+  }
+  double sum = 0.0;
+  for (const auto& r : report.repeats) sum += r.pooled.apgr;
+  report.mean_apgr = sum / static_cast<double>(report.repeats.size());
+  return report;
 }
 
 // ---- evaluation -------------------------------------------------------------------

@@ -39,8 +39,8 @@ enum class DataFormat { kAuto, kCsv, kJsonl };
 struct DataOptions {
   DataFormat format = DataFormat::kAuto;
   // CSV columns holding the edge (weak) and cloud (strong) model's 0/1 result;
-  // empty: the RouteLLM MMLU pair (Mixtral-8x7B / GPT-4) for RouteLLM files and
-  // mistral-7b-chat / gpt-4-1106-preview for RouterBench files.
+  // empty: Mixtral-8x7B / GPT-4-1106, the pair of the RouteLLM data, under
+  // each data set's column names, so that data sets can be mixed.
   std::string weak_column;
   std::string strong_column;
   // MT-Bench judgements: the model names acting as edge and cloud.
@@ -163,5 +163,44 @@ Result<RandomBaseline> random_baseline(std::span<const LabelledPrompt> rows, int
 
 // The best any router could do: cloud exactly where it helps most.
 Result<RoutingMetrics> oracle_routing(std::span<const LabelledPrompt> rows);
+
+// ---- cross-validation -------------------------------------------------------------
+
+struct CrossValidationOptions {
+  int folds = 5;
+  int repeats = 1;  // partitions, each a different shuffle of the subjects
+  // Whole subjects per fold, so every fold is scored by a model that never saw
+  // its subjects: the estimate for traffic from new topics. Rows without a
+  // subject are split by index. false: rows are split at random.
+  bool by_subject = true;
+  uint64_t seed = 20240701;
+};
+
+struct CrossValidationFold {
+  std::vector<std::string> subjects;  // by-subject folds only
+  int64_t rows = 0;
+  std::optional<double> apgr;  // absent where the tiers tie on the fold
+};
+
+struct CrossValidationRepeat {
+  RoutingMetrics pooled;  // all out-of-fold scores on one curve
+  std::vector<CrossValidationFold> folds;
+  // Gap-weighted mean of each subject's own APGR: what the scores rank within
+  // a subject, with the differences between subjects taken out.
+  std::optional<double> within_subject_apgr;
+};
+
+struct CrossValidationReport {
+  std::vector<CrossValidationRepeat> repeats;
+  double mean_apgr = 0.0;  // mean over repeats of the pooled out-of-fold APGR
+};
+
+// Fits one model per fold on the other folds (plus `extra_training`, rows that
+// are trained on and never scored), scores the fold, and evaluates the
+// out-of-fold scores pooled over all folds, per fold and per subject.
+Result<CrossValidationReport> cross_validate(const std::vector<LabelledPrompt>& rows,
+                                             std::span<const LabelledPrompt> extra_training,
+                                             const TrainOptions& options,
+                                             const CrossValidationOptions& cv);
 
 }  // namespace sy::route
