@@ -573,9 +573,11 @@ void add_router_command(CLI::App& app) {
       ->capture_default_str();
   add_fit_flags(train_cmd, tf->fit);
   train_cmd->footer(
-      "Example (the shipped default model):\n"
+      "Example (a model for `router eval --subjects holdout`; docs/ROUTER.md gives the\n"
+      "shipped model's command):\n"
       "  switchyard router train --data ../shared/data/router-data/routellm/mmlu \\\n"
-      "      --holdout-subjects default --out data/router/complexity-default.json");
+      "      --holdout-subjects default --drop-subjects high_school_mathematics \\\n"
+      "      --out my-router.json");
   on_run(train_cmd, [tf] {
     tf->command = describe(*tf);
     return train(*tf);
@@ -596,8 +598,8 @@ void add_router_command(CLI::App& app) {
       ->check(CLI::Range(1, 100000))
       ->capture_default_str();
   eval_cmd->footer(
-      "Example:\n"
-      "  switchyard router eval --model data/router/complexity-default.json \\\n"
+      "Example (on the subjects my-router.json was trained without):\n"
+      "  switchyard router eval --model my-router.json \\\n"
       "      --data ../shared/data/router-data/routellm/mmlu --subjects holdout --svg curve.svg");
   on_run(eval_cmd, [ef] { return eval(*ef); });
 
@@ -625,9 +627,12 @@ void add_router_command(CLI::App& app) {
   cv_cmd->add_option("--seed", cf->seed, "Shuffle seed")->capture_default_str();
   cv_cmd->add_flag("--json", cf->json_out, "Print the results as JSON");
   cv_cmd->footer(
-      "Example (how the shipped model's settings were chosen):\n"
+      "Example (a shorter form of how the shipped model's settings were chosen; the full\n"
+      "command is in docs/ROUTER.md):\n"
       "  switchyard router cv --data ../shared/data/router-data/routellm/mmlu \\\n"
-      "      --drop-subjects high_school_mathematics --repeats 3");
+      "      --drop-subjects high_school_mathematics --l2 0.03 --l2-hashed 0.003 \\\n"
+      "      --train-only-data ../shared/data/router-data/routerbench-subset/mbpp_train.csv \\\n"
+      "      --repeats 10");
   on_run(cv_cmd, [cf] { return cross_validate(*cf); });
 
   auto sf = std::make_shared<ScoreFlags>();
