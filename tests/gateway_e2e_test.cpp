@@ -212,7 +212,14 @@ TEST_F(GatewayE2E, ModelPicksTheTier) {
   b["model"] = "edge";
   EXPECT_EQ(chat(port(), b, "").header("x-switchyard-tier"), "edge");
   b.erase("model");
-  EXPECT_EQ(chat(port(), b, "").header("x-switchyard-tier"), "edge");
+  // Without a model name the policy decides, and the tier that serves is the
+  // one POST /v1/route explains for the same request.
+  const auto route = http_post(port(), "/v1/route", b.dump());
+  ASSERT_EQ(route.status, 200) << route.body;
+  const json plan = route.json()["plan"];
+  ASSERT_TRUE(plan["kind"] == "edge" || plan["kind"] == "cloud") << plan.dump();
+  EXPECT_EQ(chat(port(), b, "").header("x-switchyard-tier"),
+            plan[plan["kind"] == "edge" ? "edge_tier" : "cloud_tier"].get<std::string>());
   const auto legacy = http_post(port(), "/v1/completions",
                                 R"({"model":"cloud","prompt":"Once upon","max_tokens":8})");
   ASSERT_EQ(legacy.status, 200) << legacy.body;
