@@ -794,5 +794,48 @@ TEST(ComplexityCli, CrossValidatesBySubject) {
   fs::remove_all(dir);
 }
 
+// A model trained without --holdout-subjects still has held-out subjects on
+// new data: the ones it never saw.
+TEST(ComplexityCli, EvalHoldoutMeansUnseenSubjects) {
+  const fs::path dir = sy::testing::temp_path("-unseen");
+  fs::create_directories(dir);
+  std::string trained, all;
+  for (const auto& r : subject_rows(true)) {
+    const std::string line = json({{"prompt", r.prompt},
+                                   {"edge_ok", r.outcome != Outcome::kCloudBetter},
+                                   {"subject", r.subject}})
+                                 .dump() +
+                             "\n";
+    all += line;
+    if (r.subject != "subject8" && r.subject != "subject9") trained += line;
+  }
+  write_file((dir / "trained.jsonl").string(), trained);
+  write_file((dir / "all.jsonl").string(), all);
+  const std::string model = (dir / "m.json").string();
+  std::string out, err;
+  ASSERT_EQ(run_switchyard({"router", "train", "--data", (dir / "trained.jsonl").string(),
+                            "--hash-bits", "10", "--out", model},
+                           &out, &err),
+            0)
+      << err;
+  ASSERT_EQ(run_switchyard({"router", "eval", "--model", model, "--data",
+                            (dir / "all.jsonl").string(), "--subjects", "holdout", "--json"},
+                           &out, &err),
+            0)
+      << err;
+  const json r = json::parse(out);
+  EXPECT_EQ(r["subjects"], json({"subject8", "subject9"}));
+  EXPECT_EQ(r["rows"], 80);
+  EXPECT_EQ(r["rows_from_training_subjects"], 0);
+  EXPECT_NE(err.find("not trained on"), std::string::npos) << err;
+
+  EXPECT_EQ(run_switchyard({"router", "eval", "--model", model, "--data",
+                            (dir / "trained.jsonl").string(), "--subjects", "holdout"},
+                           &out, &err),
+            2);
+  EXPECT_NE(err.find("none is held out"), std::string::npos) << err;
+  fs::remove_all(dir);
+}
+
 }  // namespace
 }  // namespace sy::route

@@ -293,21 +293,34 @@ int eval(const EvalFlags& f) {
   auto model = route::ComplexityModel::load(f.model);
   if (!model.ok()) return fail(model.error());
   route::DataOptions o = data_options(f.data);
+  const auto& trained = model->info().training_subjects;
+  // A model trained without --holdout-subjects was still trained without
+  // every subject it never saw: those are its held-out subjects here.
+  const bool unseen_only = f.subjects == "holdout" && model->info().holdout_subjects.empty();
   if (f.subjects == "holdout") {
     o.only_subjects = model->info().holdout_subjects;
-    if (o.only_subjects.empty()) {
-      return fail(make_error(ErrorKind::kInvalidArgument,
-                             f.model + " records no held-out subjects (it was trained without "
-                                       "--holdout-subjects); name subjects with --subjects a,b,c"));
-    }
   } else if (f.subjects != "all") {
     o.only_subjects = split_list(f.subjects);
   }
   route::LoadReport load;
   auto rows = route::load_labelled_prompts(f.data.data, o, &load);
   if (!rows.ok()) return fail(rows.error());
+  if (unseen_only) {
+    std::erase_if(*rows, [&](const LabelledPrompt& r) {
+      return std::find(trained.begin(), trained.end(), r.subject) != trained.end();
+    });
+    if (rows->empty()) {
+      return fail(make_error(ErrorKind::kInvalidArgument,
+                             f.model + " was trained on every subject in this data, so none is "
+                                       "held out; evaluate on other data, or name subjects "
+                                       "with --subjects a,b,c"));
+    }
+    std::fprintf(stderr,
+                 "[%s records no held-out subjects; evaluating on the %zu subjects of this data "
+                 "it was not trained on]\n",
+                 f.model.c_str(), distinct_subjects(*rows).size());
+  }
   const auto subjects = distinct_subjects(*rows);
-  const auto& trained = model->info().training_subjects;
   int64_t seen = 0;
   for (const auto& r : *rows) {
     if (!r.subject.empty() &&
@@ -590,7 +603,8 @@ void add_router_command(CLI::App& app) {
   eval_cmd->add_option("--model", ef->model, "Model file from `router train`")->required();
   eval_cmd
       ->add_option("--subjects", ef->subjects,
-                   "all, holdout (the subjects the model was trained without), or a,b,c")
+                   "all, holdout (the subjects the model was trained without: those it "
+                   "records, else every subject of the data it never saw), or a,b,c")
       ->capture_default_str();
   eval_cmd->add_flag("--json", ef->json_out, "Print the results as JSON");
   eval_cmd->add_option("--svg", ef->svg, "Draw quality vs cloud share into this SVG file");
