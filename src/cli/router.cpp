@@ -564,6 +564,13 @@ void add_router_command(CLI::App& app) {
   CLI::App* router = app.add_subcommand(
       "router", "Train, evaluate and try the complexity model that routes prompts edge/cloud");
   router->require_subcommand(1);
+  router->footer(
+      "Examples (docs/ROUTER.md explains each figure):\n"
+      "  switchyard router score -p \"Prove that sqrt(2) is irrational\" --explain\n"
+      "  switchyard router train --data labelled.jsonl --target-cloud-share 0.3 --out "
+      "my-router.json\n"
+      "  switchyard router eval --model my-router.json --data new-traffic.jsonl --svg curve.svg\n"
+      "  switchyard router cv --data labelled.jsonl --repeats 10");
 
   auto tf = std::make_shared<TrainFlags>();
   CLI::App* train_cmd =
