@@ -73,6 +73,9 @@ struct StreamState {
   std::string pending;
   bool started = false;
   bool finished = false;
+  // The request's admission slot is given back once, when its last byte is
+  // about to go out or when the response is torn down, whichever is first.
+  std::atomic<bool> slot_released{false};
   std::optional<Error> error;
   std::optional<ApiError> stream_error;  // sent mid-stream as an SSE error event
   backend::Completion completion;
@@ -244,6 +247,13 @@ struct Gateway::Impl {
   std::atomic<bool> ready{false};
   std::atomic<int32_t> in_flight{0};
   std::atomic<int32_t> active{0};
+
+  void release_slot(StreamState& st) {
+    if (!st.slot_released.exchange(true, std::memory_order_acq_rel)) {
+      in_flight.fetch_sub(1, std::memory_order_acq_rel);
+    }
+  }
+
   std::atomic<bool> draining{false};
   std::atomic<bool> run_started{false};
   std::atomic<bool> run_finished{false};
@@ -812,7 +822,7 @@ struct Gateway::Impl {
     Tier* t = &tier;
     res.set_chunked_content_provider(
         "text/event-stream",
-        [st, out = std::string()](size_t, httplib::DataSink& sink) mutable {
+        [this, st, out = std::string()](size_t, httplib::DataSink& sink) mutable {
           bool done = false;
           {
             std::unique_lock l(st->mu);
@@ -827,6 +837,9 @@ struct Gateway::Impl {
             return false;
           }
           if (done) {
+            // Before the final chunk: a client that sends its next request as
+            // soon as this stream ends must find the slot free.
+            release_slot(*st);
             sink.done();
           } else if (out.empty() && !sink.is_writable()) {
             st->request.cancelled->store(true);
@@ -839,7 +852,7 @@ struct Gateway::Impl {
          decision = std::move(decision)](bool success) {
           if (!success) st->request.cancelled->store(true);
           if (st->producer.joinable()) st->producer.join();
-          in_flight.fetch_sub(1, std::memory_order_acq_rel);
+          release_slot(*st);
           int status = 200;
           if (!success) {
             status = 499;
