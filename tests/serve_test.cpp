@@ -746,6 +746,14 @@ TEST_F(GatewayTest, Streaming) {
   EXPECT_TRUE(usage["choices"].empty());
   EXPECT_EQ(usage["usage"]["completion_tokens"], 3);
   EXPECT_EQ(events[6], "[DONE]");
+  // By the time the client has read the end of the stream, the request has
+  // given back its slot and been counted (a race once: both ran after the
+  // final chunk, so a quick client could see neither).
+  const std::string m = http_get(port, "/metrics").body;
+  EXPECT_NE(m.find("switchyard_requests_total{tier=\"edge\",endpoint=\"chat\",status=\"200\"} 1"),
+            std::string::npos)
+      << m;
+  EXPECT_NE(m.find("switchyard_requests_in_flight 0"), std::string::npos) << m;
 }
 
 TEST_F(GatewayTest, LegacyCompletionsAndStreaming) {

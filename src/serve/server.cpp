@@ -73,9 +73,6 @@ struct StreamState {
   std::string pending;
   bool started = false;
   bool finished = false;
-  // The request's admission slot is given back once, when its last byte is
-  // about to go out or when the response is torn down, whichever is first.
-  std::atomic<bool> slot_released{false};
   std::optional<Error> error;
   std::optional<ApiError> stream_error;  // sent mid-stream as an SSE error event
   backend::Completion completion;
@@ -105,6 +102,16 @@ struct StreamState {
       p.confidence = outcome->confidence;
     }
     return p;
+  }
+
+  // Gives back the request's admission slot and records how it ended, once:
+  // when its last byte is about to go out, or when the response is torn down
+  // early. Doing it before the last byte means a client that reads the end of
+  // the stream finds its slot free and its request counted.
+  std::function<void(bool success)> on_settle;
+  std::atomic<bool> settled{false};
+  void settle(bool success) {
+    if (!settled.exchange(true, std::memory_order_acq_rel)) on_settle(success);
   }
 
   void produce() {
@@ -247,12 +254,6 @@ struct Gateway::Impl {
   std::atomic<bool> ready{false};
   std::atomic<int32_t> in_flight{0};
   std::atomic<int32_t> active{0};
-
-  void release_slot(StreamState& st) {
-    if (!st.slot_released.exchange(true, std::memory_order_acq_rel)) {
-      in_flight.fetch_sub(1, std::memory_order_acq_rel);
-    }
-  }
 
   std::atomic<bool> draining{false};
   std::atomic<bool> run_started{false};
@@ -819,10 +820,27 @@ struct Gateway::Impl {
     lock.unlock();
 
     res.set_header("Cache-Control", "no-cache");
-    Tier* t = &tier;
+    // `st` owns this function, so it holds the state by plain pointer.
+    st->on_settle = [this, s = st.get(), t = &tier, dep, kind, start, id = std::move(id),
+                     api = std::move(api), hints = std::move(hints),
+                     decision = std::move(decision)](bool success) {
+      in_flight.fetch_sub(1, std::memory_order_acq_rel);
+      int status = 200;
+      if (!success) {
+        status = 499;
+      } else if (s->stream_error) {
+        status = s->stream_error->status;
+      }
+      record(dep->config.server, t, kind, status, start, s->error ? nullptr : &s->completion, id);
+      const Result<exec::ExecutionResult> outcome =
+          s->outcome ? Result<exec::ExecutionResult>(*s->outcome)
+                     : Result<exec::ExecutionResult>(s->error.value_or(
+                           make_error(ErrorKind::kCancelled, "the client went away")));
+      dep->hybrid->finish(api, hints, decision, outcome, ms_since(start), status);
+    };
     res.set_chunked_content_provider(
         "text/event-stream",
-        [this, st, out = std::string()](size_t, httplib::DataSink& sink) mutable {
+        [st, out = std::string()](size_t, httplib::DataSink& sink) mutable {
           bool done = false;
           {
             std::unique_lock l(st->mu);
@@ -837,9 +855,7 @@ struct Gateway::Impl {
             return false;
           }
           if (done) {
-            // Before the final chunk: a client that sends its next request as
-            // soon as this stream ends must find the slot free.
-            release_slot(*st);
+            st->settle(true);
             sink.done();
           } else if (out.empty() && !sink.is_writable()) {
             st->request.cancelled->store(true);
@@ -847,25 +863,11 @@ struct Gateway::Impl {
           }
           return true;
         },
-        [this, st, t, dep, done = std::make_shared<ActiveRequest>(std::move(until_done)), kind,
-         start, id = std::move(id), api = std::move(api), hints = std::move(hints),
-         decision = std::move(decision)](bool success) {
+        // Drain waits for `done`, so it is let go only once the socket is.
+        [st, done = std::make_shared<ActiveRequest>(std::move(until_done))](bool success) {
           if (!success) st->request.cancelled->store(true);
           if (st->producer.joinable()) st->producer.join();
-          release_slot(*st);
-          int status = 200;
-          if (!success) {
-            status = 499;
-          } else if (st->stream_error) {
-            status = st->stream_error->status;
-          }
-          record(dep->config.server, t, kind, status, start, st->error ? nullptr : &st->completion,
-                 id);
-          const Result<exec::ExecutionResult> outcome =
-              st->outcome ? Result<exec::ExecutionResult>(*st->outcome)
-                          : Result<exec::ExecutionResult>(st->error.value_or(
-                                make_error(ErrorKind::kCancelled, "the client went away")));
-          dep->hybrid->finish(api, hints, decision, outcome, ms_since(start), status);
+          st->settle(success);
         });
   }
 
