@@ -952,42 +952,42 @@ Result<CrossValidationReport> cross_validate(const std::vector<LabelledPrompt>& 
     SY_ASSIGN_OR_RETURN(std::vector<double> scores,
                         out_of_fold_scores(rows, fold_of, cv.folds, extra_training, options));
 
+    // The out-of-fold scores of the rows `keep` selects, on their own curve.
+    auto evaluate_where = [&](auto keep, int64_t& count) {
+      std::vector<LabelledPrompt> part;
+      std::vector<double> part_scores;
+      for (size_t i = 0; i < rows.size(); ++i) {
+        if (!keep(i)) continue;
+        part.push_back(rows[i]);
+        part_scores.push_back(scores[i]);
+      }
+      count = static_cast<int64_t>(part.size());
+      return evaluate_routing(part_scores, part);
+    };
+
     CrossValidationRepeat result;
     SY_ASSIGN_OR_RETURN(result.pooled, evaluate_routing(scores, rows));
     result.folds.resize(static_cast<size_t>(cv.folds));
     for (int k = 0; k < cv.folds; ++k) {
       CrossValidationFold& fold = result.folds[static_cast<size_t>(k)];
-      std::vector<LabelledPrompt> part;
-      std::vector<double> part_scores;
-      for (size_t i = 0; i < rows.size(); ++i) {
-        if (fold_of[i] != k) continue;
-        part.push_back(rows[i]);
-        part_scores.push_back(scores[i]);
-      }
-      fold.rows = static_cast<int64_t>(part.size());
       if (cv.by_subject) {
         for (size_t j = 0; j < subjects.size(); ++j) {
           if (fold_of_item[j] == k) fold.subjects.push_back(subjects[j]);
         }
       }
       // APGR is undefined where the tiers tie on a fold; that fold has none.
-      if (auto m = evaluate_routing(part_scores, part); m.ok()) fold.apgr = m->apgr;
+      auto m = evaluate_where([&](size_t i) { return fold_of[i] == k; }, fold.rows);
+      if (m.ok()) fold.apgr = m->apgr;
     }
 
     // Each subject's own curve: what the scores do within a subject, with the
     // subjects' differences taken out. Weighted by each subject's gap.
     double gained = 0.0, gap = 0.0;
     for (const auto& subject : subjects) {
-      std::vector<LabelledPrompt> part;
-      std::vector<double> part_scores;
-      for (size_t i = 0; i < rows.size(); ++i) {
-        if (rows[i].subject != subject) continue;
-        part.push_back(rows[i]);
-        part_scores.push_back(scores[i]);
-      }
-      auto m = evaluate_routing(part_scores, part);
+      int64_t count = 0;
+      auto m = evaluate_where([&](size_t i) { return rows[i].subject == subject; }, count);
       if (!m.ok()) continue;
-      const double w = static_cast<double>(part.size());
+      const double w = static_cast<double>(count);
       gained += (m->auc - m->edge_quality) * w;
       gap += (m->cloud_quality - m->edge_quality) * w;
     }
