@@ -161,6 +161,20 @@ void print_load_report(const route::LoadReport& load) {
       static_cast<long long>(load.skipped_unlabelled));
 }
 
+// What `train` and `cv` fit on: `files`, less the held-out and dropped subjects.
+Result<std::vector<LabelledPrompt>> load_training_rows(const DataFlags& data,
+                                                       const std::vector<std::string>& files,
+                                                       const std::vector<std::string>& holdout,
+                                                       const std::string& drop,
+                                                       route::LoadReport* load) {
+  route::DataOptions o = data_options(data);
+  o.drop_subjects = holdout;
+  for (const auto& d : split_list(drop)) o.drop_subjects.push_back(d);
+  auto rows = route::load_labelled_prompts(files, o, load);
+  if (rows.ok()) print_load_report(*load);
+  return rows;
+}
+
 struct TrainFlags {
   DataFlags data;
   FitFlags fit;
@@ -193,14 +207,10 @@ std::string describe(const TrainFlags& f) {
 int train(const TrainFlags& f) {
   auto options = train_options(f.fit);
   if (!options.ok()) return fail(options.error());
-  route::DataOptions o = data_options(f.data);
   const std::vector<std::string> holdout = holdout_subjects(f.holdout);
-  o.drop_subjects = holdout;
-  for (const auto& d : split_list(f.fit.drop)) o.drop_subjects.push_back(d);
   route::LoadReport load;
-  auto rows = route::load_labelled_prompts(f.data.data, o, &load);
+  auto rows = load_training_rows(f.data, f.data.data, holdout, f.fit.drop, &load);
   if (!rows.ok()) return fail(rows.error());
-  print_load_report(load);
 
   route::TrainOptions& t = *options;
   t.target_cloud_share = f.target_cloud_share;
@@ -447,19 +457,15 @@ struct CvFlags {
 int cross_validate(const CvFlags& f) {
   auto options = train_options(f.fit);
   if (!options.ok()) return fail(options.error());
-  route::DataOptions o = data_options(f.data);
-  o.drop_subjects = holdout_subjects(f.holdout);
-  for (const auto& d : split_list(f.fit.drop)) o.drop_subjects.push_back(d);
+  const std::vector<std::string> holdout = holdout_subjects(f.holdout);
   route::LoadReport load;
-  auto rows = route::load_labelled_prompts(f.data.data, o, &load);
+  auto rows = load_training_rows(f.data, f.data.data, holdout, f.fit.drop, &load);
   if (!rows.ok()) return fail(rows.error());
-  print_load_report(load);
   std::vector<LabelledPrompt> extra;
   if (!f.train_only.empty()) {
     route::LoadReport extra_load;
-    auto more = route::load_labelled_prompts(f.train_only, o, &extra_load);
+    auto more = load_training_rows(f.data, f.train_only, holdout, f.fit.drop, &extra_load);
     if (!more.ok()) return fail(more.error());
-    print_load_report(extra_load);
     extra = std::move(*more);
   }
   route::CrossValidationOptions cv;
