@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Gateway overhead: the same non-streaming request sent straight to an upstream
 # and through the gateway (forced to its cloud tier, so it is proxied), with wrk
-# at 1, 64 and 512 connections; then the gateway's RSS with no model loaded.
+# at 1, 64 and 512 connections; then the gateway's RSS with no model loaded, right
+# after the burst and once its idle worker threads have exited.
 # Usage: bench/gateway_bench.sh [SECONDS=10]   (after scripts/build.sh)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -59,4 +60,13 @@ for c in 1 64 512; do
   run direct "$up" "$c"
   run gateway "$gw" "$c"
 done
-echo "gateway RSS without a model: $(awk '/VmRSS/ {print $2 " kB"}' /proc/"$(cat "$work/gateway.pid")"/status)"
+rss() { awk '/VmRSS/ {print $2 " kB"}' /proc/"$(cat "$work/gateway.pid")"/status; }
+workers() { curl -s "http://127.0.0.1:$gw/metrics" | awk '$1=="switchyard_http_worker_threads" {print $2}'; }
+echo "gateway RSS without a model, right after the burst: $(rss) ($(workers) HTTP workers)"
+# Idle workers beyond the floor exit after server.worker_idle_timeout_ms (10 s),
+# once their connections close (httplib's keep-alive wait is 5 s).
+for _ in $(seq 1 60); do
+  [ "$(workers)" -le 8 ] && break
+  sleep 1
+done
+echo "gateway RSS without a model, once idle workers exit: $(rss) ($(workers) HTTP workers)"

@@ -933,6 +933,45 @@ TEST_F(OpenAiBackendTest, ConnectionsAreReused) {
   EXPECT_EQ(server_.received().size(), 13u);
 }
 
+// A burst opens as many connections as requests run at once; afterwards only
+// kMaxIdleConnections (32) of them stay open, so a second burst of the same size
+// reuses 32 and opens the rest anew.
+TEST(OpenAiBackendPool, KeepsAtMost32IdleConnectionsAfterABurst) {
+  FaultServer server(FaultServer::Options{.keep_alive_seconds = 10, .threads = 64});
+  server.set_mode(FaultMode::kDelayFirstByte);
+  server.set_first_byte_delay(std::chrono::milliseconds(500));
+  TierConfig c;
+  c.name = "cloud";
+  c.kind = "openai";
+  c.model = "gpt-test";
+  c.endpoint = server.base_url();
+  c.max_concurrency = 64;
+  auto backend = create_backend(c);
+  ASSERT_TRUE(backend.ok()) << backend.error().message;
+  constexpr int kBurst = 48;
+  auto burst = [&] {
+    std::vector<std::future<Result<Completion>>> running;
+    for (int i = 0; i < kBurst; ++i) {
+      running.push_back(
+          std::async(std::launch::async, [&] { return (*backend)->generate(chat("hi"), {}); }));
+      // httplib listens with a backlog of 5: connecting all at once would
+      // overflow it and lose a handshake now and then.
+      std::this_thread::sleep_for(std::chrono::milliseconds(3));
+    }
+    for (auto& f : running) {
+      auto r = f.get();
+      ASSERT_TRUE(r.ok()) << r.error().message;
+    }
+  };
+  burst();
+  const int first = server.connection_count();
+  ASSERT_GT(first, 32) << "the first burst did not run more than 32 requests at once";
+  burst();
+  const int opened_again = server.connection_count() - first;
+  EXPECT_GE(opened_again, 1) << "every connection of the first burst was kept";
+  EXPECT_LE(opened_again, kBurst - 32) << "fewer than 32 idle connections were kept";
+}
+
 TEST_F(OpenAiBackendTest, FullPoolRejectsBeyondTheQueue) {
   auto backend = make([](TierConfig& c) {
     c.max_concurrency = 1;

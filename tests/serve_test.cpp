@@ -2,7 +2,11 @@
 // and the HTTP server over fake tiers whose timing and failures tests control.
 #include "serve/serve.h"
 
+#include <arpa/inet.h>
 #include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <chrono>
@@ -825,6 +829,43 @@ TEST_F(GatewayTest, OverloadAnswers429) {
   expect_error(r, 429, "rate_limit_error");
   EXPECT_EQ(r.header("Retry-After"), "1");
   slow.join();
+  EXPECT_EQ(chat(chat_body(), {{"x-switchyard-tier", "cloud"}}).status, 200);
+}
+
+// httplib holds one worker thread per open connection. After a burst, the
+// workers beyond the pool's floor (8) exit once idle for worker_idle_timeout_ms.
+TEST_F(GatewayTest, IdleWorkerThreadsExitAfterABurst) {
+  start("server:\n  worker_idle_timeout_ms: 100\n");
+  auto workers = [&] {
+    const std::string m = http_get(port, "/metrics").body;
+    const std::string key = "\nswitchyard_http_worker_threads ";
+    const size_t at = m.find(key);
+    return at == std::string::npos ? -1.0 : std::stod(m.substr(at + key.size()));
+  };
+  auto wait_for_workers = [&](auto done) {
+    double seen = workers();
+    for (int i = 0; i < 500 && !done(seen); ++i) {
+      std::this_thread::sleep_for(20ms);
+      seen = workers();
+    }
+    return seen;
+  };
+  constexpr int kConnections = 24;
+  std::vector<int> sockets;
+  for (int i = 0; i < kConnections; ++i) {
+    const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+    ASSERT_GE(fd, 0);
+    sockaddr_in address{};
+    address.sin_family = AF_INET;
+    address.sin_port = htons(static_cast<uint16_t>(port));
+    address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    ASSERT_EQ(::connect(fd, reinterpret_cast<sockaddr*>(&address), sizeof address), 0);
+    sockets.push_back(fd);
+    std::this_thread::sleep_for(2ms);  // httplib's listen backlog is only 5
+  }
+  EXPECT_GE(wait_for_workers([](double n) { return n >= kConnections; }), kConnections);
+  for (const int fd : sockets) ::close(fd);
+  EXPECT_LE(wait_for_workers([](double n) { return n >= 0 && n <= 8; }), 8);
   EXPECT_EQ(chat(chat_body(), {{"x-switchyard-tier", "cloud"}}).status, 200);
 }
 

@@ -37,6 +37,8 @@ constexpr size_t kExcerptBytes = 120;
 // How often a silent exchange looks at its cancellation flag, which nobody
 // signals; deadlines are waited for exactly, and data arriving checks both.
 constexpr auto kCancelPoll = std::chrono::milliseconds(20);
+// Idle keep-alive connections a cloud tier keeps open (see ConnectionPool).
+constexpr size_t kMaxIdleConnections = 32;
 // How soon a watcher repeats stop() on an exchange it already stopped.
 constexpr auto kStopRepeat = std::chrono::milliseconds(5);
 
@@ -194,6 +196,9 @@ class Connection {
 
 // Up to `capacity` connections, reused most-recently-released first so that
 // light traffic keeps one warm connection instead of cycling through many.
+// At most kMaxIdleConnections stay open while idle (as nginx's upstream
+// `keepalive`): a burst of 512 requests would otherwise leave 512 sockets and
+// watcher threads behind for the life of the process.
 class ConnectionPool {
  public:
   using Factory = std::function<std::unique_ptr<httplib::Client>()>;
@@ -235,12 +240,20 @@ class ConnectionPool {
   }
 
   void release(Connection* connection) {
+    std::unique_ptr<Connection> surplus;
     {
       std::lock_guard lock(mu_);
-      idle_.push_back(connection);
+      if (idle_.size() < kMaxIdleConnections || waiting_ > 0) {
+        idle_.push_back(connection);
+      } else {
+        const auto it = std::find_if(all_.begin(), all_.end(),
+                                     [&](const auto& c) { return c.get() == connection; });
+        surplus = std::move(*it);
+        all_.erase(it);
+      }
     }
     cv_.notify_one();
-  }
+  }  // a surplus connection closes here, outside the lock: its watcher thread is joined
 
  private:
   const size_t capacity_;

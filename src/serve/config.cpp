@@ -124,6 +124,7 @@ void read_server(Reader& r, const YAML::Node& node, ServerConfig& s) {
                 "request_timeout_ms",
                 "default_tier",
                 "worker_threads",
+                "worker_idle_timeout_ms",
                 "log_requests",
                 "audit_db",
                 "decision_log",
@@ -144,6 +145,7 @@ void read_server(Reader& r, const YAML::Node& node, ServerConfig& s) {
   r.get(node, "request_timeout_ms", path, s.request_timeout_ms);
   r.get(node, "default_tier", path, s.default_tier);
   r.get(node, "worker_threads", path, s.worker_threads);
+  r.get(node, "worker_idle_timeout_ms", path, s.worker_idle_timeout_ms);
   r.get(node, "log_requests", path, s.log_requests);
   r.get(node, "audit_db", path, s.audit_db);
   r.get(node, "decision_log", path, s.decision_log);
@@ -297,6 +299,7 @@ Status validate_config(const GatewayConfig& config) {
   if (s.max_concurrent_requests < 1) fail("server.max_concurrent_requests", "must be at least 1");
   if (s.request_timeout_ms < 1) fail("server.request_timeout_ms", "must be at least 1");
   if (s.worker_threads < 0) fail("server.worker_threads", "must be 0 (auto) or more");
+  if (s.worker_idle_timeout_ms < 1) fail("server.worker_idle_timeout_ms", "must be at least 1");
   for (size_t i = 0; i < s.api_keys.size(); ++i) {
     if (s.api_keys[i].empty()) fail("server.api_keys[" + std::to_string(i) + "]", "is empty");
   }

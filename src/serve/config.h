@@ -32,6 +32,9 @@ struct ServerConfig {
   // 0 = max_concurrent_requests + 64, so that requests over the limit still
   // get a prompt 429 instead of waiting for a worker.
   int32_t worker_threads = 0;
+  // Worker threads beyond the first few exit after this long without work,
+  // so that memory taken during a burst of connections is given back.
+  int32_t worker_idle_timeout_ms = 10000;
   bool log_requests = true;       // one line per request on stderr
   std::string audit_db;           // SQLite audit trail; empty: none
   std::string decision_log;       // JSONL of every routing decision, without raw text; empty: none

@@ -1,6 +1,7 @@
 #include "serve/server.h"
 
 #include <httplib.h>
+#include <malloc.h>
 
 #include <algorithm>
 #include <atomic>
@@ -156,9 +157,21 @@ struct StreamState {
 // httplib's own pool starts every thread up front; this one starts them as
 // connections arrive, so an idle gateway stays small while a busy one can
 // still hold many keep-alive connections (httplib serves each on one thread).
+// After a burst, threads beyond `min_threads` that stay idle for `idle_timeout`
+// exit, and the last one to go hands the freed heap back to the system: a
+// burst of 512 connections otherwise leaves 512 threads' stacks and malloc
+// arenas resident for the life of the process.
+// Threads an idle gateway keeps: enough for health checks and a few clients.
+constexpr size_t kMinWorkerThreads = 8;
+
 class ElasticPool : public httplib::TaskQueue {
  public:
-  explicit ElasticPool(size_t max_threads) : max_threads_(max_threads) {}
+  ElasticPool(size_t max_threads, size_t min_threads, std::chrono::milliseconds idle_timeout,
+              Gauge* workers)
+      : max_threads_(max_threads),
+        min_threads_(std::min(min_threads, max_threads)),
+        idle_timeout_(idle_timeout),
+        workers_(workers) {}
 
   void enqueue(std::function<void()> fn) override {
     {
@@ -166,6 +179,7 @@ class ElasticPool : public httplib::TaskQueue {
       jobs_.push_back(std::move(fn));
       if (jobs_.size() > idle_ && threads_.size() < max_threads_) {
         threads_.emplace_back([this] { work(); });
+        workers_->set(static_cast<double>(threads_.size()));
         return;
       }
     }
@@ -178,31 +192,58 @@ class ElasticPool : public httplib::TaskQueue {
       stopping_ = true;
     }
     cv_.notify_all();
+    // Once stopping_ is set no thread retires, so threads_ changes no more.
     for (auto& t : threads_) t.join();
+    std::lock_guard lock(mu_);
+    if (retired_.joinable()) retired_.join();
   }
 
  private:
   void work() {
+    std::unique_lock lock(mu_);
     while (true) {
-      std::function<void()> fn;
-      {
-        std::unique_lock lock(mu_);
-        ++idle_;
-        cv_.wait(lock, [&] { return stopping_ || !jobs_.empty(); });
-        --idle_;
-        if (jobs_.empty()) return;  // stopping, and nothing left to run
-        fn = std::move(jobs_.front());
-        jobs_.pop_front();
+      ++idle_;
+      const bool woken =
+          cv_.wait_for(lock, idle_timeout_, [&] { return stopping_ || !jobs_.empty(); });
+      --idle_;
+      if (!woken) {
+        if (threads_.size() > min_threads_) return retire(lock);
+        continue;
       }
+      if (jobs_.empty()) return;  // stopping, and nothing left to run
+      std::function<void()> fn = std::move(jobs_.front());
+      jobs_.pop_front();
+      lock.unlock();
       fn();
+      lock.lock();
     }
   }
 
+  // Runs on the retiring thread, which cannot join itself: it parks its own
+  // handle for the next one to retire (or shutdown) to join, and joins the
+  // previous one's, so an exited thread's stack is freed promptly.
+  void retire(std::unique_lock<std::mutex>& lock) {
+    const auto self = std::find_if(threads_.begin(), threads_.end(), [](const std::thread& t) {
+      return t.get_id() == std::this_thread::get_id();
+    });
+    std::thread previous = std::exchange(retired_, std::move(*self));
+    threads_.erase(self);
+    workers_->set(static_cast<double>(threads_.size()));
+    const bool last = threads_.size() == min_threads_;
+    lock.unlock();
+    if (previous.joinable()) previous.join();
+    if (last) malloc_trim(0);
+  }
+
   const size_t max_threads_;
+  const size_t min_threads_;
+  const std::chrono::milliseconds idle_timeout_;
+  Gauge* const workers_;
   std::mutex mu_;
   std::condition_variable cv_;
   std::deque<std::function<void()>> jobs_;
   std::vector<std::thread> threads_;
+  std::thread retired_;
   size_t idle_ = 0;
   bool stopping_ = false;
 };
@@ -298,7 +339,13 @@ struct Gateway::Impl {
     const size_t workers = s.worker_threads > 0
                                ? static_cast<size_t>(s.worker_threads)
                                : static_cast<size_t>(s.max_concurrent_requests) + 64;
-    http.new_task_queue = [workers] { return new ElasticPool(workers); };
+    const std::chrono::milliseconds idle_timeout(s.worker_idle_timeout_ms);
+    Gauge* worker_gauge = &metrics.gauge(
+        "switchyard_http_worker_threads",
+        "HTTP worker threads alive; each holds one connection while it is open.", {}, {});
+    http.new_task_queue = [workers, idle_timeout, worker_gauge] {
+      return new ElasticPool(workers, kMinWorkerThreads, idle_timeout, worker_gauge);
+    };
     http.set_payload_max_length(s.max_body_bytes);
     http.set_tcp_nodelay(true);
     // httplib closes keep-alive connections after 5 requests by default, which
@@ -1008,6 +1055,9 @@ struct Gateway::Impl {
     if (a.port != b.port && b.port != 0) ignored.push_back("server.port");
     if (a.max_body_bytes != b.max_body_bytes) ignored.push_back("server.max_body_bytes");
     if (a.worker_threads != b.worker_threads) ignored.push_back("server.worker_threads");
+    if (a.worker_idle_timeout_ms != b.worker_idle_timeout_ms) {
+      ignored.push_back("server.worker_idle_timeout_ms");
+    }
     auto current = deployment();
     auto dep = build_deployment(std::move(next), factory, current.get(), false);
     if (!dep.ok()) {

@@ -213,8 +213,12 @@ FaultServer::FaultServer(Options options) : tls_(options.tls) {
   } else {
     server_ = std::make_unique<httplib::Server>();
   }
-  // Short keep-alive so that stopping never waits long on idle connections.
-  server_->set_keep_alive_timeout(1);
+  // Short keep-alive by default, so that stopping never waits long on idle connections.
+  server_->set_keep_alive_timeout(options.keep_alive_seconds);
+  if (options.threads > 0) {
+    const auto threads = static_cast<size_t>(options.threads);
+    server_->new_task_queue = [threads] { return new httplib::ThreadPool(threads); };
+  }
   server_->set_keep_alive_max_count(100000);
   server_->set_tcp_nodelay(true);
   server_->Post(

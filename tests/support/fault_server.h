@@ -57,6 +57,10 @@ class FaultServer {
     // localhost; ca_file() is then a PEM file that verifies it.
     bool tls = false;
     std::string model = "fault-model";
+    // How long an idle client connection is kept open.
+    int keep_alive_seconds = 1;
+    // Connections served at once; 0 takes httplib's default pool.
+    int threads = 0;
   };
 
   FaultServer();
