@@ -66,7 +66,7 @@ echo "gateway RSS without a model, right after the burst: $(rss) ($(workers) HTT
 # Idle workers beyond the floor exit after server.worker_idle_timeout_ms (10 s),
 # once their connections close (httplib's keep-alive wait is 5 s).
 for _ in $(seq 1 60); do
-  [ "$(workers)" -le 8 ] && break
+  [ "$(workers)" -le 8 ] && { sleep 5; break; }
   sleep 1
 done
-echo "gateway RSS without a model, once idle workers exit: $(rss) ($(workers) HTTP workers)"
+echo "gateway RSS without a model, 5 s after idle workers exit: $(rss) ($(workers) HTTP workers)"

@@ -5,12 +5,15 @@
 #include <arpa/inet.h>
 #include <gtest/gtest.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
 #include <atomic>
+#include <cerrno>
 #include <chrono>
 #include <cstdlib>
+#include <cstring>
 #include <mutex>
 #include <set>
 #include <thread>
@@ -1164,6 +1167,59 @@ TEST(GatewayLifecycleTest, NotReadyUntilTiersLoad) {
   EXPECT_EQ(failed.error().message, "t.yaml: tiers.edge: no model");
   g.stop();
   t.join();
+}
+
+Result<GatewayConfig> minimal_config(int port) {
+  auto c = parse_config("tiers:\n  edge:\n    model: m\n", "t.yaml");
+  if (c.ok()) c->server.port = port;
+  return c;
+}
+
+// A second gateway on a port in use must fail, not share the port's
+// connections with the first (as SO_REUSEPORT would let it).
+TEST(GatewayLifecycleTest, PortInUseIsAnError) {
+  Gateway first(minimal_config(0).value());
+  auto port = first.bind();
+  ASSERT_TRUE(port.ok()) << port.error().message;
+  Gateway second(minimal_config(*port).value());
+  auto again = second.bind();
+  ASSERT_FALSE(again.ok());
+  EXPECT_NE(again.error().message.find("address in use"), std::string::npos)
+      << again.error().message;
+}
+
+// The kernel completes handshakes up to the listen backlog before the server
+// accepts any; httplib's own backlog of 5 would leave the rest of a burst
+// waiting for SYN retransmits.
+TEST(GatewayLifecycleTest, ListenBacklogHoldsABurstOfConnections) {
+  Gateway g(minimal_config(0).value());
+  auto port = g.bind();  // bound and listening, but run() does not accept yet
+  ASSERT_TRUE(port.ok()) << port.error().message;
+  constexpr int kBurst = 64;
+  std::vector<pollfd> connecting;
+  for (int i = 0; i < kBurst; ++i) {
+    const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
+    ASSERT_GE(fd, 0);
+    sockaddr_in address{};
+    address.sin_family = AF_INET;
+    address.sin_port = htons(static_cast<uint16_t>(*port));
+    address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    const int rc = ::connect(fd, reinterpret_cast<sockaddr*>(&address), sizeof address);
+    ASSERT_TRUE(rc == 0 || errno == EINPROGRESS) << std::strerror(errno);
+    connecting.push_back({fd, POLLOUT, 0});
+  }
+  int established = 0;
+  for (auto& p : connecting) {
+    // A dropped handshake is retried only after 1 s, so 3 s tells them apart.
+    if (::poll(&p, 1, 3000) == 1) {
+      int error = 0;
+      socklen_t size = sizeof error;
+      ::getsockopt(p.fd, SOL_SOCKET, SO_ERROR, &error, &size);
+      established += error == 0;
+    }
+    ::close(p.fd);
+  }
+  EXPECT_EQ(established, kBurst);
 }
 
 TEST(GatewayLifecycleTest, StopBeforeRunReturns) {

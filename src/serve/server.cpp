@@ -2,13 +2,16 @@
 
 #include <httplib.h>
 #include <malloc.h>
+#include <sys/socket.h>
 
 #include <algorithm>
 #include <atomic>
+#include <cerrno>
 #include <chrono>
 #include <cmath>
 #include <condition_variable>
 #include <cstdio>
+#include <cstring>
 #include <ctime>
 #include <deque>
 #include <functional>
@@ -304,6 +307,7 @@ struct Gateway::Impl {
   std::atomic<uint64_t> next_id{1};
   int64_t started_at = std::time(nullptr);
   Gauge* in_flight_gauge = nullptr;
+  int listen_socket = -1;  // set while httplib creates it
   Counter* reloads_ok = nullptr;
   Counter* reloads_failed = nullptr;
 
@@ -347,6 +351,15 @@ struct Gateway::Impl {
       return new ElasticPool(workers, kMinWorkerThreads, idle_timeout, worker_gauge);
     };
     http.set_payload_max_length(s.max_body_bytes);
+    // httplib's default options set SO_REUSEPORT, which lets a second gateway
+    // bind the same port and silently take a share of its connections.
+    // SO_REUSEADDR alone still allows a restart while old connections linger
+    // in TIME_WAIT.
+    http.set_socket_options([this](int sock) {
+      const int yes = 1;
+      ::setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof yes);
+      listen_socket = sock;
+    });
     http.set_tcp_nodelay(true);
     // httplib closes keep-alive connections after 5 requests by default, which
     // would make proxied clients reconnect all the time.
@@ -1139,6 +1152,14 @@ Result<int> Gateway::bind() {
                       "cannot listen on " + s.host + ":" + std::to_string(s.port) +
                           " (address in use, or not an address of this machine); pick "
                           "another with --port, or --port 0 for any free one");
+  }
+  // httplib listens with a backlog of 5: a burst of new connections would
+  // overflow it, and each dropped handshake costs its client a 1 s SYN
+  // retransmit. Listening again on the bound socket raises the backlog.
+  if (::listen(impl_->listen_socket, SOMAXCONN) != 0) {
+    return make_error(ErrorKind::kUnavailable, "cannot raise the listen backlog on " + s.host +
+                                                   ":" + std::to_string(port) + ": " +
+                                                   std::strerror(errno));
   }
   return port;
 }
