@@ -9,6 +9,7 @@
 #include <future>
 #include <mutex>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <thread>
 
 #include "backend/backend_kinds.h"
@@ -21,6 +22,7 @@ namespace {
 using nlohmann::json;
 using testing::FaultMode;
 using testing::FaultServer;
+using namespace std::chrono_literals;
 
 const std::string kModels = std::string(SY_SHARED_DATA_DIR) + "/models";
 
@@ -563,6 +565,49 @@ TEST(EmbeddedBackendQueue, QueuedRequestsWaitOrGiveUpAtTheirDeadline) {
   auto r2 = patient.get();
   ASSERT_TRUE(r2.ok()) << r2.error().message;
   EXPECT_EQ(r2->usage.completion_tokens, 5);
+}
+
+// Turns go in arrival order, and a request that gives up in the middle of the
+// queue passes nothing on by mistake: the ones behind it are still served.
+TEST(EmbeddedBackendQueue, TurnsGoInArrivalOrderPastOneThatGaveUp) {
+  auto backend = small_edge(8);
+  ASSERT_NE(backend, nullptr);
+  Gate holding, release;
+  auto first = hold(*backend, holding, release);
+  std::mutex mu;
+  std::vector<std::string> served;
+  auto queue = [&](const std::string& name, std::optional<std::chrono::milliseconds> patience) {
+    const int32_t before = backend->queued_requests();
+    auto running = std::async(std::launch::async, [&, name, patience] {
+      BackendRequest r = greedy_prompt("Lily", 3);
+      if (patience) r.deadline = std::chrono::steady_clock::now() + *patience;
+      bool once = false;
+      return backend->generate(r, [&, name](const Delta&) {
+        if (!once) {
+          once = true;
+          std::lock_guard lock(mu);
+          served.push_back(name);
+        }
+        return true;
+      });
+    });
+    while (backend->queued_requests() == before) std::this_thread::sleep_for(1ms);
+    return running;
+  };
+  auto a = queue("a", std::nullopt);
+  auto hurried = queue("hurried", 100ms);
+  auto b = queue("b", std::nullopt);
+  auto c = queue("c", std::nullopt);
+  auto gave_up = hurried.get();
+  ASSERT_FALSE(gave_up.ok());
+  EXPECT_EQ(gave_up.error().kind, ErrorKind::kDeadlineExceeded);
+  release.open();
+  for (auto* f : {&first, &a, &b, &c}) {
+    auto r = f->get();
+    ASSERT_TRUE(r.ok()) << r.error().message;
+  }
+  EXPECT_EQ(served, (std::vector<std::string>{"a", "b", "c"}));
+  EXPECT_EQ(backend->queued_requests(), 0);
 }
 
 // ---------------------------------------------------------------- openai
