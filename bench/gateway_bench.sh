@@ -64,9 +64,13 @@ rss() { awk '/VmRSS/ {print $2 " kB"}' /proc/"$(cat "$work/gateway.pid")"/status
 workers() { curl -s "http://127.0.0.1:$gw/metrics" | awk '$1=="switchyard_http_worker_threads" {print $2}'; }
 echo "gateway RSS without a model, right after the burst: $(rss) ($(workers) HTTP workers)"
 # Idle workers beyond the floor exit after server.worker_idle_timeout_ms (10 s),
-# once their connections close (httplib's keep-alive wait is 5 s).
-for _ in $(seq 1 60); do
-  [ "$(workers)" -le 8 ] && { sleep 5; break; }
+# once their connections close (httplib's keep-alive wait is 5 s); then freed
+# memory goes back to the system. Wait for both, and for RSS to hold still 5 s.
+last=$(rss); still=0
+for _ in $(seq 1 90); do
   sleep 1
+  now=$(rss)
+  if [ "$now" = "$last" ]; then still=$((still + 1)); else still=0; last=$now; fi
+  [ "$still" -ge 5 ] && [ "$(workers)" -le 8 ] && break
 done
-echo "gateway RSS without a model, 5 s after idle workers exit: $(rss) ($(workers) HTTP workers)"
+echo "gateway RSS without a model, once it settles: $(rss) ($(workers) HTTP workers)"
