@@ -612,18 +612,24 @@ TEST(EmbeddedBackendQueue, TurnsGoInArrivalOrderPastOneThatGaveUp) {
 
 // ---------------------------------------------------------------- openai
 
+// A cloud tier on `server`, with timeouts short enough for tests.
+TierConfig cloud_tier(const FaultServer& server) {
+  TierConfig c;
+  c.name = "cloud";
+  c.kind = "openai";
+  c.placement = Placement::kCloud;
+  c.model = "gpt-test";
+  c.endpoint = server.base_url();
+  c.connect_timeout_ms = 1000;
+  c.first_byte_timeout_ms = 2000;
+  c.total_timeout_ms = 5000;
+  return c;
+}
+
 class OpenAiBackendTest : public ::testing::Test {
  protected:
   std::shared_ptr<Backend> make(std::function<void(TierConfig&)> adjust = {}) {
-    TierConfig c;
-    c.name = "cloud";
-    c.kind = "openai";
-    c.placement = Placement::kCloud;
-    c.model = "gpt-test";
-    c.endpoint = server_.base_url();
-    c.connect_timeout_ms = 1000;
-    c.first_byte_timeout_ms = 2000;
-    c.total_timeout_ms = 5000;
+    TierConfig c = cloud_tier(server_);
     if (adjust) adjust(c);
     auto created = create_backend(c);
     EXPECT_TRUE(created.ok()) << created.error().message;
@@ -985,11 +991,7 @@ TEST(OpenAiBackendPool, KeepsAtMost32IdleConnectionsAfterABurst) {
   FaultServer server(FaultServer::Options{.keep_alive_seconds = 10, .threads = 64});
   server.set_mode(FaultMode::kDelayFirstByte);
   server.set_first_byte_delay(std::chrono::milliseconds(500));
-  TierConfig c;
-  c.name = "cloud";
-  c.kind = "openai";
-  c.model = "gpt-test";
-  c.endpoint = server.base_url();
+  TierConfig c = cloud_tier(server);
   c.max_concurrency = 64;
   auto backend = create_backend(c);
   ASSERT_TRUE(backend.ok()) << backend.error().message;
@@ -1036,14 +1038,7 @@ TEST_F(OpenAiBackendTest, FullPoolRejectsBeyondTheQueue) {
 
 TEST(OpenAiBackendTls, VerifiesCertificates) {
   FaultServer server(FaultServer::Options{.tls = true});
-  TierConfig c;
-  c.name = "cloud";
-  c.kind = "openai";
-  c.model = "gpt-test";
-  c.endpoint = server.base_url();
-  c.connect_timeout_ms = 1000;
-  c.first_byte_timeout_ms = 2000;
-  c.total_timeout_ms = 5000;
+  TierConfig c = cloud_tier(server);
 
   auto untrusted = create_backend(c);
   ASSERT_TRUE(untrusted.ok()) << untrusted.error().message;
