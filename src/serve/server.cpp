@@ -157,6 +157,9 @@ struct StreamState {
   }
 };
 
+// Threads an idle gateway keeps: enough for health checks and a few clients.
+constexpr size_t kMinWorkerThreads = 8;
+
 // httplib's own pool starts every thread up front; this one starts them as
 // connections arrive, so an idle gateway stays small while a busy one can
 // still hold many keep-alive connections (httplib serves each on one thread).
@@ -164,9 +167,6 @@ struct StreamState {
 // exit, and the last one to go hands the freed heap back to the system: a
 // burst of 512 connections otherwise leaves 512 threads' stacks and malloc
 // arenas resident for the life of the process.
-// Threads an idle gateway keeps: enough for health checks and a few clients.
-constexpr size_t kMinWorkerThreads = 8;
-
 class ElasticPool : public httplib::TaskQueue {
  public:
   ElasticPool(size_t max_threads, size_t min_threads, std::chrono::milliseconds idle_timeout,

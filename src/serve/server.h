@@ -33,7 +33,8 @@ class Gateway {
   // and router first, reusing tiers whose settings did not change, and swaps
   // them in only when all of it succeeded; on error the old configuration
   // stays in force. Requests already running finish on the old one.
-  // server.host, port, max_body_bytes and worker_threads need a restart.
+  // server.host, port, max_body_bytes, worker_threads and
+  // worker_idle_timeout_ms need a restart.
   // A config that could not be read or validated is passed as its error, so
   // that it is counted (switchyard_config_reloads_total{outcome="failed"}).
   Status reload(Result<GatewayConfig> config,
