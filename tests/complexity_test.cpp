@@ -8,7 +8,9 @@
 #include <filesystem>
 #include <fstream>
 #include <iterator>
+#include <map>
 #include <nlohmann/json.hpp>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -776,8 +778,9 @@ TEST(ComplexityCli, CrossValidatesBySubject) {
   EXPECT_GT(r["mean_apgr"].get<double>(), 0.7);  // the perfect router's is 0.75
   EXPECT_NEAR(r["random"]["apgr"].get<double>(), 0.5, 0.05);
 
+  const std::string scores = (dir / "scores.jsonl").string();
   ASSERT_EQ(run_switchyard({"router", "cv", "--data", (dir / "rows.jsonl").string(), "--folds", "3",
-                            "--hash-bits", "10"},
+                            "--hash-bits", "10", "--scores-out", scores},
                            &out, &err),
             0)
       << err;
@@ -785,6 +788,26 @@ TEST(ComplexityCli, CrossValidatesBySubject) {
             std::string::npos)
       << out;
   EXPECT_NE(out.find("mean out-of-fold APGR"), std::string::npos);
+  // Every row once, scored by the one fold that holds its whole subject.
+  std::ifstream lines(scores);
+  std::map<std::string, std::set<int>> folds_of_subject;
+  int rows = 0;
+  for (std::string line; std::getline(lines, line); ++rows) {
+    const json row = json::parse(line);
+    EXPECT_EQ(row["repeat"], 1);
+    folds_of_subject[row["subject"].get<std::string>()].insert(row["fold"].get<int>());
+    EXPECT_TRUE(row["prompt"].is_string());
+    EXPECT_GT(row["score"].get<double>(), 0.0);
+    EXPECT_LT(row["score"].get<double>(), 1.0);
+  }
+  EXPECT_EQ(rows, 400);
+  EXPECT_EQ(folds_of_subject.size(), 10u);
+  std::set<int> folds;
+  for (const auto& [subject, f] : folds_of_subject) {
+    EXPECT_EQ(f.size(), 1u) << subject << " was split between folds";
+    folds.insert(f.begin(), f.end());
+  }
+  EXPECT_EQ(folds, (std::set<int>{1, 2, 3}));
 
   EXPECT_EQ(
       run_switchyard({"router", "cv", "--data", (dir / "rows.jsonl").string(), "--folds", "20"},

@@ -452,7 +452,36 @@ struct CvFlags {
   std::string group = "subject";
   uint64_t seed = 20240701;
   bool json_out = false;
+  std::string scores_out;
 };
+
+// One JSON line per scored row and partition, for analysis outside: which
+// prompts the out-of-fold model ranks high, or a second model stacked on it.
+Status write_out_of_fold_scores(const std::string& path, const std::vector<LabelledPrompt>& rows,
+                                const route::CrossValidationReport& report) {
+  std::ofstream out(path);
+  if (!out) {
+    return make_error(ErrorKind::kInvalidArgument,
+                      "--scores-out: cannot write '" + path + "'; check the folder exists");
+  }
+  for (size_t r = 0; r < report.repeats.size(); ++r) {
+    const auto& repeat = report.repeats[r];
+    for (size_t i = 0; i < rows.size(); ++i) {
+      out << json{{"repeat", r + 1},
+                  {"fold", repeat.fold_of[i] + 1},
+                  {"subject", rows[i].subject},
+                  {"score", repeat.scores[i]},
+                  {"edge_quality", rows[i].edge_quality},
+                  {"cloud_quality", rows[i].cloud_quality},
+                  {"prompt", rows[i].prompt}}
+                 .dump()
+          << "\n";
+    }
+  }
+  out.flush();
+  if (!out) return make_error(ErrorKind::kInternal, "--scores-out: writing '" + path + "' failed");
+  return Status::Ok();
+}
 
 int cross_validate(const CvFlags& f) {
   auto options = train_options(f.fit);
@@ -477,6 +506,11 @@ int cross_validate(const CvFlags& f) {
   if (!report.ok()) return fail(report.error());
   auto random = route::random_baseline(*rows, 200, 20240701);
   if (!random.ok()) return fail(random.error());
+  if (!f.scores_out.empty()) {
+    if (auto s = write_out_of_fold_scores(f.scores_out, *rows, *report); !s.ok()) {
+      return fail(s.error());
+    }
+  }
 
   if (f.json_out) {
     json repeats = json::array();
@@ -653,6 +687,9 @@ void add_router_command(CLI::App& app) {
       ->capture_default_str();
   cv_cmd->add_option("--seed", cf->seed, "Shuffle seed")->capture_default_str();
   cv_cmd->add_flag("--json", cf->json_out, "Print the results as JSON");
+  cv_cmd->add_option("--scores-out", cf->scores_out,
+                     "Write every row's out-of-fold score to this JSONL file (repeat, fold, "
+                     "subject, score, edge_quality, cloud_quality, prompt)");
   cv_cmd->footer(
       "Example (a shorter form of how the shipped model's settings were chosen; the full\n"
       "command is in docs/ROUTER.md):\n"

@@ -992,6 +992,8 @@ Result<CrossValidationReport> cross_validate(const std::vector<LabelledPrompt>& 
       gap += (m->cloud_quality - m->edge_quality) * w;
     }
     if (gap > 0.0) result.within_subject_apgr = gained / gap;
+    result.scores = std::move(scores);
+    result.fold_of = std::move(fold_of);
     report.repeats.push_back(std::move(result));
   }
   double sum = 0.0;

@@ -185,6 +185,9 @@ struct CrossValidationFold {
 struct CrossValidationRepeat {
   RoutingMetrics pooled;  // all out-of-fold scores on one curve
   std::vector<CrossValidationFold> folds;
+  // Per input row: its out-of-fold score and the fold that scored it.
+  std::vector<double> scores;
+  std::vector<int> fold_of;
   // Gap-weighted mean of each subject's own APGR: what the scores rank within
   // a subject, with the differences between subjects taken out.
   std::optional<double> within_subject_apgr;
