@@ -186,6 +186,7 @@ TEST(ConfigTest, OperationalKeys) {
   auto c = parse_config(
       "server:\n  memory_pressure_interval_ms: 100\n  shutdown_timeout_ms: 5000\n"
       "  shadow_target_agreement: 0.85\n  audit_max_rows: 1000\n  audit_max_age_hours: 48\n"
+      "  worker_idle_timeout_ms: 2500\n"
       "tiers:\n  edge:\n    model: stories260K\n    low_memory_model: " +
           small + "\n",
       "cfg.yaml");
@@ -195,6 +196,9 @@ TEST(ConfigTest, OperationalKeys) {
   EXPECT_DOUBLE_EQ(c->server.shadow_target_agreement, 0.85);
   EXPECT_EQ(c->server.audit_max_rows, 1000);
   EXPECT_EQ(c->server.audit_max_age_hours, 48);
+  EXPECT_EQ(c->server.worker_idle_timeout_ms, 2500);
+  EXPECT_EQ(config_error("server:\n  worker_idle_timeout_ms: 0\ntiers:\n  e:\n    model: m\n"),
+            "cfg.yaml: server.worker_idle_timeout_ms: must be at least 1");
   EXPECT_EQ(c->tiers[0].low_memory_model, small);
   // The low-memory model must exist when the configuration is read.
   EXPECT_NE(config_error("tiers:\n  edge:\n    model: m\n    low_memory_model: no-such\n")
