@@ -425,6 +425,10 @@ TEST(Advise, BreakEvenAndCriteriaFromTheNumbers) {
   EXPECT_TRUE(a.hybrid_justified);
   EXPECT_NE(a.criteria[1].evidence.find("144 requests"), std::string::npos)
       << a.criteria[1].evidence;
+  // One simple prompt throughout: every request scores the same, below the threshold.
+  EXPECT_NE(a.criteria[3].evidence.find("100.0% of requests score below its threshold"),
+            std::string::npos)
+      << a.criteria[3].evidence;
   EXPECT_FALSE(a.start_policy.empty());
   for (const auto& c : a.candidates) EXPECT_EQ(c.privacy_violations, 0);
 
