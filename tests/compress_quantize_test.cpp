@@ -291,8 +291,8 @@ TEST(Quantize, KeepsTheFileAlignment) {
 TEST(Quantize, RefusesSourcesWithoutKernelsAndPlansForAnotherModel) {
   GgufWriter writer;
   writer.set("general.architecture", GgufValue::string("llama"));
-  const std::vector<uint8_t> q5_0(2 * 22, 0);
-  ASSERT_TRUE(writer.add_tensor("blk.0.attn_q.weight", TensorType::kQ5_0, {32, 2}, q5_0).ok());
+  const std::vector<uint8_t> q5_k(2 * 176, 0);
+  ASSERT_TRUE(writer.add_tensor("blk.0.attn_q.weight", TensorType::kQ5_K, {256, 2}, q5_k).ok());
   const std::string path = scratch_path(".gguf");
   ASSERT_TRUE(writer.write(path).ok());
   auto in = open(path);
@@ -301,7 +301,7 @@ TEST(Quantize, RefusesSourcesWithoutKernelsAndPlansForAnotherModel) {
   auto refused = build_quantized(*in, uniform_choices(*in, TensorType::kQ4_0, true), pool);
   ASSERT_FALSE(refused.ok());
   EXPECT_EQ(refused.error().kind, ErrorKind::kUnsupported);
-  EXPECT_NE(refused.error().message.find("Q5_0"), std::string::npos);
+  EXPECT_NE(refused.error().message.find("Q5_K"), std::string::npos);
 
   auto synthetic = open(synthetic_model_path());
   auto mismatched =
@@ -831,9 +831,9 @@ TEST(Cli, QuantizesWithAReportAndTeachesInHelp) {
   EXPECT_NE(help.out.find("Examples"), std::string::npos);
   EXPECT_NE(help.out.find("--target-size"), std::string::npos);
 
-  auto bad_type = run_switchyard({"quantize", synthetic_model_path(), out, "--type", "Q5_0"});
+  auto bad_type = run_switchyard({"quantize", synthetic_model_path(), out, "--type", "Q5_K"});
   EXPECT_EQ(bad_type.status, 2);
-  EXPECT_NE(bad_type.err.find("--type 'Q5_0'"), std::string::npos) << bad_type.err;
+  EXPECT_NE(bad_type.err.find("--type 'Q5_K'"), std::string::npos) << bad_type.err;
   auto no_calibration =
       run_switchyard({"quantize", synthetic_model_path(), out, "--target-size", "700K"});
   EXPECT_EQ(no_calibration.status, 2);

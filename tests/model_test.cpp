@@ -206,14 +206,17 @@ INSTANTIATE_TEST_SUITE_P(AllTypes, ForwardMatchesReference,
                                            Case{"llama", TensorType::kQ4_K, false, false},
                                            Case{"llama", TensorType::kIQ4_NL, false, false},
                                            Case{"llama", TensorType::kQ6_K, false, false},
+                                           Case{"llama", TensorType::kQ5_0, false, false},
+                                           Case{"llama", TensorType::kQ5_1, true, false},
                                            Case{"qwen2", TensorType::kF32, true, false},
                                            Case{"qwen2", TensorType::kQ8_0, false, false},
-                                           Case{"qwen2", TensorType::kQ4_K, true, false}),
+                                           Case{"qwen2", TensorType::kQ4_K, true, false},
+                                           Case{"qwen2", TensorType::kQ5_0, false, false}),
                          case_name);
 
 TEST(Model, BatchedPromptEqualsTokenByToken) {
-  for (TensorType type : {TensorType::kF32, TensorType::kQ8_0, TensorType::kQ4_0, TensorType::kQ4_K,
-                          TensorType::kQ6_K}) {
+  for (TensorType type : {TensorType::kF32, TensorType::kQ8_0, TensorType::kQ4_0, TensorType::kQ5_1,
+                          TensorType::kQ4_K, TensorType::kQ6_K}) {
     SCOPED_TRACE(tensor_type_name(static_cast<uint32_t>(type)));
     SyntheticModelSpec spec;
     spec.matrix_type = type;

@@ -66,8 +66,8 @@ Result<TensorType> parse_computable_type(const std::string& name, const char* fl
   if (!traits || !traits->computable) {
     return invalid(
         std::string(flag) + " '" + name +
-        "' is not a type this engine runs; use Q4_0, IQ4_NL, Q4_K, Q6_K, Q8_0, F16, BF16 "
-        "or F32");
+        "' is not a type this engine runs; use Q4_0, IQ4_NL, Q5_0, Q5_1, Q4_K, Q6_K, Q8_0, "
+        "F16, BF16 or F32");
   }
   return *type;
 }
@@ -286,8 +286,8 @@ Status validate(const QuantizeOptions& o) {
     return invalid(targeted
                        ? "--type and a size target exclude each other: --type quantizes "
                          "every matrix alike, --target-size/--target-bpw makes a mixed plan"
-                       : "say what to quantize to: --type Q4_0 (or IQ4_NL, Q4_K, Q6_K, Q8_0, F16, "
-                         "BF16, F32), or --calibration FILE with --target-size SIZE");
+                       : "say what to quantize to: --type Q4_0 (or IQ4_NL, Q5_0, Q5_1, Q4_K, Q6_K, "
+                         "Q8_0, F16, BF16, F32), or --calibration FILE with --target-size SIZE");
   }
   if (targeted && !o.tensor_types.empty()) {
     return invalid("--tensor-type applies to --type; a mixed plan chooses every matrix's type");
@@ -523,7 +523,8 @@ void add_quantize_command(CLI::App& app) {
   cmd->add_option("output", opts->output, "GGUF file to write")->required();
   cmd->add_option(
       "--type", opts->type,
-      "Every weight matrix to Q4_0, IQ4_NL, Q4_K, Q6_K, Q8_0, F16, BF16 or F32 (rows that "
+      "Every weight matrix to Q4_0, IQ4_NL, Q5_0, Q5_1, Q4_K, Q6_K, Q8_0, F16, BF16 or F32 "
+      "(rows that "
       "do not split into the type's blocks fall back: Q4_K->Q4_0, Q6_K->Q8_0, ->F16)");
   cmd->add_flag(
       "--pure", opts->pure,

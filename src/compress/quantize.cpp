@@ -207,6 +207,10 @@ uint32_t llama_file_type(const engine::GgufFile& file, std::span<const TensorCho
       return 25;
     case TensorType::kQ8_0:
       return 7;
+    case TensorType::kQ5_0:
+      return 8;
+    case TensorType::kQ5_1:
+      return 9;
     case TensorType::kQ4_K:
       return 14;
     case TensorType::kQ6_K:

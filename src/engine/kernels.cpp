@@ -102,6 +102,8 @@ constexpr TypeOps kOps[] = {
 #endif
     },
     {TensorType::kQ8_0, detail::kQK, ActKind::kQ8, SY_FAST(rows_q8_0), detail::rows_q8_0_scalar},
+    {TensorType::kQ5_0, detail::kQK, ActKind::kQ8, SY_FAST(rows_q5_0), detail::rows_q5_0_scalar},
+    {TensorType::kQ5_1, detail::kQK, ActKind::kQ8, SY_FAST(rows_q5_1), detail::rows_q5_1_scalar},
     {TensorType::kIQ4_NL, detail::kQK, ActKind::kQ8, SY_FAST(rows_iq4_nl),
      detail::rows_iq4_nl_scalar,
 #ifdef SY_KERNELS_AVX2
@@ -222,6 +224,12 @@ bool quantize_row(TensorType type, const float* src, void* dst, int64_t n) {
     case TensorType::kIQ4_NL:
       detail::quantize_iq4_nl(src, static_cast<detail::BlockIQ4_NL*>(dst), n);
       return true;
+    case TensorType::kQ5_0:
+      detail::quantize_q5_0(src, static_cast<detail::BlockQ5_0*>(dst), n);
+      return true;
+    case TensorType::kQ5_1:
+      detail::quantize_q5_1(src, static_cast<detail::BlockQ5_1*>(dst), n);
+      return true;
     case TensorType::kQ4_K:
       detail::quantize_q4_k(src, static_cast<detail::BlockQ4_K*>(dst), n);
       return true;
@@ -289,6 +297,12 @@ bool dequantize_row(TensorType type, const void* src, float* dst, int64_t n) {
       return true;
     case TensorType::kIQ4_NL:
       detail::dequantize_iq4_nl(static_cast<const detail::BlockIQ4_NL*>(src), dst, n);
+      return true;
+    case TensorType::kQ5_0:
+      detail::dequantize_q5_0(static_cast<const detail::BlockQ5_0*>(src), dst, n);
+      return true;
+    case TensorType::kQ5_1:
+      detail::dequantize_q5_1(static_cast<const detail::BlockQ5_1*>(src), dst, n);
       return true;
     case TensorType::kQ4_K:
       detail::dequantize_q4_k(static_cast<const detail::BlockQ4_K*>(src), dst, n);

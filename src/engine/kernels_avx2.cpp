@@ -218,6 +218,73 @@ struct Q8_0Step {
   static float finish(__m256 acc, __m256) { return hsum(acc); }
 };
 
+// Bit j of a Q5 block's 32-bit qh as 0x10 in byte j: element j's fifth bit,
+// in the byte order NibbleExpander gives the low four.
+struct HighBitExpander {
+  // Byte j reads byte j / 8 of qh (both lanes hold all four) and tests bit j % 8.
+  const __m256i spread = _mm256_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2,
+                                          2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3);
+  const __m256i bit = _mm256_set1_epi64x(static_cast<int64_t>(0x8040201008040201ULL));
+  const __m256i fifth = _mm256_set1_epi8(0x10);
+  [[gnu::always_inline]] __m256i operator()(const uint8_t* qh) const {
+    uint32_t bits;
+    std::memcpy(&bits, qh, sizeof bits);
+    const __m256i bytes = _mm256_shuffle_epi8(_mm256_set1_epi32(static_cast<int>(bits)), spread);
+    return _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(bytes, bit), bit), fifth);
+  }
+};
+
+// Q5_0: unsigned five-bit levels as Q4_0's nibbles; the -16 comes back as
+// -16 * sum over blocks of d_w * (d_x * sum x_q), accumulated alongside.
+struct Q5_0Step {
+  using Act = ActQ8;
+  using Block = BlockQ5_0;
+  const NibbleExpander nibbles;
+  const HighBitExpander high_bits;
+  const __m256i ones = _mm256_set1_epi16(1);
+
+  template <int NB>
+  [[gnu::always_inline]] void operator()(const Block& w, const Act* const* x, __m256* acc,
+                                         __m256* off) const {
+    const __m256i q = _mm256_or_si256(nibbles(w.qs), high_bits(w.qh));
+    const __m256 dw = broadcast_half(w.d);
+    for (int k = 0; k < NB; ++k) {
+      const __m256i p = _mm256_madd_epi16(_mm256_maddubs_epi16(q, load256(x[k]->qs)), ones);
+      const __m256 scale = _mm256_mul_ps(dw, _mm256_broadcast_ss(&x[k]->d));
+      acc[k] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), scale, acc[k]);
+      off[k] = _mm256_fmadd_ps(dw, _mm256_broadcast_ss(&x[k]->s), off[k]);
+    }
+  }
+  // All lanes of off hold the same sum.
+  static float finish(__m256 acc, __m256 off) { return hsum(acc) - 16.0f * _mm256_cvtss_f32(off); }
+};
+
+// Q5_1: unsigned five-bit levels as Q4_0's nibbles, and the block offset m
+// times the activation block's sum accumulated alongside.
+struct Q5_1Step {
+  using Act = ActQ8;
+  using Block = BlockQ5_1;
+  const NibbleExpander nibbles;
+  const HighBitExpander high_bits;
+  const __m256i ones = _mm256_set1_epi16(1);
+
+  template <int NB>
+  [[gnu::always_inline]] void operator()(const Block& w, const Act* const* x, __m256* acc,
+                                         __m256* off) const {
+    const __m256i q = _mm256_or_si256(nibbles(w.qs), high_bits(w.qh));
+    const __m256 dw = broadcast_half(w.d);
+    const __m256 mw = broadcast_half(w.m);
+    for (int k = 0; k < NB; ++k) {
+      const __m256i p = _mm256_madd_epi16(_mm256_maddubs_epi16(q, load256(x[k]->qs)), ones);
+      const __m256 scale = _mm256_mul_ps(dw, _mm256_broadcast_ss(&x[k]->d));
+      acc[k] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), scale, acc[k]);
+      off[k] = _mm256_fmadd_ps(mw, _mm256_broadcast_ss(&x[k]->s), off[k]);
+    }
+  }
+  // All lanes of off hold the same sum.
+  static float finish(__m256 acc, __m256 off) { return hsum(acc) + _mm256_cvtss_f32(off); }
+};
+
 // IQ4_NL: Q4_0's nibbles index the grid with one byte shuffle per lane.
 struct IQ4_NLStep {
   using Act = ActQ8;
@@ -538,6 +605,12 @@ void rows_iq4_nl_avx2(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int 
 }
 void rows_q8_0_avx2(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb) {
   run_tile<Block32Kernel<Q8_0Step>::Tile>(a, r0, r1, b0, nb);
+}
+void rows_q5_0_avx2(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb) {
+  run_tile<Block32Kernel<Q5_0Step>::Tile>(a, r0, r1, b0, nb);
+}
+void rows_q5_1_avx2(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb) {
+  run_tile<Block32Kernel<Q5_1Step>::Tile>(a, r0, r1, b0, nb);
 }
 void rows_q4_k_avx2(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb) {
   run_tile<Q4_KTile>(a, r0, r1, b0, nb);

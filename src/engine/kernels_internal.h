@@ -28,6 +28,29 @@ struct BlockIQ4_NL {
 };
 inline constexpr int8_t kIq4nlValues[16] = {-127, -104, -83, -65, -49, -35, -22, -10,
                                             1,    13,   25,  38,  53,  69,  89,  113};
+// Q4_0's nibbles plus a fifth bit per element: bit j of qh for element j
+// (elements 16-31 take bits 16-31). Q5_0 is symmetric (value - 16), Q5_1
+// has a per-block offset m. llama.cpp writes them where a matrix's rows are
+// not a multiple of 256, in place of Q4_K and Q5_K.
+struct BlockQ5_0 {
+  uint16_t d;
+  uint8_t qh[4];
+  uint8_t qs[kQK / 2];
+};
+struct BlockQ5_1 {
+  uint16_t d;
+  uint16_t m;
+  uint8_t qh[4];
+  uint8_t qs[kQK / 2];
+};
+// The 5-bit level of element j (0-31) of a Q5_0 or Q5_1 block.
+template <typename Block>
+inline int q5_level(const Block& b, int j) {
+  uint32_t qh;
+  std::memcpy(&qh, b.qh, sizeof qh);
+  const int low = j < kQK / 2 ? b.qs[j] & 0xF : b.qs[j - kQK / 2] >> 4;
+  return low | static_cast<int>(((qh >> j) & 1u) << 4);
+}
 struct BlockQ8_0 {
   uint16_t d;
   int8_t qs[kQK];
@@ -46,6 +69,8 @@ struct BlockQ6_K {
 };
 static_assert(sizeof(BlockQ4_0) == 18);
 static_assert(sizeof(BlockQ8_0) == 34);
+static_assert(sizeof(BlockQ5_0) == 22);
+static_assert(sizeof(BlockQ5_1) == 24);
 static_assert(sizeof(BlockIQ4_NL) == 18);
 static_assert(sizeof(BlockQ4_K) == 144);
 static_assert(sizeof(BlockQ6_K) == 210);
@@ -86,6 +111,8 @@ void quantize_q4_0(const float* x, BlockQ4_0* y, int64_t n);
 void quantize_q4_0_weighted(const float* x, const float* importance, BlockQ4_0* y, int64_t n);
 void quantize_iq4_nl(const float* x, BlockIQ4_NL* y, int64_t n, const float* importance = nullptr);
 void quantize_q8_0(const float* x, BlockQ8_0* y, int64_t n);
+void quantize_q5_0(const float* x, BlockQ5_0* y, int64_t n);
+void quantize_q5_1(const float* x, BlockQ5_1* y, int64_t n);
 // With importance (one value per element), the K-quants fit their sub-block
 // scales by weighted least squares (see quantize_row_weighted).
 void quantize_q4_k(const float* x, BlockQ4_K* y, int64_t n, const float* importance = nullptr);
@@ -93,6 +120,8 @@ void quantize_q6_k(const float* x, BlockQ6_K* y, int64_t n, const float* importa
 void dequantize_q4_0(const BlockQ4_0* x, float* y, int64_t n);
 void dequantize_iq4_nl(const BlockIQ4_NL* x, float* y, int64_t n);
 void dequantize_q8_0(const BlockQ8_0* x, float* y, int64_t n);
+void dequantize_q5_0(const BlockQ5_0* x, float* y, int64_t n);
+void dequantize_q5_1(const BlockQ5_1* x, float* y, int64_t n);
 void dequantize_q4_k(const BlockQ4_K* x, float* y, int64_t n);
 void dequantize_q6_k(const BlockQ6_K* x, float* y, int64_t n);
 
@@ -161,6 +190,8 @@ void rows_bf16_scalar(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int 
 void rows_q4_0_scalar(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb);
 void rows_iq4_nl_scalar(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb);
 void rows_q8_0_scalar(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb);
+void rows_q5_0_scalar(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb);
+void rows_q5_1_scalar(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb);
 void rows_q4_k_scalar(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb);
 void rows_q6_k_scalar(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb);
 
@@ -171,6 +202,8 @@ void rows_bf16_avx2(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb
 void rows_q4_0_avx2(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb);
 void rows_iq4_nl_avx2(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb);
 void rows_q8_0_avx2(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb);
+void rows_q5_0_avx2(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb);
+void rows_q5_1_avx2(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb);
 void rows_q4_k_avx2(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb);
 void rows_q6_k_avx2(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb);
 void group_q4_0_avx2(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0);

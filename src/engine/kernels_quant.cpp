@@ -335,6 +335,64 @@ void quantize_q6_k(const float* x, BlockQ6_K* y, int64_t n, const float* importa
   }
 }
 
+namespace {
+
+// Packs 32 five-bit levels into a Q5 block's nibbles and high bits.
+template <typename Block>
+void pack_q5(const int* level, Block& y) {
+  uint32_t qh = 0;
+  for (int j = 0; j < kQK / 2; ++j) {
+    y.qs[j] = static_cast<uint8_t>((level[j] & 0xF) | ((level[j + kQK / 2] & 0xF) << 4));
+  }
+  for (int j = 0; j < kQK; ++j) qh |= static_cast<uint32_t>(level[j] >> 4) << j;
+  std::memcpy(y.qh, &qh, sizeof qh);
+}
+
+}  // namespace
+
+void quantize_q5_0(const float* x, BlockQ5_0* y, int64_t n) {
+  // Q4_0's rule with 32 levels: the largest-magnitude element maps to -16.
+  for (int64_t b = 0; b < n / kQK; ++b, x += kQK) {
+    const float d = signed_max(x, kQK) / -16.0f;
+    const float id = d != 0.0f ? 1.0f / d : 0.0f;
+    y[b].d = fp32_to_fp16(d);
+    int level[kQK];
+    for (int j = 0; j < kQK; ++j) level[j] = std::min(31, static_cast<int>(x[j] * id + 16.5f));
+    pack_q5(level, y[b]);
+  }
+}
+
+void quantize_q5_1(const float* x, BlockQ5_1* y, int64_t n) {
+  // The block's range [min, max] in 31 equal steps.
+  for (int64_t b = 0; b < n / kQK; ++b, x += kQK) {
+    const auto [lo, hi] = std::minmax_element(x, x + kQK);
+    const float d = (*hi - *lo) / 31.0f;
+    const float id = d != 0.0f ? 1.0f / d : 0.0f;
+    y[b].d = fp32_to_fp16(d);
+    y[b].m = fp32_to_fp16(*lo);
+    int level[kQK];
+    for (int j = 0; j < kQK; ++j) {
+      level[j] = std::clamp(static_cast<int>((x[j] - *lo) * id + 0.5f), 0, 31);
+    }
+    pack_q5(level, y[b]);
+  }
+}
+
+void dequantize_q5_0(const BlockQ5_0* x, float* y, int64_t n) {
+  for (int64_t b = 0; b < n / kQK; ++b, y += kQK) {
+    const float d = fp16_to_fp32(x[b].d);
+    for (int j = 0; j < kQK; ++j) y[j] = static_cast<float>(q5_level(x[b], j) - 16) * d;
+  }
+}
+
+void dequantize_q5_1(const BlockQ5_1* x, float* y, int64_t n) {
+  for (int64_t b = 0; b < n / kQK; ++b, y += kQK) {
+    const float d = fp16_to_fp32(x[b].d);
+    const float m = fp16_to_fp32(x[b].m);
+    for (int j = 0; j < kQK; ++j) y[j] = static_cast<float>(q5_level(x[b], j)) * d + m;
+  }
+}
+
 void dequantize_q4_0(const BlockQ4_0* x, float* y, int64_t n) {
   for (int64_t b = 0; b < n / kQK; ++b, y += kQK) {
     const float d = fp16_to_fp32(x[b].d);

@@ -95,6 +95,32 @@ void rows_q8_0_scalar(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int 
                                 [](const BlockQ8_0& w, int j) { return int{w.qs[j]}; });
 }
 
+void rows_q5_0_scalar(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb) {
+  rows_signed_blocks<BlockQ5_0>(a, r0, r1, b0, nb,
+                                [](const BlockQ5_0& w, int j) { return q5_level(w, j) - 16; });
+}
+
+// Levels 0-31 times the activations, plus the block offset m times the
+// activation block's sum (its s), which stands for sum(x).
+void rows_q5_1_scalar(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb) {
+  const int64_t blocks = a.cols / kQK;
+  for (int64_t r = r0; r < r1; ++r) {
+    const BlockQ5_1* w = weight_row<BlockQ5_1>(a, r);
+    for (int64_t b = b0; b < b0 + nb; ++b) {
+      const ActQ8* x = act_row<ActQ8>(a, b);
+      float acc = 0.0f;
+      float offset = 0.0f;
+      for (int64_t i = 0; i < blocks; ++i) {
+        int sum = 0;
+        for (int j = 0; j < kQK; ++j) sum += q5_level(w[i], j) * x[i].qs[j];
+        acc += fp16_to_fp32(w[i].d) * x[i].d * static_cast<float>(sum);
+        offset += fp16_to_fp32(w[i].m) * x[i].s;
+      }
+      store(a, b, r, acc + offset);
+    }
+  }
+}
+
 void rows_q4_k_scalar(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb) {
   const int64_t blocks = a.cols / kQKK;
   for (int64_t r = r0; r < r1; ++r) {
