@@ -391,6 +391,42 @@ TEST(Model, MissingTensorIsNamed) {
   std::filesystem::remove(path);
 }
 
+// A file whose matrix has a type without kernels is refused by name, with the
+// types that would load.
+TEST(Model, MatrixTypeWithoutKernelsIsNamed) {
+  SyntheticModelSpec spec;
+  spec.embedding_length = 256;  // rows that split into 256-element super blocks
+  spec.feed_forward_length = 512;
+  const std::string path = testing::temp_path(".gguf");
+  ASSERT_TRUE(write_synthetic_model(spec, path).ok());
+  auto base = Model::load(path);
+  ASSERT_TRUE(base.ok());
+  GgufWriter writer;
+  for (const auto& [key, value] : (*base)->file().metadata()) writer.set(key, value);
+  for (const auto& t : (*base)->file().tensors()) {
+    if (t.name == "blk.0.attn_q.weight") {
+      const std::vector<uint8_t> q5_k(t.dims[1] * t.dims[0] / 256 * 176, 0);
+      ASSERT_TRUE(writer.add_tensor(t.name, TensorType::kQ5_K, t.dims, q5_k).ok());
+    } else {
+      ASSERT_TRUE(writer
+                      .add_tensor(t.name, static_cast<TensorType>(t.type), t.dims,
+                                  {t.data, static_cast<size_t>(t.byte_size)})
+                      .ok());
+    }
+  }
+  const std::string written = testing::temp_path(".gguf");
+  ASSERT_TRUE(writer.write(written).ok());
+  auto refused = Model::load(written);
+  ASSERT_FALSE(refused.ok());
+  EXPECT_EQ(refused.error().kind, ErrorKind::kUnsupported);
+  const std::string& why = refused.error().message;
+  EXPECT_NE(why.find("'blk.0.attn_q.weight' has type Q5_K"), std::string::npos) << why;
+  EXPECT_NE(why.find(computable_type_names()), std::string::npos) << why;
+  EXPECT_NE(computable_type_names().find("Q5_0, Q5_1"), std::string::npos);
+  std::filesystem::remove(written);
+  std::filesystem::remove(path);
+}
+
 TEST(Model, UnknownModelNameIsNotFound) {
   auto p = resolve_model_path("no-such-model-anywhere");
   ASSERT_FALSE(p.ok());

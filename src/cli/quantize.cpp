@@ -64,10 +64,9 @@ Result<TensorType> parse_computable_type(const std::string& name, const char* fl
   const auto traits =
       type ? engine::tensor_type_traits(static_cast<uint32_t>(*type)) : std::nullopt;
   if (!traits || !traits->computable) {
-    return invalid(
-        std::string(flag) + " '" + name +
-        "' is not a type this engine runs; use Q4_0, IQ4_NL, Q5_0, Q5_1, Q4_K, Q6_K, Q8_0, "
-        "F16, BF16 or F32");
+    return invalid(std::string(flag) + " '" + name +
+                   "' is not a type this engine runs; use one of " +
+                   engine::computable_type_names());
   }
   return *type;
 }

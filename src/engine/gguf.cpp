@@ -782,7 +782,7 @@ Status GgufFile::parse_all() {
         return p.fail(
             ErrorKind::kUnsupported, type_at,
             "tensor type " + describe_tensor_type(t.type) + " is not supported by this engine",
-            "re-quantize the model to F16, BF16, Q8_0, Q4_0, Q4_K or Q6_K");
+            "use a file of this model whose weights are " + computable_type_names());
       }
       if (t.dims[0] % traits->block_size != 0) {
         return p.corrupt(dims_at, "row length " + std::to_string(t.dims[0]) +

@@ -49,8 +49,11 @@ struct ModelLoader {
     if (!traits || !traits->computable) {
       return make_error(ErrorKind::kUnsupported,
                         where() + ": tensor '" + name + "' has type " + tensor_type_name(t->type) +
-                            ", which this engine cannot compute; re-quantize it to one of "
-                            "F32, F16, BF16, Q8_0, Q4_0, Q4_K, Q6_K (switchyard quantize)");
+                            ", which this engine cannot compute; use a file of this model "
+                            "whose weights are " +
+                            computable_type_names() +
+                            " (llama.cpp's Q4_K_M, Q6_K and Q8_0 files are), or convert "
+                            "it with llama.cpp's llama-quantize");
     }
     WeightMatrix w;
     w.type = static_cast<TensorType>(t->type);

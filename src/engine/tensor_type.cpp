@@ -40,6 +40,16 @@ std::string tensor_type_name(uint32_t type) {
   return "type#" + std::to_string(type);
 }
 
+std::string computable_type_names() {
+  std::string names;
+  for (const auto& e : kTypes) {
+    if (!e.traits.computable) continue;
+    if (!names.empty()) names += ", ";
+    names += e.traits.name;
+  }
+  return names;
+}
+
 std::optional<TensorType> parse_tensor_type(std::string_view name) {
   for (const auto& e : kTypes) {
     if (e.traits.name.size() != name.size()) continue;

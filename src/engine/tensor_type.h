@@ -47,6 +47,8 @@ std::string tensor_type_name(uint32_t type);
 
 // Parses a type name case-insensitively ("q4_k", "Q8_0", "bf16").
 std::optional<TensorType> parse_tensor_type(std::string_view name);
+// The types this engine computes with, for messages: "F32, F16, ..., Q6_K".
+std::string computable_type_names();
 
 // Bytes needed for `elements` of `type` (elements must be a multiple of the block size).
 inline size_t tensor_row_bytes(const TensorTypeTraits& t, uint64_t elements) {
