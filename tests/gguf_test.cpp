@@ -741,7 +741,7 @@ std::vector<HostileCase> hostile_cases() {
   c.push_back({"foreign type",
                one_tensor("t", {256}, 16, 0).zeros(64).bytes(),
                K::kUnsupported,
-               {"tensor #0 't'", "IQ2_XXS", "re-quantize"}});
+               {"tensor #0 't'", "IQ2_XXS", "whose weights are"}});
   c.push_back({"unknown type",
                one_tensor("t", {1}, 99, 0).zeros(32).bytes(),
                K::kUnsupported,
