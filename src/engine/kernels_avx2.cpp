@@ -167,25 +167,35 @@ struct NibbleExpander {
   }
 };
 
+// 32 unsigned weight levels q (block scale dw) times NB activation blocks,
+// with `offset` times each activation block's sum (its s) accumulated
+// alongside: how Q4_0 and Q5_0 take back their zero point, and Q5_1 adds its
+// block minimum, once per row instead of once per element.
+template <int NB>
+[[gnu::always_inline]] inline void accumulate_unsigned(__m256i q, __m256 dw, __m256 offset,
+                                                       const ActQ8* const* x, __m256* acc,
+                                                       __m256* off) {
+  const __m256i ones = _mm256_set1_epi16(1);
+  for (int k = 0; k < NB; ++k) {
+    const __m256i p = _mm256_madd_epi16(_mm256_maddubs_epi16(q, load256(x[k]->qs)), ones);
+    const __m256 scale = _mm256_mul_ps(dw, _mm256_broadcast_ss(&x[k]->d));
+    acc[k] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), scale, acc[k]);
+    off[k] = _mm256_fmadd_ps(offset, _mm256_broadcast_ss(&x[k]->s), off[k]);
+  }
+}
+
 // Q4_0: unsigned nibbles times int8 activations; the -8 comes back as
-// -8 * sum over blocks of d_w * (d_x * sum x_q), accumulated alongside.
+// -8 * sum over blocks of d_w * (d_x * sum x_q).
 struct Q4_0Step {
   using Act = ActQ8;
   using Block = BlockQ4_0;
   const NibbleExpander nibbles;
-  const __m256i ones = _mm256_set1_epi16(1);
 
   template <int NB>
   [[gnu::always_inline]] void operator()(const Block& w, const Act* const* x, __m256* acc,
                                          __m256* off) const {
-    const __m256i q = nibbles(w.qs);
     const __m256 dw = broadcast_half(w.d);
-    for (int k = 0; k < NB; ++k) {
-      const __m256i p = _mm256_madd_epi16(_mm256_maddubs_epi16(q, load256(x[k]->qs)), ones);
-      const __m256 scale = _mm256_mul_ps(dw, _mm256_broadcast_ss(&x[k]->d));
-      acc[k] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), scale, acc[k]);
-      off[k] = _mm256_fmadd_ps(dw, _mm256_broadcast_ss(&x[k]->s), off[k]);
-    }
+    accumulate_unsigned<NB>(nibbles(w.qs), dw, dw, x, acc, off);
   }
   // All lanes of off hold the same sum.
   static float finish(__m256 acc, __m256 off) { return hsum(acc) - 8.0f * _mm256_cvtss_f32(off); }
@@ -234,54 +244,35 @@ struct HighBitExpander {
   }
 };
 
-// Q5_0: unsigned five-bit levels as Q4_0's nibbles; the -16 comes back as
-// -16 * sum over blocks of d_w * (d_x * sum x_q), accumulated alongside.
+// Q5_0: unsigned five-bit levels as Q4_0's nibbles, less 16 the same way.
 struct Q5_0Step {
   using Act = ActQ8;
   using Block = BlockQ5_0;
   const NibbleExpander nibbles;
   const HighBitExpander high_bits;
-  const __m256i ones = _mm256_set1_epi16(1);
 
   template <int NB>
   [[gnu::always_inline]] void operator()(const Block& w, const Act* const* x, __m256* acc,
                                          __m256* off) const {
-    const __m256i q = _mm256_or_si256(nibbles(w.qs), high_bits(w.qh));
     const __m256 dw = broadcast_half(w.d);
-    for (int k = 0; k < NB; ++k) {
-      const __m256i p = _mm256_madd_epi16(_mm256_maddubs_epi16(q, load256(x[k]->qs)), ones);
-      const __m256 scale = _mm256_mul_ps(dw, _mm256_broadcast_ss(&x[k]->d));
-      acc[k] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), scale, acc[k]);
-      off[k] = _mm256_fmadd_ps(dw, _mm256_broadcast_ss(&x[k]->s), off[k]);
-    }
+    accumulate_unsigned<NB>(_mm256_or_si256(nibbles(w.qs), high_bits(w.qh)), dw, dw, x, acc, off);
   }
-  // All lanes of off hold the same sum.
   static float finish(__m256 acc, __m256 off) { return hsum(acc) - 16.0f * _mm256_cvtss_f32(off); }
 };
 
-// Q5_1: unsigned five-bit levels as Q4_0's nibbles, and the block offset m
-// times the activation block's sum accumulated alongside.
+// Q5_1: the same levels, plus the block minimum m times the activations' sum.
 struct Q5_1Step {
   using Act = ActQ8;
   using Block = BlockQ5_1;
   const NibbleExpander nibbles;
   const HighBitExpander high_bits;
-  const __m256i ones = _mm256_set1_epi16(1);
 
   template <int NB>
   [[gnu::always_inline]] void operator()(const Block& w, const Act* const* x, __m256* acc,
                                          __m256* off) const {
-    const __m256i q = _mm256_or_si256(nibbles(w.qs), high_bits(w.qh));
-    const __m256 dw = broadcast_half(w.d);
-    const __m256 mw = broadcast_half(w.m);
-    for (int k = 0; k < NB; ++k) {
-      const __m256i p = _mm256_madd_epi16(_mm256_maddubs_epi16(q, load256(x[k]->qs)), ones);
-      const __m256 scale = _mm256_mul_ps(dw, _mm256_broadcast_ss(&x[k]->d));
-      acc[k] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), scale, acc[k]);
-      off[k] = _mm256_fmadd_ps(mw, _mm256_broadcast_ss(&x[k]->s), off[k]);
-    }
+    accumulate_unsigned<NB>(_mm256_or_si256(nibbles(w.qs), high_bits(w.qh)), broadcast_half(w.d),
+                            broadcast_half(w.m), x, acc, off);
   }
-  // All lanes of off hold the same sum.
   static float finish(__m256 acc, __m256 off) { return hsum(acc) + _mm256_cvtss_f32(off); }
 };
 
@@ -489,20 +480,21 @@ struct Q6_KTile {
 // widening per block; after it, lane k of every vector is activation row k.
 void group_q4_0(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0) {
   const int64_t blocks = a.cols / kQK;
-  const Q4_0Step step;
+  const NibbleExpander nibbles;
+  const __m256i ones = _mm256_set1_epi16(1);
   const auto* x = act_row<ActQ8x8>(a, b0);
   for (int64_t r = r0; r < r1; ++r) {
     const BlockQ4_0* w = weight_row<BlockQ4_0>(a, r);
     __m256 acc = _mm256_setzero_ps();
     __m256 off = _mm256_setzero_ps();
     for (int64_t i = 0; i < blocks; ++i) {
-      const __m256i q = step.nibbles(w[i].qs);
+      const __m256i q = nibbles(w[i].qs);
       __m256i sum16 = _mm256_setzero_si256();
       for (int j = 0; j < kQK / 4; ++j) {
         const __m256i wj = _mm256_permutevar8x32_epi32(q, _mm256_set1_epi32(j));
         sum16 = _mm256_add_epi16(sum16, _mm256_maddubs_epi16(wj, load256(x[i].qs[j])));
       }
-      const __m256i p = _mm256_madd_epi16(sum16, step.ones);
+      const __m256i p = _mm256_madd_epi16(sum16, ones);
       const __m256 dw = broadcast_half(w[i].d);
       const __m256 scale = _mm256_mul_ps(dw, _mm256_loadu_ps(x[i].d));
       acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), scale, acc);

@@ -45,6 +45,31 @@ void rows_signed_blocks(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, in
   }
 }
 
+// Rows of 32-element blocks of unsigned levels, level(block, j), times the
+// block's fp16 scale, plus offset(block) times each activation block's sum
+// (its s), scaled by `offset_factor` once per row: Q4_0's and Q5_0's zero
+// points (-8, -16 times the scale) and Q5_1's block minimum.
+template <typename Block, typename Level, typename Offset>
+void rows_unsigned_blocks(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb, Level level,
+                          Offset offset, float offset_factor) {
+  const int64_t blocks = a.cols / kQK;
+  for (int64_t r = r0; r < r1; ++r) {
+    const Block* w = weight_row<Block>(a, r);
+    for (int64_t b = b0; b < b0 + nb; ++b) {
+      const ActQ8* x = act_row<ActQ8>(a, b);
+      float acc = 0.0f;
+      float offsets = 0.0f;
+      for (int64_t i = 0; i < blocks; ++i) {
+        int sum = 0;
+        for (int j = 0; j < kQK; ++j) sum += level(w[i], j) * x[i].qs[j];
+        acc += fp16_to_fp32(w[i].d) * x[i].d * static_cast<float>(sum);
+        offsets += offset(w[i]) * x[i].s;
+      }
+      store(a, b, r, acc + offset_factor * offsets);
+    }
+  }
+}
+
 }  // namespace
 
 void rows_f32_scalar(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb) {
@@ -63,25 +88,12 @@ void rows_bf16_scalar(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int 
 }
 
 void rows_q4_0_scalar(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb) {
-  const int64_t blocks = a.cols / kQK;
-  for (int64_t r = r0; r < r1; ++r) {
-    const BlockQ4_0* w = weight_row<BlockQ4_0>(a, r);
-    for (int64_t b = b0; b < b0 + nb; ++b) {
-      const ActQ8* x = act_row<ActQ8>(a, b);
-      float acc = 0.0f;
-      float offset = 0.0f;
-      for (int64_t i = 0; i < blocks; ++i) {
-        int sum = 0;
-        for (int j = 0; j < kQK / 2; ++j) {
-          sum += (w[i].qs[j] & 0xF) * x[i].qs[j] + (w[i].qs[j] >> 4) * x[i].qs[j + kQK / 2];
-        }
-        const float dw = fp16_to_fp32(w[i].d);
-        acc += dw * x[i].d * static_cast<float>(sum);
-        offset += dw * x[i].s;
-      }
-      store(a, b, r, acc - 8.0f * offset);
-    }
-  }
+  rows_unsigned_blocks<BlockQ4_0>(
+      a, r0, r1, b0, nb,
+      [](const BlockQ4_0& w, int j) {
+        return j < kQK / 2 ? w.qs[j] & 0xF : w.qs[j - kQK / 2] >> 4;
+      },
+      [](const BlockQ4_0& w) { return fp16_to_fp32(w.d); }, -8.0f);
 }
 
 void rows_iq4_nl_scalar(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb) {
@@ -96,29 +108,15 @@ void rows_q8_0_scalar(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int 
 }
 
 void rows_q5_0_scalar(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb) {
-  rows_signed_blocks<BlockQ5_0>(a, r0, r1, b0, nb,
-                                [](const BlockQ5_0& w, int j) { return q5_level(w, j) - 16; });
+  rows_unsigned_blocks<BlockQ5_0>(
+      a, r0, r1, b0, nb, [](const BlockQ5_0& w, int j) { return q5_level(w, j); },
+      [](const BlockQ5_0& w) { return fp16_to_fp32(w.d); }, -16.0f);
 }
 
-// Levels 0-31 times the activations, plus the block offset m times the
-// activation block's sum (its s), which stands for sum(x).
 void rows_q5_1_scalar(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb) {
-  const int64_t blocks = a.cols / kQK;
-  for (int64_t r = r0; r < r1; ++r) {
-    const BlockQ5_1* w = weight_row<BlockQ5_1>(a, r);
-    for (int64_t b = b0; b < b0 + nb; ++b) {
-      const ActQ8* x = act_row<ActQ8>(a, b);
-      float acc = 0.0f;
-      float offset = 0.0f;
-      for (int64_t i = 0; i < blocks; ++i) {
-        int sum = 0;
-        for (int j = 0; j < kQK; ++j) sum += q5_level(w[i], j) * x[i].qs[j];
-        acc += fp16_to_fp32(w[i].d) * x[i].d * static_cast<float>(sum);
-        offset += fp16_to_fp32(w[i].m) * x[i].s;
-      }
-      store(a, b, r, acc + offset);
-    }
-  }
+  rows_unsigned_blocks<BlockQ5_1>(
+      a, r0, r1, b0, nb, [](const BlockQ5_1& w, int j) { return q5_level(w, j); },
+      [](const BlockQ5_1& w) { return fp16_to_fp32(w.m); }, 1.0f);
 }
 
 void rows_q4_k_scalar(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb) {
