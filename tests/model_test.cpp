@@ -274,6 +274,23 @@ std::vector<uint8_t> converted(const GgufTensorInfo& t, TensorType type) {
   return out;
 }
 
+// Writes `model`'s file to `path` with tensor `name` replaced by `type` and `data`.
+void write_with_tensor(const Model& model, const std::string& name, TensorType type,
+                       std::span<const uint8_t> data, const std::string& path) {
+  GgufWriter writer;
+  for (const auto& [key, value] : model.file().metadata()) writer.set(key, value);
+  for (const auto& t : model.file().tensors()) {
+    const bool replaced = t.name == name;
+    ASSERT_TRUE(writer
+                    .add_tensor(t.name, replaced ? type : static_cast<TensorType>(t.type), t.dims,
+                                replaced ? data
+                                         : std::span<const uint8_t>(
+                                               t.data, static_cast<size_t>(t.byte_size)))
+                    .ok());
+  }
+  ASSERT_TRUE(writer.write(path).ok());
+}
+
 // A model with one matrix swapped in memory computes exactly what the same
 // model written to a file with that tensor converted computes, and leaves the
 // model it came from untouched.
@@ -296,22 +313,9 @@ TEST(Model, WithMatrixEqualsTheConvertedFile) {
           Model::with_matrix(*base, name, TensorType::kQ4_0, converted(tensor, TensorType::kQ4_0));
       ASSERT_TRUE(swapped.ok()) << swapped.error().message;
 
-      GgufWriter writer;
-      for (const auto& [key, value] : (*base)->file().metadata()) writer.set(key, value);
-      for (const auto& t : (*base)->file().tensors()) {
-        if (t.name == name) {
-          ASSERT_TRUE(
-              writer.add_tensor(t.name, TensorType::kQ4_0, t.dims, converted(t, TensorType::kQ4_0))
-                  .ok());
-        } else {
-          ASSERT_TRUE(writer
-                          .add_tensor(t.name, static_cast<TensorType>(t.type), t.dims,
-                                      {t.data, static_cast<size_t>(t.byte_size)})
-                          .ok());
-        }
-      }
       const std::string written = testing::temp_path(".gguf");
-      ASSERT_TRUE(writer.write(written).ok());
+      write_with_tensor(**base, name, TensorType::kQ4_0, converted(tensor, TensorType::kQ4_0),
+                        written);
       auto from_file = Model::load(written);
       ASSERT_TRUE(from_file.ok());
       EXPECT_EQ(logits_of(*swapped, seq), logits_of(*from_file, seq));
@@ -401,21 +405,10 @@ TEST(Model, MatrixTypeWithoutKernelsIsNamed) {
   ASSERT_TRUE(write_synthetic_model(spec, path).ok());
   auto base = Model::load(path);
   ASSERT_TRUE(base.ok());
-  GgufWriter writer;
-  for (const auto& [key, value] : (*base)->file().metadata()) writer.set(key, value);
-  for (const auto& t : (*base)->file().tensors()) {
-    if (t.name == "blk.0.attn_q.weight") {
-      const std::vector<uint8_t> q5_k(t.dims[1] * t.dims[0] / 256 * 176, 0);
-      ASSERT_TRUE(writer.add_tensor(t.name, TensorType::kQ5_K, t.dims, q5_k).ok());
-    } else {
-      ASSERT_TRUE(writer
-                      .add_tensor(t.name, static_cast<TensorType>(t.type), t.dims,
-                                  {t.data, static_cast<size_t>(t.byte_size)})
-                      .ok());
-    }
-  }
+  const GgufTensorInfo& wq = *(*base)->file().find_tensor("blk.0.attn_q.weight");
+  const std::vector<uint8_t> q5_k(wq.dims[1] * wq.dims[0] / 256 * 176, 0);
   const std::string written = testing::temp_path(".gguf");
-  ASSERT_TRUE(writer.write(written).ok());
+  write_with_tensor(**base, wq.name, TensorType::kQ5_K, q5_k, written);
   auto refused = Model::load(written);
   ASSERT_FALSE(refused.ok());
   EXPECT_EQ(refused.error().kind, ErrorKind::kUnsupported);

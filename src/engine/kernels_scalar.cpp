@@ -25,33 +25,14 @@ void rows_float(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb, si
   }
 }
 
-// Rows of 32-element blocks whose weights are small signed integers,
-// value(block, j), times the block's fp16 scale.
-template <typename Block, typename Value>
-void rows_signed_blocks(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb, Value value) {
-  const int64_t blocks = a.cols / kQK;
-  for (int64_t r = r0; r < r1; ++r) {
-    const Block* w = weight_row<Block>(a, r);
-    for (int64_t b = b0; b < b0 + nb; ++b) {
-      const ActQ8* x = act_row<ActQ8>(a, b);
-      float acc = 0.0f;
-      for (int64_t i = 0; i < blocks; ++i) {
-        int sum = 0;
-        for (int j = 0; j < kQK; ++j) sum += value(w[i], j) * x[i].qs[j];
-        acc += fp16_to_fp32(w[i].d) * x[i].d * static_cast<float>(sum);
-      }
-      store(a, b, r, acc);
-    }
-  }
-}
-
-// Rows of 32-element blocks of unsigned levels, level(block, j), times the
+// Rows of 32-element blocks of integer levels, level(block, j), times the
 // block's fp16 scale, plus offset(block) times each activation block's sum
 // (its s), scaled by `offset_factor` once per row: Q4_0's and Q5_0's zero
-// points (-8, -16 times the scale) and Q5_1's block minimum.
+// points (-8, -16 times the scale) and Q5_1's block minimum. Signed levels
+// (Q8_0, IQ4_NL) have no offset.
 template <typename Block, typename Level, typename Offset>
-void rows_unsigned_blocks(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb, Level level,
-                          Offset offset, float offset_factor) {
+void rows_level_blocks(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb, Level level,
+                       Offset offset, float offset_factor) {
   const int64_t blocks = a.cols / kQK;
   for (int64_t r = r0; r < r1; ++r) {
     const Block* w = weight_row<Block>(a, r);
@@ -68,6 +49,12 @@ void rows_unsigned_blocks(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, 
       store(a, b, r, acc + offset_factor * offsets);
     }
   }
+}
+
+template <typename Block, typename Level>
+void rows_signed_blocks(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb, Level level) {
+  rows_level_blocks<Block>(
+      a, r0, r1, b0, nb, level, [](const Block&) { return 0.0f; }, 0.0f);
 }
 
 }  // namespace
@@ -88,7 +75,7 @@ void rows_bf16_scalar(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int 
 }
 
 void rows_q4_0_scalar(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb) {
-  rows_unsigned_blocks<BlockQ4_0>(
+  rows_level_blocks<BlockQ4_0>(
       a, r0, r1, b0, nb,
       [](const BlockQ4_0& w, int j) {
         return j < kQK / 2 ? w.qs[j] & 0xF : w.qs[j - kQK / 2] >> 4;
@@ -108,13 +95,13 @@ void rows_q8_0_scalar(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int 
 }
 
 void rows_q5_0_scalar(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb) {
-  rows_unsigned_blocks<BlockQ5_0>(
+  rows_level_blocks<BlockQ5_0>(
       a, r0, r1, b0, nb, [](const BlockQ5_0& w, int j) { return q5_level(w, j); },
       [](const BlockQ5_0& w) { return fp16_to_fp32(w.d); }, -16.0f);
 }
 
 void rows_q5_1_scalar(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb) {
-  rows_unsigned_blocks<BlockQ5_1>(
+  rows_level_blocks<BlockQ5_1>(
       a, r0, r1, b0, nb, [](const BlockQ5_1& w, int j) { return q5_level(w, j); },
       [](const BlockQ5_1& w) { return fp16_to_fp32(w.m); }, 1.0f);
 }
