@@ -713,6 +713,32 @@ TEST(Matmul, IdenticalBitsForAnyThreadCount) {
   }
 }
 
+// The largest sums the kernels' int16 lanes meet: every level at its top
+// (31 for Q5, 15 for Q4_0) times activations all at +127. Eight such steps
+// would overflow an int16 for Q5; the eight-row kernel must widen sooner.
+TEST(Matmul, ExtremeBlocksDoNotOverflow) {
+  ThreadPool pool(2);
+  constexpr int64_t kCols = 256, kRows = 4, kBatch = 8;
+  std::vector<float> w(kRows * kCols, 1.0f);
+  for (int64_t r = 0; r < kRows; ++r) w[r * kCols] = -1.0f;  // sets the scale: +1 maps to the top
+  const std::vector<float> x(kBatch * kCols, 1.0f);
+  for (TensorType t : {TensorType::kQ4_0, TensorType::kQ5_0, TensorType::kQ5_1}) {
+    SCOPED_TRACE(name_of(t));
+    const size_t rb = row_bytes(t, kCols);
+    std::vector<uint8_t> data(rb * kRows);
+    for (int64_t r = 0; r < kRows; ++r) {
+      ASSERT_TRUE(quantize_row(t, w.data() + r * kCols, data.data() + r * rb, kCols));
+    }
+    const WeightMatrix m{t, data.data(), kRows, kCols, rb};
+    std::vector<uint8_t> scratch(activation_scratch_bytes(t, kCols, kBatch));
+    std::vector<float> fast(kBatch * kRows), ref(kBatch * kRows);
+    matmul(m, x.data(), kBatch, fast.data(), scratch, pool);
+    matmul_reference(m, x.data(), kBatch, ref.data());
+    for (size_t i = 0; i < fast.size(); ++i)
+      ASSERT_NEAR(fast[i], ref[i], 1e-3f * std::fabs(ref[i]));
+  }
+}
+
 TEST(Matmul, DoesNotAllocate) {
   ThreadPool pool(2);
   const Matrix m = make_matrix(TensorType::kQ4_K, 256, 512, 5);

@@ -102,8 +102,16 @@ constexpr TypeOps kOps[] = {
 #endif
     },
     {TensorType::kQ8_0, detail::kQK, ActKind::kQ8, SY_FAST(rows_q8_0), detail::rows_q8_0_scalar},
-    {TensorType::kQ5_0, detail::kQK, ActKind::kQ8, SY_FAST(rows_q5_0), detail::rows_q5_0_scalar},
-    {TensorType::kQ5_1, detail::kQK, ActKind::kQ8, SY_FAST(rows_q5_1), detail::rows_q5_1_scalar},
+    {TensorType::kQ5_0, detail::kQK, ActKind::kQ8, SY_FAST(rows_q5_0), detail::rows_q5_0_scalar,
+#ifdef SY_KERNELS_AVX2
+     detail::group_q5_0_avx2
+#endif
+    },
+    {TensorType::kQ5_1, detail::kQK, ActKind::kQ8, SY_FAST(rows_q5_1), detail::rows_q5_1_scalar,
+#ifdef SY_KERNELS_AVX2
+     detail::group_q5_1_avx2
+#endif
+    },
     {TensorType::kIQ4_NL, detail::kQK, ActKind::kQ8, SY_FAST(rows_iq4_nl),
      detail::rows_iq4_nl_scalar,
 #ifdef SY_KERNELS_AVX2

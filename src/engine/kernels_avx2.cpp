@@ -474,39 +474,46 @@ struct Q6_KTile {
   }
 };
 
-// Q4_0 against an ActQ8x8 group: each dword of expanded weights (4 elements)
-// is broadcast and multiplied with the same 4 elements of all eight rows. The
-// int16 sums of 8 steps stay below 8 * 2 * 15 * 127 = 30480, so they need one
-// widening per block; after it, lane k of every vector is activation row k.
-void group_q4_0(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0) {
+// Unsigned weight levels against an ActQ8x8 group: each dword of levels (4
+// elements) is broadcast and multiplied with the same 4 elements of all eight
+// rows; after widening, lane k of every vector is activation row k. The int16
+// sums must stay below 2^15: kSteps steps of 2 * max level * 127 each, so
+// Q4_0 (levels to 15) widens once per block and Q5 (to 31) every four steps.
+// offset(block) times the activation sums, times offset_factor, is added once
+// per row, as in accumulate_unsigned.
+template <typename Block, int kSteps, typename Levels, typename Offset>
+void group_unsigned(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, Levels levels,
+                    Offset offset, float offset_factor) {
+  static_assert((kQK / 4) % kSteps == 0);
   const int64_t blocks = a.cols / kQK;
-  const NibbleExpander nibbles;
   const __m256i ones = _mm256_set1_epi16(1);
   const auto* x = act_row<ActQ8x8>(a, b0);
   for (int64_t r = r0; r < r1; ++r) {
-    const BlockQ4_0* w = weight_row<BlockQ4_0>(a, r);
+    const Block* w = weight_row<Block>(a, r);
     __m256 acc = _mm256_setzero_ps();
     __m256 off = _mm256_setzero_ps();
     for (int64_t i = 0; i < blocks; ++i) {
-      const __m256i q = nibbles(w[i].qs);
-      __m256i sum16 = _mm256_setzero_si256();
-      for (int j = 0; j < kQK / 4; ++j) {
-        const __m256i wj = _mm256_permutevar8x32_epi32(q, _mm256_set1_epi32(j));
-        sum16 = _mm256_add_epi16(sum16, _mm256_maddubs_epi16(wj, load256(x[i].qs[j])));
+      const __m256i q = levels(w[i]);
+      __m256i sum32 = _mm256_setzero_si256();
+      for (int j0 = 0; j0 < kQK / 4; j0 += kSteps) {
+        __m256i sum16 = _mm256_setzero_si256();
+        for (int j = j0; j < j0 + kSteps; ++j) {
+          const __m256i wj = _mm256_permutevar8x32_epi32(q, _mm256_set1_epi32(j));
+          sum16 = _mm256_add_epi16(sum16, _mm256_maddubs_epi16(wj, load256(x[i].qs[j])));
+        }
+        sum32 = _mm256_add_epi32(sum32, _mm256_madd_epi16(sum16, ones));
       }
-      const __m256i p = _mm256_madd_epi16(sum16, ones);
-      const __m256 dw = broadcast_half(w[i].d);
-      const __m256 scale = _mm256_mul_ps(dw, _mm256_loadu_ps(x[i].d));
-      acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), scale, acc);
-      off = _mm256_fmadd_ps(dw, _mm256_loadu_ps(x[i].s), off);
+      const __m256 scale = _mm256_mul_ps(broadcast_half(w[i].d), _mm256_loadu_ps(x[i].d));
+      acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum32), scale, acc);
+      off = _mm256_fmadd_ps(offset(w[i]), _mm256_loadu_ps(x[i].s), off);
     }
     alignas(32) float out[kGroupRows];
-    _mm256_store_ps(out, _mm256_fnmadd_ps(_mm256_set1_ps(8.0f), off, acc));
+    _mm256_store_ps(out, _mm256_fmadd_ps(_mm256_set1_ps(offset_factor), off, acc));
     for (int k = 0; k < kGroupRows; ++k) a.y[(b0 + k) * a.y_stride + r] = out[k];
   }
 }
 
-// IQ4_NL against an ActQ8x8 group, as group_q4_0 but with signed grid
+// IQ4_NL against an ActQ8x8 group, as group_unsigned but with signed grid
 // values: |w| times x with w's sign, widened to int32 at every step, since
 // two products of 127 * 127 already fill an int16.
 void group_iq4_nl(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0) {
@@ -587,7 +594,26 @@ void rows_q4_0_avx2(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb
   run_tile<Block32Kernel<Q4_0Step>::Tile>(a, r0, r1, b0, nb);
 }
 void group_q4_0_avx2(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0) {
-  group_q4_0(a, r0, r1, b0);
+  const NibbleExpander nibbles;
+  group_unsigned<BlockQ4_0, 8>(
+      a, r0, r1, b0, [&](const BlockQ4_0& w) { return nibbles(w.qs); },
+      [](const BlockQ4_0& w) { return broadcast_half(w.d); }, -8.0f);
+}
+void group_q5_0_avx2(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0) {
+  const NibbleExpander nibbles;
+  const HighBitExpander high_bits;
+  group_unsigned<BlockQ5_0, 4>(
+      a, r0, r1, b0,
+      [&](const BlockQ5_0& w) { return _mm256_or_si256(nibbles(w.qs), high_bits(w.qh)); },
+      [](const BlockQ5_0& w) { return broadcast_half(w.d); }, -16.0f);
+}
+void group_q5_1_avx2(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0) {
+  const NibbleExpander nibbles;
+  const HighBitExpander high_bits;
+  group_unsigned<BlockQ5_1, 4>(
+      a, r0, r1, b0,
+      [&](const BlockQ5_1& w) { return _mm256_or_si256(nibbles(w.qs), high_bits(w.qh)); },
+      [](const BlockQ5_1& w) { return broadcast_half(w.m); }, 1.0f);
 }
 void group_iq4_nl_avx2(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0) {
   group_iq4_nl(a, r0, r1, b0);

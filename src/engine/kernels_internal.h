@@ -207,6 +207,8 @@ void rows_q5_1_avx2(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb
 void rows_q4_k_avx2(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb);
 void rows_q6_k_avx2(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb);
 void group_q4_0_avx2(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0);
+void group_q5_0_avx2(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0);
+void group_q5_1_avx2(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0);
 void group_iq4_nl_avx2(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0);
 #endif
 
