@@ -18,6 +18,7 @@
 #include <immintrin.h>
 
 #include <cstring>
+#include <type_traits>
 
 namespace sy::engine::detail {
 namespace {
@@ -244,36 +245,37 @@ struct HighBitExpander {
   }
 };
 
-// Q5_0: unsigned five-bit levels as Q4_0's nibbles, less 16 the same way.
-struct Q5_0Step {
+// Q5_0 and Q5_1: Q4_0's nibbles plus the fifth bit, as unsigned levels 0-31.
+// Q5_0 takes back 16 steps of its scale as Q4_0 takes back 8; Q5_1 adds its
+// block minimum m instead.
+template <typename Q5Block>
+struct Q5Step {
   using Act = ActQ8;
-  using Block = BlockQ5_0;
+  using Block = Q5Block;
+  static constexpr bool kHasMin = std::is_same_v<Block, BlockQ5_1>;
+  static constexpr float kOffsetFactor = kHasMin ? 1.0f : -16.0f;
   const NibbleExpander nibbles;
   const HighBitExpander high_bits;
 
+  [[gnu::always_inline]] __m256i levels(const Block& w) const {
+    return _mm256_or_si256(nibbles(w.qs), high_bits(w.qh));
+  }
+  [[gnu::always_inline]] static __m256 offset(const Block& w) {
+    if constexpr (kHasMin) {
+      return broadcast_half(w.m);
+    } else {
+      return broadcast_half(w.d);
+    }
+  }
   template <int NB>
   [[gnu::always_inline]] void operator()(const Block& w, const Act* const* x, __m256* acc,
                                          __m256* off) const {
-    const __m256 dw = broadcast_half(w.d);
-    accumulate_unsigned<NB>(_mm256_or_si256(nibbles(w.qs), high_bits(w.qh)), dw, dw, x, acc, off);
+    accumulate_unsigned<NB>(levels(w), broadcast_half(w.d), offset(w), x, acc, off);
   }
-  static float finish(__m256 acc, __m256 off) { return hsum(acc) - 16.0f * _mm256_cvtss_f32(off); }
-};
-
-// Q5_1: the same levels, plus the block minimum m times the activations' sum.
-struct Q5_1Step {
-  using Act = ActQ8;
-  using Block = BlockQ5_1;
-  const NibbleExpander nibbles;
-  const HighBitExpander high_bits;
-
-  template <int NB>
-  [[gnu::always_inline]] void operator()(const Block& w, const Act* const* x, __m256* acc,
-                                         __m256* off) const {
-    accumulate_unsigned<NB>(_mm256_or_si256(nibbles(w.qs), high_bits(w.qh)), broadcast_half(w.d),
-                            broadcast_half(w.m), x, acc, off);
+  // All lanes of off hold the same sum.
+  static float finish(__m256 acc, __m256 off) {
+    return hsum(acc) + kOffsetFactor * _mm256_cvtss_f32(off);
   }
-  static float finish(__m256 acc, __m256 off) { return hsum(acc) + _mm256_cvtss_f32(off); }
 };
 
 // IQ4_NL: Q4_0's nibbles index the grid with one byte shuffle per lane.
@@ -599,21 +601,18 @@ void group_q4_0_avx2(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0) {
       a, r0, r1, b0, [&](const BlockQ4_0& w) { return nibbles(w.qs); },
       [](const BlockQ4_0& w) { return broadcast_half(w.d); }, -8.0f);
 }
+template <typename Block>
+void group_q5(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0) {
+  const Q5Step<Block> step;
+  group_unsigned<Block, 4>(
+      a, r0, r1, b0, [&](const Block& w) { return step.levels(w); },
+      [](const Block& w) { return Q5Step<Block>::offset(w); }, Q5Step<Block>::kOffsetFactor);
+}
 void group_q5_0_avx2(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0) {
-  const NibbleExpander nibbles;
-  const HighBitExpander high_bits;
-  group_unsigned<BlockQ5_0, 4>(
-      a, r0, r1, b0,
-      [&](const BlockQ5_0& w) { return _mm256_or_si256(nibbles(w.qs), high_bits(w.qh)); },
-      [](const BlockQ5_0& w) { return broadcast_half(w.d); }, -16.0f);
+  group_q5<BlockQ5_0>(a, r0, r1, b0);
 }
 void group_q5_1_avx2(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0) {
-  const NibbleExpander nibbles;
-  const HighBitExpander high_bits;
-  group_unsigned<BlockQ5_1, 4>(
-      a, r0, r1, b0,
-      [&](const BlockQ5_1& w) { return _mm256_or_si256(nibbles(w.qs), high_bits(w.qh)); },
-      [](const BlockQ5_1& w) { return broadcast_half(w.m); }, 1.0f);
+  group_q5<BlockQ5_1>(a, r0, r1, b0);
 }
 void group_iq4_nl_avx2(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0) {
   group_iq4_nl(a, r0, r1, b0);
@@ -625,10 +624,10 @@ void rows_q8_0_avx2(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb
   run_tile<Block32Kernel<Q8_0Step>::Tile>(a, r0, r1, b0, nb);
 }
 void rows_q5_0_avx2(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb) {
-  run_tile<Block32Kernel<Q5_0Step>::Tile>(a, r0, r1, b0, nb);
+  run_tile<Block32Kernel<Q5Step<BlockQ5_0>>::Tile>(a, r0, r1, b0, nb);
 }
 void rows_q5_1_avx2(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb) {
-  run_tile<Block32Kernel<Q5_1Step>::Tile>(a, r0, r1, b0, nb);
+  run_tile<Block32Kernel<Q5Step<BlockQ5_1>>::Tile>(a, r0, r1, b0, nb);
 }
 void rows_q4_k_avx2(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb) {
   run_tile<Q4_KTile>(a, r0, r1, b0, nb);

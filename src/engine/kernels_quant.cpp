@@ -143,16 +143,29 @@ const float* fitting_weights(const float* x, const float* importance, int n, flo
 
 }  // namespace
 
+namespace {
+
+// ggml's reference rounding for Q4_0 (kLevels 16) and Q5_0 (32), so files
+// match llama.cpp's quantizer: the block's largest-magnitude element maps to
+// level 0, i.e. -kLevels/2 steps. Writes the 32 levels and returns the scale.
+template <int kLevels>
+float symmetric_levels(const float* x, int* level) {
+  const float d = signed_max(x, kQK) / -(kLevels / 2.0f);
+  const float id = d != 0.0f ? 1.0f / d : 0.0f;
+  for (int j = 0; j < kQK; ++j) {
+    level[j] = std::min(kLevels - 1, static_cast<int>(x[j] * id + (kLevels / 2.0f + 0.5f)));
+  }
+  return d;
+}
+
+}  // namespace
+
 void quantize_q4_0(const float* x, BlockQ4_0* y, int64_t n) {
-  // Follows ggml's reference rounding so files match llama.cpp's quantizer.
   for (int64_t b = 0; b < n / kQK; ++b, x += kQK) {
-    const float d = signed_max(x, kQK) / -8.0f;
-    const float id = d != 0.0f ? 1.0f / d : 0.0f;
-    y[b].d = fp32_to_fp16(d);
+    int level[kQK];
+    y[b].d = fp32_to_fp16(symmetric_levels<16>(x, level));
     for (int j = 0; j < kQK / 2; ++j) {
-      const int lo = std::min(15, static_cast<int>(x[j] * id + 8.5f));
-      const int hi = std::min(15, static_cast<int>(x[j + kQK / 2] * id + 8.5f));
-      y[b].qs[j] = static_cast<uint8_t>(lo | (hi << 4));
+      y[b].qs[j] = static_cast<uint8_t>(level[j] | (level[j + kQK / 2] << 4));
     }
   }
 }
@@ -351,13 +364,9 @@ void pack_q5(const int* level, Block& y) {
 }  // namespace
 
 void quantize_q5_0(const float* x, BlockQ5_0* y, int64_t n) {
-  // Q4_0's rule with 32 levels: the largest-magnitude element maps to -16.
   for (int64_t b = 0; b < n / kQK; ++b, x += kQK) {
-    const float d = signed_max(x, kQK) / -16.0f;
-    const float id = d != 0.0f ? 1.0f / d : 0.0f;
-    y[b].d = fp32_to_fp16(d);
     int level[kQK];
-    for (int j = 0; j < kQK; ++j) level[j] = std::min(31, static_cast<int>(x[j] * id + 16.5f));
+    y[b].d = fp32_to_fp16(symmetric_levels<32>(x, level));
     pack_q5(level, y[b]);
   }
 }
