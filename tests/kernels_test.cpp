@@ -54,9 +54,10 @@ using detail::BlockQ4_K;
 using detail::BlockQ6_K;
 using detail::BlockQ8_0;
 
-constexpr TensorType kAllTypes[] = {
-    TensorType::kF32,  TensorType::kF16,  TensorType::kBF16, TensorType::kQ4_0, TensorType::kIQ4_NL,
-    TensorType::kQ8_0, TensorType::kQ5_0, TensorType::kQ5_1, TensorType::kQ4_K, TensorType::kQ6_K};
+constexpr TensorType kAllTypes[] = {TensorType::kF32,  TensorType::kF16,    TensorType::kBF16,
+                                    TensorType::kQ4_0, TensorType::kIQ4_NL, TensorType::kQ8_0,
+                                    TensorType::kQ5_0, TensorType::kQ5_1,   TensorType::kQ4_K,
+                                    TensorType::kQ5_K, TensorType::kQ6_K};
 
 const char* name_of(TensorType t) {
   switch (t) {
@@ -78,6 +79,8 @@ const char* name_of(TensorType t) {
       return "Q5_1";
     case TensorType::kQ4_K:
       return "Q4_K";
+    case TensorType::kQ5_K:
+      return "Q5_K";
     case TensorType::kQ6_K:
       return "Q6_K";
     default:
@@ -91,7 +94,7 @@ bool is_quantized(TensorType t) {
 
 // Elements covered by one activation scale for a quantized weight type.
 int64_t act_block(TensorType t) {
-  return (t == TensorType::kQ4_K || t == TensorType::kQ6_K) ? 256 : 32;
+  return (t == TensorType::kQ4_K || t == TensorType::kQ5_K || t == TensorType::kQ6_K) ? 256 : 32;
 }
 
 size_t row_bytes(TensorType t, int64_t cols) {
@@ -322,6 +325,33 @@ TEST(Layout, Q4_KScalePackingAndNibbles) {
   }
 }
 
+// Q5_K is Q4_K's block plus qh: bit 2k of qh[l] is the fifth bit of element
+// 64k + l, bit 2k + 1 that of element 64k + 32 + l (ggml's block_q5_K).
+TEST(Layout, Q5_KFifthBitsFromQh) {
+  detail::BlockQ5_K b{};
+  b.d = 0x3C00;     // 1.0
+  b.dmin = 0x3800;  // 0.5
+  const uint8_t packed[12] = {0xC1, 0x02, 0x03, 0xC4, 0x09, 0x8A,
+                              0x0B, 0x4C, 0xD5, 0x86, 0xF7, 0x0F};
+  const int sc[8] = {1, 2, 3, 4, 53, 6, 7, 63};
+  const int mn[8] = {9, 10, 11, 12, 13, 40, 15, 16};
+  std::memcpy(b.scales, packed, 12);
+  auto q_of = [](int e) { return (e * 13 + 5) % 32; };
+  for (int k = 0; k < 4; ++k) {
+    for (int l = 0; l < 32; ++l) {
+      const int lo = q_of(64 * k + l), hi = q_of(64 * k + 32 + l);
+      b.qs[32 * k + l] = static_cast<uint8_t>((lo & 0xF) | ((hi & 0xF) << 4));
+      b.qh[l] = static_cast<uint8_t>(b.qh[l] | ((lo >> 4) << (2 * k)) | ((hi >> 4) << (2 * k + 1)));
+    }
+  }
+  float y[256];
+  ASSERT_TRUE(dequantize_row(TensorType::kQ5_K, &b, y, 256));
+  for (int e = 0; e < 256; ++e) {
+    const int j = e / 32;
+    EXPECT_EQ(y[e], 1.0f * sc[j] * q_of(e) - 0.5f * mn[j]) << e;
+  }
+}
+
 TEST(Layout, Q6_KHandBuiltBlock) {
   BlockQ6_K b{};
   b.d = 0x3400;  // 0.25
@@ -384,7 +414,7 @@ TEST(Layout, QuantizersWriteTheLayoutTheyRead) {
 TEST(Layout, UnsupportedTypesAndSizes) {
   float x[64] = {};
   uint8_t buf[256];
-  EXPECT_FALSE(quantize_row(TensorType::kQ5_K, x, buf, 256));
+  EXPECT_FALSE(quantize_row(TensorType::kQ3_K, x, buf, 256));
   EXPECT_FALSE(dequantize_row(TensorType::kQ2_K, buf, x, 256));
   EXPECT_FALSE(quantize_row(TensorType::kQ4_0, x, buf, 33));
   EXPECT_FALSE(dequantize_row(TensorType::kQ4_K, buf, x, 64));
@@ -502,7 +532,8 @@ TEST(RoundTrip, WeightedByImportance) {
   const std::vector<float> zero(n, 0.0f);
   for (const auto& [type, at_most] :
        {std::pair{TensorType::kQ4_0, 0.8}, std::pair{TensorType::kIQ4_NL, 0.9},
-        std::pair{TensorType::kQ4_K, 0.9}, std::pair{TensorType::kQ6_K, 0.9}}) {
+        std::pair{TensorType::kQ4_K, 0.9}, std::pair{TensorType::kQ5_K, 0.9},
+        std::pair{TensorType::kQ6_K, 0.9}}) {
     SCOPED_TRACE(tensor_type_name(static_cast<uint32_t>(type)));
     std::vector<uint8_t> plain(row_bytes(type, n));
     std::vector<uint8_t> weighted(plain.size());
@@ -552,6 +583,23 @@ TEST(RoundTrip, Q4_K) {
     for (size_t i = b; i < b + 32; ++i) ASSERT_LE(std::fabs(r.x[i] - r.y[i]), bound) << i;
   }
   EXPECT_LT(r.rms_relative, 0.078);
+}
+
+TEST(RoundTrip, Q5_K) {
+  const auto r = round_trip(TensorType::kQ5_K, 256 * 32, 6);
+  const auto q4_k = round_trip(TensorType::kQ4_K, 256 * 32, 6);
+  for (size_t b = 0; b < r.x.size(); b += 32) {
+    // Q4_K's bound with 31 steps.
+    float lo = 0.0f, hi = 0.0f;
+    for (size_t i = b; i < b + 32; ++i) {
+      lo = std::min(lo, r.x[i]);
+      hi = std::max(hi, r.x[i]);
+    }
+    const float bound = (hi - lo) / 31 * 1.5f;
+    for (size_t i = b; i < b + 32; ++i) ASSERT_LE(std::fabs(r.x[i] - r.y[i]), bound) << i;
+  }
+  // Twice the levels, about half Q4_K's error.
+  EXPECT_LT(r.rms_relative, 0.6 * q4_k.rms_relative);
 }
 
 TEST(RoundTrip, Q6_K) {
@@ -664,6 +712,7 @@ int64_t test_cols(TensorType t) {
   // length with a vector tail for the float types.
   switch (t) {
     case TensorType::kQ4_K:
+    case TensorType::kQ5_K:
     case TensorType::kQ6_K:
       return 512;
     case TensorType::kQ4_0:
@@ -722,7 +771,8 @@ TEST(Matmul, ExtremeBlocksDoNotOverflow) {
   std::vector<float> w(kRows * kCols, 1.0f);
   for (int64_t r = 0; r < kRows; ++r) w[r * kCols] = -1.0f;  // sets the scale: +1 maps to the top
   const std::vector<float> x(kBatch * kCols, 1.0f);
-  for (TensorType t : {TensorType::kQ4_0, TensorType::kQ5_0, TensorType::kQ5_1}) {
+  for (TensorType t :
+       {TensorType::kQ4_0, TensorType::kQ5_0, TensorType::kQ5_1, TensorType::kQ5_K}) {
     SCOPED_TRACE(name_of(t));
     const size_t rb = row_bytes(t, kCols);
     std::vector<uint8_t> data(rb * kRows);

@@ -156,7 +156,7 @@ TEST_P(ForwardMatchesReference, LogitsAtEveryStep) {
   spec.embedding_type = c.type;
   spec.tied_output = c.tied;
   spec.llama3_rope_scaling = c.llama3_scaling;
-  const bool k_quant = c.type == TensorType::kQ4_K || c.type == TensorType::kQ6_K;
+  const bool k_quant = tensor_type_traits(static_cast<uint32_t>(c.type))->block_size == 256;
   if (k_quant) {  // K-quant rows are 256 elements long
     spec.embedding_length = 256;
     spec.feed_forward_length = 512;
@@ -205,18 +205,20 @@ INSTANTIATE_TEST_SUITE_P(AllTypes, ForwardMatchesReference,
                                            Case{"llama", TensorType::kQ4_0, true, false},
                                            Case{"llama", TensorType::kQ4_K, false, false},
                                            Case{"llama", TensorType::kIQ4_NL, false, false},
+                                           Case{"llama", TensorType::kQ5_K, false, false},
                                            Case{"llama", TensorType::kQ6_K, false, false},
                                            Case{"llama", TensorType::kQ5_0, false, false},
                                            Case{"llama", TensorType::kQ5_1, true, false},
                                            Case{"qwen2", TensorType::kF32, true, false},
                                            Case{"qwen2", TensorType::kQ8_0, false, false},
                                            Case{"qwen2", TensorType::kQ4_K, true, false},
-                                           Case{"qwen2", TensorType::kQ5_0, false, false}),
+                                           Case{"qwen2", TensorType::kQ5_0, false, false},
+                                           Case{"qwen2", TensorType::kQ5_K, true, false}),
                          case_name);
 
 TEST(Model, BatchedPromptEqualsTokenByToken) {
   for (TensorType type : {TensorType::kF32, TensorType::kQ8_0, TensorType::kQ4_0, TensorType::kQ5_1,
-                          TensorType::kQ4_K, TensorType::kQ6_K}) {
+                          TensorType::kQ4_K, TensorType::kQ5_K, TensorType::kQ6_K}) {
     SCOPED_TRACE(tensor_type_name(static_cast<uint32_t>(type)));
     SyntheticModelSpec spec;
     spec.matrix_type = type;
@@ -406,14 +408,14 @@ TEST(Model, MatrixTypeWithoutKernelsIsNamed) {
   auto base = Model::load(path);
   ASSERT_TRUE(base.ok());
   const GgufTensorInfo& wq = *(*base)->file().find_tensor("blk.0.attn_q.weight");
-  const std::vector<uint8_t> q5_k(wq.dims[1] * wq.dims[0] / 256 * 176, 0);
+  const std::vector<uint8_t> q3_k(wq.dims[1] * wq.dims[0] / 256 * 110, 0);
   const std::string written = testing::temp_path(".gguf");
-  write_with_tensor(**base, wq.name, TensorType::kQ5_K, q5_k, written);
+  write_with_tensor(**base, wq.name, TensorType::kQ3_K, q3_k, written);
   auto refused = Model::load(written);
   ASSERT_FALSE(refused.ok());
   EXPECT_EQ(refused.error().kind, ErrorKind::kUnsupported);
   const std::string& why = refused.error().message;
-  EXPECT_NE(why.find("'blk.0.attn_q.weight' has type Q5_K"), std::string::npos) << why;
+  EXPECT_NE(why.find("'blk.0.attn_q.weight' has type Q3_K"), std::string::npos) << why;
   EXPECT_NE(why.find(computable_type_names()), std::string::npos) << why;
   EXPECT_NE(computable_type_names().find("Q5_0, Q5_1"), std::string::npos);
   std::filesystem::remove(written);

@@ -8,6 +8,7 @@
 namespace sy::cli {
 
 void add_run_command(CLI::App& app);
+void add_bench_command(CLI::App& app);
 void add_serve_command(CLI::App& app);
 void add_router_command(CLI::App& app);
 void add_report_command(CLI::App& app);

@@ -16,9 +16,11 @@ int main(int argc, char** argv) {
       "  switchyard serve -m stories260K --port 8080\n"
       "  switchyard serve --config examples/gateway.yaml\n"
       "  switchyard quantize stories260K stories260K-q8.gguf --type Q8_0\n"
+      "  switchyard bench -m stories260K -p 128 -n 32\n"
       "Models are found by path or by name in SWITCHYARD_MODEL_PATH\n"
       "(colon-separated folders; default models:../shared/data/models).");
   sy::cli::add_run_command(app);
+  sy::cli::add_bench_command(app);
   sy::cli::add_serve_command(app);
   sy::cli::add_router_command(app);
   sy::cli::add_report_command(app);

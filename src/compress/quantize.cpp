@@ -78,6 +78,8 @@ FittedType fit_type(TensorType wanted, uint64_t row_length) {
       switch (type) {
         case TensorType::kQ4_K:
           return TensorType::kQ4_0;
+        case TensorType::kQ5_K:
+          return TensorType::kQ5_1;
         case TensorType::kQ6_K:
           return TensorType::kQ8_0;
         default:
@@ -96,9 +98,11 @@ FittedType fit_type(TensorType wanted, uint64_t row_length) {
 
 std::vector<TensorChoice> uniform_choices(const engine::GgufFile& file, TensorType type,
                                           bool pure) {
-  const bool four_bit =
-      type == TensorType::kQ4_0 || type == TensorType::kIQ4_NL || type == TensorType::kQ4_K;
-  const engine::GgufTensorInfo* output = pure || !four_bit ? nullptr : output_projection(file);
+  // llama.cpp's 4- and 5-bit mixes keep the output projection, the matrix
+  // most sensitive to rounding, at Q6_K.
+  const bool output_at_q6k = type == TensorType::kQ4_0 || type == TensorType::kIQ4_NL ||
+                             type == TensorType::kQ4_K || type == TensorType::kQ5_K;
+  const engine::GgufTensorInfo* output = pure || !output_at_q6k ? nullptr : output_projection(file);
   std::vector<TensorChoice> choices;
   choices.reserve(file.tensors().size());
   for (const auto& t : file.tensors()) {
@@ -146,11 +150,10 @@ Result<std::vector<uint8_t>> convert_tensor(const engine::GgufTensorInfo& tensor
                           "BF16 original instead");
   }
   if (!target_traits.computable) {
-    return make_error(
-        ErrorKind::kUnsupported,
-        "cannot quantize to " + type_name(type) +
-            ": the engine has no kernels for it; use Q4_0, IQ4_NL, Q4_K, Q6_K, Q8_0, F16, "
-            "BF16 or F32");
+    return make_error(ErrorKind::kUnsupported,
+                      "cannot quantize to " + type_name(type) +
+                          ": the engine has no kernels for it; use one of " +
+                          engine::computable_type_names());
   }
   const uint64_t cols = tensor.dims[0];
   if (cols % target_traits.block_size != 0) {
@@ -213,6 +216,8 @@ uint32_t llama_file_type(const engine::GgufFile& file, std::span<const TensorCho
       return 9;
     case TensorType::kQ4_K:
       return 14;
+    case TensorType::kQ5_K:
+      return 16;
     case TensorType::kQ6_K:
       return 18;
     case TensorType::kBF16:

@@ -101,7 +101,11 @@ constexpr TypeOps kOps[] = {
      detail::group_q4_0_avx2
 #endif
     },
-    {TensorType::kQ8_0, detail::kQK, ActKind::kQ8, SY_FAST(rows_q8_0), detail::rows_q8_0_scalar},
+    {TensorType::kQ8_0, detail::kQK, ActKind::kQ8, SY_FAST(rows_q8_0), detail::rows_q8_0_scalar,
+#ifdef SY_KERNELS_AVX2
+     detail::group_q8_0_avx2
+#endif
+    },
     {TensorType::kQ5_0, detail::kQK, ActKind::kQ8, SY_FAST(rows_q5_0), detail::rows_q5_0_scalar,
 #ifdef SY_KERNELS_AVX2
      detail::group_q5_0_avx2
@@ -119,6 +123,7 @@ constexpr TypeOps kOps[] = {
 #endif
     },
     {TensorType::kQ4_K, detail::kQKK, ActKind::kQ8K, SY_FAST(rows_q4_k), detail::rows_q4_k_scalar},
+    {TensorType::kQ5_K, detail::kQKK, ActKind::kQ8K, SY_FAST(rows_q5_k), detail::rows_q5_k_scalar},
     {TensorType::kQ6_K, detail::kQKK, ActKind::kQ8K, SY_FAST(rows_q6_k), detail::rows_q6_k_scalar},
 };
 
@@ -241,6 +246,9 @@ bool quantize_row(TensorType type, const float* src, void* dst, int64_t n) {
     case TensorType::kQ4_K:
       detail::quantize_q4_k(src, static_cast<detail::BlockQ4_K*>(dst), n);
       return true;
+    case TensorType::kQ5_K:
+      detail::quantize_q5_k(src, static_cast<detail::BlockQ5_K*>(dst), n);
+      return true;
     case TensorType::kQ6_K:
       detail::quantize_q6_k(src, static_cast<detail::BlockQ6_K*>(dst), n);
       return true;
@@ -263,6 +271,10 @@ bool quantize_row_weighted(TensorType type, const float* src, void* dst, int64_t
     case TensorType::kQ4_K:
       if (n % detail::kQKK != 0) return false;
       detail::quantize_q4_k(src, static_cast<detail::BlockQ4_K*>(dst), n, importance);
+      return true;
+    case TensorType::kQ5_K:
+      if (n % detail::kQKK != 0) return false;
+      detail::quantize_q5_k(src, static_cast<detail::BlockQ5_K*>(dst), n, importance);
       return true;
     case TensorType::kQ6_K:
       if (n % detail::kQKK != 0) return false;
@@ -314,6 +326,9 @@ bool dequantize_row(TensorType type, const void* src, float* dst, int64_t n) {
       return true;
     case TensorType::kQ4_K:
       detail::dequantize_q4_k(static_cast<const detail::BlockQ4_K*>(src), dst, n);
+      return true;
+    case TensorType::kQ5_K:
+      detail::dequantize_q5_k(static_cast<const detail::BlockQ5_K*>(src), dst, n);
       return true;
     case TensorType::kQ6_K:
       detail::dequantize_q6_k(static_cast<const detail::BlockQ6_K*>(src), dst, n);

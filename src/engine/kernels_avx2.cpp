@@ -346,18 +346,28 @@ struct Block32Kernel {
   };
 };
 
-// Q4_K: per 32 elements, maddubs then madd against the sub-block scale
-// (broadcast with a byte shuffle) keeps the super block in int32; the mins
-// meet the per-32 activation sums in one 8-lane madd.
+// Q4_K and Q5_K: per 32 elements, maddubs then madd against the sub-block
+// scale (broadcast with a byte shuffle) keeps the super block in int32; the
+// mins meet the per-32 activation sums in one 8-lane madd. Q5_K's fifth bits
+// (levels up to 31: a maddubs pair sum stays below 2 * 31 * 127, far from
+// int16 saturation) come from qh, two bits per pair of sub-blocks.
+template <typename Block>
+struct ScaleMinK {
+  static constexpr bool kFifthBit = std::is_same_v<Block, BlockQ5_K>;
+  template <int NB>
+  struct Tile;
+};
+template <typename Block>
 template <int NB>
-struct Q4_KTile {
+struct ScaleMinK<Block>::Tile {
   static void run(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0) {
     const int64_t blocks = a.cols / kQKK;
     const __m256i low4 = _mm256_set1_epi8(0x0F);
+    const __m256i fifth = _mm256_set1_epi8(0x10);
     const ActQ8K* x[NB];
     for (int k = 0; k < NB; ++k) x[k] = act_row<ActQ8K>(a, b0 + k);
     for (int64_t r = r0; r < r1; ++r) {
-      const BlockQ4_K* w = weight_row<BlockQ4_K>(a, r);
+      const Block* w = weight_row<Block>(a, r);
       __m256 acc[NB];
       for (int k = 0; k < NB; ++k) acc[k] = _mm256_setzero_ps();
       for (int64_t i = 0; i < blocks; ++i) {
@@ -373,10 +383,20 @@ struct Q4_KTile {
         const __m256i next = _mm256_set1_epi16(1);
         __m256i sum[NB];
         for (int k = 0; k < NB; ++k) sum[k] = _mm256_setzero_si256();
+        [[maybe_unused]] __m256i high_bits;
+        if constexpr (kFifthBit) high_bits = load256(w[i].qh);
         for (int j = 0; j < 4; ++j) {
           const __m256i q = load256(w[i].qs + 32 * j);
-          const __m256i lo = _mm256_and_si256(q, low4);
-          const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), low4);
+          __m256i lo = _mm256_and_si256(q, low4);
+          __m256i hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), low4);
+          if constexpr (kFifthBit) {
+            // Bits 0 and 1 of each byte, moved to bit 4; the next pair of
+            // sub-blocks then reads the next two bits. The 16-bit shifts
+            // carry the high byte's bits no lower than bit 6 of the low one.
+            lo = _mm256_or_si256(lo, _mm256_and_si256(_mm256_slli_epi16(high_bits, 4), fifth));
+            hi = _mm256_or_si256(hi, _mm256_and_si256(_mm256_slli_epi16(high_bits, 3), fifth));
+            high_bits = _mm256_srli_epi16(high_bits, 2);
+          }
           const __m256i s_lo = _mm256_shuffle_epi8(scales, pick);
           pick = _mm256_add_epi16(pick, next);
           const __m256i s_hi = _mm256_shuffle_epi8(scales, pick);
@@ -515,19 +535,20 @@ void group_unsigned(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, Levels
   }
 }
 
-// IQ4_NL against an ActQ8x8 group, as group_unsigned but with signed grid
-// values: |w| times x with w's sign, widened to int32 at every step, since
-// two products of 127 * 127 already fill an int16.
-void group_iq4_nl(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0) {
+// Signed weight levels (IQ4_NL's grid values, Q8_0's bytes; levels(w) gives
+// a block's 32) against an ActQ8x8 group, as group_unsigned: |w| times x with
+// w's sign, widened to int32 at every step, since two products of 127 * 127
+// already fill an int16.
+template <typename Block, typename Levels>
+void group_signed(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, Levels levels) {
   const int64_t blocks = a.cols / kQK;
-  const IQ4_NLStep step;
   const __m256i ones = _mm256_set1_epi16(1);
   const auto* x = act_row<ActQ8x8>(a, b0);
   for (int64_t r = r0; r < r1; ++r) {
-    const BlockIQ4_NL* w = weight_row<BlockIQ4_NL>(a, r);
+    const Block* w = weight_row<Block>(a, r);
     __m256 acc = _mm256_setzero_ps();
     for (int64_t i = 0; i < blocks; ++i) {
-      const __m256i q = _mm256_shuffle_epi8(step.grid, step.nibbles(w[i].qs));
+      const __m256i q = levels(w[i]);
       __m256i sum32 = _mm256_setzero_si256();
       for (int j = 0; j < kQK / 4; ++j) {
         const __m256i wj = _mm256_permutevar8x32_epi32(q, _mm256_set1_epi32(j));
@@ -615,7 +636,15 @@ void group_q5_1_avx2(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0) {
   group_q5<BlockQ5_1>(a, r0, r1, b0);
 }
 void group_iq4_nl_avx2(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0) {
-  group_iq4_nl(a, r0, r1, b0);
+  // By value: a captured reference would be re-read after every store of a
+  // result, which may alias it.
+  const IQ4_NLStep step;
+  group_signed<BlockIQ4_NL>(a, r0, r1, b0, [step](const BlockIQ4_NL& w) {
+    return _mm256_shuffle_epi8(step.grid, step.nibbles(w.qs));
+  });
+}
+void group_q8_0_avx2(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0) {
+  group_signed<BlockQ8_0>(a, r0, r1, b0, [](const BlockQ8_0& w) { return load256(w.qs); });
 }
 void rows_iq4_nl_avx2(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb) {
   run_tile<Block32Kernel<IQ4_NLStep>::Tile>(a, r0, r1, b0, nb);
@@ -630,7 +659,10 @@ void rows_q5_1_avx2(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb
   run_tile<Block32Kernel<Q5Step<BlockQ5_1>>::Tile>(a, r0, r1, b0, nb);
 }
 void rows_q4_k_avx2(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb) {
-  run_tile<Q4_KTile>(a, r0, r1, b0, nb);
+  run_tile<ScaleMinK<BlockQ4_K>::Tile>(a, r0, r1, b0, nb);
+}
+void rows_q5_k_avx2(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb) {
+  run_tile<ScaleMinK<BlockQ5_K>::Tile>(a, r0, r1, b0, nb);
 }
 void rows_q6_k_avx2(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb) {
   run_tile<Q6_KTile>(a, r0, r1, b0, nb);

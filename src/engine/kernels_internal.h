@@ -61,6 +61,15 @@ struct BlockQ4_K {
   uint8_t scales[12];    // 8 scales and 8 mins, 6 bits each
   uint8_t qs[kQKK / 2];  // per 64 elements: 32 bytes, low nibbles first 32, high the next
 };
+// Q4_K plus a fifth bit per element: bit 2k of qh[l] belongs to element
+// 64k + l, bit 2k+1 to element 64k + 32 + l.
+struct BlockQ5_K {
+  uint16_t d;
+  uint16_t dmin;
+  uint8_t scales[12];
+  uint8_t qh[kQKK / 8];
+  uint8_t qs[kQKK / 2];
+};
 struct BlockQ6_K {
   uint8_t ql[kQKK / 2];      // low 4 bits
   uint8_t qh[kQKK / 4];      // high 2 bits
@@ -73,6 +82,7 @@ static_assert(sizeof(BlockQ5_0) == 22);
 static_assert(sizeof(BlockQ5_1) == 24);
 static_assert(sizeof(BlockIQ4_NL) == 18);
 static_assert(sizeof(BlockQ4_K) == 144);
+static_assert(sizeof(BlockQ5_K) == 176);
 static_assert(sizeof(BlockQ6_K) == 210);
 
 // Activation blocks live only in matmul scratch, so they are laid out for the
@@ -116,6 +126,7 @@ void quantize_q5_1(const float* x, BlockQ5_1* y, int64_t n);
 // With importance (one value per element), the K-quants fit their sub-block
 // scales by weighted least squares (see quantize_row_weighted).
 void quantize_q4_k(const float* x, BlockQ4_K* y, int64_t n, const float* importance = nullptr);
+void quantize_q5_k(const float* x, BlockQ5_K* y, int64_t n, const float* importance = nullptr);
 void quantize_q6_k(const float* x, BlockQ6_K* y, int64_t n, const float* importance = nullptr);
 void dequantize_q4_0(const BlockQ4_0* x, float* y, int64_t n);
 void dequantize_iq4_nl(const BlockIQ4_NL* x, float* y, int64_t n);
@@ -123,6 +134,7 @@ void dequantize_q8_0(const BlockQ8_0* x, float* y, int64_t n);
 void dequantize_q5_0(const BlockQ5_0* x, float* y, int64_t n);
 void dequantize_q5_1(const BlockQ5_1* x, float* y, int64_t n);
 void dequantize_q4_k(const BlockQ4_K* x, float* y, int64_t n);
+void dequantize_q5_k(const BlockQ5_K* x, float* y, int64_t n);
 void dequantize_q6_k(const BlockQ6_K* x, float* y, int64_t n);
 
 // Unpacks the 12 scale bytes of a Q4_K block: out[0..7] are the sub-block
@@ -193,6 +205,7 @@ void rows_q8_0_scalar(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int 
 void rows_q5_0_scalar(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb);
 void rows_q5_1_scalar(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb);
 void rows_q4_k_scalar(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb);
+void rows_q5_k_scalar(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb);
 void rows_q6_k_scalar(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb);
 
 #ifdef SY_KERNELS_AVX2
@@ -205,11 +218,13 @@ void rows_q8_0_avx2(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb
 void rows_q5_0_avx2(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb);
 void rows_q5_1_avx2(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb);
 void rows_q4_k_avx2(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb);
+void rows_q5_k_avx2(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb);
 void rows_q6_k_avx2(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb);
 void group_q4_0_avx2(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0);
 void group_q5_0_avx2(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0);
 void group_q5_1_avx2(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0);
 void group_iq4_nl_avx2(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0);
+void group_q8_0_avx2(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0);
 #endif
 
 }  // namespace sy::engine::detail

@@ -257,53 +257,83 @@ void quantize_q8_0(const float* x, BlockQ8_0* y, int64_t n) {
   }
 }
 
+namespace {
+
+// The shared half of Q4_K and Q5_K: fits each 32-element sub-block's scale
+// and min, stores them as 6-bit multiples of the super block's d and dmin
+// (packed as unpack_q4k_scales undoes), and writes the 256 levels 0..kMaxLevel.
+template <int kMaxLevel>
+void scale_min_levels(const float* x, const float* importance, uint16_t* d_out, uint16_t* dmin_out,
+                      uint8_t packed[12], uint8_t q[kQKK]) {
+  float scales[8];
+  float mins[8];
+  float max_scale = 0.0f;
+  float max_min = 0.0f;
+  for (int j = 0; j < 8; ++j) {
+    float w[32];
+    const float* weights =
+        fitting_weights(x + 32 * j, importance != nullptr ? importance + 32 * j : nullptr, 32, w);
+    fit_scale_min(x + 32 * j, weights, 32, kMaxLevel, &scales[j], &mins[j]);
+    max_scale = std::max(max_scale, scales[j]);
+    max_min = std::max(max_min, mins[j]);
+  }
+  *d_out = fp32_to_fp16(max_scale / 63.0f);
+  *dmin_out = fp32_to_fp16(max_min / 63.0f);
+  const float d = fp16_to_fp32(*d_out);
+  const float dmin = fp16_to_fp32(*dmin_out);
+  uint8_t ls[8];
+  uint8_t lm[8];
+  for (int j = 0; j < 8; ++j) {
+    ls[j] = static_cast<uint8_t>(d > 0.0f ? std::clamp(nearest(scales[j] / d), 0, 63) : 0);
+    lm[j] = static_cast<uint8_t>(dmin > 0.0f ? std::clamp(nearest(mins[j] / dmin), 0, 63) : 0);
+  }
+  for (int j = 0; j < 4; ++j) {
+    packed[j] = ls[j];
+    packed[j + 4] = lm[j];
+  }
+  for (int j = 4; j < 8; ++j) {
+    packed[j + 4] = static_cast<uint8_t>((ls[j] & 0xF) | ((lm[j] & 0xF) << 4));
+    packed[j - 4] = static_cast<uint8_t>(packed[j - 4] | ((ls[j] >> 4) << 6));
+    packed[j] = static_cast<uint8_t>(packed[j] | ((lm[j] >> 4) << 6));
+  }
+  for (int j = 0; j < 8; ++j) {
+    const float sd = d * static_cast<float>(ls[j]);
+    const float sm = dmin * static_cast<float>(lm[j]);
+    for (int l = 0; l < 32; ++l) {
+      const int v = sd > 0.0f ? std::clamp(nearest((x[32 * j + l] + sm) / sd), 0, kMaxLevel) : 0;
+      q[32 * j + l] = static_cast<uint8_t>(v);
+    }
+  }
+}
+
+}  // namespace
+
 void quantize_q4_k(const float* x, BlockQ4_K* y, int64_t n, const float* importance) {
   for (int64_t b = 0; b < n / kQKK; ++b, x += kQKK) {
-    float scales[8];
-    float mins[8];
-    float max_scale = 0.0f;
-    float max_min = 0.0f;
-    for (int j = 0; j < 8; ++j) {
-      float w[32];
-      const float* weights = fitting_weights(
-          x + 32 * j, importance != nullptr ? importance + b * kQKK + 32 * j : nullptr, 32, w);
-      fit_scale_min(x + 32 * j, weights, 32, 15, &scales[j], &mins[j]);
-      max_scale = std::max(max_scale, scales[j]);
-      max_min = std::max(max_min, mins[j]);
-    }
-    y[b].d = fp32_to_fp16(max_scale / 63.0f);
-    y[b].dmin = fp32_to_fp16(max_min / 63.0f);
-    const float d = fp16_to_fp32(y[b].d);
-    const float dmin = fp16_to_fp32(y[b].dmin);
-    uint8_t ls[8];
-    uint8_t lm[8];
-    for (int j = 0; j < 8; ++j) {
-      ls[j] = static_cast<uint8_t>(d > 0.0f ? std::clamp(nearest(scales[j] / d), 0, 63) : 0);
-      lm[j] = static_cast<uint8_t>(dmin > 0.0f ? std::clamp(nearest(mins[j] / dmin), 0, 63) : 0);
-    }
-    // The packing unpack_q4k_scales undoes.
-    uint8_t* s = y[b].scales;
-    for (int j = 0; j < 4; ++j) {
-      s[j] = ls[j];
-      s[j + 4] = lm[j];
-    }
-    for (int j = 4; j < 8; ++j) {
-      s[j + 4] = static_cast<uint8_t>((ls[j] & 0xF) | ((lm[j] & 0xF) << 4));
-      s[j - 4] = static_cast<uint8_t>(s[j - 4] | ((ls[j] >> 4) << 6));
-      s[j] = static_cast<uint8_t>(s[j] | ((lm[j] >> 4) << 6));
-    }
     uint8_t q[kQKK];
-    for (int j = 0; j < 8; ++j) {
-      const float sd = d * static_cast<float>(ls[j]);
-      const float sm = dmin * static_cast<float>(lm[j]);
-      for (int l = 0; l < 32; ++l) {
-        const int v = sd > 0.0f ? std::clamp(nearest((x[32 * j + l] + sm) / sd), 0, 15) : 0;
-        q[32 * j + l] = static_cast<uint8_t>(v);
-      }
-    }
+    scale_min_levels<15>(x, importance != nullptr ? importance + b * kQKK : nullptr, &y[b].d,
+                         &y[b].dmin, y[b].scales, q);
     for (int k = 0; k < 4; ++k) {
       for (int l = 0; l < 32; ++l) {
         y[b].qs[32 * k + l] = static_cast<uint8_t>(q[64 * k + l] | (q[64 * k + 32 + l] << 4));
+      }
+    }
+  }
+}
+
+void quantize_q5_k(const float* x, BlockQ5_K* y, int64_t n, const float* importance) {
+  for (int64_t b = 0; b < n / kQKK; ++b, x += kQKK) {
+    uint8_t q[kQKK];
+    scale_min_levels<31>(x, importance != nullptr ? importance + b * kQKK : nullptr, &y[b].d,
+                         &y[b].dmin, y[b].scales, q);
+    std::memset(y[b].qh, 0, sizeof y[b].qh);
+    for (int k = 0; k < 4; ++k) {
+      for (int l = 0; l < 32; ++l) {
+        const uint8_t lo = q[64 * k + l];
+        const uint8_t hi = q[64 * k + 32 + l];
+        y[b].qs[32 * k + l] = static_cast<uint8_t>((lo & 0xF) | ((hi & 0xF) << 4));
+        y[b].qh[l] =
+            static_cast<uint8_t>(y[b].qh[l] | ((lo >> 4) << (2 * k)) | ((hi >> 4) << (2 * k + 1)));
       }
     }
   }
@@ -442,6 +472,26 @@ void dequantize_q4_k(const BlockQ4_K* x, float* y, int64_t n) {
       for (int l = 0; l < 32; ++l) {
         y[64 * k + l] = d_lo * static_cast<float>(q[l] & 0xF) - m_lo;
         y[64 * k + 32 + l] = d_hi * static_cast<float>(q[l] >> 4) - m_hi;
+      }
+    }
+  }
+}
+
+void dequantize_q5_k(const BlockQ5_K* x, float* y, int64_t n) {
+  for (int64_t b = 0; b < n / kQKK; ++b, y += kQKK) {
+    const float d = fp16_to_fp32(x[b].d);
+    const float dmin = fp16_to_fp32(x[b].dmin);
+    uint8_t sm[16];
+    unpack_q4k_scales(x[b].scales, sm);
+    for (int k = 0; k < 4; ++k) {
+      const uint8_t* q = x[b].qs + 32 * k;
+      const float d_lo = d * sm[2 * k], m_lo = dmin * sm[8 + 2 * k];
+      const float d_hi = d * sm[2 * k + 1], m_hi = dmin * sm[8 + 2 * k + 1];
+      for (int l = 0; l < 32; ++l) {
+        const int lo = (q[l] & 0xF) | (((x[b].qh[l] >> (2 * k)) & 1) << 4);
+        const int hi = (q[l] >> 4) | (((x[b].qh[l] >> (2 * k + 1)) & 1) << 4);
+        y[64 * k + l] = d_lo * static_cast<float>(lo) - m_lo;
+        y[64 * k + 32 + l] = d_hi * static_cast<float>(hi) - m_hi;
       }
     }
   }

@@ -1,0 +1,238 @@
+// `switchyard bench`: prompt-processing and generation speed of any GGUF
+// file, measured the way llama.cpp's llama-bench measures it (random tokens,
+// one warm-up run, the mean and spread of tokens/s over repetitions), so the
+// two can be compared on the same file.
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <map>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "cli/commands.h"
+#include "engine/engine.h"
+
+namespace sy::cli {
+namespace {
+
+struct BenchOptions {
+  std::vector<std::string> models;
+  int32_t prompt_tokens = 512;
+  int32_t generated_tokens = 128;
+  std::vector<int32_t> threads{0};
+  int32_t repetitions = 5;
+  bool json = false;
+};
+
+struct FileFacts {
+  std::string type;  // the matrix type holding most of the weight bytes
+  uint64_t bytes = 0;
+  uint64_t parameters = 0;
+};
+
+FileFacts file_facts(const engine::GgufFile& file) {
+  FileFacts f;
+  std::map<uint32_t, uint64_t> bytes_by_type;
+  for (const auto& t : file.tensors()) {
+    f.bytes += t.byte_size;
+    f.parameters += t.element_count;
+    if (t.dims.size() >= 2) bytes_by_type[t.type] += t.byte_size;
+  }
+  const auto dominant =
+      std::max_element(bytes_by_type.begin(), bytes_by_type.end(),
+                       [](const auto& a, const auto& b) { return a.second < b.second; });
+  f.type = dominant != bytes_by_type.end() ? engine::tensor_type_name(dominant->first) : "-";
+  return f;
+}
+
+struct Measurement {
+  std::string test;  // "pp512", "tg128"
+  int32_t prompt = 0;
+  int32_t generated = 0;
+  std::vector<double> tokens_per_second;
+  double mean() const {
+    double s = 0.0;
+    for (double v : tokens_per_second) s += v;
+    return tokens_per_second.empty() ? 0.0 : s / static_cast<double>(tokens_per_second.size());
+  }
+  double stddev() const {
+    if (tokens_per_second.size() < 2) return 0.0;
+    const double m = mean();
+    double s = 0.0;
+    for (double v : tokens_per_second) s += (v - m) * (v - m);
+    return std::sqrt(s / static_cast<double>(tokens_per_second.size() - 1));
+  }
+};
+
+// Tokens drawn uniformly from the vocabulary: speed does not depend on which
+// tokens run, and llama-bench does the same.
+std::vector<engine::TokenId> random_tokens(int32_t n, int32_t vocab, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::uniform_int_distribution<engine::TokenId> pick(0, vocab - 1);
+  std::vector<engine::TokenId> t(static_cast<size_t>(n));
+  for (auto& v : t) v = pick(rng);
+  return t;
+}
+
+double seconds_since(std::chrono::steady_clock::time_point start) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+}
+
+Status time_prompt(engine::InferenceContext& ctx, engine::ThreadPool& pool,
+                   std::span<const engine::TokenId> tokens, double* seconds) {
+  ctx.truncate(0);
+  const auto start = std::chrono::steady_clock::now();
+  auto logits = ctx.evaluate(tokens, pool);
+  *seconds = seconds_since(start);
+  return logits.ok() ? Status::Ok() : Status(logits.error());
+}
+
+Status time_generation(engine::InferenceContext& ctx, engine::ThreadPool& pool,
+                       std::span<const engine::TokenId> tokens, double* seconds) {
+  ctx.truncate(0);
+  const auto start = std::chrono::steady_clock::now();
+  for (const engine::TokenId& t : tokens) {
+    auto logits = ctx.evaluate(std::span<const engine::TokenId>(&t, 1), pool);
+    if (!logits.ok()) return logits.error();
+  }
+  *seconds = seconds_since(start);
+  return Status::Ok();
+}
+
+Result<std::vector<Measurement>> measure(const std::shared_ptr<const engine::Model>& model,
+                                         const BenchOptions& o, engine::ThreadPool& pool) {
+  engine::ContextOptions copts;
+  copts.context_length = std::max(o.prompt_tokens, o.generated_tokens);
+  copts.max_batch = std::max(1, std::min(o.prompt_tokens, 512));
+  SY_ASSIGN_OR_RETURN(auto ctx, engine::InferenceContext::create(model, copts));
+  const int32_t vocab = model->config().vocab_size;
+  std::vector<Measurement> out;
+  using Timer = Status (*)(engine::InferenceContext&, engine::ThreadPool&,
+                           std::span<const engine::TokenId>, double*);
+  const struct {
+    int32_t tokens;
+    const char* prefix;
+    Timer timer;
+  } tests[] = {{o.prompt_tokens, "pp", time_prompt}, {o.generated_tokens, "tg", time_generation}};
+  for (const auto& test : tests) {
+    if (test.tokens <= 0) continue;
+    Measurement m;
+    m.test = test.prefix + std::to_string(test.tokens);
+    (test.timer == time_prompt ? m.prompt : m.generated) = test.tokens;
+    double seconds = 0.0;
+    // The first run warms caches and pages the weights in; it is not counted.
+    for (int32_t rep = 0; rep <= o.repetitions; ++rep) {
+      const auto tokens = random_tokens(test.tokens, vocab, static_cast<uint32_t>(rep + 1));
+      SY_TRY_STATUS(test.timer(*ctx, pool, tokens, &seconds));
+      if (rep > 0) m.tokens_per_second.push_back(test.tokens / std::max(seconds, 1e-9));
+    }
+    out.push_back(std::move(m));
+  }
+  return out;
+}
+
+std::string mib(uint64_t bytes) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.2f MiB", static_cast<double>(bytes) / (1 << 20));
+  return buf;
+}
+
+int bench(const BenchOptions& o) {
+  if (o.prompt_tokens == 0 && o.generated_tokens == 0) {
+    return fail(make_error(ErrorKind::kInvalidArgument,
+                           "-p 0 and -n 0 turn both tests off; give -p or -n a positive count"));
+  }
+  // Every model loads before anything is measured, so a bad name fails at once.
+  std::vector<std::pair<std::string, std::shared_ptr<const engine::Model>>> models;
+  for (const auto& name : o.models) {
+    auto path = engine::resolve_model_path(name);
+    if (!path.ok()) return fail(path.error());
+    auto model = engine::Model::load(*path);
+    if (!model.ok()) return fail(model.error());
+    models.emplace_back(*path, *model);
+  }
+  nlohmann::json results = nlohmann::json::array();
+  if (!o.json) {
+    std::printf("| model | size | params | type | threads | test | t/s |\n");
+    std::printf("| --- | ---: | ---: | --- | ---: | ---: | ---: |\n");
+  }
+  for (const auto& [path, model] : models) {
+    const std::string file = std::filesystem::path(path).filename().string();
+    const FileFacts facts = file_facts(model->file());
+    for (int32_t threads : o.threads) {
+      engine::ThreadPool pool(threads);
+      auto measured = measure(model, o, pool);
+      if (!measured.ok()) return fail(measured.error());
+      for (const Measurement& m : *measured) {
+        if (o.json) {
+          results.push_back({{"model", file},
+                             {"file", path},
+                             {"type", facts.type},
+                             {"size_bytes", facts.bytes},
+                             {"params", facts.parameters},
+                             {"threads", pool.size()},
+                             {"test", m.test},
+                             {"n_prompt", m.prompt},
+                             {"n_gen", m.generated},
+                             {"avg_ts", m.mean()},
+                             {"stddev_ts", m.stddev()},
+                             {"samples_ts", m.tokens_per_second}});
+        } else {
+          std::printf("| %s | %s | %.2f M | %s | %d | %s | %.2f ± %.2f |\n", file.c_str(),
+                      mib(facts.bytes).c_str(), static_cast<double>(facts.parameters) / 1e6,
+                      facts.type.c_str(), pool.size(), m.test.c_str(), m.mean(), m.stddev());
+          std::fflush(stdout);
+        }
+      }
+    }
+  }
+  if (o.json) std::printf("%s\n", results.dump(2).c_str());
+  return 0;
+}
+
+}  // namespace
+
+void add_bench_command(CLI::App& app) {
+  auto opts = std::make_shared<BenchOptions>();
+  CLI::App* cmd = app.add_subcommand(
+      "bench",
+      "Measure prompt-processing and generation tokens/s of GGUF models, as llama-bench does");
+  cmd->add_option("-m,--model", opts->models,
+                  "GGUF file, or model name on SWITCHYARD_MODEL_PATH (repeatable)")
+      ->required();
+  cmd->add_option("-p,--n-prompt", opts->prompt_tokens,
+                  "Prompt tokens processed in one pass (ppN; 0 skips the test)")
+      ->check(CLI::Range(0, 1 << 16))
+      ->capture_default_str();
+  cmd->add_option("-n,--n-gen", opts->generated_tokens,
+                  "Tokens generated one at a time from an empty context (tgN; 0 skips the test)")
+      ->check(CLI::Range(0, 1 << 16))
+      ->capture_default_str();
+  cmd->add_option("-t,--threads", opts->threads,
+                  "Thread counts to measure, comma-separated (0: one per core)")
+      ->delimiter(',')
+      ->check(CLI::Range(0, 1024))
+      ->capture_default_str();
+  cmd->add_option("-r,--repetitions", opts->repetitions,
+                  "Timed runs of each test, after one untimed warm-up run")
+      ->check(CLI::Range(1, 1000))
+      ->capture_default_str();
+  cmd->add_flag("--json", opts->json,
+                "Print a JSON array (field names as llama-bench -o json: avg_ts, stddev_ts, "
+                "samples_ts, n_prompt, n_gen) instead of the table");
+  cmd->footer(
+      "Examples:\n"
+      "  switchyard bench -m stories260K\n"
+      "  switchyard bench -m model-q4_0.gguf -m model-q8_0.gguf -p 128 -n 32 -t 1,2\n"
+      "Weights are memory-mapped; the warm-up run pages them in. Tokens are drawn at\n"
+      "random from the vocabulary. t/s is the mean over the repetitions, ± their standard\n"
+      "deviation. bench/llama_cpp_compare.sh runs this and llama-bench on the same files.");
+  on_run(cmd, [opts] { return bench(*opts); });
+}
+
+}  // namespace sy::cli

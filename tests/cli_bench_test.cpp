@@ -1,0 +1,113 @@
+// `switchyard bench`: what it measures and reports (tests, thread counts,
+// the file's facts, llama-bench's JSON field names) and its errors. Speeds
+// themselves are not asserted, only that they are measured.
+#include <gtest/gtest.h>
+
+#include <nlohmann/json.hpp>
+#include <numeric>
+
+#include "engine/engine.h"
+#include "support/process.h"
+#include "support/test_paths.h"
+
+namespace sy {
+namespace {
+
+using nlohmann::json;
+using testing::run_switchyard;
+
+std::string stories_path() {
+  return testing::shared_models_dir() + "/stories260K.gguf";
+}
+
+json bench_json(const std::vector<std::string>& args) {
+  std::vector<std::string> full{"bench"};
+  full.insert(full.end(), args.begin(), args.end());
+  full.push_back("--json");
+  const auto r = run_switchyard(full);
+  EXPECT_EQ(r.status, 0) << r.err;
+  return r.status == 0 ? json::parse(r.out) : json::array();
+}
+
+TEST(BenchCli, ReportsBothTestsWithTheFilesFacts) {
+  const json results =
+      bench_json({"-m", stories_path(), "-p", "16", "-n", "8", "-r", "3", "-t", "1"});
+  ASSERT_EQ(results.size(), 2u) << results.dump();
+  auto file = engine::GgufFile::open(stories_path());
+  ASSERT_TRUE(file.ok());
+  uint64_t params = 0, bytes = 0;
+  for (const auto& t : (*file)->tensors()) {
+    params += t.element_count;
+    bytes += t.byte_size;
+  }
+  const char* tests[] = {"pp16", "tg8"};
+  for (size_t i = 0; i < 2; ++i) {
+    const json& m = results[i];
+    SCOPED_TRACE(m.dump());
+    EXPECT_EQ(m["test"], tests[i]);
+    EXPECT_EQ(m["n_prompt"], i == 0 ? 16 : 0);
+    EXPECT_EQ(m["n_gen"], i == 0 ? 0 : 8);
+    EXPECT_EQ(m["model"], "stories260K.gguf");
+    EXPECT_EQ(m["type"], "F32");
+    EXPECT_EQ(m["params"], params);
+    EXPECT_EQ(m["size_bytes"], bytes);
+    EXPECT_EQ(m["threads"], 1);
+    const auto samples = m["samples_ts"].get<std::vector<double>>();
+    ASSERT_EQ(samples.size(), 3u);
+    for (double s : samples) EXPECT_GT(s, 0.0);
+    const double mean = std::accumulate(samples.begin(), samples.end(), 0.0) / 3.0;
+    EXPECT_NEAR(m["avg_ts"].get<double>(), mean, 1e-6 * mean);
+    EXPECT_GE(m["stddev_ts"].get<double>(), 0.0);
+  }
+}
+
+TEST(BenchCli, EveryThreadCountAndOnlyTheTestsAsked) {
+  const json results =
+      bench_json({"-m", stories_path(), "-p", "0", "-n", "4", "-r", "1", "-t", "1,2"});
+  ASSERT_EQ(results.size(), 2u) << results.dump();
+  EXPECT_EQ(results[0]["threads"], 1);
+  EXPECT_EQ(results[1]["threads"], 2);
+  for (const json& m : results) EXPECT_EQ(m["test"], "tg4");
+}
+
+// The reported type is the one holding most of the matrices' bytes: the
+// norms stay F32 and the embedding may differ.
+TEST(BenchCli, NamesTheDominantMatrixType) {
+  engine::SyntheticModelSpec spec;
+  spec.matrix_type = engine::TensorType::kQ5_K;
+  spec.embedding_type = engine::TensorType::kQ8_0;
+  spec.embedding_length = 256;
+  spec.feed_forward_length = 512;
+  const std::string path = testing::temp_path(".gguf");
+  ASSERT_TRUE(engine::write_synthetic_model(spec, path).ok());
+  const json results = bench_json({"-m", path, "-p", "8", "-n", "0", "-r", "1", "-t", "1"});
+  ASSERT_EQ(results.size(), 1u);
+  EXPECT_EQ(results[0]["type"], "Q5_K");
+  std::filesystem::remove(path);
+}
+
+TEST(BenchCli, TableAndErrors) {
+  const auto table =
+      run_switchyard({"bench", "-m", stories_path(), "-p", "8", "-n", "4", "-r", "1", "-t", "1"});
+  ASSERT_EQ(table.status, 0) << table.err;
+  EXPECT_NE(table.out.find("| stories260K.gguf |"), std::string::npos) << table.out;
+  EXPECT_NE(table.out.find("| pp8 |"), std::string::npos) << table.out;
+  EXPECT_NE(table.out.find("| tg4 |"), std::string::npos) << table.out;
+
+  const auto missing = run_switchyard({"bench", "-m", stories_path(), "-m", "no-such-model"});
+  EXPECT_EQ(missing.status, 2);
+  EXPECT_NE(missing.err.find("'no-such-model' not found"), std::string::npos) << missing.err;
+  EXPECT_TRUE(missing.out.empty())
+      << "nothing is measured before every model loads: " << missing.out;
+
+  const auto nothing = run_switchyard({"bench", "-m", stories_path(), "-p", "0", "-n", "0"});
+  EXPECT_EQ(nothing.status, 2);
+  EXPECT_NE(nothing.err.find("-p or -n"), std::string::npos) << nothing.err;
+
+  const auto not_gguf = run_switchyard({"bench", "-m", SY_SOURCE_DIR "/README.md"});
+  EXPECT_EQ(not_gguf.status, 1) << not_gguf.err;
+  EXPECT_NE(not_gguf.err.find("README.md"), std::string::npos) << not_gguf.err;
+}
+
+}  // namespace
+}  // namespace sy
