@@ -35,7 +35,7 @@ if [ ! -x "$out/bin/llama-bench" ]; then
   tar -xzf "$tarball" -C "$work" package/llama/gitRelease.bundle package/llama/llama.cpp.info.json
   echo "llama.cpp release: $(tr -d '\n ' <"$work/package/llama/llama.cpp.info.json")"
   rm -rf "$out/src"
-  git clone --quiet "$work/package/llama/gitRelease.bundle" "$out/src"
+  git -c advice.detachedHead=false clone --quiet "$work/package/llama/gitRelease.bundle" "$out/src"
   cmake -S "$out/src" -B "$out/cmake" -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=$native \
     -DBUILD_SHARED_LIBS=OFF -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF \
     -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF >/dev/null

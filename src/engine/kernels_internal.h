@@ -155,6 +155,17 @@ inline void unpack_q4k_scales(const uint8_t* packed, uint8_t out[16]) {
   std::memcpy(out, r, 16);
 }
 
+// The level of element e (0-255) of a Q4_K or Q5_K super block. Each pair of
+// sub-blocks shares 32 bytes of nibbles, the first sub-block in the low ones;
+// Q5_K keeps sub-block e / 32's fifth bits in bit e / 32 of qh.
+inline int scale_min_level(const BlockQ4_K& b, int e) {
+  return (b.qs[32 * (e / 64) + e % 32] >> (4 * ((e / 32) % 2))) & 0xF;
+}
+inline int scale_min_level(const BlockQ5_K& b, int e) {
+  const int low = (b.qs[32 * (e / 64) + e % 32] >> (4 * ((e / 32) % 2))) & 0xF;
+  return low | (((b.qh[e % 32] >> (e / 32)) & 1) << 4);
+}
+
 // Activation quantization, scalar and vector; both produce identical bytes.
 void quantize_act_q8_scalar(const float* x, ActQ8* y, int64_t n);
 void quantize_act_q8k_scalar(const float* x, ActQ8K* y, int64_t n);

@@ -459,42 +459,30 @@ void dequantize_q8_0(const BlockQ8_0* x, float* y, int64_t n) {
   }
 }
 
-void dequantize_q4_k(const BlockQ4_K* x, float* y, int64_t n) {
+namespace {
+
+template <typename Block>
+void dequantize_scale_min_k(const Block* x, float* y, int64_t n) {
   for (int64_t b = 0; b < n / kQKK; ++b, y += kQKK) {
     const float d = fp16_to_fp32(x[b].d);
     const float dmin = fp16_to_fp32(x[b].dmin);
     uint8_t sm[16];
     unpack_q4k_scales(x[b].scales, sm);
-    for (int k = 0; k < 4; ++k) {
-      const uint8_t* q = x[b].qs + 32 * k;
-      const float d_lo = d * sm[2 * k], m_lo = dmin * sm[8 + 2 * k];
-      const float d_hi = d * sm[2 * k + 1], m_hi = dmin * sm[8 + 2 * k + 1];
-      for (int l = 0; l < 32; ++l) {
-        y[64 * k + l] = d_lo * static_cast<float>(q[l] & 0xF) - m_lo;
-        y[64 * k + 32 + l] = d_hi * static_cast<float>(q[l] >> 4) - m_hi;
-      }
+    for (int e = 0; e < kQKK; ++e) {
+      const int j = e / 32;
+      y[e] = d * sm[j] * static_cast<float>(scale_min_level(x[b], e)) - dmin * sm[8 + j];
     }
   }
 }
 
+}  // namespace
+
+void dequantize_q4_k(const BlockQ4_K* x, float* y, int64_t n) {
+  dequantize_scale_min_k(x, y, n);
+}
+
 void dequantize_q5_k(const BlockQ5_K* x, float* y, int64_t n) {
-  for (int64_t b = 0; b < n / kQKK; ++b, y += kQKK) {
-    const float d = fp16_to_fp32(x[b].d);
-    const float dmin = fp16_to_fp32(x[b].dmin);
-    uint8_t sm[16];
-    unpack_q4k_scales(x[b].scales, sm);
-    for (int k = 0; k < 4; ++k) {
-      const uint8_t* q = x[b].qs + 32 * k;
-      const float d_lo = d * sm[2 * k], m_lo = dmin * sm[8 + 2 * k];
-      const float d_hi = d * sm[2 * k + 1], m_hi = dmin * sm[8 + 2 * k + 1];
-      for (int l = 0; l < 32; ++l) {
-        const int lo = (q[l] & 0xF) | (((x[b].qh[l] >> (2 * k)) & 1) << 4);
-        const int hi = (q[l] >> 4) | (((x[b].qh[l] >> (2 * k + 1)) & 1) << 4);
-        y[64 * k + l] = d_lo * static_cast<float>(lo) - m_lo;
-        y[64 * k + 32 + l] = d_hi * static_cast<float>(hi) - m_hi;
-      }
-    }
-  }
+  dequantize_scale_min_k(x, y, n);
 }
 
 void dequantize_q6_k(const BlockQ6_K* x, float* y, int64_t n) {

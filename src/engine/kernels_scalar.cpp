@@ -109,10 +109,9 @@ void rows_q5_1_scalar(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int 
 namespace {
 
 // Q4_K and Q5_K: unsigned levels times 6-bit sub-block scales, the mins
-// taken out once per sub-block through the activation sums. level(w, e)
-// gives element e's level.
-template <typename Block, typename Level>
-void rows_scale_min_k(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb, Level level) {
+// taken out once per sub-block through the activation sums.
+template <typename Block>
+void rows_scale_min_k(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb) {
   const int64_t blocks = a.cols / kQKK;
   for (int64_t r = r0; r < r1; ++r) {
     const Block* w = weight_row<Block>(a, r);
@@ -126,7 +125,9 @@ void rows_scale_min_k(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int 
         int sum_mins = 0;
         for (int j = 0; j < 8; ++j) {
           int s = 0;
-          for (int l = 0; l < 32; ++l) s += level(w[i], 32 * j + l) * x[i].qs[32 * j + l];
+          for (int l = 0; l < 32; ++l) {
+            s += scale_min_level(w[i], 32 * j + l) * x[i].qs[32 * j + l];
+          }
           sum += sm[j] * s;
           sum_mins += sm[8 + j] * (x[i].bsums[2 * j] + x[i].bsums[2 * j + 1]);
         }
@@ -138,24 +139,14 @@ void rows_scale_min_k(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int 
   }
 }
 
-// Element e of a K-quant super block: sub-block pair e / 64 shares 32 bytes
-// of nibbles, the first sub-block in the low nibbles.
-template <typename Block>
-int q4k_nibble(const Block& w, int e) {
-  return (w.qs[32 * (e / 64) + e % 32] >> (4 * ((e / 32) % 2))) & 0xF;
-}
-
 }  // namespace
 
 void rows_q4_k_scalar(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb) {
-  rows_scale_min_k<BlockQ4_K>(a, r0, r1, b0, nb, q4k_nibble<BlockQ4_K>);
+  rows_scale_min_k<BlockQ4_K>(a, r0, r1, b0, nb);
 }
 
 void rows_q5_k_scalar(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb) {
-  rows_scale_min_k<BlockQ5_K>(a, r0, r1, b0, nb, [](const BlockQ5_K& w, int e) {
-    // Sub-block e / 32 keeps its fifth bits in bit e / 32 of qh.
-    return q4k_nibble(w, e) | (((w.qh[e % 32] >> (e / 32)) & 1) << 4);
-  });
+  rows_scale_min_k<BlockQ5_K>(a, r0, r1, b0, nb);
 }
 
 void rows_q6_k_scalar(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb) {
