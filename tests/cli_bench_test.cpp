@@ -104,6 +104,10 @@ TEST(BenchCli, TableAndErrors) {
   EXPECT_EQ(nothing.status, 2);
   EXPECT_NE(nothing.err.find("-p or -n"), std::string::npos) << nothing.err;
 
+  const auto too_long = run_switchyard({"bench", "-m", stories_path(), "-p", "60000", "-n", "0"});
+  EXPECT_EQ(too_long.status, 2);
+  EXPECT_NE(too_long.err.find("lower -p or -n"), std::string::npos) << too_long.err;
+
   const auto not_gguf = run_switchyard({"bench", "-m", SY_SOURCE_DIR "/README.md"});
   EXPECT_EQ(not_gguf.status, 1) << not_gguf.err;
   EXPECT_NE(not_gguf.err.find("README.md"), std::string::npos) << not_gguf.err;

@@ -110,6 +110,14 @@ Result<std::vector<Measurement>> measure(const std::shared_ptr<const engine::Mod
   copts.context_length = std::max(o.prompt_tokens, o.generated_tokens);
   copts.max_batch = std::max(1, std::min(o.prompt_tokens, 512));
   SY_ASSIGN_OR_RETURN(auto ctx, engine::InferenceContext::create(model, copts));
+  if (ctx->context_length() < copts.context_length) {
+    return make_error(ErrorKind::kInvalidArgument,
+                      "-p " + std::to_string(o.prompt_tokens) + " / -n " +
+                          std::to_string(o.generated_tokens) + " need " +
+                          std::to_string(copts.context_length) +
+                          " positions, but the KV cache of this model holds " +
+                          std::to_string(ctx->context_length()) + "; lower -p or -n");
+  }
   const int32_t vocab = model->config().vocab_size;
   std::vector<Measurement> out;
   using Timer = Status (*)(engine::InferenceContext&, engine::ThreadPool&,
@@ -205,8 +213,9 @@ void add_bench_command(CLI::App& app) {
   cmd->add_option("-m,--model", opts->models,
                   "GGUF file, or model name on SWITCHYARD_MODEL_PATH (repeatable)")
       ->required();
-  cmd->add_option("-p,--n-prompt", opts->prompt_tokens,
-                  "Prompt tokens processed in one pass (ppN; 0 skips the test)")
+  cmd->add_option(
+         "-p,--n-prompt", opts->prompt_tokens,
+         "Prompt tokens processed as one prompt, in steps of up to 512 (ppN; 0 skips the test)")
       ->check(CLI::Range(0, 1 << 16))
       ->capture_default_str();
   cmd->add_option("-n,--n-gen", opts->generated_tokens,
