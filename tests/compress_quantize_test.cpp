@@ -151,6 +151,8 @@ TEST(FitType, FallsBackToTheNearestTypeThatSplitsTheRows) {
   EXPECT_EQ(fit_type(TensorType::kQ4_K, 64).type, TensorType::kQ4_0);
   EXPECT_EQ(fit_type(TensorType::kQ6_K, 64).type, TensorType::kQ8_0);
   EXPECT_EQ(fit_type(TensorType::kQ5_K, 576).type, TensorType::kQ5_1);
+  EXPECT_EQ(fit_type(TensorType::kQ3_K, 576).type, TensorType::kIQ4_NL);
+  EXPECT_EQ(fit_type(TensorType::kQ2_K, 576).type, TensorType::kIQ4_NL);
   EXPECT_EQ(fit_type(TensorType::kQ4_K, 172).type, TensorType::kF16);
   EXPECT_EQ(fit_type(TensorType::kQ8_0, 172).type, TensorType::kF16);
   EXPECT_EQ(fit_type(TensorType::kIQ4_NL, 172).type, TensorType::kF16);
@@ -292,8 +294,8 @@ TEST(Quantize, KeepsTheFileAlignment) {
 TEST(Quantize, RefusesSourcesWithoutKernelsAndPlansForAnotherModel) {
   GgufWriter writer;
   writer.set("general.architecture", GgufValue::string("llama"));
-  const std::vector<uint8_t> q3_k(2 * 110, 0);
-  ASSERT_TRUE(writer.add_tensor("blk.0.attn_q.weight", TensorType::kQ3_K, {256, 2}, q3_k).ok());
+  const std::vector<uint8_t> q4_1(2 * 8 * 20, 0);
+  ASSERT_TRUE(writer.add_tensor("blk.0.attn_q.weight", TensorType::kQ4_1, {256, 2}, q4_1).ok());
   const std::string path = scratch_path(".gguf");
   ASSERT_TRUE(writer.write(path).ok());
   auto in = open(path);
@@ -302,7 +304,7 @@ TEST(Quantize, RefusesSourcesWithoutKernelsAndPlansForAnotherModel) {
   auto refused = build_quantized(*in, uniform_choices(*in, TensorType::kQ4_0, true), pool);
   ASSERT_FALSE(refused.ok());
   EXPECT_EQ(refused.error().kind, ErrorKind::kUnsupported);
-  EXPECT_NE(refused.error().message.find("Q3_K"), std::string::npos);
+  EXPECT_NE(refused.error().message.find("Q4_1"), std::string::npos);
 
   auto synthetic = open(synthetic_model_path());
   auto mismatched =
@@ -832,9 +834,9 @@ TEST(Cli, QuantizesWithAReportAndTeachesInHelp) {
   EXPECT_NE(help.out.find("Examples"), std::string::npos);
   EXPECT_NE(help.out.find("--target-size"), std::string::npos);
 
-  auto bad_type = run_switchyard({"quantize", synthetic_model_path(), out, "--type", "Q3_K"});
+  auto bad_type = run_switchyard({"quantize", synthetic_model_path(), out, "--type", "Q4_1"});
   EXPECT_EQ(bad_type.status, 2);
-  EXPECT_NE(bad_type.err.find("--type 'Q3_K'"), std::string::npos) << bad_type.err;
+  EXPECT_NE(bad_type.err.find("--type 'Q4_1'"), std::string::npos) << bad_type.err;
   auto no_calibration =
       run_switchyard({"quantize", synthetic_model_path(), out, "--target-size", "700K"});
   EXPECT_EQ(no_calibration.status, 2);

@@ -54,10 +54,10 @@ using detail::BlockQ4_K;
 using detail::BlockQ6_K;
 using detail::BlockQ8_0;
 
-constexpr TensorType kAllTypes[] = {TensorType::kF32,  TensorType::kF16,    TensorType::kBF16,
-                                    TensorType::kQ4_0, TensorType::kIQ4_NL, TensorType::kQ8_0,
-                                    TensorType::kQ5_0, TensorType::kQ5_1,   TensorType::kQ4_K,
-                                    TensorType::kQ5_K, TensorType::kQ6_K};
+constexpr TensorType kAllTypes[] = {
+    TensorType::kF32,  TensorType::kF16,  TensorType::kBF16, TensorType::kQ4_0, TensorType::kIQ4_NL,
+    TensorType::kQ8_0, TensorType::kQ5_0, TensorType::kQ5_1, TensorType::kQ2_K, TensorType::kQ3_K,
+    TensorType::kQ4_K, TensorType::kQ5_K, TensorType::kQ6_K};
 
 const char* name_of(TensorType t) {
   switch (t) {
@@ -77,6 +77,10 @@ const char* name_of(TensorType t) {
       return "Q5_0";
     case TensorType::kQ5_1:
       return "Q5_1";
+    case TensorType::kQ2_K:
+      return "Q2_K";
+    case TensorType::kQ3_K:
+      return "Q3_K";
     case TensorType::kQ4_K:
       return "Q4_K";
     case TensorType::kQ5_K:
@@ -94,7 +98,7 @@ bool is_quantized(TensorType t) {
 
 // Elements covered by one activation scale for a quantized weight type.
 int64_t act_block(TensorType t) {
-  return (t == TensorType::kQ4_K || t == TensorType::kQ5_K || t == TensorType::kQ6_K) ? 256 : 32;
+  return tensor_type_traits(static_cast<uint32_t>(t))->block_size == 256 ? 256 : 32;
 }
 
 size_t row_bytes(TensorType t, int64_t cols) {
@@ -352,6 +356,50 @@ TEST(Layout, Q5_KFifthBitsFromQh) {
   }
 }
 
+// Q2_K: element 128h + 32j + l in bits 2j..2j+1 of qs[32h + l]; scale and
+// min per 16 elements in the low and high nibbles of scales[e / 16].
+TEST(Layout, Q2_KHandBuiltBlock) {
+  detail::BlockQ2_K b{};
+  b.d = 0x3C00;     // 1.0
+  b.dmin = 0x3800;  // 0.5
+  auto sc_of = [](int g) { return (g * 5 + 1) % 16; };
+  auto mn_of = [](int g) { return (g * 3 + 2) % 16; };
+  auto q_of = [](int e) { return (e * 7 + e / 64) % 4; };
+  for (int g = 0; g < 16; ++g) b.scales[g] = static_cast<uint8_t>(sc_of(g) | (mn_of(g) << 4));
+  for (int e = 0; e < 256; ++e) {
+    b.qs[32 * (e / 128) + e % 32] |= static_cast<uint8_t>(q_of(e) << (2 * ((e % 128) / 32)));
+  }
+  float y[256];
+  ASSERT_TRUE(dequantize_row(TensorType::kQ2_K, &b, y, 256));
+  for (int e = 0; e < 256; ++e) {
+    EXPECT_EQ(y[e], 1.0f * sc_of(e / 16) * q_of(e) - 0.5f * mn_of(e / 16)) << e;
+  }
+}
+
+// Q3_K: Q2_K's two low bits, a third bit set for +0 and clear for -4 (bit
+// e / 32 of hmask[e % 32]), and 6-bit scales stored + 32: the low 4 bits of
+// scales 0-7 in the low nibbles of bytes 0-7, of scales 8-15 in the high
+// nibbles, the top 2 bits of scales i, 4+i, 8+i, 12+i in byte 8 + i.
+TEST(Layout, Q3_KHandBuiltBlock) {
+  detail::BlockQ3_K b{};
+  b.d = 0x3400;  // 0.25
+  auto sc_of = [](int g) { return (g * 11 + 3) % 64 - 32; };
+  auto q_of = [](int e) { return (e * 5 + e / 32) % 8 - 4; };
+  for (int g = 0; g < 16; ++g) {
+    const int stored = sc_of(g) + 32;
+    b.scales[g % 8] |= static_cast<uint8_t>((stored & 0xF) << (g < 8 ? 0 : 4));
+    b.scales[8 + g % 4] |= static_cast<uint8_t>((stored >> 4) << (2 * (g / 4)));
+  }
+  for (int e = 0; e < 256; ++e) {
+    const int u = q_of(e) + 4;
+    b.qs[32 * (e / 128) + e % 32] |= static_cast<uint8_t>((u & 3) << (2 * ((e % 128) / 32)));
+    b.hmask[e % 32] |= static_cast<uint8_t>((u >> 2) << (e / 32));
+  }
+  float y[256];
+  ASSERT_TRUE(dequantize_row(TensorType::kQ3_K, &b, y, 256));
+  for (int e = 0; e < 256; ++e) EXPECT_EQ(y[e], 0.25f * sc_of(e / 16) * q_of(e)) << e;
+}
+
 TEST(Layout, Q6_KHandBuiltBlock) {
   BlockQ6_K b{};
   b.d = 0x3400;  // 0.25
@@ -414,8 +462,8 @@ TEST(Layout, QuantizersWriteTheLayoutTheyRead) {
 TEST(Layout, UnsupportedTypesAndSizes) {
   float x[64] = {};
   uint8_t buf[256];
-  EXPECT_FALSE(quantize_row(TensorType::kQ3_K, x, buf, 256));
-  EXPECT_FALSE(dequantize_row(TensorType::kQ2_K, buf, x, 256));
+  EXPECT_FALSE(quantize_row(TensorType::kQ4_1, x, buf, 64));
+  EXPECT_FALSE(dequantize_row(TensorType::kQ8_K, buf, x, 256));
   EXPECT_FALSE(quantize_row(TensorType::kQ4_0, x, buf, 33));
   EXPECT_FALSE(dequantize_row(TensorType::kQ4_K, buf, x, 64));
   EXPECT_EQ(activation_scratch_bytes(TensorType::kF32, 64, 4), 0u);
@@ -532,6 +580,7 @@ TEST(RoundTrip, WeightedByImportance) {
   const std::vector<float> zero(n, 0.0f);
   for (const auto& [type, at_most] :
        {std::pair{TensorType::kQ4_0, 0.8}, std::pair{TensorType::kIQ4_NL, 0.9},
+        std::pair{TensorType::kQ2_K, 0.9}, std::pair{TensorType::kQ3_K, 0.9},
         std::pair{TensorType::kQ4_K, 0.9}, std::pair{TensorType::kQ5_K, 0.9},
         std::pair{TensorType::kQ6_K, 0.9}}) {
     SCOPED_TRACE(tensor_type_name(static_cast<uint32_t>(type)));
@@ -594,6 +643,35 @@ TEST(RoundTrip, Q5_K) {
   // Twice the levels, about half Q4_K's error.
   EXPECT_LT(scale_min_round_trip(TensorType::kQ5_K, 31).rms_relative,
             0.6 * round_trip(TensorType::kQ4_K, 256 * 32, 6).rms_relative);
+}
+
+// Q3_K: symmetric per 16 elements, levels -4..3 (a value opposite the
+// largest clips at +3, a full step); Q2_K: scale and min per 16, levels 0..3.
+TEST(RoundTrip, Q3_KAndQ2_K) {
+  const auto r3 = round_trip(TensorType::kQ3_K, 256 * 32, 8);
+  for (size_t b = 0; b < r3.x.size(); b += 16) {
+    // A step of amax/4, a full step at the clipped end, plus the 6-bit
+    // scale's rounding (up to half of 1/32 of the largest scale).
+    const float bound = block_amax(r3.x, b, 16) / 4 * 1.5f;
+    for (size_t i = b; i < b + 16; ++i) ASSERT_LE(std::fabs(r3.x[i] - r3.y[i]), bound) << i;
+  }
+  const auto r2 = round_trip(TensorType::kQ2_K, 256 * 32, 9);
+  for (size_t b = 0; b < r2.x.size(); b += 16) {
+    float lo = 0.0f, hi = 0.0f;
+    for (size_t i = b; i < b + 16; ++i) {
+      lo = std::min(lo, r2.x[i]);
+      hi = std::max(hi, r2.x[i]);
+    }
+    // The range over 3 steps; the 4-bit scale and min may each round by
+    // half of 1/15 of the block's largest, so allow a step and a half.
+    const float bound = (hi - lo) / 3 * 1.5f;
+    for (size_t i = b; i < b + 16; ++i) ASSERT_LE(std::fabs(r2.x[i] - r2.y[i]), bound) << i;
+  }
+  // Each bit about halves the error: measured Q2_K 0.266, Q3_K 0.143
+  // (Q4_K 0.071).
+  EXPECT_LT(r3.rms_relative, 0.157);
+  EXPECT_LT(r2.rms_relative, 0.29);
+  EXPECT_LT(r3.rms_relative, 0.6 * r2.rms_relative);
 }
 
 TEST(RoundTrip, Q6_K) {
@@ -705,6 +783,8 @@ int64_t test_cols(TensorType t) {
   // Odd block counts for the 32-blocks, 2 super blocks for K-quants, and a
   // length with a vector tail for the float types.
   switch (t) {
+    case TensorType::kQ2_K:
+    case TensorType::kQ3_K:
     case TensorType::kQ4_K:
     case TensorType::kQ5_K:
     case TensorType::kQ6_K:
@@ -765,8 +845,8 @@ TEST(Matmul, ExtremeBlocksDoNotOverflow) {
   std::vector<float> w(kRows * kCols, 1.0f);
   for (int64_t r = 0; r < kRows; ++r) w[r * kCols] = -1.0f;  // sets the scale: +1 maps to the top
   const std::vector<float> x(kBatch * kCols, 1.0f);
-  for (TensorType t :
-       {TensorType::kQ4_0, TensorType::kQ5_0, TensorType::kQ5_1, TensorType::kQ5_K}) {
+  for (TensorType t : {TensorType::kQ4_0, TensorType::kQ5_0, TensorType::kQ5_1, TensorType::kQ2_K,
+                       TensorType::kQ3_K, TensorType::kQ5_K}) {
     SCOPED_TRACE(name_of(t));
     const size_t rb = row_bytes(t, kCols);
     std::vector<uint8_t> data(rb * kRows);

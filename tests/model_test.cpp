@@ -205,6 +205,8 @@ INSTANTIATE_TEST_SUITE_P(AllTypes, ForwardMatchesReference,
                                            Case{"llama", TensorType::kQ4_0, true, false},
                                            Case{"llama", TensorType::kQ4_K, false, false},
                                            Case{"llama", TensorType::kIQ4_NL, false, false},
+                                           Case{"llama", TensorType::kQ2_K, false, false},
+                                           Case{"llama", TensorType::kQ3_K, true, false},
                                            Case{"llama", TensorType::kQ5_K, false, false},
                                            Case{"llama", TensorType::kQ6_K, false, false},
                                            Case{"llama", TensorType::kQ5_0, false, false},
@@ -217,8 +219,9 @@ INSTANTIATE_TEST_SUITE_P(AllTypes, ForwardMatchesReference,
                          case_name);
 
 TEST(Model, BatchedPromptEqualsTokenByToken) {
-  for (TensorType type : {TensorType::kF32, TensorType::kQ8_0, TensorType::kQ4_0, TensorType::kQ5_1,
-                          TensorType::kQ4_K, TensorType::kQ5_K, TensorType::kQ6_K}) {
+  for (TensorType type :
+       {TensorType::kF32, TensorType::kQ8_0, TensorType::kQ4_0, TensorType::kQ5_1,
+        TensorType::kQ3_K, TensorType::kQ4_K, TensorType::kQ5_K, TensorType::kQ6_K}) {
     SCOPED_TRACE(tensor_type_name(static_cast<uint32_t>(type)));
     SyntheticModelSpec spec;
     spec.matrix_type = type;
@@ -408,14 +411,14 @@ TEST(Model, MatrixTypeWithoutKernelsIsNamed) {
   auto base = Model::load(path);
   ASSERT_TRUE(base.ok());
   const GgufTensorInfo& wq = *(*base)->file().find_tensor("blk.0.attn_q.weight");
-  const std::vector<uint8_t> q3_k(wq.dims[1] * wq.dims[0] / 256 * 110, 0);
+  const std::vector<uint8_t> q4_1(wq.dims[1] * wq.dims[0] / 32 * 20, 0);
   const std::string written = testing::temp_path(".gguf");
-  write_with_tensor(**base, wq.name, TensorType::kQ3_K, q3_k, written);
+  write_with_tensor(**base, wq.name, TensorType::kQ4_1, q4_1, written);
   auto refused = Model::load(written);
   ASSERT_FALSE(refused.ok());
   EXPECT_EQ(refused.error().kind, ErrorKind::kUnsupported);
   const std::string& why = refused.error().message;
-  EXPECT_NE(why.find("'blk.0.attn_q.weight' has type Q3_K"), std::string::npos) << why;
+  EXPECT_NE(why.find("'blk.0.attn_q.weight' has type Q4_1"), std::string::npos) << why;
   EXPECT_NE(why.find(computable_type_names()), std::string::npos) << why;
   EXPECT_NE(computable_type_names().find("Q5_0, Q5_1"), std::string::npos);
   std::filesystem::remove(written);

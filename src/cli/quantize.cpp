@@ -522,13 +522,13 @@ void add_quantize_command(CLI::App& app) {
   cmd->add_option("output", opts->output, "GGUF file to write")->required();
   cmd->add_option(
       "--type", opts->type,
-      "Every weight matrix to Q4_0, IQ4_NL, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K, Q8_0, F16, BF16 or "
-      "F32 (rows that do not split into the type's blocks fall back: Q4_K->Q4_0, Q5_K->Q5_1, "
-      "Q6_K->Q8_0, ->F16)");
+      "Every weight matrix to Q4_0, IQ4_NL, Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, Q8_0, "
+      "F16, BF16 or F32 (rows that do not split into the type's blocks fall back: "
+      "Q2_K/Q3_K->IQ4_NL, Q4_K->Q4_0, Q5_K->Q5_1, Q6_K->Q8_0, ->F16)");
   cmd->add_flag(
       "--pure", opts->pure,
-      "With --type Q4_0/IQ4_NL/Q4_K/Q5_K: also the output projection (llama.cpp keeps it at "
-      "Q6_K)");
+      "With --type Q4_0/IQ4_NL/Q2_K/Q3_K/Q4_K/Q5_K: also the output projection (llama.cpp "
+      "keeps it at Q6_K)");
   cmd->add_option("--tensor-type", opts->tensor_types,
                   "With --type: PATTERN=TYPE gives the matrices whose names match the regex "
                   "another type (repeatable), e.g. --tensor-type 'attn_v|output'=Q8_0");
@@ -565,7 +565,7 @@ void add_quantize_command(CLI::App& app) {
       ->capture_default_str();
   cmd->add_flag(
       "--no-importance", opts->no_importance,
-      "With --calibration: round Q4_0/IQ4_NL/Q4_K/Q5_K/Q6_K blocks by the plain rules instead of "
+      "With --calibration: round Q4_0/IQ4_NL and K-quant blocks by the plain rules instead of "
       "weighing errors by the importance of their input columns on the calibration text");
   cmd->add_option("-t,--threads", opts->threads, "Threads (0: one per core)")
       ->capture_default_str();

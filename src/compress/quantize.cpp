@@ -80,6 +80,9 @@ FittedType fit_type(TensorType wanted, uint64_t row_length) {
           return TensorType::kQ4_0;
         case TensorType::kQ5_K:
           return TensorType::kQ5_1;
+        case TensorType::kQ2_K:
+        case TensorType::kQ3_K:
+          return TensorType::kIQ4_NL;
         case TensorType::kQ6_K:
           return TensorType::kQ8_0;
         default:
@@ -98,9 +101,10 @@ FittedType fit_type(TensorType wanted, uint64_t row_length) {
 
 std::vector<TensorChoice> uniform_choices(const engine::GgufFile& file, TensorType type,
                                           bool pure) {
-  // llama.cpp's 4- and 5-bit mixes keep the output projection, the matrix
+  // llama.cpp's 2- to 5-bit mixes keep the output projection, the matrix
   // most sensitive to rounding, at Q6_K.
   const bool output_at_q6k = type == TensorType::kQ4_0 || type == TensorType::kIQ4_NL ||
+                             type == TensorType::kQ2_K || type == TensorType::kQ3_K ||
                              type == TensorType::kQ4_K || type == TensorType::kQ5_K;
   const engine::GgufTensorInfo* output = pure || !output_at_q6k ? nullptr : output_projection(file);
   std::vector<TensorChoice> choices;
@@ -214,6 +218,10 @@ uint32_t llama_file_type(const engine::GgufFile& file, std::span<const TensorCho
       return 8;
     case TensorType::kQ5_1:
       return 9;
+    case TensorType::kQ2_K:
+      return 10;
+    case TensorType::kQ3_K:
+      return 11;
     case TensorType::kQ4_K:
       return 14;
     case TensorType::kQ5_K:

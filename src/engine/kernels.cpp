@@ -122,6 +122,8 @@ constexpr TypeOps kOps[] = {
      detail::group_iq4_nl_avx2
 #endif
     },
+    {TensorType::kQ2_K, detail::kQKK, ActKind::kQ8K, SY_FAST(rows_q2_k), detail::rows_q2_k_scalar},
+    {TensorType::kQ3_K, detail::kQKK, ActKind::kQ8K, SY_FAST(rows_q3_k), detail::rows_q3_k_scalar},
     {TensorType::kQ4_K, detail::kQKK, ActKind::kQ8K, SY_FAST(rows_q4_k), detail::rows_q4_k_scalar},
     {TensorType::kQ5_K, detail::kQKK, ActKind::kQ8K, SY_FAST(rows_q5_k), detail::rows_q5_k_scalar},
     {TensorType::kQ6_K, detail::kQKK, ActKind::kQ8K, SY_FAST(rows_q6_k), detail::rows_q6_k_scalar},
@@ -246,6 +248,12 @@ bool quantize_row(TensorType type, const float* src, void* dst, int64_t n) {
     case TensorType::kQ4_K:
       detail::quantize_q4_k(src, static_cast<detail::BlockQ4_K*>(dst), n);
       return true;
+    case TensorType::kQ2_K:
+      detail::quantize_q2_k(src, static_cast<detail::BlockQ2_K*>(dst), n);
+      return true;
+    case TensorType::kQ3_K:
+      detail::quantize_q3_k(src, static_cast<detail::BlockQ3_K*>(dst), n);
+      return true;
     case TensorType::kQ5_K:
       detail::quantize_q5_k(src, static_cast<detail::BlockQ5_K*>(dst), n);
       return true;
@@ -271,6 +279,14 @@ bool quantize_row_weighted(TensorType type, const float* src, void* dst, int64_t
     case TensorType::kQ4_K:
       if (n % detail::kQKK != 0) return false;
       detail::quantize_q4_k(src, static_cast<detail::BlockQ4_K*>(dst), n, importance);
+      return true;
+    case TensorType::kQ2_K:
+      if (n % detail::kQKK != 0) return false;
+      detail::quantize_q2_k(src, static_cast<detail::BlockQ2_K*>(dst), n, importance);
+      return true;
+    case TensorType::kQ3_K:
+      if (n % detail::kQKK != 0) return false;
+      detail::quantize_q3_k(src, static_cast<detail::BlockQ3_K*>(dst), n, importance);
       return true;
     case TensorType::kQ5_K:
       if (n % detail::kQKK != 0) return false;
@@ -326,6 +342,12 @@ bool dequantize_row(TensorType type, const void* src, float* dst, int64_t n) {
       return true;
     case TensorType::kQ4_K:
       detail::dequantize_q4_k(static_cast<const detail::BlockQ4_K*>(src), dst, n);
+      return true;
+    case TensorType::kQ2_K:
+      detail::dequantize_q2_k(static_cast<const detail::BlockQ2_K*>(src), dst, n);
+      return true;
+    case TensorType::kQ3_K:
+      detail::dequantize_q3_k(static_cast<const detail::BlockQ3_K*>(src), dst, n);
       return true;
     case TensorType::kQ5_K:
       detail::dequantize_q5_k(static_cast<const detail::BlockQ5_K*>(src), dst, n);

@@ -17,6 +17,7 @@
 
 #include <immintrin.h>
 
+#include <bit>
 #include <cstring>
 #include <type_traits>
 
@@ -427,73 +428,139 @@ struct ScaleMinK<Block>::Tile {
   }
 };
 
-// Q6_K: unsigned 6-bit values, scales per 16 elements as int16 lanes (a byte
-// shuffle picks scale 2c for the low 128-bit lane and 2c+1 for the high one),
-// and the -32 offset subtracted once per block from the activation sums.
-template <int NB>
-struct Q6_KTile {
-  static void run(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0) {
-    const int64_t blocks = a.cols / kQKK;
-    const __m256i low4 = _mm256_set1_epi8(0x0F);
-    const __m256i m2 = _mm256_set1_epi8(0x03);
-    const __m256i m2_2 = _mm256_set1_epi8(0x0C);
-    const __m256i m2_4 = _mm256_set1_epi8(0x30);
-    const __m256i m2_6 = _mm256_set1_epi8(static_cast<char>(0xC0));
-    // Bytes 2c in the low lane and 2c+1 in the high lane, advanced by 2 per chunk.
-    const __m256i pick0 = _mm256_setr_epi64x(0, 0, 0x0101010101010101, 0x0101010101010101);
-    const __m256i two = _mm256_set1_epi8(2);
-    const ActQ8K* x[NB];
-    for (int k = 0; k < NB; ++k) x[k] = act_row<ActQ8K>(a, b0 + k);
-    for (int64_t r = r0; r < r1; ++r) {
-      const BlockQ6_K* w = weight_row<BlockQ6_K>(a, r);
-      __m256 acc[NB];
-      for (int k = 0; k < NB; ++k) acc[k] = _mm256_setzero_ps();
-      for (int64_t i = 0; i < blocks; ++i) {
-        prefetch_block(w + i);
-        const __m128i sc128 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(w[i].scales));
-        const __m256i scales = _mm256_broadcastsi128_si256(sc128);
-        const __m256i sc16 = _mm256_cvtepi8_epi16(sc128);
-        __m256i sum[NB];
-        for (int k = 0; k < NB; ++k) {
-          const __m256i offset = _mm256_madd_epi16(sc16, load256(x[k][i].bsums));
-          sum[k] = _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32(offset, 5));
-        }
-        __m256i pick = pick0;
-        for (int h = 0; h < 2; ++h) {
-          const __m256i ql0 = load256(w[i].ql + 64 * h);
-          const __m256i ql1 = load256(w[i].ql + 64 * h + 32);
-          const __m256i qh = load256(w[i].qh + 32 * h);
-          const __m256i q[4] = {
-              _mm256_or_si256(_mm256_and_si256(ql0, low4),
-                              _mm256_slli_epi16(_mm256_and_si256(qh, m2), 4)),
-              _mm256_or_si256(_mm256_and_si256(ql1, low4),
-                              _mm256_slli_epi16(_mm256_and_si256(qh, m2_2), 2)),
-              _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql0, 4), low4),
-                              _mm256_and_si256(qh, m2_4)),
-              _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql1, 4), low4),
-                              _mm256_srli_epi16(_mm256_and_si256(qh, m2_6), 2)),
-          };
-          for (int j = 0; j < 4; ++j) {
-            // Each int16 lane holds the scale byte twice; the arithmetic shift
-            // leaves it sign-extended.
-            const __m256i s = _mm256_srai_epi16(_mm256_shuffle_epi8(scales, pick), 8);
-            pick = _mm256_add_epi8(pick, two);
-            for (int k = 0; k < NB; ++k) {
-              const __m256i xq = load256(x[k][i].qs + 128 * h + 32 * j);
-              sum[k] =
-                  _mm256_add_epi32(sum[k], _mm256_madd_epi16(_mm256_maddubs_epi16(q[j], xq), s));
+// Unsigned levels of the K-quants with a scale per 16 elements, 32 elements
+// (one chunk) per vector, in element order: chunk j of half h covers
+// elements 128h + 32j .. + 31.
+struct Q6_KLevels {
+  const __m256i low4 = _mm256_set1_epi8(0x0F);
+  const __m256i m2 = _mm256_set1_epi8(0x03);
+  const __m256i m2_2 = _mm256_set1_epi8(0x0C);
+  const __m256i m2_4 = _mm256_set1_epi8(0x30);
+  const __m256i m2_6 = _mm256_set1_epi8(static_cast<char>(0xC0));
+  [[gnu::always_inline]] void operator()(const BlockQ6_K& w, int h, __m256i q[4]) const {
+    const __m256i ql0 = load256(w.ql + 64 * h);
+    const __m256i ql1 = load256(w.ql + 64 * h + 32);
+    const __m256i qh = load256(w.qh + 32 * h);
+    q[0] = _mm256_or_si256(_mm256_and_si256(ql0, low4),
+                           _mm256_slli_epi16(_mm256_and_si256(qh, m2), 4));
+    q[1] = _mm256_or_si256(_mm256_and_si256(ql1, low4),
+                           _mm256_slli_epi16(_mm256_and_si256(qh, m2_2), 2));
+    q[2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql0, 4), low4),
+                           _mm256_and_si256(qh, m2_4));
+    q[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql1, 4), low4),
+                           _mm256_srli_epi16(_mm256_and_si256(qh, m2_6), 2));
+  }
+};
+// Two bits per element, four chunks in one 32-byte load, plus Q3_K's third
+// bit from hmask: bit 4h + j of each byte, shifted to bit 2.
+template <bool kThirdBit>
+struct TwoBitLevels {
+  const __m256i m2 = _mm256_set1_epi8(0x03);
+  const __m256i bit2 = _mm256_set1_epi8(0x04);
+  template <typename Block>
+  [[gnu::always_inline]] void operator()(const Block& w, int h, __m256i q[4]) const {
+    __m256i bits = load256(w.qs + 32 * h);
+    [[maybe_unused]] __m256i high;
+    if constexpr (kThirdBit) high = _mm256_srli_epi16(load256(w.hmask), 4 * h);
+    for (int j = 0; j < 4; ++j) {
+      q[j] = _mm256_and_si256(bits, m2);
+      bits = _mm256_srli_epi16(bits, 2);
+      if constexpr (kThirdBit) {
+        q[j] = _mm256_or_si256(q[j], _mm256_and_si256(_mm256_slli_epi16(high, 2), bit2));
+        high = _mm256_srli_epi16(high, 1);
+      }
+    }
+  }
+};
+
+// Q2_K, Q3_K and Q6_K: unsigned levels, scales per 16 elements as int16
+// lanes (a byte shuffle picks scale 2c for the low 128-bit lane and 2c+1 for
+// the high one), and the level offset (Q3_K's 4, Q6_K's 32) subtracted once
+// per block from the activation sums, as Q2_K's minimums are.
+template <typename Block, typename Levels>
+struct Scale16K {
+  static constexpr bool kMins = std::is_same_v<Block, BlockQ2_K>;
+  static constexpr int kOffset = scale16_offset(Block{});
+
+  // The 16 scales as signed bytes; with kMins, the minimums as int16 lanes.
+  [[gnu::always_inline]] static __m128i scales(const Block& w, __m256i* mins) {
+    if constexpr (kMins) {
+      const __m128i packed = _mm_loadu_si128(reinterpret_cast<const __m128i*>(w.scales));
+      const __m128i low4 = _mm_set1_epi8(0x0F);
+      *mins = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(packed, 4), low4));
+      return _mm_and_si128(packed, low4);
+    } else if constexpr (std::is_same_v<Block, BlockQ3_K>) {
+      alignas(16) int8_t unpacked[16];
+      unpack_q3k_scales(w.scales, unpacked);
+      return _mm_load_si128(reinterpret_cast<const __m128i*>(unpacked));
+    } else {
+      return _mm_loadu_si128(reinterpret_cast<const __m128i*>(w.scales));
+    }
+  }
+
+  template <int NB>
+  struct Tile {
+    static void run(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0) {
+      const int64_t blocks = a.cols / kQKK;
+      const Levels levels;
+      // Bytes 2c in the low lane and 2c+1 in the high lane, advanced by 2 per chunk.
+      const __m256i pick0 = _mm256_setr_epi64x(0, 0, 0x0101010101010101, 0x0101010101010101);
+      const __m256i two = _mm256_set1_epi8(2);
+      const ActQ8K* x[NB];
+      for (int k = 0; k < NB; ++k) x[k] = act_row<ActQ8K>(a, b0 + k);
+      for (int64_t r = r0; r < r1; ++r) {
+        const Block* w = weight_row<Block>(a, r);
+        __m256 acc[NB];
+        for (int k = 0; k < NB; ++k) acc[k] = _mm256_setzero_ps();
+        for (int64_t i = 0; i < blocks; ++i) {
+          prefetch_block(w + i);
+          [[maybe_unused]] __m256i mins;
+          const __m128i sc128 = scales(w[i], &mins);
+          const __m256i scales = _mm256_broadcastsi128_si256(sc128);
+          __m256i sum[NB];
+          [[maybe_unused]] __m256i min_sum[NB];
+          for (int k = 0; k < NB; ++k) {
+            sum[k] = _mm256_setzero_si256();
+            if constexpr (kOffset != 0) {
+              static_assert(std::has_single_bit(static_cast<unsigned>(kOffset)));
+              const __m256i offset =
+                  _mm256_madd_epi16(_mm256_cvtepi8_epi16(sc128), load256(x[k][i].bsums));
+              sum[k] = _mm256_sub_epi32(
+                  _mm256_setzero_si256(),
+                  _mm256_slli_epi32(offset, std::countr_zero(static_cast<unsigned>(kOffset))));
+            }
+            if constexpr (kMins) min_sum[k] = _mm256_madd_epi16(mins, load256(x[k][i].bsums));
+          }
+          __m256i pick = pick0;
+          for (int h = 0; h < 2; ++h) {
+            __m256i q[4];
+            levels(w[i], h, q);
+            for (int j = 0; j < 4; ++j) {
+              // Each int16 lane holds the scale byte twice; the arithmetic
+              // shift leaves it sign-extended.
+              const __m256i s = _mm256_srai_epi16(_mm256_shuffle_epi8(scales, pick), 8);
+              pick = _mm256_add_epi8(pick, two);
+              for (int k = 0; k < NB; ++k) {
+                const __m256i xq = load256(x[k][i].qs + 128 * h + 32 * j);
+                sum[k] =
+                    _mm256_add_epi32(sum[k], _mm256_madd_epi16(_mm256_maddubs_epi16(q[j], xq), s));
+              }
+            }
+          }
+          const float d = half(w[i].d);
+          for (int k = 0; k < NB; ++k) {
+            acc[k] =
+                _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum[k]), _mm256_set1_ps(d * x[k][i].d), acc[k]);
+            if constexpr (kMins) {
+              acc[k] = _mm256_fnmadd_ps(_mm256_cvtepi32_ps(min_sum[k]),
+                                        _mm256_set1_ps(half(w[i].dmin) * x[k][i].d), acc[k]);
             }
           }
         }
-        const float d = half(w[i].d);
-        for (int k = 0; k < NB; ++k) {
-          acc[k] =
-              _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum[k]), _mm256_set1_ps(d * x[k][i].d), acc[k]);
-        }
+        for (int k = 0; k < NB; ++k) a.y[(b0 + k) * a.y_stride + r] = hsum(acc[k]);
       }
-      for (int k = 0; k < NB; ++k) a.y[(b0 + k) * a.y_stride + r] = hsum(acc[k]);
     }
-  }
+  };
 };
 
 // Unsigned weight levels against an ActQ8x8 group: each dword of levels (4
@@ -664,8 +731,14 @@ void rows_q4_k_avx2(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb
 void rows_q5_k_avx2(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb) {
   run_tile<ScaleMinK<BlockQ5_K>::Tile>(a, r0, r1, b0, nb);
 }
+void rows_q2_k_avx2(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb) {
+  run_tile<Scale16K<BlockQ2_K, TwoBitLevels<false>>::Tile>(a, r0, r1, b0, nb);
+}
+void rows_q3_k_avx2(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb) {
+  run_tile<Scale16K<BlockQ3_K, TwoBitLevels<true>>::Tile>(a, r0, r1, b0, nb);
+}
 void rows_q6_k_avx2(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb) {
-  run_tile<Q6_KTile>(a, r0, r1, b0, nb);
+  run_tile<Scale16K<BlockQ6_K, Q6_KLevels>::Tile>(a, r0, r1, b0, nb);
 }
 
 void quantize_act_q8_avx2(const float* x, ActQ8* y, int64_t n) {

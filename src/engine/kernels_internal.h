@@ -70,6 +70,25 @@ struct BlockQ5_K {
   uint8_t qh[kQKK / 8];
   uint8_t qs[kQKK / 2];
 };
+// The K-quants with a scale per 16 elements. Both hold 2-bit levels four to
+// a byte: element 128h + 32j + l in bits 2j..2j+1 of qs[32h + l].
+// Q2_K: 4-bit scale (low nibble) and 4-bit min (high nibble) per 16
+// elements, scaled by d and dmin: x = d * sc * q - dmin * m, q in 0..3.
+struct BlockQ2_K {
+  uint8_t scales[kQKK / 16];
+  uint8_t qs[kQKK / 4];
+  uint16_t d;
+  uint16_t dmin;
+};
+// Q3_K: a third bit per element, bit e / 32 of hmask[e % 32] (set: +0,
+// clear: -4), and 6-bit signed scales (stored + 32) packed into 12 bytes:
+// x = d * sc * q, q in -4..3.
+struct BlockQ3_K {
+  uint8_t hmask[kQKK / 8];
+  uint8_t qs[kQKK / 4];
+  uint8_t scales[12];
+  uint16_t d;
+};
 struct BlockQ6_K {
   uint8_t ql[kQKK / 2];      // low 4 bits
   uint8_t qh[kQKK / 4];      // high 2 bits
@@ -82,6 +101,8 @@ static_assert(sizeof(BlockQ5_0) == 22);
 static_assert(sizeof(BlockQ5_1) == 24);
 static_assert(sizeof(BlockIQ4_NL) == 18);
 static_assert(sizeof(BlockQ4_K) == 144);
+static_assert(sizeof(BlockQ2_K) == 84);
+static_assert(sizeof(BlockQ3_K) == 110);
 static_assert(sizeof(BlockQ5_K) == 176);
 static_assert(sizeof(BlockQ6_K) == 210);
 
@@ -126,6 +147,8 @@ void quantize_q5_1(const float* x, BlockQ5_1* y, int64_t n);
 // With importance (one value per element), the K-quants fit their sub-block
 // scales by weighted least squares (see quantize_row_weighted).
 void quantize_q4_k(const float* x, BlockQ4_K* y, int64_t n, const float* importance = nullptr);
+void quantize_q2_k(const float* x, BlockQ2_K* y, int64_t n, const float* importance = nullptr);
+void quantize_q3_k(const float* x, BlockQ3_K* y, int64_t n, const float* importance = nullptr);
 void quantize_q5_k(const float* x, BlockQ5_K* y, int64_t n, const float* importance = nullptr);
 void quantize_q6_k(const float* x, BlockQ6_K* y, int64_t n, const float* importance = nullptr);
 void dequantize_q4_0(const BlockQ4_0* x, float* y, int64_t n);
@@ -134,6 +157,8 @@ void dequantize_q8_0(const BlockQ8_0* x, float* y, int64_t n);
 void dequantize_q5_0(const BlockQ5_0* x, float* y, int64_t n);
 void dequantize_q5_1(const BlockQ5_1* x, float* y, int64_t n);
 void dequantize_q4_k(const BlockQ4_K* x, float* y, int64_t n);
+void dequantize_q2_k(const BlockQ2_K* x, float* y, int64_t n);
+void dequantize_q3_k(const BlockQ3_K* x, float* y, int64_t n);
 void dequantize_q5_k(const BlockQ5_K* x, float* y, int64_t n);
 void dequantize_q6_k(const BlockQ6_K* x, float* y, int64_t n);
 
@@ -164,6 +189,49 @@ inline int scale_min_level(const BlockQ4_K& b, int e) {
 inline int scale_min_level(const BlockQ5_K& b, int e) {
   const int low = (b.qs[32 * (e / 64) + e % 32] >> (4 * ((e / 32) % 2))) & 0xF;
   return low | (((b.qh[e % 32] >> (e / 32)) & 1) << 4);
+}
+
+// The unsigned level of element e (0-255) of a K-quant with a scale per 16
+// elements, and the offset that level carries: Q2_K 0..3 (offset 0), Q3_K
+// 0..7 (offset 4), Q6_K 0..63 (offset 32). Q6_K keeps the low 4 bits of
+// chunk j of half h in the low (j < 2) or high nibbles of ql[64h + 32(j%2) +
+// l], and the top 2 bits in bits 2j..2j+1 of qh[32h + l].
+inline int two_bit_level(const uint8_t* qs, int e) {
+  return (qs[32 * (e / 128) + e % 32] >> (2 * ((e % 128) / 32))) & 3;
+}
+inline int scale16_level(const BlockQ2_K& b, int e) {
+  return two_bit_level(b.qs, e);
+}
+inline int scale16_level(const BlockQ3_K& b, int e) {
+  return two_bit_level(b.qs, e) | (((b.hmask[e % 32] >> (e / 32)) & 1) << 2);
+}
+inline int scale16_level(const BlockQ6_K& b, int e) {
+  const int h = e / 128, j = (e % 128) / 32, l = e % 32;
+  const int low = (b.ql[64 * h + 32 * (j % 2) + l] >> (4 * (j / 2))) & 0xF;
+  return low | (((b.qh[32 * h + l] >> (2 * j)) & 3) << 4);
+}
+inline constexpr int scale16_offset(const BlockQ2_K&) {
+  return 0;
+}
+inline constexpr int scale16_offset(const BlockQ3_K&) {
+  return 4;
+}
+inline constexpr int scale16_offset(const BlockQ6_K&) {
+  return 32;
+}
+
+// Unpacks Q3_K's 12 scale bytes into 16 signed scales (-32..31). Scales
+// 0-7 keep their low 4 bits in the low nibbles of bytes 0-7, scales 8-15 in
+// the high nibbles; the top 2 bits of scales i, 4+i, 8+i, 12+i (i < 4) are
+// the four bit pairs of byte 8 + i.
+inline void unpack_q3k_scales(const uint8_t* packed, int8_t out[16]) {
+  for (int i = 0; i < 4; ++i) {
+    const int top = packed[8 + i];
+    out[i] = static_cast<int8_t>(((packed[i] & 0xF) | ((top & 3) << 4)) - 32);
+    out[4 + i] = static_cast<int8_t>(((packed[4 + i] & 0xF) | (((top >> 2) & 3) << 4)) - 32);
+    out[8 + i] = static_cast<int8_t>(((packed[i] >> 4) | (((top >> 4) & 3) << 4)) - 32);
+    out[12 + i] = static_cast<int8_t>(((packed[4 + i] >> 4) | (((top >> 6) & 3) << 4)) - 32);
+  }
 }
 
 // Activation quantization, scalar and vector; both produce identical bytes.
@@ -216,6 +284,8 @@ void rows_q8_0_scalar(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int 
 void rows_q5_0_scalar(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb);
 void rows_q5_1_scalar(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb);
 void rows_q4_k_scalar(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb);
+void rows_q2_k_scalar(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb);
+void rows_q3_k_scalar(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb);
 void rows_q5_k_scalar(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb);
 void rows_q6_k_scalar(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb);
 
@@ -229,6 +299,8 @@ void rows_q8_0_avx2(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb
 void rows_q5_0_avx2(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb);
 void rows_q5_1_avx2(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb);
 void rows_q4_k_avx2(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb);
+void rows_q2_k_avx2(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb);
+void rows_q3_k_avx2(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb);
 void rows_q5_k_avx2(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb);
 void rows_q6_k_avx2(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb);
 void group_q4_0_avx2(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0);

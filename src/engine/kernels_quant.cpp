@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <type_traits>
 
 #include "engine/kernels.h"
 #include "engine/kernels_internal.h"
@@ -339,31 +340,62 @@ void quantize_q5_k(const float* x, BlockQ5_K* y, int64_t n, const float* importa
   }
 }
 
+namespace {
+
+// The shared half of Q3_K and Q6_K: fits each 16-element group's scale for
+// levels -kLevelHalf..kLevelHalf-1, stores the scales as signed multiples
+// (-kScaleHalf..kScaleHalf-1) of the block's d, and writes the 256 levels
+// offset by kLevelHalf. Returns d as stored (fp16).
+template <int kLevelHalf, int kScaleHalf>
+uint16_t signed_scale16_levels(const float* x, const float* importance, int scales_out[16],
+                               uint8_t q[kQKK]) {
+  float scales[16];
+  float max_scale = 0.0f;
+  for (int g = 0; g < 16; ++g) {
+    float w[16];
+    const float* weights =
+        fitting_weights(x + 16 * g, importance != nullptr ? importance + 16 * g : nullptr, 16, w);
+    scales[g] = fit_scale_symmetric(x + 16 * g, weights, 16, kLevelHalf);
+    if (std::fabs(scales[g]) > std::fabs(max_scale)) max_scale = scales[g];
+  }
+  // As for the values, the scale of largest magnitude goes to -kScaleHalf.
+  const float iscale = max_scale != 0.0f ? -static_cast<float>(kScaleHalf) / max_scale : 0.0f;
+  const uint16_t d16 = fp32_to_fp16(iscale != 0.0f ? 1.0f / iscale : 0.0f);
+  const float d = fp16_to_fp32(d16);
+  for (int g = 0; g < 16; ++g) {
+    const int sc = std::clamp(nearest(iscale * scales[g]), -kScaleHalf, kScaleHalf - 1);
+    scales_out[g] = sc;
+    const float sd = d * static_cast<float>(sc);
+    for (int l = 0; l < 16; ++l) {
+      const int v =
+          sd != 0.0f ? std::clamp(nearest(x[16 * g + l] / sd), -kLevelHalf, kLevelHalf - 1) : 0;
+      q[16 * g + l] = static_cast<uint8_t>(v + kLevelHalf);
+    }
+  }
+  return d16;
+}
+
+// Packs 2-bit levels four to a byte, as two_bit_level reads them.
+void pack_two_bit_levels(const uint8_t* q, uint8_t* qs) {
+  for (int h = 0; h < 2; ++h) {
+    for (int l = 0; l < 32; ++l) {
+      uint8_t byte = 0;
+      for (int j = 0; j < 4; ++j)
+        byte |= static_cast<uint8_t>((q[128 * h + 32 * j + l] & 3) << (2 * j));
+      qs[32 * h + l] = byte;
+    }
+  }
+}
+
+}  // namespace
+
 void quantize_q6_k(const float* x, BlockQ6_K* y, int64_t n, const float* importance) {
   for (int64_t b = 0; b < n / kQKK; ++b, x += kQKK) {
-    float scales[16];
-    float max_scale = 0.0f;
-    for (int g = 0; g < 16; ++g) {
-      float w[16];
-      const float* weights = fitting_weights(
-          x + 16 * g, importance != nullptr ? importance + b * kQKK + 16 * g : nullptr, 16, w);
-      scales[g] = fit_scale_symmetric(x + 16 * g, weights, 16, 32);
-      if (std::fabs(scales[g]) > std::fabs(max_scale)) max_scale = scales[g];
-    }
-    // As for the values, the scale of largest magnitude goes to -128.
-    const float iscale = max_scale != 0.0f ? -128.0f / max_scale : 0.0f;
-    y[b].d = fp32_to_fp16(iscale != 0.0f ? 1.0f / iscale : 0.0f);
-    const float d = fp16_to_fp32(y[b].d);
+    int scales[16];
     uint8_t q[kQKK];
-    for (int g = 0; g < 16; ++g) {
-      const int sc = std::clamp(nearest(iscale * scales[g]), -128, 127);
-      y[b].scales[g] = static_cast<int8_t>(sc);
-      const float sd = d * static_cast<float>(sc);
-      for (int l = 0; l < 16; ++l) {
-        const int v = sd != 0.0f ? std::clamp(nearest(x[16 * g + l] / sd), -32, 31) : 0;
-        q[16 * g + l] = static_cast<uint8_t>(v + 32);
-      }
-    }
+    y[b].d = signed_scale16_levels<32, 128>(
+        x, importance != nullptr ? importance + b * kQKK : nullptr, scales, q);
+    for (int g = 0; g < 16; ++g) y[b].scales[g] = static_cast<int8_t>(scales[g]);
     for (int half = 0; half < 2; ++half) {
       const uint8_t* qq = q + 128 * half;
       uint8_t* ql = y[b].ql + 64 * half;
@@ -375,6 +407,63 @@ void quantize_q6_k(const float* x, BlockQ6_K* y, int64_t n, const float* importa
                                      ((qq[l + 64] >> 4) << 4) | ((qq[l + 96] >> 4) << 6));
       }
     }
+  }
+}
+
+void quantize_q3_k(const float* x, BlockQ3_K* y, int64_t n, const float* importance) {
+  for (int64_t b = 0; b < n / kQKK; ++b, x += kQKK) {
+    int scales[16];
+    uint8_t q[kQKK];
+    y[b].d = signed_scale16_levels<4, 32>(
+        x, importance != nullptr ? importance + b * kQKK : nullptr, scales, q);
+    // The packing unpack_q3k_scales undoes, of the scales stored + 32.
+    uint8_t s[16];
+    for (int g = 0; g < 16; ++g) s[g] = static_cast<uint8_t>(scales[g] + 32);
+    for (int i = 0; i < 4; ++i) {
+      y[b].scales[i] = static_cast<uint8_t>((s[i] & 0xF) | ((s[8 + i] & 0xF) << 4));
+      y[b].scales[4 + i] = static_cast<uint8_t>((s[4 + i] & 0xF) | ((s[12 + i] & 0xF) << 4));
+      y[b].scales[8 + i] = static_cast<uint8_t>((s[i] >> 4) | ((s[4 + i] >> 4) << 2) |
+                                                ((s[8 + i] >> 4) << 4) | ((s[12 + i] >> 4) << 6));
+    }
+    pack_two_bit_levels(q, y[b].qs);
+    std::memset(y[b].hmask, 0, sizeof y[b].hmask);
+    for (int e = 0; e < kQKK; ++e) {
+      y[b].hmask[e % 32] = static_cast<uint8_t>(y[b].hmask[e % 32] | ((q[e] >> 2) << (e / 32)));
+    }
+  }
+}
+
+void quantize_q2_k(const float* x, BlockQ2_K* y, int64_t n, const float* importance) {
+  for (int64_t b = 0; b < n / kQKK; ++b, x += kQKK) {
+    float scales[16];
+    float mins[16];
+    float max_scale = 0.0f;
+    float max_min = 0.0f;
+    for (int g = 0; g < 16; ++g) {
+      float w[16];
+      const float* weights = fitting_weights(
+          x + 16 * g, importance != nullptr ? importance + b * kQKK + 16 * g : nullptr, 16, w);
+      fit_scale_min(x + 16 * g, weights, 16, 3, &scales[g], &mins[g]);
+      max_scale = std::max(max_scale, scales[g]);
+      max_min = std::max(max_min, mins[g]);
+    }
+    y[b].d = fp32_to_fp16(max_scale / 15.0f);
+    y[b].dmin = fp32_to_fp16(max_min / 15.0f);
+    const float d = fp16_to_fp32(y[b].d);
+    const float dmin = fp16_to_fp32(y[b].dmin);
+    uint8_t q[kQKK];
+    for (int g = 0; g < 16; ++g) {
+      const int ls = d > 0.0f ? std::clamp(nearest(scales[g] / d), 0, 15) : 0;
+      const int lm = dmin > 0.0f ? std::clamp(nearest(mins[g] / dmin), 0, 15) : 0;
+      y[b].scales[g] = static_cast<uint8_t>(ls | (lm << 4));
+      const float sd = d * static_cast<float>(ls);
+      const float sm = dmin * static_cast<float>(lm);
+      for (int l = 0; l < 16; ++l) {
+        const int v = sd > 0.0f ? std::clamp(nearest((x[16 * g + l] + sm) / sd), 0, 3) : 0;
+        q[16 * g + l] = static_cast<uint8_t>(v);
+      }
+    }
+    pack_two_bit_levels(q, y[b].qs);
   }
 }
 
@@ -485,27 +574,49 @@ void dequantize_q5_k(const BlockQ5_K* x, float* y, int64_t n) {
   dequantize_scale_min_k(x, y, n);
 }
 
-void dequantize_q6_k(const BlockQ6_K* x, float* y, int64_t n) {
+namespace {
+
+// Q2_K, Q3_K and Q6_K: d * scale * (level - offset), less Q2_K's minimum.
+template <typename Block>
+void dequantize_scale16_k(const Block* x, float* y, int64_t n) {
   for (int64_t b = 0; b < n / kQKK; ++b, y += kQKK) {
-    const float d = fp16_to_fp32(x[b].d);
-    for (int half = 0; half < 2; ++half) {
-      const uint8_t* ql = x[b].ql + 64 * half;
-      const uint8_t* qh = x[b].qh + 32 * half;
-      const int8_t* sc = x[b].scales + 8 * half;
-      float* out = y + 128 * half;
-      for (int l = 0; l < 32; ++l) {
-        const int g = l / 16;
-        const int q0 = ((ql[l] & 0xF) | (((qh[l] >> 0) & 3) << 4)) - 32;
-        const int q1 = ((ql[l + 32] & 0xF) | (((qh[l] >> 2) & 3) << 4)) - 32;
-        const int q2 = ((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) - 32;
-        const int q3 = ((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) - 32;
-        out[l] = d * static_cast<float>(sc[g + 0]) * static_cast<float>(q0);
-        out[l + 32] = d * static_cast<float>(sc[g + 2]) * static_cast<float>(q1);
-        out[l + 64] = d * static_cast<float>(sc[g + 4]) * static_cast<float>(q2);
-        out[l + 96] = d * static_cast<float>(sc[g + 6]) * static_cast<float>(q3);
+    int scale[16];
+    int min[16] = {};
+    float dmin = 0.0f;
+    if constexpr (std::is_same_v<Block, BlockQ2_K>) {
+      for (int g = 0; g < 16; ++g) {
+        scale[g] = x[b].scales[g] & 0xF;
+        min[g] = x[b].scales[g] >> 4;
       }
+      dmin = fp16_to_fp32(x[b].dmin);
+    } else if constexpr (std::is_same_v<Block, BlockQ3_K>) {
+      int8_t unpacked[16];
+      unpack_q3k_scales(x[b].scales, unpacked);
+      for (int g = 0; g < 16; ++g) scale[g] = unpacked[g];
+    } else {
+      for (int g = 0; g < 16; ++g) scale[g] = x[b].scales[g];
+    }
+    const float d = fp16_to_fp32(x[b].d);
+    for (int e = 0; e < kQKK; ++e) {
+      const int level = scale16_level(x[b], e) - scale16_offset(x[b]);
+      y[e] = d * static_cast<float>(scale[e / 16]) * static_cast<float>(level) -
+             dmin * static_cast<float>(min[e / 16]);
     }
   }
+}
+
+}  // namespace
+
+void dequantize_q2_k(const BlockQ2_K* x, float* y, int64_t n) {
+  dequantize_scale16_k(x, y, n);
+}
+
+void dequantize_q3_k(const BlockQ3_K* x, float* y, int64_t n) {
+  dequantize_scale16_k(x, y, n);
+}
+
+void dequantize_q6_k(const BlockQ6_K* x, float* y, int64_t n) {
+  dequantize_scale16_k(x, y, n);
 }
 
 void quantize_act_q8_scalar(const float* x, ActQ8* y, int64_t n) {

@@ -1,6 +1,8 @@
 // Scalar row kernels. They define the arithmetic the vector kernels must
 // reproduce: the same exact integer sums per block, combined in float in a
 // different order, so the two agree to float rounding.
+#include <type_traits>
+
 #include "engine/kernels.h"
 #include "engine/kernels_internal.h"
 
@@ -149,39 +151,66 @@ void rows_q5_k_scalar(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int 
   rows_scale_min_k<BlockQ5_K>(a, r0, r1, b0, nb);
 }
 
-void rows_q6_k_scalar(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb) {
+namespace {
+
+// Q2_K, Q3_K and Q6_K: unsigned levels times per-16 scales; the level offset
+// (Q3_K's 4, Q6_K's 32) and Q2_K's minimums are taken out once per group
+// through the activation sums, so the whole block stays an exact integer.
+template <typename Block>
+void rows_scale16_k(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb) {
   const int64_t blocks = a.cols / kQKK;
   for (int64_t r = r0; r < r1; ++r) {
-    const BlockQ6_K* w = weight_row<BlockQ6_K>(a, r);
+    const Block* w = weight_row<Block>(a, r);
     for (int64_t b = b0; b < b0 + nb; ++b) {
       const ActQ8K* x = act_row<ActQ8K>(a, b);
       float acc = 0.0f;
       for (int64_t i = 0; i < blocks; ++i) {
-        // Unsigned 6-bit values times activations; the -32 offset is taken
-        // out once through the per-16 activation sums. The whole block stays
-        // an exact integer.
-        int sum = 0;
-        for (int half = 0; half < 2; ++half) {
-          const uint8_t* ql = w[i].ql + 64 * half;
-          const uint8_t* qh = w[i].qh + 32 * half;
-          const int8_t* xq = x[i].qs + 128 * half;
-          const int8_t* sc = w[i].scales + 8 * half;
-          for (int l = 0; l < 32; ++l) {
-            const int g = l / 16;
-            const int q0 = (ql[l] & 0xF) | (((qh[l] >> 0) & 3) << 4);
-            const int q1 = (ql[l + 32] & 0xF) | (((qh[l] >> 2) & 3) << 4);
-            const int q2 = (ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4);
-            const int q3 = (ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4);
-            sum += sc[g] * q0 * xq[l] + sc[g + 2] * q1 * xq[l + 32] + sc[g + 4] * q2 * xq[l + 64] +
-                   sc[g + 6] * q3 * xq[l + 96];
+        int scale[16];
+        int min[16] = {};
+        if constexpr (std::is_same_v<Block, BlockQ2_K>) {
+          for (int g = 0; g < 16; ++g) {
+            scale[g] = w[i].scales[g] & 0xF;
+            min[g] = w[i].scales[g] >> 4;
           }
+        } else if constexpr (std::is_same_v<Block, BlockQ3_K>) {
+          int8_t unpacked[16];
+          unpack_q3k_scales(w[i].scales, unpacked);
+          for (int g = 0; g < 16; ++g) scale[g] = unpacked[g];
+        } else {
+          for (int g = 0; g < 16; ++g) scale[g] = w[i].scales[g];
         }
-        for (int g = 0; g < 16; ++g) sum -= 32 * w[i].scales[g] * x[i].bsums[g];
+        int sum = 0;
+        int sum_mins = 0;
+        for (int g = 0; g < 16; ++g) {
+          int s = 0;
+          for (int l = 0; l < 16; ++l) {
+            s += scale16_level(w[i], 16 * g + l) * x[i].qs[16 * g + l];
+          }
+          sum += scale[g] * (s - scale16_offset(w[i]) * x[i].bsums[g]);
+          sum_mins += min[g] * x[i].bsums[g];
+        }
         acc += fp16_to_fp32(w[i].d) * x[i].d * static_cast<float>(sum);
+        if constexpr (std::is_same_v<Block, BlockQ2_K>) {
+          acc -= fp16_to_fp32(w[i].dmin) * x[i].d * static_cast<float>(sum_mins);
+        }
       }
       store(a, b, r, acc);
     }
   }
+}
+
+}  // namespace
+
+void rows_q2_k_scalar(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb) {
+  rows_scale16_k<BlockQ2_K>(a, r0, r1, b0, nb);
+}
+
+void rows_q3_k_scalar(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb) {
+  rows_scale16_k<BlockQ3_K>(a, r0, r1, b0, nb);
+}
+
+void rows_q6_k_scalar(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb) {
+  rows_scale16_k<BlockQ6_K>(a, r0, r1, b0, nb);
 }
 
 }  // namespace sy::engine::detail
