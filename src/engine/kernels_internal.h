@@ -5,6 +5,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 
 namespace sy::engine::detail {
 
@@ -231,6 +232,25 @@ inline void unpack_q3k_scales(const uint8_t* packed, int8_t out[16]) {
     out[4 + i] = static_cast<int8_t>(((packed[4 + i] & 0xF) | (((top >> 2) & 3) << 4)) - 32);
     out[8 + i] = static_cast<int8_t>(((packed[i] >> 4) | (((top >> 4) & 3) << 4)) - 32);
     out[12 + i] = static_cast<int8_t>(((packed[4 + i] >> 4) | (((top >> 6) & 3) << 4)) - 32);
+  }
+}
+
+// The 16 scales of a Q2_K, Q3_K or Q6_K block, and Q2_K's minimums (zero for
+// the others).
+template <typename Block>
+inline void scale16_scales(const Block& b, int scale[16], int min[16]) {
+  for (int g = 0; g < 16; ++g) min[g] = 0;
+  if constexpr (std::is_same_v<Block, BlockQ2_K>) {
+    for (int g = 0; g < 16; ++g) {
+      scale[g] = b.scales[g] & 0xF;
+      min[g] = b.scales[g] >> 4;
+    }
+  } else if constexpr (std::is_same_v<Block, BlockQ3_K>) {
+    int8_t unpacked[16];
+    unpack_q3k_scales(b.scales, unpacked);
+    for (int g = 0; g < 16; ++g) scale[g] = unpacked[g];
+  } else {
+    for (int g = 0; g < 16; ++g) scale[g] = b.scales[g];
   }
 }
 

@@ -260,34 +260,47 @@ void quantize_q8_0(const float* x, BlockQ8_0* y, int64_t n) {
 
 namespace {
 
-// The shared half of Q4_K and Q5_K: fits each 32-element sub-block's scale
-// and min, stores them as 6-bit multiples of the super block's d and dmin
-// (packed as unpack_q4k_scales undoes), and writes the 256 levels 0..kMaxLevel.
-template <int kMaxLevel>
+// The shared half of Q2_K, Q4_K and Q5_K: fits each of kGroups groups of
+// kSize elements a scale and min for levels 0..kMaxLevel, stores them as
+// multiples 0..kScaleMax of the block's d and dmin (in scale[] and min[], for
+// the caller to pack), and writes the 256 levels.
+template <int kGroups, int kMaxLevel, int kScaleMax>
 void scale_min_levels(const float* x, const float* importance, uint16_t* d_out, uint16_t* dmin_out,
-                      uint8_t packed[12], uint8_t q[kQKK]) {
-  float scales[8];
-  float mins[8];
+                      uint8_t scale[kGroups], uint8_t min[kGroups], uint8_t q[kQKK]) {
+  constexpr int kSize = kQKK / kGroups;
+  float scales[kGroups];
+  float mins[kGroups];
   float max_scale = 0.0f;
   float max_min = 0.0f;
-  for (int j = 0; j < 8; ++j) {
-    float w[32];
-    const float* weights =
-        fitting_weights(x + 32 * j, importance != nullptr ? importance + 32 * j : nullptr, 32, w);
-    fit_scale_min(x + 32 * j, weights, 32, kMaxLevel, &scales[j], &mins[j]);
+  for (int j = 0; j < kGroups; ++j) {
+    float w[kSize];
+    const float* weights = fitting_weights(
+        x + kSize * j, importance != nullptr ? importance + kSize * j : nullptr, kSize, w);
+    fit_scale_min(x + kSize * j, weights, kSize, kMaxLevel, &scales[j], &mins[j]);
     max_scale = std::max(max_scale, scales[j]);
     max_min = std::max(max_min, mins[j]);
   }
-  *d_out = fp32_to_fp16(max_scale / 63.0f);
-  *dmin_out = fp32_to_fp16(max_min / 63.0f);
+  *d_out = fp32_to_fp16(max_scale / static_cast<float>(kScaleMax));
+  *dmin_out = fp32_to_fp16(max_min / static_cast<float>(kScaleMax));
   const float d = fp16_to_fp32(*d_out);
   const float dmin = fp16_to_fp32(*dmin_out);
-  uint8_t ls[8];
-  uint8_t lm[8];
-  for (int j = 0; j < 8; ++j) {
-    ls[j] = static_cast<uint8_t>(d > 0.0f ? std::clamp(nearest(scales[j] / d), 0, 63) : 0);
-    lm[j] = static_cast<uint8_t>(dmin > 0.0f ? std::clamp(nearest(mins[j] / dmin), 0, 63) : 0);
+  for (int j = 0; j < kGroups; ++j) {
+    scale[j] =
+        static_cast<uint8_t>(d > 0.0f ? std::clamp(nearest(scales[j] / d), 0, kScaleMax) : 0);
+    min[j] =
+        static_cast<uint8_t>(dmin > 0.0f ? std::clamp(nearest(mins[j] / dmin), 0, kScaleMax) : 0);
+    const float sd = d * static_cast<float>(scale[j]);
+    const float sm = dmin * static_cast<float>(min[j]);
+    for (int l = 0; l < kSize; ++l) {
+      const int v = sd > 0.0f ? std::clamp(nearest((x[kSize * j + l] + sm) / sd), 0, kMaxLevel) : 0;
+      q[kSize * j + l] = static_cast<uint8_t>(v);
+    }
   }
+}
+
+// Packs Q4_K's and Q5_K's eight 6-bit scales and mins as unpack_q4k_scales
+// undoes.
+void pack_q4k_scales(const uint8_t ls[8], const uint8_t lm[8], uint8_t packed[12]) {
   for (int j = 0; j < 4; ++j) {
     packed[j] = ls[j];
     packed[j + 4] = lm[j];
@@ -297,23 +310,16 @@ void scale_min_levels(const float* x, const float* importance, uint16_t* d_out, 
     packed[j - 4] = static_cast<uint8_t>(packed[j - 4] | ((ls[j] >> 4) << 6));
     packed[j] = static_cast<uint8_t>(packed[j] | ((lm[j] >> 4) << 6));
   }
-  for (int j = 0; j < 8; ++j) {
-    const float sd = d * static_cast<float>(ls[j]);
-    const float sm = dmin * static_cast<float>(lm[j]);
-    for (int l = 0; l < 32; ++l) {
-      const int v = sd > 0.0f ? std::clamp(nearest((x[32 * j + l] + sm) / sd), 0, kMaxLevel) : 0;
-      q[32 * j + l] = static_cast<uint8_t>(v);
-    }
-  }
 }
 
 }  // namespace
 
 void quantize_q4_k(const float* x, BlockQ4_K* y, int64_t n, const float* importance) {
   for (int64_t b = 0; b < n / kQKK; ++b, x += kQKK) {
-    uint8_t q[kQKK];
-    scale_min_levels<15>(x, importance != nullptr ? importance + b * kQKK : nullptr, &y[b].d,
-                         &y[b].dmin, y[b].scales, q);
+    uint8_t q[kQKK], ls[8], lm[8];
+    scale_min_levels<8, 15, 63>(x, importance != nullptr ? importance + b * kQKK : nullptr, &y[b].d,
+                                &y[b].dmin, ls, lm, q);
+    pack_q4k_scales(ls, lm, y[b].scales);
     for (int k = 0; k < 4; ++k) {
       for (int l = 0; l < 32; ++l) {
         y[b].qs[32 * k + l] = static_cast<uint8_t>(q[64 * k + l] | (q[64 * k + 32 + l] << 4));
@@ -324,9 +330,10 @@ void quantize_q4_k(const float* x, BlockQ4_K* y, int64_t n, const float* importa
 
 void quantize_q5_k(const float* x, BlockQ5_K* y, int64_t n, const float* importance) {
   for (int64_t b = 0; b < n / kQKK; ++b, x += kQKK) {
-    uint8_t q[kQKK];
-    scale_min_levels<31>(x, importance != nullptr ? importance + b * kQKK : nullptr, &y[b].d,
-                         &y[b].dmin, y[b].scales, q);
+    uint8_t q[kQKK], ls[8], lm[8];
+    scale_min_levels<8, 31, 63>(x, importance != nullptr ? importance + b * kQKK : nullptr, &y[b].d,
+                                &y[b].dmin, ls, lm, q);
+    pack_q4k_scales(ls, lm, y[b].scales);
     std::memset(y[b].qh, 0, sizeof y[b].qh);
     for (int k = 0; k < 4; ++k) {
       for (int l = 0; l < 32; ++l) {
@@ -435,34 +442,10 @@ void quantize_q3_k(const float* x, BlockQ3_K* y, int64_t n, const float* importa
 
 void quantize_q2_k(const float* x, BlockQ2_K* y, int64_t n, const float* importance) {
   for (int64_t b = 0; b < n / kQKK; ++b, x += kQKK) {
-    float scales[16];
-    float mins[16];
-    float max_scale = 0.0f;
-    float max_min = 0.0f;
-    for (int g = 0; g < 16; ++g) {
-      float w[16];
-      const float* weights = fitting_weights(
-          x + 16 * g, importance != nullptr ? importance + b * kQKK + 16 * g : nullptr, 16, w);
-      fit_scale_min(x + 16 * g, weights, 16, 3, &scales[g], &mins[g]);
-      max_scale = std::max(max_scale, scales[g]);
-      max_min = std::max(max_min, mins[g]);
-    }
-    y[b].d = fp32_to_fp16(max_scale / 15.0f);
-    y[b].dmin = fp32_to_fp16(max_min / 15.0f);
-    const float d = fp16_to_fp32(y[b].d);
-    const float dmin = fp16_to_fp32(y[b].dmin);
-    uint8_t q[kQKK];
-    for (int g = 0; g < 16; ++g) {
-      const int ls = d > 0.0f ? std::clamp(nearest(scales[g] / d), 0, 15) : 0;
-      const int lm = dmin > 0.0f ? std::clamp(nearest(mins[g] / dmin), 0, 15) : 0;
-      y[b].scales[g] = static_cast<uint8_t>(ls | (lm << 4));
-      const float sd = d * static_cast<float>(ls);
-      const float sm = dmin * static_cast<float>(lm);
-      for (int l = 0; l < 16; ++l) {
-        const int v = sd > 0.0f ? std::clamp(nearest((x[16 * g + l] + sm) / sd), 0, 3) : 0;
-        q[16 * g + l] = static_cast<uint8_t>(v);
-      }
-    }
+    uint8_t q[kQKK], ls[16], lm[16];
+    scale_min_levels<16, 3, 15>(x, importance != nullptr ? importance + b * kQKK : nullptr, &y[b].d,
+                                &y[b].dmin, ls, lm, q);
+    for (int g = 0; g < 16; ++g) y[b].scales[g] = static_cast<uint8_t>(ls[g] | (lm[g] << 4));
     pack_two_bit_levels(q, y[b].qs);
   }
 }
@@ -581,21 +564,10 @@ template <typename Block>
 void dequantize_scale16_k(const Block* x, float* y, int64_t n) {
   for (int64_t b = 0; b < n / kQKK; ++b, y += kQKK) {
     int scale[16];
-    int min[16] = {};
+    int min[16];
+    scale16_scales(x[b], scale, min);
     float dmin = 0.0f;
-    if constexpr (std::is_same_v<Block, BlockQ2_K>) {
-      for (int g = 0; g < 16; ++g) {
-        scale[g] = x[b].scales[g] & 0xF;
-        min[g] = x[b].scales[g] >> 4;
-      }
-      dmin = fp16_to_fp32(x[b].dmin);
-    } else if constexpr (std::is_same_v<Block, BlockQ3_K>) {
-      int8_t unpacked[16];
-      unpack_q3k_scales(x[b].scales, unpacked);
-      for (int g = 0; g < 16; ++g) scale[g] = unpacked[g];
-    } else {
-      for (int g = 0; g < 16; ++g) scale[g] = x[b].scales[g];
-    }
+    if constexpr (std::is_same_v<Block, BlockQ2_K>) dmin = fp16_to_fp32(x[b].dmin);
     const float d = fp16_to_fp32(x[b].d);
     for (int e = 0; e < kQKK; ++e) {
       const int level = scale16_level(x[b], e) - scale16_offset(x[b]);

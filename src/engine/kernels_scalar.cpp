@@ -166,19 +166,8 @@ void rows_scale16_k(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb
       float acc = 0.0f;
       for (int64_t i = 0; i < blocks; ++i) {
         int scale[16];
-        int min[16] = {};
-        if constexpr (std::is_same_v<Block, BlockQ2_K>) {
-          for (int g = 0; g < 16; ++g) {
-            scale[g] = w[i].scales[g] & 0xF;
-            min[g] = w[i].scales[g] >> 4;
-          }
-        } else if constexpr (std::is_same_v<Block, BlockQ3_K>) {
-          int8_t unpacked[16];
-          unpack_q3k_scales(w[i].scales, unpacked);
-          for (int g = 0; g < 16; ++g) scale[g] = unpacked[g];
-        } else {
-          for (int g = 0; g < 16; ++g) scale[g] = w[i].scales[g];
-        }
+        int min[16];
+        scale16_scales(w[i], scale, min);
         int sum = 0;
         int sum_mins = 0;
         for (int g = 0; g < 16; ++g) {
