@@ -221,18 +221,22 @@ inline constexpr int scale16_offset(const BlockQ6_K&) {
   return 32;
 }
 
-// Unpacks Q3_K's 12 scale bytes into 16 signed scales (-32..31). Scales
-// 0-7 keep their low 4 bits in the low nibbles of bytes 0-7, scales 8-15 in
-// the high nibbles; the top 2 bits of scales i, 4+i, 8+i, 12+i (i < 4) are
-// the four bit pairs of byte 8 + i.
-inline void unpack_q3k_scales(const uint8_t* packed, int8_t out[16]) {
-  for (int i = 0; i < 4; ++i) {
-    const int top = packed[8 + i];
-    out[i] = static_cast<int8_t>(((packed[i] & 0xF) | ((top & 3) << 4)) - 32);
-    out[4 + i] = static_cast<int8_t>(((packed[4 + i] & 0xF) | (((top >> 2) & 3) << 4)) - 32);
-    out[8 + i] = static_cast<int8_t>(((packed[i] >> 4) | (((top >> 4) & 3) << 4)) - 32);
-    out[12 + i] = static_cast<int8_t>(((packed[4 + i] >> 4) | (((top >> 6) & 3) << 4)) - 32);
-  }
+// Unpacks Q3_K's 12 scale bytes into its 16 scales as stored (0-63; the
+// scale is the stored value - 32). Scales 0-7 keep their low 4 bits in the
+// low nibbles of bytes 0-7, scales 8-15 in the high nibbles; the top 2 bits
+// of scales i, 4+i, 8+i, 12+i (i < 4) are the four bit pairs of byte 8 + i.
+// Whole-word masks move four bytes at once, as in unpack_q4k_scales.
+inline void unpack_q3k_scales(const uint8_t* packed, uint8_t out[16]) {
+  uint32_t w[3];
+  std::memcpy(w, packed, 12);
+  constexpr uint32_t kLow4 = 0x0f0f0f0f, kLow2 = 0x03030303;
+  const uint32_t r[4] = {
+      (w[0] & kLow4) | ((w[2] & kLow2) << 4),
+      (w[1] & kLow4) | (((w[2] >> 2) & kLow2) << 4),
+      ((w[0] >> 4) & kLow4) | (((w[2] >> 4) & kLow2) << 4),
+      ((w[1] >> 4) & kLow4) | (((w[2] >> 6) & kLow2) << 4),
+  };
+  std::memcpy(out, r, 16);
 }
 
 // The 16 scales of a Q2_K, Q3_K or Q6_K block, and Q2_K's minimums (zero for
@@ -246,9 +250,9 @@ inline void scale16_scales(const Block& b, int scale[16], int min[16]) {
       min[g] = b.scales[g] >> 4;
     }
   } else if constexpr (std::is_same_v<Block, BlockQ3_K>) {
-    int8_t unpacked[16];
-    unpack_q3k_scales(b.scales, unpacked);
-    for (int g = 0; g < 16; ++g) scale[g] = unpacked[g];
+    uint8_t stored[16];
+    unpack_q3k_scales(b.scales, stored);
+    for (int g = 0; g < 16; ++g) scale[g] = stored[g] - 32;
   } else {
     for (int g = 0; g < 16; ++g) scale[g] = b.scales[g];
   }
