@@ -22,7 +22,7 @@ if [ "${1:-}" = --native ]; then
   out=build/llama.cpp-native
   native=ON
 elif [ $# -gt 0 ]; then
-  sed -n '2,17p' "$0" >&2
+  sed -n '2,14p' "$0" >&2
   exit 2
 fi
 mkdir -p "$out"

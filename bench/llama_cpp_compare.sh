@@ -18,7 +18,7 @@ p=128 n=32 t=2 r=3
 while getopts p:n:t:r: opt; do
   case $opt in
     p) p=$OPTARG ;; n) n=$OPTARG ;; t) t=$OPTARG ;; r) r=$OPTARG ;;
-    *) sed -n '2,13p' "$0" >&2; exit 2 ;;
+    *) sed -n '2,14p' "$0" >&2; exit 2 ;;
   esac
 done
 shift $((OPTIND - 1))
