@@ -212,11 +212,11 @@ void register_all() {
       ->Arg(2)
       ->Unit(benchmark::kMillisecond)
       ->UseRealTime();
-  const TensorType types[] = {TensorType::kQ4_0, TensorType::kIQ4_NL, TensorType::kQ5_0,
-                              TensorType::kQ5_1, TensorType::kQ8_0,   TensorType::kQ2_K,
-                              TensorType::kQ3_K, TensorType::kQ4_K,   TensorType::kQ5_K,
-                              TensorType::kQ6_K, TensorType::kF16,    TensorType::kBF16,
-                              TensorType::kF32};
+  const TensorType types[] = {TensorType::kQ4_0, TensorType::kIQ4_NL, TensorType::kIQ4_XS,
+                              TensorType::kQ5_0, TensorType::kQ5_1,   TensorType::kQ8_0,
+                              TensorType::kQ2_K, TensorType::kQ3_K,   TensorType::kQ4_K,
+                              TensorType::kQ5_K, TensorType::kQ6_K,   TensorType::kF16,
+                              TensorType::kBF16, TensorType::kF32};
   std::vector<MatvecCase> cases;
   for (TensorType t : types) {
     for (int threads : {1, 2}) {

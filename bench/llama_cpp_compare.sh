@@ -8,8 +8,8 @@
 # Without files it makes a standard set in $SWITCHYARD_BENCH_DIR/llama-cpp
 # (default /tmp/switchyard-bench): SmolLM2-135M, Qwen2.5-0.5B and Llama-3.2-1B
 # shapes with random weights (build/bench/synthetic_model, F16), each quantized
-# by llama.cpp's own llama-quantize to Q8_0, Q4_0, Q4_K_M, Q5_K_M, Q3_K_M and
-# Q2_K.
+# by llama.cpp's own llama-quantize to Q8_0, Q4_0, Q4_K_M, Q5_K_M, Q3_K_M,
+# Q2_K and IQ4_XS.
 # Needs: a build with -DSY_BUILD_BENCH=ON, bench/llama_cpp_build.sh, jq.
 # SWITCHYARD_BINARY and LLAMA_BENCH override the two tools' paths.
 set -euo pipefail
@@ -37,7 +37,7 @@ if [ ${#files[@]} -eq 0 ]; then
   mkdir -p "$dir"
   for model in smollm2-135m qwen2.5-0.5b llama3.2-1b; do
     [ -f "$dir/$model-F16.gguf" ] || "$synthetic" "$model" F16 "$dir/$model-F16.gguf"
-    for q in Q8_0 Q4_0 Q4_K_M Q5_K_M Q3_K_M Q2_K; do
+    for q in Q8_0 Q4_0 Q4_K_M Q5_K_M Q3_K_M Q2_K IQ4_XS; do
       if [ ! -f "$dir/$model-$q.gguf" ]; then
         "$quantize" "$dir/$model-F16.gguf" "$dir/$model-$q.gguf" "$q" >"$dir/$model-$q.log" 2>&1
       fi

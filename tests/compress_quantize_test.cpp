@@ -153,6 +153,7 @@ TEST(FitType, FallsBackToTheNearestTypeThatSplitsTheRows) {
   EXPECT_EQ(fit_type(TensorType::kQ5_K, 576).type, TensorType::kQ5_1);
   EXPECT_EQ(fit_type(TensorType::kQ3_K, 576).type, TensorType::kIQ4_NL);
   EXPECT_EQ(fit_type(TensorType::kQ2_K, 576).type, TensorType::kIQ4_NL);
+  EXPECT_EQ(fit_type(TensorType::kIQ4_XS, 896).type, TensorType::kIQ4_NL);
   EXPECT_EQ(fit_type(TensorType::kQ4_K, 172).type, TensorType::kF16);
   EXPECT_EQ(fit_type(TensorType::kQ8_0, 172).type, TensorType::kF16);
   EXPECT_EQ(fit_type(TensorType::kIQ4_NL, 172).type, TensorType::kF16);

@@ -522,13 +522,12 @@ void add_quantize_command(CLI::App& app) {
   cmd->add_option("output", opts->output, "GGUF file to write")->required();
   cmd->add_option(
       "--type", opts->type,
-      "Every weight matrix to Q4_0, IQ4_NL, Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, Q8_0, "
-      "F16, BF16 or F32 (rows that do not split into the type's blocks fall back: "
-      "Q2_K/Q3_K->IQ4_NL, Q4_K->Q4_0, Q5_K->Q5_1, Q6_K->Q8_0, ->F16)");
-  cmd->add_flag(
-      "--pure", opts->pure,
-      "With --type Q4_0/IQ4_NL/Q2_K/Q3_K/Q4_K/Q5_K: also the output projection (llama.cpp "
-      "keeps it at Q6_K)");
+      "Every weight matrix to Q4_0, IQ4_NL, IQ4_XS, Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, "
+      "Q8_0, F16, BF16 or F32 (rows that do not split into the type's blocks fall back: "
+      "Q2_K/Q3_K/IQ4_XS->IQ4_NL, Q4_K->Q4_0, Q5_K->Q5_1, Q6_K->Q8_0, ->F16)");
+  cmd->add_flag("--pure", opts->pure,
+                "With --type Q4_0/IQ4_NL/IQ4_XS/Q2_K/Q3_K/Q4_K/Q5_K: also the output projection "
+                "(llama.cpp keeps it at Q6_K)");
   cmd->add_option("--tensor-type", opts->tensor_types,
                   "With --type: PATTERN=TYPE gives the matrices whose names match the regex "
                   "another type (repeatable), e.g. --tensor-type 'attn_v|output'=Q8_0");

@@ -82,6 +82,7 @@ FittedType fit_type(TensorType wanted, uint64_t row_length) {
           return TensorType::kQ5_1;
         case TensorType::kQ2_K:
         case TensorType::kQ3_K:
+        case TensorType::kIQ4_XS:
           return TensorType::kIQ4_NL;
         case TensorType::kQ6_K:
           return TensorType::kQ8_0;
@@ -104,8 +105,9 @@ std::vector<TensorChoice> uniform_choices(const engine::GgufFile& file, TensorTy
   // llama.cpp's 2- to 5-bit mixes keep the output projection, the matrix
   // most sensitive to rounding, at Q6_K.
   const bool output_at_q6k = type == TensorType::kQ4_0 || type == TensorType::kIQ4_NL ||
-                             type == TensorType::kQ2_K || type == TensorType::kQ3_K ||
-                             type == TensorType::kQ4_K || type == TensorType::kQ5_K;
+                             type == TensorType::kIQ4_XS || type == TensorType::kQ2_K ||
+                             type == TensorType::kQ3_K || type == TensorType::kQ4_K ||
+                             type == TensorType::kQ5_K;
   const engine::GgufTensorInfo* output = pure || !output_at_q6k ? nullptr : output_projection(file);
   std::vector<TensorChoice> choices;
   choices.reserve(file.tensors().size());
@@ -212,6 +214,8 @@ uint32_t llama_file_type(const engine::GgufFile& file, std::span<const TensorCho
       return 2;
     case TensorType::kIQ4_NL:
       return 25;
+    case TensorType::kIQ4_XS:
+      return 30;
     case TensorType::kQ8_0:
       return 7;
     case TensorType::kQ5_0:

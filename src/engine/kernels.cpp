@@ -122,6 +122,8 @@ constexpr TypeOps kOps[] = {
      detail::group_iq4_nl_avx2
 #endif
     },
+    {TensorType::kIQ4_XS, detail::kQKK, ActKind::kQ8K, SY_FAST(rows_iq4_xs),
+     detail::rows_iq4_xs_scalar},
     {TensorType::kQ2_K, detail::kQKK, ActKind::kQ8K, SY_FAST(rows_q2_k), detail::rows_q2_k_scalar},
     {TensorType::kQ3_K, detail::kQKK, ActKind::kQ8K, SY_FAST(rows_q3_k), detail::rows_q3_k_scalar},
     {TensorType::kQ4_K, detail::kQKK, ActKind::kQ8K, SY_FAST(rows_q4_k), detail::rows_q4_k_scalar},
@@ -248,6 +250,9 @@ bool quantize_row(TensorType type, const float* src, void* dst, int64_t n) {
     case TensorType::kQ4_K:
       detail::quantize_q4_k(src, static_cast<detail::BlockQ4_K*>(dst), n);
       return true;
+    case TensorType::kIQ4_XS:
+      detail::quantize_iq4_xs(src, static_cast<detail::BlockIQ4_XS*>(dst), n);
+      return true;
     case TensorType::kQ2_K:
       detail::quantize_q2_k(src, static_cast<detail::BlockQ2_K*>(dst), n);
       return true;
@@ -279,6 +284,10 @@ bool quantize_row_weighted(TensorType type, const float* src, void* dst, int64_t
     case TensorType::kQ4_K:
       if (n % detail::kQKK != 0) return false;
       detail::quantize_q4_k(src, static_cast<detail::BlockQ4_K*>(dst), n, importance);
+      return true;
+    case TensorType::kIQ4_XS:
+      if (n % detail::kQKK != 0) return false;
+      detail::quantize_iq4_xs(src, static_cast<detail::BlockIQ4_XS*>(dst), n, importance);
       return true;
     case TensorType::kQ2_K:
       if (n % detail::kQKK != 0) return false;
@@ -342,6 +351,9 @@ bool dequantize_row(TensorType type, const void* src, float* dst, int64_t n) {
       return true;
     case TensorType::kQ4_K:
       detail::dequantize_q4_k(static_cast<const detail::BlockQ4_K*>(src), dst, n);
+      return true;
+    case TensorType::kIQ4_XS:
+      detail::dequantize_iq4_xs(static_cast<const detail::BlockIQ4_XS*>(src), dst, n);
       return true;
     case TensorType::kQ2_K:
       detail::dequantize_q2_k(static_cast<const detail::BlockQ2_K*>(src), dst, n);

@@ -296,6 +296,45 @@ struct IQ4_NLStep {
   static float finish(__m256 acc, __m256) { return hsum(acc); }
 };
 
+// IQ4_XS: IQ4_NL's grid values per 32-element sub-block against Q8_K
+// activations, each sub-block's int16 pair sums weighted by its 6-bit scale
+// in one madd, the super block kept in int32 until one float FMA.
+template <int NB>
+struct IQ4_XSTile {
+  static void run(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0) {
+    const int64_t blocks = a.cols / kQKK;
+    const IQ4_NLStep step;
+    const ActQ8K* x[NB];
+    for (int k = 0; k < NB; ++k) x[k] = act_row<ActQ8K>(a, b0 + k);
+    for (int64_t r = r0; r < r1; ++r) {
+      const BlockIQ4_XS* w = weight_row<BlockIQ4_XS>(a, r);
+      __m256 acc[NB];
+      for (int k = 0; k < NB; ++k) acc[k] = _mm256_setzero_ps();
+      for (int64_t i = 0; i < blocks; ++i) {
+        prefetch_block(w + i);
+        __m256i sum[NB];
+        for (int k = 0; k < NB; ++k) sum[k] = _mm256_setzero_si256();
+        for (int ib = 0; ib < 8; ++ib) {
+          const __m256i q = _mm256_shuffle_epi8(step.grid, step.nibbles(w[i].qs + 16 * ib));
+          const __m256i q_abs = _mm256_sign_epi8(q, q);
+          const __m256i scale = _mm256_set1_epi16(static_cast<int16_t>(iq4xs_scale(w[i], ib)));
+          for (int k = 0; k < NB; ++k) {
+            const __m256i xs = _mm256_sign_epi8(load256(x[k][i].qs + kQK * ib), q);
+            sum[k] =
+                _mm256_add_epi32(sum[k], _mm256_madd_epi16(_mm256_maddubs_epi16(q_abs, xs), scale));
+          }
+        }
+        const float d = half(w[i].d);
+        for (int k = 0; k < NB; ++k) {
+          acc[k] =
+              _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum[k]), _mm256_set1_ps(d * x[k][i].d), acc[k]);
+        }
+      }
+      for (int k = 0; k < NB; ++k) a.y[(b0 + k) * a.y_stride + r] = hsum(acc[k]);
+    }
+  }
+};
+
 // Runs a 32-element block step over whole rows. A single activation row gets
 // two accumulator chains (even and odd blocks) so block i+1 does not wait on
 // the FMA latency of block i; with more rows the rows provide that overlap.
@@ -729,6 +768,9 @@ void group_q8_0_avx2(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0) {
 }
 void rows_iq4_nl_avx2(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb) {
   run_tile<Block32Kernel<IQ4_NLStep>::Tile>(a, r0, r1, b0, nb);
+}
+void rows_iq4_xs_avx2(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb) {
+  run_tile<IQ4_XSTile>(a, r0, r1, b0, nb);
 }
 void rows_q8_0_avx2(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb) {
   run_tile<Block32Kernel<Q8_0Step>::Tile>(a, r0, r1, b0, nb);

@@ -29,6 +29,24 @@ struct BlockIQ4_NL {
 };
 inline constexpr int8_t kIq4nlValues[16] = {-127, -104, -83, -65, -49, -35, -22, -10,
                                             1,    13,   25,  38,  53,  69,  89,  113};
+// IQ4_NL's grid with K-quant super blocks: eight 32-element sub-blocks, each
+// with a 6-bit scale (stored + 32: low 4 bits in a nibble of scales_l, top
+// 2 bits in scales_h) times d, and Q4_0's nibble order inside a sub-block.
+struct BlockIQ4_XS {
+  uint16_t d;
+  uint16_t scales_h;
+  uint8_t scales_l[4];
+  uint8_t qs[128];
+};
+// The scale (-32..31) of sub-block ib, and the grid value of element e.
+inline int iq4xs_scale(const BlockIQ4_XS& b, int ib) {
+  const int low = (b.scales_l[ib / 2] >> (4 * (ib % 2))) & 0xF;
+  return (low | (((b.scales_h >> (2 * ib)) & 3) << 4)) - 32;
+}
+inline int iq4xs_value(const BlockIQ4_XS& b, int e) {
+  const int j = e % 32;
+  return kIq4nlValues[(b.qs[16 * (e / 32) + j % 16] >> (4 * (j / 16))) & 0xF];
+}
 // Q4_0's nibbles plus a fifth bit per element: bit j of qh for element j
 // (elements 16-31 take bits 16-31). Q5_0 is symmetric (value - 16), Q5_1
 // has a per-block offset m. llama.cpp writes them where a matrix's rows are
@@ -101,6 +119,7 @@ static_assert(sizeof(BlockQ8_0) == 34);
 static_assert(sizeof(BlockQ5_0) == 22);
 static_assert(sizeof(BlockQ5_1) == 24);
 static_assert(sizeof(BlockIQ4_NL) == 18);
+static_assert(sizeof(BlockIQ4_XS) == 136);
 static_assert(sizeof(BlockQ4_K) == 144);
 static_assert(sizeof(BlockQ2_K) == 84);
 static_assert(sizeof(BlockQ3_K) == 110);
@@ -142,6 +161,7 @@ inline constexpr int kGroupRows = 8;
 void quantize_q4_0(const float* x, BlockQ4_0* y, int64_t n);
 void quantize_q4_0_weighted(const float* x, const float* importance, BlockQ4_0* y, int64_t n);
 void quantize_iq4_nl(const float* x, BlockIQ4_NL* y, int64_t n, const float* importance = nullptr);
+void quantize_iq4_xs(const float* x, BlockIQ4_XS* y, int64_t n, const float* importance = nullptr);
 void quantize_q8_0(const float* x, BlockQ8_0* y, int64_t n);
 void quantize_q5_0(const float* x, BlockQ5_0* y, int64_t n);
 void quantize_q5_1(const float* x, BlockQ5_1* y, int64_t n);
@@ -154,6 +174,7 @@ void quantize_q5_k(const float* x, BlockQ5_K* y, int64_t n, const float* importa
 void quantize_q6_k(const float* x, BlockQ6_K* y, int64_t n, const float* importance = nullptr);
 void dequantize_q4_0(const BlockQ4_0* x, float* y, int64_t n);
 void dequantize_iq4_nl(const BlockIQ4_NL* x, float* y, int64_t n);
+void dequantize_iq4_xs(const BlockIQ4_XS* x, float* y, int64_t n);
 void dequantize_q8_0(const BlockQ8_0* x, float* y, int64_t n);
 void dequantize_q5_0(const BlockQ5_0* x, float* y, int64_t n);
 void dequantize_q5_1(const BlockQ5_1* x, float* y, int64_t n);
@@ -304,6 +325,7 @@ void rows_f16_scalar(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int n
 void rows_bf16_scalar(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb);
 void rows_q4_0_scalar(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb);
 void rows_iq4_nl_scalar(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb);
+void rows_iq4_xs_scalar(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb);
 void rows_q8_0_scalar(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb);
 void rows_q5_0_scalar(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb);
 void rows_q5_1_scalar(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb);
@@ -319,6 +341,7 @@ void rows_f16_avx2(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb)
 void rows_bf16_avx2(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb);
 void rows_q4_0_avx2(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb);
 void rows_iq4_nl_avx2(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb);
+void rows_iq4_xs_avx2(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb);
 void rows_q8_0_avx2(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb);
 void rows_q5_0_avx2(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb);
 void rows_q5_1_avx2(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb);

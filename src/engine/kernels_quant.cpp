@@ -208,41 +208,79 @@ int nearest_iq4nl(float v) {
 
 }  // namespace
 
+namespace {
+
+// The (weighted) least-squares scale of 32 values on the IQ4_NL grid. The
+// grid runs from -127 to 113: try the value of largest magnitude at either
+// end and scalings around it, each with its least-squares scale.
+float iq4nl_scale(const float* x, const float* weights) {
+  const float max = signed_max(x, kQK);
+  float best_d = 0.0f;
+  float best_score = -1.0f;
+  if (max == 0.0f) return 0.0f;
+  for (float end : {-127.0f, 113.0f}) {
+    for (int step = -9; step <= 9; ++step) {
+      const float inverse = (end + static_cast<float>(step)) / max;
+      float sum_qx = 0.0f;
+      float sum_q2 = 0.0f;
+      for (int j = 0; j < kQK; ++j) {
+        const float q = kIq4nlValues[nearest_iq4nl(inverse * x[j])];
+        const float wj = weights != nullptr ? weights[j] : 1.0f;
+        sum_qx += wj * q * x[j];
+        sum_q2 += wj * q * q;
+      }
+      if (sum_q2 > 0.0f && sum_qx * sum_qx > best_score * sum_q2) {
+        best_score = sum_qx * sum_qx / sum_q2;
+        best_d = sum_qx / sum_q2;
+      }
+    }
+  }
+  return best_d;
+}
+
+// 32 grid indices for scale d, packed as Q4_0 packs its nibbles.
+void pack_iq4nl_indices(const float* x, float d, uint8_t qs[kQK / 2]) {
+  const auto index = [d](float v) { return d != 0.0f ? nearest_iq4nl(v / d) : 8; };
+  for (int j = 0; j < kQK / 2; ++j) {
+    qs[j] = static_cast<uint8_t>(index(x[j]) | (index(x[j + kQK / 2]) << 4));
+  }
+}
+
+}  // namespace
+
 void quantize_iq4_nl(const float* x, BlockIQ4_NL* y, int64_t n, const float* importance) {
   for (int64_t b = 0; b < n / kQK; ++b, x += kQK) {
     float w[kQK];
     const float* weights =
         fitting_weights(x, importance != nullptr ? importance + b * kQK : nullptr, kQK, w);
-    const float max = signed_max(x, kQK);
-    // The grid runs from -127 to 113: try the value of largest magnitude at
-    // either end and scalings around it, each with its (weighted)
-    // least-squares scale.
-    float best_d = 0.0f;
-    float best_score = -1.0f;
-    if (max != 0.0f) {
-      for (float end : {-127.0f, 113.0f}) {
-        for (int step = -9; step <= 9; ++step) {
-          const float inverse = (end + static_cast<float>(step)) / max;
-          float sum_qx = 0.0f;
-          float sum_q2 = 0.0f;
-          for (int j = 0; j < kQK; ++j) {
-            const float q = kIq4nlValues[nearest_iq4nl(inverse * x[j])];
-            const float wj = weights != nullptr ? weights[j] : 1.0f;
-            sum_qx += wj * q * x[j];
-            sum_q2 += wj * q * q;
-          }
-          if (sum_q2 > 0.0f && sum_qx * sum_qx > best_score * sum_q2) {
-            best_score = sum_qx * sum_qx / sum_q2;
-            best_d = sum_qx / sum_q2;
-          }
-        }
-      }
+    y[b].d = fp32_to_fp16(iq4nl_scale(x, weights));
+    pack_iq4nl_indices(x, fp16_to_fp32(y[b].d), y[b].qs);
+  }
+}
+
+void quantize_iq4_xs(const float* x, BlockIQ4_XS* y, int64_t n, const float* importance) {
+  for (int64_t b = 0; b < n / kQKK; ++b, x += kQKK) {
+    float scales[8];
+    float max_scale = 0.0f;
+    for (int ib = 0; ib < 8; ++ib) {
+      float w[kQK];
+      const float* weights = fitting_weights(
+          x + kQK * ib, importance != nullptr ? importance + b * kQKK + kQK * ib : nullptr, kQK, w);
+      scales[ib] = iq4nl_scale(x + kQK * ib, weights);
+      if (std::fabs(scales[ib]) > std::fabs(max_scale)) max_scale = scales[ib];
     }
-    y[b].d = fp32_to_fp16(best_d);
+    // As for Q6_K, the scale of largest magnitude goes to -32.
+    const float iscale = max_scale != 0.0f ? -32.0f / max_scale : 0.0f;
+    y[b].d = fp32_to_fp16(iscale != 0.0f ? 1.0f / iscale : 0.0f);
     const float d = fp16_to_fp32(y[b].d);
-    const auto index = [d](float v) { return d != 0.0f ? nearest_iq4nl(v / d) : 8; };
-    for (int j = 0; j < kQK / 2; ++j) {
-      y[b].qs[j] = static_cast<uint8_t>(index(x[j]) | (index(x[j + kQK / 2]) << 4));
+    y[b].scales_h = 0;
+    std::memset(y[b].scales_l, 0, sizeof y[b].scales_l);
+    for (int ib = 0; ib < 8; ++ib) {
+      const int ls = std::clamp(nearest(iscale * scales[ib]), -32, 31) + 32;
+      y[b].scales_l[ib / 2] =
+          static_cast<uint8_t>(y[b].scales_l[ib / 2] | ((ls & 0xF) << (4 * (ib % 2))));
+      y[b].scales_h = static_cast<uint16_t>(y[b].scales_h | ((ls >> 4) << (2 * ib)));
+      pack_iq4nl_indices(x + kQK * ib, d * static_cast<float>(ls - 32), y[b].qs + 16 * ib);
     }
   }
 }
@@ -520,6 +558,16 @@ void dequantize_iq4_nl(const BlockIQ4_NL* x, float* y, int64_t n) {
     for (int j = 0; j < kQK / 2; ++j) {
       y[j] = static_cast<float>(kIq4nlValues[x[b].qs[j] & 0xF]) * d;
       y[j + kQK / 2] = static_cast<float>(kIq4nlValues[x[b].qs[j] >> 4]) * d;
+    }
+  }
+}
+
+void dequantize_iq4_xs(const BlockIQ4_XS* x, float* y, int64_t n) {
+  for (int64_t b = 0; b < n / kQKK; ++b, y += kQKK) {
+    const float d = fp16_to_fp32(x[b].d);
+    for (int e = 0; e < kQKK; ++e) {
+      const float sd = d * static_cast<float>(iq4xs_scale(x[b], e / kQK));
+      y[e] = sd * static_cast<float>(iq4xs_value(x[b], e));
     }
   }
 }

@@ -91,6 +91,29 @@ void rows_iq4_nl_scalar(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, in
   });
 }
 
+void rows_iq4_xs_scalar(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb) {
+  const int64_t blocks = a.cols / kQKK;
+  for (int64_t r = r0; r < r1; ++r) {
+    const BlockIQ4_XS* w = weight_row<BlockIQ4_XS>(a, r);
+    for (int64_t b = b0; b < b0 + nb; ++b) {
+      const ActQ8K* x = act_row<ActQ8K>(a, b);
+      float acc = 0.0f;
+      for (int64_t i = 0; i < blocks; ++i) {
+        int sum = 0;
+        for (int ib = 0; ib < 8; ++ib) {
+          int s = 0;
+          for (int l = 0; l < kQK; ++l) {
+            s += iq4xs_value(w[i], kQK * ib + l) * x[i].qs[kQK * ib + l];
+          }
+          sum += iq4xs_scale(w[i], ib) * s;
+        }
+        acc += fp16_to_fp32(w[i].d) * x[i].d * static_cast<float>(sum);
+      }
+      store(a, b, r, acc);
+    }
+  }
+}
+
 void rows_q8_0_scalar(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb) {
   rows_signed_blocks<BlockQ8_0>(a, r0, r1, b0, nb,
                                 [](const BlockQ8_0& w, int j) { return int{w.qs[j]}; });
