@@ -296,41 +296,60 @@ struct IQ4_NLStep {
   static float finish(__m256 acc, __m256) { return hsum(acc); }
 };
 
+// Runs a 256-element block step over whole rows: for each row and each
+// super block, step<NB>(w, x, acc) adds the block's share of the NB dot
+// products to acc, x pointing at the NB activation rows' matching blocks.
+template <typename Step>
+struct SuperBlockKernel {
+  template <int NB>
+  struct Tile {
+    static void run(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0) {
+      using Block = typename Step::Block;
+      const Step step;
+      const int64_t blocks = a.cols / kQKK;
+      const ActQ8K* x[NB];
+      for (int k = 0; k < NB; ++k) x[k] = act_row<ActQ8K>(a, b0 + k);
+      for (int64_t r = r0; r < r1; ++r) {
+        const Block* w = weight_row<Block>(a, r);
+        __m256 acc[NB];
+        for (int k = 0; k < NB; ++k) acc[k] = _mm256_setzero_ps();
+        for (int64_t i = 0; i < blocks; ++i) {
+          prefetch_block(w + i);
+          const ActQ8K* xi[NB];
+          for (int k = 0; k < NB; ++k) xi[k] = x[k] + i;
+          step.template operator()<NB>(w[i], xi, acc);
+        }
+        for (int k = 0; k < NB; ++k) a.y[(b0 + k) * a.y_stride + r] = hsum(acc[k]);
+      }
+    }
+  };
+};
+
 // IQ4_XS: IQ4_NL's grid values per 32-element sub-block against Q8_K
 // activations, each sub-block's int16 pair sums weighted by its 6-bit scale
 // in one madd, the super block kept in int32 until one float FMA.
-template <int NB>
-struct IQ4_XSTile {
-  static void run(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0) {
-    const int64_t blocks = a.cols / kQKK;
-    const IQ4_NLStep step;
-    const ActQ8K* x[NB];
-    for (int k = 0; k < NB; ++k) x[k] = act_row<ActQ8K>(a, b0 + k);
-    for (int64_t r = r0; r < r1; ++r) {
-      const BlockIQ4_XS* w = weight_row<BlockIQ4_XS>(a, r);
-      __m256 acc[NB];
-      for (int k = 0; k < NB; ++k) acc[k] = _mm256_setzero_ps();
-      for (int64_t i = 0; i < blocks; ++i) {
-        prefetch_block(w + i);
-        __m256i sum[NB];
-        for (int k = 0; k < NB; ++k) sum[k] = _mm256_setzero_si256();
-        for (int ib = 0; ib < 8; ++ib) {
-          const __m256i q = _mm256_shuffle_epi8(step.grid, step.nibbles(w[i].qs + 16 * ib));
-          const __m256i q_abs = _mm256_sign_epi8(q, q);
-          const __m256i scale = _mm256_set1_epi16(static_cast<int16_t>(iq4xs_scale(w[i], ib)));
-          for (int k = 0; k < NB; ++k) {
-            const __m256i xs = _mm256_sign_epi8(load256(x[k][i].qs + kQK * ib), q);
-            sum[k] =
-                _mm256_add_epi32(sum[k], _mm256_madd_epi16(_mm256_maddubs_epi16(q_abs, xs), scale));
-          }
-        }
-        const float d = half(w[i].d);
-        for (int k = 0; k < NB; ++k) {
-          acc[k] =
-              _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum[k]), _mm256_set1_ps(d * x[k][i].d), acc[k]);
-        }
+struct IQ4_XSStep {
+  using Block = BlockIQ4_XS;
+  const IQ4_NLStep nl;
+
+  template <int NB>
+  [[gnu::always_inline]] void operator()(const Block& w, const ActQ8K* const* x,
+                                         __m256* acc) const {
+    __m256i sum[NB];
+    for (int k = 0; k < NB; ++k) sum[k] = _mm256_setzero_si256();
+    for (int ib = 0; ib < 8; ++ib) {
+      const __m256i q = _mm256_shuffle_epi8(nl.grid, nl.nibbles(w.qs + 16 * ib));
+      const __m256i q_abs = _mm256_sign_epi8(q, q);
+      const __m256i scale = _mm256_set1_epi16(static_cast<int16_t>(iq4xs_scale(w, ib)));
+      for (int k = 0; k < NB; ++k) {
+        const __m256i xs = _mm256_sign_epi8(load256(x[k]->qs + kQK * ib), q);
+        sum[k] =
+            _mm256_add_epi32(sum[k], _mm256_madd_epi16(_mm256_maddubs_epi16(q_abs, xs), scale));
       }
-      for (int k = 0; k < NB; ++k) a.y[(b0 + k) * a.y_stride + r] = hsum(acc[k]);
+    }
+    const float d = half(w.d);
+    for (int k = 0; k < NB; ++k) {
+      acc[k] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum[k]), _mm256_set1_ps(d * x[k]->d), acc[k]);
     }
   }
 };
@@ -391,78 +410,62 @@ struct Block32Kernel {
 // mins meet the per-32 activation sums in one 8-lane madd. Q5_K's fifth bits
 // (levels up to 31: a maddubs pair sum stays below 2 * 31 * 127, far from
 // int16 saturation) come from qh, two bits per pair of sub-blocks.
-template <typename Block>
-struct ScaleMinK {
+template <typename ScaleMinBlock>
+struct ScaleMinKStep {
+  using Block = ScaleMinBlock;
   static constexpr bool kFifthBit = std::is_same_v<Block, BlockQ5_K>;
+  const __m256i low4 = _mm256_set1_epi8(0x0F);
+  const __m256i fifth = _mm256_set1_epi8(0x10);
+
   template <int NB>
-  struct Tile;
-};
-template <typename Block>
-template <int NB>
-struct ScaleMinK<Block>::Tile {
-  static void run(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0) {
-    const int64_t blocks = a.cols / kQKK;
-    const __m256i low4 = _mm256_set1_epi8(0x0F);
-    const __m256i fifth = _mm256_set1_epi8(0x10);
-    const ActQ8K* x[NB];
-    for (int k = 0; k < NB; ++k) x[k] = act_row<ActQ8K>(a, b0 + k);
-    for (int64_t r = r0; r < r1; ++r) {
-      const Block* w = weight_row<Block>(a, r);
-      __m256 acc[NB];
-      for (int k = 0; k < NB; ++k) acc[k] = _mm256_setzero_ps();
-      for (int64_t i = 0; i < blocks; ++i) {
-        prefetch_block(w + i);
-        alignas(16) uint8_t sm[16];
-        unpack_q4k_scales(w[i].scales, sm);
-        const __m128i sm128 = _mm_load_si128(reinterpret_cast<const __m128i*>(sm));
-        const __m256i scales = _mm256_broadcastsi128_si256(sm128);
-        const __m128i mins = _mm_cvtepu8_epi16(_mm_srli_si128(sm128, 8));
-        // Byte pairs (j, 0x80) pick scale j into the low byte of each int16
-        // and zero the high byte.
-        __m256i pick = _mm256_set1_epi16(static_cast<int16_t>(0x8000));
-        const __m256i next = _mm256_set1_epi16(1);
-        __m256i sum[NB];
-        for (int k = 0; k < NB; ++k) sum[k] = _mm256_setzero_si256();
-        [[maybe_unused]] __m256i high_bits;
-        if constexpr (kFifthBit) high_bits = load256(w[i].qh);
-        for (int j = 0; j < 4; ++j) {
-          const __m256i q = load256(w[i].qs + 32 * j);
-          __m256i lo = _mm256_and_si256(q, low4);
-          __m256i hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), low4);
-          if constexpr (kFifthBit) {
-            // Bits 0 and 1 of each byte, moved to bit 4; the next pair of
-            // sub-blocks then reads the next two bits. The 16-bit shifts
-            // carry the high byte's bits no lower than bit 6 of the low one.
-            lo = _mm256_or_si256(lo, _mm256_and_si256(_mm256_slli_epi16(high_bits, 4), fifth));
-            hi = _mm256_or_si256(hi, _mm256_and_si256(_mm256_slli_epi16(high_bits, 3), fifth));
-            high_bits = _mm256_srli_epi16(high_bits, 2);
-          }
-          const __m256i s_lo = _mm256_shuffle_epi8(scales, pick);
-          pick = _mm256_add_epi16(pick, next);
-          const __m256i s_hi = _mm256_shuffle_epi8(scales, pick);
-          pick = _mm256_add_epi16(pick, next);
-          for (int k = 0; k < NB; ++k) {
-            const __m256i p_lo =
-                _mm256_madd_epi16(_mm256_maddubs_epi16(lo, load256(x[k][i].qs + 64 * j)), s_lo);
-            const __m256i p_hi = _mm256_madd_epi16(
-                _mm256_maddubs_epi16(hi, load256(x[k][i].qs + 64 * j + 32)), s_hi);
-            sum[k] = _mm256_add_epi32(sum[k], _mm256_add_epi32(p_lo, p_hi));
-          }
-        }
-        const float d = half(w[i].d);
-        const float dmin = half(w[i].dmin);
-        for (int k = 0; k < NB; ++k) {
-          const __m128i bs_lo = _mm_loadu_si128(reinterpret_cast<const __m128i*>(x[k][i].bsums));
-          const __m128i bs_hi =
-              _mm_loadu_si128(reinterpret_cast<const __m128i*>(x[k][i].bsums + 8));
-          const __m128i pm = _mm_madd_epi16(mins, _mm_hadd_epi16(bs_lo, bs_hi));
-          acc[k] =
-              _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum[k]), _mm256_set1_ps(d * x[k][i].d), acc[k]);
-          acc[k] = _mm256_fnmadd_ps(_mm256_zextps128_ps256(_mm_cvtepi32_ps(pm)),
-                                    _mm256_set1_ps(dmin * x[k][i].d), acc[k]);
-        }
+  [[gnu::always_inline]] void operator()(const Block& w, const ActQ8K* const* x,
+                                         __m256* acc) const {
+    alignas(16) uint8_t sm[16];
+    unpack_q4k_scales(w.scales, sm);
+    const __m128i sm128 = _mm_load_si128(reinterpret_cast<const __m128i*>(sm));
+    const __m256i scales = _mm256_broadcastsi128_si256(sm128);
+    const __m128i mins = _mm_cvtepu8_epi16(_mm_srli_si128(sm128, 8));
+    // Byte pairs (j, 0x80) pick scale j into the low byte of each int16
+    // and zero the high byte.
+    __m256i pick = _mm256_set1_epi16(static_cast<int16_t>(0x8000));
+    const __m256i next = _mm256_set1_epi16(1);
+    __m256i sum[NB];
+    for (int k = 0; k < NB; ++k) sum[k] = _mm256_setzero_si256();
+    [[maybe_unused]] __m256i high_bits;
+    if constexpr (kFifthBit) high_bits = load256(w.qh);
+    for (int j = 0; j < 4; ++j) {
+      const __m256i q = load256(w.qs + 32 * j);
+      __m256i lo = _mm256_and_si256(q, low4);
+      __m256i hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), low4);
+      if constexpr (kFifthBit) {
+        // Bits 0 and 1 of each byte, moved to bit 4; the next pair of
+        // sub-blocks then reads the next two bits. The 16-bit shifts
+        // carry the high byte's bits no lower than bit 6 of the low one.
+        lo = _mm256_or_si256(lo, _mm256_and_si256(_mm256_slli_epi16(high_bits, 4), fifth));
+        hi = _mm256_or_si256(hi, _mm256_and_si256(_mm256_slli_epi16(high_bits, 3), fifth));
+        high_bits = _mm256_srli_epi16(high_bits, 2);
       }
-      for (int k = 0; k < NB; ++k) a.y[(b0 + k) * a.y_stride + r] = hsum(acc[k]);
+      const __m256i s_lo = _mm256_shuffle_epi8(scales, pick);
+      pick = _mm256_add_epi16(pick, next);
+      const __m256i s_hi = _mm256_shuffle_epi8(scales, pick);
+      pick = _mm256_add_epi16(pick, next);
+      for (int k = 0; k < NB; ++k) {
+        const __m256i p_lo =
+            _mm256_madd_epi16(_mm256_maddubs_epi16(lo, load256(x[k]->qs + 64 * j)), s_lo);
+        const __m256i p_hi =
+            _mm256_madd_epi16(_mm256_maddubs_epi16(hi, load256(x[k]->qs + 64 * j + 32)), s_hi);
+        sum[k] = _mm256_add_epi32(sum[k], _mm256_add_epi32(p_lo, p_hi));
+      }
+    }
+    const float d = half(w.d);
+    const float dmin = half(w.dmin);
+    for (int k = 0; k < NB; ++k) {
+      const __m128i bs_lo = _mm_loadu_si128(reinterpret_cast<const __m128i*>(x[k]->bsums));
+      const __m128i bs_hi = _mm_loadu_si128(reinterpret_cast<const __m128i*>(x[k]->bsums + 8));
+      const __m128i pm = _mm_madd_epi16(mins, _mm_hadd_epi16(bs_lo, bs_hi));
+      acc[k] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum[k]), _mm256_set1_ps(d * x[k]->d), acc[k]);
+      acc[k] = _mm256_fnmadd_ps(_mm256_zextps128_ps256(_mm_cvtepi32_ps(pm)),
+                                _mm256_set1_ps(dmin * x[k]->d), acc[k]);
     }
   }
 };
@@ -516,10 +519,15 @@ struct TwoBitLevels {
 // lanes (a byte shuffle picks scale 2c for the low 128-bit lane and 2c+1 for
 // the high one), and the level offset (Q3_K's 4, Q6_K's 32) subtracted once
 // per block from the activation sums, as Q2_K's minimums are.
-template <typename Block, typename Levels>
-struct Scale16K {
+template <typename Scale16Block, typename Levels>
+struct Scale16KStep {
+  using Block = Scale16Block;
   static constexpr bool kMins = std::is_same_v<Block, BlockQ2_K>;
   static constexpr int kOffset = scale16_offset(Block{});
+  const Levels levels;
+  // Bytes 2c in the low lane and 2c+1 in the high lane, advanced by 2 per chunk.
+  const __m256i pick0 = _mm256_setr_epi64x(0, 0, 0x0101010101010101, 0x0101010101010101);
+  const __m256i two = _mm256_set1_epi8(2);
 
   // The 16 scales as signed bytes; with kMins, the minimums as int16 lanes.
   [[gnu::always_inline]] static __m128i scales(const Block& w, __m256i* mins) {
@@ -552,68 +560,48 @@ struct Scale16K {
   }
 
   template <int NB>
-  struct Tile {
-    static void run(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0) {
-      const int64_t blocks = a.cols / kQKK;
-      const Levels levels;
-      // Bytes 2c in the low lane and 2c+1 in the high lane, advanced by 2 per chunk.
-      const __m256i pick0 = _mm256_setr_epi64x(0, 0, 0x0101010101010101, 0x0101010101010101);
-      const __m256i two = _mm256_set1_epi8(2);
-      const ActQ8K* x[NB];
-      for (int k = 0; k < NB; ++k) x[k] = act_row<ActQ8K>(a, b0 + k);
-      for (int64_t r = r0; r < r1; ++r) {
-        const Block* w = weight_row<Block>(a, r);
-        __m256 acc[NB];
-        for (int k = 0; k < NB; ++k) acc[k] = _mm256_setzero_ps();
-        for (int64_t i = 0; i < blocks; ++i) {
-          prefetch_block(w + i);
-          [[maybe_unused]] __m256i mins;
-          const __m128i sc128 = scales(w[i], &mins);
-          const __m256i scales = _mm256_broadcastsi128_si256(sc128);
-          __m256i sum[NB];
-          [[maybe_unused]] __m256i min_sum[NB];
-          for (int k = 0; k < NB; ++k) {
-            sum[k] = _mm256_setzero_si256();
-            if constexpr (kOffset != 0) {
-              static_assert(std::has_single_bit(static_cast<unsigned>(kOffset)));
-              const __m256i offset =
-                  _mm256_madd_epi16(_mm256_cvtepi8_epi16(sc128), load256(x[k][i].bsums));
-              sum[k] = _mm256_sub_epi32(
-                  _mm256_setzero_si256(),
-                  _mm256_slli_epi32(offset, std::countr_zero(static_cast<unsigned>(kOffset))));
-            }
-            if constexpr (kMins) min_sum[k] = _mm256_madd_epi16(mins, load256(x[k][i].bsums));
-          }
-          __m256i pick = pick0;
-          for (int h = 0; h < 2; ++h) {
-            __m256i q[4];
-            levels(w[i], h, q);
-            for (int j = 0; j < 4; ++j) {
-              // Each int16 lane holds the scale byte twice; the arithmetic
-              // shift leaves it sign-extended.
-              const __m256i s = _mm256_srai_epi16(_mm256_shuffle_epi8(scales, pick), 8);
-              pick = _mm256_add_epi8(pick, two);
-              for (int k = 0; k < NB; ++k) {
-                const __m256i xq = load256(x[k][i].qs + 128 * h + 32 * j);
-                sum[k] =
-                    _mm256_add_epi32(sum[k], _mm256_madd_epi16(_mm256_maddubs_epi16(q[j], xq), s));
-              }
-            }
-          }
-          const float d = half(w[i].d);
-          for (int k = 0; k < NB; ++k) {
-            acc[k] =
-                _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum[k]), _mm256_set1_ps(d * x[k][i].d), acc[k]);
-            if constexpr (kMins) {
-              acc[k] = _mm256_fnmadd_ps(_mm256_cvtepi32_ps(min_sum[k]),
-                                        _mm256_set1_ps(half(w[i].dmin) * x[k][i].d), acc[k]);
-            }
-          }
+  [[gnu::always_inline]] void operator()(const Block& w, const ActQ8K* const* x,
+                                         __m256* acc) const {
+    [[maybe_unused]] __m256i mins;
+    const __m128i sc128 = scales(w, &mins);
+    const __m256i scales = _mm256_broadcastsi128_si256(sc128);
+    __m256i sum[NB];
+    [[maybe_unused]] __m256i min_sum[NB];
+    for (int k = 0; k < NB; ++k) {
+      sum[k] = _mm256_setzero_si256();
+      if constexpr (kOffset != 0) {
+        static_assert(std::has_single_bit(static_cast<unsigned>(kOffset)));
+        const __m256i offset = _mm256_madd_epi16(_mm256_cvtepi8_epi16(sc128), load256(x[k]->bsums));
+        sum[k] = _mm256_sub_epi32(
+            _mm256_setzero_si256(),
+            _mm256_slli_epi32(offset, std::countr_zero(static_cast<unsigned>(kOffset))));
+      }
+      if constexpr (kMins) min_sum[k] = _mm256_madd_epi16(mins, load256(x[k]->bsums));
+    }
+    __m256i pick = pick0;
+    for (int h = 0; h < 2; ++h) {
+      __m256i q[4];
+      levels(w, h, q);
+      for (int j = 0; j < 4; ++j) {
+        // Each int16 lane holds the scale byte twice; the arithmetic shift
+        // leaves it sign-extended.
+        const __m256i s = _mm256_srai_epi16(_mm256_shuffle_epi8(scales, pick), 8);
+        pick = _mm256_add_epi8(pick, two);
+        for (int k = 0; k < NB; ++k) {
+          const __m256i xq = load256(x[k]->qs + 128 * h + 32 * j);
+          sum[k] = _mm256_add_epi32(sum[k], _mm256_madd_epi16(_mm256_maddubs_epi16(q[j], xq), s));
         }
-        for (int k = 0; k < NB; ++k) a.y[(b0 + k) * a.y_stride + r] = hsum(acc[k]);
       }
     }
-  };
+    const float d = half(w.d);
+    for (int k = 0; k < NB; ++k) {
+      acc[k] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum[k]), _mm256_set1_ps(d * x[k]->d), acc[k]);
+      if constexpr (kMins) {
+        acc[k] = _mm256_fnmadd_ps(_mm256_cvtepi32_ps(min_sum[k]),
+                                  _mm256_set1_ps(half(w.dmin) * x[k]->d), acc[k]);
+      }
+    }
+  }
 };
 
 // Unsigned weight levels against an ActQ8x8 group: each dword of levels (4
@@ -770,7 +758,7 @@ void rows_iq4_nl_avx2(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int 
   run_tile<Block32Kernel<IQ4_NLStep>::Tile>(a, r0, r1, b0, nb);
 }
 void rows_iq4_xs_avx2(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb) {
-  run_tile<IQ4_XSTile>(a, r0, r1, b0, nb);
+  run_tile<SuperBlockKernel<IQ4_XSStep>::Tile>(a, r0, r1, b0, nb);
 }
 void rows_q8_0_avx2(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb) {
   run_tile<Block32Kernel<Q8_0Step>::Tile>(a, r0, r1, b0, nb);
@@ -782,19 +770,19 @@ void rows_q5_1_avx2(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb
   run_tile<Block32Kernel<Q5Step<BlockQ5_1>>::Tile>(a, r0, r1, b0, nb);
 }
 void rows_q4_k_avx2(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb) {
-  run_tile<ScaleMinK<BlockQ4_K>::Tile>(a, r0, r1, b0, nb);
+  run_tile<SuperBlockKernel<ScaleMinKStep<BlockQ4_K>>::Tile>(a, r0, r1, b0, nb);
 }
 void rows_q5_k_avx2(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb) {
-  run_tile<ScaleMinK<BlockQ5_K>::Tile>(a, r0, r1, b0, nb);
+  run_tile<SuperBlockKernel<ScaleMinKStep<BlockQ5_K>>::Tile>(a, r0, r1, b0, nb);
 }
 void rows_q2_k_avx2(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb) {
-  run_tile<Scale16K<BlockQ2_K, TwoBitLevels<false>>::Tile>(a, r0, r1, b0, nb);
+  run_tile<SuperBlockKernel<Scale16KStep<BlockQ2_K, TwoBitLevels<false>>>::Tile>(a, r0, r1, b0, nb);
 }
 void rows_q3_k_avx2(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb) {
-  run_tile<Scale16K<BlockQ3_K, TwoBitLevels<true>>::Tile>(a, r0, r1, b0, nb);
+  run_tile<SuperBlockKernel<Scale16KStep<BlockQ3_K, TwoBitLevels<true>>>::Tile>(a, r0, r1, b0, nb);
 }
 void rows_q6_k_avx2(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb) {
-  run_tile<Scale16K<BlockQ6_K, Q6_KLevels>::Tile>(a, r0, r1, b0, nb);
+  run_tile<SuperBlockKernel<Scale16KStep<BlockQ6_K, Q6_KLevels>>::Tile>(a, r0, r1, b0, nb);
 }
 
 void quantize_act_q8_avx2(const float* x, ActQ8* y, int64_t n) {

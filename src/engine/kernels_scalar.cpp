@@ -91,29 +91,6 @@ void rows_iq4_nl_scalar(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, in
   });
 }
 
-void rows_iq4_xs_scalar(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb) {
-  const int64_t blocks = a.cols / kQKK;
-  for (int64_t r = r0; r < r1; ++r) {
-    const BlockIQ4_XS* w = weight_row<BlockIQ4_XS>(a, r);
-    for (int64_t b = b0; b < b0 + nb; ++b) {
-      const ActQ8K* x = act_row<ActQ8K>(a, b);
-      float acc = 0.0f;
-      for (int64_t i = 0; i < blocks; ++i) {
-        int sum = 0;
-        for (int ib = 0; ib < 8; ++ib) {
-          int s = 0;
-          for (int l = 0; l < kQK; ++l) {
-            s += iq4xs_value(w[i], kQK * ib + l) * x[i].qs[kQK * ib + l];
-          }
-          sum += iq4xs_scale(w[i], ib) * s;
-        }
-        acc += fp16_to_fp32(w[i].d) * x[i].d * static_cast<float>(sum);
-      }
-      store(a, b, r, acc);
-    }
-  }
-}
-
 void rows_q8_0_scalar(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb) {
   rows_signed_blocks<BlockQ8_0>(a, r0, r1, b0, nb,
                                 [](const BlockQ8_0& w, int j) { return int{w.qs[j]}; });
@@ -133,96 +110,99 @@ void rows_q5_1_scalar(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int 
 
 namespace {
 
-// Q4_K and Q5_K: unsigned levels times 6-bit sub-block scales, the mins
-// taken out once per sub-block through the activation sums.
-template <typename Block>
-void rows_scale_min_k(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb) {
+// The row loop of the 256-element types: block_dot(w, x) is one super
+// block's contribution to a row's dot product.
+template <typename Block, typename BlockDot>
+void rows_super_blocks(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb,
+                       BlockDot block_dot) {
   const int64_t blocks = a.cols / kQKK;
   for (int64_t r = r0; r < r1; ++r) {
     const Block* w = weight_row<Block>(a, r);
     for (int64_t b = b0; b < b0 + nb; ++b) {
       const ActQ8K* x = act_row<ActQ8K>(a, b);
       float acc = 0.0f;
-      for (int64_t i = 0; i < blocks; ++i) {
-        uint8_t sm[16];
-        unpack_q4k_scales(w[i].scales, sm);
-        int sum = 0;
-        int sum_mins = 0;
-        for (int j = 0; j < 8; ++j) {
-          int s = 0;
-          for (int l = 0; l < 32; ++l) {
-            s += scale_min_level(w[i], 32 * j + l) * x[i].qs[32 * j + l];
-          }
-          sum += sm[j] * s;
-          sum_mins += sm[8 + j] * (x[i].bsums[2 * j] + x[i].bsums[2 * j + 1]);
-        }
-        acc += fp16_to_fp32(w[i].d) * x[i].d * static_cast<float>(sum) -
-               fp16_to_fp32(w[i].dmin) * x[i].d * static_cast<float>(sum_mins);
-      }
+      for (int64_t i = 0; i < blocks; ++i) acc += block_dot(w[i], x[i]);
       store(a, b, r, acc);
     }
   }
 }
 
-}  // namespace
-
-void rows_q4_k_scalar(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb) {
-  rows_scale_min_k<BlockQ4_K>(a, r0, r1, b0, nb);
+// Q4_K and Q5_K: unsigned levels times 6-bit sub-block scales, the mins
+// taken out once per sub-block through the activation sums.
+template <typename Block>
+float scale_min_k_dot(const Block& w, const ActQ8K& x) {
+  uint8_t sm[16];
+  unpack_q4k_scales(w.scales, sm);
+  int sum = 0;
+  int sum_mins = 0;
+  for (int j = 0; j < 8; ++j) {
+    int s = 0;
+    for (int l = 0; l < 32; ++l) s += scale_min_level(w, 32 * j + l) * x.qs[32 * j + l];
+    sum += sm[j] * s;
+    sum_mins += sm[8 + j] * (x.bsums[2 * j] + x.bsums[2 * j + 1]);
+  }
+  return fp16_to_fp32(w.d) * x.d * static_cast<float>(sum) -
+         fp16_to_fp32(w.dmin) * x.d * static_cast<float>(sum_mins);
 }
-
-void rows_q5_k_scalar(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb) {
-  rows_scale_min_k<BlockQ5_K>(a, r0, r1, b0, nb);
-}
-
-namespace {
 
 // Q2_K, Q3_K and Q6_K: unsigned levels times per-16 scales; the level offset
 // (Q3_K's 4, Q6_K's 32) and Q2_K's minimums are taken out once per group
 // through the activation sums, so the whole block stays an exact integer.
 template <typename Block>
-void rows_scale16_k(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb) {
-  const int64_t blocks = a.cols / kQKK;
-  for (int64_t r = r0; r < r1; ++r) {
-    const Block* w = weight_row<Block>(a, r);
-    for (int64_t b = b0; b < b0 + nb; ++b) {
-      const ActQ8K* x = act_row<ActQ8K>(a, b);
-      float acc = 0.0f;
-      for (int64_t i = 0; i < blocks; ++i) {
-        int scale[16];
-        int min[16];
-        scale16_scales(w[i], scale, min);
-        int sum = 0;
-        int sum_mins = 0;
-        for (int g = 0; g < 16; ++g) {
-          int s = 0;
-          for (int l = 0; l < 16; ++l) {
-            s += scale16_level(w[i], 16 * g + l) * x[i].qs[16 * g + l];
-          }
-          sum += scale[g] * (s - scale16_offset(w[i]) * x[i].bsums[g]);
-          sum_mins += min[g] * x[i].bsums[g];
-        }
-        acc += fp16_to_fp32(w[i].d) * x[i].d * static_cast<float>(sum);
-        if constexpr (std::is_same_v<Block, BlockQ2_K>) {
-          acc -= fp16_to_fp32(w[i].dmin) * x[i].d * static_cast<float>(sum_mins);
-        }
-      }
-      store(a, b, r, acc);
-    }
+float scale16_k_dot(const Block& w, const ActQ8K& x) {
+  int scale[16];
+  int min[16];
+  scale16_scales(w, scale, min);
+  int sum = 0;
+  int sum_mins = 0;
+  for (int g = 0; g < 16; ++g) {
+    int s = 0;
+    for (int l = 0; l < 16; ++l) s += scale16_level(w, 16 * g + l) * x.qs[16 * g + l];
+    sum += scale[g] * (s - scale16_offset(w) * x.bsums[g]);
+    sum_mins += min[g] * x.bsums[g];
   }
+  float dot = fp16_to_fp32(w.d) * x.d * static_cast<float>(sum);
+  if constexpr (std::is_same_v<Block, BlockQ2_K>) {
+    dot -= fp16_to_fp32(w.dmin) * x.d * static_cast<float>(sum_mins);
+  }
+  return dot;
+}
+
+// IQ4_XS: grid values times 6-bit signed sub-block scales.
+float iq4_xs_dot(const BlockIQ4_XS& w, const ActQ8K& x) {
+  int sum = 0;
+  for (int ib = 0; ib < 8; ++ib) {
+    int s = 0;
+    for (int l = 0; l < kQK; ++l) s += iq4xs_value(w, kQK * ib + l) * x.qs[kQK * ib + l];
+    sum += iq4xs_scale(w, ib) * s;
+  }
+  return fp16_to_fp32(w.d) * x.d * static_cast<float>(sum);
 }
 
 }  // namespace
 
+void rows_iq4_xs_scalar(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb) {
+  rows_super_blocks<BlockIQ4_XS>(a, r0, r1, b0, nb, iq4_xs_dot);
+}
+
+void rows_q4_k_scalar(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb) {
+  rows_super_blocks<BlockQ4_K>(a, r0, r1, b0, nb, scale_min_k_dot<BlockQ4_K>);
+}
+
+void rows_q5_k_scalar(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb) {
+  rows_super_blocks<BlockQ5_K>(a, r0, r1, b0, nb, scale_min_k_dot<BlockQ5_K>);
+}
+
 void rows_q2_k_scalar(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb) {
-  rows_scale16_k<BlockQ2_K>(a, r0, r1, b0, nb);
+  rows_super_blocks<BlockQ2_K>(a, r0, r1, b0, nb, scale16_k_dot<BlockQ2_K>);
 }
 
 void rows_q3_k_scalar(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb) {
-  rows_scale16_k<BlockQ3_K>(a, r0, r1, b0, nb);
+  rows_super_blocks<BlockQ3_K>(a, r0, r1, b0, nb, scale16_k_dot<BlockQ3_K>);
 }
 
 void rows_q6_k_scalar(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb) {
-  rows_scale16_k<BlockQ6_K>(a, r0, r1, b0, nb);
+  rows_super_blocks<BlockQ6_K>(a, r0, r1, b0, nb, scale16_k_dot<BlockQ6_K>);
 }
 
 }  // namespace sy::engine::detail
