@@ -126,12 +126,14 @@ Result<std::vector<Measurement>> measure(const std::shared_ptr<const engine::Mod
     int32_t tokens;
     const char* prefix;
     Timer timer;
-  } tests[] = {{o.prompt_tokens, "pp", time_prompt}, {o.generated_tokens, "tg", time_generation}};
+    int32_t Measurement::*count;  // which of n_prompt / n_gen the test sets
+  } tests[] = {{o.prompt_tokens, "pp", time_prompt, &Measurement::prompt},
+               {o.generated_tokens, "tg", time_generation, &Measurement::generated}};
   for (const auto& test : tests) {
     if (test.tokens <= 0) continue;
     Measurement m;
     m.test = test.prefix + std::to_string(test.tokens);
-    (test.timer == time_prompt ? m.prompt : m.generated) = test.tokens;
+    m.*test.count = test.tokens;
     double seconds = 0.0;
     // The first run warms caches and pages the weights in; it is not counted.
     for (int32_t rep = 0; rep <= o.repetitions; ++rep) {

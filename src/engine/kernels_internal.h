@@ -205,12 +205,15 @@ inline void unpack_q4k_scales(const uint8_t* packed, uint8_t out[16]) {
 // The level of element e (0-255) of a Q4_K or Q5_K super block. Each pair of
 // sub-blocks shares 32 bytes of nibbles, the first sub-block in the low ones;
 // Q5_K keeps sub-block e / 32's fifth bits in bit e / 32 of qh.
+// Element e's 4 bits in the Q4_K/Q5_K nibble layout of qs.
+inline int q4k_nibble(const uint8_t* qs, int e) {
+  return (qs[32 * (e / 64) + e % 32] >> (4 * ((e / 32) % 2))) & 0xF;
+}
 inline int scale_min_level(const BlockQ4_K& b, int e) {
-  return (b.qs[32 * (e / 64) + e % 32] >> (4 * ((e / 32) % 2))) & 0xF;
+  return q4k_nibble(b.qs, e);
 }
 inline int scale_min_level(const BlockQ5_K& b, int e) {
-  const int low = (b.qs[32 * (e / 64) + e % 32] >> (4 * ((e / 32) % 2))) & 0xF;
-  return low | (((b.qh[e % 32] >> (e / 32)) & 1) << 4);
+  return q4k_nibble(b.qs, e) | (((b.qh[e % 32] >> (e / 32)) & 1) << 4);
 }
 
 // The unsigned level of element e (0-255) of a K-quant with a scale per 16
