@@ -396,6 +396,9 @@ TEST(GgufWriter, WriteRejectsValuesThatDoNotMatchTheirType) {
   GgufWriter w;
   w.set("general.alignment", GgufValue::u32(48));
   EXPECT_EQ(w.write(tmp.path()).error().kind, ErrorKind::kInvalidArgument);
+  GgufWriter huge;
+  huge.set("general.alignment", GgufValue::u32(1u << 30));
+  EXPECT_EQ(huge.write(tmp.path()).error().kind, ErrorKind::kInvalidArgument);
   GgufWriter w64;
   w64.set("general.alignment", GgufValue::u64(64));
   EXPECT_EQ(w64.write(tmp.path()).error().kind, ErrorKind::kInvalidArgument);
@@ -704,7 +707,7 @@ std::vector<HostileCase> hostile_cases() {
                {"metadata key #1 'k'", "more than once"}});
   c.push_back(
       {"empty key", Bytes().header(0, 1).kv_u32("", 1).bytes(), K::kCorrupt, {"key is empty"}});
-  for (uint32_t a : {0u, 3u, 48u}) {
+  for (uint32_t a : {0u, 3u, 48u, 1u << 30}) {
     c.push_back({"alignment",
                  Bytes().header(0, 1).kv_u32("general.alignment", a).bytes(),
                  K::kCorrupt,

@@ -158,6 +158,15 @@ bool is_power_of_two(uint64_t v) {
   return v != 0 && (v & (v - 1)) == 0;
 }
 
+// llama.cpp writes 32; a file asking for more than 1 MiB would pad its
+// header and every tensor by that much (a fuzzed 1 GiB alignment made a
+// zero-tensor file round-trip into 1 GiB), so such a file is refused.
+constexpr uint64_t kMaxAlignment = uint64_t{1} << 20;
+bool is_valid_alignment(int64_t v) {
+  return v > 0 && is_power_of_two(static_cast<uint64_t>(v)) &&
+         static_cast<uint64_t>(v) <= kMaxAlignment;
+}
+
 template <typename T>
 T load_le(const uint8_t* p) {
   static_assert(std::is_unsigned_v<T>);
@@ -733,10 +742,12 @@ Status GgufFile::parse_all() {
       const GgufValue& value = it->second;
       if (it->first == kAlignmentKey) {
         const auto a = value.as_int();
-        if (value.type != GgufValueType::kUint32 || !a || !is_power_of_two(*a)) {
-          return p.corrupt(key_at, std::string("alignment must be a uint32 power of two, found ") +
-                                       value_type_name(type) + " " +
-                                       (a ? std::to_string(*a) : std::string("?")));
+        if (value.type != GgufValueType::kUint32 || !a || !is_valid_alignment(*a)) {
+          return p.corrupt(key_at,
+                           std::string("alignment must be a uint32 power of two up to 1048576, "
+                                       "found ") +
+                               value_type_name(type) + " " +
+                               (a ? std::to_string(*a) : std::string("?")));
         }
         alignment_ = static_cast<uint64_t>(*a);
       }
@@ -953,7 +964,7 @@ uint64_t writer_alignment(const std::vector<std::pair<std::string, GgufValue>>& 
   for (const auto& [k, v] : metadata) {
     if (k != kAlignmentKey) continue;
     const auto a = v.as_int();
-    if (v.type == GgufValueType::kUint32 && a && is_power_of_two(*a)) {
+    if (v.type == GgufValueType::kUint32 && a && is_valid_alignment(*a)) {
       return static_cast<uint64_t>(*a);
     }
   }
@@ -1009,8 +1020,8 @@ Status GgufWriter::write(const std::string& path) const {
     SY_TRY_STATUS(check_value(key, value, 0));
     if (key == kAlignmentKey) {
       const auto a = value.as_int();
-      if (value.type != GgufValueType::kUint32 || !a || !is_power_of_two(*a)) {
-        return invalid_value(key, "must be a uint32 power of two");
+      if (value.type != GgufValueType::kUint32 || !a || !is_valid_alignment(*a)) {
+        return invalid_value(key, "must be a uint32 power of two up to 1048576");
       }
     }
   }
