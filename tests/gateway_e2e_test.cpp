@@ -464,5 +464,218 @@ TEST_F(GatewayFaults, CancelledStreamStopsTheUpstream) {
   EXPECT_EQ(ask(false).status, 200);
 }
 
+// Function calling and structured output: an edge tier that cannot honour
+// them and a cloud tier (the fault server) that answers tool calls.
+class GatewayTools : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    config_ = write_config(
+        "tiers:\n"
+        "  edge:\n"
+        "    kind: embedded\n"
+        "    model: stories260K\n"
+        "    threads: 1\n"
+        "  cloud:\n"
+        "    kind: openai\n"
+        "    placement: cloud\n"
+        "    model: fault-model\n"
+        "    endpoint: " +
+        upstream_.base_url() +
+        "\n"
+        "    timeouts: {connect_ms: 1000, first_byte_ms: 2000, total_ms: 5000}\n"
+        "routing:\n"
+        "  policy: edge\n");
+    gw_ = std::make_unique<ServeProcess>(std::vector<std::string>{"--config", config_, "--quiet"},
+                                         model_env());
+    ASSERT_TRUE(gw_->ok()) << gw_->process().stderr_text();
+  }
+  void TearDown() override {
+    gw_.reset();
+    std::remove(config_.c_str());
+  }
+
+  static json tools() {
+    return json::array(
+        {{{"type", "function"},
+          {"function",
+           {{"name", "lookup_order"},
+            {"description", "Find an order by its number"},
+            {"parameters",
+             {{"type", "object"}, {"properties", {{"text", {{"type", "string"}}}}}}}}}}});
+  }
+  static json tool_request(bool stream) {
+    json b = {{"model", "switchyard"},
+              {"messages", {{{"role", "user"}, {"content", "where is order 42"}}}},
+              {"tools", tools()},
+              {"tool_choice", "auto"},
+              {"parallel_tool_calls", false},
+              {"max_tokens", 16}};
+    if (stream) b["stream"] = true;
+    return b;
+  }
+  HttpResult post(const json& body, const httplib::Headers& headers = {}) {
+    return http_post(gw_->port(), "/v1/chat/completions", body.dump(), headers);
+  }
+  json last_upstream_body() const {
+    const auto bodies = upstream_.received_bodies();
+    return bodies.empty() ? json() : json::parse(bodies.back());
+  }
+
+  FaultServer upstream_;
+  std::string config_;
+  std::unique_ptr<ServeProcess> gw_;
+};
+
+// The routing policy says edge, but an edge answer would ignore the tools:
+// the cloud serves, gets the tools as sent, and its call comes back whole.
+TEST_F(GatewayTools, ToolCallsGoToTheCloudAndComeBack) {
+  const auto r = post(tool_request(false));
+  ASSERT_EQ(r.status, 200) << r.body;
+  EXPECT_EQ(r.header("x-switchyard-tier"), "cloud");
+  const json choice = r.json()["choices"][0];
+  EXPECT_EQ(choice["finish_reason"], "tool_calls");
+  EXPECT_TRUE(choice["message"]["content"].is_null()) << r.body;
+  ASSERT_EQ(choice["message"]["tool_calls"].size(), 1u) << r.body;
+  const json call = choice["message"]["tool_calls"][0];
+  EXPECT_EQ(call["id"], "call_fault_0");
+  EXPECT_EQ(call["type"], "function");
+  EXPECT_EQ(call["function"]["name"], "lookup_order");
+  EXPECT_EQ(json::parse(call["function"]["arguments"].get<std::string>())["text"],
+            "where is order 42");
+
+  const json sent = last_upstream_body();
+  EXPECT_EQ(sent["tools"], tools());
+  EXPECT_EQ(sent["tool_choice"], "auto");
+  EXPECT_EQ(sent["parallel_tool_calls"], false);
+
+  const auto route = http_post(gw_->port(), "/v1/route", tool_request(false).dump());
+  ASSERT_EQ(route.status, 200) << route.body;
+  EXPECT_EQ(route.json()["signals"]["edge_unsupported"], "tools") << route.body;
+}
+
+// Streamed, the call arrives in fragments (id and name, then pieces of the
+// arguments) that a client joins by index, as with OpenAI.
+TEST_F(GatewayTools, StreamedToolCallFragmentsPassThrough) {
+  const auto r = post(tool_request(true));
+  ASSERT_EQ(r.status, 200) << r.body;
+  const Stream s = read_stream(r);
+  EXPECT_TRUE(s.done) << r.body;
+  std::string name, arguments, id, finish;
+  int fragments = 0;
+  for (const json& chunk : s.chunks) {
+    for (const json& c : chunk["choices"]) {
+      if (c["finish_reason"].is_string()) finish = c["finish_reason"];
+      if (!c.contains("delta") || !c["delta"].contains("tool_calls")) continue;
+      for (const json& f : c["delta"]["tool_calls"]) {
+        ++fragments;
+        EXPECT_EQ(f["index"], 0);
+        if (f.contains("id")) id = f["id"];
+        if (f["function"].contains("name")) name += f["function"]["name"].get<std::string>();
+        arguments += f["function"]["arguments"].get<std::string>();
+      }
+    }
+  }
+  EXPECT_GT(fragments, 2) << r.body;
+  EXPECT_EQ(id, "call_fault_0");
+  EXPECT_EQ(name, "lookup_order");
+  EXPECT_EQ(arguments, R"({"text":"where is order 42"})");
+  EXPECT_EQ(finish, "tool_calls");
+  EXPECT_TRUE(s.text.empty()) << s.text;
+}
+
+// The second turn carries the call and its result; the cloud sees both.
+TEST_F(GatewayTools, ToolResultsReachTheCloudWhole) {
+  const json call = {{"id", "call_7"},
+                     {"type", "function"},
+                     {"function", {{"name", "lookup_order"}, {"arguments", R"({"text":"42"})"}}}};
+  json b = {{"model", "switchyard/cloud"},
+            {"messages",
+             {{{"role", "user"}, {"content", "where is order 42"}},
+              {{"role", "assistant"}, {"content", nullptr}, {"tool_calls", {call}}},
+              {{"role", "tool"}, {"tool_call_id", "call_7"}, {"content", "shipped today"}},
+              {{"role", "user"}, {"content", "and when does it arrive"}}}},
+            {"tools", tools()},
+            {"tool_choice", "none"},
+            {"max_tokens", 16}};
+  const auto r = post(b);
+  ASSERT_EQ(r.status, 200) << r.body;
+  EXPECT_EQ(r.json()["choices"][0]["message"]["content"], "echo: and when does it arrive");
+  const json sent = last_upstream_body()["messages"];
+  ASSERT_EQ(sent.size(), 4u);
+  EXPECT_EQ(sent[1]["tool_calls"], json::array({call}));
+  EXPECT_TRUE(sent[1]["content"].is_null());
+  EXPECT_EQ(sent[2]["role"], "tool");
+  EXPECT_EQ(sent[2]["tool_call_id"], "call_7");
+  EXPECT_EQ(last_upstream_body()["tool_choice"], "none");
+}
+
+TEST_F(GatewayTools, JsonModeGoesToTheCloud) {
+  json b = {{"model", "switchyard"},
+            {"messages", {{{"role", "user"}, {"content", "Once upon a time"}}}},
+            {"response_format", {{"type", "json_object"}}},
+            {"max_tokens", 8}};
+  const auto r = post(b);
+  ASSERT_EQ(r.status, 200) << r.body;
+  EXPECT_EQ(r.header("x-switchyard-tier"), "cloud");
+  EXPECT_EQ(last_upstream_body()["response_format"], b["response_format"]);
+  // Plain text output is something the edge can do.
+  b["response_format"] = {{"type", "text"}};
+  const auto text = post(b);
+  ASSERT_EQ(text.status, 200) << text.body;
+  EXPECT_EQ(text.header("x-switchyard-tier"), "edge");
+}
+
+// What only the cloud can do is never answered by the edge instead: not when
+// the client names the edge, not when the data may not leave the device, not
+// when the cloud fails (a degraded edge answer would drop the tools unseen).
+TEST_F(GatewayTools, TheEdgeNeverStandsInForTools) {
+  for (bool stream : {false, true}) {
+    const auto forced = post(tool_request(stream), {{"x-switchyard-tier", "edge"}});
+    expect_error(forced, 400);
+    EXPECT_EQ(forced.json()["error"]["code"], "unsupported_on_edge") << forced.body;
+    EXPECT_NE(forced.body.find("tools"), std::string::npos) << forced.body;
+
+    const auto private_data = post(tool_request(stream), {{"x-switchyard-data-class", "device-only"}});
+    expect_error(private_data, 400);
+    EXPECT_NE(private_data.body.find("device-only"), std::string::npos) << private_data.body;
+  }
+  EXPECT_TRUE(upstream_.received_bodies().empty());
+
+  upstream_.set_mode(FaultMode::kStatus500);
+  const auto failed = post(tool_request(false));
+  expect_error(failed, 502);
+  EXPECT_EQ(failed.header("x-switchyard-tier"), "cloud");
+}
+
+TEST_F(GatewayTools, MalformedToolFieldsAreNamed) {
+  const auto expect_param = [&](json body, const std::string& param) {
+    const auto r = post(body);
+    expect_error(r, 400);
+    EXPECT_EQ(r.json()["error"]["param"], param) << r.body;
+  };
+  json b = tool_request(false);
+  b.erase("tools");
+  expect_param(b, "tool_choice");
+  b = tool_request(false);
+  b["tools"][0]["function"].erase("name");
+  expect_param(b, "tools[0]");
+  b = tool_request(false);
+  b["tool_choice"] = "sometimes";
+  expect_param(b, "tool_choice");
+  b = tool_request(false);
+  b["functions"] = json::array();
+  expect_param(b, "functions");
+  b = tool_request(false);
+  b["response_format"] = {{"type", "yaml"}};
+  expect_param(b, "response_format");
+  b = tool_request(false);
+  b["messages"].push_back({{"role", "tool"}, {"content", "42"}});
+  expect_param(b, "messages[1].tool_call_id");
+  b = tool_request(false);
+  b["messages"].push_back({{"role", "assistant"}, {"tool_calls", {{{"id", "x"}}}}});
+  expect_param(b, "messages[1].tool_calls[0]");
+  EXPECT_TRUE(upstream_.received_bodies().empty());
+}
+
 }  // namespace
 }  // namespace sy::testing

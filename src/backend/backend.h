@@ -9,6 +9,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "common/result.h"
@@ -18,8 +19,32 @@ namespace sy::backend {
 enum class Placement { kDevice, kCloud };
 
 struct ChatMessage {
+  ChatMessage() = default;
+  ChatMessage(std::string role_, std::string content_)
+      : role(std::move(role_)), content(std::move(content_)) {}
+
   std::string role;  // system, user, assistant, tool
   std::string content;
+  // Function calling, as OpenAI's wire format carries it; only remote tiers
+  // read these. tool_calls is the assistant's calls as a JSON array (empty:
+  // none); tool_call_id names the call a tool message answers.
+  std::string tool_calls;
+  std::string tool_call_id;
+  std::string name;
+};
+
+// Function calling and structured output as the client asked for them, kept
+// as JSON text (the API layer validated it) and passed to remote tiers as is.
+// The embedded engine honours none of it, so the router keeps requests that
+// depend on it off the device tiers.
+struct ToolUse {
+  std::string tools;        // JSON array of tool definitions; empty: none
+  std::string tool_choice;  // JSON value ("auto", "none", "required", {...}); empty: unset
+  std::optional<bool> parallel_tool_calls;
+  std::string response_format;  // JSON object; empty: unset
+  // The feature an answer from the embedded engine would silently ignore
+  // ("tools", "response_format json_schema"); empty when it can serve.
+  std::string edge_unsupported;
 };
 
 // Sampling and output options, as an OpenAI request states them; unset fields
@@ -46,6 +71,7 @@ struct BackendRequest {
   std::vector<ChatMessage> messages;  // chat completions
   std::optional<std::string> prompt;  // legacy completions: raw text, no template
   GenerationParams params;
+  ToolUse tool_use;
   std::optional<std::chrono::steady_clock::time_point> deadline;
   // From the client's latency budget: a remote tier that has sent nothing by
   // then is abandoned (kDeadlineExceeded) so the plan can fall back, and no
@@ -77,11 +103,17 @@ struct Delta {
   // them when text was held back over several tokens (partial UTF-8, a
   // possible stop string); Completion::logprobs always has every token.
   std::vector<TokenLogprob> logprobs;
+  // Fragments of tool calls (OpenAI's delta.tool_calls, a JSON array whose
+  // entries carry an index), passed through from a remote tier.
+  std::string tool_calls;
 };
 
 struct Completion {
   std::string text;
-  std::string finish_reason;  // stop, length, cancelled
+  std::string finish_reason;  // stop, length, cancelled, tool_calls
+  // The tool calls the model made, as a JSON array of {id, type, function:
+  // {name, arguments}}; empty when none (remote tiers only).
+  std::string tool_calls;
   Usage usage;
   std::vector<TokenLogprob> logprobs;  // per generated token when the tier provides them
   std::string model;                   // model that answered, as the tier names it

@@ -226,6 +226,12 @@ class EmbeddedBackend final : public Backend {
 
   Result<Completion> generate(const BackendRequest& request, const DeltaSink& on_delta) override {
     const auto start = Clock::now();
+    if (!request.tool_use.edge_unsupported.empty()) {
+      return make_error(ErrorKind::kInvalidArgument,
+                        where() + ": the request uses " + request.tool_use.edge_unsupported +
+                            ", which the embedded engine does not support; send it to a cloud "
+                            "tier");
+    }
     // Tokenized before queueing so that a malformed request fails at once.
     std::shared_ptr<Deployment> deployment = current();
     SY_ASSIGN_OR_RETURN(std::vector<TokenId> prompt, tokenize(*deployment, request));

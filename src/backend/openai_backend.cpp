@@ -472,6 +472,68 @@ class SseReader {
   size_t offset_ = 0;
 };
 
+// Streamed tool calls arrive in fragments that name their call by index: the
+// first brings id, type and function name, later ones add pieces of
+// function.arguments. Joined here into the calls a non-streamed answer has.
+class ToolCallAssembly {
+ public:
+  // False for a fragment without an index, or past the limits on calls and
+  // argument bytes (an upstream could otherwise grow this without bound).
+  bool add(const json& fragments) {
+    for (const json& f : fragments) {
+      if (!f.is_object()) return false;
+      auto index = f.find("index");
+      if (index == f.end() || !index->is_number_integer()) return false;
+      const int64_t i = index->get<int64_t>();
+      size_t at = 0;
+      while (at < indexes_.size() && indexes_[at] != i) ++at;
+      if (at == indexes_.size()) {
+        if (indexes_.size() >= kMaxCalls) return false;
+        indexes_.push_back(i);
+        calls_.push_back(
+            {{"id", ""}, {"type", "function"}, {"function", {{"name", ""}, {"arguments", ""}}}});
+      }
+      json& call = calls_[at];
+      if (auto id = f.find("id"); id != f.end() && id->is_string()) call["id"] = *id;
+      if (auto type = f.find("type"); type != f.end() && type->is_string()) call["type"] = *type;
+      auto fn = f.find("function");
+      if (fn == f.end() || !fn->is_object()) continue;
+      if (auto name = fn->find("name"); name != fn->end() && name->is_string()) {
+        call["function"]["name"] =
+            call["function"]["name"].get<std::string>() + name->get<std::string>();
+      }
+      if (auto args = fn->find("arguments"); args != fn->end() && args->is_string()) {
+        bytes_ += args->get_ref<const std::string&>().size();
+        if (bytes_ > kMaxArgumentBytes) return false;
+        call["function"]["arguments"] =
+            call["function"]["arguments"].get<std::string>() + args->get<std::string>();
+      }
+    }
+    return true;
+  }
+  bool empty() const { return calls_.empty(); }
+  std::string dump() const { return calls_.dump(-1, ' ', false, json::error_handler_t::replace); }
+
+  // A non-streamed answer's tool calls as the one fragment list a stream of
+  // it would have carried.
+  static std::string as_fragments(const std::string& calls) {
+    if (calls.empty()) return {};
+    json list = json::parse(calls, nullptr, false);
+    if (!list.is_array()) return {};
+    for (size_t i = 0; i < list.size(); ++i) {
+      if (list[i].is_object()) list[i]["index"] = i;
+    }
+    return list.dump(-1, ' ', false, json::error_handler_t::replace);
+  }
+
+ private:
+  static constexpr size_t kMaxCalls = 128;
+  static constexpr size_t kMaxArgumentBytes = 16 << 20;
+  std::vector<int64_t> indexes_;
+  json calls_ = json::array();
+  size_t bytes_ = 0;
+};
+
 // State of one request/response exchange with the upstream.
 struct Exchange {
   const DeltaSink* on_delta = nullptr;
@@ -487,6 +549,7 @@ struct Exchange {
   bool refused = false;          // on_delta returned false
 
   Completion completion;
+  ToolCallAssembly tool_calls;  // streamed fragments, joined
   std::string reported_model;
   std::string reported_version;
   bool saw_done = false;
@@ -618,9 +681,13 @@ class OpenAiBackend final : public Backend {
     if (!ex.event_stream) {
       SY_TRY_STATUS(parse_body(ex));
       // The upstream ignored "stream": hand the whole answer over as one delta.
-      if (ex.streaming && (!ex.completion.text.empty() || !ex.completion.logprobs.empty()) &&
-          !on_delta(Delta{ex.completion.text, ex.completion.logprobs})) {
-        return cancelled(ex, watch.start);
+      if (ex.streaming && (!ex.completion.text.empty() || !ex.completion.logprobs.empty() ||
+                           !ex.completion.tool_calls.empty())) {
+        Delta whole;
+        whole.text = ex.completion.text;
+        whole.logprobs = ex.completion.logprobs;
+        whole.tool_calls = ToolCallAssembly::as_fragments(ex.completion.tool_calls);
+        if (!on_delta(whole)) return cancelled(ex, watch.start);
       }
       return finish(ex, watch.start);
     }
@@ -692,9 +759,24 @@ class OpenAiBackend final : public Backend {
       body["prompt"] = *request.prompt;
     } else {
       json messages = json::array();
-      for (const auto& m : request.messages)
-        messages.push_back({{"role", m.role}, {"content", m.content}});
+      for (const auto& m : request.messages) {
+        json message = {{"role", m.role}, {"content", m.content}};
+        if (!m.name.empty()) message["name"] = m.name;
+        if (!m.tool_call_id.empty()) message["tool_call_id"] = m.tool_call_id;
+        if (!m.tool_calls.empty()) {
+          message["tool_calls"] = json::parse(m.tool_calls, nullptr, false);
+          if (m.content.empty()) message["content"] = nullptr;
+        }
+        messages.push_back(std::move(message));
+      }
       body["messages"] = std::move(messages);
+      const ToolUse& t = request.tool_use;
+      if (!t.tools.empty()) body["tools"] = json::parse(t.tools, nullptr, false);
+      if (!t.tool_choice.empty()) body["tool_choice"] = json::parse(t.tool_choice, nullptr, false);
+      if (t.parallel_tool_calls) body["parallel_tool_calls"] = *t.parallel_tool_calls;
+      if (!t.response_format.empty()) {
+        body["response_format"] = json::parse(t.response_format, nullptr, false);
+      }
     }
     if (p.max_tokens) body["max_tokens"] = *p.max_tokens;
     if (p.temperature) body["temperature"] = *p.temperature;
@@ -785,13 +867,23 @@ class OpenAiBackend final : public Backend {
     } else if (auto d = choice.find("delta"); d != choice.end() && d->is_object()) {
       if (auto c = d->find("content"); c != d->end() && c->is_string())
         delta.text = c->get<std::string>();
+      if (auto t = d->find("tool_calls"); t != d->end() && t->is_array() && !t->empty()) {
+        if (!ex.tool_calls.add(*t)) {
+          ex.failure = malformed_sse(at,
+                                     "a tool-call fragment has no usable index or is too "
+                                     "large: '" +
+                                         excerpt(data) + "'");
+          return false;
+        }
+        delta.tool_calls = t->dump(-1, ' ', false, json::error_handler_t::replace);
+      }
     }
     delta.logprobs = parse_logprobs(choice);
     if (auto f = choice.find("finish_reason"); f != choice.end() && f->is_string()) {
       ex.completion.finish_reason = f->get<std::string>();
     }
-    if (delta.text.empty() && delta.logprobs.empty()) return true;
-    if (!delta.text.empty()) {
+    if (delta.text.empty() && delta.logprobs.empty() && delta.tool_calls.empty()) return true;
+    if (!delta.text.empty() || !delta.tool_calls.empty()) {
       ++ex.content_chunks;
       if (!ex.first_token_at) ex.first_token_at = Clock::now();
     }
@@ -829,6 +921,9 @@ class OpenAiBackend final : public Backend {
       if (auto c = m->find("content"); c != m->end() && c->is_string()) {
         ex.completion.text = c->get<std::string>();
       }
+      if (auto t = m->find("tool_calls"); t != m->end() && t->is_array() && !t->empty()) {
+        ex.completion.tool_calls = t->dump(-1, ' ', false, json::error_handler_t::replace);
+      }
     }
     ex.completion.logprobs = parse_logprobs(choice);
     if (auto f = choice.find("finish_reason"); f != choice.end() && f->is_string()) {
@@ -846,6 +941,7 @@ class OpenAiBackend final : public Backend {
   Completion finish(Exchange& ex, Clock::time_point start) {
     const auto now = Clock::now();
     Completion& c = ex.completion;
+    if (!ex.tool_calls.empty()) c.tool_calls = ex.tool_calls.dump();
     if (c.finish_reason.empty()) c.finish_reason = "stop";
     if (!ex.saw_usage) {
       // Servers that ignore stream_options send no usage; OpenAI-style streams

@@ -321,6 +321,7 @@ Decision Router::decide(const RouteInput& in) const {
   }
   s.expected_output_tokens = in.max_tokens.value_or(config_.default_max_tokens);
   s.memory_pressure = in.memory_pressure;
+  s.edge_unsupported = in.edge_unsupported;
   s.latency_budget_ms = in.latency_budget_ms;
   s.cost_ceiling_usd = in.cost_ceiling_usd;
 
@@ -354,7 +355,7 @@ Decision Router::decide(const RouteInput& in) const {
   // --- rules: hard constraints first
   const DataClass cls = s.sensitivity.data_class;
   bool cloud_ok = s.cloud_available;
-  bool edge_ok = s.edge_available && s.fits_edge_context;
+  bool edge_ok = s.edge_available && s.fits_edge_context && s.edge_unsupported.empty();
   std::string cloud_block;
   if (cloud != nullptr && cls == DataClass::kDeviceOnly) {
     cloud_ok = false;
@@ -386,6 +387,15 @@ Decision Router::decide(const RouteInput& in) const {
     edge_block = "prompt of ~" + std::to_string(s.prompt_tokens) +
                  " tokens exceeds the edge context of " + std::to_string(edge->context_length);
     d.rules_fired.push_back("edge-context-exceeded");
+  }
+  // Checked apart from the others: a forced device tier is refused for it too.
+  std::string edge_lacks;
+  if (!s.edge_unsupported.empty()) {
+    edge_lacks = "the request uses " + s.edge_unsupported +
+                 ", which the embedded edge engine does not support (its answer would ignore "
+                 "it); a cloud tier must serve it";
+    if (edge_block.empty()) edge_block = edge_lacks;
+    d.rules_fired.push_back("edge-lacks-feature");
   }
 
   auto make_plan = [&](PlanKind kind) {
@@ -449,6 +459,8 @@ Decision Router::decide(const RouteInput& in) const {
     } else if (!f->on_device && (cls == DataClass::kDeviceOnly || cls > f->max_data_class)) {
       chosen = reject("forced tier '" + f->name + "' refused: " +
                       (cloud_block.empty() ? "data class forbids it" : cloud_block));
+    } else if (f->on_device && !edge_lacks.empty()) {
+      chosen = reject("forced tier '" + f->name + "' cannot serve this request: " + edge_lacks);
     } else {
       chosen = make_plan(f->on_device ? PlanKind::kEdge : PlanKind::kCloud);
       if (f->on_device) {
@@ -470,6 +482,7 @@ Decision Router::decide(const RouteInput& in) const {
           d.rules_fired.push_back("fallback-tier-refused");
           continue;
         }
+        if (t->on_device && !edge_lacks.empty()) continue;
         chosen.fallback_tiers.push_back(name);
       }
     }
@@ -483,7 +496,8 @@ Decision Router::decide(const RouteInput& in) const {
   }
   if (!decided && !edge_ok) {
     chosen = make_plan(PlanKind::kCloud);
-    chosen.edge_fallback_allowed = s.edge_available;
+    // An edge answer would be a degraded one, unless it ignores what was asked.
+    chosen.edge_fallback_allowed = s.edge_available && edge_lacks.empty();
     chosen.reason = edge_block + ", so the cloud serves";
     decided = true;
   }
@@ -632,6 +646,7 @@ void to_json(nlohmann::json& out, const Decision& d) {
       {"expected_output_tokens", s.expected_output_tokens},
       {"edge_context", s.edge_context},
       {"fits_edge_context", s.fits_edge_context},
+      {"edge_unsupported", s.edge_unsupported},
       {"memory_pressure", s.memory_pressure},
       {"edge_available", s.edge_available},
       {"edge_queue_depth", s.edge_queue_depth},

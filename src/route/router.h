@@ -113,6 +113,10 @@ struct RouteInput {
   std::vector<std::string> fallback_tiers;
   std::optional<PolicyKind> policy;  // from model "switchyard/<policy>"; else the default
   std::optional<int32_t> max_tokens;
+  // A feature of the request that device tiers cannot honour ("tools",
+  // "response_format json_schema"): their answer would silently ignore it, so
+  // it needs a cloud tier. Empty when the edge can serve the request as asked.
+  std::string_view edge_unsupported;
   // Tokens of the prompt when the caller counted them; else estimated from length.
   std::optional<int32_t> prompt_tokens;
   // Device state sampled by the caller.
@@ -160,6 +164,7 @@ struct Signals {
   int32_t expected_output_tokens = 0;
   int32_t edge_context = 0;
   bool fits_edge_context = true;
+  std::string edge_unsupported;  // RouteInput::edge_unsupported
   int32_t memory_pressure = 0;
   int32_t edge_queue_depth = 0;
   bool edge_available = true;

@@ -1,5 +1,6 @@
 #include "serve/hybrid.h"
 
+#include <algorithm>
 #include <charconv>
 #include <cstdio>
 #include <nlohmann/json.hpp>
@@ -267,16 +268,31 @@ Result<route::Decision> HybridRouter::decide(const ApiRequest& api, const RouteH
     in.fallback_tiers = hints.fallback_tiers;
   } else if (!hints.session.empty()) {
     // A conversation stays on the tier it started on, while that tier is healthy.
+    // A turn that needs what the pinned device tier cannot do goes unpinned.
     if (auto pin = versions_->pin(hints.session); pin && executor_->available(pin->tier)) {
-      in.forced_tier = pin->tier;
+      const auto b = executor_->backend(pin->tier);
+      const bool on_device = b && b->info().placement == backend::Placement::kDevice;
+      if (!(on_device && !api.backend.tool_use.edge_unsupported.empty())) {
+        in.forced_tier = pin->tier;
+      }
     }
   }
+  // Everything that would reach a cloud tier is scanned: tool definitions and
+  // the arguments of earlier tool calls as well as the messages. The last
+  // message's content stays last, where the complexity signal reads it.
   std::vector<std::string_view> texts;
-  texts.reserve(api.backend.messages.size() + 1);
-  for (const auto& m : api.backend.messages) texts.push_back(m.content);
+  texts.reserve(2 * api.backend.messages.size() + 2);
+  const backend::ToolUse& tool_use = api.backend.tool_use;
+  if (!tool_use.tools.empty()) texts.push_back(tool_use.tools);
+  if (!tool_use.response_format.empty()) texts.push_back(tool_use.response_format);
+  for (const auto& m : api.backend.messages) {
+    if (!m.tool_calls.empty()) texts.push_back(m.tool_calls);
+    texts.push_back(m.content);
+  }
   if (api.backend.prompt) texts.push_back(*api.backend.prompt);
   in.texts = texts;
   in.max_tokens = api.backend.params.max_tokens;
+  in.edge_unsupported = tool_use.edge_unsupported;
   in.memory_pressure = memory_->level();
   const auto& rc = router_->config();
   const auto usable = [&](const std::string& tier, std::string& why) {
@@ -300,9 +316,19 @@ Result<route::Decision> HybridRouter::decide(const ApiRequest& api, const RouteH
   if (d.plan.kind == route::PlanKind::kReject) {
     rejected_->add();
     const bool refused = d.plan.reason.find("refused") != std::string::npos;
-    error.status = refused ? 403 : 503;
-    error.type = refused ? "permission_error" : "service_unavailable";
-    error.code = refused ? "data_class_forbids_tier" : "no_tier_available";
+    const auto fired = [&](std::string_view rule) {
+      return std::find(d.rules_fired.begin(), d.rules_fired.end(), rule) != d.rules_fired.end();
+    };
+    // Asking the edge for what it cannot do fails the same way every time,
+    // unless a cloud tier that could do it is only down for now.
+    const bool unsupported = fired("edge-lacks-feature") && !fired("cloud-unavailable") && !refused;
+    error.status = refused ? 403 : unsupported ? 400 : 503;
+    error.type = refused       ? "permission_error"
+                 : unsupported ? "invalid_request_error"
+                               : "service_unavailable";
+    error.code = refused       ? "data_class_forbids_tier"
+                 : unsupported ? "unsupported_on_edge"
+                               : "no_tier_available";
     error.message = d.plan.reason;
     for (const std::string* why : {&edge_down, &cloud_down}) {
       if (!why->empty()) error.message += " (" + *why + ")";

@@ -124,6 +124,149 @@ bool read_content(const json& content, std::string& out) {
   return true;
 }
 
+// An optional string field of a message; false (after failing r) when it is
+// there but not a string.
+bool read_message_string(FieldReader& r, const json& m, const char* key, const std::string& param,
+                         std::string& out) {
+  auto it = m.find(key);
+  if (it == m.end() || it->is_null()) return true;
+  if (!it->is_string()) {
+    r.fail("'" + param + "." + key + "' must be a string", param + "." + key);
+    return false;
+  }
+  out = it->get<std::string>();
+  return true;
+}
+
+// An assistant message's tool_calls, a tool message's tool_call_id, any
+// message's name: kept so that a cloud tier sees the conversation whole.
+bool read_message_tool_fields(FieldReader& r, const json& m, const std::string& param,
+                              backend::ChatMessage& msg) {
+  if (!read_message_string(r, m, "name", param, msg.name) ||
+      !read_message_string(r, m, "tool_call_id", param, msg.tool_call_id)) {
+    return false;
+  }
+  if (msg.role == "tool" && msg.tool_call_id.empty()) {
+    r.fail(
+        "'" + param + ".tool_call_id' is required in a tool message: the id of the call it answers",
+        param + ".tool_call_id");
+    return false;
+  }
+  auto calls = m.find("tool_calls");
+  if (calls == m.end() || calls->is_null()) return true;
+  const std::string where = param + ".tool_calls";
+  if (msg.role != "assistant" || !calls->is_array()) {
+    r.fail("'" + where + "' must be a list, and only in an assistant message", where);
+    return false;
+  }
+  for (size_t i = 0; i < calls->size(); ++i) {
+    const json& c = (*calls)[i];
+    const std::string at = where + "[" + std::to_string(i) + "]";
+    const json* id = c.is_object() && c.contains("id") ? &c["id"] : nullptr;
+    const json* fn = c.is_object() && c.contains("function") ? &c["function"] : nullptr;
+    const bool ok = id && id->is_string() && fn && fn->is_object() && fn->contains("name") &&
+                    (*fn)["name"].is_string() && fn->contains("arguments") &&
+                    (*fn)["arguments"].is_string();
+    if (!ok) {
+      r.fail("'" + at +
+                 "' must be {\"id\": string, \"type\": \"function\", \"function\": {\"name\": "
+                 "string, \"arguments\": string}}",
+             at);
+      return false;
+    }
+  }
+  if (!calls->empty()) msg.tool_calls = calls->dump(-1, ' ', false, json::error_handler_t::replace);
+  return true;
+}
+
+// tools, tool_choice, parallel_tool_calls and response_format: validated the
+// way OpenAI does, kept as JSON for the cloud tier, and named in
+// edge_unsupported when an answer from the embedded engine would ignore them.
+void read_tool_use(FieldReader& r, backend::ToolUse& out) {
+  const auto dump = [](const json& v) {
+    return v.dump(-1, ' ', false, json::error_handler_t::replace);
+  };
+  if (r.find("functions") || r.find("function_call")) {
+    r.fail(
+        "'functions' and 'function_call' are OpenAI's deprecated function-calling fields; send "
+        "'tools' and 'tool_choice' instead",
+        r.find("functions") ? "functions" : "function_call");
+    return;
+  }
+  if (const json* tools = r.find("tools")) {
+    if (!tools->is_array() || tools->size() > 128) {
+      r.fail("'tools' must be a list of at most 128 tool definitions", "tools");
+      return;
+    }
+    for (size_t i = 0; i < tools->size(); ++i) {
+      const json& t = (*tools)[i];
+      const std::string at = "tools[" + std::to_string(i) + "]";
+      const json* fn = t.is_object() && t.contains("function") ? &t["function"] : nullptr;
+      const bool ok = t.is_object() && t.value("type", json()) == "function" && fn &&
+                      fn->is_object() && fn->contains("name") && (*fn)["name"].is_string() &&
+                      !(*fn)["name"].get_ref<const std::string&>().empty();
+      if (!ok) {
+        r.fail("'" + at +
+                   "' must be {\"type\": \"function\", \"function\": {\"name\": string, "
+                   "\"description\": ..., \"parameters\": {...}}}",
+               at);
+        return;
+      }
+    }
+    if (!tools->empty()) out.tools = dump(*tools);
+  }
+  bool calls_off = false;
+  if (const json* choice = r.find("tool_choice")) {
+    const bool named = choice->is_object() && choice->value("type", json()) == "function" &&
+                       choice->contains("function") && (*choice)["function"].is_object() &&
+                       (*choice)["function"].contains("name") &&
+                       (*choice)["function"]["name"].is_string();
+    const bool mode =
+        choice->is_string() && (*choice == "none" || *choice == "auto" || *choice == "required");
+    if (!named && !mode) {
+      r.fail(
+          "'tool_choice' must be \"none\", \"auto\", \"required\" or {\"type\": \"function\", "
+          "\"function\": {\"name\": string}}",
+          "tool_choice");
+      return;
+    }
+    if (out.tools.empty()) {
+      r.fail("'tool_choice' is only allowed when 'tools' are given", "tool_choice");
+      return;
+    }
+    calls_off = *choice == "none";
+    out.tool_choice = dump(*choice);
+  }
+  bool parallel = true;
+  r.boolean("parallel_tool_calls", parallel);
+  if (r.find("parallel_tool_calls")) out.parallel_tool_calls = parallel;
+  if (!out.tools.empty() && !calls_off) out.edge_unsupported = "tools";
+
+  if (const json* format = r.find("response_format")) {
+    const std::string type =
+        format->is_object() && format->contains("type") && (*format)["type"].is_string()
+            ? (*format)["type"].get<std::string>()
+            : std::string();
+    if (type != "text" && type != "json_object" && type != "json_schema") {
+      r.fail(
+          "'response_format' must be {\"type\": \"text\"}, {\"type\": \"json_object\"} or "
+          "{\"type\": \"json_schema\", \"json_schema\": {...}}",
+          "response_format");
+      return;
+    }
+    if (type == "json_schema" &&
+        !(format->contains("json_schema") && (*format)["json_schema"].is_object())) {
+      r.fail("'response_format' of type json_schema needs a 'json_schema' object",
+             "response_format.json_schema");
+      return;
+    }
+    out.response_format = dump(*format);
+    if (type != "text" && out.edge_unsupported.empty()) {
+      out.edge_unsupported = "response_format " + type;
+    }
+  }
+}
+
 void read_messages(FieldReader& r, const json& body, std::vector<backend::ChatMessage>& out) {
   auto it = body.find("messages");
   if (it == body.end() || it->is_null()) {
@@ -157,7 +300,8 @@ void read_messages(FieldReader& r, const json& body, std::vector<backend::ChatMe
              param + ".role");
       return;
     }
-    backend::ChatMessage msg{std::move(role_name), {}};
+    backend::ChatMessage msg;
+    msg.role = std::move(role_name);
     auto content = m.find("content");
     if (content != m.end() && !read_content(*content, msg.content)) {
       r.fail("'" + param +
@@ -166,6 +310,7 @@ void read_messages(FieldReader& r, const json& body, std::vector<backend::ChatMe
              param + ".content");
       return;
     }
+    if (!read_message_tool_fields(r, m, param, msg)) return;
     out.push_back(std::move(msg));
   }
 }
@@ -417,6 +562,7 @@ std::optional<ApiError> parse_request(ApiKind kind, std::string_view body, ApiRe
   read_stop(r, p.stop);
 
   if (kind == ApiKind::kChat) {
+    read_tool_use(r, out.backend.tool_use);
     r.boolean("logprobs", p.logprobs);
     std::optional<int32_t> top;
     r.integer("top_logprobs", 0, 20, top);
@@ -509,7 +655,16 @@ void append_completion(std::string& out, const ApiRequest& request, std::string_
   out += ",\"choices\":[{\"index\":0,";
   if (chat) {
     out += "\"message\":{\"role\":\"assistant\",\"content\":";
-    append_json_string(out, c.text);
+    // OpenAI sends null content beside tool calls when the model said nothing.
+    if (c.text.empty() && !c.tool_calls.empty()) {
+      out += "null";
+    } else {
+      append_json_string(out, c.text);
+    }
+    if (!c.tool_calls.empty()) {
+      out += ",\"tool_calls\":";
+      out += c.tool_calls;
+    }
     out += "},\"logprobs\":";
     if (request.backend.params.logprobs) {
       append_chat_logprobs(out, c.logprobs);
@@ -568,8 +723,16 @@ void SseWriter::begin(std::string& out, const Provenance& where) const {
 void SseWriter::delta(std::string& out, const backend::Delta& d) const {
   open_chunk(out);
   if (kind_ == ApiKind::kChat) {
-    out += "\"delta\":{\"content\":";
-    append_json_string(out, d.text);
+    out += "\"delta\":{";
+    if (!d.text.empty() || d.tool_calls.empty()) {
+      out += "\"content\":";
+      append_json_string(out, d.text);
+    }
+    if (!d.tool_calls.empty()) {
+      if (!d.text.empty()) out += ',';
+      out += "\"tool_calls\":";
+      out += d.tool_calls;
+    }
     out += "},\"logprobs\":";
     if (logprobs_) {
       append_chat_logprobs(out, d.logprobs);

@@ -71,6 +71,15 @@ struct Answer {
   bool logprobs = false;
   int top_logprobs = 0;
   bool include_usage = false;
+  // A tool call instead of text, when the request offered tools.
+  std::string tool_name;
+  std::string tool_arguments;
+
+  json tool_call() const {
+    return {{"id", "call_fault_0"},
+            {"type", "function"},
+            {"function", {{"name", tool_name}, {"arguments", tool_arguments}}}};
+  }
 
   json usage() const {
     const int completion = static_cast<int>(pieces.size());
@@ -97,6 +106,10 @@ struct Answer {
     if (legacy) {
       choice["text"] = text();
       choice["logprobs"] = logprobs ? legacy_logprobs(pieces, 0, top_logprobs) : json(nullptr);
+    } else if (!tool_name.empty()) {
+      choice["message"] = {
+          {"role", "assistant"}, {"content", nullptr}, {"tool_calls", json::array({tool_call()})}};
+      choice["logprobs"] = nullptr;
     } else {
       choice["message"] = {{"role", "assistant"}, {"content", text()}};
       json content = json::array();
@@ -114,6 +127,26 @@ struct Answer {
   std::vector<std::string> events() const {
     std::vector<std::string> out;
     const char* object = legacy ? "text_completion" : "chat.completion.chunk";
+    if (!tool_name.empty()) {
+      // As OpenAI streams a call: id and name first, then the arguments in pieces.
+      json head = tool_call();
+      head["index"] = 0;
+      head["function"]["arguments"] = "";
+      std::vector<json> deltas = {
+          {{"role", "assistant"}, {"content", nullptr}, {"tool_calls", json::array({head})}}};
+      for (size_t at = 0; at < tool_arguments.size(); at += 7) {
+        deltas.push_back(
+            {{"tool_calls",
+              json::array(
+                  {{{"index", 0}, {"function", {{"arguments", tool_arguments.substr(at, 7)}}}}})}});
+      }
+      for (const json& delta : deltas) {
+        json chunk = base(object);
+        chunk["choices"] =
+            json::array({{{"index", 0}, {"delta", delta}, {"finish_reason", nullptr}}});
+        out.push_back(sse(chunk));
+      }
+    }
     for (size_t i = 0; i < pieces.size(); ++i) {
       json choice = {{"index", 0}, {"finish_reason", nullptr}};
       if (legacy) {
@@ -390,12 +423,24 @@ void FaultServer::handle(const httplib::Request& req, httplib::Response& res, bo
              messages != body.end() && messages->is_array()) {
     for (const auto& m : *messages) {
       if (!m.is_object()) continue;
-      const std::string content = m.value("content", std::string());
+      // Assistant messages that made tool calls may carry null content.
+      const auto c = m.find("content");
+      const std::string content = c != m.end() && c->is_string() ? c->get<std::string>() : "";
       answer.prompt_tokens += static_cast<int>(split_words(content).size());
       if (m.value("role", std::string()) == "user") last_user = content;
     }
   }
   answer.pieces = split_words(s.reply.empty() ? "echo: " + last_user : s.reply);
+  if (auto tools = body.find("tools"); !legacy && tools != body.end() && tools->is_array() &&
+                                       !tools->empty() &&
+                                       body.value("tool_choice", json()) != "none") {
+    const json choice = body.value("tool_choice", json());
+    const json& named = choice.is_object() ? choice : (*tools)[0];
+    answer.tool_name = named.at("function").at("name").get<std::string>();
+    answer.tool_arguments = json{{"text", last_user}}.dump();
+    answer.pieces.clear();
+    answer.finish_reason = "tool_calls";
+  }
   if (auto max = body.find("max_completion_tokens");
       max != body.end() && max->is_number_integer()) {
     if (max->get<size_t>() < answer.pieces.size()) {

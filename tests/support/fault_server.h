@@ -10,7 +10,11 @@
 // (streaming or not, with usage and logprobs when asked) with deterministic
 // text: "echo: " followed by the last user message (or the prompt), one
 // streamed chunk and one completion token per word; max_tokens cuts it short
-// with finish_reason "length". GET /v1/models lists its model.
+// with finish_reason "length". A chat request that offers tools (and does
+// not set tool_choice "none") gets a call instead, as OpenAI sends one: to the
+// tool named by tool_choice or else the first, with arguments
+// {"text": <last user message>}, streamed as id and name then the arguments
+// in 7-byte pieces, finish_reason "tool_calls". GET /v1/models lists its model.
 #pragma once
 
 #include <chrono>
