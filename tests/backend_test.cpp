@@ -692,6 +692,32 @@ TEST_F(OpenAiBackendTest, StreamingChatCompletionWithUsage) {
   EXPECT_EQ(body["stream_options"]["include_usage"], true);
 }
 
+// Streamed tool-call fragments reach the sink as they come and are joined
+// into the completion's calls, the same calls a non-streamed answer has.
+TEST_F(OpenAiBackendTest, ToolCallsStreamedAndWhole) {
+  auto backend = make();
+  BackendRequest req = chat("find order 42");
+  req.tool_use.tools = R"([{"type":"function","function":{"name":"find"}}])";
+  auto whole = backend->generate(req, {});
+  ASSERT_TRUE(whole.ok()) << whole.error().message;
+  EXPECT_EQ(whole->finish_reason, "tool_calls");
+  EXPECT_TRUE(whole->text.empty());
+  const json calls = json::parse(whole->tool_calls);
+  ASSERT_EQ(calls.size(), 1u) << whole->tool_calls;
+  EXPECT_EQ(calls[0]["function"]["name"], "find");
+  EXPECT_EQ(calls[0]["function"]["arguments"], R"({"text":"find order 42"})");
+
+  int fragments = 0;
+  auto streamed = backend->generate(req, [&](const Delta& d) {
+    if (!d.tool_calls.empty()) ++fragments;
+    return true;
+  });
+  ASSERT_TRUE(streamed.ok()) << streamed.error().message;
+  EXPECT_GT(fragments, 2);
+  EXPECT_EQ(json::parse(streamed->tool_calls), calls);
+  EXPECT_EQ(streamed->finish_reason, "tool_calls");
+}
+
 TEST_F(OpenAiBackendTest, SamplingParametersAreSent) {
   auto backend = make();
   BackendRequest req = chat("a b c d e f");

@@ -635,7 +635,8 @@ TEST_F(GatewayTools, TheEdgeNeverStandsInForTools) {
     EXPECT_EQ(forced.json()["error"]["code"], "unsupported_on_edge") << forced.body;
     EXPECT_NE(forced.body.find("tools"), std::string::npos) << forced.body;
 
-    const auto private_data = post(tool_request(stream), {{"x-switchyard-data-class", "device-only"}});
+    const auto private_data =
+        post(tool_request(stream), {{"x-switchyard-data-class", "device-only"}});
     expect_error(private_data, 400);
     EXPECT_NE(private_data.body.find("device-only"), std::string::npos) << private_data.body;
   }

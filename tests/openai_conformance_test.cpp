@@ -5,6 +5,7 @@
 
 #include <filesystem>
 
+#include "support/fault_server.h"
 #include "support/process.h"
 #include "support/test_paths.h"
 
@@ -37,6 +38,32 @@ TEST(OpenAiConformance, OfficialClientParsesEverything) {
   const auto rc = node->wait(120s);
   EXPECT_EQ(rc, 0) << "stdout:\n" << node->stdout_text() << "\nstderr:\n" << node->stderr_text();
   EXPECT_NE(node->stdout_text().find("all checks passed"), std::string::npos)
+      << node->stdout_text();
+}
+
+// Tool calls, which stories260K cannot make: the cloud tier is the fault
+// server, which answers offered tools with a call.
+TEST(OpenAiConformance, OfficialClientParsesToolCalls) {
+  const std::filesystem::path dir =
+      std::filesystem::path(SY_SOURCE_DIR) / "tests" / "openai_conformance";
+  if (!std::filesystem::exists(dir / "node_modules" / "openai" / "package.json")) {
+    GTEST_SKIP() << "the openai npm client is not installed; run scripts/npm-install.sh";
+  }
+  auto probe = Process::start({"node", "--version"});
+  if (!probe || probe->wait(30s) != 0) GTEST_SKIP() << "node is not installed";
+
+  FaultServer cloud;
+  ServeProcess gateway({"-m", "stories260K", "--upstream", cloud.base_url(), "--upstream-model",
+                        "fault-model", "--quiet"},
+                       {"SWITCHYARD_MODEL_PATH=" + shared_models_dir()});
+  ASSERT_TRUE(gateway.ok()) << gateway.process().stderr_text();
+  auto node = Process::start({"node", (dir / "conformance.mjs").string()},
+                             {"SWITCHYARD_URL=" + gateway.base_url(), "SWITCHYARD_MODELS=cloud",
+                              "SWITCHYARD_TOOLS_MODEL=cloud"});
+  ASSERT_TRUE(node);
+  const auto rc = node->wait(120s);
+  EXPECT_EQ(rc, 0) << "stdout:\n" << node->stdout_text() << "\nstderr:\n" << node->stderr_text();
+  EXPECT_NE(node->stdout_text().find("ok   tool call, streamed"), std::string::npos)
       << node->stdout_text();
 }
 

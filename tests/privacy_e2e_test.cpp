@@ -26,18 +26,20 @@ class PrivacyE2E : public ::testing::Test {
     config_ = temp_path(".yaml");
     decision_log_ = temp_path(".jsonl");
     std::ofstream(config_) << "server:\n"
-                              "  decision_log: " + decision_log_ + "\n"
-                              "tiers:\n"
-                              "  edge:\n"
-                              "    kind: embedded\n"
-                              "    placement: device\n"
-                              "    model: stories260K\n"
-                              "    kv_memory_mb: 32\n"
-                              "  cloud:\n"
-                              "    kind: openai\n"
-                              "    placement: cloud\n"
-                              "    model: fault-model\n"
-                              "    endpoint: " +
+                              "  decision_log: " +
+                                  decision_log_ +
+                                  "\n"
+                                  "tiers:\n"
+                                  "  edge:\n"
+                                  "    kind: embedded\n"
+                                  "    placement: device\n"
+                                  "    model: stories260K\n"
+                                  "    kv_memory_mb: 32\n"
+                                  "  cloud:\n"
+                                  "    kind: openai\n"
+                                  "    placement: cloud\n"
+                                  "    model: fault-model\n"
+                                  "    endpoint: " +
                                   cloud_.base_url() +
                                   "\n"
                                   "    timeouts: {connect_ms: 1000, first_byte_ms: 2000, "
@@ -84,18 +86,18 @@ class PrivacyE2E : public ::testing::Test {
 
 TEST_F(PrivacyE2E, DeviceOnlyDataNeverReachesTheCloud) {
   const std::vector<std::string> secrets = {
-      "my SSN is 078-05-1120",                      // detector
-      "card 4111 1111 1111 1111 expires 09/29",     // detector, Luhn-valid
-      "the patient reports chest pain",             // configured keyword
-      "AKIAIOSFODNN7EXAMPLE is our key",            // secret
+      "my SSN is 078-05-1120",                   // detector
+      "card 4111 1111 1111 1111 expires 09/29",  // detector, Luhn-valid
+      "the patient reports chest pain",          // configured keyword
+      "AKIAIOSFODNN7EXAMPLE is our key",         // secret
   };
   int answered = 0;
   for (FaultMode mode : {FaultMode::kNormal, FaultMode::kStatus500, FaultMode::kStatus429}) {
     cloud_.set_mode(mode);
     for (const std::string& secret : secrets) {
-      for (const std::string model : {"switchyard", "switchyard/cloud", "switchyard/cascade",
-                                      "switchyard/consistency", "switchyard/optimize",
-                                      "switchyard/threshold"}) {
+      for (const std::string model :
+           {"switchyard", "switchyard/cloud", "switchyard/cascade", "switchyard/consistency",
+            "switchyard/optimize", "switchyard/threshold"}) {
         for (bool stream : {false, true}) {
           auto r = ask(model, secret, stream);
           ASSERT_EQ(r.status, 200) << model << ": " << r.body;
@@ -135,6 +137,49 @@ TEST_F(PrivacyE2E, DeviceOnlyDataNeverReachesTheCloud) {
   EXPECT_GE(std::count(logged.begin(), logged.end(), '\n'), answered);
   EXPECT_EQ(logged.find("078-05-1120"), std::string::npos);
   EXPECT_EQ(logged.find("AKIAIOSFODNN7EXAMPLE"), std::string::npos);
+}
+
+// Private data can hide in the arguments of an earlier tool call or in a
+// tool definition, which the cloud would receive as well as the messages.
+TEST_F(PrivacyE2E, ToolCallsAndToolDefinitionsAreScannedToo) {
+  const json tools = json::array(
+      {{{"type", "function"},
+        {"function", {{"name", "lookup"}, {"description", "Finds a customer record"}}}}});
+  const json call = {
+      {"id", "call_1"},
+      {"type", "function"},
+      {"function", {{"name", "lookup"}, {"arguments", R"({"ssn": "078-05-1120"})"}}}};
+  json b = {{"model", "switchyard/cloud"},
+            {"messages",
+             {{{"role", "user"}, {"content", "find the customer"}},
+              {{"role", "assistant"}, {"content", nullptr}, {"tool_calls", {call}}},
+              {{"role", "tool"}, {"tool_call_id", "call_1"}, {"content", "found one"}},
+              {{"role", "user"}, {"content", "summarise it"}}}},
+            {"tools", tools},
+            {"tool_choice", "none"},
+            {"max_tokens", 8}};
+  for (bool stream : {false, true}) {
+    b["stream"] = stream;
+    // No tool call is wanted, so the edge can answer: it does, not the cloud.
+    auto r = http_post(gateway_->port(), "/v1/chat/completions", b.dump());
+    ASSERT_EQ(r.status, 200) << r.body;
+    EXPECT_EQ(r.header("x-switchyard-tier"), "edge");
+    // A call is wanted, which only the cloud could make: refused instead.
+    json wants_call = b;
+    wants_call["tool_choice"] = "auto";
+    r = http_post(gateway_->port(), "/v1/chat/completions", wants_call.dump());
+    EXPECT_EQ(r.status, 400) << r.body;
+    // The secret in a tool's description.
+    json described = b;
+    described["messages"] = {{{"role", "user"}, {"content", "find the customer"}}};
+    described["tools"][0]["function"]["description"] = "the patient record finder";
+    r = http_post(gateway_->port(), "/v1/chat/completions", described.dump());
+    ASSERT_EQ(r.status, 200) << r.body;
+    EXPECT_EQ(r.header("x-switchyard-tier"), "edge");
+  }
+  EXPECT_FALSE(cloud_saw("078-05-1120"));
+  EXPECT_FALSE(cloud_saw("patient"));
+  EXPECT_TRUE(cloud_.received_bodies().empty());
 }
 
 TEST_F(PrivacyE2E, PublicDataDoesReachTheCloudSoTheCheckIsReal) {

@@ -130,6 +130,43 @@ TEST(Router, OversizedPromptGoesToCloudOrIsRejectedWhenPrivate) {
   EXPECT_NE(d.plan.reason.find("context"), std::string::npos) << d.plan.reason;
 }
 
+// Tools or JSON mode: an edge answer would ignore them, so every policy
+// plans the cloud, with no edge fallback, and a forced edge is refused.
+TEST(Router, WhatOnlyTheCloudCanDoNeverPlansTheEdge) {
+  auto r = make_router();
+  for (PolicyKind p : {PolicyKind::kThreshold, PolicyKind::kCascade, PolicyKind::kConsistency,
+                       PolicyKind::kOptimize, PolicyKind::kEdge, PolicyKind::kCloud}) {
+    RouteInput in;
+    in.policy = p;
+    in.edge_unsupported = "tools";
+    const Decision d = decide(*r, "where is my order", in);
+    EXPECT_EQ(d.plan.kind, PlanKind::kCloud) << to_string(p);
+    EXPECT_FALSE(d.plan.edge_fallback_allowed) << to_string(p);
+    EXPECT_EQ(d.signals.edge_unsupported, "tools");
+    EXPECT_NE(std::find(d.rules_fired.begin(), d.rules_fired.end(), "edge-lacks-feature"),
+              d.rules_fired.end());
+  }
+  RouteInput in;
+  in.edge_unsupported = "response_format json_object";
+  in.forced_tier = "edge";
+  Decision d = decide(*r, "hello", in);
+  EXPECT_EQ(d.plan.kind, PlanKind::kReject);
+  EXPECT_NE(d.plan.reason.find("response_format json_object"), std::string::npos) << d.plan.reason;
+  // A forced cloud tier's fallback chain loses its device tiers.
+  in.forced_tier = "cloud";
+  in.fallback_tiers = {"edge"};
+  d = decide(*r, "hello", in);
+  EXPECT_EQ(d.plan.kind, PlanKind::kCloud);
+  EXPECT_TRUE(d.plan.fallback_tiers.empty());
+  // Private data with such a request: no tier may serve it.
+  in = {};
+  in.edge_unsupported = "tools";
+  in.declared_class = DataClass::kDeviceOnly;
+  d = decide(*r, "hello", in);
+  EXPECT_EQ(d.plan.kind, PlanKind::kReject);
+  EXPECT_FALSE(d.plan.cloud_allowed);
+}
+
 TEST(Router, BothTiersUnavailableRejects) {
   auto r = make_router();
   RouteInput in;

@@ -5,6 +5,8 @@
 //
 // SWITCHYARD_MODELS: comma-separated model names to run the checks on (default:
 // every model the gateway lists). SWITCHYARD_API_KEY: the client key, if any.
+// SWITCHYARD_TOOLS_MODEL: a model whose tier makes tool calls; the client's
+// tool-call parsing (whole and streamed) is checked on it.
 import OpenAI from 'openai';
 
 const baseURL = process.env.SWITCHYARD_URL;
@@ -129,6 +131,57 @@ await step('n=2 is a 400 BadRequestError', async () => {
     check(err.param === 'n', `param n, got ${err.param}`);
   }
 });
+
+const toolsModel = process.env.SWITCHYARD_TOOLS_MODEL;
+if (toolsModel) {
+  const tools = [{
+    type: 'function',
+    function: {
+      name: 'get_weather',
+      description: 'The weather in a city',
+      parameters: { type: 'object', properties: { text: { type: 'string' } } },
+    },
+  }];
+  const ask = [{ role: 'user', content: 'weather in Oslo' }];
+
+  await step(`tool call, whole (${toolsModel})`, async () => {
+    const data = await client.chat.completions.create({ model: toolsModel, messages: ask, tools });
+    const choice = data.choices[0];
+    check(choice?.finish_reason === 'tool_calls', `finish_reason: ${choice?.finish_reason}`);
+    const call = choice?.message?.tool_calls?.[0];
+    check(call?.type === 'function' && call?.function?.name === 'get_weather',
+          `tool call: ${JSON.stringify(choice?.message)}`);
+    check(JSON.parse(call?.function?.arguments ?? '{}').text === 'weather in Oslo',
+          `arguments: ${call?.function?.arguments}`);
+  });
+
+  await step(`tool call, streamed and joined by the client (${toolsModel})`, async () => {
+    const stream = client.chat.completions.stream({ model: toolsModel, messages: ask, tools });
+    const done = await stream.finalChatCompletion();
+    const call = done.choices[0]?.message?.tool_calls?.[0];
+    check(done.choices[0]?.finish_reason === 'tool_calls', `finish_reason: ${done.choices[0]?.finish_reason}`);
+    check(call?.function?.name === 'get_weather', `tool call: ${JSON.stringify(done.choices[0])}`);
+    check(call?.function?.arguments === '{"text":"weather in Oslo"}', `arguments: ${call?.function?.arguments}`);
+    check(typeof call?.id === 'string' && call.id.length > 0, 'call id');
+  });
+
+  await step(`tool result sent back (${toolsModel})`, async () => {
+    const data = await client.chat.completions.create({
+      model: toolsModel,
+      tools,
+      tool_choice: 'none',
+      messages: [
+        ...ask,
+        { role: 'assistant', content: null, tool_calls: [{ id: 'call_1', type: 'function',
+          function: { name: 'get_weather', arguments: '{"text":"Oslo"}' } }] },
+        { role: 'tool', tool_call_id: 'call_1', content: 'rain' },
+        { role: 'user', content: 'so take an umbrella' },
+      ],
+    });
+    check(data.choices[0]?.message?.content === 'echo: so take an umbrella',
+          `answer: ${JSON.stringify(data.choices[0]?.message)}`);
+  });
+}
 
 if (failures > 0) {
   console.error(`${failures} conformance problem(s)`);
