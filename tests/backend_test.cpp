@@ -697,7 +697,7 @@ TEST_F(OpenAiBackendTest, StreamingChatCompletionWithUsage) {
 TEST_F(OpenAiBackendTest, ToolCallsStreamedAndWhole) {
   auto backend = make();
   BackendRequest req = chat("find order 42");
-  req.tool_use.tools = R"([{"type":"function","function":{"name":"find"}}])";
+  req.remote_only.tools = R"([{"type":"function","function":{"name":"find"}}])";
   auto whole = backend->generate(req, {});
   ASSERT_TRUE(whole.ok()) << whole.error().message;
   EXPECT_EQ(whole->finish_reason, "tool_calls");

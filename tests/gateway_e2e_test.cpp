@@ -648,6 +648,41 @@ TEST_F(GatewayTools, TheEdgeNeverStandsInForTools) {
   EXPECT_EQ(failed.header("x-switchyard-tier"), "cloud");
 }
 
+// Fields the gateway does not read itself reach the cloud as sent; an edge
+// answer names those it ignored.
+TEST_F(GatewayTools, OtherFieldsPassThroughOrAreNamedAsIgnored) {
+  json b = {{"model", "cloud"},
+            {"messages", {{{"role", "user"}, {"content", "Once upon a time"}}}},
+            {"max_tokens", 8},
+            {"logit_bias", {{"1234", -100}}},
+            {"reasoning_effort", "low"},
+            {"store", false},
+            {"user", "user-17"},
+            {"service_tier", nullptr}};
+  const auto cloud = post(b);
+  ASSERT_EQ(cloud.status, 200) << cloud.body;
+  EXPECT_EQ(cloud.header("x-switchyard-ignored-params"), "");
+  const json sent = last_upstream_body();
+  EXPECT_EQ(sent["logit_bias"], b["logit_bias"]);
+  EXPECT_EQ(sent["reasoning_effort"], "low");
+  EXPECT_EQ(sent["store"], false);
+  EXPECT_EQ(sent["user"], "user-17");
+  EXPECT_FALSE(sent.contains("service_tier"));
+  EXPECT_EQ(sent["max_tokens"], 8);
+
+  b["model"] = "edge";
+  b["tools"] = tools();
+  b["tool_choice"] = "none";
+  for (bool stream : {false, true}) {
+    b["stream"] = stream;
+    const auto edge = post(b);
+    ASSERT_EQ(edge.status, 200) << edge.body;
+    EXPECT_EQ(edge.header("x-switchyard-tier"), "edge");
+    EXPECT_EQ(edge.header("x-switchyard-ignored-params"),
+              "tools,logit_bias,reasoning_effort,store");
+  }
+}
+
 TEST_F(GatewayTools, MalformedToolFieldsAreNamed) {
   const auto expect_param = [&](json body, const std::string& param) {
     const auto r = post(body);

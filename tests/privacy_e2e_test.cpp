@@ -139,9 +139,10 @@ TEST_F(PrivacyE2E, DeviceOnlyDataNeverReachesTheCloud) {
   EXPECT_EQ(logged.find("AKIAIOSFODNN7EXAMPLE"), std::string::npos);
 }
 
-// Private data can hide in the arguments of an earlier tool call or in a
-// tool definition, which the cloud would receive as well as the messages.
-TEST_F(PrivacyE2E, ToolCallsAndToolDefinitionsAreScannedToo) {
+// Private data can hide in the arguments of an earlier tool call, in a tool
+// definition or in a field the gateway passes through unread, all of which
+// the cloud would receive as well as the messages.
+TEST_F(PrivacyE2E, ToolCallsToolDefinitionsAndPassedThroughFieldsAreScannedToo) {
   const json tools = json::array(
       {{{"type", "function"},
         {"function", {{"name", "lookup"}, {"description", "Finds a customer record"}}}}});
@@ -177,8 +178,17 @@ TEST_F(PrivacyE2E, ToolCallsAndToolDefinitionsAreScannedToo) {
     ASSERT_EQ(r.status, 200) << r.body;
     EXPECT_EQ(r.header("x-switchyard-tier"), "edge");
   }
+  // The secret in a field the gateway only passes through.
+  json predicted = {{"model", "switchyard/cloud"},
+                    {"messages", {{{"role", "user"}, {"content", "rewrite the note"}}}},
+                    {"prediction", {{"type", "content"}, {"content", "card 4111 1111 1111 1111"}}},
+                    {"max_tokens", 8}};
+  const auto r = http_post(gateway_->port(), "/v1/chat/completions", predicted.dump());
+  ASSERT_EQ(r.status, 200) << r.body;
+  EXPECT_EQ(r.header("x-switchyard-tier"), "edge");
   EXPECT_FALSE(cloud_saw("078-05-1120"));
   EXPECT_FALSE(cloud_saw("patient"));
+  EXPECT_FALSE(cloud_saw("4111"));
   EXPECT_TRUE(cloud_.received_bodies().empty());
 }
 

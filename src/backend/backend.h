@@ -33,18 +33,26 @@ struct ChatMessage {
   std::string name;
 };
 
-// Function calling and structured output as the client asked for them, kept
-// as JSON text (the API layer validated it) and passed to remote tiers as is.
-// The embedded engine honours none of it, so the router keeps requests that
-// depend on it off the device tiers.
-struct ToolUse {
+// What a client asked for that only remote tiers read: function calling,
+// structured output and every top-level field the gateway does not know,
+// kept as JSON text (the API layer validated the known ones) and sent to
+// remote tiers as is, so that nothing the client sent is lost on the way.
+struct RemoteOnlyFields {
   std::string tools;        // JSON array of tool definitions; empty: none
   std::string tool_choice;  // JSON value ("auto", "none", "required", {...}); empty: unset
   std::optional<bool> parallel_tool_calls;
   std::string response_format;  // JSON object; empty: unset
-  // The feature an answer from the embedded engine would silently ignore
-  // ("tools", "response_format json_schema"); empty when it can serve.
+  // The other top-level fields (logit_bias, reasoning_effort, store, ...), as
+  // a JSON object; empty when there are none.
+  std::string other;
+  // A feature an answer from the embedded engine would ignore although the
+  // answer depends on it ("tools", "response_format json_schema"), so that a
+  // remote tier must serve; empty when the edge can.
   std::string edge_unsupported;
+  // Fields the embedded engine ignores without the answer's form depending
+  // on them (the other fields; tools under tool_choice "none"), comma-
+  // separated: an edge answer names them in x-switchyard-ignored-params.
+  std::string edge_ignored;
 };
 
 // Sampling and output options, as an OpenAI request states them; unset fields
@@ -71,7 +79,7 @@ struct BackendRequest {
   std::vector<ChatMessage> messages;  // chat completions
   std::optional<std::string> prompt;  // legacy completions: raw text, no template
   GenerationParams params;
-  ToolUse tool_use;
+  RemoteOnlyFields remote_only;
   std::optional<std::chrono::steady_clock::time_point> deadline;
   // From the client's latency budget: a remote tier that has sent nothing by
   // then is abandoned (kDeadlineExceeded) so the plan can fall back, and no

@@ -226,9 +226,9 @@ class EmbeddedBackend final : public Backend {
 
   Result<Completion> generate(const BackendRequest& request, const DeltaSink& on_delta) override {
     const auto start = Clock::now();
-    if (!request.tool_use.edge_unsupported.empty()) {
+    if (!request.remote_only.edge_unsupported.empty()) {
       return make_error(ErrorKind::kInvalidArgument,
-                        where() + ": the request uses " + request.tool_use.edge_unsupported +
+                        where() + ": the request uses " + request.remote_only.edge_unsupported +
                             ", which the embedded engine does not support; send it to a cloud "
                             "tier");
     }

@@ -753,7 +753,12 @@ class OpenAiBackend final : public Backend {
 
   std::string request_body(const BackendRequest& request, bool stream, bool legacy) const {
     const GenerationParams& p = request.params;
-    json body;
+    // The client's fields the gateway does not read go first; those it reads
+    // are set from what it parsed.
+    json body = request.remote_only.other.empty()
+                    ? json::object()
+                    : json::parse(request.remote_only.other, nullptr, false);
+    if (!body.is_object()) body = json::object();
     body["model"] = request.model.empty() ? config_.model : request.model;
     if (legacy) {
       body["prompt"] = *request.prompt;
@@ -770,7 +775,7 @@ class OpenAiBackend final : public Backend {
         messages.push_back(std::move(message));
       }
       body["messages"] = std::move(messages);
-      const ToolUse& t = request.tool_use;
+      const RemoteOnlyFields& t = request.remote_only;
       if (!t.tools.empty()) body["tools"] = json::parse(t.tools, nullptr, false);
       if (!t.tool_choice.empty()) body["tool_choice"] = json::parse(t.tool_choice, nullptr, false);
       if (t.parallel_tool_calls) body["parallel_tool_calls"] = *t.parallel_tool_calls;

@@ -272,19 +272,21 @@ Result<route::Decision> HybridRouter::decide(const ApiRequest& api, const RouteH
     if (auto pin = versions_->pin(hints.session); pin && executor_->available(pin->tier)) {
       const auto b = executor_->backend(pin->tier);
       const bool on_device = b && b->info().placement == backend::Placement::kDevice;
-      if (!(on_device && !api.backend.tool_use.edge_unsupported.empty())) {
+      if (!(on_device && !api.backend.remote_only.edge_unsupported.empty())) {
         in.forced_tier = pin->tier;
       }
     }
   }
-  // Everything that would reach a cloud tier is scanned: tool definitions and
-  // the arguments of earlier tool calls as well as the messages. The last
+  // Everything that would reach a cloud tier is scanned: tool definitions,
+  // the arguments of earlier tool calls and the fields passed through as
+  // well as the messages. The last
   // message's content stays last, where the complexity signal reads it.
   std::vector<std::string_view> texts;
-  texts.reserve(2 * api.backend.messages.size() + 2);
-  const backend::ToolUse& tool_use = api.backend.tool_use;
-  if (!tool_use.tools.empty()) texts.push_back(tool_use.tools);
-  if (!tool_use.response_format.empty()) texts.push_back(tool_use.response_format);
+  texts.reserve(2 * api.backend.messages.size() + 3);
+  const backend::RemoteOnlyFields& remote_only = api.backend.remote_only;
+  if (!remote_only.tools.empty()) texts.push_back(remote_only.tools);
+  if (!remote_only.response_format.empty()) texts.push_back(remote_only.response_format);
+  if (!remote_only.other.empty()) texts.push_back(remote_only.other);
   for (const auto& m : api.backend.messages) {
     if (!m.tool_calls.empty()) texts.push_back(m.tool_calls);
     texts.push_back(m.content);
@@ -292,7 +294,7 @@ Result<route::Decision> HybridRouter::decide(const ApiRequest& api, const RouteH
   if (api.backend.prompt) texts.push_back(*api.backend.prompt);
   in.texts = texts;
   in.max_tokens = api.backend.params.max_tokens;
-  in.edge_unsupported = tool_use.edge_unsupported;
+  in.edge_unsupported = remote_only.edge_unsupported;
   in.memory_pressure = memory_->level();
   const auto& rc = router_->config();
   const auto usable = [&](const std::string& tier, std::string& why) {

@@ -1,5 +1,6 @@
 #include "serve/openai.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <nlohmann/json.hpp>
@@ -182,7 +183,7 @@ bool read_message_tool_fields(FieldReader& r, const json& m, const std::string& 
 // tools, tool_choice, parallel_tool_calls and response_format: validated the
 // way OpenAI does, kept as JSON for the cloud tier, and named in
 // edge_unsupported when an answer from the embedded engine would ignore them.
-void read_tool_use(FieldReader& r, backend::ToolUse& out) {
+void read_remote_only(FieldReader& r, backend::RemoteOnlyFields& out) {
   const auto dump = [](const json& v) {
     return v.dump(-1, ' ', false, json::error_handler_t::replace);
   };
@@ -265,6 +266,55 @@ void read_tool_use(FieldReader& r, backend::ToolUse& out) {
       out.edge_unsupported = "response_format " + type;
     }
   }
+}
+
+// Top-level fields the gateway reads itself; the rest go to remote tiers.
+constexpr std::string_view kReadFields[] = {"model",
+                                            "messages",
+                                            "prompt",
+                                            "stream",
+                                            "stream_options",
+                                            "metadata",
+                                            "n",
+                                            "best_of",
+                                            "echo",
+                                            "max_tokens",
+                                            "max_completion_tokens",
+                                            "temperature",
+                                            "top_p",
+                                            "top_k",
+                                            "min_p",
+                                            "presence_penalty",
+                                            "frequency_penalty",
+                                            "repeat_penalty",
+                                            "repetition_penalty",
+                                            "seed",
+                                            "stop",
+                                            "logprobs",
+                                            "top_logprobs"};
+constexpr std::string_view kChatToolFields[] = {"tools", "tool_choice", "parallel_tool_calls",
+                                                "response_format"};
+
+// Every other non-null top-level field: forwarded to remote tiers, and named
+// as ignored when the edge answers (but `user`, which pins the session).
+void read_other_fields(ApiKind kind, const json& doc, backend::RemoteOnlyFields& out) {
+  json other = json::object();
+  std::string& ignored = out.edge_ignored;
+  if (!out.tools.empty() && out.edge_unsupported.empty()) ignored = "tools";
+  for (const auto& [key, value] : doc.items()) {
+    if (value.is_null()) continue;
+    const auto is = [&key](std::string_view k) { return k == key; };
+    if (std::any_of(std::begin(kReadFields), std::end(kReadFields), is)) continue;
+    if (kind == ApiKind::kChat &&
+        std::any_of(std::begin(kChatToolFields), std::end(kChatToolFields), is)) {
+      continue;
+    }
+    other[key] = value;
+    if (key == "user") continue;
+    if (!ignored.empty()) ignored += ',';
+    ignored += key;
+  }
+  if (!other.empty()) out.other = other.dump(-1, ' ', false, json::error_handler_t::replace);
 }
 
 void read_messages(FieldReader& r, const json& body, std::vector<backend::ChatMessage>& out) {
@@ -562,7 +612,7 @@ std::optional<ApiError> parse_request(ApiKind kind, std::string_view body, ApiRe
   read_stop(r, p.stop);
 
   if (kind == ApiKind::kChat) {
-    read_tool_use(r, out.backend.tool_use);
+    read_remote_only(r, out.backend.remote_only);
     r.boolean("logprobs", p.logprobs);
     std::optional<int32_t> top;
     r.integer("top_logprobs", 0, 20, top);
@@ -582,6 +632,7 @@ std::optional<ApiError> parse_request(ApiKind kind, std::string_view body, ApiRe
     }
   }
   if (!r.ok()) return r.error();
+  read_other_fields(kind, doc, out.backend.remote_only);
   return std::nullopt;
 }
 

@@ -723,6 +723,7 @@ struct Gateway::Impl {
 
     if (api.stream) {
       res.set_header("x-switchyard-tier", tier.config.name);
+      set_ignored_params(res, tier, api);
       stream(dep, std::move(active_request), kind, tier, std::move(api), std::move(hints),
              std::move(decision), std::move(id), start, res);
       return;
@@ -750,6 +751,7 @@ struct Gateway::Impl {
     res.set_header("x-switchyard-tier", served.config.name);
     res.set_header("x-switchyard-model", model);
     res.set_header("x-switchyard-model-version", std::string(version));
+    set_ignored_params(res, served, api);
     if (result->degraded) res.set_header("x-switchyard-degraded", "true");
     if (result->escalated) res.set_header("x-switchyard-escalated", "true");
     if (result->confidence) {
@@ -769,6 +771,14 @@ struct Gateway::Impl {
     res.set_header("Content-Type", kJson);
     record(server, &served, kind, 200, start, &c, id);
     hybrid->finish(api, hints, decision, result, ms_since(start), 200);
+  }
+
+  // An answer from the edge says which of the client's fields it ignored.
+  static void set_ignored_params(httplib::Response& res, const Tier& tier, const ApiRequest& api) {
+    const std::string& ignored = api.backend.remote_only.edge_ignored;
+    if (!ignored.empty() && tier.config.placement == backend::Placement::kDevice) {
+      res.set_header("x-switchyard-ignored-params", ignored);
+    }
   }
 
   // Routing hints from headers, falling back to the body's metadata and user.
