@@ -236,6 +236,15 @@ TEST_F(GatewayE2E, ModelsHealthReadyMetrics) {
   EXPECT_TRUE(ids.contains("edge") && ids.contains("cloud") && ids.contains("gpt-4o-mini") &&
               ids.contains("stories260K"))
       << r.body;
+  // Each listed model can be retrieved by its id; others are a 404.
+  for (const auto& m : models["data"]) {
+    const auto one = http_get(port(), "/v1/models/" + m["id"].get<std::string>());
+    ASSERT_EQ(one.status, 200) << one.body;
+    EXPECT_EQ(one.json(), m);
+  }
+  const auto missing = http_get(port(), "/v1/models/no-such/model");
+  expect_error(missing, 404);
+  EXPECT_EQ(missing.json()["error"]["code"], "model_not_found");
   EXPECT_EQ(http_get(port(), "/healthz").status, 200);
   EXPECT_EQ(http_get(port(), "/readyz").status, 200);
   ASSERT_EQ(chat(port(), chat_body(false), "cloud").status, 200);

@@ -260,6 +260,8 @@ struct Deployment {
   std::unordered_map<std::string, size_t> by_model;  // tier names, aliases, model ids
   size_t default_tier = 0;
   std::string models_json;
+  // Each listed model's object, by id, for GET /v1/models/{id}.
+  std::unordered_map<std::string, std::string> model_json;
   std::unique_ptr<HybridRouter> hybrid;
 
   Tier* find_tier(std::string_view name) {
@@ -410,6 +412,26 @@ struct Gateway::Impl {
         return;
       }
       res.set_content(dep->models_json, kJson);
+    });
+    // Model ids may hold slashes ("switchyard/cascade", "org/name").
+    http.Get(R"(/v1/models/(.+))", [this](const httplib::Request& req, httplib::Response& res) {
+      auto dep = deployment();
+      if (!check_auth(dep ? dep->config.server : config.server, req, res)) return;
+      if (!dep) {
+        send_error(res, not_ready());
+        return;
+      }
+      const std::string id = req.matches[1];
+      auto it = dep->model_json.find(id);
+      if (it == dep->model_json.end()) {
+        ApiError e = invalid_request(
+            "The model '" + id + "' does not exist here; GET /v1/models lists those that do",
+            "model", "model_not_found");
+        e.status = 404;
+        send_error(res, e);
+        return;
+      }
+      res.set_content(it->second, kJson);
     });
     http.Post("/v1/chat/completions", [this](const httplib::Request& req, httplib::Response& res,
                                              const httplib::ContentReader& reader) {
@@ -1058,7 +1080,7 @@ struct Gateway::Impl {
       return e;
     }
     dep->hybrid = std::move(h).value();
-    dep->models_json = render_models(*dep);
+    dep->models_json = render_models(*dep, dep->model_json);
     return dep;
   }
 
@@ -1107,7 +1129,8 @@ struct Gateway::Impl {
 
   // OpenAI's list shape; every name a client may send is listed, each saying
   // which tier it reaches.
-  std::string render_models(const Deployment& dep) const {
+  std::string render_models(const Deployment& dep,
+                            std::unordered_map<std::string, std::string>& by_id) const {
     const std::vector<Tier>& loaded = dep.tiers;
     const auto& by_model = dep.by_model;
     const size_t default_tier = dep.default_tier;
@@ -1121,21 +1144,23 @@ struct Gateway::Impl {
     for (size_t i = 0; i < entries.size(); ++i) {
       const Tier& t = loaded[entries[i].second];
       const backend::BackendInfo& info = t.backend->info();
+      std::string model = "{\"id\":";
+      append_json_string(model, entries[i].first);
+      model += ",\"object\":\"model\",\"created\":" + std::to_string(started_at) +
+               ",\"owned_by\":\"switchyard\",\"switchyard\":{\"tier\":";
+      append_json_string(model, t.config.name);
+      model += ",\"kind\":";
+      append_json_string(model, t.config.kind);
+      model += ",\"placement\":";
+      append_json_string(model, placement_name(t.config.placement));
+      model += ",\"model\":";
+      append_json_string(model, info.model);
+      model += ",\"model_version\":";
+      append_json_string(model, info.model_version);
+      model += ",\"context_length\":" + std::to_string(info.context_length) + "}}";
       if (i > 0) out += ',';
-      out += "{\"id\":";
-      append_json_string(out, entries[i].first);
-      out += ",\"object\":\"model\",\"created\":" + std::to_string(started_at) +
-             ",\"owned_by\":\"switchyard\",\"switchyard\":{\"tier\":";
-      append_json_string(out, t.config.name);
-      out += ",\"kind\":";
-      append_json_string(out, t.config.kind);
-      out += ",\"placement\":";
-      append_json_string(out, placement_name(t.config.placement));
-      out += ",\"model\":";
-      append_json_string(out, info.model);
-      out += ",\"model_version\":";
-      append_json_string(out, info.model_version);
-      out += ",\"context_length\":" + std::to_string(info.context_length) + "}}";
+      out += model;
+      by_id.emplace(entries[i].first, std::move(model));
     }
     out += "]}";
     return out;

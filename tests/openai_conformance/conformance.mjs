@@ -58,6 +58,11 @@ const wanted = process.env.SWITCHYARD_MODELS
 for (const model of wanted) {
   check(models.includes(model), `${model} is listed by /v1/models`);
 
+  await step(`models.retrieve (${model})`, async () => {
+    const one = await client.models.retrieve(model);
+    check(one.id === model && one.object === 'model', `retrieved: ${JSON.stringify(one)}`);
+  });
+
   await step(`chat.completions.create (${model})`, async () => {
     const { data, response } = await client.chat.completions
       .create({ model, messages, max_tokens: 16, temperature: 0, seed: 1 })
