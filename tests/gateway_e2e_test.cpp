@@ -692,6 +692,31 @@ TEST_F(GatewayTools, OtherFieldsPassThroughOrAreNamedAsIgnored) {
   }
 }
 
+// Images (and audio, files) only a cloud model can see: the parts reach it
+// whole, and the edge, which would answer from the text alone, never serves.
+TEST_F(GatewayTools, ImagePartsGoToTheCloudWhole) {
+  const json parts = json::array(
+      {{{"type", "text"}, {"text", "what is in this picture"}},
+       {{"type", "image_url"},
+        {"image_url", {{"url", "data:image/png;base64,iVBORw0KGgo="}, {"detail", "low"}}}}});
+  json b = {{"model", "switchyard"},
+            {"messages", {{{"role", "user"}, {"content", parts}}}},
+            {"max_tokens", 8}};
+  const auto r = post(b);
+  ASSERT_EQ(r.status, 200) << r.body;
+  EXPECT_EQ(r.header("x-switchyard-tier"), "cloud");
+  EXPECT_EQ(last_upstream_body()["messages"][0]["content"], parts);
+
+  const auto forced = post(b, {{"x-switchyard-tier", "edge"}});
+  expect_error(forced, 400);
+  EXPECT_NE(forced.body.find("image_url content"), std::string::npos) << forced.body;
+
+  b["messages"][0]["content"] = json::array({{{"kind", "image"}}});
+  const auto bad = post(b);
+  expect_error(bad, 400);
+  EXPECT_EQ(bad.json()["error"]["param"], "messages[0].content");
+}
+
 TEST_F(GatewayTools, MalformedToolFieldsAreNamed) {
   const auto expect_param = [&](json body, const std::string& param) {
     const auto r = post(body);

@@ -412,11 +412,52 @@ TEST(RequestTest, RejectsBadFieldsNamingThem) {
              "messages[0].role", "must be one of");
   expect_400(
       with("messages",
-           json::array({{{"role", "user"}, {"content", json::array({{{"type", "image_url"}}})}}})),
-      "messages[0].content", "text parts");
+           json::array({{{"role", "user"}, {"content", json::array({{{"image_url", "x"}}})}}})),
+      "messages[0].content", "list of parts");
+  expect_400(with("tool_choice", "auto"), "tool_choice", "only allowed when 'tools'");
   json no_messages = chat_body();
   no_messages.erase("messages");
   expect_400(no_messages, "messages", "'messages' is required");
+}
+
+// What only a remote tier reads is kept for it, and what the edge would
+// ignore or could not honour is named.
+TEST(RequestTest, KeepsWhatOnlyRemoteTiersRead) {
+  json b = chat_body();
+  b["messages"] = json::array(
+      {{{"role", "user"},
+        {"content",
+         json::array({{{"type", "text"}, {"text", "look: "}},
+                      {{"type", "image_url"}, {"image_url", {{"url", "https://x/y.png"}}}},
+                      {{"type", "text"}, {"text", "what is it"}}})}}});
+  b["logit_bias"] = {{"50256", -100}};
+  b["user"] = "u1";
+  ApiRequest r;
+  ASSERT_FALSE(parse_chat(b, r));
+  const backend::ChatMessage& m = r.backend.messages[0];
+  EXPECT_EQ(m.content, "look: what is it");
+  EXPECT_EQ(json::parse(m.content_parts), b["messages"][0]["content"]);
+  const backend::RemoteOnlyFields& f = r.backend.remote_only;
+  EXPECT_EQ(f.edge_unsupported, "image_url content");
+  EXPECT_EQ(json::parse(f.other), json({{"logit_bias", b["logit_bias"]}, {"user", "u1"}}));
+  EXPECT_EQ(f.edge_ignored, "logit_bias");
+
+  json tools = chat_body();
+  tools["tools"] = json::array({{{"type", "function"}, {"function", {{"name", "f"}}}}});
+  ApiRequest t;
+  ASSERT_FALSE(parse_chat(tools, t));
+  EXPECT_EQ(t.backend.remote_only.edge_unsupported, "tools");
+  EXPECT_TRUE(t.backend.messages[0].content_parts.empty());
+  tools["tool_choice"] = "none";
+  tools["response_format"] = {{"type", "text"}};
+  ApiRequest none;
+  ASSERT_FALSE(parse_chat(tools, none));
+  EXPECT_EQ(none.backend.remote_only.edge_unsupported, "");
+  EXPECT_EQ(none.backend.remote_only.edge_ignored, "tools");
+  tools["response_format"] = {{"type", "json_schema"}, {"json_schema", {{"name", "s"}}}};
+  ApiRequest schema;
+  ASSERT_FALSE(parse_chat(tools, schema));
+  EXPECT_EQ(schema.backend.remote_only.edge_unsupported, "response_format json_schema");
 }
 
 TEST(RequestTest, MalformedBody) {

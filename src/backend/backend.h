@@ -25,6 +25,10 @@ struct ChatMessage {
 
   std::string role;  // system, user, assistant, tool
   std::string content;
+  // The content as the client's JSON list of parts, kept when some are not
+  // text (images, audio, files), which only remote tiers read; `content`
+  // holds the text parts. Empty otherwise.
+  std::string content_parts;
   // Function calling, as OpenAI's wire format carries it; only remote tiers
   // read these. tool_calls is the assistant's calls as a JSON array (empty:
   // none); tool_call_id names the call a tool message answers.

@@ -766,6 +766,9 @@ class OpenAiBackend final : public Backend {
       json messages = json::array();
       for (const auto& m : request.messages) {
         json message = {{"role", m.role}, {"content", m.content}};
+        if (!m.content_parts.empty()) {
+          message["content"] = json::parse(m.content_parts, nullptr, false);
+        }
         if (!m.name.empty()) message["name"] = m.name;
         if (!m.tool_call_id.empty()) message["tool_call_id"] = m.tool_call_id;
         if (!m.tool_calls.empty()) {

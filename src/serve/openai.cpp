@@ -105,10 +105,14 @@ void read_stop(FieldReader& r, std::vector<std::string>& stop) {
   }
 }
 
-// OpenAI content is a string or a list of parts; only text parts mean anything here.
-bool read_content(const json& content, std::string& out) {
+// OpenAI content is a string or a list of typed parts. The text parts are
+// joined into `text`; when there are others (image_url, input_audio, file),
+// the whole list is kept in `parts` for remote tiers and `other_type` names
+// the first of them. False when the content has another shape.
+bool read_content(const json& content, std::string& text, std::string& parts,
+                  std::string& other_type) {
   if (content.is_string()) {
-    out = content.get<std::string>();
+    text = content.get<std::string>();
     return true;
   }
   if (content.is_null()) return true;
@@ -116,12 +120,17 @@ bool read_content(const json& content, std::string& out) {
   for (const json& part : content) {
     if (!part.is_object()) return false;
     auto type = part.find("type");
-    auto text = part.find("text");
-    if (type == part.end() || *type != "text" || text == part.end() || !text->is_string()) {
-      return false;
+    if (type == part.end() || !type->is_string()) return false;
+    const std::string& name = type->get_ref<const std::string&>();
+    if (name == "text" || name == "refusal") {
+      auto t = part.find(name);
+      if (t == part.end() || !t->is_string()) return false;
+      text += t->get_ref<const std::string&>();
+    } else if (other_type.empty()) {
+      other_type = name;
     }
-    out += text->get_ref<const std::string&>();
   }
+  if (!other_type.empty()) parts = content.dump(-1, ' ', false, json::error_handler_t::replace);
   return true;
 }
 
@@ -241,7 +250,9 @@ void read_remote_only(FieldReader& r, backend::RemoteOnlyFields& out) {
   bool parallel = true;
   r.boolean("parallel_tool_calls", parallel);
   if (r.find("parallel_tool_calls")) out.parallel_tool_calls = parallel;
-  if (!out.tools.empty() && !calls_off) out.edge_unsupported = "tools";
+  if (!out.tools.empty() && !calls_off && out.edge_unsupported.empty()) {
+    out.edge_unsupported = "tools";
+  }
 
   if (const json* format = r.find("response_format")) {
     const std::string type =
@@ -317,7 +328,8 @@ void read_other_fields(ApiKind kind, const json& doc, backend::RemoteOnlyFields&
   if (!other.empty()) out.other = other.dump(-1, ' ', false, json::error_handler_t::replace);
 }
 
-void read_messages(FieldReader& r, const json& body, std::vector<backend::ChatMessage>& out) {
+void read_messages(FieldReader& r, const json& body, std::vector<backend::ChatMessage>& out,
+                   backend::RemoteOnlyFields& remote_only) {
   auto it = body.find("messages");
   if (it == body.end() || it->is_null()) {
     r.fail("'messages' is required", "messages");
@@ -353,12 +365,16 @@ void read_messages(FieldReader& r, const json& body, std::vector<backend::ChatMe
     backend::ChatMessage msg;
     msg.role = std::move(role_name);
     auto content = m.find("content");
-    if (content != m.end() && !read_content(*content, msg.content)) {
+    std::string other_type;
+    if (content != m.end() && !read_content(*content, msg.content, msg.content_parts, other_type)) {
       r.fail("'" + param +
-                 ".content' must be a string or a list of text parts "
-                 "({\"type\":\"text\",\"text\":...}); other content types are not supported",
+                 ".content' must be a string or a list of parts, each an object with a 'type' "
+                 "({\"type\":\"text\",\"text\":...}, {\"type\":\"image_url\",...})",
              param + ".content");
       return;
+    }
+    if (!other_type.empty() && remote_only.edge_unsupported.empty()) {
+      remote_only.edge_unsupported = other_type + " content";
     }
     if (!read_message_tool_fields(r, m, param, msg)) return;
     out.push_back(std::move(msg));
@@ -564,7 +580,7 @@ std::optional<ApiError> parse_request(ApiKind kind, std::string_view body, ApiRe
     }
   }
   if (kind == ApiKind::kChat) {
-    read_messages(r, doc, out.backend.messages);
+    read_messages(r, doc, out.backend.messages, out.backend.remote_only);
   } else {
     read_prompt(r, out.backend.prompt);
   }
