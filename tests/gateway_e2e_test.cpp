@@ -23,6 +23,21 @@ std::vector<std::string> model_env() {
   return {"SWITCHYARD_MODEL_PATH=" + shared_models_dir()};
 }
 
+// The tiers: section of a gateway with an embedded stories260K edge and a
+// cloud tier at `endpoint` serving `model`.
+std::string edge_and_cloud_tiers(const std::string& model, const std::string& endpoint) {
+  return "tiers:\n"
+         "  edge:\n"
+         "    kind: embedded\n"
+         "    model: stories260K\n"
+         "    threads: 1\n"
+         "  cloud:\n"
+         "    kind: openai\n"
+         "    placement: cloud\n"
+         "    model: " +
+         model + "\n    endpoint: " + endpoint + "\n";
+}
+
 std::string write_config(const std::string& text) {
   const std::string path = temp_path(".yaml");
   std::ofstream(path) << text;
@@ -94,19 +109,8 @@ class GatewayE2E : public ::testing::Test {
     if (!cloud_->ok()) return;
     config_path_ =
         new std::string(write_config("server:\n"
-                                     "  max_body_bytes: 65536\n"
-                                     "tiers:\n"
-                                     "  edge:\n"
-                                     "    kind: embedded\n"
-                                     "    model: stories260K\n"
-                                     "    threads: 1\n"
-                                     "  cloud:\n"
-                                     "    kind: openai\n"
-                                     "    placement: cloud\n"
-                                     "    model: stories260K\n"
-                                     "    endpoint: " +
-                                     cloud_->base_url() +
-                                     "\n"
+                                     "  max_body_bytes: 65536\n" +
+                                     edge_and_cloud_tiers("stories260K", cloud_->base_url()) +
                                      "    price: {input_per_mtok: 0.15, output_per_mtok: 0.6}\n"
                                      "models:\n"
                                      "  gpt-4o-mini: cloud\n"));
@@ -478,22 +482,10 @@ TEST_F(GatewayFaults, CancelledStreamStopsTheUpstream) {
 class GatewayTools : public ::testing::Test {
  protected:
   void SetUp() override {
-    config_ = write_config(
-        "tiers:\n"
-        "  edge:\n"
-        "    kind: embedded\n"
-        "    model: stories260K\n"
-        "    threads: 1\n"
-        "  cloud:\n"
-        "    kind: openai\n"
-        "    placement: cloud\n"
-        "    model: fault-model\n"
-        "    endpoint: " +
-        upstream_.base_url() +
-        "\n"
-        "    timeouts: {connect_ms: 1000, first_byte_ms: 2000, total_ms: 5000}\n"
-        "routing:\n"
-        "  policy: edge\n");
+    config_ = write_config(edge_and_cloud_tiers("fault-model", upstream_.base_url()) +
+                           "    timeouts: {connect_ms: 1000, first_byte_ms: 2000, total_ms: 5000}\n"
+                           "routing:\n"
+                           "  policy: edge\n");
     gw_ = std::make_unique<ServeProcess>(std::vector<std::string>{"--config", config_, "--quiet"},
                                          model_env());
     ASSERT_TRUE(gw_->ok()) << gw_->process().stderr_text();

@@ -14,14 +14,23 @@ namespace {
 
 using namespace std::chrono_literals;
 
-TEST(OpenAiConformance, OfficialClientParsesEverything) {
-  const std::filesystem::path dir =
-      std::filesystem::path(SY_SOURCE_DIR) / "tests" / "openai_conformance";
+std::filesystem::path script_dir() {
+  return std::filesystem::path(SY_SOURCE_DIR) / "tests" / "openai_conformance";
+}
+
+// Why conformance.mjs cannot run here; empty when it can.
+std::string why_not_runnable(const std::filesystem::path& dir) {
   if (!std::filesystem::exists(dir / "node_modules" / "openai" / "package.json")) {
-    GTEST_SKIP() << "the openai npm client is not installed; run scripts/npm-install.sh";
+    return "the openai npm client is not installed; run scripts/npm-install.sh";
   }
   auto probe = Process::start({"node", "--version"});
-  if (!probe || probe->wait(30s) != 0) GTEST_SKIP() << "node is not installed";
+  if (!probe || probe->wait(30s) != 0) return "node is not installed";
+  return {};
+}
+
+TEST(OpenAiConformance, OfficialClientParsesEverything) {
+  const std::filesystem::path dir = script_dir();
+  if (const std::string why = why_not_runnable(dir); !why.empty()) GTEST_SKIP() << why;
 
   const std::vector<std::string> env = {"SWITCHYARD_MODEL_PATH=" + shared_models_dir()};
   ServeProcess cloud({"-m", "stories260K", "--quiet"}, env);
@@ -44,13 +53,8 @@ TEST(OpenAiConformance, OfficialClientParsesEverything) {
 // Tool calls, which stories260K cannot make: the cloud tier is the fault
 // server, which answers offered tools with a call.
 TEST(OpenAiConformance, OfficialClientParsesToolCalls) {
-  const std::filesystem::path dir =
-      std::filesystem::path(SY_SOURCE_DIR) / "tests" / "openai_conformance";
-  if (!std::filesystem::exists(dir / "node_modules" / "openai" / "package.json")) {
-    GTEST_SKIP() << "the openai npm client is not installed; run scripts/npm-install.sh";
-  }
-  auto probe = Process::start({"node", "--version"});
-  if (!probe || probe->wait(30s) != 0) GTEST_SKIP() << "node is not installed";
+  const std::filesystem::path dir = script_dir();
+  if (const std::string why = why_not_runnable(dir); !why.empty()) GTEST_SKIP() << why;
 
   FaultServer cloud;
   ServeProcess gateway({"-m", "stories260K", "--upstream", cloud.base_url(), "--upstream-model",
