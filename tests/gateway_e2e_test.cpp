@@ -709,6 +709,37 @@ TEST_F(GatewayTools, ImagePartsGoToTheCloudWhole) {
   EXPECT_EQ(bad.json()["error"]["param"], "messages[0].content");
 }
 
+// A reasoning model's reasoning_content (and any other message field the
+// gateway does not write itself) reaches the client, whole or streamed.
+TEST_F(GatewayTools, OtherAnswerFieldsPassThrough) {
+  upstream_.set_reasoning("the user wants a story");
+  json b = {{"model", "cloud"},
+            {"messages", {{{"role", "user"}, {"content", "Once upon a time"}}}},
+            {"max_tokens", 8}};
+  const auto whole = post(b);
+  ASSERT_EQ(whole.status, 200) << whole.body;
+  const json message = whole.json()["choices"][0]["message"];
+  EXPECT_EQ(message["reasoning_content"], "the user wants a story") << whole.body;
+  EXPECT_EQ(message["content"], "echo: Once upon a time");
+
+  b["stream"] = true;
+  const auto streamed = post(b);
+  ASSERT_EQ(streamed.status, 200) << streamed.body;
+  const Stream s = read_stream(streamed);
+  std::string reasoning;
+  for (const json& chunk : s.chunks) {
+    for (const json& c : chunk["choices"]) {
+      if (c.contains("delta") && c["delta"].contains("reasoning_content")) {
+        EXPECT_FALSE(c["delta"].contains("content")) << chunk.dump();
+        reasoning += c["delta"]["reasoning_content"].get<std::string>();
+      }
+    }
+  }
+  EXPECT_EQ(reasoning, "the user wants a story") << streamed.body;
+  EXPECT_EQ(s.text, "echo: Once upon a time");
+  EXPECT_TRUE(s.done);
+}
+
 TEST_F(GatewayTools, MalformedToolFieldsAreNamed) {
   const auto expect_param = [&](json body, const std::string& param) {
     const auto r = post(body);

@@ -118,6 +118,9 @@ struct Delta {
   // Fragments of tool calls (OpenAI's delta.tool_calls, a JSON array whose
   // entries carry an index), passed through from a remote tier.
   std::string tool_calls;
+  // The remote tier's other delta fields (reasoning_content, refusal, audio,
+  // ...) as a JSON object, passed through; empty when none.
+  std::string other;
 };
 
 struct Completion {
@@ -126,6 +129,9 @@ struct Completion {
   // The tool calls the model made, as a JSON array of {id, type, function:
   // {name, arguments}}; empty when none (remote tiers only).
   std::string tool_calls;
+  // The remote tier's other message fields (reasoning_content, refusal,
+  // annotations, ...) as a JSON object, passed through; empty when none.
+  std::string message_other;
   Usage usage;
   std::vector<TokenLogprob> logprobs;  // per generated token when the tier provides them
   std::string model;                   // model that answered, as the tier names it

@@ -472,6 +472,19 @@ class SseReader {
   size_t offset_ = 0;
 };
 
+// The members of an upstream's message or delta other than those the
+// gateway writes itself (role, content, tool_calls), as a JSON object, so
+// that reasoning_content, refusal, annotations and the like reach the
+// client; empty when there are none.
+std::string other_members(const json& message) {
+  json other = json::object();
+  for (const auto& [key, value] : message.items()) {
+    if (key == "role" || key == "content" || key == "tool_calls" || value.is_null()) continue;
+    other[key] = value;
+  }
+  return other.empty() ? std::string() : other.dump(-1, ' ', false, json::error_handler_t::replace);
+}
+
 // Streamed tool calls arrive in fragments that name their call by index: the
 // first brings id, type and function name, later ones add pieces of
 // function.arguments. Joined here into the calls a non-streamed answer has.
@@ -681,12 +694,14 @@ class OpenAiBackend final : public Backend {
     if (!ex.event_stream) {
       SY_TRY_STATUS(parse_body(ex));
       // The upstream ignored "stream": hand the whole answer over as one delta.
-      if (ex.streaming && (!ex.completion.text.empty() || !ex.completion.logprobs.empty() ||
-                           !ex.completion.tool_calls.empty())) {
+      if (ex.streaming &&
+          (!ex.completion.text.empty() || !ex.completion.logprobs.empty() ||
+           !ex.completion.tool_calls.empty() || !ex.completion.message_other.empty())) {
         Delta whole;
         whole.text = ex.completion.text;
         whole.logprobs = ex.completion.logprobs;
         whole.tool_calls = ToolCallAssembly::as_fragments(ex.completion.tool_calls);
+        whole.other = ex.completion.message_other;
         if (!on_delta(whole)) return cancelled(ex, watch.start);
       }
       return finish(ex, watch.start);
@@ -885,13 +900,15 @@ class OpenAiBackend final : public Backend {
         }
         delta.tool_calls = t->dump(-1, ' ', false, json::error_handler_t::replace);
       }
+      delta.other = other_members(*d);
     }
     delta.logprobs = parse_logprobs(choice);
     if (auto f = choice.find("finish_reason"); f != choice.end() && f->is_string()) {
       ex.completion.finish_reason = f->get<std::string>();
     }
-    if (delta.text.empty() && delta.logprobs.empty() && delta.tool_calls.empty()) return true;
-    if (!delta.text.empty() || !delta.tool_calls.empty()) {
+    const bool output = !delta.text.empty() || !delta.tool_calls.empty() || !delta.other.empty();
+    if (!output && delta.logprobs.empty()) return true;
+    if (output) {
       ++ex.content_chunks;
       if (!ex.first_token_at) ex.first_token_at = Clock::now();
     }
@@ -932,6 +949,7 @@ class OpenAiBackend final : public Backend {
       if (auto t = m->find("tool_calls"); t != m->end() && t->is_array() && !t->empty()) {
         ex.completion.tool_calls = t->dump(-1, ' ', false, json::error_handler_t::replace);
       }
+      ex.completion.message_other = other_members(*m);
     }
     ex.completion.logprobs = parse_logprobs(choice);
     if (auto f = choice.find("finish_reason"); f != choice.end() && f->is_string()) {

@@ -475,6 +475,14 @@ void append_text_logprobs(std::string& out, const std::vector<backend::TokenLogp
   out += "]}";
 }
 
+// Splices the members of a JSON object (text from a remote tier, re-dumped
+// by the backend, so well-formed) into the object being written.
+void append_members(std::string& out, std::string_view object, bool after_member) {
+  if (object.size() <= 2) return;
+  if (after_member) out += ',';
+  out.append(object.substr(1, object.size() - 2));
+}
+
 void append_usage(std::string& out, const backend::Usage& u) {
   out += "{\"prompt_tokens\":" + std::to_string(u.prompt_tokens) +
          ",\"completion_tokens\":" + std::to_string(u.completion_tokens) +
@@ -732,6 +740,7 @@ void append_completion(std::string& out, const ApiRequest& request, std::string_
       out += ",\"tool_calls\":";
       out += c.tool_calls;
     }
+    append_members(out, c.message_other, true);
     out += "},\"logprobs\":";
     if (request.backend.params.logprobs) {
       append_chat_logprobs(out, c.logprobs);
@@ -791,15 +800,18 @@ void SseWriter::delta(std::string& out, const backend::Delta& d) const {
   open_chunk(out);
   if (kind_ == ApiKind::kChat) {
     out += "\"delta\":{";
-    if (!d.text.empty() || d.tool_calls.empty()) {
+    // Content when there is some, or when nothing else is in the delta.
+    const bool content = !d.text.empty() || (d.tool_calls.empty() && d.other.empty());
+    if (content) {
       out += "\"content\":";
       append_json_string(out, d.text);
     }
     if (!d.tool_calls.empty()) {
-      if (!d.text.empty()) out += ',';
+      if (content) out += ',';
       out += "\"tool_calls\":";
       out += d.tool_calls;
     }
+    append_members(out, d.other, content || !d.tool_calls.empty());
     out += "},\"logprobs\":";
     if (logprobs_) {
       append_chat_logprobs(out, d.logprobs);

@@ -74,6 +74,7 @@ struct Answer {
   // A tool call instead of text, when the request offered tools.
   std::string tool_name;
   std::string tool_arguments;
+  std::string reasoning;
 
   json tool_call() const {
     return {{"id", "call_fault_0"},
@@ -112,6 +113,7 @@ struct Answer {
       choice["logprobs"] = nullptr;
     } else {
       choice["message"] = {{"role", "assistant"}, {"content", text()}};
+      if (!reasoning.empty()) choice["message"]["reasoning_content"] = reasoning;
       json content = json::array();
       for (size_t i = 0; i < pieces.size(); ++i)
         content.push_back(chat_logprob(pieces[i], i, top_logprobs));
@@ -146,6 +148,15 @@ struct Answer {
             json::array({{{"index", 0}, {"delta", delta}, {"finish_reason", nullptr}}});
         out.push_back(sse(chunk));
       }
+    }
+    if (!legacy && !reasoning.empty()) {
+      json chunk = base(object);
+      chunk["choices"] = json::array(
+          {{{"index", 0},
+            {"delta",
+             {{"role", "assistant"}, {"content", nullptr}, {"reasoning_content", reasoning}}},
+            {"finish_reason", nullptr}}});
+      out.push_back(sse(chunk));
     }
     for (size_t i = 0; i < pieces.size(); ++i) {
       json choice = {{"index", 0}, {"finish_reason", nullptr}};
@@ -322,6 +333,11 @@ void FaultServer::set_reply(std::string text) {
   settings_.reply = std::move(text);
 }
 
+void FaultServer::set_reasoning(std::string text) {
+  std::lock_guard lock(mu_);
+  settings_.reasoning = std::move(text);
+}
+
 void FaultServer::set_model(std::string model) {
   std::lock_guard lock(mu_);
   settings_.model = std::move(model);
@@ -431,6 +447,7 @@ void FaultServer::handle(const httplib::Request& req, httplib::Response& res, bo
     }
   }
   answer.pieces = split_words(s.reply.empty() ? "echo: " + last_user : s.reply);
+  answer.reasoning = s.reasoning;
   if (auto tools = body.find("tools"); !legacy && tools != body.end() && tools->is_array() &&
                                        !tools->empty() &&
                                        body.value("tool_choice", json()) != "none") {

@@ -84,6 +84,9 @@ class FaultServer {
   void set_die_after_chunks(int chunks);
   // Replaces the echo text of normal answers.
   void set_reply(std::string text);
+  // Adds reasoning_content, as reasoning models behind vLLM or llama-server
+  // send it: in the message, or streamed in one delta before the content.
+  void set_reasoning(std::string text);
   // The `model` field reported in answers (default Options::model).
   void set_model(std::string model);
 
@@ -106,6 +109,7 @@ class FaultServer {
     std::chrono::milliseconds chunk_delay{0};
     int die_after_chunks = 2;
     std::string reply;
+    std::string reasoning;
     std::string model;
   };
 
