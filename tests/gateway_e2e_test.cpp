@@ -231,6 +231,24 @@ TEST_F(GatewayE2E, ModelPicksTheTier) {
   EXPECT_EQ(legacy.header("x-switchyard-tier"), "cloud");
 }
 
+// The next turn of a conversation reuses the edge's cache of the last one,
+// and says so as OpenAI does: usage.prompt_tokens_details.cached_tokens.
+TEST_F(GatewayE2E, ReusedPromptTokensAreReported) {
+  json b = {{"messages", {{{"role", "user"}, {"content", "Once upon a time there was a girl"}}}},
+            {"max_tokens", 8},
+            {"temperature", 0}};
+  const auto first = chat(port(), b, "edge");
+  ASSERT_EQ(first.status, 200) << first.body;
+  const json usage = first.json()["usage"];
+  b["messages"].push_back(first.json()["choices"][0]["message"]);
+  b["messages"].push_back({{"role", "user"}, {"content", "And then?"}});
+  const auto next = chat(port(), b, "edge");
+  ASSERT_EQ(next.status, 200) << next.body;
+  const int cached = next.json()["usage"]["prompt_tokens_details"]["cached_tokens"];
+  EXPECT_GE(cached, usage["prompt_tokens"].get<int>() - 1) << next.body;
+  EXPECT_LT(cached, next.json()["usage"]["prompt_tokens"].get<int>()) << next.body;
+}
+
 TEST_F(GatewayE2E, ModelsHealthReadyMetrics) {
   auto r = http_get(port(), "/v1/models");
   ASSERT_EQ(r.status, 200);

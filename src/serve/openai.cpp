@@ -486,7 +486,9 @@ void append_members(std::string& out, std::string_view object, bool after_member
 void append_usage(std::string& out, const backend::Usage& u) {
   out += "{\"prompt_tokens\":" + std::to_string(u.prompt_tokens) +
          ",\"completion_tokens\":" + std::to_string(u.completion_tokens) +
-         ",\"total_tokens\":" + std::to_string(u.prompt_tokens + u.completion_tokens) + "}";
+         ",\"total_tokens\":" + std::to_string(u.prompt_tokens + u.completion_tokens) +
+         ",\"prompt_tokens_details\":{\"cached_tokens\":" + std::to_string(u.cached_prompt_tokens) +
+         "}}";
 }
 
 std::string_view finish_reason(const backend::Completion& c) {
