@@ -10,6 +10,7 @@
 #include <mutex>
 #include <nlohmann/json.hpp>
 #include <optional>
+#include <set>
 #include <thread>
 
 #include "backend/backend_kinds.h"
@@ -226,6 +227,27 @@ TEST_F(EmbeddedBackendTest, GreedyMatchesTheReferenceAndRepeats) {
   auto b = backend().generate(greedy_prompt("", 40), {});
   ASSERT_TRUE(b.ok()) << b.error().message;
   EXPECT_EQ(a->text, b->text);
+}
+
+// Greedy stories260K repeats itself ("Lily ... Lily"); a frequency penalty
+// reaches the sampler and spreads the words.
+TEST_F(EmbeddedBackendTest, PresenceAndFrequencyPenaltiesApply) {
+  const auto distinct = [](const std::vector<TokenLogprob>& tokens) {
+    std::set<std::string> seen;
+    for (const auto& t : tokens) seen.insert(t.token);
+    return seen.size();
+  };
+  BackendRequest req = greedy_prompt("Once upon a time", 60);
+  req.params.logprobs = true;
+  auto plain = backend().generate(req, {});
+  ASSERT_TRUE(plain.ok()) << plain.error().message;
+  req.params.frequency_penalty = 2.0f;
+  req.params.presence_penalty = 2.0f;
+  auto penalised = backend().generate(req, {});
+  ASSERT_TRUE(penalised.ok()) << penalised.error().message;
+  EXPECT_NE(plain->text, penalised->text);
+  EXPECT_GT(distinct(penalised->logprobs), distinct(plain->logprobs)) << plain->text << "\n"
+                                                                      << penalised->text;
 }
 
 TEST_F(EmbeddedBackendTest, StreamedDeltasConcatenateToTheText) {

@@ -490,5 +490,35 @@ TEST(RealModel, LlamaTinyRandomF16Runs) {
   EXPECT_GT(r->generated_tokens, 0);
 }
 
+// OpenAI's penalties: presence once a token has been generated, frequency
+// per time. Logits {3.0, 2.4, 0} under greedy sampling tell them apart.
+TEST(Sampler, PresenceAndFrequencyPenaltiesFollowWhatWasGenerated) {
+  const std::vector<float> logits = {3.0f, 2.4f, 0.0f};
+  const auto picks = [&](float presence, float frequency) {
+    SamplingParams p = SamplingParams::greedy();
+    p.presence_penalty = presence;
+    p.frequency_penalty = frequency;
+    Sampler sampler(p, 3);
+    std::vector<TokenId> picked;
+    for (int i = 0; i < 4; ++i) picked.push_back(sampler.sample(logits, {}).id);
+    return picked;
+  };
+  EXPECT_EQ(picks(0.0f, 0.0f), (std::vector<TokenId>{0, 0, 0, 0}));
+  // 3.0 - 0.4 = 2.6 still beats 2.4, however often 0 comes.
+  EXPECT_EQ(picks(0.4f, 0.0f), (std::vector<TokenId>{0, 0, 0, 0}));
+  // 3.0 - 0.4 n: 2.6, then 2.2 < 2.4; then 1 is penalised too (2.0 < 2.2).
+  EXPECT_EQ(picks(0.0f, 0.4f), (std::vector<TokenId>{0, 0, 1, 0}));
+  // Negative values encourage repeats.
+  EXPECT_EQ(picks(-1.0f, 0.0f), (std::vector<TokenId>{0, 0, 0, 0}));
+  // The reported log-probability is the model's own, before penalties.
+  SamplingParams p = SamplingParams::greedy();
+  p.presence_penalty = 2.0f;
+  Sampler sampler(p, 3);
+  const SampledToken first = sampler.sample(logits, {});
+  const SampledToken second = sampler.sample(logits, {});
+  EXPECT_EQ(second.id, 1);
+  EXPECT_FLOAT_EQ(second.logprob - first.logprob, 2.4f - 3.0f);
+}
+
 }  // namespace
 }  // namespace sy::engine

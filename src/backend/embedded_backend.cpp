@@ -450,14 +450,15 @@ class EmbeddedBackend final : public Backend {
     gen.prompt = std::move(prompt);
     gen.stop = p.stop;
     // OpenAI's defaults, so that a client sees the same behaviour on every tier:
-    // plain temperature-1 sampling, no top-k, min-p or repetition penalty.
-    // presence/frequency penalties have no engine counterpart and are ignored.
+    // plain temperature-1 sampling, no top-k, min-p or penalties.
     engine::SamplingParams& s = gen.sampling;
     s.temperature = p.temperature.value_or(1.0f);
     s.top_p = p.top_p.value_or(1.0f);
     s.top_k = p.top_k.value_or(0);
     s.min_p = p.min_p.value_or(0.0f);
     s.repeat_penalty = p.repeat_penalty.value_or(1.0f);
+    s.presence_penalty = p.presence_penalty.value_or(0.0f);
+    s.frequency_penalty = p.frequency_penalty.value_or(0.0f);
     s.seed = p.seed ? *p.seed : std::random_device{}();
     s.top_logprobs = p.logprobs ? p.top_logprobs : 0;
     return gen;

@@ -127,6 +127,12 @@ void add_run_command(CLI::App& app) {
   cmd->add_option("--top-k", opts->sampling.top_k, "Top-k (0: off)")->capture_default_str();
   cmd->add_option("--top-p", opts->sampling.top_p, "Top-p (1: off)")->capture_default_str();
   cmd->add_option("--min-p", opts->sampling.min_p, "Min-p (0: off)")->capture_default_str();
+  cmd->add_option("--presence-penalty", opts->sampling.presence_penalty,
+                  "Subtracted from the logit of every token already generated (0: off)")
+      ->check(CLI::Range(-2.0f, 2.0f));
+  cmd->add_option("--frequency-penalty", opts->sampling.frequency_penalty,
+                  "Subtracted per time a token was generated (0: off)")
+      ->check(CLI::Range(-2.0f, 2.0f));
   cmd->add_option("--repeat-penalty", opts->sampling.repeat_penalty, "Repetition penalty (1: off)")
       ->capture_default_str();
   cmd->add_option("--seed", opts->sampling.seed, "Random seed")->capture_default_str();

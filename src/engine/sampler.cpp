@@ -7,12 +7,15 @@
 
 namespace sy::engine {
 
-Sampler::Sampler(SamplingParams params, int32_t vocab_size)
-    : params_(params), rng_(params.seed) {
+Sampler::Sampler(SamplingParams params, int32_t vocab_size) : params_(params), rng_(params.seed) {
   params_.top_logprobs = std::clamp(params_.top_logprobs, 0, 20);
   adjusted_.resize(static_cast<size_t>(vocab_size));
   order_.resize(static_cast<size_t>(vocab_size));
   probs_.resize(static_cast<size_t>(vocab_size));
+  if (params_.presence_penalty != 0.0f || params_.frequency_penalty != 0.0f) {
+    sampled_count_.assign(static_cast<size_t>(vocab_size), 0);
+    sampled_.reserve(256);
+  }
 }
 
 SampledToken Sampler::sample(std::span<const float> logits, std::span<const TokenId> history) {
@@ -34,21 +37,26 @@ SampledToken Sampler::sample(std::span<const float> logits, std::span<const Toke
 
   std::copy(logits.begin(), logits.begin() + n, adjusted_.begin());
   if (params_.repeat_penalty != 1.0f && params_.repeat_last_n > 0) {
-    const size_t start =
-        history.size() > static_cast<size_t>(params_.repeat_last_n)
-            ? history.size() - static_cast<size_t>(params_.repeat_last_n)
-            : 0;
+    const size_t start = history.size() > static_cast<size_t>(params_.repeat_last_n)
+                             ? history.size() - static_cast<size_t>(params_.repeat_last_n)
+                             : 0;
     for (size_t i = start; i < history.size(); ++i) {
       const TokenId t = history[i];
       if (t < 0 || t >= n) continue;
       float& l = adjusted_[static_cast<size_t>(t)];
       // Penalise once per distinct token: repeated occurrences would compound.
       if (std::find(history.begin() + static_cast<std::ptrdiff_t>(start),
-                    history.begin() + static_cast<std::ptrdiff_t>(i), t) !=
-          history.begin() + static_cast<std::ptrdiff_t>(i))
+                    history.begin() + static_cast<std::ptrdiff_t>(i),
+                    t) != history.begin() + static_cast<std::ptrdiff_t>(i))
         continue;
       l = l > 0 ? l / params_.repeat_penalty : l * params_.repeat_penalty;
     }
+  }
+
+  for (const TokenId t : sampled_) {
+    adjusted_[static_cast<size_t>(t)] -=
+        params_.presence_penalty +
+        params_.frequency_penalty * static_cast<float>(sampled_count_[static_cast<size_t>(t)]);
   }
 
   TokenId chosen = 0;
@@ -66,8 +74,8 @@ SampledToken Sampler::sample(std::span<const float> logits, std::span<const Toke
     const float top = adjusted_[static_cast<size_t>(order_[0])];
     double total = 0.0;
     for (int32_t i = 0; i < keep; ++i) {
-      const float p = std::exp((adjusted_[static_cast<size_t>(order_[i])] - top) /
-                               params_.temperature);
+      const float p =
+          std::exp((adjusted_[static_cast<size_t>(order_[i])] - top) / params_.temperature);
       probs_[static_cast<size_t>(i)] = p;
       total += p;
     }
@@ -104,6 +112,10 @@ SampledToken Sampler::sample(std::span<const float> logits, std::span<const Toke
   }
 
   out.id = chosen;
+  if (!sampled_count_.empty() && chosen >= 0 && chosen < n &&
+      sampled_count_[static_cast<size_t>(chosen)]++ == 0) {
+    sampled_.push_back(chosen);
+  }
   out.logprob = static_cast<float>(logits[static_cast<size_t>(chosen)] - log_z);
   if (params_.top_logprobs > 0) {
     const int32_t k = std::min(params_.top_logprobs, n);

@@ -12,12 +12,16 @@
 namespace sy::engine {
 
 struct SamplingParams {
-  float temperature = 0.8f;  // 0: greedy
-  int32_t top_k = 40;        // 0: off
-  float top_p = 0.95f;       // 1: off
-  float min_p = 0.05f;       // 0: off
+  float temperature = 0.8f;     // 0: greedy
+  int32_t top_k = 40;           // 0: off
+  float top_p = 0.95f;          // 1: off
+  float min_p = 0.05f;          // 0: off
   float repeat_penalty = 1.0f;  // 1: off
   int32_t repeat_last_n = 64;
+  // OpenAI's penalties, subtracted from a token's logit once it has been
+  // generated (presence) and per time it has been (frequency); 0: off.
+  float presence_penalty = 0.0f;
+  float frequency_penalty = 0.0f;
   uint64_t seed = 0xC0FFEE;
   int32_t top_logprobs = 0;  // alternatives to report per token (0..20)
 
@@ -60,6 +64,10 @@ class Sampler {
   std::vector<float> adjusted_;
   std::vector<int32_t> order_;
   std::vector<float> probs_;
+  // How often each token has been sampled, and the distinct ones in order,
+  // for the presence and frequency penalties.
+  std::vector<int32_t> sampled_count_;
+  std::vector<TokenId> sampled_;
 };
 
 }  // namespace sy::engine
