@@ -688,6 +688,13 @@ TEST_F(GatewayTools, OtherFieldsPassThroughOrAreNamedAsIgnored) {
   EXPECT_EQ(sent["user"], "user-17");
   EXPECT_FALSE(sent.contains("service_tier"));
   EXPECT_EQ(sent["max_tokens"], 8);
+  // OpenAI's reasoning models take only the newer name: it is kept.
+  json newer = b;
+  newer.erase("max_tokens");
+  newer["max_completion_tokens"] = 6;
+  ASSERT_EQ(post(newer).status, 200);
+  EXPECT_EQ(last_upstream_body()["max_completion_tokens"], 6);
+  EXPECT_FALSE(last_upstream_body().contains("max_tokens"));
 
   b["model"] = "edge";
   b["tools"] = tools();

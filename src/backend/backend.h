@@ -46,6 +46,9 @@ struct RemoteOnlyFields {
   std::string tool_choice;  // JSON value ("auto", "none", "required", {...}); empty: unset
   std::optional<bool> parallel_tool_calls;
   std::string response_format;  // JSON object; empty: unset
+  // The client named its token limit max_completion_tokens, which OpenAI's
+  // reasoning models require in place of max_tokens: remote tiers get that name.
+  bool limit_named_max_completion_tokens = false;
   // The other top-level fields (logit_bias, reasoning_effort, store, ...), as
   // a JSON object; empty when there are none.
   std::string other;

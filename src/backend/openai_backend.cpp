@@ -801,7 +801,10 @@ class OpenAiBackend final : public Backend {
         body["response_format"] = json::parse(t.response_format, nullptr, false);
       }
     }
-    if (p.max_tokens) body["max_tokens"] = *p.max_tokens;
+    if (p.max_tokens) {
+      const bool completion_name = request.remote_only.limit_named_max_completion_tokens;
+      body[completion_name ? "max_completion_tokens" : "max_tokens"] = *p.max_tokens;
+    }
     if (p.temperature) body["temperature"] = *p.temperature;
     if (p.top_p) body["top_p"] = *p.top_p;
     if (p.presence_penalty) body["presence_penalty"] = *p.presence_penalty;

@@ -623,6 +623,8 @@ std::optional<ApiError> parse_request(ApiKind kind, std::string_view body, ApiRe
   r.integer("max_tokens", 1, 1 << 24, p.max_tokens);
   // The newer name wins when a client sends both.
   r.integer("max_completion_tokens", 1, 1 << 24, p.max_tokens);
+  out.backend.remote_only.limit_named_max_completion_tokens =
+      r.find("max_completion_tokens") != nullptr;
   r.number("temperature", 0.0, 2.0, p.temperature);
   r.number("top_p", 0.0, 1.0, p.top_p);
   r.integer("top_k", 0, 1 << 20, p.top_k);
