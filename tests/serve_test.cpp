@@ -442,6 +442,19 @@ TEST(RequestTest, KeepsWhatOnlyRemoteTiersRead) {
   EXPECT_EQ(json::parse(f.other), json({{"logit_bias", b["logit_bias"]}, {"user", "u1"}}));
   EXPECT_EQ(f.edge_ignored, "logit_bias");
 
+  // metadata goes on without the gateway's own data_class hint.
+  json meta = chat_body();
+  meta["metadata"] = {{"data_class", "public"}, {"run", "eval-7"}};
+  ApiRequest m1;
+  ASSERT_FALSE(parse_chat(meta, m1));
+  EXPECT_EQ(m1.data_class, "public");
+  EXPECT_EQ(json::parse(m1.backend.remote_only.other), json({{"metadata", {{"run", "eval-7"}}}}));
+  EXPECT_EQ(m1.backend.remote_only.edge_ignored, "");
+  meta["metadata"] = {{"data_class", "public"}};
+  ApiRequest m2;
+  ASSERT_FALSE(parse_chat(meta, m2));
+  EXPECT_EQ(m2.backend.remote_only.other, "");
+
   json tools = chat_body();
   tools["tools"] = json::array({{{"type", "function"}, {"function", {{"name", "f"}}}}});
   ApiRequest t;

@@ -285,7 +285,6 @@ constexpr std::string_view kReadFields[] = {"model",
                                             "prompt",
                                             "stream",
                                             "stream_options",
-                                            "metadata",
                                             "n",
                                             "best_of",
                                             "echo",
@@ -307,7 +306,8 @@ constexpr std::string_view kChatToolFields[] = {"tools", "tool_choice", "paralle
                                                 "response_format"};
 
 // Every other non-null top-level field: forwarded to remote tiers, and named
-// as ignored when the edge answers (but `user`, which pins the session).
+// as ignored when the edge answers (but `user`, which pins the session, and
+// `metadata`, which is the client's bookkeeping).
 void read_other_fields(ApiKind kind, const json& doc, backend::RemoteOnlyFields& out) {
   json other = json::object();
   std::string& ignored = out.edge_ignored;
@@ -318,6 +318,13 @@ void read_other_fields(ApiKind kind, const json& doc, backend::RemoteOnlyFields&
     if (std::any_of(std::begin(kReadFields), std::end(kReadFields), is)) continue;
     if (kind == ApiKind::kChat &&
         std::any_of(std::begin(kChatToolFields), std::end(kChatToolFields), is)) {
+      continue;
+    }
+    if (key == "metadata" && value.is_object()) {
+      // data_class is the gateway's own hint; the rest is the client's.
+      json rest = value;
+      rest.erase("data_class");
+      if (!rest.empty()) other[key] = std::move(rest);
       continue;
     }
     other[key] = value;
