@@ -127,6 +127,46 @@ TEST(Simulate, EdgePriceAndHeldBackTokensAreCharged) {
   EXPECT_NEAR(cascade.cost_usd, (1000 * 0.5 + 8 * 1.0) / 1e6 + 0.002, 1e-12);
 }
 
+// A shared edge runs one request at a time: the second of two close
+// requests waits for the first, and the router, which sees the queue, sends
+// a request with a tight budget to the cloud instead.
+TEST(Simulate, SharedEdgeQueuesAndTheRouterSeesIt) {
+  // Edge TTFT = 10 + 100 tokens / 1000 tok/s = 110 ms; 10 more tokens at
+  // 100 tok/s: done at 210 ms.
+  std::vector<TraceRecord> trace(3, record(100, 11, route::DataClass::kPublic, 0.5, 0.9));
+  trace[1].arrival_s = 0.1;
+  trace[2].arrival_s = 5.0;
+  SimulationOptions o = exact_options();
+  const auto config = config_with("routing: {complexity_model: none}\n");
+
+  const PolicyReport apart = simulator(config, o, trace)->run(route::PolicyKind::kEdge);
+  for (const RequestOutcome& r : apart.outcomes) EXPECT_DOUBLE_EQ(r.ttft_ms, 110.0);
+
+  o.shared_edge = true;
+  const PolicyReport shared = simulator(config, o, trace)->run(route::PolicyKind::kEdge);
+  ASSERT_EQ(shared.outcomes.size(), 3u);
+  EXPECT_DOUBLE_EQ(shared.outcomes[0].ttft_ms, 110.0);
+  // The second arrives at 100 ms and starts when the first ends, at 210 ms.
+  EXPECT_DOUBLE_EQ(shared.outcomes[1].edge_wait_ms, 110.0);
+  EXPECT_DOUBLE_EQ(shared.outcomes[1].ttft_ms, 220.0);
+  EXPECT_DOUBLE_EQ(shared.outcomes[1].total_ms, 320.0);
+  // The third finds the edge free again.
+  EXPECT_DOUBLE_EQ(shared.outcomes[2].ttft_ms, 110.0);
+  EXPECT_DOUBLE_EQ(shared.edge_wait_ms.p99, 110.0);
+
+  // With a 200 ms budget the queued request would miss it on the edge; the
+  // cloud (TTFT 50 + 100 + 10 = 160 ms) makes it.
+  for (TraceRecord& r : trace) r.latency_budget_ms = 200.0;
+  const PolicyReport budgeted = simulator(config, o, trace)->run(route::PolicyKind::kEdge);
+  EXPECT_FALSE(budgeted.outcomes[0].answered_by_cloud);
+  EXPECT_TRUE(budgeted.outcomes[1].answered_by_cloud);
+  EXPECT_DOUBLE_EQ(budgeted.outcomes[1].ttft_ms, 160.0);
+  EXPECT_FALSE(budgeted.outcomes[2].answered_by_cloud);
+  o.shared_edge = false;
+  const PolicyReport budgeted_apart = simulator(config, o, trace)->run(route::PolicyKind::kEdge);
+  EXPECT_EQ(budgeted_apart.cloud_answers, 0);
+}
+
 TEST(Simulate, DecisionsEqualTheLiveRouter) {
   const serve::GatewayConfig config = config_with(default_model_routing());
   TraceGeneratorOptions g;

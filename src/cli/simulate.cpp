@@ -77,6 +77,10 @@ void add_model_options(CLI::App* cmd, ModelFlags& f) {
   non_negative("--edge-jitter", o.edge.jitter_sigma, "Sigma of the edge's log-normal jitter");
   non_negative("--edge-context", o.edge_context,
                "Edge context in tokens (0: the config's, or no limit)");
+  g->add_flag("--shared-edge", o.shared_edge,
+              "Model the edge as one shared server running one request at a time (the "
+              "embedded engine): requests queue for it in arrival order and the router sees "
+              "the queue. Default: each request finds its edge free (one device per user)");
   non_negative("--cloud-rtt-ms", o.cloud.network_rtt_ms, "Network round trip to the cloud");
   non_negative("--cloud-ttft-ms", o.cloud.overhead_ms,
                "Cloud server time to first token beyond prefill (queueing, scheduling)");

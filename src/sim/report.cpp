@@ -112,6 +112,7 @@ nlohmann::json policy_report_to_json(const PolicyReport& r) {
       {"edge_ttft_ms", latency_json(r.edge_ttft_ms)},
       {"cloud_ttft_ms", latency_json(r.cloud_ttft_ms)},
       {"escalated_ttft_ms", latency_json(r.escalated_ttft_ms)},
+      {"edge_wait_ms", latency_json(r.edge_wait_ms)},
       {"predicted_quality", r.predicted_quality},
       {"scored_requests", r.scored_requests},
       {"privacy_violations", r.privacy_violations},

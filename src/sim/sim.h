@@ -102,6 +102,11 @@ struct SimulationOptions {
   EscalationModel escalation;
   int32_t edge_context = 0;  // tokens; 0: the config's, else unknown (no limit)
   uint64_t seed = 1;         // jitter and escalation draws; the same for every policy
+  // The edge as one shared server that runs one request at a time, as the
+  // embedded engine does: requests wait for it in arrival order, and the
+  // router sees the queue (edge_queue_depth) as it does in the gateway.
+  // False: every request finds its edge free (one device per user).
+  bool shared_edge = false;
 };
 
 // ---- replay ---------------------------------------------------------------------
@@ -120,6 +125,8 @@ struct RequestOutcome {
   bool privacy_violation = false;
   double ttft_ms = 0.0;  // 0 for rejected requests
   double total_ms = 0.0;
+  double edge_wait_ms = 0.0;  // queued for a shared edge (SimulationOptions::shared_edge)
+  double edge_busy_ms = 0.0;  // how long the edge worked on this request
   double cost_usd = 0.0;
   double cloud_only_cost_usd = 0.0;  // the same request priced at the cloud tier
   std::optional<double> quality;     // with scores; 0 for a rejected request
@@ -140,6 +147,8 @@ struct PolicyReport {
   double cloud_share = 0.0;         // answered by the cloud
   observe::LatencySummary ttft_ms;  // answered requests
   observe::LatencySummary edge_ttft_ms, cloud_ttft_ms, escalated_ttft_ms;
+  // Time queued for a shared edge, over the requests the edge worked on.
+  observe::LatencySummary edge_wait_ms;
   // Mean over requests with both scores (nullopt when none have them).
   std::optional<double> quality;
   std::optional<double> cloud_only_quality;
@@ -183,7 +192,8 @@ class Simulator {
 
  private:
   Simulator() = default;
-  RequestOutcome replay(size_t index, const route::Decision& decision) const;
+  // edge_wait_ms: how long the request waits for the edge before it starts.
+  RequestOutcome replay(size_t index, const route::Decision& decision, double edge_wait_ms) const;
 
   std::unique_ptr<route::Router> router_;
   SimulationOptions options_;

@@ -1,6 +1,7 @@
 // Trace replay through the real router, with tier latency and price models.
 #include <algorithm>
 #include <cmath>
+#include <deque>
 #include <nlohmann/json.hpp>
 
 #include "backend/backend.h"
@@ -120,7 +121,8 @@ Result<std::unique_ptr<Simulator>> Simulator::create(const serve::GatewayConfig&
 
 Simulator::~Simulator() = default;
 
-RequestOutcome Simulator::replay(size_t index, const route::Decision& d) const {
+RequestOutcome Simulator::replay(size_t index, const route::Decision& d,
+                                 double edge_wait_ms) const {
   const TraceRecord& rec = trace_[index];
   const route::Signals& s = d.signals;
   const route::Plan& plan = d.plan;
@@ -138,8 +140,9 @@ RequestOutcome Simulator::replay(size_t index, const route::Decision& d) const {
   SplitMix64 edge_draw = stream_for(seed, index, kEdgeJitter);
   SplitMix64 cloud_draw = stream_for(seed, index, kCloudJitter);
   SplitMix64 escalation_draw = stream_for(seed, index, kEscalation);
-  const double edge_ttft =
+  const double edge_work_ttft =
       options_.edge.ttft_ms(in, std::exp(edge_draw.normal(0.0, options_.edge.jitter_sigma)));
+  const double edge_ttft = edge_wait_ms + edge_work_ttft;
   const double edge_total = edge_ttft + options_.edge.decode_ms(out - 1);
   const double cloud_ttft =
       options_.cloud.ttft_ms(in, std::exp(cloud_draw.normal(0.0, options_.cloud.jitter_sigma)));
@@ -159,6 +162,7 @@ RequestOutcome Simulator::replay(size_t index, const route::Decision& d) const {
   auto on_edge = [&] {
     o.ttft_ms = edge_ttft;
     o.total_ms = edge_total;
+    o.edge_busy_ms = edge_total - edge_wait_ms;
     o.cost_usd = edge_cost;
     if (scored) o.quality = edge_q;
   };
@@ -187,6 +191,7 @@ RequestOutcome Simulator::replay(size_t index, const route::Decision& d) const {
         o.ttft_ms = decided_at + cloud_ttft;
         o.total_ms = decided_at + cloud_total;
         o.cost_usd = priced(edge_in_price_, edge_out_price_, in, hold) + o.cloud_only_cost_usd;
+        o.edge_busy_ms = decided_at - edge_wait_ms;  // the edge stops at the decision
         if (scored) o.quality = cloud_q;
       } else {
         on_edge();
@@ -203,6 +208,7 @@ RequestOutcome Simulator::replay(size_t index, const route::Decision& d) const {
       // Both run to the end and are compared; the edge answer is kept when
       // they agree, which the edge's confidence model stands in for.
       o.cloud_called = true;
+      o.edge_busy_ms = edge_total - edge_wait_ms;
       o.ttft_ms = o.total_ms = std::max(edge_total, cloud_total);
       o.cost_usd = edge_cost + o.cloud_only_cost_usd;
       o.answered_by_cloud = edge_unsure;
@@ -213,6 +219,7 @@ RequestOutcome Simulator::replay(size_t index, const route::Decision& d) const {
       if (scored) o.quality = 0.0;
       break;
   }
+  if (o.edge_busy_ms > 0.0) o.edge_wait_ms = edge_wait_ms;
   const bool device_only = o.data_class == route::DataClass::kDeviceOnly ||
                            rec.data_class == route::DataClass::kDeviceOnly;
   o.privacy_violation = device_only && (o.cloud_called || plan.cloud_allowed);
@@ -233,12 +240,31 @@ PolicyReport Simulator::run(route::PolicyKind policy, std::optional<double> thre
   }
   rep.requests = static_cast<int64_t>(trace_.size());
   rep.outcomes.reserve(trace_.size());
-  std::vector<double> all, edge, cloud, escalated;
+  std::vector<double> all, edge, cloud, escalated, edge_wait;
   double quality = 0, cloud_only_quality = 0, predicted = 0;
+  // A shared edge serves its queue in arrival order: the end times of the
+  // requests it holds, the last being when it is next free.
+  std::deque<double> edge_jobs_end_ms;
   for (size_t i = 0; i < trace_.size(); ++i) {
     const std::string_view text = trace_[i].prompt;
-    const route::Decision d = router_->decide(route_input(trace_[i], policy, {&text, 1}));
-    RequestOutcome o = replay(i, d);
+    route::RouteInput in = route_input(trace_[i], policy, {&text, 1});
+    const double arrival_ms = trace_[i].arrival_s * 1000.0;
+    double edge_wait_ms = 0.0;
+    if (options_.shared_edge) {
+      while (!edge_jobs_end_ms.empty() && edge_jobs_end_ms.front() <= arrival_ms) {
+        edge_jobs_end_ms.pop_front();
+      }
+      in.edge_queue_depth = static_cast<int32_t>(edge_jobs_end_ms.size());
+      if (!edge_jobs_end_ms.empty()) edge_wait_ms = edge_jobs_end_ms.back() - arrival_ms;
+    }
+    const route::Decision d = router_->decide(in);
+    RequestOutcome o = replay(i, d, edge_wait_ms);
+    if (o.edge_busy_ms > 0.0) {
+      edge_wait.push_back(o.edge_wait_ms);
+      if (options_.shared_edge) {
+        edge_jobs_end_ms.push_back(arrival_ms + edge_wait_ms + o.edge_busy_ms);
+      }
+    }
     rep.cost_usd += o.cost_usd;
     rep.cloud_only_cost_usd += o.cloud_only_cost_usd;
     rep.cloud_calls += o.cloud_called;
@@ -278,6 +304,7 @@ PolicyReport Simulator::run(route::PolicyKind policy, std::optional<double> thre
   rep.edge_ttft_ms = observe::summarize_latency(std::move(edge));
   rep.cloud_ttft_ms = observe::summarize_latency(std::move(cloud));
   rep.escalated_ttft_ms = observe::summarize_latency(std::move(escalated));
+  rep.edge_wait_ms = observe::summarize_latency(std::move(edge_wait));
   return rep;
 }
 
