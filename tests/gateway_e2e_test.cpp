@@ -628,20 +628,34 @@ TEST_F(GatewayTools, ToolResultsReachTheCloudWhole) {
   EXPECT_EQ(last_upstream_body()["tool_choice"], "none");
 }
 
-TEST_F(GatewayTools, JsonModeGoesToTheCloud) {
+// JSON mode the edge can do (its sampling keeps to one JSON object); a JSON
+// schema only the cloud.
+TEST_F(GatewayTools, JsonModeOnTheEdgeJsonSchemaOnTheCloud) {
   json b = {{"model", "switchyard"},
             {"messages", {{{"role", "user"}, {"content", "Once upon a time"}}}},
             {"response_format", {{"type", "json_object"}}},
-            {"max_tokens", 8}};
+            {"max_tokens", 24}};
+  for (bool stream : {false, true}) {
+    b["stream"] = stream;
+    const auto r = post(b);
+    ASSERT_EQ(r.status, 200) << r.body;
+    EXPECT_EQ(r.header("x-switchyard-tier"), "edge");
+    const std::string text = stream
+                                 ? read_stream(r).text
+                                 : r.json()["choices"][0]["message"]["content"].get<std::string>();
+    ASSERT_FALSE(text.empty()) << r.body;
+    EXPECT_EQ(text[0], '{') << text;
+  }
+  EXPECT_TRUE(upstream_.received_bodies().empty());
+
+  b["stream"] = false;
+  b["response_format"] = {
+      {"type", "json_schema"},
+      {"json_schema", {{"name", "story"}, {"schema", {{"type", "object"}}}, {"strict", true}}}};
   const auto r = post(b);
   ASSERT_EQ(r.status, 200) << r.body;
   EXPECT_EQ(r.header("x-switchyard-tier"), "cloud");
   EXPECT_EQ(last_upstream_body()["response_format"], b["response_format"]);
-  // Plain text output is something the edge can do.
-  b["response_format"] = {{"type", "text"}};
-  const auto text = post(b);
-  ASSERT_EQ(text.status, 200) << text.body;
-  EXPECT_EQ(text.header("x-switchyard-tier"), "edge");
 }
 
 // What only the cloud can do is never answered by the edge instead: not when

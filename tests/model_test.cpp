@@ -520,5 +520,159 @@ TEST(Sampler, PresenceAndFrequencyPenaltiesFollowWhatWasGenerated) {
   EXPECT_FLOAT_EQ(second.logprob - first.logprob, 2.4f - 3.0f);
 }
 
+// Only tokens the filter accepts are picked; none accepted gives -1.
+TEST(Sampler, FilterKeepsToAllowedTokens) {
+  std::vector<float> logits(100);
+  for (size_t i = 0; i < logits.size(); ++i) logits[i] = static_cast<float>(i % 7);
+  for (float temperature : {0.0f, 1.0f}) {
+    SamplingParams p;
+    p.temperature = temperature;
+    p.top_k = 0;
+    p.top_p = 1.0f;
+    p.min_p = 0.0f;
+    Sampler sampler(p, 100);
+    // Allowed: multiples of 10 (never the largest logits, which fall on 6 mod 7
+    // only for 20 and 90): rejection must get past many refusals.
+    const auto tens = [](TokenId id) { return id % 10 == 0; };
+    for (int i = 0; i < 50; ++i) EXPECT_EQ(sampler.sample(logits, {}, tens).id % 10, 0);
+    EXPECT_EQ(sampler.sample(logits, {}, [](TokenId) { return false; }).id, -1);
+  }
+}
+
+// JSON mode's recognizer, against complete objects, their prefixes, and
+// what must be refused.
+TEST(JsonObjectPrefix, AcceptsObjectsAndTheirPrefixesOnly) {
+  const std::vector<std::string> valid = {
+      R"({})",
+      R"({"a":1})",
+      R"({ "a" : [1, -2.5e+3, 0, 0.25E-1, true, false, null, "x\"y\u00e9\n"], "b": {"c": {}} })",
+      "{\"k\":\n   \"v\"}",
+      R"({"":[[],[{}]]})",
+      "{\"utf8\":\"caf\xc3\xa9\"}",
+  };
+  for (const auto& text : valid) {
+    JsonObjectPrefix whole;
+    EXPECT_TRUE(whole.feed(text)) << text;
+    EXPECT_TRUE(whole.complete()) << text;
+    ASSERT_TRUE(nlohmann::json::accept(text)) << text;
+    JsonObjectPrefix bytes;
+    for (size_t i = 0; i < text.size(); ++i) {
+      ASSERT_TRUE(bytes.feed(text.substr(i, 1))) << text << " at " << i;
+      EXPECT_EQ(bytes.complete(), i + 1 == text.size()) << text << " at " << i;
+    }
+    // Nothing may follow the object.
+    EXPECT_FALSE(JsonObjectPrefix(whole).feed(" "));
+    EXPECT_FALSE(JsonObjectPrefix(whole).feed("{"));
+  }
+  const std::vector<std::string> invalid = {
+      " {}",    // the object starts at once
+      "[]",     // an object, not an array
+      "{a:1}",  // keys are strings
+      "{\"a\" 1}",
+      R"({"a":01})",
+      R"({"a":1.})",
+      R"({"a":-})",
+      R"({"a":1e})",
+      R"({"a":tru})"
+      "e1",
+      R"({"a":nul,)",
+      R"({"a":"\x"})",
+      R"({"a":"\u12g4"})",
+      R"({"a":1,})",
+      R"({"a":[1,]})",
+      R"({"a":[1}})",
+      R"({"a":{]})",
+      "{\"a\":\"\x01\"}",
+      "{\"a\":\"\x80\"}",
+      "{\"a\":\"\xc3\"}",
+      "{\"a\":\"\xe0\x80\x80\"}",  // bad UTF-8
+      "{\"a\":\"\xed\xa0\x80\"}",
+      "{\"a\":\"\xf4\x90\x80\x80\"}",
+      "{\"a\":\"\xc0\xaf\"}",
+      "{\n\n\"a\":1}",  // two line breaks in one run of whitespace
+      "{" + std::string(21, ' ') + "}",
+  };
+  for (const auto& text : invalid) {
+    JsonObjectPrefix p;
+    EXPECT_FALSE(p.feed(text) && p.complete()) << text;
+  }
+  // Nesting is bounded.
+  JsonObjectPrefix deep;
+  EXPECT_TRUE(deep.feed("{\"a\":" + std::string(62, '[')));
+  EXPECT_TRUE(JsonObjectPrefix(deep).feed("["));
+  EXPECT_FALSE(JsonObjectPrefix(deep).feed("[["));
+}
+
+// Where nlohmann's parser stops on `text`: past the end for a prefix of
+// valid JSON (it ran out of input), inside it for invalid JSON.
+bool is_json_prefix(const std::string& text) {
+  struct Sax : nlohmann::json_sax<nlohmann::json> {
+    size_t error_at = 0;
+    bool null() override { return true; }
+    bool boolean(bool) override { return true; }
+    bool number_integer(number_integer_t) override { return true; }
+    bool number_unsigned(number_unsigned_t) override { return true; }
+    bool number_float(number_float_t, const string_t&) override { return true; }
+    bool string(string_t&) override { return true; }
+    bool binary(binary_t&) override { return true; }
+    bool start_object(std::size_t) override { return true; }
+    bool key(string_t&) override { return true; }
+    bool end_object() override { return true; }
+    bool start_array(std::size_t) override { return true; }
+    bool end_array() override { return true; }
+    bool parse_error(std::size_t position, const std::string&,
+                     const nlohmann::detail::exception&) override {
+      error_at = position;
+      return false;
+    }
+  } sax;
+  if (nlohmann::json::sax_parse(text, &sax)) return true;
+  return sax.error_at > text.size();
+}
+
+// A story model asked for JSON writes JSON: every answer is an object or,
+// cut short by max_tokens, the start of one; answers that stop are whole.
+TEST(RealModel, JsonModeOutputIsAnObjectOrItsStart) {
+  const std::string path = stories_path();
+  if (path.empty()) GTEST_SKIP() << "stories260K.gguf not in " << testing::shared_models_dir();
+  auto model = Model::load(path);
+  ASSERT_TRUE(model.ok()) << model.error().message;
+  ContextOptions opts;
+  opts.context_length = 2048;
+  auto ctx = InferenceContext::create(*model, opts);
+  ASSERT_TRUE(ctx.ok());
+  ThreadPool pool(2);
+  int closed = 0;
+  for (uint64_t seed = 1; seed <= 12; ++seed) {
+    GenerationRequest req;
+    req.prompt = (*model)->tokenizer().encode("Give me JSON", true, false);
+    // Penalties and a high temperature push a story model toward the
+    // tokens that close strings and objects.
+    req.sampling.temperature = 2.0f;
+    req.sampling.top_k = 0;
+    req.sampling.top_p = 1.0f;
+    req.sampling.min_p = 0.0f;
+    req.sampling.presence_penalty = 2.0f;
+    req.sampling.frequency_penalty = 2.0f;
+    req.sampling.seed = seed;
+    req.max_tokens = 1500;
+    req.json_object = true;
+    auto r = generate(**ctx, pool, req);
+    ASSERT_TRUE(r.ok()) << r.error().message;
+    ASSERT_FALSE(r->text.empty());
+    EXPECT_EQ(r->text[0], '{') << r->text;
+    EXPECT_TRUE(is_json_prefix(r->text)) << "seed " << seed << ": " << r->text;
+    if (r->finish_reason == FinishReason::kStop) {
+      ++closed;
+      const auto parsed = nlohmann::json::parse(r->text, nullptr, false);
+      EXPECT_TRUE(parsed.is_object()) << "seed " << seed << ": " << r->text;
+    } else {
+      EXPECT_EQ(r->generated_tokens, 1500);
+    }
+  }
+  // About two in three close within 1500 tokens.
+  EXPECT_GT(closed, 0);
+}
+
 }  // namespace
 }  // namespace sy::engine

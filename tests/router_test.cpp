@@ -147,11 +147,11 @@ TEST(Router, WhatOnlyTheCloudCanDoNeverPlansTheEdge) {
               d.rules_fired.end());
   }
   RouteInput in;
-  in.edge_unsupported = "response_format json_object";
+  in.edge_unsupported = "response_format json_schema";
   in.forced_tier = "edge";
   Decision d = decide(*r, "hello", in);
   EXPECT_EQ(d.plan.kind, PlanKind::kReject);
-  EXPECT_NE(d.plan.reason.find("response_format json_object"), std::string::npos) << d.plan.reason;
+  EXPECT_NE(d.plan.reason.find("response_format json_schema"), std::string::npos) << d.plan.reason;
   // A forced cloud tier's fallback chain loses its device tiers.
   in.forced_tier = "cloud";
   in.fallback_tiers = {"edge"};

@@ -77,6 +77,9 @@ struct GenerationParams {
   std::vector<std::string> stop;
   bool logprobs = false;
   int32_t top_logprobs = 0;
+  // response_format {"type": "json_object"}: the answer is one JSON object
+  // (the embedded engine constrains its sampling to it).
+  bool json_object = false;
 };
 
 struct BackendRequest {

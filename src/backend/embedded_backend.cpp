@@ -449,6 +449,7 @@ class EmbeddedBackend final : public Backend {
         p.max_tokens ? std::min(*p.max_tokens, room) : std::min(kDefaultMaxTokens, room);
     gen.prompt = std::move(prompt);
     gen.stop = p.stop;
+    gen.json_object = p.json_object;
     // OpenAI's defaults, so that a client sees the same behaviour on every tier:
     // plain temperature-1 sampling, no top-k, min-p or penalties.
     engine::SamplingParams& s = gen.sampling;

@@ -5,6 +5,7 @@
 #include "engine/chat_template.h"
 #include "engine/generate.h"
 #include "engine/gguf.h"
+#include "engine/json_constraint.h"
 #include "engine/kernels.h"
 #include "engine/model.h"
 #include "engine/sampler.h"

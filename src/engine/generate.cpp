@@ -5,6 +5,8 @@
 #include <cstdlib>
 #include <filesystem>
 
+#include "engine/json_constraint.h"
+
 namespace sy::engine {
 namespace {
 
@@ -22,9 +24,12 @@ size_t complete_utf8_prefix(std::string_view text) {
     const auto c = static_cast<unsigned char>(text[n - back]);
     if ((c & 0xC0) == 0x80) continue;  // continuation byte
     size_t need = 1;
-    if ((c & 0xE0) == 0xC0) need = 2;
-    else if ((c & 0xF0) == 0xE0) need = 3;
-    else if ((c & 0xF8) == 0xF0) need = 4;
+    if ((c & 0xE0) == 0xC0)
+      need = 2;
+    else if ((c & 0xF0) == 0xE0)
+      need = 3;
+    else if ((c & 0xF8) == 0xF0)
+      need = 4;
     return back < need ? n - back : n;
   }
   return n;
@@ -68,8 +73,8 @@ Result<GenerationResult> generate(InferenceContext& context, ThreadPool& pool,
   if (static_cast<int64_t>(request.prompt.size()) >= context.context_length()) {
     return make_error(ErrorKind::kResourceExhausted,
                       "the prompt has " + std::to_string(request.prompt.size()) +
-                          " tokens but the context of model '" + model.config().name +
-                          "' holds " + std::to_string(context.context_length()) +
+                          " tokens but the context of model '" + model.config().name + "' holds " +
+                          std::to_string(context.context_length()) +
                           "; shorten the prompt or raise the context size");
   }
 
@@ -87,8 +92,7 @@ Result<GenerationResult> generate(InferenceContext& context, ThreadPool& pool,
   result.reused_prompt_tokens = static_cast<int32_t>(common);
 
   const auto start = Clock::now();
-  auto logits = context.evaluate(
-      std::span<const TokenId>(request.prompt).subspan(common), pool);
+  auto logits = context.evaluate(std::span<const TokenId>(request.prompt).subspan(common), pool);
   if (!logits.ok()) return logits.error();
   result.prompt_seconds = seconds_since(start);
 
@@ -102,13 +106,29 @@ Result<GenerationResult> generate(InferenceContext& context, ThreadPool& pool,
   result.finish_reason = FinishReason::kLength;
   std::span<const float> current = logits.value();
 
+  // JSON mode: a token is allowed when its text continues the object. The
+  // end of generation is not, until the object closes, and then generation ends.
+  JsonObjectPrefix json, trial;
+  std::function<bool(TokenId)> continues_json;
+  if (request.json_object) {
+    continues_json = [&](TokenId id) {
+      if (tokenizer.is_end_of_generation(id)) return false;
+      // A token with no text (a control token) would make no progress.
+      const std::string piece = tokenizer.token_to_piece(id);
+      if (piece.empty()) return false;
+      trial = json;
+      return trial.feed(piece);
+    };
+  }
+
   for (int32_t i = 0; i < limit; ++i) {
-    SampledToken token = sampler.sample(current, history);
+    SampledToken token = sampler.sample(current, history, continues_json);
     if (i == 0) result.time_to_first_token_seconds = seconds_since(start);
-    if (tokenizer.is_end_of_generation(token.id)) {
+    if (token.id < 0 || tokenizer.is_end_of_generation(token.id)) {
       result.finish_reason = FinishReason::kStop;
       break;
     }
+    if (request.json_object) json.feed(tokenizer.token_to_piece(token.id));
     history.push_back(token.id);
     result.tokens.push_back(token);
     ++result.generated_tokens;
@@ -125,7 +145,8 @@ Result<GenerationResult> generate(InferenceContext& context, ThreadPool& pool,
       }
     }
     size_t ready = stopped ? result.text.size() : complete_utf8_prefix(result.text);
-    if (!stopped) ready -= stop_prefix_hold(std::string_view(result.text).substr(0, ready), request.stop);
+    if (!stopped)
+      ready -= stop_prefix_hold(std::string_view(result.text).substr(0, ready), request.stop);
     if (ready > emitted && on_text) {
       if (!on_text(std::string_view(result.text).substr(emitted, ready - emitted), token)) {
         result.finish_reason = FinishReason::kCancelled;
@@ -134,7 +155,7 @@ Result<GenerationResult> generate(InferenceContext& context, ThreadPool& pool,
       }
     }
     emitted = std::max(emitted, ready);
-    if (stopped) {
+    if (stopped || json.complete()) {
       result.finish_reason = FinishReason::kStop;
       break;
     }
@@ -180,12 +201,12 @@ Result<std::string> resolve_model_path(const std::string& name_or_path) {
       tried += (tried.empty() ? "" : ", ") + dir;
     }
   }
-  return make_error(ErrorKind::kNotFound,
-                    "model '" + name_or_path + "' not found" +
-                        (looks_like_path ? std::string(" (no such file)")
-                                         : " as a file or in the model search path [" + tried +
-                                               "]") +
-                        "; pass a path to a .gguf file or set SWITCHYARD_MODEL_PATH");
+  return make_error(
+      ErrorKind::kNotFound,
+      "model '" + name_or_path + "' not found" +
+          (looks_like_path ? std::string(" (no such file)")
+                           : " as a file or in the model search path [" + tried + "]") +
+          "; pass a path to a .gguf file or set SWITCHYARD_MODEL_PATH");
 }
 
 }  // namespace sy::engine

@@ -17,8 +17,11 @@ namespace sy::engine {
 struct GenerationRequest {
   std::vector<TokenId> prompt;
   SamplingParams sampling;
-  int32_t max_tokens = 256;  // <= 0: until end of generation or context full
+  int32_t max_tokens = 256;       // <= 0: until end of generation or context full
   std::vector<std::string> stop;  // stop strings; never included in the output
+  // JSON mode: the output is one JSON object and generation stops when it
+  // closes (finish "stop"); cut short by max_tokens it is a prefix of one.
+  bool json_object = false;
 };
 
 enum class FinishReason { kStop, kLength, kCancelled };

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <random>
 #include <span>
 #include <vector>
@@ -52,12 +53,16 @@ class Sampler {
   Sampler(SamplingParams params, int32_t vocab_size);
 
   // Picks the next token from logits (not modified). `history` is the tokens
-  // so far, for the repetition penalty.
-  SampledToken sample(std::span<const float> logits, std::span<const TokenId> history);
+  // so far, for the repetition penalty. When `allowed` is set, only tokens it
+  // accepts can be picked (JSON mode); the id is -1 when it accepts none.
+  SampledToken sample(std::span<const float> logits, std::span<const TokenId> history,
+                      const std::function<bool(TokenId)>& allowed = {});
 
   const SamplingParams& params() const { return params_; }
 
  private:
+  TokenId choose(int32_t n);
+
   SamplingParams params_;
   std::mt19937_64 rng_;
   // Reused across calls so sampling allocates nothing per token.

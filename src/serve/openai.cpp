@@ -191,8 +191,10 @@ bool read_message_tool_fields(FieldReader& r, const json& m, const std::string& 
 
 // tools, tool_choice, parallel_tool_calls and response_format: validated the
 // way OpenAI does, kept as JSON for the cloud tier, and named in
-// edge_unsupported when an answer from the embedded engine would ignore them.
-void read_remote_only(FieldReader& r, backend::RemoteOnlyFields& out) {
+// edge_unsupported when an answer from the embedded engine would ignore them
+// (tools, a JSON schema). json_object: the answer must be a JSON object,
+// which the engine can honour.
+void read_remote_only(FieldReader& r, backend::RemoteOnlyFields& out, bool& json_object) {
   const auto dump = [](const json& v) {
     return v.dump(-1, ' ', false, json::error_handler_t::replace);
   };
@@ -273,8 +275,10 @@ void read_remote_only(FieldReader& r, backend::RemoteOnlyFields& out) {
       return;
     }
     out.response_format = dump(*format);
-    if (type != "text" && out.edge_unsupported.empty()) {
-      out.edge_unsupported = "response_format " + type;
+    // The engine can keep its output to one JSON object, not to a schema.
+    json_object = type == "json_object";
+    if (type == "json_schema" && out.edge_unsupported.empty()) {
+      out.edge_unsupported = "response_format json_schema";
     }
   }
 }
@@ -647,7 +651,7 @@ std::optional<ApiError> parse_request(ApiKind kind, std::string_view body, ApiRe
   read_stop(r, p.stop);
 
   if (kind == ApiKind::kChat) {
-    read_remote_only(r, out.backend.remote_only);
+    read_remote_only(r, out.backend.remote_only, p.json_object);
     r.boolean("logprobs", p.logprobs);
     std::optional<int32_t> top;
     r.integer("top_logprobs", 0, 20, top);
