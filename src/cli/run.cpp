@@ -18,6 +18,7 @@ struct RunOptions {
   bool chat = false;
   bool raw = false;
   bool show_logprobs = false;
+  bool json_object = false;
   int32_t max_tokens = 256;
   int32_t threads = 0;
   int32_t context = 0;
@@ -77,6 +78,7 @@ int run(const RunOptions& o) {
   engine::GenerationRequest req;
   req.sampling = o.sampling;
   req.max_tokens = o.max_tokens;
+  req.json_object = o.json_object;
   if (!o.chat) {
     const std::string text =
         o.raw ? o.prompt : engine::render_chat(format, {{"user", o.prompt}}, true);
@@ -120,6 +122,9 @@ void add_run_command(CLI::App& app) {
   cmd->add_option("--chat-format", opts->chat_format,
                   "chatml, llama3, llama2, zephyr or plain (default: detected from the model)");
   cmd->add_flag("--raw", opts->raw, "Feed the prompt as is: no chat template, no special tokens");
+  cmd->add_flag("--json-object", opts->json_object,
+                "JSON mode: keep the output to one JSON object and stop when it closes (as the "
+                "API's response_format json_object)");
   cmd->add_option("-n,--max-tokens", opts->max_tokens, "Tokens to generate (<= 0: until done)")
       ->capture_default_str();
   cmd->add_option("--temp", opts->sampling.temperature, "Temperature; 0 is greedy")
