@@ -511,15 +511,15 @@ class ToolCallAssembly {
       if (auto type = f.find("type"); type != f.end() && type->is_string()) call["type"] = *type;
       auto fn = f.find("function");
       if (fn == f.end() || !fn->is_object()) continue;
+      // Appended in place: a call can come in many thousands of pieces.
       if (auto name = fn->find("name"); name != fn->end() && name->is_string()) {
-        call["function"]["name"] =
-            call["function"]["name"].get<std::string>() + name->get<std::string>();
+        call["function"]["name"].get_ref<std::string&>() += name->get_ref<const std::string&>();
       }
       if (auto args = fn->find("arguments"); args != fn->end() && args->is_string()) {
-        bytes_ += args->get_ref<const std::string&>().size();
+        const std::string& piece = args->get_ref<const std::string&>();
+        bytes_ += piece.size();
         if (bytes_ > kMaxArgumentBytes) return false;
-        call["function"]["arguments"] =
-            call["function"]["arguments"].get<std::string>() + args->get<std::string>();
+        call["function"]["arguments"].get_ref<std::string&>() += piece;
       }
     }
     return true;
@@ -788,7 +788,7 @@ class OpenAiBackend final : public Backend {
         if (!m.tool_call_id.empty()) message["tool_call_id"] = m.tool_call_id;
         if (!m.tool_calls.empty()) {
           message["tool_calls"] = json::parse(m.tool_calls, nullptr, false);
-          if (m.content.empty()) message["content"] = nullptr;
+          if (m.content.empty() && m.content_parts.empty()) message["content"] = nullptr;
         }
         messages.push_back(std::move(message));
       }
