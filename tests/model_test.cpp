@@ -548,6 +548,7 @@ TEST(JsonObjectPrefix, AcceptsObjectsAndTheirPrefixesOnly) {
       R"({ "a" : [1, -2.5e+3, 0, 0.25E-1, true, false, null, "x\"y\u00e9\n"], "b": {"c": {}} })",
       "{\"k\":\n   \"v\"}",
       R"({"":[[],[{}]]})",
+      R"({"big":-1234567890123456.5e-99,"small":9E99})",
       "{\"utf8\":\"caf\xc3\xa9\"}",
   };
   for (const auto& text : valid) {
@@ -589,7 +590,9 @@ TEST(JsonObjectPrefix, AcceptsObjectsAndTheirPrefixesOnly) {
       "{\"a\":\"\xed\xa0\x80\"}",
       "{\"a\":\"\xf4\x90\x80\x80\"}",
       "{\"a\":\"\xc0\xaf\"}",
-      "{\n\n\"a\":1}",  // two line breaks in one run of whitespace
+      R"({"a":1e100})",
+      R"({"a":12345678901234567})",  // past what a double holds
+      "{\n\n\"a\":1}",               // two line breaks in one run of whitespace
       "{" + std::string(21, ' ') + "}",
   };
   for (const auto& text : invalid) {

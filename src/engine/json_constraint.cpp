@@ -5,6 +5,10 @@ namespace {
 
 // Deeper nesting is refused, which keeps the state small and copies cheap.
 constexpr size_t kMaxDepth = 64;
+// Numbers stay within what a double holds (up to ~1e115), since JSON
+// readers that parse into doubles (nlohmann's among them) refuse the rest.
+constexpr uint8_t kMaxIntegerDigits = 16;
+constexpr uint8_t kMaxExponentDigits = 2;
 // A model can fall into emitting whitespace forever. As llama.cpp's JSON
 // grammar does, a run between tokens holds at most one line break and 20
 // bytes, and the object starts at once.
@@ -74,6 +78,7 @@ bool JsonObjectPrefix::begin_value(uint8_t c) {
     default:
       if (!is_digit(c)) return false;
       mode_ = c == '0' ? Mode::kNumberZero : Mode::kNumberInt;
+      digits_ = 1;
       return true;
   }
 }
@@ -190,9 +195,10 @@ bool JsonObjectPrefix::step(uint8_t c) {
     case Mode::kNumberSign:
       if (!is_digit(c)) return false;
       mode_ = c == '0' ? Mode::kNumberZero : Mode::kNumberInt;
+      digits_ = 1;
       return true;
     case Mode::kNumberInt:
-      if (is_digit(c)) return true;
+      if (is_digit(c)) return ++digits_ <= kMaxIntegerDigits;
       [[fallthrough]];
     case Mode::kNumberZero:
       if (c == '.') {
@@ -222,9 +228,10 @@ bool JsonObjectPrefix::step(uint8_t c) {
     case Mode::kNumberExpSign:
       if (!is_digit(c)) return false;
       mode_ = Mode::kNumberExpInt;
+      digits_ = 1;
       return true;
     case Mode::kNumberExpInt:
-      if (is_digit(c)) return true;
+      if (is_digit(c)) return ++digits_ <= kMaxExponentDigits;
       value_done();
       return step(c);
     case Mode::kLiteral:

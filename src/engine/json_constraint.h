@@ -52,6 +52,7 @@ class JsonObjectPrefix {
   Mode mode_ = Mode::kStart;
   bool string_is_key_ = false;
   uint8_t hex_left_ = 0;
+  uint8_t digits_ = 0;                          // in the number's integer part or exponent so far
   uint8_t utf8_left_ = 0;                       // continuation bytes still due in a string
   uint8_t utf8_low_ = 0x80, utf8_high_ = 0xBF;  // the range of the next one
   const char* literal_ = nullptr;               // the rest of the literal being read
