@@ -549,6 +549,7 @@ TEST(JsonObjectPrefix, AcceptsObjectsAndTheirPrefixesOnly) {
       "{\"k\":\n   \"v\"}",
       R"({"":[[],[{}]]})",
       R"({"big":-1234567890123456.5e-99,"small":9E99})",
+      R"({"pair":"\ud83d\ude00\u00e9\uFFFF"})",
       "{\"utf8\":\"caf\xc3\xa9\"}",
   };
   for (const auto& text : valid) {
@@ -592,7 +593,10 @@ TEST(JsonObjectPrefix, AcceptsObjectsAndTheirPrefixesOnly) {
       "{\"a\":\"\xc0\xaf\"}",
       R"({"a":1e100})",
       R"({"a":12345678901234567})",  // past what a double holds
-      "{\n\n\"a\":1}",               // two line breaks in one run of whitespace
+      R"({"a":"\ud800"})",
+      R"({"a":"\udc00"})",
+      R"({"a":"\ud800\n"})",  // unpaired surrogates
+      "{\n\n\"a\":1}",        // two line breaks in one run of whitespace
       "{" + std::string(21, ' ') + "}",
   };
   for (const auto& text : invalid) {

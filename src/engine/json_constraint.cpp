@@ -162,6 +162,12 @@ bool JsonObjectPrefix::step(uint8_t c) {
         utf8_high_ = 0xBF;
         return true;
       }
+      // A high surrogate escape must be followed by a low one at once.
+      if (low_surrogate_due_) {
+        if (c != '\\') return false;
+        mode_ = Mode::kEscape;
+        return true;
+      }
       if (c >= 0x80) return begin_utf8(c);
       if (c == '"') {
         if (string_is_key_) {
@@ -180,18 +186,29 @@ bool JsonObjectPrefix::step(uint8_t c) {
       if (c == 'u') {
         mode_ = Mode::kUnicode;
         hex_left_ = 4;
+        code_unit_ = 0;
         return true;
       }
+      if (low_surrogate_due_) return false;
       if (c != '"' && c != '\\' && c != '/' && c != 'b' && c != 'f' && c != 'n' && c != 'r' &&
           c != 't') {
         return false;
       }
       mode_ = Mode::kString;
       return true;
-    case Mode::kUnicode:
+    case Mode::kUnicode: {
       if (!is_hex(c)) return false;
-      if (--hex_left_ == 0) mode_ = Mode::kString;
+      const int digit = is_digit(c) ? c - '0' : (c | 0x20) - 'a' + 10;
+      code_unit_ = static_cast<uint16_t>(code_unit_ << 4 | digit);
+      if (--hex_left_ > 0) return true;
+      const bool high = code_unit_ >= 0xD800 && code_unit_ <= 0xDBFF;
+      const bool low = code_unit_ >= 0xDC00 && code_unit_ <= 0xDFFF;
+      // Parsers refuse unpaired surrogates (nlohmann among them).
+      if (low != low_surrogate_due_) return false;
+      low_surrogate_due_ = high;
+      mode_ = Mode::kString;
       return true;
+    }
     case Mode::kNumberSign:
       if (!is_digit(c)) return false;
       mode_ = c == '0' ? Mode::kNumberZero : Mode::kNumberInt;

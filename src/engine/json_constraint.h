@@ -52,6 +52,8 @@ class JsonObjectPrefix {
   Mode mode_ = Mode::kStart;
   bool string_is_key_ = false;
   uint8_t hex_left_ = 0;
+  uint16_t code_unit_ = 0;                      // of the \u escape being read
+  bool low_surrogate_due_ = false;              // a \uD800-\uDBFF escape awaits its pair
   uint8_t digits_ = 0;                          // in the number's integer part or exponent so far
   uint8_t utf8_left_ = 0;                       // continuation bytes still due in a string
   uint8_t utf8_low_ = 0x80, utf8_high_ = 0xBF;  // the range of the next one
