@@ -29,9 +29,14 @@ class FieldReader {
   }
 
   // The field, or null when absent or JSON null (clients send null for "unset").
-  const json* find(const char* key) const {
+  // Every field looked up counts as read by the gateway (see was_read).
+  const json* find(const char* key) {
+    read_.push_back(key);
     auto it = obj_.find(key);
     return it == obj_.end() || it->is_null() ? nullptr : &*it;
+  }
+  bool was_read(std::string_view key) const {
+    return std::find(read_.begin(), read_.end(), key) != read_.end();
   }
 
   void number(const char* key, double lo, double hi, std::optional<float>& out) {
@@ -71,6 +76,11 @@ class FieldReader {
   }
 
   void boolean(const char* key, bool& out) {
+    std::optional<bool> v;
+    boolean(key, v);
+    if (v) out = *v;
+  }
+  void boolean(const char* key, std::optional<bool>& out) {
     const json* v = find(key);
     if (!v) return;
     if (!v->is_boolean()) {
@@ -83,7 +93,23 @@ class FieldReader {
  private:
   const json& obj_;
   std::optional<ApiError> error_;
+  std::vector<std::string_view> read_;
 };
+
+// Client JSON as compact text (invalid UTF-8 replaced rather than thrown on).
+std::string compact(const json& v) {
+  return v.dump(-1, ' ', false, json::error_handler_t::replace);
+}
+
+// The shape tools, tool choices and tool calls share: an object whose
+// "function" is an object with a non-empty string "name".
+bool names_a_function(const json& entry) {
+  if (!entry.is_object()) return false;
+  auto fn = entry.find("function");
+  if (fn == entry.end() || !fn->is_object()) return false;
+  auto name = fn->find("name");
+  return name != fn->end() && name->is_string() && !name->get_ref<const std::string&>().empty();
+}
 
 void read_stop(FieldReader& r, std::vector<std::string>& stop) {
   const json* v = r.find("stop");
@@ -130,7 +156,7 @@ bool read_content(const json& content, std::string& text, std::string& parts,
       other_type = name;
     }
   }
-  if (!other_type.empty()) parts = content.dump(-1, ' ', false, json::error_handler_t::replace);
+  if (!other_type.empty()) parts = compact(content);
   return true;
 }
 
@@ -172,11 +198,8 @@ bool read_message_tool_fields(FieldReader& r, const json& m, const std::string& 
   for (size_t i = 0; i < calls->size(); ++i) {
     const json& c = (*calls)[i];
     const std::string at = where + "[" + std::to_string(i) + "]";
-    const json* id = c.is_object() && c.contains("id") ? &c["id"] : nullptr;
-    const json* fn = c.is_object() && c.contains("function") ? &c["function"] : nullptr;
-    const bool ok = id && id->is_string() && fn && fn->is_object() && fn->contains("name") &&
-                    (*fn)["name"].is_string() && fn->contains("arguments") &&
-                    (*fn)["arguments"].is_string();
+    const bool ok = names_a_function(c) && c.contains("id") && c["id"].is_string() &&
+                    c["function"].contains("arguments") && c["function"]["arguments"].is_string();
     if (!ok) {
       r.fail("'" + at +
                  "' must be {\"id\": string, \"type\": \"function\", \"function\": {\"name\": "
@@ -185,7 +208,7 @@ bool read_message_tool_fields(FieldReader& r, const json& m, const std::string& 
       return false;
     }
   }
-  if (!calls->empty()) msg.tool_calls = calls->dump(-1, ' ', false, json::error_handler_t::replace);
+  if (!calls->empty()) msg.tool_calls = compact(*calls);
   return true;
 }
 
@@ -195,9 +218,6 @@ bool read_message_tool_fields(FieldReader& r, const json& m, const std::string& 
 // (tools, a JSON schema). json_object: the answer must be a JSON object,
 // which the engine can honour.
 void read_remote_only(FieldReader& r, backend::RemoteOnlyFields& out, bool& json_object) {
-  const auto dump = [](const json& v) {
-    return v.dump(-1, ' ', false, json::error_handler_t::replace);
-  };
   if (r.find("functions") || r.find("function_call")) {
     r.fail(
         "'functions' and 'function_call' are OpenAI's deprecated function-calling fields; send "
@@ -213,11 +233,7 @@ void read_remote_only(FieldReader& r, backend::RemoteOnlyFields& out, bool& json
     for (size_t i = 0; i < tools->size(); ++i) {
       const json& t = (*tools)[i];
       const std::string at = "tools[" + std::to_string(i) + "]";
-      const json* fn = t.is_object() && t.contains("function") ? &t["function"] : nullptr;
-      const bool ok = t.is_object() && t.value("type", json()) == "function" && fn &&
-                      fn->is_object() && fn->contains("name") && (*fn)["name"].is_string() &&
-                      !(*fn)["name"].get_ref<const std::string&>().empty();
-      if (!ok) {
+      if (!names_a_function(t) || t.value("type", json()) != "function") {
         r.fail("'" + at +
                    "' must be {\"type\": \"function\", \"function\": {\"name\": string, "
                    "\"description\": ..., \"parameters\": {...}}}",
@@ -225,14 +241,11 @@ void read_remote_only(FieldReader& r, backend::RemoteOnlyFields& out, bool& json
         return;
       }
     }
-    if (!tools->empty()) out.tools = dump(*tools);
+    if (!tools->empty()) out.tools = compact(*tools);
   }
   bool calls_off = false;
   if (const json* choice = r.find("tool_choice")) {
-    const bool named = choice->is_object() && choice->value("type", json()) == "function" &&
-                       choice->contains("function") && (*choice)["function"].is_object() &&
-                       (*choice)["function"].contains("name") &&
-                       (*choice)["function"]["name"].is_string();
+    const bool named = names_a_function(*choice) && choice->value("type", json()) == "function";
     const bool mode =
         choice->is_string() && (*choice == "none" || *choice == "auto" || *choice == "required");
     if (!named && !mode) {
@@ -247,11 +260,9 @@ void read_remote_only(FieldReader& r, backend::RemoteOnlyFields& out, bool& json
       return;
     }
     calls_off = *choice == "none";
-    out.tool_choice = dump(*choice);
+    out.tool_choice = compact(*choice);
   }
-  bool parallel = true;
-  r.boolean("parallel_tool_calls", parallel);
-  if (r.find("parallel_tool_calls")) out.parallel_tool_calls = parallel;
+  r.boolean("parallel_tool_calls", out.parallel_tool_calls);
   if (!out.tools.empty() && !calls_off && out.edge_unsupported.empty()) {
     out.edge_unsupported = "tools";
   }
@@ -274,7 +285,7 @@ void read_remote_only(FieldReader& r, backend::RemoteOnlyFields& out, bool& json
              "response_format.json_schema");
       return;
     }
-    out.response_format = dump(*format);
+    out.response_format = compact(*format);
     // The engine can keep its output to one JSON object, not to a schema.
     json_object = type == "json_object";
     if (type == "json_schema" && out.edge_unsupported.empty()) {
@@ -283,66 +294,38 @@ void read_remote_only(FieldReader& r, backend::RemoteOnlyFields& out, bool& json
   }
 }
 
-// Top-level fields the gateway reads itself; the rest go to remote tiers.
-constexpr std::string_view kReadFields[] = {"model",
-                                            "messages",
-                                            "prompt",
-                                            "stream",
-                                            "stream_options",
-                                            "n",
-                                            "best_of",
-                                            "echo",
-                                            "max_tokens",
-                                            "max_completion_tokens",
-                                            "temperature",
-                                            "top_p",
-                                            "top_k",
-                                            "min_p",
-                                            "presence_penalty",
-                                            "frequency_penalty",
-                                            "repeat_penalty",
-                                            "repetition_penalty",
-                                            "seed",
-                                            "stop",
-                                            "logprobs",
-                                            "top_logprobs"};
-constexpr std::string_view kChatToolFields[] = {"tools", "tool_choice", "parallel_tool_calls",
-                                                "response_format"};
-
-// Every other non-null top-level field: forwarded to remote tiers, and named
-// as ignored when the edge answers (but `user`, which pins the session, and
-// `metadata`, which is the client's bookkeeping).
-void read_other_fields(ApiKind kind, const json& doc, backend::RemoteOnlyFields& out) {
+// Every non-null top-level field the gateway did not read: forwarded to
+// remote tiers, and named as ignored when the edge answers. `user` (which
+// pins the session) and `metadata` (the client's bookkeeping, less the
+// gateway's own data_class hint) are read and forwarded too.
+void read_other_fields(const FieldReader& r, const json& doc, backend::RemoteOnlyFields& out) {
   json other = json::object();
   std::string& ignored = out.edge_ignored;
   if (!out.tools.empty() && out.edge_unsupported.empty()) ignored = "tools";
   for (const auto& [key, value] : doc.items()) {
     if (value.is_null()) continue;
-    const auto is = [&key](std::string_view k) { return k == key; };
-    if (std::any_of(std::begin(kReadFields), std::end(kReadFields), is)) continue;
-    if (kind == ApiKind::kChat &&
-        std::any_of(std::begin(kChatToolFields), std::end(kChatToolFields), is)) {
-      continue;
-    }
     if (key == "metadata" && value.is_object()) {
-      // data_class is the gateway's own hint; the rest is the client's.
       json rest = value;
       rest.erase("data_class");
       if (!rest.empty()) other[key] = std::move(rest);
       continue;
     }
+    if (key == "user") {
+      other[key] = value;
+      continue;
+    }
+    if (r.was_read(key)) continue;
     other[key] = value;
-    if (key == "user") continue;
     if (!ignored.empty()) ignored += ',';
     ignored += key;
   }
-  if (!other.empty()) out.other = other.dump(-1, ' ', false, json::error_handler_t::replace);
+  if (!other.empty()) out.other = compact(other);
 }
 
-void read_messages(FieldReader& r, const json& body, std::vector<backend::ChatMessage>& out,
+void read_messages(FieldReader& r, std::vector<backend::ChatMessage>& out,
                    backend::RemoteOnlyFields& remote_only) {
-  auto it = body.find("messages");
-  if (it == body.end() || it->is_null()) {
+  const json* it = r.find("messages");
+  if (!it) {
     r.fail("'messages' is required", "messages");
     return;
   }
@@ -601,7 +584,7 @@ std::optional<ApiError> parse_request(ApiKind kind, std::string_view body, ApiRe
     }
   }
   if (kind == ApiKind::kChat) {
-    read_messages(r, doc, out.backend.messages, out.backend.remote_only);
+    read_messages(r, out.backend.messages, out.backend.remote_only);
   } else {
     read_prompt(r, out.backend.prompt);
   }
@@ -671,7 +654,7 @@ std::optional<ApiError> parse_request(ApiKind kind, std::string_view body, ApiRe
     }
   }
   if (!r.ok()) return r.error();
-  read_other_fields(kind, doc, out.backend.remote_only);
+  read_other_fields(r, doc, out.backend.remote_only);
   return std::nullopt;
 }
 
