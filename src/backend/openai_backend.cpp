@@ -472,6 +472,12 @@ class SseReader {
   size_t offset_ = 0;
 };
 
+// JSON as compact text; invalid UTF-8 (client or upstream text) is replaced
+// rather than thrown on.
+std::string compact(const json& v) {
+  return v.dump(-1, ' ', false, json::error_handler_t::replace);
+}
+
 // The members of an upstream's message or delta other than those the
 // gateway writes itself (role, content, tool_calls), as a JSON object, so
 // that reasoning_content, refusal, annotations and the like reach the
@@ -482,7 +488,7 @@ std::string other_members(const json& message) {
     if (key == "role" || key == "content" || key == "tool_calls" || value.is_null()) continue;
     other[key] = value;
   }
-  return other.empty() ? std::string() : other.dump(-1, ' ', false, json::error_handler_t::replace);
+  return other.empty() ? std::string() : compact(other);
 }
 
 // Streamed tool calls arrive in fragments that name their call by index: the
@@ -525,7 +531,7 @@ class ToolCallAssembly {
     return true;
   }
   bool empty() const { return calls_.empty(); }
-  std::string dump() const { return calls_.dump(-1, ' ', false, json::error_handler_t::replace); }
+  std::string dump() const { return compact(calls_); }
 
   // A non-streamed answer's tool calls as the one fragment list a stream of
   // it would have carried.
@@ -536,7 +542,7 @@ class ToolCallAssembly {
     for (size_t i = 0; i < list.size(); ++i) {
       if (list[i].is_object()) list[i]["index"] = i;
     }
-    return list.dump(-1, ' ', false, json::error_handler_t::replace);
+    return compact(list);
   }
 
  private:
@@ -827,8 +833,7 @@ class OpenAiBackend final : public Backend {
       body["stream"] = true;
       body["stream_options"] = {{"include_usage", true}};
     }
-    // Client text may hold invalid UTF-8, which dump() would otherwise throw on.
-    return body.dump(-1, ' ', false, json::error_handler_t::replace);
+    return compact(body);
   }
 
   Error malformed_sse(size_t at, const std::string& problem) const {
@@ -901,7 +906,7 @@ class OpenAiBackend final : public Backend {
                                          excerpt(data) + "'");
           return false;
         }
-        delta.tool_calls = t->dump(-1, ' ', false, json::error_handler_t::replace);
+        delta.tool_calls = compact(*t);
       }
       delta.other = other_members(*d);
     }
@@ -950,7 +955,7 @@ class OpenAiBackend final : public Backend {
         ex.completion.text = c->get<std::string>();
       }
       if (auto t = m->find("tool_calls"); t != m->end() && t->is_array() && !t->empty()) {
-        ex.completion.tool_calls = t->dump(-1, ' ', false, json::error_handler_t::replace);
+        ex.completion.tool_calls = compact(*t);
       }
       ex.completion.message_other = other_members(*m);
     }
