@@ -496,7 +496,7 @@ class EmbeddedBackend final : public Backend {
     out.entropy = token.entropy;
     out.top.reserve(token.top.size());
     for (const auto& alt : token.top)
-      out.top.emplace_back(tokenizer.token_to_piece(alt.id), alt.logprob);
+      out.top.emplace_back(std::string(tokenizer.token_to_piece(alt.id)), alt.logprob);
     return out;
   }
 

@@ -114,7 +114,7 @@ Result<GenerationResult> generate(InferenceContext& context, ThreadPool& pool,
     continues_json = [&](TokenId id) {
       if (tokenizer.is_end_of_generation(id)) return false;
       // A token with no text (a control token) would make no progress.
-      const std::string piece = tokenizer.token_to_piece(id);
+      const std::string_view piece = tokenizer.token_to_piece(id);
       if (piece.empty()) return false;
       trial = json;
       return trial.feed(piece);

@@ -316,7 +316,7 @@ std::vector<TokenId> Tokenizer::encode(std::string_view text, bool add_special,
   return out;
 }
 
-std::string Tokenizer::token_to_piece(TokenId id, bool render_special) const {
+std::string_view Tokenizer::token_to_piece(TokenId id, bool render_special) const {
   const Impl& m = *impl_;
   if (id < 0 || id >= vocab_size()) return {};
   const TokenKind kind = m.kinds[id];

@@ -31,11 +31,12 @@ enum class TokenKind : int32_t {
 // Tests may also build one from other vocabulary formats.
 struct Vocabulary {
   std::string model;  // "llama" (SentencePiece) or "gpt2" (byte-level BPE)
-  std::string pre;    // pre-tokenizer name for gpt2: "llama-bpe", "qwen2", "smollm", "gpt2", "default"
+  std::string
+      pre;  // pre-tokenizer name for gpt2: "llama-bpe", "qwen2", "smollm", "gpt2", "default"
   std::vector<std::string> tokens;
-  std::vector<float> scores;           // may be empty for BPE
-  std::vector<TokenKind> kinds;        // may be empty: all normal
-  std::vector<std::string> merges;     // "a b" pairs for BPE, in rank order
+  std::vector<float> scores;        // may be empty for BPE
+  std::vector<TokenKind> kinds;     // may be empty: all normal
+  std::vector<std::string> merges;  // "a b" pairs for BPE, in rank order
   TokenId bos = -1;
   TokenId eos = -1;
   TokenId eot = -1;
@@ -71,8 +72,10 @@ class Tokenizer {
 
   // Bytes of one token as it appears in output text (SentencePiece "▁" becomes
   // a space, byte tokens "<0x0A>" become the byte, BPE bytes are unmapped).
-  // Control tokens render as empty unless render_special.
-  std::string token_to_piece(TokenId id, bool render_special = false) const;
+  // Control tokens render as empty unless render_special. The view lives as
+  // long as the tokenizer: generation looks pieces up per token and per
+  // candidate (JSON mode) without copying them.
+  std::string_view token_to_piece(TokenId id, bool render_special = false) const;
   // The pieces concatenated; for SentencePiece vocabularies with
   // add_space_prefix, the space encode() put in front of the text is removed
   // from the first piece, so decode(encode(text)) == text. Ids outside the
