@@ -15,12 +15,12 @@
 
 namespace {
 
-using sy::route::ComplexityModel;
+using foreshore::route::ComplexityModel;
 
 const ComplexityModel& model() {
   static const ComplexityModel m = [] {
     auto r =
-        ComplexityModel::load(std::string(SY_SOURCE_DIR) + "/data/router/complexity-default.json");
+        ComplexityModel::load(std::string(FSH_SOURCE_DIR) + "/data/router/complexity-default.json");
     if (!r.ok()) {
       std::fprintf(stderr, "%s\n", r.error().message.c_str());
       std::exit(1);

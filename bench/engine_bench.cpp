@@ -3,7 +3,7 @@
 // does not depend on weight values), bytes of weights read per generated token,
 // and that traffic as a share of this machine's measured memory bandwidth.
 //
-// Models are generated once into $SWITCHYARD_BENCH_DIR (default /tmp/switchyard-bench).
+// Models are generated once into $FORESHORE_BENCH_DIR (default /tmp/foreshore-bench).
 // Run: build/bench/engine_bench --benchmark_counters_tabular=true
 #include <benchmark/benchmark.h>
 #include <immintrin.h>
@@ -15,12 +15,12 @@
 
 #include "engine/engine.h"
 
-namespace sy::engine {
+namespace foreshore::engine {
 namespace {
 
 std::string bench_dir() {
-  const char* env = std::getenv("SWITCHYARD_BENCH_DIR");
-  return env != nullptr ? env : "/tmp/switchyard-bench";
+  const char* env = std::getenv("FORESHORE_BENCH_DIR");
+  return env != nullptr ? env : "/tmp/foreshore-bench";
 }
 
 std::shared_ptr<const Model> load_preset(const std::string& preset, TensorType type) {
@@ -40,7 +40,7 @@ std::shared_ptr<const Model> load_preset(const std::string& preset, TensorType t
 }
 
 int bench_threads() {
-  const char* env = std::getenv("SWITCHYARD_BENCH_THREADS");
+  const char* env = std::getenv("FORESHORE_BENCH_THREADS");
   return env != nullptr ? std::atoi(env) : static_cast<int>(std::thread::hardware_concurrency());
 }
 
@@ -162,10 +162,10 @@ void register_all() {
 }
 
 }  // namespace
-}  // namespace sy::engine
+}  // namespace foreshore::engine
 
 int main(int argc, char** argv) {
-  sy::engine::register_all();
+  foreshore::engine::register_all();
   benchmark::Initialize(&argc, argv);
   benchmark::RunSpecifiedBenchmarks();
   benchmark::Shutdown();

@@ -7,8 +7,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-10}
-bin=${SWITCHYARD_BINARY:-build/switchyard}
-export SWITCHYARD_MODEL_PATH=${SWITCHYARD_MODEL_PATH:-$(pwd)/models:$(pwd)/../shared/data/models}
+bin=${FORESHORE_BINARY:-build/foreshore}
+export FORESHORE_MODEL_PATH=${FORESHORE_MODEL_PATH:-$(pwd)/models:$(pwd)/../shared/data/models}
 work=$(mktemp -d)
 pids=()
 trap 'for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"' EXIT
@@ -61,7 +61,7 @@ for c in 1 64 512; do
   run gateway "$gw" "$c"
 done
 rss() { awk '/VmRSS/ {print $2 " kB"}' /proc/"$(cat "$work/gateway.pid")"/status; }
-workers() { curl -s "http://127.0.0.1:$gw/metrics" | awk '$1=="switchyard_http_worker_threads" {print $2}'; }
+workers() { curl -s "http://127.0.0.1:$gw/metrics" | awk '$1=="foreshore_http_worker_threads" {print $2}'; }
 echo "gateway RSS without a model, right after the burst: $(rss) ($(workers) HTTP workers)"
 # Idle workers beyond the floor exit after server.worker_idle_timeout_ms (10 s),
 # once their connections close (httplib's keep-alive wait is 5 s); then freed

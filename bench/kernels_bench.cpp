@@ -25,7 +25,7 @@
 #include "engine/kernels.h"
 #include "engine/thread_pool.h"
 
-namespace sy::engine {
+namespace foreshore::engine {
 namespace {
 
 size_t l3_bytes() {
@@ -250,12 +250,12 @@ void register_all() {
 }
 
 }  // namespace
-}  // namespace sy::engine
+}  // namespace foreshore::engine
 
 int main(int argc, char** argv) {
   benchmark::Initialize(&argc, argv);
   if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
-  sy::engine::register_all();
+  foreshore::engine::register_all();
   benchmark::RunSpecifiedBenchmarks();
   benchmark::Shutdown();
   return 0;

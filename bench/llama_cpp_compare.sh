@@ -5,13 +5,13 @@
 # alternating file by file. Prints a markdown table with their ratio.
 #
 # Usage: bench/llama_cpp_compare.sh [-p 128] [-n 32] [-t 2] [-r 3] [FILE.gguf ...]
-# Without files it makes a standard set in $SWITCHYARD_BENCH_DIR/llama-cpp
-# (default /tmp/switchyard-bench): SmolLM2-135M, Qwen2.5-0.5B and Llama-3.2-1B
+# Without files it makes a standard set in $FORESHORE_BENCH_DIR/llama-cpp
+# (default /tmp/foreshore-bench): SmolLM2-135M, Qwen2.5-0.5B and Llama-3.2-1B
 # shapes with random weights (build/bench/synthetic_model, F16), each quantized
 # by llama.cpp's own llama-quantize to Q8_0, Q4_0, Q4_K_M, Q5_K_M, Q3_K_M,
 # Q2_K and IQ4_XS.
 # Needs: a build with -DSY_BUILD_BENCH=ON, bench/llama_cpp_build.sh, jq.
-# SWITCHYARD_BINARY and LLAMA_BENCH override the two tools' paths.
+# FORESHORE_BINARY and LLAMA_BENCH override the two tools' paths.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 p=128 n=32 t=2 r=3
@@ -22,17 +22,17 @@ while getopts p:n:t:r: opt; do
   esac
 done
 shift $((OPTIND - 1))
-sy=${SWITCHYARD_BINARY:-build/switchyard}
+fsh=${FORESHORE_BINARY:-build/foreshore}
 llama_bench=${LLAMA_BENCH:-build/llama.cpp/bin/llama-bench}
-for tool in "$sy" "$llama_bench"; do
+for tool in "$fsh" "$llama_bench"; do
   [ -x "$tool" ] || { echo "not found: $tool (scripts/build.sh; bench/llama_cpp_build.sh)" >&2; exit 2; }
 done
 command -v jq >/dev/null || { echo "jq is needed (scripts/setup.sh installs it)" >&2; exit 2; }
 
 files=("$@")
 if [ ${#files[@]} -eq 0 ]; then
-  dir=${SWITCHYARD_BENCH_DIR:-/tmp/switchyard-bench}/llama-cpp
-  synthetic=${SYNTHETIC_MODEL:-$(dirname "$sy")/bench/synthetic_model}
+  dir=${FORESHORE_BENCH_DIR:-/tmp/foreshore-bench}/llama-cpp
+  synthetic=${SYNTHETIC_MODEL:-$(dirname "$fsh")/bench/synthetic_model}
   quantize=$(dirname "$llama_bench")/llama-quantize
   mkdir -p "$dir"
   for model in smollm2-135m qwen2.5-0.5b llama3.2-1b; do
@@ -46,11 +46,11 @@ if [ ${#files[@]} -eq 0 ]; then
   done
 fi
 
-echo "| file | test | switchyard t/s | llama.cpp t/s | ratio |"
+echo "| file | test | foreshore t/s | llama.cpp t/s | ratio |"
 echo "|---|---|---:|---:|---:|"
 i=0
 for f in "${files[@]}"; do
-  run_ours() { "$sy" bench -m "$f" -p "$p" -n "$n" -t "$t" -r "$r" --json; }
+  run_ours() { "$fsh" bench -m "$f" -p "$p" -n "$n" -t "$t" -r "$r" --json; }
   run_theirs() { "$llama_bench" -m "$f" -p "$p" -n "$n" -t "$t" -r "$r" -o json 2>/dev/null; }
   if [ $((i % 2)) -eq 0 ]; then
     ours=$(run_ours); theirs=$(run_theirs)

@@ -10,7 +10,7 @@
 
 #include "route/router.h"
 
-namespace sy::route {
+namespace foreshore::route {
 namespace {
 
 std::string make_prompt(size_t bytes) {
@@ -62,6 +62,6 @@ void BM_Decide(benchmark::State& state) {
 BENCHMARK(BM_Decide)->Arg(200)->Arg(4096)->Arg(65536)->Unit(benchmark::kMicrosecond);
 
 }  // namespace
-}  // namespace sy::route
+}  // namespace foreshore::route
 
 BENCHMARK_MAIN();

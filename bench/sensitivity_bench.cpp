@@ -16,7 +16,7 @@
 
 namespace {
 
-using sy::route::SensitivityDetector;
+using foreshore::route::SensitivityDetector;
 
 const SensitivityDetector& detector() {
   static const auto d = [] {

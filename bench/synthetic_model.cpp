@@ -10,7 +10,7 @@
 #include "engine/engine.h"
 
 int main(int argc, char** argv) {
-  using namespace sy::engine;
+  using namespace foreshore::engine;
   if (argc != 4) {
     std::fprintf(stderr, "usage: %s PRESET TYPE OUT.gguf\n", argv[0]);
     return 2;

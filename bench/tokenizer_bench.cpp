@@ -11,9 +11,9 @@
 
 namespace {
 
-using sy::engine::GgufFile;
-using sy::engine::Tokenizer;
-using sy::engine::Vocabulary;
+using foreshore::engine::GgufFile;
+using foreshore::engine::Tokenizer;
+using foreshore::engine::Vocabulary;
 
 // Prose, code, numbers, markup and several scripts, without repetition, so
 // that per-call word caching cannot flatter the figures.
@@ -70,7 +70,7 @@ Contact: support@example.com, +1 (555) 010-2299, or visit 221B Baker Street, Lon
 
 std::shared_ptr<const Tokenizer> load(const std::string& vocab_file) {
   const std::string path =
-      std::string(SY_SHARED_DATA_DIR) + "/tokenizer-tests/" + vocab_file;
+      std::string(FSH_SHARED_DATA_DIR) + "/tokenizer-tests/" + vocab_file;
   auto file = GgufFile::open(path);
   if (!file.ok()) return nullptr;
   auto vocab = Vocabulary::from_gguf(**file);

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The main job: installs what is needed, builds, starts a cloud tier (a second
-# switchyard standing in for a cloud API) and the edge gateway in front of it,
+# foreshore standing in for a cloud API) and the edge gateway in front of it,
 # sends routed requests and prints where each ran and how long it took.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -9,7 +9,7 @@ root=$(pwd)
 scripts/setup.sh
 scripts/build.sh build -DSY_BUILD_TESTS=OFF -DSY_BUILD_BENCH=OFF
 . scripts/shared-data.sh
-bin=$root/build/switchyard
+bin=$root/build/foreshore
 work=$(mktemp -d)
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
@@ -40,14 +40,14 @@ echo
 
 ask() {  # ask LABEL PROMPT [extra curl args...]
   local label=$1 prompt=$2; shift 2
-  local body="{\"model\":\"switchyard\",\"max_tokens\":40,\"temperature\":0,\"messages\":[{\"role\":\"user\",\"content\":\"$prompt\"}]}"
+  local body="{\"model\":\"foreshore\",\"max_tokens\":40,\"temperature\":0,\"messages\":[{\"role\":\"user\",\"content\":\"$prompt\"}]}"
   local t
   t=$(curl -s -o "$work/body.json" -D "$work/headers.txt" -w '%{time_total}' \
         -H 'content-type: application/json' "$@" -d "$body" "$gateway_url/v1/chat/completions")
   local status tier model
   status=$(head -1 "$work/headers.txt" | awk '{print $2}')
-  tier=$(grep -i '^x-switchyard-tier:' "$work/headers.txt" | tr -d '\r' | awk '{print $2}' || true)
-  model=$(grep -i '^x-switchyard-model:' "$work/headers.txt" | tr -d '\r' | awk '{print $2}' || true)
+  tier=$(grep -i '^x-foreshore-tier:' "$work/headers.txt" | tr -d '\r' | awk '{print $2}' || true)
+  model=$(grep -i '^x-foreshore-model:' "$work/headers.txt" | tr -d '\r' | awk '{print $2}' || true)
   printf '%-34s -> HTTP %s, tier %-6s model %-12s %s ms\n' "$label" "$status" "${tier:--}" "${model:--}" \
     "$(awk -v t="$t" 'BEGIN { printf "%.1f", t * 1000 }')"
   # The answer, or the error message when the gateway refused.
@@ -55,10 +55,10 @@ ask() {  # ask LABEL PROMPT [extra curl args...]
     head -1 | cut -c1-130 | sed 's/^/    /'
 }
 
-ask "forced edge (x-switchyard-tier)" "Once upon a time" -H 'x-switchyard-tier: edge'
-ask "forced cloud (x-switchyard-tier)" "Once upon a time" -H 'x-switchyard-tier: cloud'
+ask "forced edge (x-foreshore-tier)" "Once upon a time" -H 'x-foreshore-tier: edge'
+ask "forced cloud (x-foreshore-tier)" "Once upon a time" -H 'x-foreshore-tier: cloud'
 ask "routed (policy decides)" "Once upon a time there was a cat"
-ask "SSN in prompt, asks for the cloud" "My SSN is 123-45-6789, once upon a time" -H 'x-switchyard-tier: cloud'
+ask "SSN in prompt, asks for the cloud" "My SSN is 123-45-6789, once upon a time" -H 'x-foreshore-tier: cloud'
 echo
 echo "The last request asked for the cloud but carries an SSN: the router refuses to send it."
 echo

@@ -4,18 +4,18 @@
 #
 # Usage: scripts/fuzz.sh [SECONDS] [extra libFuzzer flags...]
 #   SECONDS              run time, default 60
-#   SY_FUZZ_BUILD_DIR    build folder, default build-fuzz
-#   SY_FUZZ_JOBS         parallel fuzzing processes (libFuzzer -fork), default 1
-#   SWITCHYARD_MODEL_PATH colon-separated folders searched for the seed models
-# Crashes are written to $SY_FUZZ_BUILD_DIR/gguf-crashes; reproduce one with
+#   FSH_FUZZ_BUILD_DIR    build folder, default build-fuzz
+#   FSH_FUZZ_JOBS         parallel fuzzing processes (libFuzzer -fork), default 1
+#   FORESHORE_MODEL_PATH colon-separated folders searched for the seed models
+# Crashes are written to $FSH_FUZZ_BUILD_DIR/gguf-crashes; reproduce one with
 #   build-fuzz/tests/fuzz/gguf_fuzz build-fuzz/gguf-crashes/crash-...
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 seconds=${1:-60}
 shift || true
-build=${SY_FUZZ_BUILD_DIR:-$root/build-fuzz}
-jobs=${SY_FUZZ_JOBS:-1}
+build=${FSH_FUZZ_BUILD_DIR:-$root/build-fuzz}
+jobs=${FSH_FUZZ_JOBS:-1}
 
 generator=()
 if command -v ninja >/dev/null; then generator=(-G Ninja); fi
@@ -25,7 +25,7 @@ cmake --build "$build" --target gguf_fuzz gguf_fuzz_seeds
 
 # Seeds: the models shrunk to a few KiB each (see gguf_fuzz_seeds.cpp).
 models=()
-IFS=: read -r -a dirs <<<"${SWITCHYARD_MODEL_PATH:-}"
+IFS=: read -r -a dirs <<<"${FORESHORE_MODEL_PATH:-}"
 . "$root/scripts/shared-data.sh"
 dirs+=("$SHARED_DATA/models")
 for name in stories260K.gguf llama-2-tiny-random.gguf; do

@@ -16,7 +16,7 @@ echo "== Release build and tests"
 scripts/build.sh build -DSY_BUILD_BENCH=ON -DSY_SHARED_DATA_DIR="$SHARED_DATA"
 (cd build && ctest --output-on-failure -j "$jobs" --timeout 300)
 
-if [ "${SY_SKIP_SANITIZERS:-0}" != "1" ]; then
+if [ "${FSH_SKIP_SANITIZERS:-0}" != "1" ]; then
   echo "== ASan+UBSan build and tests"
   scripts/build.sh build-asan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DSY_SANITIZE=ON -DSY_BUILD_BENCH=OFF \
     -DSY_SHARED_DATA_DIR="$SHARED_DATA"
@@ -24,7 +24,7 @@ if [ "${SY_SKIP_SANITIZERS:-0}" != "1" ]; then
     ctest --output-on-failure -j "$jobs" --timeout 600)
 fi
 
-if [ "${SY_SKIP_FUZZ:-0}" != "1" ] && [ -x scripts/fuzz.sh ] && command -v clang++ >/dev/null; then
+if [ "${FSH_SKIP_FUZZ:-0}" != "1" ] && [ -x scripts/fuzz.sh ] && command -v clang++ >/dev/null; then
   echo "== GGUF reader fuzzing (short run)"
-  scripts/fuzz.sh "${SY_FUZZ_SECONDS:-30}"
+  scripts/fuzz.sh "${FSH_FUZZ_SECONDS:-30}"
 fi

@@ -17,7 +17,7 @@
 #include "engine/engine.h"
 #include "support/fault_server.h"
 
-namespace sy::backend {
+namespace foreshore::backend {
 namespace {
 
 using nlohmann::json;
@@ -25,10 +25,10 @@ using testing::FaultMode;
 using testing::FaultServer;
 using namespace std::chrono_literals;
 
-const std::string kModels = std::string(SY_SHARED_DATA_DIR) + "/models";
+const std::string kModels = std::string(FSH_SHARED_DATA_DIR) + "/models";
 
 void use_shared_models() {
-  ::setenv("SWITCHYARD_MODEL_PATH", kModels.c_str(), 1);
+  ::setenv("FORESHORE_MODEL_PATH", kModels.c_str(), 1);
 }
 
 BackendRequest chat(const std::string& text) {
@@ -125,18 +125,18 @@ TEST(CreateBackend, UnknownChatFormatIsRejected) {
 }
 
 TEST(CreateBackend, ApiKeyVariableMustBeSet) {
-  ::unsetenv("SY_BACKEND_TEST_UNSET_KEY");
+  ::unsetenv("FSH_BACKEND_TEST_UNSET_KEY");
   TierConfig c;
   c.name = "cloud";
   c.kind = "openai";
   c.model = "gpt";
   c.endpoint = "http://127.0.0.1:1/v1";
-  c.api_key_env = "SY_BACKEND_TEST_UNSET_KEY";
+  c.api_key_env = "FSH_BACKEND_TEST_UNSET_KEY";
   auto r = create_backend(c);
   ASSERT_FALSE(r.ok());
-  EXPECT_NE(r.error().message.find("SY_BACKEND_TEST_UNSET_KEY"), std::string::npos)
+  EXPECT_NE(r.error().message.find("FSH_BACKEND_TEST_UNSET_KEY"), std::string::npos)
       << r.error().message;
-  ::setenv("SY_BACKEND_TEST_UNSET_KEY", "", 1);
+  ::setenv("FSH_BACKEND_TEST_UNSET_KEY", "", 1);
   r = create_backend(c);
   ASSERT_FALSE(r.ok());
   EXPECT_NE(r.error().message.find("empty"), std::string::npos) << r.error().message;
@@ -819,8 +819,8 @@ TEST_F(OpenAiBackendTest, LegacyCompletions) {
 }
 
 TEST_F(OpenAiBackendTest, ApiKeyFromTheEnvironment) {
-  ::setenv("SY_BACKEND_TEST_KEY", "sk-test-123", 1);
-  auto backend = make([](TierConfig& c) { c.api_key_env = "SY_BACKEND_TEST_KEY"; });
+  ::setenv("FSH_BACKEND_TEST_KEY", "sk-test-123", 1);
+  auto backend = make([](TierConfig& c) { c.api_key_env = "FSH_BACKEND_TEST_KEY"; });
   ASSERT_TRUE(backend->generate(chat("hi"), {}).ok());
   EXPECT_EQ(server_.received().at(0).authorization, "Bearer sk-test-123");
 }
@@ -1120,4 +1120,4 @@ TEST(OpenAiBackendTls, VerifiesCertificates) {
 }
 
 }  // namespace
-}  // namespace sy::backend
+}  // namespace foreshore::backend

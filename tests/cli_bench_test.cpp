@@ -1,4 +1,4 @@
-// `switchyard bench`: what it measures and reports (tests, thread counts,
+// `foreshore bench`: what it measures and reports (tests, thread counts,
 // the file's facts, llama-bench's JSON field names) and its errors. Speeds
 // themselves are not asserted, only that they are measured.
 #include <gtest/gtest.h>
@@ -10,11 +10,11 @@
 #include "support/process.h"
 #include "support/test_paths.h"
 
-namespace sy {
+namespace foreshore {
 namespace {
 
 using nlohmann::json;
-using testing::run_switchyard;
+using testing::run_foreshore;
 
 std::string stories_path() {
   return testing::shared_models_dir() + "/stories260K.gguf";
@@ -24,7 +24,7 @@ json bench_json(const std::vector<std::string>& args) {
   std::vector<std::string> full{"bench"};
   full.insert(full.end(), args.begin(), args.end());
   full.push_back("--json");
-  const auto r = run_switchyard(full);
+  const auto r = run_foreshore(full);
   EXPECT_EQ(r.status, 0) << r.err;
   return r.status == 0 ? json::parse(r.out) : json::array();
 }
@@ -88,30 +88,30 @@ TEST(BenchCli, NamesTheDominantMatrixType) {
 
 TEST(BenchCli, TableAndErrors) {
   const auto table =
-      run_switchyard({"bench", "-m", stories_path(), "-p", "8", "-n", "4", "-r", "1", "-t", "1"});
+      run_foreshore({"bench", "-m", stories_path(), "-p", "8", "-n", "4", "-r", "1", "-t", "1"});
   ASSERT_EQ(table.status, 0) << table.err;
   EXPECT_NE(table.out.find("| stories260K.gguf |"), std::string::npos) << table.out;
   EXPECT_NE(table.out.find("| pp8 |"), std::string::npos) << table.out;
   EXPECT_NE(table.out.find("| tg4 |"), std::string::npos) << table.out;
 
-  const auto missing = run_switchyard({"bench", "-m", stories_path(), "-m", "no-such-model"});
+  const auto missing = run_foreshore({"bench", "-m", stories_path(), "-m", "no-such-model"});
   EXPECT_EQ(missing.status, 2);
   EXPECT_NE(missing.err.find("'no-such-model' not found"), std::string::npos) << missing.err;
   EXPECT_TRUE(missing.out.empty())
       << "nothing is measured before every model loads: " << missing.out;
 
-  const auto nothing = run_switchyard({"bench", "-m", stories_path(), "-p", "0", "-n", "0"});
+  const auto nothing = run_foreshore({"bench", "-m", stories_path(), "-p", "0", "-n", "0"});
   EXPECT_EQ(nothing.status, 2);
   EXPECT_NE(nothing.err.find("-p or -n"), std::string::npos) << nothing.err;
 
-  const auto too_long = run_switchyard({"bench", "-m", stories_path(), "-p", "60000", "-n", "0"});
+  const auto too_long = run_foreshore({"bench", "-m", stories_path(), "-p", "60000", "-n", "0"});
   EXPECT_EQ(too_long.status, 2);
   EXPECT_NE(too_long.err.find("lower -p or -n"), std::string::npos) << too_long.err;
 
-  const auto not_gguf = run_switchyard({"bench", "-m", SY_SOURCE_DIR "/README.md"});
+  const auto not_gguf = run_foreshore({"bench", "-m", FSH_SOURCE_DIR "/README.md"});
   EXPECT_EQ(not_gguf.status, 1) << not_gguf.err;
   EXPECT_NE(not_gguf.err.find("README.md"), std::string::npos) << not_gguf.err;
 }
 
 }  // namespace
-}  // namespace sy
+}  // namespace foreshore

@@ -18,7 +18,7 @@
 #include "support/process.h"
 #include "support/test_paths.h"
 
-namespace sy::route {
+namespace foreshore::route {
 namespace {
 
 namespace fs = std::filesystem;
@@ -38,7 +38,7 @@ void write_file(const std::string& path, const std::string& text) {
 }
 
 fs::path shared_data() {
-  return fs::path(SY_SHARED_DATA_DIR);
+  return fs::path(FSH_SHARED_DATA_DIR);
 }
 
 // ---- features -------------------------------------------------------------------
@@ -456,7 +456,7 @@ TEST(ComplexityEval, RefusesUndefinedApgr) {
 TEST(ComplexityModelFile, RoundTrips) {
   auto model = train_complexity_model(separable_rows(60), small_options());
   ASSERT_TRUE(model.ok());
-  const std::string path = sy::testing::temp_path(".json");
+  const std::string path = foreshore::testing::temp_path(".json");
   ASSERT_TRUE(model->save(path).ok());
   auto loaded = ComplexityModel::load(path);
   ASSERT_TRUE(loaded.ok()) << loaded.error().message;
@@ -522,7 +522,7 @@ TEST(ComplexityModelFile, ValidationErrorsNameTheProblem) {
 // ---- data files -----------------------------------------------------------------------
 
 TEST(ComplexityData, ReadsRouteLlmCsvAndAppliesContamination) {
-  const fs::path dir = sy::testing::temp_path("-mmlu");
+  const fs::path dir = foreshore::testing::temp_path("-mmlu");
   fs::create_directories(dir);
   write_file((dir / "mmlu_toy_subject.csv").string(),
              "prompt,mistralai/Mixtral-8x7B-Instruct-v0.1,gpt-4-1106-preview\n"
@@ -554,7 +554,7 @@ TEST(ComplexityData, ReadsRouteLlmCsvAndAppliesContamination) {
 }
 
 TEST(ComplexityData, ReadsJsonlRouterBenchAndMtBench) {
-  const fs::path dir = sy::testing::temp_path("-data");
+  const fs::path dir = foreshore::testing::temp_path("-data");
   fs::create_directories(dir);
   write_file((dir / "mine.jsonl").string(),
              "{\"prompt\":\"a\",\"edge_ok\":true,\"subject\":\"s\"}\n\n"
@@ -630,7 +630,7 @@ TEST(ComplexityData, FixedHoldoutSplit) {
 // it never saw is what the held-out evaluation below measures.
 TEST(ComplexityDefaultModel, LoadsAndRecordsItsTraining) {
   auto model =
-      ComplexityModel::load(std::string(SY_SOURCE_DIR) + "/data/router/complexity-default.json");
+      ComplexityModel::load(std::string(FSH_SOURCE_DIR) + "/data/router/complexity-default.json");
   ASSERT_TRUE(model.ok()) << model.error().message;
   EXPECT_TRUE(model->info().holdout_subjects.empty());
   const auto& trained = model->info().training_subjects;
@@ -648,11 +648,11 @@ TEST(ComplexityDefaultModel, LoadsAndRecordsItsTraining) {
   EXPECT_LE(p, 1.0);
 }
 
-int run_switchyard(const std::vector<std::string>& args, std::string* out = nullptr,
+int run_foreshore(const std::vector<std::string>& args, std::string* out = nullptr,
                    std::string* err = nullptr) {
-  std::vector<std::string> argv = {sy::testing::switchyard_binary()};
+  std::vector<std::string> argv = {foreshore::testing::foreshore_binary()};
   argv.insert(argv.end(), args.begin(), args.end());
-  auto p = sy::testing::Process::start(argv);
+  auto p = foreshore::testing::Process::start(argv);
   const auto rc = p->wait(std::chrono::seconds(300));
   if (out) *out = p->stdout_text();
   if (err) *err = p->stderr_text();
@@ -669,11 +669,11 @@ TEST(ComplexityDefaultModel, HeldOutSubjectsBeatRandom) {
       !fs::exists(routerbench / "mbpp_train.csv")) {
     GTEST_SKIP() << "router data not found under " << data;
   }
-  const std::string model = sy::testing::temp_path(".json");
-  const std::string svg = sy::testing::temp_path(".svg");
+  const std::string model = foreshore::testing::temp_path(".json");
+  const std::string svg = foreshore::testing::temp_path(".svg");
   std::string out, err;
   // The threshold does not enter APGR, so skip its calibration fits.
-  ASSERT_EQ(run_switchyard({"router",
+  ASSERT_EQ(run_foreshore({"router",
                             "train",
                             "--data",
                             mmlu.string(),
@@ -698,7 +698,7 @@ TEST(ComplexityDefaultModel, HeldOutSubjectsBeatRandom) {
                            &out, &err),
             0)
       << err;
-  ASSERT_EQ(run_switchyard({"router", "eval", "--model", model, "--data", mmlu.string(),
+  ASSERT_EQ(run_foreshore({"router", "eval", "--model", model, "--data", mmlu.string(),
                             "--subjects", "holdout", "--json", "--svg", svg},
                            &out, &err),
             0)
@@ -723,7 +723,7 @@ TEST(ComplexityDefaultModel, HeldOutSubjectsBeatRandom) {
 }
 
 TEST(ComplexityCli, TrainWritesALoadableModel) {
-  const fs::path dir = sy::testing::temp_path("-train");
+  const fs::path dir = foreshore::testing::temp_path("-train");
   fs::create_directories(dir);
   std::string jsonl;
   for (const auto& r : separable_rows(60)) {
@@ -733,7 +733,7 @@ TEST(ComplexityCli, TrainWritesALoadableModel) {
   write_file((dir / "train.jsonl").string(), jsonl);
   const std::string out = (dir / "m.json").string();
   std::string stdout_text, stderr_text;
-  ASSERT_EQ(run_switchyard({"router", "train", "--data", (dir / "train.jsonl").string(), "--out",
+  ASSERT_EQ(run_foreshore({"router", "train", "--data", (dir / "train.jsonl").string(), "--out",
                             out, "--target-cloud-share", "0.4", "--hash-bits", "10"},
                            &stdout_text, &stderr_text),
             0)
@@ -743,7 +743,7 @@ TEST(ComplexityCli, TrainWritesALoadableModel) {
   EXPECT_EQ(model->info().rows, 60);
   EXPECT_NE(model->info().command.find("--target-cloud-share 0.4"), std::string::npos);
 
-  EXPECT_EQ(run_switchyard({"router", "eval", "--model", (dir / "missing.json").string(), "--data",
+  EXPECT_EQ(run_foreshore({"router", "eval", "--model", (dir / "missing.json").string(), "--data",
                             (dir / "train.jsonl").string()},
                            &stdout_text, &stderr_text),
             2);
@@ -752,7 +752,7 @@ TEST(ComplexityCli, TrainWritesALoadableModel) {
 }
 
 TEST(ComplexityCli, CrossValidatesBySubject) {
-  const fs::path dir = sy::testing::temp_path("-cv");
+  const fs::path dir = foreshore::testing::temp_path("-cv");
   fs::create_directories(dir);
   std::string jsonl;
   for (const auto& r : subject_rows(true)) {
@@ -764,7 +764,7 @@ TEST(ComplexityCli, CrossValidatesBySubject) {
   }
   write_file((dir / "rows.jsonl").string(), jsonl);
   std::string out, err;
-  ASSERT_EQ(run_switchyard(
+  ASSERT_EQ(run_foreshore(
                 {"router", "cv", "--data", (dir / "rows.jsonl").string(), "--folds", "5",
                  "--repeats", "2", "--hash-bits", "10", "--holdout-subjects", "subject9", "--json"},
                 &out, &err),
@@ -779,7 +779,7 @@ TEST(ComplexityCli, CrossValidatesBySubject) {
   EXPECT_NEAR(r["random"]["apgr"].get<double>(), 0.5, 0.05);
 
   const std::string scores = (dir / "scores.jsonl").string();
-  ASSERT_EQ(run_switchyard({"router", "cv", "--data", (dir / "rows.jsonl").string(), "--folds", "3",
+  ASSERT_EQ(run_foreshore({"router", "cv", "--data", (dir / "rows.jsonl").string(), "--folds", "3",
                             "--hash-bits", "10", "--scores-out", scores},
                            &out, &err),
             0)
@@ -810,7 +810,7 @@ TEST(ComplexityCli, CrossValidatesBySubject) {
   EXPECT_EQ(folds, (std::set<int>{1, 2, 3}));
 
   EXPECT_EQ(
-      run_switchyard({"router", "cv", "--data", (dir / "rows.jsonl").string(), "--folds", "20"},
+      run_foreshore({"router", "cv", "--data", (dir / "rows.jsonl").string(), "--folds", "20"},
                      &out, &err),
       2);
   EXPECT_NE(err.find("--group row"), std::string::npos) << err;
@@ -820,7 +820,7 @@ TEST(ComplexityCli, CrossValidatesBySubject) {
 // A model trained without --holdout-subjects still has held-out subjects on
 // new data: the ones it never saw.
 TEST(ComplexityCli, EvalHoldoutMeansUnseenSubjects) {
-  const fs::path dir = sy::testing::temp_path("-unseen");
+  const fs::path dir = foreshore::testing::temp_path("-unseen");
   fs::create_directories(dir);
   std::string trained, all;
   for (const auto& r : subject_rows(true)) {
@@ -836,12 +836,12 @@ TEST(ComplexityCli, EvalHoldoutMeansUnseenSubjects) {
   write_file((dir / "all.jsonl").string(), all);
   const std::string model = (dir / "m.json").string();
   std::string out, err;
-  ASSERT_EQ(run_switchyard({"router", "train", "--data", (dir / "trained.jsonl").string(),
+  ASSERT_EQ(run_foreshore({"router", "train", "--data", (dir / "trained.jsonl").string(),
                             "--hash-bits", "10", "--out", model},
                            &out, &err),
             0)
       << err;
-  ASSERT_EQ(run_switchyard({"router", "eval", "--model", model, "--data",
+  ASSERT_EQ(run_foreshore({"router", "eval", "--model", model, "--data",
                             (dir / "all.jsonl").string(), "--subjects", "holdout", "--json"},
                            &out, &err),
             0)
@@ -852,7 +852,7 @@ TEST(ComplexityCli, EvalHoldoutMeansUnseenSubjects) {
   EXPECT_EQ(r["rows_from_training_subjects"], 0);
   EXPECT_NE(err.find("not trained on"), std::string::npos) << err;
 
-  EXPECT_EQ(run_switchyard({"router", "eval", "--model", model, "--data",
+  EXPECT_EQ(run_foreshore({"router", "eval", "--model", model, "--data",
                             (dir / "trained.jsonl").string(), "--subjects", "holdout"},
                            &out, &err),
             2);
@@ -861,4 +861,4 @@ TEST(ComplexityCli, EvalHoldoutMeansUnseenSubjects) {
 }
 
 }  // namespace
-}  // namespace sy::route
+}  // namespace foreshore::route

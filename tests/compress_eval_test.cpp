@@ -18,7 +18,7 @@
 #include "support/process.h"
 #include "support/test_paths.h"
 
-namespace sy::compress {
+namespace foreshore::compress {
 namespace {
 
 using engine::GgufFile;
@@ -662,7 +662,7 @@ TEST(Eval, NothingToEvaluateIsAnError) {
 
 // ---- the commands ----
 
-using testing::run_switchyard;
+using testing::run_foreshore;
 
 TEST(Cli, PruneThenEvalOnARealModel) {
   if (!std::filesystem::exists(stories_path())) GTEST_SKIP() << "no " << stories_path();
@@ -670,7 +670,7 @@ TEST(Cli, PruneThenEvalOnARealModel) {
   std::ofstream(text_path) << kStoryText;
   const std::string out = temp_path(".gguf");
   const std::string report_path = temp_path(".json");
-  auto pruned = run_switchyard({"prune", stories_path(), out, "--remove-layers", "1", "--ffn-keep",
+  auto pruned = run_foreshore({"prune", stories_path(), out, "--remove-layers", "1", "--ffn-keep",
                                 "0.75", "--calibration", text_path, "--report", report_path});
   ASSERT_EQ(pruned.status, 0) << pruned.err;
   EXPECT_NE(pruned.out.find("removed"), std::string::npos);
@@ -689,7 +689,7 @@ TEST(Cli, PruneThenEvalOnARealModel) {
       << R"({"prompt": "Lily saw a", "choices": [" dog", " xylophone"], "answer": 0})"
       << "\n";
   auto evaluated =
-      run_switchyard({"eval", out, stories_path(), "--reference", stories_path(), "--text",
+      run_foreshore({"eval", out, stories_path(), "--reference", stories_path(), "--text",
                       text_path, "--tasks", tasks_path, "--json", "-n", "12"});
   ASSERT_EQ(evaluated.status, 0) << evaluated.err;
   const auto result = nlohmann::json::parse(evaluated.out);
@@ -703,7 +703,7 @@ TEST(Cli, PruneThenEvalOnARealModel) {
   EXPECT_EQ(self_row["tasks"]["total"].get<int>(), 2);
   EXPECT_GT(result["models"][0]["perplexity"].get<double>(), 1.0);
 
-  auto table = run_switchyard({"eval", out, "--reference", stories_path(), "--text", text_path});
+  auto table = run_foreshore({"eval", out, "--reference", stories_path(), "--text", text_path});
   ASSERT_EQ(table.status, 0) << table.err;
   EXPECT_NE(table.out.find("perplexity"), std::string::npos);
   EXPECT_NE(table.out.find("top-1"), std::string::npos);
@@ -711,12 +711,12 @@ TEST(Cli, PruneThenEvalOnARealModel) {
 
 TEST(Cli, HelpTeachesAndBadInputFailsClearly) {
   for (const char* command : {"prune", "eval"}) {
-    auto help = run_switchyard({command, "--help"});
+    auto help = run_foreshore({command, "--help"});
     EXPECT_EQ(help.status, 0);
     EXPECT_NE(help.out.find("Examples:"), std::string::npos) << command;
   }
   auto missing =
-      run_switchyard({"prune", "/nonexistent/model.gguf", temp_path(".gguf"), "--layers", "0"});
+      run_foreshore({"prune", "/nonexistent/model.gguf", temp_path(".gguf"), "--layers", "0"});
   EXPECT_EQ(missing.status, 2);
   EXPECT_NE(missing.err.find("error:"), std::string::npos);
 
@@ -724,13 +724,13 @@ TEST(Cli, HelpTeachesAndBadInputFailsClearly) {
   const std::string tasks_path = temp_path(".jsonl");
   std::ofstream(tasks_path) << R"({"prompt": "a", "expected": "b"})"
                             << "\nnot json\n";
-  auto bad_tasks = run_switchyard({"eval", model, "--tasks", tasks_path});
+  auto bad_tasks = run_foreshore({"eval", model, "--tasks", tasks_path});
   EXPECT_EQ(bad_tasks.status, 2);
   EXPECT_NE(bad_tasks.err.find(tasks_path + ":2:"), std::string::npos) << bad_tasks.err;
-  auto no_text = run_switchyard({"eval", model, "--text", "/nonexistent.txt"});
+  auto no_text = run_foreshore({"eval", model, "--text", "/nonexistent.txt"});
   EXPECT_EQ(no_text.status, 2);
   EXPECT_NE(no_text.err.find("/nonexistent.txt"), std::string::npos);
 }
 
 }  // namespace
-}  // namespace sy::compress
+}  // namespace foreshore::compress

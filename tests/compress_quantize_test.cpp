@@ -16,7 +16,7 @@
 #include "support/process.h"
 #include "support/test_paths.h"
 
-namespace sy::compress {
+namespace foreshore::compress {
 namespace {
 
 using engine::GgufFile;
@@ -577,7 +577,7 @@ TEST(Plan, NoWorseThanLlamaCppAssignmentsOfTheSameSize) {
 
 // ---- FFN padding ----
 
-using testing::run_switchyard;
+using testing::run_foreshore;
 
 // Text the plans below never calibrate on.
 constexpr const char* kHeldOutStories =
@@ -710,7 +710,7 @@ TEST(Cli, MixedPlanBeatsUniformQ4_0AtItsOwnSize) {
     const std::string report_path = scratch_path(".json");
     args.insert(args.begin(), {"quantize", stories_path(), out});
     args.insert(args.end(), {"--eval-text", held_out, "--report", report_path});
-    auto run = run_switchyard(args);
+    auto run = run_foreshore(args);
     EXPECT_EQ(run.status, 0) << run.err;
     EXPECT_EQ(run.out.find("FFN padded") != std::string::npos,
               std::find(args.begin(), args.end(), "--pad-ffn") != args.end() ||
@@ -771,7 +771,7 @@ TEST(Cli, MixedPlanBeatsUniformQ4_0AtItsOwnSize) {
   EXPECT_TRUE(plain["importance"].is_null());
   EXPECT_NEAR(held_out_kl(plain), held_out_kl(padded_report), 1e-9);  // uniform Q4_0 itself
 
-  auto needless = run_switchyard(
+  auto needless = run_foreshore(
       {"quantize", synthetic_model_path(), padded, "--type", "Q4_0", "--pad-ffn", "yes"});
   EXPECT_EQ(needless.status, 2);
   EXPECT_NE(needless.err.find("needs no padding"), std::string::npos) << needless.err;
@@ -785,7 +785,7 @@ TEST(Cli, QuantizesWithAReportAndTeachesInHelp) {
   const std::string text_path = scratch_path(".txt");
   std::ofstream(text_path) << kStories;
   auto r =
-      run_switchyard({"quantize", synthetic_model_path(), out, "--type", "Q4_K", "--calibration",
+      run_foreshore({"quantize", synthetic_model_path(), out, "--type", "Q4_K", "--calibration",
                       text_path, "--calibration-tokens", "32", "--report", report_path});
   ASSERT_EQ(r.status, 0) << r.err;
   EXPECT_NE(r.out.find("blk.0.ffn_down.weight"), std::string::npos) << r.out;
@@ -799,7 +799,7 @@ TEST(Cli, QuantizesWithAReportAndTeachesInHelp) {
   EXPECT_EQ(report["tensors"].size(), open(synthetic_model_path())->tensors().size());
 
   const std::string mixed = scratch_path(".gguf");
-  auto m = run_switchyard({"quantize", synthetic_model_path(), mixed, "--calibration", text_path,
+  auto m = run_foreshore({"quantize", synthetic_model_path(), mixed, "--calibration", text_path,
                            "--calibration-tokens", "16", "--target-bpw", "7", "--types",
                            "Q4_0,Q8_0", "--report", report_path});
   ASSERT_EQ(m.status, 0) << m.err;
@@ -810,7 +810,7 @@ TEST(Cli, QuantizesWithAReportAndTeachesInHelp) {
   EXPECT_TRUE(mixed_report["tensors"][0].contains("candidates"));
 
   const std::string overridden = scratch_path(".gguf");
-  auto o = run_switchyard({"quantize", synthetic_model_path(), overridden, "--type", "Q4_0",
+  auto o = run_foreshore({"quantize", synthetic_model_path(), overridden, "--type", "Q4_0",
                            "--tensor-type", "attn_(v|k)=Q8_0", "--tensor-type", "ffn_down=F16"});
   ASSERT_EQ(o.status, 0) << o.err;
   auto overridden_file = open(overridden);
@@ -825,28 +825,28 @@ TEST(Cli, QuantizesWithAReportAndTeachesInHelp) {
                                                                                : TensorType::kQ4_0;
     EXPECT_EQ(t.type, static_cast<uint32_t>(expected)) << t.name;
   }
-  auto unmatched = run_switchyard({"quantize", synthetic_model_path(), overridden, "--type", "Q4_0",
+  auto unmatched = run_foreshore({"quantize", synthetic_model_path(), overridden, "--type", "Q4_0",
                                    "--tensor-type", "nope=Q8_0"});
   EXPECT_EQ(unmatched.status, 2);
   EXPECT_NE(unmatched.err.find("matches no weight matrix"), std::string::npos) << unmatched.err;
 
-  auto help = run_switchyard({"quantize", "--help"});
+  auto help = run_foreshore({"quantize", "--help"});
   EXPECT_EQ(help.status, 0);
   EXPECT_NE(help.out.find("Examples"), std::string::npos);
   EXPECT_NE(help.out.find("--target-size"), std::string::npos);
 
-  auto bad_type = run_switchyard({"quantize", synthetic_model_path(), out, "--type", "Q4_1"});
+  auto bad_type = run_foreshore({"quantize", synthetic_model_path(), out, "--type", "Q4_1"});
   EXPECT_EQ(bad_type.status, 2);
   EXPECT_NE(bad_type.err.find("--type 'Q4_1'"), std::string::npos) << bad_type.err;
   auto no_calibration =
-      run_switchyard({"quantize", synthetic_model_path(), out, "--target-size", "700K"});
+      run_foreshore({"quantize", synthetic_model_path(), out, "--target-size", "700K"});
   EXPECT_EQ(no_calibration.status, 2);
   EXPECT_NE(no_calibration.err.find("--calibration"), std::string::npos);
-  auto bad_size = run_switchyard({"quantize", synthetic_model_path(), out, "--calibration",
+  auto bad_size = run_foreshore({"quantize", synthetic_model_path(), out, "--calibration",
                                   text_path, "--target-size", "lots"});
   EXPECT_EQ(bad_size.status, 2);
   EXPECT_NE(bad_size.err.find("--target-size 'lots'"), std::string::npos) << bad_size.err;
 }
 
 }  // namespace
-}  // namespace sy::compress
+}  // namespace foreshore::compress

@@ -10,7 +10,7 @@
 #include "support/fault_server.h"
 #include "support/test_paths.h"
 
-namespace sy::exec {
+namespace foreshore::exec {
 namespace {
 
 using testing::FaultMode;
@@ -283,4 +283,4 @@ TEST(Similarity, Words) {
 }
 
 }  // namespace
-}  // namespace sy::exec
+}  // namespace foreshore::exec

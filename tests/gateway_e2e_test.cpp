@@ -1,4 +1,4 @@
-// The gateway as users run it: real `switchyard serve` processes on loopback.
+// The gateway as users run it: real `foreshore serve` processes on loopback.
 // One serves stories260K and stands in for a cloud API; the gateway in front
 // of it has its own embedded stories260K as the edge tier. Upstream faults
 // come from the in-process FaultServer.
@@ -13,14 +13,14 @@
 #include "support/process.h"
 #include "support/test_paths.h"
 
-namespace sy::testing {
+namespace foreshore::testing {
 namespace {
 
 using namespace std::chrono_literals;
 using nlohmann::json;
 
 std::vector<std::string> model_env() {
-  return {"SWITCHYARD_MODEL_PATH=" + shared_models_dir()};
+  return {"FORESHORE_MODEL_PATH=" + shared_models_dir()};
 }
 
 // The tiers: section of a gateway with an embedded stories260K edge and a
@@ -57,7 +57,7 @@ json chat_body(bool stream, int max_tokens = 24) {
 
 HttpResult chat(int port, const json& body, const std::string& tier,
                 httplib::Headers headers = {}) {
-  if (!tier.empty()) headers.emplace("x-switchyard-tier", tier);
+  if (!tier.empty()) headers.emplace("x-foreshore-tier", tier);
   return http_post(port, "/v1/chat/completions", body.dump(), headers);
 }
 
@@ -148,11 +148,11 @@ TEST_F(GatewayE2E, NonStreamingOnEachTier) {
     SCOPED_TRACE(tier);
     const auto r = chat(port(), chat_body(false), tier);
     ASSERT_EQ(r.status, 200) << r.body;
-    EXPECT_EQ(r.header("x-switchyard-tier"), tier);
-    EXPECT_EQ(r.header("x-switchyard-model"), "stories260K");
-    EXPECT_FALSE(r.header("x-switchyard-model-version").empty());
-    EXPECT_NE(r.header("x-switchyard-model-version"), "unknown");
-    const std::string id = r.header("x-switchyard-decision-id");
+    EXPECT_EQ(r.header("x-foreshore-tier"), tier);
+    EXPECT_EQ(r.header("x-foreshore-model"), "stories260K");
+    EXPECT_FALSE(r.header("x-foreshore-model-version").empty());
+    EXPECT_NE(r.header("x-foreshore-model-version"), "unknown");
+    const std::string id = r.header("x-foreshore-decision-id");
     EXPECT_FALSE(id.empty());
     const json j = r.json();
     EXPECT_EQ(j["object"], "chat.completion");
@@ -161,10 +161,10 @@ TEST_F(GatewayE2E, NonStreamingOnEachTier) {
                 j["choices"][0]["finish_reason"] == "length");
     EXPECT_GT(j["usage"]["prompt_tokens"].get<int>(), 0);
     EXPECT_GT(j["usage"]["completion_tokens"].get<int>(), 0);
-    EXPECT_EQ(j["switchyard"]["tier"], tier);
-    EXPECT_EQ(j["switchyard"]["placement"], tier == "edge" ? "device" : "cloud");
-    EXPECT_EQ(j["switchyard"]["decision_id"], id);
-    EXPECT_EQ(j["switchyard"]["model_version"], r.header("x-switchyard-model-version"));
+    EXPECT_EQ(j["foreshore"]["tier"], tier);
+    EXPECT_EQ(j["foreshore"]["placement"], tier == "edge" ? "device" : "cloud");
+    EXPECT_EQ(j["foreshore"]["decision_id"], id);
+    EXPECT_EQ(j["foreshore"]["model_version"], r.header("x-foreshore-model-version"));
   }
 }
 
@@ -176,8 +176,8 @@ TEST_F(GatewayE2E, SameWeightsGiveTheSameGreedyAnswerOnBothTiers) {
   EXPECT_EQ(edge.json()["choices"][0]["message"]["content"],
             cloud.json()["choices"][0]["message"]["content"]);
   // The cloud process reports the weights it ran, and the gateway passes that on.
-  EXPECT_EQ(edge.json()["switchyard"]["model_version"],
-            cloud.json()["switchyard"]["model_version"]);
+  EXPECT_EQ(edge.json()["foreshore"]["model_version"],
+            cloud.json()["foreshore"]["model_version"]);
 }
 
 TEST_F(GatewayE2E, StreamingOnEachTier) {
@@ -186,21 +186,21 @@ TEST_F(GatewayE2E, StreamingOnEachTier) {
     const auto r = chat(port(), chat_body(true), tier);
     ASSERT_EQ(r.status, 200) << r.body;
     EXPECT_EQ(r.header("Content-Type"), "text/event-stream");
-    EXPECT_EQ(r.header("x-switchyard-tier"), tier);
+    EXPECT_EQ(r.header("x-foreshore-tier"), tier);
     const Stream s = read_stream(r);
     ASSERT_GE(s.chunks.size(), 3u) << r.body;
     EXPECT_TRUE(s.error.is_null()) << r.body;
     EXPECT_TRUE(s.done) << r.body;
     EXPECT_FALSE(s.text.empty());
     EXPECT_EQ(s.chunks.front()["choices"][0]["delta"]["role"], "assistant");
-    EXPECT_EQ(s.chunks.front()["switchyard"]["tier"], tier);
-    EXPECT_EQ(s.chunks.front()["switchyard"]["decision_id"], r.header("x-switchyard-decision-id"));
+    EXPECT_EQ(s.chunks.front()["foreshore"]["tier"], tier);
+    EXPECT_EQ(s.chunks.front()["foreshore"]["decision_id"], r.header("x-foreshore-decision-id"));
     const json& usage = s.chunks.back();
     EXPECT_TRUE(usage["choices"].empty());
     EXPECT_GT(usage["usage"]["completion_tokens"].get<int>(), 0);
     const json& last = s.chunks[s.chunks.size() - 2];
     EXPECT_FALSE(last["choices"][0]["finish_reason"].is_null());
-    EXPECT_EQ(last["switchyard"]["tier"], tier);
+    EXPECT_EQ(last["foreshore"]["tier"], tier);
   }
   // The streamed text is the non-streamed answer.
   const auto plain = chat(port(), chat_body(false), "edge");
@@ -212,9 +212,9 @@ TEST_F(GatewayE2E, StreamingOnEachTier) {
 TEST_F(GatewayE2E, ModelPicksTheTier) {
   json b = chat_body(false);
   b["model"] = "gpt-4o-mini";
-  EXPECT_EQ(chat(port(), b, "").header("x-switchyard-tier"), "cloud");
+  EXPECT_EQ(chat(port(), b, "").header("x-foreshore-tier"), "cloud");
   b["model"] = "edge";
-  EXPECT_EQ(chat(port(), b, "").header("x-switchyard-tier"), "edge");
+  EXPECT_EQ(chat(port(), b, "").header("x-foreshore-tier"), "edge");
   b.erase("model");
   // Without a model name the policy decides, and the tier that serves is the
   // one POST /v1/route explains for the same request.
@@ -222,13 +222,13 @@ TEST_F(GatewayE2E, ModelPicksTheTier) {
   ASSERT_EQ(route.status, 200) << route.body;
   const json plan = route.json()["plan"];
   ASSERT_TRUE(plan["kind"] == "edge" || plan["kind"] == "cloud") << plan.dump();
-  EXPECT_EQ(chat(port(), b, "").header("x-switchyard-tier"),
+  EXPECT_EQ(chat(port(), b, "").header("x-foreshore-tier"),
             plan[plan["kind"] == "edge" ? "edge_tier" : "cloud_tier"].get<std::string>());
   const auto legacy = http_post(port(), "/v1/completions",
                                 R"({"model":"cloud","prompt":"Once upon","max_tokens":8})");
   ASSERT_EQ(legacy.status, 200) << legacy.body;
   EXPECT_EQ(legacy.json()["object"], "text_completion");
-  EXPECT_EQ(legacy.header("x-switchyard-tier"), "cloud");
+  EXPECT_EQ(legacy.header("x-foreshore-tier"), "cloud");
 }
 
 // The next turn of a conversation reuses the edge's cache of the last one,
@@ -274,12 +274,12 @@ TEST_F(GatewayE2E, ModelsHealthReadyMetrics) {
   ASSERT_EQ(r.status, 200);
   EXPECT_NE(r.header("Content-Type").find("text/plain"), std::string::npos);
   for (const char* needle :
-       {"# TYPE switchyard_requests_total counter",
-        "switchyard_requests_total{tier=\"cloud\",endpoint=\"chat\",status=\"200\"}",
-        "# TYPE switchyard_request_duration_seconds histogram",
-        "switchyard_request_duration_seconds_bucket{tier=\"cloud\",le=\"+Inf\"}",
-        "switchyard_tokens_total{tier=\"cloud\",type=\"completion\"}",
-        "switchyard_requests_in_flight"}) {
+       {"# TYPE foreshore_requests_total counter",
+        "foreshore_requests_total{tier=\"cloud\",endpoint=\"chat\",status=\"200\"}",
+        "# TYPE foreshore_request_duration_seconds histogram",
+        "foreshore_request_duration_seconds_bucket{tier=\"cloud\",le=\"+Inf\"}",
+        "foreshore_tokens_total{tier=\"cloud\",type=\"completion\"}",
+        "foreshore_requests_in_flight"}) {
     EXPECT_NE(r.body.find(needle), std::string::npos) << needle << "\n" << r.body;
   }
 }
@@ -311,7 +311,7 @@ TEST_F(GatewayE2E, ClientDisconnectMidStreamLeavesTheServerHealthy) {
     req.path = "/v1/chat/completions";
     req.body = chat_body(true, 400).dump();
     req.set_header("Content-Type", "application/json");
-    req.set_header("x-switchyard-tier", tier);
+    req.set_header("x-foreshore-tier", tier);
     int chunks = 0;
     req.content_receiver = [&](const char*, size_t, uint64_t, uint64_t) { return ++chunks < 2; };
     client.send(req);
@@ -323,8 +323,8 @@ TEST_F(GatewayE2E, ClientDisconnectMidStreamLeavesTheServerHealthy) {
 }
 
 TEST(GatewayE2EAuth, BearerKeys) {
-  ServeProcess gw({"-m", "stories260K", "--api-keys-env", "SY_E2E_KEYS", "--quiet"},
-                  {"SWITCHYARD_MODEL_PATH=" + shared_models_dir(), "SY_E2E_KEYS=k-one,k-two"});
+  ServeProcess gw({"-m", "stories260K", "--api-keys-env", "FSH_E2E_KEYS", "--quiet"},
+                  {"FORESHORE_MODEL_PATH=" + shared_models_dir(), "FSH_E2E_KEYS=k-one,k-two"});
   ASSERT_TRUE(gw.ok()) << gw.process().stderr_text();
   expect_error(chat(gw.port(), chat_body(false), ""), 401);
   expect_error(chat(gw.port(), chat_body(false), "", {{"Authorization", "Bearer wrong"}}), 401);
@@ -334,7 +334,7 @@ TEST(GatewayE2EAuth, BearerKeys) {
 TEST(GatewayE2EStartup, BadConfigFailsWithTheKeyPath) {
   const std::string path =
       write_config("tiers:\n  cloud:\n    kind: openai\n    model: m\n    endpoint: htp://x\n");
-  auto p = Process::start({switchyard_binary(), "serve", "--config", path});
+  auto p = Process::start({foreshore_binary(), "serve", "--config", path});
   ASSERT_TRUE(p);
   EXPECT_EQ(p->wait(30s), 2);
   EXPECT_NE(p->stderr_text().find(path + ": tiers.cloud.endpoint: 'htp://x' is not an http(s) URL"),
@@ -394,7 +394,7 @@ TEST_F(GatewayFaults, Upstream500) {
   for (bool stream : {false, true}) {
     const auto r = ask(stream);
     expect_error(r, 502);
-    EXPECT_EQ(r.header("x-switchyard-tier"), "cloud");
+    EXPECT_EQ(r.header("x-foreshore-tier"), "cloud");
   }
   upstream_.set_mode(FaultMode::kNormal);
   EXPECT_EQ(ask(false).status, 200);
@@ -523,7 +523,7 @@ class GatewayTools : public ::testing::Test {
              {{"type", "object"}, {"properties", {{"text", {{"type", "string"}}}}}}}}}}});
   }
   static json tool_request(bool stream) {
-    json b = {{"model", "switchyard"},
+    json b = {{"model", "foreshore"},
               {"messages", {{{"role", "user"}, {"content", "where is order 42"}}}},
               {"tools", tools()},
               {"tool_choice", "auto"},
@@ -550,7 +550,7 @@ class GatewayTools : public ::testing::Test {
 TEST_F(GatewayTools, ToolCallsGoToTheCloudAndComeBack) {
   const auto r = post(tool_request(false));
   ASSERT_EQ(r.status, 200) << r.body;
-  EXPECT_EQ(r.header("x-switchyard-tier"), "cloud");
+  EXPECT_EQ(r.header("x-foreshore-tier"), "cloud");
   const json choice = r.json()["choices"][0];
   EXPECT_EQ(choice["finish_reason"], "tool_calls");
   EXPECT_TRUE(choice["message"]["content"].is_null()) << r.body;
@@ -607,7 +607,7 @@ TEST_F(GatewayTools, ToolResultsReachTheCloudWhole) {
   const json call = {{"id", "call_7"},
                      {"type", "function"},
                      {"function", {{"name", "lookup_order"}, {"arguments", R"({"text":"42"})"}}}};
-  json b = {{"model", "switchyard/cloud"},
+  json b = {{"model", "foreshore/cloud"},
             {"messages",
              {{{"role", "user"}, {"content", "where is order 42"}},
               {{"role", "assistant"}, {"content", nullptr}, {"tool_calls", {call}}},
@@ -631,7 +631,7 @@ TEST_F(GatewayTools, ToolResultsReachTheCloudWhole) {
 // JSON mode the edge can do (its sampling keeps to one JSON object); a JSON
 // schema only the cloud.
 TEST_F(GatewayTools, JsonModeOnTheEdgeJsonSchemaOnTheCloud) {
-  json b = {{"model", "switchyard"},
+  json b = {{"model", "foreshore"},
             {"messages", {{{"role", "user"}, {"content", "Once upon a time"}}}},
             {"response_format", {{"type", "json_object"}}},
             {"max_tokens", 24}};
@@ -639,7 +639,7 @@ TEST_F(GatewayTools, JsonModeOnTheEdgeJsonSchemaOnTheCloud) {
     b["stream"] = stream;
     const auto r = post(b);
     ASSERT_EQ(r.status, 200) << r.body;
-    EXPECT_EQ(r.header("x-switchyard-tier"), "edge");
+    EXPECT_EQ(r.header("x-foreshore-tier"), "edge");
     const std::string text = stream
                                  ? read_stream(r).text
                                  : r.json()["choices"][0]["message"]["content"].get<std::string>();
@@ -654,7 +654,7 @@ TEST_F(GatewayTools, JsonModeOnTheEdgeJsonSchemaOnTheCloud) {
       {"json_schema", {{"name", "story"}, {"schema", {{"type", "object"}}}, {"strict", true}}}};
   const auto r = post(b);
   ASSERT_EQ(r.status, 200) << r.body;
-  EXPECT_EQ(r.header("x-switchyard-tier"), "cloud");
+  EXPECT_EQ(r.header("x-foreshore-tier"), "cloud");
   EXPECT_EQ(last_upstream_body()["response_format"], b["response_format"]);
 }
 
@@ -663,13 +663,13 @@ TEST_F(GatewayTools, JsonModeOnTheEdgeJsonSchemaOnTheCloud) {
 // when the cloud fails (a degraded edge answer would drop the tools unseen).
 TEST_F(GatewayTools, TheEdgeNeverStandsInForTools) {
   for (bool stream : {false, true}) {
-    const auto forced = post(tool_request(stream), {{"x-switchyard-tier", "edge"}});
+    const auto forced = post(tool_request(stream), {{"x-foreshore-tier", "edge"}});
     expect_error(forced, 400);
     EXPECT_EQ(forced.json()["error"]["code"], "unsupported_on_edge") << forced.body;
     EXPECT_NE(forced.body.find("tools"), std::string::npos) << forced.body;
 
     const auto private_data =
-        post(tool_request(stream), {{"x-switchyard-data-class", "device-only"}});
+        post(tool_request(stream), {{"x-foreshore-data-class", "device-only"}});
     expect_error(private_data, 400);
     EXPECT_NE(private_data.body.find("device-only"), std::string::npos) << private_data.body;
   }
@@ -678,7 +678,7 @@ TEST_F(GatewayTools, TheEdgeNeverStandsInForTools) {
   upstream_.set_mode(FaultMode::kStatus500);
   const auto failed = post(tool_request(false));
   expect_error(failed, 502);
-  EXPECT_EQ(failed.header("x-switchyard-tier"), "cloud");
+  EXPECT_EQ(failed.header("x-foreshore-tier"), "cloud");
 }
 
 // Fields the gateway does not read itself reach the cloud as sent; an edge
@@ -694,7 +694,7 @@ TEST_F(GatewayTools, OtherFieldsPassThroughOrAreNamedAsIgnored) {
             {"service_tier", nullptr}};
   const auto cloud = post(b);
   ASSERT_EQ(cloud.status, 200) << cloud.body;
-  EXPECT_EQ(cloud.header("x-switchyard-ignored-params"), "");
+  EXPECT_EQ(cloud.header("x-foreshore-ignored-params"), "");
   const json sent = last_upstream_body();
   EXPECT_EQ(sent["logit_bias"], b["logit_bias"]);
   EXPECT_EQ(sent["reasoning_effort"], "low");
@@ -717,8 +717,8 @@ TEST_F(GatewayTools, OtherFieldsPassThroughOrAreNamedAsIgnored) {
     b["stream"] = stream;
     const auto edge = post(b);
     ASSERT_EQ(edge.status, 200) << edge.body;
-    EXPECT_EQ(edge.header("x-switchyard-tier"), "edge");
-    EXPECT_EQ(edge.header("x-switchyard-ignored-params"),
+    EXPECT_EQ(edge.header("x-foreshore-tier"), "edge");
+    EXPECT_EQ(edge.header("x-foreshore-ignored-params"),
               "tools,logit_bias,reasoning_effort,store");
   }
 }
@@ -730,15 +730,15 @@ TEST_F(GatewayTools, ImagePartsGoToTheCloudWhole) {
       {{{"type", "text"}, {"text", "what is in this picture"}},
        {{"type", "image_url"},
         {"image_url", {{"url", "data:image/png;base64,iVBORw0KGgo="}, {"detail", "low"}}}}});
-  json b = {{"model", "switchyard"},
+  json b = {{"model", "foreshore"},
             {"messages", {{{"role", "user"}, {"content", parts}}}},
             {"max_tokens", 8}};
   const auto r = post(b);
   ASSERT_EQ(r.status, 200) << r.body;
-  EXPECT_EQ(r.header("x-switchyard-tier"), "cloud");
+  EXPECT_EQ(r.header("x-foreshore-tier"), "cloud");
   EXPECT_EQ(last_upstream_body()["messages"][0]["content"], parts);
 
-  const auto forced = post(b, {{"x-switchyard-tier", "edge"}});
+  const auto forced = post(b, {{"x-foreshore-tier", "edge"}});
   expect_error(forced, 400);
   EXPECT_NE(forced.body.find("image_url content"), std::string::npos) << forced.body;
 
@@ -810,4 +810,4 @@ TEST_F(GatewayTools, MalformedToolFieldsAreNamed) {
 }
 
 }  // namespace
-}  // namespace sy::testing
+}  // namespace foreshore::testing

@@ -11,16 +11,16 @@
 #include <limits>
 #include <random>
 
-namespace sy::engine {
+namespace foreshore::engine {
 namespace {
 
 namespace fs = std::filesystem;
 
-// Folders that may hold the shared test models: SWITCHYARD_MODEL_PATH
+// Folders that may hold the shared test models: FORESHORE_MODEL_PATH
 // (colon-separated) first, then the checkout's shared data.
 std::optional<std::string> find_model(const std::string& name) {
   std::vector<std::string> dirs;
-  if (const char* env = std::getenv("SWITCHYARD_MODEL_PATH")) {
+  if (const char* env = std::getenv("FORESHORE_MODEL_PATH")) {
     std::string_view rest = env;
     while (!rest.empty()) {
       const size_t colon = rest.find(':');
@@ -29,7 +29,7 @@ std::optional<std::string> find_model(const std::string& name) {
       rest.remove_prefix(colon + 1);
     }
   }
-  dirs.push_back(std::string(SY_SHARED_DATA_DIR) + "/models");
+  dirs.push_back(std::string(FSH_SHARED_DATA_DIR) + "/models");
   for (const auto& dir : dirs) {
     const fs::path p = fs::path(dir) / name;
     std::error_code ec;
@@ -416,7 +416,7 @@ TEST(GgufWriter, WriteToMissingFolderIsIoError) {
 
 TEST(GgufRealFiles, Stories260K) {
   const auto path = find_model("stories260K.gguf");
-  if (!path) GTEST_SKIP() << "stories260K.gguf not found; set SWITCHYARD_MODEL_PATH";
+  if (!path) GTEST_SKIP() << "stories260K.gguf not found; set FORESHORE_MODEL_PATH";
   auto r = GgufFile::open(*path);
   ASSERT_TRUE(r.ok()) << r.error().message;
   const GgufFile& f = **r;
@@ -443,7 +443,7 @@ TEST(GgufRealFiles, Stories260K) {
 
 TEST(GgufRealFiles, LlamaTinyRandom) {
   const auto path = find_model("llama-2-tiny-random.gguf");
-  if (!path) GTEST_SKIP() << "llama-2-tiny-random.gguf not found; set SWITCHYARD_MODEL_PATH";
+  if (!path) GTEST_SKIP() << "llama-2-tiny-random.gguf not found; set FORESHORE_MODEL_PATH";
   auto r = GgufFile::open(*path);
   ASSERT_TRUE(r.ok()) << r.error().message;
   const GgufFile& f = **r;
@@ -467,7 +467,7 @@ TEST(GgufRealFiles, LlamaTinyRandom) {
 // Rewriting a real model with the writer yields a file our reader sees as identical.
 TEST(GgufRealFiles, RewriteRoundTrip) {
   const auto path = find_model("stories260K.gguf");
-  if (!path) GTEST_SKIP() << "stories260K.gguf not found; set SWITCHYARD_MODEL_PATH";
+  if (!path) GTEST_SKIP() << "stories260K.gguf not found; set FORESHORE_MODEL_PATH";
   auto orig = GgufFile::open(*path);
   ASSERT_TRUE(orig.ok()) << orig.error().message;
   GgufWriter w;
@@ -834,4 +834,4 @@ TEST(GgufHostile, CraftedBaselinesParse) {
 }
 
 }  // namespace
-}  // namespace sy::engine
+}  // namespace foreshore::engine

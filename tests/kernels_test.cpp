@@ -20,7 +20,7 @@
 #include "engine/kernels_internal.h"
 #include "engine/thread_pool.h"
 
-#ifdef SY_KERNELS_AVX2
+#ifdef FSH_KERNELS_AVX2
 #include <immintrin.h>
 #endif
 
@@ -46,7 +46,7 @@ void operator delete(void* p, std::size_t) noexcept {
   std::free(p);
 }
 
-namespace sy::engine {
+namespace foreshore::engine {
 namespace {
 
 using detail::BlockQ4_0;
@@ -171,7 +171,7 @@ TEST(Fp16, EveryHalfRoundTrips) {
   }
 }
 
-#ifdef SY_KERNELS_AVX2
+#ifdef FSH_KERNELS_AVX2
 TEST(Fp16, MatchesF16CBitForBit) {
   for (uint32_t h = 0; h < 0x10000; ++h) {
     ASSERT_EQ(bits_of(fp16_to_fp32(static_cast<uint16_t>(h))),
@@ -920,7 +920,7 @@ TEST(Matmul, DoesNotAllocate) {
 }
 
 TEST(Matmul, ActivationQuantizersAgree) {
-#ifdef SY_KERNELS_AVX2
+#ifdef FSH_KERNELS_AVX2
   auto x = gaussian(1024, 8);
   x[5] = 0.0f;
   std::fill(x.begin() + 256, x.begin() + 512, 0.0f);  // a zero block
@@ -1117,4 +1117,4 @@ TEST(ThreadPool, DispatchDoesNotAllocate) {
 }
 
 }  // namespace
-}  // namespace sy::engine
+}  // namespace foreshore::engine

@@ -10,7 +10,7 @@
 #include "engine/engine.h"
 #include "support/test_paths.h"
 
-namespace sy::engine {
+namespace foreshore::engine {
 namespace {
 
 // A deliberately naive forward pass: weights dequantized to float, math in
@@ -430,7 +430,7 @@ TEST(Model, UnknownModelNameIsNotFound) {
   auto p = resolve_model_path("no-such-model-anywhere");
   ASSERT_FALSE(p.ok());
   EXPECT_EQ(p.error().kind, ErrorKind::kNotFound);
-  EXPECT_NE(p.error().message.find("SWITCHYARD_MODEL_PATH"), std::string::npos);
+  EXPECT_NE(p.error().message.find("FORESHORE_MODEL_PATH"), std::string::npos);
 }
 
 std::string stories_path() {
@@ -682,4 +682,4 @@ TEST(RealModel, JsonModeOutputIsAnObjectOrItsStart) {
 }
 
 }  // namespace
-}  // namespace sy::engine
+}  // namespace foreshore::engine

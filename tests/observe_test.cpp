@@ -19,7 +19,7 @@
 #include "support/process.h"
 #include "support/test_paths.h"
 
-namespace sy::observe {
+namespace foreshore::observe {
 namespace {
 
 using namespace std::chrono_literals;
@@ -28,7 +28,7 @@ namespace fs = std::filesystem;
 // A temporary folder removed with its contents at the end of the test.
 class TempDir {
  public:
-  TempDir() : path_(sy::testing::temp_path("-observe")) { fs::create_directories(path_); }
+  TempDir() : path_(foreshore::testing::temp_path("-observe")) { fs::create_directories(path_); }
   ~TempDir() {
     std::error_code ec;
     fs::remove_all(path_, ec);
@@ -431,10 +431,10 @@ TEST(ReportTest, ParsesDurations) {
   }
 }
 
-// Runs `switchyard ARGS...` to the end, output included.
-std::unique_ptr<sy::testing::Process> run_to_end(std::vector<std::string> args, int& status) {
-  args.insert(args.begin(), sy::testing::switchyard_binary());
-  auto process = sy::testing::Process::start(args);
+// Runs `foreshore ARGS...` to the end, output included.
+std::unique_ptr<foreshore::testing::Process> run_to_end(std::vector<std::string> args, int& status) {
+  args.insert(args.begin(), foreshore::testing::foreshore_binary());
+  auto process = foreshore::testing::Process::start(args);
   status = process->wait(30s).value_or(-1);
   return process;
 }
@@ -467,7 +467,7 @@ TEST(ReportTest, CommandPrintsJsonAndTable) {
 
 // ---------------------------------------------------------------- memory pressure
 
-// A fake /proc and cgroup v2 tree: the process sits in app.slice/sy.service,
+// A fake /proc and cgroup v2 tree: the process sits in app.slice/fsh.service,
 // whose own memory.max is "max" while its parent app.slice is limited.
 struct FakeProc {
   TempDir dir;
@@ -476,9 +476,9 @@ struct FakeProc {
     dir.write("proc/meminfo",
               "MemTotal:        1000000 kB\nMemFree:          500000 kB\n"
               "MemAvailable:     900000 kB\n");
-    dir.write("proc/self/cgroup", "0::/app.slice/sy.service\n");
-    dir.write("sys/fs/cgroup/app.slice/sy.service/memory.max", "max\n");
-    dir.write("sys/fs/cgroup/app.slice/sy.service/memory.current", "100\n");
+    dir.write("proc/self/cgroup", "0::/app.slice/fsh.service\n");
+    dir.write("sys/fs/cgroup/app.slice/fsh.service/memory.max", "max\n");
+    dir.write("sys/fs/cgroup/app.slice/fsh.service/memory.current", "100\n");
     dir.write("sys/fs/cgroup/app.slice/memory.max", "1000\n");
     cgroup_current(100);
   }
@@ -1032,4 +1032,4 @@ TEST(ShadowTest, ValidateRejectsBadOptions) {
 }
 
 }  // namespace
-}  // namespace sy::observe
+}  // namespace foreshore::observe

@@ -9,13 +9,13 @@
 #include "support/process.h"
 #include "support/test_paths.h"
 
-namespace sy::testing {
+namespace foreshore::testing {
 namespace {
 
 using namespace std::chrono_literals;
 
 std::filesystem::path script_dir() {
-  return std::filesystem::path(SY_SOURCE_DIR) / "tests" / "openai_conformance";
+  return std::filesystem::path(FSH_SOURCE_DIR) / "tests" / "openai_conformance";
 }
 
 // Why conformance.mjs cannot run here; empty when it can.
@@ -32,7 +32,7 @@ TEST(OpenAiConformance, OfficialClientParsesEverything) {
   const std::filesystem::path dir = script_dir();
   if (const std::string why = why_not_runnable(dir); !why.empty()) GTEST_SKIP() << why;
 
-  const std::vector<std::string> env = {"SWITCHYARD_MODEL_PATH=" + shared_models_dir()};
+  const std::vector<std::string> env = {"FORESHORE_MODEL_PATH=" + shared_models_dir()};
   ServeProcess cloud({"-m", "stories260K", "--quiet"}, env);
   ASSERT_TRUE(cloud.ok()) << cloud.process().stderr_text();
   ServeProcess gateway({"-m", "stories260K", "--upstream", cloud.base_url(), "--upstream-model",
@@ -42,7 +42,7 @@ TEST(OpenAiConformance, OfficialClientParsesEverything) {
 
   auto node =
       Process::start({"node", (dir / "conformance.mjs").string()},
-                     {"SWITCHYARD_URL=" + gateway.base_url(), "SWITCHYARD_MODELS=edge,cloud"});
+                     {"FORESHORE_URL=" + gateway.base_url(), "FORESHORE_MODELS=edge,cloud"});
   ASSERT_TRUE(node);
   const auto rc = node->wait(120s);
   EXPECT_EQ(rc, 0) << "stdout:\n" << node->stdout_text() << "\nstderr:\n" << node->stderr_text();
@@ -59,11 +59,11 @@ TEST(OpenAiConformance, OfficialClientParsesToolCalls) {
   FaultServer cloud;
   ServeProcess gateway({"-m", "stories260K", "--upstream", cloud.base_url(), "--upstream-model",
                         "fault-model", "--quiet"},
-                       {"SWITCHYARD_MODEL_PATH=" + shared_models_dir()});
+                       {"FORESHORE_MODEL_PATH=" + shared_models_dir()});
   ASSERT_TRUE(gateway.ok()) << gateway.process().stderr_text();
   auto node = Process::start({"node", (dir / "conformance.mjs").string()},
-                             {"SWITCHYARD_URL=" + gateway.base_url(), "SWITCHYARD_MODELS=cloud",
-                              "SWITCHYARD_TOOLS_MODEL=cloud"});
+                             {"FORESHORE_URL=" + gateway.base_url(), "FORESHORE_MODELS=cloud",
+                              "FORESHORE_TOOLS_MODEL=cloud"});
   ASSERT_TRUE(node);
   const auto rc = node->wait(120s);
   EXPECT_EQ(rc, 0) << "stdout:\n" << node->stdout_text() << "\nstderr:\n" << node->stderr_text();
@@ -72,4 +72,4 @@ TEST(OpenAiConformance, OfficialClientParsesToolCalls) {
 }
 
 }  // namespace
-}  // namespace sy::testing
+}  // namespace foreshore::testing

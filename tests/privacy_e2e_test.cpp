@@ -12,7 +12,7 @@
 #include "support/process.h"
 #include "support/test_paths.h"
 
-namespace sy::testing {
+namespace foreshore::testing {
 namespace {
 
 using nlohmann::json;
@@ -53,7 +53,7 @@ class PrivacyE2E : public ::testing::Test {
                                   "      class: device-only\n";
     gateway_ = std::make_unique<ServeProcess>(
         std::vector<std::string>{"--config", config_, "--quiet"},
-        std::vector<std::string>{"SWITCHYARD_MODEL_PATH=" + shared_models_dir()});
+        std::vector<std::string>{"FORESHORE_MODEL_PATH=" + shared_models_dir()});
     ASSERT_TRUE(gateway_->ok()) << gateway_->process().stderr_text();
   }
   void TearDown() override {
@@ -96,33 +96,33 @@ TEST_F(PrivacyE2E, DeviceOnlyDataNeverReachesTheCloud) {
     cloud_.set_mode(mode);
     for (const std::string& secret : secrets) {
       for (const std::string model :
-           {"switchyard", "switchyard/cloud", "switchyard/cascade", "switchyard/consistency",
-            "switchyard/optimize", "switchyard/threshold"}) {
+           {"foreshore", "foreshore/cloud", "foreshore/cascade", "foreshore/consistency",
+            "foreshore/optimize", "foreshore/threshold"}) {
         for (bool stream : {false, true}) {
           auto r = ask(model, secret, stream);
           ASSERT_EQ(r.status, 200) << model << ": " << r.body;
-          EXPECT_EQ(r.header("x-switchyard-tier"), "edge") << model;
+          EXPECT_EQ(r.header("x-foreshore-tier"), "edge") << model;
           ++answered;
         }
       }
       // Forcing the cloud is refused outright, by header or by the tier's model name.
-      auto forced = ask("switchyard", secret, false, {{"x-switchyard-tier", "cloud"}});
+      auto forced = ask("foreshore", secret, false, {{"x-foreshore-tier", "cloud"}});
       EXPECT_EQ(forced.status, 403) << forced.body;
       forced = ask("fault-model", secret, true);
       EXPECT_EQ(forced.status, 403) << forced.body;
     }
     // Data declared device-only with nothing detectable in it.
-    auto declared = ask("switchyard/cloud", "tell me a story", false,
-                        {{"x-switchyard-data-class", "device-only"}});
+    auto declared = ask("foreshore/cloud", "tell me a story", false,
+                        {{"x-foreshore-data-class", "device-only"}});
     EXPECT_EQ(declared.status, 200);
-    EXPECT_EQ(declared.header("x-switchyard-tier"), "edge");
-    json b = {{"model", "switchyard/cloud"},
+    EXPECT_EQ(declared.header("x-foreshore-tier"), "edge");
+    json b = {{"model", "foreshore/cloud"},
               {"metadata", {{"data_class", "device-only"}}},
               {"messages", {{{"role", "user"}, {"content", "a quiet secret story"}}}},
               {"max_tokens", 8}};
     auto meta = http_post(gateway_->port(), "/v1/chat/completions", b.dump());
     EXPECT_EQ(meta.status, 200);
-    EXPECT_EQ(meta.header("x-switchyard-tier"), "edge");
+    EXPECT_EQ(meta.header("x-foreshore-tier"), "edge");
   }
   EXPECT_GT(answered, 0);
   for (const std::string& s : {std::string("078-05-1120"), std::string("4111 1111 1111 1111"),
@@ -150,7 +150,7 @@ TEST_F(PrivacyE2E, ToolCallsToolDefinitionsAndPassedThroughFieldsAreScannedToo) 
       {"id", "call_1"},
       {"type", "function"},
       {"function", {{"name", "lookup"}, {"arguments", R"({"ssn": "078-05-1120"})"}}}};
-  json b = {{"model", "switchyard/cloud"},
+  json b = {{"model", "foreshore/cloud"},
             {"messages",
              {{{"role", "user"}, {"content", "find the customer"}},
               {{"role", "assistant"}, {"content", nullptr}, {"tool_calls", {call}}},
@@ -164,7 +164,7 @@ TEST_F(PrivacyE2E, ToolCallsToolDefinitionsAndPassedThroughFieldsAreScannedToo) 
     // No tool call is wanted, so the edge can answer: it does, not the cloud.
     auto r = http_post(gateway_->port(), "/v1/chat/completions", b.dump());
     ASSERT_EQ(r.status, 200) << r.body;
-    EXPECT_EQ(r.header("x-switchyard-tier"), "edge");
+    EXPECT_EQ(r.header("x-foreshore-tier"), "edge");
     // A call is wanted, which only the cloud could make: refused instead.
     json wants_call = b;
     wants_call["tool_choice"] = "auto";
@@ -176,16 +176,16 @@ TEST_F(PrivacyE2E, ToolCallsToolDefinitionsAndPassedThroughFieldsAreScannedToo) 
     described["tools"][0]["function"]["description"] = "the patient record finder";
     r = http_post(gateway_->port(), "/v1/chat/completions", described.dump());
     ASSERT_EQ(r.status, 200) << r.body;
-    EXPECT_EQ(r.header("x-switchyard-tier"), "edge");
+    EXPECT_EQ(r.header("x-foreshore-tier"), "edge");
   }
   // The secret in a field the gateway only passes through.
-  json predicted = {{"model", "switchyard/cloud"},
+  json predicted = {{"model", "foreshore/cloud"},
                     {"messages", {{{"role", "user"}, {"content", "rewrite the note"}}}},
                     {"prediction", {{"type", "content"}, {"content", "card 4111 1111 1111 1111"}}},
                     {"max_tokens", 8}};
   const auto r = http_post(gateway_->port(), "/v1/chat/completions", predicted.dump());
   ASSERT_EQ(r.status, 200) << r.body;
-  EXPECT_EQ(r.header("x-switchyard-tier"), "edge");
+  EXPECT_EQ(r.header("x-foreshore-tier"), "edge");
   EXPECT_FALSE(cloud_saw("078-05-1120"));
   EXPECT_FALSE(cloud_saw("patient"));
   EXPECT_FALSE(cloud_saw("4111"));
@@ -193,9 +193,9 @@ TEST_F(PrivacyE2E, ToolCallsToolDefinitionsAndPassedThroughFieldsAreScannedToo) 
 }
 
 TEST_F(PrivacyE2E, PublicDataDoesReachTheCloudSoTheCheckIsReal) {
-  auto r = ask("switchyard/cloud", "what rhymes with orange?", false);
+  auto r = ask("foreshore/cloud", "what rhymes with orange?", false);
   ASSERT_EQ(r.status, 200) << r.body;
-  EXPECT_EQ(r.header("x-switchyard-tier"), "cloud");
+  EXPECT_EQ(r.header("x-foreshore-tier"), "cloud");
   EXPECT_TRUE(cloud_saw("what rhymes with orange?"));
 }
 
@@ -212,13 +212,13 @@ TEST_F(PrivacyE2E, ExplainShowsTheRuleWithoutTheText) {
 
 TEST_F(PrivacyE2E, CloudFailureFallsBackToTheEdgeFlaggedDegraded) {
   cloud_.set_mode(FaultMode::kStatus500);
-  auto r = ask("switchyard/cloud", "what rhymes with orange?", false);
+  auto r = ask("foreshore/cloud", "what rhymes with orange?", false);
   ASSERT_EQ(r.status, 200) << r.body;
-  EXPECT_EQ(r.header("x-switchyard-tier"), "edge");
-  EXPECT_EQ(r.header("x-switchyard-degraded"), "true");
-  EXPECT_FALSE(r.header("x-switchyard-confidence").empty());
-  EXPECT_TRUE(r.json()["switchyard"]["degraded"].get<bool>());
+  EXPECT_EQ(r.header("x-foreshore-tier"), "edge");
+  EXPECT_EQ(r.header("x-foreshore-degraded"), "true");
+  EXPECT_FALSE(r.header("x-foreshore-confidence").empty());
+  EXPECT_TRUE(r.json()["foreshore"]["degraded"].get<bool>());
 }
 
 }  // namespace
-}  // namespace sy::testing
+}  // namespace foreshore::testing

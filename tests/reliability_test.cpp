@@ -1,4 +1,4 @@
-// The fault-injection suite (issue 4): real `switchyard serve` processes on
+// The fault-injection suite (issue 4): real `foreshore serve` processes on
 // loopback, whose cloud tier is the in-process FaultServer told to misbehave
 // (5xx, 429, slow first byte, reset mid-stream, garbage SSE, black hole), and
 // whose edge tier is the real stories260K model. Each scenario sends a mix of
@@ -45,7 +45,7 @@
 #include "support/process.h"
 #include "support/test_paths.h"
 
-namespace sy::testing {
+namespace foreshore::testing {
 namespace {
 
 using namespace std::chrono_literals;
@@ -78,13 +78,13 @@ std::string cloud_reply(int words) {
 // --- the request mix ---------------------------------------------------------
 
 enum class Kind {
-  kRouted,              // model "switchyard": the configured policy decides
-  kCascade,             // "switchyard/cascade": edge first, escalate when unsure
-  kConsistency,         // "switchyard/consistency": both tiers, compared
-  kForcedEdge,          // x-switchyard-tier: edge
-  kForcedCloud,         // x-switchyard-tier: cloud
+  kRouted,              // model "foreshore": the configured policy decides
+  kCascade,             // "foreshore/cascade": edge first, escalate when unsure
+  kConsistency,         // "foreshore/consistency": both tiers, compared
+  kForcedEdge,          // x-foreshore-tier: edge
+  kForcedCloud,         // x-foreshore-tier: cloud
   kDeviceOnlyPii,       // an SSN in the prompt, routed
-  kDeviceOnlyDeclared,  // x-switchyard-data-class: device-only, cascade
+  kDeviceOnlyDeclared,  // x-foreshore-data-class: device-only, cascade
   kDeviceOnlyToCloud,   // an SSN in the prompt, and the cloud forced: 403
 };
 
@@ -195,11 +195,11 @@ std::string prompt_for(const Request& r) {
 }
 
 json body_for(const Request& r) {
-  std::string model = "switchyard";
+  std::string model = "foreshore";
   if (r.kind == Kind::kCascade || r.kind == Kind::kDeviceOnlyDeclared) {
-    model = "switchyard/cascade";
+    model = "foreshore/cascade";
   } else if (r.kind == Kind::kConsistency) {
-    model = "switchyard/consistency";
+    model = "foreshore/consistency";
   }
   json b = {{"model", model},
             {"messages", {{{"role", "user"}, {"content", prompt_for(r)}}}},
@@ -210,11 +210,11 @@ json body_for(const Request& r) {
 
 httplib::Headers headers_for(const Request& r) {
   httplib::Headers h;
-  if (r.kind == Kind::kForcedEdge) h.emplace("x-switchyard-tier", "edge");
+  if (r.kind == Kind::kForcedEdge) h.emplace("x-foreshore-tier", "edge");
   if (r.kind == Kind::kForcedCloud || r.kind == Kind::kDeviceOnlyToCloud) {
-    h.emplace("x-switchyard-tier", "cloud");
+    h.emplace("x-foreshore-tier", "cloud");
   }
-  if (r.kind == Kind::kDeviceOnlyDeclared) h.emplace("x-switchyard-data-class", "device-only");
+  if (r.kind == Kind::kDeviceOnlyDeclared) h.emplace("x-foreshore-data-class", "device-only");
   return h;
 }
 
@@ -238,25 +238,25 @@ void classify(Outcome& o) {
   }
   if (!o.req.stream) {
     const json j = json::parse(o.body, nullptr, false);
-    if (!j.is_object() || !j.contains("switchyard") || !j.contains("choices")) {
+    if (!j.is_object() || !j.contains("foreshore") || !j.contains("choices")) {
       o.problems.push_back("200 without a completion body");
       o.label = "malformed";
       return;
     }
-    const json& p = j["switchyard"];
+    const json& p = j["foreshore"];
     o.tier = p.value("tier", "");
     o.model = p.value("model", "");
     o.degraded = p.value("degraded", false);
     o.has_confidence = p.contains("confidence");
     o.text = j["choices"][0]["message"].value("content", "");
-    if (o.degraded != (o.header("x-switchyard-degraded") == "true")) {
-      o.problems.push_back("body and header x-switchyard-degraded disagree");
+    if (o.degraded != (o.header("x-foreshore-degraded") == "true")) {
+      o.problems.push_back("body and header x-foreshore-degraded disagree");
     }
-    if (o.tier != o.header("x-switchyard-tier")) {
-      o.problems.push_back("body and header x-switchyard-tier disagree");
+    if (o.tier != o.header("x-foreshore-tier")) {
+      o.problems.push_back("body and header x-foreshore-tier disagree");
     }
-    if (o.degraded && o.header("x-switchyard-confidence").empty()) {
-      o.problems.push_back("degraded without x-switchyard-confidence");
+    if (o.degraded && o.header("x-foreshore-confidence").empty()) {
+      o.problems.push_back("degraded without x-foreshore-confidence");
     }
     o.label = o.degraded ? "degraded" : "ok";
     return;
@@ -285,7 +285,7 @@ void classify(Outcome& o) {
       }
       continue;
     }
-    if (j.contains("switchyard")) last_provenance = j["switchyard"];
+    if (j.contains("foreshore")) last_provenance = j["foreshore"];
     if (j.contains("choices") && !j["choices"].empty()) {
       const json& c = j["choices"][0];
       if (c.contains("delta") && c["delta"].contains("content")) {
@@ -514,7 +514,7 @@ class Reliability : public ::testing::Test {
   void start(const GatewaySpec& spec, const std::vector<std::string>& extra_env = {}) {
     config_ = temp_file(".yaml");
     write_file(config_, gateway_yaml(cloud_, spec));
-    std::vector<std::string> env = {"SWITCHYARD_MODEL_PATH=" + shared_models_dir()};
+    std::vector<std::string> env = {"FORESHORE_MODEL_PATH=" + shared_models_dir()};
     env.insert(env.end(), extra_env.begin(), extra_env.end());
     gateway_ = std::make_unique<ServeProcess>(std::vector<std::string>{"--config", config_}, env);
     ASSERT_TRUE(gateway_->ok()) << gateway_->process().stderr_text();
@@ -529,7 +529,7 @@ class Reliability : public ::testing::Test {
     EXPECT_TRUE(alive()) << gateway_->process().stderr_text();
     const HttpResult m = http_get(port(), "/metrics");
     EXPECT_EQ(m.status, 200);
-    EXPECT_NE(m.body.find("switchyard_requests_total"), std::string::npos);
+    EXPECT_NE(m.body.find("foreshore_requests_total"), std::string::npos);
     EXPECT_EQ(http_get(port(), "/healthz").status, 200);
   }
 
@@ -578,7 +578,7 @@ class Reliability : public ::testing::Test {
     check_gateway_healthy();
     const Figures f = tally(outcomes);
     // The gateway counts degraded answers as the clients saw them.
-    EXPECT_EQ(metric_value(metrics(), "switchyard_degraded_total").value_or(0), f.degraded);
+    EXPECT_EQ(metric_value(metrics(), "foreshore_degraded_total").value_or(0), f.degraded);
     report(name, f,
            error_notes(f) + "; cloud received " + std::to_string(cloud_.received().size()) +
                " requests, none with device-only data");
@@ -702,8 +702,8 @@ class ReliabilityFeatures : public Reliability {};
 // Either way the cloud never gets device-only data.
 void check_edge_model_unusable(FaultServer& cloud, const std::string& scenario,
                                const std::string& model_file, const std::string& config) {
-  auto p = Process::start({switchyard_binary(), "serve", "--config", config, "--port", "0"},
-                          {"SWITCHYARD_MODEL_PATH=" + shared_models_dir()});
+  auto p = Process::start({foreshore_binary(), "serve", "--config", config, "--port", "0"},
+                          {"FORESHORE_MODEL_PATH=" + shared_models_dir()});
   ASSERT_TRUE(p);
   const size_t cloud_before = cloud.received().size();
   const auto line = p->wait_for_line("listening on http://", 60s);
@@ -748,7 +748,7 @@ void check_edge_model_unusable(FaultServer& cloud, const std::string& scenario,
 TEST_F(ReliabilityFeatures, EdgeModelMissing) {
   GatewaySpec spec;
   spec.edge_model = (std::filesystem::temp_directory_path() /
-                     ("switchyard-missing-" + std::to_string(::getpid()) + ".gguf"))
+                     ("foreshore-missing-" + std::to_string(::getpid()) + ".gguf"))
                         .string();
   const std::string config = temp_file(".yaml");
   write_file(config, gateway_yaml(cloud_, spec));
@@ -786,11 +786,11 @@ TEST_F(ReliabilityFeatures, MemoryPressure) {
   spec.policy = "edge";
   spec.server_yaml = "  memory_pressure_interval_ms: 100\n";
   spec.edge_yaml = "    low_memory_model: " + low_memory_model + "\n";
-  ASSERT_NO_FATAL_FAILURE(start(spec, {"SWITCHYARD_SIMULATE_MEMORY_PRESSURE_FILE=" + level_file}));
+  ASSERT_NO_FATAL_FAILURE(start(spec, {"FORESHORE_SIMULATE_MEMORY_PRESSURE_FILE=" + level_file}));
 
   auto wait_for_level = [&](int level) {
     for (int i = 0; i < 300; ++i) {
-      if (metric_value(metrics(), "switchyard_memory_pressure_level") == level) return true;
+      if (metric_value(metrics(), "foreshore_memory_pressure_level") == level) return true;
       if (!alive()) return false;
       std::this_thread::sleep_for(50ms);
     }
@@ -803,7 +803,7 @@ TEST_F(ReliabilityFeatures, MemoryPressure) {
     SCOPED_TRACE("memory pressure level " + std::to_string(level));
     write_file(level_file, std::to_string(level));
     ASSERT_TRUE(wait_for_level(level))
-        << "switchyard_memory_pressure_level never read " << level << "\n"
+        << "foreshore_memory_pressure_level never read " << level << "\n"
         << metrics() << gateway_->process().stderr_text();
     const std::vector<Outcome> outcomes = run_mix(port(), request_mix(24));
     int to_cloud = 0, routed_n = 0;
@@ -830,7 +830,7 @@ TEST_F(ReliabilityFeatures, MemoryPressure) {
       if (o.tier == "edge") {
         EXPECT_EQ(o.model, level >= 2 ? low_memory_name : "stories260K");
         if (!o.req.stream) {
-          EXPECT_EQ(o.header("x-switchyard-model"), o.model);
+          EXPECT_EQ(o.header("x-foreshore-model"), o.model);
         }
       }
     }
@@ -900,7 +900,7 @@ TEST_F(ReliabilityFeatures, ConfigReloadUnderLoad) {
   ASSERT_NO_FATAL_FAILURE(start(spec));
   auto reloads = [&](const char* outcome) {
     return metric_value(metrics(),
-                        std::string("switchyard_config_reloads_total{outcome=\"") + outcome + "\"}")
+                        std::string("foreshore_config_reloads_total{outcome=\"") + outcome + "\"}")
         .value_or(0);
   };
   // Polls /metrics (hang guard: `polls` x 50 ms).
@@ -917,7 +917,7 @@ TEST_F(ReliabilityFeatures, ConfigReloadUnderLoad) {
     r.index = 9999;
     const Outcome o = send(port(), r);
     EXPECT_EQ(o.label, "ok") << o.describe();
-    return o.header("x-switchyard-policy") + "/" + o.tier;
+    return o.header("x-foreshore-policy") + "/" + o.tier;
   };
   EXPECT_EQ(routed_tier(), "edge/edge");
 
@@ -955,7 +955,7 @@ TEST_F(ReliabilityFeatures, ConfigReloadUnderLoad) {
     EXPECT_NE(line->find(config_), std::string::npos) << "the reason names no file: " << *line;
     // Counted by the time it is logged (a short grace, not a timing check).
     EXPECT_TRUE(wait_for_reloads("failed", static_cast<double>(i + 1), 40))
-        << "switchyard_config_reloads_total{outcome=\"failed\"} does not count it\n"
+        << "foreshore_config_reloads_total{outcome=\"failed\"} does not count it\n"
         << metrics();
     EXPECT_TRUE(load.wait_for(12));
     EXPECT_EQ(routed_tier(), "cloud/cloud") << "the previous config is no longer in force";
@@ -1061,4 +1061,4 @@ TEST_F(ReliabilityFeatures, SigtermUnderLoad) {
 }
 
 }  // namespace
-}  // namespace sy::testing
+}  // namespace foreshore::testing

@@ -6,7 +6,7 @@
 
 #include <nlohmann/json.hpp>
 
-namespace sy::route {
+namespace foreshore::route {
 namespace {
 
 std::vector<TierProfile> two_tiers(int32_t edge_context = 2048) {
@@ -298,4 +298,4 @@ TEST(Router, DefaultComplexityModelLoads) {
 }
 
 }  // namespace
-}  // namespace sy::route
+}  // namespace foreshore::route

@@ -17,7 +17,7 @@
 #include <thread>
 #include <vector>
 
-namespace sy::route {
+namespace foreshore::route {
 namespace {
 
 const SensitivityDetector& default_detector() {
@@ -459,7 +459,7 @@ TEST(Sensitivity, ConcurrentScansAgree) {
 // when it overlaps a span labelled with that detector's type.
 
 std::filesystem::path pii_dir() {
-  return std::filesystem::path(SY_SHARED_DATA_DIR) / "pii";
+  return std::filesystem::path(FSH_SHARED_DATA_DIR) / "pii";
 }
 
 const std::map<std::string, std::string>& type_to_detector() {
@@ -570,7 +570,7 @@ class PiiCorpus : public ::testing::Test {
   void SetUp() override {
     if (!std::filesystem::exists(pii_dir())) GTEST_SKIP() << "no corpus at " << pii_dir();
   }
-  static bool verbose() { return std::getenv("SY_PII_VERBOSE") != nullptr; }
+  static bool verbose() { return std::getenv("FSH_PII_VERBOSE") != nullptr; }
 };
 
 // Floors are what this implementation measured (docs/PRIVACY.md), less a little
@@ -664,4 +664,4 @@ TEST_F(PiiCorpus, PresidioContextSentences) {
 }
 
 }  // namespace
-}  // namespace sy::route
+}  // namespace foreshore::route

@@ -21,14 +21,14 @@
 #include "support/process.h"
 #include "support/test_paths.h"
 
-namespace sy::serve {
+namespace foreshore::serve {
 namespace {
 
 using namespace std::chrono_literals;
 using nlohmann::json;
-using sy::testing::http_get;
-using sy::testing::http_post;
-using sy::testing::sse_data;
+using foreshore::testing::http_get;
+using foreshore::testing::http_post;
+using foreshore::testing::sse_data;
 
 // ---------------------------------------------------------------- config
 
@@ -50,7 +50,7 @@ TEST(ConfigTest, MinimalFileTakesDefaults) {
 }
 
 TEST(ConfigTest, FullFileReadsEveryField) {
-  setenv("SY_SERVE_TEST_UPSTREAM_KEY", "sk-up", 1);
+  setenv("FSH_SERVE_TEST_UPSTREAM_KEY", "sk-up", 1);
   auto c = parse_config(R"(
 server:
   host: 0.0.0.0
@@ -78,7 +78,7 @@ tiers:
     kind: openai
     model: gpt-4o-mini
     endpoint: https://api.openai.com/v1
-    api_key_env: SY_SERVE_TEST_UPSTREAM_KEY
+    api_key_env: FSH_SERVE_TEST_UPSTREAM_KEY
     price: {input_per_mtok: 0.15, output_per_mtok: 0.6}
     timeouts: {connect_ms: 100, first_byte_ms: 200, total_ms: 300}
     verify_tls: false
@@ -182,7 +182,7 @@ TEST(ConfigTest, UnknownKeysAreErrors) {
 }
 
 TEST(ConfigTest, OperationalKeys) {
-  const std::string small = sy::testing::shared_models_dir() + "/llama-2-tiny-random.gguf";
+  const std::string small = foreshore::testing::shared_models_dir() + "/llama-2-tiny-random.gguf";
   auto c = parse_config(
       "server:\n  memory_pressure_interval_ms: 100\n  shutdown_timeout_ms: 5000\n"
       "  shadow_target_agreement: 0.85\n  audit_max_rows: 1000\n  audit_max_age_hours: 48\n"
@@ -248,21 +248,21 @@ TEST(ConfigTest, InvalidYamlSaysWhere) {
 }
 
 TEST(ConfigTest, ApiKeysFromEnvironment) {
-  setenv("SY_SERVE_TEST_KEYS", "a1, b2 ,c3", 1);
+  setenv("FSH_SERVE_TEST_KEYS", "a1, b2 ,c3", 1);
   auto c = parse_config(
-      "server:\n  api_keys: [k0]\n  api_keys_env: SY_SERVE_TEST_KEYS\n"
+      "server:\n  api_keys: [k0]\n  api_keys_env: FSH_SERVE_TEST_KEYS\n"
       "tiers:\n  e:\n    model: m\n",
       "cfg.yaml");
   ASSERT_TRUE(c.ok()) << c.error().message;
   EXPECT_EQ(c->server.api_keys, (std::vector<std::string>{"k0", "a1", "b2", "c3"}));
-  unsetenv("SY_SERVE_TEST_KEYS_MISSING");
-  EXPECT_EQ(config_error("server:\n  api_keys_env: SY_SERVE_TEST_KEYS_MISSING\n"
+  unsetenv("FSH_SERVE_TEST_KEYS_MISSING");
+  EXPECT_EQ(config_error("server:\n  api_keys_env: FSH_SERVE_TEST_KEYS_MISSING\n"
                          "tiers:\n  e:\n    model: m\n"),
-            "cfg.yaml: server.api_keys_env: environment variable SY_SERVE_TEST_KEYS_MISSING "
+            "cfg.yaml: server.api_keys_env: environment variable FSH_SERVE_TEST_KEYS_MISSING "
             "is not set or holds no keys");
   EXPECT_EQ(config_error("tiers:\n  c:\n    model: m\n    endpoint: http://h/v1\n"
-                         "    api_key_env: SY_SERVE_TEST_KEYS_MISSING\n"),
-            "cfg.yaml: tiers.c.api_key_env: environment variable SY_SERVE_TEST_KEYS_MISSING is "
+                         "    api_key_env: FSH_SERVE_TEST_KEYS_MISSING\n"),
+            "cfg.yaml: tiers.c.api_key_env: environment variable FSH_SERVE_TEST_KEYS_MISSING is "
             "not set");
 }
 
@@ -294,7 +294,7 @@ TEST(ConfigTest, FromFlags) {
 }
 
 TEST(ConfigTest, RoutingAndPrivacySectionsAreCheckedAndKept) {
-  auto c = load_config(std::string(SY_SOURCE_DIR) + "/examples/gateway.yaml");
+  auto c = load_config(std::string(FSH_SOURCE_DIR) + "/examples/gateway.yaml");
   ASSERT_TRUE(c.ok()) << c.error().message;
   EXPECT_TRUE(c->routing.IsMap());
   EXPECT_TRUE(c->privacy.IsMap());
@@ -303,7 +303,7 @@ TEST(ConfigTest, RoutingAndPrivacySectionsAreCheckedAndKept) {
 }
 
 TEST(ConfigTest, LoadConfigMissingFile) {
-  auto c = load_config("/nonexistent/switchyard.yaml");
+  auto c = load_config("/nonexistent/foreshore.yaml");
   ASSERT_FALSE(c.ok());
   EXPECT_EQ(c.error().kind, ErrorKind::kNotFound);
 }
@@ -669,11 +669,11 @@ class GatewayTest : public ::testing::Test {
     if (thread.joinable()) thread.join();
   }
 
-  sy::testing::HttpResult chat(json body, httplib::Headers headers = {}) {
+  foreshore::testing::HttpResult chat(json body, httplib::Headers headers = {}) {
     return http_post(port, "/v1/chat/completions", body.dump(), headers);
   }
 
-  static void expect_error(const sy::testing::HttpResult& r, int status, const std::string& type) {
+  static void expect_error(const foreshore::testing::HttpResult& r, int status, const std::string& type) {
     EXPECT_EQ(r.status, status) << r.body;
     const json j = r.json();
     ASSERT_TRUE(j.contains("error")) << r.body;
@@ -691,12 +691,12 @@ class GatewayTest : public ::testing::Test {
 
 TEST_F(GatewayTest, NonStreamingNamesWhereItRan) {
   start();
-  auto r = chat(chat_body(), {{"x-switchyard-tier", "cloud"}});
+  auto r = chat(chat_body(), {{"x-foreshore-tier", "cloud"}});
   ASSERT_EQ(r.status, 200) << r.body;
-  EXPECT_EQ(r.header("x-switchyard-tier"), "cloud");
-  EXPECT_EQ(r.header("x-switchyard-model"), "big-cloud");
-  EXPECT_EQ(r.header("x-switchyard-model-version"), "big-cloud@v1");
-  const std::string id = r.header("x-switchyard-decision-id");
+  EXPECT_EQ(r.header("x-foreshore-tier"), "cloud");
+  EXPECT_EQ(r.header("x-foreshore-model"), "big-cloud");
+  EXPECT_EQ(r.header("x-foreshore-model-version"), "big-cloud@v1");
+  const std::string id = r.header("x-foreshore-decision-id");
   EXPECT_FALSE(id.empty());
   const json j = r.json();
   EXPECT_EQ(j["object"], "chat.completion");
@@ -709,16 +709,16 @@ TEST_F(GatewayTest, NonStreamingNamesWhereItRan) {
   EXPECT_EQ(j["usage"]["prompt_tokens"], 5);
   EXPECT_EQ(j["usage"]["completion_tokens"], 3);
   EXPECT_EQ(j["usage"]["total_tokens"], 8);
-  EXPECT_EQ(j["switchyard"]["tier"], "cloud");
-  EXPECT_EQ(j["switchyard"]["placement"], "cloud");
-  EXPECT_EQ(j["switchyard"]["model"], "big-cloud");
-  EXPECT_EQ(j["switchyard"]["model_version"], "big-cloud@v1");
-  EXPECT_EQ(j["switchyard"]["decision_id"], id);
+  EXPECT_EQ(j["foreshore"]["tier"], "cloud");
+  EXPECT_EQ(j["foreshore"]["placement"], "cloud");
+  EXPECT_EQ(j["foreshore"]["model"], "big-cloud");
+  EXPECT_EQ(j["foreshore"]["model_version"], "big-cloud@v1");
+  EXPECT_EQ(j["foreshore"]["decision_id"], id);
   EXPECT_EQ(cloud->calls.load(), 1);
   EXPECT_EQ(edge->calls.load(), 0);
 
-  auto again = chat(chat_body(), {{"x-switchyard-tier", "cloud"}});
-  EXPECT_NE(again.header("x-switchyard-decision-id"), id);
+  auto again = chat(chat_body(), {{"x-foreshore-tier", "cloud"}});
+  EXPECT_NE(again.header("x-foreshore-decision-id"), id);
 }
 
 TEST_F(GatewayTest, PassesParametersToTheTier) {
@@ -736,7 +736,7 @@ TEST_F(GatewayTest, PassesParametersToTheTier) {
   EXPECT_FLOAT_EQ(*edge->last.params.temperature, 0.0f);
   EXPECT_EQ(edge->last.params.stop, std::vector<std::string>{"x"});
   EXPECT_EQ(edge->last.params.seed, 3u);
-  EXPECT_EQ(edge->last.request_id, r.header("x-switchyard-decision-id"));
+  EXPECT_EQ(edge->last.request_id, r.header("x-foreshore-decision-id"));
   EXPECT_TRUE(edge->last.deadline.has_value());
   EXPECT_TRUE(edge->last.model.empty());
 }
@@ -751,17 +751,17 @@ TEST_F(GatewayTest, SelectsTiers) {
       b["model"] = model;
     }
     auto r = chat(b, h);
-    return r.status == 200 ? r.header("x-switchyard-tier") : std::to_string(r.status);
+    return r.status == 200 ? r.header("x-foreshore-tier") : std::to_string(r.status);
   };
   EXPECT_EQ(tier_for(nullptr), "edge");  // the first device tier
   EXPECT_EQ(tier_for("cloud"), "cloud");
   EXPECT_EQ(tier_for("gpt-4o"), "cloud");
   EXPECT_EQ(tier_for("big-cloud"), "cloud");
   EXPECT_EQ(tier_for("tiny-edge"), "edge");
-  EXPECT_EQ(tier_for("gpt-4o", {{"x-switchyard-tier", "edge"}}), "edge");
-  EXPECT_EQ(tier_for("switchyard"), "edge");  // the gateway's choice
+  EXPECT_EQ(tier_for("gpt-4o", {{"x-foreshore-tier", "edge"}}), "edge");
+  EXPECT_EQ(tier_for("foreshore"), "edge");  // the gateway's choice
   EXPECT_EQ(tier_for("nope"), "404");
-  EXPECT_EQ(tier_for("edge", {{"x-switchyard-tier", "moon"}}), "400");
+  EXPECT_EQ(tier_for("edge", {{"x-foreshore-tier", "moon"}}), "400");
   auto r = chat(json{{"model", "nope"}, {"messages", chat_body()["messages"]}});
   expect_error(r, 404, "invalid_request_error");
   EXPECT_EQ(r.json()["error"]["code"], "model_not_found");
@@ -772,7 +772,7 @@ TEST_F(GatewayTest, DefaultTierFromConfig) {
   start("server:\n  default_tier: cloud\n");
   json b = chat_body();
   b.erase("model");
-  EXPECT_EQ(chat(b).header("x-switchyard-tier"), "cloud");
+  EXPECT_EQ(chat(b).header("x-foreshore-tier"), "cloud");
 }
 
 TEST_F(GatewayTest, Streaming) {
@@ -782,20 +782,20 @@ TEST_F(GatewayTest, Streaming) {
   b["stream_options"] = {{"include_usage", true}};
   b["logprobs"] = true;
   b["top_logprobs"] = 2;
-  auto r = chat(b, {{"x-switchyard-tier", "edge"}});
+  auto r = chat(b, {{"x-foreshore-tier", "edge"}});
   ASSERT_EQ(r.status, 200) << r.body;
   EXPECT_EQ(r.header("Content-Type"), "text/event-stream");
-  EXPECT_EQ(r.header("x-switchyard-tier"), "edge");
-  EXPECT_EQ(r.header("x-switchyard-model"), "tiny-edge");
-  const std::string id = r.header("x-switchyard-decision-id");
+  EXPECT_EQ(r.header("x-foreshore-tier"), "edge");
+  EXPECT_EQ(r.header("x-foreshore-model"), "tiny-edge");
+  const std::string id = r.header("x-foreshore-decision-id");
   auto events = sse_data(r.body);
   ASSERT_EQ(events.size(), 7u) << r.body;  // role, 3 words, finish, usage, [DONE]
   json first = json::parse(events[0]);
   EXPECT_EQ(first["object"], "chat.completion.chunk");
   EXPECT_EQ(first["id"], "chatcmpl-" + id);
   EXPECT_EQ(first["choices"][0]["delta"]["role"], "assistant");
-  EXPECT_EQ(first["switchyard"]["tier"], "edge");
-  EXPECT_EQ(first["switchyard"]["decision_id"], id);
+  EXPECT_EQ(first["foreshore"]["tier"], "edge");
+  EXPECT_EQ(first["foreshore"]["decision_id"], id);
   std::string text;
   for (int i = 1; i <= 3; ++i) {
     json c = json::parse(events[i]);
@@ -806,7 +806,7 @@ TEST_F(GatewayTest, Streaming) {
   EXPECT_EQ(text, "Hello world!");
   json last = json::parse(events[4]);
   EXPECT_EQ(last["choices"][0]["finish_reason"], "stop");
-  EXPECT_EQ(last["switchyard"]["model_version"], "tiny-edge@v1");
+  EXPECT_EQ(last["foreshore"]["model_version"], "tiny-edge@v1");
   json usage = json::parse(events[5]);
   EXPECT_TRUE(usage["choices"].empty());
   EXPECT_EQ(usage["usage"]["completion_tokens"], 3);
@@ -815,10 +815,10 @@ TEST_F(GatewayTest, Streaming) {
   // given back its slot and been counted (a race once: both ran after the
   // final chunk, so a quick client could see neither).
   const std::string m = http_get(port, "/metrics").body;
-  EXPECT_NE(m.find("switchyard_requests_total{tier=\"edge\",endpoint=\"chat\",status=\"200\"} 1"),
+  EXPECT_NE(m.find("foreshore_requests_total{tier=\"edge\",endpoint=\"chat\",status=\"200\"} 1"),
             std::string::npos)
       << m;
-  EXPECT_NE(m.find("switchyard_requests_in_flight 0"), std::string::npos) << m;
+  EXPECT_NE(m.find("foreshore_requests_in_flight 0"), std::string::npos) << m;
 }
 
 TEST_F(GatewayTest, LegacyCompletionsAndStreaming) {
@@ -829,7 +829,7 @@ TEST_F(GatewayTest, LegacyCompletionsAndStreaming) {
   EXPECT_EQ(j["object"], "text_completion");
   EXPECT_EQ(j["choices"][0]["text"], "Hello world!");
   EXPECT_EQ(j["choices"][0]["logprobs"]["tokens"].size(), 3u);
-  EXPECT_EQ(j["switchyard"]["tier"], "edge");
+  EXPECT_EQ(j["foreshore"]["tier"], "edge");
   {
     std::lock_guard lock(edge->mu);
     EXPECT_EQ(edge->last.prompt, "Once");
@@ -843,8 +843,8 @@ TEST_F(GatewayTest, LegacyCompletionsAndStreaming) {
 }
 
 TEST_F(GatewayTest, Auth) {
-  setenv("SY_SERVE_TEST_CLIENT_KEYS", "sk-good", 1);
-  start("server:\n  api_keys_env: SY_SERVE_TEST_CLIENT_KEYS\n");
+  setenv("FSH_SERVE_TEST_CLIENT_KEYS", "sk-good", 1);
+  start("server:\n  api_keys_env: FSH_SERVE_TEST_CLIENT_KEYS\n");
   auto r = chat(chat_body());
   expect_error(r, 401, "invalid_request_error");
   EXPECT_EQ(r.json()["error"]["code"], "invalid_api_key");
@@ -886,11 +886,11 @@ TEST_F(GatewayTest, OverloadAnswers429) {
   });
   for (int i = 0; i < 500 && edge->calls.load() == 0; ++i) std::this_thread::sleep_for(2ms);
   ASSERT_EQ(edge->calls.load(), 1);
-  auto r = chat(chat_body(), {{"x-switchyard-tier", "cloud"}});
+  auto r = chat(chat_body(), {{"x-foreshore-tier", "cloud"}});
   expect_error(r, 429, "rate_limit_error");
   EXPECT_EQ(r.header("Retry-After"), "1");
   slow.join();
-  EXPECT_EQ(chat(chat_body(), {{"x-switchyard-tier", "cloud"}}).status, 200);
+  EXPECT_EQ(chat(chat_body(), {{"x-foreshore-tier", "cloud"}}).status, 200);
 }
 
 // httplib holds one worker thread per open connection. After a burst, the
@@ -899,7 +899,7 @@ TEST_F(GatewayTest, IdleWorkerThreadsExitAfterABurst) {
   start("server:\n  worker_idle_timeout_ms: 100\n");
   auto workers = [&] {
     const std::string m = http_get(port, "/metrics").body;
-    const std::string key = "\nswitchyard_http_worker_threads ";
+    const std::string key = "\nforeshore_http_worker_threads ";
     const size_t at = m.find(key);
     return at == std::string::npos ? -1.0 : std::stod(m.substr(at + key.size()));
   };
@@ -927,7 +927,7 @@ TEST_F(GatewayTest, IdleWorkerThreadsExitAfterABurst) {
   EXPECT_GE(wait_for_workers([](double n) { return n >= kConnections; }), kConnections);
   for (const int fd : sockets) ::close(fd);
   EXPECT_LE(wait_for_workers([](double n) { return n >= 0 && n <= 8; }), 8);
-  EXPECT_EQ(chat(chat_body(), {{"x-switchyard-tier", "cloud"}}).status, 200);
+  EXPECT_EQ(chat(chat_body(), {{"x-foreshore-tier", "cloud"}}).status, 200);
 }
 
 TEST_F(GatewayTest, TierErrorsBeforeOutputKeepTheirStatus) {
@@ -939,13 +939,13 @@ TEST_F(GatewayTest, TierErrorsBeforeOutputKeepTheirStatus) {
   for (bool stream : {false, true}) {
     json b = chat_body();
     b["stream"] = stream;
-    auto r = chat(b, {{"x-switchyard-tier", "cloud"}});
+    auto r = chat(b, {{"x-foreshore-tier", "cloud"}});
     expect_error(r, 429, "rate_limit_error");
     EXPECT_EQ(r.header("Retry-After"), "3");
-    EXPECT_EQ(r.header("x-switchyard-tier"), "cloud");
+    EXPECT_EQ(r.header("x-foreshore-tier"), "cloud");
   }
   cloud->fail_before = make_error(ErrorKind::kUnavailable, "connection refused");
-  expect_error(chat(chat_body(), {{"x-switchyard-tier", "cloud"}}), 503, "service_unavailable");
+  expect_error(chat(chat_body(), {{"x-foreshore-tier", "cloud"}}), 503, "service_unavailable");
 }
 
 TEST_F(GatewayTest, MidStreamErrorIsAnSseErrorEvent) {
@@ -953,7 +953,7 @@ TEST_F(GatewayTest, MidStreamErrorIsAnSseErrorEvent) {
   cloud->fail_after_first = make_error(ErrorKind::kUnavailable, "the connection died mid-stream");
   json b = chat_body();
   b["stream"] = true;
-  auto r = chat(b, {{"x-switchyard-tier", "cloud"}});
+  auto r = chat(b, {{"x-foreshore-tier", "cloud"}});
   ASSERT_EQ(r.status, 200);
   auto events = sse_data(r.body);
   ASSERT_EQ(events.size(), 3u) << r.body;  // role, "Hello", error
@@ -1000,7 +1000,7 @@ TEST_F(GatewayTest, ClientDisconnectCancelsTheGeneration) {
   EXPECT_EQ(r.status, 200);
   const std::string metrics = http_get(port, "/metrics").body;
   EXPECT_NE(metrics.find("status=\"499\"} 1"), std::string::npos) << metrics;
-  EXPECT_NE(metrics.find("switchyard_requests_in_flight 0"), std::string::npos) << metrics;
+  EXPECT_NE(metrics.find("foreshore_requests_in_flight 0"), std::string::npos) << metrics;
 }
 
 TEST_F(GatewayTest, ModelsHealthReadyMetrics) {
@@ -1016,9 +1016,9 @@ TEST_F(GatewayTest, ModelsHealthReadyMetrics) {
     EXPECT_TRUE(m["owned_by"].is_string());
     ids.insert(m["id"].get<std::string>());
   }
-  EXPECT_EQ(ids, (std::set<std::string>{"switchyard", "edge", "cloud", "gpt-4o", "tiny-edge",
+  EXPECT_EQ(ids, (std::set<std::string>{"foreshore", "edge", "cloud", "gpt-4o", "tiny-edge",
                                         "big-cloud"}));
-  EXPECT_EQ(j["data"][0]["id"], "switchyard");
+  EXPECT_EQ(j["data"][0]["id"], "foreshore");
   EXPECT_EQ(http_get(port, "/healthz").status, 200);
   r = http_get(port, "/readyz");
   EXPECT_EQ(r.status, 200);
@@ -1027,16 +1027,16 @@ TEST_F(GatewayTest, ModelsHealthReadyMetrics) {
   chat(chat_body());
   chat(json{{"model", "nope"}, {"messages", chat_body()["messages"]}});
   const std::string m = http_get(port, "/metrics").body;
-  EXPECT_NE(m.find("switchyard_requests_total{tier=\"edge\",endpoint=\"chat\",status=\"200\"} 1"),
+  EXPECT_NE(m.find("foreshore_requests_total{tier=\"edge\",endpoint=\"chat\",status=\"200\"} 1"),
             std::string::npos)
       << m;
-  EXPECT_NE(m.find("switchyard_requests_total{tier=\"none\",endpoint=\"chat\",status=\"404\"} 1"),
+  EXPECT_NE(m.find("foreshore_requests_total{tier=\"none\",endpoint=\"chat\",status=\"404\"} 1"),
             std::string::npos)
       << m;
-  EXPECT_NE(m.find("switchyard_tokens_total{tier=\"edge\",type=\"completion\"} 3"),
+  EXPECT_NE(m.find("foreshore_tokens_total{tier=\"edge\",type=\"completion\"} 3"),
             std::string::npos)
       << m;
-  EXPECT_NE(m.find("switchyard_request_duration_seconds_count{tier=\"edge\"} 1"), std::string::npos)
+  EXPECT_NE(m.find("foreshore_request_duration_seconds_count{tier=\"edge\"} 1"), std::string::npos)
       << m;
 }
 
@@ -1045,7 +1045,7 @@ TEST_F(GatewayTest, ReloadSwapsTheConfigAndKeepsTheOldOneOnError) {
   auto r = chat(
       {{"model", "gpt-4o"}, {"messages", json::array({{{"role", "user"}, {"content", "hi"}}})}});
   ASSERT_EQ(r.status, 200) << r.body;
-  EXPECT_EQ(r.header("x-switchyard-tier"), "cloud");
+  EXPECT_EQ(r.header("x-foreshore-tier"), "cloud");
 
   // The alias moves to the edge; both tiers are unchanged, so neither is rebuilt.
   const std::string tiers =
@@ -1068,7 +1068,7 @@ TEST_F(GatewayTest, ReloadSwapsTheConfigAndKeepsTheOldOneOnError) {
   r = chat(
       {{"model", "gpt-4o"}, {"messages", json::array({{{"role", "user"}, {"content", "hi"}}})}});
   ASSERT_EQ(r.status, 200) << r.body;
-  EXPECT_EQ(r.header("x-switchyard-tier"), "edge");
+  EXPECT_EQ(r.header("x-foreshore-tier"), "edge");
 
   // A new tier whose backend cannot be built: the reload fails, nothing changes.
   auto broken = parse_config(tiers + "  spare:\n    model: missing\nmodels:\n  gpt-4o: cloud\n",
@@ -1084,10 +1084,10 @@ TEST_F(GatewayTest, ReloadSwapsTheConfigAndKeepsTheOldOneOnError) {
   r = chat(
       {{"model", "gpt-4o"}, {"messages", json::array({{{"role", "user"}, {"content", "hi"}}})}});
   ASSERT_EQ(r.status, 200) << r.body;
-  EXPECT_EQ(r.header("x-switchyard-tier"), "edge");
+  EXPECT_EQ(r.header("x-foreshore-tier"), "edge");
   const std::string m = http_get(port, "/metrics").body;
-  EXPECT_NE(m.find("switchyard_config_reloads_total{outcome=\"ok\"} 1"), std::string::npos) << m;
-  EXPECT_NE(m.find("switchyard_config_reloads_total{outcome=\"failed\"} 1"), std::string::npos)
+  EXPECT_NE(m.find("foreshore_config_reloads_total{outcome=\"ok\"} 1"), std::string::npos) << m;
+  EXPECT_NE(m.find("foreshore_config_reloads_total{outcome=\"failed\"} 1"), std::string::npos)
       << m;
 }
 
@@ -1120,7 +1120,7 @@ TEST_F(GatewayTest, AliasFallbackChainRespectsTheDataClass) {
   cloud->fail_before = make_error(ErrorKind::kUnavailable, "upstream 503");
   auto r = chat({{"model", "gpt-4o"}, {"messages", messages}});
   ASSERT_EQ(r.status, 200) << r.body;
-  EXPECT_EQ(r.header("x-switchyard-tier"), "edge");
+  EXPECT_EQ(r.header("x-foreshore-tier"), "edge");
 
   // The edge fails and the data is device-only: the chain's cloud step is
   // dropped by the rules, so the cloud is never called.
@@ -1128,13 +1128,13 @@ TEST_F(GatewayTest, AliasFallbackChainRespectsTheDataClass) {
   edge->fail_before = make_error(ErrorKind::kUnavailable, "edge is down");
   const int cloud_calls = cloud->calls.load();
   r = chat({{"model", "local"}, {"messages", messages}},
-           {{"x-switchyard-data-class", "device-only"}});
+           {{"x-foreshore-data-class", "device-only"}});
   EXPECT_EQ(r.status, 503) << r.body;
   EXPECT_EQ(cloud->calls.load(), cloud_calls);
   // The same request with public data takes the chain to the cloud.
   r = chat({{"model", "local"}, {"messages", messages}});
   ASSERT_EQ(r.status, 200) << r.body;
-  EXPECT_EQ(r.header("x-switchyard-tier"), "cloud");
+  EXPECT_EQ(r.header("x-foreshore-tier"), "cloud");
   edge->fail_before.reset();
 }
 
@@ -1143,8 +1143,8 @@ TEST_F(GatewayTest, DrainFinishesRunningRequestsAndRefusesNewOnes) {
   edge->delay = 60ms;
   json body = chat_body();
   body["stream"] = true;
-  sy::testing::HttpResult streamed;
-  std::thread client([&] { streamed = chat(body, {{"x-switchyard-tier", "edge"}}); });
+  foreshore::testing::HttpResult streamed;
+  std::thread client([&] { streamed = chat(body, {{"x-foreshore-tier", "edge"}}); });
   while (gateway->active_requests() == 0) std::this_thread::sleep_for(1ms);
   gateway->begin_drain();
 
@@ -1193,11 +1193,11 @@ TEST(GatewayLifecycleTest, BrokenEdgeModelLeavesTheOtherTiersServing) {
   // Data that may leave the device is served by the cloud...
   auto r = http_post(*port, "/v1/chat/completions", chat_body().dump());
   ASSERT_EQ(r.status, 200) << r.body;
-  EXPECT_EQ(r.header("x-switchyard-tier"), "cloud");
+  EXPECT_EQ(r.header("x-foreshore-tier"), "cloud");
   // ...device-only data gets a 503 that says why, and the cloud never sees it.
   const int cloud_calls = cloud->calls.load();
   r = http_post(*port, "/v1/chat/completions", chat_body().dump(),
-                {{"x-switchyard-data-class", "device-only"}});
+                {{"x-foreshore-data-class", "device-only"}});
   EXPECT_EQ(r.status, 503) << r.body;
   EXPECT_NE(r.body.find("truncated at byte 40"), std::string::npos) << r.body;
   EXPECT_EQ(cloud->calls.load(), cloud_calls);
@@ -1291,4 +1291,4 @@ TEST(GatewayLifecycleTest, StopBeforeRunReturns) {
 }
 
 }  // namespace
-}  // namespace sy::serve
+}  // namespace foreshore::serve

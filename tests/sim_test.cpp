@@ -12,7 +12,7 @@
 #include "route/router.h"
 #include "serve/config.h"
 
-namespace sy::sim {
+namespace foreshore::sim {
 namespace {
 
 constexpr const char* kTiers =
@@ -32,7 +32,7 @@ serve::GatewayConfig config_with(const std::string& routing) {
 }
 
 std::string default_model_routing() {
-  return std::string("routing: {complexity_model: ") + SY_SOURCE_DIR +
+  return std::string("routing: {complexity_model: ") + FSH_SOURCE_DIR +
          "/data/router/complexity-default.json}\n";
 }
 
@@ -413,7 +413,7 @@ TEST(Report, FiguresAreWellFormedAndHoldTheSeries) {
 
   const std::string dir = testing::TempDir() + "/sim-report";
   ReportInputs in;
-  in.command = "switchyard simulate --trace t.jsonl";
+  in.command = "foreshore simulate --trace t.jsonl";
   in.trace_path = "t.jsonl";
   in.trace = summarize_trace(*sim);
   in.policies = policies;
@@ -498,4 +498,4 @@ TEST(Advise, NoTimeSpanMeansVolumeUnknown) {
 }
 
 }  // namespace
-}  // namespace sy::sim
+}  // namespace foreshore::sim

@@ -20,12 +20,12 @@
 
 #include "engine/gguf.h"
 
-namespace sy::engine {
+namespace foreshore::engine {
 namespace {
 
 namespace fs = std::filesystem;
 
-const fs::path kDataDir = fs::path(SY_SHARED_DATA_DIR);
+const fs::path kDataDir = fs::path(FSH_SHARED_DATA_DIR);
 const fs::path kVectorDir = kDataDir / "tokenizer-tests";
 
 std::string read_file(const fs::path& path) {
@@ -87,7 +87,7 @@ std::string base64_decode(std::string_view in) {
 }
 
 Result<Vocabulary> gguf_vocabulary(const fs::path& path) {
-  SY_ASSIGN_OR_RETURN(auto file, GgufFile::open(path.string()));
+  FSH_ASSIGN_OR_RETURN(auto file, GgufFile::open(path.string()));
   return Vocabulary::from_gguf(*file);
 }
 
@@ -700,7 +700,7 @@ GgufWriter minimal_gguf() {
 
 Result<Vocabulary> vocabulary_of(const GgufWriter& w) {
   const std::vector<uint8_t> bytes = w.to_bytes();
-  SY_ASSIGN_OR_RETURN(auto file, GgufFile::parse(bytes, "test.gguf"));
+  FSH_ASSIGN_OR_RETURN(auto file, GgufFile::parse(bytes, "test.gguf"));
   return Vocabulary::from_gguf(*file);
 }
 
@@ -799,4 +799,4 @@ TEST(TokenizerCreate, RejectsUnusableVocabularies) {
 }
 
 }  // namespace
-}  // namespace sy::engine
+}  // namespace foreshore::engine

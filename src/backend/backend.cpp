@@ -2,7 +2,7 @@
 
 #include "backend/backend_kinds.h"
 
-namespace sy::backend {
+namespace foreshore::backend {
 namespace {
 
 Error tier_error(const TierConfig& config, const std::string& problem) {
@@ -29,7 +29,7 @@ Result<std::shared_ptr<Backend>> create_backend(const TierConfig& config) {
                                   ? "model is empty; give a model name or a path to a .gguf file"
                                   : "model is empty; give the model id the upstream serves");
   }
-  SY_TRY_STATUS(check_positive(config, "max_concurrency", config.max_concurrency));
+  FSH_TRY_STATUS(check_positive(config, "max_concurrency", config.max_concurrency));
   if (config.max_queue < 0) {
     return tier_error(
         config, "max_queue is " + std::to_string(config.max_queue) + "; it must be 0 or more");
@@ -39,7 +39,7 @@ Result<std::shared_ptr<Backend>> create_backend(const TierConfig& config) {
       return tier_error(config, "context_length is " + std::to_string(config.context_length) +
                                     "; use 0 for the model's own or a positive token count");
     }
-    SY_TRY_STATUS(check_positive(config, "kv_memory_mb", config.kv_memory_mb));
+    FSH_TRY_STATUS(check_positive(config, "kv_memory_mb", config.kv_memory_mb));
     return create_embedded_backend(config);
   }
   if (config.endpoint.empty()) {
@@ -50,10 +50,10 @@ Result<std::shared_ptr<Backend>> create_backend(const TierConfig& config) {
   if (auto url = parse_endpoint_url(config.endpoint); !url.ok()) {
     return tier_error(config, "endpoint: " + url.error().message);
   }
-  SY_TRY_STATUS(check_positive(config, "connect_timeout_ms", config.connect_timeout_ms));
-  SY_TRY_STATUS(check_positive(config, "first_byte_timeout_ms", config.first_byte_timeout_ms));
-  SY_TRY_STATUS(check_positive(config, "total_timeout_ms", config.total_timeout_ms));
+  FSH_TRY_STATUS(check_positive(config, "connect_timeout_ms", config.connect_timeout_ms));
+  FSH_TRY_STATUS(check_positive(config, "first_byte_timeout_ms", config.first_byte_timeout_ms));
+  FSH_TRY_STATUS(check_positive(config, "total_timeout_ms", config.total_timeout_ms));
   return create_openai_backend(config);
 }
 
-}  // namespace sy::backend
+}  // namespace foreshore::backend

@@ -14,7 +14,7 @@
 
 #include "common/result.h"
 
-namespace sy::backend {
+namespace foreshore::backend {
 
 enum class Placement { kDevice, kCloud };
 
@@ -58,7 +58,7 @@ struct RemoteOnlyFields {
   std::string edge_unsupported;
   // Fields the embedded engine ignores without the answer's form depending
   // on them (the other fields; tools under tool_choice "none"), comma-
-  // separated: an edge answer names them in x-switchyard-ignored-params.
+  // separated: an edge answer names them in x-foreshore-ignored-params.
   std::string edge_ignored;
 };
 
@@ -227,4 +227,4 @@ Result<std::shared_ptr<Backend>> create_backend(const TierConfig& config);
 // around it; a config reload with a fixed model replaces it.
 std::shared_ptr<Backend> make_unavailable_backend(const TierConfig& config, const Error& why);
 
-}  // namespace sy::backend
+}  // namespace foreshore::backend

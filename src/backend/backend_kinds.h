@@ -7,7 +7,7 @@
 
 #include "backend/backend.h"
 
-namespace sy::backend {
+namespace foreshore::backend {
 
 // An OpenAI-compatible base URL split into what httplib needs.
 struct EndpointUrl {
@@ -26,4 +26,4 @@ Result<EndpointUrl> parse_endpoint_url(const std::string& url);
 Result<std::shared_ptr<Backend>> create_embedded_backend(const TierConfig& config);
 Result<std::shared_ptr<Backend>> create_openai_backend(const TierConfig& config);
 
-}  // namespace sy::backend
+}  // namespace foreshore::backend

@@ -19,7 +19,7 @@
 #include "backend/backend_kinds.h"
 #include "engine/engine.h"
 
-namespace sy::backend {
+namespace foreshore::backend {
 namespace {
 
 using Clock = std::chrono::steady_clock;
@@ -168,7 +168,7 @@ Result<std::shared_ptr<Deployment>> deploy(const TierConfig& config, const std::
   }
   d->model = std::move(model);
   d->model_name = model_name(model_ref);
-  SY_ASSIGN_OR_RETURN(d->format, choose_chat_format(config, *d->model));
+  FSH_ASSIGN_OR_RETURN(d->format, choose_chat_format(config, *d->model));
 
   engine::ContextOptions options;
   options.context_length = context_length;
@@ -234,7 +234,7 @@ class EmbeddedBackend final : public Backend {
     }
     // Tokenized before queueing so that a malformed request fails at once.
     std::shared_ptr<Deployment> deployment = current();
-    SY_ASSIGN_OR_RETURN(std::vector<TokenId> prompt, tokenize(*deployment, request));
+    FSH_ASSIGN_OR_RETURN(std::vector<TokenId> prompt, tokenize(*deployment, request));
 
     size_t ahead = 0;
     switch (turns_.enter(request, ahead)) {
@@ -261,9 +261,9 @@ class EmbeddedBackend final : public Backend {
     }
     if (std::shared_ptr<Deployment> now = current(); now != deployment) {
       deployment = std::move(now);
-      SY_ASSIGN_OR_RETURN(prompt, tokenize(*deployment, request));
+      FSH_ASSIGN_OR_RETURN(prompt, tokenize(*deployment, request));
     }
-    SY_ASSIGN_OR_RETURN(engine::GenerationRequest gen,
+    FSH_ASSIGN_OR_RETURN(engine::GenerationRequest gen,
                         to_engine_request(*deployment, request, std::move(prompt)));
     const double queued_ms = ms_since(start);
     if (request.deadline && Clock::now() >= *request.deadline) {
@@ -539,10 +539,10 @@ Result<std::shared_ptr<Backend>> create_embedded_backend(const TierConfig& confi
                         "tier '" + config.name + "': low_memory_model: " + path.error().message);
     }
   }
-  SY_ASSIGN_OR_RETURN(
+  FSH_ASSIGN_OR_RETURN(
       std::shared_ptr<Deployment> full,
       deploy(config, config.model, nullptr, config.max_concurrency, config.context_length));
   return std::shared_ptr<Backend>(std::make_shared<EmbeddedBackend>(config, std::move(full)));
 }
 
-}  // namespace sy::backend
+}  // namespace foreshore::backend

@@ -1,5 +1,5 @@
 // Cloud tiers: any server speaking OpenAI's chat-completions wire format
-// (OpenAI, vLLM, llama-server, Ollama's /v1, another Switchyard).
+// (OpenAI, vLLM, llama-server, Ollama's /v1, another Foreshore).
 //
 // Each pooled connection has a watcher thread that enforces the first-byte,
 // idle, total and request deadlines and the caller's cancellation by shutting
@@ -24,7 +24,7 @@
 
 #include "backend/backend_kinds.h"
 
-namespace sy::backend {
+namespace foreshore::backend {
 namespace {
 
 using Clock = std::chrono::steady_clock;
@@ -698,7 +698,7 @@ class OpenAiBackend final : public Backend {
     }
     if (error_status) return status_error(ex);
     if (!ex.event_stream) {
-      SY_TRY_STATUS(parse_body(ex));
+      FSH_TRY_STATUS(parse_body(ex));
       // The upstream ignored "stream": hand the whole answer over as one delta.
       if (ex.streaming &&
           (!ex.completion.text.empty() || !ex.completion.logprobs.empty() ||
@@ -816,7 +816,7 @@ class OpenAiBackend final : public Backend {
     if (p.presence_penalty) body["presence_penalty"] = *p.presence_penalty;
     if (p.frequency_penalty) body["frequency_penalty"] = *p.frequency_penalty;
     if (p.seed) body["seed"] = *p.seed;
-    // Not in OpenAI's API, but vLLM, llama-server and Switchyard take them
+    // Not in OpenAI's API, but vLLM, llama-server and Foreshore take them
     // under these names; sent only when the client asked for them.
     if (p.top_k) body["top_k"] = *p.top_k;
     if (p.min_p) body["min_p"] = *p.min_p;
@@ -845,9 +845,9 @@ class OpenAiBackend final : public Backend {
   void note_metadata(Exchange& ex, const json& j) {
     if (auto m = j.find("model"); m != j.end() && m->is_string())
       ex.reported_model = m->get<std::string>();
-    // Another Switchyard says which weights answered.
-    if (auto sy = j.find("switchyard"); sy != j.end() && sy->is_object()) {
-      if (auto v = sy->find("model_version"); v != sy->end() && v->is_string()) {
+    // Another Foreshore says which weights answered.
+    if (auto fsh = j.find("foreshore"); fsh != j.end() && fsh->is_object()) {
+      if (auto v = fsh->find("model_version"); v != fsh->end() && v->is_string()) {
         ex.reported_version = v->get<std::string>();
       }
     }
@@ -983,7 +983,7 @@ class OpenAiBackend final : public Backend {
       c.usage.completion_tokens =
           c.logprobs.empty() ? ex.content_chunks : static_cast<int32_t>(c.logprobs.size());
     }
-    if (auto v = ex.headers.find("x-switchyard-model-version"); v != ex.headers.end()) {
+    if (auto v = ex.headers.find("x-foreshore-model-version"); v != ex.headers.end()) {
       ex.reported_version = v->second;
     }
     c.model = ex.reported_model.empty() ? config_.model : ex.reported_model;
@@ -1009,7 +1009,7 @@ class OpenAiBackend final : public Backend {
           return make_error(ErrorKind::kDeadlineExceeded,
                             where() +
                                 ": no first token within the request's latency budget "
-                                "(x-switchyard-latency-budget-ms)");
+                                "(x-foreshore-latency-budget-ms)");
         }
         return make_error(ErrorKind::kDeadlineExceeded,
                           where() + ": no response within first_byte_timeout_ms " +
@@ -1195,4 +1195,4 @@ Result<std::shared_ptr<Backend>> create_openai_backend(const TierConfig& config)
       std::make_shared<OpenAiBackend>(config, std::move(url).value(), std::move(api_key)));
 }
 
-}  // namespace sy::backend
+}  // namespace foreshore::backend

@@ -1,6 +1,6 @@
 #include "backend/backend.h"
 
-namespace sy::backend {
+namespace foreshore::backend {
 namespace {
 
 class UnavailableBackend final : public Backend {
@@ -35,4 +35,4 @@ std::shared_ptr<Backend> make_unavailable_backend(const TierConfig& config, cons
   return std::make_shared<UnavailableBackend>(config, why);
 }
 
-}  // namespace sy::backend
+}  // namespace foreshore::backend

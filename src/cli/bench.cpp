@@ -1,4 +1,4 @@
-// `switchyard bench`: prompt-processing and generation speed of any GGUF
+// `foreshore bench`: prompt-processing and generation speed of any GGUF
 // file, measured the way llama.cpp's llama-bench measures it (random tokens,
 // one warm-up run, the mean and spread of tokens/s over repetitions), so the
 // two can be compared on the same file.
@@ -17,7 +17,7 @@
 #include "cli/commands.h"
 #include "engine/engine.h"
 
-namespace sy::cli {
+namespace foreshore::cli {
 namespace {
 
 struct BenchOptions {
@@ -109,7 +109,7 @@ Result<std::vector<Measurement>> measure(const std::shared_ptr<const engine::Mod
   engine::ContextOptions copts;
   copts.context_length = std::max(o.prompt_tokens, o.generated_tokens);
   copts.max_batch = std::max(1, std::min(o.prompt_tokens, 512));
-  SY_ASSIGN_OR_RETURN(auto ctx, engine::InferenceContext::create(model, copts));
+  FSH_ASSIGN_OR_RETURN(auto ctx, engine::InferenceContext::create(model, copts));
   if (ctx->context_length() < copts.context_length) {
     return make_error(ErrorKind::kInvalidArgument,
                       "-p " + std::to_string(o.prompt_tokens) + " / -n " +
@@ -138,7 +138,7 @@ Result<std::vector<Measurement>> measure(const std::shared_ptr<const engine::Mod
     // The first run warms caches and pages the weights in; it is not counted.
     for (int32_t rep = 0; rep <= o.repetitions; ++rep) {
       const auto tokens = random_tokens(test.tokens, vocab, static_cast<uint32_t>(rep + 1));
-      SY_TRY_STATUS(test.timer(*ctx, pool, tokens, &seconds));
+      FSH_TRY_STATUS(test.timer(*ctx, pool, tokens, &seconds));
       if (rep > 0) m.tokens_per_second.push_back(test.tokens / std::max(seconds, 1e-9));
     }
     out.push_back(std::move(m));
@@ -213,7 +213,7 @@ void add_bench_command(CLI::App& app) {
       "bench",
       "Measure prompt-processing and generation tokens/s of GGUF models, as llama-bench does");
   cmd->add_option("-m,--model", opts->models,
-                  "GGUF file, or model name on SWITCHYARD_MODEL_PATH (repeatable)")
+                  "GGUF file, or model name on FORESHORE_MODEL_PATH (repeatable)")
       ->required();
   cmd->add_option(
          "-p,--n-prompt", opts->prompt_tokens,
@@ -238,12 +238,12 @@ void add_bench_command(CLI::App& app) {
                 "samples_ts, n_prompt, n_gen) instead of the table");
   cmd->footer(
       "Examples:\n"
-      "  switchyard bench -m stories260K\n"
-      "  switchyard bench -m model-q4_0.gguf -m model-q8_0.gguf -p 128 -n 32 -t 1,2\n"
+      "  foreshore bench -m stories260K\n"
+      "  foreshore bench -m model-q4_0.gguf -m model-q8_0.gguf -p 128 -n 32 -t 1,2\n"
       "Weights are memory-mapped; the warm-up run pages them in. Tokens are drawn at\n"
       "random from the vocabulary. t/s is the mean over the repetitions, ± their standard\n"
       "deviation. bench/llama_cpp_compare.sh runs this and llama-bench on the same files.");
   on_run(cmd, [opts] { return bench(*opts); });
 }
 
-}  // namespace sy::cli
+}  // namespace foreshore::cli

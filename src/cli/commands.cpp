@@ -2,11 +2,11 @@
 
 #include <iostream>
 
-namespace sy::cli {
+namespace foreshore::cli {
 
 int fail(const Error& e) {
   std::cerr << "error: " << e.message << "\n";
   return e.kind == ErrorKind::kInvalidArgument || e.kind == ErrorKind::kNotFound ? 2 : 1;
 }
 
-}  // namespace sy::cli
+}  // namespace foreshore::cli

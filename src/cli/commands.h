@@ -1,11 +1,11 @@
-// Subcommands of the switchyard binary; each registers itself on the app.
+// Subcommands of the foreshore binary; each registers itself on the app.
 #pragma once
 
 #include <CLI/CLI.hpp>
 
 #include "common/result.h"
 
-namespace sy::cli {
+namespace foreshore::cli {
 
 void add_run_command(CLI::App& app);
 void add_bench_command(CLI::App& app);
@@ -32,4 +32,4 @@ void on_run(CLI::App* cmd, Command command) {
   });
 }
 
-}  // namespace sy::cli
+}  // namespace foreshore::cli

@@ -1,4 +1,4 @@
-// `switchyard prune` and `switchyard eval`: make a model smaller by removing
+// `foreshore prune` and `foreshore eval`: make a model smaller by removing
 // whole layers and FFN channels, and measure whether it is still fit for the
 // user's text and tasks.
 #include <algorithm>
@@ -16,7 +16,7 @@
 #include "cli/commands.h"
 #include "compress/compress.h"
 
-namespace sy::cli {
+namespace foreshore::cli {
 namespace {
 
 using json = nlohmann::ordered_json;
@@ -42,7 +42,7 @@ Status write_text_file(const std::string& path, const std::string& content) {
 }
 
 Result<std::shared_ptr<const engine::Model>> load_model(const std::string& name_or_path) {
-  SY_ASSIGN_OR_RETURN(std::string path, engine::resolve_model_path(name_or_path));
+  FSH_ASSIGN_OR_RETURN(std::string path, engine::resolve_model_path(name_or_path));
   return engine::Model::load(path);
 }
 
@@ -152,7 +152,7 @@ int prune(const PruneFlags& f) {
               100.0 * static_cast<double>(bytes_out) / static_cast<double>(bytes_in));
   for (const auto& note : r.notes) std::printf("note: %s\n", note.c_str());
   std::printf(
-      "wrote %s (loads in the engine); compare it with: switchyard eval %s --reference %s "
+      "wrote %s (loads in the engine); compare it with: foreshore eval %s --reference %s "
       "--text FILE\n",
       f.output.c_str(), f.output.c_str(), path->c_str());
   if (!f.report.empty()) {
@@ -360,11 +360,11 @@ void add_prune_command(CLI::App& app) {
       "output keeps every metadata key, with block_count and feed_forward_length updated,\n"
       "and is checked by loading it.\n"
       "Examples:\n"
-      "  switchyard prune stories260K small.gguf --remove-layers 1 --calibration text.txt\n"
-      "  switchyard prune model.gguf out.gguf --layers 3,5\n"
-      "  switchyard prune model.gguf out.gguf --ffn-keep 0.75 --calibration text.txt "
+      "  foreshore prune stories260K small.gguf --remove-layers 1 --calibration text.txt\n"
+      "  foreshore prune model.gguf out.gguf --layers 3,5\n"
+      "  foreshore prune model.gguf out.gguf --ffn-keep 0.75 --calibration text.txt "
       "--report prune.json\n"
-      "Then measure what was lost: switchyard eval out.gguf --reference model.gguf --text "
+      "Then measure what was lost: foreshore eval out.gguf --reference model.gguf --text "
       "text.txt");
   on_run(cmd, [f] { return prune(*f); });
 }
@@ -404,11 +404,11 @@ void add_eval_command(CLI::App& app) {
       "  {\"prompt\": \"The sky is\", \"choices\": [\" blue\", \" green\"], \"answer\": 0}   "
       "highest log-likelihood choice\n"
       "Examples:\n"
-      "  switchyard eval small.gguf --reference stories260K --text text.txt\n"
-      "  switchyard eval a.gguf b.gguf --reference model.gguf --text text.txt --tasks "
+      "  foreshore eval small.gguf --reference stories260K --text text.txt\n"
+      "  foreshore eval a.gguf b.gguf --reference model.gguf --text text.txt --tasks "
       "tasks.jsonl --json\n"
       "A model compared with itself has mean KL 0 and top-1 100%.");
   on_run(cmd, [f] { return evaluate(*f); });
 }
 
-}  // namespace sy::cli
+}  // namespace foreshore::cli

@@ -1,4 +1,4 @@
-// `switchyard quantize`: convert a GGUF model's weights to a smaller type,
+// `foreshore quantize`: convert a GGUF model's weights to a smaller type,
 // uniformly or by a mixed-precision plan calibrated on the user's own text.
 #include <unistd.h>
 
@@ -19,7 +19,7 @@
 #include "compress/compress.h"
 #include "engine/engine.h"
 
-namespace sy::cli {
+namespace foreshore::cli {
 namespace {
 
 using json = nlohmann::ordered_json;
@@ -77,7 +77,7 @@ Result<std::vector<TensorType>> parse_type_list(const std::string& list) {
   std::string item;
   while (std::getline(in, item, ',')) {
     if (item.empty()) continue;
-    SY_ASSIGN_OR_RETURN(TensorType type, parse_computable_type(item, "--types"));
+    FSH_ASSIGN_OR_RETURN(TensorType type, parse_computable_type(item, "--types"));
     types.push_back(type);
   }
   if (types.empty()) return invalid("--types is empty; give a list such as Q4_0,Q8_0,F16");
@@ -146,9 +146,9 @@ struct Measurement {
 Result<Measurement> measure(std::shared_ptr<const engine::Model> reference,
                             std::shared_ptr<const engine::Model> quantized,
                             const compress::CalibrationSet& text, engine::ThreadPool& pool) {
-  SY_ASSIGN_OR_RETURN(compress::CalibrationRun ref,
+  FSH_ASSIGN_OR_RETURN(compress::CalibrationRun ref,
                       compress::run_calibration(reference, text, pool));
-  SY_ASSIGN_OR_RETURN(compress::CalibrationRun out,
+  FSH_ASSIGN_OR_RETURN(compress::CalibrationRun out,
                       compress::run_calibration(quantized, text, pool));
   Measurement m;
   m.tokens = text.token_count();
@@ -253,7 +253,7 @@ Status apply_tensor_types(const engine::GgufFile& file, const std::vector<std::s
     if (eq == std::string::npos || eq == 0) {
       return invalid("--tensor-type '" + item + "' needs PATTERN=TYPE, e.g. attn_v=Q8_0");
     }
-    SY_ASSIGN_OR_RETURN(TensorType type,
+    FSH_ASSIGN_OR_RETURN(TensorType type,
                         parse_computable_type(item.substr(eq + 1), "--tensor-type"));
     auto pattern = compress::TextPattern::compile(item.substr(0, eq));
     if (!pattern.ok()) {
@@ -355,7 +355,7 @@ int quantize(const QuantizeOptions& o) {
   };
   const auto measure_importance = [&](std::shared_ptr<const engine::Model> model) -> Status {
     if (!calibration || o.no_importance) return Status::Ok();
-    SY_ASSIGN_OR_RETURN(compress::LayerStatistics stats,
+    FSH_ASSIGN_OR_RETURN(compress::LayerStatistics stats,
                         compress::measure_layers(model, calibration->sequences, pool));
     importance = std::move(stats.importance);
     importance_tokens = stats.tokens;
@@ -517,7 +517,7 @@ void add_quantize_command(CLI::App& app) {
       app.add_subcommand("quantize",
                          "Convert a GGUF model's weights to smaller types, uniformly or by a plan "
                          "calibrated on your text");
-  cmd->add_option("input", opts->input, "GGUF file, or model name on SWITCHYARD_MODEL_PATH")
+  cmd->add_option("input", opts->input, "GGUF file, or model name on FORESHORE_MODEL_PATH")
       ->required();
   cmd->add_option("output", opts->output, "GGUF file to write")->required();
   cmd->add_option(
@@ -570,12 +570,12 @@ void add_quantize_command(CLI::App& app) {
       ->capture_default_str();
   cmd->footer(
       "Examples:\n"
-      "  switchyard quantize stories260K out-q8.gguf --type Q8_0\n"
-      "  switchyard quantize model-f16.gguf model-q4k.gguf --type Q4_K --calibration task.txt\n"
-      "  switchyard quantize stories260K mixed.gguf --calibration task.jsonl --target-size 420K "
+      "  foreshore quantize stories260K out-q8.gguf --type Q8_0\n"
+      "  foreshore quantize model-f16.gguf model-q4k.gguf --type Q4_K --calibration task.txt\n"
+      "  foreshore quantize stories260K mixed.gguf --calibration task.jsonl --target-size 420K "
       "\\\n"
       "      --types Q4_0,Q8_0,F16 --report plan.json\n"
-      "  switchyard quantize model-f16.gguf mixed.gguf --calibration task.txt --target-bpw 5.5\n"
+      "  foreshore quantize model-f16.gguf mixed.gguf --calibration task.txt --target-bpw 5.5\n"
       "Norm vectors and biases stay as they are. A plan measures, for each matrix and candidate\n"
       "type, the KL divergence of the next-token distributions on the calibration tokens when\n"
       "only that matrix is converted, then picks the types with the least total divergence that\n"
@@ -586,4 +586,4 @@ void add_quantize_command(CLI::App& app) {
   on_run(cmd, [opts] { return quantize(*opts); });
 }
 
-}  // namespace sy::cli
+}  // namespace foreshore::cli

@@ -1,4 +1,4 @@
-// `switchyard report`: summarize the audit store a server writes.
+// `foreshore report`: summarize the audit store a server writes.
 #include "observe/report.h"
 
 #include <filesystem>
@@ -9,7 +9,7 @@
 
 #include "cli/commands.h"
 
-namespace sy::cli {
+namespace foreshore::cli {
 namespace {
 
 struct ReportFlags {
@@ -54,8 +54,8 @@ void add_report_command(CLI::App& app) {
   cmd->add_option("--since", flags->since,
                   "Only requests newer than this: 90s, 30m, 24h, 7d, 2w (default: all rows)");
   cmd->add_flag("--json", flags->json, "Print JSON instead of tables");
-  cmd->footer("Example:\n  switchyard report --db audit.db --since 24h");
+  cmd->footer("Example:\n  foreshore report --db audit.db --since 24h");
   on_run(cmd, [flags] { return run_report(*flags); });
 }
 
-}  // namespace sy::cli
+}  // namespace foreshore::cli

@@ -1,4 +1,4 @@
-// `switchyard router train|eval|cv|score`: fit the complexity model from
+// `foreshore router train|eval|cv|score`: fit the complexity model from
 // labelled prompts, score it the way RouteLLM scores routers, choose its
 // settings by cross-validation, and look at one decision.
 #include <algorithm>
@@ -20,7 +20,7 @@
 #include "route/router_training.h"
 #include "sim/sim.h"
 
-namespace sy::cli {
+namespace foreshore::cli {
 namespace {
 
 using json = nlohmann::ordered_json;
@@ -188,7 +188,7 @@ struct TrainFlags {
 // The command line, normalized, so the model file says how to remake it.
 std::string describe(const TrainFlags& f) {
   std::ostringstream s;
-  s << "switchyard router train";
+  s << "foreshore router train";
   for (const auto& d : f.data.data) s << " --data " << d;
   if (f.data.format != "auto") s << " --format " << f.data.format;
   for (const auto& e : f.data.exclude) s << " --exclude " << e;
@@ -606,11 +606,11 @@ void add_router_command(CLI::App& app) {
   router->require_subcommand(1);
   router->footer(
       "Examples (docs/ROUTER.md explains each figure):\n"
-      "  switchyard router score -p \"Prove that sqrt(2) is irrational\" --explain\n"
-      "  switchyard router train --data labelled.jsonl --target-cloud-share 0.3 --out "
+      "  foreshore router score -p \"Prove that sqrt(2) is irrational\" --explain\n"
+      "  foreshore router train --data labelled.jsonl --target-cloud-share 0.3 --out "
       "my-router.json\n"
-      "  switchyard router eval --model my-router.json --data new-traffic.jsonl --svg curve.svg\n"
-      "  switchyard router cv --data labelled.jsonl --repeats 10");
+      "  foreshore router eval --model my-router.json --data new-traffic.jsonl --svg curve.svg\n"
+      "  foreshore router cv --data labelled.jsonl --repeats 10");
 
   auto tf = std::make_shared<TrainFlags>();
   CLI::App* train_cmd =
@@ -635,7 +635,7 @@ void add_router_command(CLI::App& app) {
   train_cmd->footer(
       "Example (a model for `router eval --subjects holdout`; docs/ROUTER.md gives the\n"
       "shipped model's command):\n"
-      "  switchyard router train --data ../shared/data/router-data/routellm/mmlu \\\n"
+      "  foreshore router train --data ../shared/data/router-data/routellm/mmlu \\\n"
       "      --holdout-subjects default --drop-subjects high_school_mathematics \\\n"
       "      --out my-router.json");
   on_run(train_cmd, [tf] {
@@ -660,7 +660,7 @@ void add_router_command(CLI::App& app) {
       ->capture_default_str();
   eval_cmd->footer(
       "Example (on the subjects my-router.json was trained without):\n"
-      "  switchyard router eval --model my-router.json \\\n"
+      "  foreshore router eval --model my-router.json \\\n"
       "      --data ../shared/data/router-data/routellm/mmlu --subjects holdout --svg curve.svg");
   on_run(eval_cmd, [ef] { return eval(*ef); });
 
@@ -693,7 +693,7 @@ void add_router_command(CLI::App& app) {
   cv_cmd->footer(
       "Example (a shorter form of how the shipped model's settings were chosen; the full\n"
       "command is in docs/ROUTER.md):\n"
-      "  switchyard router cv --data ../shared/data/router-data/routellm/mmlu \\\n"
+      "  foreshore router cv --data ../shared/data/router-data/routellm/mmlu \\\n"
       "      --drop-subjects high_school_mathematics --l2 0.03 --l2-hashed 0.003 \\\n"
       "      --train-only-data ../shared/data/router-data/routerbench-subset/mbpp_train.csv \\\n"
       "      --repeats 10");
@@ -710,4 +710,4 @@ void add_router_command(CLI::App& app) {
   on_run(score_cmd, [sf] { return score(*sf); });
 }
 
-}  // namespace sy::cli
+}  // namespace foreshore::cli

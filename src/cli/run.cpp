@@ -1,4 +1,4 @@
-// `switchyard run`: generate text with the embedded engine from the terminal.
+// `foreshore run`: generate text with the embedded engine from the terminal.
 #include <cstdio>
 #include <iostream>
 #include <memory>
@@ -7,7 +7,7 @@
 #include "cli/commands.h"
 #include "engine/engine.h"
 
-namespace sy::cli {
+namespace foreshore::cli {
 namespace {
 
 struct RunOptions {
@@ -114,7 +114,7 @@ int run(const RunOptions& o) {
 void add_run_command(CLI::App& app) {
   auto opts = std::make_shared<RunOptions>();
   CLI::App* cmd = app.add_subcommand("run", "Generate text with the embedded edge engine");
-  cmd->add_option("-m,--model", opts->model, "GGUF file, or model name on SWITCHYARD_MODEL_PATH")
+  cmd->add_option("-m,--model", opts->model, "GGUF file, or model name on FORESHORE_MODEL_PATH")
       ->capture_default_str();
   cmd->add_option("-p,--prompt", opts->prompt, "Prompt text");
   cmd->add_flag("--chat", opts->chat, "Interactive conversation on stdin");
@@ -148,8 +148,8 @@ void add_run_command(CLI::App& app) {
   cmd->add_flag("--show-logprobs", opts->show_logprobs, "Print each token's log-probability");
   cmd->footer(
       "Examples:\n"
-      "  switchyard run -p \"Once upon a time\" --temp 0\n"
-      "  switchyard run -m ./models/SmolLM2-135M-Instruct-Q8_0.gguf --chat\n"
+      "  foreshore run -p \"Once upon a time\" --temp 0\n"
+      "  foreshore run -m ./models/SmolLM2-135M-Instruct-Q8_0.gguf --chat\n"
       "Speed (prompt and generation tokens/s) is printed to stderr at the end.");
   on_run(cmd, [opts] {
     if (!opts->chat && opts->prompt.empty()) {
@@ -159,4 +159,4 @@ void add_run_command(CLI::App& app) {
   });
 }
 
-}  // namespace sy::cli
+}  // namespace foreshore::cli

@@ -1,4 +1,4 @@
-// `switchyard serve`: the OpenAI-compatible gateway from a YAML file or flags.
+// `foreshore serve`: the OpenAI-compatible gateway from a YAML file or flags.
 #include "serve/serve.h"
 
 #include <pthread.h>
@@ -15,7 +15,7 @@
 
 #include "cli/commands.h"
 
-namespace sy::cli {
+namespace foreshore::cli {
 namespace {
 
 struct ServeOptions {
@@ -170,22 +170,22 @@ void add_serve_command(CLI::App& app) {
   cmd->add_flag("-q,--quiet", o->quiet, "Do not log one line per request on stderr");
   cmd->add_option("--audit-db", o->audit_db,
                   "SQLite audit trail, one row per request (prompt hashes, not text); "
-                  "read it with `switchyard report --db FILE`");
+                  "read it with `foreshore report --db FILE`");
   config_opt->excludes(model_opt)->excludes(upstream_opt)->excludes(keys_opt);
   cmd->footer(
       "Examples:\n"
-      "  switchyard serve -m stories260K --port 8080\n"
+      "  foreshore serve -m stories260K --port 8080\n"
       "      one embedded tier; then:\n"
       "      curl localhost:8080/v1/chat/completions -d '{\"messages\":[{\"role\":\"user\","
       "\"content\":\"Hi\"}]}'\n"
-      "  switchyard serve -m stories260K --upstream https://api.openai.com/v1 \\\n"
+      "  foreshore serve -m stories260K --upstream https://api.openai.com/v1 \\\n"
       "      --upstream-model gpt-4o-mini --upstream-key-env OPENAI_API_KEY\n"
       "      edge tier plus a cloud tier; pick one per request with the header\n"
-      "      'x-switchyard-tier: cloud' or by model name\n"
-      "  switchyard serve --config examples/gateway.yaml --port 0\n"
+      "      'x-foreshore-tier: cloud' or by model name\n"
+      "  foreshore serve --config examples/gateway.yaml --port 0\n"
       "      everything from a YAML file; --port 0 takes any free port\n"
-      "Every response names where it ran: headers x-switchyard-tier, -model,\n"
-      "-model-version and -decision-id, and a 'switchyard' object in the body.\n"
+      "Every response names where it ran: headers x-foreshore-tier, -model,\n"
+      "-model-version and -decision-id, and a 'foreshore' object in the body.\n"
       "Endpoints: POST /v1/chat/completions, POST /v1/completions, GET /v1/models,\n"
       "/healthz, /readyz, /metrics (Prometheus). Prints 'listening on URL' when ready.\n"
       "Signals: SIGHUP reloads --config (an invalid file changes nothing); SIGINT or\n"
@@ -193,4 +193,4 @@ void add_serve_command(CLI::App& app) {
   on_run(cmd, [o, cmd] { return serve_main(*o, *cmd); });
 }
 
-}  // namespace sy::cli
+}  // namespace foreshore::cli

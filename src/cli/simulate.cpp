@@ -1,4 +1,4 @@
-// `switchyard simulate` and `switchyard advise`: replay a trace through the
+// `foreshore simulate` and `foreshore advise`: replay a trace through the
 // real router with tier latency and price models, and apply the decision
 // framework to it (src/sim/sim.h, docs/SIMULATOR.md).
 #include <fstream>
@@ -11,7 +11,7 @@
 #include "cli/commands.h"
 #include "sim/sim.h"
 
-namespace sy::cli {
+namespace foreshore::cli {
 namespace {
 
 struct ModelFlags {
@@ -43,7 +43,7 @@ struct AdviseFlags {
 std::string command_line() {
   std::ifstream in("/proc/self/cmdline", std::ios::binary);
   std::string all((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  std::string out = "switchyard";
+  std::string out = "foreshore";
   size_t start = all.find('\0');
   while (start != std::string::npos && start + 1 < all.size()) {
     const size_t end = all.find('\0', start + 1);
@@ -109,12 +109,12 @@ Result<std::unique_ptr<sim::Simulator>> make_simulator(ModelFlags& f, std::strin
     return make_error(ErrorKind::kInvalidArgument,
                       "--trace FILE.jsonl is required (make one with --generate N --out FILE)");
   }
-  SY_ASSIGN_OR_RETURN(std::vector<sim::TraceRecord> trace, sim::read_trace(f.trace));
+  FSH_ASSIGN_OR_RETURN(std::vector<sim::TraceRecord> trace, sim::read_trace(f.trace));
   auto config = f.config.empty() ? sim::default_gateway_config() : serve::load_config(f.config);
   if (!config.ok()) return config.error();
   source = config->source;
   if (f.measure_edge) {
-    SY_ASSIGN_OR_RETURN(f.options, sim::measure_edge(*config, f.options));
+    FSH_ASSIGN_OR_RETURN(f.options, sim::measure_edge(*config, f.options));
     std::cerr << "measured edge: " << f.options.edge.prompt_tokens_per_s << " prompt tok/s, "
               << f.options.edge.output_tokens_per_s << " generated tok/s, context "
               << f.options.edge_context << "\n";
@@ -186,7 +186,7 @@ Status write_report_folder(const ModelFlags& model, const std::string& source,
   in.policies = std::move(policies);
   in.sweep = std::move(sweep);
   in.advice = std::move(advice);
-  SY_TRY_STATUS(sim::write_report(model.out, in));
+  FSH_TRY_STATUS(sim::write_report(model.out, in));
   if (!model.json) std::cout << "\nreport written to " << model.out << "/report.md\n";
   return Status::Ok();
 }
@@ -297,12 +297,12 @@ void add_simulate_command(CLI::App& app) {
       ->check(CLI::Range(0.0, 1.0));
   cmd->footer(
       "Examples:\n"
-      "  switchyard simulate --generate 10000 --out trace.jsonl --seed 7\n"
-      "  switchyard simulate --trace trace.jsonl --config examples/gateway.yaml\n"
-      "  switchyard simulate --trace trace.jsonl --policies threshold,cascade,cloud --sweep \\\n"
+      "  foreshore simulate --generate 10000 --out trace.jsonl --seed 7\n"
+      "  foreshore simulate --trace trace.jsonl --config examples/gateway.yaml\n"
+      "  foreshore simulate --trace trace.jsonl --policies threshold,cascade,cloud --sweep \\\n"
       "      --out sim-report            # report.md, cost_quality.svg, latency.svg, traffic.svg\n"
-      "  switchyard simulate --trace trace.jsonl --config examples/gateway.yaml --measure-edge\n"
-      "  switchyard simulate --trace trace.jsonl --cloud-rtt-ms 120 --cloud-tps 40 --json\n"
+      "  foreshore simulate --trace trace.jsonl --config examples/gateway.yaml --measure-edge\n"
+      "  foreshore simulate --trace trace.jsonl --cloud-rtt-ms 120 --cloud-tps 40 --json\n"
       "Exit status 3 when any plan would send device-only data to a cloud tier.");
   on_run(cmd, [f] { return run_simulate(*f); });
 }
@@ -340,11 +340,11 @@ void add_advise_command(CLI::App& app) {
       ->check(CLI::Range(0.0, 1.0));
   cmd->footer(
       "Examples:\n"
-      "  switchyard advise --trace trace.jsonl\n"
-      "  switchyard advise --trace trace.jsonl --config examples/gateway.yaml \\\n"
+      "  foreshore advise --trace trace.jsonl\n"
+      "  foreshore advise --trace trace.jsonl --config examples/gateway.yaml \\\n"
       "      --gpu-usd-per-hour 2.0 --gpu-tokens-per-s 4000 --out advice\n"
       "Hybrid is justified when at least two conditions hold (docs/SIMULATOR.md).");
   on_run(cmd, [f] { return run_advise(*f); });
 }
 
-}  // namespace sy::cli
+}  // namespace foreshore::cli

@@ -7,7 +7,7 @@
 #include <utility>
 #include <variant>
 
-namespace sy {
+namespace foreshore {
 
 // Broad error kinds; front ends map them to exit codes and HTTP statuses.
 enum class ErrorKind {
@@ -90,19 +90,19 @@ class [[nodiscard]] Status {
   bool ok_ = true;
 };
 
-}  // namespace sy
+}  // namespace foreshore
 
 // Propagates an error from an expression returning Result<T> or Status.
-#define SY_CONCAT_INNER(a, b) a##b
-#define SY_CONCAT(a, b) SY_CONCAT_INNER(a, b)
-#define SY_TRY_STATUS(expr)                 \
+#define FSH_CONCAT_INNER(a, b) a##b
+#define FSH_CONCAT(a, b) FSH_CONCAT_INNER(a, b)
+#define FSH_TRY_STATUS(expr)                 \
   do {                                      \
-    auto sy_status_ = (expr);               \
-    if (!sy_status_.ok()) return sy_status_.error(); \
+    auto fsh_status_ = (expr);               \
+    if (!fsh_status_.ok()) return fsh_status_.error(); \
   } while (0)
-#define SY_ASSIGN_OR_RETURN_IMPL(tmp, lhs, expr) \
+#define FSH_ASSIGN_OR_RETURN_IMPL(tmp, lhs, expr) \
   auto tmp = (expr);                             \
   if (!tmp.ok()) return tmp.error();             \
   lhs = std::move(tmp).value()
-#define SY_ASSIGN_OR_RETURN(lhs, expr) \
-  SY_ASSIGN_OR_RETURN_IMPL(SY_CONCAT(sy_result_, __LINE__), lhs, expr)
+#define FSH_ASSIGN_OR_RETURN(lhs, expr) \
+  FSH_ASSIGN_OR_RETURN_IMPL(FSH_CONCAT(fsh_result_, __LINE__), lhs, expr)

@@ -5,7 +5,7 @@
 #include <stdexcept>
 #include <string>
 
-namespace sy::compress {
+namespace foreshore::compress {
 
 Result<TokenDistributions> next_token_log_probs(std::shared_ptr<const engine::Model> model,
                                                 std::span<const engine::TokenId> tokens,
@@ -31,14 +31,14 @@ Result<TokenDistributions> next_token_log_probs(std::shared_ptr<const engine::Mo
   // InferenceContext::create refuses budgets under 16 tokens; the context
   // length above still limits the cache to n.
   options.kv_memory_budget = model->kv_bytes_per_token() * std::max<size_t>(n, 16);
-  SY_ASSIGN_OR_RETURN(auto context, engine::InferenceContext::create(model, options));
+  FSH_ASSIGN_OR_RETURN(auto context, engine::InferenceContext::create(model, options));
 
   TokenDistributions out;
   out.vocab_size = vocab;
   out.log_probs.resize(n * static_cast<size_t>(vocab));
   for (size_t i = 0; i < n; ++i) {
     // One token per step: the context only exposes the last position's logits.
-    SY_ASSIGN_OR_RETURN(std::span<const float> logits,
+    FSH_ASSIGN_OR_RETURN(std::span<const float> logits,
                         context->evaluate(tokens.subspan(i, 1), pool));
     float* row = out.log_probs.data() + i * vocab;
     const float max_logit = *std::max_element(logits.begin(), logits.end());
@@ -92,4 +92,4 @@ double mean_negative_log_likelihood(const TokenDistributions& distributions,
   return nll / static_cast<double>(scored);
 }
 
-}  // namespace sy::compress
+}  // namespace foreshore::compress

@@ -1,5 +1,5 @@
 // How far a model's next-token distributions are from a reference model's on
-// the same tokens: the measure behind calibration, pruning and `switchyard eval`.
+// the same tokens: the measure behind calibration, pruning and `foreshore eval`.
 #pragma once
 
 #include <cstddef>
@@ -9,7 +9,7 @@
 #include "common/result.h"
 #include "engine/engine.h"
 
-namespace sy::compress {
+namespace foreshore::compress {
 
 // Log-probabilities of the next token after each prefix of a token sequence:
 // row i is the distribution after tokens[0..i].
@@ -44,4 +44,4 @@ Divergence compare_distributions(const TokenDistributions& reference,
 double mean_negative_log_likelihood(const TokenDistributions& distributions,
                                     std::span<const engine::TokenId> tokens);
 
-}  // namespace sy::compress
+}  // namespace foreshore::compress

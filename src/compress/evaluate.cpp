@@ -9,7 +9,7 @@
 #include "compress/layer_trace.h"
 #include "compress/text_pattern.h"
 
-namespace sy::compress {
+namespace foreshore::compress {
 namespace {
 
 using engine::Model;
@@ -118,7 +118,7 @@ struct ModelRun {
 Result<TokenDistributions> score_window(ModelRun& run, size_t window, engine::ThreadPool& pool) {
   const auto& tokens = run.windows[window];
   const auto start = std::chrono::steady_clock::now();
-  SY_ASSIGN_OR_RETURN(TokenDistributions dist, next_token_log_probs(run.model, tokens, pool));
+  FSH_ASSIGN_OR_RETURN(TokenDistributions dist, next_token_log_probs(run.model, tokens, pool));
   run.seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   run.tokens += dist.positions();
   if (dist.positions() >= 2) {
@@ -156,7 +156,7 @@ Result<TaskOutcome> run_generation_task(const EvaluationTask& task,
   }
   TaskOutcome outcome{task.line, false, generated->text};
   if (task.kind == EvaluationTask::Kind::kRegex) {
-    SY_ASSIGN_OR_RETURN(TextPattern regex, TextPattern::compile(task.regex));
+    FSH_ASSIGN_OR_RETURN(TextPattern regex, TextPattern::compile(task.regex));
     outcome.correct = regex.search(outcome.output);
   } else if (task.exact_match) {
     outcome.correct = trim(outcome.output) == trim(task.expected);
@@ -189,7 +189,7 @@ Result<double> choice_log_likelihood(const std::shared_ptr<const Model>& model,
                           " tokens, more than the model's context of " +
                           std::to_string(model->config().context_length));
   }
-  SY_ASSIGN_OR_RETURN(TokenDistributions dist, next_token_log_probs(model, whole, pool));
+  FSH_ASSIGN_OR_RETURN(TokenDistributions dist, next_token_log_probs(model, whole, pool));
   double total = 0.0;
   for (size_t i = start; i < whole.size(); ++i) total += dist.row(i - 1)[whole[i]];
   return total;
@@ -202,7 +202,7 @@ Result<TaskOutcome> run_choice_task(const EvaluationTask& task,
   size_t best = 0;
   double best_ll = -std::numeric_limits<double>::infinity();
   for (size_t i = 0; i < task.choices.size(); ++i) {
-    SY_ASSIGN_OR_RETURN(double ll, choice_log_likelihood(model, prompt, task.choices[i],
+    FSH_ASSIGN_OR_RETURN(double ll, choice_log_likelihood(model, prompt, task.choices[i],
                                                          options.chat, task.line, pool));
     if (ll > best_ll) {
       best_ll = ll;
@@ -215,7 +215,7 @@ Result<TaskOutcome> run_choice_task(const EvaluationTask& task,
 Status run_tasks(const std::shared_ptr<const Model>& model, const EvaluationOptions& options,
                  engine::ThreadPool& pool, ModelEvaluation& out) {
   if (options.tasks.empty()) return Status::Ok();
-  SY_ASSIGN_OR_RETURN(auto context, engine::InferenceContext::create(model, {}));
+  FSH_ASSIGN_OR_RETURN(auto context, engine::InferenceContext::create(model, {}));
   for (const EvaluationTask& task : options.tasks) {
     Result<TaskOutcome> outcome = task.kind == EvaluationTask::Kind::kChoices
                                       ? run_choice_task(task, model, options, pool)
@@ -238,7 +238,7 @@ Result<std::vector<EvaluationTask>> parse_tasks(std::string_view jsonl, const st
     jsonl.remove_prefix(end == std::string_view::npos ? jsonl.size() : end + 1);
     ++line_number;
     if (trim(line).empty()) continue;
-    SY_ASSIGN_OR_RETURN(EvaluationTask task, parse_task(line, line_number, origin));
+    FSH_ASSIGN_OR_RETURN(EvaluationTask task, parse_task(line, line_number, origin));
     tasks.push_back(std::move(task));
   }
   if (tasks.empty()) {
@@ -296,7 +296,7 @@ Result<std::vector<ModelEvaluation>> evaluate_models(
     for (size_t r = 0; r < runs.size(); ++r) {
       ModelRun& run = runs[r];
       if (w >= run.windows.size()) continue;
-      SY_ASSIGN_OR_RETURN(TokenDistributions dist, score_window(run, w, pool));
+      FSH_ASSIGN_OR_RETURN(TokenDistributions dist, score_window(run, w, pool));
       if (reference && r == 0) {
         reference_dist = std::move(dist);
       } else if (reference_dist) {
@@ -332,9 +332,9 @@ Result<std::vector<ModelEvaluation>> evaluate_models(
         e.divergence = d;
       }
     }
-    SY_TRY_STATUS(run_tasks(run.model, options, pool, e));
+    FSH_TRY_STATUS(run_tasks(run.model, options, pool, e));
   }
   return results;
 }
 
-}  // namespace sy::compress
+}  // namespace foreshore::compress

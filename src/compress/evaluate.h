@@ -16,7 +16,7 @@
 #include "compress/divergence.h"
 #include "engine/engine.h"
 
-namespace sy::compress {
+namespace foreshore::compress {
 
 // One line of a tasks JSONL file, in one of three forms:
 //   {"prompt": "...", "expected": "...", "match": "contains"|"exact", "stop": ["\n"]}
@@ -83,4 +83,4 @@ Result<std::vector<ModelEvaluation>> evaluate_models(
     std::shared_ptr<const engine::Model> reference, const EvaluationOptions& options,
     engine::ThreadPool& pool);
 
-}  // namespace sy::compress
+}  // namespace foreshore::compress

@@ -8,7 +8,7 @@
 #include <string>
 #include <utility>
 
-namespace sy::compress {
+namespace foreshore::compress {
 namespace {
 
 using engine::ModelConfig;
@@ -144,9 +144,9 @@ Result<LayerStatistics> measure_layers(std::shared_ptr<const engine::Model> mode
     options.context_length = static_cast<int32_t>(seq.size());
     // create() refuses budgets under 16 tokens; the context length caps the cache.
     options.kv_memory_budget = model->kv_bytes_per_token() * std::max<size_t>(seq.size(), 16);
-    SY_ASSIGN_OR_RETURN(auto context, engine::InferenceContext::create(model, options));
+    FSH_ASSIGN_OR_RETURN(auto context, engine::InferenceContext::create(model, options));
     context->set_observer(&observer);
-    SY_ASSIGN_OR_RETURN(std::span<const float> logits, context->evaluate(seq, pool));
+    FSH_ASSIGN_OR_RETURN(std::span<const float> logits, context->evaluate(seq, pool));
     stats.last_logits.assign(logits.begin(), logits.end());
     stats.tokens += seq.size();
   }
@@ -185,4 +185,4 @@ std::vector<std::vector<TokenId>> tokenize_windows(const engine::Model& model,
   return windows;
 }
 
-}  // namespace sy::compress
+}  // namespace foreshore::compress

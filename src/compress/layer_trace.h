@@ -15,7 +15,7 @@
 #include "compress/quantize.h"
 #include "engine/engine.h"
 
-namespace sy::compress {
+namespace foreshore::compress {
 
 struct LayerStatistics {
   size_t tokens = 0;
@@ -50,4 +50,4 @@ std::vector<std::vector<engine::TokenId>> tokenize_windows(const engine::Model& 
                                                            std::string_view text,
                                                            size_t window_tokens, size_t max_tokens);
 
-}  // namespace sy::compress
+}  // namespace foreshore::compress

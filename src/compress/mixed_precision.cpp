@@ -11,7 +11,7 @@
 
 #include "compress/prune.h"
 
-namespace sy::compress {
+namespace foreshore::compress {
 namespace {
 
 using engine::TensorType;
@@ -103,7 +103,7 @@ Result<CalibrationSet> parse_calibration(std::string_view content, std::string_v
   const size_t first = content.find_first_not_of(" \t\r\n");
   std::vector<std::string> texts;
   if (first != std::string_view::npos && content[first] == '{') {
-    SY_ASSIGN_OR_RETURN(texts, jsonl_texts(content, origin));
+    FSH_ASSIGN_OR_RETURN(texts, jsonl_texts(content, origin));
   } else {
     texts = paragraphs(content);
   }
@@ -148,7 +148,7 @@ Result<CalibrationRun> run_calibration(std::shared_ptr<const engine::Model> mode
   double nll_sum = 0.0;
   size_t scored = 0;
   for (const auto& sequence : calibration.sequences) {
-    SY_ASSIGN_OR_RETURN(TokenDistributions d, next_token_log_probs(model, sequence, pool));
+    FSH_ASSIGN_OR_RETURN(TokenDistributions d, next_token_log_probs(model, sequence, pool));
     if (d.positions() >= 2) {
       const size_t n = d.positions() - 1;
       nll_sum += mean_negative_log_likelihood(d, sequence) * static_cast<double>(n);
@@ -195,11 +195,11 @@ Result<std::vector<TensorSensitivity>> measure_sensitivities(
     const engine::GgufTensorInfo& tensor = *file.find_tensor(s.name);
     for (CandidateSensitivity& c : s.candidates) {
       if (c.type == s.source_type) continue;
-      SY_ASSIGN_OR_RETURN(std::vector<uint8_t> converted,
+      FSH_ASSIGN_OR_RETURN(std::vector<uint8_t> converted,
                           convert_tensor(tensor, c.type, pool, importance_of(tensor, importance)));
-      SY_ASSIGN_OR_RETURN(auto candidate, engine::Model::with_matrix(model, tensor.name, c.type,
+      FSH_ASSIGN_OR_RETURN(auto candidate, engine::Model::with_matrix(model, tensor.name, c.type,
                                                                      std::move(converted)));
-      SY_ASSIGN_OR_RETURN(CalibrationRun run,
+      FSH_ASSIGN_OR_RETURN(CalibrationRun run,
                           run_calibration(std::move(candidate), calibration, pool));
       const Divergence d = compare_distributions(reference, run.distributions);
       c.mean_kl = d.mean_kl;
@@ -376,12 +376,12 @@ Result<std::optional<PaddedModel>> pad_for_types(const engine::GgufFile& file,
   const int32_t padded = (*length + static_cast<int32_t>(block) - 1) / static_cast<int32_t>(block) *
                          static_cast<int32_t>(block);
   if (padded == *length) return std::optional<PaddedModel>();
-  SY_ASSIGN_OR_RETURN(engine::GgufWriter writer, pad_feed_forward(file, padded));
+  FSH_ASSIGN_OR_RETURN(engine::GgufWriter writer, pad_feed_forward(file, padded));
   PaddedModel model;
   model.bytes = writer.to_bytes();
   model.channels_before = *length;
   model.channels_after = padded;
-  SY_ASSIGN_OR_RETURN(model.file,
+  FSH_ASSIGN_OR_RETURN(model.file,
                       engine::GgufFile::parse(model.bytes, file.origin() + " [FFN padded to " +
                                                                std::to_string(padded) + "]"));
   return std::optional<PaddedModel>(std::move(model));
@@ -406,4 +406,4 @@ std::optional<std::vector<TensorSensitivity>> sensitivities_without_padding(
   return out;
 }
 
-}  // namespace sy::compress
+}  // namespace foreshore::compress

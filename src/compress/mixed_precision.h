@@ -16,7 +16,7 @@
 #include "compress/quantize.h"
 #include "engine/engine.h"
 
-namespace sy::compress {
+namespace foreshore::compress {
 
 // Token sequences to measure on; each is evaluated from an empty context.
 struct CalibrationSet {
@@ -131,4 +131,4 @@ Result<MixedPrecisionPlan> plan_mixed_precision(const engine::GgufFile& file,
 // Bits per weight of a choice of types: all tensor bytes * 8 / all elements.
 double bits_per_weight(const engine::GgufFile& file, std::span<const TensorChoice> choices);
 
-}  // namespace sy::compress
+}  // namespace foreshore::compress

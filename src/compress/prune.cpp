@@ -10,7 +10,7 @@
 
 #include "compress/layer_trace.h"
 
-namespace sy::compress {
+namespace foreshore::compress {
 namespace {
 
 using engine::GgufTensorInfo;
@@ -203,12 +203,12 @@ Result<PrunedModel> prune_model(std::shared_ptr<const engine::Model> shared_mode
     }
     const auto windows = tokenize_windows(model, options.calibration_text,
                                           options.calibration_window, options.calibration_tokens);
-    SY_ASSIGN_OR_RETURN(stats, measure_layers(shared_model, windows, pool));
+    FSH_ASSIGN_OR_RETURN(stats, measure_layers(shared_model, windows, pool));
     report.measured = true;
     report.calibration_tokens = stats.tokens;
   }
 
-  SY_ASSIGN_OR_RETURN(std::vector<int32_t> removed,
+  FSH_ASSIGN_OR_RETURN(std::vector<int32_t> removed,
                       choose_removed_layers(options, stats.block_influence, layer_count));
   std::vector<int32_t> new_index(static_cast<size_t>(layer_count), -1);
   for (int32_t li = 0, next = 0; li < layer_count; ++li) {
@@ -296,7 +296,7 @@ Result<PrunedModel> prune_model(std::shared_ptr<const engine::Model> shared_mode
           data = select_rows(t, kept);
           dims[1] = kept.size();
         } else if (suffix == "ffn_down.weight") {
-          SY_ASSIGN_OR_RETURN(data, select_columns(t, kept));
+          FSH_ASSIGN_OR_RETURN(data, select_columns(t, kept));
           dims[0] = kept.size();
           if (engine::tensor_type_traits(t.type)->block_size > 1) {
             requantized_types.insert(engine::tensor_type_name(t.type));
@@ -311,7 +311,7 @@ Result<PrunedModel> prune_model(std::shared_ptr<const engine::Model> shared_mode
     }
     if (data.empty()) data.assign(t.data, t.data + t.byte_size);
     report.tensor_bytes_after += data.size();
-    SY_TRY_STATUS(
+    FSH_TRY_STATUS(
         writer.add_tensor(std::move(name), static_cast<TensorType>(t.type), std::move(dims), data));
   }
   for (const std::string& type : requantized_types) {
@@ -322,9 +322,9 @@ Result<PrunedModel> prune_model(std::shared_ptr<const engine::Model> shared_mode
   return result;
 }
 
-}  // namespace sy::compress
+}  // namespace foreshore::compress
 
-namespace sy::compress {
+namespace foreshore::compress {
 
 std::optional<int32_t> feed_forward_length(const engine::GgufFile& file) {
   const auto architecture = file.get_string("general.architecture");
@@ -393,10 +393,10 @@ Result<engine::GgufWriter> pad_feed_forward(const engine::GgufFile& file, int32_
     } else if (suffix.starts_with("ffn_") && suffix != "ffn_norm.weight") {
       return unsupported(t, "is an FFN tensor the padding does not know how to widen");
     }
-    SY_TRY_STATUS(
+    FSH_TRY_STATUS(
         writer.add_tensor(t.name, static_cast<TensorType>(t.type), std::move(dims), data));
   }
   return writer;
 }
 
-}  // namespace sy::compress
+}  // namespace foreshore::compress

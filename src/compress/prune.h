@@ -19,7 +19,7 @@
 #include "common/result.h"
 #include "engine/engine.h"
 
-namespace sy::compress {
+namespace foreshore::compress {
 
 struct PruneOptions {
   // Layers to remove by index (0-based), or a count of the lowest-influence
@@ -86,4 +86,4 @@ Result<engine::GgufWriter> pad_feed_forward(const engine::GgufFile& file, int32_
 // The FFN width of `file` (its feed_forward_length), or nullopt when it has none.
 std::optional<int32_t> feed_forward_length(const engine::GgufFile& file);
 
-}  // namespace sy::compress
+}  // namespace foreshore::compress

@@ -4,7 +4,7 @@
 #include <cstring>
 #include <map>
 
-namespace sy::compress {
+namespace foreshore::compress {
 namespace {
 
 using engine::TensorType;
@@ -243,7 +243,7 @@ Result<engine::GgufWriter> build_quantized(const engine::GgufFile& file,
                                            std::span<const TensorChoice> choices,
                                            engine::ThreadPool& pool, const ProgressFn& progress,
                                            const ImportanceMatrix* importance) {
-  SY_TRY_STATUS(check_choices(file, choices));
+  FSH_TRY_STATUS(check_choices(file, choices));
   engine::GgufWriter writer;
   set_output_metadata(writer, file, llama_file_type(file, choices));
   uint64_t total = 0;
@@ -251,10 +251,10 @@ Result<engine::GgufWriter> build_quantized(const engine::GgufFile& file,
   uint64_t done = 0;
   for (size_t i = 0; i < choices.size(); ++i) {
     const auto& tensor = file.tensors()[i];
-    SY_ASSIGN_OR_RETURN(
+    FSH_ASSIGN_OR_RETURN(
         std::vector<uint8_t> data,
         convert_tensor(tensor, choices[i].type, pool, importance_of(tensor, importance)));
-    SY_TRY_STATUS(writer.add_tensor(tensor.name, choices[i].type, tensor.dims, data));
+    FSH_TRY_STATUS(writer.add_tensor(tensor.name, choices[i].type, tensor.dims, data));
     done += tensor.element_count;
     if (progress) progress("quantize", done, total);
   }
@@ -282,4 +282,4 @@ uint64_t quantized_file_bytes(const engine::GgufFile& file, std::span<const Tens
   return bytes;
 }
 
-}  // namespace sy::compress
+}  // namespace foreshore::compress

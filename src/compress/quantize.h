@@ -14,7 +14,7 @@
 #include "common/result.h"
 #include "engine/engine.h"
 
-namespace sy::compress {
+namespace foreshore::compress {
 
 // Reports how far a long step has got (`done` of `total` units of `stage`).
 using ProgressFn = std::function<void(std::string_view stage, uint64_t done, uint64_t total)>;
@@ -90,4 +90,4 @@ uint64_t quantized_file_bytes(const engine::GgufFile& file, std::span<const Tens
 // Bytes of a tensor of these dimensions stored as `type` (unpadded).
 uint64_t tensor_bytes(std::span<const uint64_t> dims, engine::TensorType type);
 
-}  // namespace sy::compress
+}  // namespace foreshore::compress

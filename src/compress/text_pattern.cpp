@@ -3,7 +3,7 @@
 
 #include <pcre2.h>
 
-namespace sy::compress {
+namespace foreshore::compress {
 
 void TextPattern::Free::operator()(pcre2_real_code_8* code) const {
   pcre2_code_free(code);
@@ -32,4 +32,4 @@ bool TextPattern::search(std::string_view text) const {
                      match.get(), nullptr) >= 0;
 }
 
-}  // namespace sy::compress
+}  // namespace foreshore::compress

@@ -10,7 +10,7 @@
 
 struct pcre2_real_code_8;
 
-namespace sy::compress {
+namespace foreshore::compress {
 
 class TextPattern {
  public:
@@ -27,4 +27,4 @@ class TextPattern {
   std::unique_ptr<pcre2_real_code_8, Free> code_;
 };
 
-}  // namespace sy::compress
+}  // namespace foreshore::compress

@@ -3,7 +3,7 @@
 #include <array>
 #include <utility>
 
-namespace sy::engine {
+namespace foreshore::engine {
 namespace {
 
 constexpr std::array<std::pair<ChatFormat, std::string_view>, 5> kNames{{
@@ -96,4 +96,4 @@ std::string render_chat(ChatFormat format, const std::vector<ChatMessage>& messa
   return out;
 }
 
-}  // namespace sy::engine
+}  // namespace foreshore::engine

@@ -7,7 +7,7 @@
 #include <string_view>
 #include <vector>
 
-namespace sy::engine {
+namespace foreshore::engine {
 
 enum class ChatFormat { kChatML, kLlama3, kLlama2, kZephyr, kPlain };
 
@@ -26,4 +26,4 @@ std::optional<ChatFormat> detect_chat_format(std::string_view jinja_template);
 std::string render_chat(ChatFormat format, const std::vector<ChatMessage>& messages,
                         bool add_generation_prompt = true);
 
-}  // namespace sy::engine
+}  // namespace foreshore::engine

@@ -7,7 +7,7 @@
 
 #include "engine/json_constraint.h"
 
-namespace sy::engine {
+namespace foreshore::engine {
 namespace {
 
 using Clock = std::chrono::steady_clock;
@@ -174,7 +174,7 @@ Result<GenerationResult> generate(InferenceContext& context, ThreadPool& pool,
 
 std::vector<std::string> model_search_path() {
   std::vector<std::string> dirs;
-  const char* env = std::getenv("SWITCHYARD_MODEL_PATH");
+  const char* env = std::getenv("FORESHORE_MODEL_PATH");
   std::string_view list = env != nullptr && *env != '\0' ? env : "models:../shared/data/models";
   while (!list.empty()) {
     const size_t colon = list.find(':');
@@ -206,7 +206,7 @@ Result<std::string> resolve_model_path(const std::string& name_or_path) {
       "model '" + name_or_path + "' not found" +
           (looks_like_path ? std::string(" (no such file)")
                            : " as a file or in the model search path [" + tried + "]") +
-          "; pass a path to a .gguf file or set SWITCHYARD_MODEL_PATH");
+          "; pass a path to a .gguf file or set FORESHORE_MODEL_PATH");
 }
 
-}  // namespace sy::engine
+}  // namespace foreshore::engine

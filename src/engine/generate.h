@@ -12,7 +12,7 @@
 #include "engine/model.h"
 #include "engine/sampler.h"
 
-namespace sy::engine {
+namespace foreshore::engine {
 
 struct GenerationRequest {
   std::vector<TokenId> prompt;
@@ -47,9 +47,9 @@ Result<GenerationResult> generate(InferenceContext& context, ThreadPool& pool,
                                   const GenerationRequest& request, const TextSink& on_text = {});
 
 // Finds a model by path, or by name (with or without .gguf) in the folders of
-// SWITCHYARD_MODEL_PATH (colon-separated; default "models:../shared/data/models").
+// FORESHORE_MODEL_PATH (colon-separated; default "models:../shared/data/models").
 Result<std::string> resolve_model_path(const std::string& name_or_path);
 // Folders searched, in order, for error messages and listings.
 std::vector<std::string> model_search_path();
 
-}  // namespace sy::engine
+}  // namespace foreshore::engine

@@ -14,7 +14,7 @@
 #include <numeric>
 #include <utility>
 
-namespace sy::engine {
+namespace foreshore::engine {
 namespace {
 
 constexpr uint8_t kMagic[4] = {'G', 'G', 'U', 'F'};
@@ -209,28 +209,28 @@ class Parser {
 
   template <typename T>
   Result<T> read(std::string_view field) {
-    SY_TRY_STATUS(need(sizeof(T), field));
+    FSH_TRY_STATUS(need(sizeof(T), field));
     T v = load_le<T>(bytes_.data() + pos_);
     pos_ += sizeof(T);
     return v;
   }
 
   Result<std::string> read_string(std::string_view field) {
-    SY_ASSIGN_OR_RETURN(std::string_view view, read_string_view(field));
+    FSH_ASSIGN_OR_RETURN(std::string_view view, read_string_view(field));
     return std::string(view);
   }
 
   Status read_value(uint32_t raw_type, int depth, GgufValue& out) {
-    SY_TRY_STATUS(check_value_budget(1));
+    FSH_TRY_STATUS(check_value_budget(1));
     ++values_;
     const auto type = static_cast<GgufValueType>(raw_type);
     if (const size_t size = scalar_size(type)) {
-      SY_TRY_STATUS(need(size, value_type_name(raw_type), " value"));
+      FSH_TRY_STATUS(need(size, value_type_name(raw_type), " value"));
       pos_ += size;
       return decode_scalar(type, pos_ - size, out);
     }
     if (type == GgufValueType::kString) {
-      SY_ASSIGN_OR_RETURN(std::string_view view, read_string_view("string value"));
+      FSH_ASSIGN_OR_RETURN(std::string_view view, read_string_view("string value"));
       out.type = type;
       out.data.emplace<std::string>(view);
       return Status::Ok();
@@ -304,7 +304,7 @@ class Parser {
 
   Result<std::string_view> read_string_view(std::string_view field) {
     const size_t at = pos_;
-    SY_ASSIGN_OR_RETURN(uint64_t len, read<uint64_t>(field));
+    FSH_ASSIGN_OR_RETURN(uint64_t len, read<uint64_t>(field));
     if (len > remaining()) {
       return corrupt(at, std::string(field) + " claims " + std::to_string(len) +
                              " bytes but only " + std::to_string(remaining()) + " remain");
@@ -329,20 +329,20 @@ class Parser {
       return corrupt(
           at, "arrays are nested more than " + std::to_string(kMaxArrayDepth) + " levels deep");
     }
-    SY_ASSIGN_OR_RETURN(uint32_t elem_type, read<uint32_t>("array element type"));
+    FSH_ASSIGN_OR_RETURN(uint32_t elem_type, read<uint32_t>("array element type"));
     const auto min_size = min_encoded_size(elem_type);
     if (!min_size) {
       return corrupt(
           at, "array has unknown element type " + std::to_string(elem_type) + " (valid: 0-12)");
     }
     const size_t count_at = pos_;
-    SY_ASSIGN_OR_RETURN(uint64_t count, read<uint64_t>("array length"));
+    FSH_ASSIGN_OR_RETURN(uint64_t count, read<uint64_t>("array length"));
     if (count > remaining() / *min_size) {
       return corrupt(count_at, "array of " + std::string(value_type_name(elem_type)) + " claims " +
                                    std::to_string(count) + " elements but only " +
                                    std::to_string(remaining()) + " bytes remain");
     }
-    SY_TRY_STATUS(check_value_budget(count));  // before allocating for the items
+    FSH_TRY_STATUS(check_value_budget(count));  // before allocating for the items
     GgufValue::Array arr;
     arr.element_type = static_cast<GgufValueType>(elem_type);
     arr.items.resize(static_cast<size_t>(count));
@@ -352,11 +352,11 @@ class Parser {
     if (const size_t size = scalar_size(arr.element_type)) {
       values_ += count;
       for (GgufValue& item : arr.items) {
-        SY_TRY_STATUS(decode_scalar(arr.element_type, pos_, item));
+        FSH_TRY_STATUS(decode_scalar(arr.element_type, pos_, item));
         pos_ += size;
       }
     } else {
-      for (GgufValue& item : arr.items) SY_TRY_STATUS(read_value(elem_type, depth + 1, item));
+      for (GgufValue& item : arr.items) FSH_TRY_STATUS(read_value(elem_type, depth + 1, item));
     }
     out.type = GgufValueType::kArray;
     out.data = std::move(arr);
@@ -516,7 +516,7 @@ Status check_value(std::string_view key, const GgufValue& v, int depth) {
                                         " holds a " +
                                         value_type_name(static_cast<uint32_t>(item.type)));
         }
-        SY_TRY_STATUS(check_value(key, item, depth + 1));
+        FSH_TRY_STATUS(check_value(key, item, depth + 1));
       }
       ok = true;
       break;
@@ -668,7 +668,7 @@ Result<std::shared_ptr<GgufFile>> GgufFile::open(const std::string& path) {
   file->mapping_ = map;
   file->mapping_size_ = size;
   file->bytes_ = std::span<const uint8_t>(static_cast<const uint8_t*>(map), size);
-  SY_TRY_STATUS(file->parse_all());
+  FSH_TRY_STATUS(file->parse_all());
   return file;
 }
 
@@ -677,7 +677,7 @@ Result<std::shared_ptr<GgufFile>> GgufFile::parse(std::span<const uint8_t> bytes
   std::shared_ptr<GgufFile> file(new GgufFile());
   file->origin_ = std::move(origin);
   file->bytes_ = bytes;
-  SY_TRY_STATUS(file->parse_all());
+  FSH_TRY_STATUS(file->parse_all());
   return file;
 }
 
@@ -693,10 +693,10 @@ Status GgufFile::parse_all() {
                     "pass a .gguf model; old GGML/GGJT files must be re-converted with a current "
                     "llama.cpp convert script");
     }
-    SY_TRY_STATUS(p.need(sizeof kMagic, "magic"));
+    FSH_TRY_STATUS(p.need(sizeof kMagic, "magic"));
     p.skip(sizeof kMagic);
 
-    SY_ASSIGN_OR_RETURN(version_, p.read<uint32_t>("version"));
+    FSH_ASSIGN_OR_RETURN(version_, p.read<uint32_t>("version"));
     if (version_ != 2 && version_ != 3) {
       const uint32_t swapped = __builtin_bswap32(version_);
       if (swapped == 2 || swapped == 3) {
@@ -715,9 +715,9 @@ Status GgufFile::parse_all() {
     }
 
     const size_t tensor_count_at = p.pos();
-    SY_ASSIGN_OR_RETURN(uint64_t tensor_count, p.read<uint64_t>("tensor count"));
+    FSH_ASSIGN_OR_RETURN(uint64_t tensor_count, p.read<uint64_t>("tensor count"));
     const size_t kv_count_at = p.pos();
-    SY_ASSIGN_OR_RETURN(uint64_t kv_count, p.read<uint64_t>("metadata count"));
+    FSH_ASSIGN_OR_RETURN(uint64_t kv_count, p.read<uint64_t>("metadata count"));
     if (kv_count > p.remaining() / kMinKvBytes) {
       return p.corrupt(kv_count_at, "metadata count " + std::to_string(kv_count) +
                                         " cannot fit in the " + std::to_string(p.remaining()) +
@@ -732,13 +732,13 @@ Status GgufFile::parse_all() {
     for (uint64_t i = 0; i < kv_count; ++i) {
       const size_t key_at = p.pos();
       p.set_context("metadata key #" + std::to_string(i));
-      SY_ASSIGN_OR_RETURN(std::string key, p.read_string("key"));
+      FSH_ASSIGN_OR_RETURN(std::string key, p.read_string("key"));
       if (key.empty()) return p.corrupt(key_at, "key is empty");
       p.set_context("metadata key #" + std::to_string(i) + " '" + printable(key) + "'");
       auto [it, inserted] = metadata_.try_emplace(std::move(key));
       if (!inserted) return p.corrupt(key_at, "key appears more than once");
-      SY_ASSIGN_OR_RETURN(uint32_t type, p.read<uint32_t>("value type"));
-      SY_TRY_STATUS(p.read_value(type, 0, it->second));
+      FSH_ASSIGN_OR_RETURN(uint32_t type, p.read<uint32_t>("value type"));
+      FSH_TRY_STATUS(p.read_value(type, 0, it->second));
       const GgufValue& value = it->second;
       if (it->first == kAlignmentKey) {
         const auto a = value.as_int();
@@ -762,12 +762,12 @@ Status GgufFile::parse_all() {
       info_offsets.push_back(info_at);
       p.set_context("tensor #" + std::to_string(i));
       GgufTensorInfo t;
-      SY_ASSIGN_OR_RETURN(t.name, p.read_string("tensor name"));
+      FSH_ASSIGN_OR_RETURN(t.name, p.read_string("tensor name"));
       if (t.name.empty()) return p.corrupt(info_at, "tensor name is empty");
       p.set_context("tensor #" + std::to_string(i) + " '" + printable(t.name) + "'");
 
       const size_t dims_at = p.pos();
-      SY_ASSIGN_OR_RETURN(uint32_t n_dims, p.read<uint32_t>("dimension count"));
+      FSH_ASSIGN_OR_RETURN(uint32_t n_dims, p.read<uint32_t>("dimension count"));
       if (n_dims == 0 || n_dims > kMaxDims) {
         return p.corrupt(dims_at, "has " + std::to_string(n_dims) + " dimensions (1 to " +
                                       std::to_string(kMaxDims) + " allowed)");
@@ -776,7 +776,7 @@ Status GgufFile::parse_all() {
       uint64_t elements = 1;
       for (uint32_t d = 0; d < n_dims; ++d) {
         const size_t dim_at = p.pos();
-        SY_ASSIGN_OR_RETURN(t.dims[d], p.read<uint64_t>("dimension"));
+        FSH_ASSIGN_OR_RETURN(t.dims[d], p.read<uint64_t>("dimension"));
         if (t.dims[d] == 0) return p.corrupt(dim_at, "dimension " + std::to_string(d) + " is 0");
         if (__builtin_mul_overflow(elements, t.dims[d], &elements) ||
             elements > static_cast<uint64_t>(std::numeric_limits<int64_t>::max())) {
@@ -787,7 +787,7 @@ Status GgufFile::parse_all() {
       t.element_count = elements;
 
       const size_t type_at = p.pos();
-      SY_ASSIGN_OR_RETURN(t.type, p.read<uint32_t>("tensor type"));
+      FSH_ASSIGN_OR_RETURN(t.type, p.read<uint32_t>("tensor type"));
       const auto traits = tensor_type_traits(t.type);
       if (!traits) {
         return p.fail(
@@ -809,7 +809,7 @@ Status GgufFile::parse_all() {
       t.byte_size = bytes;
 
       const size_t offset_at = p.pos();
-      SY_ASSIGN_OR_RETURN(t.offset, p.read<uint64_t>("tensor data offset"));
+      FSH_ASSIGN_OR_RETURN(t.offset, p.read<uint64_t>("tensor data offset"));
       if (t.offset % alignment_ != 0) {
         return p.corrupt(offset_at, "data offset " + std::to_string(t.offset) +
                                         " is not a multiple of the alignment " +
@@ -1017,7 +1017,7 @@ Status GgufWriter::write(const std::string& path) const {
     if (key.empty()) {
       return make_error(ErrorKind::kInvalidArgument, "GGUF writer: a metadata key is empty");
     }
-    SY_TRY_STATUS(check_value(key, value, 0));
+    FSH_TRY_STATUS(check_value(key, value, 0));
     if (key == kAlignmentKey) {
       const auto a = value.as_int();
       if (value.type != GgufValueType::kUint32 || !a || !is_valid_alignment(*a)) {
@@ -1057,4 +1057,4 @@ Status GgufWriter::write(const std::string& path) const {
   return st;
 }
 
-}  // namespace sy::engine
+}  // namespace foreshore::engine

@@ -19,7 +19,7 @@
 #include "common/result.h"
 #include "engine/tensor_type.h"
 
-namespace sy::engine {
+namespace foreshore::engine {
 
 enum class GgufValueType : uint32_t {
   kUint8 = 0,
@@ -144,4 +144,4 @@ class GgufWriter {
   std::vector<PendingTensor> tensors_;
 };
 
-}  // namespace sy::engine
+}  // namespace foreshore::engine

@@ -1,6 +1,6 @@
 #include "engine/json_constraint.h"
 
-namespace sy::engine {
+namespace foreshore::engine {
 namespace {
 
 // Deeper nesting is refused, which keeps the state small and copies cheap.
@@ -261,4 +261,4 @@ bool JsonObjectPrefix::step(uint8_t c) {
   return false;
 }
 
-}  // namespace sy::engine
+}  // namespace foreshore::engine

@@ -8,7 +8,7 @@
 #include <string_view>
 #include <vector>
 
-namespace sy::engine {
+namespace foreshore::engine {
 
 class JsonObjectPrefix {
  public:
@@ -63,4 +63,4 @@ class JsonObjectPrefix {
   std::vector<char> open_;  // '{' and '[' not yet closed, at most kMaxDepth
 };
 
-}  // namespace sy::engine
+}  // namespace foreshore::engine

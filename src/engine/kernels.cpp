@@ -10,11 +10,11 @@
 
 #include "engine/kernels_internal.h"
 
-#ifdef SY_KERNELS_AVX2
+#ifdef FSH_KERNELS_AVX2
 #include <immintrin.h>
 #endif
 
-namespace sy::engine {
+namespace foreshore::engine {
 
 using detail::ActQ8;
 using detail::ActQ8K;
@@ -86,52 +86,52 @@ struct TypeOps {
   detail::GroupKernel group = nullptr;
 };
 
-#ifdef SY_KERNELS_AVX2
-#define SY_FAST(name) detail::name##_avx2
+#ifdef FSH_KERNELS_AVX2
+#define FSH_FAST(name) detail::name##_avx2
 #else
-#define SY_FAST(name) detail::name##_scalar
+#define FSH_FAST(name) detail::name##_scalar
 #endif
 
 constexpr TypeOps kOps[] = {
-    {TensorType::kF32, 1, ActKind::kFloat, SY_FAST(rows_f32), detail::rows_f32_scalar},
-    {TensorType::kF16, 1, ActKind::kFloat, SY_FAST(rows_f16), detail::rows_f16_scalar},
-    {TensorType::kBF16, 1, ActKind::kFloat, SY_FAST(rows_bf16), detail::rows_bf16_scalar},
-    {TensorType::kQ4_0, detail::kQK, ActKind::kQ8, SY_FAST(rows_q4_0), detail::rows_q4_0_scalar,
-#ifdef SY_KERNELS_AVX2
+    {TensorType::kF32, 1, ActKind::kFloat, FSH_FAST(rows_f32), detail::rows_f32_scalar},
+    {TensorType::kF16, 1, ActKind::kFloat, FSH_FAST(rows_f16), detail::rows_f16_scalar},
+    {TensorType::kBF16, 1, ActKind::kFloat, FSH_FAST(rows_bf16), detail::rows_bf16_scalar},
+    {TensorType::kQ4_0, detail::kQK, ActKind::kQ8, FSH_FAST(rows_q4_0), detail::rows_q4_0_scalar,
+#ifdef FSH_KERNELS_AVX2
      detail::group_q4_0_avx2
 #endif
     },
-    {TensorType::kQ8_0, detail::kQK, ActKind::kQ8, SY_FAST(rows_q8_0), detail::rows_q8_0_scalar,
-#ifdef SY_KERNELS_AVX2
+    {TensorType::kQ8_0, detail::kQK, ActKind::kQ8, FSH_FAST(rows_q8_0), detail::rows_q8_0_scalar,
+#ifdef FSH_KERNELS_AVX2
      detail::group_q8_0_avx2
 #endif
     },
-    {TensorType::kQ5_0, detail::kQK, ActKind::kQ8, SY_FAST(rows_q5_0), detail::rows_q5_0_scalar,
-#ifdef SY_KERNELS_AVX2
+    {TensorType::kQ5_0, detail::kQK, ActKind::kQ8, FSH_FAST(rows_q5_0), detail::rows_q5_0_scalar,
+#ifdef FSH_KERNELS_AVX2
      detail::group_q5_0_avx2
 #endif
     },
-    {TensorType::kQ5_1, detail::kQK, ActKind::kQ8, SY_FAST(rows_q5_1), detail::rows_q5_1_scalar,
-#ifdef SY_KERNELS_AVX2
+    {TensorType::kQ5_1, detail::kQK, ActKind::kQ8, FSH_FAST(rows_q5_1), detail::rows_q5_1_scalar,
+#ifdef FSH_KERNELS_AVX2
      detail::group_q5_1_avx2
 #endif
     },
-    {TensorType::kIQ4_NL, detail::kQK, ActKind::kQ8, SY_FAST(rows_iq4_nl),
+    {TensorType::kIQ4_NL, detail::kQK, ActKind::kQ8, FSH_FAST(rows_iq4_nl),
      detail::rows_iq4_nl_scalar,
-#ifdef SY_KERNELS_AVX2
+#ifdef FSH_KERNELS_AVX2
      detail::group_iq4_nl_avx2
 #endif
     },
-    {TensorType::kIQ4_XS, detail::kQKK, ActKind::kQ8K, SY_FAST(rows_iq4_xs),
+    {TensorType::kIQ4_XS, detail::kQKK, ActKind::kQ8K, FSH_FAST(rows_iq4_xs),
      detail::rows_iq4_xs_scalar},
-    {TensorType::kQ2_K, detail::kQKK, ActKind::kQ8K, SY_FAST(rows_q2_k), detail::rows_q2_k_scalar},
-    {TensorType::kQ3_K, detail::kQKK, ActKind::kQ8K, SY_FAST(rows_q3_k), detail::rows_q3_k_scalar},
-    {TensorType::kQ4_K, detail::kQKK, ActKind::kQ8K, SY_FAST(rows_q4_k), detail::rows_q4_k_scalar},
-    {TensorType::kQ5_K, detail::kQKK, ActKind::kQ8K, SY_FAST(rows_q5_k), detail::rows_q5_k_scalar},
-    {TensorType::kQ6_K, detail::kQKK, ActKind::kQ8K, SY_FAST(rows_q6_k), detail::rows_q6_k_scalar},
+    {TensorType::kQ2_K, detail::kQKK, ActKind::kQ8K, FSH_FAST(rows_q2_k), detail::rows_q2_k_scalar},
+    {TensorType::kQ3_K, detail::kQKK, ActKind::kQ8K, FSH_FAST(rows_q3_k), detail::rows_q3_k_scalar},
+    {TensorType::kQ4_K, detail::kQKK, ActKind::kQ8K, FSH_FAST(rows_q4_k), detail::rows_q4_k_scalar},
+    {TensorType::kQ5_K, detail::kQKK, ActKind::kQ8K, FSH_FAST(rows_q5_k), detail::rows_q5_k_scalar},
+    {TensorType::kQ6_K, detail::kQKK, ActKind::kQ8K, FSH_FAST(rows_q6_k), detail::rows_q6_k_scalar},
 };
 
-#undef SY_FAST
+#undef FSH_FAST
 
 const TypeOps* find_ops(TensorType type) {
   for (const auto& ops : kOps) {
@@ -166,13 +166,13 @@ void quantize_activation(ActKind kind, const float* x, uint8_t* out, int64_t col
                          [[maybe_unused]] bool vector) {
   if (kind == ActKind::kQ8) {
     auto* y = reinterpret_cast<ActQ8*>(out);
-#ifdef SY_KERNELS_AVX2
+#ifdef FSH_KERNELS_AVX2
     if (vector) return detail::quantize_act_q8_avx2(x, y, cols);
 #endif
     detail::quantize_act_q8_scalar(x, y, cols);
   } else {
     auto* y = reinterpret_cast<ActQ8K*>(out);
-#ifdef SY_KERNELS_AVX2
+#ifdef FSH_KERNELS_AVX2
     if (vector) return detail::quantize_act_q8k_avx2(x, y, cols);
 #endif
     detail::quantize_act_q8k_scalar(x, y, cols);
@@ -218,7 +218,7 @@ bool quantize_row(TensorType type, const float* src, void* dst, int64_t n) {
     case TensorType::kF16: {
       auto* out = static_cast<uint16_t*>(dst);
       int64_t i = 0;
-#ifdef SY_KERNELS_AVX2
+#ifdef FSH_KERNELS_AVX2
       for (; i + 8 <= n; i += 8) {
         _mm_storeu_si128(reinterpret_cast<__m128i*>(out + i),
                          _mm256_cvtps_ph(_mm256_loadu_ps(src + i), _MM_FROUND_TO_NEAREST_INT));
@@ -320,7 +320,7 @@ bool dequantize_row(TensorType type, const void* src, float* dst, int64_t n) {
     case TensorType::kF16: {
       const auto* in = static_cast<const uint16_t*>(src);
       int64_t i = 0;
-#ifdef SY_KERNELS_AVX2
+#ifdef FSH_KERNELS_AVX2
       for (; i + 8 <= n; i += 8) {
         _mm256_storeu_ps(
             dst + i, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(in + i))));
@@ -397,7 +397,7 @@ void matmul(const WeightMatrix& w, const float* x, int64_t batch, float* y,
       for (int64_t u = begin; u < end; ++u) {
         const int64_t b = u < groups ? u * detail::kGroupRows : grouped_rows + (u - groups);
         uint8_t* out = scratch.data() + b * row_bytes;
-#ifdef SY_KERNELS_AVX2
+#ifdef FSH_KERNELS_AVX2
         if (u < groups) {
           detail::quantize_act_q8x8_avx2(x + b * w.cols, w.cols,
                                          reinterpret_cast<detail::ActQ8x8*>(out), w.cols);
@@ -487,4 +487,4 @@ bool get_row(const WeightMatrix& w, int64_t row, float* out) {
                         w.cols);
 }
 
-}  // namespace sy::engine
+}  // namespace foreshore::engine

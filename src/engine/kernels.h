@@ -14,7 +14,7 @@
 #include "engine/tensor_type.h"
 #include "engine/thread_pool.h"
 
-namespace sy::engine {
+namespace foreshore::engine {
 
 float fp16_to_fp32(uint16_t h);
 uint16_t fp32_to_fp16(float f);
@@ -93,4 +93,4 @@ void silu_mul(float* gate, const float* up, int64_t n);
 // gate = gelu(gate) * up with the tanh approximation of GELU (GeGLU, Gemma).
 void gelu_mul(float* gate, const float* up, int64_t n);
 
-}  // namespace sy::engine
+}  // namespace foreshore::engine

@@ -13,7 +13,7 @@
 // groups of eight interleaved activation rows.
 #include "engine/kernels_internal.h"
 
-#ifdef SY_KERNELS_AVX2
+#ifdef FSH_KERNELS_AVX2
 
 #include <immintrin.h>
 
@@ -21,7 +21,7 @@
 #include <cstring>
 #include <type_traits>
 
-namespace sy::engine::detail {
+namespace foreshore::engine::detail {
 namespace {
 
 inline float hsum(__m128 s) {
@@ -827,6 +827,6 @@ void quantize_act_q8k_avx2(const float* x, ActQ8K* y, int64_t n) {
   }
 }
 
-}  // namespace sy::engine::detail
+}  // namespace foreshore::engine::detail
 
-#endif  // SY_KERNELS_AVX2
+#endif  // FSH_KERNELS_AVX2

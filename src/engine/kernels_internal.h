@@ -1,5 +1,5 @@
 // Block layouts and per-type kernels shared by the kernel translation units.
-// Private to sy_kernels: nothing outside src/engine/kernels*.cpp includes it.
+// Private to fsh_kernels: nothing outside src/engine/kernels*.cpp includes it.
 #pragma once
 
 #include <cstddef>
@@ -7,10 +7,10 @@
 #include <cstring>
 #include <type_traits>
 
-namespace sy::engine::detail {
+namespace foreshore::engine::detail {
 
 #if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
-#define SY_KERNELS_AVX2 1
+#define FSH_KERNELS_AVX2 1
 #endif
 
 inline constexpr int64_t kQK = 32;    // elements per Q4_0 / Q8_0 block
@@ -285,7 +285,7 @@ inline void scale16_scales(const Block& b, int scale[16], int min[16]) {
 // Activation quantization, scalar and vector; both produce identical bytes.
 void quantize_act_q8_scalar(const float* x, ActQ8* y, int64_t n);
 void quantize_act_q8k_scalar(const float* x, ActQ8K* y, int64_t n);
-#ifdef SY_KERNELS_AVX2
+#ifdef FSH_KERNELS_AVX2
 void quantize_act_q8_avx2(const float* x, ActQ8* y, int64_t n);
 void quantize_act_q8k_avx2(const float* x, ActQ8K* y, int64_t n);
 // Quantizes kGroupRows rows of n floats, `stride` floats apart.
@@ -338,7 +338,7 @@ void rows_q3_k_scalar(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int 
 void rows_q5_k_scalar(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb);
 void rows_q6_k_scalar(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb);
 
-#ifdef SY_KERNELS_AVX2
+#ifdef FSH_KERNELS_AVX2
 void rows_f32_avx2(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb);
 void rows_f16_avx2(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb);
 void rows_bf16_avx2(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb);
@@ -360,4 +360,4 @@ void group_iq4_nl_avx2(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0);
 void group_q8_0_avx2(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0);
 #endif
 
-}  // namespace sy::engine::detail
+}  // namespace foreshore::engine::detail

@@ -5,11 +5,11 @@
 #include "engine/kernels.h"
 #include "engine/kernels_internal.h"
 
-#ifdef SY_KERNELS_AVX2
+#ifdef FSH_KERNELS_AVX2
 #include <immintrin.h>
 #endif
 
-namespace sy::engine {
+namespace foreshore::engine {
 namespace {
 
 inline float silu(float v) {
@@ -24,7 +24,7 @@ inline float gelu(float v) {
   return v / (1.0f + std::exp(-u2));
 }
 
-#ifdef SY_KERNELS_AVX2
+#ifdef FSH_KERNELS_AVX2
 
 inline float hsum(__m256 v) {
   __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
@@ -73,14 +73,14 @@ inline __m256 sigmoid_times(__m256 v, __m256 arg) {
   return _mm256_div_ps(v, _mm256_add_ps(_mm256_set1_ps(1.0f), e));
 }
 
-#endif  // SY_KERNELS_AVX2
+#endif  // FSH_KERNELS_AVX2
 
 }  // namespace
 
 float dot_f32(const float* a, const float* b, int64_t n) {
   int64_t i = 0;
   float sum = 0.0f;
-#ifdef SY_KERNELS_AVX2
+#ifdef FSH_KERNELS_AVX2
   __m256 acc0 = _mm256_setzero_ps();
   __m256 acc1 = _mm256_setzero_ps();
   for (; i + 16 <= n; i += 16) {
@@ -99,7 +99,7 @@ float dot_f32(const float* a, const float* b, int64_t n) {
 float dot_f32_f16(const float* a, const uint16_t* b, int64_t n) {
   int64_t i = 0;
   float sum = 0.0f;
-#ifdef SY_KERNELS_AVX2
+#ifdef FSH_KERNELS_AVX2
   __m256 acc0 = _mm256_setzero_ps();
   __m256 acc1 = _mm256_setzero_ps();
   for (; i + 16 <= n; i += 16) {
@@ -115,7 +115,7 @@ float dot_f32_f16(const float* a, const uint16_t* b, int64_t n) {
 
 void axpy_f32(float a, const float* x, float* y, int64_t n) {
   int64_t i = 0;
-#ifdef SY_KERNELS_AVX2
+#ifdef FSH_KERNELS_AVX2
   const __m256 av = _mm256_set1_ps(a);
   for (; i + 8 <= n; i += 8) {
     _mm256_storeu_ps(y + i, _mm256_fmadd_ps(av, _mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i)));
@@ -126,7 +126,7 @@ void axpy_f32(float a, const float* x, float* y, int64_t n) {
 
 void axpy_f16(float a, const uint16_t* x, float* y, int64_t n) {
   int64_t i = 0;
-#ifdef SY_KERNELS_AVX2
+#ifdef FSH_KERNELS_AVX2
   const __m256 av = _mm256_set1_ps(a);
   for (; i + 8 <= n; i += 8) {
     _mm256_storeu_ps(y + i, _mm256_fmadd_ps(av, load_f16(x + i), _mm256_loadu_ps(y + i)));
@@ -137,7 +137,7 @@ void axpy_f16(float a, const uint16_t* x, float* y, int64_t n) {
 
 void add_f32(float* y, const float* x, int64_t n) {
   int64_t i = 0;
-#ifdef SY_KERNELS_AVX2
+#ifdef FSH_KERNELS_AVX2
   for (; i + 8 <= n; i += 8) {
     _mm256_storeu_ps(y + i, _mm256_add_ps(_mm256_loadu_ps(y + i), _mm256_loadu_ps(x + i)));
   }
@@ -147,7 +147,7 @@ void add_f32(float* y, const float* x, int64_t n) {
 
 void scale_f32(float* y, float a, int64_t n) {
   int64_t i = 0;
-#ifdef SY_KERNELS_AVX2
+#ifdef FSH_KERNELS_AVX2
   const __m256 av = _mm256_set1_ps(a);
   for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, _mm256_mul_ps(av, _mm256_loadu_ps(y + i)));
 #endif
@@ -158,7 +158,7 @@ void rmsnorm(const float* x, const float* weight, float* out, int64_t n, float e
   const float mean_square = dot_f32(x, x, n) / static_cast<float>(n);
   const float inv = 1.0f / std::sqrt(mean_square + eps);
   int64_t i = 0;
-#ifdef SY_KERNELS_AVX2
+#ifdef FSH_KERNELS_AVX2
   const __m256 iv = _mm256_set1_ps(inv);
   for (; i + 8 <= n; i += 8) {
     const __m256 v = _mm256_mul_ps(_mm256_loadu_ps(x + i), iv);
@@ -171,7 +171,7 @@ void rmsnorm(const float* x, const float* weight, float* out, int64_t n, float e
 void softmax(float* x, int64_t n) {
   float max = -INFINITY;
   int64_t i = 0;
-#ifdef SY_KERNELS_AVX2
+#ifdef FSH_KERNELS_AVX2
   __m256 mv = _mm256_set1_ps(-INFINITY);
   for (; i + 8 <= n; i += 8) mv = _mm256_max_ps(mv, _mm256_loadu_ps(x + i));
   max = hmax(mv);
@@ -180,7 +180,7 @@ void softmax(float* x, int64_t n) {
 
   float sum = 0.0f;
   i = 0;
-#ifdef SY_KERNELS_AVX2
+#ifdef FSH_KERNELS_AVX2
   const __m256 maxv = _mm256_set1_ps(max);
   __m256 sv = _mm256_setzero_ps();
   for (; i + 8 <= n; i += 8) {
@@ -199,7 +199,7 @@ void softmax(float* x, int64_t n) {
 
 void silu_mul(float* gate, const float* up, int64_t n) {
   int64_t i = 0;
-#ifdef SY_KERNELS_AVX2
+#ifdef FSH_KERNELS_AVX2
   for (; i + 8 <= n; i += 8) {
     const __m256 g = _mm256_loadu_ps(gate + i);
     _mm256_storeu_ps(gate + i, _mm256_mul_ps(sigmoid_times(g, g), _mm256_loadu_ps(up + i)));
@@ -210,7 +210,7 @@ void silu_mul(float* gate, const float* up, int64_t n) {
 
 void gelu_mul(float* gate, const float* up, int64_t n) {
   int64_t i = 0;
-#ifdef SY_KERNELS_AVX2
+#ifdef FSH_KERNELS_AVX2
   const __m256 a2 = _mm256_set1_ps(2.0f * kGeluA);
   const __m256 b = _mm256_set1_ps(kGeluB);
   for (; i + 8 <= n; i += 8) {
@@ -223,4 +223,4 @@ void gelu_mul(float* gate, const float* up, int64_t n) {
   for (; i < n; ++i) gate[i] = gelu(gate[i]) * up[i];
 }
 
-}  // namespace sy::engine
+}  // namespace foreshore::engine

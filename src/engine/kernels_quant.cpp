@@ -8,7 +8,7 @@
 #include "engine/kernels.h"
 #include "engine/kernels_internal.h"
 
-namespace sy::engine::detail {
+namespace foreshore::engine::detail {
 namespace {
 
 // Round half to even, as the vector conversions do.
@@ -675,4 +675,4 @@ void quantize_act_q8k_scalar(const float* x, ActQ8K* y, int64_t n) {
   }
 }
 
-}  // namespace sy::engine::detail
+}  // namespace foreshore::engine::detail

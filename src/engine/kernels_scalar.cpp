@@ -6,7 +6,7 @@
 #include "engine/kernels.h"
 #include "engine/kernels_internal.h"
 
-namespace sy::engine::detail {
+namespace foreshore::engine::detail {
 namespace {
 
 inline void store(const RowArgs& a, int64_t b, int64_t r, float v) {
@@ -205,4 +205,4 @@ void rows_q6_k_scalar(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int 
   rows_super_blocks<BlockQ6_K>(a, r0, r1, b0, nb, scale16_k_dot<BlockQ6_K>);
 }
 
-}  // namespace sy::engine::detail
+}  // namespace foreshore::engine::detail

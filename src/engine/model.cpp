@@ -8,7 +8,7 @@
 #include <filesystem>
 #include <numbers>
 
-namespace sy::engine {
+namespace foreshore::engine {
 
 struct ModelLoader {
   Model& model;
@@ -105,11 +105,11 @@ struct ModelLoader {
     c.architecture = arch;
     c.name = file.get_string("general.name")
                  .value_or(std::filesystem::path(file.origin()).stem().string());
-    SY_ASSIGN_OR_RETURN(int64_t n_embd, require_int("embedding_length"));
-    SY_ASSIGN_OR_RETURN(int64_t n_layer, require_int("block_count"));
-    SY_ASSIGN_OR_RETURN(int64_t n_head, require_int("attention.head_count"));
-    SY_ASSIGN_OR_RETURN(int64_t n_ff, require_int("feed_forward_length"));
-    SY_ASSIGN_OR_RETURN(int64_t n_ctx, require_int("context_length"));
+    FSH_ASSIGN_OR_RETURN(int64_t n_embd, require_int("embedding_length"));
+    FSH_ASSIGN_OR_RETURN(int64_t n_layer, require_int("block_count"));
+    FSH_ASSIGN_OR_RETURN(int64_t n_head, require_int("attention.head_count"));
+    FSH_ASSIGN_OR_RETURN(int64_t n_ff, require_int("feed_forward_length"));
+    FSH_ASSIGN_OR_RETURN(int64_t n_ctx, require_int("context_length"));
     int64_t n_head_kv = file.get_int(arch + ".attention.head_count_kv").value_or(n_head);
     if (n_head_kv <= 0 || n_head % n_head_kv != 0)
       return corrupt("attention.head_count_kv " + std::to_string(n_head_kv) +
@@ -150,9 +150,9 @@ struct ModelLoader {
 
     const int64_t q_dim = n_head * head_dim;
     const int64_t kv_dim = n_head_kv * head_dim;
-    SY_ASSIGN_OR_RETURN(model.token_embd_, matrix("token_embd.weight", n_embd, n_vocab));
-    SY_ASSIGN_OR_RETURN(model.output_norm_, vector("output_norm.weight", n_embd));
-    SY_ASSIGN_OR_RETURN(model.output_, matrix("output.weight", n_embd, n_vocab, true));
+    FSH_ASSIGN_OR_RETURN(model.token_embd_, matrix("token_embd.weight", n_embd, n_vocab));
+    FSH_ASSIGN_OR_RETURN(model.output_norm_, vector("output_norm.weight", n_embd));
+    FSH_ASSIGN_OR_RETURN(model.output_, matrix("output.weight", n_embd, n_vocab, true));
     if (model.output_.data == nullptr) {
       c.tied_output = true;
       model.output_ = model.token_embd_;
@@ -161,18 +161,18 @@ struct ModelLoader {
     for (int64_t i = 0; i < n_layer; ++i) {
       const std::string p = "blk." + std::to_string(i) + ".";
       LayerWeights l;
-      SY_ASSIGN_OR_RETURN(l.attn_norm, vector(p + "attn_norm.weight", n_embd));
-      SY_ASSIGN_OR_RETURN(l.wq, matrix(p + "attn_q.weight", n_embd, q_dim));
-      SY_ASSIGN_OR_RETURN(l.wk, matrix(p + "attn_k.weight", n_embd, kv_dim));
-      SY_ASSIGN_OR_RETURN(l.wv, matrix(p + "attn_v.weight", n_embd, kv_dim));
-      SY_ASSIGN_OR_RETURN(l.wo, matrix(p + "attn_output.weight", q_dim, n_embd));
-      SY_ASSIGN_OR_RETURN(l.bq, vector(p + "attn_q.bias", q_dim, true));
-      SY_ASSIGN_OR_RETURN(l.bk, vector(p + "attn_k.bias", kv_dim, true));
-      SY_ASSIGN_OR_RETURN(l.bv, vector(p + "attn_v.bias", kv_dim, true));
-      SY_ASSIGN_OR_RETURN(l.ffn_norm, vector(p + "ffn_norm.weight", n_embd));
-      SY_ASSIGN_OR_RETURN(l.w_gate, matrix(p + "ffn_gate.weight", n_embd, n_ff));
-      SY_ASSIGN_OR_RETURN(l.w_up, matrix(p + "ffn_up.weight", n_embd, n_ff));
-      SY_ASSIGN_OR_RETURN(l.w_down, matrix(p + "ffn_down.weight", n_ff, n_embd));
+      FSH_ASSIGN_OR_RETURN(l.attn_norm, vector(p + "attn_norm.weight", n_embd));
+      FSH_ASSIGN_OR_RETURN(l.wq, matrix(p + "attn_q.weight", n_embd, q_dim));
+      FSH_ASSIGN_OR_RETURN(l.wk, matrix(p + "attn_k.weight", n_embd, kv_dim));
+      FSH_ASSIGN_OR_RETURN(l.wv, matrix(p + "attn_v.weight", n_embd, kv_dim));
+      FSH_ASSIGN_OR_RETURN(l.wo, matrix(p + "attn_output.weight", q_dim, n_embd));
+      FSH_ASSIGN_OR_RETURN(l.bq, vector(p + "attn_q.bias", q_dim, true));
+      FSH_ASSIGN_OR_RETURN(l.bk, vector(p + "attn_k.bias", kv_dim, true));
+      FSH_ASSIGN_OR_RETURN(l.bv, vector(p + "attn_v.bias", kv_dim, true));
+      FSH_ASSIGN_OR_RETURN(l.ffn_norm, vector(p + "ffn_norm.weight", n_embd));
+      FSH_ASSIGN_OR_RETURN(l.w_gate, matrix(p + "ffn_gate.weight", n_embd, n_ff));
+      FSH_ASSIGN_OR_RETURN(l.w_up, matrix(p + "ffn_up.weight", n_embd, n_ff));
+      FSH_ASSIGN_OR_RETURN(l.w_down, matrix(p + "ffn_down.weight", n_ff, n_embd));
       model.layers_.push_back(l);
     }
     // A short identity of the weights for version pinning: name, size and a
@@ -546,4 +546,4 @@ void InferenceContext::forward_batch(const TokenId* tokens, int32_t n, ThreadPoo
   cached_tokens_.insert(cached_tokens_.end(), tokens, tokens + n);
 }
 
-}  // namespace sy::engine
+}  // namespace foreshore::engine

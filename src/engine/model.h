@@ -15,7 +15,7 @@
 #include "engine/thread_pool.h"
 #include "engine/tokenizer.h"
 
-namespace sy::engine {
+namespace foreshore::engine {
 
 struct ModelConfig {
   std::string architecture;  // "llama" or "qwen2"
@@ -180,4 +180,4 @@ class InferenceContext {
   std::vector<float> observed_input_;  // the residual stream entering a layer, when observed
 };
 
-}  // namespace sy::engine
+}  // namespace foreshore::engine

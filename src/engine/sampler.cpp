@@ -5,7 +5,7 @@
 #include <limits>
 #include <numeric>
 
-namespace sy::engine {
+namespace foreshore::engine {
 
 Sampler::Sampler(SamplingParams params, int32_t vocab_size) : params_(params), rng_(params.seed) {
   params_.top_logprobs = std::clamp(params_.top_logprobs, 0, 20);
@@ -166,4 +166,4 @@ SampledToken Sampler::sample(std::span<const float> logits, std::span<const Toke
   return out;
 }
 
-}  // namespace sy::engine
+}  // namespace foreshore::engine

@@ -10,7 +10,7 @@
 
 #include "engine/tokenizer.h"
 
-namespace sy::engine {
+namespace foreshore::engine {
 
 struct SamplingParams {
   float temperature = 0.8f;     // 0: greedy
@@ -75,4 +75,4 @@ class Sampler {
   std::vector<TokenId> sampled_;
 };
 
-}  // namespace sy::engine
+}  // namespace foreshore::engine

@@ -5,7 +5,7 @@
 
 #include "engine/kernels.h"
 
-namespace sy::engine {
+namespace foreshore::engine {
 
 Vocabulary synthetic_vocabulary(int32_t size) {
   Vocabulary v;
@@ -154,27 +154,27 @@ Status write_synthetic_model(const SyntheticModelSpec& s, const std::string& pat
   const int64_t q_dim = s.head_count * head_dim;
   const int64_t kv_dim = s.head_count_kv * head_dim;
   const TensorType f32 = TensorType::kF32;
-  SY_TRY_STATUS(add("token_embd.weight", s.embedding_type, d, n_vocab, 1.0f, 0.0f));
-  SY_TRY_STATUS(add("output_norm.weight", f32, d, 0, 0.1f, 1.0f));
-  if (!s.tied_output) SY_TRY_STATUS(add("output.weight", s.matrix_type, d, n_vocab, 0.2f, 0.0f));
+  FSH_TRY_STATUS(add("token_embd.weight", s.embedding_type, d, n_vocab, 1.0f, 0.0f));
+  FSH_TRY_STATUS(add("output_norm.weight", f32, d, 0, 0.1f, 1.0f));
+  if (!s.tied_output) FSH_TRY_STATUS(add("output.weight", s.matrix_type, d, n_vocab, 0.2f, 0.0f));
   for (int32_t i = 0; i < s.layer_count; ++i) {
     const std::string p = "blk." + std::to_string(i) + ".";
-    SY_TRY_STATUS(add(p + "attn_norm.weight", f32, d, 0, 0.1f, 1.0f));
-    SY_TRY_STATUS(add(p + "attn_q.weight", s.matrix_type, d, q_dim, 0.2f, 0.0f));
-    SY_TRY_STATUS(add(p + "attn_k.weight", s.matrix_type, d, kv_dim, 0.2f, 0.0f));
-    SY_TRY_STATUS(add(p + "attn_v.weight", s.matrix_type, d, kv_dim, 0.2f, 0.0f));
-    SY_TRY_STATUS(add(p + "attn_output.weight", s.matrix_type, q_dim, d, 0.2f, 0.0f));
+    FSH_TRY_STATUS(add(p + "attn_norm.weight", f32, d, 0, 0.1f, 1.0f));
+    FSH_TRY_STATUS(add(p + "attn_q.weight", s.matrix_type, d, q_dim, 0.2f, 0.0f));
+    FSH_TRY_STATUS(add(p + "attn_k.weight", s.matrix_type, d, kv_dim, 0.2f, 0.0f));
+    FSH_TRY_STATUS(add(p + "attn_v.weight", s.matrix_type, d, kv_dim, 0.2f, 0.0f));
+    FSH_TRY_STATUS(add(p + "attn_output.weight", s.matrix_type, q_dim, d, 0.2f, 0.0f));
     if (a == "qwen2") {
-      SY_TRY_STATUS(add(p + "attn_q.bias", f32, q_dim, 0, 0.1f, 0.0f));
-      SY_TRY_STATUS(add(p + "attn_k.bias", f32, kv_dim, 0, 0.1f, 0.0f));
-      SY_TRY_STATUS(add(p + "attn_v.bias", f32, kv_dim, 0, 0.1f, 0.0f));
+      FSH_TRY_STATUS(add(p + "attn_q.bias", f32, q_dim, 0, 0.1f, 0.0f));
+      FSH_TRY_STATUS(add(p + "attn_k.bias", f32, kv_dim, 0, 0.1f, 0.0f));
+      FSH_TRY_STATUS(add(p + "attn_v.bias", f32, kv_dim, 0, 0.1f, 0.0f));
     }
-    SY_TRY_STATUS(add(p + "ffn_norm.weight", f32, d, 0, 0.1f, 1.0f));
-    SY_TRY_STATUS(add(p + "ffn_gate.weight", s.matrix_type, d, s.feed_forward_length, 0.2f, 0.0f));
-    SY_TRY_STATUS(add(p + "ffn_up.weight", s.matrix_type, d, s.feed_forward_length, 0.2f, 0.0f));
-    SY_TRY_STATUS(add(p + "ffn_down.weight", s.matrix_type, s.feed_forward_length, d, 0.2f, 0.0f));
+    FSH_TRY_STATUS(add(p + "ffn_norm.weight", f32, d, 0, 0.1f, 1.0f));
+    FSH_TRY_STATUS(add(p + "ffn_gate.weight", s.matrix_type, d, s.feed_forward_length, 0.2f, 0.0f));
+    FSH_TRY_STATUS(add(p + "ffn_up.weight", s.matrix_type, d, s.feed_forward_length, 0.2f, 0.0f));
+    FSH_TRY_STATUS(add(p + "ffn_down.weight", s.matrix_type, s.feed_forward_length, d, 0.2f, 0.0f));
   }
   return w.write(path);
 }
 
-}  // namespace sy::engine
+}  // namespace foreshore::engine

@@ -14,7 +14,7 @@
 #include "engine/tensor_type.h"
 #include "engine/tokenizer.h"
 
-namespace sy::engine {
+namespace foreshore::engine {
 
 struct SyntheticModelSpec {
   std::string architecture = "llama";  // or "qwen2"
@@ -45,4 +45,4 @@ Status write_synthetic_model(const SyntheticModelSpec& spec, const std::string& 
 std::optional<SyntheticModelSpec> synthetic_model_preset(std::string_view name,
                                                          TensorType type);
 
-}  // namespace sy::engine
+}  // namespace foreshore::engine

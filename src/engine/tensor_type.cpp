@@ -4,7 +4,7 @@
 #include <cctype>
 #include <string>
 
-namespace sy::engine {
+namespace foreshore::engine {
 namespace {
 
 struct Entry {
@@ -62,4 +62,4 @@ std::optional<TensorType> parse_tensor_type(std::string_view name) {
   return std::nullopt;
 }
 
-}  // namespace sy::engine
+}  // namespace foreshore::engine

@@ -6,7 +6,7 @@
 #include <optional>
 #include <string_view>
 
-namespace sy::engine {
+namespace foreshore::engine {
 
 enum class TensorType : uint32_t {
   kF32 = 0,
@@ -56,4 +56,4 @@ inline size_t tensor_row_bytes(const TensorTypeTraits& t, uint64_t elements) {
   return static_cast<size_t>(elements / t.block_size) * t.block_bytes;
 }
 
-}  // namespace sy::engine
+}  // namespace foreshore::engine

@@ -7,7 +7,7 @@
 #include <immintrin.h>
 #endif
 
-namespace sy::engine {
+namespace foreshore::engine {
 namespace {
 
 // How long an idle thread polls before blocking. Decode leaves a few to tens
@@ -167,4 +167,4 @@ void ThreadPool::worker_loop() {
   }
 }
 
-}  // namespace sy::engine
+}  // namespace foreshore::engine

@@ -17,7 +17,7 @@
 #include <type_traits>
 #include <vector>
 
-namespace sy::engine {
+namespace foreshore::engine {
 
 class ThreadPool {
  public:
@@ -99,4 +99,4 @@ class ThreadPool {
   std::condition_variable done_cv_;
 };
 
-}  // namespace sy::engine
+}  // namespace foreshore::engine

@@ -9,7 +9,7 @@
 
 #include "engine/tokenizer_internal.h"
 
-namespace sy::engine {
+namespace foreshore::engine {
 namespace {
 
 using tokenizer_internal::BpeModel;
@@ -278,8 +278,8 @@ Result<std::shared_ptr<const Tokenizer>> Tokenizer::create(Vocabulary vocab) {
   if (m.spm) {
     m.spm_model.emplace(v, *m.ids, m.kinds);
   } else {
-    SY_ASSIGN_OR_RETURN(m.pre, PreTokenizer::create(v.pre));
-    SY_ASSIGN_OR_RETURN(m.bpe_model, BpeModel::create(v, *m.ids, m.kinds));
+    FSH_ASSIGN_OR_RETURN(m.pre, PreTokenizer::create(v.pre));
+    FSH_ASSIGN_OR_RETURN(m.bpe_model, BpeModel::create(v, *m.ids, m.kinds));
   }
   return std::shared_ptr<const Tokenizer>(new Tokenizer(std::move(impl)));
 }
@@ -364,4 +364,4 @@ const Vocabulary& Tokenizer::vocabulary() const {
   return impl_->vocab;
 }
 
-}  // namespace sy::engine
+}  // namespace foreshore::engine

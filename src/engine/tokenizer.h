@@ -12,7 +12,7 @@
 #include "common/result.h"
 #include "engine/gguf.h"
 
-namespace sy::engine {
+namespace foreshore::engine {
 
 using TokenId = int32_t;
 
@@ -97,4 +97,4 @@ class Tokenizer {
   std::unique_ptr<Impl> impl_;
 };
 
-}  // namespace sy::engine
+}  // namespace foreshore::engine

@@ -3,7 +3,7 @@
 
 #include "engine/tokenizer_internal.h"
 
-namespace sy::engine::tokenizer_internal {
+namespace foreshore::engine::tokenizer_internal {
 namespace {
 
 void append_utf8(uint32_t cp, std::string& out) {
@@ -239,4 +239,4 @@ void BpeModel::encode_word(std::string_view word, Scratch& scratch,
   }
 }
 
-}  // namespace sy::engine::tokenizer_internal
+}  // namespace foreshore::engine::tokenizer_internal

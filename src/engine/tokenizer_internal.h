@@ -13,7 +13,7 @@
 #include "common/result.h"
 #include "engine/tokenizer.h"
 
-namespace sy::engine::tokenizer_internal {
+namespace foreshore::engine::tokenizer_internal {
 
 // Token texts to ids, in an open-addressing table: encoding looks up many
 // candidate texts, most of them absent, and node-based maps spend that time
@@ -234,4 +234,4 @@ class BpeModel {
   std::array<TokenId, 256> byte_tokens_{};
 };
 
-}  // namespace sy::engine::tokenizer_internal
+}  // namespace foreshore::engine::tokenizer_internal

@@ -7,7 +7,7 @@
 
 #include "engine/tokenizer_internal.h"
 
-namespace sy::engine::tokenizer_internal {
+namespace foreshore::engine::tokenizer_internal {
 namespace {
 
 constexpr std::string_view kGpt2 =
@@ -155,4 +155,4 @@ void PreTokenizer::split(std::string_view text, std::vector<std::string_view>& o
   out.insert(out.end(), pieces.begin(), pieces.end());
 }
 
-}  // namespace sy::engine::tokenizer_internal
+}  // namespace foreshore::engine::tokenizer_internal

@@ -4,7 +4,7 @@
 
 #include "engine/tokenizer_internal.h"
 
-namespace sy::engine::tokenizer_internal {
+namespace foreshore::engine::tokenizer_internal {
 namespace {
 
 constexpr std::string_view kSpace = "\xE2\x96\x81";  // "▁"
@@ -188,4 +188,4 @@ void SpmModel::encode_segment(std::string_view text, Scratch& scratch,
   }
 }
 
-}  // namespace sy::engine::tokenizer_internal
+}  // namespace foreshore::engine::tokenizer_internal

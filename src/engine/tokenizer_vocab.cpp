@@ -3,7 +3,7 @@
 
 #include "engine/tokenizer_internal.h"
 
-namespace sy::engine {
+namespace foreshore::engine {
 namespace {
 
 constexpr std::string_view kPrefix = "tokenizer.ggml.";
@@ -83,7 +83,7 @@ Result<Vocabulary> Vocabulary::from_gguf(const GgufFile& file) {
   }
   if (vocab.pre.empty()) vocab.pre = "default";
 
-  SY_ASSIGN_OR_RETURN(const GgufValue::Array* tokens, find_array(file, "tokens"));
+  FSH_ASSIGN_OR_RETURN(const GgufValue::Array* tokens, find_array(file, "tokens"));
   if (tokens == nullptr) {
     return make_error(ErrorKind::kNotFound, where(file, "tokens") + " is missing");
   }
@@ -91,11 +91,11 @@ Result<Vocabulary> Vocabulary::from_gguf(const GgufFile& file) {
   if (tokens->items.size() > static_cast<size_t>(std::numeric_limits<TokenId>::max())) {
     return corrupt(file, "tokens", "has more entries than token ids can number");
   }
-  SY_ASSIGN_OR_RETURN(vocab.tokens, read_strings(file, "tokens", *tokens));
+  FSH_ASSIGN_OR_RETURN(vocab.tokens, read_strings(file, "tokens", *tokens));
   const size_t n = vocab.tokens.size();
   const std::string count = std::to_string(n);
 
-  SY_ASSIGN_OR_RETURN(const GgufValue::Array* scores, find_array(file, "scores"));
+  FSH_ASSIGN_OR_RETURN(const GgufValue::Array* scores, find_array(file, "scores"));
   if (scores != nullptr) {
     if (scores->items.size() != n) {
       return corrupt(
@@ -113,7 +113,7 @@ Result<Vocabulary> Vocabulary::from_gguf(const GgufFile& file) {
                       where(file, "scores") + " is missing; SentencePiece merging needs them");
   }
 
-  SY_ASSIGN_OR_RETURN(const GgufValue::Array* types, find_array(file, "token_type"));
+  FSH_ASSIGN_OR_RETURN(const GgufValue::Array* types, find_array(file, "token_type"));
   if (types != nullptr) {
     if (types->items.size() != n) {
       return corrupt(
@@ -131,9 +131,9 @@ Result<Vocabulary> Vocabulary::from_gguf(const GgufFile& file) {
     }
   }
 
-  SY_ASSIGN_OR_RETURN(const GgufValue::Array* merges, find_array(file, "merges"));
+  FSH_ASSIGN_OR_RETURN(const GgufValue::Array* merges, find_array(file, "merges"));
   if (merges != nullptr) {
-    SY_ASSIGN_OR_RETURN(vocab.merges, read_strings(file, "merges", *merges));
+    FSH_ASSIGN_OR_RETURN(vocab.merges, read_strings(file, "merges", *merges));
   } else if (vocab.model == "gpt2") {
     return make_error(ErrorKind::kNotFound,
                       where(file, "merges") + " is missing; byte-level BPE needs them");
@@ -150,18 +150,18 @@ Result<Vocabulary> Vocabulary::from_gguf(const GgufFile& file) {
     vocab.add_bos = false;
     vocab.add_space_prefix = false;
   }
-  SY_TRY_STATUS(read_token_id(file, "bos_token_id", n, vocab.bos));
-  SY_TRY_STATUS(read_token_id(file, "eos_token_id", n, vocab.eos));
-  SY_TRY_STATUS(read_token_id(file, "eot_token_id", n, vocab.eot));
-  SY_TRY_STATUS(read_token_id(file, "unknown_token_id", n, vocab.unknown));
-  SY_TRY_STATUS(read_token_id(file, "padding_token_id", n, vocab.padding));
+  FSH_TRY_STATUS(read_token_id(file, "bos_token_id", n, vocab.bos));
+  FSH_TRY_STATUS(read_token_id(file, "eos_token_id", n, vocab.eos));
+  FSH_TRY_STATUS(read_token_id(file, "eot_token_id", n, vocab.eot));
+  FSH_TRY_STATUS(read_token_id(file, "unknown_token_id", n, vocab.unknown));
+  FSH_TRY_STATUS(read_token_id(file, "padding_token_id", n, vocab.padding));
 
   // Llama 3 files often omit add_bos_token; their models expect BOS.
   if (vocab.model == "gpt2" && tokenizer_internal::is_llama3_pre(vocab.pre)) vocab.add_bos = true;
-  SY_TRY_STATUS(read_flag(file, "add_bos_token", vocab.add_bos));
-  SY_TRY_STATUS(read_flag(file, "add_eos_token", vocab.add_eos));
-  SY_TRY_STATUS(read_flag(file, "add_space_prefix", vocab.add_space_prefix));
+  FSH_TRY_STATUS(read_flag(file, "add_bos_token", vocab.add_bos));
+  FSH_TRY_STATUS(read_flag(file, "add_eos_token", vocab.add_eos));
+  FSH_TRY_STATUS(read_flag(file, "add_space_prefix", vocab.add_space_prefix));
   return vocab;
 }
 
-}  // namespace sy::engine
+}  // namespace foreshore::engine

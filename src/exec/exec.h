@@ -18,7 +18,7 @@
 #include "exec/guard.h"
 #include "route/router.h"
 
-namespace sy::exec {
+namespace foreshore::exec {
 
 struct ExecutionResult {
   backend::Completion completion;
@@ -97,4 +97,4 @@ class Executor {
   route::Router* router_;
 };
 
-}  // namespace sy::exec
+}  // namespace foreshore::exec

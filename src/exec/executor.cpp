@@ -6,7 +6,7 @@
 #include "exec/exec.h"
 #include "observe/shadow.h"
 
-namespace sy::exec {
+namespace foreshore::exec {
 namespace {
 
 using Clock = std::chrono::steady_clock;
@@ -416,4 +416,4 @@ Result<ExecutionResult> Executor::run_consistency(const route::Plan& plan,
   return out;
 }
 
-}  // namespace sy::exec
+}  // namespace foreshore::exec

@@ -3,7 +3,7 @@
 #include <algorithm>
 #include <random>
 
-namespace sy::exec {
+namespace foreshore::exec {
 
 std::string_view to_string(BreakerState state) {
   switch (state) {
@@ -77,4 +77,4 @@ std::chrono::milliseconds backoff_delay(const RetrySettings& s, int32_t attempt,
   return std::chrono::milliseconds(std::max(jitter(rng), retry_after));
 }
 
-}  // namespace sy::exec
+}  // namespace foreshore::exec

@@ -10,7 +10,7 @@
 
 #include "common/result.h"
 
-namespace sy::exec {
+namespace foreshore::exec {
 
 enum class BreakerState { kClosed = 0, kOpen = 1, kHalfOpen = 2 };
 std::string_view to_string(BreakerState state);
@@ -59,4 +59,4 @@ bool is_retryable(const Error& error);
 std::chrono::milliseconds backoff_delay(const RetrySettings& settings, int32_t attempt,
                                         const Error& error);
 
-}  // namespace sy::exec
+}  // namespace foreshore::exec

@@ -11,7 +11,7 @@
 
 #include "observe/sqlite_db.h"
 
-namespace sy::observe {
+namespace foreshore::observe {
 namespace {
 
 using detail::StmtPtr;
@@ -87,7 +87,7 @@ struct AuditStore::Impl {
 
   Status write_batch(std::vector<AuditRecord>& batch) {
     sqlite3* conn = db.get();
-    SY_TRY_STATUS(detail::exec(conn, "BEGIN IMMEDIATE", "audit store " + options.path));
+    FSH_TRY_STATUS(detail::exec(conn, "BEGIN IMMEDIATE", "audit store " + options.path));
     sqlite3_stmt* stmt = insert.get();
     for (const AuditRecord& r : batch) {
       sqlite3_reset(stmt);
@@ -138,7 +138,7 @@ struct AuditStore::Impl {
     sqlite3* conn = db.get();
     int64_t deleted = 0;
     if (options.max_age.count() > 0) {
-      SY_ASSIGN_OR_RETURN(StmtPtr stmt,
+      FSH_ASSIGN_OR_RETURN(StmtPtr stmt,
                           detail::prepare(conn, "DELETE FROM requests WHERE ts_ms < ?1"));
       const int64_t cutoff =
           now_ms() - std::chrono::duration_cast<std::chrono::milliseconds>(options.max_age).count();
@@ -150,7 +150,7 @@ struct AuditStore::Impl {
     }
     if (options.max_rows > 0) {
       // Row ids grow with insertion, so the newest max_rows are the largest ids.
-      SY_ASSIGN_OR_RETURN(
+      FSH_ASSIGN_OR_RETURN(
           StmtPtr stmt,
           detail::prepare(conn,
                           "DELETE FROM requests WHERE id <= (SELECT id FROM requests ORDER BY id "
@@ -237,9 +237,9 @@ Result<std::unique_ptr<AuditStore>> AuditStore::open(AuditOptions options) {
                           "retention_interval > 0");
   }
   auto impl = std::make_unique<Impl>();
-  SY_ASSIGN_OR_RETURN(
+  FSH_ASSIGN_OR_RETURN(
       impl->db, detail::open_audit_db(options.path, /*writable=*/true, options.busy_timeout_ms));
-  SY_ASSIGN_OR_RETURN(impl->insert, detail::prepare(impl->db.get(), kInsert));
+  FSH_ASSIGN_OR_RETURN(impl->insert, detail::prepare(impl->db.get(), kInsert));
   impl->options = std::move(options);
   Impl* raw = impl.get();
   impl->writer = std::thread([raw] { raw->run(); });
@@ -310,4 +310,4 @@ const AuditOptions& AuditStore::options() const {
   return impl_->options;
 }
 
-}  // namespace sy::observe
+}  // namespace foreshore::observe

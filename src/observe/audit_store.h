@@ -19,7 +19,7 @@
 
 #include "common/result.h"
 
-namespace sy::observe {
+namespace foreshore::observe {
 
 // Version of the table layout, kept in PRAGMA user_version.
 inline constexpr int kAuditSchemaVersion = 1;
@@ -107,4 +107,4 @@ class AuditStore {
 // Lower-case hex SHA-256 of `text`.
 std::string sha256_hex(std::string_view text);
 
-}  // namespace sy::observe
+}  // namespace foreshore::observe

@@ -13,7 +13,7 @@
 #include <utility>
 #include <vector>
 
-namespace sy::observe {
+namespace foreshore::observe {
 namespace {
 
 namespace fs = std::filesystem;
@@ -225,11 +225,11 @@ Status MemoryPressureMonitor::validate(const MemoryPressureOptions& options) {
                       "memory pressure interval must be at least 1 ms");
   }
   const MemoryPressureThresholds& t = options.thresholds;
-  SY_TRY_STATUS(check_signal("psi_some", t.psi_some));
-  SY_TRY_STATUS(check_signal("psi_full", t.psi_full));
-  SY_TRY_STATUS(check_signal("cgroup", t.cgroup));
-  SY_TRY_STATUS(check_signal("system", t.system));
-  SY_TRY_STATUS(check_signal("budget", t.budget));
+  FSH_TRY_STATUS(check_signal("psi_some", t.psi_some));
+  FSH_TRY_STATUS(check_signal("psi_full", t.psi_full));
+  FSH_TRY_STATUS(check_signal("cgroup", t.cgroup));
+  FSH_TRY_STATUS(check_signal("system", t.system));
+  FSH_TRY_STATUS(check_signal("budget", t.budget));
   return Status::Ok();
 }
 
@@ -378,4 +378,4 @@ MemorySample MemoryPressureMonitor::sample_now() {
   return s;
 }
 
-}  // namespace sy::observe
+}  // namespace foreshore::observe

@@ -25,11 +25,11 @@
 
 #include "common/result.h"
 
-namespace sy::observe {
+namespace foreshore::observe {
 
 inline constexpr int kMemoryPressureLevels = 4;  // 0..3
 inline constexpr const char* kSimulateMemoryPressureEnv =
-    "SWITCHYARD_SIMULATE_MEMORY_PRESSURE_FILE";
+    "FORESHORE_SIMULATE_MEMORY_PRESSURE_FILE";
 
 std::string_view memory_pressure_level_name(int level);  // none, some, high, critical
 
@@ -68,7 +68,7 @@ struct MemoryPressureOptions {
   std::string simulate_file{};
 };
 
-// Sets simulate_file from SWITCHYARD_SIMULATE_MEMORY_PRESSURE_FILE when set.
+// Sets simulate_file from FORESHORE_SIMULATE_MEMORY_PRESSURE_FILE when set.
 void apply_memory_pressure_env(MemoryPressureOptions& options);
 
 struct MemorySample {
@@ -125,4 +125,4 @@ class MemoryPressureMonitor {
   std::thread thread_;
 };
 
-}  // namespace sy::observe
+}  // namespace foreshore::observe

@@ -10,7 +10,7 @@
 
 #include "observe/sqlite_db.h"
 
-namespace sy::observe {
+namespace foreshore::observe {
 namespace {
 
 using json = nlohmann::ordered_json;
@@ -143,7 +143,7 @@ Result<std::chrono::seconds> parse_duration(std::string_view text) {
 }
 
 Result<Report> build_report(const std::string& db_path, const ReportOptions& options) {
-  SY_ASSIGN_OR_RETURN(detail::DbPtr db,
+  FSH_ASSIGN_OR_RETURN(detail::DbPtr db,
                       detail::open_audit_db(db_path, /*writable=*/false, /*busy_timeout_ms=*/5000));
   Report report;
   report.db_path = db_path;
@@ -153,7 +153,7 @@ Result<Report> build_report(const std::string& db_path, const ReportOptions& opt
                       std::chrono::duration_cast<std::chrono::milliseconds>(*options.since).count();
   }
 
-  SY_ASSIGN_OR_RETURN(
+  FSH_ASSIGN_OR_RETURN(
       detail::StmtPtr stmt,
       detail::prepare(db.get(),
                       "SELECT tier, placement, data_class, cost_usd, cloud_cost_usd, ttft_ms, "
@@ -237,7 +237,7 @@ json report_to_json(const Report& report) {
 
 std::string format_report(const Report& report) {
   const GroupTotals& t = report.totals;
-  std::string out = "Switchyard report: " + report.db_path + "\n";
+  std::string out = "Foreshore report: " + report.db_path + "\n";
   out += "window            " +
          (report.since_ms ? utc_time(*report.since_ms) : std::string("all rows")) + " .. " +
          utc_time(report.until_ms) + "\n";
@@ -286,4 +286,4 @@ LatencySummary summarize_latency(std::vector<double> values) {
   return s;
 }
 
-}  // namespace sy::observe
+}  // namespace foreshore::observe

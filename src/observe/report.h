@@ -1,4 +1,4 @@
-// `switchyard report`: what the audit store says about a period — cost against
+// `foreshore report`: what the audit store says about a period — cost against
 // sending everything to the cloud, cloud share, latency per tier, and the
 // escalation, degradation and error rates, overall and per data class.
 #pragma once
@@ -13,7 +13,7 @@
 
 #include "common/result.h"
 
-namespace sy::observe {
+namespace foreshore::observe {
 
 // Nearest-rank percentiles: pN is the smallest value with at least N % of the
 // values at or below it, so every reported figure is a measured latency.
@@ -74,4 +74,4 @@ Result<std::chrono::seconds> parse_duration(std::string_view text);
 nlohmann::ordered_json report_to_json(const Report& report);
 std::string format_report(const Report& report);
 
-}  // namespace sy::observe
+}  // namespace foreshore::observe

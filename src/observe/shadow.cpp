@@ -5,7 +5,7 @@
 #include <exception>
 #include <set>
 
-namespace sy::observe {
+namespace foreshore::observe {
 namespace {
 
 std::set<std::string_view> word_set(std::string_view normalized) {
@@ -277,4 +277,4 @@ std::optional<double> ShadowSampler::adaptive_threshold() const {
   return controller_->threshold();
 }
 
-}  // namespace sy::observe
+}  // namespace foreshore::observe

@@ -29,7 +29,7 @@
 #include "common/result.h"
 #include "route/sensitivity.h"
 
-namespace sy::observe {
+namespace foreshore::observe {
 
 struct ShadowJob {
   std::string request_id;
@@ -186,4 +186,4 @@ class ShadowSampler {
   std::thread worker_;
 };
 
-}  // namespace sy::observe
+}  // namespace foreshore::observe

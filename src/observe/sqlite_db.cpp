@@ -4,7 +4,7 @@
 
 #include "observe/audit_store.h"
 
-namespace sy::observe::detail {
+namespace foreshore::observe::detail {
 namespace {
 
 constexpr std::string_view kSchema = R"sql(
@@ -68,12 +68,12 @@ Status check_version(int version, const std::string& path, bool writable) {
     return make_error(ErrorKind::kUnsupported,
                       "audit store " + path + " has schema version " + std::to_string(version) +
                           ", newer than the " + std::to_string(kAuditSchemaVersion) +
-                          " this build knows; use a newer switchyard or another file");
+                          " this build knows; use a newer foreshore or another file");
   }
   if (version == 0 && !writable) {
     return make_error(ErrorKind::kInvalidArgument,
                       "audit store " + path +
-                          " is a SQLite file without a Switchyard audit schema; pass the file "
+                          " is a SQLite file without a Foreshore audit schema; pass the file "
                           "the server writes (audit.path in its config)");
   }
   return Status::Ok();
@@ -120,12 +120,12 @@ Result<DbPtr> open_audit_db(const std::string& path, bool writable, int busy_tim
   sqlite3_busy_timeout(db.get(), busy_timeout_ms);
 
   // The first read is where SQLite notices a file that is not a database.
-  SY_ASSIGN_OR_RETURN(const int version, read_user_version(db.get(), path));
-  SY_TRY_STATUS(check_version(version, path, writable));
+  FSH_ASSIGN_OR_RETURN(const int version, read_user_version(db.get(), path));
+  FSH_TRY_STATUS(check_version(version, path, writable));
   if (!writable) return db;
 
   {
-    SY_ASSIGN_OR_RETURN(StmtPtr wal, prepare(db.get(), "PRAGMA journal_mode=WAL"));
+    FSH_ASSIGN_OR_RETURN(StmtPtr wal, prepare(db.get(), "PRAGMA journal_mode=WAL"));
     const int step = sqlite3_step(wal.get());
     if (step != SQLITE_ROW) return open_error(db.get(), path, step);
     const auto* mode = reinterpret_cast<const char*>(sqlite3_column_text(wal.get(), 0));
@@ -136,7 +136,7 @@ Result<DbPtr> open_audit_db(const std::string& path, bool writable, int busy_tim
                             "\"); put the file on a local file system that supports it");
     }
   }
-  SY_TRY_STATUS(exec(db.get(), "PRAGMA synchronous=NORMAL", "audit store " + path));
+  FSH_TRY_STATUS(exec(db.get(), "PRAGMA synchronous=NORMAL", "audit store " + path));
   if (version == 0) {
     const std::string create = "BEGIN IMMEDIATE;" + std::string(kSchema) +
                                "PRAGMA user_version=" + std::to_string(kAuditSchemaVersion) +
@@ -150,4 +150,4 @@ Result<DbPtr> open_audit_db(const std::string& path, bool writable, int busy_tim
   return db;
 }
 
-}  // namespace sy::observe::detail
+}  // namespace foreshore::observe::detail

@@ -11,7 +11,7 @@
 
 #include "common/result.h"
 
-namespace sy::observe::detail {
+namespace foreshore::observe::detail {
 
 struct SqliteCloser {
   void operator()(sqlite3* db) const { sqlite3_close_v2(db); }
@@ -24,7 +24,7 @@ using StmtPtr = std::unique_ptr<sqlite3_stmt, StmtFinalizer>;
 
 // Opens the audit database at `path` and verifies its schema version:
 // writable opens create the file and the table when missing and switch to WAL;
-// read-only opens fail unless the file already is a Switchyard audit store.
+// read-only opens fail unless the file already is a Foreshore audit store.
 Result<DbPtr> open_audit_db(const std::string& path, bool writable, int busy_timeout_ms);
 
 Status exec(sqlite3* db, std::string_view sql, std::string_view what);
@@ -32,4 +32,4 @@ Result<StmtPtr> prepare(sqlite3* db, std::string_view sql);
 // "what: SQLite message (code)" for the connection's latest error.
 Error db_error(sqlite3* db, std::string_view what);
 
-}  // namespace sy::observe::detail
+}  // namespace foreshore::observe::detail

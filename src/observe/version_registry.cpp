@@ -2,7 +2,7 @@
 
 #include <utility>
 
-namespace sy::observe {
+namespace foreshore::observe {
 
 VersionRegistry::VersionRegistry(VersionRegistryOptions options) : options_(std::move(options)) {}
 
@@ -126,4 +126,4 @@ size_t VersionRegistry::session_count() const {
   return sessions_.size();
 }
 
-}  // namespace sy::observe
+}  // namespace foreshore::observe

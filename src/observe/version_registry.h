@@ -20,7 +20,7 @@
 #include <unordered_map>
 #include <vector>
 
-namespace sy::observe {
+namespace foreshore::observe {
 
 struct TierVersion {
   std::string tier;
@@ -87,4 +87,4 @@ class VersionRegistry {
   std::unordered_map<std::string, std::list<Session>::iterator> sessions_;
 };
 
-}  // namespace sy::observe
+}  // namespace foreshore::observe

@@ -9,7 +9,7 @@
 #include <nlohmann/json.hpp>
 #include <sstream>
 
-namespace sy::route {
+namespace foreshore::route {
 namespace {
 
 using json = nlohmann::ordered_json;
@@ -24,7 +24,7 @@ constexpr std::array<std::string_view, kDenseFeatureCount> kDenseNames = {
     "pipes",           "has_perplexity", "log_perplexity",
 };
 
-constexpr std::string_view kFileFormat = "switchyard.complexity-model";
+constexpr std::string_view kFileFormat = "foreshore.complexity-model";
 constexpr int kFileVersion = 1;
 
 // ---- hashing -----------------------------------------------------------------
@@ -600,7 +600,7 @@ double round6(double v) {
 Error corrupt(std::string_view source, const std::string& what) {
   return make_error(ErrorKind::kCorrupt,
                     std::string(source) + ": " + what +
-                        "; retrain with `switchyard router train` or restore the original file");
+                        "; retrain with `foreshore router train` or restore the original file");
 }
 
 }  // namespace
@@ -789,7 +789,7 @@ Result<ComplexityModel> ComplexityModel::load(const std::string& path) {
   if (!in) {
     return make_error(ErrorKind::kNotFound,
                       "complexity model " + path +
-                          " cannot be opened; pass a file made by `switchyard router train` (the "
+                          " cannot be opened; pass a file made by `foreshore router train` (the "
                           "default is data/router/complexity-default.json)");
   }
   std::ostringstream ss;
@@ -815,35 +815,35 @@ Result<ComplexityModel> ComplexityModel::parse(std::string_view text, std::strin
   };
   using vt = json::value_t;
 
-  SY_ASSIGN_OR_RETURN(const json* format, field(doc, "format", vt::string, ""));
+  FSH_ASSIGN_OR_RETURN(const json* format, field(doc, "format", vt::string, ""));
   if (format->get<std::string>() != kFileFormat) {
     return corrupt(source, "format is '" + format->get<std::string>() + "', expected '" +
                                std::string(kFileFormat) + "'");
   }
-  SY_ASSIGN_OR_RETURN(const json* version, field(doc, "version", vt::number_integer, ""));
+  FSH_ASSIGN_OR_RETURN(const json* version, field(doc, "version", vt::number_integer, ""));
   if (version->get<int64_t>() != kFileVersion) {
     return corrupt(source, "file version " + version->dump() +
                                " is not supported (this build reads " +
                                std::to_string(kFileVersion) + ")");
   }
-  SY_ASSIGN_OR_RETURN(const json* model, field(doc, "model", vt::string, ""));
+  FSH_ASSIGN_OR_RETURN(const json* model, field(doc, "model", vt::string, ""));
   if (model->get<std::string>() != "logistic") {
     return corrupt(source, "model kind '" + model->get<std::string>() +
                                "' is unknown; this build reads 'logistic'");
   }
-  SY_ASSIGN_OR_RETURN(const json* spec, field(doc, "feature_spec", vt::object, ""));
-  SY_ASSIGN_OR_RETURN(const json* fver,
+  FSH_ASSIGN_OR_RETURN(const json* spec, field(doc, "feature_spec", vt::object, ""));
+  FSH_ASSIGN_OR_RETURN(const json* fver,
                       field(*spec, "version", vt::number_integer, "feature_spec."));
   if (fver->get<int64_t>() != kComplexityFeatureVersion) {
     return corrupt(source, "feature_spec.version " + fver->dump() +
                                " differs from this build's feature version " +
                                std::to_string(kComplexityFeatureVersion));
   }
-  SY_ASSIGN_OR_RETURN(const json* bits,
+  FSH_ASSIGN_OR_RETURN(const json* bits,
                       field(*spec, "hash_bits", vt::number_integer, "feature_spec."));
-  SY_ASSIGN_OR_RETURN(const json* seed,
+  FSH_ASSIGN_OR_RETURN(const json* seed,
                       field(*spec, "hash_seed", vt::number_integer, "feature_spec."));
-  SY_ASSIGN_OR_RETURN(const json* bigrams, field(*spec, "bigrams", vt::boolean, "feature_spec."));
+  FSH_ASSIGN_OR_RETURN(const json* bigrams, field(*spec, "bigrams", vt::boolean, "feature_spec."));
   HashingSpec hashing;
   hashing.bits = bits->get<int>();
   hashing.seed = seed->get<uint64_t>();
@@ -854,9 +854,9 @@ Result<ComplexityModel> ComplexityModel::parse(std::string_view text, std::strin
                                "]");
   }
 
-  SY_ASSIGN_OR_RETURN(const json* threshold, field(doc, "threshold", vt::number_float, ""));
-  SY_ASSIGN_OR_RETURN(const json* bias, field(doc, "bias", vt::number_float, ""));
-  SY_ASSIGN_OR_RETURN(const json* dense, field(doc, "dense", vt::array, ""));
+  FSH_ASSIGN_OR_RETURN(const json* threshold, field(doc, "threshold", vt::number_float, ""));
+  FSH_ASSIGN_OR_RETURN(const json* bias, field(doc, "bias", vt::number_float, ""));
+  FSH_ASSIGN_OR_RETURN(const json* dense, field(doc, "dense", vt::array, ""));
   if (dense->size() != static_cast<size_t>(kDenseFeatureCount)) {
     return corrupt(source, "dense has " + std::to_string(dense->size()) + " features, expected " +
                                std::to_string(kDenseFeatureCount));
@@ -866,21 +866,21 @@ Result<ComplexityModel> ComplexityModel::parse(std::string_view text, std::strin
     const json& e = (*dense)[i];
     const std::string where = "dense[" + std::to_string(i) + "].";
     if (!e.is_object()) return corrupt(source, "dense[" + std::to_string(i) + "] is not an object");
-    SY_ASSIGN_OR_RETURN(const json* name, field(e, "name", vt::string, where.c_str()));
+    FSH_ASSIGN_OR_RETURN(const json* name, field(e, "name", vt::string, where.c_str()));
     if (name->get<std::string>() != kDenseNames[i]) {
       return corrupt(source, where + "name is '" + name->get<std::string>() + "', expected '" +
                                  std::string(kDenseNames[i]) + "'");
     }
-    SY_ASSIGN_OR_RETURN(const json* w, field(e, "weight", vt::number_float, where.c_str()));
-    SY_ASSIGN_OR_RETURN(const json* m, field(e, "mean", vt::number_float, where.c_str()));
-    SY_ASSIGN_OR_RETURN(const json* s, field(e, "scale", vt::number_float, where.c_str()));
+    FSH_ASSIGN_OR_RETURN(const json* w, field(e, "weight", vt::number_float, where.c_str()));
+    FSH_ASSIGN_OR_RETURN(const json* m, field(e, "mean", vt::number_float, where.c_str()));
+    FSH_ASSIGN_OR_RETURN(const json* s, field(e, "scale", vt::number_float, where.c_str()));
     weights[i] = w->get<double>();
     mean[i] = m->get<double>();
     scale[i] = s->get<double>();
   }
-  SY_ASSIGN_OR_RETURN(const json* hashed, field(doc, "hashed", vt::object, ""));
-  SY_ASSIGN_OR_RETURN(const json* index, field(*hashed, "index", vt::array, "hashed."));
-  SY_ASSIGN_OR_RETURN(const json* hweight, field(*hashed, "weight", vt::array, "hashed."));
+  FSH_ASSIGN_OR_RETURN(const json* hashed, field(doc, "hashed", vt::object, ""));
+  FSH_ASSIGN_OR_RETURN(const json* index, field(*hashed, "index", vt::array, "hashed."));
+  FSH_ASSIGN_OR_RETURN(const json* hweight, field(*hashed, "weight", vt::array, "hashed."));
   if (index->size() != hweight->size()) {
     return corrupt(source, "hashed.index has " + std::to_string(index->size()) +
                                " entries but hashed.weight has " + std::to_string(hweight->size()));
@@ -936,4 +936,4 @@ Result<ComplexityModel> ComplexityModel::parse(std::string_view text, std::strin
   return m;
 }
 
-}  // namespace sy::route
+}  // namespace foreshore::route

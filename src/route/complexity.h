@@ -14,7 +14,7 @@
 
 #include "common/result.h"
 
-namespace sy::route {
+namespace foreshore::route {
 
 // Bumped whenever a feature's definition changes; a model file trained on
 // another version is refused, because its weights would mean something else.
@@ -163,4 +163,4 @@ class ComplexityModel {
   DenseVector raw_dense_weights_{};
 };
 
-}  // namespace sy::route
+}  // namespace foreshore::route

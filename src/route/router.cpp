@@ -10,7 +10,7 @@
 #include <nlohmann/json.hpp>
 #include <random>
 
-namespace sy::route {
+namespace foreshore::route {
 namespace {
 
 constexpr std::array<std::pair<PolicyKind, std::string_view>, 6> kPolicies{{
@@ -96,7 +96,7 @@ double TierLatency::ttft_quantile(double p) const {
 std::string default_complexity_model_path() {
   namespace fs = std::filesystem;
   const std::string rel = "router/complexity-default.json";
-  if (const char* dir = std::getenv("SWITCHYARD_DATA_DIR"); dir != nullptr && *dir != '\0') {
+  if (const char* dir = std::getenv("FORESHORE_DATA_DIR"); dir != nullptr && *dir != '\0') {
     return (fs::path(dir) / rel).string();
   }
   std::error_code ec;
@@ -474,7 +474,7 @@ Decision Router::decide(const RouteInput& in) const {
       }
       chosen.forced = true;
       chosen.edge_fallback_allowed = false;
-      chosen.reason = "x-switchyard-tier forced '" + f->name + "'";
+      chosen.reason = "x-foreshore-tier forced '" + f->name + "'";
       for (const auto& name : in.fallback_tiers) {
         const TierProfile* t = tier(name);
         if (t == nullptr || name == f->name) continue;
@@ -667,4 +667,4 @@ void to_json(nlohmann::json& out, const Decision& d) {
          {"decision_us", d.decision_us}};
 }
 
-}  // namespace sy::route
+}  // namespace foreshore::route

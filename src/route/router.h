@@ -27,7 +27,7 @@ namespace YAML {
 class Node;
 }
 
-namespace sy::route {
+namespace foreshore::route {
 
 enum class PolicyKind { kThreshold, kCascade, kConsistency, kOptimize, kEdge, kCloud };
 std::string_view to_string(PolicyKind kind);
@@ -111,7 +111,7 @@ struct RouteInput {
   std::optional<std::string> forced_tier;
   // With a forced tier (a model alias): tiers to try in order when it fails.
   std::vector<std::string> fallback_tiers;
-  std::optional<PolicyKind> policy;  // from model "switchyard/<policy>"; else the default
+  std::optional<PolicyKind> policy;  // from model "foreshore/<policy>"; else the default
   std::optional<int32_t> max_tokens;
   // A feature of the request that device tiers cannot honour ("tools",
   // "response_format json_schema"): their answer would silently ignore it, so
@@ -223,7 +223,7 @@ class Router {
 };
 
 // Where the shipped complexity model lives (data/router/complexity-default.json
-// next to the binary's source tree or in SWITCHYARD_DATA_DIR).
+// next to the binary's source tree or in FORESHORE_DATA_DIR).
 std::string default_complexity_model_path();
 
-}  // namespace sy::route
+}  // namespace foreshore::route

@@ -11,7 +11,7 @@
 #include <sstream>
 #include <unordered_set>
 
-namespace sy::route {
+namespace foreshore::route {
 namespace {
 
 namespace fs = std::filesystem;
@@ -358,7 +358,7 @@ Status load_jsonl(const std::string& path, const std::string& text, const Filter
 }
 
 Status add_contaminated(const std::string& path, std::unordered_set<std::string>& set) {
-  SY_ASSIGN_OR_RETURN(std::string text, read_file(path));
+  FSH_ASSIGN_OR_RETURN(std::string text, read_file(path));
   std::istringstream in(text);
   std::string line;
   size_t n = 0;
@@ -607,12 +607,12 @@ Result<std::vector<LabelledPrompt>> load_labelled_prompts(const std::vector<std:
   std::sort(exclusion_files.begin(), exclusion_files.end());
   exclusion_files.erase(std::unique(exclusion_files.begin(), exclusion_files.end()),
                         exclusion_files.end());
-  for (const auto& f : exclusion_files) SY_TRY_STATUS(add_contaminated(f, contaminated));
+  for (const auto& f : exclusion_files) FSH_TRY_STATUS(add_contaminated(f, contaminated));
 
   const Filters filters{options, contaminated, report};
   std::vector<LabelledPrompt> rows;
   for (const auto& f : files) {
-    SY_ASSIGN_OR_RETURN(std::string text, read_file(f));
+    FSH_ASSIGN_OR_RETURN(std::string text, read_file(f));
     const std::string ext = fs::path(f).extension().string();
     DataFormat format = options.format;
     if (format == DataFormat::kAuto) {
@@ -627,11 +627,11 @@ Result<std::vector<LabelledPrompt>> load_labelled_prompts(const std::vector<std:
       }
     }
     if (format == DataFormat::kCsv) {
-      SY_TRY_STATUS(load_csv(f, text, options, filters, rows));
+      FSH_TRY_STATUS(load_csv(f, text, options, filters, rows));
     } else if (fs::path(f).filename() == "judgements.jsonl") {
-      SY_TRY_STATUS(load_mt_bench(f, text, options, filters, rows));
+      FSH_TRY_STATUS(load_mt_bench(f, text, options, filters, rows));
     } else {
-      SY_TRY_STATUS(load_jsonl(f, text, filters, rows));
+      FSH_TRY_STATUS(load_jsonl(f, text, filters, rows));
     }
     report.files.push_back(f);
   }
@@ -839,7 +839,7 @@ Result<std::vector<double>> out_of_fold_scores(const std::vector<LabelledPrompt>
       if (fold_of[i] != k) train_part.push_back(rows[i]);
     }
     TrainReport fold_report;
-    SY_ASSIGN_OR_RETURN(ComplexityModel fold_model, fit(train_part, options, fold_report));
+    FSH_ASSIGN_OR_RETURN(ComplexityModel fold_model, fit(train_part, options, fold_report));
     for (size_t i = 0; i < rows.size(); ++i) {
       if (fold_of[i] == k) scores[i] = fold_model.score(rows[i].prompt, rows[i].edge_perplexity);
     }
@@ -857,9 +857,9 @@ Result<ComplexityModel> train_complexity_model(const std::vector<LabelledPrompt>
         ErrorKind::kInvalidArgument,
         "training needs at least 2 labelled prompts, got " + std::to_string(rows.size()));
   }
-  SY_TRY_STATUS(check_train_options(options));
+  FSH_TRY_STATUS(check_train_options(options));
   TrainReport report;
-  SY_ASSIGN_OR_RETURN(ComplexityModel model, fit(rows, options, report));
+  FSH_ASSIGN_OR_RETURN(ComplexityModel model, fit(rows, options, report));
 
   // Scores on the rows a model was fitted to run more extreme than on new
   // prompts, so a threshold set on them sends far less than the target share
@@ -880,7 +880,7 @@ Result<ComplexityModel> train_complexity_model(const std::vector<LabelledPrompt>
   for (size_t i = 0; i < n; ++i)
     in_sample[i] = model.score(rows[i].prompt, rows[i].edge_perplexity);
   if (!out_of_fold) calibration = in_sample;
-  SY_TRY_STATUS(model.set_threshold(calibrate_threshold(calibration, options.target_cloud_share)));
+  FSH_TRY_STATUS(model.set_threshold(calibrate_threshold(calibration, options.target_cloud_share)));
   report.calibration_folds = out_of_fold ? static_cast<int>(folds) : 0;
   size_t cloud = 0, cloud_cal = 0;
   for (size_t i = 0; i < n; ++i) {
@@ -897,7 +897,7 @@ Result<CrossValidationReport> cross_validate(const std::vector<LabelledPrompt>& 
                                              std::span<const LabelledPrompt> extra_training,
                                              const TrainOptions& options,
                                              const CrossValidationOptions& cv) {
-  SY_TRY_STATUS(check_train_options(options));
+  FSH_TRY_STATUS(check_train_options(options));
   if (cv.folds < 2) {
     return make_error(ErrorKind::kInvalidArgument,
                       "cross-validation needs --folds >= 2, got " + std::to_string(cv.folds));
@@ -949,7 +949,7 @@ Result<CrossValidationReport> cross_validate(const std::vector<LabelledPrompt>& 
         fold_of[i] = fold_of_item[static_cast<size_t>(it - subjects.begin())];
       }
     }
-    SY_ASSIGN_OR_RETURN(std::vector<double> scores,
+    FSH_ASSIGN_OR_RETURN(std::vector<double> scores,
                         out_of_fold_scores(rows, fold_of, cv.folds, extra_training, options));
 
     // The out-of-fold scores of the rows `keep` selects, on their own curve.
@@ -966,7 +966,7 @@ Result<CrossValidationReport> cross_validate(const std::vector<LabelledPrompt>& 
     };
 
     CrossValidationRepeat result;
-    SY_ASSIGN_OR_RETURN(result.pooled, evaluate_routing(scores, rows));
+    FSH_ASSIGN_OR_RETURN(result.pooled, evaluate_routing(scores, rows));
     result.folds.resize(static_cast<size_t>(cv.folds));
     for (int k = 0; k < cv.folds; ++k) {
       CrossValidationFold& fold = result.folds[static_cast<size_t>(k)];
@@ -1085,7 +1085,7 @@ Result<RandomBaseline> random_baseline(std::span<const LabelledPrompt> rows, int
     for (size_t i = 0; i < scores.size(); ++i) {
       scores[i] = static_cast<double>(next_random(state) >> 11) * 0x1.0p-53;
     }
-    SY_ASSIGN_OR_RETURN(RoutingMetrics m, evaluate_routing(scores, rows));
+    FSH_ASSIGN_OR_RETURN(RoutingMetrics m, evaluate_routing(scores, rows));
     apgr.push_back(m.apgr);
     cpt50.push_back(m.cpt50.value_or(1.0));
     cpt80.push_back(m.cpt80.value_or(1.0));
@@ -1109,4 +1109,4 @@ Result<RoutingMetrics> oracle_routing(std::span<const LabelledPrompt> rows) {
   return evaluate_routing(gain, rows);
 }
 
-}  // namespace sy::route
+}  // namespace foreshore::route

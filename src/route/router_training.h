@@ -13,7 +13,7 @@
 #include "common/result.h"
 #include "route/complexity.h"
 
-namespace sy::route {
+namespace foreshore::route {
 
 // How the two tiers did on one prompt.
 enum class Outcome : uint8_t {
@@ -206,4 +206,4 @@ Result<CrossValidationReport> cross_validate(const std::vector<LabelledPrompt>& 
                                              const TrainOptions& options,
                                              const CrossValidationOptions& cv);
 
-}  // namespace sy::route
+}  // namespace foreshore::route

@@ -18,7 +18,7 @@
 #define PCRE2_CODE_UNIT_WIDTH 8
 #include <pcre2.h>
 
-namespace sy::route {
+namespace foreshore::route {
 namespace {
 
 // ---------------------------------------------------------------------------
@@ -1692,4 +1692,4 @@ Result<SensitivityConfig> sensitivity_config_from_yaml(const YAML::Node& privacy
   return config;
 }
 
-}  // namespace sy::route
+}  // namespace foreshore::route

@@ -27,7 +27,7 @@ namespace YAML {
 class Node;
 }
 
-namespace sy::route {
+namespace foreshore::route {
 
 // Ordered from least to most strict; "strictest wins" is the larger value.
 enum class DataClass : uint8_t {
@@ -40,7 +40,7 @@ enum class DataClass : uint8_t {
 std::string_view to_string(DataClass data_class);
 // Accepts the names above ("device-only", "contractual", "prefer-local",
 // "public"), case-insensitively, with '_' for '-'. Used for the header
-// x-switchyard-data-class and metadata.data_class as well as the config.
+// x-foreshore-data-class and metadata.data_class as well as the config.
 Result<DataClass> parse_data_class(std::string_view text);
 inline DataClass stricter(DataClass a, DataClass b) {
   return a < b ? b : a;
@@ -138,4 +138,4 @@ class SensitivityDetector {
   std::unique_ptr<Impl> impl_;
 };
 
-}  // namespace sy::route
+}  // namespace foreshore::route

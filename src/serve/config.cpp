@@ -16,7 +16,7 @@
 #include "route/router.h"
 #include "route/sensitivity.h"
 
-namespace sy::serve {
+namespace foreshore::serve {
 namespace {
 
 std::string join_path(const std::string& path, std::string_view key) {
@@ -451,7 +451,7 @@ Result<GatewayConfig> parse_config(std::string_view yaml, std::string_view sourc
     }
   }
   if (!errors.empty()) return to_status(errors).error();
-  SY_TRY_STATUS(validate_config(config));
+  FSH_TRY_STATUS(validate_config(config));
   return config;
 }
 
@@ -501,8 +501,8 @@ Result<GatewayConfig> config_from_flags(const FlagConfig& flags) {
   Reader r(config.source);
   read_api_keys_env(r, config.server);
   if (!r.errors().empty()) return to_status(r.errors()).error();
-  SY_TRY_STATUS(validate_config(config));
+  FSH_TRY_STATUS(validate_config(config));
   return config;
 }
 
-}  // namespace sy::serve
+}  // namespace foreshore::serve

@@ -14,7 +14,7 @@
 #include "backend/backend.h"
 #include "common/result.h"
 
-namespace sy::serve {
+namespace foreshore::serve {
 
 struct ServerConfig {
   std::string host = "127.0.0.1";  // loopback unless the operator opts in
@@ -90,4 +90,4 @@ Result<GatewayConfig> config_from_flags(const FlagConfig& flags);
 // reported, one per line, as "SOURCE: key.path: problem".
 Status validate_config(const GatewayConfig& config);
 
-}  // namespace sy::serve
+}  // namespace foreshore::serve

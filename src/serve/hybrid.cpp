@@ -5,10 +5,10 @@
 #include <cstdio>
 #include <nlohmann/json.hpp>
 
-namespace sy::serve {
+namespace foreshore::serve {
 namespace {
 
-constexpr std::string_view kRoutedModel = "switchyard";
+constexpr std::string_view kRoutedModel = "foreshore";
 
 std::optional<double> parse_number(std::string_view text) {
   double v = 0;
@@ -79,7 +79,7 @@ Result<std::unique_ptr<HybridRouter>> HybridRouter::create(
   if (auto s = observe::MemoryPressureMonitor::validate(m); !s.ok()) return s.error();
   h->memory_ = std::make_unique<observe::MemoryPressureMonitor>(std::move(m));
   h->memory_level_ =
-      &metrics.gauge("switchyard_memory_pressure_level",
+      &metrics.gauge("foreshore_memory_pressure_level",
                      "Device memory pressure: 0 none, 1 some, 2 high, 3 critical.", {}, {});
   Gauge* level = h->memory_level_;
   // Routing reacts through the level signal; the device tiers themselves
@@ -107,7 +107,7 @@ Result<std::unique_ptr<HybridRouter>> HybridRouter::create(
   h->memory_->start();
 
   h->versions_ = std::make_unique<observe::VersionRegistry>();
-  Counter* version_changes = &metrics.counter("switchyard_model_version_changes_total",
+  Counter* version_changes = &metrics.counter("foreshore_model_version_changes_total",
                                               "Model version changes seen per tier.", {}, {});
   h->versions_->set_on_change([version_changes](const observe::VersionChange& c) {
     version_changes->add();
@@ -152,11 +152,11 @@ Result<std::unique_ptr<HybridRouter>> HybridRouter::create(
           return observe::ShadowAnswer{c->text, c->model_version};
         });
   }
-  h->escalations_ = &metrics.counter("switchyard_escalations_total",
+  h->escalations_ = &metrics.counter("foreshore_escalations_total",
                                      "Cascade escalations from the edge to the cloud.", {}, {});
-  h->degraded_ = &metrics.counter("switchyard_degraded_total",
+  h->degraded_ = &metrics.counter("foreshore_degraded_total",
                                   "Answers served degraded (fallback of last resort).", {}, {});
-  h->rejected_ = &metrics.counter("switchyard_rejected_total",
+  h->rejected_ = &metrics.counter("foreshore_rejected_total",
                                   "Requests no tier could be allowed to serve.", {}, {});
   return h;
 }
@@ -170,14 +170,14 @@ double completion_cost_usd(const backend::TierConfig& tier, const backend::Usage
 void HybridRouter::collect_metrics() {
   for (const auto& t : tiers_) {
     metrics_
-        ->gauge("switchyard_breaker_state",
+        ->gauge("foreshore_breaker_state",
                 "Circuit breaker per tier: 0 closed (healthy), 1 open (failing, skipped), 2 "
                 "half-open (probing).",
                 {"tier"}, {t.name})
         .set(static_cast<double>(executor_->breaker_state(t.name)));
   }
   metrics_
-      ->gauge("switchyard_complexity_threshold",
+      ->gauge("foreshore_complexity_threshold",
               "Complexity threshold in force (moves when shadow agreement adapts it).", {}, {})
       .set(router_->threshold());
   if (!shadow_) return;
@@ -188,19 +188,19 @@ void HybridRouter::collect_metrics() {
         std::pair{"completed", c.completed}, std::pair{"failed", c.failed},
         std::pair{"dropped", c.dropped}, std::pair{"rate_limited", c.rate_limited},
         std::pair{"refused_device_only", c.refused_device_only}}) {
-    metrics_->gauge("switchyard_shadow_jobs", help, {"outcome"}, {what})
+    metrics_->gauge("foreshore_shadow_jobs", help, {"outcome"}, {what})
         .set(static_cast<double>(n));
   }
   for (const auto& a : shadow_->agreement()) {
     const std::vector<std::string> labels = {a.edge_model_version, a.cloud_model_version};
     metrics_
-        ->gauge("switchyard_shadow_agreement_ratio",
+        ->gauge("foreshore_shadow_agreement_ratio",
                 "Share of shadow-scored edge answers that agree with the cloud's, per "
                 "(edge, cloud) model version.",
                 {"edge_version", "cloud_version"}, labels)
         .set(a.agreement_rate());
     metrics_
-        ->gauge("switchyard_shadow_scored", "Edge answers scored against the cloud's.",
+        ->gauge("foreshore_shadow_scored", "Edge answers scored against the cloud's.",
                 {"edge_version", "cloud_version"}, labels)
         .set(static_cast<double>(a.jobs));
   }
@@ -228,25 +228,25 @@ Result<route::Decision> HybridRouter::decide(const ApiRequest& api, const RouteH
   route::RouteInput in;
   if (!hints.data_class.empty()) {
     auto c = route::parse_data_class(hints.data_class);
-    if (!c.ok()) return fail(c.error().message, "x-switchyard-data-class");
+    if (!c.ok()) return fail(c.error().message, "x-foreshore-data-class");
     in.declared_class = *c;
   }
   if (!hints.latency_budget_ms.empty()) {
     auto v = parse_number(hints.latency_budget_ms);
     if (!v || *v <= 0) {
       return fail(
-          "x-switchyard-latency-budget-ms must be a positive number of milliseconds, got '" +
+          "x-foreshore-latency-budget-ms must be a positive number of milliseconds, got '" +
               hints.latency_budget_ms + "'",
-          "x-switchyard-latency-budget-ms");
+          "x-foreshore-latency-budget-ms");
     }
     in.latency_budget_ms = *v;
   }
   if (!hints.cost_ceiling_usd.empty()) {
     auto v = parse_number(hints.cost_ceiling_usd);
     if (!v || *v < 0) {
-      return fail("x-switchyard-cost-ceiling-usd must be a non-negative number of dollars, got '" +
+      return fail("x-foreshore-cost-ceiling-usd must be a non-negative number of dollars, got '" +
                       hints.cost_ceiling_usd + "'",
-                  "x-switchyard-cost-ceiling-usd");
+                  "x-foreshore-cost-ceiling-usd");
     }
     in.cost_ceiling_usd = *v;
   }
@@ -255,9 +255,9 @@ Result<route::Decision> HybridRouter::decide(const ApiRequest& api, const RouteH
     in.policy = route::parse_policy(name);
     if (!in.policy) {
       error = invalid_request("The model '" + api.model +
-                                  "' names no routing policy; use switchyard/threshold, "
-                                  "switchyard/cascade, switchyard/consistency, "
-                                  "switchyard/optimize, switchyard/edge or switchyard/cloud",
+                                  "' names no routing policy; use foreshore/threshold, "
+                                  "foreshore/cascade, foreshore/consistency, "
+                                  "foreshore/optimize, foreshore/edge or foreshore/cloud",
                               "model", "model_not_found");
       error.status = 404;
       return make_error(ErrorKind::kNotFound, error.message);
@@ -355,11 +355,11 @@ void HybridRouter::finish(const ApiRequest& api, const RouteHints& hints, const 
                           const Result<exec::ExecutionResult>& r, double total_ms, int status) {
   metrics_
       ->counter(
-          "switchyard_decisions_total", "Routing decisions by policy and plan.", {"policy", "plan"},
+          "foreshore_decisions_total", "Routing decisions by policy and plan.", {"policy", "plan"},
           {std::string(route::to_string(d.policy)), std::string(route::to_string(d.plan.kind))})
       .add();
   for (const auto& rule : d.rules_fired) {
-    metrics_->counter("switchyard_rules_fired_total", "Routing rules that fired.", {"rule"}, {rule})
+    metrics_->counter("foreshore_rules_fired_total", "Routing rules that fired.", {"rule"}, {rule})
         .add();
   }
   if (decision_log_ != nullptr) {
@@ -383,20 +383,20 @@ void HybridRouter::finish(const ApiRequest& api, const RouteHints& hints, const 
                                              outcome};
     const std::vector<std::string> names = {"tier", "model", "policy", "outcome"};
     metrics_
-        ->histogram("switchyard_hybrid_request_seconds",
+        ->histogram("foreshore_hybrid_request_seconds",
                     "Whole-request latency by serving tier, model, policy and outcome.", names,
                     labels)
         .observe(total_ms / 1e3);
     if (r.ok() && r->completion.time_to_first_token_ms > 0) {
       metrics_
-          ->histogram("switchyard_hybrid_ttft_seconds",
+          ->histogram("foreshore_hybrid_ttft_seconds",
                       "Time to first token by serving tier, model, policy and outcome.", names,
                       labels)
           .observe(r->completion.time_to_first_token_ms / 1e3);
     }
     if (served != nullptr) {
       metrics_
-          ->counter("switchyard_cost_usd_total", "Dollars spent, at configured prices.",
+          ->counter("foreshore_cost_usd_total", "Dollars spent, at configured prices.",
                     {"tier", "model", "policy"}, {labels[0], labels[1], labels[2]})
           .add(completion_cost_usd(*served, r->completion.usage));
     }
@@ -406,7 +406,7 @@ void HybridRouter::finish(const ApiRequest& api, const RouteHints& hints, const 
     if (r->degraded) degraded_->add();
     if (r->similarity) {
       metrics_
-          ->counter("switchyard_consistency_total", "Consistency checks by outcome.", {"outcome"},
+          ->counter("foreshore_consistency_total", "Consistency checks by outcome.", {"outcome"},
                     {r->tier == d.plan.edge_tier ? "agree" : "disagree"})
           .add();
     }
@@ -458,4 +458,4 @@ void HybridRouter::finish(const ApiRequest& api, const RouteHints& hints, const 
   audit_->submit(std::move(rec));
 }
 
-}  // namespace sy::serve
+}  // namespace foreshore::serve

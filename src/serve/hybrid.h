@@ -19,7 +19,7 @@
 #include "serve/metrics.h"
 #include "serve/openai.h"
 
-namespace sy::serve {
+namespace foreshore::serve {
 
 struct HybridSettings {
   route::RouterConfig routing;
@@ -39,11 +39,11 @@ struct HybridSettings {
 
 // Routing hints a client sends as headers (or in the body's metadata).
 struct RouteHints {
-  std::string data_class;                   // x-switchyard-data-class / metadata.data_class
-  std::string latency_budget_ms;            // x-switchyard-latency-budget-ms
-  std::string cost_ceiling_usd;             // x-switchyard-cost-ceiling-usd
-  std::string forced_tier;                  // x-switchyard-tier
-  std::string session;                      // x-switchyard-session or the body's `user`
+  std::string data_class;                   // x-foreshore-data-class / metadata.data_class
+  std::string latency_budget_ms;            // x-foreshore-latency-budget-ms
+  std::string cost_ceiling_usd;             // x-foreshore-cost-ceiling-usd
+  std::string forced_tier;                  // x-foreshore-tier
+  std::string session;                      // x-foreshore-session or the body's `user`
   std::vector<std::string> fallback_tiers;  // the model alias's chain, with forced_tier
 };
 
@@ -55,7 +55,7 @@ class HybridRouter {
   ~HybridRouter();
 
   // The decision for a request; an ApiError for malformed hints or an unknown
-  // policy name in `model` ("switchyard/<policy>").
+  // policy name in `model` ("foreshore/<policy>").
   Result<route::Decision> decide(const ApiRequest& request, const RouteHints& hints,
                                  ApiError& error) const;
   // Runs the decided plan; streams through on_delta when set.
@@ -70,7 +70,7 @@ class HybridRouter {
   // agreement, the adaptive threshold) up to date; called before /metrics renders.
   void collect_metrics();
 
-  // True when `model` is a name the router answers to ("switchyard", "switchyard/<policy>").
+  // True when `model` is a name the router answers to ("foreshore", "foreshore/<policy>").
   static bool is_routed_model(std::string_view model);
   const route::Router& router() const { return *router_; }
   const backend::TierConfig* tier_config(std::string_view name) const;
@@ -96,4 +96,4 @@ class HybridRouter {
 // Dollars a completion cost on a tier at its configured prices.
 double completion_cost_usd(const backend::TierConfig& tier, const backend::Usage& usage);
 
-}  // namespace sy::serve
+}  // namespace foreshore::serve

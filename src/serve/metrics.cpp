@@ -3,7 +3,7 @@
 #include <cmath>
 #include <cstdio>
 
-namespace sy::serve {
+namespace foreshore::serve {
 namespace {
 
 void atomic_add(std::atomic<double>& a, double v) {
@@ -135,4 +135,4 @@ std::string MetricsRegistry::render() const {
   return out;
 }
 
-}  // namespace sy::serve
+}  // namespace foreshore::serve

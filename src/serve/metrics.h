@@ -12,7 +12,7 @@
 #include <string>
 #include <vector>
 
-namespace sy::serve {
+namespace foreshore::serve {
 
 class Counter {
  public:
@@ -85,4 +85,4 @@ class MetricsRegistry {
   std::map<std::string, Family> families_;
 };
 
-}  // namespace sy::serve
+}  // namespace foreshore::serve

@@ -5,7 +5,7 @@
 #include <cstdio>
 #include <nlohmann/json.hpp>
 
-namespace sy::serve {
+namespace foreshore::serve {
 namespace {
 
 using json = nlohmann::json;
@@ -759,7 +759,7 @@ void append_completion(std::string& out, const ApiRequest& request, std::string_
   append_json_string(out, finish_reason(c));
   out += "}],\"usage\":";
   append_usage(out, c.usage);
-  out += ",\"switchyard\":";
+  out += ",\"foreshore\":";
   append_provenance(out, where);
   out += '}';
 }
@@ -789,7 +789,7 @@ void SseWriter::begin(std::string& out, const Provenance& where) const {
   open_chunk(out);
   out += kind_ == ApiKind::kChat ? "\"delta\":{\"role\":\"assistant\",\"content\":\"\"}"
                                  : "\"text\":\"\"";
-  out += ",\"logprobs\":null,\"finish_reason\":null}],\"switchyard\":";
+  out += ",\"logprobs\":null,\"finish_reason\":null}],\"foreshore\":";
   append_provenance(out, where);
   out += "}\n\n";
 }
@@ -835,7 +835,7 @@ void SseWriter::finish(std::string& out, const backend::Completion& c,
   out += kind_ == ApiKind::kChat ? "\"delta\":{}" : "\"text\":\"\"";
   out += ",\"logprobs\":null,\"finish_reason\":";
   append_json_string(out, finish_reason(c));
-  out += "}],\"switchyard\":";
+  out += "}],\"foreshore\":";
   append_provenance(out, where);
   out += "}\n\n";
   if (include_usage_) {
@@ -853,4 +853,4 @@ void SseWriter::error(std::string& out, const ApiError& error) {
   out += "\n\n";
 }
 
-}  // namespace sy::serve
+}  // namespace foreshore::serve

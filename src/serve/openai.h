@@ -11,7 +11,7 @@
 #include "backend/backend.h"
 #include "common/result.h"
 
-namespace sy::serve {
+namespace foreshore::serve {
 
 // An error as OpenAI clients expect it: {"error":{"message","type","param","code"}}.
 struct ApiError {
@@ -38,13 +38,13 @@ struct ApiRequest {
   bool include_usage = false;
   backend::BackendRequest backend;  // messages or prompt, and parameters
   std::string data_class;           // metadata.data_class, when given
-  std::string user;  // OpenAI's end-user id; pins a conversation like x-switchyard-session
+  std::string user;  // OpenAI's end-user id; pins a conversation like x-foreshore-session
 };
 
 // Parses and validates a request body; nullopt on success.
 std::optional<ApiError> parse_request(ApiKind kind, std::string_view body, ApiRequest& out);
 
-// Where a response ran: the x-switchyard-* headers and the body's "switchyard" object.
+// Where a response ran: the x-foreshore-* headers and the body's "foreshore" object.
 struct Provenance {
   std::string_view tier;
   std::string_view placement;  // device or cloud
@@ -91,4 +91,4 @@ class SseWriter {
   std::string head_;  // the fields every chunk starts with, pre-rendered
 };
 
-}  // namespace sy::serve
+}  // namespace foreshore::serve

@@ -26,7 +26,7 @@
 #include "serve/hybrid.h"
 #include "serve/openai.h"
 
-namespace sy::serve {
+namespace foreshore::serve {
 namespace {
 
 using Clock = std::chrono::steady_clock;
@@ -34,7 +34,7 @@ using Clock = std::chrono::steady_clock;
 constexpr const char* kJson = "application/json";
 // The model name that leaves the choice of tier to the gateway (the default
 // tier until the router decides per request).
-constexpr const char* kRoutedModel = "switchyard";
+constexpr const char* kRoutedModel = "foreshore";
 
 const char* placement_name(backend::Placement p) {
   return p == backend::Placement::kCloud ? "cloud" : "device";
@@ -317,15 +317,15 @@ struct Gateway::Impl {
     std::random_device rd;
     char buf[16];
     std::snprintf(buf, sizeof buf, "%08x", rd());
-    id_prefix = std::string("sy") + buf + "-";
-    in_flight_gauge = &metrics.gauge("switchyard_requests_in_flight",
+    id_prefix = std::string("fsh") + buf + "-";
+    in_flight_gauge = &metrics.gauge("foreshore_requests_in_flight",
                                      "Generation requests being served now.", {}, {});
     const char* reload_help =
         "Configuration reloads (SIGHUP) by outcome; a failed one changes nothing.";
     reloads_ok =
-        &metrics.counter("switchyard_config_reloads_total", reload_help, {"outcome"}, {"ok"});
+        &metrics.counter("foreshore_config_reloads_total", reload_help, {"outcome"}, {"ok"});
     reloads_failed =
-        &metrics.counter("switchyard_config_reloads_total", reload_help, {"outcome"}, {"failed"});
+        &metrics.counter("foreshore_config_reloads_total", reload_help, {"outcome"}, {"failed"});
     setup_routes();
   }
 
@@ -347,7 +347,7 @@ struct Gateway::Impl {
                                : static_cast<size_t>(s.max_concurrent_requests) + 64;
     const std::chrono::milliseconds idle_timeout(s.worker_idle_timeout_ms);
     Gauge* worker_gauge = &metrics.gauge(
-        "switchyard_http_worker_threads",
+        "foreshore_http_worker_threads",
         "HTTP worker threads alive; each holds one connection while it is open.", {}, {});
     http.new_task_queue = [workers, idle_timeout, worker_gauge] {
       return new ElasticPool(workers, kMinWorkerThreads, idle_timeout, worker_gauge);
@@ -413,7 +413,7 @@ struct Gateway::Impl {
       }
       res.set_content(dep->models_json, kJson);
     });
-    // Model ids may hold slashes ("switchyard/cascade", "org/name").
+    // Model ids may hold slashes ("foreshore/cascade", "org/name").
     http.Get(R"(/v1/models/(.+))", [this](const httplib::Request& req, httplib::Response& res) {
       auto dep = deployment();
       if (!check_auth(dep ? dep->config.server : config.server, req, res)) return;
@@ -552,7 +552,7 @@ struct Gateway::Impl {
   static std::optional<ApiError> select_tier(const Deployment& dep, const httplib::Request& req,
                                              const ApiRequest& api, size_t& out) {
     const auto& tiers = dep.tiers;
-    if (std::string_view forced = header_value(req, "x-switchyard-tier"); !forced.empty()) {
+    if (std::string_view forced = header_value(req, "x-foreshore-tier"); !forced.empty()) {
       for (size_t i = 0; i < tiers.size(); ++i) {
         if (tiers[i].config.name == forced) {
           out = i;
@@ -561,9 +561,9 @@ struct Gateway::Impl {
       }
       std::string names;
       for (const auto& t : tiers) names += (names.empty() ? "" : ", ") + t.config.name;
-      return invalid_request("x-switchyard-tier: '" + std::string(forced) +
+      return invalid_request("x-foreshore-tier: '" + std::string(forced) +
                                  "' is not a tier of this gateway (tiers: " + names + ")",
-                             "x-switchyard-tier", "unknown_tier");
+                             "x-foreshore-tier", "unknown_tier");
     }
     if (api.model.empty()) {
       out = dep.default_tier;
@@ -595,7 +595,7 @@ struct Gateway::Impl {
       (kind == ApiKind::kChat ? tier->ok_chat : tier->ok_completions)->add();
     } else {
       metrics
-          .counter("switchyard_requests_total", kRequestsHelp, {"tier", "endpoint", "status"},
+          .counter("foreshore_requests_total", kRequestsHelp, {"tier", "endpoint", "status"},
                    {tier ? tier->config.name : "none", endpoint, std::to_string(status)})
           .add();
     }
@@ -624,7 +624,7 @@ struct Gateway::Impl {
     const auto start = Clock::now();
     ActiveRequest active_request(active);
     std::string id = new_id();
-    res.set_header("x-switchyard-decision-id", id);
+    res.set_header("x-foreshore-decision-id", id);
     // The configuration this request runs under, even if a reload happens meanwhile.
     std::shared_ptr<Deployment> dep = deployment();
     const ServerConfig& server = dep ? dep->config.server : config.server;
@@ -683,7 +683,7 @@ struct Gateway::Impl {
     RouteHints hints = route_hints(req, api);
     // A tier named by header or by model is a forced tier, still subject to
     // the router's rules (device-only data never reaches a cloud tier).
-    if (!header_value(req, "x-switchyard-tier").empty() ||
+    if (!header_value(req, "x-foreshore-tier").empty() ||
         !HybridRouter::is_routed_model(api.model)) {
       size_t index = 0;
       if (auto e = select_tier(*dep, req, api, index)) {
@@ -692,7 +692,7 @@ struct Gateway::Impl {
         return;
       }
       hints.forced_tier = dep->tiers[index].config.name;
-      if (header_value(req, "x-switchyard-tier").empty()) {
+      if (header_value(req, "x-foreshore-tier").empty()) {
         for (const auto& alias : dep->config.models) {
           if (alias.name == api.model) hints.fallback_tiers = alias.fallback;
         }
@@ -740,11 +740,11 @@ struct Gateway::Impl {
     api.backend.request_id = id;
     api.backend.deadline = start + std::chrono::milliseconds(server.request_timeout_ms);
     api.backend.cancelled = std::make_shared<std::atomic<bool>>(false);
-    res.set_header("x-switchyard-plan", std::string(route::to_string(decision.plan.kind)));
-    res.set_header("x-switchyard-policy", std::string(route::to_string(decision.policy)));
+    res.set_header("x-foreshore-plan", std::string(route::to_string(decision.plan.kind)));
+    res.set_header("x-foreshore-policy", std::string(route::to_string(decision.policy)));
 
     if (api.stream) {
-      res.set_header("x-switchyard-tier", tier.config.name);
+      res.set_header("x-foreshore-tier", tier.config.name);
       set_ignored_params(res, tier, api);
       stream(dep, std::move(active_request), kind, tier, std::move(api), std::move(hints),
              std::move(decision), std::move(id), start, res);
@@ -755,9 +755,9 @@ struct Gateway::Impl {
     in_flight.fetch_sub(1, std::memory_order_acq_rel);
     if (!result.ok()) {
       const backend::BackendInfo& info = tier.backend->info();
-      res.set_header("x-switchyard-tier", tier.config.name);
-      res.set_header("x-switchyard-model", info.model);
-      res.set_header("x-switchyard-model-version", std::string(or_unknown(info.model_version)));
+      res.set_header("x-foreshore-tier", tier.config.name);
+      res.set_header("x-foreshore-model", info.model);
+      res.set_header("x-foreshore-model-version", std::string(or_unknown(info.model_version)));
       const ApiError e = from_backend_error(result.error());
       send_error(res, e);
       record(server, &tier, kind, e.status, start, nullptr, id);
@@ -770,14 +770,14 @@ struct Gateway::Impl {
     const std::string& model = c.model.empty() ? info.model : c.model;
     const std::string_view version =
         or_unknown(c.model_version.empty() ? info.model_version : c.model_version);
-    res.set_header("x-switchyard-tier", served.config.name);
-    res.set_header("x-switchyard-model", model);
-    res.set_header("x-switchyard-model-version", std::string(version));
+    res.set_header("x-foreshore-tier", served.config.name);
+    res.set_header("x-foreshore-model", model);
+    res.set_header("x-foreshore-model-version", std::string(version));
     set_ignored_params(res, served, api);
-    if (result->degraded) res.set_header("x-switchyard-degraded", "true");
-    if (result->escalated) res.set_header("x-switchyard-escalated", "true");
+    if (result->degraded) res.set_header("x-foreshore-degraded", "true");
+    if (result->escalated) res.set_header("x-foreshore-escalated", "true");
     if (result->confidence) {
-      res.set_header("x-switchyard-confidence", std::to_string(*result->confidence));
+      res.set_header("x-foreshore-confidence", std::to_string(*result->confidence));
     }
     Provenance where;
     where.tier = served.config.name;
@@ -799,18 +799,18 @@ struct Gateway::Impl {
   static void set_ignored_params(httplib::Response& res, const Tier& tier, const ApiRequest& api) {
     const std::string& ignored = api.backend.remote_only.edge_ignored;
     if (!ignored.empty() && tier.config.placement == backend::Placement::kDevice) {
-      res.set_header("x-switchyard-ignored-params", ignored);
+      res.set_header("x-foreshore-ignored-params", ignored);
     }
   }
 
   // Routing hints from headers, falling back to the body's metadata and user.
   static RouteHints route_hints(const httplib::Request& req, const ApiRequest& api) {
     RouteHints hints;
-    hints.data_class = header_value(req, "x-switchyard-data-class");
+    hints.data_class = header_value(req, "x-foreshore-data-class");
     if (hints.data_class.empty()) hints.data_class = api.data_class;
-    hints.latency_budget_ms = header_value(req, "x-switchyard-latency-budget-ms");
-    hints.cost_ceiling_usd = header_value(req, "x-switchyard-cost-ceiling-usd");
-    hints.session = header_value(req, "x-switchyard-session");
+    hints.latency_budget_ms = header_value(req, "x-foreshore-latency-budget-ms");
+    hints.cost_ceiling_usd = header_value(req, "x-foreshore-cost-ceiling-usd");
+    hints.session = header_value(req, "x-foreshore-session");
     if (hints.session.empty()) hints.session = api.user;
     return hints;
   }
@@ -834,7 +834,7 @@ struct Gateway::Impl {
       return;
     }
     RouteHints hints = route_hints(req, api);
-    hints.forced_tier = header_value(req, "x-switchyard-tier");
+    hints.forced_tier = header_value(req, "x-foreshore-tier");
     ApiError route_error;
     auto decided = dep->hybrid->decide(api, hints, route_error);
     if (!decided.ok()) {
@@ -875,8 +875,8 @@ struct Gateway::Impl {
     const auto deadline = *st->request.deadline;
     st->producer = std::thread([st] { st->produce(); });
 
-    res.set_header("x-switchyard-model", st->model);
-    res.set_header("x-switchyard-model-version", st->model_version);
+    res.set_header("x-foreshore-model", st->model);
+    res.set_header("x-foreshore-model-version", st->model_version);
 
     std::unique_lock lock(st->mu);
     // The tier enforces the deadline itself; the grace period only guards
@@ -1005,22 +1005,22 @@ struct Gateway::Impl {
       const std::string& n = tc.name;
       const std::vector<std::string> names = {"tier", "endpoint", "status"};
       t.ok_chat =
-          &metrics.counter("switchyard_requests_total", kRequestsHelp, names, {n, "chat", "200"});
-      t.ok_completions = &metrics.counter("switchyard_requests_total", kRequestsHelp, names,
+          &metrics.counter("foreshore_requests_total", kRequestsHelp, names, {n, "chat", "200"});
+      t.ok_completions = &metrics.counter("foreshore_requests_total", kRequestsHelp, names,
                                           {n, "completions", "200"});
       const char* tokens_help = "Tokens processed, by tier and type (prompt or completion).";
       t.prompt_tokens =
-          &metrics.counter("switchyard_tokens_total", tokens_help, {"tier", "type"}, {n, "prompt"});
-      t.completion_tokens = &metrics.counter("switchyard_tokens_total", tokens_help,
+          &metrics.counter("foreshore_tokens_total", tokens_help, {"tier", "type"}, {n, "prompt"});
+      t.completion_tokens = &metrics.counter("foreshore_tokens_total", tokens_help,
                                              {"tier", "type"}, {n, "completion"});
-      t.latency = &metrics.histogram("switchyard_request_duration_seconds",
+      t.latency = &metrics.histogram("foreshore_request_duration_seconds",
                                      "Time from request to last byte, by tier.", {"tier"}, {n});
-      t.ttft = &metrics.histogram("switchyard_time_to_first_token_seconds",
+      t.ttft = &metrics.histogram("foreshore_time_to_first_token_seconds",
                                   "Time to the first generated token, as the tier measured it.",
                                   {"tier"}, {n});
       const backend::BackendInfo& info = t.backend->info();
       metrics
-          .gauge("switchyard_tier_info", "Configured tiers (value 1), with what they serve.",
+          .gauge("foreshore_tier_info", "Configured tiers (value 1), with what they serve.",
                  {"tier", "kind", "placement", "model", "model_version"},
                  {n, tc.kind, placement_name(tc.placement), info.model, info.model_version})
           .set(1);
@@ -1085,7 +1085,7 @@ struct Gateway::Impl {
   }
 
   Status load_tiers(const BackendFactory& factory) {
-    SY_ASSIGN_OR_RETURN(std::shared_ptr<Deployment> dep,
+    FSH_ASSIGN_OR_RETURN(std::shared_ptr<Deployment> dep,
                         build_deployment(config, factory, nullptr, true));
     install(std::move(dep));
     ready.store(true, std::memory_order_release);
@@ -1147,7 +1147,7 @@ struct Gateway::Impl {
       std::string model = "{\"id\":";
       append_json_string(model, entries[i].first);
       model += ",\"object\":\"model\",\"created\":" + std::to_string(started_at) +
-               ",\"owned_by\":\"switchyard\",\"switchyard\":{\"tier\":";
+               ",\"owned_by\":\"foreshore\",\"foreshore\":{\"tier\":";
       append_json_string(model, t.config.name);
       model += ",\"kind\":";
       append_json_string(model, t.config.kind);
@@ -1250,4 +1250,4 @@ MetricsRegistry& Gateway::metrics() {
   return impl_->metrics;
 }
 
-}  // namespace sy::serve
+}  // namespace foreshore::serve

@@ -10,7 +10,7 @@
 #include "serve/config.h"
 #include "serve/metrics.h"
 
-namespace sy::serve {
+namespace foreshore::serve {
 
 using BackendFactory =
     std::function<Result<std::shared_ptr<backend::Backend>>(const backend::TierConfig&)>;
@@ -36,7 +36,7 @@ class Gateway {
   // server.host, port, max_body_bytes, worker_threads and
   // worker_idle_timeout_ms need a restart.
   // A config that could not be read or validated is passed as its error, so
-  // that it is counted (switchyard_config_reloads_total{outcome="failed"}).
+  // that it is counted (foreshore_config_reloads_total{outcome="failed"}).
   Status reload(Result<GatewayConfig> config,
                 const BackendFactory& factory = backend::create_backend);
   // Graceful shutdown, first step: new requests get 503 "shutting_down" (and
@@ -60,4 +60,4 @@ class Gateway {
   std::unique_ptr<Impl> impl_;
 };
 
-}  // namespace sy::serve
+}  // namespace foreshore::serve

@@ -8,7 +8,7 @@
 
 #include "sim/sim.h"
 
-namespace sy::sim {
+namespace foreshore::sim {
 namespace {
 
 std::string format(const char* fmt, auto... args) {
@@ -230,4 +230,4 @@ std::string format_advice(const Advice& a) {
   return s;
 }
 
-}  // namespace sy::sim
+}  // namespace foreshore::sim

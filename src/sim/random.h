@@ -6,7 +6,7 @@
 #include <cmath>
 #include <cstdint>
 
-namespace sy::sim {
+namespace foreshore::sim {
 
 class SplitMix64 {
  public:
@@ -40,4 +40,4 @@ inline SplitMix64 stream_for(uint64_t seed, uint64_t index, uint64_t purpose) {
   return SplitMix64(mix.next());
 }
 
-}  // namespace sy::sim
+}  // namespace foreshore::sim

@@ -8,7 +8,7 @@
 #include "sim/sim.h"
 #include "sim/svg.h"
 
-namespace sy::sim {
+namespace foreshore::sim {
 namespace {
 
 constexpr const char* kEdgeColor = "#2a9d4b";
@@ -295,10 +295,10 @@ Status write_report(const std::string& dir, const ReportInputs& in) {
       o.escalation.quality_bar, o.escalation.recall, o.escalation.false_alarm,
       in.config_source.c_str(), static_cast<unsigned long long>(o.seed));
 
-  SY_TRY_STATUS(write("cost_quality.svg", cost_quality_svg(in.policies, in.sweep)));
-  SY_TRY_STATUS(write("traffic.svg", traffic_svg(in.policies)));
-  SY_TRY_STATUS(write("latency.svg", latency_svg(in.policies)));
+  FSH_TRY_STATUS(write("cost_quality.svg", cost_quality_svg(in.policies, in.sweep)));
+  FSH_TRY_STATUS(write("traffic.svg", traffic_svg(in.policies)));
+  FSH_TRY_STATUS(write("latency.svg", latency_svg(in.policies)));
   return write("report.md", md);
 }
 
-}  // namespace sy::sim
+}  // namespace foreshore::sim

@@ -26,7 +26,7 @@
 #include "serve/config.h"
 #include "sim/svg.h"  // the charts, shared with `router eval`
 
-namespace sy::sim {
+namespace foreshore::sim {
 
 // ---- trace ----------------------------------------------------------------------
 
@@ -281,4 +281,4 @@ struct ReportInputs {
 // (created when missing).
 Status write_report(const std::string& dir, const ReportInputs& inputs);
 
-}  // namespace sy::sim
+}  // namespace foreshore::sim

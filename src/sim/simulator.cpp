@@ -9,7 +9,7 @@
 #include "sim/random.h"
 #include "sim/sim.h"
 
-namespace sy::sim {
+namespace foreshore::sim {
 namespace {
 
 // Independent draws per request (see stream_for).
@@ -93,10 +93,10 @@ route::RouteInput route_input(const TraceRecord& r, route::PolicyKind policy,
 Result<std::unique_ptr<Simulator>> Simulator::create(const serve::GatewayConfig& config,
                                                      SimulationOptions options,
                                                      std::vector<TraceRecord> trace) {
-  SY_ASSIGN_OR_RETURN(route::RouterConfig routing,
+  FSH_ASSIGN_OR_RETURN(route::RouterConfig routing,
                       route::router_config_from_yaml(config.routing, config.source));
   if (config.privacy) {
-    SY_ASSIGN_OR_RETURN(routing.privacy,
+    FSH_ASSIGN_OR_RETURN(routing.privacy,
                         route::sensitivity_config_from_yaml(config.privacy, config.source));
   }
   std::unique_ptr<Simulator> sim(new Simulator());
@@ -348,7 +348,7 @@ Result<serve::GatewayConfig> default_gateway_config() {
 }
 
 Result<SimulationOptions> measure_edge(const serve::GatewayConfig& config, SimulationOptions base) {
-  SY_ASSIGN_OR_RETURN(route::RouterConfig routing,
+  FSH_ASSIGN_OR_RETURN(route::RouterConfig routing,
                       route::router_config_from_yaml(config.routing, config.source));
   const backend::TierConfig* edge = nullptr;
   for (const auto& t : config.tiers) {
@@ -365,7 +365,7 @@ Result<SimulationOptions> measure_edge(const serve::GatewayConfig& config, Simul
                           ": --measure-edge needs an embedded device tier to run; give its "
                           "speeds with --edge-prompt-tps and --edge-gen-tps instead");
   }
-  SY_ASSIGN_OR_RETURN(std::shared_ptr<backend::Backend> b, backend::create_backend(*edge));
+  FSH_ASSIGN_OR_RETURN(std::shared_ptr<backend::Backend> b, backend::create_backend(*edge));
   auto measure = [&](const std::string& prompt) -> Result<backend::Completion> {
     backend::BackendRequest r;
     r.request_id = "simulate-measure";
@@ -379,7 +379,7 @@ Result<SimulationOptions> measure_edge(const serve::GatewayConfig& config, Simul
   if (auto warm = measure("Once upon a time, a"); !warm.ok()) return warm.error();
   std::string prompt = "One day, a little girl named Lily went to the park with her mother.";
   while (prompt.size() < 400) prompt += " She saw a big red ball and a small dog under a tree.";
-  SY_ASSIGN_OR_RETURN(backend::Completion c, measure(prompt));
+  FSH_ASSIGN_OR_RETURN(backend::Completion c, measure(prompt));
   const int32_t prefilled = c.usage.prompt_tokens - c.usage.cached_prompt_tokens;
   const double decode_s = (c.total_ms - c.time_to_first_token_ms) / 1000.0;
   if (prefilled < 1 || c.usage.completion_tokens < 2 || c.time_to_first_token_ms <= 0 ||
@@ -397,4 +397,4 @@ Result<SimulationOptions> measure_edge(const serve::GatewayConfig& config, Simul
   return base;
 }
 
-}  // namespace sy::sim
+}  // namespace foreshore::sim

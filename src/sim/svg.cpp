@@ -6,7 +6,7 @@
 #include <sstream>
 #include <tuple>
 
-namespace sy::sim::svg {
+namespace foreshore::sim::svg {
 namespace {
 
 constexpr double kW = 760, kH = 480, kLeft = 70, kTop = 40, kBottom = 60, kPlotW = 500;
@@ -250,4 +250,4 @@ std::string render(const StackedBars& chart) {
   return s.str();
 }
 
-}  // namespace sy::sim::svg
+}  // namespace foreshore::sim::svg

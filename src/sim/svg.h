@@ -9,7 +9,7 @@
 #include <utility>
 #include <vector>
 
-namespace sy::sim::svg {
+namespace foreshore::sim::svg {
 
 struct Series {
   std::string name;  // legend entry
@@ -39,4 +39,4 @@ std::string render(const LineChart& chart);
 std::string render(const StackedBars& chart);
 std::string xml_escape(std::string_view text);
 
-}  // namespace sy::sim::svg
+}  // namespace foreshore::sim::svg

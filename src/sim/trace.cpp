@@ -9,7 +9,7 @@
 #include "sim/random.h"
 #include "sim/sim.h"
 
-namespace sy::sim {
+namespace foreshore::sim {
 namespace {
 
 using nlohmann::json;
@@ -71,7 +71,7 @@ Result<TraceRecord> parse_trace_line(std::string_view line, int64_t line_number,
       }
       r.id = v.is_string() ? v.get<std::string>() : v.dump();
     } else if (key == "t") {
-      SY_ASSIGN_OR_RETURN(r.arrival_s, number_field(v, at, "t", 0.0, 1e12));
+      FSH_ASSIGN_OR_RETURN(r.arrival_s, number_field(v, at, "t", 0.0, 1e12));
     } else if (key == "prompt") {
       if (!v.is_string()) {
         return make_error(ErrorKind::kInvalidArgument,
@@ -79,9 +79,9 @@ Result<TraceRecord> parse_trace_line(std::string_view line, int64_t line_number,
       }
       r.prompt = v.get<std::string>();
     } else if (key == "prompt_tokens") {
-      SY_ASSIGN_OR_RETURN(r.prompt_tokens, token_field(v, at, "prompt_tokens"));
+      FSH_ASSIGN_OR_RETURN(r.prompt_tokens, token_field(v, at, "prompt_tokens"));
     } else if (key == "output_tokens") {
-      SY_ASSIGN_OR_RETURN(r.output_tokens, token_field(v, at, "output_tokens"));
+      FSH_ASSIGN_OR_RETURN(r.output_tokens, token_field(v, at, "output_tokens"));
     } else if (key == "data_class") {
       if (!v.is_string()) {
         return make_error(ErrorKind::kInvalidArgument,
@@ -91,9 +91,9 @@ Result<TraceRecord> parse_trace_line(std::string_view line, int64_t line_number,
       if (!c.ok()) return make_error(ErrorKind::kInvalidArgument, at + ": " + c.error().message);
       r.data_class = *c;
     } else if (key == "latency_budget_ms") {
-      SY_ASSIGN_OR_RETURN(r.latency_budget_ms, number_field(v, at, "latency_budget_ms", 0, 1e9));
+      FSH_ASSIGN_OR_RETURN(r.latency_budget_ms, number_field(v, at, "latency_budget_ms", 0, 1e9));
     } else if (key == "cost_ceiling_usd") {
-      SY_ASSIGN_OR_RETURN(r.cost_ceiling_usd, number_field(v, at, "cost_ceiling_usd", 0, 1e9));
+      FSH_ASSIGN_OR_RETURN(r.cost_ceiling_usd, number_field(v, at, "cost_ceiling_usd", 0, 1e9));
     } else if (key == "scores") {
       if (!v.is_object()) {
         return make_error(ErrorKind::kInvalidArgument,
@@ -105,7 +105,7 @@ Result<TraceRecord> parse_trace_line(std::string_view line, int64_t line_number,
                             at + ": scores." + tier + ": unknown; scores has 'edge' and 'cloud'");
         }
         const std::string name = "scores." + tier;
-        SY_ASSIGN_OR_RETURN(double q, number_field(s, at, name.c_str(), 0.0, 1.0));
+        FSH_ASSIGN_OR_RETURN(double q, number_field(s, at, name.c_str(), 0.0, 1.0));
         (tier == "edge" ? r.edge_quality : r.cloud_quality) = q;
       }
     } else {
@@ -130,7 +130,7 @@ Result<std::vector<TraceRecord>> parse_trace(std::string_view text, std::string_
     ++line_number;
     if (!line.empty() && line.back() == '\r') line.remove_suffix(1);
     if (line.find_first_not_of(" \t") == std::string_view::npos) continue;
-    SY_ASSIGN_OR_RETURN(TraceRecord r, parse_trace_line(line, line_number, source));
+    FSH_ASSIGN_OR_RETURN(TraceRecord r, parse_trace_line(line, line_number, source));
     out.push_back(std::move(r));
   }
   if (out.empty()) {
@@ -146,7 +146,7 @@ Result<std::vector<TraceRecord>> read_trace(const std::string& path) {
     return make_error(ErrorKind::kNotFound,
                       "cannot open trace " + path +
                           "; give a JSONL file, or make one with "
-                          "`switchyard simulate --generate 1000 --out trace.jsonl`");
+                          "`foreshore simulate --generate 1000 --out trace.jsonl`");
   }
   std::ostringstream buf;
   buf << in.rdbuf();
@@ -377,4 +377,4 @@ std::vector<TraceRecord> generate_trace(const TraceGeneratorOptions& o) {
   return out;
 }
 
-}  // namespace sy::sim
+}  // namespace foreshore::sim

@@ -11,10 +11,10 @@
 
 namespace {
 
-using sy::engine::GgufFile;
-using sy::engine::GgufValue;
-using sy::engine::GgufWriter;
-using sy::engine::TensorType;
+using foreshore::engine::GgufFile;
+using foreshore::engine::GgufValue;
+using foreshore::engine::GgufWriter;
+using foreshore::engine::TensorType;
 
 void check(bool ok) {
   if (!ok) std::abort();

@@ -13,11 +13,11 @@
 
 namespace {
 
-using sy::engine::GgufFile;
-using sy::engine::GgufValue;
-using sy::engine::GgufValueType;
-using sy::engine::GgufWriter;
-using sy::engine::TensorType;
+using foreshore::engine::GgufFile;
+using foreshore::engine::GgufValue;
+using foreshore::engine::GgufValueType;
+using foreshore::engine::GgufWriter;
+using foreshore::engine::TensorType;
 
 constexpr size_t kMaxItems = 8;
 
@@ -32,7 +32,7 @@ GgufValue shrink(const GgufValue& v) {
 }
 
 bool save(const GgufWriter& w, const std::filesystem::path& path) {
-  const sy::Status s = w.write(path.string());
+  const foreshore::Status s = w.write(path.string());
   if (!s.ok()) std::fprintf(stderr, "gguf_fuzz_seeds: %s\n", s.error().message.c_str());
   return s.ok();
 }
@@ -46,7 +46,7 @@ bool shrink_model(const std::string& model, const std::filesystem::path& out_dir
   GgufWriter w;
   for (const auto& [key, value] : (*file)->metadata()) w.set(key, shrink(value));
   for (const auto& t : (*file)->tensors()) {
-    const auto traits = sy::engine::tensor_type_traits(t.type);
+    const auto traits = foreshore::engine::tensor_type_traits(t.type);
     std::vector<uint64_t> dims = t.dims;
     dims[0] = traits->block_size;
     for (size_t d = 1; d < dims.size(); ++d) dims[d] = std::min<uint64_t>(dims[d], 2);
@@ -56,7 +56,7 @@ bool shrink_model(const std::string& model, const std::filesystem::path& out_dir
     // Real weights where the tensor has enough, zeros past them.
     std::vector<uint8_t> data(bytes, 0);
     std::copy_n(t.data, std::min<uint64_t>(bytes, t.byte_size), data.begin());
-    const sy::Status s = w.add_tensor(t.name, static_cast<TensorType>(t.type), dims, data);
+    const foreshore::Status s = w.add_tensor(t.name, static_cast<TensorType>(t.type), dims, data);
     if (!s.ok()) {
       std::fprintf(stderr, "gguf_fuzz_seeds: %s\n", s.error().message.c_str());
       return false;

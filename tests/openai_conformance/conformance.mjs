@@ -1,22 +1,22 @@
-// Drives a Switchyard gateway with the official `openai` npm client and exits
+// Drives a Foreshore gateway with the official `openai` npm client and exits
 // non-zero on anything the client rejects or the gateway gets wrong.
 //
-//   SWITCHYARD_URL=http://127.0.0.1:8080/v1 SWITCHYARD_MODELS=edge,cloud node conformance.mjs
+//   FORESHORE_URL=http://127.0.0.1:8080/v1 FORESHORE_MODELS=edge,cloud node conformance.mjs
 //
-// SWITCHYARD_MODELS: comma-separated model names to run the checks on (default:
-// every model the gateway lists). SWITCHYARD_API_KEY: the client key, if any.
-// SWITCHYARD_TOOLS_MODEL: a model whose tier makes tool calls; the client's
+// FORESHORE_MODELS: comma-separated model names to run the checks on (default:
+// every model the gateway lists). FORESHORE_API_KEY: the client key, if any.
+// FORESHORE_TOOLS_MODEL: a model whose tier makes tool calls; the client's
 // tool-call parsing (whole and streamed) is checked on it.
 import OpenAI from 'openai';
 
-const baseURL = process.env.SWITCHYARD_URL;
+const baseURL = process.env.FORESHORE_URL;
 if (!baseURL) {
-  console.error('set SWITCHYARD_URL to the gateway base URL, e.g. http://127.0.0.1:8080/v1');
+  console.error('set FORESHORE_URL to the gateway base URL, e.g. http://127.0.0.1:8080/v1');
   process.exit(2);
 }
 const client = new OpenAI({
   baseURL,
-  apiKey: process.env.SWITCHYARD_API_KEY || 'no-key',
+  apiKey: process.env.FORESHORE_API_KEY || 'no-key',
   maxRetries: 0,
   timeout: 60_000,
 });
@@ -51,8 +51,8 @@ await step('models.list', async () => {
   check(models.length > 0, 'the gateway lists at least one model');
 });
 
-const wanted = process.env.SWITCHYARD_MODELS
-  ? process.env.SWITCHYARD_MODELS.split(',').filter(Boolean)
+const wanted = process.env.FORESHORE_MODELS
+  ? process.env.FORESHORE_MODELS.split(',').filter(Boolean)
   : models;
 
 for (const model of wanted) {
@@ -77,10 +77,10 @@ for (const model of wanted) {
     check(data.usage?.completion_tokens > 0, 'usage.completion_tokens > 0');
     check(data.usage?.total_tokens === data.usage?.prompt_tokens + data.usage?.completion_tokens,
           'usage.total_tokens adds up');
-    const tier = response.headers.get('x-switchyard-tier');
-    check(!!tier, 'x-switchyard-tier header');
-    check(!!response.headers.get('x-switchyard-decision-id'), 'x-switchyard-decision-id header');
-    check(data.switchyard?.tier === tier, 'body switchyard.tier matches the header');
+    const tier = response.headers.get('x-foreshore-tier');
+    check(!!tier, 'x-foreshore-tier header');
+    check(!!response.headers.get('x-foreshore-decision-id'), 'x-foreshore-decision-id header');
+    check(data.foreshore?.tier === tier, 'body foreshore.tier matches the header');
   });
 
   await step(`chat.completions.create stream + include_usage (${model})`, async () => {
@@ -137,7 +137,7 @@ await step('n=2 is a 400 BadRequestError', async () => {
   }
 });
 
-const toolsModel = process.env.SWITCHYARD_TOOLS_MODEL;
+const toolsModel = process.env.FORESHORE_TOOLS_MODEL;
 if (toolsModel) {
   const tools = [{
     type: 'function',

@@ -14,7 +14,7 @@
 #include <sstream>
 #include <stdexcept>
 
-namespace sy::testing {
+namespace foreshore::testing {
 namespace {
 
 using nlohmann::json;
@@ -202,7 +202,7 @@ json error_body(const std::string& message, const std::string& type) {
 std::string unique_temp_path(const std::string& suffix) {
   static std::atomic<int> counter{0};
   return (std::filesystem::temp_directory_path() /
-          ("sy-fault-" + std::to_string(::getpid()) + "-" + std::to_string(counter++) + suffix))
+          ("fsh-fault-" + std::to_string(::getpid()) + "-" + std::to_string(counter++) + suffix))
       .string();
 }
 
@@ -521,4 +521,4 @@ void FaultServer::handle(const httplib::Request& req, httplib::Response& res, bo
       });
 }
 
-}  // namespace sy::testing
+}  // namespace foreshore::testing

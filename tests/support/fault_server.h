@@ -1,9 +1,9 @@
 // A real OpenAI-compatible HTTP server on loopback for tests, which can be told
 // to misbehave in the ways cloud upstreams do.
 //
-//   sy::testing::FaultServer server;            // listening on 127.0.0.1:<free port>
+//   foreshore::testing::FaultServer server;            // listening on 127.0.0.1:<free port>
 //   config.endpoint = server.base_url();        // "http://127.0.0.1:PORT/v1"
-//   server.set_mode(sy::testing::FaultMode::kStatus429);
+//   server.set_mode(foreshore::testing::FaultMode::kStatus429);
 //   ... server.received_bodies() ...            // every request body, in arrival order
 //
 // In kNormal mode it answers POST /v1/chat/completions and /v1/completions
@@ -32,7 +32,7 @@ struct Request;
 struct Response;
 }  // namespace httplib
 
-namespace sy::testing {
+namespace foreshore::testing {
 
 enum class FaultMode {
   kNormal,
@@ -134,4 +134,4 @@ class FaultServer {
   std::thread thread_;
 };
 
-}  // namespace sy::testing
+}  // namespace foreshore::testing

@@ -11,7 +11,7 @@
 
 extern char** environ;
 
-namespace sy::testing {
+namespace foreshore::testing {
 namespace {
 
 int decode_status(int status) {
@@ -158,13 +158,13 @@ std::optional<int> Process::terminate(int sig, std::chrono::milliseconds timeout
   return wait(timeout);
 }
 
-std::string switchyard_binary() {
-  if (const char* b = std::getenv("SWITCHYARD_BINARY"); b != nullptr && *b != '\0') return b;
-  return std::string(SY_BINARY_DIR) + "/switchyard";
+std::string foreshore_binary() {
+  if (const char* b = std::getenv("FORESHORE_BINARY"); b != nullptr && *b != '\0') return b;
+  return std::string(FSH_BINARY_DIR) + "/foreshore";
 }
 
-FinishedRun run_switchyard(std::vector<std::string> args, std::chrono::milliseconds timeout) {
-  args.insert(args.begin(), switchyard_binary());
+FinishedRun run_foreshore(std::vector<std::string> args, std::chrono::milliseconds timeout) {
+  args.insert(args.begin(), foreshore_binary());
   auto p = Process::start(args);
   const auto status = p->wait(timeout);
   return {status.value_or(-1), p->stdout_text(), p->stderr_text()};
@@ -172,7 +172,7 @@ FinishedRun run_switchyard(std::vector<std::string> args, std::chrono::milliseco
 
 ServeProcess::ServeProcess(const std::vector<std::string>& args,
                            const std::vector<std::string>& env, std::chrono::milliseconds startup) {
-  std::vector<std::string> argv = {switchyard_binary(), "serve", "--port", "0"};
+  std::vector<std::string> argv = {foreshore_binary(), "serve", "--port", "0"};
   argv.insert(argv.end(), args.begin(), args.end());
   process_ = Process::start(argv, env);
   if (!process_) return;
@@ -242,4 +242,4 @@ std::vector<std::string> sse_data(const std::string& body) {
   return out;
 }
 
-}  // namespace sy::testing
+}  // namespace foreshore::testing

@@ -1,8 +1,8 @@
 // Child processes and HTTP helpers for end-to-end tests.
 //
-//   sy::testing::ServeProcess gw({"-m", "stories260K"});    // switchyard serve --port 0 ...
+//   foreshore::testing::ServeProcess gw({"-m", "stories260K"});    // foreshore serve --port 0 ...
 //   ASSERT_TRUE(gw.ok()) << gw.process().stderr_text();
-//   auto r = sy::testing::http_post(gw.port(), "/v1/chat/completions", body);
+//   auto r = foreshore::testing::http_post(gw.port(), "/v1/chat/completions", body);
 //
 // Every child is killed when its object is destroyed, so a failing test
 // leaves nothing running.
@@ -20,7 +20,7 @@
 #include <thread>
 #include <vector>
 
-namespace sy::testing {
+namespace foreshore::testing {
 
 class Process {
  public:
@@ -58,19 +58,19 @@ class Process {
   std::thread err_reader_;
 };
 
-// $SWITCHYARD_BINARY, or the build tree's switchyard.
-std::string switchyard_binary();
+// $FORESHORE_BINARY, or the build tree's foreshore.
+std::string foreshore_binary();
 
-// `switchyard ARGS...` run to its end, with what it printed.
+// `foreshore ARGS...` run to its end, with what it printed.
 struct FinishedRun {
   int status = -1;  // -1: still running at the timeout
   std::string out;
   std::string err;
 };
-FinishedRun run_switchyard(std::vector<std::string> args,
+FinishedRun run_foreshore(std::vector<std::string> args,
                            std::chrono::milliseconds timeout = std::chrono::seconds(120));
 
-// `switchyard serve --port 0 ARGS...`, waited for until it prints its URL.
+// `foreshore serve --port 0 ARGS...`, waited for until it prints its URL.
 class ServeProcess {
  public:
   explicit ServeProcess(const std::vector<std::string>& args,
@@ -103,4 +103,4 @@ HttpResult http_post(int port, const std::string& path, const std::string& body,
 // The data payloads of an SSE body, in order ("[DONE]" included).
 std::vector<std::string> sse_data(const std::string& body);
 
-}  // namespace sy::testing
+}  // namespace foreshore::testing
