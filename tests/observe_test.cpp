@@ -432,7 +432,8 @@ TEST(ReportTest, ParsesDurations) {
 }
 
 // Runs `foreshore ARGS...` to the end, output included.
-std::unique_ptr<foreshore::testing::Process> run_to_end(std::vector<std::string> args, int& status) {
+std::unique_ptr<foreshore::testing::Process> run_to_end(std::vector<std::string> args,
+                                                        int& status) {
   args.insert(args.begin(), foreshore::testing::foreshore_binary());
   auto process = foreshore::testing::Process::start(args);
   status = process->wait(30s).value_or(-1);
@@ -766,17 +767,19 @@ TEST(ShadowTest, DeviceOnlyJobsAreNeverAccepted) {
   std::atomic<int> calls{0};
   std::mutex mu;
   std::vector<std::string> seen_by_cloud;
-  ShadowSampler sampler({.fraction = 1.0,
-                         .rate_per_second = 0,
-                         .queue_capacity = 1000,
-                         .max_data_class = route::DataClass::kDeviceOnly,
-                         .seed = 1},
-                        [&](const ShadowJob& j) -> Result<ShadowAnswer> {
-                          ++calls;
-                          std::lock_guard lock(mu);
-                          seen_by_cloud.push_back(j.request_id);
-                          return ShadowAnswer{j.edge_answer, "cloud-v1"};
-                        });
+  ShadowSampler sampler(
+      {.fraction = 1.0,
+       .rate_per_second = 0,
+       .queue_capacity = 1000,
+       .data_classes = {route::DataClass::kPublic, route::DataClass::kPreferLocal,
+                        route::DataClass::kContractual, route::DataClass::kDeviceOnly},
+       .seed = 1},
+      [&](const ShadowJob& j) -> Result<ShadowAnswer> {
+        ++calls;
+        std::lock_guard lock(mu);
+        seen_by_cloud.push_back(j.request_id);
+        return ShadowAnswer{j.edge_answer, "cloud-v1"};
+      });
   for (int i = 0; i < 200; ++i) {
     EXPECT_FALSE(sampler.maybe_submit(job(route::DataClass::kDeviceOnly, "secret")));
   }
@@ -792,13 +795,9 @@ TEST(ShadowTest, DeviceOnlyJobsAreNeverAccepted) {
   EXPECT_EQ(seen_by_cloud, std::vector<std::string>{"public"});
 }
 
-TEST(ShadowTest, ClassesAboveTheConfiguredMaximumAreRefused) {
+TEST(ShadowTest, OnlyPublicDataIsShadowedByDefault) {
   std::atomic<int> calls{0};
-  ShadowSampler sampler({.fraction = 1.0,
-                         .rate_per_second = 0,
-                         .max_data_class = route::DataClass::kPublic,
-                         .seed = 1},
-                        echo_runner(calls));
+  ShadowSampler sampler({.fraction = 1.0, .rate_per_second = 0, .seed = 1}, echo_runner(calls));
   EXPECT_FALSE(sampler.maybe_submit(job(route::DataClass::kContractual)));
   EXPECT_FALSE(sampler.maybe_submit(job(route::DataClass::kPreferLocal)));
   EXPECT_TRUE(sampler.maybe_submit(job(route::DataClass::kPublic)));

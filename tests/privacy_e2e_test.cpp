@@ -44,6 +44,8 @@ class PrivacyE2E : public ::testing::Test {
                                   "\n"
                                   "    timeouts: {connect_ms: 1000, first_byte_ms: 2000, "
                                   "total_ms: 4000}\n"
+                                  "models:\n"
+                                  "  gpt-4o-mini: {tier: cloud, fallback: [edge]}\n"
                                   "routing:\n"
                                   "  policy: cloud\n"
                                   "  cascade: {min_mean_logprob: -0.01}\n"
@@ -105,11 +107,15 @@ TEST_F(PrivacyE2E, DeviceOnlyDataNeverReachesTheCloud) {
           ++answered;
         }
       }
-      // Forcing the cloud is refused outright, by header or by the tier's model name.
+      // Forcing the cloud is refused outright, by header or by the tier's own name.
       auto forced = ask("foreshore", secret, false, {{"x-foreshore-tier", "cloud"}});
       EXPECT_EQ(forced.status, 403) << forced.body;
-      forced = ask("fault-model", secret, true);
+      forced = ask("cloud", secret, true);
       EXPECT_EQ(forced.status, 403) << forced.body;
+      // The upstream's model id only prefers the cloud: the edge answers.
+      auto preferred = ask("fault-model", secret, true);
+      EXPECT_EQ(preferred.status, 200) << preferred.body;
+      EXPECT_EQ(preferred.header("x-foreshore-tier"), "edge");
     }
     // Data declared device-only with nothing detectable in it.
     auto declared = ask("foreshore/cloud", "tell me a story", false,
@@ -220,5 +226,187 @@ TEST_F(PrivacyE2E, CloudFailureFallsBackToTheEdgeFlaggedDegraded) {
   EXPECT_TRUE(r.json()["foreshore"]["degraded"].get<bool>());
 }
 
+namespace {
+
+// A request body whose device-only secret sits in one field of many.
+struct Placement {
+  std::string what;
+  json body;
+};
+
+std::string nest(int depth) {
+  return std::string(static_cast<size_t>(depth), '[') +
+         std::string(static_cast<size_t>(depth), ']');
+}
+
+}  // namespace
+
+namespace {
+std::vector<Placement> secret_placements(const std::string& secret) {
+  const json user = {{"role", "user"}, {"content", "hello there"}};
+  std::vector<Placement> out;
+  const auto chat = [&](json messages) {
+    return json{{"model", "foreshore/cloud"}, {"messages", std::move(messages)}, {"max_tokens", 6}};
+  };
+  json b = chat({user});
+  b["stop"] = {secret};
+  out.push_back({"stop", b});
+  out.push_back({"message name", chat({{{"role", "user"}, {"name", secret}, {"content", "hi"}}})});
+  out.push_back(
+      {"unknown part type",
+       chat({{{"role", "user"}, {"content", {{{"type", "input_text"}, {"text", secret}}}}}})});
+  out.push_back(
+      {"image url", chat({{{"role", "user"},
+                           {"content",
+                            {{{"type", "text"}, {"text", "what is this"}},
+                             {{"type", "image_url"},
+                              {"image_url", {{"url", "https://x.example/?q=" + secret}}}}}}}})});
+  out.push_back(
+      {"extra key in a text part",
+       chat({{{"role", "user"},
+              {"content",
+               {{{"type", "text"}, {"text", "look"}, {"note", secret}},
+                {{"type", "image_url"}, {"image_url", {{"url", "https://x.example/a.png"}}}}}}}})});
+  const json call = {
+      {"id", "call_1"},
+      {"type", "function"},
+      {"function", {{"name", "login"}, {"arguments", json{{"password", secret}}.dump()}}}};
+  out.push_back({"tool call arguments",
+                 chat({user,
+                       {{"role", "assistant"}, {"content", nullptr}, {"tool_calls", {call}}},
+                       {{"role", "tool"}, {"tool_call_id", "call_1"}, {"content", "done"}},
+                       user})});
+  b = chat({user});
+  b["metadata"] = {{"customer", {{"deep", {{"deeper", secret}}}}}};
+  out.push_back({"nested metadata", b});
+  b = chat({user});
+  b["x_unknown"] = {{"list", {1, {{"v", secret}}}}};
+  out.push_back({"unknown top-level field", b});
+  json c = {
+      {"model", "foreshore/cloud"}, {"prompt", "say hi"}, {"stop", secret}, {"max_tokens", 6}};
+  out.push_back({"completions stop", c});
+  return out;
+}
+}  // namespace
+
+// Each field a hostile tester used to get data past the scan, with secrets
+// in the spellings that used to slip through: the cloud sees none of them,
+// and the gateway answers every request (edge or a clear refusal).
+TEST_F(PrivacyE2E, EveryFieldAndSpellingIsGuarded) {
+  struct Secret {
+    std::string text;
+    std::string needle;  // what the cloud must never receive
+  };
+  const std::vector<Secret> secrets = {
+      {"078\u201305\u20131120", "1120"},
+      {"078.05.1120", "1120"},
+      {"5555\u00A05555\u00A05555\u00A04444", "4444"},
+      {"4012\u200B8888\u200B8888\u200B1881", "1881"},
+      {"6011  1111\n1111 1117", "1117"},
+      {"5105.1051.0510.5100", "5100"},
+      {"GB82-WEST-1234-5698-7654-32", "7654"},
+      {"\uFF10\uFF17\uFF18-\uFF10\uFF15-\uFF11\uFF11\uFF12\uFF10", "\uFF11\uFF12\uFF10"},
+  };
+  int cases = 0;
+  for (const Secret& secret : secrets) {
+    for (const Placement& p : secret_placements(secret.text)) {
+      for (bool stream : {false, true}) {
+        json body = p.body;
+        body["stream"] = stream;
+        const std::string path =
+            body.contains("prompt") ? "/v1/completions" : "/v1/chat/completions";
+        auto r = http_post(gateway_->port(), path, body.dump());
+        EXPECT_TRUE(r.status == 200 || r.status == 403 || r.status == 400)
+            << p.what << " (" << secret.text << "): " << r.status << " " << r.body;
+        if (r.status == 200) {
+          EXPECT_EQ(r.header("x-foreshore-tier"), "edge") << p.what;
+        }
+        ++cases;
+      }
+    }
+    EXPECT_FALSE(cloud_saw(secret.needle)) << "the cloud received '" << secret.text << "'";
+  }
+  EXPECT_GT(cases, 100);
+  // The same request with public text does reach the cloud: the check is real.
+  for (const Placement& p : secret_placements("the weather is nice")) {
+    auto r = http_post(gateway_->port(),
+                       p.body.contains("prompt") ? "/v1/completions" : "/v1/chat/completions",
+                       p.body.dump());
+    EXPECT_EQ(r.status, 200) << p.what << ": " << r.body;
+  }
+  EXPECT_TRUE(cloud_saw("the weather is nice"));
+}
+
+// Arrays nested 100,000 deep in any field used to crash the gateway (stack
+// exhaustion while serialising); now a 400 that names the limit, and the
+// gateway keeps serving.
+TEST_F(PrivacyE2E, DeeplyNestedJsonIsRefusedWithoutACrash) {
+  const std::string bomb = nest(100000);
+  const std::string msgs = R"("messages":[{"role":"user","content":"hi"}])";
+  const std::vector<std::pair<std::string, std::string>> cases = {
+      {"/v1/chat/completions", "{" + msgs + R"(,"x_unknown":)" + bomb + "}"},
+      {"/v1/chat/completions", "{" + msgs + R"(,"metadata":{"a":)" + bomb + "}}"},
+      {"/v1/chat/completions",
+       "{" + msgs + R"(,"tools":[{"type":"function","function":{"name":"f","parameters":)" + bomb +
+           "}}]}"},
+      {"/v1/chat/completions",
+       R"({"messages":[{"role":"assistant","content":null,"tool_calls":[{"id":"c","type":"function","function":{"name":"f","arguments":"{}"},"extra":)" +
+           bomb + "}]}]}"},
+      {"/v1/completions", R"({"prompt":"hi","x":)" + bomb + "}"},
+      {"/v1/route", "{" + msgs + R"(,"x":)" + bomb + "}"},
+  };
+  for (const auto& [path, body] : cases) {
+    auto r = http_post(gateway_->port(), path, body);
+    EXPECT_EQ(r.status, 400) << path << ": " << r.body.substr(0, 200);
+    EXPECT_NE(r.body.find("64 levels"), std::string::npos) << r.body.substr(0, 200);
+  }
+  auto alive = ask("foreshore/edge", "still there?", false);
+  EXPECT_EQ(alive.status, 200);
+  EXPECT_TRUE(cloud_.received_bodies().empty());
+}
+
+// A session pinned to the cloud, or a model alias that prefers it, is a
+// preference: device-only data drops the cloud step and the edge answers.
+TEST_F(PrivacyE2E, SessionPinsAndAliasesYieldToTheDataClass) {
+  const httplib::Headers session = {{"x-foreshore-session", "conv-42"}};
+  auto first = ask("foreshore", "what rhymes with orange?", false, session);
+  ASSERT_EQ(first.status, 200) << first.body;
+  ASSERT_EQ(first.header("x-foreshore-tier"), "cloud");
+  auto second = ask("foreshore", "my SSN is 078-05-1120", false, session);
+  EXPECT_EQ(second.status, 200) << second.body;
+  EXPECT_EQ(second.header("x-foreshore-tier"), "edge");
+  for (bool stream : {false, true}) {
+    auto alias = ask("gpt-4o-mini", "my SSN is 078-05-1120", stream);
+    EXPECT_EQ(alias.status, 200) << alias.body;
+    EXPECT_EQ(alias.header("x-foreshore-tier"), "edge");
+  }
+  auto routed = http_post(gateway_->port(), "/v1/route",
+                          json{{"model", "gpt-4o-mini"},
+                               {"messages", {{{"role", "user"}, {"content", "SSN 078-05-1120"}}}}}
+                              .dump());
+  EXPECT_EQ(routed.status, 200);
+  EXPECT_FALSE(cloud_saw("078-05-1120"));
+}
+// A secret named by its key in earlier tool-call arguments is caught as it
+// is in a message: the scan reads the arguments unescaped.
+TEST_F(PrivacyE2E, SecretsInToolCallArgumentsAreCaught) {
+  for (const std::string key : {"password", "api_key", "client_secret"}) {
+    const json call = {
+        {"id", "call_1"},
+        {"type", "function"},
+        {"function", {{"name", "login"}, {"arguments", json{{key, "Zq8v!Lm3#Rt5@Wy7"}}.dump()}}}};
+    const json b = {{"model", "foreshore/cloud"},
+                    {"messages",
+                     {{{"role", "user"}, {"content", "log me in"}},
+                      {{"role", "assistant"}, {"content", nullptr}, {"tool_calls", {call}}},
+                      {{"role", "tool"}, {"tool_call_id", "call_1"}, {"content", "ok"}},
+                      {{"role", "user"}, {"content", "thanks"}}}},
+                    {"max_tokens", 6}};
+    auto r = http_post(gateway_->port(), "/v1/chat/completions", b.dump());
+    EXPECT_EQ(r.status, 200) << key << ": " << r.body;
+    EXPECT_EQ(r.header("x-foreshore-tier"), "edge") << key;
+  }
+  EXPECT_FALSE(cloud_saw("Zq8v"));
+}
 }  // namespace
 }  // namespace foreshore::testing

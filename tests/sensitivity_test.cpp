@@ -73,6 +73,34 @@ TEST(Sensitivity, Email) {
   EXPECT_EQ(r.hits[0].end, 26u);
 }
 
+TEST(Sensitivity, SpellingsThatHideNumbersAreFolded) {
+  // Dashes of every kind, dots, no-break, thin and zero-width spaces, line
+  // breaks and double spaces inside number groups, full-width digits.
+  expect_hit("us_ssn", {"SSN 078\u201305\u20131120", "ssn: 078\u201405\u20141120", "078.05.1120",
+                        "id 078\u221205\u22121120",
+                        "\uFF10\uFF17\uFF18-\uFF10\uFF15-\uFF11\uFF11\uFF12\uFF10"});
+  expect_hit("credit_card",
+             {"4111.1111.1111.1111", "4111\u00A01111\u00A01111\u00A01111",
+              "4111\u200B1111\u200B1111\u200B1111", "4111  1111  1111  1111",
+              "4111\n1111\n1111\n1111", "4111\u20091111\u20091111\u20091111",
+              "\uFF14\uFF11\uFF11\uFF11 \uFF11\uFF11\uFF11\uFF11 \uFF11\uFF11\uFF11\uFF11 "
+              "\uFF11\uFF11\uFF11\uFF11"});
+  expect_hit("iban", {"GB82-WEST-1234-5698-7654-32",
+                      "DE89\u00A03704\u00A00044\u00A00532\u00A00130\u00A000"});
+  // Numbers on separate lines stay apart: a postcode does not join a phone.
+  expect_hit("phone", {"South Africa 70651\n082 490 1693-Office"});
+  expect_no_hit("credit_card", {"4111\u20131111 is a range", "chapter 1.2.3.4"});
+}
+
+TEST(Sensitivity, FoldedHitsPointIntoTheOriginalText) {
+  const std::string text = "card: 4111\u00A01111\u00A01111\u00A01111 ok";
+  const auto r = default_detector().scan(text);
+  ASSERT_EQ(r.hits.size(), 1u);
+  EXPECT_EQ(r.hits[0].detector, "credit_card");
+  EXPECT_EQ(text.substr(r.hits[0].begin, r.hits[0].end - r.hits[0].begin),
+            "4111\u00A01111\u00A01111\u00A01111");
+}
+
 TEST(Sensitivity, Phone) {
   expect_hit("phone", {"call +1-984-182-0190 now", "+44 20 7946 0958", "+46 (0)8 928 571 38",
                        "+447700677662", "0044 20 7946 0958", "(425) 882-9090", "425-882-9090",

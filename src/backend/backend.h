@@ -12,6 +12,7 @@
 #include <utility>
 #include <vector>
 
+#include "backend/egress_guard.h"
 #include "common/result.h"
 
 namespace foreshore::backend {
@@ -216,6 +217,10 @@ class Backend {
   virtual int32_t queued_requests() const { return 0; }
   // Why this tier cannot serve at all (its model failed to load); empty when it can.
   virtual std::string unavailable_reason() const { return {}; }
+  // Every body a cloud tier sends passes `guard` first (see egress_guard.h);
+  // the gateway installs one on every tier. Device tiers send nothing and
+  // ignore it.
+  virtual void set_egress_guard(std::shared_ptr<const EgressGuard> /*guard*/) {}
 };
 
 // Builds a tier from its configuration (loads the model for embedded tiers).

@@ -596,6 +596,11 @@ class OpenAiBackend final : public Backend {
 
   const BackendInfo& info() const override { return *info_.load(); }
 
+  void set_egress_guard(std::shared_ptr<const EgressGuard> guard) override {
+    std::lock_guard lock(guard_mu_);
+    guard_ = std::move(guard);
+  }
+
   Result<Completion> generate(const BackendRequest& request, const DeltaSink& on_delta) override {
     Watch watch;
     watch.start = Clock::now();
@@ -607,6 +612,20 @@ class OpenAiBackend final : public Backend {
     watch.idle_limit = std::chrono::milliseconds(config_.first_byte_timeout_ms);
     watch.deadline = request.deadline;
     watch.cancelled = request.cancelled.get();
+
+    Exchange ex;
+    ex.on_delta = &on_delta;
+    ex.streaming = static_cast<bool>(on_delta);
+    ex.legacy = request.prompt.has_value();
+    std::string body = request_body(request, ex.streaming, ex.legacy);
+    if (config_.placement == Placement::kCloud) {
+      std::shared_ptr<const EgressGuard> guard;
+      {
+        std::lock_guard lock(guard_mu_);
+        guard = guard_;
+      }
+      if (guard) FSH_TRY_STATUS(guard->check(config_.name, body));
+    }
 
     Connection* connection = nullptr;
     const auto wait_until =
@@ -631,15 +650,10 @@ class OpenAiBackend final : public Backend {
     }
     Lease lease(pool_, connection);
 
-    Exchange ex;
-    ex.on_delta = &on_delta;
-    ex.streaming = static_cast<bool>(on_delta);
-    ex.legacy = request.prompt.has_value();
-
     httplib::Request req;
     req.method = "POST";
     req.path = url_.base_path + (ex.legacy ? "/completions" : "/chat/completions");
-    req.body = request_body(request, ex.streaming, ex.legacy);
+    req.body = std::move(body);
     req.set_header("Content-Type", "application/json");
     req.set_header("Accept", ex.streaming ? "text/event-stream" : "application/json");
     // Compression would make proxies and servers buffer the stream.
@@ -1098,6 +1112,8 @@ class OpenAiBackend final : public Backend {
   const EndpointUrl url_;
   const std::string api_key_;
   std::mutex info_mu_;
+  mutable std::mutex guard_mu_;
+  std::shared_ptr<const EgressGuard> guard_;
   std::deque<BackendInfo> infos_;  // deque: published elements never move
   std::atomic<const BackendInfo*> info_{nullptr};
   ConnectionPool pool_;

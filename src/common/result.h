@@ -19,6 +19,7 @@ enum class ErrorKind {
   kUnavailable,      // an upstream or tier cannot serve right now
   kDeadlineExceeded,
   kCancelled,
+  kPermissionDenied,  // data may not go where it was about to go (the egress guard)
   kIo,
   kInternal,
 };

@@ -137,8 +137,9 @@ Result<backend::Completion> Executor::call(const std::string& name, bool cloud_a
     }
     last = r.error();
     const bool cancelled = request.cancelled && request.cancelled->load();
+    // The request's fault, not the tier's: a guard refusal sends nothing.
     if (!cancelled && last.kind != ErrorKind::kInvalidArgument &&
-        last.kind != ErrorKind::kResourceExhausted) {
+        last.kind != ErrorKind::kResourceExhausted && last.kind != ErrorKind::kPermissionDenied) {
       tier.breaker->record_failure();
     }
     out.trace.push_back(name + ": " + describe(last));

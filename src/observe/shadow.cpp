@@ -136,7 +136,8 @@ bool ShadowSampler::maybe_submit(ShadowJob job) {
   {
     std::lock_guard lock(mu_);
     ++counters_.offered;
-    if (job.data_class > options_.max_data_class) {
+    if (std::find(options_.data_classes.begin(), options_.data_classes.end(), job.data_class) ==
+        options_.data_classes.end()) {
       ++counters_.refused_data_class;
       return false;
     }

@@ -87,9 +87,10 @@ struct ShadowOptions {
   // Answers agree when their normalized texts are equal or the word-set
   // Jaccard similarity reaches this.
   double agreement_threshold = 0.6;
-  // Strictest class allowed besides device-only, which is always refused:
-  // lower it to kPublic when the cloud tier has no data-processing agreement.
-  route::DataClass max_data_class = route::DataClass::kContractual;
+  // Classes whose requests may be re-run on the cloud. Public only by
+  // default: prefer-local data stays on the device once the edge has
+  // answered it, and device-only data is refused whatever this lists.
+  std::vector<route::DataClass> data_classes{route::DataClass::kPublic};
   uint64_t seed = 0;  // sampling seed; 0 = from std::random_device
   std::optional<AdaptiveThresholdOptions> adaptive{};
   // Called on the sampler's thread after each adaptive evaluation.
@@ -101,7 +102,7 @@ struct ShadowOptions {
 struct ShadowCounters {
   uint64_t offered = 0;  // maybe_submit calls
   uint64_t refused_device_only = 0;
-  uint64_t refused_data_class = 0;  // above max_data_class (device-only not included)
+  uint64_t refused_data_class = 0;  // not in data_classes (device-only not included)
   uint64_t not_sampled = 0;
   uint64_t dropped = 0;  // queue full, or the sampler stopped
   uint64_t rate_limited = 0;

@@ -450,12 +450,40 @@ Decision Router::decide(const RouteInput& in) const {
   Plan chosen;
   bool decided = false;
 
+  const auto forbids = [&](const TierProfile& t) {
+    return !t.on_device && (cls == DataClass::kDeviceOnly || cls > t.max_data_class);
+  };
+  // A preferred chain loses the steps the data may not take; what is left
+  // is honoured like a forced chain, and an empty one leaves it to routing.
+  std::optional<std::string> forced_tier = in.forced_tier;
+  std::vector<std::string> fallback_tiers = in.fallback_tiers;
+  if (forced_tier && in.forced_is_preference) {
+    std::vector<std::string> chain{*forced_tier};
+    chain.insert(chain.end(), fallback_tiers.begin(), fallback_tiers.end());
+    std::vector<std::string> kept;
+    for (const auto& name : chain) {
+      const TierProfile* t = tier(name);
+      if (t != nullptr && forbids(*t)) {
+        d.rules_fired.push_back("preferred-tier-dropped");
+        continue;
+      }
+      kept.push_back(name);
+    }
+    if (kept.empty()) {
+      forced_tier.reset();
+      fallback_tiers.clear();
+    } else {
+      forced_tier = kept.front();
+      fallback_tiers.assign(kept.begin() + 1, kept.end());
+    }
+  }
+
   // A forced tier is honoured only within the rules.
-  if (in.forced_tier) {
-    d.rules_fired.push_back("forced-tier");
-    const TierProfile* f = tier(*in.forced_tier);
+  if (forced_tier) {
+    d.rules_fired.push_back(in.forced_is_preference ? "preferred-tier" : "forced-tier");
+    const TierProfile* f = tier(*forced_tier);
     if (f == nullptr) {
-      chosen = reject("forced tier '" + *in.forced_tier + "' is not configured");
+      chosen = reject("forced tier '" + *forced_tier + "' is not configured");
     } else if (!f->on_device && (cls == DataClass::kDeviceOnly || cls > f->max_data_class)) {
       chosen = reject("forced tier '" + f->name + "' refused: " +
                       (cloud_block.empty() ? "data class forbids it" : cloud_block));
@@ -472,10 +500,12 @@ Decision Router::decide(const RouteInput& in) const {
         // ceiling does not veto a tier the client named: its own error will.
         chosen.cloud_allowed = true;
       }
-      chosen.forced = true;
+      chosen.forced = !in.forced_is_preference;
       chosen.edge_fallback_allowed = false;
-      chosen.reason = "x-foreshore-tier forced '" + f->name + "'";
-      for (const auto& name : in.fallback_tiers) {
+      chosen.reason = in.forced_is_preference
+                          ? "the session or model alias prefers '" + f->name + "'"
+                          : "x-foreshore-tier forced '" + f->name + "'";
+      for (const auto& name : fallback_tiers) {
         const TierProfile* t = tier(name);
         if (t == nullptr || name == f->name) continue;
         if (!t->on_device && (cls == DataClass::kDeviceOnly || cls > t->max_data_class)) {

@@ -111,6 +111,11 @@ struct RouteInput {
   std::optional<std::string> forced_tier;
   // With a forced tier (a model alias): tiers to try in order when it fails.
   std::vector<std::string> fallback_tiers;
+  // The forced tier came from a session pin or a model alias, not from the
+  // client naming the tier: a step the data class forbids is dropped and the
+  // next allowed one serves (routing decides when none is left), where a
+  // tier the client named is refused outright.
+  bool forced_is_preference = false;
   std::optional<PolicyKind> policy;  // from model "foreshore/<policy>"; else the default
   std::optional<int32_t> max_tokens;
   // A feature of the request that device tiers cannot honour ("tools",

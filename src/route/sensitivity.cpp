@@ -15,6 +15,8 @@
 #include <limits>
 #include <nlohmann/json.hpp>
 
+#include "route/text_normalize.h"
+
 #define PCRE2_CODE_UNIT_WIDTH 8
 #include <pcre2.h>
 
@@ -137,10 +139,13 @@ constexpr BuiltinPattern kBuiltinPatterns[] = {
      R"(\b\d{4}(?: \d{4} \d{4}(?: \d{1,4}(?: \d{1,3})?)?| \d{6} \d{4,5})\b)", 0},
     {kCreditCard, Check::kCard,
      R"(\b\d{4}(?:-\d{4}-\d{4}(?:-\d{1,4}(?:-\d{1,3})?)?|-\d{6}-\d{4,5})\b)", 0},
+    {kCreditCard, Check::kCard,
+     R"(\b\d{4}(?:\.\d{4}\.\d{4}(?:\.\d{1,4}(?:\.\d{1,3})?)?|\.\d{6}\.\d{4,5})\b)", 0},
     // Country, check digits and the first group; the country's length decides the rest.
-    {kIban, Check::kIban, R"(\b[A-Z]{2}\d{2} ?[A-Z0-9]{4})", kCaseless},
+    {kIban, Check::kIban, R"(\b[A-Z]{2}\d{2}[ \-]?[A-Z0-9]{4})", kCaseless},
     // Also finds ITINs (area 9xx); the validator tells them apart.
-    {kUsSsn, Check::kSsn, R"(\b(?:\d{3}-\d{2}-\d{4}|\d{3} \d{2} \d{4}|\d{9})\b)", 0},
+    {kUsSsn, Check::kSsn,
+     R"(\b(?:\d{3}-\d{2}-\d{4}|\d{3}\.\d{2}\.\d{4}|\d{3} \d{2} \d{4}|\d{9})\b)", 0},
     {kUkNino, Check::kNino,
      R"(\b[A-CEGHJ-PR-TW-Z][A-CEGHJ-NPR-TW-Z] ?\d{2} ?\d{2} ?\d{2} ?[A-D]\b)", kCaseless},
     {kEsDni, Check::kDni, R"(\b(?:\d{8}|[XYZ]-?\d{7})-?[A-Z]\b)", kCaseless},
@@ -424,7 +429,7 @@ constexpr IbanCountry kIbanCountries[] = {
 };
 
 // Reads exactly the country's IBAN length from the start, allowing single
-// spaces between characters, so "GB82 WEST 1234 5698 7654 32 EUR" stops
+// spaces or dashes between characters, so "GB82 WEST 1234 5698 7654 32 EUR" stops
 // before "EUR".
 Verdict check_iban(std::string_view t, Span& s) {
   const char c0 = upper(t[s.begin]);
@@ -437,7 +442,7 @@ Verdict check_iban(std::string_view t, Span& s) {
   int n = 0;
   uint32_t i = s.begin;
   while (n < country->length) {
-    if (at(t, i) == ' ' && is_alnum(at(t, i + 1)) && n > 0) ++i;
+    if ((at(t, i) == ' ' || at(t, i) == '-') && is_alnum(at(t, i + 1)) && n > 0) ++i;
     if (!is_alnum(at(t, i))) return Verdict::kReject;
     c[n++] = upper(t[i++]);
   }
@@ -463,7 +468,9 @@ Verdict check_ssn_shape(std::string_view t, Span s, char d[9]) {
   const char sep = s.end - s.begin == 11 ? t[s.begin + 3] : '\0';
   const std::string_view seps = sep == '\0' ? std::string_view() : std::string_view(&sep, 1);
   if (continues_left(t, s.begin, seps) || continues_right(t, s.end, seps)) return Verdict::kReject;
-  return sep == '-' ? Verdict::kAccept : Verdict::kNeedsContext;
+  // Dashes (every dash reads as '-' after normalisation) and dots group an
+  // SSN the way nothing else is grouped; spaces and bare digits need context.
+  return sep == '-' || sep == '.' ? Verdict::kAccept : Verdict::kNeedsContext;
 }
 
 // SSNs never have area 000, 666 or 9xx, group 00 or serial 0000. Area 9xx
@@ -1483,10 +1490,40 @@ SensitivityResult SensitivityDetector::scan(std::span<const std::string_view> te
       ok = hs_alloc_scratch(impl_->db, &ts.scratch) == HS_SUCCESS;
       if (ok) ts.sized_for = impl_->id;
     }
+    thread_local NormalizedText folded;
     for (size_t m = 0; m < texts.size() && ok; ++m) {
       if (texts[m].empty()) continue;
-      ok = texts[m].size() <= std::numeric_limits<uint32_t>::max() &&
-           impl_->scan_text(texts[m], static_cast<uint32_t>(m), out);
+      if (texts[m].size() > std::numeric_limits<uint32_t>::max() / 2) {
+        ok = false;
+        break;
+      }
+      const size_t own = out.hits.size();
+      ok = impl_->scan_text(texts[m], static_cast<uint32_t>(m), out);
+      if (!ok || !normalize_for_detection(texts[m], folded)) continue;
+      // The folded text too: it finds what odd spellings hid, while the
+      // original keeps what folding would join (numbers on separate lines).
+      // Hits point into the original; one already found is not listed twice.
+      const size_t first = out.hits.size();
+      const uint32_t total = out.hits_total;
+      ok = impl_->scan_text(folded.text, static_cast<uint32_t>(m), out);
+      size_t kept = first;
+      for (size_t h = first; h < out.hits.size(); ++h) {
+        SensitivityHit hit = out.hits[h];
+        hit.begin = folded.begin_of[hit.begin];
+        hit.end = folded.end_of[hit.end - 1];
+        const bool known = std::any_of(
+            out.hits.begin() + static_cast<std::ptrdiff_t>(own),
+            out.hits.begin() + static_cast<std::ptrdiff_t>(first), [&](const SensitivityHit& o) {
+              return o.detector == hit.detector && o.begin < hit.end && hit.begin < o.end;
+            });
+        if (!known) out.hits[kept++] = std::move(hit);
+      }
+      out.hits_total = total + static_cast<uint32_t>(kept - first) +
+                       (out.hits_total - total - static_cast<uint32_t>(out.hits.size() - first));
+      out.hits.resize(kept);
+      std::stable_sort(
+          out.hits.begin() + static_cast<std::ptrdiff_t>(own), out.hits.end(),
+          [](const SensitivityHit& a, const SensitivityHit& b) { return a.begin < b.begin; });
     }
   }
   if (!ok) {

@@ -134,6 +134,7 @@ void read_server(Reader& r, const YAML::Node& node, ServerConfig& s) {
                 "memory_pressure_interval_ms",
                 "shutdown_timeout_ms",
                 "shadow_target_agreement",
+                "shadow_data_classes",
                 "audit_max_rows",
                 "audit_max_age_hours"});
   r.get(node, "host", path, s.host);
@@ -164,6 +165,18 @@ void read_server(Reader& r, const YAML::Node& node, ServerConfig& s) {
   r.get(node, "shadow_target_agreement", path, s.shadow_target_agreement);
   if (s.shadow_target_agreement < 0.0 || s.shadow_target_agreement > 1.0) {
     r.fail(join_path(path, "shadow_target_agreement"), "must be between 0 (off) and 1");
+  }
+  if (node["shadow_data_classes"]) {
+    s.shadow_data_classes.clear();
+    r.get_string_list(node, "shadow_data_classes", path, s.shadow_data_classes);
+    for (const auto& name : s.shadow_data_classes) {
+      auto c = route::parse_data_class(name);
+      if (!c.ok() || *c == route::DataClass::kDeviceOnly) {
+        r.fail(join_path(path, "shadow_data_classes"),
+               "'" + name + "' is not a class that may be shadowed; list any of public, " +
+                   "prefer-local, contractual (device-only data never leaves)");
+      }
+    }
   }
   r.get(node, "memory_budget_mb", path, s.memory_budget_mb);
   r.get(node, "memory_pressure_interval_ms", path, s.memory_pressure_interval_ms);

@@ -44,6 +44,8 @@ struct ServerConfig {
   double shadow_fraction = 0.0;     // share of edge answers re-scored on the cloud
   // > 0: the complexity threshold adapts to keep shadow agreement at or above this.
   double shadow_target_agreement = 0.0;
+  // Data classes whose requests may be shadowed on the cloud (device-only never).
+  std::vector<std::string> shadow_data_classes{"public"};
   int64_t memory_budget_mb = 0;                // the gateway's own memory budget; 0: none
   int32_t memory_pressure_interval_ms = 1000;  // how often memory pressure is sampled
   // On SIGTERM, how long in-flight requests may take to finish before the

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <charconv>
 #include <cstdio>
+#include <deque>
 #include <nlohmann/json.hpp>
 
 namespace foreshore::serve {
@@ -123,6 +124,7 @@ Result<std::unique_ptr<HybridRouter>> HybridRouter::create(
     observe::ShadowOptions o;
     o.fraction = settings.shadow_fraction;
     o.rate_per_second = settings.shadow_rate_per_second;
+    o.data_classes = settings.shadow_data_classes;
     if (settings.shadow_target_agreement > 0.0) {
       observe::AdaptiveThresholdOptions adaptive;
       adaptive.target_agreement = settings.shadow_target_agreement;
@@ -158,6 +160,10 @@ Result<std::unique_ptr<HybridRouter>> HybridRouter::create(
                                   "Answers served degraded (fallback of last resort).", {}, {});
   h->rejected_ = &metrics.counter("foreshore_rejected_total",
                                   "Requests no tier could be allowed to serve.", {}, {});
+  h->egress_refused_ = &metrics.counter(
+      "foreshore_egress_refused_total",
+      "Bodies the egress guard kept from a cloud tier (the router's plan allowed the cloud).", {},
+      {});
   return h;
 }
 
@@ -188,8 +194,7 @@ void HybridRouter::collect_metrics() {
         std::pair{"completed", c.completed}, std::pair{"failed", c.failed},
         std::pair{"dropped", c.dropped}, std::pair{"rate_limited", c.rate_limited},
         std::pair{"refused_device_only", c.refused_device_only}}) {
-    metrics_->gauge("foreshore_shadow_jobs", help, {"outcome"}, {what})
-        .set(static_cast<double>(n));
+    metrics_->gauge("foreshore_shadow_jobs", help, {"outcome"}, {what}).set(static_cast<double>(n));
   }
   for (const auto& a : shadow_->agreement()) {
     const std::vector<std::string> labels = {a.edge_model_version, a.cloud_model_version};
@@ -219,6 +224,19 @@ const backend::TierConfig* HybridRouter::tier_config(std::string_view name) cons
   return nullptr;
 }
 
+std::string HybridRouter::egress_verdict(std::string_view tier,
+                                         std::span<const std::string_view> strings) const {
+  const backend::TierConfig* config = tier_config(tier);
+  if (config == nullptr) return "tier '" + std::string(tier) + "' is not in the live configuration";
+  const route::DataClass allowed = exec::tier_profile(*config, 0).max_data_class;
+  const route::SensitivityResult found = router_->sensitivity().scan(strings);
+  if (found.data_class <= allowed) return {};
+  egress_refused_->add();
+  return "the body holds data classed " + std::string(route::to_string(found.data_class)) + " (" +
+         found.rule + ") and tier '" + std::string(tier) + "' may receive at most " +
+         std::string(route::to_string(allowed));
+}
+
 Result<route::Decision> HybridRouter::decide(const ApiRequest& api, const RouteHints& hints,
                                              ApiError& error) const {
   auto fail = [&](std::string message, std::string param) -> Error {
@@ -234,10 +252,9 @@ Result<route::Decision> HybridRouter::decide(const ApiRequest& api, const RouteH
   if (!hints.latency_budget_ms.empty()) {
     auto v = parse_number(hints.latency_budget_ms);
     if (!v || *v <= 0) {
-      return fail(
-          "x-foreshore-latency-budget-ms must be a positive number of milliseconds, got '" +
-              hints.latency_budget_ms + "'",
-          "x-foreshore-latency-budget-ms");
+      return fail("x-foreshore-latency-budget-ms must be a positive number of milliseconds, got '" +
+                      hints.latency_budget_ms + "'",
+                  "x-foreshore-latency-budget-ms");
     }
     in.latency_budget_ms = *v;
   }
@@ -266,6 +283,7 @@ Result<route::Decision> HybridRouter::decide(const ApiRequest& api, const RouteH
   if (!hints.forced_tier.empty()) {
     in.forced_tier = hints.forced_tier;
     in.fallback_tiers = hints.fallback_tiers;
+    in.forced_is_preference = hints.forced_is_preference;
   } else if (!hints.session.empty()) {
     // A conversation stays on the tier it started on, while that tier is healthy.
     // A turn that needs what the pinned device tier cannot do goes unpinned.
@@ -274,23 +292,39 @@ Result<route::Decision> HybridRouter::decide(const ApiRequest& api, const RouteH
       const bool on_device = b && b->info().placement == backend::Placement::kDevice;
       if (!(on_device && !api.backend.remote_only.edge_unsupported.empty())) {
         in.forced_tier = pin->tier;
+        in.forced_is_preference = true;
       }
     }
   }
   // Everything that would reach a cloud tier is scanned: tool definitions,
-  // the arguments of earlier tool calls and the fields passed through as
-  // well as the messages. The last
-  // message's content stays last, where the complexity signal reads it.
+  // the arguments of earlier tool calls, content parts of every type, names,
+  // stop strings and the fields passed through, as well as the messages.
+  // JSON is read as the cloud would read it (unescaped, "key: value"), not
+  // as its escaped text. The last message's content stays last, where the
+  // complexity signal reads it.
   std::vector<std::string_view> texts;
-  texts.reserve(2 * api.backend.messages.size() + 3);
+  std::deque<std::string> arenas;  // views into these stay valid as it grows
+  const auto add_json = [&](const std::string& blob) {
+    if (blob.empty()) return;
+    std::string why;
+    if (!backend::collect_json_strings(blob, backend::EgressLimits{}.max_depth,
+                                       arenas.emplace_back(), texts, why)) {
+      texts.push_back(blob);  // the parser already bounded it; scan it as text
+    }
+  };
   const backend::RemoteOnlyFields& remote_only = api.backend.remote_only;
-  if (!remote_only.tools.empty()) texts.push_back(remote_only.tools);
-  if (!remote_only.response_format.empty()) texts.push_back(remote_only.response_format);
-  if (!remote_only.other.empty()) texts.push_back(remote_only.other);
+  add_json(remote_only.tools);
+  add_json(remote_only.tool_choice);
+  add_json(remote_only.response_format);
+  add_json(remote_only.other);
+  for (const auto& stop : api.backend.params.stop) texts.push_back(stop);
   for (const auto& m : api.backend.messages) {
-    if (!m.tool_calls.empty()) texts.push_back(m.tool_calls);
-    texts.push_back(m.content);
+    add_json(m.tool_calls);
+    add_json(m.content_parts);
+    if (!m.name.empty()) texts.push_back(m.name);
+    if (!m.tool_call_id.empty()) texts.push_back(m.tool_call_id);
   }
+  for (const auto& m : api.backend.messages) texts.push_back(m.content);
   if (api.backend.prompt) texts.push_back(*api.backend.prompt);
   in.texts = texts;
   in.max_tokens = api.backend.params.max_tokens;

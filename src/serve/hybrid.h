@@ -9,6 +9,7 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <span>
 #include <string>
 #include <string_view>
 
@@ -30,6 +31,7 @@ struct HybridSettings {
   int64_t audit_max_age_hours = 0;
   double shadow_fraction = 0.0;  // share of edge answers re-run on the cloud
   double shadow_rate_per_second = 1.0;
+  std::vector<route::DataClass> shadow_data_classes{route::DataClass::kPublic};
   uint64_t memory_budget_bytes = 0;  // 0: no budget of our own; PSI/cgroup still count
   int32_t memory_pressure_interval_ms = 1000;
   // When > 0, shadow agreement steers the complexity threshold to stay at or
@@ -45,6 +47,9 @@ struct RouteHints {
   std::string forced_tier;                  // x-foreshore-tier
   std::string session;                      // x-foreshore-session or the body's `user`
   std::vector<std::string> fallback_tiers;  // the model alias's chain, with forced_tier
+  // forced_tier came from a model alias or model id rather than the header
+  // or the tier's own name: steps the data class forbids are dropped.
+  bool forced_is_preference = false;
 };
 
 class HybridRouter {
@@ -70,6 +75,10 @@ class HybridRouter {
   // agreement, the adaptive threshold) up to date; called before /metrics renders.
   void collect_metrics();
 
+  // The egress guard's policy (backend/egress_guard.h): empty when the
+  // strings of a body may go to `tier`, else why not. Counts refusals.
+  std::string egress_verdict(std::string_view tier, std::span<const std::string_view> strings) const;
+
   // True when `model` is a name the router answers to ("foreshore", "foreshore/<policy>").
   static bool is_routed_model(std::string_view model);
   const route::Router& router() const { return *router_; }
@@ -91,6 +100,7 @@ class HybridRouter {
   Counter* escalations_ = nullptr;
   Counter* degraded_ = nullptr;
   Counter* rejected_ = nullptr;
+  Counter* egress_refused_ = nullptr;
 };
 
 // Dollars a completion cost on a tier at its configured prices.

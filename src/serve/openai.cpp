@@ -5,6 +5,8 @@
 #include <cstdio>
 #include <nlohmann/json.hpp>
 
+#include "common/json_limits.h"
+
 namespace foreshore::serve {
 namespace {
 
@@ -532,7 +534,11 @@ ApiError from_backend_error(const Error& error) {
   // must not look retryable.
   const bool context_overflow =
       exhausted && up == 0 && error.message.find("context") != std::string::npos;
-  if (error.kind == ErrorKind::kCancelled) {
+  if (error.kind == ErrorKind::kPermissionDenied) {
+    e.status = 403;
+    e.type = "permission_error";
+    e.code = "egress_refused";
+  } else if (error.kind == ErrorKind::kCancelled) {
     // The client went away; nobody reads this, but logs and metrics do.
     e.status = 499;
     e.type = "cancelled";
@@ -568,6 +574,12 @@ ApiError from_backend_error(const Error& error) {
 
 std::optional<ApiError> parse_request(ApiKind kind, std::string_view body, ApiRequest& out) {
   out.kind = kind;
+  if (json_nesting_exceeds(body)) {
+    return invalid_request("The request body nests arrays or objects deeper than " +
+                               std::to_string(kMaxJsonDepth) +
+                               " levels; flatten it (OpenAI requests need about 10)",
+                           "", "json_too_deep");
+  }
   const json doc = json::parse(body.begin(), body.end(), nullptr, false);
   if (doc.is_discarded()) {
     return invalid_request(

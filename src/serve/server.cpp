@@ -312,8 +312,16 @@ struct Gateway::Impl {
   int listen_socket = -1;  // set while httplib creates it
   Counter* reloads_ok = nullptr;
   Counter* reloads_failed = nullptr;
+  // On every tier: cloud tiers check each body they send against the live
+  // deployment's detectors (a reload's new rules apply at once).
+  std::shared_ptr<backend::EgressGuard> egress = std::make_shared<backend::EgressGuard>();
 
   explicit Impl(GatewayConfig c) : config(std::move(c)) {
+    egress->set_policy([this](std::string_view tier, std::span<const std::string_view> strings) {
+      auto dep = deployment();
+      if (!dep || !dep->hybrid) return std::string("no configuration is loaded yet");
+      return dep->hybrid->egress_verdict(tier, strings);
+    });
     std::random_device rd;
     char buf[16];
     std::snprintf(buf, sizeof buf, "%08x", rd());
@@ -692,6 +700,8 @@ struct Gateway::Impl {
         return;
       }
       hints.forced_tier = dep->tiers[index].config.name;
+      hints.forced_is_preference =
+          header_value(req, "x-foreshore-tier").empty() && api.model != hints.forced_tier;
       if (header_value(req, "x-foreshore-tier").empty()) {
         for (const auto& alias : dep->config.models) {
           if (alias.name == api.model) hints.fallback_tiers = alias.fallback;
@@ -985,6 +995,7 @@ struct Gateway::Impl {
       }
       if (!reused) {
         auto b = factory(tc);
+        if (b.ok()) (*b)->set_egress_guard(egress);
         if (b.ok()) {
           reused = std::move(b).value();
         } else if (starting && tc.kind == "embedded" && c.tiers.size() > 1) {
@@ -1069,6 +1080,11 @@ struct Gateway::Impl {
     hs.audit_max_age_hours = c.server.audit_max_age_hours;
     hs.shadow_fraction = c.server.shadow_fraction;
     hs.shadow_target_agreement = c.server.shadow_target_agreement;
+    hs.shadow_data_classes.clear();
+    for (const auto& name : c.server.shadow_data_classes) {
+      if (auto cls = route::parse_data_class(name); cls.ok())
+        hs.shadow_data_classes.push_back(*cls);
+    }
     hs.memory_budget_bytes = static_cast<uint64_t>(c.server.memory_budget_mb) << 20;
     hs.memory_pressure_interval_ms = c.server.memory_pressure_interval_ms;
     std::map<std::string, std::shared_ptr<backend::Backend>> backends;
@@ -1086,7 +1102,7 @@ struct Gateway::Impl {
 
   Status load_tiers(const BackendFactory& factory) {
     FSH_ASSIGN_OR_RETURN(std::shared_ptr<Deployment> dep,
-                        build_deployment(config, factory, nullptr, true));
+                         build_deployment(config, factory, nullptr, true));
     install(std::move(dep));
     ready.store(true, std::memory_order_release);
     return Status::Ok();
