@@ -693,6 +693,63 @@ TEST_F(OpenAiBackendTest, PlainChatCompletion) {
   EXPECT_TRUE(received[0].authorization.empty());
 }
 
+// The egress guard sees the exact body, refuses before a byte is sent, and
+// fails closed on what it cannot read or when no policy is installed.
+TEST_F(OpenAiBackendTest, EgressGuardRefusesBeforeSendingAndFailsClosed) {
+  auto backend = make();
+  auto guard = std::make_shared<EgressGuard>();
+  backend->set_egress_guard(guard);
+  auto r = backend->generate(chat("hello"), {});
+  ASSERT_FALSE(r.ok()) << "a guard without a policy lets nothing out";
+  EXPECT_EQ(r.error().kind, ErrorKind::kPermissionDenied);
+  EXPECT_NE(r.error().message.find("no privacy policy"), std::string::npos);
+
+  std::string seen;
+  guard->set_policy([&](std::string_view tier, std::span<const std::string_view> strings) {
+    EXPECT_EQ(tier, "cloud");
+    for (auto s : strings) seen.append(s);
+    return seen.find("classified") != std::string::npos ? std::string("found it") : std::string();
+  });
+  BackendRequest hidden = chat("hello");
+  hidden.remote_only.other = R"({"metadata":{"a":{"b":["x","the \"classified\" plan"]}}})";
+  r = backend->generate(hidden, {});
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.error().kind, ErrorKind::kPermissionDenied);
+  EXPECT_NE(r.error().message.find("found it"), std::string::npos);
+  // Unescaped, whatever the depth; keys come with their scalar values.
+  EXPECT_NE(seen.find(std::string("\0the \"classified\" plan\0", 23)), std::string::npos);
+  EXPECT_NE(seen.find(std::string("\0role: user\0", 12)), std::string::npos);
+
+  seen.clear();
+  BackendRequest deep = chat("hello");
+  deep.remote_only.other = R"({"x":)" + std::string(200, '[') + std::string(200, ']') + "}";
+  r = backend->generate(deep, {});
+  ASSERT_FALSE(r.ok());
+  EXPECT_NE(r.error().message.find("deeper than"), std::string::npos) << r.error().message;
+  EXPECT_TRUE(server_.received().empty()) << "nothing reached the upstream";
+
+  r = backend->generate(chat("public words"), {});
+  ASSERT_TRUE(r.ok()) << r.error().message;
+  EXPECT_EQ(server_.received().size(), 1u);
+}
+
+TEST(EgressStrings, JsonInsideStringsIsReadUnescaped) {
+  std::string arena;
+  std::vector<std::string_view> out;
+  std::string why;
+  ASSERT_TRUE(collect_json_strings(
+      R"({"arguments":"{\"password\": \"a\\nb\"}","n":12,"f":1.50,"k":{"z":null}})", 64, arena, out,
+      why))
+      << why;
+  const std::vector<std::string> got(out.begin(), out.end());
+  EXPECT_NE(std::find(got.begin(), got.end(), "password: a\nb"), got.end());
+  EXPECT_NE(std::find(got.begin(), got.end(), "n: 12"), got.end());
+  EXPECT_NE(std::find(got.begin(), got.end(), "f: 1.50"), got.end());
+  EXPECT_NE(std::find(got.begin(), got.end(), "k"), got.end());
+  EXPECT_FALSE(collect_json_strings(R"({"a": [1, 2)", 64, arena, out, why));
+  EXPECT_NE(why.find("not valid JSON"), std::string::npos);
+}
+
 TEST_F(OpenAiBackendTest, StreamingChatCompletionWithUsage) {
   auto backend = make();
   std::string streamed;

@@ -37,8 +37,10 @@ struct EgressLimits {
 // value (unescaped) and every number as written, appended to `out` (views
 // into `arena`, which is cleared first and must outlive them). A string
 // value under a key is one entry "key: value", so that a secret keeps the
-// name that marks it ({"password": "..."}). False, with `why`, when the text
-// is not valid JSON or nests deeper than `max_depth`.
+// name that marks it ({"password": "..."}). JSON inside a string value
+// (tool-call arguments) is read as well. In `arena` each entry is followed by
+// '\0', so the arena is also all of them as one text. False, with `why`,
+// when the text is not valid JSON or nests deeper than `max_depth`.
 bool collect_json_strings(std::string_view json_text, int max_depth, std::string& arena,
                           std::vector<std::string_view>& out, std::string& why);
 
