@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 root=$(pwd)
 
 scripts/setup.sh
-scripts/build.sh build -DSY_BUILD_TESTS=OFF -DSY_BUILD_BENCH=OFF
+scripts/build.sh build -DFSH_BUILD_TESTS=OFF -DFSH_BUILD_BENCH=OFF
 . scripts/shared-data.sh
 bin=$root/build/foreshore
 work=$(mktemp -d)
