@@ -408,5 +408,30 @@ TEST_F(PrivacyE2E, SecretsInToolCallArgumentsAreCaught) {
   }
   EXPECT_FALSE(cloud_saw("Zq8v"));
 }
+// Hostile or careless input gets a clear 4xx, never a 5xx that SDKs retry.
+TEST_F(PrivacyE2E, BadInputGetsAClearClientError) {
+  // A routing header that is not UTF-8.
+  json b = {{"messages", {{{"role", "user"}, {"content", "hi"}}}}};
+  auto r =
+      http_post(gateway_->port(), "/v1/route", b.dump(), {{"x-foreshore-session", "\xff\xfe"}});
+  EXPECT_EQ(r.status, 400) << r.body;
+  EXPECT_NE(r.body.find("x-foreshore-session"), std::string::npos) << r.body;
+  r = http_post(gateway_->port(), "/v1/chat/completions", b.dump(),
+                {{"x-foreshore-data-class", "\xc3\x28"}});
+  EXPECT_EQ(r.status, 400) << r.body;
+  // A message without content.
+  r = http_post(gateway_->port(), "/v1/chat/completions",
+                json{{"messages", {{{"role", "user"}}}}}.dump());
+  EXPECT_EQ(r.status, 400) << r.body;
+  EXPECT_NE(r.body.find("messages[0].content"), std::string::npos) << r.body;
+  // Device-only data longer than the edge's context: nothing can serve it,
+  // and retrying will not change that.
+  std::string long_secret = "my SSN is 078-05-1120.";
+  while (long_secret.size() < 20000) long_secret += " and then the story went on";
+  r = ask("foreshore", long_secret, false);
+  EXPECT_EQ(r.status, 400) << r.body.substr(0, 300);
+  EXPECT_EQ(r.json()["error"]["code"], "context_length_exceeded") << r.body.substr(0, 300);
+  EXPECT_TRUE(cloud_.received_bodies().empty());
+}
 }  // namespace
 }  // namespace foreshore::testing

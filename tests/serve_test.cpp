@@ -25,10 +25,10 @@ namespace foreshore::serve {
 namespace {
 
 using namespace std::chrono_literals;
-using nlohmann::json;
 using foreshore::testing::http_get;
 using foreshore::testing::http_post;
 using foreshore::testing::sse_data;
+using nlohmann::json;
 
 // ---------------------------------------------------------------- config
 
@@ -546,6 +546,31 @@ TEST(JsonTest, EscapesStrings) {
   EXPECT_EQ(json::parse(out).get<std::string>(), std::string("a\"b\\c\n\x01\xc3\xa9", 9));
 }
 
+// Byte-token models can emit malformed UTF-8; strict JSON clients must
+// still parse every answer, with U+FFFD where the bytes were malformed.
+TEST(JsonTest, MalformedUtf8BecomesReplacementCharacters) {
+  const std::string bad[] = {std::string("a\xff"
+                                         "b"),
+                             std::string("\xc3"),
+                             std::string("\xe2\x82"),
+                             std::string("\xed\xa0\x80"),
+                             std::string("\xc0\xaf"),
+                             std::string("ok \xf0\x9f\x98\x80 \x80")};
+  for (const std::string& text : bad) {
+    std::string out;
+    append_json_string(out, text);
+    EXPECT_TRUE(is_valid_utf8(out)) << out;
+    const json parsed = json::parse(out, nullptr, false);
+    ASSERT_FALSE(parsed.is_discarded()) << out;
+    EXPECT_NE(parsed.get<std::string>().find("\xEF\xBF\xBD"), std::string::npos) << out;
+  }
+  std::string emoji;
+  append_json_string(emoji, "\xf0\x9f\x98\x80");
+  EXPECT_EQ(emoji, "\"\xf0\x9f\x98\x80\"");
+  EXPECT_FALSE(is_valid_utf8("\xff"));
+  EXPECT_TRUE(is_valid_utf8("caf\xc3\xa9"));
+}
+
 TEST(MetricsTest, RendersPrometheusText) {
   MetricsRegistry m;
   m.counter("t_total", "Things.", {"tier", "status"}, {"edge", "200"}).add(2);
@@ -673,7 +698,8 @@ class GatewayTest : public ::testing::Test {
     return http_post(port, "/v1/chat/completions", body.dump(), headers);
   }
 
-  static void expect_error(const foreshore::testing::HttpResult& r, int status, const std::string& type) {
+  static void expect_error(const foreshore::testing::HttpResult& r, int status,
+                           const std::string& type) {
     EXPECT_EQ(r.status, status) << r.body;
     const json j = r.json();
     ASSERT_TRUE(j.contains("error")) << r.body;
@@ -1087,8 +1113,7 @@ TEST_F(GatewayTest, ReloadSwapsTheConfigAndKeepsTheOldOneOnError) {
   EXPECT_EQ(r.header("x-foreshore-tier"), "edge");
   const std::string m = http_get(port, "/metrics").body;
   EXPECT_NE(m.find("foreshore_config_reloads_total{outcome=\"ok\"} 1"), std::string::npos) << m;
-  EXPECT_NE(m.find("foreshore_config_reloads_total{outcome=\"failed\"} 1"), std::string::npos)
-      << m;
+  EXPECT_NE(m.find("foreshore_config_reloads_total{outcome=\"failed\"} 1"), std::string::npos) << m;
 }
 
 TEST_F(GatewayTest, AliasFallbackChainRespectsTheDataClass) {

@@ -358,6 +358,16 @@ Result<route::Decision> HybridRouter::decide(const ApiRequest& api, const RouteH
     // Asking the edge for what it cannot do fails the same way every time,
     // unless a cloud tier that could do it is only down for now.
     const bool unsupported = fired("edge-lacks-feature") && !fired("cloud-unavailable") && !refused;
+    // Too long for the edge and not allowed elsewhere: retrying cannot help,
+    // so it is a 400 SDKs do not retry, not a 503 they do.
+    const bool too_long = fired("edge-context-exceeded") && !fired("cloud-unavailable") && !refused;
+    if (too_long) {
+      error.status = 400;
+      error.type = "invalid_request_error";
+      error.code = "context_length_exceeded";
+      error.message = d.plan.reason + "; shorten the prompt or lower max_tokens";
+      return d;
+    }
     error.status = refused ? 403 : unsupported ? 400 : 503;
     error.type = refused       ? "permission_error"
                  : unsupported ? "invalid_request_error"

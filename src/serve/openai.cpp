@@ -373,6 +373,17 @@ void read_messages(FieldReader& r, std::vector<backend::ChatMessage>& out,
       remote_only.edge_unsupported = other_type + " content";
     }
     if (!read_message_tool_fields(r, m, param, msg)) return;
+    // Only an assistant message may go without content (null when it
+    // called tools or is a prefill the client left empty).
+    const bool absent = content == m.end();
+    if ((absent && msg.tool_calls.empty()) ||
+        (!absent && content->is_null() && msg.role != "assistant")) {
+      r.fail("'" + param +
+                 ".content' is required (only an assistant message may leave it null or "
+                 "out, and out only when it has tool_calls)",
+             param + ".content");
+      return;
+    }
     out.push_back(std::move(msg));
   }
 }
@@ -670,12 +681,66 @@ std::optional<ApiError> parse_request(ApiKind kind, std::string_view body, ApiRe
   return std::nullopt;
 }
 
+namespace {
+
+// Length of the well-formed UTF-8 sequence at text[i] (RFC 3629: no
+// overlongs, no surrogates, nothing above U+10FFFF), 0 when it is not one.
+size_t utf8_sequence(std::string_view text, size_t i) {
+  const auto b = [&](size_t k) {
+    return k < text.size() ? static_cast<unsigned char>(text[k]) : 0;
+  };
+  const unsigned char c = b(i);
+  const auto cont = [&](size_t k) { return (b(k) & 0xC0) == 0x80; };
+  if (c >= 0xC2 && c <= 0xDF) return cont(i + 1) ? 2 : 0;
+  if (c >= 0xE0 && c <= 0xEF) {
+    const unsigned char c1 = b(i + 1);
+    const bool ok1 = c == 0xE0   ? (c1 >= 0xA0 && c1 <= 0xBF)
+                     : c == 0xED ? (c1 >= 0x80 && c1 <= 0x9F)
+                                 : cont(i + 1);
+    return ok1 && cont(i + 2) ? 3 : 0;
+  }
+  if (c >= 0xF0 && c <= 0xF4) {
+    const unsigned char c1 = b(i + 1);
+    const bool ok1 = c == 0xF0   ? (c1 >= 0x90 && c1 <= 0xBF)
+                     : c == 0xF4 ? (c1 >= 0x80 && c1 <= 0x8F)
+                                 : cont(i + 1);
+    return ok1 && cont(i + 2) && cont(i + 3) ? 4 : 0;
+  }
+  return 0;
+}
+
+}  // namespace
+
+bool is_valid_utf8(std::string_view text) {
+  for (size_t i = 0; i < text.size(); ++i) {
+    if (static_cast<unsigned char>(text[i]) < 0x80) continue;
+    const size_t n = utf8_sequence(text, i);
+    if (n == 0) return false;
+    i += n - 1;
+  }
+  return true;
+}
+
+// Writes valid JSON with valid UTF-8 whatever `text` holds: a model that
+// emits byte tokens can produce malformed sequences, which strict clients
+// refuse to parse; each malformed byte becomes U+FFFD.
 void append_json_string(std::string& out, std::string_view text) {
   static constexpr char kHex[] = "0123456789abcdef";
   out += '"';
   size_t run = 0;  // start of the pending run of characters that need no escape
   for (size_t i = 0; i < text.size(); ++i) {
     const auto c = static_cast<unsigned char>(text[i]);
+    if (c >= 0x80) {
+      const size_t n = utf8_sequence(text, i);
+      if (n > 0) {
+        i += n - 1;
+        continue;
+      }
+      out.append(text.data() + run, i - run);
+      out += "\xEF\xBF\xBD";
+      run = i + 1;
+      continue;
+    }
     if (c >= 0x20 && c != '"' && c != '\\') continue;
     out.append(text.data() + run, i - run);
     run = i + 1;

@@ -2,6 +2,7 @@
 
 #include <httplib.h>
 #include <malloc.h>
+#include <strings.h>
 #include <sys/socket.h>
 
 #include <algorithm>
@@ -683,7 +684,9 @@ struct Gateway::Impl {
     HybridRouter* hybrid = dep->hybrid.get();
 
     ApiRequest api;
-    if (auto e = parse_request(kind, body, api)) {
+    auto e = check_hint_headers(req);
+    if (!e) e = parse_request(kind, body, api);
+    if (e) {
       send_error(res, *e);
       record(server, nullptr, kind, e->status, start, nullptr, id);
       return;
@@ -814,6 +817,23 @@ struct Gateway::Impl {
   }
 
   // Routing hints from headers, falling back to the body's metadata and user.
+  // Routing hints travel in x-foreshore-* headers; one that is not valid
+  // UTF-8 or holds control characters is the client's error, said so.
+  static std::optional<ApiError> check_hint_headers(const httplib::Request& req) {
+    for (const auto& [name, value] : req.headers) {
+      if (name.size() < 12 || strncasecmp(name.c_str(), "x-foreshore-", 12) != 0) continue;
+      const bool control = std::any_of(value.begin(), value.end(), [](char c) {
+        return static_cast<unsigned char>(c) < 0x20 || c == 0x7f;
+      });
+      if (control || !is_valid_utf8(value)) {
+        return invalid_request(
+            "The header " + name + " is not valid UTF-8 text; send the value as plain text", name,
+            "invalid_header");
+      }
+    }
+    return std::nullopt;
+  }
+
   static RouteHints route_hints(const httplib::Request& req, const ApiRequest& api) {
     RouteHints hints;
     hints.data_class = header_value(req, "x-foreshore-data-class");
@@ -839,6 +859,10 @@ struct Gateway::Impl {
       return;
     }
     ApiRequest api;
+    if (auto e = check_hint_headers(req)) {
+      send_error(res, *e);
+      return;
+    }
     if (auto e = parse_request(ApiKind::kChat, req.body, api)) {
       send_error(res, *e);
       return;
@@ -853,7 +877,7 @@ struct Gateway::Impl {
     }
     nlohmann::json j;
     route::to_json(j, *decided);
-    res.set_content(j.dump(2), kJson);
+    res.set_content(j.dump(2, ' ', false, nlohmann::json::error_handler_t::replace), kJson);
   }
 
   static std::string_view or_unknown(const std::string& s) {
