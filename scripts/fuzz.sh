@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Builds the GGUF fuzzer with clang (libFuzzer, ASan, UBSan) and runs it on a
-# seed corpus made from the real model files.
+# Builds the fuzzers with clang (libFuzzer, ASan, UBSan) and runs each for
+# SECONDS: the GGUF reader on a seed corpus made from the real model files,
+# then the request parser and egress guard on tests/fuzz/request_seeds.
 #
 # Usage: scripts/fuzz.sh [SECONDS] [extra libFuzzer flags...]
 #   SECONDS              run time, default 60
@@ -21,7 +22,7 @@ generator=()
 if command -v ninja >/dev/null; then generator=(-G Ninja); fi
 CXX=${CXX:-clang++} cmake -S "$root" -B "$build" "${generator[@]}" -DCMAKE_BUILD_TYPE=Release \
   -DFSH_BUILD_FUZZ=ON -DFSH_BUILD_TESTS=OFF -DFSH_BUILD_BENCH=OFF >/dev/null
-cmake --build "$build" --target gguf_fuzz gguf_fuzz_seeds
+cmake --build "$build" --target gguf_fuzz gguf_fuzz_seeds request_fuzz
 
 # Seeds: the models shrunk to a few KiB each (see gguf_fuzz_seeds.cpp).
 models=()
@@ -52,3 +53,12 @@ if [[ "$jobs" -gt 1 ]]; then parallel=(-fork="$jobs"); fi
   -dict="$root/tests/fuzz/gguf.dict" \
   -max_total_time="$seconds" -max_len=16384 -timeout=10 -rss_limit_mb=2048 \
   -print_final_stats=1 -artifact_prefix="$crashes/" "${parallel[@]}" "$@"
+
+echo "== request parser and egress guard fuzzing"
+request_corpus=$build/request-corpus
+request_crashes=$build/request-crashes
+mkdir -p "$request_corpus" "$request_crashes"
+"$build/tests/fuzz/request_fuzz" "$request_corpus" "$root/tests/fuzz/request_seeds" \
+  -dict="$root/tests/fuzz/request.dict" \
+  -max_total_time="$seconds" -max_len=262144 -timeout=10 -rss_limit_mb=2048 \
+  -print_final_stats=1 -artifact_prefix="$request_crashes/" "${parallel[@]}" "$@"

@@ -708,7 +708,20 @@ bool iequals(std::string_view a, std::string_view b) {
 bool placeholder(std::string_view v) {
   if (v.empty()) return true;
   const char c = v.front();
-  if (c == '<' || c == '$' || c == '{' || c == '*' || c == '[' || c == '%') return true;
+  if (c == '<' || c == '{' || c == '[') return true;
+  // "${DB_PASSWORD}", "$PW": a reference to a variable, not its value.
+  if (c == '$') {
+    return std::all_of(v.begin() + 1, v.end(),
+                       [](char ch) { return is_word(ch) || ch == '{' || ch == '}'; });
+  }
+  // "%s", "%(pw)s": a format string; a long value that happens to start
+  // with '%' is a secret like any other.
+  if (c == '%') return v.size() <= 8;
+  if (c == '*') return std::all_of(v.begin(), v.end(), [](char ch) { return ch == '*'; });
+  // YOUR_PASSWORD, API_KEY: a name standing in for the value.
+  if (std::all_of(v.begin(), v.end(), [](char ch) { return is_upper(ch) || ch == '_'; })) {
+    return true;
+  }
   static constexpr std::string_view kWords[] = {"password", "pass",     "passwd", "pwd",
                                                 "secret",   "changeme", "xxx",    "xxxx"};
   return std::any_of(std::begin(kWords), std::end(kWords),
@@ -808,7 +821,17 @@ Verdict check_generic_secret(std::string_view t, Span& s) {
   if (value.size() < 8 || placeholder(value)) return Verdict::kReject;
   const bool digit = std::any_of(value.begin(), value.end(), is_digit);
   const bool alpha = std::any_of(value.begin(), value.end(), is_alpha);
-  return digit && alpha && entropy(value) >= 2.5 ? Verdict::kAccept : Verdict::kReject;
+  if (digit && alpha && entropy(value) >= 2.5) return Verdict::kAccept;
+  // A password need not hold a digit: a long value mixing upper and lower
+  // case with symbols, named by its key, is one too (prose values are words).
+  const bool upper = std::any_of(value.begin(), value.end(), is_upper);
+  const bool lower = std::any_of(value.begin(), value.end(), is_lower);
+  const bool symbol = std::any_of(value.begin(), value.end(), [](char c) { return !is_alnum(c); });
+  const int kinds = int{digit} + int{upper} + int{lower} + int{symbol};
+  const double bits = entropy(value);
+  const bool mixed = kinds >= 3 && value.size() >= 10 && bits >= 3.0;
+  const bool long_random = kinds >= 2 && value.size() >= 12 && bits >= 3.0;
+  return mixed || long_random ? Verdict::kAccept : Verdict::kReject;
 }
 
 // Phone numbers. The expression finds runs of digits and phone punctuation;
