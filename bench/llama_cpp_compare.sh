@@ -10,7 +10,7 @@
 # shapes with random weights (build/bench/synthetic_model, F16), each quantized
 # by llama.cpp's own llama-quantize to Q8_0, Q4_0, Q4_K_M, Q5_K_M, Q3_K_M,
 # Q2_K and IQ4_XS.
-# Needs: a build with -DSY_BUILD_BENCH=ON, bench/llama_cpp_build.sh, jq.
+# Needs: a build with -DFSH_BUILD_BENCH=ON, bench/llama_cpp_build.sh, jq.
 # FORESHORE_BINARY and LLAMA_BENCH override the two tools' paths.
 set -euo pipefail
 cd "$(dirname "$0")/.."

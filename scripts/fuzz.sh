@@ -20,7 +20,7 @@ jobs=${FSH_FUZZ_JOBS:-1}
 generator=()
 if command -v ninja >/dev/null; then generator=(-G Ninja); fi
 CXX=${CXX:-clang++} cmake -S "$root" -B "$build" "${generator[@]}" -DCMAKE_BUILD_TYPE=Release \
-  -DSY_BUILD_FUZZ=ON -DSY_BUILD_TESTS=OFF -DSY_BUILD_BENCH=OFF >/dev/null
+  -DFSH_BUILD_FUZZ=ON -DFSH_BUILD_TESTS=OFF -DFSH_BUILD_BENCH=OFF >/dev/null
 cmake --build "$build" --target gguf_fuzz gguf_fuzz_seeds
 
 # Seeds: the models shrunk to a few KiB each (see gguf_fuzz_seeds.cpp).
