@@ -7,19 +7,35 @@ cd "$(dirname "$0")/.."
 root=$(pwd)
 
 scripts/setup.sh
-scripts/build.sh build -DSY_BUILD_TESTS=OFF -DSY_BUILD_BENCH=OFF
+# Only the binary: the tests' setting in the CMake cache stays as test.sh left it.
+cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release -DFSH_BUILD_BENCH=OFF >/dev/null
+cmake --build build -j "$(nproc)" --target foreshore
 . scripts/shared-data.sh
 bin=$root/build/foreshore
 work=$(mktemp -d)
 pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
+# Stops every server this script started, however it ends: success, an error
+# (set -e) or Ctrl-C. The pids are collected in this shell, never inside a
+# $(...) subshell, whose variables die with it.
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+  rm -rf "$work"
+}
 trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
 
-# Starts a server in the background and prints its URL once it listens.
+# Starts a server in the background, in this shell so that its pid is kept.
 start() {
   local name=$1; shift
   "$bin" serve "$@" --port 0 >"$work/$name.out" 2>"$work/$name.err" &
   pids+=($!)
+}
+
+# Prints the URL of a started server once it listens.
+url_of() {
+  local name=$1
   for _ in $(seq 1 200); do
     if grep -q "listening on" "$work/$name.out" 2>/dev/null; then
       grep -o 'http://[^ ]*' "$work/$name.out" | head -1
@@ -27,14 +43,16 @@ start() {
     fi
     sleep 0.05
   done
-  echo "demo: $name did not start:" >&2; cat "$work/$name.err" >&2; exit 1
+  echo "demo: $name did not start:" >&2; cat "$work/$name.err" >&2; return 1
 }
 
-cloud_url=$(start cloud -m stories260K -q)
+start cloud -m stories260K -q
+cloud_url=$(url_of cloud)
 echo "cloud tier (stand-in for a cloud API) at $cloud_url"
 sed -e "s#http://127.0.0.1:8081/v1#$cloud_url/v1#" -e 's/^  port: 8080/  port: 0/' \
   examples/gateway.yaml >"$work/gateway.yaml"
-gateway_url=$(start gateway --config "$work/gateway.yaml")
+start gateway --config "$work/gateway.yaml"
+gateway_url=$(url_of gateway)
 echo "edge gateway at $gateway_url"
 echo
 
