@@ -828,22 +828,30 @@ struct Gateway::Impl {
       send_error(res, not_ready());
       return;
     }
-    ApiRequest api;
-    if (auto e = parse_request(ApiKind::kChat, req.body, api)) {
+    std::string explained;
+    if (auto e = explain_route(*dep, req, explained)) {
       send_error(res, *e);
       return;
     }
+    res.set_content(explained, kJson);
+  }
+
+  // The decision for a chat request, explained and not run: the body POST
+  // /v1/route answers with, or its error. `foreshore route --explain` calls
+  // it too, so the offline explanation is the server's, byte for byte.
+  static std::optional<ApiError> explain_route(const Deployment& dep, const httplib::Request& req,
+                                               std::string& out) {
+    ApiRequest api;
+    if (auto e = parse_request(ApiKind::kChat, req.body, api)) return e;
     RouteHints hints = route_hints(req, api);
     hints.forced_tier = header_value(req, "x-foreshore-tier");
     ApiError route_error;
-    auto decided = dep->hybrid->decide(api, hints, route_error);
-    if (!decided.ok()) {
-      send_error(res, route_error);
-      return;
-    }
+    auto decided = dep.hybrid->decide(api, hints, route_error);
+    if (!decided.ok()) return route_error;
     nlohmann::json j;
     route::to_json(j, *decided);
-    res.set_content(j.dump(2), kJson);
+    out = j.dump(2);
+    return std::nullopt;
   }
 
   static std::string_view or_unknown(const std::string& s) {
@@ -1086,7 +1094,7 @@ struct Gateway::Impl {
 
   Status load_tiers(const BackendFactory& factory) {
     FSH_ASSIGN_OR_RETURN(std::shared_ptr<Deployment> dep,
-                        build_deployment(config, factory, nullptr, true));
+                         build_deployment(config, factory, nullptr, true));
     install(std::move(dep));
     ready.store(true, std::memory_order_release);
     return Status::Ok();
@@ -1238,6 +1246,28 @@ void Gateway::stop() {
     std::this_thread::sleep_for(std::chrono::milliseconds(1));
   }
   impl_->http.stop();
+}
+
+Result<std::string> Gateway::explain_route(
+    const std::string& body,
+    const std::vector<std::pair<std::string, std::string>>& headers) const {
+  auto dep = impl_->deployment();
+  if (!dep) {
+    return make_error(ErrorKind::kUnavailable,
+                      "the gateway has no tiers loaded; call load_tiers() before explain_route()");
+  }
+  httplib::Request req;
+  req.body = body;
+  for (const auto& [name, value] : headers) req.headers.emplace(name, value);
+  std::string out;
+  if (auto e = Impl::explain_route(*dep, req, out)) {
+    const ErrorKind kind = e->status == 404  ? ErrorKind::kNotFound
+                           : e->status < 500 ? ErrorKind::kInvalidArgument
+                                             : ErrorKind::kUnavailable;
+    return make_error(kind, "HTTP " + std::to_string(e->status) +
+                                (e->code.empty() ? "" : " " + e->code) + ": " + e->message);
+  }
+  return out;
 }
 
 bool Gateway::ready() const {
