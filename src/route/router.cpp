@@ -10,6 +10,8 @@
 #include <nlohmann/json.hpp>
 #include <random>
 
+#include "common/install_paths.h"
+
 namespace foreshore::route {
 namespace {
 
@@ -94,22 +96,9 @@ double TierLatency::ttft_quantile(double p) const {
 }
 
 std::string default_complexity_model_path() {
-  namespace fs = std::filesystem;
   const std::string rel = "router/complexity-default.json";
-  if (const char* dir = std::getenv("FORESHORE_DATA_DIR"); dir != nullptr && *dir != '\0') {
-    return (fs::path(dir) / rel).string();
-  }
-  std::error_code ec;
-  if (fs::exists(fs::path("data") / rel, ec)) return (fs::path("data") / rel).string();
-  // The binary lives in <source>/<build dir>/; the data folder sits in <source>/.
-  const fs::path exe = fs::read_symlink("/proc/self/exe", ec);
-  if (!ec) {
-    for (fs::path dir = exe.parent_path(); !dir.empty() && dir != dir.root_path();
-         dir = dir.parent_path()) {
-      if (fs::exists(dir / "data" / rel, ec)) return (dir / "data" / rel).string();
-    }
-  }
-  return (fs::path("data") / rel).string();
+  // Not found anywhere: the path named in the error is the working directory's.
+  return find_shipped_file(rel).value_or("data/" + rel);
 }
 
 Result<RouterConfig> router_config_from_yaml(const YAML::Node& node, std::string_view source) {

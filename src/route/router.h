@@ -222,8 +222,8 @@ class Router {
   mutable std::atomic<uint64_t> decisions_{0};
 };
 
-// Where the shipped complexity model lives (data/router/complexity-default.json
-// next to the binary's source tree or in FORESHORE_DATA_DIR).
+// Where the shipped complexity model lives: router/complexity-default.json in
+// the first of shipped_data_dirs() (common/install_paths.h) that holds it.
 std::string default_complexity_model_path();
 
 }  // namespace foreshore::route
