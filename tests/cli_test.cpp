@@ -1,0 +1,185 @@
+// The foreshore binary's front end as a newcomer meets it: `route --explain`
+// against the server's own POST /v1/route, suggestions for mistyped
+// commands, help that names real config keys, and shipped files found from
+// any working directory. Real processes throughout.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <filesystem>
+#include <fstream>
+
+#include "support/process.h"
+#include "support/test_paths.h"
+
+namespace foreshore::testing {
+namespace {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+// A folder of its own, removed afterwards; the working directory of runs that
+// must not depend on starting in the checkout.
+class TempDir {
+ public:
+  TempDir() : path_(temp_path("-cli")) { fs::create_directories(path_); }
+  ~TempDir() {
+    std::error_code ec;
+    fs::remove_all(path_, ec);
+  }
+  const std::string& path() const { return path_; }
+  std::string write(const std::string& name, const std::string& text) const {
+    const std::string p = (fs::path(path_) / name).string();
+    std::ofstream(p) << text;
+    return p;
+  }
+
+ private:
+  std::string path_;
+};
+
+std::string stories_path() {
+  return (fs::path(shared_models_dir()) / "stories260K.gguf").string();
+}
+
+// An edge tier on stories260K and a cloud tier that is never contacted: the
+// decision needs its description, not an answer from it.
+std::string gateway_yaml() {
+  return "tiers:\n"
+         "  edge:\n"
+         "    kind: embedded\n"
+         "    model: " +
+         stories_path() +
+         "\n"
+         "    threads: 1\n"
+         "  cloud:\n"
+         "    kind: openai\n"
+         "    placement: cloud\n"
+         "    model: gpt-4o-mini\n"
+         "    endpoint: http://127.0.0.1:9/v1\n"
+         "    price: {input_per_mtok: 0.15, output_per_mtok: 0.60}\n"
+         "routing:\n"
+         "  policy: threshold\n";
+}
+
+// What differs between two explanations of one request: its id and timing.
+json without_run_specifics(json j) {
+  j.erase("id");
+  j.erase("decision_us");
+  return j;
+}
+
+TEST(CliRoute, ExplainJsonIsWhatTheServerAnswers) {
+  TempDir dir;
+  const std::string config = dir.write("gateway.yaml", gateway_yaml());
+  const std::string prompt = "My card is 4111 1111 1111 1111, explain compound interest";
+  // From a folder with nothing of the checkout in it.
+  const auto cli = run_foreshore_in(
+      dir.path(), {"route", "--explain", "--config", config, "-p", prompt, "--json"});
+  ASSERT_EQ(cli.status, 0) << cli.err;
+  const json offline = json::parse(cli.out);
+
+  ServeProcess gw({"--config", config});
+  ASSERT_TRUE(gw.ok()) << gw.process().stderr_text();
+  const json body = {{"model", "foreshore"},
+                     {"messages", json::array({{{"role", "user"}, {"content", prompt}}})}};
+  const auto served = http_post(gw.port(), "/v1/route", body.dump());
+  ASSERT_EQ(served.status, 200) << served.body;
+
+  EXPECT_EQ(without_run_specifics(offline), without_run_specifics(served.json()));
+  EXPECT_EQ(offline["signals"]["sensitivity"]["data_class"], "device-only");
+  EXPECT_EQ(offline["plan"]["kind"], "edge");
+  EXPECT_FALSE(offline["plan"]["cloud_allowed"].get<bool>());
+  EXPECT_FALSE(offline["alternatives"].empty());
+}
+
+TEST(CliRoute, ExplainTextNamesSignalsRulesPlanAndAlternatives) {
+  TempDir dir;
+  const std::string config = dir.write("gateway.yaml", gateway_yaml());
+  const auto r = run_foreshore_in(dir.path(), {"route", "--explain", "--config", config, "-p",
+                                               "Hello there", "--policy", "foreshore/cascade"});
+  ASSERT_EQ(r.status, 0) << r.err;
+  for (const char* needle : {"policy cascade", "plan:", "signals:", "sensitivity: public",
+                             "complexity:", "rules fired:", "alternatives:"}) {
+    EXPECT_NE(r.out.find(needle), std::string::npos) << needle << "\n" << r.out;
+  }
+}
+
+// The refusal is explained, not raised: the plan is the 403 a chat request gets.
+TEST(CliRoute, DeviceOnlyDataAskedForTheCloudIsRefused) {
+  TempDir dir;
+  const std::string config = dir.write("gateway.yaml", gateway_yaml());
+  const auto r =
+      run_foreshore_in(dir.path(), {"route", "--explain", "--config", config, "-p",
+                                    "My SSN is 123-45-6789", "--tier", "cloud", "--json"});
+  ASSERT_EQ(r.status, 0) << r.err;
+  const json j = json::parse(r.out);
+  EXPECT_EQ(j["plan"]["kind"], "reject") << r.out;
+  EXPECT_NE(j["plan"]["reason"].get<std::string>().find("refused"), std::string::npos) << r.out;
+  const auto& rules = j["rules_fired"];
+  EXPECT_NE(std::find(rules.begin(), rules.end(), "device-only-stays-local"), rules.end()) << r.out;
+}
+
+TEST(CliRoute, BadHintIsAnErrorWithTheServersStatus) {
+  const auto r = run_foreshore({"route", "--explain", "-p", "Hi", "--data-class", "secret",
+                                "--upstream", "http://127.0.0.1:9/v1"});
+  EXPECT_EQ(r.status, 2) << r.out;
+  EXPECT_NE(r.err.find("HTTP 400"), std::string::npos) << r.err;
+}
+
+TEST(CliRoute, WithoutExplainItSaysWhatIsMissing) {
+  const auto r = run_foreshore({"route", "-p", "Hi"});
+  EXPECT_EQ(r.status, 2);
+  EXPECT_NE(r.err.find("--explain"), std::string::npos) << r.err;
+}
+
+TEST(CliCommands, UnknownSubcommandSuggestsTheNearest) {
+  auto r = run_foreshore({"rout", "--explain"});
+  EXPECT_EQ(r.status, 2);
+  EXPECT_NE(r.err.find("did you mean 'route'?"), std::string::npos) << r.err;
+  r = run_foreshore({"reprot"});
+  EXPECT_NE(r.err.find("did you mean 'report'?"), std::string::npos) << r.err;
+  r = run_foreshore({"router", "scroe"});
+  EXPECT_EQ(r.status, 2);
+  EXPECT_NE(r.err.find("did you mean 'score'?"), std::string::npos) << r.err;
+  // Far from every name: no guess, but the list.
+  r = run_foreshore({"xylophone"});
+  EXPECT_EQ(r.status, 2);
+  EXPECT_EQ(r.err.find("did you mean"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("commands: run bench serve"), std::string::npos) << r.err;
+}
+
+TEST(CliReport, HelpAndErrorNameTheRealConfigKey) {
+  auto r = run_foreshore({"report", "--help"});
+  EXPECT_EQ(r.status, 0);
+  EXPECT_NE(r.out.find("server.audit_db"), std::string::npos) << r.out;
+  EXPECT_EQ(r.out.find("audit.path"), std::string::npos) << r.out;
+  r = run_foreshore({"report", "--db", temp_path(".db")});
+  EXPECT_EQ(r.status, 2);
+  EXPECT_NE(r.err.find("server.audit_db"), std::string::npos) << r.err;
+}
+
+// Shipped files are found from the binary, not the working directory: a user
+// in their home folder runs the default model and the shipped router.
+TEST(CliPaths, ShippedDataIsFoundFromAnyWorkingDirectory) {
+  const fs::path beside_checkout =
+      (fs::path(FSH_SOURCE_DIR).parent_path() / "shared" / "data" / "models").lexically_normal();
+  if (fs::path(shared_models_dir()).lexically_normal() != beside_checkout) {
+    GTEST_SKIP() << "the shared models are not beside the checkout (" << shared_models_dir()
+                 << "), where a build tree's binary looks for them";
+  }
+  TempDir dir;
+  // An empty FORESHORE_MODEL_PATH is the default search path.
+  const std::vector<std::string> env = {"FORESHORE_MODEL_PATH=", "FORESHORE_DATA_DIR="};
+  auto r = run_foreshore_in(dir.path(), {"run", "-p", "Once upon a time", "-n", "4", "--temp", "0"},
+                            env);
+  EXPECT_EQ(r.status, 0) << r.err;
+  r = run_foreshore_in(dir.path(), {"router", "score", "-p", "What is 2 + 2?"}, env);
+  EXPECT_EQ(r.status, 0) << r.err;
+  EXPECT_NE(r.out.find("threshold"), std::string::npos) << r.out;
+  r = run_foreshore_in(dir.path(), {"route", "--explain", "-p", "Hi", "--json"}, env);
+  ASSERT_EQ(r.status, 0) << r.err;
+  EXPECT_TRUE(json::parse(r.out)["signals"]["edge_available"].get<bool>()) << r.out << r.err;
+}
+
+}  // namespace
+}  // namespace foreshore::testing
