@@ -97,6 +97,10 @@ struct RouterConfig {
   SensitivityConfig privacy;
 };
 
+// Every key routing: accepts, as paths below it ("cascade.hold_back_tokens"):
+// what docs/CONFIG.md lists.
+std::vector<std::string> router_config_keys();
+
 // Reads the `routing:` section (policy, edge_tier, cloud_tier, complexity_model,
 // threshold, cascade{...}, consistency{min_similarity}, optimize{cost_weight,
 // latency_weight}, default_max_tokens); errors name the key path.
