@@ -173,6 +173,8 @@ TEST(CliPaths, ShippedDataIsFoundFromAnyWorkingDirectory) {
   auto r = run_foreshore_in(dir.path(), {"run", "-p", "Once upon a time", "-n", "4", "--temp", "0"},
                             env);
   EXPECT_EQ(r.status, 0) << r.err;
+  // Named by the file: its general.name is only the architecture, "llama".
+  EXPECT_NE(r.err.find("[model stories260K (llama,"), std::string::npos) << r.err;
   r = run_foreshore_in(dir.path(), {"router", "score", "-p", "What is 2 + 2?"}, env);
   EXPECT_EQ(r.status, 0) << r.err;
   EXPECT_NE(r.out.find("threshold"), std::string::npos) << r.out;

@@ -103,8 +103,12 @@ struct ModelLoader {
     }
     ModelConfig& c = model.config_;
     c.architecture = arch;
-    c.name = file.get_string("general.name")
-                 .value_or(std::filesystem::path(file.origin()).stem().string());
+    // Converters that know no better write the architecture as general.name
+    // (stories260K's says "llama"); the file's own name says more then.
+    const auto general_name = file.get_string("general.name");
+    c.name = general_name && !general_name->empty() && *general_name != arch
+                 ? std::string(*general_name)
+                 : std::filesystem::path(file.origin()).stem().string();
     FSH_ASSIGN_OR_RETURN(int64_t n_embd, require_int("embedding_length"));
     FSH_ASSIGN_OR_RETURN(int64_t n_layer, require_int("block_count"));
     FSH_ASSIGN_OR_RETURN(int64_t n_head, require_int("attention.head_count"));
