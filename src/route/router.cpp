@@ -44,6 +44,12 @@ std::optional<PolicyKind> parse_policy(std::string_view name) {
   return std::nullopt;
 }
 
+std::vector<std::string_view> policy_names() {
+  std::vector<std::string_view> names;
+  for (const auto& [k, n] : kPolicies) names.push_back(n);
+  return names;
+}
+
 std::string_view to_string(PlanKind kind) {
   switch (kind) {
     case PlanKind::kEdge:

@@ -32,6 +32,9 @@ namespace foreshore::route {
 enum class PolicyKind { kThreshold, kCascade, kConsistency, kOptimize, kEdge, kCloud };
 std::string_view to_string(PolicyKind kind);
 std::optional<PolicyKind> parse_policy(std::string_view name);
+// Every policy's name, in declaration order: what clients may send as
+// "foreshore/<name>".
+std::vector<std::string_view> policy_names();
 
 // What the router knows about one tier.
 struct TierProfile {

@@ -1170,6 +1170,21 @@ struct Gateway::Impl {
       out += model;
       by_id.emplace(entries[i].first, std::move(model));
     }
+    // The names that choose a policy per request ("foreshore/cascade"), so a
+    // client that checks its model against this list can send them.
+    for (std::string_view policy : route::policy_names()) {
+      const std::string id = std::string(kRoutedModel) + "/" + std::string(policy);
+      if (by_model.contains(id)) continue;
+      std::string model = "{\"id\":";
+      append_json_string(model, id);
+      model += ",\"object\":\"model\",\"created\":" + std::to_string(started_at) +
+               ",\"owned_by\":\"foreshore\",\"foreshore\":{\"policy\":";
+      append_json_string(model, policy);
+      model += "}}";
+      out += ',';
+      out += model;
+      by_id.emplace(id, std::move(model));
+    }
     out += "]}";
     return out;
   }
