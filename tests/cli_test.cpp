@@ -5,9 +5,12 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 
+#include "support/fault_server.h"
 #include "support/process.h"
 #include "support/test_paths.h"
 
@@ -181,6 +184,71 @@ TEST(CliPaths, ShippedDataIsFoundFromAnyWorkingDirectory) {
   r = run_foreshore_in(dir.path(), {"route", "--explain", "-p", "Hi", "--json"}, env);
   ASSERT_EQ(r.status, 0) << r.err;
   EXPECT_TRUE(json::parse(r.out)["signals"]["edge_available"].get<bool>()) << r.out << r.err;
+}
+
+// An installed binary (<prefix>/bin/foreshore) finds the shipped data in
+// <prefix>/share/foreshore, the layout `cmake --install` writes.
+TEST(CliPaths, InstalledLayoutFindsItsData) {
+  TempDir prefix;
+  TempDir elsewhere;
+  const fs::path bin = fs::path(prefix.path()) / "bin";
+  const fs::path share = fs::path(prefix.path()) / "share" / "foreshore" / "router";
+  fs::create_directories(bin);
+  fs::create_directories(share);
+  fs::copy_file(foreshore_binary(), bin / "foreshore");
+  fs::copy_file(fs::path(FSH_SOURCE_DIR) / "data" / "router" / "complexity-default.json",
+                share / "complexity-default.json");
+  auto p = Process::start({(bin / "foreshore").string(), "router", "score", "-p", "Hi"},
+                          {"FORESHORE_DATA_DIR="}, elsewhere.path());
+  ASSERT_TRUE(p);
+  EXPECT_EQ(p->wait(std::chrono::seconds(60)), 0) << p->stderr_text();
+  EXPECT_NE(p->stdout_text().find("threshold"), std::string::npos) << p->stdout_text();
+}
+
+// Every examples/*.yaml builds a gateway, once the files and variables it
+// names exist: route --explain loads the tiers and the router as serve does.
+TEST(CliExamples, EveryExampleConfigBuildsAGateway) {
+  FaultServer::Options tls;
+  tls.tls = true;
+  FaultServer lan(tls);  // only for its CA file, which llama-server.yaml names
+  TempDir dir;
+  int checked = 0;
+  for (const auto& entry : fs::directory_iterator(fs::path(FSH_SOURCE_DIR) / "examples")) {
+    if (entry.path().extension() != ".yaml") continue;
+    std::ifstream in(entry.path());
+    std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    const std::string ca = "/etc/foreshore/lan-ca.pem";
+    if (const size_t at = text.find(ca); at != std::string::npos) {
+      text.replace(at, ca.size(), lan.ca_file());
+    }
+    const std::string config = dir.write(entry.path().filename().string(), text);
+    const auto r = run_foreshore_in(
+        dir.path(), {"route", "--explain", "--config", config, "-p", "Hello", "--json"},
+        {"OPENAI_API_KEY=sk-test", "FORESHORE_MODEL_PATH=" + shared_models_dir()});
+    EXPECT_EQ(r.status, 0) << entry.path() << ": " << r.err;
+    ++checked;
+  }
+  EXPECT_GE(checked, 5);
+}
+
+// The systemd unit in packaging/ passes systemd's own check.
+TEST(Packaging, SystemdUnitVerifies) {
+  if (std::system("command -v systemd-analyze >/dev/null 2>&1") != 0) {
+    GTEST_SKIP() << "systemd-analyze is not installed";
+  }
+  // The unit names the installed binary; point it at the built one.
+  TempDir dir;
+  std::ifstream in(fs::path(FSH_SOURCE_DIR) / "packaging" / "foreshore.service");
+  ASSERT_TRUE(in);
+  std::string unit((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  const std::string installed = "/usr/local/bin/foreshore";
+  ASSERT_NE(unit.find(installed), std::string::npos);
+  unit.replace(unit.find(installed), installed.size(), foreshore_binary());
+  const std::string path = dir.write("foreshore.service", unit);
+  auto p = Process::start({"systemd-analyze", "verify", path});
+  ASSERT_TRUE(p);
+  EXPECT_EQ(p->wait(std::chrono::seconds(60)), 0) << p->stderr_text() << p->stdout_text();
+  EXPECT_EQ(p->stderr_text(), "");
 }
 
 }  // namespace
