@@ -1061,8 +1061,11 @@ TEST_F(GatewayTest, ModelsHealthReadyMetrics) {
     EXPECT_TRUE(m["owned_by"].is_string());
     ids.insert(m["id"].get<std::string>());
   }
+  // Tiers, model ids and aliases, then the policy names clients may send.
   EXPECT_EQ(ids, (std::set<std::string>{"foreshore", "edge", "cloud", "gpt-4o", "tiny-edge",
-                                        "big-cloud"}));
+                                        "big-cloud", "foreshore/threshold", "foreshore/cascade",
+                                        "foreshore/consistency", "foreshore/optimize",
+                                        "foreshore/edge", "foreshore/cloud"}));
   EXPECT_EQ(j["data"][0]["id"], "foreshore");
   EXPECT_EQ(http_get(port, "/healthz").status, 200);
   r = http_get(port, "/readyz");
