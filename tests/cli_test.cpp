@@ -231,6 +231,102 @@ TEST(CliExamples, EveryExampleConfigBuildsAGateway) {
   EXPECT_GE(checked, 5);
 }
 
+// ---- README commands --------------------------------------------------------------
+
+// The commands of the README's ```sh blocks, one per entry: continuation
+// lines joined, trailing comments cut.
+std::vector<std::string> readme_commands() {
+  std::ifstream in(fs::path(FSH_SOURCE_DIR) / "README.md");
+  std::vector<std::string> commands;
+  std::string line, command;
+  bool in_block = false;
+  while (std::getline(in, line)) {
+    if (line.starts_with("```")) {
+      in_block = line == "```sh";
+      continue;
+    }
+    if (!in_block) continue;
+    // A comment starts at a '#' after a space, outside quotes.
+    char quote = 0;
+    for (size_t i = 0; i < line.size(); ++i) {
+      if (quote != 0) {
+        if (line[i] == quote) quote = 0;
+      } else if (line[i] == '"' || line[i] == '\'') {
+        quote = line[i];
+      } else if (line[i] == '#' && (i == 0 || line[i - 1] == ' ')) {
+        line.resize(i);
+        break;
+      }
+    }
+    while (!line.empty() && line.back() == ' ') line.pop_back();
+    const bool continued = !line.empty() && line.back() == '\\';
+    if (continued) line.pop_back();
+    command += line;
+    if (continued) continue;
+    if (command.find_first_not_of(' ') != std::string::npos) {
+      commands.push_back(command.substr(command.find_first_not_of(' ')));
+    }
+    command.clear();
+  }
+  return commands;
+}
+
+// Which README commands the test runs. The first rule whose prefix matches
+// decides; a command no rule matches fails the test, so a new one gets a
+// decision. A reason means the command is not run, and says why.
+struct ReadmeRule {
+  const char* prefix;
+  const char* skip_reason;  // nullptr: run it
+};
+constexpr ReadmeRule kReadmeRules[] = {
+    {"scripts/", "installs packages and builds: what CI runs (scripts/test.sh is this suite)"},
+    {"build/foreshore serve", "serves until stopped; gateway_e2e_test starts it the same way"},
+    {"build/foreshore bench", "measures speed: nothing to pass or fail"},
+    {"build/foreshore report --db audit.sqlite",
+     "reads the audit store that the serve command writes, which is not run"},
+    {"build/foreshore ", nullptr},
+};
+
+// A fresh clone as the README assumes it: the checkout with build/foreshore
+// in it, ../shared/data beside it, and nothing set in the environment.
+TEST(ReadmeCommands, DocumentedSubsetRunsAsWritten) {
+  TempDir root;
+  const fs::path repo = fs::path(root.path()) / "repo";
+  fs::create_directories(repo / "build");
+  fs::create_directories(fs::path(root.path()) / "shared");
+  fs::create_symlink(foreshore_binary(), repo / "build" / "foreshore");
+  for (const char* folder : {"examples", "data", "docs"}) {
+    fs::create_directory_symlink(fs::path(FSH_SOURCE_DIR) / folder, repo / folder);
+  }
+  fs::create_directory_symlink(FSH_SHARED_DATA_DIR, fs::path(root.path()) / "shared" / "data");
+
+  const std::vector<std::string> commands = readme_commands();
+  ASSERT_GE(commands.size(), 20u) << "the README's ```sh blocks were not found";
+  int ran = 0;
+  for (const std::string& command : commands) {
+    const ReadmeRule* rule = nullptr;
+    for (const ReadmeRule& r : kReadmeRules) {
+      if (command.starts_with(r.prefix)) {
+        rule = &r;
+        break;
+      }
+    }
+    if (rule == nullptr) {
+      ADD_FAILURE() << "README command with no rule in kReadmeRules: " << command;
+      continue;
+    }
+    if (rule->skip_reason != nullptr) continue;
+    // In README order: later commands read what earlier ones wrote.
+    auto p = Process::start({"bash", "-c", command},
+                            {"FORESHORE_MODEL_PATH=", "FORESHORE_DATA_DIR="}, repo.string());
+    ASSERT_TRUE(p);
+    EXPECT_EQ(p->wait(std::chrono::seconds(600)), 0) << command << "\n"
+                                                     << p->stderr_text().substr(0, 2000);
+    ++ran;
+  }
+  EXPECT_GE(ran, 15);
+}
+
 // The systemd unit in packaging/ passes systemd's own check.
 TEST(Packaging, SystemdUnitVerifies) {
   if (std::system("command -v systemd-analyze >/dev/null 2>&1") != 0) {
