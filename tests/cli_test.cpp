@@ -344,7 +344,8 @@ TEST(Packaging, SystemdUnitVerifies) {
   auto p = Process::start({"systemd-analyze", "verify", path});
   ASSERT_TRUE(p);
   EXPECT_EQ(p->wait(std::chrono::seconds(60)), 0) << p->stderr_text() << p->stdout_text();
-  EXPECT_EQ(p->stderr_text(), "");
+  // Warnings about other units of the machine are not ours to judge.
+  EXPECT_EQ(p->stderr_text().find("foreshore.service"), std::string::npos) << p->stderr_text();
 }
 
 }  // namespace
