@@ -11,8 +11,8 @@ cd "$(dirname "$0")/.."
 root=$(pwd)
 
 scripts/setup.sh
-# Only the binary: the tests' setting in the CMake cache stays as test.sh left it.
-cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release -DFSH_BUILD_BENCH=OFF >/dev/null
+# Only the binary, and no options: the CMake cache stays as test.sh left it.
+cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release >/dev/null
 cmake --build build -j "$(nproc)" --target foreshore
 . scripts/shared-data.sh
 bin=$root/build/foreshore
