@@ -13,9 +13,9 @@ scripts/setup.sh
 jobs=$(nproc)
 
 echo "== Release build and tests"
-# Every option the passes need is set here: the CMake cache of a folder that
-# another script configured (demo.sh builds without tests) would otherwise
-# keep its values, and ctest would pass on zero tests.
+# Every option the passes need is set here: the CMake cache of a folder
+# configured before (say with -DFSH_BUILD_TESTS=OFF) would otherwise keep its
+# values, and ctest must fail rather than pass on zero tests.
 scripts/build.sh build -DFSH_BUILD_TESTS=ON -DFSH_BUILD_BENCH=ON -DFSH_SANITIZE=OFF \
   -DFSH_SHARED_DATA_DIR="$SHARED_DATA"
 (cd build && ctest --no-tests=error --output-on-failure -j "$jobs" --timeout 300)
