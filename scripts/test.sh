@@ -13,15 +13,19 @@ scripts/setup.sh
 jobs=$(nproc)
 
 echo "== Release build and tests"
-scripts/build.sh build -DFSH_BUILD_BENCH=ON -DFSH_SHARED_DATA_DIR="$SHARED_DATA"
-(cd build && ctest --output-on-failure -j "$jobs" --timeout 300)
+# Every option the passes need is set here: the CMake cache of a folder
+# configured before (say with -DFSH_BUILD_TESTS=OFF) would otherwise keep its
+# values, and ctest must fail rather than pass on zero tests.
+scripts/build.sh build -DFSH_BUILD_TESTS=ON -DFSH_BUILD_BENCH=ON -DFSH_SANITIZE=OFF \
+  -DFSH_SHARED_DATA_DIR="$SHARED_DATA"
+(cd build && ctest --no-tests=error --output-on-failure -j "$jobs" --timeout 300)
 
 if [ "${FSH_SKIP_SANITIZERS:-0}" != "1" ]; then
   echo "== ASan+UBSan build and tests"
-  scripts/build.sh build-asan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DFSH_SANITIZE=ON -DFSH_BUILD_BENCH=OFF \
-    -DFSH_SHARED_DATA_DIR="$SHARED_DATA"
+  scripts/build.sh build-asan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DFSH_BUILD_TESTS=ON -DFSH_SANITIZE=ON \
+    -DFSH_BUILD_BENCH=OFF -DFSH_SHARED_DATA_DIR="$SHARED_DATA"
   (cd build-asan && ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
-    ctest --output-on-failure -j "$jobs" --timeout 600)
+    ctest --no-tests=error --output-on-failure -j "$jobs" --timeout 600)
 fi
 
 if [ "${FSH_SKIP_FUZZ:-0}" != "1" ] && [ -x scripts/fuzz.sh ] && command -v clang++ >/dev/null; then

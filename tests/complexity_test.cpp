@@ -624,6 +624,42 @@ TEST(ComplexityData, FixedHoldoutSplit) {
   EXPECT_EQ(holdout.back(), "security_studies");
 }
 
+TEST(ComplexityData, ReadsArenaHardJudgements) {
+  const fs::path dir = foreshore::testing::temp_path("-arena");
+  fs::create_directories(dir / "model_judgment");
+  write_file((dir / "question.jsonl").string(),
+             "{\"question_id\":\"q1\",\"category\":\"arena\",\"turns\":[\"Prove it\"]}\n"
+             "{\"question_id\":\"q2\",\"category\":\"arena\",\"turns\":[\"Say hi\"]}\n"
+             "{\"question_id\":\"q3\",\"category\":\"arena\",\"turns\":[\"Unjudged\"]}\n");
+  write_file((dir / "model_judgment" / "gpt-4-turbo.jsonl").string(),
+             "{\"question_id\":\"q1\",\"model\":\"gpt-4-1106-preview\",\"score\":9}\n"
+             "{\"question_id\":\"q2\",\"model\":\"gpt-4-1106-preview\",\"score\":8}\n"
+             "{\"question_id\":\"q3\",\"model\":\"gpt-4-1106-preview\",\"score\":null}\n");
+  write_file((dir / "model_judgment" / "Mixtral.jsonl").string(),
+             "{\"question_id\":\"q1\",\"model\":\"mistralai/Mixtral-8x7B-Instruct-v0.1\","
+             "\"score\":3}\n"
+             "{\"question_id\":\"q2\",\"model\":\"mistralai/Mixtral-8x7B-Instruct-v0.1\","
+             "\"score\":8}\n"
+             "{\"question_id\":\"q3\",\"model\":\"mistralai/Mixtral-8x7B-Instruct-v0.1\","
+             "\"score\":5}\n");
+  // Another model's judgements are not read.
+  write_file((dir / "model_judgment" / "other.jsonl").string(),
+             "{\"question_id\":\"q1\",\"model\":\"someone/else\",\"score\":1}\n");
+  // The folder, or its model_judgment/, is one data set.
+  for (const fs::path& given : {dir, dir / "model_judgment"}) {
+    LoadReport report;
+    auto rows = load_labelled_prompts({given.string()}, DataOptions{}, &report);
+    ASSERT_TRUE(rows.ok()) << rows.error().message;
+    ASSERT_EQ(rows->size(), 2u);
+    EXPECT_EQ((*rows)[0].prompt, "Prove it");
+    EXPECT_EQ((*rows)[0].subject, "arena");
+    EXPECT_EQ((*rows)[0].outcome, Outcome::kCloudBetter);
+    EXPECT_EQ((*rows)[1].outcome, Outcome::kBothGood);
+    EXPECT_EQ(report.skipped_unlabelled, 1);  // q3: the strong model's verdict has no score
+  }
+  fs::remove_all(dir);
+}
+
 // ---- the shipped model, end to end ------------------------------------------------------
 
 // The shipped model learns from every labelled subject; traffic from subjects
@@ -633,23 +669,51 @@ TEST(ComplexityDefaultModel, LoadsAndRecordsItsTraining) {
       ComplexityModel::load(std::string(FSH_SOURCE_DIR) + "/data/router/complexity-default.json");
   ASSERT_TRUE(model.ok()) << model.error().message;
   EXPECT_TRUE(model->info().holdout_subjects.empty());
+  // Chat traffic: Arena-Hard and MT-Bench judgements, and everyday requests.
   const auto& trained = model->info().training_subjects;
-  for (const auto& s : routellm_mmlu_subjects()) {
-    const bool has = std::find(trained.begin(), trained.end(), s) != trained.end();
-    EXPECT_EQ(has, s != "high_school_mathematics") << s;
-  }
-  for (const char* s : {"arc-challenge", "winogrande", "mbpp"}) {
+  for (const char* s : {"arena-bench-v1", "coding", "math", "writing", "everyday"}) {
     EXPECT_NE(std::find(trained.begin(), trained.end(), s), trained.end()) << s;
   }
-  EXPECT_NE(model->info().command.find("--drop-subjects high_school_mathematics"),
-            std::string::npos);
+  EXPECT_NE(model->info().command.find("--label cloud-wins"), std::string::npos);
   const double p = model->score("What is 2 + 2?");
   EXPECT_GE(p, 0.0);
   EXPECT_LE(p, 1.0);
 }
 
+// On ordinary chat traffic the shipped model sends hard multi-part work to the
+// cloud and keeps small talk on the edge. None of these prompts is in its
+// training data (data/router/train/everyday-requests.jsonl, Arena-Hard,
+// MT-Bench).
+TEST(ComplexityDefaultModel, HardChatPromptsScoreAboveTheThresholdTrivialOnesBelow) {
+  auto model =
+      ComplexityModel::load(std::string(FSH_SOURCE_DIR) + "/data/router/complexity-default.json");
+  ASSERT_TRUE(model.ok()) << model.error().message;
+  for (const char* hard : {
+           "Prove that the square root of 2 is irrational. Then compute the integral of x^2 e^x "
+           "from 0 to 1, explain each step, and finally show that the series sum of 1/n^2 "
+           "converges and state its value.",
+           "Write a Python function that parses a CSV file with quoted fields, handles embedded "
+           "newlines, and returns a list of dictionaries. Include unit tests and explain the edge "
+           "cases.",
+           "Explain step by step how to derive the closed form of the Fibonacci sequence using "
+           "generating functions, then prove the identity F(n)^2 - F(n+1)F(n-1) = (-1)^(n-1).",
+           "I have a React app where state updates in a useEffect cause an infinite render loop. "
+           "Here is my code: useEffect(() => { setItems(items.filter(x => x.active)); }, "
+           "[items]); Why does this happen and how do I fix it properly?",
+       }) {
+    EXPECT_TRUE(model->prefers_cloud(model->score(hard)))
+        << model->score(hard) << " < " << model->threshold() << ": " << hard;
+  }
+  for (const char* trivial :
+       {"Hi!", "What is 2 + 2?", "Thanks, that's great.", "What's the capital of France?",
+        "Tell me a joke.", "Good morning, how are you?", "Say hello in Spanish."}) {
+    EXPECT_FALSE(model->prefers_cloud(model->score(trivial)))
+        << model->score(trivial) << " >= " << model->threshold() << ": " << trivial;
+  }
+}
+
 int run_foreshore(const std::vector<std::string>& args, std::string* out = nullptr,
-                   std::string* err = nullptr) {
+                  std::string* err = nullptr) {
   std::vector<std::string> argv = {foreshore::testing::foreshore_binary()};
   argv.insert(argv.end(), args.begin(), args.end());
   auto p = foreshore::testing::Process::start(argv);
@@ -674,33 +738,33 @@ TEST(ComplexityDefaultModel, HeldOutSubjectsBeatRandom) {
   std::string out, err;
   // The threshold does not enter APGR, so skip its calibration fits.
   ASSERT_EQ(run_foreshore({"router",
-                            "train",
-                            "--data",
-                            mmlu.string(),
-                            "--data",
-                            (routerbench / "arc_challenge_train.csv").string(),
-                            "--data",
-                            (routerbench / "winograde_train.csv").string(),
-                            "--data",
-                            (routerbench / "mbpp_train.csv").string(),
-                            "--holdout-subjects",
-                            "default",
-                            "--drop-subjects",
-                            "high_school_mathematics",
-                            "--l2",
-                            "0.03",
-                            "--l2-hashed",
-                            "0.003",
-                            "--calibration-folds",
-                            "0",
-                            "--out",
-                            model},
-                           &out, &err),
+                           "train",
+                           "--data",
+                           mmlu.string(),
+                           "--data",
+                           (routerbench / "arc_challenge_train.csv").string(),
+                           "--data",
+                           (routerbench / "winograde_train.csv").string(),
+                           "--data",
+                           (routerbench / "mbpp_train.csv").string(),
+                           "--holdout-subjects",
+                           "default",
+                           "--drop-subjects",
+                           "high_school_mathematics",
+                           "--l2",
+                           "0.03",
+                           "--l2-hashed",
+                           "0.003",
+                           "--calibration-folds",
+                           "0",
+                           "--out",
+                           model},
+                          &out, &err),
             0)
       << err;
   ASSERT_EQ(run_foreshore({"router", "eval", "--model", model, "--data", mmlu.string(),
-                            "--subjects", "holdout", "--json", "--svg", svg},
-                           &out, &err),
+                           "--subjects", "holdout", "--json", "--svg", svg},
+                          &out, &err),
             0)
       << err;
   const json r = json::parse(out);
@@ -734,8 +798,8 @@ TEST(ComplexityCli, TrainWritesALoadableModel) {
   const std::string out = (dir / "m.json").string();
   std::string stdout_text, stderr_text;
   ASSERT_EQ(run_foreshore({"router", "train", "--data", (dir / "train.jsonl").string(), "--out",
-                            out, "--target-cloud-share", "0.4", "--hash-bits", "10"},
-                           &stdout_text, &stderr_text),
+                           out, "--target-cloud-share", "0.4", "--hash-bits", "10"},
+                          &stdout_text, &stderr_text),
             0)
       << stderr_text;
   auto model = ComplexityModel::load(out);
@@ -744,8 +808,8 @@ TEST(ComplexityCli, TrainWritesALoadableModel) {
   EXPECT_NE(model->info().command.find("--target-cloud-share 0.4"), std::string::npos);
 
   EXPECT_EQ(run_foreshore({"router", "eval", "--model", (dir / "missing.json").string(), "--data",
-                            (dir / "train.jsonl").string()},
-                           &stdout_text, &stderr_text),
+                           (dir / "train.jsonl").string()},
+                          &stdout_text, &stderr_text),
             2);
   EXPECT_NE(stderr_text.find("missing.json"), std::string::npos);
   fs::remove_all(dir);
@@ -780,8 +844,8 @@ TEST(ComplexityCli, CrossValidatesBySubject) {
 
   const std::string scores = (dir / "scores.jsonl").string();
   ASSERT_EQ(run_foreshore({"router", "cv", "--data", (dir / "rows.jsonl").string(), "--folds", "3",
-                            "--hash-bits", "10", "--scores-out", scores},
-                           &out, &err),
+                           "--hash-bits", "10", "--scores-out", scores},
+                          &out, &err),
             0)
       << err;
   EXPECT_NE(out.find("3-fold cross-validation by subject on 400 prompts (10 subjects)"),
@@ -811,7 +875,7 @@ TEST(ComplexityCli, CrossValidatesBySubject) {
 
   EXPECT_EQ(
       run_foreshore({"router", "cv", "--data", (dir / "rows.jsonl").string(), "--folds", "20"},
-                     &out, &err),
+                    &out, &err),
       2);
   EXPECT_NE(err.find("--group row"), std::string::npos) << err;
   fs::remove_all(dir);
@@ -837,13 +901,13 @@ TEST(ComplexityCli, EvalHoldoutMeansUnseenSubjects) {
   const std::string model = (dir / "m.json").string();
   std::string out, err;
   ASSERT_EQ(run_foreshore({"router", "train", "--data", (dir / "trained.jsonl").string(),
-                            "--hash-bits", "10", "--out", model},
-                           &out, &err),
+                           "--hash-bits", "10", "--out", model},
+                          &out, &err),
             0)
       << err;
   ASSERT_EQ(run_foreshore({"router", "eval", "--model", model, "--data",
-                            (dir / "all.jsonl").string(), "--subjects", "holdout", "--json"},
-                           &out, &err),
+                           (dir / "all.jsonl").string(), "--subjects", "holdout", "--json"},
+                          &out, &err),
             0)
       << err;
   const json r = json::parse(out);
@@ -853,8 +917,8 @@ TEST(ComplexityCli, EvalHoldoutMeansUnseenSubjects) {
   EXPECT_NE(err.find("not trained on"), std::string::npos) << err;
 
   EXPECT_EQ(run_foreshore({"router", "eval", "--model", model, "--data",
-                            (dir / "trained.jsonl").string(), "--subjects", "holdout"},
-                           &out, &err),
+                           (dir / "trained.jsonl").string(), "--subjects", "holdout"},
+                          &out, &err),
             2);
   EXPECT_NE(err.find("none is held out"), std::string::npos) << err;
   fs::remove_all(dir);

@@ -779,6 +779,18 @@ TEST(Cli, MixedPlanBeatsUniformQ4_0AtItsOwnSize) {
 
 // ---- the command ----
 
+TEST(Cli, QuietPrintsNeitherTableNorProgress) {
+  const std::string text_path = scratch_path(".txt");
+  std::ofstream(text_path) << kStories;
+  auto r = run_foreshore({"quantize", synthetic_model_path(), scratch_path(".gguf"),
+                          "--calibration", text_path, "--calibration-tokens", "16", "--target-bpw",
+                          "7", "--types", "Q4_0,Q8_0", "--quiet"});
+  ASSERT_EQ(r.status, 0) << r.err;
+  EXPECT_EQ(r.out.find("blk.0.ffn_down.weight"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("bits per weight"), std::string::npos) << r.out;
+  EXPECT_EQ(r.err.find("[calibrate"), std::string::npos) << r.err;
+}
+
 TEST(Cli, QuantizesWithAReportAndTeachesInHelp) {
   const std::string out = scratch_path(".gguf");
   const std::string report_path = scratch_path(".json");
@@ -786,7 +798,7 @@ TEST(Cli, QuantizesWithAReportAndTeachesInHelp) {
   std::ofstream(text_path) << kStories;
   auto r =
       run_foreshore({"quantize", synthetic_model_path(), out, "--type", "Q4_K", "--calibration",
-                      text_path, "--calibration-tokens", "32", "--report", report_path});
+                     text_path, "--calibration-tokens", "32", "--report", report_path});
   ASSERT_EQ(r.status, 0) << r.err;
   EXPECT_NE(r.out.find("blk.0.ffn_down.weight"), std::string::npos) << r.out;
   EXPECT_NE(r.err.find("not a multiple of Q4_K"), std::string::npos) << r.err;
@@ -800,9 +812,13 @@ TEST(Cli, QuantizesWithAReportAndTeachesInHelp) {
 
   const std::string mixed = scratch_path(".gguf");
   auto m = run_foreshore({"quantize", synthetic_model_path(), mixed, "--calibration", text_path,
-                           "--calibration-tokens", "16", "--target-bpw", "7", "--types",
-                           "Q4_0,Q8_0", "--report", report_path});
+                          "--calibration-tokens", "16", "--target-bpw", "7", "--types", "Q4_0,Q8_0",
+                          "--report", report_path});
   ASSERT_EQ(m.status, 0) << m.err;
+  // Not a terminal: the long steps still say they run, one line each.
+  EXPECT_NE(m.err.find("[calibrate: done"), std::string::npos) << m.err;
+  EXPECT_NE(m.err.find("[running the input model on the calibration text: done"), std::string::npos)
+      << m.err;
   std::ifstream mixed_report_file(report_path);
   const auto mixed_report = nlohmann::json::parse(mixed_report_file);
   EXPECT_EQ(mixed_report["mode"], "mixed");
@@ -811,7 +827,7 @@ TEST(Cli, QuantizesWithAReportAndTeachesInHelp) {
 
   const std::string overridden = scratch_path(".gguf");
   auto o = run_foreshore({"quantize", synthetic_model_path(), overridden, "--type", "Q4_0",
-                           "--tensor-type", "attn_(v|k)=Q8_0", "--tensor-type", "ffn_down=F16"});
+                          "--tensor-type", "attn_(v|k)=Q8_0", "--tensor-type", "ffn_down=F16"});
   ASSERT_EQ(o.status, 0) << o.err;
   auto overridden_file = open(overridden);
   ASSERT_TRUE(overridden_file);
@@ -826,7 +842,7 @@ TEST(Cli, QuantizesWithAReportAndTeachesInHelp) {
     EXPECT_EQ(t.type, static_cast<uint32_t>(expected)) << t.name;
   }
   auto unmatched = run_foreshore({"quantize", synthetic_model_path(), overridden, "--type", "Q4_0",
-                                   "--tensor-type", "nope=Q8_0"});
+                                  "--tensor-type", "nope=Q8_0"});
   EXPECT_EQ(unmatched.status, 2);
   EXPECT_NE(unmatched.err.find("matches no weight matrix"), std::string::npos) << unmatched.err;
 
@@ -843,7 +859,7 @@ TEST(Cli, QuantizesWithAReportAndTeachesInHelp) {
   EXPECT_EQ(no_calibration.status, 2);
   EXPECT_NE(no_calibration.err.find("--calibration"), std::string::npos);
   auto bad_size = run_foreshore({"quantize", synthetic_model_path(), out, "--calibration",
-                                  text_path, "--target-size", "lots"});
+                                 text_path, "--target-size", "lots"});
   EXPECT_EQ(bad_size.status, 2);
   EXPECT_NE(bad_size.err.find("--target-size 'lots'"), std::string::npos) << bad_size.err;
 }

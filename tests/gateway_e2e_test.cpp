@@ -176,8 +176,7 @@ TEST_F(GatewayE2E, SameWeightsGiveTheSameGreedyAnswerOnBothTiers) {
   EXPECT_EQ(edge.json()["choices"][0]["message"]["content"],
             cloud.json()["choices"][0]["message"]["content"]);
   // The cloud process reports the weights it ran, and the gateway passes that on.
-  EXPECT_EQ(edge.json()["foreshore"]["model_version"],
-            cloud.json()["foreshore"]["model_version"]);
+  EXPECT_EQ(edge.json()["foreshore"]["model_version"], cloud.json()["foreshore"]["model_version"]);
 }
 
 TEST_F(GatewayE2E, StreamingOnEachTier) {
@@ -258,6 +257,12 @@ TEST_F(GatewayE2E, ModelsHealthReadyMetrics) {
   EXPECT_TRUE(ids.contains("edge") && ids.contains("cloud") && ids.contains("gpt-4o-mini") &&
               ids.contains("stories260K"))
       << r.body;
+  // The policy names a client may send are listed too.
+  for (const char* policy :
+       {"foreshore", "foreshore/threshold", "foreshore/cascade", "foreshore/consistency",
+        "foreshore/optimize", "foreshore/edge", "foreshore/cloud"}) {
+    EXPECT_TRUE(ids.contains(policy)) << policy << " missing in " << r.body;
+  }
   // Each listed model can be retrieved by its id; others are a 404.
   for (const auto& m : models["data"]) {
     const auto one = http_get(port(), "/v1/models/" + m["id"].get<std::string>());
@@ -718,8 +723,7 @@ TEST_F(GatewayTools, OtherFieldsPassThroughOrAreNamedAsIgnored) {
     const auto edge = post(b);
     ASSERT_EQ(edge.status, 200) << edge.body;
     EXPECT_EQ(edge.header("x-foreshore-tier"), "edge");
-    EXPECT_EQ(edge.header("x-foreshore-ignored-params"),
-              "tools,logit_bias,reasoning_effort,store");
+    EXPECT_EQ(edge.header("x-foreshore-ignored-params"), "tools,logit_bias,reasoning_effort,store");
   }
 }
 

@@ -357,8 +357,14 @@ TEST(ReportTest, FiguresMatchHandComputedValues) {
   EXPECT_EQ(t.requests, 7);
   EXPECT_NEAR(t.cost_usd, 0.05, 1e-12);
   EXPECT_NEAR(t.cloud_only_cost_usd, 0.10, 1e-12);
-  EXPECT_NEAR(t.cost_saved_usd, 0.05, 1e-12);
-  EXPECT_NEAR(t.cost_saved_pct, 50.0, 1e-9);
+  // The degraded answer and the failure are no saving: 5 requests compared.
+  EXPECT_EQ(t.compared_requests, 5);
+  EXPECT_NEAR(t.compared_cloud_only_cost_usd, 0.08, 1e-12);
+  EXPECT_NEAR(t.cost_saved_usd, 0.03, 1e-12);
+  EXPECT_NEAR(t.cost_saved_pct, 37.5, 1e-9);
+  EXPECT_EQ(t.degraded_requests, 1);
+  EXPECT_NEAR(t.degraded_cloud_only_cost_usd, 0.01, 1e-12);
+  EXPECT_EQ(t.failed_requests, 1);
   EXPECT_NEAR(t.cloud_share, 2.0 / 7, 1e-12);
   EXPECT_NEAR(t.escalation_rate, 1.0 / 7, 1e-12);
   EXPECT_NEAR(t.degradation_rate, 1.0 / 7, 1e-12);
@@ -396,11 +402,51 @@ TEST(ReportTest, FiguresMatchHandComputedValues) {
 
   const auto j = report_to_json(*report);
   EXPECT_EQ(j["totals"]["requests"], 7);
-  EXPECT_NEAR(j["totals"]["cost_saved_pct"].get<double>(), 50.0, 1e-9);
+  EXPECT_NEAR(j["totals"]["cost_saved_pct"].get<double>(), 37.5, 1e-9);
+  EXPECT_EQ(j["totals"]["degraded_requests"], 1);
   EXPECT_EQ(j["tiers"][2]["ttft_ms"]["p50"], 20.0);
   const std::string table = format_report(*report);
-  EXPECT_NE(table.find("cost saved        $0.050000 (50.0 %)"), std::string::npos) << table;
+  EXPECT_NE(table.find("cost saved        $0.030000 (37.5 %) on 5 requests"), std::string::npos)
+      << table;
+  EXPECT_NE(table.find("not a saving      1 degraded"), std::string::npos) << table;
   EXPECT_NE(table.find("cloud share       28.6 %"), std::string::npos) << table;
+}
+
+// Device-only traffic could never have gone to the cloud, and a degraded
+// answer is the cloud failing: "cost saved 100 %" for either would mislead.
+TEST(ReportTest, DegradedAndDeviceOnlyRequestsAreNotSavings) {
+  TempDir dir;
+  const std::string path = dir.file("apart.db");
+  {
+    auto store = open_store({.path = path});
+    ASSERT_TRUE(store);
+    store->submit(row("edge", "device", "device-only", "ok", 0, 0.010, 10, 100));
+    store->submit(row("edge", "device", "device-only", "ok", 0, 0.030, 10, 110));
+    store->submit(row("edge", "device", "public", "degraded", 0, 0.020, 10, 120));
+    store->submit(row("cloud", "cloud", "public", "ok", 0.040, 0.040, 50, 500));
+  }
+  auto report = build_report(path, {.now_ms = kNow});
+  ASSERT_TRUE(report.ok()) << report.error().message;
+  const GroupTotals& t = report->totals;
+  EXPECT_EQ(t.requests, 4);
+  EXPECT_EQ(t.compared_requests, 1);
+  EXPECT_NEAR(t.cost_saved_usd, 0.0, 1e-12);
+  EXPECT_NEAR(t.cost_saved_pct, 0.0, 1e-12);
+  EXPECT_EQ(t.device_only_requests, 2);
+  EXPECT_NEAR(t.device_only_cloud_only_cost_usd, 0.04, 1e-12);
+  EXPECT_EQ(t.degraded_requests, 1);
+  EXPECT_NEAR(t.degraded_cloud_only_cost_usd, 0.02, 1e-12);
+  const std::string table = format_report(*report);
+  EXPECT_NE(table.find("not a saving      1 degraded (cloud failed; $0.020000 on the cloud), 2 "
+                       "device-only ($0.040000), 0 failed"),
+            std::string::npos)
+      << table;
+  // The device-only class has nothing to compare: its saving reads "-", not 100 %.
+  ASSERT_EQ(report->data_classes[0].data_class, "device-only");
+  EXPECT_EQ(report->data_classes[0].totals.compared_requests, 0);
+  EXPECT_NE(table.find("device-only            2     0.000000     0.040000         -"),
+            std::string::npos)
+      << table;
 }
 
 TEST(ReportTest, NearestRankPercentilesOverOneToHundred) {

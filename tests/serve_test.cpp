@@ -10,10 +10,12 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <cctype>
 #include <cerrno>
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
+#include <fstream>
 #include <mutex>
 #include <set>
 #include <thread>
@@ -300,6 +302,48 @@ TEST(ConfigTest, RoutingAndPrivacySectionsAreCheckedAndKept) {
   EXPECT_TRUE(c->privacy.IsMap());
   const std::string e = config_error("tiers:\n  e:\n    model: m\nrouting:\n  polcy: edge\n");
   EXPECT_NE(e.find("cfg.yaml: routing.polcy"), std::string::npos) << e;
+}
+
+// docs/CONFIG.md documents exactly the keys the parser accepts: its table
+// rows whose first cell is a key (`server.host`) against config_keys().
+TEST(ConfigTest, ReferenceDocumentsExactlyTheParsersKeys) {
+  std::ifstream in(std::string(FSH_SOURCE_DIR) + "/docs/CONFIG.md");
+  ASSERT_TRUE(in) << "docs/CONFIG.md is missing";
+  std::set<std::string> documented;
+  std::string line;
+  while (std::getline(in, line)) {
+    if (!line.starts_with("| `")) continue;
+    const std::string key = line.substr(3, line.find('`', 3) - 3);
+    // Environment variables (FORESHORE_...) have a table of their own.
+    if (!key.empty() && std::islower(static_cast<unsigned char>(key[0]))) documented.insert(key);
+  }
+  const std::vector<std::string> keys = config_keys();
+  const std::set<std::string> accepted(keys.begin(), keys.end());
+  EXPECT_EQ(accepted.size(), keys.size()) << "config_keys() lists a key twice";
+  for (const auto& k : accepted) {
+    EXPECT_TRUE(documented.contains(k)) << "accepted but not in docs/CONFIG.md: " << k;
+  }
+  for (const auto& k : documented) {
+    EXPECT_TRUE(accepted.contains(k)) << "in docs/CONFIG.md but not accepted: " << k;
+  }
+}
+
+// A key listed as accepted is read, not refused: the lists config_keys()
+// reports are the ones the parser checks against.
+TEST(ConfigTest, EveryListedRoutingKeyIsAccepted) {
+  const std::string yaml =
+      "tiers: {e: {kind: embedded, model: m.gguf}}\n"
+      "routing:\n"
+      "  policy: cascade\n  edge_tier: e\n  cloud_tier: e\n  complexity_model: none\n"
+      "  threshold: 0.5\n  default_max_tokens: 64\n"
+      "  cascade: {min_mean_logprob: -1, min_token_logprob: -5, max_mean_entropy: 2,"
+      " hold_back_tokens: 4}\n"
+      "  consistency: {min_similarity: 0.4}\n"
+      "  optimize: {cost_weight: 10, latency_weight: 0.001}\n";
+  EXPECT_EQ(config_error(yaml), "(no error)");
+  size_t routing_keys = 0;
+  for (const auto& k : config_keys()) routing_keys += k.starts_with("routing.");
+  EXPECT_EQ(routing_keys, 16u) << "a routing key was added: add it to this file above too";
 }
 
 TEST(ConfigTest, LoadConfigMissingFile) {
@@ -1042,8 +1086,11 @@ TEST_F(GatewayTest, ModelsHealthReadyMetrics) {
     EXPECT_TRUE(m["owned_by"].is_string());
     ids.insert(m["id"].get<std::string>());
   }
+  // Tiers, model ids and aliases, then the policy names clients may send.
   EXPECT_EQ(ids, (std::set<std::string>{"foreshore", "edge", "cloud", "gpt-4o", "tiny-edge",
-                                        "big-cloud"}));
+                                        "big-cloud", "foreshore/threshold", "foreshore/cascade",
+                                        "foreshore/consistency", "foreshore/optimize",
+                                        "foreshore/edge", "foreshore/cloud"}));
   EXPECT_EQ(j["data"][0]["id"], "foreshore");
   EXPECT_EQ(http_get(port, "/healthz").status, 200);
   r = http_get(port, "/readyz");

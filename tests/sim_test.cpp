@@ -94,6 +94,12 @@ TEST(Simulate, FourRequestsCostAndShareByHand) {
   EXPECT_DOUBLE_EQ(cloud.ttft_ms.p50, 250.0);
   EXPECT_DOUBLE_EQ(cloud.ttft_ms.p99, 4010.0);
   EXPECT_DOUBLE_EQ(cloud.cloud_ttft_ms.p50, 200.0);
+  // The table says why "cloud" saved money at all.
+  const std::string table = format_policy_table(std::span<const PolicyReport>(&cloud, 1));
+  EXPECT_NE(table.find("cloud: 2 of 4 requests stayed on the edge (1 prefer-local, 1 "
+                       "device-only): their data class keeps them on the device by rule"),
+            std::string::npos)
+      << table;
 
   const PolicyReport edge = sim->run(route::PolicyKind::kEdge);
   EXPECT_DOUBLE_EQ(edge.cost_usd, 0.0);
@@ -484,6 +490,20 @@ TEST(Advise, BreakEvenAndCriteriaFromTheNumbers) {
   EXPECT_TRUE(b.criteria[3].holds);
   EXPECT_FALSE(b.hybrid_justified);
   EXPECT_EQ(b.start_policy, "cloud");
+}
+
+TEST(Advise, SmallSampleComesWithAWarning) {
+  auto sim = simulator(config_with("routing: {complexity_model: none}\n"), exact_options(),
+                       four_requests());
+  AdviceOptions o;
+  o.sweep_points = 3;
+  const Advice a = advise(*sim, o);
+  EXPECT_NE(a.sample_warning.find("Only 4 requests: too few to trust"), std::string::npos)
+      << a.sample_warning;
+  EXPECT_TRUE(format_advice(a).starts_with("WARNING: Only 4 requests")) << format_advice(a);
+  // A trace of the size asked for needs no warning.
+  o.min_requests = 4;
+  EXPECT_EQ(advise(*sim, o).sample_warning, "");
 }
 
 TEST(Advise, NoTimeSpanMeansVolumeUnknown) {

@@ -2,6 +2,9 @@
 #pragma once
 
 #include <CLI/CLI.hpp>
+#include <optional>
+#include <string>
+#include <string_view>
 
 #include "common/result.h"
 
@@ -12,6 +15,7 @@ void add_bench_command(CLI::App& app);
 void add_serve_command(CLI::App& app);
 void add_router_command(CLI::App& app);
 void add_report_command(CLI::App& app);
+void add_route_command(CLI::App& app);
 void add_quantize_command(CLI::App& app);
 void add_prune_command(CLI::App& app);
 void add_eval_command(CLI::App& app);
@@ -22,6 +26,16 @@ void add_advise_command(CLI::App& app);
 // the exit status, 2 for bad input (an invalid argument or something not
 // found), 1 for anything else.
 int fail(const Error& e);
+
+// Levenshtein distance: how many single-byte edits turn `a` into `b`.
+size_t edit_distance(std::string_view a, std::string_view b);
+
+// For a command line whose subcommand does not exist ("foreshore rout"), the
+// message naming the nearest existing one and listing them all; nullopt when
+// every subcommand on the line exists. CLI11 alone says only "A subcommand is
+// required" or that an argument was not expected.
+std::optional<std::string> unknown_subcommand_message(const CLI::App& app, int argc,
+                                                      const char* const* argv);
 
 // Runs `command` when the subcommand is chosen; a nonzero result it returns
 // becomes the process's exit status.

@@ -15,6 +15,7 @@ int main(int argc, char** argv) {
       "  foreshore run -m stories260K -p \"Once upon a time\"\n"
       "  foreshore serve -m stories260K --port 8080\n"
       "  foreshore serve --config examples/gateway.yaml\n"
+      "  foreshore route --explain -p \"Prove that sqrt(2) is irrational\"\n"
       "  foreshore quantize stories260K stories260K-q8.gguf --type Q8_0\n"
       "  foreshore bench -m stories260K -p 128 -n 32\n"
       "Models are found by path or by name in FORESHORE_MODEL_PATH\n"
@@ -23,12 +24,17 @@ int main(int argc, char** argv) {
   foreshore::cli::add_bench_command(app);
   foreshore::cli::add_serve_command(app);
   foreshore::cli::add_router_command(app);
+  foreshore::cli::add_route_command(app);
   foreshore::cli::add_report_command(app);
   foreshore::cli::add_quantize_command(app);
   foreshore::cli::add_prune_command(app);
   foreshore::cli::add_eval_command(app);
   foreshore::cli::add_simulate_command(app);
   foreshore::cli::add_advise_command(app);
+  if (auto unknown = foreshore::cli::unknown_subcommand_message(app, argc, argv)) {
+    std::cerr << "error: " << *unknown << "\n";
+    return 2;
+  }
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

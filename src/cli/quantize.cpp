@@ -3,6 +3,7 @@
 #include <unistd.h>
 
 #include <cctype>
+#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <fstream>
@@ -42,6 +43,7 @@ struct QuantizeOptions {
   std::string pad_ffn = "auto";
   bool no_importance = false;
   int32_t threads = 0;
+  bool quiet = false;
 };
 
 Error invalid(std::string message) {
@@ -110,30 +112,70 @@ Result<uint64_t> parse_size(const std::string& text) {
   return static_cast<uint64_t>(value * it->second);
 }
 
-// A bar on stderr, drawn only for a person watching: redirected output stays clean.
-class ProgressBar {
+// What a person sees of the long steps, on stderr: a bar on a terminal;
+// otherwise (a log, CI) one line as each step starts, at each quarter and at
+// its end with its time, so a 14 s plan does not look hung; nothing with --quiet.
+class Progress {
  public:
-  ProgressBar() : enabled_(::isatty(STDERR_FILENO) == 1) {}
+  explicit Progress(bool quiet)
+      : mode_(quiet                          ? Mode::kOff
+              : ::isatty(STDERR_FILENO) == 1 ? Mode::kBar
+                                             : Mode::kLines) {}
+
+  // A step that reports how far it got.
   void operator()(std::string_view stage, uint64_t done, uint64_t total) {
-    if (!enabled_ || total == 0) return;
-    const int width = 40;
-    const int filled = static_cast<int>(width * done / total);
+    if (mode_ == Mode::kOff || total == 0) return;
     const int percent = static_cast<int>(100 * done / total);
-    if (stage == stage_ && percent == last_percent_) return;
-    stage_ = std::string(stage);
+    const bool new_stage = stage != stage_;
+    if (!new_stage && percent == last_percent_) return;
+    if (new_stage) {
+      stage_ = std::string(stage);
+      started_ = std::chrono::steady_clock::now();
+    }
+    const int last = new_stage ? -1 : last_percent_;
     last_percent_ = percent;
-    std::fprintf(stderr, "\r%-10s [%s%s] %3d%% (%llu/%llu)", stage_.c_str(),
-                 std::string(static_cast<size_t>(filled), '#').c_str(),
-                 std::string(static_cast<size_t>(width - filled), '.').c_str(), percent,
-                 static_cast<unsigned long long>(done), static_cast<unsigned long long>(total));
-    if (done >= total) std::fputc('\n', stderr);
+    if (mode_ == Mode::kBar) {
+      const int width = 40;
+      const int filled = static_cast<int>(width * done / total);
+      std::fprintf(stderr, "\r%-10s [%s%s] %3d%% (%llu/%llu)", stage_.c_str(),
+                   std::string(static_cast<size_t>(filled), '#').c_str(),
+                   std::string(static_cast<size_t>(width - filled), '.').c_str(), percent,
+                   static_cast<unsigned long long>(done), static_cast<unsigned long long>(total));
+      if (done >= total) std::fputc('\n', stderr);
+    } else if (done >= total) {
+      std::fprintf(stderr, "[%s: done, %llu in %.1f s]\n", stage_.c_str(),
+                   static_cast<unsigned long long>(total), seconds());
+    } else if (new_stage || percent / 25 != last / 25) {
+      std::fprintf(stderr, "[%s: %d%% (%llu/%llu), %.1f s]\n", stage_.c_str(), percent,
+                   static_cast<unsigned long long>(done), static_cast<unsigned long long>(total),
+                   seconds());
+    }
     std::fflush(stderr);
   }
 
+  // A step that reports nothing as it goes: a line before and one after.
+  template <typename Step>
+  auto step(const char* what, Step&& run) {
+    const auto start = std::chrono::steady_clock::now();
+    if (mode_ != Mode::kOff) std::fprintf(stderr, "[%s ...]\n", what);
+    auto result = run();
+    if (mode_ != Mode::kOff) {
+      std::fprintf(stderr, "[%s: %s in %.1f s]\n", what, result.ok() ? "done" : "failed",
+                   std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+    }
+    return result;
+  }
+
  private:
-  bool enabled_;
+  enum class Mode { kOff, kBar, kLines };
+  double seconds() const {
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - started_).count();
+  }
+
+  Mode mode_;
   std::string stage_;
   int last_percent_ = -1;
+  std::chrono::steady_clock::time_point started_;
 };
 
 struct Measurement {
@@ -147,9 +189,9 @@ Result<Measurement> measure(std::shared_ptr<const engine::Model> reference,
                             std::shared_ptr<const engine::Model> quantized,
                             const compress::CalibrationSet& text, engine::ThreadPool& pool) {
   FSH_ASSIGN_OR_RETURN(compress::CalibrationRun ref,
-                      compress::run_calibration(reference, text, pool));
+                       compress::run_calibration(reference, text, pool));
   FSH_ASSIGN_OR_RETURN(compress::CalibrationRun out,
-                      compress::run_calibration(quantized, text, pool));
+                       compress::run_calibration(quantized, text, pool));
   Measurement m;
   m.tokens = text.token_count();
   m.divergence = compress::compare_distributions(ref.distributions, out.distributions);
@@ -254,7 +296,7 @@ Status apply_tensor_types(const engine::GgufFile& file, const std::vector<std::s
       return invalid("--tensor-type '" + item + "' needs PATTERN=TYPE, e.g. attn_v=Q8_0");
     }
     FSH_ASSIGN_OR_RETURN(TensorType type,
-                        parse_computable_type(item.substr(eq + 1), "--tensor-type"));
+                         parse_computable_type(item.substr(eq + 1), "--tensor-type"));
     auto pattern = compress::TextPattern::compile(item.substr(0, eq));
     if (!pattern.ok()) {
       return invalid("--tensor-type '" + item + "': " + pattern.error().message);
@@ -307,7 +349,7 @@ int quantize(const QuantizeOptions& o) {
   if (!file.ok()) return fail(file.error());
   const engine::GgufFile& in = **file;
   engine::ThreadPool pool(o.threads);
-  ProgressBar progress;
+  Progress progress(o.quiet);
   const auto on_progress = [&progress](std::string_view stage, uint64_t done, uint64_t total) {
     progress(stage, done, total);
   };
@@ -356,7 +398,9 @@ int quantize(const QuantizeOptions& o) {
   const auto measure_importance = [&](std::shared_ptr<const engine::Model> model) -> Status {
     if (!calibration || o.no_importance) return Status::Ok();
     FSH_ASSIGN_OR_RETURN(compress::LayerStatistics stats,
-                        compress::measure_layers(model, calibration->sequences, pool));
+                         progress.step("measuring column importance on the calibration text", [&] {
+                           return compress::measure_layers(model, calibration->sequences, pool);
+                         }));
     importance = std::move(stats.importance);
     importance_tokens = stats.tokens;
     return Status::Ok();
@@ -400,7 +444,9 @@ int quantize(const QuantizeOptions& o) {
     auto model = source_model();
     if (!model.ok()) return fail(model.error());
     if (auto s = measure_importance(*model); !s.ok()) return fail(s.error());
-    auto ref_run = compress::run_calibration(reference, *calibration, pool);
+    auto ref_run = progress.step("running the input model on the calibration text", [&] {
+      return compress::run_calibration(reference, *calibration, pool);
+    });
     if (!ref_run.ok()) return fail(ref_run.error());
     // Padding is exact, so measuring on the padded model serves both
     // variants; the plan keeps the one with the lower predicted divergence.
@@ -456,7 +502,7 @@ int quantize(const QuantizeOptions& o) {
                       {"bits_per_weight", out_bpw},
                       {"file_type", compress::llama_file_type(*source, choices)}};
 
-  print_table(*source, choices, sensitivities);
+  if (!o.quiet) print_table(*source, choices, sensitivities);
   print_fallbacks(choices);
   if (padded) {
     std::printf(
@@ -479,7 +525,8 @@ int quantize(const QuantizeOptions& o) {
     if (!quantized.ok()) return fail(quantized.error());
     json measured = json::object();
     if (calibration) {
-      auto m = measure(reference, *quantized, *calibration, pool);
+      auto m = progress.step("measuring the output on the calibration text",
+                             [&] { return measure(reference, *quantized, *calibration, pool); });
       if (!m.ok()) return fail(m.error());
       print_measurement("calibration", *m);
       measured["calibration"] = measurement_json(*m);
@@ -488,7 +535,8 @@ int quantize(const QuantizeOptions& o) {
     if (!o.eval_text.empty()) {
       auto set = compress::load_calibration(o.eval_text, *reference, o.eval_tokens);
       if (!set.ok()) return fail(set.error());
-      auto m = measure(reference, *quantized, *set, pool);
+      auto m = progress.step("measuring the output on the eval text",
+                             [&] { return measure(reference, *quantized, *set, pool); });
       if (!m.ok()) return fail(m.error());
       print_measurement("eval text", *m);
       measured["eval"] = measurement_json(*m);
@@ -568,6 +616,8 @@ void add_quantize_command(CLI::App& app) {
       "weighing errors by the importance of their input columns on the calibration text");
   cmd->add_option("-t,--threads", opts->threads, "Threads (0: one per core)")
       ->capture_default_str();
+  cmd->add_flag("-q,--quiet", opts->quiet,
+                "No per-tensor table and no progress: only notes, the sizes and measurements");
   cmd->footer(
       "Examples:\n"
       "  foreshore quantize stories260K out-q8.gguf --type Q8_0\n"

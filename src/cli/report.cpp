@@ -27,9 +27,10 @@ int run_report(const ReportFlags& flags) {
   }
   // SQLite reports a missing file only as "unable to open"; name it instead.
   if (!std::filesystem::exists(flags.db)) {
-    return fail(make_error(ErrorKind::kNotFound,
-                           "audit store " + flags.db +
-                               " does not exist; pass the file the server writes (audit.path)"));
+    return fail(make_error(
+        ErrorKind::kNotFound,
+        "audit store " + flags.db +
+            " does not exist; pass the file the server writes (config key server.audit_db)"));
   }
   auto report = observe::build_report(flags.db, options);
   if (!report.ok()) return fail(report.error());
@@ -49,7 +50,8 @@ void add_report_command(CLI::App& app) {
       "report",
       "Summarize the audit store: cost against cloud-only, cloud share, latency percentiles "
       "per tier, escalation, degradation and error rates, per data class");
-  cmd->add_option("--db", flags->db, "Audit store (SQLite file) the server writes (audit.path)")
+  cmd->add_option("--db", flags->db,
+                  "Audit store (SQLite file) the server writes (config key server.audit_db)")
       ->required();
   cmd->add_option("--since", flags->since,
                   "Only requests newer than this: 90s, 30m, 24h, 7d, 2w (default: all rows)");

@@ -1,6 +1,8 @@
 // `foreshore router train|eval|cv|score`: fit the complexity model from
 // labelled prompts, score it the way RouteLLM scores routers, choose its
 // settings by cross-validation, and look at one decision.
+#include "route/router.h"
+
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -570,14 +572,15 @@ int cross_validate(const CvFlags& f) {
 // ---- score -----------------------------------------------------------------------
 
 struct ScoreFlags {
-  std::string model = "data/router/complexity-default.json";
+  std::string model;  // empty: the shipped model, found beside the binary
   std::string prompt;
   double perplexity = 0.0;
   bool explain = false;
 };
 
 int score(const ScoreFlags& f) {
-  auto model = route::ComplexityModel::load(f.model);
+  auto model = route::ComplexityModel::load(f.model.empty() ? route::default_complexity_model_path()
+                                                            : f.model);
   if (!model.ok()) return fail(model.error());
   std::string prompt = f.prompt;
   if (prompt.empty()) prompt.assign(std::istreambuf_iterator<char>(std::cin), {});
@@ -702,7 +705,9 @@ void add_router_command(CLI::App& app) {
   auto sf = std::make_shared<ScoreFlags>();
   CLI::App* score_cmd =
       router->add_subcommand("score", "Score one prompt (from -p or stdin) and explain it");
-  score_cmd->add_option("--model", sf->model, "Model file")->capture_default_str();
+  score_cmd->add_option("--model", sf->model,
+                        "Model file (default: the shipped data/router/complexity-default.json, "
+                        "found from the binary's folder)");
   score_cmd->add_option("-p,--prompt", sf->prompt, "Prompt text (default: read stdin)");
   score_cmd->add_option("--perplexity", sf->perplexity,
                         "The edge model's perplexity on the prompt, when measured");

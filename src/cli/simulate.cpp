@@ -224,15 +224,18 @@ int run_advise(AdviseFlags& f) {
   if (!sim.ok()) return fail(sim.error());
   const sim::Advice advice = sim::advise(**sim, f.advice);
   if (f.model.json) {
-    nlohmann::json j = {{"holding", advice.holding},
-                        {"hybrid_justified", advice.hybrid_justified},
-                        {"start_policy", advice.start_policy},
-                        {"recommendation", advice.recommendation},
-                        {"api_usd_per_mtok", advice.api_usd_per_mtok},
-                        {"break_even_utilization", advice.break_even_utilization},
-                        {"sustained_utilization", advice.sustained_utilization},
-                        {"gpus_for_peak", advice.gpus_for_peak},
-                        {"criteria", nlohmann::json::array()}};
+    nlohmann::json j = {
+        {"holding", advice.holding},
+        {"hybrid_justified", advice.hybrid_justified},
+        {"start_policy", advice.start_policy},
+        {"recommendation", advice.recommendation},
+        {"sample_warning",
+         advice.sample_warning.empty() ? nlohmann::json() : nlohmann::json(advice.sample_warning)},
+        {"api_usd_per_mtok", advice.api_usd_per_mtok},
+        {"break_even_utilization", advice.break_even_utilization},
+        {"sustained_utilization", advice.sustained_utilization},
+        {"gpus_for_peak", advice.gpus_for_peak},
+        {"criteria", nlohmann::json::array()}};
     j["start_threshold"] =
         advice.start_threshold ? nlohmann::json(*advice.start_threshold) : nlohmann::json();
     for (const auto& c : advice.criteria) {

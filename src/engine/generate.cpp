@@ -5,6 +5,7 @@
 #include <cstdlib>
 #include <filesystem>
 
+#include "common/install_paths.h"
 #include "engine/json_constraint.h"
 
 namespace foreshore::engine {
@@ -183,6 +184,9 @@ std::vector<std::string> model_search_path() {
     if (colon == std::string_view::npos) break;
     list.remove_prefix(colon + 1);
   }
+  // Then the folders found from the binary, so a model shipped beside it is
+  // found from any working directory.
+  for (auto& dir : binary_relative_model_dirs()) dirs.push_back(std::move(dir));
   return dirs;
 }
 

@@ -103,8 +103,14 @@ struct ModelLoader {
     }
     ModelConfig& c = model.config_;
     c.architecture = arch;
-    c.name = file.get_string("general.name")
-                 .value_or(std::filesystem::path(file.origin()).stem().string());
+    // Converters that know no better write the architecture as general.name
+    // (stories260K's says "llama"); the file's own name says more then.
+    const std::string stem = std::filesystem::path(file.origin()).stem().string();
+    const auto general_name = file.get_string("general.name");
+    c.name = general_name && !general_name->empty() && *general_name != arch ? *general_name : stem;
+    // The version names the weights as the file does, so renaming a file
+    // does not make its weights look new.
+    const std::string version_name = general_name.value_or(stem);
     FSH_ASSIGN_OR_RETURN(int64_t n_embd, require_int("embedding_length"));
     FSH_ASSIGN_OR_RETURN(int64_t n_layer, require_int("block_count"));
     FSH_ASSIGN_OR_RETURN(int64_t n_head, require_int("attention.head_count"));
@@ -188,7 +194,7 @@ struct ModelLoader {
     }
     char hex[17];
     std::snprintf(hex, sizeof hex, "%016llx", static_cast<unsigned long long>(h));
-    model.version_ = c.name + "@" + std::string(hex, 12);
+    model.version_ = version_name + "@" + std::string(hex, 12);
     return Status::Ok();
   }
 };

@@ -15,31 +15,55 @@ namespace {
 
 using json = nlohmann::ordered_json;
 
+struct Row {
+  double cost = 0.0;
+  double cloud_cost = 0.0;
+  bool on_cloud = false;
+  bool escalated = false;
+  bool degraded = false;
+  bool error = false;
+  bool device_only = false;
+};
+
 struct Accumulator {
   GroupTotals totals;
-  int64_t cloud = 0, escalated = 0, degraded = 0, errors = 0;
+  int64_t cloud = 0, escalated = 0;
+  double compared_cost = 0.0;
 
-  void add(double cost, double cloud_cost, bool on_cloud, bool esc, bool deg, bool error) {
-    ++totals.requests;
-    totals.cost_usd += cost;
-    totals.cloud_only_cost_usd += cloud_cost;
-    cloud += on_cloud;
-    escalated += esc;
-    degraded += deg;
-    errors += error;
+  void add(const Row& r) {
+    GroupTotals& t = totals;
+    ++t.requests;
+    t.cost_usd += r.cost;
+    t.cloud_only_cost_usd += r.cloud_cost;
+    cloud += r.on_cloud;
+    escalated += r.escalated;
+    if (r.error) {
+      ++t.failed_requests;
+    } else if (r.device_only) {
+      ++t.device_only_requests;
+      t.device_only_cloud_only_cost_usd += r.cloud_cost;
+    } else if (r.degraded) {
+      ++t.degraded_requests;
+      t.degraded_cloud_only_cost_usd += r.cloud_cost;
+    } else {
+      ++t.compared_requests;
+      t.compared_cloud_only_cost_usd += r.cloud_cost;
+      compared_cost += r.cost;
+    }
   }
 
   GroupTotals finish() const {
     GroupTotals t = totals;
-    t.cost_saved_usd = t.cloud_only_cost_usd - t.cost_usd;
-    t.cost_saved_pct =
-        t.cloud_only_cost_usd > 0 ? 100.0 * t.cost_saved_usd / t.cloud_only_cost_usd : 0.0;
+    t.cost_saved_usd = t.compared_cloud_only_cost_usd - compared_cost;
+    t.cost_saved_pct = t.compared_cloud_only_cost_usd > 0
+                           ? 100.0 * t.cost_saved_usd / t.compared_cloud_only_cost_usd
+                           : 0.0;
     if (t.requests > 0) {
       const auto n = static_cast<double>(t.requests);
       t.cloud_share = static_cast<double>(cloud) / n;
       t.escalation_rate = static_cast<double>(escalated) / n;
-      t.degradation_rate = static_cast<double>(degraded) / n;
-      t.error_rate = static_cast<double>(errors) / n;
+      t.degradation_rate = static_cast<double>(t.degraded_requests) / n;
+      t.error_rate = static_cast<double>(t.failed_requests) / n;
     }
     return t;
   }
@@ -86,8 +110,15 @@ json totals_json(const GroupTotals& t) {
   return json{{"requests", t.requests},
               {"cost_usd", t.cost_usd},
               {"cloud_only_cost_usd", t.cloud_only_cost_usd},
+              {"compared_requests", t.compared_requests},
+              {"compared_cloud_only_cost_usd", t.compared_cloud_only_cost_usd},
               {"cost_saved_usd", t.cost_saved_usd},
               {"cost_saved_pct", t.cost_saved_pct},
+              {"degraded_requests", t.degraded_requests},
+              {"degraded_cloud_only_cost_usd", t.degraded_cloud_only_cost_usd},
+              {"device_only_requests", t.device_only_requests},
+              {"device_only_cloud_only_cost_usd", t.device_only_cloud_only_cost_usd},
+              {"failed_requests", t.failed_requests},
               {"cloud_share", t.cloud_share},
               {"escalation_rate", t.escalation_rate},
               {"degradation_rate", t.degradation_rate},
@@ -143,8 +174,8 @@ Result<std::chrono::seconds> parse_duration(std::string_view text) {
 }
 
 Result<Report> build_report(const std::string& db_path, const ReportOptions& options) {
-  FSH_ASSIGN_OR_RETURN(detail::DbPtr db,
-                      detail::open_audit_db(db_path, /*writable=*/false, /*busy_timeout_ms=*/5000));
+  FSH_ASSIGN_OR_RETURN(detail::DbPtr db, detail::open_audit_db(db_path, /*writable=*/false,
+                                                               /*busy_timeout_ms=*/5000));
   Report report;
   report.db_path = db_path;
   report.until_ms = options.now_ms != 0 ? options.now_ms : current_ms();
@@ -182,9 +213,11 @@ Result<Report> build_report(const std::string& db_path, const ReportOptions& opt
     report.first_ms = std::min(report.first_ms.value_or(ts), ts);
     report.last_ms = std::max(report.last_ms.value_or(ts), ts);
 
-    const bool on_cloud = placement == "cloud";
-    all.add(cost, cloud_cost, on_cloud, escalated, degraded, error);
-    by_class[column_text(s, 2)].add(cost, cloud_cost, on_cloud, escalated, degraded, error);
+    const std::string data_class = column_text(s, 2);
+    const Row row{cost,     cloud_cost, placement == "cloud",       escalated,
+                  degraded, error,      data_class == "device-only"};
+    all.add(row);
+    by_class[data_class].add(row);
     TierAccumulator& t = by_tier[tier.empty() ? "(none)" : tier];
     if (t.placement.empty()) t.placement = std::move(placement);
     ++t.requests;
@@ -245,7 +278,15 @@ std::string format_report(const Report& report) {
   out += format("requests          %lld\n", static_cast<long long>(t.requests));
   out += format("cost              $%.6f\n", t.cost_usd);
   out += format("cloud-only cost   $%.6f\n", t.cloud_only_cost_usd);
-  out += format("cost saved        $%.6f (%.1f %%)\n", t.cost_saved_usd, t.cost_saved_pct);
+  out +=
+      format("cost saved        $%.6f (%.1f %%) on %lld requests routed with the cloud allowed\n",
+             t.cost_saved_usd, t.cost_saved_pct, static_cast<long long>(t.compared_requests));
+  out += format(
+      "not a saving      %lld degraded (cloud failed; $%.6f on the cloud), %lld device-only "
+      "($%.6f), %lld failed\n",
+      static_cast<long long>(t.degraded_requests), t.degraded_cloud_only_cost_usd,
+      static_cast<long long>(t.device_only_requests), t.device_only_cloud_only_cost_usd,
+      static_cast<long long>(t.failed_requests));
   out += "cloud share       " + pct(t.cloud_share) + "\n";
   out += "escalation rate   " + pct(t.escalation_rate) + "\n";
   out += "degradation rate  " + pct(t.degradation_rate) + "\n";
@@ -266,10 +307,13 @@ std::string format_report(const Report& report) {
                 "cloud-only $", "saved", "cloud", "escalated", "degraded", "errors");
   for (const DataClassReport& c : report.data_classes) {
     const GroupTotals& g = c.totals;
-    out += format("%-14s %9lld %12.6f %12.6f %7.1f %% %8s %10s %9s %7s\n",
+    // Nothing to compare (all device-only, degraded or failed): no saving to show.
+    const std::string saved =
+        g.compared_requests == 0 ? std::string("-") : format("%.1f %%", g.cost_saved_pct);
+    out += format("%-14s %9lld %12.6f %12.6f %9s %8s %10s %9s %7s\n",
                   c.data_class.empty() ? "(unset)" : c.data_class.c_str(),
                   static_cast<long long>(g.requests), g.cost_usd, g.cloud_only_cost_usd,
-                  g.cost_saved_pct, pct(g.cloud_share).c_str(), pct(g.escalation_rate).c_str(),
+                  saved.c_str(), pct(g.cloud_share).c_str(), pct(g.escalation_rate).c_str(),
                   pct(g.degradation_rate).c_str(), pct(g.error_rate).c_str());
   }
   return out;

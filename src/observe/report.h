@@ -37,9 +37,21 @@ struct GroupTotals {
   int64_t requests = 0;
   double cost_usd = 0.0;
   double cloud_only_cost_usd = 0.0;
-  double cost_saved_usd = 0.0;  // cloud_only - actual; negative when the hybrid cost more
-  double cost_saved_pct = 0.0;  // of cloud_only; 0 when cloud_only is 0
-  double cloud_share = 0.0;     // answered by a cloud-placed tier
+  // Savings count only the requests the router chose for, with the cloud
+  // allowed, that were answered as planned: a degraded answer (the edge
+  // stepping in because the cloud failed) saved nothing by choice, device-only
+  // data could never have gone to the cloud, and a failure is no saving.
+  int64_t compared_requests = 0;
+  double compared_cloud_only_cost_usd = 0.0;
+  double cost_saved_usd =
+      0.0;  // over compared requests: cloud-only - actual; < 0: hybrid cost more
+  double cost_saved_pct = 0.0;  // of compared_cloud_only_cost_usd; 0 when that is 0
+  int64_t degraded_requests = 0;
+  double degraded_cloud_only_cost_usd = 0.0;  // what the degraded ones would have cost on the cloud
+  int64_t device_only_requests = 0;
+  double device_only_cloud_only_cost_usd = 0.0;
+  int64_t failed_requests = 0;
+  double cloud_share = 0.0;  // answered by a cloud-placed tier
   double escalation_rate = 0.0;
   double degradation_rate = 0.0;
   double error_rate = 0.0;  // outcome "error:<kind>"

@@ -74,7 +74,7 @@ Status check_version(int version, const std::string& path, bool writable) {
     return make_error(ErrorKind::kInvalidArgument,
                       "audit store " + path +
                           " is a SQLite file without a Foreshore audit schema; pass the file "
-                          "the server writes (audit.path in its config)");
+                          "the server writes (config key server.audit_db)");
   }
   return Status::Ok();
 }

@@ -4,11 +4,15 @@
 #include <yaml-cpp/yaml.h>
 
 #include <algorithm>
+#include <array>
 #include <chrono>
 #include <cstdlib>
 #include <filesystem>
 #include <nlohmann/json.hpp>
 #include <random>
+#include <span>
+
+#include "common/install_paths.h"
 
 namespace foreshore::route {
 namespace {
@@ -38,6 +42,12 @@ std::optional<PolicyKind> parse_policy(std::string_view name) {
     if (n == name) return k;
   }
   return std::nullopt;
+}
+
+std::vector<std::string_view> policy_names() {
+  std::vector<std::string_view> names;
+  for (const auto& [k, n] : kPolicies) names.push_back(n);
+  return names;
 }
 
 std::string_view to_string(PlanKind kind) {
@@ -94,22 +104,43 @@ double TierLatency::ttft_quantile(double p) const {
 }
 
 std::string default_complexity_model_path() {
-  namespace fs = std::filesystem;
   const std::string rel = "router/complexity-default.json";
-  if (const char* dir = std::getenv("FORESHORE_DATA_DIR"); dir != nullptr && *dir != '\0') {
-    return (fs::path(dir) / rel).string();
-  }
-  std::error_code ec;
-  if (fs::exists(fs::path("data") / rel, ec)) return (fs::path("data") / rel).string();
-  // The binary lives in <source>/<build dir>/; the data folder sits in <source>/.
-  const fs::path exe = fs::read_symlink("/proc/self/exe", ec);
-  if (!ec) {
-    for (fs::path dir = exe.parent_path(); !dir.empty() && dir != dir.root_path();
-         dir = dir.parent_path()) {
-      if (fs::exists(dir / "data" / rel, ec)) return (dir / "data" / rel).string();
-    }
-  }
-  return (fs::path("data") / rel).string();
+  // Not found anywhere: the path named in the error is the working directory's.
+  return find_shipped_file(rel).value_or("data/" + rel);
+}
+
+namespace {
+
+// The keys routing: accepts. The parser refuses any key not listed here, so a
+// key handled below but missing from these lists fails its own test, and
+// router_config_keys() (what docs/CONFIG.md is checked against) is complete.
+constexpr std::array<std::string_view, 9> kRoutingKeys{
+    "policy",  "edge_tier",   "cloud_tier", "complexity_model", "threshold", "default_max_tokens",
+    "cascade", "consistency", "optimize"};
+constexpr std::array<std::string_view, 4> kCascadeKeys{"min_mean_logprob", "min_token_logprob",
+                                                       "max_mean_entropy", "hold_back_tokens"};
+constexpr std::array<std::string_view, 1> kConsistencyKeys{"min_similarity"};
+constexpr std::array<std::string_view, 2> kOptimizeKeys{"cost_weight", "latency_weight"};
+
+std::string key_list(std::span<const std::string_view> keys) {
+  std::string out;
+  for (std::string_view k : keys) out += (out.empty() ? "" : ", ") + std::string(k);
+  return out;
+}
+
+bool listed(std::span<const std::string_view> keys, std::string_view key) {
+  return std::find(keys.begin(), keys.end(), key) != keys.end();
+}
+
+}  // namespace
+
+std::vector<std::string> router_config_keys() {
+  std::vector<std::string> keys;
+  for (std::string_view k : kRoutingKeys) keys.emplace_back(k);
+  for (std::string_view k : kCascadeKeys) keys.push_back("cascade." + std::string(k));
+  for (std::string_view k : kConsistencyKeys) keys.push_back("consistency." + std::string(k));
+  for (std::string_view k : kOptimizeKeys) keys.push_back("optimize." + std::string(k));
+  return keys;
 }
 
 Result<RouterConfig> router_config_from_yaml(const YAML::Node& node, std::string_view source) {
@@ -137,7 +168,9 @@ Result<RouterConfig> router_config_from_yaml(const YAML::Node& node, std::string
   for (const auto& kv : node) {
     const std::string key = kv.first.as<std::string>();
     const YAML::Node& v = kv.second;
-    if (key == "policy") {
+    if (!listed(kRoutingKeys, key)) {
+      problem(key, "unknown key; known: " + key_list(kRoutingKeys));
+    } else if (key == "policy") {
       auto p = parse_policy(v.as<std::string>(""));
       if (!p) {
         problem(key, "'" + v.as<std::string>("") +
@@ -164,7 +197,9 @@ Result<RouterConfig> router_config_from_yaml(const YAML::Node& node, std::string
       for (const auto& ck : v) {
         const std::string k = ck.first.as<std::string>();
         const std::string path = "cascade." + k;
-        if (k == "min_mean_logprob") {
+        if (!listed(kCascadeKeys, k)) {
+          problem(path, "unknown key; known: " + key_list(kCascadeKeys));
+        } else if (k == "min_mean_logprob") {
           number(ck.second, path, -100, 0, c.cascade.min_mean_logprob);
         } else if (k == "min_token_logprob") {
           number(ck.second, path, -100, 0, c.cascade.min_token_logprob);
@@ -175,9 +210,7 @@ Result<RouterConfig> router_config_from_yaml(const YAML::Node& node, std::string
           number(ck.second, path, 0, 4096, t);
           c.cascade.hold_back_tokens = static_cast<int32_t>(t);
         } else {
-          problem(path,
-                  "unknown key; known: min_mean_logprob, min_token_logprob, "
-                  "max_mean_entropy, hold_back_tokens");
+          problem(path, "listed but not read here; foreshore bug");
         }
       }
     } else if (key == "consistency" && v.IsMap()) {
@@ -186,7 +219,7 @@ Result<RouterConfig> router_config_from_yaml(const YAML::Node& node, std::string
         if (k == "min_similarity") {
           number(ck.second, "consistency." + k, 0, 1, c.consistency_min_similarity);
         } else {
-          problem("consistency." + k, "unknown key; known: min_similarity");
+          problem("consistency." + k, "unknown key; known: " + key_list(kConsistencyKeys));
         }
       }
     } else if (key == "optimize" && v.IsMap()) {
@@ -197,13 +230,11 @@ Result<RouterConfig> router_config_from_yaml(const YAML::Node& node, std::string
         } else if (k == "latency_weight") {
           number(ck.second, "optimize." + k, 0, 1e6, c.optimize_latency_weight);
         } else {
-          problem("optimize." + k, "unknown key; known: cost_weight, latency_weight");
+          problem("optimize." + k, "unknown key; known: " + key_list(kOptimizeKeys));
         }
       }
     } else {
-      problem(key,
-              "unknown key; known: policy, edge_tier, cloud_tier, complexity_model, "
-              "threshold, default_max_tokens, cascade, consistency, optimize");
+      problem(key, "must be a map of its own keys");
     }
   }
   if (!problems.empty()) return make_error(ErrorKind::kInvalidArgument, problems);

@@ -32,6 +32,9 @@ namespace foreshore::route {
 enum class PolicyKind { kThreshold, kCascade, kConsistency, kOptimize, kEdge, kCloud };
 std::string_view to_string(PolicyKind kind);
 std::optional<PolicyKind> parse_policy(std::string_view name);
+// Every policy's name, in declaration order: what clients may send as
+// "foreshore/<name>".
+std::vector<std::string_view> policy_names();
 
 // What the router knows about one tier.
 struct TierProfile {
@@ -96,6 +99,10 @@ struct RouterConfig {
   int32_t default_max_tokens = 256;         // expected output when the request sets none
   SensitivityConfig privacy;
 };
+
+// Every key routing: accepts, as paths below it ("cascade.hold_back_tokens"):
+// what docs/CONFIG.md lists.
+std::vector<std::string> router_config_keys();
 
 // Reads the `routing:` section (policy, edge_tier, cloud_tier, complexity_model,
 // threshold, cascade{...}, consistency{min_similarity}, optimize{cost_weight,
@@ -227,8 +234,8 @@ class Router {
   mutable std::atomic<uint64_t> decisions_{0};
 };
 
-// Where the shipped complexity model lives (data/router/complexity-default.json
-// next to the binary's source tree or in FORESHORE_DATA_DIR).
+// Where the shipped complexity model lives: router/complexity-default.json in
+// the first of shipped_data_dirs() (common/install_paths.h) that holds it.
 std::string default_complexity_model_path();
 
 }  // namespace foreshore::route

@@ -8,6 +8,7 @@
 #include <map>
 #include <nlohmann/json.hpp>
 #include <numeric>
+#include <optional>
 #include <sstream>
 #include <unordered_set>
 
@@ -308,6 +309,94 @@ Status load_mt_bench(const std::string& path, const std::string& text, const Dat
   return Status::Ok();
 }
 
+// An Arena-Hard judgement folder (arena-bench-v1): question.jsonl with the
+// prompts, and model_judgment/<model>.jsonl with a GPT-4 score (1-10) per
+// question and model. `root` is the folder holding both.
+Status load_arena(const fs::path& root, const DataOptions& options, const Filters& filters,
+                  std::vector<LabelledPrompt>& out) {
+  const std::string qpath = (root / "question.jsonl").string();
+  FSH_ASSIGN_OR_RETURN(std::string qtext, read_file(qpath));
+  struct Question {
+    std::string prompt;
+    std::string category;
+    double edge = -1.0, cloud = -1.0;  // -1: not judged
+  };
+  std::map<std::string, Question> questions;
+  std::istringstream qs(qtext);
+  std::string line;
+  size_t n = 0;
+  while (std::getline(qs, line)) {
+    ++n;
+    if (trim(line).empty()) continue;
+    const json j = json::parse(line, nullptr, false);
+    if (j.is_discarded() || !j.is_object() || !j.contains("question_id") ||
+        !j["question_id"].is_string() || !j.contains("turns") || !j["turns"].is_array() ||
+        j["turns"].empty() || !j["turns"][0].is_string()) {
+      return make_error(ErrorKind::kCorrupt,
+                        qpath + ":" + std::to_string(n) +
+                            ": not an Arena-Hard question (needs question_id and turns)");
+    }
+    Question q;
+    q.prompt = j["turns"][0].get<std::string>();
+    if (j.contains("category") && j["category"].is_string()) q.category = j["category"];
+    questions[j["question_id"].get<std::string>()] = std::move(q);
+  }
+  std::error_code ec;
+  std::vector<fs::path> judgement_files;
+  for (const auto& entry : fs::directory_iterator(root / "model_judgment", ec)) {
+    if (entry.path().extension() == ".jsonl") judgement_files.push_back(entry.path());
+  }
+  std::sort(judgement_files.begin(), judgement_files.end());
+  for (const auto& f : judgement_files) {
+    FSH_ASSIGN_OR_RETURN(std::string text, read_file(f.string()));
+    std::istringstream js(text);
+    n = 0;
+    while (std::getline(js, line)) {
+      ++n;
+      if (trim(line).empty()) continue;
+      const json j = json::parse(line, nullptr, false);
+      if (j.is_discarded() || !j.is_object() || !j.contains("question_id") ||
+          !j.contains("model") || !j["model"].is_string()) {
+        return make_error(ErrorKind::kCorrupt,
+                          f.string() + ":" + std::to_string(n) +
+                              ": not an Arena-Hard judgement (needs question_id, model, score)");
+      }
+      const std::string model = j["model"].get<std::string>();
+      if (model != options.weak_model && model != options.strong_model) break;  // another model
+      const auto q = questions.find(j["question_id"].get<std::string>());
+      // A judgement without a score (the judge's verdict did not parse) labels nothing.
+      if (q == questions.end() || !j.contains("score") || !j["score"].is_number()) continue;
+      (model == options.weak_model ? q->second.edge : q->second.cloud) = j["score"].get<double>();
+    }
+  }
+  for (auto& [id, q] : questions) {
+    if (q.edge < 0 || q.cloud < 0) {
+      ++filters.report.skipped_unlabelled;
+      continue;
+    }
+    if (!filters.keep(q.prompt, q.category)) continue;
+    LabelledPrompt p;
+    p.prompt = std::move(q.prompt);
+    p.subject = q.category;
+    p.edge_quality = q.edge;
+    p.cloud_quality = q.cloud;
+    p.outcome = outcome_of(q.edge, q.cloud, true);
+    out.push_back(std::move(p));
+  }
+  return Status::Ok();
+}
+
+// A folder of Arena-Hard judgements: question.jsonl beside model_judgment/.
+// Given either that folder or its model_judgment/, the folder; else nullopt.
+std::optional<fs::path> arena_root(const std::string& path) {
+  fs::path p = fs::path(path).lexically_normal();
+  if (p.filename().empty()) p = p.parent_path();
+  if (p.filename() == "model_judgment") p = p.parent_path();
+  std::error_code ec;
+  if (fs::is_directory(p / "model_judgment", ec) && fs::exists(p / "question.jsonl", ec)) return p;
+  return std::nullopt;
+}
+
 Status load_jsonl(const std::string& path, const std::string& text, const Filters& filters,
                   std::vector<LabelledPrompt>& out) {
   std::istringstream in(text);
@@ -573,7 +662,9 @@ Result<std::vector<LabelledPrompt>> load_labelled_prompts(const std::vector<std:
   std::vector<std::string> files;
   for (const auto& path : paths) {
     std::error_code ec;
-    if (fs::is_directory(path, ec)) {
+    if (fs::is_directory(path, ec) && arena_root(path)) {
+      files.push_back(path);  // loaded whole, as one data set
+    } else if (fs::is_directory(path, ec)) {
       std::vector<std::string> found;
       for (const auto& entry : fs::directory_iterator(path, ec)) {
         const auto& p = entry.path();
@@ -612,6 +703,11 @@ Result<std::vector<LabelledPrompt>> load_labelled_prompts(const std::vector<std:
   const Filters filters{options, contaminated, report};
   std::vector<LabelledPrompt> rows;
   for (const auto& f : files) {
+    if (const auto root = arena_root(f)) {
+      FSH_TRY_STATUS(load_arena(*root, options, filters, rows));
+      report.files.push_back(f);
+      continue;
+    }
     FSH_ASSIGN_OR_RETURN(std::string text, read_file(f));
     const std::string ext = fs::path(f).extension().string();
     DataFormat format = options.format;
@@ -950,7 +1046,7 @@ Result<CrossValidationReport> cross_validate(const std::vector<LabelledPrompt>& 
       }
     }
     FSH_ASSIGN_OR_RETURN(std::vector<double> scores,
-                        out_of_fold_scores(rows, fold_of, cv.folds, extra_training, options));
+                         out_of_fold_scores(rows, fold_of, cv.folds, extra_training, options));
 
     // The out-of-fold scores of the rows `keep` selects, on their own curve.
     auto evaluate_where = [&](auto keep, int64_t& count) {

@@ -1594,7 +1594,7 @@ class YamlReader {
   const std::string& errors() const { return errors_; }
 
   void check_keys(const YAML::Node& map, const std::string& path,
-                  std::initializer_list<std::string_view> allowed) {
+                  std::span<const std::string_view> allowed) {
     for (const auto& kv : map) {
       const std::string key = kv.first.Scalar();
       if (std::find(allowed.begin(), allowed.end(), key) == allowed.end()) {
@@ -1635,7 +1635,22 @@ class YamlReader {
   std::string errors_;
 };
 
+// The keys privacy: accepts; the parser checks against these lists and
+// sensitivity_config_keys() reports them, so the two cannot differ.
+constexpr std::array<std::string_view, 3> kPrivacyKeys{"detectors", "patterns", "keywords"};
+constexpr std::array<std::string_view, 3> kPatternKeys{"name", "regex", "class"};
+constexpr std::array<std::string_view, 3> kKeywordKeys{"name", "words", "class"};
+
 }  // namespace
+
+std::vector<std::string> sensitivity_config_keys() {
+  std::vector<std::string> keys;
+  for (std::string_view k : kPrivacyKeys) keys.emplace_back(k);
+  keys.emplace_back("detectors.NAME");
+  for (std::string_view k : kPatternKeys) keys.push_back("patterns[]." + std::string(k));
+  for (std::string_view k : kKeywordKeys) keys.push_back("keywords[]." + std::string(k));
+  return keys;
+}
 
 Result<SensitivityConfig> sensitivity_config_from_yaml(const YAML::Node& privacy,
                                                        std::string_view source,
@@ -1648,7 +1663,7 @@ Result<SensitivityConfig> sensitivity_config_from_yaml(const YAML::Node& privacy
     r.fail(path, "expected a map with detectors, patterns and keywords");
     return make_error(ErrorKind::kInvalidArgument, r.errors());
   }
-  r.check_keys(privacy, path, {"detectors", "patterns", "keywords"});
+  r.check_keys(privacy, path, kPrivacyKeys);
 
   if (const YAML::Node detectors = privacy["detectors"]) {
     if (!detectors.IsMap()) {
@@ -1696,7 +1711,7 @@ Result<SensitivityConfig> sensitivity_config_from_yaml(const YAML::Node& privacy
         r.fail(where, "expected a map with name, regex and class");
         continue;
       }
-      r.check_keys(item, where, {"name", "regex", "class"});
+      r.check_keys(item, where, kPatternKeys);
       const auto name = r.scalar(item, "name", where, true);
       const auto regex = r.scalar(item, "regex", where, true);
       const auto cls = r.data_class(item, where);
@@ -1711,7 +1726,7 @@ Result<SensitivityConfig> sensitivity_config_from_yaml(const YAML::Node& privacy
         r.fail(where, "expected a map with words, class and optionally name");
         continue;
       }
-      r.check_keys(item, where, {"name", "words", "class"});
+      r.check_keys(item, where, kKeywordKeys);
       const auto name = r.scalar(item, "name", where, false);
       const auto cls = r.data_class(item, where);
       const YAML::Node words = item["words"];

@@ -77,6 +77,10 @@ struct SensitivityConfig {
   uint32_t max_listed_hits = 256;
 };
 
+// Every key privacy: accepts, as paths below it ("patterns[].regex";
+// NAME stands for a built-in detector's name): what docs/CONFIG.md lists.
+std::vector<std::string> sensitivity_config_keys();
+
 // Reads the `privacy` section of the gateway YAML (keys detectors, patterns,
 // keywords; see docs/PRIVACY.md). Every problem is reported, one per line, as
 // "SOURCE: privacy.key.path: problem". `path` is where the node sits in the file.

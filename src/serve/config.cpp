@@ -4,11 +4,12 @@
 #include <yaml-cpp/yaml.h>
 
 #include <algorithm>
+#include <array>
 #include <cstdlib>
 #include <fstream>
-#include <initializer_list>
 #include <limits>
 #include <set>
+#include <span>
 #include <sstream>
 #include <type_traits>
 
@@ -48,7 +49,7 @@ class Reader {
   }
 
   void check_keys(const YAML::Node& map, const std::string& path,
-                  std::initializer_list<std::string_view> allowed) {
+                  std::span<const std::string_view> allowed) {
     for (const auto& kv : map) {
       const std::string key = kv.first.Scalar();
       if (std::find(allowed.begin(), allowed.end(), key) == allowed.end()) {
@@ -111,32 +112,46 @@ class Reader {
   std::vector<std::string> errors_;
 };
 
+// The keys each map accepts. The reader checks against these lists and
+// config_keys() reports them, so docs/CONFIG.md is tested against the
+// parser's own list.
+constexpr std::array<std::string_view, 5> kTopKeys{"server", "tiers", "models", "routing",
+                                                   "privacy"};
+constexpr std::array<std::string_view, 22> kServerKeys{"host",
+                                                       "port",
+                                                       "api_keys",
+                                                       "api_keys_env",
+                                                       "max_body_bytes",
+                                                       "max_concurrent_requests",
+                                                       "request_timeout_ms",
+                                                       "default_tier",
+                                                       "worker_threads",
+                                                       "worker_idle_timeout_ms",
+                                                       "log_requests",
+                                                       "audit_db",
+                                                       "decision_log",
+                                                       "audit_store_text",
+                                                       "shadow_fraction",
+                                                       "memory_budget_mb",
+                                                       "memory_pressure_interval_ms",
+                                                       "shutdown_timeout_ms",
+                                                       "shadow_target_agreement",
+                                                       "shadow_data_classes",
+                                                       "audit_max_rows",
+                                                       "audit_max_age_hours"};
+constexpr std::array<std::string_view, 16> kTierKeys{
+    "kind",           "placement",    "model",           "endpoint",
+    "api_key_env",    "price",        "max_concurrency", "max_queue",
+    "context_length", "kv_memory_mb", "threads",         "chat_format",
+    "timeouts",       "verify_tls",   "ca_file",         "low_memory_model"};
+constexpr std::array<std::string_view, 2> kPriceKeys{"input_per_mtok", "output_per_mtok"};
+constexpr std::array<std::string_view, 3> kTimeoutKeys{"connect_ms", "first_byte_ms", "total_ms"};
+constexpr std::array<std::string_view, 2> kAliasKeys{"tier", "fallback"};
+
 void read_server(Reader& r, const YAML::Node& node, ServerConfig& s) {
   const std::string path = "server";
   if (!r.expect_map(node, path)) return;
-  r.check_keys(node, path,
-               {"host",
-                "port",
-                "api_keys",
-                "api_keys_env",
-                "max_body_bytes",
-                "max_concurrent_requests",
-                "request_timeout_ms",
-                "default_tier",
-                "worker_threads",
-                "worker_idle_timeout_ms",
-                "log_requests",
-                "audit_db",
-                "decision_log",
-                "audit_store_text",
-                "shadow_fraction",
-                "memory_budget_mb",
-                "memory_pressure_interval_ms",
-                "shutdown_timeout_ms",
-                "shadow_target_agreement",
-                "shadow_data_classes",
-                "audit_max_rows",
-                "audit_max_age_hours"});
+  r.check_keys(node, path, kServerKeys);
   r.get(node, "host", path, s.host);
   r.get(node, "port", path, s.port);
   r.get_string_list(node, "api_keys", path, s.api_keys);
@@ -191,10 +206,7 @@ void read_server(Reader& r, const YAML::Node& node, ServerConfig& s) {
 
 void read_tier(Reader& r, const YAML::Node& node, const std::string& path, backend::TierConfig& t) {
   if (!r.expect_map(node, path)) return;
-  r.check_keys(node, path,
-               {"kind", "placement", "model", "endpoint", "api_key_env", "price", "max_concurrency",
-                "max_queue", "context_length", "kv_memory_mb", "threads", "chat_format", "timeouts",
-                "verify_tls", "ca_file", "low_memory_model"});
+  r.check_keys(node, path, kTierKeys);
   r.get(node, "kind", path, t.kind);
   std::string placement;
   r.get(node, "placement", path, placement);
@@ -226,7 +238,7 @@ void read_tier(Reader& r, const YAML::Node& node, const std::string& path, backe
   if (const YAML::Node price = node["price"]) {
     const std::string p = join_path(path, "price");
     if (r.expect_map(price, p)) {
-      r.check_keys(price, p, {"input_per_mtok", "output_per_mtok"});
+      r.check_keys(price, p, kPriceKeys);
       r.get(price, "input_per_mtok", p, t.price_input_per_mtok);
       r.get(price, "output_per_mtok", p, t.price_output_per_mtok);
     }
@@ -234,7 +246,7 @@ void read_tier(Reader& r, const YAML::Node& node, const std::string& path, backe
   if (const YAML::Node timeouts = node["timeouts"]) {
     const std::string p = join_path(path, "timeouts");
     if (r.expect_map(timeouts, p)) {
-      r.check_keys(timeouts, p, {"connect_ms", "first_byte_ms", "total_ms"});
+      r.check_keys(timeouts, p, kTimeoutKeys);
       r.get(timeouts, "connect_ms", p, t.connect_timeout_ms);
       r.get(timeouts, "first_byte_ms", p, t.first_byte_timeout_ms);
       r.get(timeouts, "total_ms", p, t.total_timeout_ms);
@@ -399,6 +411,23 @@ Status validate_config(const GatewayConfig& config) {
   return to_status(errors);
 }
 
+std::vector<std::string> config_keys() {
+  std::vector<std::string> keys;
+  const auto add = [&](const std::string& prefix, std::span<const std::string_view> list) {
+    for (std::string_view k : list) keys.push_back(prefix + std::string(k));
+  };
+  add("", kTopKeys);
+  add("server.", kServerKeys);
+  add("tiers.NAME.", kTierKeys);
+  add("tiers.NAME.price.", kPriceKeys);
+  add("tiers.NAME.timeouts.", kTimeoutKeys);
+  keys.emplace_back("models.NAME");
+  add("models.NAME.", kAliasKeys);
+  for (const auto& k : route::router_config_keys()) keys.push_back("routing." + k);
+  for (const auto& k : route::sensitivity_config_keys()) keys.push_back("privacy." + k);
+  return keys;
+}
+
 Result<GatewayConfig> parse_config(std::string_view yaml, std::string_view source) {
   GatewayConfig config;
   config.source = std::string(source);
@@ -419,7 +448,7 @@ Result<GatewayConfig> parse_config(std::string_view yaml, std::string_view sourc
     r.fail("(top level)", "expected a map with server:, tiers:, models:, routing: and privacy:");
     return to_status(r.errors()).error();
   }
-  r.check_keys(root, "", {"server", "tiers", "models", "routing", "privacy"});
+  r.check_keys(root, "", kTopKeys);
   if (const YAML::Node server = root["server"]) read_server(r, server, config.server);
   if (const YAML::Node tiers = root["tiers"]) {
     if (r.expect_map(tiers, "tiers")) {
@@ -439,7 +468,7 @@ Result<GatewayConfig> parse_config(std::string_view yaml, std::string_view sourc
         if (kv.second.IsScalar()) {
           alias.tier = kv.second.Scalar();
         } else if (kv.second.IsMap()) {
-          r.check_keys(kv.second, path, {"tier", "fallback"});
+          r.check_keys(kv.second, path, kAliasKeys);
           r.get(kv.second, "tier", path, alias.tier);
           r.get_string_list(kv.second, "fallback", path, alias.fallback);
           if (alias.tier.empty()) r.fail(join_path(path, "tier"), "is required");

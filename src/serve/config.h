@@ -72,6 +72,11 @@ struct GatewayConfig {
   YAML::Node privacy;
 };
 
+// Every key the config file accepts, as dotted paths; NAME stands for a name
+// the file chooses (a tier, a model alias, a detector) and [] for any list
+// item. docs/CONFIG.md documents exactly these (tests/serve_test.cpp checks).
+std::vector<std::string> config_keys();
+
 // Parses and validates YAML text; `source` names it in error messages.
 Result<GatewayConfig> parse_config(std::string_view yaml, std::string_view source);
 Result<GatewayConfig> load_config(const std::string& path);

@@ -858,26 +858,31 @@ struct Gateway::Impl {
       send_error(res, not_ready());
       return;
     }
+    std::string explained;
+    if (auto e = explain_route(*dep, req, explained)) {
+      send_error(res, *e);
+      return;
+    }
+    res.set_content(explained, kJson);
+  }
+
+  // The decision for a chat request, explained and not run: the body POST
+  // /v1/route answers with, or its error. `foreshore route --explain` calls
+  // it too, so the offline explanation is the server's, byte for byte.
+  static std::optional<ApiError> explain_route(const Deployment& dep, const httplib::Request& req,
+                                               std::string& out) {
+    if (auto e = check_hint_headers(req)) return e;
     ApiRequest api;
-    if (auto e = check_hint_headers(req)) {
-      send_error(res, *e);
-      return;
-    }
-    if (auto e = parse_request(ApiKind::kChat, req.body, api)) {
-      send_error(res, *e);
-      return;
-    }
+    if (auto e = parse_request(ApiKind::kChat, req.body, api)) return e;
     RouteHints hints = route_hints(req, api);
     hints.forced_tier = header_value(req, "x-foreshore-tier");
     ApiError route_error;
-    auto decided = dep->hybrid->decide(api, hints, route_error);
-    if (!decided.ok()) {
-      send_error(res, route_error);
-      return;
-    }
+    auto decided = dep.hybrid->decide(api, hints, route_error);
+    if (!decided.ok()) return route_error;
     nlohmann::json j;
     route::to_json(j, *decided);
-    res.set_content(j.dump(2, ' ', false, nlohmann::json::error_handler_t::replace), kJson);
+    out = j.dump(2, ' ', false, nlohmann::json::error_handler_t::replace);
+    return std::nullopt;
   }
 
   static std::string_view or_unknown(const std::string& s) {
@@ -1202,6 +1207,21 @@ struct Gateway::Impl {
       out += model;
       by_id.emplace(entries[i].first, std::move(model));
     }
+    // The names that choose a policy per request ("foreshore/cascade"), so a
+    // client that checks its model against this list can send them.
+    for (std::string_view policy : route::policy_names()) {
+      const std::string id = std::string(kRoutedModel) + "/" + std::string(policy);
+      if (by_model.contains(id)) continue;
+      std::string model = "{\"id\":";
+      append_json_string(model, id);
+      model += ",\"object\":\"model\",\"created\":" + std::to_string(started_at) +
+               ",\"owned_by\":\"foreshore\",\"foreshore\":{\"policy\":";
+      append_json_string(model, policy);
+      model += "}}";
+      out += ',';
+      out += model;
+      by_id.emplace(id, std::move(model));
+    }
     out += "]}";
     return out;
   }
@@ -1278,6 +1298,28 @@ void Gateway::stop() {
     std::this_thread::sleep_for(std::chrono::milliseconds(1));
   }
   impl_->http.stop();
+}
+
+Result<std::string> Gateway::explain_route(
+    const std::string& body,
+    const std::vector<std::pair<std::string, std::string>>& headers) const {
+  auto dep = impl_->deployment();
+  if (!dep) {
+    return make_error(ErrorKind::kUnavailable,
+                      "the gateway has no tiers loaded; call load_tiers() before explain_route()");
+  }
+  httplib::Request req;
+  req.body = body;
+  for (const auto& [name, value] : headers) req.headers.emplace(name, value);
+  std::string out;
+  if (auto e = Impl::explain_route(*dep, req, out)) {
+    const ErrorKind kind = e->status == 404  ? ErrorKind::kNotFound
+                           : e->status < 500 ? ErrorKind::kInvalidArgument
+                                             : ErrorKind::kUnavailable;
+    return make_error(kind, "HTTP " + std::to_string(e->status) +
+                                (e->code.empty() ? "" : " " + e->code) + ": " + e->message);
+  }
+  return out;
 }
 
 bool Gateway::ready() const {

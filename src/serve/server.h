@@ -4,6 +4,9 @@
 
 #include <functional>
 #include <memory>
+#include <string>
+#include <utility>
+#include <vector>
 
 #include "backend/backend.h"
 #include "common/result.h"
@@ -50,6 +53,14 @@ class Gateway {
   // Safe from any thread, before or during run(); join the thread that runs
   // run() before destroying the gateway.
   void stop();
+
+  // The routing decision for a chat request `body` with request `headers`
+  // (routing hints such as x-foreshore-data-class), explained and not run:
+  // the JSON POST /v1/route answers with, or its error as HTTP status, code
+  // and message. Needs load_tiers() first.
+  Result<std::string> explain_route(
+      const std::string& body,
+      const std::vector<std::pair<std::string, std::string>>& headers) const;
 
   bool ready() const;
   const GatewayConfig& config() const;

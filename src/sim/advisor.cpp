@@ -211,11 +211,20 @@ Advice advise(Simulator& sim, const AdviceOptions& o) {
                     "y}} to check the quality cost and pick the threshold from the sweep.";
   }
   a.recommendation = why;
+  if (threshold.requests < o.min_requests) {
+    a.sample_warning = format(
+        "Only %lld requests: too few to trust these figures (shares and p95/p99 move with a "
+        "few requests; at least %lld are needed). Treat the verdict as a hint and replay a "
+        "longer trace of your traffic.",
+        static_cast<long long>(threshold.requests), static_cast<long long>(o.min_requests));
+  }
   return a;
 }
 
 std::string format_advice(const Advice& a) {
-  std::string s = "Decision framework: hybrid is justified when at least two conditions hold.\n";
+  std::string s;
+  if (!a.sample_warning.empty()) s += "WARNING: " + a.sample_warning + "\n\n";
+  s += "Decision framework: hybrid is justified when at least two conditions hold.\n";
   for (const auto& c : a.criteria) {
     s += std::string(c.holds ? "  [holds]    " : "  [no]       ") + c.name + "\n             " +
          c.evidence + "\n";

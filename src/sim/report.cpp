@@ -1,5 +1,6 @@
 // Simulation output: the stdout table, JSON, the SVG figures and report.md.
 #include <algorithm>
+#include <array>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -78,6 +79,50 @@ TraceSummary summarize_trace(Simulator& sim) {
   return t;
 }
 
+namespace {
+
+// Why a policy named for one tier did not send everything there: "cloud"
+// saving 17 % reads like a bug until one sees that device-only data stayed on
+// the edge by rule. One line per such policy, each after `bullet`; empty when
+// there is none.
+std::string policy_notes(std::span<const PolicyReport> reports, const char* bullet) {
+  std::string s;
+  for (const auto& r : reports) {
+    const bool cloud = r.policy == route::PolicyKind::kCloud;
+    if (!cloud && r.policy != route::PolicyKind::kEdge) continue;
+    std::array<int64_t, 4> by_class{};  // requests that stayed off the named tier
+    int64_t off = 0, rejected = 0;
+    for (const auto& o : r.outcomes) {
+      if (o.rejected) {
+        ++rejected;
+      } else if (o.answered_by_cloud != cloud) {
+        ++off;
+        ++by_class[static_cast<size_t>(o.data_class)];
+      }
+    }
+    if (off == 0 && rejected == 0) continue;
+    s += format("%s%s: %lld of %lld requests ", bullet, r.label.c_str(),
+                static_cast<long long>(off), static_cast<long long>(r.requests));
+    if (cloud) {
+      s += "stayed on the edge";
+      std::string why;
+      for (size_t c = 0; c < by_class.size(); ++c) {
+        if (by_class[c] == 0) continue;
+        why += format("%s%lld %s", why.empty() ? "" : ", ", static_cast<long long>(by_class[c]),
+                      std::string(route::to_string(static_cast<route::DataClass>(c))).c_str());
+      }
+      s += " (" + why + "): their data class keeps them on the device by rule (docs/PRIVACY.md)";
+    } else {
+      s += "went to the cloud: what the edge cannot do (context, tools) or cannot run";
+    }
+    if (rejected > 0) s += format("; %lld rejected", static_cast<long long>(rejected));
+    s += "\n";
+  }
+  return s;
+}
+
+}  // namespace
+
 std::string format_policy_table(std::span<const PolicyReport> reports) {
   std::string s =
       format("%-18s %10s %8s %7s %7s %9s %9s %9s %8s %8s %8s\n", "policy", "cost $", "saved",
@@ -89,7 +134,7 @@ std::string format_policy_table(std::span<const PolicyReport> reports) {
                 quality_cell(r).c_str(), vs_cloud_cell(r).c_str(),
                 static_cast<long long>(r.privacy_violations));
   }
-  return s;
+  return s + policy_notes(reports, "");
 }
 
 nlohmann::json policy_report_to_json(const PolicyReport& r) {
@@ -267,6 +312,7 @@ Status write_report(const std::string& dir, const ReportInputs& in) {
           quality_cell(r).c_str(), vs_cloud_cell(r).c_str(),
           static_cast<long long>(r.privacy_violations));
     }
+    if (const std::string notes = policy_notes(reports, "- "); !notes.empty()) s += "\n" + notes;
     return s;
   };
   md += "\n## Policies\n\n" + table(in.policies);

@@ -220,6 +220,9 @@ struct AdviceOptions {
   std::optional<double> api_usd_per_mtok;  // default: the cloud tier's prices, blended
   double min_quality_vs_cloud = 0.95;      // for the recommended setting
   int sweep_points = 21;
+  // Below this many requests, shares and tail percentiles move with a handful
+  // of requests, so the verdict comes with a warning.
+  int64_t min_requests = 200;
 };
 
 struct Criterion {
@@ -235,6 +238,7 @@ struct Advice {
   std::string start_policy;       // what to start with
   std::optional<double> start_threshold;
   std::string recommendation;  // one paragraph, with the numbers
+  std::string sample_warning;  // set when the trace is too small to trust
   // Break-even of a dedicated cloud GPU against the per-token API.
   double api_usd_per_mtok = 0.0;
   double break_even_utilization = 0.0;

@@ -43,7 +43,8 @@ std::vector<char*> c_strings(std::vector<std::string>& strings) {
 }  // namespace
 
 std::unique_ptr<Process> Process::start(const std::vector<std::string>& argv,
-                                        const std::vector<std::string>& env) {
+                                        const std::vector<std::string>& env,
+                                        const std::string& cwd) {
   int out_pipe[2];
   int err_pipe[2];
   if (pipe2(out_pipe, O_CLOEXEC) != 0) return nullptr;
@@ -57,6 +58,7 @@ std::unique_ptr<Process> Process::start(const std::vector<std::string>& argv,
   posix_spawn_file_actions_adddup2(&actions, out_pipe[1], STDOUT_FILENO);
   posix_spawn_file_actions_adddup2(&actions, err_pipe[1], STDERR_FILENO);
   posix_spawn_file_actions_addopen(&actions, STDIN_FILENO, "/dev/null", O_RDONLY, 0);
+  if (!cwd.empty()) posix_spawn_file_actions_addchdir_np(&actions, cwd.c_str());
 
   std::vector<std::string> args = argv;
   std::vector<std::string> envs = merged_environment(env);
@@ -164,8 +166,14 @@ std::string foreshore_binary() {
 }
 
 FinishedRun run_foreshore(std::vector<std::string> args, std::chrono::milliseconds timeout) {
+  return run_foreshore_in({}, std::move(args), {}, timeout);
+}
+
+FinishedRun run_foreshore_in(const std::string& cwd, std::vector<std::string> args,
+                             const std::vector<std::string>& env,
+                             std::chrono::milliseconds timeout) {
   args.insert(args.begin(), foreshore_binary());
-  auto p = Process::start(args);
+  auto p = Process::start(args, env, cwd);
   const auto status = p->wait(timeout);
   return {status.value_or(-1), p->stdout_text(), p->stderr_text()};
 }

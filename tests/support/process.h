@@ -25,9 +25,11 @@ namespace foreshore::testing {
 class Process {
  public:
   // Runs argv[0] (searched on PATH when it has no '/') with its stdout and
-  // stderr captured; `env` entries ("NAME=value") override the inherited ones.
+  // stderr captured; `env` entries ("NAME=value") override the inherited ones;
+  // a non-empty `cwd` is its working directory.
   static std::unique_ptr<Process> start(const std::vector<std::string>& argv,
-                                        const std::vector<std::string>& env = {});
+                                        const std::vector<std::string>& env = {},
+                                        const std::string& cwd = {});
   ~Process();  // SIGTERM, then SIGKILL if it lingers
   Process(const Process&) = delete;
   Process& operator=(const Process&) = delete;
@@ -68,7 +70,12 @@ struct FinishedRun {
   std::string err;
 };
 FinishedRun run_foreshore(std::vector<std::string> args,
-                           std::chrono::milliseconds timeout = std::chrono::seconds(120));
+                          std::chrono::milliseconds timeout = std::chrono::seconds(120));
+// The same, started in the folder `cwd` with `env` overriding the inherited
+// variables: for what must work from wherever a user happens to be.
+FinishedRun run_foreshore_in(const std::string& cwd, std::vector<std::string> args,
+                             const std::vector<std::string>& env = {},
+                             std::chrono::milliseconds timeout = std::chrono::seconds(120));
 
 // `foreshore serve --port 0 ARGS...`, waited for until it prints its URL.
 class ServeProcess {
