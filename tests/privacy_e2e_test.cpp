@@ -223,8 +223,47 @@ TEST_F(PrivacyE2E, CloudFailureFallsBackToTheEdgeFlaggedDegraded) {
   ASSERT_EQ(r.status, 200) << r.body;
   EXPECT_EQ(r.header("x-foreshore-tier"), "edge");
   EXPECT_EQ(r.header("x-foreshore-degraded"), "true");
+  EXPECT_NE(r.header("x-foreshore-degraded-reason").find("failed"), std::string::npos);
   EXPECT_FALSE(r.header("x-foreshore-confidence").empty());
   EXPECT_TRUE(r.json()["foreshore"]["degraded"].get<bool>());
+  EXPECT_NE(r.json()["foreshore"]["degraded_reason"].get<std::string>().find("cloud"),
+            std::string::npos);
+
+  // Streamed: the headers and every chunk name the edge, which answers,
+  // not the cloud the plan tried first.
+  r = ask("foreshore/cloud", "what rhymes with orange?", true);
+  ASSERT_EQ(r.status, 200) << r.body;
+  EXPECT_EQ(r.header("x-foreshore-tier"), "edge");
+  EXPECT_NE(r.header("x-foreshore-model"), "fault-model");
+  const auto events = sse_data(r.body);
+  ASSERT_GE(events.size(), 2u);
+  bool saw_degraded = false;
+  for (const auto& e : events) {
+    if (e == "[DONE]") continue;
+    const json chunk = json::parse(e);
+    EXPECT_NE(chunk["model"], "fault-model") << e;
+    if (chunk.contains("foreshore")) {
+      EXPECT_EQ(chunk["foreshore"]["tier"], "edge") << e;
+      saw_degraded = saw_degraded || chunk["foreshore"]["degraded"].get<bool>();
+    }
+  }
+  EXPECT_TRUE(saw_degraded);
+
+  // With the breaker open the cloud is not even tried; the edge's answer to
+  // a request the policy meant for the cloud is still a degraded one.
+  for (int i = 0; i < 6; ++i) (void)ask("foreshore/cloud", "warm up the breaker", false);
+  r = ask("foreshore/cloud", "what rhymes with orange?", false);
+  ASSERT_EQ(r.status, 200) << r.body;
+  EXPECT_EQ(r.header("x-foreshore-tier"), "edge");
+  EXPECT_EQ(r.header("x-foreshore-degraded"), "true") << r.body;
+  EXPECT_NE(r.header("x-foreshore-degraded-reason").find("wanted the cloud"), std::string::npos)
+      << r.header("x-foreshore-degraded-reason");
+  // Readiness says so too: still serving, but degraded, and why.
+  const auto ready = http_get(gateway_->port(), "/readyz");
+  EXPECT_EQ(ready.status, 200);
+  EXPECT_EQ(ready.json()["status"], "degraded") << ready.body;
+  EXPECT_EQ(ready.json()["tier_states"]["cloud"]["breaker"], "open") << ready.body;
+  EXPECT_EQ(ready.json()["tier_states"]["edge"]["state"], "ok") << ready.body;
 }
 
 namespace {

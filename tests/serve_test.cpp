@@ -1096,6 +1096,8 @@ TEST_F(GatewayTest, ModelsHealthReadyMetrics) {
   r = http_get(port, "/readyz");
   EXPECT_EQ(r.status, 200);
   EXPECT_EQ(r.json()["tiers"], json::array({"edge", "cloud"}));
+  EXPECT_EQ(r.json()["status"], "ready");
+  EXPECT_EQ(r.json()["tier_states"]["cloud"]["state"], "ok");
 
   chat(chat_body());
   chat(json{{"model", "nope"}, {"messages", chat_body()["messages"]}});

@@ -24,6 +24,9 @@ struct ExecutionResult {
   backend::Completion completion;
   std::string tier;                  // the tier whose answer was served
   bool degraded = false;             // served by a fallback of last resort
+  // Why, in one line for the x-foreshore-degraded-reason header and the body
+  // ("cloud tier 'cloud' failed: ...", "cloud tier 'cloud' is unavailable").
+  std::string degraded_reason;
   bool escalated = false;            // cascade moved to the cloud
   bool fell_back = false;            // a tier failed and another served
   std::optional<double> confidence;  // edge answer's mean token probability (exp mean logprob)
@@ -56,16 +59,21 @@ double answer_similarity(std::string_view a, std::string_view b);
 // The gateway and the simulator both build their routers from it.
 route::TierProfile tier_profile(const backend::TierConfig& tier, int32_t context_length);
 
+// Called with the name of the tier whose deltas follow.
+using SourceSink = std::function<void(const std::string& tier)>;
+
 class Executor {
  public:
   Executor(std::map<std::string, std::shared_ptr<backend::Backend>> tiers,
            ExecutorSettings settings, route::Router* router);
 
   // Runs the plan. With on_delta the served answer is streamed as produced
-  // (cascade holds back the first tokens until it has decided). Errors are
-  // returned only when nothing could be served.
+  // (cascade holds back the first tokens until it has decided); on_source is
+  // told, before each delta, which tier produced it, so that a stream names
+  // the tier that actually answers (a fallback's, not the plan's first).
+  // Errors are returned only when nothing could be served.
   Result<ExecutionResult> run(const route::Plan& plan, const backend::BackendRequest& request,
-                              const backend::DeltaSink& on_delta);
+                              const backend::DeltaSink& on_delta, const SourceSink& on_source = {});
 
   // Tier availability for the router's signals.
   bool available(const std::string& tier) const;
@@ -81,16 +89,18 @@ class Executor {
   Result<backend::Completion> call(const std::string& tier, bool cloud_allowed,
                                    const backend::BackendRequest& request,
                                    const backend::DeltaSink& on_delta, ExecutionResult& out,
-                                   int32_t max_attempts = 0);
+                                   int32_t max_attempts = 0, const SourceSink& on_source = {});
 
   Result<ExecutionResult> run_plan(const route::Plan& plan, const backend::BackendRequest& request,
-                                   const backend::DeltaSink& on_delta);
+                                   const backend::DeltaSink& on_delta, const SourceSink& on_source);
   Result<ExecutionResult> run_cascade(const route::Plan& plan,
                                       const backend::BackendRequest& request,
-                                      const backend::DeltaSink& on_delta);
+                                      const backend::DeltaSink& on_delta,
+                                      const SourceSink& on_source);
   Result<ExecutionResult> run_consistency(const route::Plan& plan,
                                           const backend::BackendRequest& request,
-                                          const backend::DeltaSink& on_delta);
+                                          const backend::DeltaSink& on_delta,
+                                          const SourceSink& on_source);
 
   std::map<std::string, Tier> tiers_;
   ExecutorSettings settings_;

@@ -98,7 +98,7 @@ route::TierProfile tier_profile(const backend::TierConfig& tier, int32_t context
 Result<backend::Completion> Executor::call(const std::string& name, bool cloud_allowed,
                                            const backend::BackendRequest& request,
                                            const backend::DeltaSink& on_delta, ExecutionResult& out,
-                                           int32_t max_attempts) {
+                                           int32_t max_attempts, const SourceSink& on_source) {
   const int32_t attempts = max_attempts > 0 ? max_attempts : settings_.retry.max_attempts;
   auto it = tiers_.find(name);
   if (it == tiers_.end()) {
@@ -113,6 +113,7 @@ Result<backend::Completion> Executor::call(const std::string& name, bool cloud_a
   bool streamed = false;
   const backend::DeltaSink counting = on_delta ? backend::DeltaSink([&](const backend::Delta& d) {
     streamed = true;
+    if (on_source) on_source(name);
     return on_delta(d);
   })
                                                : backend::DeltaSink();
@@ -159,15 +160,16 @@ Result<backend::Completion> Executor::call(const std::string& name, bool cloud_a
 
 Result<ExecutionResult> Executor::run(const route::Plan& plan,
                                       const backend::BackendRequest& request,
-                                      const backend::DeltaSink& on_delta) {
-  if (plan.fallback_tiers.empty()) return run_plan(plan, request, on_delta);
+                                      const backend::DeltaSink& on_delta,
+                                      const SourceSink& on_source) {
+  if (plan.fallback_tiers.empty()) return run_plan(plan, request, on_delta, on_source);
   bool streamed = false;
   const backend::DeltaSink sink = on_delta ? backend::DeltaSink([&](const backend::Delta& d) {
     streamed = true;
     return on_delta(d);
   })
                                            : backend::DeltaSink();
-  auto first = run_plan(plan, request, sink);
+  auto first = run_plan(plan, request, sink, on_source);
   if (first.ok() || streamed || first.error().kind == ErrorKind::kInvalidArgument) return first;
   ExecutionResult out;
   out.trace.push_back(first.error().message);
@@ -175,7 +177,7 @@ Result<ExecutionResult> Executor::run(const route::Plan& plan,
   for (const auto& tier : plan.fallback_tiers) {
     if (request.cancelled && request.cancelled->load()) break;
     // The router listed only tiers this request's data may reach.
-    auto r = call(tier, /*cloud_allowed=*/true, request, sink, out, 1);
+    auto r = call(tier, /*cloud_allowed=*/true, request, sink, out, 1, on_source);
     if (r.ok()) {
       out.completion = std::move(r).value();
       out.tier = tier;
@@ -191,15 +193,16 @@ Result<ExecutionResult> Executor::run(const route::Plan& plan,
 
 Result<ExecutionResult> Executor::run_plan(const route::Plan& plan,
                                            const backend::BackendRequest& request,
-                                           const backend::DeltaSink& on_delta) {
+                                           const backend::DeltaSink& on_delta,
+                                           const SourceSink& on_source) {
   ExecutionResult out;
   switch (plan.kind) {
     case route::PlanKind::kReject:
       return make_error(ErrorKind::kUnavailable, plan.reason);
     case route::PlanKind::kCascade:
-      return run_cascade(plan, request, on_delta);
+      return run_cascade(plan, request, on_delta, on_source);
     case route::PlanKind::kConsistency:
-      return run_consistency(plan, request, on_delta);
+      return run_consistency(plan, request, on_delta, on_source);
     case route::PlanKind::kEdge: {
       bool streamed = false;
       auto sink = on_delta ? backend::DeltaSink([&](const backend::Delta& d) {
@@ -207,7 +210,8 @@ Result<ExecutionResult> Executor::run_plan(const route::Plan& plan,
         return on_delta(d);
       })
                            : backend::DeltaSink();
-      auto r = call(plan.edge_tier, plan.cloud_allowed, request, sink, out, plan.forced ? 1 : 0);
+      auto r = call(plan.edge_tier, plan.cloud_allowed, request, sink, out, plan.forced ? 1 : 0,
+                    on_source);
       if (r.ok()) {
         out.completion = std::move(r).value();
         out.tier = plan.edge_tier;
@@ -222,7 +226,7 @@ Result<ExecutionResult> Executor::run_plan(const route::Plan& plan,
         }
         return e;
       }
-      auto c = call(plan.cloud_tier, plan.cloud_allowed, request, on_delta, out);
+      auto c = call(plan.cloud_tier, plan.cloud_allowed, request, on_delta, out, 0, on_source);
       if (!c.ok()) return c.error();
       out.completion = std::move(c).value();
       out.tier = plan.cloud_tier;
@@ -236,7 +240,8 @@ Result<ExecutionResult> Executor::run_plan(const route::Plan& plan,
         return on_delta(d);
       })
                            : backend::DeltaSink();
-      auto r = call(plan.cloud_tier, plan.cloud_allowed, request, sink, out, plan.forced ? 1 : 0);
+      auto r = call(plan.cloud_tier, plan.cloud_allowed, request, sink, out, plan.forced ? 1 : 0,
+                    on_source);
       if (r.ok()) {
         out.completion = std::move(r).value();
         out.tier = plan.cloud_tier;
@@ -249,7 +254,7 @@ Result<ExecutionResult> Executor::run_plan(const route::Plan& plan,
       // Fallback of last resort: the edge's answer, flagged, beats no answer.
       backend::BackendRequest edge_request = request;
       edge_request.params.logprobs = true;
-      auto e = call(plan.edge_tier, plan.cloud_allowed, edge_request, on_delta, out);
+      auto e = call(plan.edge_tier, plan.cloud_allowed, edge_request, on_delta, out, 0, on_source);
       if (!e.ok()) {
         Error err = r.error();
         err.message = "cloud: " + r.error().message + "; edge fallback: " + e.error().message;
@@ -259,6 +264,7 @@ Result<ExecutionResult> Executor::run_plan(const route::Plan& plan,
       out.tier = plan.edge_tier;
       out.fell_back = true;
       out.degraded = true;
+      out.degraded_reason = "cloud tier '" + plan.cloud_tier + "' failed: " + r.error().message;
       out.confidence = std::exp(measure_confidence(out.completion.logprobs).mean_logprob);
       return out;
     }
@@ -268,7 +274,8 @@ Result<ExecutionResult> Executor::run_plan(const route::Plan& plan,
 
 Result<ExecutionResult> Executor::run_cascade(const route::Plan& plan,
                                               const backend::BackendRequest& request,
-                                              const backend::DeltaSink& on_delta) {
+                                              const backend::DeltaSink& on_delta,
+                                              const SourceSink& on_source) {
   ExecutionResult out;
   backend::BackendRequest edge_request = request;
   edge_request.params.logprobs = true;  // the confidence signal
@@ -307,7 +314,7 @@ Result<ExecutionResult> Executor::run_cascade(const route::Plan& plan,
     };
   }
 
-  auto edge = call(plan.edge_tier, plan.cloud_allowed, edge_request, edge_sink, out);
+  auto edge = call(plan.edge_tier, plan.cloud_allowed, edge_request, edge_sink, out, 0, on_source);
   if (client_gone) return make_error(ErrorKind::kCancelled, "the client went away");
   std::string reason;
   Confidence conf;
@@ -340,7 +347,7 @@ Result<ExecutionResult> Executor::run_cascade(const route::Plan& plan,
     return on_delta(d);
   })
                                                  : backend::DeltaSink();
-  auto cloud = call(plan.cloud_tier, plan.cloud_allowed, request, cloud_sink, out);
+  auto cloud = call(plan.cloud_tier, plan.cloud_allowed, request, cloud_sink, out, 0, on_source);
   if (cloud.ok()) {
     out.completion = std::move(cloud).value();
     out.tier = plan.cloud_tier;
@@ -354,7 +361,7 @@ Result<ExecutionResult> Executor::run_cascade(const route::Plan& plan,
   if (escalate_early) {
     // The edge was stopped early; finish its answer for the client.
     ExecutionResult again;
-    auto full = call(plan.edge_tier, false, edge_request, on_delta, again);
+    auto full = call(plan.edge_tier, false, edge_request, on_delta, again, 0, on_source);
     if (!full.ok()) return full.error();
     answer = std::move(full).value();
     out.trace.insert(out.trace.end(), again.trace.begin(), again.trace.end());
@@ -365,19 +372,23 @@ Result<ExecutionResult> Executor::run_cascade(const route::Plan& plan,
   out.confidence = std::exp(measure_confidence(out.completion.logprobs).mean_logprob);
   out.tier = plan.edge_tier;
   out.degraded = true;
+  out.degraded_reason =
+      "cascade escalated (" + reason + ") but cloud tier '" + plan.cloud_tier + "' failed: " +
+      cloud.error().message;
   out.fell_back = true;
   return out;
 }
 
 Result<ExecutionResult> Executor::run_consistency(const route::Plan& plan,
                                                   const backend::BackendRequest& request,
-                                                  const backend::DeltaSink& on_delta) {
+                                                  const backend::DeltaSink& on_delta,
+                                                  const SourceSink& on_source) {
   ExecutionResult out;
   if (!plan.cloud_allowed) {
     // Nothing to compare against without the cloud: the edge answers alone.
     route::Plan edge_only = plan;
     edge_only.kind = route::PlanKind::kEdge;
-    return run(edge_only, request, on_delta);
+    return run(edge_only, request, on_delta, on_source);
   }
   backend::BackendRequest edge_request = request;
   edge_request.params.logprobs = true;
@@ -397,6 +408,10 @@ Result<ExecutionResult> Executor::run_consistency(const route::Plan& plan,
     out.completion = std::move(edge).value();
     out.tier = plan.edge_tier;
     out.degraded = !cloud.ok();
+    if (!cloud.ok()) {
+      out.degraded_reason = "consistency check without the cloud: cloud tier '" + plan.cloud_tier +
+                            "' failed: " + cloud.error().message;
+    }
   } else if (cloud.ok()) {
     out.completion = std::move(cloud).value();
     out.tier = plan.cloud_tier;
@@ -409,6 +424,7 @@ Result<ExecutionResult> Executor::run_consistency(const route::Plan& plan,
                                       : std::string("one tier failed")) +
                       ", served " + out.tier);
   if (on_delta) {
+    if (on_source) on_source(out.tier);
     backend::Delta d;
     d.text = out.completion.text;
     d.logprobs = out.completion.logprobs;

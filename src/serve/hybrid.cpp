@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <charconv>
+#include <cmath>
 #include <cstdio>
 #include <deque>
 #include <nlohmann/json.hpp>
@@ -383,16 +384,51 @@ Result<route::Decision> HybridRouter::decide(const ApiRequest& api, const RouteH
   return d;
 }
 
+namespace {
+
+// An edge answer is degraded when the policy wanted the cloud and the cloud
+// was down before anything was tried (breaker open, tier unavailable): the
+// client asked for more than it got, as with a fallback after a failure.
+std::string degraded_before_running(const route::Decision& d) {
+  if (d.plan.kind != route::PlanKind::kEdge || d.plan.forced) return {};
+  if (std::find(d.rules_fired.begin(), d.rules_fired.end(), "cloud-unavailable") ==
+      d.rules_fired.end()) {
+    return {};
+  }
+  const auto& s = d.signals;
+  const bool wanted_cloud =
+      d.policy == route::PolicyKind::kCloud || d.policy == route::PolicyKind::kCascade ||
+      d.policy == route::PolicyKind::kConsistency ||
+      (d.policy == route::PolicyKind::kThreshold && s.complexity >= s.complexity_threshold);
+  if (!wanted_cloud || s.sensitivity.data_class == route::DataClass::kDeviceOnly) return {};
+  return "policy " + std::string(route::to_string(d.policy)) + " wanted the cloud, but " +
+         d.plan.reason;
+}
+
+}  // namespace
+
 Result<exec::ExecutionResult> HybridRouter::execute(const route::Decision& decision,
                                                     const backend::BackendRequest& request,
-                                                    const backend::DeltaSink& on_delta) {
-  if (!decision.signals.latency_budget_ms) return executor_->run(decision.plan, request, on_delta);
-  // The budget bounds every step to the first token: attempts, retries, waits.
+                                                    const backend::DeltaSink& on_delta,
+                                                    const exec::SourceSink& on_source) {
   backend::BackendRequest budgeted = request;
-  budgeted.first_token_deadline =
-      std::chrono::steady_clock::now() +
-      std::chrono::microseconds(static_cast<int64_t>(*decision.signals.latency_budget_ms * 1e3));
-  return executor_->run(decision.plan, budgeted, on_delta);
+  if (decision.signals.latency_budget_ms) {
+    // The budget bounds every step to the first token: attempts, retries, waits.
+    budgeted.first_token_deadline =
+        std::chrono::steady_clock::now() +
+        std::chrono::microseconds(static_cast<int64_t>(*decision.signals.latency_budget_ms * 1e3));
+  }
+  std::string degraded_why = degraded_before_running(decision);
+  // A degraded answer carries its confidence, measured on its logprobs.
+  if (!degraded_why.empty()) budgeted.params.logprobs = true;
+  auto result = executor_->run(decision.plan, budgeted, on_delta, on_source);
+  if (result.ok() && !result->degraded && !degraded_why.empty()) {
+    result->degraded = true;
+    result->degraded_reason = std::move(degraded_why);
+    result->confidence =
+        std::exp(exec::measure_confidence(result->completion.logprobs).mean_logprob);
+  }
+  return result;
 }
 
 void HybridRouter::finish(const ApiRequest& api, const RouteHints& hints, const route::Decision& d,

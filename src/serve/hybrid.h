@@ -66,7 +66,8 @@ class HybridRouter {
   // Runs the decided plan; streams through on_delta when set.
   Result<exec::ExecutionResult> execute(const route::Decision& decision,
                                         const backend::BackendRequest& request,
-                                        const backend::DeltaSink& on_delta);
+                                        const backend::DeltaSink& on_delta,
+                                        const exec::SourceSink& on_source = {});
   // Records the outcome: metrics, audit row, versions, session pin, shadow job.
   void finish(const ApiRequest& request, const RouteHints& hints, const route::Decision& decision,
               const Result<exec::ExecutionResult>& result, double total_ms, int status);
@@ -82,6 +83,10 @@ class HybridRouter {
   // True when `model` is a name the router answers to ("foreshore", "foreshore/<policy>").
   static bool is_routed_model(std::string_view model);
   const route::Router& router() const { return *router_; }
+  // The tier's circuit breaker as readiness reports it: closed, open, half-open.
+  std::string_view breaker_state(const std::string& tier) const {
+    return exec::to_string(executor_->breaker_state(tier));
+  }
   const backend::TierConfig* tier_config(std::string_view name) const;
 
  private:

@@ -785,6 +785,10 @@ void append_provenance(std::string& out, const Provenance& where) {
     out += ",\"plan\":";
     append_json_string(out, where.plan);
     out += where.degraded ? ",\"degraded\":true" : ",\"degraded\":false";
+    if (where.degraded && !where.degraded_reason.empty()) {
+      out += ",\"degraded_reason\":";
+      append_json_string(out, where.degraded_reason);
+    }
     out += where.escalated ? ",\"escalated\":true" : ",\"escalated\":false";
     if (where.confidence) out += ",\"confidence\":" + std::to_string(*where.confidence);
   }

@@ -54,6 +54,7 @@ struct Provenance {
   // Set for routed requests: the plan that ran and how it ended.
   std::string_view plan;
   bool degraded = false;
+  std::string_view degraded_reason;  // why, when degraded
   bool escalated = false;
   std::optional<double> confidence;
 };

@@ -41,6 +41,13 @@ const char* placement_name(backend::Placement p) {
   return p == backend::Placement::kCloud ? "cloud" : "device";
 }
 
+// One line of printable text, as a header value must be; long reasons are cut.
+std::string header_safe(std::string_view text) {
+  std::string out;
+  for (char c : text.substr(0, 240)) out += static_cast<unsigned char>(c) < 0x20 ? ' ' : c;
+  return out;
+}
+
 std::string_view header_value(const httplib::Request& req, const char* name) {
   auto it = req.headers.find(name);
   return it == req.headers.end() ? std::string_view() : std::string_view(it->second);
@@ -83,10 +90,13 @@ struct StreamState {
   backend::Completion completion;
 
   // Owned copies: a producer abandoned at its deadline may outlive the request.
-  std::function<Result<exec::ExecutionResult>(const backend::BackendRequest&,
-                                              const backend::DeltaSink&)>
+  std::function<Result<exec::ExecutionResult>(
+      const backend::BackendRequest&, const backend::DeltaSink&, const exec::SourceSink&)>
       run;
   std::function<std::string(std::string_view)> placement_of;
+  // The model and version a tier serves, for a stream that a fallback answers.
+  std::function<std::pair<std::string, std::string>(std::string_view)> model_of;
+  ApiRequest api;  // to rebuild the writer for another tier's model
   std::optional<exec::ExecutionResult> outcome;
   backend::BackendRequest request;
   std::string tier, placement, model, model_version, decision_id, plan;
@@ -103,6 +113,7 @@ struct StreamState {
     p.plan = plan;
     if (outcome) {
       p.degraded = outcome->degraded;
+      p.degraded_reason = outcome->degraded_reason;
       p.escalated = outcome->escalated;
       p.confidence = outcome->confidence;
     }
@@ -119,6 +130,19 @@ struct StreamState {
     if (!settled.exchange(true, std::memory_order_acq_rel)) on_settle(success);
   }
 
+  // The tier about to produce the next delta: until the stream has begun,
+  // headers and chunks follow it, so they name who really answers.
+  void on_source(const std::string& source) {
+    std::lock_guard lock(mu);
+    if (started || source == tier) return;
+    tier = source;
+    placement = placement_of(source);
+    std::tie(model, model_version) = model_of(source);
+    writer.emplace(api, decision_id, created, model);
+  }
+
+  int64_t created = 0;
+
   void produce() {
     auto r = run(request, [this](const backend::Delta& d) {
       if (request.cancelled->load(std::memory_order_relaxed)) return false;
@@ -132,7 +156,7 @@ struct StreamState {
       }
       cv.notify_one();
       return true;
-    });
+    }, [this](const std::string& source) { on_source(source); });
     {
       std::lock_guard lock(mu);
       if (r.ok()) {
@@ -391,19 +415,34 @@ struct Gateway::Impl {
         res.set_content("{\"status\":\"loading\"}", kJson);
         return;
       }
-      std::string body = "{\"status\":\"ready\",\"tiers\":[";
-      std::string unavailable;
+      // Each tier's state, so that "ready" never hides a cloud that cannot
+      // be reached: the gateway serves (200) but says it is degraded.
+      std::string names, unavailable, states;
+      bool all_ok = true;
       for (size_t i = 0; i < dep->tiers.size(); ++i) {
-        if (i > 0) body += ',';
-        append_json_string(body, dep->tiers[i].config.name);
-        if (std::string why = dep->tiers[i].backend->unavailable_reason(); !why.empty()) {
+        const Tier& t = dep->tiers[i];
+        if (i > 0) names += ',', states += ',';
+        append_json_string(names, t.config.name);
+        const std::string why = t.backend->unavailable_reason();
+        const std::string_view breaker = dep->hybrid->breaker_state(t.config.name);
+        append_json_string(states, t.config.name);
+        states += ":{\"placement\":";
+        append_json_string(states, placement_name(t.config.placement));
+        states += ",\"breaker\":";
+        append_json_string(states, breaker);
+        states += ",\"state\":";
+        append_json_string(states, !why.empty() ? "unavailable" : breaker == "closed" ? "ok" : "failing");
+        states += '}';
+        all_ok = all_ok && why.empty() && breaker == "closed";
+        if (!why.empty()) {
           unavailable += unavailable.empty() ? "" : ",";
-          append_json_string(unavailable, dep->tiers[i].config.name);
+          append_json_string(unavailable, t.config.name);
           unavailable += ':';
           append_json_string(unavailable, why);
         }
       }
-      body += "]";
+      std::string body = std::string("{\"status\":") + (all_ok ? "\"ready\"" : "\"degraded\"") +
+                         ",\"tiers\":[" + names + "],\"tier_states\":{" + states + "}";
       if (!unavailable.empty()) body += ",\"unavailable\":{" + unavailable + "}";
       body += "}";
       res.set_content(body, kJson);
@@ -596,8 +635,10 @@ struct Gateway::Impl {
   }
 
   // `server`: the configuration the request ran under (it says whether to log).
+  // `outcome`: how a routed request ran, named in the log line (plan, degradation).
   void record(const ServerConfig& server, const Tier* tier, ApiKind kind, int status,
-              Clock::time_point start, const backend::Completion* completion, std::string_view id) {
+              Clock::time_point start, const backend::Completion* completion, std::string_view id,
+              const exec::ExecutionResult* outcome = nullptr, std::string_view plan = {}) {
     const double ms = ms_since(start);
     const char* endpoint = kind == ApiKind::kChat ? "chat" : "completions";
     if (tier != nullptr && status == 200) {
@@ -619,8 +660,14 @@ struct Gateway::Impl {
       }
     }
     if (server.log_requests) {
-      std::fprintf(stderr, "req %.*s %s tier=%s status=%d %.1fms\n", static_cast<int>(id.size()),
-                   id.data(), endpoint, tier ? tier->config.name.c_str() : "-", status, ms);
+      std::string extra;
+      if (!plan.empty()) extra += " plan=" + std::string(plan);
+      if (outcome != nullptr && outcome->degraded) {
+        extra += " degraded=\"" + outcome->degraded_reason + "\"";
+      }
+      std::fprintf(stderr, "req %.*s %s tier=%s status=%d %.1fms%s\n", static_cast<int>(id.size()),
+                   id.data(), endpoint, tier ? tier->config.name.c_str() : "-", status, ms,
+                   extra.c_str());
     }
   }
 
@@ -757,8 +804,6 @@ struct Gateway::Impl {
     res.set_header("x-foreshore-policy", std::string(route::to_string(decision.policy)));
 
     if (api.stream) {
-      res.set_header("x-foreshore-tier", tier.config.name);
-      set_ignored_params(res, tier, api);
       stream(dep, std::move(active_request), kind, tier, std::move(api), std::move(hints),
              std::move(decision), std::move(id), start, res);
       return;
@@ -787,7 +832,10 @@ struct Gateway::Impl {
     res.set_header("x-foreshore-model", model);
     res.set_header("x-foreshore-model-version", std::string(version));
     set_ignored_params(res, served, api);
-    if (result->degraded) res.set_header("x-foreshore-degraded", "true");
+    if (result->degraded) {
+      res.set_header("x-foreshore-degraded", "true");
+      res.set_header("x-foreshore-degraded-reason", header_safe(result->degraded_reason));
+    }
     if (result->escalated) res.set_header("x-foreshore-escalated", "true");
     if (result->confidence) {
       res.set_header("x-foreshore-confidence", std::to_string(*result->confidence));
@@ -800,11 +848,12 @@ struct Gateway::Impl {
     where.decision_id = id;
     where.plan = route::to_string(decision.plan.kind);
     where.degraded = result->degraded;
+    where.degraded_reason = result->degraded_reason;
     where.escalated = result->escalated;
     where.confidence = result->confidence;
     append_completion(res.body, api, id, std::time(nullptr), c, where);
     res.set_header("Content-Type", kJson);
-    record(server, &served, kind, 200, start, &c, id);
+    record(server, &served, kind, 200, start, &c, id, &*result, where.plan);
     hybrid->finish(api, hints, decision, result, ms_since(start), 200);
   }
 
@@ -897,25 +946,29 @@ struct Gateway::Impl {
     const backend::BackendInfo& info = tier.backend->info();
     auto st = std::make_shared<StreamState>();
     HybridRouter* router = dep->hybrid.get();
-    st->run = [router, decision](const backend::BackendRequest& r, const backend::DeltaSink& sink) {
-      return router->execute(decision, r, sink);
+    st->run = [router, decision](const backend::BackendRequest& r, const backend::DeltaSink& sink,
+                                 const exec::SourceSink& source) {
+      return router->execute(decision, r, sink, source);
     };
     st->placement_of = [dep](std::string_view name) -> std::string {
       return placement_name(dep->find_tier(name)->config.placement);
     };
+    st->model_of = [dep](std::string_view name) {
+      const backend::BackendInfo& i = dep->find_tier(name)->backend->info();
+      return std::make_pair(i.model, std::string(or_unknown(i.model_version)));
+    };
+    st->api = api;
+    st->created = std::time(nullptr);
     st->plan = std::string(route::to_string(decision.plan.kind));
     st->tier = tier.config.name;
     st->placement = placement_name(tier.config.placement);
     st->model = info.model;
     st->model_version = or_unknown(info.model_version);
     st->decision_id = id;
-    st->writer.emplace(api, id, std::time(nullptr), info.model);
+    st->writer.emplace(api, id, st->created, info.model);
     st->request = api.backend;
     const auto deadline = *st->request.deadline;
     st->producer = std::thread([st] { st->produce(); });
-
-    res.set_header("x-foreshore-model", st->model);
-    res.set_header("x-foreshore-model-version", st->model_version);
 
     std::unique_lock lock(st->mu);
     // The tier enforces the deadline itself; the grace period only guards
@@ -934,6 +987,10 @@ struct Gateway::Impl {
                     std::to_string(dep->config.server.request_timeout_ms) + " ms";
         st->request.cancelled->store(true);
       }
+      // The tier that failed, as a non-streamed error names it.
+      res.set_header("x-foreshore-tier", st->tier);
+      res.set_header("x-foreshore-model", st->model);
+      res.set_header("x-foreshore-model-version", st->model_version);
       lock.unlock();
       if (began) {
         st->producer.join();
@@ -948,6 +1005,11 @@ struct Gateway::Impl {
                      ms_since(start), e.status);
       return;
     }
+    // Named now that the first delta says which tier answers.
+    res.set_header("x-foreshore-tier", st->tier);
+    res.set_header("x-foreshore-model", st->model);
+    res.set_header("x-foreshore-model-version", st->model_version);
+    set_ignored_params(res, *dep->find_tier(st->tier), st->api);
     lock.unlock();
 
     res.set_header("Cache-Control", "no-cache");
@@ -962,7 +1024,8 @@ struct Gateway::Impl {
       } else if (s->stream_error) {
         status = s->stream_error->status;
       }
-      record(dep->config.server, t, kind, status, start, s->error ? nullptr : &s->completion, id);
+      record(dep->config.server, t, kind, status, start, s->error ? nullptr : &s->completion, id,
+             s->outcome ? &*s->outcome : nullptr, s->plan);
       const Result<exec::ExecutionResult> outcome =
           s->outcome ? Result<exec::ExecutionResult>(*s->outcome)
                      : Result<exec::ExecutionResult>(s->error.value_or(
