@@ -1141,6 +1141,43 @@ TEST_F(OpenAiBackendTest, FullPoolRejectsBeyondTheQueue) {
   EXPECT_EQ(first->text, "echo: hold");
 }
 
+// A wait for a pooled connection has its own limit and ends in a retryable
+// "unavailable" with Retry-After, not a timeout that blames the upstream;
+// and it does not eat into the first-byte timeout of the request that waits.
+TEST_F(OpenAiBackendTest, PoolWaitHasItsOwnLimitAndIsNotTheUpstreamsFault) {
+  auto backend = make([](TierConfig& c) {
+    c.max_concurrency = 1;
+    c.pool_wait_timeout_ms = 100;
+    c.first_byte_timeout_ms = 400;
+  });
+  server_.set_mode(FaultMode::kBlackHole);
+  auto held = std::async(std::launch::async, [&] { return backend->generate(chat("hold"), {}); });
+  while (server_.received().empty()) std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  auto r = backend->generate(chat("hi"), {});
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.error().kind, ErrorKind::kUnavailable) << r.error().message;
+  EXPECT_EQ(r.error().retry_after_seconds, 1.0);
+  EXPECT_NE(r.error().message.find("pool_wait_ms"), std::string::npos) << r.error().message;
+  EXPECT_EQ(backend->pool_wait_timeouts(), 1u);
+  (void)held.get();  // the black hole ends at the first-byte timeout
+
+  // About 300 ms waiting for the connection, then an upstream that answers
+  // after 300 ms: within the 400 ms first-byte timeout, because the wait is
+  // not counted against the upstream.
+  auto slow = make([](TierConfig& c) {
+    c.max_concurrency = 1;
+    c.pool_wait_timeout_ms = 2000;
+    c.first_byte_timeout_ms = 400;
+  });
+  server_.set_mode(FaultMode::kDelayFirstByte);
+  server_.set_first_byte_delay(std::chrono::milliseconds(300));
+  auto first = std::async(std::launch::async, [&] { return slow->generate(chat("one"), {}); });
+  while (server_.received().size() < 2) std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  auto second = slow->generate(chat("two"), {});
+  ASSERT_TRUE(second.ok()) << second.error().message;
+  ASSERT_TRUE(first.get().ok());
+}
+
 TEST(OpenAiBackendTls, VerifiesCertificates) {
   FaultServer server(FaultServer::Options{.tls = true});
   TierConfig c = cloud_tier(server);

@@ -150,6 +150,9 @@ struct Completion {
 // Called with each piece of text as it is produced; return false to cancel.
 using DeltaSink = std::function<bool(const Delta&)>;
 
+// Pooled connections of an OpenAI-compatible tier unless configured.
+inline constexpr int32_t kDefaultRemoteConcurrency = 64;
+
 struct TierConfig {
   std::string name;  // tier id used in config, headers and metrics
   std::string kind;  // "embedded" or "openai"
@@ -168,6 +171,9 @@ struct TierConfig {
   int32_t connect_timeout_ms = 3000;
   int32_t first_byte_timeout_ms = 30000;  // also bounds silence between streamed chunks
   int32_t total_timeout_ms = 120000;
+  // openai: the longest a request waits for a pooled connection; then 503
+  // with Retry-After (the upstream is not to blame, so never a 504).
+  int32_t pool_wait_timeout_ms = 5000;
   bool verify_tls = true;
   std::string ca_file;  // extra CA bundle for TLS verification
   // embedded: a smaller model (name or path) served instead while device
@@ -215,6 +221,8 @@ class Backend {
   // Requests running or waiting on this tier now (embedded: on its engine,
   // which serves one at a time); 0 where the tier does not know.
   virtual int32_t queued_requests() const { return 0; }
+  // Requests that gave up waiting for a pooled connection (remote tiers).
+  virtual uint64_t pool_wait_timeouts() const { return 0; }
   // Why this tier cannot serve at all (its model failed to load); empty when it can.
   virtual std::string unavailable_reason() const { return {}; }
   // Every body a cloud tier sends passes `guard` first (see egress_guard.h);

@@ -596,6 +596,10 @@ class OpenAiBackend final : public Backend {
 
   const BackendInfo& info() const override { return *info_.load(); }
 
+  uint64_t pool_wait_timeouts() const override {
+    return pool_wait_timeouts_.load(std::memory_order_relaxed);
+  }
+
   void set_egress_guard(std::shared_ptr<const EgressGuard> guard) override {
     std::lock_guard lock(guard_mu_);
     guard_ = std::move(guard);
@@ -627,9 +631,12 @@ class OpenAiBackend final : public Backend {
       if (guard) FSH_TRY_STATUS(guard->check(config_.name, body));
     }
 
+    // The wait for a connection has its own limit and does not count against
+    // the upstream's first-byte timeout: a busy pool is ours, not its fault.
     Connection* connection = nullptr;
-    const auto wait_until =
-        request.deadline ? std::min(*request.deadline, watch.total_by) : watch.total_by;
+    auto wait_until = Clock::now() + std::chrono::milliseconds(config_.pool_wait_timeout_ms);
+    if (request.deadline) wait_until = std::min(wait_until, *request.deadline);
+    if (request.first_token_deadline) wait_until = std::min(wait_until, *request.first_token_deadline);
     switch (pool_.acquire(wait_until, watch.cancelled, connection)) {
       case ConnectionPool::Outcome::kAcquired:
         break;
@@ -638,16 +645,26 @@ class OpenAiBackend final : public Backend {
                           where() + ": all " + std::to_string(config_.max_concurrency) +
                               " connections are busy and " + std::to_string(config_.max_queue) +
                               " requests already wait; retry later or raise max_concurrency");
-      case ConnectionPool::Outcome::kTimedOut:
-        return make_error(ErrorKind::kDeadlineExceeded,
-                          where() + ": no connection freed up before the deadline (all " +
-                              std::to_string(config_.max_concurrency) +
-                              " busy); raise max_concurrency or allow more time");
+      case ConnectionPool::Outcome::kTimedOut: {
+        pool_wait_timeouts_.fetch_add(1, std::memory_order_relaxed);
+        Error e = make_error(ErrorKind::kUnavailable,
+                             where() + ": all " + std::to_string(config_.max_concurrency) +
+                                 " pooled connections stayed busy for " +
+                                 std::to_string(config_.pool_wait_timeout_ms) +
+                                 " ms; retry shortly, or raise max_concurrency or "
+                                 "timeouts.pool_wait_ms");
+        e.retry_after_seconds = 1.0;
+        return e;
+      }
       case ConnectionPool::Outcome::kCancelled: {
         Exchange none;
         return cancelled(none, watch.start);
       }
     }
+    watch.start = Clock::now();
+    watch.first_byte_by = watch.start + std::chrono::milliseconds(config_.first_byte_timeout_ms);
+    if (budget_binds) watch.first_byte_by = std::min(watch.first_byte_by, *request.first_token_deadline);
+    watch.total_by = watch.start + std::chrono::milliseconds(config_.total_timeout_ms);
     Lease lease(pool_, connection);
 
     httplib::Request req;
@@ -1117,6 +1134,7 @@ class OpenAiBackend final : public Backend {
   std::deque<BackendInfo> infos_;  // deque: published elements never move
   std::atomic<const BackendInfo*> info_{nullptr};
   ConnectionPool pool_;
+  std::atomic<uint64_t> pool_wait_timeouts_{0};
 };
 
 }  // namespace

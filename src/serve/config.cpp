@@ -145,7 +145,8 @@ constexpr std::array<std::string_view, 16> kTierKeys{
     "context_length", "kv_memory_mb", "threads",         "chat_format",
     "timeouts",       "verify_tls",   "ca_file",         "low_memory_model"};
 constexpr std::array<std::string_view, 2> kPriceKeys{"input_per_mtok", "output_per_mtok"};
-constexpr std::array<std::string_view, 3> kTimeoutKeys{"connect_ms", "first_byte_ms", "total_ms"};
+constexpr std::array<std::string_view, 4> kTimeoutKeys{"connect_ms", "first_byte_ms", "total_ms",
+                                                       "pool_wait_ms"};
 constexpr std::array<std::string_view, 2> kAliasKeys{"tier", "fallback"};
 
 void read_server(Reader& r, const YAML::Node& node, ServerConfig& s) {
@@ -213,6 +214,9 @@ void read_tier(Reader& r, const YAML::Node& node, const std::string& path, backe
   r.get(node, "model", path, t.model);
   r.get(node, "endpoint", path, t.endpoint);
   r.get(node, "api_key_env", path, t.api_key_env);
+  // An HTTP tier's concurrency is pooled connections, which cost little: the
+  // default lets many streams wait on a slow upstream at once.
+  if (t.kind == "openai") t.max_concurrency = backend::kDefaultRemoteConcurrency;
   r.get(node, "max_concurrency", path, t.max_concurrency);
   r.get(node, "max_queue", path, t.max_queue);
   r.get(node, "context_length", path, t.context_length);
@@ -250,6 +254,7 @@ void read_tier(Reader& r, const YAML::Node& node, const std::string& path, backe
       r.get(timeouts, "connect_ms", p, t.connect_timeout_ms);
       r.get(timeouts, "first_byte_ms", p, t.first_byte_timeout_ms);
       r.get(timeouts, "total_ms", p, t.total_timeout_ms);
+      r.get(timeouts, "pool_wait_ms", p, t.pool_wait_timeout_ms);
     }
   }
 }
@@ -386,6 +391,7 @@ Status validate_config(const GatewayConfig& config) {
     if (t.connect_timeout_ms < 1) fail(path + ".timeouts.connect_ms", "must be at least 1");
     if (t.first_byte_timeout_ms < 1) fail(path + ".timeouts.first_byte_ms", "must be at least 1");
     if (t.total_timeout_ms < 1) fail(path + ".timeouts.total_ms", "must be at least 1");
+    if (t.pool_wait_timeout_ms < 0) fail(path + ".timeouts.pool_wait_ms", "must be 0 or more");
   }
   if (!s.default_tier.empty() && !names.contains(s.default_tier)) {
     fail("server.default_tier", "'" + s.default_tier + "' is not a tier defined under tiers");

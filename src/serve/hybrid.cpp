@@ -182,6 +182,14 @@ void HybridRouter::collect_metrics() {
                 "half-open (probing).",
                 {"tier"}, {t.name})
         .set(static_cast<double>(executor_->breaker_state(t.name)));
+    if (auto b = executor_->backend(t.name); b && t.placement == backend::Placement::kCloud) {
+      metrics_
+          ->gauge("foreshore_pool_wait_timeouts",
+                  "Requests that gave up waiting for a pooled connection to a cloud tier (answered "
+                  "503 with Retry-After), since start.",
+                  {"tier"}, {t.name})
+          .set(static_cast<double>(b->pool_wait_timeouts()));
+    }
   }
   metrics_
       ->gauge("foreshore_complexity_threshold",

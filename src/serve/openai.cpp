@@ -579,6 +579,7 @@ ApiError from_backend_error(const Error& error) {
     e.status = 503;
     e.type = "service_unavailable";
     e.code = "tier_unavailable";
+    e.retry_after_seconds = error.retry_after_seconds;
   }
   return e;
 }
