@@ -1060,5 +1060,48 @@ TEST_F(ReliabilityFeatures, SigtermUnderLoad) {
              (rc ? std::to_string(*rc) : std::string("none")));
 }
 
+// SIGTERM with a shutdown limit shorter than the streams: each running
+// stream ends with an SSE error event that says why (not a silent cut), and
+// the log records it as failed, not 200.
+TEST_F(ReliabilityFeatures, SigtermPastTheLimitEndsStreamsWithAnError) {
+  constexpr int kWords = 40;
+  cloud_.set_reply(cloud_reply(kWords));
+  cloud_.set_chunk_delay(150ms);  // each stream takes about 6 s
+  GatewaySpec spec;
+  spec.server_yaml = "  shutdown_timeout_ms: 300\n";
+  spec.cloud_timeouts = "{connect_ms: 1000, first_byte_ms: 5000, total_ms: 20000}";
+  ASSERT_NO_FATAL_FAILURE(start(spec));
+
+  constexpr int kInFlight = 3;
+  std::atomic<int> streaming{0};
+  std::vector<Outcome> in_flight(kInFlight);
+  std::vector<std::thread> clients;
+  for (int i = 0; i < kInFlight; ++i) {
+    clients.emplace_back([&, i] {
+      Request r;
+      r.index = i;
+      r.kind = Kind::kForcedCloud;
+      r.stream = true;
+      r.max_tokens = kWords;
+      in_flight[static_cast<size_t>(i)] = send(port(), r, [&] { streaming.fetch_add(1); });
+    });
+  }
+  for (int i = 0; i < 600 && streaming.load() < kInFlight; ++i) std::this_thread::sleep_for(10ms);
+  ASSERT_EQ(streaming.load(), kInFlight) << "the streams did not start";
+  ASSERT_EQ(::kill(gateway_->process().pid(), SIGTERM), 0);
+  for (auto& c : clients) c.join();
+  const auto rc = gateway_->process().wait(30s);
+  EXPECT_EQ(rc, std::optional<int>(0)) << gateway_->process().stderr_text();
+  for (const auto& o : in_flight) {
+    SCOPED_TRACE(o.describe());
+    EXPECT_TRUE(o.sse_error) << "the stream was cut without an error event";
+    EXPECT_FALSE(o.done);
+    EXPECT_NE(o.body.find("shutting_down"), std::string::npos);
+    EXPECT_NE(o.body.find("shutdown_timeout_ms"), std::string::npos);
+  }
+  const std::string log = gateway_->process().stderr_text();
+  EXPECT_NE(log.find("ended 3 stream(s) with an error event"), std::string::npos) << log;
+  EXPECT_NE(log.find("status=503"), std::string::npos) << log;
+}
 }  // namespace
 }  // namespace foreshore::testing

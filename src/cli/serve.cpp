@@ -122,9 +122,20 @@ int serve_main(const ServeOptions& o, const CLI::App& cmd) {
       if (sig == SIGINT || sig == SIGTERM) break;
       if (sig == SIGHUP) std::fprintf(stderr, "SIGHUP: ignored while shutting down\n");
     }
-    const int32_t left = gateway.active_requests();
+    int32_t left = gateway.active_requests();
     if (left > 0) {
-      std::fprintf(stderr, "%s: stopping with %d request(s) unfinished\n", name, left);
+      // Streams still running end with an error event rather than a cut
+      // connection; a moment lets those events reach their clients.
+      const int32_t ended = gateway.end_streams(
+          std::string(name) + ": the gateway is shutting down and server.shutdown_timeout_ms (" +
+          std::to_string(timeout_ms) + " ms) has passed; the answer is incomplete, retry it");
+      const auto flush_by = std::chrono::steady_clock::now() + std::chrono::seconds(1);
+      while (gateway.active_requests() > 0 && std::chrono::steady_clock::now() < flush_by) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(10));
+      }
+      left = gateway.active_requests();
+      std::fprintf(stderr, "%s: ended %d stream(s) with an error event; stopping with %d request(s) unfinished\n",
+                   name, ended, left);
     } else {
       std::fprintf(stderr, "%s: drained, stopping\n", name);
     }

@@ -87,6 +87,7 @@ struct StreamState {
   bool finished = false;
   std::optional<Error> error;
   std::optional<ApiError> stream_error;  // sent mid-stream as an SSE error event
+  bool ended_early = false;              // end() closed it; the producer adds nothing more
   backend::Completion completion;
 
   // Owned copies: a producer abandoned at its deadline may outlive the request.
@@ -143,11 +144,29 @@ struct StreamState {
 
   int64_t created = 0;
 
+  // Closes a running stream with an error event (shutdown): what the client
+  // has is marked incomplete, not silently cut. False when it had not begun
+  // or had already finished.
+  bool end(const ApiError& why) {
+    {
+      std::lock_guard lock(mu);
+      if (!started || finished) return false;
+      stream_error = why;
+      SseWriter::error(pending, why);
+      finished = true;
+      ended_early = true;
+    }
+    request.cancelled->store(true);
+    cv.notify_all();
+    return true;
+  }
+
   void produce() {
     auto r = run(request, [this](const backend::Delta& d) {
       if (request.cancelled->load(std::memory_order_relaxed)) return false;
       {
         std::lock_guard lock(mu);
+        if (ended_early) return false;
         if (!started) {
           started = true;
           writer->begin(pending, provenance(model_version));
@@ -159,7 +178,9 @@ struct StreamState {
     }, [this](const std::string& source) { on_source(source); });
     {
       std::lock_guard lock(mu);
-      if (r.ok()) {
+      if (ended_early) {
+        if (r.ok()) outcome = std::move(r).value();
+      } else if (r.ok()) {
         tier = r->tier;
         placement = placement_of(tier);
         if (!r->completion.model.empty()) model = r->completion.model;
@@ -340,6 +361,9 @@ struct Gateway::Impl {
   // On every tier: cloud tiers check each body they send against the live
   // deployment's detectors (a reload's new rules apply at once).
   std::shared_ptr<backend::EgressGuard> egress = std::make_shared<backend::EgressGuard>();
+  // Running streams, for end_streams() at shutdown.
+  std::mutex streams_mu;
+  std::vector<std::weak_ptr<StreamState>> streams;
 
   explicit Impl(GatewayConfig c) : config(std::move(c)) {
     egress->set_policy([this](std::string_view tier, std::span<const std::string_view> strings) {
@@ -969,6 +993,11 @@ struct Gateway::Impl {
     st->request = api.backend;
     const auto deadline = *st->request.deadline;
     st->producer = std::thread([st] { st->produce(); });
+    {
+      std::lock_guard streams_lock(streams_mu);
+      std::erase_if(streams, [](const std::weak_ptr<StreamState>& w) { return w.expired(); });
+      streams.push_back(st);
+    }
 
     std::unique_lock lock(st->mu);
     // The tier enforces the deadline itself; the grace period only guards
@@ -1341,6 +1370,24 @@ Status Gateway::reload(Result<GatewayConfig> config, const BackendFactory& facto
 
 void Gateway::begin_drain() {
   impl_->draining.store(true, std::memory_order_seq_cst);
+}
+
+int32_t Gateway::end_streams(const std::string& why) {
+  std::vector<std::shared_ptr<StreamState>> live;
+  {
+    std::lock_guard lock(impl_->streams_mu);
+    for (const auto& w : impl_->streams) {
+      if (auto s = w.lock()) live.push_back(std::move(s));
+    }
+  }
+  ApiError e;
+  e.status = 503;
+  e.type = "service_unavailable";
+  e.code = "shutting_down";
+  e.message = why;
+  int32_t ended = 0;
+  for (const auto& s : live) ended += s->end(e) ? 1 : 0;
+  return ended;
 }
 
 int32_t Gateway::active_requests() const {

@@ -47,6 +47,10 @@ class Gateway {
   // active_requests() is 0 or the grace period is over.
   void begin_drain();
   int32_t active_requests() const;
+  // Ends every running stream with an SSE error event that says why (the
+  // shutdown limit), so that clients see an error rather than a cut, and
+  // their requests are logged as failed. Returns how many it ended.
+  int32_t end_streams(const std::string& why);
   // Serves until stop(); blocks the calling thread.
   void run();
   // Stops accepting, ends open streams and returns once run() can return.
