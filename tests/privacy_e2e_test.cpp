@@ -11,6 +11,7 @@
 
 #include "support/fault_server.h"
 #include "support/process.h"
+#include "support/secret_corpus.h"
 #include "support/test_paths.h"
 
 namespace foreshore::testing {
@@ -483,122 +484,6 @@ constexpr int kPropertyCases = 1000;  // the sanitizers make each request severa
 constexpr int kPropertyCases = 6000;
 #endif
 
-class Rng {
- public:
-  explicit Rng(uint64_t seed) : x_(seed * 0x9E3779B97F4A7C15ull + 1) {}
-  uint64_t next() {
-    x_ ^= x_ << 13;
-    x_ ^= x_ >> 7;
-    x_ ^= x_ << 17;
-    return x_;
-  }
-  int below(int n) { return static_cast<int>(next() % static_cast<uint64_t>(n)); }
-  std::string digits(int n) {
-    std::string d;
-    for (int i = 0; i < n; ++i) d += static_cast<char>('0' + below(10));
-    return d;
-  }
-
- private:
-  uint64_t x_;
-};
-
-std::string luhn_card(Rng& rng) {
-  std::string d = "4" + rng.digits(14);
-  int sum = 0;
-  for (int i = 0; i < 15; ++i) {
-    int v = d[14 - i] - '0';
-    if (i % 2 == 0) v = v * 2 > 9 ? v * 2 - 9 : v * 2;
-    sum += v;
-  }
-  return d + static_cast<char>('0' + (10 - sum % 10) % 10);
-}
-
-std::string gb_iban(Rng& rng) {
-  const std::string bban = "WEST" + rng.digits(14);
-  // Check digits: 98 - mod97(BBAN + "GB00"), letters as 10..35.
-  std::string num;
-  for (char c : bban + "GB00")
-    num += std::isdigit(c) ? std::string(1, c) : std::to_string(c - 'A' + 10);
-  int r = 0;
-  for (char c : num) r = (r * 10 + (c - '0')) % 97;
-  const int check = 98 - r;
-  return std::string("GB") + static_cast<char>('0' + check / 10) +
-         static_cast<char>('0' + check % 10) + bban;
-}
-
-// Digits spelled the ways that used to slip past: separators from a set,
-// or full-width forms.
-constexpr const char* kSeps[] = {"-",      "\u2013", "\u2014", "\u2212", ".",     " ",
-                                 "\u00A0", "\u200B", "  ",     "\n",     "\u2009"};
-constexpr int kDashOrDot = 5;  // kSeps[0..4]: an SSN so grouped needs no context word
-
-std::string spell(const std::vector<std::string>& groups, Rng& rng, int sep_index = -1) {
-  const std::string sep =
-      kSeps[sep_index >= 0 ? sep_index : rng.below(static_cast<int>(std::size(kSeps)))];
-  const bool wide = rng.below(6) == 0;
-  std::string out;
-  for (size_t g = 0; g < groups.size(); ++g) {
-    if (g > 0) out += sep;
-    for (char c : groups[g]) {
-      if (wide && std::isdigit(static_cast<unsigned char>(c))) {
-        out += "\xEF\xBC";
-        out += static_cast<char>(0x90 + (c - '0'));
-      } else {
-        out += c;
-      }
-    }
-  }
-  return out;
-}
-
-// A device-only secret in one of its categories and spellings.
-std::string make_secret(Rng& rng) {
-  switch (rng.below(6)) {
-    case 0: {
-      const int area = 1 + rng.below(665);
-      char a[4];
-      std::snprintf(a, sizeof a, "%03d", area == 666 ? 667 : area);
-      std::string g = rng.digits(2), s = rng.digits(4);
-      if (g == "00") g = "12";
-      if (s == "0000") s = "4321";
-      // Spaced or run together, nine digits are an SSN only beside a word
-      // that says so (as they would be to a person reading them).
-      const int sep = rng.below(static_cast<int>(std::size(kSeps)));
-      const std::string ssn = spell({a, g, s}, rng, sep);
-      return sep < kDashOrDot && rng.below(2) ? ssn : "SSN " + ssn;
-    }
-    case 1: {
-      const std::string c = luhn_card(rng);
-      return spell({c.substr(0, 4), c.substr(4, 4), c.substr(8, 4), c.substr(12, 4)}, rng);
-    }
-    case 2: {
-      const std::string i = gb_iban(rng);
-      std::vector<std::string> groups;
-      for (size_t k = 0; k < i.size(); k += 4) groups.push_back(i.substr(k, 4));
-      static const char* kSeps[] = {" ", "-", "\u00A0"};
-      std::string out;
-      const std::string sep = kSeps[rng.below(3)];
-      for (size_t g = 0; g < groups.size(); ++g) out += (g ? sep : "") + groups[g];
-      return out;
-    }
-    case 3: {
-      std::string key = "AKIA";
-      static const char kAlnum[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
-      for (int k = 0; k < 16; ++k) key += kAlnum[rng.below(32)];
-      return key;
-    }
-    case 4:
-      return "the patient " + rng.digits(3) + " reports pain";
-    default: {
-      static const char kChars[] = "abcdefghijkmnopqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ23456789!#%";
-      std::string v;
-      for (int k = 0; k < 20; ++k) v += kChars[rng.below(static_cast<int>(sizeof kChars - 1))];
-      return "password=" + v;
-    }
-  }
-}
-
 // The request with `text` placed in one of the fields that reach a cloud
 // tier, at a random depth where the field allows one.
 json place(const std::string& text, Rng& rng) {
@@ -686,7 +571,8 @@ TEST_F(PrivacyE2E, SeededPropertyNoSecretEverReachesTheCloud) {
   int public_sent = 0;
   for (int i = 0; i < kPropertyCases; ++i) {
     const bool control = i % 10 == 9;
-    const std::string text = control ? "zebra" + std::to_string(i) + "crossing" : make_secret(rng);
+    const std::string text =
+        control ? "zebra" + std::to_string(i) + "crossing" : make_secret(rng).text;
     json b = place(text, rng);
     b["model"] = kModels[rng.below(static_cast<int>(std::size(kModels)))];
     b["stream"] = rng.below(2) == 1;

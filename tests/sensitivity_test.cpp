@@ -17,6 +17,8 @@
 #include <thread>
 #include <vector>
 
+#include "support/secret_corpus.h"
+
 namespace foreshore::route {
 namespace {
 
@@ -90,6 +92,48 @@ TEST(Sensitivity, SpellingsThatHideNumbersAreFolded) {
   // Numbers on separate lines stay apart: a postcode does not join a phone.
   expect_hit("phone", {"South Africa 70651\n082 490 1693-Office"});
   expect_no_hit("credit_card", {"4111\u20131111 is a range", "chapter 1.2.3.4"});
+}
+
+// Recall per category and spelling on generated secrets (docs/PRIVACY.md
+// prints this table), and how often look-alikes are taken for secrets.
+TEST(GeneratedCorpus, EverySpellingOfEveryDeviceOnlySecretIsFound) {
+  // The built-in detectors plus the keyword rule the privacy tests configure.
+  SensitivityConfig config;
+  config.keywords.push_back({"medical", {"patient"}, DataClass::kDeviceOnly});
+  auto created = SensitivityDetector::create(config);
+  ASSERT_TRUE(created.ok()) << created.error().message;
+  const SensitivityDetector& detector = **created;
+  testing::Rng rng(7);
+  constexpr int kPerCell = 200;
+  std::printf("| category | spelling | samples | found | recall |\n|---|---|---|---|---|\n");
+  for (std::string_view category : testing::secret_categories()) {
+    for (std::string_view spelling : testing::secret_spellings(category)) {
+      int found = 0;
+      std::string missed;
+      for (int i = 0; i < kPerCell; ++i) {
+        const auto s = testing::make_secret(rng, category, spelling);
+        const auto r = detector.scan(s.text);
+        if (r.data_class == DataClass::kDeviceOnly) {
+          ++found;
+        } else if (missed.empty()) {
+          missed = s.text;
+        }
+      }
+      std::printf("| %.*s | %.*s | %d | %d | %.3f |\n", static_cast<int>(category.size()),
+                  category.data(), static_cast<int>(spelling.size()), spelling.data(), kPerCell,
+                  found, static_cast<double>(found) / kPerCell);
+      EXPECT_EQ(found, kPerCell) << category << " / " << spelling << " missed e.g. '" << missed
+                                 << "'";
+    }
+  }
+  int false_hits = 0;
+  constexpr int kLookalikes = 4000;
+  for (int i = 0; i < kLookalikes; ++i) {
+    const std::string text = testing::make_lookalike(rng);
+    if (detector.scan(text).data_class == DataClass::kDeviceOnly) ++false_hits;
+  }
+  std::printf("look-alikes taken for device-only secrets: %d of %d\n", false_hits, kLookalikes);
+  EXPECT_EQ(false_hits, 0);
 }
 
 TEST(Sensitivity, FoldedHitsPointIntoTheOriginalText) {

@@ -264,7 +264,7 @@ class EmbeddedBackend final : public Backend {
       FSH_ASSIGN_OR_RETURN(prompt, tokenize(*deployment, request));
     }
     FSH_ASSIGN_OR_RETURN(engine::GenerationRequest gen,
-                        to_engine_request(*deployment, request, std::move(prompt)));
+                         to_engine_request(*deployment, request, std::move(prompt)));
     const double queued_ms = ms_since(start);
     if (request.deadline && Clock::now() >= *request.deadline) {
       return make_error(ErrorKind::kDeadlineExceeded,

@@ -636,7 +636,8 @@ class OpenAiBackend final : public Backend {
     Connection* connection = nullptr;
     auto wait_until = Clock::now() + std::chrono::milliseconds(config_.pool_wait_timeout_ms);
     if (request.deadline) wait_until = std::min(wait_until, *request.deadline);
-    if (request.first_token_deadline) wait_until = std::min(wait_until, *request.first_token_deadline);
+    if (request.first_token_deadline)
+      wait_until = std::min(wait_until, *request.first_token_deadline);
     switch (pool_.acquire(wait_until, watch.cancelled, connection)) {
       case ConnectionPool::Outcome::kAcquired:
         break;
@@ -663,7 +664,8 @@ class OpenAiBackend final : public Backend {
     }
     watch.start = Clock::now();
     watch.first_byte_by = watch.start + std::chrono::milliseconds(config_.first_byte_timeout_ms);
-    if (budget_binds) watch.first_byte_by = std::min(watch.first_byte_by, *request.first_token_deadline);
+    if (budget_binds)
+      watch.first_byte_by = std::min(watch.first_byte_by, *request.first_token_deadline);
     watch.total_by = watch.start + std::chrono::milliseconds(config_.total_timeout_ms);
     Lease lease(pool_, connection);
 

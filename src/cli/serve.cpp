@@ -134,8 +134,10 @@ int serve_main(const ServeOptions& o, const CLI::App& cmd) {
         std::this_thread::sleep_for(std::chrono::milliseconds(10));
       }
       left = gateway.active_requests();
-      std::fprintf(stderr, "%s: ended %d stream(s) with an error event; stopping with %d request(s) unfinished\n",
-                   name, ended, left);
+      std::fprintf(
+          stderr,
+          "%s: ended %d stream(s) with an error event; stopping with %d request(s) unfinished\n",
+          name, ended, left);
     } else {
       std::fprintf(stderr, "%s: drained, stopping\n", name);
     }

@@ -22,8 +22,8 @@ namespace foreshore::exec {
 
 struct ExecutionResult {
   backend::Completion completion;
-  std::string tier;                  // the tier whose answer was served
-  bool degraded = false;             // served by a fallback of last resort
+  std::string tier;       // the tier whose answer was served
+  bool degraded = false;  // served by a fallback of last resort
   // Why, in one line for the x-foreshore-degraded-reason header and the body
   // ("cloud tier 'cloud' failed: ...", "cloud tier 'cloud' is unavailable").
   std::string degraded_reason;

@@ -372,9 +372,8 @@ Result<ExecutionResult> Executor::run_cascade(const route::Plan& plan,
   out.confidence = std::exp(measure_confidence(out.completion.logprobs).mean_logprob);
   out.tier = plan.edge_tier;
   out.degraded = true;
-  out.degraded_reason =
-      "cascade escalated (" + reason + ") but cloud tier '" + plan.cloud_tier + "' failed: " +
-      cloud.error().message;
+  out.degraded_reason = "cascade escalated (" + reason + ") but cloud tier '" + plan.cloud_tier +
+                        "' failed: " + cloud.error().message;
   out.fell_back = true;
   return out;
 }

@@ -78,7 +78,8 @@ class HybridRouter {
 
   // The egress guard's policy (backend/egress_guard.h): empty when the
   // strings of a body may go to `tier`, else why not. Counts refusals.
-  std::string egress_verdict(std::string_view tier, std::span<const std::string_view> strings) const;
+  std::string egress_verdict(std::string_view tier,
+                             std::span<const std::string_view> strings) const;
 
   // True when `model` is a name the router answers to ("foreshore", "foreshore/<policy>").
   static bool is_routed_model(std::string_view model);

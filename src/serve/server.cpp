@@ -91,8 +91,8 @@ struct StreamState {
   backend::Completion completion;
 
   // Owned copies: a producer abandoned at its deadline may outlive the request.
-  std::function<Result<exec::ExecutionResult>(
-      const backend::BackendRequest&, const backend::DeltaSink&, const exec::SourceSink&)>
+  std::function<Result<exec::ExecutionResult>(const backend::BackendRequest&,
+                                              const backend::DeltaSink&, const exec::SourceSink&)>
       run;
   std::function<std::string(std::string_view)> placement_of;
   // The model and version a tier serves, for a stream that a fallback answers.
@@ -162,20 +162,23 @@ struct StreamState {
   }
 
   void produce() {
-    auto r = run(request, [this](const backend::Delta& d) {
-      if (request.cancelled->load(std::memory_order_relaxed)) return false;
-      {
-        std::lock_guard lock(mu);
-        if (ended_early) return false;
-        if (!started) {
-          started = true;
-          writer->begin(pending, provenance(model_version));
-        }
-        writer->delta(pending, d);
-      }
-      cv.notify_one();
-      return true;
-    }, [this](const std::string& source) { on_source(source); });
+    auto r = run(
+        request,
+        [this](const backend::Delta& d) {
+          if (request.cancelled->load(std::memory_order_relaxed)) return false;
+          {
+            std::lock_guard lock(mu);
+            if (ended_early) return false;
+            if (!started) {
+              started = true;
+              writer->begin(pending, provenance(model_version));
+            }
+            writer->delta(pending, d);
+          }
+          cv.notify_one();
+          return true;
+        },
+        [this](const std::string& source) { on_source(source); });
     {
       std::lock_guard lock(mu);
       if (ended_early) {
@@ -455,7 +458,9 @@ struct Gateway::Impl {
         states += ",\"breaker\":";
         append_json_string(states, breaker);
         states += ",\"state\":";
-        append_json_string(states, !why.empty() ? "unavailable" : breaker == "closed" ? "ok" : "failing");
+        append_json_string(states, !why.empty()          ? "unavailable"
+                                   : breaker == "closed" ? "ok"
+                                                         : "failing");
         states += '}';
         all_ok = all_ok && why.empty() && breaker == "closed";
         if (!why.empty()) {
