@@ -514,9 +514,9 @@ struct Gateway::Impl {
                                              const httplib::ContentReader& reader) {
       handle_generate(ApiKind::kChat, req, res, reader);
     });
-    http.Post("/v1/route", [this](const httplib::Request& req, httplib::Response& res) {
-      handle_route(req, res);
-    });
+    http.Post("/v1/route",
+              [this](const httplib::Request& req, httplib::Response& res,
+                     const httplib::ContentReader& reader) { handle_route(req, res, reader); });
     http.Post("/v1/completions", [this](const httplib::Request& req, httplib::Response& res,
                                         const httplib::ContentReader& reader) {
       handle_generate(ApiKind::kCompletion, req, res, reader);
@@ -720,32 +720,11 @@ struct Gateway::Impl {
       return;
     }
 
-    // Bodies without Content-Length (chunked) bypass httplib's own limit.
-    const size_t limit = config.server.max_body_bytes;
     std::string body;
-    bool too_large = false;
-    const bool read_ok = reader([&](const char* data, size_t n) {
-      if (body.size() + n > limit) {
-        too_large = true;
-        return false;
-      }
-      body.append(data, n);
-      return true;
-    });
-    if (too_large || res.status == 413) {
-      ApiError e = invalid_request("The request body is larger than server.max_body_bytes (" +
-                                       std::to_string(limit) + " bytes)",
-                                   {}, "request_too_large");
-      e.status = 413;
+    if (auto e = read_body(reader, res, body)) {
       res.set_header("Connection", "close");
-      send_error(res, e);
-      record(server, nullptr, kind, 413, start, nullptr, id);
-      return;
-    }
-    if (!read_ok) {
-      res.set_header("Connection", "close");
-      send_error(res, invalid_request("The request body could not be read"));
-      record(server, nullptr, kind, 400, start, nullptr, id);
+      send_error(res, *e);
+      record(server, nullptr, kind, e->status, start, nullptr, id);
       return;
     }
     if (!check_auth(server, req, res)) {
@@ -923,9 +902,42 @@ struct Gateway::Impl {
     return hints;
   }
 
+  // Reads the body whatever its Content-Type: through the reader, httplib
+  // applies neither its 8 KiB cap on form bodies nor, for chunked bodies, any
+  // limit at all; server.max_body_bytes is the one limit.
+  std::optional<ApiError> read_body(const httplib::ContentReader& reader,
+                                    const httplib::Response& res, std::string& body) const {
+    const size_t limit = config.server.max_body_bytes;
+    bool too_large = false;
+    const bool read_ok = reader([&](const char* data, size_t n) {
+      if (body.size() + n > limit) {
+        too_large = true;
+        return false;
+      }
+      body.append(data, n);
+      return true;
+    });
+    if (too_large || res.status == 413) {
+      ApiError e = invalid_request("The request body is larger than server.max_body_bytes (" +
+                                       std::to_string(limit) + " bytes)",
+                                   {}, "request_too_large");
+      e.status = 413;
+      return e;
+    }
+    if (!read_ok) return invalid_request("The request body could not be read");
+    return std::nullopt;
+  }
+
   // POST /v1/route: the decision for a chat request, explained, without running it.
-  void handle_route(const httplib::Request& req, httplib::Response& res) {
+  void handle_route(const httplib::Request& req, httplib::Response& res,
+                    const httplib::ContentReader& reader) {
     ActiveRequest active_request(active);
+    std::string body;
+    if (auto e = read_body(reader, res, body)) {
+      res.set_header("Connection", "close");
+      send_error(res, *e);
+      return;
+    }
     auto dep = deployment();
     if (!check_auth(dep ? dep->config.server : config.server, req, res)) return;
     if (draining.load()) {
@@ -937,7 +949,7 @@ struct Gateway::Impl {
       return;
     }
     std::string explained;
-    if (auto e = explain_route(*dep, req, explained)) {
+    if (auto e = explain_route(*dep, req, body, explained)) {
       send_error(res, *e);
       return;
     }
@@ -948,10 +960,10 @@ struct Gateway::Impl {
   // /v1/route answers with, or its error. `foreshore route --explain` calls
   // it too, so the offline explanation is the server's, byte for byte.
   static std::optional<ApiError> explain_route(const Deployment& dep, const httplib::Request& req,
-                                               std::string& out) {
+                                               std::string_view body, std::string& out) {
     if (auto e = check_hint_headers(req)) return e;
     ApiRequest api;
-    if (auto e = parse_request(ApiKind::kChat, req.body, api)) return e;
+    if (auto e = parse_request(ApiKind::kChat, body, api)) return e;
     RouteHints hints = route_hints(req, api);
     hints.forced_tier = header_value(req, "x-foreshore-tier");
     ApiError route_error;
@@ -1424,10 +1436,9 @@ Result<std::string> Gateway::explain_route(
                       "the gateway has no tiers loaded; call load_tiers() before explain_route()");
   }
   httplib::Request req;
-  req.body = body;
   for (const auto& [name, value] : headers) req.headers.emplace(name, value);
   std::string out;
-  if (auto e = Impl::explain_route(*dep, req, out)) {
+  if (auto e = Impl::explain_route(*dep, req, body, out)) {
     const ErrorKind kind = e->status == 404  ? ErrorKind::kNotFound
                            : e->status < 500 ? ErrorKind::kInvalidArgument
                                              : ErrorKind::kUnavailable;
