@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "backend/egress_guard.h"
+#include "bench_detector.h"
 #include "route/sensitivity.h"
 
 namespace {
@@ -22,15 +23,7 @@ using foreshore::route::DataClass;
 using foreshore::route::SensitivityDetector;
 
 const SensitivityDetector& detector() {
-  static const auto d = [] {
-    auto created = SensitivityDetector::create({});
-    if (!created.ok()) {
-      std::fprintf(stderr, "%s\n", created.error().message.c_str());
-      std::exit(1);
-    }
-    return std::move(created).value();
-  }();
-  return *d;
+  return foreshore::bench::default_detector();
 }
 
 // A multi-turn chat body with tools and metadata whose text is public prose

@@ -26,8 +26,7 @@ std::string bench_dir() {
 std::shared_ptr<const Model> load_preset(const std::string& preset, TensorType type) {
   const auto dir = std::filesystem::path(bench_dir());
   std::filesystem::create_directories(dir);
-  const auto path =
-      dir / (preset + "-" + tensor_type_name(static_cast<uint32_t>(type)) + ".gguf");
+  const auto path = dir / (preset + "-" + tensor_type_name(static_cast<uint32_t>(type)) + ".gguf");
   if (!std::filesystem::exists(path)) {
     auto spec = synthetic_model_preset(preset, type);
     if (!spec) return nullptr;
@@ -114,7 +113,8 @@ void run_model(benchmark::State& state, const std::string& preset, TensorType ty
       TokenId t = 5;
       for (int32_t i = 0; i < gen_len; ++i) {
         auto logits = (*ctx)->evaluate(std::span<const TokenId>(&t, 1), pool);
-        t = static_cast<TokenId>(std::max_element(logits->begin(), logits->end()) - logits->begin());
+        t = static_cast<TokenId>(std::max_element(logits->begin(), logits->end()) -
+                                 logits->begin());
       }
       tokens += gen_len;
     } else {
@@ -123,7 +123,8 @@ void run_model(benchmark::State& state, const std::string& preset, TensorType ty
       tokens += prompt_len;
     }
   }
-  state.counters["tok/s"] = benchmark::Counter(static_cast<double>(tokens), benchmark::Counter::kIsRate);
+  state.counters["tok/s"] =
+      benchmark::Counter(static_cast<double>(tokens), benchmark::Counter::kIsRate);
   state.counters["threads"] = pool.size();
   state.counters["weights_MB"] = static_cast<double>(model->weight_bytes()) / 1e6;
   if (decode) {
@@ -148,12 +149,12 @@ void register_all() {
       {"llama3.2-1b", TensorType::kQ6_K},  {"llama3.2-1b", TensorType::kQ4_0},
   };
   for (const auto& c : configs) {
-    const std::string name = std::string(c.preset) + "/" + tensor_type_name(static_cast<uint32_t>(c.type));
+    const std::string name =
+        std::string(c.preset) + "/" + tensor_type_name(static_cast<uint32_t>(c.type));
     for (bool decode : {false, true}) {
-      benchmark::RegisterBenchmark(((decode ? "generate/" : "prompt/") + name).c_str(),
-                                   [c, decode](benchmark::State& s) {
-                                     run_model(s, c.preset, c.type, decode);
-                                   })
+      benchmark::RegisterBenchmark(
+          ((decode ? "generate/" : "prompt/") + name).c_str(),
+          [c, decode](benchmark::State& s) { run_model(s, c.preset, c.type, decode); })
           ->Unit(benchmark::kMillisecond)
           ->MinTime(2.0)
           ->UseRealTime();

@@ -25,10 +25,17 @@ std::string make_prompt(size_t bytes) {
 }
 
 std::unique_ptr<Router> make_router() {
-  TierProfile edge{.name = "edge", .on_device = true, .max_data_class = DataClass::kDeviceOnly,
-                   .context_length = 8192, .prior_ttft_ms = 50, .quality = 0.7};
-  TierProfile cloud{.name = "cloud", .price_input_per_mtok = 2.5, .price_output_per_mtok = 10,
-                    .prior_ttft_ms = 400, .quality = 0.95};
+  TierProfile edge{.name = "edge",
+                   .on_device = true,
+                   .max_data_class = DataClass::kDeviceOnly,
+                   .context_length = 8192,
+                   .prior_ttft_ms = 50,
+                   .quality = 0.7};
+  TierProfile cloud{.name = "cloud",
+                    .price_input_per_mtok = 2.5,
+                    .price_output_per_mtok = 10,
+                    .prior_ttft_ms = 400,
+                    .quality = 0.95};
   RouterConfig config;
   config.complexity_model = default_complexity_model_path();
   auto r = Router::create(config, {edge, cloud});

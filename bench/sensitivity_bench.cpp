@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "bench_detector.h"
 #include "route/sensitivity.h"
 
 namespace {
@@ -19,15 +20,7 @@ namespace {
 using foreshore::route::SensitivityDetector;
 
 const SensitivityDetector& detector() {
-  static const auto d = [] {
-    auto created = SensitivityDetector::create({});
-    if (!created.ok()) {
-      std::fprintf(stderr, "%s\n", created.error().message.c_str());
-      std::exit(1);
-    }
-    return std::move(created).value();
-  }();
-  return *d;
+  return foreshore::bench::default_detector();
 }
 
 // Deterministic mixed text: sentences, numbers, dates, versions, a code line;

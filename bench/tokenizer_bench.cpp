@@ -69,8 +69,7 @@ Contact: support@example.com, +1 (555) 010-2299, or visit 221B Baker Street, Lon
 )TEXT";
 
 std::shared_ptr<const Tokenizer> load(const std::string& vocab_file) {
-  const std::string path =
-      std::string(FSH_SHARED_DATA_DIR) + "/tokenizer-tests/" + vocab_file;
+  const std::string path = std::string(FSH_SHARED_DATA_DIR) + "/tokenizer-tests/" + vocab_file;
   auto file = GgufFile::open(path);
   if (!file.ok()) return nullptr;
   auto vocab = Vocabulary::from_gguf(**file);

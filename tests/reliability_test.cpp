@@ -694,7 +694,40 @@ TEST_F(Reliability, CloudBlackHole) {
 
 // --- scenarios that need the gateway's newer features ------------------------
 
-class ReliabilityFeatures : public Reliability {};
+class ReliabilityFeatures : public Reliability {
+ protected:
+  // A gateway whose cloud streams `words` words, one every 150 ms, under the
+  // given server: settings.
+  void start_slow_cloud(int words, const std::string& server_yaml) {
+    cloud_.set_reply(cloud_reply(words));
+    cloud_.set_chunk_delay(std::chrono::milliseconds(150));
+    GatewaySpec spec;
+    spec.server_yaml = server_yaml;
+    spec.cloud_timeouts = "{connect_ms: 1000, first_byte_ms: 5000, total_ms: 20000}";
+    ASSERT_NO_FATAL_FAILURE(start(spec));
+  }
+
+  // Streams out.size() requests of `words` tokens at once, request i of
+  // kind_of(i); `streaming` counts those whose first chunk arrived.
+  std::vector<std::thread> stream_clients(int words, const std::function<Kind(int)>& kind_of,
+                                          std::vector<Outcome>& out, std::atomic<int>& streaming) {
+    std::vector<std::thread> clients;
+    for (int i = 0; i < static_cast<int>(out.size()); ++i) {
+      clients.emplace_back([&, i, words, kind = kind_of(i)] {
+        Request r;
+        r.index = i;
+        r.kind = kind;
+        r.stream = true;
+        r.max_tokens = words;
+        out[static_cast<size_t>(i)] = send(port(), r, [&] { streaming.fetch_add(1); });
+      });
+    }
+    for (int i = 0; i < 600 && streaming.load() < static_cast<int>(out.size()); ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    return clients;
+  }
+};
 
 // The edge tier cannot load its model. The gateway may refuse to start (exit
 // 1 or 2, the message naming the file), or start without its edge (saying so,
@@ -978,29 +1011,14 @@ TEST_F(ReliabilityFeatures, ConfigReloadUnderLoad) {
 // SIGTERM with streams in flight: they finish, whole; what arrives after the
 // signal is refused (503 shutting_down, or the connection); exit status 0.
 TEST_F(ReliabilityFeatures, SigtermUnderLoad) {
-  constexpr int kWords = 16;
-  cloud_.set_reply(cloud_reply(kWords));
-  cloud_.set_chunk_delay(150ms);  // each stream takes a few seconds
-  GatewaySpec spec;
-  spec.server_yaml = "  shutdown_timeout_ms: 20000\n";
-  spec.cloud_timeouts = "{connect_ms: 1000, first_byte_ms: 5000, total_ms: 20000}";
-  ASSERT_NO_FATAL_FAILURE(start(spec));
-
+  constexpr int kWords = 16;  // each stream takes a few seconds
+  ASSERT_NO_FATAL_FAILURE(start_slow_cloud(kWords, "  shutdown_timeout_ms: 20000\n"));
   constexpr int kInFlight = 6;
   std::atomic<int> streaming{0};
   std::vector<Outcome> in_flight(kInFlight);
-  std::vector<std::thread> clients;
-  for (int i = 0; i < kInFlight; ++i) {
-    clients.emplace_back([&, i] {
-      Request r;
-      r.index = i;
-      r.kind = i % 3 == 2 ? Kind::kForcedCloud : Kind::kRouted;
-      r.stream = true;
-      r.max_tokens = kWords;
-      in_flight[static_cast<size_t>(i)] = send(port(), r, [&] { streaming.fetch_add(1); });
-    });
-  }
-  for (int i = 0; i < 600 && streaming.load() < kInFlight; ++i) std::this_thread::sleep_for(10ms);
+  auto clients = stream_clients(
+      kWords, [](int i) { return i % 3 == 2 ? Kind::kForcedCloud : Kind::kRouted; }, in_flight,
+      streaming);
   EXPECT_EQ(streaming.load(), kInFlight) << "the streams did not start";
 
   ASSERT_EQ(::kill(gateway_->process().pid(), SIGTERM), 0);
@@ -1064,29 +1082,13 @@ TEST_F(ReliabilityFeatures, SigtermUnderLoad) {
 // stream ends with an SSE error event that says why (not a silent cut), and
 // the log records it as failed, not 200.
 TEST_F(ReliabilityFeatures, SigtermPastTheLimitEndsStreamsWithAnError) {
-  constexpr int kWords = 40;
-  cloud_.set_reply(cloud_reply(kWords));
-  cloud_.set_chunk_delay(150ms);  // each stream takes about 6 s
-  GatewaySpec spec;
-  spec.server_yaml = "  shutdown_timeout_ms: 300\n";
-  spec.cloud_timeouts = "{connect_ms: 1000, first_byte_ms: 5000, total_ms: 20000}";
-  ASSERT_NO_FATAL_FAILURE(start(spec));
-
+  constexpr int kWords = 40;  // each stream takes about 6 s
+  ASSERT_NO_FATAL_FAILURE(start_slow_cloud(kWords, "  shutdown_timeout_ms: 300\n"));
   constexpr int kInFlight = 3;
   std::atomic<int> streaming{0};
   std::vector<Outcome> in_flight(kInFlight);
-  std::vector<std::thread> clients;
-  for (int i = 0; i < kInFlight; ++i) {
-    clients.emplace_back([&, i] {
-      Request r;
-      r.index = i;
-      r.kind = Kind::kForcedCloud;
-      r.stream = true;
-      r.max_tokens = kWords;
-      in_flight[static_cast<size_t>(i)] = send(port(), r, [&] { streaming.fetch_add(1); });
-    });
-  }
-  for (int i = 0; i < 600 && streaming.load() < kInFlight; ++i) std::this_thread::sleep_for(10ms);
+  auto clients = stream_clients(
+      kWords, [](int) { return Kind::kForcedCloud; }, in_flight, streaming);
   ASSERT_EQ(streaming.load(), kInFlight) << "the streams did not start";
   ASSERT_EQ(::kill(gateway_->process().pid(), SIGTERM), 0);
   for (auto& c : clients) c.join();

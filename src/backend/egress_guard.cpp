@@ -5,6 +5,8 @@
 #include <utility>
 #include <vector>
 
+#include "common/utf8.h"
+
 namespace foreshore::backend {
 namespace {
 
@@ -200,23 +202,6 @@ class StringWalker {
       v = v * 16 + static_cast<uint32_t>(d);
     }
     return true;
-  }
-  static void append_utf8(std::string& out, uint32_t cp) {
-    if (cp < 0x80) {
-      out += static_cast<char>(cp);
-    } else if (cp < 0x800) {
-      out += static_cast<char>(0xC0 | (cp >> 6));
-      out += static_cast<char>(0x80 | (cp & 0x3F));
-    } else if (cp < 0x10000) {
-      out += static_cast<char>(0xE0 | (cp >> 12));
-      out += static_cast<char>(0x80 | ((cp >> 6) & 0x3F));
-      out += static_cast<char>(0x80 | (cp & 0x3F));
-    } else {
-      out += static_cast<char>(0xF0 | (cp >> 18));
-      out += static_cast<char>(0x80 | ((cp >> 12) & 0x3F));
-      out += static_cast<char>(0x80 | ((cp >> 6) & 0x3F));
-      out += static_cast<char>(0x80 | (cp & 0x3F));
-    }
   }
   void entry(std::string_view key, std::string_view v) {
     if (key.empty() && v.empty()) return;

@@ -1,28 +1,11 @@
 // Byte-level BPE (GPT-2 style): the byte alphabet and rank-ordered merging.
 #include <algorithm>
 
+#include "common/utf8.h"
 #include "engine/tokenizer_internal.h"
 
 namespace foreshore::engine::tokenizer_internal {
 namespace {
-
-void append_utf8(uint32_t cp, std::string& out) {
-  if (cp < 0x80) {
-    out += static_cast<char>(cp);
-  } else if (cp < 0x800) {
-    out += static_cast<char>(0xC0 | (cp >> 6));
-    out += static_cast<char>(0x80 | (cp & 0x3F));
-  } else if (cp < 0x10000) {
-    out += static_cast<char>(0xE0 | (cp >> 12));
-    out += static_cast<char>(0x80 | ((cp >> 6) & 0x3F));
-    out += static_cast<char>(0x80 | (cp & 0x3F));
-  } else {
-    out += static_cast<char>(0xF0 | (cp >> 18));
-    out += static_cast<char>(0x80 | ((cp >> 12) & 0x3F));
-    out += static_cast<char>(0x80 | ((cp >> 6) & 0x3F));
-    out += static_cast<char>(0x80 | (cp & 0x3F));
-  }
-}
 
 struct ByteAlphabet {
   std::array<std::string, 256> encoded;
@@ -35,7 +18,7 @@ struct ByteAlphabet {
     for (uint32_t b = 0; b < 256; ++b) {
       const bool printable = (b >= 33 && b <= 126) || (b >= 161 && b <= 172) || b >= 174;
       const uint32_t cp = printable ? b : next_unprintable++;
-      append_utf8(cp, encoded[b]);
+      append_utf8(encoded[b], cp);
       decoded[cp] = static_cast<int16_t>(b);
     }
   }

@@ -1,30 +1,9 @@
 #include "route/text_normalize.h"
 
+#include "common/utf8.h"
+
 namespace foreshore::route {
 namespace {
-
-// One decoded character: its code point (U+FFFD for a malformed byte) and length.
-struct CodePoint {
-  uint32_t cp;
-  uint32_t len;
-};
-
-CodePoint decode(std::string_view t, size_t i) {
-  const auto b = [&](size_t k) { return static_cast<unsigned char>(t[k]); };
-  const unsigned char c = b(i);
-  if (c < 0x80) return {c, 1};
-  const auto cont = [&](size_t k) { return k < t.size() && (b(k) & 0xC0) == 0x80; };
-  if (c >= 0xC2 && c < 0xE0 && cont(i + 1)) return {((c & 0x1Fu) << 6) | (b(i + 1) & 0x3Fu), 2};
-  if (c >= 0xE0 && c < 0xF0 && cont(i + 1) && cont(i + 2)) {
-    return {((c & 0x0Fu) << 12) | ((b(i + 1) & 0x3Fu) << 6) | (b(i + 2) & 0x3Fu), 3};
-  }
-  if (c >= 0xF0 && c < 0xF5 && cont(i + 1) && cont(i + 2) && cont(i + 3)) {
-    return {((c & 0x07u) << 18) | ((b(i + 1) & 0x3Fu) << 12) | ((b(i + 2) & 0x3Fu) << 6) |
-                (b(i + 3) & 0x3Fu),
-            4};
-  }
-  return {0xFFFD, 1};
-}
 
 constexpr uint32_t kDrop = 0xFFFFFFFF;
 constexpr uint32_t kKeep = 0xFFFFFFFE;
@@ -60,7 +39,7 @@ bool is_digit(uint32_t c) {
 // The first folded character at or after byte i that is not dropped.
 uint32_t next_visible(std::string_view t, size_t i) {
   while (i < t.size()) {
-    const CodePoint p = decode(t, i);
+    const Utf8Char p = decode_utf8(t, i);
     const uint32_t f = fold(p.cp);
     if (f != kDrop) return f;
     i += p.len;
@@ -100,7 +79,7 @@ bool normalize_for_detection(std::string_view t, NormalizedText& out) {
   uint32_t last = 0;  // the last folded character written
   size_t i = 0;
   while (i < t.size()) {
-    const CodePoint p = decode(t, i);
+    const Utf8Char p = decode_utf8(t, i);
     const uint32_t f = fold(p.cp);
     if (f == kDrop) {
       i += p.len;
@@ -110,7 +89,7 @@ bool normalize_for_detection(std::string_view t, NormalizedText& out) {
       // Gather the whole run (invisible characters included).
       size_t j = i;
       while (j < t.size()) {
-        const CodePoint q = decode(t, j);
+        const Utf8Char q = decode_utf8(t, j);
         const uint32_t g = fold(q.cp);
         if (g != kDrop && !(g != kKeep && is_space(g))) break;
         j += q.len;

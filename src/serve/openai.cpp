@@ -6,6 +6,7 @@
 #include <nlohmann/json.hpp>
 
 #include "common/json_limits.h"
+#include "common/utf8.h"
 
 namespace foreshore::serve {
 namespace {
@@ -682,46 +683,6 @@ std::optional<ApiError> parse_request(ApiKind kind, std::string_view body, ApiRe
   return std::nullopt;
 }
 
-namespace {
-
-// Length of the well-formed UTF-8 sequence at text[i] (RFC 3629: no
-// overlongs, no surrogates, nothing above U+10FFFF), 0 when it is not one.
-size_t utf8_sequence(std::string_view text, size_t i) {
-  const auto b = [&](size_t k) {
-    return k < text.size() ? static_cast<unsigned char>(text[k]) : 0;
-  };
-  const unsigned char c = b(i);
-  const auto cont = [&](size_t k) { return (b(k) & 0xC0) == 0x80; };
-  if (c >= 0xC2 && c <= 0xDF) return cont(i + 1) ? 2 : 0;
-  if (c >= 0xE0 && c <= 0xEF) {
-    const unsigned char c1 = b(i + 1);
-    const bool ok1 = c == 0xE0   ? (c1 >= 0xA0 && c1 <= 0xBF)
-                     : c == 0xED ? (c1 >= 0x80 && c1 <= 0x9F)
-                                 : cont(i + 1);
-    return ok1 && cont(i + 2) ? 3 : 0;
-  }
-  if (c >= 0xF0 && c <= 0xF4) {
-    const unsigned char c1 = b(i + 1);
-    const bool ok1 = c == 0xF0   ? (c1 >= 0x90 && c1 <= 0xBF)
-                     : c == 0xF4 ? (c1 >= 0x80 && c1 <= 0x8F)
-                                 : cont(i + 1);
-    return ok1 && cont(i + 2) && cont(i + 3) ? 4 : 0;
-  }
-  return 0;
-}
-
-}  // namespace
-
-bool is_valid_utf8(std::string_view text) {
-  for (size_t i = 0; i < text.size(); ++i) {
-    if (static_cast<unsigned char>(text[i]) < 0x80) continue;
-    const size_t n = utf8_sequence(text, i);
-    if (n == 0) return false;
-    i += n - 1;
-  }
-  return true;
-}
-
 // Writes valid JSON with valid UTF-8 whatever `text` holds: a model that
 // emits byte tokens can produce malformed sequences, which strict clients
 // refuse to parse; each malformed byte becomes U+FFFD.
@@ -732,9 +693,9 @@ void append_json_string(std::string& out, std::string_view text) {
   for (size_t i = 0; i < text.size(); ++i) {
     const auto c = static_cast<unsigned char>(text[i]);
     if (c >= 0x80) {
-      const size_t n = utf8_sequence(text, i);
-      if (n > 0) {
-        i += n - 1;
+      const Utf8Char ch = decode_utf8(text, i);
+      if (ch.valid) {
+        i += ch.len - 1;
         continue;
       }
       out.append(text.data() + run, i - run);

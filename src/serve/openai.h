@@ -10,6 +10,7 @@
 
 #include "backend/backend.h"
 #include "common/result.h"
+#include "common/utf8.h"
 
 namespace foreshore::serve {
 
@@ -60,8 +61,7 @@ struct Provenance {
 };
 
 void append_json_string(std::string& out, std::string_view text);
-// Well-formed UTF-8 (RFC 3629).
-bool is_valid_utf8(std::string_view text);
+
 void append_provenance(std::string& out, const Provenance& where);
 
 // A whole non-streamed response body.

@@ -24,7 +24,7 @@ void check(bool ok) {
 }
 
 void check_json_text(const std::string& text) {
-  check(foreshore::serve::is_valid_utf8(text));
+  check(foreshore::is_valid_utf8(text));
   check(!nlohmann::json::parse(text, nullptr, false).is_discarded());
 }
 
