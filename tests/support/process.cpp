@@ -163,9 +163,10 @@ std::string foreshore_binary() {
   return std::string(FSH_BINARY_DIR) + "/foreshore";
 }
 
-FinishedRun run_foreshore(std::vector<std::string> args, std::chrono::milliseconds timeout) {
+FinishedRun run_foreshore(std::vector<std::string> args, std::chrono::milliseconds timeout,
+                          const std::vector<std::string>& env) {
   args.insert(args.begin(), foreshore_binary());
-  auto p = Process::start(args);
+  auto p = Process::start(args, env);
   const auto status = p->wait(timeout);
   return {status.value_or(-1), p->stdout_text(), p->stderr_text()};
 }

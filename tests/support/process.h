@@ -68,7 +68,8 @@ struct FinishedRun {
   std::string err;
 };
 FinishedRun run_foreshore(std::vector<std::string> args,
-                           std::chrono::milliseconds timeout = std::chrono::seconds(120));
+                          std::chrono::milliseconds timeout = std::chrono::seconds(120),
+                          const std::vector<std::string>& env = {});
 
 // `foreshore serve --port 0 ARGS...`, waited for until it prints its URL.
 class ServeProcess {
