@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Checks that the foreshore binary runs on any x86-64 CPU: only the kernel
-# files of an instruction-set level (src/engine/kernels_avx2*.cpp) may hold
-# AVX instructions, and nothing of theirs may end up in baseline code.
+# files of an instruction-set level (src/engine/kernels_avx2*.cpp,
+# kernels_avx512*.cpp) may hold AVX instructions, and nothing of theirs may
+# end up in baseline code.
 #
 # Usage: scripts/check-baseline.sh [BUILD_DIR]   (a Release build of foreshore; ctest runs it)
 #
@@ -12,7 +13,9 @@
 #     keeps one copy of an inline function or template instantiation for the
 #     whole program, and an AVX2 copy would then run from baseline code;
 #  3. in the linked binary, every function with such an instruction is one
-#     the level objects define (catches anything linked in from elsewhere).
+#     the level objects define (catches anything linked in from elsewhere);
+#  4. where qemu-user is installed, the binary starts on an emulated CPU
+#     without AVX (qemu64) and chooses the scalar level there.
 set -euo pipefail
 build=${1:-build}
 binary="$build/foreshore"
@@ -28,7 +31,7 @@ status=0
 level_objects=()
 for o in "${objects[@]}"; do
   case "$(basename "$o")" in
-    kernels_avx2*)
+    kernels_avx2* | kernels_avx512*)
       level_objects+=("$o")
       weak=$(nm -C --defined-only "$o" | awk '$2 == "W" || $2 == "u" || $2 == "i"')
       if [ -n "$weak" ]; then
@@ -47,7 +50,7 @@ for o in "${objects[@]}"; do
       ;;
   esac
 done
-[ ${#level_objects[@]} -gt 0 ] || { echo "FAIL: no kernels_avx2 objects found" >&2; exit 1; }
+[ ${#level_objects[@]} -gt 0 ] || { echo "FAIL: no level kernel objects found" >&2; exit 1; }
 
 allowed=$(for o in "${level_objects[@]}"; do nm --defined-only "$o"; done |
   awk '$2 == "t" || $2 == "T" {print $3}' | sort -u)
@@ -59,6 +62,14 @@ if [ -n "$stray" ]; then
   echo "FAIL: functions of $binary outside the level kernels use AVX:" >&2
   echo "$stray" | c++filt >&2
   status=1
+fi
+if command -v qemu-x86_64 >/dev/null; then
+  version=$(qemu-x86_64 -cpu qemu64 "$binary" --version 2>&1 || true)
+  if ! grep -q 'kernels: scalar (this CPU: scalar)' <<<"$version"; then
+    echo "FAIL: on a CPU without AVX (qemu-x86_64 -cpu qemu64), --version says:" >&2
+    echo "$version" >&2
+    status=1
+  fi
 fi
 [ "$status" -eq 0 ] && echo "ok: AVX only in $(echo "$used" | grep -c .) kernel functions of $binary"
 exit "$status"

@@ -903,6 +903,31 @@ TEST(Matmul, ExtremeBlocksDoNotOverflow) {
   }
 }
 
+// ggml never writes -128 into a Q8_0 block, but a file may hold it: the
+// kernels that multiply |w| by x with w's sign must still treat it as 128.
+TEST(Matmul, Q8_0MinusOneTwentyEightIsExact) {
+  ThreadPool pool(2);
+  constexpr int64_t kCols = 96, kRows = 3;
+  std::vector<BlockQ8_0> blocks(kRows * kCols / 32);
+  for (size_t i = 0; i < blocks.size(); ++i) {
+    blocks[i].d = fp32_to_fp16(0.5f);
+    for (int j = 0; j < 32; ++j) blocks[i].qs[j] = static_cast<int8_t>(j % 3 == 0 ? -128 : 127 - j);
+  }
+  const WeightMatrix m{TensorType::kQ8_0, blocks.data(), kRows, kCols,
+                       kCols / 32 * sizeof(BlockQ8_0)};
+  for (int64_t batch : {1, 4, 8}) {
+    std::vector<float> x(static_cast<size_t>(batch * kCols));
+    for (size_t i = 0; i < x.size(); ++i) x[i] = i % 2 == 0 ? 1.0f : -1.0f;  // at +-127
+    std::vector<uint8_t> scratch(activation_scratch_bytes(TensorType::kQ8_0, kCols, batch));
+    std::vector<float> fast(static_cast<size_t>(batch * kRows)), ref(fast.size());
+    matmul(m, x.data(), batch, fast.data(), scratch, pool);
+    matmul_reference(m, x.data(), batch, ref.data());
+    for (size_t i = 0; i < fast.size(); ++i) {
+      ASSERT_NEAR(fast[i], ref[i], 1e-5f * std::fabs(ref[i]) + 1e-5f) << "batch " << batch;
+    }
+  }
+}
+
 TEST(Matmul, DoesNotAllocate) {
   ThreadPool pool(2);
   const Matrix m = make_matrix(TensorType::kQ4_K, 256, 512, 5);

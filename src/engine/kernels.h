@@ -20,13 +20,14 @@
 namespace foreshore::engine {
 
 // The instruction-set levels the kernels are built for, each needing the
-// one before: portable scalar code, and on x86-64 AVX2 with FMA and F16C.
+// one before: portable scalar code, and on x86-64 AVX2 with FMA and F16C,
+// then AVX-512 F/BW/VL with VNNI (the AVX2 kernels with VNNI ones for Q8_0).
 // One binary holds every level of its architecture and everything outside
 // the kernels runs on the architecture's baseline, so it runs on any CPU of
 // it; the kernels run at the best level the CPU has unless a lower one is
 // asked for (FORESHORE_CPU_LEVEL, or foreshore --cpu-level), for tests and
 // A/B runs.
-enum class CpuLevel { kScalar, kAvx2 };
+enum class CpuLevel { kScalar, kAvx2, kAvx512 };
 
 std::string_view cpu_level_name(CpuLevel level);
 // The levels this CPU can run, lowest first; kScalar always.
@@ -37,7 +38,7 @@ std::vector<CpuLevel> supported_cpu_levels();
 // stderr and the best level, since a kernel call cannot fail; the CLI checks
 // the variable at start and refuses it instead (set_cpu_level).
 CpuLevel cpu_level();
-// Runs the kernels at the level named ("scalar", "avx2") from now on; a
+// Runs the kernels at the level named ("scalar", "avx2", "avx512") from now on; a
 // matmul already running finishes at its level. `source` says where the
 // name came from ("--cpu-level") for the message. Fails, changing nothing,
 // for an unknown name or a level this CPU lacks.

@@ -11,7 +11,7 @@
 namespace foreshore::engine {
 namespace {
 
-constexpr CpuLevel kAllLevels[] = {CpuLevel::kScalar, CpuLevel::kAvx2};
+constexpr CpuLevel kAllLevels[] = {CpuLevel::kScalar, CpuLevel::kAvx2, CpuLevel::kAvx512};
 
 bool cpu_has(CpuLevel level) {
   switch (level) {
@@ -26,6 +26,14 @@ bool cpu_has(CpuLevel level) {
 #else
       return false;
 #endif
+    case CpuLevel::kAvx512:
+#if defined(__x86_64__)
+      return cpu_has(CpuLevel::kAvx2) && __builtin_cpu_supports("avx512f") &&
+             __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
+             __builtin_cpu_supports("avx512vnni");
+#else
+      return false;
+#endif
   }
   return false;
 }
@@ -37,6 +45,12 @@ const detail::KernelSet& kernels_for(CpuLevel level) {
     case CpuLevel::kAvx2:
 #if defined(__x86_64__)
       return detail::avx2_kernels();
+#else
+      break;
+#endif
+    case CpuLevel::kAvx512:
+#if defined(__x86_64__)
+      return detail::avx512_kernels();
 #else
       break;
 #endif
@@ -117,6 +131,8 @@ std::string_view cpu_level_name(CpuLevel level) {
       return "scalar";
     case CpuLevel::kAvx2:
       return "avx2";
+    case CpuLevel::kAvx512:
+      return "avx512";
   }
   return "unknown";
 }

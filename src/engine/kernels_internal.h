@@ -388,6 +388,7 @@ const VectorOps& scalar_vector_ops();  // kernels_ops.cpp
 #if defined(__x86_64__)
 const KernelSet& avx2_kernels();     // kernels_avx2.cpp
 const VectorOps& avx2_vector_ops();  // kernels_avx2_ops.cpp
+const KernelSet& avx512_kernels();   // kernels_avx512.cpp
 #endif
 
 }  // namespace foreshore::engine::detail
