@@ -92,9 +92,6 @@ Result<CpuLevel> parse_level(std::string_view name, std::string_view source) {
                         level_list({std::begin(kAllLevels), std::end(kAllLevels)}));
 }
 
-// Null until the first kernel call or set_cpu_level.
-std::atomic<const detail::KernelSet*> g_active{nullptr};
-
 const detail::KernelSet& initial_kernels() {
   CpuLevel level = best_level();
   if (const char* env = std::getenv("FORESHORE_CPU_LEVEL"); env != nullptr && *env != '\0') {
@@ -113,12 +110,14 @@ const detail::KernelSet& initial_kernels() {
 
 namespace detail {
 
-const KernelSet& active_kernels() {
-  const KernelSet* set = g_active.load(std::memory_order_acquire);
-  if (set == nullptr) [[unlikely]] {
-    // Concurrent first calls may each choose; they choose the same set.
-    const KernelSet* chosen = &initial_kernels();
-    if (g_active.compare_exchange_strong(set, chosen, std::memory_order_acq_rel)) set = chosen;
+std::atomic<const KernelSet*> g_active_kernels{nullptr};
+
+const KernelSet& choose_kernels() {
+  const KernelSet* set = nullptr;
+  // Concurrent first calls may each choose; they choose the same set.
+  const KernelSet* chosen = &initial_kernels();
+  if (g_active_kernels.compare_exchange_strong(set, chosen, std::memory_order_acq_rel)) {
+    set = chosen;
   }
   return *set;
 }
@@ -152,7 +151,7 @@ CpuLevel cpu_level() {
 Status set_cpu_level(std::string_view name, std::string_view source) {
   auto level = parse_level(name, source);
   if (!level.ok()) return level.error();
-  g_active.store(&kernels_for(*level), std::memory_order_release);
+  detail::g_active_kernels.store(&kernels_for(*level), std::memory_order_release);
   return Status::Ok();
 }
 

@@ -2,6 +2,7 @@
 // Private to fsh_kernels: nothing outside src/engine/kernels*.cpp includes it.
 #pragma once
 
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
@@ -380,8 +381,17 @@ struct KernelSet {
   }
 };
 
-// The set the kernels run with now (kernels_dispatch.cpp).
-const KernelSet& active_kernels();
+// The set the kernels run with now (kernels_dispatch.cpp): null until the
+// first kernel call, which chooses it, or set_cpu_level.
+extern std::atomic<const KernelSet*> g_active_kernels;
+const KernelSet& choose_kernels();
+// Inline because the element-wise helpers pass through it on every call
+// (attention calls them per head and position); only baseline files call
+// it, so no level file holds a copy the linker could share.
+inline const KernelSet& active_kernels() {
+  const KernelSet* set = g_active_kernels.load(std::memory_order_acquire);
+  return set != nullptr ? *set : choose_kernels();
+}
 // Each level's set, and the element-wise helpers they share.
 const KernelSet& scalar_kernels();     // kernels_scalar.cpp
 const VectorOps& scalar_vector_ops();  // kernels_ops.cpp
