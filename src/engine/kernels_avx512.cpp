@@ -9,10 +9,10 @@
 // integer sums are the scalar reference's exactly.
 //
 // Decode (one activation row) keeps the AVX2 kernels: a 256-bit VNNI
-// version of it (vpdpbusd in place of maddubs + madd, the same instruction
-// count otherwise) ran at 0.76x of it on this machine's Zen 4 (576x1536,
-// one thread, best of 800 runs in cache), and decode reads its weights
-// from memory anyway.
+// version of the Q8_0 one (vpdpbusd in place of maddubs + madd, the same
+// instruction count otherwise) ran at 0.76x of it on the AMD EPYC
+// development VM (576x1536, one thread, best of 800 runs in cache), and
+// decode reads its weights from memory anyway.
 //
 // Built with AVX-512 F/BW/VL/VNNI (and AVX2/FMA/F16C); everything here is
 // file-local and reachable only through avx512_kernels(), which the dispatch
