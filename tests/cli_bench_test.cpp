@@ -7,6 +7,7 @@
 #include <numeric>
 
 #include "engine/engine.h"
+#include "engine/kernels.h"
 #include "support/process.h"
 #include "support/test_paths.h"
 
@@ -111,6 +112,46 @@ TEST(BenchCli, TableAndErrors) {
   const auto not_gguf = run_foreshore({"bench", "-m", FSH_SOURCE_DIR "/README.md"});
   EXPECT_EQ(not_gguf.status, 1) << not_gguf.err;
   EXPECT_NE(not_gguf.err.find("README.md"), std::string::npos) << not_gguf.err;
+}
+
+// --cpu-level (before or after the subcommand) and FORESHORE_CPU_LEVEL pick
+// the kernels' level, which the results name; a bad one stops the command.
+TEST(BenchCli, CpuLevelFlagAndVariable) {
+  const std::vector<std::string> args{"-m", stories_path(), "-p", "0",     "-n", "2", "-r",
+                                      "1",  "-t",           "1",  "--json"};
+  auto with = [&](std::vector<std::string> front, const std::vector<std::string>& env = {}) {
+    front.insert(front.end(), args.begin(), args.end());
+    return run_foreshore(front, std::chrono::seconds(120), env);
+  };
+  for (const auto& run :
+       {with({"--cpu-level", "scalar", "bench"}), with({"bench", "--cpu-level", "scalar"}),
+        with({"bench"}, {"FORESHORE_CPU_LEVEL=scalar"})}) {
+    ASSERT_EQ(run.status, 0) << run.err;
+    const json results = json::parse(run.out);
+    ASSERT_EQ(results.size(), 1u);
+    EXPECT_EQ(results[0]["cpu_level"], "scalar");
+  }
+  // Without either, the best level this CPU has.
+  const auto best = with({"bench"}, {"FORESHORE_CPU_LEVEL="});
+  ASSERT_EQ(best.status, 0) << best.err;
+  EXPECT_EQ(json::parse(best.out)[0]["cpu_level"],
+            std::string(engine::cpu_level_name(engine::supported_cpu_levels().back())));
+
+  const auto unknown = with({"bench", "--cpu-level", "sse9"});
+  EXPECT_EQ(unknown.status, 2);
+  EXPECT_NE(unknown.err.find("--cpu-level=sse9: not a CPU level; use one of scalar"),
+            std::string::npos)
+      << unknown.err;
+  EXPECT_TRUE(unknown.out.empty()) << unknown.out;
+  const auto from_env = with({"bench"}, {"FORESHORE_CPU_LEVEL=sse9"});
+  EXPECT_EQ(from_env.status, 2);
+  EXPECT_NE(from_env.err.find("FORESHORE_CPU_LEVEL=sse9"), std::string::npos) << from_env.err;
+
+  const auto version =
+      run_foreshore({"--version"}, std::chrono::seconds(30), {"FORESHORE_CPU_LEVEL=scalar"});
+  EXPECT_EQ(version.status, 0);
+  EXPECT_NE(version.out.find("kernels: scalar (this CPU: scalar"), std::string::npos)
+      << version.out;
 }
 
 }  // namespace

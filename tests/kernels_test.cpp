@@ -20,10 +20,6 @@
 #include "engine/kernels_internal.h"
 #include "engine/thread_pool.h"
 
-#ifdef FSH_KERNELS_AVX2
-#include <immintrin.h>
-#endif
-
 namespace {
 std::atomic<long> g_allocations{0};
 }  // namespace
@@ -171,25 +167,29 @@ TEST(Fp16, EveryHalfRoundTrips) {
   }
 }
 
-#ifdef FSH_KERNELS_AVX2
-TEST(Fp16, MatchesF16CBitForBit) {
+// The bulk conversions run at the level under test (F16C at avx2), in
+// vectors and in the tail; the scalar conversions define the bits.
+TEST(Fp16, BulkConversionMatchesScalarOnEveryHalf) {
+  std::vector<uint16_t> every(0x10000);
+  for (uint32_t h = 0; h < 0x10000; ++h) every[h] = static_cast<uint16_t>(h);
+  std::vector<float> wide(every.size());
+  ASSERT_TRUE(dequantize_row(TensorType::kF16, every.data(), wide.data(), 0x10000));
   for (uint32_t h = 0; h < 0x10000; ++h) {
-    ASSERT_EQ(bits_of(fp16_to_fp32(static_cast<uint16_t>(h))),
-              bits_of(_cvtsh_ss(static_cast<uint16_t>(h))))
-        << h;
+    ASSERT_EQ(bits_of(wide[h]), bits_of(fp16_to_fp32(static_cast<uint16_t>(h)))) << h;
   }
   // Random bit patterns cover every exponent, denormals, infinities and NaNs.
+  std::vector<float> src(2000000);
   std::mt19937 rng(7);
-  for (int i = 0; i < 2000000; ++i) {
-    const float f = std::bit_cast<float>(static_cast<uint32_t>(rng()));
-    ASSERT_EQ(fp32_to_fp16(f), _cvtss_sh(f, _MM_FROUND_TO_NEAREST_INT)) << bits_of(f);
-  }
+  for (auto& f : src) f = std::bit_cast<float>(static_cast<uint32_t>(rng()));
   // Every float near the half range's edges and rounding ties.
   for (uint32_t base : {0x33000000u, 0x38800000u, 0x477FE000u, 0x3F800000u}) {
-    for (uint32_t d = 0; d < 0x4000; ++d) {
-      const float f = std::bit_cast<float>(base + d - 0x2000);
-      ASSERT_EQ(fp32_to_fp16(f), _cvtss_sh(f, _MM_FROUND_TO_NEAREST_INT)) << bits_of(f);
-    }
+    for (uint32_t d = 0; d < 0x4000; ++d) src.push_back(std::bit_cast<float>(base + d - 0x2000));
+  }
+  std::vector<uint16_t> narrow(src.size());
+  ASSERT_TRUE(
+      quantize_row(TensorType::kF16, src.data(), narrow.data(), static_cast<int64_t>(src.size())));
+  for (size_t i = 0; i < src.size(); ++i) {
+    ASSERT_EQ(narrow[i], fp32_to_fp16(src[i])) << bits_of(src[i]);
   }
 }
 
@@ -205,7 +205,6 @@ TEST(Fp16, BulkConversionMatchesScalar) {
   for (size_t i = 0; i < src.size(); ++i)
     ASSERT_EQ(bits_of(back[i]), bits_of(fp16_to_fp32(half[i])));
 }
-#endif
 
 TEST(Bf16, KnownValues) {
   EXPECT_EQ(fp32_to_bf16(1.0f), 0x3F80);
@@ -904,6 +903,31 @@ TEST(Matmul, ExtremeBlocksDoNotOverflow) {
   }
 }
 
+// ggml never writes -128 into a Q8_0 block, but a file may hold it: the
+// kernels that multiply |w| by x with w's sign must still treat it as 128.
+TEST(Matmul, Q8_0MinusOneTwentyEightIsExact) {
+  ThreadPool pool(2);
+  constexpr int64_t kCols = 96, kRows = 3;
+  std::vector<BlockQ8_0> blocks(kRows * kCols / 32);
+  for (size_t i = 0; i < blocks.size(); ++i) {
+    blocks[i].d = fp32_to_fp16(0.5f);
+    for (int j = 0; j < 32; ++j) blocks[i].qs[j] = static_cast<int8_t>(j % 3 == 0 ? -128 : 127 - j);
+  }
+  const WeightMatrix m{TensorType::kQ8_0, blocks.data(), kRows, kCols,
+                       kCols / 32 * sizeof(BlockQ8_0)};
+  for (int64_t batch : {1, 4, 8}) {
+    std::vector<float> x(static_cast<size_t>(batch * kCols));
+    for (size_t i = 0; i < x.size(); ++i) x[i] = i % 2 == 0 ? 1.0f : -1.0f;  // at +-127
+    std::vector<uint8_t> scratch(activation_scratch_bytes(TensorType::kQ8_0, kCols, batch));
+    std::vector<float> fast(static_cast<size_t>(batch * kRows)), ref(fast.size());
+    matmul(m, x.data(), batch, fast.data(), scratch, pool);
+    matmul_reference(m, x.data(), batch, ref.data());
+    for (size_t i = 0; i < fast.size(); ++i) {
+      ASSERT_NEAR(fast[i], ref[i], 1e-5f * std::fabs(ref[i]) + 1e-5f) << "batch " << batch;
+    }
+  }
+}
+
 TEST(Matmul, DoesNotAllocate) {
   ThreadPool pool(2);
   const Matrix m = make_matrix(TensorType::kQ4_K, 256, 512, 5);
@@ -920,21 +944,18 @@ TEST(Matmul, DoesNotAllocate) {
 }
 
 TEST(Matmul, ActivationQuantizersAgree) {
-#ifdef FSH_KERNELS_AVX2
+  const detail::KernelSet& set = detail::active_kernels();
   auto x = gaussian(1024, 8);
   x[5] = 0.0f;
   std::fill(x.begin() + 256, x.begin() + 512, 0.0f);  // a zero block
   std::vector<detail::ActQ8> a(32), b(32);
   detail::quantize_act_q8_scalar(x.data(), a.data(), 1024);
-  detail::quantize_act_q8_avx2(x.data(), b.data(), 1024);
+  set.quantize_act_q8(x.data(), b.data(), 1024);
   EXPECT_EQ(0, std::memcmp(a.data(), b.data(), sizeof(detail::ActQ8) * a.size()));
   std::vector<detail::ActQ8K> c(4), d(4);
   detail::quantize_act_q8k_scalar(x.data(), c.data(), 1024);
-  detail::quantize_act_q8k_avx2(x.data(), d.data(), 1024);
+  set.quantize_act_q8k(x.data(), d.data(), 1024);
   EXPECT_EQ(0, std::memcmp(c.data(), d.data(), sizeof(detail::ActQ8K) * c.size()));
-#else
-  GTEST_SKIP() << "no AVX2";
-#endif
 }
 
 TEST(Matmul, GetRowMatchesDequantize) {
@@ -1039,6 +1060,36 @@ TEST(Ops, GatedActivations) {
 }
 
 // ---- thread pool -----------------------------------------------------------
+
+// ctest runs this program once per level with FORESHORE_CPU_LEVEL set: the
+// run must be at that level, or it would check another level twice.
+TEST(CpuLevel, RunsTheLevelTheOverrideNames) {
+  const char* env = std::getenv("FORESHORE_CPU_LEVEL");
+  if (env == nullptr) GTEST_SKIP() << "FORESHORE_CPU_LEVEL not set";
+  const auto supported = supported_cpu_levels();
+  const bool has = std::any_of(supported.begin(), supported.end(),
+                               [&](CpuLevel l) { return cpu_level_name(l) == env; });
+  if (!has) GTEST_SKIP() << "this CPU lacks that level: " << env;
+  EXPECT_EQ(cpu_level_name(cpu_level()), env);
+}
+
+TEST(CpuLevel, SetAcceptsSupportedLevelsAndRefusesOthers) {
+  const CpuLevel initial = cpu_level();
+  const auto supported = supported_cpu_levels();
+  ASSERT_FALSE(supported.empty());
+  EXPECT_EQ(supported.front(), CpuLevel::kScalar);
+  for (CpuLevel level : supported) {
+    ASSERT_TRUE(set_cpu_level(cpu_level_name(level), "test").ok());
+    EXPECT_EQ(cpu_level(), level);
+  }
+  const Status unknown = set_cpu_level("sse9", "--cpu-level");
+  ASSERT_FALSE(unknown.ok());
+  EXPECT_EQ(unknown.error().kind, ErrorKind::kInvalidArgument);
+  EXPECT_NE(unknown.error().message.find("--cpu-level=sse9"), std::string::npos);
+  EXPECT_NE(unknown.error().message.find("scalar"), std::string::npos);
+  EXPECT_EQ(cpu_level(), supported.back());  // unchanged by the failures
+  ASSERT_TRUE(set_cpu_level(cpu_level_name(initial), "test").ok());
+}
 
 TEST(ThreadPool, ParallelForCoversEveryIndexOnce) {
   for (int threads : {1, 2, 3, 4}) {

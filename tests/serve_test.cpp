@@ -889,6 +889,7 @@ TEST_F(GatewayTest, Streaming) {
             std::string::npos)
       << m;
   EXPECT_NE(m.find("foreshore_requests_in_flight 0"), std::string::npos) << m;
+  EXPECT_NE(m.find("foreshore_cpu_level_info{level=\""), std::string::npos) << m;
 }
 
 TEST_F(GatewayTest, LegacyCompletionsAndStreaming) {

@@ -16,6 +16,7 @@
 
 #include "cli/commands.h"
 #include "engine/engine.h"
+#include "engine/kernels.h"
 
 namespace foreshore::cli {
 namespace {
@@ -168,9 +169,11 @@ int bench(const BenchOptions& o) {
   }
   nlohmann::json results = nlohmann::json::array();
   if (!o.json) {
-    std::printf("| model | size | params | type | threads | test | t/s |\n");
-    std::printf("| --- | ---: | ---: | --- | ---: | ---: | ---: |\n");
+    std::printf("| model | size | params | type | cpu | threads | test | t/s |\n");
+    std::printf("| --- | ---: | ---: | --- | --- | ---: | ---: | ---: |\n");
   }
+  // The kernels' instruction-set level: A/B runs (--cpu-level) differ only here.
+  const std::string cpu(engine::cpu_level_name(engine::cpu_level()));
   for (const auto& [path, model] : models) {
     const std::string file = std::filesystem::path(path).filename().string();
     const FileFacts facts = file_facts(model->file());
@@ -185,6 +188,7 @@ int bench(const BenchOptions& o) {
                              {"type", facts.type},
                              {"size_bytes", facts.bytes},
                              {"params", facts.parameters},
+                             {"cpu_level", cpu},
                              {"threads", pool.size()},
                              {"test", m.test},
                              {"n_prompt", m.prompt},
@@ -193,9 +197,10 @@ int bench(const BenchOptions& o) {
                              {"stddev_ts", m.stddev()},
                              {"samples_ts", m.tokens_per_second}});
         } else {
-          std::printf("| %s | %s | %.2f M | %s | %d | %s | %.2f ± %.2f |\n", file.c_str(),
+          std::printf("| %s | %s | %.2f M | %s | %s | %d | %s | %.2f ± %.2f |\n", file.c_str(),
                       mib(facts.bytes).c_str(), static_cast<double>(facts.parameters) / 1e6,
-                      facts.type.c_str(), pool.size(), m.test.c_str(), m.mean(), m.stddev());
+                      facts.type.c_str(), cpu.c_str(), pool.size(), m.test.c_str(), m.mean(),
+                      m.stddev());
           std::fflush(stdout);
         }
       }

@@ -4,15 +4,12 @@
 #include <atomic>
 #include <bit>
 #include <cstring>
+#include <iterator>
 #include <stdexcept>
 #include <string>
 #include <vector>
 
 #include "engine/kernels_internal.h"
-
-#ifdef FSH_KERNELS_AVX2
-#include <immintrin.h>
-#endif
 
 namespace foreshore::engine {
 
@@ -76,62 +73,32 @@ namespace {
 
 enum class ActKind { kFloat, kQ8, kQ8K };
 
+// What a weight type's matmul needs besides its kernels, which depend on
+// the level (detail::KernelSet).
 struct TypeOps {
   TensorType type;
   int64_t block_size;
   ActKind act;
-  RowKernel fast;
   RowKernel reference;
-  // Kernel for kGroupRows interleaved activation rows, where it pays off.
-  detail::GroupKernel group = nullptr;
 };
-
-#ifdef FSH_KERNELS_AVX2
-#define FSH_FAST(name) detail::name##_avx2
-#else
-#define FSH_FAST(name) detail::name##_scalar
-#endif
 
 constexpr TypeOps kOps[] = {
-    {TensorType::kF32, 1, ActKind::kFloat, FSH_FAST(rows_f32), detail::rows_f32_scalar},
-    {TensorType::kF16, 1, ActKind::kFloat, FSH_FAST(rows_f16), detail::rows_f16_scalar},
-    {TensorType::kBF16, 1, ActKind::kFloat, FSH_FAST(rows_bf16), detail::rows_bf16_scalar},
-    {TensorType::kQ4_0, detail::kQK, ActKind::kQ8, FSH_FAST(rows_q4_0), detail::rows_q4_0_scalar,
-#ifdef FSH_KERNELS_AVX2
-     detail::group_q4_0_avx2
-#endif
-    },
-    {TensorType::kQ8_0, detail::kQK, ActKind::kQ8, FSH_FAST(rows_q8_0), detail::rows_q8_0_scalar,
-#ifdef FSH_KERNELS_AVX2
-     detail::group_q8_0_avx2
-#endif
-    },
-    {TensorType::kQ5_0, detail::kQK, ActKind::kQ8, FSH_FAST(rows_q5_0), detail::rows_q5_0_scalar,
-#ifdef FSH_KERNELS_AVX2
-     detail::group_q5_0_avx2
-#endif
-    },
-    {TensorType::kQ5_1, detail::kQK, ActKind::kQ8, FSH_FAST(rows_q5_1), detail::rows_q5_1_scalar,
-#ifdef FSH_KERNELS_AVX2
-     detail::group_q5_1_avx2
-#endif
-    },
-    {TensorType::kIQ4_NL, detail::kQK, ActKind::kQ8, FSH_FAST(rows_iq4_nl),
-     detail::rows_iq4_nl_scalar,
-#ifdef FSH_KERNELS_AVX2
-     detail::group_iq4_nl_avx2
-#endif
-    },
-    {TensorType::kIQ4_XS, detail::kQKK, ActKind::kQ8K, FSH_FAST(rows_iq4_xs),
-     detail::rows_iq4_xs_scalar},
-    {TensorType::kQ2_K, detail::kQKK, ActKind::kQ8K, FSH_FAST(rows_q2_k), detail::rows_q2_k_scalar},
-    {TensorType::kQ3_K, detail::kQKK, ActKind::kQ8K, FSH_FAST(rows_q3_k), detail::rows_q3_k_scalar},
-    {TensorType::kQ4_K, detail::kQKK, ActKind::kQ8K, FSH_FAST(rows_q4_k), detail::rows_q4_k_scalar},
-    {TensorType::kQ5_K, detail::kQKK, ActKind::kQ8K, FSH_FAST(rows_q5_k), detail::rows_q5_k_scalar},
-    {TensorType::kQ6_K, detail::kQKK, ActKind::kQ8K, FSH_FAST(rows_q6_k), detail::rows_q6_k_scalar},
+    {TensorType::kF32, 1, ActKind::kFloat, detail::rows_f32_scalar},
+    {TensorType::kF16, 1, ActKind::kFloat, detail::rows_f16_scalar},
+    {TensorType::kBF16, 1, ActKind::kFloat, detail::rows_bf16_scalar},
+    {TensorType::kQ4_0, detail::kQK, ActKind::kQ8, detail::rows_q4_0_scalar},
+    {TensorType::kQ8_0, detail::kQK, ActKind::kQ8, detail::rows_q8_0_scalar},
+    {TensorType::kQ5_0, detail::kQK, ActKind::kQ8, detail::rows_q5_0_scalar},
+    {TensorType::kQ5_1, detail::kQK, ActKind::kQ8, detail::rows_q5_1_scalar},
+    {TensorType::kIQ4_NL, detail::kQK, ActKind::kQ8, detail::rows_iq4_nl_scalar},
+    {TensorType::kIQ4_XS, detail::kQKK, ActKind::kQ8K, detail::rows_iq4_xs_scalar},
+    {TensorType::kQ2_K, detail::kQKK, ActKind::kQ8K, detail::rows_q2_k_scalar},
+    {TensorType::kQ3_K, detail::kQKK, ActKind::kQ8K, detail::rows_q3_k_scalar},
+    {TensorType::kQ4_K, detail::kQKK, ActKind::kQ8K, detail::rows_q4_k_scalar},
+    {TensorType::kQ5_K, detail::kQKK, ActKind::kQ8K, detail::rows_q5_k_scalar},
+    {TensorType::kQ6_K, detail::kQKK, ActKind::kQ8K, detail::rows_q6_k_scalar},
 };
-
-#undef FSH_FAST
+static_assert(std::size(kOps) == detail::kKernelTypes);
 
 const TypeOps* find_ops(TensorType type) {
   for (const auto& ops : kOps) {
@@ -162,19 +129,16 @@ size_t act_row_bytes(ActKind kind, int64_t cols) {
   return static_cast<size_t>(cols) * sizeof(float);
 }
 
+// Quantizes with `set`'s quantizers, or the scalar ones without a set.
 void quantize_activation(ActKind kind, const float* x, uint8_t* out, int64_t cols,
-                         [[maybe_unused]] bool vector) {
+                         const detail::KernelSet* set) {
   if (kind == ActKind::kQ8) {
     auto* y = reinterpret_cast<ActQ8*>(out);
-#ifdef FSH_KERNELS_AVX2
-    if (vector) return detail::quantize_act_q8_avx2(x, y, cols);
-#endif
+    if (set != nullptr) return set->quantize_act_q8(x, y, cols);
     detail::quantize_act_q8_scalar(x, y, cols);
   } else {
     auto* y = reinterpret_cast<ActQ8K*>(out);
-#ifdef FSH_KERNELS_AVX2
-    if (vector) return detail::quantize_act_q8k_avx2(x, y, cols);
-#endif
+    if (set != nullptr) return set->quantize_act_q8k(x, y, cols);
     detail::quantize_act_q8k_scalar(x, y, cols);
   }
 }
@@ -216,15 +180,7 @@ bool quantize_row(TensorType type, const float* src, void* dst, int64_t n) {
       std::memcpy(dst, src, static_cast<size_t>(n) * sizeof(float));
       return true;
     case TensorType::kF16: {
-      auto* out = static_cast<uint16_t*>(dst);
-      int64_t i = 0;
-#ifdef FSH_KERNELS_AVX2
-      for (; i + 8 <= n; i += 8) {
-        _mm_storeu_si128(reinterpret_cast<__m128i*>(out + i),
-                         _mm256_cvtps_ph(_mm256_loadu_ps(src + i), _MM_FROUND_TO_NEAREST_INT));
-      }
-#endif
-      for (; i < n; ++i) out[i] = fp32_to_fp16(src[i]);
+      detail::active_kernels().ops.fp32_to_fp16(src, static_cast<uint16_t*>(dst), n);
       return true;
     }
     case TensorType::kBF16: {
@@ -318,15 +274,7 @@ bool dequantize_row(TensorType type, const void* src, float* dst, int64_t n) {
       std::memcpy(dst, src, static_cast<size_t>(n) * sizeof(float));
       return true;
     case TensorType::kF16: {
-      const auto* in = static_cast<const uint16_t*>(src);
-      int64_t i = 0;
-#ifdef FSH_KERNELS_AVX2
-      for (; i + 8 <= n; i += 8) {
-        _mm256_storeu_ps(
-            dst + i, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(in + i))));
-      }
-#endif
-      for (; i < n; ++i) dst[i] = fp16_to_fp32(in[i]);
+      detail::active_kernels().ops.fp16_to_fp32(static_cast<const uint16_t*>(src), dst, n);
       return true;
     }
     case TensorType::kBF16: {
@@ -382,10 +330,13 @@ void matmul(const WeightMatrix& w, const float* x, int64_t batch, float* y,
             std::span<uint8_t> scratch, ThreadPool& pool) {
   const TypeOps& ops = ops_for_matmul(w);
   if (batch <= 0 || w.rows <= 0) return;
+  // Read once, so a level change during the call cannot mix two sets.
+  const detail::KernelSet& set = detail::active_kernels();
+  const detail::TypeKernels& kernels = *set.find(w.type);
   const uint8_t* act = reinterpret_cast<const uint8_t*>(x);
   // Groups of rows take the place of their rows in scratch; the rest follow
   // in the plain layout.
-  const int64_t groups = ops.group != nullptr ? batch / detail::kGroupRows : 0;
+  const int64_t groups = kernels.group != nullptr ? batch / detail::kGroupRows : 0;
   const int64_t grouped_rows = groups * detail::kGroupRows;
   if (ops.act != ActKind::kFloat) {
     const size_t row_bytes = act_row_bytes(ops.act, w.cols);
@@ -397,14 +348,12 @@ void matmul(const WeightMatrix& w, const float* x, int64_t batch, float* y,
       for (int64_t u = begin; u < end; ++u) {
         const int64_t b = u < groups ? u * detail::kGroupRows : grouped_rows + (u - groups);
         uint8_t* out = scratch.data() + b * row_bytes;
-#ifdef FSH_KERNELS_AVX2
         if (u < groups) {
-          detail::quantize_act_q8x8_avx2(x + b * w.cols, w.cols,
-                                         reinterpret_cast<detail::ActQ8x8*>(out), w.cols);
+          set.quantize_act_q8x8(x + b * w.cols, w.cols, reinterpret_cast<detail::ActQ8x8*>(out),
+                                w.cols);
           continue;
         }
-#endif
-        quantize_activation(ops.act, x + b * w.cols, out, w.cols, true);
+        quantize_activation(ops.act, x + b * w.cols, out, w.cols, &set);
       }
     };
     const int64_t units = groups + (batch - grouped_rows);
@@ -430,10 +379,11 @@ void matmul(const WeightMatrix& w, const float* x, int64_t batch, float* y,
         std::min(detail::kPrefetchDistance, static_cast<size_t>(r1 - r0) * w.row_bytes);
     for (size_t off = 0; off < lead; off += 64) __builtin_prefetch(first + off, 0, 2);
     for (int64_t b0 = 0; b0 < grouped_rows; b0 += detail::kGroupRows) {
-      ops.group(args, r0, r1, b0);
+      kernels.group(args, r0, r1, b0);
     }
     for (int64_t b0 = grouped_rows; b0 < batch; b0 += detail::kMaxTile) {
-      ops.fast(args, r0, r1, b0, static_cast<int>(std::min<int64_t>(detail::kMaxTile, batch - b0)));
+      kernels.rows(args, r0, r1, b0,
+                   static_cast<int>(std::min<int64_t>(detail::kMaxTile, batch - b0)));
     }
   };
   if (chunks == 1 || pool.size() == 1) {
@@ -473,7 +423,8 @@ void matmul_reference(const WeightMatrix& w, const float* x, int64_t batch, floa
     const size_t row_bytes = act_row_bytes(ops.act, w.cols);
     quantized.resize(row_bytes * static_cast<size_t>(batch));
     for (int64_t b = 0; b < batch; ++b) {
-      quantize_activation(ops.act, x + b * w.cols, quantized.data() + b * row_bytes, w.cols, false);
+      quantize_activation(ops.act, x + b * w.cols, quantized.data() + b * row_bytes, w.cols,
+                          nullptr);
     }
     act = quantized.data();
   }

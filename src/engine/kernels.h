@@ -4,17 +4,45 @@
 // Quantized weights are multiplied against activations that are themselves
 // quantized to 8 bits (Q8_0 blocks for Q4_0/Q8_0, Q8_K blocks for the K-quants),
 // as mature engines do; F32/F16/BF16 weights use float activations.
-// Each AVX2/FMA kernel has a scalar reference used by the tests.
+// Each vector kernel has a scalar reference used by the tests.
 #pragma once
 
 #include <cstddef>
 #include <cstdint>
 #include <span>
+#include <string_view>
+#include <vector>
 
+#include "common/result.h"
 #include "engine/tensor_type.h"
 #include "engine/thread_pool.h"
 
 namespace foreshore::engine {
+
+// The instruction-set levels the kernels are built for, each needing the
+// one before: portable scalar code, and on x86-64 AVX2 with FMA and F16C,
+// then AVX-512 F/BW/VL with VNNI (the AVX2 kernels with VNNI ones for Q8_0).
+// One binary holds every level of its architecture and everything outside
+// the kernels runs on the architecture's baseline, so it runs on any CPU of
+// it; the kernels run at the best level the CPU has unless a lower one is
+// asked for (FORESHORE_CPU_LEVEL, or foreshore --cpu-level), for tests and
+// A/B runs.
+enum class CpuLevel { kScalar, kAvx2, kAvx512 };
+
+std::string_view cpu_level_name(CpuLevel level);
+// The levels this CPU can run, lowest first; kScalar always.
+std::vector<CpuLevel> supported_cpu_levels();
+// The level the kernels run at. Unless set_cpu_level chose one, it is
+// chosen at the first kernel call: the level FORESHORE_CPU_LEVEL names, else
+// the best supported. An unknown or unsupported name there gets a warning on
+// stderr and the best level, since a kernel call cannot fail; the CLI checks
+// the variable at start and refuses it instead (set_cpu_level).
+CpuLevel cpu_level();
+// Runs the kernels at the level named ("scalar", "avx2", "avx512") from now on; a
+// matmul already running finishes at its level. `source` says where the
+// name came from ("--cpu-level") for the message. Fails, changing nothing,
+// for an unknown name or a level this CPU lacks.
+Status set_cpu_level(std::string_view name, std::string_view source);
 
 float fp16_to_fp32(uint16_t h);
 uint16_t fp32_to_fp16(float f);
@@ -70,7 +98,7 @@ void matmul_reference(const WeightMatrix& w, const float* x, int64_t batch, floa
 // Dequantizes one row (embedding lookup).
 bool get_row(const WeightMatrix& w, int64_t row, float* out);
 
-// Vector helpers of the forward pass: AVX2/FMA with scalar fallbacks, any n.
+// Vector helpers of the forward pass, at the level cpu_level() names, any n.
 // exp-based ones use a polynomial exp accurate to a few float ulps.
 
 float dot_f32(const float* a, const float* b, int64_t n);

@@ -11,15 +11,16 @@
 // prompt processing each weight block is loaded and expanded once per tile;
 // Q4_0, whose per-block float work dominates there, also has a kernel for
 // groups of eight interleaved activation rows.
-#include "engine/kernels_internal.h"
-
-#ifdef FSH_KERNELS_AVX2
-
+//
+// Built with AVX2, FMA and F16C; everything here is file-local and reachable
+// only through avx2_kernels(), which the dispatch calls on CPUs that have them.
 #include <immintrin.h>
 
 #include <bit>
 #include <cstring>
 #include <type_traits>
+
+#include "engine/kernels_internal.h"
 
 namespace foreshore::engine::detail {
 namespace {
@@ -710,8 +711,6 @@ inline float hmax(__m256 v) {
   return _mm_cvtss_f32(m);
 }
 
-}  // namespace
-
 void rows_f32_avx2(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb) {
   rows_float_avx2<LoadF32>(a, r0, r1, b0, nb);
 }
@@ -827,6 +826,31 @@ void quantize_act_q8k_avx2(const float* x, ActQ8K* y, int64_t n) {
   }
 }
 
-}  // namespace foreshore::engine::detail
+}  // namespace
 
-#endif  // FSH_KERNELS_AVX2
+const KernelSet& avx2_kernels() {
+  static const KernelSet set{
+      .level = CpuLevel::kAvx2,
+      .types = {{TensorType::kF32, rows_f32_avx2},
+                {TensorType::kF16, rows_f16_avx2},
+                {TensorType::kBF16, rows_bf16_avx2},
+                {TensorType::kQ4_0, rows_q4_0_avx2, group_q4_0_avx2},
+                {TensorType::kQ8_0, rows_q8_0_avx2, group_q8_0_avx2},
+                {TensorType::kQ5_0, rows_q5_0_avx2, group_q5_0_avx2},
+                {TensorType::kQ5_1, rows_q5_1_avx2, group_q5_1_avx2},
+                {TensorType::kIQ4_NL, rows_iq4_nl_avx2, group_iq4_nl_avx2},
+                {TensorType::kIQ4_XS, rows_iq4_xs_avx2},
+                {TensorType::kQ2_K, rows_q2_k_avx2},
+                {TensorType::kQ3_K, rows_q3_k_avx2},
+                {TensorType::kQ4_K, rows_q4_k_avx2},
+                {TensorType::kQ5_K, rows_q5_k_avx2},
+                {TensorType::kQ6_K, rows_q6_k_avx2}},
+      .quantize_act_q8 = quantize_act_q8_avx2,
+      .quantize_act_q8k = quantize_act_q8k_avx2,
+      .quantize_act_q8x8 = quantize_act_q8x8_avx2,
+      .ops = avx2_vector_ops(),
+  };
+  return set;
+}
+
+}  // namespace foreshore::engine::detail

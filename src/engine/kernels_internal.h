@@ -2,16 +2,16 @@
 // Private to fsh_kernels: nothing outside src/engine/kernels*.cpp includes it.
 #pragma once
 
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
 #include <type_traits>
 
-namespace foreshore::engine::detail {
+#include "engine/kernels.h"
+#include "engine/tensor_type.h"
 
-#if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
-#define FSH_KERNELS_AVX2 1
-#endif
+namespace foreshore::engine::detail {
 
 inline constexpr int64_t kQK = 32;    // elements per Q4_0 / Q8_0 block
 inline constexpr int64_t kQKK = 256;  // elements per K-quant super block
@@ -282,15 +282,10 @@ inline void scale16_scales(const Block& b, int scale[16], int min[16]) {
   }
 }
 
-// Activation quantization, scalar and vector; both produce identical bytes.
+// Activation quantization, scalar; every level's quantizers produce the
+// same bytes.
 void quantize_act_q8_scalar(const float* x, ActQ8* y, int64_t n);
 void quantize_act_q8k_scalar(const float* x, ActQ8K* y, int64_t n);
-#ifdef FSH_KERNELS_AVX2
-void quantize_act_q8_avx2(const float* x, ActQ8* y, int64_t n);
-void quantize_act_q8k_avx2(const float* x, ActQ8K* y, int64_t n);
-// Quantizes kGroupRows rows of n floats, `stride` floats apart.
-void quantize_act_q8x8_avx2(const float* x, int64_t stride, ActQ8x8* y, int64_t n);
-#endif
 
 // Arguments of a row kernel: y[b * y_stride + r] = W[r] . act[b].
 struct RowArgs {
@@ -322,7 +317,7 @@ inline constexpr size_t kPrefetchDistance = 3072;
 // as ActQ8x8 blocks.
 using GroupKernel = void (*)(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0);
 
-// Scalar kernels: the reference, and the fallback where AVX2 is unavailable.
+// Scalar kernels: the reference, and the scalar level's kernels.
 void rows_f32_scalar(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb);
 void rows_f16_scalar(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb);
 void rows_bf16_scalar(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb);
@@ -338,26 +333,72 @@ void rows_q3_k_scalar(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int 
 void rows_q5_k_scalar(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb);
 void rows_q6_k_scalar(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb);
 
-#ifdef FSH_KERNELS_AVX2
-void rows_f32_avx2(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb);
-void rows_f16_avx2(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb);
-void rows_bf16_avx2(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb);
-void rows_q4_0_avx2(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb);
-void rows_iq4_nl_avx2(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb);
-void rows_iq4_xs_avx2(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb);
-void rows_q8_0_avx2(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb);
-void rows_q5_0_avx2(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb);
-void rows_q5_1_avx2(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb);
-void rows_q4_k_avx2(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb);
-void rows_q2_k_avx2(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb);
-void rows_q3_k_avx2(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb);
-void rows_q5_k_avx2(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb);
-void rows_q6_k_avx2(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb);
-void group_q4_0_avx2(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0);
-void group_q5_0_avx2(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0);
-void group_q5_1_avx2(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0);
-void group_iq4_nl_avx2(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0);
-void group_q8_0_avx2(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0);
+// The element-wise helpers of kernels.h, one entry each; fp32_to_fp16 and
+// fp16_to_fp32 convert n values (quantize_row and dequantize_row of F16).
+struct VectorOps {
+  float (*dot_f32)(const float* a, const float* b, int64_t n);
+  float (*dot_f32_f16)(const float* a, const uint16_t* b, int64_t n);
+  void (*axpy_f32)(float a, const float* x, float* y, int64_t n);
+  void (*axpy_f16)(float a, const uint16_t* x, float* y, int64_t n);
+  void (*add_f32)(float* y, const float* x, int64_t n);
+  void (*scale_f32)(float* y, float a, int64_t n);
+  void (*rmsnorm)(const float* x, const float* weight, float* out, int64_t n, float eps);
+  void (*softmax)(float* x, int64_t n);
+  void (*silu_mul)(float* gate, const float* up, int64_t n);
+  void (*gelu_mul)(float* gate, const float* up, int64_t n);
+  void (*fp32_to_fp16)(const float* x, uint16_t* y, int64_t n);
+  void (*fp16_to_fp32)(const uint16_t* x, float* y, int64_t n);
+};
+
+// A weight type's kernels at one level. `group` (kGroupRows interleaved
+// activation rows) is null where it does not pay off or the level lacks it.
+struct TypeKernels {
+  TensorType type = TensorType::kF32;
+  RowKernel rows = nullptr;
+  GroupKernel group = nullptr;
+};
+inline constexpr size_t kKernelTypes = 14;  // the types with kernels (kernels.cpp, kOps)
+
+// Everything that differs between instruction-set levels. Each level's file
+// (kernels_<level>*.cpp, the only ones built with its instructions) exports
+// nothing but its set, so no code of a level is reachable except through
+// the set the dispatch chose.
+struct KernelSet {
+  CpuLevel level = CpuLevel::kScalar;
+  TypeKernels types[kKernelTypes];
+  void (*quantize_act_q8)(const float* x, ActQ8* y, int64_t n) = nullptr;
+  void (*quantize_act_q8k)(const float* x, ActQ8K* y, int64_t n) = nullptr;
+  // Quantizes kGroupRows rows of n floats, `stride` floats apart; null when
+  // no type has a group kernel.
+  void (*quantize_act_q8x8)(const float* x, int64_t stride, ActQ8x8* y, int64_t n) = nullptr;
+  VectorOps ops{};
+
+  const TypeKernels* find(TensorType type) const {
+    for (const auto& k : types) {
+      if (k.type == type && k.rows != nullptr) return &k;
+    }
+    return nullptr;
+  }
+};
+
+// The set the kernels run with now (kernels_dispatch.cpp): null until the
+// first kernel call, which chooses it, or set_cpu_level.
+extern std::atomic<const KernelSet*> g_active_kernels;
+const KernelSet& choose_kernels();
+// Inline because the element-wise helpers pass through it on every call
+// (attention calls them per head and position); only baseline files call
+// it, so no level file holds a copy the linker could share.
+inline const KernelSet& active_kernels() {
+  const KernelSet* set = g_active_kernels.load(std::memory_order_acquire);
+  return set != nullptr ? *set : choose_kernels();
+}
+// Each level's set, and the element-wise helpers they share.
+const KernelSet& scalar_kernels();     // kernels_scalar.cpp
+const VectorOps& scalar_vector_ops();  // kernels_ops.cpp
+#if defined(__x86_64__)
+const KernelSet& avx2_kernels();     // kernels_avx2.cpp
+const VectorOps& avx2_vector_ops();  // kernels_avx2_ops.cpp
+const KernelSet& avx512_kernels();   // kernels_avx512.cpp
 #endif
 
 }  // namespace foreshore::engine::detail

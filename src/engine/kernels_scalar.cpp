@@ -205,4 +205,28 @@ void rows_q6_k_scalar(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int 
   rows_super_blocks<BlockQ6_K>(a, r0, r1, b0, nb, scale16_k_dot<BlockQ6_K>);
 }
 
+const KernelSet& scalar_kernels() {
+  static const KernelSet set{
+      .level = CpuLevel::kScalar,
+      .types = {{TensorType::kF32, rows_f32_scalar},
+                {TensorType::kF16, rows_f16_scalar},
+                {TensorType::kBF16, rows_bf16_scalar},
+                {TensorType::kQ4_0, rows_q4_0_scalar},
+                {TensorType::kQ8_0, rows_q8_0_scalar},
+                {TensorType::kQ5_0, rows_q5_0_scalar},
+                {TensorType::kQ5_1, rows_q5_1_scalar},
+                {TensorType::kIQ4_NL, rows_iq4_nl_scalar},
+                {TensorType::kIQ4_XS, rows_iq4_xs_scalar},
+                {TensorType::kQ2_K, rows_q2_k_scalar},
+                {TensorType::kQ3_K, rows_q3_k_scalar},
+                {TensorType::kQ4_K, rows_q4_k_scalar},
+                {TensorType::kQ5_K, rows_q5_k_scalar},
+                {TensorType::kQ6_K, rows_q6_k_scalar}},
+      .quantize_act_q8 = quantize_act_q8_scalar,
+      .quantize_act_q8k = quantize_act_q8k_scalar,
+      .ops = scalar_vector_ops(),
+  };
+  return set;
+}
+
 }  // namespace foreshore::engine::detail

@@ -24,6 +24,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "engine/kernels.h"
 #include "serve/hybrid.h"
 #include "serve/openai.h"
 
@@ -380,6 +381,12 @@ struct Gateway::Impl {
     id_prefix = std::string("fsh") + buf + "-";
     in_flight_gauge = &metrics.gauge("foreshore_requests_in_flight",
                                      "Generation requests being served now.", {}, {});
+    // A fleet's dashboards then show which machines run a slower kernel path.
+    metrics
+        .gauge("foreshore_cpu_level_info",
+               "The instruction-set level the engine's kernels run at (value 1).", {"level"},
+               {std::string(engine::cpu_level_name(engine::cpu_level()))})
+        .set(1);
     const char* reload_help =
         "Configuration reloads (SIGHUP) by outcome; a failed one changes nothing.";
     reloads_ok =

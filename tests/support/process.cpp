@@ -165,8 +165,9 @@ std::string foreshore_binary() {
   return std::string(FSH_BINARY_DIR) + "/foreshore";
 }
 
-FinishedRun run_foreshore(std::vector<std::string> args, std::chrono::milliseconds timeout) {
-  return run_foreshore_in({}, std::move(args), {}, timeout);
+FinishedRun run_foreshore(std::vector<std::string> args, std::chrono::milliseconds timeout,
+                          const std::vector<std::string>& env) {
+  return run_foreshore_in({}, std::move(args), env, timeout);
 }
 
 FinishedRun run_foreshore_in(const std::string& cwd, std::vector<std::string> args,

@@ -70,7 +70,8 @@ struct FinishedRun {
   std::string err;
 };
 FinishedRun run_foreshore(std::vector<std::string> args,
-                          std::chrono::milliseconds timeout = std::chrono::seconds(120));
+                          std::chrono::milliseconds timeout = std::chrono::seconds(120),
+                          const std::vector<std::string>& env = {});
 // The same, started in the folder `cwd` with `env` overriding the inherited
 // variables: for what must work from wherever a user happens to be.
 FinishedRun run_foreshore_in(const std::string& cwd, std::vector<std::string> args,

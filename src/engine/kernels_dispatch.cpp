@@ -1,0 +1,158 @@
+// Run-time choice of the kernels' instruction-set level: detected once from
+// CPUID, overridable downwards for tests and A/B runs.
+#include <atomic>
+#include <cstdio>
+#include <cstdlib>
+#include <string>
+
+#include "engine/kernels.h"
+#include "engine/kernels_internal.h"
+
+namespace foreshore::engine {
+namespace {
+
+constexpr CpuLevel kAllLevels[] = {CpuLevel::kScalar, CpuLevel::kAvx2, CpuLevel::kAvx512};
+
+bool cpu_has(CpuLevel level) {
+  switch (level) {
+    case CpuLevel::kScalar:
+      return true;
+    case CpuLevel::kAvx2:
+#if defined(__x86_64__)
+      // The AVX2 kernels also use FMA and F16C; libgcc's check includes the
+      // OS saving the AVX registers (XCR0).
+      return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+             __builtin_cpu_supports("f16c");
+#else
+      return false;
+#endif
+    case CpuLevel::kAvx512:
+#if defined(__x86_64__)
+      return cpu_has(CpuLevel::kAvx2) && __builtin_cpu_supports("avx512f") &&
+             __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
+             __builtin_cpu_supports("avx512vnni");
+#else
+      return false;
+#endif
+  }
+  return false;
+}
+
+const detail::KernelSet& kernels_for(CpuLevel level) {
+  switch (level) {
+    case CpuLevel::kScalar:
+      break;
+    case CpuLevel::kAvx2:
+#if defined(__x86_64__)
+      return detail::avx2_kernels();
+#else
+      break;
+#endif
+    case CpuLevel::kAvx512:
+#if defined(__x86_64__)
+      return detail::avx512_kernels();
+#else
+      break;
+#endif
+  }
+  return detail::scalar_kernels();
+}
+
+CpuLevel best_level() {
+  CpuLevel best = CpuLevel::kScalar;
+  for (CpuLevel level : kAllLevels) {
+    if (cpu_has(level)) best = level;
+  }
+  return best;
+}
+
+std::string level_list(const std::vector<CpuLevel>& levels) {
+  std::string out;
+  for (CpuLevel level : levels) {
+    if (!out.empty()) out += ", ";
+    out += cpu_level_name(level);
+  }
+  return out;
+}
+
+// The level `name` asks for, if this CPU has it.
+Result<CpuLevel> parse_level(std::string_view name, std::string_view source) {
+  for (CpuLevel level : kAllLevels) {
+    if (name != cpu_level_name(level)) continue;
+    if (!cpu_has(level)) {
+      return make_error(ErrorKind::kUnsupported, std::string(source) + "=" + std::string(name) +
+                                                     ": this CPU lacks that level; it runs " +
+                                                     level_list(supported_cpu_levels()));
+    }
+    return level;
+  }
+  return make_error(ErrorKind::kInvalidArgument,
+                    std::string(source) + "=" + std::string(name) +
+                        ": not a CPU level; use one of " +
+                        level_list({std::begin(kAllLevels), std::end(kAllLevels)}));
+}
+
+const detail::KernelSet& initial_kernels() {
+  CpuLevel level = best_level();
+  if (const char* env = std::getenv("FORESHORE_CPU_LEVEL"); env != nullptr && *env != '\0') {
+    auto parsed = parse_level(env, "FORESHORE_CPU_LEVEL");
+    if (parsed.ok()) {
+      level = *parsed;
+    } else {
+      std::fprintf(stderr, "foreshore: warning: %s; running the kernels at %s\n",
+                   parsed.error().message.c_str(), std::string(cpu_level_name(level)).c_str());
+    }
+  }
+  return kernels_for(level);
+}
+
+}  // namespace
+
+namespace detail {
+
+std::atomic<const KernelSet*> g_active_kernels{nullptr};
+
+const KernelSet& choose_kernels() {
+  const KernelSet* set = nullptr;
+  // Concurrent first calls may each choose; they choose the same set.
+  const KernelSet* chosen = &initial_kernels();
+  if (g_active_kernels.compare_exchange_strong(set, chosen, std::memory_order_acq_rel)) {
+    set = chosen;
+  }
+  return *set;
+}
+
+}  // namespace detail
+
+std::string_view cpu_level_name(CpuLevel level) {
+  switch (level) {
+    case CpuLevel::kScalar:
+      return "scalar";
+    case CpuLevel::kAvx2:
+      return "avx2";
+    case CpuLevel::kAvx512:
+      return "avx512";
+  }
+  return "unknown";
+}
+
+std::vector<CpuLevel> supported_cpu_levels() {
+  std::vector<CpuLevel> out;
+  for (CpuLevel level : kAllLevels) {
+    if (cpu_has(level)) out.push_back(level);
+  }
+  return out;
+}
+
+CpuLevel cpu_level() {
+  return detail::active_kernels().level;
+}
+
+Status set_cpu_level(std::string_view name, std::string_view source) {
+  auto level = parse_level(name, source);
+  if (!level.ok()) return level.error();
+  detail::g_active_kernels.store(&kernels_for(*level), std::memory_order_release);
+  return Status::Ok();
+}
+
+}  // namespace foreshore::engine
