@@ -479,9 +479,9 @@ int eval(const EvalFlags& f) {
     return 0;
   }
 
-  std::printf("%s on %lld prompts from %zu subjects (%lld contaminated left out)\n",
+  std::printf("%s on %lld prompts from %zu subject%s (%lld contaminated left out)\n",
               f.model.c_str(), static_cast<long long>(m->rows), subjects.size(),
-              static_cast<long long>(load.excluded_contaminated));
+              subjects.size() == 1 ? "" : "s", static_cast<long long>(load.excluded_contaminated));
   if (seen > 0) {
     std::printf(
         "note: %lld of these prompts are from subjects the model was trained on; "
@@ -489,12 +489,22 @@ int eval(const EvalFlags& f) {
         static_cast<long long>(seen));
   }
   std::printf("quality: edge only %.4f, cloud only %.4f\n\n", m->edge_quality, m->cloud_quality);
+  // APGR divides by the gap: where the cloud is worse, it is not a measure of
+  // routing skill, and no router "recovers" a gap that is not there.
+  const bool cloud_better = m->cloud_quality > m->edge_quality;
+  if (!cloud_better) {
+    std::printf("warning: the cloud does no better than the edge on these prompts, so APGR and "
+                "CPT say nothing about routing here; evaluate on data where the cloud is "
+                "better (more subjects)\n\n");
+  }
+  auto random_cpt = [&](double v) { return cloud_better ? pct(v) : pct(std::nullopt); };
   std::printf("%-22s %8s %10s %10s\n", "router", "APGR", "CPT(50%)", "CPT(80%)");
   std::printf("%-22s %8.3f %10s %10s\n", "complexity", m->apgr, pct(m->cpt50).c_str(),
               pct(m->cpt80).c_str());
   std::printf("%-22s %8.3f %10s %10s   (%d seeded trials; APGR 95%%: %.3f-%.3f)\n", "random",
-              random->apgr_mean, pct(random->cpt50_mean).c_str(), pct(random->cpt80_mean).c_str(),
-              f.random_trials, random->apgr_lo, random->apgr_hi);
+              random->apgr_mean, random_cpt(random->cpt50_mean).c_str(),
+              random_cpt(random->cpt80_mean).c_str(), f.random_trials, random->apgr_lo,
+              random->apgr_hi);
   std::printf("%-22s %8.3f %10s %10s\n\n", "oracle", oracle->apgr, pct(oracle->cpt50).c_str(),
               pct(oracle->cpt80).c_str());
   std::printf("%12s %12s %10s\n", "cloud share", "threshold", "quality");
@@ -611,8 +621,9 @@ int cross_validate(const CvFlags& f) {
     std::cout << doc.dump(2) << "\n";
     return 0;
   }
-  std::printf("%d-fold cross-validation by %s on %zu prompts (%zu subjects)%s\n", f.folds,
-              f.group.c_str(), rows->size(), distinct_subjects(*rows).size(),
+  const size_t n_subjects = distinct_subjects(*rows).size();
+  std::printf("%d-fold cross-validation by %s on %zu prompts (%zu subject%s)%s\n", f.folds,
+              f.group.c_str(), rows->size(), n_subjects, n_subjects == 1 ? "" : "s",
               extra.empty() ? ""
                             : (", plus " + std::to_string(extra.size()) +
                                " prompts in every fold's training only")
@@ -647,20 +658,97 @@ int cross_validate(const CvFlags& f) {
 struct ScoreFlags {
   std::string model;  // empty: the shipped model, found beside the binary
   std::string prompt;
+  bool prompt_given = false;  // -p "" is an empty prompt, not "read stdin"
+  std::string input;          // JSONL of prompts; "-" for stdin
   double perplexity = 0.0;
   bool explain = false;
+  bool json_out = false;
 };
+
+json explanation_json(const route::ComplexityExplanation& e, bool features) {
+  json doc = {{"probability", e.probability},
+              {"threshold", e.threshold},
+              {"tier", e.prefers_cloud ? "cloud" : "edge"}};
+  if (features) {
+    json f = json::object();
+    for (int i = 0; i < route::kDenseFeatureCount; ++i) {
+      f[std::string(route::dense_feature_name(i))] = {{"value", e.dense[i]},
+                                                      {"logit", e.dense_contribution[i]}};
+    }
+    doc["bias"] = e.bias;
+    doc["features"] = std::move(f);
+    doc["word_ngrams_logit"] = e.hashed_contribution;
+  }
+  return doc;
+}
+
+// Batch scoring: one JSON object per input line ({"prompt": ..., optional
+// "edge_perplexity"} or a bare JSON string), one JSON line out per line in.
+int score_batch(const ScoreFlags& f, const route::ComplexityModel& model) {
+  std::ifstream file;
+  std::istream* in = &std::cin;
+  if (f.input != "-") {
+    file.open(f.input, std::ios::binary);
+    if (!file) {
+      return fail(make_error(ErrorKind::kNotFound,
+                             "--input: cannot read '" + f.input + "'; check the path"));
+    }
+    in = &file;
+  }
+  std::string line;
+  size_t n = 0;
+  while (std::getline(*in, line)) {
+    ++n;
+    if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
+    const json j = json::parse(line, nullptr, false);
+    std::string prompt;
+    std::optional<double> ppl;
+    if (j.is_string()) {
+      prompt = j.get<std::string>();
+    } else if (j.is_object() && j.contains("prompt") && j["prompt"].is_string()) {
+      prompt = j["prompt"].get<std::string>();
+      if (j.contains("edge_perplexity") && j["edge_perplexity"].is_number()) {
+        ppl = j["edge_perplexity"].get<double>();
+      }
+    } else {
+      return fail(make_error(ErrorKind::kInvalidArgument,
+                             f.input + ":" + std::to_string(n) +
+                                 ": not a JSON string or an object with a \"prompt\" string; "
+                                 "write one prompt per line as {\"prompt\": \"...\"}"));
+    }
+    json out = explanation_json(model.explain(prompt, ppl), f.explain);
+    out["line"] = n;
+    std::cout << out.dump() << "\n";
+  }
+  return 0;
+}
 
 int score(const ScoreFlags& f) {
   auto model = route::ComplexityModel::load(f.model.empty() ? route::default_complexity_model_path()
                                                             : f.model);
   if (!model.ok()) return fail(model.error());
+  if (!f.input.empty()) {
+    if (f.prompt_given) {
+      return fail(make_error(ErrorKind::kInvalidArgument,
+                             "give either -p or --input, not both"));
+    }
+    return score_batch(f, *model);
+  }
+  if (f.prompt_given && f.prompt.empty()) {
+    return fail(make_error(ErrorKind::kInvalidArgument,
+                           "-p is empty; give the prompt's text, or leave -p out to read the "
+                           "prompt from stdin"));
+  }
   std::string prompt = f.prompt;
-  if (prompt.empty()) prompt.assign(std::istreambuf_iterator<char>(std::cin), {});
+  if (!f.prompt_given) prompt.assign(std::istreambuf_iterator<char>(std::cin), {});
   const std::optional<double> ppl =
       f.perplexity > 0 ? std::optional<double>(f.perplexity) : std::nullopt;
   const route::ComplexityExplanation e = model->explain(prompt, ppl);
-  std::printf("p(edge inadequate) = %.4f, threshold %.4f -> %s\n", e.probability, e.threshold,
+  if (f.json_out) {
+    std::cout << explanation_json(e, f.explain).dump(2) << "\n";
+    return 0;
+  }
+  std::printf("p(edge inadequate) = %.6f, threshold %.6f -> %s\n", e.probability, e.threshold,
               e.prefers_cloud ? "cloud" : "edge");
   if (f.explain) {
     std::printf("%-20s %10s %10s\n", "feature", "value", "logit");
@@ -673,7 +761,6 @@ int score(const ScoreFlags& f) {
   }
   return 0;
 }
-
 
 // ---- replay ------------------------------------------------------------------------
 
@@ -689,6 +776,7 @@ struct ReplayFlags {
   int curve_points = 16;
   bool json_out = false;
   std::string svg;
+  route::LearnerOptions learner;
 };
 
 // The learning curve: APGR on the evaluation rows against labels seen, with
@@ -766,7 +854,7 @@ int replay(const ReplayFlags& f) {
     features.push_back(route::extract_complexity_features(r.prompt, base->hashing(), r.edge_perplexity));
   }
 
-  route::LearnerOptions lo;
+  route::LearnerOptions lo = f.learner;
   lo.target_cloud_share = f.target_cloud_share;
   lo.seed = f.seed;
   route::OnlineLearner learner(base, lo);
@@ -892,6 +980,72 @@ int replay(const ReplayFlags& f) {
   return 0;
 }
 
+// ---- status ------------------------------------------------------------------------
+
+struct StatusFlags {
+  std::string state;
+  std::string model;  // empty: the shipped model
+  int64_t rollback = -1;
+  bool json_out = false;
+};
+
+// What a gateway's learner state file holds; with --rollback, restores an
+// earlier version (stop the gateway first: it saves over the file on exit).
+int status(const StatusFlags& f) {
+  if (f.rollback >= 0) {
+    if (auto s = route::rollback_learner_state(f.state, static_cast<uint64_t>(f.rollback));
+        !s.ok()) {
+      return fail(s.error());
+    }
+    std::fprintf(stderr, "[%s is version %lld again]\n", f.state.c_str(),
+                 static_cast<long long>(f.rollback));
+  }
+  auto loaded = route::ComplexityModel::load(f.model.empty() ? route::default_complexity_model_path()
+                                                             : f.model);
+  if (!loaded.ok()) return fail(loaded.error());
+  route::OnlineLearner learner(std::make_shared<const route::ComplexityModel>(std::move(*loaded)),
+                               {});
+  if (auto s = learner.load(f.state); !s.ok()) return fail(s.error());
+  const route::LearnerStats st = learner.stats();
+  const auto versions = route::saved_learner_versions(f.state);
+  if (f.json_out) {
+    json labels = json::object();
+    for (int i = 0; i < route::kLabelSourceCount; ++i) {
+      labels[std::string(route::label_source_name(static_cast<route::LabelSource>(i)))] =
+          st.labels[i];
+    }
+    json doc = {{"state", f.state},
+                {"version", st.version},
+                {"labels", labels},
+                {"threshold", st.threshold},
+                {"estimated_apgr", opt_json(st.estimated_apgr)},
+                {"estimate_labels", st.estimate_rows},
+                {"saved_versions", versions}};
+    std::cout << doc.dump(2) << "\n";
+    return 0;
+  }
+  std::printf("%s: version %llu (labels applied)\n", f.state.c_str(),
+              static_cast<unsigned long long>(st.version));
+  for (int i = 0; i < route::kLabelSourceCount; ++i) {
+    std::printf("  %-9s %lld labels\n",
+                std::string(route::label_source_name(static_cast<route::LabelSource>(i))).c_str(),
+                static_cast<long long>(st.labels[i]));
+  }
+  std::printf("threshold %.6f\n", st.threshold);
+  if (st.estimated_apgr) {
+    std::printf("estimated APGR %.3f on its last %lld labels with both tiers' quality, each "
+                "scored before it was learned from\n",
+                *st.estimated_apgr, static_cast<long long>(st.estimate_rows));
+  } else {
+    std::printf("estimated APGR: not yet (%lld labels with both tiers' quality; 50 needed)\n",
+                static_cast<long long>(st.estimate_rows));
+  }
+  std::string kept;
+  for (uint64_t v : versions) kept += (kept.empty() ? "" : ", ") + std::to_string(v);
+  std::printf("earlier versions kept for --rollback: %s\n", kept.empty() ? "none" : kept.c_str());
+  return 0;
+}
+
 }  // namespace
 
 void add_router_command(CLI::App& app) {
@@ -995,15 +1149,23 @@ void add_router_command(CLI::App& app) {
 
   auto sf = std::make_shared<ScoreFlags>();
   CLI::App* score_cmd =
-      router->add_subcommand("score", "Score one prompt (from -p or stdin) and explain it");
+      router->add_subcommand("score", "Score a prompt (-p, stdin) or a JSONL batch (--input) and explain it");
   score_cmd->add_option("--model", sf->model,
                         "Model file (default: the shipped data/router/complexity-default.json, "
                         "found from the binary's folder)");
-  score_cmd->add_option("-p,--prompt", sf->prompt, "Prompt text (default: read stdin)");
+  CLI::Option* prompt_opt =
+      score_cmd->add_option("-p,--prompt", sf->prompt, "Prompt text (default: read stdin)");
+  score_cmd->add_option("--input", sf->input,
+                        "Score many prompts: a JSONL file ('-' for stdin), one {\"prompt\": ...} "
+                        "per line; prints one JSON line per prompt");
+  score_cmd->add_flag("--json", sf->json_out, "Print the result as JSON (full precision)");
   score_cmd->add_option("--perplexity", sf->perplexity,
                         "The edge model's perplexity on the prompt, when measured");
   score_cmd->add_flag("--explain", sf->explain, "Show every feature's value and logit share");
-  on_run(score_cmd, [sf] { return score(*sf); });
+  on_run(score_cmd, [sf, prompt_opt] {
+    sf->prompt_given = prompt_opt->count() > 0;
+    return score(*sf);
+  });
   auto rf = std::make_shared<ReplayFlags>();
   CLI::App* replay_cmd = router->add_subcommand(
       "replay",
@@ -1030,6 +1192,19 @@ void add_router_command(CLI::App& app) {
   replay_cmd->add_option("--curve-points", rf->curve_points, "Points on the learning curve")
       ->check(CLI::Range(1, 1000))
       ->capture_default_str();
+  replay_cmd->add_option("--learning-rate", rf->learner.learning_rate, "The learner's AdaGrad step")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  replay_cmd->add_option("--l2", rf->learner.l2, "The learner's L2 strength on word weights")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
+  replay_cmd->add_option("--refit-every", rf->learner.refit_every,
+                         "Labels between passes over the kept labels (0: never)")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
+  replay_cmd->add_option("--refit-epochs", rf->learner.refit_epochs, "Passes per refit")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
   replay_cmd->add_flag("--json", rf->json_out, "Print the results as JSON");
   replay_cmd->add_option("--svg", rf->svg, "Draw the learning curve into this SVG file");
   replay_cmd->footer(
@@ -1037,6 +1212,16 @@ void add_router_command(CLI::App& app) {
       "  foreshore router replay --data ../shared/data/router-data/routellm/mmlu \\\n"
       "      --labels 1500 --order random --svg learning.svg");
   on_run(replay_cmd, [rf] { return replay(*rf); });
+  auto stf = std::make_shared<StatusFlags>();
+  CLI::App* status_cmd = router->add_subcommand(
+      "status", "What the gateway's learning router has learned (its state file); roll it back");
+  status_cmd->add_option("--state", stf->state, "The routing.learning.state file")->required();
+  status_cmd->add_option("--model", stf->model,
+                         "The complexity model it learned over (default: the shipped one)");
+  status_cmd->add_option("--rollback", stf->rollback,
+                         "Restore this earlier version (stop the gateway first)");
+  status_cmd->add_flag("--json", stf->json_out, "Print as JSON");
+  on_run(status_cmd, [stf] { return status(*stf); });
 }
 
 }  // namespace foreshore::cli

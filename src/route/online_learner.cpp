@@ -257,6 +257,8 @@ std::string OnlineLearner::to_json() const {
     }
     kept.push_back({{"base_logit", k.base_logit}, {"gain", k.gain}, {"index", b}, {"value", v}});
   }
+  json est = json::array();
+  for (const auto& e : estimates_) est.push_back({e.score, e.edge, e.cloud});
   json doc = {{"format", kFormat},
               {"file_version", kFileVersion},
               {"version", work_.version},
@@ -271,7 +273,8 @@ std::string OnlineLearner::to_json() const {
               {"accum_scale", accum_scale_},
               {"labels", labels},
               {"weights", {{"index", index}, {"weight", weight}, {"accum", accum}}},
-              {"kept", kept}};
+              {"kept", kept},
+              {"estimates", est}};
   return doc.dump();
 }
 
@@ -343,6 +346,11 @@ Status OnlineLearner::parse(std::string_view text, std::string_view source) {
       }
       kept.push_back(std::move(row));
     }
+    std::deque<Estimate> estimates;
+    for (const auto& e : doc.value("estimates", json::array())) {
+      if (!e.is_array() || e.size() != 3) return bad("an estimates entry is not [score, edge, cloud]");
+      estimates.push_back({e[0].get<double>(), e[1].get<double>(), e[2].get<double>()});
+    }
     std::array<int64_t, kLabelSourceCount> labels{};
     for (int i = 0; i < kLabelSourceCount; ++i) {
       labels[i] = doc.at("labels").value(std::string(label_source_name(static_cast<LabelSource>(i))),
@@ -354,6 +362,7 @@ Status OnlineLearner::parse(std::string_view text, std::string_view source) {
     accum_bias_ = doc.at("accum_bias").get<double>();
     accum_scale_ = doc.at("accum_scale").get<double>();
     kept_ = std::move(kept);
+    estimates_ = std::move(estimates);
     labels_ = labels;
     publish();
   } catch (const json::exception& e) {

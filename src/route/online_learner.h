@@ -103,6 +103,8 @@ class OnlineLearner {
   double score(const ComplexityFeatures& features) const;
   double score(std::string_view prompt, std::optional<double> edge_perplexity = {}) const;
   double threshold() const;
+  // True when the threshold follows the traffic (a target cloud share).
+  bool recalibrates() const { return options_.target_cloud_share >= 0.0; }
   std::shared_ptr<const LearnerSnapshot> snapshot() const { return snapshot_.load(); }
   const ComplexityModel& base() const { return *base_; }
 

@@ -17,6 +17,7 @@
 #include "exec/exec.h"
 #include "observe/observe.h"
 #include "route/router.h"
+#include "serve/learning.h"
 #include "serve/metrics.h"
 #include "serve/openai.h"
 
@@ -82,6 +83,8 @@ class HybridRouter {
   // True when `model` is a name the router answers to ("foreshore", "foreshore/<policy>").
   static bool is_routed_model(std::string_view model);
   const route::Router& router() const { return *router_; }
+  // Online router learning (routing.learning); null when off.
+  RouterLearning* learning() const { return learning_.get(); }
   const backend::TierConfig* tier_config(std::string_view name) const;
 
  private:
@@ -92,6 +95,7 @@ class HybridRouter {
   std::unique_ptr<observe::MemoryPressureMonitor> memory_;
   std::unique_ptr<observe::VersionRegistry> versions_;
   std::unique_ptr<observe::ShadowSampler> shadow_;
+  std::unique_ptr<RouterLearning> learning_;  // after shadow_: its verdicts feed it
   std::mutex decision_log_mu_;
   std::FILE* decision_log_ = nullptr;
   std::vector<backend::TierConfig> tiers_;
