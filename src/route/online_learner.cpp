@@ -18,6 +18,9 @@ constexpr std::string_view kFormat = "foreshore.router-learner";
 constexpr int kFileVersion = 1;
 // Fewer labels than this give an APGR estimate too noisy to show.
 constexpr size_t kMinEstimateRows = 50;
+// Labels between threshold recalibrations: rescoring the traffic window
+// (2,000 prompts) after every label would cost more than the label itself.
+constexpr uint64_t kRecalibrateEvery = 25;
 
 double sigmoid(double z) { return 1.0 / (1.0 + std::exp(-z)); }
 
@@ -129,10 +132,8 @@ void OnlineLearner::apply(const LearnerLabel& label) {
   if (kept_.size() > options_.max_kept_labels) kept_.pop_front();
   ++labels_[static_cast<int>(label.source)];
   ++work_.version;
-  if (options_.refit_every > 0 && work_.version % options_.refit_every == 0) {
-    refit();
-    recalibrate();
-  }
+  if (options_.refit_every > 0 && work_.version % options_.refit_every == 0) refit();
+  if (work_.version % kRecalibrateEvery == 0) recalibrate();
   publish();
 }
 
