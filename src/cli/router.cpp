@@ -123,7 +123,8 @@ Status check_subjects(const std::string& flag, const std::vector<std::string>& n
     std::string best;
     size_t best_d = std::string::npos;
     for (const auto& s : found) {
-      const size_t d = edit_distance(name, s);
+      // A shortened name ("high_school_math") is as near as a typo.
+      const size_t d = s.starts_with(name) ? 1 : edit_distance(name, s);
       if (d < best_d) {
         best_d = d;
         best = s;
