@@ -403,7 +403,7 @@ TEST(GatewayLearning, FeedbackShadowVerdictsStatusAndStateFile) {
   // The public edge answers were shadowed on the cloud; the verdicts arrive
   // on the sampler's thread, the labels on the learner's.
   json status;
-  for (int i = 0; i < 100; ++i) {
+  for (int i = 0; i < 300; ++i) {
     status = http_get(gw->port(), "/v1/router/status").json();
     if (status["labels"]["shadow"].get<int>() >= 1) break;
     std::this_thread::sleep_for(100ms);
@@ -433,7 +433,9 @@ TEST(GatewayLearning, FeedbackShadowVerdictsStatusAndStateFile) {
 
   gw = std::make_unique<ServeProcess>(std::vector<std::string>{"--config", config}, model_env());
   ASSERT_TRUE(gw->ok()) << gw->process().stderr_text();
-  EXPECT_NE(gw->process().stderr_text().find("router learning: resumed from"), std::string::npos);
+  // The learner's counts came back with the state (the file as rolled back).
+  const json resumed = http_get(gw->port(), "/v1/router/status").json();
+  EXPECT_GE(resumed["version"].get<int>(), 1) << resumed.dump();
   gw.reset();
   for (const auto& v : saved["saved_versions"]) {
     std::remove((state + ".v" + std::to_string(v.get<uint64_t>())).c_str());

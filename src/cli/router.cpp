@@ -91,8 +91,15 @@ std::vector<std::string> distinct_subjects(const std::vector<LabelledPrompt>& ro
   return {s.begin(), s.end()};
 }
 
-// Said on stderr where a file was named twice: it is read once.
+// Said on stderr where a file was named twice: it is read once; and where
+// no exclusion list applied, since RouteLLM's MMLU list only works beside
+// the files it was written for.
 void warn_duplicates(const route::LoadReport& load) {
+  if (load.exclusion_lists.empty()) {
+    std::fprintf(stderr, "warning: no contaminated_prompts.jsonl beside the data and no "
+                         "--exclude given: no prompts were filtered as contaminated; pass the "
+                         "list with --exclude (RouteLLM's is in its mmlu folder)\n");
+  }
   for (const auto& f : load.duplicate_files) {
     std::fprintf(stderr, "warning: %s was given more than once (directly or through its folder); "
                          "read once\n", f.c_str());

@@ -725,6 +725,7 @@ Result<std::vector<LabelledPrompt>> load_labelled_prompts(const std::vector<std:
   exclusion_files.erase(std::unique(exclusion_files.begin(), exclusion_files.end()),
                         exclusion_files.end());
   for (const auto& f : exclusion_files) FSH_TRY_STATUS(add_contaminated(f, contaminated));
+  report.exclusion_lists = exclusion_files;
 
   const Filters filters{options, contaminated, report};
   std::vector<LabelledPrompt> rows;

@@ -67,6 +67,9 @@ struct LoadReport {
   std::set<std::string> subjects_found;
   // Paths given more than once (directly or through a folder); read once.
   std::vector<std::string> duplicate_files;
+  // The exclusion lists applied: --exclude files and the data's sibling
+  // contaminated_prompts.jsonl files.
+  std::vector<std::string> exclusion_lists;
 };
 
 // Reads every path (a file, or a folder: its *.csv, *.jsonl and MT-Bench
