@@ -806,16 +806,16 @@ TEST(ComplexityCli, NamesAreCheckedFilesReadOnceAndScoresBatched) {
             2);
   EXPECT_NE(err.find("did you mean 'high_school_mathematics'?"), std::string::npos) << err;
   EXPECT_FALSE(fs::exists(dropped));
-  EXPECT_EQ(run_foreshore({"router", "eval", "--model", model, "--data", mmlu.string(),
-                           "--exclude", "/nonexistent/list.jsonl"},
+  EXPECT_EQ(run_foreshore({"router", "eval", "--model", model, "--data", mmlu.string(), "--exclude",
+                           "/nonexistent/list.jsonl"},
                           &out, &err),
             2);
   EXPECT_NE(err.find("check the path given to --exclude"), std::string::npos) << err;
 
   // A file given twice, directly and through its folder, is read once.
   ASSERT_EQ(run_foreshore({"router", "eval", "--model", model, "--data", mmlu.string(), "--data",
-                           (mmlu / "mmlu_anatomy.csv").string(), "--subjects", "anatomy",
-                           "--json", "--random-trials", "10"},
+                           (mmlu / "mmlu_anatomy.csv").string(), "--subjects", "anatomy", "--json",
+                           "--random-trials", "10"},
                           &out, &err),
             0)
       << err;
@@ -829,8 +829,9 @@ TEST(ComplexityCli, NamesAreCheckedFilesReadOnceAndScoresBatched) {
 
   // Batch scoring: JSONL in, one JSON line out per prompt, full precision.
   const std::string batch = foreshore::testing::temp_path(".jsonl");
-  write_file(batch, "{\"prompt\": \"Hi!\"}\n\"Prove that there are infinitely many primes, then "
-                    "derive the prime number theorem's error term.\"\n");
+  write_file(batch,
+             "{\"prompt\": \"Hi!\"}\n\"Prove that there are infinitely many primes, then "
+             "derive the prime number theorem's error term.\"\n");
   ASSERT_EQ(run_foreshore({"router", "score", "--input", batch}, &out, &err), 0) << err;
   std::istringstream lines(out);
   std::string line;
@@ -868,8 +869,8 @@ TEST(ComplexityCli, ReplayLearnsFromLabelsAndReportsAgainstStaticAndRandom) {
   }
   // No labels: the learner ranks as the static model.
   EXPECT_EQ(r["learning_curve"].front()["labels"], 0);
-  EXPECT_NEAR(r["learning_curve"].front()["apgr"].get<double>(),
-              r["static"]["apgr"].get<double>(), 1e-9);
+  EXPECT_NEAR(r["learning_curve"].front()["apgr"].get<double>(), r["static"]["apgr"].get<double>(),
+              1e-9);
   EXPECT_EQ(r["learning_curve"].back()["labels"], 600);
   EXPECT_NEAR(r["learning_curve"].back()["apgr"].get<double>(), r["router"]["apgr"].get<double>(),
               1e-9);

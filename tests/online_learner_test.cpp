@@ -15,7 +15,8 @@ namespace foreshore::route {
 namespace {
 
 std::shared_ptr<const ComplexityModel> shipped() {
-  auto m = ComplexityModel::load(std::string(FSH_SOURCE_DIR) + "/data/router/complexity-default.json");
+  auto m =
+      ComplexityModel::load(std::string(FSH_SOURCE_DIR) + "/data/router/complexity-default.json");
   EXPECT_TRUE(m.ok()) << m.error().message;
   return std::make_shared<const ComplexityModel>(std::move(*m));
 }

@@ -11,8 +11,8 @@
 #include <iostream>
 #include <iterator>
 #include <memory>
-#include <random>
 #include <nlohmann/json.hpp>
+#include <random>
 #include <set>
 #include <span>
 #include <sstream>
@@ -94,15 +94,18 @@ std::vector<std::string> distinct_subjects(const std::vector<LabelledPrompt>& ro
 // Said on stderr where a file was named twice: it is read once; and where
 // no exclusion list applied, since RouteLLM's MMLU list only works beside
 // the files it was written for.
-void warn_duplicates(const route::LoadReport& load) {
+void warn_about_load(const route::LoadReport& load) {
   if (load.exclusion_lists.empty()) {
-    std::fprintf(stderr, "warning: no contaminated_prompts.jsonl beside the data and no "
-                         "--exclude given: no prompts were filtered as contaminated; pass the "
-                         "list with --exclude (RouteLLM's is in its mmlu folder)\n");
+    std::fprintf(stderr,
+                 "warning: no contaminated_prompts.jsonl beside the data and no "
+                 "--exclude given: no prompts were filtered as contaminated; pass the "
+                 "list with --exclude (RouteLLM's is in its mmlu folder)\n");
   }
   for (const auto& f : load.duplicate_files) {
-    std::fprintf(stderr, "warning: %s was given more than once (directly or through its folder); "
-                         "read once\n", f.c_str());
+    std::fprintf(stderr,
+                 "warning: %s was given more than once (directly or through its folder); "
+                 "read once\n",
+                 f.c_str());
   }
 }
 
@@ -223,7 +226,7 @@ void print_load_report(const route::LoadReport& load) {
       static_cast<long long>(load.excluded_contaminated),
       static_cast<long long>(load.dropped_by_subject),
       static_cast<long long>(load.skipped_unlabelled));
-  warn_duplicates(load);
+  warn_about_load(load);
 }
 
 // What `train` and `cv` fit on: `files`, less the held-out and dropped subjects.
@@ -389,7 +392,7 @@ int eval(const EvalFlags& f) {
   route::LoadReport load;
   auto rows = route::load_labelled_prompts(f.data.data, o, &load);
   if (!rows.ok()) return fail(rows.error());
-  warn_duplicates(load);
+  warn_about_load(load);
   if (auto s = check_subjects(f.subjects == "holdout" ? "--subjects holdout (the subjects " +
                                                             f.model + " records as held out)"
                                                       : std::string("--subjects"),
@@ -501,9 +504,10 @@ int eval(const EvalFlags& f) {
   // routing skill, and no router "recovers" a gap that is not there.
   const bool cloud_better = m->cloud_quality > m->edge_quality;
   if (!cloud_better) {
-    std::printf("warning: the cloud does no better than the edge on these prompts, so APGR and "
-                "CPT say nothing about routing here; evaluate on data where the cloud is "
-                "better (more subjects)\n\n");
+    std::printf(
+        "warning: the cloud does no better than the edge on these prompts, so APGR and "
+        "CPT say nothing about routing here; evaluate on data where the cloud is "
+        "better (more subjects)\n\n");
   }
   auto random_cpt = [&](double v) { return cloud_better ? pct(v) : pct(std::nullopt); };
   std::printf("%-22s %8s %10s %10s\n", "router", "APGR", "CPT(50%)", "CPT(80%)");
@@ -737,8 +741,7 @@ int score(const ScoreFlags& f) {
   if (!model.ok()) return fail(model.error());
   if (!f.input.empty()) {
     if (f.prompt_given) {
-      return fail(make_error(ErrorKind::kInvalidArgument,
-                             "give either -p or --input, not both"));
+      return fail(make_error(ErrorKind::kInvalidArgument, "give either -p or --input, not both"));
     }
     return score_batch(f, *model);
   }
@@ -797,7 +800,9 @@ std::string render_learning_svg(const std::vector<std::pair<double, double>>& cu
   chart.x_label = "labels seen";
   chart.y_label = "APGR on the rows after the labelled ones";
   const double right = curve.empty() ? 1.0 : std::max(1.0, curve.back().first);
-  auto level = [&](double v) { return std::vector<std::pair<double, double>>{{0.0, v}, {right, v}}; };
+  auto level = [&](double v) {
+    return std::vector<std::pair<double, double>>{{0.0, v}, {right, v}};
+  };
   auto add = [&](std::string name, const char* color, std::vector<std::pair<double, double>> pts,
                  bool dashed) {
     sim::svg::Series series;
@@ -817,8 +822,7 @@ std::string render_learning_svg(const std::vector<std::pair<double, double>>& cu
 }
 
 int replay(const ReplayFlags& f) {
-  const std::string model_path =
-      f.model.empty() ? route::default_complexity_model_path() : f.model;
+  const std::string model_path = f.model.empty() ? route::default_complexity_model_path() : f.model;
   auto loaded = route::ComplexityModel::load(model_path);
   if (!loaded.ok()) return fail(loaded.error());
   auto base = std::make_shared<const route::ComplexityModel>(std::move(*loaded));
@@ -827,7 +831,7 @@ int replay(const ReplayFlags& f) {
   route::LoadReport load;
   auto loaded_rows = route::load_labelled_prompts(f.data.data, o, &load);
   if (!loaded_rows.ok()) return fail(loaded_rows.error());
-  warn_duplicates(load);
+  warn_about_load(load);
   if (auto s = check_subjects("--subjects", o.only_subjects, load.subjects_found); !s.ok()) {
     return fail(s.error());
   }
@@ -859,7 +863,8 @@ int replay(const ReplayFlags& f) {
   std::vector<route::ComplexityFeatures> features;
   features.reserve(rows.size());
   for (const auto& r : rows) {
-    features.push_back(route::extract_complexity_features(r.prompt, base->hashing(), r.edge_perplexity));
+    features.push_back(
+        route::extract_complexity_features(r.prompt, base->hashing(), r.edge_perplexity));
   }
 
   route::LearnerOptions lo = f.learner;
@@ -980,9 +985,10 @@ int replay(const ReplayFlags& f) {
   for (const auto& [n, a] : curve) std::printf(" %.0f: %.3f", n, a);
   std::printf("\n");
   if (stats.estimated_apgr) {
-    std::printf("the learner's own estimate from its labels (each scored before learning it): "
-                "%.3f on the last %lld\n",
-                *stats.estimated_apgr, static_cast<long long>(stats.estimate_rows));
+    std::printf(
+        "the learner's own estimate from its labels (each scored before learning it): "
+        "%.3f on the last %lld\n",
+        *stats.estimated_apgr, static_cast<long long>(stats.estimate_rows));
   }
   if (!f.svg.empty()) std::printf("learning curve written to %s\n", f.svg.c_str());
   return 0;
@@ -1008,8 +1014,8 @@ int status(const StatusFlags& f) {
     std::fprintf(stderr, "[%s is version %lld again]\n", f.state.c_str(),
                  static_cast<long long>(f.rollback));
   }
-  auto loaded = route::ComplexityModel::load(f.model.empty() ? route::default_complexity_model_path()
-                                                             : f.model);
+  auto loaded = route::ComplexityModel::load(
+      f.model.empty() ? route::default_complexity_model_path() : f.model);
   if (!loaded.ok()) return fail(loaded.error());
   route::OnlineLearner learner(std::make_shared<const route::ComplexityModel>(std::move(*loaded)),
                                {});
@@ -1041,9 +1047,10 @@ int status(const StatusFlags& f) {
   }
   std::printf("threshold %.6f\n", st.threshold);
   if (st.estimated_apgr) {
-    std::printf("estimated APGR %.3f on its last %lld labels with both tiers' quality, each "
-                "scored before it was learned from\n",
-                *st.estimated_apgr, static_cast<long long>(st.estimate_rows));
+    std::printf(
+        "estimated APGR %.3f on its last %lld labels with both tiers' quality, each "
+        "scored before it was learned from\n",
+        *st.estimated_apgr, static_cast<long long>(st.estimate_rows));
   } else {
     std::printf("estimated APGR: not yet (%lld labels with both tiers' quality; 50 needed)\n",
                 static_cast<long long>(st.estimate_rows));
@@ -1156,8 +1163,8 @@ void add_router_command(CLI::App& app) {
   on_run(cv_cmd, [cf] { return cross_validate(*cf); });
 
   auto sf = std::make_shared<ScoreFlags>();
-  CLI::App* score_cmd =
-      router->add_subcommand("score", "Score a prompt (-p, stdin) or a JSONL batch (--input) and explain it");
+  CLI::App* score_cmd = router->add_subcommand(
+      "score", "Score a prompt (-p, stdin) or a JSONL batch (--input) and explain it");
   score_cmd->add_option("--model", sf->model,
                         "Model file (default: the shipped data/router/complexity-default.json, "
                         "found from the binary's folder)");
@@ -1176,12 +1183,12 @@ void add_router_command(CLI::App& app) {
   });
   auto rf = std::make_shared<ReplayFlags>();
   CLI::App* replay_cmd = router->add_subcommand(
-      "replay",
-      "Play labelled rows as traffic through the learning router: APGR after N labels");
+      "replay", "Play labelled rows as traffic through the learning router: APGR after N labels");
   add_data_flags(replay_cmd, rf->data);
   replay_cmd->add_option("--model", rf->model,
                          "Base model file (default: the shipped complexity-default.json)");
-  replay_cmd->add_option("--labels", rf->labels, "Labels revealed to the learner, from the first rows")
+  replay_cmd
+      ->add_option("--labels", rf->labels, "Labels revealed to the learner, from the first rows")
       ->check(CLI::Range(0, 10000000))
       ->capture_default_str();
   replay_cmd
@@ -1206,8 +1213,9 @@ void add_router_command(CLI::App& app) {
   replay_cmd->add_option("--l2", rf->learner.l2, "The learner's L2 strength on word weights")
       ->check(CLI::NonNegativeNumber)
       ->capture_default_str();
-  replay_cmd->add_option("--refit-every", rf->learner.refit_every,
-                         "Labels between passes over the kept labels (0: never)")
+  replay_cmd
+      ->add_option("--refit-every", rf->learner.refit_every,
+                   "Labels between passes over the kept labels (0: never)")
       ->check(CLI::NonNegativeNumber)
       ->capture_default_str();
   replay_cmd->add_option("--refit-epochs", rf->learner.refit_epochs, "Passes per refit")

@@ -22,7 +22,9 @@ constexpr size_t kMinEstimateRows = 50;
 // (2,000 prompts) after every label would cost more than the label itself.
 constexpr uint64_t kRecalibrateEvery = 25;
 
-double sigmoid(double z) { return 1.0 / (1.0 + std::exp(-z)); }
+double sigmoid(double z) {
+  return 1.0 / (1.0 + std::exp(-z));
+}
 
 double logit(double p) {
   p = std::clamp(p, 1e-6, 1.0 - 1e-6);
@@ -33,11 +35,16 @@ double logit(double p) {
 
 std::string_view label_source_name(LabelSource source) {
   switch (source) {
-    case LabelSource::kFeedback: return "feedback";
-    case LabelSource::kCascade: return "cascade";
-    case LabelSource::kShadow: return "shadow";
-    case LabelSource::kImport: return "import";
-    case LabelSource::kCount: break;
+    case LabelSource::kFeedback:
+      return "feedback";
+    case LabelSource::kCascade:
+      return "cascade";
+    case LabelSource::kShadow:
+      return "shadow";
+    case LabelSource::kImport:
+      return "import";
+    case LabelSource::kCount:
+      break;
   }
   return "unknown";
 }
@@ -51,7 +58,9 @@ OnlineLearner::OnlineLearner(std::shared_ptr<const ComplexityModel> base, Learne
   publish();
 }
 
-OnlineLearner::~OnlineLearner() { stop(); }
+OnlineLearner::~OnlineLearner() {
+  stop();
+}
 
 double OnlineLearner::base_logit(const ComplexityFeatures& f) const {
   return logit(base_->score(f));
@@ -68,7 +77,9 @@ double OnlineLearner::score(std::string_view prompt, std::optional<double> edge_
   return score(extract_complexity_features(prompt, base_->hashing(), edge_perplexity));
 }
 
-double OnlineLearner::threshold() const { return snapshot_.load()->threshold; }
+double OnlineLearner::threshold() const {
+  return snapshot_.load()->threshold;
+}
 
 double OnlineLearner::residual(const LearnerSnapshot& s, const Kept& k) const {
   double z = s.bias + s.base_scale * k.base_logit;
@@ -189,9 +200,8 @@ void OnlineLearner::flush() {
 void OnlineLearner::run() {
   std::unique_lock lock(queue_mutex_);
   for (;;) {
-    queue_cv_.wait(lock, [this] {
-      return stopping_ || !queue_.empty() || !traffic_queue_.empty();
-    });
+    queue_cv_.wait(lock,
+                   [this] { return stopping_ || !queue_.empty() || !traffic_queue_.empty(); });
     if (queue_.empty() && traffic_queue_.empty()) {
       if (stopping_) return;
       continue;
@@ -349,13 +359,14 @@ Status OnlineLearner::parse(std::string_view text, std::string_view source) {
     }
     std::deque<Estimate> estimates;
     for (const auto& e : doc.value("estimates", json::array())) {
-      if (!e.is_array() || e.size() != 3) return bad("an estimates entry is not [score, edge, cloud]");
+      if (!e.is_array() || e.size() != 3)
+        return bad("an estimates entry is not [score, edge, cloud]");
       estimates.push_back({e[0].get<double>(), e[1].get<double>(), e[2].get<double>()});
     }
     std::array<int64_t, kLabelSourceCount> labels{};
     for (int i = 0; i < kLabelSourceCount; ++i) {
-      labels[i] = doc.at("labels").value(std::string(label_source_name(static_cast<LabelSource>(i))),
-                                         int64_t{0});
+      labels[i] = doc.at("labels").value(
+          std::string(label_source_name(static_cast<LabelSource>(i))), int64_t{0});
     }
     std::lock_guard lock(state_mutex_);
     work_ = std::move(s);
@@ -457,9 +468,10 @@ Status rollback_learner_state(const std::string& path, uint64_t version) {
   std::error_code ec;
   if (!fs::exists(from, ec)) {
     std::string have;
-    for (uint64_t v : saved_learner_versions(path)) have += (have.empty() ? "" : ", ") + std::to_string(v);
-    return make_error(ErrorKind::kNotFound, "no saved learner state " + from +
-                                                "; versions kept: " + (have.empty() ? "none" : have));
+    for (uint64_t v : saved_learner_versions(path))
+      have += (have.empty() ? "" : ", ") + std::to_string(v);
+    return make_error(ErrorKind::kNotFound, "no saved learner state " + from + "; versions kept: " +
+                                                (have.empty() ? "none" : have));
   }
   fs::copy_file(from, path, fs::copy_options::overwrite_existing, ec);
   if (ec) {

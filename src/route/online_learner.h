@@ -68,7 +68,7 @@ struct LearnerOptions {
   // The threshold sends this share of the recent traffic to the cloud; < 0
   // keeps the base model's threshold.
   double target_cloud_share = -1.0;
-  size_t traffic_window = 2000;  // recent decisions the threshold is set on
+  size_t traffic_window = 2000;   // recent decisions the threshold is set on
   size_t estimate_window = 2000;  // labels in the learner's own APGR estimate
   size_t max_queue = 10000;       // labels waiting for the thread; beyond, dropped
   uint64_t seed = 20240701;
@@ -78,8 +78,8 @@ struct LearnerOptions {
 struct LearnerSnapshot {
   uint64_t version = 0;  // labels applied
   double threshold = 0.5;
-  double bias = 0.0;        // added to the base logit
-  double base_scale = 1.0;  // multiplies the base logit
+  double bias = 0.0;           // added to the base logit
+  double base_scale = 1.0;     // multiplies the base logit
   std::vector<float> weights;  // per hashed bucket, same hashing as the base
 };
 

@@ -155,8 +155,8 @@ void RouterLearning::collect_metrics() {
   }
   metrics_
       ->gauge("foreshore_router_learned_threshold",
-              "The learning router's complexity threshold (recalibrated to the target share).",
-              {}, {})
+              "The learning router's complexity threshold (recalibrated to the target share).", {},
+              {})
       .set(s.threshold);
   metrics_
       ->gauge("foreshore_router_labels_dropped",
@@ -176,8 +176,7 @@ nlohmann::ordered_json RouterLearning::status() const {
   const route::LearnerStats s = learner_->stats();
   nlohmann::ordered_json labels = nlohmann::ordered_json::object();
   for (int i = 0; i < route::kLabelSourceCount; ++i) {
-    labels[std::string(route::label_source_name(static_cast<route::LabelSource>(i)))] =
-        s.labels[i];
+    labels[std::string(route::label_source_name(static_cast<route::LabelSource>(i)))] = s.labels[i];
   }
   std::lock_guard lock(mu_);
   return {{"learning", true},

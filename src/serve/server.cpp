@@ -923,8 +923,8 @@ struct Gateway::Impl {
       send_error(res, e);
       return;
     }
-    nlohmann::ordered_json out = {{"decision_id", id}, {"accepted", true},
-                                  {"learned", result->learned}};
+    nlohmann::ordered_json out = {
+        {"decision_id", id}, {"accepted", true}, {"learned", result->learned}};
     if (!result->reason.empty()) out["reason"] = result->reason;
     res.set_content(out.dump(), kJson);
   }
