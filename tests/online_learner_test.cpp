@@ -86,7 +86,6 @@ TEST(OnlineLearner, RecalibratesTheThresholdToTheTargetShareOfTraffic) {
   const auto base = shipped();
   LearnerOptions o;
   o.target_cloud_share = 0.3;
-  o.refit_every = 10;
   OnlineLearner learner(base, o);
   std::vector<std::string> traffic;
   for (int i = 0; i < 200; ++i) {
