@@ -455,6 +455,9 @@ int eval(const EvalFlags& f) {
     }
   }
 
+  // APGR divides by the gap: where the cloud is worse, it is not a measure of
+  // routing skill, and no router "recovers" a gap that is not there.
+  const bool cloud_better = m->cloud_quality > m->edge_quality;
   if (f.json_out) {
     json curve = json::array();
     const size_t stride = std::max<size_t>(1, m->curve.size() / 500);
@@ -477,9 +480,10 @@ int eval(const EvalFlags& f) {
                 {"random",
                  {{"apgr", random->apgr_mean},
                   {"apgr_95", {random->apgr_lo, random->apgr_hi}},
-                  {"cpt50", random->cpt50_mean},
-                  {"cpt80", random->cpt80_mean},
+                  {"cpt50", cloud_better ? json(random->cpt50_mean) : json(nullptr)},
+                  {"cpt80", cloud_better ? json(random->cpt80_mean) : json(nullptr)},
                   {"trials", f.random_trials}}},
+                {"cloud_better", cloud_better},
                 {"oracle", metrics_json(*oracle)},
                 {"at_model_threshold",
                  {{"threshold", model->threshold()},
@@ -500,9 +504,6 @@ int eval(const EvalFlags& f) {
         static_cast<long long>(seen));
   }
   std::printf("quality: edge only %.4f, cloud only %.4f\n\n", m->edge_quality, m->cloud_quality);
-  // APGR divides by the gap: where the cloud is worse, it is not a measure of
-  // routing skill, and no router "recovers" a gap that is not there.
-  const bool cloud_better = m->cloud_quality > m->edge_quality;
   if (!cloud_better) {
     std::printf(
         "warning: the cloud does no better than the edge on these prompts, so APGR and "
