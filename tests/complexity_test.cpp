@@ -11,6 +11,7 @@
 #include <map>
 #include <nlohmann/json.hpp>
 #include <set>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -784,6 +785,107 @@ TEST(ComplexityDefaultModel, HeldOutSubjectsBeatRandom) {
   EXPECT_NE(text.find("<polyline"), std::string::npos);
   fs::remove(svg);
   fs::remove(model);
+}
+
+// The router CLI as a new user meets it: typos, duplicates, batch scoring,
+// replay (issue 23).
+TEST(ComplexityCli, NamesAreCheckedFilesReadOnceAndScoresBatched) {
+  const fs::path mmlu = shared_data() / "router-data" / "routellm" / "mmlu";
+  if (!fs::exists(mmlu / "mmlu_anatomy.csv")) GTEST_SKIP() << "router data not found";
+  const std::string model = std::string(FSH_SOURCE_DIR) + "/data/router/complexity-default.json";
+  std::string out, err;
+  EXPECT_EQ(run_foreshore({"router", "eval", "--model", model, "--data", mmlu.string(),
+                           "--subjects", "anatomy,anatomyy"},
+                          &out, &err),
+            2);
+  EXPECT_NE(err.find("no subject 'anatomyy'; did you mean 'anatomy'?"), std::string::npos) << err;
+  const std::string dropped = foreshore::testing::temp_path(".json");
+  EXPECT_EQ(run_foreshore({"router", "train", "--data", mmlu.string(), "--drop-subjects",
+                           "high_school_math", "--out", dropped},
+                          &out, &err),
+            2);
+  EXPECT_NE(err.find("did you mean 'high_school_mathematics'?"), std::string::npos) << err;
+  EXPECT_FALSE(fs::exists(dropped));
+  EXPECT_EQ(run_foreshore({"router", "eval", "--model", model, "--data", mmlu.string(), "--exclude",
+                           "/nonexistent/list.jsonl"},
+                          &out, &err),
+            2);
+  EXPECT_NE(err.find("check the path given to --exclude"), std::string::npos) << err;
+
+  // A file given twice, directly and through its folder, is read once.
+  ASSERT_EQ(run_foreshore({"router", "eval", "--model", model, "--data", mmlu.string(), "--data",
+                           (mmlu / "mmlu_anatomy.csv").string(), "--subjects", "anatomy", "--json",
+                           "--random-trials", "10"},
+                          &out, &err),
+            0)
+      << err;
+  EXPECT_NE(err.find("mmlu_anatomy.csv was given more than once"), std::string::npos) << err;
+  const int twice = json::parse(out)["rows"].get<int>();
+  ASSERT_EQ(run_foreshore({"router", "eval", "--model", model, "--data", mmlu.string(),
+                           "--subjects", "anatomy", "--json", "--random-trials", "10"},
+                          &out, &err),
+            0);
+  EXPECT_EQ(json::parse(out)["rows"].get<int>(), twice);
+
+  // Batch scoring: JSONL in, one JSON line out per prompt, full precision.
+  const std::string batch = foreshore::testing::temp_path(".jsonl");
+  write_file(batch,
+             "{\"prompt\": \"Hi!\"}\n\"Prove that there are infinitely many primes, then "
+             "derive the prime number theorem's error term.\"\n");
+  ASSERT_EQ(run_foreshore({"router", "score", "--input", batch}, &out, &err), 0) << err;
+  std::istringstream lines(out);
+  std::string line;
+  std::vector<json> scored;
+  while (std::getline(lines, line)) scored.push_back(json::parse(line));
+  ASSERT_EQ(scored.size(), 2u);
+  EXPECT_EQ(scored[0]["tier"], "edge");
+  EXPECT_LT(scored[0]["probability"].get<double>(), scored[1]["probability"].get<double>());
+  EXPECT_EQ(scored[1]["line"], 2);
+  ASSERT_EQ(run_foreshore({"router", "score", "-p", "Hi!", "--json"}, &out, &err), 0) << err;
+  EXPECT_DOUBLE_EQ(json::parse(out)["probability"].get<double>(),
+                   scored[0]["probability"].get<double>());
+  EXPECT_EQ(run_foreshore({"router", "score", "-p", ""}, &out, &err), 2);
+  EXPECT_NE(err.find("-p is empty"), std::string::npos) << err;
+  fs::remove(batch);
+}
+
+TEST(ComplexityCli, ReplayLearnsFromLabelsAndReportsAgainstStaticAndRandom) {
+  const fs::path mmlu = shared_data() / "router-data" / "routellm" / "mmlu";
+  if (!fs::exists(mmlu / "mmlu_anatomy.csv")) GTEST_SKIP() << "router data not found";
+  const std::string svg = foreshore::testing::temp_path(".svg");
+  std::string out, err;
+  ASSERT_EQ(run_foreshore({"router", "replay", "--data", mmlu.string(), "--subjects",
+                           "anatomy,virology,moral_scenarios,marketing", "--labels", "600",
+                           "--seed", "3", "--json", "--svg", svg},
+                          &out, &err),
+            0)
+      << err;
+  const json r = json::parse(out);
+  EXPECT_EQ(r["labels"], 600);
+  EXPECT_EQ(r["evaluated_rows"].get<int>() + 600, r["rows"].get<int>());
+  EXPECT_EQ(r["random"]["trials"], 2000);
+  for (const char* k : {"router", "static", "oracle"}) {
+    EXPECT_TRUE(r[k]["apgr"].is_number()) << k;
+  }
+  // No labels: the learner ranks as the static model.
+  EXPECT_EQ(r["learning_curve"].front()["labels"], 0);
+  EXPECT_NEAR(r["learning_curve"].front()["apgr"].get<double>(), r["static"]["apgr"].get<double>(),
+              1e-9);
+  EXPECT_EQ(r["learning_curve"].back()["labels"], 600);
+  EXPECT_NEAR(r["learning_curve"].back()["apgr"].get<double>(), r["router"]["apgr"].get<double>(),
+              1e-9);
+  // Four subjects far apart in gain: the words of 600 labels tell them apart.
+  EXPECT_GT(r["router"]["apgr"].get<double>(), r["random"]["apgr_95"][1].get<double>());
+  std::ifstream in(svg);
+  const std::string text((std::istreambuf_iterator<char>(in)), {});
+  EXPECT_NE(text.find("<polyline"), std::string::npos);
+  fs::remove(svg);
+
+  EXPECT_EQ(run_foreshore({"router", "replay", "--data", (mmlu / "mmlu_anatomy.csv").string(),
+                           "--labels", "5000"},
+                          &out, &err),
+            2);
+  EXPECT_NE(err.find("fewer labels"), std::string::npos) << err;
 }
 
 TEST(ComplexityCli, TrainWritesALoadableModel) {

@@ -354,6 +354,95 @@ TEST(GatewayE2EStartup, SigtermStopsCleanly) {
   EXPECT_EQ(gw.process().terminate(SIGTERM, 10s), 0);
 }
 
+// Router learning: feedback on answers (by decision id), shadow verdicts and
+// the state file that outlives the process, through the real binary.
+TEST(GatewayLearning, FeedbackShadowVerdictsStatusAndStateFile) {
+  ServeProcess cloud({"-m", "stories260K", "--quiet"}, model_env());
+  ASSERT_TRUE(cloud.ok()) << cloud.process().stderr_text();
+  const std::string state = temp_path(".learner.json");
+  const std::string config = write_config(
+      "server:\n  shadow_fraction: 1.0\n" + edge_and_cloud_tiers("stories260K", cloud.base_url()) +
+      "routing:\n  learning:\n    enabled: true\n    state: " + state +
+      "\n    save_every_labels: 1\n");
+  auto gw =
+      std::make_unique<ServeProcess>(std::vector<std::string>{"--config", config}, model_env());
+  ASSERT_TRUE(gw->ok()) << gw->process().stderr_text();
+  auto ask = [&](const std::string& model, httplib::Headers headers = {}) {
+    json body = chat_body(false, 8);
+    body["model"] = model;
+    const HttpResult r = chat(gw->port(), body, "", std::move(headers));
+    EXPECT_EQ(r.status, 200) << r.body;
+    return r.header("x-foreshore-decision-id");
+  };
+  auto feedback = [&](const json& body) {
+    return http_post(gw->port(), "/v1/feedback", body.dump());
+  };
+
+  // An edge answer: the thumbs say whether the edge was adequate.
+  const std::string edge_id = ask("foreshore/edge");
+  ASSERT_FALSE(edge_id.empty());
+  HttpResult r = feedback({{"decision_id", edge_id}, {"thumbs", "down"}});
+  ASSERT_EQ(r.status, 200) << r.body;
+  EXPECT_EQ(r.json()["learned"], true);
+  // Device-only data is never shadowed; its feedback is learned on the device.
+  const std::string private_id = ask("foreshore/edge", {{"x-foreshore-data-class", "device-only"}});
+  r = feedback({{"decision_id", private_id}, {"score", 0.9}});
+  ASSERT_EQ(r.status, 200) << r.body;
+  EXPECT_EQ(r.json()["learned"], true);
+  // A cloud answer says nothing about the edge: accepted, not learned.
+  r = feedback({{"decision_id", ask("foreshore/cloud")}, {"thumbs", "up"}});
+  ASSERT_EQ(r.status, 200) << r.body;
+  EXPECT_EQ(r.json()["learned"], false);
+  EXPECT_TRUE(r.json().contains("reason"));
+  // Unknown ids and malformed bodies are named.
+  expect_error(feedback({{"decision_id", "dec-nope"}, {"thumbs", "up"}}), 404);
+  expect_error(feedback({{"decision_id", edge_id}, {"score", 7}}), 400);
+  expect_error(http_post(gw->port(), "/v1/feedback", "not json"), 400);
+
+  // The public edge answers were shadowed on the cloud; the verdicts arrive
+  // on the sampler's thread, the labels on the learner's.
+  json status;
+  for (int i = 0; i < 300; ++i) {
+    status = http_get(gw->port(), "/v1/router/status").json();
+    if (status["labels"]["shadow"].get<int>() >= 1) break;
+    std::this_thread::sleep_for(100ms);
+  }
+  EXPECT_EQ(status["learning"], true);
+  EXPECT_EQ(status["labels"]["feedback"], 2) << status.dump();
+  EXPECT_EQ(status["labels"]["shadow"], 1) << status.dump();  // the device-only one never
+  const std::string metrics = http_get(gw->port(), "/metrics").body;
+  EXPECT_NE(metrics.find("foreshore_router_labels{source=\"feedback\"} 2"), std::string::npos)
+      << metrics;
+  EXPECT_NE(metrics.find("foreshore_router_learned_threshold"), std::string::npos);
+
+  // Stopped, the gateway leaves its state for the next start and for
+  // `router status`, with the earlier version kept for rollback.
+  EXPECT_EQ(gw->process().terminate(SIGTERM, 10s), 0);
+  gw.reset();
+  const FinishedRun st = run_foreshore({"router", "status", "--state", state, "--json"});
+  ASSERT_EQ(st.status, 0) << st.err;
+  const json saved = json::parse(st.out);
+  EXPECT_EQ(saved["labels"]["feedback"], 2) << st.out;
+  EXPECT_EQ(saved["labels"]["shadow"], 1) << st.out;
+  ASSERT_FALSE(saved["saved_versions"].empty()) << st.out;
+  const FinishedRun back =
+      run_foreshore({"router", "status", "--state", state, "--rollback",
+                     std::to_string(saved["saved_versions"][0].get<uint64_t>())});
+  EXPECT_EQ(back.status, 0) << back.err;
+
+  gw = std::make_unique<ServeProcess>(std::vector<std::string>{"--config", config}, model_env());
+  ASSERT_TRUE(gw->ok()) << gw->process().stderr_text();
+  // The learner's counts came back with the state (the file as rolled back).
+  const json resumed = http_get(gw->port(), "/v1/router/status").json();
+  EXPECT_EQ(resumed["version"], saved["saved_versions"][0]) << resumed.dump();
+  gw.reset();
+  for (const auto& v : saved["saved_versions"]) {
+    std::remove((state + ".v" + std::to_string(v.get<uint64_t>())).c_str());
+  }
+  std::remove(state.c_str());
+  std::remove(config.c_str());
+}
+
 // A gateway whose cloud tier is the fault-injecting server.
 class GatewayFaults : public ::testing::Test {
  protected:

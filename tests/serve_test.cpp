@@ -339,11 +339,13 @@ TEST(ConfigTest, EveryListedRoutingKeyIsAccepted) {
       "  cascade: {min_mean_logprob: -1, min_token_logprob: -5, max_mean_entropy: 2,"
       " hold_back_tokens: 4}\n"
       "  consistency: {min_similarity: 0.4}\n"
-      "  optimize: {cost_weight: 10, latency_weight: 0.001}\n";
+      "  optimize: {cost_weight: 10, latency_weight: 0.001}\n"
+      "  learning: {enabled: false, state: learner.json, target_cloud_share: 0.3,"
+      " save_every_labels: 10}\n";
   EXPECT_EQ(config_error(yaml), "(no error)");
   size_t routing_keys = 0;
   for (const auto& k : config_keys()) routing_keys += k.starts_with("routing.");
-  EXPECT_EQ(routing_keys, 16u) << "a routing key was added: add it to this file above too";
+  EXPECT_EQ(routing_keys, 21u) << "a routing key was added: add it to this file above too";
 }
 
 TEST(ConfigTest, LoadConfigMissingFile) {

@@ -12,13 +12,16 @@
 #include <iterator>
 #include <memory>
 #include <nlohmann/json.hpp>
+#include <random>
 #include <set>
+#include <span>
 #include <sstream>
 #include <string>
 #include <vector>
 
 #include "cli/commands.h"
 #include "route/complexity.h"
+#include "route/online_learner.h"
 #include "route/router_training.h"
 #include "sim/sim.h"
 
@@ -86,6 +89,68 @@ std::vector<std::string> distinct_subjects(const std::vector<LabelledPrompt>& ro
   std::set<std::string> s;
   for (const auto& r : rows) s.insert(r.subject);
   return {s.begin(), s.end()};
+}
+
+// Said on stderr where a file was named twice: it is read once; and where
+// no exclusion list applied, since RouteLLM's MMLU list only works beside
+// the files it was written for.
+void warn_about_load(const route::LoadReport& load) {
+  if (load.exclusion_lists.empty()) {
+    std::fprintf(stderr,
+                 "warning: no contaminated_prompts.jsonl beside the data and no "
+                 "--exclude given: no prompts were filtered as contaminated; pass the "
+                 "list with --exclude (RouteLLM's is in its mmlu folder)\n");
+  }
+  for (const auto& f : load.duplicate_files) {
+    std::fprintf(stderr,
+                 "warning: %s was given more than once (directly or through its folder); "
+                 "read once\n",
+                 f.c_str());
+  }
+}
+
+size_t edit_distance(const std::string& a, const std::string& b) {
+  std::vector<size_t> row(b.size() + 1);
+  for (size_t j = 0; j <= b.size(); ++j) row[j] = j;
+  for (size_t i = 1; i <= a.size(); ++i) {
+    size_t diag = row[0];
+    row[0] = i;
+    for (size_t j = 1; j <= b.size(); ++j) {
+      const size_t up = row[j];
+      row[j] = std::min({row[j] + 1, row[j - 1] + 1, diag + (a[i - 1] == b[j - 1] ? 0 : 1)});
+      diag = up;
+    }
+  }
+  return row[b.size()];
+}
+
+// A misspelt subject would otherwise match nothing, silently: refuse it and
+// name the nearest subject the data holds.
+Status check_subjects(const std::string& flag, const std::vector<std::string>& names,
+                      const std::set<std::string>& found) {
+  for (const auto& name : names) {
+    if (found.count(name)) continue;
+    std::string best;
+    size_t best_d = std::string::npos;
+    for (const auto& s : found) {
+      // A shortened name ("high_school_math") is as near as a typo.
+      const size_t d = s.starts_with(name) ? 1 : edit_distance(name, s);
+      if (d < best_d) {
+        best_d = d;
+        best = s;
+      }
+    }
+    std::string msg = flag + ": the data holds no subject '" + name + "'";
+    if (!best.empty() && best_d <= std::max<size_t>(3, name.size() / 3)) {
+      msg += "; did you mean '" + best + "'?";
+    } else {
+      msg += "; it holds " + std::to_string(found.size()) + " subject" +
+             (found.size() == 1 ? "" : "s") +
+             (found.empty() ? "" : " (first: '" + *found.begin() + "')");
+    }
+    return make_error(ErrorKind::kInvalidArgument, msg);
+  }
+  return Status::Ok();
 }
 
 std::string pct(std::optional<double> v) {
@@ -161,6 +226,7 @@ void print_load_report(const route::LoadReport& load) {
       static_cast<long long>(load.excluded_contaminated),
       static_cast<long long>(load.dropped_by_subject),
       static_cast<long long>(load.skipped_unlabelled));
+  warn_about_load(load);
 }
 
 // What `train` and `cv` fit on: `files`, less the held-out and dropped subjects.
@@ -168,12 +234,20 @@ Result<std::vector<LabelledPrompt>> load_training_rows(const DataFlags& data,
                                                        const std::vector<std::string>& files,
                                                        const std::vector<std::string>& holdout,
                                                        const std::string& drop,
-                                                       route::LoadReport* load) {
+                                                       route::LoadReport* load,
+                                                       bool check_names = true) {
   route::DataOptions o = data_options(data);
   o.drop_subjects = holdout;
   for (const auto& d : split_list(drop)) o.drop_subjects.push_back(d);
   auto rows = route::load_labelled_prompts(files, o, load);
-  if (rows.ok()) print_load_report(*load);
+  if (!rows.ok()) return rows;
+  print_load_report(*load);
+  if (!check_names) return rows;
+  // The fixed MMLU split is named by rule, and data without MMLU has none of it.
+  if (holdout != route::default_holdout_subjects()) {
+    FSH_TRY_STATUS(check_subjects("--holdout-subjects", holdout, load->subjects_found));
+  }
+  FSH_TRY_STATUS(check_subjects("--drop-subjects", split_list(drop), load->subjects_found));
   return rows;
 }
 
@@ -248,7 +322,8 @@ struct EvalFlags {
   std::string subjects = "all";
   bool json_out = false;
   std::string svg;
-  int random_trials = 200;
+  // 200 trials gave a band too narrow by a third; 2,000 settle it.
+  int random_trials = 2000;
 };
 
 // Quality against cloud share: the router, the random diagonal, the oracle,
@@ -317,6 +392,14 @@ int eval(const EvalFlags& f) {
   route::LoadReport load;
   auto rows = route::load_labelled_prompts(f.data.data, o, &load);
   if (!rows.ok()) return fail(rows.error());
+  warn_about_load(load);
+  if (auto s = check_subjects(f.subjects == "holdout" ? "--subjects holdout (the subjects " +
+                                                            f.model + " records as held out)"
+                                                      : std::string("--subjects"),
+                              o.only_subjects, load.subjects_found);
+      !s.ok()) {
+    return fail(s.error());
+  }
   if (unseen_only) {
     std::erase_if(*rows, [&](const LabelledPrompt& r) {
       return std::find(trained.begin(), trained.end(), r.subject) != trained.end();
@@ -372,6 +455,9 @@ int eval(const EvalFlags& f) {
     }
   }
 
+  // APGR divides by the gap: where the cloud is worse, it is not a measure of
+  // routing skill, and no router "recovers" a gap that is not there.
+  const bool cloud_better = m->cloud_quality > m->edge_quality;
   if (f.json_out) {
     json curve = json::array();
     const size_t stride = std::max<size_t>(1, m->curve.size() / 500);
@@ -394,9 +480,10 @@ int eval(const EvalFlags& f) {
                 {"random",
                  {{"apgr", random->apgr_mean},
                   {"apgr_95", {random->apgr_lo, random->apgr_hi}},
-                  {"cpt50", random->cpt50_mean},
-                  {"cpt80", random->cpt80_mean},
+                  {"cpt50", cloud_better ? json(random->cpt50_mean) : json(nullptr)},
+                  {"cpt80", cloud_better ? json(random->cpt80_mean) : json(nullptr)},
                   {"trials", f.random_trials}}},
+                {"cloud_better", cloud_better},
                 {"oracle", metrics_json(*oracle)},
                 {"at_model_threshold",
                  {{"threshold", model->threshold()},
@@ -407,9 +494,9 @@ int eval(const EvalFlags& f) {
     return 0;
   }
 
-  std::printf("%s on %lld prompts from %zu subjects (%lld contaminated left out)\n",
+  std::printf("%s on %lld prompts from %zu subject%s (%lld contaminated left out)\n",
               f.model.c_str(), static_cast<long long>(m->rows), subjects.size(),
-              static_cast<long long>(load.excluded_contaminated));
+              subjects.size() == 1 ? "" : "s", static_cast<long long>(load.excluded_contaminated));
   if (seen > 0) {
     std::printf(
         "note: %lld of these prompts are from subjects the model was trained on; "
@@ -417,12 +504,20 @@ int eval(const EvalFlags& f) {
         static_cast<long long>(seen));
   }
   std::printf("quality: edge only %.4f, cloud only %.4f\n\n", m->edge_quality, m->cloud_quality);
+  if (!cloud_better) {
+    std::printf(
+        "warning: the cloud does no better than the edge on these prompts, so APGR and "
+        "CPT say nothing about routing here; evaluate on data where the cloud is "
+        "better (more subjects)\n\n");
+  }
+  auto random_cpt = [&](double v) { return cloud_better ? pct(v) : pct(std::nullopt); };
   std::printf("%-22s %8s %10s %10s\n", "router", "APGR", "CPT(50%)", "CPT(80%)");
   std::printf("%-22s %8.3f %10s %10s\n", "complexity", m->apgr, pct(m->cpt50).c_str(),
               pct(m->cpt80).c_str());
   std::printf("%-22s %8.3f %10s %10s   (%d seeded trials; APGR 95%%: %.3f-%.3f)\n", "random",
-              random->apgr_mean, pct(random->cpt50_mean).c_str(), pct(random->cpt80_mean).c_str(),
-              f.random_trials, random->apgr_lo, random->apgr_hi);
+              random->apgr_mean, random_cpt(random->cpt50_mean).c_str(),
+              random_cpt(random->cpt80_mean).c_str(), f.random_trials, random->apgr_lo,
+              random->apgr_hi);
   std::printf("%-22s %8.3f %10s %10s\n\n", "oracle", oracle->apgr, pct(oracle->cpt50).c_str(),
               pct(oracle->cpt80).c_str());
   std::printf("%12s %12s %10s\n", "cloud share", "threshold", "quality");
@@ -495,7 +590,8 @@ int cross_validate(const CvFlags& f) {
   std::vector<LabelledPrompt> extra;
   if (!f.train_only.empty()) {
     route::LoadReport extra_load;
-    auto more = load_training_rows(f.data, f.train_only, holdout, f.fit.drop, &extra_load);
+    auto more = load_training_rows(f.data, f.train_only, holdout, f.fit.drop, &extra_load,
+                                   /*check_names=*/false);
     if (!more.ok()) return fail(more.error());
     extra = std::move(*more);
   }
@@ -506,7 +602,7 @@ int cross_validate(const CvFlags& f) {
   cv.seed = f.seed;
   auto report = route::cross_validate(*rows, extra, *options, cv);
   if (!report.ok()) return fail(report.error());
-  auto random = route::random_baseline(*rows, 200, 20240701);
+  auto random = route::random_baseline(*rows, 2000, 20240701);
   if (!random.ok()) return fail(random.error());
   if (!f.scores_out.empty()) {
     if (auto s = write_out_of_fold_scores(f.scores_out, *rows, *report); !s.ok()) {
@@ -538,8 +634,9 @@ int cross_validate(const CvFlags& f) {
     std::cout << doc.dump(2) << "\n";
     return 0;
   }
-  std::printf("%d-fold cross-validation by %s on %zu prompts (%zu subjects)%s\n", f.folds,
-              f.group.c_str(), rows->size(), distinct_subjects(*rows).size(),
+  const size_t n_subjects = distinct_subjects(*rows).size();
+  std::printf("%d-fold cross-validation by %s on %zu prompts (%zu subject%s)%s\n", f.folds,
+              f.group.c_str(), rows->size(), n_subjects, n_subjects == 1 ? "" : "s",
               extra.empty() ? ""
                             : (", plus " + std::to_string(extra.size()) +
                                " prompts in every fold's training only")
@@ -574,20 +671,96 @@ int cross_validate(const CvFlags& f) {
 struct ScoreFlags {
   std::string model;  // empty: the shipped model, found beside the binary
   std::string prompt;
+  bool prompt_given = false;  // -p "" is an empty prompt, not "read stdin"
+  std::string input;          // JSONL of prompts; "-" for stdin
   double perplexity = 0.0;
   bool explain = false;
+  bool json_out = false;
 };
+
+json explanation_json(const route::ComplexityExplanation& e, bool features) {
+  json doc = {{"probability", e.probability},
+              {"threshold", e.threshold},
+              {"tier", e.prefers_cloud ? "cloud" : "edge"}};
+  if (features) {
+    json f = json::object();
+    for (int i = 0; i < route::kDenseFeatureCount; ++i) {
+      f[std::string(route::dense_feature_name(i))] = {{"value", e.dense[i]},
+                                                      {"logit", e.dense_contribution[i]}};
+    }
+    doc["bias"] = e.bias;
+    doc["features"] = std::move(f);
+    doc["word_ngrams_logit"] = e.hashed_contribution;
+  }
+  return doc;
+}
+
+// Batch scoring: one JSON object per input line ({"prompt": ..., optional
+// "edge_perplexity"} or a bare JSON string), one JSON line out per line in.
+int score_batch(const ScoreFlags& f, const route::ComplexityModel& model) {
+  std::ifstream file;
+  std::istream* in = &std::cin;
+  if (f.input != "-") {
+    file.open(f.input, std::ios::binary);
+    if (!file) {
+      return fail(make_error(ErrorKind::kNotFound,
+                             "--input: cannot read '" + f.input + "'; check the path"));
+    }
+    in = &file;
+  }
+  std::string line;
+  size_t n = 0;
+  while (std::getline(*in, line)) {
+    ++n;
+    if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
+    const json j = json::parse(line, nullptr, false);
+    std::string prompt;
+    std::optional<double> ppl;
+    if (j.is_string()) {
+      prompt = j.get<std::string>();
+    } else if (j.is_object() && j.contains("prompt") && j["prompt"].is_string()) {
+      prompt = j["prompt"].get<std::string>();
+      if (j.contains("edge_perplexity") && j["edge_perplexity"].is_number()) {
+        ppl = j["edge_perplexity"].get<double>();
+      }
+    } else {
+      return fail(make_error(ErrorKind::kInvalidArgument,
+                             f.input + ":" + std::to_string(n) +
+                                 ": not a JSON string or an object with a \"prompt\" string; "
+                                 "write one prompt per line as {\"prompt\": \"...\"}"));
+    }
+    json out = explanation_json(model.explain(prompt, ppl), f.explain);
+    out["line"] = n;
+    std::cout << out.dump() << "\n";
+  }
+  return 0;
+}
 
 int score(const ScoreFlags& f) {
   auto model = route::ComplexityModel::load(f.model.empty() ? route::default_complexity_model_path()
                                                             : f.model);
   if (!model.ok()) return fail(model.error());
+  if (!f.input.empty()) {
+    if (f.prompt_given) {
+      return fail(make_error(ErrorKind::kInvalidArgument, "give either -p or --input, not both"));
+    }
+    return score_batch(f, *model);
+  }
+  if (f.prompt_given && f.prompt.empty()) {
+    return fail(make_error(ErrorKind::kInvalidArgument,
+                           "-p is empty; give the prompt's text, or leave -p out to read the "
+                           "prompt from stdin"));
+  }
   std::string prompt = f.prompt;
-  if (prompt.empty()) prompt.assign(std::istreambuf_iterator<char>(std::cin), {});
+  if (!f.prompt_given) prompt.assign(std::istreambuf_iterator<char>(std::cin), {});
   const std::optional<double> ppl =
       f.perplexity > 0 ? std::optional<double>(f.perplexity) : std::nullopt;
   const route::ComplexityExplanation e = model->explain(prompt, ppl);
-  std::printf("p(edge inadequate) = %.4f, threshold %.4f -> %s\n", e.probability, e.threshold,
+  if (f.json_out) {
+    std::cout << explanation_json(e, f.explain).dump(2) << "\n";
+    return 0;
+  }
+  std::printf("p(edge inadequate) = %.6f, threshold %.6f -> %s\n", e.probability, e.threshold,
               e.prefers_cloud ? "cloud" : "edge");
   if (f.explain) {
     std::printf("%-20s %10s %10s\n", "feature", "value", "logit");
@@ -598,6 +771,294 @@ int score(const ScoreFlags& f) {
     }
     std::printf("%-20s %10s %+10.4f\n", "(word n-grams)", "", e.hashed_contribution);
   }
+  return 0;
+}
+
+// ---- replay ------------------------------------------------------------------------
+
+struct ReplayFlags {
+  DataFlags data;
+  std::string model;  // empty: the shipped model
+  std::string subjects = "all";
+  int labels = 1500;
+  std::string order = "random";
+  uint64_t seed = 20240701;
+  double target_cloud_share = -1.0;
+  int random_trials = 2000;
+  int curve_points = 16;
+  bool json_out = false;
+  std::string svg;
+  route::LearnerOptions learner;
+};
+
+// The learning curve: APGR on the evaluation rows against labels seen, with
+// the static model and the random band as levels.
+std::string render_learning_svg(const std::vector<std::pair<double, double>>& curve,
+                                double static_apgr, const route::RandomBaseline& random,
+                                const std::string& title) {
+  sim::svg::LineChart chart;
+  chart.title = title;
+  chart.x_label = "labels seen";
+  chart.y_label = "APGR on the rows after the labelled ones";
+  const double right = curve.empty() ? 1.0 : std::max(1.0, curve.back().first);
+  auto level = [&](double v) {
+    return std::vector<std::pair<double, double>>{{0.0, v}, {right, v}};
+  };
+  auto add = [&](std::string name, const char* color, std::vector<std::pair<double, double>> pts,
+                 bool dashed) {
+    sim::svg::Series series;
+    series.name = std::move(name);
+    series.color = color;
+    series.points = std::move(pts);
+    series.dashed = dashed;
+    chart.series.push_back(std::move(series));
+  };
+  add("learning router", "#1f5fbf", curve, false);
+  char name[96];
+  std::snprintf(name, sizeof name, "static model (APGR %.3f)", static_apgr);
+  add(name, "#cc7700", level(static_apgr), true);
+  add("random, 95% band", "#888888", level(random.apgr_hi), true);
+  add("random, 95% band (low)", "#888888", level(random.apgr_lo), true);
+  return sim::svg::render(chart);
+}
+
+int replay(const ReplayFlags& f) {
+  const std::string model_path = f.model.empty() ? route::default_complexity_model_path() : f.model;
+  auto loaded = route::ComplexityModel::load(model_path);
+  if (!loaded.ok()) return fail(loaded.error());
+  auto base = std::make_shared<const route::ComplexityModel>(std::move(*loaded));
+  route::DataOptions o = data_options(f.data);
+  if (f.subjects != "all") o.only_subjects = split_list(f.subjects);
+  route::LoadReport load;
+  auto loaded_rows = route::load_labelled_prompts(f.data.data, o, &load);
+  if (!loaded_rows.ok()) return fail(loaded_rows.error());
+  warn_about_load(load);
+  if (auto s = check_subjects("--subjects", o.only_subjects, load.subjects_found); !s.ok()) {
+    return fail(s.error());
+  }
+  std::vector<LabelledPrompt> rows = std::move(*loaded_rows);
+
+  // The traffic's order: shuffled, or whole subjects one after another (the
+  // labels then come from the first subjects and the evaluation from others).
+  std::mt19937_64 rng(f.seed);
+  if (f.order == "by-subject") {
+    std::vector<std::string> subjects = distinct_subjects(rows);
+    std::shuffle(subjects.begin(), subjects.end(), rng);
+    std::stable_sort(rows.begin(), rows.end(), [&](const auto& a, const auto& b) {
+      return std::find(subjects.begin(), subjects.end(), a.subject) <
+             std::find(subjects.begin(), subjects.end(), b.subject);
+    });
+  } else {
+    std::shuffle(rows.begin(), rows.end(), rng);
+  }
+  const size_t labels = static_cast<size_t>(f.labels);
+  if (rows.size() < labels + 50) {
+    return fail(make_error(ErrorKind::kInvalidArgument,
+                           "--labels " + std::to_string(f.labels) + " leaves " +
+                               std::to_string(rows.size() > labels ? rows.size() - labels : 0) +
+                               " of " + std::to_string(rows.size()) +
+                               " rows to evaluate on; give more data or fewer labels (at least "
+                               "50 rows must follow the labelled ones)"));
+  }
+  const std::span<const LabelledPrompt> held(rows.data() + labels, rows.size() - labels);
+  std::vector<route::ComplexityFeatures> features;
+  features.reserve(rows.size());
+  for (const auto& r : rows) {
+    features.push_back(
+        route::extract_complexity_features(r.prompt, base->hashing(), r.edge_perplexity));
+  }
+
+  route::LearnerOptions lo = f.learner;
+  lo.target_cloud_share = f.target_cloud_share;
+  lo.seed = f.seed;
+  route::OnlineLearner learner(base, lo);
+  auto held_apgr = [&](auto&& score) -> Result<RoutingMetrics> {
+    std::vector<double> s;
+    s.reserve(held.size());
+    for (size_t i = labels; i < rows.size(); ++i) s.push_back(score(features[i]));
+    return route::evaluate_routing(s, held);
+  };
+  auto learner_scores = [&](const route::ComplexityFeatures& x) { return learner.score(x); };
+
+  // Play the labelled rows as traffic: each is routed (observed), then its
+  // label revealed. The curve evaluates the same later rows at checkpoints.
+  std::vector<std::pair<double, double>> curve;
+  const int points = std::max(1, f.curve_points);
+  size_t next_checkpoint = 0;
+  int checkpoint = 0;
+  for (size_t i = 0; i <= labels; ++i) {
+    if (i == next_checkpoint) {
+      auto m = held_apgr(learner_scores);
+      if (!m.ok()) return fail(m.error());
+      curve.emplace_back(static_cast<double>(i), m->apgr);
+      ++checkpoint;
+      next_checkpoint = labels * checkpoint / points;
+      if (next_checkpoint <= i) next_checkpoint = i + 1;
+    }
+    if (i == labels) break;
+    learner.observe_now(features[i]);
+    route::LearnerLabel label;
+    label.features = features[i];
+    label.gain = route::label_for(rows[i].outcome, route::LabelRule::kGain);
+    label.source = route::LabelSource::kImport;
+    label.edge_quality = rows[i].edge_quality;
+    label.cloud_quality = rows[i].cloud_quality;
+    learner.apply(label);
+  }
+  // The rest of the traffic is routed too: the threshold follows it.
+  for (size_t i = labels; i < rows.size(); ++i) learner.observe_now(features[i]);
+
+  auto learned = held_apgr(learner_scores);
+  if (!learned.ok()) return fail(learned.error());
+  auto fixed = held_apgr([&](const route::ComplexityFeatures& x) { return base->score(x); });
+  if (!fixed.ok()) return fail(fixed.error());
+  auto random = route::random_baseline(held, f.random_trials, f.seed);
+  if (!random.ok()) return fail(random.error());
+  auto oracle = route::oracle_routing(held);
+  if (!oracle.ok()) return fail(oracle.error());
+  const route::LearnerStats stats = learner.stats();
+  const auto subjects = distinct_subjects(rows);
+  const auto held_subjects =
+      distinct_subjects(std::vector<LabelledPrompt>(held.begin(), held.end()));
+
+  if (!f.svg.empty()) {
+    std::ofstream out(f.svg, std::ios::binary | std::ios::trunc);
+    char title[256];
+    std::snprintf(title, sizeof title, "router replay: %zu labels, %s order, %zu rows evaluated",
+                  labels, f.order.c_str(), held.size());
+    out << render_learning_svg(curve, fixed->apgr, *random, title);
+    if (!out) {
+      return fail(make_error(ErrorKind::kIo, "cannot write " + f.svg +
+                                                 "; check that its folder exists and is writable"));
+    }
+  }
+
+  if (f.json_out) {
+    json lc = json::array();
+    for (const auto& [n, a] : curve) lc.push_back({{"labels", n}, {"apgr", a}});
+    json doc = {{"model", model_path},
+                {"labels", f.labels},
+                {"order", f.order},
+                {"seed", f.seed},
+                {"rows", static_cast<int64_t>(rows.size())},
+                {"subjects", subjects},
+                {"evaluated_rows", learned->rows},
+                {"evaluated_subjects", held_subjects},
+                {"excluded_contaminated", load.excluded_contaminated},
+                {"edge_quality", learned->edge_quality},
+                {"cloud_quality", learned->cloud_quality},
+                {"router", metrics_json(*learned)},
+                {"static", metrics_json(*fixed)},
+                {"random",
+                 {{"apgr", random->apgr_mean},
+                  {"apgr_95", {random->apgr_lo, random->apgr_hi}},
+                  {"cpt50", random->cpt50_mean},
+                  {"cpt80", random->cpt80_mean},
+                  {"trials", f.random_trials}}},
+                {"oracle", metrics_json(*oracle)},
+                {"learner",
+                 {{"threshold", stats.threshold},
+                  {"estimated_apgr", opt_json(stats.estimated_apgr)},
+                  {"estimate_rows", stats.estimate_rows}}},
+                {"learning_curve", std::move(lc)}};
+    std::cout << doc.dump(2) << "\n";
+    return 0;
+  }
+  std::printf(
+      "replayed %zu prompts from %zu subject%s (%s order, seed %llu); labels revealed for the "
+      "first %zu, evaluated on the %lld after them (%zu subject%s)\n",
+      rows.size(), subjects.size(), subjects.size() == 1 ? "" : "s", f.order.c_str(),
+      static_cast<unsigned long long>(f.seed), labels, static_cast<long long>(learned->rows),
+      held_subjects.size(), held_subjects.size() == 1 ? "" : "s");
+  std::printf("quality: edge only %.4f, cloud only %.4f\n\n", learned->edge_quality,
+              learned->cloud_quality);
+  std::printf("%-22s %8s %10s %10s\n", "router", "APGR", "CPT(50%)", "CPT(80%)");
+  std::printf("%-22s %8.3f %10s %10s\n", "learning", learned->apgr, pct(learned->cpt50).c_str(),
+              pct(learned->cpt80).c_str());
+  std::printf("%-22s %8.3f %10s %10s\n", "static (no labels)", fixed->apgr,
+              pct(fixed->cpt50).c_str(), pct(fixed->cpt80).c_str());
+  std::printf("%-22s %8.3f %10s %10s   (%d seeded trials; APGR 95%%: %.3f-%.3f)\n", "random",
+              random->apgr_mean, pct(random->cpt50_mean).c_str(), pct(random->cpt80_mean).c_str(),
+              f.random_trials, random->apgr_lo, random->apgr_hi);
+  std::printf("%-22s %8.3f %10s %10s\n\n", "oracle", oracle->apgr, pct(oracle->cpt50).c_str(),
+              pct(oracle->cpt80).c_str());
+  std::printf("learning curve (labels: APGR):");
+  for (const auto& [n, a] : curve) std::printf(" %.0f: %.3f", n, a);
+  std::printf("\n");
+  if (stats.estimated_apgr) {
+    std::printf(
+        "the learner's own estimate from its labels (each scored before learning it): "
+        "%.3f on the last %lld\n",
+        *stats.estimated_apgr, static_cast<long long>(stats.estimate_rows));
+  }
+  if (!f.svg.empty()) std::printf("learning curve written to %s\n", f.svg.c_str());
+  return 0;
+}
+
+// ---- status ------------------------------------------------------------------------
+
+struct StatusFlags {
+  std::string state;
+  std::string model;  // empty: the shipped model
+  int64_t rollback = -1;
+  bool json_out = false;
+};
+
+// What a gateway's learner state file holds; with --rollback, restores an
+// earlier version (stop the gateway first: it saves over the file on exit).
+int status(const StatusFlags& f) {
+  if (f.rollback >= 0) {
+    if (auto s = route::rollback_learner_state(f.state, static_cast<uint64_t>(f.rollback));
+        !s.ok()) {
+      return fail(s.error());
+    }
+    std::fprintf(stderr, "[%s is version %lld again]\n", f.state.c_str(),
+                 static_cast<long long>(f.rollback));
+  }
+  auto loaded = route::ComplexityModel::load(
+      f.model.empty() ? route::default_complexity_model_path() : f.model);
+  if (!loaded.ok()) return fail(loaded.error());
+  route::OnlineLearner learner(std::make_shared<const route::ComplexityModel>(std::move(*loaded)),
+                               {});
+  if (auto s = learner.load(f.state); !s.ok()) return fail(s.error());
+  const route::LearnerStats st = learner.stats();
+  const auto versions = route::saved_learner_versions(f.state);
+  if (f.json_out) {
+    json labels = json::object();
+    for (int i = 0; i < route::kLabelSourceCount; ++i) {
+      labels[std::string(route::label_source_name(static_cast<route::LabelSource>(i)))] =
+          st.labels[i];
+    }
+    json doc = {{"state", f.state},
+                {"version", st.version},
+                {"labels", labels},
+                {"threshold", st.threshold},
+                {"estimated_apgr", opt_json(st.estimated_apgr)},
+                {"estimate_labels", st.estimate_rows},
+                {"saved_versions", versions}};
+    std::cout << doc.dump(2) << "\n";
+    return 0;
+  }
+  std::printf("%s: version %llu (labels applied)\n", f.state.c_str(),
+              static_cast<unsigned long long>(st.version));
+  for (int i = 0; i < route::kLabelSourceCount; ++i) {
+    std::printf("  %-9s %lld labels\n",
+                std::string(route::label_source_name(static_cast<route::LabelSource>(i))).c_str(),
+                static_cast<long long>(st.labels[i]));
+  }
+  std::printf("threshold %.6f\n", st.threshold);
+  if (st.estimated_apgr) {
+    std::printf(
+        "estimated APGR %.3f on its last %lld labels with both tiers' quality, each "
+        "scored before it was learned from\n",
+        *st.estimated_apgr, static_cast<long long>(st.estimate_rows));
+  } else {
+    std::printf("estimated APGR: not yet (%lld labels with both tiers' quality; 50 needed)\n",
+                static_cast<long long>(st.estimate_rows));
+  }
+  std::string kept;
+  for (uint64_t v : versions) kept += (kept.empty() ? "" : ", ") + std::to_string(v);
+  std::printf("earlier versions kept for --rollback: %s\n", kept.empty() ? "none" : kept.c_str());
   return 0;
 }
 
@@ -703,16 +1164,81 @@ void add_router_command(CLI::App& app) {
   on_run(cv_cmd, [cf] { return cross_validate(*cf); });
 
   auto sf = std::make_shared<ScoreFlags>();
-  CLI::App* score_cmd =
-      router->add_subcommand("score", "Score one prompt (from -p or stdin) and explain it");
+  CLI::App* score_cmd = router->add_subcommand(
+      "score", "Score a prompt (-p, stdin) or a JSONL batch (--input) and explain it");
   score_cmd->add_option("--model", sf->model,
                         "Model file (default: the shipped data/router/complexity-default.json, "
                         "found from the binary's folder)");
-  score_cmd->add_option("-p,--prompt", sf->prompt, "Prompt text (default: read stdin)");
+  CLI::Option* prompt_opt =
+      score_cmd->add_option("-p,--prompt", sf->prompt, "Prompt text (default: read stdin)");
+  score_cmd->add_option("--input", sf->input,
+                        "Score many prompts: a JSONL file ('-' for stdin), one {\"prompt\": ...} "
+                        "per line; prints one JSON line per prompt");
+  score_cmd->add_flag("--json", sf->json_out, "Print the result as JSON (full precision)");
   score_cmd->add_option("--perplexity", sf->perplexity,
                         "The edge model's perplexity on the prompt, when measured");
   score_cmd->add_flag("--explain", sf->explain, "Show every feature's value and logit share");
-  on_run(score_cmd, [sf] { return score(*sf); });
+  on_run(score_cmd, [sf, prompt_opt] {
+    sf->prompt_given = prompt_opt->count() > 0;
+    return score(*sf);
+  });
+  auto rf = std::make_shared<ReplayFlags>();
+  CLI::App* replay_cmd = router->add_subcommand(
+      "replay", "Play labelled rows as traffic through the learning router: APGR after N labels");
+  add_data_flags(replay_cmd, rf->data);
+  replay_cmd->add_option("--model", rf->model,
+                         "Base model file (default: the shipped complexity-default.json)");
+  replay_cmd
+      ->add_option("--labels", rf->labels, "Labels revealed to the learner, from the first rows")
+      ->check(CLI::Range(0, 10000000))
+      ->capture_default_str();
+  replay_cmd
+      ->add_option("--order", rf->order,
+                   "random: rows shuffled; by-subject: whole subjects one after another")
+      ->check(CLI::IsMember({"random", "by-subject"}))
+      ->capture_default_str();
+  replay_cmd->add_option("--seed", rf->seed, "Order and random-router seed")->capture_default_str();
+  replay_cmd->add_option("--subjects", rf->subjects, "all, or the subjects to replay: a,b,c")
+      ->capture_default_str();
+  replay_cmd->add_option("--target-cloud-share", rf->target_cloud_share,
+                         "Recalibrate the threshold to this share of the traffic (default: keep)");
+  replay_cmd->add_option("--random-trials", rf->random_trials, "Seeded random routers to average")
+      ->check(CLI::Range(1, 100000))
+      ->capture_default_str();
+  replay_cmd->add_option("--curve-points", rf->curve_points, "Points on the learning curve")
+      ->check(CLI::Range(1, 1000))
+      ->capture_default_str();
+  replay_cmd->add_option("--learning-rate", rf->learner.learning_rate, "The learner's AdaGrad step")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  replay_cmd->add_option("--l2", rf->learner.l2, "The learner's L2 strength on word weights")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
+  replay_cmd
+      ->add_option("--refit-every", rf->learner.refit_every,
+                   "Labels between passes over the kept labels (0: never)")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
+  replay_cmd->add_option("--refit-epochs", rf->learner.refit_epochs, "Passes per refit")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
+  replay_cmd->add_flag("--json", rf->json_out, "Print the results as JSON");
+  replay_cmd->add_option("--svg", rf->svg, "Draw the learning curve into this SVG file");
+  replay_cmd->footer(
+      "Example (1,500 labels from MMLU traffic, then scored on the rest):\n"
+      "  foreshore router replay --data ../shared/data/router-data/routellm/mmlu \\\n"
+      "      --labels 1500 --order random --svg learning.svg");
+  on_run(replay_cmd, [rf] { return replay(*rf); });
+  auto stf = std::make_shared<StatusFlags>();
+  CLI::App* status_cmd = router->add_subcommand(
+      "status", "What the gateway's learning router has learned (its state file); roll it back");
+  status_cmd->add_option("--state", stf->state, "The routing.learning.state file")->required();
+  status_cmd->add_option("--model", stf->model,
+                         "The complexity model it learned over (default: the shipped one)");
+  status_cmd->add_option("--rollback", stf->rollback,
+                         "Restore this earlier version (stop the gateway first)");
+  status_cmd->add_flag("--json", stf->json_out, "Print as JSON");
+  on_run(status_cmd, [stf] { return status(*stf); });
 }
 
 }  // namespace foreshore::cli

@@ -230,6 +230,11 @@ void ShadowSampler::run() {
       callback(rate, threshold);
       lock.lock();
     }
+    if (score && options_.on_verdict) {
+      lock.unlock();
+      options_.on_verdict(job.request_id, score->agreed);
+      lock.lock();
+    }
     if (queue_.empty()) idle_.notify_all();
   }
   idle_.notify_all();

@@ -114,13 +114,15 @@ namespace {
 // The keys routing: accepts. The parser refuses any key not listed here, so a
 // key handled below but missing from these lists fails its own test, and
 // router_config_keys() (what docs/CONFIG.md is checked against) is complete.
-constexpr std::array<std::string_view, 9> kRoutingKeys{
+constexpr std::array<std::string_view, 10> kRoutingKeys{
     "policy",  "edge_tier",   "cloud_tier", "complexity_model", "threshold", "default_max_tokens",
-    "cascade", "consistency", "optimize"};
+    "cascade", "consistency", "optimize",   "learning"};
 constexpr std::array<std::string_view, 4> kCascadeKeys{"min_mean_logprob", "min_token_logprob",
                                                        "max_mean_entropy", "hold_back_tokens"};
 constexpr std::array<std::string_view, 1> kConsistencyKeys{"min_similarity"};
 constexpr std::array<std::string_view, 2> kOptimizeKeys{"cost_weight", "latency_weight"};
+constexpr std::array<std::string_view, 4> kLearningKeys{"enabled", "state", "target_cloud_share",
+                                                        "save_every_labels"};
 
 std::string key_list(std::span<const std::string_view> keys) {
   std::string out;
@@ -140,6 +142,7 @@ std::vector<std::string> router_config_keys() {
   for (std::string_view k : kCascadeKeys) keys.push_back("cascade." + std::string(k));
   for (std::string_view k : kConsistencyKeys) keys.push_back("consistency." + std::string(k));
   for (std::string_view k : kOptimizeKeys) keys.push_back("optimize." + std::string(k));
+  for (std::string_view k : kLearningKeys) keys.push_back("learning." + std::string(k));
   return keys;
 }
 
@@ -233,6 +236,30 @@ Result<RouterConfig> router_config_from_yaml(const YAML::Node& node, std::string
           problem("optimize." + k, "unknown key; known: " + key_list(kOptimizeKeys));
         }
       }
+    } else if (key == "learning" && v.IsMap()) {
+      for (const auto& ck : v) {
+        const std::string k = ck.first.as<std::string>();
+        const std::string path = "learning." + k;
+        if (k == "enabled") {
+          try {
+            c.learning.enabled = ck.second.as<bool>();
+          } catch (const YAML::Exception&) {
+            problem(path, "must be true or false");
+          }
+        } else if (k == "state") {
+          c.learning.state = ck.second.as<std::string>("");
+        } else if (k == "target_cloud_share") {
+          double t = 0;
+          number(ck.second, path, 0, 1, t);
+          c.learning.target_cloud_share = t;
+        } else if (k == "save_every_labels") {
+          double t = 0;
+          number(ck.second, path, 1, 1e9, t);
+          c.learning.save_every_labels = static_cast<int64_t>(t);
+        } else {
+          problem(path, "unknown key; known: " + key_list(kLearningKeys));
+        }
+      }
     } else {
       problem(key, "must be a map of its own keys");
     }
@@ -318,6 +345,10 @@ void Router::record_latency(std::string_view tier, double ttft_ms, double total_
 void Router::set_threshold(double threshold) {
   threshold_.store(std::clamp(threshold, 0.0, 1.0));
 }
+void Router::set_learner(std::shared_ptr<OnlineLearner> learner) {
+  learner_.store(std::move(learner));
+}
+
 double Router::threshold() const {
   return threshold_.load();
 }
@@ -340,7 +371,16 @@ Decision Router::decide(const RouteInput& in) const {
   s.sensitivity = sensitivity_->scan(in.texts, in.declared_class);
   const std::string_view last = in.texts.empty() ? std::string_view() : in.texts.back();
   s.complexity_threshold = threshold();
-  s.complexity = complexity_ ? complexity_->score(last) : 0.0;
+  if (const auto learner = learner_.load()) {
+    ComplexityFeatures f = extract_complexity_features(last, learner->base().hashing());
+    s.complexity = learner->score(f);
+    if (learner->recalibrates()) {
+      s.complexity_threshold = learner->threshold();
+      learner->observe(std::move(f));  // never waits: dropped when the learner is busy
+    }
+  } else {
+    s.complexity = complexity_ ? complexity_->score(last) : 0.0;
+  }
   if (in.prompt_tokens) {
     s.prompt_tokens = *in.prompt_tokens;
     s.prompt_tokens_estimated = false;

@@ -21,6 +21,7 @@
 
 #include "common/result.h"
 #include "route/complexity.h"
+#include "route/online_learner.h"
 #include "route/sensitivity.h"
 
 namespace YAML {
@@ -84,6 +85,14 @@ struct CascadeSettings {
   int32_t hold_back_tokens = 8;
 };
 
+// Online learning from the deployment's own labels (route/online_learner.h).
+struct LearningConfig {
+  bool enabled = false;
+  std::string state;  // state file, versioned beside itself; empty: not kept across restarts
+  std::optional<double> target_cloud_share;  // recalibrate the threshold to it; absent: keep
+  int64_t save_every_labels = 100;
+};
+
 struct RouterConfig {
   PolicyKind default_policy = PolicyKind::kThreshold;
   std::string edge_tier;   // empty: the first device tier
@@ -96,6 +105,7 @@ struct RouterConfig {
   double consistency_min_similarity = 0.5;
   double optimize_cost_weight = 1000.0;     // lambda: quality units per dollar
   double optimize_latency_weight = 0.0005;  // mu: quality units per millisecond
+  LearningConfig learning;
   int32_t default_max_tokens = 256;         // expected output when the request sets none
   SensitivityConfig privacy;
 };
@@ -220,6 +230,12 @@ class Router {
   const SensitivityDetector& sensitivity() const { return *sensitivity_; }
   const ComplexityModel* complexity() const { return complexity_ ? &*complexity_ : nullptr; }
 
+  // The deployment's online learner over the complexity model: once set,
+  // decisions score with it, and its threshold replaces the model's when it
+  // recalibrates (a target cloud share). Safe to call while deciding.
+  void set_learner(std::shared_ptr<OnlineLearner> learner);
+  std::shared_ptr<OnlineLearner> learner() const { return learner_.load(); }
+
  private:
   Router() = default;
   const TierProfile* tier(std::string_view name) const;
@@ -231,6 +247,7 @@ class Router {
   std::unique_ptr<SensitivityDetector> sensitivity_;
   std::optional<ComplexityModel> complexity_;
   std::atomic<double> threshold_{0.5};
+  std::atomic<std::shared_ptr<OnlineLearner>> learner_;
   mutable std::atomic<uint64_t> decisions_{0};
 };
 

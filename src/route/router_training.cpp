@@ -9,6 +9,7 @@
 #include <nlohmann/json.hpp>
 #include <numeric>
 #include <optional>
+#include <set>
 #include <sstream>
 #include <unordered_set>
 
@@ -170,6 +171,7 @@ struct Filters {
 
   // True when the row is to be kept; counts why not otherwise.
   bool keep(const std::string& prompt, const std::string& subject) const {
+    report.subjects_found.insert(subject);
     if (contaminated.count(std::string(trim(prompt)))) {
       ++report.excluded_contaminated;
       return false;
@@ -674,7 +676,9 @@ Result<std::vector<LabelledPrompt>> load_labelled_prompts(const std::vector<std:
       std::sort(found.begin(), found.end());
       if (found.empty()) {
         return make_error(ErrorKind::kNotFound,
-                          "data folder " + path + " holds no .csv or .jsonl data files");
+                          "data folder " + path +
+                              " holds no .csv or .jsonl data files (subfolders are not "
+                              "searched: give the subfolder that holds them to --data)");
       }
       files.insert(files.end(), found.begin(), found.end());
     } else if (fs::exists(path, ec)) {
@@ -686,6 +690,28 @@ Result<std::vector<LabelledPrompt>> load_labelled_prompts(const std::vector<std:
   }
   if (files.empty()) {
     return make_error(ErrorKind::kInvalidArgument, "no data files given; pass --data FILE...");
+  }
+  {
+    std::vector<std::string> unique;
+    std::set<std::string> seen;
+    for (const auto& f : files) {
+      std::error_code ec;
+      auto canonical = fs::weakly_canonical(f, ec);
+      if (seen.insert(ec ? f : canonical.string()).second) {
+        unique.push_back(f);
+      } else {
+        report.duplicate_files.push_back(f);
+      }
+    }
+    files = std::move(unique);
+  }
+  for (const auto& f : options.exclude_files) {
+    std::error_code ec;
+    if (!fs::exists(f, ec)) {
+      return make_error(ErrorKind::kNotFound, "exclusion list " + f +
+                                                  " does not exist; check the path given to "
+                                                  "--exclude");
+    }
   }
 
   std::unordered_set<std::string> contaminated;
@@ -699,6 +725,7 @@ Result<std::vector<LabelledPrompt>> load_labelled_prompts(const std::vector<std:
   exclusion_files.erase(std::unique(exclusion_files.begin(), exclusion_files.end()),
                         exclusion_files.end());
   for (const auto& f : exclusion_files) FSH_TRY_STATUS(add_contaminated(f, contaminated));
+  report.exclusion_lists = exclusion_files;
 
   const Filters filters{options, contaminated, report};
   std::vector<LabelledPrompt> rows;

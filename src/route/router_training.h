@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <optional>
+#include <set>
 #include <span>
 #include <string>
 #include <vector>
@@ -61,6 +62,14 @@ struct LoadReport {
   int64_t excluded_contaminated = 0;
   int64_t dropped_by_subject = 0;
   int64_t skipped_unlabelled = 0;  // rows without a usable label
+  // Every subject the files hold, before the subject filters: to refuse a
+  // misspelt --subjects/--drop-subjects name instead of matching nothing.
+  std::set<std::string> subjects_found;
+  // Paths given more than once (directly or through a folder); read once.
+  std::vector<std::string> duplicate_files;
+  // The exclusion lists applied: --exclude files and the data's sibling
+  // contaminated_prompts.jsonl files.
+  std::vector<std::string> exclusion_lists;
 };
 
 // Reads every path (a file, or a folder: its *.csv, *.jsonl and MT-Bench

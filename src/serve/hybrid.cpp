@@ -120,6 +120,11 @@ Result<std::unique_ptr<HybridRouter>> HybridRouter::create(
     h->versions_->register_tier(name, b->info().model, b->info().model_version);
   }
 
+  if (settings.routing.learning.enabled) {
+    auto learning = RouterLearning::create(settings.routing.learning, *h->router_, metrics);
+    if (!learning.ok()) return learning.error();
+    h->learning_ = std::move(learning).value();
+  }
   const std::string cloud = h->router_->config().cloud_tier;
   if (settings.shadow_fraction > 0.0 && !cloud.empty()) {
     observe::ShadowOptions o;
@@ -136,6 +141,11 @@ Result<std::unique_ptr<HybridRouter>> HybridRouter::create(
         router->set_threshold(threshold);
         std::fprintf(stderr, "shadow agreement %.2f: complexity threshold now %.2f\n", agreement,
                      threshold);
+      };
+    }
+    if (RouterLearning* learning = h->learning_.get()) {
+      o.on_verdict = [learning](const std::string& decision_id, bool agreed) {
+        learning->shadow_verdict(decision_id, agreed);
       };
     }
     if (auto s = observe::ShadowSampler::validate(o); !s.ok()) return s.error();
@@ -195,6 +205,7 @@ void HybridRouter::collect_metrics() {
       ->gauge("foreshore_complexity_threshold",
               "Complexity threshold in force (moves when shadow agreement adapts it).", {}, {})
       .set(router_->threshold());
+  if (learning_) learning_->collect_metrics();
   if (!shadow_) return;
   const observe::ShadowCounters c = shadow_->counters();
   const char* help = "Shadow evaluation jobs by what happened to them.";
@@ -501,6 +512,14 @@ void HybridRouter::finish(const ApiRequest& api, const RouteHints& hints, const 
     versions_->observe(r->tier, r->completion.model, r->completion.model_version);
     if (!hints.session.empty())
       versions_->record(hints.session, r->tier, r->completion.model_version);
+    if (learning_ && served != nullptr) {
+      const std::string& text = api.backend.prompt ? *api.backend.prompt
+                                : api.backend.messages.empty()
+                                    ? std::string()
+                                    : api.backend.messages.back().content;
+      learning_->record(d, text, served->placement == backend::Placement::kDevice,
+                        d.plan.kind == route::PlanKind::kCascade, r->escalated);
+    }
     if (shadow_ && served != nullptr && served->placement == backend::Placement::kDevice &&
         d.plan.cloud_allowed) {
       observe::ShadowJob job;

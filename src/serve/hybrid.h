@@ -17,6 +17,7 @@
 #include "exec/exec.h"
 #include "observe/observe.h"
 #include "route/router.h"
+#include "serve/learning.h"
 #include "serve/metrics.h"
 #include "serve/openai.h"
 
@@ -88,6 +89,8 @@ class HybridRouter {
   std::string_view breaker_state(const std::string& tier) const {
     return exec::to_string(executor_->breaker_state(tier));
   }
+  // Online router learning (routing.learning); null when off.
+  RouterLearning* learning() const { return learning_.get(); }
   const backend::TierConfig* tier_config(std::string_view name) const;
 
  private:
@@ -98,6 +101,7 @@ class HybridRouter {
   std::unique_ptr<observe::MemoryPressureMonitor> memory_;
   std::unique_ptr<observe::VersionRegistry> versions_;
   std::unique_ptr<observe::ShadowSampler> shadow_;
+  std::unique_ptr<RouterLearning> learning_;  // after shadow_: its verdicts feed it
   std::mutex decision_log_mu_;
   std::FILE* decision_log_ = nullptr;
   std::vector<backend::TierConfig> tiers_;

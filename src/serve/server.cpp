@@ -24,6 +24,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "common/json_limits.h"
 #include "engine/kernels.h"
 #include "serve/hybrid.h"
 #include "serve/openai.h"
@@ -524,6 +525,12 @@ struct Gateway::Impl {
     http.Post("/v1/route",
               [this](const httplib::Request& req, httplib::Response& res,
                      const httplib::ContentReader& reader) { handle_route(req, res, reader); });
+    http.Post("/v1/feedback", [this](const httplib::Request& req, httplib::Response& res) {
+      handle_feedback(req, res);
+    });
+    http.Get("/v1/router/status", [this](const httplib::Request& req, httplib::Response& res) {
+      handle_router_status(req, res);
+    });
     http.Post("/v1/completions", [this](const httplib::Request& req, httplib::Response& res,
                                         const httplib::ContentReader& reader) {
       handle_generate(ApiKind::kCompletion, req, res, reader);
@@ -961,6 +968,84 @@ struct Gateway::Impl {
       return;
     }
     res.set_content(explained, kJson);
+  }
+
+  // POST /v1/feedback {"decision_id": ..., "score": 0..1 | "thumbs": "up"|"down"}: a
+  // client's verdict on an answer, learned from on the device (serve/learning.h).
+  void handle_feedback(const httplib::Request& req, httplib::Response& res) {
+    auto dep = deployment();
+    if (!check_auth(dep ? dep->config.server : config.server, req, res)) return;
+    if (!dep) {
+      send_error(res, not_ready());
+      return;
+    }
+    RouterLearning* learning = dep->hybrid->learning();
+    if (learning == nullptr) {
+      ApiError e = invalid_request(
+          "Router learning is off here, so feedback has nowhere to go; set "
+          "routing.learning.enabled: true in the gateway config",
+          {}, "learning_off");
+      e.status = 404;
+      send_error(res, e);
+      return;
+    }
+    // Bounded like every client body: nothing recurses over a depth bomb.
+    const auto body = json_nesting_exceeds(req.body)
+                          ? nlohmann::json(nlohmann::json::value_t::discarded)
+                          : nlohmann::json::parse(req.body, nullptr, false);
+    if (body.is_discarded() || !body.is_object() || !body.contains("decision_id") ||
+        !body["decision_id"].is_string()) {
+      send_error(res, invalid_request("The body must be a JSON object with a \"decision_id\" "
+                                      "string (from the answer's decision_id or "
+                                      "x-foreshore-decision-id)",
+                                      "decision_id"));
+      return;
+    }
+    std::optional<double> score;
+    if (body.contains("score") && body["score"].is_number()) {
+      score = body["score"].get<double>();
+      if (!(*score >= 0.0 && *score <= 1.0)) score.reset();
+    } else if (body.contains("thumbs") && body["thumbs"].is_string()) {
+      const std::string t = body["thumbs"].get<std::string>();
+      if (t == "up") score = 1.0;
+      if (t == "down") score = 0.0;
+    }
+    if (!score) {
+      send_error(res, invalid_request("Give \"score\" as a number from 0 (bad answer) to 1 "
+                                      "(good answer), or \"thumbs\": \"up\" or \"down\"",
+                                      "score"));
+      return;
+    }
+    const std::string id = body["decision_id"].get<std::string>();
+    auto result = learning->feedback(id, *score);
+    if (!result.ok()) {
+      ApiError e = invalid_request(result.error().message, "decision_id", "unknown_decision");
+      e.status = 404;
+      send_error(res, e);
+      return;
+    }
+    nlohmann::ordered_json out = {
+        {"decision_id", id}, {"accepted", true}, {"learned", result->learned}};
+    if (!result->reason.empty()) out["reason"] = result->reason;
+    res.set_content(out.dump(), kJson);
+  }
+
+  // GET /v1/router/status: what the router has learned (labels per source,
+  // threshold, its own APGR estimate).
+  void handle_router_status(const httplib::Request& req, httplib::Response& res) {
+    auto dep = deployment();
+    if (!check_auth(dep ? dep->config.server : config.server, req, res)) return;
+    if (!dep) {
+      send_error(res, not_ready());
+      return;
+    }
+    nlohmann::ordered_json out = {{"learning", false}};
+    if (RouterLearning* learning = dep->hybrid->learning()) out = learning->status();
+    const auto learner = dep->hybrid->router().learner();
+    out["threshold_in_force"] = learner && learner->recalibrates()
+                                    ? learner->threshold()
+                                    : dep->hybrid->router().threshold();
+    res.set_content(out.dump(), kJson);
   }
 
   // The decision for a chat request, explained and not run: the body POST

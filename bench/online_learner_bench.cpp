@@ -1,0 +1,99 @@
+// The learning router on the request path: a decision scores with the
+// learner (features materialized once, base score, residual over the words)
+// while labels are applied on the learner's thread. Measured with and
+// without a stream of labels arriving, for 200 B, 4 KiB and 64 KiB prompts,
+// against the router's budget (p99 <= 100 us at 4 KiB, <= 1 ms at 64 KiB).
+#include <benchmark/benchmark.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "route/online_learner.h"
+
+namespace {
+
+using foreshore::route::ComplexityModel;
+using foreshore::route::OnlineLearner;
+
+std::shared_ptr<const ComplexityModel> model() {
+  static const auto m = [] {
+    auto r =
+        ComplexityModel::load(std::string(FSH_SOURCE_DIR) + "/data/router/complexity-default.json");
+    if (!r.ok()) {
+      std::fprintf(stderr, "%s\n", r.error().message.c_str());
+      std::exit(1);
+    }
+    return std::make_shared<const ComplexityModel>(std::move(r).value());
+  }();
+  return m;
+}
+
+std::string prompt_of(size_t bytes) {
+  static const std::string unit =
+      "A patient presents with chest pain radiating to the left arm. Which of the following is "
+      "the most likely diagnosis?\nA. Myocardial infarction\nB. Pericarditis\nC. Aortic "
+      "dissection\nD. Pulmonary embolism\nExplain step by step why, then solve 3x^2 + 2x - 5 = 0 "
+      "and fix this code:\n```cpp\nint main() { return f(2); }\n```\n";
+  std::string s;
+  while (s.size() < bytes) s += unit;
+  s.resize(bytes);
+  return s;
+}
+
+// state.range(1): 1 when labels keep arriving on the learner's thread.
+void BM_LearnerScore(benchmark::State& state) {
+  const std::string prompt = prompt_of(static_cast<size_t>(state.range(0)));
+  OnlineLearner learner(model(), {});
+  learner.start();
+  std::atomic<bool> stop{false};
+  std::thread labeller;
+  if (state.range(1) == 1) {
+    labeller = std::thread([&] {
+      int i = 0;
+      while (!stop.load()) {
+        foreshore::route::LearnerLabel l;
+        l.features = foreshore::route::extract_complexity_features(
+            "label number " + std::to_string(i) + " about glaciers", model()->hashing());
+        l.gain = (i++ % 2) ? 1.0 : 0.0;
+        learner.submit(std::move(l));
+        std::this_thread::sleep_for(std::chrono::microseconds(200));
+      }
+    });
+  }
+  std::vector<double> ns;
+  ns.reserve(1 << 16);
+  for (auto _ : state) {
+    const auto t0 = std::chrono::steady_clock::now();
+    benchmark::DoNotOptimize(learner.score(prompt));
+    const auto t1 = std::chrono::steady_clock::now();
+    if (ns.size() < ns.capacity()) {
+      ns.push_back(std::chrono::duration<double, std::nano>(t1 - t0).count());
+    }
+  }
+  stop.store(true);
+  if (labeller.joinable()) labeller.join();
+  learner.stop();
+  std::sort(ns.begin(), ns.end());
+  if (!ns.empty()) {
+    state.counters["p50_us"] = ns[ns.size() / 2] / 1e3;
+    state.counters["p99_us"] = ns[std::min(ns.size() - 1, ns.size() * 99 / 100)] / 1e3;
+  }
+  state.SetBytesProcessed(static_cast<int64_t>(state.iterations()) * state.range(0));
+}
+BENCHMARK(BM_LearnerScore)
+    ->Args({200, 0})
+    ->Args({4096, 0})
+    ->Args({65536, 0})
+    ->Args({4096, 1})
+    ->UseRealTime();
+
+}  // namespace
+
+BENCHMARK_MAIN();

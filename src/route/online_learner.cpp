@@ -1,0 +1,484 @@
+#include "route/online_learner.h"
+
+#include <algorithm>
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "route/router_training.h"
+
+namespace foreshore::route {
+namespace {
+
+using json = nlohmann::ordered_json;
+
+constexpr std::string_view kFormat = "foreshore.router-learner";
+constexpr int kFileVersion = 1;
+// Fewer labels than this give an APGR estimate too noisy to show.
+constexpr size_t kMinEstimateRows = 50;
+// Labels between threshold recalibrations: rescoring the traffic window
+// (2,000 prompts) after every label would cost more than the label itself.
+constexpr uint64_t kRecalibrateEvery = 25;
+
+double sigmoid(double z) {
+  return 1.0 / (1.0 + std::exp(-z));
+}
+
+double logit(double p) {
+  p = std::clamp(p, 1e-6, 1.0 - 1e-6);
+  return std::log(p / (1.0 - p));
+}
+
+}  // namespace
+
+std::string_view label_source_name(LabelSource source) {
+  switch (source) {
+    case LabelSource::kFeedback:
+      return "feedback";
+    case LabelSource::kCascade:
+      return "cascade";
+    case LabelSource::kShadow:
+      return "shadow";
+    case LabelSource::kImport:
+      return "import";
+    case LabelSource::kCount:
+      break;
+  }
+  return "unknown";
+}
+
+OnlineLearner::OnlineLearner(std::shared_ptr<const ComplexityModel> base, LearnerOptions options)
+    : base_(std::move(base)), options_(options), rng_(options.seed) {
+  const size_t buckets = size_t{1} << base_->hashing().bits;
+  work_.weights.assign(buckets, 0.0f);
+  work_.threshold = base_->threshold();
+  accum_.assign(buckets, 0.0f);
+  publish();
+}
+
+OnlineLearner::~OnlineLearner() {
+  stop();
+}
+
+double OnlineLearner::base_logit(const ComplexityFeatures& f) const {
+  return logit(base_->score(f));
+}
+
+double OnlineLearner::score(const ComplexityFeatures& f) const {
+  const auto s = snapshot_.load();
+  double z = s->bias + s->base_scale * base_logit(f);
+  for (const auto& [bucket, value] : f.hashed) z += value * s->weights[bucket];
+  return sigmoid(z);
+}
+
+double OnlineLearner::score(std::string_view prompt, std::optional<double> edge_perplexity) const {
+  return score(extract_complexity_features(prompt, base_->hashing(), edge_perplexity));
+}
+
+double OnlineLearner::threshold() const {
+  return snapshot_.load()->threshold;
+}
+
+double OnlineLearner::residual(const LearnerSnapshot& s, const Kept& k) const {
+  double z = s.bias + s.base_scale * k.base_logit;
+  for (const auto& [bucket, value] : k.hashed) z += value * s.weights[bucket];
+  return z;
+}
+
+// Logistic loss on the gain target (a probability, so ties pull toward 0.5),
+// AdaGrad per coordinate: frequent words settle, rare ones still move.
+void OnlineLearner::step(const Kept& k) {
+  const double g = sigmoid(residual(work_, k)) - k.gain;
+  const double lr = options_.learning_rate;
+  accum_bias_ += g * g;
+  work_.bias -= lr * g / std::sqrt(accum_bias_ + 1e-8);
+  const double gs = g * k.base_logit;
+  accum_scale_ += gs * gs;
+  work_.base_scale -= lr * gs / std::sqrt(accum_scale_ + 1e-8);
+  for (const auto& [bucket, value] : k.hashed) {
+    float& w = work_.weights[bucket];
+    const double gw = g * value + options_.l2 * w;
+    accum_[bucket] += static_cast<float>(gw * gw);
+    w -= static_cast<float>(lr * gw / std::sqrt(accum_[bucket] + 1e-8));
+  }
+}
+
+void OnlineLearner::refit() {
+  std::vector<size_t> order(kept_.size());
+  for (size_t i = 0; i < order.size(); ++i) order[i] = i;
+  for (int e = 0; e < options_.refit_epochs; ++e) {
+    std::shuffle(order.begin(), order.end(), rng_);
+    for (size_t i : order) step(kept_[i]);
+  }
+}
+
+void OnlineLearner::recalibrate() {
+  if (options_.target_cloud_share < 0.0 || traffic_.empty()) return;
+  std::vector<double> scores;
+  scores.reserve(traffic_.size());
+  for (const auto& f : traffic_) {
+    double z = work_.bias + work_.base_scale * base_logit(f);
+    for (const auto& [bucket, value] : f.hashed) z += value * work_.weights[bucket];
+    scores.push_back(sigmoid(z));
+  }
+  work_.threshold = calibrate_threshold(std::move(scores), options_.target_cloud_share);
+}
+
+void OnlineLearner::publish() {
+  snapshot_.store(std::make_shared<const LearnerSnapshot>(work_));
+}
+
+void OnlineLearner::apply(const LearnerLabel& label) {
+  std::lock_guard lock(state_mutex_);
+  Kept k{label.features.hashed, base_logit(label.features), std::clamp(label.gain, 0.0, 1.0)};
+  // Scored before it is learned from: the estimate stays out-of-sample.
+  if (label.edge_quality && label.cloud_quality) {
+    estimates_.push_back({sigmoid(residual(work_, k)), *label.edge_quality, *label.cloud_quality});
+    if (estimates_.size() > options_.estimate_window) estimates_.pop_front();
+  }
+  step(k);
+  kept_.push_back(std::move(k));
+  if (kept_.size() > options_.max_kept_labels) kept_.pop_front();
+  ++labels_[static_cast<int>(label.source)];
+  ++work_.version;
+  if (options_.refit_every > 0 && work_.version % options_.refit_every == 0) refit();
+  if (work_.version % kRecalibrateEvery == 0) recalibrate();
+  publish();
+}
+
+void OnlineLearner::observe_now(const ComplexityFeatures& features) {
+  std::lock_guard lock(state_mutex_);
+  traffic_.push_back(features);
+  if (traffic_.size() > options_.traffic_window) traffic_.pop_front();
+}
+
+bool OnlineLearner::submit(LearnerLabel label) {
+  {
+    std::lock_guard lock(queue_mutex_);
+    if (queue_.size() >= options_.max_queue) {
+      dropped_.fetch_add(1, std::memory_order_relaxed);
+      return false;
+    }
+    queue_.push_back(std::move(label));
+  }
+  queue_cv_.notify_one();
+  return true;
+}
+
+void OnlineLearner::observe(ComplexityFeatures features) {
+  // try_lock: a decision never waits for the learner.
+  std::unique_lock lock(queue_mutex_, std::try_to_lock);
+  if (!lock.owns_lock() || traffic_queue_.size() >= options_.traffic_window) return;
+  traffic_queue_.push_back(std::move(features));
+}
+
+void OnlineLearner::start() {
+  std::lock_guard lock(queue_mutex_);
+  if (thread_.joinable()) return;
+  stopping_ = false;
+  thread_ = std::thread([this] { run(); });
+}
+
+void OnlineLearner::stop() {
+  {
+    std::lock_guard lock(queue_mutex_);
+    if (!thread_.joinable()) return;
+    stopping_ = true;
+  }
+  queue_cv_.notify_all();
+  thread_.join();
+}
+
+void OnlineLearner::flush() {
+  std::unique_lock lock(queue_mutex_);
+  if (!thread_.joinable()) return;
+  idle_cv_.wait(lock, [this] { return queue_.empty() && traffic_queue_.empty() && !busy_; });
+}
+
+void OnlineLearner::run() {
+  std::unique_lock lock(queue_mutex_);
+  for (;;) {
+    queue_cv_.wait(lock,
+                   [this] { return stopping_ || !queue_.empty() || !traffic_queue_.empty(); });
+    if (queue_.empty() && traffic_queue_.empty()) {
+      if (stopping_) return;
+      continue;
+    }
+    std::deque<LearnerLabel> labels;
+    std::deque<ComplexityFeatures> traffic;
+    labels.swap(queue_);
+    traffic.swap(traffic_queue_);
+    busy_ = true;
+    lock.unlock();
+    for (const auto& f : traffic) observe_now(f);
+    for (const auto& l : labels) apply(l);
+    lock.lock();
+    busy_ = false;
+    idle_cv_.notify_all();
+  }
+}
+
+LearnerStats OnlineLearner::stats() const {
+  std::lock_guard lock(state_mutex_);
+  LearnerStats s;
+  s.labels = labels_;
+  s.dropped = dropped_.load(std::memory_order_relaxed);
+  s.version = work_.version;
+  s.threshold = work_.threshold;
+  s.estimate_rows = static_cast<int64_t>(estimates_.size());
+  if (estimates_.size() >= kMinEstimateRows) {
+    std::vector<double> scores;
+    std::vector<LabelledPrompt> rows;
+    for (const auto& e : estimates_) {
+      scores.push_back(e.score);
+      LabelledPrompt r;
+      r.edge_quality = e.edge;
+      r.cloud_quality = e.cloud;
+      rows.push_back(std::move(r));
+    }
+    if (auto m = evaluate_routing(scores, rows); m.ok()) s.estimated_apgr = m->apgr;
+  }
+  return s;
+}
+
+// ---- persistence -------------------------------------------------------------------
+
+std::string OnlineLearner::to_json() const {
+  std::lock_guard lock(state_mutex_);
+  json index = json::array(), weight = json::array(), accum = json::array();
+  for (size_t i = 0; i < work_.weights.size(); ++i) {
+    if (work_.weights[i] != 0.0f || accum_[i] != 0.0f) {
+      index.push_back(i);
+      weight.push_back(work_.weights[i]);
+      accum.push_back(accum_[i]);
+    }
+  }
+  json labels = json::object();
+  for (int i = 0; i < kLabelSourceCount; ++i) {
+    labels[std::string(label_source_name(static_cast<LabelSource>(i)))] = labels_[i];
+  }
+  json kept = json::array();
+  for (const auto& k : kept_) {
+    json b = json::array(), v = json::array();
+    for (const auto& [bucket, value] : k.hashed) {
+      b.push_back(bucket);
+      v.push_back(value);
+    }
+    kept.push_back({{"base_logit", k.base_logit}, {"gain", k.gain}, {"index", b}, {"value", v}});
+  }
+  json est = json::array();
+  for (const auto& e : estimates_) est.push_back({e.score, e.edge, e.cloud});
+  json doc = {{"format", kFormat},
+              {"file_version", kFileVersion},
+              {"version", work_.version},
+              {"hashing",
+               {{"bits", base_->hashing().bits},
+                {"seed", base_->hashing().seed},
+                {"bigrams", base_->hashing().bigrams}}},
+              {"threshold", work_.threshold},
+              {"bias", work_.bias},
+              {"base_scale", work_.base_scale},
+              {"accum_bias", accum_bias_},
+              {"accum_scale", accum_scale_},
+              {"labels", labels},
+              {"weights", {{"index", index}, {"weight", weight}, {"accum", accum}}},
+              {"kept", kept},
+              {"estimates", est}};
+  return doc.dump();
+}
+
+Status OnlineLearner::parse(std::string_view text, std::string_view source) {
+  const std::string where(source);
+  auto bad = [&](const std::string& what) {
+    return make_error(ErrorKind::kCorrupt,
+                      where + ": " + what +
+                          "; restore an earlier version (`foreshore router status --rollback`) "
+                          "or delete the file to start learning afresh");
+  };
+  json doc = json::parse(text, nullptr, false);
+  if (doc.is_discarded() || !doc.is_object()) return bad("not a JSON object");
+  if (doc.value("format", "") != kFormat) return bad("format is not " + std::string(kFormat));
+  if (doc.value("file_version", 0) != kFileVersion) {
+    return bad("file_version is not " + std::to_string(kFileVersion));
+  }
+  try {
+    const json& h = doc.at("hashing");
+    if (h.at("bits").get<int>() != base_->hashing().bits ||
+        h.at("seed").get<uint64_t>() != base_->hashing().seed ||
+        h.at("bigrams").get<bool>() != base_->hashing().bigrams) {
+      return make_error(ErrorKind::kInvalidArgument,
+                        where +
+                            ": learned over a complexity model with other word hashing than the "
+                            "one loaded now; its weights would mean other words. Move it aside "
+                            "to start learning afresh over this model");
+    }
+    LearnerSnapshot s;
+    s.version = doc.at("version").get<uint64_t>();
+    s.threshold = doc.at("threshold").get<double>();
+    s.bias = doc.at("bias").get<double>();
+    s.base_scale = doc.at("base_scale").get<double>();
+    const size_t buckets = size_t{1} << base_->hashing().bits;
+    s.weights.assign(buckets, 0.0f);
+    std::vector<float> accum(buckets, 0.0f);
+    const json& w = doc.at("weights");
+    const auto& index = w.at("index");
+    const auto& weight = w.at("weight");
+    const auto& acc = w.at("accum");
+    if (index.size() != weight.size() || index.size() != acc.size()) {
+      return bad("weights.index, weights.weight and weights.accum differ in length");
+    }
+    for (size_t i = 0; i < index.size(); ++i) {
+      const auto b = index[i].get<uint64_t>();
+      if (b >= buckets) return bad("weights.index " + std::to_string(b) + " is out of range");
+      s.weights[b] = weight[i].get<float>();
+      accum[b] = acc[i].get<float>();
+      if (!std::isfinite(s.weights[b]) || !std::isfinite(accum[b])) {
+        return bad("weights hold a non-finite number");
+      }
+    }
+    if (!std::isfinite(s.bias) || !std::isfinite(s.base_scale) || !(s.threshold >= 0.0) ||
+        !(s.threshold <= 1.0)) {
+      return bad("bias, base_scale or threshold is not a finite number in range");
+    }
+    std::deque<Kept> kept;
+    for (const auto& k : doc.at("kept")) {
+      Kept row;
+      row.base_logit = k.at("base_logit").get<double>();
+      row.gain = k.at("gain").get<double>();
+      const auto& b = k.at("index");
+      const auto& v = k.at("value");
+      if (b.size() != v.size()) return bad("a kept label's index and value differ in length");
+      for (size_t i = 0; i < b.size(); ++i) {
+        const auto bucket = b[i].get<uint32_t>();
+        if (bucket >= buckets) return bad("a kept label's bucket is out of range");
+        row.hashed.emplace_back(bucket, v[i].get<float>());
+      }
+      kept.push_back(std::move(row));
+    }
+    std::deque<Estimate> estimates;
+    for (const auto& e : doc.value("estimates", json::array())) {
+      if (!e.is_array() || e.size() != 3)
+        return bad("an estimates entry is not [score, edge, cloud]");
+      estimates.push_back({e[0].get<double>(), e[1].get<double>(), e[2].get<double>()});
+    }
+    std::array<int64_t, kLabelSourceCount> labels{};
+    for (int i = 0; i < kLabelSourceCount; ++i) {
+      labels[i] = doc.at("labels").value(
+          std::string(label_source_name(static_cast<LabelSource>(i))), int64_t{0});
+    }
+    std::lock_guard lock(state_mutex_);
+    work_ = std::move(s);
+    accum_ = std::move(accum);
+    accum_bias_ = doc.at("accum_bias").get<double>();
+    accum_scale_ = doc.at("accum_scale").get<double>();
+    kept_ = std::move(kept);
+    estimates_ = std::move(estimates);
+    labels_ = labels;
+    publish();
+  } catch (const json::exception& e) {
+    return bad(std::string("a field is missing or has the wrong type (") + e.what() + ")");
+  }
+  return Status::Ok();
+}
+
+Status OnlineLearner::load(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) {
+    return make_error(ErrorKind::kNotFound,
+                      "cannot read router learner state '" + path + "'; check the path");
+  }
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return parse(ss.str(), path);
+}
+
+namespace {
+
+std::string version_path(const std::string& path, uint64_t version) {
+  return path + ".v" + std::to_string(version);
+}
+
+uint64_t file_version_of(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  json doc = json::parse(ss.str(), nullptr, false);
+  if (!doc.is_object()) return 0;
+  return doc.value("version", uint64_t{0});
+}
+
+}  // namespace
+
+std::vector<uint64_t> saved_learner_versions(const std::string& path) {
+  namespace fs = std::filesystem;
+  std::vector<uint64_t> versions;
+  const fs::path p(path);
+  const fs::path dir = p.has_parent_path() ? p.parent_path() : fs::path(".");
+  const std::string prefix = p.filename().string() + ".v";
+  std::error_code ec;
+  for (const auto& entry : fs::directory_iterator(dir, ec)) {
+    const std::string name = entry.path().filename().string();
+    if (name.size() <= prefix.size() || name.compare(0, prefix.size(), prefix) != 0) continue;
+    const std::string digits = name.substr(prefix.size());
+    if (digits.find_first_not_of("0123456789") != std::string::npos) continue;
+    versions.push_back(std::stoull(digits));
+  }
+  std::sort(versions.begin(), versions.end(), std::greater<>());
+  return versions;
+}
+
+Status OnlineLearner::save(const std::string& path, int keep) const {
+  namespace fs = std::filesystem;
+  const std::string text = to_json();
+  const std::string tmp = path + ".tmp";
+  {
+    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
+    out << text;
+    out.flush();
+    if (!out) {
+      return make_error(ErrorKind::kIo, "cannot write router learner state '" + tmp +
+                                            "'; check that its folder exists and is writable");
+    }
+  }
+  std::error_code ec;
+  if (fs::exists(path, ec)) {
+    fs::rename(path, version_path(path, file_version_of(path)), ec);
+    if (ec) {
+      return make_error(ErrorKind::kIo, "cannot keep the previous learner state '" + path +
+                                            "' for rollback: " + ec.message());
+    }
+  }
+  fs::rename(tmp, path, ec);
+  if (ec) {
+    return make_error(ErrorKind::kIo,
+                      "cannot replace router learner state '" + path + "': " + ec.message());
+  }
+  const auto versions = saved_learner_versions(path);
+  for (size_t i = static_cast<size_t>(std::max(keep, 0)); i < versions.size(); ++i) {
+    fs::remove(version_path(path, versions[i]), ec);
+  }
+  return Status::Ok();
+}
+
+Status rollback_learner_state(const std::string& path, uint64_t version) {
+  namespace fs = std::filesystem;
+  const std::string from = version_path(path, version);
+  std::error_code ec;
+  if (!fs::exists(from, ec)) {
+    std::string have;
+    for (uint64_t v : saved_learner_versions(path))
+      have += (have.empty() ? "" : ", ") + std::to_string(v);
+    return make_error(ErrorKind::kNotFound, "no saved learner state " + from + "; versions kept: " +
+                                                (have.empty() ? "none" : have));
+  }
+  fs::copy_file(from, path, fs::copy_options::overwrite_existing, ec);
+  if (ec) {
+    return make_error(ErrorKind::kIo,
+                      "cannot restore " + from + " over " + path + ": " + ec.message());
+  }
+  return Status::Ok();
+}
+
+}  // namespace foreshore::route

@@ -1,0 +1,192 @@
+// Online adaptation of the complexity signal to one deployment's own traffic.
+//
+// The shipped complexity model ranks prompts by what kind of work they look
+// like; on a deployment's own topics it can be near chance (docs/ROUTER.md).
+// The learner adds a residual logistic model over the same hashed word
+// features, fitted from the labels the gateway collects (client feedback,
+// cascade outcomes, shadow verdicts, imported files), so that what it learns
+// about one question carries to questions sharing its words. It also keeps
+// the threshold at a target cloud share of the recent traffic.
+//
+// Decisions read an immutable snapshot through one atomic load; labels are
+// queued and applied on the learner's own thread, so a label never delays a
+// decision. The state is saved as a versioned JSON file; earlier versions are
+// kept beside it for rollback.
+#pragma once
+
+#include <array>
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <random>
+#include <string>
+#include <string_view>
+#include <thread>
+#include <vector>
+
+#include "common/result.h"
+#include "route/complexity.h"
+
+namespace foreshore::route {
+
+// Where a label came from; counted separately in `router status` and /metrics.
+enum class LabelSource : uint8_t { kFeedback, kCascade, kShadow, kImport, kCount };
+inline constexpr int kLabelSourceCount = static_cast<int>(LabelSource::kCount);
+std::string_view label_source_name(LabelSource source);
+
+// One label: a prompt's features (hashed words only: no raw text is kept) and
+// the expected gain of sending it to the cloud, in [0, 1] (the `gain` rule of
+// router_training.h: 1 cloud better, 0.5 tie, 0 edge better).
+struct LearnerLabel {
+  ComplexityFeatures features;
+  double gain = 0.5;
+  LabelSource source = LabelSource::kFeedback;
+  // Both tiers' quality, where the label knows them (shadow verdicts and
+  // imported files): they feed the learner's own APGR estimate.
+  std::optional<double> edge_quality;
+  std::optional<double> cloud_quality;
+};
+
+struct LearnerOptions {
+  // AdaGrad step size of the per-label update and of the optional refits.
+  // Chosen by `router replay` on 28 MMLU subjects (not the 9 it is reported
+  // on): 0.05-0.1 with L2 0.03-0.1 gave 0.62 after 1,500 labels, 0.3 0.57.
+  double learning_rate = 0.1;
+  // L2 strength on the residual's word weights, per label.
+  double l2 = 0.03;
+  // Every `refit_every` labels (0: never), `refit_epochs` passes over the
+  // kept labels in seeded random order. Off by default: in the same replay
+  // they overfit the first labels (8 passes every 25 labels: 0.56), and one
+  // pass every 500 changed nothing.
+  int refit_every = 0;
+  int refit_epochs = 1;
+  size_t max_kept_labels = 5000;  // oldest dropped first: traffic drifts
+  // The threshold sends this share of the recent traffic to the cloud; < 0
+  // keeps the base model's threshold.
+  double target_cloud_share = -1.0;
+  size_t traffic_window = 2000;   // recent decisions the threshold is set on
+  size_t estimate_window = 2000;  // labels in the learner's own APGR estimate
+  size_t max_queue = 10000;       // labels waiting for the thread; beyond, dropped
+  uint64_t seed = 20240701;
+};
+
+// What decisions read. Immutable once published.
+struct LearnerSnapshot {
+  uint64_t version = 0;  // labels applied
+  double threshold = 0.5;
+  double bias = 0.0;           // added to the base logit
+  double base_scale = 1.0;     // multiplies the base logit
+  std::vector<float> weights;  // per hashed bucket, same hashing as the base
+};
+
+struct LearnerStats {
+  std::array<int64_t, kLabelSourceCount> labels{};  // applied, per source
+  int64_t dropped = 0;                              // queue full
+  uint64_t version = 0;
+  double threshold = 0.5;
+  // APGR of the learner's own scores on recent labels, each scored before
+  // the learner trained on it (prequential); absent until enough labels
+  // with both tiers' quality, and where the tiers tie.
+  std::optional<double> estimated_apgr;
+  int64_t estimate_rows = 0;
+};
+
+class OnlineLearner {
+ public:
+  // `base` is the shipped (or configured) model; it is never modified.
+  OnlineLearner(std::shared_ptr<const ComplexityModel> base, LearnerOptions options);
+  ~OnlineLearner();
+  OnlineLearner(const OnlineLearner&) = delete;
+  OnlineLearner& operator=(const OnlineLearner&) = delete;
+
+  // ---- the request path: lock-free reads of the current snapshot ----
+  double score(const ComplexityFeatures& features) const;
+  double score(std::string_view prompt, std::optional<double> edge_perplexity = {}) const;
+  double threshold() const;
+  // True when the threshold follows the traffic (a target cloud share).
+  bool recalibrates() const { return options_.target_cloud_share >= 0.0; }
+  std::shared_ptr<const LearnerSnapshot> snapshot() const { return snapshot_.load(); }
+  const ComplexityModel& base() const { return *base_; }
+
+  // ---- labels: queued for the learner's thread (start()) ----
+  // Returns false when the queue is full (the label is dropped and counted).
+  bool submit(LearnerLabel label);
+  // A routed request's features, for recalibrating the threshold to the
+  // traffic; dropped rather than waited for when the learner is busy.
+  void observe(ComplexityFeatures features);
+  void start();
+  void stop();  // drains the queue, then joins
+  // Blocks until every label submitted so far is applied (tests, shutdown).
+  void flush();
+
+  // ---- synchronous use (replay, import): not concurrently with start() ----
+  void apply(const LearnerLabel& label);
+  void observe_now(const ComplexityFeatures& features);
+
+  LearnerStats stats() const;
+
+  // ---- persistence ----
+  // Writes the state to `path` atomically. The file it replaces is kept as
+  // `path`.v<version> (the newest `keep` of them), for rollback().
+  Status save(const std::string& path, int keep = 3) const;
+  // Restores a saved state; refused when it was learned over a base model
+  // with other hashing (its weights would mean other words).
+  Status load(const std::string& path);
+  std::string to_json() const;
+  Status parse(std::string_view json_text, std::string_view source);
+
+ private:
+  struct Kept {
+    std::vector<std::pair<uint32_t, float>> hashed;
+    double base_logit = 0.0;
+    double gain = 0.5;
+  };
+  struct Estimate {
+    double score = 0.0, edge = 0.0, cloud = 0.0;
+  };
+  double base_logit(const ComplexityFeatures& f) const;
+  double residual(const LearnerSnapshot& s, const Kept& k) const;
+  void step(const Kept& k);  // one AdaGrad step on the working weights
+  void refit();
+  void recalibrate();
+  void publish();
+  void run();
+
+  std::shared_ptr<const ComplexityModel> base_;
+  LearnerOptions options_;
+  std::atomic<std::shared_ptr<const LearnerSnapshot>> snapshot_;
+
+  // Working state, owned by whoever applies labels (the thread, or the
+  // synchronous caller); `state_mutex_` guards it against stats() and save().
+  mutable std::mutex state_mutex_;
+  LearnerSnapshot work_;
+  std::vector<float> accum_;  // AdaGrad squared-gradient sums per bucket
+  double accum_bias_ = 0.0, accum_scale_ = 0.0;
+  std::deque<Kept> kept_;
+  std::deque<ComplexityFeatures> traffic_;
+  std::deque<Estimate> estimates_;
+  std::array<int64_t, kLabelSourceCount> labels_{};
+  std::mt19937_64 rng_;
+
+  // The queue between the request path and the thread.
+  mutable std::mutex queue_mutex_;
+  std::condition_variable queue_cv_;
+  std::condition_variable idle_cv_;
+  std::deque<LearnerLabel> queue_;
+  std::deque<ComplexityFeatures> traffic_queue_;
+  bool busy_ = false;
+  bool stopping_ = false;
+  std::atomic<int64_t> dropped_{0};
+  std::thread thread_;
+};
+
+// The versions rollback can restore for a state file, newest first.
+std::vector<uint64_t> saved_learner_versions(const std::string& path);
+// Makes `path`.v<version> the current state file again.
+Status rollback_learner_state(const std::string& path, uint64_t version);
+
+}  // namespace foreshore::route

@@ -1,0 +1,191 @@
+#include "route/online_learner.h"
+
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <fstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "route/router_training.h"
+#include "support/test_paths.h"
+
+namespace foreshore::route {
+namespace {
+
+std::shared_ptr<const ComplexityModel> shipped() {
+  auto m =
+      ComplexityModel::load(std::string(FSH_SOURCE_DIR) + "/data/router/complexity-default.json");
+  EXPECT_TRUE(m.ok()) << m.error().message;
+  return std::make_shared<const ComplexityModel>(std::move(*m));
+}
+
+LearnerLabel label(const ComplexityModel& base, const std::string& prompt, double gain,
+                   LabelSource source = LabelSource::kFeedback) {
+  LearnerLabel l;
+  l.features = extract_complexity_features(prompt, base.hashing());
+  l.gain = gain;
+  l.source = source;
+  l.edge_quality = gain > 0.5 ? 0.0 : 1.0;
+  l.cloud_quality = 1.0;
+  return l;
+}
+
+// Questions on two topics of the same shape, so the base model cannot tell
+// them apart; the labels say the cloud helps on one and not on the other.
+std::string topic_question(bool glacier, int i) {
+  const std::string n = std::to_string(i);
+  return glacier ? "Which process moves glacier moraine sediment in valley number " + n + "?"
+                 : "Which clause governs tenancy lease deposits in contract number " + n + "?";
+}
+
+TEST(OnlineLearner, WithoutLabelsItRanksAsTheBaseModel) {
+  const auto base = shipped();
+  OnlineLearner learner(base, {});
+  const std::vector<std::string> prompts = {"hi", "Prove that sqrt(2) is irrational.",
+                                            "Write a parser for CSV with tests in C++",
+                                            "What is the capital of France?"};
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    for (size_t j = 0; j < prompts.size(); ++j) {
+      EXPECT_EQ(base->score(prompts[i]) < base->score(prompts[j]),
+                learner.score(prompts[i]) < learner.score(prompts[j]));
+    }
+  }
+  EXPECT_DOUBLE_EQ(learner.threshold(), base->threshold());
+}
+
+TEST(OnlineLearner, WhatItLearnsOfOneQuestionCarriesToSimilarOnes) {
+  const auto base = shipped();
+  OnlineLearner learner(base, {});
+  for (int i = 0; i < 300; ++i) {
+    learner.apply(label(*base, topic_question(i % 2 == 0, i), i % 2 == 0 ? 1.0 : 0.0));
+  }
+  // Questions it never saw, sharing only the topic words.
+  const double glacier = learner.score("How does a glacier deposit moraine at its snout?");
+  const double lease = learner.score("Can a lease deposit be withheld for tenancy repairs?");
+  EXPECT_GT(glacier, lease + 0.2) << glacier << " vs " << lease;
+  EXPECT_EQ(learner.stats().labels[static_cast<int>(LabelSource::kFeedback)], 300);
+  EXPECT_EQ(learner.snapshot()->version, 300u);
+}
+
+TEST(OnlineLearner, ItsOwnEstimateScoresEachLabelBeforeLearningIt) {
+  const auto base = shipped();
+  OnlineLearner learner(base, {});
+  EXPECT_FALSE(learner.stats().estimated_apgr.has_value());
+  for (int i = 0; i < 400; ++i) {
+    learner.apply(label(*base, topic_question(i % 2 == 0, i), i % 2 == 0 ? 1.0 : 0.0));
+  }
+  const LearnerStats s = learner.stats();
+  ASSERT_TRUE(s.estimated_apgr.has_value());
+  EXPECT_GT(*s.estimated_apgr, 0.7);  // random ranking: 0.5
+  EXPECT_EQ(s.estimate_rows, 400);
+}
+
+TEST(OnlineLearner, RecalibratesTheThresholdToTheTargetShareOfTraffic) {
+  const auto base = shipped();
+  LearnerOptions o;
+  o.target_cloud_share = 0.3;
+  OnlineLearner learner(base, o);
+  std::vector<std::string> traffic;
+  for (int i = 0; i < 200; ++i) {
+    traffic.push_back(topic_question(i % 3 == 0, i) + std::string(static_cast<size_t>(i % 7), '!'));
+    learner.observe_now(extract_complexity_features(traffic.back(), base->hashing()));
+  }
+  for (int i = 0; i < 50; ++i) {
+    learner.apply(label(*base, topic_question(i % 3 == 0, i), i % 3 == 0 ? 1.0 : 0.0));
+  }
+  int cloud = 0;
+  for (const auto& t : traffic) cloud += learner.score(t) >= learner.threshold() ? 1 : 0;
+  EXPECT_NEAR(cloud / 200.0, 0.3, 0.05);
+}
+
+TEST(OnlineLearner, LabelsFromManyThreadsAreAppliedOffTheRequestPath) {
+  const auto base = shipped();
+  OnlineLearner learner(base, {});
+  learner.start();
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 4; ++t) {
+    threads.emplace_back([&, t] {
+      for (int i = 0; i < 100; ++i) {
+        EXPECT_TRUE(learner.submit(label(*base, topic_question(t % 2 == 0, i), t % 2 == 0 ? 1 : 0,
+                                         t < 2 ? LabelSource::kShadow : LabelSource::kCascade)));
+        // Decisions keep reading snapshots while labels are applied.
+        const double p = learner.score(topic_question(true, i));
+        EXPECT_TRUE(p >= 0.0 && p <= 1.0);
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  learner.flush();
+  const LearnerStats s = learner.stats();
+  EXPECT_EQ(s.labels[static_cast<int>(LabelSource::kShadow)], 200);
+  EXPECT_EQ(s.labels[static_cast<int>(LabelSource::kCascade)], 200);
+  EXPECT_EQ(s.version, 400u);
+  learner.stop();
+}
+
+TEST(OnlineLearner, AFullQueueDropsLabelsAndCountsThem) {
+  const auto base = shipped();
+  LearnerOptions o;
+  o.max_queue = 3;
+  OnlineLearner learner(base, o);  // not started: nothing drains the queue
+  for (int i = 0; i < 5; ++i) learner.submit(label(*base, topic_question(true, i), 1.0));
+  EXPECT_EQ(learner.stats().dropped, 2);
+}
+
+TEST(OnlineLearner, SavesVersionsAndRollsBack) {
+  const auto base = shipped();
+  const std::string path = testing::temp_path(".learner.json");
+  OnlineLearner learner(base, {});
+  const std::string probe = "How does a glacier deposit moraine at its snout?";
+  for (int i = 0; i < 100; ++i) learner.apply(label(*base, topic_question(true, i), 1.0));
+  ASSERT_TRUE(learner.save(path).ok());
+  const double after100 = learner.score(probe);
+  for (int i = 0; i < 100; ++i) learner.apply(label(*base, topic_question(true, i), 0.0));
+  ASSERT_TRUE(learner.save(path).ok());
+  const double after200 = learner.score(probe);
+  ASSERT_NE(after100, after200);
+
+  OnlineLearner restored(base, {});
+  ASSERT_TRUE(restored.load(path).ok());
+  EXPECT_NEAR(restored.score(probe), after200, 1e-6);
+  EXPECT_EQ(restored.stats().version, 200u);
+  // And learning continues from where it was.
+  restored.apply(label(*base, topic_question(true, 1), 1.0));
+  EXPECT_EQ(restored.stats().version, 201u);
+
+  EXPECT_EQ(saved_learner_versions(path), std::vector<uint64_t>{100});
+  ASSERT_TRUE(rollback_learner_state(path, 100).ok());
+  OnlineLearner rolled(base, {});
+  ASSERT_TRUE(rolled.load(path).ok());
+  EXPECT_NEAR(rolled.score(probe), after100, 1e-6);
+  const Status missing = rollback_learner_state(path, 7);
+  ASSERT_FALSE(missing.ok());
+  EXPECT_NE(missing.error().message.find("versions kept: 100"), std::string::npos)
+      << missing.error().message;
+  std::filesystem::remove(path);
+  std::filesystem::remove(path + ".v100");
+}
+
+TEST(OnlineLearner, RefusesAStateLearnedOverOtherHashingOrCorrupt) {
+  const auto base = shipped();
+  OnlineLearner learner(base, {});
+  learner.apply(label(*base, topic_question(true, 1), 1.0));
+  std::string text = learner.to_json();
+  const std::string bits = "\"bits\":" + std::to_string(base->hashing().bits);
+  ASSERT_NE(text.find(bits), std::string::npos);
+  text.replace(text.find(bits), bits.size(), "\"bits\":9");
+  OnlineLearner other(base, {});
+  const Status s = other.parse(text, "state.json");
+  ASSERT_FALSE(s.ok());
+  EXPECT_NE(s.error().message.find("state.json"), std::string::npos);
+  EXPECT_NE(s.error().message.find("hashing"), std::string::npos);
+  const Status c = other.parse("{\"format\": \"foreshore.router-learner\"}", "state.json");
+  ASSERT_FALSE(c.ok());
+  EXPECT_NE(c.error().message.find("file_version"), std::string::npos);
+  EXPECT_EQ(other.stats().version, 0u);  // a refused file changes nothing
+}
+
+}  // namespace
+}  // namespace foreshore::route
