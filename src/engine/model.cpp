@@ -114,9 +114,9 @@ struct ModelLoader {
     arch = *a;
     if (arch != "llama" && arch != "qwen2" && arch != "qwen3" && arch != "smollm3" &&
         arch != "gemma3" && arch != "phi3") {
-      return make_error(ErrorKind::kUnsupported, where() + ": architecture '" + arch +
-                                                     "' is not supported; supported: " +
-                                                     supported_architectures());
+      return make_error(ErrorKind::kUnsupported,
+                        where() + ": architecture '" + arch +
+                            "' is not supported; supported: " + supported_architectures());
     }
     ModelConfig& c = model.config_;
     c.architecture = arch;
@@ -168,8 +168,7 @@ struct ModelLoader {
       c.embedding_scale = std::sqrt(static_cast<float>(n_embd));
       // query_pre_attn_scalar: the head dimension, except Gemma 3 27B (62
       // layers), which uses embedding_length / head_count, as llama.cpp does.
-      if (n_layer == 62)
-        c.attention_scale = 1.0f / std::sqrt(static_cast<float>(n_embd / n_head));
+      if (n_layer == 62) c.attention_scale = 1.0f / std::sqrt(static_cast<float>(n_embd / n_head));
       c.sliding_window =
           static_cast<int32_t>(file.get_int(arch + ".attention.sliding_window").value_or(0));
       c.rope_freq_base_local =
@@ -568,7 +567,8 @@ void InferenceContext::forward_batch(const TokenId* tokens, int32_t n, ThreadPoo
   std::span<uint8_t> scratch(quant_scratch_);
 
   for (int32_t t = 0; t < n; ++t) get_row(m.token_embedding(), tokens[t], x_.data() + t * d);
-  if (c.embedding_scale != 1.0f) scale_f32(x_.data(), c.embedding_scale, static_cast<int64_t>(n) * d);
+  if (c.embedding_scale != 1.0f)
+    scale_f32(x_.data(), c.embedding_scale, static_cast<int64_t>(n) * d);
 
   const int32_t threads = pool.size();
   if (scores_.size() < static_cast<size_t>(threads) * context_length_) {

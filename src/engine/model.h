@@ -46,14 +46,14 @@ struct ModelConfig {
   float rope_low_freq_factor = 1.0f;
   float rope_high_freq_factor = 4.0f;
   int32_t rope_original_context = 8192;
-  bool tied_output = false;     // output projection reuses token_embd
-  bool attention_bias = false;  // qwen2 has q/k/v biases
-  bool qk_norm = false;         // qwen3, gemma3: RMSNorm of each q and k head before RoPE
-  bool post_norms = false;      // gemma3: RMSNorm of the attention and FFN outputs too
-  bool gelu_ffn = false;        // gemma3: GELU (tanh) gate instead of SiLU
-  float embedding_scale = 1.0f;  // gemma3: sqrt(embedding_length)
-  float attention_scale = 0.0f;  // multiplies q.k; 1/sqrt(head_dim) for all supported models
-  int32_t sliding_window = 0;    // 0: none; else keys older than this many positions are masked
+  bool tied_output = false;          // output projection reuses token_embd
+  bool attention_bias = false;       // qwen2 has q/k/v biases
+  bool qk_norm = false;              // qwen3, gemma3: RMSNorm of each q and k head before RoPE
+  bool post_norms = false;           // gemma3: RMSNorm of the attention and FFN outputs too
+  bool gelu_ffn = false;             // gemma3: GELU (tanh) gate instead of SiLU
+  float embedding_scale = 1.0f;      // gemma3: sqrt(embedding_length)
+  float attention_scale = 0.0f;      // multiplies q.k; 1/sqrt(head_dim) for all supported models
+  int32_t sliding_window = 0;        // 0: none; else keys older than this many positions are masked
   float final_logit_softcap = 0.0f;  // 0: none; else logits = cap * tanh(logits / cap)
 };
 
@@ -72,8 +72,8 @@ struct LayerWeights {
   const float* ffn_norm = nullptr;
   WeightMatrix w_gate, w_up, w_down;
   const float* ffn_post_norm = nullptr;  // post_norms
-  bool rope = true;      // false: a NoPE layer (smollm3's every fourth)
-  bool sliding = false;  // attends only to the last config.sliding_window positions
+  bool rope = true;                      // false: a NoPE layer (smollm3's every fourth)
+  bool sliding = false;                  // attends only to the last config.sliding_window positions
 };
 
 // Immutable once loaded; shared by every context that runs it.

@@ -19,10 +19,10 @@ Vocabulary synthetic_vocabulary(int32_t size) {
     v.tokens.push_back(buf);
     v.kinds.push_back(TokenKind::kByte);
   }
-  const char* words[] = {"▁the", "▁a",   "▁cat", "▁dog",  "▁sat",  "▁on",   "▁mat", "▁and",
-                         "▁ran", "▁to",  "▁big", "▁red",  "e",     "t",     "a",    "o",
-                         "▁",    "s",    "n",    "r",     "i",     "h",     "l",    "d",
-                         "c",    "m",    "u",    "▁w",    "▁s",    "▁b",    "er",   "in",
+  const char* words[] = {"▁the", "▁a",   "▁cat",  "▁dog",  "▁sat",  "▁on", "▁mat", "▁and",
+                         "▁ran", "▁to",  "▁big",  "▁red",  "e",     "t",   "a",    "o",
+                         "▁",    "s",    "n",     "r",     "i",     "h",   "l",    "d",
+                         "c",    "m",    "u",     "▁w",    "▁s",    "▁b",  "er",   "in",
                          "▁H",   "ello", "▁Once", "▁upon", "▁time", "."};
   for (const char* w : words) {
     v.tokens.push_back(w);
@@ -174,15 +174,17 @@ Status write_synthetic_model(const SyntheticModelSpec& s, const std::string& pat
   const auto traits = tensor_type_traits(static_cast<uint32_t>(s.matrix_type));
   if (!traits || !traits->computable) {
     return make_error(ErrorKind::kUnsupported,
-                      "synthetic model: type " + tensor_type_name(static_cast<uint32_t>(s.matrix_type)) +
+                      "synthetic model: type " +
+                          tensor_type_name(static_cast<uint32_t>(s.matrix_type)) +
                           " has no kernels");
   }
   const std::string a = s.architecture;
   if (a != "llama" && a != "qwen2" && a != "qwen3" && a != "smollm3" && a != "gemma3" &&
       a != "phi3") {
-    return make_error(ErrorKind::kInvalidArgument,
-                      "synthetic model: architecture '" + a +
-                          "' is not one it writes; use llama, qwen2, qwen3, smollm3, gemma3 or phi3");
+    return make_error(
+        ErrorKind::kInvalidArgument,
+        "synthetic model: architecture '" + a +
+            "' is not one it writes; use llama, qwen2, qwen3, smollm3, gemma3 or phi3");
   }
   const int64_t head_dim = s.head_dim > 0 ? s.head_dim : s.embedding_length / s.head_count;
   const int64_t q_dim = s.head_count * head_dim;
@@ -198,7 +200,9 @@ Status write_synthetic_model(const SyntheticModelSpec& s, const std::string& pat
   const Vocabulary vocab = synthetic_vocabulary(s.vocab_size);
   const int64_t n_vocab = static_cast<int64_t>(vocab.tokens.size());
   w.set("general.architecture", GgufValue::string(a));
-  w.set("general.name", GgufValue::string("synthetic-" + a));
+  // llama.cpp expects Phi-3's own special tokens, which the synthetic
+  // vocabulary lacks, in any model whose name says "phi3".
+  w.set("general.name", GgufValue::string("synthetic-" + (a == "phi3" ? "phi" : a)));
   w.set(a + ".context_length", GgufValue::u32(static_cast<uint32_t>(s.context_length)));
   w.set(a + ".embedding_length", GgufValue::u32(static_cast<uint32_t>(s.embedding_length)));
   w.set(a + ".block_count", GgufValue::u32(static_cast<uint32_t>(s.layer_count)));
@@ -241,13 +245,14 @@ Status write_synthetic_model(const SyntheticModelSpec& s, const std::string& pat
   w.set("tokenizer.ggml.bos_token_id", GgufValue::u32(1));
   w.set("tokenizer.ggml.eos_token_id", GgufValue::u32(2));
   w.set("tokenizer.ggml.unknown_token_id", GgufValue::u32(0));
-  if (!s.chat_template.empty()) w.set("tokenizer.chat_template", GgufValue::string(s.chat_template));
+  if (!s.chat_template.empty())
+    w.set("tokenizer.chat_template", GgufValue::string(s.chat_template));
 
   std::mt19937_64 rng(s.seed);
   std::vector<float> values;
   std::vector<uint8_t> bytes;
-  auto add = [&](const std::string& name, TensorType type, int64_t cols, int64_t rows,
-                 float scale, float offset) -> Status {
+  auto add = [&](const std::string& name, TensorType type, int64_t cols, int64_t rows, float scale,
+                 float offset) -> Status {
     std::vector<uint64_t> dims{static_cast<uint64_t>(cols)};
     if (rows > 0) dims.push_back(static_cast<uint64_t>(rows));
     const int64_t n = cols * std::max<int64_t>(rows, 1);

@@ -5,8 +5,8 @@
 
 #include <cstdint>
 #include <optional>
-#include <string_view>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "common/result.h"
@@ -65,8 +65,7 @@ Status write_synthetic_model(const SyntheticModelSpec& spec, const std::string& 
 // each architecture for tests ("qwen3-tiny", "gemma3-tiny", "phi3-tiny",
 // "smollm3-tiny"). The presets of the newer architectures draw fresh_init
 // weights.
-std::optional<SyntheticModelSpec> synthetic_model_preset(std::string_view name,
-                                                         TensorType type);
+std::optional<SyntheticModelSpec> synthetic_model_preset(std::string_view name, TensorType type);
 // The preset names, comma-separated, for usage messages.
 const char* synthetic_model_preset_names();
 
