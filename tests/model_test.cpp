@@ -828,5 +828,93 @@ TEST(RealModel, JsonModeOutputIsAnObjectOrItsStart) {
   EXPECT_GT(closed, 0);
 }
 
+// Template excerpts with each family's distinctive markers, as their GGUF
+// files carry them.
+TEST(ChatTemplate, DetectsTheNewerFamilies) {
+  EXPECT_EQ(detect_chat_format("{%- if enable_thinking is defined and enable_thinking is false "
+                               "%}{{- '<think>\n\n</think>\n\n' }}{%- endif %}<|im_start|>"),
+            ChatFormat::kQwen3);
+  EXPECT_EQ(detect_chat_format("{{- '<|im_start|>system\n' + '## Metadata\n\n' + "
+                               "'Reasoning Mode: ' + reasoning_mode }}<think>"),
+            ChatFormat::kSmolLM3);
+  EXPECT_EQ(detect_chat_format("{{ '<|im_start|>' + message['role'] }}"), ChatFormat::kChatML);
+  EXPECT_EQ(detect_chat_format("{{ bos_token }}{{ '<start_of_turn>' + role + '\n' }}"),
+            ChatFormat::kGemma);
+  EXPECT_EQ(detect_chat_format("{{'<|user|>\n' + message['content'] + '<|end|>\n'}}"
+                               "{{ '<|assistant|>\n' }}"),
+            ChatFormat::kPhi3);
+  EXPECT_EQ(detect_chat_format("{{ '<|user|>\n' + message['content'] + eos_token }}"
+                               "{{ '<|assistant|>' }}"),
+            ChatFormat::kZephyr);
+  for (const char* name : {"qwen3", "gemma", "phi3", "smollm3"}) {
+    ASSERT_TRUE(parse_chat_format(name).has_value()) << name;
+    EXPECT_EQ(chat_format_name(*parse_chat_format(name)), name);
+  }
+  EXPECT_NE(chat_format_names().find("smollm3"), std::string::npos);
+}
+
+TEST(ChatTemplate, Qwen3ThinkingAndHistory) {
+  const std::vector<ChatMessage> chat = {{"system", "Be brief."},
+                                         {"user", "2+2?"},
+                                         {"assistant", "<think>\nadd them\n</think>\n\n4"},
+                                         {"user", "And 3+3? /no_think"}};
+  const std::string history =
+      "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\n2+2?<|im_end|>\n"
+      "<|im_start|>assistant\n4<|im_end|>\n<|im_start|>user\nAnd 3+3? /no_think<|im_end|>\n"
+      "<|im_start|>assistant\n";
+  EXPECT_EQ(render_chat(ChatFormat::kQwen3, chat), history);
+  EXPECT_EQ(render_chat(ChatFormat::kQwen3, chat, true, false),
+            history + "<think>\n\n</think>\n\n");
+  EXPECT_EQ(render_chat(ChatFormat::kSmolLM3, chat, true, false),
+            history + "<think>\n\n</think>\n");
+  // Plain ChatML keeps assistant turns whole and ignores enable_thinking.
+  EXPECT_EQ(render_chat(ChatFormat::kChatML, {{"assistant", "<think>x</think>y"}}, true, false),
+            "<|im_start|>assistant\n<think>x</think>y<|im_end|>\n<|im_start|>assistant\n");
+}
+
+TEST(ChatTemplate, GemmaFoldsTheSystemPromptIntoTheFirstUserTurn) {
+  EXPECT_EQ(
+      render_chat(
+          ChatFormat::kGemma,
+          {{"system", " Be brief. "}, {"user", "Hi"}, {"assistant", "Hello!\n"}, {"user", "Bye"}}),
+      "<start_of_turn>user\nBe brief.\n\nHi<end_of_turn>\n"
+      "<start_of_turn>model\nHello!<end_of_turn>\n"
+      "<start_of_turn>user\nBye<end_of_turn>\n<start_of_turn>model\n");
+}
+
+TEST(ChatTemplate, PhiEndsEveryTurn) {
+  EXPECT_EQ(render_chat(ChatFormat::kPhi3, {{"system", "S"}, {"user", "U"}}),
+            "<|system|>\nS<|end|>\n<|user|>\nU<|end|>\n<|assistant|>\n");
+  EXPECT_EQ(render_chat(ChatFormat::kPhi3, {{"user", "U"}}, false), "<|user|>\nU<|end|>\n");
+}
+
+// An unsupported architecture names the supported ones.
+TEST(Model, UnsupportedArchitectureNamesTheSupportedOnes) {
+  SyntheticModelSpec spec;
+  const std::string path = testing::temp_path(".gguf");
+  ASSERT_TRUE(write_synthetic_model(spec, path).ok());
+  auto file = GgufFile::open(path);
+  ASSERT_TRUE(file.ok());
+  GgufWriter writer;
+  for (const auto& [key, value] : (*file)->metadata()) writer.set(key, value);
+  writer.set("general.architecture", GgufValue::string("lfm2"));
+  for (const auto& t : (*file)->tensors()) {
+    ASSERT_TRUE(writer
+                    .add_tensor(t.name, static_cast<TensorType>(t.type), t.dims,
+                                std::span<const uint8_t>(t.data, static_cast<size_t>(t.byte_size)))
+                    .ok());
+  }
+  const std::string renamed = testing::temp_path(".gguf");
+  ASSERT_TRUE(writer.write(renamed).ok());
+  auto model = Model::load(renamed);
+  ASSERT_FALSE(model.ok());
+  EXPECT_EQ(model.error().kind, ErrorKind::kUnsupported);
+  for (const char* arch : {"'lfm2'", "qwen3", "smollm3", "gemma3", "phi3"}) {
+    EXPECT_NE(model.error().message.find(arch), std::string::npos) << model.error().message;
+  }
+  std::filesystem::remove(path);
+  std::filesystem::remove(renamed);
+}
+
 }  // namespace
 }  // namespace foreshore::engine

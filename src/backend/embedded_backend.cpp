@@ -264,7 +264,7 @@ class EmbeddedBackend final : public Backend {
       FSH_ASSIGN_OR_RETURN(prompt, tokenize(*deployment, request));
     }
     FSH_ASSIGN_OR_RETURN(engine::GenerationRequest gen,
-                        to_engine_request(*deployment, request, std::move(prompt)));
+                         to_engine_request(*deployment, request, std::move(prompt)));
     const double queued_ms = ms_since(start);
     if (request.deadline && Clock::now() >= *request.deadline) {
       return make_error(ErrorKind::kDeadlineExceeded,
@@ -520,7 +520,7 @@ Result<engine::ChatFormat> choose_chat_format(const TierConfig& config,
     if (auto format = engine::parse_chat_format(config.chat_format)) return *format;
     return make_error(ErrorKind::kInvalidArgument,
                       "tier '" + config.name + "': chat_format '" + config.chat_format +
-                          "' is not known; use one of chatml, llama3, llama2, zephyr, plain");
+                          "' is not known; use one of " + engine::chat_format_names());
   }
   if (auto jinja = model.file().get_string("tokenizer.chat_template")) {
     if (auto format = engine::detect_chat_format(*jinja)) return *format;
