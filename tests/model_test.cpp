@@ -337,6 +337,13 @@ TEST_P(MatchesLlamaCpp, LogitsAndGreedyTokens) {
   auto whole = (*batched)->evaluate(seq, pool);  // the prompt path: one batch
   ASSERT_TRUE(whole.ok());
   compare(*whole, ref->positions - 1);
+  // Batches of 3, so sliding windows and NoPE layers span batch boundaries.
+  options.max_batch = 3;
+  auto split = InferenceContext::create(*model, options);
+  ASSERT_TRUE(split.ok());
+  auto split_logits = (*split)->evaluate(seq, pool);
+  ASSERT_TRUE(split_logits.ok());
+  compare(*split_logits, ref->positions - 1);
   EXPECT_LE(worst, bound) << "max abs logit difference from llama.cpp";
   std::vector<float> last(whole->begin(), whole->end());
   for (int32_t g = 0; g < ref->generated; ++g) {
@@ -886,6 +893,50 @@ TEST(ChatTemplate, PhiEndsEveryTurn) {
   EXPECT_EQ(render_chat(ChatFormat::kPhi3, {{"system", "S"}, {"user", "U"}}),
             "<|system|>\nS<|end|>\n<|user|>\nU<|end|>\n<|assistant|>\n");
   EXPECT_EQ(render_chat(ChatFormat::kPhi3, {{"user", "U"}}, false), "<|user|>\nU<|end|>\n");
+}
+
+TEST(Reasoning, SplitsALeadingThinkBlockFromTheAnswer) {
+  auto r = split_reasoning("<think>\nFirst add.\n2+2 is 4.\n</think>\n\nIt is 4.");
+  EXPECT_EQ(r.reasoning, "First add.\n2+2 is 4.");
+  EXPECT_EQ(r.content, "It is 4.");
+  r = split_reasoning("<think>\n\n</think>\n\nDirect.");  // enable_thinking=false
+  EXPECT_EQ(r.reasoning, "");
+  EXPECT_EQ(r.content, "Direct.");
+  r = split_reasoning("  An answer that mentions <think> later.");
+  EXPECT_EQ(r.reasoning, "");
+  EXPECT_EQ(r.content, "  An answer that mentions <think> later.");
+  r = split_reasoning("<think>cut off mid-thought ");
+  EXPECT_EQ(r.reasoning, "cut off mid-thought");
+  EXPECT_EQ(r.content, "");
+  EXPECT_EQ(split_reasoning("<thi").content, "<thi");
+}
+
+// Streaming in pieces of every size gives what the whole reply gives, and
+// holds back no more than a possible tag or the whitespace ending a part.
+TEST(Reasoning, StreamedDeltasAddUpToTheWholeSplit) {
+  for (const std::string reply :
+       {"<think>\nstep one\n\nstep two\n</think>\n\nThe answer.\n", "\n<think>a</think>b",
+        "plain <think> text", "<think>x < y </thin k></think>z", "<th"}) {
+    const ReasoningSplit whole = split_reasoning(reply);
+    for (size_t size = 1; size <= reply.size(); ++size) {
+      ReasoningStream stream;
+      ReasoningSplit joined;
+      for (size_t at = 0; at < reply.size(); at += size) {
+        const ReasoningSplit delta = stream.push(std::string_view(reply).substr(at, size));
+        joined.reasoning += delta.reasoning;
+        joined.content += delta.content;
+      }
+      const ReasoningSplit last = stream.finish();
+      joined.reasoning += last.reasoning;
+      joined.content += last.content;
+      EXPECT_EQ(joined.reasoning, whole.reasoning) << reply << " in pieces of " << size;
+      EXPECT_EQ(joined.content, whole.content) << reply << " in pieces of " << size;
+    }
+  }
+  ReasoningStream stream;
+  EXPECT_EQ(stream.push("<think>abc").reasoning, "abc");
+  EXPECT_EQ(stream.push(" def</th").reasoning, " def");
+  EXPECT_EQ(stream.push("ink> Ans").content, "Ans");
 }
 
 // An unsupported architecture names the supported ones.

@@ -1,5 +1,6 @@
 #include "engine/chat_template.h"
 
+#include <algorithm>
 #include <array>
 #include <utility>
 
@@ -167,6 +168,117 @@ std::string render_chat(ChatFormat format, const std::vector<ChatMessage>& messa
       }
       break;
   }
+  return out;
+}
+
+namespace {
+
+constexpr std::string_view kThinkOpen = "<think>";
+constexpr std::string_view kThinkClose = "</think>";
+
+bool is_space(char c) {
+  return c == ' ' || c == '\n' || c == '\t' || c == '\r';
+}
+
+// The length of the longest end of `text` that begins `tag` (and is shorter).
+size_t partial_tag_suffix(std::string_view text, std::string_view tag) {
+  for (size_t n = std::min(text.size(), tag.size() - 1); n > 0; --n) {
+    if (tag.starts_with(text.substr(text.size() - n))) return n;
+  }
+  return 0;
+}
+
+}  // namespace
+
+void ReasoningStream::emit_reasoning(std::string_view text, ReasoningSplit& out) {
+  for (char c : text) {
+    if (is_space(c)) {
+      if (reasoning_started_) pending_space_ += c;
+      continue;
+    }
+    out.reasoning += pending_space_;
+    pending_space_.clear();
+    out.reasoning += c;
+    reasoning_started_ = true;
+  }
+}
+
+ReasoningSplit ReasoningStream::push(std::string_view piece) {
+  ReasoningSplit out;
+  held_ += piece;
+  bool progress = true;
+  while (progress) {
+    progress = false;
+    switch (state_) {
+      case State::kStart: {
+        const size_t first = held_.find_first_not_of(" \n\t\r");
+        if (first == std::string::npos) return out;  // only whitespace so far
+        const std::string_view rest = std::string_view(held_).substr(first);
+        if (rest.starts_with(kThinkOpen)) {
+          held_.erase(0, first + kThinkOpen.size());
+          state_ = State::kReasoning;
+          progress = true;
+        } else if (rest.size() < kThinkOpen.size() && kThinkOpen.starts_with(rest)) {
+          return out;  // may still become <think>
+        } else {
+          state_ = State::kContent;
+          progress = true;
+        }
+        break;
+      }
+      case State::kReasoning: {
+        const size_t close = held_.find(kThinkClose);
+        if (close != std::string::npos) {
+          emit_reasoning(std::string_view(held_).substr(0, close), out);
+          pending_space_.clear();  // the reasoning ends here: its trailing whitespace goes
+          held_.erase(0, close + kThinkClose.size());
+          state_ = State::kAfterReasoning;
+          progress = true;
+        } else {
+          const size_t keep = partial_tag_suffix(held_, kThinkClose);
+          emit_reasoning(std::string_view(held_).substr(0, held_.size() - keep), out);
+          held_.erase(0, held_.size() - keep);
+        }
+        break;
+      }
+      case State::kAfterReasoning: {
+        const size_t first = held_.find_first_not_of(" \n\t\r");
+        if (first == std::string::npos) {
+          held_.clear();
+        } else {
+          held_.erase(0, first);
+          state_ = State::kContent;
+          progress = true;
+        }
+        break;
+      }
+      case State::kContent:
+        out.content += held_;
+        held_.clear();
+        break;
+    }
+  }
+  return out;
+}
+
+ReasoningSplit ReasoningStream::finish() {
+  ReasoningSplit out;
+  if (state_ == State::kStart) {
+    out.content = std::move(held_);  // a reply that is only whitespace or "<thi"
+  } else if (state_ == State::kReasoning) {
+    emit_reasoning(held_, out);
+  }
+  held_.clear();
+  pending_space_.clear();
+  return out;
+}
+
+ReasoningSplit split_reasoning(std::string_view reply) {
+  ReasoningStream stream;
+  ReasoningSplit out = stream.push(reply);
+  ReasoningSplit rest = stream.finish();
+  out.reasoning += rest.reasoning;
+  out.content += rest.content;
   return out;
 }
 

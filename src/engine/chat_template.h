@@ -47,4 +47,35 @@ std::optional<ChatFormat> detect_chat_format(std::string_view jinja_template);
 std::string render_chat(ChatFormat format, const std::vector<ChatMessage>& messages,
                         bool add_generation_prompt = true, bool enable_thinking = true);
 
+// A reply split into its reasoning (the text between a leading <think> and
+// its </think>, as Qwen3, SmolLM3 and DeepSeek-R1 write it) and its answer,
+// for an API's reasoning_content and content, as llama-server's reasoning
+// format does. Both parts lose the whitespace around them; a reply that does
+// not open with <think> is all answer, exactly as written.
+struct ReasoningSplit {
+  std::string reasoning;
+  std::string content;
+};
+
+// The same split, streamed: push() takes the reply piece by piece as it is
+// generated and returns what is new in each part, holding back only what
+// could still be a tag or the whitespace that ends a part; finish() returns
+// what was held. The concatenated deltas equal split_reasoning() of the whole.
+// A reply cut off inside <think> is all reasoning.
+class ReasoningStream {
+ public:
+  ReasoningSplit push(std::string_view piece);
+  ReasoningSplit finish();
+
+ private:
+  enum class State { kStart, kReasoning, kAfterReasoning, kContent };
+  void emit_reasoning(std::string_view text, ReasoningSplit& out);
+  State state_ = State::kStart;
+  std::string held_;           // undecided text: a possible tag
+  std::string pending_space_;  // whitespace inside the reasoning, kept until text follows
+  bool reasoning_started_ = false;
+};
+
+ReasoningSplit split_reasoning(std::string_view reply);
+
 }  // namespace foreshore::engine
