@@ -52,7 +52,7 @@ struct ModelConfig {
   bool post_norms = false;           // gemma3: RMSNorm of the attention and FFN outputs too
   bool gelu_ffn = false;             // gemma3: GELU (tanh) gate instead of SiLU
   float embedding_scale = 1.0f;      // gemma3: sqrt(embedding_length)
-  float attention_scale = 0.0f;      // multiplies q.k; 1/sqrt(head_dim) for all supported models
+  float attention_scale = 0.0f;      // multiplies q.k: 1/sqrt(head_dim), Gemma 3 27B aside
   int32_t sliding_window = 0;        // 0: none; else keys older than this many positions are masked
   float final_logit_softcap = 0.0f;  // 0: none; else logits = cap * tanh(logits / cap)
 };
@@ -153,7 +153,8 @@ class ForwardObserver {
   // The residual stream before and after layer `layer` (n x embedding_length).
   virtual void on_block(int32_t layer, std::span<const float> input, std::span<const float> output,
                         int32_t n) = 0;
-  // silu(gate) * up inside layer `layer`'s FFN (n x feed_forward_length).
+  // act(gate) * up inside layer `layer`'s FFN (n x feed_forward_length);
+  // act is SiLU, or GELU for gemma3.
   virtual void on_ffn_activation(int32_t layer, std::span<const float> activation, int32_t n) = 0;
 
   // Which weight matrices multiply an observed input.
