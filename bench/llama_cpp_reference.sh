@@ -32,3 +32,10 @@ for preset in qwen3-tiny smollm3-tiny gemma3-tiny phi3-tiny; do
     "$tool" "$work/model.gguf" "$out/$preset-$type.bin" 2>/dev/null | sed "s|^$work/model.gguf|$preset $type|"
   done
 done
+# LongRoPE's long factors: a context past phi3-tiny's original 256 (the
+# runs above, with 128, use the short ones).
+for type in F32 Q4_K; do
+  "$build/bench/synthetic_model" phi3-tiny $type "$work/model.gguf"
+  "$tool" "$work/model.gguf" "$out/phi3-tiny-$type-ctx512.bin" 512 2>/dev/null |
+    sed "s|^$work/model.gguf|phi3-tiny $type, context 512|"
+done

@@ -237,11 +237,13 @@ INSTANTIATE_TEST_SUITE_P(AllTypes, ForwardMatchesReference,
 struct LlamaCppCase {
   std::string preset;
   TensorType type;
+  int32_t context = 128;  // phi3-tiny: 128 uses LongRoPE's short factors, 512 the long ones
 };
 
 std::string llama_cpp_case_name(const ::testing::TestParamInfo<LlamaCppCase>& info) {
-  std::string name =
-      info.param.preset + "_" + tensor_type_name(static_cast<uint32_t>(info.param.type));
+  std::string name = info.param.preset + "_" +
+                     tensor_type_name(static_cast<uint32_t>(info.param.type)) +
+                     (info.param.context != 128 ? "_ctx" + std::to_string(info.param.context) : "");
   for (char& ch : name) {
     if (ch == '-') ch = '_';
   }
@@ -296,9 +298,9 @@ class MatchesLlamaCpp : public ::testing::TestWithParam<LlamaCppCase> {};
 TEST_P(MatchesLlamaCpp, LogitsAndGreedyTokens) {
   const LlamaCppCase& c = GetParam();
   const std::string type_name = tensor_type_name(static_cast<uint32_t>(c.type));
-  const auto ref =
-      read_llama_cpp_reference(std::string(FSH_SOURCE_DIR) + "/tests/llama_cpp_reference/" +
-                               c.preset + "-" + type_name + ".bin");
+  const auto ref = read_llama_cpp_reference(
+      std::string(FSH_SOURCE_DIR) + "/tests/llama_cpp_reference/" + c.preset + "-" + type_name +
+      (c.context != 128 ? "-ctx" + std::to_string(c.context) : "") + ".bin");
   ASSERT_TRUE(ref.has_value()) << "reference missing or short; run bench/llama_cpp_reference.sh";
   auto spec = synthetic_model_preset(c.preset, c.type);
   ASSERT_TRUE(spec.has_value());
@@ -307,10 +309,9 @@ TEST_P(MatchesLlamaCpp, LogitsAndGreedyTokens) {
   auto model = Model::load(path);
   ASSERT_TRUE(model.ok()) << model.error().message;
   ASSERT_EQ((*model)->config().vocab_size, ref->vocab);
-  // llama.cpp ran with a context of 128 (phi3-tiny: past its original 64, so
-  // LongRoPE's long factors).
+  // The context llama.cpp ran with, which picks phi3's LongRoPE factors.
   ContextOptions options;
-  options.context_length = 128;
+  options.context_length = c.context;
   auto stepwise = InferenceContext::create(*model, options);
   auto batched = InferenceContext::create(*model, options);
   ASSERT_TRUE(stepwise.ok() && batched.ok());
@@ -369,6 +370,8 @@ INSTANTIATE_TEST_SUITE_P(
           cases.push_back({preset, type});
         }
       }
+      cases.push_back({"phi3-tiny", TensorType::kF32, 512});
+      cases.push_back({"phi3-tiny", TensorType::kQ4_K, 512});
       return cases;
     }()),
     llama_cpp_case_name);

@@ -137,7 +137,9 @@ std::optional<SyntheticModelSpec> synthetic_model_preset(std::string_view name, 
              name == "smollm3-tiny") {
     // A few MB, rows of 256 so every type (K-quants too) applies; enough
     // layers for smollm3's NoPE layer (the 4th) and two of gemma3's global
-    // ones; a context past phi3's original one, so the long factors are used.
+    // ones. phi3's original context is 256 because llama.cpp rounds the
+    // context up to a multiple of 256 before it picks LongRoPE's factors:
+    // contexts up to 256 use the short ones there and here, longer the long.
     s.architecture = std::string(name.substr(0, name.find('-')));
     s.embedding_length = 256;
     s.layer_count = 6;
@@ -157,7 +159,8 @@ std::optional<SyntheticModelSpec> synthetic_model_preset(std::string_view name, 
       s.tied_output = true;
     } else if (s.architecture == "phi3") {
       s.rope_dim = 48;  // three quarters of the head, like Phi-4-mini
-      s.longrope_original_context = 64;
+      s.longrope_original_context = 256;
+      s.context_length = 1024;
       s.longrope_attn_factor = 1.1f;
     } else {
       s.rope_freq_base = 5000000.0f;
