@@ -231,7 +231,7 @@ INSTANTIATE_TEST_SUITE_P(AllTypes, ForwardMatchesReference,
 // 0.01 for F16 (0.004: llama.cpp rounds activations to F16), 0.15 for Q8_0
 // and Q4_K (0.093). Top-1 must be identical at every position. Greedy: F32
 // identical for all 64 tokens; with other types llama.cpp's own runs part at
-// near-ties (as early as the 4th token), so there a different token is
+// near-ties (after 2 tokens, at worst), so there a different token is
 // accepted only where the best two logits are within twice the bound, and the
 // comparison stops there.
 struct LlamaCppCase {

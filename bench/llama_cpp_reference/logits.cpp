@@ -25,8 +25,6 @@ namespace {
 // The token sequence the tests use; ids within the synthetic 297-token vocabulary.
 const std::vector<llama_token> kTokens = {1,   40, 200, 7,  260, 99, 3,   5,
                                           120, 33, 271, 15, 288, 64, 180, 296};
-int g_generated = 64;
-int g_context = 128;
 
 struct Run {
   std::vector<float> logits;  // positions x vocab
@@ -41,11 +39,12 @@ int argmax(const float* v, int n) {
   return best;
 }
 
-bool run(llama_model* model, bool f16_cache, bool one_token_batches, Run& out) {
+bool run(llama_model* model, int context, int generated, bool f16_cache, bool one_token_batches,
+         Run& out) {
   llama_context_params cp = llama_context_default_params();
-  cp.n_ctx = g_context;
-  cp.n_batch = g_context;
-  cp.n_ubatch = one_token_batches ? 1 : g_context;
+  cp.n_ctx = context;
+  cp.n_batch = context;
+  cp.n_ubatch = one_token_batches ? 1 : context;
   cp.n_threads = 2;
   cp.n_threads_batch = 2;
   cp.type_k = f16_cache ? GGML_TYPE_F16 : GGML_TYPE_F32;
@@ -56,7 +55,7 @@ bool run(llama_model* model, bool f16_cache, bool one_token_batches, Run& out) {
   if (ctx == nullptr) return false;
   const int n_vocab = llama_vocab_n_tokens(llama_model_get_vocab(model));
   const int n = static_cast<int>(kTokens.size());
-  llama_batch batch = llama_batch_init(g_context, 0, 1);
+  llama_batch batch = llama_batch_init(context, 0, 1);
   for (int i = 0; i < n; ++i) {
     batch.token[i] = kTokens[static_cast<size_t>(i)];
     batch.pos[i] = i;
@@ -72,7 +71,7 @@ bool run(llama_model* model, bool f16_cache, bool one_token_batches, Run& out) {
     out.logits.insert(out.logits.end(), l, l + n_vocab);
   }
   llama_token next = argmax(out.logits.data() + static_cast<size_t>(n - 1) * n_vocab, n_vocab);
-  for (int g = 0; ok && g < g_generated; ++g) {
+  for (int g = 0; ok && g < generated; ++g) {
     out.generated.push_back(next);
     batch.token[0] = next;
     batch.pos[0] = n + g;
@@ -93,10 +92,10 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "usage: %s MODEL.gguf OUT.bin [CONTEXT]\n", argv[0]);
     return 2;
   }
-  if (argc == 4) g_context = std::atoi(argv[3]);
-  g_generated = std::min(64, g_context - static_cast<int>(kTokens.size()));
-  if (g_generated < 0) {
-    std::fprintf(stderr, "a context of %d is shorter than the %zu tokens\n", g_context,
+  const int context = argc == 4 ? std::atoi(argv[3]) : 128;
+  const int generated = std::min(64, context - static_cast<int>(kTokens.size()));
+  if (generated < 0) {
+    std::fprintf(stderr, "a context of %d is shorter than the %zu tokens\n", context,
                  kTokens.size());
     return 2;
   }
@@ -114,7 +113,8 @@ int main(int argc, char** argv) {
     return 1;
   }
   Run reference, variant;
-  if (!run(model, false, false, reference) || !run(model, true, true, variant)) {
+  if (!run(model, context, generated, false, false, reference) ||
+      !run(model, context, generated, true, true, variant)) {
     std::fprintf(stderr, "llama.cpp failed to evaluate %s\n", argv[1]);
     return 1;
   }
@@ -132,25 +132,25 @@ int main(int argc, char** argv) {
     top1_same += argmax(a, n_vocab) == argmax(b, n_vocab);
   }
   int gen_same = 0;
-  while (gen_same < g_generated && reference.generated[static_cast<size_t>(gen_same)] ==
-                                       variant.generated[static_cast<size_t>(gen_same)]) {
+  while (gen_same < generated && reference.generated[static_cast<size_t>(gen_same)] ==
+                                     variant.generated[static_cast<size_t>(gen_same)]) {
     ++gen_same;
   }
   std::printf(
       "%s: max |logit| %.3f; F16 KV cache, one token per batch vs F32 KV, one batch: max abs "
       "diff %.5f, top-1 same at %d/%d positions, greedy same for %d/%d tokens\n",
-      argv[1], scale, worst, top1_same, n, gen_same, g_generated);
+      argv[1], scale, worst, top1_same, n, gen_same, generated);
   FILE* f = std::fopen(argv[2], "wb");
   if (f == nullptr) {
     std::fprintf(stderr, "cannot write %s\n", argv[2]);
     return 1;
   }
-  const int32_t header[3] = {n, n_vocab, g_generated};
+  const int32_t header[3] = {n, n_vocab, generated};
   bool written = std::fwrite(header, sizeof header, 1, f) == 1 &&
                  std::fwrite(reference.logits.data(), sizeof(float), reference.logits.size(), f) ==
                      reference.logits.size() &&
-                 std::fwrite(reference.generated.data(), sizeof(llama_token), g_generated, f) ==
-                     static_cast<size_t>(g_generated);
+                 std::fwrite(reference.generated.data(), sizeof(llama_token), generated, f) ==
+                     static_cast<size_t>(generated);
   written = std::fclose(f) == 0 && written;
   llama_model_free(model);
   llama_backend_free();
