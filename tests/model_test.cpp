@@ -942,6 +942,17 @@ TEST(Reasoning, StreamedDeltasAddUpToTheWholeSplit) {
   EXPECT_EQ(stream.push("ink> Ans").content, "Ans");
 }
 
+TEST(Reasoning, FirstAnswerPieceSkipsTheThinkBlock) {
+  using Pieces = std::vector<std::string>;
+  EXPECT_EQ(first_answer_piece(Pieces{"<th", "ink>", "hm", "</", "think>", "\n\n", "4", "."}), 6u);
+  EXPECT_EQ(first_answer_piece(Pieces{"\n", "<think>", "\n\n", "</think>", "Yes"}), 4u);
+  EXPECT_EQ(first_answer_piece(Pieces{"Yes", "<think>"}), 0u);
+  EXPECT_EQ(first_answer_piece(Pieces{"<", "b>"}), 0u);
+  EXPECT_EQ(first_answer_piece(Pieces{"<think>", "still thinking"}), 2u);
+  EXPECT_EQ(first_answer_piece(Pieces{" ", "\n"}), 0u);
+  EXPECT_EQ(first_answer_piece(Pieces{}), 0u);
+}
+
 // An unsupported architecture names the supported ones.
 TEST(Model, UnsupportedArchitectureNamesTheSupportedOnes) {
   SyntheticModelSpec spec;

@@ -71,38 +71,6 @@ std::string reasoning_json(std::string_view text) {
   return out + "\"}";
 }
 
-// The index of the first token of the answer in a reply that may open with a
-// <think> block: past the token that completes </think> and the whitespace
-// after it; 0 when the reply does not open with <think>; the end when the
-// block never closes.
-size_t first_answer_token(const std::vector<TokenLogprob>& tokens) {
-  constexpr std::string_view kOpen = "<think>";
-  std::string text;
-  bool opened = false;
-  size_t i = 0;
-  for (; i < tokens.size(); ++i) {
-    text += tokens[i].token;
-    if (!opened) {
-      const size_t start = text.find_first_not_of(" \n\t\r");
-      if (start == std::string::npos) continue;
-      const std::string_view head = std::string_view(text).substr(start);
-      if (head.starts_with(kOpen)) {
-        opened = true;
-      } else if (kOpen.starts_with(head)) {
-        continue;
-      } else {
-        return 0;
-      }
-    }
-    if (text.find("</think>") != std::string::npos) break;
-  }
-  if (i == tokens.size()) return opened ? tokens.size() : 0;
-  for (++i; i < tokens.size(); ++i) {
-    if (tokens[i].token.find_first_not_of(" \n\t\r") != std::string::npos) break;
-  }
-  return i;
-}
-
 bool is_cancelled(const BackendRequest& request) {
   return request.cancelled && request.cancelled->load();
 }
@@ -411,10 +379,13 @@ class EmbeddedBackend final : public Backend {
       // The answer's tokens only: cascade confidence measures the answer, and
       // a reply that is all reasoning has none, so it escalates.
       if (thinks) {
+        std::vector<std::string> pieces;
+        pieces.reserve(completion.logprobs.size());
+        for (const auto& t : completion.logprobs) pieces.push_back(t.token);
         completion.logprobs.erase(
             completion.logprobs.begin(),
             completion.logprobs.begin() +
-                static_cast<std::ptrdiff_t>(first_answer_token(completion.logprobs)));
+                static_cast<std::ptrdiff_t>(engine::first_answer_piece(pieces)));
       }
     }
     completion.model = deployment->model_name;

@@ -282,4 +282,31 @@ ReasoningSplit split_reasoning(std::string_view reply) {
   return out;
 }
 
+size_t first_answer_piece(std::span<const std::string> pieces) {
+  std::string text;
+  bool opened = false;
+  size_t i = 0;
+  for (; i < pieces.size(); ++i) {
+    text += pieces[i];
+    if (!opened) {
+      const size_t start = text.find_first_not_of(" \n\t\r");
+      if (start == std::string::npos) continue;
+      const std::string_view head = std::string_view(text).substr(start);
+      if (head.starts_with(kThinkOpen)) {
+        opened = true;
+      } else if (kThinkOpen.starts_with(head)) {
+        continue;
+      } else {
+        return 0;
+      }
+    }
+    if (text.find(kThinkClose) != std::string::npos) break;
+  }
+  if (i == pieces.size()) return opened ? pieces.size() : 0;
+  for (++i; i < pieces.size(); ++i) {
+    if (pieces[i].find_first_not_of(" \n\t\r") != std::string::npos) break;
+  }
+  return i;
+}
+
 }  // namespace foreshore::engine

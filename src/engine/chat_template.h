@@ -3,6 +3,7 @@
 #pragma once
 
 #include <optional>
+#include <span>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -77,5 +78,11 @@ class ReasoningStream {
 };
 
 ReasoningSplit split_reasoning(std::string_view reply);
+
+// For a reply given as the texts of its tokens, the index of the first one of
+// its answer: past the piece that completes </think> and the whitespace after
+// it; 0 when the reply does not open with <think>; all of them when the block
+// never closes. What the answer's logprobs start at.
+size_t first_answer_piece(std::span<const std::string> pieces);
 
 }  // namespace foreshore::engine
