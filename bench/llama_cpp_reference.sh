@@ -26,7 +26,7 @@ out=tests/llama_cpp_reference
 mkdir -p "$out"
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-for preset in qwen3-tiny smollm3-tiny gemma3-tiny phi3-tiny; do
+for preset in qwen3-tiny smollm3-tiny gemma3-tiny phi3-tiny lfm2-tiny; do
   for type in F32 F16 Q8_0 Q4_K; do
     "$build/bench/synthetic_model" "$preset" "$type" "$work/model.gguf"
     "$tool" "$work/model.gguf" "$out/$preset-$type.bin" 2>/dev/null | sed "s|^$work/model.gguf|$preset $type|"

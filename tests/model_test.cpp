@@ -229,9 +229,12 @@ INSTANTIATE_TEST_SUITE_P(AllTypes, ForwardMatchesReference,
 // ways). Logits are O(1) (max |logit| 3.6-5.7). Bounds on the maximum absolute
 // difference: 0.005 for F32 (seen: up to 0.0015, from ggml's tabulated GELU),
 // 0.01 for F16 (0.004: llama.cpp rounds activations to F16), 0.15 for Q8_0
-// and Q4_K (0.093). Top-1 must be identical at every position. Greedy: F32
-// identical for all 64 tokens; with other types llama.cpp's own runs part at
-// near-ties (after 2 tokens, at worst), so there a different token is
+// and Q4_K (0.093). Top-1 identical at every position, except where
+// llama.cpp's own best two logits are within the bound with a type other than
+// F32 (lfm2-tiny Q8_0 has one such position, 0.045 apart; llama.cpp's own runs
+// differ in top-1 at up to 2 of 16 positions with quantized types). Greedy:
+// F32 identical for all 64 tokens; with other types llama.cpp's own runs part
+// at near-ties (after 1 token, at worst), so there a different token is
 // accepted only where the best two logits are within twice the bound, and the
 // comparison stops there.
 struct LlamaCppCase {
@@ -328,7 +331,11 @@ TEST_P(MatchesLlamaCpp, LogitsAndGreedyTokens) {
         ref->logits.data() + static_cast<size_t>(position) * ref->vocab,
         static_cast<size_t>(ref->vocab));
     for (size_t i = 0; i < want.size(); ++i) worst = std::max(worst, std::abs(got[i] - want[i]));
-    EXPECT_EQ(argmax_of(got), argmax_of(want)) << "top-1 at position " << position;
+    if (argmax_of(got) != argmax_of(want)) {
+      EXPECT_TRUE(c.type != TensorType::kF32 && top_margin(want) <= bound)
+          << "top-1 at position " << position << ": " << argmax_of(got) << ", llama.cpp "
+          << argmax_of(want);
+    }
   };
   for (size_t i = 0; i < seq.size(); ++i) {
     auto logits = (*stepwise)->evaluate(std::span<const TokenId>(&seq[i], 1), pool);
@@ -364,7 +371,8 @@ TEST_P(MatchesLlamaCpp, LogitsAndGreedyTokens) {
 INSTANTIATE_TEST_SUITE_P(
     TinyPresets, MatchesLlamaCpp, ::testing::ValuesIn([] {
       std::vector<LlamaCppCase> cases;
-      for (const char* preset : {"qwen3-tiny", "smollm3-tiny", "gemma3-tiny", "phi3-tiny"}) {
+      for (const char* preset :
+           {"qwen3-tiny", "smollm3-tiny", "gemma3-tiny", "phi3-tiny", "lfm2-tiny"}) {
         for (TensorType type :
              {TensorType::kF32, TensorType::kF16, TensorType::kQ8_0, TensorType::kQ4_K}) {
           cases.push_back({preset, type});
@@ -962,7 +970,7 @@ TEST(Model, UnsupportedArchitectureNamesTheSupportedOnes) {
   ASSERT_TRUE(file.ok());
   GgufWriter writer;
   for (const auto& [key, value] : (*file)->metadata()) writer.set(key, value);
-  writer.set("general.architecture", GgufValue::string("lfm2"));
+  writer.set("general.architecture", GgufValue::string("mamba"));
   for (const auto& t : (*file)->tensors()) {
     ASSERT_TRUE(writer
                     .add_tensor(t.name, static_cast<TensorType>(t.type), t.dims,
@@ -974,7 +982,7 @@ TEST(Model, UnsupportedArchitectureNamesTheSupportedOnes) {
   auto model = Model::load(renamed);
   ASSERT_FALSE(model.ok());
   EXPECT_EQ(model.error().kind, ErrorKind::kUnsupported);
-  for (const char* arch : {"'lfm2'", "qwen3", "smollm3", "gemma3", "phi3"}) {
+  for (const char* arch : {"'mamba'", "qwen3", "smollm3", "gemma3", "phi3", "lfm2"}) {
     EXPECT_NE(model.error().message.find(arch), std::string::npos) << model.error().message;
   }
   std::filesystem::remove(path);

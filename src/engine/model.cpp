@@ -12,7 +12,8 @@ namespace foreshore::engine {
 
 const char* supported_architectures() {
   return "llama (Llama 2/3, TinyLlama, SmolLM2, TinyStories), qwen2 (Qwen2/2.5), qwen3 "
-         "(Qwen3), smollm3 (SmolLM3), gemma3 (Gemma 3), phi3 (Phi-3/3.5, Phi-4-mini)";
+         "(Qwen3), smollm3 (SmolLM3), gemma3 (Gemma 3), phi3 (Phi-3/3.5, Phi-4-mini), lfm2 "
+         "(LFM2)";
 }
 
 namespace {
@@ -113,7 +114,7 @@ struct ModelLoader {
     if (!a) return corrupt("missing 'general.architecture'");
     arch = *a;
     if (arch != "llama" && arch != "qwen2" && arch != "qwen3" && arch != "smollm3" &&
-        arch != "gemma3" && arch != "phi3") {
+        arch != "gemma3" && arch != "phi3" && arch != "lfm2") {
       return make_error(ErrorKind::kUnsupported,
                         where() + ": architecture '" + arch +
                             "' is not supported; supported: " + supported_architectures());
@@ -134,6 +135,28 @@ struct ModelLoader {
     FSH_ASSIGN_OR_RETURN(int64_t n_ff, require_int("feed_forward_length"));
     FSH_ASSIGN_OR_RETURN(int64_t n_ctx, require_int("context_length"));
     int64_t n_head_kv = file.get_int(arch + ".attention.head_count_kv").value_or(n_head);
+    // LFM2 gives head_count_kv per layer: 0 marks a short-convolution layer;
+    // its attention layers all have the same count.
+    std::vector<bool> conv_layer(static_cast<size_t>(n_layer), false);
+    if (const GgufValue* per_layer = file.find(arch + ".attention.head_count_kv");
+        per_layer != nullptr && per_layer->as_array() != nullptr) {
+      const auto& items = per_layer->as_array()->items;
+      if (items.size() != static_cast<size_t>(n_layer))
+        return corrupt("attention.head_count_kv has " + std::to_string(items.size()) +
+                       " entries for " + std::to_string(n_layer) + " layers");
+      n_head_kv = 0;
+      for (size_t i = 0; i < items.size(); ++i) {
+        const int64_t kv = items[i].as_int().value_or(-1);
+        conv_layer[i] = kv == 0;
+        if (kv < 0 || (kv > 0 && n_head_kv > 0 && kv != n_head_kv))
+          return corrupt("attention.head_count_kv of layer " + std::to_string(i) + " is " +
+                         std::to_string(kv) + "; the attention layers must share one count");
+        if (kv > 0) n_head_kv = kv;
+      }
+      if (arch != "lfm2" && n_head_kv > 0 &&
+          std::find(conv_layer.begin(), conv_layer.end(), true) != conv_layer.end())
+        return corrupt("attention.head_count_kv is 0 for some layers, which only lfm2 has");
+    }
     if (n_head_kv <= 0 || n_head % n_head_kv != 0)
       return corrupt("attention.head_count_kv " + std::to_string(n_head_kv) +
                      " does not divide head_count " + std::to_string(n_head));
@@ -156,9 +179,14 @@ struct ModelLoader {
     c.rope_freq_base = static_cast<float>(file.get_float(arch + ".rope.freq_base").value_or(1e4));
     c.rope_dim = static_cast<int32_t>(rope_dim);
     // Rotation styles as llama.cpp assigns them per architecture.
-    c.rope_neox = arch == "qwen2" || arch == "qwen3" || arch == "gemma3" || arch == "phi3";
+    c.rope_neox =
+        arch == "qwen2" || arch == "qwen3" || arch == "gemma3" || arch == "phi3" || arch == "lfm2";
     c.attention_bias = arch == "qwen2";
-    c.qk_norm = arch == "qwen3" || arch == "gemma3";
+    c.qk_norm = arch == "qwen3" || arch == "gemma3" || arch == "lfm2";
+    if (arch == "lfm2") {
+      FSH_ASSIGN_OR_RETURN(int64_t l_cache, require_int("shortconv.l_cache"));
+      c.shortconv_l_cache = static_cast<int32_t>(l_cache);
+    }
     c.attention_scale = 1.0f / std::sqrt(static_cast<float>(head_dim));
     if (arch == "gemma3") {
       // Gemma's converters store RMSNorm weights as (1 + w), so the norms are
@@ -208,7 +236,10 @@ struct ModelLoader {
     const int64_t q_dim = n_head * head_dim;
     const int64_t kv_dim = n_head_kv * head_dim;
     FSH_ASSIGN_OR_RETURN(model.token_embd_, matrix("token_embd.weight", n_embd, n_vocab));
-    FSH_ASSIGN_OR_RETURN(model.output_norm_, vector("output_norm.weight", n_embd));
+    // LFM2's converter names the final norm token_embd_norm.
+    FSH_ASSIGN_OR_RETURN(
+        model.output_norm_,
+        vector(arch == "lfm2" ? "token_embd_norm.weight" : "output_norm.weight", n_embd));
     FSH_ASSIGN_OR_RETURN(model.output_, matrix("output.weight", n_embd, n_vocab, true));
     if (model.output_.data == nullptr) {
       c.tied_output = true;
@@ -240,7 +271,16 @@ struct ModelLoader {
       const std::string p = "blk." + std::to_string(i) + ".";
       LayerWeights l;
       FSH_ASSIGN_OR_RETURN(l.attn_norm, vector(p + "attn_norm.weight", n_embd));
-      if (arch == "phi3" && file.find_tensor(p + "attn_qkv.weight") != nullptr) {
+      if (conv_layer[static_cast<size_t>(i)]) {
+        // LFM2's short convolution in place of attention: in_proj makes B, C
+        // and x (rows in that order), a depthwise causal convolution of B*x
+        // over the last l_cache positions, gated by C, then out_proj.
+        l.conv_index = c.conv_layer_count++;
+        FSH_ASSIGN_OR_RETURN(l.conv_in, matrix(p + "shortconv.in_proj.weight", n_embd, 3 * n_embd));
+        FSH_ASSIGN_OR_RETURN(l.conv_kernel,
+                             vector(p + "shortconv.conv.weight", c.shortconv_l_cache * n_embd));
+        FSH_ASSIGN_OR_RETURN(l.conv_out, matrix(p + "shortconv.out_proj.weight", n_embd, n_embd));
+      } else if (arch == "phi3" && file.find_tensor(p + "attn_qkv.weight") != nullptr) {
         // Phi-3 fuses Q, K and V into one matrix; its rows are Q's, then K's,
         // then V's, so each is a view of consecutive rows.
         FSH_ASSIGN_OR_RETURN(WeightMatrix qkv,
@@ -253,11 +293,13 @@ struct ModelLoader {
         FSH_ASSIGN_OR_RETURN(l.wk, matrix(p + "attn_k.weight", n_embd, kv_dim));
         FSH_ASSIGN_OR_RETURN(l.wv, matrix(p + "attn_v.weight", n_embd, kv_dim));
       }
-      FSH_ASSIGN_OR_RETURN(l.wo, matrix(p + "attn_output.weight", q_dim, n_embd));
-      FSH_ASSIGN_OR_RETURN(l.bq, vector(p + "attn_q.bias", q_dim, true));
-      FSH_ASSIGN_OR_RETURN(l.bk, vector(p + "attn_k.bias", kv_dim, true));
-      FSH_ASSIGN_OR_RETURN(l.bv, vector(p + "attn_v.bias", kv_dim, true));
-      if (c.qk_norm) {
+      if (l.conv_index < 0) {
+        FSH_ASSIGN_OR_RETURN(l.wo, matrix(p + "attn_output.weight", q_dim, n_embd));
+        FSH_ASSIGN_OR_RETURN(l.bq, vector(p + "attn_q.bias", q_dim, true));
+        FSH_ASSIGN_OR_RETURN(l.bk, vector(p + "attn_k.bias", kv_dim, true));
+        FSH_ASSIGN_OR_RETURN(l.bv, vector(p + "attn_v.bias", kv_dim, true));
+      }
+      if (c.qk_norm && l.conv_index < 0) {
         FSH_ASSIGN_OR_RETURN(l.q_norm, vector(p + "attn_q_norm.weight", head_dim));
         FSH_ASSIGN_OR_RETURN(l.k_norm, vector(p + "attn_k_norm.weight", head_dim));
       }
@@ -400,8 +442,11 @@ Result<std::shared_ptr<const Model>> Model::from_gguf(std::shared_ptr<GgufFile> 
 }
 
 uint64_t Model::kv_bytes_per_token() const {
+  // The cache keeps a slot for every layer (short-convolution layers too,
+  // unused there), plus lfm2's convolution inputs.
   return 2ull * static_cast<uint64_t>(config_.layer_count) * config_.head_count_kv *
-         config_.head_dim * sizeof(float);
+             config_.head_dim * sizeof(float) +
+         static_cast<uint64_t>(config_.conv_layer_count) * config_.embedding_length * sizeof(float);
 }
 
 Result<std::unique_ptr<InferenceContext>> InferenceContext::create(
@@ -430,6 +475,13 @@ Result<std::unique_ptr<InferenceContext>> InferenceContext::create(
   const size_t cache = static_cast<size_t>(c.layer_count) * static_cast<size_t>(n_ctx) * kv_dim;
   ctx->key_cache_.assign(cache, 0.0f);
   ctx->value_cache_.assign(cache, 0.0f);
+  if (c.conv_layer_count > 0) {
+    ctx->conv_cache_.assign(static_cast<size_t>(c.conv_layer_count) * static_cast<size_t>(n_ctx) *
+                                static_cast<size_t>(c.embedding_length),
+                            0.0f);
+    ctx->conv_bcx_.resize(b * 3 * c.embedding_length);
+    ctx->conv_y_.resize(b * c.embedding_length);
+  }
   ctx->x_.resize(b * c.embedding_length);
   ctx->xn_.resize(b * std::max<size_t>(c.embedding_length, q_dim));
   ctx->q_.resize(b * q_dim);
@@ -484,7 +536,10 @@ Result<std::unique_ptr<InferenceContext>> InferenceContext::create(
   };
   need(ctx->model_->output());
   for (const auto& l : ctx->model_->layers()) {
-    for (const auto* w : {&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down}) need(*w);
+    for (const auto* w :
+         {&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down, &l.conv_in, &l.conv_out}) {
+      if (w->data != nullptr) need(*w);
+    }
   }
   ctx->quant_scratch_.resize(scratch);
   return ctx;
@@ -553,6 +608,39 @@ Result<std::span<const float>> InferenceContext::evaluate(std::span<const TokenI
   return std::span<const float>(logits_);
 }
 
+// LFM2's short-convolution block on the normed batch in xn_, result in xn_:
+// B, C, x = in_proj(xn); the cache keeps B*x per position; out_proj of
+// C * (depthwise causal convolution of B*x over the last l_cache positions,
+// zeros before the first).
+void InferenceContext::short_convolution(const LayerWeights& l, int32_t start, int32_t n,
+                                         std::span<uint8_t> scratch, ThreadPool& pool) {
+  const ModelConfig& c = model_->config();
+  const int64_t d = c.embedding_length;
+  const int32_t taps = c.shortconv_l_cache;
+  float* cache = conv_cache_.data() + static_cast<size_t>(l.conv_index) * context_length_ * d;
+  matmul(l.conv_in, xn_.data(), n, conv_bcx_.data(), scratch, pool);
+  for (int32_t t = 0; t < n; ++t) {
+    const float* b = conv_bcx_.data() + t * 3 * d;
+    const float* x = b + 2 * d;
+    float* bx = cache + static_cast<size_t>(start + t) * d;
+    for (int64_t i = 0; i < d; ++i) bx[i] = b[i] * x[i];
+  }
+  for (int32_t t = 0; t < n; ++t) {
+    const int32_t position = start + t;
+    const float* gate = conv_bcx_.data() + t * 3 * d + d;  // C
+    float* y = conv_y_.data() + t * d;
+    for (int64_t i = 0; i < d; ++i) {
+      float sum = 0.0f;
+      for (int32_t k = 0; k < taps; ++k) {
+        const int32_t p = position - (taps - 1) + k;
+        if (p >= 0) sum += l.conv_kernel[i * taps + k] * cache[static_cast<size_t>(p) * d + i];
+      }
+      y[i] = gate[i] * sum;
+    }
+  }
+  matmul(l.conv_out, conv_y_.data(), n, xn_.data(), scratch, pool);
+}
+
 void InferenceContext::forward_batch(const TokenId* tokens, int32_t n, ThreadPool& pool) {
   const Model& m = *model_;
   const ModelConfig& c = m.config();
@@ -585,81 +673,86 @@ void InferenceContext::forward_batch(const TokenId* tokens, int32_t n, ThreadPoo
     for (int32_t t = 0; t < n; ++t) {
       rmsnorm(x_.data() + t * d, l.attn_norm, xn_.data() + t * d, d, c.rms_norm_epsilon);
     }
-    if (observer_ != nullptr) {
-      observer_->on_matrix_input(li, ForwardObserver::MatrixInput::kAttentionQkv,
-                                 {xn_.data(), stream}, n);
-    }
-    matmul(l.wq, xn_.data(), n, q_.data(), scratch, pool);
-    matmul(l.wk, xn_.data(), n, k_.data(), scratch, pool);
-    matmul(l.wv, xn_.data(), n, v_.data(), scratch, pool);
-    for (int32_t t = 0; t < n; ++t) {
-      float* q = q_.data() + t * q_dim;
-      float* k = k_.data() + t * kv_dim;
-      float* v = v_.data() + t * kv_dim;
-      if (l.bq != nullptr) {
-        for (int64_t i = 0; i < q_dim; ++i) q[i] += l.bq[i];
+    if (l.conv_index >= 0) {
+      short_convolution(l, start, n, scratch, pool);
+    } else {
+      if (observer_ != nullptr) {
+        observer_->on_matrix_input(li, ForwardObserver::MatrixInput::kAttentionQkv,
+                                   {xn_.data(), stream}, n);
       }
-      if (l.bk != nullptr) {
-        for (int64_t i = 0; i < kv_dim; ++i) k[i] += l.bk[i];
-      }
-      if (l.bv != nullptr) {
-        for (int64_t i = 0; i < kv_dim; ++i) v[i] += l.bv[i];
-      }
-      if (l.q_norm != nullptr) {
-        for (int32_t h = 0; h < c.head_count; ++h)
-          rmsnorm(q + h * hd, l.q_norm, q + h * hd, hd, c.rms_norm_epsilon);
-        for (int32_t h = 0; h < c.head_count_kv; ++h)
-          rmsnorm(k + h * hd, l.k_norm, k + h * hd, hd, c.rms_norm_epsilon);
-      }
-      if (l.rope) {
-        const float* inv_freq = l.sliding ? rope_inv_freq_local_.data() : rope_inv_freq_.data();
-        apply_rope(q, c.head_count, c.head_dim, c.rope_dim, start + t, c.rope_neox, inv_freq,
-                   c.rope_attn_factor);
-        apply_rope(k, c.head_count_kv, c.head_dim, c.rope_dim, start + t, c.rope_neox, inv_freq,
-                   c.rope_attn_factor);
-      }
-      std::memcpy(key_layer + static_cast<size_t>(start + t) * kv_dim, k, kv_dim * sizeof(float));
-      std::memcpy(value_layer + static_cast<size_t>(start + t) * kv_dim, v, kv_dim * sizeof(float));
-    }
-
-    // Causal attention; each (token, head) pair is independent.
-    const int64_t items = static_cast<int64_t>(n) * c.head_count;
-    pool.run_on_all([&](int thread, int thread_count) {
-      float* scores = scores_.data() + static_cast<size_t>(thread) * context_length_;
-      const int64_t per = (items + thread_count - 1) / thread_count;
-      const int64_t begin = per * thread;
-      const int64_t end = std::min(items, begin + per);
-      for (int64_t item = begin; item < end; ++item) {
-        const int32_t t = static_cast<int32_t>(item / c.head_count);
-        const int32_t h = static_cast<int32_t>(item % c.head_count);
-        const int32_t kvh = h / group;
-        const float* q = q_.data() + t * q_dim + h * hd;
-        // A sliding-window layer sees only keys fewer than sliding_window
-        // positions back.
-        const int32_t first = l.sliding ? std::max(0, start + t + 1 - c.sliding_window) : 0;
-        const int32_t span = start + t + 1 - first;
-        const float* keys = key_layer + static_cast<size_t>(first) * kv_dim + kvh * hd;
-        const float* values = value_layer + static_cast<size_t>(first) * kv_dim + kvh * hd;
-        for (int32_t p = 0; p < span; ++p) {
-          scores[p] = attn_scale * dot_f32(q, keys + static_cast<size_t>(p) * kv_dim, hd);
-        }
-        softmax(scores, span);
-        float* out = attn_out_.data() + t * q_dim + h * hd;
-        std::fill(out, out + hd, 0.0f);
-        for (int32_t p = 0; p < span; ++p) {
-          axpy_f32(scores[p], values + static_cast<size_t>(p) * kv_dim, out, hd);
-        }
-      }
-    });
-
-    if (observer_ != nullptr) {
-      observer_->on_matrix_input(li, ForwardObserver::MatrixInput::kAttentionOutput,
-                                 {attn_out_.data(), static_cast<size_t>(n * q_dim)}, n);
-    }
-    matmul(l.wo, attn_out_.data(), n, xn_.data(), scratch, pool);
-    if (l.attn_post_norm != nullptr) {
+      matmul(l.wq, xn_.data(), n, q_.data(), scratch, pool);
+      matmul(l.wk, xn_.data(), n, k_.data(), scratch, pool);
+      matmul(l.wv, xn_.data(), n, v_.data(), scratch, pool);
       for (int32_t t = 0; t < n; ++t) {
-        rmsnorm(xn_.data() + t * d, l.attn_post_norm, xn_.data() + t * d, d, c.rms_norm_epsilon);
+        float* q = q_.data() + t * q_dim;
+        float* k = k_.data() + t * kv_dim;
+        float* v = v_.data() + t * kv_dim;
+        if (l.bq != nullptr) {
+          for (int64_t i = 0; i < q_dim; ++i) q[i] += l.bq[i];
+        }
+        if (l.bk != nullptr) {
+          for (int64_t i = 0; i < kv_dim; ++i) k[i] += l.bk[i];
+        }
+        if (l.bv != nullptr) {
+          for (int64_t i = 0; i < kv_dim; ++i) v[i] += l.bv[i];
+        }
+        if (l.q_norm != nullptr) {
+          for (int32_t h = 0; h < c.head_count; ++h)
+            rmsnorm(q + h * hd, l.q_norm, q + h * hd, hd, c.rms_norm_epsilon);
+          for (int32_t h = 0; h < c.head_count_kv; ++h)
+            rmsnorm(k + h * hd, l.k_norm, k + h * hd, hd, c.rms_norm_epsilon);
+        }
+        if (l.rope) {
+          const float* inv_freq = l.sliding ? rope_inv_freq_local_.data() : rope_inv_freq_.data();
+          apply_rope(q, c.head_count, c.head_dim, c.rope_dim, start + t, c.rope_neox, inv_freq,
+                     c.rope_attn_factor);
+          apply_rope(k, c.head_count_kv, c.head_dim, c.rope_dim, start + t, c.rope_neox, inv_freq,
+                     c.rope_attn_factor);
+        }
+        std::memcpy(key_layer + static_cast<size_t>(start + t) * kv_dim, k, kv_dim * sizeof(float));
+        std::memcpy(value_layer + static_cast<size_t>(start + t) * kv_dim, v,
+                    kv_dim * sizeof(float));
+      }
+
+      // Causal attention; each (token, head) pair is independent.
+      const int64_t items = static_cast<int64_t>(n) * c.head_count;
+      pool.run_on_all([&](int thread, int thread_count) {
+        float* scores = scores_.data() + static_cast<size_t>(thread) * context_length_;
+        const int64_t per = (items + thread_count - 1) / thread_count;
+        const int64_t begin = per * thread;
+        const int64_t end = std::min(items, begin + per);
+        for (int64_t item = begin; item < end; ++item) {
+          const int32_t t = static_cast<int32_t>(item / c.head_count);
+          const int32_t h = static_cast<int32_t>(item % c.head_count);
+          const int32_t kvh = h / group;
+          const float* q = q_.data() + t * q_dim + h * hd;
+          // A sliding-window layer sees only keys fewer than sliding_window
+          // positions back.
+          const int32_t first = l.sliding ? std::max(0, start + t + 1 - c.sliding_window) : 0;
+          const int32_t span = start + t + 1 - first;
+          const float* keys = key_layer + static_cast<size_t>(first) * kv_dim + kvh * hd;
+          const float* values = value_layer + static_cast<size_t>(first) * kv_dim + kvh * hd;
+          for (int32_t p = 0; p < span; ++p) {
+            scores[p] = attn_scale * dot_f32(q, keys + static_cast<size_t>(p) * kv_dim, hd);
+          }
+          softmax(scores, span);
+          float* out = attn_out_.data() + t * q_dim + h * hd;
+          std::fill(out, out + hd, 0.0f);
+          for (int32_t p = 0; p < span; ++p) {
+            axpy_f32(scores[p], values + static_cast<size_t>(p) * kv_dim, out, hd);
+          }
+        }
+      });
+
+      if (observer_ != nullptr) {
+        observer_->on_matrix_input(li, ForwardObserver::MatrixInput::kAttentionOutput,
+                                   {attn_out_.data(), static_cast<size_t>(n * q_dim)}, n);
+      }
+      matmul(l.wo, attn_out_.data(), n, xn_.data(), scratch, pool);
+      if (l.attn_post_norm != nullptr) {
+        for (int32_t t = 0; t < n; ++t) {
+          rmsnorm(xn_.data() + t * d, l.attn_post_norm, xn_.data() + t * d, d, c.rms_norm_epsilon);
+        }
       }
     }
     add_f32(x_.data(), xn_.data(), static_cast<int64_t>(n) * d);

@@ -55,6 +55,10 @@ struct ModelConfig {
   float attention_scale = 0.0f;      // multiplies q.k: 1/sqrt(head_dim), Gemma 3 27B aside
   int32_t sliding_window = 0;        // 0: none; else keys older than this many positions are masked
   float final_logit_softcap = 0.0f;  // 0: none; else logits = cap * tanh(logits / cap)
+  // lfm2: positions a short-convolution layer sees (its kernel length), and
+  // how many layers are short convolutions instead of attention.
+  int32_t shortconv_l_cache = 0;
+  int32_t conv_layer_count = 0;
 };
 
 // The architectures Model::load accepts, for error messages.
@@ -74,6 +78,12 @@ struct LayerWeights {
   const float* ffn_post_norm = nullptr;  // post_norms
   bool rope = true;                      // false: a NoPE layer (smollm3's every fourth)
   bool sliding = false;                  // attends only to the last config.sliding_window positions
+  // lfm2 short-convolution layer (no attention weights): its ordinal among
+  // such layers, or -1; in_proj (3 x embedding rows: B, C, x), the depthwise
+  // kernel (embedding_length rows of shortconv_l_cache), out_proj.
+  int32_t conv_index = -1;
+  WeightMatrix conv_in, conv_out;
+  const float* conv_kernel = nullptr;
 };
 
 // Immutable once loaded; shared by every context that runs it.
@@ -199,6 +209,8 @@ class InferenceContext {
  private:
   InferenceContext() = default;
   void forward_batch(const TokenId* tokens, int32_t n, ThreadPool& pool);
+  void short_convolution(const LayerWeights& l, int32_t start, int32_t n,
+                         std::span<uint8_t> scratch, ThreadPool& pool);
 
   std::shared_ptr<const Model> model_;
   int32_t context_length_ = 0;
@@ -207,6 +219,11 @@ class InferenceContext {
   std::vector<TokenId> cached_tokens_;
   std::vector<float> key_cache_;    // [layer][position][kv_head * head_dim]
   std::vector<float> value_cache_;  // same layout
+  // lfm2: B*x of each short-convolution layer at each position
+  // [conv layer][position][embedding_length], so that truncate() keeps
+  // working as it does for the KV cache.
+  std::vector<float> conv_cache_;
+  std::vector<float> conv_bcx_, conv_y_;  // scratch: in_proj output, gated convolution
   // Scratch, sized for max_batch tokens.
   std::vector<float> x_, xn_, q_, k_, v_, attn_out_, gate_, up_, scores_, logits_;
   std::vector<float> rope_inv_freq_;        // full-attention layers

@@ -42,8 +42,8 @@ Vocabulary synthetic_vocabulary(int32_t size) {
 
 const char* synthetic_model_preset_names() {
   return "smollm2-135m, qwen2.5-0.5b, llama3.2-1b, tinyllama-1.1b, qwen3-0.6b, qwen3-1.7b, "
-         "gemma3-270m, gemma3-1b, phi4-mini, smollm3-3b, qwen3-tiny, gemma3-tiny, phi3-tiny, "
-         "smollm3-tiny";
+         "gemma3-270m, gemma3-1b, phi4-mini, smollm3-3b, lfm2-350m, qwen3-tiny, gemma3-tiny, "
+         "phi3-tiny, smollm3-tiny, lfm2-tiny";
 }
 
 std::optional<SyntheticModelSpec> synthetic_model_preset(std::string_view name, TensorType type) {
@@ -133,8 +133,20 @@ std::optional<SyntheticModelSpec> synthetic_model_preset(std::string_view name, 
     s.vocab_size = 128256;
     s.tied_output = true;
     s.rope_freq_base = 5000000.0f;
+  } else if (name == "lfm2-350m") {
+    s.architecture = "lfm2";
+    s.embedding_length = 1024;
+    s.layer_count = 16;
+    s.head_count = 16;
+    s.head_count_kv = 8;
+    s.feed_forward_length = 4608;
+    s.vocab_size = 65536;
+    s.tied_output = true;
+    s.rope_freq_base = 1000000.0f;
+    s.conv_layers.assign(16, true);
+    for (int layer : {2, 5, 8, 10, 12, 14}) s.conv_layers[static_cast<size_t>(layer)] = false;
   } else if (name == "qwen3-tiny" || name == "gemma3-tiny" || name == "phi3-tiny" ||
-             name == "smollm3-tiny") {
+             name == "smollm3-tiny" || name == "lfm2-tiny") {
     // A few MB, rows of 256 so every type (K-quants too) applies; enough
     // layers for smollm3's NoPE layer (the 4th) and two of gemma3's global
     // ones. phi3's original context is 256 because llama.cpp rounds the
@@ -162,6 +174,10 @@ std::optional<SyntheticModelSpec> synthetic_model_preset(std::string_view name, 
       s.longrope_original_context = 256;
       s.context_length = 1024;
       s.longrope_attn_factor = 1.1f;
+    } else if (s.architecture == "lfm2") {
+      s.rope_freq_base = 1000000.0f;
+      s.tied_output = true;
+      s.conv_layers = {true, true, false, true, true, false};
     } else {
       s.rope_freq_base = 5000000.0f;
       s.tied_output = true;
@@ -183,11 +199,12 @@ Status write_synthetic_model(const SyntheticModelSpec& s, const std::string& pat
   }
   const std::string a = s.architecture;
   if (a != "llama" && a != "qwen2" && a != "qwen3" && a != "smollm3" && a != "gemma3" &&
-      a != "phi3") {
+      a != "phi3" && a != "lfm2") {
     return make_error(
         ErrorKind::kInvalidArgument,
         "synthetic model: architecture '" + a +
-            "' is not one it writes; use llama, qwen2, qwen3, smollm3, gemma3 or phi3");
+            "' is not one it writes; use llama, qwen2, qwen3, smollm3, gemma3, phi3 or "
+            "lfm2");
   }
   const int64_t head_dim = s.head_dim > 0 ? s.head_dim : s.embedding_length / s.head_count;
   const int64_t q_dim = s.head_count * head_dim;
@@ -211,7 +228,20 @@ Status write_synthetic_model(const SyntheticModelSpec& s, const std::string& pat
   w.set(a + ".block_count", GgufValue::u32(static_cast<uint32_t>(s.layer_count)));
   w.set(a + ".feed_forward_length", GgufValue::u32(static_cast<uint32_t>(s.feed_forward_length)));
   w.set(a + ".attention.head_count", GgufValue::u32(static_cast<uint32_t>(s.head_count)));
-  w.set(a + ".attention.head_count_kv", GgufValue::u32(static_cast<uint32_t>(s.head_count_kv)));
+  const auto is_conv = [&](int32_t layer) {
+    return static_cast<size_t>(layer) < s.conv_layers.size() &&
+           s.conv_layers[static_cast<size_t>(layer)];
+  };
+  if (a == "lfm2") {
+    // Per layer, as LFM2's files give it: 0 for short-convolution layers.
+    std::vector<int32_t> kv_heads;
+    for (int32_t i = 0; i < s.layer_count; ++i)
+      kv_heads.push_back(is_conv(i) ? 0 : s.head_count_kv);
+    w.set(a + ".attention.head_count_kv", GgufValue::i32_array(kv_heads));
+    w.set(a + ".shortconv.l_cache", GgufValue::u32(static_cast<uint32_t>(s.shortconv_l_cache)));
+  } else {
+    w.set(a + ".attention.head_count_kv", GgufValue::u32(static_cast<uint32_t>(s.head_count_kv)));
+  }
   w.set(a + ".attention.layer_norm_rms_epsilon", GgufValue::f32(1e-5f));
   w.set(a + ".rope.freq_base", GgufValue::f32(s.rope_freq_base));
   if (s.head_dim > 0) {
@@ -283,7 +313,8 @@ Status write_synthetic_model(const SyntheticModelSpec& s, const std::string& pat
   const float bias_sd = s.fresh_init ? 0.02f : 0.1f;
   FSH_TRY_STATUS(
       add("token_embd.weight", s.embedding_type, d, n_vocab, s.fresh_init ? sd(d) : 1.0f, 0.0f));
-  FSH_TRY_STATUS(add("output_norm.weight", f32, d, 0, norm_sd, 1.0f));
+  FSH_TRY_STATUS(
+      add(a == "lfm2" ? "token_embd_norm.weight" : "output_norm.weight", f32, d, 0, norm_sd, 1.0f));
   if (!s.tied_output) FSH_TRY_STATUS(add("output.weight", mt, d, n_vocab, sd(d), 0.0f));
   if (s.longrope_original_context > 0) {
     // LongRoPE divisors: mild for the short set, stronger for the long one.
@@ -303,20 +334,25 @@ Status write_synthetic_model(const SyntheticModelSpec& s, const std::string& pat
   for (int32_t i = 0; i < s.layer_count; ++i) {
     const std::string p = "blk." + std::to_string(i) + ".";
     FSH_TRY_STATUS(add(p + "attn_norm.weight", f32, d, 0, norm_sd, 1.0f));
-    if (a == "phi3") {
+    if (is_conv(i)) {
+      FSH_TRY_STATUS(add(p + "shortconv.in_proj.weight", mt, d, 3 * d, sd(d), 0.0f));
+      FSH_TRY_STATUS(add(p + "shortconv.conv.weight", f32, s.shortconv_l_cache, d,
+                         sd(s.shortconv_l_cache), 0.0f));
+      FSH_TRY_STATUS(add(p + "shortconv.out_proj.weight", mt, d, d, sd(d), 0.0f));
+    } else if (a == "phi3") {
       FSH_TRY_STATUS(add(p + "attn_qkv.weight", mt, d, q_dim + 2 * kv_dim, sd(d), 0.0f));
     } else {
       FSH_TRY_STATUS(add(p + "attn_q.weight", mt, d, q_dim, sd(d), 0.0f));
       FSH_TRY_STATUS(add(p + "attn_k.weight", mt, d, kv_dim, sd(d), 0.0f));
       FSH_TRY_STATUS(add(p + "attn_v.weight", mt, d, kv_dim, sd(d), 0.0f));
     }
-    FSH_TRY_STATUS(add(p + "attn_output.weight", mt, q_dim, d, sd(q_dim), 0.0f));
+    if (!is_conv(i)) FSH_TRY_STATUS(add(p + "attn_output.weight", mt, q_dim, d, sd(q_dim), 0.0f));
     if (a == "qwen2") {
       FSH_TRY_STATUS(add(p + "attn_q.bias", f32, q_dim, 0, bias_sd, 0.0f));
       FSH_TRY_STATUS(add(p + "attn_k.bias", f32, kv_dim, 0, bias_sd, 0.0f));
       FSH_TRY_STATUS(add(p + "attn_v.bias", f32, kv_dim, 0, bias_sd, 0.0f));
     }
-    if (a == "qwen3" || a == "gemma3") {
+    if (a == "qwen3" || a == "gemma3" || (a == "lfm2" && !is_conv(i))) {
       FSH_TRY_STATUS(add(p + "attn_q_norm.weight", f32, head_dim, 0, norm_sd, 1.0f));
       FSH_TRY_STATUS(add(p + "attn_k_norm.weight", f32, head_dim, 0, norm_sd, 1.0f));
     }

@@ -17,7 +17,7 @@
 namespace foreshore::engine {
 
 struct SyntheticModelSpec {
-  // llama, qwen2, qwen3, smollm3, gemma3 or phi3, with the tensors llama.cpp's
+  // llama, qwen2, qwen3, smollm3, gemma3, phi3 or lfm2, with the tensors llama.cpp's
   // converters write for it (phi3: fused attn_qkv and gate/up).
   std::string architecture = "llama";
   TensorType matrix_type = TensorType::kF32;
@@ -41,6 +41,10 @@ struct SyntheticModelSpec {
   // phi3 LongRoPE: short/long factor tensors, used beyond this trained context.
   int32_t longrope_original_context = 0;  // 0: no LongRoPE
   float longrope_attn_factor = 1.0f;
+  // lfm2: which layers are short convolutions (the others attention), and
+  // the convolution's length.
+  std::vector<bool> conv_layers;
+  int32_t shortconv_l_cache = 3;
   int32_t vocab_size = 0;  // 0: the minimal byte vocabulary (297 tokens)
   uint64_t seed = 1;
   std::string chat_template;
@@ -61,9 +65,9 @@ Vocabulary synthetic_vocabulary(int32_t size = 0);
 Status write_synthetic_model(const SyntheticModelSpec& spec, const std::string& path);
 
 // Shapes of real models: synthetic_model_preset_names(), e.g. "smollm2-135m",
-// "qwen3-0.6b", "gemma3-270m", "phi4-mini", "smollm3-3b"; and tiny models of
-// each architecture for tests ("qwen3-tiny", "gemma3-tiny", "phi3-tiny",
-// "smollm3-tiny"). The presets of the newer architectures draw fresh_init
+// "qwen3-0.6b", "gemma3-270m", "phi4-mini", "smollm3-3b", "lfm2-350m"; and
+// tiny models of each architecture for tests ("qwen3-tiny", "gemma3-tiny",
+// "phi3-tiny", "smollm3-tiny", "lfm2-tiny"). The presets of the newer architectures draw fresh_init
 // weights.
 std::optional<SyntheticModelSpec> synthetic_model_preset(std::string_view name, TensorType type);
 // The preset names, comma-separated, for usage messages.
