@@ -10,8 +10,8 @@
 # shapes with random weights (build/bench/synthetic_model, F16), each quantized
 # by llama.cpp's own llama-quantize to Q8_0, Q4_0, Q4_K_M, Q5_K_M, Q3_K_M,
 # Q2_K and IQ4_XS; then the newer architectures, Qwen3-0.6B, Gemma-3-270M,
-# SmolLM3-3B and Phi-4-mini shapes, to Q8_0, Q4_0 and Q4_K_M (their F16 files
-# need about 17 GB of disk together).
+# SmolLM3-3B, Phi-4-mini and LFM2-350M shapes, to Q8_0, Q4_0 and Q4_K_M
+# (their F16 files need about 18 GB of disk together).
 # Needs: a build with -DFSH_BUILD_BENCH=ON, bench/llama_cpp_build.sh, jq.
 # FORESHORE_BINARY and LLAMA_BENCH override the two tools' paths.
 set -euo pipefail
@@ -37,7 +37,8 @@ if [ ${#files[@]} -eq 0 ]; then
   synthetic=${SYNTHETIC_MODEL:-$(dirname "$fsh")/bench/synthetic_model}
   quantize=$(dirname "$llama_bench")/llama-quantize
   mkdir -p "$dir"
-  for model in smollm2-135m qwen2.5-0.5b llama3.2-1b qwen3-0.6b gemma3-270m smollm3-3b phi4-mini; do
+  for model in smollm2-135m qwen2.5-0.5b llama3.2-1b qwen3-0.6b gemma3-270m smollm3-3b phi4-mini \
+    lfm2-350m; do
     [ -f "$dir/$model-F16.gguf" ] || "$synthetic" "$model" F16 "$dir/$model-F16.gguf"
     case $model in
       smollm2-135m | qwen2.5-0.5b | llama3.2-1b) types="Q8_0 Q4_0 Q4_K_M Q5_K_M Q3_K_M Q2_K IQ4_XS" ;;
