@@ -368,21 +368,20 @@ TEST_P(MatchesLlamaCpp, LogitsAndGreedyTokens) {
   std::filesystem::remove(path);
 }
 
-INSTANTIATE_TEST_SUITE_P(
-    TinyPresets, MatchesLlamaCpp, ::testing::ValuesIn([] {
-      std::vector<LlamaCppCase> cases;
-      for (const char* preset :
-           {"qwen3-tiny", "smollm3-tiny", "gemma3-tiny", "phi3-tiny", "lfm2-tiny"}) {
-        for (TensorType type :
-             {TensorType::kF32, TensorType::kF16, TensorType::kQ8_0, TensorType::kQ4_K}) {
-          cases.push_back({preset, type});
-        }
-      }
-      cases.push_back({"phi3-tiny", TensorType::kF32, 512});
-      cases.push_back({"phi3-tiny", TensorType::kQ4_K, 512});
-      return cases;
-    }()),
-    llama_cpp_case_name);
+INSTANTIATE_TEST_SUITE_P(TinyPresets, MatchesLlamaCpp, ::testing::ValuesIn([] {
+                           std::vector<LlamaCppCase> cases;
+                           for (const char* preset : {"qwen3-tiny", "smollm3-tiny", "gemma3-tiny",
+                                                      "phi3-tiny", "lfm2-tiny"}) {
+                             for (TensorType type : {TensorType::kF32, TensorType::kF16,
+                                                     TensorType::kQ8_0, TensorType::kQ4_K}) {
+                               cases.push_back({preset, type});
+                             }
+                           }
+                           cases.push_back({"phi3-tiny", TensorType::kF32, 512});
+                           cases.push_back({"phi3-tiny", TensorType::kQ4_K, 512});
+                           return cases;
+                         }()),
+                         llama_cpp_case_name);
 
 TEST(Model, BatchedPromptEqualsTokenByToken) {
   for (TensorType type :
