@@ -9,7 +9,9 @@
 # (default /tmp/foreshore-bench): SmolLM2-135M, Qwen2.5-0.5B and Llama-3.2-1B
 # shapes with random weights (build/bench/synthetic_model, F16), each quantized
 # by llama.cpp's own llama-quantize to Q8_0, Q4_0, Q4_K_M, Q5_K_M, Q3_K_M,
-# Q2_K and IQ4_XS.
+# Q2_K and IQ4_XS; then the newer architectures, Qwen3-0.6B, Gemma-3-270M,
+# SmolLM3-3B, Phi-4-mini and LFM2-350M shapes, to Q8_0, Q4_0 and Q4_K_M
+# (their F16 files need about 18 GB of disk together).
 # Needs: a build with -DFSH_BUILD_BENCH=ON, bench/llama_cpp_build.sh, jq.
 # FORESHORE_BINARY and LLAMA_BENCH override the two tools' paths.
 set -euo pipefail
@@ -18,7 +20,7 @@ p=128 n=32 t=2 r=3
 while getopts p:n:t:r: opt; do
   case $opt in
     p) p=$OPTARG ;; n) n=$OPTARG ;; t) t=$OPTARG ;; r) r=$OPTARG ;;
-    *) sed -n '2,14p' "$0" >&2; exit 2 ;;
+    *) sed -n '2,16p' "$0" >&2; exit 2 ;;
   esac
 done
 shift $((OPTIND - 1))
@@ -35,9 +37,14 @@ if [ ${#files[@]} -eq 0 ]; then
   synthetic=${SYNTHETIC_MODEL:-$(dirname "$fsh")/bench/synthetic_model}
   quantize=$(dirname "$llama_bench")/llama-quantize
   mkdir -p "$dir"
-  for model in smollm2-135m qwen2.5-0.5b llama3.2-1b; do
+  for model in smollm2-135m qwen2.5-0.5b llama3.2-1b qwen3-0.6b gemma3-270m smollm3-3b phi4-mini \
+    lfm2-350m; do
     [ -f "$dir/$model-F16.gguf" ] || "$synthetic" "$model" F16 "$dir/$model-F16.gguf"
-    for q in Q8_0 Q4_0 Q4_K_M Q5_K_M Q3_K_M Q2_K IQ4_XS; do
+    case $model in
+      smollm2-135m | qwen2.5-0.5b | llama3.2-1b) types="Q8_0 Q4_0 Q4_K_M Q5_K_M Q3_K_M Q2_K IQ4_XS" ;;
+      *) types="Q8_0 Q4_0 Q4_K_M" ;;
+    esac
+    for q in $types; do
       if [ ! -f "$dir/$model-$q.gguf" ]; then
         "$quantize" "$dir/$model-F16.gguf" "$dir/$model-$q.gguf" "$q" >"$dir/$model-$q.log" 2>&1
       fi

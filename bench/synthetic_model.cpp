@@ -2,7 +2,7 @@
 // that need a file of a given size and type when no real one is at hand
 // (speed does not depend on weight values).
 // Usage: build/bench/synthetic_model PRESET TYPE OUT.gguf
-//   PRESET: smollm2-135m, qwen2.5-0.5b, llama3.2-1b, tinyllama-1.1b
+//   PRESET: any of synthetic_model_preset_names() (real shapes, and *-tiny ones)
 //   TYPE:   any type the engine computes (F16, Q8_0, Q4_0, Q4_K, ...)
 #include <cstdio>
 #include <string>
@@ -23,10 +23,8 @@ int main(int argc, char** argv) {
   }
   auto spec = synthetic_model_preset(argv[1], *type);
   if (!spec) {
-    std::fprintf(stderr,
-                 "unknown preset '%s'; use smollm2-135m, qwen2.5-0.5b, llama3.2-1b or "
-                 "tinyllama-1.1b\n",
-                 argv[1]);
+    std::fprintf(stderr, "unknown preset '%s'; use one of %s\n", argv[1],
+                 synthetic_model_preset_names());
     return 2;
   }
   // llama.cpp takes Llama 3's rope scaling only from a rope_freqs tensor and

@@ -145,7 +145,7 @@ TEST(ConfigTest, ErrorsNameTheKeyPath) {
             "cfg.yaml: tiers.e.price.input_per_mtok: must not be negative");
   EXPECT_EQ(config_error("tiers:\n  e:\n    model: m\n    chat_format: jinja\n"),
             "cfg.yaml: tiers.e.chat_format: 'jinja' is not one of chatml, llama3, llama2, "
-            "zephyr, plain");
+            "zephyr, plain, qwen3, gemma, phi3, smollm3");
   EXPECT_EQ(
       config_error("tiers:\n  e:\n    model: m\n    endpoint: http://x\n    kind: embedded\n"),
       "cfg.yaml: tiers.e.endpoint: only applies to kind openai");

@@ -36,6 +36,41 @@ double ms_since(Clock::time_point start) {
   return std::chrono::duration<double, std::milli>(Clock::now() - start).count();
 }
 
+// {"reasoning_content": text}: the message or delta field that carries a
+// reasoning model's <think> text, as llama-server and OpenAI-compatible
+// reasoning APIs name it.
+std::string reasoning_json(std::string_view text) {
+  std::string out = "{\"reasoning_content\":\"";
+  for (char c : text) {
+    switch (c) {
+      case '"':
+        out += "\\\"";
+        break;
+      case '\\':
+        out += "\\\\";
+        break;
+      case '\n':
+        out += "\\n";
+        break;
+      case '\t':
+        out += "\\t";
+        break;
+      case '\r':
+        out += "\\r";
+        break;
+      default:
+        if (static_cast<unsigned char>(c) < 0x20) {
+          char escaped[8];
+          std::snprintf(escaped, sizeof escaped, "\\u%04x", static_cast<unsigned>(c));
+          out += escaped;
+        } else {
+          out += c;
+        }
+    }
+  }
+  return out + "\"}";
+}
+
 bool is_cancelled(const BackendRequest& request) {
   return request.cancelled && request.cancelled->load();
 }
@@ -272,10 +307,34 @@ class EmbeddedBackend final : public Backend {
     }
 
     // Text the caller accepted; generate() keeps producing text it may have
-    // refused, so this, not result.text, is the answer.
+    // refused, so this, not result.text, is the answer. Models that reason in
+    // <think> blocks (Qwen3, SmolLM3) have that text sent apart, as
+    // reasoning_content (as llama-server does), so it is not the answer.
     std::string accepted;
+    std::string reasoning;
+    const bool thinks = deployment->format == engine::ChatFormat::kQwen3 ||
+                        deployment->format == engine::ChatFormat::kSmolLM3;
+    engine::ReasoningStream reasoning_stream;
     bool refused = false;
     bool deadline_hit = false;
+    const auto deliver = [&](const engine::ReasoningSplit& part,
+                             const engine::SampledToken* token) {
+      if (on_delta && (!part.content.empty() || !part.reasoning.empty() || token != nullptr)) {
+        Delta delta;
+        delta.text = part.content;
+        if (!part.reasoning.empty()) delta.other = reasoning_json(part.reasoning);
+        // The engine reports only the token that completed this text; tokens
+        // held back with it (partial UTF-8, a possible stop string) are in the
+        // final completion's logprobs.
+        // Reasoning is not the answer, so its tokens carry no logprobs.
+        if (request.params.logprobs && token != nullptr && (!thinks || !part.content.empty()))
+          delta.logprobs.push_back(to_logprob(deployment->model->tokenizer(), *token));
+        if (!on_delta(delta)) return false;
+      }
+      accepted += part.content;
+      reasoning += part.reasoning;
+      return true;
+    };
     const auto sink = [&](std::string_view text, const engine::SampledToken& token) {
       if (refused) return false;
       if (request.deadline && Clock::now() >= *request.deadline) deadline_hit = true;
@@ -283,20 +342,12 @@ class EmbeddedBackend final : public Backend {
         refused = true;
         return false;
       }
-      if (on_delta) {
-        Delta delta;
-        delta.text = std::string(text);
-        // The engine reports only the token that completed this text; tokens
-        // held back with it (partial UTF-8, a possible stop string) are in the
-        // final completion's logprobs.
-        if (request.params.logprobs)
-          delta.logprobs.push_back(to_logprob(deployment->model->tokenizer(), token));
-        if (!on_delta(delta)) {
-          refused = true;
-          return false;
-        }
+      const engine::ReasoningSplit part =
+          thinks ? reasoning_stream.push(text) : engine::ReasoningSplit{{}, std::string(text)};
+      if (!deliver(part, &token)) {
+        refused = true;
+        return false;
       }
-      accepted += text;
       return true;
     };
 
@@ -305,7 +356,8 @@ class EmbeddedBackend final : public Backend {
     if (!result.ok()) {
       return make_error(result.error().kind, where() + ": " + result.error().message);
     }
-    if (deadline_hit && accepted.empty()) {
+    if (thinks && !refused && !deliver(reasoning_stream.finish(), nullptr)) refused = true;
+    if (deadline_hit && accepted.empty() && reasoning.empty()) {
       return make_error(ErrorKind::kDeadlineExceeded,
                         where() + ": the deadline passed before the first token (prompt of " +
                             std::to_string(result->prompt_tokens) +
@@ -314,6 +366,7 @@ class EmbeddedBackend final : public Backend {
 
     Completion completion;
     completion.text = std::move(accepted);
+    if (!reasoning.empty()) completion.message_other = reasoning_json(reasoning);
     completion.finish_reason =
         refused ? "cancelled" : std::string(engine::finish_reason_name(result->finish_reason));
     completion.usage.prompt_tokens = result->prompt_tokens;
@@ -323,6 +376,17 @@ class EmbeddedBackend final : public Backend {
       completion.logprobs.reserve(result->tokens.size());
       for (const auto& token : result->tokens)
         completion.logprobs.push_back(to_logprob(deployment->model->tokenizer(), token));
+      // The answer's tokens only: cascade confidence measures the answer, and
+      // a reply that is all reasoning has none, so it escalates.
+      if (thinks) {
+        std::vector<std::string> pieces;
+        pieces.reserve(completion.logprobs.size());
+        for (const auto& t : completion.logprobs) pieces.push_back(t.token);
+        completion.logprobs.erase(
+            completion.logprobs.begin(),
+            completion.logprobs.begin() +
+                static_cast<std::ptrdiff_t>(engine::first_answer_piece(pieces)));
+      }
     }
     completion.model = deployment->model_name;
     completion.model_version = deployment->model->version();
@@ -520,7 +584,7 @@ Result<engine::ChatFormat> choose_chat_format(const TierConfig& config,
     if (auto format = engine::parse_chat_format(config.chat_format)) return *format;
     return make_error(ErrorKind::kInvalidArgument,
                       "tier '" + config.name + "': chat_format '" + config.chat_format +
-                          "' is not known; use one of chatml, llama3, llama2, zephyr, plain");
+                          "' is not known; use one of " + engine::chat_format_names());
   }
   if (auto jinja = model.file().get_string("tokenizer.chat_template")) {
     if (auto format = engine::detect_chat_format(*jinja)) return *format;

@@ -56,9 +56,9 @@ int run(const RunOptions& o) {
   if (!o.chat_format.empty()) {
     auto f = engine::parse_chat_format(o.chat_format);
     if (!f) {
-      return fail(make_error(ErrorKind::kInvalidArgument,
-                             "--chat-format '" + o.chat_format +
-                                 "' is unknown; use chatml, llama3, llama2, zephyr or plain"));
+      return fail(make_error(ErrorKind::kInvalidArgument, "--chat-format '" + o.chat_format +
+                                                              "' is unknown; use one of " +
+                                                              engine::chat_format_names()));
     }
     format = *f;
   } else if (auto t = (*model)->file().get_string("tokenizer.chat_template")) {
@@ -120,7 +120,8 @@ void add_run_command(CLI::App& app) {
   cmd->add_flag("--chat", opts->chat, "Interactive conversation on stdin");
   cmd->add_option("--system", opts->system, "System message for --chat");
   cmd->add_option("--chat-format", opts->chat_format,
-                  "chatml, llama3, llama2, zephyr or plain (default: detected from the model)");
+                  "chatml, llama3, llama2, zephyr, plain, qwen3, gemma, phi3 or smollm3 (default: "
+                  "detected from the model)");
   cmd->add_flag("--raw", opts->raw, "Feed the prompt as is: no chat template, no special tokens");
   cmd->add_flag("--json-object", opts->json_object,
                 "JSON mode: keep the output to one JSON object and stop when it closes (as the "

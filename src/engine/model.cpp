@@ -10,6 +10,24 @@
 
 namespace foreshore::engine {
 
+const char* supported_architectures() {
+  return "llama (Llama 2/3, TinyLlama, SmolLM2, TinyStories), qwen2 (Qwen2/2.5), qwen3 "
+         "(Qwen3), smollm3 (SmolLM3), gemma3 (Gemma 3), phi3 (Phi-3/3.5, Phi-4-mini), lfm2 "
+         "(LFM2)";
+}
+
+namespace {
+
+// Rows [first, first + count) of `w`, sharing its memory.
+WeightMatrix rows_of(const WeightMatrix& w, int64_t first, int64_t count) {
+  WeightMatrix view = w;
+  view.data = static_cast<const uint8_t*>(w.data) + static_cast<size_t>(first) * w.row_bytes;
+  view.rows = count;
+  return view;
+}
+
+}  // namespace
+
 struct ModelLoader {
   Model& model;
   const GgufFile& file;
@@ -95,11 +113,11 @@ struct ModelLoader {
     auto a = file.get_string("general.architecture");
     if (!a) return corrupt("missing 'general.architecture'");
     arch = *a;
-    if (arch != "llama" && arch != "qwen2") {
+    if (arch != "llama" && arch != "qwen2" && arch != "qwen3" && arch != "smollm3" &&
+        arch != "gemma3" && arch != "phi3" && arch != "lfm2") {
       return make_error(ErrorKind::kUnsupported,
                         where() + ": architecture '" + arch +
-                            "' is not supported; supported: llama (Llama 2/3, TinyLlama, "
-                            "SmolLM2, TinyStories), qwen2 (Qwen2/2.5)");
+                            "' is not supported; supported: " + supported_architectures());
     }
     ModelConfig& c = model.config_;
     c.architecture = arch;
@@ -117,12 +135,38 @@ struct ModelLoader {
     FSH_ASSIGN_OR_RETURN(int64_t n_ff, require_int("feed_forward_length"));
     FSH_ASSIGN_OR_RETURN(int64_t n_ctx, require_int("context_length"));
     int64_t n_head_kv = file.get_int(arch + ".attention.head_count_kv").value_or(n_head);
+    // LFM2 gives head_count_kv per layer: 0 marks a short-convolution layer;
+    // its attention layers all have the same count.
+    std::vector<bool> conv_layer(static_cast<size_t>(n_layer), false);
+    if (const GgufValue* per_layer = file.find(arch + ".attention.head_count_kv");
+        per_layer != nullptr && per_layer->as_array() != nullptr) {
+      const auto& items = per_layer->as_array()->items;
+      if (items.size() != static_cast<size_t>(n_layer))
+        return corrupt("attention.head_count_kv has " + std::to_string(items.size()) +
+                       " entries for " + std::to_string(n_layer) + " layers");
+      n_head_kv = 0;
+      for (size_t i = 0; i < items.size(); ++i) {
+        const int64_t kv = items[i].as_int().value_or(-1);
+        conv_layer[i] = kv == 0;
+        if (kv < 0 || (kv > 0 && n_head_kv > 0 && kv != n_head_kv))
+          return corrupt("attention.head_count_kv of layer " + std::to_string(i) + " is " +
+                         std::to_string(kv) + "; the attention layers must share one count");
+        if (kv > 0) n_head_kv = kv;
+      }
+      if (arch != "lfm2" && n_head_kv > 0 &&
+          std::find(conv_layer.begin(), conv_layer.end(), true) != conv_layer.end())
+        return corrupt("attention.head_count_kv is 0 for some layers, which only lfm2 has");
+    }
     if (n_head_kv <= 0 || n_head % n_head_kv != 0)
       return corrupt("attention.head_count_kv " + std::to_string(n_head_kv) +
                      " does not divide head_count " + std::to_string(n_head));
     int64_t head_dim = file.get_int(arch + ".attention.key_length").value_or(n_embd / n_head);
     if (head_dim <= 0 || head_dim % 2 != 0)
       return corrupt("head dimension " + std::to_string(head_dim) + " must be even");
+    const int64_t rope_dim = file.get_int(arch + ".rope.dimension_count").value_or(head_dim);
+    if (rope_dim <= 0 || rope_dim % 2 != 0 || rope_dim > head_dim)
+      return corrupt("rope.dimension_count " + std::to_string(rope_dim) +
+                     " must be even and at most the head dimension " + std::to_string(head_dim));
     c.embedding_length = static_cast<int32_t>(n_embd);
     c.layer_count = static_cast<int32_t>(n_layer);
     c.head_count = static_cast<int32_t>(n_head);
@@ -133,8 +177,43 @@ struct ModelLoader {
     c.rms_norm_epsilon = static_cast<float>(
         file.get_float(arch + ".attention.layer_norm_rms_epsilon").value_or(1e-5));
     c.rope_freq_base = static_cast<float>(file.get_float(arch + ".rope.freq_base").value_or(1e4));
-    c.rope_neox = arch == "qwen2";
+    c.rope_dim = static_cast<int32_t>(rope_dim);
+    // Rotation styles as llama.cpp assigns them per architecture.
+    c.rope_neox =
+        arch == "qwen2" || arch == "qwen3" || arch == "gemma3" || arch == "phi3" || arch == "lfm2";
     c.attention_bias = arch == "qwen2";
+    c.qk_norm = arch == "qwen3" || arch == "gemma3" || arch == "lfm2";
+    if (arch == "lfm2") {
+      FSH_ASSIGN_OR_RETURN(int64_t l_cache, require_int("shortconv.l_cache"));
+      c.shortconv_l_cache = static_cast<int32_t>(l_cache);
+    }
+    c.attention_scale = 1.0f / std::sqrt(static_cast<float>(head_dim));
+    if (arch == "gemma3") {
+      // Gemma's converters store RMSNorm weights as (1 + w), so the norms are
+      // the usual ones here. The input embedding is scaled by sqrt(d).
+      c.post_norms = true;
+      c.gelu_ffn = true;
+      c.embedding_scale = std::sqrt(static_cast<float>(n_embd));
+      // query_pre_attn_scalar: the head dimension, except Gemma 3 27B (62
+      // layers), which uses embedding_length / head_count, as llama.cpp does.
+      if (n_layer == 62) c.attention_scale = 1.0f / std::sqrt(static_cast<float>(n_embd / n_head));
+      c.sliding_window =
+          static_cast<int32_t>(file.get_int(arch + ".attention.sliding_window").value_or(0));
+      c.rope_freq_base_local =
+          static_cast<float>(file.get_float(arch + ".rope.freq_base_swa").value_or(1e4));
+      c.final_logit_softcap =
+          static_cast<float>(file.get_float(arch + ".final_logit_softcapping").value_or(0.0));
+    }
+    if (file.get_string(arch + ".rope.scaling.type").value_or("") == "linear") {
+      const double factor = file.get_float(arch + ".rope.scaling.factor").value_or(1.0);
+      if (factor > 0.0) c.rope_linear_scale = static_cast<float>(1.0 / factor);
+    }
+    c.rope_attn_factor =
+        static_cast<float>(file.get_float(arch + ".rope.scaling.attn_factor").value_or(1.0));
+    // LongRoPE picks its short or long factors by the context actually used
+    // against the trained one.
+    c.rope_original_context = static_cast<int32_t>(
+        file.get_int(arch + ".rope.scaling.original_context_length").value_or(n_ctx));
     if (file.get_string(arch + ".rope.scaling.type").value_or("") == "llama3") {
       c.rope_scaling_factor =
           static_cast<float>(file.get_float(arch + ".rope.scaling.factor").value_or(8.0));
@@ -157,30 +236,102 @@ struct ModelLoader {
     const int64_t q_dim = n_head * head_dim;
     const int64_t kv_dim = n_head_kv * head_dim;
     FSH_ASSIGN_OR_RETURN(model.token_embd_, matrix("token_embd.weight", n_embd, n_vocab));
-    FSH_ASSIGN_OR_RETURN(model.output_norm_, vector("output_norm.weight", n_embd));
+    // LFM2's converter names the final norm token_embd_norm.
+    FSH_ASSIGN_OR_RETURN(
+        model.output_norm_,
+        vector(arch == "lfm2" ? "token_embd_norm.weight" : "output_norm.weight", n_embd));
     FSH_ASSIGN_OR_RETURN(model.output_, matrix("output.weight", n_embd, n_vocab, true));
     if (model.output_.data == nullptr) {
       c.tied_output = true;
       model.output_ = model.token_embd_;
     }
-    model.widened_.reserve(static_cast<size_t>(n_layer) * 5 + 2);
+    model.widened_.reserve(static_cast<size_t>(n_layer) * 9 + 4);
+    // Which layers attend through a sliding window: a per-layer array of
+    // booleans, or one period P (every P-th layer global), as llama.cpp reads it.
+    std::vector<bool> sliding(static_cast<size_t>(n_layer), false);
+    if (c.sliding_window > 0) {
+      const GgufValue* pattern = file.find(arch + ".attention.sliding_window_pattern");
+      const GgufValue::Array* flags = pattern != nullptr ? pattern->as_array() : nullptr;
+      if (flags != nullptr) {
+        if (flags->items.size() != static_cast<size_t>(n_layer))
+          return corrupt("attention.sliding_window_pattern has " +
+                         std::to_string(flags->items.size()) + " entries for " +
+                         std::to_string(n_layer) + " layers");
+        for (size_t i = 0; i < flags->items.size(); ++i) {
+          const auto* b = std::get_if<bool>(&flags->items[i].data);
+          sliding[i] = b != nullptr ? *b : flags->items[i].as_int().value_or(0) != 0;
+        }
+      } else {
+        const int64_t period = pattern != nullptr ? pattern->as_int().value_or(6) : 6;
+        for (int64_t i = 0; i < n_layer; ++i)
+          sliding[static_cast<size_t>(i)] = period == 0 || i % period < period - 1;
+      }
+    }
     for (int64_t i = 0; i < n_layer; ++i) {
       const std::string p = "blk." + std::to_string(i) + ".";
       LayerWeights l;
       FSH_ASSIGN_OR_RETURN(l.attn_norm, vector(p + "attn_norm.weight", n_embd));
-      FSH_ASSIGN_OR_RETURN(l.wq, matrix(p + "attn_q.weight", n_embd, q_dim));
-      FSH_ASSIGN_OR_RETURN(l.wk, matrix(p + "attn_k.weight", n_embd, kv_dim));
-      FSH_ASSIGN_OR_RETURN(l.wv, matrix(p + "attn_v.weight", n_embd, kv_dim));
-      FSH_ASSIGN_OR_RETURN(l.wo, matrix(p + "attn_output.weight", q_dim, n_embd));
-      FSH_ASSIGN_OR_RETURN(l.bq, vector(p + "attn_q.bias", q_dim, true));
-      FSH_ASSIGN_OR_RETURN(l.bk, vector(p + "attn_k.bias", kv_dim, true));
-      FSH_ASSIGN_OR_RETURN(l.bv, vector(p + "attn_v.bias", kv_dim, true));
+      if (conv_layer[static_cast<size_t>(i)]) {
+        // LFM2's short convolution in place of attention: in_proj makes B, C
+        // and x (rows in that order), a depthwise causal convolution of B*x
+        // over the last l_cache positions, gated by C, then out_proj.
+        l.conv_index = c.conv_layer_count++;
+        FSH_ASSIGN_OR_RETURN(l.conv_in, matrix(p + "shortconv.in_proj.weight", n_embd, 3 * n_embd));
+        FSH_ASSIGN_OR_RETURN(l.conv_kernel,
+                             vector(p + "shortconv.conv.weight", c.shortconv_l_cache * n_embd));
+        FSH_ASSIGN_OR_RETURN(l.conv_out, matrix(p + "shortconv.out_proj.weight", n_embd, n_embd));
+      } else if (arch == "phi3" && file.find_tensor(p + "attn_qkv.weight") != nullptr) {
+        // Phi-3 fuses Q, K and V into one matrix; its rows are Q's, then K's,
+        // then V's, so each is a view of consecutive rows.
+        FSH_ASSIGN_OR_RETURN(WeightMatrix qkv,
+                             matrix(p + "attn_qkv.weight", n_embd, q_dim + 2 * kv_dim));
+        l.wq = rows_of(qkv, 0, q_dim);
+        l.wk = rows_of(qkv, q_dim, kv_dim);
+        l.wv = rows_of(qkv, q_dim + kv_dim, kv_dim);
+      } else {
+        FSH_ASSIGN_OR_RETURN(l.wq, matrix(p + "attn_q.weight", n_embd, q_dim));
+        FSH_ASSIGN_OR_RETURN(l.wk, matrix(p + "attn_k.weight", n_embd, kv_dim));
+        FSH_ASSIGN_OR_RETURN(l.wv, matrix(p + "attn_v.weight", n_embd, kv_dim));
+      }
+      if (l.conv_index < 0) {
+        FSH_ASSIGN_OR_RETURN(l.wo, matrix(p + "attn_output.weight", q_dim, n_embd));
+        FSH_ASSIGN_OR_RETURN(l.bq, vector(p + "attn_q.bias", q_dim, true));
+        FSH_ASSIGN_OR_RETURN(l.bk, vector(p + "attn_k.bias", kv_dim, true));
+        FSH_ASSIGN_OR_RETURN(l.bv, vector(p + "attn_v.bias", kv_dim, true));
+      }
+      if (c.qk_norm && l.conv_index < 0) {
+        FSH_ASSIGN_OR_RETURN(l.q_norm, vector(p + "attn_q_norm.weight", head_dim));
+        FSH_ASSIGN_OR_RETURN(l.k_norm, vector(p + "attn_k_norm.weight", head_dim));
+      }
+      if (c.post_norms) {
+        FSH_ASSIGN_OR_RETURN(l.attn_post_norm, vector(p + "post_attention_norm.weight", n_embd));
+        FSH_ASSIGN_OR_RETURN(l.ffn_post_norm, vector(p + "post_ffw_norm.weight", n_embd));
+      }
       FSH_ASSIGN_OR_RETURN(l.ffn_norm, vector(p + "ffn_norm.weight", n_embd));
-      FSH_ASSIGN_OR_RETURN(l.w_gate, matrix(p + "ffn_gate.weight", n_embd, n_ff));
-      FSH_ASSIGN_OR_RETURN(l.w_up, matrix(p + "ffn_up.weight", n_embd, n_ff));
+      if (arch == "phi3") {
+        // Phi-3's ffn_up holds the gate's rows, then the up projection's.
+        FSH_ASSIGN_OR_RETURN(WeightMatrix gate_up, matrix(p + "ffn_up.weight", n_embd, 2 * n_ff));
+        l.w_gate = rows_of(gate_up, 0, n_ff);
+        l.w_up = rows_of(gate_up, n_ff, n_ff);
+      } else {
+        FSH_ASSIGN_OR_RETURN(l.w_gate, matrix(p + "ffn_gate.weight", n_embd, n_ff));
+        FSH_ASSIGN_OR_RETURN(l.w_up, matrix(p + "ffn_up.weight", n_embd, n_ff));
+      }
       FSH_ASSIGN_OR_RETURN(l.w_down, matrix(p + "ffn_down.weight", n_ff, n_embd));
+      // SmolLM3 leaves out RoPE on every fourth layer; its GGUF files carry no
+      // key for it (llama.cpp fixes the interval at 4 too).
+      l.rope = arch != "smollm3" || (i + 1) % 4 != 0;
+      l.sliding = sliding[static_cast<size_t>(i)];
       model.layers_.push_back(l);
     }
+    // Per-dimension RoPE frequency divisors: Llama 3's rope_freqs, or
+    // LongRoPE's short and long sets (phi3).
+    const int64_t rope_half = rope_dim / 2;
+    FSH_ASSIGN_OR_RETURN(model.rope_factors_, vector("rope_freqs.weight", rope_half, true));
+    FSH_ASSIGN_OR_RETURN(model.rope_factors_short_,
+                         vector("rope_factors_short.weight", rope_half, true));
+    FSH_ASSIGN_OR_RETURN(model.rope_factors_long_,
+                         vector("rope_factors_long.weight", rope_half, true));
     // A short identity of the weights for version pinning: name, size and a
     // hash of the header (metadata and tensor table), cheap to compute.
     uint64_t h = 1469598103934665603ull;
@@ -212,6 +363,9 @@ Result<std::shared_ptr<const Model>> Model::with_matrix(std::shared_ptr<const Mo
   model->output_ = base->output_;
   model->output_norm_ = base->output_norm_;
   model->layers_ = base->layers_;
+  model->rope_factors_ = base->rope_factors_;
+  model->rope_factors_short_ = base->rope_factors_short_;
+  model->rope_factors_long_ = base->rope_factors_long_;
 
   std::vector<WeightMatrix*> targets;
   if (tensor_name == "token_embd.weight") {
@@ -288,8 +442,11 @@ Result<std::shared_ptr<const Model>> Model::from_gguf(std::shared_ptr<GgufFile> 
 }
 
 uint64_t Model::kv_bytes_per_token() const {
+  // The cache keeps a slot for every layer (short-convolution layers too,
+  // unused there), plus lfm2's convolution inputs.
   return 2ull * static_cast<uint64_t>(config_.layer_count) * config_.head_count_kv *
-         config_.head_dim * sizeof(float);
+             config_.head_dim * sizeof(float) +
+         static_cast<uint64_t>(config_.conv_layer_count) * config_.embedding_length * sizeof(float);
 }
 
 Result<std::unique_ptr<InferenceContext>> InferenceContext::create(
@@ -318,6 +475,13 @@ Result<std::unique_ptr<InferenceContext>> InferenceContext::create(
   const size_t cache = static_cast<size_t>(c.layer_count) * static_cast<size_t>(n_ctx) * kv_dim;
   ctx->key_cache_.assign(cache, 0.0f);
   ctx->value_cache_.assign(cache, 0.0f);
+  if (c.conv_layer_count > 0) {
+    ctx->conv_cache_.assign(static_cast<size_t>(c.conv_layer_count) * static_cast<size_t>(n_ctx) *
+                                static_cast<size_t>(c.embedding_length),
+                            0.0f);
+    ctx->conv_bcx_.resize(b * 3 * c.embedding_length);
+    ctx->conv_y_.resize(b * c.embedding_length);
+  }
   ctx->x_.resize(b * c.embedding_length);
   ctx->xn_.resize(b * std::max<size_t>(c.embedding_length, q_dim));
   ctx->q_.resize(b * q_dim);
@@ -329,16 +493,23 @@ Result<std::unique_ptr<InferenceContext>> InferenceContext::create(
   ctx->logits_.resize(static_cast<size_t>(c.vocab_size));
   ctx->cached_tokens_.reserve(static_cast<size_t>(n_ctx));
 
-  const int32_t half = c.head_dim / 2;
+  const int32_t half = c.rope_dim / 2;
   ctx->rope_inv_freq_.resize(static_cast<size_t>(half));
-  const GgufTensorInfo* factors = ctx->model_->file().find_tensor("rope_freqs.weight");
+  ctx->rope_inv_freq_local_.resize(static_cast<size_t>(half));
+  // LongRoPE's long factors serve contexts beyond the trained original one,
+  // as llama.cpp chooses them.
+  const Model& m = *ctx->model_;
+  const float* factors = m.rope_factors();
+  if (factors == nullptr) {
+    factors = n_ctx > c.rope_original_context && m.rope_factors_long() != nullptr
+                  ? m.rope_factors_long()
+                  : m.rope_factors_short();
+  }
   for (int32_t i = 0; i < half; ++i) {
-    float f = std::pow(c.rope_freq_base, -2.0f * static_cast<float>(i) / c.head_dim);
-    if (factors != nullptr && factors->type == 0 &&
-        factors->element_count == static_cast<uint64_t>(half)) {
-      float factor;
-      std::memcpy(&factor, factors->data + sizeof(float) * i, sizeof factor);
-      f /= factor;
+    const float exponent = -2.0f * static_cast<float>(i) / static_cast<float>(c.rope_dim);
+    float f = std::pow(c.rope_freq_base, exponent);
+    if (factors != nullptr) {
+      f /= factors[i];
     } else if (c.rope_scaling_factor > 0.0f) {
       // Llama 3 scaling: long wavelengths are slowed by the factor, short ones
       // kept, and the band between interpolated smoothly.
@@ -353,7 +524,10 @@ Result<std::unique_ptr<InferenceContext>> InferenceContext::create(
         f = (1.0f - smooth) * f / c.rope_scaling_factor + smooth * f;
       }
     }
-    ctx->rope_inv_freq_[static_cast<size_t>(i)] = f;
+    ctx->rope_inv_freq_[static_cast<size_t>(i)] = f * c.rope_linear_scale;
+    // Sliding-window layers (Gemma 3's local ones) use their own base and no
+    // scaling, as llama.cpp's defaults for them are.
+    ctx->rope_inv_freq_local_[static_cast<size_t>(i)] = std::pow(c.rope_freq_base_local, exponent);
   }
 
   size_t scratch = 0;
@@ -362,7 +536,10 @@ Result<std::unique_ptr<InferenceContext>> InferenceContext::create(
   };
   need(ctx->model_->output());
   for (const auto& l : ctx->model_->layers()) {
-    for (const auto* w : {&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down}) need(*w);
+    for (const auto* w :
+         {&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down, &l.conv_in, &l.conv_out}) {
+      if (w->data != nullptr) need(*w);
+    }
   }
   ctx->quant_scratch_.resize(scratch);
   return ctx;
@@ -377,15 +554,17 @@ void InferenceContext::truncate(int32_t position) {
 
 namespace {
 
-void apply_rope(float* v, int32_t heads, int32_t head_dim, int32_t position, bool neox,
-                const float* inv_freq) {
-  const int32_t half = head_dim / 2;
+// Rotates the first rope_dim dimensions of each head; the rest pass through.
+// `mscale` multiplies the rotated ones (LongRoPE's attention factor).
+void apply_rope(float* v, int32_t heads, int32_t head_dim, int32_t rope_dim, int32_t position,
+                bool neox, const float* inv_freq, float mscale) {
+  const int32_t half = rope_dim / 2;
   for (int32_t h = 0; h < heads; ++h) {
     float* x = v + static_cast<size_t>(h) * head_dim;
     for (int32_t i = 0; i < half; ++i) {
       const float angle = static_cast<float>(position) * inv_freq[i];
-      const float c = std::cos(angle);
-      const float s = std::sin(angle);
+      const float c = std::cos(angle) * mscale;
+      const float s = std::sin(angle) * mscale;
       // NeoX style rotates element i with i+half; the original style rotates pairs.
       float* a = neox ? x + i : x + 2 * i;
       float* b = neox ? x + i + half : x + 2 * i + 1;
@@ -429,6 +608,39 @@ Result<std::span<const float>> InferenceContext::evaluate(std::span<const TokenI
   return std::span<const float>(logits_);
 }
 
+// LFM2's short-convolution block on the normed batch in xn_, result in xn_:
+// B, C, x = in_proj(xn); the cache keeps B*x per position; out_proj of
+// C * (depthwise causal convolution of B*x over the last l_cache positions,
+// zeros before the first).
+void InferenceContext::short_convolution(const LayerWeights& l, int32_t start, int32_t n,
+                                         std::span<uint8_t> scratch, ThreadPool& pool) {
+  const ModelConfig& c = model_->config();
+  const int64_t d = c.embedding_length;
+  const int32_t taps = c.shortconv_l_cache;
+  float* cache = conv_cache_.data() + static_cast<size_t>(l.conv_index) * context_length_ * d;
+  matmul(l.conv_in, xn_.data(), n, conv_bcx_.data(), scratch, pool);
+  for (int32_t t = 0; t < n; ++t) {
+    const float* b = conv_bcx_.data() + t * 3 * d;
+    const float* x = b + 2 * d;
+    float* bx = cache + static_cast<size_t>(start + t) * d;
+    for (int64_t i = 0; i < d; ++i) bx[i] = b[i] * x[i];
+  }
+  for (int32_t t = 0; t < n; ++t) {
+    const int32_t position = start + t;
+    const float* gate = conv_bcx_.data() + t * 3 * d + d;  // C
+    float* y = conv_y_.data() + t * d;
+    for (int64_t i = 0; i < d; ++i) {
+      float sum = 0.0f;
+      for (int32_t k = 0; k < taps; ++k) {
+        const int32_t p = position - (taps - 1) + k;
+        if (p >= 0) sum += l.conv_kernel[i * taps + k] * cache[static_cast<size_t>(p) * d + i];
+      }
+      y[i] = gate[i] * sum;
+    }
+  }
+  matmul(l.conv_out, conv_y_.data(), n, xn_.data(), scratch, pool);
+}
+
 void InferenceContext::forward_batch(const TokenId* tokens, int32_t n, ThreadPool& pool) {
   const Model& m = *model_;
   const ModelConfig& c = m.config();
@@ -438,11 +650,13 @@ void InferenceContext::forward_batch(const TokenId* tokens, int32_t n, ThreadPoo
   const int64_t kv_dim = static_cast<int64_t>(c.head_count_kv) * hd;
   const int64_t ff = c.feed_forward_length;
   const int32_t group = c.head_count / c.head_count_kv;
-  const float attn_scale = 1.0f / std::sqrt(static_cast<float>(hd));
+  const float attn_scale = c.attention_scale;
   const int32_t start = position_;
   std::span<uint8_t> scratch(quant_scratch_);
 
   for (int32_t t = 0; t < n; ++t) get_row(m.token_embedding(), tokens[t], x_.data() + t * d);
+  if (c.embedding_scale != 1.0f)
+    scale_f32(x_.data(), c.embedding_scale, static_cast<int64_t>(n) * d);
 
   const int32_t threads = pool.size();
   if (scores_.size() < static_cast<size_t>(threads) * context_length_) {
@@ -459,63 +673,88 @@ void InferenceContext::forward_batch(const TokenId* tokens, int32_t n, ThreadPoo
     for (int32_t t = 0; t < n; ++t) {
       rmsnorm(x_.data() + t * d, l.attn_norm, xn_.data() + t * d, d, c.rms_norm_epsilon);
     }
-    if (observer_ != nullptr) {
-      observer_->on_matrix_input(li, ForwardObserver::MatrixInput::kAttentionQkv,
-                                 {xn_.data(), stream}, n);
-    }
-    matmul(l.wq, xn_.data(), n, q_.data(), scratch, pool);
-    matmul(l.wk, xn_.data(), n, k_.data(), scratch, pool);
-    matmul(l.wv, xn_.data(), n, v_.data(), scratch, pool);
-    for (int32_t t = 0; t < n; ++t) {
-      float* q = q_.data() + t * q_dim;
-      float* k = k_.data() + t * kv_dim;
-      float* v = v_.data() + t * kv_dim;
-      if (l.bq != nullptr) {
-        for (int64_t i = 0; i < q_dim; ++i) q[i] += l.bq[i];
+    if (l.conv_index >= 0) {
+      short_convolution(l, start, n, scratch, pool);
+    } else {
+      if (observer_ != nullptr) {
+        observer_->on_matrix_input(li, ForwardObserver::MatrixInput::kAttentionQkv,
+                                   {xn_.data(), stream}, n);
       }
-      if (l.bk != nullptr) {
-        for (int64_t i = 0; i < kv_dim; ++i) k[i] += l.bk[i];
-      }
-      if (l.bv != nullptr) {
-        for (int64_t i = 0; i < kv_dim; ++i) v[i] += l.bv[i];
-      }
-      apply_rope(q, c.head_count, c.head_dim, start + t, c.rope_neox, rope_inv_freq_.data());
-      apply_rope(k, c.head_count_kv, c.head_dim, start + t, c.rope_neox, rope_inv_freq_.data());
-      std::memcpy(key_layer + static_cast<size_t>(start + t) * kv_dim, k, kv_dim * sizeof(float));
-      std::memcpy(value_layer + static_cast<size_t>(start + t) * kv_dim, v, kv_dim * sizeof(float));
-    }
-
-    // Causal attention; each (token, head) pair is independent.
-    const int64_t items = static_cast<int64_t>(n) * c.head_count;
-    pool.run_on_all([&](int thread, int thread_count) {
-      float* scores = scores_.data() + static_cast<size_t>(thread) * context_length_;
-      const int64_t per = (items + thread_count - 1) / thread_count;
-      const int64_t begin = per * thread;
-      const int64_t end = std::min(items, begin + per);
-      for (int64_t item = begin; item < end; ++item) {
-        const int32_t t = static_cast<int32_t>(item / c.head_count);
-        const int32_t h = static_cast<int32_t>(item % c.head_count);
-        const int32_t kvh = h / group;
-        const float* q = q_.data() + t * q_dim + h * hd;
-        const int32_t span = start + t + 1;
-        for (int32_t p = 0; p < span; ++p) {
-          scores[p] =
-              attn_scale * dot_f32(q, key_layer + static_cast<size_t>(p) * kv_dim + kvh * hd, hd);
+      matmul(l.wq, xn_.data(), n, q_.data(), scratch, pool);
+      matmul(l.wk, xn_.data(), n, k_.data(), scratch, pool);
+      matmul(l.wv, xn_.data(), n, v_.data(), scratch, pool);
+      for (int32_t t = 0; t < n; ++t) {
+        float* q = q_.data() + t * q_dim;
+        float* k = k_.data() + t * kv_dim;
+        float* v = v_.data() + t * kv_dim;
+        if (l.bq != nullptr) {
+          for (int64_t i = 0; i < q_dim; ++i) q[i] += l.bq[i];
         }
-        softmax(scores, span);
-        float* out = attn_out_.data() + t * q_dim + h * hd;
-        std::fill(out, out + hd, 0.0f);
-        for (int32_t p = 0; p < span; ++p) {
-          axpy_f32(scores[p], value_layer + static_cast<size_t>(p) * kv_dim + kvh * hd, out, hd);
+        if (l.bk != nullptr) {
+          for (int64_t i = 0; i < kv_dim; ++i) k[i] += l.bk[i];
+        }
+        if (l.bv != nullptr) {
+          for (int64_t i = 0; i < kv_dim; ++i) v[i] += l.bv[i];
+        }
+        if (l.q_norm != nullptr) {
+          for (int32_t h = 0; h < c.head_count; ++h)
+            rmsnorm(q + h * hd, l.q_norm, q + h * hd, hd, c.rms_norm_epsilon);
+          for (int32_t h = 0; h < c.head_count_kv; ++h)
+            rmsnorm(k + h * hd, l.k_norm, k + h * hd, hd, c.rms_norm_epsilon);
+        }
+        if (l.rope) {
+          const float* inv_freq = l.sliding ? rope_inv_freq_local_.data() : rope_inv_freq_.data();
+          apply_rope(q, c.head_count, c.head_dim, c.rope_dim, start + t, c.rope_neox, inv_freq,
+                     c.rope_attn_factor);
+          apply_rope(k, c.head_count_kv, c.head_dim, c.rope_dim, start + t, c.rope_neox, inv_freq,
+                     c.rope_attn_factor);
+        }
+        std::memcpy(key_layer + static_cast<size_t>(start + t) * kv_dim, k, kv_dim * sizeof(float));
+        std::memcpy(value_layer + static_cast<size_t>(start + t) * kv_dim, v,
+                    kv_dim * sizeof(float));
+      }
+
+      // Causal attention; each (token, head) pair is independent.
+      const int64_t items = static_cast<int64_t>(n) * c.head_count;
+      pool.run_on_all([&](int thread, int thread_count) {
+        float* scores = scores_.data() + static_cast<size_t>(thread) * context_length_;
+        const int64_t per = (items + thread_count - 1) / thread_count;
+        const int64_t begin = per * thread;
+        const int64_t end = std::min(items, begin + per);
+        for (int64_t item = begin; item < end; ++item) {
+          const int32_t t = static_cast<int32_t>(item / c.head_count);
+          const int32_t h = static_cast<int32_t>(item % c.head_count);
+          const int32_t kvh = h / group;
+          const float* q = q_.data() + t * q_dim + h * hd;
+          // A sliding-window layer sees only keys fewer than sliding_window
+          // positions back.
+          const int32_t first = l.sliding ? std::max(0, start + t + 1 - c.sliding_window) : 0;
+          const int32_t span = start + t + 1 - first;
+          const float* keys = key_layer + static_cast<size_t>(first) * kv_dim + kvh * hd;
+          const float* values = value_layer + static_cast<size_t>(first) * kv_dim + kvh * hd;
+          for (int32_t p = 0; p < span; ++p) {
+            scores[p] = attn_scale * dot_f32(q, keys + static_cast<size_t>(p) * kv_dim, hd);
+          }
+          softmax(scores, span);
+          float* out = attn_out_.data() + t * q_dim + h * hd;
+          std::fill(out, out + hd, 0.0f);
+          for (int32_t p = 0; p < span; ++p) {
+            axpy_f32(scores[p], values + static_cast<size_t>(p) * kv_dim, out, hd);
+          }
+        }
+      });
+
+      if (observer_ != nullptr) {
+        observer_->on_matrix_input(li, ForwardObserver::MatrixInput::kAttentionOutput,
+                                   {attn_out_.data(), static_cast<size_t>(n * q_dim)}, n);
+      }
+      matmul(l.wo, attn_out_.data(), n, xn_.data(), scratch, pool);
+      if (l.attn_post_norm != nullptr) {
+        for (int32_t t = 0; t < n; ++t) {
+          rmsnorm(xn_.data() + t * d, l.attn_post_norm, xn_.data() + t * d, d, c.rms_norm_epsilon);
         }
       }
-    });
-
-    if (observer_ != nullptr) {
-      observer_->on_matrix_input(li, ForwardObserver::MatrixInput::kAttentionOutput,
-                                 {attn_out_.data(), static_cast<size_t>(n * q_dim)}, n);
     }
-    matmul(l.wo, attn_out_.data(), n, xn_.data(), scratch, pool);
     add_f32(x_.data(), xn_.data(), static_cast<int64_t>(n) * d);
 
     for (int32_t t = 0; t < n; ++t) {
@@ -527,13 +766,22 @@ void InferenceContext::forward_batch(const TokenId* tokens, int32_t n, ThreadPoo
     }
     matmul(l.w_gate, xn_.data(), n, gate_.data(), scratch, pool);
     matmul(l.w_up, xn_.data(), n, up_.data(), scratch, pool);
-    silu_mul(gate_.data(), up_.data(), static_cast<int64_t>(n) * ff);
+    if (c.gelu_ffn) {
+      gelu_mul(gate_.data(), up_.data(), static_cast<int64_t>(n) * ff);
+    } else {
+      silu_mul(gate_.data(), up_.data(), static_cast<int64_t>(n) * ff);
+    }
     if (observer_ != nullptr) {
       observer_->on_ffn_activation(li, {gate_.data(), static_cast<size_t>(n * ff)}, n);
       observer_->on_matrix_input(li, ForwardObserver::MatrixInput::kFfnDown,
                                  {gate_.data(), static_cast<size_t>(n * ff)}, n);
     }
     matmul(l.w_down, gate_.data(), n, xn_.data(), scratch, pool);
+    if (l.ffn_post_norm != nullptr) {
+      for (int32_t t = 0; t < n; ++t) {
+        rmsnorm(xn_.data() + t * d, l.ffn_post_norm, xn_.data() + t * d, d, c.rms_norm_epsilon);
+      }
+    }
     add_f32(x_.data(), xn_.data(), static_cast<int64_t>(n) * d);
     if (observer_ != nullptr) {
       observer_->on_block(li, observed_input_, {x_.data(), stream}, n);
@@ -547,6 +795,9 @@ void InferenceContext::forward_batch(const TokenId* tokens, int32_t n, ThreadPoo
                                {xn_.data(), static_cast<size_t>(d)}, 1);
   }
   matmul(m.output(), xn_.data(), 1, logits_.data(), scratch, pool);
+  if (c.final_logit_softcap > 0.0f) {
+    for (float& v : logits_) v = c.final_logit_softcap * std::tanh(v / c.final_logit_softcap);
+  }
 
   position_ += n;
   cached_tokens_.insert(cached_tokens_.end(), tokens, tokens + n);

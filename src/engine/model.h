@@ -1,5 +1,6 @@
-// Llama-family decoder models (architectures `llama` and `qwen2`) loaded from
-// GGUF, and the inference context that runs them with a KV cache.
+// Llama-family decoder models loaded from GGUF (architectures `llama`, `qwen2`,
+// `qwen3`, `smollm3`, `gemma3`, `phi3`, laid out as llama.cpp's converters
+// write them), and the inference context that runs them with a KV cache.
 #pragma once
 
 #include <cstdint>
@@ -18,7 +19,7 @@
 namespace foreshore::engine {
 
 struct ModelConfig {
-  std::string architecture;  // "llama" or "qwen2"
+  std::string architecture;  // one of supported_architectures()
   std::string name;          // general.name, or the file stem
   int32_t vocab_size = 0;
   int32_t embedding_length = 0;
@@ -31,14 +32,37 @@ struct ModelConfig {
   float rms_norm_epsilon = 1e-5f;
   float rope_freq_base = 10000.0f;
   bool rope_neox = false;  // rotate halves (qwen2) instead of adjacent pairs (llama)
+  int32_t rope_dim = 0;    // leading dimensions of each head that RoPE rotates (phi3: fewer)
+  // RoPE base of sliding-window layers (gemma3's local layers).
+  float rope_freq_base_local = 10000.0f;
+  // Linear position scaling of full-attention layers (rope.scaling.type
+  // "linear"); 1 means none.
+  float rope_linear_scale = 1.0f;
+  // LongRoPE (phi3): rotated components are multiplied by this (the file's
+  // rope.scaling.attn_factor), as llama.cpp does.
+  float rope_attn_factor = 1.0f;
   // Llama 3 frequency scaling; factor 0 means none.
   float rope_scaling_factor = 0.0f;
   float rope_low_freq_factor = 1.0f;
   float rope_high_freq_factor = 4.0f;
   int32_t rope_original_context = 8192;
-  bool tied_output = false;     // output projection reuses token_embd
-  bool attention_bias = false;  // qwen2 has q/k/v biases
+  bool tied_output = false;          // output projection reuses token_embd
+  bool attention_bias = false;       // qwen2 has q/k/v biases
+  bool qk_norm = false;              // qwen3, gemma3: RMSNorm of each q and k head before RoPE
+  bool post_norms = false;           // gemma3: RMSNorm of the attention and FFN outputs too
+  bool gelu_ffn = false;             // gemma3: GELU (tanh) gate instead of SiLU
+  float embedding_scale = 1.0f;      // gemma3: sqrt(embedding_length)
+  float attention_scale = 0.0f;      // multiplies q.k: 1/sqrt(head_dim), Gemma 3 27B aside
+  int32_t sliding_window = 0;        // 0: none; else keys older than this many positions are masked
+  float final_logit_softcap = 0.0f;  // 0: none; else logits = cap * tanh(logits / cap)
+  // lfm2: positions a short-convolution layer sees (its kernel length), and
+  // how many layers are short convolutions instead of attention.
+  int32_t shortconv_l_cache = 0;
+  int32_t conv_layer_count = 0;
 };
+
+// The architectures Model::load accepts, for error messages.
+const char* supported_architectures();
 
 struct LayerWeights {
   const float* attn_norm = nullptr;
@@ -46,8 +70,20 @@ struct LayerWeights {
   const float* bq = nullptr;
   const float* bk = nullptr;
   const float* bv = nullptr;
+  const float* q_norm = nullptr;  // head_dim weights, shared by every head (qk_norm)
+  const float* k_norm = nullptr;
+  const float* attn_post_norm = nullptr;  // post_norms
   const float* ffn_norm = nullptr;
   WeightMatrix w_gate, w_up, w_down;
+  const float* ffn_post_norm = nullptr;  // post_norms
+  bool rope = true;                      // false: a NoPE layer (smollm3's every fourth)
+  bool sliding = false;                  // attends only to the last config.sliding_window positions
+  // lfm2 short-convolution layer (no attention weights): its ordinal among
+  // such layers, or -1; in_proj (3 x embedding rows: B, C, x), the depthwise
+  // kernel (embedding_length rows of shortconv_l_cache), out_proj.
+  int32_t conv_index = -1;
+  WeightMatrix conv_in, conv_out;
+  const float* conv_kernel = nullptr;
 };
 
 // Immutable once loaded; shared by every context that runs it.
@@ -83,6 +119,11 @@ class Model {
   const WeightMatrix& output() const { return output_; }
   const float* output_norm() const { return output_norm_; }
   const std::vector<LayerWeights>& layers() const { return layers_; }
+  // RoPE frequency divisors (rope_dim / 2 each) or nullptr: rope_freqs
+  // (Llama 3) and LongRoPE's short and long sets.
+  const float* rope_factors() const { return rope_factors_; }
+  const float* rope_factors_short() const { return rope_factors_short_; }
+  const float* rope_factors_long() const { return rope_factors_long_; }
 
  private:
   Model() = default;
@@ -95,6 +136,9 @@ class Model {
   WeightMatrix output_;
   const float* output_norm_ = nullptr;
   std::vector<LayerWeights> layers_;
+  const float* rope_factors_ = nullptr;
+  const float* rope_factors_short_ = nullptr;
+  const float* rope_factors_long_ = nullptr;
   // Norms and biases stored as F16/BF16 are widened to float once at load.
   std::vector<std::vector<float>> widened_;
   // For with_matrix: the model whose weights (and widened vectors) this one
@@ -119,7 +163,8 @@ class ForwardObserver {
   // The residual stream before and after layer `layer` (n x embedding_length).
   virtual void on_block(int32_t layer, std::span<const float> input, std::span<const float> output,
                         int32_t n) = 0;
-  // silu(gate) * up inside layer `layer`'s FFN (n x feed_forward_length).
+  // act(gate) * up inside layer `layer`'s FFN (n x feed_forward_length);
+  // act is SiLU, or GELU for gemma3.
   virtual void on_ffn_activation(int32_t layer, std::span<const float> activation, int32_t n) = 0;
 
   // Which weight matrices multiply an observed input.
@@ -164,6 +209,8 @@ class InferenceContext {
  private:
   InferenceContext() = default;
   void forward_batch(const TokenId* tokens, int32_t n, ThreadPool& pool);
+  void short_convolution(const LayerWeights& l, int32_t start, int32_t n,
+                         std::span<uint8_t> scratch, ThreadPool& pool);
 
   std::shared_ptr<const Model> model_;
   int32_t context_length_ = 0;
@@ -172,9 +219,15 @@ class InferenceContext {
   std::vector<TokenId> cached_tokens_;
   std::vector<float> key_cache_;    // [layer][position][kv_head * head_dim]
   std::vector<float> value_cache_;  // same layout
+  // lfm2: B*x of each short-convolution layer at each position
+  // [conv layer][position][embedding_length], so that truncate() keeps
+  // working as it does for the KV cache.
+  std::vector<float> conv_cache_;
+  std::vector<float> conv_bcx_, conv_y_;  // scratch: in_proj output, gated convolution
   // Scratch, sized for max_batch tokens.
   std::vector<float> x_, xn_, q_, k_, v_, attn_out_, gate_, up_, scores_, logits_;
-  std::vector<float> rope_inv_freq_;
+  std::vector<float> rope_inv_freq_;        // full-attention layers
+  std::vector<float> rope_inv_freq_local_;  // sliding-window layers
   std::vector<uint8_t> quant_scratch_;
   ForwardObserver* observer_ = nullptr;
   std::vector<float> observed_input_;  // the residual stream entering a layer, when observed

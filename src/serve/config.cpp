@@ -378,7 +378,7 @@ Status validate_config(const GatewayConfig& config) {
       }
       if (!t.chat_format.empty() && !engine::parse_chat_format(t.chat_format)) {
         fail(path + ".chat_format",
-             "'" + t.chat_format + "' is not one of chatml, llama3, llama2, zephyr, plain");
+             "'" + t.chat_format + "' is not one of " + engine::chat_format_names());
       }
     }
     if (t.price_input_per_mtok < 0) fail(path + ".price.input_per_mtok", "must not be negative");
