@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Sets up, builds and runs the whole test suite: a Release build, then the
 # same tests under AddressSanitizer + UndefinedBehaviorSanitizer, then a short
-# fuzzing run of the GGUF reader. This is what CI runs (.ci/run).
+# fuzzing run of the GGUF reader and of the request parser and egress guard.
+# This is what CI runs (.ci/run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -29,6 +30,6 @@ if [ "${FSH_SKIP_SANITIZERS:-0}" != "1" ]; then
 fi
 
 if [ "${FSH_SKIP_FUZZ:-0}" != "1" ] && [ -x scripts/fuzz.sh ] && command -v clang++ >/dev/null; then
-  echo "== GGUF reader fuzzing (short run)"
+  echo "== fuzzing: GGUF reader, request parser and egress guard (short runs)"
   scripts/fuzz.sh "${FSH_FUZZ_SECONDS:-30}"
 fi
