@@ -11,41 +11,16 @@
 #include <string>
 #include <vector>
 
+#include "bench_fixtures.h"
 #include "route/complexity.h"
 
 namespace {
 
 using foreshore::route::ComplexityModel;
 
-const ComplexityModel& model() {
-  static const ComplexityModel m = [] {
-    auto r =
-        ComplexityModel::load(std::string(FSH_SOURCE_DIR) + "/data/router/complexity-default.json");
-    if (!r.ok()) {
-      std::fprintf(stderr, "%s\n", r.error().message.c_str());
-      std::exit(1);
-    }
-    return std::move(r).value();
-  }();
-  return m;
-}
-
-// Mixed prose, a multiple-choice question, code and math, repeated to size.
-std::string prompt_of(size_t bytes) {
-  static const std::string unit =
-      "A patient presents with chest pain radiating to the left arm. Which of the following is "
-      "the most likely diagnosis?\nA. Myocardial infarction\nB. Pericarditis\nC. Aortic "
-      "dissection\nD. Pulmonary embolism\nExplain step by step why, then solve 3x^2 + 2x - 5 = 0 "
-      "and fix this code:\n```cpp\nint main() { return f(2); }\n```\n";
-  std::string s;
-  while (s.size() < bytes) s += unit;
-  s.resize(bytes);
-  return s;
-}
-
 void BM_ComplexityScore(benchmark::State& state) {
-  const std::string prompt = prompt_of(static_cast<size_t>(state.range(0)));
-  const ComplexityModel& m = model();
+  const std::string prompt = foreshore::bench::mixed_prompt(static_cast<size_t>(state.range(0)));
+  const ComplexityModel& m = *foreshore::bench::shipped_complexity_model();
   std::vector<double> ns;
   ns.reserve(1 << 16);
   for (auto _ : state) {
@@ -67,8 +42,8 @@ BENCHMARK(BM_ComplexityScore)->Arg(200)->Arg(4096)->Arg(65536);
 
 // The explain path materializes the features (allocates); for /v1/route only.
 void BM_ComplexityExplain(benchmark::State& state) {
-  const std::string prompt = prompt_of(static_cast<size_t>(state.range(0)));
-  const ComplexityModel& m = model();
+  const std::string prompt = foreshore::bench::mixed_prompt(static_cast<size_t>(state.range(0)));
+  const ComplexityModel& m = *foreshore::bench::shipped_complexity_model();
   for (auto _ : state) benchmark::DoNotOptimize(m.explain(prompt).probability);
   state.SetBytesProcessed(static_cast<int64_t>(state.iterations()) * state.range(0));
 }

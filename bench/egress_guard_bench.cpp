@@ -13,7 +13,7 @@
 #include <vector>
 
 #include "backend/egress_guard.h"
-#include "bench_detector.h"
+#include "bench_fixtures.h"
 #include "route/sensitivity.h"
 
 namespace {

@@ -29,13 +29,13 @@ trap 'rm -rf "$work"' EXIT
 for preset in qwen3-tiny smollm3-tiny gemma3-tiny phi3-tiny lfm2-tiny; do
   for type in F32 F16 Q8_0 Q4_K; do
     "$build/bench/synthetic_model" "$preset" "$type" "$work/model.gguf"
-    "$tool" "$work/model.gguf" "$out/$preset-$type.bin" 2>/dev/null | sed "s|^$work/model.gguf|$preset $type|"
+    "$tool" "$work/model.gguf" "$out/$preset-$type.logits" 2>/dev/null | sed "s|^$work/model.gguf|$preset $type|"
   done
 done
 # LongRoPE's long factors: a context past phi3-tiny's original 256 (the
 # runs above, with 128, use the short ones).
 for type in F32 Q4_K; do
   "$build/bench/synthetic_model" phi3-tiny $type "$work/model.gguf"
-  "$tool" "$work/model.gguf" "$out/phi3-tiny-$type-ctx512.bin" 512 2>/dev/null |
+  "$tool" "$work/model.gguf" "$out/phi3-tiny-$type-ctx512.logits" 512 2>/dev/null |
     sed "s|^$work/model.gguf|phi3-tiny $type, context 512|"
 done

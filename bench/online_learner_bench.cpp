@@ -15,42 +15,17 @@
 #include <thread>
 #include <vector>
 
+#include "bench_fixtures.h"
 #include "route/online_learner.h"
 
 namespace {
 
-using foreshore::route::ComplexityModel;
 using foreshore::route::OnlineLearner;
-
-std::shared_ptr<const ComplexityModel> model() {
-  static const auto m = [] {
-    auto r =
-        ComplexityModel::load(std::string(FSH_SOURCE_DIR) + "/data/router/complexity-default.json");
-    if (!r.ok()) {
-      std::fprintf(stderr, "%s\n", r.error().message.c_str());
-      std::exit(1);
-    }
-    return std::make_shared<const ComplexityModel>(std::move(r).value());
-  }();
-  return m;
-}
-
-std::string prompt_of(size_t bytes) {
-  static const std::string unit =
-      "A patient presents with chest pain radiating to the left arm. Which of the following is "
-      "the most likely diagnosis?\nA. Myocardial infarction\nB. Pericarditis\nC. Aortic "
-      "dissection\nD. Pulmonary embolism\nExplain step by step why, then solve 3x^2 + 2x - 5 = 0 "
-      "and fix this code:\n```cpp\nint main() { return f(2); }\n```\n";
-  std::string s;
-  while (s.size() < bytes) s += unit;
-  s.resize(bytes);
-  return s;
-}
 
 // state.range(1): 1 when labels keep arriving on the learner's thread.
 void BM_LearnerScore(benchmark::State& state) {
-  const std::string prompt = prompt_of(static_cast<size_t>(state.range(0)));
-  OnlineLearner learner(model(), {});
+  const std::string prompt = foreshore::bench::mixed_prompt(static_cast<size_t>(state.range(0)));
+  OnlineLearner learner(foreshore::bench::shipped_complexity_model(), {});
   learner.start();
   std::atomic<bool> stop{false};
   std::thread labeller;
@@ -60,7 +35,8 @@ void BM_LearnerScore(benchmark::State& state) {
       while (!stop.load()) {
         foreshore::route::LearnerLabel l;
         l.features = foreshore::route::extract_complexity_features(
-            "label number " + std::to_string(i) + " about glaciers", model()->hashing());
+            "label number " + std::to_string(i) + " about glaciers",
+            foreshore::bench::shipped_complexity_model()->hashing());
         l.gain = (i++ % 2) ? 1.0 : 0.0;
         learner.submit(std::move(l));
         std::this_thread::sleep_for(std::chrono::microseconds(200));

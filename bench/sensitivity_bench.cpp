@@ -12,7 +12,7 @@
 #include <string>
 #include <vector>
 
-#include "bench_detector.h"
+#include "bench_fixtures.h"
 #include "route/sensitivity.h"
 
 namespace {

@@ -303,7 +303,7 @@ TEST_P(MatchesLlamaCpp, LogitsAndGreedyTokens) {
   const std::string type_name = tensor_type_name(static_cast<uint32_t>(c.type));
   const auto ref = read_llama_cpp_reference(
       std::string(FSH_SOURCE_DIR) + "/tests/llama_cpp_reference/" + c.preset + "-" + type_name +
-      (c.context != 128 ? "-ctx" + std::to_string(c.context) : "") + ".bin");
+      (c.context != 128 ? "-ctx" + std::to_string(c.context) : "") + ".logits");
   ASSERT_TRUE(ref.has_value()) << "reference missing or short; run bench/llama_cpp_reference.sh";
   auto spec = synthetic_model_preset(c.preset, c.type);
   ASSERT_TRUE(spec.has_value());

@@ -9,7 +9,7 @@
 //
 // Output (little-endian): int32 positions, int32 vocab, int32 generated;
 // positions x vocab float32 logits; generated int32 token ids.
-// Usage: logits MODEL.gguf OUT.bin [CONTEXT]   (default 128; 64 greedy tokens,
+// Usage: logits MODEL.gguf OUT.logits [CONTEXT]   (default 128; 64 greedy tokens,
 // fewer where the context ends first)
 #include <algorithm>
 #include <cmath>
@@ -89,7 +89,7 @@ bool run(llama_model* model, int context, int generated, bool f16_cache, bool on
 
 int main(int argc, char** argv) {
   if (argc != 3 && argc != 4) {
-    std::fprintf(stderr, "usage: %s MODEL.gguf OUT.bin [CONTEXT]\n", argv[0]);
+    std::fprintf(stderr, "usage: %s MODEL.gguf OUT.logits [CONTEXT]\n", argv[0]);
     return 2;
   }
   const int context = argc == 4 ? std::atoi(argv[3]) : 128;

@@ -17,6 +17,7 @@
 #include <random>
 
 #include "backend/backend_kinds.h"
+#include "common/json_text.h"
 #include "engine/engine.h"
 
 namespace foreshore::backend {
@@ -40,35 +41,9 @@ double ms_since(Clock::time_point start) {
 // reasoning model's <think> text, as llama-server and OpenAI-compatible
 // reasoning APIs name it.
 std::string reasoning_json(std::string_view text) {
-  std::string out = "{\"reasoning_content\":\"";
-  for (char c : text) {
-    switch (c) {
-      case '"':
-        out += "\\\"";
-        break;
-      case '\\':
-        out += "\\\\";
-        break;
-      case '\n':
-        out += "\\n";
-        break;
-      case '\t':
-        out += "\\t";
-        break;
-      case '\r':
-        out += "\\r";
-        break;
-      default:
-        if (static_cast<unsigned char>(c) < 0x20) {
-          char escaped[8];
-          std::snprintf(escaped, sizeof escaped, "\\u%04x", static_cast<unsigned>(c));
-          out += escaped;
-        } else {
-          out += c;
-        }
-    }
-  }
-  return out + "\"}";
+  std::string out = "{\"reasoning_content\":";
+  append_json_string(out, text);
+  return out + "}";
 }
 
 bool is_cancelled(const BackendRequest& request) {

@@ -9,6 +9,7 @@
 #include <string_view>
 
 #include "backend/backend.h"
+#include "common/json_text.h"
 #include "common/result.h"
 #include "common/utf8.h"
 
@@ -59,8 +60,6 @@ struct Provenance {
   bool escalated = false;
   std::optional<double> confidence;
 };
-
-void append_json_string(std::string& out, std::string_view text);
 
 void append_provenance(std::string& out, const Provenance& where);
 

@@ -42,7 +42,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     }
     for (const auto& m : request.backend.messages) {
       std::string out;
-      foreshore::serve::append_json_string(out, m.content);
+      foreshore::append_json_string(out, m.content);
       check_json_text(out);
     }
   }
