@@ -11,6 +11,10 @@
 namespace foreshore::engine::detail {
 namespace {
 
+// Repeated from kernels_ops.cpp on purpose: an inline function shared through
+// a header would be compiled here with AVX2/FMA and there for baseline x86-64,
+// and the linker may keep either copy for both (an ODR trap that puts AVX
+// instructions on the baseline path).
 inline float silu(float v) {
   return v / (1.0f + std::exp(-v));
 }
