@@ -327,25 +327,30 @@ TEST(ReadmeCommands, DocumentedSubsetRunsAsWritten) {
   EXPECT_GE(ran, 15);
 }
 
-// The systemd unit in packaging/ passes systemd's own check.
+// The systemd units in packaging/ (one gateway; one of several replicas,
+// foreshore@PORT) pass systemd's own check.
 TEST(Packaging, SystemdUnitVerifies) {
   if (std::system("command -v systemd-analyze >/dev/null 2>&1") != 0) {
     GTEST_SKIP() << "systemd-analyze is not installed";
   }
-  // The unit names the installed binary; point it at the built one.
-  TempDir dir;
-  std::ifstream in(fs::path(FSH_SOURCE_DIR) / "packaging" / "foreshore.service");
-  ASSERT_TRUE(in);
-  std::string unit((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  const std::string installed = "/usr/local/bin/foreshore";
-  ASSERT_NE(unit.find(installed), std::string::npos);
-  unit.replace(unit.find(installed), installed.size(), foreshore_binary());
-  const std::string path = dir.write("foreshore.service", unit);
-  auto p = Process::start({"systemd-analyze", "verify", path});
-  ASSERT_TRUE(p);
-  EXPECT_EQ(p->wait(std::chrono::seconds(60)), 0) << p->stderr_text() << p->stdout_text();
-  // Warnings about other units of the machine are not ours to judge.
-  EXPECT_EQ(p->stderr_text().find("foreshore.service"), std::string::npos) << p->stderr_text();
+  for (const std::string name : {"foreshore.service", "foreshore@.service"}) {
+    // The unit names the installed binary; point it at the built one.
+    TempDir dir;
+    std::ifstream in(fs::path(FSH_SOURCE_DIR) / "packaging" / name);
+    ASSERT_TRUE(in) << name;
+    std::string unit((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    const std::string installed = "/usr/local/bin/foreshore";
+    ASSERT_NE(unit.find(installed), std::string::npos);
+    unit.replace(unit.find(installed), installed.size(), foreshore_binary());
+    // A template is checked as one of its instances.
+    const std::string file = name == "foreshore@.service" ? "foreshore@8081.service" : name;
+    const std::string path = dir.write(file, unit);
+    auto p = Process::start({"systemd-analyze", "verify", path});
+    ASSERT_TRUE(p);
+    EXPECT_EQ(p->wait(std::chrono::seconds(60)), 0) << p->stderr_text() << p->stdout_text();
+    // Warnings about other units of the machine are not ours to judge.
+    EXPECT_EQ(p->stderr_text().find(file), std::string::npos) << p->stderr_text();
+  }
 }
 
 }  // namespace

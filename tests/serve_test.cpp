@@ -163,6 +163,38 @@ TEST(ConfigTest, ErrorsNameTheKeyPath) {
             "cfg.yaml: server.api_keys: expected a list of strings, got 'key'");
 }
 
+TEST(ConfigTest, StateAndLimitsAreReadAndChecked) {
+  auto c = parse_config(
+      "tiers: {e: {model: m}, c: {endpoint: 'http://h/v1', model: x}}\n"
+      "state: {backend: redis, url: 'redis://10.0.0.2:6380', pool_size: 4, "
+      "budgets_when_down: closed}\n"
+      "limits: {requests_per_minute: 60, budget_usd: 2.5, tiers: {c: {tokens_per_minute: 1000}}}\n",
+      "cfg.yaml");
+  ASSERT_TRUE(c.ok()) << c.error().message;
+  EXPECT_EQ(c->state.backend, "redis");
+  EXPECT_EQ(c->state.pool_size, 4);
+  EXPECT_FALSE(c->state.budgets_fail_open);
+  EXPECT_EQ(c->limits.per_key.requests_per_minute, 60);
+  EXPECT_DOUBLE_EQ(c->limits.per_key.budget_usd, 2.5);
+  EXPECT_EQ(c->limits.per_tier.at("c").tokens_per_minute, 1000);
+  const std::string tiers = "tiers: {e: {model: m}}\n";
+  EXPECT_EQ(config_error(tiers + "state: {backend: etcd}\n"),
+            "cfg.yaml: state.backend: 'etcd' is not one of local, redis");
+  EXPECT_EQ(config_error(tiers + "state: {backend: redis}\n"),
+            "cfg.yaml: state.url: is required with backend redis (redis://HOST:PORT)");
+  EXPECT_NE(config_error(tiers + "state: {backend: redis, url: 'redis://h:0'}\n")
+                .find("has a port that is not 1-65535"),
+            std::string::npos);
+  EXPECT_EQ(config_error(tiers + "state: {budgets_when_down: maybe}\n"),
+            "cfg.yaml: state.budgets_when_down: 'maybe' is not one of open, closed");
+  EXPECT_NE(config_error(tiers + "limits: {rpm: 5}\n").find("cfg.yaml: limits.rpm: is not a key"),
+            std::string::npos);
+  EXPECT_EQ(config_error(tiers + "limits: {budget_usd: -1}\n"),
+            "cfg.yaml: limits.budget_usd: must be 0 (none) or more");
+  EXPECT_EQ(config_error(tiers + "limits: {tiers: {x: {budget_usd: 1}}}\n"),
+            "cfg.yaml: limits.tiers.x: is not a tier defined under tiers");
+}
+
 TEST(ConfigTest, UnknownKeysAreErrors) {
   EXPECT_EQ(config_error("tiers:\n  e:\n    modle: m\n    model: m\n"),
             "cfg.yaml: tiers.e.modle: unknown key (allowed here: kind, placement, model, "
@@ -170,7 +202,7 @@ TEST(ConfigTest, UnknownKeysAreErrors) {
             "kv_memory_mb, threads, chat_format, timeouts, verify_tls, ca_file, low_memory_model)");
   EXPECT_NE(config_error("servr:\n  port: 1\ntiers:\n  e:\n    model: m\n")
                 .find("cfg.yaml: servr: unknown key (allowed here: server, tiers, models, routing, "
-                      "privacy)"),
+                      "privacy, state, limits)"),
             std::string::npos);
   EXPECT_NE(config_error("server:\n  prot: 1\ntiers:\n  e:\n    model: m\n")
                 .find("cfg.yaml: server.prot: unknown key"),

@@ -115,8 +115,12 @@ class Reader {
 // The keys each map accepts. The reader checks against these lists and
 // config_keys() reports them, so docs/CONFIG.md is tested against the
 // parser's own list.
-constexpr std::array<std::string_view, 5> kTopKeys{"server", "tiers", "models", "routing",
-                                                   "privacy"};
+constexpr std::array<std::string_view, 7> kTopKeys{"server",  "tiers", "models", "routing",
+                                                   "privacy", "state", "limits"};
+constexpr std::array<std::string_view, 6> kStateKeys{"backend",   "url",      "timeout_ms",
+                                                     "pool_size", "retry_ms", "budgets_when_down"};
+constexpr std::array<std::string_view, 3> kLimitKeys{"requests_per_minute", "tokens_per_minute",
+                                                     "budget_usd"};
 constexpr std::array<std::string_view, 22> kServerKeys{"host",
                                                        "port",
                                                        "api_keys",
@@ -259,6 +263,70 @@ void read_tier(Reader& r, const YAML::Node& node, const std::string& path, backe
   }
 }
 
+void read_state(Reader& r, const YAML::Node& node, state::StateSettings& s) {
+  const std::string path = "state";
+  if (!r.expect_map(node, path)) return;
+  r.check_keys(node, path, kStateKeys);
+  r.get(node, "backend", path, s.backend);
+  r.get(node, "url", path, s.url);
+  r.get(node, "timeout_ms", path, s.timeout_ms);
+  r.get(node, "pool_size", path, s.pool_size);
+  r.get(node, "retry_ms", path, s.retry_ms);
+  std::string when_down = s.budgets_fail_open ? "open" : "closed";
+  r.get(node, "budgets_when_down", path, when_down);
+  if (when_down != "open" && when_down != "closed") {
+    r.fail(join_path(path, "budgets_when_down"), "'" + when_down + "' is not one of open, closed");
+  }
+  s.budgets_fail_open = when_down == "open";
+  if (s.backend != "local" && s.backend != "redis") {
+    r.fail(join_path(path, "backend"), "'" + s.backend + "' is not one of local, redis");
+  } else if (s.backend == "redis") {
+    if (s.url.empty()) {
+      r.fail(join_path(path, "url"), "is required with backend redis (redis://HOST:PORT)");
+    } else if (auto a = state::parse_redis_url(s.url); !a.ok()) {
+      r.fail(join_path(path, "url"), a.error().message);
+    }
+  }
+  if (s.timeout_ms < 1) r.fail(join_path(path, "timeout_ms"), "must be at least 1");
+  if (s.pool_size < 1) r.fail(join_path(path, "pool_size"), "must be at least 1");
+  if (s.retry_ms < 10) r.fail(join_path(path, "retry_ms"), "must be at least 10");
+}
+
+void read_limit_values(Reader& r, const YAML::Node& node, const std::string& path, Limits& l) {
+  r.get(node, "requests_per_minute", path, l.requests_per_minute);
+  r.get(node, "tokens_per_minute", path, l.tokens_per_minute);
+  r.get(node, "budget_usd", path, l.budget_usd);
+  if (l.requests_per_minute < 0)
+    r.fail(join_path(path, "requests_per_minute"), "must be 0 (none) or more");
+  if (l.tokens_per_minute < 0)
+    r.fail(join_path(path, "tokens_per_minute"), "must be 0 (none) or more");
+  if (l.budget_usd < 0) r.fail(join_path(path, "budget_usd"), "must be 0 (none) or more");
+}
+
+void read_limits(Reader& r, const YAML::Node& node, LimitsConfig& limits) {
+  const std::string path = "limits";
+  if (!r.expect_map(node, path)) return;
+  for (const auto& kv : node) {
+    const std::string key = kv.first.Scalar();
+    if (key == "tiers") continue;
+    if (std::find(kLimitKeys.begin(), kLimitKeys.end(), key) == kLimitKeys.end()) {
+      r.fail(join_path(path, key),
+             "is not a key here; allowed: requests_per_minute, tokens_per_minute, budget_usd, "
+             "tiers");
+    }
+  }
+  read_limit_values(r, node, path, limits.per_key);
+  if (const YAML::Node tiers = node["tiers"]) {
+    if (!r.expect_map(tiers, "limits.tiers")) return;
+    for (const auto& kv : tiers) {
+      const std::string tier_path = "limits.tiers." + kv.first.Scalar();
+      if (!r.expect_map(kv.second, tier_path)) continue;
+      r.check_keys(kv.second, tier_path, kLimitKeys);
+      read_limit_values(r, kv.second, tier_path, limits.per_tier[kv.first.Scalar()]);
+    }
+  }
+}
+
 bool is_http_url(std::string_view url) {
   size_t rest = 0;
   if (url.starts_with("http://")) {
@@ -393,6 +461,9 @@ Status validate_config(const GatewayConfig& config) {
     if (t.total_timeout_ms < 1) fail(path + ".timeouts.total_ms", "must be at least 1");
     if (t.pool_wait_timeout_ms < 0) fail(path + ".timeouts.pool_wait_ms", "must be 0 or more");
   }
+  for (const auto& [tier, limits] : config.limits.per_tier) {
+    if (!names.contains(tier)) fail("limits.tiers." + tier, "is not a tier defined under tiers");
+  }
   if (!s.default_tier.empty() && !names.contains(s.default_tier)) {
     fail("server.default_tier", "'" + s.default_tier + "' is not a tier defined under tiers");
   }
@@ -429,6 +500,10 @@ std::vector<std::string> config_keys() {
   add("tiers.NAME.timeouts.", kTimeoutKeys);
   keys.emplace_back("models.NAME");
   add("models.NAME.", kAliasKeys);
+  add("state.", kStateKeys);
+  add("limits.", kLimitKeys);
+  keys.emplace_back("limits.tiers");
+  add("limits.tiers.NAME.", kLimitKeys);
   for (const auto& k : route::router_config_keys()) keys.push_back("routing." + k);
   for (const auto& k : route::sensitivity_config_keys()) keys.push_back("privacy." + k);
   return keys;
@@ -486,6 +561,8 @@ Result<GatewayConfig> parse_config(std::string_view yaml, std::string_view sourc
       }
     }
   }
+  if (const YAML::Node state = root["state"]) read_state(r, state, config.state);
+  if (const YAML::Node limits = root["limits"]) read_limits(r, limits, config.limits);
   read_api_keys_env(r, config.server);
   std::vector<std::string> errors = r.errors();
   config.routing = root["routing"];

@@ -13,6 +13,8 @@
 
 #include "backend/backend.h"
 #include "common/result.h"
+#include "serve/shared_limits.h"
+#include "state/state.h"
 
 namespace foreshore::serve {
 
@@ -70,6 +72,8 @@ struct GatewayConfig {
   // readers and kept as YAML for the router to build itself from.
   YAML::Node routing;
   YAML::Node privacy;
+  state::StateSettings state;  // the state: section
+  LimitsConfig limits;         // the limits: section
 };
 
 // Every key the config file accepts, as dotted paths; NAME stands for a name

@@ -52,6 +52,11 @@ Result<std::unique_ptr<HybridRouter>> HybridRouter::create(
   h->router_ = std::move(router).value();
   h->executor_ =
       std::make_unique<exec::Executor>(backends, exec::ExecutorSettings{}, h->router_.get());
+  auto state = state::SharedState::create(settings.state);
+  if (!state.ok()) return state.error();
+  h->shared_ = std::make_unique<SharedLimits>(
+      std::move(state).value(), settings.state.budgets_fail_open, settings.limits,
+      std::chrono::milliseconds(exec::ExecutorSettings{}.breaker.open_ms));
 
   if (!settings.audit_path.empty()) {
     observe::AuditOptions a;
@@ -178,6 +183,11 @@ Result<std::unique_ptr<HybridRouter>> HybridRouter::create(
   return h;
 }
 
+std::optional<ApiError> HybridRouter::admit(const ApiRequest& request,
+                                            const route::Decision& decision, RouteHints& hints) {
+  return shared_->admit(hints.client, decision, request, tiers_, hints.reservation);
+}
+
 double completion_cost_usd(const backend::TierConfig& tier, const backend::Usage& usage) {
   return (tier.price_input_per_mtok * usage.prompt_tokens +
           tier.price_output_per_mtok * usage.completion_tokens) /
@@ -206,6 +216,18 @@ void HybridRouter::collect_metrics() {
               "Complexity threshold in force (moves when shadow agreement adapts it).", {}, {})
       .set(router_->threshold());
   if (learning_) learning_->collect_metrics();
+  metrics_
+      ->gauge("foreshore_state_backend_up",
+              "1 while the state backend replicas share (state.backend) answers; 0 while this "
+              "replica runs on its own copy.",
+              {"backend"}, {std::string(shared_->state().backend())})
+      .set(shared_->state().connected() ? 1.0 : 0.0);
+  metrics_
+      ->gauge("foreshore_state_local_fallbacks",
+              "State operations answered from this replica's own copy because the shared "
+              "backend was down, since start.",
+              {}, {})
+      .set(static_cast<double>(shared_->state().local_fallbacks()));
   if (!shadow_) return;
   const observe::ShadowCounters c = shadow_->counters();
   const char* help = "Shadow evaluation jobs by what happened to them.";
@@ -307,11 +329,18 @@ Result<route::Decision> HybridRouter::decide(const ApiRequest& api, const RouteH
   } else if (!hints.session.empty()) {
     // A conversation stays on the tier it started on, while that tier is healthy.
     // A turn that needs what the pinned device tier cannot do goes unpinned.
-    if (auto pin = versions_->pin(hints.session); pin && executor_->available(pin->tier)) {
-      const auto b = executor_->backend(pin->tier);
+    // Replicas sharing state share pins: the turn may have started on another.
+    std::optional<std::string> pinned;
+    if (shared_->shared()) {
+      pinned = shared_->pinned_tier(hints.session);
+    } else if (auto pin = versions_->pin(hints.session)) {
+      pinned = pin->tier;
+    }
+    if (pinned && executor_->available(*pinned) && !shared_->breaker_open(*pinned)) {
+      const auto b = executor_->backend(*pinned);
       const bool on_device = b && b->info().placement == backend::Placement::kDevice;
       if (!(on_device && !api.backend.remote_only.edge_unsupported.empty())) {
-        in.forced_tier = pin->tier;
+        in.forced_tier = *pinned;
         in.forced_is_preference = true;
       }
     }
@@ -354,6 +383,7 @@ Result<route::Decision> HybridRouter::decide(const ApiRequest& api, const RouteH
   const auto usable = [&](const std::string& tier, std::string& why) {
     if (tier.empty()) return false;
     if (auto b = executor_->backend(tier)) why = b->unavailable_reason();
+    if (why.empty() && shared_->breaker_open(tier)) why = "a replica's circuit breaker is open";
     return why.empty() && executor_->available(tier);
   };
   std::string edge_down, cloud_down;
@@ -441,6 +471,11 @@ Result<exec::ExecutionResult> HybridRouter::execute(const route::Decision& decis
   // A degraded answer carries its confidence, measured on its logprobs.
   if (!degraded_why.empty()) budgeted.params.logprobs = true;
   auto result = executor_->run(decision.plan, budgeted, on_delta, on_source);
+  for (const std::string* tier : {&decision.plan.cloud_tier, &decision.plan.edge_tier}) {
+    if (!tier->empty() && executor_->breaker_state(*tier) == exec::BreakerState::kOpen) {
+      shared_->publish_breaker_open(*tier);
+    }
+  }
   if (result.ok() && !result->degraded && !degraded_why.empty()) {
     result->degraded = true;
     result->degraded_reason = std::move(degraded_why);
@@ -474,6 +509,13 @@ void HybridRouter::finish(const ApiRequest& api, const RouteHints& hints, const 
     std::fflush(decision_log_);
   }
   const backend::TierConfig* served = r.ok() ? tier_config(r->tier) : nullptr;
+  if (served != nullptr) {
+    const backend::Usage& u = r->completion.usage;
+    shared_->settle(hints.reservation, completion_cost_usd(*served, u),
+                    int64_t{u.prompt_tokens} + u.completion_tokens);
+  } else {
+    shared_->settle(hints.reservation, 0.0, 0);
+  }
   {
     const std::string outcome = r.ok() ? outcome_of(r) : "error";
     const std::string tier = r.ok() ? r->tier : "none";
@@ -510,8 +552,10 @@ void HybridRouter::finish(const ApiRequest& api, const RouteHints& hints, const 
           .add();
     }
     versions_->observe(r->tier, r->completion.model, r->completion.model_version);
-    if (!hints.session.empty())
+    if (!hints.session.empty()) {
       versions_->record(hints.session, r->tier, r->completion.model_version);
+      if (shared_->shared()) shared_->pin(hints.session, r->tier);
+    }
     if (learning_ && served != nullptr) {
       const std::string& text = api.backend.prompt ? *api.backend.prompt
                                 : api.backend.messages.empty()

@@ -20,6 +20,8 @@
 #include "serve/learning.h"
 #include "serve/metrics.h"
 #include "serve/openai.h"
+#include "serve/shared_limits.h"
+#include "state/state.h"
 
 namespace foreshore::serve {
 
@@ -38,6 +40,8 @@ struct HybridSettings {
   // When > 0, shadow agreement steers the complexity threshold to stay at or
   // above this share of edge answers agreeing with the cloud's.
   double shadow_target_agreement = 0.0;
+  state::StateSettings state;  // where replicas share limits, breakers and pins
+  LimitsConfig limits;
 };
 
 // Routing hints a client sends as headers (or in the body's metadata).
@@ -51,6 +55,8 @@ struct RouteHints {
   // forced_tier came from a model alias or model id rather than the header
   // or the tier's own name: steps the data class forbids are dropped.
   bool forced_is_preference = false;
+  std::string client;       // client_identity() of the request's key
+  Reservation reservation;  // what HybridRouter::admit held back, settled by finish
 };
 
 class HybridRouter {
@@ -64,6 +70,11 @@ class HybridRouter {
   // policy name in `model` ("foreshore/<policy>").
   Result<route::Decision> decide(const ApiRequest& request, const RouteHints& hints,
                                  ApiError& error) const;
+  // Counts the request against the shared limits and budgets (shared_limits.h)
+  // and holds back its worst-case cost in hints.reservation; the error to
+  // answer with when refused. finish() settles the hold.
+  std::optional<ApiError> admit(const ApiRequest& request, const route::Decision& decision,
+                                RouteHints& hints);
   // Runs the decided plan; streams through on_delta when set.
   Result<exec::ExecutionResult> execute(const route::Decision& decision,
                                         const backend::BackendRequest& request,
@@ -92,6 +103,8 @@ class HybridRouter {
   // Online router learning (routing.learning); null when off.
   RouterLearning* learning() const { return learning_.get(); }
   const backend::TierConfig* tier_config(std::string_view name) const;
+  // The state backend as /readyz and /metrics report it.
+  const state::SharedState& shared_state() const { return shared_->state(); }
 
  private:
   HybridRouter() = default;
@@ -102,6 +115,7 @@ class HybridRouter {
   std::unique_ptr<observe::VersionRegistry> versions_;
   std::unique_ptr<observe::ShadowSampler> shadow_;
   std::unique_ptr<RouterLearning> learning_;  // after shadow_: its verdicts feed it
+  std::unique_ptr<SharedLimits> shared_;
   std::mutex decision_log_mu_;
   std::FILE* decision_log_ = nullptr;
   std::vector<backend::TierConfig> tiers_;

@@ -478,8 +478,14 @@ struct Gateway::Impl {
           append_json_string(unavailable, why);
         }
       }
+      // A replica on its own state (Redis down) serves but enforces limits alone.
+      const state::SharedState& shared = dep->hybrid->shared_state();
+      all_ok = all_ok && shared.connected();
       std::string body = std::string("{\"status\":") + (all_ok ? "\"ready\"" : "\"degraded\"") +
                          ",\"tiers\":[" + names + "],\"tier_states\":{" + states + "}";
+      body += ",\"state\":{\"backend\":";
+      append_json_string(body, shared.backend());
+      body += std::string(",\"connected\":") + (shared.connected() ? "true" : "false") + "}";
       if (!unavailable.empty()) body += ",\"unavailable\":{" + unavailable + "}";
       body += "}";
       res.set_content(body, kJson);
@@ -819,6 +825,13 @@ struct Gateway::Impl {
       return;
     }
 
+    if (auto refused = hybrid->admit(api, decision, hints)) {
+      in_flight.fetch_sub(1, std::memory_order_acq_rel);
+      send_error(res, *refused);
+      record(server, &tier, kind, refused->status, start, nullptr, id);
+      return;
+    }
+
     api.backend.request_id = id;
     api.backend.deadline = start + std::chrono::milliseconds(server.request_timeout_ms);
     api.backend.cancelled = std::make_shared<std::atomic<bool>>(false);
@@ -913,6 +926,7 @@ struct Gateway::Impl {
     hints.cost_ceiling_usd = header_value(req, "x-foreshore-cost-ceiling-usd");
     hints.session = header_value(req, "x-foreshore-session");
     if (hints.session.empty()) hints.session = api.user;
+    hints.client = client_identity(header_value(req, "Authorization"));
     return hints;
   }
 
@@ -1310,6 +1324,8 @@ struct Gateway::Impl {
     hs.audit_max_age_hours = c.server.audit_max_age_hours;
     hs.shadow_fraction = c.server.shadow_fraction;
     hs.shadow_target_agreement = c.server.shadow_target_agreement;
+    hs.state = c.state;
+    hs.limits = c.limits;
     hs.shadow_data_classes.clear();
     for (const auto& name : c.server.shadow_data_classes) {
       if (auto cls = route::parse_data_class(name); cls.ok())

@@ -1,0 +1,210 @@
+#include "serve/shared_limits.h"
+
+#include <openssl/evp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <ctime>
+
+#include "serve/hybrid.h"
+
+namespace foreshore::serve {
+namespace {
+
+constexpr std::chrono::milliseconds kWindowTtl{120000};  // a minute's window, and then some
+constexpr std::chrono::milliseconds kPinTtl{3600000};    // a session pin lasts an idle hour
+constexpr std::chrono::milliseconds kBreakerCache{100};
+// max_tokens when the client sets none, for the worst case a budget holds back.
+constexpr int32_t kDefaultMaxTokens = 1024;
+
+int64_t to_micro_usd(double usd) {
+  return static_cast<int64_t>(std::ceil(usd * 1e6));
+}
+
+std::string minute_suffix() {
+  return ":" + std::to_string(std::time(nullptr) / 60);
+}
+
+double seconds_to_next_minute() {
+  return static_cast<double>(60 - std::time(nullptr) % 60);
+}
+
+ApiError rate_limited(const std::string& what) {
+  ApiError e;
+  e.status = 429;
+  e.type = "rate_limit_error";
+  e.code = "rate_limit_exceeded";
+  e.message = what + "; retry after the current minute";
+  e.retry_after_seconds = seconds_to_next_minute();
+  return e;
+}
+
+}  // namespace
+
+std::string client_identity(std::string_view authorization_header) {
+  if (!authorization_header.starts_with("Bearer ")) return "anonymous";
+  const std::string_view key = authorization_header.substr(7);
+  unsigned char digest[EVP_MAX_MD_SIZE];
+  unsigned int n = 0;
+  if (EVP_Digest(key.data(), key.size(), digest, &n, EVP_sha256(), nullptr) != 1) {
+    return "anonymous";
+  }
+  static constexpr char kHex[] = "0123456789abcdef";
+  std::string out = "k";
+  for (unsigned int i = 0; i < 12 && i < n; ++i) {
+    out += kHex[digest[i] >> 4];
+    out += kHex[digest[i] & 15];
+  }
+  return out;
+}
+
+SharedLimits::SharedLimits(std::unique_ptr<state::SharedState> state, bool budgets_fail_open,
+                           LimitsConfig limits, std::chrono::milliseconds breaker_open)
+    : state_(std::move(state)),
+      budgets_fail_open_(budgets_fail_open),
+      limits_(std::move(limits)),
+      breaker_open_(breaker_open) {}
+
+std::optional<ApiError> SharedLimits::admit_limits(const std::string& scope, const Limits& limits,
+                                                   int64_t hold_micro_usd,
+                                                   Reservation& reservation) {
+  if (limits.requests_per_minute > 0) {
+    const auto a =
+        state_->admit("rpm:" + scope + minute_suffix(), 1, limits.requests_per_minute, kWindowTtl);
+    if (!a.admitted) {
+      return rate_limited(scope + " is over its limit of " +
+                          std::to_string(limits.requests_per_minute) + " requests per minute");
+    }
+  }
+  if (limits.tokens_per_minute > 0) {
+    const std::string key = "tpm:" + scope + minute_suffix();
+    const auto a = state_->admit(key, 0, limits.tokens_per_minute, kWindowTtl);
+    if (!a.admitted) {
+      return rate_limited(scope + " has used its " + std::to_string(limits.tokens_per_minute) +
+                          " tokens per minute");
+    }
+    reservation.token_counters.push_back(key);
+  }
+  if (limits.budget_usd > 0) {
+    if (!budgets_fail_open_ && !state_->connected()) {
+      ApiError e;
+      e.status = 503;
+      e.type = "service_unavailable";
+      e.code = "budget_state_unavailable";
+      e.message = "The shared state that holds " + scope +
+                  "'s budget cannot be reached and budgets fail closed (state.budgets_when_down); "
+                  "retry shortly";
+      e.retry_after_seconds = 1;
+      return e;
+    }
+    const std::string key = "spend:" + scope;
+    const auto a = state_->admit(key, hold_micro_usd, to_micro_usd(limits.budget_usd),
+                                 std::chrono::milliseconds(0));
+    if (!a.admitted) {
+      ApiError e;
+      e.status = 429;
+      e.type = "insufficient_quota";
+      e.code = "budget_exceeded";
+      e.message = scope + " has spent $" + std::to_string(static_cast<double>(a.value) / 1e6) +
+                  " of its $" + std::to_string(limits.budget_usd) +
+                  " budget and this request could cost up to $" +
+                  std::to_string(static_cast<double>(hold_micro_usd) / 1e6) +
+                  "; raise the budget or lower max_tokens";
+      return e;
+    }
+    reservation.holds.emplace_back(key, hold_micro_usd);
+  }
+  return std::nullopt;
+}
+
+std::optional<ApiError> SharedLimits::admit(const std::string& client,
+                                            const route::Decision& decision, const ApiRequest& api,
+                                            const std::vector<backend::TierConfig>& tiers,
+                                            Reservation& reservation) {
+  // The tiers this plan may call, and what a worst-case answer costs on them.
+  std::vector<const backend::TierConfig*> used;
+  const route::Plan& plan = decision.plan;
+  const bool edge = plan.kind != route::PlanKind::kCloud;
+  const bool cloud = plan.kind != route::PlanKind::kEdge && plan.cloud_allowed;
+  for (const auto& t : tiers) {
+    const bool named = (edge && t.name == plan.edge_tier) || (cloud && t.name == plan.cloud_tier) ||
+                       std::find(plan.fallback_tiers.begin(), plan.fallback_tiers.end(), t.name) !=
+                           plan.fallback_tiers.end();
+    if (named) used.push_back(&t);
+  }
+  int64_t prompt_chars = 0;
+  for (const auto& m : api.backend.messages) prompt_chars += static_cast<int64_t>(m.content.size());
+  if (api.backend.prompt) prompt_chars += static_cast<int64_t>(api.backend.prompt->size());
+  backend::Usage worst;
+  worst.prompt_tokens = static_cast<int32_t>(prompt_chars + 16);  // a token is at least a byte
+  worst.completion_tokens = api.backend.params.max_tokens.value_or(kDefaultMaxTokens);
+  int64_t hold = 0;
+  for (const auto* t : used) hold += to_micro_usd(completion_cost_usd(*t, worst));
+
+  const auto refuse = [&](ApiError e) {
+    release(reservation);
+    reservation = {};
+    return e;
+  };
+  if (auto e = admit_limits("key:" + client, limits_.per_key, hold, reservation)) {
+    return refuse(*e);
+  }
+  for (const auto* t : used) {
+    auto it = limits_.per_tier.find(t->name);
+    if (it == limits_.per_tier.end()) continue;
+    if (auto e = admit_limits("tier:" + t->name, it->second,
+                              to_micro_usd(completion_cost_usd(*t, worst)), reservation)) {
+      return refuse(*e);
+    }
+  }
+  return std::nullopt;
+}
+
+void SharedLimits::release(const Reservation& reservation) {
+  for (const auto& [key, held] : reservation.holds) {
+    state_->add(key, -held, std::chrono::milliseconds(0));
+  }
+}
+
+void SharedLimits::settle(const Reservation& reservation, double cost_usd, int64_t tokens) {
+  const int64_t cost = to_micro_usd(cost_usd);
+  for (const auto& [key, held] : reservation.holds) {
+    if (cost != held) state_->add(key, cost - held, std::chrono::milliseconds(0));
+  }
+  if (tokens > 0) {
+    for (const auto& key : reservation.token_counters) state_->add(key, tokens, kWindowTtl);
+  }
+}
+
+bool SharedLimits::breaker_open(const std::string& tier) {
+  if (!shared()) return false;  // this process's own breakers are the executor's
+  const auto now = std::chrono::steady_clock::now();
+  {
+    std::lock_guard lock(mu_);
+    if (auto it = breaker_cache_.find(tier);
+        it != breaker_cache_.end() && it->second.second > now) {
+      return it->second.first;
+    }
+  }
+  const bool open = state_->flag("breaker:" + tier).has_value();
+  std::lock_guard lock(mu_);
+  breaker_cache_[tier] = {open, now + kBreakerCache};
+  return open;
+}
+
+void SharedLimits::publish_breaker_open(const std::string& tier) {
+  if (!shared()) return;
+  state_->set_flag("breaker:" + tier, "open", breaker_open_, true);
+  std::lock_guard lock(mu_);
+  breaker_cache_[tier] = {true, std::chrono::steady_clock::now() + kBreakerCache};
+}
+
+std::optional<std::string> SharedLimits::pinned_tier(const std::string& session) {
+  return state_->flag("pin:" + session);
+}
+
+void SharedLimits::pin(const std::string& session, const std::string& tier) {
+  state_->set_flag("pin:" + session, tier, kPinTtl, false);
+}
+
+}  // namespace foreshore::serve

@@ -1,0 +1,91 @@
+// What gateway replicas enforce together through the state backend
+// (src/state): requests and tokens per minute and spend budgets, per client
+// key and per tier; circuit breakers one replica opened; the tier a session
+// is pinned to. With `state.backend: local` the same rules hold for this one
+// process.
+#pragma once
+
+#include <chrono>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+#include "backend/backend.h"
+#include "route/router.h"
+#include "serve/openai.h"
+#include "state/state.h"
+
+namespace foreshore::serve {
+
+struct Limits {
+  int64_t requests_per_minute = 0;  // 0: none
+  int64_t tokens_per_minute = 0;    // prompt + completion tokens; 0: none
+  double budget_usd = 0.0;          // total spend at configured prices; 0: none
+};
+
+struct LimitsConfig {
+  Limits per_key;                          // each client key (or all anonymous clients) alone
+  std::map<std::string, Limits> per_tier;  // each tier, over all clients
+};
+
+// Budget held back at admission and what it stood for, settled once the
+// request's real cost is known (SharedLimits::settle).
+struct Reservation {
+  std::vector<std::pair<std::string, int64_t>> holds;  // spend counter, micro-dollars held
+  std::vector<std::string> token_counters;             // per-minute token windows to charge
+};
+
+// The client a request is counted for: a digest of its bearer key (never the
+// key itself), or "anonymous".
+std::string client_identity(std::string_view authorization_header);
+
+class SharedLimits {
+ public:
+  SharedLimits(std::unique_ptr<state::SharedState> state, bool budgets_fail_open,
+               LimitsConfig limits, std::chrono::milliseconds breaker_open);
+
+  // Counts the request against its client's and its tiers' limits and holds
+  // back its worst-case cost (prompt and max_tokens at the plan's tiers'
+  // prices) from their budgets, so that replicas together never spend past a
+  // budget by more than an estimate's error. An ApiError (429, or 503 when a
+  // budget cannot be checked and budgets fail closed) when refused.
+  std::optional<ApiError> admit(const std::string& client, const route::Decision& decision,
+                                const ApiRequest& api,
+                                const std::vector<backend::TierConfig>& tiers,
+                                Reservation& reservation);
+  // Replaces the hold with the real cost and counts the tokens used.
+  void settle(const Reservation& reservation, double cost_usd, int64_t tokens);
+
+  // A breaker another replica opened (cached for a fraction of a second, so
+  // that reading it costs no round trip on most requests); always false
+  // with the local backend, where the executor's own breakers are all there is.
+  bool breaker_open(const std::string& tier);
+  // Tells the other replicas this one's breaker for `tier` opened.
+  void publish_breaker_open(const std::string& tier);
+
+  std::optional<std::string> pinned_tier(const std::string& session);
+  void pin(const std::string& session, const std::string& tier);
+
+  const state::SharedState& state() const { return *state_; }
+  // True when state is shared through Redis (not this process alone).
+  bool shared() const { return state_->backend() != "local"; }
+
+ private:
+  std::optional<ApiError> admit_limits(const std::string& scope, const Limits& limits,
+                                       int64_t hold_micro_usd, Reservation& reservation);
+  void release(const Reservation& reservation);
+
+  std::unique_ptr<state::SharedState> state_;
+  const bool budgets_fail_open_;
+  const LimitsConfig limits_;
+  const std::chrono::milliseconds breaker_open_;
+  std::mutex mu_;
+  std::map<std::string, std::pair<bool, std::chrono::steady_clock::time_point>> breaker_cache_;
+};
+
+}  // namespace foreshore::serve

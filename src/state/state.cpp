@@ -1,0 +1,475 @@
+#include "state/state.h"
+
+#include <hiredis/hiredis.h>
+
+#include <charconv>
+#include <condition_variable>
+#include <cstdio>
+#include <mutex>
+#include <thread>
+#include <unordered_map>
+#include <vector>
+
+namespace foreshore::state {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+// This process's copy of the shared state: the whole state for `local`, and
+// for `redis` the last values seen from Redis plus what changed while it was
+// down.
+class LocalState final : public SharedState {
+ public:
+  Admission admit(const std::string& key, int64_t amount, int64_t limit,
+                  std::chrono::milliseconds ttl) override {
+    std::lock_guard lock(mu_);
+    Entry& e = live(key);
+    Admission a;
+    a.value = e.count;
+    if (limit > 0 && e.count + std::max<int64_t>(amount, 1) > limit) return a;
+    e.count += amount;
+    touch(e, ttl);
+    a.admitted = true;
+    a.value = e.count;
+    return a;
+  }
+
+  void add(const std::string& key, int64_t amount, std::chrono::milliseconds ttl) override {
+    std::lock_guard lock(mu_);
+    Entry& e = live(key);
+    e.count += amount;
+    touch(e, ttl);
+  }
+
+  int64_t counter(const std::string& key) override {
+    std::lock_guard lock(mu_);
+    return live(key).count;
+  }
+
+  void set_flag(const std::string& key, const std::string& value, std::chrono::milliseconds ttl,
+                bool only_if_absent) override {
+    std::lock_guard lock(mu_);
+    Entry& e = live(key);
+    if (only_if_absent && e.text) return;
+    e.text = value;
+    e.expires = Clock::now() + ttl;
+  }
+
+  std::optional<std::string> flag(const std::string& key) override {
+    std::lock_guard lock(mu_);
+    return live(key).text;
+  }
+
+  // What Redis said a counter is, so that an outage starts from it.
+  void mirror(const std::string& key, int64_t value, std::chrono::milliseconds ttl) {
+    std::lock_guard lock(mu_);
+    Entry& e = live(key);
+    e.count = value;
+    touch(e, ttl);
+  }
+  void mirror_flag(const std::string& key, std::optional<std::string> value,
+                   std::chrono::milliseconds ttl) {
+    std::lock_guard lock(mu_);
+    Entry& e = live(key);
+    e.text = std::move(value);
+    e.expires = e.text ? Clock::now() + ttl : Clock::time_point::max();
+  }
+
+  std::string_view backend() const override { return "local"; }
+  bool connected() const override { return true; }
+  uint64_t local_fallbacks() const override { return 0; }
+
+ private:
+  struct Entry {
+    int64_t count = 0;
+    std::optional<std::string> text;
+    Clock::time_point expires = Clock::time_point::max();
+  };
+
+  static void touch(Entry& e, std::chrono::milliseconds ttl) {
+    e.expires = ttl.count() > 0 ? Clock::now() + ttl : Clock::time_point::max();
+  }
+
+  // The entry for `key`, reset when it has expired. Expired entries are swept
+  // now and then so that per-minute windows do not pile up.
+  Entry& live(const std::string& key) {
+    const auto now = Clock::now();
+    if (++ops_ % 4096 == 0)
+      std::erase_if(entries_, [&](const auto& kv) { return kv.second.expires <= now; });
+    Entry& e = entries_[key];
+    if (e.expires <= now) e = Entry{};
+    return e;
+  }
+
+  std::mutex mu_;
+  std::unordered_map<std::string, Entry> entries_;
+  uint64_t ops_ = 0;
+};
+
+// Adds ARGV[1] to KEYS[1] unless that passes the limit ARGV[2] (0: none);
+// ARGV[3] > 0 sets the expiry in ms. Returns {admitted, value}. One script, so
+// the check and the change are one step for every replica.
+constexpr const char* kAdmitScript = R"lua(
+local v = tonumber(redis.call('GET', KEYS[1]) or '0')
+local amount = tonumber(ARGV[1])
+local limit = tonumber(ARGV[2])
+if limit > 0 and v + math.max(amount, 1) > limit then return {0, v} end
+v = redis.call('INCRBY', KEYS[1], amount)
+if tonumber(ARGV[3]) > 0 then redis.call('PEXPIRE', KEYS[1], ARGV[3]) end
+return {1, v}
+)lua";
+
+struct ContextFree {
+  void operator()(redisContext* c) const { redisFree(c); }
+};
+using Context = std::unique_ptr<redisContext, ContextFree>;
+
+struct ReplyFree {
+  void operator()(redisReply* r) const { freeReplyObject(r); }
+};
+using Reply = std::unique_ptr<redisReply, ReplyFree>;
+
+class RedisState final : public SharedState {
+ public:
+  RedisState(StateSettings settings, RedisAddress address)
+      : settings_(std::move(settings)), address_(std::move(address)) {
+    prefix_ = "fsh:";
+    if (Context c = connect()) {
+      release(std::move(c));
+    } else {
+      connected_ = false;
+      std::fprintf(stderr,
+                   "state: Redis at %s:%d does not answer; this replica runs on its own state "
+                   "and retries every %d ms\n",
+                   address_.host.c_str(), address_.port, settings_.retry_ms);
+    }
+    reconnector_ = std::thread([this] { reconnect_loop(); });
+  }
+
+  ~RedisState() override {
+    {
+      std::lock_guard lock(mu_);
+      stopping_ = true;
+    }
+    cv_.notify_all();
+    reconnector_.join();
+  }
+
+  Admission admit(const std::string& key, int64_t amount, int64_t limit,
+                  std::chrono::milliseconds ttl) override {
+    if (connected_) {
+      Reply r = command({"EVAL", kAdmitScript, "1", prefix_ + key, std::to_string(amount),
+                         std::to_string(limit), std::to_string(ttl.count())});
+      if (r && r->type == REDIS_REPLY_ARRAY && r->elements == 2) {
+        Admission a;
+        a.admitted = r->element[0]->integer == 1;
+        a.value = r->element[1]->integer;
+        local_.mirror(key, a.value, ttl);
+        return a;
+      }
+    }
+    Admission a = local_.admit(key, amount, limit, ttl);
+    a.answered_locally = true;
+    if (a.admitted) pend_count(key, amount, ttl);
+    fallbacks_.fetch_add(1, std::memory_order_relaxed);
+    return a;
+  }
+
+  void add(const std::string& key, int64_t amount, std::chrono::milliseconds ttl) override {
+    if (connected_) {
+      Reply r = command({"EVAL", kAdmitScript, "1", prefix_ + key, std::to_string(amount), "0",
+                         std::to_string(ttl.count())});
+      if (r && r->type == REDIS_REPLY_ARRAY && r->elements == 2) {
+        local_.mirror(key, r->element[1]->integer, ttl);
+        return;
+      }
+    }
+    local_.add(key, amount, ttl);
+    pend_count(key, amount, ttl);
+    fallbacks_.fetch_add(1, std::memory_order_relaxed);
+  }
+
+  int64_t counter(const std::string& key) override {
+    if (connected_) {
+      Reply r = command({"GET", prefix_ + key});
+      if (r && (r->type == REDIS_REPLY_STRING || r->type == REDIS_REPLY_NIL)) {
+        int64_t v = 0;
+        if (r->type == REDIS_REPLY_STRING) std::from_chars(r->str, r->str + r->len, v);
+        return v;
+      }
+    }
+    fallbacks_.fetch_add(1, std::memory_order_relaxed);
+    return local_.counter(key);
+  }
+
+  void set_flag(const std::string& key, const std::string& value, std::chrono::milliseconds ttl,
+                bool only_if_absent) override {
+    if (connected_) {
+      std::vector<std::string> args = {"SET", prefix_ + key, value, "PX",
+                                       std::to_string(std::max<int64_t>(ttl.count(), 1))};
+      if (only_if_absent) args.emplace_back("NX");
+      if (Reply r = command(args); r && r->type != REDIS_REPLY_ERROR) {
+        local_.set_flag(key, value, ttl, only_if_absent);
+        return;
+      }
+    }
+    local_.set_flag(key, value, ttl, only_if_absent);
+    {
+      std::lock_guard lock(mu_);
+      pending_flags_[key] = PendingFlag{value, Clock::now() + ttl, only_if_absent};
+    }
+    fallbacks_.fetch_add(1, std::memory_order_relaxed);
+  }
+
+  std::optional<std::string> flag(const std::string& key) override {
+    if (connected_) {
+      Reply r = command({"GET", prefix_ + key});
+      if (r && r->type == REDIS_REPLY_STRING) return std::string(r->str, r->len);
+      if (r && r->type == REDIS_REPLY_NIL) return std::nullopt;
+    }
+    fallbacks_.fetch_add(1, std::memory_order_relaxed);
+    return local_.flag(key);
+  }
+
+  std::string_view backend() const override { return "redis"; }
+  bool connected() const override { return connected_; }
+  uint64_t local_fallbacks() const override { return fallbacks_.load(std::memory_order_relaxed); }
+
+ private:
+  struct PendingCount {
+    int64_t amount = 0;
+    std::chrono::milliseconds ttl{0};
+  };
+  struct PendingFlag {
+    std::string value;
+    Clock::time_point expires;
+    bool only_if_absent = false;
+  };
+
+  Context connect() const {
+    const timeval tv{settings_.timeout_ms / 1000, (settings_.timeout_ms % 1000) * 1000};
+    Context c(redisConnectWithTimeout(address_.host.c_str(), address_.port, tv));
+    if (!c || c->err) return nullptr;
+    if (redisSetTimeout(c.get(), tv) != REDIS_OK) return nullptr;
+    if (address_.db != 0) {
+      Reply r(static_cast<redisReply*>(redisCommand(c.get(), "SELECT %d", address_.db)));
+      if (!r || r->type == REDIS_REPLY_ERROR) return nullptr;
+    }
+    return c;
+  }
+
+  // A pooled connection; null when none can be had (Redis down).
+  Context acquire() {
+    {
+      std::lock_guard lock(mu_);
+      if (!idle_.empty()) {
+        Context c = std::move(idle_.back());
+        idle_.pop_back();
+        return c;
+      }
+    }
+    return connect();
+  }
+
+  void release(Context c) {
+    std::lock_guard lock(mu_);
+    if (static_cast<int32_t>(idle_.size()) < settings_.pool_size) idle_.push_back(std::move(c));
+  }
+
+  // Runs one command; on a connection failure marks Redis down (the
+  // reconnector takes over) and returns null.
+  Reply command(const std::vector<std::string>& args) {
+    Context c = acquire();
+    if (c) {
+      std::vector<const char*> argv;
+      std::vector<size_t> lens;
+      for (const auto& a : args) {
+        argv.push_back(a.data());
+        lens.push_back(a.size());
+      }
+      Reply r(static_cast<redisReply*>(
+          redisCommandArgv(c.get(), static_cast<int>(argv.size()), argv.data(), lens.data())));
+      if (r && c->err == 0) {
+        release(std::move(c));
+        return r;
+      }
+    }
+    mark_down(c ? c->errstr : "cannot connect");
+    return nullptr;
+  }
+
+  void mark_down(const char* why) {
+    bool was = true;
+    if (connected_.compare_exchange_strong(was, false)) {
+      std::fprintf(stderr,
+                   "state: Redis at %s:%d failed (%s); this replica goes on with its own state "
+                   "and resyncs when Redis is back\n",
+                   address_.host.c_str(), address_.port, why);
+      {
+        std::lock_guard lock(mu_);
+        idle_.clear();
+      }
+      cv_.notify_all();
+    }
+  }
+
+  void pend_count(const std::string& key, int64_t amount, std::chrono::milliseconds ttl) {
+    std::lock_guard lock(mu_);
+    PendingCount& p = pending_counts_[key];
+    p.amount += amount;
+    p.ttl = ttl;
+  }
+
+  // While down: tries Redis every retry_ms; once it answers, pushes what this
+  // replica changed meanwhile and only then takes Redis as the truth again.
+  void reconnect_loop() {
+    std::unique_lock lock(mu_);
+    while (!stopping_) {
+      if (connected_) {
+        cv_.wait(lock, [&] { return stopping_ || !connected_; });
+        continue;
+      }
+      cv_.wait_for(lock, std::chrono::milliseconds(settings_.retry_ms), [&] { return stopping_; });
+      if (stopping_) break;
+      lock.unlock();
+      const bool back = resync();
+      lock.lock();
+      if (back) {
+        connected_ = true;
+        std::fprintf(stderr, "state: Redis at %s:%d is back; shared state resynced\n",
+                     address_.host.c_str(), address_.port);
+      }
+    }
+  }
+
+  // Pushes pending changes until none are left; false when Redis failed again.
+  bool resync() {
+    Context c = connect();
+    if (!c) return false;
+    for (;;) {
+      std::unordered_map<std::string, PendingCount> counts;
+      std::unordered_map<std::string, PendingFlag> flags;
+      {
+        std::lock_guard lock(mu_);
+        if (pending_counts_.empty() && pending_flags_.empty()) {
+          idle_.push_back(std::move(c));
+          return true;
+        }
+        counts.swap(pending_counts_);
+        flags.swap(pending_flags_);
+      }
+      bool ok = true;
+      for (auto it = counts.begin(); ok && it != counts.end();) {
+        const std::string k = prefix_ + it->first;
+        const std::string amount = std::to_string(it->second.amount);
+        const std::string ttl = std::to_string(it->second.ttl.count());
+        const char* argv[] = {"EVAL",         kAdmitScript, "1",        k.c_str(),
+                              amount.c_str(), "0",          ttl.c_str()};
+        Reply r(static_cast<redisReply*>(redisCommandArgv(c.get(), 7, argv, nullptr)));
+        ok = r && c->err == 0 && r->type == REDIS_REPLY_ARRAY;
+        if (ok) it = counts.erase(it);  // pushed: never pushed twice
+      }
+      if (!ok) {
+        restore(std::move(counts), std::move(flags));
+        return false;
+      }
+      const auto now = Clock::now();
+      for (const auto& [key, f] : flags) {
+        if (f.expires <= now) continue;
+        const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(f.expires - now);
+        std::vector<std::string> args = {"SET", prefix_ + key, f.value, "PX",
+                                         std::to_string(std::max<int64_t>(ms.count(), 1))};
+        if (f.only_if_absent) args.emplace_back("NX");
+        std::vector<const char*> argv;
+        std::vector<size_t> lens;
+        for (const auto& a : args) argv.push_back(a.data()), lens.push_back(a.size());
+        Reply r(static_cast<redisReply*>(
+            redisCommandArgv(c.get(), static_cast<int>(argv.size()), argv.data(), lens.data())));
+        if (!r || c->err != 0) {
+          restore({}, std::move(flags));
+          return false;
+        }
+      }
+    }
+  }
+
+  void restore(std::unordered_map<std::string, PendingCount> counts,
+               std::unordered_map<std::string, PendingFlag> flags) {
+    std::lock_guard lock(mu_);
+    for (auto& [key, p] : counts) {
+      PendingCount& into = pending_counts_[key];
+      into.amount += p.amount;
+      into.ttl = p.ttl;
+    }
+    for (auto& [key, f] : flags) pending_flags_.try_emplace(key, std::move(f));
+  }
+
+  const StateSettings settings_;
+  const RedisAddress address_;
+  std::string prefix_;
+  LocalState local_;
+  std::atomic<bool> connected_{true};
+  std::atomic<uint64_t> fallbacks_{0};
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::vector<Context> idle_;
+  std::unordered_map<std::string, PendingCount> pending_counts_;
+  std::unordered_map<std::string, PendingFlag> pending_flags_;
+  bool stopping_ = false;
+  std::thread reconnector_;
+};
+
+}  // namespace
+
+Result<RedisAddress> parse_redis_url(std::string_view url) {
+  const std::string original(url);
+  auto bad = [&](const std::string& why) -> Error {
+    return make_error(ErrorKind::kInvalidArgument,
+                      "state.url '" + original + "' " + why +
+                          "; write it as redis://HOST:PORT or redis://HOST:PORT/DB");
+  };
+  if (url.starts_with("redis://")) url.remove_prefix(8);
+  if (url.find('@') != std::string_view::npos) {
+    return bad(
+        "holds credentials, which this gateway does not send; use a Redis on a trusted "
+        "network or a local socket proxy");
+  }
+  RedisAddress a;
+  if (const size_t slash = url.find('/'); slash != std::string_view::npos) {
+    const std::string_view db = url.substr(slash + 1);
+    const auto [p, ec] = std::from_chars(db.data(), db.data() + db.size(), a.db);
+    if (ec != std::errc() || p != db.data() + db.size() || a.db < 0) {
+      return bad("has a database number that is not a number");
+    }
+    url = url.substr(0, slash);
+  }
+  if (const size_t colon = url.rfind(':'); colon != std::string_view::npos) {
+    const std::string_view port = url.substr(colon + 1);
+    const auto [p, ec] = std::from_chars(port.data(), port.data() + port.size(), a.port);
+    if (ec != std::errc() || p != port.data() + port.size() || a.port < 1 || a.port > 65535) {
+      return bad("has a port that is not 1-65535");
+    }
+    url = url.substr(0, colon);
+  }
+  if (url.empty()) return bad("names no host");
+  a.host = std::string(url);
+  return a;
+}
+
+Result<std::unique_ptr<SharedState>> SharedState::create(const StateSettings& settings) {
+  if (settings.backend == "local") return std::unique_ptr<SharedState>(new LocalState());
+  if (settings.backend != "redis") {
+    return make_error(ErrorKind::kInvalidArgument,
+                      "state.backend '" + settings.backend + "' is not one of local, redis");
+  }
+  if (settings.url.empty()) {
+    return make_error(ErrorKind::kInvalidArgument,
+                      "state.backend is redis but state.url is empty; set it to "
+                      "redis://HOST:PORT");
+  }
+  auto address = parse_redis_url(settings.url);
+  if (!address.ok()) return address.error();
+  return std::unique_ptr<SharedState>(new RedisState(settings, std::move(address).value()));
+}
+
+}  // namespace foreshore::state

@@ -1,0 +1,87 @@
+// State the gateway replicas of one deployment share: counters (rate-limit
+// windows, spend) and short-lived flags (an open circuit breaker, a session's
+// pinned tier). `local` keeps them in this process, as one gateway on one
+// machine needs; `redis` keeps them in a Redis server that every replica
+// talks to, so that three replicas behind a load balancer enforce one budget
+// and one rate limit, not three.
+//
+// Redis being down never fails a request here: every operation falls back to
+// this process's own copy (the last values it saw from Redis plus what it
+// changed since), says so in its answer, and pushes what it changed back to
+// Redis when Redis returns. Whether a budget may then be spent from that copy
+// is the caller's policy (StateSettings::budgets_fail_open).
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+
+#include "common/result.h"
+
+namespace foreshore::state {
+
+struct StateSettings {
+  std::string backend = "local";  // local | redis
+  std::string url;                // redis://HOST:PORT[/DB] (backend redis)
+  int32_t timeout_ms = 200;       // connect and per-command timeout
+  int32_t pool_size = 8;          // Redis connections this process keeps at most
+  int32_t retry_ms = 1000;        // while Redis is down, how often to try it again
+  // While Redis is down: true spends budgets from this replica's copy (the
+  // replicas together may then overspend), false refuses requests that a
+  // budget governs until Redis is back.
+  bool budgets_fail_open = true;
+};
+
+// The answer of SharedState::admit.
+struct Admission {
+  bool admitted = false;
+  int64_t value = 0;              // the counter after the change (or as it stands, if refused)
+  bool answered_locally = false;  // Redis was configured but down: this process's copy answered
+};
+
+class SharedState {
+ public:
+  // Checks the settings and, for redis, connects once; a Redis that does not
+  // answer yet is not an error (the process starts on its own copy and keeps
+  // trying), a malformed URL or unknown backend is.
+  static Result<std::unique_ptr<SharedState>> create(const StateSettings& settings);
+  virtual ~SharedState() = default;
+
+  // Adds `amount` to the counter `key` unless that would take it past `limit`
+  // (limit 0: no limit; amount 0 is refused once the counter has reached the
+  // limit). Atomic across replicas. A counter not changed for `ttl` is
+  // forgotten (0: kept).
+  virtual Admission admit(const std::string& key, int64_t amount, int64_t limit,
+                          std::chrono::milliseconds ttl) = 0;
+  // Adds `amount` (may be negative) without a limit.
+  virtual void add(const std::string& key, int64_t amount, std::chrono::milliseconds ttl) = 0;
+  virtual int64_t counter(const std::string& key) = 0;
+
+  // A flag that expires after `ttl`; with only_if_absent an existing flag and
+  // its expiry are kept.
+  virtual void set_flag(const std::string& key, const std::string& value,
+                        std::chrono::milliseconds ttl, bool only_if_absent) = 0;
+  virtual std::optional<std::string> flag(const std::string& key) = 0;
+
+  // "local" or "redis".
+  virtual std::string_view backend() const = 0;
+  // False while a configured Redis cannot be reached (always true for local).
+  virtual bool connected() const = 0;
+  // Operations answered from this process's copy because Redis was down.
+  virtual uint64_t local_fallbacks() const = 0;
+};
+
+// `redis://HOST:PORT[/DB]` (or `HOST:PORT`) into its parts; an error that
+// says what is wrong with it otherwise.
+struct RedisAddress {
+  std::string host;
+  int port = 6379;
+  int db = 0;
+};
+Result<RedisAddress> parse_redis_url(std::string_view url);
+
+}  // namespace foreshore::state

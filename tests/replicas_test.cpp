@@ -1,0 +1,254 @@
+// Several gateways as one: three `foreshore serve` replicas share one real
+// Redis (state.backend: redis) behind a real HAProxy, all on loopback ports
+// chosen at run time. Budgets, rate limits, open breakers and session pins
+// hold across the replicas, and a Redis that dies and comes back loses no
+// request and no spend.
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <ctime>
+#include <filesystem>
+#include <fstream>
+#include <thread>
+
+#include "serve/shared_limits.h"
+#include "support/fault_server.h"
+#include "support/process.h"
+#include "support/shared_servers.h"
+
+namespace fs = std::filesystem;
+using foreshore::testing::FaultMode;
+using foreshore::testing::FaultServer;
+using foreshore::testing::http_get;
+using foreshore::testing::http_post;
+using foreshore::testing::HttpResult;
+using foreshore::testing::LoadBalancer;
+using foreshore::testing::RedisServer;
+using foreshore::testing::ServeProcess;
+using nlohmann::json;
+
+namespace {
+
+// The cloud charges $1,000 per million output tokens: $0.001 a token. Its
+// answers are "hi", one token, so $0.001 a request.
+constexpr double kCostPerRequest = 0.001;
+
+std::string body(const std::string& model = "foreshore", int max_tokens = 4) {
+  return json{{"model", model},
+              {"max_tokens", max_tokens},
+              {"messages", {{{"role", "user"}, {"content", "hi"}}}}}
+      .dump();
+}
+
+httplib::Headers key(const std::string& k, const std::string& session = {}) {
+  httplib::Headers h = {{"Authorization", "Bearer " + k}};
+  if (!session.empty()) h.emplace("x-foreshore-session", session);
+  return h;
+}
+
+class Replicas : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (!redis_.available()) GTEST_SKIP() << redis_.why();
+    ASSERT_TRUE(redis_.ok()) << redis_.why();
+    dir_ = fs::temp_directory_path() /
+           ("fsh-replicas-" + std::to_string(::getpid()) + "-" + std::to_string(counter_++));
+    fs::create_directories(dir_);
+    cloud_.set_reply("hi");
+    edge_.set_reply("hi");
+  }
+  void TearDown() override {
+    replicas_.clear();
+    if (!dir_.empty()) fs::remove_all(dir_);
+  }
+
+  // Starts `n` replicas with the same config; `extra` is appended at top level.
+  void start(int n, const std::string& policy, const std::string& extra) {
+    const std::string yaml =
+        "server: {log_requests: false}\n"
+        "tiers:\n"
+        "  edge: {kind: openai, placement: device, model: fault-model, endpoint: " +
+        edge_.base_url() +
+        "}\n"
+        "  cloud:\n"
+        "    kind: openai\n"
+        "    placement: cloud\n"
+        "    model: fault-model\n"
+        "    endpoint: " +
+        cloud_.base_url() +
+        "\n"
+        "    price: {input_per_mtok: 0, output_per_mtok: 1000}\n"
+        "    timeouts: {connect_ms: 1000, first_byte_ms: 2000, total_ms: 5000}\n"
+        "routing: {policy: " +
+        policy +
+        ", edge_tier: edge, cloud_tier: cloud}\n"
+        "state: {backend: redis, url: " +
+        redis_.url() + ", retry_ms: 100}\n" + extra;
+    const std::string path = (dir_ / "gateway.yaml").string();
+    std::ofstream(path) << yaml;
+    for (int i = 0; i < n; ++i) {
+      replicas_.push_back(
+          std::make_unique<ServeProcess>(std::vector<std::string>{"--config", path}));
+      ASSERT_TRUE(replicas_.back()->ok()) << replicas_.back()->process().stderr_text();
+    }
+  }
+
+  std::vector<int> ports() const {
+    std::vector<int> p;
+    for (const auto& r : replicas_) p.push_back(r->port());
+    return p;
+  }
+
+  inline static int counter_ = 0;
+  RedisServer redis_;
+  FaultServer cloud_;
+  FaultServer edge_;
+  fs::path dir_;
+  std::vector<std::unique_ptr<ServeProcess>> replicas_;
+};
+
+// Sends `n` requests from `threads` threads at `port`; the statuses.
+std::vector<int> burst(int port, int n, int threads, const std::string& payload,
+                       const httplib::Headers& headers) {
+  std::vector<int> statuses(static_cast<size_t>(n));
+  std::atomic<int> next{0};
+  std::vector<std::thread> pool;
+  for (int t = 0; t < threads; ++t) {
+    pool.emplace_back([&] {
+      for (int i = next++; i < n; i = next++) {
+        statuses[static_cast<size_t>(i)] =
+            http_post(port, "/v1/chat/completions", payload, headers).status;
+      }
+    });
+  }
+  for (auto& t : pool) t.join();
+  return statuses;
+}
+
+int count(const std::vector<int>& statuses, int status) {
+  return static_cast<int>(std::count(statuses.begin(), statuses.end(), status));
+}
+
+TEST_F(Replicas, BudgetHoldsAcrossReplicasUnderConcurrentLoad) {
+  // $0.02: twenty answers at $0.001. Each request holds back max_tokens 4 at
+  // $0.001 ($0.004) until its real cost is known.
+  start(3, "cloud", "limits: {budget_usd: 0.02}\n");
+  LoadBalancer lb(ports(), dir_.string());
+  if (!lb.available()) GTEST_SKIP() << lb.why();
+  ASSERT_TRUE(lb.ok()) << lb.why();
+  const auto statuses = burst(lb.port(), 40, 8, body(), key("team-a"));
+  const int served = count(statuses, 200);
+  EXPECT_EQ(served + count(statuses, 429), 40);
+  EXPECT_LE(served * kCostPerRequest, 0.02 + kCostPerRequest + 1e-9) << served << " served";
+  EXPECT_GE(served, 5) << "the budget should have admitted at least a quarter of its worth";
+  // What Redis holds is what was spent: no hold is left behind.
+  const std::string spent = redis_.command(
+      {"GET", "fsh:spend:key:" + foreshore::serve::client_identity("Bearer team-a")});
+  EXPECT_EQ(std::stoll(spent), static_cast<long long>(served) * 1000) << spent;
+  EXPECT_EQ(static_cast<int>(cloud_.received().size()), served);
+}
+
+TEST_F(Replicas, RateLimitOfNPerMinuteAdmitsNInTotal) {
+  start(3, "cloud", "limits: {requests_per_minute: 12}\n");
+  LoadBalancer lb(ports(), dir_.string());
+  if (!lb.available()) GTEST_SKIP() << lb.why();
+  ASSERT_TRUE(lb.ok()) << lb.why();
+  // A burst that straddles a clock minute meets two windows: try again then.
+  for (int attempt = 0; attempt < 3; ++attempt) {
+    const auto minute = std::time(nullptr) / 60;
+    const auto statuses = burst(lb.port(), 30, 6, body(), key("rate-" + std::to_string(attempt)));
+    if (std::time(nullptr) / 60 != minute) continue;
+    EXPECT_EQ(count(statuses, 200), 12);
+    EXPECT_EQ(count(statuses, 429), 18);
+    return;
+  }
+  FAIL() << "every burst straddled a minute";
+}
+
+TEST_F(Replicas, BreakerOpenedThroughOneReplicaStopsCloudCallsFromTheOthers) {
+  start(3, "cloud", "");
+  cloud_.set_mode(FaultMode::kStatus500);
+  // The breaker opens after 5 failed attempts (3 per request).
+  for (int i = 0; i < 3; ++i) {
+    http_post(replicas_[0]->port(), "/v1/chat/completions", body(), key("b"));
+  }
+  const json ready = http_get(replicas_[0]->port(), "/readyz").json();
+  ASSERT_EQ(ready["tier_states"]["cloud"]["breaker"], "open") << ready.dump();
+  cloud_.set_mode(FaultMode::kNormal);
+  cloud_.clear_received();
+  // Replicas cache what they read for 0.1 s; "within a second" leaves room.
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  for (int i = 1; i <= 2; ++i) {
+    const HttpResult r = http_post(replicas_[static_cast<size_t>(i)]->port(),
+                                   "/v1/chat/completions", body(), key("b"));
+    EXPECT_EQ(r.status, 200) << r.body;
+    EXPECT_EQ(r.header("x-foreshore-tier"), "edge") << r.body;
+  }
+  EXPECT_TRUE(cloud_.received().empty()) << "a replica called the cloud its peer found failing";
+}
+
+TEST_F(Replicas, SessionPinnedThroughOneReplicaIsHonouredThroughAnother) {
+  start(2, "edge", "");
+  // foreshore/cloud sends this turn to the cloud, which pins the session there.
+  const HttpResult first = http_post(replicas_[0]->port(), "/v1/chat/completions",
+                                     body("foreshore/cloud"), key("p", "conversation-1"));
+  ASSERT_EQ(first.status, 200) << first.body;
+  ASSERT_EQ(first.header("x-foreshore-tier"), "cloud");
+  // The policy says edge; the pin from the other replica says cloud.
+  const HttpResult next =
+      http_post(replicas_[1]->port(), "/v1/chat/completions", body(), key("p", "conversation-1"));
+  ASSERT_EQ(next.status, 200) << next.body;
+  EXPECT_EQ(next.header("x-foreshore-tier"), "cloud");
+  const HttpResult other =
+      http_post(replicas_[1]->port(), "/v1/chat/completions", body(), key("p", "conversation-2"));
+  EXPECT_EQ(other.header("x-foreshore-tier"), "edge");
+}
+
+TEST_F(Replicas, RedisDownRepliesGoOnLocallyAndResyncWhenItIsBack) {
+  start(2, "cloud", "limits: {budget_usd: 100}\n");
+  const std::string spend_key =
+      "fsh:spend:key:" + foreshore::serve::client_identity("Bearer outage");
+  for (int i = 0; i < 4; ++i) {
+    ASSERT_EQ(http_post(replicas_[static_cast<size_t>(i % 2)]->port(), "/v1/chat/completions",
+                        body(), key("outage"))
+                  .status,
+              200);
+  }
+  EXPECT_EQ(redis_.command({"GET", spend_key}), "4000");
+  const int redis_port = redis_.port();
+  redis_.kill();
+  // Zero requests lost: each replica goes on with its own copy.
+  for (int i = 0; i < 6; ++i) {
+    const HttpResult r = http_post(replicas_[static_cast<size_t>(i % 2)]->port(),
+                                   "/v1/chat/completions", body(), key("outage"));
+    EXPECT_EQ(r.status, 200) << r.body;
+  }
+  for (const auto& replica : replicas_) {
+    const json ready = http_get(replica->port(), "/readyz").json();
+    EXPECT_EQ(ready["status"], "degraded") << ready.dump();
+    EXPECT_EQ(ready["state"]["connected"], false) << ready.dump();
+    EXPECT_NE(http_get(replica->port(), "/metrics")
+                  .body.find("foreshore_state_backend_up{backend=\"redis\"} 0"),
+              std::string::npos);
+  }
+  // Back, empty (no persistence): the replicas push what they counted.
+  RedisServer again(redis_port);
+  ASSERT_TRUE(again.ok()) << again.why();
+  const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  bool all_back = false;
+  while (!all_back && std::chrono::steady_clock::now() < until) {
+    all_back = true;
+    for (const auto& replica : replicas_) {
+      all_back =
+          all_back && http_get(replica->port(), "/readyz").json()["state"]["connected"] == true;
+    }
+    if (!all_back) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  ASSERT_TRUE(all_back) << "the replicas did not reconnect to Redis";
+  // What was spent while it was down, once (the 4000 before lived in the lost server).
+  EXPECT_EQ(again.command({"GET", spend_key}), "6000");
+  EXPECT_TRUE(http_get(replicas_[0]->port(), "/readyz").json()["status"] == "ready");
+}
+
+}  // namespace
