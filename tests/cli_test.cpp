@@ -284,6 +284,8 @@ constexpr ReadmeRule kReadmeRules[] = {
     {"build/foreshore bench", "measures speed: nothing to pass or fail"},
     {"build/foreshore report --db audit.sqlite",
      "reads the audit store that the serve command writes, which is not run"},
+    {"build/foreshore keys",
+     "needs a Redis the config's state: section names; replicas_test makes keys the same way"},
     {"build/foreshore ", nullptr},
 };
 

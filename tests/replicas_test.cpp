@@ -33,6 +33,8 @@ namespace {
 // The cloud charges $1,000 per million output tokens: $0.001 a token. Its
 // answers are "hi", one token, so $0.001 a request.
 constexpr double kCostPerRequest = 0.001;
+constexpr const char* kAdminEnv = "FSH_TEST_ADMIN_KEY=admin-0123456789abcdef";
+constexpr const char* kAdminKey = "admin-0123456789abcdef";
 
 std::string body(const std::string& model = "foreshore", int max_tokens = 4) {
   return json{{"model", model},
@@ -66,7 +68,8 @@ class Replicas : public ::testing::Test {
   // Starts `n` replicas with the same config; `extra` is appended at top level.
   void start(int n, const std::string& policy, const std::string& extra) {
     const std::string yaml =
-        "server: {log_requests: false}\n"
+        "server: " + server_ +
+        "\n"
         "tiers:\n"
         "  edge: {kind: openai, placement: device, model: fault-model, endpoint: " +
         edge_.base_url() +
@@ -88,8 +91,8 @@ class Replicas : public ::testing::Test {
     const std::string path = (dir_ / "gateway.yaml").string();
     std::ofstream(path) << yaml;
     for (int i = 0; i < n; ++i) {
-      replicas_.push_back(
-          std::make_unique<ServeProcess>(std::vector<std::string>{"--config", path}));
+      replicas_.push_back(std::make_unique<ServeProcess>(std::vector<std::string>{"--config", path},
+                                                         std::vector<std::string>{kAdminEnv}));
       ASSERT_TRUE(replicas_.back()->ok()) << replicas_.back()->process().stderr_text();
     }
   }
@@ -101,6 +104,7 @@ class Replicas : public ::testing::Test {
   }
 
   inline static int counter_ = 0;
+  std::string server_ = "{log_requests: false}";
   RedisServer redis_;
   FaultServer cloud_;
   FaultServer edge_;
@@ -249,6 +253,70 @@ TEST_F(Replicas, RedisDownRepliesGoOnLocallyAndResyncWhenItIsBack) {
   // What was spent while it was down, once (the 4000 before lived in the lost server).
   EXPECT_EQ(again.command({"GET", spend_key}), "6000");
   EXPECT_TRUE(http_get(replicas_[0]->port(), "/readyz").json()["status"] == "ready");
+}
+
+TEST_F(Replicas, VirtualKeysAreSharedAndEnforcedByEveryReplica) {
+  server_ = "{log_requests: false, admin_key_env: FSH_TEST_ADMIN_KEY, api_keys: [static-key-0123]}";
+  start(2, "cloud", "");
+  const int a = replicas_[0]->port();
+  const int b = replicas_[1]->port();
+  // Made with the CLI: $0.01, cloud only. Each request holds $0.004 and costs
+  // $0.001, so one after another, 7 fit (the 8th would pass $0.01 if it cost
+  // its worst).
+  const auto made = foreshore::testing::run_foreshore(
+      {"keys", "create", "--config", (dir_ / "gateway.yaml").string(), "--name", "ci",
+       "--budget-usd", "0.01", "--tiers", "cloud", "--team", "research"},
+      std::chrono::seconds(30), {kAdminEnv});
+  ASSERT_EQ(made.status, 0) << made.err;
+  const json created = json::parse(made.out);
+  const std::string secret = created["key"];
+  const std::string id = created["id"];
+  EXPECT_TRUE(secret.starts_with("fsk-"));
+  // Stored hashed: the secret is nowhere in Redis.
+  EXPECT_EQ(redis_.command({"KEYS", "*" + secret.substr(4) + "*"}), "");
+  EXPECT_EQ(redis_.command({"GET", "fsh:vkeyid:" + id}).find(secret.substr(4)), std::string::npos);
+
+  int served = 0;
+  for (int i = 0; i < 10; ++i) {
+    const HttpResult r = http_post(i % 2 ? b : a, "/v1/chat/completions", body(), key(secret));
+    if (r.status == 200) {
+      ++served;
+    } else {
+      EXPECT_EQ(r.status, 429) << r.body;
+      EXPECT_EQ(r.json()["error"]["code"], "budget_exceeded") << r.body;
+    }
+  }
+  EXPECT_EQ(served, 7);
+  EXPECT_EQ(redis_.command({"GET", "fsh:spend:team:research"}), "7000");
+  // The static keys keep working; an unknown virtual key does not.
+  EXPECT_EQ(http_post(a, "/v1/chat/completions", body(), key("static-key-0123")).status, 200);
+  EXPECT_EQ(http_post(a, "/v1/chat/completions", body(), key("fsk-0000")).status, 401);
+
+  // Made through the admin API of one replica, used through the other.
+  EXPECT_EQ(http_post(b, "/admin/keys", "{}", key("wrong-admin-key-000")).status, 401);
+  const HttpResult edge_only = http_post(
+      b, "/admin/keys", R"({"name": "edge-only", "tiers": ["edge"], "expires_in_seconds": 2})",
+      key(kAdminKey));
+  ASSERT_EQ(edge_only.status, 201) << edge_only.body;
+  const std::string edge_secret = edge_only.json()["key"];
+  const HttpResult to_cloud = http_post(a, "/v1/chat/completions", body(), key(edge_secret));
+  EXPECT_EQ(to_cloud.status, 403) << to_cloud.body;
+  EXPECT_EQ(to_cloud.json()["error"]["code"], "tier_not_allowed_for_key");
+  httplib::Headers to_edge = key(edge_secret);
+  to_edge.emplace("x-foreshore-tier", "edge");
+  EXPECT_EQ(http_post(a, "/v1/chat/completions", body(), to_edge).status, 200);
+  std::this_thread::sleep_for(std::chrono::milliseconds(2100));
+  const HttpResult expired = http_post(a, "/v1/chat/completions", body(), to_edge);
+  EXPECT_EQ(expired.status, 401);
+  EXPECT_NE(expired.body.find("expired"), std::string::npos) << expired.body;
+
+  // Revoked through B, refused by A at once.
+  httplib::Client admin("127.0.0.1", b);
+  auto revoked =
+      admin.Delete("/admin/keys/" + id, {{"Authorization", std::string("Bearer ") + kAdminKey}});
+  ASSERT_TRUE(revoked);
+  EXPECT_EQ(revoked->status, 200) << revoked->body;
+  EXPECT_EQ(http_post(a, "/v1/chat/completions", body(), key(secret)).status, 401);
 }
 
 }  // namespace

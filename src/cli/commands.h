@@ -21,6 +21,7 @@ void add_prune_command(CLI::App& app);
 void add_eval_command(CLI::App& app);
 void add_simulate_command(CLI::App& app);
 void add_advise_command(CLI::App& app);
+void add_keys_command(CLI::App& app);
 
 // What every subcommand does with an error: prints it on stderr and returns
 // the exit status, 2 for bad input (an invalid argument or something not

@@ -68,6 +68,7 @@ int main(int argc, char** argv) {
   foreshore::cli::add_eval_command(app);
   foreshore::cli::add_simulate_command(app);
   foreshore::cli::add_advise_command(app);
+  foreshore::cli::add_keys_command(app);
   if (auto unknown = foreshore::cli::unknown_subcommand_message(app, argc, argv)) {
     std::cerr << "error: " << *unknown << "\n";
     return 2;

@@ -121,7 +121,7 @@ constexpr std::array<std::string_view, 6> kStateKeys{"backend",   "url",      "t
                                                      "pool_size", "retry_ms", "budgets_when_down"};
 constexpr std::array<std::string_view, 3> kLimitKeys{"requests_per_minute", "tokens_per_minute",
                                                      "budget_usd"};
-constexpr std::array<std::string_view, 22> kServerKeys{"host",
+constexpr std::array<std::string_view, 23> kServerKeys{"host",
                                                        "port",
                                                        "api_keys",
                                                        "api_keys_env",
@@ -142,7 +142,8 @@ constexpr std::array<std::string_view, 22> kServerKeys{"host",
                                                        "shadow_target_agreement",
                                                        "shadow_data_classes",
                                                        "audit_max_rows",
-                                                       "audit_max_age_hours"};
+                                                       "audit_max_age_hours",
+                                                       "admin_key_env"};
 constexpr std::array<std::string_view, 16> kTierKeys{
     "kind",           "placement",    "model",           "endpoint",
     "api_key_env",    "price",        "max_concurrency", "max_queue",
@@ -161,6 +162,7 @@ void read_server(Reader& r, const YAML::Node& node, ServerConfig& s) {
   r.get(node, "port", path, s.port);
   r.get_string_list(node, "api_keys", path, s.api_keys);
   r.get(node, "api_keys_env", path, s.api_keys_env);
+  r.get(node, "admin_key_env", path, s.admin_key_env);
   r.get(node, "max_body_bytes", path, s.max_body_bytes);
   r.get(node, "max_concurrent_requests", path, s.max_concurrent_requests);
   r.get(node, "request_timeout_ms", path, s.request_timeout_ms);
@@ -363,6 +365,15 @@ void split_keys(std::string_view text, std::vector<std::string>& out) {
 }
 
 void read_api_keys_env(Reader& r, ServerConfig& s) {
+  if (!s.admin_key_env.empty()) {
+    const char* admin = std::getenv(s.admin_key_env.c_str());
+    if (admin == nullptr || std::string_view(admin).size() < 16) {
+      r.fail("server.admin_key_env", "environment variable " + s.admin_key_env +
+                                         " is not set or holds a key shorter than 16 characters");
+    } else {
+      s.admin_key = admin;
+    }
+  }
   if (s.api_keys_env.empty()) return;
   const char* keys = std::getenv(s.api_keys_env.c_str());
   const size_t before = s.api_keys.size();

@@ -25,6 +25,10 @@ struct ServerConfig {
   // the keys listed in the file and those read from api_keys_env at load.
   std::vector<std::string> api_keys;
   std::string api_keys_env;  // variable with comma-separated keys
+  // Variable holding the key of the admin API (POST/DELETE /admin/keys);
+  // unset: that API is off. admin_key is its value, read at load.
+  std::string admin_key_env;
+  std::string admin_key;
   size_t max_body_bytes = 4u << 20;
   int32_t max_concurrent_requests = 1024;  // generations at once; beyond this, 429
   int32_t request_timeout_ms = 120000;     // whole-request deadline; 504 past it

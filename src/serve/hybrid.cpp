@@ -185,7 +185,8 @@ Result<std::unique_ptr<HybridRouter>> HybridRouter::create(
 
 std::optional<ApiError> HybridRouter::admit(const ApiRequest& request,
                                             const route::Decision& decision, RouteHints& hints) {
-  return shared_->admit(hints.client, decision, request, tiers_, hints.reservation);
+  return shared_->admit(hints.client, hints.virtual_key ? &*hints.virtual_key : nullptr, decision,
+                        request, tiers_, hints.reservation);
 }
 
 double completion_cost_usd(const backend::TierConfig& tier, const backend::Usage& usage) {

@@ -21,6 +21,7 @@
 #include "serve/metrics.h"
 #include "serve/openai.h"
 #include "serve/shared_limits.h"
+#include "serve/virtual_keys.h"
 #include "state/state.h"
 
 namespace foreshore::serve {
@@ -55,8 +56,9 @@ struct RouteHints {
   // forced_tier came from a model alias or model id rather than the header
   // or the tier's own name: steps the data class forbids are dropped.
   bool forced_is_preference = false;
-  std::string client;       // client_identity() of the request's key
-  Reservation reservation;  // what HybridRouter::admit held back, settled by finish
+  std::string client;                     // client_identity() of the request's key
+  Reservation reservation;                // what HybridRouter::admit held back, settled by finish
+  std::optional<VirtualKey> virtual_key;  // the virtual key the request came with
 };
 
 class HybridRouter {
@@ -103,8 +105,10 @@ class HybridRouter {
   // Online router learning (routing.learning); null when off.
   RouterLearning* learning() const { return learning_.get(); }
   const backend::TierConfig* tier_config(std::string_view name) const;
-  // The state backend as /readyz and /metrics report it.
+  // The state backend as /readyz and /metrics report it, and where virtual
+  // keys (virtual_keys.h) are made, found and revoked.
   const state::SharedState& shared_state() const { return shared_->state(); }
+  state::SharedState& shared_state() { return shared_->state(); }
 
  private:
   HybridRouter() = default;

@@ -495,6 +495,13 @@ struct Gateway::Impl {
       if (auto dep = deployment()) dep->hybrid->collect_metrics();
       res.set_content(metrics.render(), "text/plain; version=0.0.4; charset=utf-8");
     });
+    http.Post("/admin/keys", [this](const httplib::Request& req, httplib::Response& res) {
+      handle_admin_keys(req, res);
+    });
+    http.Delete(R"(/admin/keys/([0-9a-f]+))",
+                [this](const httplib::Request& req, httplib::Response& res) {
+                  handle_admin_keys(req, res);
+                });
     http.Get("/v1/models", [this](const httplib::Request& req, httplib::Response& res) {
       auto dep = deployment();
       if (!check_auth(dep ? dep->config.server : config.server, req, res)) return;
@@ -645,6 +652,61 @@ struct Gateway::Impl {
     return false;
   }
 
+  static std::string_view bearer_key(const httplib::Request& req) {
+    std::string_view auth = header_value(req, "Authorization");
+    return auth.starts_with("Bearer ") ? auth.substr(7) : std::string_view();
+  }
+
+  // POST /admin/keys and DELETE /admin/keys/ID, for server.admin_key_env's key.
+  void handle_admin_keys(const httplib::Request& req, httplib::Response& res) {
+    auto dep = deployment();
+    const ServerConfig& server = dep ? dep->config.server : config.server;
+    ApiError e;
+    e.status = 401;
+    e.code = "invalid_admin_key";
+    if (server.admin_key.empty()) {
+      e.status = 404;
+      e.code = "admin_disabled";
+      e.message = "The admin API is off; set server.admin_key_env to turn it on";
+    } else if (!constant_time_equal(bearer_key(req), server.admin_key)) {
+      e.message = "The admin API needs 'Authorization: Bearer ADMIN_KEY' (server.admin_key_env)";
+    } else if (!dep) {
+      e = not_ready();
+    } else {
+      state::SharedState& state = dep->hybrid->shared_state();
+      if (req.method == "DELETE") {
+        const std::string key_id = req.matches[1];
+        if (auto s = revoke_virtual_key(state, key_id); !s.ok()) {
+          e = from_backend_error(s.error());
+          e.status = s.error().kind == ErrorKind::kNotFound ? 404 : 503;
+        } else {
+          res.set_content("{\"revoked\":" + nlohmann::json(key_id).dump() + "}", kJson);
+          return;
+        }
+      } else {
+        auto spec = virtual_key_from_json(req.body);
+        const auto body = nlohmann::json::parse(req.body, nullptr, false);
+        if (spec.ok() && body.is_object() && body.contains("expires_in_seconds") &&
+            body["expires_in_seconds"].is_number_integer()) {
+          spec->expires_at = std::time(nullptr) + body["expires_in_seconds"].get<int64_t>();
+        }
+        if (!spec.ok()) {
+          e = invalid_request(spec.error().message, "", "invalid_virtual_key");
+        } else if (auto secret = create_virtual_key(state, *spec); !secret.ok()) {
+          e = from_backend_error(secret.error());
+          e.status = 503;
+        } else {
+          auto out = nlohmann::json::parse(virtual_key_json(*spec));
+          out["key"] = *secret;
+          res.status = 201;
+          res.set_content(out.dump(), kJson);
+          return;
+        }
+      }
+    }
+    send_error(res, e);
+  }
+
   // The tier that serves a request, or the error that says why none does.
   static std::optional<ApiError> select_tier(const Deployment& dep, const httplib::Request& req,
                                              const ApiRequest& api, size_t& out) {
@@ -747,7 +809,21 @@ struct Gateway::Impl {
       record(server, nullptr, kind, e->status, start, nullptr, id);
       return;
     }
-    if (!check_auth(server, req, res)) {
+    // A virtual key (virtual_keys.h) is looked up in the shared state; any
+    // other key must be one of server.api_keys.
+    std::optional<VirtualKey> virtual_key;
+    if (dep) virtual_key = find_virtual_key(dep->hybrid->shared_state(), bearer_key(req));
+    if (virtual_key && virtual_key->expires_at != 0 &&
+        virtual_key->expires_at <= std::time(nullptr)) {
+      ApiError e;
+      e.status = 401;
+      e.code = "invalid_api_key";
+      e.message = "The virtual key " + virtual_key->id + " has expired; ask for a new one";
+      send_error(res, e);
+      record(server, nullptr, kind, 401, start, nullptr, id);
+      return;
+    }
+    if (!virtual_key && !check_auth(server, req, res)) {
       record(server, nullptr, kind, 401, start, nullptr, id);
       return;
     }
@@ -767,6 +843,7 @@ struct Gateway::Impl {
       return;
     }
     RouteHints hints = route_hints(req, api);
+    hints.virtual_key = std::move(virtual_key);
     // A tier named by header or by model is a forced tier, still subject to
     // the router's rules (device-only data never reaches a cloud tier).
     if (!header_value(req, "x-foreshore-tier").empty() ||

@@ -7,6 +7,7 @@
 #include <ctime>
 
 #include "serve/hybrid.h"
+#include "serve/virtual_keys.h"
 
 namespace foreshore::serve {
 namespace {
@@ -117,7 +118,7 @@ std::optional<ApiError> SharedLimits::admit_limits(const std::string& scope, con
   return std::nullopt;
 }
 
-std::optional<ApiError> SharedLimits::admit(const std::string& client,
+std::optional<ApiError> SharedLimits::admit(const std::string& client, const VirtualKey* key,
                                             const route::Decision& decision, const ApiRequest& api,
                                             const std::vector<backend::TierConfig>& tiers,
                                             Reservation& reservation) {
@@ -146,7 +147,35 @@ std::optional<ApiError> SharedLimits::admit(const std::string& client,
     reservation = {};
     return e;
   };
-  if (auto e = admit_limits("key:" + client, limits_.per_key, hold, reservation)) {
+  if (key != nullptr) {
+    const auto forbidden = [&](const std::vector<std::string>& allowed, const std::string& what) {
+      return !allowed.empty() && std::find(allowed.begin(), allowed.end(), what) == allowed.end();
+    };
+    for (const auto* t : used) {
+      if (forbidden(key->tiers, t->name)) {
+        ApiError e;
+        e.status = 403;
+        e.type = "permission_error";
+        e.code = "tier_not_allowed_for_key";
+        e.message = "virtual key " + key->id + " may not use tier '" + t->name +
+                    "', which this request's plan needs; ask for a key that allows it";
+        return e;
+      }
+    }
+    const std::string data_class(route::to_string(decision.signals.sensitivity.data_class));
+    if (forbidden(key->data_classes, data_class)) {
+      ApiError e;
+      e.status = 403;
+      e.type = "permission_error";
+      e.code = "data_class_not_allowed_for_key";
+      e.message = "virtual key " + key->id + " may not send data classed " + data_class;
+      return e;
+    }
+    if (auto e = admit_limits("vkey:" + key->id, key->limits, hold, reservation)) {
+      return refuse(*e);
+    }
+    if (!key->team.empty()) reservation.spend_counters.push_back("spend:team:" + key->team);
+  } else if (auto e = admit_limits("key:" + client, limits_.per_key, hold, reservation)) {
     return refuse(*e);
   }
   for (const auto* t : used) {
@@ -173,6 +202,11 @@ void SharedLimits::settle(const Reservation& reservation, double cost_usd, int64
   }
   if (tokens > 0) {
     for (const auto& key : reservation.token_counters) state_->add(key, tokens, kWindowTtl);
+  }
+  if (cost > 0) {
+    for (const auto& key : reservation.spend_counters) {
+      state_->add(key, cost, std::chrono::milliseconds(0));
+    }
   }
 }
 

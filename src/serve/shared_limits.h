@@ -38,7 +38,10 @@ struct LimitsConfig {
 struct Reservation {
   std::vector<std::pair<std::string, int64_t>> holds;  // spend counter, micro-dollars held
   std::vector<std::string> token_counters;             // per-minute token windows to charge
+  std::vector<std::string> spend_counters;             // spend counted without a limit (a team)
 };
+
+struct VirtualKey;
 
 // The client a request is counted for: a digest of its bearer key (never the
 // key itself), or "anonymous".
@@ -54,8 +57,9 @@ class SharedLimits {
   // prices) from their budgets, so that replicas together never spend past a
   // budget by more than an estimate's error. An ApiError (429, or 503 when a
   // budget cannot be checked and budgets fail closed) when refused.
-  std::optional<ApiError> admit(const std::string& client, const route::Decision& decision,
-                                const ApiRequest& api,
+  // A virtual key's own limits, tiers and data classes replace limits.per_key.
+  std::optional<ApiError> admit(const std::string& client, const VirtualKey* key,
+                                const route::Decision& decision, const ApiRequest& api,
                                 const std::vector<backend::TierConfig>& tiers,
                                 Reservation& reservation);
   // Replaces the hold with the real cost and counts the tokens used.
@@ -72,6 +76,7 @@ class SharedLimits {
   void pin(const std::string& session, const std::string& tier);
 
   const state::SharedState& state() const { return *state_; }
+  state::SharedState& state() { return *state_; }
   // True when state is shared through Redis (not this process alone).
   bool shared() const { return state_->backend() != "local"; }
 

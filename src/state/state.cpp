@@ -60,19 +60,38 @@ class LocalState final : public SharedState {
     return live(key).text;
   }
 
+  Status put_record(const std::string& key, const std::string& value) override {
+    std::lock_guard lock(mu_);
+    records_[key] = value;
+    return Status::Ok();
+  }
+  Status remove_record(const std::string& key) override {
+    std::lock_guard lock(mu_);
+    records_.erase(key);
+    return Status::Ok();
+  }
+  std::optional<std::string> record(const std::string& key) override {
+    std::lock_guard lock(mu_);
+    auto it = records_.find(key);
+    if (it == records_.end()) return std::nullopt;
+    return it->second;
+  }
+  // What Redis holds for a record (nullopt: none), for reads while it is down.
+  void mirror_record(const std::string& key, const std::optional<std::string>& value) {
+    std::lock_guard lock(mu_);
+    if (value) {
+      records_[key] = *value;
+    } else {
+      records_.erase(key);
+    }
+  }
+
   // What Redis said a counter is, so that an outage starts from it.
   void mirror(const std::string& key, int64_t value, std::chrono::milliseconds ttl) {
     std::lock_guard lock(mu_);
     Entry& e = live(key);
     e.count = value;
     touch(e, ttl);
-  }
-  void mirror_flag(const std::string& key, std::optional<std::string> value,
-                   std::chrono::milliseconds ttl) {
-    std::lock_guard lock(mu_);
-    Entry& e = live(key);
-    e.text = std::move(value);
-    e.expires = e.text ? Clock::now() + ttl : Clock::time_point::max();
   }
 
   std::string_view backend() const override { return "local"; }
@@ -103,6 +122,7 @@ class LocalState final : public SharedState {
 
   std::mutex mu_;
   std::unordered_map<std::string, Entry> entries_;
+  std::unordered_map<std::string, std::string> records_;
   uint64_t ops_ = 0;
 };
 
@@ -231,6 +251,36 @@ class RedisState final : public SharedState {
     return local_.flag(key);
   }
 
+  Status put_record(const std::string& key, const std::string& value) override {
+    if (Reply r = command({"SET", prefix_ + key, value}); r && r->type != REDIS_REPLY_ERROR) {
+      local_.mirror_record(key, value);
+      return Status::Ok();
+    }
+    return down_error("store " + key);
+  }
+
+  Status remove_record(const std::string& key) override {
+    if (Reply r = command({"DEL", prefix_ + key}); r && r->type == REDIS_REPLY_INTEGER) {
+      local_.mirror_record(key, std::nullopt);
+      return Status::Ok();
+    }
+    return down_error("remove " + key);
+  }
+
+  std::optional<std::string> record(const std::string& key) override {
+    if (connected_) {
+      Reply r = command({"GET", prefix_ + key});
+      if (r && (r->type == REDIS_REPLY_STRING || r->type == REDIS_REPLY_NIL)) {
+        std::optional<std::string> value;
+        if (r->type == REDIS_REPLY_STRING) value.emplace(r->str, r->len);
+        local_.mirror_record(key, value);
+        return value;
+      }
+    }
+    fallbacks_.fetch_add(1, std::memory_order_relaxed);
+    return local_.record(key);
+  }
+
   std::string_view backend() const override { return "redis"; }
   bool connected() const override { return connected_; }
   uint64_t local_fallbacks() const override { return fallbacks_.load(std::memory_order_relaxed); }
@@ -311,6 +361,13 @@ class RedisState final : public SharedState {
       }
       cv_.notify_all();
     }
+  }
+
+  Error down_error(const std::string& what) const {
+    return make_error(ErrorKind::kUnavailable,
+                      "cannot " + what + ": Redis at " + address_.host + ":" +
+                          std::to_string(address_.port) +
+                          " does not answer; retry when it is back (state.url)");
   }
 
   void pend_count(const std::string& key, int64_t amount, std::chrono::milliseconds ttl) {

@@ -67,6 +67,13 @@ class SharedState {
                         std::chrono::milliseconds ttl, bool only_if_absent) = 0;
   virtual std::optional<std::string> flag(const std::string& key) = 0;
 
+  // Long-lived records (virtual API keys): no expiry. Writing one needs the
+  // backend up (an error that says so otherwise); reading one while Redis
+  // is down answers from what this process last read.
+  virtual Status put_record(const std::string& key, const std::string& value) = 0;
+  virtual Status remove_record(const std::string& key) = 0;
+  virtual std::optional<std::string> record(const std::string& key) = 0;
+
   // "local" or "redis".
   virtual std::string_view backend() const = 0;
   // False while a configured Redis cannot be reached (always true for local).

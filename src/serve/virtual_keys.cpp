@@ -1,0 +1,125 @@
+#include "serve/virtual_keys.h"
+
+#include <openssl/evp.h>
+#include <openssl/rand.h>
+
+#include <ctime>
+#include <nlohmann/json.hpp>
+
+namespace foreshore::serve {
+namespace {
+
+constexpr char kHex[] = "0123456789abcdef";
+
+std::string hex(const unsigned char* bytes, size_t n) {
+  std::string out;
+  for (size_t i = 0; i < n; ++i) {
+    out += kHex[bytes[i] >> 4];
+    out += kHex[bytes[i] & 15];
+  }
+  return out;
+}
+
+std::string digest(std::string_view secret) {
+  unsigned char d[EVP_MAX_MD_SIZE];
+  unsigned int n = 0;
+  if (EVP_Digest(secret.data(), secret.size(), d, &n, EVP_sha256(), nullptr) != 1) return {};
+  return hex(d, n);
+}
+
+std::string record_key(const std::string& hash) {
+  return "vkey:" + hash;
+}
+std::string id_key(const std::string& id) {
+  return "vkeyid:" + id;
+}
+
+}  // namespace
+
+std::string virtual_key_json(const VirtualKey& k) {
+  return nlohmann::json{{"id", k.id},
+                        {"name", k.name},
+                        {"team", k.team},
+                        {"budget_usd", k.limits.budget_usd},
+                        {"requests_per_minute", k.limits.requests_per_minute},
+                        {"tokens_per_minute", k.limits.tokens_per_minute},
+                        {"tiers", k.tiers},
+                        {"data_classes", k.data_classes},
+                        {"expires_at", k.expires_at},
+                        {"created_at", k.created_at}}
+      .dump();
+}
+
+Result<VirtualKey> virtual_key_from_json(std::string_view text) {
+  const auto j = nlohmann::json::parse(text, nullptr, false);
+  if (!j.is_object()) {
+    return make_error(ErrorKind::kInvalidArgument, "a virtual key must be a JSON object");
+  }
+  VirtualKey k;
+  std::string field;
+  try {
+    const auto get = [&](const char* name, auto& out) {
+      field = name;
+      if (auto it = j.find(name); it != j.end() && !it->is_null()) it->get_to(out);
+    };
+    get("id", k.id);
+    get("name", k.name);
+    get("team", k.team);
+    get("budget_usd", k.limits.budget_usd);
+    get("requests_per_minute", k.limits.requests_per_minute);
+    get("tokens_per_minute", k.limits.tokens_per_minute);
+    get("tiers", k.tiers);
+    get("data_classes", k.data_classes);
+    get("expires_at", k.expires_at);
+    get("created_at", k.created_at);
+  } catch (const nlohmann::json::exception&) {
+    return make_error(ErrorKind::kInvalidArgument, "virtual key field '" + field +
+                                                       "' has the wrong type (numbers for limits "
+                                                       "and times, lists of strings for tiers and "
+                                                       "data_classes)");
+  }
+  if (k.limits.budget_usd < 0 || k.limits.requests_per_minute < 0 ||
+      k.limits.tokens_per_minute < 0 || k.expires_at < 0) {
+    return make_error(ErrorKind::kInvalidArgument,
+                      "virtual key limits and expires_at must be 0 (none) or more");
+  }
+  return k;
+}
+
+Result<std::string> create_virtual_key(state::SharedState& state, VirtualKey& spec) {
+  unsigned char random[24];
+  if (RAND_bytes(random, sizeof random) != 1) {
+    return make_error(ErrorKind::kInternal,
+                      "the system's random source failed; no key was made, try again");
+  }
+  const std::string secret = "fsk-" + hex(random, 16);
+  spec.id = hex(random + 16, 8);
+  spec.created_at = std::time(nullptr);
+  const std::string hash = digest(secret);
+  if (auto s = state.put_record(record_key(hash), virtual_key_json(spec)); !s.ok()) {
+    return s.error();
+  }
+  if (auto s = state.put_record(id_key(spec.id), hash); !s.ok()) return s.error();
+  return secret;
+}
+
+Status revoke_virtual_key(state::SharedState& state, const std::string& id) {
+  const auto hash = state.record(id_key(id));
+  if (!hash) {
+    return make_error(ErrorKind::kNotFound, "no virtual key has the id '" + id +
+                                                "'; the id is the one `keys create` printed");
+  }
+  if (auto s = state.remove_record(record_key(*hash)); !s.ok()) return s;
+  return state.remove_record(id_key(id));
+}
+
+std::optional<VirtualKey> find_virtual_key(state::SharedState& state, std::string_view secret) {
+  if (!secret.starts_with("fsk-")) return std::nullopt;
+  const auto text = state.record(record_key(digest(secret)));
+  if (!text) return std::nullopt;
+  auto k = virtual_key_from_json(*text);
+  if (!k.ok()) return std::nullopt;
+  return std::move(k).value();
+}
+
+}  // namespace foreshore::serve

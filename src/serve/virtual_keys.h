@@ -1,0 +1,44 @@
+// Virtual API keys: client keys made and revoked while the gateway runs
+// (`foreshore keys`, POST/DELETE /admin/keys), each with its own budget, rate
+// limits, allowed tiers and data classes, and expiry. They live in the state
+// backend, so every replica sharing it knows them; only a SHA-256 digest of a
+// key is stored, never the key. The static server.api_keys keep working
+// beside them.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "common/result.h"
+#include "serve/shared_limits.h"
+#include "state/state.h"
+
+namespace foreshore::serve {
+
+struct VirtualKey {
+  std::string id;    // public handle: names the key in logs and revocations
+  std::string name;  // what the operator called it
+  std::string team;
+  Limits limits;                          // this key's own limits (0: none)
+  std::vector<std::string> tiers;         // tiers it may use; empty: all
+  std::vector<std::string> data_classes;  // data classes it may send; empty: all
+  int64_t expires_at = 0;                 // Unix seconds; 0: never
+  int64_t created_at = 0;
+};
+
+// The key as JSON (without the secret) and back; errors name the field.
+std::string virtual_key_json(const VirtualKey& key);
+Result<VirtualKey> virtual_key_from_json(std::string_view json);
+
+// Makes a key with `spec`'s settings (id and created_at are filled in) and
+// returns the secret, shown this once ("fsk-" and 32 hex digits).
+Result<std::string> create_virtual_key(state::SharedState& state, VirtualKey& spec);
+// Revokes the key with this id; kNotFound when there is none.
+Status revoke_virtual_key(state::SharedState& state, const std::string& id);
+// The key a bearer secret stands for, expired or not; nullopt when unknown.
+std::optional<VirtualKey> find_virtual_key(state::SharedState& state, std::string_view secret);
+
+}  // namespace foreshore::serve
