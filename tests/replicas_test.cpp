@@ -66,6 +66,7 @@ class Replicas : public ::testing::Test {
   }
 
   // Starts `n` replicas with the same config; `extra` is appended at top level.
+  // REPLICA in the config becomes each replica's number (its own spool file).
   void start(int n, const std::string& policy, const std::string& extra) {
     const std::string yaml =
         "server: " + server_ +
@@ -88,9 +89,14 @@ class Replicas : public ::testing::Test {
         ", edge_tier: edge, cloud_tier: cloud}\n"
         "state: {backend: redis, url: " +
         redis_.url() + ", retry_ms: 100}\n" + extra;
-    const std::string path = (dir_ / "gateway.yaml").string();
-    std::ofstream(path) << yaml;
     for (int i = 0; i < n; ++i) {
+      std::string own = yaml;
+      for (size_t at = own.find("REPLICA"); at != std::string::npos; at = own.find("REPLICA")) {
+        own.replace(at, 7, std::to_string(i));
+      }
+      const std::string path =
+          (dir_ / (i == 0 ? "gateway.yaml" : "gateway-" + std::to_string(i) + ".yaml")).string();
+      std::ofstream(path) << own;
       replicas_.push_back(std::make_unique<ServeProcess>(std::vector<std::string>{"--config", path},
                                                          std::vector<std::string>{kAdminEnv}));
       ASSERT_TRUE(replicas_.back()->ok()) << replicas_.back()->process().stderr_text();
@@ -317,6 +323,77 @@ TEST_F(Replicas, VirtualKeysAreSharedAndEnforcedByEveryReplica) {
   ASSERT_TRUE(revoked);
   EXPECT_EQ(revoked->status, 200) << revoked->body;
   EXPECT_EQ(http_post(a, "/v1/chat/completions", body(), key(secret)).status, 401);
+}
+
+// Redis, then PostgreSQL, die under load and come back: every request is
+// answered, and PostgreSQL ends up with one audit row per request, no more.
+TEST_F(Replicas, KillingRedisThenPostgresUnderLoadLosesNoRequestAndNoAuditRow) {
+  foreshore::testing::PostgresServer pg(dir_.string());
+  if (!pg.available()) GTEST_SKIP() << pg.why();
+  ASSERT_TRUE(pg.ok()) << pg.why();
+  server_ = "{log_requests: false, audit_postgres: '" + pg.url() + "', audit_spool: '" +
+            (dir_ / "spool-REPLICA.jsonl").string() + "'}";
+  start(3, "cloud", "limits: {budget_usd: 100}\n");
+  LoadBalancer lb(ports(), dir_.string());
+  if (!lb.available()) GTEST_SKIP() << lb.why();
+  ASSERT_TRUE(lb.ok()) << lb.why();
+
+  std::atomic<int> sent{0};
+  std::atomic<int> answered{0};
+  std::atomic<bool> stop{false};
+  std::vector<std::thread> load;
+  for (int t = 0; t < 4; ++t) {
+    load.emplace_back([&] {
+      while (!stop) {
+        ++sent;
+        const int status = http_post(lb.port(), "/v1/chat/completions", body(), key("load")).status;
+        if (status == 200) ++answered;
+      }
+    });
+  }
+  const auto pause = [] { std::this_thread::sleep_for(std::chrono::milliseconds(400)); };
+  pause();
+  const int redis_port = redis_.port();
+  redis_.kill();
+  pause();
+  const int pg_port = pg.port();
+  pg.kill();
+  pause();
+  RedisServer redis_again(redis_port);
+  ASSERT_TRUE(redis_again.ok()) << redis_again.why();
+  pause();
+  foreshore::testing::PostgresServer pg_again(dir_.string(), pg_port);
+  ASSERT_TRUE(pg_again.ok()) << pg_again.why();
+  pause();
+  stop = true;
+  for (auto& t : load) t.join();
+  EXPECT_EQ(answered.load(), sent.load()) << "requests lost";
+  EXPECT_GT(sent.load(), 20);
+
+  // The replicas replay their spools once PostgreSQL answers again.
+  const std::string want = std::to_string(sent.load());
+  std::string rows;
+  const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+  while (std::chrono::steady_clock::now() < until) {
+    rows = pg_again.query("SELECT count(*) FROM foreshore_requests");
+    if (rows == want) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  EXPECT_EQ(rows, want) << "audit rows lost";
+  EXPECT_EQ(pg_again.query("SELECT count(DISTINCT request_id) FROM foreshore_requests"), want);
+  uint64_t spooled = 0;
+  for (const auto& r : replicas_) {
+    const std::string metrics = http_get(r->port(), "/metrics").body;
+    const size_t at = metrics.find("\nforeshore_audit_spooled_rows ");
+    if (at != std::string::npos) spooled += std::stoull(metrics.substr(at + 30));
+  }
+  EXPECT_GT(spooled, 0u) << "the outage should have sent rows to the spool files";
+
+  // `report` reads the same trail from PostgreSQL.
+  const auto report = foreshore::testing::run_foreshore(
+      {"report", "--postgres", pg_again.url(), "--json"}, std::chrono::seconds(60));
+  ASSERT_EQ(report.status, 0) << report.err;
+  EXPECT_EQ(json::parse(report.out)["totals"]["requests"], sent.load()) << report.out;
 }
 
 }  // namespace

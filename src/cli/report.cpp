@@ -1,6 +1,8 @@
 // `foreshore report`: summarize the audit store a server writes.
 #include "observe/report.h"
 
+#include <unistd.h>
+
 #include <filesystem>
 #include <iostream>
 #include <memory>
@@ -8,12 +10,14 @@
 #include <string>
 
 #include "cli/commands.h"
+#include "observe/pg_audit.h"
 
 namespace foreshore::cli {
 namespace {
 
 struct ReportFlags {
   std::string db;
+  std::string postgres;
   std::string since;
   bool json = false;
 };
@@ -25,14 +29,39 @@ int run_report(const ReportFlags& flags) {
     if (!since.ok()) return fail(since.error());
     options.since = *since;
   }
+  // A PostgreSQL trail is copied into a private SQLite file, which the same
+  // report then reads.
+  std::string db = flags.db;
+  std::string copied;
+  if (!flags.postgres.empty()) {
+    char folder[] = "/tmp/foreshore-report-XXXXXX";
+    if (::mkdtemp(folder) == nullptr) {
+      return fail(make_error(ErrorKind::kIo,
+                             "cannot make a temporary folder in /tmp for the "
+                             "report's copy of the PostgreSQL audit rows"));
+    }
+    copied = folder;
+    db = copied + "/audit.sqlite";
+    if (auto s = observe::copy_pg_audit_to_sqlite(flags.postgres, db); !s.ok()) {
+      std::filesystem::remove_all(copied);
+      return fail(s.error());
+    }
+  } else if (flags.db.empty()) {
+    return fail(make_error(ErrorKind::kInvalidArgument,
+                           "report needs --db FILE (SQLite) or --postgres CONNINFO"));
+  }
+  const auto cleanup = [&] {
+    if (!copied.empty()) std::filesystem::remove_all(copied);
+  };
   // SQLite reports a missing file only as "unable to open"; name it instead.
-  if (!std::filesystem::exists(flags.db)) {
+  if (!std::filesystem::exists(db)) {
     return fail(make_error(
         ErrorKind::kNotFound,
         "audit store " + flags.db +
             " does not exist; pass the file the server writes (config key server.audit_db)"));
   }
-  auto report = observe::build_report(flags.db, options);
+  auto report = observe::build_report(db, options);
+  cleanup();
   if (!report.ok()) return fail(report.error());
   if (flags.json) {
     std::cout << observe::report_to_json(*report).dump(2) << "\n";
@@ -51,8 +80,10 @@ void add_report_command(CLI::App& app) {
       "Summarize the audit store: cost against cloud-only, cloud share, latency percentiles "
       "per tier, escalation, degradation and error rates, per data class");
   cmd->add_option("--db", flags->db,
-                  "Audit store (SQLite file) the server writes (config key server.audit_db)")
-      ->required();
+                  "Audit store (SQLite file) the server writes (config key server.audit_db)");
+  cmd->add_option("--postgres", flags->postgres,
+                  "Or the PostgreSQL audit trail replicas write (server.audit_postgres), as a "
+                  "libpq connection string");
   cmd->add_option("--since", flags->since,
                   "Only requests newer than this: 90s, 30m, 24h, 7d, 2w (default: all rows)");
   cmd->add_flag("--json", flags->json, "Print JSON instead of tables");

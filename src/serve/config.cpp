@@ -121,7 +121,7 @@ constexpr std::array<std::string_view, 6> kStateKeys{"backend",   "url",      "t
                                                      "pool_size", "retry_ms", "budgets_when_down"};
 constexpr std::array<std::string_view, 3> kLimitKeys{"requests_per_minute", "tokens_per_minute",
                                                      "budget_usd"};
-constexpr std::array<std::string_view, 23> kServerKeys{"host",
+constexpr std::array<std::string_view, 25> kServerKeys{"host",
                                                        "port",
                                                        "api_keys",
                                                        "api_keys_env",
@@ -143,7 +143,9 @@ constexpr std::array<std::string_view, 23> kServerKeys{"host",
                                                        "shadow_data_classes",
                                                        "audit_max_rows",
                                                        "audit_max_age_hours",
-                                                       "admin_key_env"};
+                                                       "admin_key_env",
+                                                       "audit_postgres",
+                                                       "audit_spool"};
 constexpr std::array<std::string_view, 16> kTierKeys{
     "kind",           "placement",    "model",           "endpoint",
     "api_key_env",    "price",        "max_concurrency", "max_queue",
@@ -171,6 +173,11 @@ void read_server(Reader& r, const YAML::Node& node, ServerConfig& s) {
   r.get(node, "worker_idle_timeout_ms", path, s.worker_idle_timeout_ms);
   r.get(node, "log_requests", path, s.log_requests);
   r.get(node, "audit_db", path, s.audit_db);
+  r.get(node, "audit_postgres", path, s.audit_postgres);
+  r.get(node, "audit_spool", path, s.audit_spool);
+  if (!s.audit_postgres.empty() && s.audit_spool.empty()) {
+    r.fail(join_path(path, "audit_spool"), "must name a file when audit_postgres is set");
+  }
   r.get(node, "decision_log", path, s.decision_log);
   r.get(node, "audit_store_text", path, s.audit_store_text);
   r.get(node, "audit_max_rows", path, s.audit_max_rows);

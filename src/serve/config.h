@@ -41,8 +41,11 @@ struct ServerConfig {
   // Worker threads beyond the first few exit after this long without work,
   // so that memory taken during a burst of connections is given back.
   int32_t worker_idle_timeout_ms = 10000;
-  bool log_requests = true;       // one line per request on stderr
-  std::string audit_db;           // SQLite audit trail; empty: none
+  bool log_requests = true;  // one line per request on stderr
+  std::string audit_db;      // SQLite audit trail; empty: none
+  // PostgreSQL audit trail shared by replicas (libpq connection string); empty: none.
+  std::string audit_postgres;
+  std::string audit_spool = "foreshore-audit-spool.jsonl";  // records wait here while it is down
   std::string decision_log;       // JSONL of every routing decision, without raw text; empty: none
   bool audit_store_text = false;  // keep prompt text, not only its hash
   int64_t audit_max_rows = 0;     // retention: keep the newest N rows; 0 keeps all

@@ -70,6 +70,17 @@ Result<std::unique_ptr<HybridRouter>> HybridRouter::create(
     h->audit_ = std::move(store).value();
   }
 
+  if (!settings.audit_postgres.empty()) {
+    observe::PgAuditOptions p;
+    p.conninfo = settings.audit_postgres;
+    p.spool_path = settings.audit_spool;
+    p.store_text = settings.audit_store_text;
+    p.on_error = [](const std::string& m) { std::fprintf(stderr, "audit: %s\n", m.c_str()); };
+    auto sink = observe::PgAuditSink::open(std::move(p));
+    if (!sink.ok()) return sink.error();
+    h->pg_audit_ = std::move(sink).value();
+  }
+
   if (!settings.decision_log.empty()) {
     h->decision_log_ = std::fopen(settings.decision_log.c_str(), "a");
     if (h->decision_log_ == nullptr) {
@@ -217,6 +228,19 @@ void HybridRouter::collect_metrics() {
               "Complexity threshold in force (moves when shadow agreement adapts it).", {}, {})
       .set(router_->threshold());
   if (learning_) learning_->collect_metrics();
+  if (pg_audit_) {
+    metrics_
+        ->gauge("foreshore_audit_postgres_up",
+                "1 while the PostgreSQL audit sink is connected; 0 while records spool locally.",
+                {}, {})
+        .set(pg_audit_->connected() ? 1.0 : 0.0);
+    metrics_
+        ->gauge("foreshore_audit_spooled_rows",
+                "Audit rows that went to the local spool file while PostgreSQL was down, since "
+                "start (replayed once it is back).",
+                {}, {})
+        .set(static_cast<double>(pg_audit_->spooled()));
+  }
   metrics_
       ->gauge("foreshore_state_backend_up",
               "1 while the state backend replicas share (state.backend) answers; 0 while this "
@@ -579,7 +603,7 @@ void HybridRouter::finish(const ApiRequest& api, const RouteHints& hints, const 
       shadow_->maybe_submit(std::move(job));
     }
   }
-  if (!audit_) return;
+  if (!audit_ && !pg_audit_) return;
   observe::AuditRecord rec;
   rec.request_id = api.backend.request_id;
   rec.decision_id = d.id;
@@ -607,7 +631,8 @@ void HybridRouter::finish(const ApiRequest& api, const RouteHints& hints, const 
   }
   for (const auto& m : api.backend.messages) rec.prompt_text += m.content + "\n";
   if (api.backend.prompt) rec.prompt_text += *api.backend.prompt;
-  audit_->submit(std::move(rec));
+  if (pg_audit_) pg_audit_->submit(audit_ ? rec : std::move(rec));
+  if (audit_) audit_->submit(std::move(rec));
 }
 
 }  // namespace foreshore::serve

@@ -16,6 +16,7 @@
 #include "backend/backend.h"
 #include "exec/exec.h"
 #include "observe/observe.h"
+#include "observe/pg_audit.h"
 #include "route/router.h"
 #include "serve/learning.h"
 #include "serve/metrics.h"
@@ -28,8 +29,10 @@ namespace foreshore::serve {
 
 struct HybridSettings {
   route::RouterConfig routing;
-  std::string audit_path;    // empty: no audit store
-  std::string decision_log;  // JSONL file of every decision (no raw text); empty: none
+  std::string audit_path;      // empty: no audit store
+  std::string audit_postgres;  // libpq connection string; empty: no PostgreSQL sink
+  std::string audit_spool;     // where its records wait while PostgreSQL is down
+  std::string decision_log;    // JSONL file of every decision (no raw text); empty: none
   bool audit_store_text = false;
   int64_t audit_max_rows = 0;
   int64_t audit_max_age_hours = 0;
@@ -115,6 +118,7 @@ class HybridRouter {
   std::unique_ptr<route::Router> router_;
   std::unique_ptr<exec::Executor> executor_;
   std::unique_ptr<observe::AuditStore> audit_;
+  std::unique_ptr<observe::PgAuditSink> pg_audit_;
   std::unique_ptr<observe::MemoryPressureMonitor> memory_;
   std::unique_ptr<observe::VersionRegistry> versions_;
   std::unique_ptr<observe::ShadowSampler> shadow_;

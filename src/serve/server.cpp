@@ -1402,6 +1402,8 @@ struct Gateway::Impl {
     hs.shadow_fraction = c.server.shadow_fraction;
     hs.shadow_target_agreement = c.server.shadow_target_agreement;
     hs.state = c.state;
+    hs.audit_postgres = c.server.audit_postgres;
+    hs.audit_spool = c.server.audit_spool;
     hs.limits = c.limits;
     hs.shadow_data_classes.clear();
     for (const auto& name : c.server.shadow_data_classes) {

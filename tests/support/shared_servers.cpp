@@ -1,6 +1,7 @@
 #include "support/shared_servers.h"
 
 #include <netinet/in.h>
+#include <pwd.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -119,6 +120,83 @@ LoadBalancer::LoadBalancer(const std::vector<int>& backend_ports, const std::str
   if (!ok_) {
     why_ = "haproxy did not start: " + (process_ ? process_->stderr_text() : std::string());
   }
+}
+
+PostgresServer::PostgresServer(const std::string& folder, int port) {
+  for (const char* dir : {"/usr/lib/postgresql/15/bin", "/usr/lib/postgresql/16/bin"}) {
+    if (::access((std::string(dir) + "/postgres").c_str(), X_OK) == 0) {
+      bin_ = dir;
+      break;
+    }
+  }
+  const passwd* user = ::getpwnam("postgres");
+  if (bin_.empty() || user == nullptr || find_program("setpriv").empty() ||
+      find_program("psql").empty()) {
+    bin_.clear();
+    why_ =
+        "PostgreSQL 15 is not installed (Debian packages postgresql-15 and its client; "
+        "scripts/setup.sh)";
+    return;
+  }
+  data_ = folder + "/pgdata";
+  // As the postgres user: the server refuses to run as root.
+  const std::vector<std::string> as_postgres = {find_program("setpriv"), "--reuid=postgres",
+                                                "--regid=postgres", "--init-groups", "--"};
+  if (!std::filesystem::exists(data_ + "/PG_VERSION")) {
+    std::filesystem::create_directories(data_);
+    if (::chown(data_.c_str(), user->pw_uid, user->pw_gid) != 0) {
+      why_ = "cannot hand " + data_ + " to the postgres user";
+      return;
+    }
+    std::vector<std::string> argv = as_postgres;
+    for (const char* a : {"/initdb", "-D"}) argv.push_back(a[0] == '/' ? bin_ + a : a);
+    argv.insert(argv.end(), {data_, "-A", "trust", "-U", "postgres", "--no-sync"});
+    auto init = Process::start(argv, {}, data_);
+    if (!init || init->wait(std::chrono::seconds(120)) != 0) {
+      why_ = "initdb failed: " + (init ? init->stdout_text() + init->stderr_text() : "");
+      return;
+    }
+  }
+  port_ = port != 0 ? port : free_port();
+  std::vector<std::string> argv = as_postgres;
+  argv.insert(argv.end(),
+              {bin_ + "/postgres", "-D", data_, "-p", std::to_string(port_), "-k", data_, "-c",
+               "listen_addresses=127.0.0.1", "-c", "fsync=off", "-c", "max_connections=50"});
+  process_ = Process::start(argv, {}, data_);
+  const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+  bool up = false;
+  while (process_ && !up && std::chrono::steady_clock::now() < until) {
+    up = query("SELECT 1") == "1";
+    if (!up) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  if (!up) {
+    why_ = "postgres did not start on port " + std::to_string(port_) + ": " +
+           (process_ ? process_->stderr_text() : "cannot run it");
+    kill();
+  }
+}
+
+PostgresServer::~PostgresServer() {
+  kill();
+}
+
+std::string PostgresServer::url() const {
+  return "postgresql://postgres@127.0.0.1:" + std::to_string(port_) + "/postgres";
+}
+
+void PostgresServer::kill() {
+  if (process_) process_->terminate(SIGQUIT, std::chrono::seconds(20));
+  process_.reset();
+}
+
+std::string PostgresServer::query(const std::string& sql) const {
+  auto p = Process::start({find_program("psql"), "-h", "127.0.0.1", "-p", std::to_string(port_),
+                           "-U", "postgres", "-d", "postgres", "-At", "-c", sql});
+  if (!p) return {};
+  p->wait(std::chrono::seconds(20));
+  std::string out = p->stdout_text();
+  while (!out.empty() && (out.back() == '\n' || out.back() == '\r')) out.pop_back();
+  return out;
 }
 
 }  // namespace foreshore::testing

@@ -59,4 +59,30 @@ class LoadBalancer {
   std::unique_ptr<Process> process_;
 };
 
+// A PostgreSQL 15 server of its own: initdb into `folder`/pgdata (once), run
+// as the `postgres` user (PostgreSQL refuses root) on a free port, trust
+// authentication on loopback only.
+class PostgresServer {
+ public:
+  // port 0: a free one; a given port restarts the server on the same data.
+  explicit PostgresServer(const std::string& folder, int port = 0);
+  ~PostgresServer();
+  bool available() const { return !bin_.empty(); }
+  bool ok() const { return process_ != nullptr; }
+  const std::string& why() const { return why_; }
+  int port() const { return port_; }
+  std::string url() const;  // postgresql://postgres@127.0.0.1:PORT/postgres
+  // Immediate shutdown (SIGQUIT: no checkpoint, crash recovery at the next start).
+  void kill();
+  // One SQL statement through psql; its unaligned output, trimmed.
+  std::string query(const std::string& sql) const;
+
+ private:
+  std::string bin_;  // folder of postgres and initdb
+  std::string data_;
+  std::string why_;
+  int port_ = 0;
+  std::unique_ptr<Process> process_;
+};
+
 }  // namespace foreshore::testing
