@@ -4,7 +4,7 @@
 // the gateway runs them for one request, against the local backend and a
 // Redis on loopback.
 //
-//   FORESHORE_BENCH_REDIS=redis://127.0.0.1:PORT build/state_bench
+//   FORESHORE_BENCH_REDIS=redis://127.0.0.1:PORT build/bench/state_bench
 //   bench/state_bench.sh   (starts a redis-server on a free port and runs this)
 //
 // Reports p50 and p99 per request in microseconds besides the mean.

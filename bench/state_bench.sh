@@ -12,4 +12,4 @@ redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly no >/dev/nul
 redis=$!
 trap 'kill "$redis"' EXIT
 for _ in $(seq 100); do redis-cli -p "$port" ping >/dev/null 2>&1 && break; sleep 0.05; done
-FORESHORE_BENCH_REDIS="redis://127.0.0.1:$port" "$build/state_bench" "$@"
+FORESHORE_BENCH_REDIS="redis://127.0.0.1:$port" "$build/bench/state_bench" "$@"

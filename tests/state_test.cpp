@@ -39,6 +39,17 @@ void check_counters_and_flags(SharedState& s) {
   s.add("c", -4, milliseconds(0));
   EXPECT_EQ(s.counter("c"), 1);
   EXPECT_TRUE(s.admit("unlimited", 1000, 0, milliseconds(0)).admitted);
+  // Several counters: all or none.
+  const auto refused = s.admit_all({{"x", 1, 10, milliseconds(0)}, {"y", 5, 3, milliseconds(0)}});
+  EXPECT_FALSE(refused.admitted);
+  EXPECT_EQ(refused.refused, 1u);
+  EXPECT_EQ(s.counter("x"), 0);
+  EXPECT_TRUE(s.admit_all({{"x", 1, 10, milliseconds(0)}, {"y", 3, 3, milliseconds(0)}}).admitted);
+  EXPECT_EQ(s.counter("x"), 1);
+  EXPECT_EQ(s.counter("y"), 3);
+  s.add_all({{"x", -1, 0, milliseconds(0)}, {"y", 2, 0, milliseconds(0)}});
+  EXPECT_EQ(s.counter("x"), 0);
+  EXPECT_EQ(s.counter("y"), 5);
 
   EXPECT_FALSE(s.flag("f").has_value());
   s.set_flag("f", "one", milliseconds(60000), true);

@@ -66,25 +66,21 @@ SharedLimits::SharedLimits(std::unique_ptr<state::SharedState> state, bool budge
       limits_(std::move(limits)),
       breaker_open_(breaker_open) {}
 
-std::optional<ApiError> SharedLimits::admit_limits(const std::string& scope, const Limits& limits,
-                                                   int64_t hold_micro_usd,
-                                                   Reservation& reservation) {
+std::optional<ApiError> SharedLimits::add_limits(const std::string& scope, const Limits& limits,
+                                                 int64_t hold_micro_usd, Admission& admission) {
+  const auto note = [&](state::CounterChange change, std::string what) {
+    admission.changes.push_back(std::move(change));
+    admission.what.push_back(std::move(what));
+  };
   if (limits.requests_per_minute > 0) {
-    const auto a =
-        state_->admit("rpm:" + scope + minute_suffix(), 1, limits.requests_per_minute, kWindowTtl);
-    if (!a.admitted) {
-      return rate_limited(scope + " is over its limit of " +
-                          std::to_string(limits.requests_per_minute) + " requests per minute");
-    }
+    note({"rpm:" + scope + minute_suffix(), 1, limits.requests_per_minute, kWindowTtl},
+         scope + " is over its limit of " + std::to_string(limits.requests_per_minute) +
+             " requests per minute");
   }
   if (limits.tokens_per_minute > 0) {
-    const std::string key = "tpm:" + scope + minute_suffix();
-    const auto a = state_->admit(key, 0, limits.tokens_per_minute, kWindowTtl);
-    if (!a.admitted) {
-      return rate_limited(scope + " has used its " + std::to_string(limits.tokens_per_minute) +
-                          " tokens per minute");
-    }
-    reservation.token_counters.push_back(key);
+    note(
+        {"tpm:" + scope + minute_suffix(), 0, limits.tokens_per_minute, kWindowTtl},
+        scope + " has used its " + std::to_string(limits.tokens_per_minute) + " tokens per minute");
   }
   if (limits.budget_usd > 0) {
     if (!budgets_fail_open_ && !state_->connected()) {
@@ -98,22 +94,9 @@ std::optional<ApiError> SharedLimits::admit_limits(const std::string& scope, con
       e.retry_after_seconds = 1;
       return e;
     }
-    const std::string key = "spend:" + scope;
-    const auto a = state_->admit(key, hold_micro_usd, to_micro_usd(limits.budget_usd),
-                                 std::chrono::milliseconds(0));
-    if (!a.admitted) {
-      ApiError e;
-      e.status = 429;
-      e.type = "insufficient_quota";
-      e.code = "budget_exceeded";
-      e.message = scope + " has spent $" + std::to_string(static_cast<double>(a.value) / 1e6) +
-                  " of its $" + std::to_string(limits.budget_usd) +
-                  " budget and this request could cost up to $" +
-                  std::to_string(static_cast<double>(hold_micro_usd) / 1e6) +
-                  "; raise the budget or lower max_tokens";
-      return e;
-    }
-    reservation.holds.emplace_back(key, hold_micro_usd);
+    note({"spend:" + scope, hold_micro_usd, to_micro_usd(limits.budget_usd),
+          std::chrono::milliseconds(0)},
+         scope + "|" + std::to_string(limits.budget_usd));
   }
   return std::nullopt;
 }
@@ -142,11 +125,7 @@ std::optional<ApiError> SharedLimits::admit(const std::string& client, const Vir
   int64_t hold = 0;
   for (const auto* t : used) hold += to_micro_usd(completion_cost_usd(*t, worst));
 
-  const auto refuse = [&](ApiError e) {
-    release(reservation);
-    reservation = {};
-    return e;
-  };
+  Admission admission;
   if (key != nullptr) {
     const auto forbidden = [&](const std::vector<std::string>& allowed, const std::string& what) {
       return !allowed.empty() && std::find(allowed.begin(), allowed.end(), what) == allowed.end();
@@ -171,43 +150,63 @@ std::optional<ApiError> SharedLimits::admit(const std::string& client, const Vir
       e.message = "virtual key " + key->id + " may not send data classed " + data_class;
       return e;
     }
-    if (auto e = admit_limits("vkey:" + key->id, key->limits, hold, reservation)) {
-      return refuse(*e);
-    }
-    if (!key->team.empty()) reservation.spend_counters.push_back("spend:team:" + key->team);
-  } else if (auto e = admit_limits("key:" + client, limits_.per_key, hold, reservation)) {
-    return refuse(*e);
+    if (auto e = add_limits("vkey:" + key->id, key->limits, hold, admission)) return e;
+  } else if (auto e = add_limits("key:" + client, limits_.per_key, hold, admission)) {
+    return e;
   }
   for (const auto* t : used) {
     auto it = limits_.per_tier.find(t->name);
     if (it == limits_.per_tier.end()) continue;
-    if (auto e = admit_limits("tier:" + t->name, it->second,
-                              to_micro_usd(completion_cost_usd(*t, worst)), reservation)) {
-      return refuse(*e);
+    if (auto e = add_limits("tier:" + t->name, it->second,
+                            to_micro_usd(completion_cost_usd(*t, worst)), admission)) {
+      return e;
     }
+  }
+  // Every limit in one step: admitted by all, or nothing is counted.
+  const state::BatchAdmission a = state_->admit_all(admission.changes);
+  if (!a.admitted) {
+    const state::CounterChange& c = admission.changes[a.refused];
+    const std::string& what = admission.what[a.refused];
+    if (!c.key.starts_with("spend:")) return rate_limited(what);
+    const size_t bar = what.rfind('|');
+    ApiError e;
+    e.status = 429;
+    e.type = "insufficient_quota";
+    e.code = "budget_exceeded";
+    e.message = what.substr(0, bar) + " has spent $" +
+                std::to_string(static_cast<double>(a.refused_value) / 1e6) + " of its $" +
+                what.substr(bar + 1) + " budget and this request could cost up to $" +
+                std::to_string(static_cast<double>(c.amount) / 1e6) +
+                "; raise the budget or lower max_tokens";
+    return e;
+  }
+  for (const auto& c : admission.changes) {
+    if (c.key.starts_with("spend:")) reservation.holds.emplace_back(c.key, c.amount);
+    if (c.key.starts_with("tpm:")) reservation.token_counters.push_back(c.key);
+  }
+  if (key != nullptr && !key->team.empty()) {
+    reservation.spend_counters.push_back("spend:team:" + key->team);
   }
   return std::nullopt;
 }
 
-void SharedLimits::release(const Reservation& reservation) {
-  for (const auto& [key, held] : reservation.holds) {
-    state_->add(key, -held, std::chrono::milliseconds(0));
-  }
-}
-
 void SharedLimits::settle(const Reservation& reservation, double cost_usd, int64_t tokens) {
   const int64_t cost = to_micro_usd(cost_usd);
+  std::vector<state::CounterChange> changes;
   for (const auto& [key, held] : reservation.holds) {
-    if (cost != held) state_->add(key, cost - held, std::chrono::milliseconds(0));
+    if (cost != held) changes.push_back({key, cost - held, 0, std::chrono::milliseconds(0)});
   }
   if (tokens > 0) {
-    for (const auto& key : reservation.token_counters) state_->add(key, tokens, kWindowTtl);
+    for (const auto& key : reservation.token_counters) {
+      changes.push_back({key, tokens, 0, kWindowTtl});
+    }
   }
   if (cost > 0) {
     for (const auto& key : reservation.spend_counters) {
-      state_->add(key, cost, std::chrono::milliseconds(0));
+      changes.push_back({key, cost, 0, std::chrono::milliseconds(0)});
     }
   }
+  state_->add_all(changes);  // one round trip
 }
 
 bool SharedLimits::breaker_open(const std::string& tier) {

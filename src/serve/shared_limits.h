@@ -81,9 +81,16 @@ class SharedLimits {
   bool shared() const { return state_->backend() != "local"; }
 
  private:
-  std::optional<ApiError> admit_limits(const std::string& scope, const Limits& limits,
-                                       int64_t hold_micro_usd, Reservation& reservation);
-  void release(const Reservation& reservation);
+  // The counters one request changes at admission, and what each one's
+  // refusal tells the client.
+  struct Admission {
+    std::vector<state::CounterChange> changes;
+    std::vector<std::string> what;
+  };
+  // Adds `scope`'s limits to `admission`; an error when a budget governs
+  // it and cannot be checked (budgets fail closed, Redis down).
+  std::optional<ApiError> add_limits(const std::string& scope, const Limits& limits,
+                                     int64_t hold_micro_usd, Admission& admission);
 
   std::unique_ptr<state::SharedState> state_;
   const bool budgets_fail_open_;

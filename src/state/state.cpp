@@ -20,25 +20,34 @@ using Clock = std::chrono::steady_clock;
 // down.
 class LocalState final : public SharedState {
  public:
-  Admission admit(const std::string& key, int64_t amount, int64_t limit,
-                  std::chrono::milliseconds ttl) override {
+  BatchAdmission admit_all(const std::vector<CounterChange>& changes) override {
     std::lock_guard lock(mu_);
-    Entry& e = live(key);
-    Admission a;
-    a.value = e.count;
-    if (limit > 0 && e.count + std::max<int64_t>(amount, 1) > limit) return a;
-    e.count += amount;
-    touch(e, ttl);
+    BatchAdmission a;
+    for (size_t i = 0; i < changes.size(); ++i) {
+      const CounterChange& c = changes[i];
+      const Entry& e = live(c.key);
+      if (c.limit > 0 && e.count + std::max<int64_t>(c.amount, 1) > c.limit) {
+        a.refused = i;
+        a.refused_value = e.count;
+        return a;
+      }
+    }
+    for (const CounterChange& c : changes) {
+      Entry& e = live(c.key);
+      e.count += c.amount;
+      touch(e, c.ttl);
+    }
     a.admitted = true;
-    a.value = e.count;
     return a;
   }
 
-  void add(const std::string& key, int64_t amount, std::chrono::milliseconds ttl) override {
+  void add_all(const std::vector<CounterChange>& changes) override {
     std::lock_guard lock(mu_);
-    Entry& e = live(key);
-    e.count += amount;
-    touch(e, ttl);
+    for (const CounterChange& c : changes) {
+      Entry& e = live(c.key);
+      e.count += c.amount;
+      touch(e, c.ttl);
+    }
   }
 
   int64_t counter(const std::string& key) override {
@@ -126,17 +135,35 @@ class LocalState final : public SharedState {
   uint64_t ops_ = 0;
 };
 
-// Adds ARGV[1] to KEYS[1] unless that passes the limit ARGV[2] (0: none);
-// ARGV[3] > 0 sets the expiry in ms. Returns {admitted, value}. One script, so
-// the check and the change are one step for every replica.
+// For each KEYS[i], ARGV[3i-2] is the amount, ARGV[3i-1] the limit (0: none)
+// and ARGV[3i] the expiry in ms (0: none). When no amount would pass its
+// limit, adds them all; returns {admitted, refused index (1-based, 0 when
+// admitted), that counter's value, every counter's value after}. One script,
+// so the checks and the changes are one step for every replica.
 constexpr const char* kAdmitScript = R"lua(
-local v = tonumber(redis.call('GET', KEYS[1]) or '0')
-local amount = tonumber(ARGV[1])
-local limit = tonumber(ARGV[2])
-if limit > 0 and v + math.max(amount, 1) > limit then return {0, v} end
-v = redis.call('INCRBY', KEYS[1], amount)
-if tonumber(ARGV[3]) > 0 then redis.call('PEXPIRE', KEYS[1], ARGV[3]) end
-return {1, v}
+local values = {}
+for i = 1, #KEYS do
+  local v = tonumber(redis.call('GET', KEYS[i]) or '0')
+  local amount = tonumber(ARGV[3 * i - 2])
+  local limit = tonumber(ARGV[3 * i - 1])
+  if limit > 0 and v + math.max(amount, 1) > limit then
+    local out = {0, i, v}
+    for j = 1, #KEYS do out[3 + j] = tonumber(redis.call('GET', KEYS[j]) or '0') end
+    return out
+  end
+end
+local out = {1, 0, 0}
+for i = 1, #KEYS do
+  local amount = tonumber(ARGV[3 * i - 2])
+  if amount ~= 0 then
+    out[3 + i] = redis.call('INCRBY', KEYS[i], amount)
+  else
+    out[3 + i] = tonumber(redis.call('GET', KEYS[i]) or '0')
+  end
+  local ttl = tonumber(ARGV[3 * i])
+  if ttl > 0 and amount ~= 0 then redis.call('PEXPIRE', KEYS[i], ttl) end
+end
+return out
 )lua";
 
 struct ContextFree {
@@ -175,37 +202,41 @@ class RedisState final : public SharedState {
     reconnector_.join();
   }
 
-  Admission admit(const std::string& key, int64_t amount, int64_t limit,
-                  std::chrono::milliseconds ttl) override {
+  BatchAdmission admit_all(const std::vector<CounterChange>& changes) override {
+    if (changes.empty()) return BatchAdmission{true, 0, 0, false};
     if (connected_) {
-      Reply r = command({"EVAL", kAdmitScript, "1", prefix_ + key, std::to_string(amount),
-                         std::to_string(limit), std::to_string(ttl.count())});
-      if (r && r->type == REDIS_REPLY_ARRAY && r->elements == 2) {
-        Admission a;
+      if (Reply r = command(script_args(changes, true));
+          r && r->type == REDIS_REPLY_ARRAY && r->elements == 3 + changes.size()) {
+        BatchAdmission a;
         a.admitted = r->element[0]->integer == 1;
-        a.value = r->element[1]->integer;
-        local_.mirror(key, a.value, ttl);
+        a.refused = static_cast<size_t>(std::max<long long>(r->element[1]->integer, 1) - 1);
+        a.refused_value = r->element[2]->integer;
+        for (size_t i = 0; i < changes.size(); ++i) {
+          local_.mirror(changes[i].key, r->element[3 + i]->integer, changes[i].ttl);
+        }
         return a;
       }
     }
-    Admission a = local_.admit(key, amount, limit, ttl);
+    BatchAdmission a = local_.admit_all(changes);
     a.answered_locally = true;
-    if (a.admitted) pend_count(key, amount, ttl);
+    if (a.admitted) pend_counts(changes);
     fallbacks_.fetch_add(1, std::memory_order_relaxed);
     return a;
   }
 
-  void add(const std::string& key, int64_t amount, std::chrono::milliseconds ttl) override {
+  void add_all(const std::vector<CounterChange>& changes) override {
+    if (changes.empty()) return;
     if (connected_) {
-      Reply r = command({"EVAL", kAdmitScript, "1", prefix_ + key, std::to_string(amount), "0",
-                         std::to_string(ttl.count())});
-      if (r && r->type == REDIS_REPLY_ARRAY && r->elements == 2) {
-        local_.mirror(key, r->element[1]->integer, ttl);
+      if (Reply r = command(script_args(changes, false));
+          r && r->type == REDIS_REPLY_ARRAY && r->elements == 3 + changes.size()) {
+        for (size_t i = 0; i < changes.size(); ++i) {
+          local_.mirror(changes[i].key, r->element[3 + i]->integer, changes[i].ttl);
+        }
         return;
       }
     }
-    local_.add(key, amount, ttl);
-    pend_count(key, amount, ttl);
+    local_.add_all(changes);
+    pend_counts(changes);
     fallbacks_.fetch_add(1, std::memory_order_relaxed);
   }
 
@@ -370,11 +401,25 @@ class RedisState final : public SharedState {
                           " does not answer; retry when it is back (state.url)");
   }
 
-  void pend_count(const std::string& key, int64_t amount, std::chrono::milliseconds ttl) {
+  std::vector<std::string> script_args(const std::vector<CounterChange>& changes,
+                                       bool with_limits) const {
+    std::vector<std::string> args = {"EVAL", kAdmitScript, std::to_string(changes.size())};
+    for (const auto& c : changes) args.push_back(prefix_ + c.key);
+    for (const auto& c : changes) {
+      args.push_back(std::to_string(c.amount));
+      args.push_back(with_limits ? std::to_string(c.limit) : "0");
+      args.push_back(std::to_string(c.ttl.count()));
+    }
+    return args;
+  }
+
+  void pend_counts(const std::vector<CounterChange>& changes) {
     std::lock_guard lock(mu_);
-    PendingCount& p = pending_counts_[key];
-    p.amount += amount;
-    p.ttl = ttl;
+    for (const auto& c : changes) {
+      PendingCount& p = pending_counts_[c.key];
+      p.amount += c.amount;
+      p.ttl = c.ttl;
+    }
   }
 
   // While down: tries Redis every retry_ms; once it answers, pushes what this
@@ -477,6 +522,16 @@ class RedisState final : public SharedState {
 };
 
 }  // namespace
+
+Admission SharedState::admit(const std::string& key, int64_t amount, int64_t limit,
+                             std::chrono::milliseconds ttl) {
+  const BatchAdmission b = admit_all({CounterChange{key, amount, limit, ttl}});
+  return Admission{b.admitted, b.admitted ? counter(key) : b.refused_value, b.answered_locally};
+}
+
+void SharedState::add(const std::string& key, int64_t amount, std::chrono::milliseconds ttl) {
+  add_all({CounterChange{key, amount, 0, ttl}});
+}
 
 Result<RedisAddress> parse_redis_url(std::string_view url) {
   const std::string original(url);

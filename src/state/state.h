@@ -19,6 +19,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "common/result.h"
 
@@ -34,6 +35,22 @@ struct StateSettings {
   // replicas together may then overspend), false refuses requests that a
   // budget governs until Redis is back.
   bool budgets_fail_open = true;
+};
+
+// One counter's change in SharedState::admit_all / add_all.
+struct CounterChange {
+  std::string key;
+  int64_t amount = 0;
+  int64_t limit = 0;                 // 0: none
+  std::chrono::milliseconds ttl{0};  // forgotten when unchanged this long; 0: kept
+};
+
+// The answer of SharedState::admit_all.
+struct BatchAdmission {
+  bool admitted = false;
+  size_t refused = 0;         // the change that would have passed its limit
+  int64_t refused_value = 0;  // that counter as it stands
+  bool answered_locally = false;
 };
 
 // The answer of SharedState::admit.
@@ -55,10 +72,15 @@ class SharedState {
   // (limit 0: no limit; amount 0 is refused once the counter has reached the
   // limit). Atomic across replicas. A counter not changed for `ttl` is
   // forgotten (0: kept).
-  virtual Admission admit(const std::string& key, int64_t amount, int64_t limit,
-                          std::chrono::milliseconds ttl) = 0;
+  Admission admit(const std::string& key, int64_t amount, int64_t limit,
+                  std::chrono::milliseconds ttl);
   // Adds `amount` (may be negative) without a limit.
-  virtual void add(const std::string& key, int64_t amount, std::chrono::milliseconds ttl) = 0;
+  void add(const std::string& key, int64_t amount, std::chrono::milliseconds ttl);
+  // admit() for several counters as one step (one round trip to Redis): all
+  // of the changes, or, when any would pass its limit, none.
+  virtual BatchAdmission admit_all(const std::vector<CounterChange>& changes) = 0;
+  // add() for several counters in one round trip; limits are ignored.
+  virtual void add_all(const std::vector<CounterChange>& changes) = 0;
   virtual int64_t counter(const std::string& key) = 0;
 
   // A flag that expires after `ttl`; with only_if_absent an existing flag and
