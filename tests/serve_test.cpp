@@ -1401,3 +1401,86 @@ TEST(GatewayLifecycleTest, StopBeforeRunReturns) {
 
 }  // namespace
 }  // namespace foreshore::serve
+
+namespace foreshore::serve {
+namespace {
+
+// A request the cloud tier serves, for SharedLimits on its own.
+struct LimitsFixture {
+  std::vector<backend::TierConfig> tiers;
+  route::Decision decision;
+  ApiRequest api;
+  LimitsFixture() {
+    backend::TierConfig cloud;
+    cloud.name = "cloud";
+    cloud.placement = backend::Placement::kCloud;
+    cloud.price_output_per_mtok = 1000;  // $0.001 a token
+    tiers.push_back(cloud);
+    decision.plan.kind = route::PlanKind::kCloud;
+    decision.plan.cloud_tier = "cloud";
+    decision.plan.cloud_allowed = true;
+    api.backend.messages.push_back({"user", "hi"});
+    api.backend.params.max_tokens = 10;  // holds $0.01
+  }
+};
+
+std::unique_ptr<state::SharedState> local_state() {
+  return std::move(state::SharedState::create(state::StateSettings{})).value();
+}
+
+TEST(SharedLimitsTest, LocalLimitsCountPerKeyAndSettleToTheRealCost) {
+  LimitsFixture f;
+  LimitsConfig limits;
+  limits.per_key.requests_per_minute = 3;
+  limits.per_key.budget_usd = 0.025;
+  SharedLimits shared(local_state(), true, limits, std::chrono::milliseconds(5000));
+  Reservation r1, r2, r3;
+  EXPECT_FALSE(shared.admit("a", nullptr, f.decision, f.api, f.tiers, r1));
+  EXPECT_FALSE(shared.admit("a", nullptr, f.decision, f.api, f.tiers, r2));
+  // $0.02 held: a third $0.01 hold would pass $0.025.
+  const auto over = shared.admit("a", nullptr, f.decision, f.api, f.tiers, r3);
+  ASSERT_TRUE(over);
+  EXPECT_EQ(over->code, "budget_exceeded");
+  // Nothing of a refused request stays counted: it cost one request of the minute's 3.
+  shared.settle(r1, 0.001, 5);
+  shared.settle(r2, 0.001, 5);
+  EXPECT_EQ(shared.state().counter("spend:key:a"), 2000);
+  Reservation r4, r5;
+  EXPECT_FALSE(shared.admit("a", nullptr, f.decision, f.api, f.tiers, r4));
+  const auto rate = shared.admit("a", nullptr, f.decision, f.api, f.tiers, r5);
+  ASSERT_TRUE(rate);
+  EXPECT_EQ(rate->code, "rate_limit_exceeded");
+  EXPECT_GT(rate->retry_after_seconds, 0);
+  // Another key has limits of its own.
+  Reservation other;
+  EXPECT_FALSE(shared.admit("b", nullptr, f.decision, f.api, f.tiers, other));
+}
+
+TEST(SharedLimitsTest, BudgetsFailClosedOrOpenWhileRedisIsDown) {
+  LimitsFixture f;
+  LimitsConfig limits;
+  limits.per_key.budget_usd = 1;
+  for (const bool fail_open : {false, true}) {
+    state::StateSettings s;
+    s.backend = "redis";
+    s.url = "redis://127.0.0.1:1";  // nothing listens on port 1
+    s.timeout_ms = 50;
+    auto state = state::SharedState::create(s);
+    ASSERT_TRUE(state.ok()) << state.error().message;
+    SharedLimits shared(std::move(state).value(), fail_open, limits,
+                        std::chrono::milliseconds(5000));
+    EXPECT_FALSE(shared.state().connected());
+    Reservation r;
+    const auto refused = shared.admit("a", nullptr, f.decision, f.api, f.tiers, r);
+    if (fail_open) {
+      EXPECT_FALSE(refused) << refused->message;
+    } else {
+      ASSERT_TRUE(refused);
+      EXPECT_EQ(refused->status, 503);
+      EXPECT_EQ(refused->code, "budget_state_unavailable");
+    }
+  }
+}
+
+}  // namespace
+}  // namespace foreshore::serve

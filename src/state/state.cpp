@@ -182,7 +182,7 @@ class RedisState final : public SharedState {
       : settings_(std::move(settings)), address_(std::move(address)) {
     prefix_ = "fsh:";
     if (Context c = connect()) {
-      release(std::move(c));
+      release(std::move(c), 0);
     } else {
       connected_ = false;
       std::fprintf(stderr,
@@ -340,9 +340,12 @@ class RedisState final : public SharedState {
   }
 
   // A pooled connection; null when none can be had (Redis down).
-  Context acquire() {
+  // A pooled connection; null when none can be had (Redis down). `generation`
+  // says which connection era it belongs to.
+  Context acquire(uint64_t& generation) {
     {
       std::lock_guard lock(mu_);
+      generation = generation_;
       if (!idle_.empty()) {
         Context c = std::move(idle_.back());
         idle_.pop_back();
@@ -352,15 +355,20 @@ class RedisState final : public SharedState {
     return connect();
   }
 
-  void release(Context c) {
+  // Back to the pool, unless Redis failed since it was taken: a connection
+  // from before an outage may be dead, and would mark Redis down again.
+  void release(Context c, uint64_t generation) {
     std::lock_guard lock(mu_);
-    if (static_cast<int32_t>(idle_.size()) < settings_.pool_size) idle_.push_back(std::move(c));
+    if (generation == generation_ && static_cast<int32_t>(idle_.size()) < settings_.pool_size) {
+      idle_.push_back(std::move(c));
+    }
   }
 
   // Runs one command; on a connection failure marks Redis down (the
   // reconnector takes over) and returns null.
   Reply command(const std::vector<std::string>& args) {
-    Context c = acquire();
+    uint64_t generation = 0;
+    Context c = acquire(generation);
     if (c) {
       std::vector<const char*> argv;
       std::vector<size_t> lens;
@@ -371,7 +379,7 @@ class RedisState final : public SharedState {
       Reply r(static_cast<redisReply*>(
           redisCommandArgv(c.get(), static_cast<int>(argv.size()), argv.data(), lens.data())));
       if (r && c->err == 0) {
-        release(std::move(c));
+        release(std::move(c), generation);
         return r;
       }
     }
@@ -389,6 +397,7 @@ class RedisState final : public SharedState {
       {
         std::lock_guard lock(mu_);
         idle_.clear();
+        ++generation_;
       }
       cv_.notify_all();
     }
@@ -515,6 +524,7 @@ class RedisState final : public SharedState {
   std::mutex mu_;
   std::condition_variable cv_;
   std::vector<Context> idle_;
+  uint64_t generation_ = 0;  // bumped when Redis fails: older connections are dropped
   std::unordered_map<std::string, PendingCount> pending_counts_;
   std::unordered_map<std::string, PendingFlag> pending_flags_;
   bool stopping_ = false;
