@@ -16,7 +16,9 @@
 #include <mutex>
 #include <thread>
 
+#include "observe/pg_audit.h"
 #include "support/process.h"
+#include "support/shared_servers.h"
 #include "support/test_paths.h"
 
 namespace foreshore::observe {
@@ -1074,6 +1076,90 @@ TEST(ShadowTest, ValidateRejectsBadOptions) {
   EXPECT_FALSE(ShadowSampler::validate({.agreement_threshold = 2}).ok());
   EXPECT_FALSE(
       ShadowSampler::validate({.adaptive = AdaptiveThresholdOptions{.min = 0.9, .max = 0.1}}).ok());
+}
+
+AuditRecord numbered(int i) {
+  AuditRecord r;
+  r.request_id = "req-" + std::to_string(i);
+  r.decision_id = r.request_id;
+  r.policy = "cloud";
+  r.plan_kind = "cloud";
+  r.tier = "cloud";
+  r.placement = "cloud";
+  r.outcome = "ok";
+  r.http_status = 200;
+  r.cost_usd = 0.001;
+  r.completion_tokens = 1;
+  return r;
+}
+
+// Waits until PostgreSQL holds `want` rows; what it holds then.
+std::string wait_rows(const foreshore::testing::PostgresServer& pg, const std::string& want) {
+  std::string rows;
+  for (int i = 0; i < 200; ++i) {
+    rows = pg.query("SELECT count(*) FROM foreshore_requests");
+    if (rows == want) break;
+    std::this_thread::sleep_for(50ms);
+  }
+  return rows;
+}
+
+// PostgreSQL down: rows spool to the file, survive the process (a new sink
+// replays them), and land once each, in order, when PostgreSQL is back.
+TEST(PgAuditSinkTest, SpoolsWhileDownAndReplaysOnceAcrossRestarts) {
+  TempDir dir;
+  ::chmod(dir.file("").c_str(), 0755);
+  auto pg = std::make_unique<foreshore::testing::PostgresServer>(dir.file("pg"));
+  if (!pg->available()) GTEST_SKIP() << pg->why();
+  ASSERT_TRUE(pg->ok()) << pg->why();
+  const int port = pg->port();
+  const std::string url = pg->url();
+  PgAuditOptions o;
+  o.conninfo = url;
+  o.spool_path = dir.file("spool.jsonl");
+  o.flush_interval = 20ms;
+  o.retry_interval = 50ms;
+  auto sink = PgAuditSink::open(o);
+  ASSERT_TRUE(sink.ok()) << sink.error().message;
+  for (int i = 0; i < 100; ++i) (*sink)->submit(numbered(i));
+  EXPECT_EQ(wait_rows(*pg, "100"), "100");
+  pg->kill();
+  for (int i = 100; i < 200; ++i) (*sink)->submit(numbered(i));
+  sink.value().reset();  // the process ends while PostgreSQL is down
+  std::ifstream spool(o.spool_path);
+  const auto spooled = std::count(std::istreambuf_iterator<char>(spool), {}, '\n');
+  EXPECT_GE(spooled, 100);  // rows 100-199, and any earlier batch cut short
+  pg = std::make_unique<foreshore::testing::PostgresServer>(dir.file("pg"), port);
+  ASSERT_TRUE(pg->ok()) << pg->why();
+  auto again = PgAuditSink::open(o);
+  ASSERT_TRUE(again.ok());
+  (*again)->submit(numbered(200));
+  EXPECT_EQ(wait_rows(*pg, "201"), "201");
+  EXPECT_EQ(pg->query("SELECT count(DISTINCT request_id) FROM foreshore_requests"), "201");
+  // Replayed before the new row: order kept.
+  EXPECT_EQ(pg->query("SELECT request_id FROM foreshore_requests ORDER BY id DESC LIMIT 1"),
+            "req-200");
+  EXPECT_EQ(fs::file_size(o.spool_path), 0u);
+  // The report's copy reads every row.
+  ASSERT_TRUE(copy_pg_audit_to_sqlite(url, dir.file("copy.sqlite")).ok());
+  auto report = build_report(dir.file("copy.sqlite"), {});
+  ASSERT_TRUE(report.ok()) << report.error().message;
+  EXPECT_EQ(report->totals.requests, 201);
+}
+
+TEST(PgAuditSinkTest, BadSettingsAreRefusedWithAReason) {
+  TempDir dir;
+  PgAuditOptions o;
+  o.spool_path = dir.file("spool.jsonl");
+  EXPECT_NE(PgAuditSink::open(o).error().message.find("server.audit_postgres is empty"),
+            std::string::npos);
+  o.conninfo = "host=h port";
+  EXPECT_NE(PgAuditSink::open(o).error().message.find("not a libpq connection string"),
+            std::string::npos);
+  o.conninfo = "postgresql://u@127.0.0.1:1/db";
+  o.spool_path = dir.file("missing/folder/spool.jsonl");
+  EXPECT_NE(PgAuditSink::open(o).error().message.find("cannot open the audit spool file"),
+            std::string::npos);
 }
 
 }  // namespace
