@@ -396,4 +396,25 @@ TEST_F(Replicas, KillingRedisThenPostgresUnderLoadLosesNoRequestAndNoAuditRow) {
   EXPECT_EQ(json::parse(report.out)["totals"]["requests"], sent.load()) << report.out;
 }
 
+// Shadow verdicts of all replicas add up in one place.
+TEST_F(Replicas, ShadowAgreementIsCountedOverAllReplicas) {
+  server_ = "{log_requests: false, shadow_fraction: 1.0}";
+  start(2, "edge", "");
+  for (const auto& r : replicas_) {
+    const HttpResult answer = http_post(r->port(), "/v1/chat/completions", body(), key("s"));
+    ASSERT_EQ(answer.status, 200) << answer.body;
+    ASSERT_EQ(answer.header("x-foreshore-tier"), "edge");
+  }
+  std::string scored;
+  for (int i = 0; i < 200 && scored != "2"; ++i) {
+    scored = redis_.command({"GET", "fsh:shadow:scored"});
+    if (scored != "2") std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  EXPECT_EQ(scored, "2");
+  EXPECT_EQ(redis_.command({"GET", "fsh:shadow:agreed"}), "2");  // both answered "hi"
+  const std::string metrics = http_get(replicas_[0]->port(), "/metrics").body;
+  EXPECT_NE(metrics.find("\nforeshore_shadow_scored_all_replicas 2"), std::string::npos);
+  EXPECT_NE(metrics.find("\nforeshore_shadow_agreement_ratio_all_replicas 1"), std::string::npos);
+}
+
 }  // namespace

@@ -159,11 +159,13 @@ Result<std::unique_ptr<HybridRouter>> HybridRouter::create(
                      threshold);
       };
     }
-    if (RouterLearning* learning = h->learning_.get()) {
-      o.on_verdict = [learning](const std::string& decision_id, bool agreed) {
-        learning->shadow_verdict(decision_id, agreed);
-      };
-    }
+    // Verdicts teach the router (when it learns) and add to the agreement
+    // every replica sharing state counts together.
+    o.on_verdict = [learning = h->learning_.get(), shared = h->shared_.get()](
+                       const std::string& decision_id, bool agreed) {
+      if (learning != nullptr) learning->shadow_verdict(decision_id, agreed);
+      shared->record_shadow_verdict(agreed);
+    };
     if (auto s = observe::ShadowSampler::validate(o); !s.ok()) return s.error();
     auto cloud_backend = h->executor_->backend(cloud);
     h->shadow_ = std::make_unique<observe::ShadowSampler>(
@@ -254,6 +256,18 @@ void HybridRouter::collect_metrics() {
               {}, {})
       .set(static_cast<double>(shared_->state().local_fallbacks()));
   if (!shadow_) return;
+  if (const auto all = shared_->shadow_agreement()) {
+    metrics_
+        ->gauge("foreshore_shadow_scored_all_replicas",
+                "Edge answers shadow-scored by every replica sharing state.", {}, {})
+        .set(static_cast<double>(all->first));
+    metrics_
+        ->gauge("foreshore_shadow_agreement_ratio_all_replicas",
+                "Share of them that agreed with the cloud's, over every replica sharing state.", {},
+                {})
+        .set(all->first > 0 ? static_cast<double>(all->second) / static_cast<double>(all->first)
+                            : 0.0);
+  }
   const observe::ShadowCounters c = shadow_->counters();
   const char* help = "Shadow evaluation jobs by what happened to them.";
   for (const auto& [what, n] :

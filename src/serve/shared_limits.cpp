@@ -232,6 +232,17 @@ void SharedLimits::publish_breaker_open(const std::string& tier) {
   breaker_cache_[tier] = {true, std::chrono::steady_clock::now() + kBreakerCache};
 }
 
+void SharedLimits::record_shadow_verdict(bool agreed) {
+  if (!shared()) return;
+  state_->add_all({{"shadow:scored", 1, 0, std::chrono::milliseconds(0)},
+                   {"shadow:agreed", agreed ? 1 : 0, 0, std::chrono::milliseconds(0)}});
+}
+
+std::optional<std::pair<int64_t, int64_t>> SharedLimits::shadow_agreement() {
+  if (!shared()) return std::nullopt;
+  return std::pair{state_->counter("shadow:scored"), state_->counter("shadow:agreed")};
+}
+
 std::optional<std::string> SharedLimits::pinned_tier(const std::string& session) {
   return state_->flag("pin:" + session);
 }

@@ -72,6 +72,11 @@ class SharedLimits {
   // Tells the other replicas this one's breaker for `tier` opened.
   void publish_breaker_open(const std::string& tier);
 
+  // Shadow verdicts of every replica, counted together (state shared only):
+  // {scored, agreed}, nullopt with the local backend.
+  void record_shadow_verdict(bool agreed);
+  std::optional<std::pair<int64_t, int64_t>> shadow_agreement();
+
   std::optional<std::string> pinned_tier(const std::string& session);
   void pin(const std::string& session, const std::string& tier);
 
