@@ -61,6 +61,13 @@ PGconn* pg(void* c) {
   return static_cast<PGconn*>(c);
 }
 
+// A config reload builds a new sink while the old one still drains: both may
+// spool to, and replay, the same file. One at a time.
+std::mutex& spool_file_mutex() {
+  static std::mutex mu;
+  return mu;
+}
+
 std::string to_json_line(const AuditRecord& r, bool store_text) {
   nlohmann::json j = {
       {"ts_ms", r.time_ms},
@@ -239,6 +246,7 @@ bool PgAuditSink::write(const std::deque<std::string>& rows) {
 }
 
 void PgAuditSink::spool(const std::deque<std::string>& rows) {
+  std::lock_guard lock(spool_file_mutex());
   std::ofstream out(options_.spool_path, std::ios::app);
   for (const auto& line : rows) out << line << '\n';
   out.flush();
@@ -250,6 +258,7 @@ void PgAuditSink::spool(const std::deque<std::string>& rows) {
 }
 
 bool PgAuditSink::replay_spool() {
+  std::lock_guard lock(spool_file_mutex());
   std::ifstream in(options_.spool_path);
   if (!in || in.peek() == std::ifstream::traits_type::eof()) return true;
   std::deque<std::string> batch;
