@@ -20,6 +20,7 @@
 #include <set>
 #include <thread>
 
+#include "serve/virtual_keys.h"
 #include "support/process.h"
 #include "support/test_paths.h"
 
@@ -168,7 +169,8 @@ TEST(ConfigTest, StateAndLimitsAreReadAndChecked) {
       "tiers: {e: {model: m}, c: {endpoint: 'http://h/v1', model: x}}\n"
       "state: {backend: redis, url: 'redis://10.0.0.2:6380', pool_size: 4, "
       "budgets_when_down: closed}\n"
-      "limits: {requests_per_minute: 60, budget_usd: 2.5, tiers: {c: {tokens_per_minute: 1000}}}\n",
+      "limits: {requests_per_minute: 60, budget_usd: 2.5, tiers: {c: {tokens_per_minute: 1000}}, "
+      "teams: {research: {budget_usd: 40}}}\n",
       "cfg.yaml");
   ASSERT_TRUE(c.ok()) << c.error().message;
   EXPECT_EQ(c->state.backend, "redis");
@@ -177,6 +179,7 @@ TEST(ConfigTest, StateAndLimitsAreReadAndChecked) {
   EXPECT_EQ(c->limits.per_key.requests_per_minute, 60);
   EXPECT_DOUBLE_EQ(c->limits.per_key.budget_usd, 2.5);
   EXPECT_EQ(c->limits.per_tier.at("c").tokens_per_minute, 1000);
+  EXPECT_DOUBLE_EQ(c->limits.per_team.at("research").budget_usd, 40);
   const std::string tiers = "tiers: {e: {model: m}}\n";
   EXPECT_EQ(config_error(tiers + "state: {backend: etcd}\n"),
             "cfg.yaml: state.backend: 'etcd' is not one of local, redis");
@@ -1454,6 +1457,27 @@ TEST(SharedLimitsTest, LocalLimitsCountPerKeyAndSettleToTheRealCost) {
   // Another key has limits of its own.
   Reservation other;
   EXPECT_FALSE(shared.admit("b", nullptr, f.decision, f.api, f.tiers, other));
+}
+
+TEST(SharedLimitsTest, VirtualKeysOfOneTeamShareTheTeamsBudget) {
+  LimitsFixture f;
+  LimitsConfig limits;
+  limits.per_team["t"].budget_usd = 0.025;  // two $0.01 holds, not three
+  SharedLimits shared(local_state(), true, limits, std::chrono::milliseconds(5000));
+  VirtualKey a, b;
+  a.id = "a";
+  b.id = "b";
+  a.team = b.team = "t";
+  Reservation ra, rb, rc;
+  EXPECT_FALSE(shared.admit("x", &a, f.decision, f.api, f.tiers, ra));
+  EXPECT_FALSE(shared.admit("y", &b, f.decision, f.api, f.tiers, rb));
+  const auto over = shared.admit("y", &b, f.decision, f.api, f.tiers, rc);
+  ASSERT_TRUE(over);
+  EXPECT_EQ(over->code, "budget_exceeded");
+  EXPECT_NE(over->message.find("team:t"), std::string::npos) << over->message;
+  shared.settle(ra, 0.002, 2);
+  shared.settle(rb, 0.003, 3);
+  EXPECT_EQ(shared.state().counter("spend:team:t"), 5000);
 }
 
 TEST(SharedLimitsTest, BudgetsFailClosedOrOpenWhileRedisIsDown) {

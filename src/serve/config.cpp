@@ -317,21 +317,25 @@ void read_limits(Reader& r, const YAML::Node& node, LimitsConfig& limits) {
   if (!r.expect_map(node, path)) return;
   for (const auto& kv : node) {
     const std::string key = kv.first.Scalar();
-    if (key == "tiers") continue;
+    if (key == "tiers" || key == "teams") continue;
     if (std::find(kLimitKeys.begin(), kLimitKeys.end(), key) == kLimitKeys.end()) {
       r.fail(join_path(path, key),
              "is not a key here; allowed: requests_per_minute, tokens_per_minute, budget_usd, "
-             "tiers");
+             "tiers, teams");
     }
   }
   read_limit_values(r, node, path, limits.per_key);
-  if (const YAML::Node tiers = node["tiers"]) {
-    if (!r.expect_map(tiers, "limits.tiers")) return;
-    for (const auto& kv : tiers) {
-      const std::string tier_path = "limits.tiers." + kv.first.Scalar();
-      if (!r.expect_map(kv.second, tier_path)) continue;
-      r.check_keys(kv.second, tier_path, kLimitKeys);
-      read_limit_values(r, kv.second, tier_path, limits.per_tier[kv.first.Scalar()]);
+  for (const auto& [section, into] :
+       {std::pair{"tiers", &limits.per_tier}, std::pair{"teams", &limits.per_team}}) {
+    const YAML::Node named = node[section];
+    if (!named) continue;
+    const std::string section_path = "limits." + std::string(section);
+    if (!r.expect_map(named, section_path)) continue;
+    for (const auto& kv : named) {
+      const std::string item_path = section_path + "." + kv.first.Scalar();
+      if (!r.expect_map(kv.second, item_path)) continue;
+      r.check_keys(kv.second, item_path, kLimitKeys);
+      read_limit_values(r, kv.second, item_path, (*into)[kv.first.Scalar()]);
     }
   }
 }
@@ -522,6 +526,8 @@ std::vector<std::string> config_keys() {
   add("limits.", kLimitKeys);
   keys.emplace_back("limits.tiers");
   add("limits.tiers.NAME.", kLimitKeys);
+  keys.emplace_back("limits.teams");
+  add("limits.teams.NAME.", kLimitKeys);
   for (const auto& k : route::router_config_keys()) keys.push_back("routing." + k);
   for (const auto& k : route::sensitivity_config_keys()) keys.push_back("privacy." + k);
   return keys;

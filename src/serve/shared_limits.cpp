@@ -151,6 +151,10 @@ std::optional<ApiError> SharedLimits::admit(const std::string& client, const Vir
       return e;
     }
     if (auto e = add_limits("vkey:" + key->id, key->limits, hold, admission)) return e;
+    if (auto it = limits_.per_team.find(key->team);
+        !key->team.empty() && it != limits_.per_team.end()) {
+      if (auto e = add_limits("team:" + key->team, it->second, hold, admission)) return e;
+    }
   } else if (auto e = add_limits("key:" + client, limits_.per_key, hold, admission)) {
     return e;
   }
@@ -184,7 +188,10 @@ std::optional<ApiError> SharedLimits::admit(const std::string& client, const Vir
     if (c.key.starts_with("spend:")) reservation.holds.emplace_back(c.key, c.amount);
     if (c.key.starts_with("tpm:")) reservation.token_counters.push_back(c.key);
   }
-  if (key != nullptr && !key->team.empty()) {
+  // A team without a budget still has its spend counted.
+  const bool team_budget = key != nullptr && limits_.per_team.contains(key->team) &&
+                           limits_.per_team.at(key->team).budget_usd > 0;
+  if (key != nullptr && !key->team.empty() && !team_budget) {
     reservation.spend_counters.push_back("spend:team:" + key->team);
   }
   return std::nullopt;

@@ -31,6 +31,7 @@ struct Limits {
 struct LimitsConfig {
   Limits per_key;                          // each client key (or all anonymous clients) alone
   std::map<std::string, Limits> per_tier;  // each tier, over all clients
+  std::map<std::string, Limits> per_team;  // each team, over its virtual keys
 };
 
 // Budget held back at admission and what it stood for, settled once the
