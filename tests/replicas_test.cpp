@@ -417,4 +417,19 @@ TEST_F(Replicas, ShadowAgreementIsCountedOverAllReplicas) {
   EXPECT_NE(metrics.find("\nforeshore_shadow_agreement_ratio_all_replicas 1"), std::string::npos);
 }
 
+// The complexity threshold one replica's shadow controller moved to is the
+// one every replica routes with.
+TEST_F(Replicas, ShadowAdaptedThresholdIsTakenByEveryReplica) {
+  server_ = "{log_requests: false, shadow_fraction: 0.5, shadow_target_agreement: 0.9}";
+  start(2, "threshold", "");
+  // What a replica's controller publishes when it moves (after 50 scored jobs).
+  redis_.command({"SET", "fsh:shadow:threshold", "0.15"});
+  for (const auto& r : replicas_) {
+    ASSERT_EQ(http_post(r->port(), "/v1/chat/completions", body(), key("t")).status, 200);
+    const std::string metrics = http_get(r->port(), "/metrics").body;
+    EXPECT_NE(metrics.find("\nforeshore_complexity_threshold 0.15\n"), std::string::npos)
+        << metrics.substr(metrics.find("foreshore_complexity_threshold"), 120);
+  }
+}
+
 }  // namespace

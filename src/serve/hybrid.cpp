@@ -153,8 +153,12 @@ Result<std::unique_ptr<HybridRouter>> HybridRouter::create(
       adaptive.initial = h->router_->threshold();
       o.adaptive = adaptive;
       route::Router* router = h->router_.get();
-      o.on_threshold = [router](double agreement, double threshold) {
+      // Replicas sharing state take the threshold the last one moved to.
+      SharedLimits* shared = h->shared_.get();
+      h->adopt_shared_threshold_ = shared->shared();
+      o.on_threshold = [router, shared](double agreement, double threshold) {
         router->set_threshold(threshold);
+        shared->publish_threshold(threshold);
         std::fprintf(stderr, "shadow agreement %.2f: complexity threshold now %.2f\n", agreement,
                      threshold);
       };
@@ -324,6 +328,12 @@ Result<route::Decision> HybridRouter::decide(const ApiRequest& api, const RouteH
     error = invalid_request(std::move(message), std::move(param), "invalid_routing_hint");
     return make_error(ErrorKind::kInvalidArgument, error.message);
   };
+  if (adopt_shared_threshold_) {
+    if (const auto shared = shared_->shared_threshold();
+        shared && *shared != router_->threshold()) {
+      router_->set_threshold(*shared);
+    }
+  }
   route::RouteInput in;
   if (!hints.data_class.empty()) {
     auto c = route::parse_data_class(hints.data_class);

@@ -124,6 +124,8 @@ class HybridRouter {
   std::unique_ptr<observe::ShadowSampler> shadow_;
   std::unique_ptr<RouterLearning> learning_;  // after shadow_: its verdicts feed it
   std::unique_ptr<SharedLimits> shared_;
+  // The shadow-adapted threshold is shared (state.backend redis, adaptive on).
+  bool adopt_shared_threshold_ = false;
   std::mutex decision_log_mu_;
   std::FILE* decision_log_ = nullptr;
   std::vector<backend::TierConfig> tiers_;

@@ -3,6 +3,7 @@
 #include <openssl/evp.h>
 
 #include <algorithm>
+#include <charconv>
 #include <cmath>
 #include <ctime>
 
@@ -248,6 +249,31 @@ void SharedLimits::record_shadow_verdict(bool agreed) {
 std::optional<std::pair<int64_t, int64_t>> SharedLimits::shadow_agreement() {
   if (!shared()) return std::nullopt;
   return std::pair{state_->counter("shadow:scored"), state_->counter("shadow:agreed")};
+}
+
+void SharedLimits::publish_threshold(double threshold) {
+  if (!shared()) return;
+  state_->set_flag("shadow:threshold", std::to_string(threshold), std::chrono::hours(24 * 30),
+                   false);
+}
+
+std::optional<double> SharedLimits::shared_threshold() {
+  if (!shared()) return std::nullopt;
+  const auto now = std::chrono::steady_clock::now();
+  {
+    std::lock_guard lock(mu_);
+    if (now < threshold_read_) return threshold_cache_;
+  }
+  std::optional<double> value;
+  if (const auto text = state_->flag("shadow:threshold")) {
+    double v = 0;
+    const auto [end, ec] = std::from_chars(text->data(), text->data() + text->size(), v);
+    if (ec == std::errc() && end == text->data() + text->size() && v >= 0 && v <= 1) value = v;
+  }
+  std::lock_guard lock(mu_);
+  threshold_cache_ = value;
+  threshold_read_ = now + std::chrono::seconds(1);
+  return value;
 }
 
 std::optional<std::string> SharedLimits::pinned_tier(const std::string& session) {

@@ -77,6 +77,10 @@ class SharedLimits {
   // {scored, agreed}, nullopt with the local backend.
   void record_shadow_verdict(bool agreed);
   std::optional<std::pair<int64_t, int64_t>> shadow_agreement();
+  // The complexity threshold a replica's shadow controller last moved to,
+  // for the others to take (read at most once a second).
+  void publish_threshold(double threshold);
+  std::optional<double> shared_threshold();
 
   std::optional<std::string> pinned_tier(const std::string& session);
   void pin(const std::string& session, const std::string& tier);
@@ -104,6 +108,8 @@ class SharedLimits {
   const std::chrono::milliseconds breaker_open_;
   std::mutex mu_;
   std::map<std::string, std::pair<bool, std::chrono::steady_clock::time_point>> breaker_cache_;
+  std::optional<double> threshold_cache_;
+  std::chrono::steady_clock::time_point threshold_read_{};
 };
 
 }  // namespace foreshore::serve
