@@ -6,6 +6,7 @@
 
 #include <chrono>
 #include <fstream>
+#include <map>
 #include <set>
 #include <thread>
 
@@ -292,7 +293,7 @@ TEST_F(GatewayE2E, ModelsHealthReadyMetrics) {
 TEST_F(GatewayE2E, ClientErrors) {
   expect_error(http_post(port(), "/v1/chat/completions", "{nope"), 400);
   json b = chat_body(false);
-  b["n"] = 2;
+  b["n"] = 129;
   auto r = chat(port(), b, "");
   expect_error(r, 400);
   EXPECT_EQ(r.json()["error"]["param"], "n");
@@ -773,6 +774,65 @@ TEST_F(GatewayTools, TheEdgeNeverStandsInForTools) {
   const auto failed = post(tool_request(false));
   expect_error(failed, 502);
   EXPECT_EQ(failed.header("x-foreshore-tier"), "cloud");
+}
+
+// n > 1: the edge makes one completion, so the cloud serves and every
+// choice comes back, in order, plain and streamed, chat and completions.
+TEST_F(GatewayTools, SeveralChoicesGoToTheCloudAndAllComeBack) {
+  const json chat = {{"model", "foreshore"},
+                     {"messages", {{{"role", "user"}, {"content", "name a colour"}}}},
+                     {"n", 3}};
+  const auto r = post(chat);
+  ASSERT_EQ(r.status, 200) << r.body;
+  EXPECT_EQ(r.header("x-foreshore-tier"), "cloud");
+  EXPECT_EQ(last_upstream_body()["n"], 3);
+  const json choices = r.json()["choices"];
+  ASSERT_EQ(choices.size(), 3u) << r.body;
+  EXPECT_EQ(choices[0]["message"]["content"], "echo: name a colour");
+  for (int i = 0; i < 3; ++i) {
+    EXPECT_EQ(choices[i]["index"], i);
+    EXPECT_EQ(choices[i]["finish_reason"], "stop");
+  }
+  EXPECT_EQ(choices[2]["message"]["content"], "(choice 2) echo: name a colour");
+
+  json streamed = chat;
+  streamed["stream"] = true;
+  const auto sr = post(streamed);
+  ASSERT_EQ(sr.status, 200) << sr.body;
+  const Stream s = read_stream(sr);
+  EXPECT_TRUE(s.done) << sr.body;
+  std::map<int, std::string> text, finish;
+  for (const json& chunk : s.chunks) {
+    for (const json& c : chunk["choices"]) {
+      const int index = c["index"].get<int>();
+      if (c["finish_reason"].is_string()) finish[index] = c["finish_reason"];
+      if (c.contains("delta") && c["delta"].contains("content") &&
+          c["delta"]["content"].is_string()) {
+        text[index] += c["delta"]["content"].get<std::string>();
+      }
+    }
+  }
+  ASSERT_EQ(text.size(), 3u) << sr.body;
+  EXPECT_EQ(text[0], "echo: name a colour");
+  EXPECT_EQ(text[1], "(choice 1) echo: name a colour");
+  EXPECT_EQ(text[2], "(choice 2) echo: name a colour");
+  EXPECT_EQ(finish.size(), 3u) << sr.body;
+
+  const json legacy = {{"model", "foreshore"}, {"prompt", "a haiku"}, {"n", 2}};
+  const auto lr = http_post(gw_->port(), "/v1/completions", legacy.dump());
+  ASSERT_EQ(lr.status, 200) << lr.body;
+  ASSERT_EQ(lr.json()["choices"].size(), 2u) << lr.body;
+  EXPECT_EQ(lr.json()["choices"][1]["text"], "(choice 1) echo: a haiku");
+
+  // The edge cannot stand in: forced there, or with data that must stay.
+  const auto forced = post(chat, {{"x-foreshore-tier", "edge"}});
+  expect_error(forced, 400);
+  EXPECT_NE(forced.body.find("n > 1"), std::string::npos) << forced.body;
+  const size_t sent = upstream_.received_bodies().size();
+  const auto private_data = post(chat, {{"x-foreshore-data-class", "device-only"}});
+  expect_error(private_data, 400);
+  EXPECT_EQ(upstream_.received_bodies().size(), sent);
+  expect_error(post(json{{"messages", chat["messages"]}, {"n", 129}}), 400);
 }
 
 // Fields the gateway does not read itself reach the cloud as sent; an edge

@@ -440,7 +440,7 @@ TEST(RequestTest, RejectsBadFieldsNamingThem) {
     b[key] = std::move(v);
     return b;
   };
-  expect_400(with("n", 2), "n", "'n' must be between 1 and 1 (got 2)");
+  expect_400(with("n", 129), "n", "'n' must be between 1 and 128 (got 129)");
   expect_400(with("temperature", 3), "temperature", "between 0 and 2 (got 3)");
   expect_400(with("temperature", "hot"), "temperature", "must be a number");
   expect_400(with("top_p", 1.5), "top_p", "between 0 and 1");
@@ -934,7 +934,7 @@ TEST_F(GatewayTest, MalformedAndOversizedBodies) {
   start("server:\n  max_body_bytes: 2048\n");
   auto r = http_post(port, "/v1/chat/completions", "{\"messages\": [");
   expect_error(r, 400, "invalid_request_error");
-  r = chat(json{{"messages", chat_body()["messages"]}, {"n", 3}});
+  r = chat(json{{"messages", chat_body()["messages"]}, {"n", 0}});
   expect_error(r, 400, "invalid_request_error");
   EXPECT_EQ(r.json()["error"]["param"], "n");
   json big = chat_body();

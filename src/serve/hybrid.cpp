@@ -27,6 +27,15 @@ std::string outcome_of(const Result<exec::ExecutionResult>& r) {
   return "ok";
 }
 
+// The request field behind a feature the edge lacks (openai.cpp names them),
+// so that SDKs show which parameter to change.
+std::string edge_unsupported_param(std::string_view feature) {
+  if (feature == "n > 1") return "n";
+  if (feature == "tools") return "tools";
+  if (feature.starts_with("response_format")) return "response_format";
+  return "messages";
+}
+
 }  // namespace
 
 bool HybridRouter::is_routed_model(std::string_view model) {
@@ -396,6 +405,7 @@ Result<route::Decision> HybridRouter::decide(const ApiRequest& api, const RouteH
                  : unsupported ? "unsupported_on_edge"
                                : "no_tier_available";
     error.message = d.plan.reason;
+    if (unsupported) error.param = edge_unsupported_param(api.backend.remote_only.edge_unsupported);
     for (const std::string* why : {&edge_down, &cloud_down}) {
       if (!why->empty()) error.message += " (" + *why + ")";
     }
