@@ -102,6 +102,9 @@ struct BackendRequest {
   std::optional<std::chrono::steady_clock::time_point> first_token_deadline;
   // Set by the caller (client disconnect, deadline) to stop the generation.
   std::shared_ptr<std::atomic<bool>> cancelled;
+  // What the router already scanned of this request, so that a cloud tier's
+  // egress guard reads only the rest; unset: the guard reads everything.
+  std::shared_ptr<const EgressClearance> egress_clearance;
 };
 
 struct TokenLogprob {

@@ -630,7 +630,7 @@ class OpenAiBackend final : public Backend {
         std::lock_guard lock(guard_mu_);
         guard = guard_;
       }
-      if (guard) FSH_TRY_STATUS(guard->check(config_.name, body));
+      if (guard) FSH_TRY_STATUS(guard->check(config_.name, body, request.egress_clearance.get()));
     }
 
     // The wait for a connection has its own limit and does not count against
