@@ -16,10 +16,12 @@
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
+#include <map>
 #include <mutex>
 #include <set>
 #include <thread>
 
+#include "serve/hybrid.h"
 #include "support/process.h"
 #include "support/test_paths.h"
 
@@ -706,6 +708,39 @@ class FakeBackend : public backend::Backend {
  private:
   backend::BackendInfo info_;
 };
+
+// The egress guard's policy counts the class the router found in what it
+// let the guard skip, and trusts that scan only if the same detectors made it.
+TEST(EgressVerdictTest, CountsTheRoutersClassAndDistrustsAnotherScan) {
+  auto c = parse_config(
+      "tiers:\n  edge:\n    model: tiny-edge\n"
+      "  cloud:\n    kind: openai\n    model: big-cloud\n    endpoint: http://127.0.0.1:9/v1\n",
+      "test.yaml");
+  ASSERT_TRUE(c.ok()) << c.error().message;
+  HybridSettings settings;
+  auto routing = route::router_config_from_yaml(c->routing, c->source);
+  ASSERT_TRUE(routing.ok()) << routing.error().message;
+  settings.routing = std::move(routing).value();
+  std::map<std::string, std::shared_ptr<backend::Backend>> backends = {
+      {"edge", std::make_shared<FakeBackend>("edge", backend::Placement::kDevice, "tiny-edge")},
+      {"cloud", std::make_shared<FakeBackend>("cloud", backend::Placement::kCloud, "big-cloud")}};
+  MetricsRegistry metrics;
+  auto hybrid = HybridRouter::create(settings, c->tiers, backends, metrics);
+  ASSERT_TRUE(hybrid.ok()) << hybrid.error().message;
+  const HybridRouter& h = **hybrid;
+  const std::string_view rest[] = {std::string_view("role: user")};
+
+  EXPECT_EQ(h.egress_verdict("cloud", rest, nullptr), "");
+  backend::EgressClearance cleared;
+  cleared.scanner = &h.router().sensitivity();
+  cleared.rank = static_cast<int32_t>(route::DataClass::kPublic);
+  EXPECT_EQ(h.egress_verdict("cloud", rest, &cleared), "");
+  cleared.rank = static_cast<int32_t>(route::DataClass::kDeviceOnly);
+  EXPECT_NE(h.egress_verdict("cloud", rest, &cleared).find("device-only"), std::string::npos);
+  cleared.rank = static_cast<int32_t>(route::DataClass::kPublic);
+  cleared.scanner = &cleared;  // detectors other than the ones in force
+  EXPECT_NE(h.egress_verdict("cloud", rest, &cleared).find("reloaded"), std::string::npos);
+}
 
 class GatewayTest : public ::testing::Test {
  protected:
