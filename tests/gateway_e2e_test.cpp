@@ -1,10 +1,16 @@
 // The gateway as users run it: real `foreshore serve` processes on loopback.
 // One serves stories260K and stands in for a cloud API; the gateway in front
 // of it has its own embedded stories260K as the edge tier. Upstream faults
-// come from the in-process FaultServer.
+// come from the in-process FaultServer; llama.cpp's llama-server serves as a
+// real third-party upstream when bench/llama_cpp_build.sh has built it.
+#include <arpa/inet.h>
 #include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include <chrono>
+#include <cstdlib>
 #include <fstream>
 #include <map>
 #include <set>
@@ -347,6 +353,100 @@ TEST(GatewayE2EStartup, BadConfigFailsWithTheKeyPath) {
             std::string::npos)
       << p->stderr_text();
   std::remove(path.c_str());
+}
+
+// ---- llama.cpp's llama-server as a real cloud tier ----------------------------
+
+// llama-server as bench/llama_cpp_build.sh builds it (scripts/test.sh does),
+// or $FSH_LLAMA_SERVER; empty when neither exists.
+std::string llama_server_binary() {
+  if (const char* set = std::getenv("FSH_LLAMA_SERVER"); set != nullptr && *set != '\0') {
+    return set;
+  }
+  const std::string built = std::string(FSH_SOURCE_DIR) + "/build/llama.cpp/bin/llama-server";
+  return access(built.c_str(), X_OK) == 0 ? built : std::string();
+}
+
+// A loopback port nothing listens on now (llama-server cannot report one it
+// chose itself).
+int unused_port() {
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof addr;
+  int port = 0;
+  if (bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0 &&
+      getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) == 0) {
+    port = ntohs(addr.sin_port);
+  }
+  close(fd);
+  return port;
+}
+
+// The gateway in front of llama.cpp's own server, on the same weights as its
+// edge: routed, streamed and legacy requests come back whole, usage counted,
+// and the greedy answer is the edge's own, token for token.
+TEST(GatewayLlamaServer, LlamaServerServesAsTheCloudTier) {
+  const std::string server = llama_server_binary();
+  if (server.empty()) {
+    GTEST_SKIP() << "llama-server is not built: run bench/llama_cpp_build.sh (scripts/test.sh does)";
+  }
+  const std::string model = shared_models_dir() + "/stories260K.gguf";
+  std::unique_ptr<Process> llama;
+  int port = 0;
+  for (int attempt = 0; attempt < 3 && !llama; ++attempt) {
+    port = unused_port();
+    auto p = Process::start({server, "-m", model, "--host", "127.0.0.1", "--port",
+                             std::to_string(port), "-c", "512", "-t", "1", "-np", "1", "--no-webui"});
+    ASSERT_TRUE(p);
+    for (int i = 0; i < 300; ++i) {
+      if (http_get(port, "/health").status == 200) {
+        llama = std::move(p);
+        break;
+      }
+      if (p->wait(std::chrono::milliseconds(100))) break;  // exited: the port was taken
+    }
+    if (!llama) ADD_FAILURE() << "llama-server did not start:\n" << p->stderr_text().substr(0, 2000);
+  }
+  ASSERT_TRUE(llama);
+  const std::string config = write_config(
+      edge_and_cloud_tiers("stories260K", "http://127.0.0.1:" + std::to_string(port) + "/v1"));
+  ServeProcess gateway({"--config", config}, model_env());
+  ASSERT_TRUE(gateway.ok()) << gateway.process().stderr_text();
+
+  const auto whole = chat(gateway.port(), chat_body(false), "cloud");
+  ASSERT_EQ(whole.status, 200) << whole.body;
+  EXPECT_EQ(whole.header("x-foreshore-tier"), "cloud");
+  const json answer = whole.json();
+  EXPECT_FALSE(answer["choices"][0]["message"]["content"].get<std::string>().empty()) << whole.body;
+  EXPECT_GT(answer["usage"]["completion_tokens"].get<int>(), 0) << whole.body;
+
+  const auto streamed = chat(gateway.port(), chat_body(true), "cloud");
+  ASSERT_EQ(streamed.status, 200) << streamed.body;
+  const Stream s = read_stream(streamed);
+  EXPECT_TRUE(s.done) << streamed.body;
+  EXPECT_TRUE(s.error.is_null()) << streamed.body;
+  EXPECT_EQ(s.text, answer["choices"][0]["message"]["content"]) << "greedy: streamed as whole";
+
+  // Raw text, no chat template on either side: the same weights, greedy,
+  // give the same tokens on llama.cpp and on the embedded engine.
+  const json legacy = {{"prompt", "Once upon a time"}, {"max_tokens", 16}, {"temperature", 0}};
+  const auto on_llama = http_post(gateway.port(), "/v1/completions", legacy.dump(),
+                                  {{"x-foreshore-tier", "cloud"}});
+  const auto on_edge = http_post(gateway.port(), "/v1/completions", legacy.dump(),
+                                 {{"x-foreshore-tier", "edge"}});
+  ASSERT_EQ(on_llama.status, 200) << on_llama.body;
+  ASSERT_EQ(on_edge.status, 200) << on_edge.body;
+  EXPECT_EQ(on_llama.json()["choices"][0]["text"], on_edge.json()["choices"][0]["text"]);
+
+  // Data that must stay on the device never reaches it: the edge answers.
+  json secret = chat_body(false);
+  secret["messages"][0]["content"] = "My SSN is 536-22-8764, write me a story";
+  const auto kept = chat(gateway.port(), secret, "");
+  ASSERT_EQ(kept.status, 200) << kept.body;
+  EXPECT_EQ(kept.header("x-foreshore-tier"), "edge");
+  std::remove(config.c_str());
 }
 
 TEST(GatewayE2EStartup, SigtermStopsCleanly) {
