@@ -42,9 +42,11 @@ if [ "$built" = 0 ]; then
   echo "llama.cpp release: $(tr -d '\n ' <"$work/package/llama/llama.cpp.info.json")"
   rm -rf "$out/src"
   git -c advice.detachedHead=false clone --quiet "$work/package/llama/gitRelease.bundle" "$out/src"
+  # No web UI: llama.cpp would fetch its prebuilt assets from the network.
   cmake -S "$out/src" -B "$out/cmake" -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=$native \
     -DBUILD_SHARED_LIBS=OFF -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF \
-    -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=ON >/dev/null
+    -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=ON \
+    -DLLAMA_BUILD_UI=OFF -DLLAMA_USE_PREBUILT_UI=OFF >/dev/null
   cmake --build "$out/cmake" -j"$(nproc)" --target "${tools[@]}" >/dev/null
   mkdir -p "$out/bin"
   for t in "${tools[@]}"; do cp "$out/cmake/bin/$t" "$out/bin/"; done
