@@ -124,6 +124,29 @@ TEST(CreateBackend, UnknownChatFormatIsRejected) {
       << r.error().message;
 }
 
+// enable_thinking false opens the reply with an empty <think></think> block
+// on a reasoning format (as Qwen3's template does), so the prompt grows by
+// it; unset keeps the model's default.
+TEST(CreateBackend, EnableThinkingFalseClosesTheThinkBlockUpFront) {
+  use_shared_models();
+  TierConfig c;
+  c.name = "edge";
+  c.kind = "embedded";
+  c.model = "stories260K";
+  c.chat_format = "qwen3";
+  auto backend = create_backend(c);
+  ASSERT_TRUE(backend.ok()) << backend.error().message;
+  BackendRequest r;
+  r.messages = {{"user", "Tell me a story"}};
+  const auto thinking = (*backend)->count_prompt_tokens(r);
+  r.params.enable_thinking = false;
+  const auto direct = (*backend)->count_prompt_tokens(r);
+  ASSERT_TRUE(thinking && direct);
+  EXPECT_GT(*direct, *thinking);
+  r.params.enable_thinking = true;
+  EXPECT_EQ((*backend)->count_prompt_tokens(r), thinking);
+}
+
 TEST(CreateBackend, ApiKeyVariableMustBeSet) {
   ::unsetenv("FSH_BACKEND_TEST_UNSET_KEY");
   TierConfig c;

@@ -521,6 +521,34 @@ TEST(RequestTest, KeepsWhatOnlyRemoteTiersRead) {
   EXPECT_EQ(schema.backend.remote_only.edge_unsupported, "response_format json_schema");
 }
 
+// chat_template_kwargs: the edge honours enable_thinking; remote tiers get
+// the object as sent; options the edge ignores are named.
+TEST(RequestTest, ChatTemplateKwargsEnableThinking) {
+  json b = chat_body();
+  b["chat_template_kwargs"] = {{"enable_thinking", false}, {"custom", 1}};
+  ApiRequest r;
+  ASSERT_FALSE(parse_chat(b, r));
+  EXPECT_EQ(r.backend.params.enable_thinking, false);
+  EXPECT_EQ(json::parse(r.backend.remote_only.other)["chat_template_kwargs"],
+            b["chat_template_kwargs"]);
+  EXPECT_EQ(r.backend.remote_only.edge_ignored, "chat_template_kwargs.custom");
+
+  b["chat_template_kwargs"] = {{"enable_thinking", true}};
+  ApiRequest on;
+  ASSERT_FALSE(parse_chat(b, on));
+  EXPECT_EQ(on.backend.params.enable_thinking, true);
+  EXPECT_EQ(on.backend.remote_only.edge_ignored, "");
+
+  ApiRequest unset;
+  ASSERT_FALSE(parse_chat(chat_body(), unset));
+  EXPECT_FALSE(unset.backend.params.enable_thinking.has_value());
+
+  b["chat_template_kwargs"] = {{"enable_thinking", "no"}};
+  expect_400(b, "chat_template_kwargs.enable_thinking", "must be true or false");
+  b["chat_template_kwargs"] = "off";
+  expect_400(b, "chat_template_kwargs", "must be an object");
+}
+
 TEST(RequestTest, MalformedBody) {
   ApiRequest r;
   auto e = parse_request(ApiKind::kChat, "{not json", r);

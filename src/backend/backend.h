@@ -85,6 +85,11 @@ struct GenerationParams {
   // through; the embedded engine produces one (the request marks n > 1 as
   // edge-unsupported so that a cloud tier serves it).
   int32_t choices = 1;
+  // chat_template_kwargs.enable_thinking (vLLM's and llama-server's name):
+  // false asks a reasoning model (Qwen3, SmolLM3) to answer without a
+  // <think> block. Unset: the model's default. Remote tiers get the field as
+  // sent.
+  std::optional<bool> enable_thinking;
 };
 
 struct BackendRequest {

@@ -320,6 +320,17 @@ void read_other_fields(const FieldReader& r, const json& doc, backend::RemoteOnl
       other[key] = value;
       continue;
     }
+    // Template options go to remote tiers as sent; the edge honours
+    // enable_thinking (read in parse_request) and names only the others.
+    if (key == "chat_template_kwargs" && value.is_object()) {
+      other[key] = value;
+      for (const auto& [option, unused] : value.items()) {
+        if (option == "enable_thinking") continue;
+        if (!ignored.empty()) ignored += ',';
+        ignored += "chat_template_kwargs." + option;
+      }
+      continue;
+    }
     if (r.was_read(key)) continue;
     other[key] = value;
     if (!ignored.empty()) ignored += ',';
@@ -690,6 +701,21 @@ std::optional<ApiError> parse_request(ApiKind kind, std::string_view body, ApiRe
     }
   }
   if (!r.ok()) return r.error();
+  if (auto kwargs = doc.find("chat_template_kwargs"); kwargs != doc.end() && !kwargs->is_null()) {
+    const auto thinking = kwargs->is_object() ? kwargs->find("enable_thinking") : kwargs->end();
+    if (!kwargs->is_object()) {
+      return invalid_request("'chat_template_kwargs' must be an object like "
+                             "{\"enable_thinking\": false}",
+                             "chat_template_kwargs");
+    }
+    if (thinking != kwargs->end() && !thinking->is_null()) {
+      if (!thinking->is_boolean()) {
+        return invalid_request("'chat_template_kwargs.enable_thinking' must be true or false",
+                               "chat_template_kwargs.enable_thinking");
+      }
+      p.enable_thinking = thinking->get<bool>();
+    }
+  }
   read_other_fields(r, doc, out.backend.remote_only);
   return std::nullopt;
 }
