@@ -438,6 +438,7 @@ TEST(GatewayLlamaServer, LlamaServerServesAsTheCloudTier) {
                                  {{"x-foreshore-tier", "edge"}});
   ASSERT_EQ(on_llama.status, 200) << on_llama.body;
   ASSERT_EQ(on_edge.status, 200) << on_edge.body;
+  EXPECT_FALSE(on_llama.json()["choices"][0]["text"].get<std::string>().empty()) << on_llama.body;
   EXPECT_EQ(on_llama.json()["choices"][0]["text"], on_edge.json()["choices"][0]["text"]);
 
   // Data that must stay on the device never reaches it: the edge answers.
