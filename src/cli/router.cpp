@@ -446,9 +446,9 @@ int eval(const EvalFlags& f) {
   if (!f.svg.empty()) {
     std::ofstream out(f.svg, std::ios::binary | std::ios::trunc);
     char title[256];
-    std::snprintf(title, sizeof title, "%s on %zu prompts (%zu subjects)",
+    std::snprintf(title, sizeof title, "%s on %zu prompts (%zu subject%s)",
                   std::filesystem::path(f.model).filename().string().c_str(), rows->size(),
-                  subjects.size());
+                  subjects.size(), subjects.size() == 1 ? "" : "s");
     out << render_svg(*m, *oracle, title);
     if (!out) {
       return fail(make_error(ErrorKind::kIo, "cannot write " + f.svg +
