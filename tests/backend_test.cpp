@@ -124,6 +124,29 @@ TEST(CreateBackend, UnknownChatFormatIsRejected) {
       << r.error().message;
 }
 
+// enable_thinking false opens the reply with an empty <think></think> block
+// on a reasoning format (as Qwen3's template does), so the prompt grows by
+// it; unset keeps the model's default.
+TEST(CreateBackend, EnableThinkingFalseClosesTheThinkBlockUpFront) {
+  use_shared_models();
+  TierConfig c;
+  c.name = "edge";
+  c.kind = "embedded";
+  c.model = "stories260K";
+  c.chat_format = "qwen3";
+  auto backend = create_backend(c);
+  ASSERT_TRUE(backend.ok()) << backend.error().message;
+  BackendRequest r;
+  r.messages = {{"user", "Tell me a story"}};
+  const auto thinking = (*backend)->count_prompt_tokens(r);
+  r.params.enable_thinking = false;
+  const auto direct = (*backend)->count_prompt_tokens(r);
+  ASSERT_TRUE(thinking && direct);
+  EXPECT_GT(*direct, *thinking);
+  r.params.enable_thinking = true;
+  EXPECT_EQ((*backend)->count_prompt_tokens(r), thinking);
+}
+
 TEST(CreateBackend, ApiKeyVariableMustBeSet) {
   ::unsetenv("FSH_BACKEND_TEST_UNSET_KEY");
   TierConfig c;
@@ -705,7 +728,8 @@ TEST_F(OpenAiBackendTest, EgressGuardRefusesBeforeSendingAndFailsClosed) {
   EXPECT_NE(r.error().message.find("no privacy policy"), std::string::npos);
 
   std::string seen;
-  guard->set_policy([&](std::string_view tier, std::span<const std::string_view> strings) {
+  guard->set_policy([&](std::string_view tier, std::span<const std::string_view> strings,
+                        const EgressClearance*) {
     EXPECT_EQ(tier, "cloud");
     for (auto s : strings) seen.append(s);
     return seen.find("classified") != std::string::npos ? std::string("found it") : std::string();
@@ -731,6 +755,49 @@ TEST_F(OpenAiBackendTest, EgressGuardRefusesBeforeSendingAndFailsClosed) {
   r = backend->generate(chat("public words"), {});
   ASSERT_TRUE(r.ok()) << r.error().message;
   EXPECT_EQ(server_.received().size(), 1u);
+}
+
+// What the router scanned need not be scanned again, but only byte for
+// byte and only as a message content or prompt: everything else in the body
+// is read, JSON inside a vouched-for content included.
+TEST(EgressClearanceTest, SkipsOnlyWhatTheRouterScannedByteForByte) {
+  EgressGuard guard;
+  std::string seen;
+  const EgressClearance* vouched = nullptr;
+  guard.set_policy([&](std::string_view, std::span<const std::string_view> strings,
+                       const EgressClearance* skipped) {
+    seen.clear();
+    for (auto s : strings) seen.append(s);
+    vouched = skipped;
+    return std::string();
+  });
+  EgressClearance cleared;
+  cleared.texts = {"first question", R"({"inner": "nested words"})", "last question"};
+  cleared.rank = 1;
+  const std::string body = json{{"messages",
+                                 {{{"role", "user"}, {"content", "first question"}},
+                                  {{"role", "assistant"}, {"content", cleared.texts[1]}},
+                                  {{"role", "user"}, {"content", "last question, edited"}},
+                                  {{"role", "user"}, {"name", "first question"}}}},
+                                {"metadata", {{"content", "last question"}, {"note", "kept"}}}}
+                               .dump();
+  ASSERT_TRUE(guard.check("cloud", body, &cleared).ok());
+  EXPECT_EQ(vouched, &cleared);
+  EXPECT_EQ(seen.find("content: first question"), std::string::npos) << seen;
+  EXPECT_NE(seen.find("inner: nested words"), std::string::npos) << "JSON inside is still read";
+  EXPECT_NE(seen.find("last question, edited"), std::string::npos) << "not byte-equal: read";
+  EXPECT_NE(seen.find("name: first question"), std::string::npos) << "not a content: read";
+  EXPECT_NE(seen.find("role: user"), std::string::npos);
+  EXPECT_NE(seen.find("note: kept"), std::string::npos);
+
+  // Nothing vouched for in the body: the policy is told nothing was skipped.
+  ASSERT_TRUE(guard.check("cloud", R"({"messages":[{"role":"user","content":"other"}]})", &cleared)
+                  .ok());
+  EXPECT_EQ(vouched, nullptr);
+  EXPECT_NE(seen.find("content: other"), std::string::npos);
+  ASSERT_TRUE(guard.check("cloud", body).ok());
+  EXPECT_EQ(vouched, nullptr);
+  EXPECT_NE(seen.find("content: first question"), std::string::npos);
 }
 
 TEST(EgressStrings, JsonInsideStringsIsReadUnescaped) {
@@ -1098,6 +1165,9 @@ TEST(OpenAiBackendPool, KeepsAtMost32IdleConnectionsAfterABurst) {
   server.set_first_byte_delay(std::chrono::milliseconds(500));
   TierConfig c = cloud_tier(server);
   c.max_concurrency = 64;
+  // A handshake the listen backlog drops is retried by the kernel after a
+  // second; on a loaded machine that happens, and it is not what this tests.
+  c.connect_timeout_ms = 10000;
   auto backend = create_backend(c);
   ASSERT_TRUE(backend.ok()) << backend.error().message;
   constexpr int kBurst = 48;

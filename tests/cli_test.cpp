@@ -233,10 +233,10 @@ TEST(CliExamples, EveryExampleConfigBuildsAGateway) {
 
 // ---- README commands --------------------------------------------------------------
 
-// The commands of the README's ```sh blocks, one per entry: continuation
-// lines joined, trailing comments cut.
-std::vector<std::string> readme_commands() {
-  std::ifstream in(fs::path(FSH_SOURCE_DIR) / "README.md");
+// The commands of a Markdown file's ```sh blocks, one per entry:
+// continuation lines joined, trailing comments cut.
+std::vector<std::string> doc_commands(const fs::path& markdown) {
+  std::ifstream in(markdown);
   std::vector<std::string> commands;
   std::string line, command;
   bool in_block = false;
@@ -302,7 +302,7 @@ TEST(ReadmeCommands, DocumentedSubsetRunsAsWritten) {
   }
   fs::create_directory_symlink(FSH_SHARED_DATA_DIR, fs::path(root.path()) / "shared" / "data");
 
-  const std::vector<std::string> commands = readme_commands();
+  const std::vector<std::string> commands = doc_commands(fs::path(FSH_SOURCE_DIR) / "README.md");
   ASSERT_GE(commands.size(), 20u) << "the README's ```sh blocks were not found";
   int ran = 0;
   for (const std::string& command : commands) {
@@ -325,6 +325,88 @@ TEST(ReadmeCommands, DocumentedSubsetRunsAsWritten) {
     EXPECT_EQ(p->wait(std::chrono::seconds(600)), 0) << command << "\n"
                                                      << p->stderr_text().substr(0, 2000);
     ++ran;
+  }
+  EXPECT_GE(ran, 15);
+}
+
+// Which commands of docs/*.md the test runs, as kReadmeRules does for the
+// README. The docs call the installed binary `foreshore`: the built one is
+// first on PATH. Shell variables (M=...) are set as the docs set them.
+constexpr ReadmeRule kDocsRules[] = {
+    {"sudo ", "installs system-wide as root; Packaging.SystemdUnitVerifies checks the unit"},
+    {"echo 'OPENAI_API_KEY", "writes a root-owned secrets file (part of the install above)"},
+    {"systemctl ", "drives a systemd service, which a test machine does not run"},
+    {"scripts/", "installs packages and builds: what CI runs"},
+    {"cmake ", "builds a second tree for the reliability suite, which CI runs itself"},
+    {"ninja ", "builds a second tree for the reliability suite, which CI runs itself"},
+    {"cd build-rel", "runs the reliability suite from that tree; CI runs the suite itself"},
+    {"FORESHORE_BINARY=", "runs the reliability suite from that tree; CI runs the suite itself"},
+    {"build/foreshore bench", "measures speed: nothing to pass or fail"},
+    {"foreshore keys",
+     "needs a Redis the config's state: section names; replicas_test makes and revokes keys the "
+     "same way"},
+    {"curl ", "calls a running gateway's admin API; replicas_test calls it the same way"},
+    {"foreshore ", nullptr},
+    {"build/foreshore ", nullptr},
+};
+
+bool is_assignment(const std::string& command) {
+  const size_t eq = command.find('=');
+  return eq != std::string::npos && eq > 0 &&
+         command.find_first_not_of("ABCDEFGHIJKLMNOPQRSTUVWXYZ_") == eq &&
+         command.find(' ') == std::string::npos;
+}
+
+// Every docs/*.md command not excused above runs as written, file by file in
+// one shell (later commands use what earlier ones wrote), in a fresh clone's
+// layout. The docs are a copy: commands there regenerate figures in docs/.
+TEST(DocsCommands, EveryDocumentedCommandRunsAsWritten) {
+  TempDir root;
+  const fs::path repo = fs::path(root.path()) / "repo";
+  fs::create_directories(repo / "build");
+  fs::create_directories(fs::path(root.path()) / "shared");
+  fs::create_symlink(foreshore_binary(), repo / "build" / "foreshore");
+  for (const char* folder : {"examples", "data", "packaging"}) {
+    fs::create_directory_symlink(fs::path(FSH_SOURCE_DIR) / folder, repo / folder);
+  }
+  fs::copy(fs::path(FSH_SOURCE_DIR) / "docs", repo / "docs", fs::copy_options::recursive);
+  fs::create_directory_symlink(FSH_SHARED_DATA_DIR, fs::path(root.path()) / "shared" / "data");
+  const char* inherited = std::getenv("PATH");
+  const std::string path =
+      (repo / "build").string() + ":" + (inherited != nullptr ? inherited : "/usr/bin:/bin");
+
+  int ran = 0;
+  for (const auto& entry : fs::directory_iterator(fs::path(FSH_SOURCE_DIR) / "docs")) {
+    if (entry.path().extension() != ".md") continue;
+    std::string script = "set -ex\n";  // -x: the failing command is the last one shown
+    for (const std::string& command : doc_commands(entry.path())) {
+      if (is_assignment(command)) {
+        script += command + "\n";
+        continue;
+      }
+      const ReadmeRule* rule = nullptr;
+      for (const ReadmeRule& r : kDocsRules) {
+        if (command.starts_with(r.prefix)) {
+          rule = &r;
+          break;
+        }
+      }
+      if (rule == nullptr) {
+        ADD_FAILURE() << entry.path().filename()
+                      << ": command with no rule in kDocsRules: " << command;
+        continue;
+      }
+      if (rule->skip_reason != nullptr) continue;
+      script += command + " >/dev/null\n";
+      ++ran;
+    }
+    auto p = Process::start({"bash", "-c", script},
+                            {"FORESHORE_MODEL_PATH=", "FORESHORE_DATA_DIR=", "PATH=" + path},
+                            repo.string());
+    ASSERT_TRUE(p);
+    EXPECT_EQ(p->wait(std::chrono::seconds(600)), 0) << entry.path().filename() << ":\n"
+                                                     << script << "\n"
+                                                     << p->stderr_text().substr(0, 3000);
   }
   EXPECT_GE(ran, 15);
 }

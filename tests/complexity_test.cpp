@@ -554,6 +554,28 @@ TEST(ComplexityData, ReadsRouteLlmCsvAndAppliesContamination) {
   fs::remove_all(dir);
 }
 
+// A list names prompts a benchmark shares with training data, so it applies
+// to every folder of the data tree, not only the one it sits in.
+TEST(ComplexityData, ContaminationListsApplyAcrossTheDataTree) {
+  const fs::path root = fs::path(foreshore::testing::temp_path("-tree")) / "router-data";
+  fs::create_directories(root / "routellm" / "mmlu");
+  fs::create_directories(root / "arena");
+  write_file((root / "routellm" / "mmlu" / "contaminated_prompts.jsonl").string(),
+             "{\"train_prompt\":\"Leaked arena prompt\",\"eval_prompt\":\"Q9\"}\n");
+  write_file((root / "arena" / "mine.jsonl").string(),
+             "{\"prompt\": \"Fresh prompt\", \"edge_ok\": true}\n"
+             "{\"prompt\": \"Leaked arena prompt\", \"edge_ok\": false}\n");
+  LoadReport report;
+  auto rows = load_labelled_prompts({(root / "arena").string()}, DataOptions{}, &report);
+  ASSERT_TRUE(rows.ok()) << rows.error().message;
+  ASSERT_EQ(rows->size(), 1u);
+  EXPECT_EQ((*rows)[0].prompt, "Fresh prompt");
+  EXPECT_EQ(report.excluded_contaminated, 1);
+  ASSERT_EQ(report.exclusion_lists.size(), 1u);
+  EXPECT_NE(report.exclusion_lists[0].find("mmlu"), std::string::npos);
+  fs::remove_all(root.parent_path());
+}
+
 TEST(ComplexityData, ReadsJsonlRouterBenchAndMtBench) {
   const fs::path dir = foreshore::testing::temp_path("-data");
   fs::create_directories(dir);

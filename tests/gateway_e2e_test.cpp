@@ -1,11 +1,18 @@
 // The gateway as users run it: real `foreshore serve` processes on loopback.
 // One serves stories260K and stands in for a cloud API; the gateway in front
 // of it has its own embedded stories260K as the edge tier. Upstream faults
-// come from the in-process FaultServer.
+// come from the in-process FaultServer; llama.cpp's llama-server serves as a
+// real third-party upstream when bench/llama_cpp_build.sh has built it.
+#include <arpa/inet.h>
 #include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include <chrono>
+#include <cstdlib>
 #include <fstream>
+#include <map>
 #include <set>
 #include <thread>
 
@@ -292,7 +299,7 @@ TEST_F(GatewayE2E, ModelsHealthReadyMetrics) {
 TEST_F(GatewayE2E, ClientErrors) {
   expect_error(http_post(port(), "/v1/chat/completions", "{nope"), 400);
   json b = chat_body(false);
-  b["n"] = 2;
+  b["n"] = 129;
   auto r = chat(port(), b, "");
   expect_error(r, 400);
   EXPECT_EQ(r.json()["error"]["param"], "n");
@@ -346,6 +353,101 @@ TEST(GatewayE2EStartup, BadConfigFailsWithTheKeyPath) {
             std::string::npos)
       << p->stderr_text();
   std::remove(path.c_str());
+}
+
+// ---- llama.cpp's llama-server as a real cloud tier ----------------------------
+
+// llama-server as bench/llama_cpp_build.sh builds it (scripts/test.sh does),
+// or $FSH_LLAMA_SERVER; empty when neither exists.
+std::string llama_server_binary() {
+  if (const char* set = std::getenv("FSH_LLAMA_SERVER"); set != nullptr && *set != '\0') {
+    return set;
+  }
+  const std::string built = std::string(FSH_SOURCE_DIR) + "/build/llama.cpp/bin/llama-server";
+  return access(built.c_str(), X_OK) == 0 ? built : std::string();
+}
+
+// A loopback port nothing listens on now (llama-server cannot report one it
+// chose itself).
+int unused_port() {
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof addr;
+  int port = 0;
+  if (bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0 &&
+      getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) == 0) {
+    port = ntohs(addr.sin_port);
+  }
+  close(fd);
+  return port;
+}
+
+// The gateway in front of llama.cpp's own server, on the same weights as its
+// edge: routed, streamed and legacy requests come back whole, usage counted,
+// and the greedy answer is the edge's own, token for token.
+TEST(GatewayLlamaServer, LlamaServerServesAsTheCloudTier) {
+  const std::string server = llama_server_binary();
+  if (server.empty()) {
+    GTEST_SKIP() << "llama-server is not built: run bench/llama_cpp_build.sh (scripts/test.sh does)";
+  }
+  const std::string model = shared_models_dir() + "/stories260K.gguf";
+  std::unique_ptr<Process> llama;
+  int port = 0;
+  for (int attempt = 0; attempt < 3 && !llama; ++attempt) {
+    port = unused_port();
+    auto p = Process::start({server, "-m", model, "--host", "127.0.0.1", "--port",
+                             std::to_string(port), "-c", "512", "-t", "1", "-np", "1", "--no-webui"});
+    ASSERT_TRUE(p);
+    for (int i = 0; i < 300; ++i) {
+      if (http_get(port, "/health").status == 200) {
+        llama = std::move(p);
+        break;
+      }
+      if (p->wait(std::chrono::milliseconds(100))) break;  // exited: the port was taken
+    }
+    if (!llama) ADD_FAILURE() << "llama-server did not start:\n" << p->stderr_text().substr(0, 2000);
+  }
+  ASSERT_TRUE(llama);
+  const std::string config = write_config(
+      edge_and_cloud_tiers("stories260K", "http://127.0.0.1:" + std::to_string(port) + "/v1"));
+  ServeProcess gateway({"--config", config}, model_env());
+  ASSERT_TRUE(gateway.ok()) << gateway.process().stderr_text();
+
+  const auto whole = chat(gateway.port(), chat_body(false), "cloud");
+  ASSERT_EQ(whole.status, 200) << whole.body;
+  EXPECT_EQ(whole.header("x-foreshore-tier"), "cloud");
+  const json answer = whole.json();
+  EXPECT_FALSE(answer["choices"][0]["message"]["content"].get<std::string>().empty()) << whole.body;
+  EXPECT_GT(answer["usage"]["completion_tokens"].get<int>(), 0) << whole.body;
+
+  const auto streamed = chat(gateway.port(), chat_body(true), "cloud");
+  ASSERT_EQ(streamed.status, 200) << streamed.body;
+  const Stream s = read_stream(streamed);
+  EXPECT_TRUE(s.done) << streamed.body;
+  EXPECT_TRUE(s.error.is_null()) << streamed.body;
+  EXPECT_EQ(s.text, answer["choices"][0]["message"]["content"]) << "greedy: streamed as whole";
+
+  // Raw text, no chat template on either side: the same weights, greedy,
+  // give the same tokens on llama.cpp and on the embedded engine.
+  const json legacy = {{"prompt", "Once upon a time"}, {"max_tokens", 16}, {"temperature", 0}};
+  const auto on_llama = http_post(gateway.port(), "/v1/completions", legacy.dump(),
+                                  {{"x-foreshore-tier", "cloud"}});
+  const auto on_edge = http_post(gateway.port(), "/v1/completions", legacy.dump(),
+                                 {{"x-foreshore-tier", "edge"}});
+  ASSERT_EQ(on_llama.status, 200) << on_llama.body;
+  ASSERT_EQ(on_edge.status, 200) << on_edge.body;
+  EXPECT_FALSE(on_llama.json()["choices"][0]["text"].get<std::string>().empty()) << on_llama.body;
+  EXPECT_EQ(on_llama.json()["choices"][0]["text"], on_edge.json()["choices"][0]["text"]);
+
+  // Data that must stay on the device never reaches it: the edge answers.
+  json secret = chat_body(false);
+  secret["messages"][0]["content"] = "My SSN is 536-22-8764, write me a story";
+  const auto kept = chat(gateway.port(), secret, "");
+  ASSERT_EQ(kept.status, 200) << kept.body;
+  EXPECT_EQ(kept.header("x-foreshore-tier"), "edge");
+  std::remove(config.c_str());
 }
 
 TEST(GatewayE2EStartup, SigtermStopsCleanly) {
@@ -773,6 +875,65 @@ TEST_F(GatewayTools, TheEdgeNeverStandsInForTools) {
   const auto failed = post(tool_request(false));
   expect_error(failed, 502);
   EXPECT_EQ(failed.header("x-foreshore-tier"), "cloud");
+}
+
+// n > 1: the edge makes one completion, so the cloud serves and every
+// choice comes back, in order, plain and streamed, chat and completions.
+TEST_F(GatewayTools, SeveralChoicesGoToTheCloudAndAllComeBack) {
+  const json chat = {{"model", "foreshore"},
+                     {"messages", {{{"role", "user"}, {"content", "name a colour"}}}},
+                     {"n", 3}};
+  const auto r = post(chat);
+  ASSERT_EQ(r.status, 200) << r.body;
+  EXPECT_EQ(r.header("x-foreshore-tier"), "cloud");
+  EXPECT_EQ(last_upstream_body()["n"], 3);
+  const json choices = r.json()["choices"];
+  ASSERT_EQ(choices.size(), 3u) << r.body;
+  EXPECT_EQ(choices[0]["message"]["content"], "echo: name a colour");
+  for (int i = 0; i < 3; ++i) {
+    EXPECT_EQ(choices[i]["index"], i);
+    EXPECT_EQ(choices[i]["finish_reason"], "stop");
+  }
+  EXPECT_EQ(choices[2]["message"]["content"], "(choice 2) echo: name a colour");
+
+  json streamed = chat;
+  streamed["stream"] = true;
+  const auto sr = post(streamed);
+  ASSERT_EQ(sr.status, 200) << sr.body;
+  const Stream s = read_stream(sr);
+  EXPECT_TRUE(s.done) << sr.body;
+  std::map<int, std::string> text, finish;
+  for (const json& chunk : s.chunks) {
+    for (const json& c : chunk["choices"]) {
+      const int index = c["index"].get<int>();
+      if (c["finish_reason"].is_string()) finish[index] = c["finish_reason"];
+      if (c.contains("delta") && c["delta"].contains("content") &&
+          c["delta"]["content"].is_string()) {
+        text[index] += c["delta"]["content"].get<std::string>();
+      }
+    }
+  }
+  ASSERT_EQ(text.size(), 3u) << sr.body;
+  EXPECT_EQ(text[0], "echo: name a colour");
+  EXPECT_EQ(text[1], "(choice 1) echo: name a colour");
+  EXPECT_EQ(text[2], "(choice 2) echo: name a colour");
+  EXPECT_EQ(finish.size(), 3u) << sr.body;
+
+  const json legacy = {{"model", "foreshore"}, {"prompt", "a haiku"}, {"n", 2}};
+  const auto lr = http_post(gw_->port(), "/v1/completions", legacy.dump());
+  ASSERT_EQ(lr.status, 200) << lr.body;
+  ASSERT_EQ(lr.json()["choices"].size(), 2u) << lr.body;
+  EXPECT_EQ(lr.json()["choices"][1]["text"], "(choice 1) echo: a haiku");
+
+  // The edge cannot stand in: forced there, or with data that must stay.
+  const auto forced = post(chat, {{"x-foreshore-tier", "edge"}});
+  expect_error(forced, 400);
+  EXPECT_NE(forced.body.find("n > 1"), std::string::npos) << forced.body;
+  const size_t sent = upstream_.received_bodies().size();
+  const auto private_data = post(chat, {{"x-foreshore-data-class", "device-only"}});
+  expect_error(private_data, 400);
+  EXPECT_EQ(upstream_.received_bodies().size(), sent);
+  expect_error(post(json{{"messages", chat["messages"]}, {"n", 129}}), 400);
 }
 
 // Fields the gateway does not read itself reach the cloud as sent; an edge

@@ -16,10 +16,12 @@
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
+#include <map>
 #include <mutex>
 #include <set>
 #include <thread>
 
+#include "serve/hybrid.h"
 #include "serve/virtual_keys.h"
 #include "support/process.h"
 #include "support/test_paths.h"
@@ -475,7 +477,7 @@ TEST(RequestTest, RejectsBadFieldsNamingThem) {
     b[key] = std::move(v);
     return b;
   };
-  expect_400(with("n", 2), "n", "'n' must be between 1 and 1 (got 2)");
+  expect_400(with("n", 129), "n", "'n' must be between 1 and 128 (got 129)");
   expect_400(with("temperature", 3), "temperature", "between 0 and 2 (got 3)");
   expect_400(with("temperature", "hot"), "temperature", "must be a number");
   expect_400(with("top_p", 1.5), "top_p", "between 0 and 1");
@@ -552,6 +554,34 @@ TEST(RequestTest, KeepsWhatOnlyRemoteTiersRead) {
   ApiRequest schema;
   ASSERT_FALSE(parse_chat(tools, schema));
   EXPECT_EQ(schema.backend.remote_only.edge_unsupported, "response_format json_schema");
+}
+
+// chat_template_kwargs: the edge honours enable_thinking; remote tiers get
+// the object as sent; options the edge ignores are named.
+TEST(RequestTest, ChatTemplateKwargsEnableThinking) {
+  json b = chat_body();
+  b["chat_template_kwargs"] = {{"enable_thinking", false}, {"custom", 1}};
+  ApiRequest r;
+  ASSERT_FALSE(parse_chat(b, r));
+  EXPECT_EQ(r.backend.params.enable_thinking, false);
+  EXPECT_EQ(json::parse(r.backend.remote_only.other)["chat_template_kwargs"],
+            b["chat_template_kwargs"]);
+  EXPECT_EQ(r.backend.remote_only.edge_ignored, "chat_template_kwargs.custom");
+
+  b["chat_template_kwargs"] = {{"enable_thinking", true}};
+  ApiRequest on;
+  ASSERT_FALSE(parse_chat(b, on));
+  EXPECT_EQ(on.backend.params.enable_thinking, true);
+  EXPECT_EQ(on.backend.remote_only.edge_ignored, "");
+
+  ApiRequest unset;
+  ASSERT_FALSE(parse_chat(chat_body(), unset));
+  EXPECT_FALSE(unset.backend.params.enable_thinking.has_value());
+
+  b["chat_template_kwargs"] = {{"enable_thinking", "no"}};
+  expect_400(b, "chat_template_kwargs.enable_thinking", "must be true or false");
+  b["chat_template_kwargs"] = "off";
+  expect_400(b, "chat_template_kwargs", "must be an object");
 }
 
 TEST(RequestTest, MalformedBody) {
@@ -741,6 +771,39 @@ class FakeBackend : public backend::Backend {
  private:
   backend::BackendInfo info_;
 };
+
+// The egress guard's policy counts the class the router found in what it
+// let the guard skip, and trusts that scan only if the same detectors made it.
+TEST(EgressVerdictTest, CountsTheRoutersClassAndDistrustsAnotherScan) {
+  auto c = parse_config(
+      "tiers:\n  edge:\n    model: tiny-edge\n"
+      "  cloud:\n    kind: openai\n    model: big-cloud\n    endpoint: http://127.0.0.1:9/v1\n",
+      "test.yaml");
+  ASSERT_TRUE(c.ok()) << c.error().message;
+  HybridSettings settings;
+  auto routing = route::router_config_from_yaml(c->routing, c->source);
+  ASSERT_TRUE(routing.ok()) << routing.error().message;
+  settings.routing = std::move(routing).value();
+  std::map<std::string, std::shared_ptr<backend::Backend>> backends = {
+      {"edge", std::make_shared<FakeBackend>("edge", backend::Placement::kDevice, "tiny-edge")},
+      {"cloud", std::make_shared<FakeBackend>("cloud", backend::Placement::kCloud, "big-cloud")}};
+  MetricsRegistry metrics;
+  auto hybrid = HybridRouter::create(settings, c->tiers, backends, metrics);
+  ASSERT_TRUE(hybrid.ok()) << hybrid.error().message;
+  const HybridRouter& h = **hybrid;
+  const std::string_view rest[] = {std::string_view("role: user")};
+
+  EXPECT_EQ(h.egress_verdict("cloud", rest, nullptr), "");
+  backend::EgressClearance cleared;
+  cleared.scanner = &h.router().sensitivity();
+  cleared.rank = static_cast<int32_t>(route::DataClass::kPublic);
+  EXPECT_EQ(h.egress_verdict("cloud", rest, &cleared), "");
+  cleared.rank = static_cast<int32_t>(route::DataClass::kDeviceOnly);
+  EXPECT_NE(h.egress_verdict("cloud", rest, &cleared).find("device-only"), std::string::npos);
+  cleared.rank = static_cast<int32_t>(route::DataClass::kPublic);
+  cleared.scanner = &cleared;  // detectors other than the ones in force
+  EXPECT_NE(h.egress_verdict("cloud", rest, &cleared).find("reloaded"), std::string::npos);
+}
 
 class GatewayTest : public ::testing::Test {
  protected:
@@ -969,7 +1032,7 @@ TEST_F(GatewayTest, MalformedAndOversizedBodies) {
   start("server:\n  max_body_bytes: 2048\n");
   auto r = http_post(port, "/v1/chat/completions", "{\"messages\": [");
   expect_error(r, 400, "invalid_request_error");
-  r = chat(json{{"messages", chat_body()["messages"]}, {"n", 3}});
+  r = chat(json{{"messages", chat_body()["messages"]}, {"n", 0}});
   expect_error(r, 400, "invalid_request_error");
   EXPECT_EQ(r.json()["error"]["param"], "n");
   json big = chat_body();

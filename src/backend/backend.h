@@ -81,6 +81,15 @@ struct GenerationParams {
   // response_format {"type": "json_object"}: the answer is one JSON object
   // (the embedded engine constrains its sampling to it).
   bool json_object = false;
+  // n: how many completions to produce for the prompt. Remote tiers pass it
+  // through; the embedded engine produces one (the request marks n > 1 as
+  // edge-unsupported so that a cloud tier serves it).
+  int32_t choices = 1;
+  // chat_template_kwargs.enable_thinking (vLLM's and llama-server's name):
+  // false asks a reasoning model (Qwen3, SmolLM3) to answer without a
+  // <think> block. Unset: the model's default. Remote tiers get the field as
+  // sent.
+  std::optional<bool> enable_thinking;
 };
 
 struct BackendRequest {
@@ -98,6 +107,9 @@ struct BackendRequest {
   std::optional<std::chrono::steady_clock::time_point> first_token_deadline;
   // Set by the caller (client disconnect, deadline) to stop the generation.
   std::shared_ptr<std::atomic<bool>> cancelled;
+  // What the router already scanned of this request, so that a cloud tier's
+  // egress guard reads only the rest; unset: the guard reads everything.
+  std::shared_ptr<const EgressClearance> egress_clearance;
 };
 
 struct TokenLogprob {
@@ -128,6 +140,11 @@ struct Delta {
   // The remote tier's other delta fields (reasoning_content, refusal, audio,
   // ...) as a JSON object, passed through; empty when none.
   std::string other;
+  // Which of the n completions (n > 1) this delta belongs to; 0 for the first.
+  int32_t choice = 0;
+  // Set on the last delta of a completion other than the first: the first
+  // one's reason is the Completion's, reported when the whole answer ends.
+  std::string finish_reason;
 };
 
 struct Completion {
@@ -145,6 +162,10 @@ struct Completion {
   std::string model_version;           // weights identity (embedded) or upstream's reported version
   double time_to_first_token_ms = 0.0;
   double total_ms = 0.0;
+  // n > 1: the completions after the first, in index order (text,
+  // finish_reason, tool_calls, message_other and logprobs are set; usage,
+  // model and timings are the first one's, which cover the whole answer).
+  std::vector<Completion> more_choices;
 };
 
 // Called with each piece of text as it is produced; return false to cancel.

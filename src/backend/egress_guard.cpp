@@ -18,12 +18,17 @@ namespace {
 class StringWalker {
  public:
   StringWalker(std::string_view text, int max_depth, int strings_deep, std::string& arena,
-               std::vector<std::pair<size_t, size_t>>& spans)
+               std::vector<std::pair<size_t, size_t>>& spans,
+               const EgressClearance* cleared = nullptr)
       : t_(text),
         max_depth_(max_depth),
         strings_deep_(strings_deep),
         arena_(arena),
-        spans_(spans) {}
+        spans_(spans),
+        cleared_(cleared) {}
+
+  // How many strings were left out because `cleared` vouched for them.
+  size_t skipped() const { return skipped_; }
 
   bool run(std::string& why) {
     skip_space();
@@ -205,6 +210,11 @@ class StringWalker {
   }
   void entry(std::string_view key, std::string_view v) {
     if (key.empty() && v.empty()) return;
+    if (is_cleared(key, v)) {
+      ++skipped_;
+      embedded(v);
+      return;
+    }
     const size_t at = arena_.size();
     if (!key.empty()) {
       arena_.append(key);
@@ -214,6 +224,27 @@ class StringWalker {
     spans_.emplace_back(at, arena_.size() - at);
     arena_ += '\0';
     embedded(v);
+  }
+  // A message content or prompt the router already scanned, byte for byte.
+  // The body holds them in the router's order, so the next one is tried
+  // first; a miss searches them all.
+  bool is_cleared(std::string_view key, std::string_view v) {
+    if (cleared_ == nullptr || strings_deep_ != 0 || v.empty() ||
+        (key != "content" && key != "prompt")) {
+      return false;
+    }
+    const std::vector<std::string>& texts = cleared_->texts;
+    if (next_cleared_ < texts.size() && texts[next_cleared_] == v) {
+      ++next_cleared_;
+      return true;
+    }
+    for (size_t k = 0; k < texts.size(); ++k) {
+      if (texts[k] == v) {
+        next_cleared_ = k + 1;
+        return true;
+      }
+    }
+    return false;
   }
   // JSON inside a string (tool-call arguments are one) is read too, so that
   // what it escapes is seen unescaped; at most a few strings deep. Text that
@@ -244,6 +275,9 @@ class StringWalker {
   std::vector<std::pair<size_t, size_t>>& spans_;
   std::string why_;
   std::deque<std::string> scratch_;
+  const EgressClearance* cleared_;
+  size_t next_cleared_ = 0;
+  size_t skipped_ = 0;
 };
 
 }  // namespace
@@ -266,7 +300,8 @@ void EgressGuard::set_policy(EgressPolicy policy) {
   policy_ = std::move(next);
 }
 
-Status EgressGuard::check(std::string_view tier, std::string_view body) const {
+Status EgressGuard::check(std::string_view tier, std::string_view body,
+                          const EgressClearance* cleared) const {
   std::shared_ptr<const EgressPolicy> policy;
   {
     std::lock_guard lock(mu_);
@@ -278,20 +313,23 @@ Status EgressGuard::check(std::string_view tier, std::string_view body) const {
         "egress guard: nothing was sent to cloud tier '" + std::string(tier) + "': " + why);
   };
   if (!policy || !*policy) return refuse("no privacy policy is installed");
-  thread_local std::string arena;
-  thread_local std::vector<std::string_view> views;
-  std::string why;
-  views.clear();
   if (body.size() > limits_.max_bytes) {
     return refuse("the body is " + std::to_string(body.size()) +
                   " bytes, above the guard's limit of " + std::to_string(limits_.max_bytes));
   }
-  if (!collect_json_strings(body, limits_.max_depth, arena, views, why)) {
+  thread_local std::string arena;
+  thread_local std::vector<std::pair<size_t, size_t>> spans;
+  arena.clear();
+  spans.clear();
+  std::string why;
+  StringWalker walker(body, limits_.max_depth, 0, arena, spans, cleared);
+  if (!walker.run(why)) {
     return refuse(why + "; a body that cannot be scanned completely is never sent");
   }
   // One text: entries end with '\0', which no detector matches across.
   const std::string_view joined(arena);
-  why = (*policy)(tier, std::span<const std::string_view>(&joined, 1));
+  why = (*policy)(tier, std::span<const std::string_view>(&joined, 1),
+                  walker.skipped() > 0 ? cleared : nullptr);
   if (!why.empty()) return refuse(why);
   return Status::Ok();
 }

@@ -8,6 +8,7 @@
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
 #include <functional>
 #include <memory>
 #include <mutex>
@@ -20,11 +21,28 @@
 
 namespace foreshore::backend {
 
+// What the router's own scan already read of a request, so that the guard
+// need not read it twice: exact copies of the message contents and prompt it
+// scanned, the strictest data class it found in all it scanned (as a rank the
+// policy understands) and which detectors did the scan. The guard skips a
+// body string only when it is byte for byte one of `texts` under the key
+// "content" or "prompt" (keys that add nothing a detector reads); every other
+// byte, JSON inside those strings included, it reads as before.
+struct EgressClearance {
+  std::vector<std::string> texts;  // in the order the body holds them
+  int32_t rank = 0;
+  const void* scanner = nullptr;
+};
+
 // Decides whether the strings found in a body may go to `tier`: empty when
-// they may, else why not (which detector, which class). Supplied by the layer
-// that owns the detectors, so this layer needs none of them.
-using EgressPolicy =
-    std::function<std::string(std::string_view tier, std::span<const std::string_view> strings)>;
+// they may, else why not (which detector, which class). `skipped` is set when
+// the guard left out strings a clearance vouched for: the policy then counts
+// its rank, and refuses when its scanner is not the one in force (the
+// configuration was reloaded in between). Supplied by the layer that owns
+// the detectors, so this layer needs none of them.
+using EgressPolicy = std::function<std::string(std::string_view tier,
+                                               std::span<const std::string_view> strings,
+                                               const EgressClearance* skipped)>;
 
 struct EgressLimits {
   size_t max_bytes = size_t{32} << 20;
@@ -52,8 +70,9 @@ class EgressGuard {
   void set_policy(EgressPolicy policy);
 
   // Ok when `body` may be sent to cloud tier `tier`; kPermissionDenied with
-  // the reason otherwise.
-  Status check(std::string_view tier, std::string_view body) const;
+  // the reason otherwise. `cleared`, when given, is what need not be read again.
+  Status check(std::string_view tier, std::string_view body,
+               const EgressClearance* cleared = nullptr) const;
 
  private:
   EgressLimits limits_;

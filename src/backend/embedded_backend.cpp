@@ -443,7 +443,8 @@ class EmbeddedBackend final : public Backend {
     std::vector<engine::ChatMessage> messages;
     messages.reserve(request.messages.size());
     for (const auto& m : request.messages) messages.push_back({m.role, m.content});
-    const std::string text = engine::render_chat(d.format, messages, true);
+    const std::string text =
+        engine::render_chat(d.format, messages, true, request.params.enable_thinking.value_or(true));
     // Chat formats mark turns with control tokens, which must parse as such.
     return tokenizer.encode(text, true, d.format != engine::ChatFormat::kPlain);
   }

@@ -557,6 +557,7 @@ class ToolCallAssembly {
 struct Exchange {
   const DeltaSink* on_delta = nullptr;
   bool streaming = false;
+  int32_t choices = 1;  // n asked for
   bool legacy = false;  // /completions rather than /chat/completions
 
   int status = 0;
@@ -621,6 +622,7 @@ class OpenAiBackend final : public Backend {
     ex.on_delta = &on_delta;
     ex.streaming = static_cast<bool>(on_delta);
     ex.legacy = request.prompt.has_value();
+    ex.choices = request.params.choices;
     std::string body = request_body(request, ex.streaming, ex.legacy);
     if (config_.placement == Placement::kCloud) {
       std::shared_ptr<const EgressGuard> guard;
@@ -628,7 +630,7 @@ class OpenAiBackend final : public Backend {
         std::lock_guard lock(guard_mu_);
         guard = guard_;
       }
-      if (guard) FSH_TRY_STATUS(guard->check(config_.name, body));
+      if (guard) FSH_TRY_STATUS(guard->check(config_.name, body, request.egress_clearance.get()));
     }
 
     // The wait for a connection has its own limit and does not count against
@@ -743,6 +745,17 @@ class OpenAiBackend final : public Backend {
         whole.other = ex.completion.message_other;
         if (!on_delta(whole)) return cancelled(ex, watch.start);
       }
+      for (size_t i = 0; ex.streaming && i < ex.completion.more_choices.size(); ++i) {
+        const Completion& more = ex.completion.more_choices[i];
+        Delta whole;
+        whole.choice = static_cast<int32_t>(i + 1);
+        whole.text = more.text;
+        whole.logprobs = more.logprobs;
+        whole.tool_calls = ToolCallAssembly::as_fragments(more.tool_calls);
+        whole.other = more.message_other;
+        whole.finish_reason = more.finish_reason.empty() ? "stop" : more.finish_reason;
+        if (!on_delta(whole)) return cancelled(ex, watch.start);
+      }
       return finish(ex, watch.start);
     }
     if (!sse.finish()) {
@@ -849,6 +862,7 @@ class OpenAiBackend final : public Backend {
     if (p.presence_penalty) body["presence_penalty"] = *p.presence_penalty;
     if (p.frequency_penalty) body["frequency_penalty"] = *p.frequency_penalty;
     if (p.seed) body["seed"] = *p.seed;
+    if (p.choices > 1) body["n"] = p.choices;
     // Not in OpenAI's API, but vLLM, llama-server and Foreshore take them
     // under these names; sent only when the client asked for them.
     if (p.top_k) body["top_k"] = *p.top_k;
@@ -922,8 +936,18 @@ class OpenAiBackend final : public Backend {
       ex.failure = malformed_sse(at, "'choices' is not an array: '" + excerpt(data) + "'");
       return false;
     }
-    if (choices->empty() || !(*choices)[0].is_object()) return true;
-    const json& choice = (*choices)[0];
+    for (size_t i = 0; i < choices->size(); ++i) {
+      const json& choice = (*choices)[i];
+      if (!choice.is_object()) continue;
+      const size_t index = choice_index(choice, i);
+      const bool delivered = index == 0 ? on_first_choice_chunk(ex, choice, data, at)
+                                        : on_more_choice_chunk(ex, choice, index);
+      if (!delivered) return false;
+    }
+    return true;
+  }
+
+  bool on_first_choice_chunk(Exchange& ex, const json& choice, std::string_view data, size_t at) {
     Delta delta;
     if (ex.legacy) {
       if (auto t = choice.find("text"); t != choice.end() && t->is_string())
@@ -963,6 +987,42 @@ class OpenAiBackend final : public Backend {
     return true;
   }
 
+  // A chunk of choice `index` > 0 (n > 1): passed on with its index, its
+  // text kept for the record; its finish_reason travels with its last delta.
+  bool on_more_choice_chunk(Exchange& ex, const json& choice, size_t index) {
+    Completion* more = more_choice(ex, index);
+    if (more == nullptr) return true;
+    Delta delta;
+    delta.choice = static_cast<int32_t>(index);
+    if (ex.legacy) {
+      if (auto t = choice.find("text"); t != choice.end() && t->is_string())
+        delta.text = t->get<std::string>();
+    } else if (auto d = choice.find("delta"); d != choice.end() && d->is_object()) {
+      if (auto c = d->find("content"); c != d->end() && c->is_string())
+        delta.text = c->get<std::string>();
+      if (auto t = d->find("tool_calls"); t != d->end() && t->is_array() && !t->empty()) {
+        delta.tool_calls = compact(*t);
+      }
+      delta.other = other_members(*d);
+    }
+    delta.logprobs = parse_logprobs(choice);
+    if (auto f = choice.find("finish_reason"); f != choice.end() && f->is_string()) {
+      delta.finish_reason = f->get<std::string>();
+      more->finish_reason = delta.finish_reason;
+    }
+    if (delta.text.empty() && delta.tool_calls.empty() && delta.other.empty() &&
+        delta.logprobs.empty() && delta.finish_reason.empty()) {
+      return true;
+    }
+    more->text += delta.text;
+    more->logprobs.insert(more->logprobs.end(), delta.logprobs.begin(), delta.logprobs.end());
+    if (!(*ex.on_delta)(delta)) {
+      ex.refused = true;
+      return false;
+    }
+    return true;
+  }
+
   Status parse_body(Exchange& ex) {
     const json j = json::parse(ex.body, nullptr, false);
     if (!j.is_object()) {
@@ -978,26 +1038,52 @@ class OpenAiBackend final : public Backend {
                         where() + ": upstream's answer has no choices: '" + excerpt(ex.body) + "'");
     }
     note_metadata(ex, j);
-    const json& choice = (*choices)[0];
-    if (ex.legacy) {
-      if (auto t = choice.find("text"); t != choice.end() && t->is_string()) {
-        ex.completion.text = t->get<std::string>();
+    for (size_t i = 0; i < choices->size(); ++i) {
+      const json& choice = (*choices)[i];
+      if (!choice.is_object()) continue;
+      const size_t index = choice_index(choice, i);
+      if (index == 0) {
+        read_choice(choice, ex.legacy, ex.completion);
+      } else if (Completion* more = more_choice(ex, index)) {
+        read_choice(choice, ex.legacy, *more);
       }
-    } else if (auto m = choice.find("message"); m != choice.end() && m->is_object()) {
-      if (auto c = m->find("content"); c != m->end() && c->is_string()) {
-        ex.completion.text = c->get<std::string>();
-      }
-      if (auto t = m->find("tool_calls"); t != m->end() && t->is_array() && !t->empty()) {
-        ex.completion.tool_calls = compact(*t);
-      }
-      ex.completion.message_other = other_members(*m);
-    }
-    ex.completion.logprobs = parse_logprobs(choice);
-    if (auto f = choice.find("finish_reason"); f != choice.end() && f->is_string()) {
-      ex.completion.finish_reason = f->get<std::string>();
     }
     ex.first_token_at = Clock::now();
     return Status::Ok();
+  }
+
+  // The index a choice states, else its position (servers that omit it).
+  static size_t choice_index(const json& choice, size_t position) {
+    const auto i = choice.find("index");
+    return i != choice.end() && i->is_number_unsigned() ? i->get<size_t>() : position;
+  }
+
+  // The completion for choice `index` > 0 of an n > 1 answer; null for an
+  // index beyond what was asked (such a choice is dropped, not trusted).
+  Completion* more_choice(Exchange& ex, size_t index) const {
+    if (index >= static_cast<size_t>(std::max(ex.choices, 1))) return nullptr;
+    if (ex.completion.more_choices.size() < index) ex.completion.more_choices.resize(index);
+    return &ex.completion.more_choices[index - 1];
+  }
+
+  static void read_choice(const json& choice, bool legacy, Completion& out) {
+    if (legacy) {
+      if (auto t = choice.find("text"); t != choice.end() && t->is_string()) {
+        out.text = t->get<std::string>();
+      }
+    } else if (auto m = choice.find("message"); m != choice.end() && m->is_object()) {
+      if (auto c = m->find("content"); c != m->end() && c->is_string()) {
+        out.text = c->get<std::string>();
+      }
+      if (auto t = m->find("tool_calls"); t != m->end() && t->is_array() && !t->empty()) {
+        out.tool_calls = compact(*t);
+      }
+      out.message_other = other_members(*m);
+    }
+    out.logprobs = parse_logprobs(choice);
+    if (auto f = choice.find("finish_reason"); f != choice.end() && f->is_string()) {
+      out.finish_reason = f->get<std::string>();
+    }
   }
 
   Completion cancelled(Exchange& ex, Clock::time_point start) {
@@ -1010,6 +1096,9 @@ class OpenAiBackend final : public Backend {
     Completion& c = ex.completion;
     if (!ex.tool_calls.empty()) c.tool_calls = ex.tool_calls.dump();
     if (c.finish_reason.empty()) c.finish_reason = "stop";
+    for (Completion& more : c.more_choices) {
+      if (more.finish_reason.empty()) more.finish_reason = "stop";
+    }
     if (!ex.saw_usage) {
       // Servers that ignore stream_options send no usage; OpenAI-style streams
       // carry one token per content chunk, the best count left.

@@ -50,8 +50,9 @@ void add_data_flags(CLI::App* cmd, DataFlags& f) {
       ->check(CLI::IsMember({"auto", "csv", "jsonl"}))
       ->capture_default_str();
   cmd->add_option("--exclude", f.exclude,
-                  "JSONL lists of prompts to leave out (a data file's sibling "
-                  "contaminated_prompts.jsonl is always applied)");
+                  "JSONL lists of prompts to leave out (every contaminated_prompts.jsonl "
+                  "in the data's router-data folder, or the folder above the data's own, "
+                  "is always applied)");
   cmd->add_option("--weak-column", f.weak_column,
                   "CSV column with the edge (weak) model's result (default: the data set's)");
   cmd->add_option("--strong-column", f.strong_column,
@@ -97,9 +98,9 @@ std::vector<std::string> distinct_subjects(const std::vector<LabelledPrompt>& ro
 void warn_about_load(const route::LoadReport& load) {
   if (load.exclusion_lists.empty()) {
     std::fprintf(stderr,
-                 "warning: no contaminated_prompts.jsonl beside the data and no "
+                 "warning: no contaminated_prompts.jsonl in the data's tree and no "
                  "--exclude given: no prompts were filtered as contaminated; pass the "
-                 "list with --exclude (RouteLLM's is in its mmlu folder)\n");
+                 "list with --exclude (RouteLLM's are in its mmlu and mt_bench folders)\n");
   }
   for (const auto& f : load.duplicate_files) {
     std::fprintf(stderr,
@@ -445,9 +446,9 @@ int eval(const EvalFlags& f) {
   if (!f.svg.empty()) {
     std::ofstream out(f.svg, std::ios::binary | std::ios::trunc);
     char title[256];
-    std::snprintf(title, sizeof title, "%s on %zu prompts (%zu subjects)",
+    std::snprintf(title, sizeof title, "%s on %zu prompts (%zu subject%s)",
                   std::filesystem::path(f.model).filename().string().c_str(), rows->size(),
-                  subjects.size());
+                  subjects.size(), subjects.size() == 1 ? "" : "s");
     out << render_svg(*m, *oracle, title);
     if (!out) {
       return fail(make_error(ErrorKind::kIo, "cannot write " + f.svg +

@@ -471,6 +471,39 @@ Status add_contaminated(const std::string& path, std::unordered_set<std::string>
   return Status::Ok();
 }
 
+// The contamination lists that apply to a data file: every
+// contaminated_prompts.jsonl in its data tree, not only its own folder's. A
+// list names prompts shared by a benchmark and the router's training data
+// (RouteLLM's MMLU and MT-Bench lists name Arena prompts), so it must keep
+// them out of whatever the model is trained or measured on. The tree is the
+// nearest folder named router-data above the file, else the folder above
+// the file's own.
+std::vector<std::string> contamination_lists_for(const std::string& file) {
+  std::error_code ec;
+  fs::path folder = fs::absolute(fs::path(file), ec).parent_path();
+  fs::path tree = folder.parent_path();
+  for (fs::path up = folder; !up.empty() && up != up.root_path(); up = up.parent_path()) {
+    if (up.filename() == "router-data") {
+      tree = up;
+      break;
+    }
+  }
+  std::vector<std::string> lists;
+  if (const fs::path own = folder / "contaminated_prompts.jsonl"; fs::exists(own, ec)) {
+    lists.push_back(own.string());
+  }
+  constexpr int kMaxDepth = 3;
+  for (auto it = fs::recursive_directory_iterator(
+           tree, fs::directory_options::skip_permission_denied, ec);
+       !ec && it != fs::recursive_directory_iterator(); it.increment(ec)) {
+    if (it.depth() >= kMaxDepth) it.disable_recursion_pending();
+    if (it->path().filename() == "contaminated_prompts.jsonl" && it->is_regular_file(ec)) {
+      lists.push_back(it->path().string());
+    }
+  }
+  return lists;
+}
+
 bool is_aux_file(const fs::path& p) {
   const std::string name = p.filename().string();
   return name == "contaminated_prompts.jsonl" || name == "question.jsonl";
@@ -717,9 +750,7 @@ Result<std::vector<LabelledPrompt>> load_labelled_prompts(const std::vector<std:
   std::unordered_set<std::string> contaminated;
   std::vector<std::string> exclusion_files = options.exclude_files;
   for (const auto& f : files) {
-    const auto sibling = fs::path(f).parent_path() / "contaminated_prompts.jsonl";
-    std::error_code ec;
-    if (fs::exists(sibling, ec)) exclusion_files.push_back(sibling.string());
+    for (auto& list : contamination_lists_for(f)) exclusion_files.push_back(std::move(list));
   }
   std::sort(exclusion_files.begin(), exclusion_files.end());
   exclusion_files.erase(std::unique(exclusion_files.begin(), exclusion_files.end()),

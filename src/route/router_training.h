@@ -48,8 +48,9 @@ struct DataOptions {
   std::string weak_model = "mistralai/Mixtral-8x7B-Instruct-v0.1";
   std::string strong_model = "gpt-4-1106-preview";
   // JSONL files of prompts never to train or evaluate on (fields eval_prompt,
-  // train_prompt or prompt). A data file's sibling contaminated_prompts.jsonl
-  // is always applied.
+  // train_prompt or prompt). Every contaminated_prompts.jsonl in a data
+  // file's tree (its router-data folder, else the folder above its own) is
+  // always applied as well.
   std::vector<std::string> exclude_files;
   // Keep only these subjects (empty: all) / drop these subjects.
   std::vector<std::string> only_subjects;
@@ -67,8 +68,8 @@ struct LoadReport {
   std::set<std::string> subjects_found;
   // Paths given more than once (directly or through a folder); read once.
   std::vector<std::string> duplicate_files;
-  // The exclusion lists applied: --exclude files and the data's sibling
-  // contaminated_prompts.jsonl files.
+  // The exclusion lists applied: --exclude files and the
+  // contaminated_prompts.jsonl files of the data's tree.
   std::vector<std::string> exclusion_lists;
 };
 

@@ -27,6 +27,15 @@ std::string outcome_of(const Result<exec::ExecutionResult>& r) {
   return "ok";
 }
 
+// The request field behind a feature the edge lacks (openai.cpp names them),
+// so that SDKs show which parameter to change.
+std::string edge_unsupported_param(std::string_view feature) {
+  if (feature == "n > 1") return "n";
+  if (feature == "tools") return "tools";
+  if (feature.starts_with("response_format")) return "response_format";
+  return "messages";
+}
+
 }  // namespace
 
 bool HybridRouter::is_routed_model(std::string_view model) {
@@ -310,16 +319,40 @@ const backend::TierConfig* HybridRouter::tier_config(std::string_view name) cons
 }
 
 std::string HybridRouter::egress_verdict(std::string_view tier,
-                                         std::span<const std::string_view> strings) const {
+                                         std::span<const std::string_view> strings,
+                                         const backend::EgressClearance* skipped) const {
   const backend::TierConfig* config = tier_config(tier);
   if (config == nullptr) return "tier '" + std::string(tier) + "' is not in the live configuration";
   const route::DataClass allowed = exec::tier_profile(*config, 0).max_data_class;
-  const route::SensitivityResult found = router_->sensitivity().scan(strings);
+  if (skipped != nullptr && skipped->scanner != &router_->sensitivity()) {
+    egress_refused_->add();
+    return "the privacy configuration was reloaded while the request was in flight; send it again";
+  }
+  route::SensitivityResult found = router_->sensitivity().scan(strings);
+  if (skipped != nullptr) {
+    const auto vouched = static_cast<route::DataClass>(skipped->rank);
+    if (vouched > found.data_class) {
+      found.data_class = vouched;
+      found.rule = "the request's messages, as routing scanned them";
+    }
+  }
   if (found.data_class <= allowed) return {};
   egress_refused_->add();
   return "the body holds data classed " + std::string(route::to_string(found.data_class)) + " (" +
          found.rule + ") and tier '" + std::string(tier) + "' may receive at most " +
          std::string(route::to_string(allowed));
+}
+
+std::shared_ptr<const backend::EgressClearance> HybridRouter::egress_clearance(
+    const route::Decision& decision, const backend::BackendRequest& request) const {
+  auto cleared = std::make_shared<backend::EgressClearance>();
+  for (const auto& m : request.messages) {
+    if (!m.content.empty()) cleared->texts.push_back(m.content);
+  }
+  if (request.prompt && !request.prompt->empty()) cleared->texts.push_back(*request.prompt);
+  cleared->rank = static_cast<int32_t>(decision.signals.sensitivity.detected);
+  cleared->scanner = &router_->sensitivity();
+  return cleared;
 }
 
 Result<route::Decision> HybridRouter::decide(const ApiRequest& api, const RouteHints& hints,
@@ -475,6 +508,7 @@ Result<route::Decision> HybridRouter::decide(const ApiRequest& api, const RouteH
                  : unsupported ? "unsupported_on_edge"
                                : "no_tier_available";
     error.message = d.plan.reason;
+    if (unsupported) error.param = edge_unsupported_param(api.backend.remote_only.edge_unsupported);
     for (const std::string* why : {&edge_down, &cloud_down}) {
       if (!why->empty()) error.message += " (" + *why + ")";
     }
@@ -510,6 +544,7 @@ Result<exec::ExecutionResult> HybridRouter::execute(const route::Decision& decis
                                                     const backend::DeltaSink& on_delta,
                                                     const exec::SourceSink& on_source) {
   backend::BackendRequest budgeted = request;
+  budgeted.egress_clearance = egress_clearance(decision, request);
   if (decision.signals.latency_budget_ms) {
     // The budget bounds every step to the first token: attempts, retries, waits.
     budgeted.first_token_deadline =

@@ -95,8 +95,13 @@ class HybridRouter {
 
   // The egress guard's policy (backend/egress_guard.h): empty when the
   // strings of a body may go to `tier`, else why not. Counts refusals.
-  std::string egress_verdict(std::string_view tier,
-                             std::span<const std::string_view> strings) const;
+  std::string egress_verdict(std::string_view tier, std::span<const std::string_view> strings,
+                             const backend::EgressClearance* skipped) const;
+
+  // What `decision`'s scan read of `request` (message contents, prompt), for
+  // the egress guard to skip: the same bytes need not be scanned twice.
+  std::shared_ptr<const backend::EgressClearance> egress_clearance(
+      const route::Decision& decision, const backend::BackendRequest& request) const;
 
   // True when `model` is a name the router answers to ("foreshore", "foreshore/<policy>").
   static bool is_routed_model(std::string_view model);

@@ -13,6 +13,9 @@ namespace {
 
 using json = nlohmann::json;
 
+// OpenAI's own limit on n.
+constexpr int32_t kMaxChoices = 128;
+
 std::string format_number(double v) {
   char buf[32];
   const int n = std::snprintf(buf, sizeof buf, "%g", v);
@@ -315,6 +318,17 @@ void read_other_fields(const FieldReader& r, const json& doc, backend::RemoteOnl
     }
     if (key == "user") {
       other[key] = value;
+      continue;
+    }
+    // Template options go to remote tiers as sent; the edge honours
+    // enable_thinking (read in parse_request) and names only the others.
+    if (key == "chat_template_kwargs" && value.is_object()) {
+      other[key] = value;
+      for (const auto& [option, unused] : value.items()) {
+        if (option == "enable_thinking") continue;
+        if (!ignored.empty()) ignored += ',';
+        ignored += "chat_template_kwargs." + option;
+      }
       continue;
     }
     if (r.was_read(key)) continue;
@@ -630,8 +644,16 @@ std::optional<ApiError> parse_request(ApiKind kind, std::string_view body, ApiRe
   if (const json* user = r.find("user"); user && user->is_string()) {
     out.user = user->get<std::string>();
   }
+  // n > 1 is passed through to a cloud tier; the embedded engine produces
+  // one completion, so such a request is not one the edge can answer.
   std::optional<int32_t> n;
-  r.integer("n", 1, 1, n);
+  r.integer("n", 1, kMaxChoices, n);
+  if (n && *n > 1) {
+    out.backend.params.choices = *n;
+    if (out.backend.remote_only.edge_unsupported.empty()) {
+      out.backend.remote_only.edge_unsupported = "n > 1";
+    }
+  }
   std::optional<int32_t> best_of;
   r.integer("best_of", 1, 1, best_of);
   if (const json* echo = r.find("echo"); echo && *echo != false) {
@@ -679,6 +701,21 @@ std::optional<ApiError> parse_request(ApiKind kind, std::string_view body, ApiRe
     }
   }
   if (!r.ok()) return r.error();
+  if (auto kwargs = doc.find("chat_template_kwargs"); kwargs != doc.end() && !kwargs->is_null()) {
+    const auto thinking = kwargs->is_object() ? kwargs->find("enable_thinking") : kwargs->end();
+    if (!kwargs->is_object()) {
+      return invalid_request("'chat_template_kwargs' must be an object like "
+                             "{\"enable_thinking\": false}",
+                             "chat_template_kwargs");
+    }
+    if (thinking != kwargs->end() && !thinking->is_null()) {
+      if (!thinking->is_boolean()) {
+        return invalid_request("'chat_template_kwargs.enable_thinking' must be true or false",
+                               "chat_template_kwargs.enable_thinking");
+      }
+      p.enable_thinking = thinking->get<bool>();
+    }
+  }
   read_other_fields(r, doc, out.backend.remote_only);
   return std::nullopt;
 }
@@ -708,18 +745,16 @@ void append_provenance(std::string& out, const Provenance& where) {
   out += '}';
 }
 
-void append_completion(std::string& out, const ApiRequest& request, std::string_view id,
-                       int64_t created, const backend::Completion& c, const Provenance& where) {
+namespace {
+
+// One entry of "choices": the message (chat) or text (completions) of one
+// of the n completions.
+void append_choice(std::string& out, const ApiRequest& request, const backend::Completion& c,
+                   size_t index) {
   const bool chat = request.kind == ApiKind::kChat;
-  out.reserve(out.size() + 512 + c.text.size() * 11 / 10);
-  out += "{\"id\":";
-  append_json_string(out, std::string(chat ? "chatcmpl-" : "cmpl-") + std::string(id));
-  out += chat ? ",\"object\":\"chat.completion\",\"created\":"
-              : ",\"object\":\"text_completion\",\"created\":";
-  out += std::to_string(created);
-  out += ",\"model\":";
-  append_json_string(out, where.model);
-  out += ",\"choices\":[{\"index\":0,";
+  out += "{\"index\":";
+  out += std::to_string(index);
+  out += ',';
   if (chat) {
     out += "\"message\":{\"role\":\"assistant\",\"content\":";
     // OpenAI sends null content beside tool calls when the model said nothing.
@@ -751,7 +786,29 @@ void append_completion(std::string& out, const ApiRequest& request, std::string_
   }
   out += ",\"finish_reason\":";
   append_json_string(out, finish_reason(c));
-  out += "}],\"usage\":";
+  out += '}';
+}
+
+}  // namespace
+
+void append_completion(std::string& out, const ApiRequest& request, std::string_view id,
+                       int64_t created, const backend::Completion& c, const Provenance& where) {
+  const bool chat = request.kind == ApiKind::kChat;
+  out.reserve(out.size() + 512 + c.text.size() * 11 / 10);
+  out += "{\"id\":";
+  append_json_string(out, std::string(chat ? "chatcmpl-" : "cmpl-") + std::string(id));
+  out += chat ? ",\"object\":\"chat.completion\",\"created\":"
+              : ",\"object\":\"text_completion\",\"created\":";
+  out += std::to_string(created);
+  out += ",\"model\":";
+  append_json_string(out, where.model);
+  out += ",\"choices\":[";
+  append_choice(out, request, c, 0);
+  for (size_t i = 0; i < c.more_choices.size(); ++i) {
+    out += ',';
+    append_choice(out, request, c.more_choices[i], i + 1);
+  }
+  out += "],\"usage\":";
   append_usage(out, c.usage);
   out += ",\"foreshore\":";
   append_provenance(out, where);
@@ -774,13 +831,15 @@ SseWriter::SseWriter(const ApiRequest& request, std::string id, int64_t created,
   append_json_string(head_, model_);
 }
 
-void SseWriter::open_chunk(std::string& out) const {
+void SseWriter::open_chunk(std::string& out, int32_t choice) const {
   out += head_;
-  out += ",\"choices\":[{\"index\":0,";
+  out += ",\"choices\":[{\"index\":";
+  out += std::to_string(choice);
+  out += ',';
 }
 
 void SseWriter::begin(std::string& out, const Provenance& where) const {
-  open_chunk(out);
+  open_chunk(out, 0);
   out += kind_ == ApiKind::kChat ? "\"delta\":{\"role\":\"assistant\",\"content\":\"\"}"
                                  : "\"text\":\"\"";
   out += ",\"logprobs\":null,\"finish_reason\":null}],\"foreshore\":";
@@ -788,10 +847,20 @@ void SseWriter::begin(std::string& out, const Provenance& where) const {
   out += "}\n\n";
 }
 
-void SseWriter::delta(std::string& out, const backend::Delta& d) const {
-  open_chunk(out);
+void SseWriter::delta(std::string& out, const backend::Delta& d) {
+  open_chunk(out, d.choice);
   if (kind_ == ApiKind::kChat) {
     out += "\"delta\":{";
+    // begin() gave the first choice its role; the others (n > 1) get theirs
+    // with their first delta, as clients that join choices by index expect.
+    if (d.choice > 0) {
+      const auto index = static_cast<size_t>(d.choice);
+      if (roles_sent_.size() <= index) roles_sent_.resize(index + 1, false);
+      if (!roles_sent_[index]) {
+        roles_sent_[index] = true;
+        out += "\"role\":\"assistant\",";
+      }
+    }
     // Content when there is some, or when nothing else is in the delta.
     const bool content = !d.text.empty() || (d.tool_calls.empty() && d.other.empty());
     if (content) {
@@ -820,12 +889,18 @@ void SseWriter::delta(std::string& out, const backend::Delta& d) const {
       out += "null";
     }
   }
-  out += ",\"finish_reason\":null}]}\n\n";
+  out += ",\"finish_reason\":";
+  if (d.finish_reason.empty()) {
+    out += "null";
+  } else {
+    append_json_string(out, d.finish_reason);
+  }
+  out += "}]}\n\n";
 }
 
 void SseWriter::finish(std::string& out, const backend::Completion& c,
                        const Provenance& where) const {
-  open_chunk(out);
+  open_chunk(out, 0);
   out += kind_ == ApiKind::kChat ? "\"delta\":{}" : "\"text\":\"\"";
   out += ",\"logprobs\":null,\"finish_reason\":";
   append_json_string(out, finish_reason(c));

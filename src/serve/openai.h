@@ -7,6 +7,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "backend/backend.h"
 #include "common/json_text.h"
@@ -74,7 +75,7 @@ class SseWriter {
   SseWriter(const ApiRequest& request, std::string id, int64_t created, std::string model);
   // Opens the stream (chat: the assistant role) with the provenance object.
   void begin(std::string& out, const Provenance& where) const;
-  void delta(std::string& out, const backend::Delta& delta) const;
+  void delta(std::string& out, const backend::Delta& delta);
   // The chunk with finish_reason and provenance, the usage chunk when asked
   // for, then [DONE].
   void finish(std::string& out, const backend::Completion& completion,
@@ -83,7 +84,7 @@ class SseWriter {
   static void error(std::string& out, const ApiError& error);
 
  private:
-  void open_chunk(std::string& out) const;
+  void open_chunk(std::string& out, int32_t choice) const;
 
   ApiKind kind_;
   bool include_usage_;
@@ -91,6 +92,8 @@ class SseWriter {
   std::string id_;
   std::string model_;
   std::string head_;  // the fields every chunk starts with, pre-rendered
+  // n > 1: which choices have had their role ("assistant") sent.
+  std::vector<bool> roles_sent_;
 };
 
 }  // namespace foreshore::serve

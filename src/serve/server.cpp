@@ -371,10 +371,11 @@ struct Gateway::Impl {
   std::vector<std::weak_ptr<StreamState>> streams;
 
   explicit Impl(GatewayConfig c) : config(std::move(c)) {
-    egress->set_policy([this](std::string_view tier, std::span<const std::string_view> strings) {
+    egress->set_policy([this](std::string_view tier, std::span<const std::string_view> strings,
+                              const backend::EgressClearance* skipped) {
       auto dep = deployment();
       if (!dep || !dep->hybrid) return std::string("no configuration is loaded yet");
-      return dep->hybrid->egress_verdict(tier, strings);
+      return dep->hybrid->egress_verdict(tier, strings, skipped);
     });
     std::random_device rd;
     char buf[16];

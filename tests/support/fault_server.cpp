@@ -71,6 +71,8 @@ struct Answer {
   bool logprobs = false;
   int top_logprobs = 0;
   bool include_usage = false;
+  // n: choice i > 0 answers "(choice i) " before the same words.
+  int choices = 1;
   // A tool call instead of text, when the request offered tools.
   std::string tool_name;
   std::string tool_arguments;
@@ -82,8 +84,16 @@ struct Answer {
             {"function", {{"name", tool_name}, {"arguments", tool_arguments}}}};
   }
 
+  std::vector<std::string> pieces_of(int choice) const {
+    if (choice == 0) return pieces;
+    std::vector<std::string> out = {"(choice " + std::to_string(choice) + ") "};
+    out.insert(out.end(), pieces.begin(), pieces.end());
+    return out;
+  }
+
   json usage() const {
-    const int completion = static_cast<int>(pieces.size());
+    int completion = 0;
+    for (int i = 0; i < choices; ++i) completion += static_cast<int>(pieces_of(i).size());
     return {{"prompt_tokens", prompt_tokens},
             {"completion_tokens", completion},
             {"total_tokens", prompt_tokens + completion}};
@@ -96,13 +106,29 @@ struct Answer {
             {"model", model}};
   }
 
-  std::string text() const {
+  std::string text(int choice = 0) const {
     std::string out;
-    for (const auto& p : pieces) out += p;
+    for (const auto& p : pieces_of(choice)) out += p;
     return out;
   }
 
   json whole() const {
+    json out = base(legacy ? "text_completion" : "chat.completion");
+    out["choices"] = json::array({whole_choice()});
+    for (int i = 1; i < choices; ++i) {
+      json more = {{"index", i}, {"finish_reason", finish_reason}, {"logprobs", nullptr}};
+      if (legacy) {
+        more["text"] = text(i);
+      } else {
+        more["message"] = {{"role", "assistant"}, {"content", text(i)}};
+      }
+      out["choices"].push_back(std::move(more));
+    }
+    out["usage"] = usage();
+    return out;
+  }
+
+  json whole_choice() const {
     json choice = {{"index", 0}, {"finish_reason", finish_reason}};
     if (legacy) {
       choice["text"] = text();
@@ -119,10 +145,7 @@ struct Answer {
         content.push_back(chat_logprob(pieces[i], i, top_logprobs));
       choice["logprobs"] = logprobs ? json{{"content", content}} : json(nullptr);
     }
-    json out = base(legacy ? "text_completion" : "chat.completion");
-    out["choices"] = json::array({choice});
-    out["usage"] = usage();
-    return out;
+    return choice;
   }
 
   // The streamed events: one per piece, then the finish, the usage and [DONE].
@@ -174,16 +197,34 @@ struct Answer {
       json chunk = base(object);
       chunk["choices"] = json::array({choice});
       out.push_back(sse(chunk));
+      // The other choices' pieces interleave with the first's, as OpenAI's do.
+      for (int c = 1; c < choices; ++c) {
+        const std::vector<std::string> more = pieces_of(c);
+        const size_t from = i == 0 ? 0 : i + 1;
+        for (size_t k = from; k <= i + 1 && k < more.size(); ++k) {
+          json piece = {{"index", c}, {"finish_reason", nullptr}, {"logprobs", nullptr}};
+          if (legacy) {
+            piece["text"] = more[k];
+          } else {
+            piece["delta"] = {{"content", more[k]}};
+          }
+          json more_chunk = base(object);
+          more_chunk["choices"] = json::array({piece});
+          out.push_back(sse(more_chunk));
+        }
+      }
     }
-    json last = base(object);
-    json choice = {{"index", 0}, {"finish_reason", finish_reason}};
-    if (legacy) {
-      choice["text"] = "";
-    } else {
-      choice["delta"] = json::object();
+    for (int c = 0; c < choices; ++c) {
+      json last = base(object);
+      json choice = {{"index", c}, {"finish_reason", finish_reason}};
+      if (legacy) {
+        choice["text"] = "";
+      } else {
+        choice["delta"] = json::object();
+      }
+      last["choices"] = json::array({choice});
+      out.push_back(sse(last));
     }
-    last["choices"] = json::array({choice});
-    out.push_back(sse(last));
     if (include_usage) {
       json tail = base(object);
       tail["choices"] = json::array();
@@ -479,6 +520,9 @@ void FaultServer::handle(const httplib::Request& req, httplib::Response& res, bo
   } else {
     answer.logprobs = body.value("logprobs", false);
     answer.top_logprobs = body.value("top_logprobs", 0);
+  }
+  if (auto n = body.find("n"); n != body.end() && n->is_number_integer() && answer.tool_name.empty()) {
+    answer.choices = std::max(1, n->get<int>());
   }
   const bool stream = body.value("stream", false);
   if (auto so = body.find("stream_options"); so != body.end() && so->is_object()) {
