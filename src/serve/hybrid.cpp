@@ -184,6 +184,11 @@ double completion_cost_usd(const backend::TierConfig& tier, const backend::Usage
          1e6;
 }
 
+void HybridRouter::set_memory_pressure_level(std::optional<int> level) {
+  memory_->set_simulated_level(level);
+  memory_level_->set(memory_->sample_now().level);
+}
+
 void HybridRouter::collect_metrics() {
   for (const auto& t : tiers_) {
     metrics_

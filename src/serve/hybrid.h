@@ -89,6 +89,10 @@ class HybridRouter {
   std::string_view breaker_state(const std::string& tier) const {
     return exec::to_string(executor_->breaker_state(tier));
   }
+  // An embedding app's own memory-pressure level (0 none .. 3 critical)
+  // replaces the measured one until reset with nullopt; applied at once.
+  void set_memory_pressure_level(std::optional<int> level);
+
   // Online router learning (routing.learning); null when off.
   RouterLearning* learning() const { return learning_.get(); }
   const backend::TierConfig* tier_config(std::string_view name) const;

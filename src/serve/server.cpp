@@ -366,6 +366,9 @@ struct Gateway::Impl {
   // On every tier: cloud tiers check each body they send against the live
   // deployment's detectors (a reload's new rules apply at once).
   std::shared_ptr<backend::EgressGuard> egress = std::make_shared<backend::EgressGuard>();
+  std::function<void(std::string_view)> log_sink;  // empty: stderr
+  // The embedding app's memory-pressure level, kept over reloads (live_mu).
+  std::optional<int> app_memory_level;
   // Running streams, for end_streams() at shutdown.
   std::mutex streams_mu;
   std::vector<std::weak_ptr<StreamState>> streams;
@@ -708,9 +711,15 @@ struct Gateway::Impl {
       if (outcome != nullptr && outcome->degraded) {
         extra += " degraded=\"" + outcome->degraded_reason + "\"";
       }
-      std::fprintf(stderr, "req %.*s %s tier=%s status=%d %.1fms%s\n", static_cast<int>(id.size()),
-                   id.data(), endpoint, tier ? tier->config.name.c_str() : "-", status, ms,
-                   extra.c_str());
+      char line[512];
+      std::snprintf(line, sizeof line, "req %.*s %s tier=%s status=%d %.1fms%s",
+                    static_cast<int>(id.size()), id.data(), endpoint,
+                    tier ? tier->config.name.c_str() : "-", status, ms, extra.c_str());
+      if (log_sink) {
+        log_sink(line);
+      } else {
+        std::fprintf(stderr, "%s\n", line);
+      }
     }
   }
 
@@ -745,6 +754,19 @@ struct Gateway::Impl {
       record(server, nullptr, kind, 401, start, nullptr, id);
       return;
     }
+    generate(kind, req, body, res, start, std::move(id), std::move(dep), std::move(active_request),
+             {});
+  }
+
+  // Everything after the body is read and the client admitted: parse, route,
+  // run, answer into `res`. With `in_process` set (Gateway::chat) the answer
+  // is never streamed over HTTP: the deltas go to it while the completion is
+  // built, and the whole answer is still written to `res`.
+  void generate(ApiKind kind, const httplib::Request& req, const std::string& body,
+                httplib::Response& res, Clock::time_point start, std::string id,
+                std::shared_ptr<Deployment> dep, ActiveRequest active_request,
+                const backend::DeltaSink& in_process) {
+    const ServerConfig& server = dep ? dep->config.server : config.server;
     if (!dep) {
       send_error(res, not_ready());
       record(server, nullptr, kind, 503, start, nullptr, id);
@@ -825,13 +847,14 @@ struct Gateway::Impl {
     res.set_header("x-foreshore-plan", std::string(route::to_string(decision.plan.kind)));
     res.set_header("x-foreshore-policy", std::string(route::to_string(decision.policy)));
 
+    if (in_process) api.stream = false;
     if (api.stream) {
       stream(dep, std::move(active_request), kind, tier, std::move(api), std::move(hints),
              std::move(decision), std::move(id), start, res);
       return;
     }
 
-    auto result = hybrid->execute(decision, api.backend, {});
+    auto result = hybrid->execute(decision, api.backend, in_process);
     in_flight.fetch_sub(1, std::memory_order_acq_rel);
     if (!result.ok()) {
       const backend::BackendInfo& info = tier.backend->info();
@@ -1368,6 +1391,7 @@ struct Gateway::Impl {
     std::shared_ptr<Deployment> old;
     {
       std::lock_guard lock(live_mu);
+      if (app_memory_level) dep->hybrid->set_memory_pressure_level(app_memory_level);
       old = std::exchange(live, std::move(dep));
     }
     // `old` is released here or by the last request still using it.
@@ -1538,6 +1562,43 @@ Result<std::string> Gateway::explain_route(
                                 (e->code.empty() ? "" : " " + e->code) + ": " + e->message);
   }
   return out;
+}
+
+Gateway::Reply Gateway::chat(const std::string& body,
+                             const std::vector<std::pair<std::string, std::string>>& headers,
+                             const backend::DeltaSink& on_delta) {
+  const auto start = Clock::now();
+  ActiveRequest active_request(impl_->active);
+  httplib::Request req;
+  for (const auto& [name, value] : headers) req.headers.emplace(name, value);
+  httplib::Response res;
+  std::string id = impl_->new_id();
+  res.set_header("x-foreshore-decision-id", id);
+  const backend::DeltaSink sink =
+      on_delta ? on_delta : backend::DeltaSink([](const backend::Delta&) { return true; });
+  impl_->generate(ApiKind::kChat, req, body, res, start, std::move(id), impl_->deployment(),
+                  std::move(active_request), sink);
+  Reply reply;
+  reply.status = res.status == -1 ? 200 : res.status;  // httplib's "not set": 200 when sent
+  for (const auto& [name, value] : res.headers) reply.headers.emplace_back(name, value);
+  reply.body = std::move(res.body);
+  return reply;
+}
+
+Status Gateway::set_memory_pressure_level(std::optional<int> level) {
+  if (level && (*level < 0 || *level > 3)) {
+    return make_error(ErrorKind::kInvalidArgument,
+                      "memory-pressure level " + std::to_string(*level) +
+                          " is out of range; pass 0 (none) to 3 (critical), or none to measure");
+  }
+  std::lock_guard lock(impl_->live_mu);
+  impl_->app_memory_level = level;
+  if (impl_->live) impl_->live->hybrid->set_memory_pressure_level(level);
+  return {};
+}
+
+void Gateway::set_log_sink(std::function<void(std::string_view line)> sink) {
+  impl_->log_sink = std::move(sink);
 }
 
 bool Gateway::ready() const {
