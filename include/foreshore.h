@@ -94,8 +94,8 @@ typedef struct foreshore_model foreshore_model;
 typedef bool (*foreshore_progress_callback)(float progress, void* user_data);
 
 typedef struct foreshore_model_params {
-  int32_t threads;        /* 0: one per core */
-  int32_t context_length; /* 0: the model's own */
+  int32_t threads;                      /* 0: one per core */
+  int32_t context_length;               /* 0: the model's own */
   foreshore_progress_callback progress; /* NULL: none */
   void* progress_user_data;
 } foreshore_model_params;
@@ -116,12 +116,12 @@ FORESHORE_API void foreshore_model_free(foreshore_model* model);
 typedef bool (*foreshore_token_callback)(const char* text, size_t length, void* user_data);
 
 typedef struct foreshore_generate_params {
-  int32_t max_tokens;  /* default 256; <= 0: until the end of text or a full context */
-  float temperature;   /* default 0.8; 0: greedy */
-  float top_p;         /* default 0.95; 1: off */
-  int32_t top_k;       /* default 40; 0: off */
-  uint64_t seed;       /* default 0 */
-  bool chat;           /* default true: wrap the prompt in the model's chat template as one user turn */
+  int32_t max_tokens; /* default 256; <= 0: until the end of text or a full context */
+  float temperature;  /* default 0.8; 0: greedy */
+  float top_p;        /* default 0.95; 1: off */
+  int32_t top_k;      /* default 40; 0: off */
+  uint64_t seed;      /* default 0 */
+  bool chat; /* default true: wrap the prompt in the model's chat template as one user turn */
   foreshore_token_callback on_token; /* NULL: none */
   void* user_data;
 } foreshore_generate_params;
@@ -151,7 +151,9 @@ typedef struct foreshore_hybrid_params {
    * keys about the HTTP listener are accepted and ignored. */
   const char* config_yaml;
   const char* config_path;
-  foreshore_log_callback log; /* request and tier log lines; NULL: stderr */
+  /* One line per request (tier, status, time, plan); NULL: stderr. Tier
+   * and memory-pressure notices still go to stderr in this version. */
+  foreshore_log_callback log;
   void* log_user_data;
 } foreshore_hybrid_params;
 

@@ -74,13 +74,13 @@ FORESHORE_API foreshore_status foreshore_hybrid_create(const foreshore_hybrid_pa
                 "config_path (a file)");
   }
   try {
-    auto config =
-        params->config_path != nullptr
-            ? serve::load_config(params->config_path)
-            : serve::parse_config(params->config_yaml, "foreshore_hybrid_params.config_yaml");
-    if (!config.ok()) return fail(config.error());
+    auto parsed = params->config_path != nullptr
+                      ? foreshore::config::load_config(params->config_path)
+                      : foreshore::config::parse_config(params->config_yaml,
+                                                        "foreshore_hybrid_params.config_yaml");
+    if (!parsed.ok()) return fail(parsed.error());
     auto handle = std::make_unique<foreshore_hybrid>();
-    handle->gateway = std::make_unique<serve::Gateway>(std::move(config).value());
+    handle->gateway = std::make_unique<serve::Gateway>(std::move(parsed).value());
     if (params->log != nullptr) {
       const foreshore_log_callback log = params->log;
       void* user_data = params->log_user_data;

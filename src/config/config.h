@@ -14,7 +14,7 @@
 #include "backend/backend.h"
 #include "common/result.h"
 
-namespace foreshore::serve {
+namespace foreshore::config {
 
 struct ServerConfig {
   std::string host = "127.0.0.1";  // loopback unless the operator opts in
@@ -97,4 +97,4 @@ Result<GatewayConfig> config_from_flags(const FlagConfig& flags);
 // reported, one per line, as "SOURCE: key.path: problem".
 Status validate_config(const GatewayConfig& config);
 
-}  // namespace foreshore::serve
+}  // namespace foreshore::config

@@ -104,7 +104,7 @@ class HybridRouter {
   std::unique_ptr<observe::AuditStore> audit_;
   std::unique_ptr<observe::MemoryPressureMonitor> memory_;
   std::unique_ptr<observe::VersionRegistry> versions_;
-  std::unique_ptr<observe::ShadowSampler> shadow_;
+  std::unique_ptr<exec::ShadowSampler> shadow_;
   std::unique_ptr<RouterLearning> learning_;  // after shadow_: its verdicts feed it
   std::mutex decision_log_mu_;
   std::FILE* decision_log_ = nullptr;

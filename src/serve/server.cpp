@@ -306,7 +306,7 @@ class ElasticPool : public httplib::TaskQueue {
 // builds a new one and swaps it in whole; requests keep the one they started
 // with until they end, so none sees half of each.
 struct Deployment {
-  GatewayConfig config;
+  config::GatewayConfig config;
   std::vector<Tier> tiers;
   std::unordered_map<std::string, size_t> by_model;  // tier names, aliases, model ids
   size_t default_tier = 0;
@@ -343,7 +343,7 @@ class ActiveRequest {
 }  // namespace
 
 struct Gateway::Impl {
-  const GatewayConfig config;  // as started; server.host/port/limits stay in force
+  const config::GatewayConfig config;  // as started; server.host/port/limits stay in force
   httplib::Server http;
   MetricsRegistry metrics;
   mutable std::mutex live_mu;
@@ -373,7 +373,7 @@ struct Gateway::Impl {
   std::mutex streams_mu;
   std::vector<std::weak_ptr<StreamState>> streams;
 
-  explicit Impl(GatewayConfig c) : config(std::move(c)) {
+  explicit Impl(config::GatewayConfig c) : config(std::move(c)) {
     egress->set_policy([this](std::string_view tier, std::span<const std::string_view> strings) {
       auto dep = deployment();
       if (!dep || !dep->hybrid) return std::string("no configuration is loaded yet");
@@ -412,7 +412,7 @@ struct Gateway::Impl {
   }
 
   void setup_routes() {
-    const ServerConfig& s = config.server;
+    const config::ServerConfig& s = config.server;
     const size_t workers = s.worker_threads > 0
                                ? static_cast<size_t>(s.worker_threads)
                                : static_cast<size_t>(s.max_concurrent_requests) + 64;
@@ -619,7 +619,7 @@ struct Gateway::Impl {
     res.set_header("Content-Type", kJson);
   }
 
-  static bool check_auth(const ServerConfig& server, const httplib::Request& req,
+  static bool check_auth(const config::ServerConfig& server, const httplib::Request& req,
                          httplib::Response& res) {
     const auto& keys = server.api_keys;
     if (keys.empty()) return true;
@@ -682,7 +682,7 @@ struct Gateway::Impl {
 
   // `server`: the configuration the request ran under (it says whether to log).
   // `outcome`: how a routed request ran, named in the log line (plan, degradation).
-  void record(const ServerConfig& server, const Tier* tier, ApiKind kind, int status,
+  void record(const config::ServerConfig& server, const Tier* tier, ApiKind kind, int status,
               Clock::time_point start, const backend::Completion* completion, std::string_view id,
               const exec::ExecutionResult* outcome = nullptr, std::string_view plan = {}) {
     const double ms = ms_since(start);
@@ -735,7 +735,7 @@ struct Gateway::Impl {
     res.set_header("x-foreshore-decision-id", id);
     // The configuration this request runs under, even if a reload happens meanwhile.
     std::shared_ptr<Deployment> dep = deployment();
-    const ServerConfig& server = dep ? dep->config.server : config.server;
+    const config::ServerConfig& server = dep ? dep->config.server : config.server;
     if (draining.load()) {
       res.set_header("Connection", "close");
       send_error(res, shutting_down());
@@ -766,7 +766,7 @@ struct Gateway::Impl {
                 httplib::Response& res, Clock::time_point start, std::string id,
                 std::shared_ptr<Deployment> dep, ActiveRequest active_request,
                 const backend::DeltaSink& in_process) {
-    const ServerConfig& server = dep ? dep->config.server : config.server;
+    const config::ServerConfig& server = dep ? dep->config.server : config.server;
     if (!dep) {
       send_error(res, not_ready());
       record(server, nullptr, kind, 503, start, nullptr, id);
@@ -1231,12 +1231,12 @@ struct Gateway::Impl {
   // At start (`starting`), an embedded tier whose model fails to load is kept
   // as an unavailable tier so the others still serve; on reload such a
   // failure rejects the new configuration instead.
-  Result<std::shared_ptr<Deployment>> build_deployment(GatewayConfig cfg,
+  Result<std::shared_ptr<Deployment>> build_deployment(config::GatewayConfig cfg,
                                                        const BackendFactory& factory,
                                                        const Deployment* previous, bool starting) {
     auto dep = std::make_shared<Deployment>();
     dep->config = std::move(cfg);
-    const GatewayConfig& c = dep->config;
+    const config::GatewayConfig& c = dep->config;
     std::vector<Tier>& loaded = dep->tiers;
     loaded.reserve(c.tiers.size());
     for (const auto& tc : c.tiers) {
@@ -1361,10 +1361,10 @@ struct Gateway::Impl {
     return Status::Ok();
   }
 
-  Status reload(GatewayConfig next, const BackendFactory& factory) {
+  Status reload(config::GatewayConfig next, const BackendFactory& factory) {
     std::vector<std::string> ignored;
-    const ServerConfig& a = config.server;
-    const ServerConfig& b = next.server;
+    const config::ServerConfig& a = config.server;
+    const config::ServerConfig& b = next.server;
     if (a.host != b.host) ignored.push_back("server.host");
     if (a.port != b.port && b.port != 0) ignored.push_back("server.port");
     if (a.max_body_bytes != b.max_body_bytes) ignored.push_back("server.max_body_bytes");
@@ -1452,14 +1452,14 @@ struct Gateway::Impl {
   }
 };
 
-Gateway::Gateway(GatewayConfig config) : impl_(std::make_unique<Impl>(std::move(config))) {}
+Gateway::Gateway(config::GatewayConfig config) : impl_(std::make_unique<Impl>(std::move(config))) {}
 
 Gateway::~Gateway() {
   stop();
 }
 
 Result<int> Gateway::bind() {
-  const ServerConfig& s = impl_->config.server;
+  const config::ServerConfig& s = impl_->config.server;
   int port = s.port;
   if (port == 0) {
     port = impl_->http.bind_to_any_port(s.host);
@@ -1488,7 +1488,7 @@ Status Gateway::load_tiers(const BackendFactory& factory) {
   return impl_->load_tiers(factory);
 }
 
-Status Gateway::reload(Result<GatewayConfig> config, const BackendFactory& factory) {
+Status Gateway::reload(Result<config::GatewayConfig> config, const BackendFactory& factory) {
   if (!config.ok()) {
     impl_->reloads_failed->add();
     return config.error();
@@ -1604,7 +1604,7 @@ void Gateway::set_log_sink(std::function<void(std::string_view line)> sink) {
 bool Gateway::ready() const {
   return impl_->ready.load(std::memory_order_acquire);
 }
-const GatewayConfig& Gateway::config() const {
+const config::GatewayConfig& Gateway::config() const {
   return impl_->config;
 }
 MetricsRegistry& Gateway::metrics() {

@@ -12,7 +12,7 @@
 
 #include "backend/backend.h"
 #include "common/result.h"
-#include "serve/config.h"
+#include "config/config.h"
 #include "serve/metrics.h"
 
 namespace foreshore::serve {
@@ -22,7 +22,7 @@ using BackendFactory =
 
 class Gateway {
  public:
-  explicit Gateway(GatewayConfig config);
+  explicit Gateway(config::GatewayConfig config);
   ~Gateway();
   Gateway(const Gateway&) = delete;
   Gateway& operator=(const Gateway&) = delete;
@@ -42,7 +42,7 @@ class Gateway {
   // worker_idle_timeout_ms need a restart.
   // A config that could not be read or validated is passed as its error, so
   // that it is counted (foreshore_config_reloads_total{outcome="failed"}).
-  Status reload(Result<GatewayConfig> config,
+  Status reload(Result<config::GatewayConfig> config,
                 const BackendFactory& factory = backend::create_backend);
   // Graceful shutdown, first step: new requests get 503 "shutting_down" (and
   // /readyz 503) while those already running go on; stop() once
@@ -93,7 +93,7 @@ class Gateway {
   void set_log_sink(std::function<void(std::string_view line)> sink);
 
   bool ready() const;
-  const GatewayConfig& config() const;
+  const config::GatewayConfig& config() const;
   MetricsRegistry& metrics();
 
  private:
