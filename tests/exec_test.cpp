@@ -5,7 +5,12 @@
 
 #include <gtest/gtest.h>
 
+#include <atomic>
+#include <chrono>
 #include <filesystem>
+#include <future>
+#include <mutex>
+#include <thread>
 
 #include "support/fault_server.h"
 #include "support/test_paths.h"
@@ -280,6 +285,294 @@ TEST(Similarity, Words) {
   EXPECT_DOUBLE_EQ(answer_similarity("The cat sat.", "the CAT sat"), 1.0);
   EXPECT_DOUBLE_EQ(answer_similarity("a b", "c d"), 0.0);
   EXPECT_NEAR(answer_similarity("a b c", "a b d"), 0.5, 1e-9);
+}
+
+// ---------------------------------------------------------------- shadow
+
+using namespace std::chrono_literals;
+
+ShadowJob job(route::DataClass data_class, const std::string& id = "r") {
+  ShadowJob j;
+  j.request_id = id;
+  j.data_class = data_class;
+  j.messages = {{"user", "What is the capital of France?"}};
+  j.edge_answer = "Paris.";
+  j.edge_model_version = "edge-v1";
+  return j;
+}
+
+ShadowRunner echo_runner(std::atomic<int>& calls) {
+  return [&calls](const ShadowJob& j) -> Result<ShadowAnswer> {
+    ++calls;
+    return ShadowAnswer{j.edge_answer, "cloud-v1"};
+  };
+}
+
+TEST(ShadowTest, DeviceOnlyJobsAreNeverAccepted) {
+  std::atomic<int> calls{0};
+  std::mutex mu;
+  std::vector<std::string> seen_by_cloud;
+  ShadowSampler sampler(
+      {.fraction = 1.0,
+       .rate_per_second = 0,
+       .queue_capacity = 1000,
+       .data_classes = {route::DataClass::kPublic, route::DataClass::kPreferLocal,
+                        route::DataClass::kContractual, route::DataClass::kDeviceOnly},
+       .seed = 1},
+      [&](const ShadowJob& j) -> Result<ShadowAnswer> {
+        ++calls;
+        std::lock_guard lock(mu);
+        seen_by_cloud.push_back(j.request_id);
+        return ShadowAnswer{j.edge_answer, "cloud-v1"};
+      });
+  for (int i = 0; i < 200; ++i) {
+    EXPECT_FALSE(sampler.maybe_submit(job(route::DataClass::kDeviceOnly, "secret")));
+  }
+  ShadowJob unset;  // a job whose class nobody set counts as device-only
+  unset.request_id = "unset";
+  EXPECT_FALSE(sampler.maybe_submit(unset));
+  EXPECT_TRUE(sampler.maybe_submit(job(route::DataClass::kPublic, "public")));
+  ASSERT_TRUE(sampler.wait_idle(5s));
+  const ShadowCounters c = sampler.counters();
+  EXPECT_EQ(c.refused_device_only, 201u);
+  EXPECT_EQ(c.accepted, 1u);
+  EXPECT_EQ(calls.load(), 1);
+  EXPECT_EQ(seen_by_cloud, std::vector<std::string>{"public"});
+}
+
+TEST(ShadowTest, OnlyPublicDataIsShadowedByDefault) {
+  std::atomic<int> calls{0};
+  ShadowSampler sampler({.fraction = 1.0, .rate_per_second = 0, .seed = 1}, echo_runner(calls));
+  EXPECT_FALSE(sampler.maybe_submit(job(route::DataClass::kContractual)));
+  EXPECT_FALSE(sampler.maybe_submit(job(route::DataClass::kPreferLocal)));
+  EXPECT_TRUE(sampler.maybe_submit(job(route::DataClass::kPublic)));
+  ASSERT_TRUE(sampler.wait_idle(5s));
+  EXPECT_EQ(sampler.counters().refused_data_class, 2u);
+  EXPECT_EQ(calls.load(), 1);
+}
+
+TEST(ShadowTest, SampledFractionIsRespectedAndReproducible) {
+  const auto accepted_with_seed = [](uint64_t seed) {
+    std::atomic<int> calls{0};
+    ShadowSampler sampler(
+        {.fraction = 0.25, .rate_per_second = 0, .queue_capacity = 100000, .seed = seed},
+        echo_runner(calls));
+    for (int i = 0; i < 20000; ++i) (void)sampler.maybe_submit(job(route::DataClass::kPublic));
+    EXPECT_TRUE(sampler.wait_idle(30s));
+    const ShadowCounters c = sampler.counters();
+    EXPECT_EQ(c.offered, 20000u);
+    EXPECT_EQ(c.accepted + c.not_sampled, 20000u);
+    EXPECT_EQ(c.completed, c.accepted);
+    EXPECT_EQ(calls.load(), static_cast<int>(c.accepted));
+    return c.accepted;
+  };
+  const uint64_t a = accepted_with_seed(42);
+  EXPECT_NEAR(static_cast<double>(a) / 20000, 0.25, 0.015);
+  EXPECT_EQ(accepted_with_seed(42), a);
+
+  std::atomic<int> calls{0};
+  ShadowSampler none({.fraction = 0.0, .rate_per_second = 0, .seed = 7}, echo_runner(calls));
+  for (int i = 0; i < 1000; ++i) EXPECT_FALSE(none.maybe_submit(job(route::DataClass::kPublic)));
+}
+
+TEST(ShadowTest, RateLimitIsATokenBucket) {
+  std::atomic<int> calls{0};
+  auto now = std::chrono::steady_clock::time_point{} + 1000h;
+  ShadowSampler sampler({.fraction = 1.0,
+                         .rate_per_second = 5,
+                         .queue_capacity = 1000,
+                         .seed = 1,
+                         .now = [&] { return now; }},
+                        echo_runner(calls));
+  int accepted = 0;
+  for (int i = 0; i < 100; ++i) accepted += sampler.maybe_submit(job(route::DataClass::kPublic));
+  EXPECT_EQ(accepted, 5);  // the burst
+  now += 1s;
+  for (int i = 0; i < 100; ++i) accepted += sampler.maybe_submit(job(route::DataClass::kPublic));
+  EXPECT_EQ(accepted, 10);
+  now += 200ms;
+  for (int i = 0; i < 100; ++i) accepted += sampler.maybe_submit(job(route::DataClass::kPublic));
+  EXPECT_EQ(accepted, 11);
+  EXPECT_EQ(sampler.counters().rate_limited, 289u);
+}
+
+TEST(ShadowTest, ScoresAgreement) {
+  EXPECT_EQ(normalize_answer("  The  Cat, sat!\n"), "the cat sat");
+  EXPECT_EQ(normalize_answer("Ünïcode stays"), "Ünïcode stays");
+  EXPECT_DOUBLE_EQ(word_jaccard("a b c d", "a b c e"), 3.0 / 5);
+  EXPECT_DOUBLE_EQ(word_jaccard("", "  "), 1.0);
+  EXPECT_DOUBLE_EQ(word_jaccard("yes", ""), 0.0);
+  const AgreementScore exact = score_agreement("Paris.", "paris", 0.9);
+  EXPECT_TRUE(exact.exact);
+  EXPECT_TRUE(exact.agreed);
+  const AgreementScore close = score_agreement("a b c d", "a b c e", 0.6);
+  EXPECT_FALSE(close.exact);
+  EXPECT_TRUE(close.agreed);
+  EXPECT_FALSE(score_agreement("a b c d", "a b c e", 0.61).agreed);
+}
+
+TEST(ShadowTest, AgreementIsCountedPerVersionPair) {
+  // The cloud answers "paris" to everything and reports the version the test sets.
+  std::atomic<int> cloud_version{1};
+  ShadowSampler sampler(
+      {.fraction = 1.0, .rate_per_second = 0, .agreement_threshold = 0.5, .seed = 3},
+      [&](const ShadowJob&) -> Result<ShadowAnswer> {
+        return ShadowAnswer{"Paris", "cloud-v" + std::to_string(cloud_version.load())};
+      });
+  const auto submit = [&](const std::string& edge_version, const std::string& answer) {
+    ShadowJob j = job(route::DataClass::kPublic);
+    j.edge_model_version = edge_version;
+    j.edge_answer = answer;
+    EXPECT_TRUE(sampler.maybe_submit(std::move(j)));
+    EXPECT_TRUE(sampler.wait_idle(5s));
+  };
+  submit("edge-v1", "Paris");          // exact
+  submit("edge-v1", "It is Paris");    // 1/3: disagrees
+  submit("edge-v1", "Paris, France");  // 1/2: agrees
+  cloud_version = 2;
+  submit("edge-v1", "London");  // 0
+  submit("edge-v2", "paris!");  // exact
+  const auto stats = sampler.agreement();
+  ASSERT_EQ(stats.size(), 3u);
+  EXPECT_EQ(stats[0].edge_model_version, "edge-v1");
+  EXPECT_EQ(stats[0].cloud_model_version, "cloud-v1");
+  EXPECT_EQ(stats[0].jobs, 3u);
+  EXPECT_EQ(stats[0].agreed, 2u);
+  EXPECT_EQ(stats[0].exact, 1u);
+  EXPECT_NEAR(stats[0].mean_similarity, (1.0 + 1.0 / 3 + 0.5) / 3, 1e-12);
+  EXPECT_NEAR(stats[0].agreement_rate(), 2.0 / 3, 1e-12);
+  EXPECT_EQ(stats[1].cloud_model_version, "cloud-v2");
+  EXPECT_EQ(stats[1].agreed, 0u);
+  EXPECT_EQ(stats[2].edge_model_version, "edge-v2");
+  EXPECT_EQ(stats[2].agreed, 1u);
+
+  ShadowSampler failing({.fraction = 1.0, .rate_per_second = 0, .seed = 3},
+                        [](const ShadowJob&) -> Result<ShadowAnswer> {
+                          return make_error(ErrorKind::kUnavailable, "cloud down");
+                        });
+  EXPECT_TRUE(failing.maybe_submit(job(route::DataClass::kPublic)));
+  ASSERT_TRUE(failing.wait_idle(5s));
+  EXPECT_EQ(failing.counters().failed, 1u);
+  EXPECT_TRUE(failing.agreement().empty());
+}
+
+// Opens a gate once, on demand or at the latest when the test ends, so a
+// failed assertion cannot leave the sampler's worker waiting forever.
+class Gate {
+ public:
+  ~Gate() { open(); }
+  void open() {
+    if (!opened_.exchange(true)) promise_.set_value();
+  }
+  void wait() const { future_.wait(); }
+
+ private:
+  std::promise<void> promise_;
+  std::shared_future<void> future_ = promise_.get_future().share();
+  std::atomic<bool> opened_{false};
+};
+
+TEST(ShadowTest, NeverBlocksWhenTheWorkerIsStuck) {
+  Gate release;
+  std::promise<void> entered;
+  std::atomic<bool> first{true};
+  ShadowSampler sampler({.fraction = 1.0, .rate_per_second = 0, .queue_capacity = 4, .seed = 5},
+                        [&](const ShadowJob& j) -> Result<ShadowAnswer> {
+                          if (first.exchange(false)) entered.set_value();
+                          release.wait();
+                          return ShadowAnswer{j.edge_answer, "cloud-v1"};
+                        });
+  ASSERT_TRUE(sampler.maybe_submit(job(route::DataClass::kPublic)));
+  ASSERT_EQ(entered.get_future().wait_for(5s), std::future_status::ready);
+  const auto start = std::chrono::steady_clock::now();
+  int accepted = 0;
+  for (int i = 0; i < 1000; ++i) accepted += sampler.maybe_submit(job(route::DataClass::kPublic));
+  EXPECT_LT(std::chrono::steady_clock::now() - start, 500ms);
+  EXPECT_EQ(accepted, 4);
+  EXPECT_EQ(sampler.counters().dropped, 996u);
+  EXPECT_EQ(sampler.counters().queued, 4u);
+  release.open();
+  ASSERT_TRUE(sampler.wait_idle(5s));
+  EXPECT_EQ(sampler.counters().completed, 5u);
+}
+
+TEST(ShadowTest, StopCancelsTheRunningJobAndDiscardsTheQueue) {
+  std::promise<void> entered;
+  ShadowSampler sampler({.fraction = 1.0, .rate_per_second = 0, .queue_capacity = 8, .seed = 5},
+                        [&](const ShadowJob& j) -> Result<ShadowAnswer> {
+                          entered.set_value();
+                          // A backend would watch the same flag.
+                          while (!j.cancelled->load()) std::this_thread::sleep_for(1ms);
+                          return make_error(ErrorKind::kCancelled, "stopped");
+                        });
+  ASSERT_TRUE(sampler.maybe_submit(job(route::DataClass::kPublic)));
+  ASSERT_EQ(entered.get_future().wait_for(5s), std::future_status::ready);
+  ASSERT_TRUE(sampler.maybe_submit(job(route::DataClass::kPublic)));
+  ASSERT_TRUE(sampler.maybe_submit(job(route::DataClass::kPublic)));
+  sampler.stop();
+  const ShadowCounters c = sampler.counters();
+  EXPECT_EQ(c.discarded, 2u);
+  EXPECT_EQ(c.failed, 1u);
+  EXPECT_FALSE(sampler.maybe_submit(job(route::DataClass::kPublic)));
+}
+
+TEST(ShadowTest, AdaptiveThresholdMovesTowardsTheTargetWithinBounds) {
+  ThresholdController controller({.target_agreement = 0.9,
+                                  .deadband = 0.05,
+                                  .initial = 0.5,
+                                  .min = 0.35,
+                                  .max = 0.6,
+                                  .step = 0.1,
+                                  .window = 1});
+  EXPECT_NEAR(controller.update(0.5), 0.4, 1e-12);    // below target: more conservative
+  EXPECT_NEAR(controller.update(0.5), 0.35, 1e-12);   // clamped at min
+  EXPECT_NEAR(controller.update(0.92), 0.35, 1e-12);  // inside the deadband: hold
+  EXPECT_NEAR(controller.update(0.99), 0.45, 1e-12);  // comfortably above: relax
+  EXPECT_NEAR(controller.update(1.0), 0.55, 1e-12);
+  EXPECT_NEAR(controller.update(1.0), 0.6, 1e-12);  // clamped at max
+
+  std::vector<std::pair<double, double>> calls;
+  std::mutex mu;
+  ShadowSampler sampler(
+      {.fraction = 1.0,
+       .rate_per_second = 0,
+       .queue_capacity = 100,
+       .seed = 9,
+       .adaptive = AdaptiveThresholdOptions{.target_agreement = 0.9,
+                                            .initial = 0.5,
+                                            .min = 0.1,
+                                            .max = 0.9,
+                                            .step = 0.1,
+                                            .window = 4},
+       .on_threshold =
+           [&](double rate, double threshold) {
+             std::lock_guard lock(mu);
+             calls.emplace_back(rate, threshold);
+           }},
+      [](const ShadowJob& j) -> Result<ShadowAnswer> {
+        return ShadowAnswer{j.request_id == "agree" ? j.edge_answer : "something else", "cloud-v1"};
+      });
+  for (int i = 0; i < 8; ++i) {
+    EXPECT_TRUE(sampler.maybe_submit(job(route::DataClass::kPublic, i == 0 ? "agree" : "no")));
+  }
+  ASSERT_TRUE(sampler.wait_idle(5s));
+  std::lock_guard lock(mu);
+  ASSERT_EQ(calls.size(), 2u);
+  EXPECT_NEAR(calls[0].first, 0.25, 1e-12);
+  EXPECT_NEAR(calls[0].second, 0.4, 1e-12);
+  EXPECT_NEAR(calls[1].first, 0.0, 1e-12);
+  EXPECT_NEAR(calls[1].second, 0.3, 1e-12);
+  EXPECT_NEAR(sampler.adaptive_threshold().value(), 0.3, 1e-12);
+}
+
+TEST(ShadowTest, ValidateRejectsBadOptions) {
+  EXPECT_TRUE(ShadowSampler::validate({.fraction = 0.1}).ok());
+  EXPECT_FALSE(ShadowSampler::validate({.fraction = 1.5}).ok());
+  EXPECT_FALSE(ShadowSampler::validate({.rate_per_second = -1}).ok());
+  EXPECT_FALSE(ShadowSampler::validate({.queue_capacity = 0}).ok());
+  EXPECT_FALSE(ShadowSampler::validate({.agreement_threshold = 2}).ok());
+  EXPECT_FALSE(
+      ShadowSampler::validate({.adaptive = AdaptiveThresholdOptions{.min = 0.9, .max = 0.1}}).ok());
 }
 
 }  // namespace

@@ -38,12 +38,12 @@ using nlohmann::json;
 // ---------------------------------------------------------------- config
 
 std::string config_error(const std::string& yaml) {
-  auto c = parse_config(yaml, "cfg.yaml");
+  auto c = config::parse_config(yaml, "cfg.yaml");
   return c.ok() ? std::string("(no error)") : c.error().message;
 }
 
 TEST(ConfigTest, MinimalFileTakesDefaults) {
-  auto c = parse_config("tiers:\n  edge:\n    model: stories260K\n", "cfg.yaml");
+  auto c = config::parse_config("tiers:\n  edge:\n    model: stories260K\n", "cfg.yaml");
   ASSERT_TRUE(c.ok()) << c.error().message;
   EXPECT_EQ(c->server.host, "127.0.0.1");
   EXPECT_EQ(c->server.port, 8080);
@@ -56,7 +56,7 @@ TEST(ConfigTest, MinimalFileTakesDefaults) {
 
 TEST(ConfigTest, FullFileReadsEveryField) {
   setenv("FSH_SERVE_TEST_UPSTREAM_KEY", "sk-up", 1);
-  auto c = parse_config(R"(
+  auto c = config::parse_config(R"(
 server:
   host: 0.0.0.0
   port: 9000
@@ -91,7 +91,7 @@ models:
   gpt-4o: cloud
   small: edge
 )",
-                        "cfg.yaml");
+                                "cfg.yaml");
   ASSERT_TRUE(c.ok()) << c.error().message;
   EXPECT_EQ(c->server.host, "0.0.0.0");
   EXPECT_EQ(c->server.port, 9000);
@@ -167,7 +167,7 @@ TEST(ConfigTest, ErrorsNameTheKeyPath) {
 }
 
 TEST(ConfigTest, StateAndLimitsAreReadAndChecked) {
-  auto c = parse_config(
+  auto c = config::parse_config(
       "tiers: {e: {model: m}, c: {endpoint: 'http://h/v1', model: x}}\n"
       "state: {backend: redis, url: 'redis://10.0.0.2:6380', pool_size: 4, "
       "budgets_when_down: closed}\n"
@@ -222,7 +222,7 @@ TEST(ConfigTest, UnknownKeysAreErrors) {
 
 TEST(ConfigTest, OperationalKeys) {
   const std::string small = foreshore::testing::shared_models_dir() + "/llama-2-tiny-random.gguf";
-  auto c = parse_config(
+  auto c = config::parse_config(
       "server:\n  memory_pressure_interval_ms: 100\n  shutdown_timeout_ms: 5000\n"
       "  shadow_target_agreement: 0.85\n  audit_max_rows: 1000\n  audit_max_age_hours: 48\n"
       "  worker_idle_timeout_ms: 2500\n"
@@ -249,7 +249,7 @@ TEST(ConfigTest, OperationalKeys) {
 }
 
 TEST(ConfigTest, ModelAliasWithFallbackChain) {
-  auto c = parse_config(
+  auto c = config::parse_config(
       "tiers:\n  edge:\n    model: m\n  cloud:\n    endpoint: http://x/v1\n    model: c\n"
       "models:\n  fast: edge\n  smart: {tier: cloud, fallback: [edge]}\n",
       "cfg.yaml");
@@ -257,9 +257,9 @@ TEST(ConfigTest, ModelAliasWithFallbackChain) {
   ASSERT_EQ(c->models.size(), 2u);
   EXPECT_EQ(c->models[1].tier, "cloud");
   EXPECT_EQ(c->models[1].fallback, std::vector<std::string>{"edge"});
-  EXPECT_TRUE(validate_config(*c).ok());
+  EXPECT_TRUE(config::validate_config(*c).ok());
   c->models[1].fallback = {"edge", "nowhere", "edge"};
-  auto v = validate_config(*c);
+  auto v = config::validate_config(*c);
   ASSERT_FALSE(v.ok());
   EXPECT_NE(v.error().message.find("models.smart.fallback: 'nowhere' is not a tier"),
             std::string::npos)
@@ -288,7 +288,7 @@ TEST(ConfigTest, InvalidYamlSaysWhere) {
 
 TEST(ConfigTest, ApiKeysFromEnvironment) {
   setenv("FSH_SERVE_TEST_KEYS", "a1, b2 ,c3", 1);
-  auto c = parse_config(
+  auto c = config::parse_config(
       "server:\n  api_keys: [k0]\n  api_keys_env: FSH_SERVE_TEST_KEYS\n"
       "tiers:\n  e:\n    model: m\n",
       "cfg.yaml");
@@ -306,18 +306,18 @@ TEST(ConfigTest, ApiKeysFromEnvironment) {
 }
 
 TEST(ConfigTest, FromFlags) {
-  FlagConfig f;
+  config::FlagConfig f;
   f.model = "stories260K";
-  auto c = config_from_flags(f);
+  auto c = config::config_from_flags(f);
   ASSERT_TRUE(c.ok()) << c.error().message;
   ASSERT_EQ(c->tiers.size(), 1u);
   EXPECT_EQ(c->tiers[0].name, "edge");
   EXPECT_EQ(c->tiers[0].kind, "embedded");
 
   f.upstream = "http://127.0.0.1:9/v1";
-  EXPECT_FALSE(config_from_flags(f).ok());  // no --upstream-model
+  EXPECT_FALSE(config::config_from_flags(f).ok());  // no --upstream-model
   f.upstream_model = "big";
-  c = config_from_flags(f);
+  c = config::config_from_flags(f);
   ASSERT_TRUE(c.ok()) << c.error().message;
   ASSERT_EQ(c->tiers.size(), 2u);
   EXPECT_EQ(c->tiers[1].name, "cloud");
@@ -325,15 +325,15 @@ TEST(ConfigTest, FromFlags) {
   EXPECT_EQ(c->tiers[1].endpoint, "http://127.0.0.1:9/v1");
 
   f.upstream = "htp://x";
-  auto bad = config_from_flags(f);
+  auto bad = config::config_from_flags(f);
   ASSERT_FALSE(bad.ok());
   EXPECT_EQ(bad.error().message,
             "command line: tiers.cloud.endpoint: 'htp://x' is not an http(s) URL");
-  EXPECT_FALSE(config_from_flags(FlagConfig{}).ok());
+  EXPECT_FALSE(config::config_from_flags(config::FlagConfig{}).ok());
 }
 
 TEST(ConfigTest, RoutingAndPrivacySectionsAreCheckedAndKept) {
-  auto c = load_config(std::string(FSH_SOURCE_DIR) + "/examples/gateway.yaml");
+  auto c = config::load_config(std::string(FSH_SOURCE_DIR) + "/examples/gateway.yaml");
   ASSERT_TRUE(c.ok()) << c.error().message;
   EXPECT_TRUE(c->routing.IsMap());
   EXPECT_TRUE(c->privacy.IsMap());
@@ -342,7 +342,7 @@ TEST(ConfigTest, RoutingAndPrivacySectionsAreCheckedAndKept) {
 }
 
 // docs/CONFIG.md documents exactly the keys the parser accepts: its table
-// rows whose first cell is a key (`server.host`) against config_keys().
+// rows whose first cell is a key (`server.host`) against config::config_keys().
 TEST(ConfigTest, ReferenceDocumentsExactlyTheParsersKeys) {
   std::ifstream in(std::string(FSH_SOURCE_DIR) + "/docs/CONFIG.md");
   ASSERT_TRUE(in) << "docs/CONFIG.md is missing";
@@ -354,9 +354,9 @@ TEST(ConfigTest, ReferenceDocumentsExactlyTheParsersKeys) {
     // Environment variables (FORESHORE_...) have a table of their own.
     if (!key.empty() && std::islower(static_cast<unsigned char>(key[0]))) documented.insert(key);
   }
-  const std::vector<std::string> keys = config_keys();
+  const std::vector<std::string> keys = config::config_keys();
   const std::set<std::string> accepted(keys.begin(), keys.end());
-  EXPECT_EQ(accepted.size(), keys.size()) << "config_keys() lists a key twice";
+  EXPECT_EQ(accepted.size(), keys.size()) << "config::config_keys() lists a key twice";
   for (const auto& k : accepted) {
     EXPECT_TRUE(documented.contains(k)) << "accepted but not in docs/CONFIG.md: " << k;
   }
@@ -365,7 +365,7 @@ TEST(ConfigTest, ReferenceDocumentsExactlyTheParsersKeys) {
   }
 }
 
-// A key listed as accepted is read, not refused: the lists config_keys()
+// A key listed as accepted is read, not refused: the lists config::config_keys()
 // reports are the ones the parser checks against.
 TEST(ConfigTest, EveryListedRoutingKeyIsAccepted) {
   const std::string yaml =
@@ -381,12 +381,12 @@ TEST(ConfigTest, EveryListedRoutingKeyIsAccepted) {
       " save_every_labels: 10}\n";
   EXPECT_EQ(config_error(yaml), "(no error)");
   size_t routing_keys = 0;
-  for (const auto& k : config_keys()) routing_keys += k.starts_with("routing.");
+  for (const auto& k : config::config_keys()) routing_keys += k.starts_with("routing.");
   EXPECT_EQ(routing_keys, 21u) << "a routing key was added: add it to this file above too";
 }
 
 TEST(ConfigTest, LoadConfigMissingFile) {
-  auto c = load_config("/nonexistent/foreshore.yaml");
+  auto c = config::load_config("/nonexistent/foreshore.yaml");
   ASSERT_FALSE(c.ok());
   EXPECT_EQ(c.error().kind, ErrorKind::kNotFound);
 }
@@ -775,7 +775,7 @@ class FakeBackend : public backend::Backend {
 // The egress guard's policy counts the class the router found in what it
 // let the guard skip, and trusts that scan only if the same detectors made it.
 TEST(EgressVerdictTest, CountsTheRoutersClassAndDistrustsAnotherScan) {
-  auto c = parse_config(
+  auto c = config::parse_config(
       "tiers:\n  edge:\n    model: tiny-edge\n"
       "  cloud:\n    kind: openai\n    model: big-cloud\n    endpoint: http://127.0.0.1:9/v1\n",
       "test.yaml");
@@ -808,13 +808,13 @@ TEST(EgressVerdictTest, CountsTheRoutersClassAndDistrustsAnotherScan) {
 class GatewayTest : public ::testing::Test {
  protected:
   void start(const std::string& server_yaml = "") {
-    auto c = parse_config(server_yaml +
-                              "tiers:\n"
-                              "  edge:\n    model: tiny-edge\n"
-                              "  cloud:\n    kind: openai\n    model: big-cloud\n"
-                              "    endpoint: http://127.0.0.1:9/v1\n"
-                              "models:\n  gpt-4o: cloud\n",
-                          "test.yaml");
+    auto c = config::parse_config(server_yaml +
+                                      "tiers:\n"
+                                      "  edge:\n    model: tiny-edge\n"
+                                      "  cloud:\n    kind: openai\n    model: big-cloud\n"
+                                      "    endpoint: http://127.0.0.1:9/v1\n"
+                                      "models:\n  gpt-4o: cloud\n",
+                                  "test.yaml");
     ASSERT_TRUE(c.ok()) << c.error().message;
     c->server.port = 0;
     c->server.log_requests = false;
@@ -1229,7 +1229,7 @@ TEST_F(GatewayTest, ReloadSwapsTheConfigAndKeepsTheOldOneOnError) {
       "  edge:\n    model: tiny-edge\n"
       "  cloud:\n    kind: openai\n    model: big-cloud\n"
       "    endpoint: http://127.0.0.1:9/v1\n";
-  auto next = parse_config(tiers + "models:\n  gpt-4o: edge\n", "next.yaml");
+  auto next = config::parse_config(tiers + "models:\n  gpt-4o: edge\n", "next.yaml");
   ASSERT_TRUE(next.ok()) << next.error().message;
   next->server.log_requests = false;
   int built = 0;
@@ -1247,8 +1247,8 @@ TEST_F(GatewayTest, ReloadSwapsTheConfigAndKeepsTheOldOneOnError) {
   EXPECT_EQ(r.header("x-foreshore-tier"), "edge");
 
   // A new tier whose backend cannot be built: the reload fails, nothing changes.
-  auto broken = parse_config(tiers + "  spare:\n    model: missing\nmodels:\n  gpt-4o: cloud\n",
-                             "broken.yaml");
+  auto broken = config::parse_config(
+      tiers + "  spare:\n    model: missing\nmodels:\n  gpt-4o: cloud\n", "broken.yaml");
   ASSERT_TRUE(broken.ok()) << broken.error().message;
   auto failed = gateway->reload(std::move(broken).value(), [](const backend::TierConfig&) {
     return Result<std::shared_ptr<backend::Backend>>(
@@ -1273,11 +1273,11 @@ TEST_F(GatewayTest, AliasFallbackChainRespectsTheDataClass) {
       "  edge:\n    model: tiny-edge\n"
       "  cloud:\n    kind: openai\n    model: big-cloud\n"
       "    endpoint: http://127.0.0.1:9/v1\n";
-  auto next = parse_config(tiers +
-                               "models:\n"
-                               "  gpt-4o: {tier: cloud, fallback: [edge]}\n"
-                               "  local: {tier: edge, fallback: [cloud]}\n",
-                           "chain.yaml");
+  auto next = config::parse_config(tiers +
+                                       "models:\n"
+                                       "  gpt-4o: {tier: cloud, fallback: [edge]}\n"
+                                       "  local: {tier: edge, fallback: [cloud]}\n",
+                                   "chain.yaml");
   ASSERT_TRUE(next.ok()) << next.error().message;
   next->server.log_requests = false;
   ASSERT_TRUE(gateway
@@ -1339,7 +1339,7 @@ TEST_F(GatewayTest, DrainFinishesRunningRequestsAndRefusesNewOnes) {
 }
 
 TEST(GatewayLifecycleTest, BrokenEdgeModelLeavesTheOtherTiersServing) {
-  auto c = parse_config(
+  auto c = config::parse_config(
       "tiers:\n"
       "  edge:\n    model: broken.gguf\n"
       "  cloud:\n    kind: openai\n    model: big-cloud\n    endpoint: http://127.0.0.1:9/v1\n",
@@ -1381,7 +1381,7 @@ TEST(GatewayLifecycleTest, BrokenEdgeModelLeavesTheOtherTiersServing) {
 }
 
 TEST(GatewayLifecycleTest, NotReadyUntilTiersLoad) {
-  auto c = parse_config("tiers:\n  edge:\n    model: m\n", "t.yaml");
+  auto c = config::parse_config("tiers:\n  edge:\n    model: m\n", "t.yaml");
   ASSERT_TRUE(c.ok());
   c->server.port = 0;
   c->server.log_requests = false;
@@ -1402,8 +1402,8 @@ TEST(GatewayLifecycleTest, NotReadyUntilTiersLoad) {
   t.join();
 }
 
-Result<GatewayConfig> minimal_config(int port) {
-  auto c = parse_config("tiers:\n  edge:\n    model: m\n", "t.yaml");
+Result<config::GatewayConfig> minimal_config(int port) {
+  auto c = config::parse_config("tiers:\n  edge:\n    model: m\n", "t.yaml");
   if (c.ok()) c->server.port = port;
   return c;
 }
@@ -1456,7 +1456,7 @@ TEST(GatewayLifecycleTest, ListenBacklogHoldsABurstOfConnections) {
 }
 
 TEST(GatewayLifecycleTest, StopBeforeRunReturns) {
-  auto c = parse_config("tiers:\n  edge:\n    model: m\n", "t.yaml");
+  auto c = config::parse_config("tiers:\n  edge:\n    model: m\n", "t.yaml");
   ASSERT_TRUE(c.ok());
   c->server.port = 0;
   Gateway g(std::move(c).value());

@@ -9,8 +9,8 @@
 #include <fstream>
 #include <sstream>
 
+#include "config/config.h"
 #include "route/router.h"
-#include "serve/config.h"
 
 namespace foreshore::sim {
 namespace {
@@ -25,8 +25,8 @@ constexpr const char* kTiers =
     "    model: test-model\n"
     "    price: {input_per_mtok: 1.0, output_per_mtok: 2.0}\n";
 
-serve::GatewayConfig config_with(const std::string& routing) {
-  auto c = serve::parse_config(std::string(kTiers) + routing, "test.yaml");
+config::GatewayConfig config_with(const std::string& routing) {
+  auto c = config::parse_config(std::string(kTiers) + routing, "test.yaml");
   EXPECT_TRUE(c.ok()) << c.error().message;
   return std::move(c).value();
 }
@@ -66,7 +66,7 @@ std::vector<TraceRecord> four_requests() {
           record(4000, 2000, DataClass::kDeviceOnly, 0.2, 1.0)};
 }
 
-std::unique_ptr<Simulator> simulator(const serve::GatewayConfig& config, SimulationOptions o,
+std::unique_ptr<Simulator> simulator(const config::GatewayConfig& config, SimulationOptions o,
                                      std::vector<TraceRecord> trace) {
   auto s = Simulator::create(config, o, std::move(trace));
   EXPECT_TRUE(s.ok()) << s.error().message;
@@ -174,7 +174,7 @@ TEST(Simulate, SharedEdgeQueuesAndTheRouterSeesIt) {
 }
 
 TEST(Simulate, DecisionsEqualTheLiveRouter) {
-  const serve::GatewayConfig config = config_with(default_model_routing());
+  const config::GatewayConfig config = config_with(default_model_routing());
   TraceGeneratorOptions g;
   g.requests = 400;
   g.seed = 11;
@@ -454,7 +454,7 @@ std::vector<TraceRecord> steady_trace(bool tight, bool device_only) {
 }
 
 TEST(Advise, BreakEvenAndCriteriaFromTheNumbers) {
-  const serve::GatewayConfig config = config_with(default_model_routing());
+  const config::GatewayConfig config = config_with(default_model_routing());
   AdviceOptions o;
   o.api_usd_per_mtok = 1.0;
   o.gpu_tokens_per_s = 200;

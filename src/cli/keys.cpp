@@ -8,7 +8,7 @@
 #include <vector>
 
 #include "cli/commands.h"
-#include "serve/config.h"
+#include "config/config.h"
 #include "serve/virtual_keys.h"
 
 namespace foreshore::cli {
@@ -22,7 +22,7 @@ struct KeysFlags {
 };
 
 Result<std::unique_ptr<state::SharedState>> open_state(const std::string& config_path) {
-  auto config = serve::load_config(config_path);
+  auto config = config::load_config(config_path);
   if (!config.ok()) return config.error();
   if (config->state.backend == "local") {
     return make_error(ErrorKind::kInvalidArgument,

@@ -22,7 +22,7 @@ struct RouteFlags {
   bool explain = false;
   std::string prompt;
   std::string config_file;
-  serve::FlagConfig flags;
+  config::FlagConfig flags;
   std::string policy;
   std::string data_class;
   std::string tier;
@@ -115,8 +115,8 @@ int route_main(const RouteFlags& f) {
     return fail(make_error(ErrorKind::kInvalidArgument,
                            "no prompt: pass -p TEXT or send the text on stdin"));
   }
-  auto config =
-      f.config_file.empty() ? serve::config_from_flags(f.flags) : serve::load_config(f.config_file);
+  auto config = f.config_file.empty() ? config::config_from_flags(f.flags)
+                                      : config::load_config(f.config_file);
   if (!config.ok()) return fail(config.error());
   // Nothing listens and nothing is logged: the gateway is built only to decide.
   config->server.log_requests = false;

@@ -20,7 +20,7 @@ namespace {
 
 struct ServeOptions {
   std::string config_file;
-  serve::FlagConfig flags;
+  config::FlagConfig flags;
   std::string host;
   int port = 8080;
   std::string default_tier;
@@ -34,17 +34,17 @@ std::string url_host(const std::string& host) {
 
 // The configuration from the file or flags, with command-line overrides
 // applied; the same on start and on every SIGHUP.
-Result<serve::GatewayConfig> read_config(const ServeOptions& o, const CLI::App& cmd) {
-  auto config =
-      o.config_file.empty() ? serve::config_from_flags(o.flags) : serve::load_config(o.config_file);
+Result<config::GatewayConfig> read_config(const ServeOptions& o, const CLI::App& cmd) {
+  auto config = o.config_file.empty() ? config::config_from_flags(o.flags)
+                                      : config::load_config(o.config_file);
   if (!config.ok()) return config.error();
-  serve::ServerConfig& s = config->server;
+  config::ServerConfig& s = config->server;
   if (cmd.count("--host") > 0) s.host = o.host;
   if (cmd.count("--port") > 0 || o.config_file.empty()) s.port = o.port;
   if (!o.default_tier.empty()) s.default_tier = o.default_tier;
   if (o.quiet) s.log_requests = false;
   if (!o.audit_db.empty()) s.audit_db = o.audit_db;
-  if (auto v = serve::validate_config(*config); !v.ok()) return v.error();
+  if (auto v = config::validate_config(*config); !v.ok()) return v.error();
   return config;
 }
 
@@ -87,7 +87,7 @@ int serve_main(const ServeOptions& o, const CLI::App& cmd) {
     server_done.store(true);
   });
 
-  const serve::GatewayConfig& c = gateway.config();
+  const config::GatewayConfig& c = gateway.config();
   for (const auto& t : c.tiers) {
     std::fprintf(stderr, "tier %s: %s %s (%s)%s%s\n", t.name.c_str(), t.kind.c_str(),
                  t.model.c_str(), t.placement == backend::Placement::kCloud ? "cloud" : "device",

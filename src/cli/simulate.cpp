@@ -110,7 +110,7 @@ Result<std::unique_ptr<sim::Simulator>> make_simulator(ModelFlags& f, std::strin
                       "--trace FILE.jsonl is required (make one with --generate N --out FILE)");
   }
   FSH_ASSIGN_OR_RETURN(std::vector<sim::TraceRecord> trace, sim::read_trace(f.trace));
-  auto config = f.config.empty() ? sim::default_gateway_config() : serve::load_config(f.config);
+  auto config = f.config.empty() ? sim::default_gateway_config() : config::load_config(f.config);
   if (!config.ok()) return config.error();
   source = config->source;
   if (f.measure_edge) {

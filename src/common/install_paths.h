@@ -4,16 +4,29 @@
 // the lowest layer, can use it without a library of its own.
 #pragma once
 
+#include <dlfcn.h>
+
 #include <cstdlib>
 #include <filesystem>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 namespace foreshore {
 
-// The running binary's folder; empty when /proc/self/exe cannot be read.
+// The folder of the binary this code is part of: the foreshore executable,
+// or libforeshore.so inside an app (whose own executable says nothing of
+// where foreshore is installed). Empty when it cannot be told.
 inline std::filesystem::path executable_dir() {
+  Dl_info info{};
+  if (::dladdr(reinterpret_cast<const void*>(&executable_dir), &info) != 0 &&
+      info.dli_fname != nullptr &&
+      std::string_view(info.dli_fname).find('/') != std::string_view::npos) {
+    std::error_code ec;
+    const std::filesystem::path module = std::filesystem::canonical(info.dli_fname, ec);
+    if (!ec) return module.parent_path();
+  }
   std::error_code ec;
   const std::filesystem::path exe = std::filesystem::read_symlink("/proc/self/exe", ec);
   return ec ? std::filesystem::path() : exe.parent_path();
@@ -21,7 +34,8 @@ inline std::filesystem::path executable_dir() {
 
 // Folders that may hold the shipped data, most specific first:
 //   $FORESHORE_DATA_DIR;
-//   <prefix>/share/foreshore for a binary installed in <prefix>/bin;
+//   <prefix>/share/foreshore for a binary installed in <prefix>/bin (or a
+//   library in <prefix>/lib);
 //   the first `data` folder in the binary's folder or a folder above it (a
 //   build tree: <source>/build/foreshore finds <source>/data);
 //   `data` in the working directory, last, as before there was an install.

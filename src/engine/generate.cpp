@@ -4,6 +4,8 @@
 #include <chrono>
 #include <cstdlib>
 #include <filesystem>
+#include <mutex>
+#include <optional>
 
 #include "common/install_paths.h"
 #include "engine/json_constraint.h"
@@ -173,10 +175,28 @@ Result<GenerationResult> generate(InferenceContext& context, ThreadPool& pool,
   return result;
 }
 
+namespace {
+// An embedding app's own search path (set_model_search_path), ahead of the environment.
+std::mutex app_model_path_mu;
+std::optional<std::string> app_model_path;
+}  // namespace
+
+void set_model_search_path(std::optional<std::string> folders) {
+  std::lock_guard lock(app_model_path_mu);
+  app_model_path = std::move(folders);
+}
+
 std::vector<std::string> model_search_path() {
   std::vector<std::string> dirs;
+  std::string from_app;
+  {
+    std::lock_guard lock(app_model_path_mu);
+    if (app_model_path) from_app = *app_model_path;
+  }
   const char* env = std::getenv("FORESHORE_MODEL_PATH");
-  std::string_view list = env != nullptr && *env != '\0' ? env : "models:../shared/data/models";
+  std::string_view list = !from_app.empty()                ? std::string_view(from_app)
+                          : env != nullptr && *env != '\0' ? env
+                                                           : "models:../shared/data/models";
   while (!list.empty()) {
     const size_t colon = list.find(':');
     std::string_view dir = list.substr(0, colon);

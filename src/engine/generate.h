@@ -4,6 +4,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -49,6 +50,9 @@ Result<GenerationResult> generate(InferenceContext& context, ThreadPool& pool,
 // Finds a model by path, or by name (with or without .gguf) in the folders of
 // FORESHORE_MODEL_PATH (colon-separated; default "models:../shared/data/models").
 Result<std::string> resolve_model_path(const std::string& name_or_path);
+// Replaces FORESHORE_MODEL_PATH for this process (an app hands in its own
+// colon-separated folders); nullopt goes back to the environment.
+void set_model_search_path(std::optional<std::string> folders);
 // Folders searched, in order, for error messages and listings.
 std::vector<std::string> model_search_path();
 

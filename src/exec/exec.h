@@ -16,6 +16,7 @@
 
 #include "backend/backend.h"
 #include "exec/guard.h"
+#include "exec/shadow.h"
 #include "route/router.h"
 
 namespace foreshore::exec {

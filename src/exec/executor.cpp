@@ -4,7 +4,7 @@
 #include <thread>
 
 #include "exec/exec.h"
-#include "observe/shadow.h"
+#include "exec/shadow.h"
 
 namespace foreshore::exec {
 namespace {
@@ -54,7 +54,7 @@ std::string escalation_reason(const Confidence& c, const route::CascadeSettings&
 
 double answer_similarity(std::string_view a, std::string_view b) {
   // One definition of agreement for consistency checks and shadow scoring.
-  return observe::word_jaccard(a, b);
+  return word_jaccard(a, b);
 }
 
 Executor::Executor(std::map<std::string, std::shared_ptr<backend::Backend>> tiers,

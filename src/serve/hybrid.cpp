@@ -152,12 +152,12 @@ Result<std::unique_ptr<HybridRouter>> HybridRouter::create(
   }
   const std::string cloud = h->router_->config().cloud_tier;
   if (settings.shadow_fraction > 0.0 && !cloud.empty()) {
-    observe::ShadowOptions o;
+    exec::ShadowOptions o;
     o.fraction = settings.shadow_fraction;
     o.rate_per_second = settings.shadow_rate_per_second;
     o.data_classes = settings.shadow_data_classes;
     if (settings.shadow_target_agreement > 0.0) {
-      observe::AdaptiveThresholdOptions adaptive;
+      exec::AdaptiveThresholdOptions adaptive;
       adaptive.target_agreement = settings.shadow_target_agreement;
       adaptive.initial = h->router_->threshold();
       o.adaptive = adaptive;
@@ -179,11 +179,10 @@ Result<std::unique_ptr<HybridRouter>> HybridRouter::create(
       if (learning != nullptr) learning->shadow_verdict(decision_id, agreed);
       shared->record_shadow_verdict(agreed);
     };
-    if (auto s = observe::ShadowSampler::validate(o); !s.ok()) return s.error();
+    if (auto s = exec::ShadowSampler::validate(o); !s.ok()) return s.error();
     auto cloud_backend = h->executor_->backend(cloud);
-    h->shadow_ = std::make_unique<observe::ShadowSampler>(
-        std::move(o),
-        [cloud_backend](const observe::ShadowJob& job) -> Result<observe::ShadowAnswer> {
+    h->shadow_ = std::make_unique<exec::ShadowSampler>(
+        std::move(o), [cloud_backend](const exec::ShadowJob& job) -> Result<exec::ShadowAnswer> {
           // The sampler refuses device-only jobs before they reach this point.
           backend::BackendRequest r;
           r.request_id = job.request_id + "-shadow";
@@ -193,7 +192,7 @@ Result<std::unique_ptr<HybridRouter>> HybridRouter::create(
           r.cancelled = job.cancelled;
           auto c = cloud_backend->generate(r, {});
           if (!c.ok()) return c.error();
-          return observe::ShadowAnswer{c->text, c->model_version};
+          return exec::ShadowAnswer{c->text, c->model_version};
         });
   }
   h->escalations_ = &metrics.counter("foreshore_escalations_total",
@@ -219,6 +218,11 @@ double completion_cost_usd(const backend::TierConfig& tier, const backend::Usage
   return (tier.price_input_per_mtok * usage.prompt_tokens +
           tier.price_output_per_mtok * usage.completion_tokens) /
          1e6;
+}
+
+void HybridRouter::set_memory_pressure_level(std::optional<int> level) {
+  memory_->set_simulated_level(level);
+  memory_level_->set(memory_->sample_now().level);
 }
 
 void HybridRouter::collect_metrics() {
@@ -281,7 +285,7 @@ void HybridRouter::collect_metrics() {
         .set(all->first > 0 ? static_cast<double>(all->second) / static_cast<double>(all->first)
                             : 0.0);
   }
-  const observe::ShadowCounters c = shadow_->counters();
+  const exec::ShadowCounters c = shadow_->counters();
   const char* help = "Shadow evaluation jobs by what happened to them.";
   for (const auto& [what, n] :
        {std::pair{"offered", c.offered}, std::pair{"accepted", c.accepted},
@@ -650,7 +654,7 @@ void HybridRouter::finish(const ApiRequest& api, const RouteHints& hints, const 
     }
     if (shadow_ && served != nullptr && served->placement == backend::Placement::kDevice &&
         d.plan.cloud_allowed) {
-      observe::ShadowJob job;
+      exec::ShadowJob job;
       job.request_id = d.id;
       job.data_class = d.signals.sensitivity.data_class;
       job.messages = api.backend.messages;

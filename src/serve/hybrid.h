@@ -110,6 +110,10 @@ class HybridRouter {
   std::string_view breaker_state(const std::string& tier) const {
     return exec::to_string(executor_->breaker_state(tier));
   }
+  // An embedding app's own memory-pressure level (0 none .. 3 critical)
+  // replaces the measured one until reset with nullopt; applied at once.
+  void set_memory_pressure_level(std::optional<int> level);
+
   // Online router learning (routing.learning); null when off.
   RouterLearning* learning() const { return learning_.get(); }
   const backend::TierConfig* tier_config(std::string_view name) const;
@@ -126,7 +130,7 @@ class HybridRouter {
   std::unique_ptr<observe::PgAuditSink> pg_audit_;
   std::unique_ptr<observe::MemoryPressureMonitor> memory_;
   std::unique_ptr<observe::VersionRegistry> versions_;
-  std::unique_ptr<observe::ShadowSampler> shadow_;
+  std::unique_ptr<exec::ShadowSampler> shadow_;
   std::unique_ptr<RouterLearning> learning_;  // after shadow_: its verdicts feed it
   std::unique_ptr<SharedLimits> shared_;
   // The shadow-adapted threshold is shared (state.backend redis, adaptive on).

@@ -306,7 +306,7 @@ class ElasticPool : public httplib::TaskQueue {
 // builds a new one and swaps it in whole; requests keep the one they started
 // with until they end, so none sees half of each.
 struct Deployment {
-  GatewayConfig config;
+  config::GatewayConfig config;
   std::vector<Tier> tiers;
   std::unordered_map<std::string, size_t> by_model;  // tier names, aliases, model ids
   size_t default_tier = 0;
@@ -343,7 +343,7 @@ class ActiveRequest {
 }  // namespace
 
 struct Gateway::Impl {
-  const GatewayConfig config;  // as started; server.host/port/limits stay in force
+  const config::GatewayConfig config;  // as started; server.host/port/limits stay in force
   httplib::Server http;
   MetricsRegistry metrics;
   mutable std::mutex live_mu;
@@ -366,11 +366,14 @@ struct Gateway::Impl {
   // On every tier: cloud tiers check each body they send against the live
   // deployment's detectors (a reload's new rules apply at once).
   std::shared_ptr<backend::EgressGuard> egress = std::make_shared<backend::EgressGuard>();
+  std::function<void(std::string_view)> log_sink;  // empty: stderr
+  // The embedding app's memory-pressure level, kept over reloads (live_mu).
+  std::optional<int> app_memory_level;
   // Running streams, for end_streams() at shutdown.
   std::mutex streams_mu;
   std::vector<std::weak_ptr<StreamState>> streams;
 
-  explicit Impl(GatewayConfig c) : config(std::move(c)) {
+  explicit Impl(config::GatewayConfig c) : config(std::move(c)) {
     egress->set_policy([this](std::string_view tier, std::span<const std::string_view> strings,
                               const backend::EgressClearance* skipped) {
       auto dep = deployment();
@@ -410,7 +413,7 @@ struct Gateway::Impl {
   }
 
   void setup_routes() {
-    const ServerConfig& s = config.server;
+    const config::ServerConfig& s = config.server;
     const size_t workers = s.worker_threads > 0
                                ? static_cast<size_t>(s.worker_threads)
                                : static_cast<size_t>(s.max_concurrent_requests) + 64;
@@ -630,7 +633,7 @@ struct Gateway::Impl {
     res.set_header("Content-Type", kJson);
   }
 
-  static bool check_auth(const ServerConfig& server, const httplib::Request& req,
+  static bool check_auth(const config::ServerConfig& server, const httplib::Request& req,
                          httplib::Response& res) {
     const auto& keys = server.api_keys;
     if (keys.empty()) return true;
@@ -661,7 +664,7 @@ struct Gateway::Impl {
   // POST /admin/keys and DELETE /admin/keys/ID, for server.admin_key_env's key.
   void handle_admin_keys(const httplib::Request& req, httplib::Response& res) {
     auto dep = deployment();
-    const ServerConfig& server = dep ? dep->config.server : config.server;
+    const config::ServerConfig& server = dep ? dep->config.server : config.server;
     ApiError e;
     e.status = 401;
     e.code = "invalid_admin_key";
@@ -748,7 +751,7 @@ struct Gateway::Impl {
 
   // `server`: the configuration the request ran under (it says whether to log).
   // `outcome`: how a routed request ran, named in the log line (plan, degradation).
-  void record(const ServerConfig& server, const Tier* tier, ApiKind kind, int status,
+  void record(const config::ServerConfig& server, const Tier* tier, ApiKind kind, int status,
               Clock::time_point start, const backend::Completion* completion, std::string_view id,
               const exec::ExecutionResult* outcome = nullptr, std::string_view plan = {}) {
     const double ms = ms_since(start);
@@ -777,9 +780,15 @@ struct Gateway::Impl {
       if (outcome != nullptr && outcome->degraded) {
         extra += " degraded=\"" + outcome->degraded_reason + "\"";
       }
-      std::fprintf(stderr, "req %.*s %s tier=%s status=%d %.1fms%s\n", static_cast<int>(id.size()),
-                   id.data(), endpoint, tier ? tier->config.name.c_str() : "-", status, ms,
-                   extra.c_str());
+      char line[512];
+      std::snprintf(line, sizeof line, "req %.*s %s tier=%s status=%d %.1fms%s",
+                    static_cast<int>(id.size()), id.data(), endpoint,
+                    tier ? tier->config.name.c_str() : "-", status, ms, extra.c_str());
+      if (log_sink) {
+        log_sink(line);
+      } else {
+        std::fprintf(stderr, "%s\n", line);
+      }
     }
   }
 
@@ -795,7 +804,7 @@ struct Gateway::Impl {
     res.set_header("x-foreshore-decision-id", id);
     // The configuration this request runs under, even if a reload happens meanwhile.
     std::shared_ptr<Deployment> dep = deployment();
-    const ServerConfig& server = dep ? dep->config.server : config.server;
+    const config::ServerConfig& server = dep ? dep->config.server : config.server;
     if (draining.load()) {
       res.set_header("Connection", "close");
       send_error(res, shutting_down());
@@ -828,6 +837,21 @@ struct Gateway::Impl {
       record(server, nullptr, kind, 401, start, nullptr, id);
       return;
     }
+    generate(kind, req, body, res, start, std::move(id), std::move(dep), std::move(active_request),
+             {}, std::move(virtual_key));
+  }
+
+  // Everything after the body is read and the client admitted: parse, route,
+  // run, answer into `res`. With `in_process` set (Gateway::chat) the answer
+  // is never streamed over HTTP: the deltas go to it while the completion is
+  // built, and the whole answer is still written to `res`. `virtual_key`: the
+  // client's, when it authenticated with one (its limits apply).
+  void generate(ApiKind kind, const httplib::Request& req, const std::string& body,
+                httplib::Response& res, Clock::time_point start, std::string id,
+                std::shared_ptr<Deployment> dep, ActiveRequest active_request,
+                const backend::DeltaSink& in_process,
+                std::optional<VirtualKey> virtual_key = std::nullopt) {
+    const config::ServerConfig& server = dep ? dep->config.server : config.server;
     if (!dep) {
       send_error(res, not_ready());
       record(server, nullptr, kind, 503, start, nullptr, id);
@@ -916,13 +940,14 @@ struct Gateway::Impl {
     res.set_header("x-foreshore-plan", std::string(route::to_string(decision.plan.kind)));
     res.set_header("x-foreshore-policy", std::string(route::to_string(decision.policy)));
 
+    if (in_process) api.stream = false;
     if (api.stream) {
       stream(dep, std::move(active_request), kind, tier, std::move(api), std::move(hints),
              std::move(decision), std::move(id), start, res);
       return;
     }
 
-    auto result = hybrid->execute(decision, api.backend, {});
+    auto result = hybrid->execute(decision, api.backend, in_process);
     in_flight.fetch_sub(1, std::memory_order_acq_rel);
     if (!result.ok()) {
       const backend::BackendInfo& info = tier.backend->info();
@@ -1300,12 +1325,12 @@ struct Gateway::Impl {
   // At start (`starting`), an embedded tier whose model fails to load is kept
   // as an unavailable tier so the others still serve; on reload such a
   // failure rejects the new configuration instead.
-  Result<std::shared_ptr<Deployment>> build_deployment(GatewayConfig cfg,
+  Result<std::shared_ptr<Deployment>> build_deployment(config::GatewayConfig cfg,
                                                        const BackendFactory& factory,
                                                        const Deployment* previous, bool starting) {
     auto dep = std::make_shared<Deployment>();
     dep->config = std::move(cfg);
-    const GatewayConfig& c = dep->config;
+    const config::GatewayConfig& c = dep->config;
     std::vector<Tier>& loaded = dep->tiers;
     loaded.reserve(c.tiers.size());
     for (const auto& tc : c.tiers) {
@@ -1434,10 +1459,10 @@ struct Gateway::Impl {
     return Status::Ok();
   }
 
-  Status reload(GatewayConfig next, const BackendFactory& factory) {
+  Status reload(config::GatewayConfig next, const BackendFactory& factory) {
     std::vector<std::string> ignored;
-    const ServerConfig& a = config.server;
-    const ServerConfig& b = next.server;
+    const config::ServerConfig& a = config.server;
+    const config::ServerConfig& b = next.server;
     if (a.host != b.host) ignored.push_back("server.host");
     if (a.port != b.port && b.port != 0) ignored.push_back("server.port");
     if (a.max_body_bytes != b.max_body_bytes) ignored.push_back("server.max_body_bytes");
@@ -1464,6 +1489,7 @@ struct Gateway::Impl {
     std::shared_ptr<Deployment> old;
     {
       std::lock_guard lock(live_mu);
+      if (app_memory_level) dep->hybrid->set_memory_pressure_level(app_memory_level);
       old = std::exchange(live, std::move(dep));
     }
     // `old` is released here or by the last request still using it.
@@ -1524,14 +1550,14 @@ struct Gateway::Impl {
   }
 };
 
-Gateway::Gateway(GatewayConfig config) : impl_(std::make_unique<Impl>(std::move(config))) {}
+Gateway::Gateway(config::GatewayConfig config) : impl_(std::make_unique<Impl>(std::move(config))) {}
 
 Gateway::~Gateway() {
   stop();
 }
 
 Result<int> Gateway::bind() {
-  const ServerConfig& s = impl_->config.server;
+  const config::ServerConfig& s = impl_->config.server;
   int port = s.port;
   if (port == 0) {
     port = impl_->http.bind_to_any_port(s.host);
@@ -1560,7 +1586,7 @@ Status Gateway::load_tiers(const BackendFactory& factory) {
   return impl_->load_tiers(factory);
 }
 
-Status Gateway::reload(Result<GatewayConfig> config, const BackendFactory& factory) {
+Status Gateway::reload(Result<config::GatewayConfig> config, const BackendFactory& factory) {
   if (!config.ok()) {
     impl_->reloads_failed->add();
     return config.error();
@@ -1636,10 +1662,47 @@ Result<std::string> Gateway::explain_route(
   return out;
 }
 
+Gateway::Reply Gateway::chat(const std::string& body,
+                             const std::vector<std::pair<std::string, std::string>>& headers,
+                             const backend::DeltaSink& on_delta) {
+  const auto start = Clock::now();
+  ActiveRequest active_request(impl_->active);
+  httplib::Request req;
+  for (const auto& [name, value] : headers) req.headers.emplace(name, value);
+  httplib::Response res;
+  std::string id = impl_->new_id();
+  res.set_header("x-foreshore-decision-id", id);
+  const backend::DeltaSink sink =
+      on_delta ? on_delta : backend::DeltaSink([](const backend::Delta&) { return true; });
+  impl_->generate(ApiKind::kChat, req, body, res, start, std::move(id), impl_->deployment(),
+                  std::move(active_request), sink);
+  Reply reply;
+  reply.status = res.status == -1 ? 200 : res.status;  // httplib's "not set": 200 when sent
+  for (const auto& [name, value] : res.headers) reply.headers.emplace_back(name, value);
+  reply.body = std::move(res.body);
+  return reply;
+}
+
+Status Gateway::set_memory_pressure_level(std::optional<int> level) {
+  if (level && (*level < 0 || *level > 3)) {
+    return make_error(ErrorKind::kInvalidArgument,
+                      "memory-pressure level " + std::to_string(*level) +
+                          " is out of range; pass 0 (none) to 3 (critical), or none to measure");
+  }
+  std::lock_guard lock(impl_->live_mu);
+  impl_->app_memory_level = level;
+  if (impl_->live) impl_->live->hybrid->set_memory_pressure_level(level);
+  return {};
+}
+
+void Gateway::set_log_sink(std::function<void(std::string_view line)> sink) {
+  impl_->log_sink = std::move(sink);
+}
+
 bool Gateway::ready() const {
   return impl_->ready.load(std::memory_order_acquire);
 }
-const GatewayConfig& Gateway::config() const {
+const config::GatewayConfig& Gateway::config() const {
   return impl_->config;
 }
 MetricsRegistry& Gateway::metrics() {

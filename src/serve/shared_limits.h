@@ -16,23 +16,15 @@
 #include <vector>
 
 #include "backend/backend.h"
+#include "config/config.h"
 #include "route/router.h"
 #include "serve/openai.h"
 #include "state/state.h"
 
 namespace foreshore::serve {
 
-struct Limits {
-  int64_t requests_per_minute = 0;  // 0: none
-  int64_t tokens_per_minute = 0;    // prompt + completion tokens; 0: none
-  double budget_usd = 0.0;          // total spend at configured prices; 0: none
-};
-
-struct LimitsConfig {
-  Limits per_key;                          // each client key (or all anonymous clients) alone
-  std::map<std::string, Limits> per_tier;  // each tier, over all clients
-  std::map<std::string, Limits> per_team;  // each team, over its virtual keys
-};
+using config::Limits;
+using config::LimitsConfig;
 
 // Budget held back at admission and what it stood for, settled once the
 // request's real cost is known (SharedLimits::settle).

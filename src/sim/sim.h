@@ -21,9 +21,9 @@
 #include <vector>
 
 #include "common/result.h"
+#include "config/config.h"
 #include "observe/report.h"
 #include "route/router.h"
-#include "serve/config.h"
 #include "sim/svg.h"  // the charts, shared with `router eval`
 
 namespace foreshore::sim {
@@ -160,7 +160,7 @@ struct PolicyReport {
 
 // The gateway's tiers as the router sees them; each tier's latency prior is
 // its model's TTFT at the trace's mean prompt length.
-std::vector<route::TierProfile> tier_profiles(const serve::GatewayConfig& config,
+std::vector<route::TierProfile> tier_profiles(const config::GatewayConfig& config,
                                               const SimulationOptions& options,
                                               std::span<const TraceRecord> trace);
 
@@ -173,7 +173,7 @@ class Simulator {
  public:
   // Builds one router from `config` (routing: and privacy: sections, tiers
   // and prices) for the whole trace.
-  static Result<std::unique_ptr<Simulator>> create(const serve::GatewayConfig& config,
+  static Result<std::unique_ptr<Simulator>> create(const config::GatewayConfig& config,
                                                    SimulationOptions options,
                                                    std::vector<TraceRecord> trace);
   ~Simulator();
@@ -204,11 +204,11 @@ class Simulator {
 
 // The gateway config the commands use without --config: an embedded edge
 // tier and an OpenAI-compatible cloud tier at gpt-4o-mini's list prices.
-Result<serve::GatewayConfig> default_gateway_config();
+Result<config::GatewayConfig> default_gateway_config();
 
 // Measures the configured edge tier's prompt and generation speed by running
 // its model briefly; returns `base` with those speeds and the model's context.
-Result<SimulationOptions> measure_edge(const serve::GatewayConfig& config, SimulationOptions base);
+Result<SimulationOptions> measure_edge(const config::GatewayConfig& config, SimulationOptions base);
 
 // ---- advisor --------------------------------------------------------------------
 

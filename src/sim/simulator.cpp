@@ -25,7 +25,7 @@ double priced(double in_per_mtok, double out_per_mtok, int32_t in, int32_t out) 
   return (in_per_mtok * in + out_per_mtok * out) / 1e6;
 }
 
-const backend::TierConfig* find_tier(const serve::GatewayConfig& c, std::string_view name) {
+const backend::TierConfig* find_tier(const config::GatewayConfig& c, std::string_view name) {
   for (const auto& t : c.tiers) {
     if (t.name == name) return &t;
   }
@@ -55,7 +55,7 @@ TierLatencyModel default_cloud_latency() {
   return TierLatencyModel{60.0, 300.0, 4000.0, 80.0, 0.35};
 }
 
-std::vector<route::TierProfile> tier_profiles(const serve::GatewayConfig& config,
+std::vector<route::TierProfile> tier_profiles(const config::GatewayConfig& config,
                                               const SimulationOptions& options,
                                               std::span<const TraceRecord> trace) {
   double mean_prompt = 0.0;
@@ -90,14 +90,14 @@ route::RouteInput route_input(const TraceRecord& r, route::PolicyKind policy,
   return in;
 }
 
-Result<std::unique_ptr<Simulator>> Simulator::create(const serve::GatewayConfig& config,
+Result<std::unique_ptr<Simulator>> Simulator::create(const config::GatewayConfig& config,
                                                      SimulationOptions options,
                                                      std::vector<TraceRecord> trace) {
   FSH_ASSIGN_OR_RETURN(route::RouterConfig routing,
-                      route::router_config_from_yaml(config.routing, config.source));
+                       route::router_config_from_yaml(config.routing, config.source));
   if (config.privacy) {
     FSH_ASSIGN_OR_RETURN(routing.privacy,
-                        route::sensitivity_config_from_yaml(config.privacy, config.source));
+                         route::sensitivity_config_from_yaml(config.privacy, config.source));
   }
   std::unique_ptr<Simulator> sim(new Simulator());
   auto router = route::Router::create(std::move(routing), tier_profiles(config, options, trace));
@@ -334,8 +334,8 @@ std::vector<PolicyReport> Simulator::sweep(int points) {
   return out;
 }
 
-Result<serve::GatewayConfig> default_gateway_config() {
-  return serve::parse_config(
+Result<config::GatewayConfig> default_gateway_config() {
+  return config::parse_config(
       "tiers:\n"
       "  edge: {kind: embedded, placement: device, model: stories260K}\n"
       "  cloud:\n"
@@ -347,9 +347,10 @@ Result<serve::GatewayConfig> default_gateway_config() {
       "built-in default config");
 }
 
-Result<SimulationOptions> measure_edge(const serve::GatewayConfig& config, SimulationOptions base) {
+Result<SimulationOptions> measure_edge(const config::GatewayConfig& config,
+                                       SimulationOptions base) {
   FSH_ASSIGN_OR_RETURN(route::RouterConfig routing,
-                      route::router_config_from_yaml(config.routing, config.source));
+                       route::router_config_from_yaml(config.routing, config.source));
   const backend::TierConfig* edge = nullptr;
   for (const auto& t : config.tiers) {
     const bool wanted = routing.edge_tier.empty() ? t.placement == backend::Placement::kDevice

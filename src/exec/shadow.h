@@ -29,7 +29,7 @@
 #include "common/result.h"
 #include "route/sensitivity.h"
 
-namespace foreshore::observe {
+namespace foreshore::exec {
 
 struct ShadowJob {
   std::string request_id;
@@ -190,4 +190,4 @@ class ShadowSampler {
   std::thread worker_;
 };
 
-}  // namespace foreshore::observe
+}  // namespace foreshore::exec

@@ -1,4 +1,4 @@
-#include "serve/config.h"
+#include "config/config.h"
 
 #include <unistd.h>
 #include <yaml-cpp/yaml.h>
@@ -17,7 +17,7 @@
 #include "route/router.h"
 #include "route/sensitivity.h"
 
-namespace foreshore::serve {
+namespace foreshore::config {
 namespace {
 
 std::string join_path(const std::string& path, std::string_view key) {
@@ -654,4 +654,4 @@ Result<GatewayConfig> config_from_flags(const FlagConfig& flags) {
   return config;
 }
 
-}  // namespace foreshore::serve
+}  // namespace foreshore::config

@@ -7,16 +7,29 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <map>
 #include <string>
 #include <string_view>
 #include <vector>
 
 #include "backend/backend.h"
 #include "common/result.h"
-#include "serve/shared_limits.h"
 #include "state/state.h"
 
-namespace foreshore::serve {
+namespace foreshore::config {
+
+// The limits: section, which replicas enforce together (serve/shared_limits.h).
+struct Limits {
+  int64_t requests_per_minute = 0;  // 0: none
+  int64_t tokens_per_minute = 0;    // prompt + completion tokens; 0: none
+  double budget_usd = 0.0;          // total spend at configured prices; 0: none
+};
+
+struct LimitsConfig {
+  Limits per_key;                          // each client key (or all anonymous clients) alone
+  std::map<std::string, Limits> per_tier;  // each tier, over all clients
+  std::map<std::string, Limits> per_team;  // each team, over its virtual keys
+};
 
 struct ServerConfig {
   std::string host = "127.0.0.1";  // loopback unless the operator opts in
@@ -108,4 +121,4 @@ Result<GatewayConfig> config_from_flags(const FlagConfig& flags);
 // reported, one per line, as "SOURCE: key.path: problem".
 Status validate_config(const GatewayConfig& config);
 
-}  // namespace foreshore::serve
+}  // namespace foreshore::config

@@ -1,11 +1,11 @@
-#include "observe/shadow.h"
+#include "exec/shadow.h"
 
 #include <algorithm>
 #include <cmath>
 #include <exception>
 #include <set>
 
-namespace foreshore::observe {
+namespace foreshore::exec {
 namespace {
 
 std::set<std::string_view> word_set(std::string_view normalized) {
@@ -283,4 +283,4 @@ std::optional<double> ShadowSampler::adaptive_threshold() const {
   return controller_->threshold();
 }
 
-}  // namespace foreshore::observe
+}  // namespace foreshore::exec
