@@ -182,9 +182,30 @@ class ForwardObserver {
                                int32_t n) = 0;
 };
 
+// Working memory of one forward pass over up to `max_tokens` tokens; sized
+// once so that steps allocate nothing. Internal to the engine.
+struct ForwardScratch {
+  int32_t max_tokens = 0;
+  std::vector<float> x, xn, q, k, v, attn_out, gate, up, scores, logits;
+  std::vector<float> conv_bcx, conv_y;  // lfm2: in_proj output, gated convolution
+  std::vector<uint8_t> quant;
+  std::vector<float> observed_input;  // the residual stream entering a layer, when observed
+  // Per token of the pass: which entry it belongs to and its position there.
+  std::vector<int32_t> token_entry, token_position;
+};
+
+class InferenceContext;
+
+// One sequence's share of a batched forward step: `tokens` run at positions
+// [context->position(), +tokens.size()) against that context's own KV cache.
+struct BatchEntry {
+  InferenceContext* context = nullptr;
+  std::span<const TokenId> tokens;
+};
+
 // One sequence being generated: KV cache plus scratch buffers, all allocated
 // at creation so that decoding allocates nothing per token. Not thread-safe;
-// use one per concurrent request.
+// use one per concurrent request, or step several together with BatchDecoder.
 class InferenceContext {
  public:
   static Result<std::unique_ptr<InferenceContext>> create(std::shared_ptr<const Model> model,
@@ -202,19 +223,24 @@ class InferenceContext {
   void truncate(int32_t position);
   // Tokens currently in the cache, for prefix matching.
   const std::vector<TokenId>& cached_tokens() const { return cached_tokens_; }
+  // The logits after the last token run on this context (by evaluate() or a
+  // BatchDecoder step); empty before any.
+  std::span<const float> logits() const { return {logits_.data(), logits_size_}; }
   const Model& model() const { return *model_; }
   // nullptr (the default) turns observation off; the observer must outlive its use.
+  // Batched steps observe only when they hold this context alone.
   void set_observer(ForwardObserver* observer) { observer_ = observer; }
 
+  // Checks that `tokens` fit after position() and lie in the vocabulary; the
+  // error says which limit and what to do.
+  Status check_input(std::span<const TokenId> tokens) const;
+
  private:
+  friend struct ForwardPass;
   InferenceContext() = default;
-  void forward_batch(const TokenId* tokens, int32_t n, ThreadPool& pool);
-  void short_convolution(const LayerWeights& l, int32_t start, int32_t n,
-                         std::span<uint8_t> scratch, ThreadPool& pool);
 
   std::shared_ptr<const Model> model_;
   int32_t context_length_ = 0;
-  int32_t max_batch_ = 0;
   int32_t position_ = 0;
   std::vector<TokenId> cached_tokens_;
   std::vector<float> key_cache_;    // [layer][position][kv_head * head_dim]
@@ -223,14 +249,39 @@ class InferenceContext {
   // [conv layer][position][embedding_length], so that truncate() keeps
   // working as it does for the KV cache.
   std::vector<float> conv_cache_;
-  std::vector<float> conv_bcx_, conv_y_;  // scratch: in_proj output, gated convolution
-  // Scratch, sized for max_batch tokens.
-  std::vector<float> x_, xn_, q_, k_, v_, attn_out_, gate_, up_, scores_, logits_;
+  std::vector<float> logits_;
+  size_t logits_size_ = 0;
   std::vector<float> rope_inv_freq_;        // full-attention layers
   std::vector<float> rope_inv_freq_local_;  // sliding-window layers
-  std::vector<uint8_t> quant_scratch_;
+  ForwardScratch scratch_;                  // for evaluate()
   ForwardObserver* observer_ = nullptr;
-  std::vector<float> observed_input_;  // the residual stream entering a layer, when observed
+};
+
+// Continuous batching: runs one forward step over tokens of several
+// sequences at once. The weight matrices are read once for all of them (decode
+// on a CPU is bound by reading weights, so N sequences cost little more than
+// one); attention runs per token against its own sequence's KV cache. Each
+// sequence's tokens give the same results as evaluate() on it alone, up to
+// the rounding of the matrix kernels' grouped rows. Not thread-safe.
+class BatchDecoder {
+ public:
+  // max_tokens: the most tokens one step may hold, all entries together.
+  static Result<std::unique_ptr<BatchDecoder>> create(std::shared_ptr<const Model> model,
+                                                      int32_t max_tokens);
+
+  int32_t max_tokens() const { return scratch_.max_tokens; }
+
+  // Runs every entry's tokens in one step; afterwards each entry's
+  // context->logits() holds the logits after its last token. Checks
+  // everything first and runs nothing on an error: more than max_tokens in
+  // all, an empty entry, a context of another model or listed twice, a
+  // context overflow, a token outside the vocabulary.
+  Status decode(std::span<const BatchEntry> entries, ThreadPool& pool);
+
+ private:
+  BatchDecoder() = default;
+  std::shared_ptr<const Model> model_;
+  ForwardScratch scratch_;
 };
 
 }  // namespace foreshore::engine
