@@ -544,6 +544,36 @@ TEST(Model, ContextOverflowIsAClearError) {
   std::filesystem::remove(path);
 }
 
+// A context asked for is what one gets, beyond the trained length too, or a
+// clear error when the KV budget cannot hold it; never a silent cap. An F16
+// cache takes half the bytes of an F32 one.
+TEST(Model, AskedContextIsHonouredOrRefused) {
+  SyntheticModelSpec spec;
+  spec.context_length = 64;
+  const std::string path = testing::temp_path(".gguf");
+  ASSERT_TRUE(write_synthetic_model(spec, path).ok());
+  auto model = Model::load(path);
+  ASSERT_TRUE(model.ok());
+  EXPECT_EQ((*model)->kv_bytes_per_token(TensorType::kF32),
+            2 * (*model)->kv_bytes_per_token(TensorType::kF16));
+  ContextOptions options;
+  options.context_length = 256;
+  options.kv_type = TensorType::kF16;
+  auto longer = InferenceContext::create(*model, options);
+  ASSERT_TRUE(longer.ok()) << longer.error().message;
+  EXPECT_EQ((*longer)->context_length(), 256);
+  options.kv_memory_budget = (*model)->kv_bytes_per_token(TensorType::kF16) * 100;
+  auto refused = InferenceContext::create(*model, options);
+  ASSERT_FALSE(refused.ok());
+  EXPECT_EQ(refused.error().kind, ErrorKind::kResourceExhausted);
+  EXPECT_NE(refused.error().message.find("raise the budget or ask for a shorter context"),
+            std::string::npos)
+      << refused.error().message;
+  options.kv_type = TensorType::kQ4_0;
+  EXPECT_FALSE(InferenceContext::create(*model, options).ok());
+  std::filesystem::remove(path);
+}
+
 TEST(Model, MissingTensorIsNamed) {
   engine::GgufWriter w;
   w.set("general.architecture", GgufValue::string("llama"));
@@ -637,18 +667,20 @@ TEST(RealModel, Stories260KGreedyMatchesReferenceOutput) {
 
 // Continuous batching: sequences of different prompt lengths that join a
 // running batch at different steps, with prompts loaded in chunks beside
-// the others' decode steps, each give the greedy tokens (and the logprobs,
-// within the matrix kernels' rounding) they give alone.
+// the others' decode steps, each give the greedy tokens they give alone, and
+// logprobs within 2e-3 (the 8-row kernels of Q8_0 and Q4_0 round a little
+// differently, which an F16 KV cache can turn into a last-bit change).
 struct BatchedRun {
   std::vector<TokenId> prompt;
   int32_t joins_at_step = 0;
 };
 
 void expect_batch_invariant(std::shared_ptr<const Model> model, const std::vector<BatchedRun>& runs,
-                            int32_t max_tokens, int32_t chunk) {
+                            int32_t max_tokens, int32_t chunk, TensorType kv_type) {
   ThreadPool pool(2);
   ContextOptions options;
   options.context_length = 256;
+  options.kv_type = kv_type;
   std::vector<GenerationResult> alone;
   for (const auto& run : runs) {
     auto ctx = InferenceContext::create(model, options);
@@ -706,7 +738,7 @@ void expect_batch_invariant(std::shared_ptr<const Model> model, const std::vecto
     ASSERT_EQ(batched.tokens.size(), alone[i].tokens.size());
     for (size_t t = 0; t < batched.tokens.size(); ++t) {
       ASSERT_EQ(batched.tokens[t].id, alone[i].tokens[t].id) << "token " << t;
-      EXPECT_NEAR(batched.tokens[t].logprob, alone[i].tokens[t].logprob, 1e-4) << "token " << t;
+      EXPECT_NEAR(batched.tokens[t].logprob, alone[i].tokens[t].logprob, 2e-3) << "token " << t;
     }
     EXPECT_EQ(batched.text, alone[i].text);
   }
@@ -731,7 +763,10 @@ TEST(Batch, Stories260KGreedyTokensMatchAlone) {
   if (path.empty()) GTEST_SKIP() << "stories260K.gguf not in " << testing::shared_models_dir();
   auto model = Model::load(path);
   ASSERT_TRUE(model.ok()) << model.error().message;
-  expect_batch_invariant(*model, staggered_runs((*model)->config().vocab_size), 64, 16);
+  for (TensorType kv_type : {TensorType::kF16, TensorType::kF32}) {
+    SCOPED_TRACE(tensor_type_name(static_cast<uint32_t>(kv_type)));
+    expect_batch_invariant(*model, staggered_runs((*model)->config().vocab_size), 64, 16, kv_type);
+  }
 }
 
 // The float types and the K-quants give each row the same sums in a batch
@@ -751,7 +786,8 @@ TEST(Batch, RealShapesGreedyTokensMatchAlone) {
     ASSERT_TRUE(write_synthetic_model(*spec, path).ok());
     auto model = Model::load(path);
     ASSERT_TRUE(model.ok()) << model.error().message;
-    expect_batch_invariant(*model, staggered_runs((*model)->config().vocab_size), 64, 16);
+    expect_batch_invariant(*model, staggered_runs((*model)->config().vocab_size), 64, 16,
+                           TensorType::kF16);
     std::filesystem::remove(path);
   }
 }

@@ -115,6 +115,14 @@ Result<std::shared_ptr<Deployment>> deploy(const TierConfig& config, const std::
 
   engine::ContextOptions options;
   options.context_length = context_length;
+  options.kv_type = engine::TensorType::kF16;
+  if (context_length > d->model->config().context_length) {
+    std::fprintf(stderr,
+                 "%swarning: context_length %d exceeds the %d tokens model %s was trained on; "
+                 "serving %d as configured, but output may degrade past %d tokens\n",
+                 tier.c_str(), context_length, d->model->config().context_length,
+                 d->model_name.c_str(), context_length, d->model->config().context_length);
+  }
   options.kv_memory_budget = (static_cast<uint64_t>(config.kv_memory_mb) << 20) /
                              static_cast<uint64_t>(config.max_concurrency);
   for (int32_t i = 0; i < slot_count; ++i) {

@@ -441,11 +441,12 @@ Result<std::shared_ptr<const Model>> Model::from_gguf(std::shared_ptr<GgufFile> 
   return std::shared_ptr<const Model>(std::move(model));
 }
 
-uint64_t Model::kv_bytes_per_token() const {
+uint64_t Model::kv_bytes_per_token(TensorType kv_type) const {
   // The cache keeps a slot for every layer (short-convolution layers too,
   // unused there), plus lfm2's convolution inputs.
+  const uint64_t value_bytes = kv_type == TensorType::kF32 ? sizeof(float) : sizeof(uint16_t);
   return 2ull * static_cast<uint64_t>(config_.layer_count) * config_.head_count_kv *
-             config_.head_dim * sizeof(float) +
+             config_.head_dim * value_bytes +
          static_cast<uint64_t>(config_.conv_layer_count) * config_.embedding_length * sizeof(float);
 }
 
@@ -491,9 +492,13 @@ void size_scratch(ForwardScratch& s, const Model& m, int32_t tokens) {
 Result<std::unique_ptr<InferenceContext>> InferenceContext::create(
     std::shared_ptr<const Model> model, ContextOptions options) {
   const ModelConfig& c = model->config();
-  int64_t n_ctx = options.context_length > 0 ? options.context_length : c.context_length;
-  n_ctx = std::min<int64_t>(n_ctx, c.context_length);
-  const uint64_t per_token = model->kv_bytes_per_token();
+  if (options.kv_type != TensorType::kF16 && options.kv_type != TensorType::kF32) {
+    return make_error(ErrorKind::kUnsupported,
+                      std::string("a KV cache of type ") +
+                          tensor_type_name(static_cast<uint32_t>(options.kv_type)) +
+                          " is not supported; use F16 (the default) or F32");
+  }
+  const uint64_t per_token = model->kv_bytes_per_token(options.kv_type);
   const int64_t fits = static_cast<int64_t>(options.kv_memory_budget / per_token);
   if (fits < 16) {
     return make_error(ErrorKind::kResourceExhausted,
@@ -502,15 +507,33 @@ Result<std::unique_ptr<InferenceContext>> InferenceContext::create(
                           c.name + "' (" + std::to_string(per_token) +
                           " bytes per token); raise the budget");
   }
-  n_ctx = std::min(n_ctx, fits);
+  // A context asked for is honoured, beyond the trained one too (as
+  // llama.cpp does; callers warn), or refused: never silently changed.
+  if (options.context_length > 0 && options.context_length > fits) {
+    return make_error(ErrorKind::kResourceExhausted,
+                      "a context of " + std::to_string(options.context_length) +
+                          " tokens of model '" + c.name + "' needs " +
+                          std::to_string(per_token * static_cast<uint64_t>(options.context_length)) +
+                          " bytes of KV cache, but the budget is " +
+                          std::to_string(options.kv_memory_budget) +
+                          " bytes (" + std::to_string(fits) +
+                          " tokens); raise the budget or ask for a shorter context");
+  }
+  const int64_t n_ctx = options.context_length > 0
+                            ? options.context_length
+                            : std::min<int64_t>(c.context_length, fits);
 
   std::unique_ptr<InferenceContext> ctx(new InferenceContext());
   ctx->model_ = std::move(model);
   ctx->context_length_ = static_cast<int32_t>(n_ctx);
   const size_t kv_dim = static_cast<size_t>(c.head_count_kv) * c.head_dim;
-  const size_t cache = static_cast<size_t>(c.layer_count) * static_cast<size_t>(n_ctx) * kv_dim;
-  ctx->key_cache_.assign(cache, 0.0f);
-  ctx->value_cache_.assign(cache, 0.0f);
+  ctx->kv_type_ = options.kv_type;
+  ctx->kv_row_bytes_ =
+      kv_dim * (options.kv_type == TensorType::kF32 ? sizeof(float) : sizeof(uint16_t));
+  const size_t cache =
+      static_cast<size_t>(c.layer_count) * static_cast<size_t>(n_ctx) * ctx->kv_row_bytes_;
+  ctx->key_cache_.assign(cache, 0);
+  ctx->value_cache_.assign(cache, 0);
   if (c.conv_layer_count > 0) {
     ctx->conv_cache_.assign(static_cast<size_t>(c.conv_layer_count) * static_cast<size_t>(n_ctx) *
                                 static_cast<size_t>(c.embedding_length),
@@ -697,8 +720,21 @@ struct ForwardPass {
     const int64_t kv_dim = static_cast<int64_t>(c.head_count_kv) * hd;
     const int32_t group = c.head_count / c.head_count_kv;
     const float attn_scale = c.attention_scale;
-    auto layer_cache = [&](std::vector<float>& cache, const InferenceContext& ctx) {
-      return cache.data() + static_cast<size_t>(li) * ctx.context_length_ * kv_dim;
+    // Row `position` of layer li in a cache, in bytes.
+    auto cache_row = [&](std::vector<uint8_t>& cache, const InferenceContext& ctx,
+                         int32_t position) {
+      return cache.data() +
+             (static_cast<size_t>(li) * ctx.context_length_ + static_cast<size_t>(position)) *
+                 ctx.kv_row_bytes_;
+    };
+    auto store = [&](std::vector<uint8_t>& cache, const InferenceContext& ctx, int32_t position,
+                     const float* values) {
+      uint8_t* row = cache_row(cache, ctx, position);
+      if (ctx.kv_type_ == TensorType::kF32) {
+        std::memcpy(row, values, kv_dim * sizeof(float));
+      } else {
+        quantize_row(TensorType::kF16, values, row, kv_dim);
+      }
     };
     for (int32_t t = 0; t < n; ++t) {
       InferenceContext& ctx = *entries[static_cast<size_t>(s.token_entry[t])].context;
@@ -729,10 +765,8 @@ struct ForwardPass {
         apply_rope(k, c.head_count_kv, c.head_dim, c.rope_dim, position, c.rope_neox, inv_freq,
                    c.rope_attn_factor);
       }
-      std::memcpy(layer_cache(ctx.key_cache_, ctx) + static_cast<size_t>(position) * kv_dim, k,
-                  kv_dim * sizeof(float));
-      std::memcpy(layer_cache(ctx.value_cache_, ctx) + static_cast<size_t>(position) * kv_dim, v,
-                  kv_dim * sizeof(float));
+      store(ctx.key_cache_, ctx, position, k);
+      store(ctx.value_cache_, ctx, position, v);
     }
 
     // Causal attention; each (token, head) pair is independent.
@@ -755,18 +789,33 @@ struct ForwardPass {
         // positions back.
         const int32_t first = l.sliding ? std::max(0, position + 1 - c.sliding_window) : 0;
         const int32_t span = position + 1 - first;
-        const float* keys =
-            layer_cache(ctx.key_cache_, ctx) + static_cast<size_t>(first) * kv_dim + kvh * hd;
-        const float* values =
-            layer_cache(ctx.value_cache_, ctx) + static_cast<size_t>(first) * kv_dim + kvh * hd;
-        for (int32_t p = 0; p < span; ++p) {
-          scores[p] = attn_scale * dot_f32(q, keys + static_cast<size_t>(p) * kv_dim, hd);
-        }
-        softmax(scores, span);
         float* out = s.attn_out.data() + t * q_dim + h * hd;
         std::fill(out, out + hd, 0.0f);
-        for (int32_t p = 0; p < span; ++p) {
-          axpy_f32(scores[p], values + static_cast<size_t>(p) * kv_dim, out, hd);
+        if (ctx.kv_type_ == TensorType::kF32) {
+          const auto* keys = reinterpret_cast<const float*>(cache_row(ctx.key_cache_, ctx, first)) +
+                             kvh * hd;
+          const auto* values =
+              reinterpret_cast<const float*>(cache_row(ctx.value_cache_, ctx, first)) + kvh * hd;
+          for (int32_t p = 0; p < span; ++p) {
+            scores[p] = attn_scale * dot_f32(q, keys + static_cast<size_t>(p) * kv_dim, hd);
+          }
+          softmax(scores, span);
+          for (int32_t p = 0; p < span; ++p) {
+            axpy_f32(scores[p], values + static_cast<size_t>(p) * kv_dim, out, hd);
+          }
+        } else {
+          const auto* keys =
+              reinterpret_cast<const uint16_t*>(cache_row(ctx.key_cache_, ctx, first)) + kvh * hd;
+          const auto* values =
+              reinterpret_cast<const uint16_t*>(cache_row(ctx.value_cache_, ctx, first)) +
+              kvh * hd;
+          for (int32_t p = 0; p < span; ++p) {
+            scores[p] = attn_scale * dot_f32_f16(q, keys + static_cast<size_t>(p) * kv_dim, hd);
+          }
+          softmax(scores, span);
+          for (int32_t p = 0; p < span; ++p) {
+            axpy_f16(scores[p], values + static_cast<size_t>(p) * kv_dim, out, hd);
+          }
         }
       }
     });

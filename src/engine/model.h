@@ -112,8 +112,9 @@ class Model {
   const std::string& version() const { return version_; }
   // Bytes of weights read per generated token (every matrix once).
   uint64_t weight_bytes() const { return weight_bytes_; }
-  // Bytes of KV cache per token of context.
-  uint64_t kv_bytes_per_token() const;
+  // Bytes of KV cache per token of context, keys and values stored as
+  // `kv_type` (F16 or F32).
+  uint64_t kv_bytes_per_token(TensorType kv_type = TensorType::kF32) const;
 
   const WeightMatrix& token_embedding() const { return token_embd_; }
   const WeightMatrix& output() const { return output_; }
@@ -149,9 +150,16 @@ class Model {
 };
 
 struct ContextOptions {
-  int32_t context_length = 0;  // 0: the model's trained context, capped by kv_memory_budget
+  // 0: the model's trained context, capped by kv_memory_budget. Else exactly
+  // this, beyond the trained context too (quality may fall there: callers
+  // say so), or an error when the budget cannot hold it.
+  int32_t context_length = 0;
   uint64_t kv_memory_budget = 512ull << 20;  // bytes for the KV cache
   int32_t max_batch = 64;                    // tokens per forward step when processing a prompt
+  // How keys and values are stored: F32, exact, for tools that compare
+  // against a reference; or F16, half the memory and memory traffic (as
+  // llama.cpp's default), which the edge tier, `run` and `bench` use.
+  TensorType kv_type = TensorType::kF32;
 };
 
 // Looks inside the forward pass, for calibration and pruning: while set on a
@@ -243,8 +251,10 @@ class InferenceContext {
   int32_t context_length_ = 0;
   int32_t position_ = 0;
   std::vector<TokenId> cached_tokens_;
-  std::vector<float> key_cache_;    // [layer][position][kv_head * head_dim]
-  std::vector<float> value_cache_;  // same layout
+  TensorType kv_type_ = TensorType::kF32;
+  size_t kv_row_bytes_ = 0;           // one position of one layer: kv_head * head_dim values
+  std::vector<uint8_t> key_cache_;    // [layer][position][kv_head * head_dim], as kv_type_
+  std::vector<uint8_t> value_cache_;  // same layout
   // lfm2: B*x of each short-convolution layer at each position
   // [conv layer][position][embedding_length], so that truncate() keeps
   // working as it does for the KV cache.

@@ -94,6 +94,7 @@ class HybridRouter {
   const backend::TierConfig* tier_config(std::string_view name) const;
 
  private:
+  void collect_edge_load(const std::string& tier, const backend::EdgeLoad& load);
   HybridRouter() = default;
   std::unique_ptr<route::Router> router_;
   std::unique_ptr<exec::Executor> executor_;
