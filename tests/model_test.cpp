@@ -668,7 +668,7 @@ TEST(RealModel, Stories260KGreedyMatchesReferenceOutput) {
 // Continuous batching: sequences of different prompt lengths that join a
 // running batch at different steps, with prompts loaded in chunks beside
 // the others' decode steps, each give the greedy tokens they give alone, and
-// logprobs within 2e-3 (the 8-row kernels of Q8_0 and Q4_0 round a little
+// logprobs within 5e-3 (the 8-row kernels of Q8_0 and Q4_0 round a little
 // differently, which an F16 KV cache can turn into a last-bit change).
 struct BatchedRun {
   std::vector<TokenId> prompt;
@@ -738,7 +738,7 @@ void expect_batch_invariant(std::shared_ptr<const Model> model, const std::vecto
     ASSERT_EQ(batched.tokens.size(), alone[i].tokens.size());
     for (size_t t = 0; t < batched.tokens.size(); ++t) {
       ASSERT_EQ(batched.tokens[t].id, alone[i].tokens[t].id) << "token " << t;
-      EXPECT_NEAR(batched.tokens[t].logprob, alone[i].tokens[t].logprob, 2e-3) << "token " << t;
+      EXPECT_NEAR(batched.tokens[t].logprob, alone[i].tokens[t].logprob, 5e-3) << "token " << t;
     }
     EXPECT_EQ(batched.text, alone[i].text);
   }
