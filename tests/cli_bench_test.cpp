@@ -116,6 +116,32 @@ TEST(BenchCli, TableAndErrors) {
 
 // --cpu-level (before or after the subcommand) and FORESHORE_CPU_LEVEL pick
 // the kernels' level, which the results name; a bad one stops the command.
+// --parallel: one row per sequence count, llama-bench's fields plus
+// n_parallel, aggregate_ts (all sequences) and ttft_ms; avg_ts per stream.
+TEST(BenchCli, ParallelRowsKeepLlamaBenchFields) {
+  const auto run = run_foreshore({"bench", "-m", stories_path(), "--parallel", "1,4", "-p", "8",
+                                  "-n", "4", "-r", "1", "-t", "1", "--json"});
+  ASSERT_EQ(run.status, 0) << run.err;
+  const json rows = json::parse(run.out);
+  ASSERT_EQ(rows.size(), 2u) << run.out;
+  for (size_t i = 0; i < rows.size(); ++i) {
+    const json& row = rows[i];
+    EXPECT_EQ(row["n_parallel"], i == 0 ? 1 : 4);
+    EXPECT_EQ(row["test"], "pp8+tg4");
+    EXPECT_EQ(row["n_prompt"], 8);
+    EXPECT_EQ(row["n_gen"], 4);
+    EXPECT_GT(row["aggregate_ts"].get<double>(), 0.0);
+    EXPECT_NEAR(row["avg_ts"].get<double>() * row["n_parallel"].get<double>(),
+                row["aggregate_ts"].get<double>(), 1e-6 * row["aggregate_ts"].get<double>());
+    EXPECT_GT(row["ttft_ms"].get<double>(), 0.0);
+    EXPECT_EQ(row["samples_ts"].size(), 1u);
+  }
+  const auto table = run_foreshore(
+      {"bench", "-m", stories_path(), "--parallel", "2", "-p", "8", "-n", "4", "-r", "1"});
+  ASSERT_EQ(table.status, 0) << table.err;
+  EXPECT_NE(table.out.find("| n_parallel | aggregate t/s |"), std::string::npos) << table.out;
+}
+
 TEST(BenchCli, CpuLevelFlagAndVariable) {
   const std::vector<std::string> args{"-m", stories_path(), "-p", "0",     "-n", "2", "-r",
                                       "1",  "-t",           "1",  "--json"};

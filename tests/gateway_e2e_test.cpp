@@ -215,6 +215,50 @@ TEST_F(GatewayE2E, StreamingOnEachTier) {
             read_stream(streamed).text);
 }
 
+// Continuous batching as users meet it: parallel streaming clients with
+// different prompts and lengths, arriving at different times, all complete
+// with the answers they get one at a time; the engine's load shows in /metrics.
+TEST_F(GatewayE2E, ParallelStreamingClientsGetTheirSequentialAnswers) {
+  const std::vector<std::string> prompts = {
+      "Once upon a time", "Lily saw a dog", "The sun was hot", "Tom and Sam went",
+      "A little bird",    "The big tree",   "Mom said no",     "One day a cat"};
+  auto body = [&](size_t i, bool stream) {
+    json b = chat_body(stream, 8 + 6 * static_cast<int>(i));
+    b["messages"][0]["content"] = prompts[i];
+    return b;
+  };
+  std::vector<std::string> sequential;
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    const auto r = chat(port(), body(i, false), "edge");
+    ASSERT_EQ(r.status, 200) << r.body;
+    sequential.push_back(r.json()["choices"][0]["message"]["content"].get<std::string>());
+  }
+  std::vector<HttpResult> results(prompts.size());
+  std::vector<std::thread> clients;
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    clients.emplace_back([&, i] { results[i] = chat(port(), body(i, true), "edge"); });
+    std::this_thread::sleep_for(std::chrono::milliseconds(3 * i));
+  }
+  for (auto& c : clients) c.join();
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    SCOPED_TRACE(prompts[i]);
+    ASSERT_EQ(results[i].status, 200) << results[i].body;
+    const Stream s = read_stream(results[i]);
+    EXPECT_TRUE(s.done) << results[i].body;
+    EXPECT_TRUE(s.error.is_null()) << results[i].body;
+    EXPECT_EQ(s.text, sequential[i]);
+  }
+  const auto metrics = http_get(port(), "/metrics");
+  for (const char* needle :
+       {"foreshore_edge_running_sequences{tier=\"edge\"} 0",
+        "foreshore_edge_queued_sequences{tier=\"edge\"} 0", "foreshore_edge_kv_slots_free",
+        "foreshore_edge_prefix_cache_hits", "foreshore_edge_steps{tier=\"edge\"}",
+        "foreshore_edge_steps_within_ms{tier=\"edge\",le_ms=\"5\"}",
+        "foreshore_edge_tokens_per_second{tier=\"edge\"}"}) {
+    EXPECT_NE(metrics.body.find(needle), std::string::npos) << needle << "\n" << metrics.body;
+  }
+}
+
 TEST_F(GatewayE2E, ModelPicksTheTier) {
   json b = chat_body(false);
   b["model"] = "gpt-4o-mini";

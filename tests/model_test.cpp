@@ -544,6 +544,36 @@ TEST(Model, ContextOverflowIsAClearError) {
   std::filesystem::remove(path);
 }
 
+// A context asked for is what one gets, beyond the trained length too, or a
+// clear error when the KV budget cannot hold it; never a silent cap. An F16
+// cache takes half the bytes of an F32 one.
+TEST(Model, AskedContextIsHonouredOrRefused) {
+  SyntheticModelSpec spec;
+  spec.context_length = 64;
+  const std::string path = testing::temp_path(".gguf");
+  ASSERT_TRUE(write_synthetic_model(spec, path).ok());
+  auto model = Model::load(path);
+  ASSERT_TRUE(model.ok());
+  EXPECT_EQ((*model)->kv_bytes_per_token(TensorType::kF32),
+            2 * (*model)->kv_bytes_per_token(TensorType::kF16));
+  ContextOptions options;
+  options.context_length = 256;
+  options.kv_type = TensorType::kF16;
+  auto longer = InferenceContext::create(*model, options);
+  ASSERT_TRUE(longer.ok()) << longer.error().message;
+  EXPECT_EQ((*longer)->context_length(), 256);
+  options.kv_memory_budget = (*model)->kv_bytes_per_token(TensorType::kF16) * 100;
+  auto refused = InferenceContext::create(*model, options);
+  ASSERT_FALSE(refused.ok());
+  EXPECT_EQ(refused.error().kind, ErrorKind::kResourceExhausted);
+  EXPECT_NE(refused.error().message.find("raise the budget or ask for a shorter context"),
+            std::string::npos)
+      << refused.error().message;
+  options.kv_type = TensorType::kQ4_0;
+  EXPECT_FALSE(InferenceContext::create(*model, options).ok());
+  std::filesystem::remove(path);
+}
+
 TEST(Model, MissingTensorIsNamed) {
   engine::GgufWriter w;
   w.set("general.architecture", GgufValue::string("llama"));
@@ -633,6 +663,155 @@ TEST(RealModel, Stories260KGreedyMatchesReferenceOutput) {
     // SentencePiece pieces carry their leading space: the continuation of BOS is " Once".
     EXPECT_EQ(r->text.substr(1), expected["text"].get<std::string>().substr(0, r->text.size() - 1));
   }
+}
+
+// Continuous batching: sequences of different prompt lengths that join a
+// running batch at different steps, with prompts loaded in chunks beside
+// the others' decode steps, each give the greedy tokens they give alone, and
+// logprobs within 5e-3 (the 8-row kernels of Q8_0 and Q4_0 round a little
+// differently, which an F16 KV cache can turn into a last-bit change).
+struct BatchedRun {
+  std::vector<TokenId> prompt;
+  int32_t joins_at_step = 0;
+};
+
+void expect_batch_invariant(std::shared_ptr<const Model> model, const std::vector<BatchedRun>& runs,
+                            int32_t max_tokens, int32_t chunk, TensorType kv_type) {
+  ThreadPool pool(2);
+  ContextOptions options;
+  options.context_length = 256;
+  options.kv_type = kv_type;
+  std::vector<GenerationResult> alone;
+  for (const auto& run : runs) {
+    auto ctx = InferenceContext::create(model, options);
+    ASSERT_TRUE(ctx.ok());
+    GenerationRequest request;
+    request.prompt = run.prompt;
+    request.sampling = SamplingParams::greedy();
+    request.max_tokens = max_tokens;
+    auto r = generate(**ctx, pool, request);
+    ASSERT_TRUE(r.ok()) << r.error().message;
+    alone.push_back(std::move(r).value());
+  }
+
+  auto decoder = BatchDecoder::create(model, 64);
+  ASSERT_TRUE(decoder.ok());
+  std::vector<std::unique_ptr<InferenceContext>> contexts;
+  std::vector<GenerationRequest> requests(runs.size());
+  std::vector<std::unique_ptr<Generation>> generations(runs.size());
+  for (size_t i = 0; i < runs.size(); ++i) {
+    auto ctx = InferenceContext::create(model, options);
+    ASSERT_TRUE(ctx.ok());
+    contexts.push_back(std::move(ctx).value());
+    requests[i].prompt = runs[i].prompt;
+    requests[i].sampling = SamplingParams::greedy();
+    requests[i].max_tokens = max_tokens;
+  }
+  for (int32_t step = 0;; ++step) {
+    std::vector<BatchEntry> entries;
+    std::vector<size_t> owners;
+    int32_t budget = (*decoder)->max_tokens();
+    bool pending = false;
+    for (size_t i = 0; i < runs.size(); ++i) {
+      if (!generations[i] && runs[i].joins_at_step <= step) {
+        auto g = Generation::start(*contexts[i], requests[i]);
+        ASSERT_TRUE(g.ok()) << g.error().message;
+        generations[i] = std::move(g).value();
+      }
+      if (!generations[i] || !generations[i]->finished()) pending = true;
+      if (!generations[i] || generations[i]->finished()) continue;
+      const auto input = generations[i]->next_input(std::min(budget, chunk));
+      if (input.empty()) continue;
+      budget -= static_cast<int32_t>(input.size());
+      entries.push_back({contexts[i].get(), input});
+      owners.push_back(i);
+    }
+    if (!pending) break;
+    if (entries.empty()) continue;
+    ASSERT_TRUE((*decoder)->decode(entries, pool).ok());
+    for (size_t e = 0; e < entries.size(); ++e)
+      generations[owners[e]]->advance(static_cast<int32_t>(entries[e].tokens.size()));
+  }
+  for (size_t i = 0; i < runs.size(); ++i) {
+    SCOPED_TRACE("sequence " + std::to_string(i));
+    const GenerationResult& batched = generations[i]->result();
+    ASSERT_EQ(batched.tokens.size(), alone[i].tokens.size());
+    for (size_t t = 0; t < batched.tokens.size(); ++t) {
+      ASSERT_EQ(batched.tokens[t].id, alone[i].tokens[t].id) << "token " << t;
+      EXPECT_NEAR(batched.tokens[t].logprob, alone[i].tokens[t].logprob, 5e-3) << "token " << t;
+    }
+    EXPECT_EQ(batched.text, alone[i].text);
+  }
+}
+
+// Eight sequences of different prompt lengths, joining at different steps.
+std::vector<BatchedRun> staggered_runs(int32_t vocab_size) {
+  std::vector<BatchedRun> runs;
+  for (int32_t i = 0; i < 8; ++i) {
+    BatchedRun run;
+    run.prompt.push_back(1);
+    for (int32_t t = 0; t < 3 + 7 * i; ++t)
+      run.prompt.push_back(3 + (t * 37 + i * 11) % (vocab_size - 3));
+    run.joins_at_step = (i * 5) % 17;
+    runs.push_back(std::move(run));
+  }
+  return runs;
+}
+
+TEST(Batch, Stories260KGreedyTokensMatchAlone) {
+  const std::string path = stories_path();
+  if (path.empty()) GTEST_SKIP() << "stories260K.gguf not in " << testing::shared_models_dir();
+  auto model = Model::load(path);
+  ASSERT_TRUE(model.ok()) << model.error().message;
+  for (TensorType kv_type : {TensorType::kF16, TensorType::kF32}) {
+    SCOPED_TRACE(tensor_type_name(static_cast<uint32_t>(kv_type)));
+    expect_batch_invariant(*model, staggered_runs((*model)->config().vocab_size), 64, 16, kv_type);
+  }
+}
+
+// The float types and the K-quants give each row the same sums in a batch
+// of any size, so each sequence's tokens and logprobs are exactly its own.
+// (Q4_0's and Q8_0's 8-row kernels round differently from their single-row
+// ones, logits within about 1e-2, so there a near-tie may break the other
+// way.) Real widths, few layers, so that the test stays quick.
+TEST(Batch, RealShapesGreedyTokensMatchAlone) {
+  for (const char* preset : {"smollm2-135m", "gemma3-tiny", "lfm2-tiny"}) {
+    SCOPED_TRACE(preset);
+    auto spec = synthetic_model_preset(preset, TensorType::kF16);
+    ASSERT_TRUE(spec.has_value());
+    spec->context_length = 256;
+    spec->layer_count = std::min(spec->layer_count, 4);
+    if (!spec->conv_layers.empty()) spec->conv_layers.resize(static_cast<size_t>(spec->layer_count));
+    const std::string path = testing::temp_path(".gguf");
+    ASSERT_TRUE(write_synthetic_model(*spec, path).ok());
+    auto model = Model::load(path);
+    ASSERT_TRUE(model.ok()) << model.error().message;
+    expect_batch_invariant(*model, staggered_runs((*model)->config().vocab_size), 64, 16,
+                           TensorType::kF16);
+    std::filesystem::remove(path);
+  }
+}
+
+TEST(Batch, BadStepsAreRefusedWithoutRunning) {
+  SyntheticModelSpec spec;
+  const std::string path = testing::temp_path(".gguf");
+  ASSERT_TRUE(write_synthetic_model(spec, path).ok());
+  auto model = Model::load(path);
+  ASSERT_TRUE(model.ok());
+  auto decoder = BatchDecoder::create(*model, 4);
+  ASSERT_TRUE(decoder.ok());
+  auto a = InferenceContext::create(*model, {});
+  ThreadPool pool(2);
+  const std::vector<TokenId> five = {1, 2, 3, 4, 5};
+  std::vector<BatchEntry> too_many = {{a->get(), five}};
+  auto s = (*decoder)->decode(too_many, pool);
+  ASSERT_FALSE(s.ok());
+  EXPECT_NE(s.error().message.find("exceeds"), std::string::npos) << s.error().message;
+  const std::vector<TokenId> two = {1, 2};
+  std::vector<BatchEntry> twice = {{a->get(), two}, {a->get(), two}};
+  EXPECT_FALSE((*decoder)->decode(twice, pool).ok());
+  EXPECT_EQ((*a)->position(), 0);
+  std::filesystem::remove(path);
 }
 
 TEST(RealModel, LlamaTinyRandomF16Runs) {

@@ -225,6 +225,32 @@ TEST(Router, BusyEdgeQueueCountsAgainstTheBudget) {
   EXPECT_EQ(busy.plan.kind, PlanKind::kCloud);
 }
 
+// A batching edge engine reports its measured load: with a free slot a
+// request starts at the next step, so a busy edge still makes a budget a
+// one-at-a-time queue would miss; with every slot taken it waits for
+// running generations to end, and the cloud serves.
+TEST(Router, BatchingEdgePredictsItsTtftFromItsMeasuredLoad) {
+  RouterConfig c;
+  c.threshold = 1.0;
+  auto r = make_router(c);
+  for (int i = 0; i < 20; ++i) r->record_latency("cloud", 60, 300, 10);
+  RouteInput in;
+  in.latency_budget_ms = 150;
+  in.max_tokens = 32;
+  in.edge_queue_depth = 3;
+  in.edge_load = RouteInput::EdgeLoad{3, 0, 8, 0, 20.0, 1.0};
+  const Decision free_slot = decide(*r, "hello", in);
+  EXPECT_LT(free_slot.signals.edge_ttft_ms, 150);
+  EXPECT_EQ(free_slot.plan.kind, PlanKind::kEdge);
+
+  in.edge_queue_depth = 12;
+  in.edge_load = RouteInput::EdgeLoad{8, 4, 8, 400, 20.0, 1.0};
+  const Decision full = decide(*r, "hello", in);
+  // Five requests must finish first (one round of 32 tokens at 20 ms a step).
+  EXPECT_GT(full.signals.edge_ttft_ms, 32 * 20.0);
+  EXPECT_EQ(full.plan.kind, PlanKind::kCloud);
+}
+
 TEST(Router, CostCeilingBlocksCloud) {
   RouterConfig c;
   c.threshold = 0.0;

@@ -2,6 +2,7 @@
 // HTTP endpoints, behind one streaming interface.
 #pragma once
 
+#include <array>
 #include <atomic>
 #include <chrono>
 #include <cstdint>
@@ -213,6 +214,27 @@ struct BackendInfo {
   int32_t context_length = 0;  // 0 when unknown (remote)
 };
 
+// What an embedded tier's engine is doing: for /metrics, and for the
+// router's prediction of the edge's time to first token under load.
+struct EdgeLoad {
+  int32_t running = 0;  // requests holding a KV slot (generating or streaming)
+  int32_t queued = 0;   // requests waiting for one
+  int64_t queued_prompt_tokens = 0;
+  int32_t slots = 0;  // KV slots (the most requests that run at once)
+  uint64_t admitted = 0;
+  uint64_t prefix_hits = 0;  // admitted requests that reused a cached prompt prefix
+  uint64_t steps = 0;        // batched forward steps
+  double step_ms_total = 0.0;
+  double last_step_ms = 0.0;
+  int64_t tokens_total = 0;     // prompt and generated tokens run
+  double decode_step_ms = 0.0;  // recent decode-only step time (0: none yet)
+  int32_t decode_batch = 0;     // sequences in the last decode-only step
+  double prefill_ms_per_token = 0.0;  // recent prompt loading cost (0: none yet)
+  // Step time histogram: steps that took at most each bound, in ms (cumulative).
+  static constexpr std::array<double, 8> kStepBuckets = {5, 10, 25, 50, 100, 250, 500, 1000};
+  std::array<uint64_t, kStepBuckets.size()> step_buckets{};
+};
+
 class Backend {
  public:
   virtual ~Backend() = default;
@@ -239,9 +261,11 @@ class Backend {
   // falls; requests already running finish first. Remote tiers ignore it.
   // Returns a one-line account of what changed, empty when nothing did.
   virtual std::string adapt_to_memory_pressure(int /*level*/) { return {}; }
-  // Requests running or waiting on this tier now (embedded: on its engine,
-  // which serves one at a time); 0 where the tier does not know.
+  // Requests running or waiting on this tier now (embedded: holding or
+  // waiting for a KV slot); 0 where the tier does not know.
   virtual int32_t queued_requests() const { return 0; }
+  // The engine's load (embedded tiers); nullopt for remote tiers.
+  virtual std::optional<EdgeLoad> load() const { return std::nullopt; }
   // Requests that gave up waiting for a pooled connection (remote tiers).
   virtual uint64_t pool_wait_timeouts() const { return 0; }
   // Why this tier cannot serve at all (its model failed to load); empty when it can.

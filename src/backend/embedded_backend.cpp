@@ -1,11 +1,17 @@
-// The edge tier: one GGUF model in-process, shared by a few KV-cache slots.
+// The edge tier: one GGUF model in-process, serving up to max_concurrency
+// requests at once by continuous batching.
 //
-// engine::generate() runs a whole request, calling evaluate() inside, so there
-// is no point between two forward steps where another request could take its
-// turn on the shared (non-reentrant) thread pool. Requests therefore run one at
-// a time, first come first served, from a bounded queue. The slots still pay
-// off: each keeps the KV cache of a recent conversation, and a request goes to
-// the slot that already holds the longest prefix of its prompt.
+// One scheduler thread owns the engine. Each step it runs, in one batched
+// forward pass (engine::BatchDecoder), the next token of every running
+// sequence and a chunk of at most one loading prompt, so a long prompt loads
+// between decode steps instead of freezing the others. New requests join at
+// the next step from a bounded FIFO queue; a cancelled one (client gone,
+// deadline) leaves within one step. Each request's thread streams the text
+// its sequence produced, so a slow client never holds up the engine.
+//
+// Each sequence runs on a KV-cache slot; a finished request's slot keeps its
+// cache, and a request goes to the free slot that already holds the longest
+// prefix of its prompt (a conversation's earlier turns).
 #include <algorithm>
 #include <atomic>
 #include <chrono>
@@ -14,7 +20,9 @@
 #include <deque>
 #include <filesystem>
 #include <mutex>
+#include <optional>
 #include <random>
+#include <thread>
 
 #include "backend/backend_kinds.h"
 #include "common/json_text.h"
@@ -26,8 +34,14 @@ namespace {
 using Clock = std::chrono::steady_clock;
 using engine::TokenId;
 
-// How often a queued request looks at its cancellation flag, which nobody signals.
-constexpr auto kQueuePollInterval = std::chrono::milliseconds(20);
+// How often a waiting request looks at its cancellation flag and deadline,
+// which nobody signals.
+constexpr auto kPollInterval = std::chrono::milliseconds(20);
+// Prompt tokens one step loads beside the running sequences' decode tokens.
+// A step costs about as much as reading the weights plus this many tokens of
+// prompt work, so this bounds how long a long prompt delays everyone else's
+// next token, while 32 rows still keep the batched prompt kernels efficient.
+constexpr int32_t kPrefillChunk = 32;
 // Default completion length when the request gives none: long enough for an
 // answer, short enough that a forgotten max_tokens cannot hold the edge for minutes.
 constexpr int32_t kDefaultMaxTokens = 512;
@@ -50,89 +64,6 @@ bool is_cancelled(const BackendRequest& request) {
   return request.cancelled && request.cancelled->load();
 }
 
-// Hands out turns on the engine one at a time, in arrival order, to at most
-// `max_waiting` queued requests. A finished turn passes straight to the head
-// of the queue and wakes only that request: waking every waiter to let one
-// through costs O(waiters) per turn, which under a burst of hundreds of
-// queued requests took more CPU than the engine itself.
-class TurnQueue {
- public:
-  enum class Outcome { kAdmitted, kFull, kDeadline, kCancelled };
-
-  explicit TurnQueue(size_t max_waiting) : max_waiting_(max_waiting) {}
-
-  Outcome enter(const BackendRequest& request, size_t& ahead) {
-    std::unique_lock lock(mu_);
-    ahead = waiting_.size() + (busy_ ? 1 : 0);
-    if (!busy_ && waiting_.empty()) {
-      busy_ = true;
-      return Outcome::kAdmitted;
-    }
-    if (waiting_.size() >= max_waiting_) return Outcome::kFull;
-    Waiter me;
-    waiting_.push_back(&me);
-    for (;;) {
-      if (me.admitted) return Outcome::kAdmitted;
-      const auto now = Clock::now();
-      const bool expired = request.deadline && now >= *request.deadline;
-      if (expired || is_cancelled(request)) {
-        waiting_.erase(std::find(waiting_.begin(), waiting_.end(), &me));
-        return expired ? Outcome::kDeadline : Outcome::kCancelled;
-      }
-      auto wake = now + kQueuePollInterval;
-      if (request.deadline) wake = std::min(wake, *request.deadline);
-      me.cv.wait_until(lock, wake);
-    }
-  }
-
-  // Takes the engine only when nobody holds or waits for it.
-  bool try_enter() {
-    std::lock_guard lock(mu_);
-    if (busy_ || !waiting_.empty()) return false;
-    busy_ = true;
-    return true;
-  }
-
-  int32_t depth() {
-    std::lock_guard lock(mu_);
-    return static_cast<int32_t>(waiting_.size()) + (busy_ ? 1 : 0);
-  }
-
-  void leave() {
-    std::lock_guard lock(mu_);
-    if (waiting_.empty()) {
-      busy_ = false;
-      return;
-    }
-    Waiter* next = waiting_.front();  // the turn stays busy: it is handed over
-    waiting_.pop_front();
-    next->admitted = true;
-    next->cv.notify_one();
-  }
-
- private:
-  struct Waiter {
-    std::condition_variable cv;
-    bool admitted = false;
-  };
-
-  std::mutex mu_;
-  std::deque<Waiter*> waiting_;
-  bool busy_ = false;
-  const size_t max_waiting_;
-};
-
-class Turn {
- public:
-  explicit Turn(TurnQueue& queue) : queue_(queue) {}
-  ~Turn() { queue_.leave(); }
-  Turn(const Turn&) = delete;
-  Turn& operator=(const Turn&) = delete;
-
- private:
-  TurnQueue& queue_;
-};
-
 size_t common_prefix(const std::vector<TokenId>& a, const std::vector<TokenId>& b) {
   const size_t n = std::min(a.size(), b.size());
   size_t i = 0;
@@ -148,7 +79,9 @@ struct Deployment {
   engine::ChatFormat format = engine::ChatFormat::kPlain;
   std::string model_name;
   std::vector<std::unique_ptr<engine::InferenceContext>> slots;
+  std::vector<bool> in_use;  // a request holds the slot (scheduler's mutex)
   std::vector<uint64_t> last_used;
+  std::unique_ptr<engine::BatchDecoder> decoder;
   uint64_t use_clock = 0;
   bool low_memory_model = false;
 
@@ -182,6 +115,14 @@ Result<std::shared_ptr<Deployment>> deploy(const TierConfig& config, const std::
 
   engine::ContextOptions options;
   options.context_length = context_length;
+  options.kv_type = engine::TensorType::kF16;
+  if (context_length > d->model->config().context_length) {
+    std::fprintf(stderr,
+                 "%swarning: context_length %d exceeds the %d tokens model %s was trained on; "
+                 "serving %d as configured, but output may degrade past %d tokens\n",
+                 tier.c_str(), context_length, d->model->config().context_length,
+                 d->model_name.c_str(), context_length, d->model->config().context_length);
+  }
   options.kv_memory_budget = (static_cast<uint64_t>(config.kv_memory_mb) << 20) /
                              static_cast<uint64_t>(config.max_concurrency);
   for (int32_t i = 0; i < slot_count; ++i) {
@@ -196,15 +137,45 @@ Result<std::shared_ptr<Deployment>> deploy(const TierConfig& config, const std::
     d->slots.push_back(std::move(context).value());
   }
   d->last_used.assign(d->slots.size(), 0);
+  d->in_use.assign(d->slots.size(), false);
+  auto decoder = engine::BatchDecoder::create(d->model, slot_count + kPrefillChunk);
+  if (!decoder.ok()) return make_error(decoder.error().kind, tier + decoder.error().message);
+  d->decoder = std::move(decoder).value();
   return d;
 }
+
+// One request from its arrival to its last delta. The request's thread
+// fills it in and waits on `cv`; the scheduler admits it, runs its
+// generation and hands over the text; both under the scheduler's mutex.
+struct Job {
+  const BackendRequest* request = nullptr;  // its thread waits until the job is done
+  std::shared_ptr<Deployment> deployment;   // tokenized for this one
+  engine::GenerationRequest gen;
+  Clock::time_point start;
+  std::condition_variable cv;
+  // Set by the scheduler.
+  bool admitted = false;
+  double queued_ms = 0.0;
+  std::optional<size_t> slot;  // held from admission to release
+  std::unique_ptr<engine::Generation> generation;
+  struct Piece {
+    std::string text;
+    engine::SampledToken token;
+  };
+  std::deque<Piece> pieces;  // produced, not yet streamed
+  bool done = false;
+  std::optional<Error> error;
+  engine::GenerationResult result;
+  bool deadline_hit = false;
+  // Set by the request's thread: stop generating (client gone, delta refused).
+  bool stop = false;
+};
 
 class EmbeddedBackend final : public Backend {
  public:
   EmbeddedBackend(TierConfig config, std::shared_ptr<Deployment> full)
       : config_(std::move(config)),
         pool_(config_.threads),
-        turns_(static_cast<size_t>(config_.max_queue)),
         full_context_(full->context_length()),
         deployment_(std::move(full)) {
     info_.name = config_.name;
@@ -213,6 +184,16 @@ class EmbeddedBackend final : public Backend {
     info_.model = deployment_->model_name;
     info_.model_version = deployment_->model->version();
     info_.context_length = full_context_;
+    scheduler_ = std::thread([this] { schedule(); });
+  }
+
+  ~EmbeddedBackend() override {
+    {
+      std::lock_guard lock(mu_);
+      stopping_ = true;
+    }
+    wake_.notify_one();
+    scheduler_.join();
   }
 
   const BackendInfo& info() const override { return info_; }
@@ -223,14 +204,20 @@ class EmbeddedBackend final : public Backend {
     return static_cast<int32_t>(tokens->size());
   }
 
-  int32_t queued_requests() const override { return turns_.depth(); }
+  int32_t queued_requests() const override {
+    std::lock_guard lock(mu_);
+    return active_ + static_cast<int32_t>(waiting_.size());
+  }
 
   std::string adapt_to_memory_pressure(int level) override {
-    wanted_level_.store(level, std::memory_order_release);
-    // When the engine is idle, act now; otherwise the next request to get
-    // its turn does, after the running one has finished.
-    if (!turns_.try_enter()) return {};
-    Turn turn(turns_);
+    std::lock_guard lock(mu_);
+    wanted_level_ = level;
+    // When the engine is idle, act now; otherwise the scheduler does once
+    // the running requests have finished, admitting no new ones meanwhile.
+    if (active_ > 0 || !waiting_.empty()) {
+      wake_.notify_one();
+      return {};
+    }
     return apply_memory_level();
   }
 
@@ -243,55 +230,43 @@ class EmbeddedBackend final : public Backend {
                             "tier");
     }
     // Tokenized before queueing so that a malformed request fails at once.
-    std::shared_ptr<Deployment> deployment = current();
-    FSH_ASSIGN_OR_RETURN(std::vector<TokenId> prompt, tokenize(*deployment, request));
-
-    size_t ahead = 0;
-    switch (turns_.enter(request, ahead)) {
-      case TurnQueue::Outcome::kAdmitted:
-        break;
-      case TurnQueue::Outcome::kFull:
-        return make_error(ErrorKind::kResourceExhausted,
-                          where() + ": busy with " + std::to_string(ahead) +
-                              " requests running or queued (max_queue " +
-                              std::to_string(config_.max_queue) +
-                              "); retry later or raise max_queue");
-      case TurnQueue::Outcome::kDeadline:
-        return make_error(ErrorKind::kDeadlineExceeded,
-                          where() + ": the deadline passed after " +
-                              std::to_string(static_cast<int64_t>(ms_since(start))) +
-                              " ms in the queue behind " + std::to_string(ahead) +
-                              " requests; allow more time or send fewer requests to this tier");
-      case TurnQueue::Outcome::kCancelled:
-        return cancelled_completion(start);
-    }
-    Turn turn(turns_);
-    if (std::string change = apply_memory_level(); !change.empty()) {
-      std::fprintf(stderr, "%s\n", change.c_str());
-    }
-    if (std::shared_ptr<Deployment> now = current(); now != deployment) {
-      deployment = std::move(now);
-      FSH_ASSIGN_OR_RETURN(prompt, tokenize(*deployment, request));
-    }
-    FSH_ASSIGN_OR_RETURN(engine::GenerationRequest gen,
-                         to_engine_request(*deployment, request, std::move(prompt)));
-    const double queued_ms = ms_since(start);
-    if (request.deadline && Clock::now() >= *request.deadline) {
+    Job job;
+    job.request = &request;
+    job.start = start;
+    job.deployment = current();
+    FSH_ASSIGN_OR_RETURN(std::vector<TokenId> prompt, tokenize(*job.deployment, request));
+    FSH_ASSIGN_OR_RETURN(job.gen, to_engine_request(*job.deployment, request, std::move(prompt)));
+    if (is_cancelled(request)) return cancelled_completion(start);
+    if (request.deadline && start >= *request.deadline) {
       return make_error(ErrorKind::kDeadlineExceeded,
                         where() + ": the deadline passed before generation could start");
     }
 
-    // Text the caller accepted; generate() keeps producing text it may have
-    // refused, so this, not result.text, is the answer. Models that reason in
-    // <think> blocks (Qwen3, SmolLM3) have that text sent apart, as
+    std::unique_lock lock(mu_);
+    if (waiting_.size() >= static_cast<size_t>(config_.max_queue) &&
+        !(waiting_.empty() && active_ < static_cast<int32_t>(job.deployment->slots.size()))) {
+      return make_error(ErrorKind::kResourceExhausted,
+                        where() + ": busy with " +
+                            std::to_string(active_ + static_cast<int32_t>(waiting_.size())) +
+                            " requests running or queued (max_queue " +
+                            std::to_string(config_.max_queue) +
+                            "); retry later or raise max_queue");
+    }
+    waiting_.push_back(&job);
+    const size_t ahead = static_cast<size_t>(active_) + waiting_.size() - 1;
+    wake_.notify_one();
+
+    // Text the caller accepted; the engine keeps producing text it may have
+    // refused, so this, not the result's text, is the answer. Models that
+    // reason in <think> blocks (Qwen3, SmolLM3) have that text sent apart, as
     // reasoning_content (as llama-server does), so it is not the answer.
     std::string accepted;
     std::string reasoning;
+    const std::shared_ptr<Deployment>& deployment = job.deployment;
     const bool thinks = deployment->format == engine::ChatFormat::kQwen3 ||
                         deployment->format == engine::ChatFormat::kSmolLM3;
     engine::ReasoningStream reasoning_stream;
     bool refused = false;
-    bool deadline_hit = false;
     const auto deliver = [&](const engine::ReasoningSplit& part,
                              const engine::SampledToken* token) {
       if (on_delta && (!part.content.empty() || !part.reasoning.empty() || token != nullptr)) {
@@ -310,32 +285,65 @@ class EmbeddedBackend final : public Backend {
       reasoning += part.reasoning;
       return true;
     };
-    const auto sink = [&](std::string_view text, const engine::SampledToken& token) {
-      if (refused) return false;
-      if (request.deadline && Clock::now() >= *request.deadline) deadline_hit = true;
-      if (deadline_hit || is_cancelled(request)) {
-        refused = true;
-        return false;
-      }
-      const engine::ReasoningSplit part =
-          thinks ? reasoning_stream.push(text) : engine::ReasoningSplit{{}, std::string(text)};
-      if (!deliver(part, &token)) {
-        refused = true;
-        return false;
-      }
-      return true;
-    };
 
-    engine::InferenceContext& context = pick_slot(*deployment, gen.prompt);
-    auto result = engine::generate(context, pool_, gen, sink);
-    if (!result.ok()) {
-      return make_error(result.error().kind, where() + ": " + result.error().message);
+    // Streams what the scheduler produced until the job is done; gives up
+    // waiting in the queue at the deadline or on cancellation.
+    for (;;) {
+      while (!job.pieces.empty()) {
+        Job::Piece piece = std::move(job.pieces.front());
+        job.pieces.pop_front();
+        if (refused) continue;
+        lock.unlock();
+        const bool expired = request.deadline && Clock::now() >= *request.deadline;
+        bool keep = !expired && !is_cancelled(request);
+        if (keep) {
+          const engine::ReasoningSplit part =
+              thinks ? reasoning_stream.push(piece.text)
+                     : engine::ReasoningSplit{{}, std::move(piece.text)};
+          keep = deliver(part, &piece.token);
+        }
+        lock.lock();
+        if (!keep) {
+          refused = true;
+          job.deadline_hit = job.deadline_hit || expired;
+          job.stop = true;
+        }
+      }
+      if (job.done) break;
+      const auto now = Clock::now();
+      const bool expired = request.deadline && now >= *request.deadline;
+      if (!job.admitted && (expired || is_cancelled(request))) {
+        waiting_.erase(std::find(waiting_.begin(), waiting_.end(), &job));
+        lock.unlock();
+        if (!expired) return cancelled_completion(start);
+        return make_error(ErrorKind::kDeadlineExceeded,
+                          where() + ": the deadline passed after " +
+                              std::to_string(static_cast<int64_t>(ms_since(start))) +
+                              " ms in the queue behind " + std::to_string(ahead) +
+                              " requests; allow more time or send fewer requests to this tier");
+      }
+      if (job.admitted && (expired || is_cancelled(request)) && !job.stop) {
+        job.stop = true;
+        job.deadline_hit = expired;
+        refused = true;
+      }
+      auto wake = now + kPollInterval;
+      if (request.deadline && *request.deadline > now) wake = std::min(wake, *request.deadline);
+      job.cv.wait_until(lock, wake);
     }
+    // The slot is the request's until its text is streamed: a client that
+    // reads slowly holds its place as it always has.
+    release(job);
+    lock.unlock();
+
+    if (job.error) return make_error(job.error->kind, where() + ": " + job.error->message);
+    if (job.deadline_hit || job.stop) refused = true;
+    const engine::GenerationResult& result = job.result;
     if (thinks && !refused && !deliver(reasoning_stream.finish(), nullptr)) refused = true;
-    if (deadline_hit && accepted.empty() && reasoning.empty()) {
+    if (job.deadline_hit && accepted.empty() && reasoning.empty()) {
       return make_error(ErrorKind::kDeadlineExceeded,
                         where() + ": the deadline passed before the first token (prompt of " +
-                            std::to_string(result->prompt_tokens) +
+                            std::to_string(result.prompt_tokens) +
                             " tokens); allow more time or shorten the prompt");
     }
 
@@ -343,13 +351,13 @@ class EmbeddedBackend final : public Backend {
     completion.text = std::move(accepted);
     if (!reasoning.empty()) completion.message_other = reasoning_json(reasoning);
     completion.finish_reason =
-        refused ? "cancelled" : std::string(engine::finish_reason_name(result->finish_reason));
-    completion.usage.prompt_tokens = result->prompt_tokens;
-    completion.usage.completion_tokens = result->generated_tokens;
-    completion.usage.cached_prompt_tokens = result->reused_prompt_tokens;
+        refused ? "cancelled" : std::string(engine::finish_reason_name(result.finish_reason));
+    completion.usage.prompt_tokens = result.prompt_tokens;
+    completion.usage.completion_tokens = result.generated_tokens;
+    completion.usage.cached_prompt_tokens = result.reused_prompt_tokens;
     if (request.params.logprobs) {
-      completion.logprobs.reserve(result->tokens.size());
-      for (const auto& token : result->tokens)
+      completion.logprobs.reserve(result.tokens.size());
+      for (const auto& token : result.tokens)
         completion.logprobs.push_back(to_logprob(deployment->model->tokenizer(), token));
       // The answer's tokens only: cascade confidence measures the answer, and
       // a reply that is all reasoning has none, so it escalates.
@@ -365,23 +373,193 @@ class EmbeddedBackend final : public Backend {
     }
     completion.model = deployment->model_name;
     completion.model_version = deployment->model->version();
-    completion.time_to_first_token_ms = queued_ms + result->time_to_first_token_seconds * 1000.0;
+    completion.time_to_first_token_ms = job.queued_ms + result.time_to_first_token_seconds * 1000.0;
     completion.total_ms = ms_since(start);
     return completion;
   }
 
+  std::optional<EdgeLoad> load() const override {
+    std::lock_guard lock(mu_);
+    EdgeLoad l = stats_;
+    l.running = active_;
+    l.queued = static_cast<int32_t>(waiting_.size());
+    l.queued_prompt_tokens = 0;
+    for (const Job* j : waiting_) l.queued_prompt_tokens += static_cast<int64_t>(j->gen.prompt.size());
+    l.slots = static_cast<int32_t>(deployment_->slots.size());
+    return l;
+  }
+
  private:
+  // --- the scheduler thread
+
+  void schedule() {
+    std::unique_lock lock(mu_);
+    std::vector<Job*> running;  // generating, in admission order
+    std::vector<engine::BatchEntry> entries;
+    std::vector<Job*> owners;
+    for (;;) {
+      if (wanted_level_ != applied_level_ && active_ == 0) {
+        if (std::string change = apply_memory_level(); !change.empty()) {
+          std::fprintf(stderr, "%s\n", change.c_str());
+        }
+      }
+      // New requests wait while a memory level change waits for the engine
+      // to empty.
+      while (wanted_level_ == applied_level_ && !waiting_.empty() &&
+             active_ < static_cast<int32_t>(current()->slots.size())) {
+        Job* job = waiting_.front();
+        waiting_.pop_front();
+        if (admit(*job)) running.push_back(job);
+      }
+      if (running.empty()) {
+        if (stopping_) return;
+        wake_.wait(lock);
+        continue;
+      }
+      // Cancelled or late sequences leave before the step.
+      for (Job* job : running) {
+        const BackendRequest& r = *job->request;
+        const bool expired = r.deadline && Clock::now() >= *r.deadline;
+        if (job->stop || expired || is_cancelled(r)) {
+          job->deadline_hit = job->deadline_hit || expired;
+          job->stop = true;
+          job->generation->cancel();
+        }
+      }
+      // Every running sequence's next token, then one chunk of the oldest
+      // loading prompt (chunked prefill).
+      entries.clear();
+      owners.clear();
+      bool prefilling = false;
+      for (Job* job : running) {
+        const engine::Generation& g = *job->generation;
+        if (g.finished()) continue;
+        const bool loads = g.prompt_tokens_left() > 0;
+        if (loads && prefilling) continue;
+        const auto input = g.next_input(loads ? kPrefillChunk : 1);
+        if (input.empty()) continue;
+        prefilling = prefilling || loads;
+        entries.push_back({&g.context(), input});
+        owners.push_back(job);
+      }
+      int64_t step_tokens = 0;
+      if (!entries.empty()) {
+        std::shared_ptr<Deployment> d = running.front()->deployment;
+        lock.unlock();
+        const auto step_start = Clock::now();
+        Status status = d->decoder->decode(entries, pool_);
+        const double step_ms = ms_since(step_start);
+        if (status.ok()) {
+          for (size_t i = 0; i < entries.size(); ++i) {
+            owners[i]->generation->advance(static_cast<int32_t>(entries[i].tokens.size()));
+            step_tokens += static_cast<int64_t>(entries[i].tokens.size());
+          }
+        }
+        lock.lock();
+        record_step(step_ms, static_cast<int32_t>(entries.size()), step_tokens, prefilling);
+        if (!status.ok()) {
+          // Cannot happen for checked requests; fail them all rather than spin.
+          for (Job* job : owners) {
+            job->error = status.error();
+            job->generation->cancel();
+          }
+        }
+      }
+      std::erase_if(running, [&](Job* job) {
+        if (!job->generation->finished()) return false;
+        job->result = job->generation->take_result();
+        job->generation.reset();
+        job->done = true;
+        job->cv.notify_one();
+        return true;
+      });
+    }
+  }
+
+  // Takes a slot and starts the job's generation; false (and the job done)
+  // when it cannot start. Called with mu_ held.
+  bool admit(Job& job) {
+    job.admitted = true;
+    job.queued_ms = ms_since(job.start);
+    ++active_;
+    std::shared_ptr<Deployment> d = current();
+    if (d != job.deployment) {
+      // Memory pressure changed the model or context while it waited.
+      job.deployment = d;
+      auto prompt = tokenize(*d, *job.request);
+      auto gen = prompt.ok() ? to_engine_request(*d, *job.request, std::move(prompt).value())
+                             : Result<engine::GenerationRequest>(prompt.error());
+      if (!gen.ok()) return fail(job, gen.error());
+      job.gen = std::move(gen).value();
+    }
+    job.slot = pick_slot(*d, job.gen.prompt);
+    d->in_use[*job.slot] = true;
+    Job* self = &job;
+    auto sink = [this, self](std::string_view text, const engine::SampledToken& token) {
+      std::lock_guard lock(mu_);
+      self->pieces.push_back({std::string(text), token});
+      self->cv.notify_one();
+      return !self->stop;
+    };
+    auto generation = engine::Generation::start(*d->slots[*job.slot], job.gen, sink);
+    if (!generation.ok()) return fail(job, generation.error());
+    job.generation = std::move(generation).value();
+    job.cv.notify_one();
+    ++stats_.admitted;
+    if (job.generation->result().reused_prompt_tokens > 0) ++stats_.prefix_hits;
+    return true;
+  }
+
+  bool fail(Job& job, const Error& error) {
+    job.error = error;
+    job.done = true;
+    job.cv.notify_one();
+    return false;
+  }
+
+  // The request's thread is done with its job. Called with mu_ held.
+  void release(Job& job) {
+    if (!job.admitted) return;
+    if (job.slot) job.deployment->in_use[*job.slot] = false;
+    --active_;
+    wake_.notify_one();
+  }
+
+  void record_step(double step_ms, int32_t sequences, int64_t tokens, bool prefill) {
+    ++stats_.steps;
+    stats_.step_ms_total += step_ms;
+    stats_.tokens_total += tokens;
+    stats_.last_step_ms = step_ms;
+    if (!prefill) {
+      // Decode-only steps: the per-token latency running sequences see, as a
+      // moving average that follows load changes within a few dozen steps.
+      constexpr double kWeight = 0.05;
+      stats_.decode_step_ms = stats_.decode_step_ms == 0.0
+                                  ? step_ms
+                                  : (1 - kWeight) * stats_.decode_step_ms + kWeight * step_ms;
+      stats_.decode_batch = sequences;
+    } else {
+      const double per_token = step_ms / static_cast<double>(std::max<int64_t>(tokens, 1));
+      stats_.prefill_ms_per_token = stats_.prefill_ms_per_token == 0.0
+                                        ? per_token
+                                        : 0.9 * stats_.prefill_ms_per_token + 0.1 * per_token;
+    }
+    for (size_t i = 0; i < EdgeLoad::kStepBuckets.size(); ++i) {
+      if (step_ms <= EdgeLoad::kStepBuckets[i]) ++stats_.step_buckets[i];
+    }
+  }
+
   std::shared_ptr<Deployment> current() const {
     std::lock_guard lock(deployment_mu_);
     return deployment_;
   }
 
-  // Called with the turn held. Level 0 runs the configured model with every
+  // Called with mu_ held and no request holding a slot. Level 0 runs the configured model with every
   // slot; level 1 keeps one slot (the others' caches are only a speed-up);
   // level 2 and up also cut the context to a quarter and switch to the
   // low_memory_model when one is configured.
   std::string apply_memory_level() {
-    const int level = wanted_level_.load(std::memory_order_acquire);
+    const int level = wanted_level_;
     if (level == applied_level_) return {};
     std::shared_ptr<Deployment> now = current();
     const bool use_small = level >= 2 && !config_.low_memory_model.empty();
@@ -396,6 +574,7 @@ class EmbeddedBackend final : public Backend {
       std::lock_guard lock(deployment_mu_);
       deployment_->slots.resize(1);
       deployment_->last_used.resize(1);
+      deployment_->in_use.resize(1);
     }
     now.reset();
     auto next = deploy(config_, model_ref, std::move(model), slot_count, context);
@@ -505,14 +684,15 @@ class EmbeddedBackend final : public Backend {
     return gen;
   }
 
-  // Called with the turn held, so every slot is free. A slot whose cache is
-  // mostly a prefix of the prompt holds this conversation's earlier turns and
-  // is reused; otherwise the least recently used cache is replaced, rather
+  // Called with mu_ held and a free slot. A free slot whose cache is mostly
+  // a prefix of the prompt holds this conversation's earlier turns and is
+  // reused; otherwise the least recently used free cache is replaced, rather
   // than another conversation's that merely shares BOS or a system prompt.
-  engine::InferenceContext& pick_slot(Deployment& d, const std::vector<TokenId>& prompt) {
-    size_t best = 0;
+  size_t pick_slot(Deployment& d, const std::vector<TokenId>& prompt) {
+    size_t best = d.slots.size();
     size_t best_prefix = 0;
     for (size_t i = 0; i < d.slots.size(); ++i) {
+      if (d.in_use[i]) continue;
       const auto& cached = d.slots[i]->cached_tokens();
       const size_t prefix = common_prefix(cached, prompt);
       if (prefix > best_prefix && prefix * 2 >= cached.size()) {
@@ -521,11 +701,12 @@ class EmbeddedBackend final : public Backend {
       }
     }
     if (best_prefix == 0) {
-      best = static_cast<size_t>(std::min_element(d.last_used.begin(), d.last_used.end()) -
-                                 d.last_used.begin());
+      for (size_t i = 0; i < d.slots.size(); ++i) {
+        if (!d.in_use[i] && (best == d.slots.size() || d.last_used[i] < d.last_used[best])) best = i;
+      }
     }
     d.last_used[best] = ++d.use_clock;
-    return *d.slots[best];
+    return best;
   }
 
   static TokenLogprob to_logprob(const engine::Tokenizer& tokenizer,
@@ -545,13 +726,20 @@ class EmbeddedBackend final : public Backend {
 
   const TierConfig config_;
   BackendInfo info_;
-  engine::ThreadPool pool_;
-  mutable TurnQueue turns_;
+  engine::ThreadPool pool_;  // the scheduler thread's
   const int32_t full_context_;
-  std::atomic<int> wanted_level_{0};
-  int applied_level_ = 0;  // touched only with the turn held
-  mutable std::mutex deployment_mu_;
+  mutable std::mutex deployment_mu_;  // taken after mu_, never before
   std::shared_ptr<Deployment> deployment_;
+  // The scheduler's state; jobs' fields are under it too.
+  mutable std::mutex mu_;
+  std::condition_variable wake_;  // work for the scheduler
+  std::deque<Job*> waiting_;     // arrival order
+  int32_t active_ = 0;           // jobs holding a slot
+  bool stopping_ = false;
+  int wanted_level_ = 0;
+  int applied_level_ = 0;
+  EdgeLoad stats_;
+  std::thread scheduler_;  // last: started once everything above is ready
 };
 
 Result<engine::ChatFormat> choose_chat_format(const TierConfig& config,

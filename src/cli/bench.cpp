@@ -28,6 +28,8 @@ struct BenchOptions {
   std::vector<int32_t> threads{0};
   int32_t repetitions = 5;
   bool json = false;
+  // Sequence counts for the continuous-batching test; empty: not run.
+  std::vector<int32_t> parallel;
 };
 
 struct FileFacts {
@@ -56,6 +58,16 @@ struct Measurement {
   int32_t prompt = 0;
   int32_t generated = 0;
   std::vector<double> tokens_per_second;
+  // Continuous batching (--parallel): sequences decoded together, and the
+  // mean time from the start to each one's first token (prompts loaded one
+  // after another, as a scheduler that admits them together would).
+  int32_t parallel = 0;
+  std::vector<double> ttft_ms;
+  double mean_ttft_ms() const {
+    double s = 0.0;
+    for (double v : ttft_ms) s += v;
+    return ttft_ms.empty() ? 0.0 : s / static_cast<double>(ttft_ms.size());
+  }
   double mean() const {
     double s = 0.0;
     for (double v : tokens_per_second) s += v;
@@ -105,20 +117,29 @@ Status time_generation(engine::InferenceContext& ctx, engine::ThreadPool& pool,
   return Status::Ok();
 }
 
+// The positions a test needs must fit the model's trained context and the
+// KV budget: a speed measured past either would mislead.
+Status check_fits(const engine::Model& model, const engine::ContextOptions& copts) {
+  const int64_t fits = static_cast<int64_t>(copts.kv_memory_budget /
+                                            model.kv_bytes_per_token(copts.kv_type));
+  const int64_t holds = std::min<int64_t>(model.config().context_length, fits);
+  if (copts.context_length > holds) {
+    return make_error(ErrorKind::kInvalidArgument,
+                      "the test needs " + std::to_string(copts.context_length) +
+                          " positions, but the KV cache of this model holds " +
+                          std::to_string(holds) + "; lower -p or -n");
+  }
+  return Status::Ok();
+}
+
 Result<std::vector<Measurement>> measure(const std::shared_ptr<const engine::Model>& model,
                                          const BenchOptions& o, engine::ThreadPool& pool) {
   engine::ContextOptions copts;
   copts.context_length = std::max(o.prompt_tokens, o.generated_tokens);
   copts.max_batch = std::max(1, std::min(o.prompt_tokens, 512));
+  copts.kv_type = engine::TensorType::kF16;  // as llama-bench's default
+  FSH_TRY_STATUS(check_fits(*model, copts));
   FSH_ASSIGN_OR_RETURN(auto ctx, engine::InferenceContext::create(model, copts));
-  if (ctx->context_length() < copts.context_length) {
-    return make_error(ErrorKind::kInvalidArgument,
-                      "-p " + std::to_string(o.prompt_tokens) + " / -n " +
-                          std::to_string(o.generated_tokens) + " need " +
-                          std::to_string(copts.context_length) +
-                          " positions, but the KV cache of this model holds " +
-                          std::to_string(ctx->context_length()) + "; lower -p or -n");
-  }
   const int32_t vocab = model->config().vocab_size;
   std::vector<Measurement> out;
   using Timer = Status (*)(engine::InferenceContext&, engine::ThreadPool&,
@@ -147,6 +168,62 @@ Result<std::vector<Measurement>> measure(const std::shared_ptr<const engine::Mod
   return out;
 }
 
+// N sequences: each loads a prompt of -p tokens, then all generate -n tokens
+// together, one batched step per token (as llama-batched-bench measures).
+// Samples are aggregate generation tokens/s (all sequences together).
+Result<Measurement> measure_parallel(const std::shared_ptr<const engine::Model>& model,
+                                     const BenchOptions& o, int32_t sequences,
+                                     engine::ThreadPool& pool) {
+  engine::ContextOptions copts;
+  copts.context_length = std::max(1, o.prompt_tokens) + o.generated_tokens;
+  copts.max_batch = std::max(1, std::min(o.prompt_tokens, 512));
+  copts.kv_type = engine::TensorType::kF16;
+  FSH_TRY_STATUS(check_fits(*model, copts));
+  std::vector<std::unique_ptr<engine::InferenceContext>> contexts;
+  for (int32_t i = 0; i < sequences; ++i) {
+    FSH_ASSIGN_OR_RETURN(auto ctx, engine::InferenceContext::create(model, copts));
+    contexts.push_back(std::move(ctx));
+  }
+  FSH_ASSIGN_OR_RETURN(auto decoder, engine::BatchDecoder::create(model, sequences));
+  const int32_t vocab = model->config().vocab_size;
+  Measurement m;
+  m.test = "pp" + std::to_string(o.prompt_tokens) + "+tg" + std::to_string(o.generated_tokens);
+  m.prompt = o.prompt_tokens;
+  m.generated = o.generated_tokens;
+  m.parallel = sequences;
+  std::vector<engine::BatchEntry> entries(static_cast<size_t>(sequences));
+  std::vector<engine::TokenId> next(static_cast<size_t>(sequences));
+  for (int32_t rep = 0; rep <= o.repetitions; ++rep) {
+    const auto start = std::chrono::steady_clock::now();
+    double ttft_sum = 0.0;
+    for (int32_t i = 0; i < sequences; ++i) {
+      auto& ctx = *contexts[static_cast<size_t>(i)];
+      ctx.truncate(0);
+      const auto prompt =
+          random_tokens(std::max(1, o.prompt_tokens), vocab, static_cast<uint32_t>(rep * 997 + i));
+      if (auto logits = ctx.evaluate(prompt, pool); !logits.ok()) return logits.error();
+      ttft_sum += seconds_since(start) * 1000.0;
+    }
+    const auto tokens = random_tokens(o.generated_tokens * sequences, vocab,
+                                      static_cast<uint32_t>(rep + 7));
+    const auto decode_start = std::chrono::steady_clock::now();
+    for (int32_t step = 0; step < o.generated_tokens; ++step) {
+      for (int32_t i = 0; i < sequences; ++i) {
+        next[static_cast<size_t>(i)] = tokens[static_cast<size_t>(step * sequences + i)];
+        entries[static_cast<size_t>(i)] = {contexts[static_cast<size_t>(i)].get(),
+                                           {&next[static_cast<size_t>(i)], 1}};
+      }
+      FSH_TRY_STATUS(decoder->decode(entries, pool));
+    }
+    const double seconds = seconds_since(decode_start);
+    if (rep == 0) continue;  // warm-up
+    m.tokens_per_second.push_back(static_cast<double>(o.generated_tokens) * sequences /
+                                  std::max(seconds, 1e-9));
+    m.ttft_ms.push_back(ttft_sum / sequences);
+  }
+  return m;
+}
+
 std::string mib(uint64_t bytes) {
   char buf[32];
   std::snprintf(buf, sizeof buf, "%.2f MiB", static_cast<double>(bytes) / (1 << 20));
@@ -168,9 +245,14 @@ int bench(const BenchOptions& o) {
     models.emplace_back(*path, *model);
   }
   nlohmann::json results = nlohmann::json::array();
-  if (!o.json) {
+  if (!o.json && o.parallel.empty()) {
     std::printf("| model | size | params | type | cpu | threads | test | t/s |\n");
     std::printf("| --- | ---: | ---: | --- | --- | ---: | ---: | ---: |\n");
+  } else if (!o.json) {
+    std::printf(
+        "| model | type | threads | test | n_parallel | aggregate t/s | per-stream t/s | "
+        "vs 1 | TTFT ms |\n");
+    std::printf("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n");
   }
   // The kernels' instruction-set level: A/B runs (--cpu-level) differ only here.
   const std::string cpu(engine::cpu_level_name(engine::cpu_level()));
@@ -179,6 +261,41 @@ int bench(const BenchOptions& o) {
     const FileFacts facts = file_facts(model->file());
     for (int32_t threads : o.threads) {
       engine::ThreadPool pool(threads);
+      double single_stream = 0.0;
+      for (int32_t sequences : o.parallel) {
+        auto m = measure_parallel(model, o, sequences, pool);
+        if (!m.ok()) return fail(m.error());
+        const double aggregate = m->mean();
+        if (sequences == 1) single_stream = aggregate;
+        if (o.json) {
+          results.push_back({{"model", file},
+                             {"file", path},
+                             {"type", facts.type},
+                             {"size_bytes", facts.bytes},
+                             {"params", facts.parameters},
+                             {"cpu_level", cpu},
+                             {"threads", pool.size()},
+                             {"test", m->test},
+                             {"n_prompt", m->prompt},
+                             {"n_gen", m->generated},
+                             {"n_parallel", sequences},
+                             {"avg_ts", aggregate / sequences},
+                             {"stddev_ts", m->stddev() / sequences},
+                             {"aggregate_ts", aggregate},
+                             {"samples_ts", m->tokens_per_second},
+                             {"ttft_ms", m->mean_ttft_ms()}});
+        } else {
+          std::printf("| %s | %s | %d | %s | %d | %.2f ± %.2f | %.2f | %s | %.1f |\n",
+                      file.c_str(), facts.type.c_str(), pool.size(), m->test.c_str(), sequences,
+                      aggregate, m->stddev(), aggregate / sequences,
+                      single_stream > 0.0
+                          ? (std::to_string(aggregate / single_stream).substr(0, 4) + "x").c_str()
+                          : "-",
+                      m->mean_ttft_ms());
+          std::fflush(stdout);
+        }
+      }
+      if (!o.parallel.empty()) continue;
       auto measured = measure(model, o, pool);
       if (!measured.ok()) return fail(measured.error());
       for (const Measurement& m : *measured) {
@@ -238,13 +355,22 @@ void add_bench_command(CLI::App& app) {
                   "Timed runs of each test, after one untimed warm-up run")
       ->check(CLI::Range(1, 1000))
       ->capture_default_str();
+  cmd->add_option("--parallel", opts->parallel,
+                  "Instead of pp/tg: N sequences, comma-separated counts, each loading a -p "
+                  "prompt and then generating -n tokens together in batched steps (continuous "
+                  "batching, as llama-batched-bench measures); reports aggregate and per-stream "
+                  "t/s and time to first token")
+      ->delimiter(',')
+      ->check(CLI::Range(1, 256));
   cmd->add_flag("--json", opts->json,
                 "Print a JSON array (field names as llama-bench -o json: avg_ts, stddev_ts, "
-                "samples_ts, n_prompt, n_gen) instead of the table");
+                "samples_ts, n_prompt, n_gen; with --parallel also n_parallel, aggregate_ts, "
+                "ttft_ms, avg_ts being per stream) instead of the table");
   cmd->footer(
       "Examples:\n"
       "  foreshore bench -m stories260K\n"
       "  foreshore bench -m model-q4_0.gguf -m model-q8_0.gguf -p 128 -n 32 -t 1,2\n"
+      "  foreshore bench -m model-q4_k_m.gguf --parallel 1,2,4,8 -p 64 -n 32\n"
       "Weights are memory-mapped; the warm-up run pages them in. Tokens are drawn at\n"
       "random from the vocabulary. t/s is the mean over the repetitions, ± their standard\n"
       "deviation. bench/llama_cpp_compare.sh runs this and llama-bench on the same files.");

@@ -1,4 +1,5 @@
 // `foreshore run`: generate text with the embedded engine from the terminal.
+#include <algorithm>
 #include <cstdio>
 #include <iostream>
 #include <memory>
@@ -45,6 +46,17 @@ int run(const RunOptions& o) {
   const auto& cfg = (*model)->config();
   engine::ContextOptions copts;
   copts.context_length = o.context;
+  copts.kv_type = engine::TensorType::kF16;
+  // The context asked for gets the KV memory it needs.
+  copts.kv_memory_budget =
+      std::max(copts.kv_memory_budget, (*model)->kv_bytes_per_token(copts.kv_type) *
+                                           static_cast<uint64_t>(o.context));
+  if (o.context > cfg.context_length) {
+    std::fprintf(stderr,
+                 "warning: -c %d exceeds the %d tokens model %s was trained on; running with %d "
+                 "as asked, but output may degrade past %d tokens\n",
+                 o.context, cfg.context_length, cfg.name.c_str(), o.context, cfg.context_length);
+  }
   auto ctx = engine::InferenceContext::create(*model, copts);
   if (!ctx.ok()) return fail(ctx.error());
   engine::ThreadPool pool(o.threads);

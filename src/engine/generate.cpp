@@ -8,7 +8,6 @@
 #include <optional>
 
 #include "common/install_paths.h"
-#include "engine/json_constraint.h"
 
 namespace foreshore::engine {
 namespace {
@@ -66,10 +65,10 @@ std::string_view finish_reason_name(FinishReason reason) {
   return "stop";
 }
 
-Result<GenerationResult> generate(InferenceContext& context, ThreadPool& pool,
-                                  const GenerationRequest& request, const TextSink& on_text) {
+Result<std::unique_ptr<Generation>> Generation::start(InferenceContext& context,
+                                                     const GenerationRequest& request,
+                                                     TextSink on_text) {
   const Model& model = context.model();
-  const Tokenizer& tokenizer = model.tokenizer();
   if (request.prompt.empty()) {
     return make_error(ErrorKind::kInvalidArgument, "the prompt is empty: nothing to generate from");
   }
@@ -80,99 +79,152 @@ Result<GenerationResult> generate(InferenceContext& context, ThreadPool& pool,
                           std::to_string(context.context_length()) +
                           "; shorten the prompt or raise the context size");
   }
+  // Checked whole now, so that no later step of a batch fails on it.
+  for (TokenId t : request.prompt) {
+    if (t < 0 || t >= model.config().vocab_size) {
+      return make_error(ErrorKind::kInvalidArgument,
+                        "prompt token id " + std::to_string(t) + " is outside the vocabulary of " +
+                            std::to_string(model.config().vocab_size) + " tokens of model '" +
+                            model.config().name + "'; tokenize with this model's tokenizer");
+    }
+  }
+  std::unique_ptr<Generation> g(new Generation(context, request, std::move(on_text)));
+  return g;
+}
 
-  GenerationResult result;
-  result.prompt_tokens = static_cast<int32_t>(request.prompt.size());
-
+Generation::Generation(InferenceContext& context, const GenerationRequest& request,
+                       TextSink on_text)
+    : context_(context),
+      request_(request),
+      on_text_(std::move(on_text)),
+      sampler_(request.sampling, context.model().config().vocab_size),
+      history_(request.prompt),
+      start_(Clock::now()) {
+  result_.prompt_tokens = static_cast<int32_t>(request_.prompt.size());
   // Keep the longest cached prefix, but always evaluate at least one prompt
   // token so the logits belong to this prompt.
-  const auto& cached = context.cached_tokens();
+  const auto& cached = context_.cached_tokens();
   size_t common = 0;
-  while (common < cached.size() && common + 1 < request.prompt.size() &&
-         cached[common] == request.prompt[common])
+  while (common < cached.size() && common + 1 < request_.prompt.size() &&
+         cached[common] == request_.prompt[common])
     ++common;
-  context.truncate(static_cast<int32_t>(common));
-  result.reused_prompt_tokens = static_cast<int32_t>(common);
-
-  const auto start = Clock::now();
-  auto logits = context.evaluate(std::span<const TokenId>(request.prompt).subspan(common), pool);
-  if (!logits.ok()) return logits.error();
-  result.prompt_seconds = seconds_since(start);
-
-  Sampler sampler(request.sampling, model.config().vocab_size);
-  std::vector<TokenId> history(request.prompt);
-  const int32_t room = context.context_length() - context.position();
-  const int32_t limit = request.max_tokens > 0 ? std::min(request.max_tokens, room) : room;
-  std::string pending;  // generated text not yet handed to the sink
-  size_t emitted = 0;   // bytes of result.text already emitted
-  const auto gen_start = Clock::now();
-  result.finish_reason = FinishReason::kLength;
-  std::span<const float> current = logits.value();
-
+  context_.truncate(static_cast<int32_t>(common));
+  result_.reused_prompt_tokens = static_cast<int32_t>(common);
+  prompt_done_ = common;
+  const int32_t room = context_.context_length() - static_cast<int32_t>(request_.prompt.size());
+  limit_ = request_.max_tokens > 0 ? std::min(request_.max_tokens, room) : room;
+  result_.finish_reason = FinishReason::kLength;
   // JSON mode: a token is allowed when its text continues the object. The
   // end of generation is not, until the object closes, and then generation ends.
-  JsonObjectPrefix json, trial;
-  std::function<bool(TokenId)> continues_json;
-  if (request.json_object) {
-    continues_json = [&](TokenId id) {
+  if (request_.json_object) {
+    const Tokenizer& tokenizer = context_.model().tokenizer();
+    continues_json_ = [this, &tokenizer](TokenId id) {
       if (tokenizer.is_end_of_generation(id)) return false;
       // A token with no text (a control token) would make no progress.
       const std::string_view piece = tokenizer.token_to_piece(id);
       if (piece.empty()) return false;
-      trial = json;
-      return trial.feed(piece);
+      trial_ = json_;
+      return trial_.feed(piece);
     };
   }
+  if (limit_ <= 0) finish(FinishReason::kLength);
+}
 
-  for (int32_t i = 0; i < limit; ++i) {
-    SampledToken token = sampler.sample(current, history, continues_json);
-    if (i == 0) result.time_to_first_token_seconds = seconds_since(start);
-    if (token.id < 0 || tokenizer.is_end_of_generation(token.id)) {
-      result.finish_reason = FinishReason::kStop;
-      break;
-    }
-    if (request.json_object) json.feed(tokenizer.token_to_piece(token.id));
-    history.push_back(token.id);
-    result.tokens.push_back(token);
-    ++result.generated_tokens;
-    result.text += tokenizer.token_to_piece(token.id);
+int32_t Generation::prompt_tokens_left() const {
+  return static_cast<int32_t>(request_.prompt.size() - prompt_done_);
+}
 
-    bool stopped = false;
-    for (const auto& s : request.stop) {
-      if (s.empty()) continue;
-      const size_t from = emitted > s.size() ? emitted - s.size() : 0;
-      const size_t at = result.text.find(s, from);
-      if (at != std::string::npos) {
-        result.text.resize(at);
-        stopped = true;
-      }
-    }
-    size_t ready = stopped ? result.text.size() : complete_utf8_prefix(result.text);
-    if (!stopped)
-      ready -= stop_prefix_hold(std::string_view(result.text).substr(0, ready), request.stop);
-    if (ready > emitted && on_text) {
-      if (!on_text(std::string_view(result.text).substr(emitted, ready - emitted), token)) {
-        result.finish_reason = FinishReason::kCancelled;
-        emitted = ready;
-        break;
-      }
-    }
-    emitted = std::max(emitted, ready);
-    if (stopped || json.complete()) {
-      result.finish_reason = FinishReason::kStop;
-      break;
-    }
-    if (i + 1 == limit) break;
-    auto next = context.evaluate(std::span<const TokenId>(&token.id, 1), pool);
-    if (!next.ok()) return next.error();
-    current = next.value();
+std::span<const TokenId> Generation::next_input(int32_t budget) const {
+  if (finished_ || budget <= 0) return {};
+  if (prompt_done_ < request_.prompt.size()) {
+    return std::span<const TokenId>(request_.prompt)
+        .subspan(prompt_done_, std::min<size_t>(static_cast<size_t>(budget),
+                                                request_.prompt.size() - prompt_done_));
   }
-  if (emitted < result.text.size() && on_text && result.finish_reason != FinishReason::kCancelled &&
-      !result.tokens.empty()) {
-    on_text(std::string_view(result.text).substr(emitted), result.tokens.back());
+  return std::span<const TokenId>(&last_token_, 1);
+}
+
+void Generation::advance(int32_t consumed) {
+  if (finished_ || consumed <= 0) return;
+  if (prompt_done_ < request_.prompt.size()) {
+    prompt_done_ += static_cast<size_t>(consumed);
+    if (prompt_done_ < request_.prompt.size()) return;
+    result_.prompt_seconds = seconds_since(start_);
+    generation_start_ = Clock::now();
   }
-  result.generation_seconds = seconds_since(gen_start);
-  return result;
+  sample();
+}
+
+void Generation::sample() {
+  const Tokenizer& tokenizer = context_.model().tokenizer();
+  SampledToken token = sampler_.sample(context_.logits(), history_, continues_json_);
+  if (result_.generated_tokens == 0) result_.time_to_first_token_seconds = seconds_since(start_);
+  if (token.id < 0 || tokenizer.is_end_of_generation(token.id)) {
+    finish(FinishReason::kStop);
+    return;
+  }
+  if (request_.json_object) json_.feed(tokenizer.token_to_piece(token.id));
+  history_.push_back(token.id);
+  result_.tokens.push_back(token);
+  ++result_.generated_tokens;
+  result_.text += tokenizer.token_to_piece(token.id);
+  last_token_ = token.id;
+
+  bool stopped = false;
+  for (const auto& s : request_.stop) {
+    if (s.empty()) continue;
+    const size_t from = emitted_ > s.size() ? emitted_ - s.size() : 0;
+    const size_t at = result_.text.find(s, from);
+    if (at != std::string::npos) {
+      result_.text.resize(at);
+      stopped = true;
+    }
+  }
+  size_t ready = stopped ? result_.text.size() : complete_utf8_prefix(result_.text);
+  if (!stopped)
+    ready -= stop_prefix_hold(std::string_view(result_.text).substr(0, ready), request_.stop);
+  if (ready > emitted_ && on_text_) {
+    if (!on_text_(std::string_view(result_.text).substr(emitted_, ready - emitted_), token)) {
+      emitted_ = ready;
+      finish(FinishReason::kCancelled);
+      return;
+    }
+  }
+  emitted_ = std::max(emitted_, ready);
+  if (stopped || json_.complete()) {
+    finish(FinishReason::kStop);
+    return;
+  }
+  if (result_.generated_tokens >= limit_) finish(FinishReason::kLength);
+}
+
+void Generation::cancel() {
+  if (!finished_) finish(FinishReason::kCancelled);
+}
+
+void Generation::finish(FinishReason reason) {
+  finished_ = true;
+  result_.finish_reason = reason;
+  if (emitted_ < result_.text.size() && on_text_ && reason != FinishReason::kCancelled &&
+      !result_.tokens.empty()) {
+    on_text_(std::string_view(result_.text).substr(emitted_), result_.tokens.back());
+  }
+  if (generation_start_ != Clock::time_point{})
+    result_.generation_seconds = seconds_since(generation_start_);
+}
+
+Result<GenerationResult> generate(InferenceContext& context, ThreadPool& pool,
+                                  const GenerationRequest& request, const TextSink& on_text) {
+  FSH_ASSIGN_OR_RETURN(std::unique_ptr<Generation> generation,
+                       Generation::start(context, request, on_text));
+  while (!generation->finished()) {
+    // The whole rest of the prompt at once: evaluate() splits it into
+    // batches of the context's own size.
+    const std::span<const TokenId> input = generation->next_input(context.context_length());
+    if (auto logits = context.evaluate(input, pool); !logits.ok()) return logits.error();
+    generation->advance(static_cast<int32_t>(input.size()));
+  }
+  return generation->take_result();
 }
 
 namespace {

@@ -2,14 +2,18 @@
 // processing with KV prefix reuse, sampling, stop conditions, streaming text.
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <optional>
+#include <span>
 #include <string>
 #include <string_view>
 #include <vector>
 
 #include "common/result.h"
+#include "engine/json_constraint.h"
 #include "engine/model.h"
 #include "engine/sampler.h"
 
@@ -43,6 +47,63 @@ struct GenerationResult {
 // Receives each piece of text as it becomes final (complete UTF-8, clear of
 // any stop-string prefix) with the tokens that produced it. Return false to cancel.
 using TextSink = std::function<bool(std::string_view text, const SampledToken& last_token)>;
+
+// One request being generated, one forward step at a time, so that a
+// scheduler can run several in the same BatchDecoder step: the prompt goes
+// in chunks (chunked prefill), then one sampled token per step. Each step's
+// logits are read from the context. Sampling, stop strings, JSON mode and
+// streaming behave as generate() does, which is a loop over this.
+class Generation {
+ public:
+  // Checks the request against `context`, keeps the longest reusable cached
+  // prefix of the prompt (always leaving at least one prompt token to run)
+  // and starts the clock. `context` and `on_text` must outlive this.
+  static Result<std::unique_ptr<Generation>> start(InferenceContext& context,
+                                                   const GenerationRequest& request,
+                                                   TextSink on_text = {});
+
+  // The tokens the next step should run for this sequence: up to `budget`
+  // prompt tokens while the prompt loads, then the last sampled token. Empty
+  // once finished.
+  std::span<const TokenId> next_input(int32_t budget) const;
+  // After a step ran the first `consumed` tokens of next_input() on the
+  // context: once the prompt is in, samples the next token from the
+  // context's logits, streams its text and checks the stop conditions.
+  void advance(int32_t consumed);
+  // Ends the generation now as cancelled (client gone, deadline passed).
+  void cancel();
+
+  Generation(const Generation&) = delete;
+  Generation& operator=(const Generation&) = delete;
+
+  bool finished() const { return finished_; }
+  // Prompt tokens still to run (0 once the prompt is in): the queued
+  // prefill work a scheduler predicts latency from.
+  int32_t prompt_tokens_left() const;
+  InferenceContext& context() const { return context_; }
+  const GenerationResult& result() const { return result_; }
+  GenerationResult take_result() { return std::move(result_); }
+
+ private:
+  Generation(InferenceContext& context, const GenerationRequest& request, TextSink on_text);
+  void sample();
+  void finish(FinishReason reason);
+
+  InferenceContext& context_;
+  const GenerationRequest request_;
+  const TextSink on_text_;
+  Sampler sampler_;
+  std::vector<TokenId> history_;
+  size_t prompt_done_ = 0;  // prompt tokens in the context
+  int32_t limit_ = 0;       // tokens to sample at most
+  size_t emitted_ = 0;  // bytes of result_.text already handed to on_text
+  JsonObjectPrefix json_, trial_;
+  std::function<bool(TokenId)> continues_json_;
+  TokenId last_token_ = -1;
+  bool finished_ = false;
+  std::chrono::steady_clock::time_point start_, generation_start_;
+  GenerationResult result_;
+};
 
 Result<GenerationResult> generate(InferenceContext& context, ThreadPool& pool,
                                   const GenerationRequest& request, const TextSink& on_text = {});

@@ -441,20 +441,64 @@ Result<std::shared_ptr<const Model>> Model::from_gguf(std::shared_ptr<GgufFile> 
   return std::shared_ptr<const Model>(std::move(model));
 }
 
-uint64_t Model::kv_bytes_per_token() const {
+uint64_t Model::kv_bytes_per_token(TensorType kv_type) const {
   // The cache keeps a slot for every layer (short-convolution layers too,
   // unused there), plus lfm2's convolution inputs.
+  const uint64_t value_bytes = kv_type == TensorType::kF32 ? sizeof(float) : sizeof(uint16_t);
   return 2ull * static_cast<uint64_t>(config_.layer_count) * config_.head_count_kv *
-             config_.head_dim * sizeof(float) +
+             config_.head_dim * value_bytes +
          static_cast<uint64_t>(config_.conv_layer_count) * config_.embedding_length * sizeof(float);
 }
+
+namespace {
+
+// Sizes `s` for passes of up to `tokens` tokens over `m`.
+void size_scratch(ForwardScratch& s, const Model& m, int32_t tokens) {
+  const ModelConfig& c = m.config();
+  const size_t b = static_cast<size_t>(tokens);
+  const size_t kv_dim = static_cast<size_t>(c.head_count_kv) * c.head_dim;
+  const size_t q_dim = static_cast<size_t>(c.head_count) * c.head_dim;
+  s.max_tokens = tokens;
+  if (c.conv_layer_count > 0) {
+    s.conv_bcx.resize(b * 3 * c.embedding_length);
+    s.conv_y.resize(b * c.embedding_length);
+  }
+  s.x.resize(b * c.embedding_length);
+  s.xn.resize(b * std::max<size_t>(c.embedding_length, q_dim));
+  s.q.resize(b * q_dim);
+  s.k.resize(b * kv_dim);
+  s.v.resize(b * kv_dim);
+  s.attn_out.resize(b * q_dim);
+  s.gate.resize(b * c.feed_forward_length);
+  s.up.resize(b * c.feed_forward_length);
+  s.token_entry.resize(b);
+  s.token_position.resize(b);
+  size_t quant = 0;
+  auto need = [&](const WeightMatrix& w) {
+    quant = std::max(quant, activation_scratch_bytes(w.type, w.cols, tokens));
+  };
+  need(m.output());
+  for (const auto& l : m.layers()) {
+    for (const auto* w :
+         {&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down, &l.conv_in, &l.conv_out}) {
+      if (w->data != nullptr) need(*w);
+    }
+  }
+  s.quant.resize(quant);
+}
+
+}  // namespace
 
 Result<std::unique_ptr<InferenceContext>> InferenceContext::create(
     std::shared_ptr<const Model> model, ContextOptions options) {
   const ModelConfig& c = model->config();
-  int64_t n_ctx = options.context_length > 0 ? options.context_length : c.context_length;
-  n_ctx = std::min<int64_t>(n_ctx, c.context_length);
-  const uint64_t per_token = model->kv_bytes_per_token();
+  if (options.kv_type != TensorType::kF16 && options.kv_type != TensorType::kF32) {
+    return make_error(ErrorKind::kUnsupported,
+                      std::string("a KV cache of type ") +
+                          tensor_type_name(static_cast<uint32_t>(options.kv_type)) +
+                          " is not supported; use F16 (the default) or F32");
+  }
+  const uint64_t per_token = model->kv_bytes_per_token(options.kv_type);
   const int64_t fits = static_cast<int64_t>(options.kv_memory_budget / per_token);
   if (fits < 16) {
     return make_error(ErrorKind::kResourceExhausted,
@@ -463,35 +507,41 @@ Result<std::unique_ptr<InferenceContext>> InferenceContext::create(
                           c.name + "' (" + std::to_string(per_token) +
                           " bytes per token); raise the budget");
   }
-  n_ctx = std::min(n_ctx, fits);
+  // A context asked for is honoured, beyond the trained one too (as
+  // llama.cpp does; callers warn), or refused: never silently changed.
+  if (options.context_length > 0 && options.context_length > fits) {
+    return make_error(ErrorKind::kResourceExhausted,
+                      "a context of " + std::to_string(options.context_length) +
+                          " tokens of model '" + c.name + "' needs " +
+                          std::to_string(per_token * static_cast<uint64_t>(options.context_length)) +
+                          " bytes of KV cache, but the budget is " +
+                          std::to_string(options.kv_memory_budget) +
+                          " bytes (" + std::to_string(fits) +
+                          " tokens); raise the budget or ask for a shorter context");
+  }
+  const int64_t n_ctx = options.context_length > 0
+                            ? options.context_length
+                            : std::min<int64_t>(c.context_length, fits);
 
   std::unique_ptr<InferenceContext> ctx(new InferenceContext());
   ctx->model_ = std::move(model);
   ctx->context_length_ = static_cast<int32_t>(n_ctx);
-  ctx->max_batch_ = std::clamp(options.max_batch, 1, 512);
-  const size_t b = static_cast<size_t>(ctx->max_batch_);
   const size_t kv_dim = static_cast<size_t>(c.head_count_kv) * c.head_dim;
-  const size_t q_dim = static_cast<size_t>(c.head_count) * c.head_dim;
-  const size_t cache = static_cast<size_t>(c.layer_count) * static_cast<size_t>(n_ctx) * kv_dim;
-  ctx->key_cache_.assign(cache, 0.0f);
-  ctx->value_cache_.assign(cache, 0.0f);
+  ctx->kv_type_ = options.kv_type;
+  ctx->kv_row_bytes_ =
+      kv_dim * (options.kv_type == TensorType::kF32 ? sizeof(float) : sizeof(uint16_t));
+  const size_t cache =
+      static_cast<size_t>(c.layer_count) * static_cast<size_t>(n_ctx) * ctx->kv_row_bytes_;
+  ctx->key_cache_.assign(cache, 0);
+  ctx->value_cache_.assign(cache, 0);
   if (c.conv_layer_count > 0) {
     ctx->conv_cache_.assign(static_cast<size_t>(c.conv_layer_count) * static_cast<size_t>(n_ctx) *
                                 static_cast<size_t>(c.embedding_length),
                             0.0f);
-    ctx->conv_bcx_.resize(b * 3 * c.embedding_length);
-    ctx->conv_y_.resize(b * c.embedding_length);
   }
-  ctx->x_.resize(b * c.embedding_length);
-  ctx->xn_.resize(b * std::max<size_t>(c.embedding_length, q_dim));
-  ctx->q_.resize(b * q_dim);
-  ctx->k_.resize(b * kv_dim);
-  ctx->v_.resize(b * kv_dim);
-  ctx->attn_out_.resize(b * q_dim);
-  ctx->gate_.resize(b * c.feed_forward_length);
-  ctx->up_.resize(b * c.feed_forward_length);
   ctx->logits_.resize(static_cast<size_t>(c.vocab_size));
   ctx->cached_tokens_.reserve(static_cast<size_t>(n_ctx));
+  size_scratch(ctx->scratch_, *ctx->model_, std::clamp(options.max_batch, 1, 512));
 
   const int32_t half = c.rope_dim / 2;
   ctx->rope_inv_freq_.resize(static_cast<size_t>(half));
@@ -529,19 +579,6 @@ Result<std::unique_ptr<InferenceContext>> InferenceContext::create(
     // scaling, as llama.cpp's defaults for them are.
     ctx->rope_inv_freq_local_[static_cast<size_t>(i)] = std::pow(c.rope_freq_base_local, exponent);
   }
-
-  size_t scratch = 0;
-  auto need = [&](const WeightMatrix& w) {
-    scratch = std::max(scratch, activation_scratch_bytes(w.type, w.cols, ctx->max_batch_));
-  };
-  need(ctx->model_->output());
-  for (const auto& l : ctx->model_->layers()) {
-    for (const auto* w :
-         {&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down, &l.conv_in, &l.conv_out}) {
-      if (w->data != nullptr) need(*w);
-    }
-  }
-  ctx->quant_scratch_.resize(scratch);
   return ctx;
 }
 
@@ -550,6 +587,28 @@ InferenceContext::~InferenceContext() = default;
 void InferenceContext::truncate(int32_t position) {
   position_ = std::clamp(position, 0, position_);
   cached_tokens_.resize(static_cast<size_t>(position_));
+}
+
+Status InferenceContext::check_input(std::span<const TokenId> tokens) const {
+  const ModelConfig& c = model_->config();
+  if (tokens.empty()) {
+    return make_error(ErrorKind::kInvalidArgument, "evaluate() needs at least one token");
+  }
+  if (static_cast<int64_t>(position_) + static_cast<int64_t>(tokens.size()) > context_length_) {
+    return make_error(ErrorKind::kResourceExhausted,
+                      "context overflow: " + std::to_string(position_) + " tokens cached + " +
+                          std::to_string(tokens.size()) + " new exceed the context of " +
+                          std::to_string(context_length_) + " tokens of model '" + c.name +
+                          "'; shorten the prompt or lower max_tokens");
+  }
+  for (TokenId t : tokens) {
+    if (t < 0 || t >= c.vocab_size) {
+      return make_error(ErrorKind::kInvalidArgument, "token id " + std::to_string(t) +
+                                                         " is outside the vocabulary of " +
+                                                         std::to_string(c.vocab_size) + " tokens");
+    }
+  }
+  return Status::Ok();
 }
 
 namespace {
@@ -578,229 +637,350 @@ void apply_rope(float* v, int32_t heads, int32_t head_dim, int32_t rope_dim, int
 
 }  // namespace
 
-Result<std::span<const float>> InferenceContext::evaluate(std::span<const TokenId> tokens,
-                                                          ThreadPool& pool) {
-  const ModelConfig& c = model_->config();
-  if (tokens.empty()) {
-    return make_error(ErrorKind::kInvalidArgument, "evaluate() needs at least one token");
-  }
-  if (static_cast<int64_t>(position_) + static_cast<int64_t>(tokens.size()) > context_length_) {
-    return make_error(ErrorKind::kResourceExhausted,
-                      "context overflow: " + std::to_string(position_) + " tokens cached + " +
-                          std::to_string(tokens.size()) + " new exceed the context of " +
-                          std::to_string(context_length_) + " tokens of model '" + c.name +
-                          "'; shorten the prompt or lower max_tokens");
-  }
-  for (TokenId t : tokens) {
-    if (t < 0 || t >= c.vocab_size) {
-      return make_error(ErrorKind::kInvalidArgument, "token id " + std::to_string(t) +
-                                                         " is outside the vocabulary of " +
-                                                         std::to_string(c.vocab_size) + " tokens");
-    }
-  }
-  size_t done = 0;
-  while (done < tokens.size()) {
-    const int32_t n = static_cast<int32_t>(
-        std::min<size_t>(tokens.size() - done, static_cast<size_t>(max_batch_)));
-    forward_batch(tokens.data() + done, n, pool);
-    done += static_cast<size_t>(n);
-  }
-  return std::span<const float>(logits_);
-}
+// The forward pass over a batch whose tokens belong to one or more
+// sequences: every matrix product covers all tokens at once; the KV cache,
+// positions, RoPE and attention are each token's own sequence's.
+struct ForwardPass {
+  const Model& m;
+  std::span<const BatchEntry> entries;
+  ForwardScratch& s;
+  ThreadPool& pool;
+  int32_t n = 0;  // tokens in all
+  ForwardObserver* observer = nullptr;
 
-// LFM2's short-convolution block on the normed batch in xn_, result in xn_:
-// B, C, x = in_proj(xn); the cache keeps B*x per position; out_proj of
-// C * (depthwise causal convolution of B*x over the last l_cache positions,
-// zeros before the first).
-void InferenceContext::short_convolution(const LayerWeights& l, int32_t start, int32_t n,
-                                         std::span<uint8_t> scratch, ThreadPool& pool) {
-  const ModelConfig& c = model_->config();
-  const int64_t d = c.embedding_length;
-  const int32_t taps = c.shortconv_l_cache;
-  float* cache = conv_cache_.data() + static_cast<size_t>(l.conv_index) * context_length_ * d;
-  matmul(l.conv_in, xn_.data(), n, conv_bcx_.data(), scratch, pool);
-  for (int32_t t = 0; t < n; ++t) {
-    const float* b = conv_bcx_.data() + t * 3 * d;
-    const float* x = b + 2 * d;
-    float* bx = cache + static_cast<size_t>(start + t) * d;
-    for (int64_t i = 0; i < d; ++i) bx[i] = b[i] * x[i];
-  }
-  for (int32_t t = 0; t < n; ++t) {
-    const int32_t position = start + t;
-    const float* gate = conv_bcx_.data() + t * 3 * d + d;  // C
-    float* y = conv_y_.data() + t * d;
-    for (int64_t i = 0; i < d; ++i) {
-      float sum = 0.0f;
-      for (int32_t k = 0; k < taps; ++k) {
-        const int32_t p = position - (taps - 1) + k;
-        if (p >= 0) sum += l.conv_kernel[i * taps + k] * cache[static_cast<size_t>(p) * d + i];
+  void run() {
+    const ModelConfig& c = m.config();
+    const int64_t d = c.embedding_length;
+    for (size_t e = 0; e < entries.size(); ++e) {
+      const InferenceContext& ctx = *entries[e].context;
+      for (size_t i = 0; i < entries[e].tokens.size(); ++i) {
+        s.token_entry[static_cast<size_t>(n)] = static_cast<int32_t>(e);
+        s.token_position[static_cast<size_t>(n)] = ctx.position_ + static_cast<int32_t>(i);
+        get_row(m.token_embedding(), entries[e].tokens[i], s.x.data() + n * d);
+        ++n;
       }
-      y[i] = gate[i] * sum;
+    }
+    if (entries.size() == 1) observer = entries[0].context->observer_;
+    if (c.embedding_scale != 1.0f)
+      scale_f32(s.x.data(), c.embedding_scale, static_cast<int64_t>(n) * d);
+    int32_t longest = 0;
+    for (const auto& e : entries) longest = std::max(longest, e.context->context_length_);
+    if (s.scores.size() < static_cast<size_t>(pool.size()) * longest) {
+      s.scores.resize(static_cast<size_t>(pool.size()) * longest);
+    }
+    for (int32_t li = 0; li < c.layer_count; ++li) layer(li);
+    output();
+    for (const auto& e : entries) {
+      e.context->position_ += static_cast<int32_t>(e.tokens.size());
+      e.context->cached_tokens_.insert(e.context->cached_tokens_.end(), e.tokens.begin(),
+                                       e.tokens.end());
     }
   }
-  matmul(l.conv_out, conv_y_.data(), n, xn_.data(), scratch, pool);
-}
 
-void InferenceContext::forward_batch(const TokenId* tokens, int32_t n, ThreadPool& pool) {
-  const Model& m = *model_;
-  const ModelConfig& c = m.config();
-  const int64_t d = c.embedding_length;
-  const int64_t hd = c.head_dim;
-  const int64_t q_dim = static_cast<int64_t>(c.head_count) * hd;
-  const int64_t kv_dim = static_cast<int64_t>(c.head_count_kv) * hd;
-  const int64_t ff = c.feed_forward_length;
-  const int32_t group = c.head_count / c.head_count_kv;
-  const float attn_scale = c.attention_scale;
-  const int32_t start = position_;
-  std::span<uint8_t> scratch(quant_scratch_);
-
-  for (int32_t t = 0; t < n; ++t) get_row(m.token_embedding(), tokens[t], x_.data() + t * d);
-  if (c.embedding_scale != 1.0f)
-    scale_f32(x_.data(), c.embedding_scale, static_cast<int64_t>(n) * d);
-
-  const int32_t threads = pool.size();
-  if (scores_.size() < static_cast<size_t>(threads) * context_length_) {
-    scores_.resize(static_cast<size_t>(threads) * context_length_);
-  }
-
-  for (int32_t li = 0; li < c.layer_count; ++li) {
-    const LayerWeights& l = m.layers()[static_cast<size_t>(li)];
-    float* key_layer = key_cache_.data() + static_cast<size_t>(li) * context_length_ * kv_dim;
-    float* value_layer = value_cache_.data() + static_cast<size_t>(li) * context_length_ * kv_dim;
-    const size_t stream = static_cast<size_t>(n) * static_cast<size_t>(d);
-    if (observer_ != nullptr) observed_input_.assign(x_.begin(), x_.begin() + stream);
-
+  // LFM2's short-convolution block on the normed batch in xn, result in xn:
+  // B, C, x = in_proj(xn); the cache keeps B*x per position; out_proj of
+  // C * (depthwise causal convolution of B*x over the last l_cache positions,
+  // zeros before the first).
+  void short_convolution(const LayerWeights& l) {
+    const ModelConfig& c = m.config();
+    const int64_t d = c.embedding_length;
+    const int32_t taps = c.shortconv_l_cache;
+    matmul(l.conv_in, s.xn.data(), n, s.conv_bcx.data(), s.quant, pool);
+    auto cache_of = [&](int32_t t) {
+      InferenceContext& ctx = *entries[static_cast<size_t>(s.token_entry[t])].context;
+      return ctx.conv_cache_.data() + static_cast<size_t>(l.conv_index) * ctx.context_length_ * d;
+    };
     for (int32_t t = 0; t < n; ++t) {
-      rmsnorm(x_.data() + t * d, l.attn_norm, xn_.data() + t * d, d, c.rms_norm_epsilon);
+      const float* b = s.conv_bcx.data() + t * 3 * d;
+      const float* x = b + 2 * d;
+      float* bx = cache_of(t) + static_cast<size_t>(s.token_position[t]) * d;
+      for (int64_t i = 0; i < d; ++i) bx[i] = b[i] * x[i];
     }
-    if (l.conv_index >= 0) {
-      short_convolution(l, start, n, scratch, pool);
-    } else {
-      if (observer_ != nullptr) {
-        observer_->on_matrix_input(li, ForwardObserver::MatrixInput::kAttentionQkv,
-                                   {xn_.data(), stream}, n);
+    for (int32_t t = 0; t < n; ++t) {
+      const int32_t position = s.token_position[t];
+      const float* cache = cache_of(t);
+      const float* gate = s.conv_bcx.data() + t * 3 * d + d;  // C
+      float* y = s.conv_y.data() + t * d;
+      for (int64_t i = 0; i < d; ++i) {
+        float sum = 0.0f;
+        for (int32_t k = 0; k < taps; ++k) {
+          const int32_t p = position - (taps - 1) + k;
+          if (p >= 0) sum += l.conv_kernel[i * taps + k] * cache[static_cast<size_t>(p) * d + i];
+        }
+        y[i] = gate[i] * sum;
       }
-      matmul(l.wq, xn_.data(), n, q_.data(), scratch, pool);
-      matmul(l.wk, xn_.data(), n, k_.data(), scratch, pool);
-      matmul(l.wv, xn_.data(), n, v_.data(), scratch, pool);
-      for (int32_t t = 0; t < n; ++t) {
-        float* q = q_.data() + t * q_dim;
-        float* k = k_.data() + t * kv_dim;
-        float* v = v_.data() + t * kv_dim;
-        if (l.bq != nullptr) {
-          for (int64_t i = 0; i < q_dim; ++i) q[i] += l.bq[i];
-        }
-        if (l.bk != nullptr) {
-          for (int64_t i = 0; i < kv_dim; ++i) k[i] += l.bk[i];
-        }
-        if (l.bv != nullptr) {
-          for (int64_t i = 0; i < kv_dim; ++i) v[i] += l.bv[i];
-        }
-        if (l.q_norm != nullptr) {
-          for (int32_t h = 0; h < c.head_count; ++h)
-            rmsnorm(q + h * hd, l.q_norm, q + h * hd, hd, c.rms_norm_epsilon);
-          for (int32_t h = 0; h < c.head_count_kv; ++h)
-            rmsnorm(k + h * hd, l.k_norm, k + h * hd, hd, c.rms_norm_epsilon);
-        }
-        if (l.rope) {
-          const float* inv_freq = l.sliding ? rope_inv_freq_local_.data() : rope_inv_freq_.data();
-          apply_rope(q, c.head_count, c.head_dim, c.rope_dim, start + t, c.rope_neox, inv_freq,
-                     c.rope_attn_factor);
-          apply_rope(k, c.head_count_kv, c.head_dim, c.rope_dim, start + t, c.rope_neox, inv_freq,
-                     c.rope_attn_factor);
-        }
-        std::memcpy(key_layer + static_cast<size_t>(start + t) * kv_dim, k, kv_dim * sizeof(float));
-        std::memcpy(value_layer + static_cast<size_t>(start + t) * kv_dim, v,
-                    kv_dim * sizeof(float));
-      }
+    }
+    matmul(l.conv_out, s.conv_y.data(), n, s.xn.data(), s.quant, pool);
+  }
 
-      // Causal attention; each (token, head) pair is independent.
-      const int64_t items = static_cast<int64_t>(n) * c.head_count;
-      pool.run_on_all([&](int thread, int thread_count) {
-        float* scores = scores_.data() + static_cast<size_t>(thread) * context_length_;
-        const int64_t per = (items + thread_count - 1) / thread_count;
-        const int64_t begin = per * thread;
-        const int64_t end = std::min(items, begin + per);
-        for (int64_t item = begin; item < end; ++item) {
-          const int32_t t = static_cast<int32_t>(item / c.head_count);
-          const int32_t h = static_cast<int32_t>(item % c.head_count);
-          const int32_t kvh = h / group;
-          const float* q = q_.data() + t * q_dim + h * hd;
-          // A sliding-window layer sees only keys fewer than sliding_window
-          // positions back.
-          const int32_t first = l.sliding ? std::max(0, start + t + 1 - c.sliding_window) : 0;
-          const int32_t span = start + t + 1 - first;
-          const float* keys = key_layer + static_cast<size_t>(first) * kv_dim + kvh * hd;
-          const float* values = value_layer + static_cast<size_t>(first) * kv_dim + kvh * hd;
+  void attention(int32_t li, const LayerWeights& l) {
+    const ModelConfig& c = m.config();
+    const int64_t hd = c.head_dim;
+    const int64_t q_dim = static_cast<int64_t>(c.head_count) * hd;
+    const int64_t kv_dim = static_cast<int64_t>(c.head_count_kv) * hd;
+    const int32_t group = c.head_count / c.head_count_kv;
+    const float attn_scale = c.attention_scale;
+    // Row `position` of layer li in a cache, in bytes.
+    auto cache_row = [&](std::vector<uint8_t>& cache, const InferenceContext& ctx,
+                         int32_t position) {
+      return cache.data() +
+             (static_cast<size_t>(li) * ctx.context_length_ + static_cast<size_t>(position)) *
+                 ctx.kv_row_bytes_;
+    };
+    auto store = [&](std::vector<uint8_t>& cache, const InferenceContext& ctx, int32_t position,
+                     const float* values) {
+      uint8_t* row = cache_row(cache, ctx, position);
+      if (ctx.kv_type_ == TensorType::kF32) {
+        std::memcpy(row, values, kv_dim * sizeof(float));
+      } else {
+        quantize_row(TensorType::kF16, values, row, kv_dim);
+      }
+    };
+    for (int32_t t = 0; t < n; ++t) {
+      InferenceContext& ctx = *entries[static_cast<size_t>(s.token_entry[t])].context;
+      const int32_t position = s.token_position[t];
+      float* q = s.q.data() + t * q_dim;
+      float* k = s.k.data() + t * kv_dim;
+      float* v = s.v.data() + t * kv_dim;
+      if (l.bq != nullptr) {
+        for (int64_t i = 0; i < q_dim; ++i) q[i] += l.bq[i];
+      }
+      if (l.bk != nullptr) {
+        for (int64_t i = 0; i < kv_dim; ++i) k[i] += l.bk[i];
+      }
+      if (l.bv != nullptr) {
+        for (int64_t i = 0; i < kv_dim; ++i) v[i] += l.bv[i];
+      }
+      if (l.q_norm != nullptr) {
+        for (int32_t h = 0; h < c.head_count; ++h)
+          rmsnorm(q + h * hd, l.q_norm, q + h * hd, hd, c.rms_norm_epsilon);
+        for (int32_t h = 0; h < c.head_count_kv; ++h)
+          rmsnorm(k + h * hd, l.k_norm, k + h * hd, hd, c.rms_norm_epsilon);
+      }
+      if (l.rope) {
+        const float* inv_freq =
+            l.sliding ? ctx.rope_inv_freq_local_.data() : ctx.rope_inv_freq_.data();
+        apply_rope(q, c.head_count, c.head_dim, c.rope_dim, position, c.rope_neox, inv_freq,
+                   c.rope_attn_factor);
+        apply_rope(k, c.head_count_kv, c.head_dim, c.rope_dim, position, c.rope_neox, inv_freq,
+                   c.rope_attn_factor);
+      }
+      store(ctx.key_cache_, ctx, position, k);
+      store(ctx.value_cache_, ctx, position, v);
+    }
+
+    // Causal attention; each (token, head) pair is independent.
+    const int64_t items = static_cast<int64_t>(n) * c.head_count;
+    pool.run_on_all([&](int thread, int thread_count) {
+      float* scores = s.scores.data() + static_cast<size_t>(thread) * (s.scores.size() /
+                                                                        static_cast<size_t>(
+                                                                            thread_count));
+      const int64_t per = (items + thread_count - 1) / thread_count;
+      const int64_t begin = per * thread;
+      const int64_t end = std::min(items, begin + per);
+      for (int64_t item = begin; item < end; ++item) {
+        const int32_t t = static_cast<int32_t>(item / c.head_count);
+        const int32_t h = static_cast<int32_t>(item % c.head_count);
+        InferenceContext& ctx = *entries[static_cast<size_t>(s.token_entry[t])].context;
+        const int32_t position = s.token_position[t];
+        const int32_t kvh = h / group;
+        const float* q = s.q.data() + t * q_dim + h * hd;
+        // A sliding-window layer sees only keys fewer than sliding_window
+        // positions back.
+        const int32_t first = l.sliding ? std::max(0, position + 1 - c.sliding_window) : 0;
+        const int32_t span = position + 1 - first;
+        float* out = s.attn_out.data() + t * q_dim + h * hd;
+        std::fill(out, out + hd, 0.0f);
+        if (ctx.kv_type_ == TensorType::kF32) {
+          const auto* keys = reinterpret_cast<const float*>(cache_row(ctx.key_cache_, ctx, first)) +
+                             kvh * hd;
+          const auto* values =
+              reinterpret_cast<const float*>(cache_row(ctx.value_cache_, ctx, first)) + kvh * hd;
           for (int32_t p = 0; p < span; ++p) {
             scores[p] = attn_scale * dot_f32(q, keys + static_cast<size_t>(p) * kv_dim, hd);
           }
           softmax(scores, span);
-          float* out = attn_out_.data() + t * q_dim + h * hd;
-          std::fill(out, out + hd, 0.0f);
           for (int32_t p = 0; p < span; ++p) {
             axpy_f32(scores[p], values + static_cast<size_t>(p) * kv_dim, out, hd);
           }
+        } else {
+          const auto* keys =
+              reinterpret_cast<const uint16_t*>(cache_row(ctx.key_cache_, ctx, first)) + kvh * hd;
+          const auto* values =
+              reinterpret_cast<const uint16_t*>(cache_row(ctx.value_cache_, ctx, first)) +
+              kvh * hd;
+          for (int32_t p = 0; p < span; ++p) {
+            scores[p] = attn_scale * dot_f32_f16(q, keys + static_cast<size_t>(p) * kv_dim, hd);
+          }
+          softmax(scores, span);
+          for (int32_t p = 0; p < span; ++p) {
+            axpy_f16(scores[p], values + static_cast<size_t>(p) * kv_dim, out, hd);
+          }
         }
-      });
+      }
+    });
+  }
 
-      if (observer_ != nullptr) {
-        observer_->on_matrix_input(li, ForwardObserver::MatrixInput::kAttentionOutput,
-                                   {attn_out_.data(), static_cast<size_t>(n * q_dim)}, n);
-      }
-      matmul(l.wo, attn_out_.data(), n, xn_.data(), scratch, pool);
-      if (l.attn_post_norm != nullptr) {
-        for (int32_t t = 0; t < n; ++t) {
-          rmsnorm(xn_.data() + t * d, l.attn_post_norm, xn_.data() + t * d, d, c.rms_norm_epsilon);
-        }
-      }
-    }
-    add_f32(x_.data(), xn_.data(), static_cast<int64_t>(n) * d);
+  void layer(int32_t li) {
+    const ModelConfig& c = m.config();
+    const int64_t d = c.embedding_length;
+    const int64_t q_dim = static_cast<int64_t>(c.head_count) * c.head_dim;
+    const int64_t ff = c.feed_forward_length;
+    const LayerWeights& l = m.layers()[static_cast<size_t>(li)];
+    const size_t stream = static_cast<size_t>(n) * static_cast<size_t>(d);
+    if (observer != nullptr) s.observed_input.assign(s.x.begin(), s.x.begin() + stream);
 
     for (int32_t t = 0; t < n; ++t) {
-      rmsnorm(x_.data() + t * d, l.ffn_norm, xn_.data() + t * d, d, c.rms_norm_epsilon);
+      rmsnorm(s.x.data() + t * d, l.attn_norm, s.xn.data() + t * d, d, c.rms_norm_epsilon);
     }
-    if (observer_ != nullptr) {
-      observer_->on_matrix_input(li, ForwardObserver::MatrixInput::kFfnGateUp, {xn_.data(), stream},
-                                 n);
-    }
-    matmul(l.w_gate, xn_.data(), n, gate_.data(), scratch, pool);
-    matmul(l.w_up, xn_.data(), n, up_.data(), scratch, pool);
-    if (c.gelu_ffn) {
-      gelu_mul(gate_.data(), up_.data(), static_cast<int64_t>(n) * ff);
+    if (l.conv_index >= 0) {
+      short_convolution(l);
     } else {
-      silu_mul(gate_.data(), up_.data(), static_cast<int64_t>(n) * ff);
-    }
-    if (observer_ != nullptr) {
-      observer_->on_ffn_activation(li, {gate_.data(), static_cast<size_t>(n * ff)}, n);
-      observer_->on_matrix_input(li, ForwardObserver::MatrixInput::kFfnDown,
-                                 {gate_.data(), static_cast<size_t>(n * ff)}, n);
-    }
-    matmul(l.w_down, gate_.data(), n, xn_.data(), scratch, pool);
-    if (l.ffn_post_norm != nullptr) {
-      for (int32_t t = 0; t < n; ++t) {
-        rmsnorm(xn_.data() + t * d, l.ffn_post_norm, xn_.data() + t * d, d, c.rms_norm_epsilon);
+      if (observer != nullptr) {
+        observer->on_matrix_input(li, ForwardObserver::MatrixInput::kAttentionQkv,
+                                  {s.xn.data(), stream}, n);
+      }
+      matmul(l.wq, s.xn.data(), n, s.q.data(), s.quant, pool);
+      matmul(l.wk, s.xn.data(), n, s.k.data(), s.quant, pool);
+      matmul(l.wv, s.xn.data(), n, s.v.data(), s.quant, pool);
+      attention(li, l);
+      if (observer != nullptr) {
+        observer->on_matrix_input(li, ForwardObserver::MatrixInput::kAttentionOutput,
+                                  {s.attn_out.data(), static_cast<size_t>(n * q_dim)}, n);
+      }
+      matmul(l.wo, s.attn_out.data(), n, s.xn.data(), s.quant, pool);
+      if (l.attn_post_norm != nullptr) {
+        for (int32_t t = 0; t < n; ++t) {
+          rmsnorm(s.xn.data() + t * d, l.attn_post_norm, s.xn.data() + t * d, d,
+                  c.rms_norm_epsilon);
+        }
       }
     }
-    add_f32(x_.data(), xn_.data(), static_cast<int64_t>(n) * d);
-    if (observer_ != nullptr) {
-      observer_->on_block(li, observed_input_, {x_.data(), stream}, n);
+    add_f32(s.x.data(), s.xn.data(), static_cast<int64_t>(n) * d);
+
+    for (int32_t t = 0; t < n; ++t) {
+      rmsnorm(s.x.data() + t * d, l.ffn_norm, s.xn.data() + t * d, d, c.rms_norm_epsilon);
+    }
+    if (observer != nullptr) {
+      observer->on_matrix_input(li, ForwardObserver::MatrixInput::kFfnGateUp,
+                                {s.xn.data(), stream}, n);
+    }
+    matmul(l.w_gate, s.xn.data(), n, s.gate.data(), s.quant, pool);
+    matmul(l.w_up, s.xn.data(), n, s.up.data(), s.quant, pool);
+    if (c.gelu_ffn) {
+      gelu_mul(s.gate.data(), s.up.data(), static_cast<int64_t>(n) * ff);
+    } else {
+      silu_mul(s.gate.data(), s.up.data(), static_cast<int64_t>(n) * ff);
+    }
+    if (observer != nullptr) {
+      observer->on_ffn_activation(li, {s.gate.data(), static_cast<size_t>(n * ff)}, n);
+      observer->on_matrix_input(li, ForwardObserver::MatrixInput::kFfnDown,
+                                {s.gate.data(), static_cast<size_t>(n * ff)}, n);
+    }
+    matmul(l.w_down, s.gate.data(), n, s.xn.data(), s.quant, pool);
+    if (l.ffn_post_norm != nullptr) {
+      for (int32_t t = 0; t < n; ++t) {
+        rmsnorm(s.xn.data() + t * d, l.ffn_post_norm, s.xn.data() + t * d, d,
+                c.rms_norm_epsilon);
+      }
+    }
+    add_f32(s.x.data(), s.xn.data(), static_cast<int64_t>(n) * d);
+    if (observer != nullptr) observer->on_block(li, s.observed_input, {s.x.data(), stream}, n);
+  }
+
+  // Logits for each entry's last token only: the others' are never sampled.
+  void output() {
+    const ModelConfig& c = m.config();
+    const int64_t d = c.embedding_length;
+    const size_t vocab = static_cast<size_t>(c.vocab_size);
+    const int32_t rows = static_cast<int32_t>(entries.size());
+    int32_t last = -1;
+    for (int32_t e = 0; e < rows; ++e) {
+      last += static_cast<int32_t>(entries[static_cast<size_t>(e)].tokens.size());
+      rmsnorm(s.x.data() + static_cast<int64_t>(last) * d, m.output_norm(), s.xn.data() + e * d, d,
+              c.rms_norm_epsilon);
+    }
+    if (observer != nullptr) {
+      observer->on_matrix_input(-1, ForwardObserver::MatrixInput::kOutput,
+                                {s.xn.data(), static_cast<size_t>(d)}, 1);
+    }
+    if (s.logits.size() < vocab * static_cast<size_t>(rows)) {
+      s.logits.resize(vocab * static_cast<size_t>(rows));
+    }
+    matmul(m.output(), s.xn.data(), rows, s.logits.data(), s.quant, pool);
+    for (int32_t e = 0; e < rows; ++e) {
+      InferenceContext& ctx = *entries[static_cast<size_t>(e)].context;
+      float* out = ctx.logits_.data();
+      const float* in = s.logits.data() + static_cast<size_t>(e) * vocab;
+      if (c.final_logit_softcap > 0.0f) {
+        for (size_t i = 0; i < vocab; ++i)
+          out[i] = c.final_logit_softcap * std::tanh(in[i] / c.final_logit_softcap);
+      } else {
+        std::memcpy(out, in, vocab * sizeof(float));
+      }
+      ctx.logits_size_ = vocab;
     }
   }
+};
 
-  const float* last = x_.data() + static_cast<int64_t>(n - 1) * d;
-  rmsnorm(last, m.output_norm(), xn_.data(), d, c.rms_norm_epsilon);
-  if (observer_ != nullptr) {
-    observer_->on_matrix_input(-1, ForwardObserver::MatrixInput::kOutput,
-                               {xn_.data(), static_cast<size_t>(d)}, 1);
+Result<std::span<const float>> InferenceContext::evaluate(std::span<const TokenId> tokens,
+                                                          ThreadPool& pool) {
+  FSH_TRY_STATUS(check_input(tokens));
+  size_t done = 0;
+  while (done < tokens.size()) {
+    const size_t n =
+        std::min<size_t>(tokens.size() - done, static_cast<size_t>(scratch_.max_tokens));
+    const BatchEntry entry{this, tokens.subspan(done, n)};
+    ForwardPass{*model_, {&entry, 1}, scratch_, pool}.run();
+    done += n;
   }
-  matmul(m.output(), xn_.data(), 1, logits_.data(), scratch, pool);
-  if (c.final_logit_softcap > 0.0f) {
-    for (float& v : logits_) v = c.final_logit_softcap * std::tanh(v / c.final_logit_softcap);
-  }
+  return logits();
+}
 
-  position_ += n;
-  cached_tokens_.insert(cached_tokens_.end(), tokens, tokens + n);
+Result<std::unique_ptr<BatchDecoder>> BatchDecoder::create(std::shared_ptr<const Model> model,
+                                                           int32_t max_tokens) {
+  if (max_tokens < 1 || max_tokens > 4096) {
+    return make_error(ErrorKind::kInvalidArgument,
+                      "a batch step of " + std::to_string(max_tokens) +
+                          " tokens is outside 1..4096; choose a step size in that range");
+  }
+  std::unique_ptr<BatchDecoder> decoder(new BatchDecoder());
+  decoder->model_ = std::move(model);
+  size_scratch(decoder->scratch_, *decoder->model_, max_tokens);
+  return decoder;
+}
+
+Status BatchDecoder::decode(std::span<const BatchEntry> entries, ThreadPool& pool) {
+  if (entries.empty()) {
+    return make_error(ErrorKind::kInvalidArgument, "a batch step needs at least one sequence");
+  }
+  size_t total = 0;
+  for (size_t i = 0; i < entries.size(); ++i) {
+    const InferenceContext* ctx = entries[i].context;
+    if (ctx == nullptr || &ctx->model() != model_.get()) {
+      return make_error(ErrorKind::kInvalidArgument,
+                        "batch entry " + std::to_string(i) +
+                            " has no context or one of another model; create contexts from the "
+                            "decoder's model");
+    }
+    for (size_t j = 0; j < i; ++j) {
+      if (entries[j].context == ctx) {
+        return make_error(ErrorKind::kInvalidArgument,
+                          "batch entries " + std::to_string(j) + " and " + std::to_string(i) +
+                              " share one context; give a sequence's tokens as one entry");
+      }
+    }
+    FSH_TRY_STATUS(ctx->check_input(entries[i].tokens));
+    total += entries[i].tokens.size();
+  }
+  if (total > static_cast<size_t>(scratch_.max_tokens)) {
+    return make_error(ErrorKind::kInvalidArgument,
+                      "a batch step of " + std::to_string(total) + " tokens exceeds the decoder's " +
+                          std::to_string(scratch_.max_tokens) +
+                          "; split the prompt into smaller chunks");
+  }
+  ForwardPass{*model_, entries, scratch_, pool}.run();
+  return Status::Ok();
 }
 
 }  // namespace foreshore::engine

@@ -112,8 +112,9 @@ class Model {
   const std::string& version() const { return version_; }
   // Bytes of weights read per generated token (every matrix once).
   uint64_t weight_bytes() const { return weight_bytes_; }
-  // Bytes of KV cache per token of context.
-  uint64_t kv_bytes_per_token() const;
+  // Bytes of KV cache per token of context, keys and values stored as
+  // `kv_type` (F16 or F32).
+  uint64_t kv_bytes_per_token(TensorType kv_type = TensorType::kF32) const;
 
   const WeightMatrix& token_embedding() const { return token_embd_; }
   const WeightMatrix& output() const { return output_; }
@@ -149,9 +150,16 @@ class Model {
 };
 
 struct ContextOptions {
-  int32_t context_length = 0;  // 0: the model's trained context, capped by kv_memory_budget
+  // 0: the model's trained context, capped by kv_memory_budget. Else exactly
+  // this, beyond the trained context too (quality may fall there: callers
+  // say so), or an error when the budget cannot hold it.
+  int32_t context_length = 0;
   uint64_t kv_memory_budget = 512ull << 20;  // bytes for the KV cache
   int32_t max_batch = 64;                    // tokens per forward step when processing a prompt
+  // How keys and values are stored: F32, exact, for tools that compare
+  // against a reference; or F16, half the memory and memory traffic (as
+  // llama.cpp's default), which the edge tier, `run` and `bench` use.
+  TensorType kv_type = TensorType::kF32;
 };
 
 // Looks inside the forward pass, for calibration and pruning: while set on a
@@ -182,9 +190,30 @@ class ForwardObserver {
                                int32_t n) = 0;
 };
 
+// Working memory of one forward pass over up to `max_tokens` tokens; sized
+// once so that steps allocate nothing. Internal to the engine.
+struct ForwardScratch {
+  int32_t max_tokens = 0;
+  std::vector<float> x, xn, q, k, v, attn_out, gate, up, scores, logits;
+  std::vector<float> conv_bcx, conv_y;  // lfm2: in_proj output, gated convolution
+  std::vector<uint8_t> quant;
+  std::vector<float> observed_input;  // the residual stream entering a layer, when observed
+  // Per token of the pass: which entry it belongs to and its position there.
+  std::vector<int32_t> token_entry, token_position;
+};
+
+class InferenceContext;
+
+// One sequence's share of a batched forward step: `tokens` run at positions
+// [context->position(), +tokens.size()) against that context's own KV cache.
+struct BatchEntry {
+  InferenceContext* context = nullptr;
+  std::span<const TokenId> tokens;
+};
+
 // One sequence being generated: KV cache plus scratch buffers, all allocated
 // at creation so that decoding allocates nothing per token. Not thread-safe;
-// use one per concurrent request.
+// use one per concurrent request, or step several together with BatchDecoder.
 class InferenceContext {
  public:
   static Result<std::unique_ptr<InferenceContext>> create(std::shared_ptr<const Model> model,
@@ -202,35 +231,67 @@ class InferenceContext {
   void truncate(int32_t position);
   // Tokens currently in the cache, for prefix matching.
   const std::vector<TokenId>& cached_tokens() const { return cached_tokens_; }
+  // The logits after the last token run on this context (by evaluate() or a
+  // BatchDecoder step); empty before any.
+  std::span<const float> logits() const { return {logits_.data(), logits_size_}; }
   const Model& model() const { return *model_; }
   // nullptr (the default) turns observation off; the observer must outlive its use.
+  // Batched steps observe only when they hold this context alone.
   void set_observer(ForwardObserver* observer) { observer_ = observer; }
 
+  // Checks that `tokens` fit after position() and lie in the vocabulary; the
+  // error says which limit and what to do.
+  Status check_input(std::span<const TokenId> tokens) const;
+
  private:
+  friend struct ForwardPass;
   InferenceContext() = default;
-  void forward_batch(const TokenId* tokens, int32_t n, ThreadPool& pool);
-  void short_convolution(const LayerWeights& l, int32_t start, int32_t n,
-                         std::span<uint8_t> scratch, ThreadPool& pool);
 
   std::shared_ptr<const Model> model_;
   int32_t context_length_ = 0;
-  int32_t max_batch_ = 0;
   int32_t position_ = 0;
   std::vector<TokenId> cached_tokens_;
-  std::vector<float> key_cache_;    // [layer][position][kv_head * head_dim]
-  std::vector<float> value_cache_;  // same layout
+  TensorType kv_type_ = TensorType::kF32;
+  size_t kv_row_bytes_ = 0;           // one position of one layer: kv_head * head_dim values
+  std::vector<uint8_t> key_cache_;    // [layer][position][kv_head * head_dim], as kv_type_
+  std::vector<uint8_t> value_cache_;  // same layout
   // lfm2: B*x of each short-convolution layer at each position
   // [conv layer][position][embedding_length], so that truncate() keeps
   // working as it does for the KV cache.
   std::vector<float> conv_cache_;
-  std::vector<float> conv_bcx_, conv_y_;  // scratch: in_proj output, gated convolution
-  // Scratch, sized for max_batch tokens.
-  std::vector<float> x_, xn_, q_, k_, v_, attn_out_, gate_, up_, scores_, logits_;
+  std::vector<float> logits_;
+  size_t logits_size_ = 0;
   std::vector<float> rope_inv_freq_;        // full-attention layers
   std::vector<float> rope_inv_freq_local_;  // sliding-window layers
-  std::vector<uint8_t> quant_scratch_;
+  ForwardScratch scratch_;                  // for evaluate()
   ForwardObserver* observer_ = nullptr;
-  std::vector<float> observed_input_;  // the residual stream entering a layer, when observed
+};
+
+// Continuous batching: runs one forward step over tokens of several
+// sequences at once. The weight matrices are read once for all of them (decode
+// on a CPU is bound by reading weights, so N sequences cost little more than
+// one); attention runs per token against its own sequence's KV cache. Each
+// sequence's tokens give the same results as evaluate() on it alone, up to
+// the rounding of the matrix kernels' grouped rows. Not thread-safe.
+class BatchDecoder {
+ public:
+  // max_tokens: the most tokens one step may hold, all entries together.
+  static Result<std::unique_ptr<BatchDecoder>> create(std::shared_ptr<const Model> model,
+                                                      int32_t max_tokens);
+
+  int32_t max_tokens() const { return scratch_.max_tokens; }
+
+  // Runs every entry's tokens in one step; afterwards each entry's
+  // context->logits() holds the logits after its last token. Checks
+  // everything first and runs nothing on an error: more than max_tokens in
+  // all, an empty entry, a context of another model or listed twice, a
+  // context overflow, a token outside the vocabulary.
+  Status decode(std::span<const BatchEntry> entries, ThreadPool& pool);
+
+ private:
+  BatchDecoder() = default;
+  std::shared_ptr<const Model> model_;
+  ForwardScratch scratch_;
 };
 
 }  // namespace foreshore::engine

@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <array>
 #include <chrono>
+#include <cmath>
 #include <cstdlib>
 #include <filesystem>
 #include <nlohmann/json.hpp>
@@ -410,7 +411,23 @@ Decision Router::decide(const RouteInput& in) const {
   };
   predict(edge, s.edge_ttft_ms, s.edge_cost_usd);
   s.edge_queue_depth = in.edge_queue_depth;
-  if (edge != nullptr && in.edge_queue_depth > 0) {
+  const bool measured_load = in.edge_load && in.edge_load->decode_step_ms > 0.0;
+  if (edge != nullptr && measured_load && in.edge_load->running + in.edge_load->queued > 0) {
+    // Continuous batching: a request starts at the next step while a slot is
+    // free, else when enough running generations end; then its prompt loads
+    // after the prompts queued before it, beside the running decodes.
+    const RouteInput::EdgeLoad& l = *in.edge_load;
+    const int32_t slots = std::max(1, l.slots);
+    const int32_t ahead = l.running + l.queued - slots + 1;
+    const double step = l.decode_step_ms;
+    const double wait =
+        ahead > 0 ? std::ceil(static_cast<double>(ahead) / slots) * s.expected_output_tokens * step
+                  : 0.0;
+    const double per_prompt_token = l.prefill_ms_per_token > 0.0 ? l.prefill_ms_per_token : step;
+    s.edge_ttft_ms =
+        wait + static_cast<double>(l.queued_prompt_tokens + s.prompt_tokens) * per_prompt_token +
+        step;
+  } else if (edge != nullptr && !measured_load && in.edge_queue_depth > 0) {
     const TierLatency* l = latency(edge->name);
     const double per_token = l ? l->ms_per_token() : edge->prior_ms_per_token;
     s.edge_ttft_ms += in.edge_queue_depth * (s.edge_ttft_ms + per_token * s.expected_output_tokens);

@@ -144,9 +144,20 @@ struct RouteInput {
   // Device state sampled by the caller.
   int32_t memory_pressure = 0;  // 0 none, 1 some, 2 high, 3 critical
   bool edge_available = true;   // edge loaded and not out of slots
-  // Requests running or queued on the edge engine (it serves one at a time):
-  // each adds one expected generation to the edge's time to first token.
+  // Requests running or queued on the edge engine: without edge_load, each
+  // adds one expected generation to the edge's time to first token.
   int32_t edge_queue_depth = 0;
+  // The edge engine's measured load (continuous batching); when it has a
+  // measured step time, the edge's TTFT is predicted from it instead.
+  struct EdgeLoad {
+    int32_t running = 0;  // requests holding a slot
+    int32_t queued = 0;   // requests waiting for one
+    int32_t slots = 0;
+    int64_t queued_prompt_tokens = 0;
+    double decode_step_ms = 0.0;        // one token for every running sequence; 0: unmeasured
+    double prefill_ms_per_token = 0.0;  // prompt loading; 0: unmeasured
+  };
+  std::optional<EdgeLoad> edge_load;
   bool cloud_available = true;  // breaker closed or half-open
 };
 

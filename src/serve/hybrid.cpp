@@ -225,6 +225,54 @@ void HybridRouter::set_memory_pressure_level(std::optional<int> level) {
   memory_level_->set(memory_->sample_now().level);
 }
 
+// The embedded engine's continuous batching: what runs, what waits, what a
+// step costs. Cumulative figures are gauges, read from the tier at scrape time.
+void HybridRouter::collect_edge_load(const std::string& tier, const backend::EdgeLoad& l) {
+  const std::vector<std::string> label = {tier};
+  const auto set = [&](const char* name, const char* help, double value) {
+    metrics_->gauge(name, help, {"tier"}, label).set(value);
+  };
+  set("foreshore_edge_running_sequences",
+      "Requests holding a KV slot on the embedded engine (generating or streaming).", l.running);
+  set("foreshore_edge_queued_sequences", "Requests waiting for a KV slot on the embedded engine.",
+      l.queued);
+  set("foreshore_edge_queued_prompt_tokens", "Prompt tokens of the requests waiting for a slot.",
+      static_cast<double>(l.queued_prompt_tokens));
+  set("foreshore_edge_kv_slots_used", "KV cache slots held by requests.", l.running);
+  set("foreshore_edge_kv_slots_free", "KV cache slots free for new requests.",
+      std::max(0, l.slots - l.running));
+  set("foreshore_edge_admitted", "Requests the embedded engine has started, since start.",
+      static_cast<double>(l.admitted));
+  set("foreshore_edge_prefix_cache_hits",
+      "Started requests that reused a cached prompt prefix (KV slot reuse), since start.",
+      static_cast<double>(l.prefix_hits));
+  set("foreshore_edge_steps", "Batched forward steps of the embedded engine, since start.",
+      static_cast<double>(l.steps));
+  set("foreshore_edge_step_seconds_sum", "Time spent in batched forward steps, since start.",
+      l.step_ms_total / 1000.0);
+  set("foreshore_edge_tokens", "Prompt and generated tokens run by the embedded engine, since start.",
+      static_cast<double>(l.tokens_total));
+  set("foreshore_edge_decode_step_seconds",
+      "Recent time of a decode step (every running sequence's next token), 0 before the first.",
+      l.decode_step_ms / 1000.0);
+  set("foreshore_edge_decode_batch", "Sequences in the last decode step.", l.decode_batch);
+  if (l.decode_step_ms > 0.0) {
+    set("foreshore_edge_tokens_per_second",
+        "Recent aggregate decode rate: sequences per decode step over its time.",
+        l.decode_batch / (l.decode_step_ms / 1000.0));
+  }
+  for (size_t i = 0; i < backend::EdgeLoad::kStepBuckets.size(); ++i) {
+    char bound[32];
+    std::snprintf(bound, sizeof bound, "%g", backend::EdgeLoad::kStepBuckets[i]);
+    metrics_
+        ->gauge("foreshore_edge_steps_within_ms",
+                "Batched forward steps that took at most le_ms milliseconds (cumulative), since "
+                "start.",
+                {"tier", "le_ms"}, {tier, bound})
+        .set(static_cast<double>(l.step_buckets[i]));
+  }
+}
+
 void HybridRouter::collect_metrics() {
   for (const auto& t : tiers_) {
     metrics_
@@ -240,6 +288,9 @@ void HybridRouter::collect_metrics() {
                   "503 with Retry-After), since start.",
                   {"tier"}, {t.name})
           .set(static_cast<double>(b->pool_wait_timeouts()));
+    }
+    if (auto b = executor_->backend(t.name)) {
+      if (const auto load = b->load()) collect_edge_load(t.name, *load);
     }
   }
   metrics_
@@ -482,6 +533,14 @@ Result<route::Decision> HybridRouter::decide(const ApiRequest& api, const RouteH
       probe.prompt = api.backend.prompt;
       if (auto n = b->count_prompt_tokens(probe)) in.prompt_tokens = *n;
       in.edge_queue_depth = b->queued_requests();
+      if (const auto load = b->load()) {
+        in.edge_load = route::RouteInput::EdgeLoad{load->running,
+                                                   load->queued,
+                                                   load->slots,
+                                                   load->queued_prompt_tokens,
+                                                   load->decode_step_ms,
+                                                   load->prefill_ms_per_token};
+      }
     }
   }
   route::Decision d = router_->decide(in);

@@ -123,6 +123,7 @@ class HybridRouter {
   state::SharedState& shared_state() { return shared_->state(); }
 
  private:
+  void collect_edge_load(const std::string& tier, const backend::EdgeLoad& load);
   HybridRouter() = default;
   std::unique_ptr<route::Router> router_;
   std::unique_ptr<exec::Executor> executor_;
