@@ -777,6 +777,10 @@ TEST(Batch, Stories260KGreedyTokensMatchAlone) {
 TEST(Batch, RealShapesGreedyTokensMatchAlone) {
   for (const char* preset : {"smollm2-135m", "gemma3-tiny", "lfm2-tiny"}) {
     SCOPED_TRACE(preset);
+    // The scalar kernels take 25 times as long at real widths (100 s here,
+    // minutes under the sanitizers); the batch code is the same at every
+    // level, and the tiny presets still check it on the scalar kernels.
+    if (cpu_level() == CpuLevel::kScalar && std::string_view(preset) == "smollm2-135m") continue;
     auto spec = synthetic_model_preset(preset, TensorType::kF16);
     ASSERT_TRUE(spec.has_value());
     spec->context_length = 256;
