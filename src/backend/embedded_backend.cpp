@@ -267,6 +267,10 @@ class EmbeddedBackend final : public Backend {
                         deployment->format == engine::ChatFormat::kSmolLM3;
     engine::ReasoningStream reasoning_stream;
     bool refused = false;
+    // Tokens whose text reached the caller. The engine may run ahead of a
+    // stream it is then told to stop: what it made past this point was never
+    // delivered, so a cancelled answer neither reports nor counts it.
+    int32_t delivered_tokens = 0;
     const auto deliver = [&](const engine::ReasoningSplit& part,
                              const engine::SampledToken* token) {
       if (on_delta && (!part.content.empty() || !part.reasoning.empty() || token != nullptr)) {
@@ -301,6 +305,7 @@ class EmbeddedBackend final : public Backend {
               thinks ? reasoning_stream.push(piece.text)
                      : engine::ReasoningSplit{{}, std::move(piece.text)};
           keep = deliver(part, &piece.token);
+          if (keep) ++delivered_tokens;
         }
         lock.lock();
         if (!keep) {
@@ -353,12 +358,16 @@ class EmbeddedBackend final : public Backend {
     completion.finish_reason =
         refused ? "cancelled" : std::string(engine::finish_reason_name(result.finish_reason));
     completion.usage.prompt_tokens = result.prompt_tokens;
-    completion.usage.completion_tokens = result.generated_tokens;
+    completion.usage.completion_tokens =
+        refused ? std::min(result.generated_tokens, delivered_tokens) : result.generated_tokens;
     completion.usage.cached_prompt_tokens = result.reused_prompt_tokens;
     if (request.params.logprobs) {
-      completion.logprobs.reserve(result.tokens.size());
-      for (const auto& token : result.tokens)
-        completion.logprobs.push_back(to_logprob(deployment->model->tokenizer(), token));
+      const size_t reported =
+          refused ? std::min(result.tokens.size(), static_cast<size_t>(delivered_tokens))
+                  : result.tokens.size();
+      completion.logprobs.reserve(reported);
+      for (size_t t = 0; t < reported; ++t)
+        completion.logprobs.push_back(to_logprob(deployment->model->tokenizer(), result.tokens[t]));
       // The answer's tokens only: cascade confidence measures the answer, and
       // a reply that is all reasoning has none, so it escalates.
       if (thinks) {
