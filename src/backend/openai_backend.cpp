@@ -947,30 +947,40 @@ class OpenAiBackend final : public Backend {
     return true;
   }
 
-  bool on_first_choice_chunk(Exchange& ex, const json& choice, std::string_view data, size_t at) {
+  // One streamed choice's delta: text, tool-call fragments (compact JSON),
+  // other fields, logprobs and finish_reason.
+  static Delta read_delta(const json& choice, bool legacy) {
     Delta delta;
-    if (ex.legacy) {
+    if (legacy) {
       if (auto t = choice.find("text"); t != choice.end() && t->is_string())
         delta.text = t->get<std::string>();
     } else if (auto d = choice.find("delta"); d != choice.end() && d->is_object()) {
       if (auto c = d->find("content"); c != d->end() && c->is_string())
         delta.text = c->get<std::string>();
       if (auto t = d->find("tool_calls"); t != d->end() && t->is_array() && !t->empty()) {
-        if (!ex.tool_calls.add(*t)) {
-          ex.failure = malformed_sse(at,
-                                     "a tool-call fragment has no usable index or is too "
-                                     "large: '" +
-                                         excerpt(data) + "'");
-          return false;
-        }
         delta.tool_calls = compact(*t);
       }
       delta.other = other_members(*d);
     }
     delta.logprobs = parse_logprobs(choice);
     if (auto f = choice.find("finish_reason"); f != choice.end() && f->is_string()) {
-      ex.completion.finish_reason = f->get<std::string>();
+      delta.finish_reason = f->get<std::string>();
     }
+    return delta;
+  }
+
+  bool on_first_choice_chunk(Exchange& ex, const json& choice, std::string_view data, size_t at) {
+    Delta delta = read_delta(choice, ex.legacy);
+    if (!delta.tool_calls.empty() && !ex.tool_calls.add(choice.at("delta").at("tool_calls"))) {
+      ex.failure = malformed_sse(at,
+                                 "a tool-call fragment has no usable index or is too "
+                                 "large: '" +
+                                     excerpt(data) + "'");
+      return false;
+    }
+    // The first choice's reason is the Completion's, reported when the answer ends.
+    if (!delta.finish_reason.empty()) ex.completion.finish_reason = std::move(delta.finish_reason);
+    delta.finish_reason.clear();
     const bool output = !delta.text.empty() || !delta.tool_calls.empty() || !delta.other.empty();
     if (!output && delta.logprobs.empty()) return true;
     if (output) {
@@ -992,24 +1002,9 @@ class OpenAiBackend final : public Backend {
   bool on_more_choice_chunk(Exchange& ex, const json& choice, size_t index) {
     Completion* more = more_choice(ex, index);
     if (more == nullptr) return true;
-    Delta delta;
+    Delta delta = read_delta(choice, ex.legacy);
     delta.choice = static_cast<int32_t>(index);
-    if (ex.legacy) {
-      if (auto t = choice.find("text"); t != choice.end() && t->is_string())
-        delta.text = t->get<std::string>();
-    } else if (auto d = choice.find("delta"); d != choice.end() && d->is_object()) {
-      if (auto c = d->find("content"); c != d->end() && c->is_string())
-        delta.text = c->get<std::string>();
-      if (auto t = d->find("tool_calls"); t != d->end() && t->is_array() && !t->empty()) {
-        delta.tool_calls = compact(*t);
-      }
-      delta.other = other_members(*d);
-    }
-    delta.logprobs = parse_logprobs(choice);
-    if (auto f = choice.find("finish_reason"); f != choice.end() && f->is_string()) {
-      delta.finish_reason = f->get<std::string>();
-      more->finish_reason = delta.finish_reason;
-    }
+    if (!delta.finish_reason.empty()) more->finish_reason = delta.finish_reason;
     if (delta.text.empty() && delta.tool_calls.empty() && delta.other.empty() &&
         delta.logprobs.empty() && delta.finish_reason.empty()) {
       return true;
