@@ -9,8 +9,9 @@
 #                            compression; records and measurements; state
 #                            shared by replicas (Redis or local)
 #   3 route                  the routing decision
-#   4 exec config            running a plan over the tiers (and the shadow
-#                            sampler); the gateway's configuration, parsed once
+#   4 exec hybrid            running a plan over the tiers (and the shadow
+#                            sampler); the hybrid pipeline's typed configuration,
+#                            parsed once for the server, the C API and sim
 #   5 serve sim              the hybrid pipeline and its HTTP gateway; the
 #                            offline simulator
 #   6 capi                   the C API (include/foreshore.h)
@@ -19,7 +20,7 @@
 # Usage: scripts/check-layers.sh [SOURCE_DIR]
 set -euo pipefail
 root=${1:-$(dirname "$0")/..}
-declare -A rank=([common]=0 [engine]=1 [backend]=2 [compress]=2 [observe]=2 [state]=2 [route]=3 [exec]=4 [config]=4
+declare -A rank=([common]=0 [engine]=1 [backend]=2 [compress]=2 [observe]=2 [state]=2 [route]=3 [exec]=4 [hybrid]=4
   [serve]=5 [sim]=5 [capi]=6 [cli]=7)
 status=0
 for dir in "$root"/src/*/; do

@@ -9,7 +9,7 @@
 #include <fstream>
 #include <sstream>
 
-#include "config/config.h"
+#include "hybrid/config.h"
 #include "route/router.h"
 
 namespace foreshore::sim {

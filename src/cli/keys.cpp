@@ -8,7 +8,7 @@
 #include <vector>
 
 #include "cli/commands.h"
-#include "config/config.h"
+#include "hybrid/config.h"
 #include "serve/virtual_keys.h"
 
 namespace foreshore::cli {

@@ -12,7 +12,7 @@
 
 #include "backend/backend.h"
 #include "common/result.h"
-#include "config/config.h"
+#include "hybrid/config.h"
 #include "serve/metrics.h"
 
 namespace foreshore::serve {

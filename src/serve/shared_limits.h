@@ -16,7 +16,7 @@
 #include <vector>
 
 #include "backend/backend.h"
-#include "config/config.h"
+#include "hybrid/config.h"
 #include "route/router.h"
 #include "serve/openai.h"
 #include "state/state.h"

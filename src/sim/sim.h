@@ -21,7 +21,7 @@
 #include <vector>
 
 #include "common/result.h"
-#include "config/config.h"
+#include "hybrid/config.h"
 #include "observe/report.h"
 #include "route/router.h"
 #include "sim/svg.h"  // the charts, shared with `router eval`

@@ -1,4 +1,4 @@
-#include "config/config.h"
+#include "hybrid/config.h"
 
 #include <unistd.h>
 #include <yaml-cpp/yaml.h>
