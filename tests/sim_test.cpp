@@ -173,6 +173,59 @@ TEST(Simulate, SharedEdgeQueuesAndTheRouterSeesIt) {
   EXPECT_EQ(budgeted_apart.cloud_answers, 0);
 }
 
+// A shared edge with several slots runs requests together (continuous
+// batching): each gets speedup(n) / n of its speed alone while n run, and
+// a request beyond the slots waits for one.
+TEST(Simulate, BatchedSharedEdgeSharesItsSpeedAndQueuesBeyondItsSlots) {
+  // Alone: TTFT 110 ms, done at 210 ms of work.
+  std::vector<TraceRecord> trace(3, record(100, 11, route::DataClass::kPublic, 0.5, 0.9));
+  trace[1].arrival_s = 0.1;
+  trace[2].arrival_s = 0.15;
+  SimulationOptions o = exact_options();
+  o.shared_edge = true;
+  o.edge_slots = 2;
+  const auto config = config_with("routing: {complexity_model: none}\n");
+
+  // No gain from batching: the second halves the first's speed from 100 ms.
+  o.edge_batch_speedup = {1.0, 1.0};
+  trace.pop_back();
+  PolicyReport r = simulator(config, o, trace)->run(route::PolicyKind::kEdge);
+  ASSERT_EQ(r.outcomes.size(), 2u);
+  // First: 100 ms of work alone, its last 10 ms of TTFT at half speed.
+  EXPECT_NEAR(r.outcomes[0].ttft_ms, 120.0, 1e-9);
+  EXPECT_NEAR(r.outcomes[0].total_ms, 320.0, 1e-9);
+  // Second: starts at once (a free slot), 110 ms of TTFT work at half speed
+  // until the first ends at 320 ms, then its 100 ms of decoding alone.
+  EXPECT_NEAR(r.outcomes[1].edge_wait_ms, 0.0, 1e-9);
+  EXPECT_NEAR(r.outcomes[1].ttft_ms, 220.0, 1e-9);
+  EXPECT_NEAR(r.outcomes[1].total_ms, 320.0, 1e-9);
+
+  // Two at once run as fast as one: the first is untouched, and a third
+  // arriving at 150 ms waits for the first to end at 210 ms.
+  o.edge_batch_speedup = {1.0, 2.0};
+  trace.push_back(trace[0]);
+  trace[2].arrival_s = 0.15;
+  r = simulator(config, o, trace)->run(route::PolicyKind::kEdge);
+  ASSERT_EQ(r.outcomes.size(), 3u);
+  EXPECT_NEAR(r.outcomes[0].ttft_ms, 110.0, 1e-9);
+  EXPECT_NEAR(r.outcomes[0].total_ms, 210.0, 1e-9);
+  EXPECT_NEAR(r.outcomes[1].ttft_ms, 110.0, 1e-9);
+  EXPECT_NEAR(r.outcomes[2].edge_wait_ms, 60.0, 1e-9);
+  EXPECT_NEAR(r.outcomes[2].ttft_ms, 170.0, 1e-9);
+  EXPECT_NEAR(r.outcomes[2].total_ms, 270.0, 1e-9);
+
+  // Beside one running request a 200 ms budget is still met on the edge (a
+  // free slot), where one slot would have queued it behind the first and the
+  // router would have sent it to the cloud.
+  for (TraceRecord& t : trace) t.latency_budget_ms = 200.0;
+  trace.pop_back();
+  r = simulator(config, o, trace)->run(route::PolicyKind::kEdge);
+  EXPECT_EQ(r.cloud_answers, 0);
+  o.edge_slots = 1;
+  r = simulator(config, o, trace)->run(route::PolicyKind::kEdge);
+  EXPECT_TRUE(r.outcomes[1].answered_by_cloud);
+}
+
 TEST(Simulate, DecisionsEqualTheLiveRouter) {
   const config::GatewayConfig config = config_with(default_model_routing());
   TraceGeneratorOptions g;

@@ -78,9 +78,22 @@ void add_model_options(CLI::App* cmd, ModelFlags& f) {
   non_negative("--edge-context", o.edge_context,
                "Edge context in tokens (0: the config's, or no limit)");
   g->add_flag("--shared-edge", o.shared_edge,
-              "Model the edge as one shared server running one request at a time (the "
-              "embedded engine): requests queue for it in arrival order and the router sees "
-              "the queue. Default: each request finds its edge free (one device per user)");
+              "Model the edge as one shared server, as the embedded tier is: it runs up to "
+              "--edge-slots requests at once (continuous batching), the rest queue in arrival "
+              "order, and the router sees its load. Default: each request finds its edge free "
+              "(one device per user)");
+  o.edge_slots = 0;
+  g->add_option("--edge-slots", o.edge_slots,
+                "Requests the shared edge runs at once (0: the config's edge tier's "
+                "max_concurrency)")
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
+  g->add_option("--edge-batch-speedup", o.edge_batch_speedup,
+                "The shared edge's aggregate speed with 1, 2, 3, ... requests running, "
+                "relative to one alone, comma-separated (e.g. 1,1.9,2.6,3.2; the last holds "
+                "beyond). Default: measured with --measure-edge, else 1 (no gain)")
+      ->delimiter(',')
+      ->check(CLI::PositiveNumber);
   non_negative("--cloud-rtt-ms", o.cloud.network_rtt_ms, "Network round trip to the cloud");
   non_negative("--cloud-ttft-ms", o.cloud.overhead_ms,
                "Cloud server time to first token beyond prefill (queueing, scheduling)");
@@ -117,8 +130,12 @@ Result<std::unique_ptr<sim::Simulator>> make_simulator(ModelFlags& f, std::strin
     FSH_ASSIGN_OR_RETURN(f.options, sim::measure_edge(*config, f.options));
     std::cerr << "measured edge: " << f.options.edge.prompt_tokens_per_s << " prompt tok/s, "
               << f.options.edge.output_tokens_per_s << " generated tok/s, context "
-              << f.options.edge_context << "\n";
+              << f.options.edge_context << ", aggregate speed with 1.."
+              << f.options.edge_slots << " running:";
+    for (double x : f.options.edge_batch_speedup) std::cerr << " " << x << "x";
+    std::cerr << "\n";
   }
+  if (f.options.edge_slots <= 0) f.options.edge_slots = sim::edge_tier_slots(*config);
   return sim::Simulator::create(*config, f.options, std::move(trace));
 }
 

@@ -12,6 +12,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <nlohmann/json_fwd.hpp>
 #include <optional>
@@ -102,11 +103,21 @@ struct SimulationOptions {
   EscalationModel escalation;
   int32_t edge_context = 0;  // tokens; 0: the config's, else unknown (no limit)
   uint64_t seed = 1;         // jitter and escalation draws; the same for every policy
-  // The edge as one shared server that runs one request at a time, as the
-  // embedded engine does: requests wait for it in arrival order, and the
-  // router sees the queue (edge_queue_depth) as it does in the gateway.
+  // The edge as one shared server, as the embedded tier is: it runs up to
+  // edge_slots requests at once (continuous batching) and queues the rest in
+  // arrival order, and the router sees its load as it does in the gateway.
   // False: every request finds its edge free (one device per user).
   bool shared_edge = false;
+  int32_t edge_slots = 1;  // the embedded tier's max_concurrency; <= 0: 1 (see measure_edge)
+  // The shared edge's aggregate speed with n requests running, relative to
+  // one alone: entry n-1, the last entry holding beyond the end; empty or
+  // all 1: batching adds concurrency but no throughput. Every running
+  // request progresses at edge_batch_speedup[n-1] / n of its speed alone
+  // (prompt loading and generation alike). measure_edge measures it.
+  std::vector<double> edge_batch_speedup;
+
+  // The shared edge's aggregate speedup at n running requests (>= 1).
+  double batch_speedup(int32_t running) const;
 };
 
 // ---- replay ---------------------------------------------------------------------
@@ -192,8 +203,11 @@ class Simulator {
 
  private:
   Simulator() = default;
-  // edge_wait_ms: how long the request waits for the edge before it starts.
-  RequestOutcome replay(size_t index, const route::Decision& decision, double edge_wait_ms) const;
+  // edge_clock: the time since the request's arrival at which the edge has
+  // done `work` ms of it, work measured at the edge's speed alone (a free
+  // edge: work itself; a shared one: later, by its wait and its share).
+  RequestOutcome replay(size_t index, const route::Decision& decision,
+                        const std::function<double(double work)>& edge_clock) const;
 
   std::unique_ptr<route::Router> router_;
   SimulationOptions options_;
@@ -206,8 +220,15 @@ class Simulator {
 // tier and an OpenAI-compatible cloud tier at gpt-4o-mini's list prices.
 Result<config::GatewayConfig> default_gateway_config();
 
+// The requests the config's edge (its first device tier) runs at once: its
+// max_concurrency; 1 without one.
+int32_t edge_tier_slots(const config::GatewayConfig& config);
+
 // Measures the configured edge tier's prompt and generation speed by running
-// its model briefly; returns `base` with those speeds and the model's context.
+// its model briefly, then its aggregate generation speed with 2, 4, ... up
+// to edge_slots requests at once (edge_batch_speedup, unless given); returns
+// `base` with those and the model's context. edge_slots <= 0 becomes the
+// tier's max_concurrency.
 Result<SimulationOptions> measure_edge(const config::GatewayConfig& config, SimulationOptions base);
 
 // ---- advisor --------------------------------------------------------------------

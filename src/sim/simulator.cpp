@@ -2,7 +2,11 @@
 #include <algorithm>
 #include <cmath>
 #include <deque>
+#include <functional>
+#include <limits>
 #include <nlohmann/json.hpp>
+#include <thread>
+#include <vector>
 
 #include "backend/backend.h"
 #include "exec/exec.h"
@@ -32,7 +36,128 @@ const backend::TierConfig* find_tier(const config::GatewayConfig& c, std::string
   return nullptr;
 }
 
+// One shared edge as a fluid model of continuous batching: up to `slots`
+// requests run at once, each progressing at speedup(n) / n of its speed
+// alone while n run; the rest wait in arrival order. Work is in ms at the
+// edge's speed alone. Each request's (work done, time since arrival) points
+// are kept at every change of rate, so its clock is exact between them.
+class SharedEdge {
+ public:
+  struct Job {
+    size_t index = 0;
+    double arrival_ms = 0.0;
+    double work_ms = 0.0;
+    int32_t prompt_tokens = 0;
+    route::Decision decision;
+    double done_ms = 0.0;                                // work done so far
+    std::vector<std::pair<double, double>> progress;  // (work done, ms since arrival)
+
+    // The time since arrival at which `work` ms of the request were done.
+    double clock(double work) const {
+      auto after = std::lower_bound(progress.begin(), progress.end(), work,
+                                    [](const auto& p, double w) { return p.first < w; });
+      if (after == progress.end()) return progress.back().second;
+      if (after == progress.begin()) return after->second;
+      const auto before = after - 1;
+      const double span = after->first - before->first;
+      return span <= 0.0 ? after->second
+                         : before->second + (work - before->first) / span *
+                                                (after->second - before->second);
+    }
+  };
+
+  explicit SharedEdge(const SimulationOptions& options) : options_(options) {}
+
+  // Runs the edge until `now_ms`, handing each request that ends to `done`.
+  template <typename Done>
+  void advance_to(double now_ms, Done&& done) {
+    while (!running_.empty()) {
+      const double rate = share();
+      auto first = std::min_element(running_.begin(), running_.end(), [](const Job& a, const Job& b) {
+        return a.work_ms - a.done_ms < b.work_ms - b.done_ms;
+      });
+      const double ends_at = now_ + (first->work_ms - first->done_ms) / rate;
+      if (ends_at > now_ms) break;
+      progress_all(ends_at - now_, rate);
+      first->done_ms = first->work_ms;
+      done(*first);
+      running_.erase(first);
+      while (running_.size() < slots() && !waiting_.empty()) {
+        Job next = std::move(waiting_.front());
+        waiting_.pop_front();
+        start(std::move(next));
+      }
+    }
+    if (now_ms > now_) {
+      if (!running_.empty()) progress_all(now_ms - now_, share());
+      now_ = now_ms;
+    }
+  }
+
+  template <typename Done>
+  void drain(Done&& done) {
+    advance_to(std::numeric_limits<double>::infinity(), done);
+  }
+
+  void add(Job job) {
+    if (running_.size() < slots()) {
+      start(std::move(job));
+    } else {
+      waiting_.push_back(std::move(job));
+    }
+  }
+
+  int32_t depth() const { return static_cast<int32_t>(running_.size() + waiting_.size()); }
+
+  // The load the embedded tier reports to the router (EdgeLoad): the step
+  // time is that of the batch now running (one request's when idle).
+  route::RouteInput::EdgeLoad load() const {
+    route::RouteInput::EdgeLoad l;
+    l.running = static_cast<int32_t>(running_.size());
+    l.queued = static_cast<int32_t>(waiting_.size());
+    l.slots = static_cast<int32_t>(slots());
+    for (const Job& j : waiting_) l.queued_prompt_tokens += j.prompt_tokens;
+    const int32_t n = std::max(1, l.running);
+    if (options_.edge.output_tokens_per_s > 0) {
+      l.decode_step_ms = 1000.0 * n / (options_.edge.output_tokens_per_s * options_.batch_speedup(n));
+    }
+    if (options_.edge.prompt_tokens_per_s > 0) {
+      l.prefill_ms_per_token = 1000.0 / options_.edge.prompt_tokens_per_s;
+    }
+    return l;
+  }
+
+ private:
+  size_t slots() const { return static_cast<size_t>(std::max(1, options_.edge_slots)); }
+  double share() const {
+    const auto n = static_cast<int32_t>(running_.size());
+    return options_.batch_speedup(n) / n;
+  }
+  void start(Job job) {
+    job.progress.emplace_back(0.0, now_ - job.arrival_ms);
+    running_.push_back(std::move(job));
+  }
+  void progress_all(double elapsed_ms, double rate) {
+    now_ += elapsed_ms;
+    for (Job& j : running_) {
+      j.done_ms = std::min(j.work_ms, j.done_ms + elapsed_ms * rate);
+      j.progress.emplace_back(j.done_ms, now_ - j.arrival_ms);
+    }
+  }
+
+  const SimulationOptions& options_;
+  double now_ = 0.0;
+  std::vector<Job> running_;
+  std::deque<Job> waiting_;
+};
+
 }  // namespace
+
+double SimulationOptions::batch_speedup(int32_t running) const {
+  if (running <= 1 || edge_batch_speedup.empty()) return 1.0;
+  const size_t i = std::min(static_cast<size_t>(running), edge_batch_speedup.size()) - 1;
+  return std::max(edge_batch_speedup[i], 1e-9);
+}
 
 double TierLatencyModel::ttft_ms(int32_t prompt_tokens, double jitter_factor) const {
   const double prefill =
@@ -122,7 +247,7 @@ Result<std::unique_ptr<Simulator>> Simulator::create(const config::GatewayConfig
 Simulator::~Simulator() = default;
 
 RequestOutcome Simulator::replay(size_t index, const route::Decision& d,
-                                 double edge_wait_ms) const {
+                                 const std::function<double(double work)>& edge_clock) const {
   const TraceRecord& rec = trace_[index];
   const route::Signals& s = d.signals;
   const route::Plan& plan = d.plan;
@@ -142,8 +267,9 @@ RequestOutcome Simulator::replay(size_t index, const route::Decision& d,
   SplitMix64 escalation_draw = stream_for(seed, index, kEscalation);
   const double edge_work_ttft =
       options_.edge.ttft_ms(in, std::exp(edge_draw.normal(0.0, options_.edge.jitter_sigma)));
-  const double edge_ttft = edge_wait_ms + edge_work_ttft;
-  const double edge_total = edge_ttft + options_.edge.decode_ms(out - 1);
+  const double edge_start = edge_clock(0.0);
+  const double edge_ttft = edge_clock(edge_work_ttft);
+  const double edge_total = edge_clock(edge_work_ttft + options_.edge.decode_ms(out - 1));
   const double cloud_ttft =
       options_.cloud.ttft_ms(in, std::exp(cloud_draw.normal(0.0, options_.cloud.jitter_sigma)));
   const double cloud_total = cloud_ttft + options_.cloud.decode_ms(out - 1);
@@ -162,7 +288,7 @@ RequestOutcome Simulator::replay(size_t index, const route::Decision& d,
   auto on_edge = [&] {
     o.ttft_ms = edge_ttft;
     o.total_ms = edge_total;
-    o.edge_busy_ms = edge_total - edge_wait_ms;
+    o.edge_busy_ms = edge_total - edge_start;
     o.cost_usd = edge_cost;
     if (scored) o.quality = edge_q;
   };
@@ -185,13 +311,13 @@ RequestOutcome Simulator::replay(size_t index, const route::Decision& d,
       // held until the edge looks sure; unsure stops the edge there and the
       // cloud answers from the start.
       const int32_t hold = std::clamp(plan.cascade.hold_back_tokens, 1, std::max(out, 1));
-      const double decided_at = edge_ttft + options_.edge.decode_ms(hold - 1);
+      const double decided_at = edge_clock(edge_work_ttft + options_.edge.decode_ms(hold - 1));
       if (edge_unsure && plan.cloud_allowed) {
         o.escalated = o.answered_by_cloud = o.cloud_called = true;
         o.ttft_ms = decided_at + cloud_ttft;
         o.total_ms = decided_at + cloud_total;
         o.cost_usd = priced(edge_in_price_, edge_out_price_, in, hold) + o.cloud_only_cost_usd;
-        o.edge_busy_ms = decided_at - edge_wait_ms;  // the edge stops at the decision
+        o.edge_busy_ms = decided_at - edge_start;  // the edge stops at the decision
         if (scored) o.quality = cloud_q;
       } else {
         on_edge();
@@ -208,7 +334,7 @@ RequestOutcome Simulator::replay(size_t index, const route::Decision& d,
       // Both run to the end and are compared; the edge answer is kept when
       // they agree, which the edge's confidence model stands in for.
       o.cloud_called = true;
-      o.edge_busy_ms = edge_total - edge_wait_ms;
+      o.edge_busy_ms = edge_total - edge_start;
       o.ttft_ms = o.total_ms = std::max(edge_total, cloud_total);
       o.cost_usd = edge_cost + o.cloud_only_cost_usd;
       o.answered_by_cloud = edge_unsure;
@@ -219,7 +345,7 @@ RequestOutcome Simulator::replay(size_t index, const route::Decision& d,
       if (scored) o.quality = 0.0;
       break;
   }
-  if (o.edge_busy_ms > 0.0) o.edge_wait_ms = edge_wait_ms;
+  if (o.edge_busy_ms > 0.0) o.edge_wait_ms = edge_start;
   const bool device_only = o.data_class == route::DataClass::kDeviceOnly ||
                            rec.data_class == route::DataClass::kDeviceOnly;
   o.privacy_violation = device_only && (o.cloud_called || plan.cloud_allowed);
@@ -239,32 +365,45 @@ PolicyReport Simulator::run(route::PolicyKind policy, std::optional<double> thre
     rep.label += buf;
   }
   rep.requests = static_cast<int64_t>(trace_.size());
-  rep.outcomes.reserve(trace_.size());
-  std::vector<double> all, edge, cloud, escalated, edge_wait;
-  double quality = 0, cloud_only_quality = 0, predicted = 0;
-  // A shared edge serves its queue in arrival order: the end times of the
-  // requests it holds, the last being when it is next free.
-  std::deque<double> edge_jobs_end_ms;
+  rep.outcomes.resize(trace_.size());
+  const auto alone = [](double work) { return work; };
+  // A request on a shared edge is replayed again when it ends, with the
+  // clock of its wait and its share of the batches it ran in.
+  SharedEdge shared(options_);
+  const auto finish = [&](const SharedEdge::Job& job) {
+    rep.outcomes[job.index] =
+        replay(job.index, job.decision, [&job](double work) { return job.clock(work); });
+  };
   for (size_t i = 0; i < trace_.size(); ++i) {
     const std::string_view text = trace_[i].prompt;
     route::RouteInput in = route_input(trace_[i], policy, {&text, 1});
     const double arrival_ms = trace_[i].arrival_s * 1000.0;
-    double edge_wait_ms = 0.0;
     if (options_.shared_edge) {
-      while (!edge_jobs_end_ms.empty() && edge_jobs_end_ms.front() <= arrival_ms) {
-        edge_jobs_end_ms.pop_front();
-      }
-      in.edge_queue_depth = static_cast<int32_t>(edge_jobs_end_ms.size());
-      if (!edge_jobs_end_ms.empty()) edge_wait_ms = edge_jobs_end_ms.back() - arrival_ms;
+      shared.advance_to(arrival_ms, finish);
+      in.edge_queue_depth = shared.depth();
+      in.edge_load = shared.load();
     }
-    const route::Decision d = router_->decide(in);
-    RequestOutcome o = replay(i, d, edge_wait_ms);
-    if (o.edge_busy_ms > 0.0) {
-      edge_wait.push_back(o.edge_wait_ms);
-      if (options_.shared_edge) {
-        edge_jobs_end_ms.push_back(arrival_ms + edge_wait_ms + o.edge_busy_ms);
-      }
+    route::Decision d = router_->decide(in);
+    RequestOutcome o = replay(i, d, alone);
+    if (options_.shared_edge && o.edge_busy_ms > 0.0) {
+      SharedEdge::Job job;
+      job.index = i;
+      job.arrival_ms = arrival_ms;
+      job.work_ms = o.edge_busy_ms;
+      job.prompt_tokens = o.prompt_tokens;
+      job.decision = std::move(d);
+      shared.add(std::move(job));
+    } else {
+      rep.outcomes[i] = std::move(o);
     }
+  }
+  shared.drain(finish);
+
+  std::vector<double> all, edge, cloud, escalated, edge_wait;
+  double quality = 0, cloud_only_quality = 0, predicted = 0;
+  for (size_t i = 0; i < trace_.size(); ++i) {
+    const RequestOutcome& o = rep.outcomes[i];
+    if (o.edge_busy_ms > 0.0) edge_wait.push_back(o.edge_wait_ms);
     rep.cost_usd += o.cost_usd;
     rep.cloud_only_cost_usd += o.cloud_only_cost_usd;
     rep.cloud_calls += o.cloud_called;
@@ -287,7 +426,6 @@ PolicyReport Simulator::run(route::PolicyKind policy, std::optional<double> thre
       quality += *o.quality;
       cloud_only_quality += *trace_[i].cloud_quality;
     }
-    rep.outcomes.push_back(std::move(o));
   }
   router_->set_threshold(saved_threshold);
   const double n = std::max<double>(1.0, static_cast<double>(rep.requests));
@@ -347,6 +485,70 @@ Result<config::GatewayConfig> default_gateway_config() {
       "built-in default config");
 }
 
+int32_t edge_tier_slots(const config::GatewayConfig& config) {
+  for (const auto& t : config.tiers) {
+    if (t.placement == backend::Placement::kDevice) return std::max(1, t.max_concurrency);
+  }
+  return 1;
+}
+
+namespace {
+
+// The aggregate generation speed of n requests started together, relative
+// to one alone, for n = 1 .. slots: measured at 1, 2, 4, ... and slots,
+// linear between.
+Result<std::vector<double>> measure_batch_speedup(backend::Backend& edge, int32_t slots) {
+  auto tokens_per_s = [&](int32_t n) -> Result<double> {
+    std::vector<Result<backend::Completion>> results(n, make_error(ErrorKind::kInternal, "not run"));
+    const auto start = std::chrono::steady_clock::now();
+    {
+      std::vector<std::jthread> clients;
+      for (int32_t i = 0; i < n; ++i) {
+        clients.emplace_back([&, i] {
+          backend::BackendRequest r;
+          r.request_id = "simulate-measure-batch";
+          r.prompt = "Story " + std::to_string(i) + ": once upon a time, a little bird";
+          r.params.max_tokens = 32;
+          r.params.temperature = 0.0f;
+          results[i] = edge.generate(r, {});
+        });
+      }
+    }
+    const double seconds =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    int64_t tokens = 0;
+    for (auto& r : results) {
+      if (!r.ok()) return r.error();
+      tokens += r->usage.completion_tokens;
+    }
+    return seconds > 0 && tokens > 0 ? tokens / seconds : 0.0;
+  };
+  std::vector<std::pair<int32_t, double>> measured;
+  for (int32_t n = 1; n <= slots; n = n < slots && n * 2 > slots ? slots : n * 2) {
+    FSH_ASSIGN_OR_RETURN(double rate, tokens_per_s(n));
+    measured.emplace_back(n, rate);
+    if (n == slots) break;
+  }
+  if (measured.front().second <= 0) {
+    return make_error(ErrorKind::kInternal,
+                      "measuring the edge's batching produced no tokens; give its curve with "
+                      "--edge-batch-speedup");
+  }
+  std::vector<double> speedup;
+  for (int32_t n = 1; n <= slots; ++n) {
+    auto hi = std::find_if(measured.begin(), measured.end(), [n](const auto& m) { return m.first >= n; });
+    double rate = hi->second;
+    if (hi->first != n) {
+      const auto lo = hi - 1;
+      rate = lo->second + (hi->second - lo->second) * (n - lo->first) / (hi->first - lo->first);
+    }
+    speedup.push_back(rate / measured.front().second);
+  }
+  return speedup;
+}
+
+}  // namespace
+
 Result<SimulationOptions> measure_edge(const config::GatewayConfig& config,
                                        SimulationOptions base) {
   FSH_ASSIGN_OR_RETURN(route::RouterConfig routing,
@@ -395,6 +597,10 @@ Result<SimulationOptions> measure_edge(const config::GatewayConfig& config,
   // The prefill rate above already includes the fixed per-request work.
   base.edge.overhead_ms = 0.0;
   if (base.edge_context <= 0) base.edge_context = b->info().context_length;
+  if (base.edge_slots <= 0) base.edge_slots = std::max(1, edge->max_concurrency);
+  if (base.edge_batch_speedup.empty()) {
+    FSH_ASSIGN_OR_RETURN(base.edge_batch_speedup, measure_batch_speedup(*b, base.edge_slots));
+  }
   return base;
 }
 
