@@ -572,6 +572,90 @@ std::future<Result<Completion>> hold(Backend& backend, Gate& holding, Gate& rele
   return running;
 }
 
+// The edge tier's slots share one KV pool (kv_memory_mb). A request holds
+// blocks for its prompt and max_tokens from the start: when running ones hold
+// the pool, the next waits (and then runs as it would alone); when idle
+// slots' kept prefixes hold it, they are given back first.
+TEST(EmbeddedBackendKvPool, RequestsWaitForMemoryAndIdlePrefixesGiveWayFirst) {
+  use_shared_models();
+  TierConfig c;
+  c.name = "edge";
+  c.kind = "embedded";
+  c.model = "stories260K";
+  c.max_concurrency = 5;
+  c.kv_memory_mb = 1;
+  c.threads = 1;
+  auto created = create_backend(c);
+  ASSERT_TRUE(created.ok()) << created.error().message;
+  Backend& edge = **created;
+  const EdgeLoad empty = *edge.load();
+  ASSERT_GT(empty.kv_block_tokens, 0);
+  EXPECT_EQ(empty.kv_blocks_used, 0);
+  const int64_t total = empty.kv_blocks_total;
+  const int32_t block = empty.kv_block_tokens;
+  // Requests that each hold a quarter of the pool: four fit, a fifth does
+  // not. The four hold it by their prompts, which stay cached however soon
+  // their generations end.
+  const int64_t per_request = total / 4;
+  const int32_t max_tokens = static_cast<int32_t>(per_request) * block - 16;
+  ASSERT_LT(max_tokens + 16, edge.info().context_length) << "the pool is too large for this test";
+  // A prompt of more than `tokens` tokens, its own from the first one on.
+  auto long_request = [&](int tag, int64_t tokens) {
+    std::string prompt = std::to_string(tag);
+    BackendRequest request = greedy_prompt(prompt, 4);
+    while (edge.count_prompt_tokens(request).value_or(0) <= tokens) {
+      prompt += " Lily saw a big dog.";
+      request = greedy_prompt(prompt, 4);
+    }
+    return request;
+  };
+
+  BackendRequest fifth = greedy_prompt("The big tree", max_tokens);
+  auto alone = edge.generate(fifth, {});
+  ASSERT_TRUE(alone.ok()) << alone.error().message;
+
+  Gate holding[4], release;
+  std::vector<std::future<Result<Completion>>> held;
+  for (int i = 0; i < 4; ++i) {
+    held.push_back(std::async(std::launch::async, [&, i] {
+      bool once = false;
+      return edge.generate(long_request(i, (per_request - 1) * block), [&, i](const Delta&) {
+        if (!once) {
+          once = true;
+          holding[i].open();
+          release.wait();
+        }
+        return true;
+      });
+    }));
+    holding[i].wait();
+  }
+  auto waiting = std::async(std::launch::async, [&] { return edge.generate(fifth, {}); });
+  for (int i = 0; i < 500 && edge.load()->kv_waits == 0; ++i) std::this_thread::sleep_for(10ms);
+  EXPECT_EQ(edge.load()->kv_waits, 1u);  // one request waited, however many steps
+  EXPECT_EQ(waiting.wait_for(0ms), std::future_status::timeout);
+  release.open();
+  for (auto& h : held) ASSERT_TRUE(h.get().ok());
+  auto waited = waiting.get();
+  ASSERT_TRUE(waited.ok()) << waited.error().message;
+  EXPECT_EQ(waited->text, alone->text);
+
+  // Idle slots keep their conversations' prefixes: long prompts make four
+  // of them hold more than the pool can spare for one more request.
+  const uint64_t evictions = edge.load()->kv_prefix_evictions;
+  for (int i = 10; i < 14; ++i) {
+    ASSERT_TRUE(edge.generate(long_request(i, (per_request - 2) * block), {}).ok());
+  }
+  const EdgeLoad kept = *edge.load();
+  EXPECT_EQ(kept.running, 0);
+  ASSERT_GT(kept.kv_blocks_used, total - per_request);
+  auto fresh = edge.generate(fifth, {});
+  ASSERT_TRUE(fresh.ok()) << fresh.error().message;
+  EXPECT_EQ(fresh->text, alone->text);
+  EXPECT_GT(edge.load()->kv_prefix_evictions, evictions);
+  EXPECT_EQ(edge.load()->kv_waits, kept.kv_waits);
+}
+
 TEST(EmbeddedBackendQueue, FullQueueIsRejectedAtOnce) {
   auto backend = small_edge(0);
   ASSERT_NE(backend, nullptr);

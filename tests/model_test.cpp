@@ -627,6 +627,74 @@ TEST(Model, UnknownModelNameIsNotFound) {
   EXPECT_NE(p.error().message.find("FORESHORE_MODEL_PATH"), std::string::npos);
 }
 
+// Contexts over one shared pool take KV blocks as their positions fill, are
+// refused (nothing run, nothing taken) when the pool is short, and give
+// blocks back when truncated or destroyed; a sequence over blocks computes
+// exactly what it computes with a pool of its own.
+TEST(KvPool, ContextsTakeBlocksAsTheyFillAndGiveThemBack) {
+  SyntheticModelSpec spec;
+  spec.context_length = 512;
+  const std::string path = testing::temp_path(".gguf");
+  ASSERT_TRUE(write_synthetic_model(spec, path).ok());
+  auto model = Model::load(path);
+  ASSERT_TRUE(model.ok());
+  std::filesystem::remove(path);
+  const auto probe = KvPool::create(**model, TensorType::kF16, 1ull << 30);
+  ASSERT_TRUE(probe.ok()) << probe.error().message;
+  auto pool = KvPool::create(**model, TensorType::kF16, 10 * (*probe)->block_bytes());
+  ASSERT_TRUE(pool.ok());
+  EXPECT_EQ((*pool)->blocks_total(), 10);
+  ContextOptions shared;
+  shared.kv_pool = *pool;
+  auto a = InferenceContext::create(*model, shared);
+  auto b = InferenceContext::create(*model, shared);
+  ASSERT_TRUE(a.ok() && b.ok());
+  EXPECT_EQ((*a)->kv_blocks_held(), 0);
+  ThreadPool threads(2);
+
+  std::vector<TokenId> forty(40);
+  for (size_t i = 0; i < forty.size(); ++i) forty[i] = static_cast<TokenId>(3 + i);
+  ASSERT_TRUE((*a)->evaluate(forty, threads).ok());
+  EXPECT_EQ((*a)->kv_blocks_held(), 2);  // 40 positions: two blocks of 32
+  EXPECT_EQ((*pool)->blocks_used(), 2);
+
+  // 9 blocks do not fit beside a's 2 of 10: refused before anything runs.
+  std::vector<TokenId> long_seq(8 * KvPool::kBlockTokens + 1);
+  for (size_t i = 0; i < long_seq.size(); ++i) long_seq[i] = static_cast<TokenId>(3 + i % 50);
+  auto refused = (*b)->evaluate(long_seq, threads);
+  ASSERT_FALSE(refused.ok());
+  EXPECT_EQ(refused.error().kind, ErrorKind::kResourceExhausted);
+  EXPECT_NE(refused.error().message.find("kv_memory_mb"), std::string::npos);
+  EXPECT_EQ((*b)->position(), 0);
+  EXPECT_EQ((*pool)->blocks_used(), 2);
+
+  // Truncating keeps blocks for the positions to come; giving back frees them.
+  (*a)->truncate(0);
+  EXPECT_EQ((*pool)->blocks_used(), 2);
+  (*a)->release_unused_kv();
+  EXPECT_EQ((*pool)->blocks_used(), 0);
+  auto over_blocks = (*b)->evaluate(long_seq, threads);
+  ASSERT_TRUE(over_blocks.ok()) << over_blocks.error().message;
+  EXPECT_EQ((*b)->kv_blocks_held(), 9);
+
+  ContextOptions own;
+  own.kv_type = TensorType::kF16;
+  auto alone = InferenceContext::create(*model, own);
+  ASSERT_TRUE(alone.ok());
+  auto reference = (*alone)->evaluate(long_seq, threads);
+  ASSERT_TRUE(reference.ok());
+  ASSERT_EQ(reference->size(), over_blocks->size());
+  for (size_t i = 0; i < reference->size(); ++i) ASSERT_EQ((*reference)[i], (*over_blocks)[i]) << i;
+
+  // Destruction frees all; a reservation holds blocks ahead of the positions.
+  EXPECT_FALSE((*a)->reserve(100).ok());  // 4 blocks, 1 free
+  b->reset();
+  EXPECT_EQ((*pool)->blocks_used(), 0);
+  ASSERT_TRUE((*a)->reserve(100).ok());
+  EXPECT_EQ((*a)->kv_blocks_held(), 4);
+  EXPECT_EQ((*pool)->blocks_used(), 4);
+}
+
 std::string stories_path() {
   auto p = std::filesystem::path(testing::shared_models_dir()) / "stories260K.gguf";
   return std::filesystem::exists(p) ? p.string() : "";

@@ -230,6 +230,13 @@ struct EdgeLoad {
   double decode_step_ms = 0.0;  // recent decode-only step time (0: none yet)
   int32_t decode_batch = 0;     // sequences in the last decode-only step
   double prefill_ms_per_token = 0.0;  // recent prompt loading cost (0: none yet)
+  // The KV cache pool all sequences share (kv_memory_mb), in blocks of
+  // kv_block_tokens positions: held by running or cached sequences, and in all.
+  int64_t kv_blocks_used = 0;
+  int64_t kv_blocks_total = 0;
+  int32_t kv_block_tokens = 0;
+  uint64_t kv_prefix_evictions = 0;  // idle slots' kept prefixes given back for a request
+  uint64_t kv_waits = 0;             // admissions that waited for KV memory
   // Step time histogram: steps that took at most each bound, in ms (cumulative).
   static constexpr std::array<double, 8> kStepBuckets = {5, 10, 25, 50, 100, 250, 500, 1000};
   std::array<uint64_t, kStepBuckets.size()> step_buckets{};

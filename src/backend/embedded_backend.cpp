@@ -11,7 +11,12 @@
 //
 // Each sequence runs on a KV-cache slot; a finished request's slot keeps its
 // cache, and a request goes to the free slot that already holds the longest
-// prefix of its prompt (a conversation's earlier turns).
+// prefix of its prompt (a conversation's earlier turns). The slots' caches
+// take their memory in blocks from one pool of kv_memory_mb: a request holds
+// blocks for its prompt and max_tokens from admission on, so a running
+// sequence never runs out; when the pool is short, idle slots' kept prefixes
+// are given back first, then the request waits (first in line) for running
+// ones to end.
 #include <algorithm>
 #include <atomic>
 #include <chrono>
@@ -123,16 +128,21 @@ Result<std::shared_ptr<Deployment>> deploy(const TierConfig& config, const std::
                  tier.c_str(), context_length, d->model->config().context_length,
                  d->model_name.c_str(), context_length, d->model->config().context_length);
   }
-  options.kv_memory_budget = (static_cast<uint64_t>(config.kv_memory_mb) << 20) /
-                             static_cast<uint64_t>(config.max_concurrency);
+  auto kv_pool = engine::KvPool::create(*d->model, options.kv_type,
+                                        static_cast<uint64_t>(config.kv_memory_mb) << 20);
+  if (!kv_pool.ok()) {
+    return make_error(kv_pool.error().kind, tier + "kv_memory_mb " +
+                                                std::to_string(config.kv_memory_mb) + ": " +
+                                                kv_pool.error().message);
+  }
+  options.kv_pool = std::move(kv_pool).value();
   for (int32_t i = 0; i < slot_count; ++i) {
     auto context = engine::InferenceContext::create(d->model, options);
     if (!context.ok()) {
       return make_error(context.error().kind,
-                        tier + "cannot set up " + std::to_string(config.max_concurrency) +
-                            " slots in kv_memory_mb " + std::to_string(config.kv_memory_mb) +
-                            " (each gets an equal share): " + context.error().message +
-                            "; raise kv_memory_mb, lower context_length or max_concurrency");
+                        tier + "cannot set up its KV cache in kv_memory_mb " +
+                            std::to_string(config.kv_memory_mb) + ": " + context.error().message +
+                            "; raise kv_memory_mb or lower context_length");
     }
     d->slots.push_back(std::move(context).value());
   }
@@ -167,6 +177,7 @@ struct Job {
   std::optional<Error> error;
   engine::GenerationResult result;
   bool deadline_hit = false;
+  bool waited_for_memory = false;  // was put back in line for want of KV blocks
   // Set by the request's thread: stop generating (client gone, delta refused).
   bool stop = false;
 };
@@ -395,6 +406,10 @@ class EmbeddedBackend final : public Backend {
     l.queued_prompt_tokens = 0;
     for (const Job* j : waiting_) l.queued_prompt_tokens += static_cast<int64_t>(j->gen.prompt.size());
     l.slots = static_cast<int32_t>(deployment_->slots.size());
+    const engine::KvPool& kv = deployment_->slots.front()->kv_pool();
+    l.kv_blocks_total = kv.blocks_total();
+    l.kv_blocks_used = kv.blocks_used();
+    l.kv_block_tokens = engine::KvPool::kBlockTokens;
     return l;
   }
 
@@ -418,7 +433,10 @@ class EmbeddedBackend final : public Backend {
              active_ < static_cast<int32_t>(current()->slots.size())) {
         Job* job = waiting_.front();
         waiting_.pop_front();
-        if (admit(*job)) running.push_back(job);
+        const Admission admission = admit(*job);
+        if (admission == Admission::kStarted) running.push_back(job);
+        // First in line until running sequences give KV memory back.
+        if (admission == Admission::kWaitsForMemory) break;
       }
       if (running.empty()) {
         if (stopping_) return;
@@ -478,6 +496,8 @@ class EmbeddedBackend final : public Backend {
         if (!job->generation->finished()) return false;
         job->result = job->generation->take_result();
         job->generation.reset();
+        // The slot keeps its cached prefix; the rest of its reservation is free.
+        job->deployment->slots[*job->slot]->release_unused_kv();
         job->done = true;
         job->cv.notify_one();
         return true;
@@ -485,9 +505,12 @@ class EmbeddedBackend final : public Backend {
     }
   }
 
-  // Takes a slot and starts the job's generation; false (and the job done)
-  // when it cannot start. Called with mu_ held.
-  bool admit(Job& job) {
+  enum class Admission { kStarted, kFailed, kWaitsForMemory };
+
+  // Takes a slot, holds KV memory for the whole request and starts its
+  // generation. kFailed: the job is done with its error; kWaitsForMemory: it
+  // is back at the head of the queue. Called with mu_ held.
+  Admission admit(Job& job) {
     job.admitted = true;
     job.queued_ms = ms_since(job.start);
     ++active_;
@@ -503,6 +526,28 @@ class EmbeddedBackend final : public Backend {
     }
     job.slot = pick_slot(*d, job.gen.prompt);
     d->in_use[*job.slot] = true;
+    const int32_t positions = static_cast<int32_t>(job.gen.prompt.size()) + job.gen.max_tokens;
+    if (Status held = hold_kv(*d, *job.slot, positions); !held.ok()) {
+      if (active_ > 1) {
+        d->in_use[*job.slot] = false;
+        job.slot.reset();
+        job.admitted = false;
+        --active_;
+        if (!job.waited_for_memory) ++stats_.kv_waits;
+        job.waited_for_memory = true;
+        waiting_.push_front(&job);
+        return Admission::kWaitsForMemory;
+      }
+      const engine::KvPool& pool = d->slots[*job.slot]->kv_pool();
+      return fail(job, make_error(ErrorKind::kResourceExhausted,
+                                  "the request needs KV memory for " + std::to_string(positions) +
+                                      " tokens (prompt and max_tokens), more than the whole pool "
+                                      "of kv_memory_mb " +
+                                      std::to_string(config_.kv_memory_mb) + " holds (" +
+                                      std::to_string(pool.capacity_tokens()) +
+                                      " tokens); lower max_tokens, shorten the prompt or raise "
+                                      "kv_memory_mb"));
+    }
     Job* self = &job;
     auto sink = [this, self](std::string_view text, const engine::SampledToken& token) {
       std::lock_guard lock(mu_);
@@ -516,14 +561,34 @@ class EmbeddedBackend final : public Backend {
     job.cv.notify_one();
     ++stats_.admitted;
     if (job.generation->result().reused_prompt_tokens > 0) ++stats_.prefix_hits;
-    return true;
+    return Admission::kStarted;
   }
 
-  bool fail(Job& job, const Error& error) {
+  Admission fail(Job& job, const Error& error) {
     job.error = error;
     job.done = true;
     job.cv.notify_one();
-    return false;
+    return Admission::kFailed;
+  }
+
+  // Holds KV blocks for `positions` positions on `slot`, giving back idle
+  // slots' kept prefixes (least recently used first) while the pool is short.
+  // A running sequence's blocks are never touched. Called with mu_ held.
+  Status hold_kv(Deployment& d, size_t slot, int32_t positions) {
+    Status held = d.slots[slot]->reserve(positions);
+    while (!held.ok()) {
+      std::optional<size_t> victim;
+      for (size_t i = 0; i < d.slots.size(); ++i) {
+        if (i == slot || d.in_use[i] || d.slots[i]->kv_blocks_held() == 0) continue;
+        if (!victim || d.last_used[i] < d.last_used[*victim]) victim = i;
+      }
+      if (!victim) break;
+      d.slots[*victim]->truncate(0);
+      d.slots[*victim]->release_unused_kv();
+      ++stats_.kv_prefix_evictions;
+      held = d.slots[slot]->reserve(positions);
+    }
+    return held;
   }
 
   // The request's thread is done with its job. Called with mu_ held.

@@ -500,7 +500,7 @@ Result<std::unique_ptr<InferenceContext>> InferenceContext::create(
   }
   const uint64_t per_token = model->kv_bytes_per_token(options.kv_type);
   const int64_t fits = static_cast<int64_t>(options.kv_memory_budget / per_token);
-  if (fits < 16) {
+  if (!options.kv_pool && fits < 16) {
     return make_error(ErrorKind::kResourceExhausted,
                       "KV memory budget of " + std::to_string(options.kv_memory_budget) +
                           " bytes holds only " + std::to_string(fits) + " tokens of model '" +
@@ -509,7 +509,20 @@ Result<std::unique_ptr<InferenceContext>> InferenceContext::create(
   }
   // A context asked for is honoured, beyond the trained one too (as
   // llama.cpp does; callers warn), or refused: never silently changed.
-  if (options.context_length > 0 && options.context_length > fits) {
+  if (options.kv_pool) {
+    if (options.kv_pool->model() != model.get()) {
+      return make_error(ErrorKind::kInvalidArgument,
+                        "the KV pool given for model '" + c.name +
+                            "' was made for another model; make one pool per model");
+    }
+    if (options.context_length > options.kv_pool->capacity_tokens()) {
+      return make_error(ErrorKind::kResourceExhausted,
+                        "a context of " + std::to_string(options.context_length) +
+                            " tokens of model '" + c.name + "' is more than its whole KV pool holds (" +
+                            std::to_string(options.kv_pool->capacity_tokens()) +
+                            " tokens); raise the pool's budget or ask for a shorter context");
+    }
+  } else if (options.context_length > 0 && options.context_length > fits) {
     return make_error(ErrorKind::kResourceExhausted,
                       "a context of " + std::to_string(options.context_length) +
                           " tokens of model '" + c.name + "' needs " +
@@ -519,21 +532,28 @@ Result<std::unique_ptr<InferenceContext>> InferenceContext::create(
                           " bytes (" + std::to_string(fits) +
                           " tokens); raise the budget or ask for a shorter context");
   }
-  const int64_t n_ctx = options.context_length > 0
-                            ? options.context_length
-                            : std::min<int64_t>(c.context_length, fits);
+  const int64_t n_ctx =
+      options.context_length > 0
+          ? options.context_length
+          : std::min<int64_t>(c.context_length,
+                              options.kv_pool ? options.kv_pool->capacity_tokens() : fits);
 
   std::unique_ptr<InferenceContext> ctx(new InferenceContext());
   ctx->model_ = std::move(model);
   ctx->context_length_ = static_cast<int32_t>(n_ctx);
-  const size_t kv_dim = static_cast<size_t>(c.head_count_kv) * c.head_dim;
-  ctx->kv_type_ = options.kv_type;
-  ctx->kv_row_bytes_ =
-      kv_dim * (options.kv_type == TensorType::kF32 ? sizeof(float) : sizeof(uint16_t));
-  const size_t cache =
-      static_cast<size_t>(c.layer_count) * static_cast<size_t>(n_ctx) * ctx->kv_row_bytes_;
-  ctx->key_cache_.assign(cache, 0);
-  ctx->value_cache_.assign(cache, 0);
+  if (options.kv_pool) {
+    ctx->kv_pool_ = std::move(options.kv_pool);
+  } else {
+    const uint64_t blocks = (static_cast<uint64_t>(n_ctx) + KvPool::kBlockTokens - 1) /
+                            KvPool::kBlockTokens;
+    const uint64_t block_bytes = 2ull * c.layer_count * KvPool::kBlockTokens *
+                                 c.head_count_kv * c.head_dim *
+                                 (options.kv_type == TensorType::kF32 ? 4 : 2);
+    FSH_ASSIGN_OR_RETURN(ctx->kv_pool_,
+                         KvPool::create(*ctx->model_, options.kv_type, blocks * block_bytes));
+  }
+  ctx->kv_type_ = ctx->kv_pool_->kv_type();
+  ctx->kv_row_bytes_ = ctx->kv_pool_->row_bytes();
   if (c.conv_layer_count > 0) {
     ctx->conv_cache_.assign(static_cast<size_t>(c.conv_layer_count) * static_cast<size_t>(n_ctx) *
                                 static_cast<size_t>(c.embedding_length),
@@ -582,11 +602,38 @@ Result<std::unique_ptr<InferenceContext>> InferenceContext::create(
   return ctx;
 }
 
-InferenceContext::~InferenceContext() = default;
+InferenceContext::~InferenceContext() {
+  if (kv_pool_) kv_pool_->release(kv_blocks_);
+}
 
 void InferenceContext::truncate(int32_t position) {
   position_ = std::clamp(position, 0, position_);
   cached_tokens_.resize(static_cast<size_t>(position_));
+}
+
+Status InferenceContext::reserve(int32_t positions) {
+  const size_t needed =
+      (static_cast<size_t>(std::clamp(positions, 0, context_length_)) + KvPool::kBlockTokens - 1) /
+      KvPool::kBlockTokens;
+  if (needed <= kv_blocks_.size()) return Status::Ok();
+  if (!kv_pool_->acquire(needed - kv_blocks_.size(), kv_blocks_)) {
+    return make_error(ErrorKind::kResourceExhausted,
+                      "the KV cache pool of model '" + model_->config().name + "' has " +
+                          std::to_string(kv_pool_->blocks_free()) + " free blocks of " +
+                          std::to_string(KvPool::kBlockTokens) + " tokens, and " +
+                          std::to_string(positions) + " positions need " +
+                          std::to_string(needed - kv_blocks_.size()) +
+                          " more; wait for running sequences to end, or raise kv_memory_mb");
+  }
+  return Status::Ok();
+}
+
+void InferenceContext::release_unused_kv() {
+  const size_t keep =
+      (static_cast<size_t>(position_) + KvPool::kBlockTokens - 1) / KvPool::kBlockTokens;
+  if (keep >= kv_blocks_.size()) return;
+  kv_pool_->release(std::span(kv_blocks_).subspan(keep));
+  kv_blocks_.resize(keep);
 }
 
 Status InferenceContext::check_input(std::span<const TokenId> tokens) const {
@@ -720,16 +767,17 @@ struct ForwardPass {
     const int64_t kv_dim = static_cast<int64_t>(c.head_count_kv) * hd;
     const int32_t group = c.head_count / c.head_count_kv;
     const float attn_scale = c.attention_scale;
-    // Row `position` of layer li in a cache, in bytes.
-    auto cache_row = [&](std::vector<uint8_t>& cache, const InferenceContext& ctx,
-                         int32_t position) {
-      return cache.data() +
-             (static_cast<size_t>(li) * ctx.context_length_ + static_cast<size_t>(position)) *
+    constexpr int32_t kBlock = KvPool::kBlockTokens;
+    // Layer li's key row at `position` (values: half a block further on).
+    auto key_row = [&](const InferenceContext& ctx, int32_t position) {
+      return ctx.kv_blocks_[static_cast<size_t>(position / kBlock)] +
+             (static_cast<size_t>(li) * kBlock + static_cast<size_t>(position % kBlock)) *
                  ctx.kv_row_bytes_;
     };
-    auto store = [&](std::vector<uint8_t>& cache, const InferenceContext& ctx, int32_t position,
-                     const float* values) {
-      uint8_t* row = cache_row(cache, ctx, position);
+    auto value_offset = [&](const InferenceContext& ctx) {
+      return static_cast<size_t>(c.layer_count) * kBlock * ctx.kv_row_bytes_;
+    };
+    auto store = [&](uint8_t* row, const InferenceContext& ctx, const float* values) {
       if (ctx.kv_type_ == TensorType::kF32) {
         std::memcpy(row, values, kv_dim * sizeof(float));
       } else {
@@ -765,8 +813,9 @@ struct ForwardPass {
         apply_rope(k, c.head_count_kv, c.head_dim, c.rope_dim, position, c.rope_neox, inv_freq,
                    c.rope_attn_factor);
       }
-      store(ctx.key_cache_, ctx, position, k);
-      store(ctx.value_cache_, ctx, position, v);
+      uint8_t* row = key_row(ctx, position);
+      store(row, ctx, k);
+      store(row + value_offset(ctx), ctx, v);
     }
 
     // Causal attention; each (token, head) pair is independent.
@@ -791,31 +840,45 @@ struct ForwardPass {
         const int32_t span = position + 1 - first;
         float* out = s.attn_out.data() + t * q_dim + h * hd;
         std::fill(out, out + hd, 0.0f);
+        // Positions lie in runs of one block each, contiguous within a run.
+        auto runs = [&](auto&& visit) {
+          for (int32_t p = first; p <= position;) {
+            const int32_t end = std::min(position + 1, (p / kBlock + 1) * kBlock);
+            const uint8_t* keys = key_row(ctx, p) + static_cast<size_t>(kvh * hd) *
+                                                        (ctx.kv_row_bytes_ / kv_dim);
+            visit(p - first, end - p, keys, keys + value_offset(ctx));
+            p = end;
+          }
+        };
         if (ctx.kv_type_ == TensorType::kF32) {
-          const auto* keys = reinterpret_cast<const float*>(cache_row(ctx.key_cache_, ctx, first)) +
-                             kvh * hd;
-          const auto* values =
-              reinterpret_cast<const float*>(cache_row(ctx.value_cache_, ctx, first)) + kvh * hd;
-          for (int32_t p = 0; p < span; ++p) {
-            scores[p] = attn_scale * dot_f32(q, keys + static_cast<size_t>(p) * kv_dim, hd);
-          }
+          runs([&](int32_t at, int32_t count, const uint8_t* k_bytes, const uint8_t*) {
+            const auto* keys = reinterpret_cast<const float*>(k_bytes);
+            for (int32_t p = 0; p < count; ++p) {
+              scores[at + p] = attn_scale * dot_f32(q, keys + static_cast<size_t>(p) * kv_dim, hd);
+            }
+          });
           softmax(scores, span);
-          for (int32_t p = 0; p < span; ++p) {
-            axpy_f32(scores[p], values + static_cast<size_t>(p) * kv_dim, out, hd);
-          }
+          runs([&](int32_t at, int32_t count, const uint8_t*, const uint8_t* v_bytes) {
+            const auto* values = reinterpret_cast<const float*>(v_bytes);
+            for (int32_t p = 0; p < count; ++p) {
+              axpy_f32(scores[at + p], values + static_cast<size_t>(p) * kv_dim, out, hd);
+            }
+          });
         } else {
-          const auto* keys =
-              reinterpret_cast<const uint16_t*>(cache_row(ctx.key_cache_, ctx, first)) + kvh * hd;
-          const auto* values =
-              reinterpret_cast<const uint16_t*>(cache_row(ctx.value_cache_, ctx, first)) +
-              kvh * hd;
-          for (int32_t p = 0; p < span; ++p) {
-            scores[p] = attn_scale * dot_f32_f16(q, keys + static_cast<size_t>(p) * kv_dim, hd);
-          }
+          runs([&](int32_t at, int32_t count, const uint8_t* k_bytes, const uint8_t*) {
+            const auto* keys = reinterpret_cast<const uint16_t*>(k_bytes);
+            for (int32_t p = 0; p < count; ++p) {
+              scores[at + p] =
+                  attn_scale * dot_f32_f16(q, keys + static_cast<size_t>(p) * kv_dim, hd);
+            }
+          });
           softmax(scores, span);
-          for (int32_t p = 0; p < span; ++p) {
-            axpy_f16(scores[p], values + static_cast<size_t>(p) * kv_dim, out, hd);
-          }
+          runs([&](int32_t at, int32_t count, const uint8_t*, const uint8_t* v_bytes) {
+            const auto* values = reinterpret_cast<const uint16_t*>(v_bytes);
+            for (int32_t p = 0; p < count; ++p) {
+              axpy_f16(scores[at + p], values + static_cast<size_t>(p) * kv_dim, out, hd);
+            }
+          });
         }
       }
     });
@@ -926,6 +989,7 @@ struct ForwardPass {
 Result<std::span<const float>> InferenceContext::evaluate(std::span<const TokenId> tokens,
                                                           ThreadPool& pool) {
   FSH_TRY_STATUS(check_input(tokens));
+  FSH_TRY_STATUS(reserve(position_ + static_cast<int32_t>(tokens.size())));
   size_t done = 0;
   while (done < tokens.size()) {
     const size_t n =
@@ -978,6 +1042,10 @@ Status BatchDecoder::decode(std::span<const BatchEntry> entries, ThreadPool& poo
                       "a batch step of " + std::to_string(total) + " tokens exceeds the decoder's " +
                           std::to_string(scratch_.max_tokens) +
                           "; split the prompt into smaller chunks");
+  }
+  for (const BatchEntry& e : entries) {
+    FSH_TRY_STATUS(
+        e.context->reserve(e.context->position() + static_cast<int32_t>(e.tokens.size())));
   }
   ForwardPass{*model_, entries, scratch_, pool}.run();
   return Status::Ok();

@@ -13,6 +13,7 @@
 #include "common/result.h"
 #include "engine/gguf.h"
 #include "engine/kernels.h"
+#include "engine/kv_pool.h"
 #include "engine/thread_pool.h"
 #include "engine/tokenizer.h"
 
@@ -160,6 +161,12 @@ struct ContextOptions {
   // against a reference; or F16, half the memory and memory traffic (as
   // llama.cpp's default), which the edge tier, `run` and `bench` use.
   TensorType kv_type = TensorType::kF32;
+  // Where the KV cache takes its memory: a pool several contexts share (the
+  // edge tier's, with one budget for all its sequences), whose kv_type then
+  // applies and kv_memory_budget is not used; or, when null, a pool of the
+  // context's own that holds its whole context. Either way blocks are taken
+  // as positions fill, so a short sequence holds little memory.
+  std::shared_ptr<KvPool> kv_pool;
 };
 
 // Looks inside the forward pass, for calibration and pruning: while set on a
@@ -227,8 +234,19 @@ class InferenceContext {
 
   int32_t position() const { return position_; }
   int32_t context_length() const { return context_length_; }
-  // Forgets everything after `position` (prefix reuse: keep a shared prompt prefix).
+  // Forgets everything after `position` (prefix reuse: keep a shared prompt
+  // prefix). The KV blocks stay held for the positions to come.
   void truncate(int32_t position);
+  // Holds KV blocks for the first `positions` positions, so that running up
+  // to there cannot fail for want of memory; kResourceExhausted, and nothing
+  // taken, when the pool has too few free blocks.
+  Status reserve(int32_t positions);
+  // Gives back the KV blocks that hold no cached position (truncate(0)
+  // first to give back all).
+  void release_unused_kv();
+  // KV blocks held and what they hold at most.
+  int64_t kv_blocks_held() const { return static_cast<int64_t>(kv_blocks_.size()); }
+  const KvPool& kv_pool() const { return *kv_pool_; }
   // Tokens currently in the cache, for prefix matching.
   const std::vector<TokenId>& cached_tokens() const { return cached_tokens_; }
   // The logits after the last token run on this context (by evaluate() or a
@@ -252,9 +270,11 @@ class InferenceContext {
   int32_t position_ = 0;
   std::vector<TokenId> cached_tokens_;
   TensorType kv_type_ = TensorType::kF32;
-  size_t kv_row_bytes_ = 0;           // one position of one layer: kv_head * head_dim values
-  std::vector<uint8_t> key_cache_;    // [layer][position][kv_head * head_dim], as kv_type_
-  std::vector<uint8_t> value_cache_;  // same layout
+  size_t kv_row_bytes_ = 0;  // one position of one layer: kv_head * head_dim values
+  std::shared_ptr<KvPool> kv_pool_;
+  // Block i holds positions [i, i+1) x KvPool::kBlockTokens: keys, then
+  // values, each [layer][position in block][kv_head * head_dim] as kv_type_.
+  std::vector<uint8_t*> kv_blocks_;
   // lfm2: B*x of each short-convolution layer at each position
   // [conv layer][position][embedding_length], so that truncate() keeps
   // working as it does for the KV cache.
