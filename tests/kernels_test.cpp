@@ -970,7 +970,7 @@ TEST(Matmul, GetRowMatchesDequantize) {
 // ---- vector helpers --------------------------------------------------------
 
 TEST(Ops, DotAxpyAndFriends) {
-  for (int64_t n : {1, 7, 8, 31, 100, 1000}) {
+  for (int64_t n : {1, 7, 8, 31, 32, 100, 256, 1000}) {
     const auto a = gaussian(static_cast<size_t>(n), 10);
     const auto b = gaussian(static_cast<size_t>(n), 11);
     std::vector<uint16_t> bh(b.size());
@@ -990,6 +990,18 @@ TEST(Ops, DotAxpyAndFriends) {
     for (int64_t i = 0; i < n; ++i) {
       EXPECT_FLOAT_EQ(y[i], b[i] + 0.5f * a[i]);
       EXPECT_FLOAT_EQ(yh[i], b[i] + 0.5f * fp16_to_fp32(bh[i]));
+    }
+    if (n % 32 == 0) {
+      std::vector<uint8_t> bq(static_cast<size_t>(n / 32 * 34));
+      std::vector<float> bd(b.size());
+      ASSERT_TRUE(quantize_row(TensorType::kQ8_0, b.data(), bq.data(), n));
+      ASSERT_TRUE(dequantize_row(TensorType::kQ8_0, bq.data(), bd.data(), n));
+      double exact_q = 0.0;
+      for (int64_t i = 0; i < n; ++i) exact_q += static_cast<double>(a[i]) * bd[i];
+      EXPECT_NEAR(dot_f32_q8_0(a.data(), bq.data(), n), exact_q, 1e-6 * mag + 1e-7);
+      std::vector<float> yq(b);
+      axpy_q8_0(0.5f, bq.data(), yq.data(), n);
+      for (int64_t i = 0; i < n; ++i) EXPECT_NEAR(yq[i], b[i] + 0.5f * bd[i], 1e-6f * (1 + std::fabs(b[i])));
     }
     add_f32(y.data(), a.data(), n);
     scale_f32(y.data(), 2.0f, n);

@@ -695,6 +695,60 @@ TEST(KvPool, ContextsTakeBlocksAsTheyFillAndGiveThemBack) {
   EXPECT_EQ((*pool)->blocks_used(), 4);
 }
 
+// A Q8_0 KV cache (a quarter of F32's bytes) computes what an F32 one does
+// within its rounding, and is refused with a clear error where heads do not
+// split into blocks of 32.
+TEST(KvPool, Q8_0CacheFollowsTheExactOne) {
+  SyntheticModelSpec spec;
+  spec.embedding_length = 128;
+  spec.head_count = 2;
+  spec.head_count_kv = 1;
+  spec.context_length = 256;
+  const std::string path = testing::temp_path(".gguf");
+  ASSERT_TRUE(write_synthetic_model(spec, path).ok());
+  auto model = Model::load(path);
+  ASSERT_TRUE(model.ok());
+  std::filesystem::remove(path);
+  EXPECT_EQ((*model)->kv_bytes_per_token(TensorType::kQ8_0) * 32,
+            (*model)->kv_bytes_per_token(TensorType::kF32) * 34 / 4);
+  std::vector<TokenId> tokens(100);
+  for (size_t i = 0; i < tokens.size(); ++i) tokens[i] = static_cast<TokenId>(3 + (i * 7) % 60);
+  ThreadPool threads(2);
+  auto logits_with = [&](TensorType type) {
+    ContextOptions options;
+    options.kv_type = type;
+    auto ctx = InferenceContext::create(*model, options);
+    EXPECT_TRUE(ctx.ok()) << ctx.error().message;
+    auto out = (*ctx)->evaluate(tokens, threads);
+    EXPECT_TRUE(out.ok());
+    return std::vector<float>(out->begin(), out->end());
+  };
+  const auto exact = logits_with(TensorType::kF32);
+  const auto q8 = logits_with(TensorType::kQ8_0);
+  float largest = 0.0f, worst = 0.0f;
+  for (size_t i = 0; i < exact.size(); ++i) {
+    largest = std::max(largest, std::fabs(exact[i]));
+    worst = std::max(worst, std::fabs(exact[i] - q8[i]));
+  }
+  EXPECT_LE(worst, 0.02f * largest) << "largest logit " << largest;
+  EXPECT_EQ(std::max_element(exact.begin(), exact.end()) - exact.begin(),
+            std::max_element(q8.begin(), q8.end()) - q8.begin());
+
+  SyntheticModelSpec narrow;  // head size 16
+  narrow.context_length = 64;
+  const std::string narrow_path = testing::temp_path(".gguf");
+  ASSERT_TRUE(write_synthetic_model(narrow, narrow_path).ok());
+  auto small = Model::load(narrow_path);
+  ASSERT_TRUE(small.ok());
+  std::filesystem::remove(narrow_path);
+  ContextOptions q8_options;
+  q8_options.kv_type = TensorType::kQ8_0;
+  auto refused = InferenceContext::create(*small, q8_options);
+  ASSERT_FALSE(refused.ok());
+  EXPECT_NE(refused.error().message.find("multiple of 32"), std::string::npos)
+      << refused.error().message;
+}
+
 std::string stories_path() {
   auto p = std::filesystem::path(testing::shared_models_dir()) / "stories260K.gguf";
   return std::filesystem::exists(p) ? p.string() : "";

@@ -30,6 +30,10 @@ struct BenchOptions {
   bool json = false;
   // Sequence counts for the continuous-batching test; empty: not run.
   std::vector<int32_t> parallel;
+  // Tokens already in the context when a test starts (llama-bench's -d).
+  std::vector<int32_t> depths{0};
+  std::string kv_type = "f16";  // how the KV cache stores keys and values
+  engine::TensorType kv = engine::TensorType::kF16;
 };
 
 struct FileFacts {
@@ -58,6 +62,7 @@ struct Measurement {
   int32_t prompt = 0;
   int32_t generated = 0;
   std::vector<double> tokens_per_second;
+  int32_t depth = 0;  // tokens in the context before the test
   // Continuous batching (--parallel): sequences decoded together, and the
   // mean time from the start to each one's first token (prompts loaded one
   // after another, as a scheduler that admits them together would).
@@ -96,18 +101,20 @@ double seconds_since(std::chrono::steady_clock::time_point start) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
 }
 
-Status time_prompt(engine::InferenceContext& ctx, engine::ThreadPool& pool,
+// Each timed run starts from the context's first `depth` positions, filled
+// once before the runs.
+Status time_prompt(engine::InferenceContext& ctx, engine::ThreadPool& pool, int32_t depth,
                    std::span<const engine::TokenId> tokens, double* seconds) {
-  ctx.truncate(0);
+  ctx.truncate(depth);
   const auto start = std::chrono::steady_clock::now();
   auto logits = ctx.evaluate(tokens, pool);
   *seconds = seconds_since(start);
   return logits.ok() ? Status::Ok() : Status(logits.error());
 }
 
-Status time_generation(engine::InferenceContext& ctx, engine::ThreadPool& pool,
+Status time_generation(engine::InferenceContext& ctx, engine::ThreadPool& pool, int32_t depth,
                        std::span<const engine::TokenId> tokens, double* seconds) {
-  ctx.truncate(0);
+  ctx.truncate(depth);
   const auto start = std::chrono::steady_clock::now();
   for (const engine::TokenId& t : tokens) {
     auto logits = ctx.evaluate(std::span<const engine::TokenId>(&t, 1), pool);
@@ -127,22 +134,27 @@ Status check_fits(const engine::Model& model, const engine::ContextOptions& copt
     return make_error(ErrorKind::kInvalidArgument,
                       "the test needs " + std::to_string(copts.context_length) +
                           " positions, but the KV cache of this model holds " +
-                          std::to_string(holds) + "; lower -p or -n");
+                          std::to_string(holds) + "; lower -p, -n or -d");
   }
   return Status::Ok();
 }
 
 Result<std::vector<Measurement>> measure(const std::shared_ptr<const engine::Model>& model,
-                                         const BenchOptions& o, engine::ThreadPool& pool) {
+                                         const BenchOptions& o, int32_t depth,
+                                         engine::ThreadPool& pool) {
   engine::ContextOptions copts;
-  copts.context_length = std::max(o.prompt_tokens, o.generated_tokens);
-  copts.max_batch = std::max(1, std::min(o.prompt_tokens, 512));
-  copts.kv_type = engine::TensorType::kF16;  // as llama-bench's default
+  copts.context_length = depth + std::max(o.prompt_tokens, o.generated_tokens);
+  copts.max_batch = std::max(1, std::min(std::max(o.prompt_tokens, depth), 512));
+  copts.kv_type = o.kv;
   FSH_TRY_STATUS(check_fits(*model, copts));
   FSH_ASSIGN_OR_RETURN(auto ctx, engine::InferenceContext::create(model, copts));
   const int32_t vocab = model->config().vocab_size;
+  if (depth > 0) {
+    const auto filled = ctx->evaluate(random_tokens(depth, vocab, 4242), pool);
+    if (!filled.ok()) return filled.error();
+  }
   std::vector<Measurement> out;
-  using Timer = Status (*)(engine::InferenceContext&, engine::ThreadPool&,
+  using Timer = Status (*)(engine::InferenceContext&, engine::ThreadPool&, int32_t,
                            std::span<const engine::TokenId>, double*);
   const struct {
     int32_t tokens;
@@ -155,12 +167,14 @@ Result<std::vector<Measurement>> measure(const std::shared_ptr<const engine::Mod
     if (test.tokens <= 0) continue;
     Measurement m;
     m.test = test.prefix + std::to_string(test.tokens);
+    if (depth > 0) m.test += " @ d" + std::to_string(depth);
+    m.depth = depth;
     m.*test.count = test.tokens;
     double seconds = 0.0;
     // The first run warms caches and pages the weights in; it is not counted.
     for (int32_t rep = 0; rep <= o.repetitions; ++rep) {
       const auto tokens = random_tokens(test.tokens, vocab, static_cast<uint32_t>(rep + 1));
-      FSH_TRY_STATUS(test.timer(*ctx, pool, tokens, &seconds));
+      FSH_TRY_STATUS(test.timer(*ctx, pool, depth, tokens, &seconds));
       if (rep > 0) m.tokens_per_second.push_back(test.tokens / std::max(seconds, 1e-9));
     }
     out.push_back(std::move(m));
@@ -177,7 +191,7 @@ Result<Measurement> measure_parallel(const std::shared_ptr<const engine::Model>&
   engine::ContextOptions copts;
   copts.context_length = std::max(1, o.prompt_tokens) + o.generated_tokens;
   copts.max_batch = std::max(1, std::min(o.prompt_tokens, 512));
-  copts.kv_type = engine::TensorType::kF16;
+  copts.kv_type = o.kv;
   FSH_TRY_STATUS(check_fits(*model, copts));
   std::vector<std::unique_ptr<engine::InferenceContext>> contexts;
   for (int32_t i = 0; i < sequences; ++i) {
@@ -230,10 +244,22 @@ std::string mib(uint64_t bytes) {
   return buf;
 }
 
-int bench(const BenchOptions& o) {
+int bench(BenchOptions o) {
   if (o.prompt_tokens == 0 && o.generated_tokens == 0) {
     return fail(make_error(ErrorKind::kInvalidArgument,
                            "-p 0 and -n 0 turn both tests off; give -p or -n a positive count"));
+  }
+  const auto kv = engine::parse_tensor_type(o.kv_type);
+  if (!kv || (*kv != engine::TensorType::kF16 && *kv != engine::TensorType::kF32 &&
+              *kv != engine::TensorType::kQ8_0)) {
+    return fail(make_error(ErrorKind::kInvalidArgument,
+                           "--kv-type " + o.kv_type + ": use f16 (the default), q8_0 or f32"));
+  }
+  o.kv = *kv;
+  if (!o.parallel.empty() && (o.depths.size() != 1 || o.depths.front() != 0)) {
+    return fail(make_error(ErrorKind::kInvalidArgument,
+                           "-d sets the context depth of the pp/tg tests; --parallel starts "
+                           "every sequence empty, so give one or the other"));
   }
   // Every model loads before anything is measured, so a bad name fails at once.
   std::vector<std::pair<std::string, std::shared_ptr<const engine::Model>>> models;
@@ -279,6 +305,8 @@ int bench(const BenchOptions& o) {
                              {"n_prompt", m->prompt},
                              {"n_gen", m->generated},
                              {"n_parallel", sequences},
+                             {"type_k", o.kv_type},
+                             {"type_v", o.kv_type},
                              {"avg_ts", aggregate / sequences},
                              {"stddev_ts", m->stddev() / sequences},
                              {"aggregate_ts", aggregate},
@@ -296,9 +324,13 @@ int bench(const BenchOptions& o) {
         }
       }
       if (!o.parallel.empty()) continue;
-      auto measured = measure(model, o, pool);
-      if (!measured.ok()) return fail(measured.error());
-      for (const Measurement& m : *measured) {
+      std::vector<Measurement> measured;
+      for (int32_t depth : o.depths) {
+        auto at_depth = measure(model, o, depth, pool);
+        if (!at_depth.ok()) return fail(at_depth.error());
+        measured.insert(measured.end(), at_depth->begin(), at_depth->end());
+      }
+      for (const Measurement& m : measured) {
         if (o.json) {
           results.push_back({{"model", file},
                              {"file", path},
@@ -310,6 +342,9 @@ int bench(const BenchOptions& o) {
                              {"test", m.test},
                              {"n_prompt", m.prompt},
                              {"n_gen", m.generated},
+                             {"n_depth", m.depth},
+                             {"type_k", o.kv_type},
+                             {"type_v", o.kv_type},
                              {"avg_ts", m.mean()},
                              {"stddev_ts", m.stddev()},
                              {"samples_ts", m.tokens_per_second}});
@@ -362,15 +397,26 @@ void add_bench_command(CLI::App& app) {
                   "t/s and time to first token")
       ->delimiter(',')
       ->check(CLI::Range(1, 256));
+  cmd->add_option("-d,--n-depth", opts->depths,
+                  "Tokens already in the context when each pp/tg test starts, comma-separated "
+                  "(as llama-bench's -d: decode speed at a filled context)")
+      ->delimiter(',')
+      ->check(CLI::Range(0, 1 << 17))
+      ->capture_default_str();
+  cmd->add_option("--kv-type", opts->kv_type,
+                  "How the KV cache stores keys and values: f16 (as llama-bench's default), q8_0 "
+                  "(about half of f16; as llama-bench -ctk q8_0 -ctv q8_0) or f32")
+      ->capture_default_str();
   cmd->add_flag("--json", opts->json,
                 "Print a JSON array (field names as llama-bench -o json: avg_ts, stddev_ts, "
-                "samples_ts, n_prompt, n_gen; with --parallel also n_parallel, aggregate_ts, "
-                "ttft_ms, avg_ts being per stream) instead of the table");
+                "samples_ts, n_prompt, n_gen, n_depth, type_k, type_v; with --parallel also "
+                "n_parallel, aggregate_ts, ttft_ms, avg_ts being per stream) instead of the table");
   cmd->footer(
       "Examples:\n"
       "  foreshore bench -m stories260K\n"
       "  foreshore bench -m model-q4_0.gguf -m model-q8_0.gguf -p 128 -n 32 -t 1,2\n"
       "  foreshore bench -m model-q4_k_m.gguf --parallel 1,2,4,8 -p 64 -n 32\n"
+      "  foreshore bench -m model-q4_0.gguf -p 0 -n 32 -d 0,512,2048 --kv-type q8_0\n"
       "Weights are memory-mapped; the warm-up run pages them in. Tokens are drawn at\n"
       "random from the vocabulary. t/s is the mean over the repetitions, ± their standard\n"
       "deviation. bench/llama_cpp_compare.sh runs this and llama-bench on the same files.");

@@ -23,6 +23,7 @@ struct RunOptions {
   int32_t max_tokens = 256;
   int32_t threads = 0;
   int32_t context = 0;
+  std::string kv_type = "f16";
   engine::SamplingParams sampling;
 };
 
@@ -46,7 +47,13 @@ int run(const RunOptions& o) {
   const auto& cfg = (*model)->config();
   engine::ContextOptions copts;
   copts.context_length = o.context;
-  copts.kv_type = engine::TensorType::kF16;
+  const auto kv = engine::parse_tensor_type(o.kv_type);
+  if (!kv || (*kv != engine::TensorType::kF16 && *kv != engine::TensorType::kF32 &&
+              *kv != engine::TensorType::kQ8_0)) {
+    return fail(make_error(ErrorKind::kInvalidArgument,
+                           "--kv-type " + o.kv_type + ": use f16 (the default), q8_0 or f32"));
+  }
+  copts.kv_type = *kv;
   // The context asked for gets the KV memory it needs.
   copts.kv_memory_budget =
       std::max(copts.kv_memory_budget, (*model)->kv_bytes_per_token(copts.kv_type) *
@@ -155,6 +162,10 @@ void add_run_command(CLI::App& app) {
       ->capture_default_str();
   cmd->add_option("--seed", opts->sampling.seed, "Random seed")->capture_default_str();
   cmd->add_option("-t,--threads", opts->threads, "Threads (0: one per core)")
+      ->capture_default_str();
+  cmd->add_option("--kv-type", opts->kv_type,
+                  "How the KV cache stores keys and values: f16, q8_0 (about half of f16's "
+                  "memory) or f32")
       ->capture_default_str();
   cmd->add_option("-c,--ctx-size", opts->context, "Context length (0: the model's)")
       ->capture_default_str();

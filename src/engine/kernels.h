@@ -107,6 +107,9 @@ float dot_f32_f16(const float* a, const uint16_t* b, int64_t n);
 // y += a * x.
 void axpy_f32(float a, const float* x, float* y, int64_t n);
 void axpy_f16(float a, const uint16_t* x, float* y, int64_t n);
+// The same with b (x) in Q8_0 blocks (a Q8_0 KV cache); n a multiple of 32.
+float dot_f32_q8_0(const float* a, const void* b, int64_t n);
+void axpy_q8_0(float a, const void* x, float* y, int64_t n);
 // y += x.
 void add_f32(float* y, const float* x, int64_t n);
 // y *= a.

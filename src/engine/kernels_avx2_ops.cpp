@@ -122,6 +122,35 @@ void axpy_f16(float a, const uint16_t* x, float* y, int64_t n) {
   for (; i < n; ++i) y[i] += a * _cvtsh_ss(x[i]);
 }
 
+// Eight int8 of a Q8_0 block as floats.
+inline __m256 load_q8(const int8_t* q) {
+  return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(q))));
+}
+
+float dot_f32_q8_0(const float* a, const void* b, int64_t n) {
+  const auto* blocks = static_cast<const BlockQ8_0*>(b);
+  __m256 acc = _mm256_setzero_ps();
+  for (int64_t k = 0; k < n / kQK; ++k, a += kQK) {
+    __m256 block = _mm256_mul_ps(_mm256_loadu_ps(a), load_q8(blocks[k].qs));
+    for (int j = 8; j < kQK; j += 8) {
+      block = _mm256_fmadd_ps(_mm256_loadu_ps(a + j), load_q8(blocks[k].qs + j), block);
+    }
+    acc = _mm256_fmadd_ps(_mm256_set1_ps(_cvtsh_ss(blocks[k].d)), block, acc);
+  }
+  return hsum(acc);
+}
+
+void axpy_q8_0(float a, const void* x, float* y, int64_t n) {
+  const auto* blocks = static_cast<const BlockQ8_0*>(x);
+  for (int64_t k = 0; k < n / kQK; ++k, y += kQK) {
+    const __m256 scale = _mm256_set1_ps(a * _cvtsh_ss(blocks[k].d));
+    for (int j = 0; j < kQK; j += 8) {
+      _mm256_storeu_ps(y + j,
+                       _mm256_fmadd_ps(scale, load_q8(blocks[k].qs + j), _mm256_loadu_ps(y + j)));
+    }
+  }
+}
+
 void add_f32(float* y, const float* x, int64_t n) {
   int64_t i = 0;
   for (; i + 8 <= n; i += 8) {
@@ -213,9 +242,10 @@ void fp16_to_fp32(const uint16_t* x, float* y, int64_t n) {
 }  // namespace
 
 const VectorOps& avx2_vector_ops() {
-  static constexpr VectorOps kOps{dot_f32,  dot_f32_f16, axpy_f32,     axpy_f16,
-                                  add_f32,  scale_f32,   rmsnorm,      softmax,
-                                  silu_mul, gelu_mul,    fp32_to_fp16, fp16_to_fp32};
+  static constexpr VectorOps kOps{dot_f32,      dot_f32_f16,  axpy_f32,     axpy_f16,
+                                  add_f32,      scale_f32,    rmsnorm,      softmax,
+                                  silu_mul,     gelu_mul,     fp32_to_fp16, fp16_to_fp32,
+                                  dot_f32_q8_0, axpy_q8_0};
   return kOps;
 }
 

@@ -348,6 +348,8 @@ struct VectorOps {
   void (*gelu_mul)(float* gate, const float* up, int64_t n);
   void (*fp32_to_fp16)(const float* x, uint16_t* y, int64_t n);
   void (*fp16_to_fp32)(const uint16_t* x, float* y, int64_t n);
+  float (*dot_f32_q8_0)(const float* a, const void* b, int64_t n);
+  void (*axpy_q8_0)(float a, const void* x, float* y, int64_t n);
 };
 
 // A weight type's kernels at one level. `group` (kGroupRows interleaved

@@ -41,6 +41,25 @@ void axpy_f16_scalar(float a, const uint16_t* x, float* y, int64_t n) {
   for (int64_t i = 0; i < n; ++i) y[i] += a * fp16_to_fp32(x[i]);
 }
 
+float dot_f32_q8_0_scalar(const float* a, const void* b, int64_t n) {
+  const auto* blocks = static_cast<const detail::BlockQ8_0*>(b);
+  float sum = 0.0f;
+  for (int64_t k = 0; k < n / detail::kQK; ++k) {
+    float block = 0.0f;
+    for (int64_t i = 0; i < detail::kQK; ++i) block += a[k * detail::kQK + i] * blocks[k].qs[i];
+    sum += block * fp16_to_fp32(blocks[k].d);
+  }
+  return sum;
+}
+
+void axpy_q8_0_scalar(float a, const void* x, float* y, int64_t n) {
+  const auto* blocks = static_cast<const detail::BlockQ8_0*>(x);
+  for (int64_t k = 0; k < n / detail::kQK; ++k) {
+    const float scale = a * fp16_to_fp32(blocks[k].d);
+    for (int64_t i = 0; i < detail::kQK; ++i) y[k * detail::kQK + i] += scale * blocks[k].qs[i];
+  }
+}
+
 void add_f32_scalar(float* y, const float* x, int64_t n) {
   for (int64_t i = 0; i < n; ++i) y[i] += x[i];
 }
@@ -91,10 +110,11 @@ const detail::VectorOps& ops() {
 namespace detail {
 
 const VectorOps& scalar_vector_ops() {
-  static constexpr VectorOps kOps{dot_f32_scalar,  dot_f32_f16_scalar,  axpy_f32_scalar,
-                                  axpy_f16_scalar, add_f32_scalar,      scale_f32_scalar,
-                                  rmsnorm_scalar,  softmax_scalar,      silu_mul_scalar,
-                                  gelu_mul_scalar, fp32_to_fp16_scalar, fp16_to_fp32_scalar};
+  static constexpr VectorOps kOps{dot_f32_scalar,      dot_f32_f16_scalar,  axpy_f32_scalar,
+                                  axpy_f16_scalar,     add_f32_scalar,      scale_f32_scalar,
+                                  rmsnorm_scalar,      softmax_scalar,      silu_mul_scalar,
+                                  gelu_mul_scalar,     fp32_to_fp16_scalar, fp16_to_fp32_scalar,
+                                  dot_f32_q8_0_scalar, axpy_q8_0_scalar};
   return kOps;
 }
 
@@ -114,6 +134,14 @@ void axpy_f32(float a, const float* x, float* y, int64_t n) {
 
 void axpy_f16(float a, const uint16_t* x, float* y, int64_t n) {
   ops().axpy_f16(a, x, y, n);
+}
+
+float dot_f32_q8_0(const float* a, const void* b, int64_t n) {
+  return ops().dot_f32_q8_0(a, b, n);
+}
+
+void axpy_q8_0(float a, const void* x, float* y, int64_t n) {
+  ops().axpy_q8_0(a, x, y, n);
 }
 
 void add_f32(float* y, const float* x, int64_t n) {

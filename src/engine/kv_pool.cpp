@@ -6,20 +6,38 @@
 
 namespace foreshore::engine {
 
+Result<size_t> KvPool::row_bytes_for(const Model& model, TensorType kv_type) {
+  const ModelConfig& c = model.config();
+  const size_t values = static_cast<size_t>(c.head_count_kv) * static_cast<size_t>(c.head_dim);
+  switch (kv_type) {
+    case TensorType::kF32:
+      return values * sizeof(float);
+    case TensorType::kF16:
+      return values * sizeof(uint16_t);
+    case TensorType::kQ8_0:
+      // Each head's keys must start a block of 32, as attention reads per head.
+      if (c.head_dim % 32 != 0) {
+        return make_error(ErrorKind::kUnsupported,
+                          "a Q8_0 KV cache needs a head size that is a multiple of 32, and model '" +
+                              c.name + "' has " + std::to_string(c.head_dim) +
+                              "; use F16 (the default) or F32");
+      }
+      return values / 32 * 34;
+    default:
+      return make_error(ErrorKind::kUnsupported,
+                        "a KV cache of type " + tensor_type_name(static_cast<uint32_t>(kv_type)) +
+                            " is not supported; use F16 (the default), Q8_0 or F32");
+  }
+}
+
 Result<std::shared_ptr<KvPool>> KvPool::create(const Model& model, TensorType kv_type,
                                                uint64_t budget_bytes) {
-  if (kv_type != TensorType::kF32 && kv_type != TensorType::kF16) {
-    return make_error(ErrorKind::kInvalidArgument,
-                      "a KV cache is stored as F32 or F16, not " +
-                          tensor_type_name(static_cast<uint32_t>(kv_type)));
-  }
   const ModelConfig& c = model.config();
   std::shared_ptr<KvPool> pool(new KvPool());
   pool->model_ = &model;
   pool->kv_type_ = kv_type;
   pool->layer_count_ = c.layer_count;
-  pool->row_bytes_ = static_cast<size_t>(c.head_count_kv) * static_cast<size_t>(c.head_dim) *
-                     (kv_type == TensorType::kF32 ? sizeof(float) : sizeof(uint16_t));
+  FSH_ASSIGN_OR_RETURN(pool->row_bytes_, row_bytes_for(model, kv_type));
   pool->block_bytes_ =
       2 * static_cast<size_t>(c.layer_count) * kBlockTokens * pool->row_bytes_;
   pool->capacity_ = pool->block_bytes_ == 0

@@ -25,10 +25,14 @@ class KvPool {
   static constexpr int32_t kBlockTokens = 32;
 
   // A pool of at most `budget_bytes` of keys and values stored as kv_type
-  // (F16 or F32) for `model`; memory is taken from the system only as blocks
-  // are first used. An error when the budget holds less than one block.
+  // (F32; F16; or Q8_0, a quarter of F32, when the head size is a multiple of
+  // 32) for `model`; memory is taken from the system only as blocks are
+  // first used. An error when the budget holds less than one block.
   static Result<std::shared_ptr<KvPool>> create(const Model& model, TensorType kv_type,
                                                 uint64_t budget_bytes);
+  // Bytes of one position of one layer's keys (or values) as kv_type; an
+  // error naming the types that work when kv_type cannot store this model's.
+  static Result<size_t> row_bytes_for(const Model& model, TensorType kv_type);
 
   // One block: keys then values, each [layer][kBlockTokens][row_bytes].
   size_t block_bytes() const { return block_bytes_; }

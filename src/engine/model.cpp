@@ -444,9 +444,11 @@ Result<std::shared_ptr<const Model>> Model::from_gguf(std::shared_ptr<GgufFile> 
 uint64_t Model::kv_bytes_per_token(TensorType kv_type) const {
   // The cache keeps a slot for every layer (short-convolution layers too,
   // unused there), plus lfm2's convolution inputs.
-  const uint64_t value_bytes = kv_type == TensorType::kF32 ? sizeof(float) : sizeof(uint16_t);
-  return 2ull * static_cast<uint64_t>(config_.layer_count) * config_.head_count_kv *
-             config_.head_dim * value_bytes +
+  const uint64_t values = static_cast<uint64_t>(config_.head_count_kv) * config_.head_dim;
+  const uint64_t row_bytes = kv_type == TensorType::kF32   ? values * sizeof(float)
+                             : kv_type == TensorType::kQ8_0 ? values / 32 * 34
+                                                            : values * sizeof(uint16_t);
+  return 2ull * static_cast<uint64_t>(config_.layer_count) * row_bytes +
          static_cast<uint64_t>(config_.conv_layer_count) * config_.embedding_length * sizeof(float);
 }
 
@@ -492,11 +494,8 @@ void size_scratch(ForwardScratch& s, const Model& m, int32_t tokens) {
 Result<std::unique_ptr<InferenceContext>> InferenceContext::create(
     std::shared_ptr<const Model> model, ContextOptions options) {
   const ModelConfig& c = model->config();
-  if (options.kv_type != TensorType::kF16 && options.kv_type != TensorType::kF32) {
-    return make_error(ErrorKind::kUnsupported,
-                      std::string("a KV cache of type ") +
-                          tensor_type_name(static_cast<uint32_t>(options.kv_type)) +
-                          " is not supported; use F16 (the default) or F32");
+  if (!options.kv_pool) {
+    if (auto row = KvPool::row_bytes_for(*model, options.kv_type); !row.ok()) return row.error();
   }
   const uint64_t per_token = model->kv_bytes_per_token(options.kv_type);
   const int64_t fits = static_cast<int64_t>(options.kv_memory_budget / per_token);
@@ -547,8 +546,7 @@ Result<std::unique_ptr<InferenceContext>> InferenceContext::create(
     const uint64_t blocks = (static_cast<uint64_t>(n_ctx) + KvPool::kBlockTokens - 1) /
                             KvPool::kBlockTokens;
     const uint64_t block_bytes = 2ull * c.layer_count * KvPool::kBlockTokens *
-                                 c.head_count_kv * c.head_dim *
-                                 (options.kv_type == TensorType::kF32 ? 4 : 2);
+                                 KvPool::row_bytes_for(*ctx->model_, options.kv_type).value();
     FSH_ASSIGN_OR_RETURN(ctx->kv_pool_,
                          KvPool::create(*ctx->model_, options.kv_type, blocks * block_bytes));
   }
@@ -781,7 +779,7 @@ struct ForwardPass {
       if (ctx.kv_type_ == TensorType::kF32) {
         std::memcpy(row, values, kv_dim * sizeof(float));
       } else {
-        quantize_row(TensorType::kF16, values, row, kv_dim);
+        quantize_row(ctx.kv_type_, values, row, kv_dim);
       }
     };
     for (int32_t t = 0; t < n; ++t) {
@@ -844,8 +842,8 @@ struct ForwardPass {
         auto runs = [&](auto&& visit) {
           for (int32_t p = first; p <= position;) {
             const int32_t end = std::min(position + 1, (p / kBlock + 1) * kBlock);
-            const uint8_t* keys = key_row(ctx, p) + static_cast<size_t>(kvh * hd) *
-                                                        (ctx.kv_row_bytes_ / kv_dim);
+            const uint8_t* keys =
+                key_row(ctx, p) + ctx.kv_row_bytes_ / c.head_count_kv * static_cast<size_t>(kvh);
             visit(p - first, end - p, keys, keys + value_offset(ctx));
             p = end;
           }
@@ -862,6 +860,19 @@ struct ForwardPass {
             const auto* values = reinterpret_cast<const float*>(v_bytes);
             for (int32_t p = 0; p < count; ++p) {
               axpy_f32(scores[at + p], values + static_cast<size_t>(p) * kv_dim, out, hd);
+            }
+          });
+        } else if (ctx.kv_type_ == TensorType::kQ8_0) {
+          const size_t stride = ctx.kv_row_bytes_;
+          runs([&](int32_t at, int32_t count, const uint8_t* keys, const uint8_t*) {
+            for (int32_t p = 0; p < count; ++p) {
+              scores[at + p] = attn_scale * dot_f32_q8_0(q, keys + static_cast<size_t>(p) * stride, hd);
+            }
+          });
+          softmax(scores, span);
+          runs([&](int32_t at, int32_t count, const uint8_t*, const uint8_t* values) {
+            for (int32_t p = 0; p < count; ++p) {
+              axpy_q8_0(scores[at + p], values + static_cast<size_t>(p) * stride, out, hd);
             }
           });
         } else {

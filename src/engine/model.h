@@ -158,8 +158,10 @@ struct ContextOptions {
   uint64_t kv_memory_budget = 512ull << 20;  // bytes for the KV cache
   int32_t max_batch = 64;                    // tokens per forward step when processing a prompt
   // How keys and values are stored: F32, exact, for tools that compare
-  // against a reference; or F16, half the memory and memory traffic (as
-  // llama.cpp's default), which the edge tier, `run` and `bench` use.
+  // against a reference; F16, half the memory and memory traffic (as
+  // llama.cpp's default), which the edge tier, `run` and `bench` use; or
+  // Q8_0, about a quarter (as llama.cpp's -ctk/-ctv q8_0), where the head
+  // size is a multiple of 32.
   TensorType kv_type = TensorType::kF32;
   // Where the KV cache takes its memory: a pool several contexts share (the
   // edge tier's, with one budget for all its sequences), whose kv_type then
