@@ -421,6 +421,7 @@ class EmbeddedBackend final : public Backend {
     std::vector<Job*> running;  // generating, in admission order
     std::vector<engine::BatchEntry> entries;
     std::vector<Job*> owners;
+    bool last_step_short_prefill = false;
     for (;;) {
       if (wanted_level_ != applied_level_ && active_ == 0) {
         if (std::string change = apply_memory_level(); !change.empty()) {
@@ -454,11 +455,27 @@ class EmbeddedBackend final : public Backend {
         }
       }
       // Every running sequence's next token, then one chunk of the oldest
-      // loading prompt (chunked prefill).
+      // loading prompt (chunked prefill). A prompt that finishes loading in
+      // one chunk runs alone instead, so a short request's first token does
+      // not wait for a step of every running decode: the others lose one
+      // step to it, and never two in a row.
       entries.clear();
       owners.clear();
       bool prefilling = false;
+      if (!last_step_short_prefill) {
+        for (Job* job : running) {
+          const engine::Generation& g = *job->generation;
+          const int32_t left = g.prompt_tokens_left();
+          if (g.finished() || left == 0 || left > kPrefillChunk) continue;
+          entries.push_back({&g.context(), g.next_input(kPrefillChunk)});
+          owners.push_back(job);
+          prefilling = true;
+          break;
+        }
+      }
+      last_step_short_prefill = prefilling && running.size() > 1;
       for (Job* job : running) {
+        if (last_step_short_prefill) break;
         const engine::Generation& g = *job->generation;
         if (g.finished()) continue;
         const bool loads = g.prompt_tokens_left() > 0;
