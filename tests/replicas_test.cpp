@@ -238,6 +238,8 @@ TEST_F(Replicas, RedisDownRepliesGoOnLocallyAndResyncWhenItIsBack) {
     const json ready = http_get(replica->port(), "/readyz").json();
     EXPECT_EQ(ready["status"], "degraded") << ready.dump();
     EXPECT_EQ(ready["state"]["connected"], false) << ready.dump();
+    EXPECT_NE(ready["state"].value("error", "").find("Redis at 127.0.0.1"), std::string::npos)
+        << ready.dump();
     EXPECT_NE(http_get(replica->port(), "/metrics")
                   .body.find("foreshore_state_backend_up{backend=\"redis\"} 0"),
               std::string::npos);
@@ -394,6 +396,35 @@ TEST_F(Replicas, KillingRedisThenPostgresUnderLoadLosesNoRequestAndNoAuditRow) {
       {"report", "--postgres", pg_again.url(), "--json"}, std::chrono::seconds(60));
   ASSERT_EQ(report.status, 0) << report.err;
   EXPECT_EQ(json::parse(report.out)["totals"]["requests"], sent.load()) << report.out;
+}
+
+// A replica that never sent to the cloud predicts its latency from what
+// another replica measured there.
+TEST_F(Replicas, LatencyLearnedThroughOneReplicaIsPredictedByAnother) {
+  start(2, "cloud", "");
+  const auto cloud_ttft = [&](size_t replica) {
+    const HttpResult r =
+        http_post(replicas_[replica]->port(), "/v1/route", body(), key("latency"));
+    return r.status == 200 ? r.json()["signals"]["cloud_ttft_ms"].get<double>() : -1.0;
+  };
+  const double prior = cloud_ttft(1);
+  EXPECT_LT(prior, 1000);
+  cloud_.set_mode(FaultMode::kDelayFirstByte);
+  cloud_.set_first_byte_delay(std::chrono::milliseconds(1500));
+  for (int i = 0; i < 2; ++i) {
+    ASSERT_EQ(
+        http_post(replicas_[0]->port(), "/v1/chat/completions", body(), key("latency")).status,
+        200);
+  }
+  EXPECT_GE(cloud_ttft(0), 1500);
+  // Replicas publish and read once a second.
+  double learned = prior;
+  for (int i = 0; i < 100 && learned < 1500; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    learned = cloud_ttft(1);
+  }
+  EXPECT_GE(learned, 1500) << "replica 1 still predicts " << learned << " ms";
+  EXPECT_TRUE(cloud_.received().size() == 2u) << "replica 1 should not have called the cloud";
 }
 
 // Shadow verdicts of all replicas add up in one place.
