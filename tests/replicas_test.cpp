@@ -427,6 +427,32 @@ TEST_F(Replicas, LatencyLearnedThroughOneReplicaIsPredictedByAnother) {
   EXPECT_TRUE(cloud_.received().size() == 2u) << "replica 1 should not have called the cloud";
 }
 
+// A Redis that wants a password: the right one (from the environment) gets
+// the replica on the shared state; a wrong one stops it at start, saying so.
+TEST_F(Replicas, RedisPasswordFromTheEnvironmentOrAClearErrorAtStart) {
+  RedisServer locked(0, "s3cret-redis-pw");
+  ASSERT_TRUE(locked.ok()) << locked.why();
+  const std::string path = (dir_ / "locked.yaml").string();
+  std::ofstream(path) << "server: {log_requests: false}\n"
+                         "tiers:\n"
+                         "  edge: {kind: openai, placement: device, model: fault-model, endpoint: "
+                      << edge_.base_url()
+                      << "}\n"
+                         "routing: {policy: edge}\n"
+                         "state: {backend: redis, url: "
+                      << locked.url() << ", password_env: FSH_TEST_REDIS_PW}\n";
+  const auto refused = foreshore::testing::run_foreshore(
+      {"serve", "--config", path, "--port", "0"}, std::chrono::seconds(30),
+      {"FSH_TEST_REDIS_PW=wrong-password"});
+  EXPECT_NE(refused.status, 0);
+  EXPECT_NE(refused.err.find("refused the password"), std::string::npos) << refused.err;
+  EXPECT_EQ(refused.err.find("wrong-password"), std::string::npos) << "the password was logged";
+  ServeProcess served({"--config", path}, {"FSH_TEST_REDIS_PW=s3cret-redis-pw"});
+  ASSERT_TRUE(served.ok()) << served.process().stderr_text();
+  const json ready = http_get(served.port(), "/readyz").json();
+  EXPECT_EQ(ready["state"]["connected"], true) << ready.dump();
+}
+
 // Shadow verdicts of all replicas add up in one place.
 TEST_F(Replicas, ShadowAgreementIsCountedOverAllReplicas) {
   server_ = "{log_requests: false, shadow_fraction: 1.0}";

@@ -237,9 +237,12 @@ class RedisState final : public SharedState {
       release(std::move(c), 0);
     } else {
       connected_ = false;
-      std::fprintf(stderr,
-                   "state: %s; this replica runs on its own state and retries every %d ms\n",
-                   last_error().c_str(), settings_.retry_ms);
+      // Refused credentials are create()'s error to return, not an outage.
+      if (!refused_credentials()) {
+        std::fprintf(stderr,
+                     "state: %s; this replica runs on its own state and retries every %d ms\n",
+                     last_error().c_str(), settings_.retry_ms);
+      }
     }
     reconnector_ = std::thread([this] { reconnect_loop(); });
   }
