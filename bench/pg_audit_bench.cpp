@@ -120,8 +120,8 @@ RunResult run(const std::string& conninfo, const std::string& tag, int writers,
   sinks.clear();
   out.errors = errors.load() + (all_landed ? 0 : 1);
   for (int w = 0; w < writers; ++w) {
-    std::remove(("/tmp/fsh-pg-audit-bench-" + std::to_string(::getpid()) + "-" +
-                 std::to_string(w) + ".jsonl")
+    std::remove(("/tmp/fsh-pg-audit-bench-" + std::to_string(::getpid()) + "-" + std::to_string(w) +
+                 ".jsonl")
                     .c_str());
   }
   return out;
@@ -151,7 +151,8 @@ int main(int argc, char** argv) {
   const double rate = argc > 2 ? std::atof(argv[2]) : 1000;
   const double seconds = argc > 3 ? std::atof(argv[3]) : 5;
   if (writers < 1 || rate <= 0 || seconds <= 0) {
-    std::fprintf(stderr, "pg_audit_bench: usage: pg_audit_bench [writers>0] [rate>0] [seconds>0]\n");
+    std::fprintf(stderr,
+                 "pg_audit_bench: usage: pg_audit_bench [writers>0] [rate>0] [seconds>0]\n");
     return 2;
   }
   const std::string tag = "bench-" + std::to_string(::getpid());

@@ -403,8 +403,7 @@ TEST_F(Replicas, KillingRedisThenPostgresUnderLoadLosesNoRequestAndNoAuditRow) {
 TEST_F(Replicas, LatencyLearnedThroughOneReplicaIsPredictedByAnother) {
   start(2, "cloud", "");
   const auto cloud_ttft = [&](size_t replica) {
-    const HttpResult r =
-        http_post(replicas_[replica]->port(), "/v1/route", body(), key("latency"));
+    const HttpResult r = http_post(replicas_[replica]->port(), "/v1/route", body(), key("latency"));
     return r.status == 200 ? r.json()["signals"]["cloud_ttft_ms"].get<double>() : -1.0;
   };
   const double prior = cloud_ttft(1);
@@ -441,9 +440,9 @@ TEST_F(Replicas, RedisPasswordFromTheEnvironmentOrAClearErrorAtStart) {
                          "routing: {policy: edge}\n"
                          "state: {backend: redis, url: "
                       << locked.url() << ", password_env: FSH_TEST_REDIS_PW}\n";
-  const auto refused = foreshore::testing::run_foreshore(
-      {"serve", "--config", path, "--port", "0"}, std::chrono::seconds(30),
-      {"FSH_TEST_REDIS_PW=wrong-password"});
+  const auto refused = foreshore::testing::run_foreshore({"serve", "--config", path, "--port", "0"},
+                                                         std::chrono::seconds(30),
+                                                         {"FSH_TEST_REDIS_PW=wrong-password"});
   EXPECT_NE(refused.status, 0);
   EXPECT_NE(refused.err.find("refused the password"), std::string::npos) << refused.err;
   EXPECT_EQ(refused.err.find("wrong-password"), std::string::npos) << "the password was logged";

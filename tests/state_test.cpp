@@ -95,8 +95,8 @@ TEST(StateTest, RedisUrlsAreCheckedWithAReason) {
   ASSERT_TRUE(with_user.ok());
   EXPECT_EQ(with_user->username, "gateway");
   EXPECT_EQ(with_user->password, "pw");
-  for (const char* bad : {"redis://:6379", "redis://h:99999", "redis://h:1/x", "redis://nocolon@h:1",
-                          "redis://u:@h:1", "redis://:bad%4@h:1"}) {
+  for (const char* bad : {"redis://:6379", "redis://h:99999", "redis://h:1/x",
+                          "redis://nocolon@h:1", "redis://u:@h:1", "redis://:bad%4@h:1"}) {
     auto r = parse_redis_url(bad);
     ASSERT_FALSE(r.ok()) << bad;
     EXPECT_NE(r.error().message.find("redis://HOST:PORT"), std::string::npos) << r.error().message;

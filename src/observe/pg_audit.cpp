@@ -186,7 +186,8 @@ bool PgAuditSink::connect() {
     return false;
   }
   // "already exists, skipping" at every start is no news: notices are dropped.
-  PQsetNoticeProcessor(c, [](void*, const char*) {}, nullptr);
+  PQsetNoticeProcessor(
+      c, [](void*, const char*) {}, nullptr);
   PGresult* r = PQexec(c, kSchema);
   const bool ok = PQresultStatus(r) == PGRES_TUPLES_OK || PQresultStatus(r) == PGRES_COMMAND_OK;
   if (!ok && options_.on_error) {

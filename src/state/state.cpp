@@ -416,8 +416,7 @@ class RedisState final : public SharedState {
   // not given is found here and not by the first request; null, with the
   // reason in last_error(), when it cannot be had.
   Context connect() const {
-    const std::string where =
-        "Redis at " + address_.host + ":" + std::to_string(address_.port);
+    const std::string where = "Redis at " + address_.host + ":" + std::to_string(address_.port);
     const auto fail = [&](const std::string& why, bool credentials) -> Context {
       std::lock_guard lock(error_mu_);
       last_error_ = why;
@@ -429,7 +428,8 @@ class RedisState final : public SharedState {
     if (!c || c->err) {
       return fail(where + " does not answer (" + (c ? c->errstr : "out of memory") + ")", false);
     }
-    if (redisSetTimeout(c.get(), tv) != REDIS_OK) return fail(where + ": cannot set timeouts", false);
+    if (redisSetTimeout(c.get(), tv) != REDIS_OK)
+      return fail(where + ": cannot set timeouts", false);
     Reply r;
     if (!address_.password.empty()) {
       std::vector<const char*> argv = {"AUTH"};
@@ -453,11 +453,12 @@ class RedisState final : public SharedState {
                         "); set state.password_env to the variable that holds it",
                     true);
       }
-      return fail(where + " refused the " +
-                      (address_.username.empty() ? std::string("password")
-                                                 : "user '" + address_.username + "' and password") +
-                      " (" + said + "); check state.password_env (or the password in state.url)",
-                  true);
+      return fail(
+          where + " refused the " +
+              (address_.username.empty() ? std::string("password")
+                                         : "user '" + address_.username + "' and password") +
+              " (" + said + "); check state.password_env (or the password in state.url)",
+          true);
     }
     if (address_.db != 0) {
       r.reset(static_cast<redisReply*>(redisCommand(c.get(), "SELECT %d", address_.db)));
@@ -713,8 +714,8 @@ Result<RedisAddress> parse_redis_url(std::string_view url) {
   // Errors name the URL without its credentials: they end up in logs.
   const size_t at = url.rfind('@');
   const std::string shown =
-      "redis://" + (at == std::string_view::npos ? std::string(url)
-                                                 : "***@" + std::string(url.substr(at + 1)));
+      "redis://" +
+      (at == std::string_view::npos ? std::string(url) : "***@" + std::string(url.substr(at + 1)));
   auto bad = [&](const std::string& why) -> Error {
     return make_error(ErrorKind::kInvalidArgument,
                       "state.url '" + shown + "' " + why +

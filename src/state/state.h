@@ -32,9 +32,9 @@ struct StateSettings {
   // The environment variable that holds the Redis password (AUTH on every
   // connection), so that no secret sits in the YAML; empty: the URL's, if any.
   std::string password_env;
-  int32_t timeout_ms = 200;       // connect and per-command timeout
-  int32_t pool_size = 8;          // Redis connections this process keeps at most
-  int32_t retry_ms = 1000;        // while Redis is down, how often to try it again
+  int32_t timeout_ms = 200;  // connect and per-command timeout
+  int32_t pool_size = 8;     // Redis connections this process keeps at most
+  int32_t retry_ms = 1000;   // while Redis is down, how often to try it again
   // While Redis is down: true spends budgets from this replica's copy (the
   // replicas together may then overspend), false refuses requests that a
   // budget governs until Redis is back.

@@ -71,10 +71,9 @@ RedisServer::RedisServer(int port, std::string password)
     return;
   }
   port_ = port != 0 ? port : free_port();
-  std::vector<std::string> argv = {binary_,  "--port",       std::to_string(port_),
-                                   "--bind", "127.0.0.1",    "--save",
-                                   "",       "--appendonly", "no",
-                                   "--protected-mode", "no"};
+  std::vector<std::string> argv = {
+      binary_,        "--port", std::to_string(port_), "--bind", "127.0.0.1", "--save", "",
+      "--appendonly", "no",     "--protected-mode",    "no"};
   if (!password_.empty()) {
     argv.push_back("--requirepass");
     argv.push_back(password_);
