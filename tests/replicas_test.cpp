@@ -238,6 +238,8 @@ TEST_F(Replicas, RedisDownRepliesGoOnLocallyAndResyncWhenItIsBack) {
     const json ready = http_get(replica->port(), "/readyz").json();
     EXPECT_EQ(ready["status"], "degraded") << ready.dump();
     EXPECT_EQ(ready["state"]["connected"], false) << ready.dump();
+    EXPECT_NE(ready["state"].value("error", "").find("Redis at 127.0.0.1"), std::string::npos)
+        << ready.dump();
     EXPECT_NE(http_get(replica->port(), "/metrics")
                   .body.find("foreshore_state_backend_up{backend=\"redis\"} 0"),
               std::string::npos);
@@ -394,6 +396,60 @@ TEST_F(Replicas, KillingRedisThenPostgresUnderLoadLosesNoRequestAndNoAuditRow) {
       {"report", "--postgres", pg_again.url(), "--json"}, std::chrono::seconds(60));
   ASSERT_EQ(report.status, 0) << report.err;
   EXPECT_EQ(json::parse(report.out)["totals"]["requests"], sent.load()) << report.out;
+}
+
+// A replica that never sent to the cloud predicts its latency from what
+// another replica measured there.
+TEST_F(Replicas, LatencyLearnedThroughOneReplicaIsPredictedByAnother) {
+  start(2, "cloud", "");
+  const auto cloud_ttft = [&](size_t replica) {
+    const HttpResult r = http_post(replicas_[replica]->port(), "/v1/route", body(), key("latency"));
+    return r.status == 200 ? r.json()["signals"]["cloud_ttft_ms"].get<double>() : -1.0;
+  };
+  const double prior = cloud_ttft(1);
+  EXPECT_LT(prior, 1000);
+  cloud_.set_mode(FaultMode::kDelayFirstByte);
+  cloud_.set_first_byte_delay(std::chrono::milliseconds(1500));
+  for (int i = 0; i < 2; ++i) {
+    ASSERT_EQ(
+        http_post(replicas_[0]->port(), "/v1/chat/completions", body(), key("latency")).status,
+        200);
+  }
+  EXPECT_GE(cloud_ttft(0), 1500);
+  // Replicas publish and read once a second.
+  double learned = prior;
+  for (int i = 0; i < 100 && learned < 1500; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    learned = cloud_ttft(1);
+  }
+  EXPECT_GE(learned, 1500) << "replica 1 still predicts " << learned << " ms";
+  EXPECT_TRUE(cloud_.received().size() == 2u) << "replica 1 should not have called the cloud";
+}
+
+// A Redis that wants a password: the right one (from the environment) gets
+// the replica on the shared state; a wrong one stops it at start, saying so.
+TEST_F(Replicas, RedisPasswordFromTheEnvironmentOrAClearErrorAtStart) {
+  RedisServer locked(0, "s3cret-redis-pw");
+  ASSERT_TRUE(locked.ok()) << locked.why();
+  const std::string path = (dir_ / "locked.yaml").string();
+  std::ofstream(path) << "server: {log_requests: false}\n"
+                         "tiers:\n"
+                         "  edge: {kind: openai, placement: device, model: fault-model, endpoint: "
+                      << edge_.base_url()
+                      << "}\n"
+                         "routing: {policy: edge}\n"
+                         "state: {backend: redis, url: "
+                      << locked.url() << ", password_env: FSH_TEST_REDIS_PW}\n";
+  const auto refused = foreshore::testing::run_foreshore({"serve", "--config", path, "--port", "0"},
+                                                         std::chrono::seconds(30),
+                                                         {"FSH_TEST_REDIS_PW=wrong-password"});
+  EXPECT_NE(refused.status, 0);
+  EXPECT_NE(refused.err.find("refused the password"), std::string::npos) << refused.err;
+  EXPECT_EQ(refused.err.find("wrong-password"), std::string::npos) << "the password was logged";
+  ServeProcess served({"--config", path}, {"FSH_TEST_REDIS_PW=s3cret-redis-pw"});
+  ASSERT_TRUE(served.ok()) << served.process().stderr_text();
+  const json ready = http_get(served.port(), "/readyz").json();
+  EXPECT_EQ(ready["state"]["connected"], true) << ready.dump();
 }
 
 // Shadow verdicts of all replicas add up in one place.

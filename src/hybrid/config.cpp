@@ -117,8 +117,8 @@ class Reader {
 // parser's own list.
 constexpr std::array<std::string_view, 7> kTopKeys{"server",  "tiers", "models", "routing",
                                                    "privacy", "state", "limits"};
-constexpr std::array<std::string_view, 6> kStateKeys{"backend",   "url",      "timeout_ms",
-                                                     "pool_size", "retry_ms", "budgets_when_down"};
+constexpr std::array<std::string_view, 7> kStateKeys{
+    "backend", "url", "password_env", "timeout_ms", "pool_size", "retry_ms", "budgets_when_down"};
 constexpr std::array<std::string_view, 3> kLimitKeys{"requests_per_minute", "tokens_per_minute",
                                                      "budget_usd"};
 constexpr std::array<std::string_view, 25> kServerKeys{"host",
@@ -278,6 +278,7 @@ void read_state(Reader& r, const YAML::Node& node, state::StateSettings& s) {
   r.check_keys(node, path, kStateKeys);
   r.get(node, "backend", path, s.backend);
   r.get(node, "url", path, s.url);
+  r.get(node, "password_env", path, s.password_env);
   r.get(node, "timeout_ms", path, s.timeout_ms);
   r.get(node, "pool_size", path, s.pool_size);
   r.get(node, "retry_ms", path, s.retry_ms);

@@ -11,8 +11,12 @@
 namespace foreshore::observe {
 namespace {
 
+// One replica at a time creates the table. Sent as one query string, so one
+// transaction: the lock is the transaction's and goes with its commit. (A
+// session lock released by its last statement was let go before the commit,
+// and a replica starting beside it then failed on "already exists".)
 constexpr const char* kSchema = R"sql(
-SELECT pg_advisory_lock(7315140);
+SELECT pg_advisory_xact_lock(7315140);
 CREATE TABLE IF NOT EXISTS foreshore_requests (
   id BIGSERIAL PRIMARY KEY,
   ts_ms BIGINT NOT NULL,
@@ -40,7 +44,6 @@ CREATE TABLE IF NOT EXISTS foreshore_requests (
   prompt_text TEXT
 );
 CREATE INDEX IF NOT EXISTS foreshore_requests_ts ON foreshore_requests(ts_ms);
-SELECT pg_advisory_unlock(7315140);
 )sql";
 
 constexpr const char* kInsert =
@@ -182,6 +185,9 @@ bool PgAuditSink::connect() {
     PQfinish(c);
     return false;
   }
+  // "already exists, skipping" at every start is no news: notices are dropped.
+  PQsetNoticeProcessor(
+      c, [](void*, const char*) {}, nullptr);
   PGresult* r = PQexec(c, kSchema);
   const bool ok = PQresultStatus(r) == PGRES_TUPLES_OK || PQresultStatus(r) == PGRES_COMMAND_OK;
   if (!ok && options_.on_error) {

@@ -91,6 +91,43 @@ void TierLatency::record(double ttft_ms, double total_ms, int32_t output_tokens)
   }
 }
 
+namespace {
+
+// An EWMA with alpha 0.2 rests on about its last ten measurements: more of
+// them count no more when one replica's figure is pooled with another's.
+constexpr double kEwmaMemory = 10.0;
+
+double pooled(double own, double own_weight, double peer, double peer_weight) {
+  if (peer_weight <= 0.0) return own;
+  return (own * own_weight + peer * peer_weight) / (own_weight + peer_weight);
+}
+
+}  // namespace
+
+LatencySummary TierLatency::own() const {
+  return LatencySummary{ttft_ms_.load(std::memory_order_relaxed),
+                        ms_per_token_.load(std::memory_order_relaxed),
+                        std::min(kEwmaMemory, static_cast<double>(samples()))};
+}
+
+void TierLatency::set_peers(const LatencySummary& peers) {
+  peer_ttft_ms_.store(peers.ttft_ms, std::memory_order_relaxed);
+  peer_ms_per_token_.store(peers.ms_per_token, std::memory_order_relaxed);
+  peer_weight_.store(peers.weight, std::memory_order_relaxed);
+}
+
+double TierLatency::ttft_ms() const {
+  return pooled(ttft_ms_.load(std::memory_order_relaxed), own().weight,
+                peer_ttft_ms_.load(std::memory_order_relaxed),
+                peer_weight_.load(std::memory_order_relaxed));
+}
+
+double TierLatency::ms_per_token() const {
+  return pooled(ms_per_token_.load(std::memory_order_relaxed), own().weight,
+                peer_ms_per_token_.load(std::memory_order_relaxed),
+                peer_weight_.load(std::memory_order_relaxed));
+}
+
 double TierLatency::ttft_quantile(double p) const {
   std::vector<double> copy;
   {
@@ -341,6 +378,16 @@ TierLatency* Router::latency(std::string_view name) const {
 void Router::record_latency(std::string_view tier, double ttft_ms, double total_ms,
                             int32_t output_tokens) {
   if (TierLatency* l = latency(tier)) l->record(ttft_ms, total_ms, output_tokens);
+}
+
+std::vector<std::pair<std::string, LatencySummary>> Router::own_latency() const {
+  std::vector<std::pair<std::string, LatencySummary>> out;
+  for (size_t i = 0; i < tiers_.size(); ++i) out.emplace_back(tiers_[i].name, latency_[i]->own());
+  return out;
+}
+
+void Router::set_peer_latency(std::string_view tier, const LatencySummary& peers) {
+  if (TierLatency* l = latency(tier)) l->set_peers(peers);
 }
 
 void Router::set_threshold(double threshold) {

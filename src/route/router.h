@@ -55,22 +55,38 @@ struct TierProfile {
   double quality = 0.9;
 };
 
+// What has been measured of one tier: the learned latencies and how many
+// measurements are behind them (replicas pool these, route/latency_sharing.h).
+struct LatencySummary {
+  double ttft_ms = 0.0;
+  double ms_per_token = 0.0;
+  double weight = 0.0;  // measurements the figures stand for; 0: none
+};
+
 // Latency learned online per tier: EWMA of time to first token and of time
 // per output token, plus a small sliding window for quantiles. Lock-free reads.
+// The other replicas' measurements (set_peers), when there are any, are
+// pooled with this process's own by the measurements behind each.
 class TierLatency {
  public:
   explicit TierLatency(double prior_ttft_ms = 0.0, double prior_ms_per_token = 0.0);
   void record(double ttft_ms, double total_ms, int32_t output_tokens);
-  double ttft_ms() const { return ttft_ms_.load(std::memory_order_relaxed); }
-  double ms_per_token() const { return ms_per_token_.load(std::memory_order_relaxed); }
+  double ttft_ms() const;
+  double ms_per_token() const;
   // p-quantile of recent TTFTs (0 when none recorded).
   double ttft_quantile(double p) const;
   int64_t samples() const { return samples_.load(std::memory_order_relaxed); }
+  // This process's own measurements, weighted by what its EWMA remembers.
+  LatencySummary own() const;
+  void set_peers(const LatencySummary& peers);
 
  private:
   std::atomic<double> ttft_ms_;
   std::atomic<double> ms_per_token_;
   std::atomic<int64_t> samples_{0};
+  std::atomic<double> peer_ttft_ms_{0.0};
+  std::atomic<double> peer_ms_per_token_{0.0};
+  std::atomic<double> peer_weight_{0.0};
   mutable std::mutex window_mu_;
   std::vector<double> window_;
   size_t next_ = 0;
@@ -232,6 +248,10 @@ class Router {
   // Feeds measured latency back (called by the executor after each request).
   void record_latency(std::string_view tier, double ttft_ms, double total_ms,
                       int32_t output_tokens);
+  // Per tier, what this process measured itself, and what the other
+  // replicas measured (pooled with it in every prediction after).
+  std::vector<std::pair<std::string, LatencySummary>> own_latency() const;
+  void set_peer_latency(std::string_view tier, const LatencySummary& peers);
   // Shadow evaluation may move the complexity threshold to hold agreement.
   void set_threshold(double threshold);
   double threshold() const;

@@ -66,6 +66,9 @@ Result<std::unique_ptr<HybridRouter>> HybridRouter::create(
   h->shared_ = std::make_unique<SharedLimits>(
       std::move(state).value(), settings.state.budgets_fail_open, settings.limits,
       std::chrono::milliseconds(exec::ExecutorSettings{}.breaker.open_ms));
+  if (h->shared_->shared()) {
+    h->latency_sharing_ = std::make_unique<route::LatencySharing>(*h->router_, h->shared_->state());
+  }
 
   if (!settings.audit_path.empty()) {
     observe::AuditOptions a;

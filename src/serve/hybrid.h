@@ -17,6 +17,7 @@
 #include "exec/exec.h"
 #include "observe/observe.h"
 #include "observe/pg_audit.h"
+#include "route/latency_sharing.h"
 #include "route/router.h"
 #include "serve/learning.h"
 #include "serve/metrics.h"
@@ -134,6 +135,9 @@ class HybridRouter {
   std::unique_ptr<exec::ShadowSampler> shadow_;
   std::unique_ptr<RouterLearning> learning_;  // after shadow_: its verdicts feed it
   std::unique_ptr<SharedLimits> shared_;
+  // Pools learned latencies with the other replicas (state shared only);
+  // after shared_ and router_, so it stops before either goes.
+  std::unique_ptr<route::LatencySharing> latency_sharing_;
   // The shadow-adapted threshold is shared (state.backend redis, adaptive on).
   bool adopt_shared_threshold_ = false;
   std::mutex decision_log_mu_;

@@ -489,7 +489,12 @@ struct Gateway::Impl {
                          ",\"tiers\":[" + names + "],\"tier_states\":{" + states + "}";
       body += ",\"state\":{\"backend\":";
       append_json_string(body, shared.backend());
-      body += std::string(",\"connected\":") + (shared.connected() ? "true" : "false") + "}";
+      body += std::string(",\"connected\":") + (shared.connected() ? "true" : "false");
+      if (const std::string why = shared.last_error(); !why.empty()) {
+        body += ",\"error\":";
+        append_json_string(body, why);
+      }
+      body += "}";
       if (!unavailable.empty()) body += ",\"unavailable\":{" + unavailable + "}";
       body += "}";
       res.set_content(body, kJson);

@@ -5,6 +5,7 @@
 #include <charconv>
 #include <condition_variable>
 #include <cstdio>
+#include <cstdlib>
 #include <mutex>
 #include <thread>
 #include <unordered_map>
@@ -85,6 +86,22 @@ class LocalState final : public SharedState {
     if (it == records_.end()) return std::nullopt;
     return it->second;
   }
+  void put_member(const std::string& group, const std::string& member, const std::string& value,
+                  std::chrono::milliseconds ttl) override {
+    std::lock_guard lock(mu_);
+    groups_[group][member] = {value, Clock::now() + ttl};
+  }
+  std::optional<std::map<std::string, std::string>> members(const std::string& group) override {
+    std::lock_guard lock(mu_);
+    std::map<std::string, std::string> out;
+    auto it = groups_.find(group);
+    if (it == groups_.end()) return out;
+    const auto now = Clock::now();
+    std::erase_if(it->second, [&](const auto& kv) { return kv.second.second <= now; });
+    for (const auto& [member, entry] : it->second) out.emplace(member, entry.first);
+    return out;
+  }
+
   // What Redis holds for a record (nullopt: none), for reads while it is down.
   void mirror_record(const std::string& key, const std::optional<std::string>& value) {
     std::lock_guard lock(mu_);
@@ -106,6 +123,7 @@ class LocalState final : public SharedState {
   std::string_view backend() const override { return "local"; }
   bool connected() const override { return true; }
   uint64_t local_fallbacks() const override { return 0; }
+  std::string last_error() const override { return {}; }
 
  private:
   struct Entry {
@@ -132,6 +150,9 @@ class LocalState final : public SharedState {
   std::mutex mu_;
   std::unordered_map<std::string, Entry> entries_;
   std::unordered_map<std::string, std::string> records_;
+  // group -> member -> {value, expiry}
+  std::unordered_map<std::string, std::map<std::string, std::pair<std::string, Clock::time_point>>>
+      groups_;
   uint64_t ops_ = 0;
 };
 
@@ -166,6 +187,37 @@ end
 return out
 )lua";
 
+// A group's member as a field of one hash, its value prefixed with its expiry
+// by Redis's own clock (the replicas' clocks may disagree): ARGV[1] member,
+// ARGV[2] value, ARGV[3] ttl in ms. Redis 7.0 has no expiry per hash field.
+constexpr const char* kPutMemberScript = R"lua(
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('HSET', KEYS[1], ARGV[1], (now + tonumber(ARGV[3])) .. '|' .. ARGV[2])
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+return 1
+)lua";
+
+// The group's live members as {member, value, ...}; expired ones are removed.
+constexpr const char* kMembersScript = R"lua(
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local all = redis.call('HGETALL', KEYS[1])
+local out = {}
+for i = 1, #all, 2 do
+  local text = all[i + 1]
+  local bar = string.find(text, '|', 1, true)
+  local expires = bar and tonumber(string.sub(text, 1, bar - 1)) or 0
+  if expires > now then
+    out[#out + 1] = all[i]
+    out[#out + 1] = string.sub(text, bar + 1)
+  else
+    redis.call('HDEL', KEYS[1], all[i])
+  end
+end
+return out
+)lua";
+
 struct ContextFree {
   void operator()(redisContext* c) const { redisFree(c); }
 };
@@ -185,10 +237,12 @@ class RedisState final : public SharedState {
       release(std::move(c), 0);
     } else {
       connected_ = false;
-      std::fprintf(stderr,
-                   "state: Redis at %s:%d does not answer; this replica runs on its own state "
-                   "and retries every %d ms\n",
-                   address_.host.c_str(), address_.port, settings_.retry_ms);
+      // Refused credentials are create()'s error to return, not an outage.
+      if (!refused_credentials()) {
+        std::fprintf(stderr,
+                     "state: %s; this replica runs on its own state and retries every %d ms\n",
+                     last_error().c_str(), settings_.retry_ms);
+      }
     }
     reconnector_ = std::thread([this] { reconnect_loop(); });
   }
@@ -312,9 +366,39 @@ class RedisState final : public SharedState {
     return local_.record(key);
   }
 
+  void put_member(const std::string& group, const std::string& member, const std::string& value,
+                  std::chrono::milliseconds ttl) override {
+    if (!connected_) return;
+    command({"EVAL", kPutMemberScript, "1", prefix_ + group, member, value,
+             std::to_string(std::max<int64_t>(ttl.count(), 1))});
+  }
+
+  std::optional<std::map<std::string, std::string>> members(const std::string& group) override {
+    if (!connected_) return std::nullopt;
+    Reply r = command({"EVAL", kMembersScript, "1", prefix_ + group});
+    if (!r || r->type != REDIS_REPLY_ARRAY) return std::nullopt;
+    std::map<std::string, std::string> out;
+    for (size_t i = 0; i + 1 < r->elements; i += 2) {
+      const redisReply* k = r->element[i];
+      const redisReply* v = r->element[i + 1];
+      if (k->type != REDIS_REPLY_STRING || v->type != REDIS_REPLY_STRING) continue;
+      out.emplace(std::string(k->str, k->len), std::string(v->str, v->len));
+    }
+    return out;
+  }
+
   std::string_view backend() const override { return "redis"; }
   bool connected() const override { return connected_; }
   uint64_t local_fallbacks() const override { return fallbacks_.load(std::memory_order_relaxed); }
+  std::string last_error() const override {
+    std::lock_guard lock(error_mu_);
+    return connected_ ? std::string() : last_error_;
+  }
+  // Redis answered but refused this replica's credentials at the last try.
+  bool refused_credentials() const {
+    std::lock_guard lock(error_mu_);
+    return refused_credentials_;
+  }
 
  private:
   struct PendingCount {
@@ -327,19 +411,66 @@ class RedisState final : public SharedState {
     bool only_if_absent = false;
   };
 
+  // A new connection, authenticated (AUTH, when a password is set) and
+  // checked with one command, so that a Redis that wants a password it was
+  // not given is found here and not by the first request; null, with the
+  // reason in last_error(), when it cannot be had.
   Context connect() const {
+    const std::string where = "Redis at " + address_.host + ":" + std::to_string(address_.port);
+    const auto fail = [&](const std::string& why, bool credentials) -> Context {
+      std::lock_guard lock(error_mu_);
+      last_error_ = why;
+      refused_credentials_ = credentials;
+      return nullptr;
+    };
     const timeval tv{settings_.timeout_ms / 1000, (settings_.timeout_ms % 1000) * 1000};
     Context c(redisConnectWithTimeout(address_.host.c_str(), address_.port, tv));
-    if (!c || c->err) return nullptr;
-    if (redisSetTimeout(c.get(), tv) != REDIS_OK) return nullptr;
+    if (!c || c->err) {
+      return fail(where + " does not answer (" + (c ? c->errstr : "out of memory") + ")", false);
+    }
+    if (redisSetTimeout(c.get(), tv) != REDIS_OK)
+      return fail(where + ": cannot set timeouts", false);
+    Reply r;
+    if (!address_.password.empty()) {
+      std::vector<const char*> argv = {"AUTH"};
+      std::vector<size_t> lens = {4};
+      if (!address_.username.empty()) {
+        argv.push_back(address_.username.data());
+        lens.push_back(address_.username.size());
+      }
+      argv.push_back(address_.password.data());
+      lens.push_back(address_.password.size());
+      r.reset(static_cast<redisReply*>(
+          redisCommandArgv(c.get(), static_cast<int>(argv.size()), argv.data(), lens.data())));
+    } else {
+      r.reset(static_cast<redisReply*>(redisCommand(c.get(), "PING")));
+    }
+    if (!r || c->err) return fail(where + " dropped the connection (" + c->errstr + ")", false);
+    if (r->type == REDIS_REPLY_ERROR) {
+      const std::string said(r->str, r->len);
+      if (address_.password.empty()) {
+        return fail(where + " wants a password (" + said +
+                        "); set state.password_env to the variable that holds it",
+                    true);
+      }
+      return fail(
+          where + " refused the " +
+              (address_.username.empty() ? std::string("password")
+                                         : "user '" + address_.username + "' and password") +
+              " (" + said + "); check state.password_env (or the password in state.url)",
+          true);
+    }
     if (address_.db != 0) {
-      Reply r(static_cast<redisReply*>(redisCommand(c.get(), "SELECT %d", address_.db)));
-      if (!r || r->type == REDIS_REPLY_ERROR) return nullptr;
+      r.reset(static_cast<redisReply*>(redisCommand(c.get(), "SELECT %d", address_.db)));
+      if (!r || r->type == REDIS_REPLY_ERROR) {
+        return fail(where + " has no database " + std::to_string(address_.db) +
+                        "; check the /DB of state.url",
+                    false);
+      }
     }
     return c;
   }
 
-  // A pooled connection; null when none can be had (Redis down).
   // A pooled connection; null when none can be had (Redis down). `generation`
   // says which connection era it belongs to.
   Context acquire(uint64_t& generation) {
@@ -390,6 +521,11 @@ class RedisState final : public SharedState {
   void mark_down(const char* why) {
     bool was = true;
     if (connected_.compare_exchange_strong(was, false)) {
+      {
+        std::lock_guard lock(error_mu_);
+        last_error_ = "Redis at " + address_.host + ":" + std::to_string(address_.port) +
+                      " failed (" + why + ")";
+      }
       std::fprintf(stderr,
                    "state: Redis at %s:%d failed (%s); this replica goes on with its own state "
                    "and resyncs when Redis is back\n",
@@ -446,6 +582,10 @@ class RedisState final : public SharedState {
       const bool back = resync();
       lock.lock();
       if (back) {
+        {
+          std::lock_guard error_lock(error_mu_);
+          refused_credentials_ = false;
+        }
         connected_ = true;
         std::fprintf(stderr, "state: Redis at %s:%d is back; shared state resynced\n",
                      address_.host.c_str(), address_.port);
@@ -517,6 +657,9 @@ class RedisState final : public SharedState {
 
   const StateSettings settings_;
   const RedisAddress address_;
+  mutable std::mutex error_mu_;
+  mutable std::string last_error_;
+  mutable bool refused_credentials_ = false;
   std::string prefix_;
   LocalState local_;
   std::atomic<bool> connected_{true};
@@ -543,20 +686,56 @@ void SharedState::add(const std::string& key, int64_t amount, std::chrono::milli
   add_all({CounterChange{key, amount, 0, ttl}});
 }
 
+namespace {
+
+// %XX escapes in a URL's user or password; nullopt when one is malformed.
+std::optional<std::string> percent_decoded(std::string_view text) {
+  std::string out;
+  for (size_t i = 0; i < text.size(); ++i) {
+    if (text[i] != '%') {
+      out += text[i];
+      continue;
+    }
+    unsigned value = 0;
+    if (i + 2 >= text.size()) return std::nullopt;
+    const auto [p, ec] = std::from_chars(text.data() + i + 1, text.data() + i + 3, value, 16);
+    if (ec != std::errc() || p != text.data() + i + 3) return std::nullopt;
+    out += static_cast<char>(value);
+    i += 2;
+  }
+  return out;
+}
+
+}  // namespace
+
 Result<RedisAddress> parse_redis_url(std::string_view url) {
-  const std::string original(url);
+  if (url.starts_with("redis://")) url.remove_prefix(8);
+  RedisAddress a;
+  // Errors name the URL without its credentials: they end up in logs.
+  const size_t at = url.rfind('@');
+  const std::string shown =
+      "redis://" +
+      (at == std::string_view::npos ? std::string(url) : "***@" + std::string(url.substr(at + 1)));
   auto bad = [&](const std::string& why) -> Error {
     return make_error(ErrorKind::kInvalidArgument,
-                      "state.url '" + original + "' " + why +
-                          "; write it as redis://HOST:PORT or redis://HOST:PORT/DB");
+                      "state.url '" + shown + "' " + why +
+                          "; write it as redis://HOST:PORT, redis://:PASSWORD@HOST:PORT or "
+                          "redis://USER:PASSWORD@HOST:PORT, with /DB after it if not 0");
   };
-  if (url.starts_with("redis://")) url.remove_prefix(8);
-  if (url.find('@') != std::string_view::npos) {
-    return bad(
-        "holds credentials, which this gateway does not send; use a Redis on a trusted "
-        "network or a local socket proxy");
+  if (at != std::string_view::npos) {
+    const std::string_view credentials = url.substr(0, at);
+    const size_t colon = credentials.find(':');
+    if (colon == std::string_view::npos) {
+      return bad("has credentials without a colon before the password");
+    }
+    auto user = percent_decoded(credentials.substr(0, colon));
+    auto password = percent_decoded(credentials.substr(colon + 1));
+    if (!user || !password) return bad("has a malformed %XX escape in its credentials");
+    if (password->empty()) return bad("names a user but no password");
+    a.username = std::move(*user);
+    a.password = std::move(*password);
+    url.remove_prefix(at + 1);
   }
-  RedisAddress a;
   if (const size_t slash = url.find('/'); slash != std::string_view::npos) {
     const std::string_view db = url.substr(slash + 1);
     const auto [p, ec] = std::from_chars(db.data(), db.data() + db.size(), a.db);
@@ -591,7 +770,28 @@ Result<std::unique_ptr<SharedState>> SharedState::create(const StateSettings& se
   }
   auto address = parse_redis_url(settings.url);
   if (!address.ok()) return address.error();
-  return std::unique_ptr<SharedState>(new RedisState(settings, std::move(address).value()));
+  if (!settings.password_env.empty()) {
+    if (!address->password.empty()) {
+      return make_error(ErrorKind::kInvalidArgument,
+                        "state.url holds a password and state.password_env names " +
+                            settings.password_env +
+                            " too; keep one (password_env keeps the secret out of the YAML)");
+    }
+    const char* password = std::getenv(settings.password_env.c_str());
+    if (password == nullptr || *password == '\0') {
+      return make_error(ErrorKind::kInvalidArgument,
+                        "state.password_env names " + settings.password_env +
+                            ", which is not set (or empty) in this process's environment; "
+                            "export it before starting the gateway");
+    }
+    address->password = password;
+  }
+  auto state = std::make_unique<RedisState>(settings, std::move(address).value());
+  // Down is something to ride out; a wrong password is a mistake to fix now.
+  if (state->refused_credentials()) {
+    return make_error(ErrorKind::kInvalidArgument, "state: " + state->last_error());
+  }
+  return std::unique_ptr<SharedState>(std::move(state));
 }
 
 }  // namespace foreshore::state

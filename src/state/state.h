@@ -15,6 +15,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -27,10 +28,13 @@ namespace foreshore::state {
 
 struct StateSettings {
   std::string backend = "local";  // local | redis
-  std::string url;                // redis://HOST:PORT[/DB] (backend redis)
-  int32_t timeout_ms = 200;       // connect and per-command timeout
-  int32_t pool_size = 8;          // Redis connections this process keeps at most
-  int32_t retry_ms = 1000;        // while Redis is down, how often to try it again
+  std::string url;                // redis://[[USER]:PASSWORD@]HOST:PORT[/DB] (backend redis)
+  // The environment variable that holds the Redis password (AUTH on every
+  // connection), so that no secret sits in the YAML; empty: the URL's, if any.
+  std::string password_env;
+  int32_t timeout_ms = 200;  // connect and per-command timeout
+  int32_t pool_size = 8;     // Redis connections this process keeps at most
+  int32_t retry_ms = 1000;   // while Redis is down, how often to try it again
   // While Redis is down: true spends budgets from this replica's copy (the
   // replicas together may then overspend), false refuses requests that a
   // budget governs until Redis is back.
@@ -96,20 +100,34 @@ class SharedState {
   virtual Status remove_record(const std::string& key) = 0;
   virtual std::optional<std::string> record(const std::string& key) = 0;
 
+  // A group in which every replica keeps one member of its own (its
+  // measurements, say), rewritten now and then: a member not rewritten for
+  // `ttl` is gone, so a replica that stopped drops out. Writing needs the
+  // backend up and is otherwise dropped (the next write carries the news);
+  // reading answers nullopt while Redis is down, not a stale copy.
+  virtual void put_member(const std::string& group, const std::string& member,
+                          const std::string& value, std::chrono::milliseconds ttl) = 0;
+  virtual std::optional<std::map<std::string, std::string>> members(const std::string& group) = 0;
+
   // "local" or "redis".
   virtual std::string_view backend() const = 0;
   // False while a configured Redis cannot be reached (always true for local).
   virtual bool connected() const = 0;
   // Operations answered from this process's copy because Redis was down.
   virtual uint64_t local_fallbacks() const = 0;
+  // Why Redis last could not be used (empty while connected, and for local).
+  virtual std::string last_error() const = 0;
 };
 
-// `redis://HOST:PORT[/DB]` (or `HOST:PORT`) into its parts; an error that
-// says what is wrong with it otherwise.
+// `redis://[[USER]:PASSWORD@]HOST:PORT[/DB]` (or `HOST:PORT`) into its parts,
+// USER and PASSWORD percent-decoded; an error that says what is wrong with
+// it otherwise.
 struct RedisAddress {
   std::string host;
   int port = 6379;
   int db = 0;
+  std::string username;  // empty: AUTH PASSWORD (the default user)
+  std::string password;  // empty: no AUTH
 };
 Result<RedisAddress> parse_redis_url(std::string_view url);
 

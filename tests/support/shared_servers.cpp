@@ -64,14 +64,21 @@ bool wait_listening(int port, std::chrono::milliseconds limit) {
 
 }  // namespace
 
-RedisServer::RedisServer(int port) : binary_(find_program("redis-server")) {
+RedisServer::RedisServer(int port, std::string password)
+    : binary_(find_program("redis-server")), password_(std::move(password)) {
   if (binary_.empty()) {
     why_ = "redis-server is not installed (Debian package redis-server; scripts/setup.sh)";
     return;
   }
   port_ = port != 0 ? port : free_port();
-  process_ = Process::start({binary_, "--port", std::to_string(port_), "--bind", "127.0.0.1",
-                             "--save", "", "--appendonly", "no", "--protected-mode", "no"});
+  std::vector<std::string> argv = {
+      binary_,        "--port", std::to_string(port_), "--bind", "127.0.0.1", "--save", "",
+      "--appendonly", "no",     "--protected-mode",    "no"};
+  if (!password_.empty()) {
+    argv.push_back("--requirepass");
+    argv.push_back(password_);
+  }
+  process_ = Process::start(argv);
   if (!process_ || !wait_listening(port_, std::chrono::seconds(10))) {
     why_ = "redis-server did not start on port " + std::to_string(port_) + ": " +
            (process_ ? process_->stdout_text() + process_->stderr_text() : "cannot run it");
@@ -86,6 +93,9 @@ void RedisServer::kill() {
 
 std::string RedisServer::command(const std::vector<std::string>& args) const {
   std::vector<std::string> argv = {find_program("redis-cli"), "-p", std::to_string(port_)};
+  if (!password_.empty()) {
+    argv.insert(argv.end(), {"--pass", password_, "--no-auth-warning"});
+  }
   argv.insert(argv.end(), args.begin(), args.end());
   auto p = Process::start(argv);
   if (!p) return {};

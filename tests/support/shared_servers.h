@@ -24,7 +24,8 @@ std::string find_program(const std::string& name);
 class RedisServer {
  public:
   // port 0: a free one; a given port restarts a server on the same address.
-  explicit RedisServer(int port = 0);
+  // A password makes it require one (--requirepass) of every client.
+  explicit RedisServer(int port = 0, std::string password = {});
   bool available() const { return !binary_.empty(); }  // redis-server is installed
   bool ok() const { return process_ != nullptr; }
   const std::string& why() const { return why_; }
@@ -39,6 +40,7 @@ class RedisServer {
   std::string binary_;
   std::string why_;
   int port_ = 0;
+  std::string password_;
   std::unique_ptr<Process> process_;
 };
 
