@@ -5,8 +5,9 @@
 // against the router's budget (p99 <= 100 us at 4 KiB, <= 1 ms at 64 KiB),
 // and with 5,000 labels kept (the most it keeps), which the neighbour search
 // reads: each holds ten of 3,000 rare words and each word of the scored
-// prompt with probability 4%, just under the share where a word stops being
-// searched, so every word of the prompt has about 200 labels to visit.
+// prompt with a probability just under the share where a word stops being
+// searched (common_word_share), so every word of the prompt has about 2,400
+// labels to visit: the worst case.
 #include <benchmark/benchmark.h>
 
 #include <algorithm>
@@ -34,7 +35,7 @@ void keep_labels(OnlineLearner& learner, const std::string& prompt, int count) {
   std::istringstream in(prompt);
   for (std::string w; in >> w;) prompt_words.push_back(w);
   std::mt19937_64 rng(7);
-  std::bernoulli_distribution shares(0.04);
+  std::bernoulli_distribution shares(foreshore::route::LearnerOptions{}.common_word_share - 0.01);
   std::uniform_int_distribution<int> rare(0, 2999);
   const auto& hashing = foreshore::bench::shipped_complexity_model()->hashing();
   for (int i = 0; i < count; ++i) {
