@@ -34,6 +34,9 @@ void keep_labels(OnlineLearner& learner, const std::string& prompt, int count) {
   std::vector<std::string> prompt_words;
   std::istringstream in(prompt);
   for (std::string w; in >> w;) prompt_words.push_back(w);
+  // Each distinct word once, so that its share of the labels is the probability.
+  std::sort(prompt_words.begin(), prompt_words.end());
+  prompt_words.erase(std::unique(prompt_words.begin(), prompt_words.end()), prompt_words.end());
   std::mt19937_64 rng(7);
   std::bernoulli_distribution shares(foreshore::route::LearnerOptions{}.common_word_share - 0.01);
   std::uniform_int_distribution<int> rare(0, 2999);

@@ -28,6 +28,10 @@ constexpr uint64_t kReindexEvery = 25;
 // Below this many labels holding it, a word is searched however common:
 // among few labels the share says nothing, and the search is cheap.
 constexpr double kMinCommonPostings = 50.0;
+// The most postings one neighbour search reads: it bounds a decision's cost
+// whatever the traffic (bench/online_learner_bench.cpp). In the replays of
+// docs/ROUTER.md (up to 1,500 labels) it binds only on a few long prompts.
+constexpr size_t kMaxPostingsVisited = 12000;
 
 double sigmoid(double z) {
   return 1.0 / (1.0 + std::exp(-z));
@@ -113,15 +117,28 @@ double OnlineLearner::neighbour_logit(const NeighbourIndex& index,
   thread_local std::vector<float> similarity;
   thread_local std::vector<uint32_t> touched;
   thread_local std::vector<std::pair<float, uint32_t>> found;
+  thread_local std::vector<std::pair<uint32_t, uint32_t>> words;  // (postings, word)
   const size_t labels = index.gains.size();
   if (similarity.size() < labels) similarity.resize(labels, 0.0f);
   touched.clear();
+  words.clear();
   double norm2 = 0.0;
-  for (const auto& [bucket, value] : hashed) {
-    const float idf = index.idf[bucket];
-    if (idf <= 0.0f) continue;
-    const float q = value * idf;
+  for (uint32_t i = 0; i < hashed.size(); ++i) {
+    const auto& [bucket, value] = hashed[i];
+    const float q = value * index.idf[bucket];
     norm2 += static_cast<double>(q) * q;
+    const uint32_t postings = index.offsets[bucket + 1] - index.offsets[bucket];
+    if (postings > 0) words.emplace_back(postings, i);
+  }
+  // Rarest words first, until the budget is spent: they say most about the
+  // topic, and the search costs the same however common the prompt's words.
+  std::sort(words.begin(), words.end());
+  size_t visited = 0;
+  for (const auto& [postings, i] : words) {
+    if (visited + postings > kMaxPostingsVisited) break;
+    visited += postings;
+    const auto& [bucket, value] = hashed[i];
+    const float q = value * index.idf[bucket];
     for (uint32_t p = index.offsets[bucket]; p < index.offsets[bucket + 1]; ++p) {
       const auto& [label, weight] = index.postings[p];
       if (similarity[label] == 0.0f) touched.push_back(label);
