@@ -98,16 +98,26 @@ TEST(OnlineLearner, TheNeighbourEstimateFollowsLabelsOfSimilarPromptsOnly) {
 
 TEST(OnlineLearner, CloserNeighboursCountMore) {
   const auto base = shipped();
-  OnlineLearner learner(base, neighbours_only());
-  // One label says the cloud helps on a glacier question; many on questions
+  // Next to no pull toward the residual, so the votes alone decide.
+  LearnerOptions weighted = neighbours_only();
+  weighted.neighbour_prior = 1e-3;
+  LearnerOptions flat = weighted;
+  flat.neighbour_gamma = 0.0;  // every neighbour counts alike
+  OnlineLearner by_similarity(base, weighted), alike(base, flat);
+  // One label says the cloud helps on a glacier question; six on questions
   // sharing a single word with the probe say it does not.
-  learner.apply(label(*base, "Which process moves glacier moraine sediment downhill?", 1.0));
-  // Counted alike, the six would pull the probe below the base model.
-  for (int i = 0; i < 6; ++i) {
-    learner.apply(label(*base, "Which tax applies to sediment imports " + std::to_string(i), 0.0));
+  for (OnlineLearner* l : {&by_similarity, &alike}) {
+    l->apply(label(*base, "Which process moves glacier moraine sediment downhill?", 1.0));
+    for (int i = 0; i < 6; ++i) {
+      l->apply(label(*base, "Which tax applies to sediment imports " + std::to_string(i), 0.0));
+    }
+    // Unrelated labels, so that "sediment" is not in every label (its IDF
+    // would be 0, and the six would not count at all).
+    for (int i = 0; i < 6; ++i) l->apply(label(*base, "Bake bread with rye flour", 0.5));
   }
   const std::string probe = "What process moves glacier moraine sediment?";
-  EXPECT_GT(learner.score(probe), base->score(probe));
+  EXPECT_LT(alike.score(probe), 0.2);  // 1 of 7 votes
+  EXPECT_GT(by_similarity.score(probe), 0.5);
 }
 
 TEST(OnlineLearner, LearnsHowMuchTheNeighbourEstimateCounts) {
