@@ -152,7 +152,7 @@ double OnlineLearner::neighbour_logit(const NeighbourIndex& index,
     similarity[label] = 0.0f;
   }
   if (found.empty() || norm2 <= 0.0) return residual_logit;
-  const size_t k = std::min(options_.neighbour_k, found.size());
+  const size_t k = std::min(std::max<size_t>(options_.neighbour_k, 1), found.size());
   std::nth_element(found.begin(), found.begin() + static_cast<std::ptrdiff_t>(k - 1), found.end(),
                    [](const auto& a, const auto& b) { return a.first > b.first; });
   const double inv_norm = 1.0 / std::sqrt(norm2);
@@ -172,7 +172,8 @@ double OnlineLearner::neighbour_logit(const NeighbourIndex& index,
 // two estimates ranked this unseen label better.
 void OnlineLearner::fit_blend(const Kept& k, double residual_logit) {
   if (!work_.neighbours || options_.blend_learning_rate <= 0.0) return;
-  const double toward = neighbour_logit(*work_.neighbours, k.hashed, residual_logit) - residual_logit;
+  const double toward =
+      neighbour_logit(*work_.neighbours, k.hashed, residual_logit) - residual_logit;
   const double z = residual_logit + work_.blend * toward;
   const double g = (sigmoid(z) - k.gain) * toward;
   accum_blend_ += g * g;
@@ -485,16 +486,18 @@ Status OnlineLearner::parse(std::string_view text, std::string_view source) {
       }
     }
     if (!std::isfinite(s.bias) || !std::isfinite(s.base_scale) || !(s.threshold >= 0.0) ||
-        !(s.threshold <= 1.0) || !(s.blend >= 0.0) || !(s.blend <= 1.0) ||
-        !(accum_blend >= 0.0)) {
-      return bad("bias, base_scale, threshold, blend or accum_blend is not a finite number in range");
+        !(s.threshold <= 1.0) || !(s.blend >= 0.0) || !(s.blend <= 1.0) || !(accum_blend >= 0.0) ||
+        !std::isfinite(accum_blend)) {
+      return bad(
+          "bias, base_scale, threshold, blend or accum_blend is not a finite number in range");
     }
     std::deque<Kept> kept;
     for (const auto& k : doc.at("kept")) {
       Kept row;
       row.base_logit = k.at("base_logit").get<double>();
       row.gain = k.at("gain").get<double>();
-      if (!(row.gain >= 0.0) || !(row.gain <= 1.0)) return bad("a kept label's gain is not in [0, 1]");
+      if (!(row.gain >= 0.0) || !(row.gain <= 1.0))
+        return bad("a kept label's gain is not in [0, 1]");
       const auto& b = k.at("index");
       const auto& v = k.at("value");
       if (b.size() != v.size()) return bad("a kept label's index and value differ in length");
