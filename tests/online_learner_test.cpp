@@ -4,6 +4,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <thread>
 #include <vector>
@@ -67,6 +68,73 @@ TEST(OnlineLearner, WhatItLearnsOfOneQuestionCarriesToSimilarOnes) {
   EXPECT_GT(glacier, lease + 0.2) << glacier << " vs " << lease;
   EXPECT_EQ(learner.stats().labels[static_cast<int>(LabelSource::kFeedback)], 300);
   EXPECT_EQ(learner.snapshot()->version, 300u);
+}
+
+// Only the similarity-weighted estimate moves: the residual does not learn
+// (step 0) and the estimate replaces the residual's logit entirely.
+LearnerOptions neighbours_only() {
+  LearnerOptions o;
+  o.learning_rate = 0.0;
+  o.initial_blend = 1.0;
+  o.blend_learning_rate = 0.0;
+  return o;
+}
+
+TEST(OnlineLearner, TheNeighbourEstimateFollowsLabelsOfSimilarPromptsOnly) {
+  const auto base = shipped();
+  OnlineLearner learner(base, neighbours_only());
+  for (int i = 0; i < 100; ++i) {
+    learner.apply(label(*base, topic_question(i % 2 == 0, i), i % 2 == 0 ? 1.0 : 0.0));
+  }
+  const std::string glacier = "How does a glacier deposit moraine at its snout?";
+  const std::string lease = "Is a tenancy lease deposit refundable under contract law?";
+  const std::string unrelated = "Write a haiku about spring mornings";
+  EXPECT_GT(learner.score(glacier), base->score(glacier) + 0.1);
+  EXPECT_LT(learner.score(lease), base->score(lease) - 0.1);
+  // Sharing no word with any label, it keeps the base model's score.
+  EXPECT_NEAR(learner.score(unrelated), base->score(unrelated), 1e-9);
+}
+
+TEST(OnlineLearner, CloserNeighboursCountMore) {
+  const auto base = shipped();
+  // Next to no pull toward the residual, so the votes alone decide.
+  LearnerOptions weighted = neighbours_only();
+  weighted.neighbour_prior = 1e-3;
+  LearnerOptions flat = weighted;
+  flat.neighbour_gamma = 0.0;  // every neighbour counts alike
+  OnlineLearner by_similarity(base, weighted), alike(base, flat);
+  // One label says the cloud helps on a glacier question; six on questions
+  // sharing a single word with the probe say it does not.
+  for (OnlineLearner* l : {&by_similarity, &alike}) {
+    l->apply(label(*base, "Which process moves glacier moraine sediment downhill?", 1.0));
+    for (int i = 0; i < 6; ++i) {
+      l->apply(label(*base, "Which tax applies to sediment imports " + std::to_string(i), 0.0));
+    }
+    // Unrelated labels, so that "sediment" is not in every label (its IDF
+    // would be 0, and the six would not count at all).
+    for (int i = 0; i < 6; ++i) l->apply(label(*base, "Bake bread with rye flour", 0.5));
+  }
+  const std::string probe = "What process moves glacier moraine sediment?";
+  EXPECT_LT(alike.score(probe), 0.2);  // 1 of 7 votes
+  EXPECT_GT(by_similarity.score(probe), 0.5);
+}
+
+TEST(OnlineLearner, LearnsHowMuchTheNeighbourEstimateCounts) {
+  const auto base = shipped();
+  OnlineLearner learner(base, {});
+  EXPECT_EQ(learner.snapshot()->blend, 0.0);  // no labels: the residual alone
+  for (int i = 0; i < 300; ++i) {
+    learner.apply(label(*base, topic_question(i % 2 == 0, i), i % 2 == 0 ? 1.0 : 0.0));
+  }
+  EXPECT_GT(learner.snapshot()->blend, 0.05);
+  LearnerOptions off;
+  off.neighbours = false;
+  OnlineLearner residual_only(base, off);
+  for (int i = 0; i < 300; ++i) {
+    residual_only.apply(label(*base, topic_question(i % 2 == 0, i), i % 2 == 0 ? 1.0 : 0.0));
+  }
+  EXPECT_EQ(residual_only.snapshot()->blend, 0.0);
+  EXPECT_EQ(residual_only.snapshot()->neighbours, nullptr);
 }
 
 TEST(OnlineLearner, ItsOwnEstimateScoresEachLabelBeforeLearningIt) {
@@ -185,6 +253,30 @@ TEST(OnlineLearner, RefusesAStateLearnedOverOtherHashingOrCorrupt) {
   ASSERT_FALSE(c.ok());
   EXPECT_NE(c.error().message.find("file_version"), std::string::npos);
   EXPECT_EQ(other.stats().version, 0u);  // a refused file changes nothing
+}
+
+TEST(OnlineLearner, LoadsAVersion1StateWithoutTheNeighbourBlend) {
+  const auto base = shipped();
+  OnlineLearner learner(base, {});
+  for (int i = 0; i < 100; ++i) {
+    learner.apply(label(*base, topic_question(i % 2 == 0, i), i % 2 == 0 ? 1.0 : 0.0));
+  }
+  auto doc = nlohmann::json::parse(learner.to_json());
+  ASSERT_GT(doc.at("blend").get<double>(), 0.0);
+  doc["file_version"] = 1;
+  doc.erase("blend");
+  doc.erase("accum_blend");
+  OnlineLearner old(base, {});
+  ASSERT_TRUE(old.parse(doc.dump(), "v1.json").ok());
+  EXPECT_EQ(old.snapshot()->blend, 0.0);
+  EXPECT_EQ(old.stats().version, 100u);
+  // Its kept labels are searchable again: the blend can grow from there.
+  EXPECT_NE(old.snapshot()->neighbours, nullptr);
+
+  doc["file_version"] = 3;
+  const Status newer = old.parse(doc.dump(), "v3.json");
+  ASSERT_FALSE(newer.ok());
+  EXPECT_NE(newer.error().message.find("newer foreshore"), std::string::npos);
 }
 
 }  // namespace

@@ -1223,6 +1223,38 @@ void add_router_command(CLI::App& app) {
   replay_cmd->add_option("--refit-epochs", rf->learner.refit_epochs, "Passes per refit")
       ->check(CLI::NonNegativeNumber)
       ->capture_default_str();
+  replay_cmd
+      ->add_flag("--neighbours,!--no-neighbours", rf->learner.neighbours,
+                 "Blend in the similarity-weighted estimate over the kept labels")
+      ->capture_default_str();
+  replay_cmd->add_option("--neighbour-k", rf->learner.neighbour_k, "Most similar labels that vote")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  replay_cmd
+      ->add_option("--neighbour-gamma", rf->learner.neighbour_gamma,
+                   "A neighbour's vote weighs exp(gamma (cosine - 1))")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
+  replay_cmd
+      ->add_option("--neighbour-prior", rf->learner.neighbour_prior,
+                   "Pseudo-votes of the residual model's own estimate")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
+  replay_cmd
+      ->add_option("--common-word-share", rf->learner.common_word_share,
+                   "Words in more than this share of the labels are not searched")
+      ->check(CLI::Range(0.0, 1.0))
+      ->capture_default_str();
+  replay_cmd
+      ->add_option("--blend-learning-rate", rf->learner.blend_learning_rate,
+                   "AdaGrad step of the neighbour estimate's blend weight (0: fixed)")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
+  replay_cmd
+      ->add_option("--initial-blend", rf->learner.initial_blend,
+                   "The blend weight before any label")
+      ->check(CLI::Range(0.0, 1.0))
+      ->capture_default_str();
   replay_cmd->add_flag("--json", rf->json_out, "Print the results as JSON");
   replay_cmd->add_option("--svg", rf->svg, "Draw the learning curve into this SVG file");
   replay_cmd->footer(

@@ -15,12 +15,23 @@ namespace {
 using json = nlohmann::ordered_json;
 
 constexpr std::string_view kFormat = "foreshore.router-learner";
-constexpr int kFileVersion = 1;
+// 2 added the blend weight; version 1 files load with the blend at 0.
+constexpr int kFileVersion = 2;
 // Fewer labels than this give an APGR estimate too noisy to show.
 constexpr size_t kMinEstimateRows = 50;
 // Labels between threshold recalibrations: rescoring the traffic window
 // (2,000 prompts) after every label would cost more than the label itself.
 constexpr uint64_t kRecalibrateEvery = 25;
+// Labels between rebuilds of the neighbour index, for the same reason: a
+// rebuild reads every kept label.
+constexpr uint64_t kReindexEvery = 25;
+// Below this many labels holding it, a word is searched however common:
+// among few labels the share says nothing, and the search is cheap.
+constexpr double kMinCommonPostings = 50.0;
+// The most postings one neighbour search reads: it bounds a decision's cost
+// whatever the traffic (bench/online_learner_bench.cpp). In the replays of
+// docs/ROUTER.md (up to 1,500 labels) it binds only on a few long prompts.
+constexpr size_t kMaxPostingsVisited = 12000;
 
 double sigmoid(double z) {
   return 1.0 / (1.0 + std::exp(-z));
@@ -54,6 +65,7 @@ OnlineLearner::OnlineLearner(std::shared_ptr<const ComplexityModel> base, Learne
   const size_t buckets = size_t{1} << base_->hashing().bits;
   work_.weights.assign(buckets, 0.0f);
   work_.threshold = base_->threshold();
+  work_.blend = options_.initial_blend;
   accum_.assign(buckets, 0.0f);
   publish();
 }
@@ -70,7 +82,7 @@ double OnlineLearner::score(const ComplexityFeatures& f) const {
   const auto s = snapshot_.load();
   double z = s->bias + s->base_scale * base_logit(f);
   for (const auto& [bucket, value] : f.hashed) z += value * s->weights[bucket];
-  return sigmoid(z);
+  return sigmoid(combined(*s, f.hashed, z));
 }
 
 double OnlineLearner::score(std::string_view prompt, std::optional<double> edge_perplexity) const {
@@ -85,6 +97,130 @@ double OnlineLearner::residual(const LearnerSnapshot& s, const Kept& k) const {
   double z = s.bias + s.base_scale * k.base_logit;
   for (const auto& [bucket, value] : k.hashed) z += value * s.weights[bucket];
   return z;
+}
+
+double OnlineLearner::combined(const LearnerSnapshot& s,
+                               const std::vector<std::pair<uint32_t, float>>& hashed,
+                               double residual_logit) const {
+  if (!s.neighbours || s.blend == 0.0) return residual_logit;
+  return residual_logit +
+         s.blend * (neighbour_logit(*s.neighbours, hashed, residual_logit) - residual_logit);
+}
+
+// The similarity-weighted vote of the most similar kept labels. Only the
+// postings of the prompt's words are read (common words have none), so the
+// cost grows with the labels sharing its rarer words, not with all of them.
+double OnlineLearner::neighbour_logit(const NeighbourIndex& index,
+                                      const std::vector<std::pair<uint32_t, float>>& hashed,
+                                      double residual_logit) const {
+  // Per-thread scratch: decisions on different threads search concurrently.
+  thread_local std::vector<float> similarity;
+  thread_local std::vector<uint32_t> touched;
+  thread_local std::vector<std::pair<float, uint32_t>> found;
+  thread_local std::vector<std::pair<uint32_t, uint32_t>> words;  // (postings, word)
+  const size_t labels = index.gains.size();
+  if (similarity.size() < labels) similarity.resize(labels, 0.0f);
+  touched.clear();
+  words.clear();
+  double norm2 = 0.0;
+  for (uint32_t i = 0; i < hashed.size(); ++i) {
+    const auto& [bucket, value] = hashed[i];
+    const float q = value * index.idf[bucket];
+    norm2 += static_cast<double>(q) * q;
+    const uint32_t postings = index.offsets[bucket + 1] - index.offsets[bucket];
+    if (postings > 0) words.emplace_back(postings, i);
+  }
+  // Rarest words first, until the budget is spent: they say most about the
+  // topic, and the search costs the same however common the prompt's words.
+  std::sort(words.begin(), words.end());
+  size_t visited = 0;
+  for (const auto& [postings, i] : words) {
+    if (visited + postings > kMaxPostingsVisited) break;
+    visited += postings;
+    const auto& [bucket, value] = hashed[i];
+    const float q = value * index.idf[bucket];
+    for (uint32_t p = index.offsets[bucket]; p < index.offsets[bucket + 1]; ++p) {
+      const auto& [label, weight] = index.postings[p];
+      if (similarity[label] == 0.0f) touched.push_back(label);
+      similarity[label] += q * weight;
+    }
+  }
+  found.clear();
+  for (uint32_t label : touched) {
+    // A label whose sum came back to 0 is listed twice; the first read clears it.
+    if (similarity[label] > 0.0f) found.emplace_back(similarity[label], label);
+    similarity[label] = 0.0f;
+  }
+  if (found.empty() || norm2 <= 0.0) return residual_logit;
+  const size_t k = std::min(std::max<size_t>(options_.neighbour_k, 1), found.size());
+  std::nth_element(found.begin(), found.begin() + static_cast<std::ptrdiff_t>(k - 1), found.end(),
+                   [](const auto& a, const auto& b) { return a.first > b.first; });
+  const double inv_norm = 1.0 / std::sqrt(norm2);
+  const double prior = options_.neighbour_prior;
+  double votes = prior, sum = prior * sigmoid(residual_logit);
+  for (size_t i = 0; i < k; ++i) {
+    const double cosine = std::min(1.0, found[i].first * inv_norm);
+    const double w = std::exp(options_.neighbour_gamma * (cosine - 1.0));
+    votes += w;
+    sum += w * index.gains[found[i].second];
+  }
+  return logit(sum / votes);
+}
+
+// The blend weight is fitted on the label before the label is learned from,
+// with the neighbours the decisions had: each step rewards whichever of the
+// two estimates ranked this unseen label better.
+void OnlineLearner::fit_blend(const Kept& k, double residual_logit) {
+  if (!work_.neighbours || options_.blend_learning_rate <= 0.0) return;
+  const double toward =
+      neighbour_logit(*work_.neighbours, k.hashed, residual_logit) - residual_logit;
+  const double z = residual_logit + work_.blend * toward;
+  const double g = (sigmoid(z) - k.gain) * toward;
+  accum_blend_ += g * g;
+  work_.blend -= options_.blend_learning_rate * g / std::sqrt(accum_blend_ + 1e-8);
+  work_.blend = std::clamp(work_.blend, 0.0, 1.0);
+}
+
+void OnlineLearner::rebuild_neighbours() {
+  if (!options_.neighbours || kept_.empty()) {
+    work_.neighbours.reset();
+    return;
+  }
+  auto index = std::make_shared<NeighbourIndex>();
+  const size_t buckets = work_.weights.size();
+  const size_t labels = kept_.size();
+  std::vector<uint32_t> df(buckets, 0);
+  for (const auto& k : kept_) {
+    for (const auto& [bucket, value] : k.hashed) ++df[bucket];
+  }
+  index->idf.assign(buckets, 0.0f);
+  const double n = static_cast<double>(labels);
+  const auto common =
+      static_cast<uint32_t>(std::max(kMinCommonPostings, options_.common_word_share * n));
+  index->offsets.assign(buckets + 1, 0);
+  for (size_t b = 0; b < buckets; ++b) {
+    if (df[b] > 0) index->idf[b] = static_cast<float>(std::log((1.0 + n) / (1.0 + df[b])));
+    index->offsets[b + 1] = index->offsets[b] + (df[b] <= common ? df[b] : 0);
+  }
+  index->postings.resize(index->offsets[buckets]);
+  std::vector<uint32_t> fill(index->offsets.begin(), index->offsets.end() - 1);
+  index->gains.reserve(labels);
+  for (size_t i = 0; i < labels; ++i) {
+    const Kept& k = kept_[i];
+    double norm2 = 0.0;
+    for (const auto& [bucket, value] : k.hashed) {
+      const double v = value * index->idf[bucket];
+      norm2 += v * v;
+    }
+    const double inv = norm2 > 0.0 ? 1.0 / std::sqrt(norm2) : 0.0;
+    for (const auto& [bucket, value] : k.hashed) {
+      if (df[bucket] > common) continue;
+      index->postings[fill[bucket]++] = {static_cast<uint32_t>(i),
+                                         static_cast<float>(value * index->idf[bucket] * inv)};
+    }
+    index->gains.push_back(static_cast<float>(k.gain));
+  }
+  work_.neighbours = std::move(index);
 }
 
 // Logistic loss on the gain target (a probability, so ties pull toward 0.5),
@@ -121,7 +257,7 @@ void OnlineLearner::recalibrate() {
   for (const auto& f : traffic_) {
     double z = work_.bias + work_.base_scale * base_logit(f);
     for (const auto& [bucket, value] : f.hashed) z += value * work_.weights[bucket];
-    scores.push_back(sigmoid(z));
+    scores.push_back(sigmoid(combined(work_, f.hashed, z)));
   }
   work_.threshold = calibrate_threshold(std::move(scores), options_.target_cloud_share);
 }
@@ -134,16 +270,20 @@ void OnlineLearner::apply(const LearnerLabel& label) {
   std::lock_guard lock(state_mutex_);
   Kept k{label.features.hashed, base_logit(label.features), std::clamp(label.gain, 0.0, 1.0)};
   // Scored before it is learned from: the estimate stays out-of-sample.
+  const double z = residual(work_, k);
   if (label.edge_quality && label.cloud_quality) {
-    estimates_.push_back({sigmoid(residual(work_, k)), *label.edge_quality, *label.cloud_quality});
+    estimates_.push_back(
+        {sigmoid(combined(work_, k.hashed, z)), *label.edge_quality, *label.cloud_quality});
     if (estimates_.size() > options_.estimate_window) estimates_.pop_front();
   }
+  fit_blend(k, z);
   step(k);
   kept_.push_back(std::move(k));
   if (kept_.size() > options_.max_kept_labels) kept_.pop_front();
   ++labels_[static_cast<int>(label.source)];
   ++work_.version;
   if (options_.refit_every > 0 && work_.version % options_.refit_every == 0) refit();
+  if (work_.version % kReindexEvery == 0 || work_.version < kReindexEvery) rebuild_neighbours();
   if (work_.version % kRecalibrateEvery == 0) recalibrate();
   publish();
 }
@@ -282,6 +422,8 @@ std::string OnlineLearner::to_json() const {
               {"base_scale", work_.base_scale},
               {"accum_bias", accum_bias_},
               {"accum_scale", accum_scale_},
+              {"blend", work_.blend},
+              {"accum_blend", accum_blend_},
               {"labels", labels},
               {"weights", {{"index", index}, {"weight", weight}, {"accum", accum}}},
               {"kept", kept},
@@ -300,8 +442,10 @@ Status OnlineLearner::parse(std::string_view text, std::string_view source) {
   json doc = json::parse(text, nullptr, false);
   if (doc.is_discarded() || !doc.is_object()) return bad("not a JSON object");
   if (doc.value("format", "") != kFormat) return bad("format is not " + std::string(kFormat));
-  if (doc.value("file_version", 0) != kFileVersion) {
-    return bad("file_version is not " + std::to_string(kFileVersion));
+  const int file_version = doc.value("file_version", 0);
+  if (file_version < 1 || file_version > kFileVersion) {
+    return bad("file_version is not 1 to " + std::to_string(kFileVersion) +
+               " (a newer foreshore may have written it)");
   }
   try {
     const json& h = doc.at("hashing");
@@ -319,6 +463,9 @@ Status OnlineLearner::parse(std::string_view text, std::string_view source) {
     s.threshold = doc.at("threshold").get<double>();
     s.bias = doc.at("bias").get<double>();
     s.base_scale = doc.at("base_scale").get<double>();
+    // Version 1 had no neighbour estimate: it starts at the residual alone.
+    s.blend = file_version >= 2 ? doc.at("blend").get<double>() : 0.0;
+    const double accum_blend = file_version >= 2 ? doc.at("accum_blend").get<double>() : 0.0;
     const size_t buckets = size_t{1} << base_->hashing().bits;
     s.weights.assign(buckets, 0.0f);
     std::vector<float> accum(buckets, 0.0f);
@@ -339,14 +486,18 @@ Status OnlineLearner::parse(std::string_view text, std::string_view source) {
       }
     }
     if (!std::isfinite(s.bias) || !std::isfinite(s.base_scale) || !(s.threshold >= 0.0) ||
-        !(s.threshold <= 1.0)) {
-      return bad("bias, base_scale or threshold is not a finite number in range");
+        !(s.threshold <= 1.0) || !(s.blend >= 0.0) || !(s.blend <= 1.0) || !(accum_blend >= 0.0) ||
+        !std::isfinite(accum_blend)) {
+      return bad(
+          "bias, base_scale, threshold, blend or accum_blend is not a finite number in range");
     }
     std::deque<Kept> kept;
     for (const auto& k : doc.at("kept")) {
       Kept row;
       row.base_logit = k.at("base_logit").get<double>();
       row.gain = k.at("gain").get<double>();
+      if (!(row.gain >= 0.0) || !(row.gain <= 1.0))
+        return bad("a kept label's gain is not in [0, 1]");
       const auto& b = k.at("index");
       const auto& v = k.at("value");
       if (b.size() != v.size()) return bad("a kept label's index and value differ in length");
@@ -373,7 +524,9 @@ Status OnlineLearner::parse(std::string_view text, std::string_view source) {
     accum_ = std::move(accum);
     accum_bias_ = doc.at("accum_bias").get<double>();
     accum_scale_ = doc.at("accum_scale").get<double>();
+    accum_blend_ = accum_blend;
     kept_ = std::move(kept);
+    rebuild_neighbours();
     estimates_ = std::move(estimates);
     labels_ = labels;
     publish();
