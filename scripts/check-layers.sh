@@ -9,19 +9,21 @@
 #                            compression; records and measurements; state
 #                            shared by replicas (Redis or local)
 #   3 route                  the routing decision
-#   4 exec hybrid            running a plan over the tiers (and the shadow
-#                            sampler); the hybrid pipeline's typed configuration,
-#                            parsed once for the server, the C API and sim
-#   5 serve sim              the hybrid pipeline and its HTTP gateway; the
-#                            offline simulator
-#   6 capi                   the C API (include/foreshore.h)
-#   7 cli                    the foreshore binary
+#   4 exec                   running a plan over the tiers (and the shadow
+#                            sampler)
+#   5 hybrid                 the hybrid pipeline: its typed configuration,
+#                            decide, admit, execute, record; shared limits,
+#                            virtual keys, online learning. No transport
+#   6 serve sim              the HTTP gateway over the pipeline; the offline
+#                            simulator
+#   7 capi                   the C API (include/foreshore.h)
+#   8 cli                    the foreshore binary
 #
 # Usage: scripts/check-layers.sh [SOURCE_DIR]
 set -euo pipefail
 root=${1:-$(dirname "$0")/..}
-declare -A rank=([common]=0 [engine]=1 [backend]=2 [compress]=2 [observe]=2 [state]=2 [route]=3 [exec]=4 [hybrid]=4
-  [serve]=5 [sim]=5 [capi]=6 [cli]=7)
+declare -A rank=([common]=0 [engine]=1 [backend]=2 [compress]=2 [observe]=2 [state]=2 [route]=3 [exec]=4 [hybrid]=5
+  [serve]=6 [sim]=6 [capi]=7 [cli]=8)
 status=0
 for dir in "$root"/src/*/; do
   folder=$(basename "$dir")

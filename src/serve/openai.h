@@ -13,6 +13,7 @@
 #include "common/json_text.h"
 #include "common/result.h"
 #include "common/utf8.h"
+#include "hybrid/request.h"
 
 namespace foreshore::serve {
 
@@ -28,24 +29,15 @@ struct ApiError {
 
 ApiError invalid_request(std::string message, std::string param = {}, std::string code = {});
 std::string error_json(const ApiError& error);
+// The pipeline's refusal as HTTP: its kind sets the status and OpenAI's type.
+ApiError api_error(const hybrid::Refusal& refusal);
 // Maps a tier's failure to what the client sees (status, type, Retry-After);
 // the message is the tier's own, which names the tier.
 ApiError from_backend_error(const Error& error);
 
-enum class ApiKind { kChat, kCompletion };
-
-struct ApiRequest {
-  ApiKind kind = ApiKind::kChat;
-  std::string model;  // as the client named it; empty when not given
-  bool stream = false;
-  bool include_usage = false;
-  backend::BackendRequest backend;  // messages or prompt, and parameters
-  std::string data_class;           // metadata.data_class, when given
-  std::string user;  // OpenAI's end-user id; pins a conversation like x-foreshore-session
-};
-
 // Parses and validates a request body; nullopt on success.
-std::optional<ApiError> parse_request(ApiKind kind, std::string_view body, ApiRequest& out);
+std::optional<ApiError> parse_request(hybrid::RequestKind kind, std::string_view body,
+                                      hybrid::Request& out);
 
 // Where a response ran: the x-foreshore-* headers and the body's "foreshore" object.
 struct Provenance {
@@ -65,14 +57,14 @@ struct Provenance {
 void append_provenance(std::string& out, const Provenance& where);
 
 // A whole non-streamed response body.
-void append_completion(std::string& out, const ApiRequest& request, std::string_view id,
+void append_completion(std::string& out, const hybrid::Request& request, std::string_view id,
                        int64_t created, const backend::Completion& completion,
                        const Provenance& where);
 
 // Formats one streamed response as SSE events ("data: ...\n\n").
 class SseWriter {
  public:
-  SseWriter(const ApiRequest& request, std::string id, int64_t created, std::string model);
+  SseWriter(const hybrid::Request& request, std::string id, int64_t created, std::string model);
   // Opens the stream (chat: the assistant role) with the provenance object.
   void begin(std::string& out, const Provenance& where) const;
   void delta(std::string& out, const backend::Delta& delta);
@@ -86,7 +78,7 @@ class SseWriter {
  private:
   void open_chunk(std::string& out, int32_t choice) const;
 
-  ApiKind kind_;
+  hybrid::RequestKind kind_;
   bool include_usage_;
   bool logprobs_;
   std::string id_;

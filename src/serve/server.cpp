@@ -26,7 +26,7 @@
 
 #include "common/json_limits.h"
 #include "engine/kernels.h"
-#include "serve/hybrid.h"
+#include "hybrid/pipeline.h"
 #include "serve/openai.h"
 
 namespace foreshore::serve {
@@ -70,12 +70,12 @@ struct Tier {
   backend::TierConfig config;
   std::shared_ptr<backend::Backend> backend;
   // Series looked up once so the request path only does atomic adds.
-  Counter* ok_chat = nullptr;
-  Counter* ok_completions = nullptr;
-  Counter* prompt_tokens = nullptr;
-  Counter* completion_tokens = nullptr;
-  Histogram* latency = nullptr;
-  Histogram* ttft = nullptr;
+  observe::Counter* ok_chat = nullptr;
+  observe::Counter* ok_completions = nullptr;
+  observe::Counter* prompt_tokens = nullptr;
+  observe::Counter* completion_tokens = nullptr;
+  observe::Histogram* latency = nullptr;
+  observe::Histogram* ttft = nullptr;
 };
 
 // One streamed generation: a producer thread runs the tier and appends SSE
@@ -99,7 +99,7 @@ struct StreamState {
   std::function<std::string(std::string_view)> placement_of;
   // The model and version a tier serves, for a stream that a fallback answers.
   std::function<std::pair<std::string, std::string>(std::string_view)> model_of;
-  ApiRequest api;  // to rebuild the writer for another tier's model
+  hybrid::Request api;  // to rebuild the writer for another tier's model
   std::optional<exec::ExecutionResult> outcome;
   backend::BackendRequest request;
   std::string tier, placement, model, model_version, decision_id, plan;
@@ -221,7 +221,7 @@ constexpr size_t kMinWorkerThreads = 8;
 class ElasticPool : public httplib::TaskQueue {
  public:
   ElasticPool(size_t max_threads, size_t min_threads, std::chrono::milliseconds idle_timeout,
-              Gauge* workers)
+              observe::Gauge* workers)
       : max_threads_(max_threads),
         min_threads_(std::min(min_threads, max_threads)),
         idle_timeout_(idle_timeout),
@@ -292,7 +292,7 @@ class ElasticPool : public httplib::TaskQueue {
   const size_t max_threads_;
   const size_t min_threads_;
   const std::chrono::milliseconds idle_timeout_;
-  Gauge* const workers_;
+  observe::Gauge* const workers_;
   std::mutex mu_;
   std::condition_variable cv_;
   std::deque<std::function<void()>> jobs_;
@@ -313,7 +313,7 @@ struct Deployment {
   std::string models_json;
   // Each listed model's object, by id, for GET /v1/models/{id}.
   std::unordered_map<std::string, std::string> model_json;
-  std::unique_ptr<HybridRouter> hybrid;
+  std::unique_ptr<hybrid::Pipeline> pipeline;
 
   Tier* find_tier(std::string_view name) {
     for (auto& t : tiers) {
@@ -345,7 +345,7 @@ class ActiveRequest {
 struct Gateway::Impl {
   const config::GatewayConfig config;  // as started; server.host/port/limits stay in force
   httplib::Server http;
-  MetricsRegistry metrics;
+  observe::MetricsRegistry metrics;
   mutable std::mutex live_mu;
   std::shared_ptr<Deployment> live;
   std::atomic<bool> ready{false};
@@ -359,10 +359,10 @@ struct Gateway::Impl {
   std::string id_prefix;
   std::atomic<uint64_t> next_id{1};
   int64_t started_at = std::time(nullptr);
-  Gauge* in_flight_gauge = nullptr;
+  observe::Gauge* in_flight_gauge = nullptr;
   int listen_socket = -1;  // set while httplib creates it
-  Counter* reloads_ok = nullptr;
-  Counter* reloads_failed = nullptr;
+  observe::Counter* reloads_ok = nullptr;
+  observe::Counter* reloads_failed = nullptr;
   // On every tier: cloud tiers check each body they send against the live
   // deployment's detectors (a reload's new rules apply at once).
   std::shared_ptr<backend::EgressGuard> egress = std::make_shared<backend::EgressGuard>();
@@ -377,8 +377,8 @@ struct Gateway::Impl {
     egress->set_policy([this](std::string_view tier, std::span<const std::string_view> strings,
                               const backend::EgressClearance* skipped) {
       auto dep = deployment();
-      if (!dep || !dep->hybrid) return std::string("no configuration is loaded yet");
-      return dep->hybrid->egress_verdict(tier, strings, skipped);
+      if (!dep || !dep->pipeline) return std::string("no configuration is loaded yet");
+      return dep->pipeline->egress_verdict(tier, strings, skipped);
     });
     std::random_device rd;
     char buf[16];
@@ -418,7 +418,7 @@ struct Gateway::Impl {
                                ? static_cast<size_t>(s.worker_threads)
                                : static_cast<size_t>(s.max_concurrent_requests) + 64;
     const std::chrono::milliseconds idle_timeout(s.worker_idle_timeout_ms);
-    Gauge* worker_gauge = &metrics.gauge(
+    observe::Gauge* worker_gauge = &metrics.gauge(
         "foreshore_http_worker_threads",
         "HTTP worker threads alive; each holds one connection while it is open.", {}, {});
     http.new_task_queue = [workers, idle_timeout, worker_gauge] {
@@ -463,7 +463,7 @@ struct Gateway::Impl {
         if (i > 0) names += ',', states += ',';
         append_json_string(names, t.config.name);
         const std::string why = t.backend->unavailable_reason();
-        const std::string_view breaker = dep->hybrid->breaker_state(t.config.name);
+        const std::string_view breaker = dep->pipeline->breaker_state(t.config.name);
         append_json_string(states, t.config.name);
         states += ":{\"placement\":";
         append_json_string(states, placement_name(t.config.placement));
@@ -483,7 +483,7 @@ struct Gateway::Impl {
         }
       }
       // A replica on its own state (Redis down) serves but enforces limits alone.
-      const state::SharedState& shared = dep->hybrid->shared_state();
+      const state::SharedState& shared = dep->pipeline->shared_state();
       all_ok = all_ok && shared.connected();
       std::string body = std::string("{\"status\":") + (all_ok ? "\"ready\"" : "\"degraded\"") +
                          ",\"tiers\":[" + names + "],\"tier_states\":{" + states + "}";
@@ -496,7 +496,7 @@ struct Gateway::Impl {
     });
     http.Get("/metrics", [this](const httplib::Request&, httplib::Response& res) {
       in_flight_gauge->set(in_flight.load(std::memory_order_relaxed));
-      if (auto dep = deployment()) dep->hybrid->collect_metrics();
+      if (auto dep = deployment()) dep->pipeline->collect_metrics();
       res.set_content(metrics.render(), "text/plain; version=0.0.4; charset=utf-8");
     });
     http.Post("/admin/keys", [this](const httplib::Request& req, httplib::Response& res) {
@@ -537,7 +537,7 @@ struct Gateway::Impl {
     });
     http.Post("/v1/chat/completions", [this](const httplib::Request& req, httplib::Response& res,
                                              const httplib::ContentReader& reader) {
-      handle_generate(ApiKind::kChat, req, res, reader);
+      handle_generate(hybrid::RequestKind::kChat, req, res, reader);
     });
     http.Post("/v1/route",
               [this](const httplib::Request& req, httplib::Response& res,
@@ -550,7 +550,7 @@ struct Gateway::Impl {
     });
     http.Post("/v1/completions", [this](const httplib::Request& req, httplib::Response& res,
                                         const httplib::ContentReader& reader) {
-      handle_generate(ApiKind::kCompletion, req, res, reader);
+      handle_generate(hybrid::RequestKind::kCompletion, req, res, reader);
     });
 
     // Whatever httplib answers by itself (unknown path, oversized or
@@ -677,10 +677,10 @@ struct Gateway::Impl {
     } else if (!dep) {
       e = not_ready();
     } else {
-      state::SharedState& state = dep->hybrid->shared_state();
+      state::SharedState& state = dep->pipeline->shared_state();
       if (req.method == "DELETE") {
         const std::string key_id = req.matches[1];
-        if (auto s = revoke_virtual_key(state, key_id); !s.ok()) {
+        if (auto s = hybrid::revoke_virtual_key(state, key_id); !s.ok()) {
           e = from_backend_error(s.error());
           e.status = s.error().kind == ErrorKind::kNotFound ? 404 : 503;
         } else {
@@ -688,7 +688,7 @@ struct Gateway::Impl {
           return;
         }
       } else {
-        auto spec = virtual_key_from_json(req.body);
+        auto spec = hybrid::virtual_key_from_json(req.body);
         const auto body = nlohmann::json::parse(req.body, nullptr, false);
         if (spec.ok() && body.is_object() && body.contains("expires_in_seconds") &&
             body["expires_in_seconds"].is_number_integer()) {
@@ -696,11 +696,11 @@ struct Gateway::Impl {
         }
         if (!spec.ok()) {
           e = invalid_request(spec.error().message, "", "invalid_virtual_key");
-        } else if (auto secret = create_virtual_key(state, *spec); !secret.ok()) {
+        } else if (auto secret = hybrid::create_virtual_key(state, *spec); !secret.ok()) {
           e = from_backend_error(secret.error());
           e.status = 503;
         } else {
-          auto out = nlohmann::json::parse(virtual_key_json(*spec));
+          auto out = nlohmann::json::parse(hybrid::virtual_key_json(*spec));
           out["key"] = *secret;
           res.status = 201;
           res.set_content(out.dump(), kJson);
@@ -713,7 +713,7 @@ struct Gateway::Impl {
 
   // The tier that serves a request, or the error that says why none does.
   static std::optional<ApiError> select_tier(const Deployment& dep, const httplib::Request& req,
-                                             const ApiRequest& api, size_t& out) {
+                                             const hybrid::Request& api, size_t& out) {
     const auto& tiers = dep.tiers;
     if (std::string_view forced = header_value(req, "x-foreshore-tier"); !forced.empty()) {
       for (size_t i = 0; i < tiers.size(); ++i) {
@@ -751,13 +751,14 @@ struct Gateway::Impl {
 
   // `server`: the configuration the request ran under (it says whether to log).
   // `outcome`: how a routed request ran, named in the log line (plan, degradation).
-  void record(const config::ServerConfig& server, const Tier* tier, ApiKind kind, int status,
-              Clock::time_point start, const backend::Completion* completion, std::string_view id,
-              const exec::ExecutionResult* outcome = nullptr, std::string_view plan = {}) {
+  void record(const config::ServerConfig& server, const Tier* tier, hybrid::RequestKind kind,
+              int status, Clock::time_point start, const backend::Completion* completion,
+              std::string_view id, const exec::ExecutionResult* outcome = nullptr,
+              std::string_view plan = {}) {
     const double ms = ms_since(start);
-    const char* endpoint = kind == ApiKind::kChat ? "chat" : "completions";
+    const char* endpoint = kind == hybrid::RequestKind::kChat ? "chat" : "completions";
     if (tier != nullptr && status == 200) {
-      (kind == ApiKind::kChat ? tier->ok_chat : tier->ok_completions)->add();
+      (kind == hybrid::RequestKind::kChat ? tier->ok_chat : tier->ok_completions)->add();
     } else {
       metrics
           .counter("foreshore_requests_total", kRequestsHelp, {"tier", "endpoint", "status"},
@@ -796,8 +797,8 @@ struct Gateway::Impl {
       "Generation requests by tier, endpoint and outcome status (the HTTP status; for "
       "streams that failed after starting, the error's status; 499: the client went away).";
 
-  void handle_generate(ApiKind kind, const httplib::Request& req, httplib::Response& res,
-                       const httplib::ContentReader& reader) {
+  void handle_generate(hybrid::RequestKind kind, const httplib::Request& req,
+                       httplib::Response& res, const httplib::ContentReader& reader) {
     const auto start = Clock::now();
     ActiveRequest active_request(active);
     std::string id = new_id();
@@ -821,8 +822,8 @@ struct Gateway::Impl {
     }
     // A virtual key (virtual_keys.h) is looked up in the shared state; any
     // other key must be one of server.api_keys.
-    std::optional<VirtualKey> virtual_key;
-    if (dep) virtual_key = find_virtual_key(dep->hybrid->shared_state(), bearer_key(req));
+    std::optional<hybrid::VirtualKey> virtual_key;
+    if (dep) virtual_key = hybrid::find_virtual_key(dep->pipeline->shared_state(), bearer_key(req));
     if (virtual_key && virtual_key->expires_at != 0 &&
         virtual_key->expires_at <= std::time(nullptr)) {
       ApiError e;
@@ -846,20 +847,20 @@ struct Gateway::Impl {
   // is never streamed over HTTP: the deltas go to it while the completion is
   // built, and the whole answer is still written to `res`. `virtual_key`: the
   // client's, when it authenticated with one (its limits apply).
-  void generate(ApiKind kind, const httplib::Request& req, const std::string& body,
+  void generate(hybrid::RequestKind kind, const httplib::Request& req, const std::string& body,
                 httplib::Response& res, Clock::time_point start, std::string id,
                 std::shared_ptr<Deployment> dep, ActiveRequest active_request,
                 const backend::DeltaSink& in_process,
-                std::optional<VirtualKey> virtual_key = std::nullopt) {
+                std::optional<hybrid::VirtualKey> virtual_key = std::nullopt) {
     const config::ServerConfig& server = dep ? dep->config.server : config.server;
     if (!dep) {
       send_error(res, not_ready());
       record(server, nullptr, kind, 503, start, nullptr, id);
       return;
     }
-    HybridRouter* hybrid = dep->hybrid.get();
+    hybrid::Pipeline* pipeline = dep->pipeline.get();
 
-    ApiRequest api;
+    hybrid::Request api;
     auto e = check_hint_headers(req);
     if (!e) e = parse_request(kind, body, api);
     if (e) {
@@ -867,12 +868,12 @@ struct Gateway::Impl {
       record(server, nullptr, kind, e->status, start, nullptr, id);
       return;
     }
-    RouteHints hints = route_hints(req, api);
+    hybrid::RouteHints hints = route_hints(req, api);
     hints.virtual_key = std::move(virtual_key);
     // A tier named by header or by model is a forced tier, still subject to
     // the router's rules (device-only data never reaches a cloud tier).
     if (!header_value(req, "x-foreshore-tier").empty() ||
-        !HybridRouter::is_routed_model(api.model)) {
+        !hybrid::Pipeline::is_routed_model(api.model)) {
       size_t index = 0;
       if (auto e = select_tier(*dep, req, api, index)) {
         send_error(res, *e);
@@ -891,13 +892,14 @@ struct Gateway::Impl {
       // Without a routing: section, server.default_tier is a fixed tier.
       hints.forced_tier = server.default_tier;
     }
-    ApiError route_error;
-    auto decided = hybrid->decide(api, hints, route_error);
+    hybrid::Refusal refusal;
+    auto decided = pipeline->decide(api, hints, refusal);
     if (!decided.ok() || decided->plan.kind == route::PlanKind::kReject) {
+      const ApiError route_error = api_error(refusal);
       send_error(res, route_error);
       record(server, nullptr, kind, route_error.status, start, nullptr, id);
       if (decided.ok()) {
-        hybrid->finish(
+        pipeline->finish(
             api, hints, *decided,
             Result<exec::ExecutionResult>(make_error(ErrorKind::kUnavailable, route_error.message)),
             ms_since(start), route_error.status);
@@ -927,10 +929,11 @@ struct Gateway::Impl {
       return;
     }
 
-    if (auto refused = hybrid->admit(api, decision, hints)) {
+    if (auto refused = pipeline->admit(api, decision, hints)) {
       in_flight.fetch_sub(1, std::memory_order_acq_rel);
-      send_error(res, *refused);
-      record(server, &tier, kind, refused->status, start, nullptr, id);
+      const ApiError e = api_error(*refused);
+      send_error(res, e);
+      record(server, &tier, kind, e.status, start, nullptr, id);
       return;
     }
 
@@ -947,7 +950,7 @@ struct Gateway::Impl {
       return;
     }
 
-    auto result = hybrid->execute(decision, api.backend, in_process);
+    auto result = pipeline->execute(decision, api.backend, in_process);
     in_flight.fetch_sub(1, std::memory_order_acq_rel);
     if (!result.ok()) {
       const backend::BackendInfo& info = tier.backend->info();
@@ -957,7 +960,7 @@ struct Gateway::Impl {
       const ApiError e = from_backend_error(result.error());
       send_error(res, e);
       record(server, &tier, kind, e.status, start, nullptr, id);
-      hybrid->finish(api, hints, decision, result, ms_since(start), e.status);
+      pipeline->finish(api, hints, decision, result, ms_since(start), e.status);
       return;
     }
     Tier& served = *dep->find_tier(result->tier);
@@ -992,11 +995,12 @@ struct Gateway::Impl {
     append_completion(res.body, api, id, std::time(nullptr), c, where);
     res.set_header("Content-Type", kJson);
     record(server, &served, kind, 200, start, &c, id, &*result, where.plan);
-    hybrid->finish(api, hints, decision, result, ms_since(start), 200);
+    pipeline->finish(api, hints, decision, result, ms_since(start), 200);
   }
 
   // An answer from the edge says which of the client's fields it ignored.
-  static void set_ignored_params(httplib::Response& res, const Tier& tier, const ApiRequest& api) {
+  static void set_ignored_params(httplib::Response& res, const Tier& tier,
+                                 const hybrid::Request& api) {
     const std::string& ignored = api.backend.remote_only.edge_ignored;
     if (!ignored.empty() && tier.config.placement == backend::Placement::kDevice) {
       res.set_header("x-foreshore-ignored-params", ignored);
@@ -1021,15 +1025,15 @@ struct Gateway::Impl {
     return std::nullopt;
   }
 
-  static RouteHints route_hints(const httplib::Request& req, const ApiRequest& api) {
-    RouteHints hints;
+  static hybrid::RouteHints route_hints(const httplib::Request& req, const hybrid::Request& api) {
+    hybrid::RouteHints hints;
     hints.data_class = header_value(req, "x-foreshore-data-class");
     if (hints.data_class.empty()) hints.data_class = api.data_class;
     hints.latency_budget_ms = header_value(req, "x-foreshore-latency-budget-ms");
     hints.cost_ceiling_usd = header_value(req, "x-foreshore-cost-ceiling-usd");
     hints.session = header_value(req, "x-foreshore-session");
     if (hints.session.empty()) hints.session = api.user;
-    hints.client = client_identity(header_value(req, "Authorization"));
+    hints.client = hybrid::client_identity(header_value(req, "Authorization"));
     return hints;
   }
 
@@ -1088,7 +1092,7 @@ struct Gateway::Impl {
   }
 
   // POST /v1/feedback {"decision_id": ..., "score": 0..1 | "thumbs": "up"|"down"}: a
-  // client's verdict on an answer, learned from on the device (serve/learning.h).
+  // client's verdict on an answer, learned from on the device (hybrid/learning.h).
   void handle_feedback(const httplib::Request& req, httplib::Response& res) {
     auto dep = deployment();
     if (!check_auth(dep ? dep->config.server : config.server, req, res)) return;
@@ -1096,7 +1100,7 @@ struct Gateway::Impl {
       send_error(res, not_ready());
       return;
     }
-    RouterLearning* learning = dep->hybrid->learning();
+    hybrid::RouterLearning* learning = dep->pipeline->learning();
     if (learning == nullptr) {
       ApiError e = invalid_request(
           "Router learning is off here, so feedback has nowhere to go; set "
@@ -1157,11 +1161,11 @@ struct Gateway::Impl {
       return;
     }
     nlohmann::ordered_json out = {{"learning", false}};
-    if (RouterLearning* learning = dep->hybrid->learning()) out = learning->status();
-    const auto learner = dep->hybrid->router().learner();
+    if (hybrid::RouterLearning* learning = dep->pipeline->learning()) out = learning->status();
+    const auto learner = dep->pipeline->router().learner();
     out["threshold_in_force"] = learner && learner->recalibrates()
                                     ? learner->threshold()
-                                    : dep->hybrid->router().threshold();
+                                    : dep->pipeline->router().threshold();
     res.set_content(out.dump(), kJson);
   }
 
@@ -1171,13 +1175,13 @@ struct Gateway::Impl {
   static std::optional<ApiError> explain_route(const Deployment& dep, const httplib::Request& req,
                                                std::string_view body, std::string& out) {
     if (auto e = check_hint_headers(req)) return e;
-    ApiRequest api;
-    if (auto e = parse_request(ApiKind::kChat, body, api)) return e;
-    RouteHints hints = route_hints(req, api);
+    hybrid::Request api;
+    if (auto e = parse_request(hybrid::RequestKind::kChat, body, api)) return e;
+    hybrid::RouteHints hints = route_hints(req, api);
     hints.forced_tier = header_value(req, "x-foreshore-tier");
-    ApiError route_error;
-    auto decided = dep.hybrid->decide(api, hints, route_error);
-    if (!decided.ok()) return route_error;
+    hybrid::Refusal refusal;
+    auto decided = dep.pipeline->decide(api, hints, refusal);
+    if (!decided.ok()) return api_error(refusal);
     nlohmann::json j;
     route::to_json(j, *decided);
     out = j.dump(2, ' ', false, nlohmann::json::error_handler_t::replace);
@@ -1190,12 +1194,12 @@ struct Gateway::Impl {
 
   // `dep` keeps the tiers alive for the stream; `until_done` counts it as
   // active until the stream has ended, however it ends.
-  void stream(std::shared_ptr<Deployment> dep, ActiveRequest until_done, ApiKind kind, Tier& tier,
-              ApiRequest api, RouteHints hints, route::Decision decision, std::string id,
-              Clock::time_point start, httplib::Response& res) {
+  void stream(std::shared_ptr<Deployment> dep, ActiveRequest until_done, hybrid::RequestKind kind,
+              Tier& tier, hybrid::Request api, hybrid::RouteHints hints, route::Decision decision,
+              std::string id, Clock::time_point start, httplib::Response& res) {
     const backend::BackendInfo& info = tier.backend->info();
     auto st = std::make_shared<StreamState>();
-    HybridRouter* router = dep->hybrid.get();
+    hybrid::Pipeline* router = dep->pipeline.get();
     st->run = [router, decision](const backend::BackendRequest& r, const backend::DeltaSink& sink,
                                  const exec::SourceSink& source) {
       return router->execute(decision, r, sink, source);
@@ -1285,7 +1289,7 @@ struct Gateway::Impl {
           s->outcome ? Result<exec::ExecutionResult>(*s->outcome)
                      : Result<exec::ExecutionResult>(s->error.value_or(
                            make_error(ErrorKind::kCancelled, "the client went away")));
-      dep->hybrid->finish(api, hints, decision, outcome, ms_since(start), status);
+      dep->pipeline->finish(api, hints, decision, outcome, ms_since(start), status);
     };
     res.set_chunked_content_provider(
         "text/event-stream",
@@ -1409,7 +1413,7 @@ struct Gateway::Impl {
     });
     if (pick != loaded.end()) dep->default_tier = static_cast<size_t>(pick - loaded.begin());
 
-    HybridSettings hs;
+    hybrid::PipelineSettings hs;
     if (auto routing = route::router_config_from_yaml(c.routing, c.source); routing.ok()) {
       hs.routing = std::move(routing).value();
     } else {
@@ -1440,13 +1444,13 @@ struct Gateway::Impl {
     hs.memory_pressure_interval_ms = c.server.memory_pressure_interval_ms;
     std::map<std::string, std::shared_ptr<backend::Backend>> backends;
     for (const auto& t : loaded) backends[t.config.name] = t.backend;
-    auto h = HybridRouter::create(hs, c.tiers, std::move(backends), metrics);
+    auto h = hybrid::Pipeline::create(hs, c.tiers, std::move(backends), metrics);
     if (!h.ok()) {
       Error e = h.error();
       e.message = c.source + ": " + e.message;
       return e;
     }
-    dep->hybrid = std::move(h).value();
+    dep->pipeline = std::move(h).value();
     dep->models_json = render_models(*dep, dep->model_json);
     return dep;
   }
@@ -1489,7 +1493,7 @@ struct Gateway::Impl {
     std::shared_ptr<Deployment> old;
     {
       std::lock_guard lock(live_mu);
-      if (app_memory_level) dep->hybrid->set_memory_pressure_level(app_memory_level);
+      if (app_memory_level) dep->pipeline->set_memory_pressure_level(app_memory_level);
       old = std::exchange(live, std::move(dep));
     }
     // `old` is released here or by the last request still using it.
@@ -1674,8 +1678,8 @@ Gateway::Reply Gateway::chat(const std::string& body,
   res.set_header("x-foreshore-decision-id", id);
   const backend::DeltaSink sink =
       on_delta ? on_delta : backend::DeltaSink([](const backend::Delta&) { return true; });
-  impl_->generate(ApiKind::kChat, req, body, res, start, std::move(id), impl_->deployment(),
-                  std::move(active_request), sink);
+  impl_->generate(hybrid::RequestKind::kChat, req, body, res, start, std::move(id),
+                  impl_->deployment(), std::move(active_request), sink);
   Reply reply;
   reply.status = res.status == -1 ? 200 : res.status;  // httplib's "not set": 200 when sent
   for (const auto& [name, value] : res.headers) reply.headers.emplace_back(name, value);
@@ -1691,7 +1695,7 @@ Status Gateway::set_memory_pressure_level(std::optional<int> level) {
   }
   std::lock_guard lock(impl_->live_mu);
   impl_->app_memory_level = level;
-  if (impl_->live) impl_->live->hybrid->set_memory_pressure_level(level);
+  if (impl_->live) impl_->live->pipeline->set_memory_pressure_level(level);
   return {};
 }
 
@@ -1705,7 +1709,7 @@ bool Gateway::ready() const {
 const config::GatewayConfig& Gateway::config() const {
   return impl_->config;
 }
-MetricsRegistry& Gateway::metrics() {
+observe::MetricsRegistry& Gateway::metrics() {
   return impl_->metrics;
 }
 

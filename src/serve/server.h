@@ -13,7 +13,7 @@
 #include "backend/backend.h"
 #include "common/result.h"
 #include "hybrid/config.h"
-#include "serve/metrics.h"
+#include "observe/metrics.h"
 
 namespace foreshore::serve {
 
@@ -94,7 +94,7 @@ class Gateway {
 
   bool ready() const;
   const config::GatewayConfig& config() const;
-  MetricsRegistry& metrics();
+  observe::MetricsRegistry& metrics();
 
  private:
   struct Impl;

@@ -16,8 +16,8 @@
 
 namespace {
 
-using foreshore::serve::ApiKind;
-using foreshore::serve::ApiRequest;
+using foreshore::hybrid::Request;
+using foreshore::hybrid::RequestKind;
 
 void check(bool ok) {
   if (!ok) std::abort();
@@ -32,8 +32,8 @@ void check_json_text(const std::string& text) {
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   const std::string_view body(reinterpret_cast<const char*>(data), size);
-  for (ApiKind kind : {ApiKind::kChat, ApiKind::kCompletion}) {
-    ApiRequest request;
+  for (RequestKind kind : {RequestKind::kChat, RequestKind::kCompletion}) {
+    Request request;
     if (auto error = foreshore::serve::parse_request(kind, body, request)) {
       check(!error->message.empty());
       check(error->status >= 400 && error->status < 500);
