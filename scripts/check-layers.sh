@@ -14,16 +14,18 @@
 #   5 hybrid                 the hybrid pipeline: its typed configuration,
 #                            decide, admit, execute, record; shared limits,
 #                            virtual keys, online learning. No transport
-#   6 serve sim              the HTTP gateway over the pipeline; the offline
-#                            simulator
-#   7 capi                   the C API (include/foreshore.h)
-#   8 cli                    the foreshore binary
+#   6 openai sim             the OpenAI wire format (requests, replies,
+#                            errors) the gateway and the C API speak; the
+#                            offline simulator
+#   7 serve                  the HTTP gateway over the pipeline
+#   8 capi                   the C API (include/foreshore.h)
+#   9 cli                    the foreshore binary
 #
 # Usage: scripts/check-layers.sh [SOURCE_DIR]
 set -euo pipefail
 root=${1:-$(dirname "$0")/..}
 declare -A rank=([common]=0 [engine]=1 [backend]=2 [compress]=2 [observe]=2 [state]=2 [route]=3 [exec]=4 [hybrid]=5
-  [serve]=6 [sim]=6 [capi]=7 [cli]=8)
+  [openai]=6 [sim]=6 [serve]=7 [capi]=8 [cli]=9)
 status=0
 for dir in "$root"/src/*/; do
   folder=$(basename "$dir")

@@ -12,6 +12,34 @@ Refusal invalid_request(std::string message, std::string param, std::string code
   return r;
 }
 
+int recorded_status(const Refusal& refusal) {
+  switch (refusal.kind) {
+    case RefusalKind::kInvalidRequest:
+      // A cloud tier's 413 or 422 is passed on as it was said.
+      return refusal.upstream_status == 413 || refusal.upstream_status == 422
+                 ? refusal.upstream_status
+                 : 400;
+    case RefusalKind::kNotFound:
+      return 404;
+    case RefusalKind::kForbidden:
+      return 403;
+    case RefusalKind::kRateLimited:
+    case RefusalKind::kOverBudget:
+      return 429;
+    case RefusalKind::kUnavailable:
+      return 503;
+    case RefusalKind::kTimeout:
+      return 504;
+    case RefusalKind::kUpstream:
+      return 502;
+    case RefusalKind::kCancelled:
+      return 499;
+    case RefusalKind::kInternal:
+      return 500;
+  }
+  return 500;
+}
+
 Refusal refusal_from_error(const Error& error) {
   Refusal r;
   r.message = error.message;

@@ -49,6 +49,11 @@ struct Refusal {
 };
 
 Refusal invalid_request(std::string message, std::string param = {}, std::string code = {});
+// The status an outcome is recorded with in the audit row and the decision
+// log, in HTTP's numbers because that is what those records have always held
+// (and what the OpenAI front ends answer with): 200 for an answer; 499 when
+// the caller went away.
+int recorded_status(const Refusal& refusal);
 // What a tier's failure means for the caller; the message is the tier's own,
 // which names the tier.
 Refusal refusal_from_error(const Error& error);

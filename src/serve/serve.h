@@ -3,5 +3,5 @@
 
 #include "hybrid/config.h"
 #include "observe/metrics.h"
-#include "serve/openai.h"
+#include "openai/openai.h"
 #include "serve/server.h"

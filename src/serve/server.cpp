@@ -27,10 +27,20 @@
 #include "common/json_limits.h"
 #include "engine/kernels.h"
 #include "hybrid/pipeline.h"
-#include "serve/openai.h"
+#include "openai/openai.h"
 
 namespace foreshore::serve {
 namespace {
+
+using openai::api_error;
+using openai::ApiError;
+using openai::append_completion;
+using openai::error_json;
+using openai::from_backend_error;
+using openai::invalid_request;
+using openai::parse_request;
+using openai::Provenance;
+using openai::SseWriter;
 
 using Clock = std::chrono::steady_clock;
 
@@ -776,19 +786,12 @@ struct Gateway::Impl {
       }
     }
     if (server.log_requests) {
-      std::string extra;
-      if (!plan.empty()) extra += " plan=" + std::string(plan);
-      if (outcome != nullptr && outcome->degraded) {
-        extra += " degraded=\"" + outcome->degraded_reason + "\"";
-      }
-      char line[512];
-      std::snprintf(line, sizeof line, "req %.*s %s tier=%s status=%d %.1fms%s",
-                    static_cast<int>(id.size()), id.data(), endpoint,
-                    tier ? tier->config.name.c_str() : "-", status, ms, extra.c_str());
+      const std::string line = hybrid::request_log_line(
+          id, kind, tier ? std::string_view(tier->config.name) : "-", status, ms, plan, outcome);
       if (log_sink) {
         log_sink(line);
       } else {
-        std::fprintf(stderr, "%s\n", line);
+        std::fprintf(stderr, "%s\n", line.c_str());
       }
     }
   }

@@ -1,14 +1,15 @@
-#include "serve/openai.h"
+#include "openai/openai.h"
 
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <ctime>
 #include <nlohmann/json.hpp>
 
 #include "common/json_limits.h"
 #include "common/utf8.h"
 
-namespace foreshore::serve {
+namespace foreshore::openai {
 namespace {
 
 using json = nlohmann::json;
@@ -554,51 +555,38 @@ std::string error_json(const ApiError& error) {
 ApiError api_error(const hybrid::Refusal& refusal) {
   using hybrid::RefusalKind;
   ApiError e;
+  e.status = hybrid::recorded_status(refusal);
   e.message = refusal.message;
   e.param = refusal.param;
   e.code = refusal.code;
   e.retry_after_seconds = refusal.retry_after_seconds;
   switch (refusal.kind) {
     case RefusalKind::kInvalidRequest:
-      // A cloud tier's 413 or 422 reaches the client as it was said.
-      e.status = refusal.upstream_status == 413 || refusal.upstream_status == 422
-                     ? refusal.upstream_status
-                     : 400;
-      break;
     case RefusalKind::kNotFound:
-      e.status = 404;
+      e.type = "invalid_request_error";
       break;
     case RefusalKind::kForbidden:
-      e.status = 403;
       e.type = "permission_error";
       break;
     case RefusalKind::kRateLimited:
-      e.status = 429;
       e.type = "rate_limit_error";
       break;
     case RefusalKind::kOverBudget:
-      e.status = 429;
       e.type = "insufficient_quota";
       break;
     case RefusalKind::kUnavailable:
-      e.status = 503;
       e.type = "service_unavailable";
       break;
     case RefusalKind::kTimeout:
-      e.status = 504;
       e.type = "timeout_error";
       break;
     case RefusalKind::kUpstream:
-      e.status = 502;
       e.type = "upstream_error";
       break;
     case RefusalKind::kCancelled:
-      // Not an HTTP status: nginx's "client closed request", for logs and metrics.
-      e.status = 499;
       e.type = "cancelled";
       break;
     case RefusalKind::kInternal:
-      e.status = 500;
       e.type = "server_error";
       break;
   }
@@ -827,6 +815,38 @@ void append_completion(std::string& out, const hybrid::Request& request, std::st
   out += '}';
 }
 
+Reply reply_to(const hybrid::Request& request, const hybrid::Answer& answer,
+               std::string_view decision_id) {
+  Reply reply;
+  if (answer.refusal || !answer.result) {
+    hybrid::Refusal neither;
+    neither.kind = hybrid::RefusalKind::kInternal;
+    neither.message = "the pipeline gave neither an answer nor a refusal; report this as a bug";
+    const ApiError e = api_error(answer.refusal ? *answer.refusal : neither);
+    reply.status = e.status;
+    reply.body = error_json(e);
+    return reply;
+  }
+  const exec::ExecutionResult& result = *answer.result;
+  const backend::Completion& c = result.completion;
+  const backend::BackendInfo& info = answer.tier->backend->info();
+  const std::string& version = c.model_version.empty() ? info.model_version : c.model_version;
+  Provenance where;
+  where.tier = answer.tier->config.name;
+  where.placement =
+      answer.tier->config.placement == backend::Placement::kCloud ? "cloud" : "device";
+  where.model = c.model.empty() ? info.model : c.model;
+  where.model_version = version.empty() ? std::string_view("unknown") : std::string_view(version);
+  where.decision_id = decision_id;
+  if (answer.decision) where.plan = route::to_string(answer.decision->plan.kind);
+  where.degraded = result.degraded;
+  where.degraded_reason = result.degraded_reason;
+  where.escalated = result.escalated;
+  where.confidence = result.confidence;
+  append_completion(reply.body, request, decision_id, std::time(nullptr), c, where);
+  return reply;
+}
+
 SseWriter::SseWriter(const hybrid::Request& request, std::string id, int64_t created,
                      std::string model)
     : kind_(request.kind),
@@ -935,4 +955,4 @@ void SseWriter::error(std::string& out, const ApiError& error) {
   out += "\n\n";
 }
 
-}  // namespace foreshore::serve
+}  // namespace foreshore::openai

@@ -1,6 +1,8 @@
-// The OpenAI wire format as the gateway speaks it: request parsing with
-// field-naming 400s, the error shape, and writers for completions and SSE
-// chunks. Writers append to caller-owned buffers so the hot path can reuse them.
+// The OpenAI wire format, as the HTTP gateway (src/serve) and the C API
+// (src/capi) both speak it: request parsing into the pipeline's Request with
+// field-naming 400s, the error shape with the HTTP status OpenAI clients
+// expect, and writers for completions and SSE chunks. Writers append to
+// caller-owned buffers so the hot path can reuse them.
 #pragma once
 
 #include <cstdint>
@@ -13,9 +15,10 @@
 #include "common/json_text.h"
 #include "common/result.h"
 #include "common/utf8.h"
+#include "hybrid/deployment.h"
 #include "hybrid/request.h"
 
-namespace foreshore::serve {
+namespace foreshore::openai {
 
 // An error as OpenAI clients expect it: {"error":{"message","type","param","code"}}.
 struct ApiError {
@@ -61,6 +64,15 @@ void append_completion(std::string& out, const hybrid::Request& request, std::st
                        int64_t created, const backend::Completion& completion,
                        const Provenance& where);
 
+// A whole non-streamed answer as it goes to the client: the completion with
+// its provenance, or the error object, and the HTTP status that goes with it.
+struct Reply {
+  int status = 200;
+  std::string body;
+};
+Reply reply_to(const hybrid::Request& request, const hybrid::Answer& answer,
+               std::string_view decision_id);
+
 // Formats one streamed response as SSE events ("data: ...\n\n").
 class SseWriter {
  public:
@@ -88,4 +100,4 @@ class SseWriter {
   std::vector<bool> roles_sent_;
 };
 
-}  // namespace foreshore::serve
+}  // namespace foreshore::openai
