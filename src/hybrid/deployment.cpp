@@ -186,8 +186,8 @@ std::optional<Refusal> Deployment::place(const Request& request, std::string_vie
   return std::nullopt;
 }
 
-Answer Deployment::run(Request request, RouteHints hints, std::string_view tier_hint,
-                       const std::string& id, const backend::DeltaSink& on_delta) const {
+Answer Deployment::admit(const Request& request, RouteHints& hints, std::string_view tier_hint,
+                         const std::string& id) const {
   const auto start = std::chrono::steady_clock::now();
   Answer answer;
   if (auto refused = place(request, tier_hint, hints)) {
@@ -212,25 +212,36 @@ Answer Deployment::run(Request request, RouteHints hints, std::string_view tier_
   }
   answer.tier = &tier(decision.plan.kind == route::PlanKind::kCloud ? decision.plan.cloud_tier
                                                                     : decision.plan.edge_tier);
-  if (auto refused = pipeline_->admit(request, decision, hints)) {
-    answer.refusal = std::move(refused);
-    return answer;
-  }
+  answer.refusal = pipeline_->admit(request, decision, hints);
+  return answer;
+}
+
+void Deployment::execute(Request request, const RouteHints& hints, Answer& admitted,
+                         std::chrono::steady_clock::time_point start,
+                         const backend::DeltaSink& on_delta) const {
+  const route::Decision& decision = *admitted.decision;
   request.stream = false;
-  request.backend.request_id = id;
+  request.backend.request_id = decision.id;
   request.backend.deadline = start + std::chrono::milliseconds(config_.server.request_timeout_ms);
   request.backend.cancelled = std::make_shared<std::atomic<bool>>(false);
   auto result = pipeline_->execute(decision, request.backend, on_delta);
-  answer.ran = true;
+  admitted.ran = true;
   if (!result.ok()) {
-    answer.refusal = refusal_from_error(result.error());
+    admitted.refusal = refusal_from_error(result.error());
     pipeline_->finish(request, hints, decision, result, ms_since(start),
-                      recorded_status(*answer.refusal));
-    return answer;
+                      recorded_status(*admitted.refusal));
+    return;
   }
-  answer.tier = &tier(result->tier);
+  admitted.tier = &tier(result->tier);
   pipeline_->finish(request, hints, decision, result, ms_since(start), 200);
-  answer.result = std::move(result).value();
+  admitted.result = std::move(result).value();
+}
+
+Answer Deployment::run(Request request, RouteHints hints, std::string_view tier_hint,
+                       const std::string& id, const backend::DeltaSink& on_delta) const {
+  const auto start = std::chrono::steady_clock::now();
+  Answer answer = admit(request, hints, tier_hint, id);
+  if (!answer.refusal) execute(std::move(request), hints, answer, start, on_delta);
   return answer;
 }
 

@@ -78,10 +78,21 @@ class Deployment {
   std::optional<Refusal> place(const Request& request, std::string_view tier_hint,
                                RouteHints& hints) const;
 
-  // Runs one request whole, in process and without streaming: place, decide,
-  // admit, execute (each piece of text goes to `on_delta`; returning false
-  // cancels) and record, under the decision id `id` and the configured
-  // request timeout.
+  // Places, decides and admits a request (shared limits and budgets): the
+  // Answer holds the decision (under the id `id`) and the plan's first tier,
+  // or the refusal. A decision that rejects the request is recorded here;
+  // an admitted one is recorded by execute() or, for a stream the caller
+  // runs itself, by the caller's pipeline().finish().
+  Answer admit(const Request& request, RouteHints& hints, std::string_view tier_hint,
+               const std::string& id) const;
+  // Runs an admitted request's plan without streaming (each piece of text
+  // goes to `on_delta`; returning false cancels) under the configured request
+  // timeout from `start`, and records the outcome into `admitted`: the result
+  // and the tier that served, or the refusal the tiers' failure means.
+  void execute(Request request, const RouteHints& hints, Answer& admitted,
+               std::chrono::steady_clock::time_point start,
+               const backend::DeltaSink& on_delta) const;
+  // admit() then execute(): one request's whole run, in process.
   Answer run(Request request, RouteHints hints, std::string_view tier_hint, const std::string& id,
              const backend::DeltaSink& on_delta) const;
 

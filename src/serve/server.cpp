@@ -26,7 +26,7 @@
 
 #include "common/json_limits.h"
 #include "engine/kernels.h"
-#include "hybrid/pipeline.h"
+#include "hybrid/deployment.h"
 #include "openai/openai.h"
 
 namespace foreshore::serve {
@@ -312,24 +312,24 @@ class ElasticPool : public httplib::TaskQueue {
   bool stopping_ = false;
 };
 
-// Everything one configuration defines: its tiers, names and router. A reload
+// Everything one configuration defines: the pipeline's deployment (tiers,
+// names, router) and what the gateway keeps beside it per tier. A reload
 // builds a new one and swaps it in whole; requests keep the one they started
 // with until they end, so none sees half of each.
 struct Deployment {
-  config::GatewayConfig config;
-  std::vector<Tier> tiers;
-  std::unordered_map<std::string, size_t> by_model;  // tier names, aliases, model ids
-  size_t default_tier = 0;
+  std::unique_ptr<hybrid::Deployment> core;
+  std::vector<Tier> tiers;  // in core's order
   std::string models_json;
   // Each listed model's object, by id, for GET /v1/models/{id}.
   std::unordered_map<std::string, std::string> model_json;
-  std::unique_ptr<hybrid::Pipeline> pipeline;
 
+  const config::GatewayConfig& config() const { return core->config(); }
+  hybrid::Pipeline& pipeline() const { return core->pipeline(); }
   Tier* find_tier(std::string_view name) {
     for (auto& t : tiers) {
       if (t.config.name == name) return &t;
     }
-    return &tiers[default_tier];
+    return &tiers[core->default_tier()];
   }
 };
 
@@ -376,9 +376,6 @@ struct Gateway::Impl {
   // On every tier: cloud tiers check each body they send against the live
   // deployment's detectors (a reload's new rules apply at once).
   std::shared_ptr<backend::EgressGuard> egress = std::make_shared<backend::EgressGuard>();
-  std::function<void(std::string_view)> log_sink;  // empty: stderr
-  // The embedding app's memory-pressure level, kept over reloads (live_mu).
-  std::optional<int> app_memory_level;
   // Running streams, for end_streams() at shutdown.
   std::mutex streams_mu;
   std::vector<std::weak_ptr<StreamState>> streams;
@@ -387,8 +384,8 @@ struct Gateway::Impl {
     egress->set_policy([this](std::string_view tier, std::span<const std::string_view> strings,
                               const backend::EgressClearance* skipped) {
       auto dep = deployment();
-      if (!dep || !dep->pipeline) return std::string("no configuration is loaded yet");
-      return dep->pipeline->egress_verdict(tier, strings, skipped);
+      if (!dep) return std::string("no configuration is loaded yet");
+      return dep->pipeline().egress_verdict(tier, strings, skipped);
     });
     std::random_device rd;
     char buf[16];
@@ -473,7 +470,7 @@ struct Gateway::Impl {
         if (i > 0) names += ',', states += ',';
         append_json_string(names, t.config.name);
         const std::string why = t.backend->unavailable_reason();
-        const std::string_view breaker = dep->pipeline->breaker_state(t.config.name);
+        const std::string_view breaker = dep->pipeline().breaker_state(t.config.name);
         append_json_string(states, t.config.name);
         states += ":{\"placement\":";
         append_json_string(states, placement_name(t.config.placement));
@@ -493,7 +490,7 @@ struct Gateway::Impl {
         }
       }
       // A replica on its own state (Redis down) serves but enforces limits alone.
-      const state::SharedState& shared = dep->pipeline->shared_state();
+      const state::SharedState& shared = dep->pipeline().shared_state();
       all_ok = all_ok && shared.connected();
       std::string body = std::string("{\"status\":") + (all_ok ? "\"ready\"" : "\"degraded\"") +
                          ",\"tiers\":[" + names + "],\"tier_states\":{" + states + "}";
@@ -506,7 +503,7 @@ struct Gateway::Impl {
     });
     http.Get("/metrics", [this](const httplib::Request&, httplib::Response& res) {
       in_flight_gauge->set(in_flight.load(std::memory_order_relaxed));
-      if (auto dep = deployment()) dep->pipeline->collect_metrics();
+      if (auto dep = deployment()) dep->pipeline().collect_metrics();
       res.set_content(metrics.render(), "text/plain; version=0.0.4; charset=utf-8");
     });
     http.Post("/admin/keys", [this](const httplib::Request& req, httplib::Response& res) {
@@ -518,7 +515,7 @@ struct Gateway::Impl {
                 });
     http.Get("/v1/models", [this](const httplib::Request& req, httplib::Response& res) {
       auto dep = deployment();
-      if (!check_auth(dep ? dep->config.server : config.server, req, res)) return;
+      if (!check_auth(dep ? dep->config().server : config.server, req, res)) return;
       if (!dep) {
         send_error(res, not_ready());
         return;
@@ -528,7 +525,7 @@ struct Gateway::Impl {
     // Model ids may hold slashes ("foreshore/cascade", "org/name").
     http.Get(R"(/v1/models/(.+))", [this](const httplib::Request& req, httplib::Response& res) {
       auto dep = deployment();
-      if (!check_auth(dep ? dep->config.server : config.server, req, res)) return;
+      if (!check_auth(dep ? dep->config().server : config.server, req, res)) return;
       if (!dep) {
         send_error(res, not_ready());
         return;
@@ -633,6 +630,18 @@ struct Gateway::Impl {
     return e;
   }
 
+  static ApiError overloaded(const config::ServerConfig& server) {
+    ApiError e;
+    e.status = 429;
+    e.type = "rate_limit_error";
+    e.code = "overloaded";
+    e.message = "The gateway is serving its maximum of " +
+                std::to_string(server.max_concurrent_requests) +
+                " concurrent requests; retry shortly";
+    e.retry_after_seconds = 1;
+    return e;
+  }
+
   static void send_error(httplib::Response& res, const ApiError& e) {
     res.status = e.status;
     if (e.retry_after_seconds > 0) {
@@ -674,7 +683,7 @@ struct Gateway::Impl {
   // POST /admin/keys and DELETE /admin/keys/ID, for server.admin_key_env's key.
   void handle_admin_keys(const httplib::Request& req, httplib::Response& res) {
     auto dep = deployment();
-    const config::ServerConfig& server = dep ? dep->config.server : config.server;
+    const config::ServerConfig& server = dep ? dep->config().server : config.server;
     ApiError e;
     e.status = 401;
     e.code = "invalid_admin_key";
@@ -687,7 +696,7 @@ struct Gateway::Impl {
     } else if (!dep) {
       e = not_ready();
     } else {
-      state::SharedState& state = dep->pipeline->shared_state();
+      state::SharedState& state = dep->pipeline().shared_state();
       if (req.method == "DELETE") {
         const std::string key_id = req.matches[1];
         if (auto s = hybrid::revoke_virtual_key(state, key_id); !s.ok()) {
@@ -721,44 +730,6 @@ struct Gateway::Impl {
     send_error(res, e);
   }
 
-  // The tier that serves a request, or the error that says why none does.
-  static std::optional<ApiError> select_tier(const Deployment& dep, const httplib::Request& req,
-                                             const hybrid::Request& api, size_t& out) {
-    const auto& tiers = dep.tiers;
-    if (std::string_view forced = header_value(req, "x-foreshore-tier"); !forced.empty()) {
-      for (size_t i = 0; i < tiers.size(); ++i) {
-        if (tiers[i].config.name == forced) {
-          out = i;
-          return std::nullopt;
-        }
-      }
-      std::string names;
-      for (const auto& t : tiers) names += (names.empty() ? "" : ", ") + t.config.name;
-      return invalid_request("x-foreshore-tier: '" + std::string(forced) +
-                                 "' is not a tier of this gateway (tiers: " + names + ")",
-                             "x-foreshore-tier", "unknown_tier");
-    }
-    if (api.model.empty()) {
-      out = dep.default_tier;
-      return std::nullopt;
-    }
-    auto it = dep.by_model.find(api.model);
-    if (it == dep.by_model.end() && api.model == kRoutedModel) {
-      out = dep.default_tier;
-      return std::nullopt;
-    }
-    if (it == dep.by_model.end()) {
-      ApiError e = invalid_request("The model '" + api.model +
-                                       "' does not exist on this gateway; GET /v1/models "
-                                       "lists the names it serves",
-                                   "model", "model_not_found");
-      e.status = 404;
-      return e;
-    }
-    out = it->second;
-    return std::nullopt;
-  }
-
   // `server`: the configuration the request ran under (it says whether to log).
   // `outcome`: how a routed request ran, named in the log line (plan, degradation).
   void record(const config::ServerConfig& server, const Tier* tier, hybrid::RequestKind kind,
@@ -788,11 +759,7 @@ struct Gateway::Impl {
     if (server.log_requests) {
       const std::string line = hybrid::request_log_line(
           id, kind, tier ? std::string_view(tier->config.name) : "-", status, ms, plan, outcome);
-      if (log_sink) {
-        log_sink(line);
-      } else {
-        std::fprintf(stderr, "%s\n", line.c_str());
-      }
+      std::fprintf(stderr, "%s\n", line.c_str());
     }
   }
 
@@ -808,7 +775,7 @@ struct Gateway::Impl {
     res.set_header("x-foreshore-decision-id", id);
     // The configuration this request runs under, even if a reload happens meanwhile.
     std::shared_ptr<Deployment> dep = deployment();
-    const config::ServerConfig& server = dep ? dep->config.server : config.server;
+    const config::ServerConfig& server = dep ? dep->config().server : config.server;
     if (draining.load()) {
       res.set_header("Connection", "close");
       send_error(res, shutting_down());
@@ -826,7 +793,8 @@ struct Gateway::Impl {
     // A virtual key (virtual_keys.h) is looked up in the shared state; any
     // other key must be one of server.api_keys.
     std::optional<hybrid::VirtualKey> virtual_key;
-    if (dep) virtual_key = hybrid::find_virtual_key(dep->pipeline->shared_state(), bearer_key(req));
+    if (dep)
+      virtual_key = hybrid::find_virtual_key(dep->pipeline().shared_state(), bearer_key(req));
     if (virtual_key && virtual_key->expires_at != 0 &&
         virtual_key->expires_at <= std::time(nullptr)) {
       ApiError e;
@@ -842,163 +810,83 @@ struct Gateway::Impl {
       return;
     }
     generate(kind, req, body, res, start, std::move(id), std::move(dep), std::move(active_request),
-             {}, std::move(virtual_key));
+             std::move(virtual_key));
+  }
+
+  // The error reply to a request, sent and counted: `tier` is the one it was
+  // meant for, when routing got that far.
+  void refuse(httplib::Response& res, const config::ServerConfig& server, const Tier* tier,
+              hybrid::RequestKind kind, Clock::time_point start, std::string_view id,
+              const ApiError& e) {
+    send_error(res, e);
+    record(server, tier, kind, e.status, start, nullptr, id);
   }
 
   // Everything after the body is read and the client admitted: parse, route,
-  // run, answer into `res`. With `in_process` set (Gateway::chat) the answer
-  // is never streamed over HTTP: the deltas go to it while the completion is
-  // built, and the whole answer is still written to `res`. `virtual_key`: the
-  // client's, when it authenticated with one (its limits apply).
+  // run, answer into `res`. `virtual_key`: the client's, when it
+  // authenticated with one (its limits apply).
   void generate(hybrid::RequestKind kind, const httplib::Request& req, const std::string& body,
                 httplib::Response& res, Clock::time_point start, std::string id,
                 std::shared_ptr<Deployment> dep, ActiveRequest active_request,
-                const backend::DeltaSink& in_process,
-                std::optional<hybrid::VirtualKey> virtual_key = std::nullopt) {
-    const config::ServerConfig& server = dep ? dep->config.server : config.server;
-    if (!dep) {
-      send_error(res, not_ready());
-      record(server, nullptr, kind, 503, start, nullptr, id);
-      return;
-    }
-    hybrid::Pipeline* pipeline = dep->pipeline.get();
-
+                std::optional<hybrid::VirtualKey> virtual_key) {
+    const config::ServerConfig& server = dep ? dep->config().server : config.server;
+    if (!dep) return refuse(res, server, nullptr, kind, start, id, not_ready());
     hybrid::Request api;
     auto e = check_hint_headers(req);
     if (!e) e = parse_request(kind, body, api);
-    if (e) {
-      send_error(res, *e);
-      record(server, nullptr, kind, e->status, start, nullptr, id);
-      return;
-    }
+    if (e) return refuse(res, server, nullptr, kind, start, id, *e);
     hybrid::RouteHints hints = route_hints(req, api);
     hints.virtual_key = std::move(virtual_key);
-    // A tier named by header or by model is a forced tier, still subject to
-    // the router's rules (device-only data never reaches a cloud tier).
-    if (!header_value(req, "x-foreshore-tier").empty() ||
-        !hybrid::Pipeline::is_routed_model(api.model)) {
-      size_t index = 0;
-      if (auto e = select_tier(*dep, req, api, index)) {
-        send_error(res, *e);
-        record(server, nullptr, kind, e->status, start, nullptr, id);
-        return;
-      }
-      hints.forced_tier = dep->tiers[index].config.name;
-      hints.forced_is_preference =
-          header_value(req, "x-foreshore-tier").empty() && api.model != hints.forced_tier;
-      if (header_value(req, "x-foreshore-tier").empty()) {
-        for (const auto& alias : dep->config.models) {
-          if (alias.name == api.model) hints.fallback_tiers = alias.fallback;
-        }
-      }
-    } else if (!dep->config.routing && !server.default_tier.empty()) {
-      // Without a routing: section, server.default_tier is a fixed tier.
-      hints.forced_tier = server.default_tier;
-    }
-    hybrid::Refusal refusal;
-    auto decided = pipeline->decide(api, hints, refusal);
-    if (!decided.ok() || decided->plan.kind == route::PlanKind::kReject) {
-      const ApiError route_error = api_error(refusal);
-      send_error(res, route_error);
-      record(server, nullptr, kind, route_error.status, start, nullptr, id);
-      if (decided.ok()) {
-        pipeline->finish(
-            api, hints, *decided,
-            Result<exec::ExecutionResult>(make_error(ErrorKind::kUnavailable, route_error.message)),
-            ms_since(start), route_error.status);
-      }
-      return;
-    }
-    route::Decision decision = std::move(decided).value();
-    decision.id = id;
-    const std::string& primary = decision.plan.kind == route::PlanKind::kCloud
-                                     ? decision.plan.cloud_tier
-                                     : decision.plan.edge_tier;
-    Tier& tier = *dep->find_tier(primary);
 
     // Admission after parsing, so malformed requests never take a slot.
     if (in_flight.fetch_add(1, std::memory_order_acq_rel) >= server.max_concurrent_requests) {
       in_flight.fetch_sub(1, std::memory_order_acq_rel);
-      ApiError e;
-      e.status = 429;
-      e.type = "rate_limit_error";
-      e.code = "overloaded";
-      e.message = "The gateway is serving its maximum of " +
-                  std::to_string(server.max_concurrent_requests) +
-                  " concurrent requests; retry shortly";
-      e.retry_after_seconds = 1;
-      send_error(res, e);
-      record(server, &tier, kind, 429, start, nullptr, id);
-      return;
+      return refuse(res, server, nullptr, kind, start, id, overloaded(server));
     }
-
-    if (auto refused = pipeline->admit(api, decision, hints)) {
+    hybrid::Answer answer = dep->core->admit(api, hints, header_value(req, "x-foreshore-tier"), id);
+    Tier* tier = answer.tier ? dep->find_tier(answer.tier->config.name) : nullptr;
+    if (answer.refusal) {
       in_flight.fetch_sub(1, std::memory_order_acq_rel);
-      const ApiError e = api_error(*refused);
-      send_error(res, e);
-      record(server, &tier, kind, e.status, start, nullptr, id);
-      return;
+      return refuse(res, server, tier, kind, start, id, api_error(*answer.refusal));
     }
-
-    api.backend.request_id = id;
-    api.backend.deadline = start + std::chrono::milliseconds(server.request_timeout_ms);
-    api.backend.cancelled = std::make_shared<std::atomic<bool>>(false);
+    const route::Decision& decision = *answer.decision;
     res.set_header("x-foreshore-plan", std::string(route::to_string(decision.plan.kind)));
     res.set_header("x-foreshore-policy", std::string(route::to_string(decision.policy)));
-
-    if (in_process) api.stream = false;
     if (api.stream) {
-      stream(dep, std::move(active_request), kind, tier, std::move(api), std::move(hints),
-             std::move(decision), std::move(id), start, res);
+      api.backend.request_id = id;
+      api.backend.deadline = start + std::chrono::milliseconds(server.request_timeout_ms);
+      api.backend.cancelled = std::make_shared<std::atomic<bool>>(false);
+      stream(dep, std::move(active_request), kind, *tier, std::move(api), std::move(hints),
+             decision, std::move(id), start, res);
       return;
     }
 
-    auto result = pipeline->execute(decision, api.backend, in_process);
+    dep->core->execute(api, hints, answer, start, {});
     in_flight.fetch_sub(1, std::memory_order_acq_rel);
-    if (!result.ok()) {
-      const backend::BackendInfo& info = tier.backend->info();
-      res.set_header("x-foreshore-tier", tier.config.name);
-      res.set_header("x-foreshore-model", info.model);
-      res.set_header("x-foreshore-model-version", std::string(or_unknown(info.model_version)));
-      const ApiError e = from_backend_error(result.error());
-      send_error(res, e);
-      record(server, &tier, kind, e.status, start, nullptr, id);
-      pipeline->finish(api, hints, decision, result, ms_since(start), e.status);
-      return;
-    }
-    Tier& served = *dep->find_tier(result->tier);
+    Tier& served = *dep->find_tier(answer.tier->config.name);
     const backend::BackendInfo& info = served.backend->info();
-    const backend::Completion& c = result->completion;
-    const std::string& model = c.model.empty() ? info.model : c.model;
-    const std::string_view version =
-        or_unknown(c.model_version.empty() ? info.model_version : c.model_version);
+    const backend::Completion* c = answer.result ? &answer.result->completion : nullptr;
     res.set_header("x-foreshore-tier", served.config.name);
-    res.set_header("x-foreshore-model", model);
-    res.set_header("x-foreshore-model-version", std::string(version));
+    res.set_header("x-foreshore-model", c && !c->model.empty() ? c->model : info.model);
+    res.set_header("x-foreshore-model-version",
+                   std::string(or_unknown(c && !c->model_version.empty() ? c->model_version
+                                                                         : info.model_version)));
+    if (answer.refusal) {
+      return refuse(res, server, &served, kind, start, id, api_error(*answer.refusal));
+    }
+    const exec::ExecutionResult& result = *answer.result;
     set_ignored_params(res, served, api);
-    if (result->degraded) {
+    if (result.degraded) {
       res.set_header("x-foreshore-degraded", "true");
-      res.set_header("x-foreshore-degraded-reason", header_safe(result->degraded_reason));
+      res.set_header("x-foreshore-degraded-reason", header_safe(result.degraded_reason));
     }
-    if (result->escalated) res.set_header("x-foreshore-escalated", "true");
-    if (result->confidence) {
-      res.set_header("x-foreshore-confidence", std::to_string(*result->confidence));
+    if (result.escalated) res.set_header("x-foreshore-escalated", "true");
+    if (result.confidence) {
+      res.set_header("x-foreshore-confidence", std::to_string(*result.confidence));
     }
-    Provenance where;
-    where.tier = served.config.name;
-    where.placement = placement_name(served.config.placement);
-    where.model = model;
-    where.model_version = version;
-    where.decision_id = id;
-    where.plan = route::to_string(decision.plan.kind);
-    where.degraded = result->degraded;
-    where.degraded_reason = result->degraded_reason;
-    where.escalated = result->escalated;
-    where.confidence = result->confidence;
-    append_completion(res.body, api, id, std::time(nullptr), c, where);
+    res.body = openai::reply_to(api, answer, id).body;
     res.set_header("Content-Type", kJson);
-    record(server, &served, kind, 200, start, &c, id, &*result, where.plan);
-    pipeline->finish(api, hints, decision, result, ms_since(start), 200);
+    record(server, &served, kind, 200, start, c, id, &result, route::to_string(decision.plan.kind));
   }
 
   // An answer from the edge says which of the client's fields it ignored.
@@ -1077,7 +965,7 @@ struct Gateway::Impl {
       return;
     }
     auto dep = deployment();
-    if (!check_auth(dep ? dep->config.server : config.server, req, res)) return;
+    if (!check_auth(dep ? dep->config().server : config.server, req, res)) return;
     if (draining.load()) {
       send_error(res, shutting_down());
       return;
@@ -1098,12 +986,12 @@ struct Gateway::Impl {
   // client's verdict on an answer, learned from on the device (hybrid/learning.h).
   void handle_feedback(const httplib::Request& req, httplib::Response& res) {
     auto dep = deployment();
-    if (!check_auth(dep ? dep->config.server : config.server, req, res)) return;
+    if (!check_auth(dep ? dep->config().server : config.server, req, res)) return;
     if (!dep) {
       send_error(res, not_ready());
       return;
     }
-    hybrid::RouterLearning* learning = dep->pipeline->learning();
+    hybrid::RouterLearning* learning = dep->pipeline().learning();
     if (learning == nullptr) {
       ApiError e = invalid_request(
           "Router learning is off here, so feedback has nowhere to go; set "
@@ -1158,17 +1046,17 @@ struct Gateway::Impl {
   // threshold, its own APGR estimate).
   void handle_router_status(const httplib::Request& req, httplib::Response& res) {
     auto dep = deployment();
-    if (!check_auth(dep ? dep->config.server : config.server, req, res)) return;
+    if (!check_auth(dep ? dep->config().server : config.server, req, res)) return;
     if (!dep) {
       send_error(res, not_ready());
       return;
     }
     nlohmann::ordered_json out = {{"learning", false}};
-    if (hybrid::RouterLearning* learning = dep->pipeline->learning()) out = learning->status();
-    const auto learner = dep->pipeline->router().learner();
+    if (hybrid::RouterLearning* learning = dep->pipeline().learning()) out = learning->status();
+    const auto learner = dep->pipeline().router().learner();
     out["threshold_in_force"] = learner && learner->recalibrates()
                                     ? learner->threshold()
-                                    : dep->pipeline->router().threshold();
+                                    : dep->pipeline().router().threshold();
     res.set_content(out.dump(), kJson);
   }
 
@@ -1183,7 +1071,7 @@ struct Gateway::Impl {
     hybrid::RouteHints hints = route_hints(req, api);
     hints.forced_tier = header_value(req, "x-foreshore-tier");
     hybrid::Refusal refusal;
-    auto decided = dep.pipeline->decide(api, hints, refusal);
+    auto decided = dep.pipeline().decide(api, hints, refusal);
     if (!decided.ok()) return api_error(refusal);
     nlohmann::json j;
     route::to_json(j, *decided);
@@ -1202,7 +1090,7 @@ struct Gateway::Impl {
               std::string id, Clock::time_point start, httplib::Response& res) {
     const backend::BackendInfo& info = tier.backend->info();
     auto st = std::make_shared<StreamState>();
-    hybrid::Pipeline* router = dep->pipeline.get();
+    hybrid::Pipeline* router = &dep->pipeline();
     st->run = [router, decision](const backend::BackendRequest& r, const backend::DeltaSink& sink,
                                  const exec::SourceSink& source) {
       return router->execute(decision, r, sink, source);
@@ -1246,7 +1134,7 @@ struct Gateway::Impl {
         e.type = "timeout_error";
         e.code = "deadline_exceeded";
         e.message = "tier '" + tier.config.name + "' produced nothing within " +
-                    std::to_string(dep->config.server.request_timeout_ms) + " ms";
+                    std::to_string(dep->config().server.request_timeout_ms) + " ms";
         st->request.cancelled->store(true);
       }
       // The tier that failed, as a non-streamed error names it.
@@ -1261,7 +1149,7 @@ struct Gateway::Impl {
       }
       in_flight.fetch_sub(1, std::memory_order_acq_rel);
       send_error(res, e);
-      record(dep->config.server, &tier, kind, e.status, start, nullptr, id);
+      record(dep->config().server, &tier, kind, e.status, start, nullptr, id);
       router->finish(api, hints, decision,
                      Result<exec::ExecutionResult>(make_error(ErrorKind::kUnavailable, e.message)),
                      ms_since(start), e.status);
@@ -1286,13 +1174,13 @@ struct Gateway::Impl {
       } else if (s->stream_error) {
         status = s->stream_error->status;
       }
-      record(dep->config.server, t, kind, status, start, s->error ? nullptr : &s->completion, id,
+      record(dep->config().server, t, kind, status, start, s->error ? nullptr : &s->completion, id,
              s->outcome ? &*s->outcome : nullptr, s->plan);
       const Result<exec::ExecutionResult> outcome =
           s->outcome ? Result<exec::ExecutionResult>(*s->outcome)
                      : Result<exec::ExecutionResult>(s->error.value_or(
                            make_error(ErrorKind::kCancelled, "the client went away")));
-      dep->pipeline->finish(api, hints, decision, outcome, ms_since(start), status);
+      dep->pipeline().finish(api, hints, decision, outcome, ms_since(start), status);
     };
     res.set_chunked_content_provider(
         "text/event-stream",
@@ -1327,47 +1215,21 @@ struct Gateway::Impl {
         });
   }
 
-  // Builds everything `cfg` defines. Tiers whose configuration did not change
-  // keep their running backend (a loaded model is not loaded twice).
-  // At start (`starting`), an embedded tier whose model fails to load is kept
-  // as an unavailable tier so the others still serve; on reload such a
-  // failure rejects the new configuration instead.
+  // Builds everything `cfg` defines (hybrid::Deployment::create says how
+  // tiers are kept over a reload) and the gateway's series for each tier.
   Result<std::shared_ptr<Deployment>> build_deployment(config::GatewayConfig cfg,
                                                        const BackendFactory& factory,
                                                        const Deployment* previous, bool starting) {
     auto dep = std::make_shared<Deployment>();
-    dep->config = std::move(cfg);
-    const config::GatewayConfig& c = dep->config;
-    std::vector<Tier>& loaded = dep->tiers;
-    loaded.reserve(c.tiers.size());
-    for (const auto& tc : c.tiers) {
-      std::shared_ptr<backend::Backend> reused;
-      if (previous != nullptr) {
-        for (const auto& old : previous->tiers) {
-          if (old.config == tc) reused = old.backend;
-        }
-      }
-      if (!reused) {
-        auto b = factory(tc);
-        if (b.ok()) (*b)->set_egress_guard(egress);
-        if (b.ok()) {
-          reused = std::move(b).value();
-        } else if (starting && tc.kind == "embedded" && c.tiers.size() > 1) {
-          std::fprintf(stderr,
-                       "warning: tier '%s' is UNAVAILABLE: %s\n"
-                       "  the other tiers serve; requests that may only run on it get 503\n",
-                       tc.name.c_str(), b.error().message.c_str());
-          reused = backend::make_unavailable_backend(tc, b.error());
-        } else {
-          Error e = b.error();
-          e.message = c.source + ": tiers." + tc.name + ": " + e.message;
-          return e;
-        }
-      }
+    FSH_ASSIGN_OR_RETURN(
+        dep->core, hybrid::Deployment::create(std::move(cfg), factory,
+                                              previous ? previous->core.get() : nullptr, starting,
+                                              metrics, egress));
+    for (const hybrid::Tier& core_tier : dep->core->tiers()) {
       Tier t;
-      t.config = tc;
-      t.backend = std::move(reused);
-      const std::string& n = tc.name;
+      t.config = core_tier.config;
+      t.backend = core_tier.backend;
+      const std::string& n = t.config.name;
       const std::vector<std::string> names = {"tier", "endpoint", "status"};
       t.ok_chat =
           &metrics.counter("foreshore_requests_total", kRequestsHelp, names, {n, "chat", "200"});
@@ -1387,73 +1249,11 @@ struct Gateway::Impl {
       metrics
           .gauge("foreshore_tier_info", "Configured tiers (value 1), with what they serve.",
                  {"tier", "kind", "placement", "model", "model_version"},
-                 {n, tc.kind, placement_name(tc.placement), info.model, info.model_version})
+                 {n, t.config.kind, placement_name(t.config.placement), info.model,
+                  info.model_version})
           .set(1);
-      loaded.push_back(std::move(t));
+      dep->tiers.push_back(std::move(t));
     }
-
-    // Model ids first, so explicit names and aliases win over them; a model
-    // id served by several tiers reaches the first (device tiers come first
-    // in any sensible config).
-    auto& by_model = dep->by_model;
-    for (size_t i = 0; i < loaded.size(); ++i) {
-      by_model.emplace(loaded[i].config.model, i);
-      if (!loaded[i].backend->info().model.empty()) {
-        by_model.emplace(loaded[i].backend->info().model, i);
-      }
-    }
-    for (const auto& alias : c.models) {
-      for (size_t i = 0; i < loaded.size(); ++i) {
-        if (loaded[i].config.name == alias.tier) by_model[alias.name] = i;
-      }
-    }
-    for (size_t i = 0; i < loaded.size(); ++i) by_model[loaded[i].config.name] = i;
-
-    const std::string& wanted = c.server.default_tier;
-    auto pick = std::find_if(loaded.begin(), loaded.end(), [&](const Tier& t) {
-      return wanted.empty() ? t.config.placement == backend::Placement::kDevice
-                            : t.config.name == wanted;
-    });
-    if (pick != loaded.end()) dep->default_tier = static_cast<size_t>(pick - loaded.begin());
-
-    hybrid::PipelineSettings hs;
-    if (auto routing = route::router_config_from_yaml(c.routing, c.source); routing.ok()) {
-      hs.routing = std::move(routing).value();
-    } else {
-      return routing.error();
-    }
-    if (c.privacy) {
-      auto privacy = route::sensitivity_config_from_yaml(c.privacy, c.source);
-      if (!privacy.ok()) return privacy.error();
-      hs.routing.privacy = std::move(privacy).value();
-    }
-    hs.audit_path = c.server.audit_db;
-    hs.decision_log = c.server.decision_log;
-    hs.audit_store_text = c.server.audit_store_text;
-    hs.audit_max_rows = c.server.audit_max_rows;
-    hs.audit_max_age_hours = c.server.audit_max_age_hours;
-    hs.shadow_fraction = c.server.shadow_fraction;
-    hs.shadow_target_agreement = c.server.shadow_target_agreement;
-    hs.state = c.state;
-    hs.audit_postgres = c.server.audit_postgres;
-    hs.audit_spool = c.server.audit_spool;
-    hs.limits = c.limits;
-    hs.shadow_data_classes.clear();
-    for (const auto& name : c.server.shadow_data_classes) {
-      if (auto cls = route::parse_data_class(name); cls.ok())
-        hs.shadow_data_classes.push_back(*cls);
-    }
-    hs.memory_budget_bytes = static_cast<uint64_t>(c.server.memory_budget_mb) << 20;
-    hs.memory_pressure_interval_ms = c.server.memory_pressure_interval_ms;
-    std::map<std::string, std::shared_ptr<backend::Backend>> backends;
-    for (const auto& t : loaded) backends[t.config.name] = t.backend;
-    auto h = hybrid::Pipeline::create(hs, c.tiers, std::move(backends), metrics);
-    if (!h.ok()) {
-      Error e = h.error();
-      e.message = c.source + ": " + e.message;
-      return e;
-    }
-    dep->pipeline = std::move(h).value();
     dep->models_json = render_models(*dep, dep->model_json);
     return dep;
   }
@@ -1496,7 +1296,6 @@ struct Gateway::Impl {
     std::shared_ptr<Deployment> old;
     {
       std::lock_guard lock(live_mu);
-      if (app_memory_level) dep->pipeline->set_memory_pressure_level(app_memory_level);
       old = std::exchange(live, std::move(dep));
     }
     // `old` is released here or by the last request still using it.
@@ -1507,8 +1306,8 @@ struct Gateway::Impl {
   std::string render_models(const Deployment& dep,
                             std::unordered_map<std::string, std::string>& by_id) const {
     const std::vector<Tier>& loaded = dep.tiers;
-    const auto& by_model = dep.by_model;
-    const size_t default_tier = dep.default_tier;
+    const auto& by_model = dep.core->by_model();
+    const size_t default_tier = dep.core->default_tier();
     std::vector<std::pair<std::string, size_t>> entries(by_model.begin(), by_model.end());
     std::sort(entries.begin(), entries.end(), [](const auto& a, const auto& b) {
       return a.second != b.second ? a.second < b.second : a.first < b.first;
@@ -1667,43 +1466,6 @@ Result<std::string> Gateway::explain_route(
                                 (e->code.empty() ? "" : " " + e->code) + ": " + e->message);
   }
   return out;
-}
-
-Gateway::Reply Gateway::chat(const std::string& body,
-                             const std::vector<std::pair<std::string, std::string>>& headers,
-                             const backend::DeltaSink& on_delta) {
-  const auto start = Clock::now();
-  ActiveRequest active_request(impl_->active);
-  httplib::Request req;
-  for (const auto& [name, value] : headers) req.headers.emplace(name, value);
-  httplib::Response res;
-  std::string id = impl_->new_id();
-  res.set_header("x-foreshore-decision-id", id);
-  const backend::DeltaSink sink =
-      on_delta ? on_delta : backend::DeltaSink([](const backend::Delta&) { return true; });
-  impl_->generate(hybrid::RequestKind::kChat, req, body, res, start, std::move(id),
-                  impl_->deployment(), std::move(active_request), sink);
-  Reply reply;
-  reply.status = res.status == -1 ? 200 : res.status;  // httplib's "not set": 200 when sent
-  for (const auto& [name, value] : res.headers) reply.headers.emplace_back(name, value);
-  reply.body = std::move(res.body);
-  return reply;
-}
-
-Status Gateway::set_memory_pressure_level(std::optional<int> level) {
-  if (level && (*level < 0 || *level > 3)) {
-    return make_error(ErrorKind::kInvalidArgument,
-                      "memory-pressure level " + std::to_string(*level) +
-                          " is out of range; pass 0 (none) to 3 (critical), or none to measure");
-  }
-  std::lock_guard lock(impl_->live_mu);
-  impl_->app_memory_level = level;
-  if (impl_->live) impl_->live->pipeline->set_memory_pressure_level(level);
-  return {};
-}
-
-void Gateway::set_log_sink(std::function<void(std::string_view line)> sink) {
-  impl_->log_sink = std::move(sink);
 }
 
 bool Gateway::ready() const {
