@@ -18,8 +18,7 @@
 
 #include "capi/capi_internal.h"
 #include "common/utf8.h"
-#include "hybrid/deployment.h"
-#include "hybrid/shared_limits.h"
+#include "hybrid/hybrid.h"
 #include "observe/metrics.h"
 #include "openai/openai.h"
 

@@ -1,7 +1,6 @@
 #include "serve/server.h"
 
 #include <httplib.h>
-#include <malloc.h>
 #include <strings.h>
 #include <sys/socket.h>
 
@@ -14,7 +13,6 @@
 #include <cstdio>
 #include <cstring>
 #include <ctime>
-#include <deque>
 #include <functional>
 #include <mutex>
 #include <nlohmann/json.hpp>
@@ -26,8 +24,10 @@
 
 #include "common/json_limits.h"
 #include "engine/kernels.h"
-#include "hybrid/deployment.h"
+#include "hybrid/hybrid.h"
 #include "openai/openai.h"
+#include "serve/stream.h"
+#include "serve/worker_pool.h"
 
 namespace foreshore::serve {
 namespace {
@@ -86,230 +86,6 @@ struct Tier {
   observe::Counter* completion_tokens = nullptr;
   observe::Histogram* latency = nullptr;
   observe::Histogram* ttft = nullptr;
-};
-
-// One streamed generation: a producer thread runs the tier and appends SSE
-// text; the HTTP worker drains it into the socket. The split lets the handler
-// answer with a real status when the tier fails before its first token.
-struct StreamState {
-  std::mutex mu;
-  std::condition_variable cv;
-  std::string pending;
-  bool started = false;
-  bool finished = false;
-  std::optional<Error> error;
-  std::optional<ApiError> stream_error;  // sent mid-stream as an SSE error event
-  bool ended_early = false;              // end() closed it; the producer adds nothing more
-  backend::Completion completion;
-
-  // Owned copies: a producer abandoned at its deadline may outlive the request.
-  std::function<Result<exec::ExecutionResult>(const backend::BackendRequest&,
-                                              const backend::DeltaSink&, const exec::SourceSink&)>
-      run;
-  std::function<std::string(std::string_view)> placement_of;
-  // The model and version a tier serves, for a stream that a fallback answers.
-  std::function<std::pair<std::string, std::string>(std::string_view)> model_of;
-  hybrid::Request api;  // to rebuild the writer for another tier's model
-  std::optional<exec::ExecutionResult> outcome;
-  backend::BackendRequest request;
-  std::string tier, placement, model, model_version, decision_id, plan;
-  std::optional<SseWriter> writer;
-  std::thread producer;
-
-  Provenance provenance(std::string_view version) const {
-    Provenance p;
-    p.tier = tier;
-    p.placement = placement;
-    p.model = model;
-    p.model_version = version;
-    p.decision_id = decision_id;
-    p.plan = plan;
-    if (outcome) {
-      p.degraded = outcome->degraded;
-      p.degraded_reason = outcome->degraded_reason;
-      p.escalated = outcome->escalated;
-      p.confidence = outcome->confidence;
-    }
-    return p;
-  }
-
-  // Gives back the request's admission slot and records how it ended, once:
-  // when its last byte is about to go out, or when the response is torn down
-  // early. Doing it before the last byte means a client that reads the end of
-  // the stream finds its slot free and its request counted.
-  std::function<void(bool success)> on_settle;
-  std::atomic<bool> settled{false};
-  void settle(bool success) {
-    if (!settled.exchange(true, std::memory_order_acq_rel)) on_settle(success);
-  }
-
-  // The tier about to produce the next delta: until the stream has begun,
-  // headers and chunks follow it, so they name who really answers.
-  void on_source(const std::string& source) {
-    std::lock_guard lock(mu);
-    if (started || source == tier) return;
-    tier = source;
-    placement = placement_of(source);
-    std::tie(model, model_version) = model_of(source);
-    writer.emplace(api, decision_id, created, model);
-  }
-
-  int64_t created = 0;
-
-  // Closes a running stream with an error event (shutdown): what the client
-  // has is marked incomplete, not silently cut. False when it had not begun
-  // or had already finished.
-  bool end(const ApiError& why) {
-    {
-      std::lock_guard lock(mu);
-      if (!started || finished) return false;
-      stream_error = why;
-      SseWriter::error(pending, why);
-      finished = true;
-      ended_early = true;
-    }
-    request.cancelled->store(true);
-    cv.notify_all();
-    return true;
-  }
-
-  void produce() {
-    auto r = run(
-        request,
-        [this](const backend::Delta& d) {
-          if (request.cancelled->load(std::memory_order_relaxed)) return false;
-          {
-            std::lock_guard lock(mu);
-            if (ended_early) return false;
-            if (!started) {
-              started = true;
-              writer->begin(pending, provenance(model_version));
-            }
-            writer->delta(pending, d);
-          }
-          cv.notify_one();
-          return true;
-        },
-        [this](const std::string& source) { on_source(source); });
-    {
-      std::lock_guard lock(mu);
-      if (ended_early) {
-        if (r.ok()) outcome = std::move(r).value();
-      } else if (r.ok()) {
-        tier = r->tier;
-        placement = placement_of(tier);
-        if (!r->completion.model.empty()) model = r->completion.model;
-        completion = r->completion;
-        outcome = std::move(r).value();
-        if (!started) writer->begin(pending, provenance(model_version));
-        const std::string& version =
-            completion.model_version.empty() ? model_version : completion.model_version;
-        writer->finish(pending, completion, provenance(version));
-      } else {
-        error = r.error();
-        if (started) {
-          stream_error = from_backend_error(*error);
-          SseWriter::error(pending, *stream_error);
-        }
-      }
-      finished = true;
-    }
-    cv.notify_one();
-  }
-};
-
-// Threads an idle gateway keeps: enough for health checks and a few clients.
-constexpr size_t kMinWorkerThreads = 8;
-
-// httplib's own pool starts every thread up front; this one starts them as
-// connections arrive, so an idle gateway stays small while a busy one can
-// still hold many keep-alive connections (httplib serves each on one thread).
-// After a burst, threads beyond `min_threads` that stay idle for `idle_timeout`
-// exit, and the last one to go hands the freed heap back to the system: a
-// burst of 512 connections otherwise leaves 512 threads' stacks and malloc
-// arenas resident for the life of the process.
-class ElasticPool : public httplib::TaskQueue {
- public:
-  ElasticPool(size_t max_threads, size_t min_threads, std::chrono::milliseconds idle_timeout,
-              observe::Gauge* workers)
-      : max_threads_(max_threads),
-        min_threads_(std::min(min_threads, max_threads)),
-        idle_timeout_(idle_timeout),
-        workers_(workers) {}
-
-  void enqueue(std::function<void()> fn) override {
-    {
-      std::lock_guard lock(mu_);
-      jobs_.push_back(std::move(fn));
-      if (jobs_.size() > idle_ && threads_.size() < max_threads_) {
-        threads_.emplace_back([this] { work(); });
-        workers_->set(static_cast<double>(threads_.size()));
-        return;
-      }
-    }
-    cv_.notify_one();
-  }
-
-  void shutdown() override {
-    {
-      std::lock_guard lock(mu_);
-      stopping_ = true;
-    }
-    cv_.notify_all();
-    // Once stopping_ is set no thread retires, so threads_ changes no more.
-    for (auto& t : threads_) t.join();
-    std::lock_guard lock(mu_);
-    if (retired_.joinable()) retired_.join();
-  }
-
- private:
-  void work() {
-    std::unique_lock lock(mu_);
-    while (true) {
-      ++idle_;
-      const bool woken =
-          cv_.wait_for(lock, idle_timeout_, [&] { return stopping_ || !jobs_.empty(); });
-      --idle_;
-      if (!woken) {
-        if (threads_.size() > min_threads_) return retire(lock);
-        continue;
-      }
-      if (jobs_.empty()) return;  // stopping, and nothing left to run
-      std::function<void()> fn = std::move(jobs_.front());
-      jobs_.pop_front();
-      lock.unlock();
-      fn();
-      lock.lock();
-    }
-  }
-
-  // Runs on the retiring thread, which cannot join itself: it parks its own
-  // handle for the next one to retire (or shutdown) to join, and joins the
-  // previous one's, so an exited thread's stack is freed promptly.
-  void retire(std::unique_lock<std::mutex>& lock) {
-    const auto self = std::find_if(threads_.begin(), threads_.end(), [](const std::thread& t) {
-      return t.get_id() == std::this_thread::get_id();
-    });
-    std::thread previous = std::exchange(retired_, std::move(*self));
-    threads_.erase(self);
-    workers_->set(static_cast<double>(threads_.size()));
-    const bool last = threads_.size() == min_threads_;
-    lock.unlock();
-    if (previous.joinable()) previous.join();
-    if (last) malloc_trim(0);
-  }
-
-  const size_t max_threads_;
-  const size_t min_threads_;
-  const std::chrono::milliseconds idle_timeout_;
-  observe::Gauge* const workers_;
-  std::mutex mu_;
-  std::condition_variable cv_;
-  std::deque<std::function<void()>> jobs_;
-  std::vector<std::thread> threads_;
-  std::thread retired_;
-  size_t idle_ = 0;
-  bool stopping_ = false;
 };
 
 // Everything one configuration defines: the pipeline's deployment (tiers,
