@@ -543,6 +543,15 @@ struct Gateway::Impl {
       "Generation requests by tier, endpoint and outcome status (the HTTP status; for "
       "streams that failed after starting, the error's status; 499: the client went away).";
 
+  // The error reply to a request, sent and counted: `tier` is the one it was
+  // meant for, when routing got that far.
+  void refuse(httplib::Response& res, const config::ServerConfig& server, const Tier* tier,
+              hybrid::RequestKind kind, Clock::time_point start, std::string_view id,
+              const ApiError& e) {
+    send_error(res, e);
+    record(server, tier, kind, e.status, start, nullptr, id);
+  }
+
   void handle_generate(hybrid::RequestKind kind, const httplib::Request& req,
                        httplib::Response& res, const httplib::ContentReader& reader) {
     const auto start = Clock::now();
@@ -554,17 +563,13 @@ struct Gateway::Impl {
     const config::ServerConfig& server = dep ? dep->config().server : config.server;
     if (draining.load()) {
       res.set_header("Connection", "close");
-      send_error(res, shutting_down());
-      record(server, nullptr, kind, 503, start, nullptr, id);
-      return;
+      return refuse(res, server, nullptr, kind, start, id, shutting_down());
     }
 
     std::string body;
     if (auto e = read_body(reader, res, body)) {
       res.set_header("Connection", "close");
-      send_error(res, *e);
-      record(server, nullptr, kind, e->status, start, nullptr, id);
-      return;
+      return refuse(res, server, nullptr, kind, start, id, *e);
     }
     // A virtual key (virtual_keys.h) is looked up in the shared state; any
     // other key must be one of server.api_keys.
@@ -577,9 +582,7 @@ struct Gateway::Impl {
       e.status = 401;
       e.code = "invalid_api_key";
       e.message = "The virtual key " + virtual_key->id + " has expired; ask for a new one";
-      send_error(res, e);
-      record(server, nullptr, kind, 401, start, nullptr, id);
-      return;
+      return refuse(res, server, nullptr, kind, start, id, e);
     }
     if (!virtual_key && !check_auth(server, req, res)) {
       record(server, nullptr, kind, 401, start, nullptr, id);
@@ -587,15 +590,6 @@ struct Gateway::Impl {
     }
     generate(kind, req, body, res, start, std::move(id), std::move(dep), std::move(active_request),
              std::move(virtual_key));
-  }
-
-  // The error reply to a request, sent and counted: `tier` is the one it was
-  // meant for, when routing got that far.
-  void refuse(httplib::Response& res, const config::ServerConfig& server, const Tier* tier,
-              hybrid::RequestKind kind, Clock::time_point start, std::string_view id,
-              const ApiError& e) {
-    send_error(res, e);
-    record(server, tier, kind, e.status, start, nullptr, id);
   }
 
   // Everything after the body is read and the client admitted: parse, route,
@@ -924,8 +918,7 @@ struct Gateway::Impl {
         st->producer.detach();
       }
       in_flight.fetch_sub(1, std::memory_order_acq_rel);
-      send_error(res, e);
-      record(dep->config().server, &tier, kind, e.status, start, nullptr, id);
+      refuse(res, dep->config().server, &tier, kind, start, id, e);
       router->finish(api, hints, decision,
                      Result<exec::ExecutionResult>(make_error(ErrorKind::kUnavailable, e.message)),
                      ms_since(start), e.status);
