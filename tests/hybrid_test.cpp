@@ -1,8 +1,12 @@
 // The hybrid pipeline (src/hybrid): its typed configuration, the shared
-// limits, the refusals it answers with and the egress policy it lends the
-// cloud tiers. The gateway over HTTP is tested in serve_test.cpp.
+// limits, the refusals it answers with, the egress policy it lends the cloud
+// tiers, and a request's whole run in process. The gateway over HTTP is
+// tested in serve_test.cpp.
+#include "hybrid/hybrid.h"
+
 #include <gtest/gtest.h>
 
+#include <atomic>
 #include <cstdlib>
 #include <fstream>
 #include <map>
@@ -10,11 +14,6 @@
 #include <set>
 #include <string>
 
-#include "hybrid/config.h"
-#include "hybrid/pipeline.h"
-#include "hybrid/request.h"
-#include "hybrid/shared_limits.h"
-#include "hybrid/virtual_keys.h"
 #include "support/test_paths.h"
 
 namespace foreshore::hybrid {
@@ -414,12 +413,19 @@ class StubBackend : public backend::Backend {
   }
   const backend::BackendInfo& info() const override { return info_; }
   Result<backend::Completion> generate(const backend::BackendRequest&,
-                                       const backend::DeltaSink&) override {
+                                       const backend::DeltaSink& on_delta) override {
+    calls.fetch_add(1);
+    backend::Delta d;
+    d.text = "ok";
+    if (on_delta && !on_delta(d)) return make_error(ErrorKind::kCancelled, "the caller cancelled");
     backend::Completion c;
     c.text = "ok";
+    c.model = info_.model;
     c.finish_reason = "stop";
     return c;
   }
+
+  std::atomic<int> calls{0};
 
  private:
   backend::BackendInfo info_;
@@ -456,6 +462,82 @@ TEST(PipelineTest, CountsTheRoutersClassAndDistrustsAnotherScan) {
   cleared.rank = static_cast<int32_t>(route::DataClass::kPublic);
   cleared.scanner = &cleared;  // detectors other than the ones in force
   EXPECT_NE(h.egress_verdict("cloud", rest, &cleared).find("reloaded"), std::string::npos);
+}
+
+// A request's whole run in process (what the C API calls): placed by its
+// tier hint or model, decided, admitted, executed and recorded.
+TEST(DeploymentTest, RunsARequestWholeInProcess) {
+  auto c = config::parse_config(
+      "tiers:\n  edge:\n    model: tiny-edge\n"
+      "  cloud:\n    kind: openai\n    model: big-cloud\n    endpoint: http://127.0.0.1:9/v1\n"
+      "models:\n  gpt-4o: cloud\n",
+      "test.yaml");
+  ASSERT_TRUE(c.ok()) << c.error().message;
+  auto edge = std::make_shared<StubBackend>("edge", backend::Placement::kDevice);
+  auto cloud = std::make_shared<StubBackend>("cloud", backend::Placement::kCloud);
+  observe::MetricsRegistry metrics;
+  auto made = Deployment::create(
+      std::move(c).value(),
+      [&](const backend::TierConfig& t) -> Result<std::shared_ptr<backend::Backend>> {
+        if (t.name == "edge") return std::shared_ptr<backend::Backend>(edge);
+        return std::shared_ptr<backend::Backend>(cloud);
+      },
+      nullptr, true, metrics, std::make_shared<backend::EgressGuard>());
+  ASSERT_TRUE(made.ok()) << made.error().message;
+  const Deployment& dep = **made;
+
+  Request request;
+  request.backend.messages.push_back({"user", "hi"});
+  std::string streamed;
+  const backend::DeltaSink collect = [&](const backend::Delta& d) {
+    streamed += d.text;
+    return true;
+  };
+  Answer a = dep.run(request, RouteHints{}, "", "id-1", collect);
+  ASSERT_FALSE(a.refusal) << a.refusal->message;
+  EXPECT_TRUE(a.ran);
+  ASSERT_TRUE(a.decision && a.result && a.tier);
+  EXPECT_EQ(a.decision->id, "id-1");
+  EXPECT_EQ(a.tier->config.name, "edge");
+  EXPECT_EQ(a.result->completion.text, "ok");
+  EXPECT_EQ(streamed, "ok");
+
+  a = dep.run(request, RouteHints{}, "cloud", "id-2", collect);
+  ASSERT_FALSE(a.refusal) << a.refusal->message;
+  EXPECT_EQ(a.tier->config.name, "cloud");
+  Request aliased = request;
+  aliased.model = "gpt-4o";  // an alias of the cloud tier
+  a = dep.run(aliased, RouteHints{}, "", "id-3", collect);
+  ASSERT_FALSE(a.refusal) << a.refusal->message;
+  EXPECT_EQ(a.tier->config.name, "cloud");
+
+  a = dep.run(request, RouteHints{}, "mars", "id-4", collect);
+  ASSERT_TRUE(a.refusal);
+  EXPECT_EQ(a.refusal->kind, RefusalKind::kInvalidRequest);
+  EXPECT_EQ(a.refusal->code, "unknown_tier");
+  EXPECT_FALSE(a.ran);
+  Request unknown = request;
+  unknown.model = "no-such-model";
+  a = dep.run(unknown, RouteHints{}, "", "id-5", collect);
+  ASSERT_TRUE(a.refusal);
+  EXPECT_EQ(a.refusal->kind, RefusalKind::kNotFound);
+  EXPECT_EQ(a.refusal->param, "model");
+
+  // Device-only data stays on the device even when the caller names the cloud.
+  const int cloud_calls = cloud->calls.load();
+  RouteHints private_data;
+  private_data.data_class = "device-only";
+  a = dep.run(request, private_data, "cloud", "id-6", collect);
+  ASSERT_TRUE(a.refusal);
+  EXPECT_EQ(a.refusal->kind, RefusalKind::kForbidden) << a.refusal->message;
+  EXPECT_EQ(a.refusal->code, "data_class_forbids_tier");
+  EXPECT_EQ(cloud->calls.load(), cloud_calls);
+
+  // A caller that stops reading cancels the answer.
+  a = dep.run(request, RouteHints{}, "edge", "id-7", [](const backend::Delta&) { return false; });
+  ASSERT_TRUE(a.refusal);
+  EXPECT_EQ(a.refusal->kind, RefusalKind::kCancelled);
+  EXPECT_TRUE(a.ran);
 }
 
 // ---------------------------------------------------------------- shared limits
