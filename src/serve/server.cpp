@@ -22,10 +22,11 @@
 #include <unordered_map>
 #include <vector>
 
-#include "common/json_limits.h"
 #include "engine/kernels.h"
 #include "hybrid/hybrid.h"
 #include "openai/openai.h"
+#include "serve/admin.h"
+#include "serve/http.h"
 #include "serve/stream.h"
 #include "serve/worker_pool.h"
 
@@ -34,17 +35,13 @@ namespace {
 
 using openai::api_error;
 using openai::ApiError;
-using openai::append_completion;
 using openai::error_json;
 using openai::from_backend_error;
 using openai::invalid_request;
 using openai::parse_request;
-using openai::Provenance;
-using openai::SseWriter;
 
 using Clock = std::chrono::steady_clock;
 
-constexpr const char* kJson = "application/json";
 // The model name that leaves the choice of tier to the gateway (the default
 // tier until the router decides per request).
 constexpr const char* kRoutedModel = "foreshore";
@@ -58,18 +55,6 @@ std::string header_safe(std::string_view text) {
   std::string out;
   for (char c : text.substr(0, 240)) out += static_cast<unsigned char>(c) < 0x20 ? ' ' : c;
   return out;
-}
-
-std::string_view header_value(const httplib::Request& req, const char* name) {
-  auto it = req.headers.find(name);
-  return it == req.headers.end() ? std::string_view() : std::string_view(it->second);
-}
-
-bool constant_time_equal(std::string_view a, std::string_view b) {
-  if (a.size() != b.size()) return false;
-  unsigned char diff = 0;
-  for (size_t i = 0; i < a.size(); ++i) diff |= static_cast<unsigned char>(a[i] ^ b[i]);
-  return diff == 0;
 }
 
 double ms_since(Clock::time_point start) {
@@ -283,11 +268,15 @@ struct Gateway::Impl {
       res.set_content(metrics.render(), "text/plain; version=0.0.4; charset=utf-8");
     });
     http.Post("/admin/keys", [this](const httplib::Request& req, httplib::Response& res) {
-      handle_admin_keys(req, res);
+      auto dep = deployment();
+      answer_admin_keys(dep ? dep->config().server : config.server,
+                        dep ? &dep->pipeline() : nullptr, req, res);
     });
     http.Delete(R"(/admin/keys/([0-9a-f]+))",
                 [this](const httplib::Request& req, httplib::Response& res) {
-                  handle_admin_keys(req, res);
+                  auto dep = deployment();
+                  answer_admin_keys(dep ? dep->config().server : config.server,
+                                    dep ? &dep->pipeline() : nullptr, req, res);
                 });
     http.Get("/v1/models", [this](const httplib::Request& req, httplib::Response& res) {
       auto dep = deployment();
@@ -326,10 +315,14 @@ struct Gateway::Impl {
               [this](const httplib::Request& req, httplib::Response& res,
                      const httplib::ContentReader& reader) { handle_route(req, res, reader); });
     http.Post("/v1/feedback", [this](const httplib::Request& req, httplib::Response& res) {
-      handle_feedback(req, res);
+      auto dep = deployment();
+      answer_feedback(dep ? dep->config().server : config.server, dep ? &dep->pipeline() : nullptr,
+                      req, res);
     });
     http.Get("/v1/router/status", [this](const httplib::Request& req, httplib::Response& res) {
-      handle_router_status(req, res);
+      auto dep = deployment();
+      answer_router_status(dep ? dep->config().server : config.server,
+                           dep ? &dep->pipeline() : nullptr, req, res);
     });
     http.Post("/v1/completions", [this](const httplib::Request& req, httplib::Response& res,
                                         const httplib::ContentReader& reader) {
@@ -385,27 +378,6 @@ struct Gateway::Impl {
     return live;
   }
 
-  static ApiError shutting_down() {
-    ApiError e;
-    e.status = 503;
-    e.type = "service_unavailable";
-    e.code = "shutting_down";
-    e.message =
-        "The gateway is shutting down and takes no new requests; retry on another instance "
-        "or after it restarts";
-    e.retry_after_seconds = 1;
-    return e;
-  }
-
-  static ApiError not_ready() {
-    ApiError e;
-    e.status = 503;
-    e.type = "service_unavailable";
-    e.code = "not_ready";
-    e.message = "The gateway is still loading its tiers; retry shortly (GET /readyz tells when)";
-    return e;
-  }
-
   static ApiError overloaded(const config::ServerConfig& server) {
     ApiError e;
     e.status = 429;
@@ -416,94 +388,6 @@ struct Gateway::Impl {
                 " concurrent requests; retry shortly";
     e.retry_after_seconds = 1;
     return e;
-  }
-
-  static void send_error(httplib::Response& res, const ApiError& e) {
-    res.status = e.status;
-    if (e.retry_after_seconds > 0) {
-      res.set_header("Retry-After",
-                     std::to_string(static_cast<int64_t>(std::ceil(e.retry_after_seconds))));
-    }
-    res.body = error_json(e);
-    res.set_header("Content-Type", kJson);
-  }
-
-  static bool check_auth(const config::ServerConfig& server, const httplib::Request& req,
-                         httplib::Response& res) {
-    const auto& keys = server.api_keys;
-    if (keys.empty()) return true;
-    std::string_view auth = header_value(req, "Authorization");
-    ApiError e;
-    e.status = 401;
-    e.code = "invalid_api_key";
-    if (auth.empty()) {
-      e.message = "Missing API key: send it as 'Authorization: Bearer KEY'";
-    } else if (!auth.starts_with("Bearer ")) {
-      e.message = "The Authorization header must be 'Bearer KEY'";
-    } else {
-      const std::string_view key = auth.substr(7);
-      bool match = false;
-      for (const auto& k : keys) match |= constant_time_equal(key, k);
-      if (match) return true;
-      e.message = "Incorrect API key provided";
-    }
-    send_error(res, e);
-    return false;
-  }
-
-  static std::string_view bearer_key(const httplib::Request& req) {
-    std::string_view auth = header_value(req, "Authorization");
-    return auth.starts_with("Bearer ") ? auth.substr(7) : std::string_view();
-  }
-
-  // POST /admin/keys and DELETE /admin/keys/ID, for server.admin_key_env's key.
-  void handle_admin_keys(const httplib::Request& req, httplib::Response& res) {
-    auto dep = deployment();
-    const config::ServerConfig& server = dep ? dep->config().server : config.server;
-    ApiError e;
-    e.status = 401;
-    e.code = "invalid_admin_key";
-    if (server.admin_key.empty()) {
-      e.status = 404;
-      e.code = "admin_disabled";
-      e.message = "The admin API is off; set server.admin_key_env to turn it on";
-    } else if (!constant_time_equal(bearer_key(req), server.admin_key)) {
-      e.message = "The admin API needs 'Authorization: Bearer ADMIN_KEY' (server.admin_key_env)";
-    } else if (!dep) {
-      e = not_ready();
-    } else {
-      state::SharedState& state = dep->pipeline().shared_state();
-      if (req.method == "DELETE") {
-        const std::string key_id = req.matches[1];
-        if (auto s = hybrid::revoke_virtual_key(state, key_id); !s.ok()) {
-          e = from_backend_error(s.error());
-          e.status = s.error().kind == ErrorKind::kNotFound ? 404 : 503;
-        } else {
-          res.set_content("{\"revoked\":" + nlohmann::json(key_id).dump() + "}", kJson);
-          return;
-        }
-      } else {
-        auto spec = hybrid::virtual_key_from_json(req.body);
-        const auto body = nlohmann::json::parse(req.body, nullptr, false);
-        if (spec.ok() && body.is_object() && body.contains("expires_in_seconds") &&
-            body["expires_in_seconds"].is_number_integer()) {
-          spec->expires_at = std::time(nullptr) + body["expires_in_seconds"].get<int64_t>();
-        }
-        if (!spec.ok()) {
-          e = invalid_request(spec.error().message, "", "invalid_virtual_key");
-        } else if (auto secret = hybrid::create_virtual_key(state, *spec); !secret.ok()) {
-          e = from_backend_error(secret.error());
-          e.status = 503;
-        } else {
-          auto out = nlohmann::json::parse(hybrid::virtual_key_json(*spec));
-          out["key"] = *secret;
-          res.status = 201;
-          res.set_content(out.dump(), kJson);
-          return;
-        }
-      }
-    }
-    send_error(res, e);
   }
 
   // `server`: the configuration the request ran under (it says whether to log).
@@ -750,84 +634,6 @@ struct Gateway::Impl {
       return;
     }
     res.set_content(explained, kJson);
-  }
-
-  // POST /v1/feedback {"decision_id": ..., "score": 0..1 | "thumbs": "up"|"down"}: a
-  // client's verdict on an answer, learned from on the device (hybrid/learning.h).
-  void handle_feedback(const httplib::Request& req, httplib::Response& res) {
-    auto dep = deployment();
-    if (!check_auth(dep ? dep->config().server : config.server, req, res)) return;
-    if (!dep) {
-      send_error(res, not_ready());
-      return;
-    }
-    hybrid::RouterLearning* learning = dep->pipeline().learning();
-    if (learning == nullptr) {
-      ApiError e = invalid_request(
-          "Router learning is off here, so feedback has nowhere to go; set "
-          "routing.learning.enabled: true in the gateway config",
-          {}, "learning_off");
-      e.status = 404;
-      send_error(res, e);
-      return;
-    }
-    // Bounded like every client body: nothing recurses over a depth bomb.
-    const auto body = json_nesting_exceeds(req.body)
-                          ? nlohmann::json(nlohmann::json::value_t::discarded)
-                          : nlohmann::json::parse(req.body, nullptr, false);
-    if (body.is_discarded() || !body.is_object() || !body.contains("decision_id") ||
-        !body["decision_id"].is_string()) {
-      send_error(res, invalid_request("The body must be a JSON object with a \"decision_id\" "
-                                      "string (from the answer's decision_id or "
-                                      "x-foreshore-decision-id)",
-                                      "decision_id"));
-      return;
-    }
-    std::optional<double> score;
-    if (body.contains("score") && body["score"].is_number()) {
-      score = body["score"].get<double>();
-      if (!(*score >= 0.0 && *score <= 1.0)) score.reset();
-    } else if (body.contains("thumbs") && body["thumbs"].is_string()) {
-      const std::string t = body["thumbs"].get<std::string>();
-      if (t == "up") score = 1.0;
-      if (t == "down") score = 0.0;
-    }
-    if (!score) {
-      send_error(res, invalid_request("Give \"score\" as a number from 0 (bad answer) to 1 "
-                                      "(good answer), or \"thumbs\": \"up\" or \"down\"",
-                                      "score"));
-      return;
-    }
-    const std::string id = body["decision_id"].get<std::string>();
-    auto result = learning->feedback(id, *score);
-    if (!result.ok()) {
-      ApiError e = invalid_request(result.error().message, "decision_id", "unknown_decision");
-      e.status = 404;
-      send_error(res, e);
-      return;
-    }
-    nlohmann::ordered_json out = {
-        {"decision_id", id}, {"accepted", true}, {"learned", result->learned}};
-    if (!result->reason.empty()) out["reason"] = result->reason;
-    res.set_content(out.dump(), kJson);
-  }
-
-  // GET /v1/router/status: what the router has learned (labels per source,
-  // threshold, its own APGR estimate).
-  void handle_router_status(const httplib::Request& req, httplib::Response& res) {
-    auto dep = deployment();
-    if (!check_auth(dep ? dep->config().server : config.server, req, res)) return;
-    if (!dep) {
-      send_error(res, not_ready());
-      return;
-    }
-    nlohmann::ordered_json out = {{"learning", false}};
-    if (hybrid::RouterLearning* learning = dep->pipeline().learning()) out = learning->status();
-    const auto learner = dep->pipeline().router().learner();
-    out["threshold_in_force"] = learner && learner->recalibrates()
-                                    ? learner->threshold()
-                                    : dep->pipeline().router().threshold();
-    res.set_content(out.dump(), kJson);
   }
 
   // The decision for a chat request, explained and not run: the body POST
