@@ -14,11 +14,11 @@
 #include <cstdlib>
 #include <vector>
 
-#include "serve/shared_limits.h"
+#include "hybrid/shared_limits.h"
 
 namespace {
 
-using foreshore::serve::SharedLimits;
+using foreshore::hybrid::SharedLimits;
 
 void run_state_path(benchmark::State& st, const std::string& backend) {
   foreshore::state::StateSettings settings;
@@ -40,7 +40,7 @@ void run_state_path(benchmark::State& st, const std::string& backend) {
     st.SkipWithError("Redis does not answer");
     return;
   }
-  foreshore::serve::LimitsConfig limits;
+  foreshore::hybrid::LimitsConfig limits;
   limits.per_key = {1'000'000'000, 1'000'000'000, 1e9};
   limits.per_tier["cloud"] = {1'000'000'000, 0, 1e9};
   SharedLimits shared(std::move(state).value(), true, limits, std::chrono::milliseconds(5000));
@@ -54,17 +54,17 @@ void run_state_path(benchmark::State& st, const std::string& backend) {
   decision.plan.kind = foreshore::route::PlanKind::kCloud;
   decision.plan.cloud_tier = "cloud";
   decision.plan.cloud_allowed = true;
-  foreshore::serve::ApiRequest api;
+  foreshore::hybrid::Request api;
   api.backend.messages.push_back({"user", "How far is the moon?"});
   api.backend.params.max_tokens = 64;
-  const std::string client = foreshore::serve::client_identity("Bearer bench-key");
+  const std::string client = foreshore::hybrid::client_identity("Bearer bench-key");
 
   std::vector<double> us;
   us.reserve(1 << 20);
   int64_t n = 0;
   for (auto _ : st) {
     const auto start = std::chrono::steady_clock::now();
-    foreshore::serve::Reservation reservation;
+    foreshore::hybrid::Reservation reservation;
     auto refused = shared.admit(client, nullptr, decision, api, tiers, reservation);
     benchmark::DoNotOptimize(refused);
     benchmark::DoNotOptimize(shared.breaker_open("cloud"));

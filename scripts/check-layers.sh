@@ -9,19 +9,23 @@
 #                            compression; records and measurements; state
 #                            shared by replicas (Redis or local)
 #   3 route                  the routing decision
-#   4 exec hybrid            running a plan over the tiers (and the shadow
-#                            sampler); the hybrid pipeline's typed configuration,
-#                            parsed once for the server, the C API and sim
-#   5 serve sim              the hybrid pipeline and its HTTP gateway; the
+#   4 exec                   running a plan over the tiers (and the shadow
+#                            sampler)
+#   5 hybrid                 the hybrid pipeline: its typed configuration,
+#                            decide, admit, execute, record; shared limits,
+#                            virtual keys, online learning. No transport
+#   6 openai sim             the OpenAI wire format (requests, replies,
+#                            errors) the gateway and the C API speak; the
 #                            offline simulator
-#   6 capi                   the C API (include/foreshore.h)
-#   7 cli                    the foreshore binary
+#   7 serve                  the HTTP gateway over the pipeline
+#   8 capi                   the C API (include/foreshore.h)
+#   9 cli                    the foreshore binary
 #
 # Usage: scripts/check-layers.sh [SOURCE_DIR]
 set -euo pipefail
 root=${1:-$(dirname "$0")/..}
-declare -A rank=([common]=0 [engine]=1 [backend]=2 [compress]=2 [observe]=2 [state]=2 [route]=3 [exec]=4 [hybrid]=4
-  [serve]=5 [sim]=5 [capi]=6 [cli]=7)
+declare -A rank=([common]=0 [engine]=1 [backend]=2 [compress]=2 [observe]=2 [state]=2 [route]=3 [exec]=4 [hybrid]=5
+  [openai]=6 [sim]=6 [serve]=7 [capi]=8 [cli]=9)
 status=0
 for dir in "$root"/src/*/; do
   folder=$(basename "$dir")

@@ -16,6 +16,7 @@
 #include <mutex>
 #include <thread>
 
+#include "observe/metrics.h"
 #include "observe/pg_audit.h"
 #include "support/process.h"
 #include "support/shared_servers.h"
@@ -927,6 +928,24 @@ TEST(PgAuditSinkTest, BadSettingsAreRefusedWithAReason) {
   o.spool_path = dir.file("missing/folder/spool.jsonl");
   EXPECT_NE(PgAuditSink::open(o).error().message.find("cannot open the audit spool file"),
             std::string::npos);
+}
+
+TEST(MetricsTest, RendersPrometheusText) {
+  MetricsRegistry m;
+  m.counter("t_total", "Things.", {"tier", "status"}, {"edge", "200"}).add(2);
+  m.counter("t_total", "Things.", {"tier", "status"}, {"edge", "200"}).add();
+  m.histogram("lat_seconds", "Latency.", {"tier"}, {"e\"x"}).observe(0.003);
+  const std::string text = m.render();
+  EXPECT_NE(text.find("# TYPE t_total counter\n"), std::string::npos) << text;
+  EXPECT_NE(text.find("t_total{tier=\"edge\",status=\"200\"} 3\n"), std::string::npos) << text;
+  EXPECT_NE(text.find("# TYPE lat_seconds histogram\n"), std::string::npos) << text;
+  EXPECT_NE(text.find("lat_seconds_bucket{tier=\"e\\\"x\",le=\"0.0025\"} 0\n"), std::string::npos)
+      << text;
+  EXPECT_NE(text.find("lat_seconds_bucket{tier=\"e\\\"x\",le=\"0.005\"} 1\n"), std::string::npos)
+      << text;
+  EXPECT_NE(text.find("lat_seconds_bucket{tier=\"e\\\"x\",le=\"+Inf\"} 1\n"), std::string::npos)
+      << text;
+  EXPECT_NE(text.find("lat_seconds_count{tier=\"e\\\"x\"} 1\n"), std::string::npos) << text;
 }
 
 }  // namespace

@@ -12,7 +12,7 @@
 #include <fstream>
 #include <thread>
 
-#include "serve/shared_limits.h"
+#include "hybrid/shared_limits.h"
 #include "support/fault_server.h"
 #include "support/process.h"
 #include "support/shared_servers.h"
@@ -154,7 +154,7 @@ TEST_F(Replicas, BudgetHoldsAcrossReplicasUnderConcurrentLoad) {
   EXPECT_GE(served, 5) << "the budget should have admitted at least a quarter of its worth";
   // What Redis holds is what was spent: no hold is left behind.
   const std::string spent = redis_.command(
-      {"GET", "fsh:spend:key:" + foreshore::serve::client_identity("Bearer team-a")});
+      {"GET", "fsh:spend:key:" + foreshore::hybrid::client_identity("Bearer team-a")});
   EXPECT_EQ(std::stoll(spent), static_cast<long long>(served) * 1000) << spent;
   EXPECT_EQ(static_cast<int>(cloud_.received().size()), served);
 }
@@ -218,7 +218,7 @@ TEST_F(Replicas, SessionPinnedThroughOneReplicaIsHonouredThroughAnother) {
 TEST_F(Replicas, RedisDownRepliesGoOnLocallyAndResyncWhenItIsBack) {
   start(2, "cloud", "limits: {budget_usd: 100}\n");
   const std::string spend_key =
-      "fsh:spend:key:" + foreshore::serve::client_identity("Bearer outage");
+      "fsh:spend:key:" + foreshore::hybrid::client_identity("Bearer outage");
   for (int i = 0; i < 4; ++i) {
     ASSERT_EQ(http_post(replicas_[static_cast<size_t>(i % 2)]->port(), "/v1/chat/completions",
                         body(), key("outage"))

@@ -1,43 +1,92 @@
-// The C API's hybrid half: the gateway's pipeline (serve::Gateway) run in
-// process, without binding a socket. An engine-only build has
-// capi_hybrid_unsupported.cpp in its place.
+// The C API's hybrid half: the pipeline (hybrid::Deployment) run in process,
+// with the OpenAI wire format (src/openai) for requests and replies; no HTTP
+// server is involved. An engine-only build has capi_hybrid_unsupported.cpp in
+// its place.
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstdio>
 #include <exception>
 #include <memory>
+#include <nlohmann/json.hpp>
 #include <optional>
+#include <random>
+#include <span>
 #include <string>
+#include <string_view>
 #include <utility>
-#include <vector>
 
 #include "capi/capi_internal.h"
-#include "serve/serve.h"
+#include "common/utf8.h"
+#include "hybrid/hybrid.h"
+#include "observe/metrics.h"
+#include "openai/openai.h"
 
 using foreshore::capi::fail;
 using foreshore::capi::succeed;
-namespace serve = foreshore::serve;
+namespace backend = foreshore::backend;
+namespace hybrid = foreshore::hybrid;
+namespace openai = foreshore::openai;
 
 struct foreshore_hybrid {
-  std::unique_ptr<serve::Gateway> gateway;
+  foreshore::observe::MetricsRegistry metrics;
+  // Cloud tiers check every body against the pipeline's detectors.
+  std::shared_ptr<backend::EgressGuard> egress = std::make_shared<backend::EgressGuard>();
+  std::unique_ptr<hybrid::Deployment> deployment;
+  foreshore_log_callback log = nullptr;
+  void* log_user_data = nullptr;
+  std::string id_prefix;
+  std::atomic<uint64_t> next_id{1};
+  std::atomic<int32_t> in_flight{0};
 };
 
 namespace {
 
-using Headers = std::vector<std::pair<std::string, std::string>>;
-
-Headers hint_headers(const foreshore_route_hints* hints) {
-  Headers headers;
-  if (hints == nullptr) return headers;
-  auto add = [&](const char* name, const char* value) {
-    if (value != nullptr && *value != '\0') headers.emplace_back(name, value);
-  };
-  add("x-foreshore-data-class", hints->data_class);
-  add("x-foreshore-tier", hints->tier);
-  add("x-foreshore-latency-budget-ms", hints->latency_budget_ms);
-  add("x-foreshore-cost-ceiling-usd", hints->cost_ceiling_usd);
-  add("x-foreshore-session", hints->session);
-  return headers;
+std::string_view or_empty(const char* text) {
+  return text == nullptr ? std::string_view() : std::string_view(text);
 }
 
-// The status for a gateway reply's HTTP status.
+// The hints as the gateway takes them in x-foreshore-* headers: plain text.
+std::optional<openai::ApiError> check_hints(const foreshore_route_hints* hints) {
+  if (hints == nullptr) return std::nullopt;
+  for (const auto& [name, value] :
+       {std::pair{"data_class", hints->data_class}, std::pair{"tier", hints->tier},
+        std::pair{"latency_budget_ms", hints->latency_budget_ms},
+        std::pair{"cost_ceiling_usd", hints->cost_ceiling_usd},
+        std::pair{"session", hints->session}}) {
+    const std::string_view text = or_empty(value);
+    const bool control = std::any_of(text.begin(), text.end(), [](char c) {
+      return static_cast<unsigned char>(c) < 0x20 || c == 0x7f;
+    });
+    if (control || !foreshore::is_valid_utf8(text)) {
+      return openai::invalid_request(
+          std::string("The route hint ") + name + " is not valid UTF-8 text; pass plain text", name,
+          "invalid_header");
+    }
+  }
+  return std::nullopt;
+}
+
+// The routing hints, falling back to the body's metadata and user.
+hybrid::RouteHints route_hints(const foreshore_route_hints* hints, const hybrid::Request& api) {
+  hybrid::RouteHints out;
+  if (hints != nullptr) {
+    out.data_class = or_empty(hints->data_class);
+    out.latency_budget_ms = or_empty(hints->latency_budget_ms);
+    out.cost_ceiling_usd = or_empty(hints->cost_ceiling_usd);
+    out.session = or_empty(hints->session);
+  }
+  if (out.data_class.empty()) out.data_class = api.data_class;
+  if (out.session.empty()) out.session = api.user;
+  out.client = hybrid::client_identity("");
+  return out;
+}
+
+std::string_view tier_hint(const foreshore_route_hints* hints) {
+  return hints == nullptr ? std::string_view() : or_empty(hints->tier);
+}
+
+// The status for a reply's HTTP status.
 foreshore_status status_of(int http_status) {
   if (http_status >= 200 && http_status < 300) return FORESHORE_OK;
   if (http_status == 404) return FORESHORE_ERR_NOT_FOUND;
@@ -46,6 +95,23 @@ foreshore_status status_of(int http_status) {
     return FORESHORE_ERR_INVALID_ARGUMENT;
   }
   return FORESHORE_ERR_UNAVAILABLE;
+}
+
+std::string new_id(foreshore_hybrid& h) {
+  char buf[24];
+  std::snprintf(buf, sizeof buf, "%llx", static_cast<unsigned long long>(h.next_id.fetch_add(1)));
+  return h.id_prefix + buf;
+}
+
+openai::ApiError overloaded(int32_t limit) {
+  openai::ApiError e;
+  e.status = 429;
+  e.type = "rate_limit_error";
+  e.code = "overloaded";
+  e.message = "The hybrid handle is serving its maximum of " + std::to_string(limit) +
+              " concurrent requests (server.max_concurrent_requests); retry shortly";
+  e.retry_after_seconds = 1;
+  return e;
 }
 
 }  // namespace
@@ -80,16 +146,22 @@ FORESHORE_API foreshore_status foreshore_hybrid_create(const foreshore_hybrid_pa
                                                         "foreshore_hybrid_params.config_yaml");
     if (!parsed.ok()) return fail(parsed.error());
     auto handle = std::make_unique<foreshore_hybrid>();
-    handle->gateway = std::make_unique<serve::Gateway>(std::move(parsed).value());
-    if (params->log != nullptr) {
-      const foreshore_log_callback log = params->log;
-      void* user_data = params->log_user_data;
-      handle->gateway->set_log_sink([log, user_data](std::string_view line) {
-        const std::string text(line);
-        log(FORESHORE_LOG_INFO, text.c_str(), user_data);
-      });
-    }
-    if (auto loaded = handle->gateway->load_tiers(); !loaded.ok()) return fail(loaded.error());
+    handle->log = params->log;
+    handle->log_user_data = params->log_user_data;
+    std::random_device rd;
+    char prefix[16];
+    std::snprintf(prefix, sizeof prefix, "%08x", rd());
+    handle->id_prefix = std::string("fsh") + prefix + "-";
+    foreshore_hybrid* h = handle.get();
+    handle->egress->set_policy([h](std::string_view tier, std::span<const std::string_view> strings,
+                                   const backend::EgressClearance* skipped) {
+      if (!h->deployment) return std::string("no configuration is loaded yet");
+      return h->deployment->pipeline().egress_verdict(tier, strings, skipped);
+    });
+    auto deployment = hybrid::Deployment::create(std::move(parsed).value(), backend::create_backend,
+                                                 nullptr, true, handle->metrics, handle->egress);
+    if (!deployment.ok()) return fail(deployment.error());
+    handle->deployment = std::move(deployment).value();
     *out_hybrid = handle.release();
     return succeed();
   } catch (const std::exception& e) {
@@ -111,10 +183,26 @@ FORESHORE_API foreshore_status foreshore_hybrid_route(foreshore_hybrid* hybrid,
   }
   *out_json = nullptr;
   try {
-    auto explained = hybrid->gateway->explain_route(request_json, hint_headers(hints));
-    if (!explained.ok()) return fail(explained.error());
-    *out_json = foreshore::capi::copy_string(*explained);
-    return succeed();
+    hybrid::Request api;
+    auto e = check_hints(hints);
+    if (!e) e = openai::parse_request(hybrid::RequestKind::kChat, request_json, api);
+    hybrid::RouteHints route = route_hints(hints, api);
+    route.forced_tier = tier_hint(hints);
+    hybrid::Refusal refusal;
+    if (!e) {
+      auto decided = hybrid->deployment->pipeline().decide(api, route, refusal);
+      if (decided.ok()) {
+        nlohmann::json j;
+        foreshore::route::to_json(j, *decided);
+        *out_json = foreshore::capi::copy_string(
+            j.dump(2, ' ', false, nlohmann::json::error_handler_t::replace));
+        return succeed();
+      }
+      e = openai::api_error(refusal);
+    }
+    return fail(status_of(e->status), "foreshore_hybrid_route: HTTP " + std::to_string(e->status) +
+                                          (e->code.empty() ? "" : " " + e->code) + ": " +
+                                          e->message);
   } catch (const std::exception& e) {
     return fail(FORESHORE_ERR_INTERNAL, std::string("foreshore_hybrid_route: ") + e.what());
   }
@@ -139,14 +227,43 @@ FORESHORE_API foreshore_status foreshore_hybrid_chat(foreshore_hybrid* hybrid,
   *out_json = nullptr;
   const foreshore_chat_params p = params ? *params : foreshore_chat_default_params();
   try {
-    foreshore::backend::DeltaSink on_delta;
-    if (p.on_token != nullptr) {
-      on_delta = [&p](const foreshore::backend::Delta& delta) {
-        return delta.text.empty() || p.on_token(delta.text.data(), delta.text.size(), p.user_data);
+    const auto start = std::chrono::steady_clock::now();
+    const hybrid::Deployment& deployment = *hybrid->deployment;
+    const foreshore::config::ServerConfig& server = deployment.config().server;
+    const std::string id = new_id(*hybrid);
+    hybrid::Request api;
+    openai::Reply reply;
+    hybrid::Answer answer;
+    auto e = check_hints(&p.hints);
+    if (!e) e = openai::parse_request(hybrid::RequestKind::kChat, request_json, api);
+    if (!e && hybrid->in_flight.fetch_add(1) >= server.max_concurrent_requests) {
+      hybrid->in_flight.fetch_sub(1);
+      e = overloaded(server.max_concurrent_requests);
+    } else if (!e) {
+      backend::DeltaSink on_delta = [&p](const backend::Delta& delta) {
+        return delta.text.empty() || p.on_token == nullptr ||
+               p.on_token(delta.text.data(), delta.text.size(), p.user_data);
       };
+      answer = deployment.run(api, route_hints(&p.hints, api), tier_hint(&p.hints), id, on_delta);
+      hybrid->in_flight.fetch_sub(1);
+      reply = openai::reply_to(api, answer, id);
     }
-    serve::Gateway::Reply reply =
-        hybrid->gateway->chat(request_json, hint_headers(&p.hints), on_delta);
+    if (e) {
+      reply.status = e->status;
+      reply.body = openai::error_json(*e);
+    }
+    if (server.log_requests && hybrid->log != nullptr) {
+      const double ms =
+          std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start)
+              .count();
+      const std::string plan =
+          answer.decision ? std::string(foreshore::route::to_string(answer.decision->plan.kind))
+                          : std::string();
+      const std::string line = hybrid::request_log_line(
+          id, hybrid::RequestKind::kChat, answer.tier ? answer.tier->config.name : "-",
+          reply.status, ms, plan, answer.result ? &*answer.result : nullptr);
+      hybrid->log(FORESHORE_LOG_INFO, line.c_str(), hybrid->log_user_data);
+    }
     if (out_http_status != nullptr) *out_http_status = reply.status;
     *out_json = foreshore::capi::copy_string(reply.body);
     const foreshore_status status = status_of(reply.status);
@@ -164,9 +281,13 @@ FORESHORE_API foreshore_status foreshore_hybrid_set_memory_pressure(foreshore_hy
     return fail(FORESHORE_ERR_INVALID_ARGUMENT,
                 "foreshore_hybrid_set_memory_pressure: hybrid must not be NULL");
   }
-  auto set = hybrid->gateway->set_memory_pressure_level(level < 0 ? std::nullopt
-                                                                  : std::optional<int>(level));
-  if (!set.ok()) return fail(set.error());
+  if (level > 3) {
+    return fail(FORESHORE_ERR_INVALID_ARGUMENT,
+                "foreshore_hybrid_set_memory_pressure: level " + std::to_string(level) +
+                    " is out of range; pass 0 (none) to 3 (critical), or -1 to measure");
+  }
+  hybrid->deployment->pipeline().set_memory_pressure_level(level < 0 ? std::nullopt
+                                                                     : std::optional<int>(level));
   return succeed();
 }
 

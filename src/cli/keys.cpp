@@ -1,5 +1,5 @@
 // `foreshore keys`: make and revoke virtual API keys in the state backend
-// every replica of a gateway shares (serve/virtual_keys.h).
+// every replica of a gateway shares (hybrid/virtual_keys.h).
 #include <ctime>
 #include <iostream>
 #include <memory>
@@ -9,14 +9,14 @@
 
 #include "cli/commands.h"
 #include "hybrid/config.h"
-#include "serve/virtual_keys.h"
+#include "hybrid/virtual_keys.h"
 
 namespace foreshore::cli {
 namespace {
 
 struct KeysFlags {
   std::string config;
-  serve::VirtualKey spec;
+  hybrid::VirtualKey spec;
   int64_t expires_in_days = 0;
   std::string id;
 };
@@ -42,9 +42,9 @@ int run_create(KeysFlags& flags) {
   if (flags.expires_in_days > 0) {
     flags.spec.expires_at = std::time(nullptr) + flags.expires_in_days * 86400;
   }
-  auto secret = serve::create_virtual_key(**state, flags.spec);
+  auto secret = hybrid::create_virtual_key(**state, flags.spec);
   if (!secret.ok()) return fail(secret.error());
-  auto out = nlohmann::json::parse(serve::virtual_key_json(flags.spec));
+  auto out = nlohmann::json::parse(hybrid::virtual_key_json(flags.spec));
   out["key"] = *secret;
   std::cout << out.dump(2) << "\n";
   return 0;
@@ -53,7 +53,7 @@ int run_create(KeysFlags& flags) {
 int run_revoke(const KeysFlags& flags) {
   auto state = open_state(flags.config);
   if (!state.ok()) return fail(state.error());
-  if (auto s = serve::revoke_virtual_key(**state, flags.id); !s.ok()) return fail(s.error());
+  if (auto s = hybrid::revoke_virtual_key(**state, flags.id); !s.ok()) return fail(s.error());
   std::cout << "revoked " << flags.id << "\n";
   return 0;
 }

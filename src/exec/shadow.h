@@ -96,7 +96,7 @@ struct ShadowOptions {
   // Called on the sampler's thread after each adaptive evaluation.
   std::function<void(double agreement_rate, double threshold)> on_threshold{};
   // Called on the sampler's thread with each scored job's request id and
-  // verdict: the router learns from it (serve/learning.h).
+  // verdict: the router learns from it (hybrid/learning.h).
   std::function<void(const std::string& request_id, bool agreed)> on_verdict{};
   // Injected by tests for the rate limit; steady_clock::now otherwise.
   std::function<std::chrono::steady_clock::time_point()> now{};

@@ -18,7 +18,7 @@
 
 namespace foreshore::config {
 
-// The limits: section, which replicas enforce together (serve/shared_limits.h).
+// The limits: section, which replicas enforce together (hybrid/shared_limits.h).
 struct Limits {
   int64_t requests_per_minute = 0;  // 0: none
   int64_t tokens_per_minute = 0;    // prompt + completion tokens; 0: none

@@ -2,6 +2,6 @@
 #pragma once
 
 #include "hybrid/config.h"
-#include "serve/metrics.h"
-#include "serve/openai.h"
+#include "observe/metrics.h"
+#include "openai/openai.h"
 #include "serve/server.h"

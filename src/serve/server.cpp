@@ -1,7 +1,6 @@
 #include "serve/server.h"
 
 #include <httplib.h>
-#include <malloc.h>
 #include <strings.h>
 #include <sys/socket.h>
 
@@ -14,7 +13,6 @@
 #include <cstdio>
 #include <cstring>
 #include <ctime>
-#include <deque>
 #include <functional>
 #include <mutex>
 #include <nlohmann/json.hpp>
@@ -24,17 +22,26 @@
 #include <unordered_map>
 #include <vector>
 
-#include "common/json_limits.h"
 #include "engine/kernels.h"
-#include "serve/hybrid.h"
-#include "serve/openai.h"
+#include "hybrid/hybrid.h"
+#include "openai/openai.h"
+#include "serve/admin.h"
+#include "serve/http.h"
+#include "serve/stream.h"
+#include "serve/worker_pool.h"
 
 namespace foreshore::serve {
 namespace {
 
+using openai::api_error;
+using openai::ApiError;
+using openai::error_json;
+using openai::from_backend_error;
+using openai::invalid_request;
+using openai::parse_request;
+
 using Clock = std::chrono::steady_clock;
 
-constexpr const char* kJson = "application/json";
 // The model name that leaves the choice of tier to the gateway (the default
 // tier until the router decides per request).
 constexpr const char* kRoutedModel = "foreshore";
@@ -50,18 +57,6 @@ std::string header_safe(std::string_view text) {
   return out;
 }
 
-std::string_view header_value(const httplib::Request& req, const char* name) {
-  auto it = req.headers.find(name);
-  return it == req.headers.end() ? std::string_view() : std::string_view(it->second);
-}
-
-bool constant_time_equal(std::string_view a, std::string_view b) {
-  if (a.size() != b.size()) return false;
-  unsigned char diff = 0;
-  for (size_t i = 0; i < a.size(); ++i) diff |= static_cast<unsigned char>(a[i] ^ b[i]);
-  return diff == 0;
-}
-
 double ms_since(Clock::time_point start) {
   return std::chrono::duration<double, std::milli>(Clock::now() - start).count();
 }
@@ -70,256 +65,32 @@ struct Tier {
   backend::TierConfig config;
   std::shared_ptr<backend::Backend> backend;
   // Series looked up once so the request path only does atomic adds.
-  Counter* ok_chat = nullptr;
-  Counter* ok_completions = nullptr;
-  Counter* prompt_tokens = nullptr;
-  Counter* completion_tokens = nullptr;
-  Histogram* latency = nullptr;
-  Histogram* ttft = nullptr;
+  observe::Counter* ok_chat = nullptr;
+  observe::Counter* ok_completions = nullptr;
+  observe::Counter* prompt_tokens = nullptr;
+  observe::Counter* completion_tokens = nullptr;
+  observe::Histogram* latency = nullptr;
+  observe::Histogram* ttft = nullptr;
 };
 
-// One streamed generation: a producer thread runs the tier and appends SSE
-// text; the HTTP worker drains it into the socket. The split lets the handler
-// answer with a real status when the tier fails before its first token.
-struct StreamState {
-  std::mutex mu;
-  std::condition_variable cv;
-  std::string pending;
-  bool started = false;
-  bool finished = false;
-  std::optional<Error> error;
-  std::optional<ApiError> stream_error;  // sent mid-stream as an SSE error event
-  bool ended_early = false;              // end() closed it; the producer adds nothing more
-  backend::Completion completion;
-
-  // Owned copies: a producer abandoned at its deadline may outlive the request.
-  std::function<Result<exec::ExecutionResult>(const backend::BackendRequest&,
-                                              const backend::DeltaSink&, const exec::SourceSink&)>
-      run;
-  std::function<std::string(std::string_view)> placement_of;
-  // The model and version a tier serves, for a stream that a fallback answers.
-  std::function<std::pair<std::string, std::string>(std::string_view)> model_of;
-  ApiRequest api;  // to rebuild the writer for another tier's model
-  std::optional<exec::ExecutionResult> outcome;
-  backend::BackendRequest request;
-  std::string tier, placement, model, model_version, decision_id, plan;
-  std::optional<SseWriter> writer;
-  std::thread producer;
-
-  Provenance provenance(std::string_view version) const {
-    Provenance p;
-    p.tier = tier;
-    p.placement = placement;
-    p.model = model;
-    p.model_version = version;
-    p.decision_id = decision_id;
-    p.plan = plan;
-    if (outcome) {
-      p.degraded = outcome->degraded;
-      p.degraded_reason = outcome->degraded_reason;
-      p.escalated = outcome->escalated;
-      p.confidence = outcome->confidence;
-    }
-    return p;
-  }
-
-  // Gives back the request's admission slot and records how it ended, once:
-  // when its last byte is about to go out, or when the response is torn down
-  // early. Doing it before the last byte means a client that reads the end of
-  // the stream finds its slot free and its request counted.
-  std::function<void(bool success)> on_settle;
-  std::atomic<bool> settled{false};
-  void settle(bool success) {
-    if (!settled.exchange(true, std::memory_order_acq_rel)) on_settle(success);
-  }
-
-  // The tier about to produce the next delta: until the stream has begun,
-  // headers and chunks follow it, so they name who really answers.
-  void on_source(const std::string& source) {
-    std::lock_guard lock(mu);
-    if (started || source == tier) return;
-    tier = source;
-    placement = placement_of(source);
-    std::tie(model, model_version) = model_of(source);
-    writer.emplace(api, decision_id, created, model);
-  }
-
-  int64_t created = 0;
-
-  // Closes a running stream with an error event (shutdown): what the client
-  // has is marked incomplete, not silently cut. False when it had not begun
-  // or had already finished.
-  bool end(const ApiError& why) {
-    {
-      std::lock_guard lock(mu);
-      if (!started || finished) return false;
-      stream_error = why;
-      SseWriter::error(pending, why);
-      finished = true;
-      ended_early = true;
-    }
-    request.cancelled->store(true);
-    cv.notify_all();
-    return true;
-  }
-
-  void produce() {
-    auto r = run(
-        request,
-        [this](const backend::Delta& d) {
-          if (request.cancelled->load(std::memory_order_relaxed)) return false;
-          {
-            std::lock_guard lock(mu);
-            if (ended_early) return false;
-            if (!started) {
-              started = true;
-              writer->begin(pending, provenance(model_version));
-            }
-            writer->delta(pending, d);
-          }
-          cv.notify_one();
-          return true;
-        },
-        [this](const std::string& source) { on_source(source); });
-    {
-      std::lock_guard lock(mu);
-      if (ended_early) {
-        if (r.ok()) outcome = std::move(r).value();
-      } else if (r.ok()) {
-        tier = r->tier;
-        placement = placement_of(tier);
-        if (!r->completion.model.empty()) model = r->completion.model;
-        completion = r->completion;
-        outcome = std::move(r).value();
-        if (!started) writer->begin(pending, provenance(model_version));
-        const std::string& version =
-            completion.model_version.empty() ? model_version : completion.model_version;
-        writer->finish(pending, completion, provenance(version));
-      } else {
-        error = r.error();
-        if (started) {
-          stream_error = from_backend_error(*error);
-          SseWriter::error(pending, *stream_error);
-        }
-      }
-      finished = true;
-    }
-    cv.notify_one();
-  }
-};
-
-// Threads an idle gateway keeps: enough for health checks and a few clients.
-constexpr size_t kMinWorkerThreads = 8;
-
-// httplib's own pool starts every thread up front; this one starts them as
-// connections arrive, so an idle gateway stays small while a busy one can
-// still hold many keep-alive connections (httplib serves each on one thread).
-// After a burst, threads beyond `min_threads` that stay idle for `idle_timeout`
-// exit, and the last one to go hands the freed heap back to the system: a
-// burst of 512 connections otherwise leaves 512 threads' stacks and malloc
-// arenas resident for the life of the process.
-class ElasticPool : public httplib::TaskQueue {
- public:
-  ElasticPool(size_t max_threads, size_t min_threads, std::chrono::milliseconds idle_timeout,
-              Gauge* workers)
-      : max_threads_(max_threads),
-        min_threads_(std::min(min_threads, max_threads)),
-        idle_timeout_(idle_timeout),
-        workers_(workers) {}
-
-  void enqueue(std::function<void()> fn) override {
-    {
-      std::lock_guard lock(mu_);
-      jobs_.push_back(std::move(fn));
-      if (jobs_.size() > idle_ && threads_.size() < max_threads_) {
-        threads_.emplace_back([this] { work(); });
-        workers_->set(static_cast<double>(threads_.size()));
-        return;
-      }
-    }
-    cv_.notify_one();
-  }
-
-  void shutdown() override {
-    {
-      std::lock_guard lock(mu_);
-      stopping_ = true;
-    }
-    cv_.notify_all();
-    // Once stopping_ is set no thread retires, so threads_ changes no more.
-    for (auto& t : threads_) t.join();
-    std::lock_guard lock(mu_);
-    if (retired_.joinable()) retired_.join();
-  }
-
- private:
-  void work() {
-    std::unique_lock lock(mu_);
-    while (true) {
-      ++idle_;
-      const bool woken =
-          cv_.wait_for(lock, idle_timeout_, [&] { return stopping_ || !jobs_.empty(); });
-      --idle_;
-      if (!woken) {
-        if (threads_.size() > min_threads_) return retire(lock);
-        continue;
-      }
-      if (jobs_.empty()) return;  // stopping, and nothing left to run
-      std::function<void()> fn = std::move(jobs_.front());
-      jobs_.pop_front();
-      lock.unlock();
-      fn();
-      lock.lock();
-    }
-  }
-
-  // Runs on the retiring thread, which cannot join itself: it parks its own
-  // handle for the next one to retire (or shutdown) to join, and joins the
-  // previous one's, so an exited thread's stack is freed promptly.
-  void retire(std::unique_lock<std::mutex>& lock) {
-    const auto self = std::find_if(threads_.begin(), threads_.end(), [](const std::thread& t) {
-      return t.get_id() == std::this_thread::get_id();
-    });
-    std::thread previous = std::exchange(retired_, std::move(*self));
-    threads_.erase(self);
-    workers_->set(static_cast<double>(threads_.size()));
-    const bool last = threads_.size() == min_threads_;
-    lock.unlock();
-    if (previous.joinable()) previous.join();
-    if (last) malloc_trim(0);
-  }
-
-  const size_t max_threads_;
-  const size_t min_threads_;
-  const std::chrono::milliseconds idle_timeout_;
-  Gauge* const workers_;
-  std::mutex mu_;
-  std::condition_variable cv_;
-  std::deque<std::function<void()>> jobs_;
-  std::vector<std::thread> threads_;
-  std::thread retired_;
-  size_t idle_ = 0;
-  bool stopping_ = false;
-};
-
-// Everything one configuration defines: its tiers, names and router. A reload
+// Everything one configuration defines: the pipeline's deployment (tiers,
+// names, router) and what the gateway keeps beside it per tier. A reload
 // builds a new one and swaps it in whole; requests keep the one they started
 // with until they end, so none sees half of each.
 struct Deployment {
-  config::GatewayConfig config;
-  std::vector<Tier> tiers;
-  std::unordered_map<std::string, size_t> by_model;  // tier names, aliases, model ids
-  size_t default_tier = 0;
+  std::unique_ptr<hybrid::Deployment> core;
+  std::vector<Tier> tiers;  // in core's order
   std::string models_json;
   // Each listed model's object, by id, for GET /v1/models/{id}.
   std::unordered_map<std::string, std::string> model_json;
-  std::unique_ptr<HybridRouter> hybrid;
 
+  const config::GatewayConfig& config() const { return core->config(); }
+  hybrid::Pipeline& pipeline() const { return core->pipeline(); }
   Tier* find_tier(std::string_view name) {
     for (auto& t : tiers) {
       if (t.config.name == name) return &t;
     }
-    return &tiers[default_tier];
+    return &tiers[core->default_tier()];
   }
 };
 
@@ -345,7 +116,7 @@ class ActiveRequest {
 struct Gateway::Impl {
   const config::GatewayConfig config;  // as started; server.host/port/limits stay in force
   httplib::Server http;
-  MetricsRegistry metrics;
+  observe::MetricsRegistry metrics;
   mutable std::mutex live_mu;
   std::shared_ptr<Deployment> live;
   std::atomic<bool> ready{false};
@@ -359,16 +130,13 @@ struct Gateway::Impl {
   std::string id_prefix;
   std::atomic<uint64_t> next_id{1};
   int64_t started_at = std::time(nullptr);
-  Gauge* in_flight_gauge = nullptr;
+  observe::Gauge* in_flight_gauge = nullptr;
   int listen_socket = -1;  // set while httplib creates it
-  Counter* reloads_ok = nullptr;
-  Counter* reloads_failed = nullptr;
+  observe::Counter* reloads_ok = nullptr;
+  observe::Counter* reloads_failed = nullptr;
   // On every tier: cloud tiers check each body they send against the live
   // deployment's detectors (a reload's new rules apply at once).
   std::shared_ptr<backend::EgressGuard> egress = std::make_shared<backend::EgressGuard>();
-  std::function<void(std::string_view)> log_sink;  // empty: stderr
-  // The embedding app's memory-pressure level, kept over reloads (live_mu).
-  std::optional<int> app_memory_level;
   // Running streams, for end_streams() at shutdown.
   std::mutex streams_mu;
   std::vector<std::weak_ptr<StreamState>> streams;
@@ -377,8 +145,8 @@ struct Gateway::Impl {
     egress->set_policy([this](std::string_view tier, std::span<const std::string_view> strings,
                               const backend::EgressClearance* skipped) {
       auto dep = deployment();
-      if (!dep || !dep->hybrid) return std::string("no configuration is loaded yet");
-      return dep->hybrid->egress_verdict(tier, strings, skipped);
+      if (!dep) return std::string("no configuration is loaded yet");
+      return dep->pipeline().egress_verdict(tier, strings, skipped);
     });
     std::random_device rd;
     char buf[16];
@@ -418,7 +186,7 @@ struct Gateway::Impl {
                                ? static_cast<size_t>(s.worker_threads)
                                : static_cast<size_t>(s.max_concurrent_requests) + 64;
     const std::chrono::milliseconds idle_timeout(s.worker_idle_timeout_ms);
-    Gauge* worker_gauge = &metrics.gauge(
+    observe::Gauge* worker_gauge = &metrics.gauge(
         "foreshore_http_worker_threads",
         "HTTP worker threads alive; each holds one connection while it is open.", {}, {});
     http.new_task_queue = [workers, idle_timeout, worker_gauge] {
@@ -463,7 +231,7 @@ struct Gateway::Impl {
         if (i > 0) names += ',', states += ',';
         append_json_string(names, t.config.name);
         const std::string why = t.backend->unavailable_reason();
-        const std::string_view breaker = dep->hybrid->breaker_state(t.config.name);
+        const std::string_view breaker = dep->pipeline().breaker_state(t.config.name);
         append_json_string(states, t.config.name);
         states += ":{\"placement\":";
         append_json_string(states, placement_name(t.config.placement));
@@ -483,7 +251,7 @@ struct Gateway::Impl {
         }
       }
       // A replica on its own state (Redis down) serves but enforces limits alone.
-      const state::SharedState& shared = dep->hybrid->shared_state();
+      const state::SharedState& shared = dep->pipeline().shared_state();
       all_ok = all_ok && shared.connected();
       std::string body = std::string("{\"status\":") + (all_ok ? "\"ready\"" : "\"degraded\"") +
                          ",\"tiers\":[" + names + "],\"tier_states\":{" + states + "}";
@@ -501,19 +269,23 @@ struct Gateway::Impl {
     });
     http.Get("/metrics", [this](const httplib::Request&, httplib::Response& res) {
       in_flight_gauge->set(in_flight.load(std::memory_order_relaxed));
-      if (auto dep = deployment()) dep->hybrid->collect_metrics();
+      if (auto dep = deployment()) dep->pipeline().collect_metrics();
       res.set_content(metrics.render(), "text/plain; version=0.0.4; charset=utf-8");
     });
     http.Post("/admin/keys", [this](const httplib::Request& req, httplib::Response& res) {
-      handle_admin_keys(req, res);
+      auto dep = deployment();
+      answer_admin_keys(dep ? dep->config().server : config.server,
+                        dep ? &dep->pipeline() : nullptr, req, res);
     });
     http.Delete(R"(/admin/keys/([0-9a-f]+))",
                 [this](const httplib::Request& req, httplib::Response& res) {
-                  handle_admin_keys(req, res);
+                  auto dep = deployment();
+                  answer_admin_keys(dep ? dep->config().server : config.server,
+                                    dep ? &dep->pipeline() : nullptr, req, res);
                 });
     http.Get("/v1/models", [this](const httplib::Request& req, httplib::Response& res) {
       auto dep = deployment();
-      if (!check_auth(dep ? dep->config.server : config.server, req, res)) return;
+      if (!check_auth(dep ? dep->config().server : config.server, req, res)) return;
       if (!dep) {
         send_error(res, not_ready());
         return;
@@ -523,7 +295,7 @@ struct Gateway::Impl {
     // Model ids may hold slashes ("foreshore/cascade", "org/name").
     http.Get(R"(/v1/models/(.+))", [this](const httplib::Request& req, httplib::Response& res) {
       auto dep = deployment();
-      if (!check_auth(dep ? dep->config.server : config.server, req, res)) return;
+      if (!check_auth(dep ? dep->config().server : config.server, req, res)) return;
       if (!dep) {
         send_error(res, not_ready());
         return;
@@ -542,20 +314,24 @@ struct Gateway::Impl {
     });
     http.Post("/v1/chat/completions", [this](const httplib::Request& req, httplib::Response& res,
                                              const httplib::ContentReader& reader) {
-      handle_generate(ApiKind::kChat, req, res, reader);
+      handle_generate(hybrid::RequestKind::kChat, req, res, reader);
     });
     http.Post("/v1/route",
               [this](const httplib::Request& req, httplib::Response& res,
                      const httplib::ContentReader& reader) { handle_route(req, res, reader); });
     http.Post("/v1/feedback", [this](const httplib::Request& req, httplib::Response& res) {
-      handle_feedback(req, res);
+      auto dep = deployment();
+      answer_feedback(dep ? dep->config().server : config.server, dep ? &dep->pipeline() : nullptr,
+                      req, res);
     });
     http.Get("/v1/router/status", [this](const httplib::Request& req, httplib::Response& res) {
-      handle_router_status(req, res);
+      auto dep = deployment();
+      answer_router_status(dep ? dep->config().server : config.server,
+                           dep ? &dep->pipeline() : nullptr, req, res);
     });
     http.Post("/v1/completions", [this](const httplib::Request& req, httplib::Response& res,
                                         const httplib::ContentReader& reader) {
-      handle_generate(ApiKind::kCompletion, req, res, reader);
+      handle_generate(hybrid::RequestKind::kCompletion, req, res, reader);
     });
 
     // Whatever httplib answers by itself (unknown path, oversized or
@@ -607,162 +383,28 @@ struct Gateway::Impl {
     return live;
   }
 
-  static ApiError shutting_down() {
+  static ApiError overloaded(const config::ServerConfig& server) {
     ApiError e;
-    e.status = 503;
-    e.type = "service_unavailable";
-    e.code = "shutting_down";
-    e.message =
-        "The gateway is shutting down and takes no new requests; retry on another instance "
-        "or after it restarts";
+    e.status = 429;
+    e.type = "rate_limit_error";
+    e.code = "overloaded";
+    e.message = "The gateway is serving its maximum of " +
+                std::to_string(server.max_concurrent_requests) +
+                " concurrent requests; retry shortly";
     e.retry_after_seconds = 1;
     return e;
   }
 
-  static ApiError not_ready() {
-    ApiError e;
-    e.status = 503;
-    e.type = "service_unavailable";
-    e.code = "not_ready";
-    e.message = "The gateway is still loading its tiers; retry shortly (GET /readyz tells when)";
-    return e;
-  }
-
-  static void send_error(httplib::Response& res, const ApiError& e) {
-    res.status = e.status;
-    if (e.retry_after_seconds > 0) {
-      res.set_header("Retry-After",
-                     std::to_string(static_cast<int64_t>(std::ceil(e.retry_after_seconds))));
-    }
-    res.body = error_json(e);
-    res.set_header("Content-Type", kJson);
-  }
-
-  static bool check_auth(const config::ServerConfig& server, const httplib::Request& req,
-                         httplib::Response& res) {
-    const auto& keys = server.api_keys;
-    if (keys.empty()) return true;
-    std::string_view auth = header_value(req, "Authorization");
-    ApiError e;
-    e.status = 401;
-    e.code = "invalid_api_key";
-    if (auth.empty()) {
-      e.message = "Missing API key: send it as 'Authorization: Bearer KEY'";
-    } else if (!auth.starts_with("Bearer ")) {
-      e.message = "The Authorization header must be 'Bearer KEY'";
-    } else {
-      const std::string_view key = auth.substr(7);
-      bool match = false;
-      for (const auto& k : keys) match |= constant_time_equal(key, k);
-      if (match) return true;
-      e.message = "Incorrect API key provided";
-    }
-    send_error(res, e);
-    return false;
-  }
-
-  static std::string_view bearer_key(const httplib::Request& req) {
-    std::string_view auth = header_value(req, "Authorization");
-    return auth.starts_with("Bearer ") ? auth.substr(7) : std::string_view();
-  }
-
-  // POST /admin/keys and DELETE /admin/keys/ID, for server.admin_key_env's key.
-  void handle_admin_keys(const httplib::Request& req, httplib::Response& res) {
-    auto dep = deployment();
-    const config::ServerConfig& server = dep ? dep->config.server : config.server;
-    ApiError e;
-    e.status = 401;
-    e.code = "invalid_admin_key";
-    if (server.admin_key.empty()) {
-      e.status = 404;
-      e.code = "admin_disabled";
-      e.message = "The admin API is off; set server.admin_key_env to turn it on";
-    } else if (!constant_time_equal(bearer_key(req), server.admin_key)) {
-      e.message = "The admin API needs 'Authorization: Bearer ADMIN_KEY' (server.admin_key_env)";
-    } else if (!dep) {
-      e = not_ready();
-    } else {
-      state::SharedState& state = dep->hybrid->shared_state();
-      if (req.method == "DELETE") {
-        const std::string key_id = req.matches[1];
-        if (auto s = revoke_virtual_key(state, key_id); !s.ok()) {
-          e = from_backend_error(s.error());
-          e.status = s.error().kind == ErrorKind::kNotFound ? 404 : 503;
-        } else {
-          res.set_content("{\"revoked\":" + nlohmann::json(key_id).dump() + "}", kJson);
-          return;
-        }
-      } else {
-        auto spec = virtual_key_from_json(req.body);
-        const auto body = nlohmann::json::parse(req.body, nullptr, false);
-        if (spec.ok() && body.is_object() && body.contains("expires_in_seconds") &&
-            body["expires_in_seconds"].is_number_integer()) {
-          spec->expires_at = std::time(nullptr) + body["expires_in_seconds"].get<int64_t>();
-        }
-        if (!spec.ok()) {
-          e = invalid_request(spec.error().message, "", "invalid_virtual_key");
-        } else if (auto secret = create_virtual_key(state, *spec); !secret.ok()) {
-          e = from_backend_error(secret.error());
-          e.status = 503;
-        } else {
-          auto out = nlohmann::json::parse(virtual_key_json(*spec));
-          out["key"] = *secret;
-          res.status = 201;
-          res.set_content(out.dump(), kJson);
-          return;
-        }
-      }
-    }
-    send_error(res, e);
-  }
-
-  // The tier that serves a request, or the error that says why none does.
-  static std::optional<ApiError> select_tier(const Deployment& dep, const httplib::Request& req,
-                                             const ApiRequest& api, size_t& out) {
-    const auto& tiers = dep.tiers;
-    if (std::string_view forced = header_value(req, "x-foreshore-tier"); !forced.empty()) {
-      for (size_t i = 0; i < tiers.size(); ++i) {
-        if (tiers[i].config.name == forced) {
-          out = i;
-          return std::nullopt;
-        }
-      }
-      std::string names;
-      for (const auto& t : tiers) names += (names.empty() ? "" : ", ") + t.config.name;
-      return invalid_request("x-foreshore-tier: '" + std::string(forced) +
-                                 "' is not a tier of this gateway (tiers: " + names + ")",
-                             "x-foreshore-tier", "unknown_tier");
-    }
-    if (api.model.empty()) {
-      out = dep.default_tier;
-      return std::nullopt;
-    }
-    auto it = dep.by_model.find(api.model);
-    if (it == dep.by_model.end() && api.model == kRoutedModel) {
-      out = dep.default_tier;
-      return std::nullopt;
-    }
-    if (it == dep.by_model.end()) {
-      ApiError e = invalid_request("The model '" + api.model +
-                                       "' does not exist on this gateway; GET /v1/models "
-                                       "lists the names it serves",
-                                   "model", "model_not_found");
-      e.status = 404;
-      return e;
-    }
-    out = it->second;
-    return std::nullopt;
-  }
-
   // `server`: the configuration the request ran under (it says whether to log).
   // `outcome`: how a routed request ran, named in the log line (plan, degradation).
-  void record(const config::ServerConfig& server, const Tier* tier, ApiKind kind, int status,
-              Clock::time_point start, const backend::Completion* completion, std::string_view id,
-              const exec::ExecutionResult* outcome = nullptr, std::string_view plan = {}) {
+  void record(const config::ServerConfig& server, const Tier* tier, hybrid::RequestKind kind,
+              int status, Clock::time_point start, const backend::Completion* completion,
+              std::string_view id, const exec::ExecutionResult* outcome = nullptr,
+              std::string_view plan = {}) {
     const double ms = ms_since(start);
-    const char* endpoint = kind == ApiKind::kChat ? "chat" : "completions";
+    const char* endpoint = kind == hybrid::RequestKind::kChat ? "chat" : "completions";
     if (tier != nullptr && status == 200) {
-      (kind == ApiKind::kChat ? tier->ok_chat : tier->ok_completions)->add();
+      (kind == hybrid::RequestKind::kChat ? tier->ok_chat : tier->ok_completions)->add();
     } else {
       metrics
           .counter("foreshore_requests_total", kRequestsHelp, {"tier", "endpoint", "status"},
@@ -780,20 +422,9 @@ struct Gateway::Impl {
       }
     }
     if (server.log_requests) {
-      std::string extra;
-      if (!plan.empty()) extra += " plan=" + std::string(plan);
-      if (outcome != nullptr && outcome->degraded) {
-        extra += " degraded=\"" + outcome->degraded_reason + "\"";
-      }
-      char line[512];
-      std::snprintf(line, sizeof line, "req %.*s %s tier=%s status=%d %.1fms%s",
-                    static_cast<int>(id.size()), id.data(), endpoint,
-                    tier ? tier->config.name.c_str() : "-", status, ms, extra.c_str());
-      if (log_sink) {
-        log_sink(line);
-      } else {
-        std::fprintf(stderr, "%s\n", line);
-      }
+      const std::string line = hybrid::request_log_line(
+          id, kind, tier ? std::string_view(tier->config.name) : "-", status, ms, plan, outcome);
+      std::fprintf(stderr, "%s\n", line.c_str());
     }
   }
 
@@ -801,207 +432,125 @@ struct Gateway::Impl {
       "Generation requests by tier, endpoint and outcome status (the HTTP status; for "
       "streams that failed after starting, the error's status; 499: the client went away).";
 
-  void handle_generate(ApiKind kind, const httplib::Request& req, httplib::Response& res,
-                       const httplib::ContentReader& reader) {
+  // The error reply to a request, sent and counted: `tier` is the one it was
+  // meant for, when routing got that far.
+  void refuse(httplib::Response& res, const config::ServerConfig& server, const Tier* tier,
+              hybrid::RequestKind kind, Clock::time_point start, std::string_view id,
+              const ApiError& e) {
+    send_error(res, e);
+    record(server, tier, kind, e.status, start, nullptr, id);
+  }
+
+  void handle_generate(hybrid::RequestKind kind, const httplib::Request& req,
+                       httplib::Response& res, const httplib::ContentReader& reader) {
     const auto start = Clock::now();
     ActiveRequest active_request(active);
     std::string id = new_id();
     res.set_header("x-foreshore-decision-id", id);
     // The configuration this request runs under, even if a reload happens meanwhile.
     std::shared_ptr<Deployment> dep = deployment();
-    const config::ServerConfig& server = dep ? dep->config.server : config.server;
+    const config::ServerConfig& server = dep ? dep->config().server : config.server;
     if (draining.load()) {
       res.set_header("Connection", "close");
-      send_error(res, shutting_down());
-      record(server, nullptr, kind, 503, start, nullptr, id);
-      return;
+      return refuse(res, server, nullptr, kind, start, id, shutting_down());
     }
 
     std::string body;
     if (auto e = read_body(reader, res, body)) {
       res.set_header("Connection", "close");
-      send_error(res, *e);
-      record(server, nullptr, kind, e->status, start, nullptr, id);
-      return;
+      return refuse(res, server, nullptr, kind, start, id, *e);
     }
     // A virtual key (virtual_keys.h) is looked up in the shared state; any
     // other key must be one of server.api_keys.
-    std::optional<VirtualKey> virtual_key;
-    if (dep) virtual_key = find_virtual_key(dep->hybrid->shared_state(), bearer_key(req));
+    std::optional<hybrid::VirtualKey> virtual_key;
+    if (dep)
+      virtual_key = hybrid::find_virtual_key(dep->pipeline().shared_state(), bearer_key(req));
     if (virtual_key && virtual_key->expires_at != 0 &&
         virtual_key->expires_at <= std::time(nullptr)) {
       ApiError e;
       e.status = 401;
       e.code = "invalid_api_key";
       e.message = "The virtual key " + virtual_key->id + " has expired; ask for a new one";
-      send_error(res, e);
-      record(server, nullptr, kind, 401, start, nullptr, id);
-      return;
+      return refuse(res, server, nullptr, kind, start, id, e);
     }
     if (!virtual_key && !check_auth(server, req, res)) {
       record(server, nullptr, kind, 401, start, nullptr, id);
       return;
     }
     generate(kind, req, body, res, start, std::move(id), std::move(dep), std::move(active_request),
-             {}, std::move(virtual_key));
+             std::move(virtual_key));
   }
 
   // Everything after the body is read and the client admitted: parse, route,
-  // run, answer into `res`. With `in_process` set (Gateway::chat) the answer
-  // is never streamed over HTTP: the deltas go to it while the completion is
-  // built, and the whole answer is still written to `res`. `virtual_key`: the
-  // client's, when it authenticated with one (its limits apply).
-  void generate(ApiKind kind, const httplib::Request& req, const std::string& body,
+  // run, answer into `res`. `virtual_key`: the client's, when it
+  // authenticated with one (its limits apply).
+  void generate(hybrid::RequestKind kind, const httplib::Request& req, const std::string& body,
                 httplib::Response& res, Clock::time_point start, std::string id,
                 std::shared_ptr<Deployment> dep, ActiveRequest active_request,
-                const backend::DeltaSink& in_process,
-                std::optional<VirtualKey> virtual_key = std::nullopt) {
-    const config::ServerConfig& server = dep ? dep->config.server : config.server;
-    if (!dep) {
-      send_error(res, not_ready());
-      record(server, nullptr, kind, 503, start, nullptr, id);
-      return;
-    }
-    HybridRouter* hybrid = dep->hybrid.get();
-
-    ApiRequest api;
+                std::optional<hybrid::VirtualKey> virtual_key) {
+    const config::ServerConfig& server = dep ? dep->config().server : config.server;
+    if (!dep) return refuse(res, server, nullptr, kind, start, id, not_ready());
+    hybrid::Request api;
     auto e = check_hint_headers(req);
     if (!e) e = parse_request(kind, body, api);
-    if (e) {
-      send_error(res, *e);
-      record(server, nullptr, kind, e->status, start, nullptr, id);
-      return;
-    }
-    RouteHints hints = route_hints(req, api);
+    if (e) return refuse(res, server, nullptr, kind, start, id, *e);
+    hybrid::RouteHints hints = route_hints(req, api);
     hints.virtual_key = std::move(virtual_key);
-    // A tier named by header or by model is a forced tier, still subject to
-    // the router's rules (device-only data never reaches a cloud tier).
-    if (!header_value(req, "x-foreshore-tier").empty() ||
-        !HybridRouter::is_routed_model(api.model)) {
-      size_t index = 0;
-      if (auto e = select_tier(*dep, req, api, index)) {
-        send_error(res, *e);
-        record(server, nullptr, kind, e->status, start, nullptr, id);
-        return;
-      }
-      hints.forced_tier = dep->tiers[index].config.name;
-      hints.forced_is_preference =
-          header_value(req, "x-foreshore-tier").empty() && api.model != hints.forced_tier;
-      if (header_value(req, "x-foreshore-tier").empty()) {
-        for (const auto& alias : dep->config.models) {
-          if (alias.name == api.model) hints.fallback_tiers = alias.fallback;
-        }
-      }
-    } else if (!dep->config.routing && !server.default_tier.empty()) {
-      // Without a routing: section, server.default_tier is a fixed tier.
-      hints.forced_tier = server.default_tier;
-    }
-    ApiError route_error;
-    auto decided = hybrid->decide(api, hints, route_error);
-    if (!decided.ok() || decided->plan.kind == route::PlanKind::kReject) {
-      send_error(res, route_error);
-      record(server, nullptr, kind, route_error.status, start, nullptr, id);
-      if (decided.ok()) {
-        hybrid->finish(
-            api, hints, *decided,
-            Result<exec::ExecutionResult>(make_error(ErrorKind::kUnavailable, route_error.message)),
-            ms_since(start), route_error.status);
-      }
-      return;
-    }
-    route::Decision decision = std::move(decided).value();
-    decision.id = id;
-    const std::string& primary = decision.plan.kind == route::PlanKind::kCloud
-                                     ? decision.plan.cloud_tier
-                                     : decision.plan.edge_tier;
-    Tier& tier = *dep->find_tier(primary);
 
     // Admission after parsing, so malformed requests never take a slot.
     if (in_flight.fetch_add(1, std::memory_order_acq_rel) >= server.max_concurrent_requests) {
       in_flight.fetch_sub(1, std::memory_order_acq_rel);
-      ApiError e;
-      e.status = 429;
-      e.type = "rate_limit_error";
-      e.code = "overloaded";
-      e.message = "The gateway is serving its maximum of " +
-                  std::to_string(server.max_concurrent_requests) +
-                  " concurrent requests; retry shortly";
-      e.retry_after_seconds = 1;
-      send_error(res, e);
-      record(server, &tier, kind, 429, start, nullptr, id);
-      return;
+      return refuse(res, server, nullptr, kind, start, id, overloaded(server));
     }
-
-    if (auto refused = hybrid->admit(api, decision, hints)) {
+    hybrid::Answer answer = dep->core->admit(api, hints, header_value(req, "x-foreshore-tier"), id);
+    Tier* tier = answer.tier ? dep->find_tier(answer.tier->config.name) : nullptr;
+    if (answer.refusal) {
       in_flight.fetch_sub(1, std::memory_order_acq_rel);
-      send_error(res, *refused);
-      record(server, &tier, kind, refused->status, start, nullptr, id);
-      return;
+      return refuse(res, server, tier, kind, start, id, api_error(*answer.refusal));
     }
-
-    api.backend.request_id = id;
-    api.backend.deadline = start + std::chrono::milliseconds(server.request_timeout_ms);
-    api.backend.cancelled = std::make_shared<std::atomic<bool>>(false);
+    const route::Decision& decision = *answer.decision;
     res.set_header("x-foreshore-plan", std::string(route::to_string(decision.plan.kind)));
     res.set_header("x-foreshore-policy", std::string(route::to_string(decision.policy)));
-
-    if (in_process) api.stream = false;
     if (api.stream) {
-      stream(dep, std::move(active_request), kind, tier, std::move(api), std::move(hints),
-             std::move(decision), std::move(id), start, res);
+      api.backend.request_id = id;
+      api.backend.deadline = start + std::chrono::milliseconds(server.request_timeout_ms);
+      api.backend.cancelled = std::make_shared<std::atomic<bool>>(false);
+      stream(dep, std::move(active_request), kind, *tier, std::move(api), std::move(hints),
+             decision, std::move(id), start, res);
       return;
     }
 
-    auto result = hybrid->execute(decision, api.backend, in_process);
+    dep->core->execute(api, hints, answer, start, {});
     in_flight.fetch_sub(1, std::memory_order_acq_rel);
-    if (!result.ok()) {
-      const backend::BackendInfo& info = tier.backend->info();
-      res.set_header("x-foreshore-tier", tier.config.name);
-      res.set_header("x-foreshore-model", info.model);
-      res.set_header("x-foreshore-model-version", std::string(or_unknown(info.model_version)));
-      const ApiError e = from_backend_error(result.error());
-      send_error(res, e);
-      record(server, &tier, kind, e.status, start, nullptr, id);
-      hybrid->finish(api, hints, decision, result, ms_since(start), e.status);
-      return;
-    }
-    Tier& served = *dep->find_tier(result->tier);
+    Tier& served = *dep->find_tier(answer.tier->config.name);
     const backend::BackendInfo& info = served.backend->info();
-    const backend::Completion& c = result->completion;
-    const std::string& model = c.model.empty() ? info.model : c.model;
-    const std::string_view version =
-        or_unknown(c.model_version.empty() ? info.model_version : c.model_version);
+    const backend::Completion* c = answer.result ? &answer.result->completion : nullptr;
     res.set_header("x-foreshore-tier", served.config.name);
-    res.set_header("x-foreshore-model", model);
-    res.set_header("x-foreshore-model-version", std::string(version));
+    res.set_header("x-foreshore-model", c && !c->model.empty() ? c->model : info.model);
+    res.set_header("x-foreshore-model-version",
+                   std::string(or_unknown(c && !c->model_version.empty() ? c->model_version
+                                                                         : info.model_version)));
+    if (answer.refusal) {
+      return refuse(res, server, &served, kind, start, id, api_error(*answer.refusal));
+    }
+    const exec::ExecutionResult& result = *answer.result;
     set_ignored_params(res, served, api);
-    if (result->degraded) {
+    if (result.degraded) {
       res.set_header("x-foreshore-degraded", "true");
-      res.set_header("x-foreshore-degraded-reason", header_safe(result->degraded_reason));
+      res.set_header("x-foreshore-degraded-reason", header_safe(result.degraded_reason));
     }
-    if (result->escalated) res.set_header("x-foreshore-escalated", "true");
-    if (result->confidence) {
-      res.set_header("x-foreshore-confidence", std::to_string(*result->confidence));
+    if (result.escalated) res.set_header("x-foreshore-escalated", "true");
+    if (result.confidence) {
+      res.set_header("x-foreshore-confidence", std::to_string(*result.confidence));
     }
-    Provenance where;
-    where.tier = served.config.name;
-    where.placement = placement_name(served.config.placement);
-    where.model = model;
-    where.model_version = version;
-    where.decision_id = id;
-    where.plan = route::to_string(decision.plan.kind);
-    where.degraded = result->degraded;
-    where.degraded_reason = result->degraded_reason;
-    where.escalated = result->escalated;
-    where.confidence = result->confidence;
-    append_completion(res.body, api, id, std::time(nullptr), c, where);
+    res.body = openai::reply_to(api, answer, id).body;
     res.set_header("Content-Type", kJson);
-    record(server, &served, kind, 200, start, &c, id, &*result, where.plan);
-    hybrid->finish(api, hints, decision, result, ms_since(start), 200);
+    record(server, &served, kind, 200, start, c, id, &result, route::to_string(decision.plan.kind));
   }
 
   // An answer from the edge says which of the client's fields it ignored.
-  static void set_ignored_params(httplib::Response& res, const Tier& tier, const ApiRequest& api) {
+  static void set_ignored_params(httplib::Response& res, const Tier& tier,
+                                 const hybrid::Request& api) {
     const std::string& ignored = api.backend.remote_only.edge_ignored;
     if (!ignored.empty() && tier.config.placement == backend::Placement::kDevice) {
       res.set_header("x-foreshore-ignored-params", ignored);
@@ -1026,15 +575,15 @@ struct Gateway::Impl {
     return std::nullopt;
   }
 
-  static RouteHints route_hints(const httplib::Request& req, const ApiRequest& api) {
-    RouteHints hints;
+  static hybrid::RouteHints route_hints(const httplib::Request& req, const hybrid::Request& api) {
+    hybrid::RouteHints hints;
     hints.data_class = header_value(req, "x-foreshore-data-class");
     if (hints.data_class.empty()) hints.data_class = api.data_class;
     hints.latency_budget_ms = header_value(req, "x-foreshore-latency-budget-ms");
     hints.cost_ceiling_usd = header_value(req, "x-foreshore-cost-ceiling-usd");
     hints.session = header_value(req, "x-foreshore-session");
     if (hints.session.empty()) hints.session = api.user;
-    hints.client = client_identity(header_value(req, "Authorization"));
+    hints.client = hybrid::client_identity(header_value(req, "Authorization"));
     return hints;
   }
 
@@ -1075,7 +624,7 @@ struct Gateway::Impl {
       return;
     }
     auto dep = deployment();
-    if (!check_auth(dep ? dep->config.server : config.server, req, res)) return;
+    if (!check_auth(dep ? dep->config().server : config.server, req, res)) return;
     if (draining.load()) {
       send_error(res, shutting_down());
       return;
@@ -1092,97 +641,19 @@ struct Gateway::Impl {
     res.set_content(explained, kJson);
   }
 
-  // POST /v1/feedback {"decision_id": ..., "score": 0..1 | "thumbs": "up"|"down"}: a
-  // client's verdict on an answer, learned from on the device (serve/learning.h).
-  void handle_feedback(const httplib::Request& req, httplib::Response& res) {
-    auto dep = deployment();
-    if (!check_auth(dep ? dep->config.server : config.server, req, res)) return;
-    if (!dep) {
-      send_error(res, not_ready());
-      return;
-    }
-    RouterLearning* learning = dep->hybrid->learning();
-    if (learning == nullptr) {
-      ApiError e = invalid_request(
-          "Router learning is off here, so feedback has nowhere to go; set "
-          "routing.learning.enabled: true in the gateway config",
-          {}, "learning_off");
-      e.status = 404;
-      send_error(res, e);
-      return;
-    }
-    // Bounded like every client body: nothing recurses over a depth bomb.
-    const auto body = json_nesting_exceeds(req.body)
-                          ? nlohmann::json(nlohmann::json::value_t::discarded)
-                          : nlohmann::json::parse(req.body, nullptr, false);
-    if (body.is_discarded() || !body.is_object() || !body.contains("decision_id") ||
-        !body["decision_id"].is_string()) {
-      send_error(res, invalid_request("The body must be a JSON object with a \"decision_id\" "
-                                      "string (from the answer's decision_id or "
-                                      "x-foreshore-decision-id)",
-                                      "decision_id"));
-      return;
-    }
-    std::optional<double> score;
-    if (body.contains("score") && body["score"].is_number()) {
-      score = body["score"].get<double>();
-      if (!(*score >= 0.0 && *score <= 1.0)) score.reset();
-    } else if (body.contains("thumbs") && body["thumbs"].is_string()) {
-      const std::string t = body["thumbs"].get<std::string>();
-      if (t == "up") score = 1.0;
-      if (t == "down") score = 0.0;
-    }
-    if (!score) {
-      send_error(res, invalid_request("Give \"score\" as a number from 0 (bad answer) to 1 "
-                                      "(good answer), or \"thumbs\": \"up\" or \"down\"",
-                                      "score"));
-      return;
-    }
-    const std::string id = body["decision_id"].get<std::string>();
-    auto result = learning->feedback(id, *score);
-    if (!result.ok()) {
-      ApiError e = invalid_request(result.error().message, "decision_id", "unknown_decision");
-      e.status = 404;
-      send_error(res, e);
-      return;
-    }
-    nlohmann::ordered_json out = {
-        {"decision_id", id}, {"accepted", true}, {"learned", result->learned}};
-    if (!result->reason.empty()) out["reason"] = result->reason;
-    res.set_content(out.dump(), kJson);
-  }
-
-  // GET /v1/router/status: what the router has learned (labels per source,
-  // threshold, its own APGR estimate).
-  void handle_router_status(const httplib::Request& req, httplib::Response& res) {
-    auto dep = deployment();
-    if (!check_auth(dep ? dep->config.server : config.server, req, res)) return;
-    if (!dep) {
-      send_error(res, not_ready());
-      return;
-    }
-    nlohmann::ordered_json out = {{"learning", false}};
-    if (RouterLearning* learning = dep->hybrid->learning()) out = learning->status();
-    const auto learner = dep->hybrid->router().learner();
-    out["threshold_in_force"] = learner && learner->recalibrates()
-                                    ? learner->threshold()
-                                    : dep->hybrid->router().threshold();
-    res.set_content(out.dump(), kJson);
-  }
-
   // The decision for a chat request, explained and not run: the body POST
   // /v1/route answers with, or its error. `foreshore route --explain` calls
   // it too, so the offline explanation is the server's, byte for byte.
   static std::optional<ApiError> explain_route(const Deployment& dep, const httplib::Request& req,
                                                std::string_view body, std::string& out) {
     if (auto e = check_hint_headers(req)) return e;
-    ApiRequest api;
-    if (auto e = parse_request(ApiKind::kChat, body, api)) return e;
-    RouteHints hints = route_hints(req, api);
+    hybrid::Request api;
+    if (auto e = parse_request(hybrid::RequestKind::kChat, body, api)) return e;
+    hybrid::RouteHints hints = route_hints(req, api);
     hints.forced_tier = header_value(req, "x-foreshore-tier");
-    ApiError route_error;
-    auto decided = dep.hybrid->decide(api, hints, route_error);
-    if (!decided.ok()) return route_error;
+    hybrid::Refusal refusal;
+    auto decided = dep.pipeline().decide(api, hints, refusal);
+    if (!decided.ok()) return api_error(refusal);
     nlohmann::json j;
     route::to_json(j, *decided);
     out = j.dump(2, ' ', false, nlohmann::json::error_handler_t::replace);
@@ -1195,12 +666,12 @@ struct Gateway::Impl {
 
   // `dep` keeps the tiers alive for the stream; `until_done` counts it as
   // active until the stream has ended, however it ends.
-  void stream(std::shared_ptr<Deployment> dep, ActiveRequest until_done, ApiKind kind, Tier& tier,
-              ApiRequest api, RouteHints hints, route::Decision decision, std::string id,
-              Clock::time_point start, httplib::Response& res) {
+  void stream(std::shared_ptr<Deployment> dep, ActiveRequest until_done, hybrid::RequestKind kind,
+              Tier& tier, hybrid::Request api, hybrid::RouteHints hints, route::Decision decision,
+              std::string id, Clock::time_point start, httplib::Response& res) {
     const backend::BackendInfo& info = tier.backend->info();
     auto st = std::make_shared<StreamState>();
-    HybridRouter* router = dep->hybrid.get();
+    hybrid::Pipeline* router = &dep->pipeline();
     st->run = [router, decision](const backend::BackendRequest& r, const backend::DeltaSink& sink,
                                  const exec::SourceSink& source) {
       return router->execute(decision, r, sink, source);
@@ -1244,7 +715,7 @@ struct Gateway::Impl {
         e.type = "timeout_error";
         e.code = "deadline_exceeded";
         e.message = "tier '" + tier.config.name + "' produced nothing within " +
-                    std::to_string(dep->config.server.request_timeout_ms) + " ms";
+                    std::to_string(dep->config().server.request_timeout_ms) + " ms";
         st->request.cancelled->store(true);
       }
       // The tier that failed, as a non-streamed error names it.
@@ -1258,8 +729,7 @@ struct Gateway::Impl {
         st->producer.detach();
       }
       in_flight.fetch_sub(1, std::memory_order_acq_rel);
-      send_error(res, e);
-      record(dep->config.server, &tier, kind, e.status, start, nullptr, id);
+      refuse(res, dep->config().server, &tier, kind, start, id, e);
       router->finish(api, hints, decision,
                      Result<exec::ExecutionResult>(make_error(ErrorKind::kUnavailable, e.message)),
                      ms_since(start), e.status);
@@ -1284,13 +754,13 @@ struct Gateway::Impl {
       } else if (s->stream_error) {
         status = s->stream_error->status;
       }
-      record(dep->config.server, t, kind, status, start, s->error ? nullptr : &s->completion, id,
+      record(dep->config().server, t, kind, status, start, s->error ? nullptr : &s->completion, id,
              s->outcome ? &*s->outcome : nullptr, s->plan);
       const Result<exec::ExecutionResult> outcome =
           s->outcome ? Result<exec::ExecutionResult>(*s->outcome)
                      : Result<exec::ExecutionResult>(s->error.value_or(
                            make_error(ErrorKind::kCancelled, "the client went away")));
-      dep->hybrid->finish(api, hints, decision, outcome, ms_since(start), status);
+      dep->pipeline().finish(api, hints, decision, outcome, ms_since(start), status);
     };
     res.set_chunked_content_provider(
         "text/event-stream",
@@ -1325,47 +795,21 @@ struct Gateway::Impl {
         });
   }
 
-  // Builds everything `cfg` defines. Tiers whose configuration did not change
-  // keep their running backend (a loaded model is not loaded twice).
-  // At start (`starting`), an embedded tier whose model fails to load is kept
-  // as an unavailable tier so the others still serve; on reload such a
-  // failure rejects the new configuration instead.
+  // Builds everything `cfg` defines (hybrid::Deployment::create says how
+  // tiers are kept over a reload) and the gateway's series for each tier.
   Result<std::shared_ptr<Deployment>> build_deployment(config::GatewayConfig cfg,
                                                        const BackendFactory& factory,
                                                        const Deployment* previous, bool starting) {
     auto dep = std::make_shared<Deployment>();
-    dep->config = std::move(cfg);
-    const config::GatewayConfig& c = dep->config;
-    std::vector<Tier>& loaded = dep->tiers;
-    loaded.reserve(c.tiers.size());
-    for (const auto& tc : c.tiers) {
-      std::shared_ptr<backend::Backend> reused;
-      if (previous != nullptr) {
-        for (const auto& old : previous->tiers) {
-          if (old.config == tc) reused = old.backend;
-        }
-      }
-      if (!reused) {
-        auto b = factory(tc);
-        if (b.ok()) (*b)->set_egress_guard(egress);
-        if (b.ok()) {
-          reused = std::move(b).value();
-        } else if (starting && tc.kind == "embedded" && c.tiers.size() > 1) {
-          std::fprintf(stderr,
-                       "warning: tier '%s' is UNAVAILABLE: %s\n"
-                       "  the other tiers serve; requests that may only run on it get 503\n",
-                       tc.name.c_str(), b.error().message.c_str());
-          reused = backend::make_unavailable_backend(tc, b.error());
-        } else {
-          Error e = b.error();
-          e.message = c.source + ": tiers." + tc.name + ": " + e.message;
-          return e;
-        }
-      }
+    FSH_ASSIGN_OR_RETURN(
+        dep->core, hybrid::Deployment::create(std::move(cfg), factory,
+                                              previous ? previous->core.get() : nullptr, starting,
+                                              metrics, egress));
+    for (const hybrid::Tier& core_tier : dep->core->tiers()) {
       Tier t;
-      t.config = tc;
-      t.backend = std::move(reused);
-      const std::string& n = tc.name;
+      t.config = core_tier.config;
+      t.backend = core_tier.backend;
+      const std::string& n = t.config.name;
       const std::vector<std::string> names = {"tier", "endpoint", "status"};
       t.ok_chat =
           &metrics.counter("foreshore_requests_total", kRequestsHelp, names, {n, "chat", "200"});
@@ -1385,73 +829,11 @@ struct Gateway::Impl {
       metrics
           .gauge("foreshore_tier_info", "Configured tiers (value 1), with what they serve.",
                  {"tier", "kind", "placement", "model", "model_version"},
-                 {n, tc.kind, placement_name(tc.placement), info.model, info.model_version})
+                 {n, t.config.kind, placement_name(t.config.placement), info.model,
+                  info.model_version})
           .set(1);
-      loaded.push_back(std::move(t));
+      dep->tiers.push_back(std::move(t));
     }
-
-    // Model ids first, so explicit names and aliases win over them; a model
-    // id served by several tiers reaches the first (device tiers come first
-    // in any sensible config).
-    auto& by_model = dep->by_model;
-    for (size_t i = 0; i < loaded.size(); ++i) {
-      by_model.emplace(loaded[i].config.model, i);
-      if (!loaded[i].backend->info().model.empty()) {
-        by_model.emplace(loaded[i].backend->info().model, i);
-      }
-    }
-    for (const auto& alias : c.models) {
-      for (size_t i = 0; i < loaded.size(); ++i) {
-        if (loaded[i].config.name == alias.tier) by_model[alias.name] = i;
-      }
-    }
-    for (size_t i = 0; i < loaded.size(); ++i) by_model[loaded[i].config.name] = i;
-
-    const std::string& wanted = c.server.default_tier;
-    auto pick = std::find_if(loaded.begin(), loaded.end(), [&](const Tier& t) {
-      return wanted.empty() ? t.config.placement == backend::Placement::kDevice
-                            : t.config.name == wanted;
-    });
-    if (pick != loaded.end()) dep->default_tier = static_cast<size_t>(pick - loaded.begin());
-
-    HybridSettings hs;
-    if (auto routing = route::router_config_from_yaml(c.routing, c.source); routing.ok()) {
-      hs.routing = std::move(routing).value();
-    } else {
-      return routing.error();
-    }
-    if (c.privacy) {
-      auto privacy = route::sensitivity_config_from_yaml(c.privacy, c.source);
-      if (!privacy.ok()) return privacy.error();
-      hs.routing.privacy = std::move(privacy).value();
-    }
-    hs.audit_path = c.server.audit_db;
-    hs.decision_log = c.server.decision_log;
-    hs.audit_store_text = c.server.audit_store_text;
-    hs.audit_max_rows = c.server.audit_max_rows;
-    hs.audit_max_age_hours = c.server.audit_max_age_hours;
-    hs.shadow_fraction = c.server.shadow_fraction;
-    hs.shadow_target_agreement = c.server.shadow_target_agreement;
-    hs.state = c.state;
-    hs.audit_postgres = c.server.audit_postgres;
-    hs.audit_spool = c.server.audit_spool;
-    hs.limits = c.limits;
-    hs.shadow_data_classes.clear();
-    for (const auto& name : c.server.shadow_data_classes) {
-      if (auto cls = route::parse_data_class(name); cls.ok())
-        hs.shadow_data_classes.push_back(*cls);
-    }
-    hs.memory_budget_bytes = static_cast<uint64_t>(c.server.memory_budget_mb) << 20;
-    hs.memory_pressure_interval_ms = c.server.memory_pressure_interval_ms;
-    std::map<std::string, std::shared_ptr<backend::Backend>> backends;
-    for (const auto& t : loaded) backends[t.config.name] = t.backend;
-    auto h = HybridRouter::create(hs, c.tiers, std::move(backends), metrics);
-    if (!h.ok()) {
-      Error e = h.error();
-      e.message = c.source + ": " + e.message;
-      return e;
-    }
-    dep->hybrid = std::move(h).value();
     dep->models_json = render_models(*dep, dep->model_json);
     return dep;
   }
@@ -1494,7 +876,6 @@ struct Gateway::Impl {
     std::shared_ptr<Deployment> old;
     {
       std::lock_guard lock(live_mu);
-      if (app_memory_level) dep->hybrid->set_memory_pressure_level(app_memory_level);
       old = std::exchange(live, std::move(dep));
     }
     // `old` is released here or by the last request still using it.
@@ -1505,8 +886,8 @@ struct Gateway::Impl {
   std::string render_models(const Deployment& dep,
                             std::unordered_map<std::string, std::string>& by_id) const {
     const std::vector<Tier>& loaded = dep.tiers;
-    const auto& by_model = dep.by_model;
-    const size_t default_tier = dep.default_tier;
+    const auto& by_model = dep.core->by_model();
+    const size_t default_tier = dep.core->default_tier();
     std::vector<std::pair<std::string, size_t>> entries(by_model.begin(), by_model.end());
     std::sort(entries.begin(), entries.end(), [](const auto& a, const auto& b) {
       return a.second != b.second ? a.second < b.second : a.first < b.first;
@@ -1667,50 +1048,13 @@ Result<std::string> Gateway::explain_route(
   return out;
 }
 
-Gateway::Reply Gateway::chat(const std::string& body,
-                             const std::vector<std::pair<std::string, std::string>>& headers,
-                             const backend::DeltaSink& on_delta) {
-  const auto start = Clock::now();
-  ActiveRequest active_request(impl_->active);
-  httplib::Request req;
-  for (const auto& [name, value] : headers) req.headers.emplace(name, value);
-  httplib::Response res;
-  std::string id = impl_->new_id();
-  res.set_header("x-foreshore-decision-id", id);
-  const backend::DeltaSink sink =
-      on_delta ? on_delta : backend::DeltaSink([](const backend::Delta&) { return true; });
-  impl_->generate(ApiKind::kChat, req, body, res, start, std::move(id), impl_->deployment(),
-                  std::move(active_request), sink);
-  Reply reply;
-  reply.status = res.status == -1 ? 200 : res.status;  // httplib's "not set": 200 when sent
-  for (const auto& [name, value] : res.headers) reply.headers.emplace_back(name, value);
-  reply.body = std::move(res.body);
-  return reply;
-}
-
-Status Gateway::set_memory_pressure_level(std::optional<int> level) {
-  if (level && (*level < 0 || *level > 3)) {
-    return make_error(ErrorKind::kInvalidArgument,
-                      "memory-pressure level " + std::to_string(*level) +
-                          " is out of range; pass 0 (none) to 3 (critical), or none to measure");
-  }
-  std::lock_guard lock(impl_->live_mu);
-  impl_->app_memory_level = level;
-  if (impl_->live) impl_->live->hybrid->set_memory_pressure_level(level);
-  return {};
-}
-
-void Gateway::set_log_sink(std::function<void(std::string_view line)> sink) {
-  impl_->log_sink = std::move(sink);
-}
-
 bool Gateway::ready() const {
   return impl_->ready.load(std::memory_order_acquire);
 }
 const config::GatewayConfig& Gateway::config() const {
   return impl_->config;
 }
-MetricsRegistry& Gateway::metrics() {
+observe::MetricsRegistry& Gateway::metrics() {
   return impl_->metrics;
 }
 

@@ -13,7 +13,7 @@
 #include "backend/backend.h"
 #include "common/result.h"
 #include "hybrid/config.h"
-#include "serve/metrics.h"
+#include "observe/metrics.h"
 
 namespace foreshore::serve {
 
@@ -68,33 +68,9 @@ class Gateway {
       const std::string& body,
       const std::vector<std::pair<std::string, std::string>>& headers) const;
 
-  // An answer as it would go over HTTP: status, headers, JSON body (the
-  // OpenAI completion, or the error object).
-  struct Reply {
-    int status = 0;
-    std::vector<std::pair<std::string, std::string>> headers;
-    std::string body;
-  };
-  // Runs a chat request in process, without a socket: `body` as POST
-  // /v1/chat/completions takes it, `headers` as its routing hints
-  // (x-foreshore-data-class, x-foreshore-tier, ...). The same routing, egress
-  // guard, fallbacks and records as over HTTP; server.api_keys do not apply
-  // (the caller is the app itself). `stream` is ignored: each piece of text
-  // goes to `on_delta` (return false to cancel) and the reply holds the whole
-  // completion. Safe from any number of threads at once.
-  Reply chat(const std::string& body,
-             const std::vector<std::pair<std::string, std::string>>& headers,
-             const backend::DeltaSink& on_delta = {});
-  // The embedding app's own memory-pressure level (0 none .. 3 critical),
-  // in force until reset with nullopt; without one, the measured level.
-  Status set_memory_pressure_level(std::optional<int> level);
-  // Where request log lines go instead of stderr (server.log_requests); set
-  // before requests run.
-  void set_log_sink(std::function<void(std::string_view line)> sink);
-
   bool ready() const;
   const config::GatewayConfig& config() const;
-  MetricsRegistry& metrics();
+  observe::MetricsRegistry& metrics();
 
  private:
   struct Impl;

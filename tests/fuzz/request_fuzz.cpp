@@ -12,12 +12,12 @@
 #include <vector>
 
 #include "backend/egress_guard.h"
-#include "serve/openai.h"
+#include "openai/openai.h"
 
 namespace {
 
-using foreshore::serve::ApiKind;
-using foreshore::serve::ApiRequest;
+using foreshore::hybrid::Request;
+using foreshore::hybrid::RequestKind;
 
 void check(bool ok) {
   if (!ok) std::abort();
@@ -32,12 +32,12 @@ void check_json_text(const std::string& text) {
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   const std::string_view body(reinterpret_cast<const char*>(data), size);
-  for (ApiKind kind : {ApiKind::kChat, ApiKind::kCompletion}) {
-    ApiRequest request;
-    if (auto error = foreshore::serve::parse_request(kind, body, request)) {
+  for (RequestKind kind : {RequestKind::kChat, RequestKind::kCompletion}) {
+    Request request;
+    if (auto error = foreshore::openai::parse_request(kind, body, request)) {
       check(!error->message.empty());
       check(error->status >= 400 && error->status < 500);
-      check_json_text(foreshore::serve::error_json(*error));
+      check_json_text(foreshore::openai::error_json(*error));
       continue;
     }
     for (const auto& m : request.backend.messages) {

@@ -12,7 +12,7 @@
 #include <string>
 #include <vector>
 
-namespace foreshore::serve {
+namespace foreshore::observe {
 
 class Counter {
  public:
@@ -85,4 +85,4 @@ class MetricsRegistry {
   std::map<std::string, Family> families_;
 };
 
-}  // namespace foreshore::serve
+}  // namespace foreshore::observe

@@ -1,4 +1,4 @@
-#include "serve/hybrid.h"
+#include "hybrid/pipeline.h"
 
 #include <algorithm>
 #include <charconv>
@@ -7,7 +7,7 @@
 #include <deque>
 #include <nlohmann/json.hpp>
 
-namespace foreshore::serve {
+namespace foreshore::hybrid {
 namespace {
 
 constexpr std::string_view kRoutedModel = "foreshore";
@@ -38,16 +38,17 @@ std::string edge_unsupported_param(std::string_view feature) {
 
 }  // namespace
 
-bool HybridRouter::is_routed_model(std::string_view model) {
+bool Pipeline::is_routed_model(std::string_view model) {
   return model.empty() || model == kRoutedModel ||
          (model.starts_with(kRoutedModel) && model.size() > kRoutedModel.size() &&
           model[kRoutedModel.size()] == '/');
 }
 
-Result<std::unique_ptr<HybridRouter>> HybridRouter::create(
-    const HybridSettings& settings, const std::vector<backend::TierConfig>& tiers,
-    std::map<std::string, std::shared_ptr<backend::Backend>> backends, MetricsRegistry& metrics) {
-  std::unique_ptr<HybridRouter> h(new HybridRouter());
+Result<std::unique_ptr<Pipeline>> Pipeline::create(
+    const PipelineSettings& settings, const std::vector<backend::TierConfig>& tiers,
+    std::map<std::string, std::shared_ptr<backend::Backend>> backends,
+    observe::MetricsRegistry& metrics) {
+  std::unique_ptr<Pipeline> h(new Pipeline());
   h->tiers_ = tiers;
   h->metrics_ = &metrics;
   std::vector<route::TierProfile> profiles;
@@ -111,7 +112,7 @@ Result<std::unique_ptr<HybridRouter>> HybridRouter::create(
   h->memory_level_ =
       &metrics.gauge("foreshore_memory_pressure_level",
                      "Device memory pressure: 0 none, 1 some, 2 high, 3 critical.", {}, {});
-  Gauge* level = h->memory_level_;
+  observe::Gauge* level = h->memory_level_;
   // Routing reacts through the level signal; the device tiers themselves
   // give memory back (and take it again) through adapt_to_memory_pressure.
   h->memory_->set_on_change([level, backends](int, const observe::MemorySample& s) {
@@ -137,8 +138,8 @@ Result<std::unique_ptr<HybridRouter>> HybridRouter::create(
   h->memory_->start();
 
   h->versions_ = std::make_unique<observe::VersionRegistry>();
-  Counter* version_changes = &metrics.counter("foreshore_model_version_changes_total",
-                                              "Model version changes seen per tier.", {}, {});
+  observe::Counter* version_changes = &metrics.counter(
+      "foreshore_model_version_changes_total", "Model version changes seen per tier.", {}, {});
   h->versions_->set_on_change([version_changes](const observe::VersionChange& c) {
     version_changes->add();
     std::fprintf(stderr, "tier %s changed model version %s -> %s\n", c.tier.c_str(),
@@ -211,8 +212,8 @@ Result<std::unique_ptr<HybridRouter>> HybridRouter::create(
   return h;
 }
 
-std::optional<ApiError> HybridRouter::admit(const ApiRequest& request,
-                                            const route::Decision& decision, RouteHints& hints) {
+std::optional<Refusal> Pipeline::admit(const Request& request, const route::Decision& decision,
+                                       RouteHints& hints) {
   return shared_->admit(hints.client, hints.virtual_key ? &*hints.virtual_key : nullptr, decision,
                         request, tiers_, hints.reservation);
 }
@@ -223,14 +224,14 @@ double completion_cost_usd(const backend::TierConfig& tier, const backend::Usage
          1e6;
 }
 
-void HybridRouter::set_memory_pressure_level(std::optional<int> level) {
+void Pipeline::set_memory_pressure_level(std::optional<int> level) {
   memory_->set_simulated_level(level);
   memory_level_->set(memory_->sample_now().level);
 }
 
 // The embedded engine's continuous batching: what runs, what waits, what a
 // step costs. Cumulative figures are gauges, read from the tier at scrape time.
-void HybridRouter::collect_edge_load(const std::string& tier, const backend::EdgeLoad& l) {
+void Pipeline::collect_edge_load(const std::string& tier, const backend::EdgeLoad& l) {
   const std::vector<std::string> label = {tier};
   const auto set = [&](const char* name, const char* help, double value) {
     metrics_->gauge(name, help, {"tier"}, label).set(value);
@@ -253,7 +254,8 @@ void HybridRouter::collect_edge_load(const std::string& tier, const backend::Edg
       static_cast<double>(l.steps));
   set("foreshore_edge_step_seconds_sum", "Time spent in batched forward steps, since start.",
       l.step_ms_total / 1000.0);
-  set("foreshore_edge_tokens", "Prompt and generated tokens run by the embedded engine, since start.",
+  set("foreshore_edge_tokens",
+      "Prompt and generated tokens run by the embedded engine, since start.",
       static_cast<double>(l.tokens_total));
   set("foreshore_edge_decode_step_seconds",
       "Recent time of a decode step (every running sequence's next token), 0 before the first.",
@@ -276,7 +278,7 @@ void HybridRouter::collect_edge_load(const std::string& tier, const backend::Edg
   }
 }
 
-void HybridRouter::collect_metrics() {
+void Pipeline::collect_metrics() {
   for (const auto& t : tiers_) {
     metrics_
         ->gauge("foreshore_breaker_state",
@@ -363,22 +365,22 @@ void HybridRouter::collect_metrics() {
   }
 }
 
-HybridRouter::~HybridRouter() {
+Pipeline::~Pipeline() {
   if (shadow_) shadow_->stop();
   if (memory_) memory_->stop();
   if (decision_log_ != nullptr) std::fclose(decision_log_);
 }
 
-const backend::TierConfig* HybridRouter::tier_config(std::string_view name) const {
+const backend::TierConfig* Pipeline::tier_config(std::string_view name) const {
   for (const auto& t : tiers_) {
     if (t.name == name) return &t;
   }
   return nullptr;
 }
 
-std::string HybridRouter::egress_verdict(std::string_view tier,
-                                         std::span<const std::string_view> strings,
-                                         const backend::EgressClearance* skipped) const {
+std::string Pipeline::egress_verdict(std::string_view tier,
+                                     std::span<const std::string_view> strings,
+                                     const backend::EgressClearance* skipped) const {
   const backend::TierConfig* config = tier_config(tier);
   if (config == nullptr) return "tier '" + std::string(tier) + "' is not in the live configuration";
   const route::DataClass allowed = exec::tier_profile(*config, 0).max_data_class;
@@ -401,7 +403,7 @@ std::string HybridRouter::egress_verdict(std::string_view tier,
          std::string(route::to_string(allowed));
 }
 
-std::shared_ptr<const backend::EgressClearance> HybridRouter::egress_clearance(
+std::shared_ptr<const backend::EgressClearance> Pipeline::egress_clearance(
     const route::Decision& decision, const backend::BackendRequest& request) const {
   auto cleared = std::make_shared<backend::EgressClearance>();
   for (const auto& m : request.messages) {
@@ -413,8 +415,8 @@ std::shared_ptr<const backend::EgressClearance> HybridRouter::egress_clearance(
   return cleared;
 }
 
-Result<route::Decision> HybridRouter::decide(const ApiRequest& api, const RouteHints& hints,
-                                             ApiError& error) const {
+Result<route::Decision> Pipeline::decide(const Request& api, const RouteHints& hints,
+                                         Refusal& error) const {
   auto fail = [&](std::string message, std::string param) -> Error {
     error = invalid_request(std::move(message), std::move(param), "invalid_routing_hint");
     return make_error(ErrorKind::kInvalidArgument, error.message);
@@ -458,7 +460,7 @@ Result<route::Decision> HybridRouter::decide(const ApiRequest& api, const RouteH
                                   "foreshore/cascade, foreshore/consistency, "
                                   "foreshore/optimize, foreshore/edge or foreshore/cloud",
                               "model", "model_not_found");
-      error.status = 404;
+      error.kind = RefusalKind::kNotFound;
       return make_error(ErrorKind::kNotFound, error.message);
     }
   }
@@ -537,12 +539,10 @@ Result<route::Decision> HybridRouter::decide(const ApiRequest& api, const RouteH
       if (auto n = b->count_prompt_tokens(probe)) in.prompt_tokens = *n;
       in.edge_queue_depth = b->queued_requests();
       if (const auto load = b->load()) {
-        in.edge_load = route::RouteInput::EdgeLoad{load->running,
-                                                   load->queued,
-                                                   load->slots,
-                                                   load->queued_prompt_tokens,
-                                                   load->decode_step_ms,
-                                                   load->prefill_ms_per_token};
+        in.edge_load =
+            route::RouteInput::EdgeLoad{load->running,        load->queued,
+                                        load->slots,          load->queued_prompt_tokens,
+                                        load->decode_step_ms, load->prefill_ms_per_token};
       }
     }
   }
@@ -560,16 +560,14 @@ Result<route::Decision> HybridRouter::decide(const ApiRequest& api, const RouteH
     // so it is a 400 SDKs do not retry, not a 503 they do.
     const bool too_long = fired("edge-context-exceeded") && !fired("cloud-unavailable") && !refused;
     if (too_long) {
-      error.status = 400;
-      error.type = "invalid_request_error";
+      error.kind = RefusalKind::kInvalidRequest;
       error.code = "context_length_exceeded";
       error.message = d.plan.reason + "; shorten the prompt or lower max_tokens";
       return d;
     }
-    error.status = refused ? 403 : unsupported ? 400 : 503;
-    error.type = refused       ? "permission_error"
-                 : unsupported ? "invalid_request_error"
-                               : "service_unavailable";
+    error.kind = refused       ? RefusalKind::kForbidden
+                 : unsupported ? RefusalKind::kInvalidRequest
+                               : RefusalKind::kUnavailable;
     error.code = refused       ? "data_class_forbids_tier"
                  : unsupported ? "unsupported_on_edge"
                                : "no_tier_available";
@@ -605,10 +603,10 @@ std::string degraded_before_running(const route::Decision& d) {
 
 }  // namespace
 
-Result<exec::ExecutionResult> HybridRouter::execute(const route::Decision& decision,
-                                                    const backend::BackendRequest& request,
-                                                    const backend::DeltaSink& on_delta,
-                                                    const exec::SourceSink& on_source) {
+Result<exec::ExecutionResult> Pipeline::execute(const route::Decision& decision,
+                                                const backend::BackendRequest& request,
+                                                const backend::DeltaSink& on_delta,
+                                                const exec::SourceSink& on_source) {
   backend::BackendRequest budgeted = request;
   budgeted.egress_clearance = egress_clearance(decision, request);
   if (decision.signals.latency_budget_ms) {
@@ -635,8 +633,8 @@ Result<exec::ExecutionResult> HybridRouter::execute(const route::Decision& decis
   return result;
 }
 
-void HybridRouter::finish(const ApiRequest& api, const RouteHints& hints, const route::Decision& d,
-                          const Result<exec::ExecutionResult>& r, double total_ms, int status) {
+void Pipeline::finish(const Request& api, const RouteHints& hints, const route::Decision& d,
+                      const Result<exec::ExecutionResult>& r, double total_ms, int status) {
   metrics_
       ->counter(
           "foreshore_decisions_total", "Routing decisions by policy and plan.", {"policy", "plan"},
@@ -760,4 +758,4 @@ void HybridRouter::finish(const ApiRequest& api, const RouteHints& hints, const 
   if (audit_) audit_->submit(std::move(rec));
 }
 
-}  // namespace foreshore::serve
+}  // namespace foreshore::hybrid

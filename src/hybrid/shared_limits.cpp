@@ -1,4 +1,4 @@
-#include "serve/shared_limits.h"
+#include "hybrid/shared_limits.h"
 
 #include <openssl/evp.h>
 
@@ -7,10 +7,10 @@
 #include <cmath>
 #include <ctime>
 
-#include "serve/hybrid.h"
-#include "serve/virtual_keys.h"
+#include "hybrid/pipeline.h"
+#include "hybrid/virtual_keys.h"
 
-namespace foreshore::serve {
+namespace foreshore::hybrid {
 namespace {
 
 constexpr std::chrono::milliseconds kWindowTtl{120000};  // a minute's window, and then some
@@ -31,10 +31,9 @@ double seconds_to_next_minute() {
   return static_cast<double>(60 - std::time(nullptr) % 60);
 }
 
-ApiError rate_limited(const std::string& what) {
-  ApiError e;
-  e.status = 429;
-  e.type = "rate_limit_error";
+Refusal rate_limited(const std::string& what) {
+  Refusal e;
+  e.kind = RefusalKind::kRateLimited;
   e.code = "rate_limit_exceeded";
   e.message = what + "; retry after the current minute";
   e.retry_after_seconds = seconds_to_next_minute();
@@ -67,8 +66,8 @@ SharedLimits::SharedLimits(std::unique_ptr<state::SharedState> state, bool budge
       limits_(std::move(limits)),
       breaker_open_(breaker_open) {}
 
-std::optional<ApiError> SharedLimits::add_limits(const std::string& scope, const Limits& limits,
-                                                 int64_t hold_micro_usd, Admission& admission) {
+std::optional<Refusal> SharedLimits::add_limits(const std::string& scope, const Limits& limits,
+                                                int64_t hold_micro_usd, Admission& admission) {
   const auto note = [&](state::CounterChange change, std::string what) {
     admission.changes.push_back(std::move(change));
     admission.what.push_back(std::move(what));
@@ -85,9 +84,8 @@ std::optional<ApiError> SharedLimits::add_limits(const std::string& scope, const
   }
   if (limits.budget_usd > 0) {
     if (!budgets_fail_open_ && !state_->connected()) {
-      ApiError e;
-      e.status = 503;
-      e.type = "service_unavailable";
+      Refusal e;
+      e.kind = RefusalKind::kUnavailable;
       e.code = "budget_state_unavailable";
       e.message = "The shared state that holds " + scope +
                   "'s budget cannot be reached and budgets fail closed (state.budgets_when_down); "
@@ -102,10 +100,10 @@ std::optional<ApiError> SharedLimits::add_limits(const std::string& scope, const
   return std::nullopt;
 }
 
-std::optional<ApiError> SharedLimits::admit(const std::string& client, const VirtualKey* key,
-                                            const route::Decision& decision, const ApiRequest& api,
-                                            const std::vector<backend::TierConfig>& tiers,
-                                            Reservation& reservation) {
+std::optional<Refusal> SharedLimits::admit(const std::string& client, const VirtualKey* key,
+                                           const route::Decision& decision, const Request& api,
+                                           const std::vector<backend::TierConfig>& tiers,
+                                           Reservation& reservation) {
   // The tiers this plan may call, and what a worst-case answer costs on them.
   std::vector<const backend::TierConfig*> used;
   const route::Plan& plan = decision.plan;
@@ -133,9 +131,8 @@ std::optional<ApiError> SharedLimits::admit(const std::string& client, const Vir
     };
     for (const auto* t : used) {
       if (forbidden(key->tiers, t->name)) {
-        ApiError e;
-        e.status = 403;
-        e.type = "permission_error";
+        Refusal e;
+        e.kind = RefusalKind::kForbidden;
         e.code = "tier_not_allowed_for_key";
         e.message = "virtual key " + key->id + " may not use tier '" + t->name +
                     "', which this request's plan needs; ask for a key that allows it";
@@ -144,9 +141,8 @@ std::optional<ApiError> SharedLimits::admit(const std::string& client, const Vir
     }
     const std::string data_class(route::to_string(decision.signals.sensitivity.data_class));
     if (forbidden(key->data_classes, data_class)) {
-      ApiError e;
-      e.status = 403;
-      e.type = "permission_error";
+      Refusal e;
+      e.kind = RefusalKind::kForbidden;
       e.code = "data_class_not_allowed_for_key";
       e.message = "virtual key " + key->id + " may not send data classed " + data_class;
       return e;
@@ -174,9 +170,8 @@ std::optional<ApiError> SharedLimits::admit(const std::string& client, const Vir
     const std::string& what = admission.what[a.refused];
     if (!c.key.starts_with("spend:")) return rate_limited(what);
     const size_t bar = what.rfind('|');
-    ApiError e;
-    e.status = 429;
-    e.type = "insufficient_quota";
+    Refusal e;
+    e.kind = RefusalKind::kOverBudget;
     e.code = "budget_exceeded";
     e.message = what.substr(0, bar) + " has spent $" +
                 std::to_string(static_cast<double>(a.refused_value) / 1e6) + " of its $" +
@@ -284,4 +279,4 @@ void SharedLimits::pin(const std::string& session, const std::string& tier) {
   state_->set_flag("pin:" + session, tier, kPinTtl, false);
 }
 
-}  // namespace foreshore::serve
+}  // namespace foreshore::hybrid

@@ -1,4 +1,4 @@
-#include "serve/openai.h"
+#include "openai/openai.h"
 
 #include <algorithm>
 #include <cmath>
@@ -8,7 +8,7 @@
 #include "common/json_limits.h"
 #include "common/utf8.h"
 
-namespace foreshore::serve {
+namespace foreshore::openai {
 namespace {
 
 using json = nlohmann::json;
@@ -551,55 +551,53 @@ std::string error_json(const ApiError& error) {
   return out;
 }
 
-ApiError from_backend_error(const Error& error) {
+ApiError api_error(const hybrid::Refusal& refusal) {
+  using hybrid::RefusalKind;
   ApiError e;
-  e.message = error.message;
-  const int up = error.upstream_status;
-  const bool exhausted = error.kind == ErrorKind::kResourceExhausted;
-  // Only the embedded tier reports context overflow without a status; it
-  // must not look retryable.
-  const bool context_overflow =
-      exhausted && up == 0 && error.message.find("context") != std::string::npos;
-  if (error.kind == ErrorKind::kPermissionDenied) {
-    e.status = 403;
-    e.type = "permission_error";
-    e.code = "egress_refused";
-  } else if (error.kind == ErrorKind::kCancelled) {
-    // The client went away; nobody reads this, but logs and metrics do.
-    e.status = 499;
-    e.type = "cancelled";
-    e.code = "client_closed_request";
-  } else if (up == 429 || (exhausted && up == 0 && !context_overflow)) {
-    e.status = 429;
-    e.type = "rate_limit_error";
-    e.code = up == 429 ? "upstream_rate_limited" : "overloaded";
-    e.retry_after_seconds = up == 429 ? error.retry_after_seconds : 1.0;
-  } else if (up == 400 || up == 413 || up == 422 || context_overflow ||
-             (up == 0 && error.kind == ErrorKind::kInvalidArgument)) {
-    e.status = up == 0 ? 400 : up;
-    if (exhausted) e.code = "context_length_exceeded";
-  } else if (error.kind == ErrorKind::kDeadlineExceeded || up == 408 || up == 504) {
-    e.status = 504;
-    e.type = "timeout_error";
-    e.code = "deadline_exceeded";
-  } else if (up != 0 || error.kind == ErrorKind::kCorrupt) {
-    // The tier answered, but not usefully (5xx, a rejected key, garbage).
-    e.status = 502;
-    e.type = "upstream_error";
-    e.code = up != 0 ? "upstream_status_" + std::to_string(up) : "upstream_malformed";
-  } else if (error.kind == ErrorKind::kInternal) {
-    e.status = 500;
-    e.type = "server_error";
-  } else {
-    e.status = 503;
-    e.type = "service_unavailable";
-    e.code = "tier_unavailable";
-    e.retry_after_seconds = error.retry_after_seconds;
+  e.status = hybrid::recorded_status(refusal);
+  e.message = refusal.message;
+  e.param = refusal.param;
+  e.code = refusal.code;
+  e.retry_after_seconds = refusal.retry_after_seconds;
+  switch (refusal.kind) {
+    case RefusalKind::kInvalidRequest:
+    case RefusalKind::kNotFound:
+      e.type = "invalid_request_error";
+      break;
+    case RefusalKind::kForbidden:
+      e.type = "permission_error";
+      break;
+    case RefusalKind::kRateLimited:
+      e.type = "rate_limit_error";
+      break;
+    case RefusalKind::kOverBudget:
+      e.type = "insufficient_quota";
+      break;
+    case RefusalKind::kUnavailable:
+      e.type = "service_unavailable";
+      break;
+    case RefusalKind::kTimeout:
+      e.type = "timeout_error";
+      break;
+    case RefusalKind::kUpstream:
+      e.type = "upstream_error";
+      break;
+    case RefusalKind::kCancelled:
+      e.type = "cancelled";
+      break;
+    case RefusalKind::kInternal:
+      e.type = "server_error";
+      break;
   }
   return e;
 }
 
-std::optional<ApiError> parse_request(ApiKind kind, std::string_view body, ApiRequest& out) {
+ApiError from_backend_error(const Error& error) {
+  return api_error(hybrid::refusal_from_error(error));
+}
+
+std::optional<ApiError> parse_request(hybrid::RequestKind kind, std::string_view body,
+                                      hybrid::Request& out) {
   out.kind = kind;
   if (json_nesting_exceeds(body)) {
     return invalid_request("The request body nests arrays or objects deeper than " +
@@ -622,7 +620,7 @@ std::optional<ApiError> parse_request(ApiKind kind, std::string_view body, ApiRe
       out.model = m->get<std::string>();
     }
   }
-  if (kind == ApiKind::kChat) {
+  if (kind == hybrid::RequestKind::kChat) {
     read_messages(r, out.backend.messages, out.backend.remote_only);
   } else {
     read_prompt(r, out.backend.prompt);
@@ -680,7 +678,7 @@ std::optional<ApiError> parse_request(ApiKind kind, std::string_view body, ApiRe
   if (seed) p.seed = static_cast<uint64_t>(*seed);
   read_stop(r, p.stop);
 
-  if (kind == ApiKind::kChat) {
+  if (kind == hybrid::RequestKind::kChat) {
     read_remote_only(r, out.backend.remote_only, p.json_object);
     r.boolean("logprobs", p.logprobs);
     std::optional<int32_t> top;
@@ -704,9 +702,10 @@ std::optional<ApiError> parse_request(ApiKind kind, std::string_view body, ApiRe
   if (auto kwargs = doc.find("chat_template_kwargs"); kwargs != doc.end() && !kwargs->is_null()) {
     const auto thinking = kwargs->is_object() ? kwargs->find("enable_thinking") : kwargs->end();
     if (!kwargs->is_object()) {
-      return invalid_request("'chat_template_kwargs' must be an object like "
-                             "{\"enable_thinking\": false}",
-                             "chat_template_kwargs");
+      return invalid_request(
+          "'chat_template_kwargs' must be an object like "
+          "{\"enable_thinking\": false}",
+          "chat_template_kwargs");
     }
     if (thinking != kwargs->end() && !thinking->is_null()) {
       if (!thinking->is_boolean()) {
@@ -749,9 +748,9 @@ namespace {
 
 // One entry of "choices": the message (chat) or text (completions) of one
 // of the n completions.
-void append_choice(std::string& out, const ApiRequest& request, const backend::Completion& c,
+void append_choice(std::string& out, const hybrid::Request& request, const backend::Completion& c,
                    size_t index) {
-  const bool chat = request.kind == ApiKind::kChat;
+  const bool chat = request.kind == hybrid::RequestKind::kChat;
   out += "{\"index\":";
   out += std::to_string(index);
   out += ',';
@@ -791,9 +790,9 @@ void append_choice(std::string& out, const ApiRequest& request, const backend::C
 
 }  // namespace
 
-void append_completion(std::string& out, const ApiRequest& request, std::string_view id,
+void append_completion(std::string& out, const hybrid::Request& request, std::string_view id,
                        int64_t created, const backend::Completion& c, const Provenance& where) {
-  const bool chat = request.kind == ApiKind::kChat;
+  const bool chat = request.kind == hybrid::RequestKind::kChat;
   out.reserve(out.size() + 512 + c.text.size() * 11 / 10);
   out += "{\"id\":";
   append_json_string(out, std::string(chat ? "chatcmpl-" : "cmpl-") + std::string(id));
@@ -815,13 +814,14 @@ void append_completion(std::string& out, const ApiRequest& request, std::string_
   out += '}';
 }
 
-SseWriter::SseWriter(const ApiRequest& request, std::string id, int64_t created, std::string model)
+SseWriter::SseWriter(const hybrid::Request& request, std::string id, int64_t created,
+                     std::string model)
     : kind_(request.kind),
       include_usage_(request.include_usage),
       logprobs_(request.backend.params.logprobs),
       id_(std::move(id)),
       model_(std::move(model)) {
-  const bool chat = kind_ == ApiKind::kChat;
+  const bool chat = kind_ == hybrid::RequestKind::kChat;
   head_ = "data: {\"id\":";
   append_json_string(head_, (chat ? "chatcmpl-" : "cmpl-") + id_);
   head_ += chat ? ",\"object\":\"chat.completion.chunk\",\"created\":"
@@ -840,8 +840,8 @@ void SseWriter::open_chunk(std::string& out, int32_t choice) const {
 
 void SseWriter::begin(std::string& out, const Provenance& where) const {
   open_chunk(out, 0);
-  out += kind_ == ApiKind::kChat ? "\"delta\":{\"role\":\"assistant\",\"content\":\"\"}"
-                                 : "\"text\":\"\"";
+  out += kind_ == hybrid::RequestKind::kChat ? "\"delta\":{\"role\":\"assistant\",\"content\":\"\"}"
+                                             : "\"text\":\"\"";
   out += ",\"logprobs\":null,\"finish_reason\":null}],\"foreshore\":";
   append_provenance(out, where);
   out += "}\n\n";
@@ -849,7 +849,7 @@ void SseWriter::begin(std::string& out, const Provenance& where) const {
 
 void SseWriter::delta(std::string& out, const backend::Delta& d) {
   open_chunk(out, d.choice);
-  if (kind_ == ApiKind::kChat) {
+  if (kind_ == hybrid::RequestKind::kChat) {
     out += "\"delta\":{";
     // begin() gave the first choice its role; the others (n > 1) get theirs
     // with their first delta, as clients that join choices by index expect.
@@ -901,7 +901,7 @@ void SseWriter::delta(std::string& out, const backend::Delta& d) {
 void SseWriter::finish(std::string& out, const backend::Completion& c,
                        const Provenance& where) const {
   open_chunk(out, 0);
-  out += kind_ == ApiKind::kChat ? "\"delta\":{}" : "\"text\":\"\"";
+  out += kind_ == hybrid::RequestKind::kChat ? "\"delta\":{}" : "\"text\":\"\"";
   out += ",\"logprobs\":null,\"finish_reason\":";
   append_json_string(out, finish_reason(c));
   out += "}],\"foreshore\":";
@@ -922,4 +922,4 @@ void SseWriter::error(std::string& out, const ApiError& error) {
   out += "\n\n";
 }
 
-}  // namespace foreshore::serve
+}  // namespace foreshore::openai

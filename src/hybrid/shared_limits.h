@@ -17,11 +17,11 @@
 
 #include "backend/backend.h"
 #include "hybrid/config.h"
+#include "hybrid/request.h"
 #include "route/router.h"
-#include "serve/openai.h"
 #include "state/state.h"
 
-namespace foreshore::serve {
+namespace foreshore::hybrid {
 
 using config::Limits;
 using config::LimitsConfig;
@@ -48,13 +48,13 @@ class SharedLimits {
   // Counts the request against its client's and its tiers' limits and holds
   // back its worst-case cost (prompt and max_tokens at the plan's tiers'
   // prices) from their budgets, so that replicas together never spend past a
-  // budget by more than an estimate's error. An ApiError (429, or 503 when a
-  // budget cannot be checked and budgets fail closed) when refused.
-  // A virtual key's own limits, tiers and data classes replace limits.per_key.
-  std::optional<ApiError> admit(const std::string& client, const VirtualKey* key,
-                                const route::Decision& decision, const ApiRequest& api,
-                                const std::vector<backend::TierConfig>& tiers,
-                                Reservation& reservation);
+  // budget by more than an estimate's error. A Refusal (rate limited or over budget, or unavailable
+  // when a budget cannot be checked and budgets fail closed) when refused. A virtual key's own
+  // limits, tiers and data classes replace limits.per_key.
+  std::optional<Refusal> admit(const std::string& client, const VirtualKey* key,
+                               const route::Decision& decision, const Request& api,
+                               const std::vector<backend::TierConfig>& tiers,
+                               Reservation& reservation);
   // Replaces the hold with the real cost and counts the tokens used.
   void settle(const Reservation& reservation, double cost_usd, int64_t tokens);
 
@@ -91,8 +91,8 @@ class SharedLimits {
   };
   // Adds `scope`'s limits to `admission`; an error when a budget governs
   // it and cannot be checked (budgets fail closed, Redis down).
-  std::optional<ApiError> add_limits(const std::string& scope, const Limits& limits,
-                                     int64_t hold_micro_usd, Admission& admission);
+  std::optional<Refusal> add_limits(const std::string& scope, const Limits& limits,
+                                    int64_t hold_micro_usd, Admission& admission);
 
   std::unique_ptr<state::SharedState> state_;
   const bool budgets_fail_open_;
@@ -104,4 +104,4 @@ class SharedLimits {
   std::chrono::steady_clock::time_point threshold_read_{};
 };
 
-}  // namespace foreshore::serve
+}  // namespace foreshore::hybrid

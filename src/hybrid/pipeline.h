@@ -1,7 +1,8 @@
-// The hybrid path of the gateway: request hints -> router decision -> plan
-// execution over the tiers, and what is recorded afterwards (metrics, audit
-// row, model versions, shadow evaluation). The HTTP server stays a thin layer
-// over this.
+// The hybrid pipeline: request hints -> router decision -> admission against
+// shared limits -> plan execution over the tiers, and what is recorded
+// afterwards (metrics, audit row, model versions, shadow evaluation). It knows
+// no transport: the HTTP gateway (src/serve) and the C API (src/capi) are
+// front ends over it.
 #pragma once
 
 #include <cstdio>
@@ -15,20 +16,20 @@
 
 #include "backend/backend.h"
 #include "exec/exec.h"
+#include "hybrid/learning.h"
+#include "hybrid/request.h"
+#include "hybrid/shared_limits.h"
+#include "hybrid/virtual_keys.h"
+#include "observe/metrics.h"
 #include "observe/observe.h"
 #include "observe/pg_audit.h"
 #include "route/latency_sharing.h"
 #include "route/router.h"
-#include "serve/learning.h"
-#include "serve/metrics.h"
-#include "serve/openai.h"
-#include "serve/shared_limits.h"
-#include "serve/virtual_keys.h"
 #include "state/state.h"
 
-namespace foreshore::serve {
+namespace foreshore::hybrid {
 
-struct HybridSettings {
+struct PipelineSettings {
   route::RouterConfig routing;
   std::string audit_path;      // empty: no audit store
   std::string audit_postgres;  // libpq connection string; empty: no PostgreSQL sink
@@ -61,33 +62,37 @@ struct RouteHints {
   // or the tier's own name: steps the data class forbids are dropped.
   bool forced_is_preference = false;
   std::string client;                     // client_identity() of the request's key
-  Reservation reservation;                // what HybridRouter::admit held back, settled by finish
+  Reservation reservation;                // what Pipeline::admit held back, settled by finish
   std::optional<VirtualKey> virtual_key;  // the virtual key the request came with
 };
 
-class HybridRouter {
+class Pipeline {
  public:
-  static Result<std::unique_ptr<HybridRouter>> create(
-      const HybridSettings& settings, const std::vector<backend::TierConfig>& tiers,
-      std::map<std::string, std::shared_ptr<backend::Backend>> backends, MetricsRegistry& metrics);
-  ~HybridRouter();
+  static Result<std::unique_ptr<Pipeline>> create(
+      const PipelineSettings& settings, const std::vector<backend::TierConfig>& tiers,
+      std::map<std::string, std::shared_ptr<backend::Backend>> backends,
+      observe::MetricsRegistry& metrics);
+  ~Pipeline();
 
-  // The decision for a request; an ApiError for malformed hints or an unknown
-  // policy name in `model` ("foreshore/<policy>").
-  Result<route::Decision> decide(const ApiRequest& request, const RouteHints& hints,
-                                 ApiError& error) const;
+  // The decision for a request; a Refusal in `error` for malformed hints or an
+  // unknown policy name in `model` ("foreshore/<policy>"), and for a decision
+  // that rejects the request (plan kind kReject).
+  Result<route::Decision> decide(const Request& request, const RouteHints& hints,
+                                 Refusal& error) const;
   // Counts the request against the shared limits and budgets (shared_limits.h)
   // and holds back its worst-case cost in hints.reservation; the error to
   // answer with when refused. finish() settles the hold.
-  std::optional<ApiError> admit(const ApiRequest& request, const route::Decision& decision,
-                                RouteHints& hints);
+  std::optional<Refusal> admit(const Request& request, const route::Decision& decision,
+                               RouteHints& hints);
   // Runs the decided plan; streams through on_delta when set.
   Result<exec::ExecutionResult> execute(const route::Decision& decision,
                                         const backend::BackendRequest& request,
                                         const backend::DeltaSink& on_delta,
                                         const exec::SourceSink& on_source = {});
   // Records the outcome: metrics, audit row, versions, session pin, shadow job.
-  void finish(const ApiRequest& request, const RouteHints& hints, const route::Decision& decision,
+  // `status`: the status the front end answered with, in HTTP's numbers as the
+  // audit row and decision log keep them (499: the caller went away).
+  void finish(const Request& request, const RouteHints& hints, const route::Decision& decision,
               const Result<exec::ExecutionResult>& result, double total_ms, int status);
 
   // Brings gauges that are read rather than pushed (breaker states, shadow
@@ -125,7 +130,7 @@ class HybridRouter {
 
  private:
   void collect_edge_load(const std::string& tier, const backend::EdgeLoad& load);
-  HybridRouter() = default;
+  Pipeline() = default;
   std::unique_ptr<route::Router> router_;
   std::unique_ptr<exec::Executor> executor_;
   std::unique_ptr<observe::AuditStore> audit_;
@@ -143,15 +148,15 @@ class HybridRouter {
   std::mutex decision_log_mu_;
   std::FILE* decision_log_ = nullptr;
   std::vector<backend::TierConfig> tiers_;
-  MetricsRegistry* metrics_ = nullptr;
-  Gauge* memory_level_ = nullptr;
-  Counter* escalations_ = nullptr;
-  Counter* degraded_ = nullptr;
-  Counter* rejected_ = nullptr;
-  Counter* egress_refused_ = nullptr;
+  observe::MetricsRegistry* metrics_ = nullptr;
+  observe::Gauge* memory_level_ = nullptr;
+  observe::Counter* escalations_ = nullptr;
+  observe::Counter* degraded_ = nullptr;
+  observe::Counter* rejected_ = nullptr;
+  observe::Counter* egress_refused_ = nullptr;
 };
 
 // Dollars a completion cost on a tier at its configured prices.
 double completion_cost_usd(const backend::TierConfig& tier, const backend::Usage& usage);
 
-}  // namespace foreshore::serve
+}  // namespace foreshore::hybrid

@@ -22,11 +22,11 @@
 #include <unordered_map>
 
 #include "common/result.h"
+#include "observe/metrics.h"
 #include "route/online_learner.h"
 #include "route/router.h"
-#include "serve/metrics.h"
 
-namespace foreshore::serve {
+namespace foreshore::hybrid {
 
 // What POST /v1/feedback answers.
 struct FeedbackResult {
@@ -40,7 +40,7 @@ class RouterLearning {
   // decisions score with it from now on. Loads the state file when present.
   static Result<std::unique_ptr<RouterLearning>> create(const route::LearningConfig& config,
                                                         route::Router& router,
-                                                        MetricsRegistry& metrics);
+                                                        observe::MetricsRegistry& metrics);
   ~RouterLearning();
 
   // A served request: kept for feedback by its decision id; a cascade's
@@ -73,7 +73,7 @@ class RouterLearning {
 
   route::LearningConfig config_;
   std::shared_ptr<route::OnlineLearner> learner_;
-  MetricsRegistry* metrics_ = nullptr;
+  observe::MetricsRegistry* metrics_ = nullptr;
   mutable std::mutex mu_;
   std::unordered_map<std::string, Pending> pending_;
   std::deque<std::string> pending_order_;
@@ -86,4 +86,4 @@ class RouterLearning {
   std::thread saver_;
 };
 
-}  // namespace foreshore::serve
+}  // namespace foreshore::hybrid

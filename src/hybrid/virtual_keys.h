@@ -13,10 +13,10 @@
 #include <vector>
 
 #include "common/result.h"
-#include "serve/shared_limits.h"
+#include "hybrid/shared_limits.h"
 #include "state/state.h"
 
-namespace foreshore::serve {
+namespace foreshore::hybrid {
 
 struct VirtualKey {
   std::string id;    // public handle: names the key in logs and revocations
@@ -41,4 +41,4 @@ Status revoke_virtual_key(state::SharedState& state, const std::string& id);
 // The key a bearer secret stands for, expired or not; nullopt when unknown.
 std::optional<VirtualKey> find_virtual_key(state::SharedState& state, std::string_view secret);
 
-}  // namespace foreshore::serve
+}  // namespace foreshore::hybrid

@@ -1,14 +1,14 @@
-#include "serve/learning.h"
+#include "hybrid/learning.h"
 
 #include <cstdio>
 #include <filesystem>
 #include <nlohmann/json.hpp>
 
-namespace foreshore::serve {
+namespace foreshore::hybrid {
 
 Result<std::unique_ptr<RouterLearning>> RouterLearning::create(const route::LearningConfig& config,
                                                                route::Router& router,
-                                                               MetricsRegistry& metrics) {
+                                                               observe::MetricsRegistry& metrics) {
   const route::ComplexityModel* model = router.complexity();
   if (model == nullptr) {
     return make_error(ErrorKind::kInvalidArgument,
@@ -197,4 +197,4 @@ Status RouterLearning::save() {
   return learner_->save(config_.state);
 }
 
-}  // namespace foreshore::serve
+}  // namespace foreshore::hybrid

@@ -1,4 +1,4 @@
-#include "serve/virtual_keys.h"
+#include "hybrid/virtual_keys.h"
 
 #include <openssl/evp.h>
 #include <openssl/rand.h>
@@ -6,7 +6,7 @@
 #include <ctime>
 #include <nlohmann/json.hpp>
 
-namespace foreshore::serve {
+namespace foreshore::hybrid {
 namespace {
 
 constexpr char kHex[] = "0123456789abcdef";
@@ -122,4 +122,4 @@ std::optional<VirtualKey> find_virtual_key(state::SharedState& state, std::strin
   return std::move(k).value();
 }
 
-}  // namespace foreshore::serve
+}  // namespace foreshore::hybrid

@@ -1,6 +1,8 @@
-// The OpenAI wire format as the gateway speaks it: request parsing with
-// field-naming 400s, the error shape, and writers for completions and SSE
-// chunks. Writers append to caller-owned buffers so the hot path can reuse them.
+// The OpenAI wire format, as the HTTP gateway (src/serve) and the C API
+// (src/capi) both speak it: request parsing into the pipeline's Request with
+// field-naming 400s, the error shape with the HTTP status OpenAI clients
+// expect, and writers for completions and SSE chunks. Writers append to
+// caller-owned buffers so the hot path can reuse them.
 #pragma once
 
 #include <cstdint>
@@ -13,8 +15,10 @@
 #include "common/json_text.h"
 #include "common/result.h"
 #include "common/utf8.h"
+#include "hybrid/deployment.h"
+#include "hybrid/request.h"
 
-namespace foreshore::serve {
+namespace foreshore::openai {
 
 // An error as OpenAI clients expect it: {"error":{"message","type","param","code"}}.
 struct ApiError {
@@ -28,24 +32,15 @@ struct ApiError {
 
 ApiError invalid_request(std::string message, std::string param = {}, std::string code = {});
 std::string error_json(const ApiError& error);
+// The pipeline's refusal as HTTP: its kind sets the status and OpenAI's type.
+ApiError api_error(const hybrid::Refusal& refusal);
 // Maps a tier's failure to what the client sees (status, type, Retry-After);
 // the message is the tier's own, which names the tier.
 ApiError from_backend_error(const Error& error);
 
-enum class ApiKind { kChat, kCompletion };
-
-struct ApiRequest {
-  ApiKind kind = ApiKind::kChat;
-  std::string model;  // as the client named it; empty when not given
-  bool stream = false;
-  bool include_usage = false;
-  backend::BackendRequest backend;  // messages or prompt, and parameters
-  std::string data_class;           // metadata.data_class, when given
-  std::string user;  // OpenAI's end-user id; pins a conversation like x-foreshore-session
-};
-
 // Parses and validates a request body; nullopt on success.
-std::optional<ApiError> parse_request(ApiKind kind, std::string_view body, ApiRequest& out);
+std::optional<ApiError> parse_request(hybrid::RequestKind kind, std::string_view body,
+                                      hybrid::Request& out);
 
 // Where a response ran: the x-foreshore-* headers and the body's "foreshore" object.
 struct Provenance {
@@ -65,14 +60,23 @@ struct Provenance {
 void append_provenance(std::string& out, const Provenance& where);
 
 // A whole non-streamed response body.
-void append_completion(std::string& out, const ApiRequest& request, std::string_view id,
+void append_completion(std::string& out, const hybrid::Request& request, std::string_view id,
                        int64_t created, const backend::Completion& completion,
                        const Provenance& where);
+
+// A whole non-streamed answer as it goes to the client: the completion with
+// its provenance, or the error object, and the HTTP status that goes with it.
+struct Reply {
+  int status = 200;
+  std::string body;
+};
+Reply reply_to(const hybrid::Request& request, const hybrid::Answer& answer,
+               std::string_view decision_id);
 
 // Formats one streamed response as SSE events ("data: ...\n\n").
 class SseWriter {
  public:
-  SseWriter(const ApiRequest& request, std::string id, int64_t created, std::string model);
+  SseWriter(const hybrid::Request& request, std::string id, int64_t created, std::string model);
   // Opens the stream (chat: the assistant role) with the provenance object.
   void begin(std::string& out, const Provenance& where) const;
   void delta(std::string& out, const backend::Delta& delta);
@@ -86,7 +90,7 @@ class SseWriter {
  private:
   void open_chunk(std::string& out, int32_t choice) const;
 
-  ApiKind kind_;
+  hybrid::RequestKind kind_;
   bool include_usage_;
   bool logprobs_;
   std::string id_;
@@ -96,4 +100,4 @@ class SseWriter {
   std::vector<bool> roles_sent_;
 };
 
-}  // namespace foreshore::serve
+}  // namespace foreshore::openai

@@ -1,9 +1,9 @@
-#include "serve/metrics.h"
+#include "observe/metrics.h"
 
 #include <cmath>
 #include <cstdio>
 
-namespace foreshore::serve {
+namespace foreshore::observe {
 namespace {
 
 void atomic_add(std::atomic<double>& a, double v) {
@@ -135,4 +135,4 @@ std::string MetricsRegistry::render() const {
   return out;
 }
 
-}  // namespace foreshore::serve
+}  // namespace foreshore::observe

@@ -1,0 +1,248 @@
+#include "hybrid/deployment.h"
+
+#include <algorithm>
+#include <cstdio>
+#include <map>
+#include <utility>
+
+#include "route/sensitivity.h"
+
+namespace foreshore::hybrid {
+namespace {
+
+constexpr std::string_view kRoutedModel = "foreshore";
+
+double ms_since(std::chrono::steady_clock::time_point start) {
+  return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start)
+      .count();
+}
+
+Result<PipelineSettings> pipeline_settings(const config::GatewayConfig& c) {
+  PipelineSettings s;
+  if (auto routing = route::router_config_from_yaml(c.routing, c.source); routing.ok()) {
+    s.routing = std::move(routing).value();
+  } else {
+    return routing.error();
+  }
+  if (c.privacy) {
+    auto privacy = route::sensitivity_config_from_yaml(c.privacy, c.source);
+    if (!privacy.ok()) return privacy.error();
+    s.routing.privacy = std::move(privacy).value();
+  }
+  s.audit_path = c.server.audit_db;
+  s.decision_log = c.server.decision_log;
+  s.audit_store_text = c.server.audit_store_text;
+  s.audit_max_rows = c.server.audit_max_rows;
+  s.audit_max_age_hours = c.server.audit_max_age_hours;
+  s.shadow_fraction = c.server.shadow_fraction;
+  s.shadow_target_agreement = c.server.shadow_target_agreement;
+  s.state = c.state;
+  s.audit_postgres = c.server.audit_postgres;
+  s.audit_spool = c.server.audit_spool;
+  s.limits = c.limits;
+  s.shadow_data_classes.clear();
+  for (const auto& name : c.server.shadow_data_classes) {
+    if (auto cls = route::parse_data_class(name); cls.ok()) s.shadow_data_classes.push_back(*cls);
+  }
+  s.memory_budget_bytes = static_cast<uint64_t>(c.server.memory_budget_mb) << 20;
+  s.memory_pressure_interval_ms = c.server.memory_pressure_interval_ms;
+  return s;
+}
+
+}  // namespace
+
+Result<std::unique_ptr<Deployment>> Deployment::create(
+    config::GatewayConfig config, const BackendFactory& factory, const Deployment* previous,
+    bool starting, observe::MetricsRegistry& metrics,
+    std::shared_ptr<const backend::EgressGuard> egress) {
+  std::unique_ptr<Deployment> dep(new Deployment());
+  dep->config_ = std::move(config);
+  const config::GatewayConfig& c = dep->config_;
+  std::vector<Tier>& loaded = dep->tiers_;
+  loaded.reserve(c.tiers.size());
+  for (const auto& tc : c.tiers) {
+    std::shared_ptr<backend::Backend> reused;
+    if (previous != nullptr) {
+      for (const auto& old : previous->tiers_) {
+        if (old.config == tc) reused = old.backend;
+      }
+    }
+    if (!reused) {
+      auto b = factory(tc);
+      if (b.ok()) (*b)->set_egress_guard(egress);
+      if (b.ok()) {
+        reused = std::move(b).value();
+      } else if (starting && tc.kind == "embedded" && c.tiers.size() > 1) {
+        std::fprintf(stderr,
+                     "warning: tier '%s' is UNAVAILABLE: %s\n"
+                     "  the other tiers serve; requests that may only run on it get 503\n",
+                     tc.name.c_str(), b.error().message.c_str());
+        reused = backend::make_unavailable_backend(tc, b.error());
+      } else {
+        Error e = b.error();
+        e.message = c.source + ": tiers." + tc.name + ": " + e.message;
+        return e;
+      }
+    }
+    loaded.push_back(Tier{tc, std::move(reused)});
+  }
+
+  // Model ids first, so explicit names and aliases win over them; a model
+  // id served by several tiers reaches the first (device tiers come first
+  // in any sensible config).
+  auto& by_model = dep->by_model_;
+  for (size_t i = 0; i < loaded.size(); ++i) {
+    by_model.emplace(loaded[i].config.model, i);
+    if (!loaded[i].backend->info().model.empty()) {
+      by_model.emplace(loaded[i].backend->info().model, i);
+    }
+  }
+  for (const auto& alias : c.models) {
+    for (size_t i = 0; i < loaded.size(); ++i) {
+      if (loaded[i].config.name == alias.tier) by_model[alias.name] = i;
+    }
+  }
+  for (size_t i = 0; i < loaded.size(); ++i) by_model[loaded[i].config.name] = i;
+
+  const std::string& wanted = c.server.default_tier;
+  auto pick = std::find_if(loaded.begin(), loaded.end(), [&](const Tier& t) {
+    return wanted.empty() ? t.config.placement == backend::Placement::kDevice
+                          : t.config.name == wanted;
+  });
+  if (pick != loaded.end()) dep->default_tier_ = static_cast<size_t>(pick - loaded.begin());
+
+  FSH_ASSIGN_OR_RETURN(PipelineSettings settings, pipeline_settings(c));
+  std::map<std::string, std::shared_ptr<backend::Backend>> backends;
+  for (const auto& t : loaded) backends[t.config.name] = t.backend;
+  auto pipeline = Pipeline::create(settings, c.tiers, std::move(backends), metrics);
+  if (!pipeline.ok()) {
+    Error e = pipeline.error();
+    e.message = c.source + ": " + e.message;
+    return e;
+  }
+  dep->pipeline_ = std::move(pipeline).value();
+  return dep;
+}
+
+std::string request_log_line(std::string_view id, RequestKind kind, std::string_view tier,
+                             int status, double ms, std::string_view plan,
+                             const exec::ExecutionResult* outcome) {
+  std::string extra;
+  if (!plan.empty()) extra += " plan=" + std::string(plan);
+  if (outcome != nullptr && outcome->degraded) {
+    extra += " degraded=\"" + outcome->degraded_reason + "\"";
+  }
+  char line[512];
+  std::snprintf(line, sizeof line, "req %.*s %s tier=%.*s status=%d %.1fms%s",
+                static_cast<int>(id.size()), id.data(),
+                kind == RequestKind::kChat ? "chat" : "completions", static_cast<int>(tier.size()),
+                tier.data(), status, ms, extra.c_str());
+  return line;
+}
+
+const Tier& Deployment::tier(std::string_view name) const {
+  for (const auto& t : tiers_) {
+    if (t.config.name == name) return t;
+  }
+  return tiers_[default_tier_];
+}
+
+std::optional<Refusal> Deployment::place(const Request& request, std::string_view tier_hint,
+                                         RouteHints& hints) const {
+  if (!tier_hint.empty()) {
+    for (const auto& t : tiers_) {
+      if (t.config.name == tier_hint) {
+        hints.forced_tier = t.config.name;
+        return std::nullopt;
+      }
+    }
+    std::string names;
+    for (const auto& t : tiers_) names += (names.empty() ? "" : ", ") + t.config.name;
+    return invalid_request("x-foreshore-tier: '" + std::string(tier_hint) +
+                               "' is not a tier of this gateway (tiers: " + names + ")",
+                           "x-foreshore-tier", "unknown_tier");
+  }
+  if (Pipeline::is_routed_model(request.model)) {
+    // Without a routing: section, server.default_tier is a fixed tier.
+    if (!config_.routing && !config_.server.default_tier.empty()) {
+      hints.forced_tier = config_.server.default_tier;
+    }
+    return std::nullopt;
+  }
+  auto it = by_model_.find(request.model);
+  if (it == by_model_.end()) {
+    Refusal r = invalid_request("The model '" + request.model +
+                                    "' does not exist on this gateway; GET /v1/models "
+                                    "lists the names it serves",
+                                "model", "model_not_found");
+    r.kind = RefusalKind::kNotFound;
+    return r;
+  }
+  hints.forced_tier = tiers_[it->second].config.name;
+  hints.forced_is_preference = request.model != hints.forced_tier;
+  for (const auto& alias : config_.models) {
+    if (alias.name == request.model) hints.fallback_tiers = alias.fallback;
+  }
+  return std::nullopt;
+}
+
+Answer Deployment::admit(const Request& request, RouteHints& hints, std::string_view tier_hint,
+                         const std::string& id) const {
+  const auto start = std::chrono::steady_clock::now();
+  Answer answer;
+  if (auto refused = place(request, tier_hint, hints)) {
+    answer.refusal = std::move(refused);
+    return answer;
+  }
+  Refusal refusal;
+  auto decided = pipeline_->decide(request, hints, refusal);
+  if (!decided.ok()) {
+    answer.refusal = std::move(refusal);
+    return answer;
+  }
+  route::Decision& decision = answer.decision.emplace(std::move(decided).value());
+  decision.id = id;
+  if (decision.plan.kind == route::PlanKind::kReject) {
+    pipeline_->finish(
+        request, hints, decision,
+        Result<exec::ExecutionResult>(make_error(ErrorKind::kUnavailable, refusal.message)),
+        ms_since(start), recorded_status(refusal));
+    answer.refusal = std::move(refusal);
+    return answer;
+  }
+  answer.tier = &tier(decision.plan.kind == route::PlanKind::kCloud ? decision.plan.cloud_tier
+                                                                    : decision.plan.edge_tier);
+  answer.refusal = pipeline_->admit(request, decision, hints);
+  return answer;
+}
+
+void Deployment::execute(Request request, const RouteHints& hints, Answer& admitted,
+                         std::chrono::steady_clock::time_point start,
+                         const backend::DeltaSink& on_delta) const {
+  const route::Decision& decision = *admitted.decision;
+  request.stream = false;
+  request.backend.request_id = decision.id;
+  request.backend.deadline = start + std::chrono::milliseconds(config_.server.request_timeout_ms);
+  request.backend.cancelled = std::make_shared<std::atomic<bool>>(false);
+  auto result = pipeline_->execute(decision, request.backend, on_delta);
+  admitted.ran = true;
+  if (!result.ok()) {
+    admitted.refusal = refusal_from_error(result.error());
+    pipeline_->finish(request, hints, decision, result, ms_since(start),
+                      recorded_status(*admitted.refusal));
+    return;
+  }
+  admitted.tier = &tier(result->tier);
+  pipeline_->finish(request, hints, decision, result, ms_since(start), 200);
+  admitted.result = std::move(result).value();
+}
+
+Answer Deployment::run(Request request, RouteHints hints, std::string_view tier_hint,
+                       const std::string& id, const backend::DeltaSink& on_delta) const {
+  const auto start = std::chrono::steady_clock::now();
+  Answer answer = admit(request, hints, tier_hint, id);
+  if (!answer.refusal) execute(std::move(request), hints, answer, start, on_delta);
+  return answer;
+}
+
+}  // namespace foreshore::hybrid

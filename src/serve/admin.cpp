@@ -1,0 +1,145 @@
+#include "serve/admin.h"
+
+#include <ctime>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <string>
+
+#include "common/json_limits.h"
+#include "hybrid/hybrid.h"
+#include "openai/openai.h"
+#include "serve/http.h"
+
+namespace foreshore::serve {
+
+using openai::ApiError;
+using openai::from_backend_error;
+using openai::invalid_request;
+
+// POST /admin/keys and DELETE /admin/keys/ID, for server.admin_key_env's key.
+void answer_admin_keys(const config::ServerConfig& server, hybrid::Pipeline* pipeline,
+                       const httplib::Request& req, httplib::Response& res) {
+  ApiError e;
+  e.status = 401;
+  e.code = "invalid_admin_key";
+  if (server.admin_key.empty()) {
+    e.status = 404;
+    e.code = "admin_disabled";
+    e.message = "The admin API is off; set server.admin_key_env to turn it on";
+  } else if (!constant_time_equal(bearer_key(req), server.admin_key)) {
+    e.message = "The admin API needs 'Authorization: Bearer ADMIN_KEY' (server.admin_key_env)";
+  } else if (pipeline == nullptr) {
+    e = not_ready();
+  } else {
+    state::SharedState& state = pipeline->shared_state();
+    if (req.method == "DELETE") {
+      const std::string key_id = req.matches[1];
+      if (auto s = hybrid::revoke_virtual_key(state, key_id); !s.ok()) {
+        e = from_backend_error(s.error());
+        e.status = s.error().kind == ErrorKind::kNotFound ? 404 : 503;
+      } else {
+        res.set_content("{\"revoked\":" + nlohmann::json(key_id).dump() + "}", kJson);
+        return;
+      }
+    } else {
+      auto spec = hybrid::virtual_key_from_json(req.body);
+      const auto body = nlohmann::json::parse(req.body, nullptr, false);
+      if (spec.ok() && body.is_object() && body.contains("expires_in_seconds") &&
+          body["expires_in_seconds"].is_number_integer()) {
+        spec->expires_at = std::time(nullptr) + body["expires_in_seconds"].get<int64_t>();
+      }
+      if (!spec.ok()) {
+        e = invalid_request(spec.error().message, "", "invalid_virtual_key");
+      } else if (auto secret = hybrid::create_virtual_key(state, *spec); !secret.ok()) {
+        e = from_backend_error(secret.error());
+        e.status = 503;
+      } else {
+        auto out = nlohmann::json::parse(hybrid::virtual_key_json(*spec));
+        out["key"] = *secret;
+        res.status = 201;
+        res.set_content(out.dump(), kJson);
+        return;
+      }
+    }
+  }
+  send_error(res, e);
+}
+
+// POST /v1/feedback {"decision_id": ..., "score": 0..1 | "thumbs": "up"|"down"}: a
+// client's verdict on an answer, learned from on the device (hybrid/learning.h).
+void answer_feedback(const config::ServerConfig& server, hybrid::Pipeline* pipeline,
+                     const httplib::Request& req, httplib::Response& res) {
+  if (!check_auth(server, req, res)) return;
+  if (pipeline == nullptr) {
+    send_error(res, not_ready());
+    return;
+  }
+  hybrid::RouterLearning* learning = pipeline->learning();
+  if (learning == nullptr) {
+    ApiError e = invalid_request(
+        "Router learning is off here, so feedback has nowhere to go; set "
+        "routing.learning.enabled: true in the gateway config",
+        {}, "learning_off");
+    e.status = 404;
+    send_error(res, e);
+    return;
+  }
+  // Bounded like every client body: nothing recurses over a depth bomb.
+  const auto body = json_nesting_exceeds(req.body)
+                        ? nlohmann::json(nlohmann::json::value_t::discarded)
+                        : nlohmann::json::parse(req.body, nullptr, false);
+  if (body.is_discarded() || !body.is_object() || !body.contains("decision_id") ||
+      !body["decision_id"].is_string()) {
+    send_error(res, invalid_request("The body must be a JSON object with a \"decision_id\" "
+                                    "string (from the answer's decision_id or "
+                                    "x-foreshore-decision-id)",
+                                    "decision_id"));
+    return;
+  }
+  std::optional<double> score;
+  if (body.contains("score") && body["score"].is_number()) {
+    score = body["score"].get<double>();
+    if (!(*score >= 0.0 && *score <= 1.0)) score.reset();
+  } else if (body.contains("thumbs") && body["thumbs"].is_string()) {
+    const std::string t = body["thumbs"].get<std::string>();
+    if (t == "up") score = 1.0;
+    if (t == "down") score = 0.0;
+  }
+  if (!score) {
+    send_error(res, invalid_request("Give \"score\" as a number from 0 (bad answer) to 1 "
+                                    "(good answer), or \"thumbs\": \"up\" or \"down\"",
+                                    "score"));
+    return;
+  }
+  const std::string id = body["decision_id"].get<std::string>();
+  auto result = learning->feedback(id, *score);
+  if (!result.ok()) {
+    ApiError e = invalid_request(result.error().message, "decision_id", "unknown_decision");
+    e.status = 404;
+    send_error(res, e);
+    return;
+  }
+  nlohmann::ordered_json out = {
+      {"decision_id", id}, {"accepted", true}, {"learned", result->learned}};
+  if (!result->reason.empty()) out["reason"] = result->reason;
+  res.set_content(out.dump(), kJson);
+}
+
+// GET /v1/router/status: what the router has learned (labels per source,
+// threshold, its own APGR estimate).
+void answer_router_status(const config::ServerConfig& server, hybrid::Pipeline* pipeline,
+                          const httplib::Request& req, httplib::Response& res) {
+  if (!check_auth(server, req, res)) return;
+  if (pipeline == nullptr) {
+    send_error(res, not_ready());
+    return;
+  }
+  nlohmann::ordered_json out = {{"learning", false}};
+  if (hybrid::RouterLearning* learning = pipeline->learning()) out = learning->status();
+  const auto learner = pipeline->router().learner();
+  out["threshold_in_force"] =
+      learner && learner->recalibrates() ? learner->threshold() : pipeline->router().threshold();
+  res.set_content(out.dump(), kJson);
+}
+
+}  // namespace foreshore::serve
