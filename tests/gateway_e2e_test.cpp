@@ -252,6 +252,7 @@ TEST_F(GatewayE2E, ParallelStreamingClientsGetTheirSequentialAnswers) {
   for (const char* needle :
        {"foreshore_edge_running_sequences{tier=\"edge\"} 0",
         "foreshore_edge_queued_sequences{tier=\"edge\"} 0", "foreshore_edge_kv_slots_free",
+        "foreshore_edge_kv_blocks_free{tier=\"edge\"}", "foreshore_edge_kv_waits{tier=\"edge\"} 0",
         "foreshore_edge_prefix_cache_hits", "foreshore_edge_steps{tier=\"edge\"}",
         "foreshore_edge_steps_within_ms{tier=\"edge\",le_ms=\"5\"}",
         "foreshore_edge_tokens_per_second{tier=\"edge\"}"}) {

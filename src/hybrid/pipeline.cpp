@@ -245,6 +245,19 @@ void Pipeline::collect_edge_load(const std::string& tier, const backend::EdgeLoa
   set("foreshore_edge_kv_slots_used", "KV cache slots held by requests.", l.running);
   set("foreshore_edge_kv_slots_free", "KV cache slots free for new requests.",
       std::max(0, l.slots - l.running));
+  set("foreshore_edge_kv_blocks_used",
+      "KV cache pool blocks held by running requests and kept prefixes.",
+      static_cast<double>(l.kv_blocks_used));
+  set("foreshore_edge_kv_blocks_free", "KV cache pool blocks free (kv_memory_mb).",
+      static_cast<double>(l.kv_blocks_total - l.kv_blocks_used));
+  set("foreshore_edge_kv_block_tokens", "Positions one KV cache pool block holds.",
+      l.kv_block_tokens);
+  set("foreshore_edge_kv_prefix_evictions",
+      "Kept conversation prefixes given back to the KV pool for a new request, since start.",
+      static_cast<double>(l.kv_prefix_evictions));
+  set("foreshore_edge_kv_waits",
+      "Requests that waited for KV memory before starting, since start.",
+      static_cast<double>(l.kv_waits));
   set("foreshore_edge_admitted", "Requests the embedded engine has started, since start.",
       static_cast<double>(l.admitted));
   set("foreshore_edge_prefix_cache_hits",
