@@ -9,9 +9,11 @@
 #                            compression; records and measurements; state
 #                            shared by replicas (Redis or local)
 #   3 route                  the routing decision
-#   4 exec hybrid            running a plan over the tiers (and the shadow
+#   4 exec hybrid training   running a plan over the tiers (and the shadow
 #                            sampler); the hybrid pipeline's typed configuration,
-#                            parsed once for the server, the C API and sim
+#                            parsed once for the server, the C API and sim;
+#                            training and evaluating the complexity model
+#                            (linked by the CLI only, never by the gateway)
 #   5 serve sim              the hybrid pipeline and its HTTP gateway; the
 #                            offline simulator
 #   6 capi                   the C API (include/foreshore.h)
@@ -20,7 +22,7 @@
 # Usage: scripts/check-layers.sh [SOURCE_DIR]
 set -euo pipefail
 root=${1:-$(dirname "$0")/..}
-declare -A rank=([common]=0 [engine]=1 [backend]=2 [compress]=2 [observe]=2 [state]=2 [route]=3 [exec]=4 [hybrid]=4
+declare -A rank=([common]=0 [engine]=1 [backend]=2 [compress]=2 [observe]=2 [state]=2 [route]=3 [exec]=4 [hybrid]=4 [training]=4
   [serve]=5 [sim]=5 [capi]=6 [cli]=7)
 status=0
 for dir in "$root"/src/*/; do
