@@ -887,7 +887,7 @@ struct Gateway::Impl {
           if (alias.name == api.model) hints.fallback_tiers = alias.fallback;
         }
       }
-    } else if (!dep->config.routing && !server.default_tier.empty()) {
+    } else if (!dep->config.routing_configured && !server.default_tier.empty()) {
       // Without a routing: section, server.default_tier is a fixed tier.
       hints.forced_tier = server.default_tier;
     }
@@ -1410,16 +1410,7 @@ struct Gateway::Impl {
     if (pick != loaded.end()) dep->default_tier = static_cast<size_t>(pick - loaded.begin());
 
     HybridSettings hs;
-    if (auto routing = route::router_config_from_yaml(c.routing, c.source); routing.ok()) {
-      hs.routing = std::move(routing).value();
-    } else {
-      return routing.error();
-    }
-    if (c.privacy) {
-      auto privacy = route::sensitivity_config_from_yaml(c.privacy, c.source);
-      if (!privacy.ok()) return privacy.error();
-      hs.routing.privacy = std::move(privacy).value();
-    }
+    hs.routing = c.routing;
     hs.audit_path = c.server.audit_db;
     hs.decision_log = c.server.decision_log;
     hs.audit_store_text = c.server.audit_store_text;
