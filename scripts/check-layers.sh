@@ -9,8 +9,9 @@
 #                            compression; records and measurements; state
 #                            shared by replicas (Redis or local)
 #   3 route                  the routing decision
-#   4 exec                   running a plan over the tiers (and the shadow
-#                            sampler)
+#   4 exec training          running a plan over the tiers (and the shadow
+#                            sampler); training and evaluating the complexity
+#                            model (linked by the CLI only, never by the gateway)
 #   5 hybrid                 the hybrid pipeline: its typed configuration,
 #                            decide, admit, execute, record; shared limits,
 #                            virtual keys, online learning. No transport
@@ -24,8 +25,8 @@
 # Usage: scripts/check-layers.sh [SOURCE_DIR]
 set -euo pipefail
 root=${1:-$(dirname "$0")/..}
-declare -A rank=([common]=0 [engine]=1 [backend]=2 [compress]=2 [observe]=2 [state]=2 [route]=3 [exec]=4 [hybrid]=5
-  [openai]=6 [sim]=6 [serve]=7 [capi]=8 [cli]=9)
+declare -A rank=([common]=0 [engine]=1 [backend]=2 [compress]=2 [observe]=2 [state]=2 [route]=3 [exec]=4
+  [training]=4 [hybrid]=5 [openai]=6 [sim]=6 [serve]=7 [capi]=8 [cli]=9)
 status=0
 for dir in "$root"/src/*/; do
   folder=$(basename "$dir")

@@ -15,9 +15,9 @@
 #include <string>
 #include <vector>
 
-#include "route/router_training.h"
 #include "support/process.h"
 #include "support/test_paths.h"
+#include "training/router_training.h"
 
 namespace foreshore::route {
 namespace {

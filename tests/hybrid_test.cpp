@@ -319,8 +319,10 @@ TEST(ConfigTest, FromFlags) {
 TEST(ConfigTest, RoutingAndPrivacySectionsAreCheckedAndKept) {
   auto c = config::load_config(std::string(FSH_SOURCE_DIR) + "/examples/gateway.yaml");
   ASSERT_TRUE(c.ok()) << c.error().message;
-  EXPECT_TRUE(c->routing.IsMap());
-  EXPECT_TRUE(c->privacy.IsMap());
+  EXPECT_TRUE(c->routing_configured);
+  // examples/gateway.yaml's privacy: section, read into the router's configuration.
+  EXPECT_EQ(c->routing.privacy.detectors.count("email"), 1u);
+  EXPECT_EQ(c->routing.privacy.keywords.size(), 1u);
   const std::string e = config_error("tiers:\n  e:\n    model: m\nrouting:\n  polcy: edge\n");
   EXPECT_NE(e.find("cfg.yaml: routing.polcy"), std::string::npos) << e;
 }
@@ -440,9 +442,7 @@ TEST(PipelineTest, CountsTheRoutersClassAndDistrustsAnotherScan) {
       "test.yaml");
   ASSERT_TRUE(c.ok()) << c.error().message;
   PipelineSettings settings;
-  auto routing = route::router_config_from_yaml(c->routing, c->source);
-  ASSERT_TRUE(routing.ok()) << routing.error().message;
-  settings.routing = std::move(routing).value();
+  settings.routing = c->routing;
   std::map<std::string, std::shared_ptr<backend::Backend>> backends = {
       {"edge", std::make_shared<StubBackend>("edge", backend::Placement::kDevice)},
       {"cloud", std::make_shared<StubBackend>("cloud", backend::Placement::kCloud)}};

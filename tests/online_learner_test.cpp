@@ -9,8 +9,8 @@
 #include <thread>
 #include <vector>
 
-#include "route/router_training.h"
 #include "support/test_paths.h"
+#include "training/router_training.h"
 
 namespace foreshore::route {
 namespace {

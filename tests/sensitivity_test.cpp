@@ -17,6 +17,7 @@
 #include <thread>
 #include <vector>
 
+#include "hybrid/config.h"
 #include "support/secret_corpus.h"
 
 namespace foreshore::route {
@@ -343,7 +344,7 @@ TEST(Sensitivity, JsonCarriesSpansNotText) {
 }
 
 Result<SensitivityConfig> config_from(const std::string& yaml) {
-  return sensitivity_config_from_yaml(YAML::Load(yaml)["privacy"], "test.yaml");
+  return config::sensitivity_config_from_yaml(YAML::Load(yaml)["privacy"], "test.yaml");
 }
 
 TEST(SensitivityConfig, YamlOverridesPatternsKeywords) {
@@ -449,7 +450,7 @@ TEST(SensitivityConfig, ErrorsNameTheKey) {
                {"privacy.detectors.emial", "privacy.detectors.ip_address"});
 
   // An empty or absent section means the defaults.
-  auto empty = sensitivity_config_from_yaml(YAML::Load("other: 1")["privacy"], "test.yaml");
+  auto empty = config::sensitivity_config_from_yaml(YAML::Load("other: 1")["privacy"], "test.yaml");
   ASSERT_TRUE(empty.ok());
   EXPECT_TRUE(empty->detectors.empty());
 }

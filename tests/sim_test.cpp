@@ -235,9 +235,7 @@ TEST(Simulate, DecisionsEqualTheLiveRouter) {
   SimulationOptions options;
   auto sim = simulator(config, options, trace);
 
-  auto routing = route::router_config_from_yaml(config.routing, config.source);
-  ASSERT_TRUE(routing.ok());
-  auto live = route::Router::create(*routing, tier_profiles(config, options, trace));
+  auto live = route::Router::create(config.routing, tier_profiles(config, options, trace));
   ASSERT_TRUE(live.ok()) << live.error().message;
 
   for (auto policy :

@@ -22,8 +22,8 @@
 #include "cli/commands.h"
 #include "route/complexity.h"
 #include "route/online_learner.h"
-#include "route/router_training.h"
 #include "sim/sim.h"
+#include "training/router_training.h"
 
 namespace foreshore::cli {
 namespace {

@@ -529,8 +529,8 @@ std::vector<std::string> config_keys() {
   add("limits.tiers.NAME.", kLimitKeys);
   keys.emplace_back("limits.teams");
   add("limits.teams.NAME.", kLimitKeys);
-  for (const auto& k : route::router_config_keys()) keys.push_back("routing." + k);
-  for (const auto& k : route::sensitivity_config_keys()) keys.push_back("privacy." + k);
+  for (const auto& k : router_config_keys()) keys.push_back("routing." + k);
+  for (const auto& k : sensitivity_config_keys()) keys.push_back("privacy." + k);
   return keys;
 }
 
@@ -590,14 +590,17 @@ Result<GatewayConfig> parse_config(std::string_view yaml, std::string_view sourc
   if (const YAML::Node limits = root["limits"]) read_limits(r, limits, config.limits);
   read_api_keys_env(r, config.server);
   std::vector<std::string> errors = r.errors();
-  config.routing = root["routing"];
-  config.privacy = root["privacy"];
-  if (auto routing = route::router_config_from_yaml(config.routing, source); !routing.ok()) {
+  config.routing_configured = static_cast<bool>(root["routing"]);
+  if (auto routing = router_config_from_yaml(root["routing"], source); routing.ok()) {
+    config.routing = std::move(routing).value();
+  } else {
     errors.push_back(routing.error().message);
   }
-  if (config.privacy) {
-    if (auto privacy = route::sensitivity_config_from_yaml(config.privacy, source); !privacy.ok()) {
-      errors.push_back(privacy.error().message);
+  if (const YAML::Node privacy = root["privacy"]) {
+    if (auto read = sensitivity_config_from_yaml(privacy, source); read.ok()) {
+      config.routing.privacy = std::move(read).value();
+    } else {
+      errors.push_back(read.error().message);
     }
   }
   if (!errors.empty()) return to_status(errors).error();

@@ -14,6 +14,8 @@
 
 #include "backend/backend.h"
 #include "common/result.h"
+#include "route/router.h"
+#include "route/sensitivity.h"
 #include "state/state.h"
 
 namespace foreshore::config {
@@ -88,10 +90,12 @@ struct GatewayConfig {
   ServerConfig server;
   std::vector<backend::TierConfig> tiers;  // in file order
   std::vector<ModelAlias> models;
-  // The routing: and privacy: sections, checked at load with src/route's own
-  // readers and kept as YAML for the router to build itself from.
-  YAML::Node routing;
-  YAML::Node privacy;
+  // The routing: and privacy: sections, read at load (privacy: is
+  // routing.privacy): what the router is created from.
+  route::RouterConfig routing;
+  // Whether the file has a routing: section; without one, server.default_tier
+  // is a fixed tier.
+  bool routing_configured = false;
   state::StateSettings state;  // the state: section
   LimitsConfig limits;         // the limits: section
 };
@@ -116,6 +120,26 @@ struct FlagConfig {
   int32_t context_length = 0;
 };
 Result<GatewayConfig> config_from_flags(const FlagConfig& flags);
+
+// The routing: section (policy, edge_tier, cloud_tier, complexity_model,
+// threshold, cascade{...}, consistency{min_similarity}, optimize{cost_weight,
+// latency_weight}, learning{...}, default_max_tokens) as the router's
+// configuration, without its privacy part. Every problem is reported, one per
+// line, as "SOURCE: routing.key.path: problem".
+Result<route::RouterConfig> router_config_from_yaml(const YAML::Node& routing,
+                                                    std::string_view source);
+// Every key routing: accepts, as paths below it ("cascade.hold_back_tokens").
+std::vector<std::string> router_config_keys();
+
+// The privacy: section (keys detectors, patterns, keywords; see
+// docs/PRIVACY.md). Every problem is reported, one per line, as
+// "SOURCE: privacy.key.path: problem". `path` is where the node sits in the file.
+Result<route::SensitivityConfig> sensitivity_config_from_yaml(const YAML::Node& privacy,
+                                                              std::string_view source,
+                                                              std::string_view path = "privacy");
+// Every key privacy: accepts, as paths below it ("patterns[].regex"; NAME
+// stands for a built-in detector's name).
+std::vector<std::string> sensitivity_config_keys();
 
 // Checks cross-field rules (both paths above call it); every problem found is
 // reported, one per line, as "SOURCE: key.path: problem".

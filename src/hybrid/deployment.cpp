@@ -19,16 +19,7 @@ double ms_since(std::chrono::steady_clock::time_point start) {
 
 Result<PipelineSettings> pipeline_settings(const config::GatewayConfig& c) {
   PipelineSettings s;
-  if (auto routing = route::router_config_from_yaml(c.routing, c.source); routing.ok()) {
-    s.routing = std::move(routing).value();
-  } else {
-    return routing.error();
-  }
-  if (c.privacy) {
-    auto privacy = route::sensitivity_config_from_yaml(c.privacy, c.source);
-    if (!privacy.ok()) return privacy.error();
-    s.routing.privacy = std::move(privacy).value();
-  }
+  s.routing = c.routing;
   s.audit_path = c.server.audit_db;
   s.decision_log = c.server.decision_log;
   s.audit_store_text = c.server.audit_store_text;
@@ -164,7 +155,7 @@ std::optional<Refusal> Deployment::place(const Request& request, std::string_vie
   }
   if (Pipeline::is_routed_model(request.model)) {
     // Without a routing: section, server.default_tier is a fixed tier.
-    if (!config_.routing && !config_.server.default_tier.empty()) {
+    if (!config_.routing_configured && !config_.server.default_tier.empty()) {
       hints.forced_tier = config_.server.default_tier;
     }
     return std::nullopt;

@@ -5,8 +5,11 @@
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
+#include <functional>
 #include <initializer_list>
+#include <limits>
 #include <nlohmann/json.hpp>
+#include <numeric>
 #include <sstream>
 
 namespace foreshore::route {
@@ -833,16 +836,16 @@ Result<ComplexityModel> ComplexityModel::parse(std::string_view text, std::strin
   }
   FSH_ASSIGN_OR_RETURN(const json* spec, field(doc, "feature_spec", vt::object, ""));
   FSH_ASSIGN_OR_RETURN(const json* fver,
-                      field(*spec, "version", vt::number_integer, "feature_spec."));
+                       field(*spec, "version", vt::number_integer, "feature_spec."));
   if (fver->get<int64_t>() != kComplexityFeatureVersion) {
     return corrupt(source, "feature_spec.version " + fver->dump() +
                                " differs from this build's feature version " +
                                std::to_string(kComplexityFeatureVersion));
   }
   FSH_ASSIGN_OR_RETURN(const json* bits,
-                      field(*spec, "hash_bits", vt::number_integer, "feature_spec."));
+                       field(*spec, "hash_bits", vt::number_integer, "feature_spec."));
   FSH_ASSIGN_OR_RETURN(const json* seed,
-                      field(*spec, "hash_seed", vt::number_integer, "feature_spec."));
+                       field(*spec, "hash_seed", vt::number_integer, "feature_spec."));
   FSH_ASSIGN_OR_RETURN(const json* bigrams, field(*spec, "bigrams", vt::boolean, "feature_spec."));
   HashingSpec hashing;
   hashing.bits = bits->get<int>();
@@ -933,6 +936,97 @@ Result<ComplexityModel> ComplexityModel::parse(std::string_view text, std::strin
   auto m = create(hashing, bias->get<double>(), weights, mean, scale, std::move(table),
                   threshold->get<double>(), std::move(info));
   if (!m.ok()) return corrupt(source, m.error().message);
+  return m;
+}
+
+double calibrate_threshold(std::vector<double> scores, double share) {
+  if (scores.empty()) return 0.5;
+  std::sort(scores.begin(), scores.end(), std::greater<>());
+  const size_t n = scores.size();
+  const double want = std::clamp(share, 0.0, 1.0) * static_cast<double>(n);
+  // Candidate cut points sit between distinct scores; pick the one whose
+  // cloud count is nearest the target.
+  size_t best_k = 0;
+  double best_err = want;
+  for (size_t k = 1; k <= n; ++k) {
+    if (k < n && scores[k] == scores[k - 1]) continue;
+    const double err = std::abs(static_cast<double>(k) - want);
+    if (err < best_err) {
+      best_err = err;
+      best_k = k;
+    }
+  }
+  if (best_k == 0) return std::min(1.0, std::nextafter(scores[0], 2.0));
+  if (best_k == n) return scores[n - 1];
+  return 0.5 * (scores[best_k - 1] + scores[best_k]);
+}
+
+std::optional<double> cloud_share_to_recover(const std::vector<CurvePoint>& curve, double edge,
+                                             double cloud, double fraction) {
+  if (!(cloud > edge) || curve.empty()) return std::nullopt;
+  const double target = edge + fraction * (cloud - edge);
+  const double eps = 1e-12 * std::max(1.0, std::abs(cloud));
+  for (size_t i = 0; i < curve.size(); ++i) {
+    if (curve[i].quality + eps >= target) {
+      if (i == 0) return curve[0].cloud_share;
+      const CurvePoint& a = curve[i - 1];
+      const CurvePoint& b = curve[i];
+      const double t = (target - a.quality) / (b.quality - a.quality);
+      return a.cloud_share + t * (b.cloud_share - a.cloud_share);
+    }
+  }
+  return std::nullopt;
+}
+
+Result<RoutingMetrics> evaluate_routing(std::span<const double> scores,
+                                        std::span<const TierQuality> rows) {
+  if (scores.size() != rows.size()) {
+    return make_error(ErrorKind::kInvalidArgument,
+                      "evaluate_routing: " + std::to_string(scores.size()) + " scores for " +
+                          std::to_string(rows.size()) + " rows");
+  }
+  if (rows.empty()) {
+    return make_error(ErrorKind::kInvalidArgument,
+                      "no rows to evaluate; check --data and the subject filters");
+  }
+  const size_t n = rows.size();
+  RoutingMetrics m;
+  m.rows = static_cast<int64_t>(n);
+  double edge_sum = 0.0, cloud_sum = 0.0;
+  for (const auto& r : rows) {
+    edge_sum += r.edge;
+    cloud_sum += r.cloud;
+  }
+  m.edge_quality = edge_sum / static_cast<double>(n);
+  m.cloud_quality = cloud_sum / static_cast<double>(n);
+  if (std::abs(m.cloud_quality - m.edge_quality) < 1e-12) {
+    return make_error(ErrorKind::kInvalidArgument,
+                      "edge and cloud have the same mean quality on this data (" +
+                          std::to_string(m.edge_quality) +
+                          "), so APGR is undefined; evaluate on data where they differ");
+  }
+  std::vector<size_t> order(n);
+  std::iota(order.begin(), order.end(), size_t{0});
+  std::stable_sort(order.begin(), order.end(),
+                   [&](size_t a, size_t b) { return scores[a] > scores[b]; });
+  double sum = edge_sum;
+  m.curve.push_back({0.0, m.edge_quality, std::numeric_limits<double>::infinity()});
+  for (size_t i = 0; i < n;) {
+    const double s = scores[order[i]];
+    while (i < n && scores[order[i]] == s) {
+      sum += rows[order[i]].cloud - rows[order[i]].edge;
+      ++i;
+    }
+    m.curve.push_back(
+        {static_cast<double>(i) / static_cast<double>(n), sum / static_cast<double>(n), s});
+  }
+  for (size_t i = 1; i < m.curve.size(); ++i) {
+    m.auc += 0.5 * (m.curve[i].quality + m.curve[i - 1].quality) *
+             (m.curve[i].cloud_share - m.curve[i - 1].cloud_share);
+  }
+  m.apgr = (m.auc - m.edge_quality) / (m.cloud_quality - m.edge_quality);
+  m.cpt50 = cloud_share_to_recover(m.curve, m.edge_quality, m.cloud_quality, 0.5);
+  m.cpt80 = cloud_share_to_recover(m.curve, m.edge_quality, m.cloud_quality, 0.8);
   return m;
 }
 

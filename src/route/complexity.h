@@ -1,12 +1,15 @@
 // Complexity signal: the probability that the edge model's answer to a prompt
 // would be inadequate, from cheap text features and a small logistic model
 // loaded from a JSON file. Scoring is one pass over the prompt with no heap
-// allocation, so it fits inside the router's per-request budget.
+// allocation, so it fits inside the router's per-request budget. Also here:
+// the threshold that sends a share of scores to the cloud, and how well
+// scores route (APGR), which the online learner needs as well as training.
 #pragma once
 
 #include <array>
 #include <cstdint>
 #include <optional>
+#include <span>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -162,5 +165,49 @@ class ComplexityModel {
   double raw_bias_ = 0.0;
   DenseVector raw_dense_weights_{};
 };
+
+// The threshold that sends `share` of these scores to the cloud (score >=
+// threshold), as near as ties allow. share 0 gives a threshold above every
+// score (1.0 when they are all below it).
+double calibrate_threshold(std::vector<double> scores, double share);
+
+// ---- how well scores route: what training evaluates and the online learner
+// estimates ----------------------------------------------------------------
+
+struct CurvePoint {
+  double cloud_share = 0.0;
+  double quality = 0.0;
+  double threshold = 0.0;  // route to cloud when score >= threshold
+};
+
+struct RoutingMetrics {
+  int64_t rows = 0;
+  double edge_quality = 0.0;   // all on edge
+  double cloud_quality = 0.0;  // all on cloud
+  double auc = 0.0;            // area under quality vs cloud share, share in [0, 1]
+  double apgr = 0.0;           // (auc - edge) / (cloud - edge)
+  // Cloud share needed to recover 50% / 80% of the edge->cloud gap; absent
+  // when the curve never gets there (the cloud is not better on this data).
+  std::optional<double> cpt50;
+  std::optional<double> cpt80;
+  std::vector<CurvePoint> curve;  // one point per distinct threshold, share ascending
+};
+
+// Each tier's answer quality on one row, on the data's own scale.
+struct TierQuality {
+  double edge = 0.0;
+  double cloud = 0.0;
+};
+
+// Sweeps the threshold over all scores: the top-k scored rows go to the
+// cloud. Rows with equal scores move together (a threshold cannot split
+// them). Fails when the two tiers have equal quality (APGR undefined).
+Result<RoutingMetrics> evaluate_routing(std::span<const double> scores,
+                                        std::span<const TierQuality> rows);
+
+// Cloud share where a curve first reaches edge + fraction * (cloud - edge),
+// interpolating linearly between points.
+std::optional<double> cloud_share_to_recover(const std::vector<CurvePoint>& curve, double edge,
+                                             double cloud, double fraction);
 
 }  // namespace foreshore::route

@@ -7,8 +7,6 @@
 #include <nlohmann/json.hpp>
 #include <sstream>
 
-#include "route/router_training.h"
-
 namespace foreshore::route {
 namespace {
 
@@ -370,13 +368,10 @@ LearnerStats OnlineLearner::stats() const {
   s.estimate_rows = static_cast<int64_t>(estimates_.size());
   if (estimates_.size() >= kMinEstimateRows) {
     std::vector<double> scores;
-    std::vector<LabelledPrompt> rows;
+    std::vector<TierQuality> rows;
     for (const auto& e : estimates_) {
       scores.push_back(e.score);
-      LabelledPrompt r;
-      r.edge_quality = e.edge;
-      r.cloud_quality = e.cloud;
-      rows.push_back(std::move(r));
+      rows.push_back({e.edge, e.cloud});
     }
     if (auto m = evaluate_routing(scores, rows); m.ok()) s.estimated_apgr = m->apgr;
   }

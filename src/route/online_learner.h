@@ -47,7 +47,7 @@ std::string_view label_source_name(LabelSource source);
 
 // One label: a prompt's features (hashed words only: no raw text is kept) and
 // the expected gain of sending it to the cloud, in [0, 1] (the `gain` rule of
-// router_training.h: 1 cloud better, 0.5 tie, 0 edge better).
+// training/router_training.h: 1 cloud better, 0.5 tie, 0 edge better).
 struct LearnerLabel {
   ComplexityFeatures features;
   double gain = 0.5;

@@ -1,7 +1,6 @@
 #include "route/router.h"
 
 #include <unistd.h>
-#include <yaml-cpp/yaml.h>
 
 #include <algorithm>
 #include <array>
@@ -18,36 +17,115 @@
 namespace foreshore::route {
 namespace {
 
-constexpr std::array<std::pair<PolicyKind, std::string_view>, 6> kPolicies{{
-    {PolicyKind::kThreshold, "threshold"},
-    {PolicyKind::kCascade, "cascade"},
-    {PolicyKind::kConsistency, "consistency"},
-    {PolicyKind::kOptimize, "optimize"},
-    {PolicyKind::kEdge, "edge"},
-    {PolicyKind::kCloud, "cloud"},
+// The plans every decision builds, in PlanKind order so that a plan's kind
+// is its index: a policy picks one of them.
+constexpr std::array<PlanKind, 4> kCandidateKinds{PlanKind::kEdge, PlanKind::kCloud,
+                                                  PlanKind::kCascade, PlanKind::kConsistency};
+static_assert(static_cast<size_t>(PlanKind::kConsistency) + 1 == kCandidateKinds.size());
+
+Plan candidate(std::span<const Plan> candidates, PlanKind kind) {
+  return candidates[static_cast<size_t>(kind)];
+}
+
+// A policy: picks one of the candidates (all of which the rules allow when
+// it runs) and says why.
+using PolicyFn = Plan (*)(std::span<const Plan> candidates, const Signals& signals,
+                          const RouterConfig& config);
+
+Plan choose_edge(std::span<const Plan> candidates, const Signals&, const RouterConfig&) {
+  Plan chosen = candidate(candidates, PlanKind::kEdge);
+  chosen.reason = "policy edge";
+  return chosen;
+}
+
+Plan choose_cloud(std::span<const Plan> candidates, const Signals&, const RouterConfig&) {
+  Plan chosen = candidate(candidates, PlanKind::kCloud);
+  chosen.reason = "policy cloud";
+  return chosen;
+}
+
+Plan choose_by_threshold(std::span<const Plan> candidates, const Signals& s, const RouterConfig&) {
+  const bool hard = s.complexity >= s.complexity_threshold;
+  Plan chosen = candidate(candidates, hard ? PlanKind::kCloud : PlanKind::kEdge);
+  chosen.reason = "complexity " + std::to_string(s.complexity).substr(0, 5) +
+                  (hard ? " >= " : " < ") + "threshold " +
+                  std::to_string(s.complexity_threshold).substr(0, 5);
+  return chosen;
+}
+
+Plan choose_cascade(std::span<const Plan> candidates, const Signals&, const RouterConfig&) {
+  Plan chosen = candidate(candidates, PlanKind::kCascade);
+  chosen.reason =
+      "policy cascade: edge first, escalate when its log-probabilities say it is unsure";
+  return chosen;
+}
+
+Plan choose_consistency(std::span<const Plan> candidates, const Signals&, const RouterConfig&) {
+  Plan chosen = candidate(candidates, PlanKind::kConsistency);
+  chosen.reason = "policy consistency: run both, keep the edge answer when they agree";
+  return chosen;
+}
+
+// The plan of highest utility: quality less weighted cost and latency. Running
+// both tiers is never worth it by this measure, so consistency is left out.
+Plan choose_by_utility(std::span<const Plan> candidates, const Signals&,
+                       const RouterConfig& config) {
+  Plan chosen;
+  double best = -1e300;
+  for (const Plan& p : candidates) {
+    if (p.kind == PlanKind::kConsistency) continue;
+    const double u = p.predicted_quality - config.optimize_cost_weight * p.predicted_cost_usd -
+                     config.optimize_latency_weight * p.predicted_ttft_ms;
+    if (u > best) {
+      best = u;
+      chosen = p;
+    }
+  }
+  chosen.reason = "optimize: highest quality - " + std::to_string(config.optimize_cost_weight) +
+                  "*cost - " + std::to_string(config.optimize_latency_weight) + "*latency";
+  return chosen;
+}
+
+struct Policy {
+  PolicyKind kind;
+  std::string_view name;
+  PolicyFn choose;
+};
+
+constexpr std::array<Policy, 6> kPolicies{{
+    {PolicyKind::kThreshold, "threshold", choose_by_threshold},
+    {PolicyKind::kCascade, "cascade", choose_cascade},
+    {PolicyKind::kConsistency, "consistency", choose_consistency},
+    {PolicyKind::kOptimize, "optimize", choose_by_utility},
+    {PolicyKind::kEdge, "edge", choose_edge},
+    {PolicyKind::kCloud, "cloud", choose_cloud},
 }};
+
+const Policy& policy_of(PolicyKind kind) {
+  for (const Policy& p : kPolicies) {
+    if (p.kind == kind) return p;
+  }
+  return kPolicies.front();
+}
 
 constexpr size_t kLatencyWindow = 256;
 
 }  // namespace
 
 std::string_view to_string(PolicyKind kind) {
-  for (const auto& [k, name] : kPolicies) {
-    if (k == kind) return name;
-  }
-  return "threshold";
+  return policy_of(kind).name;
 }
 
 std::optional<PolicyKind> parse_policy(std::string_view name) {
-  for (const auto& [k, n] : kPolicies) {
-    if (n == name) return k;
+  for (const Policy& p : kPolicies) {
+    if (p.name == name) return p.kind;
   }
   return std::nullopt;
 }
 
 std::vector<std::string_view> policy_names() {
   std::vector<std::string_view> names;
-  for (const auto& [k, n] : kPolicies) names.push_back(n);
+  for (const Policy& p : kPolicies) names.push_back(p.name);
   return names;
 }
 
@@ -147,165 +225,6 @@ std::string default_complexity_model_path() {
   return find_shipped_file(rel).value_or("data/" + rel);
 }
 
-namespace {
-
-// The keys routing: accepts. The parser refuses any key not listed here, so a
-// key handled below but missing from these lists fails its own test, and
-// router_config_keys() (what docs/CONFIG.md is checked against) is complete.
-constexpr std::array<std::string_view, 10> kRoutingKeys{
-    "policy",  "edge_tier",   "cloud_tier", "complexity_model", "threshold", "default_max_tokens",
-    "cascade", "consistency", "optimize",   "learning"};
-constexpr std::array<std::string_view, 4> kCascadeKeys{"min_mean_logprob", "min_token_logprob",
-                                                       "max_mean_entropy", "hold_back_tokens"};
-constexpr std::array<std::string_view, 1> kConsistencyKeys{"min_similarity"};
-constexpr std::array<std::string_view, 2> kOptimizeKeys{"cost_weight", "latency_weight"};
-constexpr std::array<std::string_view, 4> kLearningKeys{"enabled", "state", "target_cloud_share",
-                                                        "save_every_labels"};
-
-std::string key_list(std::span<const std::string_view> keys) {
-  std::string out;
-  for (std::string_view k : keys) out += (out.empty() ? "" : ", ") + std::string(k);
-  return out;
-}
-
-bool listed(std::span<const std::string_view> keys, std::string_view key) {
-  return std::find(keys.begin(), keys.end(), key) != keys.end();
-}
-
-}  // namespace
-
-std::vector<std::string> router_config_keys() {
-  std::vector<std::string> keys;
-  for (std::string_view k : kRoutingKeys) keys.emplace_back(k);
-  for (std::string_view k : kCascadeKeys) keys.push_back("cascade." + std::string(k));
-  for (std::string_view k : kConsistencyKeys) keys.push_back("consistency." + std::string(k));
-  for (std::string_view k : kOptimizeKeys) keys.push_back("optimize." + std::string(k));
-  for (std::string_view k : kLearningKeys) keys.push_back("learning." + std::string(k));
-  return keys;
-}
-
-Result<RouterConfig> router_config_from_yaml(const YAML::Node& node, std::string_view source) {
-  RouterConfig c;
-  if (!node || node.IsNull()) return c;
-  const std::string at = std::string(source) + ": routing";
-  if (!node.IsMap()) return make_error(ErrorKind::kInvalidArgument, at + ": must be a mapping");
-  std::string problems;
-  auto problem = [&](const std::string& key, const std::string& what) {
-    problems += (problems.empty() ? "" : "\n") + at + "." + key + ": " + what;
-  };
-  auto number = [&](const YAML::Node& n, const std::string& key, double lo, double hi,
-                    double& out) {
-    try {
-      const double v = n.as<double>();
-      if (v < lo || v > hi) {
-        problem(key, "must be between " + std::to_string(lo) + " and " + std::to_string(hi));
-      } else {
-        out = v;
-      }
-    } catch (const YAML::Exception&) {
-      problem(key, "must be a number");
-    }
-  };
-  for (const auto& kv : node) {
-    const std::string key = kv.first.as<std::string>();
-    const YAML::Node& v = kv.second;
-    if (!listed(kRoutingKeys, key)) {
-      problem(key, "unknown key; known: " + key_list(kRoutingKeys));
-    } else if (key == "policy") {
-      auto p = parse_policy(v.as<std::string>(""));
-      if (!p) {
-        problem(key, "'" + v.as<std::string>("") +
-                         "' is not a policy; use threshold, cascade, consistency, optimize, edge "
-                         "or cloud");
-      } else {
-        c.default_policy = *p;
-      }
-    } else if (key == "edge_tier") {
-      c.edge_tier = v.as<std::string>("");
-    } else if (key == "cloud_tier") {
-      c.cloud_tier = v.as<std::string>("");
-    } else if (key == "complexity_model") {
-      c.complexity_model = v.as<std::string>("");
-    } else if (key == "threshold") {
-      double t = 0;
-      number(v, key, 0.0, 1.0, t);
-      c.threshold = t;
-    } else if (key == "default_max_tokens") {
-      double t = 0;
-      number(v, key, 1, 1 << 20, t);
-      c.default_max_tokens = static_cast<int32_t>(t);
-    } else if (key == "cascade" && v.IsMap()) {
-      for (const auto& ck : v) {
-        const std::string k = ck.first.as<std::string>();
-        const std::string path = "cascade." + k;
-        if (!listed(kCascadeKeys, k)) {
-          problem(path, "unknown key; known: " + key_list(kCascadeKeys));
-        } else if (k == "min_mean_logprob") {
-          number(ck.second, path, -100, 0, c.cascade.min_mean_logprob);
-        } else if (k == "min_token_logprob") {
-          number(ck.second, path, -100, 0, c.cascade.min_token_logprob);
-        } else if (k == "max_mean_entropy") {
-          number(ck.second, path, 0, 100, c.cascade.max_mean_entropy);
-        } else if (k == "hold_back_tokens") {
-          double t = 0;
-          number(ck.second, path, 0, 4096, t);
-          c.cascade.hold_back_tokens = static_cast<int32_t>(t);
-        } else {
-          problem(path, "listed but not read here; foreshore bug");
-        }
-      }
-    } else if (key == "consistency" && v.IsMap()) {
-      for (const auto& ck : v) {
-        const std::string k = ck.first.as<std::string>();
-        if (k == "min_similarity") {
-          number(ck.second, "consistency." + k, 0, 1, c.consistency_min_similarity);
-        } else {
-          problem("consistency." + k, "unknown key; known: " + key_list(kConsistencyKeys));
-        }
-      }
-    } else if (key == "optimize" && v.IsMap()) {
-      for (const auto& ck : v) {
-        const std::string k = ck.first.as<std::string>();
-        if (k == "cost_weight") {
-          number(ck.second, "optimize." + k, 0, 1e12, c.optimize_cost_weight);
-        } else if (k == "latency_weight") {
-          number(ck.second, "optimize." + k, 0, 1e6, c.optimize_latency_weight);
-        } else {
-          problem("optimize." + k, "unknown key; known: " + key_list(kOptimizeKeys));
-        }
-      }
-    } else if (key == "learning" && v.IsMap()) {
-      for (const auto& ck : v) {
-        const std::string k = ck.first.as<std::string>();
-        const std::string path = "learning." + k;
-        if (k == "enabled") {
-          try {
-            c.learning.enabled = ck.second.as<bool>();
-          } catch (const YAML::Exception&) {
-            problem(path, "must be true or false");
-          }
-        } else if (k == "state") {
-          c.learning.state = ck.second.as<std::string>("");
-        } else if (k == "target_cloud_share") {
-          double t = 0;
-          number(ck.second, path, 0, 1, t);
-          c.learning.target_cloud_share = t;
-        } else if (k == "save_every_labels") {
-          double t = 0;
-          number(ck.second, path, 1, 1e9, t);
-          c.learning.save_every_labels = static_cast<int64_t>(t);
-        } else {
-          problem(path, "unknown key; known: " + key_list(kLearningKeys));
-        }
-      }
-    } else {
-      problem(key, "must be a map of its own keys");
-    }
-  }
-  if (!problems.empty()) return make_error(ErrorKind::kInvalidArgument, problems);
-  return c;
-}
-
 Result<std::unique_ptr<Router>> Router::create(RouterConfig config,
                                                std::vector<TierProfile> tiers) {
   std::unique_ptr<Router> r(new Router());
@@ -401,25 +320,37 @@ double Router::threshold() const {
   return threshold_.load();
 }
 
-Decision Router::decide(const RouteInput& in) const {
-  const auto start = std::chrono::steady_clock::now();
-  Decision d;
-  {
-    static const uint64_t process_tag = std::random_device{}();
-    char buf[40];
-    std::snprintf(buf, sizeof buf, "dec-%08llx-%llx",
-                  static_cast<unsigned long long>(process_tag & 0xffffffffu),
-                  static_cast<unsigned long long>(decisions_.fetch_add(1) + 1));
-    d.id = buf;
-  }
-  d.policy = in.policy.value_or(config_.default_policy);
-  Signals& s = d.signals;
+namespace {
 
-  // --- signals
-  s.sensitivity = sensitivity_->scan(in.texts, in.declared_class);
+const TierProfile* find_tier(std::span<const TierProfile> tiers, std::string_view name) {
+  for (const auto& t : tiers) {
+    if (t.name == name) return &t;
+  }
+  return nullptr;
+}
+
+// The router's edge or cloud tier for a request (null when none is
+// configured) and its measured latency.
+struct TierView {
+  const TierProfile* profile = nullptr;
+  const TierLatency* latency = nullptr;
+};
+
+// What scores a request's text.
+struct TextScorers {
+  const SensitivityDetector& sensitivity;
+  const ComplexityModel* complexity;  // null: no model, complexity reads 0
+  std::shared_ptr<OnlineLearner> learner;
+  double threshold = 0.5;
+};
+
+// --- signals: everything the rules and policies read, measured once.
+
+void score_text(const RouteInput& in, const TextScorers& scorers, Signals& s) {
+  s.sensitivity = scorers.sensitivity.scan(in.texts, in.declared_class);
   const std::string_view last = in.texts.empty() ? std::string_view() : in.texts.back();
-  s.complexity_threshold = threshold();
-  if (const auto learner = learner_.load()) {
+  s.complexity_threshold = scorers.threshold;
+  if (const auto& learner = scorers.learner) {
     ComplexityFeatures f = extract_complexity_features(last, learner->base().hashing());
     s.complexity = learner->score(f);
     if (learner->recalibrates()) {
@@ -427,8 +358,11 @@ Decision Router::decide(const RouteInput& in) const {
       learner->observe(std::move(f));  // never waits: dropped when the learner is busy
     }
   } else {
-    s.complexity = complexity_ ? complexity_->score(last) : 0.0;
+    s.complexity = scorers.complexity ? scorers.complexity->score(last) : 0.0;
   }
+}
+
+void count_tokens(const RouteInput& in, int32_t default_max_tokens, Signals& s) {
   if (in.prompt_tokens) {
     s.prompt_tokens = *in.prompt_tokens;
     s.prompt_tokens_estimated = false;
@@ -438,28 +372,25 @@ Decision Router::decide(const RouteInput& in) const {
     // About four bytes per token for English under common vocabularies.
     s.prompt_tokens = static_cast<int32_t>(bytes / 4 + 4 * in.texts.size() + 1);
   }
-  s.expected_output_tokens = in.max_tokens.value_or(config_.default_max_tokens);
-  s.memory_pressure = in.memory_pressure;
-  s.edge_unsupported = in.edge_unsupported;
-  s.latency_budget_ms = in.latency_budget_ms;
-  s.cost_ceiling_usd = in.cost_ceiling_usd;
+  s.expected_output_tokens = in.max_tokens.value_or(default_max_tokens);
+}
 
-  const TierProfile* edge = tier(config_.edge_tier);
-  const TierProfile* cloud = tier(config_.cloud_tier);
-  s.edge_available = edge != nullptr && in.edge_available;
-  s.cloud_available = cloud != nullptr && in.cloud_available;
-  auto predict = [&](const TierProfile* t, double& ttft, double& cost) {
-    if (t == nullptr) return;
-    const TierLatency* l = latency(t->name);
-    ttft = l ? l->ttft_ms() : t->prior_ttft_ms;
-    cost = (t->price_input_per_mtok * s.prompt_tokens +
-            t->price_output_per_mtok * s.expected_output_tokens) /
-           1e6;
-  };
-  predict(edge, s.edge_ttft_ms, s.edge_cost_usd);
-  s.edge_queue_depth = in.edge_queue_depth;
+// A tier's time to first token and cost for this request, from its measured
+// (else prior) latency and its prices.
+void predict(TierView tier, const Signals& s, double& ttft, double& cost) {
+  const TierProfile* t = tier.profile;
+  if (t == nullptr) return;
+  ttft = tier.latency ? tier.latency->ttft_ms() : t->prior_ttft_ms;
+  cost = (t->price_input_per_mtok * s.prompt_tokens +
+          t->price_output_per_mtok * s.expected_output_tokens) /
+         1e6;
+}
+
+// The edge's time to first token behind the work already on it.
+void add_edge_queue(const RouteInput& in, TierView edge, Signals& s) {
+  if (edge.profile == nullptr) return;
   const bool measured_load = in.edge_load && in.edge_load->decode_step_ms > 0.0;
-  if (edge != nullptr && measured_load && in.edge_load->running + in.edge_load->queued > 0) {
+  if (measured_load && in.edge_load->running + in.edge_load->queued > 0) {
     // Continuous batching: a request starts at the next step while a slot is
     // free, else when enough running generations end; then its prompt loads
     // after the prompts queued before it, beside the running decodes.
@@ -474,120 +405,171 @@ Decision Router::decide(const RouteInput& in) const {
     s.edge_ttft_ms =
         wait + static_cast<double>(l.queued_prompt_tokens + s.prompt_tokens) * per_prompt_token +
         step;
-  } else if (edge != nullptr && !measured_load && in.edge_queue_depth > 0) {
-    const TierLatency* l = latency(edge->name);
-    const double per_token = l ? l->ms_per_token() : edge->prior_ms_per_token;
+  } else if (!measured_load && in.edge_queue_depth > 0) {
+    const double per_token =
+        edge.latency ? edge.latency->ms_per_token() : edge.profile->prior_ms_per_token;
     s.edge_ttft_ms += in.edge_queue_depth * (s.edge_ttft_ms + per_token * s.expected_output_tokens);
   }
-  predict(cloud, s.cloud_ttft_ms, s.cloud_cost_usd);
-  if (edge != nullptr) {
-    s.edge_context = edge->context_length;
+}
+
+Signals gather_signals(const RouteInput& in, const TextScorers& scorers, int32_t default_max_tokens,
+                       TierView edge, TierView cloud) {
+  Signals s;
+  score_text(in, scorers, s);
+  count_tokens(in, default_max_tokens, s);
+  s.memory_pressure = in.memory_pressure;
+  s.edge_unsupported = in.edge_unsupported;
+  s.latency_budget_ms = in.latency_budget_ms;
+  s.cost_ceiling_usd = in.cost_ceiling_usd;
+  s.edge_available = edge.profile != nullptr && in.edge_available;
+  s.cloud_available = cloud.profile != nullptr && in.cloud_available;
+  predict(edge, s, s.edge_ttft_ms, s.edge_cost_usd);
+  s.edge_queue_depth = in.edge_queue_depth;
+  add_edge_queue(in, edge, s);
+  predict(cloud, s, s.cloud_ttft_ms, s.cloud_cost_usd);
+  if (const TierProfile* e = edge.profile) {
+    s.edge_context = e->context_length;
     s.fits_edge_context =
-        edge->context_length <= 0 ||
-        s.prompt_tokens + std::min(s.expected_output_tokens, 16) <= edge->context_length;
+        e->context_length <= 0 ||
+        s.prompt_tokens + std::min(s.expected_output_tokens, 16) <= e->context_length;
   }
+  return s;
+}
 
-  // --- rules: hard constraints first
-  const DataClass cls = s.sensitivity.data_class;
-  bool cloud_ok = s.cloud_available;
-  bool edge_ok = s.edge_available && s.fits_edge_context && s.edge_unsupported.empty();
-  std::string cloud_block;
-  if (cloud != nullptr && cls == DataClass::kDeviceOnly) {
-    cloud_ok = false;
-    cloud_block = "data classed device-only (" + s.sensitivity.rule + ") never leaves the device";
-    d.rules_fired.push_back("device-only-stays-local");
-  } else if (cloud != nullptr && cls > cloud->max_data_class) {
-    cloud_ok = false;
-    cloud_block = "cloud tier '" + cloud->name + "' is not cleared for " +
-                  std::string(to_string(cls)) + " data";
-    d.rules_fired.push_back("cloud-tier-not-cleared");
-  }
-  if (cloud == nullptr) cloud_block = "no cloud tier is configured";
-  if (cloud != nullptr && !s.cloud_available) {
-    if (cloud_block.empty()) cloud_block = "cloud tier '" + cloud->name + "' is unavailable";
-    d.rules_fired.push_back("cloud-unavailable");
-  }
-  if (cloud_ok && s.cost_ceiling_usd && s.cloud_cost_usd > *s.cost_ceiling_usd) {
-    cloud_ok = false;
-    cloud_block = "cloud cost " + std::to_string(s.cloud_cost_usd) + " exceeds the ceiling";
-    d.rules_fired.push_back("cost-ceiling");
-  }
+// --- rules: hard constraints, before any policy.
+
+// Which of the two tiers the rules leave open for this request, and why not.
+struct Gates {
+  DataClass data_class = DataClass::kPublic;
+  bool edge_ok = false;
+  bool cloud_ok = false;
   std::string edge_block;
-  if (edge == nullptr) {
-    edge_block = "no device tier is configured";
-  } else if (!s.edge_available) {
-    edge_block = "edge tier '" + edge->name + "' cannot run (not loaded or out of memory)";
-    d.rules_fired.push_back("edge-unavailable");
-  } else if (!s.fits_edge_context) {
-    edge_block = "prompt of ~" + std::to_string(s.prompt_tokens) +
-                 " tokens exceeds the edge context of " + std::to_string(edge->context_length);
-    d.rules_fired.push_back("edge-context-exceeded");
-  }
-  // Checked apart from the others: a forced device tier is refused for it too.
+  std::string cloud_block;
+  // A feature of the request the edge cannot honour: it refuses a forced
+  // device tier too, where the other edge blocks do not.
   std::string edge_lacks;
-  if (!s.edge_unsupported.empty()) {
-    edge_lacks = "the request uses " + s.edge_unsupported +
-                 ", which the embedded edge engine does not support (its answer would ignore "
-                 "it); a cloud tier must serve it";
-    if (edge_block.empty()) edge_block = edge_lacks;
-    d.rules_fired.push_back("edge-lacks-feature");
-  }
 
-  auto make_plan = [&](PlanKind kind) {
+  // A cloud tier this request's data may not reach (device tiers take all).
+  bool forbids(const TierProfile& t) const {
+    return !t.on_device && (data_class == DataClass::kDeviceOnly || data_class > t.max_data_class);
+  }
+};
+
+Gates gate_tiers(const Signals& s, const TierProfile* edge, const TierProfile* cloud,
+                 std::vector<std::string>& rules_fired) {
+  Gates g;
+  g.data_class = s.sensitivity.data_class;
+  g.cloud_ok = s.cloud_available;
+  g.edge_ok = s.edge_available && s.fits_edge_context && s.edge_unsupported.empty();
+  if (cloud != nullptr && g.data_class == DataClass::kDeviceOnly) {
+    g.cloud_ok = false;
+    g.cloud_block = "data classed device-only (" + s.sensitivity.rule + ") never leaves the device";
+    rules_fired.push_back("device-only-stays-local");
+  } else if (cloud != nullptr && g.data_class > cloud->max_data_class) {
+    g.cloud_ok = false;
+    g.cloud_block = "cloud tier '" + cloud->name + "' is not cleared for " +
+                    std::string(to_string(g.data_class)) + " data";
+    rules_fired.push_back("cloud-tier-not-cleared");
+  }
+  if (cloud == nullptr) g.cloud_block = "no cloud tier is configured";
+  if (cloud != nullptr && !s.cloud_available) {
+    if (g.cloud_block.empty()) g.cloud_block = "cloud tier '" + cloud->name + "' is unavailable";
+    rules_fired.push_back("cloud-unavailable");
+  }
+  if (g.cloud_ok && s.cost_ceiling_usd && s.cloud_cost_usd > *s.cost_ceiling_usd) {
+    g.cloud_ok = false;
+    g.cloud_block = "cloud cost " + std::to_string(s.cloud_cost_usd) + " exceeds the ceiling";
+    rules_fired.push_back("cost-ceiling");
+  }
+  if (edge == nullptr) {
+    g.edge_block = "no device tier is configured";
+  } else if (!s.edge_available) {
+    g.edge_block = "edge tier '" + edge->name + "' cannot run (not loaded or out of memory)";
+    rules_fired.push_back("edge-unavailable");
+  } else if (!s.fits_edge_context) {
+    g.edge_block = "prompt of ~" + std::to_string(s.prompt_tokens) +
+                   " tokens exceeds the edge context of " + std::to_string(edge->context_length);
+    rules_fired.push_back("edge-context-exceeded");
+  }
+  if (!s.edge_unsupported.empty()) {
+    g.edge_lacks = "the request uses " + s.edge_unsupported +
+                   ", which the embedded edge engine does not support (its answer would ignore "
+                   "it); a cloud tier must serve it";
+    if (g.edge_block.empty()) g.edge_block = g.edge_lacks;
+    rules_fired.push_back("edge-lacks-feature");
+  }
+  return g;
+}
+
+// Builds the plans of one request, with their predictions.
+class PlanMaker {
+ public:
+  PlanMaker(const Signals& s, const RouterConfig& config, const TierProfile* edge,
+            const TierProfile* cloud, bool cloud_ok)
+      : s_(s), config_(config), edge_(edge), cloud_(cloud), cloud_ok_(cloud_ok) {}
+
+  Plan make(PlanKind kind) const {
     Plan p;
     p.kind = kind;
-    p.edge_tier = edge ? edge->name : "";
-    p.cloud_tier = cloud ? cloud->name : "";
-    p.cloud_allowed = cloud_ok;
+    p.edge_tier = edge_ ? edge_->name : "";
+    p.cloud_tier = cloud_ ? cloud_->name : "";
+    p.cloud_allowed = cloud_ok_;
     p.cascade = config_.cascade;
     p.consistency_min_similarity = config_.consistency_min_similarity;
-    const double edge_total = s.edge_ttft_ms;
-    const double p_bad = s.complexity;
-    const double edge_quality = (edge ? edge->quality : 0.0) * (1.0 - p_bad);
-    const double cloud_quality = cloud ? cloud->quality : 0.0;
+    const double edge_total = s_.edge_ttft_ms;
+    const double p_bad = s_.complexity;
+    const double edge_quality = (edge_ ? edge_->quality : 0.0) * (1.0 - p_bad);
+    const double cloud_quality = cloud_ ? cloud_->quality : 0.0;
     switch (kind) {
       case PlanKind::kEdge:
-        p.predicted_cost_usd = s.edge_cost_usd;
+        p.predicted_cost_usd = s_.edge_cost_usd;
         p.predicted_ttft_ms = edge_total;
         p.predicted_quality = edge_quality;
         break;
       case PlanKind::kCloud:
-        p.predicted_cost_usd = s.cloud_cost_usd;
-        p.predicted_ttft_ms = s.cloud_ttft_ms;
+        p.predicted_cost_usd = s_.cloud_cost_usd;
+        p.predicted_ttft_ms = s_.cloud_ttft_ms;
         p.predicted_quality = cloud_quality;
         break;
       case PlanKind::kCascade:
         // Escalation happens about as often as the edge answer is inadequate.
-        p.predicted_cost_usd = s.edge_cost_usd + p_bad * s.cloud_cost_usd;
-        p.predicted_ttft_ms = edge_total + p_bad * s.cloud_ttft_ms;
-        p.predicted_quality = (1 - p_bad) * (edge ? edge->quality : 0.0) + p_bad * cloud_quality;
+        p.predicted_cost_usd = s_.edge_cost_usd + p_bad * s_.cloud_cost_usd;
+        p.predicted_ttft_ms = edge_total + p_bad * s_.cloud_ttft_ms;
+        p.predicted_quality = (1 - p_bad) * (edge_ ? edge_->quality : 0.0) + p_bad * cloud_quality;
         break;
       case PlanKind::kConsistency:
-        p.predicted_cost_usd = s.edge_cost_usd + s.cloud_cost_usd;
-        p.predicted_ttft_ms = std::max(edge_total, s.cloud_ttft_ms);
+        p.predicted_cost_usd = s_.edge_cost_usd + s_.cloud_cost_usd;
+        p.predicted_ttft_ms = std::max(edge_total, s_.cloud_ttft_ms);
         p.predicted_quality = std::max(edge_quality, cloud_quality);
         break;
       case PlanKind::kReject:
         break;
     }
     return p;
-  };
-  auto reject = [&](const std::string& why) {
-    Plan p = make_plan(PlanKind::kReject);
+  }
+
+  Plan reject(const std::string& why) const {
+    Plan p = make(PlanKind::kReject);
     p.cloud_allowed = false;
     p.edge_fallback_allowed = false;
     p.reason = why;
     return p;
-  };
+  }
 
-  std::vector<Plan> candidates;
-  std::string chosen_reason;
-  Plan chosen;
-  bool decided = false;
+ private:
+  const Signals& s_;
+  const RouterConfig& config_;
+  const TierProfile* edge_;
+  const TierProfile* cloud_;
+  bool cloud_ok_;
+};
 
-  const auto forbids = [&](const TierProfile& t) {
-    return !t.on_device && (cls == DataClass::kDeviceOnly || cls > t.max_data_class);
-  };
+// A tier the client (or a session pin or model alias) forced, honoured only
+// within the rules; nothing when none was forced or a preferred chain lost
+// every step.
+std::optional<Plan> plan_forced_tier(const RouteInput& in, std::span<const TierProfile> tiers,
+                                     const Gates& g, const PlanMaker& plans,
+                                     std::vector<std::string>& rules_fired) {
   // A preferred chain loses the steps the data may not take; what is left
   // is honoured like a forced chain, and an empty one leaves it to routing.
   std::optional<std::string> forced_tier = in.forced_tier;
@@ -597,179 +579,167 @@ Decision Router::decide(const RouteInput& in) const {
     chain.insert(chain.end(), fallback_tiers.begin(), fallback_tiers.end());
     std::vector<std::string> kept;
     for (const auto& name : chain) {
-      const TierProfile* t = tier(name);
-      if (t != nullptr && forbids(*t)) {
-        d.rules_fired.push_back("preferred-tier-dropped");
+      const TierProfile* t = find_tier(tiers, name);
+      if (t != nullptr && g.forbids(*t)) {
+        rules_fired.push_back("preferred-tier-dropped");
         continue;
       }
       kept.push_back(name);
     }
-    if (kept.empty()) {
-      forced_tier.reset();
-      fallback_tiers.clear();
-    } else {
-      forced_tier = kept.front();
-      fallback_tiers.assign(kept.begin() + 1, kept.end());
-    }
+    if (kept.empty()) return std::nullopt;
+    forced_tier = kept.front();
+    fallback_tiers.assign(kept.begin() + 1, kept.end());
   }
+  if (!forced_tier) return std::nullopt;
 
-  // A forced tier is honoured only within the rules.
-  if (forced_tier) {
-    d.rules_fired.push_back(in.forced_is_preference ? "preferred-tier" : "forced-tier");
-    const TierProfile* f = tier(*forced_tier);
-    if (f == nullptr) {
-      chosen = reject("forced tier '" + *forced_tier + "' is not configured");
-    } else if (!f->on_device && (cls == DataClass::kDeviceOnly || cls > f->max_data_class)) {
-      chosen = reject("forced tier '" + f->name + "' refused: " +
-                      (cloud_block.empty() ? "data class forbids it" : cloud_block));
-    } else if (f->on_device && !edge_lacks.empty()) {
-      chosen = reject("forced tier '" + f->name + "' cannot serve this request: " + edge_lacks);
-    } else {
-      chosen = make_plan(f->on_device ? PlanKind::kEdge : PlanKind::kCloud);
-      if (f->on_device) {
-        chosen.edge_tier = f->name;
-        chosen.cloud_allowed = false;
-      } else {
-        chosen.cloud_tier = f->name;
-        // The data class allows it (checked above); an open breaker or a cost
-        // ceiling does not veto a tier the client named: its own error will.
-        chosen.cloud_allowed = true;
-      }
-      chosen.forced = !in.forced_is_preference;
-      chosen.edge_fallback_allowed = false;
-      chosen.reason = in.forced_is_preference
-                          ? "the session or model alias prefers '" + f->name + "'"
-                          : "x-foreshore-tier forced '" + f->name + "'";
-      for (const auto& name : fallback_tiers) {
-        const TierProfile* t = tier(name);
-        if (t == nullptr || name == f->name) continue;
-        if (!t->on_device && (cls == DataClass::kDeviceOnly || cls > t->max_data_class)) {
-          d.rules_fired.push_back("fallback-tier-refused");
-          continue;
-        }
-        if (t->on_device && !edge_lacks.empty()) continue;
-        chosen.fallback_tiers.push_back(name);
-      }
+  rules_fired.push_back(in.forced_is_preference ? "preferred-tier" : "forced-tier");
+  const TierProfile* f = find_tier(tiers, *forced_tier);
+  if (f == nullptr) return plans.reject("forced tier '" + *forced_tier + "' is not configured");
+  if (g.forbids(*f)) {
+    return plans.reject("forced tier '" + f->name + "' refused: " +
+                        (g.cloud_block.empty() ? "data class forbids it" : g.cloud_block));
+  }
+  if (f->on_device && !g.edge_lacks.empty()) {
+    return plans.reject("forced tier '" + f->name + "' cannot serve this request: " + g.edge_lacks);
+  }
+  Plan chosen = plans.make(f->on_device ? PlanKind::kEdge : PlanKind::kCloud);
+  if (f->on_device) {
+    chosen.edge_tier = f->name;
+    chosen.cloud_allowed = false;
+  } else {
+    chosen.cloud_tier = f->name;
+    // The data class allows it (checked above); an open breaker or a cost
+    // ceiling does not veto a tier the client named: its own error will.
+    chosen.cloud_allowed = true;
+  }
+  chosen.forced = !in.forced_is_preference;
+  chosen.edge_fallback_allowed = false;
+  chosen.reason = in.forced_is_preference ? "the session or model alias prefers '" + f->name + "'"
+                                          : "x-foreshore-tier forced '" + f->name + "'";
+  for (const auto& name : fallback_tiers) {
+    const TierProfile* t = find_tier(tiers, name);
+    if (t == nullptr || name == f->name) continue;
+    if (g.forbids(*t)) {
+      rules_fired.push_back("fallback-tier-refused");
+      continue;
     }
-    decided = true;
+    if (t->on_device && !g.edge_lacks.empty()) continue;
+    chosen.fallback_tiers.push_back(name);
   }
+  return chosen;
+}
 
-  if (!decided && !edge_ok && !cloud_ok) {
-    chosen = reject("no tier can serve: edge: " + (edge_block.empty() ? "ok" : edge_block) +
-                    "; cloud: " + (cloud_block.empty() ? "ok" : cloud_block));
-    decided = true;
+// The rules that settle a request before any policy: a tier that cannot
+// serve, data that prefers the device, memory pressure, a latency budget
+// only one tier meets. Nothing when the policy is free to choose.
+std::optional<Plan> plan_by_rules(const Signals& s, const Gates& g, const PlanMaker& plans,
+                                  std::vector<std::string>& rules_fired) {
+  if (!g.edge_ok && !g.cloud_ok) {
+    return plans.reject("no tier can serve: edge: " + (g.edge_block.empty() ? "ok" : g.edge_block) +
+                        "; cloud: " + (g.cloud_block.empty() ? "ok" : g.cloud_block));
   }
-  if (!decided && !edge_ok) {
-    chosen = make_plan(PlanKind::kCloud);
+  if (!g.edge_ok) {
+    Plan chosen = plans.make(PlanKind::kCloud);
     // An edge answer would be a degraded one, unless it ignores what was asked.
-    chosen.edge_fallback_allowed = s.edge_available && edge_lacks.empty();
-    chosen.reason = edge_block + ", so the cloud serves";
-    decided = true;
+    chosen.edge_fallback_allowed = s.edge_available && g.edge_lacks.empty();
+    chosen.reason = g.edge_block + ", so the cloud serves";
+    return chosen;
   }
-  if (!decided && !cloud_ok) {
-    chosen = make_plan(PlanKind::kEdge);
-    chosen.reason = cloud_block.empty() ? "cloud not allowed" : cloud_block;
-    decided = true;
+  if (!g.cloud_ok) {
+    Plan chosen = plans.make(PlanKind::kEdge);
+    chosen.reason = g.cloud_block.empty() ? "cloud not allowed" : g.cloud_block;
+    return chosen;
   }
-  if (!decided && cls == DataClass::kPreferLocal) {
-    d.rules_fired.push_back("prefer-local");
-    chosen = make_plan(PlanKind::kEdge);
+  if (g.data_class == DataClass::kPreferLocal) {
+    rules_fired.push_back("prefer-local");
+    Plan chosen = plans.make(PlanKind::kEdge);
     chosen.reason = "data classed prefer-local (" + s.sensitivity.rule + ") and the edge can serve";
-    decided = true;
+    return chosen;
   }
-  if (!decided && s.memory_pressure >= 2) {
-    d.rules_fired.push_back("memory-pressure");
-    chosen = make_plan(PlanKind::kCloud);
+  if (s.memory_pressure >= 2) {
+    rules_fired.push_back("memory-pressure");
+    Plan chosen = plans.make(PlanKind::kCloud);
     chosen.reason = "device memory pressure is high; the cloud serves what may go there";
-    decided = true;
+    return chosen;
   }
-  if (!decided && s.latency_budget_ms && s.cloud_ttft_ms > *s.latency_budget_ms &&
+  if (s.latency_budget_ms && s.cloud_ttft_ms > *s.latency_budget_ms &&
       s.edge_ttft_ms <= *s.latency_budget_ms) {
-    d.rules_fired.push_back("latency-budget");
-    chosen = make_plan(PlanKind::kEdge);
+    rules_fired.push_back("latency-budget");
+    Plan chosen = plans.make(PlanKind::kEdge);
     chosen.reason = "cloud TTFT ~" + std::to_string(static_cast<int>(s.cloud_ttft_ms)) +
                     " ms exceeds the budget; the edge fits it";
-    decided = true;
+    return chosen;
   }
-  if (!decided && cloud_ok && s.latency_budget_ms && s.edge_ttft_ms > *s.latency_budget_ms &&
+  if (s.latency_budget_ms && s.edge_ttft_ms > *s.latency_budget_ms &&
       s.cloud_ttft_ms <= *s.latency_budget_ms) {
-    d.rules_fired.push_back("latency-budget");
-    chosen = make_plan(PlanKind::kCloud);
+    rules_fired.push_back("latency-budget");
+    Plan chosen = plans.make(PlanKind::kCloud);
     chosen.reason = "edge TTFT ~" + std::to_string(static_cast<int>(s.edge_ttft_ms)) + " ms (" +
                     std::to_string(s.edge_queue_depth) +
                     " requests ahead) exceeds the budget; the cloud fits it";
-    decided = true;
+    return chosen;
   }
+  return std::nullopt;
+}
 
-  // --- policy among the plans the rules allow
-  for (PlanKind k :
-       {PlanKind::kEdge, PlanKind::kCloud, PlanKind::kCascade, PlanKind::kConsistency}) {
-    candidates.push_back(make_plan(k));
-  }
-  if (!decided) {
-    switch (d.policy) {
-      case PolicyKind::kEdge:
-        chosen = candidates[0];
-        chosen.reason = "policy edge";
-        break;
-      case PolicyKind::kCloud:
-        chosen = candidates[1];
-        chosen.reason = "policy cloud";
-        break;
-      case PolicyKind::kThreshold: {
-        const bool hard = s.complexity >= s.complexity_threshold;
-        chosen = candidates[hard ? 1 : 0];
-        chosen.reason = "complexity " + std::to_string(s.complexity).substr(0, 5) +
-                        (hard ? " >= " : " < ") + "threshold " +
-                        std::to_string(s.complexity_threshold).substr(0, 5);
-        break;
-      }
-      case PolicyKind::kCascade:
-        chosen = candidates[2];
-        chosen.reason =
-            "policy cascade: edge first, escalate when its log-probabilities say it is unsure";
-        break;
-      case PolicyKind::kConsistency:
-        chosen = candidates[3];
-        chosen.reason = "policy consistency: run both, keep the edge answer when they agree";
-        break;
-      case PolicyKind::kOptimize: {
-        double best = -1e300;
-        for (const Plan& p : candidates) {
-          if (p.kind == PlanKind::kConsistency) continue;
-          const double u = p.predicted_quality -
-                           config_.optimize_cost_weight * p.predicted_cost_usd -
-                           config_.optimize_latency_weight * p.predicted_ttft_ms;
-          if (u > best) {
-            best = u;
-            chosen = p;
-          }
-        }
-        chosen.reason = "optimize: highest quality - " +
-                        std::to_string(config_.optimize_cost_weight) + "*cost - " +
-                        std::to_string(config_.optimize_latency_weight) + "*latency";
-        break;
-      }
-    }
-  }
+// The candidates not chosen, each with why not.
+std::vector<Plan> alternatives_to(std::vector<Plan> candidates, const Plan& chosen, const Gates& g,
+                                  PolicyKind policy) {
+  std::vector<Plan> alternatives;
   for (Plan& p : candidates) {
     if (p.kind == chosen.kind) continue;
-    if ((p.kind != PlanKind::kEdge) && !cloud_ok) {
-      p.reason = "not allowed: " + cloud_block;
-    } else if (p.kind != PlanKind::kCloud && !edge_ok) {
-      p.reason = "not possible: " + edge_block;
+    if ((p.kind != PlanKind::kEdge) && !g.cloud_ok) {
+      p.reason = "not allowed: " + g.cloud_block;
+    } else if (p.kind != PlanKind::kCloud && !g.edge_ok) {
+      p.reason = "not possible: " + g.edge_block;
     } else {
-      p.reason = "not chosen by " + std::string(to_string(d.policy));
+      p.reason = "not chosen by " + std::string(to_string(policy));
     }
-    d.alternatives.push_back(std::move(p));
+    alternatives.push_back(std::move(p));
   }
-  d.plan = std::move(chosen);
+  return alternatives;
+}
+
+// "dec-<process tag>-<count>": unique across the replicas of a deployment.
+std::string decision_id(std::atomic<uint64_t>& decisions) {
+  static const uint64_t process_tag = std::random_device{}();
+  char buf[40];
+  std::snprintf(buf, sizeof buf, "dec-%08llx-%llx",
+                static_cast<unsigned long long>(process_tag & 0xffffffffu),
+                static_cast<unsigned long long>(decisions.fetch_add(1) + 1));
+  return buf;
+}
+
+}  // namespace
+
+Decision Router::decide(const RouteInput& in) const {
+  const auto start = std::chrono::steady_clock::now();
+  Decision d;
+  d.id = decision_id(decisions_);
+  d.policy = in.policy.value_or(config_.default_policy);
+
+  const TierView edge{tier(config_.edge_tier), latency(config_.edge_tier)};
+  const TierView cloud{tier(config_.cloud_tier), latency(config_.cloud_tier)};
+  const TextScorers scorers{*sensitivity_, complexity(), learner_.load(), threshold()};
+  d.signals = gather_signals(in, scorers, config_.default_max_tokens, edge, cloud);
+  const Signals& s = d.signals;
+
+  const Gates gates = gate_tiers(s, edge.profile, cloud.profile, d.rules_fired);
+  const PlanMaker plans(s, config_, edge.profile, cloud.profile, gates.cloud_ok);
+  std::optional<Plan> chosen = plan_forced_tier(in, tiers_, gates, plans, d.rules_fired);
+  if (!chosen) chosen = plan_by_rules(s, gates, plans, d.rules_fired);
+
+  std::vector<Plan> candidates;
+  for (PlanKind k : kCandidateKinds) candidates.push_back(plans.make(k));
+  if (!chosen) chosen = policy_of(d.policy).choose(candidates, s, config_);
+  d.alternatives = alternatives_to(std::move(candidates), *chosen, gates, d.policy);
+  d.plan = std::move(*chosen);
   // Belt and braces: whatever path led here, device-only data gets no cloud step.
-  if (cls == DataClass::kDeviceOnly) {
+  if (gates.data_class == DataClass::kDeviceOnly) {
     d.plan.cloud_allowed = false;
     if (d.plan.kind == PlanKind::kCloud || d.plan.kind == PlanKind::kCascade ||
         d.plan.kind == PlanKind::kConsistency) {
-      d.plan = reject("data classed device-only cannot be planned on a cloud tier");
+      d.plan = plans.reject("data classed device-only cannot be planned on a cloud tier");
     }
   }
   d.decision_us =

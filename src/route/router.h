@@ -24,10 +24,6 @@
 #include "route/online_learner.h"
 #include "route/sensitivity.h"
 
-namespace YAML {
-class Node;
-}
-
 namespace foreshore::route {
 
 enum class PolicyKind { kThreshold, kCascade, kConsistency, kOptimize, kEdge, kCloud };
@@ -109,6 +105,8 @@ struct LearningConfig {
   int64_t save_every_labels = 100;
 };
 
+// Read from the gateway YAML's routing: and privacy: sections by
+// hybrid/config.h (router_config_from_yaml).
 struct RouterConfig {
   PolicyKind default_policy = PolicyKind::kThreshold;
   std::string edge_tier;   // empty: the first device tier
@@ -122,18 +120,9 @@ struct RouterConfig {
   double optimize_cost_weight = 1000.0;     // lambda: quality units per dollar
   double optimize_latency_weight = 0.0005;  // mu: quality units per millisecond
   LearningConfig learning;
-  int32_t default_max_tokens = 256;         // expected output when the request sets none
+  int32_t default_max_tokens = 256;  // expected output when the request sets none
   SensitivityConfig privacy;
 };
-
-// Every key routing: accepts, as paths below it ("cascade.hold_back_tokens"):
-// what docs/CONFIG.md lists.
-std::vector<std::string> router_config_keys();
-
-// Reads the `routing:` section (policy, edge_tier, cloud_tier, complexity_model,
-// threshold, cascade{...}, consistency{min_similarity}, optimize{cost_weight,
-// latency_weight}, default_max_tokens); errors name the key path.
-Result<RouterConfig> router_config_from_yaml(const YAML::Node& routing, std::string_view source);
 
 // One request as the router sees it: text and hints, no sampling details.
 struct RouteInput {

@@ -23,10 +23,6 @@
 
 #include "common/result.h"
 
-namespace YAML {
-class Node;
-}
-
 namespace foreshore::route {
 
 // Ordered from least to most strict; "strictest wins" is the larger value.
@@ -66,6 +62,8 @@ struct KeywordRule {
   DataClass data_class = DataClass::kDeviceOnly;
 };
 
+// Read from the gateway YAML's privacy: section by hybrid/config.h
+// (sensitivity_config_from_yaml).
 struct SensitivityConfig {
   // Overrides of built-in detectors' classes by name; a detector not listed
   // keeps its default class, std::nullopt turns it off.
@@ -76,17 +74,6 @@ struct SensitivityConfig {
   // hostile prompt cannot make the decision record grow without bound.
   uint32_t max_listed_hits = 256;
 };
-
-// Every key privacy: accepts, as paths below it ("patterns[].regex";
-// NAME stands for a built-in detector's name): what docs/CONFIG.md lists.
-std::vector<std::string> sensitivity_config_keys();
-
-// Reads the `privacy` section of the gateway YAML (keys detectors, patterns,
-// keywords; see docs/PRIVACY.md). Every problem is reported, one per line, as
-// "SOURCE: privacy.key.path: problem". `path` is where the node sits in the file.
-Result<SensitivityConfig> sensitivity_config_from_yaml(const YAML::Node& privacy,
-                                                       std::string_view source,
-                                                       std::string_view path = "privacy");
 
 enum class RuleKind : uint8_t { kDetector, kPattern, kKeyword };
 

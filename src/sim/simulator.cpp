@@ -218,14 +218,8 @@ route::RouteInput route_input(const TraceRecord& r, route::PolicyKind policy,
 Result<std::unique_ptr<Simulator>> Simulator::create(const config::GatewayConfig& config,
                                                      SimulationOptions options,
                                                      std::vector<TraceRecord> trace) {
-  FSH_ASSIGN_OR_RETURN(route::RouterConfig routing,
-                       route::router_config_from_yaml(config.routing, config.source));
-  if (config.privacy) {
-    FSH_ASSIGN_OR_RETURN(routing.privacy,
-                         route::sensitivity_config_from_yaml(config.privacy, config.source));
-  }
   std::unique_ptr<Simulator> sim(new Simulator());
-  auto router = route::Router::create(std::move(routing), tier_profiles(config, options, trace));
+  auto router = route::Router::create(config.routing, tier_profiles(config, options, trace));
   if (!router.ok()) {
     return make_error(router.error().kind, config.source + ": " + router.error().message);
   }
@@ -551,8 +545,7 @@ Result<std::vector<double>> measure_batch_speedup(backend::Backend& edge, int32_
 
 Result<SimulationOptions> measure_edge(const config::GatewayConfig& config,
                                        SimulationOptions base) {
-  FSH_ASSIGN_OR_RETURN(route::RouterConfig routing,
-                       route::router_config_from_yaml(config.routing, config.source));
+  const route::RouterConfig& routing = config.routing;
   const backend::TierConfig* edge = nullptr;
   for (const auto& t : config.tiers) {
     const bool wanted = routing.edge_tier.empty() ? t.placement == backend::Placement::kDevice

@@ -2,6 +2,10 @@
 // the labelled data sets (RouteLLM MMLU CSVs, RouterBench CSVs, MT-Bench
 // judgements, JSONL), fitting the logistic model, calibrating its threshold to
 // a target cloud share, and scoring a router RouteLLM's way (APGR, CPT).
+//
+// Its own library (fsh_training), which only the `foreshore router` commands,
+// their tests and benchmarks link: the gateway and libforeshore route with a
+// trained model and never carry the trainer (tests check libforeshore.so).
 #pragma once
 
 #include <cstdint>
@@ -126,42 +130,12 @@ Result<ComplexityModel> train_complexity_model(const std::vector<LabelledPrompt>
                                                const TrainOptions& options,
                                                TrainReport* report = nullptr);
 
-// The threshold that sends `share` of these scores to the cloud (score >=
-// threshold), as near as ties allow. share 0 gives a threshold above every
-// score (1.0 when they are all below it).
-double calibrate_threshold(std::vector<double> scores, double share);
-
 // ---- evaluation ----------------------------------------------------------------
 
-struct CurvePoint {
-  double cloud_share = 0.0;
-  double quality = 0.0;
-  double threshold = 0.0;  // route to cloud when score >= threshold
-};
-
-struct RoutingMetrics {
-  int64_t rows = 0;
-  double edge_quality = 0.0;   // all on edge
-  double cloud_quality = 0.0;  // all on cloud
-  double auc = 0.0;            // area under quality vs cloud share, share in [0, 1]
-  double apgr = 0.0;           // (auc - edge) / (cloud - edge)
-  // Cloud share needed to recover 50% / 80% of the edge->cloud gap; absent
-  // when the curve never gets there (the cloud is not better on this data).
-  std::optional<double> cpt50;
-  std::optional<double> cpt80;
-  std::vector<CurvePoint> curve;  // one point per distinct threshold, share ascending
-};
-
-// Sweeps the threshold over all scores: the top-k scored rows go to the
-// cloud. Rows with equal scores move together (a threshold cannot split
-// them). Fails when the two tiers have equal quality (APGR undefined).
+// How well these scores route the rows (route/complexity.h evaluate_routing,
+// on each row's edge and cloud quality).
 Result<RoutingMetrics> evaluate_routing(std::span<const double> scores,
                                         std::span<const LabelledPrompt> rows);
-
-// Cloud share where a curve first reaches edge + fraction * (cloud - edge),
-// interpolating linearly between points.
-std::optional<double> cloud_share_to_recover(const std::vector<CurvePoint>& curve, double edge,
-                                             double cloud, double fraction);
 
 // A router that picks uniformly at random: `trials` seeded permutations.
 struct RandomBaseline {

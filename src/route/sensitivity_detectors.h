@@ -1,0 +1,153 @@
+// Internal to src/route's sensitivity detector: the built-in detectors
+// (names, default classes) and the Hyperscan expressions that find their
+// candidates, each with the validator that confirms it. sensitivity.h is the
+// module's interface (builtin_detectors() lists these).
+#pragma once
+
+#include <hs/hs.h>
+
+#include <array>
+#include <cstdint>
+#include <string>
+
+#include "route/sensitivity.h"
+#include "route/sensitivity_validators.h"
+
+namespace foreshore::route::detection {
+
+// ---------------------------------------------------------------------------
+// Built-in detectors and the expressions that find their candidates.
+
+enum Builtin : uint32_t {
+  kEmail,
+  kPhone,
+  kCreditCard,
+  kIban,
+  kUsSsn,
+  kUsItin,
+  kUkNino,
+  kEsDni,
+  kItFiscalCode,
+  kFrNir,
+  kIpAddress,
+  kMacAddress,
+  kPrivateKey,
+  kOpenAiKey,
+  kAnthropicKey,
+  kAwsAccessKey,
+  kGithubToken,
+  kSlackToken,
+  kGoogleApiKey,
+  kStripeKey,
+  kJwt,
+  kBearerToken,
+  kBasicAuth,
+  kUrlCredentials,
+  kGenericSecret,
+  kBuiltinCount,
+};
+
+inline constexpr DataClass kDev = DataClass::kDeviceOnly;
+inline constexpr DataClass kLocal = DataClass::kPreferLocal;
+
+inline constexpr std::array<BuiltinDetectorInfo, kBuiltinCount> kBuiltins = {{
+    {"email", kLocal, "email addresses (ASCII local part and domain)"},
+    {"phone", kLocal, "phone numbers: E.164, 00-prefixed, North American, European national forms"},
+    {"credit_card", kDev, "payment card numbers, 12-19 digits, grouped or not, Luhn-checked"},
+    {"iban", kDev, "IBANs of the registry's countries, length and mod-97 checked"},
+    {"us_ssn", kDev, "US social security numbers (valid area, group and serial)"},
+    {"us_itin", kDev, "US individual taxpayer identification numbers"},
+    {"uk_nino", kDev, "UK national insurance numbers"},
+    {"es_dni", kDev, "Spanish DNI and NIE, check letter verified"},
+    {"it_fiscal_code", kDev, "Italian codice fiscale, check character verified"},
+    {"fr_nir", kDev, "French social security numbers (NIR), key verified"},
+    {"ip_address", kLocal, "IPv4 (octets 0-255) and IPv6 addresses"},
+    {"mac_address", kLocal, "MAC addresses"},
+    {"private_key", kDev, "PEM private key blocks"},
+    {"openai_api_key", kDev, "OpenAI API keys (sk-, sk-proj-)"},
+    {"anthropic_api_key", kDev, "Anthropic API keys (sk-ant-)"},
+    {"aws_access_key", kDev, "AWS access key ids (AKIA, ASIA, ...)"},
+    {"github_token", kDev, "GitHub tokens (ghp_, gho_, ghu_, ghs_, ghr_, github_pat_)"},
+    {"slack_token", kDev, "Slack tokens (xox?-) and webhook URLs"},
+    {"google_api_key", kDev, "Google API keys (AIza...)"},
+    {"stripe_key", kDev, "Stripe secret and restricted keys"},
+    {"jwt", kDev, "JSON web tokens"},
+    {"bearer_token", kDev, "Bearer tokens (Authorization: Bearer ...)"},
+    {"basic_auth", kDev, "Authorization: Basic credentials"},
+    {"url_credentials", kDev, "passwords in URLs (scheme://user:password@host)"},
+    {"generic_secret", kDev, "high-entropy values of api_key=, secret=, token=, password= ..."},
+}};
+
+// "email, phone, ...": for error messages about an unknown detector.
+std::string known_detector_list();
+
+struct BuiltinPattern {
+  Builtin detector;
+  Check check;
+  const char* regex;
+  unsigned flags;
+  // Whether Hyperscan tracks where the match starts. Costly to compile for
+  // broad expressions; those validators find the start themselves.
+  bool som = true;
+};
+
+inline constexpr unsigned kCaseless = HS_FLAG_CASELESS;
+
+// Hyperscan has no look-around, so the expressions over-match at the edges
+// (every end offset is reported with its leftmost start); the validators
+// reject candidates that are part of a longer number or token.
+inline constexpr BuiltinPattern kBuiltinPatterns[] = {
+    // Only the '@' and its neighbours; the validator reads the address around it.
+    {kEmail, Check::kEmail, R"([A-Za-z0-9._%+\-]@[A-Za-z0-9])", 0},
+    {kPhone, Check::kPhone, R"(\d[\d ().\-]{4,28}\d(?:\s?(?:x|ext\.?|extension)\s?\d{1,6})?\b)",
+     kCaseless, false},
+    {kCreditCard, Check::kCard, R"(\b\d{12,19}\b)", 0},
+    {kCreditCard, Check::kCard,
+     R"(\b\d{4}(?: \d{4} \d{4}(?: \d{1,4}(?: \d{1,3})?)?| \d{6} \d{4,5})\b)", 0},
+    {kCreditCard, Check::kCard,
+     R"(\b\d{4}(?:-\d{4}-\d{4}(?:-\d{1,4}(?:-\d{1,3})?)?|-\d{6}-\d{4,5})\b)", 0},
+    {kCreditCard, Check::kCard,
+     R"(\b\d{4}(?:\.\d{4}\.\d{4}(?:\.\d{1,4}(?:\.\d{1,3})?)?|\.\d{6}\.\d{4,5})\b)", 0},
+    // Country, check digits and the first group; the country's length decides the rest.
+    {kIban, Check::kIban, R"(\b[A-Z]{2}\d{2}[ \-]?[A-Z0-9]{4})", kCaseless},
+    // Also finds ITINs (area 9xx); the validator tells them apart.
+    {kUsSsn, Check::kSsn,
+     R"(\b(?:\d{3}-\d{2}-\d{4}|\d{3}\.\d{2}\.\d{4}|\d{3} \d{2} \d{4}|\d{9})\b)", 0},
+    {kUkNino, Check::kNino,
+     R"(\b[A-CEGHJ-PR-TW-Z][A-CEGHJ-NPR-TW-Z] ?\d{2} ?\d{2} ?\d{2} ?[A-D]\b)", kCaseless},
+    {kEsDni, Check::kDni, R"(\b(?:\d{8}|[XYZ]-?\d{7})-?[A-Z]\b)", kCaseless},
+    // Upper case only: case-insensitive, six letters match most English words.
+    {kItFiscalCode, Check::kFiscalCode,
+     R"(\b[A-Z]{6}[0-9LMNPQRSTUV]{2}[ABCDEHLMPRST][0-9LMNPQRSTUV]{2}[A-Z][0-9LMNPQRSTUV]{3}[A-Z]\b)",
+     0},
+    {kFrNir, Check::kNir, R"(\b[12] ?\d{2} ?\d{2} ?(?:\d{2}|2[AB]) ?\d{3} ?\d{3} ?\d{2}\b)",
+     kCaseless},
+    {kIpAddress, Check::kIpv4, R"(\b(?:\d{1,3}\.){3}\d{1,3}\b)", 0},
+    // Two colons close together; the validator reads the address around them.
+    {kIpAddress, Check::kIpv6, R"(:[0-9A-Fa-f]{0,4}:)", 0, false},
+    {kMacAddress, Check::kMac, R"(\b[0-9A-F]{2}(?:[:\-][0-9A-F]{2}){5}\b)", kCaseless},
+    {kPrivateKey, Check::kPrivateKey,
+     R"(-----BEGIN (?:[A-Z0-9]+ ){0,3}PRIVATE KEY(?: BLOCK)?-----)", 0},
+    {kOpenAiKey, Check::kOpenAi, R"(\bsk-[A-Za-z0-9_\-]{20,})", 0},
+    {kAnthropicKey, Check::kTokenWithDigit, R"(\bsk-ant-[A-Za-z0-9_\-]{20,})", 0},
+    {kAwsAccessKey, Check::kAccept, R"(\b(?:AKIA|ASIA|ABIA|ACCA|A3T[A-Z0-9])[A-Z0-9]{16}\b)", 0},
+    {kGithubToken, Check::kAccept, R"(\bgh[pousr]_[A-Za-z0-9]{36}\b)", 0},
+    {kGithubToken, Check::kAccept, R"(\bgithub_pat_[A-Za-z0-9_]{82}\b)", 0},
+    {kSlackToken, Check::kTokenWithDigit, R"(\bxox[abposr]-[A-Za-z0-9\-]{10,})", 0},
+    {kSlackToken, Check::kTokenWithDigit,
+     R"(https://hooks\.slack\.com/services/[A-Za-z0-9_/]{20,})", 0},
+    {kGoogleApiKey, Check::kTokenExact, R"(\bAIza[0-9A-Za-z_\-]{35})", 0},
+    {kStripeKey, Check::kTokenWithDigit, R"(\b[rs]k_(?:live|test)_[A-Za-z0-9]{16,})", 0},
+    {kJwt, Check::kJwt, R"(\beyJ[A-Za-z0-9_\-]{10,}\.eyJ[A-Za-z0-9_\-]{10,}\.[A-Za-z0-9_\-]*)", 0},
+    {kBearerToken, Check::kBearer, R"(\bbearer\s+[A-Za-z0-9._~+/\-]{16,}=*)", kCaseless},
+    {kBasicAuth, Check::kBasic, R"(\bauthorization\s*:\s*basic\s+[A-Za-z0-9+/]{8,}=*)", kCaseless},
+    {kUrlCredentials, Check::kUrlCredentials, R"(://[^\s:/@]+:[^\s/@]+@)", 0, false},
+    // The last word of the key's name, the separator and the value's first
+    // character; the validator reads the whole name and value. (Spelling out
+    // every key name here makes the whole scan several times slower.)
+    {kGenericSecret, Check::kGenericSecret,
+     R"((?:key|id|secret|token|password|passwd|pwd)["']?[ \t]*(?:[:=]|=>|[ \t]+is)[ \t]*["']?[A-Za-z0-9_\-+/=.~!@#$%^&*])",
+     kCaseless, false},
+};
+
+}  // namespace foreshore::route::detection
