@@ -10,7 +10,9 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <utility>
+#include <variant>
 #include <vector>
 
 #include "backend/egress_guard.h"
@@ -175,32 +177,59 @@ using DeltaSink = std::function<bool(const Delta&)>;
 // Pooled connections of an OpenAI-compatible tier unless configured.
 inline constexpr int32_t kDefaultRemoteConcurrency = 64;
 
+// What only an embedded tier (a GGUF model run in-process) reads.
+struct EmbeddedTierSettings {
+  static constexpr std::string_view kKind = "embedded";
+
+  int32_t context_length = 0;  // 0 = model's own
+  int64_t kv_memory_mb = 512;  // KV cache budget across slots
+  int32_t threads = 0;         // 0 = one per core
+  std::string chat_format;     // override of the detected chat format
+  // A smaller model (name or path) served instead while device memory
+  // pressure is high; empty: keep the configured model, shrink its KV.
+  std::string low_memory_model;
+
+  bool operator==(const EmbeddedTierSettings&) const = default;
+};
+
+// What only an OpenAI-compatible HTTP tier reads.
+struct OpenAiTierSettings {
+  static constexpr std::string_view kKind = "openai";
+
+  std::string endpoint;     // base URL, e.g. https://api.openai.com/v1
+  std::string api_key_env;  // environment variable holding the API key; empty: none
+  int32_t connect_timeout_ms = 3000;
+  int32_t first_byte_timeout_ms = 30000;  // also bounds silence between streamed chunks
+  int32_t total_timeout_ms = 120000;
+  // The longest a request waits for a pooled connection; then 503 with
+  // Retry-After (the upstream is not to blame, so never a 504).
+  int32_t pool_wait_timeout_ms = 5000;
+  bool verify_tls = true;
+  std::string ca_file;  // extra CA bundle for TLS verification
+
+  bool operator==(const OpenAiTierSettings&) const = default;
+};
+
 struct TierConfig {
   std::string name;  // tier id used in config, headers and metrics
-  std::string kind;  // "embedded" or "openai"
   Placement placement = Placement::kDevice;
   std::string model;                   // embedded: model name or path; openai: upstream model id
-  std::string endpoint;                // openai: base URL, e.g. https://api.openai.com/v1
-  std::string api_key_env;             // openai: environment variable holding the API key
   double price_input_per_mtok = 0.0;   // dollars per million prompt tokens
   double price_output_per_mtok = 0.0;  // dollars per million completion tokens
   int32_t max_concurrency = 4;         // embedded: inference slots; openai: pooled connections
   int32_t max_queue = 64;              // requests allowed to wait for a slot or connection
-  int32_t context_length = 0;          // embedded: 0 = model's own
-  int64_t kv_memory_mb = 512;          // embedded: KV cache budget across slots
-  int32_t threads = 0;                 // embedded: 0 = one per core
-  std::string chat_format;             // embedded: override of the detected chat format
-  int32_t connect_timeout_ms = 3000;
-  int32_t first_byte_timeout_ms = 30000;  // also bounds silence between streamed chunks
-  int32_t total_timeout_ms = 120000;
-  // openai: the longest a request waits for a pooled connection; then 503
-  // with Retry-After (the upstream is not to blame, so never a 504).
-  int32_t pool_wait_timeout_ms = 5000;
-  bool verify_tls = true;
-  std::string ca_file;  // extra CA bundle for TLS verification
-  // embedded: a smaller model (name or path) served instead while device
-  // memory pressure is high; empty: keep the configured model, shrink its KV.
-  std::string low_memory_model;
+  // The kind of tier, with what only that kind reads: a key of one kind
+  // cannot be set on a tier of the other.
+  std::variant<EmbeddedTierSettings, OpenAiTierSettings> settings;
+
+  // "embedded" or "openai": the name config files, metrics and errors use.
+  std::string kind() const {
+    return std::visit([](const auto& s) { return std::string(s.kKind); }, settings);
+  }
+  const EmbeddedTierSettings* embedded() const {
+    return std::get_if<EmbeddedTierSettings>(&settings);
+  }
+  const OpenAiTierSettings* openai() const { return std::get_if<OpenAiTierSettings>(&settings); }
 
   bool operator==(const TierConfig&) const = default;
 };
@@ -226,9 +255,9 @@ struct EdgeLoad {
   uint64_t steps = 0;        // batched forward steps
   double step_ms_total = 0.0;
   double last_step_ms = 0.0;
-  int64_t tokens_total = 0;     // prompt and generated tokens run
-  double decode_step_ms = 0.0;  // recent decode-only step time (0: none yet)
-  int32_t decode_batch = 0;     // sequences in the last decode-only step
+  int64_t tokens_total = 0;           // prompt and generated tokens run
+  double decode_step_ms = 0.0;        // recent decode-only step time (0: none yet)
+  int32_t decode_batch = 0;           // sequences in the last decode-only step
   double prefill_ms_per_token = 0.0;  // recent prompt loading cost (0: none yet)
   // Step time histogram: steps that took at most each bound, in ms (cumulative).
   static constexpr std::array<double, 8> kStepBuckets = {5, 10, 25, 50, 100, 250, 500, 1000};

@@ -93,6 +93,11 @@ std::string model_name(const std::string& configured) {
   return path.extension() == ".gguf" ? path.stem().string() : path.filename().string();
 }
 
+// create_embedded_backend() is called only for tiers of this kind.
+const EmbeddedTierSettings& embedded_settings(const TierConfig& config) {
+  return std::get<EmbeddedTierSettings>(config.settings);
+}
+
 Result<engine::ChatFormat> choose_chat_format(const TierConfig& config, const engine::Model& model);
 
 // Loads a model (unless given) and sets up `slot_count` slots of at most
@@ -123,14 +128,15 @@ Result<std::shared_ptr<Deployment>> deploy(const TierConfig& config, const std::
                  tier.c_str(), context_length, d->model->config().context_length,
                  d->model_name.c_str(), context_length, d->model->config().context_length);
   }
-  options.kv_memory_budget = (static_cast<uint64_t>(config.kv_memory_mb) << 20) /
-                             static_cast<uint64_t>(config.max_concurrency);
+  const int64_t kv_memory_mb = embedded_settings(config).kv_memory_mb;
+  options.kv_memory_budget =
+      (static_cast<uint64_t>(kv_memory_mb) << 20) / static_cast<uint64_t>(config.max_concurrency);
   for (int32_t i = 0; i < slot_count; ++i) {
     auto context = engine::InferenceContext::create(d->model, options);
     if (!context.ok()) {
       return make_error(context.error().kind,
                         tier + "cannot set up " + std::to_string(config.max_concurrency) +
-                            " slots in kv_memory_mb " + std::to_string(config.kv_memory_mb) +
+                            " slots in kv_memory_mb " + std::to_string(kv_memory_mb) +
                             " (each gets an equal share): " + context.error().message +
                             "; raise kv_memory_mb, lower context_length or max_concurrency");
     }
@@ -175,7 +181,7 @@ class EmbeddedBackend final : public Backend {
  public:
   EmbeddedBackend(TierConfig config, std::shared_ptr<Deployment> full)
       : config_(std::move(config)),
-        pool_(config_.threads),
+        pool_(embedded_settings(config_).threads),
         full_context_(full->context_length()),
         deployment_(std::move(full)) {
     info_.name = config_.name;
@@ -393,7 +399,8 @@ class EmbeddedBackend final : public Backend {
     l.running = active_;
     l.queued = static_cast<int32_t>(waiting_.size());
     l.queued_prompt_tokens = 0;
-    for (const Job* j : waiting_) l.queued_prompt_tokens += static_cast<int64_t>(j->gen.prompt.size());
+    for (const Job* j : waiting_)
+      l.queued_prompt_tokens += static_cast<int64_t>(j->gen.prompt.size());
     l.slots = static_cast<int32_t>(deployment_->slots.size());
     return l;
   }
@@ -563,19 +570,19 @@ class EmbeddedBackend final : public Backend {
     return deployment_;
   }
 
-  // Called with mu_ held and no request holding a slot. Level 0 runs the configured model with every
-  // slot; level 1 keeps one slot (the others' caches are only a speed-up);
-  // level 2 and up also cut the context to a quarter and switch to the
-  // low_memory_model when one is configured.
+  // Called with mu_ held and no request holding a slot. Level 0 runs the configured model with
+  // every slot; level 1 keeps one slot (the others' caches are only a speed-up); level 2 and up
+  // also cut the context to a quarter and switch to the low_memory_model when one is configured.
   std::string apply_memory_level() {
     const int level = wanted_level_;
     if (level == applied_level_) return {};
     std::shared_ptr<Deployment> now = current();
-    const bool use_small = level >= 2 && !config_.low_memory_model.empty();
+    const std::string& low_memory_model = embedded_settings(config_).low_memory_model;
+    const bool use_small = level >= 2 && !low_memory_model.empty();
     const int32_t slot_count = level >= 1 ? 1 : config_.max_concurrency;
     const int32_t context =
         level >= 2 ? std::max<int32_t>(kMinPressureContext, full_context_ / 4) : full_context_;
-    const std::string& model_ref = use_small ? config_.low_memory_model : config_.model;
+    const std::string& model_ref = use_small ? low_memory_model : config_.model;
     std::shared_ptr<const engine::Model> model;
     if (use_small == now->low_memory_model) model = now->model;
     // Release the current slots first: their KV memory is what we are short of.
@@ -631,8 +638,8 @@ class EmbeddedBackend final : public Backend {
     std::vector<engine::ChatMessage> messages;
     messages.reserve(request.messages.size());
     for (const auto& m : request.messages) messages.push_back({m.role, m.content});
-    const std::string text =
-        engine::render_chat(d.format, messages, true, request.params.enable_thinking.value_or(true));
+    const std::string text = engine::render_chat(d.format, messages, true,
+                                                 request.params.enable_thinking.value_or(true));
     // Chat formats mark turns with control tokens, which must parse as such.
     return tokenizer.encode(text, true, d.format != engine::ChatFormat::kPlain);
   }
@@ -711,7 +718,8 @@ class EmbeddedBackend final : public Backend {
     }
     if (best_prefix == 0) {
       for (size_t i = 0; i < d.slots.size(); ++i) {
-        if (!d.in_use[i] && (best == d.slots.size() || d.last_used[i] < d.last_used[best])) best = i;
+        if (!d.in_use[i] && (best == d.slots.size() || d.last_used[i] < d.last_used[best]))
+          best = i;
       }
     }
     d.last_used[best] = ++d.use_clock;
@@ -742,8 +750,8 @@ class EmbeddedBackend final : public Backend {
   // The scheduler's state; jobs' fields are under it too.
   mutable std::mutex mu_;
   std::condition_variable wake_;  // work for the scheduler
-  std::deque<Job*> waiting_;     // arrival order
-  int32_t active_ = 0;           // jobs holding a slot
+  std::deque<Job*> waiting_;      // arrival order
+  int32_t active_ = 0;            // jobs holding a slot
   bool stopping_ = false;
   int wanted_level_ = 0;
   int applied_level_ = 0;
@@ -753,11 +761,12 @@ class EmbeddedBackend final : public Backend {
 
 Result<engine::ChatFormat> choose_chat_format(const TierConfig& config,
                                               const engine::Model& model) {
-  if (!config.chat_format.empty()) {
-    if (auto format = engine::parse_chat_format(config.chat_format)) return *format;
-    return make_error(ErrorKind::kInvalidArgument,
-                      "tier '" + config.name + "': chat_format '" + config.chat_format +
-                          "' is not known; use one of " + engine::chat_format_names());
+  const std::string& chat_format = embedded_settings(config).chat_format;
+  if (!chat_format.empty()) {
+    if (auto format = engine::parse_chat_format(chat_format)) return *format;
+    return make_error(ErrorKind::kInvalidArgument, "tier '" + config.name + "': chat_format '" +
+                                                       chat_format + "' is not known; use one of " +
+                                                       engine::chat_format_names());
   }
   if (auto jinja = model.file().get_string("tokenizer.chat_template")) {
     if (auto format = engine::detect_chat_format(*jinja)) return *format;
@@ -769,16 +778,17 @@ Result<engine::ChatFormat> choose_chat_format(const TierConfig& config,
 }  // namespace
 
 Result<std::shared_ptr<Backend>> create_embedded_backend(const TierConfig& config) {
-  if (!config.low_memory_model.empty()) {
+  const EmbeddedTierSettings& settings = embedded_settings(config);
+  if (!settings.low_memory_model.empty()) {
     // Found now, loaded when pressure first asks for it.
-    if (auto path = engine::resolve_model_path(config.low_memory_model); !path.ok()) {
+    if (auto path = engine::resolve_model_path(settings.low_memory_model); !path.ok()) {
       return make_error(path.error().kind,
                         "tier '" + config.name + "': low_memory_model: " + path.error().message);
     }
   }
   FSH_ASSIGN_OR_RETURN(
       std::shared_ptr<Deployment> full,
-      deploy(config, config.model, nullptr, config.max_concurrency, config.context_length));
+      deploy(config, config.model, nullptr, config.max_concurrency, settings.context_length));
   return std::shared_ptr<Backend>(std::make_shared<EmbeddedBackend>(config, std::move(full)));
 }
 

@@ -1345,7 +1345,7 @@ struct Gateway::Impl {
         if (b.ok()) (*b)->set_egress_guard(egress);
         if (b.ok()) {
           reused = std::move(b).value();
-        } else if (starting && tc.kind == "embedded" && c.tiers.size() > 1) {
+        } else if (starting && tc.kind() == "embedded" && c.tiers.size() > 1) {
           std::fprintf(stderr,
                        "warning: tier '%s' is UNAVAILABLE: %s\n"
                        "  the other tiers serve; requests that may only run on it get 503\n",
@@ -1380,7 +1380,7 @@ struct Gateway::Impl {
       metrics
           .gauge("foreshore_tier_info", "Configured tiers (value 1), with what they serve.",
                  {"tier", "kind", "placement", "model", "model_version"},
-                 {n, tc.kind, placement_name(tc.placement), info.model, info.model_version})
+                 {n, tc.kind(), placement_name(tc.placement), info.model, info.model_version})
           .set(1);
       loaded.push_back(std::move(t));
     }
@@ -1518,7 +1518,7 @@ struct Gateway::Impl {
                ",\"owned_by\":\"foreshore\",\"foreshore\":{\"tier\":";
       append_json_string(model, t.config.name);
       model += ",\"kind\":";
-      append_json_string(model, t.config.kind);
+      append_json_string(model, t.config.kind());
       model += ",\"placement\":";
       append_json_string(model, placement_name(t.config.placement));
       model += ",\"model\":";
