@@ -167,6 +167,22 @@ TEST(CreateBackend, ApiKeyVariableMustBeSet) {
   EXPECT_NE(r.error().message.find("empty"), std::string::npos) << r.error().message;
 }
 
+// ---------------------------------------------------------------- pass-through JSON
+
+TEST(PassThroughJson, HoldsOneCompactValueOrNothing) {
+  EXPECT_TRUE(PassThroughJson().empty());
+  EXPECT_EQ(PassThroughJson().text(), "");
+  const PassThroughJson tools =
+      PassThroughJson::of(json::parse(R"([ {"type": "function", "function": {"name": "f"}} ])"));
+  EXPECT_FALSE(tools.empty());
+  EXPECT_EQ(tools.text(), R"([{"function":{"name":"f"},"type":"function"}])");
+  EXPECT_EQ(PassThroughJson::of(json("none")).text(), R"("none")");
+  EXPECT_EQ(tools, PassThroughJson::of(json::parse(tools.text())));
+  // Invalid UTF-8 in a string is replaced, never thrown on nor passed on.
+  const std::string broken = "a\xff";
+  EXPECT_EQ(PassThroughJson::of(json{{"k", broken}}).text(), "{\"k\":\"a\xef\xbf\xbd\"}");
+}
+
 TEST(EndpointUrl, Parses) {
   auto u = parse_endpoint_url("https://api.openai.com/v1/");
   ASSERT_TRUE(u.ok()) << u.error().message;
@@ -737,7 +753,8 @@ TEST_F(OpenAiBackendTest, EgressGuardRefusesBeforeSendingAndFailsClosed) {
     return seen.find("classified") != std::string::npos ? std::string("found it") : std::string();
   });
   BackendRequest hidden = chat("hello");
-  hidden.remote_only.other = R"({"metadata":{"a":{"b":["x","the \"classified\" plan"]}}})";
+  hidden.remote_only.other = PassThroughJson::of(
+      json::parse(R"({"metadata":{"a":{"b":["x","the \"classified\" plan"]}}})"));
   r = backend->generate(hidden, {});
   ASSERT_FALSE(r.ok());
   EXPECT_EQ(r.error().kind, ErrorKind::kPermissionDenied);
@@ -748,7 +765,8 @@ TEST_F(OpenAiBackendTest, EgressGuardRefusesBeforeSendingAndFailsClosed) {
 
   seen.clear();
   BackendRequest deep = chat("hello");
-  deep.remote_only.other = R"({"x":)" + std::string(200, '[') + std::string(200, ']') + "}";
+  deep.remote_only.other = PassThroughJson::of(
+      json::parse(R"({"x":)" + std::string(200, '[') + std::string(200, ']') + "}"));
   r = backend->generate(deep, {});
   ASSERT_FALSE(r.ok());
   EXPECT_NE(r.error().message.find("deeper than"), std::string::npos) << r.error().message;
@@ -757,6 +775,62 @@ TEST_F(OpenAiBackendTest, EgressGuardRefusesBeforeSendingAndFailsClosed) {
   r = backend->generate(chat("public words"), {});
   ASSERT_TRUE(r.ok()) << r.error().message;
   EXPECT_EQ(server_.received().size(), 1u);
+}
+
+// Every field passed through without the gateway reading it is read by the
+// guard, strings nested in it included: a secret in any one of them stops
+// the request.
+TEST_F(OpenAiBackendTest, EgressGuardReadsEveryPassedThroughField) {
+  auto backend = make();
+  auto guard = std::make_shared<EgressGuard>();
+  guard->set_policy(
+      [](std::string_view, std::span<const std::string_view> strings, const EgressClearance*) {
+        for (auto s : strings) {
+          if (s.find("classified") != std::string_view::npos) return std::string("found it");
+        }
+        return std::string();
+      });
+  backend->set_egress_guard(guard);
+  const auto pass = [](const std::string& text) { return PassThroughJson::of(json::parse(text)); };
+  const std::vector<std::pair<std::string, std::function<void(BackendRequest&)>>> fields = {
+      {"tools",
+       [&](BackendRequest& r) {
+         r.remote_only.tools =
+             pass(R"([{"type":"function","function":{"name":"f","description":"classified"}}])");
+       }},
+      {"tool_choice",
+       [&](BackendRequest& r) {
+         r.remote_only.tools = pass(R"([{"type":"function","function":{"name":"f"}}])");
+         r.remote_only.tool_choice =
+             pass(R"({"type":"function","function":{"name":"classified"}})");
+       }},
+      {"response_format",
+       [&](BackendRequest& r) {
+         r.remote_only.response_format = pass(
+             R"({"type":"json_schema","json_schema":{"name":"s","description":"classified"}})");
+       }},
+      {"other", [&](BackendRequest& r) { r.remote_only.other = pass(R"({"user":"classified"})"); }},
+      {"content_parts",
+       [&](BackendRequest& r) {
+         r.messages[0].content_parts =
+             pass(R"([{"type":"image_url","image_url":{"url":"https://x/classified.png"}}])");
+       }},
+      {"tool_calls",
+       [&](BackendRequest& r) {
+         ChatMessage call("assistant", "");
+         call.tool_calls = pass(
+             R"([{"id":"c1","type":"function","function":{"name":"f","arguments":"{\"q\":\"classified\"}"}}])");
+         r.messages.push_back(std::move(call));
+       }},
+  };
+  for (const auto& [field, set] : fields) {
+    BackendRequest request = chat("hello");
+    set(request);
+    auto r = backend->generate(request, {});
+    ASSERT_FALSE(r.ok()) << field << " reached the upstream unread";
+    EXPECT_EQ(r.error().kind, ErrorKind::kPermissionDenied) << field;
+  }
+  EXPECT_TRUE(server_.received().empty()) << "nothing reached the upstream";
 }
 
 // What the router scanned need not be scanned again, but only byte for
@@ -845,13 +919,14 @@ TEST_F(OpenAiBackendTest, StreamingChatCompletionWithUsage) {
 TEST_F(OpenAiBackendTest, ToolCallsStreamedAndWhole) {
   auto backend = make();
   BackendRequest req = chat("find order 42");
-  req.remote_only.tools = R"([{"type":"function","function":{"name":"find"}}])";
+  req.remote_only.tools =
+      PassThroughJson::of(json::parse(R"([{"type":"function","function":{"name":"find"}}])"));
   auto whole = backend->generate(req, {});
   ASSERT_TRUE(whole.ok()) << whole.error().message;
   EXPECT_EQ(whole->finish_reason, "tool_calls");
   EXPECT_TRUE(whole->text.empty());
-  const json calls = json::parse(whole->tool_calls);
-  ASSERT_EQ(calls.size(), 1u) << whole->tool_calls;
+  const json calls = json::parse(whole->tool_calls.text());
+  ASSERT_EQ(calls.size(), 1u) << whole->tool_calls.text();
   EXPECT_EQ(calls[0]["function"]["name"], "find");
   EXPECT_EQ(calls[0]["function"]["arguments"], R"({"text":"find order 42"})");
 
@@ -862,7 +937,7 @@ TEST_F(OpenAiBackendTest, ToolCallsStreamedAndWhole) {
   });
   ASSERT_TRUE(streamed.ok()) << streamed.error().message;
   EXPECT_GT(fragments, 2);
-  EXPECT_EQ(json::parse(streamed->tool_calls), calls);
+  EXPECT_EQ(json::parse(streamed->tool_calls.text()), calls);
   EXPECT_EQ(streamed->finish_reason, "tool_calls");
 }
 

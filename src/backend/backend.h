@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <nlohmann/json_fwd.hpp>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -22,6 +23,30 @@ namespace foreshore::backend {
 
 enum class Placement { kDevice, kCloud };
 
+// JSON the gateway carries between a client and a remote tier without
+// reading it: content parts, tool definitions and calls, fields it does not
+// know. It holds one compact JSON value, or nothing; only a parsed value
+// makes one, so a tier may splice the text into what it sends as is, and
+// the egress guard reads it there like every other byte of the body.
+class PassThroughJson {
+ public:
+  PassThroughJson() = default;  // nothing to pass through
+
+  // The value as compact text; invalid UTF-8 in its strings is replaced
+  // (client or upstream text), as the rest of the gateway's output does.
+  static PassThroughJson of(const nlohmann::json& value);
+
+  bool empty() const { return text_.empty(); }
+  const std::string& text() const { return text_; }
+
+  bool operator==(const PassThroughJson&) const = default;
+
+ private:
+  explicit PassThroughJson(std::string text) : text_(std::move(text)) {}
+
+  std::string text_;
+};
+
 struct ChatMessage {
   ChatMessage() = default;
   ChatMessage(std::string role_, std::string content_)
@@ -32,30 +57,30 @@ struct ChatMessage {
   // The content as the client's JSON list of parts, kept when some are not
   // text (images, audio, files), which only remote tiers read; `content`
   // holds the text parts. Empty otherwise.
-  std::string content_parts;
+  PassThroughJson content_parts;
   // Function calling, as OpenAI's wire format carries it; only remote tiers
   // read these. tool_calls is the assistant's calls as a JSON array (empty:
   // none); tool_call_id names the call a tool message answers.
-  std::string tool_calls;
+  PassThroughJson tool_calls;
   std::string tool_call_id;
   std::string name;
 };
 
 // What a client asked for that only remote tiers read: function calling,
 // structured output and every top-level field the gateway does not know,
-// kept as JSON text (the API layer validated the known ones) and sent to
-// remote tiers as is, so that nothing the client sent is lost on the way.
+// passed through as the client sent them (the API layer validated the known
+// ones) to remote tiers, so that nothing the client sent is lost on the way.
 struct RemoteOnlyFields {
-  std::string tools;        // JSON array of tool definitions; empty: none
-  std::string tool_choice;  // JSON value ("auto", "none", "required", {...}); empty: unset
+  PassThroughJson tools;        // JSON array of tool definitions; empty: none
+  PassThroughJson tool_choice;  // "auto", "none", "required" or {...}; empty: unset
   std::optional<bool> parallel_tool_calls;
-  std::string response_format;  // JSON object; empty: unset
+  PassThroughJson response_format;  // JSON object; empty: unset
   // The client named its token limit max_completion_tokens, which OpenAI's
   // reasoning models require in place of max_tokens: remote tiers get that name.
   bool limit_named_max_completion_tokens = false;
   // The other top-level fields (logit_bias, reasoning_effort, store, ...), as
   // a JSON object; empty when there are none.
-  std::string other;
+  PassThroughJson other;
   // A feature an answer from the embedded engine would ignore although the
   // answer depends on it ("tools", "response_format json_schema"), so that a
   // remote tier must serve; empty when the edge can.
@@ -139,10 +164,10 @@ struct Delta {
   std::vector<TokenLogprob> logprobs;
   // Fragments of tool calls (OpenAI's delta.tool_calls, a JSON array whose
   // entries carry an index), passed through from a remote tier.
-  std::string tool_calls;
+  PassThroughJson tool_calls;
   // The remote tier's other delta fields (reasoning_content, refusal, audio,
   // ...) as a JSON object, passed through; empty when none.
-  std::string other;
+  PassThroughJson other;
   // Which of the n completions (n > 1) this delta belongs to; 0 for the first.
   int32_t choice = 0;
   // Set on the last delta of a completion other than the first: the first
@@ -155,10 +180,10 @@ struct Completion {
   std::string finish_reason;  // stop, length, cancelled, tool_calls
   // The tool calls the model made, as a JSON array of {id, type, function:
   // {name, arguments}}; empty when none (remote tiers only).
-  std::string tool_calls;
+  PassThroughJson tool_calls;
   // The remote tier's other message fields (reasoning_content, refusal,
   // annotations, ...) as a JSON object, passed through; empty when none.
-  std::string message_other;
+  PassThroughJson message_other;
   Usage usage;
   std::vector<TokenLogprob> logprobs;  // per generated token when the tier provides them
   std::string model;                   // model that answered, as the tier names it

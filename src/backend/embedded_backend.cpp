@@ -20,12 +20,12 @@
 #include <deque>
 #include <filesystem>
 #include <mutex>
+#include <nlohmann/json.hpp>
 #include <optional>
 #include <random>
 #include <thread>
 
 #include "backend/backend_kinds.h"
-#include "common/json_text.h"
 #include "engine/engine.h"
 
 namespace foreshore::backend {
@@ -54,10 +54,8 @@ double ms_since(Clock::time_point start) {
 // {"reasoning_content": text}: the message or delta field that carries a
 // reasoning model's <think> text, as llama-server and OpenAI-compatible
 // reasoning APIs name it.
-std::string reasoning_json(std::string_view text) {
-  std::string out = "{\"reasoning_content\":";
-  append_json_string(out, text);
-  return out + "}";
+PassThroughJson reasoning_json(std::string_view text) {
+  return PassThroughJson::of(nlohmann::json{{"reasoning_content", text}});
 }
 
 bool is_cancelled(const BackendRequest& request) {

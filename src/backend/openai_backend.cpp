@@ -482,13 +482,18 @@ std::string compact(const json& v) {
 // gateway writes itself (role, content, tool_calls), as a JSON object, so
 // that reasoning_content, refusal, annotations and the like reach the
 // client; empty when there are none.
-std::string other_members(const json& message) {
+PassThroughJson other_members(const json& message) {
   json other = json::object();
   for (const auto& [key, value] : message.items()) {
     if (key == "role" || key == "content" || key == "tool_calls" || value.is_null()) continue;
     other[key] = value;
   }
-  return other.empty() ? std::string() : compact(other);
+  return other.empty() ? PassThroughJson() : PassThroughJson::of(other);
+}
+
+// A passed-through value, to place in a body being built.
+json value_of(const PassThroughJson& passed) {
+  return json::parse(passed.text(), nullptr, false);
 }
 
 // Streamed tool calls arrive in fragments that name their call by index: the
@@ -531,18 +536,18 @@ class ToolCallAssembly {
     return true;
   }
   bool empty() const { return calls_.empty(); }
-  std::string dump() const { return compact(calls_); }
+  PassThroughJson dump() const { return PassThroughJson::of(calls_); }
 
   // A non-streamed answer's tool calls as the one fragment list a stream of
   // it would have carried.
-  static std::string as_fragments(const std::string& calls) {
+  static PassThroughJson as_fragments(const PassThroughJson& calls) {
     if (calls.empty()) return {};
-    json list = json::parse(calls, nullptr, false);
+    json list = value_of(calls);
     if (!list.is_array()) return {};
     for (size_t i = 0; i < list.size(); ++i) {
       if (list[i].is_object()) list[i]["index"] = i;
     }
-    return compact(list);
+    return PassThroughJson::of(list);
   }
 
  private:
@@ -823,9 +828,8 @@ class OpenAiBackend final : public Backend {
     const GenerationParams& p = request.params;
     // The client's fields the gateway does not read go first; those it reads
     // are set from what it parsed.
-    json body = request.remote_only.other.empty()
-                    ? json::object()
-                    : json::parse(request.remote_only.other, nullptr, false);
+    json body =
+        request.remote_only.other.empty() ? json::object() : value_of(request.remote_only.other);
     if (!body.is_object()) body = json::object();
     body["model"] = request.model.empty() ? config_.model : request.model;
     if (legacy) {
@@ -835,23 +839,23 @@ class OpenAiBackend final : public Backend {
       for (const auto& m : request.messages) {
         json message = {{"role", m.role}, {"content", m.content}};
         if (!m.content_parts.empty()) {
-          message["content"] = json::parse(m.content_parts, nullptr, false);
+          message["content"] = value_of(m.content_parts);
         }
         if (!m.name.empty()) message["name"] = m.name;
         if (!m.tool_call_id.empty()) message["tool_call_id"] = m.tool_call_id;
         if (!m.tool_calls.empty()) {
-          message["tool_calls"] = json::parse(m.tool_calls, nullptr, false);
+          message["tool_calls"] = value_of(m.tool_calls);
           if (m.content.empty() && m.content_parts.empty()) message["content"] = nullptr;
         }
         messages.push_back(std::move(message));
       }
       body["messages"] = std::move(messages);
       const RemoteOnlyFields& t = request.remote_only;
-      if (!t.tools.empty()) body["tools"] = json::parse(t.tools, nullptr, false);
-      if (!t.tool_choice.empty()) body["tool_choice"] = json::parse(t.tool_choice, nullptr, false);
+      if (!t.tools.empty()) body["tools"] = value_of(t.tools);
+      if (!t.tool_choice.empty()) body["tool_choice"] = value_of(t.tool_choice);
       if (t.parallel_tool_calls) body["parallel_tool_calls"] = *t.parallel_tool_calls;
       if (!t.response_format.empty()) {
-        body["response_format"] = json::parse(t.response_format, nullptr, false);
+        body["response_format"] = value_of(t.response_format);
       }
     }
     if (p.max_tokens) {
@@ -959,7 +963,7 @@ class OpenAiBackend final : public Backend {
       if (auto c = d->find("content"); c != d->end() && c->is_string())
         delta.text = c->get<std::string>();
       if (auto t = d->find("tool_calls"); t != d->end() && t->is_array() && !t->empty()) {
-        delta.tool_calls = compact(*t);
+        delta.tool_calls = PassThroughJson::of(*t);
       }
       delta.other = other_members(*d);
     }
@@ -1072,7 +1076,7 @@ class OpenAiBackend final : public Backend {
         out.text = c->get<std::string>();
       }
       if (auto t = m->find("tool_calls"); t != m->end() && t->is_array() && !t->empty()) {
-        out.tool_calls = compact(*t);
+        out.tool_calls = PassThroughJson::of(*t);
       }
       out.message_other = other_members(*m);
     }

@@ -490,7 +490,8 @@ Result<route::Decision> HybridRouter::decide(const ApiRequest& api, const RouteH
   // complexity signal reads it.
   std::vector<std::string_view> texts;
   std::deque<std::string> arenas;  // views into these stay valid as it grows
-  const auto add_json = [&](const std::string& blob) {
+  const auto add_json = [&](const backend::PassThroughJson& passed) {
+    const std::string& blob = passed.text();
     if (blob.empty()) return;
     std::string why;
     if (!backend::collect_json_strings(blob, backend::EgressLimits{}.max_depth,
