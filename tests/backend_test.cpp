@@ -31,6 +31,14 @@ void use_shared_models() {
   ::setenv("FORESHORE_MODEL_PATH", kModels.c_str(), 1);
 }
 
+// The kind-specific settings of a tier the test has given that kind.
+EmbeddedTierSettings& embedded_of(TierConfig& c) {
+  return std::get<EmbeddedTierSettings>(c.settings);
+}
+OpenAiTierSettings& openai_of(TierConfig& c) {
+  return std::get<OpenAiTierSettings>(c.settings);
+}
+
 BackendRequest chat(const std::string& text) {
   BackendRequest r;
   r.messages = {{"user", text}};
@@ -69,30 +77,24 @@ class Gate {
 TEST(CreateBackend, ErrorsNameTheTierAndTheField) {
   TierConfig c;
   c.name = "edge";
-  c.kind = "quantum";
-  c.model = "m";
+  c.model = "";
   auto r = create_backend(c);
   ASSERT_FALSE(r.ok());
   EXPECT_EQ(r.error().kind, ErrorKind::kInvalidArgument);
-  EXPECT_NE(r.error().message.find("tier 'edge'"), std::string::npos) << r.error().message;
-  EXPECT_NE(r.error().message.find("unknown kind"), std::string::npos) << r.error().message;
-
-  c.kind = "embedded";
-  c.model = "";
-  r = create_backend(c);
-  ASSERT_FALSE(r.ok());
+  EXPECT_NE(r.error().message.find("tier 'edge' (kind 'embedded')"), std::string::npos)
+      << r.error().message;
   EXPECT_NE(r.error().message.find("model is empty"), std::string::npos) << r.error().message;
 
-  c.kind = "openai";
+  c.settings = OpenAiTierSettings{};
   c.name = "cloud";
   c.model = "gpt";
-  c.endpoint = "ftp://example.com/v1";
+  openai_of(c).endpoint = "ftp://example.com/v1";
   r = create_backend(c);
   ASSERT_FALSE(r.ok());
   EXPECT_NE(r.error().message.find("tier 'cloud'"), std::string::npos) << r.error().message;
   EXPECT_NE(r.error().message.find("endpoint"), std::string::npos) << r.error().message;
 
-  c.endpoint = "http://127.0.0.1:1/v1";
+  openai_of(c).endpoint = "http://127.0.0.1:1/v1";
   c.max_concurrency = 0;
   r = create_backend(c);
   ASSERT_FALSE(r.ok());
@@ -103,7 +105,7 @@ TEST(CreateBackend, MissingModelIsNotFound) {
   use_shared_models();
   TierConfig c;
   c.name = "edge";
-  c.kind = "embedded";
+  c.settings = EmbeddedTierSettings{};
   c.model = "no-such-model";
   auto r = create_backend(c);
   ASSERT_FALSE(r.ok());
@@ -115,9 +117,9 @@ TEST(CreateBackend, UnknownChatFormatIsRejected) {
   use_shared_models();
   TierConfig c;
   c.name = "edge";
-  c.kind = "embedded";
+  c.settings = EmbeddedTierSettings{};
   c.model = "stories260K";
-  c.chat_format = "klingon";
+  embedded_of(c).chat_format = "klingon";
   auto r = create_backend(c);
   ASSERT_FALSE(r.ok());
   EXPECT_NE(r.error().message.find("chat_format 'klingon'"), std::string::npos)
@@ -131,9 +133,9 @@ TEST(CreateBackend, EnableThinkingFalseClosesTheThinkBlockUpFront) {
   use_shared_models();
   TierConfig c;
   c.name = "edge";
-  c.kind = "embedded";
+  c.settings = EmbeddedTierSettings{};
   c.model = "stories260K";
-  c.chat_format = "qwen3";
+  embedded_of(c).chat_format = "qwen3";
   auto backend = create_backend(c);
   ASSERT_TRUE(backend.ok()) << backend.error().message;
   BackendRequest r;
@@ -151,10 +153,10 @@ TEST(CreateBackend, ApiKeyVariableMustBeSet) {
   ::unsetenv("FSH_BACKEND_TEST_UNSET_KEY");
   TierConfig c;
   c.name = "cloud";
-  c.kind = "openai";
+  c.settings = OpenAiTierSettings{};
   c.model = "gpt";
-  c.endpoint = "http://127.0.0.1:1/v1";
-  c.api_key_env = "FSH_BACKEND_TEST_UNSET_KEY";
+  openai_of(c).endpoint = "http://127.0.0.1:1/v1";
+  openai_of(c).api_key_env = "FSH_BACKEND_TEST_UNSET_KEY";
   auto r = create_backend(c);
   ASSERT_FALSE(r.ok());
   EXPECT_NE(r.error().message.find("FSH_BACKEND_TEST_UNSET_KEY"), std::string::npos)
@@ -163,6 +165,22 @@ TEST(CreateBackend, ApiKeyVariableMustBeSet) {
   r = create_backend(c);
   ASSERT_FALSE(r.ok());
   EXPECT_NE(r.error().message.find("empty"), std::string::npos) << r.error().message;
+}
+
+// ---------------------------------------------------------------- pass-through JSON
+
+TEST(PassThroughJson, HoldsOneCompactValueOrNothing) {
+  EXPECT_TRUE(PassThroughJson().empty());
+  EXPECT_EQ(PassThroughJson().text(), "");
+  const PassThroughJson tools =
+      PassThroughJson::of(json::parse(R"([ {"type": "function", "function": {"name": "f"}} ])"));
+  EXPECT_FALSE(tools.empty());
+  EXPECT_EQ(tools.text(), R"([{"function":{"name":"f"},"type":"function"}])");
+  EXPECT_EQ(PassThroughJson::of(json("none")).text(), R"("none")");
+  EXPECT_EQ(tools, PassThroughJson::of(json::parse(tools.text())));
+  // Invalid UTF-8 in a string is replaced, never thrown on nor passed on.
+  const std::string broken = "a\xff";
+  EXPECT_EQ(PassThroughJson::of(json{{"k", broken}}).text(), "{\"k\":\"a\xef\xbf\xbd\"}");
 }
 
 TEST(EndpointUrl, Parses) {
@@ -195,11 +213,11 @@ class EmbeddedBackendTest : public ::testing::Test {
     use_shared_models();
     TierConfig c;
     c.name = "edge";
-    c.kind = "embedded";
+    c.settings = EmbeddedTierSettings{};
     c.model = "stories260K";
     c.max_concurrency = 3;
-    c.kv_memory_mb = 64;
-    c.threads = 2;
+    embedded_of(c).kv_memory_mb = 64;
+    embedded_of(c).threads = 2;
     auto created = create_backend(c);
     ASSERT_TRUE(created.ok()) << created.error().message;
     backend_ = new std::shared_ptr<Backend>(std::move(created).value());
@@ -411,12 +429,12 @@ TEST(EmbeddedBackendMemoryPressure, ShrinksSwitchesModelAndRecovers) {
   use_shared_models();
   TierConfig c;
   c.name = "edge";
-  c.kind = "embedded";
+  c.settings = EmbeddedTierSettings{};
   c.model = "stories260K";
-  c.low_memory_model = "llama-2-tiny-random";
+  embedded_of(c).low_memory_model = "llama-2-tiny-random";
   c.max_concurrency = 2;
-  c.kv_memory_mb = 64;
-  c.threads = 1;
+  embedded_of(c).kv_memory_mb = 64;
+  embedded_of(c).threads = 1;
   auto created = create_backend(c);
   ASSERT_TRUE(created.ok()) << created.error().message;
   Backend& edge = **created;
@@ -457,9 +475,9 @@ TEST(EmbeddedBackendMemoryPressure, MissingLowMemoryModelFailsAtCreation) {
   use_shared_models();
   TierConfig c;
   c.name = "edge";
-  c.kind = "embedded";
+  c.settings = EmbeddedTierSettings{};
   c.model = "stories260K";
-  c.low_memory_model = "no-such-small-model";
+  embedded_of(c).low_memory_model = "no-such-small-model";
   auto created = create_backend(c);
   ASSERT_FALSE(created.ok());
   EXPECT_NE(created.error().message.find("low_memory_model"), std::string::npos)
@@ -469,7 +487,7 @@ TEST(EmbeddedBackendMemoryPressure, MissingLowMemoryModelFailsAtCreation) {
 TEST(UnavailableBackend, AnswersEveryRequestWithTheReason) {
   TierConfig c;
   c.name = "edge";
-  c.kind = "embedded";
+  c.settings = EmbeddedTierSettings{};
   c.model = "broken.gguf";
   auto b = make_unavailable_backend(c, make_error(ErrorKind::kCorrupt, "truncated at byte 12"));
   EXPECT_NE(b->unavailable_reason().find("truncated at byte 12"), std::string::npos);
@@ -545,11 +563,11 @@ std::shared_ptr<Backend> small_edge(int32_t max_queue) {
   use_shared_models();
   TierConfig c;
   c.name = "edge";
-  c.kind = "embedded";
+  c.settings = EmbeddedTierSettings{};
   c.model = "stories260K";
   c.max_concurrency = 1;
   c.max_queue = max_queue;
-  c.kv_memory_mb = 16;
+  embedded_of(c).kv_memory_mb = 16;
   auto created = create_backend(c);
   EXPECT_TRUE(created.ok()) << created.error().message;
   return created.ok() ? *created : nullptr;
@@ -580,11 +598,11 @@ TEST(EmbeddedBackendKvPool, RequestsWaitForMemoryAndIdlePrefixesGiveWayFirst) {
   use_shared_models();
   TierConfig c;
   c.name = "edge";
-  c.kind = "embedded";
+  c.settings = EmbeddedTierSettings{};
   c.model = "stories260K";
   c.max_concurrency = 5;
-  c.kv_memory_mb = 1;
-  c.threads = 1;
+  embedded_of(c).kv_memory_mb = 1;
+  embedded_of(c).threads = 1;
   auto created = create_backend(c);
   ASSERT_TRUE(created.ok()) << created.error().message;
   Backend& edge = **created;
@@ -745,13 +763,13 @@ TEST(EmbeddedBackendQueue, TurnsGoInArrivalOrderPastOneThatGaveUp) {
 TierConfig cloud_tier(const FaultServer& server) {
   TierConfig c;
   c.name = "cloud";
-  c.kind = "openai";
+  c.settings = OpenAiTierSettings{};
   c.placement = Placement::kCloud;
   c.model = "gpt-test";
-  c.endpoint = server.base_url();
-  c.connect_timeout_ms = 1000;
-  c.first_byte_timeout_ms = 2000;
-  c.total_timeout_ms = 5000;
+  openai_of(c).endpoint = server.base_url();
+  openai_of(c).connect_timeout_ms = 1000;
+  openai_of(c).first_byte_timeout_ms = 2000;
+  openai_of(c).total_timeout_ms = 5000;
   return c;
 }
 
@@ -819,7 +837,8 @@ TEST_F(OpenAiBackendTest, EgressGuardRefusesBeforeSendingAndFailsClosed) {
     return seen.find("classified") != std::string::npos ? std::string("found it") : std::string();
   });
   BackendRequest hidden = chat("hello");
-  hidden.remote_only.other = R"({"metadata":{"a":{"b":["x","the \"classified\" plan"]}}})";
+  hidden.remote_only.other = PassThroughJson::of(
+      json::parse(R"({"metadata":{"a":{"b":["x","the \"classified\" plan"]}}})"));
   r = backend->generate(hidden, {});
   ASSERT_FALSE(r.ok());
   EXPECT_EQ(r.error().kind, ErrorKind::kPermissionDenied);
@@ -830,7 +849,8 @@ TEST_F(OpenAiBackendTest, EgressGuardRefusesBeforeSendingAndFailsClosed) {
 
   seen.clear();
   BackendRequest deep = chat("hello");
-  deep.remote_only.other = R"({"x":)" + std::string(200, '[') + std::string(200, ']') + "}";
+  deep.remote_only.other = PassThroughJson::of(
+      json::parse(R"({"x":)" + std::string(200, '[') + std::string(200, ']') + "}"));
   r = backend->generate(deep, {});
   ASSERT_FALSE(r.ok());
   EXPECT_NE(r.error().message.find("deeper than"), std::string::npos) << r.error().message;
@@ -839,6 +859,62 @@ TEST_F(OpenAiBackendTest, EgressGuardRefusesBeforeSendingAndFailsClosed) {
   r = backend->generate(chat("public words"), {});
   ASSERT_TRUE(r.ok()) << r.error().message;
   EXPECT_EQ(server_.received().size(), 1u);
+}
+
+// Every field passed through without the gateway reading it is read by the
+// guard, strings nested in it included: a secret in any one of them stops
+// the request.
+TEST_F(OpenAiBackendTest, EgressGuardReadsEveryPassedThroughField) {
+  auto backend = make();
+  auto guard = std::make_shared<EgressGuard>();
+  guard->set_policy(
+      [](std::string_view, std::span<const std::string_view> strings, const EgressClearance*) {
+        for (auto s : strings) {
+          if (s.find("classified") != std::string_view::npos) return std::string("found it");
+        }
+        return std::string();
+      });
+  backend->set_egress_guard(guard);
+  const auto pass = [](const std::string& text) { return PassThroughJson::of(json::parse(text)); };
+  const std::vector<std::pair<std::string, std::function<void(BackendRequest&)>>> fields = {
+      {"tools",
+       [&](BackendRequest& r) {
+         r.remote_only.tools =
+             pass(R"([{"type":"function","function":{"name":"f","description":"classified"}}])");
+       }},
+      {"tool_choice",
+       [&](BackendRequest& r) {
+         r.remote_only.tools = pass(R"([{"type":"function","function":{"name":"f"}}])");
+         r.remote_only.tool_choice =
+             pass(R"({"type":"function","function":{"name":"classified"}})");
+       }},
+      {"response_format",
+       [&](BackendRequest& r) {
+         r.remote_only.response_format = pass(
+             R"({"type":"json_schema","json_schema":{"name":"s","description":"classified"}})");
+       }},
+      {"other", [&](BackendRequest& r) { r.remote_only.other = pass(R"({"user":"classified"})"); }},
+      {"content_parts",
+       [&](BackendRequest& r) {
+         r.messages[0].content_parts =
+             pass(R"([{"type":"image_url","image_url":{"url":"https://x/classified.png"}}])");
+       }},
+      {"tool_calls",
+       [&](BackendRequest& r) {
+         ChatMessage call("assistant", "");
+         call.tool_calls = pass(
+             R"([{"id":"c1","type":"function","function":{"name":"f","arguments":"{\"q\":\"classified\"}"}}])");
+         r.messages.push_back(std::move(call));
+       }},
+  };
+  for (const auto& [field, set] : fields) {
+    BackendRequest request = chat("hello");
+    set(request);
+    auto r = backend->generate(request, {});
+    ASSERT_FALSE(r.ok()) << field << " reached the upstream unread";
+    EXPECT_EQ(r.error().kind, ErrorKind::kPermissionDenied) << field;
+  }
+  EXPECT_TRUE(server_.received().empty()) << "nothing reached the upstream";
 }
 
 // What the router scanned need not be scanned again, but only byte for
@@ -875,8 +951,8 @@ TEST(EgressClearanceTest, SkipsOnlyWhatTheRouterScannedByteForByte) {
   EXPECT_NE(seen.find("note: kept"), std::string::npos);
 
   // Nothing vouched for in the body: the policy is told nothing was skipped.
-  ASSERT_TRUE(guard.check("cloud", R"({"messages":[{"role":"user","content":"other"}]})", &cleared)
-                  .ok());
+  ASSERT_TRUE(
+      guard.check("cloud", R"({"messages":[{"role":"user","content":"other"}]})", &cleared).ok());
   EXPECT_EQ(vouched, nullptr);
   EXPECT_NE(seen.find("content: other"), std::string::npos);
   ASSERT_TRUE(guard.check("cloud", body).ok());
@@ -927,13 +1003,14 @@ TEST_F(OpenAiBackendTest, StreamingChatCompletionWithUsage) {
 TEST_F(OpenAiBackendTest, ToolCallsStreamedAndWhole) {
   auto backend = make();
   BackendRequest req = chat("find order 42");
-  req.remote_only.tools = R"([{"type":"function","function":{"name":"find"}}])";
+  req.remote_only.tools =
+      PassThroughJson::of(json::parse(R"([{"type":"function","function":{"name":"find"}}])"));
   auto whole = backend->generate(req, {});
   ASSERT_TRUE(whole.ok()) << whole.error().message;
   EXPECT_EQ(whole->finish_reason, "tool_calls");
   EXPECT_TRUE(whole->text.empty());
-  const json calls = json::parse(whole->tool_calls);
-  ASSERT_EQ(calls.size(), 1u) << whole->tool_calls;
+  const json calls = json::parse(whole->tool_calls.text());
+  ASSERT_EQ(calls.size(), 1u) << whole->tool_calls.text();
   EXPECT_EQ(calls[0]["function"]["name"], "find");
   EXPECT_EQ(calls[0]["function"]["arguments"], R"({"text":"find order 42"})");
 
@@ -944,7 +1021,7 @@ TEST_F(OpenAiBackendTest, ToolCallsStreamedAndWhole) {
   });
   ASSERT_TRUE(streamed.ok()) << streamed.error().message;
   EXPECT_GT(fragments, 2);
-  EXPECT_EQ(json::parse(streamed->tool_calls), calls);
+  EXPECT_EQ(json::parse(streamed->tool_calls.text()), calls);
   EXPECT_EQ(streamed->finish_reason, "tool_calls");
 }
 
@@ -1028,7 +1105,7 @@ TEST_F(OpenAiBackendTest, LegacyCompletions) {
 
 TEST_F(OpenAiBackendTest, ApiKeyFromTheEnvironment) {
   ::setenv("FSH_BACKEND_TEST_KEY", "sk-test-123", 1);
-  auto backend = make([](TierConfig& c) { c.api_key_env = "FSH_BACKEND_TEST_KEY"; });
+  auto backend = make([](TierConfig& c) { openai_of(c).api_key_env = "FSH_BACKEND_TEST_KEY"; });
   ASSERT_TRUE(backend->generate(chat("hi"), {}).ok());
   EXPECT_EQ(server_.received().at(0).authorization, "Bearer sk-test-123");
 }
@@ -1088,7 +1165,7 @@ TEST_F(OpenAiBackendTest, Status503WithFractionalRetryAfter) {
 }
 
 TEST_F(OpenAiBackendTest, FirstByteTimeout) {
-  auto backend = make([](TierConfig& c) { c.first_byte_timeout_ms = 300; });
+  auto backend = make([](TierConfig& c) { openai_of(c).first_byte_timeout_ms = 300; });
   server_.set_mode(FaultMode::kDelayFirstByte);
   server_.set_first_byte_delay(std::chrono::milliseconds(3000));
   for (bool streaming : {false, true}) {
@@ -1108,7 +1185,7 @@ TEST_F(OpenAiBackendTest, FirstByteTimeout) {
 }
 
 TEST_F(OpenAiBackendTest, TotalTimeoutMidStream) {
-  auto backend = make([](TierConfig& c) { c.total_timeout_ms = 300; });
+  auto backend = make([](TierConfig& c) { openai_of(c).total_timeout_ms = 300; });
   server_.set_chunk_delay(std::chrono::milliseconds(150));
   std::string streamed;
   auto r = stream(*backend, chat("a b c d e f g h i j"), &streamed);
@@ -1119,13 +1196,13 @@ TEST_F(OpenAiBackendTest, TotalTimeoutMidStream) {
 }
 
 TEST_F(OpenAiBackendTest, BlackHoleHonoursTimeoutDeadlineAndCancellation) {
-  auto backend = make([](TierConfig& c) { c.first_byte_timeout_ms = 300; });
+  auto backend = make([](TierConfig& c) { openai_of(c).first_byte_timeout_ms = 300; });
   server_.set_mode(FaultMode::kBlackHole);
   auto r = backend->generate(chat("hi"), {});
   ASSERT_FALSE(r.ok());
   EXPECT_EQ(r.error().kind, ErrorKind::kDeadlineExceeded);
 
-  auto patient = make([](TierConfig& c) { c.first_byte_timeout_ms = 60000; });
+  auto patient = make([](TierConfig& c) { openai_of(c).first_byte_timeout_ms = 60000; });
   BackendRequest req = chat("hi");
   req.deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(200);
   r = patient->generate(req, {});
@@ -1206,8 +1283,9 @@ TEST_F(OpenAiBackendTest, RefusedConnectionIsUnavailable) {
     FaultServer gone;
     dead_port = gone.port();
   }
-  auto backend = make(
-      [&](TierConfig& c) { c.endpoint = "http://127.0.0.1:" + std::to_string(dead_port) + "/v1"; });
+  auto backend = make([&](TierConfig& c) {
+    openai_of(c).endpoint = "http://127.0.0.1:" + std::to_string(dead_port) + "/v1";
+  });
   auto r = backend->generate(chat("hi"), {});
   ASSERT_FALSE(r.ok());
   EXPECT_EQ(r.error().kind, ErrorKind::kUnavailable);
@@ -1251,7 +1329,7 @@ TEST(OpenAiBackendPool, KeepsAtMost32IdleConnectionsAfterABurst) {
   c.max_concurrency = 64;
   // A handshake the listen backlog drops is retried by the kernel after a
   // second; on a loaded machine that happens, and it is not what this tests.
-  c.connect_timeout_ms = 10000;
+  openai_of(c).connect_timeout_ms = 10000;
   auto backend = create_backend(c);
   ASSERT_TRUE(backend.ok()) << backend.error().message;
   constexpr int kBurst = 48;
@@ -1301,8 +1379,8 @@ TEST_F(OpenAiBackendTest, FullPoolRejectsBeyondTheQueue) {
 TEST_F(OpenAiBackendTest, PoolWaitHasItsOwnLimitAndIsNotTheUpstreamsFault) {
   auto backend = make([](TierConfig& c) {
     c.max_concurrency = 1;
-    c.pool_wait_timeout_ms = 100;
-    c.first_byte_timeout_ms = 400;
+    openai_of(c).pool_wait_timeout_ms = 100;
+    openai_of(c).first_byte_timeout_ms = 400;
   });
   server_.set_mode(FaultMode::kBlackHole);
   auto held = std::async(std::launch::async, [&] { return backend->generate(chat("hold"), {}); });
@@ -1320,8 +1398,8 @@ TEST_F(OpenAiBackendTest, PoolWaitHasItsOwnLimitAndIsNotTheUpstreamsFault) {
   // not counted against the upstream.
   auto slow = make([](TierConfig& c) {
     c.max_concurrency = 1;
-    c.pool_wait_timeout_ms = 2000;
-    c.first_byte_timeout_ms = 400;
+    openai_of(c).pool_wait_timeout_ms = 2000;
+    openai_of(c).first_byte_timeout_ms = 400;
   });
   server_.set_mode(FaultMode::kDelayFirstByte);
   server_.set_first_byte_delay(std::chrono::milliseconds(300));
@@ -1344,7 +1422,7 @@ TEST(OpenAiBackendTls, VerifiesCertificates) {
   EXPECT_NE(r.error().message.find("certificate"), std::string::npos) << r.error().message;
   EXPECT_TRUE(server.received().empty());
 
-  c.ca_file = server.ca_file();
+  openai_of(c).ca_file = server.ca_file();
   auto trusted = create_backend(c);
   ASSERT_TRUE(trusted.ok()) << trusted.error().message;
   std::string streamed;
@@ -1355,13 +1433,13 @@ TEST(OpenAiBackendTls, VerifiesCertificates) {
   ASSERT_TRUE(r.ok()) << r.error().message;
   EXPECT_EQ(streamed, "echo: over tls");
 
-  c.ca_file.clear();
-  c.verify_tls = false;
+  openai_of(c).ca_file.clear();
+  openai_of(c).verify_tls = false;
   auto unverified = create_backend(c);
   ASSERT_TRUE(unverified.ok()) << unverified.error().message;
   EXPECT_TRUE((*unverified)->generate(chat("hi"), {}).ok());
 
-  c.ca_file = "/nonexistent/ca.pem";
+  openai_of(c).ca_file = "/nonexistent/ca.pem";
   auto bad_ca = create_backend(c);
   ASSERT_FALSE(bad_ca.ok());
   EXPECT_NE(bad_ca.error().message.find("ca_file"), std::string::npos) << bad_ca.error().message;

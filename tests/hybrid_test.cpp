@@ -34,7 +34,7 @@ TEST(ConfigTest, MinimalFileTakesDefaults) {
   EXPECT_EQ(c->server.max_body_bytes, 4u << 20);
   ASSERT_EQ(c->tiers.size(), 1u);
   EXPECT_EQ(c->tiers[0].name, "edge");
-  EXPECT_EQ(c->tiers[0].kind, "embedded");
+  EXPECT_EQ(c->tiers[0].kind(), "embedded");
   EXPECT_EQ(c->tiers[0].placement, backend::Placement::kDevice);
 }
 
@@ -90,20 +90,22 @@ models:
   const auto& edge = c->tiers[0];
   EXPECT_EQ(edge.max_concurrency, 2);
   EXPECT_EQ(edge.max_queue, 5);
-  EXPECT_EQ(edge.context_length, 256);
-  EXPECT_EQ(edge.kv_memory_mb, 64);
-  EXPECT_EQ(edge.threads, 1);
-  EXPECT_EQ(edge.chat_format, "chatml");
+  ASSERT_NE(edge.embedded(), nullptr);
+  EXPECT_EQ(edge.embedded()->context_length, 256);
+  EXPECT_EQ(edge.embedded()->kv_memory_mb, 64);
+  EXPECT_EQ(edge.embedded()->threads, 1);
+  EXPECT_EQ(edge.embedded()->chat_format, "chatml");
   const auto& cloud = c->tiers[1];
   EXPECT_EQ(cloud.name, "cloud");
   EXPECT_EQ(cloud.placement, backend::Placement::kCloud);
-  EXPECT_EQ(cloud.endpoint, "https://api.openai.com/v1");
+  ASSERT_NE(cloud.openai(), nullptr);
+  EXPECT_EQ(cloud.openai()->endpoint, "https://api.openai.com/v1");
   EXPECT_DOUBLE_EQ(cloud.price_input_per_mtok, 0.15);
   EXPECT_DOUBLE_EQ(cloud.price_output_per_mtok, 0.6);
-  EXPECT_EQ(cloud.connect_timeout_ms, 100);
-  EXPECT_EQ(cloud.first_byte_timeout_ms, 200);
-  EXPECT_EQ(cloud.total_timeout_ms, 300);
-  EXPECT_FALSE(cloud.verify_tls);
+  EXPECT_EQ(cloud.openai()->connect_timeout_ms, 100);
+  EXPECT_EQ(cloud.openai()->first_byte_timeout_ms, 200);
+  EXPECT_EQ(cloud.openai()->total_timeout_ms, 300);
+  EXPECT_FALSE(cloud.openai()->verify_tls);
   ASSERT_EQ(c->models.size(), 2u);
   EXPECT_EQ(c->models[0].name, "gpt-4o");
   EXPECT_EQ(c->models[0].tier, "cloud");
@@ -126,8 +128,9 @@ TEST(ConfigTest, ErrorsNameTheKeyPath) {
   EXPECT_EQ(config_error("tiers:\n  c:\n    kind: openai\n    model: m\n"),
             "cfg.yaml: tiers.c.endpoint: is required for kind openai (e.g. "
             "https://api.openai.com/v1)");
-  EXPECT_EQ(config_error("tiers:\n  e:\n    model: m\n    timeouts: {connect_ms: 0}\n"),
-            "cfg.yaml: tiers.e.timeouts.connect_ms: must be at least 1");
+  EXPECT_EQ(config_error("tiers:\n  c:\n    model: m\n    endpoint: http://x\n"
+                         "    timeouts: {connect_ms: 0}\n"),
+            "cfg.yaml: tiers.c.timeouts.connect_ms: must be at least 1");
   EXPECT_EQ(config_error("tiers:\n  e:\n    model: m\n    price: {input_per_mtok: -1}\n"),
             "cfg.yaml: tiers.e.price.input_per_mtok: must not be negative");
   EXPECT_EQ(config_error("tiers:\n  e:\n    model: m\n    chat_format: jinja\n"),
@@ -136,6 +139,17 @@ TEST(ConfigTest, ErrorsNameTheKeyPath) {
   EXPECT_EQ(
       config_error("tiers:\n  e:\n    model: m\n    endpoint: http://x\n    kind: embedded\n"),
       "cfg.yaml: tiers.e.endpoint: only applies to kind openai");
+  // A key of the other kind would be ignored, so it is refused.
+  EXPECT_EQ(config_error("tiers:\n  e:\n    model: m\n    timeouts: {connect_ms: 5}\n"),
+            "cfg.yaml: tiers.e.timeouts: only applies to kind openai");
+  EXPECT_EQ(config_error("tiers:\n  e:\n    model: m\n    verify_tls: false\n"),
+            "cfg.yaml: tiers.e.verify_tls: only applies to kind openai");
+  EXPECT_EQ(config_error("tiers:\n  c:\n    model: m\n    endpoint: http://x\n"
+                         "    kv_memory_mb: 64\n"),
+            "cfg.yaml: tiers.c.kv_memory_mb: only applies to kind embedded");
+  EXPECT_EQ(config_error("tiers:\n  c:\n    kind: openai\n    model: m\n"
+                         "    endpoint: http://x\n    chat_format: chatml\n"),
+            "cfg.yaml: tiers.c.chat_format: only applies to kind embedded");
   EXPECT_EQ(config_error("server:\n  default_tier: big\ntiers:\n  e:\n    model: m\n"),
             "cfg.yaml: server.default_tier: 'big' is not a tier defined under tiers");
   EXPECT_EQ(config_error("tiers:\n  e:\n    model: m\nmodels:\n  gpt: nowhere\n"),
@@ -199,8 +213,9 @@ TEST(ConfigTest, UnknownKeysAreErrors) {
   EXPECT_NE(config_error("tiers:\n  e:\n    model: m\n    price: {input: 1}\n")
                 .find("cfg.yaml: tiers.e.price.input: unknown key"),
             std::string::npos);
-  EXPECT_NE(config_error("tiers:\n  e:\n    model: m\n    timeouts: {total: 1}\n")
-                .find("cfg.yaml: tiers.e.timeouts.total: unknown key"),
+  EXPECT_NE(config_error("tiers:\n  c:\n    model: m\n    endpoint: http://x\n"
+                         "    timeouts: {total: 1}\n")
+                .find("cfg.yaml: tiers.c.timeouts.total: unknown key"),
             std::string::npos);
 }
 
@@ -222,7 +237,8 @@ TEST(ConfigTest, OperationalKeys) {
   EXPECT_EQ(c->server.worker_idle_timeout_ms, 2500);
   EXPECT_EQ(config_error("server:\n  worker_idle_timeout_ms: 0\ntiers:\n  e:\n    model: m\n"),
             "cfg.yaml: server.worker_idle_timeout_ms: must be at least 1");
-  EXPECT_EQ(c->tiers[0].low_memory_model, small);
+  ASSERT_NE(c->tiers[0].embedded(), nullptr);
+  EXPECT_EQ(c->tiers[0].embedded()->low_memory_model, small);
   // The low-memory model must exist when the configuration is read.
   EXPECT_NE(config_error("tiers:\n  edge:\n    model: m\n    low_memory_model: no-such\n")
                 .find("tiers.edge.low_memory_model: model 'no-such' not found"),
@@ -296,7 +312,7 @@ TEST(ConfigTest, FromFlags) {
   ASSERT_TRUE(c.ok()) << c.error().message;
   ASSERT_EQ(c->tiers.size(), 1u);
   EXPECT_EQ(c->tiers[0].name, "edge");
-  EXPECT_EQ(c->tiers[0].kind, "embedded");
+  EXPECT_EQ(c->tiers[0].kind(), "embedded");
 
   f.upstream = "http://127.0.0.1:9/v1";
   EXPECT_FALSE(config::config_from_flags(f).ok());  // no --upstream-model
@@ -306,7 +322,8 @@ TEST(ConfigTest, FromFlags) {
   ASSERT_EQ(c->tiers.size(), 2u);
   EXPECT_EQ(c->tiers[1].name, "cloud");
   EXPECT_EQ(c->tiers[1].placement, backend::Placement::kCloud);
-  EXPECT_EQ(c->tiers[1].endpoint, "http://127.0.0.1:9/v1");
+  ASSERT_NE(c->tiers[1].openai(), nullptr);
+  EXPECT_EQ(c->tiers[1].openai()->endpoint, "http://127.0.0.1:9/v1");
 
   f.upstream = "htp://x";
   auto bad = config::config_from_flags(f);

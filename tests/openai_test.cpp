@@ -142,10 +142,10 @@ TEST(RequestTest, KeepsWhatOnlyRemoteTiersRead) {
   ASSERT_FALSE(parse_chat(b, r));
   const backend::ChatMessage& m = r.backend.messages[0];
   EXPECT_EQ(m.content, "look: what is it");
-  EXPECT_EQ(json::parse(m.content_parts), b["messages"][0]["content"]);
+  EXPECT_EQ(json::parse(m.content_parts.text()), b["messages"][0]["content"]);
   const backend::RemoteOnlyFields& f = r.backend.remote_only;
   EXPECT_EQ(f.edge_unsupported, "image_url content");
-  EXPECT_EQ(json::parse(f.other), json({{"logit_bias", b["logit_bias"]}, {"user", "u1"}}));
+  EXPECT_EQ(json::parse(f.other.text()), json({{"logit_bias", b["logit_bias"]}, {"user", "u1"}}));
   EXPECT_EQ(f.edge_ignored, "logit_bias");
 
   // metadata goes on without the gateway's own data_class hint.
@@ -154,12 +154,13 @@ TEST(RequestTest, KeepsWhatOnlyRemoteTiersRead) {
   hybrid::Request m1;
   ASSERT_FALSE(parse_chat(meta, m1));
   EXPECT_EQ(m1.data_class, "public");
-  EXPECT_EQ(json::parse(m1.backend.remote_only.other), json({{"metadata", {{"run", "eval-7"}}}}));
+  EXPECT_EQ(json::parse(m1.backend.remote_only.other.text()),
+            json({{"metadata", {{"run", "eval-7"}}}}));
   EXPECT_EQ(m1.backend.remote_only.edge_ignored, "");
   meta["metadata"] = {{"data_class", "public"}};
   hybrid::Request m2;
   ASSERT_FALSE(parse_chat(meta, m2));
-  EXPECT_EQ(m2.backend.remote_only.other, "");
+  EXPECT_TRUE(m2.backend.remote_only.other.empty());
 
   json tools = chat_body();
   tools["tools"] = json::array({{{"type", "function"}, {"function", {{"name", "f"}}}}});
@@ -187,7 +188,7 @@ TEST(RequestTest, ChatTemplateKwargsEnableThinking) {
   hybrid::Request r;
   ASSERT_FALSE(parse_chat(b, r));
   EXPECT_EQ(r.backend.params.enable_thinking, false);
-  EXPECT_EQ(json::parse(r.backend.remote_only.other)["chat_template_kwargs"],
+  EXPECT_EQ(json::parse(r.backend.remote_only.other.text())["chat_template_kwargs"],
             b["chat_template_kwargs"]);
   EXPECT_EQ(r.backend.remote_only.edge_ignored, "chat_template_kwargs.custom");
 

@@ -8,9 +8,12 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <nlohmann/json_fwd.hpp>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <utility>
+#include <variant>
 #include <vector>
 
 #include "backend/egress_guard.h"
@@ -19,6 +22,30 @@
 namespace foreshore::backend {
 
 enum class Placement { kDevice, kCloud };
+
+// JSON the gateway carries between a client and a remote tier without
+// reading it: content parts, tool definitions and calls, fields it does not
+// know. It holds one compact JSON value, or nothing; only a parsed value
+// makes one, so a tier may splice the text into what it sends as is, and
+// the egress guard reads it there like every other byte of the body.
+class PassThroughJson {
+ public:
+  PassThroughJson() = default;  // nothing to pass through
+
+  // The value as compact text; invalid UTF-8 in its strings is replaced
+  // (client or upstream text), as the rest of the gateway's output does.
+  static PassThroughJson of(const nlohmann::json& value);
+
+  bool empty() const { return text_.empty(); }
+  const std::string& text() const { return text_; }
+
+  bool operator==(const PassThroughJson&) const = default;
+
+ private:
+  explicit PassThroughJson(std::string text) : text_(std::move(text)) {}
+
+  std::string text_;
+};
 
 struct ChatMessage {
   ChatMessage() = default;
@@ -30,30 +57,30 @@ struct ChatMessage {
   // The content as the client's JSON list of parts, kept when some are not
   // text (images, audio, files), which only remote tiers read; `content`
   // holds the text parts. Empty otherwise.
-  std::string content_parts;
+  PassThroughJson content_parts;
   // Function calling, as OpenAI's wire format carries it; only remote tiers
   // read these. tool_calls is the assistant's calls as a JSON array (empty:
   // none); tool_call_id names the call a tool message answers.
-  std::string tool_calls;
+  PassThroughJson tool_calls;
   std::string tool_call_id;
   std::string name;
 };
 
 // What a client asked for that only remote tiers read: function calling,
 // structured output and every top-level field the gateway does not know,
-// kept as JSON text (the API layer validated the known ones) and sent to
-// remote tiers as is, so that nothing the client sent is lost on the way.
+// passed through as the client sent them (the API layer validated the known
+// ones) to remote tiers, so that nothing the client sent is lost on the way.
 struct RemoteOnlyFields {
-  std::string tools;        // JSON array of tool definitions; empty: none
-  std::string tool_choice;  // JSON value ("auto", "none", "required", {...}); empty: unset
+  PassThroughJson tools;        // JSON array of tool definitions; empty: none
+  PassThroughJson tool_choice;  // "auto", "none", "required" or {...}; empty: unset
   std::optional<bool> parallel_tool_calls;
-  std::string response_format;  // JSON object; empty: unset
+  PassThroughJson response_format;  // JSON object; empty: unset
   // The client named its token limit max_completion_tokens, which OpenAI's
   // reasoning models require in place of max_tokens: remote tiers get that name.
   bool limit_named_max_completion_tokens = false;
   // The other top-level fields (logit_bias, reasoning_effort, store, ...), as
   // a JSON object; empty when there are none.
-  std::string other;
+  PassThroughJson other;
   // A feature an answer from the embedded engine would ignore although the
   // answer depends on it ("tools", "response_format json_schema"), so that a
   // remote tier must serve; empty when the edge can.
@@ -137,10 +164,10 @@ struct Delta {
   std::vector<TokenLogprob> logprobs;
   // Fragments of tool calls (OpenAI's delta.tool_calls, a JSON array whose
   // entries carry an index), passed through from a remote tier.
-  std::string tool_calls;
+  PassThroughJson tool_calls;
   // The remote tier's other delta fields (reasoning_content, refusal, audio,
   // ...) as a JSON object, passed through; empty when none.
-  std::string other;
+  PassThroughJson other;
   // Which of the n completions (n > 1) this delta belongs to; 0 for the first.
   int32_t choice = 0;
   // Set on the last delta of a completion other than the first: the first
@@ -153,10 +180,10 @@ struct Completion {
   std::string finish_reason;  // stop, length, cancelled, tool_calls
   // The tool calls the model made, as a JSON array of {id, type, function:
   // {name, arguments}}; empty when none (remote tiers only).
-  std::string tool_calls;
+  PassThroughJson tool_calls;
   // The remote tier's other message fields (reasoning_content, refusal,
   // annotations, ...) as a JSON object, passed through; empty when none.
-  std::string message_other;
+  PassThroughJson message_other;
   Usage usage;
   std::vector<TokenLogprob> logprobs;  // per generated token when the tier provides them
   std::string model;                   // model that answered, as the tier names it
@@ -175,32 +202,59 @@ using DeltaSink = std::function<bool(const Delta&)>;
 // Pooled connections of an OpenAI-compatible tier unless configured.
 inline constexpr int32_t kDefaultRemoteConcurrency = 64;
 
+// What only an embedded tier (a GGUF model run in-process) reads.
+struct EmbeddedTierSettings {
+  static constexpr std::string_view kKind = "embedded";
+
+  int32_t context_length = 0;  // 0 = model's own
+  int64_t kv_memory_mb = 512;  // KV cache budget across slots
+  int32_t threads = 0;         // 0 = one per core
+  std::string chat_format;     // override of the detected chat format
+  // A smaller model (name or path) served instead while device memory
+  // pressure is high; empty: keep the configured model, shrink its KV.
+  std::string low_memory_model;
+
+  bool operator==(const EmbeddedTierSettings&) const = default;
+};
+
+// What only an OpenAI-compatible HTTP tier reads.
+struct OpenAiTierSettings {
+  static constexpr std::string_view kKind = "openai";
+
+  std::string endpoint;     // base URL, e.g. https://api.openai.com/v1
+  std::string api_key_env;  // environment variable holding the API key; empty: none
+  int32_t connect_timeout_ms = 3000;
+  int32_t first_byte_timeout_ms = 30000;  // also bounds silence between streamed chunks
+  int32_t total_timeout_ms = 120000;
+  // The longest a request waits for a pooled connection; then 503 with
+  // Retry-After (the upstream is not to blame, so never a 504).
+  int32_t pool_wait_timeout_ms = 5000;
+  bool verify_tls = true;
+  std::string ca_file;  // extra CA bundle for TLS verification
+
+  bool operator==(const OpenAiTierSettings&) const = default;
+};
+
 struct TierConfig {
   std::string name;  // tier id used in config, headers and metrics
-  std::string kind;  // "embedded" or "openai"
   Placement placement = Placement::kDevice;
   std::string model;                   // embedded: model name or path; openai: upstream model id
-  std::string endpoint;                // openai: base URL, e.g. https://api.openai.com/v1
-  std::string api_key_env;             // openai: environment variable holding the API key
   double price_input_per_mtok = 0.0;   // dollars per million prompt tokens
   double price_output_per_mtok = 0.0;  // dollars per million completion tokens
   int32_t max_concurrency = 4;         // embedded: inference slots; openai: pooled connections
   int32_t max_queue = 64;              // requests allowed to wait for a slot or connection
-  int32_t context_length = 0;          // embedded: 0 = model's own
-  int64_t kv_memory_mb = 512;          // embedded: KV cache budget across slots
-  int32_t threads = 0;                 // embedded: 0 = one per core
-  std::string chat_format;             // embedded: override of the detected chat format
-  int32_t connect_timeout_ms = 3000;
-  int32_t first_byte_timeout_ms = 30000;  // also bounds silence between streamed chunks
-  int32_t total_timeout_ms = 120000;
-  // openai: the longest a request waits for a pooled connection; then 503
-  // with Retry-After (the upstream is not to blame, so never a 504).
-  int32_t pool_wait_timeout_ms = 5000;
-  bool verify_tls = true;
-  std::string ca_file;  // extra CA bundle for TLS verification
-  // embedded: a smaller model (name or path) served instead while device
-  // memory pressure is high; empty: keep the configured model, shrink its KV.
-  std::string low_memory_model;
+  // The kind of tier, with what only that kind reads: a key of one kind
+  // cannot be set on a tier of the other.
+  std::variant<EmbeddedTierSettings, OpenAiTierSettings> settings;
+
+  // "embedded" or "openai": the name config files, metrics and errors use.
+  std::string kind() const {
+    return std::visit([](const auto& s) { return std::string(s.kKind); }, settings);
+  }
+  const EmbeddedTierSettings* embedded() const {
+    return std::get_if<EmbeddedTierSettings>(&settings);
+  }
+  const OpenAiTierSettings* openai() const { return std::get_if<OpenAiTierSettings>(&settings); }
 
   bool operator==(const TierConfig&) const = default;
 };
@@ -226,9 +280,9 @@ struct EdgeLoad {
   uint64_t steps = 0;        // batched forward steps
   double step_ms_total = 0.0;
   double last_step_ms = 0.0;
-  int64_t tokens_total = 0;     // prompt and generated tokens run
-  double decode_step_ms = 0.0;  // recent decode-only step time (0: none yet)
-  int32_t decode_batch = 0;     // sequences in the last decode-only step
+  int64_t tokens_total = 0;           // prompt and generated tokens run
+  double decode_step_ms = 0.0;        // recent decode-only step time (0: none yet)
+  int32_t decode_batch = 0;           // sequences in the last decode-only step
   double prefill_ms_per_token = 0.0;  // recent prompt loading cost (0: none yet)
   // The KV cache pool all sequences share (kv_memory_mb), in blocks of
   // kv_block_tokens positions: held by running or cached sequences, and in all.

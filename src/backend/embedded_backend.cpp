@@ -25,12 +25,12 @@
 #include <deque>
 #include <filesystem>
 #include <mutex>
+#include <nlohmann/json.hpp>
 #include <optional>
 #include <random>
 #include <thread>
 
 #include "backend/backend_kinds.h"
-#include "common/json_text.h"
 #include "engine/engine.h"
 
 namespace foreshore::backend {
@@ -59,10 +59,8 @@ double ms_since(Clock::time_point start) {
 // {"reasoning_content": text}: the message or delta field that carries a
 // reasoning model's <think> text, as llama-server and OpenAI-compatible
 // reasoning APIs name it.
-std::string reasoning_json(std::string_view text) {
-  std::string out = "{\"reasoning_content\":";
-  append_json_string(out, text);
-  return out + "}";
+PassThroughJson reasoning_json(std::string_view text) {
+  return PassThroughJson::of(nlohmann::json{{"reasoning_content", text}});
 }
 
 bool is_cancelled(const BackendRequest& request) {
@@ -98,6 +96,11 @@ std::string model_name(const std::string& configured) {
   return path.extension() == ".gguf" ? path.stem().string() : path.filename().string();
 }
 
+// create_embedded_backend() is called only for tiers of this kind.
+const EmbeddedTierSettings& embedded_settings(const TierConfig& config) {
+  return std::get<EmbeddedTierSettings>(config.settings);
+}
+
 Result<engine::ChatFormat> choose_chat_format(const TierConfig& config, const engine::Model& model);
 
 // Loads a model (unless given) and sets up `slot_count` slots of at most
@@ -128,12 +131,12 @@ Result<std::shared_ptr<Deployment>> deploy(const TierConfig& config, const std::
                  tier.c_str(), context_length, d->model->config().context_length,
                  d->model_name.c_str(), context_length, d->model->config().context_length);
   }
-  auto kv_pool = engine::KvPool::create(*d->model, options.kv_type,
-                                        static_cast<uint64_t>(config.kv_memory_mb) << 20);
+  const int64_t kv_memory_mb = embedded_settings(config).kv_memory_mb;
+  auto kv_pool =
+      engine::KvPool::create(*d->model, options.kv_type, static_cast<uint64_t>(kv_memory_mb) << 20);
   if (!kv_pool.ok()) {
-    return make_error(kv_pool.error().kind, tier + "kv_memory_mb " +
-                                                std::to_string(config.kv_memory_mb) + ": " +
-                                                kv_pool.error().message);
+    return make_error(kv_pool.error().kind, tier + "kv_memory_mb " + std::to_string(kv_memory_mb) +
+                                                ": " + kv_pool.error().message);
   }
   options.kv_pool = std::move(kv_pool).value();
   for (int32_t i = 0; i < slot_count; ++i) {
@@ -141,7 +144,7 @@ Result<std::shared_ptr<Deployment>> deploy(const TierConfig& config, const std::
     if (!context.ok()) {
       return make_error(context.error().kind,
                         tier + "cannot set up its KV cache in kv_memory_mb " +
-                            std::to_string(config.kv_memory_mb) + ": " + context.error().message +
+                            std::to_string(kv_memory_mb) + ": " + context.error().message +
                             "; raise kv_memory_mb or lower context_length");
     }
     d->slots.push_back(std::move(context).value());
@@ -186,7 +189,7 @@ class EmbeddedBackend final : public Backend {
  public:
   EmbeddedBackend(TierConfig config, std::shared_ptr<Deployment> full)
       : config_(std::move(config)),
-        pool_(config_.threads),
+        pool_(embedded_settings(config_).threads),
         full_context_(full->context_length()),
         deployment_(std::move(full)) {
     info_.name = config_.name;
@@ -404,7 +407,8 @@ class EmbeddedBackend final : public Backend {
     l.running = active_;
     l.queued = static_cast<int32_t>(waiting_.size());
     l.queued_prompt_tokens = 0;
-    for (const Job* j : waiting_) l.queued_prompt_tokens += static_cast<int64_t>(j->gen.prompt.size());
+    for (const Job* j : waiting_)
+      l.queued_prompt_tokens += static_cast<int64_t>(j->gen.prompt.size());
     l.slots = static_cast<int32_t>(deployment_->slots.size());
     const engine::KvPool& kv = deployment_->slots.front()->kv_pool();
     l.kv_blocks_total = kv.blocks_total();
@@ -560,7 +564,7 @@ class EmbeddedBackend final : public Backend {
                                   "the request needs KV memory for " + std::to_string(positions) +
                                       " tokens (prompt and max_tokens), more than the whole pool "
                                       "of kv_memory_mb " +
-                                      std::to_string(config_.kv_memory_mb) + " holds (" +
+                                      std::to_string(embedded_settings(config_).kv_memory_mb) + " holds (" +
                                       std::to_string(pool.capacity_tokens()) +
                                       " tokens); lower max_tokens, shorten the prompt or raise "
                                       "kv_memory_mb"));
@@ -645,19 +649,19 @@ class EmbeddedBackend final : public Backend {
     return deployment_;
   }
 
-  // Called with mu_ held and no request holding a slot. Level 0 runs the configured model with every
-  // slot; level 1 keeps one slot (the others' caches are only a speed-up);
-  // level 2 and up also cut the context to a quarter and switch to the
-  // low_memory_model when one is configured.
+  // Called with mu_ held and no request holding a slot. Level 0 runs the configured model with
+  // every slot; level 1 keeps one slot (the others' caches are only a speed-up); level 2 and up
+  // also cut the context to a quarter and switch to the low_memory_model when one is configured.
   std::string apply_memory_level() {
     const int level = wanted_level_;
     if (level == applied_level_) return {};
     std::shared_ptr<Deployment> now = current();
-    const bool use_small = level >= 2 && !config_.low_memory_model.empty();
+    const std::string& low_memory_model = embedded_settings(config_).low_memory_model;
+    const bool use_small = level >= 2 && !low_memory_model.empty();
     const int32_t slot_count = level >= 1 ? 1 : config_.max_concurrency;
     const int32_t context =
         level >= 2 ? std::max<int32_t>(kMinPressureContext, full_context_ / 4) : full_context_;
-    const std::string& model_ref = use_small ? config_.low_memory_model : config_.model;
+    const std::string& model_ref = use_small ? low_memory_model : config_.model;
     std::shared_ptr<const engine::Model> model;
     if (use_small == now->low_memory_model) model = now->model;
     // Release the current slots first: their KV memory is what we are short of.
@@ -713,8 +717,8 @@ class EmbeddedBackend final : public Backend {
     std::vector<engine::ChatMessage> messages;
     messages.reserve(request.messages.size());
     for (const auto& m : request.messages) messages.push_back({m.role, m.content});
-    const std::string text =
-        engine::render_chat(d.format, messages, true, request.params.enable_thinking.value_or(true));
+    const std::string text = engine::render_chat(d.format, messages, true,
+                                                 request.params.enable_thinking.value_or(true));
     // Chat formats mark turns with control tokens, which must parse as such.
     return tokenizer.encode(text, true, d.format != engine::ChatFormat::kPlain);
   }
@@ -793,7 +797,8 @@ class EmbeddedBackend final : public Backend {
     }
     if (best_prefix == 0) {
       for (size_t i = 0; i < d.slots.size(); ++i) {
-        if (!d.in_use[i] && (best == d.slots.size() || d.last_used[i] < d.last_used[best])) best = i;
+        if (!d.in_use[i] && (best == d.slots.size() || d.last_used[i] < d.last_used[best]))
+          best = i;
       }
     }
     d.last_used[best] = ++d.use_clock;
@@ -824,8 +829,8 @@ class EmbeddedBackend final : public Backend {
   // The scheduler's state; jobs' fields are under it too.
   mutable std::mutex mu_;
   std::condition_variable wake_;  // work for the scheduler
-  std::deque<Job*> waiting_;     // arrival order
-  int32_t active_ = 0;           // jobs holding a slot
+  std::deque<Job*> waiting_;      // arrival order
+  int32_t active_ = 0;            // jobs holding a slot
   bool stopping_ = false;
   int wanted_level_ = 0;
   int applied_level_ = 0;
@@ -835,11 +840,12 @@ class EmbeddedBackend final : public Backend {
 
 Result<engine::ChatFormat> choose_chat_format(const TierConfig& config,
                                               const engine::Model& model) {
-  if (!config.chat_format.empty()) {
-    if (auto format = engine::parse_chat_format(config.chat_format)) return *format;
-    return make_error(ErrorKind::kInvalidArgument,
-                      "tier '" + config.name + "': chat_format '" + config.chat_format +
-                          "' is not known; use one of " + engine::chat_format_names());
+  const std::string& chat_format = embedded_settings(config).chat_format;
+  if (!chat_format.empty()) {
+    if (auto format = engine::parse_chat_format(chat_format)) return *format;
+    return make_error(ErrorKind::kInvalidArgument, "tier '" + config.name + "': chat_format '" +
+                                                       chat_format + "' is not known; use one of " +
+                                                       engine::chat_format_names());
   }
   if (auto jinja = model.file().get_string("tokenizer.chat_template")) {
     if (auto format = engine::detect_chat_format(*jinja)) return *format;
@@ -851,16 +857,17 @@ Result<engine::ChatFormat> choose_chat_format(const TierConfig& config,
 }  // namespace
 
 Result<std::shared_ptr<Backend>> create_embedded_backend(const TierConfig& config) {
-  if (!config.low_memory_model.empty()) {
+  const EmbeddedTierSettings& settings = embedded_settings(config);
+  if (!settings.low_memory_model.empty()) {
     // Found now, loaded when pressure first asks for it.
-    if (auto path = engine::resolve_model_path(config.low_memory_model); !path.ok()) {
+    if (auto path = engine::resolve_model_path(settings.low_memory_model); !path.ok()) {
       return make_error(path.error().kind,
                         "tier '" + config.name + "': low_memory_model: " + path.error().message);
     }
   }
   FSH_ASSIGN_OR_RETURN(
       std::shared_ptr<Deployment> full,
-      deploy(config, config.model, nullptr, config.max_concurrency, config.context_length));
+      deploy(config, config.model, nullptr, config.max_concurrency, settings.context_length));
   return std::shared_ptr<Backend>(std::make_shared<EmbeddedBackend>(config, std::move(full)));
 }
 

@@ -482,13 +482,18 @@ std::string compact(const json& v) {
 // gateway writes itself (role, content, tool_calls), as a JSON object, so
 // that reasoning_content, refusal, annotations and the like reach the
 // client; empty when there are none.
-std::string other_members(const json& message) {
+PassThroughJson other_members(const json& message) {
   json other = json::object();
   for (const auto& [key, value] : message.items()) {
     if (key == "role" || key == "content" || key == "tool_calls" || value.is_null()) continue;
     other[key] = value;
   }
-  return other.empty() ? std::string() : compact(other);
+  return other.empty() ? PassThroughJson() : PassThroughJson::of(other);
+}
+
+// A passed-through value, to place in a body being built.
+json value_of(const PassThroughJson& passed) {
+  return json::parse(passed.text(), nullptr, false);
 }
 
 // Streamed tool calls arrive in fragments that name their call by index: the
@@ -531,18 +536,18 @@ class ToolCallAssembly {
     return true;
   }
   bool empty() const { return calls_.empty(); }
-  std::string dump() const { return compact(calls_); }
+  PassThroughJson dump() const { return PassThroughJson::of(calls_); }
 
   // A non-streamed answer's tool calls as the one fragment list a stream of
   // it would have carried.
-  static std::string as_fragments(const std::string& calls) {
+  static PassThroughJson as_fragments(const PassThroughJson& calls) {
     if (calls.empty()) return {};
-    json list = json::parse(calls, nullptr, false);
+    json list = value_of(calls);
     if (!list.is_array()) return {};
     for (size_t i = 0; i < list.size(); ++i) {
       if (list[i].is_object()) list[i]["index"] = i;
     }
-    return compact(list);
+    return PassThroughJson::of(list);
   }
 
  private:
@@ -582,6 +587,7 @@ class OpenAiBackend final : public Backend {
  public:
   OpenAiBackend(TierConfig config, EndpointUrl url, std::string api_key)
       : config_(std::move(config)),
+        settings_(std::get<OpenAiTierSettings>(config_.settings)),
         url_(std::move(url)),
         api_key_(std::move(api_key)),
         pool_(static_cast<size_t>(config_.max_concurrency), static_cast<size_t>(config_.max_queue),
@@ -609,12 +615,12 @@ class OpenAiBackend final : public Backend {
   Result<Completion> generate(const BackendRequest& request, const DeltaSink& on_delta) override {
     Watch watch;
     watch.start = Clock::now();
-    watch.first_byte_by = watch.start + std::chrono::milliseconds(config_.first_byte_timeout_ms);
+    watch.first_byte_by = watch.start + std::chrono::milliseconds(settings_.first_byte_timeout_ms);
     const bool budget_binds =
         request.first_token_deadline && *request.first_token_deadline < watch.first_byte_by;
     if (budget_binds) watch.first_byte_by = *request.first_token_deadline;
-    watch.total_by = watch.start + std::chrono::milliseconds(config_.total_timeout_ms);
-    watch.idle_limit = std::chrono::milliseconds(config_.first_byte_timeout_ms);
+    watch.total_by = watch.start + std::chrono::milliseconds(settings_.total_timeout_ms);
+    watch.idle_limit = std::chrono::milliseconds(settings_.first_byte_timeout_ms);
     watch.deadline = request.deadline;
     watch.cancelled = request.cancelled.get();
 
@@ -636,7 +642,7 @@ class OpenAiBackend final : public Backend {
     // The wait for a connection has its own limit and does not count against
     // the upstream's first-byte timeout: a busy pool is ours, not its fault.
     Connection* connection = nullptr;
-    auto wait_until = Clock::now() + std::chrono::milliseconds(config_.pool_wait_timeout_ms);
+    auto wait_until = Clock::now() + std::chrono::milliseconds(settings_.pool_wait_timeout_ms);
     if (request.deadline) wait_until = std::min(wait_until, *request.deadline);
     if (request.first_token_deadline)
       wait_until = std::min(wait_until, *request.first_token_deadline);
@@ -653,7 +659,7 @@ class OpenAiBackend final : public Backend {
         Error e = make_error(ErrorKind::kUnavailable,
                              where() + ": all " + std::to_string(config_.max_concurrency) +
                                  " pooled connections stayed busy for " +
-                                 std::to_string(config_.pool_wait_timeout_ms) +
+                                 std::to_string(settings_.pool_wait_timeout_ms) +
                                  " ms; retry shortly, or raise max_concurrency or "
                                  "timeouts.pool_wait_ms");
         e.retry_after_seconds = 1.0;
@@ -665,10 +671,10 @@ class OpenAiBackend final : public Backend {
       }
     }
     watch.start = Clock::now();
-    watch.first_byte_by = watch.start + std::chrono::milliseconds(config_.first_byte_timeout_ms);
+    watch.first_byte_by = watch.start + std::chrono::milliseconds(settings_.first_byte_timeout_ms);
     if (budget_binds)
       watch.first_byte_by = std::min(watch.first_byte_by, *request.first_token_deadline);
-    watch.total_by = watch.start + std::chrono::milliseconds(config_.total_timeout_ms);
+    watch.total_by = watch.start + std::chrono::milliseconds(settings_.total_timeout_ms);
     Lease lease(pool_, connection);
 
     httplib::Request req;
@@ -773,7 +779,7 @@ class OpenAiBackend final : public Backend {
   }
 
  private:
-  std::string where() const { return "tier '" + config_.name + "' (" + config_.endpoint + ")"; }
+  std::string where() const { return "tier '" + config_.name + "' (" + settings_.endpoint + ")"; }
 
   void publish(BackendInfo info) {
     std::lock_guard lock(info_mu_);
@@ -797,18 +803,18 @@ class OpenAiBackend final : public Backend {
     auto client = std::make_unique<httplib::Client>(url_.origin());
     client->set_keep_alive(true);
     client->set_tcp_nodelay(true);
-    client->set_connection_timeout(std::chrono::milliseconds(config_.connect_timeout_ms));
+    client->set_connection_timeout(std::chrono::milliseconds(settings_.connect_timeout_ms));
     // The watcher enforces the real limits; these only bound a single socket
     // operation in case the watcher's stop() comes too late to matter.
-    client->set_read_timeout(std::chrono::milliseconds(config_.total_timeout_ms));
-    client->set_write_timeout(std::chrono::milliseconds(config_.total_timeout_ms));
+    client->set_read_timeout(std::chrono::milliseconds(settings_.total_timeout_ms));
+    client->set_write_timeout(std::chrono::milliseconds(settings_.total_timeout_ms));
     if (url_.scheme == "https") {
-      client->enable_server_certificate_verification(config_.verify_tls);
-      if (!config_.ca_file.empty()) {
+      client->enable_server_certificate_verification(settings_.verify_tls);
+      if (!settings_.ca_file.empty()) {
         // A store of our own, so that the extra CA adds to the system's
         // (httplib also loads the default paths into it).
         X509_STORE* store = X509_STORE_new();
-        if (store != nullptr && X509_STORE_load_file(store, config_.ca_file.c_str()) == 1) {
+        if (store != nullptr && X509_STORE_load_file(store, settings_.ca_file.c_str()) == 1) {
           client->set_ca_cert_store(store);
         } else {
           X509_STORE_free(store);
@@ -822,9 +828,8 @@ class OpenAiBackend final : public Backend {
     const GenerationParams& p = request.params;
     // The client's fields the gateway does not read go first; those it reads
     // are set from what it parsed.
-    json body = request.remote_only.other.empty()
-                    ? json::object()
-                    : json::parse(request.remote_only.other, nullptr, false);
+    json body =
+        request.remote_only.other.empty() ? json::object() : value_of(request.remote_only.other);
     if (!body.is_object()) body = json::object();
     body["model"] = request.model.empty() ? config_.model : request.model;
     if (legacy) {
@@ -834,23 +839,23 @@ class OpenAiBackend final : public Backend {
       for (const auto& m : request.messages) {
         json message = {{"role", m.role}, {"content", m.content}};
         if (!m.content_parts.empty()) {
-          message["content"] = json::parse(m.content_parts, nullptr, false);
+          message["content"] = value_of(m.content_parts);
         }
         if (!m.name.empty()) message["name"] = m.name;
         if (!m.tool_call_id.empty()) message["tool_call_id"] = m.tool_call_id;
         if (!m.tool_calls.empty()) {
-          message["tool_calls"] = json::parse(m.tool_calls, nullptr, false);
+          message["tool_calls"] = value_of(m.tool_calls);
           if (m.content.empty() && m.content_parts.empty()) message["content"] = nullptr;
         }
         messages.push_back(std::move(message));
       }
       body["messages"] = std::move(messages);
       const RemoteOnlyFields& t = request.remote_only;
-      if (!t.tools.empty()) body["tools"] = json::parse(t.tools, nullptr, false);
-      if (!t.tool_choice.empty()) body["tool_choice"] = json::parse(t.tool_choice, nullptr, false);
+      if (!t.tools.empty()) body["tools"] = value_of(t.tools);
+      if (!t.tool_choice.empty()) body["tool_choice"] = value_of(t.tool_choice);
       if (t.parallel_tool_calls) body["parallel_tool_calls"] = *t.parallel_tool_calls;
       if (!t.response_format.empty()) {
-        body["response_format"] = json::parse(t.response_format, nullptr, false);
+        body["response_format"] = value_of(t.response_format);
       }
     }
     if (p.max_tokens) {
@@ -958,7 +963,7 @@ class OpenAiBackend final : public Backend {
       if (auto c = d->find("content"); c != d->end() && c->is_string())
         delta.text = c->get<std::string>();
       if (auto t = d->find("tool_calls"); t != d->end() && t->is_array() && !t->empty()) {
-        delta.tool_calls = compact(*t);
+        delta.tool_calls = PassThroughJson::of(*t);
       }
       delta.other = other_members(*d);
     }
@@ -1071,7 +1076,7 @@ class OpenAiBackend final : public Backend {
         out.text = c->get<std::string>();
       }
       if (auto t = m->find("tool_calls"); t != m->end() && t->is_array() && !t->empty()) {
-        out.tool_calls = compact(*t);
+        out.tool_calls = PassThroughJson::of(*t);
       }
       out.message_other = other_members(*m);
     }
@@ -1120,7 +1125,7 @@ class OpenAiBackend final : public Backend {
       case StopReason::kTotalTimeout:
         return make_error(ErrorKind::kDeadlineExceeded,
                           where() + ": no complete answer within total_timeout_ms " +
-                              std::to_string(config_.total_timeout_ms) + got);
+                              std::to_string(settings_.total_timeout_ms) + got);
       case StopReason::kFirstByteTimeout:
         if (budget_binds) {
           return make_error(ErrorKind::kDeadlineExceeded,
@@ -1130,12 +1135,13 @@ class OpenAiBackend final : public Backend {
         }
         return make_error(ErrorKind::kDeadlineExceeded,
                           where() + ": no response within first_byte_timeout_ms " +
-                              std::to_string(config_.first_byte_timeout_ms) +
+                              std::to_string(settings_.first_byte_timeout_ms) +
                               "; the upstream is overloaded or unreachable");
       case StopReason::kIdleTimeout:
         return make_error(ErrorKind::kDeadlineExceeded,
                           where() + ": the upstream went silent for first_byte_timeout_ms " +
-                              std::to_string(config_.first_byte_timeout_ms) + " mid-answer" + got);
+                              std::to_string(settings_.first_byte_timeout_ms) + " mid-answer" +
+                              got);
       case StopReason::kNone:
       case StopReason::kCancelled:
         break;
@@ -1155,9 +1161,9 @@ class OpenAiBackend final : public Backend {
       kind = ErrorKind::kUnavailable;
     } else if (ex.status == 401 || ex.status == 403) {
       kind = ErrorKind::kUnavailable;
-      advice = config_.api_key_env.empty()
+      advice = settings_.api_key_env.empty()
                    ? "; the upstream wants an API key: set api_key_env for this tier"
-                   : "; check the API key in $" + config_.api_key_env;
+                   : "; check the API key in $" + settings_.api_key_env;
     } else if (ex.status == 404) {
       kind = ErrorKind::kNotFound;
       advice =
@@ -1191,7 +1197,7 @@ class OpenAiBackend final : public Backend {
       case httplib::Error::ConnectionTimeout:
         return make_error(ErrorKind::kDeadlineExceeded,
                           where() + ": could not connect within connect_timeout_ms " +
-                              std::to_string(config_.connect_timeout_ms));
+                              std::to_string(settings_.connect_timeout_ms));
       case httplib::Error::Connection:
         return make_error(ErrorKind::kUnavailable, where() + ": could not connect to " + url_.host +
                                                        ":" + std::to_string(url_.port) +
@@ -1212,6 +1218,7 @@ class OpenAiBackend final : public Backend {
   }
 
   const TierConfig config_;
+  const OpenAiTierSettings& settings_;  // config_'s
   const EndpointUrl url_;
   const std::string api_key_;
   std::mutex info_mu_;
@@ -1284,30 +1291,32 @@ Result<EndpointUrl> parse_endpoint_url(const std::string& url) {
 }
 
 Result<std::shared_ptr<Backend>> create_openai_backend(const TierConfig& config) {
+  const OpenAiTierSettings& settings = std::get<OpenAiTierSettings>(config.settings);
   const std::string tier = "tier '" + config.name + "': ";
-  auto url = parse_endpoint_url(config.endpoint);
+  auto url = parse_endpoint_url(settings.endpoint);
   if (!url.ok()) return make_error(url.error().kind, tier + "endpoint " + url.error().message);
   std::string api_key;
-  if (!config.api_key_env.empty()) {
-    const char* value = std::getenv(config.api_key_env.c_str());
+  if (!settings.api_key_env.empty()) {
+    const char* value = std::getenv(settings.api_key_env.c_str());
     if (value == nullptr || *value == '\0') {
       return make_error(ErrorKind::kInvalidArgument,
-                        tier + "api_key_env names the environment variable " + config.api_key_env +
-                            ", which is " + (value == nullptr ? "not set" : "empty") +
+                        tier + "api_key_env names the environment variable " +
+                            settings.api_key_env + ", which is " +
+                            (value == nullptr ? "not set" : "empty") +
                             "; export the API key in it, or remove api_key_env if the upstream "
                             "needs no key");
     }
     api_key = value;
   }
-  if (!config.ca_file.empty()) {
+  if (!settings.ca_file.empty()) {
     X509_STORE* store = X509_STORE_new();
     const bool loaded =
-        store != nullptr && X509_STORE_load_file(store, config.ca_file.c_str()) == 1;
+        store != nullptr && X509_STORE_load_file(store, settings.ca_file.c_str()) == 1;
     X509_STORE_free(store);
     if (!loaded) {
       ERR_clear_error();
       return make_error(ErrorKind::kInvalidArgument,
-                        tier + "ca_file '" + config.ca_file +
+                        tier + "ca_file '" + settings.ca_file +
                             "' could not be read as PEM certificates; give a CA bundle file");
     }
   }

@@ -10,7 +10,7 @@ class UnavailableBackend final : public Backend {
                                                    : "tier '" + config.name + "': " + why.message) +
                 "; fix it and reload the configuration (SIGHUP) or restart") {
     info_.name = config.name;
-    info_.kind = config.kind;
+    info_.kind = config.kind();
     info_.placement = config.placement;
     info_.model = config.model;
     info_.model_version = "unavailable";

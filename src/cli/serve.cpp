@@ -89,9 +89,10 @@ int serve_main(const ServeOptions& o, const CLI::App& cmd) {
 
   const config::GatewayConfig& c = gateway.config();
   for (const auto& t : c.tiers) {
-    std::fprintf(stderr, "tier %s: %s %s (%s)%s%s\n", t.name.c_str(), t.kind.c_str(),
+    const std::string endpoint = t.openai() != nullptr ? t.openai()->endpoint : "";
+    std::fprintf(stderr, "tier %s: %s %s (%s)%s%s\n", t.name.c_str(), t.kind().c_str(),
                  t.model.c_str(), t.placement == backend::Placement::kCloud ? "cloud" : "device",
-                 t.endpoint.empty() ? "" : " at ", t.endpoint.c_str());
+                 endpoint.empty() ? "" : " at ", endpoint.c_str());
   }
   if (auto loaded = gateway.load_tiers(); !loaded.ok()) {
     gateway.stop();

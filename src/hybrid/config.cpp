@@ -218,32 +218,79 @@ void read_server(Reader& r, const YAML::Node& node, ServerConfig& s) {
   }
 }
 
+// The keys only one kind of tier reads. On a tier of the other kind they would
+// be ignored, so they are an error.
+constexpr std::array<std::string_view, 5> kEmbeddedOnlyKeys{
+    "context_length", "kv_memory_mb", "threads", "chat_format", "low_memory_model"};
+constexpr std::array<std::string_view, 5> kOpenAiOnlyKeys{"endpoint", "api_key_env", "timeouts",
+                                                          "verify_tls", "ca_file"};
+
+void reject_keys_of_other_kind(Reader& r, const YAML::Node& node, const std::string& path,
+                               std::span<const std::string_view> keys, std::string_view kind) {
+  for (const std::string_view key : keys) {
+    if (node[std::string(key)]) {
+      r.fail(join_path(path, key), "only applies to kind " + std::string(kind));
+    }
+  }
+}
+
+void read_embedded_settings(Reader& r, const YAML::Node& node, const std::string& path,
+                            backend::EmbeddedTierSettings& e) {
+  r.get(node, "context_length", path, e.context_length);
+  r.get(node, "kv_memory_mb", path, e.kv_memory_mb);
+  r.get(node, "threads", path, e.threads);
+  r.get(node, "chat_format", path, e.chat_format);
+  r.get(node, "low_memory_model", path, e.low_memory_model);
+  reject_keys_of_other_kind(r, node, path, kOpenAiOnlyKeys, backend::OpenAiTierSettings::kKind);
+}
+
+void read_openai_settings(Reader& r, const YAML::Node& node, const std::string& path,
+                          backend::OpenAiTierSettings& o) {
+  r.get(node, "endpoint", path, o.endpoint);
+  r.get(node, "api_key_env", path, o.api_key_env);
+  r.get(node, "verify_tls", path, o.verify_tls);
+  r.get(node, "ca_file", path, o.ca_file);
+  if (const YAML::Node timeouts = node["timeouts"]) {
+    const std::string p = join_path(path, "timeouts");
+    if (r.expect_map(timeouts, p)) {
+      r.check_keys(timeouts, p, kTimeoutKeys);
+      r.get(timeouts, "connect_ms", p, o.connect_timeout_ms);
+      r.get(timeouts, "first_byte_ms", p, o.first_byte_timeout_ms);
+      r.get(timeouts, "total_ms", p, o.total_timeout_ms);
+      r.get(timeouts, "pool_wait_ms", p, o.pool_wait_timeout_ms);
+    }
+  }
+  reject_keys_of_other_kind(r, node, path, kEmbeddedOnlyKeys, backend::EmbeddedTierSettings::kKind);
+}
+
 void read_tier(Reader& r, const YAML::Node& node, const std::string& path, backend::TierConfig& t) {
   if (!r.expect_map(node, path)) return;
   r.check_keys(node, path, kTierKeys);
-  r.get(node, "kind", path, t.kind);
+  std::string kind;
+  r.get(node, "kind", path, kind);
+  // A tier with an endpoint is a remote one unless it says otherwise.
+  if (kind.empty()) {
+    kind = node["endpoint"] ? backend::OpenAiTierSettings::kKind
+                            : backend::EmbeddedTierSettings::kKind;
+  }
+  if (kind == backend::OpenAiTierSettings::kKind) {
+    read_openai_settings(r, node, path, t.settings.emplace<backend::OpenAiTierSettings>());
+    // An HTTP tier's concurrency is pooled connections, which cost little:
+    // the default lets many streams wait on a slow upstream at once.
+    t.max_concurrency = backend::kDefaultRemoteConcurrency;
+  } else if (kind == backend::EmbeddedTierSettings::kKind) {
+    read_embedded_settings(r, node, path, t.settings.emplace<backend::EmbeddedTierSettings>());
+  } else {
+    r.fail(join_path(path, "kind"), "'" + kind + "' is not one of embedded, openai");
+  }
   std::string placement;
   r.get(node, "placement", path, placement);
   r.get(node, "model", path, t.model);
-  r.get(node, "endpoint", path, t.endpoint);
-  r.get(node, "api_key_env", path, t.api_key_env);
-  // An HTTP tier's concurrency is pooled connections, which cost little: the
-  // default lets many streams wait on a slow upstream at once.
-  if (t.kind == "openai") t.max_concurrency = backend::kDefaultRemoteConcurrency;
   r.get(node, "max_concurrency", path, t.max_concurrency);
   r.get(node, "max_queue", path, t.max_queue);
-  r.get(node, "context_length", path, t.context_length);
-  r.get(node, "kv_memory_mb", path, t.kv_memory_mb);
-  r.get(node, "threads", path, t.threads);
-  r.get(node, "chat_format", path, t.chat_format);
-  r.get(node, "low_memory_model", path, t.low_memory_model);
-  r.get(node, "verify_tls", path, t.verify_tls);
-  r.get(node, "ca_file", path, t.ca_file);
 
-  // A tier with an endpoint is a remote one unless it says otherwise.
-  if (t.kind.empty()) t.kind = t.endpoint.empty() ? "embedded" : "openai";
   if (placement.empty()) {
-    t.placement = t.kind == "openai" ? backend::Placement::kCloud : backend::Placement::kDevice;
+    t.placement = t.openai() != nullptr ? backend::Placement::kCloud : backend::Placement::kDevice;
   } else if (placement == "device") {
     t.placement = backend::Placement::kDevice;
   } else if (placement == "cloud") {
@@ -258,16 +305,6 @@ void read_tier(Reader& r, const YAML::Node& node, const std::string& path, backe
       r.check_keys(price, p, kPriceKeys);
       r.get(price, "input_per_mtok", p, t.price_input_per_mtok);
       r.get(price, "output_per_mtok", p, t.price_output_per_mtok);
-    }
-  }
-  if (const YAML::Node timeouts = node["timeouts"]) {
-    const std::string p = join_path(path, "timeouts");
-    if (r.expect_map(timeouts, p)) {
-      r.check_keys(timeouts, p, kTimeoutKeys);
-      r.get(timeouts, "connect_ms", p, t.connect_timeout_ms);
-      r.get(timeouts, "first_byte_ms", p, t.first_byte_timeout_ms);
-      r.get(timeouts, "total_ms", p, t.total_timeout_ms);
-      r.get(timeouts, "pool_wait_ms", p, t.pool_wait_timeout_ms);
     }
   }
 }
@@ -435,54 +472,52 @@ Status validate_config(const GatewayConfig& config) {
       fail(path, "tier names use only letters, digits, '-', '_' and '.'");
     }
     if (!names.insert(t.name).second) fail(path, "is defined twice");
-    const bool openai = t.kind == "openai";
-    if (!openai && t.kind != "embedded") {
-      fail(path + ".kind", "'" + t.kind + "' is not one of embedded, openai");
-      continue;
-    }
+    const backend::OpenAiTierSettings* openai = t.openai();
     if (t.model.empty()) {
       fail(path + ".model", openai ? "is required: the model id to ask the endpoint for"
                                    : "is required: a GGUF path or a model name");
     }
     if (openai) {
-      if (t.endpoint.empty()) {
+      if (openai->endpoint.empty()) {
         fail(path + ".endpoint", "is required for kind openai (e.g. https://api.openai.com/v1)");
-      } else if (!is_http_url(t.endpoint)) {
-        fail(path + ".endpoint", "'" + t.endpoint + "' is not an http(s) URL");
+      } else if (!is_http_url(openai->endpoint)) {
+        fail(path + ".endpoint", "'" + openai->endpoint + "' is not an http(s) URL");
       }
-      if (!t.api_key_env.empty() && std::getenv(t.api_key_env.c_str()) == nullptr) {
-        fail(path + ".api_key_env", "environment variable " + t.api_key_env + " is not set");
+      if (!openai->api_key_env.empty() && std::getenv(openai->api_key_env.c_str()) == nullptr) {
+        fail(path + ".api_key_env", "environment variable " + openai->api_key_env + " is not set");
       }
-      if (!t.ca_file.empty() && access(t.ca_file.c_str(), R_OK) != 0) {
-        fail(path + ".ca_file", "'" + t.ca_file + "' cannot be read");
+      if (!openai->ca_file.empty() && access(openai->ca_file.c_str(), R_OK) != 0) {
+        fail(path + ".ca_file", "'" + openai->ca_file + "' cannot be read");
+      }
+      if (openai->connect_timeout_ms < 1) fail(path + ".timeouts.connect_ms", "must be at least 1");
+      if (openai->first_byte_timeout_ms < 1) {
+        fail(path + ".timeouts.first_byte_ms", "must be at least 1");
+      }
+      if (openai->total_timeout_ms < 1) fail(path + ".timeouts.total_ms", "must be at least 1");
+      if (openai->pool_wait_timeout_ms < 0) {
+        fail(path + ".timeouts.pool_wait_ms", "must be 0 or more");
       }
     } else {
-      for (const auto& [key, value] :
-           {std::pair{"endpoint", &t.endpoint}, std::pair{"api_key_env", &t.api_key_env},
-            std::pair{"ca_file", &t.ca_file}}) {
-        if (!value->empty()) fail(path + "." + key, "only applies to kind openai");
-      }
-      if (!t.low_memory_model.empty()) {
-        if (auto found = engine::resolve_model_path(t.low_memory_model); !found.ok()) {
+      const backend::EmbeddedTierSettings& embedded = *t.embedded();
+      if (!embedded.low_memory_model.empty()) {
+        if (auto found = engine::resolve_model_path(embedded.low_memory_model); !found.ok()) {
           fail(path + ".low_memory_model", found.error().message);
         }
       }
-      if (!t.chat_format.empty() && !engine::parse_chat_format(t.chat_format)) {
+      if (!embedded.chat_format.empty() && !engine::parse_chat_format(embedded.chat_format)) {
         fail(path + ".chat_format",
-             "'" + t.chat_format + "' is not one of " + engine::chat_format_names());
+             "'" + embedded.chat_format + "' is not one of " + engine::chat_format_names());
       }
+      if (embedded.context_length < 0) {
+        fail(path + ".context_length", "must be 0 (model's own) or more");
+      }
+      if (embedded.kv_memory_mb < 1) fail(path + ".kv_memory_mb", "must be at least 1");
+      if (embedded.threads < 0) fail(path + ".threads", "must be 0 (one per core) or more");
     }
     if (t.price_input_per_mtok < 0) fail(path + ".price.input_per_mtok", "must not be negative");
     if (t.price_output_per_mtok < 0) fail(path + ".price.output_per_mtok", "must not be negative");
     if (t.max_concurrency < 1) fail(path + ".max_concurrency", "must be at least 1");
     if (t.max_queue < 0) fail(path + ".max_queue", "must be 0 or more");
-    if (t.context_length < 0) fail(path + ".context_length", "must be 0 (model's own) or more");
-    if (t.kv_memory_mb < 1) fail(path + ".kv_memory_mb", "must be at least 1");
-    if (t.threads < 0) fail(path + ".threads", "must be 0 (one per core) or more");
-    if (t.connect_timeout_ms < 1) fail(path + ".timeouts.connect_ms", "must be at least 1");
-    if (t.first_byte_timeout_ms < 1) fail(path + ".timeouts.first_byte_ms", "must be at least 1");
-    if (t.total_timeout_ms < 1) fail(path + ".timeouts.total_ms", "must be at least 1");
-    if (t.pool_wait_timeout_ms < 0) fail(path + ".timeouts.pool_wait_ms", "must be 0 or more");
   }
   for (const auto& [tier, limits] : config.limits.per_tier) {
     if (!names.contains(tier)) fail("limits.tiers." + tier, "is not a tier defined under tiers");
@@ -629,11 +664,11 @@ Result<GatewayConfig> config_from_flags(const FlagConfig& flags) {
   if (!flags.model.empty()) {
     backend::TierConfig edge;
     edge.name = "edge";
-    edge.kind = "embedded";
     edge.placement = backend::Placement::kDevice;
     edge.model = flags.model;
-    edge.threads = flags.threads;
-    edge.context_length = flags.context_length;
+    auto& settings = edge.settings.emplace<backend::EmbeddedTierSettings>();
+    settings.context_length = flags.context_length;
+    settings.threads = flags.threads;
     config.tiers.push_back(std::move(edge));
   }
   if (!flags.upstream.empty()) {
@@ -643,11 +678,11 @@ Result<GatewayConfig> config_from_flags(const FlagConfig& flags) {
     }
     backend::TierConfig cloud;
     cloud.name = "cloud";
-    cloud.kind = "openai";
     cloud.placement = backend::Placement::kCloud;
     cloud.model = flags.upstream_model;
-    cloud.endpoint = flags.upstream;
-    cloud.api_key_env = flags.upstream_api_key_env;
+    auto& settings = cloud.settings.emplace<backend::OpenAiTierSettings>();
+    settings.endpoint = flags.upstream;
+    settings.api_key_env = flags.upstream_api_key_env;
     config.tiers.push_back(std::move(cloud));
   }
   config.server.api_keys_env = flags.api_keys_env;

@@ -63,7 +63,7 @@ Result<std::unique_ptr<Deployment>> Deployment::create(
       if (b.ok()) (*b)->set_egress_guard(egress);
       if (b.ok()) {
         reused = std::move(b).value();
-      } else if (starting && tc.kind == "embedded" && c.tiers.size() > 1) {
+      } else if (starting && tc.kind() == "embedded" && c.tiers.size() > 1) {
         std::fprintf(stderr,
                      "warning: tier '%s' is UNAVAILABLE: %s\n"
                      "  the other tiers serve; requests that may only run on it get 503\n",

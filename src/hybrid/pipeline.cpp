@@ -508,7 +508,8 @@ Result<route::Decision> Pipeline::decide(const Request& api, const RouteHints& h
   // complexity signal reads it.
   std::vector<std::string_view> texts;
   std::deque<std::string> arenas;  // views into these stay valid as it grows
-  const auto add_json = [&](const std::string& blob) {
+  const auto add_json = [&](const backend::PassThroughJson& passed) {
+    const std::string& blob = passed.text();
     if (blob.empty()) return;
     std::string why;
     if (!backend::collect_json_strings(blob, backend::EgressLimits{}.max_depth,

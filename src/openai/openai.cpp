@@ -102,11 +102,6 @@ class FieldReader {
   std::vector<std::string_view> read_;
 };
 
-// Client JSON as compact text (invalid UTF-8 replaced rather than thrown on).
-std::string compact(const json& v) {
-  return v.dump(-1, ' ', false, json::error_handler_t::replace);
-}
-
 // The shape tools, tool choices and tool calls share: an object whose
 // "function" is an object with a non-empty string "name".
 bool names_a_function(const json& entry) {
@@ -141,7 +136,7 @@ void read_stop(FieldReader& r, std::vector<std::string>& stop) {
 // joined into `text`; when there are others (image_url, input_audio, file),
 // the whole list is kept in `parts` for remote tiers and `other_type` names
 // the first of them. False when the content has another shape.
-bool read_content(const json& content, std::string& text, std::string& parts,
+bool read_content(const json& content, std::string& text, backend::PassThroughJson& parts,
                   std::string& other_type) {
   if (content.is_string()) {
     text = content.get<std::string>();
@@ -162,7 +157,7 @@ bool read_content(const json& content, std::string& text, std::string& parts,
       other_type = name;
     }
   }
-  if (!other_type.empty()) parts = compact(content);
+  if (!other_type.empty()) parts = backend::PassThroughJson::of(content);
   return true;
 }
 
@@ -214,7 +209,7 @@ bool read_message_tool_fields(FieldReader& r, const json& m, const std::string& 
       return false;
     }
   }
-  if (!calls->empty()) msg.tool_calls = compact(*calls);
+  if (!calls->empty()) msg.tool_calls = backend::PassThroughJson::of(*calls);
   return true;
 }
 
@@ -247,7 +242,7 @@ void read_remote_only(FieldReader& r, backend::RemoteOnlyFields& out, bool& json
         return;
       }
     }
-    if (!tools->empty()) out.tools = compact(*tools);
+    if (!tools->empty()) out.tools = backend::PassThroughJson::of(*tools);
   }
   bool calls_off = false;
   if (const json* choice = r.find("tool_choice")) {
@@ -266,7 +261,7 @@ void read_remote_only(FieldReader& r, backend::RemoteOnlyFields& out, bool& json
       return;
     }
     calls_off = *choice == "none";
-    out.tool_choice = compact(*choice);
+    out.tool_choice = backend::PassThroughJson::of(*choice);
   }
   r.boolean("parallel_tool_calls", out.parallel_tool_calls);
   if (!out.tools.empty() && !calls_off && out.edge_unsupported.empty()) {
@@ -291,7 +286,7 @@ void read_remote_only(FieldReader& r, backend::RemoteOnlyFields& out, bool& json
              "response_format.json_schema");
       return;
     }
-    out.response_format = compact(*format);
+    out.response_format = backend::PassThroughJson::of(*format);
     // The engine can keep its output to one JSON object, not to a schema.
     json_object = type == "json_object";
     if (type == "json_schema" && out.edge_unsupported.empty()) {
@@ -336,7 +331,7 @@ void read_other_fields(const FieldReader& r, const json& doc, backend::RemoteOnl
     if (!ignored.empty()) ignored += ',';
     ignored += key;
   }
-  if (!other.empty()) out.other = compact(other);
+  if (!other.empty()) out.other = backend::PassThroughJson::of(other);
 }
 
 void read_messages(FieldReader& r, std::vector<backend::ChatMessage>& out,
@@ -497,9 +492,10 @@ void append_text_logprobs(std::string& out, const std::vector<backend::TokenLogp
   out += "]}";
 }
 
-// Splices the members of a JSON object (text from a remote tier, re-dumped
-// by the backend, so well-formed) into the object being written.
-void append_members(std::string& out, std::string_view object, bool after_member) {
+// Splices the members of a passed-through JSON object (compact and valid by
+// construction) into the object being written.
+void append_members(std::string& out, const backend::PassThroughJson& passed, bool after_member) {
+  const std::string_view object = passed.text();
   if (object.size() <= 2) return;
   if (after_member) out += ',';
   out.append(object.substr(1, object.size() - 2));
@@ -764,7 +760,7 @@ void append_choice(std::string& out, const hybrid::Request& request, const backe
     }
     if (!c.tool_calls.empty()) {
       out += ",\"tool_calls\":";
-      out += c.tool_calls;
+      out += c.tool_calls.text();
     }
     append_members(out, c.message_other, true);
     out += "},\"logprobs\":";
@@ -870,7 +866,7 @@ void SseWriter::delta(std::string& out, const backend::Delta& d) {
     if (!d.tool_calls.empty()) {
       if (content) out += ',';
       out += "\"tool_calls\":";
-      out += d.tool_calls;
+      out += d.tool_calls.text();
     }
     append_members(out, d.other, content || !d.tool_calls.empty());
     out += "},\"logprobs\":";

@@ -829,7 +829,7 @@ struct Gateway::Impl {
       metrics
           .gauge("foreshore_tier_info", "Configured tiers (value 1), with what they serve.",
                  {"tier", "kind", "placement", "model", "model_version"},
-                 {n, t.config.kind, placement_name(t.config.placement), info.model,
+                 {n, t.config.kind(), placement_name(t.config.placement), info.model,
                   info.model_version})
           .set(1);
       dep->tiers.push_back(std::move(t));
@@ -904,7 +904,7 @@ struct Gateway::Impl {
                ",\"owned_by\":\"foreshore\",\"foreshore\":{\"tier\":";
       append_json_string(model, t.config.name);
       model += ",\"kind\":";
-      append_json_string(model, t.config.kind);
+      append_json_string(model, t.config.kind());
       model += ",\"placement\":";
       append_json_string(model, placement_name(t.config.placement));
       model += ",\"model\":";

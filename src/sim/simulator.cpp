@@ -192,8 +192,9 @@ std::vector<route::TierProfile> tier_profiles(const config::GatewayConfig& confi
     // EWMA of measured TTFT settles at the tier's mean, so the simulation
     // starts there instead of at the gateway's guess.
     const bool on_device = t.placement == backend::Placement::kDevice;
+    const int32_t configured_context = t.embedded() != nullptr ? t.embedded()->context_length : 0;
     route::TierProfile p = exec::tier_profile(
-        t, on_device && options.edge_context > 0 ? options.edge_context : t.context_length);
+        t, on_device && options.edge_context > 0 ? options.edge_context : configured_context);
     const TierLatencyModel& model = on_device ? options.edge : options.cloud;
     p.prior_ttft_ms = model.ttft_ms(static_cast<int32_t>(std::lround(mean_prompt)));
     p.prior_ms_per_token = model.output_tokens_per_s > 0 ? 1000.0 / model.output_tokens_per_s : 0;
@@ -555,7 +556,7 @@ Result<SimulationOptions> measure_edge(const config::GatewayConfig& config,
       break;
     }
   }
-  if (edge == nullptr || edge->kind != "embedded") {
+  if (edge == nullptr || edge->embedded() == nullptr) {
     return make_error(ErrorKind::kInvalidArgument,
                       config.source +
                           ": --measure-edge needs an embedded device tier to run; give its "
