@@ -674,6 +674,23 @@ TEST(EmbeddedBackendKvPool, RequestsWaitForMemoryAndIdlePrefixesGiveWayFirst) {
   EXPECT_EQ(edge.load()->kv_waits, kept.kv_waits);
 }
 
+// kv_cache_type q8_0 needs heads of a multiple of 32 values: stories260K's
+// have 8, so the tier refuses to load and says why.
+TEST(EmbeddedBackendKvPool, Q8_0CacheNeedsHeadsOfBlocks) {
+  use_shared_models();
+  TierConfig c;
+  c.name = "edge";
+  c.settings = EmbeddedTierSettings{};
+  c.model = "stories260K";
+  embedded_of(c).kv_cache_type = "q8_0";
+  auto created = create_backend(c);
+  ASSERT_FALSE(created.ok());
+  EXPECT_NE(created.error().message.find("multiple of 32"), std::string::npos)
+      << created.error().message;
+  EXPECT_NE(created.error().message.find("tier 'edge'"), std::string::npos)
+      << created.error().message;
+}
+
 TEST(EmbeddedBackendQueue, FullQueueIsRejectedAtOnce) {
   auto backend = small_edge(0);
   ASSERT_NE(backend, nullptr);

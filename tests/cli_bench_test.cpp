@@ -65,8 +65,8 @@ TEST(BenchCli, ReportsBothTestsWithTheFilesFacts) {
 // -d fills the context before each test (llama-bench's depth); --kv-type
 // chooses the cache's storage; both are named in every row.
 TEST(BenchCli, DepthAndKvTypeAreMeasuredAndNamed) {
-  const json results = bench_json(
-      {"-m", stories_path(), "-p", "8", "-n", "4", "-r", "1", "-t", "1", "-d", "0,32", "--kv-type", "f32"});
+  const json results = bench_json({"-m", stories_path(), "-p", "8", "-n", "4", "-r", "1", "-t", "1",
+                                   "-d", "0,32", "--kv-type", "f32"});
   ASSERT_EQ(results.size(), 4u) << results.dump();
   const char* tests[] = {"pp8", "tg4", "pp8 @ d32", "tg4 @ d32"};
   for (size_t i = 0; i < 4; ++i) {
@@ -77,14 +77,16 @@ TEST(BenchCli, DepthAndKvTypeAreMeasuredAndNamed) {
     EXPECT_GT(results[i]["avg_ts"].get<double>(), 0.0);
   }
   // stories260K's heads (8 values) do not split into Q8_0 blocks: a clear error.
-  const auto q8 = run_foreshore({"bench", "-m", stories_path(), "-p", "8", "-n", "4", "--kv-type", "q8_0"});
+  const auto q8 =
+      run_foreshore({"bench", "-m", stories_path(), "-p", "8", "-n", "4", "--kv-type", "q8_0"});
   EXPECT_NE(q8.status, 0);
   EXPECT_NE(q8.err.find("multiple of 32"), std::string::npos) << q8.err;
   const auto bad = run_foreshore({"bench", "-m", stories_path(), "--kv-type", "q4_0"});
   EXPECT_NE(bad.status, 0);
   EXPECT_NE(bad.err.find("use f16 (the default), q8_0 or f32"), std::string::npos) << bad.err;
   // Context longer than the model's trained one is refused, not capped.
-  const auto deep = run_foreshore({"bench", "-m", stories_path(), "-p", "8", "-n", "4", "-d", "100000"});
+  const auto deep =
+      run_foreshore({"bench", "-m", stories_path(), "-p", "8", "-n", "4", "-d", "100000"});
   EXPECT_NE(deep.status, 0);
   EXPECT_NE(deep.err.find("lower -p, -n or -d"), std::string::npos) << deep.err;
 }

@@ -219,9 +219,9 @@ TEST_F(GatewayE2E, StreamingOnEachTier) {
 // different prompts and lengths, arriving at different times, all complete
 // with the answers they get one at a time; the engine's load shows in /metrics.
 TEST_F(GatewayE2E, ParallelStreamingClientsGetTheirSequentialAnswers) {
-  const std::vector<std::string> prompts = {
-      "Once upon a time", "Lily saw a dog", "The sun was hot", "Tom and Sam went",
-      "A little bird",    "The big tree",   "Mom said no",     "One day a cat"};
+  const std::vector<std::string> prompts = {"Once upon a time", "Lily saw a dog", "The sun was hot",
+                                            "Tom and Sam went", "A little bird",  "The big tree",
+                                            "Mom said no",      "One day a cat"};
   auto body = [&](size_t i, bool stream) {
     json b = chat_body(stream, 8 + 6 * static_cast<int>(i));
     b["messages"][0]["content"] = prompts[i];
@@ -435,15 +435,17 @@ int unused_port() {
 TEST(GatewayLlamaServer, LlamaServerServesAsTheCloudTier) {
   const std::string server = llama_server_binary();
   if (server.empty()) {
-    GTEST_SKIP() << "llama-server is not built: run bench/llama_cpp_build.sh (scripts/test.sh does)";
+    GTEST_SKIP()
+        << "llama-server is not built: run bench/llama_cpp_build.sh (scripts/test.sh does)";
   }
   const std::string model = shared_models_dir() + "/stories260K.gguf";
   std::unique_ptr<Process> llama;
   int port = 0;
   for (int attempt = 0; attempt < 3 && !llama; ++attempt) {
     port = unused_port();
-    auto p = Process::start({server, "-m", model, "--host", "127.0.0.1", "--port",
-                             std::to_string(port), "-c", "512", "-t", "1", "-np", "1", "--no-webui"});
+    auto p =
+        Process::start({server, "-m", model, "--host", "127.0.0.1", "--port", std::to_string(port),
+                        "-c", "512", "-t", "1", "-np", "1", "--no-webui"});
     ASSERT_TRUE(p);
     for (int i = 0; i < 300; ++i) {
       if (http_get(port, "/health").status == 200) {
@@ -452,7 +454,8 @@ TEST(GatewayLlamaServer, LlamaServerServesAsTheCloudTier) {
       }
       if (p->wait(std::chrono::milliseconds(100))) break;  // exited: the port was taken
     }
-    if (!llama) ADD_FAILURE() << "llama-server did not start:\n" << p->stderr_text().substr(0, 2000);
+    if (!llama)
+      ADD_FAILURE() << "llama-server did not start:\n" << p->stderr_text().substr(0, 2000);
   }
   ASSERT_TRUE(llama);
   const std::string config = write_config(
@@ -477,10 +480,10 @@ TEST(GatewayLlamaServer, LlamaServerServesAsTheCloudTier) {
   // Raw text, no chat template on either side: the same weights, greedy,
   // give the same tokens on llama.cpp and on the embedded engine.
   const json legacy = {{"prompt", "Once upon a time"}, {"max_tokens", 16}, {"temperature", 0}};
-  const auto on_llama = http_post(gateway.port(), "/v1/completions", legacy.dump(),
-                                  {{"x-foreshore-tier", "cloud"}});
-  const auto on_edge = http_post(gateway.port(), "/v1/completions", legacy.dump(),
-                                 {{"x-foreshore-tier", "edge"}});
+  const auto on_llama =
+      http_post(gateway.port(), "/v1/completions", legacy.dump(), {{"x-foreshore-tier", "cloud"}});
+  const auto on_edge =
+      http_post(gateway.port(), "/v1/completions", legacy.dump(), {{"x-foreshore-tier", "edge"}});
   ASSERT_EQ(on_llama.status, 200) << on_llama.body;
   ASSERT_EQ(on_edge.status, 200) << on_edge.body;
   EXPECT_FALSE(on_llama.json()["choices"][0]["text"].get<std::string>().empty()) << on_llama.body;

@@ -150,6 +150,8 @@ TEST(ConfigTest, ErrorsNameTheKeyPath) {
   EXPECT_EQ(config_error("tiers:\n  c:\n    kind: openai\n    model: m\n"
                          "    endpoint: http://x\n    chat_format: chatml\n"),
             "cfg.yaml: tiers.c.chat_format: only applies to kind embedded");
+  EXPECT_EQ(config_error("tiers:\n  e:\n    model: m\n    kv_cache_type: q4_0\n"),
+            "cfg.yaml: tiers.e.kv_cache_type: 'q4_0' is not f16 (the default) or q8_0");
   EXPECT_EQ(config_error("server:\n  default_tier: big\ntiers:\n  e:\n    model: m\n"),
             "cfg.yaml: server.default_tier: 'big' is not a tier defined under tiers");
   EXPECT_EQ(config_error("tiers:\n  e:\n    model: m\nmodels:\n  gpt: nowhere\n"),
@@ -202,7 +204,8 @@ TEST(ConfigTest, UnknownKeysAreErrors) {
   EXPECT_EQ(config_error("tiers:\n  e:\n    modle: m\n    model: m\n"),
             "cfg.yaml: tiers.e.modle: unknown key (allowed here: kind, placement, model, "
             "endpoint, api_key_env, price, max_concurrency, max_queue, context_length, "
-            "kv_memory_mb, threads, chat_format, timeouts, verify_tls, ca_file, low_memory_model)");
+            "kv_memory_mb, kv_cache_type, threads, chat_format, timeouts, verify_tls, ca_file, "
+            "low_memory_model)");
   EXPECT_NE(config_error("servr:\n  port: 1\ntiers:\n  e:\n    model: m\n")
                 .find("cfg.yaml: servr: unknown key (allowed here: server, tiers, models, routing, "
                       "privacy, state, limits)"),

@@ -1001,7 +1001,8 @@ TEST(Ops, DotAxpyAndFriends) {
       EXPECT_NEAR(dot_f32_q8_0(a.data(), bq.data(), n), exact_q, 1e-6 * mag + 1e-7);
       std::vector<float> yq(b);
       axpy_q8_0(0.5f, bq.data(), yq.data(), n);
-      for (int64_t i = 0; i < n; ++i) EXPECT_NEAR(yq[i], b[i] + 0.5f * bd[i], 1e-6f * (1 + std::fabs(b[i])));
+      for (int64_t i = 0; i < n; ++i)
+        EXPECT_NEAR(yq[i], b[i] + 0.5f * bd[i], 1e-6f * (1 + std::fabs(b[i])));
     }
     add_f32(y.data(), a.data(), n);
     scale_f32(y.data(), 2.0f, n);

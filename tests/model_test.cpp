@@ -907,7 +907,8 @@ TEST(Batch, RealShapesGreedyTokensMatchAlone) {
     ASSERT_TRUE(spec.has_value());
     spec->context_length = 256;
     spec->layer_count = std::min(spec->layer_count, 4);
-    if (!spec->conv_layers.empty()) spec->conv_layers.resize(static_cast<size_t>(spec->layer_count));
+    if (!spec->conv_layers.empty())
+      spec->conv_layers.resize(static_cast<size_t>(spec->layer_count));
     const std::string path = testing::temp_path(".gguf");
     ASSERT_TRUE(write_synthetic_model(*spec, path).ok());
     auto model = Model::load(path);

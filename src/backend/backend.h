@@ -208,8 +208,11 @@ struct EmbeddedTierSettings {
 
   int32_t context_length = 0;  // 0 = model's own
   int64_t kv_memory_mb = 512;  // KV cache budget across slots
-  int32_t threads = 0;         // 0 = one per core
-  std::string chat_format;     // override of the detected chat format
+  // How the KV cache stores keys and values: f16, or q8_0 (about half of
+  // f16's memory; heads must be a multiple of 32 values).
+  std::string kv_cache_type = "f16";
+  int32_t threads = 0;      // 0 = one per core
+  std::string chat_format;  // override of the detected chat format
   // A smaller model (name or path) served instead while device memory
   // pressure is high; empty: keep the configured model, shrink its KV.
   std::string low_memory_model;

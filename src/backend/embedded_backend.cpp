@@ -123,7 +123,8 @@ Result<std::shared_ptr<Deployment>> deploy(const TierConfig& config, const std::
 
   engine::ContextOptions options;
   options.context_length = context_length;
-  options.kv_type = engine::TensorType::kF16;
+  options.kv_type = embedded_settings(config).kv_cache_type == "q8_0" ? engine::TensorType::kQ8_0
+                                                                      : engine::TensorType::kF16;
   if (context_length > d->model->config().context_length) {
     std::fprintf(stderr,
                  "%swarning: context_length %d exceeds the %d tokens model %s was trained on; "
@@ -142,10 +143,10 @@ Result<std::shared_ptr<Deployment>> deploy(const TierConfig& config, const std::
   for (int32_t i = 0; i < slot_count; ++i) {
     auto context = engine::InferenceContext::create(d->model, options);
     if (!context.ok()) {
-      return make_error(context.error().kind,
-                        tier + "cannot set up its KV cache in kv_memory_mb " +
-                            std::to_string(kv_memory_mb) + ": " + context.error().message +
-                            "; raise kv_memory_mb or lower context_length");
+      return make_error(context.error().kind, tier + "cannot set up its KV cache in kv_memory_mb " +
+                                                  std::to_string(kv_memory_mb) + ": " +
+                                                  context.error().message +
+                                                  "; raise kv_memory_mb or lower context_length");
     }
     d->slots.push_back(std::move(context).value());
   }
@@ -564,8 +565,8 @@ class EmbeddedBackend final : public Backend {
                                   "the request needs KV memory for " + std::to_string(positions) +
                                       " tokens (prompt and max_tokens), more than the whole pool "
                                       "of kv_memory_mb " +
-                                      std::to_string(embedded_settings(config_).kv_memory_mb) + " holds (" +
-                                      std::to_string(pool.capacity_tokens()) +
+                                      std::to_string(embedded_settings(config_).kv_memory_mb) +
+                                      " holds (" + std::to_string(pool.capacity_tokens()) +
                                       " tokens); lower max_tokens, shorten the prompt or raise "
                                       "kv_memory_mb"));
     }

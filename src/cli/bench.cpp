@@ -127,8 +127,8 @@ Status time_generation(engine::InferenceContext& ctx, engine::ThreadPool& pool, 
 // The positions a test needs must fit the model's trained context and the
 // KV budget: a speed measured past either would mislead.
 Status check_fits(const engine::Model& model, const engine::ContextOptions& copts) {
-  const int64_t fits = static_cast<int64_t>(copts.kv_memory_budget /
-                                            model.kv_bytes_per_token(copts.kv_type));
+  const int64_t fits =
+      static_cast<int64_t>(copts.kv_memory_budget / model.kv_bytes_per_token(copts.kv_type));
   const int64_t holds = std::min<int64_t>(model.config().context_length, fits);
   if (copts.context_length > holds) {
     return make_error(ErrorKind::kInvalidArgument,
@@ -218,8 +218,8 @@ Result<Measurement> measure_parallel(const std::shared_ptr<const engine::Model>&
       if (auto logits = ctx.evaluate(prompt, pool); !logits.ok()) return logits.error();
       ttft_sum += seconds_since(start) * 1000.0;
     }
-    const auto tokens = random_tokens(o.generated_tokens * sequences, vocab,
-                                      static_cast<uint32_t>(rep + 7));
+    const auto tokens =
+        random_tokens(o.generated_tokens * sequences, vocab, static_cast<uint32_t>(rep + 7));
     const auto decode_start = std::chrono::steady_clock::now();
     for (int32_t step = 0; step < o.generated_tokens; ++step) {
       for (int32_t i = 0; i < sequences; ++i) {
@@ -313,9 +313,9 @@ int bench(BenchOptions o) {
                              {"samples_ts", m->tokens_per_second},
                              {"ttft_ms", m->mean_ttft_ms()}});
         } else {
-          std::printf("| %s | %s | %d | %s | %d | %.2f ± %.2f | %.2f | %s | %.1f |\n",
-                      file.c_str(), facts.type.c_str(), pool.size(), m->test.c_str(), sequences,
-                      aggregate, m->stddev(), aggregate / sequences,
+          std::printf("| %s | %s | %d | %s | %d | %.2f ± %.2f | %.2f | %s | %.1f |\n", file.c_str(),
+                      facts.type.c_str(), pool.size(), m->test.c_str(), sequences, aggregate,
+                      m->stddev(), aggregate / sequences,
                       single_stream > 0.0
                           ? (std::to_string(aggregate / single_stream).substr(0, 4) + "x").c_str()
                           : "-",

@@ -56,8 +56,8 @@ int run(const RunOptions& o) {
   copts.kv_type = *kv;
   // The context asked for gets the KV memory it needs.
   copts.kv_memory_budget =
-      std::max(copts.kv_memory_budget, (*model)->kv_bytes_per_token(copts.kv_type) *
-                                           static_cast<uint64_t>(o.context));
+      std::max(copts.kv_memory_budget,
+               (*model)->kv_bytes_per_token(copts.kv_type) * static_cast<uint64_t>(o.context));
   if (o.context > cfg.context_length) {
     std::fprintf(stderr,
                  "warning: -c %d exceeds the %d tokens model %s was trained on; running with %d "

@@ -130,8 +130,8 @@ Result<std::unique_ptr<sim::Simulator>> make_simulator(ModelFlags& f, std::strin
     FSH_ASSIGN_OR_RETURN(f.options, sim::measure_edge(*config, f.options));
     std::cerr << "measured edge: " << f.options.edge.prompt_tokens_per_s << " prompt tok/s, "
               << f.options.edge.output_tokens_per_s << " generated tok/s, context "
-              << f.options.edge_context << ", aggregate speed with 1.."
-              << f.options.edge_slots << " running:";
+              << f.options.edge_context << ", aggregate speed with 1.." << f.options.edge_slots
+              << " running:";
     for (double x : f.options.edge_batch_speedup) std::cerr << " " << x << "x";
     std::cerr << "\n";
   }

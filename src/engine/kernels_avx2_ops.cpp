@@ -124,7 +124,8 @@ void axpy_f16(float a, const uint16_t* x, float* y, int64_t n) {
 
 // Eight int8 of a Q8_0 block as floats.
 inline __m256 load_q8(const int8_t* q) {
-  return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(q))));
+  return _mm256_cvtepi32_ps(
+      _mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(q))));
 }
 
 float dot_f32_q8_0(const float* a, const void* b, int64_t n) {
@@ -242,10 +243,9 @@ void fp16_to_fp32(const uint16_t* x, float* y, int64_t n) {
 }  // namespace
 
 const VectorOps& avx2_vector_ops() {
-  static constexpr VectorOps kOps{dot_f32,      dot_f32_f16,  axpy_f32,     axpy_f16,
-                                  add_f32,      scale_f32,    rmsnorm,      softmax,
-                                  silu_mul,     gelu_mul,     fp32_to_fp16, fp16_to_fp32,
-                                  dot_f32_q8_0, axpy_q8_0};
+  static constexpr VectorOps kOps{dot_f32,      dot_f32_f16,  axpy_f32,     axpy_f16, add_f32,
+                                  scale_f32,    rmsnorm,      softmax,      silu_mul, gelu_mul,
+                                  fp32_to_fp16, fp16_to_fp32, dot_f32_q8_0, axpy_q8_0};
   return kOps;
 }
 

@@ -17,10 +17,10 @@ Result<size_t> KvPool::row_bytes_for(const Model& model, TensorType kv_type) {
     case TensorType::kQ8_0:
       // Each head's keys must start a block of 32, as attention reads per head.
       if (c.head_dim % 32 != 0) {
-        return make_error(ErrorKind::kUnsupported,
-                          "a Q8_0 KV cache needs a head size that is a multiple of 32, and model '" +
-                              c.name + "' has " + std::to_string(c.head_dim) +
-                              "; use F16 (the default) or F32");
+        return make_error(
+            ErrorKind::kUnsupported,
+            "a Q8_0 KV cache needs a head size that is a multiple of 32, and model '" + c.name +
+                "' has " + std::to_string(c.head_dim) + "; use F16 (the default) or F32");
       }
       return values / 32 * 34;
     default:
@@ -38,11 +38,9 @@ Result<std::shared_ptr<KvPool>> KvPool::create(const Model& model, TensorType kv
   pool->kv_type_ = kv_type;
   pool->layer_count_ = c.layer_count;
   FSH_ASSIGN_OR_RETURN(pool->row_bytes_, row_bytes_for(model, kv_type));
-  pool->block_bytes_ =
-      2 * static_cast<size_t>(c.layer_count) * kBlockTokens * pool->row_bytes_;
-  pool->capacity_ = pool->block_bytes_ == 0
-                        ? 0
-                        : static_cast<int64_t>(budget_bytes / pool->block_bytes_);
+  pool->block_bytes_ = 2 * static_cast<size_t>(c.layer_count) * kBlockTokens * pool->row_bytes_;
+  pool->capacity_ =
+      pool->block_bytes_ == 0 ? 0 : static_cast<int64_t>(budget_bytes / pool->block_bytes_);
   if (pool->capacity_ < 1) {
     return make_error(ErrorKind::kResourceExhausted,
                       "a KV memory budget of " + std::to_string(budget_bytes) +

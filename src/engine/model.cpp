@@ -445,7 +445,7 @@ uint64_t Model::kv_bytes_per_token(TensorType kv_type) const {
   // The cache keeps a slot for every layer (short-convolution layers too,
   // unused there), plus lfm2's convolution inputs.
   const uint64_t values = static_cast<uint64_t>(config_.head_count_kv) * config_.head_dim;
-  const uint64_t row_bytes = kv_type == TensorType::kF32   ? values * sizeof(float)
+  const uint64_t row_bytes = kv_type == TensorType::kF32    ? values * sizeof(float)
                              : kv_type == TensorType::kQ8_0 ? values / 32 * 34
                                                             : values * sizeof(uint16_t);
   return 2ull * static_cast<uint64_t>(config_.layer_count) * row_bytes +
@@ -517,19 +517,19 @@ Result<std::unique_ptr<InferenceContext>> InferenceContext::create(
     if (options.context_length > options.kv_pool->capacity_tokens()) {
       return make_error(ErrorKind::kResourceExhausted,
                         "a context of " + std::to_string(options.context_length) +
-                            " tokens of model '" + c.name + "' is more than its whole KV pool holds (" +
+                            " tokens of model '" + c.name +
+                            "' is more than its whole KV pool holds (" +
                             std::to_string(options.kv_pool->capacity_tokens()) +
                             " tokens); raise the pool's budget or ask for a shorter context");
     }
   } else if (options.context_length > 0 && options.context_length > fits) {
-    return make_error(ErrorKind::kResourceExhausted,
-                      "a context of " + std::to_string(options.context_length) +
-                          " tokens of model '" + c.name + "' needs " +
-                          std::to_string(per_token * static_cast<uint64_t>(options.context_length)) +
-                          " bytes of KV cache, but the budget is " +
-                          std::to_string(options.kv_memory_budget) +
-                          " bytes (" + std::to_string(fits) +
-                          " tokens); raise the budget or ask for a shorter context");
+    return make_error(
+        ErrorKind::kResourceExhausted,
+        "a context of " + std::to_string(options.context_length) + " tokens of model '" + c.name +
+            "' needs " + std::to_string(per_token * static_cast<uint64_t>(options.context_length)) +
+            " bytes of KV cache, but the budget is " + std::to_string(options.kv_memory_budget) +
+            " bytes (" + std::to_string(fits) +
+            " tokens); raise the budget or ask for a shorter context");
   }
   const int64_t n_ctx =
       options.context_length > 0
@@ -543,8 +543,8 @@ Result<std::unique_ptr<InferenceContext>> InferenceContext::create(
   if (options.kv_pool) {
     ctx->kv_pool_ = std::move(options.kv_pool);
   } else {
-    const uint64_t blocks = (static_cast<uint64_t>(n_ctx) + KvPool::kBlockTokens - 1) /
-                            KvPool::kBlockTokens;
+    const uint64_t blocks =
+        (static_cast<uint64_t>(n_ctx) + KvPool::kBlockTokens - 1) / KvPool::kBlockTokens;
     const uint64_t block_bytes = 2ull * c.layer_count * KvPool::kBlockTokens *
                                  KvPool::row_bytes_for(*ctx->model_, options.kv_type).value();
     FSH_ASSIGN_OR_RETURN(ctx->kv_pool_,
@@ -819,9 +819,8 @@ struct ForwardPass {
     // Causal attention; each (token, head) pair is independent.
     const int64_t items = static_cast<int64_t>(n) * c.head_count;
     pool.run_on_all([&](int thread, int thread_count) {
-      float* scores = s.scores.data() + static_cast<size_t>(thread) * (s.scores.size() /
-                                                                        static_cast<size_t>(
-                                                                            thread_count));
+      float* scores = s.scores.data() + static_cast<size_t>(thread) *
+                                            (s.scores.size() / static_cast<size_t>(thread_count));
       const int64_t per = (items + thread_count - 1) / thread_count;
       const int64_t begin = per * thread;
       const int64_t end = std::min(items, begin + per);
@@ -866,7 +865,8 @@ struct ForwardPass {
           const size_t stride = ctx.kv_row_bytes_;
           runs([&](int32_t at, int32_t count, const uint8_t* keys, const uint8_t*) {
             for (int32_t p = 0; p < count; ++p) {
-              scores[at + p] = attn_scale * dot_f32_q8_0(q, keys + static_cast<size_t>(p) * stride, hd);
+              scores[at + p] =
+                  attn_scale * dot_f32_q8_0(q, keys + static_cast<size_t>(p) * stride, hd);
             }
           });
           softmax(scores, span);
@@ -936,8 +936,8 @@ struct ForwardPass {
       rmsnorm(s.x.data() + t * d, l.ffn_norm, s.xn.data() + t * d, d, c.rms_norm_epsilon);
     }
     if (observer != nullptr) {
-      observer->on_matrix_input(li, ForwardObserver::MatrixInput::kFfnGateUp,
-                                {s.xn.data(), stream}, n);
+      observer->on_matrix_input(li, ForwardObserver::MatrixInput::kFfnGateUp, {s.xn.data(), stream},
+                                n);
     }
     matmul(l.w_gate, s.xn.data(), n, s.gate.data(), s.quant, pool);
     matmul(l.w_up, s.xn.data(), n, s.up.data(), s.quant, pool);
@@ -954,8 +954,7 @@ struct ForwardPass {
     matmul(l.w_down, s.gate.data(), n, s.xn.data(), s.quant, pool);
     if (l.ffn_post_norm != nullptr) {
       for (int32_t t = 0; t < n; ++t) {
-        rmsnorm(s.xn.data() + t * d, l.ffn_post_norm, s.xn.data() + t * d, d,
-                c.rms_norm_epsilon);
+        rmsnorm(s.xn.data() + t * d, l.ffn_post_norm, s.xn.data() + t * d, d, c.rms_norm_epsilon);
       }
     }
     add_f32(s.x.data(), s.xn.data(), static_cast<int64_t>(n) * d);
@@ -1049,10 +1048,10 @@ Status BatchDecoder::decode(std::span<const BatchEntry> entries, ThreadPool& poo
     total += entries[i].tokens.size();
   }
   if (total > static_cast<size_t>(scratch_.max_tokens)) {
-    return make_error(ErrorKind::kInvalidArgument,
-                      "a batch step of " + std::to_string(total) + " tokens exceeds the decoder's " +
-                          std::to_string(scratch_.max_tokens) +
-                          "; split the prompt into smaller chunks");
+    return make_error(ErrorKind::kInvalidArgument, "a batch step of " + std::to_string(total) +
+                                                       " tokens exceeds the decoder's " +
+                                                       std::to_string(scratch_.max_tokens) +
+                                                       "; split the prompt into smaller chunks");
   }
   for (const BatchEntry& e : entries) {
     FSH_TRY_STATUS(

@@ -146,11 +146,11 @@ constexpr std::array<std::string_view, 25> kServerKeys{"host",
                                                        "admin_key_env",
                                                        "audit_postgres",
                                                        "audit_spool"};
-constexpr std::array<std::string_view, 16> kTierKeys{
-    "kind",           "placement",    "model",           "endpoint",
-    "api_key_env",    "price",        "max_concurrency", "max_queue",
-    "context_length", "kv_memory_mb", "threads",         "chat_format",
-    "timeouts",       "verify_tls",   "ca_file",         "low_memory_model"};
+constexpr std::array<std::string_view, 17> kTierKeys{
+    "kind",          "placement",       "model",       "endpoint",       "api_key_env",
+    "price",         "max_concurrency", "max_queue",   "context_length", "kv_memory_mb",
+    "kv_cache_type", "threads",         "chat_format", "timeouts",       "verify_tls",
+    "ca_file",       "low_memory_model"};
 constexpr std::array<std::string_view, 2> kPriceKeys{"input_per_mtok", "output_per_mtok"};
 constexpr std::array<std::string_view, 4> kTimeoutKeys{"connect_ms", "first_byte_ms", "total_ms",
                                                        "pool_wait_ms"};
@@ -220,8 +220,9 @@ void read_server(Reader& r, const YAML::Node& node, ServerConfig& s) {
 
 // The keys only one kind of tier reads. On a tier of the other kind they would
 // be ignored, so they are an error.
-constexpr std::array<std::string_view, 5> kEmbeddedOnlyKeys{
-    "context_length", "kv_memory_mb", "threads", "chat_format", "low_memory_model"};
+constexpr std::array<std::string_view, 6> kEmbeddedOnlyKeys{"context_length", "kv_memory_mb",
+                                                            "kv_cache_type",  "threads",
+                                                            "chat_format",    "low_memory_model"};
 constexpr std::array<std::string_view, 5> kOpenAiOnlyKeys{"endpoint", "api_key_env", "timeouts",
                                                           "verify_tls", "ca_file"};
 
@@ -240,6 +241,7 @@ void read_embedded_settings(Reader& r, const YAML::Node& node, const std::string
   r.get(node, "kv_memory_mb", path, e.kv_memory_mb);
   r.get(node, "threads", path, e.threads);
   r.get(node, "chat_format", path, e.chat_format);
+  r.get(node, "kv_cache_type", path, e.kv_cache_type);
   r.get(node, "low_memory_model", path, e.low_memory_model);
   reject_keys_of_other_kind(r, node, path, kOpenAiOnlyKeys, backend::OpenAiTierSettings::kKind);
 }
@@ -512,6 +514,10 @@ Status validate_config(const GatewayConfig& config) {
         fail(path + ".context_length", "must be 0 (model's own) or more");
       }
       if (embedded.kv_memory_mb < 1) fail(path + ".kv_memory_mb", "must be at least 1");
+      if (embedded.kv_cache_type != "f16" && embedded.kv_cache_type != "q8_0") {
+        fail(path + ".kv_cache_type",
+             "'" + embedded.kv_cache_type + "' is not f16 (the default) or q8_0");
+      }
       if (embedded.threads < 0) fail(path + ".threads", "must be 0 (one per core) or more");
     }
     if (t.price_input_per_mtok < 0) fail(path + ".price.input_per_mtok", "must not be negative");

@@ -255,8 +255,7 @@ void Pipeline::collect_edge_load(const std::string& tier, const backend::EdgeLoa
   set("foreshore_edge_kv_prefix_evictions",
       "Kept conversation prefixes given back to the KV pool for a new request, since start.",
       static_cast<double>(l.kv_prefix_evictions));
-  set("foreshore_edge_kv_waits",
-      "Requests that waited for KV memory before starting, since start.",
+  set("foreshore_edge_kv_waits", "Requests that waited for KV memory before starting, since start.",
       static_cast<double>(l.kv_waits));
   set("foreshore_edge_admitted", "Requests the embedded engine has started, since start.",
       static_cast<double>(l.admitted));

@@ -49,7 +49,7 @@ class SharedEdge {
     double work_ms = 0.0;
     int32_t prompt_tokens = 0;
     route::Decision decision;
-    double done_ms = 0.0;                                // work done so far
+    double done_ms = 0.0;                             // work done so far
     std::vector<std::pair<double, double>> progress;  // (work done, ms since arrival)
 
     // The time since arrival at which `work` ms of the request were done.
@@ -61,8 +61,8 @@ class SharedEdge {
       const auto before = after - 1;
       const double span = after->first - before->first;
       return span <= 0.0 ? after->second
-                         : before->second + (work - before->first) / span *
-                                                (after->second - before->second);
+                         : before->second +
+                               (work - before->first) / span * (after->second - before->second);
     }
   };
 
@@ -73,9 +73,9 @@ class SharedEdge {
   void advance_to(double now_ms, Done&& done) {
     while (!running_.empty()) {
       const double rate = share();
-      auto first = std::min_element(running_.begin(), running_.end(), [](const Job& a, const Job& b) {
-        return a.work_ms - a.done_ms < b.work_ms - b.done_ms;
-      });
+      auto first = std::min_element(
+          running_.begin(), running_.end(),
+          [](const Job& a, const Job& b) { return a.work_ms - a.done_ms < b.work_ms - b.done_ms; });
       const double ends_at = now_ + (first->work_ms - first->done_ms) / rate;
       if (ends_at > now_ms) break;
       progress_all(ends_at - now_, rate);
@@ -119,7 +119,8 @@ class SharedEdge {
     for (const Job& j : waiting_) l.queued_prompt_tokens += j.prompt_tokens;
     const int32_t n = std::max(1, l.running);
     if (options_.edge.output_tokens_per_s > 0) {
-      l.decode_step_ms = 1000.0 * n / (options_.edge.output_tokens_per_s * options_.batch_speedup(n));
+      l.decode_step_ms =
+          1000.0 * n / (options_.edge.output_tokens_per_s * options_.batch_speedup(n));
     }
     if (options_.edge.prompt_tokens_per_s > 0) {
       l.prefill_ms_per_token = 1000.0 / options_.edge.prompt_tokens_per_s;
@@ -494,7 +495,8 @@ namespace {
 // linear between.
 Result<std::vector<double>> measure_batch_speedup(backend::Backend& edge, int32_t slots) {
   auto tokens_per_s = [&](int32_t n) -> Result<double> {
-    std::vector<Result<backend::Completion>> results(n, make_error(ErrorKind::kInternal, "not run"));
+    std::vector<Result<backend::Completion>> results(n,
+                                                     make_error(ErrorKind::kInternal, "not run"));
     const auto start = std::chrono::steady_clock::now();
     {
       std::vector<std::jthread> clients;
@@ -531,7 +533,8 @@ Result<std::vector<double>> measure_batch_speedup(backend::Backend& edge, int32_
   }
   std::vector<double> speedup;
   for (int32_t n = 1; n <= slots; ++n) {
-    auto hi = std::find_if(measured.begin(), measured.end(), [n](const auto& m) { return m.first >= n; });
+    auto hi =
+        std::find_if(measured.begin(), measured.end(), [n](const auto& m) { return m.first >= n; });
     double rate = hi->second;
     if (hi->first != n) {
       const auto lo = hi - 1;
