@@ -1,14 +1,8 @@
 #include "backend/backend.h"
 
-#include <nlohmann/json.hpp>
-
 #include "backend/backend_kinds.h"
 
 namespace foreshore::backend {
-
-PassThroughJson PassThroughJson::of(const nlohmann::json& value) {
-  return PassThroughJson(value.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace));
-}
 
 namespace {
 
