@@ -14,10 +14,11 @@
 #                            model (linked by the CLI only, never by the gateway)
 #   5 hybrid                 the hybrid pipeline: its typed configuration,
 #                            decide, admit, execute, record; shared limits,
-#                            virtual keys, online learning. No transport
-#   6 openai sim             the OpenAI wire format (requests, replies,
-#                            errors) the gateway and the C API speak; the
-#                            offline simulator
+#                            virtual keys, online learning, replicas' pooled
+#                            latencies; the OpenAI wire format (JSON requests,
+#                            replies, errors) the gateway and the C API speak.
+#                            No HTTP
+#   6 sim                    the offline simulator
 #   7 serve                  the HTTP gateway over the pipeline
 #   8 capi                   the C API (include/foreshore.h)
 #   9 cli                    the foreshore binary
@@ -26,7 +27,7 @@
 set -euo pipefail
 root=${1:-$(dirname "$0")/..}
 declare -A rank=([common]=0 [engine]=1 [backend]=2 [compress]=2 [observe]=2 [state]=2 [route]=3 [exec]=4
-  [training]=4 [hybrid]=5 [openai]=6 [sim]=6 [serve]=7 [capi]=8 [cli]=9)
+  [training]=4 [hybrid]=5 [sim]=6 [serve]=7 [capi]=8 [cli]=9)
 status=0
 for dir in "$root"/src/*/; do
   folder=$(basename "$dir")

@@ -1,7 +1,7 @@
-// Learned latencies pooled across replicas (route/latency_sharing.h): in the
+// Learned latencies pooled across replicas (hybrid/latency_sharing.h): in the
 // router itself, and through the state backends, Redis being a real
 // redis-server on a free loopback port.
-#include "route/latency_sharing.h"
+#include "hybrid/latency_sharing.h"
 
 #include <gtest/gtest.h>
 
@@ -11,6 +11,7 @@ namespace foreshore::route {
 namespace {
 
 using std::chrono::milliseconds;
+using hybrid::LatencySharing;
 
 std::unique_ptr<Router> make_router() {
   TierProfile edge;

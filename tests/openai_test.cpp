@@ -1,7 +1,7 @@
-// The OpenAI wire format (src/openai): request parsing, the error shape and
+// The OpenAI wire format (src/hybrid/openai.h): request parsing, the error shape and
 // the statuses refusals map to, JSON text. The HTTP gateway's use of it is
 // tested in serve_test.cpp.
-#include "openai/openai.h"
+#include "hybrid/openai.h"
 
 #include <gtest/gtest.h>
 

@@ -1,5 +1,5 @@
 // The C API's hybrid half: the pipeline (hybrid::Deployment) run in process,
-// with the OpenAI wire format (src/openai) for requests and replies; no HTTP
+// with the OpenAI wire format (src/hybrid/openai.h) for requests and replies; no HTTP
 // server is involved. An engine-only build has capi_hybrid_unsupported.cpp in
 // its place.
 #include <algorithm>
@@ -20,7 +20,7 @@
 #include "common/utf8.h"
 #include "hybrid/hybrid.h"
 #include "observe/metrics.h"
-#include "openai/openai.h"
+#include "hybrid/openai.h"
 
 using foreshore::capi::fail;
 using foreshore::capi::succeed;

@@ -68,7 +68,7 @@ Result<std::unique_ptr<Pipeline>> Pipeline::create(
       std::move(state).value(), settings.state.budgets_fail_open, settings.limits,
       std::chrono::milliseconds(exec::ExecutorSettings{}.breaker.open_ms));
   if (h->shared_->shared()) {
-    h->latency_sharing_ = std::make_unique<route::LatencySharing>(*h->router_, h->shared_->state());
+    h->latency_sharing_ = std::make_unique<LatencySharing>(*h->router_, h->shared_->state());
   }
 
   if (!settings.audit_path.empty()) {

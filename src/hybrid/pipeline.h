@@ -23,7 +23,7 @@
 #include "observe/metrics.h"
 #include "observe/observe.h"
 #include "observe/pg_audit.h"
-#include "route/latency_sharing.h"
+#include "hybrid/latency_sharing.h"
 #include "route/router.h"
 #include "state/state.h"
 
@@ -142,7 +142,7 @@ class Pipeline {
   std::unique_ptr<SharedLimits> shared_;
   // Pools learned latencies with the other replicas (state shared only);
   // after shared_ and router_, so it stops before either goes.
-  std::unique_ptr<route::LatencySharing> latency_sharing_;
+  std::unique_ptr<LatencySharing> latency_sharing_;
   // The shadow-adapted threshold is shared (state.backend redis, adaptive on).
   bool adopt_shared_threshold_ = false;
   std::mutex decision_log_mu_;

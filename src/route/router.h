@@ -52,7 +52,7 @@ struct TierProfile {
 };
 
 // What has been measured of one tier: the learned latencies and how many
-// measurements are behind them (replicas pool these, route/latency_sharing.h).
+// measurements are behind them (replicas pool these, hybrid/latency_sharing.h).
 struct LatencySummary {
   double ttft_ms = 0.0;
   double ms_per_token = 0.0;

@@ -7,7 +7,7 @@
 
 #include "common/json_limits.h"
 #include "hybrid/hybrid.h"
-#include "openai/openai.h"
+#include "hybrid/openai.h"
 #include "serve/http.h"
 
 namespace foreshore::serve {

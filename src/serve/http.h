@@ -7,7 +7,7 @@
 #include <string_view>
 
 #include "hybrid/config.h"
-#include "openai/openai.h"
+#include "hybrid/openai.h"
 
 namespace foreshore::serve {
 

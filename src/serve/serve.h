@@ -3,5 +3,5 @@
 
 #include "hybrid/config.h"
 #include "observe/metrics.h"
-#include "openai/openai.h"
+#include "hybrid/openai.h"
 #include "serve/server.h"

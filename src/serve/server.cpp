@@ -24,7 +24,7 @@
 
 #include "engine/kernels.h"
 #include "hybrid/hybrid.h"
-#include "openai/openai.h"
+#include "hybrid/openai.h"
 #include "serve/admin.h"
 #include "serve/http.h"
 #include "serve/stream.h"

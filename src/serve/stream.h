@@ -17,7 +17,7 @@
 #include "common/result.h"
 #include "exec/exec.h"
 #include "hybrid/request.h"
-#include "openai/openai.h"
+#include "hybrid/openai.h"
 
 namespace foreshore::serve {
 

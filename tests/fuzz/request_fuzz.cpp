@@ -12,7 +12,7 @@
 #include <vector>
 
 #include "backend/egress_guard.h"
-#include "openai/openai.h"
+#include "hybrid/openai.h"
 
 namespace {
 

@@ -1,11 +1,11 @@
-#include "route/latency_sharing.h"
+#include "hybrid/latency_sharing.h"
 
 #include <unistd.h>
 
 #include <map>
 #include <nlohmann/json.hpp>
 
-namespace foreshore::route {
+namespace foreshore::hybrid {
 namespace {
 
 constexpr const char* kGroup = "latency";
@@ -20,7 +20,7 @@ std::string default_replica() {
 }
 
 // {"tier": [ttft_ms, ms_per_token, weight], ...}: only tiers measured.
-std::string encode(const std::vector<std::pair<std::string, LatencySummary>>& latency) {
+std::string encode(const std::vector<std::pair<std::string, route::LatencySummary>>& latency) {
   nlohmann::json j = nlohmann::json::object();
   for (const auto& [tier, l] : latency) {
     if (l.weight > 0.0) j[tier] = {l.ttft_ms, l.ms_per_token, l.weight};
@@ -30,7 +30,7 @@ std::string encode(const std::vector<std::pair<std::string, LatencySummary>>& la
 
 }  // namespace
 
-LatencySharing::LatencySharing(Router& router, state::SharedState& state,
+LatencySharing::LatencySharing(route::Router& router, state::SharedState& state,
                                std::chrono::milliseconds interval, std::string replica)
     : router_(router),
       state_(state),
@@ -58,13 +58,13 @@ void LatencySharing::run() {
 }
 
 size_t LatencySharing::sync_once() {
-  const std::vector<std::pair<std::string, LatencySummary>> own = router_.own_latency();
+  const std::vector<std::pair<std::string, route::LatencySummary>> own = router_.own_latency();
   const std::chrono::milliseconds ttl =
       std::max(interval_, std::chrono::milliseconds(1000)) * kIntervalsKept;
   state_.put_member(kGroup, replica_, encode(own), ttl);
 
   // Per tier, the others' figures pooled by the measurements behind each.
-  std::map<std::string, LatencySummary> peers;
+  std::map<std::string, route::LatencySummary> peers;
   size_t heard = 0;
   if (const auto members = state_.members(kGroup)) {
     for (const auto& [replica, text] : *members) {
@@ -79,7 +79,7 @@ size_t LatencySharing::sync_once() {
         }
         const double weight = v[2].get<double>();
         if (weight <= 0.0) continue;
-        LatencySummary& p = peers[tier];
+        route::LatencySummary& p = peers[tier];
         p.ttft_ms += v[0].get<double>() * weight;
         p.ms_per_token += v[1].get<double>() * weight;
         p.weight += weight;
@@ -87,7 +87,7 @@ size_t LatencySharing::sync_once() {
     }
   }
   for (const auto& [tier, l] : own) {
-    LatencySummary pooled;
+    route::LatencySummary pooled;
     if (auto it = peers.find(tier); it != peers.end()) {
       pooled = it->second;
       pooled.ttft_ms /= pooled.weight;
@@ -98,4 +98,4 @@ size_t LatencySharing::sync_once() {
   return heard;
 }
 
-}  // namespace foreshore::route
+}  // namespace foreshore::hybrid

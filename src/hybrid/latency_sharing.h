@@ -16,14 +16,14 @@
 #include "route/router.h"
 #include "state/state.h"
 
-namespace foreshore::route {
+namespace foreshore::hybrid {
 
 class LatencySharing {
  public:
   // Syncs once per `interval` on a thread of its own until destroyed (an
   // interval of 0 starts no thread: the caller calls sync_once). `replica`
   // names this process among the others (default: host name and process id).
-  LatencySharing(Router& router, state::SharedState& state,
+  LatencySharing(route::Router& router, state::SharedState& state,
                  std::chrono::milliseconds interval = std::chrono::seconds(1),
                  std::string replica = {});
   ~LatencySharing();
@@ -40,7 +40,7 @@ class LatencySharing {
  private:
   void run();
 
-  Router& router_;
+  route::Router& router_;
   state::SharedState& state_;
   const std::chrono::milliseconds interval_;
   const std::string replica_;
@@ -50,4 +50,4 @@ class LatencySharing {
   std::thread thread_;
 };
 
-}  // namespace foreshore::route
+}  // namespace foreshore::hybrid

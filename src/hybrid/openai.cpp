@@ -1,4 +1,4 @@
-#include "openai/openai.h"
+#include "hybrid/openai.h"
 
 #include <algorithm>
 #include <cmath>

@@ -4,7 +4,7 @@
 #include <ctime>
 #include <string>
 
-#include "openai/openai.h"
+#include "hybrid/openai.h"
 
 namespace foreshore::openai {
 
