@@ -381,9 +381,9 @@ void matmul(const WeightMatrix& w, const float* x, int64_t batch, float* y,
     for (int64_t b0 = 0; b0 < grouped_rows; b0 += detail::kGroupRows) {
       kernels.group(args, r0, r1, b0);
     }
-    for (int64_t b0 = grouped_rows; b0 < batch; b0 += detail::kMaxTile) {
+    for (int64_t b0 = grouped_rows; b0 < batch; b0 += kernels.max_tile) {
       kernels.rows(args, r0, r1, b0,
-                   static_cast<int>(std::min<int64_t>(detail::kMaxTile, batch - b0)));
+                   static_cast<int>(std::min<int64_t>(kernels.max_tile, batch - b0)));
     }
   };
   if (chunks == 1 || pool.size() == 1) {

@@ -95,6 +95,22 @@ void run_tile(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb) {
   }
 }
 
+// run_tile for kernels that also take kWideTile rows: 5-7 rows run as a
+// tile of four and the rest.
+template <template <int> class Kernel>
+void run_wide_tile(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb) {
+  if (nb == kWideTile) {
+    Kernel<kWideTile>::run(a, r0, r1, b0);
+    return;
+  }
+  if (nb > kMaxTile) {
+    Kernel<kMaxTile>::run(a, r0, r1, b0);
+    b0 += kMaxTile;
+    nb -= kMaxTile;
+  }
+  run_tile<Kernel>(a, r0, r1, b0, nb);
+}
+
 struct LoadF32 {
   static __m256 load(const uint8_t* w) {
     return _mm256_loadu_ps(reinterpret_cast<const float*>(w));
@@ -757,7 +773,7 @@ void rows_iq4_nl_avx2(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int 
   run_tile<Block32Kernel<IQ4_NLStep>::Tile>(a, r0, r1, b0, nb);
 }
 void rows_iq4_xs_avx2(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb) {
-  run_tile<SuperBlockKernel<IQ4_XSStep>::Tile>(a, r0, r1, b0, nb);
+  run_wide_tile<SuperBlockKernel<IQ4_XSStep>::Tile>(a, r0, r1, b0, nb);
 }
 void rows_q8_0_avx2(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb) {
   run_tile<Block32Kernel<Q8_0Step>::Tile>(a, r0, r1, b0, nb);
@@ -769,19 +785,21 @@ void rows_q5_1_avx2(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb
   run_tile<Block32Kernel<Q5Step<BlockQ5_1>>::Tile>(a, r0, r1, b0, nb);
 }
 void rows_q4_k_avx2(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb) {
-  run_tile<SuperBlockKernel<ScaleMinKStep<BlockQ4_K>>::Tile>(a, r0, r1, b0, nb);
+  run_wide_tile<SuperBlockKernel<ScaleMinKStep<BlockQ4_K>>::Tile>(a, r0, r1, b0, nb);
 }
 void rows_q5_k_avx2(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb) {
-  run_tile<SuperBlockKernel<ScaleMinKStep<BlockQ5_K>>::Tile>(a, r0, r1, b0, nb);
+  run_wide_tile<SuperBlockKernel<ScaleMinKStep<BlockQ5_K>>::Tile>(a, r0, r1, b0, nb);
 }
 void rows_q2_k_avx2(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb) {
-  run_tile<SuperBlockKernel<Scale16KStep<BlockQ2_K, TwoBitLevels<false>>>::Tile>(a, r0, r1, b0, nb);
+  run_wide_tile<SuperBlockKernel<Scale16KStep<BlockQ2_K, TwoBitLevels<false>>>::Tile>(a, r0, r1, b0,
+                                                                                      nb);
 }
 void rows_q3_k_avx2(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb) {
-  run_tile<SuperBlockKernel<Scale16KStep<BlockQ3_K, TwoBitLevels<true>>>::Tile>(a, r0, r1, b0, nb);
+  run_wide_tile<SuperBlockKernel<Scale16KStep<BlockQ3_K, TwoBitLevels<true>>>::Tile>(a, r0, r1, b0,
+                                                                                     nb);
 }
 void rows_q6_k_avx2(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb) {
-  run_tile<SuperBlockKernel<Scale16KStep<BlockQ6_K, Q6_KLevels>>::Tile>(a, r0, r1, b0, nb);
+  run_wide_tile<SuperBlockKernel<Scale16KStep<BlockQ6_K, Q6_KLevels>>::Tile>(a, r0, r1, b0, nb);
 }
 
 void quantize_act_q8_avx2(const float* x, ActQ8* y, int64_t n) {
@@ -839,12 +857,12 @@ const KernelSet& avx2_kernels() {
                 {TensorType::kQ5_0, rows_q5_0_avx2, group_q5_0_avx2},
                 {TensorType::kQ5_1, rows_q5_1_avx2, group_q5_1_avx2},
                 {TensorType::kIQ4_NL, rows_iq4_nl_avx2, group_iq4_nl_avx2},
-                {TensorType::kIQ4_XS, rows_iq4_xs_avx2},
-                {TensorType::kQ2_K, rows_q2_k_avx2},
-                {TensorType::kQ3_K, rows_q3_k_avx2},
-                {TensorType::kQ4_K, rows_q4_k_avx2},
-                {TensorType::kQ5_K, rows_q5_k_avx2},
-                {TensorType::kQ6_K, rows_q6_k_avx2}},
+                {TensorType::kIQ4_XS, rows_iq4_xs_avx2, nullptr, kWideTile},
+                {TensorType::kQ2_K, rows_q2_k_avx2, nullptr, kWideTile},
+                {TensorType::kQ3_K, rows_q3_k_avx2, nullptr, kWideTile},
+                {TensorType::kQ4_K, rows_q4_k_avx2, nullptr, kWideTile},
+                {TensorType::kQ5_K, rows_q5_k_avx2, nullptr, kWideTile},
+                {TensorType::kQ6_K, rows_q6_k_avx2, nullptr, kWideTile}},
       .quantize_act_q8 = quantize_act_q8_avx2,
       .quantize_act_q8k = quantize_act_q8k_avx2,
       .quantize_act_q8x8 = quantize_act_q8x8_avx2,

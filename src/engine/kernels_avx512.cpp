@@ -1,5 +1,6 @@
-// AVX-512 level: the AVX2 kernels, with AVX-512 VNNI ones for Q8_0 and Q4_0
-// prompt processing (eight activation rows at a time).
+// AVX-512 level: the AVX2 kernels, with AVX-512 VNNI ones for Q8_0, Q4_0,
+// Q5_0 and Q5_1 prompt processing and batched decode (eight activation rows
+// at a time).
 //
 // vpdpbusd multiplies unsigned by signed bytes and adds each group of four
 // products to an int32 lane in one instruction, where AVX2 needs maddubs,
@@ -18,6 +19,9 @@
 // file-local and reachable only through avx512_kernels(), which the dispatch
 // calls on CPUs that have them.
 #include <immintrin.h>
+
+#include <cstring>
+#include <type_traits>
 
 #include "engine/kernels_internal.h"
 
@@ -97,40 +101,81 @@ void group_q8_0(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0) {
   }
 }
 
-// Q4_0 weights against an ActQ8x8 group, as group_q8_0 but with the unsigned
-// nibbles as they are; their zero point (-8) comes back as -8 times each
-// block's scale times the activation sums, once per row, as in AVX2.
-void group_q4_0(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0) {
+// Unsigned weight levels (levels(block): a block's 32 in element order)
+// against an ActQ8x8 group, as group_q8_0 but with the levels as they are:
+// their zero point comes back as offset_factor times offset(block) times the
+// activation sums, once per row, as in AVX2 (Q4_0: -8 d; Q5_0: -16 d; Q5_1:
+// + m). vpdpbusd widens to int32 at once, so Q5's levels up to 31 need no
+// intermediate widening either.
+template <typename Block, typename Levels, typename Offset>
+void group_unsigned(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, Levels levels,
+                    Offset offset, float offset_factor) {
   const int64_t blocks = a.cols / kQK;
   const auto* x = act_row<ActQ8x8>(a, b0);
   const StepPairs pairs;
-  // Low nibbles (elements 0-15) in the low 128 bits, high ones (16-31) above.
-  const __m256i low4 = _mm256_set1_epi8(0x0F);
-  const __m256i shift = _mm256_setr_epi32(0, 0, 0, 0, 4, 4, 4, 4);
   for (int64_t r = r0; r < r1; ++r) {
-    const BlockQ4_0* w = weight_row<BlockQ4_0>(a, r);
+    const Block* w = weight_row<Block>(a, r);
     __m256 acc = _mm256_setzero_ps();
     __m256 off = _mm256_setzero_ps();
     for (int64_t i = 0; i < blocks; ++i) {
       prefetch_ahead(w + i);
-      const __m256i packed =
-          _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w[i].qs)));
-      const __m512i q =
-          _mm512_zextsi256_si512(_mm256_and_si256(_mm256_srlv_epi32(packed, shift), low4));
+      const __m512i q = _mm512_zextsi256_si512(levels(w[i]));
       __m512i sum = _mm512_setzero_si512();
       for (int p = 0; p < kQK / 8; ++p) {
         sum = _mm512_dpbusd_epi32(sum, _mm512_permutexvar_epi32(pairs.pick[p], q),
                                   _mm512_loadu_si512(x[i].qs[2 * p]));
       }
-      const __m256 dw = broadcast_half(w[i].d);
       acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(fold(sum)),
-                            _mm256_mul_ps(dw, _mm256_loadu_ps(x[i].d)), acc);
-      off = _mm256_fmadd_ps(dw, _mm256_loadu_ps(x[i].s), off);
+                            _mm256_mul_ps(broadcast_half(w[i].d), _mm256_loadu_ps(x[i].d)), acc);
+      off = _mm256_fmadd_ps(offset(w[i]), _mm256_loadu_ps(x[i].s), off);
     }
     alignas(32) float out[kGroupRows];
-    _mm256_store_ps(out, _mm256_fmadd_ps(_mm256_set1_ps(-8.0f), off, acc));
+    _mm256_store_ps(out, _mm256_fmadd_ps(_mm256_set1_ps(offset_factor), off, acc));
     for (int k = 0; k < kGroupRows; ++k) a.y[(b0 + k) * a.y_stride + r] = out[k];
   }
+}
+
+// Q4_0's nibbles in element order: the low ones (elements 0-15) in the low
+// 128 bits, the high ones (16-31) above.
+struct Nibbles {
+  const __m256i low4 = _mm256_set1_epi8(0x0F);
+  const __m256i shift = _mm256_setr_epi32(0, 0, 0, 0, 4, 4, 4, 4);
+  [[gnu::always_inline]] __m256i operator()(const uint8_t* qs) const {
+    const __m256i packed =
+        _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(qs)));
+    return _mm256_and_si256(_mm256_srlv_epi32(packed, shift), low4);
+  }
+};
+
+void group_q4_0(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0) {
+  const Nibbles nibbles;
+  group_unsigned<BlockQ4_0>(
+      a, r0, r1, b0, [nibbles](const BlockQ4_0& w) { return nibbles(w.qs); },
+      [](const BlockQ4_0& w) { return broadcast_half(w.d); }, -8.0f);
+}
+
+// Q5_0 and Q5_1: the nibbles plus the fifth bit, which a byte mask moves
+// straight from qh (bit j for element j) into bit 4 of byte j.
+template <typename Block>
+void group_q5(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0) {
+  constexpr bool kHasMin = std::is_same_v<Block, BlockQ5_1>;
+  const Nibbles nibbles;
+  const __m256i fifth = _mm256_set1_epi8(0x10);
+  group_unsigned<Block>(
+      a, r0, r1, b0,
+      [nibbles, fifth](const Block& w) {
+        uint32_t qh;
+        std::memcpy(&qh, w.qh, sizeof qh);
+        return _mm256_or_si256(nibbles(w.qs), _mm256_maskz_mov_epi8(qh, fifth));
+      },
+      [](const Block& w) {
+        if constexpr (kHasMin) {
+          return broadcast_half(w.m);
+        } else {
+          return broadcast_half(w.d);
+        }
+      },
+      kHasMin ? 1.0f : -16.0f);
 }
 
 KernelSet make_set() {
@@ -139,6 +184,8 @@ KernelSet make_set() {
   for (TypeKernels& k : set.types) {
     if (k.type == TensorType::kQ8_0) k.group = group_q8_0;
     if (k.type == TensorType::kQ4_0) k.group = group_q4_0;
+    if (k.type == TensorType::kQ5_0) k.group = group_q5<BlockQ5_0>;
+    if (k.type == TensorType::kQ5_1) k.group = group_q5<BlockQ5_1>;
   }
   return set;
 }

@@ -307,9 +307,14 @@ inline const T* act_row(const RowArgs& a, int64_t b) {
   return reinterpret_cast<const T*>(a.act + static_cast<size_t>(b) * a.act_row_bytes);
 }
 
-// Computes rows [r0, r1) for activation rows [b0, b0 + nb), nb in 1..kMaxTile.
+// Computes rows [r0, r1) for activation rows [b0, b0 + nb), nb in 1 to its
+// type's TypeKernels::max_tile.
 using RowKernel = void (*)(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb);
 inline constexpr int kMaxTile = 4;
+// The tile of the super-block kernels without a group kernel: expanding a
+// K-quant block costs more than its products, so eight decoding sequences
+// expand it once instead of twice.
+inline constexpr int kWideTile = 8;
 // How far ahead of the weights being read the kernels prefetch; a unit of
 // work starting on new rows prefetches its first this many bytes at once.
 inline constexpr size_t kPrefetchDistance = 3072;
@@ -358,6 +363,7 @@ struct TypeKernels {
   TensorType type = TensorType::kF32;
   RowKernel rows = nullptr;
   GroupKernel group = nullptr;
+  int max_tile = kMaxTile;  // most activation rows `rows` takes at once
 };
 inline constexpr size_t kKernelTypes = 14;  // the types with kernels (kernels.cpp, kOps)
 
