@@ -55,13 +55,16 @@ void keep_labels(OnlineLearner& learner, const std::string& prompt, int count) {
 }
 
 // state.range(1): 1 when labels keep arriving on the learner's thread;
-// state.range(2): labels kept before the measurement.
+// state.range(2): labels kept before the measurement; state.range(3): topics
+// (LearnerOptions::topics; their cost per decision is the prompt's words
+// times the topics, whatever the labels kept).
 void BM_LearnerScore(benchmark::State& state) {
   const std::string prompt = foreshore::bench::mixed_prompt(static_cast<size_t>(state.range(0)));
   // A fixed blend: the search runs on every decision, whatever it learned.
   foreshore::route::LearnerOptions options;
   options.initial_blend = 0.5;
   options.blend_learning_rate = 0.0;
+  options.topics = static_cast<size_t>(state.range(3));
   OnlineLearner learner(foreshore::bench::shipped_complexity_model(), options);
   keep_labels(learner, foreshore::bench::mixed_prompt(4096), static_cast<int>(state.range(2)));
   learner.start();
@@ -102,14 +105,18 @@ void BM_LearnerScore(benchmark::State& state) {
   state.SetBytesProcessed(static_cast<int64_t>(state.iterations()) * state.range(0));
 }
 BENCHMARK(BM_LearnerScore)
-    ->Args({200, 0, 0})
-    ->Args({4096, 0, 0})
-    ->Args({65536, 0, 0})
-    ->Args({4096, 1, 0})
-    ->Args({200, 0, 5000})
-    ->Args({4096, 0, 5000})
-    ->Args({65536, 0, 5000})
-    ->Args({4096, 1, 5000})
+    ->Args({200, 0, 0, 0})
+    ->Args({4096, 0, 0, 0})
+    ->Args({65536, 0, 0, 0})
+    ->Args({4096, 1, 0, 0})
+    ->Args({200, 0, 5000, 0})
+    ->Args({4096, 0, 5000, 0})
+    ->Args({65536, 0, 5000, 0})
+    ->Args({4096, 1, 5000, 0})
+    ->Args({200, 0, 500, 0})
+    ->Args({200, 0, 500, 32})
+    ->Args({4096, 0, 500, 0})
+    ->Args({4096, 0, 500, 32})
     ->UseRealTime();
 
 }  // namespace

@@ -886,9 +886,13 @@ TEST(ComplexityCli, ReplayLearnsFromLabelsAndReportsAgainstStaticAndRandom) {
   EXPECT_EQ(r["labels"], 600);
   EXPECT_EQ(r["evaluated_rows"].get<int>() + 600, r["rows"].get<int>());
   EXPECT_EQ(r["random"]["trials"], 2000);
-  for (const char* k : {"router", "static", "oracle"}) {
+  for (const char* k : {"router", "static", "oracle", "subject_means"}) {
     EXPECT_TRUE(r[k]["apgr"].is_number()) << k;
   }
+  // Routing by the subjects' true mean gains: the subject-level ceiling.
+  EXPECT_GT(r["subject_means"]["apgr"].get<double>(), r["random"]["apgr_95"][1].get<double>());
+  EXPECT_LT(r["subject_means"]["apgr"].get<double>(), r["oracle"]["apgr"].get<double>());
+  EXPECT_TRUE(r["learner"]["neighbour_blend"].is_number());
   // No labels: the learner ranks as the static model.
   EXPECT_EQ(r["learning_curve"].front()["labels"], 0);
   EXPECT_NEAR(r["learning_curve"].front()["apgr"].get<double>(), r["static"]["apgr"].get<double>(),

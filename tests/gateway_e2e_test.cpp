@@ -564,6 +564,11 @@ TEST(GatewayLearning, FeedbackShadowVerdictsStatusAndStateFile) {
   EXPECT_NE(metrics.find("foreshore_router_labels{source=\"feedback\"} 2"), std::string::npos)
       << metrics;
   EXPECT_NE(metrics.find("foreshore_router_learned_threshold"), std::string::npos);
+  EXPECT_EQ(status["neighbours"], true) << status.dump();
+  EXPECT_EQ(status["kept_labels"], 3) << status.dump();  // 2 feedback, 1 shadow
+  EXPECT_TRUE(status["neighbour_blend"].is_number()) << status.dump();
+  EXPECT_NE(metrics.find("foreshore_router_kept_labels 3"), std::string::npos) << metrics;
+  EXPECT_NE(metrics.find("foreshore_router_neighbour_blend"), std::string::npos) << metrics;
 
   // Stopped, the gateway leaves its state for the next start and for
   // `router status`, with the earlier version kept for rollback.
@@ -574,6 +579,8 @@ TEST(GatewayLearning, FeedbackShadowVerdictsStatusAndStateFile) {
   const json saved = json::parse(st.out);
   EXPECT_EQ(saved["labels"]["feedback"], 2) << st.out;
   EXPECT_EQ(saved["labels"]["shadow"], 1) << st.out;
+  EXPECT_EQ(saved["kept_labels"], 3) << st.out;
+  EXPECT_TRUE(saved["neighbour_blend"].is_number()) << st.out;
   ASSERT_FALSE(saved["saved_versions"].empty()) << st.out;
   const FinishedRun back =
       run_foreshore({"router", "status", "--state", state, "--rollback",

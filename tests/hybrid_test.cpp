@@ -347,6 +347,45 @@ TEST(ConfigTest, RoutingAndPrivacySectionsAreCheckedAndKept) {
   EXPECT_NE(e.find("cfg.yaml: routing.polcy"), std::string::npos) << e;
 }
 
+// The neighbour estimate's settings reach the learner's configuration, and
+// each bad value is named with its key and range.
+TEST(ConfigTest, LearningNeighbourSettingsAreReadAndChecked) {
+  auto c = config::parse_config(
+      "tiers:\n  e:\n    model: m\nrouting:\n  learning: {enabled: true, neighbours: false,"
+      " neighbour_k: 32, neighbour_gamma: 2.5, neighbour_prior: 7}\n",
+      "cfg.yaml");
+  ASSERT_TRUE(c.ok()) << c.error().message;
+  EXPECT_FALSE(c->routing.learning.neighbours);
+  EXPECT_EQ(c->routing.learning.neighbour_k, 32u);
+  EXPECT_DOUBLE_EQ(c->routing.learning.neighbour_gamma, 2.5);
+  EXPECT_DOUBLE_EQ(c->routing.learning.neighbour_prior, 7.0);
+  auto d =
+      config::parse_config("tiers:\n  e:\n    model: m\nrouting:\n  learning: {}\n", "cfg.yaml");
+  ASSERT_TRUE(d.ok()) << d.error().message;
+  EXPECT_TRUE(d->routing.learning.neighbours);
+  EXPECT_EQ(d->routing.learning.neighbour_k, route::LearnerOptions{}.neighbour_k);
+
+  auto learning_error = [](const std::string& settings) {
+    return config_error("tiers:\n  e:\n    model: m\nrouting:\n  learning: {" + settings + "}\n");
+  };
+  EXPECT_NE(learning_error("neighbours: maybe")
+                .find("cfg.yaml: routing.learning.neighbours: must be true or false"),
+            std::string::npos);
+  EXPECT_NE(learning_error("neighbour_k: 0")
+                .find("cfg.yaml: routing.learning.neighbour_k: must be between 1"),
+            std::string::npos);
+  EXPECT_NE(learning_error("neighbour_gamma: -1")
+                .find("cfg.yaml: routing.learning.neighbour_gamma: must be between 0"),
+            std::string::npos);
+  EXPECT_NE(learning_error("neighbour_prior: lots")
+                .find("cfg.yaml: routing.learning.neighbour_prior: must be a number"),
+            std::string::npos);
+  const std::string typo = learning_error("neighbour_kk: 3");
+  EXPECT_NE(typo.find("routing.learning.neighbour_kk: unknown key; known: "), std::string::npos)
+      << typo;
+  EXPECT_NE(typo.find("neighbour_gamma"), std::string::npos) << typo;
+}
+
 // docs/CONFIG.md documents exactly the keys the parser accepts: its table
 // rows whose first cell is a key (`server.host`) against config::config_keys().
 TEST(ConfigTest, ReferenceDocumentsExactlyTheParsersKeys) {
@@ -384,11 +423,12 @@ TEST(ConfigTest, EveryListedRoutingKeyIsAccepted) {
       "  consistency: {min_similarity: 0.4}\n"
       "  optimize: {cost_weight: 10, latency_weight: 0.001}\n"
       "  learning: {enabled: false, state: learner.json, target_cloud_share: 0.3,"
-      " save_every_labels: 10}\n";
+      " save_every_labels: 10, neighbours: true, neighbour_k: 64, neighbour_gamma: 3,"
+      " neighbour_prior: 1}\n";
   EXPECT_EQ(config_error(yaml), "(no error)");
   size_t routing_keys = 0;
   for (const auto& k : config::config_keys()) routing_keys += k.starts_with("routing.");
-  EXPECT_EQ(routing_keys, 21u) << "a routing key was added: add it to this file above too";
+  EXPECT_EQ(routing_keys, 25u) << "a routing key was added: add it to this file above too";
 }
 
 TEST(ConfigTest, LoadConfigMissingFile) {

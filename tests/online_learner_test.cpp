@@ -123,10 +123,15 @@ TEST(OnlineLearner, LearnsHowMuchTheNeighbourEstimateCounts) {
   const auto base = shipped();
   OnlineLearner learner(base, {});
   EXPECT_EQ(learner.snapshot()->blend, 0.0);  // no labels: the residual alone
+  EXPECT_EQ(learner.stats().blend, 0.0);
+  EXPECT_EQ(learner.stats().kept_labels, 0);
   for (int i = 0; i < 300; ++i) {
     learner.apply(label(*base, topic_question(i % 2 == 0, i), i % 2 == 0 ? 1.0 : 0.0));
   }
   EXPECT_GT(learner.snapshot()->blend, 0.05);
+  // What `router status` and /metrics show.
+  EXPECT_EQ(learner.stats().blend, learner.snapshot()->blend);
+  EXPECT_EQ(learner.stats().kept_labels, 300);
   LearnerOptions off;
   off.neighbours = false;
   OnlineLearner residual_only(base, off);
@@ -135,6 +140,44 @@ TEST(OnlineLearner, LearnsHowMuchTheNeighbourEstimateCounts) {
   }
   EXPECT_EQ(residual_only.snapshot()->blend, 0.0);
   EXPECT_EQ(residual_only.snapshot()->neighbours, nullptr);
+}
+
+// With the word weights and neighbours off, the topics alone carry a
+// topic's mean gain to its unseen questions; the state keeps their weight.
+TEST(OnlineLearner, TopicsCarryATopicsMeanGainToItsOtherQuestions) {
+  const auto base = shipped();
+  LearnerOptions o;
+  o.neighbours = false;
+  o.learning_rate = 0.0;
+  o.topics = 4;
+  OnlineLearner learner(base, o);
+  for (int i = 0; i < 200; ++i) {
+    learner.apply(label(*base, topic_question(i % 2 == 0, i), i % 2 == 0 ? 1.0 : 0.0));
+  }
+  const auto s = learner.snapshot();
+  ASSERT_NE(s->neighbours, nullptr);
+  EXPECT_EQ(s->neighbours->topics, 4u);
+  EXPECT_EQ(s->blend, 0.0);  // the neighbour estimate stays off
+  EXPECT_GT(learner.score(topic_question(true, 1000)), learner.score(topic_question(false, 1000)));
+  EXPECT_GT(learner.score(topic_question(true, 1001)), base->score(topic_question(true, 1001)));
+
+  // Learned with a step, the topic weight is saved; a version 2 state,
+  // which has none, starts from the initial weight.
+  o.learning_rate = 0.1;
+  OnlineLearner stepping(base, o);
+  for (int i = 0; i < 200; ++i) {
+    stepping.apply(label(*base, topic_question(i % 2 == 0, i), i % 2 == 0 ? 1.0 : 0.0));
+  }
+  auto doc = nlohmann::json::parse(stepping.to_json());
+  EXPECT_NE(doc.at("topic_weight").get<double>(), o.initial_topic_weight);
+  OnlineLearner resumed(base, o);
+  ASSERT_TRUE(resumed.parse(doc.dump(), "v3.json").ok());
+  EXPECT_EQ(resumed.snapshot()->topic_weight, doc.at("topic_weight").get<double>());
+  doc["file_version"] = 2;
+  doc.erase("topic_weight");
+  doc.erase("accum_topic");
+  ASSERT_TRUE(resumed.parse(doc.dump(), "v2.json").ok());
+  EXPECT_EQ(resumed.snapshot()->topic_weight, o.initial_topic_weight);
 }
 
 TEST(OnlineLearner, ItsOwnEstimateScoresEachLabelBeforeLearningIt) {
@@ -266,6 +309,8 @@ TEST(OnlineLearner, LoadsAVersion1StateWithoutTheNeighbourBlend) {
   doc["file_version"] = 1;
   doc.erase("blend");
   doc.erase("accum_blend");
+  doc.erase("topic_weight");
+  doc.erase("accum_topic");
   OnlineLearner old(base, {});
   ASSERT_TRUE(old.parse(doc.dump(), "v1.json").ok());
   EXPECT_EQ(old.snapshot()->blend, 0.0);
@@ -273,8 +318,8 @@ TEST(OnlineLearner, LoadsAVersion1StateWithoutTheNeighbourBlend) {
   // Its kept labels are searchable again: the blend can grow from there.
   EXPECT_NE(old.snapshot()->neighbours, nullptr);
 
-  doc["file_version"] = 3;
-  const Status newer = old.parse(doc.dump(), "v3.json");
+  doc["file_version"] = 4;
+  const Status newer = old.parse(doc.dump(), "v4.json");
   ASSERT_FALSE(newer.ok());
   EXPECT_NE(newer.error().message.find("newer foreshore"), std::string::npos);
 }

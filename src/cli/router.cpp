@@ -10,6 +10,7 @@
 #include <fstream>
 #include <iostream>
 #include <iterator>
+#include <map>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <random>
@@ -917,6 +918,22 @@ int replay(const ReplayFlags& f) {
   if (!random.ok()) return fail(random.error());
   auto oracle = route::oracle_routing(held);
   if (!oracle.ok()) return fail(oracle.error());
+  // The ceiling of subject-level routing: each evaluated row scored by its
+  // subject's true mean gain over the evaluated rows (what a router that knew
+  // every prompt's subject and that subject's mean exactly would reach).
+  std::map<std::string, std::pair<double, int>> subject_gain;
+  for (const auto& r : held) {
+    auto& [sum, n] = subject_gain[r.subject];
+    sum += r.cloud_quality - r.edge_quality;
+    ++n;
+  }
+  std::vector<double> subject_scores;
+  for (const auto& r : held) {
+    const auto& [sum, n] = subject_gain[r.subject];
+    subject_scores.push_back(sum / n);
+  }
+  auto by_subject = route::evaluate_routing(subject_scores, held);
+  if (!by_subject.ok()) return fail(by_subject.error());
   const route::LearnerStats stats = learner.stats();
   const auto subjects = distinct_subjects(rows);
   const auto held_subjects =
@@ -957,8 +974,11 @@ int replay(const ReplayFlags& f) {
                   {"cpt80", random->cpt80_mean},
                   {"trials", f.random_trials}}},
                 {"oracle", metrics_json(*oracle)},
+                {"subject_means", metrics_json(*by_subject)},
                 {"learner",
                  {{"threshold", stats.threshold},
+                  {"neighbour_blend", stats.blend},
+                  {"topic_weight", learner.snapshot()->topic_weight},
                   {"estimated_apgr", opt_json(stats.estimated_apgr)},
                   {"estimate_rows", stats.estimate_rows}}},
                 {"learning_curve", std::move(lc)}};
@@ -981,6 +1001,9 @@ int replay(const ReplayFlags& f) {
   std::printf("%-22s %8.3f %10s %10s   (%d seeded trials; APGR 95%%: %.3f-%.3f)\n", "random",
               random->apgr_mean, pct(random->cpt50_mean).c_str(), pct(random->cpt80_mean).c_str(),
               f.random_trials, random->apgr_lo, random->apgr_hi);
+  std::printf("%-22s %8.3f %10s %10s   (each row by its subject's true mean gain)\n",
+              "subject means", by_subject->apgr, pct(by_subject->cpt50).c_str(),
+              pct(by_subject->cpt80).c_str());
   std::printf("%-22s %8.3f %10s %10s\n\n", "oracle", oracle->apgr, pct(oracle->cpt50).c_str(),
               pct(oracle->cpt80).c_str());
   std::printf("learning curve (labels: APGR):");
@@ -1034,6 +1057,8 @@ int status(const StatusFlags& f) {
                 {"version", st.version},
                 {"labels", labels},
                 {"threshold", st.threshold},
+                {"neighbour_blend", st.blend},
+                {"kept_labels", st.kept_labels},
                 {"estimated_apgr", opt_json(st.estimated_apgr)},
                 {"estimate_labels", st.estimate_rows},
                 {"saved_versions", versions}};
@@ -1048,6 +1073,8 @@ int status(const StatusFlags& f) {
                 static_cast<long long>(st.labels[i]));
   }
   std::printf("threshold %.6f\n", st.threshold);
+  std::printf("neighbour estimate: %.3f of the score (fitted online), over %lld kept labels\n",
+              st.blend, static_cast<long long>(st.kept_labels));
   if (st.estimated_apgr) {
     std::printf(
         "estimated APGR %.3f on its last %lld labels with both tiers' quality, each "
@@ -1254,6 +1281,24 @@ void add_router_command(CLI::App& app) {
       ->add_option("--initial-blend", rf->learner.initial_blend,
                    "The blend weight before any label")
       ->check(CLI::Range(0.0, 1.0))
+      ->capture_default_str();
+  replay_cmd
+      ->add_option("--topics", rf->learner.topics,
+                   "Topics the kept labels are clustered into (0: none)")
+      ->capture_default_str();
+  replay_cmd
+      ->add_option("--topic-prior", rf->learner.topic_prior,
+                   "Pseudo-labels at the overall mean gain in each topic's mean")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
+  replay_cmd
+      ->add_option("--topic-iterations", rf->learner.topic_iterations,
+                   "k-means passes per rebuild of the topics")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
+  replay_cmd
+      ->add_option("--initial-topic-weight", rf->learner.initial_topic_weight,
+                   "The topic logit's weight in the residual before any label")
       ->capture_default_str();
   replay_cmd->add_flag("--json", rf->json_out, "Print the results as JSON");
   replay_cmd->add_option("--svg", rf->svg, "Draw the learning curve into this SVG file");

@@ -39,8 +39,9 @@ constexpr std::array<std::string_view, 4> kCascadeKeys{"min_mean_logprob", "min_
                                                        "max_mean_entropy", "hold_back_tokens"};
 constexpr std::array<std::string_view, 1> kConsistencyKeys{"min_similarity"};
 constexpr std::array<std::string_view, 2> kOptimizeKeys{"cost_weight", "latency_weight"};
-constexpr std::array<std::string_view, 4> kLearningKeys{"enabled", "state", "target_cloud_share",
-                                                        "save_every_labels"};
+constexpr std::array<std::string_view, 8> kLearningKeys{
+    "enabled",    "state",       "target_cloud_share", "save_every_labels",
+    "neighbours", "neighbour_k", "neighbour_gamma",    "neighbour_prior"};
 
 std::string key_list(std::span<const std::string_view> keys) {
   std::string out;
@@ -158,9 +159,9 @@ Result<RouterConfig> router_config_from_yaml(const YAML::Node& node, std::string
       for (const auto& ck : v) {
         const std::string k = ck.first.as<std::string>();
         const std::string path = "learning." + k;
-        if (k == "enabled") {
+        if (k == "enabled" || k == "neighbours") {
           try {
-            c.learning.enabled = ck.second.as<bool>();
+            (k == "enabled" ? c.learning.enabled : c.learning.neighbours) = ck.second.as<bool>();
           } catch (const YAML::Exception&) {
             problem(path, "must be true or false");
           }
@@ -174,6 +175,14 @@ Result<RouterConfig> router_config_from_yaml(const YAML::Node& node, std::string
           double t = 0;
           number(ck.second, path, 1, 1e9, t);
           c.learning.save_every_labels = static_cast<int64_t>(t);
+        } else if (k == "neighbour_k") {
+          double t = static_cast<double>(c.learning.neighbour_k);
+          number(ck.second, path, 1, 100000, t);
+          c.learning.neighbour_k = static_cast<size_t>(t);
+        } else if (k == "neighbour_gamma") {
+          number(ck.second, path, 0, 100, c.learning.neighbour_gamma);
+        } else if (k == "neighbour_prior") {
+          number(ck.second, path, 0, 1e6, c.learning.neighbour_prior);
         } else {
           problem(path, "unknown key; known: " + key_list(kLearningKeys));
         }

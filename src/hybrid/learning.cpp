@@ -20,6 +20,10 @@ Result<std::unique_ptr<RouterLearning>> RouterLearning::create(const route::Lear
   l->metrics_ = &metrics;
   route::LearnerOptions o;
   o.target_cloud_share = config.target_cloud_share.value_or(-1.0);
+  o.neighbours = config.neighbours;
+  o.neighbour_k = config.neighbour_k;
+  o.neighbour_gamma = config.neighbour_gamma;
+  o.neighbour_prior = config.neighbour_prior;
   l->learner_ = std::make_shared<route::OnlineLearner>(
       std::make_shared<const route::ComplexityModel>(*model), o);
   std::error_code ec;
@@ -162,6 +166,16 @@ void RouterLearning::collect_metrics() {
       ->gauge("foreshore_router_labels_dropped",
               "Labels dropped because the learner's queue was full.", {}, {})
       .set(static_cast<double>(s.dropped));
+  metrics_
+      ->gauge("foreshore_router_neighbour_blend",
+              "Share of the neighbour estimate in the learning router's score (0: the residual "
+              "alone), fitted online.",
+              {}, {})
+      .set(s.blend);
+  metrics_
+      ->gauge("foreshore_router_kept_labels",
+              "Labels the learning router keeps for its neighbour estimate.", {}, {})
+      .set(static_cast<double>(s.kept_labels));
   if (s.estimated_apgr) {
     metrics_
         ->gauge("foreshore_router_estimated_apgr",
@@ -186,6 +200,9 @@ nlohmann::ordered_json RouterLearning::status() const {
           {"labels_dropped", s.dropped},
           {"feedback_on_cloud_answers", feedback_unused_},
           {"threshold", s.threshold},
+          {"neighbours", config_.neighbours},
+          {"neighbour_blend", s.blend},
+          {"kept_labels", s.kept_labels},
           {"estimated_apgr", s.estimated_apgr ? nlohmann::ordered_json(*s.estimated_apgr)
                                               : nlohmann::ordered_json(nullptr)},
           {"estimate_labels", s.estimate_rows},

@@ -14,7 +14,8 @@ using json = nlohmann::ordered_json;
 
 constexpr std::string_view kFormat = "foreshore.router-learner";
 // 2 added the blend weight; version 1 files load with the blend at 0.
-constexpr int kFileVersion = 2;
+// 3 added the topic weight; earlier files load with its initial value.
+constexpr int kFileVersion = 3;
 // Fewer labels than this give an APGR estimate too noisy to show.
 constexpr size_t kMinEstimateRows = 50;
 // Labels between threshold recalibrations: rescoring the traffic window
@@ -64,6 +65,7 @@ OnlineLearner::OnlineLearner(std::shared_ptr<const ComplexityModel> base, Learne
   work_.weights.assign(buckets, 0.0f);
   work_.threshold = base_->threshold();
   work_.blend = options_.initial_blend;
+  work_.topic_weight = options_.initial_topic_weight;
   accum_.assign(buckets, 0.0f);
   publish();
 }
@@ -78,9 +80,7 @@ double OnlineLearner::base_logit(const ComplexityFeatures& f) const {
 
 double OnlineLearner::score(const ComplexityFeatures& f) const {
   const auto s = snapshot_.load();
-  double z = s->bias + s->base_scale * base_logit(f);
-  for (const auto& [bucket, value] : f.hashed) z += value * s->weights[bucket];
-  return sigmoid(combined(*s, f.hashed, z));
+  return sigmoid(combined(*s, f.hashed, residual(*s, base_logit(f), f.hashed)));
 }
 
 double OnlineLearner::score(std::string_view prompt, std::optional<double> edge_perplexity) const {
@@ -91,10 +91,121 @@ double OnlineLearner::threshold() const {
   return snapshot_.load()->threshold;
 }
 
-double OnlineLearner::residual(const LearnerSnapshot& s, const Kept& k) const {
-  double z = s.bias + s.base_scale * k.base_logit;
-  for (const auto& [bucket, value] : k.hashed) z += value * s.weights[bucket];
+double OnlineLearner::residual(const LearnerSnapshot& s, double base,
+                               const std::vector<std::pair<uint32_t, float>>& hashed) const {
+  double z = s.bias + s.base_scale * base;
+  for (const auto& [bucket, value] : hashed) z += value * s.weights[bucket];
+  if (s.neighbours && s.neighbours->topics > 0)
+    z += s.topic_weight * topic_logit(*s.neighbours, hashed);
   return z;
+}
+
+// The nearest centroid by cosine; the prompt's own norm does not change
+// which one that is, so it is not computed.
+double OnlineLearner::topic_logit(const NeighbourIndex& index,
+                                  const std::vector<std::pair<uint32_t, float>>& hashed) {
+  const size_t topics = index.topics;
+  thread_local std::vector<float> dot;
+  dot.assign(topics, 0.0f);
+  for (const auto& [bucket, value] : hashed) {
+    const float q = value * index.idf[bucket];
+    if (q == 0.0f) continue;
+    const float* c = &index.centroids[static_cast<size_t>(bucket) * topics];
+    for (size_t t = 0; t < topics; ++t) dot[t] += q * c[t];
+  }
+  const auto best = std::max_element(dot.begin(), dot.end());
+  if (*best <= 0.0f) return 0.0;
+  return index.topic_logits[static_cast<size_t>(best - dot.begin())];
+}
+
+// Spherical k-means over the kept labels' unit TF-IDF vectors, seeded by
+// k-means++ (cosine distance) from a generator fixed by the options' seed
+// and the labels applied, so a replay is repeatable.
+void OnlineLearner::build_topics(
+    NeighbourIndex& index, const std::vector<std::vector<std::pair<uint32_t, float>>>& unit) const {
+  const size_t n = unit.size();
+  const size_t topics = std::min(options_.topics, n);
+  const size_t buckets = index.idf.size();
+  index.topics = topics;
+  index.centroids.assign(buckets * topics, 0.0f);
+  index.topic_logits.assign(topics, 0.0f);
+  if (topics == 0) return;
+  std::mt19937_64 rng(options_.seed ^ (work_.version * 0x9E3779B97F4A7C15ULL));
+  // k-means++: each next seed drawn with weight 1 - its best cosine so far.
+  std::vector<double> best(n, 0.0);
+  std::vector<float> dense(buckets, 0.0f);
+  size_t seed = std::uniform_int_distribution<size_t>(0, n - 1)(rng);
+  for (size_t t = 0; t < topics; ++t) {
+    for (const auto& [bucket, value] : unit[seed]) {
+      index.centroids[static_cast<size_t>(bucket) * topics + t] = value;
+      dense[bucket] = value;
+    }
+    double total = 0.0;
+    for (size_t i = 0; i < n; ++i) {
+      double sim = 0.0;
+      for (const auto& [bucket, value] : unit[i]) sim += value * dense[bucket];
+      best[i] = std::max(best[i], sim);
+      total += 1.0 - best[i];
+    }
+    for (const auto& [bucket, value] : unit[seed]) dense[bucket] = 0.0f;
+    if (total <= 0.0) break;
+    double r = std::uniform_real_distribution<double>(0.0, total)(rng);
+    for (size_t i = 0; i < n; ++i) {
+      r -= 1.0 - best[i];
+      if (r <= 0.0) {
+        seed = i;
+        break;
+      }
+    }
+  }
+  std::vector<uint32_t> assigned(n, 0);
+  std::vector<float> dot(topics);
+  auto assign = [&] {
+    for (size_t i = 0; i < n; ++i) {
+      std::fill(dot.begin(), dot.end(), 0.0f);
+      for (const auto& [bucket, value] : unit[i]) {
+        const float* c = &index.centroids[static_cast<size_t>(bucket) * topics];
+        for (size_t t = 0; t < topics; ++t) dot[t] += value * c[t];
+      }
+      assigned[i] = static_cast<uint32_t>(std::max_element(dot.begin(), dot.end()) - dot.begin());
+    }
+  };
+  for (int it = 0; it < options_.topic_iterations; ++it) {
+    assign();
+    std::fill(index.centroids.begin(), index.centroids.end(), 0.0f);
+    for (size_t i = 0; i < n; ++i) {
+      for (const auto& [bucket, value] : unit[i]) {
+        index.centroids[static_cast<size_t>(bucket) * topics + assigned[i]] += value;
+      }
+    }
+    std::vector<double> norm2(topics, 0.0);
+    for (size_t b = 0; b < buckets; ++b) {
+      for (size_t t = 0; t < topics; ++t) {
+        const double v = index.centroids[b * topics + t];
+        norm2[t] += v * v;
+      }
+    }
+    for (size_t b = 0; b < buckets; ++b) {
+      for (size_t t = 0; t < topics; ++t) {
+        if (norm2[t] > 0.0)
+          index.centroids[b * topics + t] /= static_cast<float>(std::sqrt(norm2[t]));
+      }
+    }
+  }
+  assign();
+  std::vector<double> sum(topics, 0.0), count(topics, 0.0);
+  double all = 0.0;
+  for (size_t i = 0; i < n; ++i) {
+    sum[assigned[i]] += index.gains[i];
+    count[assigned[i]] += 1.0;
+    all += index.gains[i];
+  }
+  const double mean = all / static_cast<double>(n);
+  const double m = options_.topic_prior;
+  for (size_t t = 0; t < topics; ++t) {
+    const double shrunk = count[t] + m > 0.0 ? (sum[t] + m * mean) / (count[t] + m) : mean;
+    index.topic_logits[t] = static_cast<float>(logit(shrunk) - logit(mean));
+  }
 }
 
 double OnlineLearner::combined(const LearnerSnapshot& s,
@@ -169,7 +280,7 @@ double OnlineLearner::neighbour_logit(const NeighbourIndex& index,
 // with the neighbours the decisions had: each step rewards whichever of the
 // two estimates ranked this unseen label better.
 void OnlineLearner::fit_blend(const Kept& k, double residual_logit) {
-  if (!work_.neighbours || options_.blend_learning_rate <= 0.0) return;
+  if (!options_.neighbours || !work_.neighbours || options_.blend_learning_rate <= 0.0) return;
   const double toward =
       neighbour_logit(*work_.neighbours, k.hashed, residual_logit) - residual_logit;
   const double z = residual_logit + work_.blend * toward;
@@ -180,7 +291,7 @@ void OnlineLearner::fit_blend(const Kept& k, double residual_logit) {
 }
 
 void OnlineLearner::rebuild_neighbours() {
-  if (!options_.neighbours || kept_.empty()) {
+  if ((!options_.neighbours && options_.topics == 0) || kept_.empty()) {
     work_.neighbours.reset();
     return;
   }
@@ -203,6 +314,9 @@ void OnlineLearner::rebuild_neighbours() {
   index->postings.resize(index->offsets[buckets]);
   std::vector<uint32_t> fill(index->offsets.begin(), index->offsets.end() - 1);
   index->gains.reserve(labels);
+  // Every word's unit TF-IDF value, common ones too, for the topics.
+  std::vector<std::vector<std::pair<uint32_t, float>>> unit;
+  if (options_.topics > 0) unit.resize(labels);
   for (size_t i = 0; i < labels; ++i) {
     const Kept& k = kept_[i];
     double norm2 = 0.0;
@@ -212,12 +326,14 @@ void OnlineLearner::rebuild_neighbours() {
     }
     const double inv = norm2 > 0.0 ? 1.0 / std::sqrt(norm2) : 0.0;
     for (const auto& [bucket, value] : k.hashed) {
+      const auto v = static_cast<float>(value * index->idf[bucket] * inv);
+      if (options_.topics > 0 && v != 0.0f) unit[i].emplace_back(bucket, v);
       if (df[bucket] > common) continue;
-      index->postings[fill[bucket]++] = {static_cast<uint32_t>(i),
-                                         static_cast<float>(value * index->idf[bucket] * inv)};
+      index->postings[fill[bucket]++] = {static_cast<uint32_t>(i), v};
     }
     index->gains.push_back(static_cast<float>(k.gain));
   }
+  build_topics(*index, unit);
   work_.neighbours = std::move(index);
 }
 
@@ -231,6 +347,11 @@ void OnlineLearner::step(const Kept& k) {
   const double gs = g * k.base_logit;
   accum_scale_ += gs * gs;
   work_.base_scale -= lr * gs / std::sqrt(accum_scale_ + 1e-8);
+  if (work_.neighbours && work_.neighbours->topics > 0) {
+    const double gt = g * topic_logit(*work_.neighbours, k.hashed);
+    accum_topic_ += gt * gt;
+    work_.topic_weight -= lr * gt / std::sqrt(accum_topic_ + 1e-8);
+  }
   for (const auto& [bucket, value] : k.hashed) {
     float& w = work_.weights[bucket];
     const double gw = g * value + options_.l2 * w;
@@ -253,9 +374,7 @@ void OnlineLearner::recalibrate() {
   std::vector<double> scores;
   scores.reserve(traffic_.size());
   for (const auto& f : traffic_) {
-    double z = work_.bias + work_.base_scale * base_logit(f);
-    for (const auto& [bucket, value] : f.hashed) z += value * work_.weights[bucket];
-    scores.push_back(sigmoid(combined(work_, f.hashed, z)));
+    scores.push_back(sigmoid(combined(work_, f.hashed, residual(work_, base_logit(f), f.hashed))));
   }
   work_.threshold = calibrate_threshold(std::move(scores), options_.target_cloud_share);
 }
@@ -365,6 +484,8 @@ LearnerStats OnlineLearner::stats() const {
   s.dropped = dropped_.load(std::memory_order_relaxed);
   s.version = work_.version;
   s.threshold = work_.threshold;
+  s.blend = work_.blend;
+  s.kept_labels = static_cast<int64_t>(kept_.size());
   s.estimate_rows = static_cast<int64_t>(estimates_.size());
   if (estimates_.size() >= kMinEstimateRows) {
     std::vector<double> scores;
@@ -419,6 +540,8 @@ std::string OnlineLearner::to_json() const {
               {"accum_scale", accum_scale_},
               {"blend", work_.blend},
               {"accum_blend", accum_blend_},
+              {"topic_weight", work_.topic_weight},
+              {"accum_topic", accum_topic_},
               {"labels", labels},
               {"weights", {{"index", index}, {"weight", weight}, {"accum", accum}}},
               {"kept", kept},
@@ -461,6 +584,10 @@ Status OnlineLearner::parse(std::string_view text, std::string_view source) {
     // Version 1 had no neighbour estimate: it starts at the residual alone.
     s.blend = file_version >= 2 ? doc.at("blend").get<double>() : 0.0;
     const double accum_blend = file_version >= 2 ? doc.at("accum_blend").get<double>() : 0.0;
+    // Version 3 added the topic weight.
+    s.topic_weight =
+        file_version >= 3 ? doc.at("topic_weight").get<double>() : options_.initial_topic_weight;
+    const double accum_topic = file_version >= 3 ? doc.at("accum_topic").get<double>() : 0.0;
     const size_t buckets = size_t{1} << base_->hashing().bits;
     s.weights.assign(buckets, 0.0f);
     std::vector<float> accum(buckets, 0.0f);
@@ -482,9 +609,11 @@ Status OnlineLearner::parse(std::string_view text, std::string_view source) {
     }
     if (!std::isfinite(s.bias) || !std::isfinite(s.base_scale) || !(s.threshold >= 0.0) ||
         !(s.threshold <= 1.0) || !(s.blend >= 0.0) || !(s.blend <= 1.0) || !(accum_blend >= 0.0) ||
-        !std::isfinite(accum_blend)) {
+        !std::isfinite(accum_blend) || !std::isfinite(s.topic_weight) || !(accum_topic >= 0.0) ||
+        !std::isfinite(accum_topic)) {
       return bad(
-          "bias, base_scale, threshold, blend or accum_blend is not a finite number in range");
+          "bias, base_scale, threshold, blend, accum_blend, topic_weight or accum_topic is not a "
+          "finite number in range");
     }
     std::deque<Kept> kept;
     for (const auto& k : doc.at("kept")) {
@@ -520,6 +649,7 @@ Status OnlineLearner::parse(std::string_view text, std::string_view source) {
     accum_bias_ = doc.at("accum_bias").get<double>();
     accum_scale_ = doc.at("accum_scale").get<double>();
     accum_blend_ = accum_blend;
+    accum_topic_ = accum_topic;
     kept_ = std::move(kept);
     rebuild_neighbours();
     estimates_ = std::move(estimates);

@@ -87,6 +87,17 @@ struct LearnerOptions {
   // search: it bounds its cost. (Dropping words in more than 5% cost about
   // 0.005 APGR in the tuning replays: topic words of a subject are common.)
   double common_word_share = 0.5;
+  // Topics: the kept labels clustered by their words (spherical k-means over
+  // their TF-IDF vectors, rebuilt with the neighbour index), each topic's
+  // mean gain shrunk toward the mean of all kept labels by `topic_prior`
+  // pseudo-labels. A prompt's nearest topic adds its logit, centred on the
+  // overall mean, times a weight the residual fits online (from
+  // `initial_topic_weight`). Subject-level means are where most of the gain
+  // of MMLU-style traffic is (docs/ROUTER.md). 0 topics: off.
+  size_t topics = 0;
+  double topic_prior = 20.0;
+  int topic_iterations = 8;
+  double initial_topic_weight = 1.0;
   // AdaGrad step of the blend weight (0: it stays at `initial_blend`).
   double blend_learning_rate = 0.05;
   double initial_blend = 0.0;
@@ -106,6 +117,11 @@ struct NeighbourIndex {
   std::vector<uint32_t> offsets;  // bucket b's postings: [offsets[b], offsets[b + 1])
   std::vector<std::pair<uint32_t, float>> postings;  // (label, its unit TF-IDF value)
   std::vector<float> gains;                          // per label
+  // The topics (LearnerOptions::topics): unit centroids, bucket-major
+  // ([bucket * topics + topic]) so a prompt's words read them in order.
+  size_t topics = 0;
+  std::vector<float> centroids;
+  std::vector<float> topic_logits;  // per topic: logit of its shrunk mean - logit of all
 };
 
 // What decisions read. Immutable once published.
@@ -118,6 +134,8 @@ struct LearnerSnapshot {
   // The similarity-weighted estimate's logit replaces this share of the
   // residual's (0: the residual alone).
   double blend = 0.0;
+  // Multiplies the nearest topic's logit in the residual.
+  double topic_weight = 1.0;
   std::shared_ptr<const NeighbourIndex> neighbours;  // null until labels are kept
 };
 
@@ -126,6 +144,10 @@ struct LearnerStats {
   int64_t dropped = 0;                              // queue full
   uint64_t version = 0;
   double threshold = 0.5;
+  // The neighbour estimate's share of the score (LearnerSnapshot::blend) and
+  // the labels it searches.
+  double blend = 0.0;
+  int64_t kept_labels = 0;
   // APGR of the learner's own scores on recent labels, each scored before
   // the learner trained on it (prequential); absent until enough labels
   // with both tiers' quality, and where the tiers tie.
@@ -187,7 +209,16 @@ class OnlineLearner {
     double score = 0.0, edge = 0.0, cloud = 0.0;
   };
   double base_logit(const ComplexityFeatures& f) const;
-  double residual(const LearnerSnapshot& s, const Kept& k) const;
+  double residual(const LearnerSnapshot& s, double base_logit,
+                  const std::vector<std::pair<uint32_t, float>>& hashed) const;
+  double residual(const LearnerSnapshot& s, const Kept& k) const {
+    return residual(s, k.base_logit, k.hashed);
+  }
+  // The centred logit of the prompt's nearest topic (0 without topics).
+  static double topic_logit(const NeighbourIndex& index,
+                            const std::vector<std::pair<uint32_t, float>>& hashed);
+  void build_topics(NeighbourIndex& index,
+                    const std::vector<std::vector<std::pair<uint32_t, float>>>& unit) const;
   // The logit decisions use: the residual's, blended with the neighbours'.
   double combined(const LearnerSnapshot& s, const std::vector<std::pair<uint32_t, float>>& hashed,
                   double residual_logit) const;
@@ -211,7 +242,7 @@ class OnlineLearner {
   mutable std::mutex state_mutex_;
   LearnerSnapshot work_;
   std::vector<float> accum_;  // AdaGrad squared-gradient sums per bucket
-  double accum_bias_ = 0.0, accum_scale_ = 0.0, accum_blend_ = 0.0;
+  double accum_bias_ = 0.0, accum_scale_ = 0.0, accum_blend_ = 0.0, accum_topic_ = 0.0;
   std::deque<Kept> kept_;
   std::deque<ComplexityFeatures> traffic_;
   std::deque<Estimate> estimates_;

@@ -103,6 +103,11 @@ struct LearningConfig {
   std::string state;  // state file, versioned beside itself; empty: not kept across restarts
   std::optional<double> target_cloud_share;  // recalibrate the threshold to it; absent: keep
   int64_t save_every_labels = 100;
+  // The learner's similarity-weighted estimate (route/online_learner.h).
+  bool neighbours = LearnerOptions{}.neighbours;
+  size_t neighbour_k = LearnerOptions{}.neighbour_k;
+  double neighbour_gamma = LearnerOptions{}.neighbour_gamma;
+  double neighbour_prior = LearnerOptions{}.neighbour_prior;
 };
 
 // Read from the gateway YAML's routing: and privacy: sections by
