@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cstdio>
 #include <map>
+#include <nlohmann/json.hpp>
 #include <utility>
 
 #include "route/sensitivity.h"
@@ -226,6 +227,16 @@ void Deployment::execute(Request request, const RouteHints& hints, Answer& admit
   admitted.tier = &tier(result->tier);
   pipeline_->finish(request, hints, decision, result, ms_since(start), 200);
   admitted.result = std::move(result).value();
+}
+
+Result<std::string> Deployment::explain_route(const Request& request, RouteHints hints,
+                                              std::string_view tier_hint, Refusal& refusal) const {
+  hints.forced_tier = tier_hint;
+  auto decided = pipeline_->decide(request, hints, refusal);
+  if (!decided.ok()) return decided.error();
+  nlohmann::json j;
+  route::to_json(j, *decided);
+  return j.dump(2, ' ', false, nlohmann::json::error_handler_t::replace);
 }
 
 Answer Deployment::run(Request request, RouteHints hints, std::string_view tier_hint,

@@ -92,6 +92,12 @@ class Deployment {
   void execute(Request request, const RouteHints& hints, Answer& admitted,
                std::chrono::steady_clock::time_point start,
                const backend::DeltaSink& on_delta) const;
+  // The decision for `request` explained and not run, as JSON: what POST
+  // /v1/route answers with and foreshore_hybrid_route() returns. `tier_hint`
+  // forces a tier as x-foreshore-tier does. The Refusal in `refusal` when it
+  // cannot be decided (a malformed hint, an unknown policy, a rejecting plan).
+  Result<std::string> explain_route(const Request& request, RouteHints hints,
+                                    std::string_view tier_hint, Refusal& refusal) const;
   // admit() then execute(): one request's whole run, in process.
   Answer run(Request request, RouteHints hints, std::string_view tier_hint, const std::string& id,
              const backend::DeltaSink& on_delta) const;

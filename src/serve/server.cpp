@@ -15,7 +15,6 @@
 #include <ctime>
 #include <functional>
 #include <mutex>
-#include <nlohmann/json.hpp>
 #include <random>
 #include <string>
 #include <thread>
@@ -649,14 +648,11 @@ struct Gateway::Impl {
     if (auto e = check_hint_headers(req)) return e;
     hybrid::Request api;
     if (auto e = parse_request(hybrid::RequestKind::kChat, body, api)) return e;
-    hybrid::RouteHints hints = route_hints(req, api);
-    hints.forced_tier = header_value(req, "x-foreshore-tier");
     hybrid::Refusal refusal;
-    auto decided = dep.pipeline().decide(api, hints, refusal);
-    if (!decided.ok()) return api_error(refusal);
-    nlohmann::json j;
-    route::to_json(j, *decided);
-    out = j.dump(2, ' ', false, nlohmann::json::error_handler_t::replace);
+    auto explained = dep.core->explain_route(api, route_hints(req, api),
+                                             header_value(req, "x-foreshore-tier"), refusal);
+    if (!explained.ok()) return api_error(refusal);
+    out = std::move(explained).value();
     return std::nullopt;
   }
 
@@ -798,7 +794,7 @@ struct Gateway::Impl {
   // Builds everything `cfg` defines (hybrid::Deployment::create says how
   // tiers are kept over a reload) and the gateway's series for each tier.
   Result<std::shared_ptr<Deployment>> build_deployment(config::GatewayConfig cfg,
-                                                       const BackendFactory& factory,
+                                                       const hybrid::BackendFactory& factory,
                                                        const Deployment* previous, bool starting) {
     auto dep = std::make_shared<Deployment>();
     FSH_ASSIGN_OR_RETURN(
@@ -838,7 +834,7 @@ struct Gateway::Impl {
     return dep;
   }
 
-  Status load_tiers(const BackendFactory& factory) {
+  Status load_tiers(const hybrid::BackendFactory& factory) {
     FSH_ASSIGN_OR_RETURN(std::shared_ptr<Deployment> dep,
                          build_deployment(config, factory, nullptr, true));
     install(std::move(dep));
@@ -846,7 +842,7 @@ struct Gateway::Impl {
     return Status::Ok();
   }
 
-  Status reload(config::GatewayConfig next, const BackendFactory& factory) {
+  Status reload(config::GatewayConfig next, const hybrid::BackendFactory& factory) {
     std::vector<std::string> ignored;
     const config::ServerConfig& a = config.server;
     const config::ServerConfig& b = next.server;
@@ -968,11 +964,12 @@ Result<int> Gateway::bind() {
   return port;
 }
 
-Status Gateway::load_tiers(const BackendFactory& factory) {
+Status Gateway::load_tiers(const hybrid::BackendFactory& factory) {
   return impl_->load_tiers(factory);
 }
 
-Status Gateway::reload(Result<config::GatewayConfig> config, const BackendFactory& factory) {
+Status Gateway::reload(Result<config::GatewayConfig> config,
+                       const hybrid::BackendFactory& factory) {
   if (!config.ok()) {
     impl_->reloads_failed->add();
     return config.error();
