@@ -237,7 +237,7 @@ std::shared_ptr<Backend>* EmbeddedBackendTest::backend_ = nullptr;
 TEST_F(EmbeddedBackendTest, Info) {
   const BackendInfo& info = backend().info();
   EXPECT_EQ(info.name, "edge");
-  EXPECT_EQ(info.kind, "embedded");
+  EXPECT_EQ(info.kind, backend::TierKind::kEmbedded);
   EXPECT_EQ(info.model, "stories260K");
   auto path = engine::resolve_model_path("stories260K");
   ASSERT_TRUE(path.ok());
@@ -812,7 +812,7 @@ class OpenAiBackendTest : public ::testing::Test {
 
 TEST_F(OpenAiBackendTest, PlainChatCompletion) {
   auto backend = make();
-  EXPECT_EQ(backend->info().kind, "openai");
+  EXPECT_EQ(backend->info().kind, backend::TierKind::kOpenAi);
   EXPECT_EQ(backend->info().model_version, "gpt-test");
   auto r = backend->generate(chat("hello there world"), {});
   ASSERT_TRUE(r.ok()) << r.error().message;

@@ -34,7 +34,7 @@ TEST(ConfigTest, MinimalFileTakesDefaults) {
   EXPECT_EQ(c->server.max_body_bytes, 4u << 20);
   ASSERT_EQ(c->tiers.size(), 1u);
   EXPECT_EQ(c->tiers[0].name, "edge");
-  EXPECT_EQ(c->tiers[0].kind(), "embedded");
+  EXPECT_EQ(c->tiers[0].kind(), backend::TierKind::kEmbedded);
   EXPECT_EQ(c->tiers[0].placement, backend::Placement::kDevice);
 }
 
@@ -315,7 +315,7 @@ TEST(ConfigTest, FromFlags) {
   ASSERT_TRUE(c.ok()) << c.error().message;
   ASSERT_EQ(c->tiers.size(), 1u);
   EXPECT_EQ(c->tiers[0].name, "edge");
-  EXPECT_EQ(c->tiers[0].kind(), "embedded");
+  EXPECT_EQ(c->tiers[0].kind(), backend::TierKind::kEmbedded);
 
   f.upstream = "http://127.0.0.1:9/v1";
   EXPECT_FALSE(config::config_from_flags(f).ok());  // no --upstream-model
@@ -469,7 +469,8 @@ class StubBackend : public backend::Backend {
  public:
   StubBackend(std::string name, backend::Placement placement) {
     info_.name = std::move(name);
-    info_.kind = "stub";
+    info_.kind = placement == backend::Placement::kCloud ? backend::TierKind::kOpenAi
+                                                         : backend::TierKind::kEmbedded;
     info_.placement = placement;
     info_.model = info_.name + "-model";
   }

@@ -44,7 +44,8 @@ class FakeBackend : public backend::Backend {
  public:
   FakeBackend(std::string name, backend::Placement placement, std::string model) {
     info_.name = std::move(name);
-    info_.kind = "fake";
+    info_.kind = placement == backend::Placement::kCloud ? backend::TierKind::kOpenAi
+                                                         : backend::TierKind::kEmbedded;
     info_.placement = placement;
     info_.model = std::move(model);
     info_.model_version = info_.model + "@v1";

@@ -7,8 +7,9 @@ namespace foreshore::backend {
 namespace {
 
 Error tier_error(const TierConfig& config, const std::string& problem) {
-  return make_error(ErrorKind::kInvalidArgument,
-                    "tier '" + config.name + "' (kind '" + config.kind() + "'): " + problem);
+  return make_error(ErrorKind::kInvalidArgument, "tier '" + config.name + "' (kind '" +
+                                                     std::string(kind_name(config.kind())) +
+                                                     "'): " + problem);
 }
 
 Status check_positive(const TierConfig& config, const char* field, int64_t value) {

@@ -23,6 +23,11 @@ namespace foreshore::backend {
 
 enum class Placement { kDevice, kCloud };
 
+// "device" or "cloud": the name config files, headers, metrics and records use.
+constexpr std::string_view placement_name(Placement placement) {
+  return placement == Placement::kCloud ? "cloud" : "device";
+}
+
 // JSON the gateway carries between a client and a remote tier without
 // reading it: content parts, tool definitions and calls, fields it does not
 // know. It holds one compact JSON value, or nothing; only a parsed value
@@ -199,12 +204,26 @@ struct Completion {
 // Called with each piece of text as it is produced; return false to cancel.
 using DeltaSink = std::function<bool(const Delta&)>;
 
+// The kinds of tier: the embedded engine, or an OpenAI-compatible HTTP endpoint.
+enum class TierKind { kEmbedded, kOpenAi };
+
+// The name config files, metrics, /v1/models and errors give a kind.
+constexpr std::string_view kind_name(TierKind kind) {
+  switch (kind) {
+    case TierKind::kEmbedded:
+      return "embedded";
+    case TierKind::kOpenAi:
+      return "openai";
+  }
+  return "unknown";
+}
+
 // Pooled connections of an OpenAI-compatible tier unless configured.
 inline constexpr int32_t kDefaultRemoteConcurrency = 64;
 
 // What only an embedded tier (a GGUF model run in-process) reads.
 struct EmbeddedTierSettings {
-  static constexpr std::string_view kKind = "embedded";
+  static constexpr TierKind kKind = TierKind::kEmbedded;
 
   int32_t context_length = 0;  // 0 = model's own
   int64_t kv_memory_mb = 512;  // KV cache budget across slots
@@ -222,7 +241,7 @@ struct EmbeddedTierSettings {
 
 // What only an OpenAI-compatible HTTP tier reads.
 struct OpenAiTierSettings {
-  static constexpr std::string_view kKind = "openai";
+  static constexpr TierKind kKind = TierKind::kOpenAi;
 
   std::string endpoint;     // base URL, e.g. https://api.openai.com/v1
   std::string api_key_env;  // environment variable holding the API key; empty: none
@@ -250,9 +269,8 @@ struct TierConfig {
   // cannot be set on a tier of the other.
   std::variant<EmbeddedTierSettings, OpenAiTierSettings> settings;
 
-  // "embedded" or "openai": the name config files, metrics and errors use.
-  std::string kind() const {
-    return std::visit([](const auto& s) { return std::string(s.kKind); }, settings);
+  TierKind kind() const {
+    return std::visit([](const auto& s) { return s.kKind; }, settings);
   }
   const EmbeddedTierSettings* embedded() const {
     return std::get_if<EmbeddedTierSettings>(&settings);
@@ -264,7 +282,7 @@ struct TierConfig {
 
 struct BackendInfo {
   std::string name;
-  std::string kind;
+  TierKind kind = TierKind::kEmbedded;
   Placement placement = Placement::kDevice;
   std::string model;
   std::string model_version;

@@ -194,7 +194,7 @@ class EmbeddedBackend final : public Backend {
         full_context_(full->context_length()),
         deployment_(std::move(full)) {
     info_.name = config_.name;
-    info_.kind = "embedded";
+    info_.kind = TierKind::kEmbedded;
     info_.placement = config_.placement;
     info_.model = deployment_->model_name;
     info_.model_version = deployment_->model->version();

@@ -594,7 +594,7 @@ class OpenAiBackend final : public Backend {
               [this] { return make_client(); }) {
     BackendInfo info;
     info.name = config_.name;
-    info.kind = "openai";
+    info.kind = TierKind::kOpenAi;
     info.placement = config_.placement;
     info.model = config_.model;
     info.model_version = config_.model;

@@ -8,7 +8,6 @@
 #include <cstdio>
 #include <exception>
 #include <memory>
-#include <nlohmann/json.hpp>
 #include <optional>
 #include <random>
 #include <span>
@@ -19,8 +18,8 @@
 #include "capi/capi_internal.h"
 #include "common/utf8.h"
 #include "hybrid/hybrid.h"
-#include "observe/metrics.h"
 #include "hybrid/openai.h"
+#include "observe/metrics.h"
 
 using foreshore::capi::fail;
 using foreshore::capi::succeed;
@@ -186,16 +185,12 @@ FORESHORE_API foreshore_status foreshore_hybrid_route(foreshore_hybrid* hybrid,
     hybrid::Request api;
     auto e = check_hints(hints);
     if (!e) e = openai::parse_request(hybrid::RequestKind::kChat, request_json, api);
-    hybrid::RouteHints route = route_hints(hints, api);
-    route.forced_tier = tier_hint(hints);
-    hybrid::Refusal refusal;
     if (!e) {
-      auto decided = hybrid->deployment->pipeline().decide(api, route, refusal);
-      if (decided.ok()) {
-        nlohmann::json j;
-        foreshore::route::to_json(j, *decided);
-        *out_json = foreshore::capi::copy_string(
-            j.dump(2, ' ', false, nlohmann::json::error_handler_t::replace));
+      hybrid::Refusal refusal;
+      auto explained = hybrid->deployment->explain_route(api, route_hints(hints, api),
+                                                         tier_hint(hints), refusal);
+      if (explained.ok()) {
+        *out_json = foreshore::capi::copy_string(*explained);
         return succeed();
       }
       e = openai::api_error(refusal);

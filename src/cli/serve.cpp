@@ -90,8 +90,9 @@ int serve_main(const ServeOptions& o, const CLI::App& cmd) {
   const config::GatewayConfig& c = gateway.config();
   for (const auto& t : c.tiers) {
     const std::string endpoint = t.openai() != nullptr ? t.openai()->endpoint : "";
-    std::fprintf(stderr, "tier %s: %s %s (%s)%s%s\n", t.name.c_str(), t.kind().c_str(),
-                 t.model.c_str(), t.placement == backend::Placement::kCloud ? "cloud" : "device",
+    std::fprintf(stderr, "tier %s: %s %s (%s)%s%s\n", t.name.c_str(),
+                 std::string(backend::kind_name(t.kind())).c_str(), t.model.c_str(),
+                 std::string(backend::placement_name(t.placement)).c_str(),
                  endpoint.empty() ? "" : " at ", endpoint.c_str());
   }
   if (auto loaded = gateway.load_tiers(); !loaded.ok()) {

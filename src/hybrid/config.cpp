@@ -14,103 +14,12 @@
 #include <type_traits>
 
 #include "engine/engine.h"
+#include "hybrid/yaml_reader.h"
 #include "route/router.h"
 #include "route/sensitivity.h"
 
 namespace foreshore::config {
 namespace {
-
-std::string join_path(const std::string& path, std::string_view key) {
-  return path.empty() ? std::string(key) : path + "." + std::string(key);
-}
-
-std::string scalar_text(const YAML::Node& node) {
-  if (node.IsScalar()) return "'" + node.Scalar() + "'";
-  if (node.IsSequence()) return "a list";
-  if (node.IsMap()) return "a map";
-  return "nothing";
-}
-
-// Reads YAML into the config while collecting every problem with its key path,
-// so that one run of `serve` reports all typos at once.
-class Reader {
- public:
-  explicit Reader(std::string_view source) : source_(source) {}
-
-  void fail(const std::string& path, const std::string& problem) {
-    errors_.push_back(source_ + ": " + path + ": " + problem);
-  }
-  const std::vector<std::string>& errors() const { return errors_; }
-
-  bool expect_map(const YAML::Node& node, const std::string& path) {
-    if (node.IsMap()) return true;
-    fail(path, "expected a map of keys, got " + scalar_text(node));
-    return false;
-  }
-
-  void check_keys(const YAML::Node& map, const std::string& path,
-                  std::span<const std::string_view> allowed) {
-    for (const auto& kv : map) {
-      const std::string key = kv.first.Scalar();
-      if (std::find(allowed.begin(), allowed.end(), key) == allowed.end()) {
-        std::string list;
-        for (std::string_view a : allowed) list += (list.empty() ? "" : ", ") + std::string(a);
-        fail(join_path(path, key), "unknown key (allowed here: " + list + ")");
-      }
-    }
-  }
-
-  template <typename T>
-  void get(const YAML::Node& map, std::string_view key, const std::string& path, T& out) {
-    const YAML::Node node = map[std::string(key)];
-    if (!node) return;
-    const std::string where = join_path(path, key);
-    if (!node.IsScalar()) {
-      fail(where, std::string("expected ") + type_name<T>() + ", got " + scalar_text(node));
-      return;
-    }
-    try {
-      if constexpr (std::is_same_v<T, std::string>) {
-        out = node.Scalar();
-      } else {
-        out = node.as<T>();
-      }
-    } catch (const YAML::Exception&) {
-      fail(where, std::string("expected ") + type_name<T>() + ", got " + scalar_text(node));
-    }
-  }
-
-  void get_string_list(const YAML::Node& map, std::string_view key, const std::string& path,
-                       std::vector<std::string>& out) {
-    const YAML::Node node = map[std::string(key)];
-    if (!node) return;
-    const std::string where = join_path(path, key);
-    if (!node.IsSequence()) {
-      fail(where, "expected a list of strings, got " + scalar_text(node));
-      return;
-    }
-    for (size_t i = 0; i < node.size(); ++i) {
-      if (!node[i].IsScalar()) {
-        fail(where + "[" + std::to_string(i) + "]",
-             "expected a string, got " + scalar_text(node[i]));
-        continue;
-      }
-      out.push_back(node[i].Scalar());
-    }
-  }
-
- private:
-  template <typename T>
-  static const char* type_name() {
-    if constexpr (std::is_same_v<T, bool>) return "true or false";
-    if constexpr (std::is_integral_v<T>) return "an integer";
-    if constexpr (std::is_floating_point_v<T>) return "a number";
-    return "a string";
-  }
-
-  std::string source_;
-  std::vector<std::string> errors_;
-};
 
 // The keys each map accepts. The reader checks against these lists and
 // config_keys() reports them, so docs/CONFIG.md is tested against the
@@ -156,7 +65,7 @@ constexpr std::array<std::string_view, 4> kTimeoutKeys{"connect_ms", "first_byte
                                                        "pool_wait_ms"};
 constexpr std::array<std::string_view, 2> kAliasKeys{"tier", "fallback"};
 
-void read_server(Reader& r, const YAML::Node& node, ServerConfig& s) {
+void read_server(YamlReader& r, const YAML::Node& node, ServerConfig& s) {
   const std::string path = "server";
   if (!r.expect_map(node, path)) return;
   r.check_keys(node, path, kServerKeys);
@@ -226,16 +135,16 @@ constexpr std::array<std::string_view, 6> kEmbeddedOnlyKeys{"context_length", "k
 constexpr std::array<std::string_view, 5> kOpenAiOnlyKeys{"endpoint", "api_key_env", "timeouts",
                                                           "verify_tls", "ca_file"};
 
-void reject_keys_of_other_kind(Reader& r, const YAML::Node& node, const std::string& path,
-                               std::span<const std::string_view> keys, std::string_view kind) {
+void reject_keys_of_other_kind(YamlReader& r, const YAML::Node& node, const std::string& path,
+                               std::span<const std::string_view> keys, backend::TierKind kind) {
   for (const std::string_view key : keys) {
     if (node[std::string(key)]) {
-      r.fail(join_path(path, key), "only applies to kind " + std::string(kind));
+      r.fail(join_path(path, key), "only applies to kind " + std::string(backend::kind_name(kind)));
     }
   }
 }
 
-void read_embedded_settings(Reader& r, const YAML::Node& node, const std::string& path,
+void read_embedded_settings(YamlReader& r, const YAML::Node& node, const std::string& path,
                             backend::EmbeddedTierSettings& e) {
   r.get(node, "context_length", path, e.context_length);
   r.get(node, "kv_memory_mb", path, e.kv_memory_mb);
@@ -246,7 +155,7 @@ void read_embedded_settings(Reader& r, const YAML::Node& node, const std::string
   reject_keys_of_other_kind(r, node, path, kOpenAiOnlyKeys, backend::OpenAiTierSettings::kKind);
 }
 
-void read_openai_settings(Reader& r, const YAML::Node& node, const std::string& path,
+void read_openai_settings(YamlReader& r, const YAML::Node& node, const std::string& path,
                           backend::OpenAiTierSettings& o) {
   r.get(node, "endpoint", path, o.endpoint);
   r.get(node, "api_key_env", path, o.api_key_env);
@@ -265,22 +174,23 @@ void read_openai_settings(Reader& r, const YAML::Node& node, const std::string& 
   reject_keys_of_other_kind(r, node, path, kEmbeddedOnlyKeys, backend::EmbeddedTierSettings::kKind);
 }
 
-void read_tier(Reader& r, const YAML::Node& node, const std::string& path, backend::TierConfig& t) {
+void read_tier(YamlReader& r, const YAML::Node& node, const std::string& path,
+               backend::TierConfig& t) {
   if (!r.expect_map(node, path)) return;
   r.check_keys(node, path, kTierKeys);
   std::string kind;
   r.get(node, "kind", path, kind);
   // A tier with an endpoint is a remote one unless it says otherwise.
   if (kind.empty()) {
-    kind = node["endpoint"] ? backend::OpenAiTierSettings::kKind
-                            : backend::EmbeddedTierSettings::kKind;
+    kind = backend::kind_name(node["endpoint"] ? backend::TierKind::kOpenAi
+                                               : backend::TierKind::kEmbedded);
   }
-  if (kind == backend::OpenAiTierSettings::kKind) {
+  if (kind == backend::kind_name(backend::TierKind::kOpenAi)) {
     read_openai_settings(r, node, path, t.settings.emplace<backend::OpenAiTierSettings>());
     // An HTTP tier's concurrency is pooled connections, which cost little:
     // the default lets many streams wait on a slow upstream at once.
     t.max_concurrency = backend::kDefaultRemoteConcurrency;
-  } else if (kind == backend::EmbeddedTierSettings::kKind) {
+  } else if (kind == backend::kind_name(backend::TierKind::kEmbedded)) {
     read_embedded_settings(r, node, path, t.settings.emplace<backend::EmbeddedTierSettings>());
   } else {
     r.fail(join_path(path, "kind"), "'" + kind + "' is not one of embedded, openai");
@@ -311,7 +221,7 @@ void read_tier(Reader& r, const YAML::Node& node, const std::string& path, backe
   }
 }
 
-void read_state(Reader& r, const YAML::Node& node, state::StateSettings& s) {
+void read_state(YamlReader& r, const YAML::Node& node, state::StateSettings& s) {
   const std::string path = "state";
   if (!r.expect_map(node, path)) return;
   r.check_keys(node, path, kStateKeys);
@@ -341,7 +251,7 @@ void read_state(Reader& r, const YAML::Node& node, state::StateSettings& s) {
   if (s.retry_ms < 10) r.fail(join_path(path, "retry_ms"), "must be at least 10");
 }
 
-void read_limit_values(Reader& r, const YAML::Node& node, const std::string& path, Limits& l) {
+void read_limit_values(YamlReader& r, const YAML::Node& node, const std::string& path, Limits& l) {
   r.get(node, "requests_per_minute", path, l.requests_per_minute);
   r.get(node, "tokens_per_minute", path, l.tokens_per_minute);
   r.get(node, "budget_usd", path, l.budget_usd);
@@ -352,7 +262,7 @@ void read_limit_values(Reader& r, const YAML::Node& node, const std::string& pat
   if (l.budget_usd < 0) r.fail(join_path(path, "budget_usd"), "must be 0 (none) or more");
 }
 
-void read_limits(Reader& r, const YAML::Node& node, LimitsConfig& limits) {
+void read_limits(YamlReader& r, const YAML::Node& node, LimitsConfig& limits) {
   const std::string path = "limits";
   if (!r.expect_map(node, path)) return;
   for (const auto& kv : node) {
@@ -415,7 +325,7 @@ void split_keys(std::string_view text, std::vector<std::string>& out) {
   }
 }
 
-void read_api_keys_env(Reader& r, ServerConfig& s) {
+void read_api_keys_env(YamlReader& r, ServerConfig& s) {
   if (!s.admin_key_env.empty()) {
     const char* admin = std::getenv(s.admin_key_env.c_str());
     if (admin == nullptr || std::string_view(admin).size() < 16) {
@@ -586,7 +496,7 @@ Result<GatewayConfig> parse_config(std::string_view yaml, std::string_view sourc
         ErrorKind::kInvalidArgument,
         config.source + ":" + std::to_string(e.mark.line + 1) + ": not valid YAML: " + e.msg);
   }
-  Reader r(source);
+  YamlReader r(source);
   if (!root || root.IsNull()) {
     r.fail("(top level)", "the file is empty; it needs at least a tiers: section");
     return to_status(r.errors()).error();
@@ -692,7 +602,7 @@ Result<GatewayConfig> config_from_flags(const FlagConfig& flags) {
     config.tiers.push_back(std::move(cloud));
   }
   config.server.api_keys_env = flags.api_keys_env;
-  Reader r(config.source);
+  YamlReader r(config.source);
   read_api_keys_env(r, config.server);
   if (!r.errors().empty()) return to_status(r.errors()).error();
   FSH_TRY_STATUS(validate_config(config));

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "hybrid/config.h"
+#include "hybrid/yaml_reader.h"
 #include "route/router.h"
 #include "route/sensitivity.h"
 
@@ -205,56 +206,18 @@ std::string known_detector_list() {
   return list;
 }
 
-class YamlReader {
- public:
-  explicit YamlReader(std::string_view source) : source_(source) {}
-
-  void fail(const std::string& path, const std::string& problem) {
-    errors_ += (errors_.empty() ? "" : "\n") + source_ + ": " + path + ": " + problem;
+// The data class at `path`.class; nullopt (and a problem) when it names none.
+std::optional<DataClass> read_data_class(YamlReader& r, const YAML::Node& map,
+                                         const std::string& path) {
+  const auto text = r.scalar(map, "class", path, true);
+  if (!text) return std::nullopt;
+  auto cls = parse_data_class(*text);
+  if (!cls.ok()) {
+    r.fail(path + ".class", cls.error().message);
+    return std::nullopt;
   }
-  const std::string& errors() const { return errors_; }
-
-  void check_keys(const YAML::Node& map, const std::string& path,
-                  std::span<const std::string_view> allowed) {
-    for (const auto& kv : map) {
-      const std::string key = kv.first.Scalar();
-      if (std::find(allowed.begin(), allowed.end(), key) == allowed.end()) {
-        std::string list;
-        for (std::string_view a : allowed) list += (list.empty() ? "" : ", ") + std::string(a);
-        fail(path + "." + key, "unknown key (allowed here: " + list + ")");
-      }
-    }
-  }
-
-  std::optional<std::string> scalar(const YAML::Node& map, const char* key, const std::string& path,
-                                    bool required) {
-    const YAML::Node node = map[key];
-    if (!node) {
-      if (required) fail(path + "." + key, "missing");
-      return std::nullopt;
-    }
-    if (!node.IsScalar()) {
-      fail(path + "." + key, "expected a string");
-      return std::nullopt;
-    }
-    return node.Scalar();
-  }
-
-  std::optional<DataClass> data_class(const YAML::Node& map, const std::string& path) {
-    const auto text = scalar(map, "class", path, true);
-    if (!text) return std::nullopt;
-    auto cls = parse_data_class(*text);
-    if (!cls.ok()) {
-      fail(path + ".class", cls.error().message);
-      return std::nullopt;
-    }
-    return *cls;
-  }
-
- private:
-  std::string source_;
-  std::string errors_;
-};
+  return *cls;
+}
 
 // The keys privacy: accepts; the parser checks against these lists and
 // sensitivity_config_keys() reports them, so the two cannot differ.
@@ -282,7 +245,7 @@ Result<SensitivityConfig> sensitivity_config_from_yaml(const YAML::Node& privacy
   if (!privacy || privacy.IsNull()) return config;
   if (!privacy.IsMap()) {
     r.fail(path, "expected a map with detectors, patterns and keywords");
-    return make_error(ErrorKind::kInvalidArgument, r.errors());
+    return make_error(ErrorKind::kInvalidArgument, r.error_lines());
   }
   r.check_keys(privacy, path, kPrivacyKeys);
 
@@ -336,7 +299,7 @@ Result<SensitivityConfig> sensitivity_config_from_yaml(const YAML::Node& privacy
       r.check_keys(item, where, kPatternKeys);
       const auto name = r.scalar(item, "name", where, true);
       const auto regex = r.scalar(item, "regex", where, true);
-      const auto cls = r.data_class(item, where);
+      const auto cls = read_data_class(r, item, where);
       if (name && regex && cls) config.patterns.push_back({*name, *regex, *cls});
     }
   }
@@ -350,7 +313,7 @@ Result<SensitivityConfig> sensitivity_config_from_yaml(const YAML::Node& privacy
       }
       r.check_keys(item, where, kKeywordKeys);
       const auto name = r.scalar(item, "name", where, false);
-      const auto cls = r.data_class(item, where);
+      const auto cls = read_data_class(r, item, where);
       const YAML::Node words = item["words"];
       std::vector<std::string> list_words;
       if (!words || !words.IsSequence()) {
@@ -370,7 +333,7 @@ Result<SensitivityConfig> sensitivity_config_from_yaml(const YAML::Node& privacy
       }
     }
   }
-  if (!r.errors().empty()) return make_error(ErrorKind::kInvalidArgument, r.errors());
+  if (!r.error_lines().empty()) return make_error(ErrorKind::kInvalidArgument, r.error_lines());
   // Names, expressions and keywords are checked by compiling them once here,
   // so that a bad pattern is reported with the file name at load.
   auto compiled = SensitivityDetector::create(config);

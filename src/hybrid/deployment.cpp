@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cstdio>
 #include <map>
+#include <nlohmann/json.hpp>
 #include <utility>
 
 #include "route/sensitivity.h"
@@ -63,7 +64,7 @@ Result<std::unique_ptr<Deployment>> Deployment::create(
       if (b.ok()) (*b)->set_egress_guard(egress);
       if (b.ok()) {
         reused = std::move(b).value();
-      } else if (starting && tc.kind() == "embedded" && c.tiers.size() > 1) {
+      } else if (starting && tc.kind() == backend::TierKind::kEmbedded && c.tiers.size() > 1) {
         std::fprintf(stderr,
                      "warning: tier '%s' is UNAVAILABLE: %s\n"
                      "  the other tiers serve; requests that may only run on it get 503\n",
@@ -226,6 +227,56 @@ void Deployment::execute(Request request, const RouteHints& hints, Answer& admit
   admitted.tier = &tier(result->tier);
   pipeline_->finish(request, hints, decision, result, ms_since(start), 200);
   admitted.result = std::move(result).value();
+}
+
+Result<std::string> Deployment::explain_route(const Request& request, RouteHints hints,
+                                              std::string_view tier_hint, Refusal& refusal) const {
+  hints.forced_tier = tier_hint;
+  auto decided = pipeline_->decide(request, hints, refusal);
+  if (!decided.ok()) return decided.error();
+  nlohmann::json j;
+  route::to_json(j, *decided);
+  return j.dump(2, ' ', false, nlohmann::json::error_handler_t::replace);
+}
+
+StreamOrigin Deployment::origin(std::string_view name) const {
+  const Tier& t = tier(name);
+  const backend::BackendInfo& info = t.backend->info();
+  return StreamOrigin{std::string(name), std::string(backend::placement_name(t.config.placement)),
+                      info.model, info.model_version.empty() ? "unknown" : info.model_version};
+}
+
+void Deployment::stream(const route::Decision& decision, std::string_view first_tier,
+                        const backend::BackendRequest& request, StreamSink& sink) const {
+  StreamOrigin current = origin(first_tier);
+  bool started = false;
+  auto result = pipeline_->execute(
+      decision, request,
+      [&](const backend::Delta& delta) {
+        if (request.cancelled && request.cancelled->load(std::memory_order_relaxed)) return false;
+        if (!started) {
+          started = true;
+          if (!sink.begin(current)) return false;
+        }
+        return sink.delta(delta);
+      },
+      [&](const std::string& source) {
+        if (started || source == current.tier) return;
+        current = origin(source);
+        sink.source(current);
+      });
+  if (!result.ok()) {
+    sink.fail(result.error(), started);
+    return;
+  }
+  // The tier that served, under the model and version its completion reports.
+  StreamOrigin served = std::move(current);
+  served.tier = result->tier;
+  served.placement = backend::placement_name(tier(result->tier).config.placement);
+  const backend::Completion& completion = result->completion;
+  if (!completion.model.empty()) served.model = completion.model;
+  if (!completion.model_version.empty()) served.model_version = completion.model_version;
+  sink.finish(std::move(result).value(), served);
 }
 
 Answer Deployment::run(Request request, RouteHints hints, std::string_view tier_hint,

@@ -19,6 +19,7 @@
 #include "hybrid/config.h"
 #include "hybrid/pipeline.h"
 #include "hybrid/request.h"
+#include "hybrid/stream.h"
 #include "observe/metrics.h"
 #include "route/router.h"
 
@@ -92,6 +93,23 @@ class Deployment {
   void execute(Request request, const RouteHints& hints, Answer& admitted,
                std::chrono::steady_clock::time_point start,
                const backend::DeltaSink& on_delta) const;
+  // The decision for `request` explained and not run, as JSON: what POST
+  // /v1/route answers with and foreshore_hybrid_route() returns. `tier_hint`
+  // forces a tier as x-foreshore-tier does. The Refusal in `refusal` when it
+  // cannot be decided (a malformed hint, an unknown policy, a rejecting plan).
+  Result<std::string> explain_route(const Request& request, RouteHints hints,
+                                    std::string_view tier_hint, Refusal& refusal) const;
+  // Who `tier` is as a stream names it: its name, placement, model and
+  // version ("unknown" when the tier does not say).
+  StreamOrigin origin(std::string_view tier) const;
+  // Runs an admitted request's plan streaming, on the calling thread, and
+  // hands each event to `sink` (stream.h); `first_tier` is the admitted
+  // answer's tier, which answers unless a fallback takes over. `request`
+  // carries the id, deadline and cancellation flag; a set flag stops the run.
+  // The caller records the outcome with pipeline().finish() once it knows how
+  // the stream ended for its client.
+  void stream(const route::Decision& decision, std::string_view first_tier,
+              const backend::BackendRequest& request, StreamSink& sink) const;
   // admit() then execute(): one request's whole run, in process.
   Answer run(Request request, RouteHints hints, std::string_view tier_hint, const std::string& id,
              const backend::DeltaSink& on_delta) const;

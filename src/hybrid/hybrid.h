@@ -2,9 +2,9 @@
 // gateway configuration (config.h); a transport-free request and refusal
 // (request.h); decide, admit, execute and record over the tiers (pipeline.h),
 // with the limits replicas share (shared_limits.h), virtual keys
-// (virtual_keys.h) and online router learning (learning.h); and one
-// configuration made live, with a request's whole run in process
-// (deployment.h). Front ends (src/serve, src/capi) include only this.
+// (virtual_keys.h) and online router learning (learning.h); a streamed run's
+// events (stream.h); and one configuration made live, with a request's whole
+// run in process (deployment.h). Front ends (src/serve, src/capi) include only this.
 #pragma once
 
 #include "hybrid/config.h"
@@ -13,4 +13,5 @@
 #include "hybrid/pipeline.h"
 #include "hybrid/request.h"
 #include "hybrid/shared_limits.h"
+#include "hybrid/stream.h"
 #include "hybrid/virtual_keys.h"

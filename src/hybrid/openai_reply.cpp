@@ -26,8 +26,7 @@ Reply reply_to(const hybrid::Request& request, const hybrid::Answer& answer,
   const std::string& version = c.model_version.empty() ? info.model_version : c.model_version;
   Provenance where;
   where.tier = answer.tier->config.name;
-  where.placement =
-      answer.tier->config.placement == backend::Placement::kCloud ? "cloud" : "device";
+  where.placement = backend::placement_name(answer.tier->config.placement);
   where.model = c.model.empty() ? info.model : c.model;
   where.model_version = version.empty() ? std::string_view("unknown") : std::string_view(version);
   where.decision_id = decision_id;

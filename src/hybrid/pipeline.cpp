@@ -753,7 +753,8 @@ void Pipeline::finish(const Request& api, const RouteHints& hints, const route::
   if (r.ok()) {
     const auto& c = r->completion;
     rec.tier = r->tier;
-    rec.placement = served && served->placement == backend::Placement::kCloud ? "cloud" : "device";
+    rec.placement =
+        backend::placement_name(served ? served->placement : backend::Placement::kDevice);
     rec.model = c.model;
     rec.model_version = c.model_version;
     rec.prompt_tokens = c.usage.prompt_tokens;

@@ -17,8 +17,8 @@ using openai::from_backend_error;
 using openai::invalid_request;
 
 // POST /admin/keys and DELETE /admin/keys/ID, for server.admin_key_env's key.
-void answer_admin_keys(const config::ServerConfig& server, hybrid::Pipeline* pipeline,
-                       const httplib::Request& req, httplib::Response& res) {
+HttpReply answer_admin_keys(const config::ServerConfig& server, hybrid::Pipeline* pipeline,
+                            const HttpRequest& req) {
   ApiError e;
   e.status = 401;
   e.code = "invalid_admin_key";
@@ -26,20 +26,19 @@ void answer_admin_keys(const config::ServerConfig& server, hybrid::Pipeline* pip
     e.status = 404;
     e.code = "admin_disabled";
     e.message = "The admin API is off; set server.admin_key_env to turn it on";
-  } else if (!constant_time_equal(bearer_key(req), server.admin_key)) {
+  } else if (!constant_time_equal(bearer_key(req.authorization), server.admin_key)) {
     e.message = "The admin API needs 'Authorization: Bearer ADMIN_KEY' (server.admin_key_env)";
   } else if (pipeline == nullptr) {
     e = not_ready();
   } else {
     state::SharedState& state = pipeline->shared_state();
     if (req.method == "DELETE") {
-      const std::string key_id = req.matches[1];
+      const std::string& key_id = req.path_match;
       if (auto s = hybrid::revoke_virtual_key(state, key_id); !s.ok()) {
         e = from_backend_error(s.error());
         e.status = s.error().kind == ErrorKind::kNotFound ? 404 : 503;
       } else {
-        res.set_content("{\"revoked\":" + nlohmann::json(key_id).dump() + "}", kJson);
-        return;
+        return json_reply("{\"revoked\":" + nlohmann::json(key_id).dump() + "}");
       }
     } else {
       auto spec = hybrid::virtual_key_from_json(req.body);
@@ -56,24 +55,19 @@ void answer_admin_keys(const config::ServerConfig& server, hybrid::Pipeline* pip
       } else {
         auto out = nlohmann::json::parse(hybrid::virtual_key_json(*spec));
         out["key"] = *secret;
-        res.status = 201;
-        res.set_content(out.dump(), kJson);
-        return;
+        return json_reply(out.dump(), 201);
       }
     }
   }
-  send_error(res, e);
+  return error_reply(e);
 }
 
 // POST /v1/feedback {"decision_id": ..., "score": 0..1 | "thumbs": "up"|"down"}: a
 // client's verdict on an answer, learned from on the device (hybrid/learning.h).
-void answer_feedback(const config::ServerConfig& server, hybrid::Pipeline* pipeline,
-                     const httplib::Request& req, httplib::Response& res) {
-  if (!check_auth(server, req, res)) return;
-  if (pipeline == nullptr) {
-    send_error(res, not_ready());
-    return;
-  }
+HttpReply answer_feedback(const config::ServerConfig& server, hybrid::Pipeline* pipeline,
+                          const HttpRequest& req) {
+  if (auto e = auth_error(server, req.authorization)) return error_reply(*e);
+  if (pipeline == nullptr) return error_reply(not_ready());
   hybrid::RouterLearning* learning = pipeline->learning();
   if (learning == nullptr) {
     ApiError e = invalid_request(
@@ -81,8 +75,7 @@ void answer_feedback(const config::ServerConfig& server, hybrid::Pipeline* pipel
         "routing.learning.enabled: true in the gateway config",
         {}, "learning_off");
     e.status = 404;
-    send_error(res, e);
-    return;
+    return error_reply(e);
   }
   // Bounded like every client body: nothing recurses over a depth bomb.
   const auto body = json_nesting_exceeds(req.body)
@@ -90,11 +83,11 @@ void answer_feedback(const config::ServerConfig& server, hybrid::Pipeline* pipel
                         : nlohmann::json::parse(req.body, nullptr, false);
   if (body.is_discarded() || !body.is_object() || !body.contains("decision_id") ||
       !body["decision_id"].is_string()) {
-    send_error(res, invalid_request("The body must be a JSON object with a \"decision_id\" "
-                                    "string (from the answer's decision_id or "
-                                    "x-foreshore-decision-id)",
-                                    "decision_id"));
-    return;
+    return error_reply(
+        invalid_request("The body must be a JSON object with a \"decision_id\" "
+                        "string (from the answer's decision_id or "
+                        "x-foreshore-decision-id)",
+                        "decision_id"));
   }
   std::optional<double> score;
   if (body.contains("score") && body["score"].is_number()) {
@@ -106,40 +99,36 @@ void answer_feedback(const config::ServerConfig& server, hybrid::Pipeline* pipel
     if (t == "down") score = 0.0;
   }
   if (!score) {
-    send_error(res, invalid_request("Give \"score\" as a number from 0 (bad answer) to 1 "
-                                    "(good answer), or \"thumbs\": \"up\" or \"down\"",
-                                    "score"));
-    return;
+    return error_reply(
+        invalid_request("Give \"score\" as a number from 0 (bad answer) to 1 "
+                        "(good answer), or \"thumbs\": \"up\" or \"down\"",
+                        "score"));
   }
   const std::string id = body["decision_id"].get<std::string>();
   auto result = learning->feedback(id, *score);
   if (!result.ok()) {
     ApiError e = invalid_request(result.error().message, "decision_id", "unknown_decision");
     e.status = 404;
-    send_error(res, e);
-    return;
+    return error_reply(e);
   }
   nlohmann::ordered_json out = {
       {"decision_id", id}, {"accepted", true}, {"learned", result->learned}};
   if (!result->reason.empty()) out["reason"] = result->reason;
-  res.set_content(out.dump(), kJson);
+  return json_reply(out.dump());
 }
 
 // GET /v1/router/status: what the router has learned (labels per source,
 // threshold, its own APGR estimate).
-void answer_router_status(const config::ServerConfig& server, hybrid::Pipeline* pipeline,
-                          const httplib::Request& req, httplib::Response& res) {
-  if (!check_auth(server, req, res)) return;
-  if (pipeline == nullptr) {
-    send_error(res, not_ready());
-    return;
-  }
+HttpReply answer_router_status(const config::ServerConfig& server, hybrid::Pipeline* pipeline,
+                               const HttpRequest& req) {
+  if (auto e = auth_error(server, req.authorization)) return error_reply(*e);
+  if (pipeline == nullptr) return error_reply(not_ready());
   nlohmann::ordered_json out = {{"learning", false}};
   if (hybrid::RouterLearning* learning = pipeline->learning()) out = learning->status();
   const auto learner = pipeline->router().learner();
   out["threshold_in_force"] =
       learner && learner->recalibrates() ? learner->threshold() : pipeline->router().threshold();
-  res.set_content(out.dump(), kJson);
+  return json_reply(out.dump());
 }
 
 }  // namespace foreshore::serve

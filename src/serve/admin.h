@@ -1,21 +1,20 @@
 // The gateway's endpoints beside the OpenAI API: virtual keys (/admin/keys),
 // client feedback (/v1/feedback) and the learning router's status
-// (/v1/router/status). `pipeline` is the live deployment's, null while the
-// tiers are still loading (answered 503).
+// (/v1/router/status), each computing its reply (http.h). `pipeline` is the
+// live deployment's, null while the tiers are still loading (answered 503).
 #pragma once
-
-#include <httplib.h>
 
 #include "hybrid/config.h"
 #include "hybrid/pipeline.h"
+#include "serve/http.h"
 
 namespace foreshore::serve {
 
-void answer_admin_keys(const config::ServerConfig& server, hybrid::Pipeline* pipeline,
-                       const httplib::Request& req, httplib::Response& res);
-void answer_feedback(const config::ServerConfig& server, hybrid::Pipeline* pipeline,
-                     const httplib::Request& req, httplib::Response& res);
-void answer_router_status(const config::ServerConfig& server, hybrid::Pipeline* pipeline,
-                          const httplib::Request& req, httplib::Response& res);
+HttpReply answer_admin_keys(const config::ServerConfig& server, hybrid::Pipeline* pipeline,
+                            const HttpRequest& req);
+HttpReply answer_feedback(const config::ServerConfig& server, hybrid::Pipeline* pipeline,
+                          const HttpRequest& req);
+HttpReply answer_router_status(const config::ServerConfig& server, hybrid::Pipeline* pipeline,
+                               const HttpRequest& req);
 
 }  // namespace foreshore::serve

@@ -6,6 +6,38 @@
 
 namespace foreshore::serve {
 
+HttpRequest http_request(const httplib::Request& req) {
+  HttpRequest out;
+  out.method = req.method;
+  out.authorization = header_value(req, "Authorization");
+  if (req.matches.size() > 1) out.path_match = req.matches[1];
+  out.body = req.body;
+  return out;
+}
+
+void write_reply(const HttpReply& reply, httplib::Response& res) {
+  res.status = reply.status;
+  for (const auto& [name, value] : reply.headers) res.set_header(name, value);
+  res.body = reply.body;
+  res.set_header("Content-Type", reply.content_type);
+}
+
+HttpReply json_reply(std::string body, int status) {
+  HttpReply reply;
+  reply.status = status;
+  reply.body = std::move(body);
+  return reply;
+}
+
+HttpReply error_reply(const openai::ApiError& e) {
+  HttpReply reply = json_reply(openai::error_json(e), e.status);
+  if (e.retry_after_seconds > 0) {
+    reply.headers.emplace_back(
+        "Retry-After", std::to_string(static_cast<int64_t>(std::ceil(e.retry_after_seconds))));
+  }
+  return reply;
+}
+
 std::string_view header_value(const httplib::Request& req, const char* name) {
   auto it = req.headers.find(name);
   return it == req.headers.end() ? std::string_view() : std::string_view(it->second);
@@ -18,42 +50,44 @@ bool constant_time_equal(std::string_view a, std::string_view b) {
   return diff == 0;
 }
 
+std::string_view bearer_key(std::string_view authorization) {
+  return authorization.starts_with("Bearer ") ? authorization.substr(7) : std::string_view();
+}
+
 std::string_view bearer_key(const httplib::Request& req) {
-  std::string_view auth = header_value(req, "Authorization");
-  return auth.starts_with("Bearer ") ? auth.substr(7) : std::string_view();
+  return bearer_key(header_value(req, "Authorization"));
 }
 
 void send_error(httplib::Response& res, const openai::ApiError& e) {
-  res.status = e.status;
-  if (e.retry_after_seconds > 0) {
-    res.set_header("Retry-After",
-                   std::to_string(static_cast<int64_t>(std::ceil(e.retry_after_seconds))));
+  write_reply(error_reply(e), res);
+}
+
+std::optional<openai::ApiError> auth_error(const config::ServerConfig& server,
+                                           std::string_view authorization) {
+  const auto& keys = server.api_keys;
+  if (keys.empty()) return std::nullopt;
+  openai::ApiError e;
+  e.status = 401;
+  e.code = "invalid_api_key";
+  if (authorization.empty()) {
+    e.message = "Missing API key: send it as 'Authorization: Bearer KEY'";
+  } else if (!authorization.starts_with("Bearer ")) {
+    e.message = "The Authorization header must be 'Bearer KEY'";
+  } else {
+    const std::string_view key = authorization.substr(7);
+    bool match = false;
+    for (const auto& k : keys) match |= constant_time_equal(key, k);
+    if (match) return std::nullopt;
+    e.message = "Incorrect API key provided";
   }
-  res.body = openai::error_json(e);
-  res.set_header("Content-Type", kJson);
+  return e;
 }
 
 bool check_auth(const config::ServerConfig& server, const httplib::Request& req,
                 httplib::Response& res) {
-  const auto& keys = server.api_keys;
-  if (keys.empty()) return true;
-  std::string_view auth = header_value(req, "Authorization");
-  openai::ApiError e;
-  e.status = 401;
-  e.code = "invalid_api_key";
-  if (auth.empty()) {
-    e.message = "Missing API key: send it as 'Authorization: Bearer KEY'";
-  } else if (!auth.starts_with("Bearer ")) {
-    e.message = "The Authorization header must be 'Bearer KEY'";
-  } else {
-    const std::string_view key = auth.substr(7);
-    bool match = false;
-    for (const auto& k : keys) match |= constant_time_equal(key, k);
-    if (match) return true;
-    e.message = "Incorrect API key provided";
-  }
-  send_error(res, e);
-  return false;
+  auto e = auth_error(server, header_value(req, "Authorization"));
+  if (e) send_error(res, *e);
+  return !e;
 }
 
 openai::ApiError shutting_down() {

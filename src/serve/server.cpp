@@ -15,7 +15,6 @@
 #include <ctime>
 #include <functional>
 #include <mutex>
-#include <nlohmann/json.hpp>
 #include <random>
 #include <string>
 #include <thread>
@@ -45,10 +44,6 @@ using Clock = std::chrono::steady_clock;
 // The model name that leaves the choice of tier to the gateway (the default
 // tier until the router decides per request).
 constexpr const char* kRoutedModel = "foreshore";
-
-const char* placement_name(backend::Placement p) {
-  return p == backend::Placement::kCloud ? "cloud" : "device";
-}
 
 // One line of printable text, as a header value must be; long reasons are cut.
 std::string header_safe(std::string_view text) {
@@ -207,111 +202,33 @@ struct Gateway::Impl {
     // would make proxied clients reconnect all the time.
     http.set_keep_alive_max_count(100000);
 
-    http.Get("/healthz", [](const httplib::Request&, httplib::Response& res) {
-      res.set_content("{\"status\":\"ok\"}", kJson);
-    });
-    http.Get("/readyz", [this](const httplib::Request&, httplib::Response& res) {
-      if (draining.load()) {
-        res.status = 503;
-        res.set_content("{\"status\":\"draining\"}", kJson);
-        return;
-      }
+    // Handlers that compute a reply (http.h); this adapter alone hands them
+    // the request and writes what they answer.
+    const auto reply = [](auto handler) {
+      return [handler](const httplib::Request& req, httplib::Response& res) {
+        write_reply(handler(http_request(req)), res);
+      };
+    };
+    http.Get("/healthz",
+             reply([](const HttpRequest&) { return json_reply("{\"status\":\"ok\"}"); }));
+    http.Get("/readyz", reply([this](const HttpRequest&) { return readyz(); }));
+    http.Get("/metrics", reply([this](const HttpRequest&) {
+               in_flight_gauge->set(in_flight.load(std::memory_order_relaxed));
+               if (auto dep = deployment()) dep->pipeline().collect_metrics();
+               HttpReply out = json_reply(metrics.render());
+               out.content_type = "text/plain; version=0.0.4; charset=utf-8";
+               return out;
+             }));
+    const auto admin_keys = reply([this](const HttpRequest& req) {
       auto dep = deployment();
-      if (!dep) {
-        res.status = 503;
-        res.set_content("{\"status\":\"loading\"}", kJson);
-        return;
-      }
-      // Each tier's state, so that "ready" never hides a cloud that cannot
-      // be reached: the gateway serves (200) but says it is degraded.
-      std::string names, unavailable, states;
-      bool all_ok = true;
-      for (size_t i = 0; i < dep->tiers.size(); ++i) {
-        const Tier& t = dep->tiers[i];
-        if (i > 0) names += ',', states += ',';
-        append_json_string(names, t.config.name);
-        const std::string why = t.backend->unavailable_reason();
-        const std::string_view breaker = dep->pipeline().breaker_state(t.config.name);
-        append_json_string(states, t.config.name);
-        states += ":{\"placement\":";
-        append_json_string(states, placement_name(t.config.placement));
-        states += ",\"breaker\":";
-        append_json_string(states, breaker);
-        states += ",\"state\":";
-        append_json_string(states, !why.empty()          ? "unavailable"
-                                   : breaker == "closed" ? "ok"
-                                                         : "failing");
-        states += '}';
-        all_ok = all_ok && why.empty() && breaker == "closed";
-        if (!why.empty()) {
-          unavailable += unavailable.empty() ? "" : ",";
-          append_json_string(unavailable, t.config.name);
-          unavailable += ':';
-          append_json_string(unavailable, why);
-        }
-      }
-      // A replica on its own state (Redis down) serves but enforces limits alone.
-      const state::SharedState& shared = dep->pipeline().shared_state();
-      all_ok = all_ok && shared.connected();
-      std::string body = std::string("{\"status\":") + (all_ok ? "\"ready\"" : "\"degraded\"") +
-                         ",\"tiers\":[" + names + "],\"tier_states\":{" + states + "}";
-      body += ",\"state\":{\"backend\":";
-      append_json_string(body, shared.backend());
-      body += std::string(",\"connected\":") + (shared.connected() ? "true" : "false");
-      if (const std::string why = shared.last_error(); !why.empty()) {
-        body += ",\"error\":";
-        append_json_string(body, why);
-      }
-      body += "}";
-      if (!unavailable.empty()) body += ",\"unavailable\":{" + unavailable + "}";
-      body += "}";
-      res.set_content(body, kJson);
+      return answer_admin_keys(dep ? dep->config().server : config.server,
+                               dep ? &dep->pipeline() : nullptr, req);
     });
-    http.Get("/metrics", [this](const httplib::Request&, httplib::Response& res) {
-      in_flight_gauge->set(in_flight.load(std::memory_order_relaxed));
-      if (auto dep = deployment()) dep->pipeline().collect_metrics();
-      res.set_content(metrics.render(), "text/plain; version=0.0.4; charset=utf-8");
-    });
-    http.Post("/admin/keys", [this](const httplib::Request& req, httplib::Response& res) {
-      auto dep = deployment();
-      answer_admin_keys(dep ? dep->config().server : config.server,
-                        dep ? &dep->pipeline() : nullptr, req, res);
-    });
-    http.Delete(R"(/admin/keys/([0-9a-f]+))",
-                [this](const httplib::Request& req, httplib::Response& res) {
-                  auto dep = deployment();
-                  answer_admin_keys(dep ? dep->config().server : config.server,
-                                    dep ? &dep->pipeline() : nullptr, req, res);
-                });
-    http.Get("/v1/models", [this](const httplib::Request& req, httplib::Response& res) {
-      auto dep = deployment();
-      if (!check_auth(dep ? dep->config().server : config.server, req, res)) return;
-      if (!dep) {
-        send_error(res, not_ready());
-        return;
-      }
-      res.set_content(dep->models_json, kJson);
-    });
+    http.Post("/admin/keys", admin_keys);
+    http.Delete(R"(/admin/keys/([0-9a-f]+))", admin_keys);
+    http.Get("/v1/models", reply([this](const HttpRequest& req) { return models(req); }));
     // Model ids may hold slashes ("foreshore/cascade", "org/name").
-    http.Get(R"(/v1/models/(.+))", [this](const httplib::Request& req, httplib::Response& res) {
-      auto dep = deployment();
-      if (!check_auth(dep ? dep->config().server : config.server, req, res)) return;
-      if (!dep) {
-        send_error(res, not_ready());
-        return;
-      }
-      const std::string id = req.matches[1];
-      auto it = dep->model_json.find(id);
-      if (it == dep->model_json.end()) {
-        ApiError e = invalid_request(
-            "The model '" + id + "' does not exist here; GET /v1/models lists those that do",
-            "model", "model_not_found");
-        e.status = 404;
-        send_error(res, e);
-        return;
-      }
-      res.set_content(it->second, kJson);
-    });
+    http.Get(R"(/v1/models/(.+))", reply([this](const HttpRequest& req) { return model(req); }));
     http.Post("/v1/chat/completions", [this](const httplib::Request& req, httplib::Response& res,
                                              const httplib::ContentReader& reader) {
       handle_generate(hybrid::RequestKind::kChat, req, res, reader);
@@ -319,16 +236,16 @@ struct Gateway::Impl {
     http.Post("/v1/route",
               [this](const httplib::Request& req, httplib::Response& res,
                      const httplib::ContentReader& reader) { handle_route(req, res, reader); });
-    http.Post("/v1/feedback", [this](const httplib::Request& req, httplib::Response& res) {
-      auto dep = deployment();
-      answer_feedback(dep ? dep->config().server : config.server, dep ? &dep->pipeline() : nullptr,
-                      req, res);
-    });
-    http.Get("/v1/router/status", [this](const httplib::Request& req, httplib::Response& res) {
-      auto dep = deployment();
-      answer_router_status(dep ? dep->config().server : config.server,
-                           dep ? &dep->pipeline() : nullptr, req, res);
-    });
+    http.Post("/v1/feedback", reply([this](const HttpRequest& req) {
+                auto dep = deployment();
+                return answer_feedback(dep ? dep->config().server : config.server,
+                                       dep ? &dep->pipeline() : nullptr, req);
+              }));
+    http.Get("/v1/router/status", reply([this](const HttpRequest& req) {
+               auto dep = deployment();
+               return answer_router_status(dep ? dep->config().server : config.server,
+                                           dep ? &dep->pipeline() : nullptr, req);
+             }));
     http.Post("/v1/completions", [this](const httplib::Request& req, httplib::Response& res,
                                         const httplib::ContentReader& reader) {
       handle_generate(hybrid::RequestKind::kCompletion, req, res, reader);
@@ -376,6 +293,86 @@ struct Gateway::Impl {
           res.status = 500;
           res.set_content(error_json(e), kJson);
         });
+  }
+
+  // GET /readyz: whether the gateway serves, and each tier's state.
+  HttpReply readyz() const {
+    if (draining.load()) return json_reply("{\"status\":\"draining\"}", 503);
+    auto dep = deployment();
+    if (!dep) return json_reply("{\"status\":\"loading\"}", 503);
+    // Each tier's state, so that "ready" never hides a cloud that cannot
+    // be reached: the gateway serves (200) but says it is degraded.
+    std::string names, unavailable, states;
+    bool all_ok = true;
+    for (size_t i = 0; i < dep->tiers.size(); ++i) {
+      const Tier& t = dep->tiers[i];
+      if (i > 0) names += ',', states += ',';
+      append_json_string(names, t.config.name);
+      const std::string why = t.backend->unavailable_reason();
+      const std::string_view breaker = dep->pipeline().breaker_state(t.config.name);
+      append_json_string(states, t.config.name);
+      states += ":{\"placement\":";
+      append_json_string(states, backend::placement_name(t.config.placement));
+      states += ",\"breaker\":";
+      append_json_string(states, breaker);
+      states += ",\"state\":";
+      append_json_string(states, !why.empty()          ? "unavailable"
+                                 : breaker == "closed" ? "ok"
+                                                       : "failing");
+      states += '}';
+      all_ok = all_ok && why.empty() && breaker == "closed";
+      if (!why.empty()) {
+        unavailable += unavailable.empty() ? "" : ",";
+        append_json_string(unavailable, t.config.name);
+        unavailable += ':';
+        append_json_string(unavailable, why);
+      }
+    }
+    // A replica on its own state (Redis down) serves but enforces limits alone.
+    const state::SharedState& shared = dep->pipeline().shared_state();
+    all_ok = all_ok && shared.connected();
+    std::string body = std::string("{\"status\":") + (all_ok ? "\"ready\"" : "\"degraded\"") +
+                       ",\"tiers\":[" + names + "],\"tier_states\":{" + states + "}";
+    body += ",\"state\":{\"backend\":";
+    append_json_string(body, shared.backend());
+    body += std::string(",\"connected\":") + (shared.connected() ? "true" : "false");
+    if (const std::string why = shared.last_error(); !why.empty()) {
+      body += ",\"error\":";
+      append_json_string(body, why);
+    }
+    body += "}";
+    if (!unavailable.empty()) body += ",\"unavailable\":{" + unavailable + "}";
+    body += "}";
+    return json_reply(std::move(body));
+  }
+
+  // GET /v1/models: every name a client may send.
+  HttpReply models(const HttpRequest& req) const {
+    auto dep = deployment();
+    if (auto e = auth_error(dep ? dep->config().server : config.server, req.authorization)) {
+      return error_reply(*e);
+    }
+    if (!dep) return error_reply(not_ready());
+    return json_reply(dep->models_json);
+  }
+
+  // GET /v1/models/{id}: one of them.
+  HttpReply model(const HttpRequest& req) const {
+    auto dep = deployment();
+    if (auto e = auth_error(dep ? dep->config().server : config.server, req.authorization)) {
+      return error_reply(*e);
+    }
+    if (!dep) return error_reply(not_ready());
+    const std::string& id = req.path_match;
+    auto it = dep->model_json.find(id);
+    if (it == dep->model_json.end()) {
+      ApiError e = invalid_request(
+          "The model '" + id + "' does not exist here; GET /v1/models lists those that do", "model",
+          "model_not_found");
+      e.status = 404;
+      return error_reply(e);
+    }
+    return json_reply(it->second);
   }
 
   std::shared_ptr<Deployment> deployment() const {
@@ -649,14 +646,11 @@ struct Gateway::Impl {
     if (auto e = check_hint_headers(req)) return e;
     hybrid::Request api;
     if (auto e = parse_request(hybrid::RequestKind::kChat, body, api)) return e;
-    hybrid::RouteHints hints = route_hints(req, api);
-    hints.forced_tier = header_value(req, "x-foreshore-tier");
     hybrid::Refusal refusal;
-    auto decided = dep.pipeline().decide(api, hints, refusal);
-    if (!decided.ok()) return api_error(refusal);
-    nlohmann::json j;
-    route::to_json(j, *decided);
-    out = j.dump(2, ' ', false, nlohmann::json::error_handler_t::replace);
+    auto explained = dep.core->explain_route(api, route_hints(req, api),
+                                             header_value(req, "x-foreshore-tier"), refusal);
+    if (!explained.ok()) return api_error(refusal);
+    out = std::move(explained).value();
     return std::nullopt;
   }
 
@@ -669,32 +663,23 @@ struct Gateway::Impl {
   void stream(std::shared_ptr<Deployment> dep, ActiveRequest until_done, hybrid::RequestKind kind,
               Tier& tier, hybrid::Request api, hybrid::RouteHints hints, route::Decision decision,
               std::string id, Clock::time_point start, httplib::Response& res) {
-    const backend::BackendInfo& info = tier.backend->info();
     auto st = std::make_shared<StreamState>();
-    hybrid::Pipeline* router = &dep->pipeline();
-    st->run = [router, decision](const backend::BackendRequest& r, const backend::DeltaSink& sink,
-                                 const exec::SourceSink& source) {
-      return router->execute(decision, r, sink, source);
-    };
-    st->placement_of = [dep](std::string_view name) -> std::string {
-      return placement_name(dep->find_tier(name)->config.placement);
-    };
-    st->model_of = [dep](std::string_view name) {
-      const backend::BackendInfo& i = dep->find_tier(name)->backend->info();
-      return std::make_pair(i.model, std::string(or_unknown(i.model_version)));
-    };
+    const hybrid::StreamOrigin origin = dep->core->origin(tier.config.name);
     st->api = api;
     st->created = std::time(nullptr);
     st->plan = std::string(route::to_string(decision.plan.kind));
-    st->tier = tier.config.name;
-    st->placement = placement_name(tier.config.placement);
-    st->model = info.model;
-    st->model_version = or_unknown(info.model_version);
+    st->tier = origin.tier;
+    st->placement = origin.placement;
+    st->model = origin.model;
+    st->model_version = origin.model_version;
     st->decision_id = id;
-    st->writer.emplace(api, id, st->created, info.model);
+    st->writer.emplace(api, id, st->created, origin.model);
     st->request = api.backend;
     const auto deadline = *st->request.deadline;
-    st->producer = std::thread([st] { st->produce(); });
+    // `dep` keeps the tiers alive for a producer abandoned at its deadline.
+    st->producer = std::thread([st, dep, decision, first_tier = origin.tier] {
+      dep->core->stream(decision, first_tier, st->request, *st);
+    });
     {
       std::lock_guard streams_lock(streams_mu);
       std::erase_if(streams, [](const std::weak_ptr<StreamState>& w) { return w.expired(); });
@@ -730,9 +715,10 @@ struct Gateway::Impl {
       }
       in_flight.fetch_sub(1, std::memory_order_acq_rel);
       refuse(res, dep->config().server, &tier, kind, start, id, e);
-      router->finish(api, hints, decision,
-                     Result<exec::ExecutionResult>(make_error(ErrorKind::kUnavailable, e.message)),
-                     ms_since(start), e.status);
+      dep->pipeline().finish(
+          api, hints, decision,
+          Result<exec::ExecutionResult>(make_error(ErrorKind::kUnavailable, e.message)),
+          ms_since(start), e.status);
       return;
     }
     // Named now that the first delta says which tier answers.
@@ -798,7 +784,7 @@ struct Gateway::Impl {
   // Builds everything `cfg` defines (hybrid::Deployment::create says how
   // tiers are kept over a reload) and the gateway's series for each tier.
   Result<std::shared_ptr<Deployment>> build_deployment(config::GatewayConfig cfg,
-                                                       const BackendFactory& factory,
+                                                       const hybrid::BackendFactory& factory,
                                                        const Deployment* previous, bool starting) {
     auto dep = std::make_shared<Deployment>();
     FSH_ASSIGN_OR_RETURN(
@@ -829,7 +815,8 @@ struct Gateway::Impl {
       metrics
           .gauge("foreshore_tier_info", "Configured tiers (value 1), with what they serve.",
                  {"tier", "kind", "placement", "model", "model_version"},
-                 {n, t.config.kind(), placement_name(t.config.placement), info.model,
+                 {n, std::string(backend::kind_name(t.config.kind())),
+                  std::string(backend::placement_name(t.config.placement)), info.model,
                   info.model_version})
           .set(1);
       dep->tiers.push_back(std::move(t));
@@ -838,7 +825,7 @@ struct Gateway::Impl {
     return dep;
   }
 
-  Status load_tiers(const BackendFactory& factory) {
+  Status load_tiers(const hybrid::BackendFactory& factory) {
     FSH_ASSIGN_OR_RETURN(std::shared_ptr<Deployment> dep,
                          build_deployment(config, factory, nullptr, true));
     install(std::move(dep));
@@ -846,7 +833,7 @@ struct Gateway::Impl {
     return Status::Ok();
   }
 
-  Status reload(config::GatewayConfig next, const BackendFactory& factory) {
+  Status reload(config::GatewayConfig next, const hybrid::BackendFactory& factory) {
     std::vector<std::string> ignored;
     const config::ServerConfig& a = config.server;
     const config::ServerConfig& b = next.server;
@@ -904,9 +891,9 @@ struct Gateway::Impl {
                ",\"owned_by\":\"foreshore\",\"foreshore\":{\"tier\":";
       append_json_string(model, t.config.name);
       model += ",\"kind\":";
-      append_json_string(model, t.config.kind());
+      append_json_string(model, backend::kind_name(t.config.kind()));
       model += ",\"placement\":";
-      append_json_string(model, placement_name(t.config.placement));
+      append_json_string(model, backend::placement_name(t.config.placement));
       model += ",\"model\":";
       append_json_string(model, info.model);
       model += ",\"model_version\":";
@@ -968,11 +955,12 @@ Result<int> Gateway::bind() {
   return port;
 }
 
-Status Gateway::load_tiers(const BackendFactory& factory) {
+Status Gateway::load_tiers(const hybrid::BackendFactory& factory) {
   return impl_->load_tiers(factory);
 }
 
-Status Gateway::reload(Result<config::GatewayConfig> config, const BackendFactory& factory) {
+Status Gateway::reload(Result<config::GatewayConfig> config,
+                       const hybrid::BackendFactory& factory) {
   if (!config.ok()) {
     impl_->reloads_failed->add();
     return config.error();

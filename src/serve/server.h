@@ -2,7 +2,6 @@
 // tiers, routing every request through the hybrid router.
 #pragma once
 
-#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -13,12 +12,10 @@
 #include "backend/backend.h"
 #include "common/result.h"
 #include "hybrid/config.h"
+#include "hybrid/deployment.h"
 #include "observe/metrics.h"
 
 namespace foreshore::serve {
-
-using BackendFactory =
-    std::function<Result<std::shared_ptr<backend::Backend>>(const backend::TierConfig&)>;
 
 class Gateway {
  public:
@@ -33,7 +30,7 @@ class Gateway {
   // Creates every tier in config order; /readyz and the API answer 503 until
   // it succeeds. Callable while run() is serving, so big models load behind a
   // live health endpoint.
-  Status load_tiers(const BackendFactory& factory = backend::create_backend);
+  Status load_tiers(const hybrid::BackendFactory& factory = backend::create_backend);
   // Replaces the configuration while serving (SIGHUP): builds the new tiers
   // and router first, reusing tiers whose settings did not change, and swaps
   // them in only when all of it succeeded; on error the old configuration
@@ -43,7 +40,7 @@ class Gateway {
   // A config that could not be read or validated is passed as its error, so
   // that it is counted (foreshore_config_reloads_total{outcome="failed"}).
   Status reload(Result<config::GatewayConfig> config,
-                const BackendFactory& factory = backend::create_backend);
+                const hybrid::BackendFactory& factory = backend::create_backend);
   // Graceful shutdown, first step: new requests get 503 "shutting_down" (and
   // /readyz 503) while those already running go on; stop() once
   // active_requests() is 0 or the grace period is over.

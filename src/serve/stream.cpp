@@ -1,6 +1,6 @@
 #include "serve/stream.h"
 
-#include <tuple>
+#include <utility>
 
 namespace foreshore::serve {
 
@@ -23,15 +23,6 @@ openai::Provenance StreamState::provenance(std::string_view version) const {
   return p;
 }
 
-void StreamState::on_source(const std::string& source) {
-  std::lock_guard lock(mu);
-  if (started || source == tier) return;
-  tier = source;
-  placement = placement_of(source);
-  std::tie(model, model_version) = model_of(source);
-  writer.emplace(api, decision_id, created, model);
-}
-
 bool StreamState::end(const openai::ApiError& why) {
   {
     std::lock_guard lock(mu);
@@ -46,42 +37,61 @@ bool StreamState::end(const openai::ApiError& why) {
   return true;
 }
 
-void StreamState::produce() {
-  auto r = run(
-      request,
-      [this](const backend::Delta& d) {
-        if (request.cancelled->load(std::memory_order_relaxed)) return false;
-        {
-          std::lock_guard lock(mu);
-          if (ended_early) return false;
-          if (!started) {
-            started = true;
-            writer->begin(pending, provenance(model_version));
-          }
-          writer->delta(pending, d);
-        }
-        cv.notify_one();
-        return true;
-      },
-      [this](const std::string& source) { on_source(source); });
+void StreamState::source(const hybrid::StreamOrigin& origin) {
+  std::lock_guard lock(mu);
+  tier = origin.tier;
+  placement = origin.placement;
+  model = origin.model;
+  model_version = origin.model_version;
+  writer.emplace(api, decision_id, created, model);
+}
+
+bool StreamState::begin(const hybrid::StreamOrigin&) {
+  std::lock_guard lock(mu);
+  if (ended_early) return false;
+  started = true;
+  writer->begin(pending, provenance(model_version));
+  return true;
+}
+
+bool StreamState::delta(const backend::Delta& d) {
   {
     std::lock_guard lock(mu);
-    if (ended_early) {
-      if (r.ok()) outcome = std::move(r).value();
-    } else if (r.ok()) {
-      tier = r->tier;
-      placement = placement_of(tier);
-      if (!r->completion.model.empty()) model = r->completion.model;
-      completion = r->completion;
-      outcome = std::move(r).value();
+    if (ended_early) return false;
+    writer->delta(pending, d);
+  }
+  cv.notify_one();
+  return true;
+}
+
+void StreamState::finish(exec::ExecutionResult result, const hybrid::StreamOrigin& origin) {
+  {
+    std::lock_guard lock(mu);
+    if (!ended_early) {
+      tier = origin.tier;
+      placement = origin.placement;
+      model = origin.model;
+      completion = result.completion;
+    }
+    outcome = std::move(result);
+    if (!ended_early) {
+      // An answer with no text begins here, still under the version it was
+      // known by; its last chunk carries the one the completion reports.
       if (!started) writer->begin(pending, provenance(model_version));
-      const std::string& version =
-          completion.model_version.empty() ? model_version : completion.model_version;
-      writer->finish(pending, completion, provenance(version));
-    } else {
-      error = r.error();
-      if (started) {
-        stream_error = openai::from_backend_error(*error);
+      writer->finish(pending, completion, provenance(origin.model_version));
+    }
+    finished = true;
+  }
+  cv.notify_one();
+}
+
+void StreamState::fail(const Error& failure, bool began) {
+  {
+    std::lock_guard lock(mu);
+    if (!ended_early) {
+      error = failure;
+      if (began) {
+        stream_error = openai::from_backend_error(failure);
         SseWriter::error(pending, *stream_error);
       }
     }

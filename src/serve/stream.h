@@ -1,5 +1,6 @@
-// One streamed generation of the HTTP gateway: a producer thread runs the
-// plan and appends SSE text; the HTTP worker drains it into the socket.
+// One streamed generation of the HTTP gateway: the pipeline runs the plan on a
+// producer thread (hybrid::Deployment::stream) and this sink turns its events
+// into SSE text, which the HTTP worker drains into the socket.
 #pragma once
 
 #include <atomic>
@@ -11,19 +12,19 @@
 #include <string>
 #include <string_view>
 #include <thread>
-#include <utility>
 
 #include "backend/backend.h"
 #include "common/result.h"
 #include "exec/exec.h"
-#include "hybrid/request.h"
 #include "hybrid/openai.h"
+#include "hybrid/request.h"
+#include "hybrid/stream.h"
 
 namespace foreshore::serve {
 
 // The split lets the handler answer with a real status when the tier fails
 // before its first token.
-struct StreamState {
+struct StreamState final : hybrid::StreamSink {
   std::mutex mu;
   std::condition_variable cv;
   std::string pending;
@@ -34,15 +35,9 @@ struct StreamState {
   bool ended_early = false;                      // end() closed it; the producer adds nothing more
   backend::Completion completion;
 
-  // Owned copies: a producer abandoned at its deadline may outlive the request.
-  std::function<Result<exec::ExecutionResult>(const backend::BackendRequest&,
-                                              const backend::DeltaSink&, const exec::SourceSink&)>
-      run;
-  std::function<std::string(std::string_view)> placement_of;
-  // The model and version a tier serves, for a stream that a fallback answers.
-  std::function<std::pair<std::string, std::string>(std::string_view)> model_of;
   hybrid::Request api;  // to rebuild the writer for another tier's model
   std::optional<exec::ExecutionResult> outcome;
+  // Owned copy: a producer abandoned at its deadline may outlive the request.
   backend::BackendRequest request;
   std::string tier, placement, model, model_version, decision_id, plan;
   std::optional<openai::SseWriter> writer;
@@ -60,10 +55,6 @@ struct StreamState {
     if (!settled.exchange(true, std::memory_order_acq_rel)) on_settle(success);
   }
 
-  // The tier about to produce the next delta: until the stream has begun,
-  // headers and chunks follow it, so they name who really answers.
-  void on_source(const std::string& source);
-
   int64_t created = 0;
 
   // Closes a running stream with an error event (shutdown): what the client
@@ -71,8 +62,12 @@ struct StreamState {
   // or had already finished.
   bool end(const openai::ApiError& why);
 
-  // Runs the tier on the producer thread.
-  void produce();
+  // hybrid::StreamSink, called on the producer thread.
+  void source(const hybrid::StreamOrigin& origin) override;
+  bool begin(const hybrid::StreamOrigin& origin) override;
+  bool delta(const backend::Delta& delta) override;
+  void finish(exec::ExecutionResult result, const hybrid::StreamOrigin& origin) override;
+  void fail(const Error& failure, bool began) override;
 };
 
 }  // namespace foreshore::serve
