@@ -348,6 +348,11 @@ void matmul(const WeightMatrix& w, const float* x, int64_t batch, float* y,
       for (int64_t u = begin; u < end; ++u) {
         const int64_t b = u < groups ? u * detail::kGroupRows : grouped_rows + (u - groups);
         uint8_t* out = scratch.data() + b * row_bytes;
+        if (u < groups && ops.act == ActKind::kQ8K) {
+          set.quantize_act_q8kx8(x + b * w.cols, w.cols, reinterpret_cast<detail::ActQ8Kx8*>(out),
+                                 w.cols);
+          continue;
+        }
         if (u < groups) {
           set.quantize_act_q8x8(x + b * w.cols, w.cols, reinterpret_cast<detail::ActQ8x8*>(out),
                                 w.cols);
