@@ -894,8 +894,9 @@ TEST(Matmul, ExtremeBlocksDoNotOverflow) {
   std::vector<float> w(kRows * kCols, 1.0f);
   for (int64_t r = 0; r < kRows; ++r) w[r * kCols] = -1.0f;  // sets the scale: +1 maps to the top
   const std::vector<float> x(kBatch * kCols, 1.0f);
-  for (TensorType t : {TensorType::kQ4_0, TensorType::kQ5_0, TensorType::kQ5_1, TensorType::kQ2_K,
-                       TensorType::kQ3_K, TensorType::kQ4_K, TensorType::kQ5_K, TensorType::kQ6_K}) {
+  for (TensorType t :
+       {TensorType::kQ4_0, TensorType::kQ5_0, TensorType::kQ5_1, TensorType::kQ2_K,
+        TensorType::kQ3_K, TensorType::kQ4_K, TensorType::kQ5_K, TensorType::kQ6_K}) {
     SCOPED_TRACE(name_of(t));
     const size_t rb = row_bytes(t, kCols);
     std::vector<uint8_t> data(rb * kRows);

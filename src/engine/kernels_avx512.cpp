@@ -246,8 +246,8 @@ void group_q4_k(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0) {
         min_sum = _mm256_add_epi32(min_sum, _mm256_madd_epi16(bsums, _mm256_set1_epi16(sm[8 + p])));
       }
       const __m256 dx = _mm256_loadu_ps(x[i].d);
-      acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(fold(sum)), _mm256_mul_ps(broadcast_half(w[i].d), dx),
-                            acc);
+      acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(fold(sum)),
+                            _mm256_mul_ps(broadcast_half(w[i].d), dx), acc);
       acc = _mm256_fnmadd_ps(_mm256_cvtepi32_ps(min_sum),
                              _mm256_mul_ps(broadcast_half(w[i].dmin), dx), acc);
     }
@@ -267,8 +267,7 @@ void group_q6_k(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0) {
   const StepPairs pairs;
   const __m512i low4 = _mm512_set1_epi8(0x0F);
   const __m512i bits45 = _mm512_set1_epi8(0x30);
-  const __m512i qh_shift =
-      _mm512_inserti64x4(_mm512_setzero_si512(), _mm256_set1_epi16(2), 1);
+  const __m512i qh_shift = _mm512_inserti64x4(_mm512_setzero_si512(), _mm256_set1_epi16(2), 1);
   for (int64_t r = r0; r < r1; ++r) {
     const BlockQ6_K* w = weight_row<BlockQ6_K>(a, r);
     __m256 acc = _mm256_setzero_ps();
@@ -298,8 +297,9 @@ void group_q6_k(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0) {
       for (int p = 0; p < kQKK / 32; ++p) {
         const uint32_t pair = static_cast<uint16_t>(sc[2 * p]) |
                               static_cast<uint32_t>(static_cast<uint16_t>(sc[2 * p + 1])) << 16;
-        offset = _mm256_add_epi32(offset, _mm256_madd_epi16(load256(x[i].bsums[p]),
-                                                            _mm256_set1_epi32(static_cast<int>(pair))));
+        offset = _mm256_add_epi32(
+            offset,
+            _mm256_madd_epi16(load256(x[i].bsums[p]), _mm256_set1_epi32(static_cast<int>(pair))));
       }
       const __m256i total = _mm256_sub_epi32(fold(sum), _mm256_slli_epi32(offset, 5));
       acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(total),
@@ -387,7 +387,8 @@ struct Q6_KRows {
   template <int NB>
   [[gnu::always_inline]] void operator()(const Block& w, const ActQ8K* const* x, __m512* acc,
                                          __m256*) const {
-    const __m256i sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w.scales)));
+    const __m256i sc16 =
+        _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w.scales)));
     const __m512i scales = _mm512_castsi256_si512(sc16);
     __m512i sum[NB];
     for (int k = 0; k < NB; ++k) sum[k] = _mm512_setzero_si512();
@@ -405,8 +406,8 @@ struct Q6_KRows {
         const __m512i s = _mm512_permutexvar_epi16(pick[2 * h + c], scales);
         for (int k = 0; k < NB; ++k) {
           const __m512i xq = _mm512_loadu_si512(x[k]->qs + 128 * h + 64 * c);
-          sum[k] = _mm512_add_epi32(sum[k],
-                                    _mm512_madd_epi16(_mm512_maddubs_epi16(levels[c], xq), s));
+          sum[k] =
+              _mm512_add_epi32(sum[k], _mm512_madd_epi16(_mm512_maddubs_epi16(levels[c], xq), s));
         }
       }
     }
