@@ -383,9 +383,13 @@ void matmul(const WeightMatrix& w, const float* x, int64_t batch, float* y,
     const size_t lead =
         std::min(detail::kPrefetchDistance, static_cast<size_t>(r1 - r0) * w.row_bytes);
     for (size_t off = 0; off < lead; off += 64) __builtin_prefetch(first + off, 0, 2);
-    for (int64_t b0 = 0; b0 < grouped_rows; b0 += detail::kGroupRows) {
-      kernels.group(args, r0, r1, b0);
+    int64_t g0 = 0;
+    if (kernels.group_pair != nullptr) {
+      for (; g0 + 2 * detail::kGroupRows <= grouped_rows; g0 += 2 * detail::kGroupRows) {
+        kernels.group_pair(args, r0, r1, g0);
+      }
     }
+    for (; g0 < grouped_rows; g0 += detail::kGroupRows) kernels.group(args, r0, r1, g0);
     for (int64_t b0 = grouped_rows; b0 < batch; b0 += kernels.max_tile) {
       kernels.rows(args, r0, r1, b0,
                    static_cast<int>(std::min<int64_t>(kernels.max_tile, batch - b0)));

@@ -111,31 +111,43 @@ void group_q8_0(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0) {
 // activation sums, once per row, as in AVX2 (Q4_0: -8 d; Q5_0: -16 d; Q5_1:
 // + m). vpdpbusd widens to int32 at once, so Q5's levels up to 31 need no
 // intermediate widening either.
-template <typename Block, typename Levels, typename Offset>
+// kGroups groups from b0 (eight rows each) at once: each block's levels are
+// expanded and spread over the step pairs once for all of them.
+template <typename Block, int kGroups = 1, typename Levels, typename Offset>
 void group_unsigned(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, Levels levels,
                     Offset offset, float offset_factor) {
   const int64_t blocks = a.cols / kQK;
-  const auto* x = act_row<ActQ8x8>(a, b0);
+  const ActQ8x8* x[kGroups];
+  for (int g = 0; g < kGroups; ++g) x[g] = act_row<ActQ8x8>(a, b0 + g * kGroupRows);
   const StepPairs pairs;
   for (int64_t r = r0; r < r1; ++r) {
     const Block* w = weight_row<Block>(a, r);
-    __m256 acc = _mm256_setzero_ps();
-    __m256 off = _mm256_setzero_ps();
+    __m256 acc[kGroups], off[kGroups];
+    for (int g = 0; g < kGroups; ++g) acc[g] = off[g] = _mm256_setzero_ps();
     for (int64_t i = 0; i < blocks; ++i) {
       prefetch_ahead(w + i);
       const __m512i q = _mm512_zextsi256_si512(levels(w[i]));
-      __m512i sum = _mm512_setzero_si512();
-      for (int p = 0; p < kQK / 8; ++p) {
-        sum = _mm512_dpbusd_epi32(sum, _mm512_permutexvar_epi32(pairs.pick[p], q),
-                                  _mm512_loadu_si512(x[i].qs[2 * p]));
+      __m512i wp[kQK / 8];
+      for (int p = 0; p < kQK / 8; ++p) wp[p] = _mm512_permutexvar_epi32(pairs.pick[p], q);
+      const __m256 dw = broadcast_half(w[i].d);
+      const __m256 ow = offset(w[i]);
+      for (int g = 0; g < kGroups; ++g) {
+        __m512i sum = _mm512_setzero_si512();
+        for (int p = 0; p < kQK / 8; ++p) {
+          sum = _mm512_dpbusd_epi32(sum, wp[p], _mm512_loadu_si512(x[g][i].qs[2 * p]));
+        }
+        acc[g] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(fold(sum)),
+                                 _mm256_mul_ps(dw, _mm256_loadu_ps(x[g][i].d)), acc[g]);
+        off[g] = _mm256_fmadd_ps(ow, _mm256_loadu_ps(x[g][i].s), off[g]);
       }
-      acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(fold(sum)),
-                            _mm256_mul_ps(broadcast_half(w[i].d), _mm256_loadu_ps(x[i].d)), acc);
-      off = _mm256_fmadd_ps(offset(w[i]), _mm256_loadu_ps(x[i].s), off);
     }
-    alignas(32) float out[kGroupRows];
-    _mm256_store_ps(out, _mm256_fmadd_ps(_mm256_set1_ps(offset_factor), off, acc));
-    for (int k = 0; k < kGroupRows; ++k) a.y[(b0 + k) * a.y_stride + r] = out[k];
+    for (int g = 0; g < kGroups; ++g) {
+      alignas(32) float out[kGroupRows];
+      _mm256_store_ps(out, _mm256_fmadd_ps(_mm256_set1_ps(offset_factor), off[g], acc[g]));
+      for (int k = 0; k < kGroupRows; ++k) {
+        a.y[(b0 + g * kGroupRows + k) * a.y_stride + r] = out[k];
+      }
+    }
   }
 }
 
@@ -151,9 +163,10 @@ struct Nibbles {
   }
 };
 
+template <int kGroups>
 void group_q4_0(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0) {
   const Nibbles nibbles;
-  group_unsigned<BlockQ4_0>(
+  group_unsigned<BlockQ4_0, kGroups>(
       a, r0, r1, b0, [nibbles](const BlockQ4_0& w) { return nibbles(w.qs); },
       [](const BlockQ4_0& w) { return broadcast_half(w.d); }, -8.0f);
 }
@@ -501,7 +514,10 @@ KernelSet make_set() {
   set.level = CpuLevel::kAvx512;
   for (TypeKernels& k : set.types) {
     if (k.type == TensorType::kQ8_0) k.group = group_q8_0;
-    if (k.type == TensorType::kQ4_0) k.group = group_q4_0;
+    if (k.type == TensorType::kQ4_0) {
+      k.group = group_q4_0<1>;
+      k.group_pair = group_q4_0<2>;
+    }
     if (k.type == TensorType::kQ5_0) k.group = group_q5<BlockQ5_0>;
     if (k.type == TensorType::kQ5_1) k.group = group_q5<BlockQ5_1>;
     if (k.type == TensorType::kQ4_K) k = {k.type, rows_super_blocks<Q4_KRows>, group_q4_k};

@@ -375,6 +375,9 @@ struct TypeKernels {
   RowKernel rows = nullptr;
   GroupKernel group = nullptr;
   int max_tile = kMaxTile;  // most activation rows `rows` takes at once
+  // Two groups (2 * kGroupRows rows from b0) at once, where sharing the
+  // weights' expansion pays; null elsewhere.
+  GroupKernel group_pair = nullptr;
 };
 inline constexpr size_t kKernelTypes = 14;  // the types with kernels (kernels.cpp, kOps)
 
