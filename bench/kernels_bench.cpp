@@ -174,6 +174,7 @@ void BM_Matmul(benchmark::State& state, MatvecCase c) {
   }
   const double elapsed =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  state.SetLabel(std::string(cpu_level_name(cpu_level())));
   const double gb = static_cast<double>(matrix_bytes) * 1e-9;
   state.counters["GB"] = benchmark::Counter(gb, benchmark::Counter::kIsIterationInvariantRate);
   state.counters["Gop/s"] =
@@ -228,6 +229,10 @@ void register_all() {
     }
     cases.push_back({t, 576, 1536, 1, 2, false});
     cases.push_back({t, 576, 1536, 1, 2, true});
+    // One thread in cache: the kernels' own speed, decode (one row) and one
+    // eight-row group, for A/B runs of the CPU levels.
+    cases.push_back({t, 576, 1536, 1, 1, false});
+    cases.push_back({t, 576, 1536, 8, 1, false});
     cases.push_back({t, 2048, 8192, 32, 2, true});
     cases.push_back({t, 576, 1536, 32, 2, false});
   }

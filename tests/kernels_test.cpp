@@ -849,6 +849,15 @@ TEST(Matmul, VectorMatchesScalarAndFloat) {
   }
 }
 
+// Batches of whole eight-row groups, alone and with tiles after them: the
+// group kernels (and their activation layouts) at levels that have them.
+TEST(Matmul, EightRowGroupsMatchScalar) {
+  ThreadPool pool(2);
+  for (TensorType t : kAllTypes) {
+    for (int64_t batch : {8, 16, 20}) check_matmul(t, 37, test_cols(t) * 2, batch, pool);
+  }
+}
+
 TEST(Matmul, LargerShapesAndThreeThreads) {
   ThreadPool pool(3);
   for (TensorType t : kAllTypes) {
@@ -885,8 +894,9 @@ TEST(Matmul, ExtremeBlocksDoNotOverflow) {
   std::vector<float> w(kRows * kCols, 1.0f);
   for (int64_t r = 0; r < kRows; ++r) w[r * kCols] = -1.0f;  // sets the scale: +1 maps to the top
   const std::vector<float> x(kBatch * kCols, 1.0f);
-  for (TensorType t : {TensorType::kQ4_0, TensorType::kQ5_0, TensorType::kQ5_1, TensorType::kQ2_K,
-                       TensorType::kQ3_K, TensorType::kQ5_K}) {
+  for (TensorType t :
+       {TensorType::kQ4_0, TensorType::kQ5_0, TensorType::kQ5_1, TensorType::kQ2_K,
+        TensorType::kQ3_K, TensorType::kQ4_K, TensorType::kQ5_K, TensorType::kQ6_K}) {
     SCOPED_TRACE(name_of(t));
     const size_t rb = row_bytes(t, kCols);
     std::vector<uint8_t> data(rb * kRows);
@@ -956,6 +966,19 @@ TEST(Matmul, ActivationQuantizersAgree) {
   detail::quantize_act_q8k_scalar(x.data(), c.data(), 1024);
   set.quantize_act_q8k(x.data(), d.data(), 1024);
   EXPECT_EQ(0, std::memcmp(c.data(), d.data(), sizeof(detail::ActQ8K) * c.size()));
+  if (set.quantize_act_q8kx8 == nullptr) return;
+  // Eight rows of 256, interleaved: the same scales, sums and bytes.
+  auto rows = gaussian(8 * 256, 9);
+  std::fill(rows.begin() + 3 * 256, rows.begin() + 4 * 256, 0.0f);
+  detail::ActQ8Kx8 group;
+  set.quantize_act_q8kx8(rows.data(), 256, &group, 256);
+  for (int k = 0; k < 8; ++k) {
+    detail::ActQ8K row;
+    detail::quantize_act_q8k_scalar(rows.data() + k * 256, &row, 256);
+    EXPECT_EQ(group.d[k], row.d) << k;
+    for (int g = 0; g < 16; ++g) EXPECT_EQ(group.bsums[g / 2][k][g % 2], row.bsums[g]) << k;
+    for (int j = 0; j < 64; ++j) EXPECT_EQ(0, std::memcmp(group.qs[j][k], row.qs + 4 * j, 4)) << k;
+  }
 }
 
 TEST(Matmul, GetRowMatchesDequantize) {

@@ -348,6 +348,11 @@ void matmul(const WeightMatrix& w, const float* x, int64_t batch, float* y,
       for (int64_t u = begin; u < end; ++u) {
         const int64_t b = u < groups ? u * detail::kGroupRows : grouped_rows + (u - groups);
         uint8_t* out = scratch.data() + b * row_bytes;
+        if (u < groups && ops.act == ActKind::kQ8K) {
+          set.quantize_act_q8kx8(x + b * w.cols, w.cols, reinterpret_cast<detail::ActQ8Kx8*>(out),
+                                 w.cols);
+          continue;
+        }
         if (u < groups) {
           set.quantize_act_q8x8(x + b * w.cols, w.cols, reinterpret_cast<detail::ActQ8x8*>(out),
                                 w.cols);
@@ -378,9 +383,13 @@ void matmul(const WeightMatrix& w, const float* x, int64_t batch, float* y,
     const size_t lead =
         std::min(detail::kPrefetchDistance, static_cast<size_t>(r1 - r0) * w.row_bytes);
     for (size_t off = 0; off < lead; off += 64) __builtin_prefetch(first + off, 0, 2);
-    for (int64_t b0 = 0; b0 < grouped_rows; b0 += detail::kGroupRows) {
-      kernels.group(args, r0, r1, b0);
+    int64_t g0 = 0;
+    if (kernels.group_pair != nullptr) {
+      for (; g0 + 2 * detail::kGroupRows <= grouped_rows; g0 += 2 * detail::kGroupRows) {
+        kernels.group_pair(args, r0, r1, g0);
+      }
     }
+    for (; g0 < grouped_rows; g0 += detail::kGroupRows) kernels.group(args, r0, r1, g0);
     for (int64_t b0 = grouped_rows; b0 < batch; b0 += kernels.max_tile) {
       kernels.rows(args, r0, r1, b0,
                    static_cast<int>(std::min<int64_t>(kernels.max_tile, batch - b0)));

@@ -1,6 +1,7 @@
 // AVX-512 level: the AVX2 kernels, with AVX-512 VNNI ones for Q8_0, Q4_0,
-// Q5_0 and Q5_1 prompt processing and batched decode (eight activation rows
-// at a time).
+// Q5_0, Q5_1, Q4_K and Q6_K prompt processing and batched decode (eight
+// activation rows at a time), and 512-bit Q4_K and Q6_K kernels for decode
+// (one to four rows).
 //
 // vpdpbusd multiplies unsigned by signed bytes and adds each group of four
 // products to an int32 lane in one instruction, where AVX2 needs maddubs,
@@ -9,11 +10,13 @@
 // w's sign. Nothing can overflow (products at most 128 * 127), so the
 // integer sums are the scalar reference's exactly.
 //
-// Decode (one activation row) keeps the AVX2 kernels: a 256-bit VNNI
-// version of the Q8_0 one (vpdpbusd in place of maddubs + madd, the same
-// instruction count otherwise) ran at 0.76x of it on the AMD EPYC
-// development VM (576x1536, one thread, best of 800 runs in cache), and
-// decode reads its weights from memory anyway.
+// Decode (one activation row) of the 32-element types keeps the AVX2
+// kernels: a 256-bit VNNI version of the Q8_0 one (vpdpbusd in place of
+// maddubs + madd, the same instruction count otherwise) ran at 0.76x of it
+// on the AMD EPYC development VM (576x1536, one thread, best of 800 runs in
+// cache). The K-quants' decode kernels are 512 bits wide instead: each
+// super block's expansion then costs half the instructions (Q4_K 1.2x,
+// Q6_K 1.9x the AVX2 kernels in the same setup).
 //
 // Built with AVX-512 F/BW/VL/VNNI (and AVX2/FMA/F16C); everything here is
 // file-local and reachable only through avx512_kernels(), which the dispatch
@@ -51,12 +54,13 @@ inline void prefetch_ahead(const void* p) {
   _mm_prefetch(static_cast<const char*>(p) + 768, _MM_HINT_T0);
 }
 
-// Weight dword 2p into lanes 0-7 and 2p + 1 into lanes 8-15, for p < 4: the
-// weights of step pair p of an ActQ8x8 group (see group_q8_0).
+// Weight dword 2p into lanes 0-7 and 2p + 1 into lanes 8-15, for p < 8: the
+// weights of step pair p of an ActQ8x8 group (see group_q8_0), or of the
+// steps of 64 levels in one register (the K-quants).
 struct StepPairs {
-  __m512i pick[kQK / 8];
+  __m512i pick[kQK / 4];
   StepPairs() {
-    for (int p = 0; p < kQK / 8; ++p) {
+    for (int p = 0; p < kQK / 4; ++p) {
       pick[p] = _mm512_inserti64x4(_mm512_set1_epi32(2 * p), _mm256_set1_epi32(2 * p + 1), 1);
     }
   }
@@ -107,31 +111,43 @@ void group_q8_0(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0) {
 // activation sums, once per row, as in AVX2 (Q4_0: -8 d; Q5_0: -16 d; Q5_1:
 // + m). vpdpbusd widens to int32 at once, so Q5's levels up to 31 need no
 // intermediate widening either.
-template <typename Block, typename Levels, typename Offset>
+// kGroups groups from b0 (eight rows each) at once: each block's levels are
+// expanded and spread over the step pairs once for all of them.
+template <typename Block, int kGroups = 1, typename Levels, typename Offset>
 void group_unsigned(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, Levels levels,
                     Offset offset, float offset_factor) {
   const int64_t blocks = a.cols / kQK;
-  const auto* x = act_row<ActQ8x8>(a, b0);
+  const ActQ8x8* x[kGroups];
+  for (int g = 0; g < kGroups; ++g) x[g] = act_row<ActQ8x8>(a, b0 + g * kGroupRows);
   const StepPairs pairs;
   for (int64_t r = r0; r < r1; ++r) {
     const Block* w = weight_row<Block>(a, r);
-    __m256 acc = _mm256_setzero_ps();
-    __m256 off = _mm256_setzero_ps();
+    __m256 acc[kGroups], off[kGroups];
+    for (int g = 0; g < kGroups; ++g) acc[g] = off[g] = _mm256_setzero_ps();
     for (int64_t i = 0; i < blocks; ++i) {
       prefetch_ahead(w + i);
       const __m512i q = _mm512_zextsi256_si512(levels(w[i]));
-      __m512i sum = _mm512_setzero_si512();
-      for (int p = 0; p < kQK / 8; ++p) {
-        sum = _mm512_dpbusd_epi32(sum, _mm512_permutexvar_epi32(pairs.pick[p], q),
-                                  _mm512_loadu_si512(x[i].qs[2 * p]));
+      __m512i wp[kQK / 8];
+      for (int p = 0; p < kQK / 8; ++p) wp[p] = _mm512_permutexvar_epi32(pairs.pick[p], q);
+      const __m256 dw = broadcast_half(w[i].d);
+      const __m256 ow = offset(w[i]);
+      for (int g = 0; g < kGroups; ++g) {
+        __m512i sum = _mm512_setzero_si512();
+        for (int p = 0; p < kQK / 8; ++p) {
+          sum = _mm512_dpbusd_epi32(sum, wp[p], _mm512_loadu_si512(x[g][i].qs[2 * p]));
+        }
+        acc[g] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(fold(sum)),
+                                 _mm256_mul_ps(dw, _mm256_loadu_ps(x[g][i].d)), acc[g]);
+        off[g] = _mm256_fmadd_ps(ow, _mm256_loadu_ps(x[g][i].s), off[g]);
       }
-      acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(fold(sum)),
-                            _mm256_mul_ps(broadcast_half(w[i].d), _mm256_loadu_ps(x[i].d)), acc);
-      off = _mm256_fmadd_ps(offset(w[i]), _mm256_loadu_ps(x[i].s), off);
     }
-    alignas(32) float out[kGroupRows];
-    _mm256_store_ps(out, _mm256_fmadd_ps(_mm256_set1_ps(offset_factor), off, acc));
-    for (int k = 0; k < kGroupRows; ++k) a.y[(b0 + k) * a.y_stride + r] = out[k];
+    for (int g = 0; g < kGroups; ++g) {
+      alignas(32) float out[kGroupRows];
+      _mm256_store_ps(out, _mm256_fmadd_ps(_mm256_set1_ps(offset_factor), off[g], acc[g]));
+      for (int k = 0; k < kGroupRows; ++k) {
+        a.y[(b0 + g * kGroupRows + k) * a.y_stride + r] = out[k];
+      }
+    }
   }
 }
 
@@ -147,9 +163,10 @@ struct Nibbles {
   }
 };
 
+template <int kGroups>
 void group_q4_0(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0) {
   const Nibbles nibbles;
-  group_unsigned<BlockQ4_0>(
+  group_unsigned<BlockQ4_0, kGroups>(
       a, r0, r1, b0, [nibbles](const BlockQ4_0& w) { return nibbles(w.qs); },
       [](const BlockQ4_0& w) { return broadcast_half(w.d); }, -8.0f);
 }
@@ -178,15 +195,335 @@ void group_q5(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0) {
       kHasMin ? 1.0f : -16.0f);
 }
 
+// The sums of level dwords [2 * p0, 2 * p0 + 2 * n) of `levels` with the
+// same steps of the eight rows from xq (an ActQ8Kx8's qs at the first of
+// them): lanes 0-7 the even steps, 8-15 the odd ones.
+template <int kPairs>
+[[gnu::always_inline]] inline __m512i dot_steps(__m512i levels, const StepPairs& pairs, int p0,
+                                                const int8_t* xq) {
+  __m512i sum = _mm512_setzero_si512();
+  for (int p = 0; p < kPairs; ++p) {
+    sum = _mm512_dpbusd_epi32(sum, _mm512_permutexvar_epi32(pairs.pick[p0 + p], levels),
+                              _mm512_loadu_si512(xq + 64 * p));
+  }
+  return sum;
+}
+
+// Prefetches every cache line of a block, as the AVX2 kernels do.
+template <typename Block>
+inline void prefetch_block(const Block* b) {
+  for (size_t off = 0; off < sizeof(Block); off += 64)
+    prefetch_ahead(reinterpret_cast<const char*>(b) + off);
+}
+
+// Stores a group's eight results of row r.
+inline void store_group(const RowArgs& a, int64_t r, int64_t b0, __m256 result) {
+  alignas(32) float out[kGroupRows];
+  _mm256_store_ps(out, result);
+  for (int k = 0; k < kGroupRows; ++k) a.y[(b0 + k) * a.y_stride + r] = out[k];
+}
+
+// Q4_K weights against an ActQ8Kx8 group. Each 32 bytes of nibbles hold two
+// sub-blocks (low nibbles the first): one broadcast, shift and mask gives
+// their 64 levels in element order, whose steps then meet all eight rows as
+// in group_q4_0. Each sub-block's int32 sums are multiplied by its 6-bit
+// scale, so the super block stays in integers (the reference's) until one
+// float FMA; the mins meet the activations' 32-element sums in one madd per
+// sub-block.
+void group_q4_k(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0) {
+  const int64_t blocks = a.cols / kQKK;
+  const auto* x = act_row<ActQ8Kx8>(a, b0);
+  const StepPairs pairs;
+  const __m512i low4 = _mm512_set1_epi8(0x0F);
+  const __m512i shift = _mm512_setr_epi64(0, 0, 0, 0, 4, 4, 4, 4);
+  for (int64_t r = r0; r < r1; ++r) {
+    const BlockQ4_K* w = weight_row<BlockQ4_K>(a, r);
+    __m256 acc = _mm256_setzero_ps();
+    for (int64_t i = 0; i < blocks; ++i) {
+      prefetch_block(w + i);
+      uint8_t sm[16];
+      unpack_q4k_scales(w[i].scales, sm);
+      __m512i sum = _mm512_setzero_si512();
+      for (int j = 0; j < 4; ++j) {
+        const __m512i packed = _mm512_broadcast_i64x4(load256(w[i].qs + 32 * j));
+        const __m512i levels = _mm512_and_si512(_mm512_srlv_epi64(packed, shift), low4);
+        for (int h = 0; h < 2; ++h) {
+          const int sub = 2 * j + h;
+          const __m512i dot = dot_steps<4>(levels, pairs, 4 * h, x[i].qs[8 * sub][0]);
+          sum = _mm512_add_epi32(sum, _mm512_mullo_epi32(dot, _mm512_set1_epi32(sm[sub])));
+        }
+      }
+      __m256i min_sum = _mm256_setzero_si256();
+      for (int p = 0; p < kQKK / 32; ++p) {
+        const __m256i bsums = load256(x[i].bsums[p]);
+        min_sum = _mm256_add_epi32(min_sum, _mm256_madd_epi16(bsums, _mm256_set1_epi16(sm[8 + p])));
+      }
+      const __m256 dx = _mm256_loadu_ps(x[i].d);
+      acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(fold(sum)),
+                            _mm256_mul_ps(broadcast_half(w[i].d), dx), acc);
+      acc = _mm256_fnmadd_ps(_mm256_cvtepi32_ps(min_sum),
+                             _mm256_mul_ps(broadcast_half(w[i].dmin), dx), acc);
+    }
+    store_group(a, r, b0, acc);
+  }
+}
+
+// Q6_K weights against an ActQ8Kx8 group, as group_q4_k with a signed
+// scale per 16 elements. Its levels (0-63) are built 64 at a time: the low
+// nibbles of a 64-byte ql load, with the 2-bit pairs of qh shifted by 0 (low
+// half) and 2 (high half) into bits 4-5, give elements 0-63 of a 128-element
+// half; the high nibbles with the next pairs give 64-127. The 32 offset
+// comes back as 32 times the scaled activation sums, once per block.
+void group_q6_k(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0) {
+  const int64_t blocks = a.cols / kQKK;
+  const auto* x = act_row<ActQ8Kx8>(a, b0);
+  const StepPairs pairs;
+  const __m512i low4 = _mm512_set1_epi8(0x0F);
+  const __m512i bits45 = _mm512_set1_epi8(0x30);
+  const __m512i qh_shift = _mm512_inserti64x4(_mm512_setzero_si512(), _mm256_set1_epi16(2), 1);
+  for (int64_t r = r0; r < r1; ++r) {
+    const BlockQ6_K* w = weight_row<BlockQ6_K>(a, r);
+    __m256 acc = _mm256_setzero_ps();
+    for (int64_t i = 0; i < blocks; ++i) {
+      prefetch_block(w + i);
+      const int8_t* sc = w[i].scales;
+      __m512i sum = _mm512_setzero_si512();
+      for (int h = 0; h < 2; ++h) {
+        const __m512i ql = _mm512_loadu_si512(w[i].ql + 64 * h);
+        const __m512i qh =
+            _mm512_srlv_epi16(_mm512_broadcast_i64x4(load256(w[i].qh + 32 * h)), qh_shift);
+        const __m512i levels[2] = {
+            _mm512_or_si512(_mm512_and_si512(ql, low4),
+                            _mm512_and_si512(_mm512_slli_epi16(qh, 4), bits45)),
+            _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(ql, 4), low4),
+                            _mm512_and_si512(qh, bits45)),
+        };
+        for (int c = 0; c < 2; ++c) {
+          for (int q = 0; q < 4; ++q) {
+            const int g = 8 * h + 4 * c + q;  // 16-element group: four steps
+            const __m512i dot = dot_steps<2>(levels[c], pairs, 2 * q, x[i].qs[4 * g][0]);
+            sum = _mm512_add_epi32(sum, _mm512_mullo_epi32(dot, _mm512_set1_epi32(sc[g])));
+          }
+        }
+      }
+      __m256i offset = _mm256_setzero_si256();
+      for (int p = 0; p < kQKK / 32; ++p) {
+        const uint32_t pair = static_cast<uint16_t>(sc[2 * p]) |
+                              static_cast<uint32_t>(static_cast<uint16_t>(sc[2 * p + 1])) << 16;
+        offset = _mm256_add_epi32(
+            offset,
+            _mm256_madd_epi16(load256(x[i].bsums[p]), _mm256_set1_epi32(static_cast<int>(pair))));
+      }
+      const __m256i total = _mm256_sub_epi32(fold(sum), _mm256_slli_epi32(offset, 5));
+      acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(total),
+                            _mm256_mul_ps(broadcast_half(w[i].d), _mm256_loadu_ps(x[i].d)), acc);
+    }
+    store_group(a, r, b0, acc);
+  }
+}
+
+// Both halves of a 512-bit vector set to v.
+inline __m512 widen(__m256 v) {
+  return _mm512_castpd_ps(_mm512_broadcast_f64x4(_mm256_castps_pd(v)));
+}
+
+// Decode and the rows left over after the groups: 512-bit versions of the
+// AVX2 K-quant tile kernels (up to kMaxTile activation rows), 64 elements
+// per vector where AVX2 takes 32. The levels are expanded as in the group
+// kernels; each 16-bit lane pair of a maddubs meets its sub-block's scale in
+// one madd (a vpermw spreads the scales over the lanes), so a super block
+// stays in int32 until one float FMA.
+struct Q4_KRows {
+  using Block = BlockQ4_K;
+  const __m512i low4 = _mm512_set1_epi8(0x0F);
+  const __m512i shift = _mm512_setr_epi64(0, 0, 0, 0, 4, 4, 4, 4);
+  // Scale 2j in the low 256 bits' int16 lanes, 2j + 1 in the high ones.
+  __m512i pick[4];
+  Q4_KRows() {
+    for (int j = 0; j < 4; ++j) {
+      pick[j] = _mm512_inserti64x4(_mm512_set1_epi16(static_cast<int16_t>(2 * j)),
+                                   _mm256_set1_epi16(static_cast<int16_t>(2 * j + 1)), 1);
+    }
+  }
+
+  template <int NB>
+  [[gnu::always_inline]] void operator()(const Block& w, const ActQ8K* const* x, __m512* acc,
+                                         __m256* acc_min) const {
+    alignas(16) uint8_t sm[16];
+    unpack_q4k_scales(w.scales, sm);
+    const __m128i sm128 = _mm_load_si128(reinterpret_cast<const __m128i*>(sm));
+    const __m512i scales = _mm512_castsi256_si512(_mm256_cvtepu8_epi16(sm128));
+    const __m128i mins = _mm_cvtepu8_epi16(_mm_srli_si128(sm128, 8));
+    __m512i sum[NB];
+    for (int k = 0; k < NB; ++k) sum[k] = _mm512_setzero_si512();
+    for (int j = 0; j < 4; ++j) {
+      const __m512i packed = _mm512_broadcast_i64x4(load256(w.qs + 32 * j));
+      const __m512i q = _mm512_and_si512(_mm512_srlv_epi64(packed, shift), low4);
+      const __m512i s = _mm512_permutexvar_epi16(pick[j], scales);
+      for (int k = 0; k < NB; ++k) {
+        const __m512i xq = _mm512_loadu_si512(x[k]->qs + 64 * j);
+        sum[k] = _mm512_add_epi32(sum[k], _mm512_madd_epi16(_mm512_maddubs_epi16(q, xq), s));
+      }
+    }
+    const __m256 d = broadcast_half(w.d);
+    const __m256 dmin = broadcast_half(w.dmin);
+    for (int k = 0; k < NB; ++k) {
+      const __m128i bs_lo = _mm_loadu_si128(reinterpret_cast<const __m128i*>(x[k]->bsums));
+      const __m128i bs_hi = _mm_loadu_si128(reinterpret_cast<const __m128i*>(x[k]->bsums + 8));
+      const __m128i pm = _mm_madd_epi16(mins, _mm_hadd_epi16(bs_lo, bs_hi));
+      const __m256 dx = _mm256_broadcast_ss(&x[k]->d);
+      acc[k] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum[k]), widen(_mm256_mul_ps(d, dx)), acc[k]);
+      acc_min[k] = _mm256_fmadd_ps(_mm256_zextps128_ps256(_mm_cvtepi32_ps(pm)),
+                                   _mm256_mul_ps(dmin, dx), acc_min[k]);
+    }
+  }
+};
+
+// Q6_K: levels as in group_q6_k, a signed scale per 16 elements (eight
+// int16 lanes of a maddubs), the 32 offset taken out of the integer sums
+// through the activation sums.
+struct Q6_KRows {
+  using Block = BlockQ6_K;
+  const __m512i low4 = _mm512_set1_epi8(0x0F);
+  const __m512i bits45 = _mm512_set1_epi8(0x30);
+  const __m512i qh_shift = _mm512_inserti64x4(_mm512_setzero_si512(), _mm256_set1_epi16(2), 1);
+  // Scales 4v .. 4v + 3, each over eight int16 lanes, for the v-th 64 elements.
+  __m512i pick[4];
+  Q6_KRows() {
+    alignas(64) int16_t idx[32];
+    for (int v = 0; v < 4; ++v) {
+      for (int t = 0; t < 32; ++t) idx[t] = static_cast<int16_t>(4 * v + t / 8);
+      pick[v] = _mm512_load_si512(idx);
+    }
+  }
+
+  template <int NB>
+  [[gnu::always_inline]] void operator()(const Block& w, const ActQ8K* const* x, __m512* acc,
+                                         __m256*) const {
+    const __m256i sc16 =
+        _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w.scales)));
+    const __m512i scales = _mm512_castsi256_si512(sc16);
+    __m512i sum[NB];
+    for (int k = 0; k < NB; ++k) sum[k] = _mm512_setzero_si512();
+    for (int h = 0; h < 2; ++h) {
+      const __m512i ql = _mm512_loadu_si512(w.ql + 64 * h);
+      const __m512i qh =
+          _mm512_srlv_epi16(_mm512_broadcast_i64x4(load256(w.qh + 32 * h)), qh_shift);
+      const __m512i levels[2] = {
+          _mm512_or_si512(_mm512_and_si512(ql, low4),
+                          _mm512_and_si512(_mm512_slli_epi16(qh, 4), bits45)),
+          _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(ql, 4), low4),
+                          _mm512_and_si512(qh, bits45)),
+      };
+      for (int c = 0; c < 2; ++c) {
+        const __m512i s = _mm512_permutexvar_epi16(pick[2 * h + c], scales);
+        for (int k = 0; k < NB; ++k) {
+          const __m512i xq = _mm512_loadu_si512(x[k]->qs + 128 * h + 64 * c);
+          sum[k] =
+              _mm512_add_epi32(sum[k], _mm512_madd_epi16(_mm512_maddubs_epi16(levels[c], xq), s));
+        }
+      }
+    }
+    const __m256 d = broadcast_half(w.d);
+    for (int k = 0; k < NB; ++k) {
+      const __m256i offset = _mm256_slli_epi32(_mm256_madd_epi16(sc16, load256(x[k]->bsums)), 5);
+      const __m512i total = _mm512_sub_epi32(sum[k], _mm512_zextsi256_si512(offset));
+      const __m256 scale = _mm256_mul_ps(d, _mm256_broadcast_ss(&x[k]->d));
+      acc[k] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(total), widen(scale), acc[k]);
+    }
+  }
+};
+
+// Runs a 512-bit super-block step over whole rows for NB activation rows:
+// the result is the sum of acc's lanes less the sum of acc_min's.
+template <typename Step>
+struct SuperBlockRows {
+  template <int NB>
+  static void run(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0) {
+    using Block = typename Step::Block;
+    const Step step;
+    const int64_t blocks = a.cols / kQKK;
+    const ActQ8K* x[NB];
+    for (int k = 0; k < NB; ++k) x[k] = act_row<ActQ8K>(a, b0 + k);
+    for (int64_t r = r0; r < r1; ++r) {
+      const Block* w = weight_row<Block>(a, r);
+      __m512 acc[NB];
+      __m256 acc_min[NB];
+      for (int k = 0; k < NB; ++k) {
+        acc[k] = _mm512_setzero_ps();
+        acc_min[k] = _mm256_setzero_ps();
+      }
+      for (int64_t i = 0; i < blocks; ++i) {
+        prefetch_block(w + i);
+        const ActQ8K* xi[NB];
+        for (int k = 0; k < NB; ++k) xi[k] = x[k] + i;
+        step.template operator()<NB>(w[i], xi, acc, acc_min);
+      }
+      for (int k = 0; k < NB; ++k) {
+        const __m256 total = _mm256_sub_ps(
+            _mm256_add_ps(_mm512_castps512_ps256(acc[k]),
+                          _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(acc[k]), 1))),
+            acc_min[k]);
+        __m128 s = _mm_add_ps(_mm256_castps256_ps128(total), _mm256_extractf128_ps(total, 1));
+        s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        s = _mm_add_ss(s, _mm_movehdup_ps(s));
+        a.y[(b0 + k) * a.y_stride + r] = _mm_cvtss_f32(s);
+      }
+    }
+  }
+};
+
+template <typename Step>
+void rows_super_blocks(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb) {
+  switch (nb) {
+    case 1:
+      SuperBlockRows<Step>::template run<1>(a, r0, r1, b0);
+      break;
+    case 2:
+      SuperBlockRows<Step>::template run<2>(a, r0, r1, b0);
+      break;
+    case 3:
+      SuperBlockRows<Step>::template run<3>(a, r0, r1, b0);
+      break;
+    default:
+      SuperBlockRows<Step>::template run<4>(a, r0, r1, b0);
+      break;
+  }
+}
+
+// Quantizes eight rows as quantize_act_q8k does (the AVX2 one, whose bytes
+// are the scalar reference's) and interleaves them.
+void quantize_act_q8kx8(const float* x, int64_t stride, ActQ8Kx8* y, int64_t n) {
+  const auto quantize_row = avx2_kernels().quantize_act_q8k;
+  for (int64_t b = 0; b < n / kQKK; ++b) {
+    for (int k = 0; k < kGroupRows; ++k) {
+      ActQ8K row;
+      quantize_row(x + k * stride + b * kQKK, &row, kQKK);
+      y[b].d[k] = row.d;
+      for (int p = 0; p < kQKK / 32; ++p) {
+        y[b].bsums[p][k][0] = row.bsums[2 * p];
+        y[b].bsums[p][k][1] = row.bsums[2 * p + 1];
+      }
+      for (int j = 0; j < kQKK / 4; ++j) std::memcpy(y[b].qs[j][k], row.qs + 4 * j, 4);
+    }
+  }
+}
+
 KernelSet make_set() {
   KernelSet set = avx2_kernels();
   set.level = CpuLevel::kAvx512;
   for (TypeKernels& k : set.types) {
     if (k.type == TensorType::kQ8_0) k.group = group_q8_0;
-    if (k.type == TensorType::kQ4_0) k.group = group_q4_0;
+    if (k.type == TensorType::kQ4_0) {
+      k.group = group_q4_0<1>;
+      k.group_pair = group_q4_0<2>;
+    }
     if (k.type == TensorType::kQ5_0) k.group = group_q5<BlockQ5_0>;
     if (k.type == TensorType::kQ5_1) k.group = group_q5<BlockQ5_1>;
+    if (k.type == TensorType::kQ4_K) k = {k.type, rows_super_blocks<Q4_KRows>, group_q4_k};
+    if (k.type == TensorType::kQ6_K) k = {k.type, rows_super_blocks<Q6_KRows>, group_q6_k};
   }
+  set.quantize_act_q8kx8 = quantize_act_q8kx8;
   return set;
 }
 

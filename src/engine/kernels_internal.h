@@ -155,6 +155,17 @@ struct ActQ8x8 {
 };
 static_assert(sizeof(ActQ8x8) == 8 * sizeof(ActQ8));
 inline constexpr int kGroupRows = 8;
+// Eight ActQ8K rows (same quantization, so the same integers) interleaved
+// as ActQ8x8 is, for the K-quants' eight-row kernels: qs[j][k] holds
+// elements 4j..4j+3 of row k, and bsums[p][k] the sums of row k's 16-element
+// groups 2p and 2p+1 side by side, so one madd weights both with their
+// scales (or mins) for all eight rows. Same size as eight ActQ8K.
+struct ActQ8Kx8 {
+  float d[8];
+  int16_t bsums[kQKK / 32][8][2];
+  int8_t qs[kQKK / 4][8][4];
+};
+static_assert(sizeof(ActQ8Kx8) == 8 * sizeof(ActQ8K));
 
 // Weight quantization (file writing) and dequantization, scalar. n is a
 // multiple of the type's block size.
@@ -319,7 +330,7 @@ inline constexpr int kWideTile = 8;
 // work starting on new rows prefetches its first this many bytes at once.
 inline constexpr size_t kPrefetchDistance = 3072;
 // Computes rows [r0, r1) for the kGroupRows activation rows from b0, stored
-// as ActQ8x8 blocks.
+// as ActQ8x8 blocks (ActQ8Kx8 for the types with 256-element blocks).
 using GroupKernel = void (*)(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0);
 
 // Scalar kernels: the reference, and the scalar level's kernels.
@@ -364,6 +375,9 @@ struct TypeKernels {
   RowKernel rows = nullptr;
   GroupKernel group = nullptr;
   int max_tile = kMaxTile;  // most activation rows `rows` takes at once
+  // Two groups (2 * kGroupRows rows from b0) at once, where sharing the
+  // weights' expansion pays; null elsewhere.
+  GroupKernel group_pair = nullptr;
 };
 inline constexpr size_t kKernelTypes = 14;  // the types with kernels (kernels.cpp, kOps)
 
@@ -379,6 +393,8 @@ struct KernelSet {
   // Quantizes kGroupRows rows of n floats, `stride` floats apart; null when
   // no type has a group kernel.
   void (*quantize_act_q8x8)(const float* x, int64_t stride, ActQ8x8* y, int64_t n) = nullptr;
+  // The same for the K-quants' groups; null when none of them has a group kernel.
+  void (*quantize_act_q8kx8)(const float* x, int64_t stride, ActQ8Kx8* y, int64_t n) = nullptr;
   VectorOps ops{};
 
   const TypeKernels* find(TensorType type) const {
