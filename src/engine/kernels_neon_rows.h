@@ -204,7 +204,7 @@ struct SuperBlockKernel {
   struct Tile {
     static void run(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0) {
       using Block = typename Step::Block;
-      const Step step;
+      const Step step{};
       const int64_t blocks = a.cols / kQKK;
       const ActQ8K* x[NB];
       for (int k = 0; k < NB; ++k) x[k] = act_row<ActQ8K>(a, b0 + k);
@@ -354,7 +354,7 @@ template <typename Dot, typename Levels>
 struct Scale16KStep {
   using Block = typename Levels::Block;
   static constexpr bool kMins = std::is_same_v<Block, BlockQ2_K>;
-  const Levels levels;
+  const Levels levels{};
 
   template <int NB>
   void operator()(const Block& w, const ActQ8K* const* x, float32x4_t* acc, float* mins) const {
