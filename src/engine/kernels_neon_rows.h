@@ -187,8 +187,7 @@ struct Block32Kernel {
         if (i < blocks) block<NB>(w[i], x, i, acc[0], off);
         for (int k = 0; k < NB; ++k) {
           for (int c = 1; c < kChains; ++c) acc[0][k] = vaddq_f32(acc[0][k], acc[c][k]);
-          a.y[(b0 + k) * a.y_stride + r] =
-              vaddvq_f32(acc[0][k]) + Levels::kOffsetFactor * off[k];
+          a.y[(b0 + k) * a.y_stride + r] = vaddvq_f32(acc[0][k]) + Levels::kOffsetFactor * off[k];
         }
       }
     }
