@@ -1127,6 +1127,40 @@ TEST(CpuLevel, SetAcceptsSupportedLevelsAndRefusesOthers) {
   ASSERT_TRUE(set_cpu_level(cpu_level_name(initial), "test").ok());
 }
 
+// A level of this architecture that the CPU lacks (dotprod under
+// `qemu-aarch64 -cpu cortex-a72`, avx512 on an AVX2-only CPU) is refused,
+// and the message names the levels it has.
+TEST(CpuLevel, RefusesALevelThisCpuLacksNamingTheLevelsItHas) {
+#if defined(__x86_64__)
+  const char* const names[] = {"scalar", "avx2", "avx512"};
+#elif defined(__aarch64__)
+  const char* const names[] = {"scalar", "neon", "dotprod"};
+#else
+  const char* const names[] = {"scalar"};
+#endif
+  const CpuLevel initial = cpu_level();
+  const auto supported = supported_cpu_levels();
+  int refused = 0;
+  for (const char* name : names) {
+    if (std::any_of(supported.begin(), supported.end(),
+                    [&](CpuLevel l) { return cpu_level_name(l) == name; })) {
+      continue;
+    }
+    SCOPED_TRACE(name);
+    const Status status = set_cpu_level(name, "--cpu-level");
+    ASSERT_FALSE(status.ok());
+    EXPECT_EQ(status.error().kind, ErrorKind::kUnsupported);
+    EXPECT_NE(status.error().message.find(std::string("--cpu-level=") + name), std::string::npos);
+    for (CpuLevel level : supported) {
+      EXPECT_NE(status.error().message.find(cpu_level_name(level)), std::string::npos)
+          << status.error().message;
+    }
+    ++refused;
+  }
+  EXPECT_EQ(cpu_level(), initial);
+  if (refused == 0) GTEST_SKIP() << "this CPU has every level of its architecture";
+}
+
 TEST(ThreadPool, ParallelForCoversEveryIndexOnce) {
   for (int threads : {1, 2, 3, 4}) {
     ThreadPool pool(threads);

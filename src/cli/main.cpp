@@ -33,7 +33,8 @@ int main(int argc, char** argv) {
   app.fallthrough();
   std::string cpu_level;
   app.add_option("--cpu-level", cpu_level,
-                 "Run the kernels at this instruction-set level (scalar, avx2, avx512), for A/B "
+                 "Run the kernels at this instruction-set level (x86-64: scalar, avx2, avx512; "
+                 "ARM64: scalar, neon, dotprod), for A/B "
                  "runs; "
                  "default: FORESHORE_CPU_LEVEL, else the best this CPU has. A level the CPU "
                  "lacks is an error");

@@ -20,17 +20,21 @@
 namespace foreshore::engine {
 
 // The instruction-set levels the kernels are built for, each needing the
-// one before: portable scalar code, and on x86-64 AVX2 with FMA and F16C,
-// then AVX-512 F/BW/VL with VNNI (the AVX2 kernels with VNNI ones for Q8_0).
+// one before on its architecture: portable scalar code; on x86-64 AVX2 with
+// FMA and F16C, then AVX-512 F/BW/VL with VNNI (the AVX2 kernels with VNNI
+// ones for Q8_0 and Q4_0); on ARM64 Advanced SIMD (neon, every ARMv8-A
+// CPU), then the ARMv8.2-A dot product (dotprod: SDOT in the quantized
+// kernels).
 // One binary holds every level of its architecture and everything outside
 // the kernels runs on the architecture's baseline, so it runs on any CPU of
 // it; the kernels run at the best level the CPU has unless a lower one is
 // asked for (FORESHORE_CPU_LEVEL, or foreshore --cpu-level), for tests and
 // A/B runs.
-enum class CpuLevel { kScalar, kAvx2, kAvx512 };
+enum class CpuLevel { kScalar, kAvx2, kAvx512, kNeon, kDotprod };
 
 std::string_view cpu_level_name(CpuLevel level);
-// The levels this CPU can run, lowest first; kScalar always.
+// The levels this CPU can run, lowest first; kScalar always. Only the
+// levels of the architecture built for are ever supported.
 std::vector<CpuLevel> supported_cpu_levels();
 // The level the kernels run at. Unless set_cpu_level chose one, it is
 // chosen at the first kernel call: the level FORESHORE_CPU_LEVEL names, else
@@ -38,10 +42,11 @@ std::vector<CpuLevel> supported_cpu_levels();
 // stderr and the best level, since a kernel call cannot fail; the CLI checks
 // the variable at start and refuses it instead (set_cpu_level).
 CpuLevel cpu_level();
-// Runs the kernels at the level named ("scalar", "avx2", "avx512") from now on; a
-// matmul already running finishes at its level. `source` says where the
-// name came from ("--cpu-level") for the message. Fails, changing nothing,
-// for an unknown name or a level this CPU lacks.
+// Runs the kernels at the level named ("scalar", "avx2", "avx512", "neon",
+// "dotprod") from now on; a matmul already running finishes at its level.
+// `source` says where the name came from ("--cpu-level") for the message.
+// Fails, changing nothing, for an unknown name or a level this CPU lacks
+// (the message lists the levels it has).
 Status set_cpu_level(std::string_view name, std::string_view source);
 
 float fp16_to_fp32(uint16_t h);

@@ -1,9 +1,14 @@
 // Run-time choice of the kernels' instruction-set level: detected once from
-// CPUID, overridable downwards for tests and A/B runs.
+// CPUID (x86-64) or the kernel's hardware capabilities (ARM64), overridable
+// downwards for tests and A/B runs.
 #include <atomic>
 #include <cstdio>
 #include <cstdlib>
 #include <string>
+
+#if defined(__aarch64__) && defined(__linux__)
+#include <sys/auxv.h>  // getauxval, and glibc's HWCAP_* bits
+#endif
 
 #include "engine/kernels.h"
 #include "engine/kernels_internal.h"
@@ -11,12 +16,35 @@
 namespace foreshore::engine {
 namespace {
 
+// The levels of the architecture built for, lowest first: the names
+// FORESHORE_CPU_LEVEL and --cpu-level take here.
+#if defined(__x86_64__)
 constexpr CpuLevel kAllLevels[] = {CpuLevel::kScalar, CpuLevel::kAvx2, CpuLevel::kAvx512};
+#elif defined(__aarch64__)
+constexpr CpuLevel kAllLevels[] = {CpuLevel::kScalar, CpuLevel::kNeon, CpuLevel::kDotprod};
+#else
+constexpr CpuLevel kAllLevels[] = {CpuLevel::kScalar};
+#endif
 
 bool cpu_has(CpuLevel level) {
   switch (level) {
     case CpuLevel::kScalar:
       return true;
+    case CpuLevel::kNeon:
+      // Advanced SIMD is part of every ARMv8-A CPU that runs a 64-bit OS.
+#if defined(__aarch64__)
+      return true;
+#else
+      return false;
+#endif
+    case CpuLevel::kDotprod:
+      // The kernel reports SDOT/UDOT as HWCAP_ASIMDDP (ARMv8.2-A, optional
+      // there, e.g. Cortex-A55/A75 and later; not Cortex-A53/A57/A72).
+#if defined(__aarch64__) && defined(__linux__)
+      return (getauxval(AT_HWCAP) & HWCAP_ASIMDDP) != 0;
+#else
+      return false;
+#endif
     case CpuLevel::kAvx2:
 #if defined(__x86_64__)
       // The AVX2 kernels also use FMA and F16C; libgcc's check includes the
@@ -51,6 +79,18 @@ const detail::KernelSet& kernels_for(CpuLevel level) {
     case CpuLevel::kAvx512:
 #if defined(__x86_64__)
       return detail::avx512_kernels();
+#else
+      break;
+#endif
+    case CpuLevel::kNeon:
+#if defined(__aarch64__)
+      return detail::neon_kernels();
+#else
+      break;
+#endif
+    case CpuLevel::kDotprod:
+#if defined(__aarch64__)
+      return detail::dotprod_kernels();
 #else
       break;
 #endif
@@ -132,6 +172,10 @@ std::string_view cpu_level_name(CpuLevel level) {
       return "avx2";
     case CpuLevel::kAvx512:
       return "avx512";
+    case CpuLevel::kNeon:
+      return "neon";
+    case CpuLevel::kDotprod:
+      return "dotprod";
   }
   return "unknown";
 }

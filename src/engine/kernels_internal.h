@@ -424,5 +424,10 @@ const KernelSet& avx2_kernels();     // kernels_avx2.cpp
 const VectorOps& avx2_vector_ops();  // kernels_avx2_ops.cpp
 const KernelSet& avx512_kernels();   // kernels_avx512.cpp
 #endif
+#if defined(__aarch64__)
+const KernelSet& neon_kernels();     // kernels_neon.cpp
+const VectorOps& neon_vector_ops();  // kernels_neon_ops.cpp
+const KernelSet& dotprod_kernels();  // kernels_dotprod.cpp
+#endif
 
 }  // namespace foreshore::engine::detail
