@@ -45,8 +45,7 @@ std::vector<std::string> emulated_argv(std::vector<std::string> argv) {
   return emulator;
 }
 
-bool place_command(const std::filesystem::path& at, const std::string& program,
-                   std::string& why) {
+bool place_command(const std::filesystem::path& at, const std::string& program, std::string& why) {
   const std::vector<std::string> emulator = emulator_words();
   std::error_code ec;
   if (emulator.empty()) {

@@ -24,7 +24,6 @@ std::vector<std::string> emulated_argv(std::vector<std::string> argv);
 // A command at `at` for shell commands to run that starts `program`: a link
 // to it, or under an emulator a script that runs it through the emulator.
 // False, with `why` set, when it cannot be written.
-bool place_command(const std::filesystem::path& at, const std::string& program,
-                   std::string& why);
+bool place_command(const std::filesystem::path& at, const std::string& program, std::string& why);
 
 }  // namespace foreshore::testing
