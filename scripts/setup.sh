@@ -8,7 +8,7 @@ packages=(
   clang libclang-rt-14-dev clang-format
   libgtest-dev libgmock-dev libbenchmark-dev
   nlohmann-json3-dev libcpp-httplib-dev libssl-dev libyaml-cpp-dev libcli11-dev
-  libsqlite3-dev libhyperscan-dev libpcre2-dev
+  libsqlite3-dev libvectorscan-dev libpcre2-dev
   libhiredis-dev redis-server haproxy libpq-dev postgresql-15
   wrk curl ca-certificates jq
 )

@@ -10,6 +10,7 @@
 #include <fstream>
 #include <iterator>
 
+#include "support/emulator.h"
 #include "support/fault_server.h"
 #include "support/process.h"
 #include "support/test_paths.h"
@@ -296,7 +297,8 @@ TEST(ReadmeCommands, DocumentedSubsetRunsAsWritten) {
   const fs::path repo = fs::path(root.path()) / "repo";
   fs::create_directories(repo / "build");
   fs::create_directories(fs::path(root.path()) / "shared");
-  fs::create_symlink(foreshore_binary(), repo / "build" / "foreshore");
+  std::string why;
+  ASSERT_TRUE(place_command(repo / "build" / "foreshore", foreshore_binary(), why)) << why;
   for (const char* folder : {"examples", "data", "docs"}) {
     fs::create_directory_symlink(fs::path(FSH_SOURCE_DIR) / folder, repo / folder);
   }
@@ -368,7 +370,8 @@ TEST(DocsCommands, EveryDocumentedCommandRunsAsWritten) {
   const fs::path repo = fs::path(root.path()) / "repo";
   fs::create_directories(repo / "build");
   fs::create_directories(fs::path(root.path()) / "shared");
-  fs::create_symlink(foreshore_binary(), repo / "build" / "foreshore");
+  std::string why;
+  ASSERT_TRUE(place_command(repo / "build" / "foreshore", foreshore_binary(), why)) << why;
   for (const char* folder : {"examples", "data", "packaging"}) {
     fs::create_directory_symlink(fs::path(FSH_SOURCE_DIR) / folder, repo / folder);
   }

@@ -9,6 +9,8 @@
 #include <cstdlib>
 #include <cstring>
 
+#include "support/emulator.h"
+
 extern char** environ;
 
 namespace foreshore::testing {
@@ -60,7 +62,7 @@ std::unique_ptr<Process> Process::start(const std::vector<std::string>& argv,
   posix_spawn_file_actions_addopen(&actions, STDIN_FILENO, "/dev/null", O_RDONLY, 0);
   if (!cwd.empty()) posix_spawn_file_actions_addchdir_np(&actions, cwd.c_str());
 
-  std::vector<std::string> args = argv;
+  std::vector<std::string> args = emulated_argv(argv);
   std::vector<std::string> envs = merged_environment(env);
   auto c_args = c_strings(args);
   auto c_env = c_strings(envs);
