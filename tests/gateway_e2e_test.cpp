@@ -439,25 +439,33 @@ TEST(GatewayLlamaServer, LlamaServerServesAsTheCloudTier) {
         << "llama-server is not built: run bench/llama_cpp_build.sh (scripts/test.sh does)";
   }
   const std::string model = shared_models_dir() + "/stories260K.gguf";
+  // The port is free when chosen but may be taken (by another test's server
+  // or client) before llama-server binds it: then llama-server exits and the
+  // next attempt takes another port. The test fails only when every attempt
+  // did; /props is llama-server's own, so another server on the port is never
+  // taken for it.
   std::unique_ptr<Process> llama;
   int port = 0;
-  for (int attempt = 0; attempt < 3 && !llama; ++attempt) {
+  std::string attempts;
+  for (int attempt = 1; attempt <= 5 && !llama; ++attempt) {
     port = unused_port();
     auto p =
         Process::start({server, "-m", model, "--host", "127.0.0.1", "--port", std::to_string(port),
                         "-c", "512", "-t", "1", "-np", "1", "--no-webui"});
     ASSERT_TRUE(p);
-    for (int i = 0; i < 300; ++i) {
-      if (http_get(port, "/health").status == 200) {
+    for (int i = 0; i < 600; ++i) {
+      if (p->wait(std::chrono::milliseconds(100))) break;  // exited: the port was taken
+      if (http_get(port, "/health").status == 200 && http_get(port, "/props").status == 200) {
         llama = std::move(p);
         break;
       }
-      if (p->wait(std::chrono::milliseconds(100))) break;  // exited: the port was taken
     }
-    if (!llama)
-      ADD_FAILURE() << "llama-server did not start:\n" << p->stderr_text().substr(0, 2000);
+    if (!llama) {
+      attempts += "attempt " + std::to_string(attempt) + " on port " + std::to_string(port) +
+                  ":\n" + p->stderr_text().substr(0, 2000) + "\n";
+    }
   }
-  ASSERT_TRUE(llama);
+  ASSERT_TRUE(llama) << "llama-server did not start:\n" << attempts;
   const std::string config = write_config(
       edge_and_cloud_tiers("stories260K", "http://127.0.0.1:" + std::to_string(port) + "/v1"));
   ServeProcess gateway({"--config", config}, model_env());
