@@ -8,10 +8,19 @@ packages=(
   clang libclang-rt-14-dev clang-format
   libgtest-dev libgmock-dev libbenchmark-dev
   nlohmann-json3-dev libcpp-httplib-dev libssl-dev libyaml-cpp-dev libcli11-dev
-  libsqlite3-dev libvectorscan-dev libpcre2-dev
+  libsqlite3-dev libpcre2-dev
   libhiredis-dev redis-server haproxy libpq-dev postgresql-15
   wrk curl ca-certificates jq
 )
+# Hyperscan's API (libhs) for the sensitivity scan: Intel's Hyperscan on
+# x86-64, where it is the faster of the two (docs/PERFORMANCE.md), and its
+# portable fork Vectorscan elsewhere (ARM64). Debian lets only one be
+# installed.
+if [ "$(dpkg --print-architecture)" = amd64 ]; then
+  packages+=(libhyperscan-dev)
+else
+  packages+=(libvectorscan-dev)
+fi
 
 missing=()
 for p in "${packages[@]}"; do
