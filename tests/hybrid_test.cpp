@@ -594,6 +594,12 @@ TEST(DeploymentTest, RunsARequestWholeInProcess) {
   EXPECT_EQ(a.refusal->code, "data_class_forbids_tier");
   EXPECT_EQ(cloud->calls.load(), cloud_calls);
 
+  // Without a sink, the answer comes whole.
+  a = dep.run(request, RouteHints{}, "cloud", "id-8", {});
+  ASSERT_FALSE(a.refusal) << a.refusal->message;
+  EXPECT_EQ(a.tier->config.name, "cloud");
+  EXPECT_EQ(a.result->completion.text, "ok");
+
   // A caller that stops reading cancels the answer.
   a = dep.run(request, RouteHints{}, "edge", "id-7", [](const backend::Delta&) { return false; });
   ASSERT_TRUE(a.refusal);

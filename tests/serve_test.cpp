@@ -13,6 +13,7 @@
 #include <cctype>
 #include <cerrno>
 #include <chrono>
+#include <condition_variable>
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
@@ -21,6 +22,7 @@
 #include <set>
 #include <thread>
 
+#include "serve/http.h"
 #include "support/process.h"
 #include "support/test_paths.h"
 
@@ -35,6 +37,93 @@ using nlohmann::json;
 
 json chat_body() {
   return {{"messages", {{{"role", "user"}, {"content", "hi"}}}}};
+}
+
+// ---------------------------------------------------------------- reply objects
+
+TEST(HttpReplyTest, HeadersAreFoundInAnyCaseAndReplaced) {
+  HttpRequest req;
+  req.headers = {{"X-Foreshore-Tier", "edge"}, {"authorization", "Bearer k"}};
+  EXPECT_EQ(req.header("x-foreshore-tier"), "edge");
+  EXPECT_EQ(req.authorization(), "Bearer k");
+  EXPECT_EQ(req.header("x-foreshore-session"), "");
+
+  HttpReply reply;
+  reply.set_header("x-foreshore-tier", "edge");
+  reply.set_header("X-Foreshore-Tier", "cloud");
+  ASSERT_EQ(reply.headers.size(), 1u);
+  EXPECT_EQ(reply.headers[0].second, "cloud");
+}
+
+// A handler's streamed reply through write_reply() on a real HTTP server: the
+// pieces arrive in order and close() runs once, whole when the client read to
+// the end and not whole when it went away.
+class StreamedReplyTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    server_.Get("/stream", [this](const httplib::Request& req, httplib::Response& res) {
+      HttpReply reply;
+      reply.content_type = "text/event-stream";
+      reply.set_header("x-pieces", req.get_param_value("n"));
+      const int pieces = std::stoi(req.get_param_value("n"));
+      reply.stream = std::make_shared<StreamedBody>();
+      reply.stream->next = [sent = 0, pieces](std::string& piece) mutable {
+        if (pieces < 0) {  // never ends: the client has to go away
+          std::this_thread::sleep_for(5ms);
+          piece = "data: tick\n\n";
+          return true;
+        }
+        piece = "data: " + std::to_string(sent++) + "\n\n";
+        return sent < pieces;
+      };
+      reply.stream->close = [this](bool whole) {
+        std::lock_guard lock(mu_);
+        closes_.push_back(whole);
+        cv_.notify_all();
+      };
+      write_reply(reply, res);
+    });
+    port_ = server_.bind_to_any_port("127.0.0.1");
+    ASSERT_GT(port_, 0);
+    thread_ = std::thread([this] { server_.listen_after_bind(); });
+  }
+  void TearDown() override {
+    // httplib ignores stop() until its accept loop runs.
+    while (!server_.is_running()) std::this_thread::sleep_for(1ms);
+    server_.stop();
+    thread_.join();
+  }
+  std::vector<bool> closes_after(std::chrono::milliseconds wait) {
+    std::unique_lock lock(mu_);
+    cv_.wait_for(lock, wait, [&] { return !closes_.empty(); });
+    return closes_;
+  }
+
+  httplib::Server server_;
+  int port_ = 0;
+  std::thread thread_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::vector<bool> closes_;
+};
+
+TEST_F(StreamedReplyTest, PiecesInOrderThenOneWholeClose) {
+  const auto r = http_get(port_, "/stream?n=3");
+  ASSERT_EQ(r.status, 200);
+  EXPECT_EQ(r.header("x-pieces"), "3");
+  EXPECT_EQ(r.header("Content-Type"), "text/event-stream");
+  EXPECT_EQ(sse_data(r.body), (std::vector<std::string>{"0", "1", "2"}));
+  EXPECT_EQ(closes_after(5s), std::vector<bool>{true});
+}
+
+TEST_F(StreamedReplyTest, AClientThatGoesAwayClosesItNotWhole) {
+  {
+    httplib::Client client("127.0.0.1", port_);
+    int chunks = 0;
+    client.Get("/stream?n=-1", [&](const char*, size_t) { return ++chunks < 3; });
+    EXPECT_EQ(chunks, 3);
+  }
+  EXPECT_EQ(closes_after(10s), std::vector<bool>{false});
 }
 
 // ---------------------------------------------------------------- server

@@ -209,14 +209,19 @@ Answer Deployment::admit(const Request& request, RouteHints& hints, std::string_
 }
 
 void Deployment::execute(Request request, const RouteHints& hints, Answer& admitted,
-                         std::chrono::steady_clock::time_point start,
-                         const backend::DeltaSink& on_delta) const {
+                         std::chrono::steady_clock::time_point start) const {
   const route::Decision& decision = *admitted.decision;
   request.stream = false;
   request.backend.request_id = decision.id;
   request.backend.deadline = start + std::chrono::milliseconds(config_.server.request_timeout_ms);
   request.backend.cancelled = std::make_shared<std::atomic<bool>>(false);
-  auto result = pipeline_->execute(decision, request.backend, on_delta);
+  settle(request, hints, admitted, pipeline_->execute(decision, request.backend, {}), start);
+}
+
+void Deployment::settle(const Request& request, const RouteHints& hints, Answer& admitted,
+                        Result<exec::ExecutionResult> result,
+                        std::chrono::steady_clock::time_point start) const {
+  const route::Decision& decision = *admitted.decision;
   admitted.ran = true;
   if (!result.ok()) {
     admitted.refusal = refusal_from_error(result.error());
@@ -279,11 +284,45 @@ void Deployment::stream(const route::Decision& decision, std::string_view first_
   sink.finish(std::move(result).value(), served);
 }
 
+namespace {
+
+// A streamed run kept for the caller of run(): each piece goes on to its
+// sink, and the end is kept for the Answer.
+class PieceSink final : public StreamSink {
+ public:
+  explicit PieceSink(const backend::DeltaSink& on_delta) : on_delta_(on_delta) {}
+  void source(const StreamOrigin&) override {}
+  bool begin(const StreamOrigin&) override { return true; }
+  bool delta(const backend::Delta& delta) override { return on_delta_(delta); }
+  void finish(exec::ExecutionResult result, const StreamOrigin&) override {
+    outcome = std::move(result);
+  }
+  void fail(const Error& error, bool) override { outcome = error; }
+
+  Result<exec::ExecutionResult> outcome =
+      make_error(ErrorKind::kInternal, "the streamed run ended without an outcome");
+
+ private:
+  const backend::DeltaSink& on_delta_;
+};
+
+}  // namespace
+
 Answer Deployment::run(Request request, RouteHints hints, std::string_view tier_hint,
                        const std::string& id, const backend::DeltaSink& on_delta) const {
   const auto start = std::chrono::steady_clock::now();
   Answer answer = admit(request, hints, tier_hint, id);
-  if (!answer.refusal) execute(std::move(request), hints, answer, start, on_delta);
+  if (answer.refusal) return answer;
+  if (!on_delta) {
+    execute(std::move(request), hints, answer, start);
+    return answer;
+  }
+  request.backend.request_id = id;
+  request.backend.deadline = start + std::chrono::milliseconds(config_.server.request_timeout_ms);
+  request.backend.cancelled = std::make_shared<std::atomic<bool>>(false);
+  PieceSink sink(on_delta);
+  stream(*answer.decision, answer.tier->config.name, request.backend, sink);
+  settle(request, hints, answer, std::move(sink.outcome), start);
   return answer;
 }
 

@@ -86,13 +86,12 @@ class Deployment {
   // runs itself, by the caller's pipeline().finish().
   Answer admit(const Request& request, RouteHints& hints, std::string_view tier_hint,
                const std::string& id) const;
-  // Runs an admitted request's plan without streaming (each piece of text
-  // goes to `on_delta`; returning false cancels) under the configured request
-  // timeout from `start`, and records the outcome into `admitted`: the result
-  // and the tier that served, or the refusal the tiers' failure means.
+  // Runs an admitted request's plan for a whole answer under the configured
+  // request timeout from `start`, and records the outcome into `admitted`:
+  // the result and the tier that served, or the refusal the tiers' failure
+  // means.
   void execute(Request request, const RouteHints& hints, Answer& admitted,
-               std::chrono::steady_clock::time_point start,
-               const backend::DeltaSink& on_delta) const;
+               std::chrono::steady_clock::time_point start) const;
   // The decision for `request` explained and not run, as JSON: what POST
   // /v1/route answers with and foreshore_hybrid_route() returns. `tier_hint`
   // forces a tier as x-foreshore-tier does. The Refusal in `refusal` when it
@@ -110,12 +109,20 @@ class Deployment {
   // the stream ended for its client.
   void stream(const route::Decision& decision, std::string_view first_tier,
               const backend::BackendRequest& request, StreamSink& sink) const;
-  // admit() then execute(): one request's whole run, in process.
+  // One request's whole run, in process, on the calling thread: admit(), then
+  // execute() or, with `on_delta`, stream() handing it each piece of text as
+  // it comes (returning false cancels); the outcome is recorded either way.
   Answer run(Request request, RouteHints hints, std::string_view tier_hint, const std::string& id,
              const backend::DeltaSink& on_delta) const;
 
  private:
   Deployment() = default;
+  // Records how an admitted request's run ended into `admitted` and the
+  // pipeline (learning, budgets, audit): the result and the tier that served,
+  // or the refusal the tiers' failure means.
+  void settle(const Request& request, const RouteHints& hints, Answer& admitted,
+              Result<exec::ExecutionResult> result,
+              std::chrono::steady_clock::time_point start) const;
   config::GatewayConfig config_;
   std::vector<Tier> tiers_;
   std::unordered_map<std::string, size_t> by_model_;

@@ -26,7 +26,7 @@ HttpReply answer_admin_keys(const config::ServerConfig& server, hybrid::Pipeline
     e.status = 404;
     e.code = "admin_disabled";
     e.message = "The admin API is off; set server.admin_key_env to turn it on";
-  } else if (!constant_time_equal(bearer_key(req.authorization), server.admin_key)) {
+  } else if (!constant_time_equal(bearer_key(req.authorization()), server.admin_key)) {
     e.message = "The admin API needs 'Authorization: Bearer ADMIN_KEY' (server.admin_key_env)";
   } else if (pipeline == nullptr) {
     e = not_ready();
@@ -66,7 +66,7 @@ HttpReply answer_admin_keys(const config::ServerConfig& server, hybrid::Pipeline
 // client's verdict on an answer, learned from on the device (hybrid/learning.h).
 HttpReply answer_feedback(const config::ServerConfig& server, hybrid::Pipeline* pipeline,
                           const HttpRequest& req) {
-  if (auto e = auth_error(server, req.authorization)) return error_reply(*e);
+  if (auto e = auth_error(server, req.authorization())) return error_reply(*e);
   if (pipeline == nullptr) return error_reply(not_ready());
   hybrid::RouterLearning* learning = pipeline->learning();
   if (learning == nullptr) {
@@ -121,7 +121,7 @@ HttpReply answer_feedback(const config::ServerConfig& server, hybrid::Pipeline* 
 // threshold, its own APGR estimate).
 HttpReply answer_router_status(const config::ServerConfig& server, hybrid::Pipeline* pipeline,
                                const HttpRequest& req) {
-  if (auto e = auth_error(server, req.authorization)) return error_reply(*e);
+  if (auto e = auth_error(server, req.authorization())) return error_reply(*e);
   if (pipeline == nullptr) return error_reply(not_ready());
   nlohmann::ordered_json out = {{"learning", false}};
   if (hybrid::RouterLearning* learning = pipeline->learning()) out = learning->status();

@@ -1,15 +1,37 @@
 #include "serve/http.h"
 
+#include <strings.h>
+
 #include <cmath>
 #include <cstdint>
 #include <string>
+#include <utility>
 
 namespace foreshore::serve {
+
+std::string_view HttpRequest::header(std::string_view name) const {
+  for (const auto& [key, value] : headers) {
+    if (key.size() == name.size() && strncasecmp(key.data(), name.data(), key.size()) == 0) {
+      return value;
+    }
+  }
+  return {};
+}
+
+void HttpReply::set_header(std::string_view name, std::string value) {
+  for (auto& [key, old] : headers) {
+    if (key.size() == name.size() && strncasecmp(key.data(), name.data(), key.size()) == 0) {
+      old = std::move(value);
+      return;
+    }
+  }
+  headers.emplace_back(std::string(name), std::move(value));
+}
 
 HttpRequest http_request(const httplib::Request& req) {
   HttpRequest out;
   out.method = req.method;
-  out.authorization = header_value(req, "Authorization");
+  out.headers.assign(req.headers.begin(), req.headers.end());
   if (req.matches.size() > 1) out.path_match = req.matches[1];
   out.body = req.body;
   return out;
@@ -18,8 +40,33 @@ HttpRequest http_request(const httplib::Request& req) {
 void write_reply(const HttpReply& reply, httplib::Response& res) {
   res.status = reply.status;
   for (const auto& [name, value] : reply.headers) res.set_header(name, value);
-  res.body = reply.body;
-  res.set_header("Content-Type", reply.content_type);
+  if (!reply.stream) {
+    res.body = reply.body;
+    res.set_header("Content-Type", reply.content_type);
+    return;
+  }
+  // The body's close() runs once: after the last piece is written, before
+  // the stream's end goes out, or when httplib lets the reply go unfinished.
+  auto closed = std::make_shared<bool>(false);
+  res.set_chunked_content_provider(
+      reply.content_type,
+      [body = reply.stream, closed, piece = std::string()](size_t,
+                                                           httplib::DataSink& sink) mutable {
+        piece.clear();
+        const bool more = body->next(piece);
+        if (!piece.empty() && !sink.write(piece.data(), piece.size())) return false;
+        if (!more) {
+          *closed = true;
+          body->close(true);
+          sink.done();
+        } else if (piece.empty() && !sink.is_writable()) {
+          return false;
+        }
+        return true;
+      },
+      [body = reply.stream, closed](bool success) {
+        if (!std::exchange(*closed, true)) body->close(success);
+      });
 }
 
 HttpReply json_reply(std::string body, int status) {
@@ -38,11 +85,6 @@ HttpReply error_reply(const openai::ApiError& e) {
   return reply;
 }
 
-std::string_view header_value(const httplib::Request& req, const char* name) {
-  auto it = req.headers.find(name);
-  return it == req.headers.end() ? std::string_view() : std::string_view(it->second);
-}
-
 bool constant_time_equal(std::string_view a, std::string_view b) {
   if (a.size() != b.size()) return false;
   unsigned char diff = 0;
@@ -52,14 +94,6 @@ bool constant_time_equal(std::string_view a, std::string_view b) {
 
 std::string_view bearer_key(std::string_view authorization) {
   return authorization.starts_with("Bearer ") ? authorization.substr(7) : std::string_view();
-}
-
-std::string_view bearer_key(const httplib::Request& req) {
-  return bearer_key(header_value(req, "Authorization"));
-}
-
-void send_error(httplib::Response& res, const openai::ApiError& e) {
-  write_reply(error_reply(e), res);
 }
 
 std::optional<openai::ApiError> auth_error(const config::ServerConfig& server,
@@ -81,13 +115,6 @@ std::optional<openai::ApiError> auth_error(const config::ServerConfig& server,
     e.message = "Incorrect API key provided";
   }
   return e;
-}
-
-bool check_auth(const config::ServerConfig& server, const httplib::Request& req,
-                httplib::Response& res) {
-  auto e = auth_error(server, header_value(req, "Authorization"));
-  if (e) send_error(res, *e);
-  return !e;
 }
 
 openai::ApiError shutting_down() {

@@ -6,6 +6,8 @@
 
 #include <httplib.h>
 
+#include <functional>
+#include <memory>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -22,9 +24,27 @@ inline constexpr const char* kJson = "application/json";
 // What a handler reads of a request.
 struct HttpRequest {
   std::string method;
-  std::string authorization;  // the Authorization header; empty without one
-  std::string path_match;     // what the route's pattern captured (a key id, a model id)
+  std::vector<std::pair<std::string, std::string>> headers;  // as sent, names in any case
+  std::string path_match;  // what the route's pattern captured (a key id, a model id)
   std::string body;
+  // Why the body could not be read whole (larger than server.max_body_bytes,
+  // cut off); the handler answers with it.
+  std::optional<openai::ApiError> body_error;
+
+  // The value of the header `name`, in any case; empty without one.
+  std::string_view header(std::string_view name) const;
+  std::string_view authorization() const { return header("Authorization"); }
+};
+
+// A reply body sent piece by piece after the status and headers (server-sent
+// events).
+struct StreamedBody {
+  // Waits a little for the next piece and leaves it in `piece` (empty when
+  // none came in time); false once `piece` was the last one.
+  std::function<bool(std::string& piece)> next;
+  // Called once, when the last piece has been written (`whole`) or the reply
+  // was abandoned: the client went away or a write failed.
+  std::function<void(bool whole)> close;
 };
 
 // What a handler answers: write_reply() puts it into the HTTP library's
@@ -33,8 +53,12 @@ struct HttpRequest {
 struct HttpReply {
   int status = 200;
   std::string content_type = kJson;
-  std::string body;
+  std::string body;                                          // unless `stream` is set
   std::vector<std::pair<std::string, std::string>> headers;  // besides Content-Type
+  std::shared_ptr<StreamedBody> stream;
+
+  // Sets `name` to `value`, replacing an earlier value.
+  void set_header(std::string_view name, std::string value);
 };
 
 HttpRequest http_request(const httplib::Request& req);
@@ -44,21 +68,13 @@ HttpReply json_reply(std::string body, int status = 200);
 // `e` as OpenAI's error object with its status (and Retry-After).
 HttpReply error_reply(const openai::ApiError& e);
 
-std::string_view header_value(const httplib::Request& req, const char* name);
 bool constant_time_equal(std::string_view a, std::string_view b);
 // The key of an 'Authorization: Bearer KEY' header; empty without one.
 std::string_view bearer_key(std::string_view authorization);
-std::string_view bearer_key(const httplib::Request& req);
-// Writes `e` as OpenAI's error object with its status (and Retry-After).
-void send_error(httplib::Response& res, const openai::ApiError& e);
 // The 401 to answer with when server.api_keys is set and `authorization`
 // carries none of them; nullopt when the request may go on.
 std::optional<openai::ApiError> auth_error(const config::ServerConfig& server,
                                            std::string_view authorization);
-// True when server.api_keys is empty or the request carries one of them;
-// otherwise answers 401 and returns false.
-bool check_auth(const config::ServerConfig& server, const httplib::Request& req,
-                httplib::Response& res);
 // 503s of the gateway itself: draining for shutdown, tiers still loading.
 openai::ApiError shutting_down();
 openai::ApiError not_ready();

@@ -229,13 +229,20 @@ struct Gateway::Impl {
     http.Get("/v1/models", reply([this](const HttpRequest& req) { return models(req); }));
     // Model ids may hold slashes ("foreshore/cascade", "org/name").
     http.Get(R"(/v1/models/(.+))", reply([this](const HttpRequest& req) { return model(req); }));
-    http.Post("/v1/chat/completions", [this](const httplib::Request& req, httplib::Response& res,
-                                             const httplib::ContentReader& reader) {
-      handle_generate(hybrid::RequestKind::kChat, req, res, reader);
-    });
-    http.Post("/v1/route",
-              [this](const httplib::Request& req, httplib::Response& res,
-                     const httplib::ContentReader& reader) { handle_route(req, res, reader); });
+    // Generation and routing read their bodies themselves, under
+    // server.max_body_bytes whatever the Content-Type (read_body).
+    const auto reply_read = [this](auto handler) {
+      return [this, handler](const httplib::Request& req, httplib::Response& res,
+                             const httplib::ContentReader& reader) {
+        HttpRequest request = http_request(req);
+        request.body_error = read_body(reader, res, request.body);
+        write_reply(handler(request), res);
+      };
+    };
+    http.Post("/v1/chat/completions", reply_read([this](const HttpRequest& req) {
+                return generate(hybrid::RequestKind::kChat, req);
+              }));
+    http.Post("/v1/route", reply_read([this](const HttpRequest& req) { return route(req); }));
     http.Post("/v1/feedback", reply([this](const HttpRequest& req) {
                 auto dep = deployment();
                 return answer_feedback(dep ? dep->config().server : config.server,
@@ -246,10 +253,9 @@ struct Gateway::Impl {
                return answer_router_status(dep ? dep->config().server : config.server,
                                            dep ? &dep->pipeline() : nullptr, req);
              }));
-    http.Post("/v1/completions", [this](const httplib::Request& req, httplib::Response& res,
-                                        const httplib::ContentReader& reader) {
-      handle_generate(hybrid::RequestKind::kCompletion, req, res, reader);
-    });
+    http.Post("/v1/completions", reply_read([this](const HttpRequest& req) {
+                return generate(hybrid::RequestKind::kCompletion, req);
+              }));
 
     // Whatever httplib answers by itself (unknown path, oversized or
     // malformed request) still gets OpenAI's error shape.
@@ -349,7 +355,7 @@ struct Gateway::Impl {
   // GET /v1/models: every name a client may send.
   HttpReply models(const HttpRequest& req) const {
     auto dep = deployment();
-    if (auto e = auth_error(dep ? dep->config().server : config.server, req.authorization)) {
+    if (auto e = auth_error(dep ? dep->config().server : config.server, req.authorization())) {
       return error_reply(*e);
     }
     if (!dep) return error_reply(not_ready());
@@ -359,7 +365,7 @@ struct Gateway::Impl {
   // GET /v1/models/{id}: one of them.
   HttpReply model(const HttpRequest& req) const {
     auto dep = deployment();
-    if (auto e = auth_error(dep ? dep->config().server : config.server, req.authorization)) {
+    if (auto e = auth_error(dep ? dep->config().server : config.server, req.authorization())) {
       return error_reply(*e);
     }
     if (!dep) return error_reply(not_ready());
@@ -429,135 +435,144 @@ struct Gateway::Impl {
       "Generation requests by tier, endpoint and outcome status (the HTTP status; for "
       "streams that failed after starting, the error's status; 499: the client went away).";
 
-  // The error reply to a request, sent and counted: `tier` is the one it was
-  // meant for, when routing got that far.
-  void refuse(httplib::Response& res, const config::ServerConfig& server, const Tier* tier,
-              hybrid::RequestKind kind, Clock::time_point start, std::string_view id,
-              const ApiError& e) {
-    send_error(res, e);
+  // `reply` made the error reply to a request, and counted: `tier` is the one
+  // it was meant for, when routing got that far. The headers already set stay.
+  HttpReply refuse(HttpReply reply, const config::ServerConfig& server, const Tier* tier,
+                   hybrid::RequestKind kind, Clock::time_point start, std::string_view id,
+                   const ApiError& e) {
+    HttpReply error = error_reply(e);
+    reply.status = error.status;
+    reply.content_type = std::move(error.content_type);
+    reply.body = std::move(error.body);
+    for (auto& [name, value] : error.headers) reply.set_header(name, std::move(value));
     record(server, tier, kind, e.status, start, nullptr, id);
+    return reply;
   }
 
-  void handle_generate(hybrid::RequestKind kind, const httplib::Request& req,
-                       httplib::Response& res, const httplib::ContentReader& reader) {
+  // POST /v1/chat/completions and /v1/completions: the client admitted, then
+  // generate_admitted().
+  HttpReply generate(hybrid::RequestKind kind, const HttpRequest& req) {
     const auto start = Clock::now();
     ActiveRequest active_request(active);
     std::string id = new_id();
-    res.set_header("x-foreshore-decision-id", id);
+    HttpReply out;
+    out.set_header("x-foreshore-decision-id", id);
     // The configuration this request runs under, even if a reload happens meanwhile.
     std::shared_ptr<Deployment> dep = deployment();
     const config::ServerConfig& server = dep ? dep->config().server : config.server;
-    if (draining.load()) {
-      res.set_header("Connection", "close");
-      return refuse(res, server, nullptr, kind, start, id, shutting_down());
-    }
-
-    std::string body;
-    if (auto e = read_body(reader, res, body)) {
-      res.set_header("Connection", "close");
-      return refuse(res, server, nullptr, kind, start, id, *e);
+    if (draining.load() || req.body_error) {
+      out.set_header("Connection", "close");
+      return refuse(std::move(out), server, nullptr, kind, start, id,
+                    req.body_error ? *req.body_error : shutting_down());
     }
     // A virtual key (virtual_keys.h) is looked up in the shared state; any
     // other key must be one of server.api_keys.
     std::optional<hybrid::VirtualKey> virtual_key;
-    if (dep)
-      virtual_key = hybrid::find_virtual_key(dep->pipeline().shared_state(), bearer_key(req));
+    if (dep) {
+      virtual_key =
+          hybrid::find_virtual_key(dep->pipeline().shared_state(), bearer_key(req.authorization()));
+    }
     if (virtual_key && virtual_key->expires_at != 0 &&
         virtual_key->expires_at <= std::time(nullptr)) {
       ApiError e;
       e.status = 401;
       e.code = "invalid_api_key";
       e.message = "The virtual key " + virtual_key->id + " has expired; ask for a new one";
-      return refuse(res, server, nullptr, kind, start, id, e);
+      return refuse(std::move(out), server, nullptr, kind, start, id, e);
     }
-    if (!virtual_key && !check_auth(server, req, res)) {
-      record(server, nullptr, kind, 401, start, nullptr, id);
-      return;
+    if (!virtual_key) {
+      if (auto e = auth_error(server, req.authorization())) {
+        return refuse(std::move(out), server, nullptr, kind, start, id, *e);
+      }
     }
-    generate(kind, req, body, res, start, std::move(id), std::move(dep), std::move(active_request),
-             std::move(virtual_key));
+    return generate_admitted(kind, req, std::move(out), start, std::move(id), std::move(dep),
+                             std::move(active_request), std::move(virtual_key));
   }
 
-  // Everything after the body is read and the client admitted: parse, route,
-  // run, answer into `res`. `virtual_key`: the client's, when it
+  // Everything after the client is admitted: parse, route, run, answer in
+  // `out` (whole, or as a stream). `virtual_key`: the client's, when it
   // authenticated with one (its limits apply).
-  void generate(hybrid::RequestKind kind, const httplib::Request& req, const std::string& body,
-                httplib::Response& res, Clock::time_point start, std::string id,
-                std::shared_ptr<Deployment> dep, ActiveRequest active_request,
-                std::optional<hybrid::VirtualKey> virtual_key) {
+  HttpReply generate_admitted(hybrid::RequestKind kind, const HttpRequest& req, HttpReply out,
+                              Clock::time_point start, std::string id,
+                              std::shared_ptr<Deployment> dep, ActiveRequest active_request,
+                              std::optional<hybrid::VirtualKey> virtual_key) {
     const config::ServerConfig& server = dep ? dep->config().server : config.server;
-    if (!dep) return refuse(res, server, nullptr, kind, start, id, not_ready());
+    if (!dep) return refuse(std::move(out), server, nullptr, kind, start, id, not_ready());
     hybrid::Request api;
     auto e = check_hint_headers(req);
-    if (!e) e = parse_request(kind, body, api);
-    if (e) return refuse(res, server, nullptr, kind, start, id, *e);
+    if (!e) e = parse_request(kind, req.body, api);
+    if (e) return refuse(std::move(out), server, nullptr, kind, start, id, *e);
     hybrid::RouteHints hints = route_hints(req, api);
     hints.virtual_key = std::move(virtual_key);
 
     // Admission after parsing, so malformed requests never take a slot.
     if (in_flight.fetch_add(1, std::memory_order_acq_rel) >= server.max_concurrent_requests) {
       in_flight.fetch_sub(1, std::memory_order_acq_rel);
-      return refuse(res, server, nullptr, kind, start, id, overloaded(server));
+      return refuse(std::move(out), server, nullptr, kind, start, id, overloaded(server));
     }
-    hybrid::Answer answer = dep->core->admit(api, hints, header_value(req, "x-foreshore-tier"), id);
+    hybrid::Answer answer = dep->core->admit(api, hints, req.header("x-foreshore-tier"), id);
     Tier* tier = answer.tier ? dep->find_tier(answer.tier->config.name) : nullptr;
     if (answer.refusal) {
       in_flight.fetch_sub(1, std::memory_order_acq_rel);
-      return refuse(res, server, tier, kind, start, id, api_error(*answer.refusal));
+      return refuse(std::move(out), server, tier, kind, start, id, api_error(*answer.refusal));
     }
     const route::Decision& decision = *answer.decision;
-    res.set_header("x-foreshore-plan", std::string(route::to_string(decision.plan.kind)));
-    res.set_header("x-foreshore-policy", std::string(route::to_string(decision.policy)));
+    out.set_header("x-foreshore-plan", std::string(route::to_string(decision.plan.kind)));
+    out.set_header("x-foreshore-policy", std::string(route::to_string(decision.policy)));
     if (api.stream) {
       api.backend.request_id = id;
       api.backend.deadline = start + std::chrono::milliseconds(server.request_timeout_ms);
       api.backend.cancelled = std::make_shared<std::atomic<bool>>(false);
-      stream(dep, std::move(active_request), kind, *tier, std::move(api), std::move(hints),
-             decision, std::move(id), start, res);
-      return;
+      return stream(std::move(out), dep, std::move(active_request), kind, *tier, std::move(api),
+                    std::move(hints), decision, std::move(id), start);
     }
 
-    dep->core->execute(api, hints, answer, start, {});
+    dep->core->execute(api, hints, answer, start);
     in_flight.fetch_sub(1, std::memory_order_acq_rel);
     Tier& served = *dep->find_tier(answer.tier->config.name);
     const backend::BackendInfo& info = served.backend->info();
     const backend::Completion* c = answer.result ? &answer.result->completion : nullptr;
-    res.set_header("x-foreshore-tier", served.config.name);
-    res.set_header("x-foreshore-model", c && !c->model.empty() ? c->model : info.model);
-    res.set_header("x-foreshore-model-version",
-                   std::string(or_unknown(c && !c->model_version.empty() ? c->model_version
-                                                                         : info.model_version)));
+    name_origin(out, served.config.name, c && !c->model.empty() ? c->model : info.model,
+                std::string(or_unknown(c && !c->model_version.empty() ? c->model_version
+                                                                      : info.model_version)));
     if (answer.refusal) {
-      return refuse(res, server, &served, kind, start, id, api_error(*answer.refusal));
+      return refuse(std::move(out), server, &served, kind, start, id, api_error(*answer.refusal));
     }
     const exec::ExecutionResult& result = *answer.result;
-    set_ignored_params(res, served, api);
+    set_ignored_params(out, served, api);
     if (result.degraded) {
-      res.set_header("x-foreshore-degraded", "true");
-      res.set_header("x-foreshore-degraded-reason", header_safe(result.degraded_reason));
+      out.set_header("x-foreshore-degraded", "true");
+      out.set_header("x-foreshore-degraded-reason", header_safe(result.degraded_reason));
     }
-    if (result.escalated) res.set_header("x-foreshore-escalated", "true");
+    if (result.escalated) out.set_header("x-foreshore-escalated", "true");
     if (result.confidence) {
-      res.set_header("x-foreshore-confidence", std::to_string(*result.confidence));
+      out.set_header("x-foreshore-confidence", std::to_string(*result.confidence));
     }
-    res.body = openai::reply_to(api, answer, id).body;
-    res.set_header("Content-Type", kJson);
+    out.body = openai::reply_to(api, answer, id).body;
+    out.content_type = kJson;
     record(server, &served, kind, 200, start, c, id, &result, route::to_string(decision.plan.kind));
+    return out;
+  }
+
+  // Who answered (or failed), as the x-foreshore-* headers name it.
+  static void name_origin(HttpReply& out, const std::string& tier, const std::string& model,
+                          const std::string& model_version) {
+    out.set_header("x-foreshore-tier", tier);
+    out.set_header("x-foreshore-model", model);
+    out.set_header("x-foreshore-model-version", model_version);
   }
 
   // An answer from the edge says which of the client's fields it ignored.
-  static void set_ignored_params(httplib::Response& res, const Tier& tier,
-                                 const hybrid::Request& api) {
+  static void set_ignored_params(HttpReply& out, const Tier& tier, const hybrid::Request& api) {
     const std::string& ignored = api.backend.remote_only.edge_ignored;
     if (!ignored.empty() && tier.config.placement == backend::Placement::kDevice) {
-      res.set_header("x-foreshore-ignored-params", ignored);
+      out.set_header("x-foreshore-ignored-params", ignored);
     }
   }
 
-  // Routing hints from headers, falling back to the body's metadata and user.
   // Routing hints travel in x-foreshore-* headers; one that is not valid
   // UTF-8 or holds control characters is the client's error, said so.
-  static std::optional<ApiError> check_hint_headers(const httplib::Request& req) {
+  static std::optional<ApiError> check_hint_headers(const HttpRequest& req) {
     for (const auto& [name, value] : req.headers) {
       if (name.size() < 12 || strncasecmp(name.c_str(), "x-foreshore-", 12) != 0) continue;
       const bool control = std::any_of(value.begin(), value.end(), [](char c) {
@@ -572,15 +587,16 @@ struct Gateway::Impl {
     return std::nullopt;
   }
 
-  static hybrid::RouteHints route_hints(const httplib::Request& req, const hybrid::Request& api) {
+  // Routing hints from headers, falling back to the body's metadata and user.
+  static hybrid::RouteHints route_hints(const HttpRequest& req, const hybrid::Request& api) {
     hybrid::RouteHints hints;
-    hints.data_class = header_value(req, "x-foreshore-data-class");
+    hints.data_class = req.header("x-foreshore-data-class");
     if (hints.data_class.empty()) hints.data_class = api.data_class;
-    hints.latency_budget_ms = header_value(req, "x-foreshore-latency-budget-ms");
-    hints.cost_ceiling_usd = header_value(req, "x-foreshore-cost-ceiling-usd");
-    hints.session = header_value(req, "x-foreshore-session");
+    hints.latency_budget_ms = req.header("x-foreshore-latency-budget-ms");
+    hints.cost_ceiling_usd = req.header("x-foreshore-cost-ceiling-usd");
+    hints.session = req.header("x-foreshore-session");
     if (hints.session.empty()) hints.session = api.user;
-    hints.client = hybrid::client_identity(header_value(req, "Authorization"));
+    hints.client = hybrid::client_identity(req.authorization());
     return hints;
   }
 
@@ -611,44 +627,35 @@ struct Gateway::Impl {
   }
 
   // POST /v1/route: the decision for a chat request, explained, without running it.
-  void handle_route(const httplib::Request& req, httplib::Response& res,
-                    const httplib::ContentReader& reader) {
+  HttpReply route(const HttpRequest& req) {
     ActiveRequest active_request(active);
-    std::string body;
-    if (auto e = read_body(reader, res, body)) {
-      res.set_header("Connection", "close");
-      send_error(res, *e);
-      return;
+    if (req.body_error) {
+      HttpReply out = error_reply(*req.body_error);
+      out.set_header("Connection", "close");
+      return out;
     }
     auto dep = deployment();
-    if (!check_auth(dep ? dep->config().server : config.server, req, res)) return;
-    if (draining.load()) {
-      send_error(res, shutting_down());
-      return;
+    if (auto e = auth_error(dep ? dep->config().server : config.server, req.authorization())) {
+      return error_reply(*e);
     }
-    if (!dep) {
-      send_error(res, not_ready());
-      return;
-    }
+    if (draining.load()) return error_reply(shutting_down());
+    if (!dep) return error_reply(not_ready());
     std::string explained;
-    if (auto e = explain_route(*dep, req, body, explained)) {
-      send_error(res, *e);
-      return;
-    }
-    res.set_content(explained, kJson);
+    if (auto e = explain_route(*dep, req, explained)) return error_reply(*e);
+    return json_reply(std::move(explained));
   }
 
   // The decision for a chat request, explained and not run: the body POST
   // /v1/route answers with, or its error. `foreshore route --explain` calls
   // it too, so the offline explanation is the server's, byte for byte.
-  static std::optional<ApiError> explain_route(const Deployment& dep, const httplib::Request& req,
-                                               std::string_view body, std::string& out) {
+  static std::optional<ApiError> explain_route(const Deployment& dep, const HttpRequest& req,
+                                               std::string& out) {
     if (auto e = check_hint_headers(req)) return e;
     hybrid::Request api;
-    if (auto e = parse_request(hybrid::RequestKind::kChat, body, api)) return e;
+    if (auto e = parse_request(hybrid::RequestKind::kChat, req.body, api)) return e;
     hybrid::Refusal refusal;
     auto explained = dep.core->explain_route(api, route_hints(req, api),
-                                             header_value(req, "x-foreshore-tier"), refusal);
+                                             req.header("x-foreshore-tier"), refusal);
     if (!explained.ok()) return api_error(refusal);
     out = std::move(explained).value();
     return std::nullopt;
@@ -658,11 +665,14 @@ struct Gateway::Impl {
     return s.empty() ? std::string_view("unknown") : std::string_view(s);
   }
 
-  // `dep` keeps the tiers alive for the stream; `until_done` counts it as
-  // active until the stream has ended, however it ends.
-  void stream(std::shared_ptr<Deployment> dep, ActiveRequest until_done, hybrid::RequestKind kind,
-              Tier& tier, hybrid::Request api, hybrid::RouteHints hints, route::Decision decision,
-              std::string id, Clock::time_point start, httplib::Response& res) {
+  // The streamed reply: the plan runs on a producer thread into a StreamState
+  // (stream.h), and the reply's body drains it. `dep` keeps the tiers alive
+  // for the stream; `until_done` counts it as active until the stream has
+  // ended, however it ends.
+  HttpReply stream(HttpReply out, std::shared_ptr<Deployment> dep, ActiveRequest until_done,
+                   hybrid::RequestKind kind, Tier& tier, hybrid::Request api,
+                   hybrid::RouteHints hints, route::Decision decision, std::string id,
+                   Clock::time_point start) {
     auto st = std::make_shared<StreamState>();
     const hybrid::StreamOrigin origin = dep->core->origin(tier.config.name);
     st->api = api;
@@ -691,6 +701,9 @@ struct Gateway::Impl {
     // against one that does not, so no request hangs forever.
     const bool began = st->cv.wait_until(lock, deadline + std::chrono::seconds(2),
                                          [&] { return st->started || st->finished; });
+    // Named now that the first event says which tier answers (or the tier
+    // that failed, as a non-streamed error names it).
+    name_origin(out, st->tier, st->model, st->model_version);
     if (!began || (!st->started && st->error)) {
       ApiError e;
       if (began) {
@@ -703,10 +716,6 @@ struct Gateway::Impl {
                     std::to_string(dep->config().server.request_timeout_ms) + " ms";
         st->request.cancelled->store(true);
       }
-      // The tier that failed, as a non-streamed error names it.
-      res.set_header("x-foreshore-tier", st->tier);
-      res.set_header("x-foreshore-model", st->model);
-      res.set_header("x-foreshore-model-version", st->model_version);
       lock.unlock();
       if (began) {
         st->producer.join();
@@ -714,21 +723,17 @@ struct Gateway::Impl {
         st->producer.detach();
       }
       in_flight.fetch_sub(1, std::memory_order_acq_rel);
-      refuse(res, dep->config().server, &tier, kind, start, id, e);
+      out = refuse(std::move(out), dep->config().server, &tier, kind, start, id, e);
       dep->pipeline().finish(
           api, hints, decision,
           Result<exec::ExecutionResult>(make_error(ErrorKind::kUnavailable, e.message)),
           ms_since(start), e.status);
-      return;
+      return out;
     }
-    // Named now that the first delta says which tier answers.
-    res.set_header("x-foreshore-tier", st->tier);
-    res.set_header("x-foreshore-model", st->model);
-    res.set_header("x-foreshore-model-version", st->model_version);
-    set_ignored_params(res, *dep->find_tier(st->tier), st->api);
+    set_ignored_params(out, *dep->find_tier(st->tier), st->api);
     lock.unlock();
 
-    res.set_header("Cache-Control", "no-cache");
+    out.set_header("Cache-Control", "no-cache");
     // `st` owns this function, so it holds the state by plain pointer.
     st->on_settle = [this, s = st.get(), t = &tier, dep, kind, start, id = std::move(id),
                      api = std::move(api), hints = std::move(hints),
@@ -748,37 +753,25 @@ struct Gateway::Impl {
                            make_error(ErrorKind::kCancelled, "the client went away")));
       dep->pipeline().finish(api, hints, decision, outcome, ms_since(start), status);
     };
-    res.set_chunked_content_provider(
-        "text/event-stream",
-        [st, out = std::string()](size_t, httplib::DataSink& sink) mutable {
-          bool done = false;
-          {
-            std::unique_lock l(st->mu);
-            st->cv.wait_for(l, std::chrono::milliseconds(250),
-                            [&] { return !st->pending.empty() || st->finished; });
-            out.clear();
-            out.swap(st->pending);
-            done = st->finished;
-          }
-          if (!out.empty() && !sink.write(out.data(), out.size())) {
-            st->request.cancelled->store(true);
-            return false;
-          }
-          if (done) {
-            st->settle(true);
-            sink.done();
-          } else if (out.empty() && !sink.is_writable()) {
-            st->request.cancelled->store(true);
-            return false;
-          }
-          return true;
-        },
-        // Drain waits for `done`, so it is let go only once the socket is.
-        [st, done = std::make_shared<ActiveRequest>(std::move(until_done))](bool success) {
-          if (!success) st->request.cancelled->store(true);
+    out.content_type = "text/event-stream";
+    out.stream = std::make_shared<StreamedBody>();
+    out.stream->next = [st](std::string& piece) {
+      std::unique_lock l(st->mu);
+      st->cv.wait_for(l, std::chrono::milliseconds(250),
+                      [&] { return !st->pending.empty() || st->finished; });
+      piece.swap(st->pending);
+      return !st->finished;
+    };
+    // The slot is given back and the request counted before the stream's
+    // last byte, so a client that reads the end finds both done. Drain waits
+    // for `done`, so it is let go only once the socket is.
+    out.stream->close =
+        [st, done = std::make_shared<ActiveRequest>(std::move(until_done))](bool whole) {
+          if (!whole) st->request.cancelled->store(true);
           if (st->producer.joinable()) st->producer.join();
-          st->settle(success);
-        });
+          st->settle(whole);
+        };
+    return out;
   }
 
   // Builds everything `cfg` defines (hybrid::Deployment::create says how
@@ -1023,10 +1016,12 @@ Result<std::string> Gateway::explain_route(
     return make_error(ErrorKind::kUnavailable,
                       "the gateway has no tiers loaded; call load_tiers() before explain_route()");
   }
-  httplib::Request req;
-  for (const auto& [name, value] : headers) req.headers.emplace(name, value);
+  HttpRequest req;
+  req.method = "POST";
+  req.headers = headers;
+  req.body = body;
   std::string out;
-  if (auto e = Impl::explain_route(*dep, req, body, out)) {
+  if (auto e = Impl::explain_route(*dep, req, out)) {
     const ErrorKind kind = e->status == 404  ? ErrorKind::kNotFound
                            : e->status < 500 ? ErrorKind::kInvalidArgument
                                              : ErrorKind::kUnavailable;
