@@ -711,9 +711,11 @@ TEST_F(GatewayFaults, BlackHoleAnswers504WithinTheTimeout) {
 
 TEST_F(GatewayFaults, OverloadAnswers429) {
   start("server:\n  max_concurrent_requests: 1\n");
-  upstream_.set_mode(FaultMode::kDelayFirstByte);
-  upstream_.set_first_byte_delay(600ms);
-  std::thread slow([&] { EXPECT_EQ(ask(false).status, 200); });
+  // A stream of ten pieces 300 ms apart holds the only slot for about 3 s,
+  // long enough for the second request to arrive even on a loaded machine.
+  upstream_.set_reply("a b c d e f g h i j");
+  upstream_.set_chunk_delay(300ms);
+  std::thread slow([&] { EXPECT_EQ(ask(true).status, 200); });
   for (int i = 0; i < 1000 && upstream_.received().empty(); ++i) {
     std::this_thread::sleep_for(5ms);
   }

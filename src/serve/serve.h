@@ -2,6 +2,6 @@
 #pragma once
 
 #include "hybrid/config.h"
-#include "observe/metrics.h"
 #include "hybrid/openai.h"
+#include "observe/metrics.h"
 #include "serve/server.h"

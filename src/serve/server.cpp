@@ -25,7 +25,9 @@
 #include "hybrid/hybrid.h"
 #include "hybrid/openai.h"
 #include "serve/admin.h"
+#include "serve/health.h"
 #include "serve/http.h"
+#include "serve/models.h"
 #include "serve/stream.h"
 #include "serve/worker_pool.h"
 
@@ -40,10 +42,6 @@ using openai::invalid_request;
 using openai::parse_request;
 
 using Clock = std::chrono::steady_clock;
-
-// The model name that leaves the choice of tier to the gateway (the default
-// tier until the router decides per request).
-constexpr const char* kRoutedModel = "foreshore";
 
 // One line of printable text, as a header value must be; long reasons are cut.
 std::string header_safe(std::string_view text) {
@@ -303,53 +301,8 @@ struct Gateway::Impl {
 
   // GET /readyz: whether the gateway serves, and each tier's state.
   HttpReply readyz() const {
-    if (draining.load()) return json_reply("{\"status\":\"draining\"}", 503);
     auto dep = deployment();
-    if (!dep) return json_reply("{\"status\":\"loading\"}", 503);
-    // Each tier's state, so that "ready" never hides a cloud that cannot
-    // be reached: the gateway serves (200) but says it is degraded.
-    std::string names, unavailable, states;
-    bool all_ok = true;
-    for (size_t i = 0; i < dep->tiers.size(); ++i) {
-      const Tier& t = dep->tiers[i];
-      if (i > 0) names += ',', states += ',';
-      append_json_string(names, t.config.name);
-      const std::string why = t.backend->unavailable_reason();
-      const std::string_view breaker = dep->pipeline().breaker_state(t.config.name);
-      append_json_string(states, t.config.name);
-      states += ":{\"placement\":";
-      append_json_string(states, backend::placement_name(t.config.placement));
-      states += ",\"breaker\":";
-      append_json_string(states, breaker);
-      states += ",\"state\":";
-      append_json_string(states, !why.empty()          ? "unavailable"
-                                 : breaker == "closed" ? "ok"
-                                                       : "failing");
-      states += '}';
-      all_ok = all_ok && why.empty() && breaker == "closed";
-      if (!why.empty()) {
-        unavailable += unavailable.empty() ? "" : ",";
-        append_json_string(unavailable, t.config.name);
-        unavailable += ':';
-        append_json_string(unavailable, why);
-      }
-    }
-    // A replica on its own state (Redis down) serves but enforces limits alone.
-    const state::SharedState& shared = dep->pipeline().shared_state();
-    all_ok = all_ok && shared.connected();
-    std::string body = std::string("{\"status\":") + (all_ok ? "\"ready\"" : "\"degraded\"") +
-                       ",\"tiers\":[" + names + "],\"tier_states\":{" + states + "}";
-    body += ",\"state\":{\"backend\":";
-    append_json_string(body, shared.backend());
-    body += std::string(",\"connected\":") + (shared.connected() ? "true" : "false");
-    if (const std::string why = shared.last_error(); !why.empty()) {
-      body += ",\"error\":";
-      append_json_string(body, why);
-    }
-    body += "}";
-    if (!unavailable.empty()) body += ",\"unavailable\":{" + unavailable + "}";
-    body += "}";
-    return json_reply(std::move(body));
+    return readiness(dep ? dep->core.get() : nullptr, draining.load());
   }
 
   // GET /v1/models: every name a client may send.
@@ -814,7 +767,7 @@ struct Gateway::Impl {
           .set(1);
       dep->tiers.push_back(std::move(t));
     }
-    dep->models_json = render_models(*dep, dep->model_json);
+    dep->models_json = render_models(*dep->core, started_at, dep->model_json);
     return dep;
   }
 
@@ -859,60 +812,6 @@ struct Gateway::Impl {
       old = std::exchange(live, std::move(dep));
     }
     // `old` is released here or by the last request still using it.
-  }
-
-  // OpenAI's list shape; every name a client may send is listed, each saying
-  // which tier it reaches.
-  std::string render_models(const Deployment& dep,
-                            std::unordered_map<std::string, std::string>& by_id) const {
-    const std::vector<Tier>& loaded = dep.tiers;
-    const auto& by_model = dep.core->by_model();
-    const size_t default_tier = dep.core->default_tier();
-    std::vector<std::pair<std::string, size_t>> entries(by_model.begin(), by_model.end());
-    std::sort(entries.begin(), entries.end(), [](const auto& a, const auto& b) {
-      return a.second != b.second ? a.second < b.second : a.first < b.first;
-    });
-    if (!by_model.contains(kRoutedModel))
-      entries.insert(entries.begin(), {kRoutedModel, default_tier});
-    std::string out = "{\"object\":\"list\",\"data\":[";
-    for (size_t i = 0; i < entries.size(); ++i) {
-      const Tier& t = loaded[entries[i].second];
-      const backend::BackendInfo& info = t.backend->info();
-      std::string model = "{\"id\":";
-      append_json_string(model, entries[i].first);
-      model += ",\"object\":\"model\",\"created\":" + std::to_string(started_at) +
-               ",\"owned_by\":\"foreshore\",\"foreshore\":{\"tier\":";
-      append_json_string(model, t.config.name);
-      model += ",\"kind\":";
-      append_json_string(model, backend::kind_name(t.config.kind()));
-      model += ",\"placement\":";
-      append_json_string(model, backend::placement_name(t.config.placement));
-      model += ",\"model\":";
-      append_json_string(model, info.model);
-      model += ",\"model_version\":";
-      append_json_string(model, info.model_version);
-      model += ",\"context_length\":" + std::to_string(info.context_length) + "}}";
-      if (i > 0) out += ',';
-      out += model;
-      by_id.emplace(entries[i].first, std::move(model));
-    }
-    // The names that choose a policy per request ("foreshore/cascade"), so a
-    // client that checks its model against this list can send them.
-    for (std::string_view policy : route::policy_names()) {
-      const std::string id = std::string(kRoutedModel) + "/" + std::string(policy);
-      if (by_model.contains(id)) continue;
-      std::string model = "{\"id\":";
-      append_json_string(model, id);
-      model += ",\"object\":\"model\",\"created\":" + std::to_string(started_at) +
-               ",\"owned_by\":\"foreshore\",\"foreshore\":{\"policy\":";
-      append_json_string(model, policy);
-      model += "}}";
-      out += ',';
-      out += model;
-      by_id.emplace(id, std::move(model));
-    }
-    out += "]}";
-    return out;
   }
 };
 
