@@ -81,7 +81,7 @@ class StreamedReplyTest : public ::testing::Test {
         closes_.push_back(whole);
         cv_.notify_all();
       };
-      write_reply(reply, res);
+      write_reply(std::move(reply), res);
     });
     port_ = server_.bind_to_any_port("127.0.0.1");
     ASSERT_GT(port_, 0);

@@ -37,11 +37,11 @@ HttpRequest http_request(const httplib::Request& req) {
   return out;
 }
 
-void write_reply(const HttpReply& reply, httplib::Response& res) {
+void write_reply(HttpReply reply, httplib::Response& res) {
   res.status = reply.status;
   for (const auto& [name, value] : reply.headers) res.set_header(name, value);
   if (!reply.stream) {
-    res.body = reply.body;
+    res.body = std::move(reply.body);
     res.set_header("Content-Type", reply.content_type);
     return;
   }

@@ -62,7 +62,7 @@ struct HttpReply {
 };
 
 HttpRequest http_request(const httplib::Request& req);
-void write_reply(const HttpReply& reply, httplib::Response& res);
+void write_reply(HttpReply reply, httplib::Response& res);
 // A JSON body with `status`.
 HttpReply json_reply(std::string body, int status = 200);
 // `e` as OpenAI's error object with its status (and Retry-After).
