@@ -113,6 +113,9 @@ struct MatvecCase {
   int64_t rows, cols, batch;
   int threads;
   bool cold;
+  // Hot only: the weights repacked as a model load repacks them
+  // (interleave_weights), where the level has a kernel for that.
+  bool interleaved = false;
 };
 
 std::string type_name(TensorType t) {
@@ -155,6 +158,15 @@ void BM_Matmul(benchmark::State& state, MatvecCase c) {
     set = arena();
   }
 
+  std::vector<uint8_t> repacked;
+  if (c.interleaved) {
+    const WeightMatrix w{c.type, set, c.rows, c.cols, row_bytes};
+    repacked.resize(interleaved_bytes(w));
+    if (!interleave_weights(w, repacked.data())) {
+      state.SkipWithError("no repacked kernel for this type at this level");
+      return;
+    }
+  }
   std::vector<float> x(static_cast<size_t>(c.batch * c.cols));
   std::mt19937 rng(2);
   std::normal_distribution<float> dist(0.0f, 1.0f);
@@ -167,7 +179,9 @@ void BM_Matmul(benchmark::State& state, MatvecCase c) {
   size_t next = 0;
   const auto t0 = std::chrono::steady_clock::now();
   for (auto _ : state) {
-    const WeightMatrix w{c.type, set + next * matrix_bytes, c.rows, c.cols, row_bytes};
+    const WeightMatrix w{c.type,    set + next * matrix_bytes,
+                         c.rows,    c.cols,
+                         row_bytes, repacked.empty() ? nullptr : repacked.data()};
     matmul(w, x.data(), c.batch, y.data(), scratch, pool);
     benchmark::ClobberMemory();
     next = next + 1 == copies ? 0 : next + 1;
@@ -236,10 +250,14 @@ void register_all() {
     cases.push_back({t, 2048, 8192, 32, 2, true});
     cases.push_back({t, 576, 1536, 32, 2, false});
   }
+  // Q4_0 repacked at load (the avx512 level's prompt kernel).
+  cases.push_back({TensorType::kQ4_0, 576, 1536, 8, 1, false, true});
+  cases.push_back({TensorType::kQ4_0, 576, 1536, 32, 2, false, true});
   for (const auto& c : cases) {
     const std::string name = "BM_Matmul/" + type_name(c.type) + "/" + std::to_string(c.rows) + "x" +
                              std::to_string(c.cols) + "/batch:" + std::to_string(c.batch) +
-                             "/threads:" + std::to_string(c.threads) + (c.cold ? "/cold" : "/hot");
+                             "/threads:" + std::to_string(c.threads) + (c.cold ? "/cold" : "/hot") +
+                             (c.interleaved ? "/repacked" : "");
     benchmark::RegisterBenchmark(name.c_str(), [c](benchmark::State& s) { BM_Matmul(s, c); })
         ->Unit(benchmark::kMicrosecond)
         ->UseRealTime()

@@ -76,7 +76,20 @@ struct WeightMatrix {
   int64_t rows = 0;
   int64_t cols = 0;
   size_t row_bytes = 0;
+  // The same rows repacked by interleave_weights, or null. Where set, matmul
+  // reads them instead of `data` wherever the running level has kernels for
+  // them (prompt processing), with the same results; `data` must stay valid.
+  const void* interleaved = nullptr;
 };
+
+// The bytes interleave_weights writes for `w`, or 0 where the running level
+// has no kernel for repacked weights of its type (today Q4_0 at avx512, whose
+// prompt kernel reads sixteen rows side by side) or its rows are not a
+// multiple of 16.
+size_t interleaved_bytes(const WeightMatrix& w);
+// Writes w's rows repacked for that kernel into out (interleaved_bytes(w)
+// bytes); returns false where interleaved_bytes(w) is 0.
+bool interleave_weights(const WeightMatrix& w, void* out);
 
 // Scratch memory for activation quantization, sized by the caller once
 // (no allocation per token). Use activation_scratch_bytes to size it.

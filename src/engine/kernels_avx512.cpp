@@ -10,6 +10,10 @@
 // w's sign. Nothing can overflow (products at most 128 * 127), so the
 // integer sums are the scalar reference's exactly.
 //
+// Q4_0's prompt kernel reads the weights repacked at model load, sixteen
+// rows side by side (BlockQ4_0x16, group_q4_0x16): 2.1x the kernel on the
+// GGUF layout (576x1536, one eight-row group, one thread, in cache).
+//
 // Decode (one activation row) of the 32-element types keeps the AVX2
 // kernels: a 256-bit VNNI version of the Q8_0 one (vpdpbusd in place of
 // maddubs + madd, the same instruction count otherwise) ran at 0.76x of it
@@ -52,6 +56,13 @@ inline __m256 broadcast_half(uint16_t h) {
 inline void prefetch_ahead(const void* p) {
   _mm_prefetch(static_cast<const char*>(p) + kPrefetchDistance, _MM_HINT_T1);
   _mm_prefetch(static_cast<const char*>(p) + 768, _MM_HINT_T0);
+}
+
+// Prefetches every cache line of a block, as the AVX2 kernels do.
+template <typename Block>
+inline void prefetch_block(const Block* b) {
+  for (size_t off = 0; off < sizeof(Block); off += 64)
+    prefetch_ahead(reinterpret_cast<const char*>(b) + off);
 }
 
 // Weight dword 2p into lanes 0-7 and 2p + 1 into lanes 8-15, for p < 8: the
@@ -171,6 +182,51 @@ void group_q4_0(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0) {
       [](const BlockQ4_0& w) { return broadcast_half(w.d); }, -8.0f);
 }
 
+// Q4_0 weights repacked sixteen rows at a time (BlockQ4_0x16) against an
+// ActQ8x8 group. Lane r of a 512-bit register is weight row r: a load and a
+// mask (or a shift and a mask) give one 4-element step of all sixteen rows,
+// and each activation row's same step, four bytes broadcast from memory,
+// meets them in one vpdpbusd; lane r of the sums is output r, so there is no
+// permute and no fold. The float work of a block and activation row (scale,
+// zero point) then covers sixteen weight rows, where group_q4_0 spends it on
+// one. Per lane the float operations are group_q4_0's, in its order, so the
+// results are its bits.
+void group_q4_0x16(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0) {
+  const int64_t blocks = a.cols / kQK;
+  const auto* x = act_row<ActQ8x8>(a, b0);
+  const __m512i low4 = _mm512_set1_epi8(0x0F);
+  for (int64_t s = r0; s < r1; s += kInterleavedRows) {
+    const auto* w = reinterpret_cast<const BlockQ4_0x16*>(a.w + s * a.w_row_bytes);
+    __m512 acc[kGroupRows], off[kGroupRows];
+    for (int k = 0; k < kGroupRows; ++k) acc[k] = off[k] = _mm512_setzero_ps();
+    for (int64_t i = 0; i < blocks; ++i) {
+      prefetch_block(w + i);
+      const __m512 dw = _mm512_cvtph_ps(load256(w[i].d));
+      __m512i q[kQK / 4];
+      for (int c = 0; c < kQK / 8; ++c) {
+        const __m512i packed = _mm512_loadu_si512(w[i].qs[c]);
+        q[2 * c] = _mm512_and_si512(packed, low4);
+        q[2 * c + 1] = _mm512_and_si512(_mm512_srli_epi16(packed, 4), low4);
+      }
+      for (int k = 0; k < kGroupRows; ++k) {
+        __m512i sum = _mm512_setzero_si512();
+        for (int j = 0; j < kQK / 4; ++j) {
+          int32_t xq;
+          std::memcpy(&xq, x[i].qs[j][k], sizeof xq);
+          sum = _mm512_dpbusd_epi32(sum, q[j], _mm512_set1_epi32(xq));
+        }
+        acc[k] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum),
+                                 _mm512_mul_ps(dw, _mm512_set1_ps(x[i].d[k])), acc[k]);
+        off[k] = _mm512_fmadd_ps(dw, _mm512_set1_ps(x[i].s[k]), off[k]);
+      }
+    }
+    const __m512 minus8 = _mm512_set1_ps(-8.0f);
+    for (int k = 0; k < kGroupRows; ++k) {
+      _mm512_storeu_ps(a.y + (b0 + k) * a.y_stride + s, _mm512_fmadd_ps(minus8, off[k], acc[k]));
+    }
+  }
+}
+
 // Q5_0 and Q5_1: the nibbles plus the fifth bit, which a byte mask moves
 // straight from qh (bit j for element j) into bit 4 of byte j.
 template <typename Block>
@@ -207,13 +263,6 @@ template <int kPairs>
                               _mm512_loadu_si512(xq + 64 * p));
   }
   return sum;
-}
-
-// Prefetches every cache line of a block, as the AVX2 kernels do.
-template <typename Block>
-inline void prefetch_block(const Block* b) {
-  for (size_t off = 0; off < sizeof(Block); off += 64)
-    prefetch_ahead(reinterpret_cast<const char*>(b) + off);
 }
 
 // Stores a group's eight results of row r.
@@ -517,6 +566,7 @@ KernelSet make_set() {
     if (k.type == TensorType::kQ4_0) {
       k.group = group_q4_0<1>;
       k.group_pair = group_q4_0<2>;
+      k.interleaved_group = group_q4_0x16;
     }
     if (k.type == TensorType::kQ5_0) k.group = group_q5<BlockQ5_0>;
     if (k.type == TensorType::kQ5_1) k.group = group_q5<BlockQ5_1>;

@@ -676,3 +676,29 @@ void quantize_act_q8k_scalar(const float* x, ActQ8K* y, int64_t n) {
 }
 
 }  // namespace foreshore::engine::detail
+
+namespace foreshore::engine::detail {
+
+void interleave_q4_0x16(const uint8_t* src, size_t row_bytes, int64_t rows, int64_t cols,
+                        BlockQ4_0x16* dst) {
+  const int64_t blocks = cols / kQK;
+  for (int64_t s = 0; s < rows / kInterleavedRows; ++s) {
+    for (int64_t i = 0; i < blocks; ++i) {
+      BlockQ4_0x16& out = dst[s * blocks + i];
+      for (int64_t r = 0; r < kInterleavedRows; ++r) {
+        const auto* row =
+            reinterpret_cast<const BlockQ4_0*>(src + (s * kInterleavedRows + r) * row_bytes);
+        const BlockQ4_0& b = row[i];
+        out.d[r] = b.d;
+        auto level = [&b](int e) { return e < kQK / 2 ? b.qs[e] & 0xF : b.qs[e - kQK / 2] >> 4; };
+        for (int c = 0; c < kQK / 8; ++c) {
+          for (int e = 0; e < 4; ++e) {
+            out.qs[c][r][e] = static_cast<uint8_t>(level(8 * c + e) | level(8 * c + 4 + e) << 4);
+          }
+        }
+      }
+    }
+  }
+}
+
+}  // namespace foreshore::engine::detail

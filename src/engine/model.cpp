@@ -21,8 +21,15 @@ namespace {
 // Rows [first, first + count) of `w`, sharing its memory.
 WeightMatrix rows_of(const WeightMatrix& w, int64_t first, int64_t count) {
   WeightMatrix view = w;
-  view.data = static_cast<const uint8_t*>(w.data) + static_cast<size_t>(first) * w.row_bytes;
+  const size_t offset = static_cast<size_t>(first) * w.row_bytes;
+  view.data = static_cast<const uint8_t*>(w.data) + offset;
   view.rows = count;
+  // The repacked rows keep their offsets where the view starts and ends on
+  // the repacking's sixteen-row boundaries (interleaved_bytes of the view).
+  view.interleaved = nullptr;
+  if (w.interleaved != nullptr && first % 16 == 0 && interleaved_bytes(view) != 0) {
+    view.interleaved = static_cast<const uint8_t*>(w.interleaved) + offset;
+  }
   return view;
 }
 
@@ -80,6 +87,12 @@ struct ModelLoader {
     w.cols = cols;
     w.row_bytes = tensor_row_bytes(*traits, static_cast<uint64_t>(cols));
     model.weight_bytes_ += t->byte_size;
+    if (const size_t bytes = interleaved_bytes(w); bytes != 0) {
+      // Not value-initialized: every byte is written.
+      model.interleaved_.push_back(std::unique_ptr<uint8_t[]>(new uint8_t[bytes]));
+      interleave_weights(w, model.interleaved_.back().get());
+      w.interleaved = model.interleaved_.back().get();
+    }
     return w;
   }
 
@@ -420,6 +433,7 @@ Result<std::shared_ptr<const Model>> Model::with_matrix(std::shared_ptr<const Mo
     target->type = type;
     target->data = model->replacement_.data();
     target->row_bytes = row_bytes;
+    target->interleaved = nullptr;
   }
   model->version_ = base->version_ + "+" + std::string(tensor_name) + ":" +
                     tensor_type_name(static_cast<uint32_t>(type));
