@@ -373,7 +373,7 @@ void matmul(const WeightMatrix& w, const float* x, int64_t batch, float* y,
     act = scratch.data();
   }
   const RowArgs args = make_args(w, ops, act, y);
-  // The groups read the repacked rows where the level has a kernel for them.
+  // The repacked rows, where the level has kernels for them.
   const bool interleaved = w.interleaved != nullptr && kernels.interleaved_group != nullptr;
   RowArgs interleaved_args = args;
   if (interleaved) interleaved_args.w = static_cast<const uint8_t*>(w.interleaved);
@@ -402,8 +402,12 @@ void matmul(const WeightMatrix& w, const float* x, int64_t batch, float* y,
     }
     for (; g0 < grouped_rows; g0 += detail::kGroupRows) kernels.group(args, r0, r1, g0);
     for (int64_t b0 = grouped_rows; b0 < batch; b0 += kernels.max_tile) {
-      kernels.rows(args, r0, r1, b0,
-                   static_cast<int>(std::min<int64_t>(kernels.max_tile, batch - b0)));
+      const int nb = static_cast<int>(std::min<int64_t>(kernels.max_tile, batch - b0));
+      if (interleaved) {
+        kernels.interleaved_rows(interleaved_args, r0, r1, b0, nb);
+      } else {
+        kernels.rows(args, r0, r1, b0, nb);
+      }
     }
   };
   if (chunks == 1 || pool.size() == 1) {

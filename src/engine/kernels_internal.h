@@ -397,10 +397,12 @@ struct TypeKernels {
   // Two groups (2 * kGroupRows rows from b0) at once, where sharing the
   // weights' expansion pays; null elsewhere.
   GroupKernel group_pair = nullptr;
-  // `group` reading the weights repacked by interleave_q4_0x16 (a.w points
-  // at them; r0 and r1 multiples of kInterleavedRows), where the level has
-  // such a kernel: only Q4_0 at avx512. Same results as `group`.
+  // `group` and `rows` reading the weights repacked by interleave_q4_0x16
+  // (a.w points at them; r0 and r1 multiples of kInterleavedRows), where the
+  // level has such kernels: only Q4_0 at avx512. interleaved_group gives
+  // `group`'s bits; interleaved_rows takes max_tile rows as `rows` does.
   GroupKernel interleaved_group = nullptr;
+  RowKernel interleaved_rows = nullptr;
 };
 inline constexpr size_t kKernelTypes = 14;  // the types with kernels (kernels.cpp, kOps)
 

@@ -435,6 +435,13 @@ Result<std::shared_ptr<const Model>> Model::with_matrix(std::shared_ptr<const Mo
     target->row_bytes = row_bytes;
     target->interleaved = nullptr;
   }
+  // Repacked as a load of the converted file would repack it, so the two
+  // give the same bits.
+  if (const size_t bytes = interleaved_bytes(*targets.front()); bytes != 0) {
+    model->interleaved_.push_back(std::unique_ptr<uint8_t[]>(new uint8_t[bytes]));
+    interleave_weights(*targets.front(), model->interleaved_.back().get());
+    for (WeightMatrix* target : targets) target->interleaved = model->interleaved_.back().get();
+  }
   model->version_ = base->version_ + "+" + std::string(tensor_name) + ":" +
                     tensor_type_name(static_cast<uint32_t>(type));
   model->base_ = std::move(base);
