@@ -672,6 +672,17 @@ Result<std::shared_ptr<GgufFile>> GgufFile::open(const std::string& path) {
   return file;
 }
 
+void GgufFile::release(const uint8_t* data, size_t size) const {
+  const auto* map = static_cast<const uint8_t*>(mapping_);
+  if (map == nullptr || data < map || data + size > map + mapping_size_) return;
+  const auto page = static_cast<uintptr_t>(::sysconf(_SC_PAGESIZE));
+  const uintptr_t begin = (reinterpret_cast<uintptr_t>(data) + page - 1) / page * page;
+  const uintptr_t end = (reinterpret_cast<uintptr_t>(data) + size) / page * page;
+  // A private read-only file mapping: dropped pages are read from the file
+  // again on the next access. Failure only leaves them where they were.
+  if (end > begin) ::madvise(reinterpret_cast<void*>(begin), end - begin, MADV_DONTNEED);
+}
+
 Result<std::shared_ptr<GgufFile>> GgufFile::parse(std::span<const uint8_t> bytes,
                                                   std::string origin) {
   std::shared_ptr<GgufFile> file(new GgufFile());
