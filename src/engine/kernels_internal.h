@@ -175,7 +175,7 @@ static_assert(sizeof(ActQ8Kx8) == 8 * sizeof(ActQ8K));
 // row r in its low nibble and element 8c + 4 + b in its high one: a 64-byte
 // load, masked or shifted and masked, is one 4-element step of all sixteen
 // rows, dword r being row r's.
-inline constexpr int64_t kInterleavedRows = 16;
+inline constexpr int64_t kInterleavedRows = kInterleavedRowGroup;
 struct BlockQ4_0x16 {
   uint16_t d[kInterleavedRows];
   uint8_t qs[kQK / 8][kInterleavedRows][4];

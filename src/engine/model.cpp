@@ -25,9 +25,10 @@ WeightMatrix rows_of(const WeightMatrix& w, int64_t first, int64_t count) {
   view.data = static_cast<const uint8_t*>(w.data) + offset;
   view.rows = count;
   // The repacked rows keep their offsets where the view starts and ends on
-  // the repacking's sixteen-row boundaries (interleaved_bytes of the view).
+  // the repacking's row-group boundaries (interleaved_bytes of the view).
   view.interleaved = nullptr;
-  if (w.interleaved != nullptr && first % 16 == 0 && interleaved_bytes(view) != 0) {
+  if (w.interleaved != nullptr && first % kInterleavedRowGroup == 0 &&
+      interleaved_bytes(view) != 0) {
     view.interleaved = static_cast<const uint8_t*>(w.interleaved) + offset;
   }
   return view;
@@ -70,7 +71,9 @@ struct ModelLoader {
     // copy and the file never hold a large matrix (the embedding) twice.
     constexpr size_t kSliceBytes = size_t{8} << 20;
     const int64_t slice_rows =
-        std::max<int64_t>(1, static_cast<int64_t>(kSliceBytes / (16 * w.row_bytes))) * 16;
+        std::max<int64_t>(
+            1, static_cast<int64_t>(kSliceBytes / (kInterleavedRowGroup * w.row_bytes))) *
+        kInterleavedRowGroup;
     for (int64_t first = 0; first < w.rows; first += slice_rows) {
       const WeightMatrix slice = rows_of(w, first, std::min(slice_rows, w.rows - first));
       const size_t offset = static_cast<size_t>(first) * w.row_bytes;
