@@ -10,11 +10,12 @@
 // w's sign. Nothing can overflow (products at most 128 * 127), so the
 // integer sums are the scalar reference's exactly.
 //
-// Q4_0's prompt kernel reads the weights repacked at model load, sixteen
-// rows side by side (BlockQ4_0x16, group_q4_0x16): 2.1x the kernel on the
-// GGUF layout (576x1536, one eight-row group, one thread, in cache).
+// Q4_0's kernels read the weights repacked at model load, sixteen rows
+// side by side (BlockQ4_0x16, repacked_q4_0): for prompts 1.8x the VNNI
+// kernel on the GGUF layout (576x1536, one eight-row group, one thread, in
+// cache), for decode 3.3x the AVX2 one in cache and 1.2-1.6x from memory.
 //
-// Decode (one activation row) of the 32-element types keeps the AVX2
+// Decode (one activation row) of the other 32-element types keeps the AVX2
 // kernels: a 256-bit VNNI version of the Q8_0 one (vpdpbusd in place of
 // maddubs + madd, the same instruction count otherwise) ran at 0.76x of it
 // on the AMD EPYC development VM (576x1536, one thread, best of 800 runs in
