@@ -113,6 +113,9 @@ struct MatvecCase {
   int64_t rows, cols, batch;
   int threads;
   bool cold;
+  // The weights repacked as a model load repacks them (interleave_weights),
+  // where the level has kernels for that.
+  bool interleaved = false;
 };
 
 std::string type_name(TensorType t) {
@@ -146,11 +149,23 @@ void BM_Matmul(benchmark::State& state, MatvecCase c) {
   const size_t matrix_bytes = row_bytes * static_cast<size_t>(c.rows);
 
   const std::vector<uint8_t>& proto = quantized_weights(c.type, c.rows * c.cols);
+  // Repacked: the copies hold the repacked rows, which the kernels read,
+  // and `data` stays the original.
+  std::vector<uint8_t> repacked;
+  if (c.interleaved) {
+    const WeightMatrix w{c.type, proto.data(), c.rows, c.cols, row_bytes};
+    repacked.resize(interleaved_bytes(w));
+    if (!interleave_weights(w, repacked.data())) {
+      state.SkipWithError("no repacked kernel for this type at this level");
+      return;
+    }
+  }
+  const uint8_t* source = c.interleaved ? repacked.data() : proto.data();
   const size_t copies = c.cold ? cold_bytes() / matrix_bytes : 1;
-  const uint8_t* set = proto.data();
+  const uint8_t* set = source;
   if (c.cold) {
     for (size_t i = 0; i < copies; ++i) {
-      std::memcpy(arena() + i * matrix_bytes, proto.data(), matrix_bytes);
+      std::memcpy(arena() + i * matrix_bytes, source, matrix_bytes);
     }
     set = arena();
   }
@@ -167,7 +182,9 @@ void BM_Matmul(benchmark::State& state, MatvecCase c) {
   size_t next = 0;
   const auto t0 = std::chrono::steady_clock::now();
   for (auto _ : state) {
-    const WeightMatrix w{c.type, set + next * matrix_bytes, c.rows, c.cols, row_bytes};
+    const uint8_t* copy = set + next * matrix_bytes;
+    const WeightMatrix w{c.type,    c.interleaved ? proto.data() : copy, c.rows, c.cols,
+                         row_bytes, c.interleaved ? copy : nullptr};
     matmul(w, x.data(), c.batch, y.data(), scratch, pool);
     benchmark::ClobberMemory();
     next = next + 1 == copies ? 0 : next + 1;
@@ -236,10 +253,19 @@ void register_all() {
     cases.push_back({t, 2048, 8192, 32, 2, true});
     cases.push_back({t, 576, 1536, 32, 2, false});
   }
+  // Q4_0 repacked at load (the avx512 level's kernels), decode and prompts.
+  for (int threads : {1, 2}) {
+    cases.push_back({TensorType::kQ4_0, 2048, 8192, 1, threads, true, true});
+    cases.push_back({TensorType::kQ4_0, 8192, 2048, 1, threads, true, true});
+  }
+  cases.push_back({TensorType::kQ4_0, 576, 1536, 1, 1, false, true});
+  cases.push_back({TensorType::kQ4_0, 576, 1536, 8, 1, false, true});
+  cases.push_back({TensorType::kQ4_0, 576, 1536, 32, 2, false, true});
   for (const auto& c : cases) {
     const std::string name = "BM_Matmul/" + type_name(c.type) + "/" + std::to_string(c.rows) + "x" +
                              std::to_string(c.cols) + "/batch:" + std::to_string(c.batch) +
-                             "/threads:" + std::to_string(c.threads) + (c.cold ? "/cold" : "/hot");
+                             "/threads:" + std::to_string(c.threads) + (c.cold ? "/cold" : "/hot") +
+                             (c.interleaved ? "/repacked" : "");
     benchmark::RegisterBenchmark(name.c_str(), [c](benchmark::State& s) { BM_Matmul(s, c); })
         ->Unit(benchmark::kMicrosecond)
         ->UseRealTime()

@@ -306,6 +306,28 @@ TEST(GgufRoundTrip, WriteThenOpenMapsAlignedData) {
   EXPECT_EQ(on_disk, w.to_bytes());
 }
 
+// Released pages read back from the file: the bytes stay the same, for a
+// range larger than a page and for one inside a page (nothing to drop).
+TEST(GgufRoundTrip, ReleasedTensorBytesReadTheSame) {
+  TempFile tmp("gguf-release");
+  GgufWriter w;
+  const std::vector<uint8_t> big = pattern(3 * 4096 + 100, 7);
+  ASSERT_TRUE(w.add_tensor("big", TensorType::kF32, {big.size() / 4}, big).ok());
+  ASSERT_TRUE(w.add_tensor("small", TensorType::kF32, {4}, pattern(16, 9)).ok());
+  ASSERT_TRUE(w.write(tmp.path()).ok());
+  auto f = GgufFile::open(tmp.path());
+  ASSERT_TRUE(f.ok()) << f.error().message;
+  for (const auto& t : (*f)->tensors()) {
+    const std::vector<uint8_t> before(t.data, t.data + t.byte_size);
+    (*f)->release(t.data, t.byte_size);
+    EXPECT_EQ(std::vector<uint8_t>(t.data, t.data + t.byte_size), before) << t.name;
+  }
+  // Bytes outside the mapping are left alone.
+  const std::vector<uint8_t> outside = pattern(8192, 1);
+  (*f)->release(outside.data(), outside.size());
+  EXPECT_EQ(outside, pattern(8192, 1));
+}
+
 TEST(GgufRoundTrip, VersionTwoReadsTheSame) {
   std::vector<uint8_t> bytes = full_writer().to_bytes();
   bytes[4] = 2;

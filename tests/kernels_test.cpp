@@ -858,6 +858,103 @@ TEST(Matmul, EightRowGroupsMatchScalar) {
   }
 }
 
+// The repacking of interleave_q4_0x16 puts each element where the layout's
+// comment says: row r's element 8c + e in the low nibble of qs[c][r][e], 8c +
+// 4 + e in the high one, its block's scale in d[r].
+TEST(Interleaved, Q4_0RepackingPutsEveryElementInItsPlace) {
+  constexpr int64_t kRows = 32, kCols = 96, kBlocks = kCols / 32;
+  const Matrix m = make_matrix(TensorType::kQ4_0, kRows, kCols, 7);
+  std::vector<detail::BlockQ4_0x16> packed(kRows / 16 * kBlocks);
+  detail::interleave_q4_0x16(m.data.data(), row_bytes(TensorType::kQ4_0, kCols), kRows, kCols,
+                             packed.data());
+  for (int64_t r = 0; r < kRows; ++r) {
+    const auto* row =
+        reinterpret_cast<const BlockQ4_0*>(m.data.data() + r * row_bytes(TensorType::kQ4_0, kCols));
+    for (int64_t i = 0; i < kBlocks; ++i) {
+      const detail::BlockQ4_0x16& b = packed[r / 16 * kBlocks + i];
+      ASSERT_EQ(b.d[r % 16], row[i].d);
+      for (int e = 0; e < 32; ++e) {
+        const int level = e < 16 ? row[i].qs[e] & 0xF : row[i].qs[e - 16] >> 4;
+        const uint8_t byte = b.qs[e / 8][r % 16][e % 4];
+        ASSERT_EQ(level, (e % 8 < 4 ? byte : byte >> 4) & 0xF) << "r=" << r << " e=" << e;
+      }
+    }
+  }
+}
+
+// Q4_0 weights repacked for the running level (interleave_weights) give the
+// original layout's bits for the activation rows in eight-row groups (the
+// repacked group kernel's float work is the original one's), and the scalar
+// reference's results to summation order for all rows (the rows after the
+// groups, and decode, sum in another order). Levels without such kernels
+// repack nothing.
+TEST(Interleaved, Q4_0MatmulMatchesTheOriginalLayout) {
+  ThreadPool pool(2);
+  for (int64_t rows : {16, 48, 112, 37}) {
+    const Matrix m = make_matrix(TensorType::kQ4_0, rows, 704, static_cast<uint32_t>(rows));
+    WeightMatrix w = m.view();
+    const size_t bytes = interleaved_bytes(w);
+    std::vector<uint8_t> packed(bytes);
+    if (bytes == 0) {
+      EXPECT_FALSE(interleave_weights(w, packed.data()));
+      continue;
+    }
+    EXPECT_EQ(bytes, m.data.size());
+    ASSERT_TRUE(interleave_weights(w, packed.data()));
+    for (int64_t batch : {1, 8, 16, 20, 35}) {
+      SCOPED_TRACE(testing::Message() << rows << " rows, batch " << batch);
+      const auto x = gaussian(static_cast<size_t>(batch * w.cols), static_cast<uint32_t>(batch));
+      std::vector<uint8_t> scratch(activation_scratch_bytes(w.type, w.cols, batch));
+      std::vector<float> original(static_cast<size_t>(batch * rows), NAN);
+      std::vector<float> repacked(original.size(), NAN);
+      std::vector<float> ref(original.size(), NAN);
+      w.interleaved = nullptr;
+      matmul(w, x.data(), batch, original.data(), scratch, pool);
+      w.interleaved = packed.data();
+      matmul(w, x.data(), batch, repacked.data(), scratch, pool);
+      const size_t grouped = static_cast<size_t>(batch / 8 * 8 * rows);
+      EXPECT_EQ(0, std::memcmp(original.data(), repacked.data(), grouped * sizeof(float)));
+      matmul_reference(w, x.data(), batch, ref.data());
+      for (int64_t b = 0; b < batch; ++b) {
+        for (int64_t r = 0; r < rows; ++r) {
+          const size_t i = static_cast<size_t>(b * rows + r);
+          ASSERT_NEAR(repacked[i], ref[i], tight_tolerance(m, x.data() + b * w.cols, r))
+              << "b=" << b << " r=" << r;
+        }
+      }
+    }
+  }
+}
+
+// A matrix repacked at one level still multiplies correctly after a switch
+// to a level without the repacked kernel: that level reads `data`.
+TEST(Interleaved, OtherLevelsIgnoreTheRepackedRows) {
+  const Matrix m = make_matrix(TensorType::kQ4_0, 32, 352, 5);
+  WeightMatrix w = m.view();
+  if (interleaved_bytes(w) == 0) GTEST_SKIP() << "no repacked kernel at this level";
+  std::vector<uint8_t> packed(interleaved_bytes(w));
+  ASSERT_TRUE(interleave_weights(w, packed.data()));
+  w.interleaved = packed.data();
+  const CpuLevel initial = cpu_level();
+  ThreadPool pool(2);
+  constexpr int64_t kBatch = 16;
+  const auto x = gaussian(static_cast<size_t>(kBatch * w.cols), 3);
+  std::vector<uint8_t> scratch(activation_scratch_bytes(w.type, w.cols, kBatch));
+  std::vector<float> y(static_cast<size_t>(kBatch * w.rows)), ref(y.size());
+  matmul_reference(w, x.data(), kBatch, ref.data());
+  for (const char* level : {"scalar", "avx2"}) {
+    ASSERT_TRUE(set_cpu_level(level, "test").ok());
+    matmul(w, x.data(), kBatch, y.data(), scratch, pool);
+    for (int64_t b = 0; b < kBatch; ++b) {
+      for (int64_t r = 0; r < w.rows; ++r) {
+        const size_t i = static_cast<size_t>(b * w.rows + r);
+        ASSERT_NEAR(y[i], ref[i], tight_tolerance(m, x.data() + b * w.cols, r)) << level;
+      }
+    }
+  }
+  ASSERT_TRUE(set_cpu_level(cpu_level_name(initial), "test").ok());
+}
+
 TEST(Matmul, LargerShapesAndThreeThreads) {
   ThreadPool pool(3);
   for (TensorType t : kAllTypes) {

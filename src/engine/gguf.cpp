@@ -672,6 +672,21 @@ Result<std::shared_ptr<GgufFile>> GgufFile::open(const std::string& path) {
   return file;
 }
 
+void GgufFile::release(const uint8_t* data, size_t size) const {
+  const auto map = reinterpret_cast<uintptr_t>(mapping_);
+  const auto first = reinterpret_cast<uintptr_t>(data);
+  if (mapping_ == nullptr || first < map || size > mapping_size_ ||
+      first - map > mapping_size_ - size) {
+    return;
+  }
+  const auto page = static_cast<uintptr_t>(::sysconf(_SC_PAGESIZE));
+  const uintptr_t begin = (first + page - 1) / page * page;
+  const uintptr_t end = (first + size) / page * page;
+  // A private read-only file mapping: dropped pages are read from the file
+  // again on the next access. Failure only leaves them where they were.
+  if (end > begin) ::madvise(reinterpret_cast<void*>(begin), end - begin, MADV_DONTNEED);
+}
+
 Result<std::shared_ptr<GgufFile>> GgufFile::parse(std::span<const uint8_t> bytes,
                                                   std::string origin) {
   std::shared_ptr<GgufFile> file(new GgufFile());

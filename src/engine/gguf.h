@@ -102,6 +102,11 @@ class GgufFile {
 
   const std::vector<GgufTensorInfo>& tensors() const { return tensors_; }
   const GgufTensorInfo* find_tensor(std::string_view name) const;
+  // Gives the memory-mapped pages wholly inside [data, data + size) back to
+  // the system, for bytes the reader keeps a copy of: they stay readable, a
+  // later read bringing them back from the file. Does nothing for bytes
+  // given to parse().
+  void release(const uint8_t* data, size_t size) const;
 
  private:
   GgufFile() = default;

@@ -163,6 +163,8 @@ RowArgs make_args(const WeightMatrix& w, const TypeOps& ops, const uint8_t* act,
 // unit's weights are re-read once per activation tile and stay in L2.
 int64_t rows_per_chunk(const WeightMatrix& w, int threads) {
   constexpr int64_t kAlign = 16;
+  // Chunks start and end on the repacked layout's sixteen-row boundaries.
+  static_assert(kAlign % detail::kInterleavedRows == 0);
   constexpr size_t kChunkBytes = 64 * 1024;
   const int64_t by_count = (w.rows + 8 * threads - 1) / (8 * threads);
   const int64_t by_bytes = static_cast<int64_t>(kChunkBytes / std::max<size_t>(w.row_bytes, 1));
@@ -371,6 +373,10 @@ void matmul(const WeightMatrix& w, const float* x, int64_t batch, float* y,
     act = scratch.data();
   }
   const RowArgs args = make_args(w, ops, act, y);
+  // The repacked rows, where the level has kernels for them.
+  const bool interleaved = w.interleaved != nullptr && kernels.interleaved_group != nullptr;
+  RowArgs interleaved_args = args;
+  if (interleaved) interleaved_args.w = static_cast<const uint8_t*>(w.interleaved);
   const int64_t chunk = rows_per_chunk(w, pool.size());
   const int64_t chunks = (w.rows + chunk - 1) / chunk;
   auto run_chunk = [&](int64_t c) {
@@ -384,6 +390,11 @@ void matmul(const WeightMatrix& w, const float* x, int64_t batch, float* y,
         std::min(detail::kPrefetchDistance, static_cast<size_t>(r1 - r0) * w.row_bytes);
     for (size_t off = 0; off < lead; off += 64) __builtin_prefetch(first + off, 0, 2);
     int64_t g0 = 0;
+    if (interleaved) {
+      for (; g0 < grouped_rows; g0 += detail::kGroupRows) {
+        kernels.interleaved_group(interleaved_args, r0, r1, g0);
+      }
+    }
     if (kernels.group_pair != nullptr) {
       for (; g0 + 2 * detail::kGroupRows <= grouped_rows; g0 += 2 * detail::kGroupRows) {
         kernels.group_pair(args, r0, r1, g0);
@@ -391,8 +402,12 @@ void matmul(const WeightMatrix& w, const float* x, int64_t batch, float* y,
     }
     for (; g0 < grouped_rows; g0 += detail::kGroupRows) kernels.group(args, r0, r1, g0);
     for (int64_t b0 = grouped_rows; b0 < batch; b0 += kernels.max_tile) {
-      kernels.rows(args, r0, r1, b0,
-                   static_cast<int>(std::min<int64_t>(kernels.max_tile, batch - b0)));
+      const int nb = static_cast<int>(std::min<int64_t>(kernels.max_tile, batch - b0));
+      if (interleaved) {
+        kernels.interleaved_rows(interleaved_args, r0, r1, b0, nb);
+      } else {
+        kernels.rows(args, r0, r1, b0, nb);
+      }
     }
   };
   if (chunks == 1 || pool.size() == 1) {
@@ -439,6 +454,22 @@ void matmul_reference(const WeightMatrix& w, const float* x, int64_t batch, floa
   }
   const RowArgs args = make_args(w, ops, act, y);
   for (int64_t b = 0; b < batch; ++b) ops.reference(args, 0, w.rows, b, 1);
+}
+
+size_t interleaved_bytes(const WeightMatrix& w) {
+  const detail::TypeKernels* kernels = detail::active_kernels().find(w.type);
+  if (w.type != TensorType::kQ4_0 || kernels == nullptr || kernels->interleaved_group == nullptr ||
+      w.rows <= 0 || w.rows % detail::kInterleavedRows != 0 || w.cols % detail::kQK != 0) {
+    return 0;
+  }
+  return w.row_bytes * static_cast<size_t>(w.rows);
+}
+
+bool interleave_weights(const WeightMatrix& w, void* out) {
+  if (interleaved_bytes(w) == 0) return false;
+  detail::interleave_q4_0x16(static_cast<const uint8_t*>(w.data), w.row_bytes, w.rows, w.cols,
+                             static_cast<detail::BlockQ4_0x16*>(out));
+  return true;
 }
 
 bool get_row(const WeightMatrix& w, int64_t row, float* out) {

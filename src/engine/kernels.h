@@ -76,7 +76,26 @@ struct WeightMatrix {
   int64_t rows = 0;
   int64_t cols = 0;
   size_t row_bytes = 0;
+  // The same rows repacked by interleave_weights, or null. Where set, matmul
+  // reads them instead of `data` wherever the running level has kernels for
+  // them (prompts and decode), with the same results up to float summation
+  // order; `data` must stay valid for the other levels and get_row.
+  const void* interleaved = nullptr;
 };
+
+// Rows the repacked layout keeps together: interleaved_bytes needs a
+// multiple of it, and rows from a multiple of it sit at the same byte offset
+// in the repacked copy as in `data`, so a view of them shares the copy.
+inline constexpr int64_t kInterleavedRowGroup = 16;
+
+// The bytes interleave_weights writes for `w`, or 0 where the running level
+// has no kernels for repacked weights of its type (today Q4_0 at avx512,
+// whose kernels read sixteen rows side by side) or its rows are not a
+// multiple of kInterleavedRowGroup.
+size_t interleaved_bytes(const WeightMatrix& w);
+// Writes w's rows repacked for those kernels into out (interleaved_bytes(w)
+// bytes); returns false where interleaved_bytes(w) is 0.
+bool interleave_weights(const WeightMatrix& w, void* out);
 
 // Scratch memory for activation quantization, sized by the caller once
 // (no allocation per token). Use activation_scratch_bytes to size it.

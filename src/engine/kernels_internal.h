@@ -167,6 +167,25 @@ struct ActQ8Kx8 {
 };
 static_assert(sizeof(ActQ8Kx8) == 8 * sizeof(ActQ8K));
 
+// Q4_0 weights repacked at load for kernels that take sixteen weight rows at
+// once (TypeKernels::interleaved_group): block i of rows 16s .. 16s + 15
+// side by side, the blocks of each sixteen rows one after another, so the
+// repacked matrix has the original's size and row offsets that are
+// multiples of 16 stay where they were. qs[c][r][b] holds element 8c + b of
+// row r in its low nibble and element 8c + 4 + b in its high one: a 64-byte
+// load, masked or shifted and masked, is one 4-element step of all sixteen
+// rows, dword r being row r's.
+inline constexpr int64_t kInterleavedRows = kInterleavedRowGroup;
+struct BlockQ4_0x16 {
+  uint16_t d[kInterleavedRows];
+  uint8_t qs[kQK / 8][kInterleavedRows][4];
+};
+static_assert(sizeof(BlockQ4_0x16) == kInterleavedRows * sizeof(BlockQ4_0));
+// Repacks `rows` (a multiple of kInterleavedRows) Q4_0 rows of `cols`
+// elements, row_bytes apart, into dst.
+void interleave_q4_0x16(const uint8_t* src, size_t row_bytes, int64_t rows, int64_t cols,
+                        BlockQ4_0x16* dst);
+
 // Weight quantization (file writing) and dequantization, scalar. n is a
 // multiple of the type's block size.
 void quantize_q4_0(const float* x, BlockQ4_0* y, int64_t n);
@@ -378,6 +397,12 @@ struct TypeKernels {
   // Two groups (2 * kGroupRows rows from b0) at once, where sharing the
   // weights' expansion pays; null elsewhere.
   GroupKernel group_pair = nullptr;
+  // `group` and `rows` reading the weights repacked by interleave_q4_0x16
+  // (a.w points at them; r0 and r1 multiples of kInterleavedRows), where the
+  // level has such kernels: only Q4_0 at avx512. interleaved_group gives
+  // `group`'s bits; interleaved_rows takes max_tile rows as `rows` does.
+  GroupKernel interleaved_group = nullptr;
+  RowKernel interleaved_rows = nullptr;
 };
 inline constexpr size_t kKernelTypes = 14;  // the types with kernels (kernels.cpp, kOps)
 

@@ -676,3 +676,36 @@ void quantize_act_q8k_scalar(const float* x, ActQ8K* y, int64_t n) {
 }
 
 }  // namespace foreshore::engine::detail
+
+namespace foreshore::engine::detail {
+
+void interleave_q4_0x16(const uint8_t* src, size_t row_bytes, int64_t rows, int64_t cols,
+                        BlockQ4_0x16* dst) {
+  // Bytes 0-3 and 4-7 of qs hold elements 0-3 and 4-7 in their low nibbles
+  // and 16-23 in their high ones; bytes 8-15 the same for 8-15 and 24-31. So
+  // four bytes at a time: step pair c = 0, 1 from the low nibbles, 2, 3
+  // from the high ones.
+  constexpr uint32_t kLow = 0x0F0F0F0F, kHigh = 0xF0F0F0F0;
+  const int64_t blocks = cols / kQK;
+  for (int64_t s = 0; s < rows / kInterleavedRows; ++s) {
+    for (int64_t r = 0; r < kInterleavedRows; ++r) {
+      const auto* row =
+          reinterpret_cast<const BlockQ4_0*>(src + (s * kInterleavedRows + r) * row_bytes);
+      for (int64_t i = 0; i < blocks; ++i) {
+        BlockQ4_0x16& out = dst[s * blocks + i];
+        out.d[r] = row[i].d;
+        uint32_t q[4];
+        std::memcpy(q, row[i].qs, sizeof q);
+        const uint32_t packed[4] = {
+            (q[0] & kLow) | (q[1] & kLow) << 4,
+            (q[2] & kLow) | (q[3] & kLow) << 4,
+            (q[0] >> 4 & kLow) | (q[1] & kHigh),
+            (q[2] >> 4 & kLow) | (q[3] & kHigh),
+        };
+        for (int c = 0; c < kQK / 8; ++c) std::memcpy(out.qs[c][r], &packed[c], 4);
+      }
+    }
+  }
+}
+
+}  // namespace foreshore::engine::detail

@@ -21,8 +21,16 @@ namespace {
 // Rows [first, first + count) of `w`, sharing its memory.
 WeightMatrix rows_of(const WeightMatrix& w, int64_t first, int64_t count) {
   WeightMatrix view = w;
-  view.data = static_cast<const uint8_t*>(w.data) + static_cast<size_t>(first) * w.row_bytes;
+  const size_t offset = static_cast<size_t>(first) * w.row_bytes;
+  view.data = static_cast<const uint8_t*>(w.data) + offset;
   view.rows = count;
+  // The repacked rows keep their offsets where the view starts and ends on
+  // the repacking's row-group boundaries (interleaved_bytes of the view).
+  view.interleaved = nullptr;
+  if (w.interleaved != nullptr && first % kInterleavedRowGroup == 0 &&
+      interleaved_bytes(view) != 0) {
+    view.interleaved = static_cast<const uint8_t*>(w.interleaved) + offset;
+  }
   return view;
 }
 
@@ -47,6 +55,32 @@ struct ModelLoader {
     if (*v <= 0 || *v > (int64_t{1} << 30))
       return corrupt("metadata key '" + key + "' has implausible value " + std::to_string(*v));
     return *v;
+  }
+
+  // A copy of w's rows repacked for the running level's kernels, where it
+  // has kernels for repacked rows of w's type. The kernels then read only
+  // the copy, so the file's pages of w go back to the system; get_row (the
+  // token embedding) brings back the few it reads.
+  void repack(WeightMatrix& w) {
+    const size_t bytes = interleaved_bytes(w);
+    if (bytes == 0) return;
+    // Not value-initialized: every byte is written.
+    model.interleaved_.push_back(std::unique_ptr<uint8_t[]>(new uint8_t[bytes]));
+    uint8_t* out = model.interleaved_.back().get();
+    // A few MiB at a time, each slice's file pages released at once, so the
+    // copy and the file never hold a large matrix (the embedding) twice.
+    constexpr size_t kSliceBytes = size_t{8} << 20;
+    const int64_t slice_rows =
+        std::max<int64_t>(
+            1, static_cast<int64_t>(kSliceBytes / (kInterleavedRowGroup * w.row_bytes))) *
+        kInterleavedRowGroup;
+    for (int64_t first = 0; first < w.rows; first += slice_rows) {
+      const WeightMatrix slice = rows_of(w, first, std::min(slice_rows, w.rows - first));
+      const size_t offset = static_cast<size_t>(first) * w.row_bytes;
+      interleave_weights(slice, out + offset);
+      file.release(static_cast<const uint8_t*>(slice.data), interleaved_bytes(slice));
+    }
+    w.interleaved = out;
   }
 
   Result<WeightMatrix> matrix(const std::string& name, int64_t cols, int64_t rows,
@@ -80,6 +114,8 @@ struct ModelLoader {
     w.cols = cols;
     w.row_bytes = tensor_row_bytes(*traits, static_cast<uint64_t>(cols));
     model.weight_bytes_ += t->byte_size;
+    // The token embedding is repacked only where it is the output too.
+    if (name != "token_embd.weight") repack(w);
     return w;
   }
 
@@ -129,6 +165,22 @@ struct ModelLoader {
     // The version names the weights as the file does, so renaming a file
     // does not make its weights look new.
     const std::string version_name = general_name.value_or(stem);
+    // A short identity of the weights for version pinning: name, size and a
+    // hash of the header (metadata and tensor table), cheap to compute; taken
+    // before repacking releases the file's pages, which its samples would
+    // bring back.
+    uint64_t h = 1469598103934665603ull;
+    for (const auto& t : file.tensors()) {
+      for (char ch : t.name) h = (h ^ static_cast<uint8_t>(ch)) * 1099511628211ull;
+      h = (h ^ t.type) * 1099511628211ull;
+      h = (h ^ t.byte_size) * 1099511628211ull;
+      // Sample the data so re-trained weights of the same shape get a new version.
+      const size_t step = std::max<size_t>(1, t.byte_size / 16);
+      for (size_t off = 0; off < t.byte_size; off += step) h = (h ^ t.data[off]) * 1099511628211ull;
+    }
+    char hex[17];
+    std::snprintf(hex, sizeof hex, "%016llx", static_cast<unsigned long long>(h));
+    model.version_ = version_name + "@" + std::string(hex, 12);
     FSH_ASSIGN_OR_RETURN(int64_t n_embd, require_int("embedding_length"));
     FSH_ASSIGN_OR_RETURN(int64_t n_layer, require_int("block_count"));
     FSH_ASSIGN_OR_RETURN(int64_t n_head, require_int("attention.head_count"));
@@ -243,6 +295,7 @@ struct ModelLoader {
     FSH_ASSIGN_OR_RETURN(model.output_, matrix("output.weight", n_embd, n_vocab, true));
     if (model.output_.data == nullptr) {
       c.tied_output = true;
+      repack(model.token_embd_);
       model.output_ = model.token_embd_;
     }
     model.widened_.reserve(static_cast<size_t>(n_layer) * 9 + 4);
@@ -332,20 +385,6 @@ struct ModelLoader {
                          vector("rope_factors_short.weight", rope_half, true));
     FSH_ASSIGN_OR_RETURN(model.rope_factors_long_,
                          vector("rope_factors_long.weight", rope_half, true));
-    // A short identity of the weights for version pinning: name, size and a
-    // hash of the header (metadata and tensor table), cheap to compute.
-    uint64_t h = 1469598103934665603ull;
-    for (const auto& t : file.tensors()) {
-      for (char ch : t.name) h = (h ^ static_cast<uint8_t>(ch)) * 1099511628211ull;
-      h = (h ^ t.type) * 1099511628211ull;
-      h = (h ^ t.byte_size) * 1099511628211ull;
-      // Sample the data so re-trained weights of the same shape get a new version.
-      const size_t step = std::max<size_t>(1, t.byte_size / 16);
-      for (size_t off = 0; off < t.byte_size; off += step) h = (h ^ t.data[off]) * 1099511628211ull;
-    }
-    char hex[17];
-    std::snprintf(hex, sizeof hex, "%016llx", static_cast<unsigned long long>(h));
-    model.version_ = version_name + "@" + std::string(hex, 12);
     return Status::Ok();
   }
 };
@@ -420,6 +459,14 @@ Result<std::shared_ptr<const Model>> Model::with_matrix(std::shared_ptr<const Mo
     target->type = type;
     target->data = model->replacement_.data();
     target->row_bytes = row_bytes;
+    target->interleaved = nullptr;
+  }
+  // Repacked as a load of the converted file would repack it, so the two
+  // give the same bits.
+  if (const size_t bytes = interleaved_bytes(*targets.front()); bytes != 0) {
+    model->interleaved_.push_back(std::unique_ptr<uint8_t[]>(new uint8_t[bytes]));
+    interleave_weights(*targets.front(), model->interleaved_.back().get());
+    for (WeightMatrix* target : targets) target->interleaved = model->interleaved_.back().get();
   }
   model->version_ = base->version_ + "+" + std::string(tensor_name) + ":" +
                     tensor_type_name(static_cast<uint32_t>(type));

@@ -143,6 +143,9 @@ class Model {
   const float* rope_factors_long_ = nullptr;
   // Norms and biases stored as F16/BF16 are widened to float once at load.
   std::vector<std::vector<float>> widened_;
+  // Weight matrices repacked at load for the running level's prompt kernels
+  // (WeightMatrix::interleaved; interleave_weights says which).
+  std::vector<std::unique_ptr<uint8_t[]>> interleaved_;
   // For with_matrix: the model whose weights (and widened vectors) this one
   // points into, and the replacement matrix's bytes.
   std::shared_ptr<const Model> base_;
