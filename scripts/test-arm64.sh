@@ -44,9 +44,9 @@ shift $(($# > 0 ? 1 : 0))
 
 packages=(crossbuild-essential-arm64 qemu-user libgtest-dev:arm64 libpcre2-dev:arm64
   libstdc++6:arm64 nlohmann-json3-dev libcli11-dev libssl-dev:arm64 libsqlite3-dev:arm64
-  libvectorscan-dev:arm64 libhiredis-dev:arm64 libcpp-httplib-dev:arm64
-  libyaml-cpp0.7:arm64 libpq5:arm64)
-side_packages=(libyaml-cpp-dev:arm64 libyaml-cpp0.7:arm64 libpq-dev:arm64 libpq5:arm64)
+  libhiredis-dev:arm64 libcpp-httplib-dev:arm64 libyaml-cpp0.7:arm64 libpq5:arm64)
+side_packages=(libyaml-cpp-dev:arm64 libyaml-cpp0.7:arm64 libpq-dev:arm64 libpq5:arm64
+  libvectorscan-dev:arm64 libvectorscan5:arm64)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -64,17 +64,22 @@ if [ ${#missing[@]} -gt 0 ]; then
   "${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 
-# The side-installed -dev packages: unpacked with their libraries, the
-# pkg-config file pointed at the unpacked tree.
+# The side-installed packages: unpacked with their libraries, the pkg-config
+# files pointed at the unpacked tree. The programs built here find the
+# libraries only installed there (libhs) at run time through their RUNPATH,
+# which CMake sets to the unpacked library folder because they link to it.
 side=$dir/arm64-dev
-if [ ! -f "$side/unpacked" ]; then
+if [ "$(cat "$side/unpacked" 2>/dev/null)" != "${side_packages[*]}" ]; then
   rm -rf "$side" && mkdir -p "$side/debs"
   (cd "$side/debs" && apt-get download -qq "${side_packages[@]}")
   for deb in "$side"/debs/*.deb; do dpkg-deb -x "$deb" "$side"; done
-  sed -i "s|^prefix=.*|prefix=$(realpath "$side")/usr|" "$side"/usr/lib/aarch64-linux-gnu/pkgconfig/libpq.pc
-  touch "$side/unpacked"
+  sed -i -E "s#^(prefix|exec_prefix|libdir|includedir)=/usr#\1=$(realpath "$side")/usr#" \
+    "$side"/usr/lib/aarch64-linux-gnu/pkgconfig/{libpq,libhs}.pc
+  echo "${side_packages[*]}" >"$side/unpacked"
 fi
 
+launcher=()
+command -v ccache >/dev/null && launcher=(-DCMAKE_CXX_COMPILER_LAUNCHER=ccache)
 # The tests run on the multiarch arm64 runtime (/lib/ld-linux-aarch64.so.1,
 # /usr/lib/aarch64-linux-gnu), as on an arm64 Debian. Not on the cross
 # toolchain's copy under /usr/aarch64-linux-gnu (qemu-aarch64 -L): with it,
@@ -83,7 +88,7 @@ export PKG_CONFIG_LIBDIR=$(realpath "$side")/usr/lib/aarch64-linux-gnu/pkgconfig
 cmake -S . -B "$dir" -G Ninja -DCMAKE_BUILD_TYPE=Release \
   -DCMAKE_SYSTEM_NAME=Linux -DCMAKE_SYSTEM_PROCESSOR=aarch64 \
   -DCMAKE_CXX_COMPILER=aarch64-linux-gnu-g++ -DCMAKE_PREFIX_PATH="$(realpath "$side")/usr" \
-  -DCMAKE_CROSSCOMPILING_EMULATOR=qemu-aarch64 \
+  -DCMAKE_CROSSCOMPILING_EMULATOR=qemu-aarch64 "${launcher[@]}" \
   -DFSH_BUILD_TESTS=ON -DFSH_BUILD_BENCH=OFF -DFSH_SHARED_DATA_DIR="$SHARED_DATA" >/dev/null
 cmake --build "$dir" -j "$(nproc)"
 # The CPU model comes from QEMU_CPU (inherited by the binaries the tests
