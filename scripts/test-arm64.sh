@@ -22,19 +22,27 @@
 # `cortex-a72` (ARMv8.0-A, no dot product): at scalar and neon, the dotprod
 # runs show as skipped, and the kernel test checks that dotprod is refused.
 #
-# Not in CI (.ci/run): the whole project's cross build alone took about 45
-# minutes on the 2-core machine while other builds ran, and the model tests
-# under QEMU take minutes each. A quicker subset, the engine's tests and the
-# pattern matching, routing and gateway end-to-end tests (77 tests, 146 s at
-# -j2 under load, besides the engine's):
-#   scripts/test-arm64.sh build-arm64 \
-#     -R '/scalar$|^(Gguf|Tokenizer|ReferenceVectors|GeneratedCorpus|Sensitivity|PiiCorpus|Router|Gateway|layering)'
+# Not in CI (.ci/run): on the 2-core machine while other builds ran (load
+# average 8-13, 2026-12-07), the cross build took 12 minutes with ccache
+# holding the libraries' objects (about 45 without), and the 844 tests take
+# well over an hour on `max` alone: the test programs other than the engine's
+# 21 minutes at -j2 (DocsCommands 27 minutes by itself, ReadmeCommands 9), the
+# model tests minutes each (RealModel, Batch, TinyPresets). docs/PERFORMANCE.md
+# has the counts. A quicker subset for CI (338 tests on `max`): the kernel
+# tests at every level, and the pattern matching, routing, gateway
+# end-to-end, C API, executor, privacy, gguf and tokenizer tests; measured
+# apart, the latter took 15 minutes at -j2 and kernels_test (on cortex-a72,
+# as the script's second run does) 8 minutes at -j1, under that load:
+#   scripts/test-arm64.sh build-arm64 -R '^(Bf16|CpuLevel|Fp16|Layout|Matmul|Ops|RoundTrip|ThreadPool|GeneratedCorpus|PiiCorpus|Sensitivity|Router|GatewayE2E|GatewayFaults|GatewayLearning|GatewayLlamaServer|GatewayTools|CapiTest|ExecTest|Guard|ShadowTest|Similarity|PrivacyE2E|Gguf|ReferenceVectors|Tokenizer|Vocabular|layering)'
 #
 # Installs what it lacks (root or sudo): arm64 as a dpkg foreign architecture,
 # crossbuild-essential-arm64, qemu-user, and the project's libraries for arm64.
 # libyaml-cpp-dev and libpq-dev are not Multi-Arch: same, so their arm64
-# packages would replace the host's: they are unpacked into BUILD_DIR/arm64-dev
-# instead (their runtime libraries are installed as usual).
+# packages would replace the host's; libvectorscan-dev and libvectorscan5
+# conflict with the host's libhyperscan-dev (x86-64 builds use Hyperscan).
+# They are unpacked into BUILD_DIR/arm64-dev instead (libyaml-cpp's and
+# libpq's runtime libraries are installed as usual; libhs is found in the
+# unpacked tree through the RUNPATH of what links it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
