@@ -22,19 +22,27 @@
 # `cortex-a72` (ARMv8.0-A, no dot product): at scalar and neon, the dotprod
 # runs show as skipped, and the kernel test checks that dotprod is refused.
 #
-# Not in CI (.ci/run): the whole project's cross build alone took about 45
-# minutes on the 2-core machine while other builds ran, and the model tests
-# under QEMU take minutes each. A quicker subset, the engine's tests and the
-# pattern matching, routing and gateway end-to-end tests (77 tests, 146 s at
-# -j2 under load, besides the engine's):
-#   scripts/test-arm64.sh build-arm64 \
-#     -R '/scalar$|^(Gguf|Tokenizer|ReferenceVectors|GeneratedCorpus|Sensitivity|PiiCorpus|Router|Gateway|layering)'
+# Not in CI (.ci/run): on the 2-core machine while other builds ran (load
+# average 8-13, 2026-12-07), the cross build took 12 minutes with ccache
+# holding the libraries' objects (about 45 without), and the 844 tests take
+# well over an hour on `max` alone: the test programs other than the engine's
+# 21 minutes at -j2 (DocsCommands 27 minutes by itself, ReadmeCommands 9), the
+# model tests minutes each (RealModel, Batch, TinyPresets). docs/PERFORMANCE.md
+# has the counts. A quicker subset for CI (338 tests on `max`): the kernel
+# tests at every level, and the pattern matching, routing, gateway
+# end-to-end, C API, executor, privacy, gguf and tokenizer tests; measured
+# apart, the latter took 15 minutes at -j2 and kernels_test (on cortex-a72,
+# as the script's second run does) 8 minutes at -j1, under that load:
+#   scripts/test-arm64.sh build-arm64 -R '^(Bf16|CpuLevel|Fp16|Layout|Matmul|Ops|RoundTrip|ThreadPool|GeneratedCorpus|PiiCorpus|Sensitivity|Router|GatewayE2E|GatewayFaults|GatewayLearning|GatewayLlamaServer|GatewayTools|CapiTest|ExecTest|Guard|ShadowTest|Similarity|PrivacyE2E|Gguf|ReferenceVectors|Tokenizer|Vocabular|layering)'
 #
 # Installs what it lacks (root or sudo): arm64 as a dpkg foreign architecture,
 # crossbuild-essential-arm64, qemu-user, and the project's libraries for arm64.
 # libyaml-cpp-dev and libpq-dev are not Multi-Arch: same, so their arm64
-# packages would replace the host's: they are unpacked into BUILD_DIR/arm64-dev
-# instead (their runtime libraries are installed as usual).
+# packages would replace the host's; libvectorscan-dev and libvectorscan5
+# conflict with the host's libhyperscan-dev (x86-64 builds use Hyperscan).
+# They are unpacked into BUILD_DIR/arm64-dev instead (libyaml-cpp's and
+# libpq's runtime libraries are installed as usual; libhs is found in the
+# unpacked tree through the RUNPATH of what links it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -44,9 +52,9 @@ shift $(($# > 0 ? 1 : 0))
 
 packages=(crossbuild-essential-arm64 qemu-user libgtest-dev:arm64 libpcre2-dev:arm64
   libstdc++6:arm64 nlohmann-json3-dev libcli11-dev libssl-dev:arm64 libsqlite3-dev:arm64
-  libvectorscan-dev:arm64 libhiredis-dev:arm64 libcpp-httplib-dev:arm64
-  libyaml-cpp0.7:arm64 libpq5:arm64)
-side_packages=(libyaml-cpp-dev:arm64 libyaml-cpp0.7:arm64 libpq-dev:arm64 libpq5:arm64)
+  libhiredis-dev:arm64 libcpp-httplib-dev:arm64 libyaml-cpp0.7:arm64 libpq5:arm64)
+side_packages=(libyaml-cpp-dev:arm64 libyaml-cpp0.7:arm64 libpq-dev:arm64 libpq5:arm64
+  libvectorscan-dev:arm64 libvectorscan5:arm64)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -64,17 +72,22 @@ if [ ${#missing[@]} -gt 0 ]; then
   "${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 
-# The side-installed -dev packages: unpacked with their libraries, the
-# pkg-config file pointed at the unpacked tree.
+# The side-installed packages: unpacked with their libraries, the pkg-config
+# files pointed at the unpacked tree. The programs built here find the
+# libraries only installed there (libhs) at run time through their RUNPATH,
+# which CMake sets to the unpacked library folder because they link to it.
 side=$dir/arm64-dev
-if [ ! -f "$side/unpacked" ]; then
+if [ "$(cat "$side/unpacked" 2>/dev/null)" != "${side_packages[*]}" ]; then
   rm -rf "$side" && mkdir -p "$side/debs"
   (cd "$side/debs" && apt-get download -qq "${side_packages[@]}")
   for deb in "$side"/debs/*.deb; do dpkg-deb -x "$deb" "$side"; done
-  sed -i "s|^prefix=.*|prefix=$(realpath "$side")/usr|" "$side"/usr/lib/aarch64-linux-gnu/pkgconfig/libpq.pc
-  touch "$side/unpacked"
+  sed -i -E "s#^(prefix|exec_prefix|libdir|includedir)=/usr#\1=$(realpath "$side")/usr#" \
+    "$side"/usr/lib/aarch64-linux-gnu/pkgconfig/{libpq,libhs}.pc
+  echo "${side_packages[*]}" >"$side/unpacked"
 fi
 
+launcher=()
+command -v ccache >/dev/null && launcher=(-DCMAKE_CXX_COMPILER_LAUNCHER=ccache)
 # The tests run on the multiarch arm64 runtime (/lib/ld-linux-aarch64.so.1,
 # /usr/lib/aarch64-linux-gnu), as on an arm64 Debian. Not on the cross
 # toolchain's copy under /usr/aarch64-linux-gnu (qemu-aarch64 -L): with it,
@@ -83,7 +96,7 @@ export PKG_CONFIG_LIBDIR=$(realpath "$side")/usr/lib/aarch64-linux-gnu/pkgconfig
 cmake -S . -B "$dir" -G Ninja -DCMAKE_BUILD_TYPE=Release \
   -DCMAKE_SYSTEM_NAME=Linux -DCMAKE_SYSTEM_PROCESSOR=aarch64 \
   -DCMAKE_CXX_COMPILER=aarch64-linux-gnu-g++ -DCMAKE_PREFIX_PATH="$(realpath "$side")/usr" \
-  -DCMAKE_CROSSCOMPILING_EMULATOR=qemu-aarch64 \
+  -DCMAKE_CROSSCOMPILING_EMULATOR=qemu-aarch64 "${launcher[@]}" \
   -DFSH_BUILD_TESTS=ON -DFSH_BUILD_BENCH=OFF -DFSH_SHARED_DATA_DIR="$SHARED_DATA" >/dev/null
 cmake --build "$dir" -j "$(nproc)"
 # The CPU model comes from QEMU_CPU (inherited by the binaries the tests

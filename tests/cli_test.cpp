@@ -202,7 +202,7 @@ TEST(CliPaths, InstalledLayoutFindsItsData) {
   auto p = Process::start({(bin / "foreshore").string(), "router", "score", "-p", "Hi"},
                           {"FORESHORE_DATA_DIR="}, elsewhere.path());
   ASSERT_TRUE(p);
-  EXPECT_EQ(p->wait(std::chrono::seconds(60)), 0) << p->stderr_text();
+  EXPECT_EQ(p->wait(time_limit(std::chrono::seconds(60))), 0) << p->stderr_text();
   EXPECT_NE(p->stdout_text().find("threshold"), std::string::npos) << p->stdout_text();
 }
 
@@ -324,8 +324,9 @@ TEST(ReadmeCommands, DocumentedSubsetRunsAsWritten) {
     auto p = Process::start({"bash", "-c", command},
                             {"FORESHORE_MODEL_PATH=", "FORESHORE_DATA_DIR="}, repo.string());
     ASSERT_TRUE(p);
-    EXPECT_EQ(p->wait(std::chrono::seconds(600)), 0) << command << "\n"
-                                                     << p->stderr_text().substr(0, 2000);
+    EXPECT_EQ(p->wait(time_limit(std::chrono::seconds(600))), 0)
+        << command << "\n"
+        << p->stderr_text().substr(0, 2000);
     ++ran;
   }
   EXPECT_GE(ran, 15);
@@ -410,9 +411,10 @@ TEST(DocsCommands, EveryDocumentedCommandRunsAsWritten) {
                             {"FORESHORE_MODEL_PATH=", "FORESHORE_DATA_DIR=", "PATH=" + path},
                             repo.string());
     ASSERT_TRUE(p);
-    EXPECT_EQ(p->wait(std::chrono::seconds(600)), 0) << entry.path().filename() << ":\n"
-                                                     << script << "\n"
-                                                     << p->stderr_text().substr(0, 3000);
+    EXPECT_EQ(p->wait(time_limit(std::chrono::seconds(600))), 0)
+        << entry.path().filename() << ":\n"
+        << script << "\n"
+        << p->stderr_text().substr(0, 3000);
   }
   EXPECT_GE(ran, 15);
 }
@@ -437,7 +439,8 @@ TEST(Packaging, SystemdUnitVerifies) {
     const std::string path = dir.write(file, unit);
     auto p = Process::start({"systemd-analyze", "verify", path});
     ASSERT_TRUE(p);
-    EXPECT_EQ(p->wait(std::chrono::seconds(60)), 0) << p->stderr_text() << p->stdout_text();
+    EXPECT_EQ(p->wait(time_limit(std::chrono::seconds(60))), 0)
+        << p->stderr_text() << p->stdout_text();
     // Warnings about other units of the machine are not ours to judge.
     EXPECT_EQ(p->stderr_text().find(file), std::string::npos) << p->stderr_text();
   }

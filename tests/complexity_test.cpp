@@ -15,6 +15,7 @@
 #include <string>
 #include <vector>
 
+#include "support/emulator.h"
 #include "support/process.h"
 #include "support/test_paths.h"
 #include "training/router_training.h"
@@ -740,7 +741,7 @@ int run_foreshore(const std::vector<std::string>& args, std::string* out = nullp
   std::vector<std::string> argv = {foreshore::testing::foreshore_binary()};
   argv.insert(argv.end(), args.begin(), args.end());
   auto p = foreshore::testing::Process::start(argv);
-  const auto rc = p->wait(std::chrono::seconds(300));
+  const auto rc = p->wait(foreshore::testing::time_limit(std::chrono::seconds(300)));
   if (out) *out = p->stdout_text();
   if (err) *err = p->stderr_text();
   return rc.value_or(-1);

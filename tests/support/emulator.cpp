@@ -38,6 +38,10 @@ std::vector<std::string> emulator_words() {
   return words;
 }
 
+std::chrono::milliseconds time_limit(std::chrono::milliseconds native) {
+  return emulator_words().empty() ? native : native * 10;
+}
+
 std::vector<std::string> emulated_argv(std::vector<std::string> argv) {
   std::vector<std::string> emulator = emulator_words();
   if (emulator.empty() || argv.empty() || !built_here(argv[0])) return argv;

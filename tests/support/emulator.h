@@ -6,6 +6,7 @@
 // redis-server, node) start as they are.
 #pragma once
 
+#include <chrono>
 #include <filesystem>
 #include <string>
 #include <vector>
@@ -15,6 +16,11 @@ namespace foreshore::testing {
 // The emulator's command words ($FORESHORE_TEST_EMULATOR split at spaces);
 // empty when the tests run natively.
 std::vector<std::string> emulator_words();
+
+// How long a test lets a program it starts run, given the limit natively:
+// ten times longer under an emulator, as ctest's own limit is there
+// (scripts/test-arm64.sh), since every instruction is translated.
+std::chrono::milliseconds time_limit(std::chrono::milliseconds native);
 
 // `argv` as it must be started: behind the emulator when argv[0] is a
 // program built here (an ELF file of this test program's own machine, named

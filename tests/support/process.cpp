@@ -177,7 +177,7 @@ FinishedRun run_foreshore_in(const std::string& cwd, std::vector<std::string> ar
                              std::chrono::milliseconds timeout) {
   args.insert(args.begin(), foreshore_binary());
   auto p = Process::start(args, env, cwd);
-  const auto status = p->wait(timeout);
+  const auto status = p->wait(time_limit(timeout));
   return {status.value_or(-1), p->stdout_text(), p->stderr_text()};
 }
 
@@ -187,7 +187,7 @@ ServeProcess::ServeProcess(const std::vector<std::string>& args,
   argv.insert(argv.end(), args.begin(), args.end());
   process_ = Process::start(argv, env);
   if (!process_) return;
-  const auto line = process_->wait_for_line("listening on http://", startup);
+  const auto line = process_->wait_for_line("listening on http://", time_limit(startup));
   if (!line) return;
   const size_t colon = line->rfind(':');
   if (colon != std::string::npos) port_ = std::atoi(line->c_str() + colon + 1);

@@ -63,7 +63,8 @@ class Process {
 // $FORESHORE_BINARY, or the build tree's foreshore.
 std::string foreshore_binary();
 
-// `foreshore ARGS...` run to its end, with what it printed.
+// `foreshore ARGS...` run to its end, with what it printed. The timeouts here
+// are the native ones: under an emulator they stretch (time_limit).
 struct FinishedRun {
   int status = -1;  // -1: still running at the timeout
   std::string out;
@@ -78,7 +79,8 @@ FinishedRun run_foreshore_in(const std::string& cwd, std::vector<std::string> ar
                              const std::vector<std::string>& env = {},
                              std::chrono::milliseconds timeout = std::chrono::seconds(120));
 
-// `foreshore serve --port 0 ARGS...`, waited for until it prints its URL.
+// `foreshore serve --port 0 ARGS...`, waited for until it prints its URL
+// (`startup` stretches under an emulator, as above).
 class ServeProcess {
  public:
   explicit ServeProcess(const std::vector<std::string>& args,
