@@ -8,19 +8,25 @@
 #include <utility>
 
 namespace foreshore::serve {
+namespace {
+
+// HTTP header names compare without regard to case.
+bool same_header_name(std::string_view a, std::string_view b) {
+  return a.size() == b.size() && strncasecmp(a.data(), b.data(), a.size()) == 0;
+}
+
+}  // namespace
 
 std::string_view HttpRequest::header(std::string_view name) const {
   for (const auto& [key, value] : headers) {
-    if (key.size() == name.size() && strncasecmp(key.data(), name.data(), key.size()) == 0) {
-      return value;
-    }
+    if (same_header_name(key, name)) return value;
   }
   return {};
 }
 
 void HttpReply::set_header(std::string_view name, std::string value) {
   for (auto& [key, old] : headers) {
-    if (key.size() == name.size() && strncasecmp(key.data(), name.data(), key.size()) == 0) {
+    if (same_header_name(key, name)) {
       old = std::move(value);
       return;
     }
