@@ -3,8 +3,17 @@
 # for ARM64 with Debian's cross toolchain and runs the test suite under
 # user-mode QEMU.
 #
-# Usage: scripts/test-arm64.sh [BUILD_DIR] [CTEST_ARGS...]   (default: build-arm64)
+# Usage: scripts/test-arm64.sh [--engine] [BUILD_DIR] [CTEST_ARGS...]
+#   (default BUILD_DIR: build-arm64, or build-arm64-engine with --engine)
 #   e.g. scripts/test-arm64.sh build-arm64 -R 'kernels|sensitivity'
+#
+# --engine: the subset CI runs (scripts/test.sh): an engine-only build
+# (FSH_ENGINE_ONLY: the engine, kernels, GGUF reader and tokenizer, and
+# their tests) that needs only the cross compiler, QEMU and GoogleTest and
+# PCRE2 for arm64. Its tests run as below, on both CPU models, except the
+# model tests that compare whole models with llama.cpp's logits at every
+# level (TinyPresets, RealModel), which take most of an hour under QEMU;
+# they run once, at the best level, on `max`.
 #
 # The test programs run under qemu-aarch64 (CMAKE_CROSSCOMPILING_EMULATOR);
 # the ones that start the foreshore binary start it through QEMU as well

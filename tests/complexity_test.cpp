@@ -893,6 +893,12 @@ TEST(ComplexityCli, ReplayLearnsFromLabelsAndReportsAgainstStaticAndRandom) {
   // Routing by the subjects' true mean gains: the subject-level ceiling.
   EXPECT_GT(r["subject_means"]["apgr"].get<double>(), r["random"]["apgr_95"][1].get<double>());
   EXPECT_LT(r["subject_means"]["apgr"].get<double>(), r["oracle"]["apgr"].get<double>());
+  // The subjects' means as the labels show them: above chance for subjects
+  // this far apart, and never above the true means, the best order of whole
+  // subjects.
+  const double from_labels = r["subject_means_from_labels"]["apgr"].get<double>();
+  EXPECT_GT(from_labels, r["random"]["apgr_95"][1].get<double>());
+  EXPECT_LE(from_labels, r["subject_means"]["apgr"].get<double>() + 1e-9);
   EXPECT_TRUE(r["learner"]["neighbour_blend"].is_number());
   // No labels: the learner ranks as the static model.
   EXPECT_EQ(r["learning_curve"].front()["labels"], 0);

@@ -934,6 +934,30 @@ int replay(const ReplayFlags& f) {
   }
   auto by_subject = route::evaluate_routing(subject_scores, held);
   if (!by_subject.ok()) return fail(by_subject.error());
+  // What the labels themselves allow at subject level: each evaluated row
+  // scored by its subject's mean gain over the labelled rows (the labels'
+  // overall mean for a subject no label came from). A router that knew every
+  // prompt's subject and learned only subject means would reach this; the
+  // gap to the true means above is the labels' sampling noise.
+  std::map<std::string, std::pair<double, int>> labelled_gain;
+  double labelled_sum = 0.0;
+  for (size_t i = 0; i < labels; ++i) {
+    auto& [sum, n] = labelled_gain[rows[i].subject];
+    sum += rows[i].cloud_quality - rows[i].edge_quality;
+    labelled_sum += rows[i].cloud_quality - rows[i].edge_quality;
+    ++n;
+  }
+  const double labelled_mean = labels > 0 ? labelled_sum / static_cast<double>(labels) : 0.0;
+  std::vector<double> learned_subject_scores;
+  for (const auto& r : held) {
+    const auto it = labelled_gain.find(r.subject);
+    learned_subject_scores.push_back(it == labelled_gain.end()
+                                         ? labelled_mean
+                                         : it->second.first / it->second.second);
+  }
+  // With no labels every row ties: the sweep then has only its two ends.
+  auto by_learned_subject = route::evaluate_routing(learned_subject_scores, held);
+  if (!by_learned_subject.ok()) return fail(by_learned_subject.error());
   const route::LearnerStats stats = learner.stats();
   const auto subjects = distinct_subjects(rows);
   const auto held_subjects =
@@ -975,6 +999,7 @@ int replay(const ReplayFlags& f) {
                   {"trials", f.random_trials}}},
                 {"oracle", metrics_json(*oracle)},
                 {"subject_means", metrics_json(*by_subject)},
+                {"subject_means_from_labels", metrics_json(*by_learned_subject)},
                 {"learner",
                  {{"threshold", stats.threshold},
                   {"neighbour_blend", stats.blend},
@@ -1004,6 +1029,9 @@ int replay(const ReplayFlags& f) {
   std::printf("%-22s %8.3f %10s %10s   (each row by its subject's true mean gain)\n",
               "subject means", by_subject->apgr, pct(by_subject->cpt50).c_str(),
               pct(by_subject->cpt80).c_str());
+  std::printf("%-22s %8.3f %10s %10s   (each row by its subject's mean gain on the labels)\n",
+              "subject means, labels", by_learned_subject->apgr,
+              pct(by_learned_subject->cpt50).c_str(), pct(by_learned_subject->cpt80).c_str());
   std::printf("%-22s %8.3f %10s %10s\n\n", "oracle", oracle->apgr, pct(oracle->cpt50).c_str(),
               pct(oracle->cpt80).c_str());
   std::printf("learning curve (labels: APGR):");
