@@ -44,6 +44,9 @@
 # as the script's second run does) 8 minutes at -j1, under that load:
 #   scripts/test-arm64.sh build-arm64 -R '^(Bf16|CpuLevel|Fp16|Layout|Matmul|Ops|RoundTrip|ThreadPool|GeneratedCorpus|PiiCorpus|Sensitivity|Router|GatewayE2E|GatewayFaults|GatewayLearning|GatewayLlamaServer|GatewayTools|CapiTest|ExecTest|Guard|ShadowTest|Similarity|PrivacyE2E|Gguf|ReferenceVectors|Tokenizer|Vocabular|layering)'
 #
+# Exit status 3: the packages it needs could not be installed (nothing was
+# built or run); any other failure is the build's or the tests'.
+#
 # Installs what it lacks (root or sudo): arm64 as a dpkg foreign architecture,
 # crossbuild-essential-arm64, qemu-user, and the project's libraries for arm64.
 # libyaml-cpp-dev and libpq-dev are not Multi-Arch: same, so their arm64
@@ -56,14 +59,25 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
 . scripts/shared-data.sh
-dir=${1:-build-arm64}
+engine_only=0
+if [ "${1:-}" = --engine ]; then
+  engine_only=1
+  shift
+fi
+default_dir=build-arm64
+[ $engine_only = 1 ] && default_dir=build-arm64-engine
+dir=${1:-$default_dir}
 shift $(($# > 0 ? 1 : 0))
 
 packages=(crossbuild-essential-arm64 qemu-user libgtest-dev:arm64 libpcre2-dev:arm64
-  libstdc++6:arm64 nlohmann-json3-dev libcli11-dev libssl-dev:arm64 libsqlite3-dev:arm64
-  libhiredis-dev:arm64 libcpp-httplib-dev:arm64 libyaml-cpp0.7:arm64 libpq5:arm64)
-side_packages=(libyaml-cpp-dev:arm64 libyaml-cpp0.7:arm64 libpq-dev:arm64 libpq5:arm64
-  libvectorscan-dev:arm64 libvectorscan5:arm64)
+  libstdc++6:arm64 nlohmann-json3-dev)
+side_packages=()
+if [ $engine_only = 0 ]; then
+  packages+=(libcli11-dev libssl-dev:arm64 libsqlite3-dev:arm64 libhiredis-dev:arm64
+    libcpp-httplib-dev:arm64 libyaml-cpp0.7:arm64 libpq5:arm64)
+  side_packages=(libyaml-cpp-dev:arm64 libyaml-cpp0.7:arm64 libpq-dev:arm64 libpq5:arm64
+    libvectorscan-dev:arm64 libvectorscan5:arm64)
+fi
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -72,13 +86,24 @@ if [ ${#missing[@]} -gt 0 ]; then
   echo "test-arm64: installing ${missing[*]}"
   sudo_cmd=()
   if [ "$(id -u)" -ne 0 ]; then
-    command -v sudo >/dev/null || { echo "test-arm64: need root (or sudo) to install: ${missing[*]}" >&2; exit 1; }
+    command -v sudo >/dev/null || { echo "test-arm64: need root (or sudo) to install: ${missing[*]}" >&2; exit 3; }
     sudo_cmd=(sudo)
   fi
   export DEBIAN_FRONTEND=noninteractive
-  dpkg --print-foreign-architectures | grep -qx arm64 || "${sudo_cmd[@]}" dpkg --add-architecture arm64
-  "${sudo_cmd[@]}" apt-get update -qq
-  "${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}"
+  added_arch=0
+  if ! dpkg --print-foreign-architectures | grep -qx arm64; then
+    "${sudo_cmd[@]}" dpkg --add-architecture arm64
+    added_arch=1
+  fi
+  if ! "${sudo_cmd[@]}" apt-get update -qq ||
+    ! "${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}"; then
+    # Leave apt as it was: an arm64 architecture whose package lists cannot
+    # be fetched would break every later apt-get update.
+    [ $added_arch = 1 ] && "${sudo_cmd[@]}" dpkg --remove-architecture arm64 2>/dev/null &&
+      "${sudo_cmd[@]}" apt-get update -qq || true
+    echo "test-arm64: could not install ${missing[*]} (is arm64 served by this machine's apt sources?)" >&2
+    exit 3
+  fi
 fi
 
 # The side-installed packages: unpacked with their libraries, the pkg-config
@@ -86,7 +111,7 @@ fi
 # libraries only installed there (libhs) at run time through their RUNPATH,
 # which CMake sets to the unpacked library folder because they link to it.
 side=$dir/arm64-dev
-if [ "$(cat "$side/unpacked" 2>/dev/null)" != "${side_packages[*]}" ]; then
+if [ ${#side_packages[@]} -gt 0 ] && [ "$(cat "$side/unpacked" 2>/dev/null)" != "${side_packages[*]}" ]; then
   rm -rf "$side" && mkdir -p "$side/debs"
   (cd "$side/debs" && apt-get download -qq "${side_packages[@]}")
   for deb in "$side"/debs/*.deb; do dpkg-deb -x "$deb" "$side"; done
@@ -101,13 +126,28 @@ command -v ccache >/dev/null && launcher=(-DCMAKE_CXX_COMPILER_LAUNCHER=ccache)
 # /usr/lib/aarch64-linux-gnu), as on an arm64 Debian. Not on the cross
 # toolchain's copy under /usr/aarch64-linux-gnu (qemu-aarch64 -L): with it,
 # creating a thread hung under Debian 12's QEMU 7.2.
+mkdir -p "$side"
+# The --engine subset: the suites that run whole models (llama.cpp's logits,
+# every weight type, real shapes batched) at the best level only, and
+# kernels_test's suites again on cortex-a72.
+whole_model_below_best='^(TinyPresets/|AllTypes/|RealModel\.|Batch\.RealShapes).*/(scalar|neon)$'
+kernel_tests='^(Bf16|CpuLevel|Fp16|Interleaved|Layout|Matmul|Ops|RoundTrip|ThreadPool)\.'
 export PKG_CONFIG_LIBDIR=$(realpath "$side")/usr/lib/aarch64-linux-gnu/pkgconfig:/usr/lib/aarch64-linux-gnu/pkgconfig:/usr/share/pkgconfig
 cmake -S . -B "$dir" -G Ninja -DCMAKE_BUILD_TYPE=Release \
   -DCMAKE_SYSTEM_NAME=Linux -DCMAKE_SYSTEM_PROCESSOR=aarch64 \
   -DCMAKE_CXX_COMPILER=aarch64-linux-gnu-g++ -DCMAKE_PREFIX_PATH="$(realpath "$side")/usr" \
-  -DCMAKE_CROSSCOMPILING_EMULATOR=qemu-aarch64 "${launcher[@]}" \
+  -DCMAKE_CROSSCOMPILING_EMULATOR=qemu-aarch64 "${launcher[@]}" -DFSH_ENGINE_ONLY=$engine_only \
   -DFSH_BUILD_TESTS=ON -DFSH_BUILD_BENCH=OFF -DFSH_SHARED_DATA_DIR="$SHARED_DATA" >/dev/null
 cmake --build "$dir" -j "$(nproc)"
+if [ $engine_only = 1 ]; then
+  echo "test-arm64 --engine: tests on qemu-aarch64 -cpu max (whole-model suites at the best level only)"
+  QEMU_CPU=max ctest --test-dir "$dir" --no-tests=error -j "$(nproc)" --timeout 3000 \
+    --output-on-failure -E "$whole_model_below_best" "$@"
+  echo "test-arm64 --engine: the kernel tests on qemu-aarch64 -cpu cortex-a72 (no dot product)"
+  QEMU_CPU=cortex-a72 ctest --test-dir "$dir" --no-tests=error -j "$(nproc)" --timeout 3000 \
+    --output-on-failure -R "$kernel_tests"
+  exit 0
+fi
 # The CPU model comes from QEMU_CPU (inherited by the binaries the tests
 # start through the emulator), so one build serves both.
 echo "test-arm64: tests on qemu-aarch64 -cpu max"

@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Sets up, builds and runs the whole test suite: a Release build, then the
 # same tests under AddressSanitizer + UndefinedBehaviorSanitizer, then a short
-# fuzzing run of the GGUF reader and of the request parser and egress guard.
+# fuzzing run of the GGUF reader and of the request parser and egress guard,
+# then the engine cross-built for ARM64 with its tests under QEMU
+# (scripts/test-arm64.sh --engine; the whole project's ARM64 suite takes
+# hours here, so it runs from that script, not from this one).
 # This is what CI runs (.ci/run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -40,4 +43,15 @@ fi
 if [ "${FSH_SKIP_FUZZ:-0}" != "1" ] && [ -x scripts/fuzz.sh ] && command -v clang++ >/dev/null; then
   echo "== fuzzing: GGUF reader, request parser and egress guard (short runs)"
   scripts/fuzz.sh "${FSH_FUZZ_SECONDS:-30}"
+fi
+
+if [ "${FSH_SKIP_ARM64:-0}" != "1" ]; then
+  echo "== ARM64: the engine and its tests under QEMU (scripts/test-arm64.sh --engine)"
+  status=0
+  scripts/test-arm64.sh --engine build-arm64-engine || status=$?
+  if [ $status -eq 3 ]; then
+    echo "test.sh: WARNING: the ARM64 cross toolchain or QEMU could not be installed; the ARM64 tests did not run" >&2
+  elif [ $status -ne 0 ]; then
+    exit $status
+  fi
 fi
