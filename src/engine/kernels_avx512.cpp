@@ -583,6 +583,88 @@ void rows_super_blocks(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int
   }
 }
 
+// Two 32-byte runs (of adjacent blocks) in one 512-bit register, the first
+// in the low half.
+inline __m512i load_pair(const void* lo, const void* hi) {
+  return _mm512_inserti64x4(_mm512_castsi256_si512(load256(lo)), load256(hi), 1);
+}
+
+// lo in the low eight lanes, hi in the high eight.
+inline __m512 float_pair(float lo, float hi) {
+  return _mm512_castpd_ps(_mm512_insertf64x4(_mm512_castps_pd(_mm512_set1_ps(lo)),
+                                             _mm256_castps_pd(_mm256_set1_ps(hi)), 1));
+}
+inline __m512 half_pair(uint16_t lo, uint16_t hi) {
+  const __m128i l = _mm_set1_epi16(static_cast<int16_t>(lo));
+  const __m128i h = _mm_set1_epi16(static_cast<int16_t>(hi));
+  return _mm512_cvtph_ps(_mm256_inserti128_si256(_mm256_castsi128_si256(l), h, 1));
+}
+
+// Q8_0 decode and the rows after the groups (up to kMaxTile activation
+// rows): two blocks per 512-bit register, |w| times x with w's sign in one
+// vpdpbusd as in group_q8_0, each block's eight int32 lanes scaled by its
+// own d_w * d_x in one FMA per pair. One activation row gets two
+// accumulators so a pair does not wait on the previous pair's FMA.
+template <int NB>
+void rows_q8_0_tile(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0) {
+  constexpr int kChains = NB == 1 ? 2 : 1;
+  const int64_t blocks = a.cols / kQK;
+  const ActQ8* x[NB];
+  for (int k = 0; k < NB; ++k) x[k] = act_row<ActQ8>(a, b0 + k);
+  const __m512i zero = _mm512_setzero_si512();
+  // Blocks i and j (j == i + 1, or j == i with the high half zeroed: the
+  // last block of an odd count) into acc.
+  const auto pair = [&](const BlockQ8_0* w, int64_t i, int64_t j, __m512* acc) {
+    const __m512i q = i == j ? _mm512_zextsi256_si512(load256(w[i].qs))
+                             : load_pair(w[i].qs, w[j].qs);
+    const __m512i q_abs = _mm512_abs_epi8(q);
+    const __mmask64 negative = _mm512_movepi8_mask(q);
+    const __m512 dw = half_pair(w[i].d, w[j].d);
+    for (int k = 0; k < NB; ++k) {
+      const __m512i xq = i == j ? _mm512_zextsi256_si512(load256(x[k][i].qs))
+                                : load_pair(x[k][i].qs, x[k][j].qs);
+      // x with w's sign: negated where w < 0 (where w is 0, |w| is too).
+      const __m512i xs = _mm512_mask_sub_epi8(xq, negative, zero, xq);
+      const __m512i p = _mm512_dpbusd_epi32(zero, q_abs, xs);
+      const __m512 scale = _mm512_mul_ps(dw, float_pair(x[k][i].d, x[k][j].d));
+      acc[k] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), scale, acc[k]);
+    }
+  };
+  for (int64_t r = r0; r < r1; ++r) {
+    const BlockQ8_0* w = weight_row<BlockQ8_0>(a, r);
+    __m512 acc[kChains][NB];
+    for (int c = 0; c < kChains; ++c) {
+      for (int k = 0; k < NB; ++k) acc[c][k] = _mm512_setzero_ps();
+    }
+    int64_t i = 0;
+    for (; i + 2 * kChains <= blocks; i += 2 * kChains) {
+      for (size_t off = 0; off < 2 * kChains * sizeof(BlockQ8_0); off += 64) {
+        prefetch_ahead(reinterpret_cast<const char*>(w + i) + off);
+      }
+      for (int c = 0; c < kChains; ++c) pair(w, i + 2 * c, i + 2 * c + 1, acc[c]);
+    }
+    for (; i + 2 <= blocks; i += 2) pair(w, i, i + 1, acc[0]);
+    if (i < blocks) pair(w, i, i, acc[0]);
+    for (int k = 0; k < NB; ++k) {
+      for (int c = 1; c < kChains; ++c) acc[0][k] = _mm512_add_ps(acc[0][k], acc[c][k]);
+      a.y[(b0 + k) * a.y_stride + r] = _mm512_reduce_add_ps(acc[0][k]);
+    }
+  }
+}
+
+void rows_q8_0(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb) {
+  switch (nb) {
+    case 1:
+      return rows_q8_0_tile<1>(a, r0, r1, b0);
+    case 2:
+      return rows_q8_0_tile<2>(a, r0, r1, b0);
+    case 3:
+      return rows_q8_0_tile<3>(a, r0, r1, b0);
+    default:
+      return rows_q8_0_tile<4>(a, r0, r1, b0);
+  }
+}
+
 // Quantizes eight rows as quantize_act_q8k does (the AVX2 one, whose bytes
 // are the scalar reference's) and interleaves them.
 void quantize_act_q8kx8(const float* x, int64_t stride, ActQ8Kx8* y, int64_t n) {
@@ -605,7 +687,10 @@ KernelSet make_set() {
   KernelSet set = avx2_kernels();
   set.level = CpuLevel::kAvx512;
   for (TypeKernels& k : set.types) {
-    if (k.type == TensorType::kQ8_0) k.group = group_q8_0;
+    if (k.type == TensorType::kQ8_0) {
+      k.rows = rows_q8_0;
+      k.group = group_q8_0;
+    }
     if (k.type == TensorType::kQ4_0) {
       k.group = group_q4_0<1>;
       k.group_pair = group_q4_0<2>;
