@@ -589,22 +589,13 @@ inline __m512i load_pair(const void* lo, const void* hi) {
   return _mm512_inserti64x4(_mm512_castsi256_si512(load256(lo)), load256(hi), 1);
 }
 
-// lo in the low eight lanes, hi in the high eight.
-inline __m512 float_pair(float lo, float hi) {
-  return _mm512_castpd_ps(_mm512_insertf64x4(_mm512_castps_pd(_mm512_set1_ps(lo)),
-                                             _mm256_castps_pd(_mm256_set1_ps(hi)), 1));
-}
-inline __m512 half_pair(uint16_t lo, uint16_t hi) {
-  const __m128i l = _mm_set1_epi16(static_cast<int16_t>(lo));
-  const __m128i h = _mm_set1_epi16(static_cast<int16_t>(hi));
-  return _mm512_cvtph_ps(_mm256_inserti128_si256(_mm256_castsi128_si256(l), h, 1));
-}
-
 // Q8_0 decode and the rows after the groups (up to kMaxTile activation
 // rows): two blocks per 512-bit register, |w| times x with w's sign in one
 // vpdpbusd as in group_q8_0, each block's eight int32 lanes scaled by its
-// own d_w * d_x in one FMA per pair. One activation row gets two
-// accumulators so a pair does not wait on the previous pair's FMA.
+// own d_w * d_x in one FMA per pair. Both blocks' scales lie within 64
+// bytes of the first, so one load and one permute spread them over the
+// lanes. One activation row gets two accumulators so a pair does not wait
+// on the previous pair's FMA.
 template <int NB>
 void rows_q8_0_tile(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0) {
   constexpr int kChains = NB == 1 ? 2 : 1;
@@ -612,21 +603,39 @@ void rows_q8_0_tile(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0) {
   const ActQ8* x[NB];
   for (int k = 0; k < NB; ++k) x[k] = act_row<ActQ8>(a, b0 + k);
   const __m512i zero = _mm512_setzero_si512();
-  // Blocks i and j (j == i + 1, or j == i with the high half zeroed: the
-  // last block of an odd count) into acc.
-  const auto pair = [&](const BlockQ8_0* w, int64_t i, int64_t j, __m512* acc) {
-    const __m512i q = i == j ? _mm512_zextsi256_si512(load256(w[i].qs))
-                             : load_pair(w[i].qs, w[j].qs);
+  // Word 0 (block i's d) into words 0-7, word 17 (block i + 1's) into 8-15.
+  const __m512i pick_dw = _mm512_castsi256_si512(
+      _mm256_inserti128_si256(_mm256_setzero_si256(), _mm_set1_epi16(sizeof(BlockQ8_0) / 2), 1));
+  // Float 0 (block i's d) into lanes 0-7, float 10 (block i + 1's) into 8-15.
+  const __m512i pick_dx = _mm512_inserti64x4(
+      _mm512_setzero_si512(), _mm256_set1_epi32(sizeof(ActQ8) / sizeof(float)), 1);
+  // Blocks i and i + 1 into acc.
+  const auto pair = [&](const BlockQ8_0* w, int64_t i, __m512* acc) {
+    const __m512i q = load_pair(w[i].qs, w[i + 1].qs);
     const __m512i q_abs = _mm512_abs_epi8(q);
     const __mmask64 negative = _mm512_movepi8_mask(q);
-    const __m512 dw = half_pair(w[i].d, w[j].d);
+    const __m512 dw = _mm512_cvtph_ps(_mm512_castsi512_si256(
+        _mm512_permutexvar_epi16(pick_dw, _mm512_loadu_si512(w + i))));
     for (int k = 0; k < NB; ++k) {
-      const __m512i xq = i == j ? _mm512_zextsi256_si512(load256(x[k][i].qs))
-                                : load_pair(x[k][i].qs, x[k][j].qs);
+      const __m512i xq = load_pair(x[k][i].qs, x[k][i + 1].qs);
       // x with w's sign: negated where w < 0 (where w is 0, |w| is too).
       const __m512i xs = _mm512_mask_sub_epi8(xq, negative, zero, xq);
       const __m512i p = _mm512_dpbusd_epi32(zero, q_abs, xs);
-      const __m512 scale = _mm512_mul_ps(dw, float_pair(x[k][i].d, x[k][j].d));
+      const __m512 dx = _mm512_permutexvar_ps(pick_dx, _mm512_loadu_ps(&x[k][i].d));
+      acc[k] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), _mm512_mul_ps(dw, dx), acc[k]);
+    }
+  };
+  // The last block of an odd count, in the low half.
+  const auto single = [&](const BlockQ8_0& w, int64_t i, __m512* acc) {
+    const __m512i q = _mm512_zextsi256_si512(load256(w.qs));
+    const __m512i q_abs = _mm512_abs_epi8(q);
+    const __mmask64 negative = _mm512_movepi8_mask(q);
+    const __m512 dw = _mm512_castps256_ps512(broadcast_half(w.d));
+    for (int k = 0; k < NB; ++k) {
+      const __m512i xq = _mm512_zextsi256_si512(load256(x[k][i].qs));
+      const __m512i xs = _mm512_mask_sub_epi8(xq, negative, zero, xq);
+      const __m512i p = _mm512_dpbusd_epi32(zero, q_abs, xs);
+      const __m512 scale = _mm512_maskz_mul_ps(0xFF, dw, _mm512_set1_ps(x[k][i].d));
       acc[k] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), scale, acc[k]);
     }
   };
@@ -641,10 +650,10 @@ void rows_q8_0_tile(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0) {
       for (size_t off = 0; off < 2 * kChains * sizeof(BlockQ8_0); off += 64) {
         prefetch_ahead(reinterpret_cast<const char*>(w + i) + off);
       }
-      for (int c = 0; c < kChains; ++c) pair(w, i + 2 * c, i + 2 * c + 1, acc[c]);
+      for (int c = 0; c < kChains; ++c) pair(w, i + 2 * c, acc[c]);
     }
-    for (; i + 2 <= blocks; i += 2) pair(w, i, i + 1, acc[0]);
-    if (i < blocks) pair(w, i, i, acc[0]);
+    for (; i + 2 <= blocks; i += 2) pair(w, i, acc[0]);
+    if (i < blocks) single(w[i], i, acc[0]);
     for (int k = 0; k < NB; ++k) {
       for (int c = 1; c < kChains; ++c) acc[0][k] = _mm512_add_ps(acc[0][k], acc[c][k]);
       a.y[(b0 + k) * a.y_stride + r] = _mm512_reduce_add_ps(acc[0][k]);
@@ -652,10 +661,67 @@ void rows_q8_0_tile(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0) {
   }
 }
 
+// Q8_0 decode (one activation row), kWeightRows weight rows at a time, so
+// the activation's share of the work is done once for all of them: its
+// pair of blocks is loaded, its scales spread over the lanes, and its sums
+// times -128 taken once. Each weight row then needs no sign trick: w + 128
+// (w xor 0x80) is unsigned, and vpdpbusd adding its products to those
+// sums gives the sum of w times x exactly.
+template <int kWeightRows>
+void rows_q8_0_decode(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0) {
+  const int64_t blocks = a.cols / kQK;
+  const ActQ8* x = act_row<ActQ8>(a, b0);
+  const __m512i zero = _mm512_setzero_si512();
+  const __m512i flip = _mm512_set1_epi8(static_cast<char>(0x80));
+  const __m512i pick_dw = _mm512_castsi256_si512(
+      _mm256_inserti128_si256(_mm256_setzero_si256(), _mm_set1_epi16(sizeof(BlockQ8_0) / 2), 1));
+  const __m512i pick_dx = _mm512_inserti64x4(
+      _mm512_setzero_si512(), _mm256_set1_epi32(sizeof(ActQ8) / sizeof(float)), 1);
+  int64_t r = r0;
+  for (; r + kWeightRows <= r1; r += kWeightRows) {
+    const BlockQ8_0* w[kWeightRows];
+    __m512 acc[kWeightRows];
+    for (int v = 0; v < kWeightRows; ++v) {
+      w[v] = weight_row<BlockQ8_0>(a, r + v);
+      acc[v] = _mm512_setzero_ps();
+    }
+    int64_t i = 0;
+    for (; i + 2 <= blocks; i += 2) {
+      const __m512i xq = load_pair(x[i].qs, x[i + 1].qs);
+      const __m512i base = _mm512_sub_epi32(zero, _mm512_dpbusd_epi32(zero, flip, xq));
+      const __m512 dx = _mm512_permutexvar_ps(pick_dx, _mm512_loadu_ps(&x[i].d));
+      for (int v = 0; v < kWeightRows; ++v) {
+        prefetch_ahead(w[v] + i);
+        prefetch_ahead(reinterpret_cast<const char*>(w[v] + i) + 64);
+        const __m512i wu = _mm512_xor_si512(load_pair(w[v][i].qs, w[v][i + 1].qs), flip);
+        const __m512 dw = _mm512_cvtph_ps(_mm512_castsi512_si256(
+            _mm512_permutexvar_epi16(pick_dw, _mm512_loadu_si512(w[v] + i))));
+        acc[v] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_dpbusd_epi32(base, wu, xq)),
+                                 _mm512_mul_ps(dw, dx), acc[v]);
+      }
+    }
+    if (i < blocks) {
+      const __m512i xq = _mm512_zextsi256_si512(load256(x[i].qs));
+      const __m512i base = _mm512_sub_epi32(zero, _mm512_dpbusd_epi32(zero, flip, xq));
+      for (int v = 0; v < kWeightRows; ++v) {
+        const __m512i wu = _mm512_xor_si512(_mm512_zextsi256_si512(load256(w[v][i].qs)), flip);
+        const __m512 scale = _mm512_castps256_ps512(
+            _mm256_mul_ps(broadcast_half(w[v][i].d), _mm256_set1_ps(x[i].d)));
+        acc[v] = _mm512_fmadd_ps(_mm512_maskz_cvtepi32_ps(0xFF, _mm512_dpbusd_epi32(base, wu, xq)),
+                                 _mm512_maskz_mov_ps(0xFF, scale), acc[v]);
+      }
+    }
+    for (int v = 0; v < kWeightRows; ++v) {
+      a.y[b0 * a.y_stride + r + v] = _mm512_reduce_add_ps(acc[v]);
+    }
+  }
+  if (r < r1) rows_q8_0_tile<1>(a, r, r1, b0);
+}
+
 void rows_q8_0(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb) {
   switch (nb) {
     case 1:
-      return rows_q8_0_tile<1>(a, r0, r1, b0);
+      return rows_q8_0_decode<4>(a, r0, r1, b0);
     case 2:
       return rows_q8_0_tile<2>(a, r0, r1, b0);
     case 3:
