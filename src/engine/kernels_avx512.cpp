@@ -721,7 +721,7 @@ void rows_q8_0_decode(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0) {
 void rows_q8_0(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb) {
   switch (nb) {
     case 1:
-      return rows_q8_0_decode<4>(a, r0, r1, b0);
+      return rows_q8_0_decode<2>(a, r0, r1, b0);
     case 2:
       return rows_q8_0_tile<2>(a, r0, r1, b0);
     case 3:
