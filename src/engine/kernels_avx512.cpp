@@ -661,67 +661,10 @@ void rows_q8_0_tile(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0) {
   }
 }
 
-// Q8_0 decode (one activation row), kWeightRows weight rows at a time, so
-// the activation's share of the work is done once for all of them: its
-// pair of blocks is loaded, its scales spread over the lanes, and its sums
-// times -128 taken once. Each weight row then needs no sign trick: w + 128
-// (w xor 0x80) is unsigned, and vpdpbusd adding its products to those
-// sums gives the sum of w times x exactly.
-template <int kWeightRows>
-void rows_q8_0_decode(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0) {
-  const int64_t blocks = a.cols / kQK;
-  const ActQ8* x = act_row<ActQ8>(a, b0);
-  const __m512i zero = _mm512_setzero_si512();
-  const __m512i flip = _mm512_set1_epi8(static_cast<char>(0x80));
-  const __m512i pick_dw = _mm512_castsi256_si512(
-      _mm256_inserti128_si256(_mm256_setzero_si256(), _mm_set1_epi16(sizeof(BlockQ8_0) / 2), 1));
-  const __m512i pick_dx = _mm512_inserti64x4(
-      _mm512_setzero_si512(), _mm256_set1_epi32(sizeof(ActQ8) / sizeof(float)), 1);
-  int64_t r = r0;
-  for (; r + kWeightRows <= r1; r += kWeightRows) {
-    const BlockQ8_0* w[kWeightRows];
-    __m512 acc[kWeightRows];
-    for (int v = 0; v < kWeightRows; ++v) {
-      w[v] = weight_row<BlockQ8_0>(a, r + v);
-      acc[v] = _mm512_setzero_ps();
-    }
-    int64_t i = 0;
-    for (; i + 2 <= blocks; i += 2) {
-      const __m512i xq = load_pair(x[i].qs, x[i + 1].qs);
-      const __m512i base = _mm512_sub_epi32(zero, _mm512_dpbusd_epi32(zero, flip, xq));
-      const __m512 dx = _mm512_permutexvar_ps(pick_dx, _mm512_loadu_ps(&x[i].d));
-      for (int v = 0; v < kWeightRows; ++v) {
-        prefetch_ahead(w[v] + i);
-        prefetch_ahead(reinterpret_cast<const char*>(w[v] + i) + 64);
-        const __m512i wu = _mm512_xor_si512(load_pair(w[v][i].qs, w[v][i + 1].qs), flip);
-        const __m512 dw = _mm512_cvtph_ps(_mm512_castsi512_si256(
-            _mm512_permutexvar_epi16(pick_dw, _mm512_loadu_si512(w[v] + i))));
-        acc[v] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_dpbusd_epi32(base, wu, xq)),
-                                 _mm512_mul_ps(dw, dx), acc[v]);
-      }
-    }
-    if (i < blocks) {
-      const __m512i xq = _mm512_zextsi256_si512(load256(x[i].qs));
-      const __m512i base = _mm512_sub_epi32(zero, _mm512_dpbusd_epi32(zero, flip, xq));
-      for (int v = 0; v < kWeightRows; ++v) {
-        const __m512i wu = _mm512_xor_si512(_mm512_zextsi256_si512(load256(w[v][i].qs)), flip);
-        const __m512 scale = _mm512_castps256_ps512(
-            _mm256_mul_ps(broadcast_half(w[v][i].d), _mm256_set1_ps(x[i].d)));
-        acc[v] = _mm512_fmadd_ps(_mm512_maskz_cvtepi32_ps(0xFF, _mm512_dpbusd_epi32(base, wu, xq)),
-                                 _mm512_maskz_mov_ps(0xFF, scale), acc[v]);
-      }
-    }
-    for (int v = 0; v < kWeightRows; ++v) {
-      a.y[b0 * a.y_stride + r + v] = _mm512_reduce_add_ps(acc[v]);
-    }
-  }
-  if (r < r1) rows_q8_0_tile<1>(a, r, r1, b0);
-}
-
 void rows_q8_0(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb) {
   switch (nb) {
     case 1:
-      return rows_q8_0_decode<2>(a, r0, r1, b0);
+      return rows_q8_0_tile<1>(a, r0, r1, b0);
     case 2:
       return rows_q8_0_tile<2>(a, r0, r1, b0);
     case 3:
