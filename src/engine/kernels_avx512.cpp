@@ -674,6 +674,125 @@ void rows_q8_0(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb) {
   }
 }
 
+// Permute indexes: element lo into lanes 0-7, hi into lanes 8-15 (words of
+// the low 256 bits, or dwords).
+inline __m512i pick_words(int lo, int hi) {
+  const __m128i l = _mm_set1_epi16(static_cast<int16_t>(lo));
+  const __m128i h = _mm_set1_epi16(static_cast<int16_t>(hi));
+  return _mm512_castsi256_si512(_mm256_inserti128_si256(_mm256_castsi128_si256(l), h, 1));
+}
+inline __m512i pick_dwords(int lo, int hi) {
+  return _mm512_inserti64x4(_mm512_set1_epi32(lo), _mm256_set1_epi32(hi), 1);
+}
+
+// Q5_0 and Q5_1 decode and the rows after the groups, as rows_q8_0_tile:
+// two blocks per register, their nibbles broadcast into place (low nibbles
+// of block i, high ones, then block i + 1's) and the fifth bits added under
+// a 64-bit mask of both qh, as unsigned levels for vpdpbusd; the zero point
+// (Q5_0's -16 d, Q5_1's m) comes back through the activation sums, once
+// per block (lanes 0 and 8 of the offset accumulator), as in AVX2.
+template <typename Block, int NB>
+void rows_q5_tile(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0) {
+  constexpr bool kHasMin = std::is_same_v<Block, BlockQ5_1>;
+  constexpr float kOffsetFactor = kHasMin ? 1.0f : -16.0f;
+  constexpr int kChains = NB == 1 ? 2 : 1;
+  constexpr int kWords = sizeof(Block) / 2;  // block i + 1's d is word kWords
+  const int64_t blocks = a.cols / kQK;
+  const ActQ8* x[NB];
+  for (int k = 0; k < NB; ++k) x[k] = act_row<ActQ8>(a, b0 + k);
+  const __m512i low4 = _mm512_set1_epi8(0x0F);
+  const __m512i fifth = _mm512_set1_epi8(0x10);
+  const __m512i shift = _mm512_setr_epi64(0, 0, 4, 4, 0, 0, 4, 4);
+  const __m512i pick_d = pick_words(0, kWords);
+  const __m512i pick_m = pick_words(1, kWords + 1);  // Q5_1's m follows d
+  const __m512i pick_dx = pick_dwords(0, sizeof(ActQ8) / sizeof(float));
+  const __m512i pick_s = pick_dwords(1, sizeof(ActQ8) / sizeof(float) + 1);
+  // Blocks i and i + 1 into acc and off.
+  const auto pair = [&](const Block* w, int64_t i, __m512* acc, __m512* off) {
+    const __m512i packed = _mm512_mask_broadcast_i32x4(
+        _mm512_broadcast_i32x4(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w[i].qs))),
+        0xFF00, _mm_loadu_si128(reinterpret_cast<const __m128i*>(w[i + 1].qs)));
+    uint32_t qh[2];
+    std::memcpy(&qh[0], w[i].qh, 4);
+    std::memcpy(&qh[1], w[i + 1].qh, 4);
+    const __m512i nib = _mm512_and_si512(_mm512_srlv_epi64(packed, shift), low4);
+    const __m512i q =
+        _mm512_mask_add_epi8(nib, qh[0] | static_cast<uint64_t>(qh[1]) << 32, nib, fifth);
+    // Both blocks' halves: no read past block i + 1.
+    const __m512i halves = _mm512_maskz_loadu_epi16((1u << (2 * kWords)) - 1, w + i);
+    const __m512 dw = _mm512_cvtph_ps(_mm512_castsi512_si256(_mm512_permutexvar_epi16(pick_d, halves)));
+    __m512 ow = dw;
+    if constexpr (kHasMin) {
+      ow = _mm512_cvtph_ps(_mm512_castsi512_si256(_mm512_permutexvar_epi16(pick_m, halves)));
+    }
+    for (int k = 0; k < NB; ++k) {
+      const __m512i xq = load_pair(x[k][i].qs, x[k][i + 1].qs);
+      const __m512i p = _mm512_dpbusd_epi32(_mm512_setzero_si512(), q, xq);
+      const __m512 xd = _mm512_loadu_ps(&x[k][i].d);
+      const __m512 scale = _mm512_mul_ps(dw, _mm512_permutexvar_ps(pick_dx, xd));
+      acc[k] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), scale, acc[k]);
+      off[k] = _mm512_mask3_fmadd_ps(ow, _mm512_permutexvar_ps(pick_s, xd), off[k], 0x0101);
+    }
+  };
+  // The last block of an odd count, in the low half.
+  const Nibbles nibbles;
+  const auto single = [&](const Block& w, int64_t i, __m512* acc, __m512* off) {
+    uint32_t qh;
+    std::memcpy(&qh, w.qh, sizeof qh);
+    const __m512i q = _mm512_zextsi256_si512(
+        _mm256_or_si256(nibbles(w.qs), _mm256_maskz_mov_epi8(qh, _mm512_castsi512_si256(fifth))));
+    const __m256 dw = broadcast_half(w.d);
+    __m256 ow = dw;
+    if constexpr (kHasMin) ow = broadcast_half(w.m);
+    for (int k = 0; k < NB; ++k) {
+      const __m512i p =
+          _mm512_dpbusd_epi32(_mm512_setzero_si512(), q, _mm512_zextsi256_si512(load256(x[k][i].qs)));
+      const __m256 scale = _mm256_mul_ps(dw, _mm256_set1_ps(x[k][i].d));
+      acc[k] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), _mm512_zextps256_ps512(scale), acc[k]);
+      off[k] = _mm512_mask3_fmadd_ps(_mm512_zextps256_ps512(ow), _mm512_set1_ps(x[k][i].s),
+                                     off[k], 0x0001);
+    }
+  };
+  for (int64_t r = r0; r < r1; ++r) {
+    const Block* w = weight_row<Block>(a, r);
+    __m512 acc[kChains][NB], off[kChains][NB];
+    for (int c = 0; c < kChains; ++c) {
+      for (int k = 0; k < NB; ++k) acc[c][k] = off[c][k] = _mm512_setzero_ps();
+    }
+    int64_t i = 0;
+    for (; i + 2 * kChains <= blocks; i += 2 * kChains) {
+      for (size_t o = 0; o < 2 * kChains * sizeof(Block); o += 64) {
+        prefetch_ahead(reinterpret_cast<const char*>(w + i) + o);
+      }
+      for (int c = 0; c < kChains; ++c) pair(w, i + 2 * c, acc[c], off[c]);
+    }
+    for (; i + 2 <= blocks; i += 2) pair(w, i, acc[0], off[0]);
+    if (i < blocks) single(w[i], i, acc[0], off[0]);
+    for (int k = 0; k < NB; ++k) {
+      for (int c = 1; c < kChains; ++c) {
+        acc[0][k] = _mm512_add_ps(acc[0][k], acc[c][k]);
+        off[0][k] = _mm512_add_ps(off[0][k], off[c][k]);
+      }
+      a.y[(b0 + k) * a.y_stride + r] =
+          _mm512_reduce_add_ps(acc[0][k]) + kOffsetFactor * _mm512_reduce_add_ps(off[0][k]);
+    }
+  }
+}
+
+template <typename Block>
+void rows_q5(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb) {
+  switch (nb) {
+    case 1:
+      return rows_q5_tile<Block, 1>(a, r0, r1, b0);
+    case 2:
+      return rows_q5_tile<Block, 2>(a, r0, r1, b0);
+    case 3:
+      return rows_q5_tile<Block, 3>(a, r0, r1, b0);
+    default:
+      return rows_q5_tile<Block, 4>(a, r0, r1, b0);
+  }
+}
+
 // Quantizes eight rows as quantize_act_q8k does (the AVX2 one, whose bytes
 // are the scalar reference's) and interleaves them.
 void quantize_act_q8kx8(const float* x, int64_t stride, ActQ8Kx8* y, int64_t n) {
@@ -706,8 +825,14 @@ KernelSet make_set() {
       k.interleaved_group = group_q4_0x16;
       k.interleaved_rows = rows_q4_0x16;
     }
-    if (k.type == TensorType::kQ5_0) k.group = group_q5<BlockQ5_0>;
-    if (k.type == TensorType::kQ5_1) k.group = group_q5<BlockQ5_1>;
+    if (k.type == TensorType::kQ5_0) {
+      k.rows = rows_q5<BlockQ5_0>;
+      k.group = group_q5<BlockQ5_0>;
+    }
+    if (k.type == TensorType::kQ5_1) {
+      k.rows = rows_q5<BlockQ5_1>;
+      k.group = group_q5<BlockQ5_1>;
+    }
     if (k.type == TensorType::kQ4_K) k = {k.type, rows_super_blocks<Q4_KRows>, group_q4_k};
     if (k.type == TensorType::kQ6_K) k = {k.type, rows_super_blocks<Q6_KRows>, group_q6_k};
   }
