@@ -607,15 +607,15 @@ void rows_q8_0_tile(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0) {
   const __m512i pick_dw = _mm512_castsi256_si512(
       _mm256_inserti128_si256(_mm256_setzero_si256(), _mm_set1_epi16(sizeof(BlockQ8_0) / 2), 1));
   // Float 0 (block i's d) into lanes 0-7, float 10 (block i + 1's) into 8-15.
-  const __m512i pick_dx = _mm512_inserti64x4(
-      _mm512_setzero_si512(), _mm256_set1_epi32(sizeof(ActQ8) / sizeof(float)), 1);
+  const __m512i pick_dx = _mm512_inserti64x4(_mm512_setzero_si512(),
+                                             _mm256_set1_epi32(sizeof(ActQ8) / sizeof(float)), 1);
   // Blocks i and i + 1 into acc.
   const auto pair = [&](const BlockQ8_0* w, int64_t i, __m512* acc) {
     const __m512i q = load_pair(w[i].qs, w[i + 1].qs);
     const __m512i q_abs = _mm512_abs_epi8(q);
     const __mmask64 negative = _mm512_movepi8_mask(q);
-    const __m512 dw = _mm512_cvtph_ps(_mm512_castsi512_si256(
-        _mm512_permutexvar_epi16(pick_dw, _mm512_loadu_si512(w + i))));
+    const __m512 dw = _mm512_cvtph_ps(
+        _mm512_castsi512_si256(_mm512_permutexvar_epi16(pick_dw, _mm512_loadu_si512(w + i))));
     for (int k = 0; k < NB; ++k) {
       const __m512i xq = load_pair(x[k][i].qs, x[k][i + 1].qs);
       // x with w's sign: negated where w < 0 (where w is 0, |w| is too).
@@ -710,8 +710,8 @@ void rows_q5_tile(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0) {
   // Blocks i and i + 1 into acc and off.
   const auto pair = [&](const Block* w, int64_t i, __m512* acc, __m512* off) {
     const __m512i packed = _mm512_mask_broadcast_i32x4(
-        _mm512_broadcast_i32x4(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w[i].qs))),
-        0xFF00, _mm_loadu_si128(reinterpret_cast<const __m128i*>(w[i + 1].qs)));
+        _mm512_broadcast_i32x4(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w[i].qs))), 0xFF00,
+        _mm_loadu_si128(reinterpret_cast<const __m128i*>(w[i + 1].qs)));
     uint32_t qh[2];
     std::memcpy(&qh[0], w[i].qh, 4);
     std::memcpy(&qh[1], w[i + 1].qh, 4);
@@ -720,7 +720,8 @@ void rows_q5_tile(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0) {
         _mm512_mask_add_epi8(nib, qh[0] | static_cast<uint64_t>(qh[1]) << 32, nib, fifth);
     // Both blocks' halves: no read past block i + 1.
     const __m512i halves = _mm512_maskz_loadu_epi16((1u << (2 * kWords)) - 1, w + i);
-    const __m512 dw = _mm512_cvtph_ps(_mm512_castsi512_si256(_mm512_permutexvar_epi16(pick_d, halves)));
+    const __m512 dw =
+        _mm512_cvtph_ps(_mm512_castsi512_si256(_mm512_permutexvar_epi16(pick_d, halves)));
     __m512 ow = dw;
     if constexpr (kHasMin) {
       ow = _mm512_cvtph_ps(_mm512_castsi512_si256(_mm512_permutexvar_epi16(pick_m, halves)));
@@ -745,12 +746,12 @@ void rows_q5_tile(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0) {
     __m256 ow = dw;
     if constexpr (kHasMin) ow = broadcast_half(w.m);
     for (int k = 0; k < NB; ++k) {
-      const __m512i p =
-          _mm512_dpbusd_epi32(_mm512_setzero_si512(), q, _mm512_zextsi256_si512(load256(x[k][i].qs)));
+      const __m512i p = _mm512_dpbusd_epi32(_mm512_setzero_si512(), q,
+                                            _mm512_zextsi256_si512(load256(x[k][i].qs)));
       const __m256 scale = _mm256_mul_ps(dw, _mm256_set1_ps(x[k][i].d));
       acc[k] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), _mm512_zextps256_ps512(scale), acc[k]);
-      off[k] = _mm512_mask3_fmadd_ps(_mm512_zextps256_ps512(ow), _mm512_set1_ps(x[k][i].s),
-                                     off[k], 0x0001);
+      off[k] = _mm512_mask3_fmadd_ps(_mm512_zextps256_ps512(ow), _mm512_set1_ps(x[k][i].s), off[k],
+                                     0x0001);
     }
   };
   for (int64_t r = r0; r < r1; ++r) {
