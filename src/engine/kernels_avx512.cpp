@@ -16,7 +16,7 @@
 // cache), for decode 3.3x the AVX2 one in cache and 1.2-1.6x from memory.
 //
 // Decode of the other 32-element types takes two blocks per 512-bit
-// register (rows_q8_0_tile, rows_q5_tile). A 256-bit VNNI version of the
+// register (rows_signed_tile, rows_q5_tile). A 256-bit VNNI version of the
 // Q8_0 kernel (vpdpbusd in place of maddubs + madd, the same instruction
 // count otherwise) ran at 0.76x of AVX2; at 512 bits the pair's shuffles
 // and float work are shared by 64 elements. Against the AVX2 kernels on
@@ -600,33 +600,87 @@ inline __m512i load_pair(const void* lo, const void* hi) {
   return _mm512_inserti64x4(_mm512_castsi256_si512(load256(lo)), load256(hi), 1);
 }
 
-// Q8_0 decode and the rows after the groups (up to kMaxTile activation
-// rows): two blocks per 512-bit register, |w| times x with w's sign in one
-// vpdpbusd as in group_q8_0, each block's eight int32 lanes scaled by its
-// own d_w * d_x in one FMA per pair. Both blocks' scales lie within 64
-// bytes of the first, so one load and one permute spread them over the
-// lanes. One activation row gets two accumulators so a pair does not wait
-// on the previous pair's FMA.
-template <int NB>
-void rows_q8_0_tile(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0) {
+// Permute indexes: element lo into lanes 0-7, hi into lanes 8-15 (words of
+// the low 256 bits, or dwords).
+inline __m512i pick_words(int lo, int hi) {
+  const __m128i l = _mm_set1_epi16(static_cast<int16_t>(lo));
+  const __m128i h = _mm_set1_epi16(static_cast<int16_t>(hi));
+  return _mm512_castsi256_si512(_mm256_inserti128_si256(_mm256_castsi128_si256(l), h, 1));
+}
+inline __m512i pick_dwords(int lo, int hi) {
+  return _mm512_inserti64x4(_mm512_set1_epi32(lo), _mm256_set1_epi32(hi), 1);
+}
+
+// The 16-bit words of blocks w[0] and w[1], and none past them.
+template <typename Block>
+inline __m512i pair_words(const Block* w) {
+  constexpr int kWords = sizeof(Block);  // two blocks of sizeof / 2 words
+  if constexpr (kWords >= 32) {
+    return _mm512_loadu_si512(w);
+  } else {
+    return _mm512_maskz_loadu_epi16((1u << kWords) - 1, w);
+  }
+}
+
+// Two Q4_0-layout blocks' nibbles in element order: block lo's low nibbles
+// (elements 0-15), its high ones, then block hi's.
+struct NibblePairs {
+  const __m512i low4 = _mm512_set1_epi8(0x0F);
+  const __m512i shift = _mm512_setr_epi64(0, 0, 4, 4, 0, 0, 4, 4);
+  [[gnu::always_inline]] __m512i operator()(const uint8_t* lo, const uint8_t* hi) const {
+    const __m512i packed = _mm512_mask_broadcast_i32x4(
+        _mm512_broadcast_i32x4(_mm_loadu_si128(reinterpret_cast<const __m128i*>(lo))), 0xFF00,
+        _mm_loadu_si128(reinterpret_cast<const __m128i*>(hi)));
+    return _mm512_and_si512(_mm512_srlv_epi64(packed, shift), low4);
+  }
+};
+
+// Signed weight levels of two blocks (pair) or one (single).
+struct Q8_0Levels {
+  using Block = BlockQ8_0;
+  [[gnu::always_inline]] __m512i pair(const Block* w) const { return load_pair(w[0].qs, w[1].qs); }
+  [[gnu::always_inline]] __m256i single(const Block& w) const { return load256(w.qs); }
+};
+// IQ4_NL: the nibbles index the grid with one byte shuffle per 128 bits.
+struct IQ4_NLLevels {
+  using Block = BlockIQ4_NL;
+  const NibblePairs nibble_pairs;
+  const Nibbles nibbles;
+  const __m512i grid =
+      _mm512_broadcast_i32x4(_mm_loadu_si128(reinterpret_cast<const __m128i*>(kIq4nlValues)));
+  [[gnu::always_inline]] __m512i pair(const Block* w) const {
+    return _mm512_shuffle_epi8(grid, nibble_pairs(w[0].qs, w[1].qs));
+  }
+  [[gnu::always_inline]] __m256i single(const Block& w) const {
+    return _mm256_shuffle_epi8(_mm512_castsi512_si256(grid), nibbles(w.qs));
+  }
+};
+
+// Q8_0 and IQ4_NL decode and the rows after the groups (up to kMaxTile
+// activation rows): two blocks per 512-bit register, |w| times x with w's
+// sign in one vpdpbusd as in group_q8_0, each block's eight int32 lanes
+// scaled by its own d_w * d_x in one FMA per pair. Both blocks' scales lie
+// within 64 bytes of the first, so one load and one permute spread them
+// over the lanes. One activation row gets two accumulators so a pair does
+// not wait on the previous pair's FMA.
+template <typename Levels, int NB>
+void rows_signed_tile(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0) {
+  using Block = typename Levels::Block;
   constexpr int kChains = NB == 1 ? 2 : 1;
+  const Levels levels;
   const int64_t blocks = a.cols / kQK;
   const ActQ8* x[NB];
   for (int k = 0; k < NB; ++k) x[k] = act_row<ActQ8>(a, b0 + k);
   const __m512i zero = _mm512_setzero_si512();
-  // Word 0 (block i's d) into words 0-7, word 17 (block i + 1's) into 8-15.
-  const __m512i pick_dw = _mm512_castsi256_si512(
-      _mm256_inserti128_si256(_mm256_setzero_si256(), _mm_set1_epi16(sizeof(BlockQ8_0) / 2), 1));
-  // Float 0 (block i's d) into lanes 0-7, float 10 (block i + 1's) into 8-15.
-  const __m512i pick_dx = _mm512_inserti64x4(_mm512_setzero_si512(),
-                                             _mm256_set1_epi32(sizeof(ActQ8) / sizeof(float)), 1);
+  const __m512i pick_dw = pick_words(0, sizeof(Block) / 2);
+  const __m512i pick_dx = pick_dwords(0, sizeof(ActQ8) / sizeof(float));
   // Blocks i and i + 1 into acc.
-  const auto pair = [&](const BlockQ8_0* w, int64_t i, __m512* acc) {
-    const __m512i q = load_pair(w[i].qs, w[i + 1].qs);
+  const auto pair = [&](const Block* w, int64_t i, __m512* acc) {
+    const __m512i q = levels.pair(w + i);
     const __m512i q_abs = _mm512_abs_epi8(q);
     const __mmask64 negative = _mm512_movepi8_mask(q);
     const __m512 dw = _mm512_cvtph_ps(
-        _mm512_castsi512_si256(_mm512_permutexvar_epi16(pick_dw, _mm512_loadu_si512(w + i))));
+        _mm512_castsi512_si256(_mm512_permutexvar_epi16(pick_dw, pair_words(w + i))));
     for (int k = 0; k < NB; ++k) {
       const __m512i xq = load_pair(x[k][i].qs, x[k][i + 1].qs);
       // x with w's sign: negated where w < 0 (where w is 0, |w| is too).
@@ -637,8 +691,8 @@ void rows_q8_0_tile(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0) {
     }
   };
   // The last block of an odd count, in the low half.
-  const auto single = [&](const BlockQ8_0& w, int64_t i, __m512* acc) {
-    const __m512i q = _mm512_zextsi256_si512(load256(w.qs));
+  const auto single = [&](const Block& w, int64_t i, __m512* acc) {
+    const __m512i q = _mm512_zextsi256_si512(levels.single(w));
     const __m512i q_abs = _mm512_abs_epi8(q);
     const __mmask64 negative = _mm512_movepi8_mask(q);
     const __m512 dw = _mm512_castps256_ps512(broadcast_half(w.d));
@@ -651,14 +705,14 @@ void rows_q8_0_tile(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0) {
     }
   };
   for (int64_t r = r0; r < r1; ++r) {
-    const BlockQ8_0* w = weight_row<BlockQ8_0>(a, r);
+    const Block* w = weight_row<Block>(a, r);
     __m512 acc[kChains][NB];
     for (int c = 0; c < kChains; ++c) {
       for (int k = 0; k < NB; ++k) acc[c][k] = _mm512_setzero_ps();
     }
     int64_t i = 0;
     for (; i + 2 * kChains <= blocks; i += 2 * kChains) {
-      for (size_t off = 0; off < 2 * kChains * sizeof(BlockQ8_0); off += 64) {
+      for (size_t off = 0; off < 2 * kChains * sizeof(Block); off += 64) {
         prefetch_ahead(reinterpret_cast<const char*>(w + i) + off);
       }
       for (int c = 0; c < kChains; ++c) pair(w, i + 2 * c, acc[c]);
@@ -672,31 +726,21 @@ void rows_q8_0_tile(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0) {
   }
 }
 
-void rows_q8_0(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb) {
+template <typename Levels>
+void rows_signed(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb) {
   switch (nb) {
     case 1:
-      return rows_q8_0_tile<1>(a, r0, r1, b0);
+      return rows_signed_tile<Levels, 1>(a, r0, r1, b0);
     case 2:
-      return rows_q8_0_tile<2>(a, r0, r1, b0);
+      return rows_signed_tile<Levels, 2>(a, r0, r1, b0);
     case 3:
-      return rows_q8_0_tile<3>(a, r0, r1, b0);
+      return rows_signed_tile<Levels, 3>(a, r0, r1, b0);
     default:
-      return rows_q8_0_tile<4>(a, r0, r1, b0);
+      return rows_signed_tile<Levels, 4>(a, r0, r1, b0);
   }
 }
 
-// Permute indexes: element lo into lanes 0-7, hi into lanes 8-15 (words of
-// the low 256 bits, or dwords).
-inline __m512i pick_words(int lo, int hi) {
-  const __m128i l = _mm_set1_epi16(static_cast<int16_t>(lo));
-  const __m128i h = _mm_set1_epi16(static_cast<int16_t>(hi));
-  return _mm512_castsi256_si512(_mm256_inserti128_si256(_mm256_castsi128_si256(l), h, 1));
-}
-inline __m512i pick_dwords(int lo, int hi) {
-  return _mm512_inserti64x4(_mm512_set1_epi32(lo), _mm256_set1_epi32(hi), 1);
-}
-
-// Q5_0 and Q5_1 decode and the rows after the groups, as rows_q8_0_tile:
+// Q5_0 and Q5_1 decode and the rows after the groups, as rows_signed_tile:
 // two blocks per register, their nibbles broadcast into place (low nibbles
 // of block i, high ones, then block i + 1's) and the fifth bits added under
 // a 64-bit mask of both qh, as unsigned levels for vpdpbusd; the zero point
@@ -711,26 +755,21 @@ void rows_q5_tile(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0) {
   const int64_t blocks = a.cols / kQK;
   const ActQ8* x[NB];
   for (int k = 0; k < NB; ++k) x[k] = act_row<ActQ8>(a, b0 + k);
-  const __m512i low4 = _mm512_set1_epi8(0x0F);
+  const NibblePairs nibble_pairs;
   const __m512i fifth = _mm512_set1_epi8(0x10);
-  const __m512i shift = _mm512_setr_epi64(0, 0, 4, 4, 0, 0, 4, 4);
   const __m512i pick_d = pick_words(0, kWords);
   const __m512i pick_m = pick_words(1, kWords + 1);  // Q5_1's m follows d
   const __m512i pick_dx = pick_dwords(0, sizeof(ActQ8) / sizeof(float));
   const __m512i pick_s = pick_dwords(1, sizeof(ActQ8) / sizeof(float) + 1);
   // Blocks i and i + 1 into acc and off.
   const auto pair = [&](const Block* w, int64_t i, __m512* acc, __m512* off) {
-    const __m512i packed = _mm512_mask_broadcast_i32x4(
-        _mm512_broadcast_i32x4(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w[i].qs))), 0xFF00,
-        _mm_loadu_si128(reinterpret_cast<const __m128i*>(w[i + 1].qs)));
     uint32_t qh[2];
     std::memcpy(&qh[0], w[i].qh, 4);
     std::memcpy(&qh[1], w[i + 1].qh, 4);
-    const __m512i nib = _mm512_and_si512(_mm512_srlv_epi64(packed, shift), low4);
+    const __m512i nib = nibble_pairs(w[i].qs, w[i + 1].qs);
     const __m512i q =
         _mm512_mask_add_epi8(nib, qh[0] | static_cast<uint64_t>(qh[1]) << 32, nib, fifth);
-    // Both blocks' halves: no read past block i + 1.
-    const __m512i halves = _mm512_maskz_loadu_epi16((1u << (2 * kWords)) - 1, w + i);
+    const __m512i halves = pair_words(w + i);
     const __m512 dw =
         _mm512_cvtph_ps(_mm512_castsi512_si256(_mm512_permutexvar_epi16(pick_d, halves)));
     __m512 ow = dw;
@@ -828,7 +867,7 @@ KernelSet make_set() {
   set.level = CpuLevel::kAvx512;
   for (TypeKernels& k : set.types) {
     if (k.type == TensorType::kQ8_0) {
-      k.rows = rows_q8_0;
+      k.rows = rows_signed<Q8_0Levels>;
       k.group = group_q8_0;
     }
     if (k.type == TensorType::kQ4_0) {
