@@ -870,6 +870,7 @@ KernelSet make_set() {
       k.rows = rows_signed<Q8_0Levels>;
       k.group = group_q8_0;
     }
+    if (k.type == TensorType::kIQ4_NL) k.rows = rows_signed<IQ4_NLLevels>;
     if (k.type == TensorType::kQ4_0) {
       k.group = group_q4_0<1>;
       k.group_pair = group_q4_0<2>;
