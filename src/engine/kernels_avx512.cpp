@@ -1,7 +1,7 @@
 // AVX-512 level: the AVX2 kernels, with AVX-512 VNNI ones for Q8_0, Q4_0,
 // Q5_0, Q5_1, Q4_K and Q6_K prompt processing and batched decode (eight
 // activation rows at a time), and 512-bit kernels for decode (one to four
-// rows) of Q8_0, Q5_0, Q5_1, Q4_K and Q6_K.
+// rows) of Q8_0, IQ4_NL, Q5_0, Q5_1, Q4_K and Q6_K.
 //
 // vpdpbusd multiplies unsigned by signed bytes and adds each group of four
 // products to an int32 lane in one instruction, where AVX2 needs maddubs,
@@ -16,23 +16,24 @@
 // cache), for decode 3.3x the AVX2 one in cache and 1.2-1.6x from memory.
 //
 // Decode of the other 32-element types takes two blocks per 512-bit
-// register (rows_signed_tile, rows_q5_tile). A 256-bit VNNI version of the
-// Q8_0 kernel (vpdpbusd in place of maddubs + madd, the same instruction
-// count otherwise) ran at 0.76x of AVX2; at 512 bits the pair's shuffles
-// and float work are shared by 64 elements. Against the AVX2 kernels on
-// the AMD EPYC development VM (one thread, medians of 4-5 alternated runs
-// under load average 10-12, docs/PERFORMANCE.md has the ranges): Q8_0 1.08x
-// with the matrix in L2 (256x1536), 1.10x in L3 (576x1536), 1.05x from
-// memory (2048x8192); Q5_0 1.5x, 1.25x and 1.2x; Q5_1 1.4x, 1.4x and 1.03x.
-// Two Q8_0 variants that share the activation's work (its loads, scales
-// and, with w + 128 unsigned in place of the sign trick, its sums times
-// -128) were faster in L2 (1.3x and 1.15x) but slower from memory (0.8x
-// and 0.95-1.0x), so they were not kept: two weight rows read side by side,
-// and a per-call table of the activation on the stack. The K-quants'
-// decode kernels are 512 bits wide too: each super block's expansion then
-// costs half the instructions (Q4_K 1.2x, Q6_K 1.9x the AVX2 kernels,
-// 576x1536 in cache). IQ4_NL, IQ4_XS, Q2_K, Q3_K, Q5_K and the float types
-// keep the AVX2 kernels for all batch sizes.
+// register (rows_signed_tile for Q8_0 and IQ4_NL, rows_q5_tile). A 256-bit
+// VNNI version of the Q8_0 kernel (vpdpbusd in place of maddubs + madd,
+// the same instruction count otherwise) ran at 0.76x of AVX2; at 512 bits
+// the pair's shuffles and float work are shared by 64 elements. Against
+// the AVX2 kernels on the AMD EPYC development VM (one thread, medians of
+// 4-5 alternated runs under load average 10-12; docs/PERFORMANCE.md has
+// the ranges), with the matrix in L2 (256x1536), in L3 (576x1536) and from
+// memory (2048x8192): Q8_0 1.08-1.09x, 1.10-1.19x and 1.05x (two sets);
+// IQ4_NL 1.06x, 1.27x and 1.14x; Q5_0 1.5x, 1.25x and 1.2x; Q5_1 1.4x,
+// 1.4x and 1.03x. Two Q8_0 variants that share the activation's work (its
+// loads, scales and, with w + 128 unsigned in place of the sign trick, its
+// sums times -128) were faster in L2 (1.3x and 1.15x) but slower from
+// memory (0.8x and 0.95-1.0x), so they were not kept: two weight rows read
+// side by side, and a per-call table of the activation on the stack. The
+// K-quants' decode kernels are 512 bits wide too: each super block's
+// expansion then costs half the instructions (Q4_K 1.2x, Q6_K 1.9x the
+// AVX2 kernels, 576x1536 in cache). IQ4_XS, Q2_K, Q3_K, Q5_K and the float
+// types keep the AVX2 kernels for all batch sizes, IQ4_NL for prompts.
 //
 // Built with AVX-512 F/BW/VL/VNNI (and AVX2/FMA/F16C); everything here is
 // file-local and reachable only through avx512_kernels(), which the dispatch
