@@ -858,6 +858,17 @@ TEST(Matmul, EightRowGroupsMatchScalar) {
   }
 }
 
+// Every tile height (1-4 activation rows, and 5-7 as four plus the rest)
+// over an odd count of 32-element blocks: the kernels that take two blocks
+// per register then run their paired loop, a lone pair and the last block.
+TEST(Matmul, EveryTileHeightWithAnOddBlockCount) {
+  ThreadPool pool(2);
+  for (TensorType t : kAllTypes) {
+    if (!is_quantized(t) || act_block(t) != 32) continue;
+    for (int64_t batch = 1; batch <= 7; ++batch) check_matmul(t, 19, 7 * 32, batch, pool);
+  }
+}
+
 // The repacking of interleave_q4_0x16 puts each element where the layout's
 // comment says: row r's element 8c + e in the low nibble of qs[c][r][e], 8c +
 // 4 + e in the high one, its block's scale in d[r].

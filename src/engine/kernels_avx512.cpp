@@ -1,7 +1,7 @@
 // AVX-512 level: the AVX2 kernels, with AVX-512 VNNI ones for Q8_0, Q4_0,
 // Q5_0, Q5_1, Q4_K and Q6_K prompt processing and batched decode (eight
-// activation rows at a time), and 512-bit Q4_K and Q6_K kernels for decode
-// (one to four rows).
+// activation rows at a time), and 512-bit kernels for decode (one to four
+// rows) of Q8_0, IQ4_NL, Q5_0, Q5_1, Q4_K and Q6_K.
 //
 // vpdpbusd multiplies unsigned by signed bytes and adds each group of four
 // products to an int32 lane in one instruction, where AVX2 needs maddubs,
@@ -15,13 +15,25 @@
 // kernel on the GGUF layout (576x1536, one eight-row group, one thread, in
 // cache), for decode 3.3x the AVX2 one in cache and 1.2-1.6x from memory.
 //
-// Decode (one activation row) of the other 32-element types keeps the AVX2
-// kernels: a 256-bit VNNI version of the Q8_0 one (vpdpbusd in place of
-// maddubs + madd, the same instruction count otherwise) ran at 0.76x of it
-// on the AMD EPYC development VM (576x1536, one thread, best of 800 runs in
-// cache). The K-quants' decode kernels are 512 bits wide instead: each
-// super block's expansion then costs half the instructions (Q4_K 1.2x,
-// Q6_K 1.9x the AVX2 kernels in the same setup).
+// Decode of the other 32-element types takes two blocks per 512-bit
+// register (rows_signed_tile for Q8_0 and IQ4_NL, rows_q5_tile). A 256-bit
+// VNNI version of the Q8_0 kernel (vpdpbusd in place of maddubs + madd,
+// the same instruction count otherwise) ran at 0.76x of AVX2; at 512 bits
+// the pair's shuffles and float work are shared by 64 elements. Against
+// the AVX2 kernels on the AMD EPYC development VM (one thread, medians of
+// 4-5 alternated runs under load average 10-12; docs/PERFORMANCE.md has
+// the ranges), with the matrix in L2 (256x1536), in L3 (576x1536) and from
+// memory (2048x8192): Q8_0 1.08-1.09x, 1.10-1.19x and 1.05x (two sets);
+// IQ4_NL 1.06x, 1.27x and 1.14x; Q5_0 1.5x, 1.25x and 1.2x; Q5_1 1.4x,
+// 1.4x and 1.03x. Two Q8_0 variants that share the activation's work (its
+// loads, scales and, with w + 128 unsigned in place of the sign trick, its
+// sums times -128) were faster in L2 (1.3x and 1.15x) but slower from
+// memory (0.8x and 0.95-1.0x), so they were not kept: two weight rows read
+// side by side, and a per-call table of the activation on the stack. The
+// K-quants' decode kernels are 512 bits wide too: each super block's
+// expansion then costs half the instructions (Q4_K 1.2x, Q6_K 1.9x the
+// AVX2 kernels, 576x1536 in cache). IQ4_XS, Q2_K, Q3_K, Q5_K and the float
+// types keep the AVX2 kernels for all batch sizes, IQ4_NL for prompts.
 //
 // Built with AVX-512 F/BW/VL/VNNI (and AVX2/FMA/F16C); everything here is
 // file-local and reachable only through avx512_kernels(), which the dispatch
@@ -583,6 +595,256 @@ void rows_super_blocks(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int
   }
 }
 
+// Two 32-byte runs (of adjacent blocks) in one 512-bit register, the first
+// in the low half.
+inline __m512i load_pair(const void* lo, const void* hi) {
+  return _mm512_inserti64x4(_mm512_castsi256_si512(load256(lo)), load256(hi), 1);
+}
+
+// Permute indexes: element lo into lanes 0-7, hi into lanes 8-15 (words of
+// the low 256 bits, or dwords).
+inline __m512i pick_words(int lo, int hi) {
+  const __m128i l = _mm_set1_epi16(static_cast<int16_t>(lo));
+  const __m128i h = _mm_set1_epi16(static_cast<int16_t>(hi));
+  return _mm512_castsi256_si512(_mm256_inserti128_si256(_mm256_castsi128_si256(l), h, 1));
+}
+inline __m512i pick_dwords(int lo, int hi) {
+  return _mm512_inserti64x4(_mm512_set1_epi32(lo), _mm256_set1_epi32(hi), 1);
+}
+
+// The 16-bit words of blocks w[0] and w[1], and none past them.
+template <typename Block>
+inline __m512i pair_words(const Block* w) {
+  constexpr int kWords = sizeof(Block);  // two blocks of sizeof / 2 words
+  if constexpr (kWords >= 32) {
+    return _mm512_loadu_si512(w);
+  } else {
+    return _mm512_maskz_loadu_epi16((1u << kWords) - 1, w);
+  }
+}
+
+// Two Q4_0-layout blocks' nibbles in element order: block lo's low nibbles
+// (elements 0-15), its high ones, then block hi's.
+struct NibblePairs {
+  const __m512i low4 = _mm512_set1_epi8(0x0F);
+  const __m512i shift = _mm512_setr_epi64(0, 0, 4, 4, 0, 0, 4, 4);
+  [[gnu::always_inline]] __m512i operator()(const uint8_t* lo, const uint8_t* hi) const {
+    const __m512i packed = _mm512_mask_broadcast_i32x4(
+        _mm512_broadcast_i32x4(_mm_loadu_si128(reinterpret_cast<const __m128i*>(lo))), 0xFF00,
+        _mm_loadu_si128(reinterpret_cast<const __m128i*>(hi)));
+    return _mm512_and_si512(_mm512_srlv_epi64(packed, shift), low4);
+  }
+};
+
+// Signed weight levels of two blocks (pair) or one (single).
+struct Q8_0Levels {
+  using Block = BlockQ8_0;
+  [[gnu::always_inline]] __m512i pair(const Block* w) const { return load_pair(w[0].qs, w[1].qs); }
+  [[gnu::always_inline]] __m256i single(const Block& w) const { return load256(w.qs); }
+};
+// IQ4_NL: the nibbles index the grid with one byte shuffle per 128 bits.
+struct IQ4_NLLevels {
+  using Block = BlockIQ4_NL;
+  const NibblePairs nibble_pairs;
+  const Nibbles nibbles;
+  const __m512i grid =
+      _mm512_broadcast_i32x4(_mm_loadu_si128(reinterpret_cast<const __m128i*>(kIq4nlValues)));
+  [[gnu::always_inline]] __m512i pair(const Block* w) const {
+    return _mm512_shuffle_epi8(grid, nibble_pairs(w[0].qs, w[1].qs));
+  }
+  [[gnu::always_inline]] __m256i single(const Block& w) const {
+    return _mm256_shuffle_epi8(_mm512_castsi512_si256(grid), nibbles(w.qs));
+  }
+};
+
+// Q8_0 and IQ4_NL decode and the rows after the groups (up to kMaxTile
+// activation rows): two blocks per 512-bit register, |w| times x with w's
+// sign in one vpdpbusd as in group_q8_0, each block's eight int32 lanes
+// scaled by its own d_w * d_x in one FMA per pair. Both blocks' scales lie
+// within 64 bytes of the first, so one load and one permute spread them
+// over the lanes. One activation row gets two accumulators so a pair does
+// not wait on the previous pair's FMA.
+template <typename Levels, int NB>
+void rows_signed_tile(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0) {
+  using Block = typename Levels::Block;
+  constexpr int kChains = NB == 1 ? 2 : 1;
+  const Levels levels;
+  const int64_t blocks = a.cols / kQK;
+  const ActQ8* x[NB];
+  for (int k = 0; k < NB; ++k) x[k] = act_row<ActQ8>(a, b0 + k);
+  const __m512i zero = _mm512_setzero_si512();
+  const __m512i pick_dw = pick_words(0, sizeof(Block) / 2);
+  const __m512i pick_dx = pick_dwords(0, sizeof(ActQ8) / sizeof(float));
+  // Blocks i and i + 1 into acc.
+  const auto pair = [&](const Block* w, int64_t i, __m512* acc) {
+    const __m512i q = levels.pair(w + i);
+    const __m512i q_abs = _mm512_abs_epi8(q);
+    const __mmask64 negative = _mm512_movepi8_mask(q);
+    const __m512 dw = _mm512_cvtph_ps(
+        _mm512_castsi512_si256(_mm512_permutexvar_epi16(pick_dw, pair_words(w + i))));
+    for (int k = 0; k < NB; ++k) {
+      const __m512i xq = load_pair(x[k][i].qs, x[k][i + 1].qs);
+      // x with w's sign: negated where w < 0 (where w is 0, |w| is too).
+      const __m512i xs = _mm512_mask_sub_epi8(xq, negative, zero, xq);
+      const __m512i p = _mm512_dpbusd_epi32(zero, q_abs, xs);
+      const __m512 dx = _mm512_permutexvar_ps(pick_dx, _mm512_loadu_ps(&x[k][i].d));
+      acc[k] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), _mm512_mul_ps(dw, dx), acc[k]);
+    }
+  };
+  // The last block of an odd count, in the low half.
+  const auto single = [&](const Block& w, int64_t i, __m512* acc) {
+    const __m512i q = _mm512_zextsi256_si512(levels.single(w));
+    const __m512i q_abs = _mm512_abs_epi8(q);
+    const __mmask64 negative = _mm512_movepi8_mask(q);
+    const __m512 dw = _mm512_castps256_ps512(broadcast_half(w.d));
+    for (int k = 0; k < NB; ++k) {
+      const __m512i xq = _mm512_zextsi256_si512(load256(x[k][i].qs));
+      const __m512i xs = _mm512_mask_sub_epi8(xq, negative, zero, xq);
+      const __m512i p = _mm512_dpbusd_epi32(zero, q_abs, xs);
+      const __m512 scale = _mm512_maskz_mul_ps(0xFF, dw, _mm512_set1_ps(x[k][i].d));
+      acc[k] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), scale, acc[k]);
+    }
+  };
+  for (int64_t r = r0; r < r1; ++r) {
+    const Block* w = weight_row<Block>(a, r);
+    __m512 acc[kChains][NB];
+    for (int c = 0; c < kChains; ++c) {
+      for (int k = 0; k < NB; ++k) acc[c][k] = _mm512_setzero_ps();
+    }
+    int64_t i = 0;
+    for (; i + 2 * kChains <= blocks; i += 2 * kChains) {
+      for (size_t off = 0; off < 2 * kChains * sizeof(Block); off += 64) {
+        prefetch_ahead(reinterpret_cast<const char*>(w + i) + off);
+      }
+      for (int c = 0; c < kChains; ++c) pair(w, i + 2 * c, acc[c]);
+    }
+    for (; i + 2 <= blocks; i += 2) pair(w, i, acc[0]);
+    if (i < blocks) single(w[i], i, acc[0]);
+    for (int k = 0; k < NB; ++k) {
+      for (int c = 1; c < kChains; ++c) acc[0][k] = _mm512_add_ps(acc[0][k], acc[c][k]);
+      a.y[(b0 + k) * a.y_stride + r] = _mm512_reduce_add_ps(acc[0][k]);
+    }
+  }
+}
+
+template <typename Levels>
+void rows_signed(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb) {
+  switch (nb) {
+    case 1:
+      return rows_signed_tile<Levels, 1>(a, r0, r1, b0);
+    case 2:
+      return rows_signed_tile<Levels, 2>(a, r0, r1, b0);
+    case 3:
+      return rows_signed_tile<Levels, 3>(a, r0, r1, b0);
+    default:
+      return rows_signed_tile<Levels, 4>(a, r0, r1, b0);
+  }
+}
+
+// Q5_0 and Q5_1 decode and the rows after the groups, as rows_signed_tile:
+// two blocks per register, their nibbles broadcast into place (low nibbles
+// of block i, high ones, then block i + 1's) and the fifth bits added under
+// a 64-bit mask of both qh, as unsigned levels for vpdpbusd; the zero point
+// (Q5_0's -16 d, Q5_1's m) comes back through the activation sums, once
+// per block (lanes 0 and 8 of the offset accumulator), as in AVX2.
+template <typename Block, int NB>
+void rows_q5_tile(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0) {
+  constexpr bool kHasMin = std::is_same_v<Block, BlockQ5_1>;
+  constexpr float kOffsetFactor = kHasMin ? 1.0f : -16.0f;
+  constexpr int kChains = NB == 1 ? 2 : 1;
+  constexpr int kWords = sizeof(Block) / 2;  // block i + 1's d is word kWords
+  const int64_t blocks = a.cols / kQK;
+  const ActQ8* x[NB];
+  for (int k = 0; k < NB; ++k) x[k] = act_row<ActQ8>(a, b0 + k);
+  const NibblePairs nibble_pairs;
+  const __m512i fifth = _mm512_set1_epi8(0x10);
+  const __m512i pick_d = pick_words(0, kWords);
+  const __m512i pick_m = pick_words(1, kWords + 1);  // Q5_1's m follows d
+  const __m512i pick_dx = pick_dwords(0, sizeof(ActQ8) / sizeof(float));
+  const __m512i pick_s = pick_dwords(1, sizeof(ActQ8) / sizeof(float) + 1);
+  // Blocks i and i + 1 into acc and off.
+  const auto pair = [&](const Block* w, int64_t i, __m512* acc, __m512* off) {
+    uint32_t qh[2];
+    std::memcpy(&qh[0], w[i].qh, 4);
+    std::memcpy(&qh[1], w[i + 1].qh, 4);
+    const __m512i nib = nibble_pairs(w[i].qs, w[i + 1].qs);
+    const __m512i q =
+        _mm512_mask_add_epi8(nib, qh[0] | static_cast<uint64_t>(qh[1]) << 32, nib, fifth);
+    const __m512i halves = pair_words(w + i);
+    const __m512 dw =
+        _mm512_cvtph_ps(_mm512_castsi512_si256(_mm512_permutexvar_epi16(pick_d, halves)));
+    __m512 ow = dw;
+    if constexpr (kHasMin) {
+      ow = _mm512_cvtph_ps(_mm512_castsi512_si256(_mm512_permutexvar_epi16(pick_m, halves)));
+    }
+    for (int k = 0; k < NB; ++k) {
+      const __m512i xq = load_pair(x[k][i].qs, x[k][i + 1].qs);
+      const __m512i p = _mm512_dpbusd_epi32(_mm512_setzero_si512(), q, xq);
+      const __m512 xd = _mm512_loadu_ps(&x[k][i].d);
+      const __m512 scale = _mm512_mul_ps(dw, _mm512_permutexvar_ps(pick_dx, xd));
+      acc[k] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), scale, acc[k]);
+      off[k] = _mm512_mask3_fmadd_ps(ow, _mm512_permutexvar_ps(pick_s, xd), off[k], 0x0101);
+    }
+  };
+  // The last block of an odd count, in the low half.
+  const Nibbles nibbles;
+  const auto single = [&](const Block& w, int64_t i, __m512* acc, __m512* off) {
+    uint32_t qh;
+    std::memcpy(&qh, w.qh, sizeof qh);
+    const __m512i q = _mm512_zextsi256_si512(
+        _mm256_or_si256(nibbles(w.qs), _mm256_maskz_mov_epi8(qh, _mm512_castsi512_si256(fifth))));
+    const __m256 dw = broadcast_half(w.d);
+    __m256 ow = dw;
+    if constexpr (kHasMin) ow = broadcast_half(w.m);
+    for (int k = 0; k < NB; ++k) {
+      const __m512i p = _mm512_dpbusd_epi32(_mm512_setzero_si512(), q,
+                                            _mm512_zextsi256_si512(load256(x[k][i].qs)));
+      const __m256 scale = _mm256_mul_ps(dw, _mm256_set1_ps(x[k][i].d));
+      acc[k] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), _mm512_zextps256_ps512(scale), acc[k]);
+      off[k] = _mm512_mask3_fmadd_ps(_mm512_zextps256_ps512(ow), _mm512_set1_ps(x[k][i].s), off[k],
+                                     0x0001);
+    }
+  };
+  for (int64_t r = r0; r < r1; ++r) {
+    const Block* w = weight_row<Block>(a, r);
+    __m512 acc[kChains][NB], off[kChains][NB];
+    for (int c = 0; c < kChains; ++c) {
+      for (int k = 0; k < NB; ++k) acc[c][k] = off[c][k] = _mm512_setzero_ps();
+    }
+    int64_t i = 0;
+    for (; i + 2 * kChains <= blocks; i += 2 * kChains) {
+      for (size_t o = 0; o < 2 * kChains * sizeof(Block); o += 64) {
+        prefetch_ahead(reinterpret_cast<const char*>(w + i) + o);
+      }
+      for (int c = 0; c < kChains; ++c) pair(w, i + 2 * c, acc[c], off[c]);
+    }
+    for (; i + 2 <= blocks; i += 2) pair(w, i, acc[0], off[0]);
+    if (i < blocks) single(w[i], i, acc[0], off[0]);
+    for (int k = 0; k < NB; ++k) {
+      for (int c = 1; c < kChains; ++c) {
+        acc[0][k] = _mm512_add_ps(acc[0][k], acc[c][k]);
+        off[0][k] = _mm512_add_ps(off[0][k], off[c][k]);
+      }
+      a.y[(b0 + k) * a.y_stride + r] =
+          _mm512_reduce_add_ps(acc[0][k]) + kOffsetFactor * _mm512_reduce_add_ps(off[0][k]);
+    }
+  }
+}
+
+template <typename Block>
+void rows_q5(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb) {
+  switch (nb) {
+    case 1:
+      return rows_q5_tile<Block, 1>(a, r0, r1, b0);
+    case 2:
+      return rows_q5_tile<Block, 2>(a, r0, r1, b0);
+    case 3:
+      return rows_q5_tile<Block, 3>(a, r0, r1, b0);
+    default:
+      return rows_q5_tile<Block, 4>(a, r0, r1, b0);
+  }
+}
+
 // Quantizes eight rows as quantize_act_q8k does (the AVX2 one, whose bytes
 // are the scalar reference's) and interleaves them.
 void quantize_act_q8kx8(const float* x, int64_t stride, ActQ8Kx8* y, int64_t n) {
@@ -605,15 +867,25 @@ KernelSet make_set() {
   KernelSet set = avx2_kernels();
   set.level = CpuLevel::kAvx512;
   for (TypeKernels& k : set.types) {
-    if (k.type == TensorType::kQ8_0) k.group = group_q8_0;
+    if (k.type == TensorType::kQ8_0) {
+      k.rows = rows_signed<Q8_0Levels>;
+      k.group = group_q8_0;
+    }
+    if (k.type == TensorType::kIQ4_NL) k.rows = rows_signed<IQ4_NLLevels>;
     if (k.type == TensorType::kQ4_0) {
       k.group = group_q4_0<1>;
       k.group_pair = group_q4_0<2>;
       k.interleaved_group = group_q4_0x16;
       k.interleaved_rows = rows_q4_0x16;
     }
-    if (k.type == TensorType::kQ5_0) k.group = group_q5<BlockQ5_0>;
-    if (k.type == TensorType::kQ5_1) k.group = group_q5<BlockQ5_1>;
+    if (k.type == TensorType::kQ5_0) {
+      k.rows = rows_q5<BlockQ5_0>;
+      k.group = group_q5<BlockQ5_0>;
+    }
+    if (k.type == TensorType::kQ5_1) {
+      k.rows = rows_q5<BlockQ5_1>;
+      k.group = group_q5<BlockQ5_1>;
+    }
     if (k.type == TensorType::kQ4_K) k = {k.type, rows_super_blocks<Q4_KRows>, group_q4_k};
     if (k.type == TensorType::kQ6_K) k = {k.type, rows_super_blocks<Q6_KRows>, group_q6_k};
   }
