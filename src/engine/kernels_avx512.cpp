@@ -327,21 +327,51 @@ inline void store_group(const RowArgs& a, int64_t r, int64_t b0, __m256 result) 
   for (int k = 0; k < kGroupRows; ++k) a.y[(b0 + k) * a.y_stride + r] = out[k];
 }
 
-// Q4_K weights against an ActQ8Kx8 group. Each 32 bytes of nibbles hold two
-// sub-blocks (low nibbles the first): one broadcast, shift and mask gives
-// their 64 levels in element order, whose steps then meet all eight rows as
-// in group_q4_0. Each sub-block's int32 sums are multiplied by its 6-bit
-// scale, so the super block stays in integers (the reference's) until one
-// float FMA; the mins meet the activations' 32-element sums in one madd per
-// sub-block.
-void group_q4_k(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0) {
+// The levels of a Q4_K or Q5_K super block, 64 at a time in element
+// order: each 32 bytes of nibbles hold two sub-blocks (low nibbles the
+// first), so one broadcast, shift and mask gives elements 64j .. 64j + 63.
+// Q5_K's fifth bits (bit 2j of qh[l] for element 64j + l, bit 2j + 1 for
+// 64j + 32 + l) are tested straight into a 64-bit mask, under which bit 4
+// is added.
+template <typename Block>
+struct ScaleMinLevels {
+  static constexpr bool kFifthBit = std::is_same_v<Block, BlockQ5_K>;
+  const __m512i low4 = _mm512_set1_epi8(0x0F);
+  const __m512i shift = _mm512_setr_epi64(0, 0, 0, 0, 4, 4, 4, 4);
+  const __m512i fifth = _mm512_set1_epi8(0x10);
+  __m512i fifth_bit[4];  // bit 2j in the low half's bytes, 2j + 1 in the high half's
+  ScaleMinLevels() {
+    for (int j = 0; j < 4; ++j) {
+      fifth_bit[j] = _mm512_inserti64x4(_mm512_set1_epi8(static_cast<char>(1 << (2 * j))),
+                                        _mm256_set1_epi8(static_cast<char>(2 << (2 * j))), 1);
+    }
+  }
+  [[gnu::always_inline]] __m512i operator()(const Block& w, int j) const {
+    const __m512i packed = _mm512_broadcast_i64x4(load256(w.qs + 32 * j));
+    const __m512i levels = _mm512_and_si512(_mm512_srlv_epi64(packed, shift), low4);
+    if constexpr (kFifthBit) {
+      const __m512i qh = _mm512_broadcast_i64x4(load256(w.qh));
+      return _mm512_mask_add_epi8(levels, _mm512_test_epi8_mask(qh, fifth_bit[j]), levels, fifth);
+    } else {
+      return levels;
+    }
+  }
+};
+
+// Q4_K and Q5_K weights against an ActQ8Kx8 group: the steps of each 64
+// levels meet all eight rows as in group_q4_0. Each sub-block's int32 sums
+// are multiplied by its 6-bit scale, so the super block stays in integers
+// (the reference's) until one float FMA; the mins meet the activations'
+// 32-element sums in one madd per sub-block. Q5_K's levels up to 31 are as
+// unsigned for vpdpbusd as Q4_K's.
+template <typename Block>
+void group_scale_min_k(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0) {
   const int64_t blocks = a.cols / kQKK;
   const auto* x = act_row<ActQ8Kx8>(a, b0);
   const StepPairs pairs;
-  const __m512i low4 = _mm512_set1_epi8(0x0F);
-  const __m512i shift = _mm512_setr_epi64(0, 0, 0, 0, 4, 4, 4, 4);
+  const ScaleMinLevels<Block> expand;
   for (int64_t r = r0; r < r1; ++r) {
-    const BlockQ4_K* w = weight_row<BlockQ4_K>(a, r);
+    const Block* w = weight_row<Block>(a, r);
     __m256 acc = _mm256_setzero_ps();
     for (int64_t i = 0; i < blocks; ++i) {
       prefetch_block(w + i);
@@ -349,8 +379,7 @@ void group_q4_k(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0) {
       unpack_q4k_scales(w[i].scales, sm);
       __m512i sum = _mm512_setzero_si512();
       for (int j = 0; j < 4; ++j) {
-        const __m512i packed = _mm512_broadcast_i64x4(load256(w[i].qs + 32 * j));
-        const __m512i levels = _mm512_and_si512(_mm512_srlv_epi64(packed, shift), low4);
+        const __m512i levels = expand(w[i], j);
         for (int h = 0; h < 2; ++h) {
           const int sub = 2 * j + h;
           const __m512i dot = dot_steps<4>(levels, pairs, 4 * h, x[i].qs[8 * sub][0]);
@@ -372,7 +401,7 @@ void group_q4_k(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0) {
   }
 }
 
-// Q6_K weights against an ActQ8Kx8 group, as group_q4_k with a signed
+// Q6_K weights against an ActQ8Kx8 group, as group_scale_min_k with a signed
 // scale per 16 elements. Its levels (0-63) are built 64 at a time: the low
 // nibbles of a 64-byte ql load, with the 2-bit pairs of qh shifted by 0 (low
 // half) and 2 (high half) into bits 4-5, give elements 0-63 of a 128-element
@@ -437,13 +466,16 @@ inline __m512 widen(__m256 v) {
 // kernels; each 16-bit lane pair of a maddubs meets its sub-block's scale in
 // one madd (a vpermw spreads the scales over the lanes), so a super block
 // stays in int32 until one float FMA.
-struct Q4_KRows {
-  using Block = BlockQ4_K;
-  const __m512i low4 = _mm512_set1_epi8(0x0F);
-  const __m512i shift = _mm512_setr_epi64(0, 0, 0, 0, 4, 4, 4, 4);
+//
+// Q4_K and Q5_K: levels as in group_scale_min_k (Q5_K's up to 31: a
+// maddubs pair sum stays below 2 * 31 * 128, far from int16 saturation).
+template <typename ScaleMinBlock>
+struct ScaleMinKRows {
+  using Block = ScaleMinBlock;
+  const ScaleMinLevels<Block> expand;
   // Scale 2j in the low 256 bits' int16 lanes, 2j + 1 in the high ones.
   __m512i pick[4];
-  Q4_KRows() {
+  ScaleMinKRows() {
     for (int j = 0; j < 4; ++j) {
       pick[j] = _mm512_inserti64x4(_mm512_set1_epi16(static_cast<int16_t>(2 * j)),
                                    _mm256_set1_epi16(static_cast<int16_t>(2 * j + 1)), 1);
@@ -461,8 +493,7 @@ struct Q4_KRows {
     __m512i sum[NB];
     for (int k = 0; k < NB; ++k) sum[k] = _mm512_setzero_si512();
     for (int j = 0; j < 4; ++j) {
-      const __m512i packed = _mm512_broadcast_i64x4(load256(w.qs + 32 * j));
-      const __m512i q = _mm512_and_si512(_mm512_srlv_epi64(packed, shift), low4);
+      const __m512i q = expand(w, j);
       const __m512i s = _mm512_permutexvar_epi16(pick[j], scales);
       for (int k = 0; k < NB; ++k) {
         const __m512i xq = _mm512_loadu_si512(x[k]->qs + 64 * j);
@@ -886,7 +917,12 @@ KernelSet make_set() {
       k.rows = rows_q5<BlockQ5_1>;
       k.group = group_q5<BlockQ5_1>;
     }
-    if (k.type == TensorType::kQ4_K) k = {k.type, rows_super_blocks<Q4_KRows>, group_q4_k};
+    if (k.type == TensorType::kQ4_K) {
+      k = {k.type, rows_super_blocks<ScaleMinKRows<BlockQ4_K>>, group_scale_min_k<BlockQ4_K>};
+    }
+    if (k.type == TensorType::kQ5_K) {
+      k = {k.type, rows_super_blocks<ScaleMinKRows<BlockQ5_K>>, group_scale_min_k<BlockQ5_K>};
+    }
     if (k.type == TensorType::kQ6_K) k = {k.type, rows_super_blocks<Q6_KRows>, group_q6_k};
   }
   set.quantize_act_q8kx8 = quantize_act_q8kx8;
