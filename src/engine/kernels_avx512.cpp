@@ -876,6 +876,113 @@ void rows_q5(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb) {
   }
 }
 
+// IQ4_XS's eight signed sub-block scales (-32..31) in the low eight bytes:
+// scales_l's nibbles and scales_h's bit pairs, each spread to a byte per
+// sub-block by shifts and masks within one 64-bit word.
+inline __m128i iq4xs_scales(const BlockIQ4_XS& w) {
+  uint32_t packed_low;
+  std::memcpy(&packed_low, w.scales_l, sizeof packed_low);
+  uint64_t low = packed_low;
+  low = (low | low << 16) & 0x0000FFFF0000FFFFull;
+  low = (low | low << 8) & 0x00FF00FF00FF00FFull;
+  low = (low | low << 4) & 0x0F0F0F0F0F0F0F0Full;
+  uint64_t high = w.scales_h;
+  high = (high | high << 24) & 0x000000FF000000FFull;
+  high = (high | high << 12) & 0x000F000F000F000Full;
+  high = (high | high << 6) & 0x0303030303030303ull;
+  return _mm_sub_epi8(_mm_cvtsi64_si128(static_cast<int64_t>(low | high << 4)), _mm_set1_epi8(32));
+}
+
+// IQ4_XS's levels 64 at a time in element order (sub-blocks 2j and
+// 2j + 1, each in Q4_0's nibble order), as unsigned grid values plus 128
+// (1-241) for vpdpbusd: the 128 comes back through the activation sums, 128
+// times each sub-block's scale times its 32-element sum, once per block.
+struct IQ4_XSLevels {
+  const NibblePairs nibble_pairs;
+  const __m512i grid = _mm512_xor_si512(
+      _mm512_broadcast_i32x4(_mm_loadu_si128(reinterpret_cast<const __m128i*>(kIq4nlValues))),
+      _mm512_set1_epi8(static_cast<char>(0x80)));
+  [[gnu::always_inline]] __m512i operator()(const BlockIQ4_XS& w, int j) const {
+    return _mm512_shuffle_epi8(grid, nibble_pairs(w.qs + 32 * j, w.qs + 32 * j + 16));
+  }
+};
+
+// IQ4_XS weights against an ActQ8Kx8 group, as group_scale_min_k: the
+// int32 sums of each sub-block times its scale, less the 128 offset, make
+// the reference's integer until one float FMA. At most 8 * 32 * 32 * 241 *
+// 128 (the dots) and 128 * 8 * 32 * 32 * 128 (the offset): within int32.
+void group_iq4_xs(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0) {
+  const int64_t blocks = a.cols / kQKK;
+  const auto* x = act_row<ActQ8Kx8>(a, b0);
+  const StepPairs pairs;
+  const IQ4_XSLevels expand;
+  for (int64_t r = r0; r < r1; ++r) {
+    const BlockIQ4_XS* w = weight_row<BlockIQ4_XS>(a, r);
+    __m256 acc = _mm256_setzero_ps();
+    for (int64_t i = 0; i < blocks; ++i) {
+      prefetch_block(w + i);
+      alignas(16) int8_t sc[16];
+      _mm_store_si128(reinterpret_cast<__m128i*>(sc), iq4xs_scales(w[i]));
+      __m512i sum = _mm512_setzero_si512();
+      for (int j = 0; j < 4; ++j) {
+        const __m512i levels = expand(w[i], j);
+        for (int h = 0; h < 2; ++h) {
+          const int sub = 2 * j + h;
+          const __m512i dot = dot_steps<4>(levels, pairs, 4 * h, x[i].qs[8 * sub][0]);
+          sum = _mm512_add_epi32(sum, _mm512_mullo_epi32(dot, _mm512_set1_epi32(sc[sub])));
+        }
+      }
+      __m256i offset = _mm256_setzero_si256();
+      for (int p = 0; p < kQKK / 32; ++p) {
+        offset = _mm256_add_epi32(
+            offset, _mm256_madd_epi16(load256(x[i].bsums[p]), _mm256_set1_epi16(sc[p])));
+      }
+      const __m256i total = _mm256_sub_epi32(fold(sum), _mm256_slli_epi32(offset, 7));
+      acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(total),
+                            _mm256_mul_ps(broadcast_half(w[i].d), _mm256_loadu_ps(x[i].d)), acc);
+    }
+    store_group(a, r, b0, acc);
+  }
+}
+
+// IQ4_XS decode and the rows after the groups: the levels of
+// group_iq4_xs, each 64 elements against a row in one vpdpbusd (lanes 0-7
+// sub-block 2j, 8-15 sub-block 2j + 1), times the two scales in one
+// multiply; the offset is taken out of the integer sums as Q6_K's is.
+struct IQ4_XSRows {
+  using Block = BlockIQ4_XS;
+  const IQ4_XSLevels expand;
+  const StepPairs pairs;
+
+  template <int NB>
+  [[gnu::always_inline]] void operator()(const Block& w, const ActQ8K* const* x, __m512* acc,
+                                         __m256*) const {
+    const __m128i sc8 = iq4xs_scales(w);
+    const __m128i sc16 = _mm_cvtepi8_epi16(sc8);
+    const __m512i sc32 = _mm512_castsi256_si512(_mm256_cvtepi8_epi32(sc8));
+    __m512i sum[NB];
+    for (int k = 0; k < NB; ++k) sum[k] = _mm512_setzero_si512();
+    for (int j = 0; j < 4; ++j) {
+      const __m512i q = expand(w, j);
+      const __m512i s = _mm512_permutexvar_epi32(pairs.pick[j], sc32);
+      for (int k = 0; k < NB; ++k) {
+        const __m512i dot =
+            _mm512_dpbusd_epi32(_mm512_setzero_si512(), q, _mm512_loadu_si512(x[k]->qs + 64 * j));
+        sum[k] = _mm512_add_epi32(sum[k], _mm512_mullo_epi32(dot, s));
+      }
+    }
+    const __m256 d = broadcast_half(w.d);
+    for (int k = 0; k < NB; ++k) {
+      const __m128i bs_lo = _mm_loadu_si128(reinterpret_cast<const __m128i*>(x[k]->bsums));
+      const __m128i bs_hi = _mm_loadu_si128(reinterpret_cast<const __m128i*>(x[k]->bsums + 8));
+      const __m128i offset = _mm_slli_epi32(_mm_madd_epi16(sc16, _mm_hadd_epi16(bs_lo, bs_hi)), 7);
+      const __m512i total = _mm512_sub_epi32(sum[k], _mm512_zextsi128_si512(offset));
+      const __m256 scale = _mm256_mul_ps(d, _mm256_broadcast_ss(&x[k]->d));
+      acc[k] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(total), widen(scale), acc[k]);
+    }
+  }
+};
+
 // Quantizes eight rows as quantize_act_q8k does (the AVX2 one, whose bytes
 // are the scalar reference's) and interleaves them.
 void quantize_act_q8kx8(const float* x, int64_t stride, ActQ8Kx8* y, int64_t n) {
@@ -916,6 +1023,9 @@ KernelSet make_set() {
     if (k.type == TensorType::kQ5_1) {
       k.rows = rows_q5<BlockQ5_1>;
       k.group = group_q5<BlockQ5_1>;
+    }
+    if (k.type == TensorType::kIQ4_XS) {
+      k = {k.type, rows_super_blocks<IQ4_XSRows>, group_iq4_xs};
     }
     if (k.type == TensorType::kQ4_K) {
       k = {k.type, rows_super_blocks<ScaleMinKRows<BlockQ4_K>>, group_scale_min_k<BlockQ4_K>};
