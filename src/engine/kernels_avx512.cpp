@@ -983,6 +983,170 @@ struct IQ4_XSRows {
   }
 };
 
+// Q2_K's and Q3_K's levels 64 at a time in element order: the 32 bytes of
+// a 128-element half hold four 32-element chunks two bits each, so one
+// broadcast, shift (chunks 2c and 2c + 1 of elements 64v .. 64v + 63, v =
+// 2h + c) and mask gives them. Q3_K's third bits (bit 2v of hmask[l] for
+// the low half's element l, 2v + 1 for the high half's) are tested into a
+// byte mask as Q5_K's fifth bits are, and add 4 (its offset, taken out
+// through the activation sums as Q6_K's 32 is).
+template <typename Block>
+struct TwoBitLevels {
+  static constexpr bool kThirdBit = std::is_same_v<Block, BlockQ3_K>;
+  const __m512i m2 = _mm512_set1_epi8(0x03);
+  const __m512i bit2 = _mm512_set1_epi8(0x04);
+  __m512i shift[2];
+  __m512i third_bit[4];
+  TwoBitLevels() {
+    for (int c = 0; c < 2; ++c) {
+      shift[c] = _mm512_inserti64x4(_mm512_set1_epi64(4 * c), _mm256_set1_epi64x(4 * c + 2), 1);
+    }
+    for (int v = 0; v < 4; ++v) {
+      third_bit[v] = _mm512_inserti64x4(_mm512_set1_epi8(static_cast<char>(1 << (2 * v))),
+                                        _mm256_set1_epi8(static_cast<char>(2 << (2 * v))), 1);
+    }
+  }
+  [[gnu::always_inline]] __m512i operator()(const Block& w, int v) const {
+    const __m512i packed = _mm512_broadcast_i64x4(load256(w.qs + 32 * (v / 2)));
+    const __m512i levels = _mm512_and_si512(_mm512_srlv_epi64(packed, shift[v % 2]), m2);
+    if constexpr (kThirdBit) {
+      const __m512i hmask = _mm512_broadcast_i64x4(load256(w.hmask));
+      return _mm512_mask_add_epi8(levels, _mm512_test_epi8_mask(hmask, third_bit[v]), levels, bit2);
+    } else {
+      return levels;
+    }
+  }
+  // The 16 scales as signed bytes (Q3_K's stored values less 32, Q2_K's
+  // low nibbles), and Q2_K's minimums (its high nibbles).
+  [[gnu::always_inline]] static __m128i scales(const Block& w) {
+    if constexpr (kThirdBit) {
+      alignas(16) uint8_t stored[16];
+      unpack_q3k_scales(w.scales, stored);
+      return _mm_sub_epi8(_mm_load_si128(reinterpret_cast<const __m128i*>(stored)),
+                          _mm_set1_epi8(32));
+    } else {
+      return _mm_and_si128(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w.scales)),
+                           _mm_set1_epi8(0x0F));
+    }
+  }
+  [[gnu::always_inline]] static __m128i mins(const Block& w) {
+    return _mm_and_si128(
+        _mm_srli_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w.scales)), 4),
+        _mm_set1_epi8(0x0F));
+  }
+};
+
+// Int16 pairs (a, b) of 16 bytes, as one madd's weights for the sums of
+// 16-element groups 2p and 2p + 1 (an ActQ8Kx8's bsums[p]).
+inline uint32_t byte_pair(const int8_t* bytes, int p) {
+  return static_cast<uint16_t>(bytes[2 * p]) |
+         static_cast<uint32_t>(static_cast<uint16_t>(bytes[2 * p + 1])) << 16;
+}
+
+// Q2_K and Q3_K weights against an ActQ8Kx8 group, as group_q6_k: each
+// 16-element group's int32 sums times its scale; Q3_K's offset 4 and
+// Q2_K's minimums through the activations' 16-element sums, once per block.
+template <typename Block>
+void group_two_bit_k(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0) {
+  using Levels = TwoBitLevels<Block>;
+  const int64_t blocks = a.cols / kQKK;
+  const auto* x = act_row<ActQ8Kx8>(a, b0);
+  const StepPairs pairs;
+  const Levels expand;
+  for (int64_t r = r0; r < r1; ++r) {
+    const Block* w = weight_row<Block>(a, r);
+    __m256 acc = _mm256_setzero_ps();
+    for (int64_t i = 0; i < blocks; ++i) {
+      prefetch_block(w + i);
+      alignas(16) int8_t sc[16];
+      _mm_store_si128(reinterpret_cast<__m128i*>(sc), Levels::scales(w[i]));
+      __m512i sum = _mm512_setzero_si512();
+      for (int v = 0; v < 4; ++v) {
+        const __m512i levels = expand(w[i], v);
+        for (int q = 0; q < 4; ++q) {
+          const int g = 4 * v + q;  // 16-element group: four steps
+          const __m512i dot = dot_steps<2>(levels, pairs, 2 * q, x[i].qs[4 * g][0]);
+          sum = _mm512_add_epi32(sum, _mm512_mullo_epi32(dot, _mm512_set1_epi32(sc[g])));
+        }
+      }
+      alignas(16) int8_t weights[16];
+      if constexpr (Levels::kThirdBit) {
+        std::memcpy(weights, sc, sizeof weights);
+      } else {
+        _mm_store_si128(reinterpret_cast<__m128i*>(weights), Levels::mins(w[i]));
+      }
+      __m256i offset = _mm256_setzero_si256();
+      for (int p = 0; p < kQKK / 32; ++p) {
+        offset = _mm256_add_epi32(
+            offset, _mm256_madd_epi16(load256(x[i].bsums[p]),
+                                      _mm256_set1_epi32(static_cast<int>(byte_pair(weights, p)))));
+      }
+      const __m256 dx = _mm256_loadu_ps(x[i].d);
+      const __m256 scale = _mm256_mul_ps(broadcast_half(w[i].d), dx);
+      if constexpr (Levels::kThirdBit) {
+        const __m256i total = _mm256_sub_epi32(fold(sum), _mm256_slli_epi32(offset, 2));
+        acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(total), scale, acc);
+      } else {
+        acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(fold(sum)), scale, acc);
+        acc = _mm256_fnmadd_ps(_mm256_cvtepi32_ps(offset),
+                               _mm256_mul_ps(broadcast_half(w[i].dmin), dx), acc);
+      }
+    }
+    store_group(a, r, b0, acc);
+  }
+}
+
+// Q2_K and Q3_K decode and the rows after the groups, as Q6_KRows: the
+// levels of group_two_bit_k (at most 7: a maddubs pair sum is far from
+// int16 saturation), a scale per eight int16 lanes in one madd.
+template <typename TwoBitBlock>
+struct TwoBitKRows {
+  using Block = TwoBitBlock;
+  using Levels = TwoBitLevels<Block>;
+  const Levels expand;
+  // Scales 4v .. 4v + 3, each over eight int16 lanes, for the v-th 64 elements.
+  __m512i pick[4];
+  TwoBitKRows() {
+    alignas(64) int16_t idx[32];
+    for (int v = 0; v < 4; ++v) {
+      for (int t = 0; t < 32; ++t) idx[t] = static_cast<int16_t>(4 * v + t / 8);
+      pick[v] = _mm512_load_si512(idx);
+    }
+  }
+
+  template <int NB>
+  [[gnu::always_inline]] void operator()(const Block& w, const ActQ8K* const* x, __m512* acc,
+                                         __m256* acc_min) const {
+    const __m256i sc16 = _mm256_cvtepi8_epi16(Levels::scales(w));
+    const __m512i scales = _mm512_castsi256_si512(sc16);
+    __m512i sum[NB];
+    for (int k = 0; k < NB; ++k) sum[k] = _mm512_setzero_si512();
+    for (int v = 0; v < 4; ++v) {
+      const __m512i q = expand(w, v);
+      const __m512i s = _mm512_permutexvar_epi16(pick[v], scales);
+      for (int k = 0; k < NB; ++k) {
+        const __m512i xq = _mm512_loadu_si512(x[k]->qs + 64 * v);
+        sum[k] = _mm512_add_epi32(sum[k], _mm512_madd_epi16(_mm512_maddubs_epi16(q, xq), s));
+      }
+    }
+    const __m256 d = broadcast_half(w.d);
+    for (int k = 0; k < NB; ++k) {
+      const __m256i bsums = load256(x[k]->bsums);
+      const __m256 dx = _mm256_broadcast_ss(&x[k]->d);
+      if constexpr (Levels::kThirdBit) {
+        const __m256i offset = _mm256_slli_epi32(_mm256_madd_epi16(sc16, bsums), 2);
+        const __m512i total = _mm512_sub_epi32(sum[k], _mm512_zextsi256_si512(offset));
+        acc[k] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(total), widen(_mm256_mul_ps(d, dx)), acc[k]);
+      } else {
+        const __m256i pm = _mm256_madd_epi16(_mm256_cvtepu8_epi16(Levels::mins(w)), bsums);
+        acc[k] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum[k]), widen(_mm256_mul_ps(d, dx)), acc[k]);
+        acc_min[k] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(pm),
+                                     _mm256_mul_ps(broadcast_half(w.dmin), dx), acc_min[k]);
+      }
+    }
+  }
+};
+
 // Quantizes eight rows as quantize_act_q8k does (the AVX2 one, whose bytes
 // are the scalar reference's) and interleaves them.
 void quantize_act_q8kx8(const float* x, int64_t stride, ActQ8Kx8* y, int64_t n) {
@@ -1026,6 +1190,12 @@ KernelSet make_set() {
     }
     if (k.type == TensorType::kIQ4_XS) {
       k = {k.type, rows_super_blocks<IQ4_XSRows>, group_iq4_xs};
+    }
+    if (k.type == TensorType::kQ2_K) {
+      k = {k.type, rows_super_blocks<TwoBitKRows<BlockQ2_K>>, group_two_bit_k<BlockQ2_K>};
+    }
+    if (k.type == TensorType::kQ3_K) {
+      k = {k.type, rows_super_blocks<TwoBitKRows<BlockQ3_K>>, group_two_bit_k<BlockQ3_K>};
     }
     if (k.type == TensorType::kQ4_K) {
       k = {k.type, rows_super_blocks<ScaleMinKRows<BlockQ4_K>>, group_scale_min_k<BlockQ4_K>};
