@@ -1,7 +1,8 @@
 // AVX-512 level: the AVX2 kernels, with AVX-512 VNNI ones for Q8_0, Q4_0,
-// Q5_0, Q5_1, Q4_K and Q6_K prompt processing and batched decode (eight
-// activation rows at a time), and 512-bit kernels for decode (one to four
-// rows) of Q8_0, IQ4_NL, Q5_0, Q5_1, Q4_K and Q6_K.
+// Q5_0, Q5_1 and all the 256-element types (IQ4_XS, Q2_K, Q3_K, Q4_K, Q5_K,
+// Q6_K) for prompt processing and batched decode (eight activation rows at a
+// time), and 512-bit kernels for decode (one to four rows) of Q8_0, IQ4_NL,
+// Q5_0, Q5_1 and the same 256-element types.
 //
 // vpdpbusd multiplies unsigned by signed bytes and adds each group of four
 // products to an int32 lane in one instruction, where AVX2 needs maddubs,
@@ -32,8 +33,21 @@
 // side by side, and a per-call table of the activation on the stack. The
 // K-quants' decode kernels are 512 bits wide too: each super block's
 // expansion then costs half the instructions (Q4_K 1.2x, Q6_K 1.9x the
-// AVX2 kernels, 576x1536 in cache). IQ4_XS, Q2_K, Q3_K, Q5_K and the float
-// types keep the AVX2 kernels for all batch sizes, IQ4_NL for prompts.
+// AVX2 kernels, 576x1536 in cache). The float types keep the AVX2 kernels
+// for all batch sizes, IQ4_NL for prompts.
+//
+// Q5_K, IQ4_XS, Q2_K and Q3_K (2026-12-07) follow Q4_K and Q6_K: the fifth
+// (Q5_K) and third (Q3_K) bits are tested straight from qh / hmask into a
+// 64-bit mask under which the bit is added, and IQ4_XS's grid is looked up
+// plus 128 (unsigned for vpdpbusd, the 128 taken out through the
+// activation sums). Against the AVX2 kernels (one thread, 3-4 alternated
+// runs under load average 7.6-10.9, medians' ratio; docs/PERFORMANCE.md has
+// the ranges), decode in L2 (256x1536), in L3 (576x1536) and from memory
+// (2048x8192), then one eight-row group (576x1536, batch 8): Q5_K 1.38x,
+// 1.54x, 1.04x, 1.72x; IQ4_XS 1.20x, 1.38x, 1.33x, 1.76x; Q2_K 1.49x,
+// 1.56x, 1.12x, 1.74x; Q3_K 2.05x, 2.14x, 1.67x, 1.73x. Q3_K's decode ran
+// at 0.65x while its scales were unpacked through memory (see
+// TwoBitLevels::scales), as the AVX2 kernel had found before.
 //
 // Built with AVX-512 F/BW/VL/VNNI (and AVX2/FMA/F16C); everything here is
 // file-local and reachable only through avx512_kernels(), which the dispatch
