@@ -994,17 +994,18 @@ TEST(Matmul, IdenticalBitsForAnyThreadCount) {
 }
 
 // The largest sums the kernels' int16 lanes meet: every level at its top
-// (31 for Q5, 15 for Q4_0) times activations all at +127. Eight such steps
-// would overflow an int16 for Q5; the eight-row kernel must widen sooner.
+// (31 for Q5, 15 for Q4_0, IQ4_XS's grid plus 128 up to 241 in the avx512
+// kernels) times activations all at +127. Eight such steps would overflow
+// an int16 for Q5; the eight-row kernel must widen sooner.
 TEST(Matmul, ExtremeBlocksDoNotOverflow) {
   ThreadPool pool(2);
   constexpr int64_t kCols = 256, kRows = 4, kBatch = 8;
   std::vector<float> w(kRows * kCols, 1.0f);
   for (int64_t r = 0; r < kRows; ++r) w[r * kCols] = -1.0f;  // sets the scale: +1 maps to the top
   const std::vector<float> x(kBatch * kCols, 1.0f);
-  for (TensorType t :
-       {TensorType::kQ4_0, TensorType::kQ5_0, TensorType::kQ5_1, TensorType::kQ2_K,
-        TensorType::kQ3_K, TensorType::kQ4_K, TensorType::kQ5_K, TensorType::kQ6_K}) {
+  for (TensorType t : {TensorType::kQ4_0, TensorType::kQ5_0, TensorType::kQ5_1, TensorType::kIQ4_XS,
+                       TensorType::kQ2_K, TensorType::kQ3_K, TensorType::kQ4_K, TensorType::kQ5_K,
+                       TensorType::kQ6_K}) {
     SCOPED_TRACE(name_of(t));
     const size_t rb = row_bytes(t, kCols);
     std::vector<uint8_t> data(rb * kRows);

@@ -1,7 +1,8 @@
 // AVX-512 level: the AVX2 kernels, with AVX-512 VNNI ones for Q8_0, Q4_0,
-// Q5_0, Q5_1, Q4_K and Q6_K prompt processing and batched decode (eight
-// activation rows at a time), and 512-bit kernels for decode (one to four
-// rows) of Q8_0, IQ4_NL, Q5_0, Q5_1, Q4_K and Q6_K.
+// Q5_0, Q5_1 and all the 256-element types (IQ4_XS, Q2_K, Q3_K, Q4_K, Q5_K,
+// Q6_K) for prompt processing and batched decode (eight activation rows at a
+// time), and 512-bit kernels for decode (one to four rows) of Q8_0, IQ4_NL,
+// Q5_0, Q5_1 and the same 256-element types.
 //
 // vpdpbusd multiplies unsigned by signed bytes and adds each group of four
 // products to an int32 lane in one instruction, where AVX2 needs maddubs,
@@ -32,8 +33,21 @@
 // side by side, and a per-call table of the activation on the stack. The
 // K-quants' decode kernels are 512 bits wide too: each super block's
 // expansion then costs half the instructions (Q4_K 1.2x, Q6_K 1.9x the
-// AVX2 kernels, 576x1536 in cache). IQ4_XS, Q2_K, Q3_K, Q5_K and the float
-// types keep the AVX2 kernels for all batch sizes, IQ4_NL for prompts.
+// AVX2 kernels, 576x1536 in cache). The float types keep the AVX2 kernels
+// for all batch sizes, IQ4_NL for prompts.
+//
+// Q5_K, IQ4_XS, Q2_K and Q3_K (2026-12-07) follow Q4_K and Q6_K: the fifth
+// (Q5_K) and third (Q3_K) bits are tested straight from qh / hmask into a
+// 64-bit mask under which the bit is added, and IQ4_XS's grid is looked up
+// plus 128 (unsigned for vpdpbusd, the 128 taken out through the
+// activation sums). Against the AVX2 kernels (one thread, 3-4 alternated
+// runs under load average 7.6-10.9, medians' ratio; docs/PERFORMANCE.md has
+// the ranges), decode in L2 (256x1536), in L3 (576x1536) and from memory
+// (2048x8192), then one eight-row group (576x1536, batch 8): Q5_K 1.38x,
+// 1.54x, 1.04x, 1.72x; IQ4_XS 1.20x, 1.38x, 1.33x, 1.76x; Q2_K 1.49x,
+// 1.56x, 1.12x, 1.74x; Q3_K 2.05x, 2.14x, 1.67x, 1.73x. Q3_K's decode ran
+// at 0.65x while its scales were unpacked through memory (see
+// TwoBitLevels::scales), as the AVX2 kernel had found before.
 //
 // Built with AVX-512 F/BW/VL/VNNI (and AVX2/FMA/F16C); everything here is
 // file-local and reachable only through avx512_kernels(), which the dispatch
@@ -327,21 +341,51 @@ inline void store_group(const RowArgs& a, int64_t r, int64_t b0, __m256 result) 
   for (int k = 0; k < kGroupRows; ++k) a.y[(b0 + k) * a.y_stride + r] = out[k];
 }
 
-// Q4_K weights against an ActQ8Kx8 group. Each 32 bytes of nibbles hold two
-// sub-blocks (low nibbles the first): one broadcast, shift and mask gives
-// their 64 levels in element order, whose steps then meet all eight rows as
-// in group_q4_0. Each sub-block's int32 sums are multiplied by its 6-bit
-// scale, so the super block stays in integers (the reference's) until one
-// float FMA; the mins meet the activations' 32-element sums in one madd per
-// sub-block.
-void group_q4_k(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0) {
+// The levels of a Q4_K or Q5_K super block, 64 at a time in element
+// order: each 32 bytes of nibbles hold two sub-blocks (low nibbles the
+// first), so one broadcast, shift and mask gives elements 64j .. 64j + 63.
+// Q5_K's fifth bits (bit 2j of qh[l] for element 64j + l, bit 2j + 1 for
+// 64j + 32 + l) are tested straight into a 64-bit mask, under which bit 4
+// is added.
+template <typename Block>
+struct ScaleMinLevels {
+  static constexpr bool kFifthBit = std::is_same_v<Block, BlockQ5_K>;
+  const __m512i low4 = _mm512_set1_epi8(0x0F);
+  const __m512i shift = _mm512_setr_epi64(0, 0, 0, 0, 4, 4, 4, 4);
+  const __m512i fifth = _mm512_set1_epi8(0x10);
+  __m512i fifth_bit[4];  // bit 2j in the low half's bytes, 2j + 1 in the high half's
+  ScaleMinLevels() {
+    for (int j = 0; j < 4; ++j) {
+      fifth_bit[j] = _mm512_inserti64x4(_mm512_set1_epi8(static_cast<char>(1 << (2 * j))),
+                                        _mm256_set1_epi8(static_cast<char>(2 << (2 * j))), 1);
+    }
+  }
+  [[gnu::always_inline]] __m512i operator()(const Block& w, int j) const {
+    const __m512i packed = _mm512_broadcast_i64x4(load256(w.qs + 32 * j));
+    const __m512i levels = _mm512_and_si512(_mm512_srlv_epi64(packed, shift), low4);
+    if constexpr (kFifthBit) {
+      const __m512i qh = _mm512_broadcast_i64x4(load256(w.qh));
+      return _mm512_mask_add_epi8(levels, _mm512_test_epi8_mask(qh, fifth_bit[j]), levels, fifth);
+    } else {
+      return levels;
+    }
+  }
+};
+
+// Q4_K and Q5_K weights against an ActQ8Kx8 group: the steps of each 64
+// levels meet all eight rows as in group_q4_0. Each sub-block's int32 sums
+// are multiplied by its 6-bit scale, so the super block stays in integers
+// (the reference's) until one float FMA; the mins meet the activations'
+// 32-element sums in one madd per sub-block. Q5_K's levels up to 31 are as
+// unsigned for vpdpbusd as Q4_K's.
+template <typename Block>
+void group_scale_min_k(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0) {
   const int64_t blocks = a.cols / kQKK;
   const auto* x = act_row<ActQ8Kx8>(a, b0);
   const StepPairs pairs;
-  const __m512i low4 = _mm512_set1_epi8(0x0F);
-  const __m512i shift = _mm512_setr_epi64(0, 0, 0, 0, 4, 4, 4, 4);
+  const ScaleMinLevels<Block> expand;
   for (int64_t r = r0; r < r1; ++r) {
-    const BlockQ4_K* w = weight_row<BlockQ4_K>(a, r);
+    const Block* w = weight_row<Block>(a, r);
     __m256 acc = _mm256_setzero_ps();
     for (int64_t i = 0; i < blocks; ++i) {
       prefetch_block(w + i);
@@ -349,8 +393,7 @@ void group_q4_k(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0) {
       unpack_q4k_scales(w[i].scales, sm);
       __m512i sum = _mm512_setzero_si512();
       for (int j = 0; j < 4; ++j) {
-        const __m512i packed = _mm512_broadcast_i64x4(load256(w[i].qs + 32 * j));
-        const __m512i levels = _mm512_and_si512(_mm512_srlv_epi64(packed, shift), low4);
+        const __m512i levels = expand(w[i], j);
         for (int h = 0; h < 2; ++h) {
           const int sub = 2 * j + h;
           const __m512i dot = dot_steps<4>(levels, pairs, 4 * h, x[i].qs[8 * sub][0]);
@@ -372,7 +415,7 @@ void group_q4_k(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0) {
   }
 }
 
-// Q6_K weights against an ActQ8Kx8 group, as group_q4_k with a signed
+// Q6_K weights against an ActQ8Kx8 group, as group_scale_min_k with a signed
 // scale per 16 elements. Its levels (0-63) are built 64 at a time: the low
 // nibbles of a 64-byte ql load, with the 2-bit pairs of qh shifted by 0 (low
 // half) and 2 (high half) into bits 4-5, give elements 0-63 of a 128-element
@@ -437,13 +480,16 @@ inline __m512 widen(__m256 v) {
 // kernels; each 16-bit lane pair of a maddubs meets its sub-block's scale in
 // one madd (a vpermw spreads the scales over the lanes), so a super block
 // stays in int32 until one float FMA.
-struct Q4_KRows {
-  using Block = BlockQ4_K;
-  const __m512i low4 = _mm512_set1_epi8(0x0F);
-  const __m512i shift = _mm512_setr_epi64(0, 0, 0, 0, 4, 4, 4, 4);
+//
+// Q4_K and Q5_K: levels as in group_scale_min_k (Q5_K's up to 31: a
+// maddubs pair sum stays below 2 * 31 * 128, far from int16 saturation).
+template <typename ScaleMinBlock>
+struct ScaleMinKRows {
+  using Block = ScaleMinBlock;
+  const ScaleMinLevels<Block> expand;
   // Scale 2j in the low 256 bits' int16 lanes, 2j + 1 in the high ones.
   __m512i pick[4];
-  Q4_KRows() {
+  ScaleMinKRows() {
     for (int j = 0; j < 4; ++j) {
       pick[j] = _mm512_inserti64x4(_mm512_set1_epi16(static_cast<int16_t>(2 * j)),
                                    _mm256_set1_epi16(static_cast<int16_t>(2 * j + 1)), 1);
@@ -461,8 +507,7 @@ struct Q4_KRows {
     __m512i sum[NB];
     for (int k = 0; k < NB; ++k) sum[k] = _mm512_setzero_si512();
     for (int j = 0; j < 4; ++j) {
-      const __m512i packed = _mm512_broadcast_i64x4(load256(w.qs + 32 * j));
-      const __m512i q = _mm512_and_si512(_mm512_srlv_epi64(packed, shift), low4);
+      const __m512i q = expand(w, j);
       const __m512i s = _mm512_permutexvar_epi16(pick[j], scales);
       for (int k = 0; k < NB; ++k) {
         const __m512i xq = _mm512_loadu_si512(x[k]->qs + 64 * j);
@@ -845,6 +890,283 @@ void rows_q5(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb) {
   }
 }
 
+// IQ4_XS's eight signed sub-block scales (-32..31) in the low eight bytes:
+// scales_l's nibbles and scales_h's bit pairs, each spread to a byte per
+// sub-block by shifts and masks within one 64-bit word.
+inline __m128i iq4xs_scales(const BlockIQ4_XS& w) {
+  uint32_t packed_low;
+  std::memcpy(&packed_low, w.scales_l, sizeof packed_low);
+  uint64_t low = packed_low;
+  low = (low | low << 16) & 0x0000FFFF0000FFFFull;
+  low = (low | low << 8) & 0x00FF00FF00FF00FFull;
+  low = (low | low << 4) & 0x0F0F0F0F0F0F0F0Full;
+  uint64_t high = w.scales_h;
+  high = (high | high << 24) & 0x000000FF000000FFull;
+  high = (high | high << 12) & 0x000F000F000F000Full;
+  high = (high | high << 6) & 0x0303030303030303ull;
+  return _mm_sub_epi8(_mm_cvtsi64_si128(static_cast<int64_t>(low | high << 4)), _mm_set1_epi8(32));
+}
+
+// IQ4_XS's levels 64 at a time in element order (sub-blocks 2j and
+// 2j + 1, each in Q4_0's nibble order), as unsigned grid values plus 128
+// (1-241) for vpdpbusd: the 128 comes back through the activation sums, 128
+// times each sub-block's scale times its 32-element sum, once per block.
+struct IQ4_XSLevels {
+  const NibblePairs nibble_pairs;
+  const __m512i grid = _mm512_xor_si512(
+      _mm512_broadcast_i32x4(_mm_loadu_si128(reinterpret_cast<const __m128i*>(kIq4nlValues))),
+      _mm512_set1_epi8(static_cast<char>(0x80)));
+  [[gnu::always_inline]] __m512i operator()(const BlockIQ4_XS& w, int j) const {
+    return _mm512_shuffle_epi8(grid, nibble_pairs(w.qs + 32 * j, w.qs + 32 * j + 16));
+  }
+};
+
+// IQ4_XS weights against an ActQ8Kx8 group, as group_scale_min_k: the
+// int32 sums of each sub-block times its scale, less the 128 offset, make
+// the reference's integer until one float FMA. At most 8 * 32 * 32 * 241 *
+// 128 (the dots) and 128 * 8 * 32 * 32 * 128 (the offset): within int32.
+void group_iq4_xs(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0) {
+  const int64_t blocks = a.cols / kQKK;
+  const auto* x = act_row<ActQ8Kx8>(a, b0);
+  const StepPairs pairs;
+  const IQ4_XSLevels expand;
+  for (int64_t r = r0; r < r1; ++r) {
+    const BlockIQ4_XS* w = weight_row<BlockIQ4_XS>(a, r);
+    __m256 acc = _mm256_setzero_ps();
+    for (int64_t i = 0; i < blocks; ++i) {
+      prefetch_block(w + i);
+      alignas(16) int8_t sc[16];
+      _mm_store_si128(reinterpret_cast<__m128i*>(sc), iq4xs_scales(w[i]));
+      __m512i sum = _mm512_setzero_si512();
+      for (int j = 0; j < 4; ++j) {
+        const __m512i levels = expand(w[i], j);
+        for (int h = 0; h < 2; ++h) {
+          const int sub = 2 * j + h;
+          const __m512i dot = dot_steps<4>(levels, pairs, 4 * h, x[i].qs[8 * sub][0]);
+          sum = _mm512_add_epi32(sum, _mm512_mullo_epi32(dot, _mm512_set1_epi32(sc[sub])));
+        }
+      }
+      __m256i offset = _mm256_setzero_si256();
+      for (int p = 0; p < kQKK / 32; ++p) {
+        offset = _mm256_add_epi32(
+            offset, _mm256_madd_epi16(load256(x[i].bsums[p]), _mm256_set1_epi16(sc[p])));
+      }
+      const __m256i total = _mm256_sub_epi32(fold(sum), _mm256_slli_epi32(offset, 7));
+      acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(total),
+                            _mm256_mul_ps(broadcast_half(w[i].d), _mm256_loadu_ps(x[i].d)), acc);
+    }
+    store_group(a, r, b0, acc);
+  }
+}
+
+// IQ4_XS decode and the rows after the groups: the levels of
+// group_iq4_xs, each 64 elements against a row in one vpdpbusd (lanes 0-7
+// sub-block 2j, 8-15 sub-block 2j + 1), times the two scales in one
+// multiply; the offset is taken out of the integer sums as Q6_K's is.
+struct IQ4_XSRows {
+  using Block = BlockIQ4_XS;
+  const IQ4_XSLevels expand;
+  const StepPairs pairs;
+
+  template <int NB>
+  [[gnu::always_inline]] void operator()(const Block& w, const ActQ8K* const* x, __m512* acc,
+                                         __m256*) const {
+    const __m128i sc8 = iq4xs_scales(w);
+    const __m128i sc16 = _mm_cvtepi8_epi16(sc8);
+    const __m512i sc32 = _mm512_castsi256_si512(_mm256_cvtepi8_epi32(sc8));
+    __m512i sum[NB];
+    for (int k = 0; k < NB; ++k) sum[k] = _mm512_setzero_si512();
+    for (int j = 0; j < 4; ++j) {
+      const __m512i q = expand(w, j);
+      const __m512i s = _mm512_permutexvar_epi32(pairs.pick[j], sc32);
+      for (int k = 0; k < NB; ++k) {
+        const __m512i dot =
+            _mm512_dpbusd_epi32(_mm512_setzero_si512(), q, _mm512_loadu_si512(x[k]->qs + 64 * j));
+        sum[k] = _mm512_add_epi32(sum[k], _mm512_mullo_epi32(dot, s));
+      }
+    }
+    const __m256 d = broadcast_half(w.d);
+    for (int k = 0; k < NB; ++k) {
+      const __m128i bs_lo = _mm_loadu_si128(reinterpret_cast<const __m128i*>(x[k]->bsums));
+      const __m128i bs_hi = _mm_loadu_si128(reinterpret_cast<const __m128i*>(x[k]->bsums + 8));
+      const __m128i offset = _mm_slli_epi32(_mm_madd_epi16(sc16, _mm_hadd_epi16(bs_lo, bs_hi)), 7);
+      const __m512i total = _mm512_sub_epi32(sum[k], _mm512_zextsi128_si512(offset));
+      const __m256 scale = _mm256_mul_ps(d, _mm256_broadcast_ss(&x[k]->d));
+      acc[k] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(total), widen(scale), acc[k]);
+    }
+  }
+};
+
+// Q2_K's and Q3_K's levels 64 at a time in element order: the 32 bytes of
+// a 128-element half hold four 32-element chunks two bits each, so one
+// broadcast, shift (chunks 2c and 2c + 1 of elements 64v .. 64v + 63, v =
+// 2h + c) and mask gives them. Q3_K's third bits (bit 2v of hmask[l] for
+// the low half's element l, 2v + 1 for the high half's) are tested into a
+// byte mask as Q5_K's fifth bits are, and add 4 (its offset, taken out
+// through the activation sums as Q6_K's 32 is).
+template <typename Block>
+struct TwoBitLevels {
+  static constexpr bool kThirdBit = std::is_same_v<Block, BlockQ3_K>;
+  const __m512i m2 = _mm512_set1_epi8(0x03);
+  const __m512i bit2 = _mm512_set1_epi8(0x04);
+  __m512i shift[2];
+  __m512i third_bit[4];
+  TwoBitLevels() {
+    for (int c = 0; c < 2; ++c) {
+      shift[c] = _mm512_inserti64x4(_mm512_set1_epi64(4 * c), _mm256_set1_epi64x(4 * c + 2), 1);
+    }
+    for (int v = 0; v < 4; ++v) {
+      third_bit[v] = _mm512_inserti64x4(_mm512_set1_epi8(static_cast<char>(1 << (2 * v))),
+                                        _mm256_set1_epi8(static_cast<char>(2 << (2 * v))), 1);
+    }
+  }
+  [[gnu::always_inline]] __m512i operator()(const Block& w, int v) const {
+    const __m512i packed = _mm512_broadcast_i64x4(load256(w.qs + 32 * (v / 2)));
+    const __m512i levels = _mm512_and_si512(_mm512_srlv_epi64(packed, shift[v % 2]), m2);
+    if constexpr (kThirdBit) {
+      const __m512i hmask = _mm512_broadcast_i64x4(load256(w.hmask));
+      return _mm512_mask_add_epi8(levels, _mm512_test_epi8_mask(hmask, third_bit[v]), levels, bit2);
+    } else {
+      return levels;
+    }
+  }
+  // The 16 scales as signed bytes (Q3_K's stored values less 32, Q2_K's
+  // low nibbles), and Q2_K's minimums (its high nibbles). Q3_K's are
+  // unpack_q3k_scales' words, built in one register: unpacked through memory
+  // instead, its 16-byte load waits on the narrower stores (store forwarding
+  // fails), which made the decode kernel 0.65x the AVX2 one.
+  [[gnu::always_inline]] static __m128i scales(const Block& w) {
+    if constexpr (kThirdBit) {
+      const __m128i packed = _mm_maskz_loadu_epi8(0x0FFF, w.scales);  // words 0-2
+      const __m128i low =
+          _mm_and_si128(_mm_unpacklo_epi64(packed, _mm_srli_epi32(packed, 4)), _mm_set1_epi8(0x0F));
+      const __m128i high =
+          _mm_and_si128(_mm_srlv_epi32(_mm_shuffle_epi32(packed, 0xAA), _mm_setr_epi32(0, 2, 4, 6)),
+                        _mm_set1_epi8(0x03));
+      return _mm_sub_epi8(_mm_or_si128(low, _mm_slli_epi32(high, 4)), _mm_set1_epi8(32));
+    } else {
+      return _mm_and_si128(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w.scales)),
+                           _mm_set1_epi8(0x0F));
+    }
+  }
+  [[gnu::always_inline]] static __m128i mins(const Block& w) {
+    return _mm_and_si128(
+        _mm_srli_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w.scales)), 4),
+        _mm_set1_epi8(0x0F));
+  }
+};
+
+// Int16 pairs (a, b) of 16 bytes, as one madd's weights for the sums of
+// 16-element groups 2p and 2p + 1 (an ActQ8Kx8's bsums[p]).
+inline uint32_t byte_pair(const int8_t* bytes, int p) {
+  return static_cast<uint16_t>(bytes[2 * p]) |
+         static_cast<uint32_t>(static_cast<uint16_t>(bytes[2 * p + 1])) << 16;
+}
+
+// Q2_K and Q3_K weights against an ActQ8Kx8 group, as group_q6_k: each
+// 16-element group's int32 sums times its scale; Q3_K's offset 4 and
+// Q2_K's minimums through the activations' 16-element sums, once per block.
+template <typename Block>
+void group_two_bit_k(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0) {
+  using Levels = TwoBitLevels<Block>;
+  const int64_t blocks = a.cols / kQKK;
+  const auto* x = act_row<ActQ8Kx8>(a, b0);
+  const StepPairs pairs;
+  const Levels expand;
+  for (int64_t r = r0; r < r1; ++r) {
+    const Block* w = weight_row<Block>(a, r);
+    __m256 acc = _mm256_setzero_ps();
+    for (int64_t i = 0; i < blocks; ++i) {
+      prefetch_block(w + i);
+      alignas(16) int8_t sc[16];
+      _mm_store_si128(reinterpret_cast<__m128i*>(sc), Levels::scales(w[i]));
+      __m512i sum = _mm512_setzero_si512();
+      for (int v = 0; v < 4; ++v) {
+        const __m512i levels = expand(w[i], v);
+        for (int q = 0; q < 4; ++q) {
+          const int g = 4 * v + q;  // 16-element group: four steps
+          const __m512i dot = dot_steps<2>(levels, pairs, 2 * q, x[i].qs[4 * g][0]);
+          sum = _mm512_add_epi32(sum, _mm512_mullo_epi32(dot, _mm512_set1_epi32(sc[g])));
+        }
+      }
+      alignas(16) int8_t weights[16];
+      if constexpr (Levels::kThirdBit) {
+        std::memcpy(weights, sc, sizeof weights);
+      } else {
+        _mm_store_si128(reinterpret_cast<__m128i*>(weights), Levels::mins(w[i]));
+      }
+      __m256i offset = _mm256_setzero_si256();
+      for (int p = 0; p < kQKK / 32; ++p) {
+        offset = _mm256_add_epi32(
+            offset, _mm256_madd_epi16(load256(x[i].bsums[p]),
+                                      _mm256_set1_epi32(static_cast<int>(byte_pair(weights, p)))));
+      }
+      const __m256 dx = _mm256_loadu_ps(x[i].d);
+      const __m256 scale = _mm256_mul_ps(broadcast_half(w[i].d), dx);
+      if constexpr (Levels::kThirdBit) {
+        const __m256i total = _mm256_sub_epi32(fold(sum), _mm256_slli_epi32(offset, 2));
+        acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(total), scale, acc);
+      } else {
+        acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(fold(sum)), scale, acc);
+        acc = _mm256_fnmadd_ps(_mm256_cvtepi32_ps(offset),
+                               _mm256_mul_ps(broadcast_half(w[i].dmin), dx), acc);
+      }
+    }
+    store_group(a, r, b0, acc);
+  }
+}
+
+// Q2_K and Q3_K decode and the rows after the groups, as Q6_KRows: the
+// levels of group_two_bit_k (at most 7: a maddubs pair sum is far from
+// int16 saturation), a scale per eight int16 lanes in one madd.
+template <typename TwoBitBlock>
+struct TwoBitKRows {
+  using Block = TwoBitBlock;
+  using Levels = TwoBitLevels<Block>;
+  const Levels expand;
+  // Scales 4v .. 4v + 3, each over eight int16 lanes, for the v-th 64 elements.
+  __m512i pick[4];
+  TwoBitKRows() {
+    alignas(64) int16_t idx[32];
+    for (int v = 0; v < 4; ++v) {
+      for (int t = 0; t < 32; ++t) idx[t] = static_cast<int16_t>(4 * v + t / 8);
+      pick[v] = _mm512_load_si512(idx);
+    }
+  }
+
+  template <int NB>
+  [[gnu::always_inline]] void operator()(const Block& w, const ActQ8K* const* x, __m512* acc,
+                                         __m256* acc_min) const {
+    const __m256i sc16 = _mm256_cvtepi8_epi16(Levels::scales(w));
+    const __m512i scales = _mm512_castsi256_si512(sc16);
+    __m512i sum[NB];
+    for (int k = 0; k < NB; ++k) sum[k] = _mm512_setzero_si512();
+    for (int v = 0; v < 4; ++v) {
+      const __m512i q = expand(w, v);
+      const __m512i s = _mm512_permutexvar_epi16(pick[v], scales);
+      for (int k = 0; k < NB; ++k) {
+        const __m512i xq = _mm512_loadu_si512(x[k]->qs + 64 * v);
+        sum[k] = _mm512_add_epi32(sum[k], _mm512_madd_epi16(_mm512_maddubs_epi16(q, xq), s));
+      }
+    }
+    const __m256 d = broadcast_half(w.d);
+    for (int k = 0; k < NB; ++k) {
+      const __m256i bsums = load256(x[k]->bsums);
+      const __m256 dx = _mm256_broadcast_ss(&x[k]->d);
+      if constexpr (Levels::kThirdBit) {
+        const __m256i offset = _mm256_slli_epi32(_mm256_madd_epi16(sc16, bsums), 2);
+        const __m512i total = _mm512_sub_epi32(sum[k], _mm512_zextsi256_si512(offset));
+        acc[k] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(total), widen(_mm256_mul_ps(d, dx)), acc[k]);
+      } else {
+        const __m256i pm = _mm256_madd_epi16(_mm256_cvtepu8_epi16(Levels::mins(w)), bsums);
+        acc[k] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum[k]), widen(_mm256_mul_ps(d, dx)), acc[k]);
+        acc_min[k] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(pm),
+                                     _mm256_mul_ps(broadcast_half(w.dmin), dx), acc_min[k]);
+      }
+    }
+  }
+};
+
 // Quantizes eight rows as quantize_act_q8k does (the AVX2 one, whose bytes
 // are the scalar reference's) and interleaves them.
 void quantize_act_q8kx8(const float* x, int64_t stride, ActQ8Kx8* y, int64_t n) {
@@ -886,7 +1208,21 @@ KernelSet make_set() {
       k.rows = rows_q5<BlockQ5_1>;
       k.group = group_q5<BlockQ5_1>;
     }
-    if (k.type == TensorType::kQ4_K) k = {k.type, rows_super_blocks<Q4_KRows>, group_q4_k};
+    if (k.type == TensorType::kIQ4_XS) {
+      k = {k.type, rows_super_blocks<IQ4_XSRows>, group_iq4_xs};
+    }
+    if (k.type == TensorType::kQ2_K) {
+      k = {k.type, rows_super_blocks<TwoBitKRows<BlockQ2_K>>, group_two_bit_k<BlockQ2_K>};
+    }
+    if (k.type == TensorType::kQ3_K) {
+      k = {k.type, rows_super_blocks<TwoBitKRows<BlockQ3_K>>, group_two_bit_k<BlockQ3_K>};
+    }
+    if (k.type == TensorType::kQ4_K) {
+      k = {k.type, rows_super_blocks<ScaleMinKRows<BlockQ4_K>>, group_scale_min_k<BlockQ4_K>};
+    }
+    if (k.type == TensorType::kQ5_K) {
+      k = {k.type, rows_super_blocks<ScaleMinKRows<BlockQ5_K>>, group_scale_min_k<BlockQ5_K>};
+    }
     if (k.type == TensorType::kQ6_K) k = {k.type, rows_super_blocks<Q6_KRows>, group_q6_k};
   }
   set.quantize_act_q8kx8 = quantize_act_q8kx8;
