@@ -453,6 +453,9 @@ const KernelSet& avx512_kernels();   // kernels_avx512.cpp
 const KernelSet& neon_kernels();     // kernels_neon.cpp
 const VectorOps& neon_vector_ops();  // kernels_neon_ops.cpp
 const KernelSet& dotprod_kernels();  // kernels_dotprod.cpp
+#if defined(FSH_KERNELS_I8MM)
+const KernelSet& i8mm_kernels();  // kernels_i8mm.cpp
+#endif
 #endif
 
 }  // namespace foreshore::engine::detail
