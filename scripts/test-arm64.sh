@@ -26,11 +26,13 @@
 # the usual time limit.
 #
 # The suite (or the CTEST_ARGS subset) runs on QEMU's `max` CPU model, which
-# has the dot product, so the kernel and model tests run at the scalar, neon
-# and dotprod levels, each checked against the scalar reference. Then the
-# tests that differ by CPU (the ones per level, and CpuLevel) run again on
-# `cortex-a72` (ARMv8.0-A, no dot product): at scalar and neon, the dotprod
-# runs show as skipped, and the kernel test checks that dotprod is refused.
+# has the dot product and the int8 matrix multiply, so the kernel and model
+# tests run at the scalar, neon, dotprod and i8mm levels, each checked
+# against the scalar reference. Then the tests that differ by CPU (the ones
+# per level, and CpuLevel) run again on `cortex-a72` (ARMv8.0-A, neither):
+# at scalar and neon, the dotprod and i8mm runs show as skipped, and the
+# kernel test checks that both are refused. Last, the level tests on
+# `neoverse-n1` (dot product, no i8mm) check that i8mm alone is refused.
 #
 # Not in CI (.ci/run): on the 2-core machine while other builds ran (load
 # average 8-13, 2026-12-07), the cross build took 12 minutes with ccache
@@ -157,4 +159,7 @@ QEMU_CPU=max ctest --test-dir "$dir" --no-tests=error -j "$(nproc)" --timeout 30
   --output-on-failure "$@"
 echo "test-arm64: the per-level tests on qemu-aarch64 -cpu cortex-a72 (no dot product)"
 QEMU_CPU=cortex-a72 ctest --test-dir "$dir" --no-tests=error -j "$(nproc)" --timeout 3000 \
-  --output-on-failure -R '/(scalar|neon|dotprod)$|^CpuLevel'
+  --output-on-failure -R '/(scalar|neon|dotprod|i8mm)$|^CpuLevel'
+echo "test-arm64: the level tests on qemu-aarch64 -cpu neoverse-n1 (dot product, no i8mm)"
+QEMU_CPU=neoverse-n1 ctest --test-dir "$dir" --no-tests=error -j "$(nproc)" --timeout 3000 \
+  --output-on-failure -R '^CpuLevel'

@@ -849,6 +849,16 @@ TEST(Matmul, VectorMatchesScalarAndFloat) {
   }
 }
 
+// Every tile height up to eight activation rows (the i8mm level's kernels
+// take them in pairs, an odd one paired with itself) with an odd row count
+// (the last weight row likewise).
+TEST(Matmul, EveryTileHeightMatchesScalar) {
+  ThreadPool pool(1);
+  for (TensorType t : kAllTypes) {
+    for (int64_t batch = 1; batch <= 9; ++batch) check_matmul(t, 5, test_cols(t), batch, pool);
+  }
+}
+
 // Batches of whole eight-row groups, alone and with tiles after them: the
 // group kernels (and their activation layouts) at levels that have them.
 TEST(Matmul, EightRowGroupsMatchScalar) {
@@ -1237,11 +1247,13 @@ TEST(CpuLevel, SetAcceptsSupportedLevelsAndRefusesOthers) {
 }
 
 // A level of this architecture that the CPU lacks (dotprod under
-// `qemu-aarch64 -cpu cortex-a72`, avx512 on an AVX2-only CPU) is refused,
-// and the message names the levels it has.
+// `qemu-aarch64 -cpu cortex-a72`, i8mm under `-cpu neoverse-n1`, avx512 on
+// an AVX2-only CPU) is refused, and the message names the levels it has.
 TEST(CpuLevel, RefusesALevelThisCpuLacksNamingTheLevelsItHas) {
 #if defined(__x86_64__)
   const char* const names[] = {"scalar", "avx2", "avx512"};
+#elif defined(__aarch64__) && defined(FSH_KERNELS_I8MM)
+  const char* const names[] = {"scalar", "neon", "dotprod", "i8mm"};
 #elif defined(__aarch64__)
   const char* const names[] = {"scalar", "neon", "dotprod"};
 #else

@@ -34,7 +34,7 @@ int main(int argc, char** argv) {
   std::string cpu_level;
   app.add_option("--cpu-level", cpu_level,
                  "Run the kernels at this instruction-set level (x86-64: scalar, avx2, avx512; "
-                 "ARM64: scalar, neon, dotprod), for A/B "
+                 "ARM64: scalar, neon, dotprod, i8mm), for A/B "
                  "runs; "
                  "default: FORESHORE_CPU_LEVEL, else the best this CPU has. A level the CPU "
                  "lacks is an error");

@@ -24,13 +24,14 @@ namespace foreshore::engine {
 // FMA and F16C, then AVX-512 F/BW/VL with VNNI (the AVX2 kernels with VNNI
 // ones for Q8_0 and Q4_0); on ARM64 Advanced SIMD (neon, every ARMv8-A
 // CPU), then the ARMv8.2-A dot product (dotprod: SDOT in the quantized
-// kernels).
+// kernels), then the int8 matrix multiply (i8mm: SMMLA, ARMv8.6-A, in the
+// 32-element block types' kernels for several activation rows at once).
 // One binary holds every level of its architecture and everything outside
 // the kernels runs on the architecture's baseline, so it runs on any CPU of
 // it; the kernels run at the best level the CPU has unless a lower one is
 // asked for (FORESHORE_CPU_LEVEL, or foreshore --cpu-level), for tests and
 // A/B runs.
-enum class CpuLevel { kScalar, kAvx2, kAvx512, kNeon, kDotprod };
+enum class CpuLevel { kScalar, kAvx2, kAvx512, kNeon, kDotprod, kI8mm };
 
 std::string_view cpu_level_name(CpuLevel level);
 // The levels this CPU can run, lowest first; kScalar always. Only the
@@ -43,7 +44,7 @@ std::vector<CpuLevel> supported_cpu_levels();
 // the variable at start and refuses it instead (set_cpu_level).
 CpuLevel cpu_level();
 // Runs the kernels at the level named ("scalar", "avx2", "avx512", "neon",
-// "dotprod") from now on; a matmul already running finishes at its level.
+// "dotprod", "i8mm") from now on; a matmul already running finishes at its level.
 // `source` says where the name came from ("--cpu-level") for the message.
 // Fails, changing nothing, for an unknown name or a level this CPU lacks
 // (the message lists the levels it has).

@@ -8,6 +8,10 @@
 
 #if defined(__aarch64__) && defined(__linux__)
 #include <sys/auxv.h>  // getauxval, and glibc's HWCAP_* bits
+// The kernel's bit for SMMLA (Linux 5.10); glibc before 2.33 lacks the name.
+#ifndef HWCAP2_I8MM
+#define HWCAP2_I8MM (1 << 13)
+#endif
 #endif
 
 #include "engine/kernels.h"
@@ -20,7 +24,11 @@ namespace {
 // FORESHORE_CPU_LEVEL and --cpu-level take here.
 #if defined(__x86_64__)
 constexpr CpuLevel kAllLevels[] = {CpuLevel::kScalar, CpuLevel::kAvx2, CpuLevel::kAvx512};
+#elif defined(__aarch64__) && defined(FSH_KERNELS_I8MM)
+constexpr CpuLevel kAllLevels[] = {CpuLevel::kScalar, CpuLevel::kNeon, CpuLevel::kDotprod,
+                                   CpuLevel::kI8mm};
 #elif defined(__aarch64__)
+// Built by a compiler without +i8mm (CMake checks): no i8mm level.
 constexpr CpuLevel kAllLevels[] = {CpuLevel::kScalar, CpuLevel::kNeon, CpuLevel::kDotprod};
 #else
 constexpr CpuLevel kAllLevels[] = {CpuLevel::kScalar};
@@ -42,6 +50,15 @@ bool cpu_has(CpuLevel level) {
       // there, e.g. Cortex-A55/A75 and later; not Cortex-A53/A57/A72).
 #if defined(__aarch64__) && defined(__linux__)
       return (getauxval(AT_HWCAP) & HWCAP_ASIMDDP) != 0;
+#else
+      return false;
+#endif
+    case CpuLevel::kI8mm:
+      // SMMLA is HWCAP2_I8MM (ARMv8.6-A, optional from ARMv8.2-A, e.g.
+      // Neoverse V1/N2, Cortex-A510/A710/X2 and later, Apple M2; not
+      // Neoverse N1). The level builds on dotprod's kernels, so it needs both.
+#if defined(__aarch64__) && defined(__linux__) && defined(FSH_KERNELS_I8MM)
+      return cpu_has(CpuLevel::kDotprod) && (getauxval(AT_HWCAP2) & HWCAP2_I8MM) != 0;
 #else
       return false;
 #endif
@@ -91,6 +108,12 @@ const detail::KernelSet& kernels_for(CpuLevel level) {
     case CpuLevel::kDotprod:
 #if defined(__aarch64__)
       return detail::dotprod_kernels();
+#else
+      break;
+#endif
+    case CpuLevel::kI8mm:
+#if defined(__aarch64__) && defined(FSH_KERNELS_I8MM)
+      return detail::i8mm_kernels();
 #else
       break;
 #endif
@@ -176,6 +199,8 @@ std::string_view cpu_level_name(CpuLevel level) {
       return "neon";
     case CpuLevel::kDotprod:
       return "dotprod";
+    case CpuLevel::kI8mm:
+      return "i8mm";
   }
   return "unknown";
 }

@@ -343,7 +343,8 @@ using RowKernel = void (*)(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0,
 inline constexpr int kMaxTile = 4;
 // The tile of the super-block kernels without a group kernel: expanding a
 // K-quant block costs more than its products, so eight decoding sequences
-// expand it once instead of twice.
+// expand it once instead of twice. The i8mm level's SMMLA kernels take
+// this many too, as four pairs of activation rows.
 inline constexpr int kWideTile = 8;
 // How far ahead of the weights being read the kernels prefetch; a unit of
 // work starting on new rows prefetches its first this many bytes at once.
@@ -453,6 +454,9 @@ const KernelSet& avx512_kernels();   // kernels_avx512.cpp
 const KernelSet& neon_kernels();     // kernels_neon.cpp
 const VectorOps& neon_vector_ops();  // kernels_neon_ops.cpp
 const KernelSet& dotprod_kernels();  // kernels_dotprod.cpp
+#if defined(FSH_KERNELS_I8MM)
+const KernelSet& i8mm_kernels();  // kernels_i8mm.cpp
+#endif
 #endif
 
 }  // namespace foreshore::engine::detail

@@ -1,10 +1,12 @@
 // The quantized row kernels of the ARM64 levels, written once over the
 // instruction that multiplies 16 int8 weights by 16 int8 activations into
 // four int32 lanes: kernels_neon.cpp instantiates them with the baseline
-// widening multiplies (WideningDot there), kernels_dotprod.cpp with SDOT.
-// Included by those two files only, each built with its own -march: every
+// widening multiplies (WideningDot there), kernels_dotprod.cpp and
+// kernels_i8mm.cpp with SDOT (the latter for single activation rows, and
+// its level decoders and helpers for its SMMLA kernels).
+// Included by those files only, each built with its own -march: every
 // name here is file-local (anonymous namespace), so no copy built with one
-// level's instructions can be shared with the other or with baseline code.
+// level's instructions can be shared with another or with baseline code.
 //
 // Every weight level is a signed byte: offsets that keep levels unsigned in
 // the file (Q4_0's 8, Q5_0's 16, Q3_K's 4, Q6_K's 32) are subtracted from
@@ -231,6 +233,19 @@ inline int32_t mins_by_pairs(const uint8_t* m, const int16_t* bsums) {
   return vaddvq_s32(vmlal_high_s16(vmull_s16(vget_low_s16(pairs), vget_low_s16(mv)), pairs, mv));
 }
 
+// sum over g < 16 of m[g] * bsums[g]: Q2_K's minimums of its sixteen
+// 16-element groups against the activation sums.
+inline int32_t min_dot16(const uint8_t* m, const int16_t* bsums) {
+  const int16x8_t m0 = vreinterpretq_s16_u16(vmovl_u8(vld1_u8(m)));
+  const int16x8_t m1 = vreinterpretq_s16_u16(vmovl_u8(vld1_u8(m + 8)));
+  const int16x8_t b0 = vld1q_s16(bsums), b1 = vld1q_s16(bsums + 8);
+  int32x4_t ms = vmull_s16(vget_low_s16(m0), vget_low_s16(b0));
+  ms = vmlal_high_s16(ms, m0, b0);
+  ms = vmlal_s16(ms, vget_low_s16(m1), vget_low_s16(b1));
+  ms = vmlal_high_s16(ms, m1, b1);
+  return vaddvq_s32(ms);
+}
+
 // Q4_K and Q5_K: eight 32-element sub-blocks with 6-bit scales and mins.
 // Each pair of sub-blocks shares 32 bytes of nibbles (the first in the low
 // ones); Q5_K's fifth bits are bits 2j and 2j + 1 of qh for pair j.
@@ -376,14 +391,8 @@ struct Scale16KStep {
     for (int k = 0; k < NB; ++k) {
       acc[k] = vfmaq_n_f32(acc[k], vcvtq_f32_s32(sum[k]), d * x[k]->d);
       if constexpr (kMins) {
-        const int16x8_t m0 = vreinterpretq_s16_u16(vmovl_u8(vld1_u8(min)));
-        const int16x8_t m1 = vreinterpretq_s16_u16(vmovl_u8(vld1_u8(min + 8)));
-        const int16x8_t b0 = vld1q_s16(x[k]->bsums), b1 = vld1q_s16(x[k]->bsums + 8);
-        int32x4_t ms = vmull_s16(vget_low_s16(m0), vget_low_s16(b0));
-        ms = vmlal_high_s16(ms, m0, b0);
-        ms = vmlal_s16(ms, vget_low_s16(m1), vget_low_s16(b1));
-        ms = vmlal_high_s16(ms, m1, b1);
-        mins[k] += half_to_float(w.dmin) * x[k]->d * static_cast<float>(vaddvq_s32(ms));
+        mins[k] +=
+            half_to_float(w.dmin) * x[k]->d * static_cast<float>(min_dot16(min, x[k]->bsums));
       }
     }
   }
