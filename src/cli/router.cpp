@@ -951,9 +951,8 @@ int replay(const ReplayFlags& f) {
   std::vector<double> learned_subject_scores;
   for (const auto& r : held) {
     const auto it = labelled_gain.find(r.subject);
-    learned_subject_scores.push_back(it == labelled_gain.end()
-                                         ? labelled_mean
-                                         : it->second.first / it->second.second);
+    learned_subject_scores.push_back(
+        it == labelled_gain.end() ? labelled_mean : it->second.first / it->second.second);
   }
   // With no labels every row ties: the sweep then has only its two ends.
   auto by_learned_subject = route::evaluate_routing(learned_subject_scores, held);

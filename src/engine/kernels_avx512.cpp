@@ -267,6 +267,22 @@ void group_q4_0x16(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0) {
   repacked_q4_0<kGroupRows>(a, r0, r1, b0, GroupActs{act_row<ActQ8x8>(a, b0)});
 }
 
+// Runs tile(std::integral_constant<int, NB>) for the tile height nb of a
+// RowKernel call (1-4 activation rows; kMaxTile is 4).
+template <typename Tile>
+void for_tile_height(int nb, Tile&& tile) {
+  switch (nb) {
+    case 1:
+      return tile(std::integral_constant<int, 1>{});
+    case 2:
+      return tile(std::integral_constant<int, 2>{});
+    case 3:
+      return tile(std::integral_constant<int, 3>{});
+    default:
+      return tile(std::integral_constant<int, 4>{});
+  }
+}
+
 // Up to kMaxTile ActQ8 rows (decode, and the rows after the groups). The
 // AVX2 kernel on the GGUF layout sums eight lanes per row instead, so the
 // results differ from it in float summation order only.
@@ -284,16 +300,7 @@ void rows_q4_0x16_tile(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0) {
   repacked_q4_0<NB>(a, r0, r1, b0, acts);
 }
 void rows_q4_0x16(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb) {
-  switch (nb) {
-    case 1:
-      return rows_q4_0x16_tile<1>(a, r0, r1, b0);
-    case 2:
-      return rows_q4_0x16_tile<2>(a, r0, r1, b0);
-    case 3:
-      return rows_q4_0x16_tile<3>(a, r0, r1, b0);
-    default:
-      return rows_q4_0x16_tile<4>(a, r0, r1, b0);
-  }
+  for_tile_height(nb, [&](auto height) { rows_q4_0x16_tile<height()>(a, r0, r1, b0); });
 }
 
 // Q5_0 and Q5_1: the nibbles plus the fifth bit, which a byte mask moves
@@ -624,20 +631,8 @@ struct SuperBlockRows {
 
 template <typename Step>
 void rows_super_blocks(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb) {
-  switch (nb) {
-    case 1:
-      SuperBlockRows<Step>::template run<1>(a, r0, r1, b0);
-      break;
-    case 2:
-      SuperBlockRows<Step>::template run<2>(a, r0, r1, b0);
-      break;
-    case 3:
-      SuperBlockRows<Step>::template run<3>(a, r0, r1, b0);
-      break;
-    default:
-      SuperBlockRows<Step>::template run<4>(a, r0, r1, b0);
-      break;
-  }
+  for_tile_height(
+      nb, [&](auto height) { SuperBlockRows<Step>::template run<height()>(a, r0, r1, b0); });
 }
 
 // Two 32-byte runs (of adjacent blocks) in one 512-bit register, the first
@@ -774,16 +769,7 @@ void rows_signed_tile(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0) {
 
 template <typename Levels>
 void rows_signed(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb) {
-  switch (nb) {
-    case 1:
-      return rows_signed_tile<Levels, 1>(a, r0, r1, b0);
-    case 2:
-      return rows_signed_tile<Levels, 2>(a, r0, r1, b0);
-    case 3:
-      return rows_signed_tile<Levels, 3>(a, r0, r1, b0);
-    default:
-      return rows_signed_tile<Levels, 4>(a, r0, r1, b0);
-  }
+  for_tile_height(nb, [&](auto height) { rows_signed_tile<Levels, height()>(a, r0, r1, b0); });
 }
 
 // Q5_0 and Q5_1 decode and the rows after the groups, as rows_signed_tile:
@@ -878,16 +864,7 @@ void rows_q5_tile(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0) {
 
 template <typename Block>
 void rows_q5(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0, int nb) {
-  switch (nb) {
-    case 1:
-      return rows_q5_tile<Block, 1>(a, r0, r1, b0);
-    case 2:
-      return rows_q5_tile<Block, 2>(a, r0, r1, b0);
-    case 3:
-      return rows_q5_tile<Block, 3>(a, r0, r1, b0);
-    default:
-      return rows_q5_tile<Block, 4>(a, r0, r1, b0);
-  }
+  for_tile_height(nb, [&](auto height) { rows_q5_tile<Block, height()>(a, r0, r1, b0); });
 }
 
 // IQ4_XS's eight signed sub-block scales (-32..31) in the low eight bytes:
