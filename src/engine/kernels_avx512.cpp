@@ -697,6 +697,42 @@ struct IQ4_NLLevels {
   }
 };
 
+// IQ4_NL weights against an ActQ8x8 group, as group_q8_0 but with the
+// grid looked up plus 128 (1-241, unsigned for vpdpbusd) as IQ4_XS's is.
+// ActQ8x8 keeps no integer sums, so each step pair's 128 times the eight
+// rows' activations is summed by a second vpdpbusd beside the dot and taken
+// out before the one float FMA: the reference's integer, at most 32 * 241 *
+// 127 on the way.
+void group_iq4_nl(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0) {
+  const int64_t blocks = a.cols / kQK;
+  const auto* x = act_row<ActQ8x8>(a, b0);
+  const StepPairs pairs;
+  const Nibbles nibbles;
+  const __m256i grid = _mm256_xor_si256(
+      _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(kIq4nlValues))),
+      _mm256_set1_epi8(static_cast<char>(0x80)));
+  const __m512i offset = _mm512_set1_epi8(static_cast<char>(0x80));
+  for (int64_t r = r0; r < r1; ++r) {
+    const BlockIQ4_NL* w = weight_row<BlockIQ4_NL>(a, r);
+    __m256 acc = _mm256_setzero_ps();
+    for (int64_t i = 0; i < blocks; ++i) {
+      prefetch_ahead(w + i);
+      const __m512i q = _mm512_zextsi256_si512(_mm256_shuffle_epi8(grid, nibbles(w[i].qs)));
+      __m512i sum = _mm512_setzero_si512();
+      __m512i shifted = _mm512_setzero_si512();
+      for (int p = 0; p < kQK / 8; ++p) {
+        const __m512i xp = _mm512_loadu_si512(x[i].qs[2 * p]);
+        sum = _mm512_dpbusd_epi32(sum, _mm512_permutexvar_epi32(pairs.pick[p], q), xp);
+        shifted = _mm512_dpbusd_epi32(shifted, offset, xp);
+      }
+      const __m256 scale = _mm256_mul_ps(broadcast_half(w[i].d), _mm256_loadu_ps(x[i].d));
+      acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(fold(sum), fold(shifted))), scale,
+                            acc);
+    }
+    store_group(a, r, b0, acc);
+  }
+}
+
 // Q8_0 and IQ4_NL decode and the rows after the groups (up to kMaxTile
 // activation rows): two blocks per 512-bit register, |w| times x with w's
 // sign in one vpdpbusd as in group_q8_0, each block's eight int32 lanes
@@ -1170,7 +1206,10 @@ KernelSet make_set() {
       k.rows = rows_signed<Q8_0Levels>;
       k.group = group_q8_0;
     }
-    if (k.type == TensorType::kIQ4_NL) k.rows = rows_signed<IQ4_NLLevels>;
+    if (k.type == TensorType::kIQ4_NL) {
+      k.rows = rows_signed<IQ4_NLLevels>;
+      k.group = group_iq4_nl;
+    }
     if (k.type == TensorType::kQ4_0) {
       k.group = group_q4_0<1>;
       k.group_pair = group_q4_0<2>;
