@@ -1,8 +1,8 @@
 // AVX-512 level: the AVX2 kernels, with AVX-512 VNNI ones for Q8_0, Q4_0,
-// Q5_0, Q5_1 and all the 256-element types (IQ4_XS, Q2_K, Q3_K, Q4_K, Q5_K,
-// Q6_K) for prompt processing and batched decode (eight activation rows at a
-// time), and 512-bit kernels for decode (one to four rows) of Q8_0, IQ4_NL,
-// Q5_0, Q5_1 and the same 256-element types.
+// Q5_0, Q5_1, IQ4_NL and all the 256-element types (IQ4_XS, Q2_K, Q3_K,
+// Q4_K, Q5_K, Q6_K) for prompt processing and batched decode (eight
+// activation rows at a time), and 512-bit kernels for decode (one to four
+// rows) of Q8_0, IQ4_NL, Q5_0, Q5_1 and the same 256-element types.
 //
 // vpdpbusd multiplies unsigned by signed bytes and adds each group of four
 // products to an int32 lane in one instruction, where AVX2 needs maddubs,
@@ -34,7 +34,7 @@
 // K-quants' decode kernels are 512 bits wide too: each super block's
 // expansion then costs half the instructions (Q4_K 1.2x, Q6_K 1.9x the
 // AVX2 kernels, 576x1536 in cache). The float types keep the AVX2 kernels
-// for all batch sizes, IQ4_NL for prompts.
+// for all batch sizes.
 //
 // Q5_K, IQ4_XS, Q2_K and Q3_K (2026-12-07) follow Q4_K and Q6_K: the fifth
 // (Q5_K) and third (Q3_K) bits are tested straight from qh / hmask into a
@@ -48,6 +48,15 @@
 // 1.56x, 1.12x, 1.74x; Q3_K 2.05x, 2.14x, 1.67x, 1.73x. Q3_K's decode ran
 // at 0.65x while its scales were unpacked through memory (see
 // TwoBitLevels::scales), as the AVX2 kernel had found before.
+//
+// IQ4_NL's group kernel (2026-12-07) looks its grid up plus 128 as IQ4_XS
+// does; ActQ8x8 has no integer sums, so a second vpdpbusd per step pair
+// sums 128 times the activations. Against the AVX2 kernel (one thread, one
+// eight-row group, 576x1536, 3 alternated runs, load average 3.1-4.1,
+// medians' ratio) 1.88x, and 2.0x at batch 32 on two threads. Q8_0's sign
+// trick in place of the 128 (abs, sign mask and masked negation per step
+// pair) ran at 0.77x of this; two groups sharing each block's levels (as
+// group_q4_0<2>) gained 4% at batch 32, within the noise, so it was not kept.
 //
 // Built with AVX-512 F/BW/VL/VNNI (and AVX2/FMA/F16C); everything here is
 // file-local and reachable only through avx512_kernels(), which the dispatch
