@@ -350,6 +350,37 @@ template <int kPairs>
   return sum;
 }
 
+// A super block's eight 32-element sub-blocks against an ActQ8Kx8 group,
+// each times its sub-block scale (scale[sub]), summed per lane: the step
+// pairs of sub-blocks 2j and 2j + 1 come from expand(w, j), 64 levels.
+template <typename Expand, typename Block, typename Scale>
+[[gnu::always_inline]] inline __m512i scaled_sub_blocks(const Expand& expand, const Block& w,
+                                                        const StepPairs& pairs, const ActQ8Kx8& x,
+                                                        const Scale* scale) {
+  __m512i sum = _mm512_setzero_si512();
+  for (int j = 0; j < 4; ++j) {
+    const __m512i levels = expand(w, j);
+    for (int h = 0; h < 2; ++h) {
+      const int sub = 2 * j + h;
+      const __m512i dot = dot_steps<4>(levels, pairs, 4 * h, x.qs[8 * sub][0]);
+      sum = _mm512_add_epi32(sum, _mm512_mullo_epi32(dot, _mm512_set1_epi32(scale[sub])));
+    }
+  }
+  return sum;
+}
+
+// The group's activation sums per 32-element sub-block, each times
+// scale[p] for sub-block p (mins, or a grid offset): lane k is row k.
+template <typename Scale>
+[[gnu::always_inline]] inline __m256i scaled_bsums(const ActQ8Kx8& x, const Scale* scale) {
+  __m256i total = _mm256_setzero_si256();
+  for (int p = 0; p < kQKK / 32; ++p) {
+    total = _mm256_add_epi32(total,
+                             _mm256_madd_epi16(load256(x.bsums[p]), _mm256_set1_epi16(scale[p])));
+  }
+  return total;
+}
+
 // Stores a group's eight results of row r.
 inline void store_group(const RowArgs& a, int64_t r, int64_t b0, __m256 result) {
   alignas(32) float out[kGroupRows];
@@ -407,20 +438,8 @@ void group_scale_min_k(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0) {
       prefetch_block(w + i);
       uint8_t sm[16];
       unpack_q4k_scales(w[i].scales, sm);
-      __m512i sum = _mm512_setzero_si512();
-      for (int j = 0; j < 4; ++j) {
-        const __m512i levels = expand(w[i], j);
-        for (int h = 0; h < 2; ++h) {
-          const int sub = 2 * j + h;
-          const __m512i dot = dot_steps<4>(levels, pairs, 4 * h, x[i].qs[8 * sub][0]);
-          sum = _mm512_add_epi32(sum, _mm512_mullo_epi32(dot, _mm512_set1_epi32(sm[sub])));
-        }
-      }
-      __m256i min_sum = _mm256_setzero_si256();
-      for (int p = 0; p < kQKK / 32; ++p) {
-        const __m256i bsums = load256(x[i].bsums[p]);
-        min_sum = _mm256_add_epi32(min_sum, _mm256_madd_epi16(bsums, _mm256_set1_epi16(sm[8 + p])));
-      }
+      const __m512i sum = scaled_sub_blocks(expand, w[i], pairs, x[i], sm);
+      const __m256i min_sum = scaled_bsums(x[i], sm + 8);
       const __m256 dx = _mm256_loadu_ps(x[i].d);
       acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(fold(sum)),
                             _mm256_mul_ps(broadcast_half(w[i].d), dx), acc);
@@ -959,20 +978,8 @@ void group_iq4_xs(const RowArgs& a, int64_t r0, int64_t r1, int64_t b0) {
       prefetch_block(w + i);
       alignas(16) int8_t sc[16];
       _mm_store_si128(reinterpret_cast<__m128i*>(sc), iq4xs_scales(w[i]));
-      __m512i sum = _mm512_setzero_si512();
-      for (int j = 0; j < 4; ++j) {
-        const __m512i levels = expand(w[i], j);
-        for (int h = 0; h < 2; ++h) {
-          const int sub = 2 * j + h;
-          const __m512i dot = dot_steps<4>(levels, pairs, 4 * h, x[i].qs[8 * sub][0]);
-          sum = _mm512_add_epi32(sum, _mm512_mullo_epi32(dot, _mm512_set1_epi32(sc[sub])));
-        }
-      }
-      __m256i offset = _mm256_setzero_si256();
-      for (int p = 0; p < kQKK / 32; ++p) {
-        offset = _mm256_add_epi32(
-            offset, _mm256_madd_epi16(load256(x[i].bsums[p]), _mm256_set1_epi16(sc[p])));
-      }
+      const __m512i sum = scaled_sub_blocks(expand, w[i], pairs, x[i], sc);
+      const __m256i offset = scaled_bsums(x[i], sc);
       const __m256i total = _mm256_sub_epi32(fold(sum), _mm256_slli_epi32(offset, 7));
       acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(total),
                             _mm256_mul_ps(broadcast_half(w[i].d), _mm256_loadu_ps(x[i].d)), acc);
