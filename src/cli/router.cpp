@@ -93,6 +93,28 @@ std::vector<std::string> distinct_subjects(const std::vector<LabelledPrompt>& ro
   return {s.begin(), s.end()};
 }
 
+// Each of `scored` by its subject's mean gain (cloud minus edge quality) over
+// the rows of `from`; a subject `from` lacks gets the mean over all of it.
+std::vector<double> subject_mean_gains(std::span<const LabelledPrompt> from,
+                                       std::span<const LabelledPrompt> scored) {
+  std::map<std::string, std::pair<double, int>> gain;
+  double total = 0.0;
+  for (const auto& r : from) {
+    auto& [sum, n] = gain[r.subject];
+    sum += r.cloud_quality - r.edge_quality;
+    total += r.cloud_quality - r.edge_quality;
+    ++n;
+  }
+  const double overall = from.empty() ? 0.0 : total / static_cast<double>(from.size());
+  std::vector<double> scores;
+  scores.reserve(scored.size());
+  for (const auto& r : scored) {
+    const auto it = gain.find(r.subject);
+    scores.push_back(it == gain.end() ? overall : it->second.first / it->second.second);
+  }
+  return scores;
+}
+
 // Said on stderr where a file was named twice: it is read once; and where
 // no exclusion list applied, since RouteLLM's MMLU list only works beside
 // the files it was written for.
@@ -921,41 +943,15 @@ int replay(const ReplayFlags& f) {
   // The ceiling of subject-level routing: each evaluated row scored by its
   // subject's true mean gain over the evaluated rows (what a router that knew
   // every prompt's subject and that subject's mean exactly would reach).
-  std::map<std::string, std::pair<double, int>> subject_gain;
-  for (const auto& r : held) {
-    auto& [sum, n] = subject_gain[r.subject];
-    sum += r.cloud_quality - r.edge_quality;
-    ++n;
-  }
-  std::vector<double> subject_scores;
-  for (const auto& r : held) {
-    const auto& [sum, n] = subject_gain[r.subject];
-    subject_scores.push_back(sum / n);
-  }
-  auto by_subject = route::evaluate_routing(subject_scores, held);
+  auto by_subject = route::evaluate_routing(subject_mean_gains(held, held), held);
   if (!by_subject.ok()) return fail(by_subject.error());
-  // What the labels themselves allow at subject level: each evaluated row
-  // scored by its subject's mean gain over the labelled rows (the labels'
-  // overall mean for a subject no label came from). A router that knew every
-  // prompt's subject and learned only subject means would reach this; the
-  // gap to the true means above is the labels' sampling noise.
-  std::map<std::string, std::pair<double, int>> labelled_gain;
-  double labelled_sum = 0.0;
-  for (size_t i = 0; i < labels; ++i) {
-    auto& [sum, n] = labelled_gain[rows[i].subject];
-    sum += rows[i].cloud_quality - rows[i].edge_quality;
-    labelled_sum += rows[i].cloud_quality - rows[i].edge_quality;
-    ++n;
-  }
-  const double labelled_mean = labels > 0 ? labelled_sum / static_cast<double>(labels) : 0.0;
-  std::vector<double> learned_subject_scores;
-  for (const auto& r : held) {
-    const auto it = labelled_gain.find(r.subject);
-    learned_subject_scores.push_back(
-        it == labelled_gain.end() ? labelled_mean : it->second.first / it->second.second);
-  }
-  // With no labels every row ties: the sweep then has only its two ends.
-  auto by_learned_subject = route::evaluate_routing(learned_subject_scores, held);
+  // What the labels themselves allow at subject level: the subjects' mean
+  // gains over the labelled rows. A router that knew every prompt's subject
+  // and learned only subject means would reach this; the gap to the true
+  // means above is the labels' sampling noise. (With no labels every row
+  // ties: the sweep then has only its two ends.)
+  auto by_learned_subject = route::evaluate_routing(
+      subject_mean_gains(std::span<const LabelledPrompt>(rows.data(), labels), held), held);
   if (!by_learned_subject.ok()) return fail(by_learned_subject.error());
   const route::LearnerStats stats = learner.stats();
   const auto subjects = distinct_subjects(rows);
