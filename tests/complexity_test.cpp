@@ -574,6 +574,21 @@ TEST(ComplexityData, ContaminationListsApplyAcrossTheDataTree) {
   EXPECT_EQ(report.excluded_contaminated, 1);
   ASSERT_EQ(report.exclusion_lists.size(), 1u);
   EXPECT_NE(report.exclusion_lists[0].find("mmlu"), std::string::npos);
+
+  // Outside a router-data folder only the file's own folder's list applies:
+  // the folders beside the data (here a sibling's list) are not swept in.
+  const fs::path loose = root.parent_path() / "loose";
+  fs::create_directories(loose / "arena");
+  fs::create_directories(loose / "other");
+  write_file((loose / "other" / "contaminated_prompts.jsonl").string(),
+             "{\"eval_prompt\":\"Leaked arena prompt\"}\n");
+  fs::copy_file(root / "arena" / "mine.jsonl", loose / "arena" / "mine.jsonl");
+  LoadReport loose_report;
+  auto loose_rows = load_labelled_prompts({(loose / "arena").string()}, DataOptions{}, &loose_report);
+  ASSERT_TRUE(loose_rows.ok()) << loose_rows.error().message;
+  EXPECT_EQ(loose_rows->size(), 2u);
+  EXPECT_EQ(loose_report.excluded_contaminated, 0);
+  EXPECT_TRUE(loose_report.exclusion_lists.empty());
   fs::remove_all(root.parent_path());
 }
 

@@ -52,7 +52,7 @@ void add_data_flags(CLI::App* cmd, DataFlags& f) {
       ->capture_default_str();
   cmd->add_option("--exclude", f.exclude,
                   "JSONL lists of prompts to leave out (every contaminated_prompts.jsonl "
-                  "in the data's router-data folder, or the folder above the data's own, "
+                  "in the data's router-data folder, or in the data's own folder outside one, "
                   "is always applied)");
   cmd->add_option("--weak-column", f.weak_column,
                   "CSV column with the edge (weak) model's result (default: the data set's)");

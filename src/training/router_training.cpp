@@ -476,12 +476,14 @@ Status add_contaminated(const std::string& path, std::unordered_set<std::string>
 // list names prompts shared by a benchmark and the router's training data
 // (RouteLLM's MMLU and MT-Bench lists name Arena prompts), so it must keep
 // them out of whatever the model is trained or measured on. The tree is the
-// nearest folder named router-data above the file, else the folder above
-// the file's own.
+// nearest folder named router-data above the file; a file outside one has
+// only its own folder's list. Reaching further up would sweep whatever sits
+// beside the data (a home or temporary folder, and files other programs are
+// writing there) into the exclusions.
 std::vector<std::string> contamination_lists_for(const std::string& file) {
   std::error_code ec;
-  fs::path folder = fs::absolute(fs::path(file), ec).parent_path();
-  fs::path tree = folder.parent_path();
+  const fs::path folder = fs::absolute(fs::path(file), ec).parent_path();
+  std::optional<fs::path> tree;
   for (fs::path up = folder; !up.empty() && up != up.root_path(); up = up.parent_path()) {
     if (up.filename() == "router-data") {
       tree = up;
@@ -492,12 +494,14 @@ std::vector<std::string> contamination_lists_for(const std::string& file) {
   if (const fs::path own = folder / "contaminated_prompts.jsonl"; fs::exists(own, ec)) {
     lists.push_back(own.string());
   }
+  if (!tree) return lists;
   constexpr int kMaxDepth = 3;
   for (auto it = fs::recursive_directory_iterator(
-           tree, fs::directory_options::skip_permission_denied, ec);
+           *tree, fs::directory_options::skip_permission_denied, ec);
        !ec && it != fs::recursive_directory_iterator(); it.increment(ec)) {
     if (it.depth() >= kMaxDepth) it.disable_recursion_pending();
-    if (it->path().filename() == "contaminated_prompts.jsonl" && it->is_regular_file(ec)) {
+    if (it->path().filename() == "contaminated_prompts.jsonl" && it->is_regular_file(ec) &&
+        std::find(lists.begin(), lists.end(), it->path().string()) == lists.end()) {
       lists.push_back(it->path().string());
     }
   }

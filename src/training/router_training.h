@@ -53,7 +53,7 @@ struct DataOptions {
   std::string strong_model = "gpt-4-1106-preview";
   // JSONL files of prompts never to train or evaluate on (fields eval_prompt,
   // train_prompt or prompt). Every contaminated_prompts.jsonl in a data
-  // file's tree (its router-data folder, else the folder above its own) is
+  // file's tree (the router-data folder above it, else its own folder) is
   // always applied as well.
   std::vector<std::string> exclude_files;
   // Keep only these subjects (empty: all) / drop these subjects.
