@@ -573,6 +573,7 @@ TEST(GatewayLearning, FeedbackShadowVerdictsStatusAndStateFile) {
       << metrics;
   EXPECT_NE(metrics.find("foreshore_router_learned_threshold"), std::string::npos);
   EXPECT_EQ(status["neighbours"], true) << status.dump();
+  EXPECT_EQ(status["form_features"], true) << status.dump();
   EXPECT_EQ(status["kept_labels"], 3) << status.dump();  // 2 feedback, 1 shadow
   EXPECT_TRUE(status["neighbour_blend"].is_number()) << status.dump();
   EXPECT_NE(metrics.find("foreshore_router_kept_labels 3"), std::string::npos) << metrics;

@@ -352,10 +352,11 @@ TEST(ConfigTest, RoutingAndPrivacySectionsAreCheckedAndKept) {
 TEST(ConfigTest, LearningNeighbourSettingsAreReadAndChecked) {
   auto c = config::parse_config(
       "tiers:\n  e:\n    model: m\nrouting:\n  learning: {enabled: true, neighbours: false,"
-      " neighbour_k: 32, neighbour_gamma: 2.5, neighbour_prior: 7}\n",
+      " neighbour_k: 32, neighbour_gamma: 2.5, neighbour_prior: 7, form_features: false}\n",
       "cfg.yaml");
   ASSERT_TRUE(c.ok()) << c.error().message;
   EXPECT_FALSE(c->routing.learning.neighbours);
+  EXPECT_FALSE(c->routing.learning.form_features);
   EXPECT_EQ(c->routing.learning.neighbour_k, 32u);
   EXPECT_DOUBLE_EQ(c->routing.learning.neighbour_gamma, 2.5);
   EXPECT_DOUBLE_EQ(c->routing.learning.neighbour_prior, 7.0);
@@ -363,6 +364,7 @@ TEST(ConfigTest, LearningNeighbourSettingsAreReadAndChecked) {
       config::parse_config("tiers:\n  e:\n    model: m\nrouting:\n  learning: {}\n", "cfg.yaml");
   ASSERT_TRUE(d.ok()) << d.error().message;
   EXPECT_TRUE(d->routing.learning.neighbours);
+  EXPECT_TRUE(d->routing.learning.form_features);
   EXPECT_EQ(d->routing.learning.neighbour_k, route::LearnerOptions{}.neighbour_k);
 
   auto learning_error = [](const std::string& settings) {
@@ -370,6 +372,9 @@ TEST(ConfigTest, LearningNeighbourSettingsAreReadAndChecked) {
   };
   EXPECT_NE(learning_error("neighbours: maybe")
                 .find("cfg.yaml: routing.learning.neighbours: must be true or false"),
+            std::string::npos);
+  EXPECT_NE(learning_error("form_features: 2")
+                .find("cfg.yaml: routing.learning.form_features: must be true or false"),
             std::string::npos);
   EXPECT_NE(learning_error("neighbour_k: 0")
                 .find("cfg.yaml: routing.learning.neighbour_k: must be between 1"),
@@ -424,11 +429,11 @@ TEST(ConfigTest, EveryListedRoutingKeyIsAccepted) {
       "  optimize: {cost_weight: 10, latency_weight: 0.001}\n"
       "  learning: {enabled: false, state: learner.json, target_cloud_share: 0.3,"
       " save_every_labels: 10, neighbours: true, neighbour_k: 64, neighbour_gamma: 3,"
-      " neighbour_prior: 1}\n";
+      " neighbour_prior: 1, form_features: false}\n";
   EXPECT_EQ(config_error(yaml), "(no error)");
   size_t routing_keys = 0;
   for (const auto& k : config::config_keys()) routing_keys += k.starts_with("routing.");
-  EXPECT_EQ(routing_keys, 25u) << "a routing key was added: add it to this file above too";
+  EXPECT_EQ(routing_keys, 26u) << "a routing key was added: add it to this file above too";
 }
 
 TEST(ConfigTest, LoadConfigMissingFile) {

@@ -1277,6 +1277,19 @@ void add_router_command(CLI::App& app) {
       ->add_flag("--neighbours,!--no-neighbours", rf->learner.neighbours,
                  "Blend in the similarity-weighted estimate over the kept labels")
       ->capture_default_str();
+  replay_cmd
+      ->add_flag("--form-features,!--no-form-features", rf->learner.form_features,
+                 "Fit per-deployment weights on the base model's dense features (length, "
+                 "numbers, equations, step cues) in the residual, beside the words")
+      ->capture_default_str();
+  replay_cmd
+      ->add_option("--form-learning-rate", rf->learner.form_learning_rate,
+                   "AdaGrad step of the form weights")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
+  replay_cmd->add_option("--form-l2", rf->learner.form_l2, "L2 on the form weights, per label")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
   replay_cmd->add_option("--neighbour-k", rf->learner.neighbour_k, "Most similar labels that vote")
       ->check(CLI::PositiveNumber)
       ->capture_default_str();

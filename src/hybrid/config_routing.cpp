@@ -40,9 +40,9 @@ constexpr std::array<std::string_view, 4> kCascadeKeys{"min_mean_logprob", "min_
                                                        "max_mean_entropy", "hold_back_tokens"};
 constexpr std::array<std::string_view, 1> kConsistencyKeys{"min_similarity"};
 constexpr std::array<std::string_view, 2> kOptimizeKeys{"cost_weight", "latency_weight"};
-constexpr std::array<std::string_view, 8> kLearningKeys{
-    "enabled",    "state",       "target_cloud_share", "save_every_labels",
-    "neighbours", "neighbour_k", "neighbour_gamma",    "neighbour_prior"};
+constexpr std::array<std::string_view, 9> kLearningKeys{
+    "enabled",     "state",           "target_cloud_share", "save_every_labels", "neighbours",
+    "neighbour_k", "neighbour_gamma", "neighbour_prior",    "form_features"};
 
 std::string key_list(std::span<const std::string_view> keys) {
   std::string out;
@@ -160,9 +160,12 @@ Result<RouterConfig> router_config_from_yaml(const YAML::Node& node, std::string
       for (const auto& ck : v) {
         const std::string k = ck.first.as<std::string>();
         const std::string path = "learning." + k;
-        if (k == "enabled" || k == "neighbours") {
+        if (k == "enabled" || k == "neighbours" || k == "form_features") {
+          bool& flag = k == "enabled"      ? c.learning.enabled
+                       : k == "neighbours" ? c.learning.neighbours
+                                           : c.learning.form_features;
           try {
-            (k == "enabled" ? c.learning.enabled : c.learning.neighbours) = ck.second.as<bool>();
+            flag = ck.second.as<bool>();
           } catch (const YAML::Exception&) {
             problem(path, "must be true or false");
           }

@@ -21,6 +21,7 @@ Result<std::unique_ptr<RouterLearning>> RouterLearning::create(const route::Lear
   route::LearnerOptions o;
   o.target_cloud_share = config.target_cloud_share.value_or(-1.0);
   o.neighbours = config.neighbours;
+  o.form_features = config.form_features;
   o.neighbour_k = config.neighbour_k;
   o.neighbour_gamma = config.neighbour_gamma;
   o.neighbour_prior = config.neighbour_prior;
@@ -201,6 +202,7 @@ nlohmann::ordered_json RouterLearning::status() const {
           {"feedback_on_cloud_answers", feedback_unused_},
           {"threshold", s.threshold},
           {"neighbours", config_.neighbours},
+          {"form_features", config_.form_features},
           {"neighbour_blend", s.blend},
           {"kept_labels", s.kept_labels},
           {"estimated_apgr", s.estimated_apgr ? nlohmann::ordered_json(*s.estimated_apgr)

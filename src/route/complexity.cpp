@@ -713,6 +713,15 @@ double ComplexityModel::score(const ComplexityFeatures& f) const {
   return sigmoid(z);
 }
 
+DenseVector ComplexityModel::standardized(const DenseVector& dense) const {
+  DenseVector z{};
+  for (int i = 0; i < kDenseFeatureCount; ++i) {
+    z[i] = std::clamp((dense[i] - dense_mean_[i]) / dense_scale_[i], -kStandardizedBound,
+                      kStandardizedBound);
+  }
+  return z;
+}
+
 ComplexityExplanation ComplexityModel::explain(std::string_view prompt,
                                                std::optional<double> edge_perplexity) const {
   const ComplexityFeatures f = extract_complexity_features(prompt, hashing_, edge_perplexity);

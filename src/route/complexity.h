@@ -141,6 +141,11 @@ class ComplexityModel {
   double score(const ComplexityFeatures& features) const;
   ComplexityExplanation explain(std::string_view prompt,
                                 std::optional<double> edge_perplexity = {}) const;
+  // Dense features on the scale the model's weights apply to, (x - mean) /
+  // scale, bounded to +-kStandardizedBound so one extreme prompt cannot
+  // swing a weight fitted on them.
+  static constexpr double kStandardizedBound = 5.0;
+  DenseVector standardized(const DenseVector& dense) const;
 
   // Cloud when score >= threshold.
   double threshold() const { return threshold_; }

@@ -15,7 +15,9 @@ using json = nlohmann::ordered_json;
 constexpr std::string_view kFormat = "foreshore.router-learner";
 // 2 added the blend weight; version 1 files load with the blend at 0.
 // 3 added the topic weight; earlier files load with its initial value.
-constexpr int kFileVersion = 3;
+// 4 added the form weights and each kept label's form features; earlier
+// files load with the weights at 0 and their kept labels without form.
+constexpr int kFileVersion = 4;
 // Fewer labels than this give an APGR estimate too noisy to show.
 constexpr size_t kMinEstimateRows = 50;
 // Labels between threshold recalibrations: rescoring the traffic window
@@ -31,6 +33,15 @@ constexpr double kMinCommonPostings = 50.0;
 // whatever the traffic (bench/online_learner_bench.cpp). In the replays of
 // docs/ROUTER.md (up to 1,500 labels) it binds only on a few long prompts.
 constexpr size_t kMaxPostingsVisited = 12000;
+
+// The dense features the residual weighs: the prompt's size and how much
+// working it asks for. The topic-word counts (law, medicine, code...) are
+// left to the word weights, which carry the same and more.
+constexpr DenseFeature kFormFeatures[] = {
+    DenseFeature::kLogChars,      DenseFeature::kLogWords,      DenseFeature::kLogTokensEst,
+    DenseFeature::kLogSentences,  DenseFeature::kLogLines,      DenseFeature::kQuestionMarks,
+    DenseFeature::kDigitShare,    DenseFeature::kMathOps,       DenseFeature::kEquations,
+    DenseFeature::kMultiStepCues, DenseFeature::kNumberedItems, DenseFeature::kNumbers};
 
 double sigmoid(double z) {
   return 1.0 / (1.0 + std::exp(-z));
@@ -80,7 +91,7 @@ double OnlineLearner::base_logit(const ComplexityFeatures& f) const {
 
 double OnlineLearner::score(const ComplexityFeatures& f) const {
   const auto s = snapshot_.load();
-  return sigmoid(combined(*s, f.hashed, residual(*s, base_logit(f), f.hashed)));
+  return sigmoid(combined(*s, f.hashed, residual(*s, base_logit(f), form_of(f), f.hashed)));
 }
 
 double OnlineLearner::score(std::string_view prompt, std::optional<double> edge_perplexity) const {
@@ -91,9 +102,18 @@ double OnlineLearner::threshold() const {
   return snapshot_.load()->threshold;
 }
 
-double OnlineLearner::residual(const LearnerSnapshot& s, double base,
+DenseVector OnlineLearner::form_of(const ComplexityFeatures& f) const {
+  DenseVector form{};
+  if (!options_.form_features) return form;
+  const DenseVector z = base_->standardized(f.dense);
+  for (DenseFeature d : kFormFeatures) form[static_cast<int>(d)] = z[static_cast<int>(d)];
+  return form;
+}
+
+double OnlineLearner::residual(const LearnerSnapshot& s, double base, const DenseVector& form,
                                const std::vector<std::pair<uint32_t, float>>& hashed) const {
   double z = s.bias + s.base_scale * base;
+  for (int i = 0; i < kDenseFeatureCount; ++i) z += s.form_weights[i] * form[i];
   for (const auto& [bucket, value] : hashed) z += value * s.weights[bucket];
   if (s.neighbours && s.neighbours->topics > 0)
     z += s.topic_weight * topic_logit(*s.neighbours, hashed);
@@ -352,6 +372,13 @@ void OnlineLearner::step(const Kept& k) {
     accum_topic_ += gt * gt;
     work_.topic_weight -= lr * gt / std::sqrt(accum_topic_ + 1e-8);
   }
+  for (int i = 0; i < kDenseFeatureCount; ++i) {
+    if (k.form[i] == 0.0) continue;
+    double& w = work_.form_weights[i];
+    const double gw = g * k.form[i] + options_.form_l2 * w;
+    accum_form_[i] += gw * gw;
+    w -= options_.form_learning_rate * gw / std::sqrt(accum_form_[i] + 1e-8);
+  }
   for (const auto& [bucket, value] : k.hashed) {
     float& w = work_.weights[bucket];
     const double gw = g * value + options_.l2 * w;
@@ -374,7 +401,8 @@ void OnlineLearner::recalibrate() {
   std::vector<double> scores;
   scores.reserve(traffic_.size());
   for (const auto& f : traffic_) {
-    scores.push_back(sigmoid(combined(work_, f.hashed, residual(work_, base_logit(f), f.hashed))));
+    scores.push_back(
+        sigmoid(combined(work_, f.hashed, residual(work_, base_logit(f), form_of(f), f.hashed))));
   }
   work_.threshold = calibrate_threshold(std::move(scores), options_.target_cloud_share);
 }
@@ -385,7 +413,8 @@ void OnlineLearner::publish() {
 
 void OnlineLearner::apply(const LearnerLabel& label) {
   std::lock_guard lock(state_mutex_);
-  Kept k{label.features.hashed, base_logit(label.features), std::clamp(label.gain, 0.0, 1.0)};
+  Kept k{label.features.hashed, form_of(label.features), base_logit(label.features),
+         std::clamp(label.gain, 0.0, 1.0)};
   // Scored before it is learned from: the estimate stays out-of-sample.
   const double z = residual(work_, k);
   if (label.edge_quality && label.cloud_quality) {
@@ -522,7 +551,11 @@ std::string OnlineLearner::to_json() const {
       b.push_back(bucket);
       v.push_back(value);
     }
-    kept.push_back({{"base_logit", k.base_logit}, {"gain", k.gain}, {"index", b}, {"value", v}});
+    kept.push_back({{"base_logit", k.base_logit},
+                    {"gain", k.gain},
+                    {"index", b},
+                    {"value", v},
+                    {"form", k.form}});
   }
   json est = json::array();
   for (const auto& e : estimates_) est.push_back({e.score, e.edge, e.cloud});
@@ -542,6 +575,8 @@ std::string OnlineLearner::to_json() const {
               {"accum_blend", accum_blend_},
               {"topic_weight", work_.topic_weight},
               {"accum_topic", accum_topic_},
+              {"form_weights", work_.form_weights},
+              {"accum_form", accum_form_},
               {"labels", labels},
               {"weights", {{"index", index}, {"weight", weight}, {"accum", accum}}},
               {"kept", kept},
@@ -588,6 +623,24 @@ Status OnlineLearner::parse(std::string_view text, std::string_view source) {
     s.topic_weight =
         file_version >= 3 ? doc.at("topic_weight").get<double>() : options_.initial_topic_weight;
     const double accum_topic = file_version >= 3 ? doc.at("accum_topic").get<double>() : 0.0;
+    DenseVector accum_form{};
+    if (file_version >= 4) {
+      const json& fw = doc.at("form_weights");
+      const json& fa = doc.at("accum_form");
+      if (fw.size() != static_cast<size_t>(kDenseFeatureCount) ||
+          fa.size() != static_cast<size_t>(kDenseFeatureCount)) {
+        return bad("form_weights and accum_form must hold " + std::to_string(kDenseFeatureCount) +
+                   " numbers each (one per dense feature)");
+      }
+      for (int i = 0; i < kDenseFeatureCount; ++i) {
+        s.form_weights[i] = fw[i].get<double>();
+        accum_form[i] = fa[i].get<double>();
+        if (!std::isfinite(s.form_weights[i]) || !(accum_form[i] >= 0.0) ||
+            !std::isfinite(accum_form[i])) {
+          return bad("form_weights or accum_form hold a non-finite or negative number");
+        }
+      }
+    }
     const size_t buckets = size_t{1} << base_->hashing().bits;
     s.weights.assign(buckets, 0.0f);
     std::vector<float> accum(buckets, 0.0f);
@@ -630,6 +683,16 @@ Status OnlineLearner::parse(std::string_view text, std::string_view source) {
         if (bucket >= buckets) return bad("a kept label's bucket is out of range");
         row.hashed.emplace_back(bucket, v[i].get<float>());
       }
+      if (file_version >= 4) {
+        const auto& form = k.at("form");
+        if (form.size() != static_cast<size_t>(kDenseFeatureCount))
+          return bad("a kept label's form does not hold one number per dense feature");
+        for (int i = 0; i < kDenseFeatureCount; ++i) {
+          row.form[i] = form[i].get<double>();
+          if (!(std::abs(row.form[i]) <= ComplexityModel::kStandardizedBound))
+            return bad("a kept label's form holds a number outside the standardized range");
+        }
+      }
       kept.push_back(std::move(row));
     }
     std::deque<Estimate> estimates;
@@ -650,6 +713,7 @@ Status OnlineLearner::parse(std::string_view text, std::string_view source) {
     accum_scale_ = doc.at("accum_scale").get<double>();
     accum_blend_ = accum_blend;
     accum_topic_ = accum_topic;
+    accum_form_ = accum_form;
     kept_ = std::move(kept);
     rebuild_neighbours();
     estimates_ = std::move(estimates);

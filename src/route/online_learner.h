@@ -3,7 +3,9 @@
 // The shipped complexity model ranks prompts by what kind of work they look
 // like; on a deployment's own topics it can be near chance (docs/ROUTER.md).
 // The learner adds a residual logistic model over the same hashed word
-// features, fitted from the labels the gateway collects (client feedback,
+// features and the base model's standardized form features (length, numbers,
+// equations, step cues: what makes one question of a kind harder than
+// another), fitted from the labels the gateway collects (client feedback,
 // cascade outcomes, shadow verdicts, imported files), so that what it learns
 // about one question carries to questions sharing its words. It also keeps
 // the threshold at a target cloud share of the recent traffic.
@@ -78,8 +80,18 @@ struct LearnerOptions {
   // (docs/ROUTER.md): they were the ones no worse than the residual alone
   // on any of those sets, in random or by-subject order.
   bool neighbours = true;
-  size_t neighbour_k = 256;      // most similar labels that vote
-  double neighbour_gamma = 6.0;  // vote weight exp(gamma (cosine - 1))
+  // Per-deployment weights on the base model's dense form features
+  // (standardized as the base model sees them) in the residual: the shipped
+  // model's weights on them were fitted on chat data, and within one kind of
+  // question (math word problems, say) length and the count of numbers and
+  // steps are what rank difficulty. false: words only, as before file
+  // version 4. Step and L2 chosen on the development sets of docs/ROUTER.md
+  // ("Form features"): step 0.1 lost 0.01-0.03 there, 0.01 lost nothing.
+  bool form_features = true;
+  double form_learning_rate = 0.01;  // AdaGrad step of the form weights
+  double form_l2 = 0.03;             // L2 on the form weights, per label
+  size_t neighbour_k = 256;          // most similar labels that vote
+  double neighbour_gamma = 6.0;      // vote weight exp(gamma (cosine - 1))
   // Pseudo-votes of the residual's own estimate: few or dissimilar neighbours
   // move the estimate little.
   double neighbour_prior = 3.0;
@@ -131,6 +143,7 @@ struct LearnerSnapshot {
   double bias = 0.0;           // added to the base logit
   double base_scale = 1.0;     // multiplies the base logit
   std::vector<float> weights;  // per hashed bucket, same hashing as the base
+  DenseVector form_weights{};  // per dense feature, on standardized values
   // The similarity-weighted estimate's logit replaces this share of the
   // residual's (0: the residual alone).
   double blend = 0.0;
@@ -202,6 +215,7 @@ class OnlineLearner {
  private:
   struct Kept {
     std::vector<std::pair<uint32_t, float>> hashed;
+    DenseVector form{};  // the base model's standardized dense features
     double base_logit = 0.0;
     double gain = 0.5;
   };
@@ -209,11 +223,14 @@ class OnlineLearner {
     double score = 0.0, edge = 0.0, cloud = 0.0;
   };
   double base_logit(const ComplexityFeatures& f) const;
-  double residual(const LearnerSnapshot& s, double base_logit,
+  double residual(const LearnerSnapshot& s, double base_logit, const DenseVector& form,
                   const std::vector<std::pair<uint32_t, float>>& hashed) const;
   double residual(const LearnerSnapshot& s, const Kept& k) const {
-    return residual(s, k.base_logit, k.hashed);
+    return residual(s, k.base_logit, k.form, k.hashed);
   }
+  // The features' dense part as the residual reads it (zeros when the form
+  // features are off).
+  DenseVector form_of(const ComplexityFeatures& f) const;
   // The centred logit of the prompt's nearest topic (0 without topics).
   static double topic_logit(const NeighbourIndex& index,
                             const std::vector<std::pair<uint32_t, float>>& hashed);
@@ -242,6 +259,7 @@ class OnlineLearner {
   mutable std::mutex state_mutex_;
   LearnerSnapshot work_;
   std::vector<float> accum_;  // AdaGrad squared-gradient sums per bucket
+  DenseVector accum_form_{};  // and per form feature
   double accum_bias_ = 0.0, accum_scale_ = 0.0, accum_blend_ = 0.0, accum_topic_ = 0.0;
   std::deque<Kept> kept_;
   std::deque<ComplexityFeatures> traffic_;

@@ -105,6 +105,7 @@ struct LearningConfig {
   int64_t save_every_labels = 100;
   // The learner's similarity-weighted estimate (route/online_learner.h).
   bool neighbours = LearnerOptions{}.neighbours;
+  bool form_features = LearnerOptions{}.form_features;
   size_t neighbour_k = LearnerOptions{}.neighbour_k;
   double neighbour_gamma = LearnerOptions{}.neighbour_gamma;
   double neighbour_prior = LearnerOptions{}.neighbour_prior;
