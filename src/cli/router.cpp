@@ -1275,12 +1275,12 @@ void add_router_command(CLI::App& app) {
       ->capture_default_str();
   replay_cmd
       ->add_flag("--neighbours,!--no-neighbours", rf->learner.neighbours,
-                 "Blend in the similarity-weighted estimate over the kept labels")
+                 "Blend in the similarity-weighted estimate over the kept labels (on by default)")
       ->capture_default_str();
   replay_cmd
       ->add_flag("--form-features,!--no-form-features", rf->learner.form_features,
                  "Fit per-deployment weights on the base model's dense features (length, "
-                 "numbers, equations, step cues) in the residual, beside the words")
+                 "numbers, equations, step cues) in the residual, beside the words (on by default)")
       ->capture_default_str();
   replay_cmd
       ->add_option("--form-learning-rate", rf->learner.form_learning_rate,
