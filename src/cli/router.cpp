@@ -123,7 +123,7 @@ void warn_about_load(const route::LoadReport& load) {
     std::fprintf(stderr,
                  "warning: no contaminated_prompts.jsonl in the data's tree and no "
                  "--exclude given: no prompts were filtered as contaminated; pass the "
-                 "list with --exclude (RouteLLM's are in its mmlu and mt_bench folders)\n");
+                 "list with --exclude (RouteLLM's are in its mmlu, gsm8k and mt_bench folders)\n");
   }
   for (const auto& f : load.duplicate_files) {
     std::fprintf(stderr,
