@@ -1259,20 +1259,19 @@ void add_router_command(CLI::App& app) {
   replay_cmd->add_option("--curve-points", rf->curve_points, "Points on the learning curve")
       ->check(CLI::Range(1, 1000))
       ->capture_default_str();
-  replay_cmd->add_option("--learning-rate", rf->learner.learning_rate, "The learner's AdaGrad step")
-      ->check(CLI::PositiveNumber)
-      ->capture_default_str();
-  replay_cmd->add_option("--l2", rf->learner.l2, "The learner's L2 strength on word weights")
-      ->check(CLI::NonNegativeNumber)
-      ->capture_default_str();
-  replay_cmd
-      ->add_option("--refit-every", rf->learner.refit_every,
-                   "Labels between passes over the kept labels (0: never)")
-      ->check(CLI::NonNegativeNumber)
-      ->capture_default_str();
-  replay_cmd->add_option("--refit-epochs", rf->learner.refit_epochs, "Passes per refit")
-      ->check(CLI::NonNegativeNumber)
-      ->capture_default_str();
+  // The learner's numeric settings: each checked, its default shown in --help.
+  const auto learner_setting = [replay_cmd](const std::string& name, auto& value,
+                                            const std::string& help, const CLI::Validator& check) {
+    replay_cmd->add_option(name, value, help)->check(check)->capture_default_str();
+  };
+  learner_setting("--learning-rate", rf->learner.learning_rate, "The learner's AdaGrad step",
+                  CLI::PositiveNumber);
+  learner_setting("--l2", rf->learner.l2, "The learner's L2 strength on word weights",
+                  CLI::NonNegativeNumber);
+  learner_setting("--refit-every", rf->learner.refit_every,
+                  "Labels between passes over the kept labels (0: never)", CLI::NonNegativeNumber);
+  learner_setting("--refit-epochs", rf->learner.refit_epochs, "Passes per refit",
+                  CLI::NonNegativeNumber);
   replay_cmd
       ->add_flag("--neighbours,!--no-neighbours", rf->learner.neighbours,
                  "Blend in the similarity-weighted estimate over the kept labels (on by default)")
@@ -1282,56 +1281,33 @@ void add_router_command(CLI::App& app) {
                  "Fit per-deployment weights on the base model's dense features (length, "
                  "numbers, equations, step cues) in the residual, beside the words (on by default)")
       ->capture_default_str();
-  replay_cmd
-      ->add_option("--form-learning-rate", rf->learner.form_learning_rate,
-                   "AdaGrad step of the form weights")
-      ->check(CLI::NonNegativeNumber)
-      ->capture_default_str();
-  replay_cmd->add_option("--form-l2", rf->learner.form_l2, "L2 on the form weights, per label")
-      ->check(CLI::NonNegativeNumber)
-      ->capture_default_str();
-  replay_cmd->add_option("--neighbour-k", rf->learner.neighbour_k, "Most similar labels that vote")
-      ->check(CLI::PositiveNumber)
-      ->capture_default_str();
-  replay_cmd
-      ->add_option("--neighbour-gamma", rf->learner.neighbour_gamma,
-                   "A neighbour's vote weighs exp(gamma (cosine - 1))")
-      ->check(CLI::NonNegativeNumber)
-      ->capture_default_str();
-  replay_cmd
-      ->add_option("--neighbour-prior", rf->learner.neighbour_prior,
-                   "Pseudo-votes of the residual model's own estimate")
-      ->check(CLI::NonNegativeNumber)
-      ->capture_default_str();
-  replay_cmd
-      ->add_option("--common-word-share", rf->learner.common_word_share,
-                   "Words in more than this share of the labels are not searched")
-      ->check(CLI::Range(0.0, 1.0))
-      ->capture_default_str();
-  replay_cmd
-      ->add_option("--blend-learning-rate", rf->learner.blend_learning_rate,
-                   "AdaGrad step of the neighbour estimate's blend weight (0: fixed)")
-      ->check(CLI::NonNegativeNumber)
-      ->capture_default_str();
-  replay_cmd
-      ->add_option("--initial-blend", rf->learner.initial_blend,
-                   "The blend weight before any label")
-      ->check(CLI::Range(0.0, 1.0))
-      ->capture_default_str();
+  learner_setting("--form-learning-rate", rf->learner.form_learning_rate,
+                  "AdaGrad step of the form weights", CLI::NonNegativeNumber);
+  learner_setting("--form-l2", rf->learner.form_l2, "L2 on the form weights, per label",
+                  CLI::NonNegativeNumber);
+  learner_setting("--neighbour-k", rf->learner.neighbour_k, "Most similar labels that vote",
+                  CLI::PositiveNumber);
+  learner_setting("--neighbour-gamma", rf->learner.neighbour_gamma,
+                  "A neighbour's vote weighs exp(gamma (cosine - 1))", CLI::NonNegativeNumber);
+  learner_setting("--neighbour-prior", rf->learner.neighbour_prior,
+                  "Pseudo-votes of the residual model's own estimate", CLI::NonNegativeNumber);
+  learner_setting("--common-word-share", rf->learner.common_word_share,
+                  "Words in more than this share of the labels are not searched",
+                  CLI::Range(0.0, 1.0));
+  learner_setting("--blend-learning-rate", rf->learner.blend_learning_rate,
+                  "AdaGrad step of the neighbour estimate's blend weight (0: fixed)",
+                  CLI::NonNegativeNumber);
+  learner_setting("--initial-blend", rf->learner.initial_blend, "The blend weight before any label",
+                  CLI::Range(0.0, 1.0));
   replay_cmd
       ->add_option("--topics", rf->learner.topics,
                    "Topics the kept labels are clustered into (0: none)")
       ->capture_default_str();
-  replay_cmd
-      ->add_option("--topic-prior", rf->learner.topic_prior,
-                   "Pseudo-labels at the overall mean gain in each topic's mean")
-      ->check(CLI::NonNegativeNumber)
-      ->capture_default_str();
-  replay_cmd
-      ->add_option("--topic-iterations", rf->learner.topic_iterations,
-                   "k-means passes per rebuild of the topics")
-      ->check(CLI::NonNegativeNumber)
-      ->capture_default_str();
+  learner_setting("--topic-prior", rf->learner.topic_prior,
+                  "Pseudo-labels at the overall mean gain in each topic's mean",
+                  CLI::NonNegativeNumber);
+  learner_setting("--topic-iterations", rf->learner.topic_iterations,
+                  "k-means passes per rebuild of the topics", CLI::NonNegativeNumber);
   replay_cmd
       ->add_option("--initial-topic-weight", rf->learner.initial_topic_weight,
                    "The topic logit's weight in the residual before any label")
