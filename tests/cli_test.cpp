@@ -152,6 +152,19 @@ TEST(CliCommands, UnknownSubcommandSuggestsTheNearest) {
   EXPECT_NE(r.err.find("commands: run bench serve"), std::string::npos) << r.err;
 }
 
+// A numeric option out of its range is refused saying what it must be, not
+// as a range up to the largest double.
+TEST(CliCommands, NumericOptionsOutOfRangeSayWhatTheyMustBe) {
+  auto r = run_foreshore({"router", "replay", "--data", "x.csv", "--neighbour-k", "0"});
+  EXPECT_NE(r.status, 0) << r.err;
+  EXPECT_NE(r.err.find("--neighbour-k: '0' is not above 0"), std::string::npos) << r.err;
+  r = run_foreshore({"router", "replay", "--data", "x.csv", "--l2", "-1"});
+  EXPECT_NE(r.err.find("--l2: '-1' is not 0 or more"), std::string::npos) << r.err;
+  r = run_foreshore({"router", "replay", "--data", "x.csv", "--l2", "lots"});
+  EXPECT_NE(r.err.find("'lots' is not a number"), std::string::npos) << r.err;
+  EXPECT_EQ(r.err.find("179769"), std::string::npos) << r.err;
+}
+
 TEST(CliReport, HelpAndErrorNameTheRealConfigKey) {
   auto r = run_foreshore({"report", "--help"});
   EXPECT_EQ(r.status, 0);

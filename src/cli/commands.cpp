@@ -12,6 +12,28 @@ int fail(const Error& e) {
   return e.kind == ErrorKind::kInvalidArgument || e.kind == ErrorKind::kNotFound ? 2 : 1;
 }
 
+namespace {
+
+// A check that the option's value is a number `test` accepts; `wanted` says
+// what it must be.
+CLI::Validator number_check(bool (*test)(double), std::string wanted, std::string name) {
+  return CLI::Validator(
+      [test, wanted](std::string& value) -> std::string {
+        double v = 0.0;
+        if (!CLI::detail::lexical_cast(value, v)) return "'" + value + "' is not a number";
+        if (!test(v)) return "'" + value + "' is not " + wanted;
+        return "";
+      },
+      name, name);
+}
+
+}  // namespace
+
+const CLI::Validator kNonNegative =
+    number_check([](double v) { return v >= 0.0; }, "0 or more", "NONNEGATIVE");
+const CLI::Validator kPositive =
+    number_check([](double v) { return v > 0.0; }, "above 0", "POSITIVE");
+
 size_t edit_distance(std::string_view a, std::string_view b) {
   std::vector<size_t> row(b.size() + 1);
   std::iota(row.begin(), row.end(), size_t{0});

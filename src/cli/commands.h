@@ -28,6 +28,13 @@ void add_keys_command(CLI::App& app);
 // found), 1 for anything else.
 int fail(const Error& e);
 
+// Checks of numeric options whose refusals read plainly: CLI11's own
+// NonNegativeNumber and PositiveNumber are ranges up to the largest double,
+// and say "not in range 0.000000 to 179769313486231570814527...". The names
+// (shown in --help as FLOAT:NONNEGATIVE) are CLI11's.
+extern const CLI::Validator kNonNegative;
+extern const CLI::Validator kPositive;
+
 // Levenshtein distance: how many single-byte edits turn `a` into `b`.
 size_t edit_distance(std::string_view a, std::string_view b);
 

@@ -592,7 +592,7 @@ void add_quantize_command(CLI::App& app) {
                   "Mixed precision: output file size, bytes or with K/M/G (powers of 1024)");
   cmd->add_option("--target-bpw", opts->target_bpw,
                   "Mixed precision: bits per weight over all tensors, as llama.cpp counts them")
-      ->check(CLI::PositiveNumber);
+      ->check(kPositive);
   cmd->add_option("--types", opts->types, "Candidate types of a mixed plan, comma-separated")
       ->capture_default_str();
   cmd->add_option("--eval-text", opts->eval_text,

@@ -1265,13 +1265,12 @@ void add_router_command(CLI::App& app) {
     replay_cmd->add_option(name, value, help)->check(check)->capture_default_str();
   };
   learner_setting("--learning-rate", rf->learner.learning_rate, "The learner's AdaGrad step",
-                  CLI::PositiveNumber);
+                  kPositive);
   learner_setting("--l2", rf->learner.l2, "The learner's L2 strength on word weights",
-                  CLI::NonNegativeNumber);
+                  kNonNegative);
   learner_setting("--refit-every", rf->learner.refit_every,
-                  "Labels between passes over the kept labels (0: never)", CLI::NonNegativeNumber);
-  learner_setting("--refit-epochs", rf->learner.refit_epochs, "Passes per refit",
-                  CLI::NonNegativeNumber);
+                  "Labels between passes over the kept labels (0: never)", kNonNegative);
+  learner_setting("--refit-epochs", rf->learner.refit_epochs, "Passes per refit", kNonNegative);
   replay_cmd
       ->add_flag("--neighbours,!--no-neighbours", rf->learner.neighbours,
                  "Blend in the similarity-weighted estimate over the kept labels (on by default)")
@@ -1282,21 +1281,20 @@ void add_router_command(CLI::App& app) {
                  "numbers, equations, step cues) in the residual, beside the words (on by default)")
       ->capture_default_str();
   learner_setting("--form-learning-rate", rf->learner.form_learning_rate,
-                  "AdaGrad step of the form weights", CLI::NonNegativeNumber);
+                  "AdaGrad step of the form weights", kNonNegative);
   learner_setting("--form-l2", rf->learner.form_l2, "L2 on the form weights, per label",
-                  CLI::NonNegativeNumber);
+                  kNonNegative);
   learner_setting("--neighbour-k", rf->learner.neighbour_k, "Most similar labels that vote",
-                  CLI::PositiveNumber);
+                  kPositive);
   learner_setting("--neighbour-gamma", rf->learner.neighbour_gamma,
-                  "A neighbour's vote weighs exp(gamma (cosine - 1))", CLI::NonNegativeNumber);
+                  "A neighbour's vote weighs exp(gamma (cosine - 1))", kNonNegative);
   learner_setting("--neighbour-prior", rf->learner.neighbour_prior,
-                  "Pseudo-votes of the residual model's own estimate", CLI::NonNegativeNumber);
+                  "Pseudo-votes of the residual model's own estimate", kNonNegative);
   learner_setting("--common-word-share", rf->learner.common_word_share,
                   "Words in more than this share of the labels are not searched",
                   CLI::Range(0.0, 1.0));
   learner_setting("--blend-learning-rate", rf->learner.blend_learning_rate,
-                  "AdaGrad step of the neighbour estimate's blend weight (0: fixed)",
-                  CLI::NonNegativeNumber);
+                  "AdaGrad step of the neighbour estimate's blend weight (0: fixed)", kNonNegative);
   learner_setting("--initial-blend", rf->learner.initial_blend, "The blend weight before any label",
                   CLI::Range(0.0, 1.0));
   replay_cmd
@@ -1304,10 +1302,9 @@ void add_router_command(CLI::App& app) {
                    "Topics the kept labels are clustered into (0: none)")
       ->capture_default_str();
   learner_setting("--topic-prior", rf->learner.topic_prior,
-                  "Pseudo-labels at the overall mean gain in each topic's mean",
-                  CLI::NonNegativeNumber);
+                  "Pseudo-labels at the overall mean gain in each topic's mean", kNonNegative);
   learner_setting("--topic-iterations", rf->learner.topic_iterations,
-                  "k-means passes per rebuild of the topics", CLI::NonNegativeNumber);
+                  "k-means passes per rebuild of the topics", kNonNegative);
   replay_cmd
       ->add_option("--initial-topic-weight", rf->learner.initial_topic_weight,
                    "The topic logit's weight in the residual before any label")

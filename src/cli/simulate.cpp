@@ -69,7 +69,7 @@ void add_model_options(CLI::App* cmd, ModelFlags& f) {
                                   "Tier latency: TTFT = RTT + overhead + prompt / prompt-tps, "
                                   "then one token per 1/gen-tps; log-normal jitter on TTFT");
   auto non_negative = [g](const char* name, auto& value, const char* help) {
-    g->add_option(name, value, help)->capture_default_str()->check(CLI::NonNegativeNumber);
+    g->add_option(name, value, help)->capture_default_str()->check(kNonNegative);
   };
   non_negative("--edge-prompt-tps", o.edge.prompt_tokens_per_s, "Edge prefill, tokens/s");
   non_negative("--edge-gen-tps", o.edge.output_tokens_per_s, "Edge generation, tokens/s");
@@ -87,13 +87,13 @@ void add_model_options(CLI::App* cmd, ModelFlags& f) {
                 "Requests the shared edge runs at once (0: the config's edge tier's "
                 "max_concurrency)")
       ->capture_default_str()
-      ->check(CLI::NonNegativeNumber);
+      ->check(kNonNegative);
   g->add_option("--edge-batch-speedup", o.edge_batch_speedup,
                 "The shared edge's aggregate speed with 1, 2, 3, ... requests running, "
                 "relative to one alone, comma-separated (e.g. 1,1.9,2.6,3.2; the last holds "
                 "beyond). Default: measured with --measure-edge, else 1 (no gain)")
       ->delimiter(',')
-      ->check(CLI::PositiveNumber);
+      ->check(kPositive);
   non_negative("--cloud-rtt-ms", o.cloud.network_rtt_ms, "Network round trip to the cloud");
   non_negative("--cloud-ttft-ms", o.cloud.overhead_ms,
                "Cloud server time to first token beyond prefill (queueing, scheduling)");
@@ -310,7 +310,7 @@ void add_simulate_command(CLI::App& app) {
       ->check(CLI::Range(int64_t{1}, int64_t{100000000}));
   g->add_option("--rate", f->rate, "Mean arrival rate over the day, requests/s")
       ->capture_default_str()
-      ->check(CLI::NonNegativeNumber);
+      ->check(kNonNegative);
   g->add_option("--diurnal", f->diurnal,
                 "Day/night swing of the rate, as a fraction of the mean (0 to 1)")
       ->capture_default_str()
@@ -341,19 +341,19 @@ void add_advise_command(CLI::App& app) {
       cmd->add_option_group("volume break-even", "A dedicated cloud GPU against a per-token API");
   v->add_option("--gpu-usd-per-hour", f->advice.gpu_usd_per_hour, "Price of one GPU hour")
       ->capture_default_str()
-      ->check(CLI::PositiveNumber);
+      ->check(kPositive);
   v->add_option("--gpu-tokens-per-s", f->advice.gpu_tokens_per_s,
                 "Prompt + output tokens/s one GPU sustains for this model")
       ->capture_default_str()
-      ->check(CLI::PositiveNumber);
+      ->check(kPositive);
   v->add_option("--api-usd-per-mtok", f->api_usd_per_mtok,
                 "API price per million tokens (default: the cloud tier's prices, blended over "
                 "the trace's prompt/output mix)")
-      ->check(CLI::NonNegativeNumber);
+      ->check(kNonNegative);
   cmd->add_option("--tight-budget-ms", f->advice.tight_budget_ms,
                   "What counts as a tight latency budget")
       ->capture_default_str()
-      ->check(CLI::PositiveNumber);
+      ->check(kPositive);
   cmd->add_option("--min-quality", f->advice.min_quality_vs_cloud,
                   "Share of cloud-only quality the recommended setting must keep")
       ->capture_default_str()
