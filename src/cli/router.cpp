@@ -1277,11 +1277,14 @@ void add_router_command(CLI::App& app) {
       ->capture_default_str();
   replay_cmd
       ->add_flag("--form-features,!--no-form-features", rf->learner.form_features,
-                 "Fit per-deployment weights on the base model's dense features (length, "
-                 "numbers, equations, step cues) in the residual, beside the words (on by default)")
+                 "Fit per-deployment weights on the prompt's form (length, numbers, equations, "
+                 "step cues), measured against the labelled prompts, on what the words leave "
+                 "unexplained (on by default)")
       ->capture_default_str();
-  learner_setting("--form-learning-rate", rf->learner.form_learning_rate,
-                  "AdaGrad step of the form weights", kNonNegative);
+  learner_setting(
+      "--form-learning-rate", rf->learner.form_learning_rate,
+      "AdaGrad step of the form weights (decisions use their average over the last 1,000 labels)",
+      kNonNegative);
   learner_setting("--form-l2", rf->learner.form_l2, "L2 on the form weights, per label",
                   kNonNegative);
   learner_setting("--neighbour-k", rf->learner.neighbour_k, "Most similar labels that vote",

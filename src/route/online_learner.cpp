@@ -17,7 +17,17 @@ constexpr std::string_view kFormat = "foreshore.router-learner";
 // 3 added the topic weight; earlier files load with its initial value.
 // 4 added the form weights and each kept label's form features; earlier
 // files load with the weights at 0 and their kept labels without form.
-constexpr int kFileVersion = 4;
+// 5 measures the form against the kept labels and averages its weights;
+// version 4 form weights (on the base model's scale) load as 0.
+constexpr int kFileVersion = 5;
+// The form weights decisions use are the average of the fitted ones over
+// about this many labels: the step that learns math word problems' form
+// within a few hundred labels is noisy label to label.
+constexpr double kFormAverageLabels = 1000.0;
+// The least spread a form feature is measured against (in the base model's
+// standard deviations): a value the kept labels all share would otherwise
+// turn any difference into the bound.
+constexpr double kMinFormSpread = 0.01;
 // Fewer labels than this give an APGR estimate too noisy to show.
 constexpr size_t kMinEstimateRows = 50;
 // Labels between threshold recalibrations: rescoring the traffic window
@@ -110,14 +120,33 @@ DenseVector OnlineLearner::form_of(const ComplexityFeatures& f) const {
   return form;
 }
 
-double OnlineLearner::residual(const LearnerSnapshot& s, double base, const DenseVector& form,
-                               const std::vector<std::pair<uint32_t, float>>& hashed) const {
+double OnlineLearner::standardized(const LearnerSnapshot& s, const DenseVector& form, int feature) {
+  return std::clamp((form[feature] - s.form_centre[feature]) / s.form_spread[feature],
+                    -ComplexityModel::kStandardizedBound, ComplexityModel::kStandardizedBound);
+}
+
+double OnlineLearner::form_logit(const LearnerSnapshot& s, const DenseVector& weights,
+                                 const DenseVector& form) {
+  double z = 0.0;
+  for (DenseFeature d : kFormFeatures) {
+    const int i = static_cast<int>(d);
+    if (weights[i] != 0.0) z += weights[i] * standardized(s, form, i);
+  }
+  return z;
+}
+
+double OnlineLearner::words_logit(const LearnerSnapshot& s, double base,
+                                  const std::vector<std::pair<uint32_t, float>>& hashed) const {
   double z = s.bias + s.base_scale * base;
-  for (int i = 0; i < kDenseFeatureCount; ++i) z += s.form_weights[i] * form[i];
   for (const auto& [bucket, value] : hashed) z += value * s.weights[bucket];
   if (s.neighbours && s.neighbours->topics > 0)
     z += s.topic_weight * topic_logit(*s.neighbours, hashed);
   return z;
+}
+
+double OnlineLearner::residual(const LearnerSnapshot& s, double base, const DenseVector& form,
+                               const std::vector<std::pair<uint32_t, float>>& hashed) const {
+  return words_logit(s, base, hashed) + form_logit(s, s.form_weights, form);
 }
 
 // The nearest centroid by cosine; the prompt's own norm does not change
@@ -357,10 +386,35 @@ void OnlineLearner::rebuild_neighbours() {
   work_.neighbours = std::move(index);
 }
 
+void OnlineLearner::restandardize_form() {
+  if (kept_.empty()) return;
+  DenseVector sum{}, sum2{};
+  for (const auto& k : kept_) {
+    for (int i = 0; i < kDenseFeatureCount; ++i) {
+      sum[i] += k.form[i];
+      sum2[i] += k.form[i] * k.form[i];
+    }
+  }
+  const double n = static_cast<double>(kept_.size());
+  for (int i = 0; i < kDenseFeatureCount; ++i) {
+    const double mean = sum[i] / n;
+    work_.form_centre[i] = mean;
+    work_.form_spread[i] =
+        std::max(std::sqrt(std::max(sum2[i] / n - mean * mean, 0.0)), kMinFormSpread);
+  }
+}
+
 // Logistic loss on the gain target (a probability, so ties pull toward 0.5),
-// AdaGrad per coordinate: frequent words settle, rare ones still move.
+// AdaGrad per coordinate: frequent words settle, rare ones still move. The
+// words learn from their own error, as if there were no form weights, and
+// the form weights from what remains: where the form says nothing (most
+// MMLU subjects) the words learn as well as alone, and where it says what
+// the words cannot (within math word problems) it adds it. Fitted jointly,
+// the quick form weights took the words' place on MMLU-style traffic and
+// lost 0.01-0.03 APGR (docs/ROUTER.md).
 void OnlineLearner::step(const Kept& k) {
-  const double g = sigmoid(residual(work_, k)) - k.gain;
+  const double words = words_logit(work_, k.base_logit, k.hashed);
+  const double g = sigmoid(words) - k.gain;
   const double lr = options_.learning_rate;
   accum_bias_ += g * g;
   work_.bias -= lr * g / std::sqrt(accum_bias_ + 1e-8);
@@ -372,19 +426,26 @@ void OnlineLearner::step(const Kept& k) {
     accum_topic_ += gt * gt;
     work_.topic_weight -= lr * gt / std::sqrt(accum_topic_ + 1e-8);
   }
-  for (int i = 0; i < kDenseFeatureCount; ++i) {
-    if (k.form[i] == 0.0) continue;
-    double& w = work_.form_weights[i];
-    const double gw = g * k.form[i] + options_.form_l2 * w;
-    accum_form_[i] += gw * gw;
-    w -= options_.form_learning_rate * gw / std::sqrt(accum_form_[i] + 1e-8);
-  }
   for (const auto& [bucket, value] : k.hashed) {
     float& w = work_.weights[bucket];
     const double gw = g * value + options_.l2 * w;
     accum_[bucket] += static_cast<float>(gw * gw);
     w -= static_cast<float>(lr * gw / std::sqrt(accum_[bucket] + 1e-8));
   }
+  if (!options_.form_features) return;
+  const double gf = sigmoid(words + form_logit(work_, form_fitted_, k.form)) - k.gain;
+  for (DenseFeature d : kFormFeatures) {
+    const int i = static_cast<int>(d);
+    const double x = standardized(work_, k.form, i);
+    double& w = form_fitted_[i];
+    const double gw = gf * x + options_.form_l2 * w;
+    accum_form_[i] += gw * gw;
+    w -= options_.form_learning_rate * gw / std::sqrt(accum_form_[i] + 1e-8);
+  }
+  ++form_steps_;
+  const double share = std::max(1.0 / static_cast<double>(form_steps_), 1.0 / kFormAverageLabels);
+  for (int i = 0; i < kDenseFeatureCount; ++i)
+    work_.form_weights[i] += share * (form_fitted_[i] - work_.form_weights[i]);
 }
 
 void OnlineLearner::refit() {
@@ -429,7 +490,10 @@ void OnlineLearner::apply(const LearnerLabel& label) {
   ++labels_[static_cast<int>(label.source)];
   ++work_.version;
   if (options_.refit_every > 0 && work_.version % options_.refit_every == 0) refit();
-  if (work_.version % kReindexEvery == 0 || work_.version < kReindexEvery) rebuild_neighbours();
+  if (work_.version % kReindexEvery == 0 || work_.version < kReindexEvery) {
+    rebuild_neighbours();
+    restandardize_form();
+  }
   if (work_.version % kRecalibrateEvery == 0) recalibrate();
   publish();
 }
@@ -576,6 +640,10 @@ std::string OnlineLearner::to_json() const {
               {"topic_weight", work_.topic_weight},
               {"accum_topic", accum_topic_},
               {"form_weights", work_.form_weights},
+              {"form_fitted", form_fitted_},
+              {"form_centre", work_.form_centre},
+              {"form_spread", work_.form_spread},
+              {"form_steps", form_steps_},
               {"accum_form", accum_form_},
               {"labels", labels},
               {"weights", {{"index", index}, {"weight", weight}, {"accum", accum}}},
@@ -623,23 +691,38 @@ Status OnlineLearner::parse(std::string_view text, std::string_view source) {
     s.topic_weight =
         file_version >= 3 ? doc.at("topic_weight").get<double>() : options_.initial_topic_weight;
     const double accum_topic = file_version >= 3 ? doc.at("accum_topic").get<double>() : 0.0;
-    DenseVector accum_form{};
-    if (file_version >= 4) {
+    // Version 4's form weights were fitted on the base model's scale, not
+    // against the kept labels: they start again at 0 (its kept labels' form
+    // values still count).
+    DenseVector accum_form{}, form_fitted{};
+    uint64_t form_steps = 0;
+    if (file_version >= 5) {
       const json& fw = doc.at("form_weights");
+      const json& ff = doc.at("form_fitted");
       const json& fa = doc.at("accum_form");
-      if (fw.size() != static_cast<size_t>(kDenseFeatureCount) ||
-          fa.size() != static_cast<size_t>(kDenseFeatureCount)) {
-        return bad("form_weights and accum_form must hold " + std::to_string(kDenseFeatureCount) +
-                   " numbers each (one per dense feature)");
+      const json& fc = doc.at("form_centre");
+      const json& fs = doc.at("form_spread");
+      const auto n = static_cast<size_t>(kDenseFeatureCount);
+      if (fw.size() != n || ff.size() != n || fa.size() != n || fc.size() != n || fs.size() != n) {
+        return bad("form_weights, form_fitted, accum_form, form_centre and form_spread must hold " +
+                   std::to_string(kDenseFeatureCount) + " numbers each (one per dense feature)");
       }
       for (int i = 0; i < kDenseFeatureCount; ++i) {
         s.form_weights[i] = fw[i].get<double>();
+        form_fitted[i] = ff[i].get<double>();
         accum_form[i] = fa[i].get<double>();
-        if (!std::isfinite(s.form_weights[i]) || !(accum_form[i] >= 0.0) ||
-            !std::isfinite(accum_form[i])) {
-          return bad("form_weights or accum_form hold a non-finite or negative number");
+        s.form_centre[i] = fc[i].get<double>();
+        s.form_spread[i] = fs[i].get<double>();
+        if (!std::isfinite(s.form_weights[i]) || !std::isfinite(form_fitted[i]) ||
+            !(accum_form[i] >= 0.0) || !std::isfinite(accum_form[i]) ||
+            !std::isfinite(s.form_centre[i]) || !(s.form_spread[i] >= kMinFormSpread) ||
+            !std::isfinite(s.form_spread[i])) {
+          return bad(
+              "form_weights, form_fitted, accum_form, form_centre or form_spread hold a "
+              "non-finite or out-of-range number");
         }
       }
+      form_steps = doc.at("form_steps").get<uint64_t>();
     }
     const size_t buckets = size_t{1} << base_->hashing().bits;
     s.weights.assign(buckets, 0.0f);
@@ -714,8 +797,11 @@ Status OnlineLearner::parse(std::string_view text, std::string_view source) {
     accum_blend_ = accum_blend;
     accum_topic_ = accum_topic;
     accum_form_ = accum_form;
+    form_fitted_ = form_fitted;
+    form_steps_ = form_steps;
     kept_ = std::move(kept);
     rebuild_neighbours();
+    if (file_version < 5) restandardize_form();
     estimates_ = std::move(estimates);
     labels_ = labels;
     publish();

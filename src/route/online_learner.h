@@ -3,12 +3,13 @@
 // The shipped complexity model ranks prompts by what kind of work they look
 // like; on a deployment's own topics it can be near chance (docs/ROUTER.md).
 // The learner adds a residual logistic model over the same hashed word
-// features and the base model's standardized form features (length, numbers,
-// equations, step cues: what makes one question of a kind harder than
-// another), fitted from the labels the gateway collects (client feedback,
+// features, fitted from the labels the gateway collects (client feedback,
 // cascade outcomes, shadow verdicts, imported files), so that what it learns
-// about one question carries to questions sharing its words. It also keeps
-// the threshold at a target cloud share of the recent traffic.
+// about one question carries to questions sharing its words; and on top of
+// it, weights on the prompt's form (length, numbers, equations, step cues:
+// what makes one question of a kind harder than another), measured against
+// the deployment's own prompts. It also keeps the threshold at a target
+// cloud share of the recent traffic.
 //
 // Beside the residual, a similarity-weighted estimate over the kept labels
 // (RouteLLM's SW ranking on words): a prompt's most similar labelled prompts
@@ -80,18 +81,20 @@ struct LearnerOptions {
   // (docs/ROUTER.md): they were the ones no worse than the residual alone
   // on any of those sets, in random or by-subject order.
   bool neighbours = true;
-  // Per-deployment weights on the base model's dense form features
-  // (standardized as the base model sees them) in the residual: the shipped
-  // model's weights on them were fitted on chat data, and within one kind of
-  // question (math word problems, say) length and the count of numbers and
-  // steps are what rank difficulty. false: words only, as before file
-  // version 4. Step and L2 chosen on the development sets of docs/ROUTER.md
-  // ("Form features"): step 0.1 lost 0.01-0.03 there, 0.01 lost nothing.
+  // Per-deployment weights on the base model's dense form features in the
+  // residual: the shipped model's weights on them were fitted on chat data,
+  // and within one kind of question (math word problems, say) length and
+  // the count of numbers and steps are what rank difficulty. The values are
+  // standardized against the kept labels (where this deployment's prompts
+  // sit, not where chat prompts do), the weights are fitted on what the word
+  // weights leave unexplained, and decisions use their average over the
+  // last labels. false: words only. Step and L2 chosen on the development
+  // sets of docs/ROUTER.md ("Form features, fourth pass").
   bool form_features = true;
-  double form_learning_rate = 0.01;  // AdaGrad step of the form weights
-  double form_l2 = 0.03;             // L2 on the form weights, per label
-  size_t neighbour_k = 256;          // most similar labels that vote
-  double neighbour_gamma = 6.0;      // vote weight exp(gamma (cosine - 1))
+  double form_learning_rate = 0.2;  // AdaGrad step of the form weights
+  double form_l2 = 0.3;             // L2 on the form weights, per label
+  size_t neighbour_k = 256;         // most similar labels that vote
+  double neighbour_gamma = 6.0;     // vote weight exp(gamma (cosine - 1))
   // Pseudo-votes of the residual's own estimate: few or dissimilar neighbours
   // move the estimate little.
   double neighbour_prior = 3.0;
@@ -143,7 +146,17 @@ struct LearnerSnapshot {
   double bias = 0.0;           // added to the base logit
   double base_scale = 1.0;     // multiplies the base logit
   std::vector<float> weights;  // per hashed bucket, same hashing as the base
-  DenseVector form_weights{};  // per dense feature, on standardized values
+  // Per dense feature: the form weights decisions use (an average of the
+  // fitted ones over the last labels), and the centre and spread of the kept
+  // labels' values that a prompt's value is measured against.
+  DenseVector form_weights{};
+  DenseVector form_centre{};
+  DenseVector form_spread = filled(1.0);
+  static DenseVector filled(double value) {
+    DenseVector v{};
+    v.fill(value);
+    return v;
+  }
   // The similarity-weighted estimate's logit replaces this share of the
   // residual's (0: the residual alone).
   double blend = 0.0;
@@ -228,6 +241,13 @@ class OnlineLearner {
   double residual(const LearnerSnapshot& s, const Kept& k) const {
     return residual(s, k.base_logit, k.form, k.hashed);
   }
+  // The residual's word part: base logit, words and topic.
+  double words_logit(const LearnerSnapshot& s, double base_logit,
+                     const std::vector<std::pair<uint32_t, float>>& hashed) const;
+  // The form part with the given weights, on the snapshot's standardization.
+  static double form_logit(const LearnerSnapshot& s, const DenseVector& weights,
+                           const DenseVector& form);
+  static double standardized(const LearnerSnapshot& s, const DenseVector& form, int feature);
   // The features' dense part as the residual reads it (zeros when the form
   // features are off).
   DenseVector form_of(const ComplexityFeatures& f) const;
@@ -244,6 +264,8 @@ class OnlineLearner {
                          double residual_logit) const;
   void fit_blend(const Kept& k, double residual_logit);
   void rebuild_neighbours();
+  // Sets the form features' centre and spread from the kept labels.
+  void restandardize_form();
   void step(const Kept& k);  // one AdaGrad step on the working weights
   void refit();
   void recalibrate();
@@ -260,6 +282,10 @@ class OnlineLearner {
   LearnerSnapshot work_;
   std::vector<float> accum_;  // AdaGrad squared-gradient sums per bucket
   DenseVector accum_form_{};  // and per form feature
+  // The form weights as fitted (decisions read their average) and the
+  // number of steps averaged.
+  DenseVector form_fitted_{};
+  uint64_t form_steps_ = 0;
   double accum_bias_ = 0.0, accum_scale_ = 0.0, accum_blend_ = 0.0, accum_topic_ = 0.0;
   std::deque<Kept> kept_;
   std::deque<ComplexityFeatures> traffic_;
