@@ -156,13 +156,28 @@ TEST(CliCommands, UnknownSubcommandSuggestsTheNearest) {
 // as a range up to the largest double.
 TEST(CliCommands, NumericOptionsOutOfRangeSayWhatTheyMustBe) {
   auto r = run_foreshore({"router", "replay", "--data", "x.csv", "--neighbour-k", "0"});
-  EXPECT_NE(r.status, 0) << r.err;
+  EXPECT_EQ(r.status, 2) << r.err;
   EXPECT_NE(r.err.find("--neighbour-k: '0' is not above 0"), std::string::npos) << r.err;
   r = run_foreshore({"router", "replay", "--data", "x.csv", "--l2", "-1"});
   EXPECT_NE(r.err.find("--l2: '-1' is not 0 or more"), std::string::npos) << r.err;
   r = run_foreshore({"router", "replay", "--data", "x.csv", "--l2", "lots"});
   EXPECT_NE(r.err.find("'lots' is not a number"), std::string::npos) << r.err;
   EXPECT_EQ(r.err.find("179769"), std::string::npos) << r.err;
+}
+
+// Bad usage exits 2 whatever CLI11 found wrong; help and version exit 0.
+TEST(CliCommands, BadUsageExitsTwo) {
+  for (const std::vector<std::string>& args :
+       {std::vector<std::string>{"router", "replay"},                           // a required option
+        std::vector<std::string>{"router", "replay", "--data", "x", "--nope"},  // unknown
+        std::vector<std::string>{"router", "replay", "--data", "x", "--order", "up"},
+        std::vector<std::string>{"run", "-m"}}) {  // no value
+    const auto r = run_foreshore(args);
+    EXPECT_EQ(r.status, 2) << args.back() << ": " << r.err;
+    EXPECT_FALSE(r.err.empty()) << args.back();
+  }
+  EXPECT_EQ(run_foreshore({"router", "replay", "--help"}).status, 0);
+  EXPECT_EQ(run_foreshore({"--version"}).status, 0);
 }
 
 TEST(CliReport, HelpAndErrorNameTheRealConfigKey) {

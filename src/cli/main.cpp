@@ -77,7 +77,12 @@ int main(int argc, char** argv) {
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
-    return app.exit(e);
+    const int code = app.exit(e);
+    // A command's own status (RuntimeError) and --help / --version (0) pass
+    // through; every other parse error is bad usage, which exits 2 like the
+    // commands' own input errors, not with CLI11's 100-odd codes.
+    if (code == 0 || dynamic_cast<const CLI::RuntimeError*>(&e) != nullptr) return code;
+    return 2;
   }
   return 0;
 }
