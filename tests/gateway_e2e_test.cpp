@@ -574,6 +574,7 @@ TEST(GatewayLearning, FeedbackShadowVerdictsStatusAndStateFile) {
   EXPECT_NE(metrics.find("foreshore_router_learned_threshold"), std::string::npos);
   EXPECT_EQ(status["neighbours"], true) << status.dump();
   EXPECT_EQ(status["form_features"], true) << status.dump();
+  EXPECT_EQ(status["form_weights"].size(), 12u) << status.dump();
   EXPECT_EQ(status["kept_labels"], 3) << status.dump();  // 2 feedback, 1 shadow
   EXPECT_TRUE(status["neighbour_blend"].is_number()) << status.dump();
   EXPECT_NE(metrics.find("foreshore_router_kept_labels 3"), std::string::npos) << metrics;
@@ -590,6 +591,7 @@ TEST(GatewayLearning, FeedbackShadowVerdictsStatusAndStateFile) {
   EXPECT_EQ(saved["labels"]["shadow"], 1) << st.out;
   EXPECT_EQ(saved["kept_labels"], 3) << st.out;
   EXPECT_TRUE(saved["neighbour_blend"].is_number()) << st.out;
+  EXPECT_TRUE(saved["form_weights"].is_object()) << st.out;
   ASSERT_FALSE(saved["saved_versions"].empty()) << st.out;
   const FinishedRun back =
       run_foreshore({"router", "status", "--state", state, "--rollback",

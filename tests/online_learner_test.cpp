@@ -404,6 +404,17 @@ int size_ranking(const LearnerOptions& options, double* spread = nullptr) {
     ordered += learner.score(sized_problem(rng, true)) > learner.score(sized_problem(rng, false));
   }
   if (spread) *spread = learner.snapshot()->form_spread[static_cast<int>(DenseFeature::kLogChars)];
+  const auto weights = learner.stats().form_weights;
+  if (options.form_features) {
+    // What it says it learned: longer is harder, in one of the size features.
+    EXPECT_EQ(weights.size(), 12u);
+    EXPECT_TRUE(weights[0].first == "log_chars" || weights[0].first == "log_words" ||
+                weights[0].first == "log_tokens_est")
+        << weights[0].first;
+    EXPECT_GT(weights[0].second, 0.0);
+  } else {
+    EXPECT_TRUE(weights.empty());
+  }
   return ordered;
 }
 

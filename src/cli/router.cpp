@@ -846,6 +846,20 @@ std::string render_learning_svg(const std::vector<std::pair<double, double>>& cu
   return sim::svg::render(chart);
 }
 
+// The form weights the learner has fitted, largest first (at most four).
+void print_form_weights(const route::LearnerStats& stats) {
+  if (stats.form_weights.empty()) return;
+  std::string largest;
+  for (size_t i = 0; i < stats.form_weights.size() && i < 4; ++i) {
+    char item[96];
+    std::snprintf(item, sizeof item, "%s%s %+.3f", i == 0 ? "" : ", ",
+                  stats.form_weights[i].first.c_str(), stats.form_weights[i].second);
+    largest += item;
+  }
+  std::printf("form weights, largest (logit per spread of this deployment's prompts): %s\n",
+              largest.c_str());
+}
+
 int replay(const ReplayFlags& f) {
   const std::string model_path = f.model.empty() ? route::default_complexity_model_path() : f.model;
   auto loaded = route::ComplexityModel::load(model_path);
@@ -999,6 +1013,7 @@ int replay(const ReplayFlags& f) {
                  {{"threshold", stats.threshold},
                   {"neighbour_blend", stats.blend},
                   {"topic_weight", learner.snapshot()->topic_weight},
+                  {"form_weights", route::form_weights_json(stats)},
                   {"estimated_apgr", opt_json(stats.estimated_apgr)},
                   {"estimate_rows", stats.estimate_rows}}},
                 {"learning_curve", std::move(lc)}};
@@ -1038,6 +1053,7 @@ int replay(const ReplayFlags& f) {
         "%.3f on the last %lld\n",
         *stats.estimated_apgr, static_cast<long long>(stats.estimate_rows));
   }
+  print_form_weights(stats);
   if (!f.svg.empty()) std::printf("learning curve written to %s\n", f.svg.c_str());
   return 0;
 }
@@ -1081,6 +1097,7 @@ int status(const StatusFlags& f) {
                 {"labels", labels},
                 {"threshold", st.threshold},
                 {"neighbour_blend", st.blend},
+                {"form_weights", route::form_weights_json(st)},
                 {"kept_labels", st.kept_labels},
                 {"estimated_apgr", opt_json(st.estimated_apgr)},
                 {"estimate_labels", st.estimate_rows},
@@ -1098,6 +1115,7 @@ int status(const StatusFlags& f) {
   std::printf("threshold %.6f\n", st.threshold);
   std::printf("neighbour estimate: %.3f of the score (fitted online), over %lld kept labels\n",
               st.blend, static_cast<long long>(st.kept_labels));
+  print_form_weights(st);
   if (st.estimated_apgr) {
     std::printf(
         "estimated APGR %.3f on its last %lld labels with both tiers' quality, each "

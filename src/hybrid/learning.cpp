@@ -204,6 +204,7 @@ nlohmann::ordered_json RouterLearning::status() const {
           {"neighbours", config_.neighbours},
           {"form_features", config_.form_features},
           {"neighbour_blend", s.blend},
+          {"form_weights", route::form_weights_json(s)},
           {"kept_labels", s.kept_labels},
           {"estimated_apgr", s.estimated_apgr ? nlohmann::ordered_json(*s.estimated_apgr)
                                               : nlohmann::ordered_json(nullptr)},

@@ -579,6 +579,15 @@ LearnerStats OnlineLearner::stats() const {
   s.threshold = work_.threshold;
   s.blend = work_.blend;
   s.kept_labels = static_cast<int64_t>(kept_.size());
+  if (options_.form_features) {
+    for (DenseFeature d : kFormFeatures) {
+      const int i = static_cast<int>(d);
+      s.form_weights.emplace_back(std::string(dense_feature_name(i)), work_.form_weights[i]);
+    }
+    std::stable_sort(
+        s.form_weights.begin(), s.form_weights.end(),
+        [](const auto& a, const auto& b) { return std::abs(a.second) > std::abs(b.second); });
+  }
   s.estimate_rows = static_cast<int64_t>(estimates_.size());
   if (estimates_.size() >= kMinEstimateRows) {
     std::vector<double> scores;
@@ -590,6 +599,12 @@ LearnerStats OnlineLearner::stats() const {
     if (auto m = evaluate_routing(scores, rows); m.ok()) s.estimated_apgr = m->apgr;
   }
   return s;
+}
+
+nlohmann::ordered_json form_weights_json(const LearnerStats& stats) {
+  json out = json::object();
+  for (const auto& [name, weight] : stats.form_weights) out[name] = weight;
+  return out;
 }
 
 // ---- persistence -------------------------------------------------------------------

@@ -31,6 +31,7 @@
 #include <deque>
 #include <memory>
 #include <mutex>
+#include <nlohmann/json_fwd.hpp>
 #include <optional>
 #include <random>
 #include <string>
@@ -174,6 +175,10 @@ struct LearnerStats {
   // the labels it searches.
   double blend = 0.0;
   int64_t kept_labels = 0;
+  // What it has learned of the prompt's form: each form feature's weight
+  // (logit per spread of the deployment's own prompts), largest first; empty
+  // when the form features are off.
+  std::vector<std::pair<std::string, double>> form_weights;
   // APGR of the learner's own scores on recent labels, each scored before
   // the learner trained on it (prequential); absent until enough labels
   // with both tiers' quality, and where the tiers tie.
@@ -306,6 +311,10 @@ class OnlineLearner {
 };
 
 // The versions rollback can restore for a state file, newest first.
+// LearnerStats::form_weights as a JSON object, feature name to weight,
+// largest first (for /v1/router/status and `router status --json`).
+nlohmann::ordered_json form_weights_json(const LearnerStats& stats);
+
 std::vector<uint64_t> saved_learner_versions(const std::string& path);
 // Makes `path`.v<version> the current state file again.
 Status rollback_learner_state(const std::string& path, uint64_t version);
