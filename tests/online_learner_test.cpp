@@ -4,6 +4,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <memory>
 #include <nlohmann/json.hpp>
 #include <random>
 #include <string>
@@ -345,16 +346,26 @@ std::string word_problem(std::mt19937& rng, bool several_lines) {
   return out + "?";
 }
 
+// A learner given `count` labels from `make(rng, harder)`, harder (target 1)
+// and easier (0) in turn.
+template <typename Make>
+std::unique_ptr<OnlineLearner> learned_on(const LearnerOptions& options, std::mt19937& rng,
+                                          int count, Make make) {
+  const auto base = shipped();
+  auto learner = std::make_unique<OnlineLearner>(base, options);
+  for (int i = 0; i < count; ++i) {
+    const bool harder = i % 2 == 0;
+    learner->apply(label(*base, make(rng, harder), harder ? 1.0 : 0.0));
+  }
+  return learner;
+}
+
 // The share of (several lines, one line) pairs of unseen prompts the learner
 // ranks several lines first.
 double form_ranking(const LearnerOptions& options) {
-  const auto base = shipped();
-  OnlineLearner learner(base, options);
   std::mt19937 rng(7);
-  for (int i = 0; i < 400; ++i) {
-    const bool long_one = i % 2 == 0;
-    learner.apply(label(*base, word_problem(rng, long_one), long_one ? 1.0 : 0.0));
-  }
+  const auto learned = learned_on(options, rng, 400, word_problem);
+  const OnlineLearner& learner = *learned;
   std::vector<double> long_scores, short_scores;
   for (int i = 0; i < 40; ++i) {
     long_scores.push_back(learner.score(word_problem(rng, true)));
@@ -392,13 +403,9 @@ std::string sized_problem(std::mt19937& rng, bool longer) {
 // ranks longer first after 150 labels; `spread` receives the spread it
 // measures the prompts' length against.
 int size_ranking(const LearnerOptions& options, double* spread = nullptr) {
-  const auto base = shipped();
-  OnlineLearner learner(base, options);
   std::mt19937 rng(11);
-  for (int i = 0; i < 150; ++i) {
-    const bool longer = i % 2 == 0;
-    learner.apply(label(*base, sized_problem(rng, longer), longer ? 1.0 : 0.0));
-  }
+  const auto learned = learned_on(options, rng, 150, sized_problem);
+  const OnlineLearner& learner = *learned;
   int ordered = 0;
   for (int i = 0; i < 30; ++i) {
     ordered += learner.score(sized_problem(rng, true)) > learner.score(sized_problem(rng, false));

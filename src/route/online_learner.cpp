@@ -390,13 +390,15 @@ void OnlineLearner::restandardize_form() {
   if (kept_.empty()) return;
   DenseVector sum{}, sum2{};
   for (const auto& k : kept_) {
-    for (int i = 0; i < kDenseFeatureCount; ++i) {
+    for (DenseFeature d : kFormFeatures) {
+      const int i = static_cast<int>(d);
       sum[i] += k.form[i];
       sum2[i] += k.form[i] * k.form[i];
     }
   }
   const double n = static_cast<double>(kept_.size());
-  for (int i = 0; i < kDenseFeatureCount; ++i) {
+  for (DenseFeature d : kFormFeatures) {
+    const int i = static_cast<int>(d);
     const double mean = sum[i] / n;
     work_.form_centre[i] = mean;
     work_.form_spread[i] =

@@ -152,12 +152,11 @@ struct LearnerSnapshot {
   // labels' values that a prompt's value is measured against.
   DenseVector form_weights{};
   DenseVector form_centre{};
-  DenseVector form_spread = filled(1.0);
-  static DenseVector filled(double value) {
+  DenseVector form_spread = [] {
     DenseVector v{};
-    v.fill(value);
+    v.fill(1.0);
     return v;
-  }
+  }();
   // The similarity-weighted estimate's logit replaces this share of the
   // residual's (0: the residual alone).
   double blend = 0.0;
