@@ -109,11 +109,26 @@ void BM_Scan64KiBSpacedDigits(benchmark::State& state) {
   run(state, text);
 }
 
+// Joined: one number of 32,768 digits spelled digit by digit.
+void BM_Scan64KiBDigitByDigit(benchmark::State& state) {
+  std::string text;
+  while (text.size() < 64 * 1024) text += "7 ";
+  run(state, text);
+}
+// Folded: every character an HTML reference or percent-encoded.
+void BM_Scan64KiBEscapes(benchmark::State& state) {
+  std::string text;
+  while (text.size() < 64 * 1024) text += "&#52;%31";
+  run(state, text);
+}
+
 BENCHMARK(BM_Scan200B);
 BENCHMARK(BM_Scan4KiB);
 BENCHMARK(BM_Scan64KiB);
 BENCHMARK(BM_Scan64KiBDigits);
 BENCHMARK(BM_Scan64KiBSpacedDigits);
+BENCHMARK(BM_Scan64KiBDigitByDigit);
+BENCHMARK(BM_Scan64KiBEscapes);
 
 }  // namespace
 

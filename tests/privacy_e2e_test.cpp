@@ -347,6 +347,15 @@ TEST_F(PrivacyE2E, EveryFieldAndSpellingIsGuarded) {
       {"5105.1051.0510.5100", "5100"},
       {"GB82-WEST-1234-5698-7654-32", "7654"},
       {"\uFF10\uFF17\uFF18-\uFF10\uFF15-\uFF11\uFF11\uFF12\uFF10", "\uFF11\uFF12\uFF10"},
+      // Arabic-Indic digits, an underscore grouping, percent-encoding, HTML
+      // character references, an SSN spelled digit by digit.
+      {"\u0663\u0665\u0663\u0660 \u0661\u0661\u0661\u0663 \u0663\u0663\u0663\u0660 "
+       "\u0660\u0660\u0660\u0660",
+       "\u0663\u0663\u0663\u0660 \u0660"},
+      {"6011_0009_9013_9424", "9424"},
+      {"3782%208224%206310%20005", "6310"},
+      {"4000&#32;0566&#32;5566&#32;5556", "5556"},
+      {"SSN 2 1 9 0 9 8 7 6 5", "8 7 6 5"},
   };
   int cases = 0;
   for (const Secret& secret : secrets) {

@@ -17,6 +17,7 @@
 #include <thread>
 #include <vector>
 
+#include "common/utf8.h"
 #include "hybrid/config.h"
 #include "support/secret_corpus.h"
 
@@ -93,6 +94,93 @@ TEST(Sensitivity, SpellingsThatHideNumbersAreFolded) {
   // Numbers on separate lines stay apart: a postcode does not join a phone.
   expect_hit("phone", {"South Africa 70651\n082 490 1693-Office"});
   expect_no_hit("credit_card", {"4111\u20131111 is a range", "chapter 1.2.3.4"});
+}
+
+// Every script's decimal digits, superscripts, subscripts and circled
+// digits read as ASCII digits.
+TEST(Sensitivity, DigitsOfEveryScriptAreFolded) {
+  // Arabic-Indic, extended Arabic-Indic, Devanagari, Bengali, Thai, Tibetan,
+  // Myanmar, Khmer, Mongolian, Adlam: a card in each.
+  for (const uint32_t zero : {0x0660u, 0x06F0u, 0x0966u, 0x09E6u, 0x0E50u, 0x0F20u, 0x1040u,
+                              0x17E0u, 0x1810u, 0x1E950u}) {
+    std::string card = "card ";
+    for (const char c : std::string_view("4111 1111 1111 1111")) {
+      if (c == ' ') {
+        card += ' ';
+      } else {
+        std::string digit;
+        append_utf8(digit, zero + static_cast<uint32_t>(c - '0'));
+        card += digit;
+      }
+    }
+    EXPECT_TRUE(has(card, "credit_card")) << "digits from U+" << std::hex << zero;
+  }
+  expect_hit("us_ssn", {"SSN \u00B9\u00B2\u00B3-\u2074\u2075-\u2076\u2077\u2078\u2079",
+                        "SSN \u2081\u2082\u2083 \u2084\u2085 \u2086\u2087\u2088\u2089"});
+  expect_hit("credit_card", {"\u2463\u2460\u2460\u2460 \u2460\u2460\u2460\u2460 "
+                             "\u2460\u2460\u2460\u2460 \u2460\u2460\u2460\u2460",
+                             "\u2779\u2776\u2776\u2776-\u2776\u2776\u2776\u2776-"
+                             "\u2776\u2776\u2776\u2776-\u2776\u2776\u2776\u2776"});
+  // A digit-shaped letter is not a digit.
+  expect_no_hit("credit_card", {"\u0669\u0669 bottles"});
+}
+
+// Digits spaced out one by one, or grouped with separators no number format
+// uses, are read joined by the number detectors.
+TEST(Sensitivity, SpelledOutDigitRunsAreJoined) {
+  expect_hit("credit_card",
+             {"4 1 1 1 1 1 1 1 1 1 1 1 1 1 1 1", "4111_1111_1111_1111", "4111/1111/1111/1111",
+              "4111 - 1111 - 1111 - 1111", "4111|1111|1111|1111",
+              "4\u00A01\u00A01\u00A01\u00A01\u00A01\u00A01\u00A01\u00A01\u00A01\u00A01\u00A01"
+              "\u00A01\u00A01\u00A01\u00A01"});
+  expect_hit("us_ssn", {"my SSN: 078/05/1120", "SSN 0 7 8 0 5 1 1 2 0", "ssn 078_05_1120",
+                        "ssn 0 7 8 - 0 5 - 1 1 2 0"});
+  expect_hit("iban", {"DE89_3704_0044_0532_0130_00"});
+  // Joined, these are numbers no detector confirms: dates, paths, versions,
+  // Luhn-failing runs, nine digits with no word saying they are an SSN.
+  expect_no_hit("credit_card", {"on 05/12/2023 at 10:30", "ticket 4111_1111_1111_1112",
+                                "files/2023_05_12/build_114.log", "version 1.2.3 - 4.5.6"});
+  expect_no_hit("us_ssn", {"path /a/078/05/1120/b", "digits 0 7 8 0 5 1 1 2 0"});
+  // Two numbers on two lines are not one: a postcode, then a phone number.
+  expect_no_hit("credit_card", {"Tanzania 53144\n06-10446904-Office"});
+  // Phone numbers do not read the joined copy: a date is no phone.
+  expect_no_hit("phone", {"on 05/12/2023", "build 2023_05_12_1130"});
+}
+
+TEST(Sensitivity, JoinedHitsPointIntoTheOriginalText) {
+  const std::string text = "card: 4 1 1 1 1 1 1 1 1 1 1 1 1 1 1 1 ok";
+  const auto r = default_detector().scan(text);
+  ASSERT_EQ(r.hits.size(), 1u);
+  EXPECT_EQ(r.hits[0].detector, "credit_card");
+  EXPECT_EQ(text.substr(r.hits[0].begin, r.hits[0].end - r.hits[0].begin),
+            "4 1 1 1 1 1 1 1 1 1 1 1 1 1 1 1");
+  // Folded and joined: no-break spaces between Arabic-Indic digits.
+  const std::string arabic =
+      "x \u0664_\u0661_\u0661_\u0661_\u0661_\u0661_\u0661_\u0661_\u0661_"
+      "\u0661_\u0661_\u0661_\u0661_\u0661_\u0661_\u0661 y";
+  const auto a = default_detector().scan(arabic);
+  ASSERT_EQ(a.hits.size(), 1u);
+  EXPECT_EQ(arabic.substr(a.hits[0].begin, a.hits[0].end - a.hits[0].begin),
+            arabic.substr(2, arabic.size() - 4));
+}
+
+// Escapes and spelled-out characters: percent-encoding, HTML character
+// references, "[at]" and "(dot)".
+TEST(Sensitivity, EscapedAndSpelledCharactersAreDecoded) {
+  expect_hit("credit_card",
+             {"%34%31%31%31 %31%31%31%31 %31%31%31%31 %31%31%31%31", "4111%201111%201111%201111",
+              "&#52;111 1111 1111 1111", "&#x34;&#x31;11&nbsp;1111&nbsp;1111&nbsp;1111",
+              "4111&hyphen;1111&hyphen;1111&hyphen;1111"});
+  expect_hit("us_ssn", {"078&#45;05&#45;1120", "078%2D05%2D1120"});
+  expect_hit("email", {"john.doe [at] example [dot] com", "john.doe(at)example(dot)com",
+                       "john.doe{AT}example{DOT}com", "john.doe <at> example <dot> com",
+                       "john.doe [ at ] example [ dot ] com", "JOHN DOT DOE AT EXAMPLE DOT COM",
+                       "mailto:john%40example.com", "john&#64;example.com",
+                       "john&commat;example&period;com"});
+  expect_hit("private_key",
+             {"-----BEGIN&#32;RSA PRIVATE KEY-----\nMIIE\n-----END RSA PRIVATE KEY-----"});
+  expect_no_hit("email", {"meet me at example.com", "I WORK AT IBM", "100% sure & 50%off",
+                          "AT&T at 5pm", "see [a] (b) {c} <d>"});
 }
 
 // Recall per category and spelling on generated secrets (docs/PRIVACY.md
@@ -261,10 +349,12 @@ TEST(Sensitivity, SecretsAndKeys) {
                                     "https://user:${PASSWORD}@host", "https://example.com/a:b@c"});
   expect_hit("generic_secret",
              {"api_key = \"a8f5f167f44f4964e6c998dee827110c\"", "client_secret: 9dJ2kL0pQ7rT5vX1",
-              "password is Summer2024!", "export DB_PASSWORD=h7Gk29xQpL"});
-  expect_no_hit("generic_secret", {"api_key = os.environ['API_KEY']", "password: YOUR_PASSWORD",
-                                   "token = None", "password is incorrect", "max_tokens=1024",
-                                   "password: ${DB_PASSWORD}", "tokenizer = AutoTokenizer()"});
+              "password is Summer2024!", "export DB_PASSWORD=h7Gk29xQpL", "password - Summer2024!",
+              "password \u2014 Summer2024!"});
+  expect_no_hit("generic_secret",
+                {"api_key = os.environ['API_KEY']", "password: YOUR_PASSWORD", "token = None",
+                 "password is incorrect", "max_tokens=1024", "password: ${DB_PASSWORD}",
+                 "tokenizer = AutoTokenizer()", "password - reset it", "key - value pairs"});
   // The specific detector wins over the generic one on the same span.
   const auto r = default_detector().scan("OPENAI_API_KEY=sk-proj-Ab3dEf6hIj9kLm2nOp5qRs8tUv1wXy4z");
   ASSERT_EQ(r.hits.size(), 1u);

@@ -146,7 +146,7 @@ inline constexpr BuiltinPattern kBuiltinPatterns[] = {
     // character; the validator reads the whole name and value. (Spelling out
     // every key name here makes the whole scan several times slower.)
     {kGenericSecret, Check::kGenericSecret,
-     R"((?:key|id|secret|token|password|passwd|pwd)["']?[ \t]*(?:[:=]|=>|[ \t]+is)[ \t]*["']?[A-Za-z0-9_\-+/=.~!@#$%^&*])",
+     R"((?:key|id|secret|token|password|passwd|pwd)["']?[ \t]*(?:[:=]|=>|[ \t]+is|[ \t]-)[ \t]*["']?[A-Za-z0-9_\-+/=.~!@#$%^&*])",
      kCaseless, false},
 };
 

@@ -36,6 +36,9 @@ struct RuleInfo {
   // IPv4 address is not also a phone number; OPENAI_API_KEY=sk-... is an
   // OpenAI key, not a generic secret.
   bool yields;
+  // Reads digit runs joined from a spelling (join_spelled_digits): the
+  // detectors of numbers that check digits or a context word confirm.
+  bool reads_joined_digits = false;
 };
 
 constexpr uint32_t kNoRule = std::numeric_limits<uint32_t>::max();
@@ -131,7 +134,14 @@ struct SensitivityDetector::Impl {
   // May narrow or widen the span and, for the SSN expression, switch the rule.
   Verdict validate(Check check, std::string_view t, Span& s, uint32_t& rule) const;
   // False when Hyperscan failed; the caller then fails closed.
-  bool scan_text(std::string_view text, uint32_t message, SensitivityResult& out) const;
+  // `joined_digits`: the text is a join_spelled_digits() copy, and only the
+  // rules that read one count.
+  bool scan_text(std::string_view text, uint32_t message, SensitivityResult& out,
+                 bool joined_digits = false) const;
+  // Scans a folded or joined copy of message `message` and adds the hits the
+  // original's scan (hits from `own` on) did not have, pointing into the original.
+  bool scan_copy(const NormalizedText& copy, uint32_t message, size_t own, bool joined_digits,
+                 SensitivityResult& out) const;
   void confirm_with_pcre2(uint32_t rule, std::string_view text, ThreadState& ts) const;
 };
 
@@ -172,7 +182,7 @@ void SensitivityDetector::Impl::confirm_with_pcre2(uint32_t rule, std::string_vi
 }
 
 bool SensitivityDetector::Impl::scan_text(std::string_view text, uint32_t message,
-                                          SensitivityResult& out) const {
+                                          SensitivityResult& out, bool joined_digits) const {
   ThreadState& ts = t_state;
   ts.hits.clear();
   ts.prefiltered.clear();
@@ -223,6 +233,7 @@ bool SensitivityDetector::Impl::scan_text(std::string_view text, uint32_t messag
   });
   for (size_t i = 0; i < hits.size(); ++i) {
     const RuleInfo& rule = rules[hits[i].rule];
+    if (joined_digits && !rule.reads_joined_digits) continue;
     if (rule.yields) {
       bool covered = false;
       for (size_t j = 0; j < hits.size() && !covered; ++j) {
@@ -242,6 +253,33 @@ bool SensitivityDetector::Impl::scan_text(std::string_view text, uint32_t messag
           {rule.name, rule.kind, rule.data_class, message, hits[i].span.begin, hits[i].span.end});
     }
   }
+  return true;
+}
+
+bool SensitivityDetector::Impl::scan_copy(const NormalizedText& copy, uint32_t message, size_t own,
+                                          bool joined_digits, SensitivityResult& out) const {
+  // Hits point into the original; one already found there is not listed twice.
+  const size_t first = out.hits.size();
+  const uint32_t total = out.hits_total;
+  if (!scan_text(copy.text, message, out, joined_digits)) return false;
+  size_t kept = first;
+  for (size_t h = first; h < out.hits.size(); ++h) {
+    SensitivityHit hit = out.hits[h];
+    hit.begin = copy.begin_of[hit.begin];
+    hit.end = copy.end_of[hit.end - 1];
+    const bool known = std::any_of(
+        out.hits.begin() + static_cast<std::ptrdiff_t>(own),
+        out.hits.begin() + static_cast<std::ptrdiff_t>(first), [&](const SensitivityHit& o) {
+          return o.detector == hit.detector && o.begin < hit.end && hit.begin < o.end;
+        });
+    if (!known) out.hits[kept++] = std::move(hit);
+  }
+  out.hits_total = total + static_cast<uint32_t>(kept - first) +
+                   (out.hits_total - total - static_cast<uint32_t>(out.hits.size() - first));
+  out.hits.resize(kept);
+  std::stable_sort(
+      out.hits.begin() + static_cast<std::ptrdiff_t>(own), out.hits.end(),
+      [](const SensitivityHit& a, const SensitivityHit& b) { return a.begin < b.begin; });
   return true;
 }
 
@@ -272,8 +310,10 @@ Result<std::unique_ptr<SensitivityDetector>> SensitivityDetector::create(
     rule_of[b] = kNoRule;
     if (!cls) continue;
     rule_of[b] = static_cast<uint32_t>(impl->rules.size());
-    impl->rules.push_back({std::string(kBuiltins[b].name), RuleKind::kDetector, *cls,
-                           b == kPhone || b == kGenericSecret});
+    impl->rules.push_back(
+        {std::string(kBuiltins[b].name), RuleKind::kDetector, *cls,
+         b == kPhone || b == kGenericSecret,
+         b == kCreditCard || b == kIban || b == kUsSsn || b == kUsItin || b == kFrNir});
   }
   const auto add = [&](const char* regex, unsigned f, Entry entry) {
     regexes.emplace_back(regex);
@@ -423,7 +463,7 @@ SensitivityResult SensitivityDetector::scan(std::span<const std::string_view> te
       ok = hs_alloc_scratch(impl_->db, &ts.scratch) == HS_SUCCESS;
       if (ok) ts.sized_for = impl_->id;
     }
-    thread_local NormalizedText folded;
+    thread_local NormalizedText folded, joined;
     for (size_t m = 0; m < texts.size() && ok; ++m) {
       if (texts[m].empty()) continue;
       if (texts[m].size() > std::numeric_limits<uint32_t>::max() / 2) {
@@ -431,32 +471,27 @@ SensitivityResult SensitivityDetector::scan(std::span<const std::string_view> te
         break;
       }
       const size_t own = out.hits.size();
-      ok = impl_->scan_text(texts[m], static_cast<uint32_t>(m), out);
-      if (!ok || !normalize_for_detection(texts[m], folded)) continue;
+      const auto message = static_cast<uint32_t>(m);
+      ok = impl_->scan_text(texts[m], message, out);
       // The folded text too: it finds what odd spellings hid, while the
       // original keeps what folding would join (numbers on separate lines).
-      // Hits point into the original; one already found is not listed twice.
-      const size_t first = out.hits.size();
-      const uint32_t total = out.hits_total;
-      ok = impl_->scan_text(folded.text, static_cast<uint32_t>(m), out);
-      size_t kept = first;
-      for (size_t h = first; h < out.hits.size(); ++h) {
-        SensitivityHit hit = out.hits[h];
-        hit.begin = folded.begin_of[hit.begin];
-        hit.end = folded.end_of[hit.end - 1];
-        const bool known = std::any_of(
-            out.hits.begin() + static_cast<std::ptrdiff_t>(own),
-            out.hits.begin() + static_cast<std::ptrdiff_t>(first), [&](const SensitivityHit& o) {
-              return o.detector == hit.detector && o.begin < hit.end && hit.begin < o.end;
-            });
-        if (!known) out.hits[kept++] = std::move(hit);
+      const SpellingCheck spelling = ok ? check_spelling(texts[m]) : SpellingCheck{};
+      const bool was_folded = spelling.fold;
+      if (was_folded) {
+        fold_for_detection(texts[m], folded);
+        ok = impl_->scan_copy(folded, message, own, false, out);
       }
-      out.hits_total = total + static_cast<uint32_t>(kept - first) +
-                       (out.hits_total - total - static_cast<uint32_t>(out.hits.size() - first));
-      out.hits.resize(kept);
-      std::stable_sort(
-          out.hits.begin() + static_cast<std::ptrdiff_t>(own), out.hits.end(),
-          [](const SensitivityHit& a, const SensitivityHit& b) { return a.begin < b.begin; });
+      if (ok && (was_folded || spelling.join) &&
+          join_spelled_digits(was_folded ? folded.text : texts[m], joined)) {
+        if (was_folded) {
+          // Point the joined copy's bytes into the original, through the folded text.
+          for (size_t k = 0; k < joined.text.size(); ++k) {
+            joined.end_of[k] = folded.end_of[joined.end_of[k] - 1];
+            joined.begin_of[k] = folded.begin_of[joined.begin_of[k]];
+          }
+        }
+        ok = impl_->scan_copy(joined, message, own, true, out);
+      }
     }
   }
   if (!ok) {

@@ -496,7 +496,8 @@ double entropy(std::string_view v) {
   return h;
 }
 
-// "api_key = 'a8f...'", "password: Summer2024!", "token is ab12...": the value
+// "api_key = 'a8f...'", "password: Summer2024!", "token is ab12...",
+// "password - Summer2024!" (a dash of any kind, folded): the value
 // must look random (letters and digits, entropy >= 2.5 bits per byte) so that
 // "token = None" or "password: YOUR_PASSWORD" do not count. The expression
 // stops after eight characters of the value; the rest is read here.
@@ -529,7 +530,7 @@ Verdict check_generic_secret(std::string_view t, Span& s) {
   const uint32_t limit = s.end + kMaxValue;
   while (s.end < limit && is_secret_char(at(t, s.end))) ++s.end;
   if (is_secret_char(at(t, s.end))) return Verdict::kReject;
-  // Back over quote, blanks, separator (":", "=", "=>", "is"), blanks, quote
+  // Back over quote, blanks, separator (":", "=", "=>", "is", " - "), blanks, quote
   // and the key's name, to mark the whole assignment.
   uint32_t b = value_begin;
   const auto skip_back = [&](auto pred) {
@@ -539,7 +540,7 @@ Verdict check_generic_secret(std::string_view t, Span& s) {
   const auto quote = [](char c) { return c == '"' || c == '\''; };
   if (b > 0 && quote(t[b - 1])) --b;
   skip_back(blank);
-  if (b > 0 && (t[b - 1] == ':' || t[b - 1] == '=' || t[b - 1] == '>')) {
+  if (b > 0 && (t[b - 1] == ':' || t[b - 1] == '=' || t[b - 1] == '>' || t[b - 1] == '-')) {
     b -= t[b - 1] == '>' ? 2 : 1;
   } else if (b >= 2) {
     b -= 2;  // "is"

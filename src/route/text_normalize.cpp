@@ -1,5 +1,10 @@
 #include "route/text_normalize.h"
 
+#include <algorithm>
+#include <array>
+#include <iterator>
+#include <utility>
+
 #include "common/utf8.h"
 
 namespace foreshore::route {
@@ -8,12 +13,42 @@ namespace {
 constexpr uint32_t kDrop = 0xFFFFFFFF;
 constexpr uint32_t kKeep = 0xFFFFFFFE;
 
+// The first code point of each run of ten decimal digits (Unicode category
+// Nd, 15.0) outside ASCII: Arabic-Indic, Devanagari, Bengali, Thai, ...,
+// mathematical and full-width. A card number written in any script's digits
+// is still a card number.
+constexpr uint32_t kDigitZeros[] = {
+    0x0660,  0x06F0,  0x07C0,  0x0966,  0x09E6,  0x0A66,  0x0AE6,  0x0B66,  0x0BE6,  0x0C66,
+    0x0CE6,  0x0D66,  0x0DE6,  0x0E50,  0x0ED0,  0x0F20,  0x1040,  0x1090,  0x17E0,  0x1810,
+    0x1946,  0x19D0,  0x1A80,  0x1A90,  0x1B50,  0x1BB0,  0x1C40,  0x1C50,  0xA620,  0xA8D0,
+    0xA900,  0xA9D0,  0xA9F0,  0xAA50,  0xABF0,  0xFF10,  0x104A0, 0x10D30, 0x11066, 0x110F0,
+    0x11136, 0x111D0, 0x112F0, 0x11450, 0x114D0, 0x11650, 0x116C0, 0x11730, 0x118E0, 0x11950,
+    0x11C50, 0x11D50, 0x11DA0, 0x11F50, 0x16A60, 0x16AC0, 0x16B50, 0x1D7CE, 0x1D7D8, 0x1D7E2,
+    0x1D7EC, 0x1D7F6, 0x1E140, 0x1E2F0, 0x1E4F0, 0x1E950, 0x1FBF0};
+
+// The digit a code point stands for, or -1: any script's decimal digits,
+// superscripts and subscripts, and circled digits (NFKC folds most of these;
+// the dingbat ones it leaves, a reader does not).
+int digit_value(uint32_t cp) {
+  const auto* z = std::upper_bound(std::begin(kDigitZeros), std::end(kDigitZeros), cp);
+  if (z != std::begin(kDigitZeros) && cp - *(z - 1) < 10) return static_cast<int>(cp - *(z - 1));
+  if (cp == 0xB9) return 1;
+  if (cp == 0xB2 || cp == 0xB3) return static_cast<int>(cp - 0xB0);
+  if (cp == 0x2070 || cp == 0x2080 || cp == 0x24EA || cp == 0x24FF) return 0;
+  if (cp >= 0x2074 && cp <= 0x2079) return static_cast<int>(cp - 0x2070);
+  if (cp >= 0x2081 && cp <= 0x2089) return static_cast<int>(cp - 0x2080);
+  for (const uint32_t one : {0x2460u, 0x2776u, 0x2780u, 0x278Au, 0x24F5u}) {
+    if (cp >= one && cp < one + 9) return static_cast<int>(cp - one + 1);
+  }
+  return -1;
+}
+
 // The ASCII character a code point folds to, kDrop for invisible ones, kKeep
 // for those left as they are.
 uint32_t fold(uint32_t cp) {
   if (cp < 0x80) return cp;
   if (cp >= 0xFF01 && cp <= 0xFF5E) return cp - 0xFEE0;  // full-width ASCII
-  if (cp >= 0x1D7CE && cp <= 0x1D7FF) return '0' + (cp - 0x1D7CE) % 10;
+  if (const int d = digit_value(cp); d >= 0) return '0' + static_cast<uint32_t>(d);
   if ((cp >= 0x2010 && cp <= 0x2015) || cp == 0x2043 || cp == 0x2212 || cp == 0xFE58 ||
       cp == 0xFE63) {
     return '-';
@@ -29,6 +64,112 @@ uint32_t fold(uint32_t cp) {
   return kKeep;
 }
 
+int hex_value(char c) {
+  if (c >= '0' && c <= '9') return c - '0';
+  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+  return -1;
+}
+
+bool starts_with_caseless(std::string_view t, size_t i, std::string_view word) {
+  if (t.size() - i < word.size()) return false;
+  for (size_t k = 0; k < word.size(); ++k) {
+    if ((t[i + k] | 0x20) != word[k]) return false;
+  }
+  return true;
+}
+
+// One character written as an escape or spelled out, as a writer hides an
+// address or a number from a pattern: percent-encoding (%34, %40), HTML
+// character references (&#52; &#x34; &commat;), "[at]" / "(dot)" in any
+// bracket and case with the spaces around them, " AT " and " DOT " in capitals.
+struct Spelled {
+  uint32_t cp = 0;
+  size_t len = 0;  // 0: nothing spelled at this byte
+};
+
+Spelled spelled_at(std::string_view t, size_t i) {
+  const size_t n = t.size();
+  const char c = t[i];
+  if (c == '%') {
+    if (n - i < 3 || hex_value(t[i + 1]) < 0 || hex_value(t[i + 2]) < 0) return {};
+    const auto v = static_cast<uint32_t>(hex_value(t[i + 1]) * 16 + hex_value(t[i + 2]));
+    return v >= 0x20 && v < 0x7F ? Spelled{v, 3} : Spelled{};
+  }
+  if (c == '&') {
+    if (i + 1 < n && t[i + 1] == '#') {
+      const bool hex = i + 2 < n && (t[i + 2] | 0x20) == 'x';
+      size_t j = i + (hex ? 3 : 2);
+      uint32_t v = 0;
+      const size_t first = j;
+      while (j < n && j - first < 7) {
+        const int d = hex ? hex_value(t[j]) : (t[j] >= '0' && t[j] <= '9' ? t[j] - '0' : -1);
+        if (d < 0) break;
+        v = v * (hex ? 16 : 10) + static_cast<uint32_t>(d);
+        ++j;
+      }
+      if (j == first || v == 0 || v > 0x10FFFF || (v >= 0xD800 && v <= 0xDFFF)) return {};
+      if (j < n && t[j] == ';') ++j;
+      return {v, j - i};
+    }
+    static constexpr std::pair<std::string_view, char> kNamed[] = {
+        {"&nbsp;", ' '},   {"&commat;", '@'}, {"&period;", '.'}, {"&hyphen;", '-'},
+        {"&dash;", '-'},   {"&minus;", '-'},  {"&ndash;", '-'},  {"&mdash;", '-'},
+        {"&lowbar;", '_'}, {"&sol;", '/'},    {"&amp;", '&'}};
+    for (const auto& [name, folded] : kNamed) {
+      if (t.substr(i, name.size()) == name) return {static_cast<uint32_t>(folded), name.size()};
+    }
+    return {};
+  }
+  if (c != ' ' && c != '[' && c != '(' && c != '{' && c != '<') return {};
+  if (c == ' ') {
+    // Most spaces: a word follows.
+    const char next = i + 1 < n ? t[i + 1] : '\0';
+    if (next != ' ' && next != 'A' && next != 'D' && next != '[' && next != '(' && next != '{' &&
+        next != '<') {
+      return {};
+    }
+    if (t.substr(i, 4) == " AT ") return {'@', 4};
+    if (t.substr(i, 5) == " DOT ") return {'.', 5};
+  }
+  size_t j = i;
+  while (j < n && j - i < 2 && t[j] == ' ') ++j;
+  if (j >= n) return {};
+  static constexpr std::string_view kOpen = "[({<", kClose = "])}>";
+  const size_t bracket = kOpen.find(t[j]);
+  if (bracket == std::string_view::npos) return {};
+  size_t k = j + 1;
+  if (k < n && t[k] == ' ') ++k;
+  uint32_t cp = 0;
+  if (starts_with_caseless(t, k, "at")) {
+    cp = '@';
+    k += 2;
+  } else if (starts_with_caseless(t, k, "dot")) {
+    cp = '.';
+    k += 3;
+  } else {
+    return {};
+  }
+  if (k < n && t[k] == ' ') ++k;
+  if (k >= n || t[k] != kClose[bracket]) return {};
+  ++k;
+  for (size_t spaces = 0; k < n && spaces < 2 && t[k] == ' '; ++spaces) ++k;
+  return {cp, k - i};
+}
+
+// The character at byte i as the detectors read it, and its length in bytes.
+struct Read {
+  uint32_t folded;  // an ASCII character, kDrop or kKeep
+  uint32_t cp;      // what kKeep writes
+  size_t len;
+};
+
+Read read_at(std::string_view t, size_t i) {
+  if (const Spelled s = spelled_at(t, i); s.len > 0) return {fold(s.cp), s.cp, s.len};
+  const Utf8Char p = decode_utf8(t, i);
+  return {fold(p.cp), p.cp, p.len};
+}
+
 bool is_space(uint32_t c) {
   return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v';
 }
@@ -39,35 +180,116 @@ bool is_digit(uint32_t c) {
 // The first folded character at or after byte i that is not dropped.
 uint32_t next_visible(std::string_view t, size_t i) {
   while (i < t.size()) {
-    const Utf8Char p = decode_utf8(t, i);
-    const uint32_t f = fold(p.cp);
-    if (f != kDrop) return f;
-    i += p.len;
+    const Read r = read_at(t, i);
+    if (r.folded != kDrop) return r.folded;
+    i += r.len;
   }
   return 0;
 }
 
-bool needs_folding(std::string_view t) {
-  for (size_t i = 0; i < t.size(); ++i) {
-    const auto c = static_cast<unsigned char>(t[i]);
-    if (c >= 0x80) return true;
-    // A whitespace run between digits other than one plain space.
-    if (is_digit(c) && i + 1 < t.size() && is_space(static_cast<unsigned char>(t[i + 1]))) {
-      size_t j = i + 1;
-      while (j < t.size() && is_space(static_cast<unsigned char>(t[j]))) ++j;
-      if (j < t.size() && is_digit(static_cast<unsigned char>(t[j])) &&
-          !(j == i + 2 && t[i + 1] == ' ')) {
-        return true;
-      }
+// Separators between digit groups that a run of digits may be spelled with.
+bool is_digit_separator(char c) {
+  return c == ' ' || c == '-' || c == '.' || c == '/' || c == '_' || c == '\\' || c == '|' ||
+         c == '*' || c == '~';
+}
+
+// The separator after the digit group ending at byte j: its length (1, or 3
+// for one between spaces, " - "), 0 when the run ends there.
+size_t separator_at(std::string_view t, size_t j) {
+  const size_t n = t.size();
+  if (j + 1 < n && is_digit_separator(t[j]) && is_digit(static_cast<unsigned char>(t[j + 1]))) {
+    return 1;
+  }
+  if (j + 3 < n && t[j] == ' ' && t[j + 1] != ' ' && is_digit_separator(t[j + 1]) &&
+      t[j + 2] == ' ' && is_digit(static_cast<unsigned char>(t[j + 3]))) {
+    return 3;
+  }
+  return 0;
+}
+
+// Nine single digits in a row from byte i, one separator between each: a
+// number spelled digit by digit (join_spelled_digits needs nine groups).
+bool digit_by_digit_at(std::string_view t, size_t i) {
+  if (t.size() - i < 17) return false;
+  for (size_t k = 0; k < 17; ++k) {
+    const auto c = static_cast<unsigned char>(t[i + k]);
+    if (k % 2 == 0 ? !is_digit(c) : !is_digit_separator(t[i + k])) return false;
+  }
+  return t.size() == i + 17 || !is_digit(static_cast<unsigned char>(t[i + 17]));
+}
+
+// What may be spelled at byte i, a digit: a whitespace run to another digit
+// that is not one plain space (fold), an unusual separator or a separator
+// between spaces before another digit, or a digit-by-digit run (join).
+void check_after_digit(std::string_view t, size_t i, SpellingCheck& check) {
+  const size_t n = t.size();
+  if (i + 1 >= n) return;
+  const auto next = static_cast<unsigned char>(t[i + 1]);
+  if (is_digit(next)) return;
+  if (is_space(next)) {
+    size_t j = i + 1;
+    while (j < n && is_space(static_cast<unsigned char>(t[j]))) ++j;
+    if (j < n && is_digit(static_cast<unsigned char>(t[j])) && !(j == i + 2 && next == ' ')) {
+      check.fold = true;
+      return;
     }
   }
-  return false;
+  const size_t sep = separator_at(t, i + 1);
+  const char kind = sep == 3 ? t[i + 2] : t[i + 1];
+  if (sep == 3 || (sep == 1 && kind != ' ' && kind != '-' && kind != '.') ||
+      ((i == 0 || !is_digit(static_cast<unsigned char>(t[i - 1]))) && digit_by_digit_at(t, i))) {
+    check.join = true;
+  }
 }
+
+// Bytes that may start a spelling: 1 non-ASCII, 2 a digit, 3 the letter
+// after the space of " AT " or " DOT ", 4 the start of an escape or of a
+// bracketed "at"/"dot". Everything else, spaces included, is passed over
+// without a branch that could go either way.
+constexpr std::array<uint8_t, 256> kSpellingStart = [] {
+  std::array<uint8_t, 256> table{};
+  for (int c = 0x80; c < 0x100; ++c) table[c] = 1;
+  for (int c = '0'; c <= '9'; ++c) table[c] = 2;
+  table['A'] = 3;
+  table['D'] = 3;
+  for (const char c : {'%', '&', '[', '(', '{', '<'}) table[static_cast<unsigned char>(c)] = 4;
+  return table;
+}();
 
 }  // namespace
 
-bool normalize_for_detection(std::string_view t, NormalizedText& out) {
-  if (!needs_folding(t)) return false;
+SpellingCheck check_spelling(std::string_view t) {
+  SpellingCheck check;
+  for (size_t i = 0; i < t.size(); ++i) {
+    const uint8_t start = kSpellingStart[static_cast<unsigned char>(t[i])];
+    if (start == 0) continue;
+    switch (start) {
+      case 1:
+        check.fold = true;
+        return check;
+      case 2:
+        check_after_digit(t, i, check);
+        if (check.fold) return check;
+        break;
+      case 3:
+        // " AT " and " DOT " are read from their space; spaces themselves
+        // are too common to stop at.
+        if (i > 0 && t[i - 1] == ' ' && spelled_at(t, i - 1).len > 0) {
+          check.fold = true;
+          return check;
+        }
+        break;
+      default:
+        if (spelled_at(t, i).len > 0) {
+          check.fold = true;
+          return check;
+        }
+    }
+  }
+  return check;
+}
+
+void fold_for_detection(std::string_view t, NormalizedText& out) {
   out.text.clear();
   out.begin_of.clear();
   out.end_of.clear();
@@ -79,8 +301,8 @@ bool normalize_for_detection(std::string_view t, NormalizedText& out) {
   uint32_t last = 0;  // the last folded character written
   size_t i = 0;
   while (i < t.size()) {
-    const Utf8Char p = decode_utf8(t, i);
-    const uint32_t f = fold(p.cp);
+    const Read p = read_at(t, i);
+    const uint32_t f = p.folded;
     if (f == kDrop) {
       i += p.len;
       continue;
@@ -89,9 +311,8 @@ bool normalize_for_detection(std::string_view t, NormalizedText& out) {
       // Gather the whole run (invisible characters included).
       size_t j = i;
       while (j < t.size()) {
-        const Utf8Char q = decode_utf8(t, j);
-        const uint32_t g = fold(q.cp);
-        if (g != kDrop && !(g != kKeep && is_space(g))) break;
+        const Read q = read_at(t, j);
+        if (q.folded != kDrop && !(q.folded != kKeep && is_space(q.folded))) break;
         j += q.len;
       }
       if (is_digit(next_visible(t, j))) {
@@ -102,7 +323,9 @@ bool normalize_for_detection(std::string_view t, NormalizedText& out) {
       }
     }
     if (f == kKeep) {
-      for (uint32_t k = 0; k < p.len; ++k) emit(t[i + k], i, i + p.len);
+      std::string bytes;
+      append_utf8(bytes, p.cp);
+      for (char b : bytes) emit(b, i, i + p.len);
       last = p.cp;
     } else {
       emit(static_cast<char>(f), i, i + p.len);
@@ -110,6 +333,64 @@ bool normalize_for_detection(std::string_view t, NormalizedText& out) {
     }
     i += p.len;
   }
+}
+
+bool join_spelled_digits(std::string_view t, NormalizedText& out) {
+  out.text.clear();
+  out.begin_of.clear();
+  out.end_of.clear();
+  bool joined_any = false;
+  size_t copied = 0;  // bytes of t before this are in out
+  const auto copy_to = [&](size_t end) {
+    for (; copied < end; ++copied) {
+      out.text.push_back(t[copied]);
+      out.begin_of.push_back(static_cast<uint32_t>(copied));
+      out.end_of.push_back(static_cast<uint32_t>(copied + 1));
+    }
+  };
+  size_t i = 0;
+  while (i < t.size()) {
+    if (!is_digit(static_cast<unsigned char>(t[i])) ||
+        (i > 0 && is_digit(static_cast<unsigned char>(t[i - 1])))) {
+      ++i;
+      continue;
+    }
+    // One run: digit groups and the separators between them.
+    size_t groups = 0, single_digit_groups = 0, j = i;
+    bool unusual = false;
+    while (true) {
+      const size_t group = j;
+      while (j < t.size() && is_digit(static_cast<unsigned char>(t[j]))) ++j;
+      ++groups;
+      if (j - group == 1) ++single_digit_groups;
+      const size_t sep = separator_at(t, j);
+      if (sep == 0) break;
+      const char kind = sep == 3 ? t[j + 1] : t[j];
+      // Number formats group with spaces, dashes or dots; slashes,
+      // underscores and the like, or a dash between spaces, are a spelling.
+      // (Kinds mixed are not: "Tanzania 53144\n06-10446904" is two numbers.)
+      unusual = unusual || sep == 3 || (kind != ' ' && kind != '-' && kind != '.');
+      j += sep;
+    }
+    const bool digit_by_digit = groups >= 9 && single_digit_groups == groups;
+    if (groups >= 2 && (unusual || digit_by_digit)) {
+      copy_to(i);
+      for (size_t k = i; k < j; ++k) {
+        if (!is_digit(static_cast<unsigned char>(t[k]))) continue;
+        out.text.push_back(t[k]);
+        // A digit takes the separator before it, so that a hit's span
+        // covers every byte of the run it was read from.
+        out.begin_of.push_back(static_cast<uint32_t>(
+            k > i && !is_digit(static_cast<unsigned char>(t[k - 1])) ? copied : k));
+        out.end_of.push_back(static_cast<uint32_t>(k + 1));
+        copied = k + 1;
+      }
+      joined_any = true;
+    }
+    i = j;
+  }
+  if (!joined_any) return false;
+  copy_to(t.size());
   return true;
 }
 

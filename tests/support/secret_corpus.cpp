@@ -10,11 +10,14 @@ namespace {
 constexpr std::string_view kCategories[] = {"us_ssn",  "credit_card", "iban",
                                             "aws_key", "keyword",     "password"};
 
-// Separators between digit groups, by name.
+// How digits are written: the separator between groups (or between every
+// digit), and each digit's form.
+enum class DigitForm { kAscii, kFullWidth, kArabicIndic, kDevanagari, kPercent, kHtml };
 struct Spelling {
   std::string_view name;
   std::string_view separator;
-  bool full_width = false;
+  DigitForm form = DigitForm::kAscii;
+  bool each_digit = false;  // the separator between every digit, not every group
 };
 constexpr Spelling kDigitSpellings[] = {
     {"hyphen", "-"},
@@ -28,11 +31,36 @@ constexpr Spelling kDigitSpellings[] = {
     {"double space", "  "},
     {"line break", "\n"},
     {"thin space", "\u2009"},
-    {"full-width", "-", true},
+    {"full-width", "-", DigitForm::kFullWidth},
+    {"underscore", "_"},
+    {"slash", "/"},
+    {"spaced hyphen", " - "},
+    {"digit by digit", " ", DigitForm::kAscii, true},
+    {"arabic-indic digits", " ", DigitForm::kArabicIndic},
+    {"devanagari digits", "-", DigitForm::kDevanagari},
+    {"percent-encoded", "%20", DigitForm::kPercent},
+    {"html references", " ", DigitForm::kHtml},
 };
-constexpr std::string_view kDigitSpellingNames[] = {
-    "hyphen",         "en dash",          "em dash",      "minus sign", "dot",        "space",
-    "no-break space", "zero-width space", "double space", "line break", "thin space", "full-width"};
+constexpr std::string_view kDigitSpellingNames[] = {"hyphen",
+                                                    "en dash",
+                                                    "em dash",
+                                                    "minus sign",
+                                                    "dot",
+                                                    "space",
+                                                    "no-break space",
+                                                    "zero-width space",
+                                                    "double space",
+                                                    "line break",
+                                                    "thin space",
+                                                    "full-width",
+                                                    "underscore",
+                                                    "slash",
+                                                    "spaced hyphen",
+                                                    "digit by digit",
+                                                    "arabic-indic digits",
+                                                    "devanagari digits",
+                                                    "percent-encoded",
+                                                    "html references"};
 constexpr std::string_view kIbanSpellings[] = {"space", "hyphen", "no-break space", "none"};
 constexpr std::string_view kPlain[] = {"plain"};
 
@@ -43,17 +71,45 @@ const Spelling& digit_spelling(std::string_view name) {
   return kDigitSpellings[0];
 }
 
+void append_digit(std::string& out, char c, DigitForm form) {
+  const int d = c - '0';
+  char buf[16];
+  switch (form) {
+    case DigitForm::kAscii:
+      out += c;
+      return;
+    case DigitForm::kFullWidth:  // U+FF10..FF19
+      out += "\xEF\xBC";
+      out += static_cast<char>(0x90 + d);
+      return;
+    case DigitForm::kArabicIndic:  // U+0660..0669
+      out += "\xD9";
+      out += static_cast<char>(0xA0 + d);
+      return;
+    case DigitForm::kDevanagari:  // U+0966..096F
+      out += "\xE0\xA5";
+      out += static_cast<char>(0xA6 + d);
+      return;
+    case DigitForm::kPercent:
+      std::snprintf(buf, sizeof buf, "%%%02X", c);
+      out += buf;
+      return;
+    case DigitForm::kHtml:
+      std::snprintf(buf, sizeof buf, "&#%d;", c);
+      out += buf;
+      return;
+  }
+}
+
 std::string join(const std::vector<std::string>& groups, const Spelling& s) {
   std::string out;
-  for (size_t g = 0; g < groups.size(); ++g) {
-    if (g > 0) out += s.separator;
-    for (char c : groups[g]) {
-      if (s.full_width && std::isdigit(static_cast<unsigned char>(c))) {
-        out += "\xEF\xBC";
-        out += static_cast<char>(0x90 + (c - '0'));
-      } else {
-        out += c;
-      }
+  bool first = true;
+  for (const std::string& group : groups) {
+    if (!first && !s.each_digit) out += s.separator;
+    for (char c : group) {
+      if (!first && s.each_digit) out += s.separator;
+      first = false;
+      append_digit(out, c, s.form);
     }
   }
   return out;
@@ -165,7 +221,29 @@ SecretSample make_secret(Rng& rng) {
 }
 
 std::string make_lookalike(Rng& rng) {
-  switch (rng.below(8)) {
+  switch (rng.below(12)) {
+    case 8: {
+      // Card-shaped, failing Luhn, spelled the way secrets hide.
+      std::string c = luhn_card(rng);
+      c.back() = static_cast<char>('0' + (c.back() - '0' + 1) % 10);
+      static const char* kSeparators[] = {"_", "/", " - "};
+      const std::string sep = kSeparators[rng.below(3)];
+      return "ticket " + c.substr(0, 4) + sep + c.substr(4, 4) + sep + c.substr(8, 4) + sep +
+             c.substr(12, 4);
+    }
+    case 9:
+      return "on " + std::to_string(1 + rng.below(28)) + "/" + std::to_string(1 + rng.below(12)) +
+             "/20" + std::to_string(10 + rng.below(20)) + " at " + std::to_string(rng.below(24)) +
+             ":" + rng.digits(2);
+    case 10: {
+      // Nine or more digits spaced out, with no word saying what they are.
+      std::string list = "digits";
+      for (int k = 0, n = 9 + rng.below(3); k < n; ++k) list += " " + rng.digits(1);
+      return list;
+    }
+    case 11:
+      return "files/20" + std::to_string(10 + rng.below(20)) + "_" + rng.digits(2) + "_" +
+             rng.digits(2) + "/build_" + rng.digits(3) + ".log";
     case 0:
       return "version " + std::to_string(rng.below(20)) + "." + std::to_string(rng.below(40)) +
              "." + std::to_string(rng.below(200));
