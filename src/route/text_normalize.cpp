@@ -207,6 +207,14 @@ size_t separator_at(std::string_view t, size_t j) {
   return 0;
 }
 
+// Whether the separator of length `sep` at byte j is one no number format
+// groups with: number formats use spaces, dashes or dots; slashes,
+// underscores and the like, or a dash between spaces, are a spelling.
+bool unusual_separator(std::string_view t, size_t j, size_t sep) {
+  const char kind = sep == 3 ? t[j + 1] : t[j];
+  return sep == 3 || (sep == 1 && kind != ' ' && kind != '-' && kind != '.');
+}
+
 // Nine single digits in a row from byte i, one separator between each: a
 // number spelled digit by digit (join_spelled_digits needs nine groups).
 bool digit_by_digit_at(std::string_view t, size_t i) {
@@ -234,9 +242,7 @@ void check_after_digit(std::string_view t, size_t i, SpellingCheck& check) {
       return;
     }
   }
-  const size_t sep = separator_at(t, i + 1);
-  const char kind = sep == 3 ? t[i + 2] : t[i + 1];
-  if (sep == 3 || (sep == 1 && kind != ' ' && kind != '-' && kind != '.') ||
+  if (unusual_separator(t, i + 1, separator_at(t, i + 1)) ||
       ((i == 0 || !is_digit(static_cast<unsigned char>(t[i - 1]))) && digit_by_digit_at(t, i))) {
     check.join = true;
   }
@@ -365,11 +371,8 @@ bool join_spelled_digits(std::string_view t, NormalizedText& out) {
       if (j - group == 1) ++single_digit_groups;
       const size_t sep = separator_at(t, j);
       if (sep == 0) break;
-      const char kind = sep == 3 ? t[j + 1] : t[j];
-      // Number formats group with spaces, dashes or dots; slashes,
-      // underscores and the like, or a dash between spaces, are a spelling.
-      // (Kinds mixed are not: "Tanzania 53144\n06-10446904" is two numbers.)
-      unusual = unusual || sep == 3 || (kind != ' ' && kind != '-' && kind != '.');
+      // Kinds mixed are not a spelling: "Tanzania 53144\n06-10446904" is two numbers.
+      unusual = unusual || unusual_separator(t, j, sep);
       j += sep;
     }
     const bool digit_by_digit = groups >= 9 && single_digit_groups == groups;
