@@ -122,6 +122,13 @@ void BM_Scan64KiBEscapes(benchmark::State& state) {
   run(state, text);
 }
 
+// Read out in words: 16,384 of them, folded into one number.
+void BM_Scan64KiBNumberWords(benchmark::State& state) {
+  std::string text;
+  while (text.size() < 64 * 1024) text += "one ";
+  run(state, text);
+}
+
 BENCHMARK(BM_Scan200B);
 BENCHMARK(BM_Scan4KiB);
 BENCHMARK(BM_Scan64KiB);
@@ -129,6 +136,7 @@ BENCHMARK(BM_Scan64KiBDigits);
 BENCHMARK(BM_Scan64KiBSpacedDigits);
 BENCHMARK(BM_Scan64KiBDigitByDigit);
 BENCHMARK(BM_Scan64KiBEscapes);
+BENCHMARK(BM_Scan64KiBNumberWords);
 
 }  // namespace
 

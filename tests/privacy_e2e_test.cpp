@@ -356,6 +356,8 @@ TEST_F(PrivacyE2E, EveryFieldAndSpellingIsGuarded) {
       {"3782%208224%206310%20005", "6310"},
       {"4000&#32;0566&#32;5566&#32;5556", "5556"},
       {"SSN 2 1 9 0 9 8 7 6 5", "8 7 6 5"},
+      {"four zero one two, eight eight eight eight, eight eight eight eight, one eight eight one",
+       "one eight eight one"},
   };
   int cases = 0;
   for (const Secret& secret : secrets) {

@@ -183,6 +183,29 @@ TEST(Sensitivity, EscapedAndSpelledCharactersAreDecoded) {
                           "AT&T at 5pm", "see [a] (b) {c} <d>"});
 }
 
+// A number read out in words: nine or more in a row are read as digits.
+TEST(Sensitivity, NumberWordsAreReadAsDigits) {
+  expect_hit("credit_card",
+             {"my card is four one one one, one one one one, one one one one, one one one one",
+              "Four One One One One One One One One One One One One One One One",
+              "FOUR-ONE-ONE-ONE-ONE-ONE-ONE-ONE-ONE-ONE-ONE-ONE-ONE-ONE-ONE-ONE"});
+  expect_hit("us_ssn", {"my ssn is zero seven eight - oh five - one one two zero",
+                        "SSN: zero seven eight oh five one one two oh"});
+  // Counting, and number words in prose, are no number.
+  expect_no_hit("us_ssn", {"one two three four five six seven eight nine"});
+  expect_no_hit("credit_card",
+                {"count: one, two, three, four, five, six, seven, eight, nine, ten",
+                 "one cat, two dogs, three fish", "someone gave nineteen of them to everyone"});
+  const std::string text =
+      "pay with four one one one one one one one one one one one one one "
+      "one one please";
+  const auto r = default_detector().scan(text);
+  ASSERT_EQ(r.hits.size(), 1u);
+  EXPECT_EQ(r.hits[0].detector, "credit_card");
+  EXPECT_EQ(text.substr(r.hits[0].begin, r.hits[0].end - r.hits[0].begin),
+            "four one one one one one one one one one one one one one one one");
+}
+
 // Recall per category and spelling on generated secrets (docs/PRIVACY.md
 // prints this table), and how often look-alikes are taken for secrets.
 TEST(GeneratedCorpus, EverySpellingOfEveryDeviceOnlySecretIsFound) {

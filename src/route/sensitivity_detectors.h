@@ -93,6 +93,12 @@ struct BuiltinPattern {
 
 inline constexpr unsigned kCaseless = HS_FLAG_CASELESS;
 
+// Nine or more number words in a row, separated by spaces, commas, dots or
+// dashes: a card or an SSN read out ("four one one one, one one one one...").
+// Reported once per text; the scanner then reads it with the words as digits.
+inline constexpr const char* kNumberWordsRegex =
+    R"(\b(?:zero|oh|one|two|three|four|five|six|seven|eight|nine)(?:[\s,.\-]+(?:zero|oh|one|two|three|four|five|six|seven|eight|nine)){8}\b)";
+
 // Hyperscan has no look-around, so the expressions over-match at the edges
 // (every end offset is reported with its leftmost start); the validators
 // reject candidates that are part of a longer number or token.

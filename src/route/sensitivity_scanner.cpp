@@ -67,6 +67,7 @@ struct ThreadState {
   uint64_t sized_for = 0;  // id of the detector the scratch was last checked against
   std::vector<Candidate> hits;
   std::vector<uint32_t> prefiltered;  // rules whose Hyperscan approximation fired
+  bool number_words = false;          // the last text scanned reads out a number in words
   pcre2_match_data* match_data = nullptr;
 
   ThreadState() = default;
@@ -186,6 +187,7 @@ bool SensitivityDetector::Impl::scan_text(std::string_view text, uint32_t messag
   ThreadState& ts = t_state;
   ts.hits.clear();
   ts.prefiltered.clear();
+  ts.number_words = false;
 
   ScanContext ctx{this, text, &ts};
   const auto on_match = [](unsigned int id, unsigned long long from, unsigned long long to,
@@ -193,6 +195,10 @@ bool SensitivityDetector::Impl::scan_text(std::string_view text, uint32_t messag
     auto& c = *static_cast<ScanContext*>(p);
     const Entry& e = c.impl->entries[id];
     Span s{static_cast<uint32_t>(from), static_cast<uint32_t>(to)};
+    if (e.check == Check::kNumberWords) {
+      c.ts->number_words = true;
+      return 0;
+    }
     if (e.check == Check::kCustomPrefilter) {
       if (std::find(c.ts->prefiltered.begin(), c.ts->prefiltered.end(), e.rule) ==
           c.ts->prefiltered.end()) {
@@ -321,6 +327,10 @@ Result<std::unique_ptr<SensitivityDetector>> SensitivityDetector::create(
     impl->entries.push_back(entry);
   };
   impl->itin_rule = rule_of[kUsItin];
+  if (rule_of[kCreditCard] != kNoRule || rule_of[kUsSsn] != kNoRule ||
+      rule_of[kUsItin] != kNoRule || rule_of[kFrNir] != kNoRule) {
+    add(kNumberWordsRegex, kCaseless | HS_FLAG_SINGLEMATCH, {kNoRule, Check::kNumberWords});
+  }
   for (const BuiltinPattern& p : kBuiltinPatterns) {
     const bool wanted =
         rule_of[p.detector] != kNoRule || (p.detector == kUsSsn && impl->itin_rule != kNoRule);
@@ -475,10 +485,11 @@ SensitivityResult SensitivityDetector::scan(std::span<const std::string_view> te
       ok = impl_->scan_text(texts[m], message, out);
       // The folded text too: it finds what odd spellings hid, while the
       // original keeps what folding would join (numbers on separate lines).
+      const bool number_words = t_state.number_words;
       const SpellingCheck spelling = ok ? check_spelling(texts[m]) : SpellingCheck{};
-      const bool was_folded = spelling.fold;
+      const bool was_folded = ok && (spelling.fold || number_words);
       if (was_folded) {
-        fold_for_detection(texts[m], folded);
+        fold_for_detection(texts[m], folded, number_words);
         ok = impl_->scan_copy(folded, message, own, false, out);
       }
       if (ok && (was_folded || spelling.join) &&

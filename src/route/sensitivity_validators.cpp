@@ -863,6 +863,7 @@ Verdict validate(Check check, std::string_view t, Span& s, bool& itin) {
     case Check::kGenericSecret:
       return check_generic_secret(t, s);
     case Check::kCustomPrefilter:
+    case Check::kNumberWords:
       break;
   }
   return Verdict::kReject;

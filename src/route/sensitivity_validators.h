@@ -35,6 +35,9 @@ enum class Check : uint8_t {
   kGenericSecret,
   kCustom,           // configured pattern, exact in Hyperscan
   kCustomPrefilter,  // configured pattern Hyperscan only approximates; PCRE2 confirms
+  // Nine or more number words in a row ("four one one one ..."): no hit of
+  // its own; the text is read again with the words as digits.
+  kNumberWords,
 };
 
 // ---------------------------------------------------------------------------

@@ -187,6 +187,32 @@ uint32_t next_visible(std::string_view t, size_t i) {
   return 0;
 }
 
+bool is_word_byte(char c) {
+  const auto u = static_cast<unsigned char>(c);
+  return (u >= 'a' && u <= 'z') || (u >= 'A' && u <= 'Z') || (u >= '0' && u <= '9') || u == '_' ||
+         u >= 0x80;
+}
+
+// A number word (zero or oh, one ... nine, any case) at byte i, ending at a
+// word boundary: its digit and length (0: none).
+struct NumberWord {
+  int digit = 0;
+  size_t len = 0;
+};
+
+NumberWord number_word_at(std::string_view t, size_t i) {
+  static constexpr std::pair<std::string_view, int> kWords[] = {
+      {"zero", 0}, {"oh", 0},  {"one", 1},   {"two", 2},   {"three", 3}, {"four", 4},
+      {"five", 5}, {"six", 6}, {"seven", 7}, {"eight", 8}, {"nine", 9}};
+  for (const auto& [word, digit] : kWords) {
+    if (starts_with_caseless(t, i, word) &&
+        (i + word.size() == t.size() || !is_word_byte(t[i + word.size()]))) {
+      return {digit, word.size()};
+    }
+  }
+  return {};
+}
+
 // Separators between digit groups that a run of digits may be spelled with.
 bool is_digit_separator(char c) {
   return c == ' ' || c == '-' || c == '.' || c == '/' || c == '_' || c == '\\' || c == '|' ||
@@ -295,7 +321,7 @@ SpellingCheck check_spelling(std::string_view t) {
   return check;
 }
 
-void fold_for_detection(std::string_view t, NormalizedText& out) {
+void fold_for_detection(std::string_view t, NormalizedText& out, bool number_words) {
   out.text.clear();
   out.begin_of.clear();
   out.end_of.clear();
@@ -307,6 +333,22 @@ void fold_for_detection(std::string_view t, NormalizedText& out) {
   uint32_t last = 0;  // the last folded character written
   size_t i = 0;
   while (i < t.size()) {
+    if (number_words && (i == 0 || !is_word_byte(t[i - 1]))) {
+      if (const NumberWord w = number_word_at(t, i); w.len > 0) {
+        emit(static_cast<char>('0' + w.digit), i, i + w.len);
+        last = '0' + static_cast<uint32_t>(w.digit);
+        i += w.len;
+        // The separators up to the next number word are dropped: the run
+        // reads as one number.
+        size_t j = i;
+        while (j < t.size() && (is_space(static_cast<unsigned char>(t[j])) || t[j] == ',' ||
+                                t[j] == '.' || t[j] == '-')) {
+          ++j;
+        }
+        if (j > i && number_word_at(t, j).len > 0) i = j;
+        continue;
+      }
+    }
     const Read p = read_at(t, i);
     const uint32_t f = p.folded;
     if (f == kDrop) {

@@ -44,8 +44,12 @@ SpellingCheck check_spelling(std::string_view text);
 //  - no-break and other Unicode spaces to ' '; zero-width characters and soft
 //    hyphens are dropped;
 //  - a run of whitespace (line breaks, tabs, double spaces) between two digits
-//    to one space, so grouped numbers read as the detectors expect.
-void fold_for_detection(std::string_view text, NormalizedText& out);
+//    to one space, so grouped numbers read as the detectors expect;
+//  - with `number_words`, the words zero/oh, one ... nine (any case, whole
+//    words) to digits, a run of them with the spaces, commas, dots or dashes
+//    between them to one number ("four one one one, one ..." to "41111...").
+//    Only where the scanner saw nine of them in a row: "one" is a word too.
+void fold_for_detection(std::string_view text, NormalizedText& out, bool number_words = false);
 
 // Digit runs spelled so that no number pattern sees them, joined into one
 // number: digit by digit ("4 1 1 1 ...", nine groups or more of one digit),

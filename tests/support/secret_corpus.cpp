@@ -12,7 +12,7 @@ constexpr std::string_view kCategories[] = {"us_ssn",  "credit_card", "iban",
 
 // How digits are written: the separator between groups (or between every
 // digit), and each digit's form.
-enum class DigitForm { kAscii, kFullWidth, kArabicIndic, kDevanagari, kPercent, kHtml };
+enum class DigitForm { kAscii, kFullWidth, kArabicIndic, kDevanagari, kPercent, kHtml, kWords };
 struct Spelling {
   std::string_view name;
   std::string_view separator;
@@ -40,6 +40,7 @@ constexpr Spelling kDigitSpellings[] = {
     {"devanagari digits", "-", DigitForm::kDevanagari},
     {"percent-encoded", "%20", DigitForm::kPercent},
     {"html references", " ", DigitForm::kHtml},
+    {"number words", ", ", DigitForm::kWords},
 };
 constexpr std::string_view kDigitSpellingNames[] = {"hyphen",
                                                     "en dash",
@@ -60,7 +61,8 @@ constexpr std::string_view kDigitSpellingNames[] = {"hyphen",
                                                     "arabic-indic digits",
                                                     "devanagari digits",
                                                     "percent-encoded",
-                                                    "html references"};
+                                                    "html references",
+                                                    "number words"};
 constexpr std::string_view kIbanSpellings[] = {"space", "hyphen", "no-break space", "none"};
 constexpr std::string_view kPlain[] = {"plain"};
 
@@ -98,6 +100,12 @@ void append_digit(std::string& out, char c, DigitForm form) {
       std::snprintf(buf, sizeof buf, "&#%d;", c);
       out += buf;
       return;
+    case DigitForm::kWords: {
+      static const char* kWords[] = {"zero", "one", "two",   "three", "four",
+                                     "five", "six", "seven", "eight", "nine"};
+      out += kWords[d];
+      return;
+    }
   }
 }
 
@@ -106,10 +114,11 @@ std::string join(const std::vector<std::string>& groups, const Spelling& s) {
   bool first = true;
   for (const std::string& group : groups) {
     if (!first && !s.each_digit) out += s.separator;
-    for (char c : group) {
+    for (size_t k = 0; k < group.size(); ++k) {
       if (!first && s.each_digit) out += s.separator;
+      if (k > 0 && s.form == DigitForm::kWords) out += ' ';
       first = false;
-      append_digit(out, c, s.form);
+      append_digit(out, group[k], s.form);
     }
   }
   return out;
