@@ -37,12 +37,12 @@ struct EgressClearance {
 // Decides whether the strings found in a body may go to `tier`: empty when
 // they may, else why not (which detector, which class). `skipped` is set when
 // the guard left out strings a clearance vouched for: the policy then counts
-// its rank, and refuses when its scanner is not the one in force (the
-// configuration was reloaded in between). Supplied by the layer that owns
-// the detectors, so this layer needs none of them.
-using EgressPolicy = std::function<std::string(std::string_view tier,
-                                               std::span<const std::string_view> strings,
-                                               const EgressClearance* skipped)>;
+// its rank, or, when its scanner is not the one in force (the configuration
+// was reloaded in between), reads the clearance's texts again itself. Supplied by the layer that
+// owns the detectors, so this layer needs none of them.
+using EgressPolicy =
+    std::function<std::string(std::string_view tier, std::span<const std::string_view> strings,
+                              const EgressClearance* skipped)>;
 
 struct EgressLimits {
   size_t max_bytes = size_t{32} << 20;

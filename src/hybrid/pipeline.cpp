@@ -396,12 +396,18 @@ std::string Pipeline::egress_verdict(std::string_view tier,
   const backend::TierConfig* config = tier_config(tier);
   if (config == nullptr) return "tier '" + std::string(tier) + "' is not in the live configuration";
   const route::DataClass allowed = exec::tier_profile(*config, 0).max_data_class;
+  route::SensitivityResult found;
   if (skipped != nullptr && skipped->scanner != &router_->sensitivity()) {
-    egress_refused_->add();
-    return "the privacy configuration was reloaded while the request was in flight; send it again";
+    // The privacy configuration was reloaded while the request was in
+    // flight: what routing vouched for was read by other detectors, so the
+    // texts it vouched for are read again, with these.
+    std::vector<std::string_view> all(strings.begin(), strings.end());
+    all.insert(all.end(), skipped->texts.begin(), skipped->texts.end());
+    found = router_->sensitivity().scan(all);
+  } else {
+    found = router_->sensitivity().scan(strings);
   }
-  route::SensitivityResult found = router_->sensitivity().scan(strings);
-  if (skipped != nullptr) {
+  if (skipped != nullptr && skipped->scanner == &router_->sensitivity()) {
     const auto vouched = static_cast<route::DataClass>(skipped->rank);
     if (vouched > found.data_class) {
       found.data_class = vouched;
