@@ -91,6 +91,13 @@ void run(benchmark::State& state, const std::string& text) {
   state.SetBytesProcessed(static_cast<int64_t>(state.iterations() * text.size()));
 }
 
+// `unit` repeated to at least 64 KiB: the hostile inputs.
+std::string repeated_to_64kib(std::string_view unit) {
+  std::string text;
+  while (text.size() < 64 * 1024) text += unit;
+  return text;
+}
+
 void BM_Scan200B(benchmark::State& state) {
   run(state, prompt(200));
 }
@@ -104,29 +111,21 @@ void BM_Scan64KiBDigits(benchmark::State& state) {
   run(state, std::string(64 * 1024, '7'));
 }
 void BM_Scan64KiBSpacedDigits(benchmark::State& state) {
-  std::string text;
-  while (text.size() < 64 * 1024) text += "12 34 ";
-  run(state, text);
+  run(state, repeated_to_64kib("12 34 "));
 }
 
 // Joined: one number of 32,768 digits spelled digit by digit.
 void BM_Scan64KiBDigitByDigit(benchmark::State& state) {
-  std::string text;
-  while (text.size() < 64 * 1024) text += "7 ";
-  run(state, text);
+  run(state, repeated_to_64kib("7 "));
 }
 // Folded: every character an HTML reference or percent-encoded.
 void BM_Scan64KiBEscapes(benchmark::State& state) {
-  std::string text;
-  while (text.size() < 64 * 1024) text += "&#52;%31";
-  run(state, text);
+  run(state, repeated_to_64kib("&#52;%31"));
 }
 
 // Read out in words: 16,384 of them, folded into one number.
 void BM_Scan64KiBNumberWords(benchmark::State& state) {
-  std::string text;
-  while (text.size() < 64 * 1024) text += "one ";
-  run(state, text);
+  run(state, repeated_to_64kib("one "));
 }
 
 BENCHMARK(BM_Scan200B);

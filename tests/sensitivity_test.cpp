@@ -66,6 +66,16 @@ void expect_no_hit(const std::string& detector, std::initializer_list<std::strin
   }
 }
 
+// The text holds exactly one hit, of `detector`, spanning `span` of the
+// original bytes.
+void expect_one_hit_spanning(const std::string& text, const std::string& detector,
+                             std::string_view span) {
+  const auto r = default_detector().scan(text);
+  ASSERT_EQ(r.hits.size(), 1u) << text;
+  EXPECT_EQ(r.hits[0].detector, detector);
+  EXPECT_EQ(text.substr(r.hits[0].begin, r.hits[0].end - r.hits[0].begin), span);
+}
+
 TEST(Sensitivity, Email) {
   expect_hit("email", {"write to jane.doe+tag@example.co.uk today", "Maud70@gmail.com.",
                        "<bob_smith@mail.example.org>", "mailto:x.y@sub.domain.io"});
@@ -148,20 +158,13 @@ TEST(Sensitivity, SpelledOutDigitRunsAreJoined) {
 }
 
 TEST(Sensitivity, JoinedHitsPointIntoTheOriginalText) {
-  const std::string text = "card: 4 1 1 1 1 1 1 1 1 1 1 1 1 1 1 1 ok";
-  const auto r = default_detector().scan(text);
-  ASSERT_EQ(r.hits.size(), 1u);
-  EXPECT_EQ(r.hits[0].detector, "credit_card");
-  EXPECT_EQ(text.substr(r.hits[0].begin, r.hits[0].end - r.hits[0].begin),
-            "4 1 1 1 1 1 1 1 1 1 1 1 1 1 1 1");
+  expect_one_hit_spanning("card: 4 1 1 1 1 1 1 1 1 1 1 1 1 1 1 1 ok", "credit_card",
+                          "4 1 1 1 1 1 1 1 1 1 1 1 1 1 1 1");
   // Folded and joined: no-break spaces between Arabic-Indic digits.
   const std::string arabic =
       "x \u0664_\u0661_\u0661_\u0661_\u0661_\u0661_\u0661_\u0661_\u0661_"
       "\u0661_\u0661_\u0661_\u0661_\u0661_\u0661_\u0661 y";
-  const auto a = default_detector().scan(arabic);
-  ASSERT_EQ(a.hits.size(), 1u);
-  EXPECT_EQ(arabic.substr(a.hits[0].begin, a.hits[0].end - a.hits[0].begin),
-            arabic.substr(2, arabic.size() - 4));
+  expect_one_hit_spanning(arabic, "credit_card", arabic.substr(2, arabic.size() - 4));
 }
 
 // Escapes and spelled-out characters: percent-encoding, HTML character
@@ -199,11 +202,8 @@ TEST(Sensitivity, NumberWordsAreReadAsDigits) {
   const std::string text =
       "pay with four one one one one one one one one one one one one one "
       "one one please";
-  const auto r = default_detector().scan(text);
-  ASSERT_EQ(r.hits.size(), 1u);
-  EXPECT_EQ(r.hits[0].detector, "credit_card");
-  EXPECT_EQ(text.substr(r.hits[0].begin, r.hits[0].end - r.hits[0].begin),
-            "four one one one one one one one one one one one one one one one");
+  expect_one_hit_spanning(text, "credit_card",
+                          "four one one one one one one one one one one one one one one one");
 }
 
 // Recall per category and spelling on generated secrets (docs/PRIVACY.md
@@ -249,12 +249,8 @@ TEST(GeneratedCorpus, EverySpellingOfEveryDeviceOnlySecretIsFound) {
 }
 
 TEST(Sensitivity, FoldedHitsPointIntoTheOriginalText) {
-  const std::string text = "card: 4111\u00A01111\u00A01111\u00A01111 ok";
-  const auto r = default_detector().scan(text);
-  ASSERT_EQ(r.hits.size(), 1u);
-  EXPECT_EQ(r.hits[0].detector, "credit_card");
-  EXPECT_EQ(text.substr(r.hits[0].begin, r.hits[0].end - r.hits[0].begin),
-            "4111\u00A01111\u00A01111\u00A01111");
+  expect_one_hit_spanning("card: 4111\u00A01111\u00A01111\u00A01111 ok", "credit_card",
+                          "4111\u00A01111\u00A01111\u00A01111");
 }
 
 TEST(Sensitivity, Phone) {
