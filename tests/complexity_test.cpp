@@ -584,7 +584,8 @@ TEST(ComplexityData, ContaminationListsApplyAcrossTheDataTree) {
              "{\"eval_prompt\":\"Leaked arena prompt\"}\n");
   fs::copy_file(root / "arena" / "mine.jsonl", loose / "arena" / "mine.jsonl");
   LoadReport loose_report;
-  auto loose_rows = load_labelled_prompts({(loose / "arena").string()}, DataOptions{}, &loose_report);
+  auto loose_rows =
+      load_labelled_prompts({(loose / "arena").string()}, DataOptions{}, &loose_report);
   ASSERT_TRUE(loose_rows.ok()) << loose_rows.error().message;
   EXPECT_EQ(loose_rows->size(), 2u);
   EXPECT_EQ(loose_report.excluded_contaminated, 0);
@@ -934,6 +935,39 @@ TEST(ComplexityCli, ReplayLearnsFromLabelsAndReportsAgainstStaticAndRandom) {
                           &out, &err),
             2);
   EXPECT_NE(err.find("fewer labels"), std::string::npos) << err;
+}
+
+// Where the cloud is no better than the edge, APGR measures no routing skill:
+// eval and replay say so, and give no random CPT to set beside the router's.
+TEST(ComplexityCli, EvalAndReplayWarnWhereTheCloudIsNoBetter) {
+  const fs::path dir = foreshore::testing::temp_path("-cloud-worse");
+  fs::create_directories(dir);
+  std::string csv = "prompt,mistralai/Mixtral-8x7B-Instruct-v0.1,gpt-4-1106-preview\n";
+  for (int i = 0; i < 160; ++i) {
+    csv += "\"Question " + std::to_string(i) + " about topic " + std::to_string(i % 7) + "?\"," +
+           "True," + (i % 3 == 0 ? "False" : "True") + "\n";
+  }
+  const std::string data = (dir / "mmlu_cloud_worse.csv").string();
+  write_file(data, csv);
+  const std::string model = std::string(FSH_SOURCE_DIR) + "/data/router/complexity-default.json";
+  for (const std::vector<std::string>& command :
+       {std::vector<std::string>{"router", "eval", "--model", model, "--data", data},
+        std::vector<std::string>{"router", "replay", "--data", data, "--labels", "60"}}) {
+    std::vector<std::string> args = command;
+    args.insert(args.end(), {"--random-trials", "50"});
+    std::string out, err;
+    ASSERT_EQ(run_foreshore(args, &out, &err), 0) << command[1] << ": " << err;
+    EXPECT_NE(out.find("warning: the cloud does no better than the edge"), std::string::npos)
+        << command[1] << ": " << out;
+    args.push_back("--json");
+    ASSERT_EQ(run_foreshore(args, &out, &err), 0) << command[1] << ": " << err;
+    const json r = json::parse(out);
+    EXPECT_FALSE(r["cloud_better"].get<bool>()) << command[1];
+    EXPECT_TRUE(r["random"]["cpt50"].is_null()) << command[1];
+    EXPECT_TRUE(r["random"]["cpt80"].is_null()) << command[1];
+    EXPECT_TRUE(r["router"]["cpt50"].is_null()) << command[1];
+  }
+  fs::remove_all(dir);
 }
 
 TEST(ComplexityCli, TrainWritesALoadableModel) {

@@ -34,13 +34,6 @@ double shown_quality(const PolicyReport& r) {
   return r.quality.value_or(r.predicted_quality);
 }
 
-svg::Series series(std::string name, std::string color) {
-  svg::Series s;
-  s.name = std::move(name);
-  s.color = std::move(color);
-  return s;
-}
-
 nlohmann::json latency_json(const observe::LatencySummary& s) {
   return {{"count", s.count}, {"p50", s.p50}, {"p95", s.p95}, {"p99", s.p99}};
 }
@@ -176,27 +169,22 @@ std::string cost_quality_svg(std::span<const PolicyReport> policies,
   chart.x_label = "cost, % of sending everything to the cloud";
   chart.y_label = scored ? "mean quality (trace scores)" : "router's predicted quality";
   if (!sweep.empty()) {
-    svg::Series& s = chart.series.emplace_back(series("threshold sweep", "#555555"));
+    svg::Series& s = chart.add("threshold sweep", "#555555");
     s.markers = true;
     for (const auto& r : sweep) s.points.emplace_back(100.0 - r.saved_pct, shown_quality(r));
   }
   for (size_t i = 0; i < policies.size(); ++i) {
     const auto& r = policies[i];
-    svg::Series& s =
-        chart.series.emplace_back(series(r.label, kPolicyColors[i % std::size(kPolicyColors)]));
-    s.points = {{100.0 - r.saved_pct, shown_quality(r)}};
+    svg::Series& s = chart.add(r.label, kPolicyColors[i % std::size(kPolicyColors)],
+                               {{100.0 - r.saved_pct, shown_quality(r)}});
     s.line = false;
     s.markers = true;
     s.point_labels = {r.label};
   }
   if (scored && !policies.empty() && policies[0].cloud_only_quality) {
     const double q = *policies[0].cloud_only_quality;
-    svg::Series& cloud = chart.series.emplace_back(series("cloud-only quality", kCloudColor));
-    cloud.points = {{0, q}, {100, q}};
-    cloud.dashed = true;
-    svg::Series& bar = chart.series.emplace_back(series("95% of cloud-only", kRejectedColor));
-    bar.points = {{0, 0.95 * q}, {100, 0.95 * q}};
-    bar.dashed = true;
+    chart.add("cloud-only quality", kCloudColor, {{0, q}, {100, q}}, true);
+    chart.add("95% of cloud-only", kRejectedColor, {{0, 0.95 * q}, {100, 0.95 * q}}, true);
   }
   double x_hi = 100;
   for (const auto& series : chart.series) {
@@ -234,8 +222,8 @@ std::string latency_svg(std::span<const PolicyReport> policies) {
     }
     if (v.empty()) return;
     std::sort(v.begin(), v.end());
-    svg::Series s =
-        series(format("%s (policy %s, %zu)", name, from->label.c_str(), v.size()), color);
+    svg::Series& s =
+        chart.add(format("%s (policy %s, %zu)", name, from->label.c_str(), v.size()), color);
     // At most ~200 points: enough for a smooth curve, small enough to read.
     const size_t step = std::max<size_t>(1, v.size() / 200);
     for (size_t i = 0; i < v.size(); i += step) {
@@ -243,7 +231,6 @@ std::string latency_svg(std::span<const PolicyReport> policies) {
                             static_cast<double>(i + 1) / static_cast<double>(v.size()));
     }
     s.points.emplace_back(std::max(v.back(), 0.01), 1.0);
-    chart.series.push_back(std::move(s));
   };
   cdf(kEdgePath, "edge", kEdgeColor);
   cdf(kCloudPath, "cloud", kCloudColor);

@@ -92,6 +92,16 @@ std::string xml_escape(std::string_view text) {
   return out;
 }
 
+Series& LineChart::add(std::string name, std::string color,
+                       std::vector<std::pair<double, double>> points, bool dashed) {
+  Series& s = series.emplace_back();
+  s.name = std::move(name);
+  s.color = std::move(color);
+  s.points = std::move(points);
+  s.dashed = dashed;
+  return s;
+}
+
 std::string render(const LineChart& chart) {
   double x_lo = 1e300, x_hi = -1e300, y_lo = 1e300, y_hi = -1e300;
   for (const auto& series : chart.series) {

@@ -26,6 +26,10 @@ struct LineChart {
   bool log_x = false;
   std::optional<std::pair<double, double>> x_range, y_range;  // default: the data's
   std::vector<Series> series;
+
+  // Appends a series and returns it, for whatever else it needs set.
+  Series& add(std::string name, std::string color,
+              std::vector<std::pair<double, double>> points = {}, bool dashed = false);
 };
 
 struct StackedBars {
