@@ -170,7 +170,9 @@ FORESHORE_API void foreshore_hybrid_free(foreshore_hybrid* hybrid);
 /* Routing hints of one request, as the gateway's x-foreshore-* headers carry
  * them; NULL or "" leaves one out. */
 typedef struct foreshore_route_hints {
-  const char* data_class;        /* public | internal | prefer-local | device-only */
+  /* public | prefer-local | contractual | device-only; with the body's
+   * metadata.data_class also given, the stricter of the two holds */
+  const char* data_class;
   const char* tier;              /* force a tier (still subject to the data class) */
   const char* latency_budget_ms; /* e.g. "800" */
   const char* cost_ceiling_usd;  /* e.g. "0.01" */

@@ -460,6 +460,61 @@ TEST_F(PrivacyE2E, SecretsInToolCallArgumentsAreCaught) {
   }
   EXPECT_FALSE(cloud_saw("Zq8v"));
 }
+// A declared class only tightens: a second declaration (a proxy's header, a
+// repeated field) can neither loosen it nor be skipped, and a declaration
+// the gateway cannot read is refused rather than ignored.
+TEST_F(PrivacyE2E, NoDeclarationLoosensAnother) {
+  const std::string quiet = "my therapy notes, nothing a detector knows";
+  auto chat = [&](const std::string& metadata, const httplib::Headers& headers) {
+    const std::string body = R"({"model":"foreshore/cloud","max_tokens":8,)" + metadata +
+                             R"("messages":[{"role":"user","content":")" + quiet + R"("}]})";
+    return http_post(gateway_->port(), "/v1/chat/completions", body, headers);
+  };
+  const std::string device_only = R"("metadata":{"data_class":"device-only"},)";
+  // Body and header disagree: the stricter holds, whichever carries it.
+  auto r = chat(device_only, {{"x-foreshore-data-class", "public"}});
+  EXPECT_EQ(r.status, 200) << r.body;
+  EXPECT_EQ(r.header("x-foreshore-tier"), "edge");
+  r = chat(R"("metadata":{"data_class":"public"},)", {{"x-foreshore-data-class", "device_only"}});
+  EXPECT_EQ(r.status, 200) << r.body;
+  EXPECT_EQ(r.header("x-foreshore-tier"), "edge");
+  // Given twice: refused, naming the header.
+  r = chat("", {{"x-foreshore-data-class", "public"}, {"x-foreshore-data-class", "device-only"}});
+  EXPECT_EQ(r.status, 400) << r.body;
+  EXPECT_NE(r.body.find("x-foreshore-data-class is given more than once"), std::string::npos)
+      << r.body;
+  // Empty (the HTTP library drops it): the body's declaration still holds.
+  r = chat(device_only, {{"x-foreshore-data-class", ""}});
+  EXPECT_EQ(r.status, 200) << r.body;
+  EXPECT_EQ(r.header("x-foreshore-tier"), "edge");
+  // A field named twice, in metadata or at the top level (escaped or not).
+  for (const std::string metadata :
+       {R"("metadata":{"data_class":"device-only","data_class":"public"},)",
+        R"("metadata":{"data_class":"device-only","data\u005fclass":"public"},)",
+        R"("metadata":{"data_class":"device-only"},"metadata":{},)"}) {
+    r = chat(metadata, {});
+    EXPECT_EQ(r.status, 400) << metadata << ": " << r.body;
+    EXPECT_EQ(r.json()["error"]["code"], "duplicate_field") << r.body;
+  }
+  // A declaration of the wrong type or empty.
+  for (const std::string metadata :
+       {R"("metadata":{"data_class":["device-only"]},)", R"("metadata":{"data_class":""},)",
+        R"("metadata":{"data_class":1},)", R"("metadata":"device-only",)"}) {
+    r = chat(metadata, {});
+    EXPECT_EQ(r.status, 400) << metadata << ": " << r.body;
+    EXPECT_NE(r.body.find("metadata"), std::string::npos) << r.body;
+  }
+  r = chat(R"("metadata":{"data_class":"secret"},)", {});
+  EXPECT_EQ(r.status, 400) << r.body;
+  EXPECT_NE(r.body.find("metadata.data_class"), std::string::npos) << r.body;
+  EXPECT_FALSE(cloud_saw("therapy notes"));
+  // The same request declared public does reach the cloud: the check is real.
+  r = chat(R"("metadata":{"data_class":"public"},)", {{"x-foreshore-data-class", "public"}});
+  EXPECT_EQ(r.status, 200) << r.body;
+  EXPECT_EQ(r.header("x-foreshore-tier"), "cloud");
+  EXPECT_TRUE(cloud_saw("therapy notes"));
+}
+
 // Hostile or careless input gets a clear 4xx, never a 5xx that SDKs retry.
 TEST_F(PrivacyE2E, BadInputGetsAClearClientError) {
   // A routing header that is not UTF-8.

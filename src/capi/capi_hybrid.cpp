@@ -66,7 +66,8 @@ std::optional<openai::ApiError> check_hints(const foreshore_route_hints* hints) 
   return std::nullopt;
 }
 
-// The routing hints, falling back to the body's metadata and user.
+// The routing hints; the body's metadata.data_class is read beside the
+// hint's (the stricter holds) and its user stands in for a session.
 hybrid::RouteHints route_hints(const foreshore_route_hints* hints, const hybrid::Request& api) {
   hybrid::RouteHints out;
   if (hints != nullptr) {
@@ -75,7 +76,7 @@ hybrid::RouteHints route_hints(const foreshore_route_hints* hints, const hybrid:
     out.cost_ceiling_usd = or_empty(hints->cost_ceiling_usd);
     out.session = or_empty(hints->session);
   }
-  if (out.data_class.empty()) out.data_class = api.data_class;
+  out.body_data_class = api.data_class;
   if (out.session.empty()) out.session = api.user;
   out.client = hybrid::client_identity("");
   return out;

@@ -513,6 +513,34 @@ std::string_view finish_reason(const backend::Completion& c) {
   return c.finish_reason.empty() ? std::string_view("stop") : std::string_view(c.finish_reason);
 }
 
+// The first name given twice at the top level of the body or inside its
+// `metadata`, or empty. A JSON parser keeps one of the two values silently
+// (this one the last), so `"data_class": "device-only", "data_class":
+// "public"` would declare the looser class; such a body is refused instead.
+struct RepeatedNames {
+  std::vector<std::string> top, metadata;
+  std::string last_top;
+  bool in_metadata = false;
+  std::string repeated;
+
+  bool operator()(int depth, json::parse_event_t event, const json& parsed) {
+    using E = json::parse_event_t;
+    if (event == E::object_start && depth == 1) in_metadata = last_top == "metadata";
+    if (event == E::object_end && depth == 1) in_metadata = false;
+    if (event != E::key || !repeated.empty() || (depth != 1 && !(depth == 2 && in_metadata))) {
+      return true;
+    }
+    std::vector<std::string>& seen = depth == 1 ? top : metadata;
+    const auto& name = parsed.get_ref<const std::string&>();
+    if (std::find(seen.begin(), seen.end(), name) != seen.end()) {
+      repeated = depth == 1 ? name : "metadata." + name;
+    }
+    seen.push_back(name);
+    if (depth == 1) last_top = name;
+    return true;
+  }
+};
+
 }  // namespace
 
 ApiError invalid_request(std::string message, std::string param, std::string code) {
@@ -601,11 +629,22 @@ std::optional<ApiError> parse_request(hybrid::RequestKind kind, std::string_view
                                " levels; flatten it (OpenAI requests need about 10)",
                            "", "json_too_deep");
   }
-  const json doc = json::parse(body.begin(), body.end(), nullptr, false);
+  RepeatedNames names;
+  const json doc = json::parse(
+      body.begin(), body.end(),
+      [&names](int depth, json::parse_event_t event, json& parsed) {
+        return names(depth, event, parsed);
+      },
+      false);
   if (doc.is_discarded()) {
     return invalid_request(
         "The request body is not valid JSON; send a JSON object with Content-Type: "
         "application/json");
+  }
+  if (!names.repeated.empty()) {
+    return invalid_request(
+        "The request body gives '" + names.repeated + "' more than once; send each field once",
+        names.repeated, "duplicate_field");
   }
   if (!doc.is_object()) return invalid_request("The request body must be a JSON object");
   FieldReader r(doc);
@@ -631,9 +670,21 @@ std::optional<ApiError> parse_request(hybrid::RequestKind kind, std::string_view
     }
   }
   // Routing hints in the body: OpenAI's free-form metadata and user fields.
-  if (const json* md = r.find("metadata"); md && md->is_object()) {
-    auto dc = md->find("data_class");
-    if (dc != md->end() && dc->is_string()) out.data_class = dc->get<std::string>();
+  if (const json* md = r.find("metadata"); md && !md->is_object()) {
+    r.fail("'metadata' must be an object of string values", "metadata");
+  } else if (md) {
+    // A declaration the gateway cannot read is refused, not skipped: skipping
+    // it would send device-only data where the client said it must not go.
+    if (auto dc = md->find("data_class"); dc != md->end()) {
+      if (!dc->is_string() || dc->get_ref<const std::string&>().empty()) {
+        r.fail(
+            "'metadata.data_class' must be one of \"device-only\", \"contractual\", "
+            "\"prefer-local\" or \"public\"",
+            "metadata.data_class");
+      } else {
+        out.data_class = dc->get<std::string>();
+      }
+    }
   }
   if (const json* user = r.find("user"); user && user->is_string()) {
     out.user = user->get<std::string>();

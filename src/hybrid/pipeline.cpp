@@ -446,10 +446,12 @@ Result<route::Decision> Pipeline::decide(const Request& api, const RouteHints& h
     }
   }
   route::RouteInput in;
-  if (!hints.data_class.empty()) {
-    auto c = route::parse_data_class(hints.data_class);
-    if (!c.ok()) return fail(c.error().message, "x-foreshore-data-class");
-    in.declared_class = *c;
+  for (const auto& [declared, where] : {std::pair{&hints.data_class, "x-foreshore-data-class"},
+                                        std::pair{&hints.body_data_class, "metadata.data_class"}}) {
+    if (declared->empty()) continue;
+    auto c = route::parse_data_class(*declared);
+    if (!c.ok()) return fail(std::string(where) + ": " + c.error().message, where);
+    in.declared_class = in.declared_class ? route::stricter(*in.declared_class, *c) : *c;
   }
   if (!hints.latency_budget_ms.empty()) {
     auto v = parse_number(hints.latency_budget_ms);

@@ -16,6 +16,7 @@
 
 #include "backend/backend.h"
 #include "exec/exec.h"
+#include "hybrid/latency_sharing.h"
 #include "hybrid/learning.h"
 #include "hybrid/request.h"
 #include "hybrid/shared_limits.h"
@@ -23,7 +24,6 @@
 #include "observe/metrics.h"
 #include "observe/observe.h"
 #include "observe/pg_audit.h"
-#include "hybrid/latency_sharing.h"
 #include "route/router.h"
 #include "state/state.h"
 
@@ -52,7 +52,9 @@ struct PipelineSettings {
 
 // Routing hints a client sends as headers (or in the body's metadata).
 struct RouteHints {
-  std::string data_class;                   // x-foreshore-data-class / metadata.data_class
+  // Both may be given; the stricter holds, so neither can loosen the other.
+  std::string data_class;                   // x-foreshore-data-class
+  std::string body_data_class;              // metadata.data_class
   std::string latency_budget_ms;            // x-foreshore-latency-budget-ms
   std::string cost_ceiling_usd;             // x-foreshore-cost-ceiling-usd
   std::string forced_tier;                  // x-foreshore-tier

@@ -524,10 +524,16 @@ struct Gateway::Impl {
   }
 
   // Routing hints travel in x-foreshore-* headers; one that is not valid
-  // UTF-8 or holds control characters is the client's error, said so.
+  // UTF-8, holds control characters or is given twice is the client's error,
+  // said so. Taking one of two values would let a proxy's header silently
+  // loosen the client's own data class.
   static std::optional<ApiError> check_hint_headers(const HttpRequest& req) {
-    for (const auto& [name, value] : req.headers) {
-      if (name.size() < 12 || strncasecmp(name.c_str(), "x-foreshore-", 12) != 0) continue;
+    const auto is_hint = [](const std::string& name) {
+      return name.size() >= 12 && strncasecmp(name.c_str(), "x-foreshore-", 12) == 0;
+    };
+    for (size_t i = 0; i < req.headers.size(); ++i) {
+      const auto& [name, value] = req.headers[i];
+      if (!is_hint(name)) continue;
       const bool control = std::any_of(value.begin(), value.end(), [](char c) {
         return static_cast<unsigned char>(c) < 0x20 || c == 0x7f;
       });
@@ -535,6 +541,13 @@ struct Gateway::Impl {
         return invalid_request(
             "The header " + name + " is not valid UTF-8 text; send the value as plain text", name,
             "invalid_header");
+      }
+      for (size_t j = i + 1; j < req.headers.size(); ++j) {
+        if (strcasecmp(req.headers[j].first.c_str(), name.c_str()) == 0) {
+          return invalid_request(
+              "The header " + name + " is given more than once; send it once, with one value", name,
+              "invalid_header");
+        }
       }
     }
     return std::nullopt;
@@ -544,7 +557,7 @@ struct Gateway::Impl {
   static hybrid::RouteHints route_hints(const HttpRequest& req, const hybrid::Request& api) {
     hybrid::RouteHints hints;
     hints.data_class = req.header("x-foreshore-data-class");
-    if (hints.data_class.empty()) hints.data_class = api.data_class;
+    hints.body_data_class = api.data_class;
     hints.latency_budget_ms = req.header("x-foreshore-latency-budget-ms");
     hints.cost_ceiling_usd = req.header("x-foreshore-cost-ceiling-usd");
     hints.session = req.header("x-foreshore-session");
