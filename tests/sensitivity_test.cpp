@@ -135,6 +135,33 @@ TEST(Sensitivity, DigitsOfEveryScriptAreFolded) {
   expect_no_hit("credit_card", {"\u0669\u0669 bottles"});
 }
 
+// Characters that show nothing (bidi marks, which copying from an Arabic or
+// Hebrew interface inserts; variation selectors and keycaps; combining marks;
+// tags) and control characters hide no number; other scripts' dashes and
+// middle dots separate groups as a hyphen or a dot does.
+TEST(Sensitivity, InvisibleAndControlCharactersHideNothing) {
+  expect_hit("credit_card",
+             {"pay with 4111\u200E1111\u200E1111\u200E1111",  // left-to-right mark
+              "4111\u200F1111\u061C1111\u202B1111",           // RLM, ALM, embedding
+              "4111\u20661111\u20691111\u20621111",           // isolates, invisible times
+              "4\u0303111 1111 1111 1111",                    // a tilde over a digit
+              "4\uFE0F\u20E31\uFE0F\u20E31\uFE0F\u20E31\uFE0F\u20E3 1111 1111 1111",  // keycaps
+              "4111\U000E00201111\U000E00201111\U000E00201111",                       // tag space
+              "card 4111\x1F"
+              "1111\x1F"
+              "1111\x1F"
+              "1111",                                     // unit separator
+              "card 4111\u00851111\u20281111\u20291111",  // NEL, line, paragraph
+              "card 4111\u05BE1111\u05BE1111\u05BE1111",  // Hebrew maqaf
+              "card 4111\u00B71111\u00B71111\u00B71111",  // middle dot
+              "card \u2477\u2474\u2474\u2474 \u2488\u2488\u2488\u2488 1111 1111"});
+  expect_hit("us_ssn", {"SSN 078\u200E-05-1120", "SSN 078\u180E05\u180E1120"});
+  expect_hit("iban", {"IBAN DE89\u200E3704\u200E0044\u200E0532\u200E0130\u200E00"});
+  // Read past, they join nothing that was apart: two numbers stay two.
+  expect_no_hit("credit_card", {"rooms 4111\u200E and 1111 1111 1111, floor 2",
+                                "\u00B7 4111 \u00B7 item 1111 \u00B7 1111"});
+}
+
 // Digits spaced out one by one, or grouped with separators no number format
 // uses, are read joined by the number detectors.
 TEST(Sensitivity, SpelledOutDigitRunsAreJoined) {

@@ -37,30 +37,64 @@ int digit_value(uint32_t cp) {
   if (cp == 0x2070 || cp == 0x2080 || cp == 0x24EA || cp == 0x24FF) return 0;
   if (cp >= 0x2074 && cp <= 0x2079) return static_cast<int>(cp - 0x2070);
   if (cp >= 0x2081 && cp <= 0x2089) return static_cast<int>(cp - 0x2080);
-  for (const uint32_t one : {0x2460u, 0x2776u, 0x2780u, 0x278Au, 0x24F5u}) {
+  // Circled, negative circled, parenthesized and full-stop digits one to nine.
+  for (const uint32_t one : {0x2460u, 0x2776u, 0x2780u, 0x278Au, 0x24F5u, 0x2474u, 0x2488u}) {
     if (cp >= one && cp < one + 9) return static_cast<int>(cp - one + 1);
   }
+  if (cp == 0x1F100) return 0;  // digit zero full stop
+  if (cp >= 0x1F101 && cp <= 0x1F10A) return static_cast<int>(cp - 0x1F101);  // digit comma
   return -1;
+}
+
+// Characters that show nothing where they stand: format controls (bidi
+// marks and isolates, which copying a number out of an Arabic or Hebrew
+// interface inserts; zero-width spaces and joiners; the soft hyphen;
+// invisible operators; tags), variation selectors, fillers, and combining
+// marks (a keycap's U+20E3, a tilde over a digit). The detectors read past
+// them.
+bool is_invisible(uint32_t cp) {
+  static constexpr std::pair<uint32_t, uint32_t> kRanges[] = {
+      {0x00AD, 0x00AD},   {0x0300, 0x036F},  {0x061C, 0x061C}, {0x115F, 0x1160}, {0x17B4, 0x17B5},
+      {0x180B, 0x180F},   {0x1AB0, 0x1AFF},  {0x1DC0, 0x1DFF}, {0x200B, 0x200F}, {0x202A, 0x202E},
+      {0x2060, 0x206F},   {0x20D0, 0x20FF},  {0x2800, 0x2800}, {0x3164, 0x3164}, {0xFE00, 0xFE0F},
+      {0xFE20, 0xFE2F},   {0xFEFF, 0xFEFF},  {0xFFA0, 0xFFA0}, {0xFFF0, 0xFFFB}, {0x1BCA0, 0x1BCA3},
+      {0x1D173, 0x1D17A}, {0xE0000, 0xE0FFF}};
+  const auto* r = std::upper_bound(std::begin(kRanges), std::end(kRanges), cp,
+                                   [](uint32_t c, const auto& range) { return c < range.first; });
+  return r != std::begin(kRanges) && cp <= (r - 1)->second;
+}
+
+// Control characters other than the usual whitespace: C0, DEL and C1 (NEL
+// among them). Between digit groups they separate as a space does.
+constexpr bool is_control(uint32_t cp) {
+  return (cp < 0x20 && cp != '\t' && cp != '\n' && cp != '\r' && cp != '\f' && cp != '\v') ||
+         (cp >= 0x7F && cp <= 0x9F);
 }
 
 // The ASCII character a code point folds to, kDrop for invisible ones, kKeep
 // for those left as they are.
 uint32_t fold(uint32_t cp) {
+  if (is_control(cp)) return ' ';
   if (cp < 0x80) return cp;
   if (cp >= 0xFF01 && cp <= 0xFF5E) return cp - 0xFEE0;  // full-width ASCII
   if (const int d = digit_value(cp); d >= 0) return '0' + static_cast<uint32_t>(d);
+  // Dashes and minus signs of every kind: hyphens, the Hebrew maqaf, the
+  // modifier minus, the katakana prolonged sound mark, two- and three-em dashes.
   if ((cp >= 0x2010 && cp <= 0x2015) || cp == 0x2043 || cp == 0x2212 || cp == 0xFE58 ||
-      cp == 0xFE63) {
+      cp == 0xFE63 || cp == 0x05BE || cp == 0x02D7 || cp == 0x30FC || cp == 0x2E3A ||
+      cp == 0x2E3B || cp == 0xFE31 || cp == 0xFE32) {
     return '-';
   }
-  if (cp == 0x2024 || cp == 0xFE52) return '.';
+  // Dots: one-dot leader, small full stop, middle dots, bullets.
+  if (cp == 0x2024 || cp == 0xFE52 || cp == 0x00B7 || cp == 0x2022 || cp == 0x2027 ||
+      cp == 0x2219 || cp == 0x22C5 || cp == 0x30FB || cp == 0xFF65) {
+    return '.';
+  }
   if (cp == 0x00A0 || cp == 0x1680 || (cp >= 0x2000 && cp <= 0x200A) || cp == 0x202F ||
-      cp == 0x205F || cp == 0x3000) {
+      cp == 0x205F || cp == 0x3000 || cp == 0x2028 || cp == 0x2029) {
     return ' ';
   }
-  if ((cp >= 0x200B && cp <= 0x200D) || cp == 0x2060 || cp == 0xFEFF || cp == 0x00AD) {
-    return kDrop;
-  }
+  if (is_invisible(cp)) return kDrop;
   return kKeep;
 }
 
@@ -274,13 +308,16 @@ void check_after_digit(std::string_view t, size_t i, SpellingCheck& check) {
   }
 }
 
-// Bytes that may start a spelling: 1 non-ASCII, 2 a digit, 3 the letter
+// Bytes that may start a spelling: 1 non-ASCII or a control character, 2 a digit, 3 the letter
 // after the space of " AT " or " DOT ", 4 the start of an escape or of a
 // bracketed "at"/"dot". Everything else, spaces included, is passed over
 // without a branch that could go either way.
 constexpr std::array<uint8_t, 256> kSpellingStart = [] {
   std::array<uint8_t, 256> table{};
   for (int c = 0x80; c < 0x100; ++c) table[c] = 1;
+  for (int c = 0; c < 0x80; ++c) {
+    if (is_control(static_cast<uint32_t>(c))) table[c] = 1;
+  }
   for (int c = '0'; c <= '9'; ++c) table[c] = 2;
   table['A'] = 3;
   table['D'] = 3;
