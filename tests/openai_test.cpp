@@ -56,7 +56,7 @@ TEST(RequestTest, ParsesEveryParameter) {
   EXPECT_TRUE(r.include_usage);
   ASSERT_EQ(r.backend.messages.size(), 3u);
   EXPECT_EQ(r.backend.messages[0].role, "system");
-  EXPECT_EQ(r.backend.messages[1].content, "ab");
+  EXPECT_EQ(r.backend.messages[1].content, "a\nb");  // parts are lines, not glued
   EXPECT_EQ(r.backend.messages[2].content, "");
   const auto& p = r.backend.params;
   EXPECT_EQ(p.max_tokens, 12);
@@ -141,7 +141,7 @@ TEST(RequestTest, KeepsWhatOnlyRemoteTiersRead) {
   hybrid::Request r;
   ASSERT_FALSE(parse_chat(b, r));
   const backend::ChatMessage& m = r.backend.messages[0];
-  EXPECT_EQ(m.content, "look: what is it");
+  EXPECT_EQ(m.content, "look: \nwhat is it");
   EXPECT_EQ(json::parse(m.content_parts.text()), b["messages"][0]["content"]);
   const backend::RemoteOnlyFields& f = r.backend.remote_only;
   EXPECT_EQ(f.edge_unsupported, "image_url content");

@@ -133,7 +133,8 @@ void read_stop(FieldReader& r, std::vector<std::string>& stop) {
 }
 
 // OpenAI content is a string or a list of typed parts. The text parts are
-// joined into `text`; when there are others (image_url, input_audio, file),
+// joined into `text`, one line break between two (as vLLM joins them:
+// "Hello" and "world" are two words, not "Helloworld"); when there are others (image_url, input_audio, file),
 // the whole list is kept in `parts` for remote tiers and `other_type` names
 // the first of them. False when the content has another shape.
 bool read_content(const json& content, std::string& text, backend::PassThroughJson& parts,
@@ -144,6 +145,7 @@ bool read_content(const json& content, std::string& text, backend::PassThroughJs
   }
   if (content.is_null()) return true;
   if (!content.is_array()) return false;
+  bool first_text = true;
   for (const json& part : content) {
     if (!part.is_object()) return false;
     auto type = part.find("type");
@@ -152,7 +154,9 @@ bool read_content(const json& content, std::string& text, backend::PassThroughJs
     if (name == "text" || name == "refusal") {
       auto t = part.find(name);
       if (t == part.end() || !t->is_string()) return false;
+      if (!first_text) text += '\n';
       text += t->get_ref<const std::string&>();
+      first_text = false;
     } else if (other_type.empty()) {
       other_type = name;
     }
