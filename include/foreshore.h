@@ -94,7 +94,7 @@ typedef struct foreshore_model foreshore_model;
 typedef bool (*foreshore_progress_callback)(float progress, void* user_data);
 
 typedef struct foreshore_model_params {
-  int32_t threads;                      /* 0: one per core */
+  int32_t threads;                      /* 0: one per core; at most 1024 */
   int32_t context_length;               /* 0: the model's own */
   foreshore_progress_callback progress; /* NULL: none */
   void* progress_user_data;

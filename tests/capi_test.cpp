@@ -142,7 +142,25 @@ TEST_F(CapiTest, RoutesAndExplains) {
             FORESHORE_ERR_INVALID_ARGUMENT);
   EXPECT_NE(std::string(foreshore_last_error()).find("top-secret"), std::string::npos)
       << foreshore_last_error();
+
+  // The hint does not loosen the body's own declaration.
+  hints.data_class = "public";
+  const char* declared =
+      R"({"metadata":{"data_class":"device-only"},"messages":[{"role":"user","content":"hi"}]})";
+  ASSERT_EQ(foreshore_hybrid_route(hybrid, declared, &hints, &json), FORESHORE_OK)
+      << foreshore_last_error();
+  EXPECT_EQ(nlohmann::json::parse(take(json))["plan"]["cloud_allowed"], false);
   foreshore_hybrid_free(hybrid);
+}
+
+TEST_F(CapiTest, RefusesAThreadCountOutOfRange) {
+  foreshore_model_params params = foreshore_model_default_params();
+  params.threads = 100000;
+  foreshore_model* model = nullptr;
+  EXPECT_EQ(foreshore_model_load("stories260K", &params, &model), FORESHORE_ERR_INVALID_ARGUMENT);
+  EXPECT_EQ(model, nullptr);
+  EXPECT_NE(std::string(foreshore_last_error()).find("threads 100000"), std::string::npos)
+      << foreshore_last_error();
 }
 
 TEST_F(CapiTest, RunsHybridChatOnEdgeAndCloud) {

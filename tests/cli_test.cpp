@@ -163,6 +163,18 @@ TEST(CliCommands, NumericOptionsOutOfRangeSayWhatTheyMustBe) {
   r = run_foreshore({"router", "replay", "--data", "x.csv", "--l2", "lots"});
   EXPECT_NE(r.err.find("'lots' is not a number"), std::string::npos) << r.err;
   EXPECT_EQ(r.err.find("179769"), std::string::npos) << r.err;
+  // A thread count the system cannot give used to abort the process, and -1
+  // was taken as "one per core".
+  for (const std::vector<std::string>& args :
+       {std::vector<std::string>{"run", "-p", "hi", "-n", "2", "-t", "100000"},
+        std::vector<std::string>{"serve", "-m", "stories260K", "-t", "100000"},
+        std::vector<std::string>{"quantize", "a.gguf", "b.gguf", "-t", "-1"},
+        std::vector<std::string>{"run", "-p", "hi", "-n", "2", "-t", "2.5"}}) {
+    r = run_foreshore(args);
+    EXPECT_EQ(r.status, 2) << args[0] << ": " << r.err;
+    EXPECT_NE(r.err.find("is not a whole number from 0 (one per core) to 1024"), std::string::npos)
+        << args[0] << ": " << r.err;
+  }
 }
 
 // Bad usage exits 2 whatever CLI11 found wrong; help and version exit 0.

@@ -150,6 +150,8 @@ TEST(ConfigTest, ErrorsNameTheKeyPath) {
   EXPECT_EQ(config_error("tiers:\n  c:\n    kind: openai\n    model: m\n"
                          "    endpoint: http://x\n    chat_format: chatml\n"),
             "cfg.yaml: tiers.c.chat_format: only applies to kind embedded");
+  EXPECT_EQ(config_error("tiers:\n  e:\n    model: m\n    threads: 100000\n"),
+            "cfg.yaml: tiers.e.threads: must be 0 (one per core) to 1024");
   EXPECT_EQ(config_error("tiers:\n  e:\n    model: m\n    kv_cache_type: q4_0\n"),
             "cfg.yaml: tiers.e.kv_cache_type: 'q4_0' is not f16 (the default) or q8_0");
   EXPECT_EQ(config_error("server:\n  default_tier: big\ntiers:\n  e:\n    model: m\n"),

@@ -136,6 +136,12 @@ FORESHORE_API foreshore_status foreshore_model_load(const char* name_or_path,
   }
   *out_model = nullptr;
   const foreshore_model_params p = params ? *params : foreshore_model_default_params();
+  if (p.threads < 0 || p.threads > engine::kMaxThreads) {
+    return fail(FORESHORE_ERR_INVALID_ARGUMENT, "foreshore_model_load: threads " +
+                                                    std::to_string(p.threads) +
+                                                    " is out of range; give 0 (one per core) to " +
+                                                    std::to_string(engine::kMaxThreads));
+  }
   // The load has three stages (find and map the file, build the context,
   // start the threads); progress is reported between them, where an abort
   // leaves nothing half made.

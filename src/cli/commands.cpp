@@ -1,9 +1,13 @@
 #include "cli/commands.h"
 
 #include <algorithm>
+#include <cmath>
 #include <iostream>
 #include <numeric>
+#include <string>
 #include <vector>
+
+#include "engine/engine.h"
 
 namespace foreshore::cli {
 
@@ -33,6 +37,10 @@ const CLI::Validator kNonNegative =
     number_check([](double v) { return v >= 0.0; }, "0 or more", "NONNEGATIVE");
 const CLI::Validator kPositive =
     number_check([](double v) { return v > 0.0; }, "above 0", "POSITIVE");
+const CLI::Validator kThreadCount = number_check(
+    [](double v) { return v >= 0.0 && v <= engine::kMaxThreads && v == std::floor(v); },
+    "a whole number from 0 (one per core) to " + std::to_string(engine::kMaxThreads),
+    "0-" + std::to_string(engine::kMaxThreads));
 
 size_t edit_distance(std::string_view a, std::string_view b) {
   std::vector<size_t> row(b.size() + 1);

@@ -34,6 +34,8 @@ int fail(const Error& e);
 // (shown in --help as FLOAT:NONNEGATIVE) are CLI11's.
 extern const CLI::Validator kNonNegative;
 extern const CLI::Validator kPositive;
+// -t: 0 (one per core) to engine::kMaxThreads.
+extern const CLI::Validator kThreadCount;
 
 // Levenshtein distance: how many single-byte edits turn `a` into `b`.
 size_t edit_distance(std::string_view a, std::string_view b);

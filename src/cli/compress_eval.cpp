@@ -351,7 +351,9 @@ void add_prune_command(CLI::App& app) {
       ->capture_default_str();
   cmd->add_option("--report", f->report,
                   "Write a JSON report: block influence per layer, what was removed, sizes");
-  cmd->add_option("-t,--threads", f->threads, "Threads (0: one per core)")->capture_default_str();
+  cmd->add_option("-t,--threads", f->threads, "Threads (0: one per core)")
+      ->check(kThreadCount)
+      ->capture_default_str();
   cmd->footer(
       "Block influence of a layer is 1 - cos(its input, its output) averaged over the\n"
       "calibration tokens (ShortGPT); the lowest goes first. FFN channels are ranked per\n"
@@ -392,7 +394,9 @@ void add_eval_command(CLI::App& app) {
       ->capture_default_str();
   cmd->add_flag("--json", f->json_output,
                 "Print JSON (with every task's output) instead of a table");
-  cmd->add_option("-t,--threads", f->threads, "Threads (0: one per core)")->capture_default_str();
+  cmd->add_option("-t,--threads", f->threads, "Threads (0: one per core)")
+      ->check(kThreadCount)
+      ->capture_default_str();
   cmd->footer(
       "Task lines (JSONL):\n"
       "  {\"prompt\": \"The capital of France is\", \"expected\": \"Paris\"}   "

@@ -615,6 +615,7 @@ void add_quantize_command(CLI::App& app) {
       "With --calibration: round Q4_0/IQ4_NL and K-quant blocks by the plain rules instead of "
       "weighing errors by the importance of their input columns on the calibration text");
   cmd->add_option("-t,--threads", opts->threads, "Threads (0: one per core)")
+      ->check(kThreadCount)
       ->capture_default_str();
   cmd->add_flag("-q,--quiet", opts->quiet,
                 "No per-tensor table and no progress: only notes, the sizes and measurements");

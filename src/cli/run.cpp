@@ -162,6 +162,7 @@ void add_run_command(CLI::App& app) {
       ->capture_default_str();
   cmd->add_option("--seed", opts->sampling.seed, "Random seed")->capture_default_str();
   cmd->add_option("-t,--threads", opts->threads, "Threads (0: one per core)")
+      ->check(kThreadCount)
       ->capture_default_str();
   cmd->add_option("--kv-type", opts->kv_type,
                   "How the KV cache stores keys and values: f16, q8_0 (about half of f16's "

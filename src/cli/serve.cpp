@@ -178,6 +178,7 @@ void add_serve_command(CLI::App& app) {
                       "Require 'Authorization: Bearer KEY' with a key from this variable "
                       "(comma-separated; with --config use server.api_keys_env)");
   cmd->add_option("-t,--threads", o->flags.threads, "Threads for -m (0: one per core)")
+      ->check(kThreadCount)
       ->capture_default_str();
   cmd->add_option("-c,--ctx-size", o->flags.context_length,
                   "Context length for -m (0: the model's)")

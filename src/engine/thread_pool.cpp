@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <system_error>
 
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
@@ -57,9 +58,18 @@ bool spin_until(Done done) {
 
 ThreadPool::ThreadPool(int threads) {
   if (threads <= 0) threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
-  size_ = threads;
-  workers_.reserve(static_cast<size_t>(size_ - 1));
-  for (int i = 1; i < size_; ++i) workers_.emplace_back([this] { worker_loop(); });
+  threads = std::min(threads, kMaxThreads);
+  workers_.reserve(static_cast<size_t>(threads - 1));
+  // Workers read size_ only once a dispatch has published work, after the
+  // constructor has set it to the threads the system gave.
+  for (int i = 1; i < threads; ++i) {
+    try {
+      workers_.emplace_back([this] { worker_loop(); });
+    } catch (const std::system_error&) {
+      break;
+    }
+  }
+  size_ = static_cast<int>(workers_.size()) + 1;
 }
 
 ThreadPool::~ThreadPool() {

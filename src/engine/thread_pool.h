@@ -19,10 +19,16 @@
 
 namespace foreshore::engine {
 
+// The most threads a pool is asked for; front ends refuse more (a typo such
+// as -t 100000 would otherwise ask the system for that many threads).
+inline constexpr int kMaxThreads = 1024;
+
 class ThreadPool {
  public:
   // threads <= 0 means one per available core. The calling thread takes part,
-  // so a pool of N runs N-1 workers.
+  // so a pool of N runs N-1 workers. Where the system refuses a thread (its
+  // limit on processes reached), the pool runs with those it got: size()
+  // says how many.
   explicit ThreadPool(int threads = 0);
   ~ThreadPool();
   ThreadPool(const ThreadPool&) = delete;

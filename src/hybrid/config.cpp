@@ -428,7 +428,10 @@ Status validate_config(const GatewayConfig& config) {
         fail(path + ".kv_cache_type",
              "'" + embedded.kv_cache_type + "' is not f16 (the default) or q8_0");
       }
-      if (embedded.threads < 0) fail(path + ".threads", "must be 0 (one per core) or more");
+      if (embedded.threads < 0 || embedded.threads > engine::kMaxThreads) {
+        fail(path + ".threads",
+             "must be 0 (one per core) to " + std::to_string(engine::kMaxThreads));
+      }
     }
     if (t.price_input_per_mtok < 0) fail(path + ".price.input_per_mtok", "must not be negative");
     if (t.price_output_per_mtok < 0) fail(path + ".price.output_per_mtok", "must not be negative");
