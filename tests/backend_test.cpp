@@ -1191,7 +1191,7 @@ TEST_F(OpenAiBackendTest, FirstByteTimeout) {
         streaming ? stream(*backend, chat("hi"), &streamed) : backend->generate(chat("hi"), {});
     ASSERT_FALSE(r.ok());
     EXPECT_EQ(r.error().kind, ErrorKind::kDeadlineExceeded);
-    EXPECT_NE(r.error().message.find("first_byte_timeout_ms 300"), std::string::npos)
+    EXPECT_NE(r.error().message.find("timeouts.first_byte_ms 300"), std::string::npos)
         << r.error().message;
   }
   // A delay within the limit is fine.
@@ -1208,7 +1208,7 @@ TEST_F(OpenAiBackendTest, TotalTimeoutMidStream) {
   auto r = stream(*backend, chat("a b c d e f g h i j"), &streamed);
   ASSERT_FALSE(r.ok());
   EXPECT_EQ(r.error().kind, ErrorKind::kDeadlineExceeded);
-  EXPECT_NE(r.error().message.find("total_timeout_ms 300"), std::string::npos) << r.error().message;
+  EXPECT_NE(r.error().message.find("timeouts.total_ms 300"), std::string::npos) << r.error().message;
   EXPECT_FALSE(streamed.empty());
 }
 

@@ -417,6 +417,8 @@ TEST_F(GatewayTest, Auth) {
                "invalid_request_error");
   expect_error(chat(chat_body(), {{"Authorization", "sk-good"}}), 401, "invalid_request_error");
   EXPECT_EQ(chat(chat_body(), {{"Authorization", "Bearer sk-good"}}).status, 200);
+  // The scheme's name is case-insensitive (RFC 9110).
+  EXPECT_EQ(chat(chat_body(), {{"Authorization", "bearer sk-good"}}).status, 200);
   EXPECT_EQ(http_get(port, "/v1/models").status, 401);
   EXPECT_EQ(http_get(port, "/v1/models", {{"Authorization", "Bearer sk-good"}}).status, 200);
   EXPECT_EQ(http_get(port, "/healthz").status, 200);

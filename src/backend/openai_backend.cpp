@@ -1124,7 +1124,7 @@ class OpenAiBackend final : public Backend {
                           where() + ": the request's deadline passed" + got);
       case StopReason::kTotalTimeout:
         return make_error(ErrorKind::kDeadlineExceeded,
-                          where() + ": no complete answer within total_timeout_ms " +
+                          where() + ": no complete answer within timeouts.total_ms " +
                               std::to_string(settings_.total_timeout_ms) + got);
       case StopReason::kFirstByteTimeout:
         if (budget_binds) {
@@ -1134,12 +1134,12 @@ class OpenAiBackend final : public Backend {
                                 "(x-foreshore-latency-budget-ms)");
         }
         return make_error(ErrorKind::kDeadlineExceeded,
-                          where() + ": no response within first_byte_timeout_ms " +
+                          where() + ": no response within timeouts.first_byte_ms " +
                               std::to_string(settings_.first_byte_timeout_ms) +
                               "; the upstream is overloaded or unreachable");
       case StopReason::kIdleTimeout:
         return make_error(ErrorKind::kDeadlineExceeded,
-                          where() + ": the upstream went silent for first_byte_timeout_ms " +
+                          where() + ": the upstream went silent for timeouts.first_byte_ms " +
                               std::to_string(settings_.first_byte_timeout_ms) + " mid-answer" +
                               got);
       case StopReason::kNone:
@@ -1196,7 +1196,7 @@ class OpenAiBackend final : public Backend {
     switch (transport) {
       case httplib::Error::ConnectionTimeout:
         return make_error(ErrorKind::kDeadlineExceeded,
-                          where() + ": could not connect within connect_timeout_ms " +
+                          where() + ": could not connect within timeouts.connect_ms " +
                               std::to_string(settings_.connect_timeout_ms));
       case httplib::Error::Connection:
         return make_error(ErrorKind::kUnavailable, where() + ": could not connect to " + url_.host +

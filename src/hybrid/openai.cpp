@@ -134,9 +134,9 @@ void read_stop(FieldReader& r, std::vector<std::string>& stop) {
 
 // OpenAI content is a string or a list of typed parts. The text parts are
 // joined into `text`, one line break between two (as vLLM joins them:
-// "Hello" and "world" are two words, not "Helloworld"); when there are others (image_url, input_audio, file),
-// the whole list is kept in `parts` for remote tiers and `other_type` names
-// the first of them. False when the content has another shape.
+// "Hello" and "world" are two words, not "Helloworld"); when there are others (image_url,
+// input_audio, file), the whole list is kept in `parts` for remote tiers and `other_type` names the
+// first of them. False when the content has another shape.
 bool read_content(const json& content, std::string& text, backend::PassThroughJson& parts,
                   std::string& other_type) {
   if (content.is_string()) {
@@ -412,8 +412,16 @@ void read_prompt(FieldReader& r, std::optional<std::string>& out) {
     out = p->get<std::string>();
   } else if (p->is_array() && p->size() == 1 && (*p)[0].is_string()) {
     out = (*p)[0].get<std::string>();
+  } else if (p->is_array() && !p->empty() && (*p)[0].is_number_integer()) {
+    r.fail(
+        "'prompt' as token ids is not supported: the tiers may not share a tokenizer; send "
+        "the text",
+        "prompt");
   } else {
-    r.fail("'prompt' must be a string (batches of prompts are not supported)", "prompt");
+    r.fail(
+        "'prompt' must be a string, or a list of one string (batches of prompts are not "
+        "supported)",
+        "prompt");
   }
 }
 

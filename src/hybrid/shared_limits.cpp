@@ -1,6 +1,7 @@
 #include "hybrid/shared_limits.h"
 
 #include <openssl/evp.h>
+#include <strings.h>
 
 #include <algorithm>
 #include <charconv>
@@ -42,9 +43,17 @@ Refusal rate_limited(const std::string& what) {
 
 }  // namespace
 
+std::string_view bearer_key(std::string_view authorization_header) {
+  if (authorization_header.size() < 7 ||
+      strncasecmp(authorization_header.data(), "Bearer ", 7) != 0) {
+    return {};
+  }
+  return authorization_header.substr(7);
+}
+
 std::string client_identity(std::string_view authorization_header) {
-  if (!authorization_header.starts_with("Bearer ")) return "anonymous";
-  const std::string_view key = authorization_header.substr(7);
+  const std::string_view key = bearer_key(authorization_header);
+  if (key.empty()) return "anonymous";
   unsigned char digest[EVP_MAX_MD_SIZE];
   unsigned int n = 0;
   if (EVP_Digest(key.data(), key.size(), digest, &n, EVP_sha256(), nullptr) != 1) {

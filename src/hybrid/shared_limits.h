@@ -36,6 +36,10 @@ struct Reservation {
 
 struct VirtualKey;
 
+// The key of an 'Authorization: Bearer KEY' header, the scheme's name in any
+// case (RFC 9110: "bearer KEY" too); empty without one.
+std::string_view bearer_key(std::string_view authorization_header);
+
 // The client a request is counted for: a digest of its bearer key (never the
 // key itself), or "anonymous".
 std::string client_identity(std::string_view authorization_header);

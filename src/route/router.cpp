@@ -487,8 +487,10 @@ Gates gate_tiers(const Signals& s, const TierProfile* edge, const TierProfile* c
     g.edge_block = "edge tier '" + edge->name + "' cannot run (not loaded or out of memory)";
     rules_fired.push_back("edge-unavailable");
   } else if (!s.fits_edge_context) {
-    g.edge_block = "prompt of ~" + std::to_string(s.prompt_tokens) +
-                   " tokens exceeds the edge context of " + std::to_string(edge->context_length);
+    g.edge_block = "prompt of ~" + std::to_string(s.prompt_tokens) + " tokens, with room for " +
+                   std::to_string(std::min(s.expected_output_tokens, 16)) +
+                   " tokens of answer, exceeds the edge context of " +
+                   std::to_string(edge->context_length) + " tokens";
     rules_fired.push_back("edge-context-exceeded");
   }
   if (!s.edge_unsupported.empty()) {

@@ -26,7 +26,7 @@ HttpReply answer_admin_keys(const config::ServerConfig& server, hybrid::Pipeline
     e.status = 404;
     e.code = "admin_disabled";
     e.message = "The admin API is off; set server.admin_key_env to turn it on";
-  } else if (!constant_time_equal(bearer_key(req.authorization()), server.admin_key)) {
+  } else if (!constant_time_equal(hybrid::bearer_key(req.authorization()), server.admin_key)) {
     e.message = "The admin API needs 'Authorization: Bearer ADMIN_KEY' (server.admin_key_env)";
   } else if (pipeline == nullptr) {
     e = not_ready();

@@ -1,11 +1,11 @@
 #include "serve/http.h"
 
-#include <strings.h>
-
 #include <cmath>
 #include <cstdint>
 #include <string>
 #include <utility>
+
+#include "hybrid/shared_limits.h"
 
 namespace foreshore::serve {
 namespace {
@@ -98,10 +98,6 @@ bool constant_time_equal(std::string_view a, std::string_view b) {
   return diff == 0;
 }
 
-std::string_view bearer_key(std::string_view authorization) {
-  return authorization.starts_with("Bearer ") ? authorization.substr(7) : std::string_view();
-}
-
 std::optional<openai::ApiError> auth_error(const config::ServerConfig& server,
                                            std::string_view authorization) {
   const auto& keys = server.api_keys;
@@ -111,10 +107,9 @@ std::optional<openai::ApiError> auth_error(const config::ServerConfig& server,
   e.code = "invalid_api_key";
   if (authorization.empty()) {
     e.message = "Missing API key: send it as 'Authorization: Bearer KEY'";
-  } else if (!authorization.starts_with("Bearer ")) {
+  } else if (const std::string_view key = hybrid::bearer_key(authorization); key.empty()) {
     e.message = "The Authorization header must be 'Bearer KEY'";
   } else {
-    const std::string_view key = authorization.substr(7);
     bool match = false;
     for (const auto& k : keys) match |= constant_time_equal(key, k);
     if (match) return std::nullopt;

@@ -69,8 +69,6 @@ HttpReply json_reply(std::string body, int status = 200);
 HttpReply error_reply(const openai::ApiError& e);
 
 bool constant_time_equal(std::string_view a, std::string_view b);
-// The key of an 'Authorization: Bearer KEY' header; empty without one.
-std::string_view bearer_key(std::string_view authorization);
 // The 401 to answer with when server.api_keys is set and `authorization`
 // carries none of them; nullopt when the request may go on.
 std::optional<openai::ApiError> auth_error(const config::ServerConfig& server,

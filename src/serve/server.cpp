@@ -422,8 +422,8 @@ struct Gateway::Impl {
     // other key must be one of server.api_keys.
     std::optional<hybrid::VirtualKey> virtual_key;
     if (dep) {
-      virtual_key =
-          hybrid::find_virtual_key(dep->pipeline().shared_state(), bearer_key(req.authorization()));
+      virtual_key = hybrid::find_virtual_key(dep->pipeline().shared_state(),
+                                             hybrid::bearer_key(req.authorization()));
     }
     if (virtual_key && virtual_key->expires_at != 0 &&
         virtual_key->expires_at <= std::time(nullptr)) {
