@@ -428,6 +428,17 @@ TEST_F(GatewayTest, MalformedAndOversizedBodies) {
   start("server:\n  max_body_bytes: 2048\n");
   auto r = http_post(port, "/v1/chat/completions", "{\"messages\": [");
   expect_error(r, 400, "invalid_request_error");
+  EXPECT_EQ(r.json()["error"]["code"], "invalid_json");
+  EXPECT_NE(r.json()["error"]["message"].get<std::string>().find(
+                "at byte 15 (line 1, column 15): syntax error"),
+            std::string::npos)
+      << r.body;
+  // Where and why, without echoing the body back.
+  r = http_post(port, "/v1/chat/completions",
+                "{\"messages\":[{\"role\":\"user\",\"content\":\"secret \xff\"}]}");
+  expect_error(r, 400, "invalid_request_error");
+  EXPECT_NE(r.body.find("ill-formed UTF-8 byte"), std::string::npos) << r.body;
+  EXPECT_EQ(r.body.find("secret"), std::string::npos) << r.body;
   r = chat(json{{"messages", chat_body()["messages"]}, {"n", 0}});
   expect_error(r, 400, "invalid_request_error");
   EXPECT_EQ(r.json()["error"]["param"], "n");
