@@ -401,10 +401,68 @@ TEST(Sensitivity, SecretsAndKeys) {
                 {"api_key = os.environ['API_KEY']", "password: YOUR_PASSWORD", "token = None",
                  "password is incorrect", "max_tokens=1024", "password: ${DB_PASSWORD}",
                  "tokenizer = AutoTokenizer()", "password - reset it", "key - value pairs"});
+  // Names in camel case, in other languages and short; values under a name
+  // that says password may be short; XML elements; an empty URL user.
+  expect_hit(
+      "generic_secret",
+      {"{\"clientSecret\": \"8Q~abcdEFGH1234ijklMNOP5678qrstUVWX\"}",
+       "{\"dbPassword\": \"Winter2025x\"}",
+       "accessToken: 9dJ2kL0pQ7rT5vX1aa",
+       "//registry.npmjs.org/:_authToken=0a1b2c3d4e5f6a7b8c9d",
+       "Mein Passwort: Sommer2025! funktioniert nicht",
+       "contrase\u00f1a: Verano2025",
+       "mot de passe: Ete2025x!",
+       "senha: Verao2025",
+       "\u043f\u0430\u0440\u043e\u043b\u044c: Zima2025",
+       "\u041f\u0430\u0440\u043e\u043b\u044c: Zima2025",
+       "\u6211\u7684\u5bc6\u7801\uff1aabc123def",
+       "\u30d1\u30b9\u30ef\u30fc\u30c9: abc123def",
+       "has\u0142o: Lato2025",
+       "DB_PASS=Winter2025",
+       "pw: Winter2025",
+       "PIN: 4921",
+       "{\"username\":\"ann\",\"password\":\"hunter2\"}",
+       "Password = hunter2",
+       "my password is correcthorsebatterystaple",
+       "<password>Winter2025x</password>",
+       "AccountName=x;AccountKey=Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/"
+       "K1SZFPTOtr/KBHBeksoGMGw==;"});
+  expect_no_hit(
+      "generic_secret",
+      {"The password is case-sensitive.", "password: required", "Password: N/A", "pin = 13",
+       "int ledPin = 13;", "bypass: true", "compass = 360", "pass: 3 of 5", "sortKey = createdAt",
+       "\"password\": \"string\"", "password = getpass()", "password: None", "passport: X1234567",
+       "pin: 1234567890", "Parola: ciao", "\uc804\ud654\ubc88\ud638: 010-1234-5678"});
+  expect_hit("url_credentials", {"REDIS_URL=redis://:Winter2025x@cache:6379"});
+  expect_hit(
+      "service_token",
+      {"glpat-xYz12AbC3dEfGhIjK4lm", "token hf_AbCdEfGhIjKlMnOpQrStUvWxYzAbCdEfGh",
+       "npm_AbCdEf1234567890GhIjKlMnOpQrStUvWx12",
+       "SG.abcdefghijklmnopqrstuv.abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG",
+       "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+       "dop_v1_0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+       "shpat_0123456789abcdef0123456789abcdef", "ya29.a0AfH6SMBx3Lq1abcdefghijklmnopqrstuvwxyz",
+       "refresh 1//0gAbCdEfGhIjKlMnOpQrStUvWxYz0123456789",
+       "AGE-SECRET-KEY-1QQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQ",
+       "PuTTY-User-Key-File-3: ssh-ed25519"});
+  expect_no_hit("service_token", {"glpat-short", "hf_too_short", "https://example.com//0abc",
+                                  "npm_install_is_a_command_not_a_token_at_all"});
+  expect_hit("private_key", {"---- BEGIN SSH2 ENCRYPTED PRIVATE KEY ----"});
   // The specific detector wins over the generic one on the same span.
   const auto r = default_detector().scan("OPENAI_API_KEY=sk-proj-Ab3dEf6hIj9kLm2nOp5qRs8tUv1wXy4z");
   ASSERT_EQ(r.hits.size(), 1u);
   EXPECT_EQ(r.hits[0].detector, "openai_api_key");
+}
+
+// How people name an SSN beside the number, and what a card number is not.
+TEST(Sensitivity, SsnContextWordsAndCardLengths) {
+  expect_hit("us_ssn", {"my social is 078 05 1120", "S.S.N.: 078051120", "social sec # 078051120",
+                        "SSNO 078051120", "SocialSecurityNumber: 078051120"});
+  expect_no_hit("us_ssn", {"order 078051120 shipped", "room 078 05 1120"});
+  // Fifteen Luhn-valid digits starting 35 or 49 are IMEIs, not cards; an
+  // American Express number (34, 37) is one.
+  expect_no_hit("credit_card", {"My phone's IMEI is 356938035643809", "IMEI 490154203237518"});
+  expect_hit("credit_card", {"amex 378282246310005", "card 371449635398431"});
 }
 
 TEST(Sensitivity, ClassesAndRules) {

@@ -43,6 +43,7 @@ enum Builtin : uint32_t {
   kBearerToken,
   kBasicAuth,
   kUrlCredentials,
+  kServiceToken,
   kGenericSecret,
   kBuiltinCount,
 };
@@ -75,6 +76,9 @@ inline constexpr std::array<BuiltinDetectorInfo, kBuiltinCount> kBuiltins = {{
     {"bearer_token", kDev, "Bearer tokens (Authorization: Bearer ...)"},
     {"basic_auth", kDev, "Authorization: Basic credentials"},
     {"url_credentials", kDev, "passwords in URLs (scheme://user:password@host)"},
+    {"service_token", kDev,
+     "GitLab, Hugging Face, npm, PyPI, SendGrid, DigitalOcean, Shopify, Google OAuth tokens, "
+     "Slack app tokens, Stripe webhook secrets, age secret keys, PuTTY key files"},
     {"generic_secret", kDev, "high-entropy values of api_key=, secret=, token=, password= ..."},
 }};
 
@@ -134,6 +138,7 @@ inline constexpr BuiltinPattern kBuiltinPatterns[] = {
     {kMacAddress, Check::kMac, R"(\b[0-9A-F]{2}(?:[:\-][0-9A-F]{2}){5}\b)", kCaseless},
     {kPrivateKey, Check::kPrivateKey,
      R"(-----BEGIN (?:[A-Z0-9]+ ){0,3}PRIVATE KEY(?: BLOCK)?-----)", 0},
+    {kPrivateKey, Check::kAccept, R"(---- BEGIN SSH2 (?:ENCRYPTED )?PRIVATE KEY ----)", 0},
     {kOpenAiKey, Check::kOpenAi, R"(\bsk-[A-Za-z0-9_\-]{20,})", 0},
     {kAnthropicKey, Check::kTokenWithDigit, R"(\bsk-ant-[A-Za-z0-9_\-]{20,})", 0},
     {kAwsAccessKey, Check::kAccept, R"(\b(?:AKIA|ASIA|ABIA|ACCA|A3T[A-Z0-9])[A-Z0-9]{16}\b)", 0},
@@ -147,12 +152,26 @@ inline constexpr BuiltinPattern kBuiltinPatterns[] = {
     {kJwt, Check::kJwt, R"(\beyJ[A-Za-z0-9_\-]{10,}\.eyJ[A-Za-z0-9_\-]{10,}\.[A-Za-z0-9_\-]*)", 0},
     {kBearerToken, Check::kBearer, R"(\bbearer\s+[A-Za-z0-9._~+/\-]{16,}=*)", kCaseless},
     {kBasicAuth, Check::kBasic, R"(\bauthorization\s*:\s*basic\s+[A-Za-z0-9+/]{8,}=*)", kCaseless},
-    {kUrlCredentials, Check::kUrlCredentials, R"(://[^\s:/@]+:[^\s/@]+@)", 0, false},
+    {kUrlCredentials, Check::kUrlCredentials, R"(://[^\s:/@]*:[^\s/@]+@)", 0, false},
+    // Prefixes each service puts on its tokens, with their lengths.
+    {kServiceToken, Check::kAccept, R"(\bglpat-[A-Za-z0-9_\-]{20}\b)", 0},
+    {kServiceToken, Check::kAccept, R"(\bhf_[A-Za-z]{34}\b)", 0},
+    {kServiceToken, Check::kTokenWithDigit, R"(\bnpm_[A-Za-z0-9]{36}\b)", 0},
+    {kServiceToken, Check::kAccept, R"(\bpypi-AgEIcHlwaS5vcmc[A-Za-z0-9_\-]{50,})", 0},
+    {kServiceToken, Check::kAccept, R"(\bSG\.[A-Za-z0-9_\-]{22}\.[A-Za-z0-9_\-]{43}\b)", 0},
+    {kServiceToken, Check::kTokenWithDigit, R"(\bxapp-\d-[A-Z0-9]{8,}-\d{6,}-[a-f0-9]{32,})", 0},
+    {kServiceToken, Check::kTokenWithDigit, R"(\bwhsec_[A-Za-z0-9+/]{24,})", 0},
+    {kServiceToken, Check::kAccept, R"(\bdop_v1_[a-f0-9]{64}\b)", 0},
+    {kServiceToken, Check::kAccept, R"(\bshp(?:at|ss|ca|pa)_[a-fA-F0-9]{32}\b)", 0},
+    {kServiceToken, Check::kTokenWithDigit, R"(\bya29\.[0-9A-Za-z_\-]{30,})", 0},
+    {kServiceToken, Check::kTokenWithDigit, R"((?:^|[^0-9A-Za-z/])1//0[0-9A-Za-z_\-]{30,})", 0},
+    {kServiceToken, Check::kAccept, R"(\bAGE-SECRET-KEY-1[0-9A-Z]{58}\b)", 0},
+    {kServiceToken, Check::kAccept, R"(PuTTY-User-Key-File-\d+:)", 0},
     // The last word of the key's name, the separator and the value's first
     // character; the validator reads the whole name and value. (Spelling out
     // every key name here makes the whole scan several times slower.)
     {kGenericSecret, Check::kGenericSecret,
-     R"((?:key|id|secret|token|password|passwd|pwd)["']?[ \t]*(?:[:=]|=>|[ \t]+is|[ \t]-)[ \t]*["']?[A-Za-z0-9_\-+/=.~!@#$%^&*])",
+     R"((?:key|id|secret|token|password|passwd|pwd|passphrase|pass|passe|pw|pin|passwort|kennwort|contrase(?:\xc3\xb1|n)a|senha|wachtwoord|has(?:\xc5\x82|l)o|l(?:\xc3\xb6|o)senord|parola|(?:\xd0\xbf|\xd0\x9f)\xd0\xb0\xd1\x80\xd0\xbe\xd0\xbb\xd1\x8c|\xd0\x9f\xd0\x90\xd0\xa0\xd0\x9e\xd0\x9b\xd0\xac|\xe5\xaf\x86\xe7(?:\xa0\x81|\xa2\xbc)|\xe3\x83\xaf\xe3\x83\xbc\xe3\x83\x89|\xeb\xb2\x88\xed\x98\xb8)["']?[ \t]*(?:[:=>]|=>|[ \t]+is|[ \t]-)[ \t]*["']?[A-Za-z0-9_\-+/=.~!@#$%^&*])",
      kCaseless, false},
 };
 

@@ -49,7 +49,17 @@ constexpr std::string_view kPhoneWords[] = {"phone",
                                             "tel\xc3\xa9"
                                             "fono",
                                             "m\xc3\xb3vil"};
-constexpr std::string_view kSsnWords[] = {"ssn", "ssns", "itin", "itins", "taxpayer"};
+constexpr std::string_view kSsnWords[] = {"ssn",
+                                          "ssns",
+                                          "ssno",
+                                          "ssan",
+                                          "itin",
+                                          "itins",
+                                          "taxpayer",
+                                          "social",
+                                          "socialsecurity",
+                                          "socialsecuritynumber",
+                                          "socialsecurityno"};
 // How far a context word may be from the number it qualifies.
 constexpr uint32_t kContextBefore = 64;
 constexpr uint32_t kContextAfter = 32;
@@ -103,7 +113,12 @@ bool plausible_issuer(const char* d, int n) {
     case '2':
       return p4 == 2131 || (p4 >= 2200 && p4 <= 2720);
     case '3':
+      // Fifteen digits starting with 3 are American Express (34, 37) only;
+      // an IMEI ("35 693803 564380 9") is fifteen Luhn-valid digits too.
+      return n != 15 || p2 == 34 || p2 == 37;
     case '4':
+      // Visa has no 14- or 15-digit numbers; IMEIs starting 49 do.
+      return n != 14 && n != 15;
     case '5':
     case '6':
       return true;
@@ -497,31 +512,82 @@ double entropy(std::string_view v) {
 }
 
 // "api_key = 'a8f...'", "password: Summer2024!", "token is ab12...",
-// "password - Summer2024!" (a dash of any kind, folded): the value
-// must look random (letters and digits, entropy >= 2.5 bits per byte) so that
-// "token = None" or "password: YOUR_PASSWORD" do not count. The expression
-// stops after eight characters of the value; the rest is read here.
-// Key names whose values are secrets, by how they end (lower case, '-' as '_').
+// "password - Summer2024!" (a dash of any kind, folded), "clientSecret:",
+// "<password>...</password>", "Passwort: ...", "密码：...": the value must look
+// random (letters and digits, entropy >= 2.5 bits per byte) so that "token =
+// None" or "password: YOUR_PASSWORD" do not count; a value under a name that
+// says password may be short. The expression stops after eight characters of
+// the value; the rest is read here.
+// Key names whose values are secrets, by how they end (lower case, '-' and a
+// camel-case boundary as '_').
 constexpr std::string_view kSecretKeySuffixes[] = {
     "api_key",    "apikey",        "api_secret",  "secret",      "secret_key",
     "access_key", "access_key_id", "private_key", "signing_key", "encryption_key",
-    "master_key", "token",         "password",    "passwd",      "pwd"};
+    "master_key", "account_key",   "shared_key",  "token"};
 
-bool secret_key_name(std::string_view name) {
-  char buf[64];
-  if (name.size() > sizeof buf) name = name.substr(name.size() - sizeof buf);
-  for (size_t i = 0; i < name.size(); ++i) {
-    buf[i] =
-        name[i] == '-' ? '_' : static_cast<char>(std::tolower(static_cast<unsigned char>(name[i])));
+// Names that say password, in English and other languages. ASCII ones end
+// the name after '_' or a camel-case boundary ("DB_PASS", "dbPassword");
+// non-ASCII ones end it anywhere ("我的密码").
+constexpr std::string_view kPasswordNames[] = {
+    "password", "passwd",     "pwd",   "passphrase", "pass",  "pw",       "passwort",
+    "kennwort", "contrasena", "senha", "wachtwoord", "haslo", "losenord", "parola"};
+constexpr std::string_view kPasswordNamesUtf8[] = {
+    "contrase\xc3\xb1"
+    "a",                                                             // contraseña
+    "has\xc5\x82o",                                                  // hasło
+    "l\xc3\xb6senord",                                               // lösenord
+    "\xd0\xbf\xd0\xb0\xd1\x80\xd0\xbe\xd0\xbb\xd1\x8c",              // пароль
+    "\xd0\x9f\xd0\xb0\xd1\x80\xd0\xbe\xd0\xbb\xd1\x8c",              // Пароль
+    "\xd0\x9f\xd0\x90\xd0\xa0\xd0\x9e\xd0\x9b\xd0\xac",              // ПАРОЛЬ
+    "\xe5\xaf\x86\xe7\xa0\x81",                                      // 密码
+    "\xe5\xaf\x86\xe7\xa2\xbc",                                      // 密碼
+    "\xe3\x83\x91\xe3\x82\xb9\xe3\x83\xaf\xe3\x83\xbc\xe3\x83\x89",  // パスワード
+    "\xeb\xb9\x84\xeb\xb0\x80\xeb\xb2\x88\xed\x98\xb8"};             // 비밀번호
+
+enum class SecretName { kNone, kSecret, kPassword, kPin };
+
+// What a key's name says its value is.
+SecretName secret_name(std::string_view name) {
+  for (const std::string_view utf8 : kPasswordNamesUtf8) {
+    if (name.ends_with(utf8)) return SecretName::kPassword;
   }
-  const std::string_view n(buf, name.size());
-  if (n == "key") return true;
-  return std::any_of(
-      std::begin(kSecretKeySuffixes), std::end(kSecretKeySuffixes), [&](std::string_view suffix) {
-        return n.ends_with(suffix) &&
-               (n.size() == suffix.size() || n[n.size() - suffix.size() - 1] == '_' ||
-                suffix == "apikey" || suffix == "passwd");
-      });
+  char buf[80];
+  size_t n = 0;
+  if (name.size() > 60) name = name.substr(name.size() - 60);
+  for (size_t i = 0; i < name.size() && n + 1 < sizeof buf; ++i) {
+    const char c = name[i];
+    if (is_upper(c) && i > 0 && (is_lower(name[i - 1]) || is_digit(name[i - 1]))) buf[n++] = '_';
+    buf[n++] = c == '-' ? '_' : static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  }
+  const std::string_view lower(buf, n);
+  const auto ends_name = [&](std::string_view suffix) {
+    return lower.ends_with(suffix) &&
+           (lower.size() == suffix.size() || lower[lower.size() - suffix.size() - 1] == '_');
+  };
+  if (lower == "pin") return SecretName::kPin;
+  if (std::any_of(std::begin(kPasswordNames), std::end(kPasswordNames), ends_name)) {
+    return SecretName::kPassword;
+  }
+  if (lower == "key" || lower.ends_with("apikey") || lower.ends_with("passwd")) {
+    return SecretName::kSecret;
+  }
+  return std::any_of(std::begin(kSecretKeySuffixes), std::end(kSecretKeySuffixes), ends_name)
+             ? SecretName::kSecret
+             : SecretName::kNone;
+}
+
+// Words that describe a password field rather than fill it.
+bool describes_field(std::string_view v) {
+  static constexpr std::string_view kWords[] = {
+      "string", "required", "optional", "none",   "null",  "nil",    "undefined", "example",
+      "hidden", "redacted", "masked",   "empty",  "true",  "false",  "text",      "secret",
+      "unset",  "default",  "changeit", "sample", "dummy", "invalid"};
+  return std::any_of(std::begin(kWords), std::end(kWords),
+                     [&](std::string_view w) { return iequals(v, w); });
+}
+
+bool is_name_char(char c) {
+  return is_token(c) || static_cast<unsigned char>(c) >= 0x80;
 }
 
 Verdict check_generic_secret(std::string_view t, Span& s) {
@@ -530,39 +596,72 @@ Verdict check_generic_secret(std::string_view t, Span& s) {
   const uint32_t limit = s.end + kMaxValue;
   while (s.end < limit && is_secret_char(at(t, s.end))) ++s.end;
   if (is_secret_char(at(t, s.end))) return Verdict::kReject;
-  // Back over quote, blanks, separator (":", "=", "=>", "is", " - "), blanks, quote
-  // and the key's name, to mark the whole assignment.
+  // Back over quote, blanks, separator (":", "=", "=>", ">", "is", " - "),
+  // blanks, quote and the key's name, to mark the whole assignment.
   uint32_t b = value_begin;
   const auto skip_back = [&](auto pred) {
     while (b > 0 && pred(t[b - 1])) --b;
   };
   const auto blank = [](char c) { return c == ' ' || c == '\t'; };
   const auto quote = [](char c) { return c == '"' || c == '\''; };
-  if (b > 0 && quote(t[b - 1])) --b;
+  const bool quoted = b > 0 && quote(t[b - 1]);
+  if (quoted) --b;
   skip_back(blank);
-  if (b > 0 && (t[b - 1] == ':' || t[b - 1] == '=' || t[b - 1] == '>' || t[b - 1] == '-')) {
-    b -= t[b - 1] == '>' ? 2 : 1;
+  bool tagged = false;  // <password>value
+  if (b > 0 && t[b - 1] == '>') {
+    tagged = b < 2 || t[b - 2] != '=';
+    b -= tagged ? 1 : 2;
+  } else if (b > 0 && (t[b - 1] == ':' || t[b - 1] == '=' || t[b - 1] == '-')) {
+    --b;
   } else if (b >= 2) {
     b -= 2;  // "is"
   }
+  const bool is_separator = t.substr(b, 2) == "is";
   skip_back(blank);
   if (b > 0 && quote(t[b - 1])) --b;
   const uint32_t name_end = b;
-  skip_back(is_token);
-  if (!secret_key_name(t.substr(b, name_end - b))) return Verdict::kReject;
-  s.begin = b;
-  const std::string_view value = t.substr(value_begin, s.end - value_begin);
-  if (value.size() < 8 || placeholder(value)) return Verdict::kReject;
+  skip_back(is_name_char);
+  if (tagged && (b == 0 || t[b - 1] != '<')) return Verdict::kReject;
+  const std::string_view key = t.substr(b, name_end - b);
+  const bool mot_de_passe =
+      iequals(key, "passe") && b >= 7 && iequals(t.substr(b - 7, 7), "mot de ");
+  const SecretName name = mot_de_passe ? SecretName::kPassword : secret_name(key);
+  if (name == SecretName::kNone) return Verdict::kReject;
+  s.begin = mot_de_passe ? b - 7 : b;
+  std::string_view value = t.substr(value_begin, s.end - value_begin);
+  if (tagged && value.find('<') != std::string_view::npos) value = value.substr(0, value.find('<'));
+  if (placeholder(value)) return Verdict::kReject;
   const bool digit = std::any_of(value.begin(), value.end(), is_digit);
   const bool alpha = std::any_of(value.begin(), value.end(), is_alpha);
-  if (digit && alpha && entropy(value) >= 2.5) return Verdict::kAccept;
-  // A password need not hold a digit: a long value mixing upper and lower
-  // case with symbols, named by its key, is one too (prose values are words).
   const bool upper = std::any_of(value.begin(), value.end(), is_upper);
   const bool lower = std::any_of(value.begin(), value.end(), is_lower);
   const bool symbol = std::any_of(value.begin(), value.end(), [](char c) { return !is_alnum(c); });
-  const int kinds = int{digit} + int{upper} + int{lower} + int{symbol};
   const double bits = entropy(value);
+  if (name == SecretName::kPin) {
+    return value.size() >= 4 && value.size() <= 8 &&
+                   std::all_of(value.begin(), value.end(), is_digit)
+               ? Verdict::kAccept
+               : Verdict::kReject;
+  }
+  if (name == SecretName::kPassword && !describes_field(value)) {
+    // Under a name that says password, the value is one: short ones
+    // ("hunter2") when they hold a digit or a symbol, or when the text
+    // quotes them as a value ("password": "letmein"); a long run of
+    // letters ("correcthorsebatterystaple") too. "password is
+    // incorrect" is prose.
+    if (value.size() >= 4 && (digit || (symbol && upper && lower) || (quoted && !is_separator))) {
+      return Verdict::kAccept;
+    }
+    if (value.size() >= 16 && alpha) return Verdict::kAccept;
+  }
+  if (value.size() < 8) return Verdict::kReject;
+  // "password is case-sensitive": after "is", a value in one case without
+  // digits is a word of the sentence.
+  if (is_separator && !digit && !(upper && lower)) return Verdict::kReject;
+  if (digit && alpha && bits >= 2.5) return Verdict::kAccept;
+  // A password need not hold a digit: a long value mixing upper and lower
+  // case with symbols, named by its key, is one too (prose values are words).
+  const int kinds = int{digit} + int{upper} + int{lower} + int{symbol};
   const bool mixed = kinds >= 3 && value.size() >= 10 && bits >= 3.0;
   const bool long_random = kinds >= 2 && value.size() >= 12 && bits >= 3.0;
   return mixed || long_random ? Verdict::kAccept : Verdict::kReject;
@@ -765,8 +864,8 @@ Verdict check_email(std::string_view t, Span& s) {
 
 // Whether a context word for a phone number (`phone`) or an SSN/ITIN is within
 // reach of the candidate. Words are runs of ASCII letters and non-ASCII bytes,
-// compared in ASCII lower case; "social security", "soc sec" and "ss#" are
-// two-token forms.
+// compared in ASCII lower case; "soc sec", "S.S.N." and "ss#" are
+// two-token forms ("social" alone counts: "my social is ...").
 bool has_context(std::string_view t, Span s, bool phone) {
   const uint32_t lo = s.begin > kContextBefore ? s.begin - kContextBefore : 0;
   const auto hi =
@@ -775,8 +874,8 @@ bool has_context(std::string_view t, Span s, bool phone) {
     const auto c = static_cast<unsigned char>(at(t, k));
     return std::isalpha(c) || c >= 0x80;
   };
-  char word[16];
-  char prev[16] = {};
+  char word[24];
+  char prev[24] = {};
   uint32_t i = lo;
   while (i < hi) {
     if (!in_word(i)) {
@@ -804,7 +903,7 @@ bool has_context(std::string_view t, Span s, bool phone) {
     } else {
       const std::string_view p(prev);
       if (std::find(std::begin(kSsnWords), std::end(kSsnWords), w) != std::end(kSsnWords) ||
-          (w == "security" && p == "social") || (w == "sec" && p == "soc") ||
+          (w == "sec" && p == "soc") || (w == "n" && p == "s") ||
           (w == "ss" && at(t, i) == '#')) {
         return true;
       }
