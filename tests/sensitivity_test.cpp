@@ -170,6 +170,9 @@ TEST(Sensitivity, SpelledOutDigitRunsAreJoined) {
               "4111 - 1111 - 1111 - 1111", "4111|1111|1111|1111",
               "4\u00A01\u00A01\u00A01\u00A01\u00A01\u00A01\u00A01\u00A01\u00A01\u00A01\u00A01"
               "\u00A01\u00A01\u00A01\u00A01"});
+  expect_hit("credit_card",
+             {"card 4111:1111:1111:1111", "card 4111#1111#1111#1111", "card 4111'1111'1111'1111"});
+  expect_no_hit("credit_card", {"at 10:30:45 on 2024:05:12", "1'234'567 people"});
   expect_hit("us_ssn", {"my SSN: 078/05/1120", "SSN 0 7 8 0 5 1 1 2 0", "ssn 078_05_1120",
                         "ssn 0 7 8 - 0 5 - 1 1 2 0"});
   expect_hit("iban", {"DE89_3704_0044_0532_0130_00"});
@@ -200,8 +203,12 @@ TEST(Sensitivity, EscapedAndSpelledCharactersAreDecoded) {
   expect_hit("credit_card",
              {"%34%31%31%31 %31%31%31%31 %31%31%31%31 %31%31%31%31", "4111%201111%201111%201111",
               "&#52;111 1111 1111 1111", "&#x34;&#x31;11&nbsp;1111&nbsp;1111&nbsp;1111",
-              "4111&hyphen;1111&hyphen;1111&hyphen;1111"});
-  expect_hit("us_ssn", {"078&#45;05&#45;1120", "078%2D05%2D1120"});
+              "4111&hyphen;1111&hyphen;1111&hyphen;1111",
+              // String escapes left in text: a log line, a Python repr, JS source.
+              R"(ERROR bad payload {"card":"4111\u00a01111\u00a01111\u00a01111","exp":"12/2)",
+              R"({'card': '4111\xa01111\xa01111\xa01111'})", R"('\u0034111 1111 1111 1111')"});
+  expect_hit("us_ssn", {"078&#45;05&#45;1120", "078%2D05%2D1120", R"(ssn 078\u200e-05-1120)"});
+  expect_no_hit("credit_card", {R"(C:\new\x41\u00e9 and \u0000 \uZZZZ \x4)"});
   expect_hit("email", {"john.doe [at] example [dot] com", "john.doe(at)example(dot)com",
                        "john.doe{AT}example{DOT}com", "john.doe <at> example <dot> com",
                        "john.doe [ at ] example [ dot ] com", "JOHN DOT DOE AT EXAMPLE DOT COM",

@@ -115,7 +115,8 @@ bool starts_with_caseless(std::string_view t, size_t i, std::string_view word) {
 
 // One character written as an escape or spelled out, as a writer hides an
 // address or a number from a pattern: percent-encoding (%34, %40), HTML
-// character references (&#52; &#x34; &commat;), "[at]" / "(dot)" in any
+// character references (&#52; &#x34; &commat;), string escapes (\u0034,
+// \x34), "[at]" / "(dot)" in any
 // bracket and case with the spaces around them, " AT " and " DOT " in capitals.
 struct Spelled {
   uint32_t cp = 0;
@@ -125,6 +126,21 @@ struct Spelled {
 Spelled spelled_at(std::string_view t, size_t i) {
   const size_t n = t.size();
   const char c = t[i];
+  if (c == '\\') {
+    // A string escape left in text that is not parsed as a string: a log
+    // line, a Python repr, JavaScript source ("4111\u00a01111", "\x34").
+    const char kind = i + 1 < n ? t[i + 1] : '\0';
+    const size_t digits = kind == 'u' ? 4 : kind == 'x' ? 2 : 0;
+    if (digits == 0 || n - i < 2 + digits) return {};
+    uint32_t v = 0;
+    for (size_t k = 0; k < digits; ++k) {
+      const int h = hex_value(t[i + 2 + k]);
+      if (h < 0) return {};
+      v = v * 16 + static_cast<uint32_t>(h);
+    }
+    if (v < 0x20 || (v >= 0xD800 && v <= 0xDFFF)) return {};
+    return {v, 2 + digits};
+  }
   if (c == '%') {
     if (n - i < 3 || hex_value(t[i + 1]) < 0 || hex_value(t[i + 2]) < 0) return {};
     const auto v = static_cast<uint32_t>(hex_value(t[i + 1]) * 16 + hex_value(t[i + 2]));
@@ -250,7 +266,7 @@ NumberWord number_word_at(std::string_view t, size_t i) {
 // Separators between digit groups that a run of digits may be spelled with.
 bool is_digit_separator(char c) {
   return c == ' ' || c == '-' || c == '.' || c == '/' || c == '_' || c == '\\' || c == '|' ||
-         c == '*' || c == '~';
+         c == '*' || c == '~' || c == ':' || c == '#' || c == '\'' || c == '=';
 }
 
 // The separator after the digit group ending at byte j: its length (1, or 3
@@ -321,7 +337,9 @@ constexpr std::array<uint8_t, 256> kSpellingStart = [] {
   for (int c = '0'; c <= '9'; ++c) table[c] = 2;
   table['A'] = 3;
   table['D'] = 3;
-  for (const char c : {'%', '&', '[', '(', '{', '<'}) table[static_cast<unsigned char>(c)] = 4;
+  for (const char c : {'%', '&', '[', '(', '{', '<', '\\'}) {
+    table[static_cast<unsigned char>(c)] = 4;
+  }
   return table;
 }();
 
