@@ -175,6 +175,29 @@ TEST(CliCommands, NumericOptionsOutOfRangeSayWhatTheyMustBe) {
     EXPECT_NE(r.err.find("is not a whole number from 0 (one per core) to 1024"), std::string::npos)
         << args[0] << ": " << r.err;
   }
+  // Sampling values the API refuses are refused here too; NaN included.
+  r = run_foreshore({"run", "-p", "hi", "-n", "2", "--temp", "nan"});
+  EXPECT_EQ(r.status, 2) << r.err;
+  EXPECT_NE(r.err.find("--temp: 'nan' is not between 0 and 2"), std::string::npos) << r.err;
+  r = run_foreshore({"run", "-p", "hi", "-n", "2", "--top-p", "5"});
+  EXPECT_NE(r.err.find("--top-p: '5' is not between 0 and 1"), std::string::npos) << r.err;
+  // -p with --chat would be ignored; an empty -p is said to be empty.
+  r = run_foreshore({"run", "--chat", "-p", "hi"});
+  EXPECT_EQ(r.status, 2) << r.err;
+  EXPECT_NE(r.err.find("--prompt excludes --chat"), std::string::npos) << r.err;
+  r = run_foreshore({"run", "-p", ""});
+  EXPECT_NE(r.err.find("-p is empty"), std::string::npos) << r.err;
+}
+
+// `run` reads its prompt from a pipe, as `route` and `router score` do.
+TEST(CliRun, ReadsThePromptFromAPipe) {
+  auto p =
+      Process::start({"bash", "-c", "printf 'Once upon a time' | \"$0\" run -n 4 --temp 0 -t 1",
+                      foreshore_binary()});
+  ASSERT_TRUE(p);
+  EXPECT_EQ(p->wait(time_limit(std::chrono::seconds(60))), 0) << p->stderr_text();
+  EXPECT_TRUE(p->stdout_text().starts_with("Once upon a time")) << p->stdout_text();
+  EXPECT_GT(p->stdout_text().size(), std::string("Once upon a time").size()) << p->stdout_text();
 }
 
 // Bad usage exits 2 whatever CLI11 found wrong; help and version exit 0.

@@ -625,6 +625,14 @@ TEST(Model, UnknownModelNameIsNotFound) {
   ASSERT_FALSE(p.ok());
   EXPECT_EQ(p.error().kind, ErrorKind::kNotFound);
   EXPECT_NE(p.error().message.find("FORESHORE_MODEL_PATH"), std::string::npos);
+  // A folder is said to be one, not "no such file".
+  const std::string dir = testing::temp_path("-models");
+  std::filesystem::create_directories(dir);
+  p = resolve_model_path(dir);
+  ASSERT_FALSE(p.ok());
+  EXPECT_NE(p.error().message.find("is a folder; pass the .gguf file in it"), std::string::npos)
+      << p.error().message;
+  std::filesystem::remove(dir);
 }
 
 // Contexts over one shared pool take KV blocks as their positions fill, are

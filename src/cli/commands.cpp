@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
+#include <functional>
 #include <iostream>
 #include <numeric>
 #include <string>
@@ -20,7 +22,8 @@ namespace {
 
 // A check that the option's value is a number `test` accepts; `wanted` says
 // what it must be.
-CLI::Validator number_check(bool (*test)(double), std::string wanted, std::string name) {
+CLI::Validator number_check(std::function<bool(double)> test, std::string wanted,
+                            std::string name) {
   return CLI::Validator(
       [test, wanted](std::string& value) -> std::string {
         double v = 0.0;
@@ -37,6 +40,18 @@ const CLI::Validator kNonNegative =
     number_check([](double v) { return v >= 0.0; }, "0 or more", "NONNEGATIVE");
 const CLI::Validator kPositive =
     number_check([](double v) { return v > 0.0; }, "above 0", "POSITIVE");
+CLI::Validator number_range(double lo, double hi) {
+  const auto text = [](double v) {
+    char buf[32];
+    std::snprintf(buf, sizeof buf, "%g", v);
+    return std::string(buf);
+  };
+  // NaN compares false both ways, so `lo <= v && v <= hi` refuses it
+  // (CLI::Range lets it through).
+  return number_check([lo, hi](double v) { return lo <= v && v <= hi; },
+                      "between " + text(lo) + " and " + text(hi), text(lo) + "-" + text(hi));
+}
+
 const CLI::Validator kThreadCount = number_check(
     [](double v) { return v >= 0.0 && v <= engine::kMaxThreads && v == std::floor(v); },
     "a whole number from 0 (one per core) to " + std::to_string(engine::kMaxThreads),

@@ -36,6 +36,8 @@ extern const CLI::Validator kNonNegative;
 extern const CLI::Validator kPositive;
 // -t: 0 (one per core) to engine::kMaxThreads.
 extern const CLI::Validator kThreadCount;
+// A number from lo to hi, NaN refused: "'nan' is not between 0 and 2".
+CLI::Validator number_range(double lo, double hi);
 
 // Levenshtein distance: how many single-byte edits turn `a` into `b`.
 size_t edit_distance(std::string_view a, std::string_view b);

@@ -1,7 +1,10 @@
 // `foreshore run`: generate text with the embedded engine from the terminal.
+#include <unistd.h>
+
 #include <algorithm>
 #include <cstdio>
 #include <iostream>
+#include <iterator>
 #include <memory>
 #include <string>
 
@@ -135,8 +138,12 @@ void add_run_command(CLI::App& app) {
   CLI::App* cmd = app.add_subcommand("run", "Generate text with the embedded edge engine");
   cmd->add_option("-m,--model", opts->model, "GGUF file, or model name on FORESHORE_MODEL_PATH")
       ->capture_default_str();
-  cmd->add_option("-p,--prompt", opts->prompt, "Prompt text");
-  cmd->add_flag("--chat", opts->chat, "Interactive conversation on stdin");
+  CLI::Option* prompt_opt = cmd->add_option(
+      "-p,--prompt", opts->prompt, "Prompt text (default: read stdin when it is not a terminal)");
+  CLI::Option* chat_opt = cmd->add_flag("--chat", opts->chat, "Interactive conversation on stdin");
+  // A prompt given with --chat would be ignored: the conversation is read
+  // from stdin (--system sets its system message).
+  prompt_opt->excludes(chat_opt);
   cmd->add_option("--system", opts->system, "System message for --chat");
   cmd->add_option("--chat-format", opts->chat_format,
                   "chatml, llama3, llama2, zephyr, plain, qwen3, gemma, phi3 or smollm3 (default: "
@@ -147,18 +154,28 @@ void add_run_command(CLI::App& app) {
                 "API's response_format json_object)");
   cmd->add_option("-n,--max-tokens", opts->max_tokens, "Tokens to generate (<= 0: until done)")
       ->capture_default_str();
+  // The API's ranges (docs/API.md), so that a value the gateway refuses is
+  // refused here too rather than run as something else.
   cmd->add_option("--temp", opts->sampling.temperature, "Temperature; 0 is greedy")
+      ->check(number_range(0.0, 2.0))
       ->capture_default_str();
-  cmd->add_option("--top-k", opts->sampling.top_k, "Top-k (0: off)")->capture_default_str();
-  cmd->add_option("--top-p", opts->sampling.top_p, "Top-p (1: off)")->capture_default_str();
-  cmd->add_option("--min-p", opts->sampling.min_p, "Min-p (0: off)")->capture_default_str();
+  cmd->add_option("--top-k", opts->sampling.top_k, "Top-k (0: off)")
+      ->check(kNonNegative)
+      ->capture_default_str();
+  cmd->add_option("--top-p", opts->sampling.top_p, "Top-p (1: off)")
+      ->check(number_range(0.0, 1.0))
+      ->capture_default_str();
+  cmd->add_option("--min-p", opts->sampling.min_p, "Min-p (0: off)")
+      ->check(number_range(0.0, 1.0))
+      ->capture_default_str();
   cmd->add_option("--presence-penalty", opts->sampling.presence_penalty,
                   "Subtracted from the logit of every token already generated (0: off)")
-      ->check(CLI::Range(-2.0f, 2.0f));
+      ->check(number_range(-2.0, 2.0));
   cmd->add_option("--frequency-penalty", opts->sampling.frequency_penalty,
                   "Subtracted per time a token was generated (0: off)")
-      ->check(CLI::Range(-2.0f, 2.0f));
+      ->check(number_range(-2.0, 2.0));
   cmd->add_option("--repeat-penalty", opts->sampling.repeat_penalty, "Repetition penalty (1: off)")
+      ->check(number_range(0.01, 10.0))
       ->capture_default_str();
   cmd->add_option("--seed", opts->sampling.seed, "Random seed")->capture_default_str();
   cmd->add_option("-t,--threads", opts->threads, "Threads (0: one per core)")
@@ -169,16 +186,29 @@ void add_run_command(CLI::App& app) {
                   "memory) or f32")
       ->capture_default_str();
   cmd->add_option("-c,--ctx-size", opts->context, "Context length (0: the model's)")
+      ->check(kNonNegative)
       ->capture_default_str();
   cmd->add_flag("--show-logprobs", opts->show_logprobs, "Print each token's log-probability");
   cmd->footer(
       "Examples:\n"
       "  foreshore run -p \"Once upon a time\" --temp 0\n"
+      "  echo \"Once upon a time\" | foreshore run -n 32\n"
       "  foreshore run -m ./models/SmolLM2-135M-Instruct-Q8_0.gguf --chat\n"
       "Speed (prompt and generation tokens/s) is printed to stderr at the end.");
-  on_run(cmd, [opts] {
-    if (!opts->chat && opts->prompt.empty()) {
-      throw CLI::ValidationError("--prompt", "give a prompt with -p TEXT, or use --chat");
+  on_run(cmd, [opts, prompt_opt] {
+    if (!opts->chat && prompt_opt->count() > 0 && opts->prompt.empty()) {
+      throw CLI::ValidationError("--prompt", "-p is empty: give the prompt's text, or use --chat");
+    }
+    if (!opts->chat && prompt_opt->count() == 0) {
+      if (::isatty(STDIN_FILENO) == 1) {
+        throw CLI::ValidationError("--prompt",
+                                   "give a prompt with -p TEXT or on stdin, or use --chat");
+      }
+      opts->prompt.assign(std::istreambuf_iterator<char>(std::cin), {});
+      if (opts->prompt.empty()) {
+        throw CLI::ValidationError("--prompt",
+                                   "stdin was empty: give a prompt with -p TEXT or on stdin");
+      }
     }
     return run(*opts);
   });

@@ -66,8 +66,8 @@ std::string_view finish_reason_name(FinishReason reason) {
 }
 
 Result<std::unique_ptr<Generation>> Generation::start(InferenceContext& context,
-                                                     const GenerationRequest& request,
-                                                     TextSink on_text) {
+                                                      const GenerationRequest& request,
+                                                      TextSink on_text) {
   const Model& model = context.model();
   if (request.prompt.empty()) {
     return make_error(ErrorKind::kInvalidArgument, "the prompt is empty: nothing to generate from");
@@ -266,6 +266,12 @@ Result<std::string> resolve_model_path(const std::string& name_or_path) {
   namespace fs = std::filesystem;
   std::error_code ec;
   if (fs::is_regular_file(name_or_path, ec)) return name_or_path;
+  if (fs::is_directory(name_or_path, ec)) {
+    return make_error(ErrorKind::kInvalidArgument,
+                      "model '" + name_or_path +
+                          "' is a folder; pass the .gguf file in it, or add the folder to "
+                          "FORESHORE_MODEL_PATH and pass the model's name");
+  }
   const bool looks_like_path = name_or_path.find('/') != std::string::npos;
   std::string tried;
   if (!looks_like_path) {
