@@ -336,6 +336,13 @@ TEST(ConfigTest, FromFlags) {
   EXPECT_EQ(bad.error().message,
             "command line: tiers.cloud.endpoint: 'htp://x' is not an http(s) URL");
   EXPECT_FALSE(config::config_from_flags(config::FlagConfig{}).ok());
+  // A cloud model with no endpoint would be dropped without a word.
+  f.upstream.clear();
+  bad = config::config_from_flags(f);
+  ASSERT_FALSE(bad.ok());
+  EXPECT_EQ(bad.error().message,
+            "--upstream-model needs --upstream URL: the OpenAI-compatible endpoint of the cloud "
+            "tier (e.g. https://api.openai.com/v1)");
 }
 
 TEST(ConfigTest, RoutingAndPrivacySectionsAreCheckedAndKept) {

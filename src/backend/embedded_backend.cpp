@@ -143,10 +143,13 @@ Result<std::shared_ptr<Deployment>> deploy(const TierConfig& config, const std::
   for (int32_t i = 0; i < slot_count; ++i) {
     auto context = engine::InferenceContext::create(d->model, options);
     if (!context.ok()) {
-      return make_error(context.error().kind, tier + "cannot set up its KV cache in kv_memory_mb " +
-                                                  std::to_string(kv_memory_mb) + ": " +
-                                                  context.error().message +
-                                                  "; raise kv_memory_mb or lower context_length");
+      // The engine says what to change; this says where each setting lives.
+      return make_error(context.error().kind,
+                        tier + "cannot set up its KV cache in kv_memory_mb " +
+                            std::to_string(kv_memory_mb) + ": " + context.error().message +
+                            " (the pool's budget is tiers." + config.name +
+                            ".kv_memory_mb in a --config file; the context is -c or tiers." +
+                            config.name + ".context_length)");
     }
     d->slots.push_back(std::move(context).value());
   }

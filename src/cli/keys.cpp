@@ -65,6 +65,10 @@ void add_keys_command(CLI::App& app) {
   CLI::App* keys = app.add_subcommand(
       "keys", "Make and revoke virtual API keys, shared by every replica (state.backend: redis)");
   keys->require_subcommand(1);
+  keys->footer(
+      "Examples (the config's state: section names the Redis every replica shares):\n"
+      "  foreshore keys create --config gateway.yaml --name ci --budget-usd 5 --tiers edge,cloud\n"
+      "  foreshore keys revoke --config gateway.yaml KEY_ID");
   CLI::App* create = keys->add_subcommand(
       "create", "Make a key; prints it once with its id (only its SHA-256 digest is stored)");
   create->add_option("--config", flags->config, "The gateway's config file (its state: section)")
@@ -89,6 +93,9 @@ void add_keys_command(CLI::App& app) {
   CLI::App* revoke = keys->add_subcommand("revoke", "Revoke the key with this id");
   revoke->add_option("--config", flags->config, "The gateway's config file")->required();
   revoke->add_option("id", flags->id, "The id `keys create` printed")->required();
+  revoke->footer(
+      "Example (the key stops working on every replica at once):\n"
+      "  foreshore keys revoke --config gateway.yaml KEY_ID");
   on_run(revoke, [flags] { return run_revoke(*flags); });
 }
 

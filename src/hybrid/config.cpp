@@ -590,6 +590,15 @@ Result<GatewayConfig> config_from_flags(const FlagConfig& flags) {
     settings.threads = flags.threads;
     config.tiers.push_back(std::move(edge));
   }
+  if (flags.upstream.empty() &&
+      (!flags.upstream_model.empty() || !flags.upstream_api_key_env.empty())) {
+    // Without the endpoint there is no cloud tier for them to describe.
+    return make_error(
+        ErrorKind::kInvalidArgument,
+        std::string(flags.upstream_model.empty() ? "--upstream-key-env" : "--upstream-model") +
+            " needs --upstream URL: the OpenAI-compatible endpoint of the cloud "
+            "tier (e.g. https://api.openai.com/v1)");
+  }
   if (!flags.upstream.empty()) {
     if (flags.upstream_model.empty()) {
       return make_error(ErrorKind::kInvalidArgument,
