@@ -275,6 +275,19 @@ TEST_F(GatewayE2E, ModelPicksTheTier) {
   ASSERT_TRUE(plan["kind"] == "edge" || plan["kind"] == "cloud") << plan.dump();
   EXPECT_EQ(chat(port(), b, "").header("x-foreshore-tier"),
             plan[plan["kind"] == "edge" ? "edge_tier" : "cloud_tier"].get<std::string>());
+  // The explanation places the model as the request would be placed: a tier
+  // by its model id, and an unknown model or tier refused the same way.
+  b["model"] = "gpt-4o-mini";
+  const auto named = http_post(port(), "/v1/route", b.dump());
+  ASSERT_EQ(named.status, 200) << named.body;
+  EXPECT_EQ(named.json()["plan"]["kind"], "cloud") << named.body;
+  b["model"] = "no-such-model";
+  EXPECT_EQ(http_post(port(), "/v1/route", b.dump()).status, 404);
+  EXPECT_EQ(chat(port(), b, "").status, 404);
+  b.erase("model");
+  const auto tier = http_post(port(), "/v1/route", b.dump(), {{"x-foreshore-tier", "nope"}});
+  EXPECT_EQ(tier.status, 400) << tier.body;
+  EXPECT_EQ(tier.json()["error"]["code"], "unknown_tier");
   const auto legacy = http_post(port(), "/v1/completions",
                                 R"({"model":"cloud","prompt":"Once upon","max_tokens":8})");
   ASSERT_EQ(legacy.status, 200) << legacy.body;

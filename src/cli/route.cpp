@@ -183,7 +183,8 @@ void add_route_command(CLI::App& app) {
                   "Latency budget to the first token (x-foreshore-latency-budget-ms)");
   cmd->add_option("--cost-ceiling-usd", f->cost_ceiling_usd,
                   "Most the request may cost (x-foreshore-cost-ceiling-usd)");
-  cmd->add_option("--max-tokens", f->max_tokens, "The request's max_tokens (0: not sent)");
+  cmd->add_option("--max-tokens", f->max_tokens, "The request's max_tokens (0: not sent)")
+      ->check(kNonNegative);
   cmd->add_flag("--json", f->json, "Print POST /v1/route's JSON instead of text");
   cmd->footer(
       "Examples:\n"

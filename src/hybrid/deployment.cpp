@@ -236,7 +236,14 @@ void Deployment::settle(const Request& request, const RouteHints& hints, Answer&
 
 Result<std::string> Deployment::explain_route(const Request& request, RouteHints hints,
                                               std::string_view tier_hint, Refusal& refusal) const {
-  hints.forced_tier = tier_hint;
+  // The model and tier are placed as admit() places them, so an explanation
+  // is refused where the request would be (an unknown model: 404).
+  if (auto refused = place(request, tier_hint, hints)) {
+    refusal = std::move(*refused);
+    return make_error(refusal.kind == RefusalKind::kNotFound ? ErrorKind::kNotFound
+                                                             : ErrorKind::kInvalidArgument,
+                      refusal.message);
+  }
   auto decided = pipeline_->decide(request, hints, refusal);
   if (!decided.ok()) return decided.error();
   nlohmann::json j;
