@@ -1144,6 +1144,21 @@ TEST_F(OpenAiBackendTest, Status500IsUnavailable) {
   }
 }
 
+TEST_F(OpenAiBackendTest, Status400KeepsTheUpstreamsCodeAndField) {
+  auto backend = make();
+  server_.set_mode(FaultMode::kStatus400);
+  for (bool streaming : {false, true}) {
+    std::string streamed;
+    auto r =
+        streaming ? stream(*backend, chat("hi"), &streamed) : backend->generate(chat("hi"), {});
+    ASSERT_FALSE(r.ok());
+    EXPECT_EQ(r.error().kind, ErrorKind::kInvalidArgument);
+    EXPECT_EQ(r.error().upstream_status, 400);
+    EXPECT_EQ(r.error().upstream_code, "invalid_value");
+    EXPECT_EQ(r.error().upstream_param, "temperature");
+  }
+}
+
 TEST_F(OpenAiBackendTest, Status429CarriesRetryAfter) {
   auto backend = make();
   server_.set_mode(FaultMode::kStatus429);
@@ -1208,7 +1223,8 @@ TEST_F(OpenAiBackendTest, TotalTimeoutMidStream) {
   auto r = stream(*backend, chat("a b c d e f g h i j"), &streamed);
   ASSERT_FALSE(r.ok());
   EXPECT_EQ(r.error().kind, ErrorKind::kDeadlineExceeded);
-  EXPECT_NE(r.error().message.find("timeouts.total_ms 300"), std::string::npos) << r.error().message;
+  EXPECT_NE(r.error().message.find("timeouts.total_ms 300"), std::string::npos)
+      << r.error().message;
   EXPECT_FALSE(streamed.empty());
 }
 

@@ -474,6 +474,15 @@ TEST(RefusalTest, TierFailuresBecomeKindsWithoutHttp) {
   EXPECT_EQ(overflow.kind, RefusalKind::kInvalidRequest);
   EXPECT_EQ(overflow.code, "context_length_exceeded");
   EXPECT_EQ(overflow.message, "the prompt exceeds the context");
+  // A client error the upstream explained keeps its code and field.
+  Error invalid = make_error(ErrorKind::kInvalidArgument, "tier 'cloud': upstream answered 400");
+  invalid.upstream_status = 400;
+  invalid.upstream_code = "unsupported_on_edge";
+  invalid.upstream_param = "n";
+  const Refusal passed = refusal_from_error(invalid);
+  EXPECT_EQ(passed.kind, RefusalKind::kInvalidRequest);
+  EXPECT_EQ(passed.code, "unsupported_on_edge");
+  EXPECT_EQ(passed.param, "n");
 }
 
 // ---------------------------------------------------------------- pipeline

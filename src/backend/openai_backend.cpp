@@ -322,13 +322,15 @@ std::string upstream_error_message(const std::string& body) {
   return body.empty() ? std::string("(empty body)") : excerpt(body);
 }
 
-std::string upstream_error_code(const std::string& body) {
+// A string field of an OpenAI error body's "error" object ("code", "param"),
+// or empty.
+std::string upstream_error_field(const std::string& body, const char* field) {
   const json j = json::parse(body, nullptr, false);
   if (!j.is_object()) return {};
   const auto e = j.find("error");
   if (e == j.end() || !e->is_object()) return {};
-  const auto code = e->find("code");
-  return code != e->end() && code->is_string() ? code->get<std::string>() : std::string();
+  const auto value = e->find(field);
+  return value != e->end() && value->is_string() ? value->get<std::string>() : std::string();
 }
 
 std::vector<std::pair<std::string, float>> parse_top(const json& items) {
@@ -1151,7 +1153,7 @@ class OpenAiBackend final : public Backend {
 
   Error status_error(const Exchange& ex) const {
     const std::string message = upstream_error_message(ex.body);
-    const std::string code = upstream_error_code(ex.body);
+    const std::string code = upstream_error_field(ex.body, "code");
     ErrorKind kind = ErrorKind::kInvalidArgument;
     std::string advice;
     if (ex.status == 429) {
@@ -1180,6 +1182,8 @@ class OpenAiBackend final : public Backend {
                                        std::to_string(ex.status) + ": " + message + advice);
     error.upstream_status = ex.status;
     error.retry_after_seconds = retry_after_seconds(ex.headers);
+    error.upstream_code = code;
+    error.upstream_param = upstream_error_field(ex.body, "param");
     return error;
   }
 

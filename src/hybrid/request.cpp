@@ -64,7 +64,9 @@ Refusal refusal_from_error(const Error& error) {
   } else if (up == 400 || up == 413 || up == 422 || context_overflow ||
              (up == 0 && error.kind == ErrorKind::kInvalidArgument)) {
     r.kind = RefusalKind::kInvalidRequest;
-    if (exhausted) r.code = "context_length_exceeded";
+    // What the upstream said was wrong, in its words, when it said.
+    r.code = exhausted ? "context_length_exceeded" : error.upstream_code;
+    r.param = error.upstream_param;
   } else if (error.kind == ErrorKind::kDeadlineExceeded || up == 408 || up == 504) {
     r.kind = RefusalKind::kTimeout;
     r.code = "deadline_exceeded";

@@ -444,6 +444,14 @@ void FaultServer::handle(const httplib::Request& req, httplib::Response& res, bo
   }
 
   switch (s.mode) {
+    case FaultMode::kStatus400: {
+      json body = error_body("fault server: temperature is out of range", "invalid_request_error");
+      body["error"]["param"] = "temperature";
+      body["error"]["code"] = "invalid_value";
+      res.status = 400;
+      res.set_content(body.dump(), "application/json");
+      return;
+    }
     case FaultMode::kStatus500:
       res.status = 500;
       res.set_content(error_body("fault server: injected internal error", "server_error").dump(),
@@ -521,7 +529,8 @@ void FaultServer::handle(const httplib::Request& req, httplib::Response& res, bo
     answer.logprobs = body.value("logprobs", false);
     answer.top_logprobs = body.value("top_logprobs", 0);
   }
-  if (auto n = body.find("n"); n != body.end() && n->is_number_integer() && answer.tool_name.empty()) {
+  if (auto n = body.find("n");
+      n != body.end() && n->is_number_integer() && answer.tool_name.empty()) {
     answer.choices = std::max(1, n->get<int>());
   }
   const bool stream = body.value("stream", false);

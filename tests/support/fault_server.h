@@ -37,6 +37,7 @@ namespace foreshore::testing {
 enum class FaultMode {
   kNormal,
   kStatus500,       // 500 with an OpenAI error body
+  kStatus400,       // 400 blaming 'temperature' (code invalid_value)
   kStatus429,       // 429 with Retry-After (see set_retry_after)
   kStatus503,       // 503 with Retry-After
   kDelayFirstByte,  // wait set_first_byte_delay() before answering normally
