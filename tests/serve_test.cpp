@@ -23,6 +23,7 @@
 #include <thread>
 
 #include "serve/http.h"
+#include "support/emulator.h"
 #include "support/process.h"
 #include "support/test_paths.h"
 
@@ -451,6 +452,42 @@ TEST_F(GatewayTest, MalformedAndOversizedBodies) {
   EXPECT_EQ(chat(chat_body()).status, 200);
   r = http_get(port, "/v1/nothing");
   expect_error(r, 404, "invalid_request_error");
+  // A known path with another method: 405 and the method it takes.
+  r = http_get(port, "/v1/chat/completions");
+  expect_error(r, 405, "invalid_request_error");
+  EXPECT_EQ(r.header("Allow"), "POST");
+  EXPECT_EQ(r.json()["error"]["code"], "method_not_allowed");
+  r = http_post(port, "/healthz", "{}");
+  expect_error(r, 405, "invalid_request_error");
+  EXPECT_EQ(r.header("Allow"), "GET");
+}
+
+// A POST without Content-Length has no body (RFC 9112): it is answered at
+// once, not after the read timeout (HTTP clients always send the length, so
+// the request is written by hand).
+TEST_F(GatewayTest, APostWithoutALengthHasNoBody) {
+  start();
+  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  ASSERT_GE(fd, 0);
+  sockaddr_in address{};
+  address.sin_family = AF_INET;
+  address.sin_port = htons(static_cast<uint16_t>(port));
+  address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ASSERT_EQ(::connect(fd, reinterpret_cast<sockaddr*>(&address), sizeof address), 0);
+  const std::string request =
+      "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+  ASSERT_EQ(::send(fd, request.data(), request.size(), 0), static_cast<ssize_t>(request.size()));
+  // The server's read timeout is 5 s; an answer must come well before it.
+  const auto limit = foreshore::testing::time_limit(std::chrono::seconds(2));
+  timeval wait{static_cast<time_t>(limit.count() / 1000), 0};
+  ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &wait, sizeof wait);
+  std::string answer;
+  char buf[4096];
+  for (ssize_t n; (n = ::recv(fd, buf, sizeof buf, 0)) > 0;)
+    answer.append(buf, static_cast<size_t>(n));
+  ::close(fd);
+  EXPECT_TRUE(answer.starts_with("HTTP/1.1 400")) << answer;
+  EXPECT_NE(answer.find("The request body is empty"), std::string::npos) << answer;
 }
 
 TEST_F(GatewayTest, OverloadAnswers429) {

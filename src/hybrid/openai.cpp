@@ -683,6 +683,11 @@ std::optional<ApiError> parse_request(hybrid::RequestKind kind, std::string_view
         return names(depth, event, parsed);
       },
       false);
+  if (body.empty()) {
+    return invalid_request(
+        "The request body is empty; send a JSON object with Content-Type: application/json", "",
+        "invalid_json");
+  }
   if (doc.is_discarded()) {
     const std::string why = json_syntax_error(body);
     return invalid_request("The request body is not valid JSON" +

@@ -34,6 +34,28 @@
 namespace foreshore::serve {
 namespace {
 
+// The one method each path of the gateway takes ("" for a path it does not
+// serve), for the 405 a request with another method gets.
+std::string_view allowed_method(std::string_view path) {
+  static constexpr std::pair<std::string_view, std::string_view> kPaths[] = {
+      {"/healthz", "GET"},
+      {"/readyz", "GET"},
+      {"/metrics", "GET"},
+      {"/v1/models", "GET"},
+      {"/v1/chat/completions", "POST"},
+      {"/v1/completions", "POST"},
+      {"/v1/route", "POST"},
+      {"/v1/feedback", "POST"},
+      {"/v1/router/status", "GET"},
+      {"/admin/keys", "POST"}};
+  for (const auto& [p, method] : kPaths) {
+    if (path == p) return method;
+  }
+  if (path.starts_with("/v1/models/")) return "GET";
+  if (path.starts_with("/admin/keys/")) return "DELETE";
+  return {};
+}
+
 using openai::api_error;
 using openai::ApiError;
 using openai::error_json;
@@ -233,7 +255,13 @@ struct Gateway::Impl {
       return [this, handler](const httplib::Request& req, httplib::Response& res,
                              const httplib::ContentReader& reader) {
         HttpRequest request = http_request(req);
-        request.body_error = read_body(reader, res, request.body);
+        // A request with neither Content-Length nor chunked encoding has no
+        // body (RFC 9112 6.3); the HTTP library would wait for the client to
+        // close the connection instead.
+        const bool has_body =
+            req.has_header("Content-Length") ||
+            req.get_header_value("Transfer-Encoding").find("chunked") != std::string::npos;
+        if (has_body) request.body_error = read_body(reader, res, request.body);
         write_reply(handler(request), res);
       };
     };
@@ -257,30 +285,42 @@ struct Gateway::Impl {
 
     // Whatever httplib answers by itself (unknown path, oversized or
     // malformed request) still gets OpenAI's error shape.
-    http.set_error_handler(httplib::Server::HandlerWithResponse(
-        [](const httplib::Request& req, httplib::Response& res) {
-          if (!res.body.empty()) return httplib::Server::HandlerResponse::Unhandled;
-          ApiError e;
-          switch (res.status) {
-            case 404:
-              e = invalid_request("Unknown path " + req.method + " " + req.path +
-                                      "; see /v1/chat/completions, /v1/completions, /v1/models",
-                                  {}, "not_found");
-              e.status = 404;
-              break;
-            case 413:
-              e = invalid_request("The request body is too large", {}, "request_too_large");
-              e.status = 413;
-              break;
-            default:
-              e = invalid_request("The HTTP request could not be handled (" +
-                                  std::to_string(res.status) + ")");
-              e.status = res.status;
-              if (res.status >= 500) e.type = "server_error";
-          }
-          res.set_content(error_json(e), kJson);
-          return httplib::Server::HandlerResponse::Handled;
-        }));
+    http.set_error_handler(httplib::Server::HandlerWithResponse([](const httplib::Request& req,
+                                                                   httplib::Response& res) {
+      if (!res.body.empty()) return httplib::Server::HandlerResponse::Unhandled;
+      ApiError e;
+      // A known path asked with another method: 405 naming the one it takes.
+      const std::string_view allowed = allowed_method(req.path);
+      if (!allowed.empty() && req.method != allowed && (res.status == 404 || res.status == 400)) {
+        e = invalid_request(
+            req.method + " " + req.path + " is not served; use " + std::string(allowed), {},
+            "method_not_allowed");
+        e.status = 405;
+        res.status = 405;
+        res.set_header("Allow", std::string(allowed));
+        res.set_content(error_json(e), kJson);
+        return httplib::Server::HandlerResponse::Handled;
+      }
+      switch (res.status) {
+        case 404:
+          e = invalid_request("Unknown path " + req.method + " " + req.path +
+                                  "; see /v1/chat/completions, /v1/completions, /v1/models",
+                              {}, "not_found");
+          e.status = 404;
+          break;
+        case 413:
+          e = invalid_request("The request body is too large", {}, "request_too_large");
+          e.status = 413;
+          break;
+        default:
+          e = invalid_request("The HTTP request could not be handled (" +
+                              std::to_string(res.status) + ")");
+          e.status = res.status;
+          if (res.status >= 500) e.type = "server_error";
+      }
+      res.set_content(error_json(e), kJson);
+      return httplib::Server::HandlerResponse::Handled;
+    }));
     http.set_exception_handler(
         [](const httplib::Request&, httplib::Response& res, std::exception_ptr ep) {
           std::string what = "unknown exception";
