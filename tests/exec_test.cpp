@@ -260,6 +260,8 @@ TEST_F(ExecTest, BreakerOpensAfterRepeatedFailures) {
   EXPECT_FALSE(r.ok());
   EXPECT_NE(r.error().message.find("circuit"), std::string::npos) << r.error().message;
   EXPECT_EQ(server_.received_bodies().size(), before);  // failed fast
+  // The refusal says when to come back: when the breaker will probe.
+  EXPECT_GE(r.error().retry_after_seconds, 1.0);
 }
 
 TEST(Guard, HalfOpenProbe) {
@@ -270,6 +272,16 @@ TEST(Guard, HalfOpenProbe) {
   EXPECT_FALSE(b.allow());  // the probe is in flight
   b.record_success();
   EXPECT_EQ(b.state(), BreakerState::kClosed);
+  // Open with its cooldown run out, it reads as half-open before any call
+  // probes it, and says when a probe may go while the cooldown runs.
+  CircuitBreaker cooled({1, 0});
+  cooled.record_failure();
+  EXPECT_EQ(cooled.state(), BreakerState::kHalfOpen);
+  EXPECT_EQ(cooled.seconds_until_probe(), 0.0);
+  CircuitBreaker waiting({1, 60000});
+  waiting.record_failure();
+  EXPECT_EQ(waiting.state(), BreakerState::kOpen);
+  EXPECT_GT(waiting.seconds_until_probe(), 50.0);
 }
 
 TEST(Guard, BackoffHonoursRetryAfter) {

@@ -121,9 +121,12 @@ Result<backend::Completion> Executor::call(const std::string& name, bool cloud_a
   for (int32_t attempt = 1; attempt <= attempts; ++attempt) {
     if (!tier.breaker->allow()) {
       out.trace.push_back(name + ": circuit open");
-      return make_error(
+      Error open = make_error(
           ErrorKind::kUnavailable,
-          "tier '" + name + "' is failing and its circuit breaker is open; retry later");
+          "tier '" + name + "' is failing and its circuit breaker is open; retry after it probes");
+      // A whole second at least: Retry-After counts in seconds.
+      open.retry_after_seconds = std::max(1.0, std::ceil(tier.breaker->seconds_until_probe()));
+      return open;
     }
     auto r = tier.backend->generate(request, counting);
     if (r.ok()) {

@@ -51,7 +51,18 @@ void CircuitBreaker::record_failure() {
 
 BreakerState CircuitBreaker::state() const {
   std::lock_guard lock(mu_);
+  if (state_ == BreakerState::kOpen &&
+      Clock::now() - opened_at_ >= std::chrono::milliseconds(settings_.open_ms)) {
+    return BreakerState::kHalfOpen;
+  }
   return state_;
+}
+
+double CircuitBreaker::seconds_until_probe() const {
+  std::lock_guard lock(mu_);
+  if (state_ != BreakerState::kOpen) return 0.0;
+  const auto left = std::chrono::milliseconds(settings_.open_ms) - (Clock::now() - opened_at_);
+  return std::max(0.0, std::chrono::duration<double>(left).count());
 }
 
 bool CircuitBreaker::available() const {

@@ -30,9 +30,15 @@ class CircuitBreaker {
   bool allow();
   void record_success();
   void record_failure();
+  // Open with its cooldown run out reads as half-open: the next call
+  // probes (no state change), so readiness does not report a breaker that
+  // no request has touched since as failing.
   BreakerState state() const;
   // True unless open with its cooldown still running (no state change).
   bool available() const;
+  // Seconds until an open breaker lets a probe through (0 when not open):
+  // the Retry-After of a request it refused.
+  double seconds_until_probe() const;
 
  private:
   using Clock = std::chrono::steady_clock;
