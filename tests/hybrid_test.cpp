@@ -150,6 +150,10 @@ TEST(ConfigTest, ErrorsNameTheKeyPath) {
   EXPECT_EQ(config_error("tiers:\n  c:\n    kind: openai\n    model: m\n"
                          "    endpoint: http://x\n    chat_format: chatml\n"),
             "cfg.yaml: tiers.c.chat_format: only applies to kind embedded");
+  EXPECT_EQ(
+      config_error("server:\n  cors_origins: [app.example.com]\ntiers:\n  e:\n    model: m\n"),
+      "cfg.yaml: server.cors_origins: 'app.example.com' is not an origin: give scheme and "
+      "host (https://app.example.com) or '*' for any");
   EXPECT_EQ(config_error("tiers:\n  e:\n    model: m\n    threads: 100000\n"),
             "cfg.yaml: tiers.e.threads: must be 0 (one per core) to 1024");
   EXPECT_EQ(config_error("tiers:\n  e:\n    model: m\n    kv_cache_type: q4_0\n"),

@@ -462,6 +462,31 @@ TEST_F(GatewayTest, MalformedAndOversizedBodies) {
   EXPECT_EQ(r.header("Allow"), "GET");
 }
 
+// Pages from server.cors_origins may call the gateway from a browser; other
+// pages get no CORS headers, so the browser keeps the answer from them.
+TEST_F(GatewayTest, BrowsersFromListedOriginsOnly) {
+  start("server:\n  cors_origins: [\"http://localhost:3000\"]\n");
+  httplib::Client client("127.0.0.1", port);
+  auto pre = client.Options("/v1/chat/completions",
+                            {{"Origin", "http://localhost:3000"},
+                             {"Access-Control-Request-Method", "POST"},
+                             {"Access-Control-Request-Headers", "content-type, authorization"}});
+  ASSERT_TRUE(pre);
+  EXPECT_EQ(pre->status, 204);
+  EXPECT_EQ(pre->get_header_value("Access-Control-Allow-Origin"), "http://localhost:3000");
+  EXPECT_EQ(pre->get_header_value("Access-Control-Allow-Headers"), "content-type, authorization");
+  auto r = chat(chat_body(), {{"Origin", "http://localhost:3000"}});
+  EXPECT_EQ(r.status, 200);
+  EXPECT_EQ(r.header("Access-Control-Allow-Origin"), "http://localhost:3000");
+  EXPECT_NE(r.header("Access-Control-Expose-Headers").find("x-foreshore-tier"), std::string::npos);
+  r = chat(chat_body(), {{"Origin", "http://evil.example"}});
+  EXPECT_EQ(r.status, 200);
+  EXPECT_EQ(r.header("Access-Control-Allow-Origin"), "");
+  pre = client.Options("/v1/chat/completions", {{"Origin", "http://evil.example"}});
+  ASSERT_TRUE(pre);
+  EXPECT_EQ(pre->get_header_value("Access-Control-Allow-Origin"), "");
+}
+
 // A POST without Content-Length has no body (RFC 9112): it is answered at
 // once, not after the read timeout (HTTP clients always send the length, so
 // the request is written by hand).

@@ -30,7 +30,7 @@ constexpr std::array<std::string_view, 7> kStateKeys{
     "backend", "url", "password_env", "timeout_ms", "pool_size", "retry_ms", "budgets_when_down"};
 constexpr std::array<std::string_view, 3> kLimitKeys{"requests_per_minute", "tokens_per_minute",
                                                      "budget_usd"};
-constexpr std::array<std::string_view, 25> kServerKeys{"host",
+constexpr std::array<std::string_view, 26> kServerKeys{"host",
                                                        "port",
                                                        "api_keys",
                                                        "api_keys_env",
@@ -54,7 +54,8 @@ constexpr std::array<std::string_view, 25> kServerKeys{"host",
                                                        "audit_max_age_hours",
                                                        "admin_key_env",
                                                        "audit_postgres",
-                                                       "audit_spool"};
+                                                       "audit_spool",
+                                                       "cors_origins"};
 constexpr std::array<std::string_view, 17> kTierKeys{
     "kind",          "placement",       "model",       "endpoint",       "api_key_env",
     "price",         "max_concurrency", "max_queue",   "context_length", "kv_memory_mb",
@@ -72,6 +73,15 @@ void read_server(YamlReader& r, const YAML::Node& node, ServerConfig& s) {
   r.get(node, "host", path, s.host);
   r.get(node, "port", path, s.port);
   r.get_string_list(node, "api_keys", path, s.api_keys);
+  r.get_string_list(node, "cors_origins", path, s.cors_origins);
+  for (const auto& origin : s.cors_origins) {
+    if (origin != "*" && !origin.starts_with("http://") && !origin.starts_with("https://")) {
+      r.fail(join_path(path, "cors_origins"),
+             "'" + origin +
+                 "' is not an origin: give scheme and host (https://app.example.com) "
+                 "or '*' for any");
+    }
+  }
   r.get(node, "api_keys_env", path, s.api_keys_env);
   r.get(node, "admin_key_env", path, s.admin_key_env);
   r.get(node, "max_body_bytes", path, s.max_body_bytes);

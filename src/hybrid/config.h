@@ -75,6 +75,10 @@ struct ServerConfig {
   // On SIGTERM, how long in-flight requests may take to finish before the
   // process exits anyway.
   int32_t shutdown_timeout_ms = 30000;
+  // Web origins ("https://app.example.com", or "*") whose pages may call the
+  // gateway from a browser (CORS). Empty: none, so that a page the user
+  // happens to visit cannot read what a local gateway answers.
+  std::vector<std::string> cors_origins;
 };
 
 struct ModelAlias {

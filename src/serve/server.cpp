@@ -283,6 +283,33 @@ struct Gateway::Impl {
                 return generate(hybrid::RequestKind::kCompletion, req);
               }));
 
+    // Browsers: pages from server.cors_origins may call the gateway. A
+    // preflight is answered here; every answer names the origin it allows.
+    http.Options(R"(.*)", [this](const httplib::Request& req, httplib::Response& res) {
+      res.status = 204;
+      const std::string_view method = allowed_method(req.path);
+      res.set_header("Allow",
+                     method.empty() ? std::string("OPTIONS") : std::string(method) + ", OPTIONS");
+      if (cors_origin(req).empty()) return;
+      res.set_header("Access-Control-Allow-Methods", "GET, POST, DELETE, OPTIONS");
+      res.set_header("Access-Control-Allow-Headers",
+                     req.has_header("Access-Control-Request-Headers")
+                         ? req.get_header_value("Access-Control-Request-Headers")
+                         : std::string("Authorization, Content-Type"));
+      res.set_header("Access-Control-Max-Age", "600");
+    });
+    http.set_post_routing_handler([this](const httplib::Request& req, httplib::Response& res) {
+      const std::string origin = cors_origin(req);
+      if (origin.empty()) return;
+      res.set_header("Access-Control-Allow-Origin", origin);
+      res.set_header("Vary", "Origin");
+      res.set_header("Access-Control-Expose-Headers",
+                     "x-foreshore-tier, x-foreshore-model, x-foreshore-model-version, "
+                     "x-foreshore-decision-id, x-foreshore-plan, x-foreshore-policy, "
+                     "x-foreshore-degraded, x-foreshore-degraded-reason, x-foreshore-escalated, "
+                     "x-foreshore-confidence, x-foreshore-ignored-params, Retry-After");
+    });
+
     // Whatever httplib answers by itself (unknown path, oversized or
     // malformed request) still gets OpenAI's error shape.
     http.set_error_handler(httplib::Server::HandlerWithResponse([](const httplib::Request& req,
@@ -377,6 +404,20 @@ struct Gateway::Impl {
   std::shared_ptr<Deployment> deployment() const {
     std::lock_guard lock(live_mu);
     return live;
+  }
+
+  // The value of Access-Control-Allow-Origin for this request: its Origin
+  // when server.cors_origins lists it (or "*"), empty otherwise.
+  std::string cors_origin(const httplib::Request& req) const {
+    if (!req.has_header("Origin")) return {};
+    auto dep = deployment();
+    const auto& allowed = (dep ? dep->config().server : config.server).cors_origins;
+    const std::string origin = req.get_header_value("Origin");
+    for (const auto& a : allowed) {
+      if (a == "*") return "*";
+      if (a == origin) return origin;
+    }
+    return {};
   }
 
   static ApiError overloaded(const config::ServerConfig& server) {
