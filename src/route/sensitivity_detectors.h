@@ -119,7 +119,7 @@ inline constexpr BuiltinPattern kBuiltinPatterns[] = {
     {kCreditCard, Check::kCard,
      R"(\b\d{4}(?:\.\d{4}\.\d{4}(?:\.\d{1,4}(?:\.\d{1,3})?)?|\.\d{6}\.\d{4,5})\b)", 0},
     // Country, check digits and the first group; the country's length decides the rest.
-    {kIban, Check::kIban, R"(\b[A-Z]{2}\d{2}[ \-]?[A-Z0-9]{4})", kCaseless},
+    {kIban, Check::kIban, R"(\b[A-Z]{2} ?\d{2}[ \-.]?[A-Z0-9]{4})", kCaseless},
     // Also finds ITINs (area 9xx); the validator tells them apart.
     {kUsSsn, Check::kSsn,
      R"(\b(?:\d{3}-\d{2}-\d{4}|\d{3}\.\d{2}\.\d{4}|\d{3} \d{2} \d{4}|\d{9})\b)", 0},

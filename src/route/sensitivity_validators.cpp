@@ -190,7 +190,10 @@ Verdict check_iban(std::string_view t, Span& s) {
   int n = 0;
   uint32_t i = s.begin;
   while (n < country->length) {
-    if ((at(t, i) == ' ' || at(t, i) == '-') && is_alnum(at(t, i + 1)) && n > 0) ++i;
+    // One space, dash or dot between any two characters: "DE89 3704 ...",
+    // "DE 89 3704 ...", "DE89.3704.0044...".
+    const char sep = at(t, i);
+    if ((sep == ' ' || sep == '-' || sep == '.') && is_alnum(at(t, i + 1)) && n > 0) ++i;
     if (!is_alnum(at(t, i))) return Verdict::kReject;
     c[n++] = upper(t[i++]);
   }
