@@ -473,6 +473,10 @@ TEST(Sensitivity, SsnContextWordsAndCardLengths) {
   // American Express number (34, 37) is one.
   expect_no_hit("credit_card", {"My phone's IMEI is 356938035643809", "IMEI 490154203237518"});
   expect_hit("credit_card", {"amex 378282246310005", "card 371449635398431"});
+  // Glued to the word that names it.
+  expect_hit("credit_card",
+             {"CC4111111111111111", "VISA4111111111111111 exp 09/29", "mc5500000000000004"});
+  expect_no_hit("credit_card", {"ID4111111111111111", "pan4111111111111112"});
 }
 
 TEST(Sensitivity, ClassesAndRules) {

@@ -112,6 +112,8 @@ inline constexpr BuiltinPattern kBuiltinPatterns[] = {
     {kPhone, Check::kPhone, R"(\d[\d ().\-]{4,28}\d(?:\s?(?:x|ext\.?|extension)\s?\d{1,6})?\b)",
      kCaseless, false},
     {kCreditCard, Check::kCard, R"(\b\d{12,19}\b)", 0},
+    {kCreditCard, Check::kCardAfterWord,
+     R"(\b(?:cc|card|visa|amex|mastercard|mc|pan|cardnumber|cardno)\d{13,19}\b)", kCaseless},
     {kCreditCard, Check::kCard,
      R"(\b\d{4}(?: \d{4} \d{4}(?: \d{1,4}(?: \d{1,3})?)?| \d{6} \d{4,5})\b)", 0},
     {kCreditCard, Check::kCard,

@@ -906,8 +906,7 @@ bool has_context(std::string_view t, Span s, bool phone) {
     } else {
       const std::string_view p(prev);
       if (std::find(std::begin(kSsnWords), std::end(kSsnWords), w) != std::end(kSsnWords) ||
-          (w == "sec" && p == "soc") || (w == "n" && p == "s") ||
-          (w == "ss" && at(t, i) == '#')) {
+          (w == "sec" && p == "soc") || (w == "n" && p == "s") || (w == "ss" && at(t, i) == '#')) {
         return true;
       }
     }
@@ -930,6 +929,13 @@ Verdict validate(Check check, std::string_view t, Span& s, bool& itin) {
       return check_phone(t, s);
     case Check::kCard:
       return check_card(t, s);
+    case Check::kCardAfterWord:
+      // The number starts after the word; the hit covers both.
+      {
+        Span number = s;
+        while (number.begin < number.end && !is_digit(t[number.begin])) ++number.begin;
+        return check_card(t, number);
+      }
     case Check::kIban:
       return check_iban(t, s);
     case Check::kNino:

@@ -15,6 +15,7 @@ enum class Check : uint8_t {
   kEmail,
   kPhone,
   kCard,
+  kCardAfterWord,  // a card number glued to the word before it ("VISA4111...")
   kIban,
   kSsn,
   kNino,
