@@ -99,10 +99,10 @@ TEST(Sensitivity, SpellingsThatHideNumbersAreFolded) {
               "4111\n1111\n1111\n1111", "4111\u20091111\u20091111\u20091111",
               "\uFF14\uFF11\uFF11\uFF11 \uFF11\uFF11\uFF11\uFF11 \uFF11\uFF11\uFF11\uFF11 "
               "\uFF11\uFF11\uFF11\uFF11"});
-  expect_hit("iban", {"GB82-WEST-1234-5698-7654-32",
-                      "DE89\u00A03704\u00A00044\u00A00532\u00A00130\u00A000",
-                      "DE89.3704.0044.0532.0130.00", "IBAN DE 89 3704 0044 0532 0130 00",
-                      "DE 89370400440532013000"});
+  expect_hit("iban",
+             {"GB82-WEST-1234-5698-7654-32", "DE89\u00A03704\u00A00044\u00A00532\u00A00130\u00A000",
+              "DE89.3704.0044.0532.0130.00", "IBAN DE 89 3704 0044 0532 0130 00",
+              "DE 89370400440532013000"});
   expect_no_hit("iban", {"version DE 12.3456 release", "AB 12 3456"});
   // Numbers on separate lines stay apart: a postcode does not join a phone.
   expect_hit("phone", {"South Africa 70651\n082 490 1693-Office"});
