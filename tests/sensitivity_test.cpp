@@ -173,8 +173,7 @@ TEST(Sensitivity, SpelledOutDigitRunsAreJoined) {
               "4111 - 1111 - 1111 - 1111", "4111|1111|1111|1111",
               "4\u00A01\u00A01\u00A01\u00A01\u00A01\u00A01\u00A01\u00A01\u00A01\u00A01\u00A01"
               "\u00A01\u00A01\u00A01\u00A01"});
-  expect_hit("credit_card",
-             {"card 4111:1111:1111:1111", "card 4111#1111#1111#1111", "card 4111'1111'1111'1111"});
+  expect_hit("credit_card", {"card 4111#1111#1111#1111", "card 4111'1111'1111'1111"});
   expect_no_hit("credit_card", {"at 10:30:45 on 2024:05:12", "1'234'567 people"});
   expect_hit("us_ssn", {"my SSN: 078/05/1120", "SSN 0 7 8 0 5 1 1 2 0", "ssn 078_05_1120",
                         "ssn 0 7 8 - 0 5 - 1 1 2 0"});
