@@ -264,11 +264,11 @@ NumberWord number_word_at(std::string_view t, size_t i) {
 }
 
 // Separators between digit groups that a run of digits may be spelled with.
-// Not ':': a time of day ("10:30") in a prompt would have it read a third
-// time, doubling the cost of scanning ordinary text.
+// Not ':' or '=': a time of day ("10:30") or a sum ("2+2=4") in a prompt
+// would have it read a third time, doubling the cost of scanning it.
 bool is_digit_separator(char c) {
   return c == ' ' || c == '-' || c == '.' || c == '/' || c == '_' || c == '\\' || c == '|' ||
-         c == '*' || c == '~' || c == '#' || c == '\'' || c == '=';
+         c == '*' || c == '~' || c == '#' || c == '\'';
 }
 
 // The separator after the digit group ending at byte j: its length (1, or 3
