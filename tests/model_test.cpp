@@ -8,6 +8,7 @@
 #include <nlohmann/json.hpp>
 #include <optional>
 
+#include "common/json_syntax.h"
 #include "engine/engine.h"
 #include "support/test_paths.h"
 
@@ -1091,28 +1092,8 @@ TEST(JsonObjectPrefix, AcceptsObjectsAndTheirPrefixesOnly) {
 // Where nlohmann's parser stops on `text`: past the end for a prefix of
 // valid JSON (it ran out of input), inside it for invalid JSON.
 bool is_json_prefix(const std::string& text) {
-  struct Sax : nlohmann::json_sax<nlohmann::json> {
-    size_t error_at = 0;
-    bool null() override { return true; }
-    bool boolean(bool) override { return true; }
-    bool number_integer(number_integer_t) override { return true; }
-    bool number_unsigned(number_unsigned_t) override { return true; }
-    bool number_float(number_float_t, const string_t&) override { return true; }
-    bool string(string_t&) override { return true; }
-    bool binary(binary_t&) override { return true; }
-    bool start_object(std::size_t) override { return true; }
-    bool key(string_t&) override { return true; }
-    bool end_object() override { return true; }
-    bool start_array(std::size_t) override { return true; }
-    bool end_array() override { return true; }
-    bool parse_error(std::size_t position, const std::string&,
-                     const nlohmann::detail::exception&) override {
-      error_at = position;
-      return false;
-    }
-  } sax;
-  if (nlohmann::json::sax_parse(text, &sax)) return true;
-  return sax.error_at > text.size();
+  const auto error = json_syntax_error(text);
+  return !error || error->byte > text.size();
 }
 
 // A story model asked for JSON writes JSON: every answer is an object or,

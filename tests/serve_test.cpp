@@ -40,6 +40,22 @@ json chat_body() {
   return {{"messages", {{{"role", "user"}, {"content", "hi"}}}}};
 }
 
+// A socket connected to the gateway on loopback, for requests no HTTP client
+// would write; -1 when the connection fails.
+int connect_loopback(int port) {
+  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  if (fd < 0) return -1;
+  sockaddr_in address{};
+  address.sin_family = AF_INET;
+  address.sin_port = htons(static_cast<uint16_t>(port));
+  address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  if (::connect(fd, reinterpret_cast<sockaddr*>(&address), sizeof address) != 0) {
+    ::close(fd);
+    return -1;
+  }
+  return fd;
+}
+
 // ---------------------------------------------------------------- reply objects
 
 TEST(HttpReplyTest, HeadersAreFoundInAnyCaseAndReplaced) {
@@ -492,13 +508,8 @@ TEST_F(GatewayTest, BrowsersFromListedOriginsOnly) {
 // the request is written by hand).
 TEST_F(GatewayTest, APostWithoutALengthHasNoBody) {
   start();
-  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  const int fd = connect_loopback(port);
   ASSERT_GE(fd, 0);
-  sockaddr_in address{};
-  address.sin_family = AF_INET;
-  address.sin_port = htons(static_cast<uint16_t>(port));
-  address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  ASSERT_EQ(::connect(fd, reinterpret_cast<sockaddr*>(&address), sizeof address), 0);
   const std::string request =
       "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
   ASSERT_EQ(::send(fd, request.data(), request.size(), 0), static_cast<ssize_t>(request.size()));
@@ -554,13 +565,8 @@ TEST_F(GatewayTest, IdleWorkerThreadsExitAfterABurst) {
   constexpr int kConnections = 24;
   std::vector<int> sockets;
   for (int i = 0; i < kConnections; ++i) {
-    const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+    const int fd = connect_loopback(port);
     ASSERT_GE(fd, 0);
-    sockaddr_in address{};
-    address.sin_family = AF_INET;
-    address.sin_port = htons(static_cast<uint16_t>(port));
-    address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    ASSERT_EQ(::connect(fd, reinterpret_cast<sockaddr*>(&address), sizeof address), 0);
     sockets.push_back(fd);
     std::this_thread::sleep_for(2ms);  // httplib's listen backlog is only 5
   }

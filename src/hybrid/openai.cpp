@@ -6,6 +6,7 @@
 #include <nlohmann/json.hpp>
 
 #include "common/json_limits.h"
+#include "common/json_syntax.h"
 #include "common/utf8.h"
 
 namespace foreshore::openai {
@@ -525,41 +526,6 @@ std::string_view finish_reason(const backend::Completion& c) {
   return c.finish_reason.empty() ? std::string_view("stop") : std::string_view(c.finish_reason);
 }
 
-// Where and why a body is not JSON, from the parser's own report less its
-// "last read" echo of the body: "at byte 43 (line 1, column 43): syntax
-// error while parsing value - invalid string: ill-formed UTF-8 byte".
-std::string json_syntax_error(std::string_view body) {
-  struct FirstError : nlohmann::json_sax<json> {
-    std::string why;
-    bool null() override { return true; }
-    bool boolean(bool) override { return true; }
-    bool number_integer(number_integer_t) override { return true; }
-    bool number_unsigned(number_unsigned_t) override { return true; }
-    bool number_float(number_float_t, const string_t&) override { return true; }
-    bool string(string_t&) override { return true; }
-    bool binary(binary_t&) override { return true; }
-    bool start_object(std::size_t) override { return true; }
-    bool key(string_t&) override { return true; }
-    bool end_object() override { return true; }
-    bool start_array(std::size_t) override { return true; }
-    bool end_array() override { return true; }
-    bool parse_error(std::size_t byte, const std::string&,
-                     const nlohmann::detail::exception& e) override {
-      std::string what = e.what();
-      const size_t at = what.find("parse error at ");
-      if (at != std::string::npos) what = what.substr(at + 15);
-      what = what.substr(0, what.find("; last read"));
-      const size_t colon = what.find(':');
-      why = "at byte " + std::to_string(byte) +
-            (colon == std::string::npos ? ": " + what
-                                        : " (" + what.substr(0, colon) + ")" + what.substr(colon));
-      return false;
-    }
-  } error;
-  json::sax_parse(body.begin(), body.end(), &error);
-  return error.why;
-}
-
 // The first name given twice at the top level of the body or inside its
 // `metadata`, or empty. A JSON parser keeps one of the two values silently
 // (this one the last), so `"data_class": "device-only", "data_class":
@@ -689,9 +655,17 @@ std::optional<ApiError> parse_request(hybrid::RequestKind kind, std::string_view
         "invalid_json");
   }
   if (doc.is_discarded()) {
-    const std::string why = json_syntax_error(body);
-    return invalid_request("The request body is not valid JSON" +
-                               (why.empty() ? std::string() : " " + why) +
+    // Where and why: "at byte 43 (line 1, column 43): syntax error while
+    // parsing value - invalid string: ill-formed UTF-8 byte".
+    std::string why;
+    if (const auto e = json_syntax_error(body)) {
+      const size_t colon = e->what.find(':');
+      why = " at byte " + std::to_string(e->byte) +
+            (colon == std::string::npos
+                 ? ": " + e->what
+                 : " (" + e->what.substr(0, colon) + ")" + e->what.substr(colon));
+    }
+    return invalid_request("The request body is not valid JSON" + why +
                                "; send a JSON object with Content-Type: application/json",
                            "", "invalid_json");
   }
