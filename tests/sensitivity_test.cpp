@@ -398,7 +398,10 @@ TEST(Sensitivity, SecretsAndKeys) {
   expect_no_hit("jwt", {"eyJub3RhIjoiand0In0.eyJzdWIiOiIxMjM0NTY3ODkwIn0.abc"});
   expect_hit("bearer_token", {"curl -H 'Authorization: Bearer 8f3a2b1c9d4e5f60718293a4b5c6d7e8'"});
   expect_no_hit("bearer_token", {"Authorization: Bearer YOUR_TOKEN_HERE", "bearer of bad news"});
-  expect_hit("basic_auth", {"Authorization: Basic dXNlcjpwYXNzd29yZA=="});
+  expect_hit("basic_auth", {"Authorization: Basic dXNlcjpwYXNzd29yZA==",
+                            "headers={\"Authorization\": \"Basic dXNlcjpwYXNzd29yZA==\"}"});
+  expect_hit("bearer_token", {"Authorization: Token 9944b09199c62bcf9418ad846dd0e4bbdfc6ee4b"});
+  expect_no_hit("bearer_token", {"Authorization: Token YOUR_API_TOKEN_HERE"});
   expect_hit("url_credentials", {"postgres://admin:s3cr3tPw@db.internal:5432/app"});
   expect_no_hit("url_credentials", {"postgres://user:password@localhost/db",
                                     "https://user:${PASSWORD}@host", "https://example.com/a:b@c"});

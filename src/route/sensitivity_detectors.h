@@ -73,7 +73,7 @@ inline constexpr std::array<BuiltinDetectorInfo, kBuiltinCount> kBuiltins = {{
     {"google_api_key", kDev, "Google API keys (AIza...)"},
     {"stripe_key", kDev, "Stripe secret and restricted keys"},
     {"jwt", kDev, "JSON web tokens"},
-    {"bearer_token", kDev, "Bearer tokens (Authorization: Bearer ...)"},
+    {"bearer_token", kDev, "Bearer tokens (Authorization: Bearer ... or Token ...)"},
     {"basic_auth", kDev, "Authorization: Basic credentials"},
     {"url_credentials", kDev, "passwords in URLs (scheme://user:password@host)"},
     {"service_token", kDev,
@@ -153,7 +153,13 @@ inline constexpr BuiltinPattern kBuiltinPatterns[] = {
     {kStripeKey, Check::kTokenWithDigit, R"(\b[rs]k_(?:live|test)_[A-Za-z0-9]{16,})", 0},
     {kJwt, Check::kJwt, R"(\beyJ[A-Za-z0-9_\-]{10,}\.eyJ[A-Za-z0-9_\-]{10,}\.[A-Za-z0-9_\-]*)", 0},
     {kBearerToken, Check::kBearer, R"(\bbearer\s+[A-Za-z0-9._~+/\-]{16,}=*)", kCaseless},
-    {kBasicAuth, Check::kBasic, R"(\bauthorization\s*:\s*basic\s+[A-Za-z0-9+/]{8,}=*)", kCaseless},
+    // The "Token" scheme (Django REST framework, GitHub): the validator's
+    // digit check reads the token as it reads a bearer one.
+    {kBearerToken, Check::kBearer,
+     R"(\bauthorization["']?\s*:\s*["']?token\s+[A-Za-z0-9._~+/\-]{16,}=*)", kCaseless},
+    // As a header line or a quoted dictionary entry ({"Authorization": "Basic ..."}).
+    {kBasicAuth, Check::kBasic, R"(\bauthorization["']?\s*:\s*["']?basic\s+[A-Za-z0-9+/]{8,}=*)",
+     kCaseless},
     {kUrlCredentials, Check::kUrlCredentials, R"(://[^\s:/@]*:[^\s/@]+@)", 0, false},
     // Prefixes each service puts on its tokens, with their lengths.
     {kServiceToken, Check::kAccept, R"(\bglpat-[A-Za-z0-9_\-]{20}\b)", 0},
