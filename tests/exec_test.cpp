@@ -284,6 +284,54 @@ TEST(Guard, HalfOpenProbe) {
   EXPECT_GT(waiting.seconds_until_probe(), 50.0);
 }
 
+// A probe that ends saying nothing of the tier's health (a guard refusal, the
+// client's own fault, an upstream's 429) frees the probe slot: the next call
+// probes, instead of the breaker staying half-open for good.
+TEST(Guard, AProbeThatSaysNothingLetsTheNextOneThrough) {
+  CircuitBreaker b({1, 0});
+  b.record_failure();
+  EXPECT_TRUE(b.allow());
+  EXPECT_FALSE(b.allow());
+  b.record_neither();
+  EXPECT_TRUE(b.allow());
+  b.record_success();
+  EXPECT_EQ(b.state(), BreakerState::kClosed);
+}
+
+TEST_F(ExecTest, AnUpstream429ProbeLeavesTheBreakerAbleToClose) {
+  ExecutorSettings settings;
+  settings.retry.max_attempts = 1;
+  settings.breaker.failure_threshold = 1;
+  settings.breaker.open_ms = 0;
+  Executor executor({{"cloud", executor_->backend("cloud")}}, settings, nullptr);
+  auto p = plan(route::PlanKind::kCloud, true);
+  p.edge_fallback_allowed = false;
+  server_.set_mode(FaultMode::kStatus500);
+  EXPECT_FALSE(executor.run(p, request("hi"), {}).ok());
+  server_.set_mode(FaultMode::kStatus429);
+  EXPECT_FALSE(executor.run(p, request("hi"), {}).ok());  // the half-open probe
+  server_.set_mode(FaultMode::kNormal);
+  auto r = executor.run(p, request("hi"), {});
+  EXPECT_TRUE(r.ok()) << r.error().message;
+  EXPECT_EQ(executor.breaker_state("cloud"), BreakerState::kClosed);
+}
+
+// A model alias's cloud tier failing over to a device tier is the fallback
+// of last resort, flagged as when the router planned the cloud.
+TEST_F(ExecTest, AnAliasFallingBackFromTheCloudToTheDeviceIsFlaggedDegraded) {
+  server_.set_mode(FaultMode::kStatus500);
+  auto p = plan(route::PlanKind::kCloud, true);
+  p.forced = true;
+  p.edge_fallback_allowed = false;
+  p.fallback_tiers = {"edge"};
+  auto r = executor_->run(p, request("hi"), {});
+  ASSERT_TRUE(r.ok()) << r.error().message;
+  EXPECT_EQ(r->tier, "edge");
+  EXPECT_TRUE(r->fell_back);
+  EXPECT_TRUE(r->degraded);
+  EXPECT_NE(r->degraded_reason.find("cloud"), std::string::npos) << r->degraded_reason;
+}
+
 TEST(Guard, BackoffHonoursRetryAfter) {
   Error e = make_error(ErrorKind::kUnavailable, "busy");
   e.upstream_status = 429;

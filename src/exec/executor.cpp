@@ -145,6 +145,8 @@ Result<backend::Completion> Executor::call(const std::string& name, bool cloud_a
     if (!cancelled && last.kind != ErrorKind::kInvalidArgument &&
         last.kind != ErrorKind::kResourceExhausted && last.kind != ErrorKind::kPermissionDenied) {
       tier.breaker->record_failure();
+    } else {
+      tier.breaker->record_neither();
     }
     out.trace.push_back(name + ": " + describe(last));
     // Retry only while nothing has reached the client and there is time left.
@@ -185,6 +187,18 @@ Result<ExecutionResult> Executor::run(const route::Plan& plan,
       out.completion = std::move(r).value();
       out.tier = tier;
       out.fell_back = true;
+      // The device answering for a failed cloud tier is the fallback of last
+      // resort the client is told of, as when the router planned the cloud.
+      const std::string& planned =
+          plan.kind == route::PlanKind::kEdge ? plan.edge_tier : plan.cloud_tier;
+      const auto on_cloud = [this](const std::string& name) {
+        const auto b = backend(name);
+        return b != nullptr && b->info().placement == backend::Placement::kCloud;
+      };
+      if (on_cloud(planned) && !on_cloud(tier)) {
+        out.degraded = true;
+        out.degraded_reason = "tier '" + planned + "' failed: " + first.error().message;
+      }
       return out;
     }
     last = r.error();

@@ -39,6 +39,11 @@ void CircuitBreaker::record_success() {
   probe_in_flight_ = false;
 }
 
+void CircuitBreaker::record_neither() {
+  std::lock_guard lock(mu_);
+  probe_in_flight_ = false;
+}
+
 void CircuitBreaker::record_failure() {
   std::lock_guard lock(mu_);
   ++failures_;

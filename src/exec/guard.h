@@ -30,6 +30,11 @@ class CircuitBreaker {
   bool allow();
   void record_success();
   void record_failure();
+  // The call ended saying nothing of the tier's health (the request's own
+  // fault, a guard refusal, a cancelled client, an upstream's 429): a probe
+  // slot it held is freed, so the next call probes instead of the breaker
+  // staying half-open for good.
+  void record_neither();
   // Open with its cooldown run out reads as half-open: the next call
   // probes (no state change), so readiness does not report a breaker that
   // no request has touched since as failing.
