@@ -269,6 +269,23 @@ TEST(CliPaths, InstalledLayoutFindsItsData) {
   EXPECT_NE(p->stdout_text().find("threshold"), std::string::npos) << p->stdout_text();
 }
 
+// Without the shipped complexity model the router would read every prompt as
+// simple and send it all to the edge, unnoticed: the start fails instead and
+// says where it looked and what to set.
+TEST(CliPaths, AMissingShippedModelIsAnErrorNotBlindRouting) {
+  TempDir prefix;
+  const fs::path bin = fs::path(prefix.path()) / "bin";
+  fs::create_directories(bin);
+  fs::copy_file(foreshore_binary(), bin / "foreshore");
+  auto p = Process::start(
+      {(bin / "foreshore").string(), "route", "--explain", "-m", "stories260K", "-p", "Hi"},
+      {"FORESHORE_DATA_DIR=", "FORESHORE_MODEL_PATH=" + shared_models_dir()}, prefix.path());
+  ASSERT_TRUE(p);
+  EXPECT_NE(p->wait(time_limit(std::chrono::seconds(60))), 0) << p->stdout_text();
+  EXPECT_NE(p->stderr_text().find("FORESHORE_DATA_DIR"), std::string::npos) << p->stderr_text();
+  EXPECT_NE(p->stderr_text().find("complexity_model"), std::string::npos) << p->stderr_text();
+}
+
 // Every examples/*.yaml builds a gateway, once the files and variables it
 // names exist: route --explain loads the tiers and the router as serve does.
 TEST(CliExamples, EveryExampleConfigBuildsAGateway) {

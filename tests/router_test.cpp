@@ -306,6 +306,20 @@ TEST(Router, UnknownConfiguredTierIsAnError) {
   EXPECT_NE(r.error().message.find("missing"), std::string::npos);
 }
 
+// The rules trust the edge to keep prefer-local data on the device: a
+// cloud tier named as the edge is refused (a device tier in the cloud's role,
+// a LAN server, is allowed).
+TEST(Router, TheEdgeTierMustBeOnTheDevice) {
+  RouterConfig c;
+  c.edge_tier = "cloud";
+  auto r = Router::create(c, two_tiers());
+  ASSERT_FALSE(r.ok());
+  EXPECT_NE(r.error().message.find("routing.edge_tier"), std::string::npos) << r.error().message;
+  RouterConfig lan;
+  lan.cloud_tier = "edge";
+  EXPECT_TRUE(Router::create(lan, two_tiers()).ok());
+}
+
 TEST(Router, DefaultComplexityModelLoads) {
   RouterConfig c;
   c.complexity_model = default_complexity_model_path();

@@ -237,7 +237,22 @@ Result<std::unique_ptr<Router>> Router::create(RouterConfig config,
   const std::string path =
       explicit_model ? config.complexity_model : default_complexity_model_path();
   std::error_code ec;
-  if (!no_model && (explicit_model || std::filesystem::exists(path, ec))) {
+  if (!no_model && !explicit_model && !std::filesystem::exists(path, ec)) {
+    // Routing on complexity 0 would send everything to the edge unnoticed.
+    std::string looked;
+    for (const auto& dir : shipped_data_dirs()) {
+      looked += (looked.empty() ? "" : ", ") + dir.string();
+    }
+    return make_error(ErrorKind::kNotFound,
+                      "the shipped complexity model router/complexity-default.json is not in any "
+                      "of the data folders (" +
+                          looked +
+                          "); set FORESHORE_DATA_DIR to the folder that holds it (the checkout's "
+                          "data/, or <prefix>/share/foreshore when installed), or set "
+                          "routing.complexity_model to a model file, or to none to route by "
+                          "rules and policy only");
+  }
+  if (!no_model) {
     auto model = ComplexityModel::load(path);
     if (!model.ok()) return model.error();
     r->complexity_ = std::move(model).value();
@@ -253,6 +268,17 @@ Result<std::unique_ptr<Router>> Router::create(RouterConfig config,
       return make_error(ErrorKind::kInvalidArgument,
                         "routing: tier '" + name + "' is not configured under tiers");
     }
+  }
+  // The rules trust the edge to keep prefer-local data on the device. (The
+  // cloud's role may go to a device tier: a LAN server, examples/ollama.yaml.)
+  if (!config.edge_tier.empty() &&
+      std::none_of(tiers.begin(), tiers.end(), [&](const TierProfile& t) {
+        return t.name == config.edge_tier && t.on_device;
+      })) {
+    return make_error(ErrorKind::kInvalidArgument,
+                      "routing.edge_tier: tier '" + config.edge_tier +
+                          "' is a cloud tier; name a device tier (kind: embedded, or "
+                          "placement: device)");
   }
   if (config.edge_tier.empty()) {
     for (const auto& t : tiers) {
@@ -576,6 +602,7 @@ std::optional<Plan> plan_forced_tier(const RouteInput& in, std::span<const TierP
   // is honoured like a forced chain, and an empty one leaves it to routing.
   std::optional<std::string> forced_tier = in.forced_tier;
   std::vector<std::string> fallback_tiers = in.fallback_tiers;
+  std::string dropped;  // why the chain lost steps, for a refusal's message
   if (forced_tier && in.forced_is_preference) {
     std::vector<std::string> chain{*forced_tier};
     chain.insert(chain.end(), fallback_tiers.begin(), fallback_tiers.end());
@@ -584,6 +611,7 @@ std::optional<Plan> plan_forced_tier(const RouteInput& in, std::span<const TierP
       const TierProfile* t = find_tier(tiers, name);
       if (t != nullptr && g.forbids(*t)) {
         rules_fired.push_back("preferred-tier-dropped");
+        dropped += (dropped.empty() ? "" : ", ") + ("'" + name + "'");
         continue;
       }
       kept.push_back(name);
@@ -595,14 +623,22 @@ std::optional<Plan> plan_forced_tier(const RouteInput& in, std::span<const TierP
   if (!forced_tier) return std::nullopt;
 
   rules_fired.push_back(in.forced_is_preference ? "preferred-tier" : "forced-tier");
+  const std::string who =
+      (in.forced_is_preference ? "the model alias's or session's tier '" : "forced tier '") +
+      *forced_tier + "'";
+  const std::string why_dropped =
+      dropped.empty()
+          ? ""
+          : " (its tier " + dropped + " may not receive this request's data: " +
+                (g.cloud_block.empty() ? "its data class forbids it" : g.cloud_block) + ")";
   const TierProfile* f = find_tier(tiers, *forced_tier);
-  if (f == nullptr) return plans.reject("forced tier '" + *forced_tier + "' is not configured");
+  if (f == nullptr) return plans.reject(who + " is not configured");
   if (g.forbids(*f)) {
-    return plans.reject("forced tier '" + f->name + "' refused: " +
-                        (g.cloud_block.empty() ? "data class forbids it" : g.cloud_block));
+    return plans.reject(
+        who + " refused: " + (g.cloud_block.empty() ? "data class forbids it" : g.cloud_block));
   }
   if (f->on_device && !g.edge_lacks.empty()) {
-    return plans.reject("forced tier '" + f->name + "' cannot serve this request: " + g.edge_lacks);
+    return plans.reject(who + " cannot serve this request: " + g.edge_lacks + why_dropped);
   }
   Plan chosen = plans.make(f->on_device ? PlanKind::kEdge : PlanKind::kCloud);
   if (f->on_device) {
