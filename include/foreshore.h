@@ -50,7 +50,9 @@ extern "C" {
 
 typedef enum foreshore_status {
   FORESHORE_OK = 0,
-  FORESHORE_ERR_INVALID_ARGUMENT = 1, /* a parameter or request is malformed */
+  FORESHORE_ERR_INVALID_ARGUMENT = 1, /* a parameter or request is malformed or too large
+                                         (a prompt longer than the context, a context
+                                         the memory cannot hold): retrying cannot help */
   FORESHORE_ERR_NOT_FOUND = 2,        /* a model, tier or file does not exist */
   FORESHORE_ERR_UNAVAILABLE = 3,      /* a tier failed or is not ready; retrying may help */
   FORESHORE_ERR_CANCELLED = 4,        /* a callback or foreshore_*_cancel stopped it */
@@ -117,9 +119,9 @@ typedef bool (*foreshore_token_callback)(const char* text, size_t length, void* 
 
 typedef struct foreshore_generate_params {
   int32_t max_tokens; /* default 256; <= 0: until the end of text or a full context */
-  float temperature;  /* default 0.8; 0: greedy */
-  float top_p;        /* default 0.95; 1: off */
-  int32_t top_k;      /* default 40; 0: off */
+  float temperature;  /* default 0.8; 0: greedy; at most 2 */
+  float top_p;        /* default 0.95; 1: off; 0 to 1 */
+  int32_t top_k;      /* default 40; 0: off; not negative */
   uint64_t seed;      /* default 0 */
   bool chat; /* default true: wrap the prompt in the model's chat template as one user turn */
   foreshore_token_callback on_token; /* NULL: none */

@@ -4,9 +4,11 @@
 #include <gtest/gtest.h>
 
 #include <atomic>
+#include <cmath>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <thread>
+#include <tuple>
 
 #include "foreshore.h"
 #include "support/fault_server.h"
@@ -163,6 +165,36 @@ TEST_F(CapiTest, RefusesAThreadCountOutOfRange) {
       << foreshore_last_error();
 }
 
+// Arguments the header rules out, and a prompt past the context, are the
+// caller's to fix (INVALID_ARGUMENT), not a tier that retrying may bring back.
+TEST_F(CapiTest, RefusesWhatNoRetryCanFix) {
+  foreshore_model_params params = foreshore_model_default_params();
+  params.context_length = -10;
+  foreshore_model* model = nullptr;
+  EXPECT_EQ(foreshore_model_load("stories260K", &params, &model), FORESHORE_ERR_INVALID_ARGUMENT);
+  params.context_length = 64;
+  ASSERT_EQ(foreshore_model_load("stories260K", &params, &model), FORESHORE_OK)
+      << foreshore_last_error();
+  char* text = nullptr;
+  foreshore_generate_params gen = foreshore_generate_default_params();
+  gen.chat = false;
+  std::string long_prompt;
+  for (int i = 0; i < 200; ++i) long_prompt += "Once upon a time ";
+  EXPECT_EQ(foreshore_model_generate(model, long_prompt.c_str(), &gen, &text),
+            FORESHORE_ERR_INVALID_ARGUMENT);
+  foreshore_string_free(text);
+  for (const auto& bad :
+       {std::make_tuple(std::nanf(""), 0.9f, 40), std::make_tuple(-1.0f, 0.9f, 40),
+        std::make_tuple(0.8f, 2.0f, 40), std::make_tuple(0.8f, 0.9f, -5)}) {
+    gen = foreshore_generate_default_params();
+    std::tie(gen.temperature, gen.top_p, gen.top_k) = bad;
+    text = nullptr;
+    EXPECT_EQ(foreshore_model_generate(model, "hi", &gen, &text), FORESHORE_ERR_INVALID_ARGUMENT);
+    foreshore_string_free(text);
+  }
+  foreshore_model_free(model);
+}
+
 TEST_F(CapiTest, RunsHybridChatOnEdgeAndCloud) {
   foreshore_hybrid* hybrid = create_hybrid();
   ASSERT_NE(hybrid, nullptr);
@@ -240,6 +272,7 @@ TEST_F(CapiTest, AppMemoryPressureSteersTheRouter) {
   foreshore_hybrid* hybrid = create_hybrid();
   ASSERT_NE(hybrid, nullptr);
   EXPECT_EQ(foreshore_hybrid_set_memory_pressure(hybrid, 7), FORESHORE_ERR_INVALID_ARGUMENT);
+  EXPECT_EQ(foreshore_hybrid_set_memory_pressure(hybrid, -2), FORESHORE_ERR_INVALID_ARGUMENT);
   EXPECT_NE(std::string(foreshore_last_error()).find("0 (none) to 3"), std::string::npos);
   ASSERT_EQ(foreshore_hybrid_set_memory_pressure(hybrid, 3), FORESHORE_OK);
   char* json = nullptr;

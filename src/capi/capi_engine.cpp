@@ -38,7 +38,9 @@ foreshore_status fail(const Error& error) {
     case ErrorKind::kUnsupported:
       status = FORESHORE_ERR_UNSUPPORTED;
       break;
-    case ErrorKind::kResourceExhausted:
+    case ErrorKind::kResourceExhausted:  // a prompt past the context, a context past memory
+      status = FORESHORE_ERR_INVALID_ARGUMENT;
+      break;
     case ErrorKind::kUnavailable:
     case ErrorKind::kDeadlineExceeded:
       status = FORESHORE_ERR_UNAVAILABLE;
@@ -136,6 +138,11 @@ FORESHORE_API foreshore_status foreshore_model_load(const char* name_or_path,
   }
   *out_model = nullptr;
   const foreshore_model_params p = params ? *params : foreshore_model_default_params();
+  if (p.context_length < 0) {
+    return fail(FORESHORE_ERR_INVALID_ARGUMENT,
+                "foreshore_model_load: context_length " + std::to_string(p.context_length) +
+                    " is negative; give 0 (the model's own) or a number of tokens");
+  }
   if (p.threads < 0 || p.threads > engine::kMaxThreads) {
     return fail(FORESHORE_ERR_INVALID_ARGUMENT, "foreshore_model_load: threads " +
                                                     std::to_string(p.threads) +
@@ -207,6 +214,14 @@ FORESHORE_API foreshore_status foreshore_model_generate(foreshore_model* model, 
   }
   *out_text = nullptr;
   const foreshore_generate_params p = params ? *params : foreshore_generate_default_params();
+  if (!(p.temperature >= 0.0f && p.temperature <= 2.0f) || !(p.top_p >= 0.0f && p.top_p <= 1.0f) ||
+      p.top_k < 0) {
+    return fail(FORESHORE_ERR_INVALID_ARGUMENT,
+                "foreshore_model_generate: temperature must be 0 to 2, top_p 0 to 1 and top_k 0 "
+                "or more (got " +
+                    std::to_string(p.temperature) + ", " + std::to_string(p.top_p) + ", " +
+                    std::to_string(p.top_k) + ")");
+  }
   try {
     std::lock_guard lock(model->generating);
     model->cancel.store(false);

@@ -277,7 +277,7 @@ FORESHORE_API foreshore_status foreshore_hybrid_set_memory_pressure(foreshore_hy
     return fail(FORESHORE_ERR_INVALID_ARGUMENT,
                 "foreshore_hybrid_set_memory_pressure: hybrid must not be NULL");
   }
-  if (level > 3) {
+  if (level > 3 || level < -1) {
     return fail(FORESHORE_ERR_INVALID_ARGUMENT,
                 "foreshore_hybrid_set_memory_pressure: level " + std::to_string(level) +
                     " is out of range; pass 0 (none) to 3 (critical), or -1 to measure");

@@ -63,6 +63,8 @@ int run_report(const ReportFlags& flags) {
   auto report = observe::build_report(db, options);
   cleanup();
   if (!report.ok()) return fail(report.error());
+  // The copy is gone: the report names where its rows came from.
+  if (!copied.empty()) report->db_path = observe::describe_conninfo(flags.postgres);
   if (flags.json) {
     std::cout << observe::report_to_json(*report).dump(2) << "\n";
   } else {

@@ -109,6 +109,23 @@ std::optional<std::string> param(const nlohmann::json& v) {
 
 }  // namespace
 
+std::string describe_conninfo(const std::string& conninfo) {
+  PQconninfoOption* parsed = PQconninfoParse(conninfo.c_str(), nullptr);
+  if (parsed == nullptr) return "postgresql (a malformed connection string)";
+  std::string user, host, port, dbname;
+  for (PQconninfoOption* o = parsed; o->keyword != nullptr; ++o) {
+    if (o->val == nullptr) continue;
+    const std::string_view key = o->keyword;
+    if (key == "user") user = o->val;
+    if (key == "host") host = o->val;
+    if (key == "port") port = o->val;
+    if (key == "dbname") dbname = o->val;
+  }
+  PQconninfoFree(parsed);
+  return "postgresql://" + (user.empty() ? "" : user + "@") + host +
+         (port.empty() ? "" : ":" + port) + "/" + dbname;
+}
+
 Result<std::unique_ptr<PgAuditSink>> PgAuditSink::open(PgAuditOptions options) {
   if (options.conninfo.empty()) {
     return make_error(ErrorKind::kInvalidArgument,

@@ -74,6 +74,10 @@ class PgAuditSink {
   std::thread thread_;
 };
 
+// Where a libpq connection string points, for messages and reports, with
+// no password: "postgresql://USER@HOST:PORT/DB" (parts it leaves out, too).
+std::string describe_conninfo(const std::string& conninfo);
+
 // Every row of a PostgreSQL audit table copied into a SQLite audit store at
 // `sqlite_path` (created), so that `foreshore report` reads either.
 Status copy_pg_audit_to_sqlite(const std::string& conninfo, const std::string& sqlite_path);
