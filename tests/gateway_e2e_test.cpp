@@ -9,8 +9,11 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
+#include <csignal>
 #include <cstdlib>
+#include <filesystem>
 #include <fstream>
 #include <map>
 #include <set>
@@ -525,6 +528,29 @@ TEST(GatewayE2EStartup, SigtermStopsCleanly) {
   EXPECT_EQ(gw.process().terminate(SIGTERM, 10s), 0);
 }
 
+// A learner state this start cannot read (a newer version's) stops the
+// start and stays as it was: it is not replaced, at exit, by an empty learner.
+TEST(GatewayLearning, AStateFileItCannotReadIsLeftAsItWas) {
+  const std::string state = temp_path(".learner.json");
+  const std::string newer =
+      R"({"format": "foreshore.router-learner", "file_version": 99, "version": 7})";
+  std::ofstream(state) << newer;
+  const std::string config = write_config(
+      "tiers:\n  edge: {kind: embedded, model: stories260K, threads: 1}\n"
+      "routing:\n  learning: {enabled: true, state: " +
+      state + "}\n");
+  const FinishedRun r = run_foreshore({"serve", "--config", config, "--port", "0"},
+                                      std::chrono::seconds(60), model_env());
+  EXPECT_NE(r.status, 0);
+  EXPECT_NE(r.err.find("file_version"), std::string::npos) << r.err;
+  std::ifstream in(state);
+  EXPECT_EQ(std::string(std::istreambuf_iterator<char>(in), {}), newer);
+  EXPECT_FALSE(std::filesystem::exists(state + ".v7"));
+  EXPECT_FALSE(std::filesystem::exists(state + ".v0"));
+  std::remove(state.c_str());
+  std::remove(config.c_str());
+}
+
 // Router learning: feedback on answers (by decision id), shadow verdicts and
 // the state file that outlives the process, through the real binary.
 TEST(GatewayLearning, FeedbackShadowVerdictsStatusAndStateFile) {
@@ -569,6 +595,18 @@ TEST(GatewayLearning, FeedbackShadowVerdictsStatusAndStateFile) {
   expect_error(feedback({{"decision_id", "dec-nope"}, {"thumbs", "up"}}), 404);
   expect_error(feedback({{"decision_id", edge_id}, {"score", 7}}), 400);
   expect_error(http_post(gw->port(), "/v1/feedback", "not json"), 400);
+  EXPECT_EQ(http_post(gw->port(), "/v1/feedback", "not json").json()["error"]["code"],
+            "invalid_json");
+  // One verdict per answer: a second one, or two in one body, would weigh
+  // one answer as many labels.
+  r = feedback({{"decision_id", edge_id}, {"thumbs", "down"}});
+  EXPECT_EQ(r.status, 409) << r.body;
+  EXPECT_EQ(r.json()["error"]["code"], "feedback_already_given") << r.body;
+  expect_error(feedback({{"decision_id", private_id}, {"thumbs", "up"}, {"score", 0}}), 400);
+  r = http_post(gw->port(), "/v1/feedback",
+                R"({"decision_id": "x", "decision_id": ")" + private_id + R"(", "score": 1})");
+  EXPECT_EQ(r.status, 400) << r.body;
+  EXPECT_EQ(r.json()["error"]["code"], "duplicate_field") << r.body;
 
   // The public edge answers were shadowed on the cloud; the verdicts arrive
   // on the sampler's thread, the labels on the learner's.
@@ -593,6 +631,21 @@ TEST(GatewayLearning, FeedbackShadowVerdictsStatusAndStateFile) {
   EXPECT_NE(metrics.find("foreshore_router_kept_labels 3"), std::string::npos) << metrics;
   EXPECT_NE(metrics.find("foreshore_router_neighbour_blend"), std::string::npos) << metrics;
 
+  // A config reload (SIGHUP) keeps what was learned and the decisions still
+  // awaiting feedback (device-only: never shadowed, so the counts stay known).
+  const std::string before_reload =
+      ask("foreshore/edge", {{"x-foreshore-data-class", "device-only"}});
+  ASSERT_EQ(::kill(gw->process().pid(), SIGHUP), 0);
+  for (int i = 0; i < 100; ++i) {
+    if (gw->process().stderr_text().find("SIGHUP: config reloaded") != std::string::npos) break;
+    std::this_thread::sleep_for(100ms);
+  }
+  ASSERT_NE(gw->process().stderr_text().find("SIGHUP: config reloaded"), std::string::npos);
+  EXPECT_EQ(http_get(gw->port(), "/v1/router/status").json()["labels"]["feedback"], 2);
+  r = feedback({{"decision_id", before_reload}, {"thumbs", "up"}});
+  ASSERT_EQ(r.status, 200) << r.body;
+  EXPECT_EQ(r.json()["learned"], true);
+
   // Stopped, the gateway leaves its state for the next start and for
   // `router status`, with the earlier version kept for rollback.
   EXPECT_EQ(gw->process().terminate(SIGTERM, 10s), 0);
@@ -600,16 +653,23 @@ TEST(GatewayLearning, FeedbackShadowVerdictsStatusAndStateFile) {
   const FinishedRun st = run_foreshore({"router", "status", "--state", state, "--json"});
   ASSERT_EQ(st.status, 0) << st.err;
   const json saved = json::parse(st.out);
-  EXPECT_EQ(saved["labels"]["feedback"], 2) << st.out;
+  EXPECT_EQ(saved["labels"]["feedback"], 3) << st.out;
   EXPECT_EQ(saved["labels"]["shadow"], 1) << st.out;
-  EXPECT_EQ(saved["kept_labels"], 3) << st.out;
+  EXPECT_EQ(saved["kept_labels"], 4) << st.out;
   EXPECT_TRUE(saved["neighbour_blend"].is_number()) << st.out;
   EXPECT_TRUE(saved["form_weights"].is_object()) << st.out;
   ASSERT_FALSE(saved["saved_versions"].empty()) << st.out;
   const FinishedRun back =
       run_foreshore({"router", "status", "--state", state, "--rollback",
-                     std::to_string(saved["saved_versions"][0].get<uint64_t>())});
+                     std::to_string(saved["saved_versions"][0].get<uint64_t>()), "--json"});
   EXPECT_EQ(back.status, 0) << back.err;
+  // The state rolled back from is kept: the rollback can be undone.
+  const json after = json::parse(back.out);
+  EXPECT_NE(
+      std::find(after["saved_versions"].begin(), after["saved_versions"].end(), saved["version"]),
+      after["saved_versions"].end())
+      << back.out;
+  EXPECT_NE(run_foreshore({"router", "status", "--state", state, "--rollback", "-1"}).status, 0);
 
   gw = std::make_unique<ServeProcess>(std::vector<std::string>{"--config", config}, model_env());
   ASSERT_TRUE(gw->ok()) << gw->process().stderr_text();
@@ -617,7 +677,7 @@ TEST(GatewayLearning, FeedbackShadowVerdictsStatusAndStateFile) {
   const json resumed = http_get(gw->port(), "/v1/router/status").json();
   EXPECT_EQ(resumed["version"], saved["saved_versions"][0]) << resumed.dump();
   gw.reset();
-  for (const auto& v : saved["saved_versions"]) {
+  for (const auto& v : after["saved_versions"]) {
     std::remove((state + ".v" + std::to_string(v.get<uint64_t>())).c_str());
   }
   std::remove(state.c_str());

@@ -274,12 +274,19 @@ TEST(OnlineLearner, SavesVersionsAndRollsBack) {
   OnlineLearner rolled(base, {});
   ASSERT_TRUE(rolled.load(path).ok());
   EXPECT_NEAR(rolled.score(probe), after100, 1e-6);
+  // The state rolled back from is kept, so the rollback can be undone.
+  EXPECT_EQ(saved_learner_versions(path), (std::vector<uint64_t>{200, 100}));
   const Status missing = rollback_learner_state(path, 7);
   ASSERT_FALSE(missing.ok());
-  EXPECT_NE(missing.error().message.find("versions kept: 100"), std::string::npos)
+  EXPECT_NE(missing.error().message.find("versions kept: 200, 100"), std::string::npos)
       << missing.error().message;
+  ASSERT_TRUE(rollback_learner_state(path, 200).ok());
+  OnlineLearner undone(base, {});
+  ASSERT_TRUE(undone.load(path).ok());
+  EXPECT_NEAR(undone.score(probe), after200, 1e-6);
   std::filesystem::remove(path);
   std::filesystem::remove(path + ".v100");
+  std::filesystem::remove(path + ".v200");
 }
 
 TEST(OnlineLearner, RefusesAStateLearnedOverOtherHashingOrCorrupt) {

@@ -327,6 +327,60 @@ TEST_F(Replicas, VirtualKeysAreSharedAndEnforcedByEveryReplica) {
   EXPECT_EQ(http_post(a, "/v1/chat/completions", body(), key(secret)).status, 401);
 }
 
+// With the admin API on and no static keys, a virtual key is the only way
+// in: a client with no key, a revoked or made-up one is refused (were it
+// served, a key's limits would bind only whoever chose to send it), and a
+// key whose limits could not be enforced is never made.
+TEST_F(Replicas, WithTheAdminApiOnEveryClientNeedsAValidKey) {
+  server_ = "{log_requests: false, admin_key_env: FSH_TEST_ADMIN_KEY}";
+  start(1, "cloud", "");
+  const int a = replicas_[0]->port();
+  const HttpResult made =
+      http_post(a, "/admin/keys", R"({"name": "e", "tiers": ["edge"]})", key(kAdminKey));
+  ASSERT_EQ(made.status, 201) << made.body;
+  const std::string secret = made.json()["key"];
+  EXPECT_EQ(http_post(a, "/v1/chat/completions", body(), key(secret)).status, 403);
+  httplib::Headers to_edge = key(secret);
+  to_edge.emplace("x-foreshore-tier", "edge");
+  EXPECT_EQ(http_post(a, "/v1/chat/completions", body(), to_edge).status, 200);
+  EXPECT_EQ(http_get(a, "/v1/models", key(secret)).status, 200);
+
+  const HttpResult no_key = http_post(a, "/v1/chat/completions", body(), {});
+  EXPECT_EQ(no_key.status, 401) << no_key.body;
+  EXPECT_NE(no_key.body.find("virtual keys"), std::string::npos) << no_key.body;
+  const HttpResult made_up =
+      http_post(a, "/v1/chat/completions", body(), key("fsk-00000000000000000000000000000000"));
+  EXPECT_EQ(made_up.status, 401) << made_up.body;
+  EXPECT_NE(made_up.body.find("unknown"), std::string::npos) << made_up.body;
+  EXPECT_EQ(http_post(a, "/v1/chat/completions", body(), key("sk-anything")).status, 401);
+  EXPECT_EQ(http_get(a, "/v1/models", {}).status, 401);
+  const std::string id = made.json()["id"];
+  httplib::Client admin("127.0.0.1", a);
+  ASSERT_TRUE(admin.Delete("/admin/keys/" + id, key(kAdminKey)));
+  EXPECT_EQ(http_post(a, "/v1/chat/completions", body(), to_edge).status, 401);
+
+  for (const char* bad : {R"({"tiers": ["edgee"]})", R"({"data_classes": ["secret"]})",
+                          R"({"budget_usd": -1})", R"({"expires_in_seconds": 1e300})",
+                          R"({"expires_in_seconds": -5})", R"({"name": "a", "name": "b"})"}) {
+    const HttpResult refused = http_post(a, "/admin/keys", bad, key(kAdminKey));
+    EXPECT_EQ(refused.status, 400) << bad << " " << refused.body;
+  }
+  for (const std::vector<std::string>& bad :
+       std::vector<std::vector<std::string>>{{"--tiers", "edgee"},
+                                             {"--data-classes", "secret"},
+                                             {"--budget-usd", "-1"},
+                                             {"--expires-in-days", "-1"}}) {
+    std::vector<std::string> args = {"keys", "create", "--config",
+                                     (dir_ / "gateway.yaml").string()};
+    args.insert(args.end(), bad.begin(), bad.end());
+    const auto r = foreshore::testing::run_foreshore(args, std::chrono::seconds(30), {kAdminEnv});
+    EXPECT_NE(r.status, 0) << bad[0] << " " << r.out;
+    if (bad[0] == "--budget-usd") {
+      EXPECT_NE(r.err.find("0 (none) or more"), std::string::npos) << r.err;
+    }
+  }
+}
+
 // Redis, then PostgreSQL, die under load and come back: every request is
 // answered, and PostgreSQL ends up with one audit row per request, no more.
 TEST_F(Replicas, KillingRedisThenPostgresUnderLoadLosesNoRequestAndNoAuditRow) {
@@ -396,6 +450,9 @@ TEST_F(Replicas, KillingRedisThenPostgresUnderLoadLosesNoRequestAndNoAuditRow) {
       {"report", "--postgres", pg_again.url(), "--json"}, std::chrono::seconds(60));
   ASSERT_EQ(report.status, 0) << report.err;
   EXPECT_EQ(json::parse(report.out)["totals"]["requests"], sent.load()) << report.out;
+  // It names where the rows came from, not the temporary copy it read.
+  EXPECT_TRUE(json::parse(report.out)["db"].get<std::string>().starts_with("postgresql://"))
+      << report.out;
 }
 
 // A replica that never sent to the cloud predicts its latency from what

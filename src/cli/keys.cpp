@@ -21,9 +21,12 @@ struct KeysFlags {
   std::string id;
 };
 
-Result<std::unique_ptr<state::SharedState>> open_state(const std::string& config_path) {
+// The shared state the config names; `tier_names` gets its tiers' names.
+Result<std::unique_ptr<state::SharedState>> open_state(const std::string& config_path,
+                                                       std::vector<std::string>& tier_names) {
   auto config = config::load_config(config_path);
   if (!config.ok()) return config.error();
+  tier_names = config->tier_names();
   if (config->state.backend == "local") {
     return make_error(ErrorKind::kInvalidArgument,
                       config_path +
@@ -37,12 +40,13 @@ Result<std::unique_ptr<state::SharedState>> open_state(const std::string& config
 }
 
 int run_create(KeysFlags& flags) {
-  auto state = open_state(flags.config);
+  std::vector<std::string> tiers;
+  auto state = open_state(flags.config, tiers);
   if (!state.ok()) return fail(state.error());
   if (flags.expires_in_days > 0) {
     flags.spec.expires_at = std::time(nullptr) + flags.expires_in_days * 86400;
   }
-  auto secret = hybrid::create_virtual_key(**state, flags.spec);
+  auto secret = hybrid::create_virtual_key(**state, flags.spec, tiers);
   if (!secret.ok()) return fail(secret.error());
   auto out = nlohmann::json::parse(hybrid::virtual_key_json(flags.spec));
   out["key"] = *secret;
@@ -51,7 +55,8 @@ int run_create(KeysFlags& flags) {
 }
 
 int run_revoke(const KeysFlags& flags) {
-  auto state = open_state(flags.config);
+  std::vector<std::string> tiers;
+  auto state = open_state(flags.config, tiers);
   if (!state.ok()) return fail(state.error());
   if (auto s = hybrid::revoke_virtual_key(**state, flags.id); !s.ok()) return fail(s.error());
   std::cout << "revoked " << flags.id << "\n";
@@ -85,7 +90,8 @@ void add_keys_command(CLI::App& app) {
       ->add_option("--data-classes", flags->spec.data_classes,
                    "Data classes it may send (default: all)")
       ->delimiter(',');
-  create->add_option("--expires-in-days", flags->expires_in_days, "0: never");
+  create->add_option("--expires-in-days", flags->expires_in_days, "0: never")
+      ->check(CLI::Range(int64_t{0}, int64_t{36600}));
   create->footer(
       "Example:\n  foreshore keys create --config gateway.yaml --name ci --budget-usd 5 "
       "--tiers edge,cloud");

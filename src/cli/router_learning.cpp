@@ -5,6 +5,7 @@
 #include <fstream>
 #include <iostream>
 #include <memory>
+#include <optional>
 #include <random>
 #include <span>
 #include <string>
@@ -266,20 +267,19 @@ int replay(const ReplayFlags& f) {
 struct StatusFlags {
   std::string state;
   std::string model;  // empty: the shipped model
-  int64_t rollback = -1;
+  std::optional<uint64_t> rollback;
   bool json_out = false;
 };
 
 // What a gateway's learner state file holds; with --rollback, restores an
 // earlier version (stop the gateway first: it saves over the file on exit).
 int status(const StatusFlags& f) {
-  if (f.rollback >= 0) {
-    if (auto s = route::rollback_learner_state(f.state, static_cast<uint64_t>(f.rollback));
-        !s.ok()) {
+  if (f.rollback) {
+    if (auto s = route::rollback_learner_state(f.state, *f.rollback); !s.ok()) {
       return fail(s.error());
     }
-    std::fprintf(stderr, "[%s is version %lld again]\n", f.state.c_str(),
-                 static_cast<long long>(f.rollback));
+    std::fprintf(stderr, "[%s is version %llu again; the state it replaced is kept]\n",
+                 f.state.c_str(), static_cast<unsigned long long>(*f.rollback));
   }
   auto loaded = route::ComplexityModel::load(
       f.model.empty() ? route::default_complexity_model_path() : f.model);
@@ -429,8 +429,11 @@ void add_router_learning_commands(CLI::App* router) {
   status_cmd->add_option("--state", stf->state, "The routing.learning.state file")->required();
   status_cmd->add_option("--model", stf->model,
                          "The complexity model it learned over (default: the shipped one)");
-  status_cmd->add_option("--rollback", stf->rollback,
-                         "Restore this earlier version (stop the gateway first)");
+  status_cmd
+      ->add_option("--rollback", stf->rollback,
+                   "Restore this earlier version (stop the gateway first); the state it replaces "
+                   "is kept, so it can be restored in turn")
+      ->check(CLI::NonNegativeNumber);
   status_cmd->add_flag("--json", stf->json_out, "Print as JSON");
   on_run(status_cmd, [stf] { return status(*stf); });
 }

@@ -95,6 +95,12 @@ int serve_main(const ServeOptions& o, const CLI::App& cmd) {
                  std::string(backend::placement_name(t.placement)).c_str(),
                  endpoint.empty() ? "" : " at ", endpoint.c_str());
   }
+  if (c.state.backend != "local" && c.server.api_keys.empty() && c.server.admin_key.empty()) {
+    std::fprintf(stderr,
+                 "note: requests without a key are served (no server.api_keys or "
+                 "server.admin_key_env): virtual keys from `foreshore keys` limit only the "
+                 "clients that send them\n");
+  }
   if (auto loaded = gateway.load_tiers(); !loaded.ok()) {
     gateway.stop();
     server.join();

@@ -365,6 +365,12 @@ Status to_status(const std::vector<std::string>& errors) {
 
 }  // namespace
 
+std::vector<std::string> GatewayConfig::tier_names() const {
+  std::vector<std::string> names;
+  for (const auto& t : tiers) names.push_back(t.name);
+  return names;
+}
+
 Status validate_config(const GatewayConfig& config) {
   std::vector<std::string> errors;
   auto fail = [&](const std::string& path, const std::string& problem) {

@@ -102,6 +102,9 @@ struct GatewayConfig {
   bool routing_configured = false;
   state::StateSettings state;  // the state: section
   LimitsConfig limits;         // the limits: section
+
+  // The tiers' names, in file order.
+  std::vector<std::string> tier_names() const;
 };
 
 // Every key the config file accepts, as dotted paths; NAME stands for a name

@@ -106,7 +106,8 @@ Result<std::unique_ptr<Deployment>> Deployment::create(
   FSH_ASSIGN_OR_RETURN(PipelineSettings settings, pipeline_settings(c));
   std::map<std::string, std::shared_ptr<backend::Backend>> backends;
   for (const auto& t : loaded) backends[t.config.name] = t.backend;
-  auto pipeline = Pipeline::create(settings, c.tiers, std::move(backends), metrics);
+  auto pipeline = Pipeline::create(settings, c.tiers, std::move(backends), metrics,
+                                   previous != nullptr ? previous->pipeline_.get() : nullptr);
   if (!pipeline.ok()) {
     Error e = pipeline.error();
     e.message = c.source + ": " + e.message;
@@ -240,9 +241,9 @@ Result<std::string> Deployment::explain_route(const Request& request, RouteHints
   // is refused where the request would be (an unknown model: 404).
   if (auto refused = place(request, tier_hint, hints)) {
     refusal = std::move(*refused);
-    return make_error(refusal.kind == RefusalKind::kNotFound ? ErrorKind::kNotFound
-                                                             : ErrorKind::kInvalidArgument,
-                      refusal.message);
+    return make_error(
+        refusal.kind == RefusalKind::kNotFound ? ErrorKind::kNotFound : ErrorKind::kInvalidArgument,
+        refusal.message);
   }
   auto decided = pipeline_->decide(request, hints, refusal);
   if (!decided.ok()) return decided.error();

@@ -17,6 +17,10 @@ Result<std::unique_ptr<RouterLearning>> RouterLearning::create(const route::Lear
   }
   std::unique_ptr<RouterLearning> l(new RouterLearning());
   l->config_ = config;
+  // Saved to only once loaded: a file this start cannot read (a newer
+  // version's, a damaged one) must be left as it is, not replaced at exit by
+  // an empty learner.
+  l->config_.state.clear();
   l->metrics_ = &metrics;
   route::LearnerOptions o;
   o.target_cloud_share = config.target_cloud_share.value_or(-1.0);
@@ -29,10 +33,18 @@ Result<std::unique_ptr<RouterLearning>> RouterLearning::create(const route::Lear
       std::make_shared<const route::ComplexityModel>(*model), o);
   std::error_code ec;
   if (!config.state.empty() && std::filesystem::exists(config.state, ec)) {
+    if (!std::filesystem::is_regular_file(config.state, ec)) {
+      return make_error(ErrorKind::kInvalidArgument,
+                        "routing.learning.state: " + config.state +
+                            " is not a regular file (a folder?); give the path of the state "
+                            "file, which is created at the first save");
+    }
     if (auto s = l->learner_->load(config.state); !s.ok()) return s.error();
     std::fprintf(stderr, "router learning: resumed from %s (%llu labels)\n", config.state.c_str(),
                  static_cast<unsigned long long>(l->learner_->stats().version));
   }
+  l->config_.state = config.state;
+  l->saved_version_ = l->learner_->stats().version;
   l->learner_->start();
   if (!config.state.empty()) {
     RouterLearning* self = l.get();
@@ -50,8 +62,12 @@ Result<std::unique_ptr<RouterLearning>> RouterLearning::create(const route::Lear
       }
     });
   }
-  router.set_learner(l->learner_);
+  l->attach(router);
   return l;
+}
+
+void RouterLearning::attach(route::Router& router) {
+  router.set_learner(learner_);
 }
 
 RouterLearning::~RouterLearning() {
@@ -62,10 +78,8 @@ RouterLearning::~RouterLearning() {
   save_cv_.notify_all();
   if (saver_.joinable()) saver_.join();
   learner_->stop();  // applies what is queued, so the last save holds it
-  if (!config_.state.empty()) {
-    if (auto s = save(); !s.ok()) {
-      std::fprintf(stderr, "router learning: %s\n", s.error().message.c_str());
-    }
+  if (auto s = save(); !s.ok()) {
+    std::fprintf(stderr, "router learning: %s\n", s.error().message.c_str());
   }
 }
 
@@ -131,9 +145,16 @@ Result<FeedbackResult> RouterLearning::feedback(const std::string& decision_id, 
       return make_error(ErrorKind::kNotFound,
                         "no decision '" + decision_id +
                             "' is waiting for feedback here: use the decision_id of an answer "
-                            "from this gateway (the newest " +
+                            "from this gateway process (each replica knows its own; the newest " +
                             std::to_string(kMaxPending) + " are kept)");
     }
+    // One verdict per answer: repeating one would weigh it as many labels.
+    if (it->second.feedback_given) {
+      return make_error(ErrorKind::kInvalidArgument,
+                        "feedback on decision '" + decision_id +
+                            "' was already given; one verdict per answer is learned from");
+    }
+    it->second.feedback_given = true;
     if (!it->second.served_on_device) {
       ++feedback_unused_;
       return FeedbackResult{false,
@@ -213,8 +234,29 @@ nlohmann::ordered_json RouterLearning::status() const {
 }
 
 Status RouterLearning::save() {
-  if (config_.state.empty()) return Status::Ok();
-  return learner_->save(config_.state);
+  std::string path;
+  {
+    std::lock_guard lock(mu_);
+    path = config_.state;
+  }
+  if (path.empty()) return Status::Ok();
+  // Nothing learned since the last save: writing again would only push an
+  // older kept version out for a copy of this one.
+  const uint64_t version = learner_->stats().version;
+  {
+    std::lock_guard lock(save_mu_);
+    if (version == saved_version_ && std::filesystem::exists(path)) return Status::Ok();
+    if (auto s = learner_->save(path); !s.ok()) return s;
+    saved_version_ = version;
+  }
+  return Status::Ok();
+}
+
+Status RouterLearning::retire() {
+  Status s = save();
+  std::lock_guard lock(mu_);
+  config_.state.clear();
+  return s;
 }
 
 }  // namespace foreshore::hybrid

@@ -52,14 +52,24 @@ class RouterLearning {
   void shadow_verdict(const std::string& decision_id, bool agreed);
   // Client feedback: `score` in [0, 1] (thumbs up 1, down 0). Error when the
   // decision id is unknown (never made here, or forgotten: the newest
-  // `kMaxPending` are kept).
+  // `kMaxPending` are kept: kNotFound) or already has a verdict
+  // (kInvalidArgument).
   Result<FeedbackResult> feedback(const std::string& decision_id, double score);
 
   void collect_metrics();
   nlohmann::ordered_json status() const;
-  // Writes the state file now (also done every save_every_labels labels and
-  // at shutdown).
+  // Writes the state file now, when something was learned since the last
+  // save (also done every save_every_labels labels and at shutdown).
   Status save();
+
+  // Decisions score with this learner from now on: a reloaded config's new
+  // router, when the learning settings did not change, goes on learning
+  // with the same learner and the decisions awaiting feedback.
+  void attach(route::Router& router);
+  // Saves now and never again (a reloaded config with other learning
+  // settings starts its own learner from the file this writes).
+  Status retire();
+  const route::LearningConfig& config() const { return config_; }
 
   static constexpr size_t kMaxPending = 20000;
 
@@ -67,6 +77,7 @@ class RouterLearning {
   struct Pending {
     route::ComplexityFeatures features;
     bool served_on_device = false;
+    bool feedback_given = false;
   };
   RouterLearning() = default;
   void submit(route::LearnerLabel label);
@@ -78,6 +89,8 @@ class RouterLearning {
   std::unordered_map<std::string, Pending> pending_;
   std::deque<std::string> pending_order_;
   int64_t submitted_ = 0;
+  std::mutex save_mu_;           // one save at a time (saver thread, retire, shutdown)
+  uint64_t saved_version_ = 0;   // the learner's version the state file holds
   int64_t feedback_unused_ = 0;  // on cloud answers: says nothing about the edge
   // Saving runs on its own thread, so a label never waits for the disk.
   std::condition_variable save_cv_;

@@ -633,9 +633,7 @@ ApiError from_backend_error(const Error& error) {
   return api_error(hybrid::refusal_from_error(error));
 }
 
-std::optional<ApiError> parse_request(hybrid::RequestKind kind, std::string_view body,
-                                      hybrid::Request& out) {
-  out.kind = kind;
+std::optional<ApiError> parse_client_json(std::string_view body, json& doc) {
   if (json_nesting_exceeds(body)) {
     return invalid_request("The request body nests arrays or objects deeper than " +
                                std::to_string(kMaxJsonDepth) +
@@ -643,7 +641,7 @@ std::optional<ApiError> parse_request(hybrid::RequestKind kind, std::string_view
                            "", "json_too_deep");
   }
   RepeatedNames names;
-  const json doc = json::parse(
+  doc = json::parse(
       body.begin(), body.end(),
       [&names](int depth, json::parse_event_t event, json& parsed) {
         return names(depth, event, parsed);
@@ -675,6 +673,14 @@ std::optional<ApiError> parse_request(hybrid::RequestKind kind, std::string_view
         names.repeated, "duplicate_field");
   }
   if (!doc.is_object()) return invalid_request("The request body must be a JSON object");
+  return std::nullopt;
+}
+
+std::optional<ApiError> parse_request(hybrid::RequestKind kind, std::string_view body,
+                                      hybrid::Request& out) {
+  out.kind = kind;
+  json doc;
+  if (auto e = parse_client_json(body, doc)) return e;
   FieldReader r(doc);
   if (const json* m = r.find("model")) {
     if (!m->is_string()) {

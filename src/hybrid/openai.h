@@ -6,6 +6,7 @@
 #pragma once
 
 #include <cstdint>
+#include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -37,6 +38,11 @@ ApiError api_error(const hybrid::Refusal& refusal);
 // Maps a tier's failure to what the client sees (status, type, Retry-After);
 // the message is the tier's own, which names the tier.
 ApiError from_backend_error(const Error& error);
+
+// Parses a client's body as one JSON object: refused, with the byte and the
+// reason, when it is empty, not JSON, nested deeper than kMaxJsonDepth, not an
+// object, or names a field twice (top level or in `metadata`).
+std::optional<ApiError> parse_client_json(std::string_view body, nlohmann::json& doc);
 
 // Parses and validates a request body; nullopt on success.
 std::optional<ApiError> parse_request(hybrid::RequestKind kind, std::string_view body,

@@ -47,7 +47,7 @@ bool Pipeline::is_routed_model(std::string_view model) {
 Result<std::unique_ptr<Pipeline>> Pipeline::create(
     const PipelineSettings& settings, const std::vector<backend::TierConfig>& tiers,
     std::map<std::string, std::shared_ptr<backend::Backend>> backends,
-    observe::MetricsRegistry& metrics) {
+    observe::MetricsRegistry& metrics, const Pipeline* previous) {
   std::unique_ptr<Pipeline> h(new Pipeline());
   h->tiers_ = tiers;
   h->metrics_ = &metrics;
@@ -149,7 +149,21 @@ Result<std::unique_ptr<Pipeline>> Pipeline::create(
     h->versions_->register_tier(name, b->info().model, b->info().model_version);
   }
 
-  if (settings.routing.learning.enabled) {
+  // A reload keeps what was learned and the decisions awaiting feedback: the
+  // same learner goes on when nothing it depends on changed; otherwise the
+  // old one saves before the new one loads the file.
+  std::shared_ptr<RouterLearning> kept = previous != nullptr ? previous->learning_ : nullptr;
+  if (kept && (!settings.routing.learning.enabled || kept->config() != settings.routing.learning ||
+               previous->router_->config().complexity_model != settings.routing.complexity_model)) {
+    if (auto s = kept->retire(); !s.ok()) {
+      std::fprintf(stderr, "router learning: %s\n", s.error().message.c_str());
+    }
+    kept.reset();
+  }
+  if (kept) {
+    kept->attach(*h->router_);
+    h->learning_ = std::move(kept);
+  } else if (settings.routing.learning.enabled) {
     auto learning = RouterLearning::create(settings.routing.learning, *h->router_, metrics);
     if (!learning.ok()) return learning.error();
     h->learning_ = std::move(learning).value();

@@ -70,10 +70,12 @@ struct RouteHints {
 
 class Pipeline {
  public:
+  // `previous`: the pipeline this one replaces (a config reload), whose
+  // learning router goes on in this one when its settings are unchanged.
   static Result<std::unique_ptr<Pipeline>> create(
       const PipelineSettings& settings, const std::vector<backend::TierConfig>& tiers,
       std::map<std::string, std::shared_ptr<backend::Backend>> backends,
-      observe::MetricsRegistry& metrics);
+      observe::MetricsRegistry& metrics, const Pipeline* previous = nullptr);
   ~Pipeline();
 
   // The decision for a request; a Refusal in `error` for malformed hints or an
@@ -140,7 +142,9 @@ class Pipeline {
   std::unique_ptr<observe::MemoryPressureMonitor> memory_;
   std::unique_ptr<observe::VersionRegistry> versions_;
   std::unique_ptr<exec::ShadowSampler> shadow_;
-  std::unique_ptr<RouterLearning> learning_;  // after shadow_: its verdicts feed it
+  // After shadow_: its verdicts feed it. Shared with the pipeline a reload
+  // replaces, which may still finish requests that teach it.
+  std::shared_ptr<RouterLearning> learning_;
   std::unique_ptr<SharedLimits> shared_;
   // Pools learned latencies with the other replicas (state shared only);
   // after shared_ and router_, so it stops before either goes.

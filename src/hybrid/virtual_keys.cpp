@@ -3,8 +3,11 @@
 #include <openssl/evp.h>
 #include <openssl/rand.h>
 
+#include <algorithm>
 #include <ctime>
 #include <nlohmann/json.hpp>
+
+#include "route/sensitivity.h"
 
 namespace foreshore::hybrid {
 namespace {
@@ -32,6 +35,16 @@ std::string record_key(const std::string& hash) {
 }
 std::string id_key(const std::string& id) {
   return "vkeyid:" + id;
+}
+
+Status check_limits(const VirtualKey& k) {
+  if (!(k.limits.budget_usd >= 0) || k.limits.requests_per_minute < 0 ||  // NaN too
+      k.limits.tokens_per_minute < 0 || k.expires_at < 0) {
+    return make_error(ErrorKind::kInvalidArgument,
+                      "virtual key budget_usd, requests_per_minute, tokens_per_minute and expiry "
+                      "must be 0 (none) or more");
+  }
+  return {};
 }
 
 }  // namespace
@@ -78,15 +91,34 @@ Result<VirtualKey> virtual_key_from_json(std::string_view text) {
                                                        "and times, lists of strings for tiers and "
                                                        "data_classes)");
   }
-  if (k.limits.budget_usd < 0 || k.limits.requests_per_minute < 0 ||
-      k.limits.tokens_per_minute < 0 || k.expires_at < 0) {
-    return make_error(ErrorKind::kInvalidArgument,
-                      "virtual key limits and expires_at must be 0 (none) or more");
-  }
+  if (auto s = check_limits(k); !s.ok()) return s.error();
   return k;
 }
 
-Result<std::string> create_virtual_key(state::SharedState& state, VirtualKey& spec) {
+Status check_virtual_key(VirtualKey& spec, const std::vector<std::string>& tier_names) {
+  if (auto s = check_limits(spec); !s.ok()) return s;
+  for (std::string& name : spec.data_classes) {
+    auto cls = route::parse_data_class(name);
+    if (!cls.ok())
+      return make_error(ErrorKind::kInvalidArgument,
+                        "virtual key data_classes: " + cls.error().message);
+    name = std::string(route::to_string(*cls));
+  }
+  for (const std::string& tier : spec.tiers) {
+    if (std::find(tier_names.begin(), tier_names.end(), tier) != tier_names.end()) continue;
+    std::string known;
+    for (const auto& t : tier_names) known += (known.empty() ? "" : ", ") + t;
+    return make_error(ErrorKind::kInvalidArgument,
+                      "virtual key tiers: '" + tier.substr(0, 64) +
+                          "' is not a tier of this gateway (its tiers: " + known +
+                          "); a key limited to an unknown tier could use none");
+  }
+  return {};
+}
+
+Result<std::string> create_virtual_key(state::SharedState& state, VirtualKey& spec,
+                                       const std::vector<std::string>& tier_names) {
+  if (auto s = check_virtual_key(spec, tier_names); !s.ok()) return s.error();
   unsigned char random[24];
   if (RAND_bytes(random, sizeof random) != 1) {
     return make_error(ErrorKind::kInternal,
@@ -113,13 +145,23 @@ Status revoke_virtual_key(state::SharedState& state, const std::string& id) {
   return state.remove_record(id_key(id));
 }
 
-std::optional<VirtualKey> find_virtual_key(state::SharedState& state, std::string_view secret) {
-  if (!secret.starts_with("fsk-")) return std::nullopt;
+Result<std::optional<VirtualKey>> find_virtual_key(state::SharedState& state,
+                                                   std::string_view secret) {
+  if (!secret.starts_with("fsk-")) return std::optional<VirtualKey>();
   const auto text = state.record(record_key(digest(secret)));
-  if (!text) return std::nullopt;
+  if (!text) {
+    return make_error(ErrorKind::kNotFound,
+                      "This virtual key is unknown: it was revoked, mistyped, or lost with the "
+                      "state backend's data; ask for a new one");
+  }
   auto k = virtual_key_from_json(*text);
-  if (!k.ok()) return std::nullopt;
-  return std::move(k).value();
+  if (!k.ok()) {
+    return make_error(ErrorKind::kNotFound,
+                      "This virtual key's record in the state backend is "
+                      "unreadable (" +
+                          k.error().message + "); revoke it and make a new one");
+  }
+  return std::optional<VirtualKey>(std::move(k).value());
 }
 
 }  // namespace foreshore::hybrid

@@ -33,12 +33,23 @@ struct VirtualKey {
 std::string virtual_key_json(const VirtualKey& key);
 Result<VirtualKey> virtual_key_from_json(std::string_view json);
 
-// Makes a key with `spec`'s settings (id and created_at are filled in) and
-// returns the secret, shown this once ("fsk-" and 32 hex digits).
-Result<std::string> create_virtual_key(state::SharedState& state, VirtualKey& spec);
+// Checks a key's settings: limits and expiry 0 (none) or more, data classes
+// known (rewritten to their canonical names, as admission compares them),
+// tiers among `tier_names` (the config's). Errors name the field.
+Status check_virtual_key(VirtualKey& spec, const std::vector<std::string>& tier_names);
+
+// Makes a key with `spec`'s settings, checked as above (id and created_at are
+// filled in), and returns the secret, shown this once ("fsk-" and 32 hex digits).
+Result<std::string> create_virtual_key(state::SharedState& state, VirtualKey& spec,
+                                       const std::vector<std::string>& tier_names);
 // Revokes the key with this id; kNotFound when there is none.
 Status revoke_virtual_key(state::SharedState& state, const std::string& id);
-// The key a bearer secret stands for, expired or not; nullopt when unknown.
-std::optional<VirtualKey> find_virtual_key(state::SharedState& state, std::string_view secret);
+// The key a bearer secret stands for, expired or not; nullopt when the secret
+// is not a virtual key's ("fsk-" prefix). An error (kNotFound) when it has
+// the prefix but no key stands for it (revoked, mistyped, or lost with the
+// state backend), or its stored record is unreadable: such a client must be
+// refused, never served as if it had sent no key.
+Result<std::optional<VirtualKey>> find_virtual_key(state::SharedState& state,
+                                                   std::string_view secret);
 
 }  // namespace foreshore::hybrid

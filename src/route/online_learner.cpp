@@ -850,8 +850,10 @@ uint64_t file_version_of(const std::string& path) {
   std::stringstream ss;
   ss << in.rdbuf();
   json doc = json::parse(ss.str(), nullptr, false);
-  if (!doc.is_object()) return 0;
-  return doc.value("version", uint64_t{0});
+  if (!doc.is_object() || !doc.contains("version") || !doc["version"].is_number_unsigned()) {
+    return 0;
+  }
+  return doc["version"].get<uint64_t>();
 }
 
 }  // namespace
@@ -917,6 +919,15 @@ Status rollback_learner_state(const std::string& path, uint64_t version) {
       have += (have.empty() ? "" : ", ") + std::to_string(v);
     return make_error(ErrorKind::kNotFound, "no saved learner state " + from + "; versions kept: " +
                                                 (have.empty() ? "none" : have));
+  }
+  // The state replaced is kept too, so that a rollback can be undone.
+  if (fs::exists(path, ec)) {
+    const std::string current = version_path(path, file_version_of(path));
+    if (!fs::exists(current, ec)) fs::copy_file(path, current, ec);
+    if (ec) {
+      return make_error(ErrorKind::kIo, "cannot keep the current learner state " + path + " as " +
+                                            current + " before the rollback: " + ec.message());
+    }
   }
   fs::copy_file(from, path, fs::copy_options::overwrite_existing, ec);
   if (ec) {

@@ -315,7 +315,8 @@ class OnlineLearner {
 nlohmann::ordered_json form_weights_json(const LearnerStats& stats);
 
 std::vector<uint64_t> saved_learner_versions(const std::string& path);
-// Makes `path`.v<version> the current state file again.
+// Makes `path`.v<version> the current state file again; the state it
+// replaces is kept as `path`.v<its version>, so the rollback can be undone.
 Status rollback_learner_state(const std::string& path, uint64_t version);
 
 }  // namespace foreshore::route

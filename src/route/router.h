@@ -109,6 +109,7 @@ struct LearningConfig {
   size_t neighbour_k = LearnerOptions{}.neighbour_k;
   double neighbour_gamma = LearnerOptions{}.neighbour_gamma;
   double neighbour_prior = LearnerOptions{}.neighbour_prior;
+  bool operator==(const LearningConfig&) const = default;
 };
 
 // Read from the gateway YAML's routing: and privacy: sections by

@@ -5,7 +5,6 @@
 #include <optional>
 #include <string>
 
-#include "common/json_limits.h"
 #include "hybrid/hybrid.h"
 #include "hybrid/openai.h"
 #include "serve/http.h"
@@ -15,10 +14,12 @@ namespace foreshore::serve {
 using openai::ApiError;
 using openai::from_backend_error;
 using openai::invalid_request;
+using openai::parse_client_json;
 
 // POST /admin/keys and DELETE /admin/keys/ID, for server.admin_key_env's key.
-HttpReply answer_admin_keys(const config::ServerConfig& server, hybrid::Pipeline* pipeline,
+HttpReply answer_admin_keys(const config::GatewayConfig& config, hybrid::Pipeline* pipeline,
                             const HttpRequest& req) {
+  const config::ServerConfig& server = config.server;
   ApiError e;
   e.status = 401;
   e.code = "invalid_admin_key";
@@ -41,15 +42,32 @@ HttpReply answer_admin_keys(const config::ServerConfig& server, hybrid::Pipeline
         return json_reply("{\"revoked\":" + nlohmann::json(key_id).dump() + "}");
       }
     } else {
-      auto spec = hybrid::virtual_key_from_json(req.body);
-      const auto body = nlohmann::json::parse(req.body, nullptr, false);
-      if (spec.ok() && body.is_object() && body.contains("expires_in_seconds") &&
-          body["expires_in_seconds"].is_number_integer()) {
-        spec->expires_at = std::time(nullptr) + body["expires_in_seconds"].get<int64_t>();
+      nlohmann::json body;
+      std::optional<ApiError> invalid = parse_client_json(req.body, body);
+      Result<hybrid::VirtualKey> spec = hybrid::VirtualKey{};
+      if (!invalid) spec = hybrid::virtual_key_from_json(req.body);
+      if (!invalid && spec.ok() && body.contains("expires_in_seconds")) {
+        // Up to 100 years: a key meant to expire must not wrap into "never".
+        constexpr int64_t kMaxSeconds = int64_t{100} * 366 * 86400;
+        const auto& seconds = body["expires_in_seconds"];
+        if (!seconds.is_number_integer() || seconds.get<int64_t>() < 0 ||
+            seconds.get<int64_t>() > kMaxSeconds) {
+          invalid = invalid_request(
+              "expires_in_seconds must be a whole number of seconds from 0 "
+              "(never) to 3162240000 (100 years)",
+              "expires_in_seconds", "invalid_virtual_key");
+        } else if (seconds.get<int64_t>() > 0) {
+          spec->expires_at = std::time(nullptr) + seconds.get<int64_t>();
+        }
       }
-      if (!spec.ok()) {
+      if (invalid) {
+        e = *invalid;
+      } else if (!spec.ok()) {
         e = invalid_request(spec.error().message, "", "invalid_virtual_key");
-      } else if (auto secret = hybrid::create_virtual_key(state, *spec); !secret.ok()) {
+      } else if (auto s = hybrid::check_virtual_key(*spec, config.tier_names()); !s.ok()) {
+        e = invalid_request(s.error().message, "", "invalid_virtual_key");
+      } else if (auto secret = hybrid::create_virtual_key(state, *spec, config.tier_names());
+                 !secret.ok()) {
         e = from_backend_error(secret.error());
         e.status = 503;
       } else {
@@ -64,9 +82,7 @@ HttpReply answer_admin_keys(const config::ServerConfig& server, hybrid::Pipeline
 
 // POST /v1/feedback {"decision_id": ..., "score": 0..1 | "thumbs": "up"|"down"}: a
 // client's verdict on an answer, learned from on the device (hybrid/learning.h).
-HttpReply answer_feedback(const config::ServerConfig& server, hybrid::Pipeline* pipeline,
-                          const HttpRequest& req) {
-  if (auto e = auth_error(server, req.authorization())) return error_reply(*e);
+HttpReply answer_feedback(hybrid::Pipeline* pipeline, const HttpRequest& req) {
   if (pipeline == nullptr) return error_reply(not_ready());
   hybrid::RouterLearning* learning = pipeline->learning();
   if (learning == nullptr) {
@@ -77,17 +93,20 @@ HttpReply answer_feedback(const config::ServerConfig& server, hybrid::Pipeline* 
     e.status = 404;
     return error_reply(e);
   }
-  // Bounded like every client body: nothing recurses over a depth bomb.
-  const auto body = json_nesting_exceeds(req.body)
-                        ? nlohmann::json(nlohmann::json::value_t::discarded)
-                        : nlohmann::json::parse(req.body, nullptr, false);
-  if (body.is_discarded() || !body.is_object() || !body.contains("decision_id") ||
-      !body["decision_id"].is_string()) {
+  nlohmann::json body;
+  if (auto e = parse_client_json(req.body, body)) return error_reply(*e);
+  if (!body.contains("decision_id") || !body["decision_id"].is_string()) {
     return error_reply(
         invalid_request("The body must be a JSON object with a \"decision_id\" "
                         "string (from the answer's decision_id or "
                         "x-foreshore-decision-id)",
                         "decision_id"));
+  }
+  if (body.contains("score") == body.contains("thumbs")) {
+    return error_reply(
+        invalid_request("Give one verdict: \"score\" as a number from 0 (bad answer) to 1 "
+                        "(good answer), or \"thumbs\": \"up\" or \"down\"",
+                        "score"));
   }
   std::optional<double> score;
   if (body.contains("score") && body["score"].is_number()) {
@@ -102,13 +121,15 @@ HttpReply answer_feedback(const config::ServerConfig& server, hybrid::Pipeline* 
     return error_reply(
         invalid_request("Give \"score\" as a number from 0 (bad answer) to 1 "
                         "(good answer), or \"thumbs\": \"up\" or \"down\"",
-                        "score"));
+                        body.contains("score") ? "score" : "thumbs"));
   }
   const std::string id = body["decision_id"].get<std::string>();
   auto result = learning->feedback(id, *score);
   if (!result.ok()) {
-    ApiError e = invalid_request(result.error().message, "decision_id", "unknown_decision");
-    e.status = 404;
+    const bool repeated = result.error().kind == ErrorKind::kInvalidArgument;
+    ApiError e = invalid_request(result.error().message, "decision_id",
+                                 repeated ? "feedback_already_given" : "unknown_decision");
+    e.status = repeated ? 409 : 404;
     return error_reply(e);
   }
   nlohmann::ordered_json out = {
@@ -119,9 +140,7 @@ HttpReply answer_feedback(const config::ServerConfig& server, hybrid::Pipeline* 
 
 // GET /v1/router/status: what the router has learned (labels per source,
 // threshold, its own APGR estimate).
-HttpReply answer_router_status(const config::ServerConfig& server, hybrid::Pipeline* pipeline,
-                               const HttpRequest& req) {
-  if (auto e = auth_error(server, req.authorization())) return error_reply(*e);
+HttpReply answer_router_status(hybrid::Pipeline* pipeline) {
   if (pipeline == nullptr) return error_reply(not_ready());
   nlohmann::ordered_json out = {{"learning", false}};
   if (hybrid::RouterLearning* learning = pipeline->learning()) out = learning->status();

@@ -10,11 +10,10 @@
 
 namespace foreshore::serve {
 
-HttpReply answer_admin_keys(const config::ServerConfig& server, hybrid::Pipeline* pipeline,
+HttpReply answer_admin_keys(const config::GatewayConfig& config, hybrid::Pipeline* pipeline,
                             const HttpRequest& req);
-HttpReply answer_feedback(const config::ServerConfig& server, hybrid::Pipeline* pipeline,
-                          const HttpRequest& req);
-HttpReply answer_router_status(const config::ServerConfig& server, hybrid::Pipeline* pipeline,
-                               const HttpRequest& req);
+// These two answer a client the caller has already authenticated.
+HttpReply answer_feedback(hybrid::Pipeline* pipeline, const HttpRequest& req);
+HttpReply answer_router_status(hybrid::Pipeline* pipeline);
 
 }  // namespace foreshore::serve

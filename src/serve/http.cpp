@@ -101,12 +101,16 @@ bool constant_time_equal(std::string_view a, std::string_view b) {
 std::optional<openai::ApiError> auth_error(const config::ServerConfig& server,
                                            std::string_view authorization) {
   const auto& keys = server.api_keys;
-  if (keys.empty()) return std::nullopt;
+  // Issuing virtual keys means clients need one: were a request without a
+  // key served, a key's limits would bind only those who chose to send it.
+  if (keys.empty() && server.admin_key.empty()) return std::nullopt;
   openai::ApiError e;
   e.status = 401;
   e.code = "invalid_api_key";
   if (authorization.empty()) {
-    e.message = "Missing API key: send it as 'Authorization: Bearer KEY'";
+    e.message = keys.empty() ? "Missing API key: this gateway takes virtual keys; send yours as "
+                               "'Authorization: Bearer fsk-...'"
+                             : "Missing API key: send it as 'Authorization: Bearer KEY'";
   } else if (const std::string_view key = hybrid::bearer_key(authorization); key.empty()) {
     e.message = "The Authorization header must be 'Bearer KEY'";
   } else {

@@ -69,8 +69,10 @@ HttpReply json_reply(std::string body, int status = 200);
 HttpReply error_reply(const openai::ApiError& e);
 
 bool constant_time_equal(std::string_view a, std::string_view b);
-// The 401 to answer with when server.api_keys is set and `authorization`
-// carries none of them; nullopt when the request may go on.
+// The 401 to answer with when the gateway needs a key (server.api_keys, or
+// server.admin_key_env, which issues virtual keys) and `authorization`
+// carries none of the static ones; nullopt when the request may go on. A
+// virtual key is checked before this (the caller looks it up).
 std::optional<openai::ApiError> auth_error(const config::ServerConfig& server,
                                            std::string_view authorization);
 // 503s of the gateway itself: draining for shutdown, tiers still loading.

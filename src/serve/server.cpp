@@ -241,8 +241,7 @@ struct Gateway::Impl {
              }));
     const auto admin_keys = reply([this](const HttpRequest& req) {
       auto dep = deployment();
-      return answer_admin_keys(dep ? dep->config().server : config.server,
-                               dep ? &dep->pipeline() : nullptr, req);
+      return answer_admin_keys(dep ? dep->config() : config, dep ? &dep->pipeline() : nullptr, req);
     });
     http.Post("/admin/keys", admin_keys);
     http.Delete(R"(/admin/keys/([0-9a-f]+))", admin_keys);
@@ -269,15 +268,16 @@ struct Gateway::Impl {
                 return generate(hybrid::RequestKind::kChat, req);
               }));
     http.Post("/v1/route", reply_read([this](const HttpRequest& req) { return route(req); }));
-    http.Post("/v1/feedback", reply([this](const HttpRequest& req) {
+    http.Post("/v1/feedback", reply_read([this](const HttpRequest& req) {
+                if (req.body_error) return error_reply(*req.body_error);
                 auto dep = deployment();
-                return answer_feedback(dep ? dep->config().server : config.server,
-                                       dep ? &dep->pipeline() : nullptr, req);
+                if (auto e = authenticate(dep.get(), req)) return error_reply(*e);
+                return answer_feedback(dep ? &dep->pipeline() : nullptr, req);
               }));
     http.Get("/v1/router/status", reply([this](const HttpRequest& req) {
                auto dep = deployment();
-               return answer_router_status(dep ? dep->config().server : config.server,
-                                           dep ? &dep->pipeline() : nullptr, req);
+               if (auto e = authenticate(dep.get(), req)) return error_reply(*e);
+               return answer_router_status(dep ? &dep->pipeline() : nullptr);
              }));
     http.Post("/v1/completions", reply_read([this](const HttpRequest& req) {
                 return generate(hybrid::RequestKind::kCompletion, req);
@@ -372,12 +372,43 @@ struct Gateway::Impl {
     return readiness(dep ? dep->core.get() : nullptr, draining.load());
   }
 
+  // Whether the client may use the /v1 endpoints: a virtual key
+  // (virtual_keys.h), looked up in the shared state and then in force as
+  // `virtual_key`, or one of server.api_keys. A key with the virtual keys'
+  // prefix that stands for none (revoked, mistyped) is refused, never served
+  // as if no key had been sent.
+  std::optional<ApiError> authenticate(const Deployment* dep, const HttpRequest& req,
+                                       std::optional<hybrid::VirtualKey>& virtual_key) const {
+    const config::ServerConfig& server = dep ? dep->config().server : config.server;
+    if (dep) {
+      auto found = hybrid::find_virtual_key(dep->pipeline().shared_state(),
+                                            hybrid::bearer_key(req.authorization()));
+      ApiError e;
+      e.status = 401;
+      e.code = "invalid_api_key";
+      if (!found.ok()) {
+        e.message = found.error().message;
+        return e;
+      }
+      virtual_key = std::move(found).value();
+      if (virtual_key && virtual_key->expires_at != 0 &&
+          virtual_key->expires_at <= std::time(nullptr)) {
+        e.message = "The virtual key " + virtual_key->id + " has expired; ask for a new one";
+        return e;
+      }
+      if (virtual_key) return std::nullopt;
+    }
+    return auth_error(server, req.authorization());
+  }
+  std::optional<ApiError> authenticate(const Deployment* dep, const HttpRequest& req) const {
+    std::optional<hybrid::VirtualKey> unused;
+    return authenticate(dep, req, unused);
+  }
+
   // GET /v1/models: every name a client may send.
   HttpReply models(const HttpRequest& req) const {
     auto dep = deployment();
-    if (auto e = auth_error(dep ? dep->config().server : config.server, req.authorization())) {
-      return error_reply(*e);
-    }
+    if (auto e = authenticate(dep.get(), req)) return error_reply(*e);
     if (!dep) return error_reply(not_ready());
     return json_reply(dep->models_json);
   }
@@ -385,9 +416,7 @@ struct Gateway::Impl {
   // GET /v1/models/{id}: one of them.
   HttpReply model(const HttpRequest& req) const {
     auto dep = deployment();
-    if (auto e = auth_error(dep ? dep->config().server : config.server, req.authorization())) {
-      return error_reply(*e);
-    }
+    if (auto e = authenticate(dep.get(), req)) return error_reply(*e);
     if (!dep) return error_reply(not_ready());
     const std::string& id = req.path_match;
     auto it = dep->model_json.find(id);
@@ -499,25 +528,9 @@ struct Gateway::Impl {
       return refuse(std::move(out), server, nullptr, kind, start, id,
                     req.body_error ? *req.body_error : shutting_down());
     }
-    // A virtual key (virtual_keys.h) is looked up in the shared state; any
-    // other key must be one of server.api_keys.
     std::optional<hybrid::VirtualKey> virtual_key;
-    if (dep) {
-      virtual_key = hybrid::find_virtual_key(dep->pipeline().shared_state(),
-                                             hybrid::bearer_key(req.authorization()));
-    }
-    if (virtual_key && virtual_key->expires_at != 0 &&
-        virtual_key->expires_at <= std::time(nullptr)) {
-      ApiError e;
-      e.status = 401;
-      e.code = "invalid_api_key";
-      e.message = "The virtual key " + virtual_key->id + " has expired; ask for a new one";
-      return refuse(std::move(out), server, nullptr, kind, start, id, e);
-    }
-    if (!virtual_key) {
-      if (auto e = auth_error(server, req.authorization())) {
-        return refuse(std::move(out), server, nullptr, kind, start, id, *e);
-      }
+    if (auto e = authenticate(dep.get(), req, virtual_key)) {
+      return refuse(std::move(out), server, nullptr, kind, start, id, *e);
     }
     return generate_admitted(kind, req, std::move(out), start, std::move(id), std::move(dep),
                              std::move(active_request), std::move(virtual_key));
@@ -682,9 +695,7 @@ struct Gateway::Impl {
       return out;
     }
     auto dep = deployment();
-    if (auto e = auth_error(dep ? dep->config().server : config.server, req.authorization())) {
-      return error_reply(*e);
-    }
+    if (auto e = authenticate(dep.get(), req)) return error_reply(*e);
     if (draining.load()) return error_reply(shutting_down());
     if (!dep) return error_reply(not_ready());
     std::string explained;
