@@ -301,6 +301,24 @@ TEST(Simulate, DeviceOnlyNeverReachesTheCloudUnderAnyPolicy) {
   }
 }
 
+// A trace whose prompts all score alike still sweeps to distinct points,
+// each labelled with a threshold of its own.
+TEST(Simulate, SweepPointsReadAsDistinctThresholds) {
+  std::vector<TraceRecord> trace(20);
+  for (auto& r : trace) {
+    r.prompt = "hi";
+    r.output_tokens = 10;
+  }
+  auto sim = simulator(config_with(default_model_routing()), {}, trace);
+  const std::vector<PolicyReport> reports = sim->sweep(5);
+  ASSERT_GE(reports.size(), 2u);
+  for (size_t i = 1; i < reports.size(); ++i) {
+    EXPECT_NE(reports[i].label, reports[i - 1].label);
+  }
+  EXPECT_EQ(reports.front().cloud_calls, 20);
+  EXPECT_EQ(reports.back().cloud_calls, 0);
+}
+
 TEST(Trace, MalformedLineIsNamedWithItsNumber) {
   const std::string good = R"({"prompt": "hi", "output_tokens": 10})";
   auto bad_json = parse_trace(good + "\n\n" + good + "\n{\"prompt\": \"x\",\n", "t.jsonl");
@@ -326,6 +344,11 @@ TEST(Trace, MalformedLineIsNamedWithItsNumber) {
   auto score = parse_trace("{\"prompt\": \"x\", \"scores\": {\"edge\": 1.5}}", "t.jsonl");
   ASSERT_FALSE(score.ok());
   EXPECT_NE(score.error().message.find("scores.edge"), std::string::npos);
+
+  auto half = parse_trace("{\"prompt\": \"x\", \"scores\": {\"edge\": 0.5}}", "t.jsonl");
+  ASSERT_FALSE(half.ok());
+  EXPECT_NE(half.error().message.find("both 'edge' and 'cloud'"), std::string::npos)
+      << half.error().message;
 
   auto cls = parse_trace("{\"prompt\": \"x\", \"data_class\": \"secret\"}", "t.jsonl");
   ASSERT_FALSE(cls.ok());

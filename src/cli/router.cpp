@@ -180,6 +180,16 @@ int train(const TrainFlags& f) {
                model->threshold(), report.calibrated_cloud_share * 100.0,
                report.calibration_folds ? "out-of-fold" : "in-sample",
                report.train_cloud_share * 100.0, f.out.c_str());
+  // Scores that tie (labels with no contrast, one prompt repeated) leave no
+  // threshold between them: the share asked for cannot be met.
+  if (std::abs(report.calibrated_cloud_share - f.target_cloud_share) > 0.1) {
+    std::fprintf(stderr,
+                 "warning: no threshold sends --target-cloud-share %.2f of these prompts to the "
+                 "cloud (the nearest sends %.1f%%): the model scores them nearly alike; check "
+                 "that the labels differ between prompts (mean label %.3f)\n",
+                 f.target_cloud_share, report.calibrated_cloud_share * 100.0,
+                 model->info().mean_label);
+  }
   return 0;
 }
 

@@ -459,8 +459,11 @@ std::vector<PolicyReport> Simulator::sweep(int points) {
     // threshold sits above every score, so everything the rules allow stays there.
     const size_t rank = static_cast<size_t>(
         std::llround(static_cast<double>(k) / (points - 1) * static_cast<double>(scores.size())));
-    const double t =
-        rank < scores.size() ? scores[rank] : std::min(1.0, std::nextafter(scores.back(), 2.0));
+    // At the 4 decimals reports show (down to stay at or below its score, up
+    // for the last), so that no two points of the sweep read as one threshold.
+    const double t = rank < scores.size()
+                         ? std::floor(scores[rank] * 1e4) / 1e4
+                         : std::min(1.0, std::ceil(std::nextafter(scores.back(), 2.0) * 1e4) / 1e4);
     if (thresholds.empty() || t > thresholds.back()) thresholds.push_back(t);
   }
   std::vector<PolicyReport> out;

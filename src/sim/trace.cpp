@@ -108,6 +108,13 @@ Result<TraceRecord> parse_trace_line(std::string_view line, int64_t line_number,
         FSH_ASSIGN_OR_RETURN(double q, number_field(s, at, name.c_str(), 0.0, 1.0));
         (tier == "edge" ? r.edge_quality : r.cloud_quality) = q;
       }
+      // Quality is compared between the tiers: one score alone would be
+      // read as the other tier scoring nothing.
+      if (!v.contains("edge") || !v.contains("cloud")) {
+        return make_error(ErrorKind::kInvalidArgument,
+                          at + ": 'scores' needs both 'edge' and 'cloud', like {\"edge\": 0.7, "
+                               "\"cloud\": 0.9}");
+      }
     } else {
       return make_error(ErrorKind::kInvalidArgument,
                         at + ": unknown field '" + key + "'; known: " + std::string(kKnownFields));
