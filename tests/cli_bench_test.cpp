@@ -95,6 +95,24 @@ TEST(BenchCli, EveryThreadCountAndOnlyTheTestsAsked) {
   for (const json& m : results) EXPECT_EQ(m["test"], "tg4");
 }
 
+// -p and -n take lists, as llama-bench's do: each size is its own test, and
+// --parallel measures every prompt and generation size pair.
+TEST(BenchCli, SizeListsMeasureEachSize) {
+  const json results =
+      bench_json({"-m", stories_path(), "-p", "8,16", "-n", "2,4", "-r", "1", "-t", "1"});
+  std::vector<std::string> tests;
+  for (const json& m : results) tests.push_back(m["test"]);
+  EXPECT_EQ(tests, (std::vector<std::string>{"pp8", "pp16", "tg2", "tg4"})) << results.dump();
+  const json parallel = bench_json(
+      {"-m", stories_path(), "-p", "4,8", "-n", "2", "-r", "1", "-t", "1", "--parallel", "1,2"});
+  std::vector<std::string> pairs;
+  for (const json& m : parallel)
+    pairs.push_back(m["test"].get<std::string>() + "x" +
+                    std::to_string(m["n_parallel"].get<int>()));
+  EXPECT_EQ(pairs, (std::vector<std::string>{"pp4+tg2x1", "pp4+tg2x2", "pp8+tg2x1", "pp8+tg2x2"}))
+      << parallel.dump();
+}
+
 // The reported type is the one holding most of the matrices' bytes: the
 // norms stay F32 and the embedding may differ.
 TEST(BenchCli, NamesTheDominantMatrixType) {

@@ -12,6 +12,7 @@
 #include <nlohmann/json.hpp>
 #include <random>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "cli/commands.h"
@@ -23,8 +24,9 @@ namespace {
 
 struct BenchOptions {
   std::vector<std::string> models;
-  int32_t prompt_tokens = 512;
-  int32_t generated_tokens = 128;
+  // Test sizes, each measured (llama-bench's -p and -n lists); 0 skips.
+  std::vector<int32_t> prompt_tokens{512};
+  std::vector<int32_t> generated_tokens{128};
   std::vector<int32_t> threads{0};
   int32_t repetitions = 5;
   bool json = false;
@@ -148,12 +150,17 @@ Status check_fits(const engine::Model& model, const engine::ContextOptions& copt
   return Status::Ok();
 }
 
+int32_t largest(const std::vector<int32_t>& counts) {
+  return counts.empty() ? 0 : *std::max_element(counts.begin(), counts.end());
+}
+
 Result<std::vector<Measurement>> measure(const std::shared_ptr<const engine::Model>& model,
                                          const BenchOptions& o, int32_t depth,
                                          engine::ThreadPool& pool) {
+  const int32_t prompt_max = largest(o.prompt_tokens);
   engine::ContextOptions copts;
-  copts.context_length = depth + std::max(o.prompt_tokens, o.generated_tokens);
-  copts.max_batch = std::max(1, std::min(std::max(o.prompt_tokens, depth), 512));
+  copts.context_length = depth + std::max(prompt_max, largest(o.generated_tokens));
+  copts.max_batch = std::max(1, std::min(std::max(prompt_max, depth), 512));
   copts.kv_type = o.kv;
   FSH_TRY_STATUS(check_fits(*model, copts));
   FSH_ASSIGN_OR_RETURN(auto ctx, engine::InferenceContext::create(model, copts));
@@ -165,13 +172,17 @@ Result<std::vector<Measurement>> measure(const std::shared_ptr<const engine::Mod
   std::vector<Measurement> out;
   using Timer = Status (*)(engine::InferenceContext&, engine::ThreadPool&, int32_t,
                            std::span<const engine::TokenId>, double*);
-  const struct {
+  struct Test {
     int32_t tokens;
     const char* prefix;
     Timer timer;
     int32_t Measurement::*count;  // which of n_prompt / n_gen the test sets
-  } tests[] = {{o.prompt_tokens, "pp", time_prompt, &Measurement::prompt},
-               {o.generated_tokens, "tg", time_generation, &Measurement::generated}};
+  };
+  std::vector<Test> tests;
+  for (int32_t n : o.prompt_tokens) tests.push_back({n, "pp", time_prompt, &Measurement::prompt});
+  for (int32_t n : o.generated_tokens) {
+    tests.push_back({n, "tg", time_generation, &Measurement::generated});
+  }
   for (const auto& test : tests) {
     if (test.tokens <= 0) continue;
     Measurement m;
@@ -196,10 +207,11 @@ Result<std::vector<Measurement>> measure(const std::shared_ptr<const engine::Mod
 // Samples are aggregate generation tokens/s (all sequences together).
 Result<Measurement> measure_parallel(const std::shared_ptr<const engine::Model>& model,
                                      const BenchOptions& o, int32_t sequences,
+                                     int32_t prompt_tokens, int32_t generated_tokens,
                                      engine::ThreadPool& pool) {
   engine::ContextOptions copts;
-  copts.context_length = std::max(1, o.prompt_tokens) + o.generated_tokens;
-  copts.max_batch = std::max(1, std::min(o.prompt_tokens, 512));
+  copts.context_length = std::max(1, prompt_tokens) + generated_tokens;
+  copts.max_batch = std::max(1, std::min(prompt_tokens, 512));
   copts.kv_type = o.kv;
   FSH_TRY_STATUS(check_fits(*model, copts));
   std::vector<std::unique_ptr<engine::InferenceContext>> contexts;
@@ -210,9 +222,9 @@ Result<Measurement> measure_parallel(const std::shared_ptr<const engine::Model>&
   FSH_ASSIGN_OR_RETURN(auto decoder, engine::BatchDecoder::create(model, sequences));
   const int32_t vocab = model->config().vocab_size;
   Measurement m;
-  m.test = "pp" + std::to_string(o.prompt_tokens) + "+tg" + std::to_string(o.generated_tokens);
-  m.prompt = o.prompt_tokens;
-  m.generated = o.generated_tokens;
+  m.test = "pp" + std::to_string(prompt_tokens) + "+tg" + std::to_string(generated_tokens);
+  m.prompt = prompt_tokens;
+  m.generated = generated_tokens;
   m.parallel = sequences;
   std::vector<engine::BatchEntry> entries(static_cast<size_t>(sequences));
   std::vector<engine::TokenId> next(static_cast<size_t>(sequences));
@@ -223,14 +235,14 @@ Result<Measurement> measure_parallel(const std::shared_ptr<const engine::Model>&
       auto& ctx = *contexts[static_cast<size_t>(i)];
       ctx.truncate(0);
       const auto prompt =
-          random_tokens(std::max(1, o.prompt_tokens), vocab, static_cast<uint32_t>(rep * 997 + i));
+          random_tokens(std::max(1, prompt_tokens), vocab, static_cast<uint32_t>(rep * 997 + i));
       if (auto logits = ctx.evaluate(prompt, pool); !logits.ok()) return logits.error();
       ttft_sum += seconds_since(start) * 1000.0;
     }
     const auto tokens =
-        random_tokens(o.generated_tokens * sequences, vocab, static_cast<uint32_t>(rep + 7));
+        random_tokens(generated_tokens * sequences, vocab, static_cast<uint32_t>(rep + 7));
     const auto decode_start = std::chrono::steady_clock::now();
-    for (int32_t step = 0; step < o.generated_tokens; ++step) {
+    for (int32_t step = 0; step < generated_tokens; ++step) {
       for (int32_t i = 0; i < sequences; ++i) {
         next[static_cast<size_t>(i)] = tokens[static_cast<size_t>(step * sequences + i)];
         entries[static_cast<size_t>(i)] = {contexts[static_cast<size_t>(i)].get(),
@@ -240,7 +252,7 @@ Result<Measurement> measure_parallel(const std::shared_ptr<const engine::Model>&
     }
     const double seconds = seconds_since(decode_start);
     if (rep == 0) continue;  // warm-up
-    m.tokens_per_second.push_back(static_cast<double>(o.generated_tokens) * sequences /
+    m.tokens_per_second.push_back(static_cast<double>(generated_tokens) * sequences /
                                   std::max(seconds, 1e-9));
     m.ttft_ms.push_back(ttft_sum / sequences);
   }
@@ -254,9 +266,13 @@ std::string mib(uint64_t bytes) {
 }
 
 int bench(BenchOptions o) {
-  if (o.prompt_tokens == 0 && o.generated_tokens == 0) {
+  if (largest(o.prompt_tokens) == 0 && largest(o.generated_tokens) == 0) {
     return fail(make_error(ErrorKind::kInvalidArgument,
                            "-p 0 and -n 0 turn both tests off; give -p or -n a positive count"));
+  }
+  if (!o.parallel.empty() && largest(o.generated_tokens) == 0) {
+    return fail(make_error(ErrorKind::kInvalidArgument,
+                           "--parallel measures batched generation; give -n a positive count"));
   }
   const auto kv = engine::parse_tensor_type(o.kv_type);
   if (!kv || (*kv != engine::TensorType::kF16 && *kv != engine::TensorType::kF32 &&
@@ -297,8 +313,17 @@ int bench(BenchOptions o) {
     for (int32_t threads : o.threads) {
       engine::ThreadPool pool(threads);
       double single_stream = 0.0;
-      for (int32_t sequences : o.parallel) {
-        auto m = measure_parallel(model, o, sequences, pool);
+      // Every -p x -n pair for every sequence count, as llama-batched-bench.
+      std::vector<std::tuple<int32_t, int32_t, int32_t>> runs;
+      for (int32_t p : o.prompt_tokens) {
+        for (int32_t n : o.generated_tokens) {
+          if (n <= 0) continue;
+          for (int32_t sequences : o.parallel) runs.emplace_back(p, n, sequences);
+        }
+      }
+      for (const auto& [prompt_tokens, generated_tokens, sequences] : runs) {
+        if (sequences == o.parallel.front()) single_stream = 0.0;  // a new -p x -n pair
+        auto m = measure_parallel(model, o, sequences, prompt_tokens, generated_tokens, pool);
         if (!m.ok()) return fail(m.error());
         const double aggregate = m->mean();
         if (sequences == 1) single_stream = aggregate;
@@ -381,13 +406,16 @@ void add_bench_command(CLI::App& app) {
   cmd->add_option("-m,--model", opts->models,
                   "GGUF file, or model name on FORESHORE_MODEL_PATH (repeatable)")
       ->required();
-  cmd->add_option(
-         "-p,--n-prompt", opts->prompt_tokens,
-         "Prompt tokens processed as one prompt, in steps of up to 512 (ppN; 0 skips the test)")
+  cmd->add_option("-p,--n-prompt", opts->prompt_tokens,
+                  "Prompt tokens processed as one prompt, in steps of up to 512 (ppN; 0 skips "
+                  "the test); comma-separated sizes are each measured")
+      ->delimiter(',')
       ->check(CLI::Range(0, 1 << 16))
       ->capture_default_str();
   cmd->add_option("-n,--n-gen", opts->generated_tokens,
-                  "Tokens generated one at a time from an empty context (tgN; 0 skips the test)")
+                  "Tokens generated one at a time from an empty context (tgN; 0 skips the test); "
+                  "comma-separated sizes are each measured")
+      ->delimiter(',')
       ->check(CLI::Range(0, 1 << 16))
       ->capture_default_str();
   cmd->add_option("-t,--threads", opts->threads,
@@ -423,7 +451,7 @@ void add_bench_command(CLI::App& app) {
   cmd->footer(
       "Examples:\n"
       "  foreshore bench -m stories260K\n"
-      "  foreshore bench -m model-q4_0.gguf -m model-q8_0.gguf -p 128 -n 32 -t 1,2\n"
+      "  foreshore bench -m model-q4_0.gguf -m model-q8_0.gguf -p 128,512 -n 32 -t 1,2\n"
       "  foreshore bench -m model-q4_k_m.gguf --parallel 1,2,4,8 -p 64 -n 32\n"
       "  foreshore bench -m model-q4_0.gguf -p 0 -n 32 -d 0,512,2048 --kv-type q8_0\n"
       "Weights are memory-mapped; the warm-up run pages them in. Tokens are drawn at\n"
