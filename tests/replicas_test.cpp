@@ -381,6 +381,40 @@ TEST_F(Replicas, WithTheAdminApiOnEveryClientNeedsAValidKey) {
   }
 }
 
+// PostgreSQL and Redis may be other hosts: a device-only request's text and
+// hash never reach PostgreSQL, even with audit_store_text on, and a session
+// id (OpenAI's `user`, often an email address) reaches Redis only hashed.
+TEST_F(Replicas, DeviceOnlyTextAndSessionIdsStayOffTheSharedServers) {
+  foreshore::testing::PostgresServer pg(dir_.string());
+  if (!pg.available()) GTEST_SKIP() << pg.why();
+  ASSERT_TRUE(pg.ok()) << pg.why();
+  server_ = "{log_requests: false, audit_store_text: true, audit_postgres: '" + pg.url() +
+            "', audit_spool: '" + (dir_ / "spool.jsonl").string() + "'}";
+  start(1, "threshold", "");
+  const int a = replicas_[0]->port();
+  const auto ask = [&](const std::string& text) {
+    const std::string request = json{{"max_tokens", 4},
+                                     {"user", "alice@example.com"},
+                                     {"messages", {{{"role", "user"}, {"content", text}}}}}
+                                    .dump();
+    EXPECT_EQ(http_post(a, "/v1/chat/completions", request, key("k")).status, 200);
+  };
+  ask("card 4111 1111 1111 1111, was it charged twice?");
+  ask("what is the capital of France?");
+  std::string rows;
+  for (int i = 0; i < 50 && rows.find('\n') == std::string::npos; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    rows = pg.query(
+        "SELECT data_class || '|' || prompt_sha256 || '|' || coalesce(prompt_text, '<null>') "
+        "FROM foreshore_requests ORDER BY id");
+  }
+  EXPECT_NE(rows.find("device-only||<null>"), std::string::npos) << rows;
+  EXPECT_EQ(rows.find("4111"), std::string::npos) << rows;
+  EXPECT_NE(rows.find("capital of France"), std::string::npos) << rows;
+  EXPECT_EQ(redis_.command({"KEYS", "*alice*"}), "");
+  EXPECT_NE(redis_.command({"KEYS", "fsh:pin:*"}), "");  // pinned, under the id's digest
+}
+
 // Redis, then PostgreSQL, die under load and come back: every request is
 // answered, and PostgreSQL ends up with one audit row per request, no more.
 TEST_F(Replicas, KillingRedisThenPostgresUnderLoadLosesNoRequestAndNoAuditRow) {

@@ -1,6 +1,5 @@
 #include "hybrid/shared_limits.h"
 
-#include <openssl/evp.h>
 #include <strings.h>
 
 #include <algorithm>
@@ -8,6 +7,7 @@
 #include <cmath>
 #include <ctime>
 
+#include "common/sha256.h"
 #include "hybrid/pipeline.h"
 #include "hybrid/virtual_keys.h"
 
@@ -41,6 +41,12 @@ Refusal rate_limited(const std::string& what) {
   return e;
 }
 
+// A session id is the client's (a header, or OpenAI's `user`, often an email
+// address): the shared state, which may be another host, holds its digest.
+std::string pin_key(const std::string& session) {
+  return "pin:" + sha256_hex(session).substr(0, 32);
+}
+
 }  // namespace
 
 std::string_view bearer_key(std::string_view authorization_header) {
@@ -54,18 +60,8 @@ std::string_view bearer_key(std::string_view authorization_header) {
 std::string client_identity(std::string_view authorization_header) {
   const std::string_view key = bearer_key(authorization_header);
   if (key.empty()) return "anonymous";
-  unsigned char digest[EVP_MAX_MD_SIZE];
-  unsigned int n = 0;
-  if (EVP_Digest(key.data(), key.size(), digest, &n, EVP_sha256(), nullptr) != 1) {
-    return "anonymous";
-  }
-  static constexpr char kHex[] = "0123456789abcdef";
-  std::string out = "k";
-  for (unsigned int i = 0; i < 12 && i < n; ++i) {
-    out += kHex[digest[i] >> 4];
-    out += kHex[digest[i] & 15];
-  }
-  return out;
+  const std::string digest = sha256_hex(key);
+  return digest.empty() ? "anonymous" : "k" + digest.substr(0, 24);
 }
 
 SharedLimits::SharedLimits(std::unique_ptr<state::SharedState> state, bool budgets_fail_open,
@@ -281,11 +277,11 @@ std::optional<double> SharedLimits::shared_threshold() {
 }
 
 std::optional<std::string> SharedLimits::pinned_tier(const std::string& session) {
-  return state_->flag("pin:" + session);
+  return state_->flag(pin_key(session));
 }
 
 void SharedLimits::pin(const std::string& session, const std::string& tier) {
-  state_->set_flag("pin:" + session, tier, kPinTtl, false);
+  state_->set_flag(pin_key(session), tier, kPinTtl, false);
 }
 
 }  // namespace foreshore::hybrid

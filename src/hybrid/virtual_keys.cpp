@@ -1,12 +1,12 @@
 #include "hybrid/virtual_keys.h"
 
-#include <openssl/evp.h>
 #include <openssl/rand.h>
 
 #include <algorithm>
 #include <ctime>
 #include <nlohmann/json.hpp>
 
+#include "common/sha256.h"
 #include "route/sensitivity.h"
 
 namespace foreshore::hybrid {
@@ -21,13 +21,6 @@ std::string hex(const unsigned char* bytes, size_t n) {
     out += kHex[bytes[i] & 15];
   }
   return out;
-}
-
-std::string digest(std::string_view secret) {
-  unsigned char d[EVP_MAX_MD_SIZE];
-  unsigned int n = 0;
-  if (EVP_Digest(secret.data(), secret.size(), d, &n, EVP_sha256(), nullptr) != 1) return {};
-  return hex(d, n);
 }
 
 std::string record_key(const std::string& hash) {
@@ -127,7 +120,7 @@ Result<std::string> create_virtual_key(state::SharedState& state, VirtualKey& sp
   const std::string secret = "fsk-" + hex(random, 16);
   spec.id = hex(random + 16, 8);
   spec.created_at = std::time(nullptr);
-  const std::string hash = digest(secret);
+  const std::string hash = sha256_hex(secret);
   if (auto s = state.put_record(record_key(hash), virtual_key_json(spec)); !s.ok()) {
     return s.error();
   }
@@ -148,7 +141,7 @@ Status revoke_virtual_key(state::SharedState& state, const std::string& id) {
 Result<std::optional<VirtualKey>> find_virtual_key(state::SharedState& state,
                                                    std::string_view secret) {
   if (!secret.starts_with("fsk-")) return std::optional<VirtualKey>();
-  const auto text = state.record(record_key(digest(secret)));
+  const auto text = state.record(record_key(sha256_hex(secret)));
   if (!text) {
     return make_error(ErrorKind::kNotFound,
                       "This virtual key is unknown: it was revoked, mistyped, or lost with the "

@@ -1,7 +1,5 @@
 #include "observe/audit_store.h"
 
-#include <openssl/evp.h>
-
 #include <condition_variable>
 #include <deque>
 #include <mutex>
@@ -9,6 +7,7 @@
 #include <utility>
 #include <vector>
 
+#include "common/sha256.h"
 #include "observe/sqlite_db.h"
 
 namespace foreshore::observe {
@@ -42,22 +41,6 @@ void bind_optional(sqlite3_stmt* stmt, int index, const std::optional<double>& v
 }
 
 }  // namespace
-
-std::string sha256_hex(std::string_view text) {
-  unsigned char digest[EVP_MAX_MD_SIZE];
-  unsigned int length = 0;
-  // EVP_Digest only fails on allocation failure; an empty hash then reads as "unknown".
-  if (EVP_Digest(text.data(), text.size(), digest, &length, EVP_sha256(), nullptr) != 1) {
-    return {};
-  }
-  static constexpr char kHex[] = "0123456789abcdef";
-  std::string out(length * 2, '0');
-  for (unsigned int i = 0; i < length; ++i) {
-    out[2 * i] = kHex[digest[i] >> 4];
-    out[2 * i + 1] = kHex[digest[i] & 0xF];
-  }
-  return out;
-}
 
 struct AuditStore::Impl {
   AuditOptions options;
@@ -139,7 +122,7 @@ struct AuditStore::Impl {
     int64_t deleted = 0;
     if (options.max_age.count() > 0) {
       FSH_ASSIGN_OR_RETURN(StmtPtr stmt,
-                          detail::prepare(conn, "DELETE FROM requests WHERE ts_ms < ?1"));
+                           detail::prepare(conn, "DELETE FROM requests WHERE ts_ms < ?1"));
       const int64_t cutoff =
           now_ms() - std::chrono::duration_cast<std::chrono::milliseconds>(options.max_age).count();
       sqlite3_bind_int64(stmt.get(), 1, cutoff);

@@ -104,7 +104,4 @@ class AuditStore {
   std::unique_ptr<Impl> impl_;
 };
 
-// Lower-case hex SHA-256 of `text`.
-std::string sha256_hex(std::string_view text);
-
 }  // namespace foreshore::observe

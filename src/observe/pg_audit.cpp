@@ -8,6 +8,8 @@
 #include <nlohmann/json.hpp>
 #include <vector>
 
+#include "common/sha256.h"
+
 namespace foreshore::observe {
 namespace {
 
@@ -72,6 +74,11 @@ std::mutex& spool_file_mutex() {
 }
 
 std::string to_json_line(const AuditRecord& r, bool store_text) {
+  // PostgreSQL may run on another host: the text of data that may not leave
+  // the device (contractual, device-only) is never written there, nor its
+  // hash (a short secret's hash is a lookup away from the secret).
+  const bool stays_on_device = r.data_class == "device-only" || r.data_class == "contractual";
+  store_text = store_text && !stays_on_device;
   nlohmann::json j = {
       {"ts_ms", r.time_ms},
       {"request_id", r.request_id},
@@ -94,7 +101,7 @@ std::string to_json_line(const AuditRecord& r, bool store_text) {
       {"http_status", r.http_status},
       {"escalated", r.escalated},
       {"degraded", r.degraded},
-      {"prompt_sha256", sha256_hex(r.prompt_text)},
+      {"prompt_sha256", stays_on_device ? std::string() : sha256_hex(r.prompt_text)},
       {"prompt_text", store_text ? nlohmann::json(r.prompt_text) : nlohmann::json()}};
   return j.dump();
 }
