@@ -40,6 +40,29 @@ Status check_limits(const VirtualKey& k) {
   return {};
 }
 
+// A key made with these settings could be enforced as they say.
+Status check_virtual_key(VirtualKey& spec, const std::vector<std::string>& tier_names) {
+  if (auto s = check_limits(spec); !s.ok()) return s;
+  for (std::string& name : spec.data_classes) {
+    auto cls = route::parse_data_class(name);
+    if (!cls.ok()) {
+      return make_error(ErrorKind::kInvalidArgument,
+                        "virtual key data_classes: " + cls.error().message);
+    }
+    name = std::string(route::to_string(*cls));
+  }
+  for (const std::string& tier : spec.tiers) {
+    if (std::find(tier_names.begin(), tier_names.end(), tier) != tier_names.end()) continue;
+    std::string known;
+    for (const auto& t : tier_names) known += (known.empty() ? "" : ", ") + t;
+    return make_error(ErrorKind::kInvalidArgument,
+                      "virtual key tiers: '" + tier.substr(0, 64) +
+                          "' is not a tier of this gateway (its tiers: " + known +
+                          "); a key limited to an unknown tier could use none");
+  }
+  return {};
+}
+
 }  // namespace
 
 std::string virtual_key_json(const VirtualKey& k) {
@@ -86,27 +109,6 @@ Result<VirtualKey> virtual_key_from_json(std::string_view text) {
   }
   if (auto s = check_limits(k); !s.ok()) return s.error();
   return k;
-}
-
-Status check_virtual_key(VirtualKey& spec, const std::vector<std::string>& tier_names) {
-  if (auto s = check_limits(spec); !s.ok()) return s;
-  for (std::string& name : spec.data_classes) {
-    auto cls = route::parse_data_class(name);
-    if (!cls.ok())
-      return make_error(ErrorKind::kInvalidArgument,
-                        "virtual key data_classes: " + cls.error().message);
-    name = std::string(route::to_string(*cls));
-  }
-  for (const std::string& tier : spec.tiers) {
-    if (std::find(tier_names.begin(), tier_names.end(), tier) != tier_names.end()) continue;
-    std::string known;
-    for (const auto& t : tier_names) known += (known.empty() ? "" : ", ") + t;
-    return make_error(ErrorKind::kInvalidArgument,
-                      "virtual key tiers: '" + tier.substr(0, 64) +
-                          "' is not a tier of this gateway (its tiers: " + known +
-                          "); a key limited to an unknown tier could use none");
-  }
-  return {};
 }
 
 Result<std::string> create_virtual_key(state::SharedState& state, VirtualKey& spec,

@@ -33,13 +33,11 @@ struct VirtualKey {
 std::string virtual_key_json(const VirtualKey& key);
 Result<VirtualKey> virtual_key_from_json(std::string_view json);
 
-// Checks a key's settings: limits and expiry 0 (none) or more, data classes
-// known (rewritten to their canonical names, as admission compares them),
-// tiers among `tier_names` (the config's). Errors name the field.
-Status check_virtual_key(VirtualKey& spec, const std::vector<std::string>& tier_names);
-
-// Makes a key with `spec`'s settings, checked as above (id and created_at are
-// filled in), and returns the secret, shown this once ("fsk-" and 32 hex digits).
+// Makes a key with `spec`'s settings (id and created_at are filled in) and
+// returns the secret, shown this once ("fsk-" and 32 hex digits). Refused
+// (kInvalidArgument, naming the field) unless limits and expiry are 0 (none)
+// or more, data classes are known (stored under their canonical names, as
+// admission compares them) and tiers are among `tier_names` (the config's).
 Result<std::string> create_virtual_key(state::SharedState& state, VirtualKey& spec,
                                        const std::vector<std::string>& tier_names);
 // Revokes the key with this id; kNotFound when there is none.

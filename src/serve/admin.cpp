@@ -64,10 +64,10 @@ HttpReply answer_admin_keys(const config::GatewayConfig& config, hybrid::Pipelin
         e = *invalid;
       } else if (!spec.ok()) {
         e = invalid_request(spec.error().message, "", "invalid_virtual_key");
-      } else if (auto s = hybrid::check_virtual_key(*spec, config.tier_names()); !s.ok()) {
-        e = invalid_request(s.error().message, "", "invalid_virtual_key");
       } else if (auto secret = hybrid::create_virtual_key(state, *spec, config.tier_names());
-                 !secret.ok()) {
+                 !secret.ok() && secret.error().kind == ErrorKind::kInvalidArgument) {
+        e = invalid_request(secret.error().message, "", "invalid_virtual_key");
+      } else if (!secret.ok()) {
         e = from_backend_error(secret.error());
         e.status = 503;
       } else {
