@@ -413,6 +413,21 @@ TEST_F(Replicas, DeviceOnlyTextAndSessionIdsStayOffTheSharedServers) {
   EXPECT_NE(rows.find("capital of France"), std::string::npos) << rows;
   EXPECT_EQ(redis_.command({"KEYS", "*alice*"}), "");
   EXPECT_NE(redis_.command({"KEYS", "fsh:pin:*"}), "");  // pinned, under the id's digest
+
+  // A database that answers and refuses (here: no such database) stops the
+  // start with the reason, rather than spooling forever.
+  std::string wrong_db = pg.url();
+  wrong_db.replace(wrong_db.rfind('/'), std::string::npos, "/nosuch");
+  const std::string config = (dir_ / "wrong-db.yaml").string();
+  std::ofstream(config) << "server: {audit_postgres: '" << wrong_db << "', audit_spool: '"
+                        << (dir_ / "spool2.jsonl").string() << "'}\n"
+                        << "tiers: {cloud: {kind: openai, model: m, endpoint: " << cloud_.base_url()
+                        << "}}\n";
+  const auto refused = foreshore::testing::run_foreshore(
+      {"serve", "--config", config, "--port", "0"}, std::chrono::seconds(30));
+  EXPECT_NE(refused.status, 0);
+  EXPECT_NE(refused.err.find("nosuch"), std::string::npos) << refused.err;
+  EXPECT_NE(refused.err.find("database name"), std::string::npos) << refused.err;
 }
 
 // Redis, then PostgreSQL, die under load and come back: every request is

@@ -161,6 +161,24 @@ Result<std::unique_ptr<PgAuditSink>> PgAuditSink::open(PgAuditOptions options) {
                                           "' for appending; check its folder exists and is "
                                           "writable");
   }
+  // A server that answers and refuses (no such database or role, a wrong
+  // password) will refuse every later try too: said at start, as for Redis,
+  // rather than spooled to forever. One that does not answer may come up
+  // later, and the spool waits for it.
+  const char* keys[] = {"dbname", "connect_timeout", nullptr};
+  const char* values[] = {options.conninfo.c_str(), "3", nullptr};
+  PGconn* probe = PQconnectdbParams(keys, values, /*expand_dbname=*/1);
+  const std::string refusal = PQstatus(probe) == CONNECTION_OK ? "" : PQerrorMessage(probe);
+  PQfinish(probe);
+  if (refusal.find("authentication failed") != std::string::npos ||
+      refusal.find("does not exist") != std::string::npos ||
+      refusal.find("no password supplied") != std::string::npos) {
+    std::string why = refusal.substr(0, refusal.find_last_not_of(" \n") + 1);
+    return make_error(ErrorKind::kInvalidArgument,
+                      "server.audit_postgres: " + describe_conninfo(options.conninfo) +
+                          " refused the connection (" + why +
+                          "); check the user, password and database name");
+  }
   std::unique_ptr<PgAuditSink> sink(new PgAuditSink(std::move(options)));
   sink->thread_ = std::thread([s = sink.get()] { s->run(); });
   return sink;
