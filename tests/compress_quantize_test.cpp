@@ -3,6 +3,7 @@
 // metadata kept exactly, outputs that reload and generate, plans that fit
 // their target, are optimal for their measurements and are deterministic.
 #include <gtest/gtest.h>
+#include <sys/stat.h>
 
 #include <algorithm>
 #include <chrono>
@@ -789,6 +790,28 @@ TEST(Cli, QuietPrintsNeitherTableNorProgress) {
   EXPECT_EQ(r.out.find("blk.0.ffn_down.weight"), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("bits per weight"), std::string::npos) << r.out;
   EXPECT_EQ(r.err.find("[calibrate"), std::string::npos) << r.err;
+}
+
+TEST(Cli, OutputLinkIsWrittenThroughAndAFifoIsRefusedBeforeAnyWork) {
+  const std::string target = scratch_path(".gguf");
+  std::ofstream(target) << "old";
+  const std::string link = scratch_path(".gguf");
+  std::filesystem::create_symlink(target, link);
+  auto through = run_foreshore({"quantize", synthetic_model_path(), link, "--type", "Q8_0"});
+  ASSERT_EQ(through.status, 0) << through.err;
+  EXPECT_TRUE(std::filesystem::is_symlink(std::filesystem::symlink_status(link)));
+  auto written = engine::GgufFile::open(target);
+  ASSERT_TRUE(written.ok()) << written.error().message;
+
+  const std::string fifo = scratch_path(".gguf");
+  ASSERT_EQ(::mkfifo(fifo.c_str(), 0600), 0);
+  // With a calibration file that does not exist: the output is checked first.
+  auto refused = run_foreshore({"quantize", synthetic_model_path(), fifo, "--type", "Q8_0",
+                                "--calibration", "/nonexistent/calibration.txt"});
+  EXPECT_EQ(refused.status, 2);
+  EXPECT_NE(refused.err.find("FIFO"), std::string::npos) << refused.err;
+  EXPECT_NE(refused.err.find("not a regular file"), std::string::npos) << refused.err;
+  EXPECT_TRUE(std::filesystem::is_fifo(std::filesystem::symlink_status(fifo)));
 }
 
 TEST(Cli, QuantizesWithAReportAndTeachesInHelp) {

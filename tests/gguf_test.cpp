@@ -434,6 +434,64 @@ TEST(GgufWriter, WriteToMissingFolderIsIoError) {
   EXPECT_NE(s.error().message.find("/nonexistent-dir-for-gguf-test/out.gguf"), std::string::npos);
 }
 
+TEST(GgufWriter, WritesThroughASymlinkAndKeepsTheLink) {
+  GgufWriter w;
+  w.set("general.name", GgufValue::string("through"));
+  TempFile target("gguf-link-target");
+  TempFile link("gguf-link");
+  target.write({1, 2, 3});
+  fs::create_symlink(target.path(), link.path());
+  const Status s = w.write(link.path());
+  ASSERT_TRUE(s.ok()) << s.error().message;
+  EXPECT_TRUE(fs::is_symlink(fs::symlink_status(link.path())));
+  auto f = GgufFile::open(target.path());
+  ASSERT_TRUE(f.ok()) << f.error().message;
+  EXPECT_EQ((*f)->get_string("general.name"), "through");
+  EXPECT_FALSE(fs::exists(target.path() + ".partial"));
+
+  // A dangling link gets its target created.
+  TempFile dangling("gguf-dangling");
+  const std::string missing = target.path() + "-new";
+  fs::create_symlink(missing, dangling.path());
+  ASSERT_TRUE(w.write(dangling.path()).ok());
+  EXPECT_TRUE(fs::is_symlink(fs::symlink_status(dangling.path())));
+  EXPECT_TRUE(fs::is_regular_file(fs::symlink_status(missing)));
+  fs::remove(missing);
+}
+
+TEST(GgufWriter, RefusesToReplaceAFifoOrAFolder) {
+  GgufWriter w;
+  TempFile fifo("gguf-fifo");
+  ASSERT_EQ(::mkfifo(fifo.path().c_str(), 0600), 0);
+  Status s = w.write(fifo.path());
+  ASSERT_FALSE(s.ok());
+  EXPECT_EQ(s.error().kind, ErrorKind::kInvalidArgument);
+  EXPECT_NE(s.error().message.find("FIFO"), std::string::npos) << s.error().message;
+  EXPECT_NE(s.error().message.find("not a regular file"), std::string::npos);
+  EXPECT_TRUE(fs::is_fifo(fs::symlink_status(fifo.path())));
+  EXPECT_FALSE(fs::exists(fifo.path() + ".partial"));
+
+  // Through a link too: the FIFO it points to stays.
+  TempFile link("gguf-fifo-link");
+  fs::create_symlink(fifo.path(), link.path());
+  s = w.write(link.path());
+  ASSERT_FALSE(s.ok());
+  EXPECT_NE(s.error().message.find("a link to"), std::string::npos) << s.error().message;
+  EXPECT_TRUE(fs::is_fifo(fs::symlink_status(fifo.path())));
+  EXPECT_TRUE(fs::is_symlink(fs::symlink_status(link.path())));
+
+  const std::string dir = fs::temp_directory_path().string();
+  s = w.write(dir);
+  ASSERT_FALSE(s.ok());
+  EXPECT_NE(s.error().message.find("a folder"), std::string::npos) << s.error().message;
+  EXPECT_TRUE(fs::is_directory(dir));
+
+  // A device node: /dev/null is one wherever the tests run.
+  auto resolved = resolve_output_path("/dev/null");
+  ASSERT_FALSE(resolved.ok());
+  EXPECT_NE(resolved.error().message.find("character device"), std::string::npos);
+}
+
 // --------------------------------------------------------------- real files
 
 TEST(GgufRealFiles, Stories260K) {

@@ -108,6 +108,8 @@ json prune_report_json(const compress::PruneReport& r, const PruneFlags& f, uint
 }
 
 int prune(const PruneFlags& f) {
+  // A FIFO, device or folder as the output fails now, not after the work.
+  if (auto out = engine::resolve_output_path(f.output); !out.ok()) return fail(out.error());
   auto path = engine::resolve_model_path(f.input);
   if (!path.ok()) return fail(path.error());
   auto model = engine::Model::load(*path);

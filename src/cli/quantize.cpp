@@ -343,6 +343,8 @@ Status validate(const QuantizeOptions& o) {
 
 int quantize(const QuantizeOptions& o) {
   if (auto s = validate(o); !s.ok()) return fail(s.error());
+  // A FIFO, device or folder as the output fails now, not after the work.
+  if (auto out = engine::resolve_output_path(o.output); !out.ok()) return fail(out.error());
   auto path = engine::resolve_model_path(o.input);
   if (!path.ok()) return fail(path.error());
   auto file = engine::GgufFile::open(*path);

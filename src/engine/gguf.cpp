@@ -1027,6 +1027,64 @@ std::vector<uint8_t> GgufWriter::to_bytes() const {
   return out;
 }
 
+namespace {
+
+std::string file_kind(mode_t mode) {
+  if (S_ISDIR(mode)) return "a folder";
+  if (S_ISFIFO(mode)) return "a FIFO (named pipe)";
+  if (S_ISCHR(mode)) return "a character device";
+  if (S_ISBLK(mode)) return "a block device";
+  if (S_ISSOCK(mode)) return "a socket";
+  if (S_ISLNK(mode)) return "a symbolic link";
+  return "something other than a regular file";
+}
+
+}  // namespace
+
+Result<std::string> resolve_output_path(const std::string& path) {
+  // Writing replaces the file by renaming a temporary onto it, which would
+  // turn a symlink, FIFO or device node (say /dev/null, as root) into a plain
+  // file; so a link is followed to its target and anything else that is not
+  // a regular file is refused.
+  std::string current = path;
+  for (int hops = 0;; ++hops) {
+    struct stat st {};
+    if (::lstat(current.c_str(), &st) != 0) {
+      if (errno == ENOENT) return current;  // a new file
+      return make_error(ErrorKind::kIo, "output '" + path + "': cannot inspect '" + current +
+                                            "': " + std::strerror(errno));
+    }
+    if (S_ISREG(st.st_mode)) return current;
+    if (S_ISLNK(st.st_mode)) {
+      if (hops >= 40) {
+        return make_error(ErrorKind::kInvalidArgument,
+                          "output '" + path +
+                              "': too many levels of symbolic links; give the "
+                              "path of a regular file");
+      }
+      std::string target(static_cast<size_t>(st.st_size > 0 ? st.st_size : 4096) + 1, '\0');
+      const ssize_t n = ::readlink(current.c_str(), target.data(), target.size());
+      if (n < 0) {
+        return make_error(ErrorKind::kIo, "output '" + path + "': cannot read the link '" +
+                                              current + "': " + std::strerror(errno));
+      }
+      target.resize(static_cast<size_t>(n));
+      if (!target.starts_with('/')) {
+        const size_t slash = current.rfind('/');
+        if (slash != std::string::npos) target = current.substr(0, slash + 1) + target;
+      }
+      current = std::move(target);
+      continue;
+    }
+    const std::string where =
+        current == path ? "'" + path + "'" : "'" + path + "' (a link to '" + current + "')";
+    return make_error(ErrorKind::kInvalidArgument,
+                      "output " + where + " is " + file_kind(st.st_mode) +
+                          ", not a regular file; refusing to replace it; give the path of a "
+                          "regular file or of a new one");
+  }
+}
+
 Status GgufWriter::write(const std::string& path) const {
   for (const auto& [key, value] : metadata_) {
     if (key.empty()) {
@@ -1040,10 +1098,20 @@ Status GgufWriter::write(const std::string& path) const {
       }
     }
   }
+  FSH_ASSIGN_OR_RETURN(const std::string target, resolve_output_path(path));
   const uint64_t alignment = writer_alignment(metadata_);
   // Written beside the target and renamed, so a reader never maps a half-written model.
-  const std::string tmp = path + ".partial";
-  const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  const std::string tmp = target + ".partial";
+  // The temporary is ours to replace, but only as a regular file: O_NOFOLLOW
+  // and O_NONBLOCK keep a link or FIFO in its place from being written into.
+  struct stat tmp_st {};
+  if (::lstat(tmp.c_str(), &tmp_st) == 0 && !S_ISREG(tmp_st.st_mode)) {
+    return make_error(ErrorKind::kInvalidArgument,
+                      tmp + ": the temporary file's name is taken by " + file_kind(tmp_st.st_mode) +
+                          "; remove it and write again");
+  }
+  const int fd =
+      ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK, 0644);
   if (fd < 0) {
     return make_error(ErrorKind::kIo, tmp + ": cannot create: " + std::strerror(errno) +
                                           "; check that the folder exists and is writable");
@@ -1064,9 +1132,9 @@ Status GgufWriter::write(const std::string& path) const {
   if (::close(fd) != 0 && st.ok()) {
     st = make_error(ErrorKind::kIo, tmp + ": close failed: " + std::strerror(errno));
   }
-  if (st.ok() && ::rename(tmp.c_str(), path.c_str()) != 0) {
+  if (st.ok() && ::rename(tmp.c_str(), target.c_str()) != 0) {
     st = make_error(ErrorKind::kIo,
-                    path + ": cannot rename " + tmp + " into place: " + std::strerror(errno));
+                    target + ": cannot rename " + tmp + " into place: " + std::strerror(errno));
   }
   if (!st.ok()) ::unlink(tmp.c_str());
   return st;

@@ -126,6 +126,12 @@ class GgufFile {
 
 // Builds a GGUF v3 file: metadata in insertion order, tensors aligned to
 // `general.alignment` (32 unless set).
+// The file a writer would replace for `path`: `path` itself when it is a
+// regular file or does not exist, the final target when it is a symlink
+// (chain); an error when it (or the target) exists but is not a regular file.
+// Commands call it before their work so a bad output path fails at once.
+Result<std::string> resolve_output_path(const std::string& path);
+
 class GgufWriter {
  public:
   void set(std::string key, GgufValue value);
@@ -133,7 +139,9 @@ class GgufWriter {
   Status add_tensor(std::string name, TensorType type, std::vector<uint64_t> dims,
                     std::span<const uint8_t> data);
   // Checks every metadata value against its declared type, then writes the
-  // file atomically (via a temporary beside it).
+  // file atomically (via a temporary beside it). A symlink at `path` is
+  // written through (its target is replaced, the link kept); any other
+  // existing non-regular file (FIFO, device, socket, folder) is refused.
   Status write(const std::string& path) const;
   // The same encoding without write()'s checks; tests use it to craft files.
   std::vector<uint8_t> to_bytes() const;
