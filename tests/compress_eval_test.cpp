@@ -400,6 +400,142 @@ TEST(Prune, BadRequestsAreClearErrors) {
   EXPECT_NE(error_of(o).find("(0, 1]"), std::string::npos);
 }
 
+// ---- pruning the other architectures: each kept layer computes what it did ----
+
+engine::SyntheticModelSpec preset(const char* name) {
+  auto spec = engine::synthetic_model_preset(name, TensorType::kF32);
+  EXPECT_TRUE(spec.has_value()) << name;
+  return spec.value_or(engine::SyntheticModelSpec{});
+}
+
+// The preset with layer `identity` writing nothing to the residual stream
+// (attention or convolution output and ffn_down zero; gemma3's post-norms of
+// zero are zero), so removing it must leave the logits as they are.
+std::string preset_with_identity_layer(const char* name, int identity) {
+  const std::string prefix = "blk." + std::to_string(identity) + ".";
+  return rewrite_model(
+      write_model(preset(name)), [&](const GgufTensorInfo& t, std::vector<uint8_t>& d) {
+        if (t.name == prefix + "attn_output.weight" || t.name == prefix + "ffn_down.weight" ||
+            t.name == prefix + "shortconv.out_proj.weight") {
+          std::fill(d.begin(), d.end(), 0);
+        }
+      });
+}
+
+std::vector<TokenId> long_sample(const Model& model) {
+  // Longer than gemma3-tiny's sliding window (5), so a layer's kind matters.
+  return model.tokenizer().encode(
+      "Once upon a time the big red dog sat on the mat and then it ran far away home", true, false);
+}
+
+void expect_removing_identity_layer_keeps_logits(const char* name, int identity) {
+  SCOPED_TRACE(name);
+  auto model = load(preset_with_identity_layer(name, identity));
+  ASSERT_TRUE(model);
+  PruneOptions options;
+  options.remove_layers = {identity};
+  auto pruned = prune(model, options);
+  ASSERT_TRUE(pruned.ok()) << pruned.error().message;
+  auto smaller = load(write_pruned(*pruned));
+  ASSERT_TRUE(smaller);
+  EXPECT_EQ(smaller->config().layer_count, model->config().layer_count - 1);
+  for (int32_t li = 0, next = 0; li < model->config().layer_count; ++li) {
+    if (li == identity) continue;
+    const auto& before = model->layers()[static_cast<size_t>(li)];
+    const auto& after = smaller->layers()[static_cast<size_t>(next++)];
+    EXPECT_EQ(before.sliding, after.sliding) << "layer " << li;
+    EXPECT_EQ(before.conv_index < 0, after.conv_index < 0) << "layer " << li;
+    EXPECT_EQ(before.rope, after.rope) << "layer " << li;
+  }
+  const auto tokens = long_sample(*model);
+  EXPECT_LT(max_abs_difference(engine_logits(smaller, tokens), engine_logits(model, tokens)), 1e-4);
+}
+
+TEST(Prune, Lfm2PerLayerHeadCountsAreCutWithTheLayers) {
+  // Layer 1 is a convolution; head_count_kv has one entry per layer (0 for them).
+  expect_removing_identity_layer_keeps_logits("lfm2-tiny", 1);
+  auto model = load(preset_with_identity_layer("lfm2-tiny", 1));
+  ASSERT_TRUE(model);
+  PruneOptions options;
+  options.remove_layers = {1};
+  auto pruned = prune(model, options);
+  ASSERT_TRUE(pruned.ok());
+  auto file = GgufFile::open(write_pruned(*pruned));
+  ASSERT_TRUE(file.ok());
+  const auto* kv = (*file)->find("lfm2.attention.head_count_kv");
+  ASSERT_TRUE(kv != nullptr && kv->as_array() != nullptr);
+  std::vector<int64_t> counts;
+  for (const auto& item : kv->as_array()->items) counts.push_back(item.as_int().value_or(-1));
+  EXPECT_EQ(counts, (std::vector<int64_t>{0, 2, 0, 0, 2}));
+}
+
+TEST(Prune, Gemma3LayersKeepTheirSlidingOrGlobalKind) {
+  // Period 3: layers 2 and 5 are global. Without layer 1 the kept kinds
+  // (S G S S G) fit no period, so the pattern becomes one flag per layer.
+  expect_removing_identity_layer_keeps_logits("gemma3-tiny", 1);
+  // Without layer 2 they are S S S S G: period 5.
+  expect_removing_identity_layer_keeps_logits("gemma3-tiny", 2);
+  auto model = load(write_model(preset("gemma3-tiny")));
+  ASSERT_TRUE(model);
+  PruneOptions options;
+  options.remove_layers = {2};
+  auto pruned = prune(model, options);
+  ASSERT_TRUE(pruned.ok());
+  auto file = GgufFile::open(write_pruned(*pruned));
+  ASSERT_TRUE(file.ok());
+  EXPECT_EQ((*file)->get_int("gemma3.attention.sliding_window_pattern"), 5);
+}
+
+TEST(Prune, Phi3FusedGateAndUpAreCutAsTwoHalves) {
+  // A quarter of the channels never fire: their gate rows (the first half of
+  // phi3's fused ffn_up) are zero, so keeping 3/4 must keep the function.
+  auto spec = preset("phi3-tiny");
+  const auto ff = static_cast<size_t>(spec.feed_forward_length);
+  auto model =
+      load(rewrite_model(write_model(spec), [&](const GgufTensorInfo& t, std::vector<uint8_t>& d) {
+        if (!t.name.ends_with("ffn_up.weight")) return;
+        ASSERT_EQ(t.dims[1], 2 * ff);
+        const size_t row_bytes = d.size() / t.dims[1];
+        for (size_t row = 1; row < ff; row += kDeadChannelStride) {
+          std::fill_n(d.begin() + row * row_bytes, row_bytes, 0);
+        }
+      }));
+  ASSERT_TRUE(model);
+  PruneOptions options;
+  options.ffn_keep = 0.75;
+  options.calibration_text = kStoryText;
+  auto pruned = prune(model, options);
+  ASSERT_TRUE(pruned.ok()) << pruned.error().message;
+  EXPECT_EQ(pruned->report.feed_forward_after, static_cast<int32_t>(ff * 3 / 4));
+  const std::string out = write_pruned(*pruned);
+  auto file = GgufFile::open(out);
+  ASSERT_TRUE(file.ok());
+  EXPECT_EQ((*file)->find_tensor("blk.0.ffn_up.weight")->dims[1], ff * 3 / 2);
+  auto smaller = load(out);
+  ASSERT_TRUE(smaller);
+  const auto tokens = sample_tokens(*model);
+  EXPECT_LT(max_abs_difference(engine_logits(smaller, tokens), engine_logits(model, tokens)), 1e-4);
+}
+
+TEST(Prune, PositionalLayerKindsThatCannotBeKeptAreRefused) {
+  // smollm3 leaves RoPE out of every fourth layer by position, with no key.
+  auto model = load(write_model(preset("smollm3-tiny")));
+  ASSERT_TRUE(model);
+  PruneOptions options;
+  options.remove_layers = {1};
+  auto refused = prune(model, options);
+  ASSERT_FALSE(refused.ok());
+  EXPECT_EQ(refused.error().kind, ErrorKind::kUnsupported);
+  EXPECT_NE(refused.error().message.find("smollm3"), std::string::npos);
+  EXPECT_NE(refused.error().message.find("layer 3 (without RoPE) to position 2"), std::string::npos)
+      << refused.error().message;
+  // Removing the last two layers moves nothing.
+  options.remove_layers = {4, 5};
+  auto kept = prune(model, options);
+  ASSERT_TRUE(kept.ok()) << kept.error().message;
+  EXPECT_TRUE(load(write_pruned(*kept)));
+}
+
 std::string stories_path() {
   return testing::shared_models_dir() + "/stories260K.gguf";
 }
@@ -671,7 +807,7 @@ TEST(Cli, PruneThenEvalOnARealModel) {
   const std::string out = temp_path(".gguf");
   const std::string report_path = temp_path(".json");
   auto pruned = run_foreshore({"prune", stories_path(), out, "--remove-layers", "1", "--ffn-keep",
-                                "0.75", "--calibration", text_path, "--report", report_path});
+                               "0.75", "--calibration", text_path, "--report", report_path});
   ASSERT_EQ(pruned.status, 0) << pruned.err;
   EXPECT_NE(pruned.out.find("removed"), std::string::npos);
   std::ifstream report_file(report_path);
@@ -690,7 +826,7 @@ TEST(Cli, PruneThenEvalOnARealModel) {
       << "\n";
   auto evaluated =
       run_foreshore({"eval", out, stories_path(), "--reference", stories_path(), "--text",
-                      text_path, "--tasks", tasks_path, "--json", "-n", "12"});
+                     text_path, "--tasks", tasks_path, "--json", "-n", "12"});
   ASSERT_EQ(evaluated.status, 0) << evaluated.err;
   const auto result = nlohmann::json::parse(evaluated.out);
   ASSERT_EQ(result["models"].size(), 3u);
@@ -707,6 +843,16 @@ TEST(Cli, PruneThenEvalOnARealModel) {
   ASSERT_EQ(table.status, 0) << table.err;
   EXPECT_NE(table.out.find("perplexity"), std::string::npos);
   EXPECT_NE(table.out.find("top-1"), std::string::npos);
+}
+
+TEST(Cli, PruningInPlaceReplacesTheInputOnlyWithAModelThatLoads) {
+  const std::string path = write_model(preset("lfm2-tiny"));
+  auto pruned = run_foreshore({"prune", path, path, "--layers", "2"});
+  ASSERT_EQ(pruned.status, 0) << pruned.err;
+  auto model = load(path);
+  ASSERT_TRUE(model);
+  EXPECT_EQ(model->config().layer_count, 5);
+  EXPECT_FALSE(std::filesystem::exists(path + ".partial"));
 }
 
 TEST(Cli, HelpTeachesAndBadInputFailsClearly) {

@@ -459,6 +459,27 @@ TEST(GgufWriter, WritesThroughASymlinkAndKeepsTheLink) {
   fs::remove(missing);
 }
 
+TEST(GgufWriter, AFailedVerificationLeavesTheTargetUntouched) {
+  GgufWriter w;
+  w.set("general.name", GgufValue::string("new"));
+  TempFile target("gguf-verify");
+  target.write({7, 7, 7});
+  std::string seen;
+  const Status s = w.write(target.path(), [&](const std::string& written) -> Status {
+    seen = written;
+    EXPECT_TRUE(GgufFile::open(written).ok());
+    return make_error(ErrorKind::kInternal, "rejected by the test");
+  });
+  ASSERT_FALSE(s.ok());
+  EXPECT_EQ(s.error().message, "rejected by the test");
+  EXPECT_EQ(seen, target.path() + ".partial");
+  EXPECT_FALSE(fs::exists(seen));
+  EXPECT_EQ(fs::file_size(target.path()), 3u);
+
+  ASSERT_TRUE(w.write(target.path(), [](const std::string&) { return Status::Ok(); }).ok());
+  EXPECT_TRUE(GgufFile::open(target.path()).ok());
+}
+
 TEST(GgufWriter, RefusesToReplaceAFifoOrAFolder) {
   GgufWriter w;
   TempFile fifo("gguf-fifo");

@@ -128,18 +128,26 @@ int prune(const PruneFlags& f) {
   engine::ThreadPool pool(f.threads);
   auto pruned = compress::prune_model(*model, options, pool);
   if (!pruned.ok()) return fail(pruned.error());
-  if (auto s = pruned->writer.write(f.output); !s.ok()) return fail(s.error());
-  // The engine's own loader checks every shape and key of what was written.
-  auto reloaded = engine::Model::load(f.output);
-  if (!reloaded.ok()) {
-    return fail(make_error(
-        ErrorKind::kInternal,
-        "the pruned model '" + f.output + "' does not load: " + reloaded.error().message));
-  }
+  // The engine's own loader checks every shape and key of what was written,
+  // before it replaces the output: a model that does not load never takes the
+  // place of a file (the input itself, when pruning in place).
+  std::shared_ptr<const engine::Model> reloaded;
+  const auto verify = [&](const std::string& written) -> Status {
+    auto loaded = engine::Model::load(written);
+    if (!loaded.ok()) {
+      return make_error(ErrorKind::kInternal,
+                        "the pruned model does not load, so '" + f.output +
+                            "' was left as it was: " + loaded.error().message +
+                            "; please report this with the command line");
+    }
+    reloaded = std::move(loaded).value();
+    return Status::Ok();
+  };
+  if (auto s = pruned->writer.write(f.output, verify); !s.ok()) return fail(s.error());
 
   const compress::PruneReport& r = pruned->report;
   const uint64_t bytes_in = (*model)->file().file_size();
-  const uint64_t bytes_out = (*reloaded)->file().file_size();
+  const uint64_t bytes_out = reloaded->file().file_size();
   if (r.measured) {
     std::printf("block influence (1 - cos(input, output), mean over %zu calibration tokens):\n",
                 r.calibration_tokens);
@@ -361,8 +369,10 @@ void add_prune_command(CLI::App& app) {
       "calibration tokens (ShortGPT); the lowest goes first. FFN channels are ranked per\n"
       "layer by mean |activation| x ||ffn_down column|| and every layer keeps the same\n"
       "number, rounded to a multiple of 16 and of ffn_down's quantization block. The\n"
-      "output keeps every metadata key, with block_count and feed_forward_length updated,\n"
-      "and is checked by loading it.\n"
+      "output keeps every metadata key, with block_count and feed_forward_length updated\n"
+      "and per-layer arrays cut with their layers (gemma3's sliding-window pattern keeps\n"
+      "each layer's kind); a choice the format cannot express (smollm3 layers moving past\n"
+      "its fixed NoPE positions) is refused. The output is loaded before it replaces OUT.\n"
       "Examples:\n"
       "  foreshore prune stories260K small.gguf --remove-layers 1 --calibration text.txt\n"
       "  foreshore prune model.gguf out.gguf --layers 3,5\n"

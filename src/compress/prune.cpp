@@ -43,6 +43,98 @@ engine::GgufValue with_integer(const engine::GgufValue& original, int64_t value)
   return v;
 }
 
+// Whether a gemma3 layer at position `index` slides for a period-P pattern,
+// as the engine (and llama.cpp) derives it: every P-th layer is global.
+bool slides_by_period(int64_t index, int64_t period) {
+  return period == 0 || index % period < period - 1;
+}
+
+std::string join_indices(const std::vector<int32_t>& indices) {
+  std::string out;
+  for (int32_t i : indices) out += (out.empty() ? "" : ", ") + std::to_string(i);
+  return out;
+}
+
+// Refuses a choice of kept layers whose computation depends on the layer's
+// position in a way no metadata key of the output could restore: the pruned
+// model must compute the original minus the removed layers, not something else.
+Status check_kept_layer_positions(const engine::Model& model, const std::vector<int32_t>& kept,
+                                  const std::vector<int32_t>& removed) {
+  const engine::ModelConfig& c = model.config();
+  const std::string where = "model '" + model.file().origin() + "' (" + c.architecture + ")";
+  if (c.architecture == "smollm3") {
+    // SmolLM3 leaves out RoPE on every fourth layer by position; its files
+    // carry no key that could say which layers those are after pruning.
+    for (size_t j = 0; j < kept.size(); ++j) {
+      const bool rope = model.layers()[static_cast<size_t>(kept[j])].rope;
+      const bool rope_at_new_position = (j + 1) % 4 != 0;
+      if (rope != rope_at_new_position) {
+        return make_error(
+            ErrorKind::kUnsupported,
+            where + ": removing layers " + join_indices(removed) + " would move layer " +
+                std::to_string(kept[j]) + (rope ? " (with RoPE)" : " (without RoPE)") +
+                " to position " + std::to_string(j) + ", where smollm3 " +
+                (rope ? "leaves RoPE out" : "applies RoPE") +
+                " (every fourth layer, 3, 7, 11, ..., has none, with no key to change it); "
+                "remove whole groups of four layers (4k to 4k+3) or keep the layers");
+      }
+    }
+  }
+  if (c.architecture == "gemma3") {
+    // Gemma 3 27B (62 layers) scales attention by embedding_length /
+    // head_count instead of the head dimension, decided by the layer count.
+    const bool before = c.layer_count == 62;
+    const bool after = kept.size() == 62;
+    if (before != after) {
+      return make_error(ErrorKind::kUnsupported,
+                        where +
+                            ": the attention scale of gemma3 depends on whether the model "
+                            "has 62 layers (Gemma 3 27B's); pruning from " +
+                            std::to_string(c.layer_count) + " to " + std::to_string(kept.size()) +
+                            " layers would change it; remove another number of layers");
+    }
+  }
+  return Status::Ok();
+}
+
+// gemma3's sliding-window pattern for the kept layers: each keeps its
+// original kind (sliding or global, and with it its RoPE base). The input's
+// period when it still fits, another period when one does, else one flag per
+// layer, which the engine reads as well.
+engine::GgufValue kept_sliding_pattern(const engine::Model& model, const std::vector<int32_t>& kept,
+                                       const engine::GgufValue* original,
+                                       std::vector<std::string>& notes) {
+  std::vector<bool> flags;
+  for (int32_t li : kept) flags.push_back(model.layers()[static_cast<size_t>(li)].sliding);
+  const auto fits = [&](int64_t period) {
+    for (size_t j = 0; j < flags.size(); ++j) {
+      if (flags[j] != slides_by_period(static_cast<int64_t>(j), period)) return false;
+    }
+    return true;
+  };
+  const bool original_is_period = original == nullptr || original->as_array() == nullptr;
+  const int64_t original_period =
+      original != nullptr && original_is_period ? original->as_int().value_or(6) : 6;
+  const engine::GgufValue period_template =
+      original != nullptr && original_is_period ? *original : engine::GgufValue::u32(6);
+  if (original_is_period && fits(original_period)) return period_template;
+  for (int64_t period = 0; period <= static_cast<int64_t>(flags.size()) + 1; ++period) {
+    if (fits(period)) return with_integer(period_template, period);
+  }
+  if (original_is_period) {
+    notes.push_back(
+        "no single sliding-window period gives the kept layers their original kinds, so "
+        "attention.sliding_window_pattern is written as one flag per layer (an array, which "
+        "this engine reads; a loader that expects gemma3's period may not)");
+  }
+  engine::GgufValue::Array array{engine::GgufValueType::kBool, {}};
+  for (bool f : flags) array.items.push_back(engine::GgufValue::boolean(f));
+  engine::GgufValue out;
+  out.type = engine::GgufValueType::kArray;
+  out.data = std::move(array);
+  return out;
+}
+
 Result<std::vector<int32_t>> choose_removed_layers(const PruneOptions& options,
                                                    const std::vector<double>& influence,
                                                    int32_t layer_count) {
@@ -209,12 +301,17 @@ Result<PrunedModel> prune_model(std::shared_ptr<const engine::Model> shared_mode
   }
 
   FSH_ASSIGN_OR_RETURN(std::vector<int32_t> removed,
-                      choose_removed_layers(options, stats.block_influence, layer_count));
+                       choose_removed_layers(options, stats.block_influence, layer_count));
   std::vector<int32_t> new_index(static_cast<size_t>(layer_count), -1);
   for (int32_t li = 0, next = 0; li < layer_count; ++li) {
     if (!std::binary_search(removed.begin(), removed.end(), li)) new_index[li] = next++;
   }
   report.layers_after = layer_count - static_cast<int32_t>(removed.size());
+  std::vector<int32_t> kept_layers;
+  for (int32_t li = 0; li < layer_count; ++li) {
+    if (new_index[li] >= 0) kept_layers.push_back(li);
+  }
+  FSH_TRY_STATUS(check_kept_layer_positions(model, kept_layers, removed));
 
   // Channels kept per layer; empty for removed layers or without FFN pruning.
   std::vector<std::vector<int32_t>> kept_channels(static_cast<size_t>(layer_count));
@@ -264,13 +361,35 @@ Result<PrunedModel> prune_model(std::shared_ptr<const engine::Model> shared_mode
   engine::GgufWriter& writer = result.writer;
   const std::string block_count_key = c.architecture + ".block_count";
   const std::string ffn_length_key = c.architecture + ".feed_forward_length";
+  const std::string pattern_key = c.architecture + ".attention.sliding_window_pattern";
+  const bool sliding_pattern = c.architecture == "gemma3" && c.sliding_window > 0;
   for (const auto& [key, value] : file.metadata()) {
+    const engine::GgufValue::Array* array = value.as_array();
     if (key == block_count_key) {
       writer.set(key, with_integer(value, report.layers_after));
     } else if (key == ffn_length_key) {
       writer.set(key, with_integer(value, keep));
+    } else if (key == pattern_key && sliding_pattern) {
+      writer.set(key, kept_sliding_pattern(model, kept_layers, &value, report.notes));
+    } else if (array != nullptr && key.starts_with(c.architecture + ".") &&
+               array->items.size() == static_cast<size_t>(layer_count)) {
+      // A per-layer array (LFM2's attention.head_count_kv, where 0 marks a
+      // convolution layer, and any other such key, as llama.cpp reads
+      // arrays of block_count entries) loses the removed layers' entries.
+      engine::GgufValue cut = value;
+      auto& items = std::get<engine::GgufValue::Array>(cut.data).items;
+      items.clear();
+      for (int32_t li : kept_layers) items.push_back(array->items[static_cast<size_t>(li)]);
+      writer.set(key, std::move(cut));
     } else {
       writer.set(key, value);
+    }
+  }
+  if (sliding_pattern && file.find(pattern_key) == nullptr) {
+    // Without the key every sixth layer is global; say so if that no longer fits.
+    engine::GgufValue pattern = kept_sliding_pattern(model, kept_layers, nullptr, report.notes);
+    if (pattern.as_array() != nullptr || pattern.as_int() != 6) {
+      writer.set(pattern_key, std::move(pattern));
     }
   }
 
@@ -292,7 +411,21 @@ Result<PrunedModel> prune_model(std::shared_ptr<const engine::Model> shared_mode
       name = "blk." + std::to_string(new_index[li]) + "." + std::string(suffix);
       const std::vector<int32_t>& kept = kept_channels[li];
       if (!kept.empty()) {
-        if (suffix == "ffn_gate.weight" || suffix == "ffn_up.weight") {
+        if (suffix == "ffn_up.weight" && c.architecture == "phi3") {
+          // Phi-3 fuses gate and up in ffn_up: the gate's ff rows, then up's
+          // ff rows; a channel keeps its row in each half.
+          if (dims.size() != 2 || dims[1] != 2 * static_cast<uint64_t>(ff)) {
+            return make_error(ErrorKind::kUnsupported,
+                              "model '" + file.origin() + "': tensor '" + t.name +
+                                  "' is not phi3's fused gate and up projection of " +
+                                  std::to_string(2 * static_cast<int64_t>(ff)) +
+                                  " rows; prune layers only (no FFN channel share)");
+          }
+          std::vector<int32_t> both = kept;
+          for (int32_t k : kept) both.push_back(ff + k);
+          data = select_rows(t, both);
+          dims[1] = both.size();
+        } else if (suffix == "ffn_gate.weight" || suffix == "ffn_up.weight") {
           data = select_rows(t, kept);
           dims[1] = kept.size();
         } else if (suffix == "ffn_down.weight") {

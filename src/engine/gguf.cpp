@@ -1085,7 +1085,8 @@ Result<std::string> resolve_output_path(const std::string& path) {
   }
 }
 
-Status GgufWriter::write(const std::string& path) const {
+Status GgufWriter::write(const std::string& path,
+                         const std::function<Status(const std::string& written)>& verify) const {
   for (const auto& [key, value] : metadata_) {
     if (key.empty()) {
       return make_error(ErrorKind::kInvalidArgument, "GGUF writer: a metadata key is empty");
@@ -1132,6 +1133,7 @@ Status GgufWriter::write(const std::string& path) const {
   if (::close(fd) != 0 && st.ok()) {
     st = make_error(ErrorKind::kIo, tmp + ": close failed: " + std::strerror(errno));
   }
+  if (st.ok() && verify) st = verify(tmp);
   if (st.ok() && ::rename(tmp.c_str(), target.c_str()) != 0) {
     st = make_error(ErrorKind::kIo,
                     target + ": cannot rename " + tmp + " into place: " + std::strerror(errno));

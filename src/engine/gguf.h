@@ -6,6 +6,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <optional>
@@ -142,7 +143,10 @@ class GgufWriter {
   // file atomically (via a temporary beside it). A symlink at `path` is
   // written through (its target is replaced, the link kept); any other
   // existing non-regular file (FIFO, device, socket, folder) is refused.
-  Status write(const std::string& path) const;
+  // With `verify`, the finished temporary is passed to it before the rename;
+  // an error from it removes the temporary and leaves `path` untouched.
+  Status write(const std::string& path,
+               const std::function<Status(const std::string& written)>& verify = {}) const;
   // The same encoding without write()'s checks; tests use it to craft files.
   std::vector<uint8_t> to_bytes() const;
 
