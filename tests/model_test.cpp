@@ -928,6 +928,71 @@ TEST(Batch, RealShapesGreedyTokensMatchAlone) {
   }
 }
 
+// LFM2's convolution reads the l_cache - 1 positions before the current one;
+// its state is those rows alone (as llama.cpp keeps it), not a row per
+// position of the context, so a long context costs it nothing.
+TEST(Model, Lfm2ConvolutionStateIsAFewRowsWhateverTheContext) {
+  auto spec = synthetic_model_preset("lfm2-tiny", TensorType::kF32);
+  ASSERT_TRUE(spec.has_value());
+  const std::string path = testing::temp_path(".gguf");
+  ASSERT_TRUE(write_synthetic_model(*spec, path).ok());
+  auto model = Model::load(path);
+  ASSERT_TRUE(model.ok()) << model.error().message;
+  const ModelConfig& c = (*model)->config();
+  const uint64_t rows_bytes = static_cast<uint64_t>(c.conv_layer_count) *
+                              (c.shortconv_l_cache - 1) * c.embedding_length * sizeof(float);
+  ASSERT_GT(rows_bytes, 0u);
+  for (int32_t n_ctx : {64, 4096}) {
+    ContextOptions options;
+    options.context_length = n_ctx;
+    options.kv_memory_budget = uint64_t{64} << 20;
+    auto ctx = InferenceContext::create(*model, options);
+    ASSERT_TRUE(ctx.ok()) << ctx.error().message;
+    EXPECT_EQ((*ctx)->conv_state_bytes(), rows_bytes) << n_ctx;
+  }
+
+  // The state cannot go back: truncating to an earlier position forgets the
+  // sequence, and running it again gives the same logits, bit for bit.
+  ThreadPool pool(2);
+  auto ctx = InferenceContext::create(*model, {});
+  ASSERT_TRUE(ctx.ok());
+  const std::vector<TokenId> seq = {1, 50, 60, 70, 80, 90, 100, 110, 120, 130};
+  auto first = (*ctx)->evaluate(seq, pool);
+  ASSERT_TRUE(first.ok());
+  const std::vector<float> want(first->begin(), first->end());
+  (*ctx)->truncate(10);
+  EXPECT_EQ((*ctx)->position(), 10);
+  (*ctx)->truncate(5);
+  EXPECT_EQ((*ctx)->position(), 0);
+  EXPECT_TRUE((*ctx)->cached_tokens().empty());
+  std::span<const float> again;
+  for (TokenId t : seq) again = *(*ctx)->evaluate(std::span<const TokenId>(&t, 1), pool);
+  ASSERT_EQ(again.size(), want.size());
+  for (size_t i = 0; i < want.size(); ++i) ASSERT_EQ(again[i], want[i]) << "logit " << i;
+
+  // A second turn that shares only part of the cached tokens runs from the
+  // start and generates what a fresh context does.
+  GenerationRequest turn;
+  turn.prompt = {1, 50, 60, 70};
+  turn.sampling = SamplingParams::greedy();
+  turn.max_tokens = 6;
+  ASSERT_TRUE(generate(**ctx, pool, turn).ok());
+  turn.prompt = {1, 50, 60, 99, 98};
+  auto reused = generate(**ctx, pool, turn);
+  ASSERT_TRUE(reused.ok()) << reused.error().message;
+  EXPECT_EQ(reused->reused_prompt_tokens, 0);
+  auto fresh_ctx = InferenceContext::create(*model, {});
+  ASSERT_TRUE(fresh_ctx.ok());
+  auto fresh = generate(**fresh_ctx, pool, turn);
+  ASSERT_TRUE(fresh.ok());
+  ASSERT_EQ(reused->tokens.size(), fresh->tokens.size());
+  for (size_t i = 0; i < fresh->tokens.size(); ++i) {
+    EXPECT_EQ(reused->tokens[i].id, fresh->tokens[i].id) << i;
+    EXPECT_EQ(reused->tokens[i].logprob, fresh->tokens[i].logprob) << i;
+  }
+  std::filesystem::remove(path);
+}
+
 TEST(Batch, BadStepsAreRefusedWithoutRunning) {
   SyntheticModelSpec spec;
   const std::string path = testing::temp_path(".gguf");

@@ -109,6 +109,8 @@ Generation::Generation(InferenceContext& context, const GenerationRequest& reque
          cached[common] == request_.prompt[common])
     ++common;
   context_.truncate(static_cast<int32_t>(common));
+  // A model with convolution state may keep less than asked (nothing).
+  common = static_cast<size_t>(context_.position());
   result_.reused_prompt_tokens = static_cast<int32_t>(common);
   prompt_done_ = common;
   const int32_t room = context_.context_length() - static_cast<int32_t>(request_.prompt.size());

@@ -237,6 +237,9 @@ struct ModelLoader {
     c.qk_norm = arch == "qwen3" || arch == "gemma3" || arch == "lfm2";
     if (arch == "lfm2") {
       FSH_ASSIGN_OR_RETURN(int64_t l_cache, require_int("shortconv.l_cache"));
+      if (l_cache < 1 || l_cache > 64)
+        return corrupt("shortconv.l_cache " + std::to_string(l_cache) +
+                       " must be between 1 and 64 (LFM2's convolutions have 3 taps)");
       c.shortconv_l_cache = static_cast<int32_t>(l_cache);
     }
     c.attention_scale = 1.0f / std::sqrt(static_cast<float>(head_dim));
@@ -600,7 +603,8 @@ Result<std::unique_ptr<InferenceContext>> InferenceContext::create(
   ctx->kv_type_ = ctx->kv_pool_->kv_type();
   ctx->kv_row_bytes_ = ctx->kv_pool_->row_bytes();
   if (c.conv_layer_count > 0) {
-    ctx->conv_cache_.assign(static_cast<size_t>(c.conv_layer_count) * static_cast<size_t>(n_ctx) *
+    ctx->conv_state_.assign(static_cast<size_t>(c.conv_layer_count) *
+                                static_cast<size_t>(c.shortconv_l_cache - 1) *
                                 static_cast<size_t>(c.embedding_length),
                             0.0f);
   }
@@ -652,7 +656,10 @@ InferenceContext::~InferenceContext() {
 }
 
 void InferenceContext::truncate(int32_t position) {
-  position_ = std::clamp(position, 0, position_);
+  position = std::clamp(position, 0, position_);
+  // The convolution state holds the latest positions only (see conv_state_).
+  if (model_->config().conv_layer_count > 0 && position < position_) position = 0;
+  position_ = position;
   cached_tokens_.resize(static_cast<size_t>(position_));
 }
 
@@ -770,36 +777,37 @@ struct ForwardPass {
   }
 
   // LFM2's short-convolution block on the normed batch in xn, result in xn:
-  // B, C, x = in_proj(xn); the cache keeps B*x per position; out_proj of
-  // C * (depthwise causal convolution of B*x over the last l_cache positions,
-  // zeros before the first).
+  // B, C, x = in_proj(xn); out_proj of C * (depthwise causal convolution of
+  // B*x over the last l_cache positions, zeros before the first). The state
+  // keeps B*x of the l_cache - 1 positions before the current one, in a ring
+  // indexed by position; a sequence's tokens come in position order, so each
+  // reads its predecessors' rows (the oldest is read before it is replaced).
   void short_convolution(const LayerWeights& l) {
     const ModelConfig& c = m.config();
     const int64_t d = c.embedding_length;
     const int32_t taps = c.shortconv_l_cache;
+    const int32_t rows = taps - 1;
     matmul(l.conv_in, s.xn.data(), n, s.conv_bcx.data(), s.quant, pool);
-    auto cache_of = [&](int32_t t) {
+    for (int32_t t = 0; t < n; ++t) {
       InferenceContext& ctx = *entries[static_cast<size_t>(s.token_entry[t])].context;
-      return ctx.conv_cache_.data() + static_cast<size_t>(l.conv_index) * ctx.context_length_ * d;
-    };
-    for (int32_t t = 0; t < n; ++t) {
-      const float* b = s.conv_bcx.data() + t * 3 * d;
-      const float* x = b + 2 * d;
-      float* bx = cache_of(t) + static_cast<size_t>(s.token_position[t]) * d;
-      for (int64_t i = 0; i < d; ++i) bx[i] = b[i] * x[i];
-    }
-    for (int32_t t = 0; t < n; ++t) {
+      float* state = ctx.conv_state_.data() + static_cast<size_t>(l.conv_index) * rows * d;
       const int32_t position = s.token_position[t];
-      const float* cache = cache_of(t);
-      const float* gate = s.conv_bcx.data() + t * 3 * d + d;  // C
+      const float* b = s.conv_bcx.data() + t * 3 * d;
+      const float* gate = b + d;  // C
+      const float* x = b + 2 * d;
       float* y = s.conv_y.data() + t * d;
       for (int64_t i = 0; i < d; ++i) {
+        const float bx = b[i] * x[i];
         float sum = 0.0f;
-        for (int32_t k = 0; k < taps; ++k) {
-          const int32_t p = position - (taps - 1) + k;
-          if (p >= 0) sum += l.conv_kernel[i * taps + k] * cache[static_cast<size_t>(p) * d + i];
+        for (int32_t k = 0; k < rows; ++k) {
+          const int32_t p = position - rows + k;
+          if (p >= 0) {
+            sum += l.conv_kernel[i * taps + k] * state[static_cast<size_t>(p % rows) * d + i];
+          }
         }
+        sum += l.conv_kernel[i * taps + rows] * bx;
         y[i] = gate[i] * sum;
+        if (rows > 0) state[static_cast<size_t>(position % rows) * d + i] = bx;
       }
     }
     matmul(l.conv_out, s.conv_y.data(), n, s.xn.data(), s.quant, pool);

@@ -240,7 +240,9 @@ class InferenceContext {
   int32_t position() const { return position_; }
   int32_t context_length() const { return context_length_; }
   // Forgets everything after `position` (prefix reuse: keep a shared prompt
-  // prefix). The KV blocks stay held for the positions to come.
+  // prefix). The KV blocks stay held for the positions to come. A model with
+  // short-convolution state (lfm2) keeps only its latest position: going back
+  // forgets everything, so read position() afterwards for what was kept.
   void truncate(int32_t position);
   // Holds KV blocks for the first `positions` positions, so that running up
   // to there cannot fail for want of memory; kResourceExhausted, and nothing
@@ -252,6 +254,9 @@ class InferenceContext {
   // KV blocks held and what they hold at most.
   int64_t kv_blocks_held() const { return static_cast<int64_t>(kv_blocks_.size()); }
   const KvPool& kv_pool() const { return *kv_pool_; }
+  // Bytes of lfm2's short-convolution state (0 for other models): a few rows
+  // per convolution layer, whatever the context length.
+  uint64_t conv_state_bytes() const { return conv_state_.size() * sizeof(float); }
   // Tokens currently in the cache, for prefix matching.
   const std::vector<TokenId>& cached_tokens() const { return cached_tokens_; }
   // The logits after the last token run on this context (by evaluate() or a
@@ -280,10 +285,13 @@ class InferenceContext {
   // Block i holds positions [i, i+1) x KvPool::kBlockTokens: keys, then
   // values, each [layer][position in block][kv_head * head_dim] as kv_type_.
   std::vector<uint8_t*> kv_blocks_;
-  // lfm2: B*x of each short-convolution layer at each position
-  // [conv layer][position][embedding_length], so that truncate() keeps
-  // working as it does for the KV cache.
-  std::vector<float> conv_cache_;
+  // lfm2: B*x of each short-convolution layer at the last l_cache - 1
+  // positions, [conv layer][position % (l_cache - 1)][embedding_length]: all
+  // the convolution reads, as llama.cpp keeps it, instead of one row per
+  // position of the context (n_ctx x d floats per layer, more than the KV
+  // cache itself, and outside its budget). Earlier rows are gone, which is
+  // why truncate() to an earlier position forgets the whole sequence here.
+  std::vector<float> conv_state_;
   std::vector<float> logits_;
   size_t logits_size_ = 0;
   std::vector<float> rope_inv_freq_;        // full-attention layers
