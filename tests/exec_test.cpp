@@ -205,6 +205,32 @@ TEST_F(ExecTest, LatencyBudgetAbandonsASilentCloudAndFallsBack) {
   EXPECT_TRUE(budget_named);
 }
 
+TEST_F(ExecTest, TopP0KeepsOnlyTheMostLikelyToken) {
+  auto greedy =
+      executor_->run(plan(route::PlanKind::kEdge, false), request("Once upon a time"), {});
+  ASSERT_TRUE(greedy.ok()) << greedy.error().message;
+  auto req = request("Once upon a time", 1.5f);
+  req.params.top_p = 0.0f;
+  auto r = executor_->run(plan(route::PlanKind::kEdge, false), req, {});
+  ASSERT_TRUE(r.ok()) << r.error().message;
+  EXPECT_EQ(r->completion.text, greedy->completion.text);
+}
+
+TEST_F(ExecTest, AParameterTheEdgeRefusesIsTheClientsErrorNotAFallback) {
+  auto req = request("Once upon a time");
+  req.params.logprobs = true;
+  req.params.top_logprobs = 21;
+  for (bool cloud_allowed : {false, true}) {
+    SCOPED_TRACE(cloud_allowed);
+    auto r = executor_->run(plan(route::PlanKind::kEdge, cloud_allowed), req, {});
+    ASSERT_FALSE(r.ok());
+    EXPECT_EQ(r.error().kind, ErrorKind::kInvalidArgument) << r.error().message;
+    EXPECT_NE(r.error().message.find("top_logprobs"), std::string::npos) << r.error().message;
+    EXPECT_EQ(r.error().message.find("may not be sent to the cloud"), std::string::npos);
+  }
+  EXPECT_TRUE(server_.received_bodies().empty());
+}
+
 TEST_F(ExecTest, DeviceOnlyPlanNeverReachesTheCloudOnAnyPath) {
   const std::string secret = "SSN 123-45-6789";
   // Every plan kind, with the cloud healthy and with it failing, streaming and not.

@@ -752,8 +752,12 @@ class EmbeddedBackend final : public Backend {
       return make_error(ErrorKind::kInvalidArgument,
                         where() + ": temperature must be 0 or more (0 is greedy)");
     }
-    if (p.top_p && !(*p.top_p > 0.0f && *p.top_p <= 1.0f)) {
-      return make_error(ErrorKind::kInvalidArgument, where() + ": top_p must be in (0, 1]");
+    // OpenAI's range: 0 keeps only the most likely token (the sampler's top_p).
+    if (p.top_p && !(*p.top_p >= 0.0f && *p.top_p <= 1.0f)) {
+      return make_error(ErrorKind::kInvalidArgument,
+                        where() +
+                            ": top_p must be between 0 and 1 (0 keeps only the most "
+                            "likely token, 1 keeps all)");
     }
     if (p.logprobs && (p.top_logprobs < 0 || p.top_logprobs > kMaxTopLogprobs)) {
       return make_error(ErrorKind::kInvalidArgument,

@@ -55,6 +55,7 @@ TokenId Sampler::choose(int32_t n) {
       for (int32_t i = 0; i < keep; ++i) total += probs_[static_cast<size_t>(i)];
     }
     if (params_.top_p < 1.0f) {
+      // The most likely token is always kept, so top_p 0 keeps it alone.
       double cumulative = 0.0;
       int32_t m = 0;
       while (m < keep) {

@@ -15,7 +15,7 @@ namespace foreshore::engine {
 struct SamplingParams {
   float temperature = 0.8f;     // 0: greedy
   int32_t top_k = 40;           // 0: off
-  float top_p = 0.95f;          // 1: off
+  float top_p = 0.95f;          // 1: off; 0: only the most likely token (OpenAI's range 0..1)
   float min_p = 0.05f;          // 0: off
   float repeat_penalty = 1.0f;  // 1: off
   int32_t repeat_last_n = 64;

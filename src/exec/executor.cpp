@@ -234,6 +234,14 @@ Result<ExecutionResult> Executor::run_plan(const route::Plan& plan,
         out.tier = plan.edge_tier;
         return out;
       }
+      // A parameter the edge refuses (top_logprobs 21, max_tokens 0, ...) is
+      // the client's mistake: a 400 as it stands, not "edge unavailable" and
+      // not a reason to send the request to the cloud. A feature the edge
+      // lacks (remote_only) is the edge's limit, and the cloud may serve it.
+      if (r.error().kind == ErrorKind::kInvalidArgument &&
+          request.remote_only.edge_unsupported.empty()) {
+        return r.error();
+      }
       if (streamed || !plan.cloud_allowed || plan.cloud_tier.empty() || deadline_passed(request)) {
         Error e = r.error();
         if (!plan.cloud_allowed && !streamed) {
