@@ -1,10 +1,16 @@
 // The optimized forward pass against a plain float reference, on tiny random
 // models of every supported type and architecture, and on the real models.
 #include <gtest/gtest.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <cmath>
+#include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <nlohmann/json.hpp>
 #include <optional>
 
@@ -991,6 +997,61 @@ TEST(Model, Lfm2ConvolutionStateIsAFewRowsWhateverTheContext) {
     EXPECT_EQ(reused->tokens[i].logprob, fresh->tokens[i].logprob) << i;
   }
   std::filesystem::remove(path);
+}
+
+// A context beyond the memory the process may have is an error saying what
+// to lower, not an abort on std::bad_alloc (run -c 2147483647 under a limit).
+TEST(Model, AContextTooLargeForMemoryIsAClearError) {
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+  GTEST_SKIP() << "the sanitizers' allocators do not run under an address-space limit";
+#else
+  const std::string path = testing::temp_path(".gguf");
+  ASSERT_TRUE(write_synthetic_model(SyntheticModelSpec{}, path).ok());
+  auto model = Model::load(path);
+  ASSERT_TRUE(model.ok());
+  const pid_t pid = ::fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    // The child gets 512 MiB more address space than it has; where the limit
+    // is not enforced (qemu-user ignores it) there is nothing to test.
+    rlimit limit{};
+    ::getrlimit(RLIMIT_AS, &limit);
+    size_t vm_kib = 0;
+    std::ifstream status("/proc/self/status");
+    for (std::string line; std::getline(status, line);) {
+      if (line.starts_with("VmSize:")) vm_kib = std::stoull(line.substr(7));
+    }
+    limit.rlim_cur = (static_cast<rlim_t>(vm_kib) << 10) + (rlim_t{512} << 20);
+    if (vm_kib == 0 || ::setrlimit(RLIMIT_AS, &limit) != 0) ::_exit(77);
+    void* probe = std::malloc(size_t{1} << 30);
+    if (probe != nullptr) ::_exit(77);
+    ContextOptions options;
+    options.context_length = std::numeric_limits<int32_t>::max();
+    options.kv_memory_budget = (*model)->kv_bytes_per_token(options.kv_type) *
+                               static_cast<uint64_t>(options.context_length);
+    auto ctx = InferenceContext::create(*model, options);
+    std::string message;
+    if (ctx.ok()) {
+      ThreadPool pool(2);
+      const TokenId one = 1;
+      auto r = (*ctx)->evaluate(std::span<const TokenId>(&one, 1), pool);
+      if (!r.ok()) message = r.error().message;
+    } else {
+      message = ctx.error().message;
+    }
+    const bool clear = message.find("cannot allocate memory") != std::string::npos &&
+                       message.find("shorter context") != std::string::npos &&
+                       message.find("2147483647") != std::string::npos;
+    if (!clear) std::fprintf(stderr, "child: '%s'\n", message.c_str());
+    ::_exit(clear ? 0 : 1);
+  }
+  int status = 0;
+  ASSERT_EQ(::waitpid(pid, &status, 0), pid);
+  std::filesystem::remove(path);
+  if (WIFEXITED(status) && WEXITSTATUS(status) == 77) GTEST_SKIP() << "no address-space limit";
+  ASSERT_TRUE(WIFEXITED(status)) << "the child died of signal " << WTERMSIG(status);
+  EXPECT_EQ(WEXITSTATUS(status), 0);
+#endif
 }
 
 TEST(Batch, BadStepsAreRefusedWithoutRunning) {

@@ -60,15 +60,23 @@ bool KvPool::acquire(size_t count, std::vector<uint8_t*>& into) {
   std::lock_guard lock(mu_);
   const size_t used = storage_.size() - free_.size();
   if (used + count > static_cast<size_t>(capacity_)) return false;
-  for (size_t i = 0; i < count; ++i) {
-    if (free_.empty()) {
-      // Not zeroed: a position is always written before it is read.
-      storage_.push_back(std::make_unique_for_overwrite<uint8_t[]>(block_bytes_));
-      into.push_back(storage_.back().get());
-    } else {
-      into.push_back(free_.back());
-      free_.pop_back();
+  const size_t before = into.size();
+  try {
+    for (size_t i = 0; i < count; ++i) {
+      if (free_.empty()) {
+        // Not zeroed: a position is always written before it is read.
+        storage_.push_back(std::make_unique_for_overwrite<uint8_t[]>(block_bytes_));
+        into.push_back(storage_.back().get());
+      } else {
+        into.push_back(free_.back());
+        free_.pop_back();
+      }
     }
+  } catch (...) {
+    // All or nothing: the blocks taken so far go back to the free list.
+    free_.insert(free_.end(), into.begin() + static_cast<std::ptrdiff_t>(before), into.end());
+    into.resize(before);
+    throw;
   }
   return true;
 }

@@ -48,6 +48,8 @@ class KvPool {
   int64_t capacity_tokens() const { return capacity_ * kBlockTokens; }
 
   // Takes `count` blocks, all or none (false, nothing taken). Thread-safe.
+  // Blocks are allocated on first use: std::bad_alloc (nothing taken) when
+  // the system refuses one.
   bool acquire(size_t count, std::vector<uint8_t*>& into);
   // Gives blocks back; they are kept for the next acquire. Thread-safe.
   void release(std::span<uint8_t* const> blocks);

@@ -587,6 +587,23 @@ Result<std::unique_ptr<InferenceContext>> InferenceContext::create(
           : std::min<int64_t>(c.context_length,
                               options.kv_pool ? options.kv_pool->capacity_tokens() : fits);
 
+  // A context far beyond the machine's memory (run -c 2147483647) fails
+  // here with a clear error instead of aborting on std::bad_alloc.
+  try {
+    return create_sized(std::move(model), options, n_ctx);
+  } catch (const std::bad_alloc&) {
+    return make_error(ErrorKind::kResourceExhausted,
+                      "cannot allocate memory for a context of " + std::to_string(n_ctx) +
+                          " tokens of model '" + c.name + "' (" + std::to_string(per_token) +
+                          " bytes of KV cache per token, besides its token and score buffers); "
+                          "ask for a shorter context (-c, context_length) or a smaller KV cache "
+                          "type (q8_0)");
+  }
+}
+
+Result<std::unique_ptr<InferenceContext>> InferenceContext::create_sized(
+    std::shared_ptr<const Model> model, ContextOptions& options, int64_t n_ctx) {
+  const ModelConfig& c = model->config();
   std::unique_ptr<InferenceContext> ctx(new InferenceContext());
   ctx->model_ = std::move(model);
   ctx->context_length_ = static_cast<int32_t>(n_ctx);
@@ -668,7 +685,18 @@ Status InferenceContext::reserve(int32_t positions) {
       (static_cast<size_t>(std::clamp(positions, 0, context_length_)) + KvPool::kBlockTokens - 1) /
       KvPool::kBlockTokens;
   if (needed <= kv_blocks_.size()) return Status::Ok();
-  if (!kv_pool_->acquire(needed - kv_blocks_.size(), kv_blocks_)) {
+  bool acquired = false;
+  try {
+    acquired = kv_pool_->acquire(needed - kv_blocks_.size(), kv_blocks_);
+  } catch (const std::bad_alloc&) {
+    return make_error(ErrorKind::kResourceExhausted,
+                      "cannot allocate memory for the KV cache of " + std::to_string(positions) +
+                          " positions of model '" + model_->config().name +
+                          "' (the system refused it, though the KV budget allows it); ask for a "
+                          "shorter context (-c, context_length), a smaller KV budget or a "
+                          "smaller KV cache type (q8_0)");
+  }
+  if (!acquired) {
     return make_error(ErrorKind::kResourceExhausted,
                       "the KV cache pool of model '" + model_->config().name + "' has " +
                           std::to_string(kv_pool_->blocks_free()) + " free blocks of " +
@@ -711,6 +739,14 @@ Status InferenceContext::check_input(std::span<const TokenId> tokens) const {
 }
 
 namespace {
+
+Error out_of_memory_in_step(const Model& model, int32_t context_length) {
+  return make_error(ErrorKind::kResourceExhausted,
+                    "cannot allocate memory for the attention scores of a context of " +
+                        std::to_string(context_length) + " tokens of model '" +
+                        model.config().name +
+                        "' (one row per thread); ask for a shorter context (-c, context_length)");
+}
 
 // Rotates the first rope_dim dimensions of each head; the rest pass through.
 // `mscale` multiplies the rotated ones (LongRoPE's attention factor).
@@ -1056,12 +1092,18 @@ Result<std::span<const float>> InferenceContext::evaluate(std::span<const TokenI
   FSH_TRY_STATUS(check_input(tokens));
   FSH_TRY_STATUS(reserve(position_ + static_cast<int32_t>(tokens.size())));
   size_t done = 0;
-  while (done < tokens.size()) {
-    const size_t n =
-        std::min<size_t>(tokens.size() - done, static_cast<size_t>(scratch_.max_tokens));
-    const BatchEntry entry{this, tokens.subspan(done, n)};
-    ForwardPass{*model_, {&entry, 1}, scratch_, pool}.run();
-    done += n;
+  try {
+    while (done < tokens.size()) {
+      const size_t n =
+          std::min<size_t>(tokens.size() - done, static_cast<size_t>(scratch_.max_tokens));
+      const BatchEntry entry{this, tokens.subspan(done, n)};
+      ForwardPass{*model_, {&entry, 1}, scratch_, pool}.run();
+      done += n;
+    }
+  } catch (const std::bad_alloc&) {
+    // The attention scores grow with the context (threads x positions); a
+    // step that runs out of memory there has changed nothing.
+    return out_of_memory_in_step(*model_, context_length_);
   }
   return logits();
 }
@@ -1112,7 +1154,13 @@ Status BatchDecoder::decode(std::span<const BatchEntry> entries, ThreadPool& poo
     FSH_TRY_STATUS(
         e.context->reserve(e.context->position() + static_cast<int32_t>(e.tokens.size())));
   }
-  ForwardPass{*model_, entries, scratch_, pool}.run();
+  int32_t longest = 0;
+  for (const BatchEntry& e : entries) longest = std::max(longest, e.context->context_length());
+  try {
+    ForwardPass{*model_, entries, scratch_, pool}.run();
+  } catch (const std::bad_alloc&) {
+    return out_of_memory_in_step(*model_, longest);
+  }
   return Status::Ok();
 }
 

@@ -274,6 +274,11 @@ class InferenceContext {
  private:
   friend struct ForwardPass;
   InferenceContext() = default;
+  // create() after its checks: allocates (and may throw std::bad_alloc, which
+  // create() turns into an error).
+  static Result<std::unique_ptr<InferenceContext>> create_sized(std::shared_ptr<const Model> model,
+                                                                ContextOptions& options,
+                                                                int64_t n_ctx);
 
   std::shared_ptr<const Model> model_;
   int32_t context_length_ = 0;
