@@ -236,6 +236,47 @@ TEST(RequestTest, LegacyCompletions) {
   EXPECT_EQ(e->param, "prompt");
 }
 
+// ---------------------------------------------------------------- streams
+
+std::vector<json> sse_events(const std::string& stream) {
+  std::vector<json> out;
+  size_t at = 0;
+  while ((at = stream.find("data: ", at)) != std::string::npos) {
+    const size_t end = stream.find("\n\n", at);
+    const std::string data = stream.substr(at + 6, end - at - 6);
+    if (data != "[DONE]") out.push_back(json::parse(data));
+    at = end;
+  }
+  return out;
+}
+
+backend::Delta text_delta(const std::string& text, std::vector<std::string> tokens) {
+  backend::Delta d;
+  d.text = text;
+  for (auto& t : tokens) d.logprobs.push_back({std::move(t), -0.5f, std::nullopt, {}});
+  return d;
+}
+
+TEST(StreamTest, CompletionTextOffsetsRunOnAsInTheWholeAnswer) {
+  hybrid::Request r;
+  ASSERT_FALSE(parse_request(hybrid::RequestKind::kCompletion,
+                             R"({"prompt":"Once","stream":true,"logprobs":0})", r));
+  SseWriter writer(r, "id", 1, "m");
+  std::string out;
+  writer.delta(out, text_delta(" upon", {" upon"}));
+  writer.delta(out, text_delta(" a", {" a"}));
+  // Text held back over two tokens, only the last reported: it starts where
+  // its own text does, after " ti".
+  writer.delta(out, text_delta(" time", {"me"}));
+  const auto events = sse_events(out);
+  ASSERT_EQ(events.size(), 3u) << out;
+  std::vector<int> offsets;
+  for (const auto& e : events) {
+    offsets.push_back(e["choices"][0]["logprobs"]["text_offset"][0].get<int>());
+  }
+  EXPECT_EQ(offsets, (std::vector<int>{0, 5, 10}));
+}
+
 TEST(ErrorShapeTest, OpenAiShape) {
   ApiError e = invalid_request("bad \"x\"", "x", "invalid_value");
   json j = json::parse(error_json(e));

@@ -964,11 +964,21 @@ void SseWriter::delta(std::string& out, const backend::Delta& d) {
     out += "\"text\":";
     append_json_string(out, d.text);
     out += ",\"logprobs\":";
+    // text_offset counts from the start of the choice's text, as in the
+    // whole answer: the bytes streamed before this chunk, plus, when text was
+    // held back over several tokens and only the last is reported, the part
+    // of this chunk before that token.
+    const auto index = static_cast<size_t>(std::max(d.choice, 0));
+    if (text_sent_.size() <= index) text_sent_.resize(index + 1, 0);
     if (logprobs_) {
-      append_text_logprobs(out, d.logprobs, 0);
+      size_t reported = 0;
+      for (const auto& t : d.logprobs) reported += t.token.size();
+      const size_t lead = reported < d.text.size() ? d.text.size() - reported : 0;
+      append_text_logprobs(out, d.logprobs, text_sent_[index] + lead);
     } else {
       out += "null";
     }
+    text_sent_[index] += d.text.size();
   }
   out += ",\"finish_reason\":";
   if (d.finish_reason.empty()) {

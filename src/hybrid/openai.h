@@ -104,6 +104,8 @@ class SseWriter {
   std::string head_;  // the fields every chunk starts with, pre-rendered
   // n > 1: which choices have had their role ("assistant") sent.
   std::vector<bool> roles_sent_;
+  // Completions: bytes of each choice's text sent so far (for text_offset).
+  std::vector<size_t> text_sent_;
 };
 
 }  // namespace foreshore::openai
