@@ -277,6 +277,44 @@ TEST(StreamTest, CompletionTextOffsetsRunOnAsInTheWholeAnswer) {
   EXPECT_EQ(offsets, (std::vector<int>{0, 5, 10}));
 }
 
+TEST(StreamTest, WithIncludeUsageEveryChunkButTheLastHasUsageNull) {
+  for (const char* body :
+       {R"({"messages":[{"role":"user","content":"hi"}],"stream":true,)"
+        R"("stream_options":{"include_usage":true}})",
+        R"({"prompt":"Once","stream":true,"stream_options":{"include_usage":true}})"}) {
+    SCOPED_TRACE(body);
+    hybrid::Request r;
+    const bool chat = std::string_view(body).find("messages") != std::string_view::npos;
+    ASSERT_FALSE(parse_request(chat ? hybrid::RequestKind::kChat : hybrid::RequestKind::kCompletion,
+                               body, r));
+    SseWriter writer(r, "id", 1, "m");
+    std::string out;
+    Provenance where;
+    writer.begin(out, where);
+    writer.delta(out, text_delta("Hello", {"Hello"}));
+    backend::Completion c;
+    c.text = "Hello";
+    c.finish_reason = "stop";
+    c.usage.completion_tokens = 1;
+    writer.finish(out, c, where);
+    const auto events = sse_events(out);
+    ASSERT_EQ(events.size(), 4u) << out;
+    for (size_t i = 0; i + 1 < events.size(); ++i) {
+      ASSERT_TRUE(events[i].contains("usage")) << events[i].dump();
+      EXPECT_TRUE(events[i]["usage"].is_null()) << events[i].dump();
+    }
+    EXPECT_EQ(events.back()["usage"]["completion_tokens"], 1);
+  }
+  // Without include_usage no chunk has the key.
+  hybrid::Request r;
+  ASSERT_FALSE(
+      parse_request(hybrid::RequestKind::kCompletion, R"({"prompt":"a","stream":true})", r));
+  SseWriter writer(r, "id", 1, "m");
+  std::string out;
+  writer.delta(out, text_delta("a", {"a"}));
+  EXPECT_EQ(out.find("usage"), std::string::npos) << out;
+}
+
 TEST(ErrorShapeTest, OpenAiShape) {
   ApiError e = invalid_request("bad \"x\"", "x", "invalid_value");
   json j = json::parse(error_json(e));

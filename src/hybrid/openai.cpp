@@ -895,6 +895,15 @@ void append_completion(std::string& out, const hybrid::Request& request, std::st
   out += '}';
 }
 
+namespace {
+
+// With stream_options.include_usage every chunk but the last (the usage
+// chunk) carries "usage": null, as OpenAI's spec says; strict typed clients
+// check for the key.
+constexpr std::string_view kUsageToCome = ",\"usage\":null";
+
+}  // namespace
+
 SseWriter::SseWriter(const hybrid::Request& request, std::string id, int64_t created,
                      std::string model)
     : kind_(request.kind),
@@ -923,7 +932,9 @@ void SseWriter::begin(std::string& out, const Provenance& where) const {
   open_chunk(out, 0);
   out += kind_ == hybrid::RequestKind::kChat ? "\"delta\":{\"role\":\"assistant\",\"content\":\"\"}"
                                              : "\"text\":\"\"";
-  out += ",\"logprobs\":null,\"finish_reason\":null}],\"foreshore\":";
+  out += ",\"logprobs\":null,\"finish_reason\":null}]";
+  if (include_usage_) out += kUsageToCome;
+  out += ",\"foreshore\":";
   append_provenance(out, where);
   out += "}\n\n";
 }
@@ -986,7 +997,9 @@ void SseWriter::delta(std::string& out, const backend::Delta& d) {
   } else {
     append_json_string(out, d.finish_reason);
   }
-  out += "}]}\n\n";
+  out += "}]";
+  if (include_usage_) out += kUsageToCome;
+  out += "}\n\n";
 }
 
 void SseWriter::finish(std::string& out, const backend::Completion& c,
@@ -995,7 +1008,9 @@ void SseWriter::finish(std::string& out, const backend::Completion& c,
   out += kind_ == hybrid::RequestKind::kChat ? "\"delta\":{}" : "\"text\":\"\"";
   out += ",\"logprobs\":null,\"finish_reason\":";
   append_json_string(out, finish_reason(c));
-  out += "}],\"foreshore\":";
+  out += "}]";
+  if (include_usage_) out += kUsageToCome;
+  out += ",\"foreshore\":";
   append_provenance(out, where);
   out += "}\n\n";
   if (include_usage_) {
