@@ -200,6 +200,37 @@ TEST(CliRun, ReadsThePromptFromAPipe) {
   EXPECT_GT(p->stdout_text().size(), std::string("Once upon a time").size()) << p->stdout_text();
 }
 
+// A prompt too long for the context: the echoed prompt's line ends before
+// the error, which starts its own line on stderr.
+TEST(CliRun, AContextErrorAfterTheEchoedPromptEndsTheLine) {
+  const auto r = run_foreshore(
+      {"run", "-p", "Once upon a time there was a big dog", "-c", "4", "-n", "4", "-t", "1"});
+  EXPECT_EQ(r.status, 1) << r.err;
+  EXPECT_EQ(r.out, "Once upon a time there was a big dog\n");
+  EXPECT_NE(r.err.find("]\nerror: the prompt has"), std::string::npos) << r.err;
+}
+
+// A conversation that outgrows the context drops its oldest exchanges and
+// goes on; a message too long even alone is refused and the session goes on.
+TEST(CliRun, ChatKeepsTheSessionWhenTheContextFills) {
+  std::string long_line;
+  for (int i = 0; i < 60; ++i) long_line += "dog ";
+  auto p = Process::start(
+      {"bash", "-c",
+       "printf '%s\\nOnce upon a time there was\\nand then the dog ran away\\nwhat happened "
+       "next\\n' \"$1\" | \"$0\" run --chat -c 40 -n 20 --temp 0 -t 1",
+       foreshore_binary(), long_line});
+  ASSERT_TRUE(p);
+  EXPECT_EQ(p->wait(time_limit(std::chrono::seconds(60))), 0) << p->stderr_text();
+  const std::string err = p->stderr_text();
+  EXPECT_NE(err.find("it was dropped, the session goes on"), std::string::npos) << err;
+  EXPECT_NE(err.find("the conversation outgrew the context of 40 tokens"), std::string::npos)
+      << err;
+  size_t turns = 0;
+  for (size_t at = 0; (at = err.find("[prompt:", at)) != std::string::npos; ++at) ++turns;
+  EXPECT_EQ(turns, 3u) << err;
+}
+
 // Bad usage exits 2 whatever CLI11 found wrong; help and version exit 0.
 TEST(CliCommands, BadUsageExitsTwo) {
   for (const std::vector<std::string>& args :

@@ -105,10 +105,17 @@ int run(const RunOptions& o) {
     const std::string text =
         o.raw ? o.prompt : engine::render_chat(format, {{"user", o.prompt}}, true);
     req.prompt = tok.encode(text, true, !o.raw);
-    if (format == engine::ChatFormat::kPlain)
-      std::fwrite(o.prompt.data(), 1, o.prompt.size(), stdout);
+    const bool echoed = format == engine::ChatFormat::kPlain && !o.prompt.empty();
+    if (echoed) std::fwrite(o.prompt.data(), 1, o.prompt.size(), stdout);
     auto r = engine::generate(**ctx, pool, req, stream);
-    if (!r.ok()) return fail(r.error());
+    if (!r.ok()) {
+      // The echoed prompt's line ends, so the error starts a line of its own.
+      if (echoed) {
+        std::fputc('\n', stdout);
+        std::fflush(stdout);
+      }
+      return fail(r.error());
+    }
     print_speed(*r);
     return 0;
   }
@@ -118,11 +125,44 @@ int run(const RunOptions& o) {
   std::string line;
   std::fprintf(stderr, "[chat format %s; type a message, an empty line or Ctrl-D ends]\n",
                std::string(engine::chat_format_name(format)).c_str());
+  // A conversation that outgrows the context loses its oldest exchanges (the
+  // system message stays), as Ollama truncates old turns, rather than ending
+  // the session: the prompt must leave room for a reply of -n tokens, or of
+  // a quarter of the context when -n is larger or unlimited.
+  const int32_t n_ctx = (*ctx)->context_length();
+  const int32_t reply_room =
+      std::max(1, o.max_tokens > 0 ? std::min(o.max_tokens, n_ctx / 4) : n_ctx / 4);
+  const size_t first_turn = o.system.empty() ? 0 : 1;
   while (true) {
     std::fputs("> ", stderr);
     if (!std::getline(std::cin, line) || line.empty()) break;
     history.push_back({"user", line});
     req.prompt = tok.encode(engine::render_chat(format, history, true), true, true);
+    size_t dropped = 0;
+    while (static_cast<int64_t>(req.prompt.size()) + reply_room > n_ctx &&
+           history.size() > first_turn + 1) {
+      // The oldest user message and the reply to it.
+      const size_t n = history[first_turn + 1].role == "assistant" ? 2 : 1;
+      history.erase(history.begin() + static_cast<std::ptrdiff_t>(first_turn),
+                    history.begin() + static_cast<std::ptrdiff_t>(first_turn + n));
+      dropped += n;
+      req.prompt = tok.encode(engine::render_chat(format, history, true), true, true);
+    }
+    if (dropped > 0) {
+      std::fprintf(stderr,
+                   "[the conversation outgrew the context of %d tokens: the oldest %zu "
+                   "message%s were dropped, %zu kept; raise -c to keep more]\n",
+                   n_ctx, dropped, dropped == 1 ? "" : "s", history.size());
+    }
+    if (static_cast<int64_t>(req.prompt.size()) >= n_ctx) {
+      std::fprintf(stderr,
+                   "error: this message makes a prompt of %zu tokens, more than the context of "
+                   "%d holds even alone; it was dropped, the session goes on (send a shorter "
+                   "one, or raise -c)\n",
+                   req.prompt.size(), n_ctx);
+      history.pop_back();
+      continue;
+    }
     auto r = engine::generate(**ctx, pool, req, stream);
     if (!r.ok()) return fail(r.error());
     print_speed(*r);
