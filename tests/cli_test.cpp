@@ -231,6 +231,29 @@ TEST(CliRun, ChatKeepsTheSessionWhenTheContextFills) {
   EXPECT_EQ(turns, 3u) << err;
 }
 
+// --seed -1 draws a random seed and says which (llama.cpp's convention);
+// other values outside 0..2^32-1 are refused, not wrapped into a fixed seed.
+TEST(CliRun, SeedMinusOneIsRandomAndOutOfRangeSeedsAreRefused) {
+  const auto seeded = run_foreshore({"run", "-p", "Once", "-n", "8", "--seed", "-1", "-t", "1"});
+  ASSERT_EQ(seeded.status, 0) << seeded.err;
+  const size_t at = seeded.err.find("[seed ");
+  ASSERT_NE(at, std::string::npos) << seeded.err;
+  const std::string seed = seeded.err.substr(at + 6, seeded.err.find(']', at) - at - 6);
+  // The printed seed reproduces the run.
+  const auto again = run_foreshore({"run", "-p", "Once", "-n", "8", "--seed", seed, "-t", "1"});
+  ASSERT_EQ(again.status, 0) << again.err;
+  EXPECT_EQ(again.out, seeded.out);
+  EXPECT_EQ(again.err.find("[seed "), std::string::npos);
+  for (const char* bad : {"-2", "4294967296", "18446744073709551616", "1.5", "x"}) {
+    const auto r = run_foreshore({"run", "-p", "Once", "-n", "2", "--seed", bad});
+    EXPECT_EQ(r.status, 2) << bad << ": " << r.err;
+    EXPECT_NE(r.err.find("is not -1 (a random seed) or a whole number from 0 to 4294967295"),
+              std::string::npos)
+        << bad << ": " << r.err;
+  }
+  EXPECT_EQ(run_foreshore({"run", "-p", "Once", "-n", "2", "--seed", "4294967295"}).status, 0);
+}
+
 // Bad usage exits 2 whatever CLI11 found wrong; help and version exit 0.
 TEST(CliCommands, BadUsageExitsTwo) {
   for (const std::vector<std::string>& args :

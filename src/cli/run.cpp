@@ -2,10 +2,12 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <charconv>
 #include <cstdio>
 #include <iostream>
 #include <iterator>
 #include <memory>
+#include <random>
 #include <string>
 
 #include "cli/commands.h"
@@ -27,8 +29,27 @@ struct RunOptions {
   int32_t threads = 0;
   int32_t context = 0;
   std::string kv_type = "f16";
+  // -1: a random seed (llama.cpp's convention), printed to stderr.
+  int64_t seed = static_cast<int64_t>(engine::SamplingParams{}.seed);
   engine::SamplingParams sampling;
 };
+
+constexpr int64_t kMaxSeed = 4294967295;  // 2^32 - 1, as llama.cpp's seeds
+
+// --seed takes -1 or 0..2^32-1; CLI11 would wrap -1 and saturate 2^64 into
+// the same fixed seed.
+const CLI::Validator kSeed(
+    [](std::string& value) -> std::string {
+      int64_t v = 0;
+      const char* end = value.data() + value.size();
+      const auto [rest, ec] = std::from_chars(value.data(), end, v);
+      if (ec != std::errc() || rest != end || v < -1 || v > kMaxSeed) {
+        return "'" + value + "' is not -1 (a random seed) or a whole number from 0 to " +
+               std::to_string(kMaxSeed);
+      }
+      return "";
+    },
+    "-1 or 0-" + std::to_string(kMaxSeed), "SEED");
 
 void print_speed(const engine::GenerationResult& r) {
   const int32_t evaluated = r.prompt_tokens - r.reused_prompt_tokens;
@@ -99,6 +120,12 @@ int run(const RunOptions& o) {
 
   engine::GenerationRequest req;
   req.sampling = o.sampling;
+  if (o.seed == -1) {
+    req.sampling.seed = std::random_device{}();
+    std::fprintf(stderr, "[seed %llu]\n", static_cast<unsigned long long>(req.sampling.seed));
+  } else {
+    req.sampling.seed = static_cast<uint64_t>(o.seed);
+  }
   req.max_tokens = o.max_tokens;
   req.json_object = o.json_object;
   if (!o.chat) {
@@ -217,7 +244,9 @@ void add_run_command(CLI::App& app) {
   cmd->add_option("--repeat-penalty", opts->sampling.repeat_penalty, "Repetition penalty (1: off)")
       ->check(number_range(0.01, 10.0))
       ->capture_default_str();
-  cmd->add_option("--seed", opts->sampling.seed, "Random seed")->capture_default_str();
+  cmd->add_option("--seed", opts->seed, "Random seed, 0 to 4294967295; -1 draws one (printed)")
+      ->check(kSeed)
+      ->capture_default_str();
   cmd->add_option("-t,--threads", opts->threads, "Threads (0: one per core)")
       ->check(kThreadCount)
       ->capture_default_str();
