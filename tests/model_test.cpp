@@ -2,6 +2,7 @@
 // models of every supported type and architecture, and on the real models.
 #include <gtest/gtest.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -640,6 +641,20 @@ TEST(Model, UnknownModelNameIsNotFound) {
   EXPECT_NE(p.error().message.find("is a folder; pass the .gguf file in it"), std::string::npos)
       << p.error().message;
   std::filesystem::remove(dir);
+  // A device or FIFO exists: it is said to be one, not "not found".
+  p = resolve_model_path("/dev/null");
+  ASSERT_FALSE(p.ok());
+  EXPECT_EQ(p.error().kind, ErrorKind::kInvalidArgument);
+  EXPECT_NE(p.error().message.find("'/dev/null' is a character device, not a regular file"),
+            std::string::npos)
+      << p.error().message;
+  const std::string fifo = testing::temp_path(".gguf");
+  ASSERT_EQ(::mkfifo(fifo.c_str(), 0600), 0);
+  p = resolve_model_path(fifo);
+  ASSERT_FALSE(p.ok());
+  EXPECT_NE(p.error().message.find("is a FIFO (named pipe), not a regular file"), std::string::npos)
+      << p.error().message;
+  std::filesystem::remove(fifo);
 }
 
 // Contexts over one shared pool take KV blocks as their positions fill, are

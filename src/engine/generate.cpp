@@ -274,6 +274,18 @@ Result<std::string> resolve_model_path(const std::string& name_or_path) {
                           "' is a folder; pass the .gguf file in it, or add the folder to "
                           "FORESHORE_MODEL_PATH and pass the model's name");
   }
+  // Something else that exists (a device such as /dev/null, a FIFO, a
+  // socket) is not "not found": say what it is.
+  if (const auto st = fs::status(name_or_path, ec); !ec && fs::exists(st)) {
+    const char* kind = st.type() == fs::file_type::character ? "a character device"
+                       : st.type() == fs::file_type::block   ? "a block device"
+                       : st.type() == fs::file_type::fifo    ? "a FIFO (named pipe)"
+                       : st.type() == fs::file_type::socket  ? "a socket"
+                                                             : "not a regular file";
+    return make_error(ErrorKind::kInvalidArgument,
+                      "model '" + name_or_path + "' is " + kind +
+                          ", not a regular file; pass the path of a .gguf file");
+  }
   const bool looks_like_path = name_or_path.find('/') != std::string::npos;
   std::string tried;
   if (!looks_like_path) {
