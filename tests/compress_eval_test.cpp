@@ -855,6 +855,27 @@ TEST(Cli, PruningInPlaceReplacesTheInputOnlyWithAModelThatLoads) {
   EXPECT_FALSE(std::filesystem::exists(path + ".partial"));
 }
 
+TEST(Cli, EvalSaysTheWindowItUsed) {
+  engine::SyntheticModelSpec spec;
+  spec.context_length = 64;
+  const std::string model = write_model(spec);
+  const std::string text_path = temp_path(".txt");
+  std::ofstream(text_path) << kStoryText;
+  auto capped = run_foreshore({"eval", model, "--text", text_path, "--window", "100000"});
+  ASSERT_EQ(capped.status, 0) << capped.err;
+  EXPECT_NE(capped.out.find("windows of up to 64 tokens (--window 100000 capped by the model's "
+                            "context)"),
+            std::string::npos)
+      << capped.out;
+  auto json_run =
+      run_foreshore({"eval", model, "--text", text_path, "--window", "100000", "--json"});
+  ASSERT_EQ(json_run.status, 0) << json_run.err;
+  EXPECT_EQ(nlohmann::json::parse(json_run.out)["models"][0]["window_tokens"], 64);
+  auto fits = run_foreshore({"eval", model, "--text", text_path, "--window", "32"});
+  ASSERT_EQ(fits.status, 0) << fits.err;
+  EXPECT_NE(fits.out.find("windows of up to 32 tokens; "), std::string::npos) << fits.out;
+}
+
 TEST(Cli, HelpTeachesAndBadInputFailsClearly) {
   for (const char* command : {"prune", "eval"}) {
     auto help = run_foreshore({command, "--help"});

@@ -196,6 +196,7 @@ json evaluation_json(const std::vector<compress::ModelEvaluation>& results, cons
     json m{{"path", e.path}, {"file_bytes", e.file_bytes}, {"reference", e.is_reference}};
     if (!f.text.empty()) {
       m["scored_tokens"] = e.scored_tokens;
+      m["window_tokens"] = e.window_tokens;
       m["perplexity"] = e.perplexity ? json(*e.perplexity) : json();
       m["scoring_tokens_per_second"] =
           e.scoring_tokens_per_second ? json(*e.scoring_tokens_per_second) : json();
@@ -272,8 +273,15 @@ void print_table(const std::vector<compress::ModelEvaluation>& results, const Ev
     std::printf("\n");
   }
   if (has_text) {
-    std::printf("perplexity over %zu tokens in windows of up to %zu tokens; ",
-                results.empty() ? size_t{0} : results.front().scored_tokens, f.window);
+    // The window actually used: --window capped by the (smallest) context.
+    size_t window = f.window;
+    for (const auto& e : results) window = std::min(window, e.window_tokens);
+    std::printf("perplexity over %zu tokens in windows of up to %zu tokens",
+                results.empty() ? size_t{0} : results.front().scored_tokens, window);
+    if (window < f.window) {
+      std::printf(" (--window %zu capped by the model's context)", f.window);
+    }
+    std::printf("; ");
     if (has_reference) {
       std::printf(
           "KL(reference || model) in nats per token; top-1: share of positions where both "

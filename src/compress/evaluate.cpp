@@ -203,7 +203,7 @@ Result<TaskOutcome> run_choice_task(const EvaluationTask& task,
   double best_ll = -std::numeric_limits<double>::infinity();
   for (size_t i = 0; i < task.choices.size(); ++i) {
     FSH_ASSIGN_OR_RETURN(double ll, choice_log_likelihood(model, prompt, task.choices[i],
-                                                         options.chat, task.line, pool));
+                                                          options.chat, task.line, pool));
     if (ll > best_ll) {
       best_ll = ll;
       best = i;
@@ -319,6 +319,8 @@ Result<std::vector<ModelEvaluation>> evaluate_models(
     e.is_reference = reference && r == 0;
     if (window_count > 0) {
       e.scored_tokens = run.nll_count;
+      e.window_tokens =
+          std::min(options.window_tokens, static_cast<size_t>(run.model->config().context_length));
       if (run.nll_count > 0) {
         e.perplexity = std::exp(run.nll_sum / static_cast<double>(run.nll_count));
       }

@@ -66,6 +66,9 @@ struct ModelEvaluation {
   bool is_reference = false;
   // Text results, present when there was text to score.
   size_t scored_tokens = 0;
+  // The window length used: the options' window_tokens capped by this
+  // model's context length.
+  size_t window_tokens = 0;
   std::optional<double> perplexity;
   // Tokens scored per second, one token per forward step as in decoding.
   std::optional<double> scoring_tokens_per_second;
