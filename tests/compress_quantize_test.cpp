@@ -814,6 +814,22 @@ TEST(Cli, OutputLinkIsWrittenThroughAndAFifoIsRefusedBeforeAnyWork) {
   EXPECT_TRUE(std::filesystem::is_fifo(std::filesystem::symlink_status(fifo)));
 }
 
+TEST(Cli, AVocabularyOnlyFileIsRefused) {
+  auto file = engine::GgufFile::open(synthetic_model_path());
+  ASSERT_TRUE(file.ok());
+  GgufWriter vocab_only;
+  for (const auto& [key, value] : (*file)->metadata()) vocab_only.set(key, value);
+  const std::string in = scratch_path(".gguf");
+  ASSERT_TRUE(vocab_only.write(in).ok());
+  const std::string out = scratch_path(".gguf");
+  auto r = run_foreshore({"quantize", in, out, "--type", "Q8_0"});
+  EXPECT_EQ(r.status, 2) << r.err;
+  EXPECT_NE(r.err.find("has no weight matrices (0 tensors; a vocabulary-only GGUF?)"),
+            std::string::npos)
+      << r.err;
+  EXPECT_FALSE(std::filesystem::exists(out));
+}
+
 TEST(Cli, QuantizesWithAReportAndTeachesInHelp) {
   const std::string out = scratch_path(".gguf");
   const std::string report_path = scratch_path(".json");

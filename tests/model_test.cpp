@@ -1424,5 +1424,37 @@ TEST(Model, UnsupportedArchitectureNamesTheSupportedOnes) {
   std::filesystem::remove(renamed);
 }
 
+// A NaN, zero or negative norm epsilon would make every norm NaN and the
+// model generate nothing; it is refused at load, naming the key.
+TEST(Model, ImplausibleNormEpsilonIsRefusedByName) {
+  SyntheticModelSpec spec;
+  const std::string path = testing::temp_path(".gguf");
+  ASSERT_TRUE(write_synthetic_model(spec, path).ok());
+  auto file = GgufFile::open(path);
+  ASSERT_TRUE(file.ok());
+  for (float epsilon : {std::numeric_limits<float>::quiet_NaN(), 0.0f, -1e-5f, 2.0f}) {
+    SCOPED_TRACE(epsilon);
+    GgufWriter writer;
+    for (const auto& [key, value] : (*file)->metadata()) writer.set(key, value);
+    writer.set("llama.attention.layer_norm_rms_epsilon", GgufValue::f32(epsilon));
+    for (const auto& t : (*file)->tensors()) {
+      ASSERT_TRUE(writer
+                      .add_tensor(t.name, static_cast<TensorType>(t.type), t.dims,
+                                  std::span<const uint8_t>(t.data, t.byte_size))
+                      .ok());
+    }
+    const std::string edited = testing::temp_path(".gguf");
+    ASSERT_TRUE(writer.write(edited).ok());
+    auto model = Model::load(edited);
+    ASSERT_FALSE(model.ok());
+    EXPECT_EQ(model.error().kind, ErrorKind::kCorrupt);
+    EXPECT_NE(model.error().message.find("llama.attention.layer_norm_rms_epsilon is"),
+              std::string::npos)
+        << model.error().message;
+    std::filesystem::remove(edited);
+  }
+  std::filesystem::remove(path);
+}
+
 }  // namespace
 }  // namespace foreshore::engine

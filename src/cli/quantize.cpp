@@ -2,6 +2,7 @@
 // uniformly or by a mixed-precision plan calibrated on the user's own text.
 #include <unistd.h>
 
+#include <algorithm>
 #include <cctype>
 #include <chrono>
 #include <cmath>
@@ -350,6 +351,16 @@ int quantize(const QuantizeOptions& o) {
   auto file = engine::GgufFile::open(*path);
   if (!file.ok()) return fail(file.error());
   const engine::GgufFile& in = **file;
+  // A vocabulary-only GGUF (llama.cpp's ggml-vocab-*.gguf) has nothing to
+  // quantize; "converting" it would write a weightless copy.
+  if (std::none_of(in.tensors().begin(), in.tensors().end(),
+                   [](const engine::GgufTensorInfo& t) { return compress::is_quantizable(t); })) {
+    return fail(make_error(ErrorKind::kInvalidArgument,
+                           "model '" + *path + "' has no weight matrices (" +
+                               std::to_string(in.tensors().size()) +
+                               " tensors; a vocabulary-only GGUF?): nothing to quantize; give "
+                               "a model file with its weights"));
+  }
   engine::ThreadPool pool(o.threads);
   Progress progress(o.quiet);
   const auto on_progress = [&progress](std::string_view stage, uint64_t done, uint64_t total) {

@@ -226,8 +226,14 @@ struct ModelLoader {
     c.head_dim = static_cast<int32_t>(head_dim);
     c.feed_forward_length = static_cast<int32_t>(n_ff);
     c.context_length = static_cast<int32_t>(n_ctx);
-    c.rms_norm_epsilon = static_cast<float>(
-        file.get_float(arch + ".attention.layer_norm_rms_epsilon").value_or(1e-5));
+    const double epsilon =
+        file.get_float(arch + ".attention.layer_norm_rms_epsilon").value_or(1e-5);
+    // NaN or a non-positive epsilon makes every norm NaN (or infinite) and the
+    // model silently generates nothing.
+    if (!(epsilon > 0.0 && epsilon < 1.0))
+      return corrupt(arch + ".attention.layer_norm_rms_epsilon is " + std::to_string(epsilon) +
+                     "; it must be a small positive number (1e-5 or 1e-6 in real models)");
+    c.rms_norm_epsilon = static_cast<float>(epsilon);
     c.rope_freq_base = static_cast<float>(file.get_float(arch + ".rope.freq_base").value_or(1e4));
     c.rope_dim = static_cast<int32_t>(rope_dim);
     // Rotation styles as llama.cpp assigns them per architecture.
