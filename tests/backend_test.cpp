@@ -372,6 +372,18 @@ TEST_F(EmbeddedBackendTest, MaxTokensFinishesWithLength) {
   EXPECT_EQ(e.error().kind, ErrorKind::kInvalidArgument);
 }
 
+// Without max_tokens the edge stops at 512 tokens (docs/API.md says so).
+TEST_F(EmbeddedBackendTest, DefaultMaxTokensIsTheDocumentedOne) {
+  BackendRequest r = greedy_prompt("Once upon a time", 1);
+  r.params.max_tokens.reset();
+  auto c = backend().generate(r, {});
+  ASSERT_TRUE(c.ok()) << c.error().message;
+  EXPECT_LE(c->usage.completion_tokens, 512);
+  if (c->finish_reason == "length") {
+    EXPECT_EQ(c->usage.completion_tokens, 512);
+  }
+}
+
 TEST_F(EmbeddedBackendTest, RefusingADeltaCancels) {
   std::string streamed;
   int calls = 0;

@@ -49,6 +49,7 @@ constexpr auto kPollInterval = std::chrono::milliseconds(20);
 constexpr int32_t kPrefillChunk = 32;
 // Default completion length when the request gives none: long enough for an
 // answer, short enough that a forgotten max_tokens cannot hold the edge for minutes.
+// Documented in docs/API.md and docs/CONFIG.md; change them with it.
 constexpr int32_t kDefaultMaxTokens = 512;
 constexpr int32_t kMaxTopLogprobs = 20;
 
