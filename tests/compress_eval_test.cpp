@@ -484,6 +484,40 @@ TEST(Prune, Gemma3LayersKeepTheirSlidingOrGlobalKind) {
   auto file = GgufFile::open(write_pruned(*pruned));
   ASSERT_TRUE(file.ok());
   EXPECT_EQ((*file)->get_int("gemma3.attention.sliding_window_pattern"), 5);
+
+  // A pattern stored as one flag per layer loses the removed layer's flag.
+  auto input = GgufFile::open(write_model(preset("gemma3-tiny")));
+  ASSERT_TRUE(input.ok());
+  GgufWriter writer;
+  for (const auto& [key, value] : (*input)->metadata()) writer.set(key, value);
+  engine::GgufValue::Array flags{engine::GgufValueType::kBool, {}};
+  for (bool f : {true, true, false, true, true, false}) {
+    flags.items.push_back(engine::GgufValue::boolean(f));
+  }
+  engine::GgufValue pattern;
+  pattern.type = engine::GgufValueType::kArray;
+  pattern.data = flags;
+  writer.set("gemma3.attention.sliding_window_pattern", pattern);
+  for (const GgufTensorInfo& t : (*input)->tensors()) {
+    ASSERT_TRUE(writer
+                    .add_tensor(t.name, static_cast<TensorType>(t.type), t.dims,
+                                std::span<const uint8_t>(t.data, t.byte_size))
+                    .ok());
+  }
+  const std::string with_flags = temp_path(".gguf");
+  ASSERT_TRUE(writer.write(with_flags).ok());
+  auto flagged = load(with_flags);
+  ASSERT_TRUE(flagged);
+  options.remove_layers = {1};
+  auto cut = prune(flagged, options);
+  ASSERT_TRUE(cut.ok()) << cut.error().message;
+  auto cut_file = GgufFile::open(write_pruned(*cut));
+  ASSERT_TRUE(cut_file.ok());
+  const auto* kept = (*cut_file)->find("gemma3.attention.sliding_window_pattern");
+  ASSERT_TRUE(kept != nullptr && kept->as_array() != nullptr);
+  std::vector<bool> kinds;
+  for (const auto& item : kept->as_array()->items) kinds.push_back(std::get<bool>(item.data));
+  EXPECT_EQ(kinds, (std::vector<bool>{true, false, true, true, false}));
 }
 
 TEST(Prune, Phi3FusedGateAndUpAreCutAsTwoHalves) {

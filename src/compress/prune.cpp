@@ -118,7 +118,9 @@ engine::GgufValue kept_sliding_pattern(const engine::Model& model, const std::ve
   const engine::GgufValue period_template =
       original != nullptr && original_is_period ? *original : engine::GgufValue::u32(6);
   if (original_is_period && fits(original_period)) return period_template;
-  for (int64_t period = 0; period <= static_cast<int64_t>(flags.size()) + 1; ++period) {
+  // An input with one flag per layer keeps that form.
+  for (int64_t period = 0; original_is_period && period <= static_cast<int64_t>(flags.size()) + 1;
+       ++period) {
     if (fits(period)) return with_integer(period_template, period);
   }
   if (original_is_period) {
