@@ -15,6 +15,7 @@
 #include <set>
 
 #include "compress/compress.h"
+#include "support/gguf_copy.h"
 #include "support/process.h"
 #include "support/test_paths.h"
 
@@ -96,6 +97,20 @@ std::string write_pruned(PrunedModel& pruned) {
   const Status s = pruned.writer.write(path);
   EXPECT_TRUE(s.ok()) << s.error().message;
   return path;
+}
+
+// The file `prune` writes for `model` without layer `layer`; null (with a
+// test failure) when pruning or writing fails.
+std::shared_ptr<GgufFile> pruned_without_layer(const std::shared_ptr<const Model>& model,
+                                               int32_t layer) {
+  PruneOptions options;
+  options.remove_layers = {layer};
+  auto pruned = prune(model, options);
+  EXPECT_TRUE(pruned.ok()) << pruned.error().message;
+  if (!pruned.ok()) return nullptr;
+  auto file = GgufFile::open(write_pruned(*pruned));
+  EXPECT_TRUE(file.ok()) << file.error().message;
+  return file.ok() ? *file : nullptr;
 }
 
 std::vector<TokenId> sample_tokens(const Model& model) {
@@ -456,13 +471,9 @@ TEST(Prune, Lfm2PerLayerHeadCountsAreCutWithTheLayers) {
   expect_removing_identity_layer_keeps_logits("lfm2-tiny", 1);
   auto model = load(preset_with_identity_layer("lfm2-tiny", 1));
   ASSERT_TRUE(model);
-  PruneOptions options;
-  options.remove_layers = {1};
-  auto pruned = prune(model, options);
-  ASSERT_TRUE(pruned.ok());
-  auto file = GgufFile::open(write_pruned(*pruned));
-  ASSERT_TRUE(file.ok());
-  const auto* kv = (*file)->find("lfm2.attention.head_count_kv");
+  const auto file = pruned_without_layer(model, 1);
+  ASSERT_TRUE(file);
+  const auto* kv = file->find("lfm2.attention.head_count_kv");
   ASSERT_TRUE(kv != nullptr && kv->as_array() != nullptr);
   std::vector<int64_t> counts;
   for (const auto& item : kv->as_array()->items) counts.push_back(item.as_int().value_or(-1));
@@ -477,19 +488,13 @@ TEST(Prune, Gemma3LayersKeepTheirSlidingOrGlobalKind) {
   expect_removing_identity_layer_keeps_logits("gemma3-tiny", 2);
   auto model = load(write_model(preset("gemma3-tiny")));
   ASSERT_TRUE(model);
-  PruneOptions options;
-  options.remove_layers = {2};
-  auto pruned = prune(model, options);
-  ASSERT_TRUE(pruned.ok());
-  auto file = GgufFile::open(write_pruned(*pruned));
-  ASSERT_TRUE(file.ok());
-  EXPECT_EQ((*file)->get_int("gemma3.attention.sliding_window_pattern"), 5);
+  const auto file = pruned_without_layer(model, 2);
+  ASSERT_TRUE(file);
+  EXPECT_EQ(file->get_int("gemma3.attention.sliding_window_pattern"), 5);
 
   // A pattern stored as one flag per layer loses the removed layer's flag.
   auto input = GgufFile::open(write_model(preset("gemma3-tiny")));
   ASSERT_TRUE(input.ok());
-  GgufWriter writer;
-  for (const auto& [key, value] : (*input)->metadata()) writer.set(key, value);
   engine::GgufValue::Array flags{engine::GgufValueType::kBool, {}};
   for (bool f : {true, true, false, true, true, false}) {
     flags.items.push_back(engine::GgufValue::boolean(f));
@@ -497,23 +502,14 @@ TEST(Prune, Gemma3LayersKeepTheirSlidingOrGlobalKind) {
   engine::GgufValue pattern;
   pattern.type = engine::GgufValueType::kArray;
   pattern.data = flags;
-  writer.set("gemma3.attention.sliding_window_pattern", pattern);
-  for (const GgufTensorInfo& t : (*input)->tensors()) {
-    ASSERT_TRUE(writer
-                    .add_tensor(t.name, static_cast<TensorType>(t.type), t.dims,
-                                std::span<const uint8_t>(t.data, t.byte_size))
-                    .ok());
-  }
-  const std::string with_flags = temp_path(".gguf");
-  ASSERT_TRUE(writer.write(with_flags).ok());
+  const std::string with_flags =
+      testing::copy_gguf_with(**input, {{"gemma3.attention.sliding_window_pattern", pattern}});
+  ASSERT_FALSE(with_flags.empty());
   auto flagged = load(with_flags);
   ASSERT_TRUE(flagged);
-  options.remove_layers = {1};
-  auto cut = prune(flagged, options);
-  ASSERT_TRUE(cut.ok()) << cut.error().message;
-  auto cut_file = GgufFile::open(write_pruned(*cut));
-  ASSERT_TRUE(cut_file.ok());
-  const auto* kept = (*cut_file)->find("gemma3.attention.sliding_window_pattern");
+  const auto cut_file = pruned_without_layer(flagged, 1);
+  ASSERT_TRUE(cut_file);
+  const auto* kept = cut_file->find("gemma3.attention.sliding_window_pattern");
   ASSERT_TRUE(kept != nullptr && kept->as_array() != nullptr);
   std::vector<bool> kinds;
   for (const auto& item : kept->as_array()->items) kinds.push_back(std::get<bool>(item.data));

@@ -14,6 +14,7 @@
 #include <nlohmann/json.hpp>
 
 #include "compress/compress.h"
+#include "support/gguf_copy.h"
 #include "support/process.h"
 #include "support/test_paths.h"
 
@@ -272,17 +273,9 @@ TEST(Quantize, RequantizesThroughFloatAndCopiesTheSameType) {
 TEST(Quantize, KeepsTheFileAlignment) {
   auto synthetic = open(synthetic_model_path());
   ASSERT_TRUE(synthetic);
-  GgufWriter writer;
-  for (const auto& [key, value] : synthetic->metadata()) writer.set(key, value);
-  writer.set("general.alignment", GgufValue::u32(64));
-  for (const auto& t : synthetic->tensors()) {
-    ASSERT_TRUE(writer
-                    .add_tensor(t.name, static_cast<TensorType>(t.type), t.dims,
-                                {t.data, static_cast<size_t>(t.byte_size)})
-                    .ok());
-  }
-  const std::string aligned_path = scratch_path(".gguf");
-  ASSERT_TRUE(writer.write(aligned_path).ok());
+  const std::string aligned_path =
+      testing::copy_gguf_with(*synthetic, {{"general.alignment", GgufValue::u32(64)}});
+  ASSERT_FALSE(aligned_path.empty());
   auto in = open(aligned_path);
   ASSERT_TRUE(in);
   const auto choices = uniform_choices(*in, TensorType::kQ4_0, false);

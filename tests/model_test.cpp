@@ -17,6 +17,7 @@
 
 #include "common/json_syntax.h"
 #include "engine/engine.h"
+#include "support/gguf_copy.h"
 #include "support/test_paths.h"
 
 namespace foreshore::engine {
@@ -1403,17 +1404,9 @@ TEST(Model, UnsupportedArchitectureNamesTheSupportedOnes) {
   ASSERT_TRUE(write_synthetic_model(spec, path).ok());
   auto file = GgufFile::open(path);
   ASSERT_TRUE(file.ok());
-  GgufWriter writer;
-  for (const auto& [key, value] : (*file)->metadata()) writer.set(key, value);
-  writer.set("general.architecture", GgufValue::string("mamba"));
-  for (const auto& t : (*file)->tensors()) {
-    ASSERT_TRUE(writer
-                    .add_tensor(t.name, static_cast<TensorType>(t.type), t.dims,
-                                std::span<const uint8_t>(t.data, static_cast<size_t>(t.byte_size)))
-                    .ok());
-  }
-  const std::string renamed = testing::temp_path(".gguf");
-  ASSERT_TRUE(writer.write(renamed).ok());
+  const std::string renamed =
+      testing::copy_gguf_with(**file, {{"general.architecture", GgufValue::string("mamba")}});
+  ASSERT_FALSE(renamed.empty());
   auto model = Model::load(renamed);
   ASSERT_FALSE(model.ok());
   EXPECT_EQ(model.error().kind, ErrorKind::kUnsupported);
@@ -1434,17 +1427,9 @@ TEST(Model, ImplausibleNormEpsilonIsRefusedByName) {
   ASSERT_TRUE(file.ok());
   for (float epsilon : {std::numeric_limits<float>::quiet_NaN(), 0.0f, -1e-5f, 2.0f}) {
     SCOPED_TRACE(epsilon);
-    GgufWriter writer;
-    for (const auto& [key, value] : (*file)->metadata()) writer.set(key, value);
-    writer.set("llama.attention.layer_norm_rms_epsilon", GgufValue::f32(epsilon));
-    for (const auto& t : (*file)->tensors()) {
-      ASSERT_TRUE(writer
-                      .add_tensor(t.name, static_cast<TensorType>(t.type), t.dims,
-                                  std::span<const uint8_t>(t.data, t.byte_size))
-                      .ok());
-    }
-    const std::string edited = testing::temp_path(".gguf");
-    ASSERT_TRUE(writer.write(edited).ok());
+    const std::string edited = testing::copy_gguf_with(
+        **file, {{"llama.attention.layer_norm_rms_epsilon", GgufValue::f32(epsilon)}});
+    ASSERT_FALSE(edited.empty());
     auto model = Model::load(edited);
     ASSERT_FALSE(model.ok());
     EXPECT_EQ(model.error().kind, ErrorKind::kCorrupt);
