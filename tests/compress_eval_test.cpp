@@ -113,6 +113,18 @@ std::shared_ptr<GgufFile> pruned_without_layer(const std::shared_ptr<const Model
   return file.ok() ? *file : nullptr;
 }
 
+// The items of `file`'s array `key`, each read by `read` (a test failure
+// when there is no such array).
+template <class Read>
+auto array_items(const GgufFile& file, const std::string& key, Read read) {
+  std::vector<decltype(read(std::declval<const engine::GgufValue&>()))> out;
+  const auto* value = file.find(key);
+  EXPECT_TRUE(value != nullptr && value->as_array() != nullptr) << key;
+  if (value == nullptr || value->as_array() == nullptr) return out;
+  for (const auto& item : value->as_array()->items) out.push_back(read(item));
+  return out;
+}
+
 std::vector<TokenId> sample_tokens(const Model& model) {
   return model.tokenizer().encode("Once upon a time the big red dog sat on the mat", true, false);
 }
@@ -473,10 +485,9 @@ TEST(Prune, Lfm2PerLayerHeadCountsAreCutWithTheLayers) {
   ASSERT_TRUE(model);
   const auto file = pruned_without_layer(model, 1);
   ASSERT_TRUE(file);
-  const auto* kv = file->find("lfm2.attention.head_count_kv");
-  ASSERT_TRUE(kv != nullptr && kv->as_array() != nullptr);
-  std::vector<int64_t> counts;
-  for (const auto& item : kv->as_array()->items) counts.push_back(item.as_int().value_or(-1));
+  const auto counts =
+      array_items(*file, "lfm2.attention.head_count_kv",
+                  [](const engine::GgufValue& v) { return v.as_int().value_or(-1); });
   EXPECT_EQ(counts, (std::vector<int64_t>{0, 2, 0, 0, 2}));
 }
 
@@ -509,10 +520,8 @@ TEST(Prune, Gemma3LayersKeepTheirSlidingOrGlobalKind) {
   ASSERT_TRUE(flagged);
   const auto cut_file = pruned_without_layer(flagged, 1);
   ASSERT_TRUE(cut_file);
-  const auto* kept = cut_file->find("gemma3.attention.sliding_window_pattern");
-  ASSERT_TRUE(kept != nullptr && kept->as_array() != nullptr);
-  std::vector<bool> kinds;
-  for (const auto& item : kept->as_array()->items) kinds.push_back(std::get<bool>(item.data));
+  const auto kinds = array_items(*cut_file, "gemma3.attention.sliding_window_pattern",
+                                 [](const engine::GgufValue& v) { return std::get<bool>(v.data); });
   EXPECT_EQ(kinds, (std::vector<bool>{true, false, true, true, false}));
 }
 
