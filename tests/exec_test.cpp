@@ -540,6 +540,19 @@ TEST(ShadowTest, AgreementIsCountedPerVersionPair) {
   ASSERT_TRUE(failing.wait_idle(5s));
   EXPECT_EQ(failing.counters().failed, 1u);
   EXPECT_TRUE(failing.agreement().empty());
+
+  // A reloaded config's sampler goes on from its predecessor's figures.
+  ShadowSampler next({.fraction = 1.0, .rate_per_second = 0, .seed = 3},
+                     [](const ShadowJob&) -> Result<ShadowAnswer> {
+                       return ShadowAnswer{"Paris", "cloud-v1"};
+                     });
+  next.carry_over(sampler);
+  next.carry_over(failing);
+  EXPECT_EQ(next.counters().completed, 5u);
+  EXPECT_EQ(next.counters().failed, 1u);
+  ASSERT_EQ(next.agreement().size(), 3u);
+  EXPECT_EQ(next.agreement()[0].jobs, 3u);
+  EXPECT_NEAR(next.agreement()[0].mean_similarity, stats[0].mean_similarity, 1e-12);
 }
 
 // Opens a gate once, on demand or at the latest when the test ends, so a

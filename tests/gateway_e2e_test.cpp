@@ -528,6 +528,32 @@ TEST(GatewayE2EStartup, SigtermStopsCleanly) {
   EXPECT_EQ(gw.process().terminate(SIGTERM, 10s), 0);
 }
 
+// The decision log is bounded: past decision_log_max_mb it moves to PATH.1
+// and starts again, so a retry storm cannot fill the disk.
+TEST(GatewayDecisionLog, RotatesPastItsLimit) {
+  const std::string log = temp_path(".decisions.jsonl");
+  const std::string config =
+      write_config("server:\n  decision_log: " + log + "\n  decision_log_max_mb: 0.004\n" +
+                   "tiers:\n  edge: {kind: embedded, model: stories260K, threads: 1}\n");
+  ServeProcess gw({"--config", config}, model_env());
+  ASSERT_TRUE(gw.ok()) << gw.process().stderr_text();
+  for (int i = 0; i < 12; ++i) ASSERT_EQ(chat(gw.port(), chat_body(false, 2), "").status, 200);
+  ASSERT_TRUE(std::filesystem::exists(log + ".1"));
+  EXPECT_LE(std::filesystem::file_size(log), 4u * 1024 * 1024 / 1000 + 1);
+  EXPECT_LE(std::filesystem::file_size(log + ".1"), 4u * 1024 * 1024 / 1000 + 1);
+  size_t lines = 0;
+  for (const std::string& path : {log, log + ".1"}) {
+    std::ifstream in(path);
+    for (std::string line; std::getline(in, line); ++lines) {
+      EXPECT_FALSE(json::parse(line, nullptr, false).is_discarded()) << line;
+    }
+  }
+  EXPECT_GT(lines, 2u);
+  std::remove(log.c_str());
+  std::remove((log + ".1").c_str());
+  std::remove(config.c_str());
+}
+
 // A learner state this start cannot read (a newer version's) stops the
 // start and stays as it was: it is not replaced, at exit, by an empty learner.
 TEST(GatewayLearning, AStateFileItCannotReadIsLeftAsItWas) {

@@ -642,6 +642,33 @@ TEST_F(Reliability, Cloud500) {
   run_scenario("cloud 500", failing_cloud({"502", "503"}, false), true, {0, 7});
 }
 
+// While the cloud's breaker is open: an edge request the edge cannot serve
+// is the client's to fix when the edge was forced (400, whatever the cloud's
+// state), and a routed one that only the cloud could serve is told when the
+// breaker will probe (503 with Retry-After).
+TEST_F(Reliability, WhileTheBreakerIsOpenRefusalsSayWhatHelps) {
+  cloud_.set_mode(FaultMode::kStatus500);
+  ASSERT_NO_FATAL_FAILURE(start({}));
+  const std::string hello =
+      R"({"max_tokens": 4, "messages": [{"role": "user", "content": "hello"}]})";
+  for (int i = 0; i < 6; ++i) {
+    const HttpResult r =
+        http_post(port(), "/v1/chat/completions", hello, {{"x-foreshore-tier", "cloud"}});
+    EXPECT_EQ(r.status, i < 5 ? 502 : 503) << r.body;
+  }
+  ASSERT_NE(metrics().find("foreshore_breaker_state{tier=\"cloud\"} 1"), std::string::npos)
+      << metrics();
+  const std::string two = R"({"n": 2, "max_tokens": 4,
+      "messages": [{"role": "user", "content": "hello"}]})";
+  const HttpResult forced =
+      http_post(port(), "/v1/chat/completions", two, {{"x-foreshore-tier", "edge"}});
+  EXPECT_EQ(forced.status, 400) << forced.body;
+  EXPECT_EQ(forced.json()["error"]["code"], "unsupported_on_edge") << forced.body;
+  const HttpResult routed = http_post(port(), "/v1/chat/completions", two);
+  EXPECT_EQ(routed.status, 503) << routed.body;
+  EXPECT_FALSE(routed.header("Retry-After").empty()) << routed.body;
+}
+
 TEST_F(Reliability, Cloud429) {
   cloud_.set_mode(FaultMode::kStatus429);
   cloud_.set_retry_after("1");

@@ -79,6 +79,8 @@ class Executor {
   // Tier availability for the router's signals.
   bool available(const std::string& tier) const;
   BreakerState breaker_state(const std::string& tier) const;
+  // Seconds until `tier`'s open breaker lets a probe through (0: not open).
+  double seconds_until_probe(const std::string& tier) const;
   std::shared_ptr<backend::Backend> backend(const std::string& tier) const;
 
  private:

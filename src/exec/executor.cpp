@@ -75,6 +75,11 @@ BreakerState Executor::breaker_state(const std::string& tier) const {
   return it == tiers_.end() ? BreakerState::kOpen : it->second.breaker->state();
 }
 
+double Executor::seconds_until_probe(const std::string& tier) const {
+  auto it = tiers_.find(tier);
+  return it == tiers_.end() ? 0.0 : it->second.breaker->seconds_until_probe();
+}
+
 std::shared_ptr<backend::Backend> Executor::backend(const std::string& tier) const {
   auto it = tiers_.find(tier);
   return it == tiers_.end() ? nullptr : it->second.backend;

@@ -277,6 +277,28 @@ std::vector<AgreementStats> ShadowSampler::agreement() const {
   return out;
 }
 
+void ShadowSampler::carry_over(const ShadowSampler& previous) {
+  std::scoped_lock lock(mu_, previous.mu_);
+  const ShadowCounters& p = previous.counters_;
+  for (auto [mine, theirs] :
+       {std::pair{&counters_.offered, p.offered},
+        std::pair{&counters_.refused_device_only, p.refused_device_only},
+        std::pair{&counters_.refused_data_class, p.refused_data_class},
+        std::pair{&counters_.not_sampled, p.not_sampled}, std::pair{&counters_.dropped, p.dropped},
+        std::pair{&counters_.rate_limited, p.rate_limited},
+        std::pair{&counters_.accepted, p.accepted}, std::pair{&counters_.completed, p.completed},
+        std::pair{&counters_.failed, p.failed}, std::pair{&counters_.discarded, p.discarded}}) {
+    *mine += theirs;
+  }
+  for (const auto& [key, stats] : previous.pairs_) {
+    PairStats& pair = pairs_[key];
+    pair.jobs += stats.jobs;
+    pair.agreed += stats.agreed;
+    pair.exact += stats.exact;
+    pair.similarity_sum += stats.similarity_sum;
+  }
+}
+
 std::optional<double> ShadowSampler::adaptive_threshold() const {
   std::lock_guard lock(mu_);
   if (!controller_) return std::nullopt;

@@ -160,6 +160,9 @@ class ShadowSampler {
 
   ShadowCounters counters() const;
   std::vector<AgreementStats> agreement() const;  // by (edge, cloud) version
+  // Starts this sampler's counts and agreement from `previous`'s (the one a
+  // config reload replaces), so that /metrics goes on from where it was.
+  void carry_over(const ShadowSampler& previous);
   std::optional<double> adaptive_threshold() const;
 
  private:

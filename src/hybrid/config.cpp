@@ -30,7 +30,7 @@ constexpr std::array<std::string_view, 7> kStateKeys{
     "backend", "url", "password_env", "timeout_ms", "pool_size", "retry_ms", "budgets_when_down"};
 constexpr std::array<std::string_view, 3> kLimitKeys{"requests_per_minute", "tokens_per_minute",
                                                      "budget_usd"};
-constexpr std::array<std::string_view, 26> kServerKeys{"host",
+constexpr std::array<std::string_view, 27> kServerKeys{"host",
                                                        "port",
                                                        "api_keys",
                                                        "api_keys_env",
@@ -51,6 +51,7 @@ constexpr std::array<std::string_view, 26> kServerKeys{"host",
                                                        "shadow_target_agreement",
                                                        "shadow_data_classes",
                                                        "audit_max_rows",
+                                                       "decision_log_max_mb",
                                                        "audit_max_age_hours",
                                                        "admin_key_env",
                                                        "audit_postgres",
@@ -98,6 +99,10 @@ void read_server(YamlReader& r, const YAML::Node& node, ServerConfig& s) {
     r.fail(join_path(path, "audit_spool"), "must name a file when audit_postgres is set");
   }
   r.get(node, "decision_log", path, s.decision_log);
+  r.get(node, "decision_log_max_mb", path, s.decision_log_max_mb);
+  if (!(s.decision_log_max_mb >= 0)) {
+    r.fail(join_path(path, "decision_log_max_mb"), "must be 0 (no limit) or more");
+  }
   r.get(node, "audit_store_text", path, s.audit_store_text);
   r.get(node, "audit_max_rows", path, s.audit_max_rows);
   if (s.audit_max_rows < 0)

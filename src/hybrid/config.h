@@ -61,9 +61,12 @@ struct ServerConfig {
   // PostgreSQL audit trail shared by replicas (libpq connection string); empty: none.
   std::string audit_postgres;
   std::string audit_spool = "foreshore-audit-spool.jsonl";  // records wait here while it is down
-  std::string decision_log;       // JSONL of every routing decision, without raw text; empty: none
-  bool audit_store_text = false;  // keep prompt text, not only its hash
-  int64_t audit_max_rows = 0;     // retention: keep the newest N rows; 0 keeps all
+  std::string decision_log;  // JSONL of every routing decision, without raw text; empty: none
+  // Past this size the decision log moves to decision_log.1 and starts
+  // again, so that a retry storm cannot fill the disk; 0: no limit.
+  double decision_log_max_mb = 256;
+  bool audit_store_text = false;    // keep prompt text, not only its hash
+  int64_t audit_max_rows = 0;       // retention: keep the newest N rows; 0 keeps all
   int64_t audit_max_age_hours = 0;  // retention: drop rows older than this; 0 keeps all
   double shadow_fraction = 0.0;     // share of edge answers re-scored on the cloud
   // > 0: the complexity threshold adapts to keep shadow agreement at or above this.

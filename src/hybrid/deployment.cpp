@@ -23,6 +23,7 @@ Result<PipelineSettings> pipeline_settings(const config::GatewayConfig& c) {
   s.routing = c.routing;
   s.audit_path = c.server.audit_db;
   s.decision_log = c.server.decision_log;
+  s.decision_log_max_mb = c.server.decision_log_max_mb;
   s.audit_store_text = c.server.audit_store_text;
   s.audit_max_rows = c.server.audit_max_rows;
   s.audit_max_age_hours = c.server.audit_max_age_hours;

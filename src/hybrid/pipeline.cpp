@@ -101,6 +101,10 @@ Result<std::unique_ptr<Pipeline>> Pipeline::create(
                                             "' for appending; check the folder exists and is "
                                             "writable");
     }
+    h->decision_log_path_ = settings.decision_log;
+    h->decision_log_bytes_ = std::ftell(h->decision_log_);
+    h->decision_log_max_bytes_ =
+        static_cast<int64_t>(settings.decision_log_max_mb * 1024 * 1024);
   }
 
   observe::MemoryPressureOptions m;
@@ -212,6 +216,7 @@ Result<std::unique_ptr<Pipeline>> Pipeline::create(
           if (!c.ok()) return c.error();
           return exec::ShadowAnswer{c->text, c->model_version};
         });
+    if (previous != nullptr && previous->shadow_) h->shadow_->carry_over(*previous->shadow_);
   }
   h->escalations_ = &metrics.counter("foreshore_escalations_total",
                                      "Cascade escalations from the edge to the cloud.", {}, {});
@@ -589,11 +594,13 @@ Result<route::Decision> Pipeline::decide(const Request& api, const RouteHints& h
       return std::find(d.rules_fired.begin(), d.rules_fired.end(), rule) != d.rules_fired.end();
     };
     // Asking the edge for what it cannot do fails the same way every time,
-    // unless a cloud tier that could do it is only down for now.
-    const bool unsupported = fired("edge-lacks-feature") && !fired("cloud-unavailable") && !refused;
+    // unless a cloud tier that could do it is only down for now (and was not
+    // ruled out by a forced tier).
+    const bool cloud_could_come_back = fired("cloud-unavailable") && !fired("forced-tier");
+    const bool unsupported = fired("edge-lacks-feature") && !cloud_could_come_back && !refused;
     // Too long for the edge and not allowed elsewhere: retrying cannot help,
     // so it is a 400 SDKs do not retry, not a 503 they do.
-    const bool too_long = fired("edge-context-exceeded") && !fired("cloud-unavailable") && !refused;
+    const bool too_long = fired("edge-context-exceeded") && !cloud_could_come_back && !refused;
     if (too_long) {
       error.kind = RefusalKind::kInvalidRequest;
       error.code = "context_length_exceeded";
@@ -610,6 +617,18 @@ Result<route::Decision> Pipeline::decide(const Request& api, const RouteHints& h
     if (unsupported) error.param = edge_unsupported_param(api.backend.remote_only.edge_unsupported);
     for (const std::string* why : {&edge_down, &cloud_down}) {
       if (!why->empty()) error.message += " (" + *why + ")";
+    }
+    // A tier down behind its breaker comes back when it probes: say when.
+    if (error.kind == RefusalKind::kUnavailable) {
+      double wait = 0.0;
+      for (const std::string& tier : {rc.edge_tier, rc.cloud_tier}) {
+        const double probe = tier.empty() ? 0.0 : executor_->seconds_until_probe(tier);
+        if (probe > 0.0 && (wait == 0.0 || probe < wait)) wait = probe;
+      }
+      if (wait == 0.0 && !rc.cloud_tier.empty() && shared_->breaker_open(rc.cloud_tier)) {
+        wait = 1.0;
+      }
+      if (wait > 0.0) error.retry_after_seconds = std::max(1.0, std::ceil(wait));
     }
   }
   return d;
@@ -679,7 +698,7 @@ void Pipeline::finish(const Request& api, const RouteHints& hints, const route::
     metrics_->counter("foreshore_rules_fired_total", "Routing rules that fired.", {"rule"}, {rule})
         .add();
   }
-  if (decision_log_ != nullptr) {
+  if (!decision_log_path_.empty()) {
     nlohmann::json j;
     route::to_json(j, d);
     j["served_by"] = r.ok() ? r->tier : "";
@@ -688,8 +707,24 @@ void Pipeline::finish(const Request& api, const RouteHints& hints, const route::
     if (r.ok()) j["trace"] = r->trace;
     const std::string line = j.dump() + "\n";
     std::lock_guard lock(decision_log_mu_);
-    std::fwrite(line.data(), 1, line.size(), decision_log_);
-    std::fflush(decision_log_);
+    if (decision_log_max_bytes_ > 0 &&
+        decision_log_bytes_ + static_cast<int64_t>(line.size()) > decision_log_max_bytes_) {
+      // Full: the older half of the history moves to PATH.1 (replacing the
+      // one before), and the log starts again.
+      std::fclose(decision_log_);
+      std::rename(decision_log_path_.c_str(), (decision_log_path_ + ".1").c_str());
+      decision_log_ = std::fopen(decision_log_path_.c_str(), "a");
+      decision_log_bytes_ = 0;
+      if (decision_log_ == nullptr) {
+        std::fprintf(stderr, "decision log: cannot reopen %s after rotating it; not logging\n",
+                     decision_log_path_.c_str());
+      }
+    }
+    if (decision_log_ != nullptr) {
+      std::fwrite(line.data(), 1, line.size(), decision_log_);
+      std::fflush(decision_log_);
+      decision_log_bytes_ += static_cast<int64_t>(line.size());
+    }
   }
   const backend::TierConfig* served = r.ok() ? tier_config(r->tier) : nullptr;
   if (served != nullptr) {

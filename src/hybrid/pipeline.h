@@ -37,6 +37,7 @@ struct PipelineSettings {
   std::string decision_log;    // JSONL file of every decision (no raw text); empty: none
   bool audit_store_text = false;
   int64_t audit_max_rows = 0;
+  double decision_log_max_mb = 0;  // rotate to PATH.1 past this; 0: no limit
   int64_t audit_max_age_hours = 0;
   double shadow_fraction = 0.0;  // share of edge answers re-run on the cloud
   double shadow_rate_per_second = 1.0;
@@ -153,6 +154,9 @@ class Pipeline {
   bool adopt_shared_threshold_ = false;
   std::mutex decision_log_mu_;
   std::FILE* decision_log_ = nullptr;
+  std::string decision_log_path_;
+  int64_t decision_log_bytes_ = 0;
+  int64_t decision_log_max_bytes_ = 0;  // 0: no limit
   std::vector<backend::TierConfig> tiers_;
   observe::MetricsRegistry* metrics_ = nullptr;
   observe::Gauge* memory_level_ = nullptr;
