@@ -467,6 +467,43 @@ TEST(Sensitivity, SecretsAndKeys) {
 }
 
 // How people name an SSN beside the number, and what a card number is not.
+// Numbers that are personal only by the name before them: bank accounts and
+// routing numbers, passports and driving licences, medical records, dates of
+// birth; and a password named in a sentence. The same shapes without their
+// name, or names describing a field, are not hits.
+TEST(Sensitivity, NamedAccountsIdsRecordsAndPasswordsInASentence) {
+  expect_hit("bank_account",
+             {"My bank account number is 12345678", "acct # 000123456789",
+              "routing number 021000021", "ABA: 011000015", "a/c no. 4455667788",
+              "bank account 98765432"});
+  expect_no_hit("bank_account",
+                {"routing number 123456789", "What is a routing number?",
+                 "The account number field is 12 characters long", "account number: 2024",
+                 "My account has 123456 followers", "bank account interest rates in 2024"});
+  expect_hit("government_id", {"passport number X12345678", "driver's license D1234567",
+                               "Driving licence no: MORGA753116SM9IJ", "passport: 123456789"});
+  expect_no_hit("government_id",
+                {"driver's license requirements in California",
+                 "Apply for a passport: the passport office is open 9-5"});
+  expect_hit("medical_record",
+             {"MRN: 00123456", "My medical record number is MRN 00123456",
+              "patient id A-7781234", "Medicare number 1EG4-TE5-MK73", "member id W123456789"});
+  expect_no_hit("medical_record", {"What does MRN stand for?", "Medicare Part D plans for 2024",
+                                   "member id card", "NHS 111 service"});
+  expect_hit("date_of_birth", {"DOB 01/02/1980", "date of birth: 1985-03-14",
+                               "born on March 14, 1985", "D.O.B. 14 Mar 1985"});
+  expect_no_hit("date_of_birth", {"date of birth field format is YYYY-MM-DD",
+                                  "He was born on the 4th of July", "born on a weekend"});
+  expect_hit("generic_secret",
+             {"my password for gmail is Tr0ub4dor&3", "The password to the wifi is bluefish42",
+              "the passphrase we agreed on is 'Blue Horse 7'", "the password for prod was: x9!k2"});
+  expect_no_hit("generic_secret",
+                {"The password for this account is case-sensitive.",
+                 "The password for the admin panel is stored in Vault.",
+                 "Your password must be 8 characters and the password you enter is hashed.",
+                 "The passcode screen is shown after 5 tries."});
+}
+
 TEST(Sensitivity, SsnContextWordsAndCardLengths) {
   expect_hit("us_ssn", {"my social is 078 05 1120", "S.S.N.: 078051120", "social sec # 078051120",
                         "SSNO 078051120", "SocialSecurityNumber: 078051120"});

@@ -45,6 +45,10 @@ enum Builtin : uint32_t {
   kUrlCredentials,
   kServiceToken,
   kGenericSecret,
+  kBankAccount,
+  kGovernmentId,
+  kMedicalRecord,
+  kDateOfBirth,
   kBuiltinCount,
 };
 
@@ -79,7 +83,17 @@ inline constexpr std::array<BuiltinDetectorInfo, kBuiltinCount> kBuiltins = {{
     {"service_token", kDev,
      "GitLab, Hugging Face, npm, PyPI, SendGrid, DigitalOcean, Shopify, Google OAuth tokens, "
      "Slack app tokens, Stripe webhook secrets, age secret keys, PuTTY key files"},
-    {"generic_secret", kDev, "high-entropy values of api_key=, secret=, token=, password= ..."},
+    {"generic_secret", kDev,
+     "high-entropy values of api_key=, secret=, token=, password= ..., and passwords named in "
+     "a sentence (\"the password for the wifi is ...\")"},
+    {"bank_account", kDev,
+     "bank account numbers after their name (account number, acct #) and US routing numbers "
+     "(ABA checksum verified)"},
+    {"government_id", kDev, "passport and driver's licence numbers after their name"},
+    {"medical_record", kDev,
+     "medical record numbers (MRN), patient, health insurance, Medicare and member ids after "
+     "their name"},
+    {"date_of_birth", kLocal, "dates of birth after DOB, date of birth, born on"},
 }};
 
 // "email, phone, ...": for error messages about an unknown detector.
@@ -178,6 +192,33 @@ inline constexpr BuiltinPattern kBuiltinPatterns[] = {
     // The last word of the key's name, the separator and the value's first
     // character; the validator reads the whole name and value. (Spelling out
     // every key name here makes the whole scan several times slower.)
+    // A password named in a sentence, its value after "is" a few words on
+    // ("the password for the wifi is ..."); the validator reads the value.
+    {kGenericSecret, Check::kPasswordPhrase,
+     R"(\b(?:password|passcode|passphrase)\b[^\n.:=]{1,40}(?:[ \t](?:is|was)[ \t]*[:=]?|[:=])[ \t]*["']?[^\s"'])",
+     kCaseless, false},
+    // The rest of this file's detectors need the name before the number:
+    // "account number is 12345678", "MRN: A1234567". A bare number of that
+    // shape is too common to be read as one. No start of match: tracking it
+    // through the bounded repeats made the whole scan 2.5 times slower; the
+    // validators find the value back from the end.
+    {kBankAccount, Check::kAbaRouting,
+     R"(\b(?:routing|aba|rtn)(?:[ \t]+(?:transit[ \t]+)?(?:number|no\.?|num|#))?[ \t]*(?:[:#=]|is)?[ \t]*\d{9}\b)",
+     kCaseless, false},
+    {kBankAccount, Check::kNamedValue,
+     R"(\b(?:account|acct|a/c)[ \t]*(?:number|no\.?|num|#)[ \t]*(?:[:#=]|is)?[ \t]*\d{6,17}\b)",
+     kCaseless, false},
+    {kBankAccount, Check::kNamedValue, R"(\bbank[ \t]+account[ \t]*(?:[:#=]|is)?[ \t]*\d{6,17}\b)",
+     kCaseless, false},
+    {kGovernmentId, Check::kNamedValue,
+     R"(\b(?:passport|driver'?s?[ \t]+licen[cs]e|driving[ \t]+licen[cs]e)(?:[ \t]+(?:number|no\.?|num|#|id))?[ \t]*(?:[:#=]|is)?[ \t]*[A-Z0-9][A-Z0-9\-]{4,19}\b)",
+     kCaseless, false},
+    {kMedicalRecord, Check::kNamedValue,
+     R"(\b(?:mrn|medical[ \t]+record|patient[ \t]+id|health[ \t]+insurance|insurance[ \t]+member|member[ \t]+id|medicare|medicaid|nhs)(?:[ \t]+(?:number|no\.?|num|#|id))?[ \t]*(?:[:#=]|is)?[ \t]*[A-Z0-9][A-Z0-9\-]{4,19}\b)",
+     kCaseless, false},
+    {kDateOfBirth, Check::kNamedDate,
+     R"(\b(?:dob|d\.o\.b\.?|date[ \t]+of[ \t]+birth|birth[ \t]?date|born[ \t]+on)[ \t]*(?:[:=]|is)?[ \t]*(?:\d{1,4}[/\-.]\d{1,2}[/\-.]\d{1,4}|(?:jan|feb|mar|apr|may|jun|jul|aug|sep|oct|nov|dec)[a-z]*\.?[ \t]+\d{1,2}(?:st|nd|rd|th)?,?[ \t]+\d{4}|\d{1,2}(?:st|nd|rd|th)?[ \t]+(?:jan|feb|mar|apr|may|jun|jul|aug|sep|oct|nov|dec)[a-z]*\.?,?[ \t]+\d{4}))",
+     kCaseless, false},
     {kGenericSecret, Check::kGenericSecret,
      R"((?:key|id|secret|token|password|passwd|pwd|passphrase|pass|passe|pw|pin|passwort|kennwort|contrase(?:\xc3\xb1|n)a|senha|wachtwoord|has(?:\xc5\x82|l)o|l(?:\xc3\xb6|o)senord|parola|(?:\xd0\xbf|\xd0\x9f)\xd0\xb0\xd1\x80\xd0\xbe\xd0\xbb\xd1\x8c|\xd0\x9f\xd0\x90\xd0\xa0\xd0\x9e\xd0\x9b\xd0\xac|\xe5\xaf\x86\xe7(?:\xa0\x81|\xa2\xbc)|\xe3\x83\xaf\xe3\x83\xbc\xe3\x83\x89|\xeb\xb2\x88\xed\x98\xb8)["']?[ \t]*(?:[:=>]|=>|[ \t]+is|[ \t]-)[ \t]*["']?[A-Za-z0-9_\-+/=.~!@#$%^&*])",
      kCaseless, false},

@@ -916,6 +916,69 @@ bool has_context(std::string_view t, Span s, bool phone) {
   return false;
 }
 
+// The value after "the password for X is": a word a person chose, so not
+// one of the words that describe a field, and with a digit, a symbol, or
+// both cases in 8 letters or more ("case-sensitive", "required" are not).
+Verdict check_password_phrase(std::string_view t, Span& s) {
+  const uint32_t b = s.end - 1;  // the value's first character
+  // Quoted, the value runs to the closing quote, spaces and all.
+  const char quote = before(t, b) == '"' || before(t, b) == '\'' ? before(t, b) : '\0';
+  uint32_t e = b;
+  while (e < t.size() && e - b < 128 && t[e] != '"' && t[e] != '\'' && t[e] != '\n' &&
+         (quote != '\0' || !std::isspace(static_cast<unsigned char>(t[e])))) {
+    ++e;
+  }
+  while (e > b && std::string_view(".,;!?)").find(t[e - 1]) != std::string_view::npos) --e;
+  const std::string_view v = t.substr(b, e - b);
+  if (v.size() < 4 || v.size() > 64 || describes_field(v) || placeholder(v)) {
+    return Verdict::kReject;
+  }
+  const bool digit = std::any_of(v.begin(), v.end(), is_digit);
+  const bool symbol = v.find_first_of("!@#$%^&*_+=~<>?/|") != std::string_view::npos;
+  const bool mixed = std::any_of(v.begin(), v.end(), is_upper) &&
+                     std::any_of(v.begin(), v.end(), is_lower) && v.size() >= 8 && !is_upper(v[0]);
+  if (!digit && !symbol && !mixed) return Verdict::kReject;
+  s = {b, e};
+  return Verdict::kAccept;
+}
+
+// ABA routing numbers: 3, 7, 1 weights over the nine digits, a multiple of 10.
+Verdict check_aba_routing(std::string_view t, Span& s) {
+  if (s.end < 9) return Verdict::kReject;
+  s.begin = s.end - 9;
+  int sum = 0;
+  static constexpr int kWeights[] = {3, 7, 1, 3, 7, 1, 3, 7, 1};
+  for (int i = 0; i < 9; ++i) {
+    const char c = t[s.end - 9 + static_cast<uint32_t>(i)];
+    if (!is_digit(c)) return Verdict::kReject;
+    sum += kWeights[i] * (c - '0');
+  }
+  return sum % 10 == 0 ? Verdict::kAccept : Verdict::kReject;
+}
+
+// The id that ends at s.end (letters, digits, dashes), which must hold a digit.
+Verdict check_named_value(std::string_view t, Span& s) {
+  uint32_t b = s.end;
+  while (b > 0 && s.end - b < 24 && (is_alnum(t[b - 1]) || t[b - 1] == '-')) --b;
+  const std::string_view v = t.substr(b, s.end - b);
+  if (!std::any_of(v.begin(), v.end(), is_digit)) return Verdict::kReject;
+  s.begin = b;
+  return Verdict::kAccept;
+}
+
+// The date that ends at s.end: back over its digits, month name, separators.
+Verdict check_named_date(std::string_view t, Span& s) {
+  uint32_t b = s.end;
+  while (
+      b > 0 && s.end - b < 24 &&
+      (is_alnum(t[b - 1]) || std::string_view("/-., ").find(t[b - 1]) != std::string_view::npos)) {
+    --b;
+  }
+  while (b < s.end && !is_digit(t[b]) && !is_alpha(t[b])) ++b;
+  s.begin = b;
+  return Verdict::kAccept;
+}
+
 Verdict validate(Check check, std::string_view t, Span& s, bool& itin) {
   switch (check) {
     case Check::kSsn:
@@ -968,6 +1031,14 @@ Verdict validate(Check check, std::string_view t, Span& s, bool& itin) {
       return check_basic(t, s);
     case Check::kUrlCredentials:
       return check_url_credentials(t, s);
+    case Check::kPasswordPhrase:
+      return check_password_phrase(t, s);
+    case Check::kAbaRouting:
+      return check_aba_routing(t, s);
+    case Check::kNamedValue:
+      return check_named_value(t, s);
+    case Check::kNamedDate:
+      return check_named_date(t, s);
     case Check::kGenericSecret:
       return check_generic_secret(t, s);
     case Check::kCustomPrefilter:

@@ -34,6 +34,10 @@ enum class Check : uint8_t {
   kBasic,
   kUrlCredentials,
   kGenericSecret,
+  kPasswordPhrase,   // "the password for X is VALUE": the value must look like one
+  kAbaRouting,       // a US routing number: the last 9 digits pass the ABA checksum
+  kNamedValue,       // the id after its name ("MRN: A1234567"): read back from the end, has a digit
+  kNamedDate,        // the date after "DOB", "born on": read back from the end
   kCustom,           // configured pattern, exact in Hyperscan
   kCustomPrefilter,  // configured pattern Hyperscan only approximates; PCRE2 confirms
   // Nine or more number words in a row ("four one one one ..."): no hit of
