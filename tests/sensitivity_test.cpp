@@ -472,22 +472,26 @@ TEST(Sensitivity, SecretsAndKeys) {
 // birth; and a password named in a sentence. The same shapes without their
 // name, or names describing a field, are not hits.
 TEST(Sensitivity, NamedAccountsIdsRecordsAndPasswordsInASentence) {
-  expect_hit("bank_account",
-             {"My bank account number is 12345678", "acct # 000123456789",
-              "routing number 021000021", "ABA: 011000015", "a/c no. 4455667788",
-              "bank account 98765432"});
+  expect_hit("bank_account", {"My bank account number is 12345678", "acct # 000123456789",
+                              "routing number 021000021", "ABA: 011000015", "a/c no. 4455667788",
+                              "bank account 98765432",
+                              // The folded copy serves these detectors too: other digits,
+                              // invisible characters, number words.
+                              "account number is \uff11\uff12\uff13\uff14\uff15\uff16\uff17\uff18",
+                              "routing number 021\u200b000\u200b021",
+                              "routing number zero two one zero zero zero zero two one"});
   expect_no_hit("bank_account",
                 {"routing number 123456789", "What is a routing number?",
                  "The account number field is 12 characters long", "account number: 2024",
                  "My account has 123456 followers", "bank account interest rates in 2024"});
   expect_hit("government_id", {"passport number X12345678", "driver's license D1234567",
                                "Driving licence no: MORGA753116SM9IJ", "passport: 123456789"});
-  expect_no_hit("government_id",
-                {"driver's license requirements in California",
-                 "Apply for a passport: the passport office is open 9-5"});
+  expect_no_hit("government_id", {"driver's license requirements in California",
+                                  "Apply for a passport: the passport office is open 9-5"});
   expect_hit("medical_record",
-             {"MRN: 00123456", "My medical record number is MRN 00123456",
-              "patient id A-7781234", "Medicare number 1EG4-TE5-MK73", "member id W123456789"});
+             {"MRN: 00123456", "MRN: \uff10\uff10\uff11\uff12\uff13\uff14\uff15\uff16",
+              "My medical record number is MRN 00123456", "patient id A-7781234",
+              "Medicare number 1EG4-TE5-MK73", "member id W123456789"});
   expect_no_hit("medical_record", {"What does MRN stand for?", "Medicare Part D plans for 2024",
                                    "member id card", "NHS 111 service"});
   expect_hit("date_of_birth", {"DOB 01/02/1980", "date of birth: 1985-03-14",
