@@ -358,6 +358,10 @@ TEST_F(PrivacyE2E, EveryFieldAndSpellingIsGuarded) {
       {"SSN 2 1 9 0 9 8 7 6 5", "8 7 6 5"},
       {"four zero one two, eight eight eight eight, eight eight eight eight, one eight eight one",
        "one eight eight one"},
+      // Passwords on a command line and in another language.
+      {"mysql -u root -pS3cretPass shop", "S3cretPass"},
+      {"curl -u admin:Sup3rS3cret https://api.example.com", "Sup3rS3cret"},
+      {"mi contrase\u00f1a es Sol2024!", "Sol2024!"},
   };
   int cases = 0;
   for (const Secret& secret : secrets) {

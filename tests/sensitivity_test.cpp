@@ -508,6 +508,61 @@ TEST(Sensitivity, NamedAccountsIdsRecordsAndPasswordsInASentence) {
                  "The passcode screen is shown after 5 tries."});
 }
 
+// Passwords given to a command, a login and its password, foreign phrases,
+// keys after a blank, Docker registry auths, PINs and codes, sort codes and
+// EINs; and the code and placeholders around them that are none.
+TEST(Sensitivity, CommandLinesCodesAndPhrasesInOtherLanguages) {
+  expect_hit("generic_secret",
+             {"mysql -u root -pS3cretPass mydb",
+              "mysql -h db -u admin -p'Tr0ub4dor&3' shop",
+              "mysqldump -uroot -proot app",
+              "curl -u admin:Sup3rS3cret https://api.example.com",
+              "curl --user alice:hunter22 https://x.example.com",
+              "myapp --password Hunter2! --user bob",
+              "docker login -u bob -p Hunter2pass reg.io",
+              "sshpass -p 'Passw0rd' ssh user@host",
+              "machine api.github.com login bob password s3cr3tpass",
+              "machine api.github.com\n  login bob\n  password s3cr3tpass",
+              "username bob password Sunshine2024",
+              "PGPASSWORD=s3cr3t psql -h host",
+              "pw: correct-horse",
+              "Mein Passwort lautet Sonne2024",
+              "mi contrase\u00f1a es Sol2024!",
+              "mot de passe : Soleil2024",
+              "api key 9f8e7d6c5b4a39281706f5e4d3c2b1a0",
+              "--auth-token 9f8e7d6c5b4a39281706f5e4d3c2b1a0",
+              R"({"auths": {"registry.example.com": {"auth": "Ym9iOkh1bnRlcjJwYXNz"}}})",
+              "my PIN code is 4821",
+              "the alarm code is 4821",
+              "verification code: 482193"});
+  expect_no_hit(
+      "generic_secret",
+      {"mysql -u root -p mydb", "mysql -u root -p", "mysql -u root -p$MYSQL_PWD mydb",
+       "mysql -u root -p${MYSQL_ROOT_PASSWORD} app", "curl -u $USER:$TOKEN https://api.example.com",
+       "curl -u \"$USER:$PASS\" https://api.example.com",
+       "docker run -u 1000:1000 -p 8080:80 nginx",
+       "docker login -u bob --password-stdin registry.example.com", "psql --password --host db",
+       "myapp --password PASSWORD --user bob", "myapp --password <your-password>",
+       "git push -u origin main", "username bob password reset link",
+       "login as root password protected", "api key rotation policy",
+       "api key management best practices for 2024", "PIN code must be 4 digits",
+       "the verification code expires in 10 minutes", "security code 123",
+       "The HTTP status code 404 means not found", "la contrase\u00f1a es obligatoria",
+       R"("auth": "none")", R"("auth": "basic")",
+       // Code that names a password without holding one.
+       "password = settings.DB_PASSWORD", "const password = process.env.DB_PASSWORD;",
+       "user.password = hashlib.sha256(raw).hexdigest()", "key = curses.KEY_RIGHT",
+       "console.log(`PASS: validateEmail(${input})`)", "password=$(cat /run/secrets/db)",
+       "password=your_password", "password=YourPassword", "token='your_api_token'",
+       "class PasswordGenerator\n  def initialize(length: 8)",
+       "curl -u user:<password> https://api.example.com"});
+  expect_hit("bank_account",
+             {"sort code 20-00-00 account 55779911", "BSB 062-000 account number 12345678"});
+  expect_no_hit("bank_account", {"sort code and account number are on your statement"});
+  expect_hit("government_id", {"EIN: 12-3456789", "tax id 12-3456789", "TIN 123456789"});
+  expect_no_hit("government_id", {"tax id format is XX-XXXXXXX", "tin cans from 1990 to 2000"});
+}
+
 TEST(Sensitivity, SsnContextWordsAndCardLengths) {
   expect_hit("us_ssn", {"my social is 078 05 1120", "S.S.N.: 078051120", "social sec # 078051120",
                         "SSNO 078051120", "SocialSecurityNumber: 078051120"});

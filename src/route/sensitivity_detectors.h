@@ -84,12 +84,14 @@ inline constexpr std::array<BuiltinDetectorInfo, kBuiltinCount> kBuiltins = {{
      "GitLab, Hugging Face, npm, PyPI, SendGrid, DigitalOcean, Shopify, Google OAuth tokens, "
      "Slack app tokens, Stripe webhook secrets, age secret keys, PuTTY key files"},
     {"generic_secret", kDev,
-     "high-entropy values of api_key=, secret=, token=, password= ..., and passwords named in "
-     "a sentence (\"the password for the wifi is ...\")"},
+     "high-entropy values of api_key=, secret=, token=, password= ..., passwords named in "
+     "a sentence (\"the password for the wifi is ...\") or given on a command line (mysql -p, "
+     "curl -u, --password), Docker registry auths, PINs and access codes after their name"},
     {"bank_account", kDev,
-     "bank account numbers after their name (account number, acct #) and US routing numbers "
-     "(ABA checksum verified)"},
-    {"government_id", kDev, "passport and driver's licence numbers after their name"},
+     "bank account numbers after their name (account number, acct #, sort code or BSB and "
+     "account) and US routing numbers (ABA checksum verified)"},
+    {"government_id", kDev,
+     "passport and driver's licence numbers, US EIN and TIN after their name"},
     {"medical_record", kDev,
      "medical record numbers (MRN), patient, health insurance, Medicare and member ids after "
      "their name"},
@@ -194,8 +196,41 @@ inline constexpr BuiltinPattern kBuiltinPatterns[] = {
     // every key name here makes the whole scan several times slower.)
     // A password named in a sentence, its value after "is" a few words on
     // ("the password for the wifi is ..."); the validator reads the value.
+    // In English, German, Spanish, Portuguese, French, Dutch, Italian,
+    // Polish, Swedish and Russian ("mi contraseña es ...", "Mein Passwort
+    // lautet ...").
     {kGenericSecret, Check::kPasswordPhrase,
-     R"(\b(?:password|passcode|passphrase)\b[^\n.:=]{1,40}(?:[ \t](?:is|was)[ \t]*[:=]?|[:=])[ \t]*["']?[^\s"'])",
+     R"((?:\b(?:password|passcode|passphrase|passwort|kennwort|contrase(?:\xc3\xb1|n)a|senha|wachtwoord|mot[ \t]+de[ \t]+passe|has(?:\xc5\x82|l)o|l(?:\xc3\xb6|o)senord|parola)\b|\xd0\xbf\xd0\xb0\xd1\x80\xd0\xbe\xd0\xbb\xd1\x8c)(?:[^\n.:=<>]{0,40}[ \t](?:is|was|ist|lautet|war|es|est|era|\xc3\xa9|\xc3\xa8|jest|\xc3\xa4r|\xd1\x8d\xd1\x82\xd0\xbe)[ \t]*[:=]?|[^\n.:=<>]{1,40}[:=])[ \t]*["']?[^\s"'])",
+     kCaseless, false},
+    // Command lines. An option that takes a password ("--password VALUE");
+    // one whose command says it is one (mysql -pVALUE, sshpass -p VALUE,
+    // docker login -p VALUE, curl -u user:VALUE); a login and its password
+    // (.netrc's "login bob password ...", "username bob password ...");
+    // a key named with a blank before its value ("--api-key 9f8e...",
+    // "api key 9f8e...").
+    {kGenericSecret, Check::kPasswordPhrase,
+     R"((?:^|[ \t])--?(?:password|passwd|pass|pwd|passphrase)[ \t]+["']?[^\s"'\-])", kCaseless,
+     false},
+    {kGenericSecret, Check::kCommandPassword,
+     R"(\b(?:mysql|mysqldump|mysqladmin|mysqlimport|mysqlshow|mariadb|mariadb-dump)\b[^\n]{0,200}[ \t]-p["']?[^\s"'])",
+     0, false},
+    {kGenericSecret, Check::kCommandPassword,
+     R"(\b(?:sshpass|(?:docker|podman|nerdctl|buildah|skopeo|oras|registry)[ \t]+login)\b[^\n]{0,200}[ \t]-p[ \t]*["']?[^\s"'\-])",
+     0, false},
+    {kGenericSecret, Check::kCommandPassword,
+     R"(\bcurl\b[^\n]{0,300}[ \t](?:-u[ \t]*|--user[ \t=]+)["']?[^\s:"'@]*:[^\s"'@])", 0, false},
+    {kGenericSecret, Check::kPasswordPhrase,
+     R"(\b(?:login|user(?:name)?)\b[ \t]*[:=]?[ \t]*["']?[^\s"']{1,64}["']?[ \t,;/|]*\s+(?:password|passwd|pwd|pass)[ \t]+["']?[^\s"'\-])",
+     kCaseless, false},
+    {kGenericSecret, Check::kNamedKey,
+     R"(\b(?:api|secret|access|auth|private|client|app)[ \t_\-]?(?:key|token|secret)(?:[ \t]+(?:is|was))?[ \t]+["']?[A-Za-z0-9])",
+     kCaseless, false},
+    // A registry credential in a Docker or Podman config: base64 of user:password.
+    {kGenericSecret, Check::kDockerAuth, R"("auth"[ \t]*:[ \t]*"[A-Za-z0-9+/])", 0, false},
+    // A PIN or a code that opens something, after its name ("PIN code 4821",
+    // "the alarm code is 4821", "verification code: 482193").
+    {kGenericSecret, Check::kNamedValue,
+     R"(\b(?:pin[ \t]+(?:code|number|no\.?)|(?:security|access|alarm|door|gate|garage|safe|unlock|verification|one[ \t\-]time)[ \t]+(?:code|pin|passcode)|otp)[ \t]*(?:[:#=]|is|was)?[ \t]*\d{4,8}\b)",
      kCaseless, false},
     // The rest of this file's detectors need the name before the number:
     // "account number is 12345678", "MRN: A1234567". A bare number of that
@@ -210,8 +245,17 @@ inline constexpr BuiltinPattern kBuiltinPatterns[] = {
      kCaseless, false},
     {kBankAccount, Check::kNamedValue, R"(\bbank[ \t]+account[ \t]*(?:[:#=]|is)?[ \t]*\d{6,17}\b)",
      kCaseless, false},
+    // A UK sort code or an Australian BSB, then the account ("sort code
+    // 20-00-00 account 55779911").
+    {kBankAccount, Check::kNamedValue,
+     R"(\b(?:sort[ \t]+code|bsb)[^\n]{0,30}\baccount(?:[ \t]+(?:number|no\.?|num|#))?[ \t]*(?:[:#=]|is)?[ \t]*\d{6,17}\b)",
+     kCaseless, false},
     {kGovernmentId, Check::kNamedValue,
      R"(\b(?:passport|driver'?s?[ \t]+licen[cs]e|driving[ \t]+licen[cs]e)(?:[ \t]+(?:number|no\.?|num|#|id))?[ \t]*(?:[:#=]|is)?[ \t]*[A-Z0-9][A-Z0-9\-]{4,19}\b)",
+     kCaseless, false},
+    // A US employer or taxpayer id (EIN, TIN): nine digits, 2-7.
+    {kGovernmentId, Check::kNamedValue,
+     R"(\b(?:f?ein|tin|tax[ \t]*id(?:entification)?|taxpayer[ \t]+id(?:entification)?|employer[ \t]+identification)(?:[ \t]+(?:number|no\.?|num|#))?[ \t]*(?:[:#=]|is)?[ \t]*\d{2}-?\d{7}\b)",
      kCaseless, false},
     {kMedicalRecord, Check::kNamedValue,
      R"(\b(?:mrn|medical[ \t]+record|patient[ \t]+id|health[ \t]+insurance|insurance[ \t]+member|member[ \t]+id|medicare|medicaid|nhs)(?:[ \t]+(?:number|no\.?|num|#|id))?[ \t]*(?:[:#=]|is)?[ \t]*[A-Z0-9][A-Z0-9\-]{4,19}\b)",

@@ -406,26 +406,36 @@ int base64url_value(char c) {
   return -1;
 }
 
+// Decodes base64 or base64url (padding ends it) into out, at most cap
+// bytes; the decoded length, or -1 on a character of neither alphabet.
+int base64_decode(std::string_view in, char* out, size_t cap) {
+  size_t n = 0;
+  uint32_t bits = 0;
+  int nbits = 0;
+  for (char c : in) {
+    if (c == '=') break;
+    const int v = base64url_value(c);
+    if (v < 0) return -1;
+    bits = (bits << 6) | static_cast<uint32_t>(v);
+    nbits += 6;
+    if (nbits >= 8) {
+      nbits -= 8;
+      if (n == cap) break;
+      out[n++] = static_cast<char>((bits >> nbits) & 0xff);
+    }
+  }
+  return static_cast<int>(n);
+}
+
 // A JWT's first part is base64url JSON naming the algorithm.
 Verdict check_jwt(std::string_view t, Span s) {
   if (!token_ends(t, s.end) || at(t, s.end) == '.') return Verdict::kReject;
   const std::string_view token = t.substr(s.begin, s.end - s.begin);
   const std::string_view header = token.substr(0, std::min<size_t>(token.find('.'), 128));
   char json[96];
-  size_t n = 0;
-  uint32_t bits = 0;
-  int nbits = 0;
-  for (char c : header) {
-    const int v = base64url_value(c);
-    if (v < 0) return Verdict::kReject;
-    bits = (bits << 6) | static_cast<uint32_t>(v);
-    nbits += 6;
-    if (nbits >= 8) {
-      nbits -= 8;
-      json[n++] = static_cast<char>((bits >> nbits) & 0xff);
-    }
-  }
-  const std::string_view decoded(json, n);
+  const int n = base64_decode(header, json, sizeof json);
+  if (n < 0) return Verdict::kReject;
+  const std::string_view decoded(json, static_cast<size_t>(n));
   return decoded.find("\"alg\"") != std::string_view::npos ||
                  decoded.find("\"typ\"") != std::string_view::npos
              ? Verdict::kAccept
@@ -460,10 +470,17 @@ bool placeholder(std::string_view v) {
   if (v.empty()) return true;
   const char c = v.front();
   if (c == '<' || c == '{' || c == '[') return true;
-  // "${DB_PASSWORD}", "$PW": a reference to a variable, not its value.
+  // "${DB_PASSWORD}", "$PW": a reference to a variable, not its value;
+  // "$(cat FILE)", "`cat FILE`": a command's output.
+  if (c == '`' || (c == '$' && at(v, 1) == '(')) return true;
   if (c == '$') {
     return std::all_of(v.begin() + 1, v.end(),
                        [](char ch) { return is_word(ch) || ch == '{' || ch == '}'; });
+  }
+  // "your_password", "YourPassword", "your-api-token": the reader's own.
+  if (v.size() > 4 && iequals(v.substr(0, 4), "your") &&
+      std::none_of(v.begin(), v.end(), is_digit)) {
+    return true;
   }
   // "%s", "%(pw)s": a format string; a long value that happens to start
   // with '%' is a secret like any other.
@@ -571,6 +588,8 @@ SecretName secret_name(std::string_view name) {
   if (std::any_of(std::begin(kPasswordNames), std::end(kPasswordNames), ends_name)) {
     return SecretName::kPassword;
   }
+  // PGPASSWORD, rootpassword: a password however the name is glued.
+  if (lower.ends_with("password") || lower.ends_with("passwort")) return SecretName::kPassword;
   if (lower == "key" || lower.ends_with("apikey") || lower.ends_with("passwd")) {
     return SecretName::kSecret;
   }
@@ -587,6 +606,22 @@ bool describes_field(std::string_view v) {
       "unset",  "default",  "changeit", "sample", "dummy", "invalid"};
   return std::any_of(std::begin(kWords), std::end(kWords),
                      [&](std::string_view w) { return iequals(v, w); });
+}
+
+// Code, not a value: a name ("curses.KEY_RIGHT", "settings.DB_PASSWORD":
+// identifiers joined by dots, no digit) or a call ("validateEmail(...)",
+// "hashlib.sha256(raw)"). `next` is the character after the value.
+bool looks_like_code(std::string_view v, char next) {
+  if (v.empty()) return false;
+  const auto path_char = [](char c) { return is_word(c) || c == '.'; };
+  const size_t paren = v.find('(');
+  if (next == '(' || (paren != std::string_view::npos && paren > 0 && is_alpha(v.front()) &&
+                      std::all_of(v.begin(), v.begin() + static_cast<long>(paren), path_char))) {
+    return true;
+  }
+  return v.find('.') != std::string_view::npos && is_alpha(v.front()) && is_alpha(v.back()) &&
+         std::all_of(v.begin(), v.end(),
+                     [](char c) { return is_alpha(c) || c == '_' || c == '.'; });
 }
 
 bool is_name_char(char c) {
@@ -609,10 +644,12 @@ Verdict check_generic_secret(std::string_view t, Span& s) {
   const auto quote = [](char c) { return c == '"' || c == '\''; };
   const bool quoted = b > 0 && quote(t[b - 1]);
   if (quoted) --b;
+  const uint32_t before_blanks = b;
   skip_back(blank);
-  bool tagged = false;  // <password>value
+  bool tagged = false;  // <password>value, with nothing between ("<password> https://" is prose)
   if (b > 0 && t[b - 1] == '>') {
     tagged = b < 2 || t[b - 2] != '=';
+    if (tagged && b != before_blanks) return Verdict::kReject;
     b -= tagged ? 1 : 2;
   } else if (b > 0 && (t[b - 1] == ':' || t[b - 1] == '=' || t[b - 1] == '-')) {
     --b;
@@ -634,6 +671,9 @@ Verdict check_generic_secret(std::string_view t, Span& s) {
   std::string_view value = t.substr(value_begin, s.end - value_begin);
   if (tagged && value.find('<') != std::string_view::npos) value = value.substr(0, value.find('<'));
   if (placeholder(value)) return Verdict::kReject;
+  // Code, not a value: a call ("PASS: validateEmail(...)") or a name
+  // ("key = curses.KEY_RIGHT", "password = settings.DB_PASSWORD").
+  if (looks_like_code(value, at(t, s.end))) return Verdict::kReject;
   const bool digit = std::any_of(value.begin(), value.end(), is_digit);
   const bool alpha = std::any_of(value.begin(), value.end(), is_alpha);
   const bool upper = std::any_of(value.begin(), value.end(), is_upper);
@@ -655,6 +695,8 @@ Verdict check_generic_secret(std::string_view t, Span& s) {
     if (value.size() >= 4 && (digit || (symbol && upper && lower) || (quoted && !is_separator))) {
       return Verdict::kAccept;
     }
+    // "pw: correct-horse": words joined by a symbol, assigned, not prose.
+    if (value.size() >= 8 && symbol && !is_separator) return Verdict::kAccept;
     if (value.size() >= 16 && alpha) return Verdict::kAccept;
   }
   if (value.size() < 8) return Verdict::kReject;
@@ -916,12 +958,10 @@ bool has_context(std::string_view t, Span s, bool phone) {
   return false;
 }
 
-// The value after "the password for X is": a word a person chose, so not
-// one of the words that describe a field, and with a digit, a symbol, or
-// both cases in 8 letters or more ("case-sensitive", "required" are not).
-Verdict check_password_phrase(std::string_view t, Span& s) {
-  const uint32_t b = s.end - 1;  // the value's first character
-  // Quoted, the value runs to the closing quote, spaces and all.
+// The value whose first character is at `b`: quoted, it runs to the closing
+// quote, spaces and all; otherwise to the next blank or quote, less the
+// punctuation that ends a sentence.
+Span value_at(std::string_view t, uint32_t b) {
   const char quote = before(t, b) == '"' || before(t, b) == '\'' ? before(t, b) : '\0';
   uint32_t e = b;
   while (e < t.size() && e - b < 128 && t[e] != '"' && t[e] != '\'' && t[e] != '\n' &&
@@ -929,8 +969,17 @@ Verdict check_password_phrase(std::string_view t, Span& s) {
     ++e;
   }
   while (e > b && std::string_view(".,;!?)").find(t[e - 1]) != std::string_view::npos) --e;
-  const std::string_view v = t.substr(b, e - b);
-  if (v.size() < 4 || v.size() > 64 || describes_field(v) || placeholder(v)) {
+  return {b, e};
+}
+
+// The value after "the password for X is": a word a person chose, so not
+// one of the words that describe a field, and with a digit, a symbol, or
+// both cases in 8 letters or more ("case-sensitive", "required" are not).
+Verdict check_password_phrase(std::string_view t, Span& s) {
+  const Span value = value_at(t, s.end - 1);
+  const std::string_view v = t.substr(value.begin, value.end - value.begin);
+  if (v.size() < 4 || v.size() > 64 || describes_field(v) || placeholder(v) ||
+      looks_like_code(v, at(t, value.end))) {
     return Verdict::kReject;
   }
   const bool digit = std::any_of(v.begin(), v.end(), is_digit);
@@ -938,6 +987,61 @@ Verdict check_password_phrase(std::string_view t, Span& s) {
   const bool mixed = std::any_of(v.begin(), v.end(), is_upper) &&
                      std::any_of(v.begin(), v.end(), is_lower) && v.size() >= 8 && !is_upper(v[0]);
   if (!digit && !symbol && !mixed) return Verdict::kReject;
+  s = value;
+  return Verdict::kAccept;
+}
+
+// The value a command takes as a password (mysql -pVALUE, sshpass -p VALUE,
+// curl -u user:VALUE): the option says what it is, so any value counts but
+// a placeholder or a variable ("-p$MYSQL_PWD", "-u user:<password>").
+Verdict check_command_password(std::string_view t, Span& s) {
+  const Span value = value_at(t, s.end - 1);
+  const std::string_view v = t.substr(value.begin, value.end - value.begin);
+  if (v.size() < 3 || v.size() > 64 || describes_field(v) || placeholder(v)) {
+    return Verdict::kReject;
+  }
+  s = value;
+  return Verdict::kAccept;
+}
+
+// The value after a key's name and a blank ("api key 9f8e7d6c..."): with no
+// ':' or '=' to say it is one, only a value that looks random counts.
+Verdict check_named_key(std::string_view t, Span& s) {
+  const uint32_t b = s.end - 1;
+  uint32_t e = b;
+  while (e < t.size() && e - b < 256 && is_secret_char(t[e])) ++e;
+  while (e > b && std::string_view(".,;!?").find(t[e - 1]) != std::string_view::npos) --e;
+  const std::string_view v = t.substr(b, e - b);
+  const bool digit = std::any_of(v.begin(), v.end(), is_digit);
+  const bool alpha = std::any_of(v.begin(), v.end(), is_alpha);
+  if (v.size() < 12 || !digit || !alpha || entropy(v) < 3.0 || placeholder(v)) {
+    return Verdict::kReject;
+  }
+  s = {b, e};
+  return Verdict::kAccept;
+}
+
+// A registry credential in a Docker or Podman config ("auth": "dXNlcjpw..."):
+// base64 of "user:password".
+Verdict check_docker_auth(std::string_view t, Span& s) {
+  const uint32_t b = s.end - 1;
+  uint32_t e = b;
+  while (e < t.size() && e - b < 1024 &&
+         (is_alnum(t[e]) || t[e] == '+' || t[e] == '/' || t[e] == '=')) {
+    ++e;
+  }
+  if (at(t, e) != '"') return Verdict::kReject;
+  char buf[192];
+  const int n = base64_decode(t.substr(b, e - b), buf, sizeof buf);
+  if (n < 3) return Verdict::kReject;
+  const std::string_view decoded(buf, static_cast<size_t>(n));
+  const size_t colon = decoded.find(':');
+  const bool printable = std::all_of(decoded.begin(), decoded.end(), [](char c) {
+    return static_cast<unsigned char>(c) >= 0x20 && static_cast<unsigned char>(c) < 0x7f;
+  });
+  if (!printable || colon == std::string_view::npos || colon == 0 || colon + 1 == decoded.size()) {
+    return Verdict::kReject;
+  }
   s = {b, e};
   return Verdict::kAccept;
 }
@@ -1033,6 +1137,12 @@ Verdict validate(Check check, std::string_view t, Span& s, bool& itin) {
       return check_url_credentials(t, s);
     case Check::kPasswordPhrase:
       return check_password_phrase(t, s);
+    case Check::kCommandPassword:
+      return check_command_password(t, s);
+    case Check::kNamedKey:
+      return check_named_key(t, s);
+    case Check::kDockerAuth:
+      return check_docker_auth(t, s);
     case Check::kAbaRouting:
       return check_aba_routing(t, s);
     case Check::kNamedValue:

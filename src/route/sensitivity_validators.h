@@ -35,6 +35,9 @@ enum class Check : uint8_t {
   kUrlCredentials,
   kGenericSecret,
   kPasswordPhrase,   // "the password for X is VALUE": the value must look like one
+  kCommandPassword,  // mysql -pVALUE, curl -u user:VALUE: any value that is not a placeholder
+  kNamedKey,         // "api key 9f8e...": a value that looks random
+  kDockerAuth,       // "auth": "<base64 of user:password>"
   kAbaRouting,       // a US routing number: the last 9 digits pass the ABA checksum
   kNamedValue,       // the id after its name ("MRN: A1234567"): read back from the end, has a digit
   kNamedDate,        // the date after "DOB", "born on": read back from the end
