@@ -266,13 +266,47 @@ NumberWord number_word_at(std::string_view t, size_t i) {
 // Separators between digit groups that a run of digits may be spelled with.
 // Not ':' or '=': a time of day ("10:30") or a sum ("2+2=4") in a prompt
 // would have it read a third time, doubling the cost of scanning it.
+bool is_ascii_alnum(char c) {
+  return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z');
+}
+
 bool is_digit_separator(char c) {
   return c == ' ' || c == '-' || c == '.' || c == '/' || c == '_' || c == '\\' || c == '|' ||
          c == '*' || c == '~' || c == '#' || c == '\'';
 }
 
+// Markup between two digit groups, up to 24 bytes: emphasis and code marks
+// with the spaces and group separators around them ("**4111** **1111**",
+// "`4111` `1111`", "**078**-**05**") or HTML tags ("4111</td><td>1111",
+// "4111<br>1111"). Its length, 0 if none.
+size_t markup_at(std::string_view t, size_t j) {
+  const size_t n = t.size();
+  size_t k = j;
+  bool marked = false;
+  while (k < n && k - j < 24) {
+    const char c = t[k];
+    if (c == '*' || c == '_' || c == '`' || c == '~') {
+      marked = true;
+      ++k;
+    } else if (c == ' ' || c == '-' || c == '.' || c == '/') {
+      ++k;
+    } else if (c == '<') {
+      size_t close = k + 1;
+      while (close < n && close - k <= 12 && (is_ascii_alnum(t[close]) || t[close] == '/')) {
+        ++close;
+      }
+      if (close >= n || t[close] != '>' || close == k + 1) return 0;
+      marked = true;
+      k = close + 1;
+    } else {
+      break;
+    }
+  }
+  return marked && k < n && k - j <= 24 && is_digit(static_cast<unsigned char>(t[k])) ? k - j : 0;
+}
+
 // The separator after the digit group ending at byte j: its length (1, or 3
-// for one between spaces, " - "), 0 when the run ends there.
+// for one between spaces, " - ", or the markup's), 0 when the run ends there.
 size_t separator_at(std::string_view t, size_t j) {
   const size_t n = t.size();
   if (j + 1 < n && is_digit_separator(t[j]) && is_digit(static_cast<unsigned char>(t[j + 1]))) {
@@ -282,15 +316,18 @@ size_t separator_at(std::string_view t, size_t j) {
       t[j + 2] == ' ' && is_digit(static_cast<unsigned char>(t[j + 3]))) {
     return 3;
   }
-  return 0;
+  return j < n && (t[j] == ' ' || t[j] == '*' || t[j] == '_' || t[j] == '`' || t[j] == '~' ||
+                   t[j] == '<')
+             ? markup_at(t, j)
+             : 0;
 }
 
 // Whether the separator of length `sep` at byte j is one no number format
 // groups with: number formats use spaces, dashes or dots; slashes,
-// underscores and the like, or a dash between spaces, are a spelling.
+// underscores and the like, a dash between spaces, or markup are a spelling.
 bool unusual_separator(std::string_view t, size_t j, size_t sep) {
   const char kind = sep == 3 ? t[j + 1] : t[j];
-  return sep == 3 || (sep == 1 && kind != ' ' && kind != '-' && kind != '.');
+  return sep >= 2 || (sep == 1 && kind != ' ' && kind != '-' && kind != '.');
 }
 
 // Nine single digits in a row from byte i, one separator between each: a

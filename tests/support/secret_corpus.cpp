@@ -41,6 +41,8 @@ constexpr Spelling kDigitSpellings[] = {
     {"percent-encoded", "%20", DigitForm::kPercent},
     {"html references", " ", DigitForm::kHtml},
     {"number words", ", ", DigitForm::kWords},
+    {"markdown bold", "** **"},
+    {"table cells", "</td><td>"},
 };
 constexpr std::string_view kDigitSpellingNames[] = {"hyphen",
                                                     "en dash",
@@ -62,7 +64,9 @@ constexpr std::string_view kDigitSpellingNames[] = {"hyphen",
                                                     "devanagari digits",
                                                     "percent-encoded",
                                                     "html references",
-                                                    "number words"};
+                                                    "number words",
+                                                    "markdown bold",
+                                                    "table cells"};
 constexpr std::string_view kIbanSpellings[] = {"space", "hyphen", "no-break space", "none"};
 constexpr std::string_view kPlain[] = {"plain"};
 
