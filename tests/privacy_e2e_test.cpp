@@ -362,6 +362,9 @@ TEST_F(PrivacyE2E, EveryFieldAndSpellingIsGuarded) {
       {"mysql -u root -pS3cretPass shop", "S3cretPass"},
       {"curl -u admin:Sup3rS3cret https://api.example.com", "Sup3rS3cret"},
       {"mi contrase\u00f1a es Sol2024!", "Sol2024!"},
+      // National ids by their check digits.
+      {"my SIN is 046 454 286", "454 286"},
+      {"CPF 123.456.789-09", "789-09"},
   };
   int cases = 0;
   for (const Secret& secret : secrets) {

@@ -563,6 +563,28 @@ TEST(Sensitivity, CommandLinesCodesAndPhrasesInOtherLanguages) {
   expect_no_hit("government_id", {"tax id format is XX-XXXXXXX", "tin cans from 1990 to 2000"});
 }
 
+// National ids of other countries: each by its own check digits, so one
+// digit changed is not one.
+TEST(Sensitivity, NationalIdsByTheirCheckDigits) {
+  expect_hit("national_id",
+             {"my SIN is 046 454 286", "social insurance number: 046-454-286",
+              "my aadhaar is 2345 6789 0124", "Aadhaar number 234567890124", "BSN 123456782",
+              "burgerservicenummer: 1112.22.333", "CPF 123.456.789-09",
+              "meu CPF \u00e9 12345678909", "Steuer-ID 86 095 742 719",
+              "Meine Steuer-ID lautet 86095742719", "PESEL 44051401359", "my TFN is 123 456 782",
+              "NRIC S1234567D", "RRN 900101-1234567", "HETU 131052-308T", "PAN ABCPE1234F",
+              // Found anywhere: a format with a shape of its own.
+              "123.456.789-09"});
+  expect_no_hit("national_id",
+                {"my SIN is 046 454 287", "sin 30 degrees is 0.5", "my aadhaar is 2345 6789 0123",
+                 "BSN 123456789", "CPF 123.456.789-00", "the version is 123.456.789-00",
+                 "Steuer-ID 86 095 742 718", "Steuer-ID 11 111 111 111", "PESEL 44051401358",
+                 "my TFN is 123 456 789", "NRIC S1234567A", "order 991399-1234567",
+                 "HETU 131052-308X", "PAN ABCDE1234F", "PO number 123456782"});
+  expect_hit("medical_record", {"my NHS number is 943 476 5919", "NHS no: 9434765919"});
+  expect_no_hit("medical_record", {"my NHS number is 943 476 5918"});
+}
+
 TEST(Sensitivity, SsnContextWordsAndCardLengths) {
   expect_hit("us_ssn", {"my social is 078 05 1120", "S.S.N.: 078051120", "social sec # 078051120",
                         "SSNO 078051120", "SocialSecurityNumber: 078051120"});

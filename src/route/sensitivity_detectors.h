@@ -49,6 +49,7 @@ enum Builtin : uint32_t {
   kGovernmentId,
   kMedicalRecord,
   kDateOfBirth,
+  kNationalId,
   kBuiltinCount,
 };
 
@@ -96,6 +97,10 @@ inline constexpr std::array<BuiltinDetectorInfo, kBuiltinCount> kBuiltins = {{
      "medical record numbers (MRN), patient, health insurance, Medicare and member ids after "
      "their name"},
     {"date_of_birth", kLocal, "dates of birth after DOB, date of birth, born on"},
+    {"national_id", kDev,
+     "national ids, check digits verified: Canadian SIN, Indian Aadhaar and PAN, Dutch BSN, "
+     "Brazilian CPF, German Steuer-ID, Polish PESEL, Australian TFN, Singapore NRIC/FIN, Korean "
+     "RRN, Finnish HETU"},
 }};
 
 // "email, phone, ...": for error messages about an unknown detector.
@@ -259,6 +264,47 @@ inline constexpr BuiltinPattern kBuiltinPatterns[] = {
      kCaseless, false},
     {kMedicalRecord, Check::kNamedValue,
      R"(\b(?:mrn|medical[ \t]+record|patient[ \t]+id|health[ \t]+insurance|insurance[ \t]+member|member[ \t]+id|medicare|medicaid|nhs)(?:[ \t]+(?:number|no\.?|num|#|id))?[ \t]*(?:[:#=]|is)?[ \t]*[A-Z0-9][A-Z0-9\-]{4,19}\b)",
+     kCaseless, false},
+    // The UK NHS number after its name, grouped 3-3-4 or not (mod 11).
+    {kMedicalRecord, Check::kNhsNumber,
+     R"(\bnhs(?:[ \t]+(?:number|no\.?|num|#))?[ \t]*(?:[:#=]|is)?[ \t]*\d{3}[ \-]?\d{3}[ \-]?\d{4}\b)",
+     kCaseless, false},
+    // National ids after their name; each validator checks the id's own
+    // check digits.
+    {kNationalId, Check::kCanadaSin,
+     R"(\b(?:sin|social[ \t]+insurance|nas|num(?:\xc3\xa9|e)ro[ \t]+d'assurance[ \t]+sociale)(?:[ \t]+(?:number|no\.?|num|#))?[ \t]*(?:[:#=]|is)?[ \t]*\d{3}[ \-]?\d{3}[ \-]?\d{3}\b)",
+     kCaseless, false},
+    {kNationalId, Check::kAadhaar,
+     R"(\b(?:aadhaa?r|uidai|uid)(?:[ \t]+(?:card|number|no\.?|num|#))?[ \t]*(?:[:#=]|is)?[ \t]*[2-9]\d{3}[ \-]?\d{4}[ \-]?\d{4}\b)",
+     kCaseless, false},
+    {kNationalId, Check::kDutchBsn,
+     R"(\b(?:bsn|burgerservicenummer|sofi(?:nummer)?)(?:[ \t]+(?:number|nummer|no\.?|nr\.?|#))?[ \t]*(?:[:#=]|is)?[ \t]*\d(?:[ .\-]?\d){8}\b)",
+     kCaseless, false},
+    {kNationalId, Check::kBrazilCpf, R"(\b\d{3}\.\d{3}\.\d{3}-\d{2}\b)", 0, false},
+    // Singapore NRIC/FIN, Korean RRN, Finnish HETU and Indian PAN after their
+    // name: their shapes alone, scanned for everywhere, nearly doubled the
+    // scan of a 4 KiB prompt (docs/PERFORMANCE.md).
+    {kNationalId, Check::kSingaporeNric,
+     R"(\b(?:nric|fin|ic)(?:[ \t]+(?:number|no\.?|#))?[ \t]*(?:[:#=]|is)?[ \t]*[STFG]\d{7}[A-Z]\b)",
+     kCaseless, false},
+    {kNationalId, Check::kKoreaRrn,
+     R"(\b(?:rrn|resident[ \t]+registration(?:[ \t]+(?:number|no\.?))?|\xec\xa3\xbc\xeb\xaf\xbc\xeb\x93\xb1\xeb\xa1\x9d\xeb\xb2\x88\xed\x98\xb8)[ \t]*(?:[:#=]|is)?[ \t]*\d{2}[01]\d[0-3]\d-[1-8]\d{6}\b)",
+     kCaseless, false},
+    {kNationalId, Check::kFinlandHetu,
+     R"(\b(?:hetu|henkil(?:\xc3\xb6|o)tunnus|personal[ \t]+identity[ \t]+code)[ \t]*(?:[:#=]|is|on)?[ \t]*[0-3]\d[01]\d{3}[\-+A-FU-Y]\d{3}[0-9A-Y]\b)",
+     kCaseless, false},
+    {kNationalId, Check::kIndiaPan,
+     R"(\bpan(?:[ \t]+(?:card|number|no\.?|#))?[ \t]*(?:[:#=]|is)?[ \t]*[A-Z]{3}[PCHFATBLJG][A-Z]\d{4}[A-Z]\b)",
+     kCaseless, false},
+    {kNationalId, Check::kBrazilCpf, R"(\bcpf[ \t]*(?:[:#=]|is|(?:\xc3\xa9|e))?[ \t]*\d{11}\b)",
+     kCaseless, false},
+    {kNationalId, Check::kGermanTaxId,
+     R"(\b(?:steuer[ \-]?id|steuer(?:liche)?[ \t]*identifikationsnummer|steuernummer|idnr\.?)(?:[ \t]+(?:ist|lautet))?[ \t]*[:#=]?[ \t]*\d{2}[ ]?\d{3}[ ]?\d{3}[ ]?\d{3}\b)",
+     kCaseless, false},
+    {kNationalId, Check::kPesel,
+     R"(\bpesel(?:[ \t]+(?:to|is|number|nr\.?))?[ \t]*[:#=]?[ \t]*\d{11}\b)", kCaseless, false},
+    {kNationalId, Check::kAustraliaTfn,
+     R"(\b(?:tfn|tax[ \t]+file[ \t]+(?:number|no\.?|#))(?:[ \t]+is)?[ \t]*[:#=]?[ \t]*\d{3}[ \-]?\d{3}[ \-]?\d{3}\b)",
      kCaseless, false},
     {kDateOfBirth, Check::kNamedDate,
      R"(\b(?:dob|d\.o\.b\.?|date[ \t]+of[ \t]+birth|birth[ \t]?date|born[ \t]+on)[ \t]*(?:[:=]|is)?[ \t]*(?:\d{1,4}[/\-.]\d{1,2}[/\-.]\d{1,4}|(?:jan|feb|mar|apr|may|jun|jul|aug|sep|oct|nov|dec)[a-z]*\.?[ \t]+\d{1,2}(?:st|nd|rd|th)?,?[ \t]+\d{4}|\d{1,2}(?:st|nd|rd|th)?[ \t]+(?:jan|feb|mar|apr|may|jun|jul|aug|sep|oct|nov|dec)[a-z]*\.?,?[ \t]+\d{4}))",

@@ -1151,6 +1151,19 @@ Verdict validate(Check check, std::string_view t, Span& s, bool& itin) {
       return check_named_date(t, s);
     case Check::kGenericSecret:
       return check_generic_secret(t, s);
+    case Check::kNhsNumber:
+    case Check::kCanadaSin:
+    case Check::kAadhaar:
+    case Check::kDutchBsn:
+    case Check::kBrazilCpf:
+    case Check::kGermanTaxId:
+    case Check::kPesel:
+    case Check::kAustraliaTfn:
+    case Check::kSingaporeNric:
+    case Check::kKoreaRrn:
+    case Check::kFinlandHetu:
+    case Check::kIndiaPan:
+      return check_national_id(check, t, s);
     case Check::kCustomPrefilter:
     case Check::kNumberWords:
       break;

@@ -41,6 +41,20 @@ enum class Check : uint8_t {
   kAbaRouting,       // a US routing number: the last 9 digits pass the ABA checksum
   kNamedValue,       // the id after its name ("MRN: A1234567"): read back from the end, has a digit
   kNamedDate,        // the date after "DOB", "born on": read back from the end
+  // National ids of other countries, each by its own check digits
+  // (sensitivity_national_ids.cpp): read back from the end of the match.
+  kNhsNumber,        // UK NHS number: 10 digits, mod 11
+  kCanadaSin,        // Canadian social insurance number: 9 digits, Luhn
+  kAadhaar,          // Indian Aadhaar: 12 digits, Verhoeff
+  kDutchBsn,         // Dutch BSN: 9 digits, the 11-test
+  kBrazilCpf,        // Brazilian CPF: 11 digits, two mod-11 check digits
+  kGermanTaxId,      // German Steuer-ID: 11 digits, ISO 7064 MOD 11,10
+  kPesel,            // Polish PESEL: 11 digits, weighted mod 10
+  kAustraliaTfn,     // Australian tax file number: 9 digits, weighted mod 11
+  kSingaporeNric,    // Singapore NRIC/FIN: letter, 7 digits, check letter
+  kKoreaRrn,         // Korean resident registration number: birth date, then 7 digits
+  kFinlandHetu,      // Finnish personal identity code: birth date, century, check character
+  kIndiaPan,         // Indian PAN: its shape alone
   kCustom,           // configured pattern, exact in Hyperscan
   kCustomPrefilter,  // configured pattern Hyperscan only approximates; PCRE2 confirms
   // Nine or more number words in a row ("four one one one ..."): no hit of
@@ -99,6 +113,9 @@ enum class Verdict : uint8_t { kReject, kAccept, kNeedsContext };
 // patterns (kCustom) are accepted; kCustomPrefilter is confirmed elsewhere
 // (PCRE2) and rejected here.
 Verdict validate(Check check, std::string_view text, Span& span, bool& itin);
+
+// The national id checks above (kNhsNumber ... kFinlandHetu).
+Verdict check_national_id(Check check, std::string_view text, Span& span);
 
 // Whether a context word for a phone number (`phone`) or an SSN/ITIN is within
 // reach of the candidate.
