@@ -14,9 +14,11 @@
 namespace foreshore::route::detection {
 namespace {
 
+using Digits = std::array<int, 16>;
+
 // The last n digits before `end`, single separators (space, '-', '.')
 // allowed between them; their values in order. False when fewer are there.
-bool digits_back(std::string_view t, Span& s, int n, std::array<int, 16>& d) {
+bool digits_back(std::string_view t, Span& s, int n, Digits& d) {
   uint32_t i = s.end;
   int got = 0;
   while (got < n && i > 0) {
@@ -33,40 +35,33 @@ bool digits_back(std::string_view t, Span& s, int n, std::array<int, 16>& d) {
   return got == n;
 }
 
-bool all_same(const std::array<int, 16>& d, int n) {
+bool all_same(const Digits& d, int n) {
   for (int i = 1; i < n; ++i) {
     if (d[static_cast<size_t>(i)] != d[0]) return false;
   }
   return true;
 }
 
-int weighted(const std::array<int, 16>& d, std::initializer_list<int> weights) {
+int weighted(const Digits& d, std::initializer_list<int> weights) {
   int sum = 0;
   size_t i = 0;
   for (const int w : weights) sum += d[i++] * w;
   return sum;
 }
 
-bool nhs_ok(const std::array<int, 16>& d) {
+bool nhs_ok(const Digits& d) {
   const int check = 11 - weighted(d, {10, 9, 8, 7, 6, 5, 4, 3, 2}) % 11;
   if (check == 10) return false;
   return (check == 11 ? 0 : check) == d[9];
 }
 
-bool luhn9_ok(const std::array<int, 16>& d) {
-  int sum = 0;
-  for (size_t i = 0; i < 9; ++i) {
-    int v = d[i];
-    if (i % 2 == 1) {
-      v *= 2;
-      if (v > 9) v -= 9;
-    }
-    sum += v;
-  }
-  return sum % 10 == 0;
+bool sin_ok(const Digits& d) {
+  char ascii[9];
+  for (size_t i = 0; i < 9; ++i) ascii[i] = static_cast<char>('0' + d[i]);
+  return luhn_ok(ascii, 9);
 }
 
-bool verhoeff_ok(const std::array<int, 16>& d, int n) {
+bool verhoeff_ok(const Digits& d, int n) {
   static constexpr uint8_t kMultiply[10][10] = {
       {0, 1, 2, 3, 4, 5, 6, 7, 8, 9}, {1, 2, 3, 4, 0, 6, 7, 8, 9, 5},
       {2, 3, 4, 0, 1, 7, 8, 9, 5, 6}, {3, 4, 0, 1, 2, 8, 9, 5, 6, 7},
@@ -86,12 +81,16 @@ bool verhoeff_ok(const std::array<int, 16>& d, int n) {
   return c == 0;
 }
 
-bool bsn_ok(const std::array<int, 16>& d) {
+bool aadhaar_ok(const Digits& d) {
+  return d[0] >= 2 && verhoeff_ok(d, 12);
+}
+
+bool bsn_ok(const Digits& d) {
   const int sum = weighted(d, {9, 8, 7, 6, 5, 4, 3, 2}) - d[8];
   return sum % 11 == 0 && !all_same(d, 9);
 }
 
-bool cpf_ok(const std::array<int, 16>& d) {
+bool cpf_ok(const Digits& d) {
   if (all_same(d, 11)) return false;
   const int first = weighted(d, {10, 9, 8, 7, 6, 5, 4, 3, 2}) * 10 % 11 % 10;
   const int second = weighted(d, {11, 10, 9, 8, 7, 6, 5, 4, 3, 2}) * 10 % 11 % 10;
@@ -100,7 +99,7 @@ bool cpf_ok(const std::array<int, 16>& d) {
 
 // ISO 7064 MOD 11,10, and the issuer's rule that one digit of the first ten
 // appears twice or three times and every other at most once.
-bool german_tax_id_ok(const std::array<int, 16>& d) {
+bool german_tax_id_ok(const Digits& d) {
   if (d[0] == 0) return false;
   std::array<int, 10> count{};
   for (size_t i = 0; i < 10; ++i) ++count[static_cast<size_t>(d[i])];
@@ -124,14 +123,14 @@ bool valid_day_month(int day, int month) {
   return month >= 1 && month <= 12 && day >= 1 && day <= 31;
 }
 
-bool pesel_ok(const std::array<int, 16>& d) {
+bool pesel_ok(const Digits& d) {
   const int month = (d[2] * 10 + d[3]) % 20;  // +20 per century after 1900
   const int day = d[4] * 10 + d[5];
   const int check = (10 - weighted(d, {1, 3, 7, 9, 1, 3, 7, 9, 1, 3}) % 10) % 10;
   return valid_day_month(day, month) && check == d[10];
 }
 
-bool tfn_ok(const std::array<int, 16>& d) {
+bool tfn_ok(const Digits& d) {
   return weighted(d, {1, 4, 3, 7, 5, 8, 6, 9, 10}) % 11 == 0 && !all_same(d, 9);
 }
 
@@ -179,51 +178,40 @@ Verdict check_finland_hetu(std::string_view t, Span& s) {
   return kTable[value % 31] == t[s.end - 1] ? Verdict::kAccept : Verdict::kReject;
 }
 
+// The expression matched a PAN's ten characters of fixed shape.
+Verdict check_india_pan(Span& s) {
+  if (s.end < 10) return Verdict::kReject;
+  s.begin = s.end - 10;
+  return Verdict::kAccept;
+}
+
+// Ids of digits alone: how many, and their check.
+struct DigitId {
+  Check check;
+  int digits;
+  bool (*ok)(const Digits&);
+};
+constexpr DigitId kDigitIds[] = {
+    {Check::kNhsNumber, 10, nhs_ok},   {Check::kCanadaSin, 9, sin_ok},
+    {Check::kAadhaar, 12, aadhaar_ok}, {Check::kDutchBsn, 9, bsn_ok},
+    {Check::kBrazilCpf, 11, cpf_ok},   {Check::kGermanTaxId, 11, german_tax_id_ok},
+    {Check::kPesel, 11, pesel_ok},     {Check::kAustraliaTfn, 9, tfn_ok},
+};
+
 }  // namespace
 
 Verdict check_national_id(Check check, std::string_view t, Span& s) {
   if (check == Check::kSingaporeNric) return check_nric(t, s);
   if (check == Check::kKoreaRrn) return check_korea_rrn(t, s);
   if (check == Check::kFinlandHetu) return check_finland_hetu(t, s);
-  if (check == Check::kIndiaPan) {
-    // The expression matched ten characters of a fixed shape.
-    if (s.end < 10) return Verdict::kReject;
-    s.begin = s.end - 10;
-    return Verdict::kAccept;
-  }
+  if (check == Check::kIndiaPan) return check_india_pan(s);
   if (is_alnum(at(t, s.end))) return Verdict::kReject;
-  std::array<int, 16> d{};
-  const auto read = [&](int n) { return digits_back(t, s, n, d); };
-  bool ok = false;
-  switch (check) {
-    case Check::kNhsNumber:
-      ok = read(10) && nhs_ok(d);
-      break;
-    case Check::kCanadaSin:
-      ok = read(9) && luhn9_ok(d);
-      break;
-    case Check::kAadhaar:
-      ok = read(12) && d[0] >= 2 && verhoeff_ok(d, 12);
-      break;
-    case Check::kDutchBsn:
-      ok = read(9) && bsn_ok(d);
-      break;
-    case Check::kBrazilCpf:
-      ok = read(11) && cpf_ok(d);
-      break;
-    case Check::kGermanTaxId:
-      ok = read(11) && german_tax_id_ok(d);
-      break;
-    case Check::kPesel:
-      ok = read(11) && pesel_ok(d);
-      break;
-    case Check::kAustraliaTfn:
-      ok = read(9) && tfn_ok(d);
-      break;
-    default:
-      break;
+  for (const DigitId& id : kDigitIds) {
+    if (id.check != check) continue;
+    Digits d{};
+    return digits_back(t, s, id.digits, d) && id.ok(d) ? Verdict::kAccept : Verdict::kReject;
   }
-  return ok ? Verdict::kAccept : Verdict::kReject;
+  return Verdict::kReject;
 }
 
 }  // namespace foreshore::route::detection

@@ -11,6 +11,20 @@
 #include <string_view>
 
 namespace foreshore::route::detection {
+
+bool luhn_ok(const char* digits, int n) {
+  int sum = 0;
+  for (int i = 0; i < n; ++i) {
+    int d = digits[n - 1 - i] - '0';
+    if (i % 2 == 1) {
+      d *= 2;
+      if (d > 9) d -= 9;
+    }
+    sum += d;
+  }
+  return sum % 10 == 0;
+}
+
 namespace {
 
 // Words that make an ambiguous digit group a phone number or an SSN. They are
@@ -80,19 +94,6 @@ bool continues_right(std::string_view t, uint32_t e, std::string_view seps) {
 
 // ---------------------------------------------------------------------------
 // Validators. Some narrow or widen the span.
-
-bool luhn_ok(const char* digits, int n) {
-  int sum = 0;
-  for (int i = 0; i < n; ++i) {
-    int d = digits[n - 1 - i] - '0';
-    if (i % 2 == 1) {
-      d *= 2;
-      if (d > 9) d -= 9;
-    }
-    sum += d;
-  }
-  return sum % 10 == 0;
-}
 
 int number(const char* digits, int n) {
   int v = 0;

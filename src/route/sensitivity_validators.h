@@ -114,7 +114,10 @@ enum class Verdict : uint8_t { kReject, kAccept, kNeedsContext };
 // (PCRE2) and rejected here.
 Verdict validate(Check check, std::string_view text, Span& span, bool& itin);
 
-// The national id checks above (kNhsNumber ... kFinlandHetu).
+// The Luhn check over n ASCII digits (cards; the Canadian SIN).
+bool luhn_ok(const char* digits, int n);
+
+// The national id checks above (kNhsNumber ... kIndiaPan).
 Verdict check_national_id(Check check, std::string_view text, Span& span);
 
 // Whether a context word for a phone number (`phone`) or an SSN/ITIN is within
